@@ -1,0 +1,164 @@
+/*
+ * tessera — fast, byte-exact reading of tiled pyramidal TIFF whole-slide images.
+ *
+ * This is the only public header. Every other file of the library is private.
+ *
+ * Conventions
+ *  - Every call that can fail returns a tessera_status. When it is not TESSERA_OK, the
+ *    message of that failure can be read with tessera_error_message() from the thread that
+ *    made the call, until that thread's next failing call.
+ *  - Objects come in create/destroy pairs; destroying NULL does nothing.
+ *  - Option structs begin with their own size (struct_size), so they can grow without
+ *    breaking callers; fill them with the matching *_init() function first.
+ *  - Coordinates: x, y are in level-0 pixels (they may be negative or past the edge);
+ *    width and height are in pixels of the requested level.
+ *
+ * Thread safety
+ *  - tessera_slide: every function except tessera_close() may be called on the same slide
+ *    from many threads at once. An open slide is immutable; reads share one file descriptor
+ *    through pread() and take no lock.
+ *  - tessera_error_message() is per thread.
+ */
+#ifndef TESSERA_H
+#define TESSERA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(TESSERA_BUILDING) && defined(__GNUC__)
+#define TESSERA_API __attribute__((visibility("default")))
+#else
+#define TESSERA_API
+#endif
+
+#define TESSERA_VERSION_MAJOR 0
+#define TESSERA_VERSION_MINOR 1
+#define TESSERA_VERSION_PATCH 0
+
+/* The library's version as "MAJOR.MINOR.PATCH". Thread-safe. */
+TESSERA_API const char *tessera_version(void);
+
+typedef enum tessera_status {
+  TESSERA_OK = 0,
+  TESSERA_E_ARGUMENT = 1,    /* the caller passed a bad argument */
+  TESSERA_E_IO = 2,          /* the operating system failed to open or read the file */
+  TESSERA_E_FORMAT = 3,      /* not a TIFF, or its structure is malformed */
+  TESSERA_E_UNSUPPORTED = 4, /* a valid TIFF feature tessera does not read (e.g. a codec) */
+  TESSERA_E_CORRUPT = 5,     /* tile data that cannot be decoded */
+  TESSERA_E_NOMEM = 6,       /* out of memory */
+  TESSERA_E_LIMIT = 7        /* the file asks for more than a configured limit allows */
+} tessera_status;
+
+/* A short constant name for a status, e.g. "corrupt data". Thread-safe. */
+TESSERA_API const char *tessera_status_string(tessera_status status);
+
+/* The message of the last failed call made by the calling thread ("" if none). The pointer
+ * stays valid until this thread's next tessera call. */
+TESSERA_API const char *tessera_error_message(void);
+
+/* ---------------------------------------------------------------------------------------
+ * Opening slides
+ */
+
+typedef struct tessera_slide tessera_slide;
+
+/* Limits applied to every size taken from the file. Defaults are safe for scanner files. */
+typedef struct tessera_open_options {
+  size_t struct_size;              /* sizeof(tessera_open_options) */
+  uint32_t max_directories;        /* TIFF directories (IFDs and SubIFDs) followed; 4096 */
+  int64_t max_dimension;           /* largest level width or height; 1 << 24 */
+  uint64_t max_tile_bytes;         /* largest compressed tile or strip; 256 MiB */
+  uint64_t max_decoded_tile_bytes; /* largest decoded tile or strip; 1 GiB */
+} tessera_open_options;
+
+TESSERA_API void tessera_open_options_init(tessera_open_options *options);
+
+/* Opens a slide with default options. On success *out holds the slide; on failure *out is
+ * NULL. Thread-safe. */
+TESSERA_API tessera_status tessera_open(const char *path, tessera_slide **out);
+
+/* As tessera_open, with options (NULL means the defaults). */
+TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
+                                           tessera_slide **out);
+
+/* Closes a slide. No other call on it may be in progress. NULL is ignored. */
+TESSERA_API void tessera_close(tessera_slide *slide);
+
+/* ---------------------------------------------------------------------------------------
+ * What a slide holds. All of these are thread-safe; returned strings live as long as the
+ * slide.
+ */
+
+/* Number of pyramid levels (>= 1); level 0 is the largest. */
+TESSERA_API int32_t tessera_level_count(const tessera_slide *slide);
+
+typedef struct tessera_level_info {
+  size_t struct_size;       /* sizeof(tessera_level_info) */
+  int64_t width, height;    /* pixels */
+  double downsample;        /* mean of level-0/level width and height ratios */
+  int32_t tile_width;       /* for strip images: the image width */
+  int32_t tile_height;      /* for strip images: rows per strip */
+  int32_t tiled;            /* 1 for tiles, 0 for strips */
+  uint32_t compression;     /* the TIFF Compression tag value */
+  int32_t samples_per_pixel;
+} tessera_level_info;
+
+/* Fills *info (its struct_size must be set) for level 0 .. level_count-1. */
+TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *slide, int32_t level,
+                                                  tessera_level_info *info);
+
+/* A name for a TIFF compression code ("jpeg", "zstd", ...), or NULL if unknown. */
+TESSERA_API const char *tessera_compression_name(uint32_t compression);
+
+/* The vendor that wrote the slide: "generic-tiff", "aperio", "hamamatsu", "philips", ... */
+TESSERA_API const char *tessera_vendor(const tessera_slide *slide);
+
+/* The fill value used outside the image when the caller sets none (0, or 255 for vendors
+ * that scan on white glass). */
+TESSERA_API uint8_t tessera_background(const tessera_slide *slide);
+
+/* Properties as key/value strings, e.g. "tiff.ImageDescription", "tiff.Software",
+ * "tiff.XResolution", "tiff.ResolutionUnit", "tessera.vendor". Keys are sorted. */
+TESSERA_API size_t tessera_property_count(const tessera_slide *slide);
+TESSERA_API const char *tessera_property_key(const tessera_slide *slide, size_t index);
+/* The value of a key, or NULL when the slide has no such property. */
+TESSERA_API const char *tessera_property_value(const tessera_slide *slide, const char *key);
+
+/* Names of associated (non-pyramid) images, such as "thumbnail", "label", "macro". */
+TESSERA_API size_t tessera_associated_image_count(const tessera_slide *slide);
+TESSERA_API const char *tessera_associated_image_name(const tessera_slide *slide, size_t index);
+
+/* ---------------------------------------------------------------------------------------
+ * Reading regions
+ */
+
+typedef struct tessera_read_options {
+  size_t struct_size; /* sizeof(tessera_read_options) */
+  int32_t channels;   /* 3 (RGB, default) or 4 (RGBA: alpha 0 outside the image) */
+  int32_t fill;       /* 0..255, or -1 (default) for the slide's background */
+  size_t stride;      /* bytes between destination rows; 0 means width * channels */
+} tessera_read_options;
+
+TESSERA_API void tessera_read_options_init(tessera_read_options *options);
+
+/* Reads a width x height region of `level` whose top-left corner is (x, y) in level-0
+ * pixels; the level's origin is (floor(x / downsample), floor(y / downsample)). Writes
+ * interleaved 8-bit pixels, rows top to bottom, into dst, which holds dst_size bytes (at
+ * least stride * (height - 1) + width * channels). Pixels outside the image get the fill
+ * value (and alpha 0). On failure dst holds no image: it is filled with the fill value and
+ * alpha 0 so no half-decoded region can pass for a good one. A corrupt tile fails only the
+ * reads that need it. Thread-safe. */
+TESSERA_API tessera_status tessera_read_region(tessera_slide *slide, int64_t x, int64_t y,
+                                               int32_t level, int64_t width, int64_t height,
+                                               const tessera_read_options *options, uint8_t *dst,
+                                               size_t dst_size);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TESSERA_H */

@@ -1,0 +1,26 @@
+/* Every allocation of the library goes through here, so failure paths can be tested in one
+ * place and sizes from files are overflow-checked before they reach malloc. */
+#ifndef TSR_ALLOC_H
+#define TSR_ALLOC_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+void *tsr_malloc(size_t size);
+void *tsr_calloc(size_t count, size_t size);
+void *tsr_realloc(void *ptr, size_t size);
+void tsr_free(void *ptr);
+char *tsr_strdup(const char *s);
+char *tsr_strndup(const char *s, size_t n);
+
+/* a * b (* c) as size_t, false on overflow. */
+static inline bool tsr_mul2(size_t a, size_t b, size_t *out) {
+  return !__builtin_mul_overflow(a, b, out);
+}
+static inline bool tsr_mul3(size_t a, size_t b, size_t c, size_t *out) {
+  size_t ab;
+  return tsr_mul2(a, b, &ab) && tsr_mul2(ab, c, out);
+}
+
+#endif

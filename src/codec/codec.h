@@ -1,0 +1,57 @@
+/* One decode interface for every TIFF compression. A codec turns one tile's (or strip's)
+ * compressed bytes into 8-bit interleaved samples; it knows nothing of levels, regions or
+ * batches. */
+#ifndef TSR_CODEC_H
+#define TSR_CODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "slide_internal.h"
+
+/* Where a codec writes: a buffer of width x height pixels of fmt->decoded_channels bytes each,
+ * rows width * channels apart. The first need_w x need_h pixels (the part of the tile inside
+ * the image) must be decoded; codecs fail if the data cannot provide them. */
+struct tsr_tile_out {
+  uint8_t *pixels;
+  uint32_t width, height;
+  uint32_t need_w, need_h;
+};
+
+typedef tessera_status (*tsr_decode_fn)(const struct tsr_pixel_format *fmt, const uint8_t *src,
+                                        size_t len, const struct tsr_tile_out *out);
+
+/* Sets fmt->decoded_channels, fmt->invert and fmt->unsupported from the stored layout. */
+void tsr_codec_resolve(struct tsr_pixel_format *fmt, uint16_t bits_per_sample,
+                       uint16_t sample_format, uint16_t planar, uint16_t extra_samples,
+                       bool has_alpha);
+
+/* The decoder of a compression, or NULL. */
+tsr_decode_fn tsr_codec_find(uint32_t compression);
+
+/* Undoes the horizontal predictor and MinIsWhite inversion, in place, after decoding. */
+void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out);
+
+/* The codecs. Lossless ones (raw, lzw, packbits, deflate, zstd) produce stored samples. */
+tessera_status tsr_decode_raw(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                              const struct tsr_tile_out *);
+tessera_status tsr_decode_lzw(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                              const struct tsr_tile_out *);
+tessera_status tsr_decode_packbits(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                                   const struct tsr_tile_out *);
+tessera_status tsr_decode_deflate(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                                  const struct tsr_tile_out *);
+tessera_status tsr_decode_zstd(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                               const struct tsr_tile_out *);
+tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                               const struct tsr_tile_out *);
+tessera_status tsr_decode_webp(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                               const struct tsr_tile_out *);
+tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                               const struct tsr_tile_out *);
+
+/* Bytes a lossless codec must produce for out (need_h full rows), and the buffer capacity. */
+size_t tsr_codec_needed_bytes(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out);
+size_t tsr_codec_capacity(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out);
+
+#endif

@@ -1,0 +1,152 @@
+/* JPEG 2000 (TIFF compression 33003, 33004, 33005) through OpenJPEG. Aperio's 33003 holds
+ * YCbCr components that are converted to RGB here; 33004 and 33005 hold the samples as
+ * they are. */
+#include <openjpeg.h>
+#include <string.h>
+
+#include "codec/codec.h"
+#include "error.h"
+
+struct memory_stream {
+  const uint8_t *data;
+  size_t len, pos;
+};
+
+static OPJ_SIZE_T stream_read(void *buf, OPJ_SIZE_T n, void *user) {
+  struct memory_stream *m = user;
+  if (m->pos >= m->len)
+    return (OPJ_SIZE_T)-1;
+  size_t left = m->len - m->pos;
+  if (n > left)
+    n = left;
+  memcpy(buf, m->data + m->pos, n);
+  m->pos += n;
+  return n;
+}
+
+static OPJ_OFF_T stream_skip(OPJ_OFF_T n, void *user) {
+  struct memory_stream *m = user;
+  if (n < 0) {
+    if ((size_t)-n > m->pos)
+      n = -(OPJ_OFF_T)m->pos;
+  } else if ((size_t)n > m->len - m->pos) {
+    n = (OPJ_OFF_T)(m->len - m->pos);
+  }
+  m->pos = (size_t)((OPJ_OFF_T)m->pos + n);
+  return n;
+}
+
+static OPJ_BOOL stream_seek(OPJ_OFF_T n, void *user) {
+  struct memory_stream *m = user;
+  if (n < 0 || (size_t)n > m->len)
+    return OPJ_FALSE;
+  m->pos = (size_t)n;
+  return OPJ_TRUE;
+}
+
+static void ignore_message(const char *msg, void *user) { (void)msg, (void)user; }
+
+static void keep_error(const char *msg, void *user) {
+  char *dst = user;
+  if (!dst[0]) {
+    strncpy(dst, msg, 199);
+    dst[199] = '\0';
+    size_t n = strlen(dst);
+    if (n && dst[n - 1] == '\n')
+      dst[n - 1] = '\0';
+  }
+}
+
+static uint8_t clamp8(int v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
+
+/* The sample of component c at pixel (x, y), honouring component subsampling. */
+static int sample_at(const opj_image_comp_t *c, uint32_t x, uint32_t y) {
+  uint32_t cx = x / (c->dx ? c->dx : 1), cy = y / (c->dy ? c->dy : 1);
+  if (cx >= c->w)
+    cx = c->w - 1;
+  if (cy >= c->h)
+    cy = c->h - 1;
+  int v = c->data[(size_t)cy * c->w + cx];
+  if (c->sgnd)
+    v += 1 << (c->prec - 1);
+  if (c->prec > 8)
+    v >>= c->prec - 8;
+  else if (c->prec < 8)
+    v <<= 8 - c->prec;
+  return v;
+}
+
+static tessera_status copy_image(const struct tsr_pixel_format *fmt, const opj_image_t *img,
+                                 const struct tsr_tile_out *out) {
+  unsigned ch = fmt->decoded_channels;
+  if (img->numcomps != ch)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 data has %u components, the TIFF says %u",
+                     img->numcomps, ch);
+  uint32_t w = img->x1 - img->x0, h = img->y1 - img->y0;
+  if (w < out->need_w || h < out->need_h)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 image is %ux%u, the tile needs %ux%u", w, h,
+                     out->need_w, out->need_h);
+  for (unsigned c = 0; c < ch; c++)
+    if (!img->comps[c].data || img->comps[c].w == 0 || img->comps[c].h == 0 ||
+        img->comps[c].prec == 0 || img->comps[c].prec > 16)
+      return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 component %u is empty or malformed", c);
+  bool ycbcr = fmt->compression == 33003 && ch >= 3;
+  uint32_t cw = w < out->width ? w : out->width, chh = h < out->height ? h : out->height;
+  for (uint32_t y = 0; y < chh; y++) {
+    uint8_t *p = out->pixels + (size_t)y * out->width * ch;
+    for (uint32_t x = 0; x < cw; x++, p += ch) {
+      if (ycbcr) {
+        int Y = sample_at(&img->comps[0], x, y);
+        int cb = sample_at(&img->comps[1], x, y) - 128;
+        int cr = sample_at(&img->comps[2], x, y) - 128;
+        /* ITU-R BT.601 full range, rounded to nearest. */
+        p[0] = clamp8(Y + (int)(1.402 * cr + (cr >= 0 ? 0.5 : -0.5)));
+        p[1] = clamp8(Y - (int)(0.344136 * cb + 0.714136 * cr + (0.344136 * cb + 0.714136 * cr >= 0 ? 0.5 : -0.5)));
+        p[2] = clamp8(Y + (int)(1.772 * cb + (cb >= 0 ? 0.5 : -0.5)));
+        for (unsigned c = 3; c < ch; c++)
+          p[c] = clamp8(sample_at(&img->comps[c], x, y));
+      } else {
+        for (unsigned c = 0; c < ch; c++)
+          p[c] = clamp8(sample_at(&img->comps[c], x, y));
+      }
+    }
+  }
+  return TESSERA_OK;
+}
+
+tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *fmt, const uint8_t *src,
+                               size_t len, const struct tsr_tile_out *out) {
+  static const uint8_t jp2_signature[] = {0, 0, 0, 0x0c, 'j', 'P', ' ', ' '};
+  bool jp2 = len >= sizeof jp2_signature && memcmp(src, jp2_signature, sizeof jp2_signature) == 0;
+  struct memory_stream m = {src, len, 0};
+  char error[200] = "";
+  opj_codec_t *codec = opj_create_decompress(jp2 ? OPJ_CODEC_JP2 : OPJ_CODEC_J2K);
+  opj_stream_t *stream = opj_stream_default_create(OPJ_TRUE);
+  opj_image_t *img = NULL;
+  tessera_status st = TESSERA_OK;
+  if (!codec || !stream) {
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a JPEG 2000 decoder");
+    goto out;
+  }
+  opj_set_info_handler(codec, ignore_message, NULL);
+  opj_set_warning_handler(codec, ignore_message, NULL);
+  opj_set_error_handler(codec, keep_error, error);
+  opj_stream_set_user_data(stream, &m, NULL);
+  opj_stream_set_user_data_length(stream, len);
+  opj_stream_set_read_function(stream, stream_read);
+  opj_stream_set_skip_function(stream, stream_skip);
+  opj_stream_set_seek_function(stream, stream_seek);
+  opj_dparameters_t params;
+  opj_set_default_decoder_parameters(&params);
+  if (!opj_setup_decoder(codec, &params) || !opj_read_header(stream, codec, &img) ||
+      !opj_decode(codec, stream, img) || !opj_end_decompress(codec, stream)) {
+    st = tsr_error(TESSERA_E_CORRUPT, "corrupt JPEG 2000 data%s%s", error[0] ? ": " : "", error);
+    goto out;
+  }
+  st = copy_image(fmt, img, out);
+out:
+  opj_image_destroy(img);
+  opj_stream_destroy(stream);
+  opj_destroy_codec(codec);
+  return st;
+}

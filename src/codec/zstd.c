@@ -1,0 +1,21 @@
+/* Zstandard (TIFF compression 50000). */
+#include <zstd.h>
+
+#include "codec/codec.h"
+#include "error.h"
+
+/* One context per thread, reused; only its own thread touches it. */
+static _Thread_local ZSTD_DCtx *context;
+
+tessera_status tsr_decode_zstd(const struct tsr_pixel_format *fmt, const uint8_t *src,
+                               size_t len, const struct tsr_tile_out *out) {
+  size_t need = tsr_codec_needed_bytes(fmt, out), cap = tsr_codec_capacity(fmt, out);
+  if (!context && !(context = ZSTD_createDCtx()))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a zstd context");
+  size_t got = ZSTD_decompressDCtx(context, out->pixels, cap, src, len);
+  if (ZSTD_isError(got))
+    return tsr_error(TESSERA_E_CORRUPT, "invalid zstd data: %s", ZSTD_getErrorName(got));
+  if (got < need)
+    return tsr_error(TESSERA_E_CORRUPT, "zstd data ends after %zu of %zu bytes", got, need);
+  return TESSERA_OK;
+}

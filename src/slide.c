@@ -1,0 +1,307 @@
+/* Opening and closing slides, and what an open slide tells about itself. */
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "error.h"
+#include "format/detect.h"
+#include "slide_internal.h"
+#include "tiff/walk.h"
+
+TESSERA_API const char *tessera_version(void) { return "0.1.0"; }
+
+TESSERA_API void tessera_open_options_init(tessera_open_options *o) {
+  if (!o)
+    return;
+  memset(o, 0, sizeof *o);
+  o->struct_size = sizeof *o;
+  o->max_directories = 4096;
+  o->max_dimension = (int64_t)1 << 24;
+  o->max_tile_bytes = (uint64_t)256 << 20;
+  o->max_decoded_tile_bytes = (uint64_t)1 << 30;
+}
+
+void tsr_level_free(struct tsr_level *lv) {
+  tsr_free(lv->offsets);
+  tsr_free(lv->bytecounts);
+  tsr_free(lv->fmt.jpeg_tables);
+  lv->offsets = lv->bytecounts = NULL;
+  lv->fmt.jpeg_tables = NULL;
+}
+
+TESSERA_API void tessera_close(tessera_slide *s) {
+  if (!s)
+    return;
+  if (s->fd >= 0)
+    close(s->fd);
+  for (int32_t i = 0; i < s->nlevels; i++)
+    tsr_level_free(&s->levels[i]);
+  tsr_free(s->levels);
+  for (size_t i = 0; i < s->nprops; i++) {
+    tsr_free(s->props[i].key);
+    tsr_free(s->props[i].value);
+  }
+  tsr_free(s->props);
+  for (size_t i = 0; i < s->nassociated; i++)
+    tsr_free(s->associated[i]);
+  tsr_free(s->associated);
+  tsr_free(s->path);
+  tsr_free(s);
+}
+
+/* Properties are collected into a growing array, then sorted once. */
+struct prop_list {
+  struct tsr_property *items;
+  size_t n, cap;
+  bool failed;
+};
+
+static void add_prop(struct prop_list *p, const char *key, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void add_prop(struct prop_list *p, const char *key, const char *fmt, ...) {
+  if (p->failed)
+    return;
+  if (p->n == p->cap) {
+    size_t ncap = p->cap ? p->cap * 2 : 32;
+    struct tsr_property *ni = tsr_realloc(p->items, ncap * sizeof *ni);
+    if (!ni) {
+      p->failed = true;
+      return;
+    }
+    p->items = ni;
+    p->cap = ncap;
+  }
+  va_list ap, ap2;
+  va_start(ap, fmt);
+  va_copy(ap2, ap);
+  int len = vsnprintf(NULL, 0, fmt, ap);
+  va_end(ap);
+  char *value = len >= 0 ? tsr_malloc((size_t)len + 1) : NULL;
+  char *k = tsr_strdup(key);
+  if (value)
+    vsnprintf(value, (size_t)len + 1, fmt, ap2);
+  va_end(ap2);
+  if (!value || !k) {
+    tsr_free(value);
+    tsr_free(k);
+    p->failed = true;
+    return;
+  }
+  p->items[p->n++] = (struct tsr_property){k, value};
+}
+
+static void add_string_prop(struct prop_list *p, const char *key, const char *value) {
+  if (value)
+    add_prop(p, key, "%s", value);
+}
+
+static int cmp_props(const void *a, const void *b) {
+  return strcmp(((const struct tsr_property *)a)->key, ((const struct tsr_property *)b)->key);
+}
+
+static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir *d0) {
+  struct prop_list p = {0};
+  add_string_prop(&p, "tiff.ImageDescription", d0->description);
+  add_string_prop(&p, "tiff.Software", d0->software);
+  add_string_prop(&p, "tiff.Make", d0->make);
+  add_string_prop(&p, "tiff.Model", d0->model);
+  add_string_prop(&p, "tiff.DateTime", d0->datetime);
+  add_string_prop(&p, "tiff.Artist", d0->artist);
+  add_string_prop(&p, "tiff.Copyright", d0->copyright);
+  add_string_prop(&p, "tiff.HostComputer", d0->host);
+  if (d0->has_resolution) {
+    add_prop(&p, "tiff.XResolution", "%g", (double)d0->xres);
+    add_prop(&p, "tiff.YResolution", "%g", (double)d0->yres);
+    add_string_prop(&p, "tiff.ResolutionUnit",
+                    d0->resolution_unit == 3   ? "centimeter"
+                    : d0->resolution_unit == 1 ? "none"
+                                               : "inch");
+  }
+  add_string_prop(&p, "tessera.vendor", s->vendor);
+  add_prop(&p, "tessera.background", "%u", s->background);
+  add_prop(&p, "tessera.level-count", "%d", s->nlevels);
+  for (int32_t i = 0; i < s->nlevels; i++) {
+    const struct tsr_level *lv = &s->levels[i];
+    char key[64];
+    snprintf(key, sizeof key, "tessera.level[%d].width", i);
+    add_prop(&p, key, "%" PRId64, lv->width);
+    snprintf(key, sizeof key, "tessera.level[%d].height", i);
+    add_prop(&p, key, "%" PRId64, lv->height);
+    snprintf(key, sizeof key, "tessera.level[%d].downsample", i);
+    add_prop(&p, key, "%.17g", lv->downsample);
+    snprintf(key, sizeof key, "tessera.level[%d].tile-width", i);
+    add_prop(&p, key, "%u", lv->tile_w);
+    snprintf(key, sizeof key, "tessera.level[%d].tile-height", i);
+    add_prop(&p, key, "%u", lv->tile_h);
+  }
+  s->props = p.items;
+  s->nprops = p.n;
+  if (p.failed)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for properties");
+  qsort(s->props, s->nprops, sizeof *s->props, cmp_props);
+  return TESSERA_OK;
+}
+
+static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
+                                  const struct tsr_layout *layout) {
+  s->levels = tsr_calloc((size_t)layout->nlevels, sizeof *s->levels);
+  if (!s->levels)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for levels");
+  const struct tsr_level *first = &dirs->dir[layout->level_dirs[0]].level;
+  double w0 = (double)first->width, h0 = (double)first->height;
+  for (int32_t i = 0; i < layout->nlevels; i++) {
+    struct tsr_level *lv = &dirs->dir[layout->level_dirs[i]].level;
+    s->levels[i] = *lv;
+    s->levels[i].downsample =
+        i == 0 ? 1.0 : (w0 / (double)lv->width + h0 / (double)lv->height) / 2.0;
+    memset(lv, 0, sizeof *lv); /* ownership of the tables moved to the slide */
+    s->nlevels++;
+  }
+  return TESSERA_OK;
+}
+
+static tessera_status take_associated(tessera_slide *s, const struct tsr_layout *layout) {
+  if (layout->nassociated == 0)
+    return TESSERA_OK;
+  s->associated = tsr_calloc(layout->nassociated, sizeof *s->associated);
+  if (!s->associated)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  for (size_t i = 0; i < layout->nassociated; i++) {
+    if (!(s->associated[i] = tsr_strdup(layout->associated[i].name)))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory");
+    s->nassociated++;
+  }
+  return TESSERA_OK;
+}
+
+static tessera_status open_file(tessera_slide *s, const char *path) {
+  s->fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (s->fd < 0)
+    return tsr_error(TESSERA_E_IO, "cannot open: %s", strerror(errno));
+  struct stat st;
+  if (fstat(s->fd, &st) != 0)
+    return tsr_error(TESSERA_E_IO, "cannot stat: %s", strerror(errno));
+  if (S_ISDIR(st.st_mode))
+    return tsr_error(TESSERA_E_IO, "is a directory, not a slide file");
+  if (!S_ISREG(st.st_mode))
+    return tsr_error(TESSERA_E_IO, "is not a regular file");
+  s->file_size = (uint64_t)st.st_size;
+  return TESSERA_OK;
+}
+
+static void copy_options(tessera_open_options *dst, const tessera_open_options *src) {
+  tessera_open_options_init(dst);
+  if (!src)
+    return;
+  size_t n = src->struct_size < sizeof *dst ? src->struct_size : sizeof *dst;
+  memcpy(dst, src, n);
+  dst->struct_size = sizeof *dst;
+}
+
+TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
+                                           tessera_slide **out) {
+  if (!out)
+    return tsr_error(TESSERA_E_ARGUMENT, "no place to return the slide");
+  *out = NULL;
+  if (!path || !path[0])
+    return tsr_error(TESSERA_E_ARGUMENT, "no file name");
+  if (options && options->struct_size < sizeof(size_t))
+    return tsr_error(TESSERA_E_ARGUMENT, "open options without struct_size");
+  tessera_slide *s = tsr_calloc(1, sizeof *s);
+  if (!s)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  s->fd = -1;
+  copy_options(&s->limits, options);
+  struct tsr_dirs dirs = {0};
+  struct tsr_layout layout = {0};
+  tessera_status st;
+  if (!(s->path = tsr_strdup(path)))
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory");
+  else if ((st = open_file(s, path)) == TESSERA_OK &&
+           (st = tsr_tiff_walk(s->fd, s->file_size, &s->limits, &dirs)) == TESSERA_OK &&
+           (st = tsr_format_detect(&dirs, &layout)) == TESSERA_OK) {
+    s->vendor = layout.vendor;
+    s->background = layout.background;
+    if ((st = take_levels(s, &dirs, &layout)) == TESSERA_OK &&
+        (st = take_associated(s, &layout)) == TESSERA_OK)
+      st = collect_properties(s, &dirs.dir[0]);
+  }
+  tsr_layout_free(&layout);
+  tsr_tiff_dirs_free(&dirs);
+  if (st != TESSERA_OK) {
+    tessera_close(s);
+    return st;
+  }
+  *out = s;
+  return TESSERA_OK;
+}
+
+TESSERA_API tessera_status tessera_open(const char *path, tessera_slide **out) {
+  return tessera_open_ex(path, NULL, out);
+}
+
+TESSERA_API int32_t tessera_level_count(const tessera_slide *s) { return s ? s->nlevels : 0; }
+
+TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *s, int32_t level,
+                                                  tessera_level_info *info) {
+  if (!s || !info)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or level info");
+  if (info->struct_size < sizeof(size_t))
+    return tsr_error(TESSERA_E_ARGUMENT, "level info without struct_size");
+  if (level < 0 || level >= s->nlevels)
+    return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
+                     s->nlevels);
+  const struct tsr_level *lv = &s->levels[level];
+  tessera_level_info full = {
+      .struct_size = sizeof full,
+      .width = lv->width,
+      .height = lv->height,
+      .downsample = lv->downsample,
+      .tile_width = (int32_t)lv->tile_w,
+      .tile_height = (int32_t)lv->tile_h,
+      .tiled = lv->tiled,
+      .compression = lv->fmt.compression,
+      .samples_per_pixel = lv->fmt.spp,
+  };
+  size_t n = info->struct_size < sizeof full ? info->struct_size : sizeof full;
+  size_t caller_size = info->struct_size;
+  memcpy(info, &full, n);
+  info->struct_size = caller_size;
+  return TESSERA_OK;
+}
+
+TESSERA_API const char *tessera_vendor(const tessera_slide *s) { return s ? s->vendor : NULL; }
+
+TESSERA_API uint8_t tessera_background(const tessera_slide *s) { return s ? s->background : 0; }
+
+TESSERA_API size_t tessera_property_count(const tessera_slide *s) { return s ? s->nprops : 0; }
+
+TESSERA_API const char *tessera_property_key(const tessera_slide *s, size_t i) {
+  return s && i < s->nprops ? s->props[i].key : NULL;
+}
+
+TESSERA_API const char *tessera_property_value(const tessera_slide *s, const char *key) {
+  if (!s || !key)
+    return NULL;
+  struct tsr_property probe = {(char *)key, NULL};
+  const struct tsr_property *hit =
+      bsearch(&probe, s->props, s->nprops, sizeof *s->props, cmp_props);
+  return hit ? hit->value : NULL;
+}
+
+TESSERA_API size_t tessera_associated_image_count(const tessera_slide *s) {
+  return s ? s->nassociated : 0;
+}
+
+TESSERA_API const char *tessera_associated_image_name(const tessera_slide *s, size_t i) {
+  return s && i < s->nassociated ? s->associated[i] : NULL;
+}

@@ -1,0 +1,354 @@
+#include "tiff/walk.h"
+
+#include <errno.h>
+#include <unistd.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <tiffio.h>
+
+#include "alloc.h"
+#include "codec/codec.h"
+#include "error.h"
+
+/* Most tiles a level may have; beyond this the tables alone would be gigabytes. */
+#define TSR_MAX_TILES ((uint64_t)1 << 26)
+
+/* libtiff reports through these per-open handlers, so nothing is printed and threads opening
+ * different files do not share state. */
+struct walk_log {
+  char first_error[512];
+  bool failed;
+};
+
+static int on_tiff_error(TIFF *tif, void *user, const char *module, const char *fmt, va_list ap) {
+  (void)tif;
+  (void)module;
+  struct walk_log *log = user;
+  if (!log->failed) {
+    vsnprintf(log->first_error, sizeof log->first_error, fmt, ap);
+    log->failed = true;
+  }
+  return 1;
+}
+
+static int on_tiff_warning(TIFF *tif, void *user, const char *module, const char *fmt,
+                           va_list ap) {
+  (void)tif, (void)user, (void)module, (void)fmt, (void)ap;
+  return 1;
+}
+
+static char *dup_string_tag(TIFF *tif, uint32_t tag) {
+  const char *s = NULL;
+  if (!TIFFGetField(tif, tag, &s) || !s)
+    return NULL;
+  return tsr_strdup(s);
+}
+
+static bool field_known(TIFF *tif, uint32_t tag) { return TIFFFindField(tif, tag, TIFF_ANY) != NULL; }
+
+static tessera_status read_geometry(TIFF *tif, const tessera_open_options *lim, uint32_t index,
+                                    struct tsr_level *lv) {
+  uint32_t w = 0, h = 0;
+  TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &w);
+  TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &h);
+  if (w == 0 || h == 0)
+    return tsr_error(TESSERA_E_FORMAT, "directory %u has a zero width or height (%ux%u)", index,
+                     w, h);
+  if ((int64_t)w > lim->max_dimension || (int64_t)h > lim->max_dimension)
+    return tsr_error(TESSERA_E_LIMIT, "directory %u is %ux%u, larger than the limit of %lld",
+                     index, w, h, (long long)lim->max_dimension);
+  lv->width = w;
+  lv->height = h;
+  lv->tiled = TIFFIsTiled(tif);
+  if (lv->tiled) {
+    uint32_t tw = 0, th = 0;
+    TIFFGetField(tif, TIFFTAG_TILEWIDTH, &tw);
+    TIFFGetField(tif, TIFFTAG_TILELENGTH, &th);
+    if (tw == 0 || th == 0)
+      return tsr_error(TESSERA_E_FORMAT, "directory %u has a zero tile size (%ux%u)", index, tw,
+                       th);
+    if ((int64_t)tw > lim->max_dimension || (int64_t)th > lim->max_dimension)
+      return tsr_error(TESSERA_E_LIMIT, "directory %u has %ux%u tiles, larger than the limit",
+                       index, tw, th);
+    lv->tile_w = tw;
+    lv->tile_h = th;
+  } else {
+    uint32_t rps = 0;
+    TIFFGetFieldDefaulted(tif, TIFFTAG_ROWSPERSTRIP, &rps);
+    if (rps == 0 || rps > h)
+      rps = h;
+    lv->tile_w = w;
+    lv->tile_h = rps;
+  }
+  lv->across = (uint32_t)((w + (uint64_t)lv->tile_w - 1) / lv->tile_w);
+  lv->down = (uint32_t)((h + (uint64_t)lv->tile_h - 1) / lv->tile_h);
+  lv->ntiles = (uint64_t)lv->across * lv->down;
+  if (lv->ntiles > TSR_MAX_TILES)
+    return tsr_error(TESSERA_E_LIMIT, "directory %u has %llu tiles, more than the limit of %llu",
+                     index, (unsigned long long)lv->ntiles, (unsigned long long)TSR_MAX_TILES);
+  return TESSERA_OK;
+}
+
+static tessera_status read_tables(TIFF *tif, uint32_t index, struct tsr_level *lv) {
+  uint64_t stored = lv->tiled ? TIFFNumberOfTiles(tif) : TIFFNumberOfStrips(tif);
+  if (stored < lv->ntiles)
+    return tsr_error(TESSERA_E_FORMAT, "directory %u lists %llu %s, but its size needs %llu",
+                     index, (unsigned long long)stored, lv->tiled ? "tiles" : "strips",
+                     (unsigned long long)lv->ntiles);
+  lv->offsets = tsr_calloc(lv->ntiles, sizeof *lv->offsets);
+  lv->bytecounts = tsr_calloc(lv->ntiles, sizeof *lv->bytecounts);
+  if (!lv->offsets || !lv->bytecounts)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for the tile tables of directory %u", index);
+  for (uint64_t i = 0; i < lv->ntiles; i++) {
+    int err1 = 0, err2 = 0;
+    lv->offsets[i] = TIFFGetStrileOffsetWithErr(tif, (uint32_t)i, &err1);
+    lv->bytecounts[i] = TIFFGetStrileByteCountWithErr(tif, (uint32_t)i, &err2);
+    if (err1 || err2)
+      return tsr_error(TESSERA_E_FORMAT, "directory %u: cannot read the offset of tile %llu",
+                       index, (unsigned long long)i);
+  }
+  return TESSERA_OK;
+}
+
+static tessera_status read_format(TIFF *tif, struct tsr_dir *d) {
+  struct tsr_pixel_format *f = &d->level.fmt;
+  uint16_t compression = 1, spp = 1, bps = 1, sampleformat = 1, planar = 1, photometric = 0;
+  uint16_t nextra = 0, *extra = NULL;
+  TIFFGetFieldDefaulted(tif, TIFFTAG_COMPRESSION, &compression);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLESPERPIXEL, &spp);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_BITSPERSAMPLE, &bps);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLEFORMAT, &sampleformat);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_PLANARCONFIG, &planar);
+  if (!TIFFGetField(tif, TIFFTAG_PHOTOMETRIC, &photometric))
+    photometric = spp >= 3 ? PHOTOMETRIC_RGB : PHOTOMETRIC_MINISBLACK;
+  TIFFGetField(tif, TIFFTAG_EXTRASAMPLES, &nextra, &extra);
+  f->compression = compression;
+  f->photometric = photometric;
+  f->spp = spp;
+  f->predictor = 1;
+  if (field_known(tif, TIFFTAG_PREDICTOR))
+    TIFFGetField(tif, TIFFTAG_PREDICTOR, &f->predictor);
+  f->ycbcr_sub[0] = f->ycbcr_sub[1] = 1;
+  if (photometric == PHOTOMETRIC_YCBCR || compression == COMPRESSION_JPEG)
+    TIFFGetFieldDefaulted(tif, TIFFTAG_YCBCRSUBSAMPLING, &f->ycbcr_sub[0], &f->ycbcr_sub[1]);
+  if (compression == COMPRESSION_JPEG && field_known(tif, TIFFTAG_JPEGTABLES)) {
+    uint32_t n = 0;
+    const void *tables = NULL;
+    if (TIFFGetField(tif, TIFFTAG_JPEGTABLES, &n, &tables) && tables && n > 0) {
+      f->jpeg_tables = tsr_malloc(n);
+      if (!f->jpeg_tables)
+        return tsr_error(TESSERA_E_NOMEM, "out of memory for JPEG tables");
+      memcpy(f->jpeg_tables, tables, n);
+      f->jpeg_tables_len = n;
+    }
+  }
+  bool alpha = nextra == 1 && extra &&
+               (extra[0] == EXTRASAMPLE_ASSOCALPHA || extra[0] == EXTRASAMPLE_UNASSALPHA);
+  tsr_codec_resolve(f, bps, sampleformat, planar, nextra, alpha);
+  return TESSERA_OK;
+}
+
+static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim, uint32_t index,
+                                     int32_t parent, struct tsr_dir *d) {
+  memset(d, 0, sizeof *d);
+  d->parent = parent;
+  d->level.directory = index;
+  tessera_status st = read_geometry(tif, lim, index, &d->level);
+  if (st == TESSERA_OK)
+    st = read_format(tif, d);
+  if (st == TESSERA_OK)
+    st = read_tables(tif, index, &d->level);
+  if (st != TESSERA_OK)
+    return st;
+  TIFFGetFieldDefaulted(tif, TIFFTAG_SUBFILETYPE, &d->subfile_type);
+  d->description = dup_string_tag(tif, TIFFTAG_IMAGEDESCRIPTION);
+  d->software = dup_string_tag(tif, TIFFTAG_SOFTWARE);
+  d->make = dup_string_tag(tif, TIFFTAG_MAKE);
+  d->model = dup_string_tag(tif, TIFFTAG_MODEL);
+  d->datetime = dup_string_tag(tif, TIFFTAG_DATETIME);
+  d->artist = dup_string_tag(tif, TIFFTAG_ARTIST);
+  d->copyright = dup_string_tag(tif, TIFFTAG_COPYRIGHT);
+  d->host = dup_string_tag(tif, TIFFTAG_HOSTCOMPUTER);
+  d->has_resolution = TIFFGetField(tif, TIFFTAG_XRESOLUTION, &d->xres) &&
+                      TIFFGetField(tif, TIFFTAG_YRESOLUTION, &d->yres);
+  TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &d->resolution_unit);
+  return TESSERA_OK;
+}
+
+static tessera_status push_dir(struct tsr_dirs *dirs, size_t *cap, struct tsr_dir **slot) {
+  if (dirs->n == *cap) {
+    size_t ncap = *cap ? *cap * 2 : 8;
+    struct tsr_dir *nd = tsr_realloc(dirs->dir, ncap * sizeof *nd);
+    if (!nd)
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for the directory list");
+    dirs->dir = nd;
+    *cap = ncap;
+  }
+  *slot = &dirs->dir[dirs->n];
+  memset(*slot, 0, sizeof **slot);
+  dirs->n++;
+  return TESSERA_OK;
+}
+
+struct subifd_ref {
+  uint64_t offset;
+  int32_t parent;
+};
+
+static tessera_status walk(TIFF *tif, const tessera_open_options *lim, struct walk_log *log,
+                           struct tsr_dirs *dirs) {
+  size_t cap = 0, nsub = 0, subcap = 0;
+  struct subifd_ref *subs = NULL;
+  tessera_status st = TESSERA_OK;
+  struct tsr_dir *d;
+  /* Main chain first, remembering SubIFD offsets, then the SubIFDs: libtiff's directory
+   * numbering is only reliable while walking one chain forward. */
+  for (uint32_t index = 0;; index++) {
+    if (dirs->n >= lim->max_directories) {
+      st = tsr_error(TESSERA_E_LIMIT, "more than %u TIFF directories", lim->max_directories);
+      goto out;
+    }
+    if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
+        (st = read_directory(tif, lim, index, -1, d)) != TESSERA_OK)
+      goto out;
+    uint16_t n = 0;
+    const uint64_t *offs = NULL;
+    if (TIFFGetField(tif, TIFFTAG_SUBIFD, &n, &offs) && offs) {
+      for (uint16_t i = 0; i < n; i++) {
+        if (nsub == subcap) {
+          subcap = subcap ? subcap * 2 : 8;
+          struct subifd_ref *ns = tsr_realloc(subs, subcap * sizeof *ns);
+          if (!ns) {
+            st = tsr_error(TESSERA_E_NOMEM, "out of memory for SubIFDs");
+            goto out;
+          }
+          subs = ns;
+        }
+        subs[nsub++] = (struct subifd_ref){offs[i], (int32_t)(dirs->n - 1)};
+      }
+    }
+    if (!TIFFReadDirectory(tif)) {
+      if (log->failed) {
+        st = tsr_error(TESSERA_E_FORMAT, "after directory %u: %s", index, log->first_error);
+        goto out;
+      }
+      break;
+    }
+  }
+  for (size_t i = 0; i < nsub; i++) {
+    uint32_t index = (uint32_t)dirs->n;
+    if (dirs->n >= lim->max_directories) {
+      st = tsr_error(TESSERA_E_LIMIT, "more than %u TIFF directories", lim->max_directories);
+      goto out;
+    }
+    if (!TIFFSetSubDirectory(tif, subs[i].offset) || log->failed) {
+      st = tsr_error(TESSERA_E_FORMAT, "SubIFD at offset %llu: %s",
+                     (unsigned long long)subs[i].offset,
+                     log->failed ? log->first_error : "cannot be read");
+      goto out;
+    }
+    if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
+        (st = read_directory(tif, lim, index, subs[i].parent, d)) != TESSERA_OK)
+      goto out;
+  }
+out:
+  tsr_free(subs);
+  return st;
+}
+
+/* libtiff reads through these procedures from the slide's own descriptor, with pread, so the
+ * walk sees exactly the file the slide reads and the descriptor's offset is never moved. */
+struct client_file {
+  int fd;
+  uint64_t pos, size;
+};
+
+static tmsize_t client_read(thandle_t h, void *buf, tmsize_t n) {
+  struct client_file *f = (struct client_file *)h;
+  tmsize_t done = 0;
+  while (done < n) {
+    ssize_t r = pread(f->fd, (char *)buf + done, (size_t)(n - done), (off_t)(f->pos + done));
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    done += r;
+  }
+  f->pos += (uint64_t)done;
+  return done;
+}
+
+static tmsize_t client_write(thandle_t h, void *buf, tmsize_t n) {
+  (void)h, (void)buf, (void)n;
+  return -1;
+}
+
+static toff_t client_seek(thandle_t h, toff_t off, int whence) {
+  struct client_file *f = (struct client_file *)h;
+  uint64_t base = whence == SEEK_CUR ? f->pos : whence == SEEK_END ? f->size : 0;
+  if (off > UINT64_MAX - base)
+    return (toff_t)-1;
+  f->pos = base + off;
+  return f->pos;
+}
+
+static int client_close(thandle_t h) {
+  (void)h;
+  return 0;
+}
+
+static toff_t client_size(thandle_t h) { return ((struct client_file *)h)->size; }
+
+static int client_map(thandle_t h, void **base, toff_t *size) {
+  (void)h, (void)base, (void)size;
+  return 0;
+}
+
+static void client_unmap(thandle_t h, void *base, toff_t size) { (void)h, (void)base, (void)size; }
+
+tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_options *limits,
+                             struct tsr_dirs *out) {
+  struct walk_log log = {.failed = false};
+  out->dir = NULL;
+  out->n = 0;
+  TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
+  if (!opts)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  TIFFOpenOptionsSetErrorHandlerExtR(opts, on_tiff_error, &log);
+  TIFFOpenOptionsSetWarningHandlerExtR(opts, on_tiff_warning, &log);
+  TIFFOpenOptionsSetMaxSingleMemAlloc(opts, (tmsize_t)limits->max_tile_bytes);
+  struct client_file file = {fd, 0, file_size};
+  TIFF *tif = TIFFClientOpenExt("slide", "rm", (thandle_t)&file, client_read, client_write,
+                                client_seek, client_close, client_size, client_map,
+                                client_unmap, opts);
+  TIFFOpenOptionsFree(opts);
+  if (!tif) {
+    if (log.failed)
+      return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file: %s", log.first_error);
+    return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file");
+  }
+  tessera_status st = walk(tif, limits, &log, out);
+  TIFFClose(tif);
+  if (st != TESSERA_OK)
+    tsr_tiff_dirs_free(out);
+  return st;
+}
+
+void tsr_tiff_dirs_free(struct tsr_dirs *dirs) {
+  for (size_t i = 0; i < dirs->n; i++) {
+    struct tsr_dir *d = &dirs->dir[i];
+    tsr_level_free(&d->level);
+    tsr_free(d->description);
+    tsr_free(d->software);
+    tsr_free(d->make);
+    tsr_free(d->model);
+    tsr_free(d->datetime);
+    tsr_free(d->artist);
+    tsr_free(d->copyright);
+    tsr_free(d->host);
+  }
+  tsr_free(dirs->dir);
+  dirs->dir = NULL;
+  dirs->n = 0;
+}

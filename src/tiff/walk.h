@@ -1,0 +1,30 @@
+/* Walks every TIFF directory of a file with libtiff (at open time only) and copies what the
+ * read path needs into plain tables, so that reading never calls libtiff. */
+#ifndef TSR_TIFF_WALK_H
+#define TSR_TIFF_WALK_H
+
+#include "slide_internal.h"
+
+struct tsr_dir {
+  struct tsr_level level; /* candidate level; downsample is set later */
+  uint32_t subfile_type;
+  int32_t parent;         /* SubIFD: index of the directory it hangs from; main chain: -1 */
+  uint16_t resolution_unit;
+  bool has_resolution;
+  float xres, yres;
+  char *description, *software, *make, *model, *datetime, *artist, *copyright, *host;
+};
+
+struct tsr_dirs {
+  struct tsr_dir *dir;
+  size_t n;
+};
+
+/* Reads all directories (main chain and SubIFDs) of the open file fd. */
+tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_options *limits,
+                             struct tsr_dirs *out);
+
+/* Frees what tsr_tiff_walk allocated; a level the caller took must be zeroed first. */
+void tsr_tiff_dirs_free(struct tsr_dirs *dirs);
+
+#endif
