@@ -1,0 +1,122 @@
+/* API contract: arguments, status codes, per-thread messages, options with struct_size. */
+#include <pthread.h>
+#include <string.h>
+
+#include "check.h"
+#include "tessera.h"
+
+static char slide_path[4096];
+
+static void test_version_and_status(void) {
+  CHECK(strcmp(tessera_version(), "0.1.0") == 0, "version %s", tessera_version());
+  for (int s = 0; s <= TESSERA_E_LIMIT; s++)
+    CHECK(tessera_status_string((tessera_status)s)[0] != '\0', "status %d has no name", s);
+  CHECK(strcmp(tessera_compression_name(7), "jpeg") == 0, "jpeg name");
+  CHECK(tessera_compression_name(12345) == NULL, "unknown compression has a name");
+}
+
+static void test_open_errors(void) {
+  tessera_slide *s = (tessera_slide *)0x1;
+  CHECK(tessera_open("/nonexistent/slide.tif", &s) == TESSERA_E_IO, "missing file");
+  CHECK(s == NULL, "out not cleared on failure");
+  CHECK(strstr(tessera_error_message(), "No such file") != NULL, "message: %s",
+        tessera_error_message());
+  CHECK(tessera_open(NULL, &s) == TESSERA_E_ARGUMENT, "NULL path");
+  CHECK(tessera_open(slide_path, NULL) == TESSERA_E_ARGUMENT, "NULL out");
+  CHECK(tessera_open("/", &s) == TESSERA_E_IO, "directory");
+  CHECK(strstr(tessera_error_message(), "directory") != NULL, "message: %s",
+        tessera_error_message());
+  CHECK(tessera_open("/proc/self/status", &s) != TESSERA_OK, "not a TIFF");
+  tessera_close(NULL); /* must do nothing */
+}
+
+struct thread_result {
+  const char *path;
+  tessera_status status;
+  char message[1024];
+};
+
+static void *open_in_thread(void *arg) {
+  struct thread_result *r = arg;
+  tessera_slide *s = NULL;
+  r->status = tessera_open(r->path, &s);
+  strncpy(r->message, tessera_error_message(), sizeof r->message - 1);
+  tessera_close(s);
+  return NULL;
+}
+
+static void test_messages_are_per_thread(void) {
+  tessera_slide *s = NULL;
+  CHECK(tessera_open("/nonexistent/a.tif", &s) == TESSERA_E_IO, "main fails");
+  char mine[1024];
+  strncpy(mine, tessera_error_message(), sizeof mine - 1);
+  mine[sizeof mine - 1] = '\0';
+  struct thread_result r = {.path = "/"};
+  pthread_t t;
+  pthread_create(&t, NULL, open_in_thread, &r);
+  pthread_join(t, NULL);
+  CHECK(r.status == TESSERA_E_IO && strstr(r.message, "directory"), "thread: %s", r.message);
+  CHECK(strcmp(mine, tessera_error_message()) == 0, "main's message changed to %s",
+        tessera_error_message());
+}
+
+static void test_read_arguments(void) {
+  tessera_slide *s = NULL;
+  if (tessera_open(slide_path, &s) != TESSERA_OK) {
+    CHECK(0, "cannot open %s: %s", slide_path, tessera_error_message());
+    return;
+  }
+  uint8_t buf[64 * 64 * 4];
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  CHECK(o.channels == 3 && o.fill == -1 && o.stride == 0 && o.struct_size == sizeof o, "init");
+  CHECK(tessera_read_region(s, 0, 0, -1, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "level -1");
+  CHECK(tessera_read_region(s, 0, 0, tessera_level_count(s), 8, 8, &o, buf, sizeof buf) ==
+            TESSERA_E_ARGUMENT, "level past the end");
+  CHECK(strstr(tessera_error_message(), "does not exist"), "%s", tessera_error_message());
+  CHECK(tessera_read_region(s, 0, 0, 0, 0, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "w 0");
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, -1, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "h -1");
+  CHECK(tessera_read_region(s, 0, 0, 0, 64, 64, &o, buf, 100) == TESSERA_E_ARGUMENT, "small dst");
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, NULL, 0) == TESSERA_E_ARGUMENT, "NULL dst");
+  CHECK(tessera_read_region(NULL, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "NULL slide");
+  o.channels = 5;
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "channels 5");
+  o.channels = 3;
+  o.fill = 256;
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "fill 256");
+  o.fill = -1;
+  o.stride = 8 * 3 - 1;
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "stride");
+  o.stride = 0;
+  o.struct_size = 0;
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "no size");
+  /* A caller built against an older, shorter options struct gets defaults for the rest. */
+  o.struct_size = offsetof(tessera_read_options, fill);
+  o.channels = 4;
+  o.fill = 999;
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_OK, "short struct: %s",
+        tessera_error_message());
+  CHECK(tessera_read_region(s, INT64_MAX, INT64_MIN, 0, 8, 8, NULL, buf, sizeof buf) == TESSERA_OK,
+        "far outside: %s", tessera_error_message());
+  CHECK(buf[0] == tessera_background(s), "far outside is background");
+  tessera_level_info li = {.struct_size = sizeof li};
+  CHECK(tessera_level_info_get(s, 0, &li) == TESSERA_OK && li.width > 0 && li.downsample == 1.0,
+        "level info");
+  CHECK(tessera_level_info_get(s, 99, &li) == TESSERA_E_ARGUMENT, "level info 99");
+  CHECK(tessera_property_value(s, "tessera.vendor") != NULL, "vendor property");
+  CHECK(tessera_property_value(s, "no.such.key") == NULL, "missing key");
+  for (size_t i = 1; i < tessera_property_count(s); i++)
+    CHECK(strcmp(tessera_property_key(s, i - 1), tessera_property_key(s, i)) < 0, "sorted keys");
+  CHECK(tessera_property_key(s, tessera_property_count(s)) == NULL, "key past the end");
+  tessera_close(s);
+}
+
+int main(int argc, char **argv) {
+  snprintf(slide_path, sizeof slide_path, "%s/generic-jpeg-ycbcr-128tiles.tiff",
+           testdata_dir(argc, argv));
+  test_version_and_status();
+  test_open_errors();
+  test_messages_are_per_thread();
+  test_read_arguments();
+  return check_finish("test_api");
+}
