@@ -1,6 +1,5 @@
-/* JPEG 2000 (TIFF compression 33003, 33004, 33005) through OpenJPEG. Aperio's 33003 holds
- * YCbCr components that are converted to RGB here; 33004 and 33005 hold the samples as
- * they are. */
+/* JPEG 2000 (TIFF compression 33003, 33004, 33005) through OpenJPEG. 33003 and 33004 hold
+ * YCbCr components that are converted to RGB here; 33005 holds RGB as it is. */
 #include <openjpeg.h>
 #include <string.h>
 
@@ -90,7 +89,9 @@ static tessera_status copy_image(const struct tsr_pixel_format *fmt, const opj_i
     if (!img->comps[c].data || img->comps[c].w == 0 || img->comps[c].h == 0 ||
         img->comps[c].prec == 0 || img->comps[c].prec > 16)
       return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 component %u is empty or malformed", c);
-  bool ycbcr = fmt->compression == 33003 && ch >= 3;
+  /* Aperio's 33003 and libvips' 33004 tiles hold YCbCr components with no transform signalled
+   * in the codestream; the conversion, with products truncated toward zero, is libvips'. */
+  bool ycbcr = (fmt->compression == 33003 || fmt->compression == 33004) && ch == 3;
   uint32_t cw = w < out->width ? w : out->width, chh = h < out->height ? h : out->height;
   for (uint32_t y = 0; y < chh; y++) {
     uint8_t *p = out->pixels + (size_t)y * out->width * ch;
@@ -99,10 +100,9 @@ static tessera_status copy_image(const struct tsr_pixel_format *fmt, const opj_i
         int Y = sample_at(&img->comps[0], x, y);
         int cb = sample_at(&img->comps[1], x, y) - 128;
         int cr = sample_at(&img->comps[2], x, y) - 128;
-        /* ITU-R BT.601 full range, rounded to nearest. */
-        p[0] = clamp8(Y + (int)(1.402 * cr + (cr >= 0 ? 0.5 : -0.5)));
-        p[1] = clamp8(Y - (int)(0.344136 * cb + 0.714136 * cr + (0.344136 * cb + 0.714136 * cr >= 0 ? 0.5 : -0.5)));
-        p[2] = clamp8(Y + (int)(1.772 * cb + (cb >= 0 ? 0.5 : -0.5)));
+        p[0] = clamp8(Y + (int)(1.402 * cr));
+        p[1] = clamp8(Y - (int)(0.344 * cb + 0.714 * cr));
+        p[2] = clamp8(Y + (int)(1.772 * cb));
         for (unsigned c = 3; c < ch; c++)
           p[c] = clamp8(sample_at(&img->comps[c], x, y));
       } else {

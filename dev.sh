@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# tessera's one entry point for a fresh Debian 12 machine:
+#   ./dev.sh demo   install what is missing, build, make a sample slide, show it, read regions
+#   ./dev.sh test   install what is missing, build (plain and with sanitizers), run every test
+#   ./dev.sh build  install what is missing and build
+set -euo pipefail
+cd "$(dirname "$0")"
+
+BUILD_PKGS="gcc meson ninja-build pkg-config libtiff-dev libjpeg62-turbo-dev libdeflate-dev
+  libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev"
+TEST_PKGS="libopenslide-dev openslide-tools python3-openslide libvips-tools python3-numpy
+  python3-pytest python3-tifffile python3-pil libtiff-tools"
+PY=/usr/bin/python3
+
+need_packages() {
+  local missing=()
+  for p in $*; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tessera needs these Debian packages; install them as root and run this again:" >&2
+    echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+  fi
+  echo "Installing ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+build() {
+  [ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized >/dev/null
+  ninja -C build >/dev/null
+}
+
+build_sanitized() {
+  [ -f build-asan/build.ninja ] ||
+    meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+      --buildtype=debug >/dev/null
+  ninja -C build-asan >/dev/null
+}
+
+demo() {
+  local out=demo-output cli=build/cli/tessera
+  mkdir -p "$out"
+  "$cli" sample "$out/sample.tiff"
+  "$cli" info "$out/sample.tiff"
+  "$cli" read "$out/sample.tiff" --location 9000,6000 --size 512,512 --output "$out/level0.png"
+  "$cli" read "$out/sample.tiff" --location 4000,3000 --size 512,512 --level 2 --output "$out/level2.png"
+  "$cli" read "$out/sample.tiff" --location -256,-256 --size 512,512 --level 1 --channels 4 \
+    --output "$out/corner-rgba.png"
+  "$cli" read "$out/sample.tiff" --location 0,0 --size 640,480 --level 5 --output "$out/overview.png"
+  echo "Wrote $out/level0.png, level2.png, corner-rgba.png and overview.png"
+}
+
+run_tests() {
+  local results=build/test-results
+  rm -rf "$results" && mkdir -p "$results"
+  local rc=0
+  echo "== C tests" >&2
+  meson test -C build --logbase plain --print-errorlogs || rc=1
+  echo "== C tests under AddressSanitizer + UndefinedBehaviorSanitizer" >&2
+  ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:exitcode=99 \
+    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=98 \
+    meson test -C build-asan --logbase sanitized --print-errorlogs || rc=1
+  echo "== Python tests (differential against OpenSlide and libvips, damaged files, CLI)" >&2
+  TESSERA_LIB="$PWD/build/src/libtessera.so" TESSERA_CLI="$PWD/build/cli/tessera" \
+    TESSERA_CLI_ASAN="$PWD/build-asan/cli/tessera" TESSERA_TESTDATA="$PWD/../shared/testdata" \
+    "$PY" -m pytest -q -p no:cacheprovider --junitxml="$results/pytest.xml" tests || rc=1
+  "$PY" tests/summary.py build/meson-logs/plain.json build-asan/meson-logs/sanitized.json \
+    "$results/pytest.xml" || rc=1
+  return $rc
+}
+
+case "${1:-}" in
+  demo) need_packages $BUILD_PKGS; build; demo ;;
+  test) need_packages $BUILD_PKGS $TEST_PKGS; build; build_sanitized; run_tests ;;
+  build) need_packages $BUILD_PKGS; build ;;
+  *) echo "usage: ./dev.sh demo|test|build" >&2; exit 2 ;;
+esac
