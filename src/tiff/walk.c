@@ -38,6 +38,56 @@ static int on_tiff_warning(TIFF *tif, void *user, const char *module, const char
   return 1;
 }
 
+/* libtiff reads through these procedures from the slide's own descriptor, with pread, so the
+ * walk sees exactly the file the slide reads and the descriptor's offset is never moved. */
+struct client_file {
+  int fd;
+  uint64_t pos, size;
+};
+
+static tmsize_t client_read(thandle_t h, void *buf, tmsize_t n) {
+  struct client_file *f = (struct client_file *)h;
+  tmsize_t done = 0;
+  while (done < n) {
+    ssize_t r = pread(f->fd, (char *)buf + done, (size_t)(n - done), (off_t)(f->pos + done));
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    done += r;
+  }
+  f->pos += (uint64_t)done;
+  return done;
+}
+
+static tmsize_t client_write(thandle_t h, void *buf, tmsize_t n) {
+  (void)h, (void)buf, (void)n;
+  return -1;
+}
+
+static toff_t client_seek(thandle_t h, toff_t off, int whence) {
+  struct client_file *f = (struct client_file *)h;
+  uint64_t base = whence == SEEK_CUR ? f->pos : whence == SEEK_END ? f->size : 0;
+  if (off > UINT64_MAX - base)
+    return (toff_t)-1;
+  f->pos = base + off;
+  return f->pos;
+}
+
+static int client_close(thandle_t h) {
+  (void)h;
+  return 0;
+}
+
+static toff_t client_size(thandle_t h) { return ((struct client_file *)h)->size; }
+
+static int client_map(thandle_t h, void **base, toff_t *size) {
+  (void)h, (void)base, (void)size;
+  return 0;
+}
+
+static void client_unmap(thandle_t h, void *base, toff_t size) { (void)h, (void)base, (void)size; }
+
 static char *dup_string_tag(TIFF *tif, uint32_t tag) {
   const char *s = NULL;
   if (!TIFFGetField(tif, tag, &s) || !s)
@@ -191,12 +241,35 @@ static tessera_status push_dir(struct tsr_dirs *dirs, size_t *cap, struct tsr_di
   return TESSERA_OK;
 }
 
+/* The next-IFD pointer of the directory libtiff has current, read from the file. libtiff stops
+ * at a directory loop without an error; a reader that must report damage checks itself. */
+static bool next_ifd_offset(TIFF *tif, const struct client_file *f, uint64_t *next) {
+  uint64_t here = TIFFCurrentDirOffset(tif), count;
+  bool big = TIFFIsBigTIFF(tif), swap = TIFFIsByteSwapped(tif);
+  uint8_t buf[8];
+  size_t count_size = big ? 8 : 2, entry = big ? 20 : 12, ptr_size = big ? 8 : 4;
+  if (pread(f->fd, buf, count_size, (off_t)here) != (ssize_t)count_size)
+    return false;
+  count = 0;
+  for (size_t i = 0; i < count_size; i++)
+    count |= (uint64_t)buf[swap ? i : count_size - 1 - i] << (8 * (count_size - 1 - i));
+  if (count > 1u << 20)
+    return false;
+  if (pread(f->fd, buf, ptr_size, (off_t)(here + count_size + count * entry)) != (ssize_t)ptr_size)
+    return false;
+  *next = 0;
+  for (size_t i = 0; i < ptr_size; i++)
+    *next |= (uint64_t)buf[swap ? i : ptr_size - 1 - i] << (8 * (ptr_size - 1 - i));
+  return true;
+}
+
 struct subifd_ref {
   uint64_t offset;
   int32_t parent;
 };
 
-static tessera_status walk(TIFF *tif, const tessera_open_options *lim, struct walk_log *log,
+static tessera_status walk(TIFF *tif, const struct client_file *file,
+                           const tessera_open_options *lim, struct walk_log *log,
                            struct tsr_dirs *dirs) {
   size_t cap = 0, nsub = 0, subcap = 0;
   struct subifd_ref *subs = NULL;
@@ -228,6 +301,17 @@ static tessera_status walk(TIFF *tif, const tessera_open_options *lim, struct wa
         subs[nsub++] = (struct subifd_ref){offs[i], (int32_t)(dirs->n - 1)};
       }
     }
+    dirs->dir[dirs->n - 1].offset = TIFFCurrentDirOffset(tif);
+    uint64_t next = 0;
+    if (next_ifd_offset(tif, file, &next) && next != 0) {
+      for (size_t i = 0; i < dirs->n; i++) {
+        if (dirs->dir[i].parent < 0 && dirs->dir[i].offset == next) {
+          st = tsr_error(TESSERA_E_FORMAT,
+                         "directory loop: directory %u points back to directory %zu", index, i);
+          goto out;
+        }
+      }
+    }
     if (!TIFFReadDirectory(tif)) {
       if (log->failed) {
         st = tsr_error(TESSERA_E_FORMAT, "after directory %u: %s", index, log->first_error);
@@ -257,56 +341,6 @@ out:
   return st;
 }
 
-/* libtiff reads through these procedures from the slide's own descriptor, with pread, so the
- * walk sees exactly the file the slide reads and the descriptor's offset is never moved. */
-struct client_file {
-  int fd;
-  uint64_t pos, size;
-};
-
-static tmsize_t client_read(thandle_t h, void *buf, tmsize_t n) {
-  struct client_file *f = (struct client_file *)h;
-  tmsize_t done = 0;
-  while (done < n) {
-    ssize_t r = pread(f->fd, (char *)buf + done, (size_t)(n - done), (off_t)(f->pos + done));
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    done += r;
-  }
-  f->pos += (uint64_t)done;
-  return done;
-}
-
-static tmsize_t client_write(thandle_t h, void *buf, tmsize_t n) {
-  (void)h, (void)buf, (void)n;
-  return -1;
-}
-
-static toff_t client_seek(thandle_t h, toff_t off, int whence) {
-  struct client_file *f = (struct client_file *)h;
-  uint64_t base = whence == SEEK_CUR ? f->pos : whence == SEEK_END ? f->size : 0;
-  if (off > UINT64_MAX - base)
-    return (toff_t)-1;
-  f->pos = base + off;
-  return f->pos;
-}
-
-static int client_close(thandle_t h) {
-  (void)h;
-  return 0;
-}
-
-static toff_t client_size(thandle_t h) { return ((struct client_file *)h)->size; }
-
-static int client_map(thandle_t h, void **base, toff_t *size) {
-  (void)h, (void)base, (void)size;
-  return 0;
-}
-
-static void client_unmap(thandle_t h, void *base, toff_t size) { (void)h, (void)base, (void)size; }
-
 tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_options *limits,
                              struct tsr_dirs *out) {
   struct walk_log log = {.failed = false};
@@ -324,11 +358,16 @@ tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_opti
                                 client_unmap, opts);
   TIFFOpenOptionsFree(opts);
   if (!tif) {
-    if (log.failed)
-      return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file: %s", log.first_error);
+    if (log.failed) {
+      /* libtiff starts its messages with the name it was given. */
+      const char *m = log.first_error;
+      if (strncmp(m, "slide: ", 7) == 0)
+        m += 7;
+      return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file: %s", m);
+    }
     return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file");
   }
-  tessera_status st = walk(tif, limits, &log, out);
+  tessera_status st = walk(tif, &file, limits, &log, out);
   TIFFClose(tif);
   if (st != TESSERA_OK)
     tsr_tiff_dirs_free(out);
