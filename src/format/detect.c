@@ -41,8 +41,10 @@ static bool is_level(const struct tsr_dirs *dirs, size_t i) {
     return true;
   if (dirs->dir[i].parent > 0)
     return false; /* SubIFDs of another page belong to that page */
-  return lv->tiled == base->tiled && lv->width < base->width && lv->height < base->height &&
-         same_aspect(base, lv);
+  /* Smaller on one side at least: a 300x1 image has a 150x1 level. */
+  bool smaller = lv->width <= base->width && lv->height <= base->height &&
+                 (lv->width < base->width || lv->height < base->height);
+  return lv->tiled == base->tiled && smaller && same_aspect(base, lv);
 }
 
 
@@ -55,10 +57,29 @@ static int cmp_levels(const void *a, const void *b, void *ctx) {
   return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
 }
 
+static void add_associated(struct tsr_layout *out, size_t dir, const char *name) {
+  if (out->nassociated < TSR_MAX_ASSOCIATED) {
+    out->associated[out->nassociated].dir = dir;
+    out->associated[out->nassociated].name = name;
+    out->nassociated++;
+  }
+}
+
+/* NDPI marks its macro photograph with a source lens of -1 (and its map with -2, which
+ * OpenSlide does not list; the vendor issue decides whether we do). */
+static void name_ndpi_associated(const struct tsr_dirs *dirs, const bool *level,
+                                 struct tsr_layout *out) {
+  for (size_t i = 1; i < dirs->n; i++)
+    if (!level[i] && dirs->dir[i].has_ndpi_source_lens && dirs->dir[i].ndpi_source_lens == -1.0)
+      add_associated(out, i, "macro");
+}
+
 static void name_associated(const struct tsr_dirs *dirs, const bool *level, struct tsr_layout *out) {
+  if (strcmp(out->vendor, "hamamatsu") == 0)
+    name_ndpi_associated(dirs, level, out);
   if (strcmp(out->vendor, "aperio") != 0)
     return;
-  for (size_t i = 1; i < dirs->n && out->nassociated < TSR_MAX_ASSOCIATED; i++) {
+  for (size_t i = 1; i < dirs->n; i++) {
     const struct tsr_dir *d = &dirs->dir[i];
     const char *name = NULL;
     if (level[i] || d->parent >= 0)
@@ -69,11 +90,8 @@ static void name_associated(const struct tsr_dirs *dirs, const bool *level, stru
       name = "label";
     else if (d->description && strstr(d->description, "macro"))
       name = "macro";
-    if (name) {
-      out->associated[out->nassociated].dir = i;
-      out->associated[out->nassociated].name = name;
-      out->nassociated++;
-    }
+    if (name)
+      add_associated(out, i, name);
   }
 }
 

@@ -97,6 +97,30 @@ static char *dup_string_tag(TIFF *tif, uint32_t tag) {
 
 static bool field_known(TIFF *tif, uint32_t tag) { return TIFFFindField(tif, tag, TIFF_ANY) != NULL; }
 
+/* The first value of a numeric tag libtiff does not know (a vendor's private tag), as a
+ * double. Unknown tags are kept by libtiff as counted arrays of the type the file gives. */
+static bool read_private_number(TIFF *tif, uint32_t tag, double *out) {
+  const TIFFField *f = TIFFFindField(tif, tag, TIFF_ANY);
+  if (!f || !TIFFFieldPassCount(f))
+    return false;
+  const void *data = NULL;
+  uint32_t count32 = 0;
+  uint16_t count16 = 0;
+  int ok = TIFFFieldReadCount(f) == TIFF_VARIABLE2 ? TIFFGetField(tif, tag, &count32, &data)
+                                                    : TIFFGetField(tif, tag, &count16, &data);
+  if (!ok || !data || (count32 == 0 && count16 == 0))
+    return false;
+  switch (TIFFFieldDataType(f)) {
+  case TIFF_FLOAT: *out = *(const float *)data; return true;
+  case TIFF_DOUBLE: *out = *(const double *)data; return true;
+  case TIFF_SHORT: *out = *(const uint16_t *)data; return true;
+  case TIFF_SSHORT: *out = *(const int16_t *)data; return true;
+  case TIFF_LONG: *out = *(const uint32_t *)data; return true;
+  case TIFF_SLONG: *out = *(const int32_t *)data; return true;
+  default: return false;
+  }
+}
+
 static tessera_status read_geometry(TIFF *tif, const tessera_open_options *lim, uint32_t index,
                                     struct tsr_level *lv) {
   uint32_t w = 0, h = 0;
@@ -223,6 +247,7 @@ static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim,
   d->has_resolution = TIFFGetField(tif, TIFFTAG_XRESOLUTION, &d->xres) &&
                       TIFFGetField(tif, TIFFTAG_YRESOLUTION, &d->yres);
   TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &d->resolution_unit);
+  d->has_ndpi_source_lens = read_private_number(tif, TSR_NDPI_SOURCE_LENS, &d->ndpi_source_lens);
   return TESSERA_OK;
 }
 

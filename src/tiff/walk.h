@@ -5,6 +5,8 @@
 
 #include "slide_internal.h"
 
+#define TSR_NDPI_SOURCE_LENS 65421
+
 struct tsr_dir {
   struct tsr_level level; /* candidate level; downsample is set later */
   uint32_t subfile_type;
@@ -13,6 +15,8 @@ struct tsr_dir {
   uint16_t resolution_unit;
   bool has_resolution;
   float xres, yres;
+  double ndpi_source_lens; /* Hamamatsu: objective magnification, -1 macro, -2 map */
+  bool has_ndpi_source_lens;
   char *description, *software, *make, *model, *datetime, *artist, *copyright, *host;
 };
 

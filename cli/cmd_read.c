@@ -1,0 +1,206 @@
+/* `tessera read`: one region of one level, written as PNG, PPM or raw bytes. */
+#include "cli.h"
+#include "image_write.h"
+#include "tessera.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The largest buffer `read` will allocate; a region is held in memory whole. */
+#define MAX_REGION_BYTES ((uint64_t)4 << 30)
+
+enum { OPT_LOCATION = 1, OPT_SIZE, OPT_LEVEL, OPT_CHANNELS, OPT_FILL, OPT_OUTPUT, OPT_HELP };
+
+static const cli_option options[] = {
+    {"location", 'l', true, OPT_LOCATION}, {"size", 's', true, OPT_SIZE},
+    {"level", 'L', true, OPT_LEVEL},       {"channels", 'c', true, OPT_CHANNELS},
+    {"fill", 'f', true, OPT_FILL},         {"output", 'o', true, OPT_OUTPUT},
+    {"help", 'h', false, OPT_HELP},
+};
+
+void cmd_read_help(FILE *out) {
+  fputs("Usage: tessera read SLIDE --location X,Y --size W,H [--level L] [--channels 3|4]\n"
+        "                    [--fill V] --output FILE\n"
+        "\n"
+        "Read a W x H region of level L whose top-left corner is (X, Y) in level-0\n"
+        "pixels, and write it to FILE. The region may reach past the edges of the image\n"
+        "(X and Y may be negative); pixels outside the image get the fill value (and\n"
+        "alpha 0).\n"
+        "\n"
+        "Options:\n"
+        "  -l, --location X,Y  top-left corner in level-0 pixels (required)\n"
+        "  -s, --size W,H      size in pixels of the requested level, each >= 1\n"
+        "                      (required)\n"
+        "  -L, --level L       pyramid level, 0 (the largest, default) .. levels-1\n"
+        "  -c, --channels C    3 for RGB (default) or 4 for RGBA\n"
+        "  -f, --fill V        value 0..255 for pixels outside the image (default: the\n"
+        "                      slide's background, see 'tessera info')\n"
+        "  -o, --output FILE   the output; its extension picks the format:\n"
+        "                        .png  8-bit RGB or RGBA PNG\n"
+        "                        .ppm  binary PPM (P6), RGB only\n"
+        "                        .raw  the bare H x W x C bytes, rows top to bottom\n"
+        "  -h, --help          show this help\n"
+        "\n"
+        "The region is held in memory whole, so W x H x C may be at most 4 GiB. FILE is\n"
+        "written to a temporary file beside it and renamed into place on success, so a\n"
+        "failed read never leaves a partial FILE.\n"
+        "\n"
+        "Examples:\n"
+        "  tessera read slide.svs --location 1000,2000 --size 512,512 --output patch.png\n"
+        "  tessera read slide.svs --location 0,0 --size 1024,768 --level 2 -o view.ppm\n"
+        "  tessera read slide.tif --location -100,-100 --size 256,256 --channels 4 \\\n"
+        "      --fill 255 --output corner.raw\n",
+        out);
+}
+
+typedef struct read_args {
+  const char *slide;
+  const char *output;
+  image_format format;
+  int64_t x, y, width, height, level, channels, fill;
+  bool have_location, have_size;
+} read_args;
+
+static int parse_args(int argc, char **argv, read_args *a) {
+  memset(a, 0, sizeof *a);
+  a->channels = 3;
+  a->fill = -1;
+  cli_parser p;
+  cli_parser_init(&p, "read", argc, argv, options, (int)(sizeof options / sizeof options[0]));
+  int id, r;
+  const char *v;
+  bool ok = true;
+  while (ok && (r = cli_next(&p, &id, &v)) > 0) {
+    switch (id) {
+    case CLI_POSITIONAL:
+      if (a->slide)
+        return cli_usage("read", "more than one SLIDE given ('%s' and '%s')", a->slide, v);
+      a->slide = v;
+      break;
+    case OPT_LOCATION:
+      ok = cli_parse_pair("read", "--location", v, INT64_MIN, INT64_MAX, &a->x, &a->y);
+      a->have_location = true;
+      break;
+    case OPT_SIZE:
+      ok = cli_parse_pair("read", "--size", v, 1, INT64_MAX, &a->width, &a->height);
+      a->have_size = true;
+      break;
+    case OPT_LEVEL:
+      ok = cli_parse_int64("read", "--level", v, 0, INT32_MAX, &a->level);
+      break;
+    case OPT_CHANNELS:
+      ok = cli_parse_int64("read", "--channels", v, 3, 4, &a->channels);
+      break;
+    case OPT_FILL:
+      ok = cli_parse_int64("read", "--fill", v, 0, 255, &a->fill);
+      break;
+    case OPT_OUTPUT:
+      a->output = v;
+      break;
+    }
+  }
+  if (!ok || r < 0)
+    return CLI_EXIT_USAGE;
+  if (!a->slide)
+    return cli_usage("read", "no SLIDE given");
+  if (!a->have_location)
+    return cli_usage("read", "--location X,Y is required");
+  if (!a->have_size)
+    return cli_usage("read", "--size W,H is required");
+  if (!a->output)
+    return cli_usage("read", "--output FILE is required");
+  if (!image_format_from_path(a->output, &a->format))
+    return cli_usage("read", "%s: unknown output format; the name must end in .png, .ppm or .raw",
+                     a->output);
+  uint64_t bytes;
+  if (__builtin_mul_overflow((uint64_t)a->width, (uint64_t)a->height, &bytes) ||
+      __builtin_mul_overflow(bytes, (uint64_t)a->channels, &bytes) || bytes > MAX_REGION_BYTES ||
+      bytes > SIZE_MAX)
+    return cli_usage("read",
+                     "--size %" PRId64 ",%" PRId64 " with %" PRId64
+                     " channels is more than the 4 GiB a region may take",
+                     a->width, a->height, a->channels);
+  char why[256];
+  if (!image_format_accepts(a->format, a->width, a->height, (int)a->channels, why, sizeof why))
+    return cli_usage("read", "%s: %s", a->output, why);
+  return CLI_EXIT_OK;
+}
+
+/* Writes the pixels through a temporary file; prints the error on failure. */
+static bool write_output(const read_args *a, const uint8_t *pixels) {
+  cli_outfile f;
+  if (!cli_outfile_open(&f, a->output))
+    return false;
+  FILE *out = fdopen(f.fd, "wb");
+  if (!out) {
+    cli_error(a->output, "cannot write: %s", strerror(errno));
+    cli_outfile_abort(&f);
+    return false;
+  }
+  f.fd = -1; /* fclose owns it now */
+  char error[512];
+  bool ok = image_write(out, a->format, pixels, a->width, a->height, (int)a->channels, error,
+                        sizeof error);
+  if (ok && fflush(out) != 0) {
+    snprintf(error, sizeof error, "write failed: %s", strerror(errno));
+    ok = false;
+  }
+  if (fclose(out) != 0 && ok) {
+    snprintf(error, sizeof error, "write failed: %s", strerror(errno));
+    ok = false;
+  }
+  if (!ok) {
+    cli_error(a->output, "%s", error);
+    cli_outfile_abort(&f);
+    return false;
+  }
+  return cli_outfile_commit(&f);
+}
+
+int cmd_read(int argc, char **argv) {
+  if (cli_wants_help(argc, argv)) {
+    cmd_read_help(stdout);
+    return CLI_EXIT_OK;
+  }
+  read_args a;
+  int rc = parse_args(argc, argv, &a);
+  if (rc != CLI_EXIT_OK)
+    return rc;
+
+  tessera_slide *slide = NULL;
+  if (tessera_open(a.slide, &slide) != TESSERA_OK) {
+    cli_error(a.slide, "%s", tessera_error_message());
+    return CLI_EXIT_ERROR;
+  }
+  int32_t levels = tessera_level_count(slide);
+  if (a.level >= levels) {
+    cli_error(a.slide, "level %" PRId64 " does not exist (the slide has %" PRId32 " level%s)",
+              a.level, levels, levels == 1 ? "" : "s");
+    tessera_close(slide);
+    return CLI_EXIT_ERROR;
+  }
+  size_t size = (size_t)a.width * (size_t)a.height * (size_t)a.channels;
+  uint8_t *pixels = malloc(size);
+  if (!pixels) {
+    cli_error(a.slide, "out of memory for a %zu-byte region", size);
+    tessera_close(slide);
+    return CLI_EXIT_ERROR;
+  }
+  tessera_read_options ro;
+  tessera_read_options_init(&ro);
+  ro.channels = (int32_t)a.channels;
+  ro.fill = (int32_t)a.fill;
+  rc = CLI_EXIT_OK;
+  if (tessera_read_region(slide, a.x, a.y, (int32_t)a.level, a.width, a.height, &ro, pixels,
+                          size) != TESSERA_OK) {
+    cli_error(a.slide, "%s", tessera_error_message());
+    rc = CLI_EXIT_ERROR;
+  }
+  tessera_close(slide);
+  if (rc == CLI_EXIT_OK && !write_output(&a, pixels))
+    rc = CLI_EXIT_ERROR;
+  free(pixels);
+  return rc;
+}
