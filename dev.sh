@@ -45,8 +45,8 @@ demo() {
   mkdir -p "$out"
   "$cli" sample "$out/sample.tiff"
   "$cli" info "$out/sample.tiff"
-  "$cli" read "$out/sample.tiff" --location 9000,6000 --size 512,512 --output "$out/level0.png"
-  "$cli" read "$out/sample.tiff" --location 4000,3000 --size 512,512 --level 2 --output "$out/level2.png"
+  "$cli" read "$out/sample.tiff" --location 3000,3000 --size 512,512 --output "$out/level0.png"
+  "$cli" read "$out/sample.tiff" --location 5000,10000 --size 512,512 --level 2 --output "$out/level2.png"
   "$cli" read "$out/sample.tiff" --location -256,-256 --size 512,512 --level 1 --channels 4 \
     --output "$out/corner-rgba.png"
   "$cli" read "$out/sample.tiff" --location 0,0 --size 640,480 --level 5 --output "$out/overview.png"
