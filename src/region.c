@@ -82,6 +82,8 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct region
   int64_t y1 = r->ly + r->height < lv->height ? r->ly + r->height : lv->height;
   if (x0 >= x1 || y0 >= y1)
     return TESSERA_OK;
+  if (lv->fmt.unsupported[0])
+    return tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level);
   size_t tile_bytes = tsr_tile_buffer_size(lv);
   if (tile_bytes == 0 || tile_bytes > s->limits.max_decoded_tile_bytes)
     return tsr_error(TESSERA_E_LIMIT, "level %d: a decoded %s of %ux%u exceeds the limit", level,

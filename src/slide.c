@@ -121,11 +121,12 @@ static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir 
   if (d0->has_resolution) {
     add_prop(&p, "tiff.XResolution", "%g", (double)d0->xres);
     add_prop(&p, "tiff.YResolution", "%g", (double)d0->yres);
-    add_string_prop(&p, "tiff.ResolutionUnit",
-                    d0->resolution_unit == 3   ? "centimeter"
-                    : d0->resolution_unit == 1 ? "none"
-                                               : "inch");
   }
+  /* The unit has a default (inch), so like OpenSlide we always report it. */
+  add_string_prop(&p, "tiff.ResolutionUnit",
+                  d0->resolution_unit == 3   ? "centimeter"
+                  : d0->resolution_unit == 1 ? "none"
+                                             : "inch");
   add_string_prop(&p, "tessera.vendor", s->vendor);
   add_prop(&p, "tessera.background", "%u", s->background);
   add_prop(&p, "tessera.level-count", "%d", s->nlevels);

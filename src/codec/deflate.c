@@ -19,9 +19,11 @@ tessera_status tsr_decode_deflate(const struct tsr_pixel_format *fmt, const uint
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a deflate decompressor");
   enum libdeflate_result r =
       libdeflate_zlib_decompress(decompressor, src, len, out->pixels, cap, &got);
+  /* A stream longer than the tile is damaged (and its checksum would go unchecked). */
   if (r == LIBDEFLATE_INSUFFICIENT_SPACE)
-    got = cap; /* more data than the tile holds: the tile is complete, the rest is padding */
-  else if (r != LIBDEFLATE_SUCCESS)
+    return tsr_error(TESSERA_E_CORRUPT, "deflate data holds more than the %zu bytes of a tile",
+                     cap);
+  if (r != LIBDEFLATE_SUCCESS)
     return tsr_error(TESSERA_E_CORRUPT, "invalid deflate data");
   if (got < need)
     return tsr_error(TESSERA_E_CORRUPT, "deflate data ends after %zu of %zu bytes", got, need);

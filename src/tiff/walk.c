@@ -376,7 +376,9 @@ tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_opti
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
   TIFFOpenOptionsSetErrorHandlerExtR(opts, on_tiff_error, &log);
   TIFFOpenOptionsSetWarningHandlerExtR(opts, on_tiff_warning, &log);
-  TIFFOpenOptionsSetMaxSingleMemAlloc(opts, (tmsize_t)limits->max_tile_bytes);
+  /* libtiff allocates tag arrays (tile tables, JPEG tables) while walking; bound them so an
+   * absurd count in a damaged file cannot ask for more than the largest tables we accept. */
+  TIFFOpenOptionsSetMaxSingleMemAlloc(opts, (tmsize_t)(TSR_MAX_TILES * sizeof(uint64_t)));
   struct client_file file = {fd, 0, file_size};
   TIFF *tif = TIFFClientOpenExt("slide", "rm", (thandle_t)&file, client_read, client_write,
                                 client_seek, client_close, client_size, client_map,
