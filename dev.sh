@@ -29,13 +29,13 @@ need_packages() {
 }
 
 build() {
-  [ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized >/dev/null
+  [ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized --werror >/dev/null
   ninja -C build >/dev/null
 }
 
 build_sanitized() {
   [ -f build-asan/build.ninja ] ||
-    meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false \
+    meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false --werror \
       --buildtype=debug >/dev/null
   ninja -C build-asan >/dev/null
 }

@@ -87,18 +87,10 @@ static int parse_args(int argc, char **argv, read_args *a) {
       ok = cli_parse_pair("read", "--size", v, 1, INT64_MAX, &a->width, &a->height);
       a->have_size = true;
       break;
-    case OPT_LEVEL:
-      ok = cli_parse_int64("read", "--level", v, 0, INT32_MAX, &a->level);
-      break;
-    case OPT_CHANNELS:
-      ok = cli_parse_int64("read", "--channels", v, 3, 4, &a->channels);
-      break;
-    case OPT_FILL:
-      ok = cli_parse_int64("read", "--fill", v, 0, 255, &a->fill);
-      break;
-    case OPT_OUTPUT:
-      a->output = v;
-      break;
+    case OPT_LEVEL: ok = cli_parse_int64("read", "--level", v, 0, INT32_MAX, &a->level); break;
+    case OPT_CHANNELS: ok = cli_parse_int64("read", "--channels", v, 3, 4, &a->channels); break;
+    case OPT_FILL: ok = cli_parse_int64("read", "--fill", v, 0, 255, &a->fill); break;
+    case OPT_OUTPUT: a->output = v; break;
     }
   }
   if (!ok || r < 0)

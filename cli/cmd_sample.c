@@ -116,15 +116,11 @@ static int parse_args(int argc, char **argv, sample_args *a) {
       if (ok && a->tile % 16 != 0)
         return cli_usage("sample", "--tile: %" PRId64 " is not a multiple of 16", a->tile);
       break;
-    case OPT_QUALITY:
-      ok = cli_parse_int64("sample", "--quality", v, 1, 100, &a->quality);
-      break;
+    case OPT_QUALITY: ok = cli_parse_int64("sample", "--quality", v, 1, 100, &a->quality); break;
     case OPT_THREADS:
       ok = cli_parse_int64("sample", "--threads", v, 0, MAX_WORKERS, &a->threads);
       break;
-    case OPT_QUIET:
-      a->quiet = true;
-      break;
+    case OPT_QUIET: a->quiet = true; break;
     }
   }
   if (!ok || r < 0)

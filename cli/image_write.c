@@ -44,8 +44,7 @@ bool image_format_accepts(image_format format, int64_t width, int64_t height, in
       return false;
     }
     return true;
-  case IMAGE_RAW:
-    return true;
+  case IMAGE_RAW: return true;
   }
   return false;
 }
@@ -119,16 +118,14 @@ bool image_write(FILE *out, image_format format, const uint8_t *pixels, int64_t 
                  int64_t height, int channels, char *error, size_t error_size) {
   size_t size = (size_t)width * (size_t)height * (size_t)channels;
   switch (format) {
-  case IMAGE_PNG:
-    return write_png(out, pixels, width, height, channels, error, error_size);
+  case IMAGE_PNG: return write_png(out, pixels, width, height, channels, error, error_size);
   case IMAGE_PPM:
     if (fprintf(out, "P6\n%lld %lld\n255\n", (long long)width, (long long)height) < 0) {
       snprintf(error, error_size, "write failed: %s", strerror(errno));
       return false;
     }
     return write_bytes(out, pixels, size, error, error_size);
-  case IMAGE_RAW:
-    return write_bytes(out, pixels, size, error, error_size);
+  case IMAGE_RAW: return write_bytes(out, pixels, size, error, error_size);
   }
   snprintf(error, error_size, "unknown image format");
   return false;

@@ -75,17 +75,19 @@ typedef struct tessera_open_options {
   uint64_t max_decoded_tile_bytes; /* largest decoded tile or strip; 1 GiB */
 } tessera_open_options;
 
+/* Fills *options with the defaults (and struct_size). Thread-safe. */
 TESSERA_API void tessera_open_options_init(tessera_open_options *options);
 
 /* Opens a slide with default options. On success *out holds the slide; on failure *out is
- * NULL. Thread-safe. */
+ * NULL. Thread-safe: any number of threads may open slides (the same file too) at once. */
 TESSERA_API tessera_status tessera_open(const char *path, tessera_slide **out);
 
-/* As tessera_open, with options (NULL means the defaults). */
+/* As tessera_open, with options (NULL means the defaults). Thread-safe. */
 TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
                                            tessera_slide **out);
 
-/* Closes a slide. No other call on it may be in progress. NULL is ignored. */
+/* Closes a slide. Not thread-safe with respect to that slide: no other call on it may be in
+ * progress or follow. NULL is ignored. */
 TESSERA_API void tessera_close(tessera_slide *slide);
 
 /* ---------------------------------------------------------------------------------------
@@ -97,13 +99,13 @@ TESSERA_API void tessera_close(tessera_slide *slide);
 TESSERA_API int32_t tessera_level_count(const tessera_slide *slide);
 
 typedef struct tessera_level_info {
-  size_t struct_size;       /* sizeof(tessera_level_info) */
-  int64_t width, height;    /* pixels */
-  double downsample;        /* mean of level-0/level width and height ratios */
-  int32_t tile_width;       /* for strip images: the image width */
-  int32_t tile_height;      /* for strip images: rows per strip */
-  int32_t tiled;            /* 1 for tiles, 0 for strips */
-  uint32_t compression;     /* the TIFF Compression tag value */
+  size_t struct_size;    /* sizeof(tessera_level_info) */
+  int64_t width, height; /* pixels */
+  double downsample;     /* mean of level-0/level width and height ratios */
+  int32_t tile_width;    /* for strip images: the image width */
+  int32_t tile_height;   /* for strip images: rows per strip */
+  int32_t tiled;         /* 1 for tiles, 0 for strips */
+  uint32_t compression;  /* the TIFF Compression tag value */
   int32_t samples_per_pixel;
 } tessera_level_info;
 
@@ -111,7 +113,8 @@ typedef struct tessera_level_info {
 TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *slide, int32_t level,
                                                   tessera_level_info *info);
 
-/* A name for a TIFF compression code ("jpeg", "zstd", ...), or NULL if unknown. */
+/* A name for a TIFF compression code ("jpeg", "zstd", ...), or NULL if unknown. Thread-safe;
+ * the string is static. */
 TESSERA_API const char *tessera_compression_name(uint32_t compression);
 
 /* The vendor that wrote the slide: "generic-tiff", "aperio", "hamamatsu", "philips", ... */
@@ -143,6 +146,8 @@ typedef struct tessera_read_options {
   size_t stride;      /* bytes between destination rows; 0 means width * channels */
 } tessera_read_options;
 
+/* Fills *options with the defaults: 3 channels, the slide's background, packed rows.
+ * Thread-safe. */
 TESSERA_API void tessera_read_options_init(tessera_read_options *options);
 
 /* Reads a width x height region of `level` whose top-left corner is (x, y) in level-0

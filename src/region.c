@@ -22,7 +22,7 @@ TESSERA_API void tessera_read_options_init(tessera_read_options *o) {
 }
 
 struct region {
-  int64_t lx, ly;       /* level origin of the region */
+  int64_t lx, ly; /* level origin of the region */
   int64_t width, height;
   unsigned channels;
   uint8_t fill;
@@ -64,8 +64,10 @@ static void convert_row(const uint8_t *src, unsigned src_ch, bool alpha, uint8_t
 
 static void copy_tile(const struct region *r, const struct tsr_level *lv, const uint8_t *tile,
                       int64_t tx, int64_t ty, uint32_t tw, uint32_t th) {
-  int64_t x0 = tx > r->lx ? tx : r->lx, x1 = tx + tw < r->lx + r->width ? tx + tw : r->lx + r->width;
-  int64_t y0 = ty > r->ly ? ty : r->ly, y1 = ty + th < r->ly + r->height ? ty + th : r->ly + r->height;
+  int64_t x0 = tx > r->lx ? tx : r->lx,
+          x1 = tx + tw < r->lx + r->width ? tx + tw : r->lx + r->width;
+  int64_t y0 = ty > r->ly ? ty : r->ly,
+          y1 = ty + th < r->ly + r->height ? ty + th : r->ly + r->height;
   unsigned sc = lv->fmt.decoded_channels;
   size_t src_row = (size_t)lv->tile_w * sc;
   for (int64_t y = y0; y < y1; y++) {

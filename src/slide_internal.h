@@ -13,16 +13,16 @@
 struct tsr_pixel_format {
   uint32_t compression;
   uint16_t photometric;
-  uint16_t spp;               /* samples per pixel as stored */
-  uint16_t predictor;         /* 1 none, 2 horizontal */
-  uint16_t ycbcr_sub[2];      /* YCbCr subsampling factors (JPEG) */
-  uint8_t decoded_channels;   /* what the decoder writes: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA */
-  bool alpha;                 /* the last decoded channel is alpha (else: ignored, opaque) */
-  bool lossless_family;       /* codec yields stored samples: predictor and inversion apply */
-  bool invert;                /* MinIsWhite: decoded samples are inverted after decoding */
-  uint8_t *jpeg_tables;       /* JPEGTables tag (owned), or NULL */
+  uint16_t spp;             /* samples per pixel as stored */
+  uint16_t predictor;       /* 1 none, 2 horizontal */
+  uint16_t ycbcr_sub[2];    /* YCbCr subsampling factors (JPEG) */
+  uint8_t decoded_channels; /* what the decoder writes: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA */
+  bool alpha;               /* the last decoded channel is alpha (else: ignored, opaque) */
+  bool lossless_family;     /* codec yields stored samples: predictor and inversion apply */
+  bool invert;              /* MinIsWhite: decoded samples are inverted after decoding */
+  uint8_t *jpeg_tables;     /* JPEGTables tag (owned), or NULL */
   size_t jpeg_tables_len;
-  char unsupported[96];       /* non-empty: why this level cannot be decoded */
+  char unsupported[96]; /* non-empty: why this level cannot be decoded */
 };
 
 struct tsr_level {
@@ -30,12 +30,12 @@ struct tsr_level {
   double downsample;
   uint32_t tile_w, tile_h; /* strips: image width x rows per strip */
   bool tiled;
-  uint32_t across, down;   /* tiles (or strips) per row and column */
+  uint32_t across, down; /* tiles (or strips) per row and column */
   uint64_t ntiles;
-  uint64_t *offsets;       /* ntiles entries each */
+  uint64_t *offsets; /* ntiles entries each */
   uint64_t *bytecounts;
   struct tsr_pixel_format fmt;
-  uint32_t directory;      /* index of its TIFF directory, for messages */
+  uint32_t directory; /* index of its TIFF directory, for messages */
 };
 
 /* Frees the tables a level owns. */
@@ -47,7 +47,7 @@ struct tsr_property {
 };
 
 struct tessera_slide {
-  int fd;            /* shared by all readers through pread(): no seek state */
+  int fd; /* shared by all readers through pread(): no seek state */
   char *path;
   uint64_t file_size;
   tessera_open_options limits;

@@ -40,8 +40,7 @@ static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64
   if (count > scratch->cap) {
     uint8_t *d = tsr_realloc(scratch->data, (size_t)count);
     if (!d)
-      return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes",
-                       (unsigned long long)count);
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)count);
     scratch->data = d;
     scratch->cap = (size_t)count;
   }

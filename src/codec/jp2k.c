@@ -114,8 +114,8 @@ static tessera_status copy_image(const struct tsr_pixel_format *fmt, const opj_i
   return TESSERA_OK;
 }
 
-tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *fmt, const uint8_t *src,
-                               size_t len, const struct tsr_tile_out *out) {
+tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
+                               const struct tsr_tile_out *out) {
   static const uint8_t jp2_signature[] = {0, 0, 0, 0x0c, 'j', 'P', ' ', ' '};
   bool jp2 = len >= sizeof jp2_signature && memcmp(src, jp2_signature, sizeof jp2_signature) == 0;
   struct memory_stream m = {src, len, 0};

@@ -71,8 +71,8 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   return TESSERA_OK;
 }
 
-tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *fmt, const uint8_t *src,
-                               size_t len, const struct tsr_tile_out *out) {
+tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
+                               const struct tsr_tile_out *out) {
   struct jpeg_decompress_struct cinfo;
   struct jpeg_failure fail;
   cinfo.err = jpeg_std_error(&fail.mgr);

@@ -70,8 +70,7 @@ tessera_status tsr_decode_lzw(const struct tsr_pixel_format *fmt, const uint8_t 
         dst[o + n] = first;
       o += n + 1;
     } else {
-      return tsr_error(TESSERA_E_CORRUPT, "invalid LZW code %u (next free code is %u)", code,
-                       next);
+      return tsr_error(TESSERA_E_CORRUPT, "invalid LZW code %u (next free code is %u)", code, next);
     }
     if (next < LZW_MAX) {
       t.prefix[next] = (uint16_t)prev;

@@ -10,8 +10,8 @@ static void destroy(void *c) { ZSTD_freeDCtx(c); }
 static void *create(void) { return ZSTD_createDCtx(); }
 static struct tsr_thread_slot slot = TSR_THREAD_SLOT_INIT(destroy);
 
-tessera_status tsr_decode_zstd(const struct tsr_pixel_format *fmt, const uint8_t *src,
-                               size_t len, const struct tsr_tile_out *out) {
+tessera_status tsr_decode_zstd(const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
+                               const struct tsr_tile_out *out) {
   size_t need = tsr_codec_needed_bytes(fmt, out), cap = tsr_codec_capacity(fmt, out);
   ZSTD_DCtx *context = tsr_thread_slot_get(&slot, create);
   if (!context)

@@ -47,7 +47,6 @@ static bool is_level(const struct tsr_dirs *dirs, size_t i) {
   return lv->tiled == base->tiled && smaller && same_aspect(base, lv);
 }
 
-
 static int cmp_levels(const void *a, const void *b, void *ctx) {
   const struct tsr_dirs *dirs = ctx;
   const struct tsr_level *la = &dirs->dir[*(const size_t *)a].level;
@@ -74,7 +73,8 @@ static void name_ndpi_associated(const struct tsr_dirs *dirs, const bool *level,
       add_associated(out, i, "macro");
 }
 
-static void name_associated(const struct tsr_dirs *dirs, const bool *level, struct tsr_layout *out) {
+static void name_associated(const struct tsr_dirs *dirs, const bool *level,
+                            struct tsr_layout *out) {
   if (strcmp(out->vendor, "hamamatsu") == 0)
     name_ndpi_associated(dirs, level, out);
   if (strcmp(out->vendor, "aperio") != 0)
@@ -109,8 +109,7 @@ tessera_status tsr_format_detect(const struct tsr_dirs *dirs, struct tsr_layout 
   for (size_t i = 0; i < dirs->n; i++)
     if ((level[i] = is_level(dirs, i)))
       out->level_dirs[out->nlevels++] = i;
-  qsort_r(out->level_dirs, (size_t)out->nlevels, sizeof *out->level_dirs, cmp_levels,
-          (void *)dirs);
+  qsort_r(out->level_dirs, (size_t)out->nlevels, sizeof *out->level_dirs, cmp_levels, (void *)dirs);
   /* Two directories of one size (a SubIFD copy of a chain level) make one level. */
   int32_t kept = 0;
   for (int32_t i = 0; i < out->nlevels; i++) {

@@ -32,8 +32,7 @@ static int on_tiff_error(TIFF *tif, void *user, const char *module, const char *
   return 1;
 }
 
-static int on_tiff_warning(TIFF *tif, void *user, const char *module, const char *fmt,
-                           va_list ap) {
+static int on_tiff_warning(TIFF *tif, void *user, const char *module, const char *fmt, va_list ap) {
   (void)tif, (void)user, (void)module, (void)fmt, (void)ap;
   return 1;
 }
@@ -95,7 +94,9 @@ static char *dup_string_tag(TIFF *tif, uint32_t tag) {
   return tsr_strdup(s);
 }
 
-static bool field_known(TIFF *tif, uint32_t tag) { return TIFFFindField(tif, tag, TIFF_ANY) != NULL; }
+static bool field_known(TIFF *tif, uint32_t tag) {
+  return TIFFFindField(tif, tag, TIFF_ANY) != NULL;
+}
 
 /* The first value of a numeric tag libtiff does not know (a vendor's private tag), as a
  * double. Unknown tags are kept by libtiff as counted arrays of the type the file gives. */
@@ -107,7 +108,7 @@ static bool read_private_number(TIFF *tif, uint32_t tag, double *out) {
   uint32_t count32 = 0;
   uint16_t count16 = 0;
   int ok = TIFFFieldReadCount(f) == TIFF_VARIABLE2 ? TIFFGetField(tif, tag, &count32, &data)
-                                                    : TIFFGetField(tif, tag, &count16, &data);
+                                                   : TIFFGetField(tif, tag, &count16, &data);
   if (!ok || !data || (count32 == 0 && count16 == 0))
     return false;
   switch (TIFFFieldDataType(f)) {
@@ -127,11 +128,11 @@ static tessera_status read_geometry(TIFF *tif, const tessera_open_options *lim, 
   TIFFGetField(tif, TIFFTAG_IMAGEWIDTH, &w);
   TIFFGetField(tif, TIFFTAG_IMAGELENGTH, &h);
   if (w == 0 || h == 0)
-    return tsr_error(TESSERA_E_FORMAT, "directory %u has a zero width or height (%ux%u)", index,
-                     w, h);
+    return tsr_error(TESSERA_E_FORMAT, "directory %u has a zero width or height (%ux%u)", index, w,
+                     h);
   if ((int64_t)w > lim->max_dimension || (int64_t)h > lim->max_dimension)
-    return tsr_error(TESSERA_E_LIMIT, "directory %u is %ux%u, larger than the limit of %lld",
-                     index, w, h, (long long)lim->max_dimension);
+    return tsr_error(TESSERA_E_LIMIT, "directory %u is %ux%u, larger than the limit of %lld", index,
+                     w, h, (long long)lim->max_dimension);
   lv->width = w;
   lv->height = h;
   lv->tiled = TIFFIsTiled(tif);
@@ -167,8 +168,8 @@ static tessera_status read_geometry(TIFF *tif, const tessera_open_options *lim, 
 static tessera_status read_tables(TIFF *tif, uint32_t index, struct tsr_level *lv) {
   uint64_t stored = lv->tiled ? TIFFNumberOfTiles(tif) : TIFFNumberOfStrips(tif);
   if (stored < lv->ntiles)
-    return tsr_error(TESSERA_E_FORMAT, "directory %u lists %llu %s, but its size needs %llu",
-                     index, (unsigned long long)stored, lv->tiled ? "tiles" : "strips",
+    return tsr_error(TESSERA_E_FORMAT, "directory %u lists %llu %s, but its size needs %llu", index,
+                     (unsigned long long)stored, lv->tiled ? "tiles" : "strips",
                      (unsigned long long)lv->ntiles);
   lv->offsets = tsr_calloc(lv->ntiles, sizeof *lv->offsets);
   lv->bytecounts = tsr_calloc(lv->ntiles, sizeof *lv->bytecounts);
@@ -179,8 +180,8 @@ static tessera_status read_tables(TIFF *tif, uint32_t index, struct tsr_level *l
     lv->offsets[i] = TIFFGetStrileOffsetWithErr(tif, (uint32_t)i, &err1);
     lv->bytecounts[i] = TIFFGetStrileByteCountWithErr(tif, (uint32_t)i, &err2);
     if (err1 || err2)
-      return tsr_error(TESSERA_E_FORMAT, "directory %u: cannot read the offset of tile %llu",
-                       index, (unsigned long long)i);
+      return tsr_error(TESSERA_E_FORMAT, "directory %u: cannot read the offset of tile %llu", index,
+                       (unsigned long long)i);
   }
   return TESSERA_OK;
 }
@@ -380,9 +381,9 @@ tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_opti
    * absurd count in a damaged file cannot ask for more than the largest tables we accept. */
   TIFFOpenOptionsSetMaxSingleMemAlloc(opts, (tmsize_t)(TSR_MAX_TILES * sizeof(uint64_t)));
   struct client_file file = {fd, 0, file_size};
-  TIFF *tif = TIFFClientOpenExt("slide", "rm", (thandle_t)&file, client_read, client_write,
-                                client_seek, client_close, client_size, client_map,
-                                client_unmap, opts);
+  TIFF *tif =
+      TIFFClientOpenExt("slide", "rm", (thandle_t)&file, client_read, client_write, client_seek,
+                        client_close, client_size, client_map, client_unmap, opts);
   TIFFOpenOptionsFree(opts);
   if (!tif) {
     if (log.failed) {

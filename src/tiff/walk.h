@@ -10,8 +10,8 @@
 struct tsr_dir {
   struct tsr_level level; /* candidate level; downsample is set later */
   uint32_t subfile_type;
-  int32_t parent;         /* SubIFD: index of the directory it hangs from; main chain: -1 */
-  uint64_t offset;        /* of the IFD in the file (main chain), for loop detection */
+  int32_t parent;  /* SubIFD: index of the directory it hangs from; main chain: -1 */
+  uint64_t offset; /* of the IFD in the file (main chain), for loop detection */
   uint16_t resolution_unit;
   bool has_resolution;
   float xres, yres;

@@ -70,32 +70,38 @@ static void test_read_arguments(void) {
   tessera_read_options o;
   tessera_read_options_init(&o);
   CHECK(o.channels == 3 && o.fill == -1 && o.stride == 0 && o.struct_size == sizeof o, "init");
-  CHECK(tessera_read_region(s, 0, 0, -1, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "level -1");
+  CHECK(tessera_read_region(s, 0, 0, -1, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT,
+        "level -1");
   CHECK(tessera_read_region(s, 0, 0, tessera_level_count(s), 8, 8, &o, buf, sizeof buf) ==
-            TESSERA_E_ARGUMENT, "level past the end");
+            TESSERA_E_ARGUMENT,
+        "level past the end");
   CHECK(strstr(tessera_error_message(), "does not exist"), "%s", tessera_error_message());
   CHECK(tessera_read_region(s, 0, 0, 0, 0, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "w 0");
   CHECK(tessera_read_region(s, 0, 0, 0, 8, -1, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "h -1");
   CHECK(tessera_read_region(s, 0, 0, 0, 64, 64, &o, buf, 100) == TESSERA_E_ARGUMENT, "small dst");
   CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, NULL, 0) == TESSERA_E_ARGUMENT, "NULL dst");
-  CHECK(tessera_read_region(NULL, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "NULL slide");
+  CHECK(tessera_read_region(NULL, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT,
+        "NULL slide");
   o.channels = 5;
-  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "channels 5");
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT,
+        "channels 5");
   o.channels = 3;
   o.fill = 256;
-  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "fill 256");
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT,
+        "fill 256");
   o.fill = -1;
   o.stride = 8 * 3 - 1;
   CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "stride");
   o.stride = 0;
   o.struct_size = 0;
-  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT, "no size");
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_E_ARGUMENT,
+        "no size");
   /* A caller built against an older, shorter options struct gets defaults for the rest. */
   o.struct_size = offsetof(tessera_read_options, fill);
   o.channels = 4;
   o.fill = 999;
-  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_OK, "short struct: %s",
-        tessera_error_message());
+  CHECK(tessera_read_region(s, 0, 0, 0, 8, 8, &o, buf, sizeof buf) == TESSERA_OK,
+        "short struct: %s", tessera_error_message());
   CHECK(tessera_read_region(s, INT64_MAX, INT64_MIN, 0, 8, 8, NULL, buf, sizeof buf) == TESSERA_OK,
         "far outside: %s", tessera_error_message());
   CHECK(buf[0] == tessera_background(s), "far outside is background");

@@ -36,8 +36,8 @@ static int read_tile_area(tessera_slide *s, int tile, uint8_t *buf, int fill) {
   return tessera_read_region(s, x + 10, y + 10, 0, 50, 50, &o, buf, 50 * 50 * 3);
 }
 
-static void corrupt_and_check(const char *orig, const char *copy, const uint8_t *bytes,
-                              size_t n, uint64_t where_in_tile, const char *what) {
+static void corrupt_and_check(const char *orig, const char *copy, const uint8_t *bytes, size_t n,
+                              uint64_t where_in_tile, const char *what) {
   tessera_slide *good = NULL, *bad = NULL;
   copy_file(orig, copy);
   if (tessera_open(orig, &good) != TESSERA_OK) {
@@ -67,8 +67,8 @@ static void corrupt_and_check(const char *orig, const char *copy, const uint8_t 
     if (t == victim)
       continue;
     CHECK(read_tile_area(good, t, a, 0) == TESSERA_OK, "good tile %d", t);
-    CHECK(read_tile_area(bad, t, b, 0) == TESSERA_OK, "%s: tile %d after the error: %s", what,
-          t, tessera_error_message());
+    CHECK(read_tile_area(bad, t, b, 0) == TESSERA_OK, "%s: tile %d after the error: %s", what, t,
+          tessera_error_message());
     CHECK(memcmp(a, b, sizeof a) == 0, "%s: tile %d differs", what, t);
   }
   /* The same failure again: the slide is not left in an error state by the first one. */

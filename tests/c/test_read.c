@@ -27,9 +27,8 @@ static void expected_pixel(const struct level_image *li, int64_t x, int64_t y, i
   (void)channels;
 }
 
-static int compare_region(tessera_slide *s, int32_t level, const struct level_image *li,
-                          int64_t lx, int64_t ly, int64_t w, int64_t h, int channels, int fill,
-                          size_t pad) {
+static int compare_region(tessera_slide *s, int32_t level, const struct level_image *li, int64_t lx,
+                          int64_t ly, int64_t w, int64_t h, int channels, int fill, size_t pad) {
   tessera_read_options o;
   tessera_read_options_init(&o);
   o.channels = channels;
@@ -63,9 +62,11 @@ static int compare_region(tessera_slide *s, int32_t level, const struct level_im
       expected_pixel(li, lx + xx, ly + yy, channels, f, e);
       const uint8_t *p = buf + (size_t)yy * o.stride + (size_t)xx * channels;
       if (memcmp(p, e, (size_t)channels) != 0) {
-        CHECK(0, "level %d region %lld,%lld %lldx%lld ch %d: pixel %lld,%lld is %u,%u,%u want %u,%u,%u",
-              level, (long long)lx, (long long)ly, (long long)w, (long long)h, channels,
-              (long long)xx, (long long)yy, p[0], p[1], p[2], e[0], e[1], e[2]);
+        CHECK(
+            0,
+            "level %d region %lld,%lld %lldx%lld ch %d: pixel %lld,%lld is %u,%u,%u want %u,%u,%u",
+            level, (long long)lx, (long long)ly, (long long)w, (long long)h, channels,
+            (long long)xx, (long long)yy, p[0], p[1], p[2], e[0], e[1], e[2]);
         bad = 1;
       }
     }
@@ -128,7 +129,8 @@ static void test_file(const char *path) {
     tessera_read_options_init(&o);
     o.channels = 4;
     int64_t x0 = 0;
-    tessera_status st = tessera_read_region(s, x0, 0, level, info.width, info.height, &o, li.rgba, size);
+    tessera_status st =
+        tessera_read_region(s, x0, 0, level, info.width, info.height, &o, li.rgba, size);
     CHECK(st == TESSERA_OK, "%s level %d whole: %s", path, level, tessera_error_message());
     if (st == TESSERA_OK) {
       int fails = random_regions(s, level, &li, &rng, 25);
