@@ -205,6 +205,11 @@ def all_specs():
         _tifffile("tf-bigtiff-pyr", [(900, 700), (450, 350), (225, 175)]),
         _tifffile("tf-subifd-pyr", [(900, 700), (450, 350), (225, 175)], subifd=True),
         _tifffile("tf-deflate-pred", [(777, 555)]),
+        # compression 32946 (the old "PKZIP" deflate code), same stream as 8
+        _tifffile("tf-deflate32946-pyr", [(640, 480), (320, 240)]),
+        # a big-endian BigTIFF, deflate with the horizontal predictor (tifffile has no LZW writer
+        # without imagecodecs)
+        _tifffile("tf-bigendian-bigtiff-deflate", [(500, 300)], openslide=False),
     ]
     specs += [
         SlideSpec("aperio-jpeg-CMU-1-Small-Region.svs", "testdata",
@@ -333,6 +338,11 @@ def _tf_pyramid(factory, out, sizes, tile, byteorder="<", bigtiff=False, compres
 
 
 TIFFFILE_WRITERS = {
+    "tf-deflate32946-pyr": lambda f, o: _tf_pyramid(
+        f, o, SPECS["tf-deflate32946-pyr"].levels, (128, 128), compression=32946),
+    "tf-bigendian-bigtiff-deflate": lambda f, o: _tf_pyramid(
+        f, o, SPECS["tf-bigendian-bigtiff-deflate"].levels, (64, 64), byteorder=">", bigtiff=True,
+        compression="zlib", predictor=True),
     "tf-bigendian-deflate-pyr": lambda f, o: _tf_pyramid(
         f, o, SPECS["tf-bigendian-deflate-pyr"].levels, (256, 256), byteorder=">",
         compression="zlib"),
