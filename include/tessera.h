@@ -154,9 +154,10 @@ TESSERA_API void tessera_read_options_init(tessera_read_options *options);
  * pixels; the level's origin is (floor(x / downsample), floor(y / downsample)). Writes
  * interleaved 8-bit pixels, rows top to bottom, into dst, which holds dst_size bytes (at
  * least stride * (height - 1) + width * channels). Pixels outside the image get the fill
- * value (and alpha 0). On failure dst holds no image: it is filled with the fill value and
- * alpha 0 so no half-decoded region can pass for a good one. A corrupt tile fails only the
- * reads that need it. Thread-safe. */
+ * value (and alpha 0). A read that fails on the file's data leaves dst filled with the fill
+ * value and alpha 0, so no half-decoded region can pass for a good one; a call rejected for
+ * its arguments (TESSERA_E_ARGUMENT) does not touch dst. A corrupt tile fails only the reads
+ * that need it. Thread-safe. */
 TESSERA_API tessera_status tessera_read_region(tessera_slide *slide, int64_t x, int64_t y,
                                                int32_t level, int64_t width, int64_t height,
                                                const tessera_read_options *options, uint8_t *dst,
