@@ -62,8 +62,8 @@ void tsr_codec_resolve(struct tsr_pixel_format *f, uint16_t bps, uint16_t sample
   } else {
     if ((gray && (spp == 1 || spp == 2)) || (rgb && (spp == 3 || spp == 4)))
       f->decoded_channels = (uint8_t)spp;
-    f->invert = ph == PHOTOMETRIC_MINISWHITE;
   }
+  f->invert = ph == PHOTOMETRIC_MINISWHITE;
   if (!f->decoded_channels) {
     UNSUPPORTED("unsupported photometric interpretation %u with %u samples per pixel", ph, spp);
     return;
@@ -97,10 +97,8 @@ size_t tsr_codec_capacity(const struct tsr_pixel_format *fmt, const struct tsr_t
 }
 
 void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out) {
-  if (!fmt->lossless_family)
-    return;
   size_t ch = fmt->decoded_channels, row = (size_t)out->width * ch;
-  if (fmt->predictor == 2) {
+  if (fmt->lossless_family && fmt->predictor == 2) {
     for (uint32_t y = 0; y < out->need_h; y++) {
       uint8_t *p = out->pixels + y * row;
       for (size_t i = ch; i < row; i++)

@@ -29,7 +29,8 @@ void tsr_codec_resolve(struct tsr_pixel_format *fmt, uint16_t bits_per_sample,
 /* The decoder of a compression, or NULL. */
 tsr_decode_fn tsr_codec_find(uint32_t compression);
 
-/* Undoes the horizontal predictor and MinIsWhite inversion, in place, after decoding. */
+/* Undoes the horizontal predictor (lossless codecs) and MinIsWhite inversion (all codecs), in
+ * place, after decoding. */
 void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out);
 
 /* The codecs. Lossless ones (raw, lzw, packbits, deflate, zstd) produce stored samples. */

@@ -56,6 +56,31 @@ static void keep_error(const char *msg, void *user) {
   }
 }
 
+static uint32_t be32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Checks a raw codestream's image and tile grid (its SIZ marker) before OpenJPEG sees it:
+ * OpenJPEG allocates per-tile state while reading the header, so a few hostile bytes could
+ * otherwise cost gigabytes before any size can be checked. */
+static tessera_status check_siz(const uint8_t *src, size_t len, const struct tsr_tile_out *out) {
+  if (len < 4 + 38 || src[0] != 0xFF || src[1] != 0x4F || src[2] != 0xFF || src[3] != 0x51)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 data does not start with SOC and SIZ");
+  const uint8_t *siz = src + 6; /* after the marker and its length */
+  uint32_t xs = be32(siz + 2), ys = be32(siz + 6), xo = be32(siz + 10), yo = be32(siz + 14);
+  uint32_t xt = be32(siz + 18), yt = be32(siz + 22), xto = be32(siz + 26), yto = be32(siz + 30);
+  if (xs <= xo || ys <= yo || xt == 0 || yt == 0 || xto > xo || yto > yo)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 image or tile grid is malformed");
+  if (xs - xo > out->width || ys - yo > out->height)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 image is %ux%u, the tile is %ux%u", xs - xo,
+                     ys - yo, out->width, out->height);
+  uint64_t tiles = ((uint64_t)(xs - xto) + xt - 1) / xt * (((uint64_t)(ys - yto) + yt - 1) / yt);
+  if (tiles > (uint64_t)out->width * out->height)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 data has %llu tiles in a %ux%u image",
+                     (unsigned long long)tiles, xs - xo, ys - yo);
+  return TESSERA_OK;
+}
+
 static uint8_t clamp8(int v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
 
 /* The sample of component c at pixel (x, y), honouring component subsampling. */
@@ -118,6 +143,11 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *fmt, const uint8_t
                                const struct tsr_tile_out *out) {
   static const uint8_t jp2_signature[] = {0, 0, 0, 0x0c, 'j', 'P', ' ', ' '};
   bool jp2 = len >= sizeof jp2_signature && memcmp(src, jp2_signature, sizeof jp2_signature) == 0;
+  if (!jp2) {
+    tessera_status checked = check_siz(src, len, out);
+    if (checked != TESSERA_OK)
+      return checked;
+  }
   struct memory_stream m = {src, len, 0};
   char error[200] = "";
   opj_codec_t *codec = opj_create_decompress(jp2 ? OPJ_CODEC_JP2 : OPJ_CODEC_J2K);
@@ -138,8 +168,18 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *fmt, const uint8_t
   opj_stream_set_seek_function(stream, stream_seek);
   opj_dparameters_t params;
   opj_set_default_decoder_parameters(&params);
-  if (!opj_setup_decoder(codec, &params) || !opj_read_header(stream, codec, &img) ||
-      !opj_decode(codec, stream, img) || !opj_end_decompress(codec, stream)) {
+  if (!opj_setup_decoder(codec, &params) || !opj_read_header(stream, codec, &img)) {
+    st = tsr_error(TESSERA_E_CORRUPT, "corrupt JPEG 2000 header%s%s", error[0] ? ": " : "", error);
+    goto out;
+  }
+  /* Bounded before decoding, so a small codestream cannot make us decode a huge image. */
+  if (img->x1 <= img->x0 || img->y1 <= img->y0 || img->x1 - img->x0 > out->width ||
+      img->y1 - img->y0 > out->height) {
+    st = tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 image is %ux%u, the tile is %ux%u",
+                   img->x1 - img->x0, img->y1 - img->y0, out->width, out->height);
+    goto out;
+  }
+  if (!opj_decode(codec, stream, img) || !opj_end_decompress(codec, stream)) {
     st = tsr_error(TESSERA_E_CORRUPT, "corrupt JPEG 2000 data%s%s", error[0] ? ": " : "", error);
     goto out;
   }

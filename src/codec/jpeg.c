@@ -55,19 +55,19 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   }
   cinfo->dct_method = JDCT_ISLOW;
   cinfo->do_fancy_upsampling = TRUE;
+  /* Checked before decompression starts: a progressive stream allocates and fills a buffer
+   * for its whole image inside jpeg_start_decompress. */
+  uint32_t w = cinfo->image_width, h = cinfo->image_height;
+  if (w < out->need_w || h < out->need_h || w > out->width || h > out->height)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG data is %ux%u, the tile is %ux%u and needs %ux%u", w,
+                     h, out->width, out->height, out->need_w, out->need_h);
   jpeg_start_decompress(cinfo);
-  uint32_t w = cinfo->output_width, h = cinfo->output_height;
-  if (w < out->need_w || h < out->need_h || w > out->width)
-    return tsr_error(TESSERA_E_CORRUPT, "JPEG data is %ux%u, the tile needs %ux%u", w, h,
-                     out->need_w, out->need_h);
   size_t row = (size_t)out->width * channels;
-  uint32_t rows = h < out->height ? h : out->height;
-  while (cinfo->output_scanline < rows) {
+  while (cinfo->output_scanline < cinfo->output_height) {
     JSAMPROW line = out->pixels + (size_t)cinfo->output_scanline * row;
     jpeg_read_scanlines(cinfo, &line, 1);
   }
-  if (rows == h)
-    jpeg_finish_decompress(cinfo);
+  jpeg_finish_decompress(cinfo);
   return TESSERA_OK;
 }
 

@@ -16,7 +16,11 @@ tessera_status tsr_decode_zstd(const struct tsr_pixel_format *fmt, const uint8_t
   ZSTD_DCtx *context = tsr_thread_slot_get(&slot, create);
   if (!context)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a zstd context");
-  size_t got = ZSTD_decompressDCtx(context, out->pixels, cap, src, len);
+  /* One frame per tile; writers may pad after it, as libtiff tolerates. */
+  size_t frame = ZSTD_findFrameCompressedSize(src, len);
+  if (ZSTD_isError(frame))
+    return tsr_error(TESSERA_E_CORRUPT, "invalid zstd data: %s", ZSTD_getErrorName(frame));
+  size_t got = ZSTD_decompressDCtx(context, out->pixels, cap, src, frame);
   if (ZSTD_isError(got))
     return tsr_error(TESSERA_E_CORRUPT, "invalid zstd data: %s", ZSTD_getErrorName(got));
   if (got < need)

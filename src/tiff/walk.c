@@ -11,6 +11,9 @@
 #include "codec/codec.h"
 #include "error.h"
 
+/* The name libtiff is given for the file; stripped from its messages. */
+#define TSR_TIFF_NAME "slide"
+
 /* Most tiles a level may have; beyond this the tables alone would be gigabytes. */
 #define TSR_MAX_TILES ((uint64_t)1 << 26)
 
@@ -26,7 +29,13 @@ static int on_tiff_error(TIFF *tif, void *user, const char *module, const char *
   (void)module;
   struct walk_log *log = user;
   if (!log->failed) {
-    vsnprintf(log->first_error, sizeof log->first_error, fmt, ap);
+    char m[sizeof log->first_error];
+    vsnprintf(m, sizeof m, fmt, ap);
+    /* libtiff starts many messages with the name it was given for the file. */
+    const char *start = strncmp(m, TSR_TIFF_NAME ": ", sizeof TSR_TIFF_NAME + 1) == 0
+                            ? m + sizeof TSR_TIFF_NAME + 1
+                            : m;
+    snprintf(log->first_error, sizeof log->first_error, "%s", start);
     log->failed = true;
   }
   return 1;
@@ -165,7 +174,19 @@ static tessera_status read_geometry(TIFF *tif, const tessera_open_options *lim, 
   return TESSERA_OK;
 }
 
-static tessera_status read_tables(TIFF *tif, uint32_t index, struct tsr_level *lv) {
+/* Each tile of a multi-tile directory costs at least 4 bytes of the file (a SHORT offset and
+ * a SHORT byte count), so a file of N bytes holds at most N / 4 such entries in all. A damaged
+ * file whose directories share one huge array cannot make us allocate more tables than that.
+ * *budget is what is left. */
+static tessera_status read_tables(TIFF *tif, uint32_t index, struct tsr_level *lv,
+                                  uint64_t *budget) {
+  if (lv->ntiles > 1) {
+    if (lv->ntiles > *budget)
+      return tsr_error(TESSERA_E_FORMAT,
+                       "directory %u lists %llu %s, more than the file's size can hold", index,
+                       (unsigned long long)lv->ntiles, lv->tiled ? "tiles" : "strips");
+    *budget -= lv->ntiles;
+  }
   uint64_t stored = lv->tiled ? TIFFNumberOfTiles(tif) : TIFFNumberOfStrips(tif);
   if (stored < lv->ntiles)
     return tsr_error(TESSERA_E_FORMAT, "directory %u lists %llu %s, but its size needs %llu", index,
@@ -225,7 +246,7 @@ static tessera_status read_format(TIFF *tif, struct tsr_dir *d) {
 }
 
 static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim, uint32_t index,
-                                     int32_t parent, struct tsr_dir *d) {
+                                     int32_t parent, uint64_t *budget, struct tsr_dir *d) {
   memset(d, 0, sizeof *d);
   d->parent = parent;
   d->level.directory = index;
@@ -233,7 +254,7 @@ static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim,
   if (st == TESSERA_OK)
     st = read_format(tif, d);
   if (st == TESSERA_OK)
-    st = read_tables(tif, index, &d->level);
+    st = read_tables(tif, index, &d->level, budget);
   if (st != TESSERA_OK)
     return st;
   TIFFGetFieldDefaulted(tif, TIFFTAG_SUBFILETYPE, &d->subfile_type);
@@ -301,6 +322,7 @@ static tessera_status walk(TIFF *tif, const struct client_file *file,
   struct subifd_ref *subs = NULL;
   tessera_status st = TESSERA_OK;
   struct tsr_dir *d;
+  uint64_t budget = file->size / 4;
   /* Main chain first, remembering SubIFD offsets, then the SubIFDs: libtiff's directory
    * numbering is only reliable while walking one chain forward. */
   for (uint32_t index = 0;; index++) {
@@ -309,7 +331,7 @@ static tessera_status walk(TIFF *tif, const struct client_file *file,
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
-        (st = read_directory(tif, lim, index, -1, d)) != TESSERA_OK)
+        (st = read_directory(tif, lim, index, -1, &budget, d)) != TESSERA_OK)
       goto out;
     uint16_t n = 0;
     const uint64_t *offs = NULL;
@@ -359,7 +381,7 @@ static tessera_status walk(TIFF *tif, const struct client_file *file,
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
-        (st = read_directory(tif, lim, index, subs[i].parent, d)) != TESSERA_OK)
+        (st = read_directory(tif, lim, index, subs[i].parent, &budget, d)) != TESSERA_OK)
       goto out;
   }
 out:
@@ -377,22 +399,21 @@ tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_opti
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
   TIFFOpenOptionsSetErrorHandlerExtR(opts, on_tiff_error, &log);
   TIFFOpenOptionsSetWarningHandlerExtR(opts, on_tiff_warning, &log);
-  /* libtiff allocates tag arrays (tile tables, JPEG tables) while walking; bound them so an
-   * absurd count in a damaged file cannot ask for more than the largest tables we accept. */
-  TIFFOpenOptionsSetMaxSingleMemAlloc(opts, (tmsize_t)(TSR_MAX_TILES * sizeof(uint64_t)));
+  /* libtiff allocates tag arrays (tile tables, JPEG tables) while walking. An array stored in
+   * N bytes of the file never needs more than 4N in memory (SHORT entries widen to 64 bits),
+   * so a damaged count cannot ask for much more than the file holds. */
+  uint64_t cap = 4 * file_size + ((uint64_t)1 << 20);
+  if (cap > TSR_MAX_TILES * sizeof(uint64_t))
+    cap = TSR_MAX_TILES * sizeof(uint64_t);
+  TIFFOpenOptionsSetMaxSingleMemAlloc(opts, (tmsize_t)cap);
   struct client_file file = {fd, 0, file_size};
   TIFF *tif =
-      TIFFClientOpenExt("slide", "rm", (thandle_t)&file, client_read, client_write, client_seek,
-                        client_close, client_size, client_map, client_unmap, opts);
+      TIFFClientOpenExt(TSR_TIFF_NAME, "rm", (thandle_t)&file, client_read, client_write,
+                        client_seek, client_close, client_size, client_map, client_unmap, opts);
   TIFFOpenOptionsFree(opts);
   if (!tif) {
-    if (log.failed) {
-      /* libtiff starts its messages with the name it was given. */
-      const char *m = log.first_error;
-      if (strncmp(m, "slide: ", 7) == 0)
-        m += 7;
-      return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file: %s", m);
-    }
+    if (log.failed)
+      return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file: %s", log.first_error);
     return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file");
   }
   tessera_status st = walk(tif, &file, limits, &log, out);

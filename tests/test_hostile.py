@@ -1,0 +1,151 @@
+"""Tiles whose bytes disagree with the tags around them, found by reviewing and fuzzing the
+decoders. Each file is made at test time from real encoders' output (vips, zstd) wrapped by
+tiffwrite.py. The rule: a tile whose image is not the tile's size is an error, decided from
+its header before anything is decoded; a tile the tags describe correctly reads like libvips.
+"""
+
+import os
+import resource
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+import tessera_ctypes as T
+import tiffbytes as tb
+import wsi_fixtures as F
+import wsi_refs as R
+from tiffwrite import write_tiff
+
+MINISWHITE, MINISBLACK, RGB, YCBCR = 0, 1, 2, 6
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, slides):
+    d = str(tmp_path_factory.mktemp("hostile"))
+    src = slides.source("rgb1k")
+    return d, src
+
+
+def encoded(d, src, name, w, h, save_args, bands=3):
+    """Bytes of a w x h crop of the source picture saved by vips with save_args."""
+    crop = os.path.join(d, name + ".v")
+    F.run(["vips", "crop", src, crop, 0, 0, w, h])
+    if bands == 1:
+        gray = os.path.join(d, name + "-g.v")
+        F.run(["vips", "extract_band", crop, gray, 1])
+        crop = gray
+    out = os.path.join(d, name)
+    F.run(["vips", "copy", crop, out + save_args])
+    with open(out, "rb") as f:
+        return f.read()
+
+
+def cli_read(cli, path, w, h, memory_mb=768):
+    """Runs `tessera read` under an address-space limit, so a tile that makes the decoder
+    allocate for a huge image fails the test instead of the machine."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory_mb << 20, memory_mb << 20))
+    out = path + ".raw"
+    r = subprocess.run([cli, "read", path, "--location", "0,0", "--size", "%d,%d" % (w, h),
+                        "--output", out], capture_output=True, text=True, timeout=60,
+                       preexec_fn=limit)
+    return r, out
+
+
+def test_progressive_jpeg_declaring_a_huge_image_is_refused_before_decoding(work, cli):
+    d, src = work
+    jpeg = bytearray(encoded(d, src, "prog.jpg", 64, 64, "[interlace,Q=80]", bands=1))
+    sof2 = jpeg.find(b"\xff\xc2")
+    assert sof2 > 0, "vips did not write a progressive JPEG"
+    struct.pack_into(">HH", jpeg, sof2 + 5, 30000, 30000)   # height, width
+    path = os.path.join(d, "prog-bomb.tif")
+    write_tiff(path, 64, 64, 64, 64, [bytes(jpeg)], 7, MINISBLACK, 1)
+    r, out = cli_read(cli, path, 64, 64)
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert "30000x30000" in r.stderr, r.stderr
+    assert not os.path.exists(out)
+
+
+@pytest.mark.parametrize("what,w,h", [("wider", 64, 32), ("taller", 32, 80)])
+def test_jpeg_larger_than_its_tile_is_an_error(work, lib, what, w, h):
+    d, src = work
+    jpeg = encoded(d, src, "big-%s.jpg" % what, w, h, "[Q=90]")
+    path = os.path.join(d, "jpeg-%s.tif" % what)
+    write_tiff(path, 32, 32, 32, 32, [jpeg], 7, YCBCR, 3,
+               extra=[(530, 3, 2, struct.pack("<HH", 2, 2))])
+    with T.open_slide(path) as s:
+        with pytest.raises(T.TesseraError) as e:
+            s.read_region(0, 0, 0, 32, 32)
+    assert e.value.status == T.E_CORRUPT and "%dx%d" % (w, h) in str(e.value), str(e.value)
+
+
+def test_jpeg2000_larger_than_its_tile_is_an_error(work, lib):
+    d, src = work
+    j2k = encoded(d, src, "big.j2k", 64, 64, "[lossless]")
+    path = os.path.join(d, "j2k-big.tif")
+    write_tiff(path, 32, 32, 32, 32, [j2k], 33005, RGB, 3)
+    with T.open_slide(path) as s:
+        with pytest.raises(T.TesseraError) as e:
+            s.read_region(0, 0, 0, 32, 32)
+    assert e.value.status == T.E_CORRUPT and "64x64" in str(e.value), str(e.value)
+
+
+def test_miniswhite_jpeg_is_inverted_like_libvips(work, lib):
+    d, src = work
+    jpeg = encoded(d, src, "gray.jpg", 32, 32, "[Q=90]", bands=1)
+    path = os.path.join(d, "jpeg-miniswhite.tif")
+    write_tiff(path, 32, 32, 32, 32, [jpeg], 7, MINISWHITE, 1)
+    ref = R.to_rgb(R.vips_decode(path, ["--page", "0"]))
+    with T.open_slide(path) as s:
+        got = s.read_region(0, 0, 0, 32, 32)
+    m = R.describe_mismatch(got, ref, what="MinIsWhite JPEG")
+    assert m is None, m
+
+
+def test_zstd_tile_with_padding_after_its_frame_reads_like_libvips(work, lib):
+    d, src = work
+    raw = os.path.join(d, "tile.raw")
+    crop = os.path.join(d, "zcrop.v")
+    F.run(["vips", "crop", src, crop, 0, 0, 32, 32])
+    F.run(["vips", "rawsave", crop, raw])
+    subprocess.run(["zstd", "-q", "-f", raw, "-o", raw + ".zst"], check=True)
+    with open(raw + ".zst", "rb") as f:
+        frame = f.read()
+    path = os.path.join(d, "zstd-padded.tif")
+    write_tiff(path, 32, 32, 32, 32, [frame + b"\x00" * 8], 50000, RGB, 3)
+    ref = R.to_rgb(R.vips_decode(path, ["--page", "0"]))
+    with T.open_slide(path) as s:
+        got = s.read_region(0, 0, 0, 32, 32)
+    m = R.describe_mismatch(got, ref, what="padded zstd tile")
+    assert m is None, m
+
+
+def test_tile_tables_larger_than_the_file_are_refused(work, lib):
+    """Two directories that share one array of 2^20 SHORT entries: the file is 2 MiB, but its
+    tags ask for 2^20 tiles per directory."""
+    d, _ = work
+    n = 1 << 20
+    side = 2048 * 1024                                    # 1024 x 1024 tiles of 2048
+    ifd_size = 2 + 10 * 12 + 4
+    array_at = 8 + 2 * ifd_size
+    data = bytearray(b"II*\x00" + struct.pack("<I", 8))
+    for k in range(2):
+        w = side - k * 2048
+        entries = [(256, 4, 1, w), (257, 4, 1, w), (258, 3, 1, 8), (259, 3, 1, 1),
+                   (262, 3, 1, 1), (277, 3, 1, 1), (322, 4, 1, 2048), (323, 4, 1, 2048),
+                   (324, 3, n, array_at), (325, 3, n, array_at)]
+        data += struct.pack("<H", len(entries))
+        for tag, typ, count, value in entries:
+            packed = struct.pack("<HH", value, 0) if typ == 3 and count == 1 else \
+                struct.pack("<I", value)
+            data += struct.pack("<HHI", tag, typ, count) + packed
+        data += struct.pack("<I", 8 + (k + 1) * ifd_size if k == 0 else 0)
+    data += struct.pack("<H", 8) * n
+    path = os.path.join(d, "shared-tables.tif")
+    with open(path, "wb") as f:
+        f.write(data)
+    st, msg, slide = T.open_status(path)
+    assert st == T.E_FORMAT, (T.STATUS_NAMES.get(st), msg)
+    assert "more than the file" in msg, msg
