@@ -43,6 +43,17 @@ static int utf8_sequence_length(const unsigned char *s) {
 
 static const char replacement[] = "\xef\xbf\xbd"; /* U+FFFD */
 
+/* Writes the UTF-8 sequence at s, or U+FFFD for one invalid byte; returns the bytes used. */
+static int write_utf8(FILE *out, const unsigned char *s) {
+  int len = utf8_sequence_length(s);
+  if (len == 0) {
+    fputs(replacement, out);
+    return 1;
+  }
+  fwrite(s, 1, (size_t)len, out);
+  return len;
+}
+
 void json_write_string(FILE *out, const char *str) {
   const unsigned char *s = (const unsigned char *)str;
   putc('"', out);
@@ -56,14 +67,7 @@ void json_write_string(FILE *out, const char *str) {
       fprintf(out, "\\u%04x", c);
       s++;
     } else {
-      int len = utf8_sequence_length(s);
-      if (len == 0) {
-        fputs(replacement, out);
-        s++;
-      } else {
-        fwrite(s, 1, (size_t)len, out);
-        s += len;
-      }
+      s += write_utf8(out, s);
     }
   }
   putc('"', out);
@@ -103,17 +107,12 @@ void text_write_escaped(FILE *out, const char *str) {
       fprintf(out, "\\x%02x", c);
       s++;
     } else {
-      int len = utf8_sequence_length(s);
-      if (len == 0) {
-        fputs(replacement, out);
-        s++;
-      } else if (len == 2 && c == 0xc2 && s[1] < 0xa0) {
+      if (c == 0xc2 && s[1] >= 0x80 && s[1] < 0xa0) {
         /* C1 controls: some terminals act on them even when UTF-8 encoded. */
         fprintf(out, "\\u%04x", s[1]);
         s += 2;
       } else {
-        fwrite(s, 1, (size_t)len, out);
-        s += len;
+        s += write_utf8(out, s);
       }
     }
   }

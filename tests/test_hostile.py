@@ -9,11 +9,9 @@ import resource
 import struct
 import subprocess
 
-import numpy as np
 import pytest
 
 import tessera_ctypes as T
-import tiffbytes as tb
 import wsi_fixtures as F
 import wsi_refs as R
 from tiffwrite import write_tiff
@@ -40,6 +38,14 @@ def encoded(d, src, name, w, h, save_args, bands=3):
     F.run(["vips", "copy", crop, out + save_args])
     with open(out, "rb") as f:
         return f.read()
+
+
+def assert_reads_like_vips(path, w, h, what):
+    ref = R.to_rgb(R.vips_decode(path, ["--page", "0"]))
+    with T.open_slide(path) as s:
+        got = s.read_region(0, 0, 0, w, h)
+    m = R.describe_mismatch(got, ref, what=what)
+    assert m is None, m
 
 
 def cli_read(cli, path, w, h, memory_mb=768):
@@ -97,11 +103,7 @@ def test_miniswhite_jpeg_is_inverted_like_libvips(work, lib):
     jpeg = encoded(d, src, "gray.jpg", 32, 32, "[Q=90]", bands=1)
     path = os.path.join(d, "jpeg-miniswhite.tif")
     write_tiff(path, 32, 32, 32, 32, [jpeg], 7, MINISWHITE, 1)
-    ref = R.to_rgb(R.vips_decode(path, ["--page", "0"]))
-    with T.open_slide(path) as s:
-        got = s.read_region(0, 0, 0, 32, 32)
-    m = R.describe_mismatch(got, ref, what="MinIsWhite JPEG")
-    assert m is None, m
+    assert_reads_like_vips(path, 32, 32, "MinIsWhite JPEG")
 
 
 def test_zstd_tile_with_padding_after_its_frame_reads_like_libvips(work, lib):
@@ -115,11 +117,7 @@ def test_zstd_tile_with_padding_after_its_frame_reads_like_libvips(work, lib):
         frame = f.read()
     path = os.path.join(d, "zstd-padded.tif")
     write_tiff(path, 32, 32, 32, 32, [frame + b"\x00" * 8], 50000, RGB, 3)
-    ref = R.to_rgb(R.vips_decode(path, ["--page", "0"]))
-    with T.open_slide(path) as s:
-        got = s.read_region(0, 0, 0, 32, 32)
-    m = R.describe_mismatch(got, ref, what="padded zstd tile")
-    assert m is None, m
+    assert_reads_like_vips(path, 32, 32, "padded zstd tile")
 
 
 def test_tile_tables_larger_than_the_file_are_refused(work, lib):
