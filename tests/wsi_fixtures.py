@@ -44,6 +44,7 @@ class SlideSpec:
     background: object = 0         # expected default fill (None: not asserted)
     vendor: str = "generic-tiff"
     bands: int = 3                 # bands of the stored picture (1, 3 or 4)
+    compression_tag: int = 0       # vips: rewrite every directory's Compression tag to this
     note: str = ""
 
     @property
@@ -139,6 +140,11 @@ def _vips(name, source, tile, comp, pyramid=False, extra=(), openslide=True, sub
                      openslide=openslide, subifd=subifd, bands=bands, note=note)
 
 
+def _relabel(spec, compression):
+    spec.compression_tag = compression
+    return spec
+
+
 def _tifffile(name, levels, bands=3, openslide=True, subifd=False, note=""):
     return SlideSpec(name=name, kind="tifffile", levels=levels, openslide=openslide,
                      subifd=subifd, bands=bands, note=note)
@@ -195,6 +201,8 @@ def all_specs():
         _vips("rgba-zstd", "rgba", (256,), "zstd"),
         # read by libvips only: OpenSlide 3.4.1 has no JPEG 2000 in generic TIFF, nor strips
         _vips("jp2k-pyr", "rgb1k", (256,), "jp2k", True, openslide=False),
+        # the same tiles labelled 33003 (Aperio's YCbCr JPEG 2000), which libvips decodes alike
+        _relabel(_vips("jp2k33003-pyr", "rgb1k", (256,), "jp2k", True, openslide=False), 33003),
         _vips("strip-deflate", "rgb1k", None, "deflate", openslide=False),
         _vips("strip-jpeg", "rgb1k", None, "jpeg", openslide=False),
         _vips("strip-odd-none", "odd", None, "none", openslide=False),
@@ -307,10 +315,23 @@ class SlideFactory:
             out = os.path.join(self.dir, name + ".tif")
             if spec.kind == "vips":
                 run(["vips", "tiffsave", self.source(spec.source), out] + list(spec.args))
+                if spec.compression_tag:
+                    _relabel_compression(out, spec.compression_tag)
             else:
                 TIFFFILE_WRITERS[name](self, out)
             self._done[name] = out
             return out
+
+
+def _relabel_compression(path, compression):
+    import tiffbytes
+    with open(path, "rb") as f:
+        data = f.read()
+    t = tiffbytes.Tiff(data)
+    for i in range(len(t.ifds)):
+        data = tiffbytes.patch_value(data, t, i, "Compression", 0, compression)
+    with open(path, "wb") as f:
+        f.write(data)
 
 
 def _halve(a):
