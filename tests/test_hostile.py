@@ -147,3 +147,30 @@ def test_tile_tables_larger_than_the_file_are_refused(work, lib):
     st, msg, slide = T.open_status(path)
     assert st == T.E_FORMAT, (T.STATUS_NAMES.get(st), msg)
     assert "more than the file" in msg, msg
+
+
+def test_jpeg_with_stray_bytes_before_eoi_reads_like_libvips(work, lib):
+    """Padding between the last scan and EOI leaves the image whole: not an error."""
+    d, src = work
+    jpeg = encoded(d, src, "padded.jpg", 32, 32, "[Q=90]")
+    assert jpeg.endswith(b"\xff\xd9")
+    path = os.path.join(d, "jpeg-padded.tif")
+    write_tiff(path, 32, 32, 32, 32, [jpeg[:-2] + b"\x00" * 20 + b"\xff\xd9"], 7, YCBCR, 3,
+               extra=[(530, 3, 2, struct.pack("<HH", 2, 2))])
+    assert_reads_like_vips(path, 32, 32, "JPEG with stray bytes before EOI")
+
+
+def test_jpeg_with_stray_bytes_before_a_restart_marker_is_an_error(work, lib):
+    """Stray bytes inside the entropy data (before RST0) mean lost data: an error. (Twenty of
+    them: libjpeg-turbo's bit buffer swallows a few without a warning.)"""
+    d, src = work
+    jpeg = encoded(d, src, "restart.jpg", 32, 32, "[Q=90,restart-interval=1]")
+    rst = jpeg.find(b"\xff\xd0", jpeg.find(b"\xff\xda"))
+    assert rst > 0, "vips wrote no restart marker"
+    path = os.path.join(d, "jpeg-stray-rst.tif")
+    write_tiff(path, 32, 32, 32, 32, [jpeg[:rst] + b"\x00" * 20 + jpeg[rst:]], 7, YCBCR, 3,
+               extra=[(530, 3, 2, struct.pack("<HH", 2, 2))])
+    with T.open_slide(path) as s:
+        with pytest.raises(T.TesseraError) as e:
+            s.read_region(0, 0, 0, 32, 32)
+    assert e.value.status == T.E_CORRUPT and "extraneous" in str(e.value), str(e.value)

@@ -24,10 +24,16 @@ static void on_jpeg_error(j_common_ptr cinfo) {
 }
 
 /* libjpeg "warnings" mean corrupt entropy data that it papers over with grey; a reader that
- * must never pass off a damaged tile as good treats them as errors. */
+ * must never pass off a damaged tile as good treats them as errors. One is harmless: stray
+ * bytes between the last scan and EOI (some scanners pad tiles so), after the whole image has
+ * been decoded. */
 static void on_jpeg_message(j_common_ptr cinfo, int level) {
-  if (level < 0)
-    on_jpeg_error(cinfo);
+  if (level >= 0)
+    return;
+  const struct jpeg_error_mgr *e = cinfo->err;
+  if (e->msg_code == JWRN_EXTRANEOUS_DATA && e->msg_parm.i[1] == 0xD9)
+    return;
+  on_jpeg_error(cinfo);
 }
 
 static tessera_status decode(struct jpeg_decompress_struct *cinfo,
