@@ -174,3 +174,31 @@ def test_jpeg_with_stray_bytes_before_a_restart_marker_is_an_error(work, lib):
         with pytest.raises(T.TesseraError) as e:
             s.read_region(0, 0, 0, 32, 32)
     assert e.value.status == T.E_CORRUPT and "extraneous" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("kind,expect", [
+    ("planar-separate", "unsupported separate colour planes"),
+    ("16-bit", "unsupported 16 bits per sample"),
+    ("float", "unsupported 32 bits per sample"),
+])
+def test_valid_tiffs_tessera_does_not_read_fail_with_a_message_naming_why(work, lib, cli, kind,
+                                                                          expect):
+    import numpy as np
+    import tifffile
+    d, _ = work
+    a = (np.arange(64 * 48 * 3) % 251).astype(np.uint8).reshape(48, 64, 3)
+    path = os.path.join(d, kind + ".tif")
+    if kind == "planar-separate":
+        tifffile.imwrite(path, np.moveaxis(a, 2, 0), tile=(32, 32), planarconfig="separate",
+                         photometric="rgb")
+    elif kind == "16-bit":
+        tifffile.imwrite(path, a.astype(np.uint16) * 257, tile=(32, 32), photometric="rgb")
+    else:
+        tifffile.imwrite(path, a.astype(np.float32), tile=(32, 32), photometric="rgb")
+    with T.open_slide(path) as s:
+        with pytest.raises(T.TesseraError) as e:
+            s.read_region(0, 0, 0, 64, 48)
+    assert e.value.status == T.E_UNSUPPORTED and expect in str(e.value), str(e.value)
+    r = subprocess.run([cli, "read", path, "--location", "0,0", "--size", "8,8", "--output",
+                        path + ".png"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and expect in r.stderr and path in r.stderr, r.stderr
