@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tessera's one entry point for a fresh Debian 12 machine:
 #   ./dev.sh demo   install what is missing, build, make a sample slide, show it, read regions
-#   ./dev.sh test   install what is missing, build (plain and with sanitizers), run every test
+#   ./dev.sh test   install what is missing, build (plain, ASan+UBSan, TSan), run every test
 #   ./dev.sh build  install what is missing and build
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -53,6 +53,13 @@ demo() {
   echo "Wrote $out/level0.png, level2.png, corner-rgba.png and overview.png"
 }
 
+build_threadsan() {
+  [ -f build-tsan/build.ninja ] ||
+    meson setup build-tsan -Db_sanitize=thread -Db_lundef=false --werror --buildtype=debug \
+      >/dev/null
+  ninja -C build-tsan >/dev/null
+}
+
 run_tests() {
   local results=build/test-results
   rm -rf "$results" && mkdir -p "$results"
@@ -63,19 +70,22 @@ run_tests() {
   ASAN_OPTIONS=detect_leaks=1:halt_on_error=1:exitcode=99 \
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=98 \
     meson test -C build-asan --logbase sanitized --print-errorlogs || rc=1
+  echo "== Threaded C tests under ThreadSanitizer" >&2
+  TSAN_OPTIONS=halt_on_error=1:exitcode=97 \
+    meson test -C build-tsan --logbase threaded --print-errorlogs test_read || rc=1
   echo "== Python tests (differential against OpenSlide and libvips, damaged files, CLI)" >&2
   TESSERA_LIB="$PWD/build/src/libtessera.so" TESSERA_CLI="$PWD/build/cli/tessera" \
     TESSERA_CLI_ASAN="$PWD/build-asan/cli/tessera" TESSERA_TEST_READ_ASAN="$PWD/build-asan/tests/test_read" \
     TESSERA_TESTDATA="$PWD/../shared/testdata" \
     "$PY" -m pytest -q -p no:cacheprovider --junitxml="$results/pytest.xml" tests || rc=1
   "$PY" tests/summary.py build/meson-logs/plain.json build-asan/meson-logs/sanitized.json \
-    "$results/pytest.xml" || rc=1
+    build-tsan/meson-logs/threaded.json "$results/pytest.xml" || rc=1
   return $rc
 }
 
 case "${1:-}" in
   demo) need_packages $BUILD_PKGS; build; demo ;;
-  test) need_packages $BUILD_PKGS $TEST_PKGS; build; build_sanitized; run_tests ;;
+  test) need_packages $BUILD_PKGS $TEST_PKGS; build; build_sanitized; build_threadsan; run_tests ;;
   build) need_packages $BUILD_PKGS; build ;;
   *) echo "usage: ./dev.sh demo|test|build" >&2; exit 2 ;;
 esac

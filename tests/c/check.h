@@ -3,11 +3,13 @@
 #ifndef TSR_TEST_CHECK_H
 #define TSR_TEST_CHECK_H
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 
-static int check_failures;
-static int check_count;
+/* Atomic: checks run in several threads at once in the threaded tests. */
+static _Atomic int check_failures;
+static _Atomic int check_count;
 
 #define CHECK(cond, ...)                                                                           \
   do {                                                                                             \
@@ -21,7 +23,7 @@ static int check_count;
   } while (0)
 
 static inline int check_finish(const char *name) {
-  printf("%s: %d checks, %d failed\n", name, check_count, check_failures);
+  printf("%s: %d checks, %d failed\n", name, (int)check_count, (int)check_failures);
   return check_failures ? 1 : 0;
 }
 
