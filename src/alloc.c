@@ -1,13 +1,31 @@
 #include "alloc.h"
 
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
-void *tsr_malloc(size_t size) { return malloc(size ? size : 1); }
+/* Allocations left before an injected failure; negative: no injection. Atomic because any
+ * thread may allocate. */
+static atomic_long fail_countdown = -1;
 
-void *tsr_calloc(size_t count, size_t size) { return calloc(count ? count : 1, size ? size : 1); }
+void tsr_alloc_fail_after(long n) { atomic_store(&fail_countdown, n); }
 
-void *tsr_realloc(void *ptr, size_t size) { return realloc(ptr, size ? size : 1); }
+static bool injected_failure(void) {
+  long left = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
+  if (left < 0)
+    return false;
+  return atomic_fetch_sub(&fail_countdown, 1) == 0;
+}
+
+void *tsr_malloc(size_t size) { return injected_failure() ? NULL : malloc(size ? size : 1); }
+
+void *tsr_calloc(size_t count, size_t size) {
+  return injected_failure() ? NULL : calloc(count ? count : 1, size ? size : 1);
+}
+
+void *tsr_realloc(void *ptr, size_t size) {
+  return injected_failure() ? NULL : realloc(ptr, size ? size : 1);
+}
 
 void tsr_free(void *ptr) { free(ptr); }
 

@@ -14,6 +14,10 @@ void tsr_free(void *ptr);
 char *tsr_strdup(const char *s);
 char *tsr_strndup(const char *s, size_t n);
 
+/* Tests only: make the allocation after the next n succeed... fail (n >= 0), or never fail
+ * (n < 0). Counts every thread's allocations through this file. */
+void tsr_alloc_fail_after(long n);
+
 /* a * b (* c) as size_t, false on overflow. */
 static inline bool tsr_mul2(size_t a, size_t b, size_t *out) {
   return !__builtin_mul_overflow(a, b, out);

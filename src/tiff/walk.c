@@ -96,11 +96,14 @@ static int client_map(thandle_t h, void **base, toff_t *size) {
 
 static void client_unmap(thandle_t h, void *base, toff_t size) { (void)h, (void)base, (void)size; }
 
-static char *dup_string_tag(TIFF *tif, uint32_t tag) {
+/* Copies an ASCII tag into *out (NULL when the directory has none); false when out of
+ * memory, so a failed copy is never mistaken for an absent tag. */
+static bool dup_string_tag(TIFF *tif, uint32_t tag, char **out) {
   const char *s = NULL;
+  *out = NULL;
   if (!TIFFGetField(tif, tag, &s) || !s)
-    return NULL;
-  return tsr_strdup(s);
+    return true;
+  return (*out = tsr_strdup(s)) != NULL;
 }
 
 static bool field_known(TIFF *tif, uint32_t tag) {
@@ -258,14 +261,15 @@ static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim,
   if (st != TESSERA_OK)
     return st;
   TIFFGetFieldDefaulted(tif, TIFFTAG_SUBFILETYPE, &d->subfile_type);
-  d->description = dup_string_tag(tif, TIFFTAG_IMAGEDESCRIPTION);
-  d->software = dup_string_tag(tif, TIFFTAG_SOFTWARE);
-  d->make = dup_string_tag(tif, TIFFTAG_MAKE);
-  d->model = dup_string_tag(tif, TIFFTAG_MODEL);
-  d->datetime = dup_string_tag(tif, TIFFTAG_DATETIME);
-  d->artist = dup_string_tag(tif, TIFFTAG_ARTIST);
-  d->copyright = dup_string_tag(tif, TIFFTAG_COPYRIGHT);
-  d->host = dup_string_tag(tif, TIFFTAG_HOSTCOMPUTER);
+  if (!dup_string_tag(tif, TIFFTAG_IMAGEDESCRIPTION, &d->description) ||
+      !dup_string_tag(tif, TIFFTAG_SOFTWARE, &d->software) ||
+      !dup_string_tag(tif, TIFFTAG_MAKE, &d->make) ||
+      !dup_string_tag(tif, TIFFTAG_MODEL, &d->model) ||
+      !dup_string_tag(tif, TIFFTAG_DATETIME, &d->datetime) ||
+      !dup_string_tag(tif, TIFFTAG_ARTIST, &d->artist) ||
+      !dup_string_tag(tif, TIFFTAG_COPYRIGHT, &d->copyright) ||
+      !dup_string_tag(tif, TIFFTAG_HOSTCOMPUTER, &d->host))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for the tags of directory %u", index);
   d->has_resolution = TIFFGetField(tif, TIFFTAG_XRESOLUTION, &d->xres) &&
                       TIFFGetField(tif, TIFFTAG_YRESOLUTION, &d->yres);
   TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &d->resolution_unit);
