@@ -18,6 +18,7 @@ struct tsr_pixel_format {
   uint16_t ycbcr_sub[2];    /* YCbCr subsampling factors (JPEG) */
   uint8_t decoded_channels; /* what the decoder writes: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA */
   bool alpha;               /* the last decoded channel is alpha (else: ignored, opaque) */
+  bool premultiplied;       /* that alpha is associated: colour is divided by it on decode */
   bool lossless_family;     /* codec yields stored samples: the predictor applies */
   bool invert;              /* MinIsWhite: decoded samples are inverted after decoding */
   uint8_t *jpeg_tables;     /* JPEGTables tag (owned), or NULL */

@@ -16,10 +16,11 @@ static bool is_jp2k(uint32_t c) { return c == 33003 || c == 33004 || c == 33005;
 #define UNSUPPORTED(...) snprintf(f->unsupported, sizeof f->unsupported, __VA_ARGS__)
 
 void tsr_codec_resolve(struct tsr_pixel_format *f, uint16_t bps, uint16_t sample_format,
-                       uint16_t planar, uint16_t extra_samples, bool has_alpha) {
+                       uint16_t planar, uint16_t extra_samples, uint16_t first_extra) {
   f->unsupported[0] = '\0';
   f->decoded_channels = 0;
   f->alpha = false;
+  f->premultiplied = false;
   f->invert = false;
   f->lossless_family = is_lossless_family(f->compression);
   if (!tsr_codec_find(f->compression)) {
@@ -68,7 +69,10 @@ void tsr_codec_resolve(struct tsr_pixel_format *f, uint16_t bps, uint16_t sample
     UNSUPPORTED("unsupported photometric interpretation %u with %u samples per pixel", ph, spp);
     return;
   }
-  f->alpha = (spp == 2 || spp == 4) && extra_samples == 1 && has_alpha;
+  /* An extra sample of unspecified meaning is carried but not treated as alpha. */
+  f->alpha = (spp == 2 || spp == 4) && extra_samples == 1 &&
+             (first_extra == EXTRASAMPLE_ASSOCALPHA || first_extra == EXTRASAMPLE_UNASSALPHA);
+  f->premultiplied = f->alpha && first_extra == EXTRASAMPLE_ASSOCALPHA;
 }
 
 tsr_decode_fn tsr_codec_find(uint32_t compression) {
@@ -110,6 +114,19 @@ void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, const struct tsr_
     size_t n = (size_t)out->width * out->need_h;
     for (size_t i = 0; i < n; i++)
       out->pixels[i * ch] = (uint8_t)(255 - out->pixels[i * ch]);
+  }
+  if (fmt->premultiplied) {
+    /* Straight alpha out, as OpenSlide's un-premultiplied reads give it: c * 255 / a, rounded
+     * down; colour 0 where alpha is 0. */
+    size_t n = (size_t)out->width * out->need_h;
+    for (size_t i = 0; i < n; i++) {
+      uint8_t *p = out->pixels + i * ch;
+      unsigned a = p[ch - 1];
+      for (size_t c = 0; c + 1 < ch; c++) {
+        unsigned v = a ? p[c] * 255u / a : 0;
+        p[c] = (uint8_t)(v > 255 ? 255 : v);
+      }
+    }
   }
 }
 

@@ -21,16 +21,17 @@ struct tsr_tile_out {
 typedef tessera_status (*tsr_decode_fn)(const struct tsr_pixel_format *fmt, const uint8_t *src,
                                         size_t len, const struct tsr_tile_out *out);
 
-/* Sets fmt->decoded_channels, fmt->invert and fmt->unsupported from the stored layout. */
+/* Sets fmt->decoded_channels, alpha, premultiplied, invert and unsupported from the stored
+ * layout; first_extra is the ExtraSamples type of the first extra sample. */
 void tsr_codec_resolve(struct tsr_pixel_format *fmt, uint16_t bits_per_sample,
                        uint16_t sample_format, uint16_t planar, uint16_t extra_samples,
-                       bool has_alpha);
+                       uint16_t first_extra);
 
 /* The decoder of a compression, or NULL. */
 tsr_decode_fn tsr_codec_find(uint32_t compression);
 
-/* Undoes the horizontal predictor (lossless codecs) and MinIsWhite inversion (all codecs), in
- * place, after decoding. */
+/* Undoes the horizontal predictor (lossless codecs), MinIsWhite inversion and associated
+ * (premultiplied) alpha, in place, after decoding. */
 void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out);
 
 /* The codecs. Lossless ones (raw, lzw, packbits, deflate, zstd) produce stored samples. */

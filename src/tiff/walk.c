@@ -242,9 +242,8 @@ static tessera_status read_format(TIFF *tif, struct tsr_dir *d) {
       f->jpeg_tables_len = n;
     }
   }
-  bool alpha = nextra == 1 && extra &&
-               (extra[0] == EXTRASAMPLE_ASSOCALPHA || extra[0] == EXTRASAMPLE_UNASSALPHA);
-  tsr_codec_resolve(f, bps, sampleformat, planar, nextra, alpha);
+  tsr_codec_resolve(f, bps, sampleformat, planar, nextra,
+                    nextra >= 1 && extra ? extra[0] : EXTRASAMPLE_UNSPECIFIED);
   return TESSERA_OK;
 }
 
