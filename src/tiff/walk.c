@@ -1,8 +1,5 @@
 #include "tiff/walk.h"
 
-#include <errno.h>
-#include <unistd.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 #include <tiffio.h>
@@ -10,91 +7,10 @@
 #include "alloc.h"
 #include "codec/codec.h"
 #include "error.h"
-
-/* The name libtiff is given for the file; stripped from its messages. */
-#define TSR_TIFF_NAME "slide"
+#include "tiff/client.h"
 
 /* Most tiles a level may have; beyond this the tables alone would be gigabytes. */
 #define TSR_MAX_TILES ((uint64_t)1 << 26)
-
-/* libtiff reports through these per-open handlers, so nothing is printed and threads opening
- * different files do not share state. */
-struct walk_log {
-  char first_error[512];
-  bool failed;
-};
-
-static int on_tiff_error(TIFF *tif, void *user, const char *module, const char *fmt, va_list ap) {
-  (void)tif;
-  (void)module;
-  struct walk_log *log = user;
-  if (!log->failed) {
-    char m[sizeof log->first_error];
-    vsnprintf(m, sizeof m, fmt, ap);
-    /* libtiff starts many messages with the name it was given for the file. */
-    const char *start = strncmp(m, TSR_TIFF_NAME ": ", sizeof TSR_TIFF_NAME + 1) == 0
-                            ? m + sizeof TSR_TIFF_NAME + 1
-                            : m;
-    snprintf(log->first_error, sizeof log->first_error, "%s", start);
-    log->failed = true;
-  }
-  return 1;
-}
-
-static int on_tiff_warning(TIFF *tif, void *user, const char *module, const char *fmt, va_list ap) {
-  (void)tif, (void)user, (void)module, (void)fmt, (void)ap;
-  return 1;
-}
-
-/* libtiff reads through these procedures from the slide's own descriptor, with pread, so the
- * walk sees exactly the file the slide reads and the descriptor's offset is never moved. */
-struct client_file {
-  int fd;
-  uint64_t pos, size;
-};
-
-static tmsize_t client_read(thandle_t h, void *buf, tmsize_t n) {
-  struct client_file *f = (struct client_file *)h;
-  tmsize_t done = 0;
-  while (done < n) {
-    ssize_t r = pread(f->fd, (char *)buf + done, (size_t)(n - done), (off_t)(f->pos + done));
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    done += r;
-  }
-  f->pos += (uint64_t)done;
-  return done;
-}
-
-static tmsize_t client_write(thandle_t h, void *buf, tmsize_t n) {
-  (void)h, (void)buf, (void)n;
-  return -1;
-}
-
-static toff_t client_seek(thandle_t h, toff_t off, int whence) {
-  struct client_file *f = (struct client_file *)h;
-  uint64_t base = whence == SEEK_CUR ? f->pos : whence == SEEK_END ? f->size : 0;
-  if (off > UINT64_MAX - base)
-    return (toff_t)-1;
-  f->pos = base + off;
-  return f->pos;
-}
-
-static int client_close(thandle_t h) {
-  (void)h;
-  return 0;
-}
-
-static toff_t client_size(thandle_t h) { return ((struct client_file *)h)->size; }
-
-static int client_map(thandle_t h, void **base, toff_t *size) {
-  (void)h, (void)base, (void)size;
-  return 0;
-}
-
-static void client_unmap(thandle_t h, void *base, toff_t size) { (void)h, (void)base, (void)size; }
 
 /* Copies an ASCII tag into *out (NULL when the directory has none); false when out of
  * memory, so a failed copy is never mistaken for an absent tag. */
@@ -291,36 +207,13 @@ static tessera_status push_dir(struct tsr_dirs *dirs, size_t *cap, struct tsr_di
   return TESSERA_OK;
 }
 
-/* The next-IFD pointer of the directory libtiff has current, read from the file. libtiff stops
- * at a directory loop without an error; a reader that must report damage checks itself. */
-static bool next_ifd_offset(TIFF *tif, const struct client_file *f, uint64_t *next) {
-  uint64_t here = TIFFCurrentDirOffset(tif), count;
-  bool big = TIFFIsBigTIFF(tif), swap = TIFFIsByteSwapped(tif);
-  uint8_t buf[8];
-  size_t count_size = big ? 8 : 2, entry = big ? 20 : 12, ptr_size = big ? 8 : 4;
-  if (pread(f->fd, buf, count_size, (off_t)here) != (ssize_t)count_size)
-    return false;
-  count = 0;
-  for (size_t i = 0; i < count_size; i++)
-    count |= (uint64_t)buf[swap ? i : count_size - 1 - i] << (8 * (count_size - 1 - i));
-  if (count > 1u << 20)
-    return false;
-  if (pread(f->fd, buf, ptr_size, (off_t)(here + count_size + count * entry)) != (ssize_t)ptr_size)
-    return false;
-  *next = 0;
-  for (size_t i = 0; i < ptr_size; i++)
-    *next |= (uint64_t)buf[swap ? i : ptr_size - 1 - i] << (8 * (ptr_size - 1 - i));
-  return true;
-}
-
 struct subifd_ref {
   uint64_t offset;
   int32_t parent;
 };
 
-static tessera_status walk(TIFF *tif, const struct client_file *file,
-                           const tessera_open_options *lim, struct walk_log *log,
-                           struct tsr_dirs *dirs) {
+static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
+                           const tessera_open_options *lim, struct tsr_dirs *dirs) {
   size_t cap = 0, nsub = 0, subcap = 0;
   struct subifd_ref *subs = NULL;
   tessera_status st = TESSERA_OK;
@@ -354,7 +247,7 @@ static tessera_status walk(TIFF *tif, const struct client_file *file,
     }
     dirs->dir[dirs->n - 1].offset = TIFFCurrentDirOffset(tif);
     uint64_t next = 0;
-    if (next_ifd_offset(tif, file, &next) && next != 0) {
+    if (tsr_tiff_next_ifd_offset(tif, file, &next) && next != 0) {
       for (size_t i = 0; i < dirs->n; i++) {
         if (dirs->dir[i].parent < 0 && dirs->dir[i].offset == next) {
           st = tsr_error(TESSERA_E_FORMAT,
@@ -364,8 +257,8 @@ static tessera_status walk(TIFF *tif, const struct client_file *file,
       }
     }
     if (!TIFFReadDirectory(tif)) {
-      if (log->failed) {
-        st = tsr_error(TESSERA_E_FORMAT, "after directory %u: %s", index, log->first_error);
+      if (file->failed) {
+        st = tsr_error(TESSERA_E_FORMAT, "after directory %u: %s", index, file->first_error);
         goto out;
       }
       break;
@@ -377,10 +270,10 @@ static tessera_status walk(TIFF *tif, const struct client_file *file,
       st = tsr_error(TESSERA_E_LIMIT, "more than %u TIFF directories", lim->max_directories);
       goto out;
     }
-    if (!TIFFSetSubDirectory(tif, subs[i].offset) || log->failed) {
+    if (!TIFFSetSubDirectory(tif, subs[i].offset) || file->failed) {
       st = tsr_error(TESSERA_E_FORMAT, "SubIFD at offset %llu: %s",
                      (unsigned long long)subs[i].offset,
-                     log->failed ? log->first_error : "cannot be read");
+                     file->failed ? file->first_error : "cannot be read");
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
@@ -394,32 +287,20 @@ out:
 
 tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_options *limits,
                              struct tsr_dirs *out) {
-  struct walk_log log = {.failed = false};
   out->dir = NULL;
   out->n = 0;
-  TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
-  if (!opts)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  TIFFOpenOptionsSetErrorHandlerExtR(opts, on_tiff_error, &log);
-  TIFFOpenOptionsSetWarningHandlerExtR(opts, on_tiff_warning, &log);
   /* libtiff allocates tag arrays (tile tables, JPEG tables) while walking. An array stored in
    * N bytes of the file never needs more than 4N in memory (SHORT entries widen to 64 bits),
    * so a damaged count cannot ask for much more than the file holds. */
   uint64_t cap = 4 * file_size + ((uint64_t)1 << 20);
   if (cap > TSR_MAX_TILES * sizeof(uint64_t))
     cap = TSR_MAX_TILES * sizeof(uint64_t);
-  TIFFOpenOptionsSetMaxSingleMemAlloc(opts, (tmsize_t)cap);
-  struct client_file file = {fd, 0, file_size};
-  TIFF *tif =
-      TIFFClientOpenExt(TSR_TIFF_NAME, "rm", (thandle_t)&file, client_read, client_write,
-                        client_seek, client_close, client_size, client_map, client_unmap, opts);
-  TIFFOpenOptionsFree(opts);
-  if (!tif) {
-    if (log.failed)
-      return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file: %s", log.first_error);
-    return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file");
-  }
-  tessera_status st = walk(tif, &file, limits, &log, out);
+  struct tsr_tiff_file file;
+  TIFF *tif;
+  tessera_status st = tsr_tiff_client_open(&file, fd, file_size, cap, &tif);
+  if (st != TESSERA_OK)
+    return st;
+  st = walk(tif, &file, limits, out);
   TIFFClose(tif);
   if (st != TESSERA_OK)
     tsr_tiff_dirs_free(out);

@@ -1,0 +1,120 @@
+#include "tiff/client.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "error.h"
+
+/* The name libtiff is given for the file; stripped from its messages. */
+#define TSR_TIFF_NAME "slide"
+
+static int on_error(TIFF *tif, void *user, const char *module, const char *fmt, va_list ap) {
+  (void)tif, (void)module;
+  struct tsr_tiff_file *f = user;
+  if (!f->failed) {
+    char m[sizeof f->first_error];
+    vsnprintf(m, sizeof m, fmt, ap);
+    const char *start = strncmp(m, TSR_TIFF_NAME ": ", sizeof TSR_TIFF_NAME + 1) == 0
+                            ? m + sizeof TSR_TIFF_NAME + 1
+                            : m;
+    snprintf(f->first_error, sizeof f->first_error, "%s", start);
+    f->failed = true;
+  }
+  return 1;
+}
+
+static int on_warning(TIFF *tif, void *user, const char *module, const char *fmt, va_list ap) {
+  (void)tif, (void)user, (void)module, (void)fmt, (void)ap;
+  return 1;
+}
+
+static tmsize_t client_read(thandle_t h, void *buf, tmsize_t n) {
+  struct tsr_tiff_file *f = (struct tsr_tiff_file *)h;
+  tmsize_t done = 0;
+  while (done < n) {
+    ssize_t r = pread(f->fd, (char *)buf + done, (size_t)(n - done), (off_t)(f->pos + done));
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      break;
+    done += r;
+  }
+  f->pos += (uint64_t)done;
+  return done;
+}
+
+static tmsize_t client_write(thandle_t h, void *buf, tmsize_t n) {
+  (void)h, (void)buf, (void)n;
+  return -1;
+}
+
+static toff_t client_seek(thandle_t h, toff_t off, int whence) {
+  struct tsr_tiff_file *f = (struct tsr_tiff_file *)h;
+  uint64_t base = whence == SEEK_CUR ? f->pos : whence == SEEK_END ? f->size : 0;
+  if (off > UINT64_MAX - base)
+    return (toff_t)-1;
+  f->pos = base + off;
+  return f->pos;
+}
+
+static int client_close(thandle_t h) {
+  (void)h;
+  return 0;
+}
+
+static toff_t client_size(thandle_t h) { return ((struct tsr_tiff_file *)h)->size; }
+
+static int client_map(thandle_t h, void **base, toff_t *size) {
+  (void)h, (void)base, (void)size;
+  return 0;
+}
+
+static void client_unmap(thandle_t h, void *base, toff_t size) { (void)h, (void)base, (void)size; }
+
+tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, int fd, uint64_t size,
+                                    uint64_t max_alloc, TIFF **out) {
+  memset(f, 0, sizeof *f);
+  f->fd = fd;
+  f->size = size;
+  *out = NULL;
+  TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
+  if (!opts)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  TIFFOpenOptionsSetErrorHandlerExtR(opts, on_error, f);
+  TIFFOpenOptionsSetWarningHandlerExtR(opts, on_warning, f);
+  TIFFOpenOptionsSetMaxSingleMemAlloc(opts, (tmsize_t)max_alloc);
+  *out = TIFFClientOpenExt(TSR_TIFF_NAME, "rm", (thandle_t)f, client_read, client_write,
+                           client_seek, client_close, client_size, client_map, client_unmap, opts);
+  TIFFOpenOptionsFree(opts);
+  if (!*out)
+    return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file%s%s", f->failed ? ": " : "",
+                     f->failed ? f->first_error : "");
+  return TESSERA_OK;
+}
+
+/* An unsigned integer of n bytes in the file's byte order. */
+static uint64_t file_uint(const uint8_t *b, size_t n, bool big_endian) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; i++)
+    v |= (uint64_t)b[big_endian ? i : n - 1 - i] << (8 * (n - 1 - i));
+  return v;
+}
+
+bool tsr_tiff_next_ifd_offset(TIFF *tif, const struct tsr_tiff_file *f, uint64_t *next) {
+  uint64_t here = TIFFCurrentDirOffset(tif);
+  bool big = TIFFIsBigTIFF(tif), be = TIFFIsBigEndian(tif);
+  size_t count_size = big ? 8 : 2, entry = big ? 20 : 12, ptr_size = big ? 8 : 4;
+  uint8_t buf[8];
+  if (pread(f->fd, buf, count_size, (off_t)here) != (ssize_t)count_size)
+    return false;
+  uint64_t count = file_uint(buf, count_size, be);
+  if (count > 1u << 20)
+    return false;
+  if (pread(f->fd, buf, ptr_size, (off_t)(here + count_size + count * entry)) != (ssize_t)ptr_size)
+    return false;
+  *next = file_uint(buf, ptr_size, be);
+  return true;
+}

@@ -1,0 +1,30 @@
+/* libtiff over the slide's own descriptor: reads go through pread (so the walk sees exactly
+ * the file the slide reads and no offset state is shared), nothing is memory-mapped (a file
+ * truncated under us gives an error, not SIGBUS), and libtiff's messages are kept per open
+ * instead of printed. */
+#ifndef TSR_TIFF_CLIENT_H
+#define TSR_TIFF_CLIENT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <tiffio.h>
+
+#include "tessera.h"
+
+struct tsr_tiff_file {
+  int fd;
+  uint64_t pos, size;    /* libtiff's position, and the file's size */
+  char first_error[512]; /* libtiff's first error message, without the file name */
+  bool failed;           /* libtiff reported an error */
+};
+
+/* Opens fd (of size bytes) for reading with libtiff; libtiff allocates at most max_alloc
+ * bytes at once. The TIFF lives no longer than *f. */
+tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, int fd, uint64_t size,
+                                    uint64_t max_alloc, TIFF **out);
+
+/* The next-IFD pointer of the directory libtiff has current, read from the file itself:
+ * libtiff stops at a directory loop without an error, so the walk checks for one. */
+bool tsr_tiff_next_ifd_offset(TIFF *tif, const struct tsr_tiff_file *f, uint64_t *next);
+
+#endif
