@@ -6,7 +6,41 @@
 #include "alloc.h"
 #include "error.h"
 #include "slide_internal.h"
+#include "thread_slot.h"
 #include "tile.h"
+
+/* Buffers a thread reuses from read to read, so a steady stream of reads allocates nothing:
+ * the decoded tile and the compressed bytes. Only their own thread touches them. */
+struct read_buffers {
+  uint8_t *tile;
+  size_t tile_cap;
+  struct tsr_scratch compressed;
+};
+
+/* Larger buffers (a whole-level strip) are given back after the read instead of being kept
+ * for the thread's life. */
+#define TSR_KEEP_BUFFER_BYTES ((size_t)64 << 20)
+
+static void destroy_buffers(void *p) {
+  struct read_buffers *b = p;
+  tsr_free(b->tile);
+  tsr_scratch_free(&b->compressed);
+  tsr_free(b);
+}
+
+static void *create_buffers(void) { return tsr_calloc(1, sizeof(struct read_buffers)); }
+
+static struct tsr_thread_slot buffers_slot = TSR_THREAD_SLOT_INIT(destroy_buffers);
+
+static void trim_buffers(struct read_buffers *b) {
+  if (b->tile_cap > TSR_KEEP_BUFFER_BYTES) {
+    tsr_free(b->tile);
+    b->tile = NULL;
+    b->tile_cap = 0;
+  }
+  if (b->compressed.cap > TSR_KEEP_BUFFER_BYTES)
+    tsr_scratch_free(&b->compressed);
+}
 
 /* Widest region one call accepts on either side, so size arithmetic stays far from overflow. */
 #define TSR_MAX_REGION_SIDE ((int64_t)1 << 31)
@@ -90,16 +124,23 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct region
   if (tile_bytes == 0 || tile_bytes > s->limits.max_decoded_tile_bytes)
     return tsr_error(TESSERA_E_LIMIT, "level %d: a decoded %s of %ux%u exceeds the limit", level,
                      lv->tiled ? "tile" : "strip", lv->tile_w, lv->tile_h);
-  uint8_t *tile = tsr_malloc(tile_bytes);
-  if (!tile)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for a %zu-byte tile", tile_bytes);
-  struct tsr_scratch scratch = {0};
+  struct read_buffers *b = tsr_thread_slot_get(&buffers_slot, create_buffers);
+  if (!b)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for read buffers");
+  if (b->tile_cap < tile_bytes) {
+    uint8_t *t = tsr_realloc(b->tile, tile_bytes);
+    if (!t)
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for a %zu-byte tile", tile_bytes);
+    b->tile = t;
+    b->tile_cap = tile_bytes;
+  }
+  uint8_t *tile = b->tile;
   tessera_status st = TESSERA_OK;
   for (int64_t ty = y0 / lv->tile_h; ty <= (y1 - 1) / lv->tile_h && st == TESSERA_OK; ty++) {
     for (int64_t tx = x0 / lv->tile_w; tx <= (x1 - 1) / lv->tile_w; tx++) {
       uint64_t index = (uint64_t)ty * lv->across + (uint64_t)tx;
       bool missing;
-      if ((st = tsr_tile_decode(s, level, index, &scratch, tile, &missing)) != TESSERA_OK)
+      if ((st = tsr_tile_decode(s, level, index, &b->compressed, tile, &missing)) != TESSERA_OK)
         break;
       if (missing)
         continue; /* stays background, alpha 0: nothing was scanned there */
@@ -109,8 +150,7 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct region
       copy_tile(r, lv, tile, ox, oy, w, h);
     }
   }
-  tsr_scratch_free(&scratch);
-  tsr_free(tile);
+  trim_buffers(b);
   return st;
 }
 
