@@ -1,6 +1,7 @@
 /* Fuzz target: one codec on arbitrary tile bytes. The first five bytes choose the codec,
  * the tile size, the samples per pixel, the photometric interpretation, the predictor, the
- * kind of alpha and how much of the tile is needed; the rest is the tile. */
+ * kind of alpha, how much of the tile is needed and (for codecs that crop) which part; the
+ * rest is the tile. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -27,9 +28,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   out.height = 1u + data[2] % 80;
   out.need_w = out.width - (uint32_t)(data[4] >> 4) % out.width;
   out.need_h = out.height;
+  out.stride = (size_t)out.width * f.decoded_channels;
+  /* Codecs that crop get a rectangle chosen by the same bits. */
+  out.crop_x = (uint32_t)(data[1] >> 4) % out.need_w;
+  out.crop_y = (uint32_t)(data[2] >> 4) % out.need_h;
+  out.crop_w = out.need_w - out.crop_x;
+  out.crop_h = out.need_h - out.crop_y;
   out.pixels = malloc((size_t)out.width * out.height * f.decoded_channels);
   if (out.pixels && tsr_codec_find(f.compression)(&f, data + 5, size - 5, &out) == TESSERA_OK)
-    tsr_codec_postprocess(&f, &out);
+    tsr_codec_postprocess(&f, out.pixels, out.stride, out.width, out.need_h);
   free(out.pixels);
   return 0;
 }

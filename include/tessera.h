@@ -17,7 +17,16 @@
  *  - tessera_slide: every function except tessera_close() may be called on the same slide
  *    from many threads at once. An open slide is immutable; reads share one file descriptor
  *    through pread() and take no lock.
+ *  - tessera_batch_iter: belongs to one consumer thread (its worker threads are the
+ *    library's own). Different iterators, on the same slide or not, may be used from
+ *    different threads at once.
  *  - tessera_error_message() is per thread.
+ *
+ * Threads
+ *  - Parallel reads and batch iterators use one pool of worker threads owned by the library:
+ *    started on first use, one per online CPU, shared by every slide and call, never spawned
+ *    per call. A request's num_workers caps how many of them it uses. A process that forks
+ *    gets a fresh pool in the child on first use there.
  */
 #ifndef TESSERA_H
 #define TESSERA_H
@@ -140,10 +149,12 @@ TESSERA_API const char *tessera_associated_image_name(const tessera_slide *slide
  */
 
 typedef struct tessera_read_options {
-  size_t struct_size; /* sizeof(tessera_read_options) */
-  int32_t channels;   /* 3 (RGB, default) or 4 (RGBA: alpha 0 outside the image) */
-  int32_t fill;       /* 0..255, or -1 (default) for the slide's background */
-  size_t stride;      /* bytes between destination rows; 0 means width * channels */
+  size_t struct_size;  /* sizeof(tessera_read_options) */
+  int32_t channels;    /* 3 (RGB, default) or 4 (RGBA: alpha 0 outside the image) */
+  int32_t fill;        /* 0..255, or -1 (default) for the slide's background */
+  size_t stride;       /* bytes between destination rows; 0 means width * channels */
+  int32_t num_workers; /* threads decoding one region's tiles, the caller being one of them:
+                          0 or 1 (default 0) reads in the calling thread only */
 } tessera_read_options;
 
 /* Fills *options with the defaults: 3 channels, the slide's background, packed rows.
@@ -162,6 +173,81 @@ TESSERA_API tessera_status tessera_read_region(tessera_slide *slide, int64_t x, 
                                                int32_t level, int64_t width, int64_t height,
                                                const tessera_read_options *options, uint8_t *dst,
                                                size_t dst_size);
+
+/* Reads all of `level` (level_width x level_height pixels) as tessera_read_region would with
+ * x = y = 0. With options->num_workers > 1 its tiles are decoded in parallel, each straight
+ * into its place in dst. Thread-safe. */
+TESSERA_API tessera_status tessera_read_level(tessera_slide *slide, int32_t level,
+                                              const tessera_read_options *options, uint8_t *dst,
+                                              size_t dst_size);
+
+/* ---------------------------------------------------------------------------------------
+ * Batches of patches
+ *
+ * An iterator over n patch locations that hands back batches of equal-sized patches, decoded
+ * by the library's worker threads ahead of the consumer. The names and defaults of the options
+ * are cuCIM's. Batches come in location order (after the optional seeded shuffle, which gives
+ * the same order on every platform); each is one contiguous N x height x width x channels
+ * buffer; the last is short unless drop_last. Up to prefetch_factor batches are decoded ahead.
+ * The unit of work is a tile: a tile needed by several patches in flight is read and decoded
+ * once; a patch needing only part of a JPEG tile decodes only that part.
+ */
+
+typedef struct tessera_batch_options {
+  size_t struct_size;      /* sizeof(tessera_batch_options) */
+  int32_t batch_size;      /* patches per batch, >= 1; default 1 */
+  int32_t num_workers;     /* worker threads decoding ahead; 0 (default) decodes each batch
+                              in the calling thread inside tessera_batch_iter_next */
+  int32_t drop_last;       /* nonzero: drop a short last batch; default 0 */
+  int32_t prefetch_factor; /* batches decoded ahead when num_workers > 0, >= 1; default 2 */
+  int32_t shuffle;         /* nonzero: visit the locations in a random order; default 0 */
+  uint64_t seed;           /* seed of that order; default 0 */
+  int32_t channels;        /* 3 (RGB, default) or 4 (RGBA: alpha 0 outside the image) */
+  int32_t fill;            /* 0..255, or -1 (default) for the slide's background */
+} tessera_batch_options;
+
+/* Fills *options with the defaults. Thread-safe. */
+TESSERA_API void tessera_batch_options_init(tessera_batch_options *options);
+
+typedef struct tessera_batch_iter tessera_batch_iter;
+
+/* One batch, owned by the library until given back with tessera_batch_release. */
+typedef struct tessera_batch {
+  uint8_t *data;           /* count x height x width x channels bytes, rows packed */
+  size_t size;             /* bytes in data */
+  size_t count;            /* patches in this batch (batch_size, or fewer for the last) */
+  size_t number;           /* 0 for the first batch, then 1, 2, ... */
+  const uint64_t *indices; /* count entries: which of the n locations each patch shows */
+  int64_t width, height;
+  int32_t channels;
+} tessera_batch;
+
+/* Makes an iterator over n (x, y) pairs in `locations` (2n int64 values, level-0 pixels; they
+ * are copied), each the top-left corner of a width x height patch of `level`. options may be
+ * NULL for the defaults. The slide must stay open until the iterator is destroyed. n = 0 is
+ * allowed and gives no batches. Thread-safe with respect to the slide. */
+TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *slide, const int64_t *locations,
+                                                     size_t n, int64_t width, int64_t height,
+                                                     int32_t level,
+                                                     const tessera_batch_options *options,
+                                                     tessera_batch_iter **out);
+
+/* Number of batches the iterator yields in all. */
+TESSERA_API size_t tessera_batch_iter_length(const tessera_batch_iter *iter);
+
+/* The next batch, in order. At the end, returns TESSERA_OK with *out = NULL. If a tile needed
+ * by the batch cannot be read, returns that tile's status and message with *out = NULL; that
+ * batch is skipped and the next call goes on with the following one. */
+TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *iter, tessera_batch **out);
+
+/* Gives a batch's buffer back for reuse; it must not be touched afterwards. May be called
+ * after the iterator is destroyed (the batch stays valid until then). NULL is ignored. */
+TESSERA_API void tessera_batch_release(tessera_batch *batch);
+
+/* Cancels the work not yet started, waits for the tiles being decoded, and frees the
+ * iterator. Batches handed out and not yet released stay valid until released. May be
+ * called at any point; NULL is ignored. */
+TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
 
 #ifdef __cplusplus
 }

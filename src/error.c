@@ -4,8 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#define TSR_MESSAGE_MAX 1024
-
 /* Each thread owns its buffer; no synchronisation needed. */
 static _Thread_local char message[TSR_MESSAGE_MAX];
 
@@ -38,6 +36,18 @@ tessera_status tsr_error_prefix(tessera_status status, const char *fmt, ...) {
 }
 
 void tsr_error_clear(void) { message[0] = '\0'; }
+
+void tsr_failure_keep(struct tsr_failure *f, tessera_status status) {
+  if (f->status != TESSERA_OK || status == TESSERA_OK)
+    return;
+  f->status = status;
+  memcpy(f->message, message, sizeof f->message);
+}
+
+tessera_status tsr_failure_raise(const struct tsr_failure *f) {
+  memcpy(message, f->message, sizeof message);
+  return f->status;
+}
 
 TESSERA_API const char *tessera_error_message(void) { return message; }
 

@@ -15,4 +15,19 @@ tessera_status tsr_error_prefix(tessera_status status, const char *fmt, ...)
 
 void tsr_error_clear(void);
 
+#define TSR_MESSAGE_MAX 1024
+
+/* A failure carried from the thread where it happened (a worker) to the one that reports it
+ * (the caller, or the consumer of a batch). */
+struct tsr_failure {
+  tessera_status status; /* TESSERA_OK: nothing failed */
+  char message[TSR_MESSAGE_MAX];
+};
+
+/* Keeps status and the calling thread's message in f, unless f already holds a failure. */
+void tsr_failure_keep(struct tsr_failure *f, tessera_status status);
+
+/* Makes f's message the calling thread's and returns f's status. */
+tessera_status tsr_failure_raise(const struct tsr_failure *f);
+
 #endif

@@ -1,46 +1,15 @@
 /* Tiles to a region: clipping to the level, fill outside, channel conversion into the
- * caller's buffer. */
+ * caller's buffer; large regions are split by tile over worker threads. */
+#include "region.h"
+
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "alloc.h"
 #include "error.h"
-#include "slide_internal.h"
-#include "thread_slot.h"
-#include "tile.h"
-
-/* Buffers a thread reuses from read to read, so a steady stream of reads allocates nothing:
- * the decoded tile and the compressed bytes. Only their own thread touches them. */
-struct read_buffers {
-  uint8_t *tile;
-  size_t tile_cap;
-  struct tsr_scratch compressed;
-};
-
-/* Larger buffers (a whole-level strip) are given back after the read instead of being kept
- * for the thread's life. */
-#define TSR_KEEP_BUFFER_BYTES ((size_t)64 << 20)
-
-static void destroy_buffers(void *p) {
-  struct read_buffers *b = p;
-  tsr_free(b->tile);
-  tsr_scratch_free(&b->compressed);
-  tsr_free(b);
-}
-
-static void *create_buffers(void) { return tsr_calloc(1, sizeof(struct read_buffers)); }
-
-static struct tsr_thread_slot buffers_slot = TSR_THREAD_SLOT_INIT(destroy_buffers);
-
-static void trim_buffers(struct read_buffers *b) {
-  if (b->tile_cap > TSR_KEEP_BUFFER_BYTES) {
-    tsr_free(b->tile);
-    b->tile = NULL;
-    b->tile_cap = 0;
-  }
-  if (b->compressed.cap > TSR_KEEP_BUFFER_BYTES)
-    tsr_scratch_free(&b->compressed);
-}
+#include "pool.h"
 
 /* Widest region one call accepts on either side, so size arithmetic stays far from overflow. */
 #define TSR_MAX_REGION_SIDE ((int64_t)1 << 31)
@@ -53,30 +22,67 @@ TESSERA_API void tessera_read_options_init(tessera_read_options *o) {
   o->channels = 3;
   o->fill = -1;
   o->stride = 0;
+  o->num_workers = 0;
 }
 
-struct region {
-  int64_t lx, ly; /* level origin of the region */
-  int64_t width, height;
-  unsigned channels;
-  uint8_t fill;
-  size_t stride;
-  uint8_t *dst;
-};
-
-static void fill_region(const struct region *r) {
-  size_t row = (size_t)r->width * r->channels;
-  for (int64_t y = 0; y < r->height; y++) {
-    uint8_t *p = r->dst + (size_t)y * r->stride;
-    if (r->channels == 3) {
-      memset(p, r->fill, row);
+/* Fills level rectangle [x0, x1) x [y0, y1), which lies inside the canvas. */
+static void fill_rect(const struct tsr_canvas *c, int64_t x0, int64_t y0, int64_t x1, int64_t y1) {
+  size_t n = (size_t)(x1 - x0);
+  for (int64_t y = y0; y < y1; y++) {
+    uint8_t *p = c->dst + (size_t)(y - c->ly) * c->stride + (size_t)(x0 - c->lx) * c->channels;
+    if (c->channels == 3) {
+      memset(p, c->fill, n * 3);
     } else {
-      for (int64_t x = 0; x < r->width; x++, p += 4) {
-        p[0] = p[1] = p[2] = r->fill;
+      for (size_t x = 0; x < n; x++, p += 4) {
+        p[0] = p[1] = p[2] = c->fill;
         p[3] = 0;
       }
     }
   }
+}
+
+void tsr_canvas_fill(const struct tsr_canvas *c) {
+  fill_rect(c, c->lx, c->ly, c->lx + c->width, c->ly + c->height);
+}
+
+/* The canvas clipped to the level, in level pixels. */
+static bool inside(const struct tsr_canvas *c, const struct tsr_level *lv, int64_t *x0, int64_t *y0,
+                   int64_t *x1, int64_t *y1) {
+  *x0 = c->lx > 0 ? c->lx : 0;
+  *y0 = c->ly > 0 ? c->ly : 0;
+  *x1 = c->lx + c->width < lv->width ? c->lx + c->width : lv->width;
+  *y1 = c->ly + c->height < lv->height ? c->ly + c->height : lv->height;
+  return *x0 < *x1 && *y0 < *y1;
+}
+
+bool tsr_canvas_fill_outside(const struct tsr_canvas *c, const struct tsr_level *lv) {
+  int64_t x0, y0, x1, y1;
+  if (!inside(c, lv, &x0, &y0, &x1, &y1)) {
+    tsr_canvas_fill(c);
+    return false;
+  }
+  int64_t cx1 = c->lx + c->width, cy1 = c->ly + c->height;
+  if (y0 > c->ly)
+    fill_rect(c, c->lx, c->ly, cx1, y0);
+  if (y1 < cy1)
+    fill_rect(c, c->lx, y1, cx1, cy1);
+  if (x0 > c->lx)
+    fill_rect(c, c->lx, y0, x0, y1);
+  if (x1 < cx1)
+    fill_rect(c, x1, y0, cx1, y1);
+  return true;
+}
+
+bool tsr_canvas_tiles(const struct tsr_canvas *c, const struct tsr_level *lv, int64_t *tx0,
+                      int64_t *ty0, int64_t *tx1, int64_t *ty1) {
+  int64_t x0, y0, x1, y1;
+  if (!inside(c, lv, &x0, &y0, &x1, &y1))
+    return false;
+  *tx0 = x0 / lv->tile_w;
+  *ty0 = y0 / lv->tile_h;
+  *tx1 = (x1 - 1) / lv->tile_w;
+  *ty1 = (y1 - 1) / lv->tile_h;
+  return true;
 }
 
 /* Copies n pixels of `src_ch` decoded channels into `dst_ch` output channels. */
@@ -96,68 +102,183 @@ static void convert_row(const uint8_t *src, unsigned src_ch, bool alpha, uint8_t
   }
 }
 
-static void copy_tile(const struct region *r, const struct tsr_level *lv, const uint8_t *tile,
-                      int64_t tx, int64_t ty, uint32_t tw, uint32_t th) {
-  int64_t x0 = tx > r->lx ? tx : r->lx,
-          x1 = tx + tw < r->lx + r->width ? tx + tw : r->lx + r->width;
-  int64_t y0 = ty > r->ly ? ty : r->ly,
-          y1 = ty + th < r->ly + r->height ? ty + th : r->ly + r->height;
-  unsigned sc = lv->fmt.decoded_channels;
-  size_t src_row = (size_t)lv->tile_w * sc;
-  for (int64_t y = y0; y < y1; y++) {
-    const uint8_t *src = tile + (size_t)(y - ty) * src_row + (size_t)(x0 - tx) * sc;
-    uint8_t *dst = r->dst + (size_t)(y - r->ly) * r->stride + (size_t)(x0 - r->lx) * r->channels;
-    convert_row(src, sc, lv->fmt.alpha, dst, r->channels, (size_t)(x1 - x0));
-  }
+/* Whether decoded samples can go into the canvas as they are. */
+static bool takes_decoded(const struct tsr_canvas *c, const struct tsr_pixel_format *f) {
+  return f->decoded_channels == c->channels && (f->alpha || c->channels == 3);
 }
 
-static tessera_status paint(tessera_slide *s, int32_t level, const struct region *r) {
+/* A rectangle in level pixels. */
+struct span {
+  int64_t x0, y0, x1, y1;
+};
+
+static bool overlap(const struct tsr_canvas *c, const struct span *t, struct span *o) {
+  o->x0 = t->x0 > c->lx ? t->x0 : c->lx;
+  o->y0 = t->y0 > c->ly ? t->y0 : c->ly;
+  o->x1 = t->x1 < c->lx + c->width ? t->x1 : c->lx + c->width;
+  o->y1 = t->y1 < c->ly + c->height ? t->y1 : c->ly + c->height;
+  return o->x0 < o->x1 && o->y0 < o->y1;
+}
+
+static uint8_t *canvas_at(const struct tsr_canvas *c, int64_t x, int64_t y) {
+  return c->dst + (size_t)(y - c->ly) * c->stride + (size_t)(x - c->lx) * c->channels;
+}
+
+tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t index,
+                              const struct tsr_canvas *const *canvases, size_t n,
+                              struct tsr_tile_buffers *b) {
   const struct tsr_level *lv = &s->levels[level];
-  int64_t x0 = r->lx > 0 ? r->lx : 0, y0 = r->ly > 0 ? r->ly : 0;
-  int64_t x1 = r->lx + r->width < lv->width ? r->lx + r->width : lv->width;
-  int64_t y1 = r->ly + r->height < lv->height ? r->ly + r->height : lv->height;
-  if (x0 >= x1 || y0 >= y1)
+  const struct tsr_pixel_format *f = &lv->fmt;
+  struct span tile, u = {INT64_MAX, INT64_MAX, INT64_MIN, INT64_MIN}, o;
+  uint32_t tw, th;
+  tsr_tile_extent(lv, index, &tile.x0, &tile.y0, &tw, &th);
+  tile.x1 = tile.x0 + tw;
+  tile.y1 = tile.y0 + th;
+  for (size_t i = 0; i < n; i++) {
+    if (!overlap(canvases[i], &tile, &o))
+      continue;
+    u.x0 = o.x0 < u.x0 ? o.x0 : u.x0;
+    u.y0 = o.y0 < u.y0 ? o.y0 : u.y0;
+    u.x1 = o.x1 > u.x1 ? o.x1 : u.x1;
+    u.y1 = o.y1 > u.y1 ? o.y1 : u.y1;
+  }
+  if (u.x0 >= u.x1)
+    return TESSERA_OK;
+  struct tsr_tile_rect rect = {(uint32_t)(u.x0 - tile.x0), (uint32_t)(u.y0 - tile.y0),
+                               (uint32_t)(u.x1 - u.x0), (uint32_t)(u.y1 - u.y0)};
+  bool direct = n == 1 && takes_decoded(canvases[0], f);
+  if (direct) {
+    rect.dst = canvas_at(canvases[0], u.x0, u.y0);
+    rect.stride = canvases[0]->stride;
+  } else {
+    rect.stride = (size_t)rect.w * f->decoded_channels;
+    if (!tsr_scratch_reserve(&b->rect, rect.stride * rect.h))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for a %ux%u part of a tile", rect.w, rect.h);
+    rect.dst = b->rect.data;
+  }
+  bool missing;
+  tessera_status st = tsr_tile_read(s, level, index, &rect, b, &missing);
+  if (st != TESSERA_OK || (direct && !missing))
+    return st;
+  for (size_t i = 0; i < n; i++) {
+    const struct tsr_canvas *c = canvases[i];
+    if (!overlap(c, &tile, &o))
+      continue;
+    if (missing) {
+      fill_rect(c, o.x0, o.y0, o.x1, o.y1);
+      continue;
+    }
+    for (int64_t y = o.y0; y < o.y1; y++) {
+      const uint8_t *src =
+          rect.dst + (size_t)(y - u.y0) * rect.stride + (size_t)(o.x0 - u.x0) * f->decoded_channels;
+      convert_row(src, f->decoded_channels, f->alpha, canvas_at(c, o.x0, y), c->channels,
+                  (size_t)(o.x1 - o.x0));
+    }
+  }
+  return TESSERA_OK;
+}
+
+/* The tiles of one region, shared by the caller and the pool workers helping it. Tiles are
+ * claimed through `next` without a lock; each lands in its own part of the canvas. */
+struct region_job {
+  const tessera_slide *s; /* these four are set before any helper starts, then only read */
+  int32_t level;
+  const struct tsr_canvas *canvas;
+  int64_t tx0, ty0, across;
+  uint64_t ntiles;
+  atomic_uint_fast64_t next; /* the next tile number to claim */
+  atomic_bool stop;          /* a tile failed: claim no more */
+  pthread_mutex_t lock;      /* guards helpers and failure */
+  pthread_cond_t idle;       /* signalled when helpers drops to 0 */
+  unsigned helpers;          /* helper tasks queued or running */
+  struct tsr_failure failure;
+};
+
+static void paint_tiles(struct region_job *j) {
+  const struct tsr_level *lv = &j->s->levels[j->level];
+  struct tsr_tile_buffers *b = tsr_tile_buffers_get();
+  if (!b) {
+    pthread_mutex_lock(&j->lock);
+    tsr_failure_keep(&j->failure, tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers"));
+    pthread_mutex_unlock(&j->lock);
+    atomic_store(&j->stop, true);
+    return;
+  }
+  uint64_t i;
+  while (!atomic_load_explicit(&j->stop, memory_order_relaxed) &&
+         (i = atomic_fetch_add(&j->next, 1)) < j->ntiles) {
+    int64_t tx = j->tx0 + (int64_t)(i % (uint64_t)j->across);
+    int64_t ty = j->ty0 + (int64_t)(i / (uint64_t)j->across);
+    uint64_t index = (uint64_t)ty * lv->across + (uint64_t)tx;
+    tessera_status st = tsr_paint_tile(j->s, j->level, index, &j->canvas, 1, b);
+    if (st != TESSERA_OK) {
+      pthread_mutex_lock(&j->lock);
+      tsr_failure_keep(&j->failure, st);
+      pthread_mutex_unlock(&j->lock);
+      atomic_store(&j->stop, true);
+    }
+  }
+  tsr_tile_buffers_trim(b);
+}
+
+static void helper_main(void *arg) {
+  struct region_job *j = arg;
+  paint_tiles(j);
+  pthread_mutex_lock(&j->lock);
+  if (--j->helpers == 0)
+    pthread_cond_signal(&j->idle);
+  pthread_mutex_unlock(&j->lock);
+}
+
+/* Paints every tile the canvas overlaps, with up to num_workers threads (the caller one of
+ * them). */
+static tessera_status paint(tessera_slide *s, int32_t level, const struct tsr_canvas *c,
+                            int32_t num_workers) {
+  const struct tsr_level *lv = &s->levels[level];
+  int64_t tx0, ty0, tx1, ty1;
+  if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
     return TESSERA_OK;
   if (lv->fmt.unsupported[0])
     return tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level);
-  size_t tile_bytes = tsr_tile_buffer_size(lv);
-  if (tile_bytes == 0 || tile_bytes > s->limits.max_decoded_tile_bytes)
-    return tsr_error(TESSERA_E_LIMIT, "level %d: a decoded %s of %ux%u exceeds the limit", level,
-                     lv->tiled ? "tile" : "strip", lv->tile_w, lv->tile_h);
-  struct read_buffers *b = tsr_thread_slot_get(&buffers_slot, create_buffers);
-  if (!b)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for read buffers");
-  if (b->tile_cap < tile_bytes) {
-    uint8_t *t = tsr_realloc(b->tile, tile_bytes);
-    if (!t)
-      return tsr_error(TESSERA_E_NOMEM, "out of memory for a %zu-byte tile", tile_bytes);
-    b->tile = t;
-    b->tile_cap = tile_bytes;
+  struct region_job j = {
+      .s = s, .level = level, .canvas = c, .tx0 = tx0, .ty0 = ty0, .across = tx1 - tx0 + 1};
+  j.ntiles = (uint64_t)j.across * (uint64_t)(ty1 - ty0 + 1);
+  atomic_init(&j.next, 0);
+  atomic_init(&j.stop, false);
+  pthread_mutex_init(&j.lock, NULL);
+  pthread_cond_init(&j.idle, NULL);
+  uint64_t want = num_workers > 1 ? (uint64_t)num_workers - 1 : 0;
+  if (want > j.ntiles - 1)
+    want = j.ntiles - 1;
+  if (want > 0) {
+    unsigned threads = tsr_pool_threads();
+    if (want > threads)
+      want = threads;
   }
-  uint8_t *tile = b->tile;
-  tessera_status st = TESSERA_OK;
-  for (int64_t ty = y0 / lv->tile_h; ty <= (y1 - 1) / lv->tile_h && st == TESSERA_OK; ty++) {
-    for (int64_t tx = x0 / lv->tile_w; tx <= (x1 - 1) / lv->tile_w; tx++) {
-      uint64_t index = (uint64_t)ty * lv->across + (uint64_t)tx;
-      bool missing;
-      if ((st = tsr_tile_decode(s, level, index, &b->compressed, tile, &missing)) != TESSERA_OK)
-        break;
-      if (missing)
-        continue; /* stays background, alpha 0: nothing was scanned there */
-      int64_t ox, oy;
-      uint32_t w, h;
-      tsr_tile_extent(lv, index, &ox, &oy, &w, &h);
-      copy_tile(r, lv, tile, ox, oy, w, h);
+  for (uint64_t h = 0; h < want; h++) {
+    pthread_mutex_lock(&j.lock);
+    j.helpers++;
+    pthread_mutex_unlock(&j.lock);
+    if (!tsr_pool_submit(helper_main, &j)) {
+      pthread_mutex_lock(&j.lock);
+      j.helpers--;
+      pthread_mutex_unlock(&j.lock);
+      break;
     }
   }
-  trim_buffers(b);
-  return st;
+  paint_tiles(&j);
+  pthread_mutex_lock(&j.lock);
+  while (j.helpers > 0)
+    pthread_cond_wait(&j.idle, &j.lock);
+  pthread_mutex_unlock(&j.lock);
+  pthread_mutex_destroy(&j.lock);
+  pthread_cond_destroy(&j.idle);
+  return j.failure.status == TESSERA_OK ? TESSERA_OK : tsr_failure_raise(&j.failure);
 }
 
-TESSERA_API tessera_status tessera_read_region(tessera_slide *s, int64_t x, int64_t y,
-                                               int32_t level, int64_t width, int64_t height,
-                                               const tessera_read_options *options, uint8_t *dst,
-                                               size_t dst_size) {
+static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t level,
+                                int64_t width, int64_t height, const tessera_read_options *options,
+                                uint8_t *dst, size_t dst_size) {
   tessera_read_options o;
   tessera_read_options_init(&o);
   if (options) {
@@ -177,6 +298,8 @@ TESSERA_API tessera_status tessera_read_region(tessera_slide *s, int64_t x, int6
     return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", o.channels);
   if (o.fill < -1 || o.fill > 255)
     return tsr_error(TESSERA_E_ARGUMENT, "fill must be 0..255 or -1, not %d", o.fill);
+  if (o.num_workers < 0)
+    return tsr_error(TESSERA_E_ARGUMENT, "num_workers must be 0 or more, not %d", o.num_workers);
   size_t row, need;
   if (!tsr_mul2((size_t)width, (size_t)o.channels, &row))
     return tsr_error(TESSERA_E_ARGUMENT, "region too large");
@@ -189,7 +312,7 @@ TESSERA_API tessera_status tessera_read_region(tessera_slide *s, int64_t x, int6
     return tsr_error(TESSERA_E_ARGUMENT, "destination holds %zu bytes, the region needs %zu",
                      dst_size, need);
   const struct tsr_level *lv = &s->levels[level];
-  struct region r = {
+  struct tsr_canvas c = {
       .lx = level == 0 ? x : (int64_t)floor((double)x / lv->downsample),
       .ly = level == 0 ? y : (int64_t)floor((double)y / lv->downsample),
       .width = width,
@@ -199,12 +322,35 @@ TESSERA_API tessera_status tessera_read_region(tessera_slide *s, int64_t x, int6
       .stride = stride,
       .dst = dst,
   };
-  fill_region(&r);
   /* Regions wholly beyond +-2^62 cannot touch a level (at most 2^24 wide): skip the sums. */
-  if (r.lx > INT64_MAX / 4 || r.lx < INT64_MIN / 4 || r.ly > INT64_MAX / 4 || r.ly < INT64_MIN / 4)
+  if (c.lx > INT64_MAX / 4 || c.lx < INT64_MIN / 4 || c.ly > INT64_MAX / 4 ||
+      c.ly < INT64_MIN / 4) {
+    tsr_canvas_fill(&c);
     return TESSERA_OK;
-  tessera_status st = paint(s, level, &r);
+  }
+  if (!tsr_canvas_fill_outside(&c, lv))
+    return TESSERA_OK;
+  tessera_status st = paint(s, level, &c, o.num_workers);
   if (st != TESSERA_OK)
-    fill_region(&r);
+    tsr_canvas_fill(&c);
   return st;
+}
+
+TESSERA_API tessera_status tessera_read_region(tessera_slide *s, int64_t x, int64_t y,
+                                               int32_t level, int64_t width, int64_t height,
+                                               const tessera_read_options *options, uint8_t *dst,
+                                               size_t dst_size) {
+  return read_into(s, x, y, level, width, height, options, dst, dst_size);
+}
+
+TESSERA_API tessera_status tessera_read_level(tessera_slide *s, int32_t level,
+                                              const tessera_read_options *options, uint8_t *dst,
+                                              size_t dst_size) {
+  if (!s)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide");
+  if (level < 0 || level >= s->nlevels)
+    return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
+                     s->nlevels);
+  return read_into(s, 0, 0, level, s->levels[level].width, s->levels[level].height, options, dst,
+                   dst_size);
 }

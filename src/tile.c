@@ -6,11 +6,50 @@
 
 #include "alloc.h"
 #include "error.h"
+#include "thread_slot.h"
+
+/* Buffers larger than this (a whole-level strip) are given back after the read instead of
+ * being kept for the thread's life. */
+#define TSR_KEEP_BUFFER_BYTES ((size_t)64 << 20)
 
 void tsr_scratch_free(struct tsr_scratch *scratch) {
   tsr_free(scratch->data);
   scratch->data = NULL;
   scratch->cap = 0;
+}
+
+bool tsr_scratch_reserve(struct tsr_scratch *scratch, size_t n) {
+  if (n <= scratch->cap)
+    return true;
+  uint8_t *d = tsr_realloc(scratch->data, n);
+  if (!d)
+    return false;
+  scratch->data = d;
+  scratch->cap = n;
+  return true;
+}
+
+static void destroy_buffers(void *p) {
+  struct tsr_tile_buffers *b = p;
+  tsr_scratch_free(&b->compressed);
+  tsr_scratch_free(&b->tile);
+  tsr_scratch_free(&b->rect);
+  tsr_free(b);
+}
+
+static void *create_buffers(void) { return tsr_calloc(1, sizeof(struct tsr_tile_buffers)); }
+
+static struct tsr_thread_slot buffers_slot = TSR_THREAD_SLOT_INIT(destroy_buffers);
+
+struct tsr_tile_buffers *tsr_tile_buffers_get(void) {
+  return tsr_thread_slot_get(&buffers_slot, create_buffers);
+}
+
+void tsr_tile_buffers_trim(struct tsr_tile_buffers *b) {
+  struct tsr_scratch *all[] = {&b->compressed, &b->tile, &b->rect};
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+    if (all[i]->cap > TSR_KEEP_BUFFER_BYTES)
+      tsr_scratch_free(all[i]);
 }
 
 void tsr_tile_extent(const struct tsr_level *lv, uint64_t index, int64_t *x, int64_t *y,
@@ -37,13 +76,8 @@ static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64
                      "its %llu bytes at offset %llu lie past the end of the file (%llu bytes)",
                      (unsigned long long)count, (unsigned long long)offset,
                      (unsigned long long)s->file_size);
-  if (count > scratch->cap) {
-    uint8_t *d = tsr_realloc(scratch->data, (size_t)count);
-    if (!d)
-      return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)count);
-    scratch->data = d;
-    scratch->cap = (size_t)count;
-  }
+  if (!tsr_scratch_reserve(scratch, (size_t)count))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)count);
   size_t done = 0;
   while (done < count) {
     ssize_t r = pread(s->fd, scratch->data + done, (size_t)count - done, (off_t)(offset + done));
@@ -58,27 +92,67 @@ static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64
   return TESSERA_OK;
 }
 
-tessera_status tsr_tile_decode(const tessera_slide *s, int32_t level, uint64_t index,
-                               struct tsr_scratch *scratch, uint8_t *pixels, bool *missing) {
+/* Codecs that cannot decode a part decode the whole tile into b->tile; the rectangle is then
+ * copied out. */
+static tessera_status decode_whole(const struct tsr_level *lv, const uint8_t *src, size_t len,
+                                   const struct tsr_tile_rect *rect, struct tsr_tile_buffers *b,
+                                   struct tsr_tile_out *out) {
+  size_t ch = lv->fmt.decoded_channels, tile_row = (size_t)lv->tile_w * ch;
+  if (!tsr_scratch_reserve(&b->tile, tsr_tile_buffer_size(lv)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a %zu-byte tile",
+                     tsr_tile_buffer_size(lv));
+  out->pixels = b->tile.data;
+  out->stride = tile_row;
+  out->crop_x = out->crop_y = 0;
+  out->crop_w = out->need_w;
+  out->crop_h = out->need_h;
+  tessera_status st = tsr_codec_find(lv->fmt.compression)(&lv->fmt, src, len, out);
+  if (st != TESSERA_OK)
+    return st;
+  tsr_codec_postprocess(&lv->fmt, out->pixels, tile_row, lv->tile_w, out->need_h);
+  const uint8_t *from = b->tile.data + (size_t)rect->y * tile_row + (size_t)rect->x * ch;
+  for (uint32_t y = 0; y < rect->h; y++)
+    memcpy(rect->dst + y * rect->stride, from + y * tile_row, (size_t)rect->w * ch);
+  return TESSERA_OK;
+}
+
+tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t index,
+                             const struct tsr_tile_rect *rect, struct tsr_tile_buffers *b,
+                             bool *missing) {
   const struct tsr_level *lv = &s->levels[level];
   const char *unit = lv->tiled ? "tile" : "strip";
   *missing = false;
   if (lv->fmt.unsupported[0])
     return tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level);
+  size_t tile_bytes = tsr_tile_buffer_size(lv);
+  if (tile_bytes == 0 || tile_bytes > s->limits.max_decoded_tile_bytes)
+    return tsr_error(TESSERA_E_LIMIT, "level %d: a decoded %s of %ux%u exceeds the limit", level,
+                     unit, lv->tile_w, lv->tile_h);
   uint64_t offset = lv->offsets[index], count = lv->bytecounts[index];
   if (offset == 0 || count == 0) {
     *missing = true;
     return TESSERA_OK;
   }
-  tessera_status st = read_bytes(s, offset, count, scratch);
+  tessera_status st = read_bytes(s, offset, count, &b->compressed);
   if (st != TESSERA_OK)
     return tsr_error_prefix(st, "level %d, %s %llu: ", level, unit, (unsigned long long)index);
   int64_t x, y;
-  struct tsr_tile_out out = {pixels, lv->tile_w, lv->tile_h, 0, 0};
+  struct tsr_tile_out out = {.width = lv->tile_w, .height = lv->tile_h};
   tsr_tile_extent(lv, index, &x, &y, &out.need_w, &out.need_h);
-  st = tsr_codec_find(lv->fmt.compression)(&lv->fmt, scratch->data, (size_t)count, &out);
+  if (tsr_codec_crops(lv->fmt.compression)) {
+    out.pixels = rect->dst;
+    out.stride = rect->stride;
+    out.crop_x = rect->x;
+    out.crop_y = rect->y;
+    out.crop_w = rect->w;
+    out.crop_h = rect->h;
+    st = tsr_codec_find(lv->fmt.compression)(&lv->fmt, b->compressed.data, (size_t)count, &out);
+    if (st == TESSERA_OK)
+      tsr_codec_postprocess(&lv->fmt, rect->dst, rect->stride, rect->w, rect->h);
+  } else {
+    st = decode_whole(lv, b->compressed.data, (size_t)count, rect, b, &out);
+  }
   if (st != TESSERA_OK)
     return tsr_error_prefix(st, "level %d, %s %llu: ", level, unit, (unsigned long long)index);
-  tsr_codec_postprocess(&lv->fmt, &out);
   return TESSERA_OK;
 }

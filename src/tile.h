@@ -6,13 +6,32 @@
 #include "codec/codec.h"
 #include "slide_internal.h"
 
-/* A growable buffer for compressed bytes, owned by one caller and reused across tiles. */
+/* A growable buffer owned by one thread and reused across tiles. */
 struct tsr_scratch {
   uint8_t *data;
   size_t cap;
 };
 
 void tsr_scratch_free(struct tsr_scratch *scratch);
+/* Makes scratch hold at least n bytes; false when out of memory. */
+bool tsr_scratch_reserve(struct tsr_scratch *scratch, size_t n);
+
+/* Buffers a thread reuses from tile to tile, so a steady stream of reads allocates nothing:
+ * compressed bytes, a whole decoded tile, and a decoded rectangle awaiting conversion. Only
+ * their own thread touches them. */
+struct tsr_tile_buffers {
+  struct tsr_scratch compressed;
+  struct tsr_scratch tile;
+  struct tsr_scratch rect;
+};
+
+/* This thread's buffers (made on first use, freed when the thread exits); NULL when out of
+ * memory. */
+struct tsr_tile_buffers *tsr_tile_buffers_get(void);
+
+/* Gives back buffers grown beyond what is worth keeping for the thread's life (a whole-level
+ * strip), so one huge read does not pin its memory. */
+void tsr_tile_buffers_trim(struct tsr_tile_buffers *b);
 
 /* The part of tile `index` that lies inside the image, in level pixels. */
 void tsr_tile_extent(const struct tsr_level *lv, uint64_t index, int64_t *x, int64_t *y,
@@ -21,9 +40,21 @@ void tsr_tile_extent(const struct tsr_level *lv, uint64_t index, int64_t *x, int
 /* Bytes a decoded tile of lv occupies (tile_w x tile_h x decoded channels); 0 on overflow. */
 size_t tsr_tile_buffer_size(const struct tsr_level *lv);
 
-/* Decodes tile `index` of level `level` into out->pixels (tsr_tile_buffer_size bytes). A tile
- * that the file leaves out (offset or byte count 0) sets *missing and decodes nothing. */
-tessera_status tsr_tile_decode(const tessera_slide *s, int32_t level, uint64_t index,
-                               struct tsr_scratch *scratch, uint8_t *pixels, bool *missing);
+/* A rectangle of one tile, in pixels from the tile's top-left corner and inside its extent,
+ * and where its decoded samples go: lv->fmt.decoded_channels bytes per pixel, rows `stride`
+ * bytes apart. */
+struct tsr_tile_rect {
+  uint32_t x, y, w, h;
+  uint8_t *dst;
+  size_t stride;
+};
+
+/* Decodes rect of tile `index` of `level`. Codecs that can (JPEG) decode only the rows and
+ * columns the rectangle needs; the others decode the whole tile and copy the rectangle out.
+ * A tile that the file leaves out (offset or byte count 0) sets *missing and writes nothing.
+ * On failure the message names the level and tile. */
+tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t index,
+                             const struct tsr_tile_rect *rect, struct tsr_tile_buffers *b,
+                             bool *missing);
 
 #endif

@@ -100,31 +100,29 @@ size_t tsr_codec_capacity(const struct tsr_pixel_format *fmt, const struct tsr_t
   return (size_t)out->width * out->height * fmt->decoded_channels;
 }
 
-void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out) {
-  size_t ch = fmt->decoded_channels, row = (size_t)out->width * ch;
-  if (fmt->lossless_family && fmt->predictor == 2) {
-    for (uint32_t y = 0; y < out->need_h; y++) {
-      uint8_t *p = out->pixels + y * row;
+bool tsr_codec_crops(uint32_t compression) { return compression == COMPRESSION_JPEG; }
+
+void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, uint8_t *pixels, size_t stride,
+                           uint32_t w, uint32_t h) {
+  size_t ch = fmt->decoded_channels, row = (size_t)w * ch;
+  for (uint32_t y = 0; y < h; y++) {
+    uint8_t *p = pixels + y * stride;
+    if (fmt->lossless_family && fmt->predictor == 2)
       for (size_t i = ch; i < row; i++)
         p[i] = (uint8_t)(p[i] + p[i - ch]);
-    }
-  }
-  if (fmt->invert) {
     /* Only the gray sample is inverted; an alpha sample stays as stored. */
-    size_t n = (size_t)out->width * out->need_h;
-    for (size_t i = 0; i < n; i++)
-      out->pixels[i * ch] = (uint8_t)(255 - out->pixels[i * ch]);
-  }
-  if (fmt->premultiplied) {
+    if (fmt->invert)
+      for (size_t i = 0; i < row; i += ch)
+        p[i] = (uint8_t)(255 - p[i]);
     /* Straight alpha out, as OpenSlide's un-premultiplied reads give it: c * 255 / a, rounded
      * down; colour 0 where alpha is 0. */
-    size_t n = (size_t)out->width * out->need_h;
-    for (size_t i = 0; i < n; i++) {
-      uint8_t *p = out->pixels + i * ch;
-      unsigned a = p[ch - 1];
-      for (size_t c = 0; c + 1 < ch; c++) {
-        unsigned v = a ? p[c] * 255u / a : 0;
-        p[c] = (uint8_t)(v > 255 ? 255 : v);
+    if (fmt->premultiplied) {
+      for (size_t i = 0; i < row; i += ch) {
+        unsigned a = p[i + ch - 1];
+        for (size_t c = 0; c + 1 < ch; c++) {
+          unsigned v = a ? p[i + c] * 255u / a : 0;
+          p[i + c] = (uint8_t)(v > 255 ? 255 : v);
+        }
       }
     }
   }

@@ -9,13 +9,19 @@
 
 #include "slide_internal.h"
 
-/* Where a codec writes: a buffer of width x height pixels of fmt->decoded_channels bytes each,
- * rows width * channels apart. The first need_w x need_h pixels (the part of the tile inside
- * the image) must be decoded; codecs fail if the data cannot provide them. */
+/* Where a codec writes. The tile is width x height pixels of fmt->decoded_channels bytes; its
+ * first need_w x need_h pixels (the part inside the image) must be decodable, and codecs fail
+ * if the data cannot provide them.
+ *  - Codecs that crop (tsr_codec_crops) write only the crop rectangle (inside need_w x
+ *    need_h): tile pixel (crop_x + i, crop_y + j) goes to pixels + j * stride + i * channels.
+ *  - The others write the whole tile to pixels, rows width * channels apart (stride), which
+ *    holds width x height pixels; crop is ignored. */
 struct tsr_tile_out {
   uint8_t *pixels;
   uint32_t width, height;
   uint32_t need_w, need_h;
+  size_t stride;
+  uint32_t crop_x, crop_y, crop_w, crop_h;
 };
 
 typedef tessera_status (*tsr_decode_fn)(const struct tsr_pixel_format *fmt, const uint8_t *src,
@@ -30,9 +36,14 @@ void tsr_codec_resolve(struct tsr_pixel_format *fmt, uint16_t bits_per_sample,
 /* The decoder of a compression, or NULL. */
 tsr_decode_fn tsr_codec_find(uint32_t compression);
 
-/* Undoes the horizontal predictor (lossless codecs), MinIsWhite inversion and associated
- * (premultiplied) alpha, in place, after decoding. */
-void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out);
+/* Whether the decoder of a compression decodes just a crop rectangle. */
+bool tsr_codec_crops(uint32_t compression);
+
+/* Undoes the horizontal predictor (lossless codecs, whose rows then start at the tile's left
+ * edge), MinIsWhite inversion and associated (premultiplied) alpha, in place, on w x h decoded
+ * pixels whose rows are stride bytes apart. */
+void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, uint8_t *pixels, size_t stride,
+                           uint32_t w, uint32_t h);
 
 /* The codecs. Lossless ones (raw, lzw, packbits, deflate, zstd) produce stored samples. */
 tessera_status tsr_decode_raw(const struct tsr_pixel_format *, const uint8_t *, size_t,

@@ -8,8 +8,10 @@
 #include <jpeglib.h>
 #include <tiff.h>
 
+#include "alloc.h"
 #include "codec/codec.h"
 #include "error.h"
+#include "thread_slot.h"
 
 struct jpeg_failure {
   struct jpeg_error_mgr mgr;
@@ -34,6 +36,54 @@ static void on_jpeg_message(j_common_ptr cinfo, int level) {
   if (e->msg_code == JWRN_EXTRANEOUS_DATA && e->msg_parm.i[1] == 0xD9)
     return;
   on_jpeg_error(cinfo);
+}
+
+/* A row of decoded samples for cropped reads, one per thread, kept across tiles. */
+struct row_buffer {
+  uint8_t *data;
+  size_t cap;
+};
+
+static void destroy_row(void *p) {
+  struct row_buffer *r = p;
+  tsr_free(r->data);
+  tsr_free(r);
+}
+
+static void *create_row(void) { return tsr_calloc(1, sizeof(struct row_buffer)); }
+
+static struct tsr_thread_slot row_slot = TSR_THREAD_SLOT_INIT(destroy_row);
+
+static uint8_t *row_buffer(size_t n) {
+  struct row_buffer *r = tsr_thread_slot_get(&row_slot, create_row);
+  if (!r)
+    return NULL;
+  if (r->cap < n) {
+    uint8_t *d = tsr_realloc(r->data, n);
+    if (!d)
+      return NULL;
+    r->data = d;
+    r->cap = n;
+  }
+  return r->data;
+}
+
+/* Restricts decoding to the columns the crop needs. jpeg_crop_scanline widens the range to
+ * whole iMCUs, but fancy upsampling treats the range's edges as the image's edges, which
+ * changes the outermost chroma samples; one extra iMCU on each side keeps every pixel we
+ * hand out equal to a whole-tile decode. Returns the first decoded column. */
+static JDIMENSION crop_columns(struct jpeg_decompress_struct *cinfo,
+                               const struct tsr_tile_out *out) {
+  JDIMENSION margin = (JDIMENSION)cinfo->max_h_samp_factor * DCTSIZE;
+  JDIMENSION x0 = out->crop_x > margin ? out->crop_x - margin : 0;
+  JDIMENSION x1 = out->crop_x + out->crop_w + margin;
+  if (x1 > cinfo->output_width)
+    x1 = cinfo->output_width;
+  if (x0 == 0 && x1 == cinfo->output_width)
+    return 0;
+  JDIMENSION width = x1 - x0;
+  jpeg_crop_scanline(cinfo, &x0, &width);
+  return x0;
 }
 
 static tessera_status decode(struct jpeg_decompress_struct *cinfo,
@@ -68,12 +118,33 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data is %ux%u, the tile is %ux%u and needs %ux%u", w,
                      h, out->width, out->height, out->need_w, out->need_h);
   jpeg_start_decompress(cinfo);
-  size_t row = (size_t)out->width * channels;
-  while (cinfo->output_scanline < cinfo->output_height) {
-    JSAMPROW line = out->pixels + (size_t)cinfo->output_scanline * row;
-    jpeg_read_scanlines(cinfo, &line, 1);
+  JDIMENSION first = crop_columns(cinfo, out);
+  size_t want = (size_t)out->crop_w * channels;
+  size_t skip = (size_t)(out->crop_x - first) * channels;
+  /* Rows go straight to the destination when they are exactly what it wants. */
+  bool direct = skip == 0 && cinfo->output_width == out->crop_w;
+  uint8_t *row = direct ? NULL : row_buffer((size_t)cinfo->output_width * channels);
+  if (!direct && !row) {
+    jpeg_abort_decompress(cinfo);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a row of %u pixels", cinfo->output_width);
   }
-  jpeg_finish_decompress(cinfo);
+  if (out->crop_y > 0 && jpeg_skip_scanlines(cinfo, out->crop_y) != out->crop_y) {
+    jpeg_abort_decompress(cinfo);
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG data ends before row %u", out->crop_y);
+  }
+  for (uint32_t y = 0; y < out->crop_h; y++) {
+    uint8_t *dst = out->pixels + y * out->stride;
+    JSAMPROW line = direct ? dst : row;
+    jpeg_read_scanlines(cinfo, &line, 1);
+    if (!direct)
+      memcpy(dst, row + skip, want);
+  }
+  /* A whole tile is read to its end, so damage after the last row is noticed too. */
+  if (cinfo->output_scanline == cinfo->output_height && first == 0 &&
+      cinfo->output_width == cinfo->image_width)
+    jpeg_finish_decompress(cinfo);
+  else
+    jpeg_abort_decompress(cinfo);
   return TESSERA_OK;
 }
 

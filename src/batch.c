@@ -1,0 +1,615 @@
+/* The batch iterator: patch locations in, batches of patches out, decoded by the pool's
+ * workers up to prefetch_factor batches ahead of the consumer.
+ *
+ * Work is scheduled by tile. Scheduling a batch makes, for each tile its patches overlap, a
+ * job listing the patches (destinations) that need it; a tile already waiting in the queue
+ * for an earlier batch gains the new destinations instead of a second job, so it is read and
+ * decoded once. Runners (pool tasks, at most num_workers per iterator) take jobs off the
+ * queue in order and paint each tile into all its destinations; a batch is ready when its
+ * last destination is painted. Batch buffers, jobs and their destination lists are recycled,
+ * so a long stream allocates nothing once warm. */
+#include <math.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "error.h"
+#include "pool.h"
+#include "region.h"
+
+#define TSR_MAX_PATCH_SIDE ((int64_t)1 << 31)
+/* Largest table of queued jobs used to find a tile already waiting; past half full, new jobs
+ * are simply not shared (correct, just less thrifty). */
+#define TSR_MAX_TABLE ((size_t)1 << 16)
+
+struct slot;
+
+/* One patch that needs a tile. */
+struct dest {
+  struct slot *slot;
+  uint32_t patch;
+};
+
+/* One tile to read and paint into its destinations. While queued it belongs to the iterator
+ * (guarded by its lock); once a runner takes it off the queue, to that runner alone. */
+struct job {
+  uint64_t tile;
+  struct job *next; /* queue or free list */
+  struct dest *dests;
+  const struct tsr_canvas **canvases; /* filled by the runner from dests */
+  size_t n, cap;
+};
+
+/* A batch buffer and what is known about the batch it holds. */
+struct slot {
+  tessera_batch pub; /* first, so a released tessera_batch leads back here */
+  struct tessera_batch_iter *it;
+  uint8_t *data;               /* batch_size patches */
+  uint64_t *indices;           /* batch_size entries */
+  struct tsr_canvas *canvases; /* one per patch; set when scheduled, then read-only */
+  size_t pending;              /* destinations not yet painted; guarded by it->lock */
+  struct tsr_failure failure;  /* the first tile that failed; guarded by it->lock */
+  struct slot *next;           /* free list; guarded by it->lock */
+};
+
+struct tessera_batch_iter {
+  /* Set at creation, then only read. */
+  tessera_slide *s;
+  int32_t level;
+  int64_t width, height;
+  unsigned channels;
+  uint8_t fill;
+  size_t n, batch_size, nbatches;
+  int64_t *xy;     /* 2n level-0 coordinates */
+  uint64_t *order; /* the visiting order of the n locations */
+  size_t patch_bytes, batch_bytes;
+  unsigned workers; /* runners allowed at once; 0 = the consumer decodes */
+  size_t ahead;     /* batches scheduled beyond the one being waited for */
+  size_t ring_size;
+  size_t table_size; /* a power of two */
+
+  pthread_mutex_t lock;
+  pthread_cond_t changed; /* a batch became ready, or runners dropped */
+  /* Everything below is guarded by lock. */
+  size_t scheduled;   /* batches scheduled so far */
+  size_t returned;    /* batches handed out (or failed) so far */
+  struct slot **ring; /* slots of batches returned .. scheduled-1, by number % ring_size */
+  struct slot *free_slots;
+  struct job *queue_head, *queue_tail;
+  struct job *free_jobs;
+  struct job **table; /* queued jobs by tile, open addressing */
+  size_t table_count;
+  unsigned runners; /* runner tasks queued in the pool or running */
+  size_t held;      /* batches handed out and not yet released */
+  bool destroyed;
+  bool no_pool; /* the pool could not be started: the consumer decodes */
+};
+
+TESSERA_API void tessera_batch_options_init(tessera_batch_options *o) {
+  if (!o)
+    return;
+  memset(o, 0, sizeof *o);
+  o->struct_size = sizeof *o;
+  o->batch_size = 1;
+  o->num_workers = 0;
+  o->drop_last = 0;
+  o->prefetch_factor = 2;
+  o->shuffle = 0;
+  o->seed = 0;
+  o->channels = 3;
+  o->fill = -1;
+}
+
+/* splitmix64: a small generator whose output is the same on every platform, so a seed gives
+ * the same order everywhere. */
+static uint64_t next_random(uint64_t *state) {
+  uint64_t z = (*state += 0x9E3779B97F4A7C15u);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
+  return z ^ (z >> 31);
+}
+
+/* Fisher-Yates from the last element down, each index drawn without modulo bias. */
+static void shuffle(uint64_t *order, size_t n, uint64_t seed) {
+  uint64_t state = seed;
+  for (size_t i = n; i > 1; i--) {
+    uint64_t bound = i, threshold = (0 - bound) % bound, r;
+    do
+      r = next_random(&state);
+    while (r < threshold);
+    size_t j = (size_t)(r % bound);
+    uint64_t t = order[i - 1];
+    order[i - 1] = order[j];
+    order[j] = t;
+  }
+}
+
+/* ---- the table of queued jobs, by tile (lock held) ---- */
+
+static size_t table_home(const struct tessera_batch_iter *it, uint64_t tile) {
+  return (size_t)((tile * 0x9E3779B97F4A7C15u) >> 7) & (it->table_size - 1);
+}
+
+static struct job *table_find(const struct tessera_batch_iter *it, uint64_t tile) {
+  for (size_t i = table_home(it, tile);; i = (i + 1) & (it->table_size - 1)) {
+    if (!it->table[i] || it->table[i]->tile == tile)
+      return it->table[i];
+  }
+}
+
+static void table_insert(struct tessera_batch_iter *it, struct job *j) {
+  size_t i = table_home(it, j->tile);
+  while (it->table[i])
+    i = (i + 1) & (it->table_size - 1);
+  it->table[i] = j;
+  it->table_count++;
+}
+
+/* Removal by shifting later entries of the same probe run back, so no tombstones pile up. */
+static void table_remove(struct tessera_batch_iter *it, const struct job *j) {
+  size_t mask = it->table_size - 1, i = table_home(it, j->tile);
+  while (it->table[i] != j) {
+    if (!it->table[i])
+      return; /* never shared, so never inserted */
+    i = (i + 1) & mask;
+  }
+  it->table[i] = NULL;
+  it->table_count--;
+  for (size_t k = (i + 1) & mask; it->table[k]; k = (k + 1) & mask) {
+    size_t home = table_home(it, it->table[k]->tile);
+    /* Move entry k into the hole unless its home lies cyclically in (i, k]. */
+    bool stays = i <= k ? (home > i && home <= k) : (home > i || home <= k);
+    if (!stays) {
+      it->table[i] = it->table[k];
+      it->table[k] = NULL;
+      i = k;
+    }
+  }
+}
+
+/* ---- scheduling (lock held) ---- */
+
+static void free_slot(struct slot *sl) {
+  if (!sl)
+    return;
+  tsr_free(sl->data);
+  tsr_free(sl->indices);
+  tsr_free(sl->canvases);
+  tsr_free(sl);
+}
+
+static struct slot *take_slot(struct tessera_batch_iter *it) {
+  struct slot *sl = it->free_slots;
+  if (sl) {
+    it->free_slots = sl->next;
+    return sl;
+  }
+  sl = tsr_calloc(1, sizeof *sl);
+  if (!sl)
+    return NULL;
+  sl->it = it;
+  sl->data = tsr_malloc(it->batch_bytes);
+  sl->indices = tsr_malloc(it->batch_size * sizeof *sl->indices);
+  sl->canvases = tsr_malloc(it->batch_size * sizeof *sl->canvases);
+  if (!sl->data || !sl->indices || !sl->canvases) {
+    free_slot(sl);
+    return NULL;
+  }
+  return sl;
+}
+
+static struct job *take_job(struct tessera_batch_iter *it, uint64_t tile) {
+  struct job *j = it->free_jobs;
+  if (j)
+    it->free_jobs = j->next;
+  else if (!(j = tsr_calloc(1, sizeof *j)))
+    return NULL;
+  j->tile = tile;
+  j->n = 0;
+  j->next = NULL;
+  return j;
+}
+
+static bool add_dest(struct job *j, struct slot *sl, uint32_t patch) {
+  if (j->n == j->cap) {
+    size_t cap = j->cap ? j->cap * 2 : 4;
+    struct dest *d = tsr_realloc(j->dests, cap * sizeof *d);
+    if (!d)
+      return false;
+    j->dests = d;
+    const struct tsr_canvas **c = tsr_realloc(j->canvases, cap * sizeof *c);
+    if (!c)
+      return false;
+    j->canvases = c;
+    j->cap = cap;
+  }
+  j->dests[j->n++] = (struct dest){sl, patch};
+  return true;
+}
+
+static void enqueue(struct tessera_batch_iter *it, struct job *j) {
+  if (it->queue_tail)
+    it->queue_tail->next = j;
+  else
+    it->queue_head = j;
+  it->queue_tail = j;
+}
+
+/* Adds a destination to the queued job of a tile, or queues a new job for it. */
+static tessera_status need_tile(struct tessera_batch_iter *it, uint64_t tile, struct slot *sl,
+                                uint32_t patch) {
+  struct job *j = table_find(it, tile);
+  bool fresh = !j;
+  if (fresh && !(j = take_job(it, tile)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
+  if (!add_dest(j, sl, patch)) {
+    if (fresh) {
+      j->next = it->free_jobs;
+      it->free_jobs = j;
+    }
+    return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
+  }
+  sl->pending++;
+  if (fresh) {
+    enqueue(it, j);
+    if (2 * (it->table_count + 1) <= it->table_size)
+      table_insert(it, j);
+  }
+  return TESSERA_OK;
+}
+
+/* Lays out batch `number` in a slot and queues its tiles. */
+static tessera_status schedule(struct tessera_batch_iter *it, size_t number) {
+  struct slot *sl = take_slot(it);
+  if (!sl)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a %zu-byte batch", it->batch_bytes);
+  size_t first = number * it->batch_size;
+  size_t count = it->n - first < it->batch_size ? it->n - first : it->batch_size;
+  sl->pub = (tessera_batch){.data = sl->data,
+                            .size = count * it->patch_bytes,
+                            .count = count,
+                            .number = number,
+                            .indices = sl->indices,
+                            .width = it->width,
+                            .height = it->height,
+                            .channels = (int32_t)it->channels};
+  sl->pending = 0;
+  sl->failure.status = TESSERA_OK;
+  sl->next = NULL;
+  it->ring[number % it->ring_size] = sl;
+  const struct tsr_level *lv = &it->s->levels[it->level];
+  for (size_t p = 0; p < count; p++) {
+    uint64_t index = it->order[first + p];
+    int64_t x = it->xy[2 * index], y = it->xy[2 * index + 1];
+    struct tsr_canvas *c = &sl->canvases[p];
+    *c = (struct tsr_canvas){
+        .lx = it->level == 0 ? x : (int64_t)floor((double)x / lv->downsample),
+        .ly = it->level == 0 ? y : (int64_t)floor((double)y / lv->downsample),
+        .width = it->width,
+        .height = it->height,
+        .channels = it->channels,
+        .fill = it->fill,
+        .stride = (size_t)it->width * it->channels,
+        .dst = sl->data + p * it->patch_bytes,
+    };
+    sl->indices[p] = index;
+    /* Patches wholly beyond +-2^62 cannot touch a level (at most 2^24 wide). */
+    if (c->lx > INT64_MAX / 4 || c->lx < INT64_MIN / 4 || c->ly > INT64_MAX / 4 ||
+        c->ly < INT64_MIN / 4) {
+      tsr_canvas_fill(c);
+      continue;
+    }
+    int64_t tx0, ty0, tx1, ty1;
+    if (!tsr_canvas_fill_outside(c, lv) || !tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
+      continue;
+    for (int64_t ty = ty0; ty <= ty1; ty++) {
+      for (int64_t tx = tx0; tx <= tx1; tx++) {
+        tessera_status st =
+            need_tile(it, (uint64_t)ty * lv->across + (uint64_t)tx, sl, (uint32_t)p);
+        if (st != TESSERA_OK) {
+          /* The destinations already queued still count down; the batch then fails. */
+          tsr_failure_keep(&sl->failure, st);
+          return TESSERA_OK;
+        }
+      }
+    }
+  }
+  return TESSERA_OK;
+}
+
+/* ---- running jobs ---- */
+
+/* Takes the next queued job, or NULL (lock held). */
+static struct job *pop_job(struct tessera_batch_iter *it) {
+  struct job *j = it->queue_head;
+  if (!j)
+    return NULL;
+  it->queue_head = j->next;
+  if (!it->queue_head)
+    it->queue_tail = NULL;
+  table_remove(it, j);
+  return j;
+}
+
+/* Paints one job's tile (lock not held) and then, with the lock, counts its destinations
+ * done and recycles it. */
+static void run_job(struct tessera_batch_iter *it, struct job *j) {
+  for (size_t i = 0; i < j->n; i++)
+    j->canvases[i] = &j->dests[i].slot->canvases[j->dests[i].patch];
+  struct tsr_tile_buffers *b = tsr_tile_buffers_get();
+  tessera_status st = b ? tsr_paint_tile(it->s, it->level, j->tile, j->canvases, j->n, b)
+                        : tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
+  if (b)
+    tsr_tile_buffers_trim(b);
+  pthread_mutex_lock(&it->lock);
+  bool done = false;
+  for (size_t i = 0; i < j->n; i++) {
+    struct slot *sl = j->dests[i].slot;
+    tsr_failure_keep(&sl->failure, st);
+    done |= --sl->pending == 0;
+  }
+  j->next = it->free_jobs;
+  it->free_jobs = j;
+  if (done)
+    pthread_cond_broadcast(&it->changed);
+}
+
+/* A pool task: runs queued jobs until there are none (or the iterator is being destroyed). */
+static void runner_main(void *arg) {
+  struct tessera_batch_iter *it = arg;
+  pthread_mutex_lock(&it->lock);
+  for (;;) {
+    struct job *j = it->destroyed ? NULL : pop_job(it);
+    if (!j)
+      break;
+    pthread_mutex_unlock(&it->lock);
+    run_job(it, j); /* returns with the lock held */
+  }
+  it->runners--;
+  pthread_cond_broadcast(&it->changed);
+  pthread_mutex_unlock(&it->lock);
+}
+
+/* Starts runners while there is queued work and fewer than allowed run (lock held on entry
+ * and exit; released while submitting, since a full pool queue makes submit wait). */
+static void start_runners(struct tessera_batch_iter *it) {
+  unsigned want = it->workers;
+  if (want == 0 || it->no_pool || !it->queue_head || it->runners >= want)
+    return;
+  unsigned add = want - it->runners;
+  it->runners += add;
+  pthread_mutex_unlock(&it->lock);
+  unsigned failed = 0;
+  for (unsigned i = 0; i < add; i++)
+    if (!tsr_pool_submit(runner_main, it))
+      failed++;
+  pthread_mutex_lock(&it->lock);
+  if (failed) {
+    it->runners -= failed;
+    it->no_pool = it->runners == 0;
+    pthread_cond_broadcast(&it->changed);
+  }
+}
+
+/* ---- the public calls ---- */
+
+static void free_iter(struct tessera_batch_iter *it) {
+  for (struct slot *sl = it->free_slots, *next; sl; sl = next) {
+    next = sl->next;
+    free_slot(sl);
+  }
+  for (struct job *j = it->free_jobs, *next; j; j = next) {
+    next = j->next;
+    tsr_free(j->dests);
+    tsr_free(j->canvases);
+    tsr_free(j);
+  }
+  pthread_mutex_destroy(&it->lock);
+  pthread_cond_destroy(&it->changed);
+  tsr_free(it->table);
+  tsr_free(it->ring);
+  tsr_free(it->xy);
+  tsr_free(it->order);
+  tsr_free(it);
+}
+
+static tessera_status check_options(const tessera_batch_options *o) {
+  if (o->batch_size < 1)
+    return tsr_error(TESSERA_E_ARGUMENT, "batch_size must be 1 or more, not %d", o->batch_size);
+  if (o->num_workers < 0)
+    return tsr_error(TESSERA_E_ARGUMENT, "num_workers must be 0 or more, not %d", o->num_workers);
+  if (o->prefetch_factor < 1)
+    return tsr_error(TESSERA_E_ARGUMENT, "prefetch_factor must be 1 or more, not %d",
+                     o->prefetch_factor);
+  if (o->channels != 3 && o->channels != 4)
+    return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", o->channels);
+  if (o->fill < -1 || o->fill > 255)
+    return tsr_error(TESSERA_E_ARGUMENT, "fill must be 0..255 or -1, not %d", o->fill);
+  return TESSERA_OK;
+}
+
+static size_t table_size_for(size_t jobs) {
+  size_t size = 64;
+  while (size < 2 * jobs && size < TSR_MAX_TABLE)
+    size *= 2;
+  return size;
+}
+
+TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int64_t *locations,
+                                                     size_t n, int64_t width, int64_t height,
+                                                     int32_t level,
+                                                     const tessera_batch_options *options,
+                                                     tessera_batch_iter **out) {
+  if (!out)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL result pointer");
+  *out = NULL;
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  if (options) {
+    if (options->struct_size < sizeof(size_t))
+      return tsr_error(TESSERA_E_ARGUMENT, "batch options without struct_size");
+    memcpy(&o, options, options->struct_size < sizeof o ? options->struct_size : sizeof o);
+  }
+  if (!s || (!locations && n > 0))
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or locations");
+  if (level < 0 || level >= s->nlevels)
+    return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
+                     s->nlevels);
+  if (width < 1 || height < 1 || width > TSR_MAX_PATCH_SIDE || height > TSR_MAX_PATCH_SIDE)
+    return tsr_error(TESSERA_E_ARGUMENT, "patch size %lldx%lld is not between 1 and 2^31",
+                     (long long)width, (long long)height);
+  tessera_status st = check_options(&o);
+  if (st != TESSERA_OK)
+    return st;
+  size_t patch_bytes, batch_bytes, xy_bytes, order_bytes;
+  if (!tsr_mul3((size_t)width, (size_t)height, (size_t)o.channels, &patch_bytes) ||
+      !tsr_mul2(patch_bytes, (size_t)o.batch_size, &batch_bytes) ||
+      !tsr_mul3(n, 2, sizeof(int64_t), &xy_bytes) || !tsr_mul2(n, sizeof(uint64_t), &order_bytes))
+    return tsr_error(TESSERA_E_ARGUMENT, "batches of %d patches of %lldx%lld are too large",
+                     o.batch_size, (long long)width, (long long)height);
+  struct tessera_batch_iter *it = tsr_calloc(1, sizeof *it);
+  if (!it)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
+  it->s = s;
+  it->level = level;
+  it->width = width;
+  it->height = height;
+  it->channels = (unsigned)o.channels;
+  it->fill = (uint8_t)(o.fill < 0 ? s->background : o.fill);
+  it->n = n;
+  it->batch_size = (size_t)o.batch_size;
+  it->nbatches = o.drop_last ? n / it->batch_size : (n + it->batch_size - 1) / it->batch_size;
+  it->patch_bytes = patch_bytes;
+  it->batch_bytes = batch_bytes;
+  it->workers = (unsigned)o.num_workers;
+  it->ahead = o.num_workers > 0 ? (size_t)o.prefetch_factor : 0;
+  it->ring_size = it->ahead + 1;
+  /* Tiles per patch at most, times the patches that can be queued at once. */
+  const struct tsr_level *lv = &s->levels[level];
+  size_t per_patch = (size_t)((width + lv->tile_w - 1) / lv->tile_w + 1) *
+                     (size_t)((height + lv->tile_h - 1) / lv->tile_h + 1);
+  size_t queued;
+  if (!tsr_mul3(per_patch, it->batch_size, it->ring_size, &queued))
+    queued = TSR_MAX_TABLE;
+  it->table_size = table_size_for(queued);
+  pthread_mutex_init(&it->lock, NULL);
+  pthread_cond_init(&it->changed, NULL);
+  it->xy = tsr_malloc(xy_bytes ? xy_bytes : 1);
+  it->order = tsr_malloc(order_bytes ? order_bytes : 1);
+  it->ring = tsr_calloc(it->ring_size, sizeof *it->ring);
+  it->table = tsr_calloc(it->table_size, sizeof *it->table);
+  if (!it->xy || !it->order || !it->ring || !it->table) {
+    free_iter(it);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for %zu locations", n);
+  }
+  if (n > 0)
+    memcpy(it->xy, locations, xy_bytes);
+  for (size_t i = 0; i < n; i++)
+    it->order[i] = i;
+  if (o.shuffle)
+    shuffle(it->order, n, o.seed);
+  *out = it;
+  return TESSERA_OK;
+}
+
+TESSERA_API size_t tessera_batch_iter_length(const tessera_batch_iter *it) {
+  return it ? it->nbatches : 0;
+}
+
+/* Whether the consumer must decode itself: no workers asked for, or none to be had. */
+static bool consumer_decodes(const struct tessera_batch_iter *it) {
+  return it->workers == 0 || it->no_pool;
+}
+
+TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tessera_batch **out) {
+  if (!out)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL result pointer");
+  *out = NULL;
+  if (!it)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL iterator");
+  pthread_mutex_lock(&it->lock);
+  if (it->returned == it->nbatches) {
+    pthread_mutex_unlock(&it->lock);
+    return TESSERA_OK;
+  }
+  size_t limit = it->returned + 1 + it->ahead;
+  if (limit > it->nbatches)
+    limit = it->nbatches;
+  tessera_status st = TESSERA_OK;
+  while (it->scheduled < limit && (st = schedule(it, it->scheduled)) == TESSERA_OK)
+    it->scheduled++;
+  if (st != TESSERA_OK && it->scheduled == it->returned) {
+    pthread_mutex_unlock(&it->lock);
+    return st; /* not even the awaited batch could be laid out; a later call may */
+  }
+  start_runners(it);
+  struct slot *sl = it->ring[it->returned % it->ring_size];
+  while (sl->pending > 0) {
+    struct job *j = consumer_decodes(it) ? pop_job(it) : NULL;
+    if (j) {
+      pthread_mutex_unlock(&it->lock);
+      run_job(it, j);
+    } else {
+      pthread_cond_wait(&it->changed, &it->lock);
+    }
+  }
+  it->ring[it->returned % it->ring_size] = NULL;
+  it->returned++;
+  if (sl->failure.status != TESSERA_OK) {
+    sl->next = it->free_slots;
+    it->free_slots = sl;
+    st = tsr_failure_raise(&sl->failure);
+    pthread_mutex_unlock(&it->lock);
+    return st;
+  }
+  it->held++;
+  pthread_mutex_unlock(&it->lock);
+  *out = &sl->pub;
+  return TESSERA_OK;
+}
+
+/* Whether nothing references the iterator any more (lock held). */
+static bool finished(const struct tessera_batch_iter *it) {
+  return it->destroyed && it->runners == 0 && it->held == 0;
+}
+
+TESSERA_API void tessera_batch_release(tessera_batch *batch) {
+  if (!batch)
+    return;
+  struct slot *sl = (struct slot *)((char *)batch - offsetof(struct slot, pub));
+  struct tessera_batch_iter *it = sl->it;
+  pthread_mutex_lock(&it->lock);
+  sl->next = it->free_slots;
+  it->free_slots = sl;
+  it->held--;
+  bool last = finished(it);
+  pthread_mutex_unlock(&it->lock);
+  if (last)
+    free_iter(it);
+}
+
+TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *it) {
+  if (!it)
+    return;
+  pthread_mutex_lock(&it->lock);
+  it->destroyed = true;
+  /* Queued jobs are dropped; running ones finish, then their runners see `destroyed`. */
+  for (struct job *j; (j = pop_job(it)) != NULL;) {
+    j->next = it->free_jobs;
+    it->free_jobs = j;
+  }
+  while (it->runners > 0)
+    pthread_cond_wait(&it->changed, &it->lock);
+  /* Batches scheduled but not handed out go back to the free list. */
+  for (size_t b = it->returned; b < it->scheduled; b++) {
+    struct slot *sl = it->ring[b % it->ring_size];
+    sl->next = it->free_slots;
+    it->free_slots = sl;
+  }
+  it->returned = it->scheduled;
+  bool last = finished(it);
+  pthread_mutex_unlock(&it->lock);
+  if (last)
+    free_iter(it);
+}

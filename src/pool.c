@@ -1,0 +1,129 @@
+#include "pool.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define TSR_POOL_MAX_THREADS 256
+#define TSR_POOL_QUEUE 1024
+
+struct task {
+  tsr_task_fn fn;
+  void *arg;
+};
+
+/* Every field is guarded by lock, except that threads[] is only touched by the thread that
+ * starts or stops the pool while holding it (and by the fork handler, single-threaded). */
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t not_empty; /* a task was queued, or shutdown began */
+  pthread_cond_t not_full;  /* a task was taken off a full queue */
+  struct task queue[TSR_POOL_QUEUE];
+  unsigned head, count;
+  bool started, failed, stopping;
+  unsigned nthreads;
+  pthread_t threads[TSR_POOL_MAX_THREADS];
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void *worker(void *unused) {
+  (void)unused;
+  pthread_mutex_lock(&pool.lock);
+  for (;;) {
+    while (pool.count == 0 && !pool.stopping)
+      pthread_cond_wait(&pool.not_empty, &pool.lock);
+    if (pool.count == 0)
+      break; /* stopping, and the queue is drained */
+    struct task t = pool.queue[pool.head];
+    pool.head = (pool.head + 1) % TSR_POOL_QUEUE;
+    pool.count--;
+    pthread_cond_signal(&pool.not_full);
+    pthread_mutex_unlock(&pool.lock);
+    t.fn(t.arg);
+    pthread_mutex_lock(&pool.lock);
+  }
+  pthread_mutex_unlock(&pool.lock);
+  return NULL;
+}
+
+/* The size of the machine: online CPUs, or TESSERA_POOL_THREADS when set (tests use it to
+ * run more threads than a small machine has). */
+static unsigned wanted_threads(void) {
+  const char *env = getenv("TESSERA_POOL_THREADS");
+  long n = env ? strtol(env, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+  if (n < 1)
+    n = 1;
+  return n > TSR_POOL_MAX_THREADS ? TSR_POOL_MAX_THREADS : (unsigned)n;
+}
+
+static void before_fork(void) { pthread_mutex_lock(&pool.lock); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&pool.lock); }
+
+/* The child has none of the parent's threads: forget them and the queue (the tasks belong to
+ * the parent's requests), so the child starts its own pool on first use. */
+static void after_fork_child(void) {
+  pthread_mutex_init(&pool.lock, NULL);
+  pthread_cond_init(&pool.not_empty, NULL);
+  pthread_cond_init(&pool.not_full, NULL);
+  pool.head = pool.count = 0;
+  pool.started = pool.failed = pool.stopping = false;
+  pool.nthreads = 0;
+}
+
+static void register_atfork(void) {
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
+/* Called with the lock held. */
+static void start_locked(void) {
+  pool.started = true;
+  unsigned want = wanted_threads();
+  while (pool.nthreads < want &&
+         pthread_create(&pool.threads[pool.nthreads], NULL, worker, NULL) == 0)
+    pool.nthreads++;
+  pool.failed = pool.nthreads == 0;
+}
+
+unsigned tsr_pool_threads(void) {
+  pthread_once(&atfork_once, register_atfork);
+  pthread_mutex_lock(&pool.lock);
+  if (!pool.started)
+    start_locked();
+  unsigned n = pool.stopping ? 0 : pool.nthreads;
+  pthread_mutex_unlock(&pool.lock);
+  return n;
+}
+
+bool tsr_pool_submit(tsr_task_fn fn, void *arg) {
+  pthread_once(&atfork_once, register_atfork);
+  pthread_mutex_lock(&pool.lock);
+  if (!pool.started)
+    start_locked();
+  if (pool.failed || pool.stopping) {
+    pthread_mutex_unlock(&pool.lock);
+    return false;
+  }
+  while (pool.count == TSR_POOL_QUEUE)
+    pthread_cond_wait(&pool.not_full, &pool.lock);
+  pool.queue[(pool.head + pool.count) % TSR_POOL_QUEUE] = (struct task){fn, arg};
+  pool.count++;
+  pthread_cond_signal(&pool.not_empty);
+  pthread_mutex_unlock(&pool.lock);
+  return true;
+}
+
+/* At unload or exit: let the workers finish what is queued, then join them, so no thread of
+ * ours outlives the library's code. */
+__attribute__((destructor)) static void stop_pool(void) {
+  pthread_mutex_lock(&pool.lock);
+  if (!pool.started || pool.stopping) {
+    pthread_mutex_unlock(&pool.lock);
+    return;
+  }
+  pool.stopping = true;
+  pthread_cond_broadcast(&pool.not_empty);
+  pthread_mutex_unlock(&pool.lock);
+  for (unsigned i = 0; i < pool.nthreads; i++)
+    pthread_join(pool.threads[i], NULL);
+}

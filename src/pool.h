@@ -1,0 +1,20 @@
+/* The library's thread pool: one per process, started on first use with a thread per online
+ * CPU, shared by every slide and request. A bounded FIFO queue, one mutex, two condition
+ * variables; shutdown (at library unload or process exit) drains the queue and joins the
+ * threads. Work items are small (a tile, or a runner that takes tiles from its request until
+ * none are left), so no task ever waits for another. */
+#ifndef TSR_POOL_H
+#define TSR_POOL_H
+
+#include <stdbool.h>
+
+typedef void (*tsr_task_fn)(void *arg);
+
+/* Worker threads in the pool, starting it if needed; 0 when it cannot be started. */
+unsigned tsr_pool_threads(void);
+
+/* Queues fn(arg) to run on a worker, waiting while the queue is full. False when the pool
+ * cannot be started: the caller then does the work itself. Must not be called from a task. */
+bool tsr_pool_submit(tsr_task_fn fn, void *arg);
+
+#endif

@@ -1,0 +1,40 @@
+/* Tiles to pixels in a caller's buffer: clipping, fill outside the image, channel conversion.
+ * Used by single reads, whole-level reads and the batch iterator alike. */
+#ifndef TSR_REGION_H
+#define TSR_REGION_H
+
+#include "slide_internal.h"
+#include "tile.h"
+
+/* A destination image: width x height pixels of `channels` (3 or 4) bytes, rows stride bytes
+ * apart, whose top-left pixel is level pixel (lx, ly). */
+struct tsr_canvas {
+  int64_t lx, ly;
+  int64_t width, height;
+  unsigned channels;
+  uint8_t fill;
+  size_t stride;
+  uint8_t *dst;
+};
+
+/* Fills the canvas with the fill value (alpha 0). */
+void tsr_canvas_fill(const struct tsr_canvas *c);
+
+/* Fills the parts of the canvas that lie outside the level; returns whether any of it lies
+ * inside. */
+bool tsr_canvas_fill_outside(const struct tsr_canvas *c, const struct tsr_level *lv);
+
+/* The tiles a canvas overlaps, as an inclusive range of columns and rows; false when it
+ * overlaps none. */
+bool tsr_canvas_tiles(const struct tsr_canvas *c, const struct tsr_level *lv, int64_t *tx0,
+                      int64_t *ty0, int64_t *tx1, int64_t *ty1);
+
+/* Reads tile `index` once and paints its part of each of n canvases. A single canvas taking
+ * the decoded channels as they are is decoded into directly; otherwise the part of the tile
+ * that the canvases need (their union) is decoded once and copied into each. A tile the file
+ * leaves out paints fill (alpha 0). */
+tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t index,
+                              const struct tsr_canvas *const *canvases, size_t n,
+                              struct tsr_tile_buffers *b);
+
+#endif
