@@ -71,8 +71,9 @@ run_tests() {
     UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:exitcode=98 \
     meson test -C build-asan --logbase sanitized --print-errorlogs || rc=1
   echo "== Threaded C tests under ThreadSanitizer" >&2
-  TSAN_OPTIONS=halt_on_error=1:exitcode=97 \
-    meson test -C build-tsan --logbase threaded --print-errorlogs test_read || rc=1
+  # die_after_fork=0: test_batch forks once to check that a child gets its own thread pool.
+  TSAN_OPTIONS=halt_on_error=1:exitcode=97:die_after_fork=0 \
+    meson test -C build-tsan --logbase threaded --print-errorlogs test_read test_batch || rc=1
   echo "== Python tests (differential against OpenSlide and libvips, damaged files, CLI)" >&2
   TESSERA_LIB="$PWD/build/src/libtessera.so" TESSERA_CLI="$PWD/build/cli/tessera" \
     TESSERA_CLI_ASAN="$PWD/build-asan/cli/tessera" TESSERA_TEST_READ_ASAN="$PWD/build-asan/tests/test_read" \

@@ -1,6 +1,7 @@
 #include "tile.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -28,6 +29,11 @@ bool tsr_scratch_reserve(struct tsr_scratch *scratch, size_t n) {
   scratch->cap = n;
   return true;
 }
+
+/* Relaxed: a statistic, ordered with nothing. */
+static atomic_uint_fast64_t tile_reads;
+
+uint64_t tsr_tile_reads(void) { return atomic_load_explicit(&tile_reads, memory_order_relaxed); }
 
 static void destroy_buffers(void *p) {
   struct tsr_tile_buffers *b = p;
@@ -133,6 +139,7 @@ tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t ind
     *missing = true;
     return TESSERA_OK;
   }
+  atomic_fetch_add_explicit(&tile_reads, 1, memory_order_relaxed);
   tessera_status st = read_bytes(s, offset, count, &b->compressed);
   if (st != TESSERA_OK)
     return tsr_error_prefix(st, "level %d, %s %llu: ", level, unit, (unsigned long long)index);

@@ -40,6 +40,10 @@ void tsr_tile_extent(const struct tsr_level *lv, uint64_t index, int64_t *x, int
 /* Bytes a decoded tile of lv occupies (tile_w x tile_h x decoded channels); 0 on overflow. */
 size_t tsr_tile_buffer_size(const struct tsr_level *lv);
 
+/* Tiles read from the file so far by this process (missing tiles not counted), for tests that
+ * check a tile needed by several patches is read once. */
+uint64_t tsr_tile_reads(void);
+
 /* A rectangle of one tile, in pixels from the tile's top-left corner and inside its extent,
  * and where its decoded samples go: lv->fmt.decoded_channels bytes per pixel, rows `stride`
  * bytes apart. */

@@ -67,6 +67,34 @@ class ReadOptions(ctypes.Structure):
         ("channels", ctypes.c_int32),
         ("fill", ctypes.c_int32),
         ("stride", ctypes.c_size_t),
+        ("num_workers", ctypes.c_int32),
+    ]
+
+
+class BatchOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("batch_size", ctypes.c_int32),
+        ("num_workers", ctypes.c_int32),
+        ("drop_last", ctypes.c_int32),
+        ("prefetch_factor", ctypes.c_int32),
+        ("shuffle", ctypes.c_int32),
+        ("seed", ctypes.c_uint64),
+        ("channels", ctypes.c_int32),
+        ("fill", ctypes.c_int32),
+    ]
+
+
+class Batch(ctypes.Structure):
+    _fields_ = [
+        ("data", ctypes.POINTER(ctypes.c_uint8)),
+        ("size", ctypes.c_size_t),
+        ("count", ctypes.c_size_t),
+        ("number", ctypes.c_size_t),
+        ("indices", ctypes.POINTER(ctypes.c_uint64)),
+        ("width", ctypes.c_int64),
+        ("height", ctypes.c_int64),
+        ("channels", ctypes.c_int32),
     ]
 
 
@@ -116,6 +144,20 @@ def load(path=None):
             [P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
              ctypes.POINTER(ReadOptions), ctypes.c_void_p, ctypes.c_size_t],
         ),
+        "tessera_read_level": (
+            ctypes.c_int, [P, ctypes.c_int32, ctypes.POINTER(ReadOptions), ctypes.c_void_p,
+                           ctypes.c_size_t],
+        ),
+        "tessera_batch_options_init": (None, [ctypes.POINTER(BatchOptions)]),
+        "tessera_batch_iter_create": (
+            ctypes.c_int,
+            [P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
+             ctypes.POINTER(BatchOptions), ctypes.POINTER(P)],
+        ),
+        "tessera_batch_iter_length": (ctypes.c_size_t, [P]),
+        "tessera_batch_iter_next": (ctypes.c_int, [P, ctypes.POINTER(ctypes.POINTER(Batch))]),
+        "tessera_batch_release": (None, [ctypes.POINTER(Batch)]),
+        "tessera_batch_iter_destroy": (None, [P]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -156,7 +198,7 @@ def open_options(**kw):
     return opts
 
 
-def read_options(channels=None, fill=None, stride=None):
+def read_options(channels=None, fill=None, stride=None, num_workers=None):
     opts = ReadOptions()
     opts.struct_size = ctypes.sizeof(ReadOptions)
     load().tessera_read_options_init(ctypes.byref(opts))
@@ -166,7 +208,32 @@ def read_options(channels=None, fill=None, stride=None):
         opts.fill = fill
     if stride is not None:
         opts.stride = stride
+    if num_workers is not None:
+        opts.num_workers = num_workers
     return opts
+
+
+def batch_options(**kw):
+    """Default batch options (from tessera_batch_options_init) with the given fields changed;
+    a value of None leaves the default. Booleans are stored as 0/1."""
+    opts = BatchOptions()
+    opts.struct_size = ctypes.sizeof(BatchOptions)
+    load().tessera_batch_options_init(ctypes.byref(opts))
+    names = {name for name, _ in BatchOptions._fields_}
+    for k, v in kw.items():
+        if k not in names:
+            raise TypeError("unknown batch option %r" % k)
+        if v is not None:
+            setattr(opts, k, int(v))
+    return opts
+
+
+def as_locations(locations):
+    """Locations as a C-contiguous (n, 2) int64 array."""
+    a = np.ascontiguousarray(np.asarray(locations, dtype=np.int64))
+    if a.size == 0:
+        return np.zeros((0, 2), np.int64)
+    return a.reshape(-1, 2)
 
 
 def open_status(path, options=None):
@@ -252,9 +319,10 @@ class Slide:
         n = self._lib.tessera_associated_image_count(self._h)
         return [_s(self._lib.tessera_associated_image_name(self._h, i)) for i in range(n)]
 
-    def read_into(self, buf, x, y, level, width, height, channels=3, fill=-1, stride=0, dst_size=None):
+    def read_into(self, buf, x, y, level, width, height, channels=3, fill=-1, stride=0, dst_size=None,
+                  num_workers=None):
         """Low level: reads into a writable numpy uint8 buffer; returns (status, message)."""
-        opts = read_options(channels=channels, fill=fill, stride=stride)
+        opts = read_options(channels=channels, fill=fill, stride=stride, num_workers=num_workers)
         assert buf.dtype == np.uint8 and buf.flags["C_CONTIGUOUS"]
         size = buf.nbytes if dst_size is None else dst_size
         st = self._lib.tessera_read_region(
@@ -262,14 +330,214 @@ class Slide:
             buf.ctypes.data_as(ctypes.c_void_p), size)
         return st, (error_message() if st != OK else "")
 
-    def read_region(self, x, y, level, width, height, channels=3, fill=-1):
+    def read_region(self, x, y, level, width, height, channels=3, fill=-1, num_workers=None):
         """Reads a region; returns a (height, width, channels) uint8 array or raises."""
         buf = np.empty(int(height) * int(width) * channels, np.uint8)
-        st, msg = self.read_into(buf, x, y, level, width, height, channels=channels, fill=fill)
+        st, msg = self.read_into(buf, x, y, level, width, height, channels=channels, fill=fill,
+                                 num_workers=num_workers)
         if st != OK:
             raise TesseraError(st, msg, "tessera_read_region(%d, %d, level %d, %dx%d)"
                                % (x, y, level, width, height))
         return buf.reshape(height, width, channels)
+
+    def read_level_into(self, buf, level, channels=3, fill=-1, stride=0, num_workers=0,
+                        dst_size=None, options=None):
+        """Low level: tessera_read_level into a writable numpy uint8 buffer; returns (status,
+        message). options (a ReadOptions, or the string "null" for a NULL pointer) overrides
+        the keyword options."""
+        if options is None:
+            options = read_options(channels=channels, fill=fill, stride=stride,
+                                   num_workers=num_workers)
+        assert buf.dtype == np.uint8 and buf.flags["C_CONTIGUOUS"]
+        size = buf.nbytes if dst_size is None else dst_size
+        optp = None if isinstance(options, str) else ctypes.byref(options)
+        st = self._lib.tessera_read_level(self._h, level, optp,
+                                          buf.ctypes.data_as(ctypes.c_void_p), size)
+        return st, (error_message() if st != OK else "")
+
+    def read_level(self, level, channels=3, num_workers=0, fill=-1):
+        """Reads a whole level; returns a (height, width, channels) uint8 array or raises."""
+        info = self.level_info(level)
+        buf = np.empty(int(info.height) * int(info.width) * channels, np.uint8)
+        st, msg = self.read_level_into(buf, level, channels=channels, fill=fill,
+                                       num_workers=num_workers)
+        if st != OK:
+            raise TesseraError(st, msg, "tessera_read_level(level %d)" % level)
+        return buf.reshape(info.height, info.width, channels)
+
+    def batch_iter_status(self, locations, size, level=0, options=None, n=None, **kw):
+        """Low level: tessera_batch_iter_create; returns (status, message, BatchIter or None)
+        and never raises for a failed call. options: a BatchOptions, None (the keyword
+        options over the defaults) or the string "null" (a NULL options pointer). n
+        overrides the count passed (with locations None, a NULL locations pointer)."""
+        if locations is None:
+            locs, ptr = None, None
+            count = 0 if n is None else n
+        else:
+            locs = as_locations(locations)
+            ptr = locs.ctypes.data_as(ctypes.c_void_p) if locs.size else None
+            count = len(locs) if n is None else n
+        if options is None:
+            options = batch_options(**kw)
+        optp = None if isinstance(options, str) else ctypes.byref(options)
+        width, height = size
+        handle = ctypes.c_void_p()
+        st = self._lib.tessera_batch_iter_create(self._h, ptr, count, width, height, level, optp,
+                                                 ctypes.byref(handle))
+        if st != OK:
+            msg = error_message()
+            if handle.value:
+                raise AssertionError("tessera_batch_iter_create failed (%d) but set *out" % st)
+            return st, msg, None
+        if not handle.value:
+            raise AssertionError("tessera_batch_iter_create returned OK with a NULL iterator")
+        return st, "", BatchIter(handle, self, locs)
+
+    def batch_iter(self, locations, size, level=0, options=None, **kw):
+        """A low-level BatchIter (raw batches, released by hand), or raises."""
+        st, msg, it = self.batch_iter_status(locations, size, level, options, **kw)
+        if st != OK:
+            raise TesseraError(st, msg, "tessera_batch_iter_create")
+        return it
+
+    def batches(self, locations, size, level=0, **options):
+        """An iterator of (batch array (count, height, width, channels), indices) copies;
+        see Batches."""
+        return Batches(self.batch_iter(locations, size, level, **options))
+
+
+class RawBatch:
+    """A tessera_batch handed out by tessera_batch_iter_next and not yet released. Its data
+    is the library's until release(); view() is only valid until then."""
+
+    def __init__(self, ptr):
+        self._p = ptr
+        b = ptr.contents
+        self.count = b.count
+        self.number = b.number
+        self.size = b.size
+        self.width = b.width
+        self.height = b.height
+        self.channels = b.channels
+
+    @property
+    def released(self):
+        return self._p is None
+
+    def _check(self):
+        if self._p is None:
+            raise RuntimeError("batch %d was released" % self.number)
+
+    def indices(self):
+        self._check()
+        b = self._p.contents
+        if b.count == 0:
+            return np.zeros(0, np.uint64)
+        return np.ctypeslib.as_array(b.indices, shape=(b.count,)).copy()
+
+    def view(self):
+        """The batch buffer in place, shaped (count, height, width, channels); no copy."""
+        self._check()
+        b = self._p.contents
+        shape = (int(b.count), int(b.height), int(b.width), int(b.channels))
+        if b.size == 0:
+            return np.zeros(shape, np.uint8)
+        flat = np.ctypeslib.as_array(b.data, shape=(int(b.size),))
+        return flat.reshape(shape)
+
+    def array(self):
+        """A copy of the batch buffer, shaped (count, height, width, channels)."""
+        return self.view().copy()
+
+    def release(self):
+        """tessera_batch_release (once; later calls do nothing)."""
+        if self._p is not None:
+            load().tessera_batch_release(self._p)
+            self._p = None
+
+
+class BatchIter:
+    """A tessera_batch_iter. next_raw() hands out RawBatch objects the caller releases;
+    destroy() may come before or after they are released."""
+
+    def __init__(self, handle, slide, locations):
+        self._h = handle
+        self.slide = slide          # keeps the slide open while the iterator lives
+        self.locations = locations  # the caller's (n, 2) array (the library keeps its copy)
+        self._lib = load()
+
+    @property
+    def destroyed(self):
+        return self._h is None
+
+    def length(self):
+        return self._lib.tessera_batch_iter_length(self._h)
+
+    def __len__(self):
+        return self.length()
+
+    def next_raw(self):
+        """tessera_batch_iter_next: (status, message, RawBatch or None); at the end
+        (OK, "", None)."""
+        out = ctypes.POINTER(Batch)()
+        st = self._lib.tessera_batch_iter_next(self._h, ctypes.byref(out))
+        if st != OK:
+            msg = error_message()
+            if out:
+                raise AssertionError("tessera_batch_iter_next failed (%d) but set *out" % st)
+            return st, msg, None
+        if not out:
+            return st, "", None
+        return st, "", RawBatch(out)
+
+    def destroy(self):
+        if self._h is not None:
+            self._lib.tessera_batch_iter_destroy(self._h)
+            self._h = None
+
+    def __del__(self):
+        try:
+            self.destroy()
+        except Exception:
+            pass
+
+
+class Batches:
+    """Python iteration over a BatchIter: yields (copy of the batch array (count, height,
+    width, channels), indices as uint64), releasing each batch at once. A failed batch
+    raises TesseraError; iterating again goes on with the batch after it. len() is
+    tessera_batch_iter_length. destroy() (or leaving a with block) frees the iterator."""
+
+    def __init__(self, it):
+        self.iter = it
+        self.last = None  # (number, count, width, height, channels) of the last good batch
+
+    def __len__(self):
+        return self.iter.length()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        st, msg, b = self.iter.next_raw()
+        if st != OK:
+            raise TesseraError(st, msg, "tessera_batch_iter_next")
+        if b is None:
+            raise StopIteration
+        try:
+            self.last = (b.number, b.count, b.width, b.height, b.channels)
+            return b.array(), b.indices()
+        finally:
+            b.release()
+
+    def destroy(self):
+        self.iter.destroy()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.destroy()
 
 
 def open_slide(path, options=None):

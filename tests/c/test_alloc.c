@@ -13,7 +13,28 @@ static const char *files[] = {"generic-jpeg-ycbcr-128tiles.tiff", "generic-webp-
 
 enum { W = 200, H = 150 };
 
-/* Opens, reads two regions of each level and closes; returns how the reads went. */
+/* Streams 6 patches of level 0 in batches of 2 with one worker into out; returns how it
+ * went (the first failure stops it). */
+static tessera_status stream(tessera_slide *s, uint8_t *out) {
+  static const int64_t xy[] = {0, 0, 100, 50, -30, 20, 150, 150, 5000, 5000, 64, 64};
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 2;
+  o.num_workers = 1;
+  o.channels = 4;
+  tessera_batch_iter *it = NULL;
+  tessera_status st = tessera_batch_iter_create(s, xy, 6, 40, 30, 0, &o, &it);
+  tessera_batch *b;
+  while (st == TESSERA_OK && (st = tessera_batch_iter_next(it, &b)) == TESSERA_OK && b) {
+    memcpy(out + b->number * b->size, b->data, b->size);
+    tessera_batch_release(b);
+  }
+  tessera_batch_iter_destroy(it);
+  return st;
+}
+
+/* Opens, reads two regions of each level, streams a few batches and closes; returns how the
+ * reads went. */
 static tessera_status exercise(const char *path, uint8_t *out, int *opened) {
   tessera_slide *s = NULL;
   tessera_status st = tessera_open(path, &s);
@@ -29,6 +50,9 @@ static tessera_status exercise(const char *path, uint8_t *out, int *opened) {
     if (st != TESSERA_OK)
       worst = st;
   }
+  st = stream(s, out + (size_t)tessera_level_count(s) * W * H * 4);
+  if (st != TESSERA_OK)
+    worst = st;
   tessera_close(s);
   return worst;
 }
@@ -36,14 +60,15 @@ static tessera_status exercise(const char *path, uint8_t *out, int *opened) {
 static void test_file(const char *dir, const char *name) {
   char path[4096];
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  static uint8_t good[8 * W * H * 4], got[8 * W * H * 4];
+  /* Up to 8 levels, then the streamed batches. */
+  static uint8_t good[9 * W * H * 4], got[9 * W * H * 4];
   int opened;
   memset(good, 0, sizeof good);
   tsr_alloc_fail_after(-1);
   CHECK(exercise(path, good, &opened) == TESSERA_OK, "%s without failures: %s", name,
         tessera_error_message());
   int failures_seen = 0;
-  for (long n = 0; n < 200; n++) {
+  for (long n = 0; n < 260; n++) {
     memset(got, 0, sizeof got);
     tsr_alloc_fail_after(n);
     tessera_status st = exercise(path, got, &opened);

@@ -1,0 +1,462 @@
+/* The pool, whole-level reads and the batch iterator, from several threads at once: every
+ * patch of every batch equals a single tessera_read_region of its location, whatever the
+ * options; iterators destroyed at random points with work in flight leak nothing and leave
+ * handed-out batches valid; a damaged tile fails exactly the batches that need it; a forked
+ * child gets a working pool. This program runs plain, under ASan+UBSan and under TSan. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <tiffio.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "tessera.h"
+#include "tile.h"
+
+struct level_size {
+  int64_t w, h;
+  double ds;
+};
+
+static struct level_size level_size(tessera_slide *s, int32_t level) {
+  tessera_level_info info = {.struct_size = sizeof info};
+  tessera_level_info_get(s, level, &info);
+  return (struct level_size){info.width, info.height, info.downsample};
+}
+
+/* Random locations in level-0 pixels: inside, straddling tile edges, outside, negative. */
+static int64_t *random_locations(tessera_slide *s, int32_t level, size_t n, int64_t pw, int64_t ph,
+                                 unsigned long long *rng) {
+  struct level_size ls = level_size(s, level);
+  int64_t *xy = malloc(2 * n * sizeof *xy + 1);
+  for (size_t i = 0; i < n; i++) {
+    int64_t lx = (int64_t)(test_rand(rng) % (uint64_t)(ls.w + 2 * pw)) - pw;
+    int64_t ly = (int64_t)(test_rand(rng) % (uint64_t)(ls.h + 2 * ph)) - ph;
+    if (test_rand(rng) % 8 == 0)
+      lx = -3 * pw; /* wholly outside */
+    xy[2 * i] = (int64_t)((double)lx * ls.ds);
+    xy[2 * i + 1] = (int64_t)((double)ly * ls.ds);
+  }
+  return xy;
+}
+
+/* Compares one patch with a single region read of the same location. */
+static int check_patch(tessera_slide *s, int32_t level, const int64_t *xy, int64_t w, int64_t h,
+                       int channels, int fill, const uint8_t *patch) {
+  size_t size = (size_t)(w * h * channels);
+  uint8_t *want = malloc(size);
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  o.channels = channels;
+  o.fill = fill;
+  tessera_status st = tessera_read_region(s, xy[0], xy[1], level, w, h, &o, want, size);
+  int bad = st != TESSERA_OK || memcmp(want, patch, size) != 0;
+  free(want);
+  return bad;
+}
+
+struct stream_case {
+  tessera_slide *s;
+  const char *path;
+  int32_t level;
+  unsigned long long seed;
+  int failures;
+};
+
+/* One iterator with options drawn from the seed, drained to the end and checked. */
+static int stream_and_check(tessera_slide *s, const char *path, int32_t level,
+                            unsigned long long *rng) {
+  size_t n = (size_t)(test_rand(rng) % 40);
+  int64_t w = 1 + (int64_t)(test_rand(rng) % 300), h = 1 + (int64_t)(test_rand(rng) % 300);
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 1 + (int)(test_rand(rng) % 7);
+  o.num_workers = (int)(test_rand(rng) % 4);
+  o.prefetch_factor = 1 + (int)(test_rand(rng) % 3);
+  o.drop_last = test_rand(rng) % 2 == 0;
+  o.shuffle = test_rand(rng) % 2 == 0;
+  o.seed = test_rand(rng);
+  o.channels = test_rand(rng) % 2 ? 3 : 4;
+  o.fill = test_rand(rng) % 2 ? -1 : (int)(test_rand(rng) % 256);
+  int64_t *xy = random_locations(s, level, n, w, h, rng);
+  tessera_batch_iter *it = NULL;
+  tessera_status st = tessera_batch_iter_create(s, xy, n, w, h, level, &o, &it);
+  CHECK(st == TESSERA_OK, "%s: create: %s", path, tessera_error_message());
+  int fails = 0;
+  size_t expect = o.drop_last ? n / (size_t)o.batch_size
+                              : (n + (size_t)o.batch_size - 1) / (size_t)o.batch_size;
+  CHECK(tessera_batch_iter_length(it) == expect, "%s: length %zu, expected %zu", path,
+        tessera_batch_iter_length(it), expect);
+  char *seen = calloc(n + 1, 1);
+  size_t batches = 0, patches = 0;
+  for (tessera_batch *b; it;) {
+    st = tessera_batch_iter_next(it, &b);
+    if (st != TESSERA_OK) {
+      CHECK(0, "%s level %d: next: %s", path, level, tessera_error_message());
+      break;
+    }
+    if (!b)
+      break;
+    CHECK(b->number == batches, "batch number %zu, expected %zu", b->number, batches);
+    size_t want = n - batches * (size_t)o.batch_size;
+    if (want > (size_t)o.batch_size)
+      want = (size_t)o.batch_size;
+    CHECK(b->count == want, "batch of %zu, expected %zu", b->count, want);
+    CHECK(b->size == b->count * (size_t)(w * h * o.channels), "batch size %zu", b->size);
+    for (size_t p = 0; p < b->count; p++) {
+      uint64_t index = b->indices[p];
+      CHECK(index < n && !seen[index], "index %llu repeated or out of range",
+            (unsigned long long)index);
+      if (index >= n)
+        continue;
+      seen[index] = 1;
+      if (!o.shuffle)
+        CHECK(index == batches * (size_t)o.batch_size + p, "unshuffled order broken");
+      fails += check_patch(s, level, &xy[2 * index], w, h, o.channels, o.fill,
+                           b->data + p * (size_t)(w * h * o.channels));
+    }
+    patches += b->count;
+    batches++;
+    tessera_batch_release(b);
+  }
+  CHECK(batches == expect, "%s: %zu batches, expected %zu", path, batches, expect);
+  CHECK(patches == (o.drop_last ? expect * (size_t)o.batch_size : n), "%s: %zu patches", path,
+        patches);
+  tessera_batch_iter_destroy(it);
+  free(seen);
+  free(xy);
+  return fails;
+}
+
+static void *stream_thread(void *arg) {
+  struct stream_case *c = arg;
+  for (int i = 0; i < 4; i++)
+    c->failures += stream_and_check(c->s, c->path, c->level, &c->seed);
+  return NULL;
+}
+
+/* Whole-level reads over workers equal the same read in the calling thread. */
+static void check_whole_level(tessera_slide *s, const char *path, int32_t level) {
+  struct level_size ls = level_size(s, level);
+  size_t size = (size_t)(ls.w * ls.h * 4);
+  uint8_t *one = malloc(size), *many = malloc(size);
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  o.channels = 4;
+  tessera_status a = tessera_read_level(s, level, &o, one, size);
+  o.num_workers = 4;
+  memset(many, 0x5A, size);
+  tessera_status b = tessera_read_level(s, level, &o, many, size);
+  CHECK(a == TESSERA_OK && b == TESSERA_OK, "%s level %d: %s", path, level,
+        tessera_error_message());
+  CHECK(memcmp(one, many, size) == 0, "%s level %d: 4 workers differ from 1", path, level);
+  CHECK(tessera_read_level(s, level, &o, many, size - 1) == TESSERA_E_ARGUMENT,
+        "short destination accepted");
+  free(one);
+  free(many);
+}
+
+/* Iterators destroyed after a random number of batches, some batches still held; those stay
+ * valid after the destroy until released. */
+static void destroy_midway(tessera_slide *s, const char *path, unsigned long long *rng) {
+  for (int round = 0; round < 12; round++) {
+    size_t n = 20 + (size_t)(test_rand(rng) % 60);
+    int64_t w = 64 + (int64_t)(test_rand(rng) % 200);
+    tessera_batch_options o;
+    tessera_batch_options_init(&o);
+    o.batch_size = 1 + (int)(test_rand(rng) % 5);
+    o.num_workers = 1 + (int)(test_rand(rng) % 3);
+    o.prefetch_factor = 1 + (int)(test_rand(rng) % 4);
+    int64_t *xy = random_locations(s, 0, n, w, w, rng);
+    tessera_batch_iter *it = NULL;
+    if (tessera_batch_iter_create(s, xy, n, w, w, 0, &o, &it) != TESSERA_OK) {
+      CHECK(0, "%s: create: %s", path, tessera_error_message());
+      free(xy);
+      continue;
+    }
+    size_t take = (size_t)(test_rand(rng) % (tessera_batch_iter_length(it) + 1));
+    tessera_batch *held[4] = {0};
+    size_t nheld = 0;
+    for (size_t i = 0; i < take; i++) {
+      tessera_batch *b = NULL;
+      if (tessera_batch_iter_next(it, &b) != TESSERA_OK || !b)
+        break;
+      if (nheld < 4 && test_rand(rng) % 2)
+        held[nheld++] = b;
+      else
+        tessera_batch_release(b);
+    }
+    tessera_batch_iter_destroy(it);
+    for (size_t i = 0; i < nheld; i++) {
+      tessera_batch *b = held[i];
+      for (size_t p = 0; p < b->count; p++)
+        CHECK(!check_patch(s, 0, &xy[2 * b->indices[p]], w, w, 3, -1,
+                           b->data + p * (size_t)(w * w * 3)),
+              "%s: a batch held across destroy changed", path);
+      tessera_batch_release(b);
+    }
+    free(xy);
+  }
+}
+
+static void test_file(const char *path) {
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK) {
+    CHECK(0, "%s: %s", path, tessera_error_message());
+    return;
+  }
+  unsigned long long rng = 7;
+  for (int32_t level = 0; level < tessera_level_count(s); level++) {
+    struct level_size ls = level_size(s, level);
+    if (ls.w * ls.h > 12000000)
+      continue; /* the biggest test-data level would take minutes under the sanitizers */
+    check_whole_level(s, path, level);
+    struct stream_case cases[3];
+    pthread_t t[3];
+    for (int i = 0; i < 3; i++) {
+      cases[i] = (struct stream_case){s, path, level, rng + 100u * (unsigned)i, 0};
+      pthread_create(&t[i], NULL, stream_thread, &cases[i]);
+    }
+    int fails = stream_and_check(s, path, level, &rng);
+    for (int i = 0; i < 3; i++) {
+      pthread_join(t[i], NULL);
+      fails += cases[i].failures;
+    }
+    CHECK(fails == 0, "%s level %d: %d patches differ from single reads", path, level, fails);
+  }
+  destroy_midway(s, path, &rng);
+  tessera_close(s);
+}
+
+static int copy_file(const char *from, const char *to) {
+  FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+  int ok = in && out;
+  char buf[65536];
+  size_t n;
+  while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+    ok = fwrite(buf, 1, n, out) == n;
+  if (in)
+    fclose(in);
+  if (out && fclose(out) != 0)
+    ok = 0;
+  return ok;
+}
+
+/* Zeroes the first bytes of tile `tile` of the first directory, so it cannot decode. */
+static int damage_tile(const char *path, uint32_t tile) {
+  TIFF *t = TIFFOpen(path, "r");
+  if (!t)
+    return 0;
+  uint64_t *offsets = NULL;
+  int ok = TIFFGetField(t, TIFFTAG_TILEOFFSETS, &offsets) && tile < TIFFNumberOfTiles(t);
+  uint64_t at = ok ? offsets[tile] : 0;
+  TIFFClose(t);
+  int fd = ok ? open(path, O_WRONLY) : -1;
+  static const uint8_t zeros[16];
+  ok = fd >= 0 && pwrite(fd, zeros, sizeof zeros, (off_t)at) == (ssize_t)sizeof zeros;
+  if (fd >= 0)
+    close(fd);
+  return ok;
+}
+
+/* A damaged tile fails the batches that need it with its message, and only those. */
+static void test_damaged_tile(const char *dir) {
+  char src[4096], tmp[] = "/tmp/tessera-batch-XXXXXX.tiff";
+  snprintf(src, sizeof src, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
+  int fd = mkstemps(tmp, 5);
+  CHECK(fd >= 0, "mkstemps");
+  if (fd < 0)
+    return;
+  close(fd);
+  tessera_slide *s = NULL;
+  int ok = copy_file(src, tmp) && damage_tile(tmp, 5) && tessera_open(tmp, &s) == TESSERA_OK;
+  CHECK(ok, "could not make a damaged copy of %s: %s", src, tessera_error_message());
+  tessera_level_info info = {.struct_size = sizeof info};
+  if (ok)
+    tessera_level_info_get(s, 0, &info);
+  int64_t tw = info.tile_width, th = info.tile_height;
+  /* The level is 4 x 3 tiles. Batches of 2: (tile 0, tile 1), (tile 5, tile 6), (tile 2,
+   * tile 3). */
+  CHECK(!ok || info.width == 4 * tw, "the test expects 4 tiles across");
+  int64_t xy[] = {0, 0, tw, 0, tw, th, 2 * tw, th, 2 * tw, 0, 3 * tw, 0};
+  for (int workers = 0; ok && workers <= 2; workers += 2) {
+    tessera_batch_options o;
+    tessera_batch_options_init(&o);
+    o.batch_size = 2;
+    o.num_workers = workers;
+    tessera_batch_iter *it = NULL;
+    CHECK(tessera_batch_iter_create(s, xy, 6, tw, th, 0, &o, &it) == TESSERA_OK, "create");
+    tessera_status st[3];
+    tessera_batch *b[3];
+    char message[3][1024];
+    for (int i = 0; i < 3; i++) {
+      st[i] = tessera_batch_iter_next(it, &b[i]);
+      snprintf(message[i], sizeof message[i], "%s", tessera_error_message());
+    }
+    tessera_batch *end = (tessera_batch *)1;
+    CHECK(tessera_batch_iter_next(it, &end) == TESSERA_OK && end == NULL, "no end after 3");
+    CHECK(st[0] == TESSERA_OK && b[0] && b[0]->number == 0, "batch 0 failed");
+    CHECK(st[1] == TESSERA_E_CORRUPT && b[1] == NULL, "batch 1 status %d", st[1]);
+    CHECK(strstr(message[1], "tile 5") != NULL, "message does not name the tile: %s", message[1]);
+    CHECK(st[2] == TESSERA_OK && b[2] && b[2]->number == 2, "batch 2 failed");
+    for (int i = 0; i < 3; i += 2)
+      if (b[i])
+        for (size_t p = 0; p < 2; p++)
+          CHECK(!check_patch(s, 0, &xy[2 * b[i]->indices[p]], tw, th, 3, -1,
+                             b[i]->data + p * (size_t)(tw * th * 3)),
+                "batch %d differs", i);
+    tessera_batch_release(b[0]);
+    tessera_batch_release(b[2]);
+    tessera_batch_iter_destroy(it);
+  }
+  tessera_close(s);
+  unlink(tmp);
+}
+
+/* The pool is started in the parent; the child, which has none of its threads, must get its
+ * own on first use instead of waiting forever on the parent's. */
+static void test_fork(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK) {
+    CHECK(0, "%s: %s", path, tessera_error_message());
+    return;
+  }
+  unsigned long long rng = 99;
+  int fails = stream_and_check(s, path, 0, &rng);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int bad = 0, before = check_failures;
+    for (int i = 0; i < 3; i++)
+      bad += stream_and_check(s, path, 0, &rng);
+    _exit(bad || check_failures != before ? 1 : 0);
+  }
+  int status = 0;
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait failed");
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the forked child failed (status %d)",
+        status);
+  CHECK(fails == 0, "parent patches differ");
+  tessera_close(s);
+}
+
+static void test_arguments(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK) {
+    CHECK(0, "%s: %s", path, tessera_error_message());
+    return;
+  }
+  int64_t xy[2] = {0, 0};
+  tessera_batch_iter *it = (tessera_batch_iter *)1;
+  tessera_batch_options o;
+  struct {
+    const char *what;
+    int field, value;
+  } bad[] = {{"batch_size", 0, 0}, {"num_workers", 1, -1}, {"prefetch_factor", 2, 0},
+             {"channels", 3, 5},   {"fill", 4, 256},       {"fill", 4, -2}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    tessera_batch_options_init(&o);
+    int32_t *f[] = {&o.batch_size, &o.num_workers, &o.prefetch_factor, &o.channels, &o.fill};
+    *f[bad[i].field] = bad[i].value;
+    CHECK(tessera_batch_iter_create(s, xy, 1, 8, 8, 0, &o, &it) == TESSERA_E_ARGUMENT && !it,
+          "%s = %d accepted", bad[i].what, bad[i].value);
+    CHECK(strstr(tessera_error_message(), bad[i].what) != NULL, "message: %s",
+          tessera_error_message());
+  }
+  CHECK(tessera_batch_iter_create(s, xy, 1, 0, 8, 0, NULL, &it) == TESSERA_E_ARGUMENT, "width 0");
+  CHECK(tessera_batch_iter_create(s, xy, 1, 8, 8, 99, NULL, &it) == TESSERA_E_ARGUMENT, "level 99");
+  CHECK(tessera_batch_iter_create(s, NULL, 1, 8, 8, 0, NULL, &it) == TESSERA_E_ARGUMENT,
+        "NULL locations");
+  CHECK(tessera_batch_iter_create(s, NULL, 0, 8, 8, 0, NULL, &it) == TESSERA_OK && it,
+        "n = 0 refused: %s", tessera_error_message());
+  tessera_batch *b = (tessera_batch *)1;
+  CHECK(tessera_batch_iter_length(it) == 0, "n = 0 has batches");
+  CHECK(tessera_batch_iter_next(it, &b) == TESSERA_OK && !b, "n = 0 gave a batch");
+  tessera_batch_iter_destroy(it);
+  tessera_batch_iter_destroy(NULL);
+  tessera_batch_release(NULL);
+  tessera_close(s);
+}
+
+/* Overlapping patches (a sliding window at half a tile) in one batch: each tile is read once,
+ * however many patches need it; with one patch per batch and no workers, tiles shared by
+ * consecutive patches are read again (nothing is cached across batches). */
+static void test_tile_sharing(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK) {
+    CHECK(0, "%s: %s", path, tessera_error_message());
+    return;
+  }
+  /* 512 x 384 in 128 x 128 tiles; 128 x 128 patches every 64 pixels: 7 x 5 patches. */
+  int64_t xy[2 * 35];
+  for (int i = 0; i < 35; i++) {
+    xy[2 * i] = 64 * (i % 7);
+    xy[2 * i + 1] = 64 * (i / 7);
+  }
+  for (int batch_size = 1; batch_size <= 35; batch_size += 34) {
+    for (int workers = 0; workers <= 1; workers++) {
+      tessera_batch_options o;
+      tessera_batch_options_init(&o);
+      o.batch_size = batch_size;
+      o.num_workers = workers;
+      tessera_batch_iter *it = NULL;
+      CHECK(tessera_batch_iter_create(s, xy, 35, 128, 128, 0, &o, &it) == TESSERA_OK, "create");
+      /* Every batch is held until the end, so only the iterator reads tiles meanwhile. */
+      tessera_batch *held[35];
+      size_t nheld = 0;
+      uint64_t before = tsr_tile_reads();
+      for (tessera_batch *b; nheld < 35 && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;)
+        held[nheld++] = b;
+      uint64_t reads = tsr_tile_reads() - before;
+      int fails = 0;
+      for (size_t i = 0; i < nheld; i++) {
+        for (size_t p = 0; p < held[i]->count; p++)
+          fails += check_patch(s, 0, &xy[2 * held[i]->indices[p]], 128, 128, 3, -1,
+                               held[i]->data + p * 128 * 128 * 3);
+        tessera_batch_release(held[i]);
+      }
+      tessera_batch_iter_destroy(it);
+      CHECK(fails == 0, "sliding patches differ from single reads");
+      /* A patch at an odd multiple of 64 overlaps 2 tiles per odd coordinate. */
+      uint64_t per_patch = 0;
+      for (int i = 0; i < 35; i++)
+        per_patch += (uint64_t)((i % 7) % 2 ? 2 : 1) * ((i / 7) % 2 ? 2 : 1);
+      if (batch_size == 35)
+        CHECK(reads == 12, "batch of 35: %llu tile reads, the patches touch 12 tiles",
+              (unsigned long long)reads);
+      else if (workers == 0)
+        CHECK(reads == per_patch, "one by one: %llu tile reads, expected %llu",
+              (unsigned long long)reads, (unsigned long long)per_patch);
+    }
+  }
+  tessera_close(s);
+}
+
+int main(int argc, char **argv) {
+  const char *dir = testdata_dir(argc, argv);
+  DIR *d = opendir(dir);
+  CHECK(d != NULL, "no test data at %s", dir);
+  int files = 0;
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+    if (e->d_name[0] == '.' || strstr(e->d_name, ".md"))
+      continue;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    test_file(path);
+    files++;
+  }
+  if (d)
+    closedir(d);
+  CHECK(files >= 6, "only %d files in the test data", files);
+  test_arguments(dir);
+  test_tile_sharing(dir);
+  test_damaged_tile(dir);
+  test_fork(dir);
+  return check_finish("test_batch");
+}
