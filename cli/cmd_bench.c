@@ -1,0 +1,621 @@
+/* `tessera bench`: reads a stream of patches through the batch iterator, as a training loop
+ * would, throws them away and reports the rate. The locations come from a file or from one of
+ * the layouts of layout.c, which bench/compare shares so both measure the same workload. */
+#include "checksum.h"
+#include "cli.h"
+#include "layout.h"
+#include "tessera.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_BATCH 32
+#define DEFAULT_PREFETCH 2
+#define MAX_WORKERS 1024
+#define MAX_BATCH ((int64_t)1 << 20)
+#define MAX_COUNT ((int64_t)1 << 30)
+#define MAX_SIDE INT32_MAX
+/* One batch buffer; up to prefetch + 1 of them are alive at once. */
+#define MAX_BATCH_BYTES ((uint64_t)4 << 30)
+#define PROGRESS_DELAY 0.5    /* seconds before a run is long enough to show progress */
+#define PROGRESS_INTERVAL 0.1 /* seconds between redraws */
+#define PROGRESS_BAR 30
+
+enum {
+  OPT_LOCATIONS = 1,
+  OPT_LAYOUT,
+  OPT_COUNT,
+  OPT_STRIDE,
+  OPT_SIZE,
+  OPT_LEVEL,
+  OPT_BATCH,
+  OPT_WORKERS,
+  OPT_PREFETCH,
+  OPT_SHUFFLE,
+  OPT_SEED,
+  OPT_CHANNELS,
+  OPT_JSON,
+  OPT_HELP
+};
+
+static const cli_option options[] = {
+    {"locations", 'i', true, OPT_LOCATIONS},
+    {"layout", 0, true, OPT_LAYOUT},
+    {"count", 'n', true, OPT_COUNT},
+    {"stride", 0, true, OPT_STRIDE},
+    {"size", 's', true, OPT_SIZE},
+    {"level", 'L', true, OPT_LEVEL},
+    {"batch-size", 'b', true, OPT_BATCH},
+    {"workers", 'w', true, OPT_WORKERS},
+    {"prefetch", 0, true, OPT_PREFETCH},
+    {"shuffle", 0, false, OPT_SHUFFLE},
+    {"seed", 0, true, OPT_SEED},
+    {"channels", 'c', true, OPT_CHANNELS},
+    {"json", 'j', false, OPT_JSON},
+    {"help", 'h', false, OPT_HELP},
+};
+
+void cmd_bench_help(FILE *out) {
+  fprintf(out,
+          "Usage: tessera bench SLIDE (--locations FILE | --layout grid|random|sliding\n"
+          "                     [--count N] [--stride S]) --size W,H [--level L]\n"
+          "                     [--batch-size B] [--workers W] [--prefetch F]\n"
+          "                     [--shuffle] [--seed S] [--channels 3|4] [--json]\n"
+          "\n"
+          "Read W x H patches of level L through the batch iterator, as a training or\n"
+          "inference loop would, discard them and report the rate: patches, seconds,\n"
+          "patches/s, megapixels/s, the peak resident memory of the process and a\n"
+          "checksum (the sum of every R, G and B byte of every patch, as an unsigned\n"
+          "64-bit number; alpha is left out, so --channels 4 gives the same sum).\n"
+          "\n"
+          "The time runs from creating the iterator to destroying it; opening the slide\n"
+          "and making the locations are not counted. Nothing is written but the report.\n"
+          "\n"
+          "Where the patches are (one of):\n"
+          "  -i, --locations FILE  one 'x y' pair per line: the top-left corner in\n"
+          "                        level-0 pixels (may be negative or past the edge);\n"
+          "                        a comma may stand between them; blank lines and\n"
+          "                        '#' comments are allowed\n"
+          "      --layout KIND     patches that lie wholly inside level L, in its\n"
+          "                        pixels, turned into level-0 corners with the\n"
+          "                        level's downsample:\n"
+          "                          grid     side by side on a W x H grid, row by row\n"
+          "                          random   uniformly random, from a splitmix64\n"
+          "                                   generator seeded with --seed: the same\n"
+          "                                   on every machine\n"
+          "                          sliding  a window every S pixels across each row,\n"
+          "                                   rows S pixels apart\n"
+          "  -n, --count N         the first N patches of the layout, 1..%" PRId64 "\n"
+          "                        (default: all of a grid or sliding layout; random\n"
+          "                        needs it)\n"
+          "      --stride S        sliding only: the step in pixels of level L, S or\n"
+          "                        SX,SY (default W/2,H/2)\n"
+          "\n"
+          "Options:\n"
+          "  -s, --size W,H        patch size in pixels of level L (required)\n"
+          "  -L, --level L         pyramid level (default 0)\n"
+          "  -b, --batch-size B    patches per batch, 1..%" PRId64 " (default %d)\n"
+          "  -w, --workers W       worker threads decoding ahead, 0..%d (default: one\n"
+          "                        per processor; 0 decodes in the calling thread)\n"
+          "      --prefetch F      batches decoded ahead, >= 1 (default %d)\n"
+          "      --shuffle         visit the patches in a random order (seeded by --seed)\n"
+          "      --seed S          seed of the random layout and of --shuffle (default 0)\n"
+          "  -c, --channels C      3 for RGB (default) or 4 for RGBA\n"
+          "  -j, --json            print one JSON object: the parameters (slide, level,\n"
+          "                        size, channels, batch_size, workers, prefetch,\n"
+          "                        shuffle, seed, layout, locations, stride, count) and\n"
+          "                        the results (patches, batches, seconds,\n"
+          "                        patches_per_s, megapixels_per_s, peak_rss_mib,\n"
+          "                        checksum)\n"
+          "  -h, --help            show this help\n"
+          "\n"
+          "On a terminal, a run longer than half a second shows its progress on stderr;\n"
+          "with --json, or when stderr is not a terminal, it does not. A batch that fails\n"
+          "stops the run with its error (exit status 1).\n"
+          "\n"
+          "Examples:\n"
+          "  tessera bench slide.tiff --layout grid --size 256,256\n"
+          "  tessera bench slide.tiff --layout random --count 5000 --size 224,224 \\\n"
+          "      --batch-size 64 --workers 8 --seed 7\n"
+          "  tessera bench slide.tiff --layout sliding --stride 112 --size 224,224 \\\n"
+          "      --level 1 --json\n"
+          "  tessera bench slide.svs --locations patches.txt --size 512,512 --shuffle\n",
+          MAX_COUNT, MAX_BATCH, DEFAULT_BATCH, MAX_WORKERS, DEFAULT_PREFETCH);
+}
+
+typedef struct bench_args {
+  const char *slide;
+  const char *locations; /* the file, or NULL for a layout */
+  bool have_layout, have_size, have_stride, shuffle, json;
+  layout_kind layout;
+  int64_t count; /* 0: all */
+  int64_t stride_x, stride_y;
+  int64_t width, height, level, batch_size, workers, prefetch, seed, channels;
+} bench_args;
+
+static int default_workers(void) {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  return n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (int)n;
+}
+
+/* "S" (both directions) or "SX,SY". */
+static bool parse_stride(const char *v, bench_args *a) {
+  if (strchr(v, ','))
+    return cli_parse_pair("bench", "--stride", v, 1, MAX_SIDE, &a->stride_x, &a->stride_y);
+  if (!cli_parse_int64("bench", "--stride", v, 1, MAX_SIDE, &a->stride_x))
+    return false;
+  a->stride_y = a->stride_x;
+  return true;
+}
+
+static bool parse_option(int id, const char *v, bench_args *a) {
+  switch (id) {
+  case OPT_LOCATIONS: a->locations = v; return true;
+  case OPT_LAYOUT:
+    if (!layout_kind_parse(v, &a->layout)) {
+      cli_usage("bench", "--layout: '%s' is not grid, random or sliding", v);
+      return false;
+    }
+    a->have_layout = true;
+    return true;
+  case OPT_COUNT: return cli_parse_int64("bench", "--count", v, 1, MAX_COUNT, &a->count);
+  case OPT_STRIDE: a->have_stride = true; return parse_stride(v, a);
+  case OPT_SIZE:
+    a->have_size = true;
+    return cli_parse_pair("bench", "--size", v, 1, MAX_SIDE, &a->width, &a->height);
+  case OPT_LEVEL: return cli_parse_int64("bench", "--level", v, 0, INT32_MAX, &a->level);
+  case OPT_BATCH: return cli_parse_int64("bench", "--batch-size", v, 1, MAX_BATCH, &a->batch_size);
+  case OPT_WORKERS: return cli_parse_int64("bench", "--workers", v, 0, MAX_WORKERS, &a->workers);
+  case OPT_PREFETCH: return cli_parse_int64("bench", "--prefetch", v, 1, 1024, &a->prefetch);
+  case OPT_SHUFFLE: a->shuffle = true; return true;
+  case OPT_SEED: return cli_parse_int64("bench", "--seed", v, 0, INT64_MAX, &a->seed);
+  case OPT_CHANNELS: return cli_parse_int64("bench", "--channels", v, 3, 4, &a->channels);
+  case OPT_JSON: a->json = true; return true;
+  }
+  return true;
+}
+
+/* The rules that tie options together. */
+static int check_args(const bench_args *a) {
+  if (!a->slide)
+    return cli_usage("bench", "no SLIDE given");
+  if (!a->locations && !a->have_layout)
+    return cli_usage("bench", "say where the patches are: --locations FILE or --layout KIND");
+  if (a->locations && a->have_layout)
+    return cli_usage("bench", "--locations and --layout are alternatives; give one");
+  if (a->locations && a->count)
+    return cli_usage("bench", "--count goes with --layout; a locations file is read whole");
+  if (a->have_stride && !(a->have_layout && a->layout == LAYOUT_SLIDING))
+    return cli_usage("bench", "--stride goes with --layout sliding");
+  if (a->have_layout && a->layout == LAYOUT_RANDOM && a->count == 0)
+    return cli_usage("bench", "--layout random needs --count N");
+  if (!a->have_size)
+    return cli_usage("bench", "--size W,H is required");
+  uint64_t bytes;
+  if (__builtin_mul_overflow((uint64_t)a->width, (uint64_t)a->height, &bytes) ||
+      __builtin_mul_overflow(bytes, (uint64_t)a->channels, &bytes) ||
+      __builtin_mul_overflow(bytes, (uint64_t)a->batch_size, &bytes) || bytes > MAX_BATCH_BYTES ||
+      bytes > SIZE_MAX)
+    return cli_usage("bench",
+                     "a batch of %" PRId64 " patches of %" PRId64 " x %" PRId64 " x %" PRId64
+                     " bytes is more than the 4 GiB a batch may take",
+                     a->batch_size, a->width, a->height, a->channels);
+  return CLI_EXIT_OK;
+}
+
+static int parse_args(int argc, char **argv, bench_args *a) {
+  memset(a, 0, sizeof *a);
+  a->batch_size = DEFAULT_BATCH;
+  a->workers = default_workers();
+  a->prefetch = DEFAULT_PREFETCH;
+  a->channels = 3;
+  cli_parser p;
+  cli_parser_init(&p, "bench", argc, argv, options, (int)(sizeof options / sizeof options[0]));
+  int id, r;
+  const char *v;
+  bool ok = true;
+  while (ok && (r = cli_next(&p, &id, &v)) > 0) {
+    if (id == CLI_POSITIONAL) {
+      if (a->slide)
+        return cli_usage("bench", "more than one SLIDE given ('%s' and '%s')", a->slide, v);
+      a->slide = v;
+    } else {
+      ok = parse_option(id, v, a);
+    }
+  }
+  if (!ok || r < 0)
+    return CLI_EXIT_USAGE;
+  return check_args(a);
+}
+
+/* ---- the locations file --------------------------------------------------------------- */
+
+typedef struct xy_list {
+  int64_t *xy; /* 2n values */
+  size_t n, cap;
+} xy_list;
+
+static bool xy_push(xy_list *l, int64_t x, int64_t y) {
+  if (l->n == l->cap) {
+    size_t cap = l->cap ? l->cap * 2 : 1024;
+    int64_t *xy = cap <= SIZE_MAX / (2 * sizeof *xy) ? realloc(l->xy, cap * 2 * sizeof *xy) : NULL;
+    if (!xy)
+      return false;
+    l->xy = xy;
+    l->cap = cap;
+  }
+  l->xy[2 * l->n] = x;
+  l->xy[2 * l->n + 1] = y;
+  l->n++;
+  return true;
+}
+
+static const char *skip_blanks(const char *s) {
+  while (*s == ' ' || *s == '\t' || *s == '\r')
+    s++;
+  return s;
+}
+
+/* An optionally signed decimal integer at *s; advances *s past it. */
+static bool take_int(const char **s, int64_t *out) {
+  const char *p = *s;
+  const char *digits = (*p == '-' || *p == '+') ? p + 1 : p;
+  if (*digits < '0' || *digits > '9')
+    return false;
+  char *end;
+  errno = 0;
+  long long v = strtoll(p, &end, 10);
+  if (errno != 0)
+    return false;
+  *out = (int64_t)v;
+  *s = end;
+  return true;
+}
+
+/* "x y" or "x,y", blanks around either, then nothing but blanks. The line has had its
+ * comment and newline cut off. */
+static bool parse_pair_line(const char *line, int64_t *x, int64_t *y) {
+  const char *s = skip_blanks(line);
+  if (!take_int(&s, x))
+    return false;
+  const char *after = s;
+  s = skip_blanks(s);
+  if (*s == ',')
+    s = skip_blanks(s + 1);
+  else if (s == after)
+    return false; /* "12-3": the numbers must be apart */
+  if (!take_int(&s, y))
+    return false;
+  return *skip_blanks(s) == '\0';
+}
+
+static void cut_comment_and_newline(char *line) { line[strcspn(line, "#\n")] = '\0'; }
+
+/* Prints the error (naming the file and the line) and returns false on failure. */
+static bool read_locations(const char *path, xy_list *out) {
+  memset(out, 0, sizeof *out);
+  FILE *f = fopen(path, "r");
+  if (!f) {
+    cli_error(path, "cannot open the locations: %s", strerror(errno));
+    return false;
+  }
+  char *line = NULL;
+  size_t line_cap = 0;
+  uint64_t number = 0;
+  bool ok = true;
+  while (ok && getline(&line, &line_cap, f) >= 0) {
+    number++;
+    cut_comment_and_newline(line);
+    if (*skip_blanks(line) == '\0')
+      continue;
+    int64_t x, y;
+    if (!parse_pair_line(line, &x, &y)) {
+      cli_error(path, "line %" PRIu64 ": expected two integers 'x y', found '%.60s'", number,
+                skip_blanks(line));
+      ok = false;
+    } else if (!xy_push(out, x, y)) {
+      cli_error(path, "line %" PRIu64 ": out of memory", number);
+      ok = false;
+    }
+  }
+  if (ok && ferror(f)) {
+    cli_error(path, "cannot read the locations: %s", strerror(errno));
+    ok = false;
+  }
+  if (ok && out->n == 0) {
+    cli_error(path, "no locations in the file");
+    ok = false;
+  }
+  free(line);
+  fclose(f);
+  if (!ok) {
+    free(out->xy);
+    memset(out, 0, sizeof *out);
+  }
+  return ok;
+}
+
+/* ---- the layouts ---------------------------------------------------------------------- */
+
+static bool make_layout(const bench_args *a, const tessera_level_info *info, xy_list *out) {
+  layout_spec spec = {.kind = a->layout,
+                      .level_width = info->width,
+                      .level_height = info->height,
+                      .downsample = info->downsample,
+                      .patch_width = a->width,
+                      .patch_height = a->height,
+                      .stride_x = a->stride_x,
+                      .stride_y = a->stride_y,
+                      .count = (uint64_t)a->count,
+                      .seed = (uint64_t)a->seed};
+  char why[256];
+  memset(out, 0, sizeof *out);
+  if (!layout_generate(&spec, &out->xy, &out->n, why, sizeof why)) {
+    cli_error(a->slide, "level %" PRId64 ", --layout %s: %s", a->level, layout_kind_name(a->layout),
+              why);
+    return false;
+  }
+  out->cap = out->n;
+  return true;
+}
+
+/* ---- progress ------------------------------------------------------------------------- */
+
+static double now_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+typedef struct progress {
+  bool enabled; /* stderr is a terminal and the output is not JSON */
+  bool line_open;
+  double start, last_drawn;
+  size_t total;
+} progress;
+
+static void progress_update(progress *pr, size_t done) {
+  if (!pr->enabled)
+    return;
+  double t = now_seconds();
+  if (t - pr->start < PROGRESS_DELAY || t - pr->last_drawn < PROGRESS_INTERVAL)
+    return;
+  pr->last_drawn = t;
+  double fraction = pr->total ? (double)done / (double)pr->total : 1.0;
+  int filled = (int)(fraction * PROGRESS_BAR);
+  char bar[PROGRESS_BAR + 1];
+  memset(bar, '#', (size_t)filled);
+  memset(bar + filled, '.', (size_t)(PROGRESS_BAR - filled));
+  bar[PROGRESS_BAR] = '\0';
+  fprintf(stderr, "\rtessera: bench [%s] %3d%%  %zu/%zu patches  %.0f patches/s\033[K", bar,
+          (int)(fraction * 100.0), done, pr->total, (double)done / (t - pr->start));
+  fflush(stderr);
+  pr->line_open = true;
+}
+
+/* Clears the redrawn line, so the report or an error follows on a clean screen. */
+static void progress_end(progress *pr) {
+  if (pr->line_open) {
+    fputs("\r\033[K", stderr);
+    fflush(stderr);
+    pr->line_open = false;
+  }
+}
+
+/* ---- the run -------------------------------------------------------------------------- */
+
+typedef struct bench_result {
+  size_t patches, batches;
+  double seconds;
+  uint64_t checksum;
+  double peak_rss_mib;
+} bench_result;
+
+static double peak_rss_mib(void) {
+  struct rusage ru;
+  if (getrusage(RUSAGE_SELF, &ru) != 0)
+    return 0.0;
+  return (double)ru.ru_maxrss / 1024.0; /* Linux gives KiB */
+}
+
+/* Reads every batch. Prints the error and returns false when one fails. */
+static bool run(tessera_slide *slide, const bench_args *a, const xy_list *loc, bench_result *res) {
+  tessera_batch_options bo;
+  tessera_batch_options_init(&bo);
+  bo.batch_size = (int32_t)a->batch_size;
+  bo.num_workers = (int32_t)a->workers;
+  bo.prefetch_factor = (int32_t)a->prefetch;
+  bo.shuffle = a->shuffle;
+  bo.seed = (uint64_t)a->seed;
+  bo.channels = (int32_t)a->channels;
+
+  memset(res, 0, sizeof *res);
+  progress pr = {.enabled = !a->json && isatty(STDERR_FILENO), .total = loc->n};
+  double start = pr.start = now_seconds();
+  tessera_batch_iter *it = NULL;
+  if (tessera_batch_iter_create(slide, loc->xy, loc->n, a->width, a->height, (int32_t)a->level, &bo,
+                                &it) != TESSERA_OK) {
+    cli_error(a->slide, "%s", tessera_error_message());
+    return false;
+  }
+  size_t total_batches = tessera_batch_iter_length(it);
+  for (;;) {
+    tessera_batch *b = NULL;
+    if (tessera_batch_iter_next(it, &b) != TESSERA_OK) {
+      progress_end(&pr);
+      cli_error(a->slide, "batch %zu of %zu: %s", res->batches + 1, total_batches,
+                tessera_error_message());
+      tessera_batch_iter_destroy(it);
+      return false;
+    }
+    if (!b)
+      break;
+    res->checksum += checksum_pixels(b->data, b->size, b->channels);
+    res->patches += b->count;
+    res->batches++;
+    tessera_batch_release(b);
+    progress_update(&pr, res->patches);
+  }
+  tessera_batch_iter_destroy(it);
+  res->seconds = now_seconds() - start;
+  progress_end(&pr);
+  res->peak_rss_mib = peak_rss_mib();
+  return true;
+}
+
+/* ---- the report ----------------------------------------------------------------------- */
+
+static double per_second(double amount, double seconds) {
+  return seconds > 0.0 ? amount / seconds : 0.0;
+}
+
+static double megapixels(const bench_args *a, size_t patches) {
+  return (double)patches * (double)a->width * (double)a->height / 1e6;
+}
+
+static const char *layout_text(const bench_args *a) {
+  return a->locations ? "file" : layout_kind_name(a->layout);
+}
+
+/* The steps of a sliding layout; false for any other. */
+static bool sliding_steps(const bench_args *a, int64_t *sx, int64_t *sy) {
+  if (!a->have_layout || a->layout != LAYOUT_SLIDING)
+    return false;
+  layout_spec spec = {.kind = LAYOUT_SLIDING,
+                      .patch_width = a->width,
+                      .patch_height = a->height,
+                      .stride_x = a->stride_x,
+                      .stride_y = a->stride_y};
+  layout_steps(&spec, sx, sy);
+  return true;
+}
+
+static void print_json_pair(FILE *out, const char *key, int64_t first, int64_t second) {
+  fprintf(out, "  \"%s\": [%" PRId64 ", %" PRId64 "],\n", key, first, second);
+}
+
+static void print_json(const bench_args *a, const tessera_level_info *info, const xy_list *loc,
+                       const bench_result *r) {
+  FILE *out = stdout;
+  fputs("{\n  \"slide\": ", out);
+  json_write_string(out, a->slide);
+  fprintf(out, ",\n  \"level\": %" PRId64 ",\n", a->level);
+  print_json_pair(out, "level_size", info->width, info->height);
+  print_json_pair(out, "size", a->width, a->height);
+  fprintf(out,
+          "  \"channels\": %" PRId64 ",\n  \"batch_size\": %" PRId64 ",\n  \"workers\": %" PRId64
+          ",\n  \"prefetch\": %" PRId64 ",\n  \"shuffle\": %s,\n  \"seed\": %" PRId64 ",\n",
+          a->channels, a->batch_size, a->workers, a->prefetch, a->shuffle ? "true" : "false",
+          a->seed);
+  fprintf(out, "  \"layout\": \"%s\",\n  \"locations\": ", layout_text(a));
+  if (a->locations)
+    json_write_string(out, a->locations);
+  else
+    fputs("null", out);
+  fputs(",\n", out);
+  int64_t sx, sy;
+  if (sliding_steps(a, &sx, &sy))
+    print_json_pair(out, "stride", sx, sy);
+  else
+    fputs("  \"stride\": null,\n", out);
+  fprintf(out,
+          "  \"count\": %zu,\n  \"patches\": %zu,\n  \"batches\": %zu,\n  \"seconds\": ", loc->n,
+          r->patches, r->batches);
+  json_write_number(out, r->seconds);
+  fputs(",\n  \"patches_per_s\": ", out);
+  json_write_number(out, per_second((double)r->patches, r->seconds));
+  fputs(",\n  \"megapixels_per_s\": ", out);
+  json_write_number(out, per_second(megapixels(a, r->patches), r->seconds));
+  fputs(",\n  \"peak_rss_mib\": ", out);
+  json_write_number(out, r->peak_rss_mib);
+  fprintf(out, ",\n  \"checksum\": %" PRIu64 "\n}\n", r->checksum);
+}
+
+static void print_table(const bench_args *a, const tessera_level_info *info,
+                        const bench_result *r) {
+  FILE *out = stdout;
+  fputs("slide:          ", out);
+  text_write_escaped(out, a->slide);
+  fprintf(out, "\nlevel:          %" PRId64 " (%" PRId64 " x %" PRId64 ")\n", a->level, info->width,
+          info->height);
+  fputs("layout:         ", out);
+  if (a->locations)
+    text_write_escaped(out, a->locations);
+  else
+    fputs(layout_kind_name(a->layout), out);
+  int64_t sx, sy;
+  if (sliding_steps(a, &sx, &sy))
+    fprintf(out, " (stride %" PRId64 ",%" PRId64 ")", sx, sy);
+  fprintf(out, ", %" PRId64 " x %" PRId64 " patches%s, %s\n", a->width, a->height,
+          a->shuffle ? ", shuffled" : "", a->channels == 4 ? "RGBA" : "RGB");
+  fprintf(out,
+          "batches:        %zu of up to %" PRId64 "; %" PRId64 " worker%s, prefetch %" PRId64 "\n",
+          r->batches, a->batch_size, a->workers, a->workers == 1 ? "" : "s", a->prefetch);
+  fprintf(out, "patches:        %zu\n", r->patches);
+  fprintf(out, "seconds:        %.4f\n", r->seconds);
+  fprintf(out, "patches/s:      %.1f\n", per_second((double)r->patches, r->seconds));
+  fprintf(out, "megapixels/s:   %.1f\n", per_second(megapixels(a, r->patches), r->seconds));
+  fprintf(out, "peak RSS:       %.1f MiB\n", r->peak_rss_mib);
+  fprintf(out, "checksum:       %" PRIu64 "\n", r->checksum);
+}
+
+/* ---- the command ---------------------------------------------------------------------- */
+
+static bool open_level(const bench_args *a, tessera_slide **slide, tessera_level_info *info) {
+  if (tessera_open(a->slide, slide) != TESSERA_OK) {
+    cli_error(a->slide, "%s", tessera_error_message());
+    return false;
+  }
+  int32_t levels = tessera_level_count(*slide);
+  if (a->level >= levels) {
+    cli_error(a->slide, "level %" PRId64 " does not exist (the slide has %" PRId32 " level%s)",
+              a->level, levels, levels == 1 ? "" : "s");
+    return false;
+  }
+  memset(info, 0, sizeof *info);
+  info->struct_size = sizeof *info;
+  if (tessera_level_info_get(*slide, (int32_t)a->level, info) != TESSERA_OK) {
+    cli_error(a->slide, "level %" PRId64 ": %s", a->level, tessera_error_message());
+    return false;
+  }
+  return true;
+}
+
+int cmd_bench(int argc, char **argv) {
+  if (cli_wants_help(argc, argv)) {
+    cmd_bench_help(stdout);
+    return CLI_EXIT_OK;
+  }
+  bench_args a;
+  int rc = parse_args(argc, argv, &a);
+  if (rc != CLI_EXIT_OK)
+    return rc;
+
+  tessera_slide *slide = NULL;
+  tessera_level_info info;
+  xy_list loc = {0};
+  bench_result res;
+  bool ok = open_level(&a, &slide, &info) &&
+            (a.locations ? read_locations(a.locations, &loc) : make_layout(&a, &info, &loc)) &&
+            run(slide, &a, &loc, &res);
+  tessera_close(slide);
+  if (ok) {
+    if (a.json)
+      print_json(&a, &info, &loc, &res);
+    else
+      print_table(&a, &info, &res);
+  }
+  free(loc.xy);
+  if (!ok)
+    return CLI_EXIT_ERROR;
+  if (fflush(stdout) != 0 || ferror(stdout)) {
+    cli_error(NULL, "cannot write to standard output");
+    return CLI_EXIT_ERROR;
+  }
+  return CLI_EXIT_OK;
+}
