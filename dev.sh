@@ -51,6 +51,8 @@ demo() {
     --output "$out/corner-rgba.png"
   "$cli" read "$out/sample.tiff" --location 0,0 --size 640,480 --level 5 --output "$out/overview.png"
   echo "Wrote $out/level0.png, level2.png, corner-rgba.png and overview.png"
+  echo "Streaming 4000 random 224 x 224 patches through the batch reader, in batches of 32:"
+  "$cli" bench "$out/sample.tiff" --layout random --count 4000 --size 224,224 --batch-size 32
 }
 
 build_threadsan() {
