@@ -10,7 +10,16 @@ static atomic_long fail_countdown = -1;
 
 void tsr_alloc_fail_after(long n) { atomic_store(&fail_countdown, n); }
 
+/* Allocations made so far, for tests that check a steady stream allocates nothing. Relaxed:
+ * a statistic, ordered with nothing. */
+static atomic_ulong allocations;
+
+unsigned long tsr_alloc_count(void) {
+  return atomic_load_explicit(&allocations, memory_order_relaxed);
+}
+
 static bool injected_failure(void) {
+  atomic_fetch_add_explicit(&allocations, 1, memory_order_relaxed);
   long left = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
   if (left < 0)
     return false;

@@ -18,6 +18,9 @@ char *tsr_strndup(const char *s, size_t n);
  * (n < 0). Counts every thread's allocations through this file. */
 void tsr_alloc_fail_after(long n);
 
+/* Tests only: allocations (malloc, calloc, realloc) made through this file so far. */
+unsigned long tsr_alloc_count(void);
+
 /* a * b (* c) as size_t, false on overflow. */
 static inline bool tsr_mul2(size_t a, size_t b, size_t *out) {
   return !__builtin_mul_overflow(a, b, out);

@@ -11,6 +11,7 @@
 #include <tiffio.h>
 #include <unistd.h>
 
+#include "alloc.h"
 #include "check.h"
 #include "tessera.h"
 #include "tile.h"
@@ -438,6 +439,43 @@ static void test_tile_sharing(const char *dir) {
   tessera_close(s);
 }
 
+/* Once warm, a long stream allocates nothing through the library's allocator: batch buffers,
+ * jobs and per-thread tile buffers are all reused. (libjpeg's own per-image memory is not
+ * ours to pool.) No workers, so every allocation happens in this thread, in a fixed order. */
+static void test_no_allocation_when_warm(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/aperio-jpeg-CMU-1-Small-Region.svs", dir);
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK) {
+    CHECK(0, "%s: %s", path, tessera_error_message());
+    return;
+  }
+  enum { N = 400 };
+  static int64_t xy[2 * N];
+  unsigned long long rng = 5;
+  for (int i = 0; i < N; i++) {
+    xy[2 * i] = (int64_t)(test_rand(&rng) % 2000);
+    xy[2 * i + 1] = (int64_t)(test_rand(&rng) % 1500);
+  }
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 8;
+  tessera_batch_iter *it = NULL;
+  CHECK(tessera_batch_iter_create(s, xy, N, 224, 224, 0, &o, &it) == TESSERA_OK, "create");
+  unsigned long warm = 0;
+  size_t batches = 0;
+  for (tessera_batch *b; tessera_batch_iter_next(it, &b) == TESSERA_OK && b; batches++) {
+    if (batches == 10)
+      warm = tsr_alloc_count();
+    tessera_batch_release(b);
+  }
+  unsigned long after = tsr_alloc_count();
+  CHECK(batches == N / 8, "%zu batches", batches);
+  CHECK(after == warm, "%lu allocations in %zu batches after warm-up", after - warm, batches - 10);
+  tessera_batch_iter_destroy(it);
+  tessera_close(s);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   DIR *d = opendir(dir);
@@ -456,6 +494,7 @@ int main(int argc, char **argv) {
   CHECK(files >= 6, "only %d files in the test data", files);
   test_arguments(dir);
   test_tile_sharing(dir);
+  test_no_allocation_when_warm(dir);
   test_damaged_tile(dir);
   test_fork(dir);
   return check_finish("test_batch");
