@@ -235,9 +235,10 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *slide, const
 /* Number of batches the iterator yields in all. */
 TESSERA_API size_t tessera_batch_iter_length(const tessera_batch_iter *iter);
 
-/* The next batch, in order. At the end, returns TESSERA_OK with *out = NULL. If a tile needed
- * by the batch cannot be read, returns that tile's status and message with *out = NULL; that
- * batch is skipped and the next call goes on with the following one. */
+/* The next batch, in order. At the end, returns TESSERA_OK with *out = NULL. If the batch
+ * cannot be made (a tile it needs cannot be read, or its memory cannot be had), returns that
+ * status and message (for a tile, naming its level and number) with *out = NULL; that batch
+ * is skipped and the next call goes on with the following one. */
 TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *iter, tessera_batch **out);
 
 /* Gives a batch's buffer back for reuse; it must not be touched afterwards. May be called

@@ -540,8 +540,12 @@ TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tesse
   while (it->scheduled < limit && (st = schedule(it, it->scheduled)) == TESSERA_OK)
     it->scheduled++;
   if (st != TESSERA_OK && it->scheduled == it->returned) {
+    /* Not even the awaited batch could be laid out: it fails, like a batch with a bad tile,
+     * and the next call goes on with the following one. */
+    it->scheduled++;
+    it->returned++;
     pthread_mutex_unlock(&it->lock);
-    return st; /* not even the awaited batch could be laid out; a later call may */
+    return st;
   }
   start_runners(it);
   struct slot *sl = it->ring[it->returned % it->ring_size];

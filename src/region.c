@@ -25,11 +25,12 @@ TESSERA_API void tessera_read_options_init(tessera_read_options *o) {
   o->num_workers = 0;
 }
 
-/* Fills level rectangle [x0, x1) x [y0, y1), which lies inside the canvas. */
-static void fill_rect(const struct tsr_canvas *c, int64_t x0, int64_t y0, int64_t x1, int64_t y1) {
+/* Fills canvas columns [x0, x1) of rows [y0, y1), counted from the canvas's top-left pixel
+ * (not in level pixels, which may be near the ends of int64 for a patch far outside). */
+static void fill_part(const struct tsr_canvas *c, int64_t x0, int64_t y0, int64_t x1, int64_t y1) {
   size_t n = (size_t)(x1 - x0);
   for (int64_t y = y0; y < y1; y++) {
-    uint8_t *p = c->dst + (size_t)(y - c->ly) * c->stride + (size_t)(x0 - c->lx) * c->channels;
+    uint8_t *p = c->dst + (size_t)y * c->stride + (size_t)x0 * c->channels;
     if (c->channels == 3) {
       memset(p, c->fill, n * 3);
     } else {
@@ -41,9 +42,12 @@ static void fill_rect(const struct tsr_canvas *c, int64_t x0, int64_t y0, int64_
   }
 }
 
-void tsr_canvas_fill(const struct tsr_canvas *c) {
-  fill_rect(c, c->lx, c->ly, c->lx + c->width, c->ly + c->height);
+/* Fills level rectangle [x0, x1) x [y0, y1), which lies inside the canvas. */
+static void fill_rect(const struct tsr_canvas *c, int64_t x0, int64_t y0, int64_t x1, int64_t y1) {
+  fill_part(c, x0 - c->lx, y0 - c->ly, x1 - c->lx, y1 - c->ly);
 }
+
+void tsr_canvas_fill(const struct tsr_canvas *c) { fill_part(c, 0, 0, c->width, c->height); }
 
 /* The canvas clipped to the level, in level pixels. */
 static bool inside(const struct tsr_canvas *c, const struct tsr_level *lv, int64_t *x0, int64_t *y0,
