@@ -231,6 +231,16 @@ static void test_file(const char *path) {
   tessera_close(s);
 }
 
+/* Opens a file of the test data (its path left in path); NULL, with a failed check, if it
+ * cannot be opened. */
+static tessera_slide *open_testdata(const char *dir, const char *name, char *path, size_t size) {
+  snprintf(path, size, "%s/%s", dir, name);
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK)
+    CHECK(0, "%s: %s", path, tessera_error_message());
+  return s;
+}
+
 static int copy_file(const char *from, const char *to) {
   FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
   int ok = in && out;
@@ -320,12 +330,9 @@ static void test_damaged_tile(const char *dir) {
  * own on first use instead of waiting forever on the parent's. */
 static void test_fork(const char *dir) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
-  tessera_slide *s = NULL;
-  if (tessera_open(path, &s) != TESSERA_OK) {
-    CHECK(0, "%s: %s", path, tessera_error_message());
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff", path, sizeof path);
+  if (!s)
     return;
-  }
   unsigned long long rng = 99;
   int fails = stream_and_check(s, path, 0, &rng);
   pid_t pid = fork();
@@ -345,12 +352,9 @@ static void test_fork(const char *dir) {
 
 static void test_arguments(const char *dir) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
-  tessera_slide *s = NULL;
-  if (tessera_open(path, &s) != TESSERA_OK) {
-    CHECK(0, "%s: %s", path, tessera_error_message());
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff", path, sizeof path);
+  if (!s)
     return;
-  }
   int64_t xy[2] = {0, 0};
   tessera_batch_iter *it = (tessera_batch_iter *)1;
   tessera_batch_options o;
@@ -388,12 +392,9 @@ static void test_arguments(const char *dir) {
  * consecutive patches are read again (nothing is cached across batches). */
 static void test_tile_sharing(const char *dir) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
-  tessera_slide *s = NULL;
-  if (tessera_open(path, &s) != TESSERA_OK) {
-    CHECK(0, "%s: %s", path, tessera_error_message());
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff", path, sizeof path);
+  if (!s)
     return;
-  }
   /* 512 x 384 in 128 x 128 tiles; 128 x 128 patches every 64 pixels: 7 x 5 patches. */
   int64_t xy[2 * 35];
   for (int i = 0; i < 35; i++) {
@@ -444,12 +445,9 @@ static void test_tile_sharing(const char *dir) {
  * ours to pool.) No workers, so every allocation happens in this thread, in a fixed order. */
 static void test_no_allocation_when_warm(const char *dir) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/aperio-jpeg-CMU-1-Small-Region.svs", dir);
-  tessera_slide *s = NULL;
-  if (tessera_open(path, &s) != TESSERA_OK) {
-    CHECK(0, "%s: %s", path, tessera_error_message());
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs", path, sizeof path);
+  if (!s)
     return;
-  }
   enum { N = 400 };
   static int64_t xy[2 * N];
   unsigned long long rng = 5;
