@@ -25,8 +25,11 @@
  * Threads
  *  - Parallel reads and batch iterators use one pool of worker threads owned by the library:
  *    started on first use, one per online CPU, shared by every slide and call, never spawned
- *    per call. A request's num_workers caps how many of them it uses. A process that forks
- *    gets a fresh pool in the child on first use there.
+ *    per call. A request's num_workers caps how many of them it uses; a long stream gives
+ *    its threads up between tiles, so other requests are not starved. A process that forks
+ *    gets a fresh pool in the child on first use there. An iterator made before fork() is
+ *    not usable in the child (next fails with TESSERA_E_ARGUMENT; destroy and release do
+ *    nothing there); make iterators in the process that uses them.
  */
 #ifndef TESSERA_H
 #define TESSERA_H

@@ -80,10 +80,13 @@ struct tessera_batch_iter {
   struct job *free_jobs;
   struct job **table; /* queued jobs by tile, open addressing */
   size_t table_count;
-  unsigned runners; /* runner tasks queued in the pool or running */
-  size_t held;      /* batches handed out and not yet released */
-  bool destroyed;
-  bool no_pool; /* the pool could not be started: the consumer decodes */
+  unsigned runners;    /* runner tasks queued in the pool or running */
+  unsigned busy;       /* jobs being painted now (by runners or the consumer) */
+  size_t held;         /* batches handed out and not yet released */
+  bool cancelled;      /* destroy has begun: no job is taken any more */
+  bool destroyed;      /* destroy has ended: whoever lets go last frees the iterator */
+  bool no_pool;        /* the pool could not be started: the consumer decodes */
+  unsigned generation; /* the pool's fork generation at creation; set once */
 };
 
 TESSERA_API void tessera_batch_options_init(tessera_batch_options *o) {
@@ -320,11 +323,12 @@ static tessera_status schedule(struct tessera_batch_iter *it, size_t number) {
 
 /* ---- running jobs ---- */
 
-/* Takes the next queued job, or NULL (lock held). */
+/* Takes the next queued job to run, or NULL (lock held). */
 static struct job *pop_job(struct tessera_batch_iter *it) {
   struct job *j = it->queue_head;
-  if (!j)
+  if (!j || it->cancelled)
     return NULL;
+  it->busy++;
   it->queue_head = j->next;
   if (!it->queue_head)
     it->queue_tail = NULL;
@@ -351,30 +355,48 @@ static void run_job(struct tessera_batch_iter *it, struct job *j) {
   }
   j->next = it->free_jobs;
   it->free_jobs = j;
-  if (done)
+  it->busy--;
+  if (done || (it->cancelled && it->busy == 0))
     pthread_cond_broadcast(&it->changed);
 }
 
-/* A pool task: runs queued jobs until there are none (or the iterator is being destroyed). */
+static void free_iter(struct tessera_batch_iter *it);
+
+/* Whether nothing references the iterator any more (lock held). */
+static bool finished(const struct tessera_batch_iter *it) {
+  return it->destroyed && it->runners == 0 && it->held == 0;
+}
+
+/* A pool task: runs queued jobs until there are none (or the iterator is being destroyed).
+ * After each job it gives its thread up to other waiting tasks (another iterator's runners,
+ * a region read's helpers), continuing as a new task at the back of the pool's queue. */
 static void runner_main(void *arg) {
   struct tessera_batch_iter *it = arg;
   pthread_mutex_lock(&it->lock);
-  for (;;) {
-    struct job *j = it->destroyed ? NULL : pop_job(it);
-    if (!j)
-      break;
+  for (struct job *j; (j = pop_job(it)) != NULL;) {
     pthread_mutex_unlock(&it->lock);
     run_job(it, j); /* returns with the lock held */
+    if (it->queue_head && !it->cancelled) {
+      pthread_mutex_unlock(&it->lock);
+      if (tsr_pool_requeue(runner_main, it))
+        return; /* the new task carries this one's place in `runners` */
+      pthread_mutex_lock(&it->lock);
+    }
   }
   it->runners--;
+  bool last = finished(it);
   pthread_cond_broadcast(&it->changed);
   pthread_mutex_unlock(&it->lock);
+  if (last)
+    free_iter(it);
 }
 
 /* Starts runners while there is queued work and fewer than allowed run (lock held on entry
  * and exit; released while submitting, since a full pool queue makes submit wait). */
 static void start_runners(struct tessera_batch_iter *it) {
-  unsigned want = it->workers;
+  unsigned want = it->workers, threads = tsr_pool_threads();
+  if (want > threads)
+    want = threads; /* more would only queue behind each other */
   if (want == 0 || it->no_pool || !it->queue_head || it->runners >= want)
     return;
   unsigned add = want - it->runners;
@@ -484,6 +506,9 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   it->batch_bytes = batch_bytes;
   it->workers = (unsigned)o.num_workers;
   it->ahead = o.num_workers > 0 ? (size_t)o.prefetch_factor : 0;
+  if (it->ahead > it->nbatches)
+    it->ahead = it->nbatches; /* never more slots than batches */
+  it->generation = tsr_pool_generation();
   it->ring_size = it->ahead + 1;
   /* Tiles per patch at most, times the patches that can be queued at once. */
   const struct tsr_level *lv = &s->levels[level];
@@ -528,6 +553,9 @@ TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tesse
   *out = NULL;
   if (!it)
     return tsr_error(TESSERA_E_ARGUMENT, "NULL iterator");
+  if (it->generation != tsr_pool_generation())
+    return tsr_error(TESSERA_E_ARGUMENT, "the batch iterator was made before fork(); make a new "
+                                         "one in this process");
   pthread_mutex_lock(&it->lock);
   if (it->returned == it->nbatches) {
     pthread_mutex_unlock(&it->lock);
@@ -573,16 +601,13 @@ TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tesse
   return TESSERA_OK;
 }
 
-/* Whether nothing references the iterator any more (lock held). */
-static bool finished(const struct tessera_batch_iter *it) {
-  return it->destroyed && it->runners == 0 && it->held == 0;
-}
-
 TESSERA_API void tessera_batch_release(tessera_batch *batch) {
   if (!batch)
     return;
   struct slot *sl = (struct slot *)((char *)batch - offsetof(struct slot, pub));
   struct tessera_batch_iter *it = sl->it;
+  if (it->generation != tsr_pool_generation())
+    return; /* made before fork(): its lock may be held by a thread gone with the parent */
   pthread_mutex_lock(&it->lock);
   sl->next = it->free_slots;
   it->free_slots = sl;
@@ -596,15 +621,26 @@ TESSERA_API void tessera_batch_release(tessera_batch *batch) {
 TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *it) {
   if (!it)
     return;
+  /* Made before fork(): the parent's runners and any lock they held are not here. Its memory
+   * is left alone (a small leak in the child) rather than touched in an unknown state. */
+  if (it->generation != tsr_pool_generation())
+    return;
   pthread_mutex_lock(&it->lock);
-  it->destroyed = true;
-  /* Queued jobs are dropped; running ones finish, then their runners see `destroyed`. */
-  for (struct job *j; (j = pop_job(it)) != NULL;) {
+  /* Queued jobs are dropped. Jobs being painted touch the slide, which the caller may close
+   * as soon as this returns, so they are waited for; runner tasks still queued in the pool
+   * are not: they will find `cancelled`, and the last to let go frees the iterator. */
+  it->cancelled = true;
+  while (it->queue_head) {
+    struct job *j = it->queue_head;
+    it->queue_head = j->next;
+    table_remove(it, j);
     j->next = it->free_jobs;
     it->free_jobs = j;
   }
-  while (it->runners > 0)
+  it->queue_tail = NULL;
+  while (it->busy > 0)
     pthread_cond_wait(&it->changed, &it->lock);
+  it->destroyed = true;
   /* Batches scheduled but not handed out go back to the free list. */
   for (size_t b = it->returned; b < it->scheduled; b++) {
     struct slot *sl = it->ring[b % it->ring_size];

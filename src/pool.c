@@ -22,6 +22,7 @@ static struct {
   unsigned head, count;
   bool started, failed, stopping;
   unsigned nthreads;
+  unsigned generation; /* fork()s survived as a child */
   pthread_t threads[TSR_POOL_MAX_THREADS];
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
@@ -69,6 +70,7 @@ static void after_fork_child(void) {
   pool.head = pool.count = 0;
   pool.started = pool.failed = pool.stopping = false;
   pool.nthreads = 0;
+  pool.generation++;
 }
 
 static void register_atfork(void) {
@@ -104,13 +106,36 @@ bool tsr_pool_submit(tsr_task_fn fn, void *arg) {
     pthread_mutex_unlock(&pool.lock);
     return false;
   }
-  while (pool.count == TSR_POOL_QUEUE)
+  while (pool.count == TSR_POOL_QUEUE && !pool.stopping)
     pthread_cond_wait(&pool.not_full, &pool.lock);
+  if (pool.stopping) {
+    pthread_mutex_unlock(&pool.lock);
+    return false; /* no worker may be left to run it */
+  }
   pool.queue[(pool.head + pool.count) % TSR_POOL_QUEUE] = (struct task){fn, arg};
   pool.count++;
   pthread_cond_signal(&pool.not_empty);
   pthread_mutex_unlock(&pool.lock);
   return true;
+}
+
+bool tsr_pool_requeue(tsr_task_fn fn, void *arg) {
+  pthread_mutex_lock(&pool.lock);
+  bool queued = pool.count > 0 && pool.count < TSR_POOL_QUEUE && !pool.stopping;
+  if (queued) {
+    pool.queue[(pool.head + pool.count) % TSR_POOL_QUEUE] = (struct task){fn, arg};
+    pool.count++;
+    pthread_cond_signal(&pool.not_empty);
+  }
+  pthread_mutex_unlock(&pool.lock);
+  return queued;
+}
+
+unsigned tsr_pool_generation(void) {
+  pthread_mutex_lock(&pool.lock);
+  unsigned g = pool.generation;
+  pthread_mutex_unlock(&pool.lock);
+  return g;
 }
 
 /* At unload or exit: let the workers finish what is queued, then join them, so no thread of
@@ -123,6 +148,7 @@ __attribute__((destructor)) static void stop_pool(void) {
   }
   pool.stopping = true;
   pthread_cond_broadcast(&pool.not_empty);
+  pthread_cond_broadcast(&pool.not_full);
   pthread_mutex_unlock(&pool.lock);
   for (unsigned i = 0; i < pool.nthreads; i++)
     pthread_join(pool.threads[i], NULL);

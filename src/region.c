@@ -183,55 +183,80 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
 }
 
 /* The tiles of one region, shared by the caller and the pool workers helping it. Tiles are
- * claimed through `next` without a lock; each lands in its own part of the canvas. */
+ * claimed through `next` without a lock; each lands in its own part of the canvas. The job
+ * lives on the heap and is freed by the last of the caller and its helper tasks to let go:
+ * the caller waits only for helpers that are painting, never for helper tasks still queued
+ * behind other work, which find every tile claimed when they start and touch nothing but
+ * the job. */
 struct region_job {
-  const tessera_slide *s; /* these four are set before any helper starts, then only read */
+  const tessera_slide *s; /* these are set before any helper is queued, then only read */
   int32_t level;
   const struct tsr_canvas *canvas;
   int64_t tx0, ty0, across;
   uint64_t ntiles;
   atomic_uint_fast64_t next; /* the next tile number to claim */
   atomic_bool stop;          /* a tile failed: claim no more */
-  pthread_mutex_t lock;      /* guards helpers and failure */
-  pthread_cond_t idle;       /* signalled when helpers drops to 0 */
-  unsigned helpers;          /* helper tasks queued or running */
+  pthread_mutex_t lock;      /* guards refs, active and failure */
+  pthread_cond_t idle;       /* signalled when active drops to 0 */
+  unsigned refs;             /* the caller plus helper tasks not yet finished */
+  unsigned active;           /* helpers painting tiles now */
   struct tsr_failure failure;
 };
 
+static void keep_failure(struct region_job *j, tessera_status st) {
+  pthread_mutex_lock(&j->lock);
+  tsr_failure_keep(&j->failure, st);
+  pthread_mutex_unlock(&j->lock);
+  atomic_store(&j->stop, true);
+}
+
 static void paint_tiles(struct region_job *j) {
-  const struct tsr_level *lv = &j->s->levels[j->level];
-  struct tsr_tile_buffers *b = tsr_tile_buffers_get();
-  if (!b) {
-    pthread_mutex_lock(&j->lock);
-    tsr_failure_keep(&j->failure, tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers"));
-    pthread_mutex_unlock(&j->lock);
-    atomic_store(&j->stop, true);
-    return;
-  }
   uint64_t i;
+  struct tsr_tile_buffers *b = NULL;
   while (!atomic_load_explicit(&j->stop, memory_order_relaxed) &&
          (i = atomic_fetch_add(&j->next, 1)) < j->ntiles) {
+    /* Only a thread that claimed a tile may touch the slide and canvas: the caller may have
+     * finished and returned by the time a late helper starts. */
+    if (!b && !(b = tsr_tile_buffers_get())) {
+      keep_failure(j, tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers"));
+      return;
+    }
+    const struct tsr_level *lv = &j->s->levels[j->level];
     int64_t tx = j->tx0 + (int64_t)(i % (uint64_t)j->across);
     int64_t ty = j->ty0 + (int64_t)(i / (uint64_t)j->across);
     uint64_t index = (uint64_t)ty * lv->across + (uint64_t)tx;
     tessera_status st = tsr_paint_tile(j->s, j->level, index, &j->canvas, 1, b);
-    if (st != TESSERA_OK) {
-      pthread_mutex_lock(&j->lock);
-      tsr_failure_keep(&j->failure, st);
-      pthread_mutex_unlock(&j->lock);
-      atomic_store(&j->stop, true);
-    }
+    if (st != TESSERA_OK)
+      keep_failure(j, st);
   }
-  tsr_tile_buffers_trim(b);
+  if (b)
+    tsr_tile_buffers_trim(b);
+}
+
+static void free_job(struct region_job *j) {
+  pthread_mutex_destroy(&j->lock);
+  pthread_cond_destroy(&j->idle);
+  tsr_free(j);
+}
+
+/* Drops one reference (lock held on entry, released on return). */
+static void let_go(struct region_job *j) {
+  bool last = --j->refs == 0;
+  pthread_mutex_unlock(&j->lock);
+  if (last)
+    free_job(j);
 }
 
 static void helper_main(void *arg) {
   struct region_job *j = arg;
+  pthread_mutex_lock(&j->lock);
+  j->active++;
+  pthread_mutex_unlock(&j->lock);
   paint_tiles(j);
   pthread_mutex_lock(&j->lock);
-  if (--j->helpers == 0)
+  if (--j->active == 0)
     pthread_cond_signal(&j->idle);
-  pthread_mutex_unlock(&j->lock);
+  let_go(j);
 }
 
 /* Paints every tile the canvas overlaps, with up to num_workers threads (the caller one of
@@ -244,40 +269,48 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct tsr_ca
     return TESSERA_OK;
   if (lv->fmt.unsupported[0])
     return tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level);
-  struct region_job j = {
-      .s = s, .level = level, .canvas = c, .tx0 = tx0, .ty0 = ty0, .across = tx1 - tx0 + 1};
-  j.ntiles = (uint64_t)j.across * (uint64_t)(ty1 - ty0 + 1);
-  atomic_init(&j.next, 0);
-  atomic_init(&j.stop, false);
-  pthread_mutex_init(&j.lock, NULL);
-  pthread_cond_init(&j.idle, NULL);
+  struct region_job *j = tsr_calloc(1, sizeof *j);
+  if (!j)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a region read");
+  *j = (struct region_job){.s = s,
+                           .level = level,
+                           .canvas = c,
+                           .tx0 = tx0,
+                           .ty0 = ty0,
+                           .across = tx1 - tx0 + 1,
+                           .refs = 1};
+  j->ntiles = (uint64_t)j->across * (uint64_t)(ty1 - ty0 + 1);
+  atomic_init(&j->next, 0);
+  atomic_init(&j->stop, false);
+  pthread_mutex_init(&j->lock, NULL);
+  pthread_cond_init(&j->idle, NULL);
   uint64_t want = num_workers > 1 ? (uint64_t)num_workers - 1 : 0;
-  if (want > j.ntiles - 1)
-    want = j.ntiles - 1;
+  if (want > j->ntiles - 1)
+    want = j->ntiles - 1;
   if (want > 0) {
     unsigned threads = tsr_pool_threads();
     if (want > threads)
       want = threads;
   }
   for (uint64_t h = 0; h < want; h++) {
-    pthread_mutex_lock(&j.lock);
-    j.helpers++;
-    pthread_mutex_unlock(&j.lock);
-    if (!tsr_pool_submit(helper_main, &j)) {
-      pthread_mutex_lock(&j.lock);
-      j.helpers--;
-      pthread_mutex_unlock(&j.lock);
+    pthread_mutex_lock(&j->lock);
+    j->refs++;
+    pthread_mutex_unlock(&j->lock);
+    if (!tsr_pool_submit(helper_main, j)) {
+      pthread_mutex_lock(&j->lock);
+      j->refs--;
+      pthread_mutex_unlock(&j->lock);
       break;
     }
   }
-  paint_tiles(&j);
-  pthread_mutex_lock(&j.lock);
-  while (j.helpers > 0)
-    pthread_cond_wait(&j.idle, &j.lock);
-  pthread_mutex_unlock(&j.lock);
-  pthread_mutex_destroy(&j.lock);
-  pthread_cond_destroy(&j.idle);
-  return j.failure.status == TESSERA_OK ? TESSERA_OK : tsr_failure_raise(&j.failure);
+  paint_tiles(j);
+  /* Every tile is claimed now; wait for those being painted by helpers. */
+  pthread_mutex_lock(&j->lock);
+  while (j->active > 0)
+    pthread_cond_wait(&j->idle, &j->lock);
+  tessera_status st = j->failure.status == TESSERA_OK ? TESSERA_OK : tsr_failure_raise(&j->failure);
+  let_go(j);
+  return st;
 }
 
 static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t level,

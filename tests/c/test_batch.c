@@ -6,6 +6,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <tiffio.h>
@@ -474,6 +475,149 @@ static void test_no_allocation_when_warm(const char *dir) {
   tessera_close(s);
 }
 
+struct release_job {
+  tessera_batch *batch;
+};
+
+static void *release_thread(void *arg) {
+  tessera_batch_release(((struct release_job *)arg)->batch);
+  return NULL;
+}
+
+/* The last batch released by another thread while destroy runs (and while runners still
+ * decode prefetched batches): whichever lets go last frees the iterator, exactly once. */
+static void test_release_races_destroy(const char *dir) {
+  char path[4096];
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs", path, sizeof path);
+  if (!s)
+    return;
+  unsigned long long rng = 11;
+  int64_t *xy = random_locations(s, 0, 64, 200, 200, &rng);
+  for (int round = 0; round < 150; round++) {
+    tessera_batch_options o;
+    tessera_batch_options_init(&o);
+    o.batch_size = 2;
+    o.num_workers = 2;
+    o.prefetch_factor = 4;
+    tessera_batch_iter *it = NULL;
+    tessera_batch *b = NULL;
+    if (tessera_batch_iter_create(s, xy, 64, 200, 200, 0, &o, &it) != TESSERA_OK ||
+        tessera_batch_iter_next(it, &b) != TESSERA_OK || !b) {
+      CHECK(0, "stream: %s", tessera_error_message());
+      tessera_batch_iter_destroy(it);
+      break;
+    }
+    struct release_job r = {b};
+    pthread_t t;
+    pthread_create(&t, NULL, release_thread, &r);
+    tessera_batch_iter_destroy(it);
+    pthread_join(t, NULL);
+  }
+  free(xy);
+  tessera_close(s);
+}
+
+struct endless_stream {
+  tessera_slide *s;
+  atomic_int stop;
+  int batches;
+};
+
+static void *endless_stream_thread(void *arg) {
+  struct endless_stream *e = arg;
+  unsigned long long rng = 3;
+  int64_t *xy = random_locations(e->s, 0, 4096, 256, 256, &rng);
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 4;
+  o.num_workers = 64; /* every thread of the pool, and more */
+  o.prefetch_factor = 8;
+  tessera_batch_iter *it = NULL;
+  if (tessera_batch_iter_create(e->s, xy, 4096, 256, 256, 0, &o, &it) == TESSERA_OK) {
+    for (tessera_batch *b;
+         !atomic_load(&e->stop) && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;) {
+      e->batches++;
+      tessera_batch_release(b);
+    }
+  }
+  tessera_batch_iter_destroy(it);
+  free(xy);
+  return NULL;
+}
+
+/* A stream that keeps every pool thread busy must not starve a parallel region read made
+ * meanwhile in another thread (its helpers queue behind the stream's runners, which give
+ * their threads up after each tile), nor a second iterator. */
+static void test_no_starvation(const char *dir) {
+  char path[4096];
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs", path, sizeof path);
+  if (!s)
+    return;
+  struct endless_stream e = {s, 0, 0};
+  pthread_t t;
+  pthread_create(&t, NULL, endless_stream_thread, &e);
+  tessera_level_info info = {.struct_size = sizeof info};
+  tessera_level_info_get(s, 0, &info);
+  size_t size = (size_t)(info.width * info.height * 3);
+  uint8_t *a = malloc(size), *b = malloc(size);
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  tessera_status sa = tessera_read_level(s, 0, &o, a, size);
+  o.num_workers = 3;
+  for (int i = 0; i < 3; i++) {
+    tessera_status sb = tessera_read_level(s, 0, &o, b, size);
+    CHECK(sa == TESSERA_OK && sb == TESSERA_OK && memcmp(a, b, size) == 0,
+          "a parallel read during a stream differs or failed: %s", tessera_error_message());
+  }
+  unsigned long long rng = 21;
+  CHECK(stream_and_check(s, path, 0, &rng) == 0, "a second stream differs");
+  atomic_store(&e.stop, 1);
+  pthread_join(t, NULL);
+  CHECK(e.batches > 0, "the endless stream made no progress");
+  free(a);
+  free(b);
+  tessera_close(s);
+}
+
+/* An iterator with work in flight when the process forks: in the child it fails clearly
+ * instead of waiting forever for runners that stayed with the parent, and destroying it
+ * there returns. */
+static void test_fork_with_iterator_in_flight(const char *dir) {
+  char path[4096];
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs", path, sizeof path);
+  if (!s)
+    return;
+  unsigned long long rng = 17;
+  int64_t *xy = random_locations(s, 0, 200, 256, 256, &rng);
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 4;
+  o.num_workers = 2;
+  o.prefetch_factor = 6;
+  tessera_batch_iter *it = NULL;
+  tessera_batch *b = NULL;
+  CHECK(tessera_batch_iter_create(s, xy, 200, 256, 256, 0, &o, &it) == TESSERA_OK &&
+            tessera_batch_iter_next(it, &b) == TESSERA_OK && b,
+        "stream: %s", tessera_error_message());
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20); /* a hang is a failure, not a stuck test */
+    tessera_batch *c = NULL;
+    tessera_status st = tessera_batch_iter_next(it, &c);
+    int ok = st == TESSERA_E_ARGUMENT && !c && strstr(tessera_error_message(), "fork");
+    tessera_batch_iter_destroy(it);
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait failed");
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "the child with an inherited iterator failed or hung (status %d)", status);
+  tessera_batch_release(b);
+  tessera_batch_iter_destroy(it);
+  free(xy);
+  tessera_close(s);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   DIR *d = opendir(dir);
@@ -495,5 +639,8 @@ int main(int argc, char **argv) {
   test_no_allocation_when_warm(dir);
   test_damaged_tile(dir);
   test_fork(dir);
+  test_release_races_destroy(dir);
+  test_no_starvation(dir);
+  test_fork_with_iterator_in_flight(dir);
   return check_finish("test_batch");
 }
