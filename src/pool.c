@@ -1,6 +1,7 @@
 #include "pool.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -27,6 +28,10 @@ static struct {
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/* fork()s survived as a child. Written only by the fork handler, while the child has a single
+ * thread; read without the lock on every batch, hence atomic. */
+static atomic_uint generation;
 
 static void *worker(void *unused) {
   (void)unused;
@@ -70,7 +75,7 @@ static void after_fork_child(void) {
   pool.head = pool.count = 0;
   pool.started = pool.failed = pool.stopping = false;
   pool.nthreads = 0;
-  pool.generation++;
+  atomic_fetch_add_explicit(&generation, 1, memory_order_relaxed);
 }
 
 static void register_atfork(void) {
@@ -132,10 +137,7 @@ bool tsr_pool_requeue(tsr_task_fn fn, void *arg) {
 }
 
 unsigned tsr_pool_generation(void) {
-  pthread_mutex_lock(&pool.lock);
-  unsigned g = pool.generation;
-  pthread_mutex_unlock(&pool.lock);
-  return g;
+  return atomic_load_explicit(&generation, memory_order_relaxed);
 }
 
 /* At unload or exit: let the workers finish what is queued, then join them, so no thread of
