@@ -1,6 +1,8 @@
 """`meson install` puts the library (shared and static), tessera.h, tessera.pc and the command
 where a program built with pkg-config finds them: examples/read_region.c is compiled against
-the installed copy, linked both ways, and its region equals the build tree's read."""
+the installed copy, linked both ways, and its region equals the build tree's read; so is
+examples/batches.c, whose stream of batches (worker threads included, so a static link must
+bring the thread library along) must sum to the same bytes as single reads of its patches."""
 
 import os
 import subprocess
@@ -39,18 +41,23 @@ def test_installed_files(installed):
     assert any(n.startswith("libtessera.so") for n in names), sorted(names)
 
 
-@pytest.mark.parametrize("link", ["shared", "static"])
-def test_example_builds_against_the_install_and_reads(installed, lib, tmp_path, link):
+def build_example(installed, tmp_path, link, name):
+    """Compiles examples/NAME.c against the install; returns the program and its environment."""
     dest, pcdir = installed
     flags = pkg_config(dest, pcdir, "--cflags", "--libs",
                        *(["--static"] if link == "static" else []))
     libdir = [f[2:] for f in flags if f.startswith("-L")][0]
     if link == "static":   # the archive itself in place of -ltessera, then its dependencies
         flags = [os.path.join(libdir, "libtessera.a") if f == "-ltessera" else f for f in flags]
-    exe = str(tmp_path / "read_region")
-    src = os.path.join(F.REPO, "examples", "read_region.c")
+    exe = str(tmp_path / name)
+    src = os.path.join(F.REPO, "examples", name + ".c")
     subprocess.run(["cc", "-Wall", "-Werror", src, "-o", exe] + flags, check=True)
-    env = dict(os.environ, LD_LIBRARY_PATH=libdir)
+    return exe, dict(os.environ, LD_LIBRARY_PATH=libdir)
+
+
+@pytest.mark.parametrize("link", ["shared", "static"])
+def test_example_builds_against_the_install_and_reads(installed, lib, tmp_path, link):
+    exe, env = build_example(installed, tmp_path, link, "read_region")
     path = os.path.join(F.TESTDATA, "generic-jpeg-ycbcr-128tiles.tiff")
     r = subprocess.run([exe, path, "100", "50", "0", "300", "200"], capture_output=True,
                        env=env, check=True)
@@ -63,3 +70,21 @@ def test_example_builds_against_the_install_and_reads(installed, lib, tmp_path, 
     if link == "static":
         ldd = subprocess.run(["ldd", exe], capture_output=True, text=True).stdout
         assert "libtessera" not in ldd, ldd
+
+
+@pytest.mark.parametrize("link", ["shared", "static"])
+def test_batch_example_streams_what_single_reads_give(installed, lib, tmp_path, link):
+    exe, env = build_example(installed, tmp_path, link, "batches")
+    path = os.path.join(F.TESTDATA, "generic-jpeg-ycbcr-128tiles.tiff")
+    r = subprocess.run([exe, path, "0", "100", "60", "4", "2"], capture_output=True, text=True,
+                       env=env, check=True)
+    lines = r.stdout.splitlines()
+    with T.open_slide(path) as s:
+        info = s.level_info(0)
+        across, down = info.width // 100, info.height // 60
+        want = sum(int(s.read_region(x * 100, y * 60, 0, 100, 60).sum(dtype=np.uint64))
+                   for y in range(down) for x in range(across))
+    n = across * down
+    assert lines[-1] == "%d patches, byte sum %d" % (n, want), lines[-1]
+    counts = [int(l.split(": ")[1].split()[0]) for l in lines[:-1]]
+    assert counts == [4] * (n // 4) + ([n % 4] if n % 4 else []), lines
