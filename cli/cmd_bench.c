@@ -11,12 +11,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_BATCH 32
 #define DEFAULT_PREFETCH 2
 #define MAX_WORKERS 1024
+#define MAX_PROCESSES 256
 #define MAX_BATCH ((int64_t)1 << 20)
 #define MAX_COUNT ((int64_t)1 << 30)
 #define MAX_SIDE INT32_MAX
@@ -39,6 +41,8 @@ enum {
   OPT_SHUFFLE,
   OPT_SEED,
   OPT_CHANNELS,
+  OPT_CACHE,
+  OPT_PROCESSES,
   OPT_JSON,
   OPT_HELP
 };
@@ -56,6 +60,8 @@ static const cli_option options[] = {
     {"shuffle", 0, false, OPT_SHUFFLE},
     {"seed", 0, true, OPT_SEED},
     {"channels", 'c', true, OPT_CHANNELS},
+    {"cache", 0, true, OPT_CACHE},
+    {"processes", 'P', true, OPT_PROCESSES},
     {"json", 'j', false, OPT_JSON},
     {"help", 'h', false, OPT_HELP},
 };
@@ -65,7 +71,8 @@ void cmd_bench_help(FILE *out) {
           "Usage: tessera bench SLIDE (--locations FILE | --layout grid|random|sliding\n"
           "                     [--count N] [--stride S]) --size W,H [--level L]\n"
           "                     [--batch-size B] [--workers W] [--prefetch F]\n"
-          "                     [--shuffle] [--seed S] [--channels 3|4] [--json]\n"
+          "                     [--shuffle] [--seed S] [--channels 3|4]\n"
+          "                     [--cache TYPE[:MIB]] [--processes P] [--json]\n"
           "\n"
           "Read W x H patches of level L through the batch iterator, as a training or\n"
           "inference loop would, discard them and report the rate: patches, seconds,\n"
@@ -106,12 +113,22 @@ void cmd_bench_help(FILE *out) {
           "      --shuffle         visit the patches in a random order (seeded by --seed)\n"
           "      --seed S          seed of the random layout and of --shuffle (default 0)\n"
           "  -c, --channels C      3 for RGB (default) or 4 for RGBA\n"
+          "      --cache TYPE[:MIB]\n"
+          "                        the decoded-tile cache: nocache (default),\n"
+          "                        per_process:MIB (each process its own) or\n"
+          "                        shared_memory:MIB (one for all the processes; not\n"
+          "                        available yet); hits and misses are reported\n"
+          "  -P, --processes P     fork P processes that split the locations between\n"
+          "                        them, in order (default 1); the checksum, hits and\n"
+          "                        misses are summed over them, the time runs from the\n"
+          "                        first fork to the last exit\n"
           "  -j, --json            print one JSON object: the parameters (slide, level,\n"
           "                        size, channels, batch_size, workers, prefetch,\n"
-          "                        shuffle, seed, layout, locations, stride, count) and\n"
-          "                        the results (patches, batches, seconds,\n"
-          "                        patches_per_s, megapixels_per_s, peak_rss_mib,\n"
-          "                        checksum)\n"
+          "                        shuffle, seed, layout, locations, stride, count,\n"
+          "                        cache, cache_mib, processes) and the results\n"
+          "                        (patches, batches, seconds, patches_per_s,\n"
+          "                        megapixels_per_s, peak_rss_mib, cache_hits,\n"
+          "                        cache_misses, checksum)\n"
           "  -h, --help            show this help\n"
           "\n"
           "On a terminal, a run longer than half a second shows its progress on stderr;\n"
@@ -124,7 +141,9 @@ void cmd_bench_help(FILE *out) {
           "      --batch-size 64 --workers 8 --seed 7\n"
           "  tessera bench slide.tiff --layout sliding --stride 112 --size 224,224 \\\n"
           "      --level 1 --json\n"
-          "  tessera bench slide.svs --locations patches.txt --size 512,512 --shuffle\n",
+          "  tessera bench slide.svs --locations patches.txt --size 512,512 --shuffle\n"
+          "  tessera bench slide.tiff --layout sliding --stride 112 --size 224,224 \\\n"
+          "      --shuffle --workers 1 --cache per_process:512\n",
           MAX_COUNT, MAX_BATCH, DEFAULT_BATCH, MAX_WORKERS, DEFAULT_PREFETCH);
 }
 
@@ -136,7 +155,35 @@ typedef struct bench_args {
   int64_t count; /* 0: all */
   int64_t stride_x, stride_y;
   int64_t width, height, level, batch_size, workers, prefetch, seed, channels;
+  tessera_cache_type cache;
+  int64_t cache_mib, processes;
 } bench_args;
+
+/* "nocache", or "per_process:MIB" / "shared_memory:MIB". */
+static bool parse_cache(const char *v, bench_args *a) {
+  static const struct {
+    const char *name;
+    tessera_cache_type type;
+  } types[] = {{"nocache", TESSERA_CACHE_NONE},
+               {"per_process", TESSERA_CACHE_PER_PROCESS},
+               {"shared_memory", TESSERA_CACHE_SHARED_MEMORY}};
+  size_t len = strcspn(v, ":");
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++) {
+    if (strlen(types[i].name) != len || strncmp(v, types[i].name, len) != 0)
+      continue;
+    a->cache = types[i].type;
+    if (a->cache == TESSERA_CACHE_NONE)
+      return v[len] == '\0' ||
+             (cli_usage("bench", "--cache nocache takes no size ('%s')", v), false);
+    if (v[len] != ':')
+      return cli_usage("bench", "--cache %s needs a size in MiB: %s:MIB", types[i].name,
+                       types[i].name),
+             false;
+    return cli_parse_int64("bench", "--cache", v + len + 1, 1, (int64_t)1 << 30, &a->cache_mib);
+  }
+  cli_usage("bench", "--cache: '%s' is not nocache, per_process:MIB or shared_memory:MIB", v);
+  return false;
+}
 
 static int default_workers(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -175,6 +222,9 @@ static bool parse_option(int id, const char *v, bench_args *a) {
   case OPT_SHUFFLE: a->shuffle = true; return true;
   case OPT_SEED: return cli_parse_int64("bench", "--seed", v, 0, INT64_MAX, &a->seed);
   case OPT_CHANNELS: return cli_parse_int64("bench", "--channels", v, 3, 4, &a->channels);
+  case OPT_CACHE: return parse_cache(v, a);
+  case OPT_PROCESSES:
+    return cli_parse_int64("bench", "--processes", v, 1, MAX_PROCESSES, &a->processes);
   case OPT_JSON: a->json = true; return true;
   }
   return true;
@@ -214,6 +264,8 @@ static int parse_args(int argc, char **argv, bench_args *a) {
   a->workers = default_workers();
   a->prefetch = DEFAULT_PREFETCH;
   a->channels = 3;
+  a->processes = 1;
+  a->cache = TESSERA_CACHE_NONE;
   cli_parser p;
   cli_parser_init(&p, "bench", argc, argv, options, (int)(sizeof options / sizeof options[0]));
   int id, r;
@@ -413,8 +465,25 @@ typedef struct bench_result {
   size_t patches, batches;
   double seconds;
   uint64_t checksum;
-  double peak_rss_mib;
+  double peak_rss_mib; /* the largest of the processes' */
+  uint64_t cache_hits, cache_misses;
 } bench_result;
+
+/* Makes the process's tile cache the one asked for, counting hits and misses. */
+static bool configure_cache(const bench_args *a) {
+  if (a->cache == TESSERA_CACHE_NONE)
+    return true;
+  tessera_cache_options co;
+  tessera_cache_options_init(&co);
+  co.type = a->cache;
+  co.memory_capacity_mib = (uint64_t)a->cache_mib;
+  co.record_stats = 1;
+  if (tessera_cache_configure(&co) != TESSERA_OK) {
+    cli_error(a->slide, "--cache: %s", tessera_error_message());
+    return false;
+  }
+  return true;
+}
 
 static double peak_rss_mib(void) {
   struct rusage ru;
@@ -423,8 +492,10 @@ static double peak_rss_mib(void) {
   return (double)ru.ru_maxrss / 1024.0; /* Linux gives KiB */
 }
 
-/* Reads every batch. Prints the error and returns false when one fails. */
-static bool run(tessera_slide *slide, const bench_args *a, const xy_list *loc, bench_result *res) {
+/* Reads every batch of the n locations at xy. Prints the error and returns false when one
+ * fails. */
+static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, size_t n,
+                bool show_progress, bench_result *res) {
   tessera_batch_options bo;
   tessera_batch_options_init(&bo);
   bo.batch_size = (int32_t)a->batch_size;
@@ -435,11 +506,11 @@ static bool run(tessera_slide *slide, const bench_args *a, const xy_list *loc, b
   bo.channels = (int32_t)a->channels;
 
   memset(res, 0, sizeof *res);
-  progress pr = {.enabled = !a->json && isatty(STDERR_FILENO), .total = loc->n};
+  progress pr = {.enabled = show_progress && !a->json && isatty(STDERR_FILENO), .total = n};
   double start = pr.start = now_seconds();
   tessera_batch_iter *it = NULL;
-  if (tessera_batch_iter_create(slide, loc->xy, loc->n, a->width, a->height, (int32_t)a->level, &bo,
-                                &it) != TESSERA_OK) {
+  if (tessera_batch_iter_create(slide, xy, n, a->width, a->height, (int32_t)a->level, &bo, &it) !=
+      TESSERA_OK) {
     cli_error(a->slide, "%s", tessera_error_message());
     return false;
   }
@@ -465,7 +536,94 @@ static bool run(tessera_slide *slide, const bench_args *a, const xy_list *loc, b
   res->seconds = now_seconds() - start;
   progress_end(&pr);
   res->peak_rss_mib = peak_rss_mib();
+  tessera_cache_stats st = {.struct_size = sizeof st};
+  if (tessera_cache_stats_get(&st) == TESSERA_OK) {
+    res->cache_hits = st.hits;
+    res->cache_misses = st.misses;
+  }
   return true;
+}
+
+static bool read_all(int fd, void *buf, size_t size) {
+  uint8_t *p = buf;
+  while (size > 0) {
+    ssize_t r = read(fd, p, size);
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r <= 0)
+      return false;
+    p += r;
+    size -= (size_t)r;
+  }
+  return true;
+}
+
+/* One child of run_processes: its share of the locations, its own pool and (per_process)
+ * cache; the result goes back through the pipe. Never returns. */
+static void child_main(tessera_slide *slide, const bench_args *a, const int64_t *xy, size_t n,
+                       int out) {
+  bench_result r;
+  bool ok = (a->cache != TESSERA_CACHE_PER_PROCESS || configure_cache(a)) &&
+            run(slide, a, xy, n, false, &r);
+  ssize_t w = ok ? write(out, &r, sizeof r) : 0;
+  _exit(ok && w == (ssize_t)sizeof r ? 0 : 1);
+}
+
+/* Forks a->processes processes that split the locations between them (in order, in equal
+ * shares) and adds up what they read; seconds run from the first fork to the last exit. */
+static bool run_processes(tessera_slide *slide, const bench_args *a, const xy_list *loc,
+                          bench_result *res) {
+  size_t p = (size_t)a->processes;
+  pid_t *pids = calloc(p, sizeof *pids);
+  int *fds = calloc(p, sizeof *fds);
+  bool ok = pids && fds;
+  memset(res, 0, sizeof *res);
+  /* A shared cache is made once, before the fork, for all of them. */
+  if (ok && a->cache == TESSERA_CACHE_SHARED_MEMORY)
+    ok = configure_cache(a);
+  fflush(stdout);
+  fflush(stderr);
+  double start = now_seconds();
+  size_t started = 0;
+  for (; ok && started < p; started++) {
+    size_t lo = loc->n * started / p, hi = loc->n * (started + 1) / p;
+    int pipefd[2];
+    if (pipe(pipefd) != 0 || (pids[started] = fork()) < 0) {
+      cli_error(a->slide, "cannot start process %zu: %s", started + 1, strerror(errno));
+      ok = false;
+      break;
+    }
+    if (pids[started] == 0) {
+      close(pipefd[0]);
+      child_main(slide, a, loc->xy + 2 * lo, hi - lo, pipefd[1]);
+    }
+    close(pipefd[1]);
+    fds[started] = pipefd[0];
+  }
+  for (size_t k = 0; k < started; k++) {
+    bench_result r;
+    bool got = read_all(fds[k], &r, sizeof r);
+    close(fds[k]);
+    int status = 0;
+    waitpid(pids[k], &status, 0);
+    if (!got || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+      if (ok)
+        cli_error(a->slide, "process %zu of %zu failed", k + 1, p);
+      ok = false;
+      continue;
+    }
+    res->patches += r.patches;
+    res->batches += r.batches;
+    res->checksum += r.checksum;
+    res->cache_hits += r.cache_hits;
+    res->cache_misses += r.cache_misses;
+    if (r.peak_rss_mib > res->peak_rss_mib)
+      res->peak_rss_mib = r.peak_rss_mib;
+  }
+  res->seconds = now_seconds() - start;
+  free(pids);
+  free(fds);
+  return ok;
 }
 
 /* ---- the report ----------------------------------------------------------------------- */
@@ -493,6 +651,12 @@ static bool sliding_steps(const bench_args *a, int64_t *sx, int64_t *sy) {
                       .stride_y = a->stride_y};
   layout_steps(&spec, sx, sy);
   return true;
+}
+
+static const char *cache_name(tessera_cache_type t) {
+  return t == TESSERA_CACHE_PER_PROCESS     ? "per_process"
+         : t == TESSERA_CACHE_SHARED_MEMORY ? "shared_memory"
+                                            : "nocache";
 }
 
 static void print_json_pair(FILE *out, const char *key, int64_t first, int64_t second) {
@@ -533,6 +697,10 @@ static void print_json(const bench_args *a, const tessera_level_info *info, cons
   json_write_number(out, per_second(megapixels(a, r->patches), r->seconds));
   fputs(",\n  \"peak_rss_mib\": ", out);
   json_write_number(out, r->peak_rss_mib);
+  fprintf(out,
+          ",\n  \"cache\": \"%s\",\n  \"cache_mib\": %" PRId64 ",\n  \"processes\": %" PRId64
+          ",\n  \"cache_hits\": %" PRIu64 ",\n  \"cache_misses\": %" PRIu64,
+          cache_name(a->cache), a->cache_mib, a->processes, r->cache_hits, r->cache_misses);
   fprintf(out, ",\n  \"checksum\": %" PRIu64 "\n}\n", r->checksum);
 }
 
@@ -560,7 +728,13 @@ static void print_table(const bench_args *a, const tessera_level_info *info,
   fprintf(out, "seconds:        %.4f\n", r->seconds);
   fprintf(out, "patches/s:      %.1f\n", per_second((double)r->patches, r->seconds));
   fprintf(out, "megapixels/s:   %.1f\n", per_second(megapixels(a, r->patches), r->seconds));
-  fprintf(out, "peak RSS:       %.1f MiB\n", r->peak_rss_mib);
+  fprintf(out, "peak RSS:       %.1f MiB%s\n", r->peak_rss_mib,
+          a->processes > 1 ? " (the largest process)" : "");
+  if (a->processes > 1)
+    fprintf(out, "processes:      %" PRId64 "\n", a->processes);
+  if (a->cache != TESSERA_CACHE_NONE)
+    fprintf(out, "cache:          %s, %" PRId64 " MiB: %" PRIu64 " hits, %" PRIu64 " misses\n",
+            cache_name(a->cache), a->cache_mib, r->cache_hits, r->cache_misses);
   fprintf(out, "checksum:       %" PRIu64 "\n", r->checksum);
 }
 
@@ -602,7 +776,8 @@ int cmd_bench(int argc, char **argv) {
   bench_result res;
   bool ok = open_level(&a, &slide, &info) &&
             (a.locations ? read_locations(a.locations, &loc) : make_layout(&a, &info, &loc)) &&
-            run(slide, &a, &loc, &res);
+            (a.processes > 1 ? run_processes(slide, &a, &loc, &res)
+                             : configure_cache(&a) && run(slide, &a, loc.xy, loc.n, true, &res));
   tessera_close(slide);
   if (ok) {
     if (a.json)

@@ -253,6 +253,56 @@ TESSERA_API void tessera_batch_release(tessera_batch *batch);
  * called at any point; NULL is ignored. */
 TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
 
+/* ---------------------------------------------------------------------------------------
+ * The decoded-tile cache
+ *
+ * One cache per process, used by every read (regions, whole levels, batch iterators) of every
+ * slide without further code from the caller. A tile is kept decoded, whole; its key is the
+ * file's identity (device, inode, size, modification time), the directory and the tile index,
+ * compared in full. The byte budget (and item budget, when set) is never exceeded. Threads
+ * missing the same tile decode it once. Eviction is S3-FIFO: new tiles enter a small queue
+ * and move to the main one only if read again, so a long scan passes through without
+ * evicting the tiles in repeated use.
+ */
+
+typedef enum tessera_cache_type {
+  TESSERA_CACHE_NONE = 0,         /* no cache (default) */
+  TESSERA_CACHE_PER_PROCESS = 1,  /* shared by the threads of this process */
+  TESSERA_CACHE_SHARED_MEMORY = 2 /* shared between processes (not yet available) */
+} tessera_cache_type;
+
+typedef struct tessera_cache_options {
+  size_t struct_size;           /* sizeof(tessera_cache_options) */
+  tessera_cache_type type;      /* default TESSERA_CACHE_NONE */
+  uint64_t memory_capacity_mib; /* byte budget in MiB; default 1024 */
+  uint64_t item_capacity;       /* most tiles held; 0 (default): no limit but the bytes */
+  int32_t record_stats;         /* nonzero: count hits and misses; default 0 */
+} tessera_cache_options;
+
+TESSERA_API void tessera_cache_options_init(tessera_cache_options *options);
+
+/* Replaces the process's cache (dropping the tiles of the old one) with one made from options.
+ * Thread-safe: reads in progress finish with the cache they started with. */
+TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *options);
+
+typedef struct tessera_cache_stats {
+  size_t struct_size; /* sizeof(tessera_cache_stats) */
+  tessera_cache_type type;
+  uint64_t hits, misses;    /* since configure or reset; 0 unless record_stats */
+  uint64_t evictions;       /* tiles evicted to make room, since configure or reset */
+  uint64_t items, bytes;    /* held now */
+  uint64_t item_capacity;   /* 0: no limit */
+  uint64_t memory_capacity; /* bytes */
+  int32_t record_stats;
+} tessera_cache_stats;
+
+/* Fills *stats (its struct_size must be set). Thread-safe. */
+TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats);
+
+/* Sets hits, misses and evictions back to 0; record_stats >= 0 also turns counting on (1)
+ * or off (0), -1 leaves it. Thread-safe. */
+TESSERA_API void tessera_cache_stats_reset(int32_t record_stats);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "cache/cache.h"
 #include "error.h"
 #include "pool.h"
 
@@ -128,6 +129,67 @@ static uint8_t *canvas_at(const struct tsr_canvas *c, int64_t x, int64_t y) {
   return c->dst + (size_t)(y - c->ly) * c->stride + (size_t)(x - c->lx) * c->channels;
 }
 
+/* Copies the decoded pixels of union u (the pixel at u's corner at src, rows stride apart)
+ * into the part of the tile each canvas overlaps; fill (alpha 0) for a missing tile. */
+static void put_tile(const struct tsr_pixel_format *f, const struct span *tile,
+                     const struct span *u, const uint8_t *src, size_t stride, bool missing,
+                     const struct tsr_canvas *const *canvases, size_t n) {
+  struct span o;
+  for (size_t i = 0; i < n; i++) {
+    const struct tsr_canvas *c = canvases[i];
+    if (!overlap(c, tile, &o))
+      continue;
+    if (missing) {
+      fill_rect(c, o.x0, o.y0, o.x1, o.y1);
+      continue;
+    }
+    for (int64_t y = o.y0; y < o.y1; y++) {
+      const uint8_t *row =
+          src + (size_t)(y - u->y0) * stride + (size_t)(o.x0 - u->x0) * f->decoded_channels;
+      convert_row(row, f->decoded_channels, f->alpha, canvas_at(c, o.x0, y), c->channels,
+                  (size_t)(o.x1 - o.x0));
+    }
+  }
+}
+
+/* Paints from the process's tile cache, decoding the whole tile into it on a miss. Returns
+ * false (painting nothing) when the cache cannot take the tile: the caller reads it as if
+ * there were no cache. */
+static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_t level,
+                         uint64_t index, const struct span *tile, const struct span *u,
+                         const struct tsr_canvas *const *canvases, size_t n,
+                         struct tsr_tile_buffers *b, tessera_status *st) {
+  const struct tsr_level *lv = &s->levels[level];
+  size_t bytes = tsr_tile_buffer_size(lv);
+  if (lv->fmt.unsupported[0] || lv->offsets[index] == 0 || lv->bytecounts[index] == 0 ||
+      bytes == 0 || bytes > s->limits.max_decoded_tile_bytes)
+    return false; /* errors and missing tiles are the plain path's business */
+  struct tsr_cache_key key = {s->id, lv->directory, index};
+  struct tsr_cache_entry *e;
+  enum tsr_cache_result r = tsr_cache_lookup(cache, &key, bytes, &e);
+  if (r == TSR_CACHE_BYPASS)
+    return false;
+  size_t stride = (size_t)lv->tile_w * lv->fmt.decoded_channels;
+  uint8_t *pixels = tsr_cache_pixels(e);
+  if (r == TSR_CACHE_LOAD) {
+    struct tsr_tile_rect whole = {
+        0, 0, (uint32_t)(tile->x1 - tile->x0), (uint32_t)(tile->y1 - tile->y0), pixels, stride};
+    bool missing;
+    *st = tsr_tile_read(s, level, index, &whole, b, &missing);
+    if (*st != TESSERA_OK) {
+      tsr_cache_abandon(cache, e);
+      return true;
+    }
+    tsr_cache_publish(cache, e);
+  }
+  const uint8_t *src = pixels + (size_t)(u->y0 - tile->y0) * stride +
+                       (size_t)(u->x0 - tile->x0) * lv->fmt.decoded_channels;
+  put_tile(&lv->fmt, tile, u, src, stride, false, canvases, n);
+  tsr_cache_unpin(cache, e);
+  *st = TESSERA_OK;
+  return true;
+}
+
 tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t index,
                               const struct tsr_canvas *const *canvases, size_t n,
                               struct tsr_tile_buffers *b) {
@@ -148,6 +210,12 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
   }
   if (u.x0 >= u.x1)
     return TESSERA_OK;
+  struct tsr_cache *cache = tsr_cache_acquire();
+  tessera_status st = TESSERA_OK;
+  bool cached = cache && paint_cached(cache, s, level, index, &tile, &u, canvases, n, b, &st);
+  tsr_cache_release(cache);
+  if (cached)
+    return st;
   struct tsr_tile_rect rect = {(uint32_t)(u.x0 - tile.x0), (uint32_t)(u.y0 - tile.y0),
                                (uint32_t)(u.x1 - u.x0), (uint32_t)(u.y1 - u.y0)};
   bool direct = n == 1 && takes_decoded(canvases[0], f);
@@ -161,24 +229,10 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
     rect.dst = b->rect.data;
   }
   bool missing;
-  tessera_status st = tsr_tile_read(s, level, index, &rect, b, &missing);
+  st = tsr_tile_read(s, level, index, &rect, b, &missing);
   if (st != TESSERA_OK || (direct && !missing))
     return st;
-  for (size_t i = 0; i < n; i++) {
-    const struct tsr_canvas *c = canvases[i];
-    if (!overlap(c, &tile, &o))
-      continue;
-    if (missing) {
-      fill_rect(c, o.x0, o.y0, o.x1, o.y1);
-      continue;
-    }
-    for (int64_t y = o.y0; y < o.y1; y++) {
-      const uint8_t *src =
-          rect.dst + (size_t)(y - u.y0) * rect.stride + (size_t)(o.x0 - u.x0) * f->decoded_channels;
-      convert_row(src, f->decoded_channels, f->alpha, canvas_at(c, o.x0, y), c->channels,
-                  (size_t)(o.x1 - o.x0));
-    }
-  }
+  put_tile(f, &tile, &u, rect.dst, rect.stride, missing, canvases, n);
   return TESSERA_OK;
 }
 

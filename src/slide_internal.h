@@ -47,10 +47,17 @@ struct tsr_property {
   char *value;
 };
 
+/* What tells one file from another for the tile cache, taken at open. */
+struct tsr_file_id {
+  uint64_t device, inode, size;
+  int64_t mtime_ns;
+};
+
 struct tessera_slide {
   int fd; /* shared by all readers through pread(): no seek state */
   char *path;
   uint64_t file_size;
+  struct tsr_file_id id;
   tessera_open_options limits;
   struct tsr_level *levels;
   int32_t nlevels;

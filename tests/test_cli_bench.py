@@ -601,7 +601,8 @@ def test_help(cli):
         assert text.startswith("Usage: tessera bench"), text[:200]
         for opt in ("--locations", "--layout", "--count", "--stride", "--size", "--level",
                     "--batch-size", "--workers", "--prefetch", "--shuffle", "--seed",
-                    "--channels", "--json", "--help", "grid", "random", "sliding"):
+                    "--channels", "--cache", "--processes", "--json", "--help", "grid",
+                    "random", "sliding", "per_process", "shared_memory"):
             assert opt in text, (opt, args)
         for short, long_ in (("-i", "--locations"), ("-n", "--count"), ("-s", "--size"),
                              ("-L", "--level"), ("-b", "--batch-size"), ("-w", "--workers"),
@@ -664,3 +665,55 @@ def test_damaged_tile_stops_the_run(cli, damaged, tmp_path, opts):
         openslide_level(src, 0).total(good, 256, 256))
     assert checksum(cli, path, "--layout", "grid", "--size", "256,256", "--level", 1, *opts) == (
         checksum(cli, src, "--layout", "grid", "--size", "256,256", "--level", 1))
+
+
+# --- the tile cache and several processes ------------------------------------------------
+
+def distinct_tiles(pos, w, h, tw, th, W, H):
+    """The tiles a list of level positions of w x h patches touch, clipped to the level."""
+    tiles = set()
+    for x, y in pos:
+        for ty in range(max(y, 0) // th, (min(y + h, H) - 1) // th + 1):
+            for tx in range(max(x, 0) // tw, (min(x + w, W) - 1) // tw + 1):
+                tiles.add((tx, ty))
+    return tiles
+
+
+@pytest.mark.parametrize("opts", [["--cache", "per_process:64"],
+                                  ["--cache", "per_process:64", "--processes", 2],
+                                  ["--processes", 3, "--workers", 0],
+                                  ["--cache", "per_process:1", "--processes", 2, "--shuffle"]],
+                         ids=lambda o: "_".join(map(str, o)))
+def test_cache_and_processes_keep_the_checksum(cli, slides, opts):
+    """A shuffled sliding window through a cache, and split over processes, reads the same
+    pixels as OpenSlide; with one process and room for everything, every distinct tile
+    touched is exactly one miss."""
+    path = slides.path(GENERIC)
+    osl = R.openslide_open(path)
+    W, H = osl.level_dimensions[0]
+    w, h = 96, 80
+    pos = window_layout(W, H, w, h, 48, 40)
+    doc = bench(cli, path, "--layout", "sliding", "--size", "%d,%d" % (w, h), "--shuffle",
+                *opts)
+    assert doc["patches"] == len(pos), doc
+    assert doc["checksum"] == openslide_level(path, 0).total(pos, w, h)
+    procs = int(opts[opts.index("--processes") + 1]) if "--processes" in opts else 1
+    cache = opts[opts.index("--cache") + 1] if "--cache" in opts else "nocache"
+    assert doc["processes"] == procs and doc["cache"] == cache.split(":")[0], doc
+    if cache == "nocache":
+        assert doc["cache_hits"] == 0 and doc["cache_misses"] == 0, doc
+    elif procs == 1:
+        assert doc["cache_misses"] == len(distinct_tiles(pos, w, h, 256, 256, W, H)), doc
+        assert doc["cache_hits"] > 0, doc
+    else:
+        assert doc["cache_hits"] + doc["cache_misses"] > 0, doc
+
+
+@pytest.mark.parametrize("value,status", [("bogus", 2), ("per_process", 2), ("per_process:0", 2),
+                                          ("nocache:5", 2), ("shared_memory:64", 1)])
+def test_cache_option_errors(cli, slides, value, status):
+    args = ["bench", slides.path(GENERIC), "--layout", "grid", "--size", "64,64", "--cache", value]
+    r = run(cli, args)
+    assert r.returncode == status and r.stdout == b"", describe(args, r)
+    lines = r.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tessera: ") and "cache" in lines[0], lines

@@ -1,0 +1,403 @@
+/* The per-process tile cache: exact statistics on scripted sequences, reads through the cache
+ * equal to reads without it (regions, whole levels, batches, from several threads), budgets
+ * of bytes and items never exceeded under concurrent load, a hot set kept through a long
+ * scan, one decode for threads missing the same tile together, and no collision between
+ * files or levels with equal tile indices. Runs plain, under ASan+UBSan and under TSan. */
+#include <dirent.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "check.h"
+#include "tessera.h"
+#include "tile.h"
+
+static void configure(tessera_cache_type type, uint64_t mib, uint64_t items, int stats) {
+  tessera_cache_options o;
+  tessera_cache_options_init(&o);
+  o.type = type;
+  o.memory_capacity_mib = mib;
+  o.item_capacity = items;
+  o.record_stats = stats;
+  CHECK(tessera_cache_configure(&o) == TESSERA_OK, "configure: %s", tessera_error_message());
+}
+
+static tessera_cache_stats stats(void) {
+  tessera_cache_stats t = {.struct_size = sizeof t};
+  CHECK(tessera_cache_stats_get(&t) == TESSERA_OK, "stats: %s", tessera_error_message());
+  return t;
+}
+
+static tessera_slide *open_testdata(const char *dir, const char *name) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK)
+    CHECK(0, "%s: %s", path, tessera_error_message());
+  return s;
+}
+
+static tessera_level_info level_info(tessera_slide *s, int32_t level) {
+  tessera_level_info info = {.struct_size = sizeof info};
+  tessera_level_info_get(s, level, &info);
+  return info;
+}
+
+/* A region read into a fresh buffer (caller frees). */
+static uint8_t *read(tessera_slide *s, int64_t x, int64_t y, int32_t level, int64_t w, int64_t h,
+                     int channels) {
+  size_t size = (size_t)(w * h * channels);
+  uint8_t *buf = malloc(size);
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  o.channels = channels;
+  tessera_status st = tessera_read_region(s, x, y, level, w, h, &o, buf, size);
+  CHECK(st == TESSERA_OK, "read: %s", tessera_error_message());
+  return buf;
+}
+
+/* Scripted: tiles 0, 0, 1, 0, then a region over tiles 0..3; each step's hits and misses are
+ * known exactly. */
+static void test_exact_stats(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  configure(TESSERA_CACHE_PER_PROCESS, 64, 0, 1);
+  tessera_level_info info = level_info(s, 0);
+  int64_t tw = info.tile_width, th = info.tile_height;
+  uint64_t tile_bytes = (uint64_t)(tw * th * 3);
+  struct {
+    int64_t x, y, w, h;
+    uint64_t hits, misses, items;
+  } steps[] = {
+      {0, 0, 10, 10, 0, 1, 1},         /* tile 0: miss */
+      {5, 5, 20, 20, 1, 1, 1},         /* tile 0: hit */
+      {tw, 0, 10, 10, 1, 2, 2},        /* tile 1: miss */
+      {0, 0, tw, th, 2, 2, 2},         /* tile 0: hit */
+      {0, 0, 2 * tw, 2 * th, 4, 4, 4}, /* tiles 0, 1 hit; 4, 5 (row 1) miss */
+  };
+  for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
+    free(read(s, steps[i].x, steps[i].y, 0, steps[i].w, steps[i].h, 3));
+    tessera_cache_stats t = stats();
+    CHECK(t.hits == steps[i].hits && t.misses == steps[i].misses && t.items == steps[i].items &&
+              t.bytes == steps[i].items * tile_bytes && t.evictions == 0,
+          "step %zu: hits %llu misses %llu items %llu bytes %llu", i, (unsigned long long)t.hits,
+          (unsigned long long)t.misses, (unsigned long long)t.items, (unsigned long long)t.bytes);
+  }
+  tessera_cache_stats t = stats();
+  CHECK(t.type == TESSERA_CACHE_PER_PROCESS && t.memory_capacity == (uint64_t)64 << 20 &&
+            t.record_stats == 1,
+        "configuration not reported");
+  tessera_cache_stats_reset(0);
+  free(read(s, 0, 0, 0, 10, 10, 3));
+  t = stats();
+  CHECK(t.hits == 0 && t.misses == 0 && t.items == 4, "after reset with counting off: %llu %llu",
+        (unsigned long long)t.hits, (unsigned long long)t.misses);
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  t = stats();
+  CHECK(t.type == TESSERA_CACHE_NONE && t.items == 0 && t.bytes == 0, "nocache holds tiles");
+  tessera_close(s);
+}
+
+/* Regions, whole levels and batches read through a cache equal the same reads without one,
+ * for every level of every file of the test data; a second pass (all hits) too. */
+static void test_same_pixels(const char *dir) {
+  DIR *d = opendir(dir);
+  for (struct dirent *e; d && (e = readdir(d)) != NULL;) {
+    if (e->d_name[0] == '.' || strstr(e->d_name, ".md"))
+      continue;
+    tessera_slide *s = open_testdata(dir, e->d_name);
+    if (!s)
+      continue;
+    for (int32_t level = 0; level < tessera_level_count(s); level++) {
+      tessera_level_info info = level_info(s, level);
+      if (info.width * info.height > 12000000)
+        continue;
+      size_t size = (size_t)(info.width * info.height * 4);
+      uint8_t *plain = malloc(size), *cached = malloc(size);
+      tessera_read_options o;
+      tessera_read_options_init(&o);
+      o.channels = 4;
+      configure(TESSERA_CACHE_NONE, 0, 0, 0);
+      CHECK(tessera_read_level(s, level, &o, plain, size) == TESSERA_OK, "%s", e->d_name);
+      configure(TESSERA_CACHE_PER_PROCESS, 256, 0, 1);
+      for (int pass = 0; pass < 2; pass++) {
+        o.num_workers = pass ? 3 : 0;
+        memset(cached, 0x5A, size);
+        CHECK(tessera_read_level(s, level, &o, cached, size) == TESSERA_OK, "%s", e->d_name);
+        CHECK(memcmp(plain, cached, size) == 0, "%s level %d pass %d: cached read differs",
+              e->d_name, level, pass);
+      }
+      tessera_cache_stats t = stats();
+      CHECK(t.hits > 0 && t.misses > 0, "%s level %d: no hits or no misses", e->d_name, level);
+      free(plain);
+      free(cached);
+    }
+    tessera_close(s);
+  }
+  if (d)
+    closedir(d);
+}
+
+struct hammer {
+  tessera_slide *s;
+  unsigned long long seed;
+  int failures;
+  atomic_int *stop;
+};
+
+/* Random regions and batch streams through the cache, each compared with a read of the
+ * level made without it. */
+static const uint8_t *reference;
+static tessera_level_info reference_info;
+
+static int compare_with_reference(const uint8_t *got, int64_t lx, int64_t ly, int64_t w,
+                                  int64_t h) {
+  for (int64_t y = 0; y < h; y++) {
+    for (int64_t x = 0; x < w; x++) {
+      int64_t rx = lx + x, ry = ly + y;
+      const uint8_t *g = got + (size_t)(y * w + x) * 3;
+      if (rx < 0 || ry < 0 || rx >= reference_info.width || ry >= reference_info.height)
+        continue;
+      if (memcmp(g, reference + (size_t)(ry * reference_info.width + rx) * 3, 3) != 0)
+        return 1;
+    }
+  }
+  return 0;
+}
+
+static void *hammer_thread(void *arg) {
+  struct hammer *h = arg;
+  for (int i = 0; i < 60; i++) {
+    int64_t w = 1 + (int64_t)(test_rand(&h->seed) % 400),
+            hh = 1 + (int64_t)(test_rand(&h->seed) % 400);
+    int64_t x = (int64_t)(test_rand(&h->seed) % (uint64_t)(reference_info.width + 100)) - 50;
+    int64_t y = (int64_t)(test_rand(&h->seed) % (uint64_t)(reference_info.height + 100)) - 50;
+    uint8_t *got = read(h->s, x, y, 0, w, hh, 3);
+    h->failures += compare_with_reference(got, x, y, w, hh);
+    free(got);
+  }
+  int64_t xy[64];
+  for (int i = 0; i < 32; i++) {
+    xy[2 * i] = (int64_t)(test_rand(&h->seed) % (uint64_t)reference_info.width);
+    xy[2 * i + 1] = (int64_t)(test_rand(&h->seed) % (uint64_t)reference_info.height);
+  }
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 4;
+  o.num_workers = 2;
+  tessera_batch_iter *it = NULL;
+  if (tessera_batch_iter_create(h->s, xy, 32, 200, 200, 0, &o, &it) == TESSERA_OK) {
+    for (tessera_batch *b; tessera_batch_iter_next(it, &b) == TESSERA_OK && b;) {
+      for (size_t p = 0; p < b->count; p++)
+        h->failures += compare_with_reference(b->data + p * 200 * 200 * 3, xy[2 * b->indices[p]],
+                                              xy[2 * b->indices[p] + 1], 200, 200);
+      tessera_batch_release(b);
+    }
+  }
+  tessera_batch_iter_destroy(it);
+  return NULL;
+}
+
+static void *monitor_thread(void *arg) {
+  struct hammer *h = arg;
+  while (!atomic_load(h->stop)) {
+    tessera_cache_stats t = {.struct_size = sizeof t};
+    if (tessera_cache_stats_get(&t) != TESSERA_OK)
+      h->failures++;
+    if (t.bytes > t.memory_capacity || (t.item_capacity && t.items > t.item_capacity))
+      h->failures++;
+  }
+  return NULL;
+}
+
+/* Four threads read at random through a cache far smaller than the slide (bytes, then items
+ * limited) while a fifth checks the budgets all along. */
+static void test_budgets_under_load(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
+  if (!s)
+    return;
+  reference_info = level_info(s, 0);
+  size_t size = (size_t)(reference_info.width * reference_info.height * 3);
+  uint8_t *ref = malloc(size);
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  CHECK(tessera_read_level(s, 0, NULL, ref, size) == TESSERA_OK, "reference read");
+  reference = ref;
+  for (int round = 0; round < 2; round++) {
+    configure(TESSERA_CACHE_PER_PROCESS, 2, round ? 5 : 0, 1);
+    atomic_int stop = 0;
+    struct hammer hs[5];
+    pthread_t t[5];
+    for (int i = 0; i < 5; i++) {
+      hs[i] = (struct hammer){s, 100u + (unsigned)i + 10u * (unsigned)round, 0, &stop};
+      pthread_create(&t[i], NULL, i < 4 ? hammer_thread : monitor_thread, &hs[i]);
+    }
+    int failures = 0;
+    for (int i = 0; i < 4; i++) {
+      pthread_join(t[i], NULL);
+      failures += hs[i].failures;
+    }
+    atomic_store(&stop, 1);
+    pthread_join(t[4], NULL);
+    CHECK(failures == 0, "round %d: %d reads through the cache differ", round, failures);
+    CHECK(hs[4].failures == 0, "round %d: the budget was exceeded %d times", round, hs[4].failures);
+    tessera_cache_stats st = stats();
+    CHECK(st.evictions > 0 && st.bytes <= st.memory_capacity, "round %d: no evictions", round);
+  }
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  free(ref);
+  tessera_close(s);
+}
+
+/* A hot set read twice, then a scan of every other tile once (far more than fit), then the
+ * hot set again: all hits. */
+static void test_hot_set_survives_scan(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
+  if (!s)
+    return;
+  tessera_level_info info = level_info(s, 0);
+  int64_t tw = info.tile_width, th = info.tile_height;
+  int64_t across = (info.width + tw - 1) / tw, down = (info.height + th - 1) / th;
+  uint64_t tile_bytes = (uint64_t)(tw * th * 3);
+  /* Room for about a fifth of the tiles. */
+  uint64_t mib = ((uint64_t)(across * down) * tile_bytes / 5 >> 20) + 1;
+  configure(TESSERA_CACHE_PER_PROCESS, mib, 0, 1);
+  enum { HOT = 4 };
+  for (int pass = 0; pass < 2; pass++)
+    for (int i = 0; i < HOT; i++)
+      free(read(s, i * tw, 0, 0, 1, 1, 3));
+  for (int64_t ty = 1; ty < down; ty++)
+    for (int64_t tx = 0; tx < across; tx++)
+      free(read(s, tx * tw, ty * th, 0, 1, 1, 3));
+  tessera_cache_stats before = stats();
+  CHECK(before.evictions > (uint64_t)(across * (down - 1)) / 2, "the scan evicted little (%llu)",
+        (unsigned long long)before.evictions);
+  for (int i = 0; i < HOT; i++)
+    free(read(s, i * tw, 0, 0, 1, 1, 3));
+  tessera_cache_stats after = stats();
+  CHECK(after.hits - before.hits == HOT && after.misses == before.misses,
+        "hot set after the scan: %llu hits, %llu misses",
+        (unsigned long long)(after.hits - before.hits),
+        (unsigned long long)(after.misses - before.misses));
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  tessera_close(s);
+}
+
+struct racer {
+  tessera_slide *s;
+  pthread_barrier_t *start;
+  uint8_t *out;
+};
+
+static void *racer_thread(void *arg) {
+  struct racer *r = arg;
+  pthread_barrier_wait(r->start);
+  r->out = read(r->s, 3, 3, 0, 50, 50, 3);
+  return NULL;
+}
+
+/* Threads missing the same tile together decode it once: one miss, the rest hits. */
+static void test_single_flight(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  enum { N = 6 };
+  for (int round = 0; round < 20; round++) {
+    configure(TESSERA_CACHE_PER_PROCESS, 16, 0, 1);
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, N);
+    struct racer rs[N];
+    pthread_t t[N];
+    uint64_t reads = tsr_tile_reads();
+    for (int i = 0; i < N; i++) {
+      rs[i] = (struct racer){s, &start, NULL};
+      pthread_create(&t[i], NULL, racer_thread, &rs[i]);
+    }
+    for (int i = 0; i < N; i++)
+      pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&start);
+    tessera_cache_stats st = stats();
+    CHECK(tsr_tile_reads() - reads == 1 && st.misses == 1 && st.hits == N - 1,
+          "round %d: %llu tile reads, %llu misses, %llu hits", round,
+          (unsigned long long)(tsr_tile_reads() - reads), (unsigned long long)st.misses,
+          (unsigned long long)st.hits);
+    for (int i = 1; i < N; i++)
+      CHECK(memcmp(rs[0].out, rs[i].out, 50 * 50 * 3) == 0, "racers disagree");
+    for (int i = 0; i < N; i++)
+      free(rs[i].out);
+  }
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  tessera_close(s);
+}
+
+/* Tile 0 of two files, and tile 0 of three levels, are four different tiles (the second
+ * file's reads are its whole 1024 x 1024 tile 0 at each level). */
+static void test_no_collisions(const char *dir) {
+  tessera_slide *a = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  tessera_slide *b = open_testdata(dir, "generic-zstd-1024tiles-pyramid.tiff");
+  if (!a || !b)
+    return;
+  enum { T = 1024 };
+  uint8_t *want[4];
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  want[0] = read(a, 0, 0, 0, 64, 64, 3);
+  for (int l = 0; l < 3; l++)
+    want[1 + l] = read(b, 0, 0, l, T, T, 3);
+  CHECK(memcmp(want[1], want[2], T * T * 3) != 0 && memcmp(want[2], want[3], T * T * 3) != 0,
+        "levels alike there: a useless test");
+  configure(TESSERA_CACHE_PER_PROCESS, 64, 0, 1);
+  for (int pass = 0; pass < 2; pass++) {
+    uint8_t *got[4] = {read(a, 0, 0, 0, 64, 64, 3), read(b, 900, 900, 0, 64, 64, 3),
+                       read(b, 1800, 1800, 1, 64, 64, 3), read(b, 3600, 3600, 2, 64, 64, 3)};
+    for (int i = 0; i < 4; i++) {
+      CHECK(memcmp(got[i], want[i], 64 * 64 * 3) == 0, "pass %d read %d took another tile", pass,
+            i);
+      free(got[i]);
+    }
+  }
+  tessera_cache_stats st = stats();
+  CHECK(st.items == 4 && st.misses == 4 && st.hits == 4, "items %llu misses %llu hits %llu",
+        (unsigned long long)st.items, (unsigned long long)st.misses, (unsigned long long)st.hits);
+  /* With room for one tile the table has one bucket, so every lookup meets the tile held:
+   * only the comparison of the whole key tells them apart. */
+  configure(TESSERA_CACHE_PER_PROCESS, 64, 1, 1);
+  for (int i = 0; i < 4; i++) {
+    uint8_t *got = i ? read(b, 0, 0, i - 1, T, T, 3) : read(a, 0, 0, 0, 64, 64, 3);
+    CHECK(memcmp(got, want[i], i ? T * T * 3 : 64 * 64 * 3) == 0,
+          "one-bucket cache: read %d took another tile", i);
+    free(got);
+  }
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  for (int i = 0; i < 4; i++)
+    free(want[i]);
+  tessera_close(a);
+  tessera_close(b);
+}
+
+static void test_arguments(void) {
+  tessera_cache_options o;
+  tessera_cache_options_init(&o);
+  CHECK(o.type == TESSERA_CACHE_NONE && o.memory_capacity_mib == 1024 && !o.record_stats,
+        "defaults");
+  o.type = TESSERA_CACHE_PER_PROCESS;
+  o.memory_capacity_mib = 0;
+  CHECK(tessera_cache_configure(&o) == TESSERA_E_ARGUMENT, "0 MiB accepted");
+  o.type = (tessera_cache_type)7;
+  o.memory_capacity_mib = 8;
+  CHECK(tessera_cache_configure(&o) == TESSERA_E_ARGUMENT, "type 7 accepted");
+  CHECK(tessera_cache_configure(NULL) == TESSERA_E_ARGUMENT, "NULL accepted");
+  tessera_cache_stats t = {.struct_size = 0};
+  CHECK(tessera_cache_stats_get(&t) == TESSERA_E_ARGUMENT, "stats without struct_size");
+}
+
+int main(int argc, char **argv) {
+  const char *dir = testdata_dir(argc, argv);
+  test_arguments();
+  test_exact_stats(dir);
+  test_same_pixels(dir);
+  test_budgets_under_load(dir);
+  test_hot_set_survives_scan(dir);
+  test_single_flight(dir);
+  test_no_collisions(dir);
+  return check_finish("test_cache");
+}
