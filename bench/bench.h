@@ -18,6 +18,7 @@ typedef struct workload {
   size_t n;
   int threads;
   int batch_size, prefetch; /* tessera's batch iterator only */
+  int cache_mib;            /* tessera_run_cached only */
 } workload;
 
 /* One timed run of one reader. */
@@ -36,6 +37,9 @@ double bench_now(void);
  * print the error and return false when a read fails. */
 bool openslide_run(const workload *w, run_result *r);
 bool tessera_run(const workload *w, run_result *r);
+/* tessera_run with a per-process tile cache of w->cache_mib MiB, made empty for the run and
+ * removed after it. */
+bool tessera_run_cached(const workload *w, run_result *r);
 
 /* The decode limit: the JPEG tiles that w's patches overlap, each decoded once per patch that
  * needs it, with a bare libjpeg-turbo loop on the compressed bytes read into memory

@@ -58,12 +58,15 @@ typedef struct args {
   bool have_layout, have_stride;
   int64_t count, width, height, level, threads, batch_size, prefetch, seed, repeat;
   int64_t stride_x, stride_y;
+  int64_t cache_mib; /* 0: no cached tessera row */
+  bool shuffle;
 } args;
 
 static void usage(FILE *out) {
   fputs("Usage: compare SLIDE --layout grid|random|sliding --size W,H [--count N]\n"
         "               [--level L] [--threads T] [--batch-size B] [--prefetch F]\n"
-        "               [--stride S|SX,SY] [--seed S] [--repeat R]\n"
+        "               [--stride S|SX,SY] [--seed S] [--repeat R] [--shuffle]\n"
+        "               [--cache MIB]\n"
         "\n"
         "Read one workload of W x H patches of level L three ways, on T threads each:\n"
         "OpenSlide (one handle shared by T threads, ARGB un-premultiplied to RGB),\n"
@@ -73,7 +76,9 @@ static void usage(FILE *out) {
         "(default 3), interleaved; the table shows the medians. The layouts are those of\n"
         "'tessera bench' (cli/layout.c): grid and sliding default to every patch,\n"
         "random needs --count. Defaults: level 0, 1 thread, batch size 32, prefetch 2,\n"
-        "seed 0, stride W/2,H/2.\n"
+        "seed 0, stride W/2,H/2. --shuffle visits the patches in an order drawn from\n"
+        "--seed (the same for every reader); --cache MIB adds a row for tessera with a\n"
+        "per-process tile cache of MIB MiB, made afresh (empty) for each run.\n"
         "\n"
         "Example:\n"
         "  compare slide.tiff --layout random --count 3000 --size 224,224 --threads 2\n"
@@ -167,15 +172,21 @@ static bool parse_option(const char *name, const char *v, args *a) {
     return parse_int(name, v, 1, 1024, &a->prefetch);
   if (strcmp(name, "--seed") == 0)
     return parse_int(name, v, 0, INT64_MAX, &a->seed);
+  if (strcmp(name, "--cache") == 0)
+    return parse_int(name, v, 1, (int64_t)1 << 30, &a->cache_mib);
   return parse_int(name, v, 1, MAX_REPEAT, &a->repeat); /* --repeat */
 }
 
 static const char *const option_names[] = {"--layout", "--size",    "--stride",     "--count",
                                            "--level",  "--threads", "--batch-size", "--prefetch",
-                                           "--seed",   "--repeat"};
+                                           "--seed",   "--repeat",  "--cache"};
 
 /* argv[*i] as an option, or as the slide; moves *i past an option's value. */
 static bool parse_one(int argc, char **argv, int *i, args *a) {
+  if (strcmp(argv[*i], "--shuffle") == 0) {
+    a->shuffle = true;
+    return true;
+  }
   for (size_t k = 0; k < sizeof option_names / sizeof option_names[0]; k++) {
     bool missing = false;
     const char *v = option_value(argc, argv, i, option_names[k], &missing);
@@ -306,9 +317,10 @@ static bool describe_level(const args *a, tessera_level_info *info, char *vendor
 
 /* ---- the runs ------------------------------------------------------------------------- */
 
-enum { READER_OPENSLIDE, READER_TESSERA, READER_DECODE, READERS };
+enum { READER_OPENSLIDE, READER_TESSERA, READER_CACHED, READER_DECODE, READERS };
 
-static const char *const reader_names[READERS] = {"OpenSlide", "tessera", "decode limit"};
+static const char *const reader_names[READERS] = {"OpenSlide", "tessera", "tessera+cache",
+                                                  "decode limit"};
 
 typedef struct series {
   double *seconds; /* one per repeat */
@@ -336,6 +348,7 @@ static bool run_once(int reader, const workload *w, const decode_plan *plan, run
   switch (reader) {
   case READER_OPENSLIDE: return openslide_run(w, r);
   case READER_TESSERA: return tessera_run(w, r);
+  case READER_CACHED: return tessera_run_cached(w, r);
   default: return decode_plan_run(plan, w->threads, r);
   }
 }
@@ -345,7 +358,8 @@ static bool run_once(int reader, const workload *w, const decode_plan *plan, run
 static bool run_all(const workload *w, const decode_plan *plan, int repeat, series *s) {
   for (int k = 0; k < READERS; k++) {
     s[k].seconds = calloc((size_t)repeat, sizeof *s[k].seconds);
-    s[k].ran = (k != READER_DECODE || plan) && s[k].seconds;
+    s[k].ran =
+        (k != READER_DECODE || plan) && (k != READER_CACHED || w->cache_mib > 0) && s[k].seconds;
     s[k].consistent = true;
   }
   for (int i = 0; i < repeat; i++) {
@@ -392,6 +406,12 @@ static void print_header(const args *a, const workload *w, const tessera_level_i
   printf("tessera:      batch iterator, num_workers %d, batch size %d, prefetch %d; the\n"
          "              calling thread takes the batches and sums them\n",
          w->threads, w->batch_size, w->prefetch);
+  if (w->cache_mib > 0)
+    printf("tessera+cache: the same with a per-process tile cache of %d MiB, empty at the start\n"
+           "              of each run\n",
+           w->cache_mib);
+  if (a->shuffle)
+    printf("order:        shuffled with seed %" PRId64 ", the same for every reader\n", a->seed);
   if (plan)
     printf("decode limit: %zu %s JPEG tile decodes (each tile once per patch that needs it;\n"
            "              %zu distinct tiles, %.1f MiB compressed, read into memory first)\n",
@@ -463,7 +483,9 @@ static bool print_table(const args *a, const workload *w, const tessera_level_in
            " when every patch is exactly one tile)\n");
   print_caveats(w, info);
   bool agree = s[READER_TESSERA].checksum == s[READER_OPENSLIDE].checksum &&
-               s[READER_TESSERA].consistent && s[READER_OPENSLIDE].consistent;
+               s[READER_TESSERA].consistent && s[READER_OPENSLIDE].consistent &&
+               (!s[READER_CACHED].ran || (s[READER_CACHED].checksum == s[READER_TESSERA].checksum &&
+                                          s[READER_CACHED].consistent));
   printf("%s\n", agree ? "checksums agree" : "CHECKSUMS DIFFER");
   return agree;
 }
@@ -500,7 +522,24 @@ static bool make_workload(const args *a, const tessera_level_info *info, workloa
                   .n = n,
                   .threads = (int)a->threads,
                   .batch_size = (int)a->batch_size,
-                  .prefetch = (int)a->prefetch};
+                  .prefetch = (int)a->prefetch,
+                  .cache_mib = (int)a->cache_mib};
+  if (a->shuffle) {
+    /* Fisher-Yates over the pairs, drawn from splitmix64 without modulo bias. */
+    uint64_t state = (uint64_t)a->seed;
+    for (size_t i = n; i > 1; i--) {
+      uint64_t bound = i, threshold = (0 - bound) % bound, r;
+      do
+        r = layout_splitmix64(&state);
+      while (r < threshold);
+      size_t j = (size_t)(r % bound);
+      int64_t tx = (*xy)[2 * (i - 1)], ty = (*xy)[2 * (i - 1) + 1];
+      (*xy)[2 * (i - 1)] = (*xy)[2 * j];
+      (*xy)[2 * (i - 1) + 1] = (*xy)[2 * j + 1];
+      (*xy)[2 * j] = tx;
+      (*xy)[2 * j + 1] = ty;
+    }
+  }
   return true;
 }
 

@@ -50,3 +50,20 @@ bool tessera_run(const workload *w, run_result *r) {
   tessera_close(slide);
   return ok;
 }
+
+static bool set_cache(tessera_cache_type type, int mib) {
+  tessera_cache_options co;
+  tessera_cache_options_init(&co);
+  co.type = type;
+  co.memory_capacity_mib = mib > 0 ? (uint64_t)mib : 1;
+  if (tessera_cache_configure(&co) != TESSERA_OK) {
+    bench_error("tessera: cache: %s", tessera_error_message());
+    return false;
+  }
+  return true;
+}
+
+bool tessera_run_cached(const workload *w, run_result *r) {
+  bool ok = set_cache(TESSERA_CACHE_PER_PROCESS, w->cache_mib) && tessera_run(w, r);
+  return set_cache(TESSERA_CACHE_NONE, 0) && ok;
+}
