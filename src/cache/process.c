@@ -69,6 +69,8 @@ struct tsr_cache {
  * swaps it holding it for writing, so no reader ever sees a cache being freed. */
 static pthread_rwlock_t current_lock = PTHREAD_RWLOCK_INITIALIZER;
 static struct tsr_cache *current;
+static tessera_cache_options current_options; /* what made it; guarded by current_lock */
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
 static uint64_t key_hash(const struct tsr_cache_key *k) {
   uint64_t h = 0x9E3779B97F4A7C15u;
@@ -278,6 +280,25 @@ void tsr_cache_unpin(struct tsr_cache *c, struct tsr_cache_entry *e) {
 
 /* ---- the public calls ---- */
 
+static struct tsr_cache *create_cache(const tessera_cache_options *o);
+
+static void before_fork(void) { pthread_rwlock_wrlock(&current_lock); }
+static void after_fork_parent(void) { pthread_rwlock_unlock(&current_lock); }
+
+/* A per-process cache is the process's own: a forked child (a DataLoader worker, say) starts
+ * with an empty one made the same way. The parent's copy is left alone, not freed: its
+ * memory is shared copy-on-write and its locks may have been held by threads the child does
+ * not have. */
+static void after_fork_child(void) {
+  pthread_rwlock_init(&current_lock, NULL);
+  if (current)
+    current = create_cache(&current_options);
+}
+
+static void register_atfork(void) {
+  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
 static void destroy_cache(struct tsr_cache *c) {
   if (!c)
     return;
@@ -357,12 +378,14 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
       (o.memory_capacity_mib < 1 || o.memory_capacity_mib > ((uint64_t)1 << 30)))
     return tsr_error(TESSERA_E_ARGUMENT, "memory_capacity_mib must be 1 .. 2^30, not %llu",
                      (unsigned long long)o.memory_capacity_mib);
+  pthread_once(&atfork_once, register_atfork);
   struct tsr_cache *fresh = NULL;
   if (o.type != TESSERA_CACHE_NONE && !(fresh = create_cache(&o)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
   pthread_rwlock_wrlock(&current_lock);
   struct tsr_cache *old = current;
   current = fresh;
+  current_options = o;
   pthread_rwlock_unlock(&current_lock);
   destroy_cache(old);
   return TESSERA_OK;

@@ -7,6 +7,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "tessera.h"
@@ -44,8 +46,8 @@ static tessera_level_info level_info(tessera_slide *s, int32_t level) {
 }
 
 /* A region read into a fresh buffer (caller frees). */
-static uint8_t *read(tessera_slide *s, int64_t x, int64_t y, int32_t level, int64_t w, int64_t h,
-                     int channels) {
+static uint8_t *read_patch(tessera_slide *s, int64_t x, int64_t y, int32_t level, int64_t w,
+                           int64_t h, int channels) {
   size_t size = (size_t)(w * h * channels);
   uint8_t *buf = malloc(size);
   tessera_read_options o;
@@ -77,7 +79,7 @@ static void test_exact_stats(const char *dir) {
       {0, 0, 2 * tw, 2 * th, 4, 4, 4}, /* tiles 0, 1 hit; 4, 5 (row 1) miss */
   };
   for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
-    free(read(s, steps[i].x, steps[i].y, 0, steps[i].w, steps[i].h, 3));
+    free(read_patch(s, steps[i].x, steps[i].y, 0, steps[i].w, steps[i].h, 3));
     tessera_cache_stats t = stats();
     CHECK(t.hits == steps[i].hits && t.misses == steps[i].misses && t.items == steps[i].items &&
               t.bytes == steps[i].items * tile_bytes && t.evictions == 0,
@@ -89,7 +91,7 @@ static void test_exact_stats(const char *dir) {
             t.record_stats == 1,
         "configuration not reported");
   tessera_cache_stats_reset(0);
-  free(read(s, 0, 0, 0, 10, 10, 3));
+  free(read_patch(s, 0, 0, 0, 10, 10, 3));
   t = stats();
   CHECK(t.hits == 0 && t.misses == 0 && t.items == 4, "after reset with counting off: %llu %llu",
         (unsigned long long)t.hits, (unsigned long long)t.misses);
@@ -173,7 +175,7 @@ static void *hammer_thread(void *arg) {
             hh = 1 + (int64_t)(test_rand(&h->seed) % 400);
     int64_t x = (int64_t)(test_rand(&h->seed) % (uint64_t)(reference_info.width + 100)) - 50;
     int64_t y = (int64_t)(test_rand(&h->seed) % (uint64_t)(reference_info.height + 100)) - 50;
-    uint8_t *got = read(h->s, x, y, 0, w, hh, 3);
+    uint8_t *got = read_patch(h->s, x, y, 0, w, hh, 3);
     h->failures += compare_with_reference(got, x, y, w, hh);
     free(got);
   }
@@ -265,15 +267,15 @@ static void test_hot_set_survives_scan(const char *dir) {
   enum { HOT = 4 };
   for (int pass = 0; pass < 2; pass++)
     for (int i = 0; i < HOT; i++)
-      free(read(s, i * tw, 0, 0, 1, 1, 3));
+      free(read_patch(s, i * tw, 0, 0, 1, 1, 3));
   for (int64_t ty = 1; ty < down; ty++)
     for (int64_t tx = 0; tx < across; tx++)
-      free(read(s, tx * tw, ty * th, 0, 1, 1, 3));
+      free(read_patch(s, tx * tw, ty * th, 0, 1, 1, 3));
   tessera_cache_stats before = stats();
   CHECK(before.evictions > (uint64_t)(across * (down - 1)) / 2, "the scan evicted little (%llu)",
         (unsigned long long)before.evictions);
   for (int i = 0; i < HOT; i++)
-    free(read(s, i * tw, 0, 0, 1, 1, 3));
+    free(read_patch(s, i * tw, 0, 0, 1, 1, 3));
   tessera_cache_stats after = stats();
   CHECK(after.hits - before.hits == HOT && after.misses == before.misses,
         "hot set after the scan: %llu hits, %llu misses",
@@ -292,7 +294,7 @@ struct racer {
 static void *racer_thread(void *arg) {
   struct racer *r = arg;
   pthread_barrier_wait(r->start);
-  r->out = read(r->s, 3, 3, 0, 50, 50, 3);
+  r->out = read_patch(r->s, 3, 3, 0, 50, 50, 3);
   return NULL;
 }
 
@@ -340,15 +342,16 @@ static void test_no_collisions(const char *dir) {
   enum { T = 1024 };
   uint8_t *want[4];
   configure(TESSERA_CACHE_NONE, 0, 0, 0);
-  want[0] = read(a, 0, 0, 0, 64, 64, 3);
+  want[0] = read_patch(a, 0, 0, 0, 64, 64, 3);
   for (int l = 0; l < 3; l++)
-    want[1 + l] = read(b, 0, 0, l, T, T, 3);
+    want[1 + l] = read_patch(b, 0, 0, l, T, T, 3);
   CHECK(memcmp(want[1], want[2], T * T * 3) != 0 && memcmp(want[2], want[3], T * T * 3) != 0,
         "levels alike there: a useless test");
   configure(TESSERA_CACHE_PER_PROCESS, 64, 0, 1);
   for (int pass = 0; pass < 2; pass++) {
-    uint8_t *got[4] = {read(a, 0, 0, 0, 64, 64, 3), read(b, 900, 900, 0, 64, 64, 3),
-                       read(b, 1800, 1800, 1, 64, 64, 3), read(b, 3600, 3600, 2, 64, 64, 3)};
+    uint8_t *got[4] = {read_patch(a, 0, 0, 0, 64, 64, 3), read_patch(b, 900, 900, 0, 64, 64, 3),
+                       read_patch(b, 1800, 1800, 1, 64, 64, 3),
+                       read_patch(b, 3600, 3600, 2, 64, 64, 3)};
     for (int i = 0; i < 4; i++) {
       CHECK(memcmp(got[i], want[i], 64 * 64 * 3) == 0, "pass %d read %d took another tile", pass,
             i);
@@ -362,7 +365,7 @@ static void test_no_collisions(const char *dir) {
    * only the comparison of the whole key tells them apart. */
   configure(TESSERA_CACHE_PER_PROCESS, 64, 1, 1);
   for (int i = 0; i < 4; i++) {
-    uint8_t *got = i ? read(b, 0, 0, i - 1, T, T, 3) : read(a, 0, 0, 0, 64, 64, 3);
+    uint8_t *got = i ? read_patch(b, 0, 0, i - 1, T, T, 3) : read_patch(a, 0, 0, 0, 64, 64, 3);
     CHECK(memcmp(got, want[i], i ? T * T * 3 : 64 * 64 * 3) == 0,
           "one-bucket cache: read %d took another tile", i);
     free(got);
@@ -372,6 +375,39 @@ static void test_no_collisions(const char *dir) {
     free(want[i]);
   tessera_close(a);
   tessera_close(b);
+}
+
+/* A forked child gets a per-process cache of its own: empty, made the same way, working. */
+static void test_fork(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  configure(TESSERA_CACHE_PER_PROCESS, 32, 0, 1);
+  uint8_t *want = read_patch(s, 0, 0, 0, 300, 300, 3);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20);
+    tessera_cache_stats t = stats();
+    int ok = t.type == TESSERA_CACHE_PER_PROCESS && t.items == 0 && t.hits == 0 &&
+             t.memory_capacity == (uint64_t)32 << 20;
+    for (int pass = 0; pass < 2; pass++) {
+      uint8_t *got = read_patch(s, 0, 0, 0, 300, 300, 3);
+      ok = ok && memcmp(got, want, 300 * 300 * 3) == 0;
+      free(got);
+    }
+    t = stats();
+    ok = ok && t.misses == 9 && t.hits == 9;
+    _exit(ok ? 0 : 1);
+  }
+  int status = 0;
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait failed");
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child's cache failed (status %d)",
+        status);
+  tessera_cache_stats t = stats();
+  CHECK(t.items == 9, "the parent's cache changed: %llu items", (unsigned long long)t.items);
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  free(want);
+  tessera_close(s);
 }
 
 static void test_arguments(void) {
@@ -399,5 +435,6 @@ int main(int argc, char **argv) {
   test_hot_set_survives_scan(dir);
   test_single_flight(dir);
   test_no_collisions(dir);
+  test_fork(dir);
   return check_finish("test_cache");
 }
