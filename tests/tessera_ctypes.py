@@ -98,6 +98,36 @@ class Batch(ctypes.Structure):
     ]
 
 
+CACHE_NONE = 0
+CACHE_PER_PROCESS = 1
+CACHE_SHARED_MEMORY = 2
+
+
+class CacheOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("type", ctypes.c_int),
+        ("memory_capacity_mib", ctypes.c_uint64),
+        ("item_capacity", ctypes.c_uint64),
+        ("record_stats", ctypes.c_int32),
+    ]
+
+
+class CacheStats(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("type", ctypes.c_int),
+        ("hits", ctypes.c_uint64),
+        ("misses", ctypes.c_uint64),
+        ("evictions", ctypes.c_uint64),
+        ("items", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("item_capacity", ctypes.c_uint64),
+        ("memory_capacity", ctypes.c_uint64),
+        ("record_stats", ctypes.c_int32),
+    ]
+
+
 class TesseraError(Exception):
     def __init__(self, status, message, call=""):
         self.status = status
@@ -158,6 +188,10 @@ def load(path=None):
         "tessera_batch_iter_next": (ctypes.c_int, [P, ctypes.POINTER(ctypes.POINTER(Batch))]),
         "tessera_batch_release": (None, [ctypes.POINTER(Batch)]),
         "tessera_batch_iter_destroy": (None, [P]),
+        "tessera_cache_options_init": (None, [ctypes.POINTER(CacheOptions)]),
+        "tessera_cache_configure": (ctypes.c_int, [ctypes.POINTER(CacheOptions)]),
+        "tessera_cache_stats_get": (ctypes.c_int, [ctypes.POINTER(CacheStats)]),
+        "tessera_cache_stats_reset": (None, [ctypes.c_int32]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -166,6 +200,28 @@ def load(path=None):
     if path is None:
         _lib = lib
     return lib
+
+
+def configure_cache(type=CACHE_NONE, memory_capacity_mib=1024, item_capacity=0,
+                    record_stats=True):
+    """tessera_cache_configure for the whole process; raises TesseraError on failure."""
+    o = CacheOptions()
+    o.struct_size = ctypes.sizeof(CacheOptions)
+    load().tessera_cache_options_init(ctypes.byref(o))
+    o.type, o.memory_capacity_mib = type, memory_capacity_mib
+    o.item_capacity, o.record_stats = item_capacity, int(record_stats)
+    st = load().tessera_cache_configure(ctypes.byref(o))
+    if st != OK:
+        raise TesseraError(st, error_message(), "tessera_cache_configure")
+
+
+def cache_stats():
+    t = CacheStats()
+    t.struct_size = ctypes.sizeof(CacheStats)
+    st = load().tessera_cache_stats_get(ctypes.byref(t))
+    if st != OK:
+        raise TesseraError(st, error_message(), "tessera_cache_stats_get")
+    return {name: getattr(t, name) for name, _ in t._fields_ if name != "struct_size"}
 
 
 def _s(b):
