@@ -24,6 +24,7 @@
 
 #define TSR_CACHE_MAX_SHARDS 16
 #define TSR_CACHE_SHARD_MIN_BYTES ((uint64_t)16 << 20)
+#define TSR_CACHE_SHARD_MIN_ITEMS 64
 #define TSR_CACHE_MAX_FREQ 3
 
 enum queue { Q_NONE, Q_SMALL, Q_MAIN };
@@ -57,6 +58,8 @@ struct shard {
 };
 
 struct tsr_cache {
+  unsigned refs; /* 1 while it is the process's cache, plus readers using it; guarded by
+                    current_lock */
   tessera_cache_type type;
   uint64_t memory_capacity, item_capacity;
   uint64_t shard_bytes, shard_items; /* each shard's budget (items 0: none) */
@@ -65,9 +68,10 @@ struct tsr_cache {
   struct shard shards[TSR_CACHE_MAX_SHARDS];
 };
 
-/* The process's cache. Readers hold `current_lock` for reading while they use it; configure
- * swaps it holding it for writing, so no reader ever sees a cache being freed. */
-static pthread_rwlock_t current_lock = PTHREAD_RWLOCK_INITIALIZER;
+/* The process's cache. A reader takes a reference under `current_lock` (held only for that,
+ * never across a decode, so configure and fork never wait for reads); configure swaps the
+ * pointer, and whoever drops the last reference to the old cache frees it. */
+static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tsr_cache *current;
 static tessera_cache_options current_options; /* what made it; guarded by current_lock */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -145,21 +149,31 @@ static void drop(struct shard *sh, struct tsr_cache_entry *e) {
   tsr_free(e);
 }
 
-/* Evicts one entry, S3-FIFO style; false when every entry is pinned. */
+/* The oldest entry of q that is not pinned, or NULL. */
+static struct tsr_cache_entry *oldest_unpinned(const struct fifo *q) {
+  struct tsr_cache_entry *e = q->tail;
+  while (e && e->pins > 0)
+    e = e->prev;
+  return e;
+}
+
+/* Evicts one entry, S3-FIFO style; false when every entry is pinned. Pinned entries stay
+ * where they are and are passed over. */
 static bool evict_one(struct tsr_cache *c, struct shard *sh) {
-  /* Each entry is looked at most a few times (a second chance per read, up to 3). */
-  uint64_t budget = 2 * (TSR_CACHE_MAX_FREQ + 1) * (sh->items + 1);
-  while (budget-- > 0) {
-    bool from_small = sh->small.tail && (sh->small.bytes * 10 > c->shard_bytes || !sh->main.tail);
-    struct fifo *q = from_small ? &sh->small : &sh->main;
-    struct tsr_cache_entry *e = q->tail;
-    if (!e)
-      return false;
-    fifo_unlink(q, e);
-    if (e->pins > 0) {
-      fifo_push(q, e); /* in use: look at the others first */
-      continue;
+  /* Each step evicts, promotes (once per entry) or uses up one of an entry's second chances
+   * (at most 3), so this many steps always reach an eviction when one is possible. */
+  uint64_t steps = (TSR_CACHE_MAX_FREQ + 2) * (sh->items + 1);
+  while (steps-- > 0) {
+    bool from_small = sh->small.bytes * 10 > c->shard_bytes || !sh->main.tail;
+    struct tsr_cache_entry *e = oldest_unpinned(from_small ? &sh->small : &sh->main);
+    if (!e) {
+      from_small = !from_small;
+      e = oldest_unpinned(from_small ? &sh->small : &sh->main);
+      if (!e)
+        return false;
     }
+    struct fifo *q = from_small ? &sh->small : &sh->main;
+    fifo_unlink(q, e);
     if (from_small && e->freq > 0) {
       e->freq = 0;
       e->queue = Q_MAIN; /* read again while new: it is worth keeping */
@@ -185,17 +199,25 @@ static bool fits(const struct tsr_cache *c, const struct shard *sh, size_t bytes
 
 /* ---- the internal interface ---- */
 
+static void destroy_cache(struct tsr_cache *c);
+
 struct tsr_cache *tsr_cache_acquire(void) {
-  pthread_rwlock_rdlock(&current_lock);
-  if (current)
-    return current;
-  pthread_rwlock_unlock(&current_lock);
-  return NULL;
+  pthread_mutex_lock(&current_lock);
+  struct tsr_cache *c = current;
+  if (c)
+    c->refs++;
+  pthread_mutex_unlock(&current_lock);
+  return c;
 }
 
 void tsr_cache_release(struct tsr_cache *c) {
-  if (c)
-    pthread_rwlock_unlock(&current_lock);
+  if (!c)
+    return;
+  pthread_mutex_lock(&current_lock);
+  bool last = --c->refs == 0;
+  pthread_mutex_unlock(&current_lock);
+  if (last)
+    destroy_cache(c);
 }
 
 static struct shard *shard_of(struct tsr_cache *c, uint64_t hash) {
@@ -211,6 +233,12 @@ enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, const struct tsr_cac
   struct tsr_cache_entry *e;
   while ((e = find(sh, key, hash)) != NULL && e->loading)
     pthread_cond_wait(&sh->loaded, &sh->lock);
+  if (e && e->bytes != bytes) {
+    /* Same key, other geometry: a file rewritten in place within one mtime tick, say. The
+     * entry cannot serve this read; it is left to age out. */
+    pthread_mutex_unlock(&sh->lock);
+    return TSR_CACHE_BYPASS;
+  }
   if (e) {
     e->pins++;
     if (e->freq < TSR_CACHE_MAX_FREQ)
@@ -282,17 +310,19 @@ void tsr_cache_unpin(struct tsr_cache *c, struct tsr_cache_entry *e) {
 
 static struct tsr_cache *create_cache(const tessera_cache_options *o);
 
-static void before_fork(void) { pthread_rwlock_wrlock(&current_lock); }
-static void after_fork_parent(void) { pthread_rwlock_unlock(&current_lock); }
+static void before_fork(void) { pthread_mutex_lock(&current_lock); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&current_lock); }
 
 /* A per-process cache is the process's own: a forked child (a DataLoader worker, say) starts
  * with an empty one made the same way. The parent's copy is left alone, not freed: its
- * memory is shared copy-on-write and its locks may have been held by threads the child does
- * not have. */
+ * memory is shared copy-on-write, and the parent's threads may have been inside it (pinning
+ * entries, holding shard locks) when the fork happened. */
 static void after_fork_child(void) {
-  pthread_rwlock_init(&current_lock, NULL);
-  if (current)
+  pthread_mutex_init(&current_lock, NULL);
+  if (current) {
+    current_options.record_stats = current->record_stats;
     current = create_cache(&current_options);
+  }
 }
 
 static void register_atfork(void) {
@@ -322,13 +352,16 @@ static struct tsr_cache *create_cache(const tessera_cache_options *o) {
   struct tsr_cache *c = tsr_calloc(1, sizeof *c);
   if (!c)
     return NULL;
+  c->refs = 1;
   c->type = o->type;
   c->memory_capacity = o->memory_capacity_mib << 20;
   c->item_capacity = o->item_capacity;
   c->record_stats = o->record_stats != 0;
+  /* Shards of at least 16 MiB and, with an item budget, 64 items: a shard too small to hold
+   * several tiles would work as a direct-mapped cache and thrash. */
   uint64_t n = c->memory_capacity / TSR_CACHE_SHARD_MIN_BYTES;
-  if (c->item_capacity && n > c->item_capacity)
-    n = c->item_capacity;
+  if (c->item_capacity && n > c->item_capacity / TSR_CACHE_SHARD_MIN_ITEMS)
+    n = c->item_capacity / TSR_CACHE_SHARD_MIN_ITEMS;
   c->nshards = n < 1 ? 1 : n > TSR_CACHE_MAX_SHARDS ? TSR_CACHE_MAX_SHARDS : (unsigned)n;
   c->shard_bytes = c->memory_capacity / c->nshards;
   c->shard_items = c->item_capacity / c->nshards;
@@ -382,12 +415,14 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
   struct tsr_cache *fresh = NULL;
   if (o.type != TESSERA_CACHE_NONE && !(fresh = create_cache(&o)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
-  pthread_rwlock_wrlock(&current_lock);
+  pthread_mutex_lock(&current_lock);
   struct tsr_cache *old = current;
   current = fresh;
   current_options = o;
-  pthread_rwlock_unlock(&current_lock);
-  destroy_cache(old);
+  bool last = old && --old->refs == 0;
+  pthread_mutex_unlock(&current_lock);
+  if (last)
+    destroy_cache(old);
   return TESSERA_OK;
 }
 
@@ -423,13 +458,13 @@ TESSERA_API void tessera_cache_stats_reset(int32_t record_stats) {
   struct tsr_cache *c = tsr_cache_acquire();
   if (!c)
     return;
+  if (record_stats >= 0)
+    c->record_stats = record_stats != 0;
   for (unsigned i = 0; i < c->nshards; i++) {
     struct shard *sh = &c->shards[i];
     pthread_mutex_lock(&sh->lock);
     sh->hits = sh->misses = sh->evictions = 0;
     pthread_mutex_unlock(&sh->lock);
   }
-  if (record_stats >= 0)
-    c->record_stats = record_stats != 0;
   tsr_cache_release(c);
 }

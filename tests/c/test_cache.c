@@ -410,6 +410,52 @@ static void test_fork(const char *dir) {
   tessera_close(s);
 }
 
+struct reader_loop {
+  tessera_slide *s;
+  atomic_int *stop;
+  unsigned long long seed;
+};
+
+static void *reader_loop_thread(void *arg) {
+  struct reader_loop *r = arg;
+  while (!atomic_load(r->stop)) {
+    int64_t x = (int64_t)(test_rand(&r->seed) % 1800), y = (int64_t)(test_rand(&r->seed) % 2500);
+    free(read_patch(r->s, x, y, 0, 400, 400, 3));
+  }
+  return NULL;
+}
+
+/* Reconfiguring the cache and forking must not wait for reads to pause: with three threads
+ * reading back to back, each returns promptly (a watchdog turns a hang into a failure). */
+static void test_configure_and_fork_during_reads(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
+  if (!s)
+    return;
+  configure(TESSERA_CACHE_PER_PROCESS, 2, 0, 1);
+  atomic_int stop = 0;
+  struct reader_loop rs[3];
+  pthread_t t[3];
+  for (int i = 0; i < 3; i++) {
+    rs[i] = (struct reader_loop){s, &stop, 50u + (unsigned)i};
+    pthread_create(&t[i], NULL, reader_loop_thread, &rs[i]);
+  }
+  alarm(60);
+  for (int i = 0; i < 10; i++) {
+    configure(TESSERA_CACHE_PER_PROCESS, 2 + (uint64_t)(i % 3), 0, 1);
+    pid_t pid = fork();
+    if (pid == 0)
+      _exit(0);
+    int status = 0;
+    CHECK(pid > 0 && waitpid(pid, &status, 0) == pid && WIFEXITED(status), "fork %d", i);
+  }
+  alarm(0);
+  atomic_store(&stop, 1);
+  for (int i = 0; i < 3; i++)
+    pthread_join(t[i], NULL);
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  tessera_close(s);
+}
+
 static void test_arguments(void) {
   tessera_cache_options o;
   tessera_cache_options_init(&o);
@@ -436,5 +482,6 @@ int main(int argc, char **argv) {
   test_single_flight(dir);
   test_no_collisions(dir);
   test_fork(dir);
+  test_configure_and_fork_during_reads(dir);
   return check_finish("test_cache");
 }
