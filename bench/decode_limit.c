@@ -7,11 +7,11 @@
  * summed, as the readers sum theirs. */
 #include "bench.h"
 #include "checksum.h"
+#include "layout.h"
 
 #include <math.h>
 #include <pthread.h>
 #include <setjmp.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,17 +34,6 @@ struct decode_plan {
   uint32_t *decodes; /* the distinct tile of each decode, in workload order */
   size_t decode_count;
 };
-
-static bool fail(char *why, size_t why_size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static bool fail(char *why, size_t why_size, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(why, why_size, fmt, ap);
-  va_end(ap);
-  return false;
-}
 
 /* ---- finding the level's directory ---------------------------------------------------- */
 
@@ -96,16 +85,17 @@ static bool read_format(TIFF *tif, decode_plan *p, char *why, size_t why_size) {
   TIFFGetField(tif, TIFFTAG_PHOTOMETRIC, &photometric);
   TIFFGetFieldDefaulted(tif, TIFFTAG_SAMPLESPERPIXEL, &samples);
   if (compression != COMPRESSION_JPEG)
-    return fail(why, why_size, "the level is not JPEG-compressed (compression %u)", compression);
+    return layout_fail(why, why_size, "the level is not JPEG-compressed (compression %u)",
+                       compression);
   if (samples != 3 || (photometric != PHOTOMETRIC_YCBCR && photometric != PHOTOMETRIC_RGB))
-    return fail(why, why_size, "only 3-sample YCbCr or RGB JPEG tiles are measured");
+    return layout_fail(why, why_size, "only 3-sample YCbCr or RGB JPEG tiles are measured");
   p->color = photometric == PHOTOMETRIC_YCBCR ? JCS_YCbCr : JCS_RGB;
   uint32_t size = 0;
   void *tables = NULL;
   if (TIFFGetField(tif, TIFFTAG_JPEGTABLES, &size, &tables) && size > 0) {
     p->tables = malloc(size);
     if (!p->tables)
-      return fail(why, why_size, "out of memory");
+      return layout_fail(why, why_size, "out of memory");
     memcpy(p->tables, tables, size);
     p->tables_size = size;
   }
@@ -125,7 +115,7 @@ static bool list_decodes(const workload *w, uint32_t tile_w, uint32_t tile_h, de
   int64_t across = (w->level_width + tile_w - 1) / tile_w;
   int64_t down = (w->level_height + tile_h - 1) / tile_h;
   if ((uint64_t)across * (uint64_t)down > MAX_TILES)
-    return fail(why, why_size, "the level has too many tiles");
+    return layout_fail(why, why_size, "the level has too many tiles");
   int64_t *distinct_of = malloc((size_t)(across * down) * sizeof *distinct_of);
   *tiles = malloc((size_t)(across * down) * sizeof **tiles);
   size_t cap = w->n < ((size_t)1 << 20) ? 4 * w->n + 16 : (size_t)4 << 20, count = 0;
@@ -162,31 +152,31 @@ static bool list_decodes(const workload *w, uint32_t tile_w, uint32_t tile_h, de
   free(distinct_of);
   p->decodes = decodes;
   p->decode_count = count;
-  return ok ? true : fail(why, why_size, "out of memory");
+  return ok ? true : layout_fail(why, why_size, "out of memory");
 }
 
 static bool read_tiles(TIFF *tif, const uint32_t *tiles, decode_plan *p, char *why,
                        size_t why_size) {
   p->offset = malloc((p->distinct + 1) * sizeof *p->offset);
   if (!p->offset)
-    return fail(why, why_size, "out of memory");
+    return layout_fail(why, why_size, "out of memory");
   size_t total = 0;
   for (size_t k = 0; k < p->distinct; k++) {
     uint64_t size = TIFFGetStrileByteCount(tif, tiles[k]);
     if (size == 0 || size > MAX_TILE_BYTES)
-      return fail(why, why_size, "tile %u has %llu compressed bytes", tiles[k],
-                  (unsigned long long)size);
+      return layout_fail(why, why_size, "tile %u has %llu compressed bytes", tiles[k],
+                         (unsigned long long)size);
     p->offset[k] = total;
     total += (size_t)size;
   }
   p->offset[p->distinct] = total;
   p->bytes = malloc(total ? total : 1);
   if (!p->bytes)
-    return fail(why, why_size, "out of memory for %zu bytes of tiles", total);
+    return layout_fail(why, why_size, "out of memory for %zu bytes of tiles", total);
   for (size_t k = 0; k < p->distinct; k++) {
     tmsize_t size = (tmsize_t)(p->offset[k + 1] - p->offset[k]);
     if (TIFFReadRawTile(tif, tiles[k], p->bytes + p->offset[k], size) != size)
-      return fail(why, why_size, "cannot read tile %u", tiles[k]);
+      return layout_fail(why, why_size, "cannot read tile %u", tiles[k]);
   }
   return true;
 }
@@ -194,7 +184,7 @@ static bool read_tiles(TIFF *tif, const uint32_t *tiles, decode_plan *p, char *w
 decode_plan *decode_plan_create(const workload *w, char *why, size_t why_size) {
   TIFF *tif = TIFFOpen(w->path, "r");
   if (!tif) {
-    fail(why, why_size, "libtiff cannot open the file");
+    layout_fail(why, why_size, "libtiff cannot open the file");
     return NULL;
   }
   decode_plan *p = calloc(1, sizeof *p);
@@ -202,13 +192,13 @@ decode_plan *decode_plan_create(const workload *w, char *why, size_t why_size) {
   uint32_t tile_w = 0, tile_h = 0;
   bool ok = p != NULL;
   if (!ok)
-    fail(why, why_size, "out of memory");
+    layout_fail(why, why_size, "out of memory");
   if (ok && !find_level(tif, w))
-    ok = fail(why, why_size, "libtiff finds no tiled directory of the level's size");
+    ok = layout_fail(why, why_size, "libtiff finds no tiled directory of the level's size");
   ok = ok && read_format(tif, p, why, why_size);
   if (ok && (!TIFFGetField(tif, TIFFTAG_TILEWIDTH, &tile_w) ||
              !TIFFGetField(tif, TIFFTAG_TILELENGTH, &tile_h) || tile_w == 0 || tile_h == 0))
-    ok = fail(why, why_size, "the level has no tile size");
+    ok = layout_fail(why, why_size, "the level has no tile size");
   ok = ok && list_decodes(w, tile_w, tile_h, p, &tiles, why, why_size) &&
        read_tiles(tif, tiles, p, why, why_size);
   free(tiles);

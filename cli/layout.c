@@ -93,10 +93,7 @@ uint64_t layout_capacity(const layout_spec *spec) {
   return __builtin_mul_overflow(across, down, &total) ? UINT64_MAX : total;
 }
 
-static bool fail(char *why, size_t why_size, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static bool fail(char *why, size_t why_size, const char *fmt, ...) {
+bool layout_fail(char *why, size_t why_size, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(why, why_size, fmt, ap);
@@ -108,20 +105,22 @@ static bool fail(char *why, size_t why_size, const char *fmt, ...) {
 static uint64_t patch_count(const layout_spec *spec, char *why, size_t why_size) {
   const char *name = layout_kind_name(spec->kind);
   if (spec->patch_width > spec->level_width || spec->patch_height > spec->level_height) {
-    fail(why, why_size,
-         "a %" PRId64 " x %" PRId64 " patch does not fit in the %" PRId64 " x %" PRId64 " level",
-         spec->patch_width, spec->patch_height, spec->level_width, spec->level_height);
+    layout_fail(why, why_size,
+                "a %" PRId64 " x %" PRId64 " patch does not fit in the %" PRId64 " x %" PRId64
+                " level",
+                spec->patch_width, spec->patch_height, spec->level_width, spec->level_height);
     return 0;
   }
   uint64_t capacity = layout_capacity(spec);
   if (spec->count == 0) {
     if (spec->kind == LAYOUT_RANDOM)
-      fail(why, why_size, "the random layout needs a count of patches");
+      layout_fail(why, why_size, "the random layout needs a count of patches");
     return spec->kind == LAYOUT_RANDOM ? 0 : capacity;
   }
   if (spec->count > capacity) {
-    fail(why, why_size, "%" PRIu64 " patches asked for, but the %s layout holds only %" PRIu64,
-         spec->count, name, capacity);
+    layout_fail(why, why_size,
+                "%" PRIu64 " patches asked for, but the %s layout holds only %" PRIu64, spec->count,
+                name, capacity);
     return 0;
   }
   return spec->count;
@@ -133,7 +132,7 @@ bool layout_generate(const layout_spec *spec, int64_t **out_xy, size_t *out_n, c
   *out_n = 0;
   if (spec->level_width < 1 || spec->level_height < 1 || spec->patch_width < 1 ||
       spec->patch_height < 1 || !(spec->downsample > 0.0))
-    return fail(why, why_size, "the level or the patch size is empty");
+    return layout_fail(why, why_size, "the level or the patch size is empty");
   uint64_t n = patch_count(spec, why, why_size);
   if (n == 0)
     return false;
@@ -142,7 +141,7 @@ bool layout_generate(const layout_spec *spec, int64_t **out_xy, size_t *out_n, c
   if (n <= SIZE_MAX && !__builtin_mul_overflow((size_t)n, 2 * sizeof *xy, &bytes))
     xy = malloc(bytes);
   if (!xy)
-    return fail(why, why_size, "out of memory for %" PRIu64 " locations", n);
+    return layout_fail(why, why_size, "out of memory for %" PRIu64 " locations", n);
 
   int64_t sx, sy;
   layout_steps(spec, &sx, &sy);

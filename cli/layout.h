@@ -46,6 +46,11 @@ uint64_t layout_capacity(const layout_spec *spec);
 bool layout_generate(const layout_spec *spec, int64_t **out_xy, size_t *out_n, char *why,
                      size_t why_size);
 
+/* Formats a one-line reason into why (why_size bytes) and returns false, so a failure reads
+ * `return layout_fail(why, why_size, "...", ...);`. bench/ uses it for its own reasons too. */
+bool layout_fail(char *why, size_t why_size, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* The smallest level-0 coordinate v with floor(v / downsample) == level_v (level_v * downsample
  * when that is a whole number); the nearest one when rounding leaves none. */
 int64_t layout_to_level0(int64_t level_v, double downsample);

@@ -16,6 +16,7 @@
  * shard's condition variable. Pinned entries (being copied from, or loading) are never
  * evicted or freed. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 
 #include "alloc.h"
@@ -73,6 +74,9 @@ struct tsr_cache {
  * pointer, and whoever drops the last reference to the old cache frees it. */
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct tsr_cache *current;
+/* Whether current is set, read without the lock: with no cache (the default) a tile costs no
+ * lock at all. A reader that misses a change made meanwhile reads that tile the other way. */
+static atomic_bool have_cache;
 static tessera_cache_options current_options; /* what made it; guarded by current_lock */
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -202,6 +206,8 @@ static bool fits(const struct tsr_cache *c, const struct shard *sh, size_t bytes
 static void destroy_cache(struct tsr_cache *c);
 
 struct tsr_cache *tsr_cache_acquire(void) {
+  if (!atomic_load_explicit(&have_cache, memory_order_relaxed))
+    return NULL;
   pthread_mutex_lock(&current_lock);
   struct tsr_cache *c = current;
   if (c)
@@ -322,6 +328,7 @@ static void after_fork_child(void) {
   if (current) {
     current_options.record_stats = current->record_stats;
     current = create_cache(&current_options);
+    atomic_store(&have_cache, current != NULL);
   }
 }
 
@@ -418,6 +425,7 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
   pthread_mutex_lock(&current_lock);
   struct tsr_cache *old = current;
   current = fresh;
+  atomic_store(&have_cache, fresh != NULL);
   current_options = o;
   bool last = old && --old->refs == 0;
   pthread_mutex_unlock(&current_lock);
