@@ -263,12 +263,23 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
  * missing the same tile decode it once. Eviction is S3-FIFO: new tiles enter a small queue
  * and move to the main one only if read again, so a long scan passes through without
  * evicting the tiles in repeated use.
+ *
+ * TESSERA_CACHE_SHARED_MEMORY keeps the tiles in a named POSIX shared-memory segment that
+ * many processes use at once: made before fork (children share it) or attached by name from
+ * unrelated processes (the first to configure a name creates it; the others attach to it as
+ * it is, with its capacities). Processes missing the same tile decode it once. Its locks are
+ * robust: a process killed at any point (even holding one) leaves the cache usable, and what
+ * it was writing is dropped. The segment is removed when the last process using it detaches
+ * (configures another cache, or exits); a segment whose users were all killed stays until
+ * removed with tessera_shared_cache_remove (or `tessera cache remove NAME`). Statistics of a
+ * shared cache count the accesses of every process using it. The processes sharing a segment
+ * must see one another's process ids (one PID namespace).
  */
 
 typedef enum tessera_cache_type {
   TESSERA_CACHE_NONE = 0,         /* no cache (default) */
   TESSERA_CACHE_PER_PROCESS = 1,  /* shared by the threads of this process */
-  TESSERA_CACHE_SHARED_MEMORY = 2 /* shared between processes (not yet available) */
+  TESSERA_CACHE_SHARED_MEMORY = 2 /* shared between processes: a POSIX shared-memory segment */
 } tessera_cache_type;
 
 typedef struct tessera_cache_options {
@@ -277,7 +288,15 @@ typedef struct tessera_cache_options {
   uint64_t memory_capacity_mib; /* byte budget in MiB; default 1024 */
   uint64_t item_capacity;       /* most tiles held; 0 (default): no limit but the bytes */
   int32_t record_stats;         /* nonzero: count hits and misses; default 0 */
+  /* TESSERA_CACHE_SHARED_MEMORY: the segment's name, with or without a leading '/' (no other
+   * '/', at most TESSERA_SHARED_CACHE_NAME_MAX bytes), e.g. "tessera-training"; an existing
+   * segment of that name that is not a tessera cache is refused. NULL (default) makes a new
+   * segment named after the process ("/tessera-PID-N"), for the children forked after this
+   * call. Copied; need not outlive the call. */
+  const char *name;
 } tessera_cache_options;
+
+#define TESSERA_SHARED_CACHE_NAME_MAX 200
 
 TESSERA_API void tessera_cache_options_init(tessera_cache_options *options);
 
@@ -302,6 +321,30 @@ TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats);
 /* Sets hits, misses and evictions back to 0; record_stats >= 0 also turns counting on (1)
  * or off (0), -1 leaves it. Thread-safe. */
 TESSERA_API void tessera_cache_stats_reset(int32_t record_stats);
+
+/* A shared-memory cache segment of this machine, as tessera_shared_cache_list finds it. */
+typedef struct tessera_shared_cache_info {
+  size_t struct_size;                             /* sizeof(tessera_shared_cache_info) */
+  char name[TESSERA_SHARED_CACHE_NAME_MAX + 2];   /* with its leading '/' */
+  int32_t ready;            /* 0: its creator has not finished setting it up (or died doing so) */
+  uint32_t users;           /* processes using it that are alive */
+  uint64_t segment_bytes;   /* size of the segment, index included */
+  uint64_t memory_capacity; /* bytes for tiles */
+  uint64_t item_capacity;   /* 0: no limit */
+  uint64_t items, bytes;    /* held now */
+  uint64_t hits, misses, evictions;
+} tessera_shared_cache_info;
+
+/* Lists the tessera segments in /dev/shm: fills up to `capacity` entries of infos (each
+ * with struct_size set) and sets *count to the number found (which may exceed capacity).
+ * infos may be NULL when capacity is 0. */
+TESSERA_API tessera_status tessera_shared_cache_list(tessera_shared_cache_info *infos,
+                                                     size_t capacity, size_t *count);
+
+/* Removes the named segment (with or without its leading '/'); processes attached keep using
+ * it until they detach. Refuses (TESSERA_E_ARGUMENT) a segment that is not tessera's, and
+ * one with live users unless force is nonzero. TESSERA_E_IO if there is none by that name. */
+TESSERA_API tessera_status tessera_shared_cache_remove(const char *name, int32_t force);
 
 #ifdef __cplusplus
 }

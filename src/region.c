@@ -164,28 +164,33 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
   if (lv->fmt.unsupported[0] || lv->offsets[index] == 0 || lv->bytecounts[index] == 0 ||
       bytes == 0 || bytes > s->limits.max_decoded_tile_bytes)
     return false; /* errors and missing tiles are the plain path's business */
-  struct tsr_cache_key key = {s->id, lv->directory, index};
-  struct tsr_cache_entry *e;
-  enum tsr_cache_result r = tsr_cache_lookup(cache, &key, bytes, &e);
+  size_t stride = (size_t)lv->tile_w * lv->fmt.decoded_channels;
+  /* The rows of the tile under the union, from its first needed pixel. */
+  size_t offset = (size_t)(u->y0 - tile->y0) * stride +
+                  (size_t)(u->x0 - tile->x0) * lv->fmt.decoded_channels;
+  size_t end = (size_t)(u->y1 - 1 - tile->y0) * stride +
+               (size_t)(u->x1 - tile->x0) * lv->fmt.decoded_channels;
+  struct tsr_cache_access a = {.key = {s->id, lv->directory, index},
+                               .bytes = bytes,
+                               .offset = offset,
+                               .length = end - offset,
+                               .scratch = &b->cached};
+  enum tsr_cache_result r = tsr_cache_lookup(cache, &a);
   if (r == TSR_CACHE_BYPASS)
     return false;
-  size_t stride = (size_t)lv->tile_w * lv->fmt.decoded_channels;
-  uint8_t *pixels = tsr_cache_pixels(e);
   if (r == TSR_CACHE_LOAD) {
     struct tsr_tile_rect whole = {
-        0, 0, (uint32_t)(tile->x1 - tile->x0), (uint32_t)(tile->y1 - tile->y0), pixels, stride};
+        0, 0, (uint32_t)(tile->x1 - tile->x0), (uint32_t)(tile->y1 - tile->y0), a.load, stride};
     bool missing;
     *st = tsr_tile_read(s, level, index, &whole, b, &missing);
     if (*st != TESSERA_OK) {
-      tsr_cache_abandon(cache, e);
+      tsr_cache_abandon(cache, &a);
       return true;
     }
-    tsr_cache_publish(cache, e);
+    tsr_cache_publish(cache, &a);
   }
-  const uint8_t *src = pixels + (size_t)(u->y0 - tile->y0) * stride +
-                       (size_t)(u->x0 - tile->x0) * lv->fmt.decoded_channels;
-  put_tile(&lv->fmt, tile, u, src, stride, false, canvases, n);
-  tsr_cache_unpin(cache, e);
+  put_tile(&lv->fmt, tile, u, a.src, stride, false, canvases, n);
+  tsr_cache_done(cache, &a);
   *st = TESSERA_OK;
   return true;
 }

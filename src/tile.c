@@ -40,6 +40,7 @@ static void destroy_buffers(void *p) {
   tsr_scratch_free(&b->compressed);
   tsr_scratch_free(&b->tile);
   tsr_scratch_free(&b->rect);
+  tsr_scratch_free(&b->cached);
   tsr_free(b);
 }
 
@@ -52,7 +53,7 @@ struct tsr_tile_buffers *tsr_tile_buffers_get(void) {
 }
 
 void tsr_tile_buffers_trim(struct tsr_tile_buffers *b) {
-  struct tsr_scratch *all[] = {&b->compressed, &b->tile, &b->rect};
+  struct tsr_scratch *all[] = {&b->compressed, &b->tile, &b->rect, &b->cached};
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
     if (all[i]->cap > TSR_KEEP_BUFFER_BYTES)
       tsr_scratch_free(all[i]);

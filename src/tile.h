@@ -23,6 +23,7 @@ struct tsr_tile_buffers {
   struct tsr_scratch compressed;
   struct tsr_scratch tile;
   struct tsr_scratch rect;
+  struct tsr_scratch cached; /* a tile copied out of (or on its way into) a shared cache */
 };
 
 /* This thread's buffers (made on first use, freed when the thread exits); NULL when out of

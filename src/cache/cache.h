@@ -1,13 +1,18 @@
 /* The decoded-tile cache of the process (DESIGN §3), used by every reader through
- * tsr_paint_tile. One cache at a time, configured with tessera_cache_configure; readers hold
- * it (a read lock) only while they look a tile up and copy from it. */
+ * tsr_paint_tile. One cache at a time, configured with tessera_cache_configure. Two kinds sit
+ * behind one interface: per_process (process.c: tiles in this process's heap, handed out in
+ * place while pinned) and shared_memory (shared.c: tiles in a POSIX shared-memory segment
+ * used by many processes, copied in and out under its locks, since a process may die at any
+ * moment and must not leave pins behind). cache.c owns the process's current cache. */
 #ifndef TSR_CACHE_H
 #define TSR_CACHE_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "slide_internal.h"
+#include "tile.h"
 
 /* A tile, compared in full: the file (device, inode, size, modification time), the directory
  * and the tile index. */
@@ -17,31 +22,90 @@ struct tsr_cache_key {
   uint64_t tile;
 };
 
+uint64_t tsr_cache_key_hash(const struct tsr_cache_key *k);
+bool tsr_cache_key_equal(const struct tsr_cache_key *a, const struct tsr_cache_key *b);
+
+/* S3-FIFO, shared by both kinds (see process.c for why): the small queue holds a tenth of
+ * the budget; a main-queue tile gets up to this many second chances. */
+#define TSR_CACHE_SMALL_PART 10
+#define TSR_CACHE_MAX_FREQ 3
+/* Shards of at least 16 MiB (and 64 items when items are limited), at most 16. */
+#define TSR_CACHE_MAX_SHARDS 16
+#define TSR_CACHE_SHARD_MIN_BYTES ((uint64_t)16 << 20)
+#define TSR_CACHE_SHARD_MIN_ITEMS 64
+unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity);
+
+enum tsr_cache_result {
+  TSR_CACHE_HIT,   /* a->src holds the bytes asked for */
+  TSR_CACHE_LOAD,  /* the tile is reserved for the caller, who decodes it whole into a->load
+                      and then publishes or abandons it; others wanting it wait meanwhile */
+  TSR_CACHE_BYPASS /* the tile cannot be cached now (too big, no room, no memory): decode
+                      it without the cache */
+};
+
+/* One use of one tile: filled in by the caller, then by the cache. */
+struct tsr_cache_access {
+  struct tsr_cache_key key;
+  size_t bytes;                /* the whole decoded tile */
+  size_t offset, length;       /* the part of it the caller paints from */
+  struct tsr_scratch *scratch; /* the caller's thread's; a shared cache copies into it */
+  const uint8_t *src;          /* HIT, and LOAD once published: bytes [offset, +length) */
+  uint8_t *load;               /* LOAD: where the whole tile is to be decoded */
+  void *entry;                 /* the cache's own from here on */
+  uint32_t shard, slot, ticket;
+};
+
 struct tsr_cache;
-struct tsr_cache_entry;
+
+struct tsr_cache_ops {
+  enum tsr_cache_result (*lookup)(struct tsr_cache *c, struct tsr_cache_access *a);
+  void (*publish)(struct tsr_cache *c, struct tsr_cache_access *a);
+  void (*abandon)(struct tsr_cache *c, struct tsr_cache_access *a);
+  void (*done)(struct tsr_cache *c, struct tsr_cache_access *a);
+  /* Fills hits, misses, evictions, items, bytes and the capacities. */
+  void (*stats)(struct tsr_cache *c, tessera_cache_stats *t);
+  void (*reset_stats)(struct tsr_cache *c);
+  /* In a forked child: a cache to use there in place of c (which is left alone: the parent's
+   * threads may have been inside it); NULL for none. */
+  struct tsr_cache *(*fork_child)(struct tsr_cache *c);
+  /* The process is exiting: let others know, free nothing (threads may still read). */
+  void (*exiting)(struct tsr_cache *c);
+  void (*destroy)(struct tsr_cache *c);
+};
+
+/* What both kinds start with. */
+struct tsr_cache {
+  const struct tsr_cache_ops *ops;
+  unsigned refs; /* 1 while it is the process's cache, plus readers using it; guarded by
+                    cache.c's lock */
+  tessera_cache_type type;
+  _Atomic int record_stats; /* this process counts its hits and misses */
+};
+
+struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o);
+tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct tsr_cache **out);
 
 /* The current cache, held until tsr_cache_release; NULL (and nothing to release) when the
  * process has none. */
 struct tsr_cache *tsr_cache_acquire(void);
 void tsr_cache_release(struct tsr_cache *c);
 
-enum tsr_cache_result {
-  TSR_CACHE_HIT,   /* *e is pinned and its pixels are ready */
-  TSR_CACHE_LOAD,  /* *e is reserved for the caller, who decodes into its pixels and then
-                      publishes or abandons it; other threads wanting it wait meanwhile */
-  TSR_CACHE_BYPASS /* the tile cannot be cached now (too big, no memory, all pinned):
-                      decode it without the cache */
-};
-
-/* Looks up a decoded tile of `bytes` bytes. */
-enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, const struct tsr_cache_key *key,
-                                       size_t bytes, struct tsr_cache_entry **e);
-uint8_t *tsr_cache_pixels(struct tsr_cache_entry *e);
-/* The loader's entry becomes visible to all, still pinned by the loader. */
-void tsr_cache_publish(struct tsr_cache *c, struct tsr_cache_entry *e);
+/* Looks a->key up (a->bytes, a->offset, a->length and a->scratch set). */
+static inline enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c,
+                                                     struct tsr_cache_access *a) {
+  return c->ops->lookup(c, a);
+}
+/* The loader decoded a->load: the tile becomes visible to all; a->src is set. */
+static inline void tsr_cache_publish(struct tsr_cache *c, struct tsr_cache_access *a) {
+  c->ops->publish(c, a);
+}
 /* The loader failed: the entry goes away, and a waiting thread may try in its turn. */
-void tsr_cache_abandon(struct tsr_cache *c, struct tsr_cache_entry *e);
-/* Lets go of a hit or a published entry. */
-void tsr_cache_unpin(struct tsr_cache *c, struct tsr_cache_entry *e);
+static inline void tsr_cache_abandon(struct tsr_cache *c, struct tsr_cache_access *a) {
+  c->ops->abandon(c, a);
+}
+/* The caller is done with a->src (after a hit, or after publishing). */
+static inline void tsr_cache_done(struct tsr_cache *c, struct tsr_cache_access *a) {
+  c->ops->done(c, a);
+}
 
 #endif

@@ -23,11 +23,6 @@
 #include "cache/cache.h"
 #include "error.h"
 
-#define TSR_CACHE_MAX_SHARDS 16
-#define TSR_CACHE_SHARD_MIN_BYTES ((uint64_t)16 << 20)
-#define TSR_CACHE_SHARD_MIN_ITEMS 64
-#define TSR_CACHE_MAX_FREQ 3
-
 enum queue { Q_NONE, Q_SMALL, Q_MAIN };
 
 struct tsr_cache_entry {
@@ -58,44 +53,14 @@ struct shard {
   uint64_t hits, misses, evictions;
 };
 
-struct tsr_cache {
-  unsigned refs; /* 1 while it is the process's cache, plus readers using it; guarded by
-                    current_lock */
-  tessera_cache_type type;
+struct process_cache {
+  struct tsr_cache base;
   uint64_t memory_capacity, item_capacity;
   uint64_t shard_bytes, shard_items; /* each shard's budget (items 0: none) */
-  _Atomic int record_stats;
   unsigned nshards;
   struct shard shards[TSR_CACHE_MAX_SHARDS];
+  tessera_cache_options options; /* what made it, for a forked child's */
 };
-
-/* The process's cache. A reader takes a reference under `current_lock` (held only for that,
- * never across a decode, so configure and fork never wait for reads); configure swaps the
- * pointer, and whoever drops the last reference to the old cache frees it. */
-static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct tsr_cache *current;
-/* Whether current is set, read without the lock: with no cache (the default) a tile costs no
- * lock at all. A reader that misses a change made meanwhile reads that tile the other way. */
-static atomic_bool have_cache;
-static tessera_cache_options current_options; /* what made it; guarded by current_lock */
-static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-
-static uint64_t key_hash(const struct tsr_cache_key *k) {
-  uint64_t h = 0x9E3779B97F4A7C15u;
-  const uint64_t parts[] = {k->file.device, k->file.inode, k->file.size, (uint64_t)k->file.mtime_ns,
-                            k->directory,   k->tile};
-  for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
-    h ^= parts[i] + 0x9E3779B97F4A7C15u + (h << 6) + (h >> 2);
-    h *= 0xBF58476D1CE4E5B9u;
-  }
-  return h ^ (h >> 31);
-}
-
-static bool key_equal(const struct tsr_cache_key *a, const struct tsr_cache_key *b) {
-  return a->file.device == b->file.device && a->file.inode == b->file.inode &&
-         a->file.size == b->file.size && a->file.mtime_ns == b->file.mtime_ns &&
-         a->directory == b->directory && a->tile == b->tile;
-}
 
 /* ---- queues and table (shard lock held) ---- */
 
@@ -133,14 +98,14 @@ static struct tsr_cache_entry **bucket(struct shard *sh, uint64_t hash) {
 static struct tsr_cache_entry *find(struct shard *sh, const struct tsr_cache_key *k,
                                     uint64_t hash) {
   for (struct tsr_cache_entry *e = *bucket(sh, hash); e; e = e->hnext)
-    if (key_equal(&e->key, k))
+    if (tsr_cache_key_equal(&e->key, k))
       return e;
   return NULL;
 }
 
 /* Takes e out of the table and its queue and frees it (it is not pinned). */
 static void drop(struct shard *sh, struct tsr_cache_entry *e) {
-  struct tsr_cache_entry **p = bucket(sh, key_hash(&e->key));
+  struct tsr_cache_entry **p = bucket(sh, tsr_cache_key_hash(&e->key));
   while (*p != e)
     p = &(*p)->hnext;
   *p = e->hnext;
@@ -163,12 +128,12 @@ static struct tsr_cache_entry *oldest_unpinned(const struct fifo *q) {
 
 /* Evicts one entry, S3-FIFO style; false when every entry is pinned. Pinned entries stay
  * where they are and are passed over. */
-static bool evict_one(struct tsr_cache *c, struct shard *sh) {
+static bool evict_one(struct process_cache *c, struct shard *sh) {
   /* Each step evicts, promotes (once per entry) or uses up one of an entry's second chances
    * (at most 3), so this many steps always reach an eviction when one is possible. */
   uint64_t steps = (TSR_CACHE_MAX_FREQ + 2) * (sh->items + 1);
   while (steps-- > 0) {
-    bool from_small = sh->small.bytes * 10 > c->shard_bytes || !sh->main.tail;
+    bool from_small = sh->small.bytes * TSR_CACHE_SMALL_PART > c->shard_bytes || !sh->main.tail;
     struct tsr_cache_entry *e = oldest_unpinned(from_small ? &sh->small : &sh->main);
     if (!e) {
       from_small = !from_small;
@@ -197,47 +162,25 @@ static bool evict_one(struct tsr_cache *c, struct shard *sh) {
   return false;
 }
 
-static bool fits(const struct tsr_cache *c, const struct shard *sh, size_t bytes) {
+static bool fits(const struct process_cache *c, const struct shard *sh, size_t bytes) {
   return sh->bytes + bytes <= c->shard_bytes && (!c->shard_items || sh->items < c->shard_items);
 }
 
-/* ---- the internal interface ---- */
+/* ---- the interface of cache.h ---- */
 
-static void destroy_cache(struct tsr_cache *c);
-
-struct tsr_cache *tsr_cache_acquire(void) {
-  if (!atomic_load_explicit(&have_cache, memory_order_relaxed))
-    return NULL;
-  pthread_mutex_lock(&current_lock);
-  struct tsr_cache *c = current;
-  if (c)
-    c->refs++;
-  pthread_mutex_unlock(&current_lock);
-  return c;
-}
-
-void tsr_cache_release(struct tsr_cache *c) {
-  if (!c)
-    return;
-  pthread_mutex_lock(&current_lock);
-  bool last = --c->refs == 0;
-  pthread_mutex_unlock(&current_lock);
-  if (last)
-    destroy_cache(c);
-}
-
-static struct shard *shard_of(struct tsr_cache *c, uint64_t hash) {
+static struct shard *shard_of(struct process_cache *c, uint64_t hash) {
   return &c->shards[hash % c->nshards];
 }
 
-enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, const struct tsr_cache_key *key,
-                                       size_t bytes, struct tsr_cache_entry **out) {
-  uint64_t hash = key_hash(key);
+static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_access *a) {
+  struct process_cache *c = (struct process_cache *)base;
+  uint64_t hash = tsr_cache_key_hash(&a->key);
   struct shard *sh = shard_of(c, hash);
-  bool count = c->record_stats;
+  bool count = base->record_stats;
+  size_t bytes = a->bytes;
   pthread_mutex_lock(&sh->lock);
   struct tsr_cache_entry *e;
-  while ((e = find(sh, key, hash)) != NULL && e->loading)
+  while ((e = find(sh, &a->key, hash)) != NULL && e->loading)
     pthread_cond_wait(&sh->loaded, &sh->lock);
   if (e && e->bytes != bytes) {
     /* Same key, other geometry: a file rewritten in place within one mtime tick, say. The
@@ -252,7 +195,8 @@ enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, const struct tsr_cac
     if (count)
       sh->hits++;
     pthread_mutex_unlock(&sh->lock);
-    *out = e;
+    a->entry = e;
+    a->src = e->pixels + a->offset;
     return TSR_CACHE_HIT;
   }
   if (count)
@@ -274,71 +218,78 @@ enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, const struct tsr_cac
     return TSR_CACHE_BYPASS;
   }
   *e = (struct tsr_cache_entry){
-      .key = *key, .pixels = pixels, .bytes = bytes, .pins = 1, .queue = Q_NONE, .loading = true};
+      .key = a->key, .pixels = pixels, .bytes = bytes, .pins = 1, .queue = Q_NONE, .loading = true};
   struct tsr_cache_entry **b = bucket(sh, hash);
   e->hnext = *b;
   *b = e;
   sh->bytes += bytes;
   sh->items++;
   pthread_mutex_unlock(&sh->lock);
-  *out = e;
+  a->entry = e;
+  a->load = pixels;
   return TSR_CACHE_LOAD;
 }
 
-uint8_t *tsr_cache_pixels(struct tsr_cache_entry *e) { return e->pixels; }
-
-void tsr_cache_publish(struct tsr_cache *c, struct tsr_cache_entry *e) {
-  struct shard *sh = shard_of(c, key_hash(&e->key));
+static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
+  struct process_cache *c = (struct process_cache *)base;
+  struct tsr_cache_entry *e = a->entry;
+  struct shard *sh = shard_of(c, tsr_cache_key_hash(&e->key));
   pthread_mutex_lock(&sh->lock);
   e->loading = false;
   e->queue = Q_SMALL;
   fifo_push(&sh->small, e);
   pthread_cond_broadcast(&sh->loaded);
   pthread_mutex_unlock(&sh->lock);
+  a->src = e->pixels + a->offset; /* still pinned by the loader */
 }
 
-void tsr_cache_abandon(struct tsr_cache *c, struct tsr_cache_entry *e) {
-  struct shard *sh = shard_of(c, key_hash(&e->key));
+static void abandon(struct tsr_cache *base, struct tsr_cache_access *a) {
+  struct process_cache *c = (struct process_cache *)base;
+  struct tsr_cache_entry *e = a->entry;
+  struct shard *sh = shard_of(c, tsr_cache_key_hash(&e->key));
   pthread_mutex_lock(&sh->lock);
   drop(sh, e);
   pthread_cond_broadcast(&sh->loaded);
   pthread_mutex_unlock(&sh->lock);
 }
 
-void tsr_cache_unpin(struct tsr_cache *c, struct tsr_cache_entry *e) {
-  struct shard *sh = shard_of(c, key_hash(&e->key));
+static void done(struct tsr_cache *base, struct tsr_cache_access *a) {
+  struct process_cache *c = (struct process_cache *)base;
+  struct tsr_cache_entry *e = a->entry;
+  struct shard *sh = shard_of(c, tsr_cache_key_hash(&e->key));
   pthread_mutex_lock(&sh->lock);
   e->pins--;
   pthread_mutex_unlock(&sh->lock);
 }
 
-/* ---- the public calls ---- */
-
-static struct tsr_cache *create_cache(const tessera_cache_options *o);
-
-static void before_fork(void) { pthread_mutex_lock(&current_lock); }
-static void after_fork_parent(void) { pthread_mutex_unlock(&current_lock); }
-
-/* A per-process cache is the process's own: a forked child (a DataLoader worker, say) starts
- * with an empty one made the same way. The parent's copy is left alone, not freed: its
- * memory is shared copy-on-write, and the parent's threads may have been inside it (pinning
- * entries, holding shard locks) when the fork happened. */
-static void after_fork_child(void) {
-  pthread_mutex_init(&current_lock, NULL);
-  if (current) {
-    current_options.record_stats = current->record_stats;
-    current = create_cache(&current_options);
-    atomic_store(&have_cache, current != NULL);
+static void stats(struct tsr_cache *base, tessera_cache_stats *t) {
+  struct process_cache *c = (struct process_cache *)base;
+  t->memory_capacity = c->memory_capacity;
+  t->item_capacity = c->item_capacity;
+  for (unsigned i = 0; i < c->nshards; i++) {
+    struct shard *sh = &c->shards[i];
+    pthread_mutex_lock(&sh->lock);
+    t->hits += sh->hits;
+    t->misses += sh->misses;
+    t->evictions += sh->evictions;
+    t->items += sh->items;
+    t->bytes += sh->bytes;
+    pthread_mutex_unlock(&sh->lock);
   }
 }
 
-static void register_atfork(void) {
-  pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+static void reset_stats(struct tsr_cache *base) {
+  struct process_cache *c = (struct process_cache *)base;
+  for (unsigned i = 0; i < c->nshards; i++) {
+    struct shard *sh = &c->shards[i];
+    pthread_mutex_lock(&sh->lock);
+    sh->hits = sh->misses = sh->evictions = 0;
+    pthread_mutex_unlock(&sh->lock);
+  }
 }
 
-static void destroy_cache(struct tsr_cache *c) {
-  if (!c)
-    return;
+static void destroy(struct tsr_cache *base) {
+  struct process_cache *c = (struct process_cache *)base;
   for (unsigned i = 0; i < c->nshards; i++) {
     struct shard *sh = &c->shards[i];
     for (size_t b = 0; sh->table && b < sh->buckets; b++) {
@@ -355,21 +306,41 @@ static void destroy_cache(struct tsr_cache *c) {
   tsr_free(c);
 }
 
-static struct tsr_cache *create_cache(const tessera_cache_options *o) {
-  struct tsr_cache *c = tsr_calloc(1, sizeof *c);
+/* A per-process cache is the process's own: a forked child (a DataLoader worker, say) starts
+ * with an empty one made the same way. The parent's copy is left alone, not freed: its
+ * memory is shared copy-on-write, and the parent's threads may have been inside it (pinning
+ * entries, holding shard locks) when the fork happened. */
+static struct tsr_cache *fork_child(struct tsr_cache *base) {
+  struct process_cache *c = (struct process_cache *)base;
+  c->options.record_stats = base->record_stats;
+  return tsr_process_cache_create(&c->options);
+}
+
+static const struct tsr_cache_ops process_ops = {
+    .lookup = lookup,
+    .publish = publish,
+    .abandon = abandon,
+    .done = done,
+    .stats = stats,
+    .reset_stats = reset_stats,
+    .fork_child = fork_child,
+    .exiting = NULL,
+    .destroy = destroy,
+};
+
+struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o) {
+  struct process_cache *c = tsr_calloc(1, sizeof *c);
   if (!c)
     return NULL;
-  c->refs = 1;
-  c->type = o->type;
+  c->base.ops = &process_ops;
+  c->base.refs = 1;
+  c->base.type = TESSERA_CACHE_PER_PROCESS;
+  c->base.record_stats = o->record_stats != 0;
+  c->options = *o;
+  c->options.name = NULL;
   c->memory_capacity = o->memory_capacity_mib << 20;
   c->item_capacity = o->item_capacity;
-  c->record_stats = o->record_stats != 0;
-  /* Shards of at least 16 MiB and, with an item budget, 64 items: a shard too small to hold
-   * several tiles would work as a direct-mapped cache and thrash. */
-  uint64_t n = c->memory_capacity / TSR_CACHE_SHARD_MIN_BYTES;
-  if (c->item_capacity && n > c->item_capacity / TSR_CACHE_SHARD_MIN_ITEMS)
-    n = c->item_capacity / TSR_CACHE_SHARD_MIN_ITEMS;
-  c->nshards = n < 1 ? 1 : n > TSR_CACHE_MAX_SHARDS ? TSR_CACHE_MAX_SHARDS : (unsigned)n;
+  c->nshards = tsr_cache_shard_count(c->memory_capacity, c->item_capacity);
   c->shard_bytes = c->memory_capacity / c->nshards;
   c->shard_items = c->item_capacity / c->nshards;
   /* Buckets for the tiles a shard can hold, at 64 KiB a tile at the smallest. */
@@ -386,93 +357,9 @@ static struct tsr_cache *create_cache(const tessera_cache_options *o) {
     sh->buckets = buckets;
     if (!(sh->table = tsr_calloc(buckets, sizeof *sh->table))) {
       c->nshards = i + 1;
-      destroy_cache(c);
+      destroy(&c->base);
       return NULL;
     }
   }
-  return c;
-}
-
-TESSERA_API void tessera_cache_options_init(tessera_cache_options *o) {
-  if (!o)
-    return;
-  memset(o, 0, sizeof *o);
-  o->struct_size = sizeof *o;
-  o->type = TESSERA_CACHE_NONE;
-  o->memory_capacity_mib = 1024;
-  o->item_capacity = 0;
-  o->record_stats = 0;
-}
-
-TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *options) {
-  tessera_cache_options o;
-  tessera_cache_options_init(&o);
-  if (!options || options->struct_size < sizeof(size_t))
-    return tsr_error(TESSERA_E_ARGUMENT, "NULL cache options, or options without struct_size");
-  memcpy(&o, options, options->struct_size < sizeof o ? options->struct_size : sizeof o);
-  if (o.type == TESSERA_CACHE_SHARED_MEMORY)
-    return tsr_error(TESSERA_E_UNSUPPORTED, "the shared_memory cache is not available yet");
-  if (o.type != TESSERA_CACHE_NONE && o.type != TESSERA_CACHE_PER_PROCESS)
-    return tsr_error(TESSERA_E_ARGUMENT, "unknown cache type %d", (int)o.type);
-  if (o.type != TESSERA_CACHE_NONE &&
-      (o.memory_capacity_mib < 1 || o.memory_capacity_mib > ((uint64_t)1 << 30)))
-    return tsr_error(TESSERA_E_ARGUMENT, "memory_capacity_mib must be 1 .. 2^30, not %llu",
-                     (unsigned long long)o.memory_capacity_mib);
-  pthread_once(&atfork_once, register_atfork);
-  struct tsr_cache *fresh = NULL;
-  if (o.type != TESSERA_CACHE_NONE && !(fresh = create_cache(&o)))
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
-  pthread_mutex_lock(&current_lock);
-  struct tsr_cache *old = current;
-  current = fresh;
-  atomic_store(&have_cache, fresh != NULL);
-  current_options = o;
-  bool last = old && --old->refs == 0;
-  pthread_mutex_unlock(&current_lock);
-  if (last)
-    destroy_cache(old);
-  return TESSERA_OK;
-}
-
-TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats) {
-  if (!stats || stats->struct_size < sizeof(size_t))
-    return tsr_error(TESSERA_E_ARGUMENT, "NULL stats, or stats without struct_size");
-  tessera_cache_stats t = {.struct_size = sizeof t, .type = TESSERA_CACHE_NONE};
-  struct tsr_cache *c = tsr_cache_acquire();
-  if (c) {
-    t.type = c->type;
-    t.memory_capacity = c->memory_capacity;
-    t.item_capacity = c->item_capacity;
-    t.record_stats = c->record_stats;
-    for (unsigned i = 0; i < c->nshards; i++) {
-      struct shard *sh = &c->shards[i];
-      pthread_mutex_lock(&sh->lock);
-      t.hits += sh->hits;
-      t.misses += sh->misses;
-      t.evictions += sh->evictions;
-      t.items += sh->items;
-      t.bytes += sh->bytes;
-      pthread_mutex_unlock(&sh->lock);
-    }
-  }
-  tsr_cache_release(c);
-  size_t n = stats->struct_size < sizeof t ? stats->struct_size : sizeof t;
-  memcpy(stats, &t, n);
-  stats->struct_size = n;
-  return TESSERA_OK;
-}
-
-TESSERA_API void tessera_cache_stats_reset(int32_t record_stats) {
-  struct tsr_cache *c = tsr_cache_acquire();
-  if (!c)
-    return;
-  if (record_stats >= 0)
-    c->record_stats = record_stats != 0;
-  for (unsigned i = 0; i < c->nshards; i++) {
-    struct shard *sh = &c->shards[i];
-    pthread_mutex_lock(&sh->lock);
-    sh->hits = sh->misses = sh->evictions = 0;
-    pthread_mutex_unlock(&sh->lock);
-  }
-  tsr_cache_release(c);
+  return &c->base;
 }
