@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tessera.h"
+
 /* One workload, the same for every reader. */
 typedef struct workload {
   const char *path;
@@ -39,7 +41,8 @@ bool openslide_run(const workload *w, run_result *r);
 bool tessera_run(const workload *w, run_result *r);
 /* tessera_run with a per-process tile cache of w->cache_mib MiB, made empty for the run and
  * removed after it. */
-bool tessera_run_cached(const workload *w, run_result *r);
+/* tessera_run with a fresh (empty) cache of the type and w->cache_mib, removed after. */
+bool tessera_run_cached(const workload *w, tessera_cache_type type, run_result *r);
 
 /* The decode limit: the JPEG tiles that w's patches overlap, each decoded once per patch that
  * needs it, with a bare libjpeg-turbo loop on the compressed bytes read into memory

@@ -77,8 +77,9 @@ static void usage(FILE *out) {
         "'tessera bench' (cli/layout.c): grid and sliding default to every patch,\n"
         "random needs --count. Defaults: level 0, 1 thread, batch size 32, prefetch 2,\n"
         "seed 0, stride W/2,H/2. --shuffle visits the patches in an order drawn from\n"
-        "--seed (the same for every reader); --cache MIB adds a row for tessera with a\n"
-        "per-process tile cache of MIB MiB, made afresh (empty) for each run.\n"
+        "--seed (the same for every reader); --cache MIB adds rows for tessera with a\n"
+        "per-process and with a shared-memory tile cache of MIB MiB, each made afresh\n"
+        "(empty) for each run.\n"
         "\n"
         "Example:\n"
         "  compare slide.tiff --layout random --count 3000 --size 224,224 --threads 2\n"
@@ -317,10 +318,10 @@ static bool describe_level(const args *a, tessera_level_info *info, char *vendor
 
 /* ---- the runs ------------------------------------------------------------------------- */
 
-enum { READER_OPENSLIDE, READER_TESSERA, READER_CACHED, READER_DECODE, READERS };
+enum { READER_OPENSLIDE, READER_TESSERA, READER_CACHED, READER_SHARED, READER_DECODE, READERS };
 
 static const char *const reader_names[READERS] = {"OpenSlide", "tessera", "tessera+cache",
-                                                  "decode limit"};
+                                                  "tessera+shm", "decode limit"};
 
 typedef struct series {
   double *seconds; /* one per repeat */
@@ -348,7 +349,8 @@ static bool run_once(int reader, const workload *w, const decode_plan *plan, run
   switch (reader) {
   case READER_OPENSLIDE: return openslide_run(w, r);
   case READER_TESSERA: return tessera_run(w, r);
-  case READER_CACHED: return tessera_run_cached(w, r);
+  case READER_CACHED: return tessera_run_cached(w, TESSERA_CACHE_PER_PROCESS, r);
+  case READER_SHARED: return tessera_run_cached(w, TESSERA_CACHE_SHARED_MEMORY, r);
   default: return decode_plan_run(plan, w->threads, r);
   }
 }
@@ -359,7 +361,8 @@ static bool run_all(const workload *w, const decode_plan *plan, int repeat, seri
   for (int k = 0; k < READERS; k++) {
     s[k].seconds = calloc((size_t)repeat, sizeof *s[k].seconds);
     s[k].ran =
-        (k != READER_DECODE || plan) && (k != READER_CACHED || w->cache_mib > 0) && s[k].seconds;
+        (k != READER_DECODE || plan) &&
+        ((k != READER_CACHED && k != READER_SHARED) || w->cache_mib > 0) && s[k].seconds;
     s[k].consistent = true;
   }
   for (int i = 0; i < repeat; i++) {
@@ -408,8 +411,9 @@ static void print_header(const args *a, const workload *w, const tessera_level_i
          w->threads, w->batch_size, w->prefetch);
   if (w->cache_mib > 0)
     printf("tessera+cache: the same with a per-process tile cache of %d MiB, empty at the start\n"
-           "              of each run\n",
-           w->cache_mib);
+           "              of each run\n"
+           "tessera+shm:  the same with a shared-memory tile cache of %d MiB (one process)\n",
+           w->cache_mib, w->cache_mib);
   if (a->shuffle)
     printf("order:        shuffled with seed %" PRId64 ", the same for every reader\n", a->seed);
   if (plan)

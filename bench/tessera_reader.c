@@ -63,7 +63,7 @@ static bool set_cache(tessera_cache_type type, int mib) {
   return true;
 }
 
-bool tessera_run_cached(const workload *w, run_result *r) {
-  bool ok = set_cache(TESSERA_CACHE_PER_PROCESS, w->cache_mib) && tessera_run(w, r);
+bool tessera_run_cached(const workload *w, tessera_cache_type type, run_result *r) {
+  bool ok = set_cache(type, w->cache_mib) && tessera_run(w, r);
   return set_cache(TESSERA_CACHE_NONE, 0) && ok;
 }

@@ -129,10 +129,12 @@ static uint8_t *canvas_at(const struct tsr_canvas *c, int64_t x, int64_t y) {
   return c->dst + (size_t)(y - c->ly) * c->stride + (size_t)(x - c->lx) * c->channels;
 }
 
-/* Copies the decoded pixels of union u (the pixel at u's corner at src, rows stride apart)
- * into the part of the tile each canvas overlaps; fill (alpha 0) for a missing tile. */
+/* Copies the decoded pixels of union u (row i of u starting at rows[i], or with rows NULL
+ * at src + i * stride) into the part of the tile each canvas overlaps; fill (alpha 0) for a
+ * missing tile. */
 static void put_tile(const struct tsr_pixel_format *f, const struct span *tile,
-                     const struct span *u, const uint8_t *src, size_t stride, bool missing,
+                     const struct span *u, const uint8_t *src, size_t stride,
+                     const uint8_t *const *rows, bool missing,
                      const struct tsr_canvas *const *canvases, size_t n) {
   struct span o;
   for (size_t i = 0; i < n; i++) {
@@ -144,8 +146,8 @@ static void put_tile(const struct tsr_pixel_format *f, const struct span *tile,
       continue;
     }
     for (int64_t y = o.y0; y < o.y1; y++) {
-      const uint8_t *row =
-          src + (size_t)(y - u->y0) * stride + (size_t)(o.x0 - u->x0) * f->decoded_channels;
+      const uint8_t *row = (rows ? rows[y - u->y0] : src + (size_t)(y - u->y0) * stride) +
+                           (size_t)(o.x0 - u->x0) * f->decoded_channels;
       convert_row(row, f->decoded_channels, f->alpha, canvas_at(c, o.x0, y), c->channels,
                   (size_t)(o.x1 - o.x0));
     }
@@ -165,16 +167,15 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
       bytes == 0 || bytes > s->limits.max_decoded_tile_bytes)
     return false; /* errors and missing tiles are the plain path's business */
   size_t stride = (size_t)lv->tile_w * lv->fmt.decoded_channels;
-  /* The rows of the tile under the union, from its first needed pixel. */
-  size_t offset = (size_t)(u->y0 - tile->y0) * stride +
-                  (size_t)(u->x0 - tile->x0) * lv->fmt.decoded_channels;
-  size_t end = (size_t)(u->y1 - 1 - tile->y0) * stride +
-               (size_t)(u->x1 - tile->x0) * lv->fmt.decoded_channels;
-  struct tsr_cache_access a = {.key = {s->id, lv->directory, index},
-                               .bytes = bytes,
-                               .offset = offset,
-                               .length = end - offset,
-                               .scratch = &b->cached};
+  struct tsr_cache_access a = {
+      .key = {s->id, lv->directory, index},
+      .bytes = bytes,
+      .offset = (size_t)(u->y0 - tile->y0) * stride +
+                (size_t)(u->x0 - tile->x0) * lv->fmt.decoded_channels,
+      .stride = stride,
+      .row_bytes = (size_t)(u->x1 - u->x0) * lv->fmt.decoded_channels,
+      .rows = (uint32_t)(u->y1 - u->y0),
+      .scratch = &b->cached};
   enum tsr_cache_result r = tsr_cache_lookup(cache, &a);
   if (r == TSR_CACHE_BYPASS)
     return false;
@@ -189,7 +190,7 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
     }
     tsr_cache_publish(cache, &a);
   }
-  put_tile(&lv->fmt, tile, u, a.src, stride, false, canvases, n);
+  put_tile(&lv->fmt, tile, u, a.src, stride, a.row_list, false, canvases, n);
   tsr_cache_done(cache, &a);
   *st = TESSERA_OK;
   return true;
@@ -237,7 +238,7 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
   st = tsr_tile_read(s, level, index, &rect, b, &missing);
   if (st != TESSERA_OK || (direct && !missing))
     return st;
-  put_tile(f, &tile, &u, rect.dst, rect.stride, missing, canvases, n);
+  put_tile(f, &tile, &u, rect.dst, rect.stride, NULL, missing, canvases, n);
   return TESSERA_OK;
 }
 

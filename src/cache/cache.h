@@ -2,8 +2,9 @@
  * tsr_paint_tile. One cache at a time, configured with tessera_cache_configure. Two kinds sit
  * behind one interface: per_process (process.c: tiles in this process's heap, handed out in
  * place while pinned) and shared_memory (shared.c: tiles in a POSIX shared-memory segment
- * used by many processes, copied in and out under its locks, since a process may die at any
- * moment and must not leave pins behind). cache.c owns the process's current cache. */
+ * used by many processes, read in place under a shard lock, since a process may die at any
+ * moment and must not leave pins behind, while a lock it dies holding is recovered). cache.c
+ * owns the process's current cache. */
 #ifndef TSR_CACHE_H
 #define TSR_CACHE_H
 
@@ -36,22 +37,27 @@ bool tsr_cache_key_equal(const struct tsr_cache_key *a, const struct tsr_cache_k
 unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity);
 
 enum tsr_cache_result {
-  TSR_CACHE_HIT,   /* a->src holds the bytes asked for */
+  TSR_CACHE_HIT,   /* a->src (a->row_list) gives the bytes asked for, until tsr_cache_done */
   TSR_CACHE_LOAD,  /* the tile is reserved for the caller, who decodes it whole into a->load
                       and then publishes or abandons it; others wanting it wait meanwhile */
   TSR_CACHE_BYPASS /* the tile cannot be cached now (too big, no room, no memory): decode
                       it without the cache */
 };
 
-/* One use of one tile: filled in by the caller, then by the cache. */
+/* One use of one tile: filled in by the caller, then by the cache. The caller paints from
+ * `rows` rows of `row_bytes` bytes, the first at byte `offset` of the tile, `stride` apart. */
 struct tsr_cache_access {
   struct tsr_cache_key key;
-  size_t bytes;                /* the whole decoded tile */
-  size_t offset, length;       /* the part of it the caller paints from */
-  struct tsr_scratch *scratch; /* the caller's thread's; a shared cache copies into it */
-  const uint8_t *src;          /* HIT, and LOAD once published: bytes [offset, +length) */
-  uint8_t *load;               /* LOAD: where the whole tile is to be decoded */
-  void *entry;                 /* the cache's own from here on */
+  size_t bytes; /* the whole decoded tile */
+  size_t offset, stride, row_bytes;
+  uint32_t rows;
+  struct tsr_scratch *scratch; /* the caller's thread's, for the cache's use */
+  /* HIT, and LOAD once published: row i of the part asked for begins at row_list[i], or with
+   * row_list NULL at src + i * stride. */
+  const uint8_t *src;
+  const uint8_t *const *row_list;
+  uint8_t *load; /* LOAD: where the whole tile is to be decoded */
+  void *entry;   /* the cache's own from here on */
   uint32_t shard, slot, ticket;
 };
 
@@ -103,7 +109,7 @@ static inline void tsr_cache_publish(struct tsr_cache *c, struct tsr_cache_acces
 static inline void tsr_cache_abandon(struct tsr_cache *c, struct tsr_cache_access *a) {
   c->ops->abandon(c, a);
 }
-/* The caller is done with a->src (after a hit, or after publishing). */
+/* The caller is done with the bytes (after a hit, or after publishing). */
 static inline void tsr_cache_done(struct tsr_cache *c, struct tsr_cache_access *a) {
   c->ops->done(c, a);
 }

@@ -9,7 +9,9 @@
  * each process maps the segment at its own address.
  *
  * A process may be killed at any moment, so nothing it holds may outlive it:
- * - Readers copy a tile's bytes out under the shard lock instead of pinning it.
+ * - Readers paint from a tile in place while holding its shard's lock, instead of pinning
+ *   it (a pin would outlive a killed reader; a lock does not). The lock is held for the
+ *   copy into the caller's buffers only, never across a decode.
  * - A miss reserves the entry (LOADING, stamped with the loader's pid and start time) under
  *   the lock, decodes and copies into its chunks without the lock, then publishes it under
  *   the lock. Others wanting it poll; if its loader has died they drop the entry and load it
@@ -477,23 +479,43 @@ static bool lock_shard(const struct shared_cache *c, struct shard *sh) {
 
 static void unlock_shard(struct shard *sh) { pthread_mutex_unlock(&sh->lock); }
 
-/* Copies bytes [offset, offset + length) of entry e's tile to dst. */
-static void copy_out(const struct shared_cache *c, const struct shard *sh, const struct entry *e,
-                     size_t offset, size_t length, uint8_t *dst) {
+/* Bytes of scratch a hit needs: the row pointers, then room for the rows that straddle two
+ * chunks (at most one per chunk boundary, since rows do not overlap). */
+static size_t list_bytes(const struct tsr_cache_access *a) {
+  return (size_t)align_up((uint64_t)a->rows * sizeof(uint8_t *), 64);
+}
+static size_t hit_bytes(const struct tsr_cache_access *a) {
+  return list_bytes(a) + (size_t)chunks_for(a->bytes) * a->row_bytes;
+}
+
+/* Points a->row_list at the rows asked for, in place in entry e's chunks, copying only the
+ * rows that straddle two chunks into the scratch. The shard stays locked while they are
+ * read. */
+static void map_rows(const struct shared_cache *c, const struct shard *sh, const struct entry *e,
+                     struct tsr_cache_access *a) {
   const uint32_t *next = next_of(c, sh);
+  const uint8_t **list = (const uint8_t **)(void *)a->scratch->data;
+  uint8_t *spill = a->scratch->data + list_bytes(a);
   uint32_t k = e->first;
-  for (uint64_t skip = offset / CHUNK_BYTES; skip > 0; skip--)
-    k = next[k];
-  size_t at = offset % CHUNK_BYTES;
-  while (length > 0) {
-    size_t n = CHUNK_BYTES - at < length ? CHUNK_BYTES - at : length;
-    memcpy(dst, chunk_data(c, sh, k) + at, n);
-    dst += n;
-    length -= n;
-    at = 0;
-    if (length > 0)
+  uint64_t chunk_start = 0;
+  for (uint32_t i = 0; i < a->rows; i++) {
+    uint64_t at = a->offset + (uint64_t)i * a->stride;
+    while (at >= chunk_start + CHUNK_BYTES) {
       k = next[k];
+      chunk_start += CHUNK_BYTES;
+    }
+    uint64_t in = at - chunk_start;
+    if (in + a->row_bytes <= CHUNK_BYTES) {
+      list[i] = chunk_data(c, sh, k) + in;
+      continue;
+    }
+    size_t head = (size_t)(CHUNK_BYTES - in);
+    memcpy(spill, chunk_data(c, sh, k) + in, head);
+    memcpy(spill + head, chunk_data(c, sh, next[k]), a->row_bytes - head);
+    list[i] = spill;
+    spill += a->row_bytes;
   }
+  a->row_list = list;
 }
 
 static void copy_in(const struct shared_cache *c, const struct shard *sh, const struct entry *e,
@@ -515,8 +537,10 @@ static void copy_in(const struct shared_cache *c, const struct shard *sh, const 
 static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
   const struct header *h = c->h;
-  if (!tsr_scratch_reserve(a->scratch, a->bytes))
+  size_t want = hit_bytes(a) > a->bytes ? hit_bytes(a) : a->bytes;
+  if (!tsr_scratch_reserve(a->scratch, want))
     return TSR_CACHE_BYPASS;
+  a->entry = NULL;
   uint64_t hash = tsr_cache_key_hash(&a->key);
   uint32_t si = (uint32_t)(hash % h->nshards);
   struct shard *sh = shard_at(c, si);
@@ -538,9 +562,8 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
         e->freq++;
       if (count)
         sh->hits++;
-      copy_out(c, sh, e, a->offset, a->length, a->scratch->data);
-      unlock_shard(sh);
-      a->src = a->scratch->data;
+      map_rows(c, sh, e, a);
+      a->entry = sh; /* locked until tsr_cache_done */
       return TSR_CACHE_HIT;
     }
     /* Being loaded by another thread or process: wait for it, unless its loader is gone (the
@@ -657,7 +680,9 @@ static void abandon(struct tsr_cache *base, struct tsr_cache_access *a) {
 
 static void done(struct tsr_cache *base, struct tsr_cache_access *a) {
   (void)base;
-  (void)a; /* the bytes were copied out: nothing is held */
+  if (a->entry) /* a hit: its shard was kept locked while the caller read the rows */
+    unlock_shard(a->entry);
+  a->entry = NULL;
 }
 
 static void stats(struct tsr_cache *base, tessera_cache_stats *t) {
