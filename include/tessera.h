@@ -318,8 +318,9 @@ typedef struct tessera_cache_stats {
 /* Fills *stats (its struct_size must be set). Thread-safe. */
 TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats);
 
-/* Sets hits, misses and evictions back to 0; record_stats >= 0 also turns counting on (1)
- * or off (0), -1 leaves it. Thread-safe. */
+/* Sets hits, misses and evictions back to 0 (for a shared cache, the segment's: for every
+ * process using it); record_stats >= 0 also turns this process's counting on (1) or off (0),
+ * -1 leaves it. Thread-safe. */
 TESSERA_API void tessera_cache_stats_reset(int32_t record_stats);
 
 /* A shared-memory cache segment of this machine, as tessera_shared_cache_list finds it. */
