@@ -17,11 +17,13 @@ enum {
 /* ---- subcommands: each takes the arguments after its name ------------------------------ */
 
 int cmd_bench(int argc, char **argv);
+int cmd_cache(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_read(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 
 void cmd_bench_help(FILE *out);
+void cmd_cache_help(FILE *out);
 void cmd_info_help(FILE *out);
 void cmd_read_help(FILE *out);
 void cmd_sample_help(FILE *out);

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -27,6 +28,9 @@
 #define PROGRESS_DELAY 0.5    /* seconds before a run is long enough to show progress */
 #define PROGRESS_INTERVAL 0.1 /* seconds between redraws */
 #define PROGRESS_BAR 30
+/* distinct_tiles is left out (null) for a level of more tiles than this: its bitmap would
+ * take more than 512 MiB. No level a scanner writes comes near. */
+#define MAX_COUNTED_TILES ((uint64_t)1 << 32)
 
 enum {
   OPT_LOCATIONS = 1,
@@ -116,11 +120,14 @@ void cmd_bench_help(FILE *out) {
           "      --cache TYPE[:MIB]\n"
           "                        the decoded-tile cache: nocache (default),\n"
           "                        per_process:MIB (each process its own) or\n"
-          "                        shared_memory:MIB (one for all the processes; not\n"
-          "                        available yet); hits and misses are reported\n"
+          "                        shared_memory:MIB (one shared-memory segment for\n"
+          "                        all the processes, made before they start and\n"
+          "                        removed at the end); hits and misses are reported\n"
           "  -P, --processes P     fork P processes that split the locations between\n"
-          "                        them, in order (default 1); the checksum, hits and\n"
-          "                        misses are summed over them, the time runs from the\n"
+          "                        them, in order (default 1); the checksum is summed\n"
+          "                        over them, and so are hits and misses of\n"
+          "                        per_process caches (a shared_memory cache counts\n"
+          "                        every process's itself); the time runs from the\n"
           "                        first fork to the last exit\n"
           "  -j, --json            print one JSON object: the parameters (slide, level,\n"
           "                        size, channels, batch_size, workers, prefetch,\n"
@@ -128,8 +135,15 @@ void cmd_bench_help(FILE *out) {
           "                        cache, cache_mib, processes) and the results\n"
           "                        (patches, batches, seconds, patches_per_s,\n"
           "                        megapixels_per_s, peak_rss_mib, cache_hits,\n"
-          "                        cache_misses, checksum)\n"
+          "                        cache_misses, distinct_tiles, checksum)\n"
           "  -h, --help            show this help\n"
+          "\n"
+          "distinct_tiles is the number of tiles (or strips) of level L that the patches\n"
+          "touch, counted from the locations (a patch partly outside the level touches\n"
+          "only the tiles inside it): with a cache that holds them all, each is read once,\n"
+          "so cache_misses equals it, whatever the number of processes sharing the cache.\n"
+          "A run killed midway leaves its shared_memory segment behind: 'tessera cache\n"
+          "list' shows it and 'tessera cache remove' removes it.\n"
           "\n"
           "On a terminal, a run longer than half a second shows its progress on stderr;\n"
           "with --json, or when stderr is not a terminal, it does not. A batch that fails\n"
@@ -143,7 +157,9 @@ void cmd_bench_help(FILE *out) {
           "      --level 1 --json\n"
           "  tessera bench slide.svs --locations patches.txt --size 512,512 --shuffle\n"
           "  tessera bench slide.tiff --layout sliding --stride 112 --size 224,224 \\\n"
-          "      --shuffle --workers 1 --cache per_process:512\n",
+          "      --shuffle --workers 1 --cache per_process:512\n"
+          "  tessera bench slide.tiff --layout random --count 20000 --size 224,224 \\\n"
+          "      --processes 4 --workers 2 --cache shared_memory:2048\n",
           MAX_COUNT, MAX_BATCH, DEFAULT_BATCH, MAX_WORKERS, DEFAULT_PREFETCH);
 }
 
@@ -467,6 +483,8 @@ typedef struct bench_result {
   uint64_t checksum;
   double peak_rss_mib; /* the largest of the processes' */
   uint64_t cache_hits, cache_misses;
+  bool have_distinct_tiles; /* false when the level has too many tiles to count them */
+  uint64_t distinct_tiles;
 } bench_result;
 
 /* Makes the process's tile cache the one asked for, counting hits and misses. */
@@ -483,6 +501,26 @@ static bool configure_cache(const bench_args *a) {
     return false;
   }
   return true;
+}
+
+/* A shared segment goes away when its last user lets go of it; a process that leaves
+ * through _exit (a child) or ends the run lets go here rather than rely on exit doing it. */
+static void release_cache(const bench_args *a) {
+  if (a->cache != TESSERA_CACHE_SHARED_MEMORY)
+    return;
+  tessera_cache_options co;
+  tessera_cache_options_init(&co);
+  co.type = TESSERA_CACHE_NONE;
+  tessera_cache_configure(&co);
+}
+
+/* The cache's hits and misses since it was configured. */
+static void read_cache_stats(bench_result *res) {
+  tessera_cache_stats st = {.struct_size = sizeof st};
+  if (tessera_cache_stats_get(&st) == TESSERA_OK) {
+    res->cache_hits = st.hits;
+    res->cache_misses = st.misses;
+  }
 }
 
 static double peak_rss_mib(void) {
@@ -536,11 +574,7 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   res->seconds = now_seconds() - start;
   progress_end(&pr);
   res->peak_rss_mib = peak_rss_mib();
-  tessera_cache_stats st = {.struct_size = sizeof st};
-  if (tessera_cache_stats_get(&st) == TESSERA_OK) {
-    res->cache_hits = st.hits;
-    res->cache_misses = st.misses;
-  }
+  read_cache_stats(res);
   return true;
 }
 
@@ -559,18 +593,21 @@ static bool read_all(int fd, void *buf, size_t size) {
 }
 
 /* One child of run_processes: its share of the locations, its own pool and (per_process)
- * cache; the result goes back through the pipe. Never returns. */
+ * cache, or the parent's shared one; the result goes back through the pipe. Never returns. */
 static void child_main(tessera_slide *slide, const bench_args *a, const int64_t *xy, size_t n,
                        int out) {
   bench_result r;
   bool ok = (a->cache != TESSERA_CACHE_PER_PROCESS || configure_cache(a)) &&
             run(slide, a, xy, n, false, &r);
+  release_cache(a);
   ssize_t w = ok ? write(out, &r, sizeof r) : 0;
   _exit(ok && w == (ssize_t)sizeof r ? 0 : 1);
 }
 
 /* Forks a->processes processes that split the locations between them (in order, in equal
- * shares) and adds up what they read; seconds run from the first fork to the last exit. */
+ * shares) and adds up what they read; seconds run from the first fork to the last exit.
+ * A shared cache's statistics already count every process, so they are read once, here,
+ * after the last one ended; summing the children's would count each access many times. */
 static bool run_processes(tessera_slide *slide, const bench_args *a, const xy_list *loc,
                           bench_result *res) {
   size_t p = (size_t)a->processes;
@@ -615,15 +652,82 @@ static bool run_processes(tessera_slide *slide, const bench_args *a, const xy_li
     res->patches += r.patches;
     res->batches += r.batches;
     res->checksum += r.checksum;
-    res->cache_hits += r.cache_hits;
-    res->cache_misses += r.cache_misses;
+    if (a->cache == TESSERA_CACHE_PER_PROCESS) {
+      res->cache_hits += r.cache_hits;
+      res->cache_misses += r.cache_misses;
+    }
     if (r.peak_rss_mib > res->peak_rss_mib)
       res->peak_rss_mib = r.peak_rss_mib;
   }
   res->seconds = now_seconds() - start;
+  if (a->cache == TESSERA_CACHE_SHARED_MEMORY)
+    read_cache_stats(res);
   free(pids);
   free(fds);
   return ok;
+}
+
+/* ---- the tiles touched ------------------------------------------------------------------ */
+
+/* The level pixels [*lo, *hi) that a patch of `side` pixels at level-0 coordinate v covers
+ * along one axis of `size` pixels, clipped to the level; false when it misses the level. The
+ * level position is found as the library finds it (floor(v / downsample), v itself at level
+ * 0), and kept in double until it is known to lie near the level, so no cast overflows. */
+static bool level_span(int64_t v, int64_t level, double downsample, int64_t side, int64_t size,
+                       int64_t *lo, int64_t *hi) {
+  int64_t lv = v;
+  if (level != 0) {
+    double d = floor((double)v / downsample);
+    if (!(d > -(double)side && d < (double)size))
+      return false;
+    lv = (int64_t)d;
+  }
+  if (lv >= size || lv <= -side)
+    return false;
+  *lo = lv < 0 ? 0 : lv;
+  *hi = lv + side > size ? size : lv + side; /* lv < size, so no overflow */
+  return true;
+}
+
+/* How many distinct tiles of the level the patches touch, through a bitmap over the level's
+ * tiles. res->have_distinct_tiles stays false for a level of too many tiles to count. */
+static bool count_distinct_tiles(const bench_args *a, const tessera_level_info *info,
+                                 const xy_list *loc, bench_result *res) {
+  res->have_distinct_tiles = false;
+  res->distinct_tiles = 0;
+  if (info->tile_width <= 0 || info->tile_height <= 0 || info->width <= 0 || info->height <= 0)
+    return true;
+  uint64_t tw = (uint64_t)info->tile_width, th = (uint64_t)info->tile_height;
+  uint64_t across = ((uint64_t)info->width + tw - 1) / tw;
+  uint64_t down = ((uint64_t)info->height + th - 1) / th;
+  uint64_t tiles;
+  if (__builtin_mul_overflow(across, down, &tiles) || tiles > MAX_COUNTED_TILES)
+    return true;
+  uint64_t *seen = calloc((size_t)((tiles + 63) / 64), sizeof *seen);
+  if (!seen) {
+    cli_error(a->slide, "out of memory counting the tiles of level %" PRId64, a->level);
+    return false;
+  }
+  for (size_t i = 0; i < loc->n; i++) {
+    int64_t x0, x1, y0, y1;
+    if (!level_span(loc->xy[2 * i], a->level, info->downsample, a->width, info->width, &x0, &x1) ||
+        !level_span(loc->xy[2 * i + 1], a->level, info->downsample, a->height, info->height, &y0,
+                    &y1))
+      continue;
+    for (uint64_t ty = (uint64_t)y0 / th; ty <= (uint64_t)(y1 - 1) / th; ty++) {
+      for (uint64_t tx = (uint64_t)x0 / tw; tx <= (uint64_t)(x1 - 1) / tw; tx++) {
+        uint64_t k = ty * across + tx;
+        uint64_t bit = (uint64_t)1 << (k % 64);
+        if (!(seen[k / 64] & bit)) {
+          seen[k / 64] |= bit;
+          res->distinct_tiles++;
+        }
+      }
+    }
+  }
+  free(seen);
+  res->have_distinct_tiles = true;
+  return true;
 }
 
 /* ---- the report ----------------------------------------------------------------------- */
@@ -701,6 +805,10 @@ static void print_json(const bench_args *a, const tessera_level_info *info, cons
           ",\n  \"cache\": \"%s\",\n  \"cache_mib\": %" PRId64 ",\n  \"processes\": %" PRId64
           ",\n  \"cache_hits\": %" PRIu64 ",\n  \"cache_misses\": %" PRIu64,
           cache_name(a->cache), a->cache_mib, a->processes, r->cache_hits, r->cache_misses);
+  if (r->have_distinct_tiles)
+    fprintf(out, ",\n  \"distinct_tiles\": %" PRIu64, r->distinct_tiles);
+  else
+    fputs(",\n  \"distinct_tiles\": null", out);
   fprintf(out, ",\n  \"checksum\": %" PRIu64 "\n}\n", r->checksum);
 }
 
@@ -735,6 +843,8 @@ static void print_table(const bench_args *a, const tessera_level_info *info,
   if (a->cache != TESSERA_CACHE_NONE)
     fprintf(out, "cache:          %s, %" PRId64 " MiB: %" PRIu64 " hits, %" PRIu64 " misses\n",
             cache_name(a->cache), a->cache_mib, r->cache_hits, r->cache_misses);
+  if (r->have_distinct_tiles)
+    fprintf(out, "tiles:          %" PRIu64 " distinct touched\n", r->distinct_tiles);
   fprintf(out, "checksum:       %" PRIu64 "\n", r->checksum);
 }
 
@@ -777,7 +887,9 @@ int cmd_bench(int argc, char **argv) {
   bool ok = open_level(&a, &slide, &info) &&
             (a.locations ? read_locations(a.locations, &loc) : make_layout(&a, &info, &loc)) &&
             (a.processes > 1 ? run_processes(slide, &a, &loc, &res)
-                             : configure_cache(&a) && run(slide, &a, loc.xy, loc.n, true, &res));
+                             : configure_cache(&a) && run(slide, &a, loc.xy, loc.n, true, &res)) &&
+            count_distinct_tiles(&a, &info, &loc, &res);
+  release_cache(&a);
   tessera_close(slide);
   if (ok) {
     if (a.json)

@@ -4,12 +4,17 @@ differs), for a locations file and for the grid, random and sliding layouts, at 
 the checksum does not depend on the workers, batch size, prefetch, shuffling or channels; the
 JSON report is one object with the results and the parameters; wrong command lines exit 2 and
 bad files exit 1 with one line on stderr; a damaged tile stops the run naming the tile.
+Through a tile cache (per process, or one shared-memory segment for all the processes) the
+checksum stays the same, distinct_tiles equals the tiles the patches touch counted here, and a
+cache with room for them all misses each exactly once, however many processes share it; the
+shared segment is gone when the command ends.
 
 The layouts are written again here, in Python, from their description in `tessera bench --help`
 (and the splitmix64 generator of Steele, Lea and Flood), so their checksums can be compared
 with OpenSlide's pixels at the positions this file computes.
 """
 
+import glob
 import json
 import os
 import re
@@ -602,7 +607,8 @@ def test_help(cli):
         for opt in ("--locations", "--layout", "--count", "--stride", "--size", "--level",
                     "--batch-size", "--workers", "--prefetch", "--shuffle", "--seed",
                     "--channels", "--cache", "--processes", "--json", "--help", "grid",
-                    "random", "sliding", "per_process", "shared_memory"):
+                    "random", "sliding", "per_process", "shared_memory", "distinct_tiles",
+                    "tessera cache remove"):
             assert opt in text, (opt, args)
         for short, long_ in (("-i", "--locations"), ("-n", "--count"), ("-s", "--size"),
                              ("-L", "--level"), ("-b", "--batch-size"), ("-w", "--workers"),
@@ -679,15 +685,26 @@ def distinct_tiles(pos, w, h, tw, th, W, H):
     return tiles
 
 
+def shares(pos, processes):
+    """The parts of the locations each of `processes` processes reads: in order, equal."""
+    n = len(pos)
+    return [pos[n * k // processes:n * (k + 1) // processes] for k in range(processes)]
+
+
 @pytest.mark.parametrize("opts", [["--cache", "per_process:64"],
                                   ["--cache", "per_process:64", "--processes", 2],
                                   ["--processes", 3, "--workers", 0],
-                                  ["--cache", "per_process:1", "--processes", 2, "--shuffle"]],
+                                  ["--cache", "per_process:1", "--processes", 2, "--shuffle"],
+                                  ["--cache", "shared_memory:64"],
+                                  ["--cache", "shared_memory:64", "--processes", 2],
+                                  ["--cache", "shared_memory:64", "--processes", 3,
+                                   "--workers", 1]],
                          ids=lambda o: "_".join(map(str, o)))
 def test_cache_and_processes_keep_the_checksum(cli, slides, opts):
     """A shuffled sliding window through a cache, and split over processes, reads the same
-    pixels as OpenSlide; with one process and room for everything, every distinct tile
-    touched is exactly one miss."""
+    pixels as OpenSlide. With room for everything, every distinct tile touched is exactly one
+    miss: of the one cache shared by all the processes, or of each process's own cache (the
+    tiles of its share)."""
     path = slides.path(GENERIC)
     osl = R.openslide_open(path)
     W, H = osl.level_dimensions[0]
@@ -700,17 +717,99 @@ def test_cache_and_processes_keep_the_checksum(cli, slides, opts):
     procs = int(opts[opts.index("--processes") + 1]) if "--processes" in opts else 1
     cache = opts[opts.index("--cache") + 1] if "--cache" in opts else "nocache"
     assert doc["processes"] == procs and doc["cache"] == cache.split(":")[0], doc
+    touched = len(distinct_tiles(pos, w, h, 256, 256, W, H))
+    assert doc["distinct_tiles"] == touched, doc
+    per_share = [len(distinct_tiles(part, w, h, 256, 256, W, H)) for part in shares(pos, procs)]
     if cache == "nocache":
         assert doc["cache_hits"] == 0 and doc["cache_misses"] == 0, doc
-    elif procs == 1:
-        assert doc["cache_misses"] == len(distinct_tiles(pos, w, h, 256, 256, W, H)), doc
+    elif cache.startswith("shared_memory") or procs == 1:
+        # with processes, the shares overlap, so separate caches would miss more
+        assert procs == 1 or sum(per_share) > touched, per_share
+        assert doc["cache_misses"] == touched, doc
+        assert doc["cache_hits"] > 0, doc
+    elif cache == "per_process:64":
+        assert doc["cache_misses"] == sum(per_share), (doc, per_share)
         assert doc["cache_hits"] > 0, doc
     else:
         assert doc["cache_hits"] + doc["cache_misses"] > 0, doc
 
 
+def bench_pid(cli, args):
+    """Runs `tessera bench ARGS --json`: its process id and parsed report."""
+    full = [cli, "bench"] + [str(a) for a in args] + ["--json"]
+    p = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL)
+    try:
+        out, err = p.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.communicate()
+        raise AssertionError("tessera bench %s hung" % " ".join(map(str, args)))
+    assert p.returncode == 0 and err == b"", (args, p.returncode, err)
+    return p.pid, json.loads(out.decode("utf-8"))
+
+
+@pytest.mark.parametrize("processes", [1, 2, 4])
+def test_shared_memory_cache_between_processes(cli, slides, processes):
+    """Random patches (overlapping, and overlapping between the processes' shares) through
+    one shared cache with room for all: the checksum of the nocache run, one miss per tile
+    touched, and the segment ("/tessera-PID-N", made by the command's process) removed at the
+    end."""
+    path = slides.path(GENERIC)
+    W, H, w, h = 2048, 1536, 300, 200
+    args = [path, "--layout", "random", "--count", 120, "--seed", 5, "--size", "%d,%d" % (w, h),
+            "--batch-size", 8, "--workers", 2]
+    pos = random_layout(W, H, w, h, 120, 5)
+    touched = len(distinct_tiles(pos, w, h, 256, 256, W, H))
+    plain = bench(cli, *args)
+    assert plain["distinct_tiles"] == touched and plain["cache_misses"] == 0, plain
+    pid, doc = bench_pid(cli, args + ["--cache", "shared_memory:64", "--processes", processes])
+    assert (doc["cache"], doc["cache_mib"], doc["processes"]) == (
+        "shared_memory", 64, processes), doc
+    assert doc["checksum"] == plain["checksum"] and doc["patches"] == 120, (doc, plain)
+    assert doc["distinct_tiles"] == touched, doc
+    assert doc["cache_misses"] == touched, doc
+    if processes > 1:
+        per_share = [len(distinct_tiles(p, w, h, 256, 256, W, H)) for p in shares(pos, processes)]
+        assert sum(per_share) > touched, per_share   # separate caches could not give `touched`
+    assert doc["cache_hits"] > 0, doc
+    left = glob.glob(os.path.join("/dev/shm", "tessera-%d-*" % pid))
+    for f in left:
+        os.unlink(f)
+    assert left == [], "the bench left its segment: %s" % left
+
+
+def test_distinct_tiles_clips_to_the_level(cli, slides, mixed_locations, tmp_path):
+    """Patches across the edges touch only the tiles inside; patches wholly outside touch
+    none. At level 0 and (through the level-1 corners of mixed_locations, downsample 2) at
+    level 1; the text report shows the same number; a cache with room misses each once."""
+    path = slides.path(GENERIC)
+    W, H, w, h = 2048, 1536, 100, 90
+    xy = [(-50, -40), (-99, 500), (-100, 500), (2047, 1535), (2048, 10), (1000, 1446),
+          (1000, 1447), (700, -89), (700, -90), (-5000, -5000), (255, 255), (300, 300),
+          (300, 301), (1900, 700)]
+    tiles = distinct_tiles(xy, w, h, 256, 256, W, H)
+    assert 0 < len(tiles) < 48
+    loc = write_locations(tmp_path / "edges.txt", xy)
+    doc = bench(cli, path, "--locations", loc, "--size", "%d,%d" % (w, h), "--cache",
+                "per_process:64")
+    assert doc["distinct_tiles"] == len(tiles), (doc["distinct_tiles"], sorted(tiles))
+    assert doc["cache_misses"] == len(tiles), doc
+    r = run(cli, ["bench", path, "--locations", loc, "--size", "%d,%d" % (w, h)])
+    assert r.returncode == 0, describe([], r)
+    assert re.search(r"^tiles:\s+%d distinct touched$" % len(tiles), r.stdout.decode(), re.M), (
+        r.stdout.decode())
+    path1, loc1, _ = mixed_locations
+    with open(loc1) as f:
+        level1 = [tuple(int(v) // 2 for v in line.split()) for line in f]
+    tiles1 = distinct_tiles(level1, 37, 23, 256, 256, 1024, 768)
+    doc = bench(cli, path1, "--locations", loc1, "--size", "37,23", "--level", 1)
+    assert doc["distinct_tiles"] == len(tiles1), (doc["distinct_tiles"], sorted(tiles1))
+
+
 @pytest.mark.parametrize("value,status", [("bogus", 2), ("per_process", 2), ("per_process:0", 2),
-                                          ("nocache:5", 2), ("shared_memory:64", 1)])
+                                          ("nocache:5", 2), ("shared_memory", 2),
+                                          ("shared_memory:0", 2)])
 def test_cache_option_errors(cli, slides, value, status):
     args = ["bench", slides.path(GENERIC), "--layout", "grid", "--size", "64,64", "--cache", value]
     r = run(cli, args)
