@@ -360,9 +360,8 @@ static bool run_once(int reader, const workload *w, const decode_plan *plan, run
 static bool run_all(const workload *w, const decode_plan *plan, int repeat, series *s) {
   for (int k = 0; k < READERS; k++) {
     s[k].seconds = calloc((size_t)repeat, sizeof *s[k].seconds);
-    s[k].ran =
-        (k != READER_DECODE || plan) &&
-        ((k != READER_CACHED && k != READER_SHARED) || w->cache_mib > 0) && s[k].seconds;
+    s[k].ran = (k != READER_DECODE || plan) &&
+               ((k != READER_CACHED && k != READER_SHARED) || w->cache_mib > 0) && s[k].seconds;
     s[k].consistent = true;
   }
   for (int i = 0; i < repeat; i++) {

@@ -167,15 +167,14 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
       bytes == 0 || bytes > s->limits.max_decoded_tile_bytes)
     return false; /* errors and missing tiles are the plain path's business */
   size_t stride = (size_t)lv->tile_w * lv->fmt.decoded_channels;
-  struct tsr_cache_access a = {
-      .key = {s->id, lv->directory, index},
-      .bytes = bytes,
-      .offset = (size_t)(u->y0 - tile->y0) * stride +
-                (size_t)(u->x0 - tile->x0) * lv->fmt.decoded_channels,
-      .stride = stride,
-      .row_bytes = (size_t)(u->x1 - u->x0) * lv->fmt.decoded_channels,
-      .rows = (uint32_t)(u->y1 - u->y0),
-      .scratch = &b->cached};
+  struct tsr_cache_access a = {.key = {s->id, lv->directory, index},
+                               .bytes = bytes,
+                               .offset = (size_t)(u->y0 - tile->y0) * stride +
+                                         (size_t)(u->x0 - tile->x0) * lv->fmt.decoded_channels,
+                               .stride = stride,
+                               .row_bytes = (size_t)(u->x1 - u->x0) * lv->fmt.decoded_channels,
+                               .rows = (uint32_t)(u->y1 - u->y0),
+                               .scratch = &b->cached};
   enum tsr_cache_result r = tsr_cache_lookup(cache, &a);
   if (r == TSR_CACHE_BYPASS)
     return false;

@@ -96,7 +96,7 @@ struct entry {
   uint64_t bytes;
   uint64_t loader_start;
   int32_t loader_pid;
-  uint32_t ticket;                 /* bumped each time the entry is reserved */
+  uint32_t ticket;                   /* bumped each time the entry is reserved */
   uint32_t hnext, prev, next, first; /* hash chain (or free list), queue (next older), chunks */
   uint8_t state, queue, freq, pad;
 };
@@ -184,7 +184,7 @@ static void sleep_ns(uint64_t ns) {
  * for good, after writing the pid to PATH. Tests kill it there. */
 enum hook_point { HOOK_NONE, HOOK_LOCKED, HOOK_LOADING };
 static struct {
-  int point;
+  atomic_int point;
   long n;
   char path[512];
   atomic_long count;
@@ -192,7 +192,7 @@ static struct {
 
 static void hook_read_env(void) {
   const char *v = getenv("TESSERA_TEST_CACHE_STALL");
-  hook.point = HOOK_NONE;
+  atomic_store(&hook.point, HOOK_NONE);
   if (!v)
     return;
   char point[16];
@@ -203,11 +203,14 @@ static void hook_read_env(void) {
   snprintf(hook.path, sizeof hook.path, "%s", v + used);
   hook.n = n;
   atomic_store(&hook.count, 0);
-  hook.point = strcmp(point, "locked") == 0 ? HOOK_LOCKED : strcmp(point, "loading") == 0 ? HOOK_LOADING : HOOK_NONE;
+  atomic_store(&hook.point, strcmp(point, "locked") == 0    ? HOOK_LOCKED
+                            : strcmp(point, "loading") == 0 ? HOOK_LOADING
+                                                            : HOOK_NONE);
 }
 
 static void hook_maybe_stall(int point) {
-  if (hook.point != point || atomic_fetch_add(&hook.count, 1) + 1 != hook.n)
+  if (atomic_load_explicit(&hook.point, memory_order_relaxed) != point ||
+      atomic_fetch_add(&hook.count, 1) + 1 != hook.n)
     return;
   int fd = open(hook.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd >= 0) {
@@ -273,7 +276,9 @@ static uint8_t *chunk_data(const struct shared_cache *c, const struct shard *sh,
   return c->addr + sh->data_off + (uint64_t)k * CHUNK_BYTES;
 }
 
-static uint32_t chunks_for(uint64_t bytes) { return (uint32_t)((bytes + CHUNK_BYTES - 1) / CHUNK_BYTES); }
+static uint32_t chunks_for(uint64_t bytes) {
+  return (uint32_t)((bytes + CHUNK_BYTES - 1) / CHUNK_BYTES);
+}
 
 /* ---- one shard's index (its lock held) ---- */
 
@@ -430,9 +435,9 @@ static void rebuild(const struct shared_cache *c, struct shard *sh) {
   uint64_t max_bytes = (uint64_t)h->chunks * CHUNK_BYTES;
   for (uint32_t i = h->entries; i-- > 0;) {
     struct entry *e = &E[i];
-    bool keep = e->state == READY ||
-                (e->state == LOADING &&
-                 (e->loader_pid == c->pid || alive(e->loader_pid, e->loader_start)));
+    bool keep =
+        e->state == READY ||
+        (e->state == LOADING && (e->loader_pid == c->pid || alive(e->loader_pid, e->loader_start)));
     keep = keep && e->bytes > 0 && e->bytes <= max_bytes;
     uint64_t hash = tsr_cache_key_hash(&e->key);
     if (keep && find(c, sh, &e->key, hash) != NIL)
@@ -656,7 +661,7 @@ static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
     if (!lock_shard(c, sh))
       return;
     if (still_ours(c, e, a)) {
-      if (hook.point == HOOK_LOCKED) {
+      if (atomic_load_explicit(&hook.point, memory_order_relaxed) == HOOK_LOCKED) {
         e->next = sh->small_head; /* halfway through linking it, for the test */
         hook_maybe_stall(HOOK_LOCKED);
       }
@@ -995,8 +1000,8 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
                          "remove %s`",
                          name, name + 1);
     } else if (monotonic_ns() - began > MAKER_WAIT_NS) {
-      return tsr_error(TESSERA_E_IO, "shared cache %s: its maker has been at it for %llu s",
-                       name, (unsigned long long)(MAKER_WAIT_NS / 1000000000ull));
+      return tsr_error(TESSERA_E_IO, "shared cache %s: its maker has been at it for %llu s", name,
+                       (unsigned long long)(MAKER_WAIT_NS / 1000000000ull));
     }
     sleep_ns(1000000);
   }
@@ -1120,7 +1125,8 @@ static void describe(int fd, const char *name, const struct header *h, uint64_t 
     /* The shards' counters, read without their locks: a snapshot for a listing. */
     for (uint32_t s = 0; s < h->nshards; s++) {
       struct shard sh;
-      off_t at = (off_t)(align_up(sizeof(struct header), 64) + align_up(sizeof(struct shard), 64) * s);
+      off_t at =
+          (off_t)(align_up(sizeof(struct header), 64) + align_up(sizeof(struct shard), 64) * s);
       if (pread(fd, &sh, sizeof sh, at) != (ssize_t)sizeof sh)
         continue;
       t.hits += sh.hits;
