@@ -110,7 +110,33 @@ class CacheOptions(ctypes.Structure):
         ("memory_capacity_mib", ctypes.c_uint64),
         ("item_capacity", ctypes.c_uint64),
         ("record_stats", ctypes.c_int32),
+        ("name", ctypes.c_char_p),
     ]
+
+
+SHARED_CACHE_NAME_MAX = 200
+
+
+class SharedCacheInfo(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_size_t),
+        ("name", ctypes.c_char * (SHARED_CACHE_NAME_MAX + 2)),
+        ("ready", ctypes.c_int32),
+        ("users", ctypes.c_uint32),
+        ("segment_bytes", ctypes.c_uint64),
+        ("memory_capacity", ctypes.c_uint64),
+        ("item_capacity", ctypes.c_uint64),
+        ("items", ctypes.c_uint64),
+        ("bytes", ctypes.c_uint64),
+        ("hits", ctypes.c_uint64),
+        ("misses", ctypes.c_uint64),
+        ("evictions", ctypes.c_uint64),
+    ]
+
+    def as_dict(self):
+        d = {name: getattr(self, name) for name, _ in self._fields_ if name != "struct_size"}
+        d["name"] = _s(self.name)
+        return d
 
 
 class CacheStats(ctypes.Structure):
@@ -192,6 +218,11 @@ def load(path=None):
         "tessera_cache_configure": (ctypes.c_int, [ctypes.POINTER(CacheOptions)]),
         "tessera_cache_stats_get": (ctypes.c_int, [ctypes.POINTER(CacheStats)]),
         "tessera_cache_stats_reset": (None, [ctypes.c_int32]),
+        "tessera_shared_cache_list": (
+            ctypes.c_int, [ctypes.POINTER(SharedCacheInfo), ctypes.c_size_t,
+                           ctypes.POINTER(ctypes.c_size_t)],
+        ),
+        "tessera_shared_cache_remove": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_int32]),
     }
     for name, (restype, argtypes) in sigs.items():
         fn = getattr(lib, name)
@@ -203,13 +234,16 @@ def load(path=None):
 
 
 def configure_cache(type=CACHE_NONE, memory_capacity_mib=1024, item_capacity=0,
-                    record_stats=True):
-    """tessera_cache_configure for the whole process; raises TesseraError on failure."""
+                    record_stats=True, name=None):
+    """tessera_cache_configure for the whole process; raises TesseraError on failure. name
+    (str or bytes; None for a NULL pointer) is the shared-memory segment's."""
     o = CacheOptions()
     o.struct_size = ctypes.sizeof(CacheOptions)
     load().tessera_cache_options_init(ctypes.byref(o))
     o.type, o.memory_capacity_mib = type, memory_capacity_mib
     o.item_capacity, o.record_stats = item_capacity, int(record_stats)
+    encoded = os.fsencode(name) if isinstance(name, str) else name
+    o.name = encoded  # `encoded` keeps the bytes alive through the call
     st = load().tessera_cache_configure(ctypes.byref(o))
     if st != OK:
         raise TesseraError(st, error_message(), "tessera_cache_configure")
@@ -222,6 +256,34 @@ def cache_stats():
     if st != OK:
         raise TesseraError(st, error_message(), "tessera_cache_stats_get")
     return {name: getattr(t, name) for name, _ in t._fields_ if name != "struct_size"}
+
+
+def shared_cache_list():
+    """tessera_shared_cache_list: a dict (see SharedCacheInfo) per tessera segment in
+    /dev/shm."""
+    lib = load()
+    count = ctypes.c_size_t(0)
+    st = lib.tessera_shared_cache_list(None, 0, ctypes.byref(count))
+    if st != OK:
+        raise TesseraError(st, error_message(), "tessera_shared_cache_list")
+    while True:
+        capacity = count.value + 8  # room for segments made meanwhile
+        infos = (SharedCacheInfo * capacity)()
+        for info in infos:
+            info.struct_size = ctypes.sizeof(SharedCacheInfo)
+        st = lib.tessera_shared_cache_list(infos, capacity, ctypes.byref(count))
+        if st != OK:
+            raise TesseraError(st, error_message(), "tessera_shared_cache_list")
+        if count.value <= capacity:
+            return [infos[i].as_dict() for i in range(count.value)]
+
+
+def shared_cache_remove(name, force=False):
+    """tessera_shared_cache_remove; raises TesseraError on failure."""
+    encoded = os.fsencode(name) if isinstance(name, str) else name
+    st = load().tessera_shared_cache_remove(encoded, int(force))
+    if st != OK:
+        raise TesseraError(st, error_message(), "tessera_shared_cache_remove(%r)" % (name,))
 
 
 def _s(b):

@@ -69,7 +69,7 @@ static void after_fork_parent(void) { pthread_mutex_unlock(&current_lock); }
 /* A forked child (a DataLoader worker, say) gets the cache its kind gives it: a fresh empty
  * per-process cache, or its own attachment to the same shared segment. */
 static void after_fork_child(void) {
-  pthread_mutex_init(&current_lock, NULL);
+  pthread_mutex_unlock(&current_lock); /* taken by this thread in before_fork */
   if (current) {
     current = current->ops->fork_child(current);
     atomic_store(&have_cache, current != NULL);

@@ -91,6 +91,10 @@ struct tsr_cache {
 struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o);
 tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct tsr_cache **out);
 
+/* For tests: checks the lists of every shard of the current shared cache against its
+ * entries (repairing first what a dead lock holder left); false with the reason in why. */
+bool tsr_shared_cache_verify(char *why, size_t n);
+
 /* The current cache, held until tsr_cache_release; NULL (and nothing to release) when the
  * process has none. */
 struct tsr_cache *tsr_cache_acquire(void);

@@ -106,9 +106,11 @@ struct shared_cache {
   uint8_t *addr;
   size_t size;
   struct header *h;
-  int slot;       /* this attachment's user slot; -1 once detached */
-  int32_t pid;    /* this process */
-  uint64_t start; /* and its start time */
+  int slot;               /* this attachment's user slot (-1: none); guarded by the users lock */
+  bool detached;          /* guarded by the users lock */
+  atomic_bool registered; /* a slot was taken (or need not be) */
+  int32_t pid;            /* this process */
+  uint64_t start;         /* and its start time */
   char name[TESSERA_SHARED_CACHE_NAME_MAX + 2];
 };
 
@@ -208,10 +210,13 @@ static void hook_read_env(void) {
                                                             : HOOK_NONE);
 }
 
-static void hook_maybe_stall(int point) {
-  if (atomic_load_explicit(&hook.point, memory_order_relaxed) != point ||
-      atomic_fetch_add(&hook.count, 1) + 1 != hook.n)
-    return;
+/* Whether this is the time to stall at point (counts the calls at that point). */
+static bool hook_due(int point) {
+  return atomic_load_explicit(&hook.point, memory_order_relaxed) == point &&
+         atomic_fetch_add(&hook.count, 1) + 1 == hook.n;
+}
+
+static void hook_stall(void) {
   int fd = open(hook.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd >= 0) {
     char buf[32];
@@ -539,9 +544,12 @@ static void copy_in(const struct shared_cache *c, const struct shard *sh, const 
 
 /* ---- the interface of cache.h ---- */
 
+static void register_user(struct shared_cache *c);
+
 static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
   const struct header *h = c->h;
+  register_user(c);
   size_t want = hit_bytes(a) > a->bytes ? hit_bytes(a) : a->bytes;
   if (!tsr_scratch_reserve(a->scratch, want))
     return TSR_CACHE_BYPASS;
@@ -635,7 +643,8 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   a->slot = i;
   a->ticket = e->ticket;
   unlock_shard(sh);
-  hook_maybe_stall(HOOK_LOADING);
+  if (hook_due(HOOK_LOADING))
+    hook_stall();
   a->load = a->scratch->data;
   return TSR_CACHE_LOAD;
 }
@@ -661,9 +670,14 @@ static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
     if (!lock_shard(c, sh))
       return;
     if (still_ours(c, e, a)) {
-      if (atomic_load_explicit(&hook.point, memory_order_relaxed) == HOOK_LOCKED) {
-        e->next = sh->small_head; /* halfway through linking it, for the test */
-        hook_maybe_stall(HOOK_LOCKED);
+      if (hook_due(HOOK_LOCKED)) {
+        /* Halfway through linking it into the small queue (head set; its neighbour's link,
+         * the tail and the byte count not), for the test that kills it here. */
+        e->queue = Q_SMALL;
+        e->prev = NIL;
+        e->next = sh->small_head;
+        sh->small_head = a->slot;
+        hook_stall();
       }
       queue_push(c, sh, a->slot, Q_SMALL);
       e->state = READY;
@@ -756,21 +770,36 @@ static int take_slot(struct shared_cache *c) {
   return -1;
 }
 
+/* A forked child becomes a user when it first reads through the cache, not at the fork: a
+ * child that goes on to exec another program (a subprocess) must not keep the segment
+ * alive. */
+static void register_user(struct shared_cache *c) {
+  if (atomic_load_explicit(&c->registered, memory_order_acquire))
+    return;
+  if (lock_users(c->h)) {
+    if (c->slot < 0 && !c->detached)
+      c->slot = take_slot(c);
+    pthread_mutex_unlock(&c->h->users_lock);
+  }
+  atomic_store_explicit(&c->registered, true, memory_order_release);
+}
+
 /* Gives up this attachment's slot; the last live user removes the segment's name. */
 static void detach_user(struct shared_cache *c) {
-  if (c->slot < 0)
-    return;
   struct header *h = c->h;
-  if (lock_users(h)) {
-    if (h->users[c->slot].pid == c->pid)
+  if (!lock_users(h))
+    return;
+  if (!c->detached) {
+    c->detached = true;
+    if (c->slot >= 0 && h->users[c->slot].pid == c->pid)
       h->users[c->slot].pid = 0;
+    c->slot = -1;
     if (prune_users(h) == 0 && !atomic_load(&h->unlinked)) {
       atomic_store(&h->unlinked, 1);
       shm_unlink(c->name);
     }
-    pthread_mutex_unlock(&h->users_lock);
   }
-  c->slot = -1;
+  pthread_mutex_unlock(&h->users_lock);
 }
 
 static void destroy(struct tsr_cache *base) {
@@ -803,18 +832,18 @@ static struct shared_cache *new_attachment(uint8_t *addr, size_t size, const cha
   return c;
 }
 
-/* A forked child shares the parent's mapping: it becomes a user of the segment in its own
- * name. The parent's attachment is left as it is (its references belong to the parent's
- * threads). */
+/* A forked child shares the parent's mapping, and takes over the parent's attachment record
+ * (its own copy): the references in it belong to threads the child does not have, and the
+ * locks a parent's thread may hold live in the segment, where that thread releases them. The
+ * child becomes a user of the segment in its own name when it first reads (register_user). */
 static struct tsr_cache *fork_child(struct tsr_cache *base) {
-  struct shared_cache *p = (struct shared_cache *)base;
-  struct shared_cache *c = new_attachment(p->addr, p->size, p->name, base->record_stats);
-  if (!c)
-    return NULL;
-  if (lock_users(c->h)) {
-    c->slot = take_slot(c);
-    pthread_mutex_unlock(&c->h->users_lock);
-  }
+  struct shared_cache *c = (struct shared_cache *)base;
+  c->base.refs = 1;
+  c->slot = -1;
+  c->detached = false;
+  c->pid = (int32_t)getpid();
+  c->start = own_start();
+  atomic_store(&c->registered, false);
   return &c->base;
 }
 
@@ -951,6 +980,7 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
       B[b] = NIL;
   }
   c->slot = 0;
+  atomic_store(&c->registered, true);
   h->users[0].pid = c->pid;
   h->users[0].start = c->start;
   h->magic = SEGMENT_MAGIC;
@@ -1032,6 +1062,7 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
     return TESSERA_OK;
   }
   c->slot = take_slot(c);
+  atomic_store(&c->registered, true);
   pthread_mutex_unlock(&c->h->users_lock);
   if (c->slot < 0) {
     destroy(&c->base);
@@ -1088,6 +1119,120 @@ tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct ts
     return TESSERA_OK;
   }
   return tsr_error(TESSERA_E_IO, "shared cache %s keeps being removed while attaching", name);
+}
+
+/* ---- a consistency check, for tests ---- */
+
+#define VERIFY(cond, ...)                                                                          \
+  do {                                                                                             \
+    if (!(cond)) {                                                                                 \
+      snprintf(why, n, __VA_ARGS__);                                                               \
+      return false;                                                                                \
+    }                                                                                              \
+  } while (0)
+
+/* Walks queue q of shard sh, checking its links, entries and byte count. */
+static bool verify_queue(const struct shared_cache *c, const struct shard *sh, int q,
+                         uint32_t *count, char *why, size_t n) {
+  const struct entry *E = entries_of(c, sh);
+  uint32_t i = q == Q_SMALL ? sh->small_head : sh->main_head, prev = NIL, steps = 0;
+  uint64_t bytes = 0;
+  for (; i != NIL; prev = i, i = E[i].next) {
+    VERIFY(i < c->h->entries && steps++ < c->h->entries, "queue %d runs out of range or loops", q);
+    VERIFY(E[i].prev == prev, "queue %d: entry %u's back link is wrong", q, i);
+    VERIFY(E[i].state == READY && E[i].queue == q, "queue %d holds entry %u in state %d", q, i,
+           E[i].state);
+    bytes += E[i].bytes;
+  }
+  VERIFY(prev == (q == Q_SMALL ? sh->small_tail : sh->main_tail), "queue %d: wrong tail", q);
+  VERIFY(bytes == (q == Q_SMALL ? sh->small_bytes : sh->main_bytes),
+         "queue %d counts %llu bytes, holds %llu", q,
+         (unsigned long long)(q == Q_SMALL ? sh->small_bytes : sh->main_bytes),
+         (unsigned long long)bytes);
+  *count = steps;
+  return true;
+}
+
+static bool verify_shard(const struct shared_cache *c, const struct shard *sh, uint8_t *mark,
+                         char *why, size_t n) {
+  const struct header *h = c->h;
+  const struct entry *E = entries_of(c, sh);
+  const uint32_t *next = next_of(c, sh);
+  memset(mark, 0, h->chunks);
+  uint64_t items = 0, bytes = 0, ready = 0, free_entries = 0;
+  for (uint32_t i = 0; i < h->entries; i++) {
+    if (E[i].state == FREE)
+      continue;
+    VERIFY(E[i].state == READY || E[i].state == LOADING, "entry %u in state %d", i, E[i].state);
+    items++;
+    bytes += E[i].bytes;
+    ready += E[i].state == READY;
+    uint32_t found = 0, steps = 0;
+    for (uint32_t j = *bucket(c, sh, tsr_cache_key_hash(&E[i].key)); j != NIL; j = E[j].hnext) {
+      VERIFY(j < h->entries && steps++ < h->entries, "a hash chain runs out of range or loops");
+      found += j == i;
+    }
+    VERIFY(found == 1, "entry %u is in its hash chain %u times", i, found);
+    uint32_t k = E[i].first;
+    for (uint32_t s = 0; s < chunks_for(E[i].bytes); s++, k = next[k]) {
+      VERIFY(k < h->chunks && !mark[k], "entry %u's chunks run out of range or overlap", i);
+      mark[k] = 1;
+      if (s + 1 == chunks_for(E[i].bytes))
+        break;
+    }
+  }
+  VERIFY(items == sh->items && bytes == sh->bytes,
+         "the shard counts %llu items of %llu bytes, "
+         "its entries %llu of %llu",
+         (unsigned long long)sh->items, (unsigned long long)sh->bytes, (unsigned long long)items,
+         (unsigned long long)bytes);
+  for (uint32_t i = sh->free_entries, steps = 0; i != NIL; i = E[i].hnext, free_entries++) {
+    VERIFY(i < h->entries && steps++ < h->entries, "the free entries run out of range or loop");
+    VERIFY(E[i].state == FREE, "free list holds entry %u in state %d", i, E[i].state);
+  }
+  VERIFY(free_entries + items == h->entries, "%llu free entries and %llu in use, of %u",
+         (unsigned long long)free_entries, (unsigned long long)items, h->entries);
+  uint32_t in_small, in_main;
+  if (!verify_queue(c, sh, Q_SMALL, &in_small, why, n) ||
+      !verify_queue(c, sh, Q_MAIN, &in_main, why, n))
+    return false;
+  VERIFY(in_small + in_main == ready, "%u queued, %llu ready", in_small + in_main,
+         (unsigned long long)ready);
+  uint32_t free_chunks = 0;
+  for (uint32_t k = sh->free_chunks; k != NIL; k = next[k], free_chunks++) {
+    VERIFY(k < h->chunks && !mark[k], "free chunk %u out of range or in use", k);
+    mark[k] = 1;
+  }
+  VERIFY(free_chunks == sh->nfree_chunks, "%u free chunks listed, %u counted", free_chunks,
+         sh->nfree_chunks);
+  for (uint32_t k = 0; k < h->chunks; k++)
+    VERIFY(mark[k], "chunk %u is neither used nor free", k);
+  return true;
+}
+
+bool tsr_shared_cache_verify(char *why, size_t n) {
+  snprintf(why, n, "no shared cache");
+  struct tsr_cache *base = tsr_cache_acquire();
+  if (!base || base->type != TESSERA_CACHE_SHARED_MEMORY) {
+    tsr_cache_release(base);
+    return false;
+  }
+  struct shared_cache *c = (struct shared_cache *)base;
+  uint8_t *mark = tsr_malloc(c->h->chunks);
+  bool ok = mark != NULL;
+  for (uint32_t i = 0; ok && i < c->h->nshards; i++) {
+    struct shard *sh = shard_at(c, i);
+    if (!lock_shard(c, sh)) {
+      snprintf(why, n, "shard %u cannot be locked", i);
+      ok = false;
+      break;
+    }
+    ok = verify_shard(c, sh, mark, why, n);
+    unlock_shard(sh);
+  }
+  tsr_free(mark);
+  tsr_cache_release(base);
+  return ok;
 }
 
 /* ---- listing and removing segments ---- */

@@ -1,0 +1,492 @@
+/* The shared-memory tile cache across processes: forked children, each with several threads,
+ * read random regions and batch streams through one segment (too small for the slide, limited
+ * in items, and big enough for all of it); every patch equals a read made without a cache,
+ * and the budgets hold all along. With room for everything, each tile touched is decoded
+ * once by all the processes together. A child killed (SIGKILL) while it holds a shard's lock
+ * midway through publishing a tile (the test hook TESSERA_TEST_CACHE_STALL) leaves the cache
+ * usable: the other processes, blocked or not, carry on with correct pixels. Segments go away
+ * when their last user detaches. Runs plain, under ASan+UBSan and under TSan. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cache/cache.h"
+#include "check.h"
+#include "tessera.h"
+
+enum { PROCESSES = 3, THREADS = 3, MAX_TILES = 4096, CHILD_ALARM_S = 400 };
+
+static const char *slide_path;
+static uint8_t *reference; /* level 0 read without a cache, RGB */
+static tessera_level_info info;
+static int64_t across, down;
+static uint64_t tile_bytes;
+
+/* Shared by the test's processes (an anonymous shared mapping made before the forks). */
+struct board {
+  atomic_uchar touched[MAX_TILES]; /* tiles some read looked up */
+  atomic_int stop;                 /* the stalled child was killed: finish up */
+};
+static struct board *board;
+
+static void configure(tessera_cache_type type, uint64_t mib, uint64_t items, const char *name) {
+  tessera_cache_options o;
+  tessera_cache_options_init(&o);
+  o.type = type;
+  o.memory_capacity_mib = mib;
+  o.item_capacity = items;
+  o.record_stats = 1;
+  o.name = name;
+  CHECK(tessera_cache_configure(&o) == TESSERA_OK, "configure: %s", tessera_error_message());
+}
+
+static tessera_cache_stats stats(void) {
+  tessera_cache_stats t = {.struct_size = sizeof t};
+  CHECK(tessera_cache_stats_get(&t) == TESSERA_OK, "stats: %s", tessera_error_message());
+  return t;
+}
+
+static tessera_slide *open_slide(void) {
+  tessera_slide *s = NULL;
+  if (tessera_open(slide_path, &s) != TESSERA_OK) {
+    CHECK(0, "%s: %s", slide_path, tessera_error_message());
+    return NULL;
+  }
+  return s;
+}
+
+static int shm_exists(const char *name) {
+  char path[512];
+  snprintf(path, sizeof path, "/dev/shm/%s", name[0] == '/' ? name + 1 : name);
+  return access(path, F_OK) == 0;
+}
+
+/* The name of this process's one unnamed segment ("/tessera-PID-N"), or "" if none. */
+static void own_segment(char *out, size_t size) {
+  char prefix[64];
+  snprintf(prefix, sizeof prefix, "/tessera-%d-", (int)getpid());
+  out[0] = 0;
+  size_t count = 0;
+  CHECK(tessera_shared_cache_list(NULL, 0, &count) == TESSERA_OK, "list: %s",
+        tessera_error_message());
+  size_t cap = count + 8, found = 0;
+  tessera_shared_cache_info *v = calloc(cap, sizeof *v);
+  for (size_t i = 0; i < cap; i++)
+    v[i].struct_size = sizeof v[i];
+  CHECK(tessera_shared_cache_list(v, cap, &count) == TESSERA_OK, "list: %s",
+        tessera_error_message());
+  for (size_t i = 0; i < count && i < cap; i++) {
+    if (strncmp(v[i].name, prefix, strlen(prefix)) == 0) {
+      snprintf(out, size, "%s", v[i].name);
+      found++;
+    }
+  }
+  CHECK(found == 1, "%zu segments named %s*", found, prefix);
+  free(v);
+}
+
+static void mark(int64_t x, int64_t y, int64_t w, int64_t h) {
+  int64_t x0 = x < 0 ? 0 : x, y0 = y < 0 ? 0 : y;
+  int64_t x1 = x + w > info.width ? info.width : x + w;
+  int64_t y1 = y + h > info.height ? info.height : y + h;
+  if (x0 >= x1 || y0 >= y1)
+    return;
+  for (int64_t ty = y0 / info.tile_height; ty <= (y1 - 1) / info.tile_height; ty++)
+    for (int64_t tx = x0 / info.tile_width; tx <= (x1 - 1) / info.tile_width; tx++)
+      atomic_store(&board->touched[ty * across + tx], 1);
+}
+
+static uint64_t touched_count(void) {
+  uint64_t n = 0;
+  for (int64_t i = 0; i < across * down; i++)
+    n += atomic_load(&board->touched[i]);
+  return n;
+}
+
+/* Nonzero if the patch (RGB, w x h at x, y of level 0) differs from the reference. */
+static int differs(const uint8_t *got, int64_t lx, int64_t ly, int64_t w, int64_t h) {
+  for (int64_t y = 0; y < h; y++) {
+    for (int64_t x = 0; x < w; x++) {
+      int64_t rx = lx + x, ry = ly + y;
+      if (rx < 0 || ry < 0 || rx >= info.width || ry >= info.height)
+        continue;
+      if (memcmp(got + (size_t)(y * w + x) * 3, reference + (size_t)(ry * info.width + rx) * 3,
+                 3) != 0)
+        return 1;
+    }
+  }
+  return 0;
+}
+
+static int read_and_compare(tessera_slide *s, unsigned long long *seed) {
+  int64_t w = 1 + (int64_t)(test_rand(seed) % 300), h = 1 + (int64_t)(test_rand(seed) % 300);
+  int64_t x = (int64_t)(test_rand(seed) % (uint64_t)(info.width + 80)) - 40;
+  int64_t y = (int64_t)(test_rand(seed) % (uint64_t)(info.height + 80)) - 40;
+  size_t size = (size_t)(w * h * 3);
+  uint8_t *buf = malloc(size);
+  mark(x, y, w, h);
+  int bad = tessera_read_region(s, x, y, 0, w, h, NULL, buf, size) != TESSERA_OK ||
+            differs(buf, x, y, w, h);
+  free(buf);
+  return bad;
+}
+
+static int batches_and_compare(tessera_slide *s, unsigned long long *seed) {
+  enum { N = 16, W = 160, H = 120 };
+  int64_t xy[2 * N];
+  for (int i = 0; i < N; i++) {
+    xy[2 * i] = (int64_t)(test_rand(seed) % (uint64_t)info.width) - 20;
+    xy[2 * i + 1] = (int64_t)(test_rand(seed) % (uint64_t)info.height) - 20;
+    mark(xy[2 * i], xy[2 * i + 1], W, H);
+  }
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 4;
+  o.num_workers = 2;
+  tessera_batch_iter *it = NULL;
+  if (tessera_batch_iter_create(s, xy, N, W, H, 0, &o, &it) != TESSERA_OK)
+    return 1;
+  int bad = 0;
+  size_t seen = 0;
+  for (;;) {
+    tessera_batch *b = NULL;
+    if (tessera_batch_iter_next(it, &b) != TESSERA_OK) {
+      bad++;
+      continue;
+    }
+    if (!b)
+      break;
+    for (size_t p = 0; p < b->count; p++)
+      bad +=
+          differs(b->data + p * W * H * 3, xy[2 * b->indices[p]], xy[2 * b->indices[p] + 1], W, H);
+    seen += b->count;
+    tessera_batch_release(b);
+  }
+  tessera_batch_iter_destroy(it);
+  return bad + (seen != N);
+}
+
+struct worker {
+  tessera_slide *s;
+  unsigned long long seed;
+  int rounds;     /* reads, or reads after the stop flag when until_stop */
+  int until_stop; /* keep reading until board->stop, then `rounds` more */
+  int failures;
+  atomic_int *done;
+};
+
+static void *hammer_thread(void *arg) {
+  struct worker *w = arg;
+  int after = 0;
+  for (int i = 0;; i++) {
+    if (w->until_stop ? (atomic_load(&board->stop) && after++ >= w->rounds) || i > 20000
+                      : i >= w->rounds)
+      break;
+    w->failures += read_and_compare(w->s, &w->seed);
+    if (i % 16 == 7)
+      w->failures += batches_and_compare(w->s, &w->seed);
+  }
+  w->failures += batches_and_compare(w->s, &w->seed);
+  return NULL;
+}
+
+static void *monitor_thread(void *arg) {
+  struct worker *w = arg;
+  while (!atomic_load(w->done)) {
+    tessera_cache_stats t = {.struct_size = sizeof t};
+    if (tessera_cache_stats_get(&t) != TESSERA_OK || t.type != TESSERA_CACHE_SHARED_MEMORY)
+      w->failures++;
+    if (t.bytes > t.memory_capacity || (t.item_capacity && t.items > t.item_capacity))
+      w->failures++;
+    struct timespec ts = {0, 2000000};
+    nanosleep(&ts, NULL);
+  }
+  return NULL;
+}
+
+/* A child's work: THREADS readers and a monitor of the budgets; exits 0 if all was right.
+ * It detaches by configuring no cache, or just ends (_exit: a user that is gone, as if
+ * killed). Not exit(): LeakSanitizer would count what the parent's threads owned. */
+static void child_hammer(unsigned long long seed, int rounds, int until_stop, int detach) {
+  alarm(CHILD_ALARM_S);
+  tessera_slide *s = open_slide();
+  if (!s)
+    _exit(2);
+  atomic_int done = 0;
+  struct worker ws[THREADS + 1];
+  pthread_t t[THREADS + 1];
+  for (int i = 0; i <= THREADS; i++) {
+    ws[i] = (struct worker){s, seed * 1000 + (unsigned)i, rounds, until_stop, 0, &done};
+    pthread_create(&t[i], NULL, i < THREADS ? hammer_thread : monitor_thread, &ws[i]);
+  }
+  int failures = 0;
+  for (int i = 0; i < THREADS; i++) {
+    pthread_join(t[i], NULL);
+    failures += ws[i].failures;
+  }
+  atomic_store(&done, 1);
+  pthread_join(t[THREADS], NULL);
+  CHECK(failures == 0, "child %d: %d reads differ or failed", (int)getpid(), failures);
+  CHECK(ws[THREADS].failures == 0, "child %d: the budget was exceeded %d times", (int)getpid(),
+        ws[THREADS].failures);
+  tessera_close(s);
+  if (detach)
+    configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  fflush(stderr);
+  _exit(check_failures ? 1 : 0);
+}
+
+static pid_t fork_child(void) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  CHECK(pid >= 0, "fork: %s", strerror(errno));
+  return pid;
+}
+
+static int wait_child(pid_t pid) {
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return status;
+}
+
+/* The whole level through the cache equals the reference. One thread: the parent starts no
+ * pool threads, which a child forked later would inherit as ghosts (ThreadSanitizer cannot
+ * tell its new threads from them). */
+static void check_whole_level(const char *what) {
+  tessera_slide *s = open_slide();
+  if (!s)
+    return;
+  size_t size = (size_t)(info.width * info.height * 3);
+  uint8_t *buf = malloc(size);
+  CHECK(tessera_read_level(s, 0, NULL, buf, size) == TESSERA_OK, "%s: %s", what,
+        tessera_error_message());
+  CHECK(memcmp(buf, reference, size) == 0, "%s: the level read through the cache differs", what);
+  free(buf);
+  tessera_close(s);
+}
+
+/* PROCESSES forked children share the parent's unnamed segment. */
+static void test_processes(uint64_t mib, uint64_t items) {
+  configure(TESSERA_CACHE_SHARED_MEMORY, mib, items, NULL);
+  char name[TESSERA_SHARED_CACHE_NAME_MAX + 2];
+  own_segment(name, sizeof name);
+  memset(board->touched, 0, sizeof board->touched);
+  pid_t pids[PROCESSES];
+  for (int i = 0; i < PROCESSES; i++) {
+    pids[i] = fork_child();
+    if (pids[i] == 0)
+      child_hammer(7 + (unsigned long long)i + 100 * mib + items, 40, 0, i == 0);
+  }
+  for (int i = 0; i < PROCESSES; i++) {
+    int status = wait_child(pids[i]);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "%llu MiB, %llu items: child %d failed (status %#x)", (unsigned long long)mib,
+          (unsigned long long)items, i, status);
+  }
+  tessera_cache_stats t = stats();
+  CHECK(t.type == TESSERA_CACHE_SHARED_MEMORY && t.memory_capacity == mib << 20 &&
+            t.item_capacity == items,
+        "%llu MiB: the configuration is not reported", (unsigned long long)mib);
+  CHECK(t.bytes <= t.memory_capacity && (!items || t.items <= items),
+        "%llu MiB %llu items: holds %llu bytes, %llu items", (unsigned long long)mib,
+        (unsigned long long)items, (unsigned long long)t.bytes, (unsigned long long)t.items);
+  CHECK(t.bytes == t.items * tile_bytes, "%llu bytes for %llu items of %llu",
+        (unsigned long long)t.bytes, (unsigned long long)t.items, (unsigned long long)tile_bytes);
+  uint64_t touched = touched_count();
+  if (touched * tile_bytes <= t.memory_capacity && !items) {
+    /* room for everything: one decode per tile, for the three processes together */
+    CHECK(t.misses == touched && t.items == touched && t.evictions == 0,
+          "%llu MiB: %llu tiles touched, %llu misses, %llu items, %llu evictions",
+          (unsigned long long)mib, (unsigned long long)touched, (unsigned long long)t.misses,
+          (unsigned long long)t.items, (unsigned long long)t.evictions);
+    CHECK(t.hits > 0, "no hits");
+  } else {
+    CHECK(t.evictions > 0, "%llu MiB %llu items: no evictions", (unsigned long long)mib,
+          (unsigned long long)items);
+  }
+  char why[256];
+  CHECK(tsr_shared_cache_verify(why, sizeof why), "after the children, the index: %s", why);
+  check_whole_level("after the children");
+  t = stats();
+  CHECK(t.bytes <= t.memory_capacity && (!items || t.items <= items), "budget after the level");
+  CHECK(shm_exists(name), "%s went away while this process uses it", name);
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  CHECK(!shm_exists(name), "%s is still there after its last user detached", name);
+}
+
+/* A child stalls holding a shard's lock while publishing its third tile; the others read on
+ * (and block on that lock); it is killed; they carry on; so does the parent. */
+static void test_kill_holding_lock(void) {
+  char name[64], pidfile[128];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-locked", (int)getpid());
+  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-stalled.pid", (int)getpid());
+  unlink(pidfile);
+  configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
+  memset(board->touched, 0, sizeof board->touched);
+  atomic_store(&board->stop, 0);
+  pid_t staller = fork_child();
+  if (staller == 0) {
+    alarm(CHILD_ALARM_S);
+    char hook[256];
+    snprintf(hook, sizeof hook, "locked:3:%s", pidfile);
+    setenv("TESSERA_TEST_CACHE_STALL", hook, 1);
+    configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name); /* attaches again, reading the hook */
+    tessera_slide *s = open_slide();
+    unsigned long long seed = 4242;
+    for (int i = 0; s && i < 2000; i++)
+      read_and_compare(s, &seed);
+    _exit(5); /* it never stalled */
+  }
+  pid_t others[PROCESSES - 1];
+  for (int i = 0; i < PROCESSES - 1; i++) {
+    others[i] = fork_child();
+    if (others[i] == 0)
+      child_hammer(900 + (unsigned long long)i, 30, 1, i == 0);
+  }
+  /* wait for the staller's pid in the file */
+  int stalled = 0;
+  for (int tries = 0; tries < 6000 && !stalled; tries++) {
+    FILE *f = fopen(pidfile, "r");
+    int pid = 0;
+    if (f) {
+      stalled = fscanf(f, "%d", &pid) == 1 && pid == staller;
+      fclose(f);
+    }
+    int status;
+    if (!stalled && waitpid(staller, &status, WNOHANG) == staller) {
+      CHECK(0, "the staller ended (status %#x) without stalling", status);
+      staller = -1;
+      break;
+    }
+    if (!stalled) {
+      struct timespec ts = {0, 10000000};
+      nanosleep(&ts, NULL);
+    }
+  }
+  CHECK(stalled, "no pid in %s", pidfile);
+  if (staller > 0) {
+    struct timespec ts = {0, 300000000}; /* let the others run into the held lock */
+    nanosleep(&ts, NULL);
+    kill(staller, SIGKILL);
+    int status = wait_child(staller);
+    CHECK(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL, "staller status %#x", status);
+  }
+  atomic_store(&board->stop, 1);
+  for (int i = 0; i < PROCESSES - 1; i++) {
+    int status = wait_child(others[i]);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "a reader failed after the kill (status %#x)", status);
+  }
+  unlink(pidfile);
+  char why[256];
+  CHECK(tsr_shared_cache_verify(why, sizeof why), "after the kill, the index: %s", why);
+  check_whole_level("after the kill");
+  tessera_cache_stats t = stats();
+  CHECK(t.bytes <= t.memory_capacity && t.bytes == t.items * tile_bytes,
+        "after the kill: %llu bytes, %llu items", (unsigned long long)t.bytes,
+        (unsigned long long)t.items);
+  /* four tiles read twice: the second time all hits */
+  tessera_slide *s = open_slide();
+  if (s) {
+    size_t size = (size_t)(info.tile_width * info.tile_height * 4 * 3);
+    uint8_t *buf = malloc(size);
+    tessera_cache_stats before = {0};
+    for (int pass = 0; pass < 2; pass++) {
+      if (pass)
+        before = stats();
+      CHECK(tessera_read_region(s, info.tile_width, info.tile_height, 0, 2 * info.tile_width,
+                                2 * info.tile_height, NULL, buf, size) == TESSERA_OK,
+            "read: %s", tessera_error_message());
+      CHECK(!differs(buf, info.tile_width, info.tile_height, 2 * info.tile_width,
+                     2 * info.tile_height),
+            "pass %d differs", pass);
+    }
+    t = stats();
+    CHECK(t.hits - before.hits == 4 && t.misses == before.misses,
+          "after the kill, a second read: %llu hits, %llu misses",
+          (unsigned long long)(t.hits - before.hits),
+          (unsigned long long)(t.misses - before.misses));
+    free(buf);
+    tessera_close(s);
+  }
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  CHECK(!shm_exists(name), "%s is still there after its last live user detached", name);
+  if (shm_exists(name))
+    tessera_shared_cache_remove(name, 1);
+}
+
+static void test_arguments(void) {
+  tessera_cache_options o;
+  tessera_cache_options_init(&o);
+  CHECK(o.name == NULL, "default name");
+  o.type = TESSERA_CACHE_SHARED_MEMORY;
+  o.memory_capacity_mib = 8;
+  char longname[TESSERA_SHARED_CACHE_NAME_MAX + 2];
+  memset(longname, 'x', sizeof longname - 1);
+  longname[sizeof longname - 1] = 0;
+  const char *bad[] = {"", "/", "a/b", "/a/b", "x/", longname};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    o.name = bad[i];
+    CHECK(tessera_cache_configure(&o) == TESSERA_E_ARGUMENT, "name \"%.20s\" accepted", bad[i]);
+  }
+  o.name = NULL;
+  o.memory_capacity_mib = 0;
+  CHECK(tessera_cache_configure(&o) == TESSERA_E_ARGUMENT, "0 MiB accepted");
+  size_t count = 99;
+  CHECK(tessera_shared_cache_list(NULL, 0, &count) == TESSERA_OK && count != 99, "list: %s",
+        tessera_error_message());
+  char missing[64];
+  snprintf(missing, sizeof missing, "tessera-ctest-%d-missing", (int)getpid());
+  CHECK(tessera_shared_cache_remove(missing, 0) == TESSERA_E_IO, "removed a missing segment");
+  CHECK(tessera_shared_cache_remove(NULL, 0) == TESSERA_E_ARGUMENT, "removed NULL");
+  tessera_cache_stats t = stats();
+  CHECK(t.type == TESSERA_CACHE_NONE, "a refused configure left a cache");
+}
+
+int main(int argc, char **argv) {
+  const char *dir = testdata_dir(argc, argv);
+  static char path[4096];
+  snprintf(path, sizeof path, "%s/aperio-jpeg-CMU-1-Small-Region.svs", dir);
+  slide_path = path;
+  tessera_slide *s = open_slide();
+  if (!s)
+    return check_finish("test_shared_cache");
+  info = (tessera_level_info){.struct_size = sizeof info};
+  tessera_level_info_get(s, 0, &info);
+  across = (info.width + info.tile_width - 1) / info.tile_width;
+  down = (info.height + info.tile_height - 1) / info.tile_height;
+  CHECK(across * down <= MAX_TILES, "too many tiles");
+  size_t size = (size_t)(info.width * info.height * 3);
+  reference = malloc(size);
+  CHECK(tessera_read_level(s, 0, NULL, reference, size) == TESSERA_OK, "reference read");
+  configure(TESSERA_CACHE_PER_PROCESS, 64, 0, NULL);
+  uint8_t px[3];
+  tessera_read_region(s, 0, 0, 0, 1, 1, NULL, px, 3);
+  tile_bytes = stats().bytes;
+  CHECK(tile_bytes >= (uint64_t)(info.tile_width * info.tile_height * 3), "tile bytes");
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  tessera_close(s);
+  board = mmap(NULL, sizeof *board, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  CHECK(board != MAP_FAILED, "mmap");
+  if (board == MAP_FAILED)
+    return check_finish("test_shared_cache");
+
+  test_arguments();
+  test_processes(2, 0);  /* a twelfth of the level: evictions all along */
+  test_processes(64, 5); /* five tiles at most */
+  test_processes(64, 0); /* room for every tile */
+  test_kill_holding_lock();
+  munmap(board, sizeof *board);
+  free(reference);
+  return check_finish("test_shared_cache");
+}

@@ -1,0 +1,792 @@
+"""The shared-memory tile cache (TESSERA_CACHE_SHARED_MEMORY), across processes.
+
+Reads through a shared cache equal reads without a cache (a pass that fills it, one that hits
+it, one through a cache too small for most tiles) over generated fixtures and every real file,
+with 3 and 4 channels. Forked children share the parent's segment; unrelated processes attach
+to it by name, with its capacities, and decode each tile once between them: the statistics,
+global to the segment, count each distinct tile as one miss and every other tile access as a
+hit. The segment goes away when its last user detaches (a program that a user forks and
+execs is no user). Names are checked, a foreign file of the same name is refused, segments
+are listed and removed. A process killed (SIGKILL) while
+it holds a shard's lock midway through publishing a tile, or while it is loading a tile that
+others wait for, leaves the cache usable: the others carry on with correct pixels and
+consistent statistics.
+
+Expected pixels are tessera's own reads made without a cache in the same test. The killed
+processes stop at points chosen through the test-only hook TESSERA_TEST_CACHE_STALL
+(POINT:N:PATH, read at tessera_cache_configure). Each test removes the segments it made; a
+test that would hang is cut off by a watchdog and fails.
+"""
+
+import faulthandler
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+import tessera_ctypes as T
+import wsi_fixtures as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PYTHON = sys.executable or "/usr/bin/python3"
+SHM = "/dev/shm"
+APERIO = "aperio-jpeg-CMU-1-Small-Region.svs"   # 2220 x 2967 in 240 x 240 JPEG tiles
+SMALL = "generic-jpeg-ycbcr-128tiles.tiff"
+WATCHDOG_S = 200            # a test still running after this long is stuck and fails ...
+LAST_RESORT_S = 260         # ... or, stuck inside a C call, the whole run dies
+PROCESS_TIMEOUT_S = 120     # most a helper process may take (a hang fails, not blocks)
+
+
+def shm_path(name):
+    return os.path.join(SHM, name.lstrip("/"))
+
+
+def segment_exists(name):
+    return os.path.exists(shm_path(name))
+
+
+class Segments:
+    """Names and helper processes of one test, cleaned up after it."""
+
+    def __init__(self):
+        self.names = []
+        self.procs = []
+
+    def name(self, tag):
+        n = "tessera-pytest-%d-%s" % (os.getpid(), tag)
+        self.names.append(n)
+        return n
+
+    def add(self, name):
+        self.names.append(name.lstrip("/"))
+        return name
+
+    def popen(self, *args, **kw):
+        p = subprocess.Popen(*args, **kw)
+        self.procs.append(p)
+        return p
+
+
+class Stuck(Exception):
+    pass
+
+
+def _stuck(signum, frame):
+    raise Stuck("the test is stuck (%d s)" % WATCHDOG_S)
+
+
+@pytest.fixture(autouse=True)
+def shm():
+    # SIGALRM interrupts waits in Python (a helper's pipe, a join); a thread stuck in the
+    # library is cut off by faulthandler, which ends the run (helpers die with it)
+    old = signal.signal(signal.SIGALRM, _stuck)
+    signal.alarm(WATCHDOG_S)
+    faulthandler.dump_traceback_later(LAST_RESORT_S, exit=True)
+    seg = Segments()
+    try:
+        yield seg
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+        faulthandler.cancel_dump_traceback_later()
+        for p in seg.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        T.configure_cache(T.CACHE_NONE)
+        for n in seg.names:
+            if segment_exists(n):
+                try:
+                    T.shared_cache_remove(n, force=True)
+                except T.TesseraError:
+                    os.unlink(shm_path(n))
+
+
+def configure_shared(name, mib=64, items=0):
+    T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=mib, item_capacity=items,
+                      name=name)
+
+
+def listed(name):
+    """The list entry of a segment, or None."""
+    want = "/" + name.lstrip("/")
+    found = [i for i in T.shared_cache_list() if i["name"] == want]
+    assert len(found) <= 1, found
+    return found[0] if found else None
+
+
+# --- exact tile accounting of single-region reads at level 0 --------------------------------
+
+def tiles_of(region, info):
+    """The tiles a level-0 region read looks up: one lookup per tile it overlaps."""
+    x, y, w, h = region
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, info.width), min(y + h, info.height)
+    if x0 >= x1 or y0 >= y1:
+        return []
+    tw, th = info.tile_width, info.tile_height
+    return [(tx, ty) for ty in range(y0 // th, (y1 - 1) // th + 1)
+            for tx in range(x0 // tw, (x1 - 1) // tw + 1)]
+
+
+def accounting(regions, info):
+    """(accesses, distinct tiles) of reading `regions` once each."""
+    touched = [t for r in regions for t in tiles_of(r, info)]
+    return len(touched), len(set(touched))
+
+
+def random_regions(info, n, seed, size=320, margin=40):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        w, h = int(rng.integers(1, size)), int(rng.integers(1, size))
+        out.append((int(rng.integers(-margin, info.width)), int(rng.integers(-margin, info.height)),
+                    w, h))
+    return out
+
+
+def plain_reads(path, regions, channels=3):
+    """Reads without a cache (the process's cache is set to none first)."""
+    T.configure_cache(T.CACHE_NONE)
+    with T.open_slide(path) as s:
+        return [s.read_region(x, y, 0, w, h, channels=channels) for x, y, w, h in regions]
+
+
+def tile_bytes(path):
+    """Bytes one cached tile of level 0 takes, as a per-process cache counts them."""
+    T.configure_cache(T.CACHE_PER_PROCESS, memory_capacity_mib=64)
+    with T.open_slide(path) as s:
+        s.read_region(0, 0, 0, 1, 1)
+    st = T.cache_stats()
+    T.configure_cache(T.CACHE_NONE)
+    assert st["items"] == 1 and st["bytes"] > 0, st
+    return st["bytes"]
+
+
+# --- helper processes ----------------------------------------------------------------------
+
+WORKER = r"""
+import ctypes, json, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the test
+sys.path.insert(0, %(here)r)
+import numpy as np
+import tessera_ctypes as T
+job = json.loads(sys.argv[1])
+
+def say(**kw):
+    sys.stdout.write(json.dumps(kw) + "\n")
+    sys.stdout.flush()
+
+T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=job.get("mib", 64),
+                  item_capacity=job.get("items", 0), name=job["name"])
+say(event="attached", stats=T.cache_stats())
+if job.get("wait"):
+    sys.stdin.readline()
+want = np.load(job["want"]) if job.get("want") else None
+bad = []
+with T.open_slide(job["path"]) as s:
+    say(event="reading")
+    for i, (x, y, w, h) in enumerate(job["regions"]):
+        got = s.read_region(x, y, 0, w, h, channels=job.get("channels", 3))
+        if want is not None and not np.array_equal(got, want["r%%d" %% i]):
+            bad.append(i)
+say(event="done", bad=bad, stats=T.cache_stats())
+if job.get("hold"):
+    sys.stdin.readline()
+if job.get("detach"):
+    T.configure_cache(T.CACHE_NONE)
+say(event="exit")
+""" % {"here": HERE}
+
+
+def save_want(tmp_path, arrays, tag="want"):
+    p = str(tmp_path / ("%s.npz" % tag))
+    np.savez(p, **{"r%d" % i: a for i, a in enumerate(arrays)})
+    return p
+
+
+def worker(seg, name, path, regions, want=None, env=None, **job):
+    """Starts a helper process that attaches to `name` and reads `regions` (comparing them
+    with the arrays in the .npz file `want`); its stdout is one JSON line per event."""
+    job.update(name=name, path=path, regions=[list(r) for r in regions], want=want)
+    e = dict(os.environ)
+    e.pop("TESSERA_TEST_CACHE_STALL", None)
+    e.update(env or {})
+    return seg.popen([PYTHON, "-c", WORKER, json.dumps(job)], stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e)
+
+
+def next_event(p, event):
+    """Reads the worker's lines up to the one of `event`; fails if it exits first."""
+    while True:
+        line = p.stdout.readline()
+        if not line:
+            p.wait(PROCESS_TIMEOUT_S)
+            raise AssertionError("worker exited (%s) before %r: %s"
+                                 % (p.returncode, event, p.stderr.read()[-3000:]))
+        msg = json.loads(line)
+        if msg["event"] == event:
+            return msg
+
+
+def finish(p, release=False):
+    """Waits for a worker to end (telling it to go on first if `release`); returns its events
+    by name, and fails unless it exited 0."""
+    try:
+        out, err = p.communicate("\n\n" if release else None, timeout=PROCESS_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError("worker stuck for %d s: %s" % (PROCESS_TIMEOUT_S, err[-3000:]))
+    assert p.returncode == 0, (p.returncode, err[-3000:])
+    return {m["event"]: m for m in map(json.loads, out.splitlines())}
+
+
+def wait_for_pid_file(path, p, timeout=60):
+    """Waits until the stalling process `p` has written its pid into `path`."""
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read().strip()
+            if text == str(p.pid):
+                return
+        if p.poll() is not None:
+            raise AssertionError("the process to stall exited (%s) without stalling: %s"
+                                 % (p.returncode, p.stderr.read()[-3000:]))
+        time.sleep(0.02)
+    raise AssertionError("no pid in %s after %d s (it holds %r; pid %d)" % (path, timeout, text,
+                                                                          p.pid))
+
+
+def kill9(p):
+    p.send_signal(signal.SIGKILL)
+    p.wait(PROCESS_TIMEOUT_S)
+    assert p.returncode == -signal.SIGKILL, p.returncode
+
+
+# --- reads through a shared cache equal plain reads ----------------------------------------
+
+SUBSET = {"jpeg-t240-pyr", "jpeg-q50-sub", "odd-jpeg-pyr", "deflate-pred-pyr", "lzw-nopred-pyr",
+          "webp-lossy-pyr", "gray-jpeg-pyr", "rgba-deflate-pyr", "rgba-webp-lossless-pyr",
+          "strip-jpeg", "tf-bigendian-deflate-pyr", "jp2k-pyr"}
+CASES = [c for c in F.level_cases()
+         if c[0] in SUBSET or F.SPECS[c[0]].kind == "testdata"]
+
+
+def regions(w, h, rng):
+    """A few regions of a level: whole tiles' worth, straddling, partly outside, tiny."""
+    out = [(0, 0, min(w, 300), min(h, 200)), (w - 50, h - 40, 90, 70), (-20, -10, 60, 50)]
+    for _ in range(5):
+        rw, rh = int(rng.integers(1, 260)), int(rng.integers(1, 260))
+        out.append((int(rng.integers(-40, w)), int(rng.integers(-40, h)), rw, rh))
+    return out
+
+
+@pytest.mark.parametrize("name,level", CASES, ids=["%s-L%d" % c for c in CASES])
+def test_shared_cached_reads_equal_plain_reads(slides, shm, name, level):
+    path = slides.path(name)
+    rng = np.random.default_rng(zlib.crc32(("%s/%d" % (name, level)).encode()))
+    with T.open_slide(path) as s:
+        info = s.level_info(level)
+        ds = info.downsample
+        regs = regions(info.width, info.height, rng)
+        T.configure_cache(T.CACHE_NONE)
+        want = {(r, c): s.read_region(int(r[0] * ds), int(r[1] * ds), level, r[2], r[3],
+                                      channels=c)
+                for r in regs for c in (3, 4)}
+        for mib, passes in ((256, 2), (1, 1)):
+            configure_shared(shm.name("c%d" % mib), mib=mib)
+            seen = []
+            for p in range(passes):
+                for (r, c), w in want.items():
+                    got = s.read_region(int(r[0] * ds), int(r[1] * ds), level, r[2], r[3],
+                                        channels=c)
+                    assert np.array_equal(got, w), (name, level, r, c, mib, p)
+                st = T.cache_stats()
+                assert st["type"] == T.CACHE_SHARED_MEMORY, st
+                assert st["bytes"] <= st["memory_capacity"] == mib << 20, st
+                seen.append(st)
+            if mib == 256 and info.tile_width * info.tile_height * 4 < (8 << 20):
+                first, second = seen
+                # the first pass loads every tile it needs once, the second hits them all
+                assert first["misses"] > 0 and first["evictions"] == 0, first
+                assert first["items"] == first["misses"], first
+                assert second["misses"] == first["misses"], (first, second)
+                assert second["hits"] - first["hits"] == first["hits"] + first["misses"], \
+                    (first, second)
+                assert second["items"] == first["items"] and second["bytes"] == first["bytes"]
+
+
+# --- forked children share the parent's segment --------------------------------------------
+
+def _child(body):
+    """Runs body() in a forked child, which exits with its result (never returns)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 3
+    try:
+        signal.alarm(PROCESS_TIMEOUT_S)
+        code = body()
+    except BaseException as e:  # noqa: BLE001 - report anything, never return to pytest
+        try:
+            sys.stderr.write("child %d: %r\n" % (os.getpid(), e))
+            sys.stderr.flush()
+        except BaseException:
+            pass
+        code = 2
+    finally:
+        os._exit(code)
+
+
+def wait_children(pids, timeout=PROCESS_TIMEOUT_S + 30):
+    """Exit statuses of forked children (killed and reported as -9 if still running after
+    timeout)."""
+    deadline = time.monotonic() + timeout
+    status = {}
+    while len(status) < len(pids):
+        for pid in pids:
+            if pid in status:
+                continue
+            got, st = os.waitpid(pid, os.WNOHANG)
+            if got == pid:
+                status[pid] = os.waitstatus_to_exitcode(st)
+        if time.monotonic() > deadline:
+            for pid in pids:
+                if pid not in status:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    status[pid] = -9
+        time.sleep(0.01)
+    return [status[p] for p in pids]
+
+
+def own_unnamed_segments():
+    prefix = "/tessera-%d-" % os.getpid()
+    return [i for i in T.shared_cache_list() if i["name"].startswith(prefix)]
+
+
+def test_forked_children_share_one_segment(shm):
+    path = os.path.join(F.TESTDATA, APERIO)
+    with T.open_slide(path) as s:
+        info = s.level_info(0)
+    common = random_regions(info, 30, seed=1)
+    own = [random_regions(info, 8, seed=10 + k) for k in range(3)]
+    want_common = plain_reads(path, common)
+    want_own = [plain_reads(path, r) for r in own]
+    # the accounting model, checked on the per-process cache first
+    T.configure_cache(T.CACHE_PER_PROCESS, memory_capacity_mib=128)
+    with T.open_slide(path) as s:
+        for x, y, w, h in common:
+            s.read_region(x, y, 0, w, h)
+    accesses, distinct = accounting(common, info)
+    st = T.cache_stats()
+    assert (st["misses"], st["hits"]) == (distinct, accesses - distinct), st
+
+    assert own_unnamed_segments() == []
+    T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=128)
+    segs = own_unnamed_segments()
+    assert len(segs) == 1, segs
+    name = shm.add(segs[0]["name"])
+    assert segs[0]["users"] == 1 and segs[0]["ready"] == 1, segs[0]
+    assert segs[0]["memory_capacity"] == 128 << 20, segs[0]
+    order = [np.random.default_rng(k).permutation(len(common)) for k in range(3)]
+
+    def round1(k):
+        def body():
+            bad = 0
+            with T.open_slide(path) as s:
+                for i in order[k]:
+                    x, y, w, h = common[i]
+                    bad += not np.array_equal(s.read_region(x, y, 0, w, h), want_common[i])
+                for (x, y, w, h), want in zip(own[k], want_own[k]):
+                    bad += not np.array_equal(s.read_region(x, y, 0, w, h), want)
+            st = T.cache_stats()
+            bad += st["type"] != T.CACHE_SHARED_MEMORY
+            if k == 0:
+                T.configure_cache(T.CACHE_NONE)   # detaches explicitly; the others just exit
+            return min(bad, 100)
+        return body
+
+    pids = [_child(round1(k)) for k in range(3)]
+    assert wait_children(pids) == [0, 0, 0]
+    everything = common * 3 + [r for rs in own for r in rs]
+    accesses, distinct = accounting(everything, info)
+    st = T.cache_stats()
+    # each distinct tile decoded once by the three processes together; every other access hit
+    assert st["misses"] == distinct, (st, distinct)
+    assert st["hits"] == accesses - distinct, (st, accesses, distinct)
+    assert st["items"] == distinct and st["evictions"] == 0, st
+    assert st["bytes"] <= st["memory_capacity"], st
+    assert segment_exists(name)
+    assert listed(name)["users"] == 1, listed(name)
+
+    # round 2: batches (their tile accesses are not exact, but the decodes are)
+    rng = np.random.default_rng(99)
+    xy = [np.array([(int(rng.integers(-30, info.width)), int(rng.integers(-30, info.height)))
+                    for _ in range(20)], np.int64) for _ in range(3)]
+    size = (150, 110)
+    patches = [plain_reads(path, [(int(x), int(y), size[0], size[1]) for x, y in locs])
+               for locs in xy]
+    # plain_reads configured no cache: this process, the last user alive, detached
+    assert T.cache_stats()["type"] == T.CACHE_NONE
+    assert not segment_exists(name), "the last user detached but the segment is still there"
+
+    T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=128)
+    name = shm.add(own_unnamed_segments()[0]["name"])
+    with T.open_slide(path) as s:        # load the round-1 tiles again
+        for x, y, w, h in common:
+            s.read_region(x, y, 0, w, h)
+    before = T.cache_stats()
+
+    def round2(k):
+        def body():
+            bad, seen = 0, 0
+            with T.open_slide(path) as s:
+                with s.batches(xy[k], size, 0, batch_size=4, num_workers=2) as it:
+                    for arr, idx in it:
+                        for j, i in enumerate(idx):
+                            bad += not np.array_equal(arr[j], patches[k][i])
+                            seen += 1
+            return min(bad + (seen != len(xy[k])), 100)
+        return body
+
+    pids = [_child(round2(k)) for k in range(3)]
+    assert wait_children(pids) == [0, 0, 0]
+    after = T.cache_stats()
+    old = {t for r in common for t in tiles_of(r, info)}
+    new = {t for locs in xy for x, y in locs for t in tiles_of((x, y) + size, info)}
+    assert after["misses"] - before["misses"] == len(new - old), (before, after)
+    assert after["hits"] - before["hits"] >= len(new & old), (before, after)
+    assert after["items"] == len(new | old) and after["evictions"] == 0, after
+    T.configure_cache(T.CACHE_NONE)
+    assert not segment_exists(name)
+
+
+# --- unrelated processes attach by name ----------------------------------------------------
+
+def test_processes_attach_by_name(shm, tmp_path):
+    path = os.path.join(F.TESTDATA, APERIO)
+    with T.open_slide(path) as s:
+        info = s.level_info(0)
+    regs = random_regions(info, 25, seed=5)
+    want = save_want(tmp_path, plain_reads(path, regs))
+    accesses, distinct = accounting(regs, info)
+    name = shm.name("attach")
+    assert not segment_exists(name)
+    configure_shared(name, mib=64)
+    assert segment_exists(name)
+    info_ = listed(name)
+    assert info_ and info_["users"] == 1 and info_["items"] == 0, info_
+
+    first = finish(worker(shm, name, path, regs, want, mib=64))
+    assert first["done"]["bad"] == []
+    st = first["done"]["stats"]
+    assert (st["misses"], st["hits"], st["items"]) == (distinct, accesses - distinct, distinct), st
+
+    later = [worker(shm, name, path, regs, want, mib=64) for _ in range(3)]
+    for p in later:
+        ev = finish(p)
+        assert ev["done"]["bad"] == []
+        # all its reads hit tiles the first one loaded
+        assert ev["done"]["stats"]["misses"] == distinct, ev["done"]["stats"]
+    st = T.cache_stats()
+    assert st["type"] == T.CACHE_SHARED_MEMORY
+    assert (st["misses"], st["hits"]) == (distinct, 4 * accesses - distinct), st
+    assert st["items"] == distinct and st["bytes"] <= st["memory_capacity"], st
+    assert listed(name)["users"] == 1
+    T.configure_cache(T.CACHE_NONE)
+    assert not segment_exists(name)
+    assert listed(name) is None
+
+
+def test_concurrent_creators_make_one_segment(shm, tmp_path):
+    path = os.path.join(F.TESTDATA, APERIO)
+    with T.open_slide(path) as s:
+        info = s.level_info(0)
+    regs = random_regions(info, 20, seed=6)
+    want = save_want(tmp_path, plain_reads(path, regs))
+    accesses, distinct = accounting(regs, info)
+    name = shm.name("race")
+    ps = [worker(shm, name, path, regs, want, mib=48, wait=True, hold=True) for _ in range(4)]
+    for p in ps:
+        next_event(p, "attached")
+    seg = listed(name)
+    assert seg is not None and seg["users"] == 4 and seg["ready"] == 1, seg
+    assert seg["memory_capacity"] == 48 << 20, seg
+    for p in ps:
+        p.stdin.write("\n")
+        p.stdin.flush()
+    for p in ps:
+        assert next_event(p, "done")["bad"] == []
+    configure_shared(name, mib=8)      # attaches: the segment's capacity stays
+    st = T.cache_stats()
+    assert st["memory_capacity"] == 48 << 20, st
+    assert (st["misses"], st["hits"]) == (distinct, 4 * accesses - distinct), st
+    assert listed(name)["users"] == 5
+    for p in ps:
+        finish(p, release=True)
+    assert listed(name)["users"] == 1
+    T.configure_cache(T.CACHE_NONE)
+    assert not segment_exists(name)
+
+
+def test_attach_keeps_the_segments_capacities(shm, tmp_path):
+    path = os.path.join(F.TESTDATA, APERIO)
+    with T.open_slide(path) as s:
+        info = s.level_info(0)
+    regs = random_regions(info, 12, seed=7)
+    plain = plain_reads(path, regs)
+    want = save_want(tmp_path, plain)
+    accesses, distinct = accounting(regs, info)
+    name = shm.name("caps")
+    p = worker(shm, name, path, regs, want, mib=32, items=distinct + 50, hold=True)
+    done = next_event(p, "done")
+    assert done["bad"] == []
+    configure_shared(name, mib=8, items=3)
+    st = T.cache_stats()
+    assert st["memory_capacity"] == 32 << 20 and st["item_capacity"] == distinct + 50, st
+    assert st["items"] == distinct, st
+    with T.open_slide(path) as s:
+        for (x, y, w, h), wnt in zip(regs, plain):
+            assert np.array_equal(s.read_region(x, y, 0, w, h), wnt)
+    st2 = T.cache_stats()
+    assert st2["misses"] == st["misses"] and st2["hits"] - st["hits"] == accesses, (st, st2)
+    finish(p, release=True)          # the creator exits; the segment stays for this process
+    assert segment_exists(name)
+    assert T.cache_stats()["items"] == distinct
+    T.configure_cache(T.CACHE_NONE)
+    assert not segment_exists(name)
+
+
+# --- names, foreign files, listing, removal ------------------------------------------------
+
+def test_bad_names_are_refused(shm):
+    long_ok = "tessera-pytest-%d-" % os.getpid()
+    long_ok += "x" * (T.SHARED_CACHE_NAME_MAX - len(long_ok))
+    bads = ["", "/", "a/b", "/a/b", "a/", "x" * (T.SHARED_CACHE_NAME_MAX + 1),
+            "/" + "x" * (T.SHARED_CACHE_NAME_MAX + 1), long_ok + "y"]
+    for bad in bads:
+        with pytest.raises(T.TesseraError) as e:
+            configure_shared(bad)
+        assert e.value.status == T.E_ARGUMENT, (bad, e.value)
+        assert T.cache_stats()["type"] != T.CACHE_SHARED_MEMORY
+    for made in ["a", "b", "x" * (T.SHARED_CACHE_NAME_MAX + 1), long_ok + "y"]:
+        assert not segment_exists(made), made
+    # the longest name allowed, given with its leading '/'
+    shm.add(long_ok)
+    configure_shared("/" + long_ok, mib=8)
+    assert segment_exists(long_ok) and listed(long_ok)["users"] == 1
+    T.configure_cache(T.CACHE_NONE)
+    assert not segment_exists(long_ok)
+
+
+def test_a_foreign_file_is_refused(shm):
+    name = shm.name("foreign")
+    content = b"this is not a tessera cache segment\n" * 4096
+    with open(shm_path(name), "wb") as f:
+        f.write(content)
+    for n in (name, "/" + name):
+        with pytest.raises(T.TesseraError) as e:
+            configure_shared(n)
+        assert e.value.status == T.E_ARGUMENT, e.value
+    with pytest.raises(T.TesseraError) as e:
+        T.shared_cache_remove(name, force=True)
+    assert e.value.status == T.E_ARGUMENT, e.value
+    assert listed(name) is None
+    with open(shm_path(name), "rb") as f:
+        assert f.read() == content
+    # nor is an empty file that nobody is making into one: refused, in time, and left alone
+    os.unlink(shm_path(name))
+    open(shm_path(name), "wb").close()
+    with pytest.raises(T.TesseraError):
+        configure_shared(name)
+    assert os.path.getsize(shm_path(name)) == 0 and listed(name) is None
+
+
+def test_list_and_remove(shm, tmp_path):
+    path = os.path.join(F.TESTDATA, SMALL)
+    regs = [(0, 0, 300, 300)]
+    want = save_want(tmp_path, plain_reads(path, regs))
+    name = shm.name("list")
+    configure_shared(name, mib=16, items=40)
+    seg = listed(name)
+    assert seg is not None, T.shared_cache_list()
+    assert seg["name"] == "/" + name and seg["ready"] == 1 and seg["users"] == 1, seg
+    assert seg["memory_capacity"] == 16 << 20 and seg["item_capacity"] == 40, seg
+    assert seg["items"] == 0 and seg["bytes"] == 0, seg
+    assert seg["segment_bytes"] == os.path.getsize(shm_path(name)), seg
+    p = worker(shm, name, path, regs, want, hold=True)
+    done = next_event(p, "done")
+    assert done["bad"] == []
+    seg = listed(name)
+    assert seg["users"] == 2 and seg["items"] == done["stats"]["items"] > 0, seg
+    assert seg["misses"] == done["stats"]["misses"] and seg["bytes"] == done["stats"]["bytes"]
+    # live users: refused unless forced
+    with pytest.raises(T.TesseraError) as e:
+        T.shared_cache_remove(name)
+    assert e.value.status == T.E_ARGUMENT, e.value
+    assert segment_exists(name)
+    T.shared_cache_remove("/" + name, force=True)
+    assert not segment_exists(name) and listed(name) is None
+    # the users keep the removed segment until they detach
+    st = T.cache_stats()
+    assert st["items"] == done["stats"]["items"], st
+    with T.open_slide(path) as s:
+        assert np.array_equal(s.read_region(0, 0, 0, 300, 300), np.load(want)["r0"])
+    assert T.cache_stats()["misses"] == st["misses"]
+    finish(p, release=True)
+    with pytest.raises(T.TesseraError) as e:
+        T.shared_cache_remove(name)
+    assert e.value.status == T.E_IO, e.value
+    # the name is free again: another process makes a new, empty segment by it, which the
+    # last user of the removed one leaves alone when it detaches
+    p = worker(shm, name, path, [], mib=8, hold=True)
+    assert next_event(p, "attached")["stats"]["items"] == 0
+    assert listed(name)["users"] == 1 and listed(name)["memory_capacity"] == 8 << 20
+    T.configure_cache(T.CACHE_NONE)
+    assert segment_exists(name), "detaching from a removed segment unlinked its successor"
+    assert listed(name)["users"] == 1
+    finish(p, release=True)
+    assert not segment_exists(name)
+
+
+def test_a_segment_whose_users_were_killed_stays_until_removed(shm, tmp_path):
+    path = os.path.join(F.TESTDATA, SMALL)
+    name = shm.name("orphan")
+    p = worker(shm, name, path, [(0, 0, 200, 200)], hold=True)
+    next_event(p, "done")
+    kill9(p)
+    assert segment_exists(name)
+    seg = listed(name)
+    assert seg is not None and seg["users"] == 0 and seg["items"] > 0, seg
+    T.shared_cache_remove(name)     # no live user: no force needed
+    assert not segment_exists(name)
+
+
+def test_a_program_started_by_a_user_is_not_a_user(shm):
+    """A process using the cache that forks and execs another program (subprocess with a
+    preexec_fn, or fork + exec in C) does not make that program a user: the segment goes when
+    the process detaches, although the program still runs."""
+    name = shm.name("spawn")
+    configure_shared(name, mib=8)
+    progs = [shm.popen(["sleep", "100"], preexec_fn=lambda: None)]   # fork, then exec
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv("/bin/sleep", ["sleep", "100"])
+        finally:
+            os._exit(127)
+    try:
+        users = listed(name)["users"]
+        T.configure_cache(T.CACHE_NONE)
+        assert not segment_exists(name), \
+            "a program that only ran beside it kept the segment (%d users listed)" % users
+        assert users == 1
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for p in progs:
+            p.kill()
+            p.wait()
+
+
+# --- processes killed in the middle --------------------------------------------------------
+
+def test_killed_while_holding_a_lock(shm, tmp_path):
+    path = os.path.join(F.TESTDATA, APERIO)
+    with T.open_slide(path) as s:
+        info = s.level_info(0)
+    regs = random_regions(info, 40, seed=11)
+    plain = plain_reads(path, regs)
+    want = save_want(tmp_path, plain)
+    per_tile = tile_bytes(path)
+    accesses, distinct = accounting(regs, info)
+    name = shm.name("locked")
+    configure_shared(name, mib=64)
+    pid_file = str(tmp_path / "stalled.pid")
+    staller = worker(shm, name, path, regs, want,
+                     env={"TESSERA_TEST_CACHE_STALL": "locked:5:%s" % pid_file})
+    wait_for_pid_file(pid_file, staller)
+    # another process starts while the lock is held (it blocks on the lock as soon as it
+    # needs that shard); it must get through after the kill
+    waiter = worker(shm, name, path, regs, want)
+    time.sleep(1.0)
+    kill9(staller)
+    ev = finish(waiter)
+    assert ev["done"]["bad"] == []
+
+    # this process, attached all along
+    with T.open_slide(path) as s:
+        for r, wnt in zip(regs, plain):
+            assert np.array_equal(s.read_region(r[0], r[1], 0, r[2], r[3]), wnt), r
+    st = T.cache_stats()
+    assert st["bytes"] <= st["memory_capacity"], st
+    assert st["items"] == distinct, (st, distinct)   # every tile of the regions is held, once
+    assert st["bytes"] == st["items"] * per_tile, (st, per_tile)
+    # from now on each read hits every tile it needs
+    with T.open_slide(path) as s:
+        for r in regs:
+            s.read_region(r[0], r[1], 0, r[2], r[3])
+    st2 = T.cache_stats()
+    assert st2["misses"] == st["misses"] and st2["hits"] - st["hits"] == accesses, (st, st2)
+    # and a fresh process as well
+    ev = finish(worker(shm, name, path, regs, want))
+    assert ev["done"]["bad"] == []
+    st3 = ev["done"]["stats"]
+    assert st3["misses"] == st["misses"] and st3["hits"] - st2["hits"] == accesses, (st2, st3)
+    assert listed(name)["users"] == 1
+    T.configure_cache(T.CACHE_NONE)
+    assert not segment_exists(name)
+
+
+def test_killed_while_loading_a_tile_others_wait_for(shm, tmp_path):
+    path = os.path.join(F.TESTDATA, APERIO)
+    region = (10, 20, 100, 90)            # inside tile 0
+    plain = plain_reads(path, [region])
+    want = save_want(tmp_path, plain)
+    per_tile = tile_bytes(path)
+    name = shm.name("loading")
+    configure_shared(name, mib=64)
+    pid_file = str(tmp_path / "loader.pid")
+    loader = worker(shm, name, path, [region],
+                    env={"TESSERA_TEST_CACHE_STALL": "loading:1:%s" % pid_file})
+    wait_for_pid_file(pid_file, loader)
+    waiter = worker(shm, name, path, [region], want)
+    next_event(waiter, "reading")
+    result = {}
+
+    def read_here():
+        with T.open_slide(path) as s:
+            result["got"] = s.read_region(*region[:2], 0, *region[2:])
+
+    t = threading.Thread(target=read_here, daemon=True)
+    t.start()
+    time.sleep(1.0)
+    # the loader is alive and never finishes: both still wait for it
+    assert waiter.poll() is None, finish(waiter)
+    assert t.is_alive()
+    kill9(loader)
+    ev = finish(waiter)
+    assert ev["done"]["bad"] == []
+    t.join(PROCESS_TIMEOUT_S)
+    assert not t.is_alive(), "a thread waiting for the killed loader never woke"
+    assert np.array_equal(result["got"], plain[0])
+    st = T.cache_stats()
+    assert st["items"] == 1 and st["bytes"] == per_tile, st
+    with T.open_slide(path) as s:
+        assert np.array_equal(s.read_region(*region[:2], 0, *region[2:]), plain[0])
+    st2 = T.cache_stats()
+    assert st2["misses"] == st["misses"] and st2["hits"] == st["hits"] + 1, (st, st2)
+    assert listed(name)["users"] == 1
+    T.configure_cache(T.CACHE_NONE)
+    assert not segment_exists(name)
