@@ -18,14 +18,16 @@ void cmd_info_help(FILE *out) {
         "\n"
         "Describe a slide: its pyramid levels (size, downsample, tile size, compression),\n"
         "the vendor that wrote it, the fill value used outside the image, every property\n"
-        "(TIFF tags and vendor metadata) and the names of its associated images.\n"
+        "(TIFF tags and vendor metadata) and its associated images (label, macro,\n"
+        "thumbnail, ...) with their sizes; 'tessera read --associated' reads them.\n"
         "\n"
         "Options:\n"
         "  -j, --json   print one JSON object instead of a table: {\"vendor\",\n"
         "               \"background\", \"levels\": [{\"width\", \"height\", \"downsample\",\n"
         "               \"tile_width\", \"tile_height\", \"tiled\", \"compression\",\n"
         "               \"samples_per_pixel\"}], \"properties\": {key: value},\n"
-        "               \"associated_images\": [names]}\n"
+        "               \"associated_images\": [names], \"associated_image_sizes\":\n"
+        "               {name: [width, height]}}\n"
         "  -h, --help   show this help\n"
         "\n"
         "Strings are printed as UTF-8; bytes of a property that are not valid UTF-8\n"
@@ -108,7 +110,16 @@ static bool print_json(tessera_slide *slide, const char *path) {
       fputs(", ", out);
     json_write_string(out, or_empty(tessera_associated_image_name(slide, i)));
   }
-  fputs("]\n}\n", out);
+  fputs("],\n  \"associated_image_sizes\": {", out);
+  for (size_t i = 0; i < images; i++) {
+    const char *name = or_empty(tessera_associated_image_name(slide, i));
+    int64_t w = 0, h = 0;
+    tessera_associated_image_dimensions(slide, name, &w, &h);
+    fputs(i ? ",\n    " : "\n    ", out);
+    json_write_string(out, name);
+    fprintf(out, ": [%" PRId64 ", %" PRId64 "]", w, h);
+  }
+  fputs(images ? "\n  }\n}\n" : "}\n}\n", out);
   return true;
 }
 
@@ -149,8 +160,12 @@ static bool print_table(tessera_slide *slide, const char *path) {
   if (images == 0)
     fputs(" (none)", out);
   for (size_t i = 0; i < images; i++) {
+    const char *name = or_empty(tessera_associated_image_name(slide, i));
+    int64_t w = 0, h = 0;
+    tessera_associated_image_dimensions(slide, name, &w, &h);
     fputs(i ? ", " : " ", out);
-    text_write_escaped(out, or_empty(tessera_associated_image_name(slide, i)));
+    text_write_escaped(out, name);
+    fprintf(out, " (%" PRId64 "x%" PRId64 ")", w, h);
   }
   fputc('\n', out);
   return true;

@@ -11,23 +11,38 @@
 /* The largest buffer `read` will allocate; a region is held in memory whole. */
 #define MAX_REGION_BYTES ((uint64_t)4 << 30)
 
-enum { OPT_LOCATION = 1, OPT_SIZE, OPT_LEVEL, OPT_CHANNELS, OPT_FILL, OPT_OUTPUT, OPT_HELP };
+enum {
+  OPT_LOCATION = 1,
+  OPT_SIZE,
+  OPT_LEVEL,
+  OPT_CHANNELS,
+  OPT_FILL,
+  OPT_OUTPUT,
+  OPT_ASSOCIATED,
+  OPT_HELP
+};
 
 static const cli_option options[] = {
-    {"location", 'l', true, OPT_LOCATION}, {"size", 's', true, OPT_SIZE},
-    {"level", 'L', true, OPT_LEVEL},       {"channels", 'c', true, OPT_CHANNELS},
-    {"fill", 'f', true, OPT_FILL},         {"output", 'o', true, OPT_OUTPUT},
+    {"location", 'l', true, OPT_LOCATION},
+    {"size", 's', true, OPT_SIZE},
+    {"level", 'L', true, OPT_LEVEL},
+    {"channels", 'c', true, OPT_CHANNELS},
+    {"fill", 'f', true, OPT_FILL},
+    {"output", 'o', true, OPT_OUTPUT},
+    {"associated", 'a', true, OPT_ASSOCIATED},
     {"help", 'h', false, OPT_HELP},
 };
 
 void cmd_read_help(FILE *out) {
   fputs("Usage: tessera read SLIDE --location X,Y --size W,H [--level L] [--channels 3|4]\n"
         "                    [--fill V] --output FILE\n"
+        "       tessera read SLIDE --associated NAME [--channels 3|4] --output FILE\n"
         "\n"
         "Read a W x H region of level L whose top-left corner is (X, Y) in level-0\n"
         "pixels, and write it to FILE. The region may reach past the edges of the image\n"
         "(X and Y may be negative); pixels outside the image get the fill value (and\n"
-        "alpha 0).\n"
+        "alpha 0). With --associated, read the whole associated image NAME instead (a\n"
+        "label, macro, thumbnail...: 'tessera info' lists them).\n"
         "\n"
         "Options:\n"
         "  -l, --location X,Y  top-left corner in level-0 pixels (required)\n"
@@ -37,6 +52,9 @@ void cmd_read_help(FILE *out) {
         "  -c, --channels C    3 for RGB (default) or 4 for RGBA\n"
         "  -f, --fill V        value 0..255 for pixels outside the image (default: the\n"
         "                      slide's background, see 'tessera info')\n"
+        "  -a, --associated NAME\n"
+        "                      the associated image NAME, whole (no --location,\n"
+        "                      --size, --level or --fill with it)\n"
         "  -o, --output FILE   the output; its extension picks the format:\n"
         "                        .png  8-bit RGB or RGBA PNG\n"
         "                        .ppm  binary PPM (P6), RGB only\n"
@@ -51,17 +69,35 @@ void cmd_read_help(FILE *out) {
         "  tessera read slide.svs --location 1000,2000 --size 512,512 --output patch.png\n"
         "  tessera read slide.svs --location 0,0 --size 1024,768 --level 2 -o view.ppm\n"
         "  tessera read slide.tif --location -100,-100 --size 256,256 --channels 4 \\\n"
-        "      --fill 255 --output corner.raw\n",
+        "      --fill 255 --output corner.raw\n"
+        "  tessera read slide.svs --associated label --output label.png\n",
         out);
 }
 
 typedef struct read_args {
   const char *slide;
   const char *output;
+  const char *associated;
   image_format format;
   int64_t x, y, width, height, level, channels, fill;
-  bool have_location, have_size;
+  bool have_location, have_size, have_level, have_fill;
 } read_args;
+
+/* The region (or associated image) must fit in memory and in the output format. */
+static int check_size(const read_args *a) {
+  uint64_t bytes;
+  if (__builtin_mul_overflow((uint64_t)a->width, (uint64_t)a->height, &bytes) ||
+      __builtin_mul_overflow(bytes, (uint64_t)a->channels, &bytes) || bytes > MAX_REGION_BYTES ||
+      bytes > SIZE_MAX)
+    return cli_usage("read",
+                     "%" PRId64 " x %" PRId64 " pixels with %" PRId64
+                     " channels is more than the 4 GiB a region may take",
+                     a->width, a->height, a->channels);
+  char why[256];
+  if (!image_format_accepts(a->format, a->width, a->height, (int)a->channels, why, sizeof why))
+    return cli_usage("read", "%s: %s", a->output, why);
+  return CLI_EXIT_OK;
+}
 
 static int parse_args(int argc, char **argv, read_args *a) {
   memset(a, 0, sizeof *a);
@@ -87,37 +123,36 @@ static int parse_args(int argc, char **argv, read_args *a) {
       ok = cli_parse_pair("read", "--size", v, 1, INT64_MAX, &a->width, &a->height);
       a->have_size = true;
       break;
-    case OPT_LEVEL: ok = cli_parse_int64("read", "--level", v, 0, INT32_MAX, &a->level); break;
+    case OPT_LEVEL:
+      ok = cli_parse_int64("read", "--level", v, 0, INT32_MAX, &a->level);
+      a->have_level = true;
+      break;
     case OPT_CHANNELS: ok = cli_parse_int64("read", "--channels", v, 3, 4, &a->channels); break;
-    case OPT_FILL: ok = cli_parse_int64("read", "--fill", v, 0, 255, &a->fill); break;
+    case OPT_FILL:
+      ok = cli_parse_int64("read", "--fill", v, 0, 255, &a->fill);
+      a->have_fill = true;
+      break;
     case OPT_OUTPUT: a->output = v; break;
+    case OPT_ASSOCIATED: a->associated = v; break;
     }
   }
   if (!ok || r < 0)
     return CLI_EXIT_USAGE;
   if (!a->slide)
     return cli_usage("read", "no SLIDE given");
-  if (!a->have_location)
+  if (a->associated && (a->have_location || a->have_size || a->have_level || a->have_fill))
+    return cli_usage("read", "--associated reads a whole image: no --location, --size, --level "
+                             "or --fill with it");
+  if (!a->associated && !a->have_location)
     return cli_usage("read", "--location X,Y is required");
-  if (!a->have_size)
+  if (!a->associated && !a->have_size)
     return cli_usage("read", "--size W,H is required");
   if (!a->output)
     return cli_usage("read", "--output FILE is required");
   if (!image_format_from_path(a->output, &a->format))
     return cli_usage("read", "%s: unknown output format; the name must end in .png, .ppm or .raw",
                      a->output);
-  uint64_t bytes;
-  if (__builtin_mul_overflow((uint64_t)a->width, (uint64_t)a->height, &bytes) ||
-      __builtin_mul_overflow(bytes, (uint64_t)a->channels, &bytes) || bytes > MAX_REGION_BYTES ||
-      bytes > SIZE_MAX)
-    return cli_usage("read",
-                     "--size %" PRId64 ",%" PRId64 " with %" PRId64
-                     " channels is more than the 4 GiB a region may take",
-                     a->width, a->height, a->channels);
-  char why[256];
-  if (!image_format_accepts(a->format, a->width, a->height, (int)a->channels, why, sizeof why))
-    return cli_usage("read", "%s: %s", a->output, why);
-  return CLI_EXIT_OK;
+  return a->associated ? CLI_EXIT_OK : check_size(a);
 }
 
 /* Writes the pixels through a temporary file; prints the error on failure. */
@@ -166,6 +201,18 @@ int cmd_read(int argc, char **argv) {
     cli_error(a.slide, "%s", tessera_error_message());
     return CLI_EXIT_ERROR;
   }
+  if (a.associated) {
+    if (tessera_associated_image_dimensions(slide, a.associated, &a.width, &a.height) !=
+        TESSERA_OK) {
+      cli_error(a.slide, "%s", tessera_error_message());
+      tessera_close(slide);
+      return CLI_EXIT_ERROR;
+    }
+    if ((rc = check_size(&a)) != CLI_EXIT_OK) {
+      tessera_close(slide);
+      return rc;
+    }
+  }
   int32_t levels = tessera_level_count(slide);
   if (a.level >= levels) {
     cli_error(a.slide, "level %" PRId64 " does not exist (the slide has %" PRId32 " level%s)",
@@ -185,8 +232,11 @@ int cmd_read(int argc, char **argv) {
   ro.channels = (int32_t)a.channels;
   ro.fill = (int32_t)a.fill;
   rc = CLI_EXIT_OK;
-  if (tessera_read_region(slide, a.x, a.y, (int32_t)a.level, a.width, a.height, &ro, pixels,
-                          size) != TESSERA_OK) {
+  tessera_status st = a.associated
+                          ? tessera_read_associated_image(slide, a.associated, &ro, pixels, size)
+                          : tessera_read_region(slide, a.x, a.y, (int32_t)a.level, a.width,
+                                                a.height, &ro, pixels, size);
+  if (st != TESSERA_OK) {
     cli_error(a.slide, "%s", tessera_error_message());
     rc = CLI_EXIT_ERROR;
   }

@@ -184,6 +184,18 @@ TESSERA_API tessera_status tessera_read_level(tessera_slide *slide, int32_t leve
                                               const tessera_read_options *options, uint8_t *dst,
                                               size_t dst_size);
 
+/* The size of the associated image `name` (one of tessera_associated_image_name's).
+ * TESSERA_E_ARGUMENT when the slide has none by that name. */
+TESSERA_API tessera_status tessera_associated_image_dimensions(const tessera_slide *slide,
+                                                               const char *name, int64_t *width,
+                                                               int64_t *height);
+
+/* Reads the whole associated image `name` into dst as tessera_read_level reads a level
+ * (options: channels 3 or 4, stride; NULL for RGB, rows packed). Thread-safe. */
+TESSERA_API tessera_status tessera_read_associated_image(tessera_slide *slide, const char *name,
+                                                         const tessera_read_options *options,
+                                                         uint8_t *dst, size_t dst_size);
+
 /* ---------------------------------------------------------------------------------------
  * Batches of patches
  *

@@ -384,9 +384,6 @@ static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t 
   }
   if (!s || !dst)
     return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or destination");
-  if (level < 0 || level >= s->nlevels)
-    return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
-                     s->nlevels);
   if (width < 1 || height < 1 || width > TSR_MAX_REGION_SIDE || height > TSR_MAX_REGION_SIDE)
     return tsr_error(TESSERA_E_ARGUMENT, "region size %lldx%lld is not between 1 and 2^31",
                      (long long)width, (long long)height);
@@ -436,7 +433,48 @@ TESSERA_API tessera_status tessera_read_region(tessera_slide *s, int64_t x, int6
                                                int32_t level, int64_t width, int64_t height,
                                                const tessera_read_options *options, uint8_t *dst,
                                                size_t dst_size) {
+  if (s && (level < 0 || level >= s->nlevels))
+    return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
+                     s->nlevels);
   return read_into(s, x, y, level, width, height, options, dst, dst_size);
+}
+
+/* The associated image of that name: its index among the slide's levels (they follow the
+ * pyramid's), or -1. */
+static int32_t associated_level(const tessera_slide *s, const char *name) {
+  for (size_t i = 0; s && name && i < s->nassociated; i++)
+    if (strcmp(s->associated[i], name) == 0)
+      return s->nlevels + (int32_t)i;
+  return -1;
+}
+
+static tessera_status no_associated(const tessera_slide *s, const char *name) {
+  if (!s || !name)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or associated image name");
+  return tsr_error(TESSERA_E_ARGUMENT, "the slide has no associated image named '%s'", name);
+}
+
+TESSERA_API tessera_status tessera_associated_image_dimensions(const tessera_slide *s,
+                                                               const char *name, int64_t *width,
+                                                               int64_t *height) {
+  int32_t level = associated_level(s, name);
+  if (level < 0)
+    return no_associated(s, name);
+  if (!width || !height)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL width or height");
+  *width = s->levels[level].width;
+  *height = s->levels[level].height;
+  return TESSERA_OK;
+}
+
+TESSERA_API tessera_status tessera_read_associated_image(tessera_slide *s, const char *name,
+                                                         const tessera_read_options *options,
+                                                         uint8_t *dst, size_t dst_size) {
+  int32_t level = associated_level(s, name);
+  if (level < 0)
+    return no_associated(s, name);
+  return read_into(s, 0, 0, level, s->levels[level].width, s->levels[level].height, options, dst,
+                   dst_size);
 }
 
 TESSERA_API tessera_status tessera_read_level(tessera_slide *s, int32_t level,

@@ -12,7 +12,8 @@
 
 #include "alloc.h"
 #include "error.h"
-#include "format/detect.h"
+#include "format/format.h"
+#include "props.h"
 #include "slide_internal.h"
 #include "tiff/walk.h"
 
@@ -42,7 +43,7 @@ TESSERA_API void tessera_close(tessera_slide *s) {
     return;
   if (s->fd >= 0)
     close(s->fd);
-  for (int32_t i = 0; i < s->nlevels; i++)
+  for (size_t i = 0; s->levels && i < (size_t)s->nlevels + s->nassociated; i++)
     tsr_level_free(&s->levels[i]);
   tsr_free(s->levels);
   for (size_t i = 0; i < s->nprops; i++) {
@@ -57,104 +58,57 @@ TESSERA_API void tessera_close(tessera_slide *s) {
   tsr_free(s);
 }
 
-/* Properties are collected into a growing array, then sorted once. */
-struct prop_list {
-  struct tsr_property *items;
-  size_t n, cap;
-  bool failed;
-};
-
-static void add_prop(struct prop_list *p, const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-
-static void add_prop(struct prop_list *p, const char *key, const char *fmt, ...) {
-  if (p->failed)
-    return;
-  if (p->n == p->cap) {
-    size_t ncap = p->cap ? p->cap * 2 : 32;
-    struct tsr_property *ni = tsr_realloc(p->items, ncap * sizeof *ni);
-    if (!ni) {
-      p->failed = true;
-      return;
-    }
-    p->items = ni;
-    p->cap = ncap;
-  }
-  va_list ap, ap2;
-  va_start(ap, fmt);
-  va_copy(ap2, ap);
-  int len = vsnprintf(NULL, 0, fmt, ap);
-  va_end(ap);
-  char *value = len >= 0 ? tsr_malloc((size_t)len + 1) : NULL;
-  char *k = tsr_strdup(key);
-  if (value)
-    vsnprintf(value, (size_t)len + 1, fmt, ap2);
-  va_end(ap2);
-  if (!value || !k) {
-    tsr_free(value);
-    tsr_free(k);
-    p->failed = true;
-    return;
-  }
-  p->items[p->n++] = (struct tsr_property){k, value};
-}
-
-static void add_string_prop(struct prop_list *p, const char *key, const char *value) {
-  if (value)
-    add_prop(p, key, "%s", value);
-}
-
-static int cmp_props(const void *a, const void *b) {
-  return strcmp(((const struct tsr_property *)a)->key, ((const struct tsr_property *)b)->key);
-}
-
-static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir *d0) {
-  struct prop_list p = {0};
-  add_string_prop(&p, "tiff.ImageDescription", d0->description);
-  add_string_prop(&p, "tiff.Software", d0->software);
-  add_string_prop(&p, "tiff.Make", d0->make);
-  add_string_prop(&p, "tiff.Model", d0->model);
-  add_string_prop(&p, "tiff.DateTime", d0->datetime);
-  add_string_prop(&p, "tiff.Artist", d0->artist);
-  add_string_prop(&p, "tiff.Copyright", d0->copyright);
-  add_string_prop(&p, "tiff.HostComputer", d0->host);
+static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir *d0,
+                                         struct tsr_props *vendor) {
+  struct tsr_props p = {0};
+  tsr_props_add_string(&p, "tiff.ImageDescription", d0->description);
+  tsr_props_add_string(&p, "tiff.Software", d0->software);
+  tsr_props_add_string(&p, "tiff.Make", d0->make);
+  tsr_props_add_string(&p, "tiff.Model", d0->model);
+  tsr_props_add_string(&p, "tiff.DateTime", d0->datetime);
+  tsr_props_add_string(&p, "tiff.Artist", d0->artist);
+  tsr_props_add_string(&p, "tiff.Copyright", d0->copyright);
+  tsr_props_add_string(&p, "tiff.HostComputer", d0->host);
   if (d0->has_resolution) {
-    add_prop(&p, "tiff.XResolution", "%g", (double)d0->xres);
-    add_prop(&p, "tiff.YResolution", "%g", (double)d0->yres);
+    tsr_props_add(&p, "tiff.XResolution", "%g", (double)d0->xres);
+    tsr_props_add(&p, "tiff.YResolution", "%g", (double)d0->yres);
   }
   /* The unit has a default (inch), so like OpenSlide we always report it. */
-  add_string_prop(&p, "tiff.ResolutionUnit",
-                  d0->resolution_unit == 3   ? "centimeter"
-                  : d0->resolution_unit == 1 ? "none"
-                                             : "inch");
-  add_string_prop(&p, "tessera.vendor", s->vendor);
-  add_prop(&p, "tessera.background", "%u", s->background);
-  add_prop(&p, "tessera.level-count", "%d", s->nlevels);
+  tsr_props_add_string(&p, "tiff.ResolutionUnit",
+                       d0->resolution_unit == 3   ? "centimeter"
+                       : d0->resolution_unit == 1 ? "none"
+                                                  : "inch");
+  tsr_props_take(&p, vendor);
+  tsr_props_add_string(&p, "tessera.vendor", s->vendor);
+  tsr_props_add(&p, "tessera.background", "%u", s->background);
+  tsr_props_add(&p, "tessera.level-count", "%d", s->nlevels);
   for (int32_t i = 0; i < s->nlevels; i++) {
     const struct tsr_level *lv = &s->levels[i];
     char key[64];
     snprintf(key, sizeof key, "tessera.level[%d].width", i);
-    add_prop(&p, key, "%" PRId64, lv->width);
+    tsr_props_add(&p, key, "%" PRId64, lv->width);
     snprintf(key, sizeof key, "tessera.level[%d].height", i);
-    add_prop(&p, key, "%" PRId64, lv->height);
+    tsr_props_add(&p, key, "%" PRId64, lv->height);
     snprintf(key, sizeof key, "tessera.level[%d].downsample", i);
-    add_prop(&p, key, "%.17g", lv->downsample);
+    tsr_props_add(&p, key, "%.17g", lv->downsample);
     snprintf(key, sizeof key, "tessera.level[%d].tile-width", i);
-    add_prop(&p, key, "%u", lv->tile_w);
+    tsr_props_add(&p, key, "%u", lv->tile_w);
     snprintf(key, sizeof key, "tessera.level[%d].tile-height", i);
-    add_prop(&p, key, "%u", lv->tile_h);
+    tsr_props_add(&p, key, "%u", lv->tile_h);
   }
+  tsr_props_sort(&p);
   s->props = p.items;
   s->nprops = p.n;
   if (p.failed)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for properties");
-  qsort(s->props, s->nprops, sizeof *s->props, cmp_props);
   return TESSERA_OK;
 }
 
+/* The pyramid's levels, then the associated images as levels of their own after them (at
+ * s->levels[s->nlevels + i], downsample 1), so that they read through the same code. */
 static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
                                   const struct tsr_layout *layout) {
-  s->levels = tsr_calloc((size_t)layout->nlevels, sizeof *s->levels);
+  s->levels = tsr_calloc((size_t)layout->nlevels + layout->nassociated, sizeof *s->levels);
   if (!s->levels)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for levels");
   const struct tsr_level *first = &dirs->dir[layout->level_dirs[0]].level;
@@ -170,15 +124,22 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
   return TESSERA_OK;
 }
 
-static tessera_status take_associated(tessera_slide *s, const struct tsr_layout *layout) {
+static tessera_status take_associated(tessera_slide *s, struct tsr_dirs *dirs,
+                                      const struct tsr_layout *layout) {
   if (layout->nassociated == 0)
     return TESSERA_OK;
   s->associated = tsr_calloc(layout->nassociated, sizeof *s->associated);
   if (!s->associated)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
   for (size_t i = 0; i < layout->nassociated; i++) {
-    if (!(s->associated[i] = tsr_strdup(layout->associated[i].name)))
+    struct tsr_level *lv = &dirs->dir[layout->associated[i].dir].level;
+    if (!lv->offsets)
+      continue; /* taken already (a vendor named one directory twice) */
+    if (!(s->associated[s->nassociated] = tsr_strdup(layout->associated[i].name)))
       return tsr_error(TESSERA_E_NOMEM, "out of memory");
+    s->levels[s->nlevels + (int32_t)s->nassociated] = *lv;
+    s->levels[s->nlevels + (int32_t)s->nassociated].downsample = 1.0;
+    memset(lv, 0, sizeof *lv);
     s->nassociated++;
   }
   return TESSERA_OK;
@@ -235,8 +196,8 @@ TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_
     s->vendor = layout.vendor;
     s->background = layout.background;
     if ((st = take_levels(s, &dirs, &layout)) == TESSERA_OK &&
-        (st = take_associated(s, &layout)) == TESSERA_OK)
-      st = collect_properties(s, &dirs.dir[0]);
+        (st = take_associated(s, &dirs, &layout)) == TESSERA_OK)
+      st = collect_properties(s, &dirs.dir[0], &layout.props);
   }
   tsr_layout_free(&layout);
   tsr_tiff_dirs_free(&dirs);
@@ -297,7 +258,7 @@ TESSERA_API const char *tessera_property_value(const tessera_slide *s, const cha
     return NULL;
   struct tsr_property probe = {(char *)key, NULL};
   const struct tsr_property *hit =
-      bsearch(&probe, s->props, s->nprops, sizeof *s->props, cmp_props);
+      bsearch(&probe, s->props, s->nprops, sizeof *s->props, tsr_props_compare);
   return hit ? hit->value : NULL;
 }
 

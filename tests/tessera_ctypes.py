@@ -194,6 +194,14 @@ def load(path=None):
         "tessera_property_value": (ctypes.c_char_p, [P, ctypes.c_char_p]),
         "tessera_associated_image_count": (ctypes.c_size_t, [P]),
         "tessera_associated_image_name": (ctypes.c_char_p, [P, ctypes.c_size_t]),
+        "tessera_associated_image_dimensions": (
+            ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64),
+                           ctypes.POINTER(ctypes.c_int64)],
+        ),
+        "tessera_read_associated_image": (
+            ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(ReadOptions), ctypes.c_void_p,
+                           ctypes.c_size_t],
+        ),
         "tessera_read_options_init": (None, [ctypes.POINTER(ReadOptions)]),
         "tessera_read_region": (
             ctypes.c_int,
@@ -436,6 +444,26 @@ class Slide:
     def associated_names(self):
         n = self._lib.tessera_associated_image_count(self._h)
         return [_s(self._lib.tessera_associated_image_name(self._h, i)) for i in range(n)]
+
+    def associated_dimensions(self, name):
+        """(width, height) of an associated image; raises TesseraError."""
+        w, h = ctypes.c_int64(), ctypes.c_int64()
+        st = self._lib.tessera_associated_image_dimensions(
+            self._h, name.encode(), ctypes.byref(w), ctypes.byref(h))
+        if st != OK:
+            raise TesseraError(st, error_message(), "tessera_associated_image_dimensions")
+        return w.value, h.value
+
+    def read_associated(self, name, channels=3):
+        """The whole associated image as an H x W x C array; raises TesseraError."""
+        w, h = self.associated_dimensions(name)
+        buf = np.zeros((h, w, channels), np.uint8)
+        opts = read_options(channels=channels)
+        st = self._lib.tessera_read_associated_image(
+            self._h, name.encode(), ctypes.byref(opts), buf.ctypes.data, buf.nbytes)
+        if st != OK:
+            raise TesseraError(st, error_message(), "tessera_read_associated_image")
+        return buf
 
     def read_into(self, buf, x, y, level, width, height, channels=3, fill=-1, stride=0, dst_size=None,
                   num_workers=None):

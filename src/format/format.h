@@ -1,0 +1,58 @@
+/* Vendor conventions on top of the TIFF container: which directories form the pyramid, which
+ * are associated images, who wrote the file, what colour its glass is and what it says about
+ * itself. Each vendor lives in its own vendor-*.c behind struct tsr_vendor; detect.c asks
+ * them in turn, and generic TIFF takes what nobody claims. */
+#ifndef TSR_FORMAT_FORMAT_H
+#define TSR_FORMAT_FORMAT_H
+
+#include "props.h"
+#include "tiff/walk.h"
+
+#define TSR_MAX_ASSOCIATED 16
+
+struct tsr_layout {
+  size_t *level_dirs; /* indices into dirs, largest level first */
+  int32_t nlevels;
+  const char *vendor;
+  uint8_t background;
+  struct {
+    size_t dir;
+    const char *name;
+  } associated[TSR_MAX_ASSOCIATED];
+  size_t nassociated;
+  struct tsr_props props; /* tessera.mpp-x and the like, and the vendor's own keys */
+};
+
+struct tsr_vendor {
+  const char *name;
+  /* Whether the file follows this vendor's conventions (from its directories alone). */
+  bool (*detect)(const struct tsr_dirs *dirs);
+  /* Fills out: levels, associated images, properties. A vendor's metadata that cannot be
+   * understood fails with a message that says what is wrong. */
+  tessera_status (*open)(const struct tsr_dirs *dirs, struct tsr_layout *out);
+};
+
+extern const struct tsr_vendor tsr_vendor_aperio;
+extern const struct tsr_vendor tsr_vendor_hamamatsu;
+extern const struct tsr_vendor tsr_vendor_philips;
+extern const struct tsr_vendor tsr_vendor_generic;
+
+tessera_status tsr_format_detect(const struct tsr_dirs *dirs, struct tsr_layout *out);
+void tsr_layout_free(struct tsr_layout *layout);
+
+/* ---- for the vendors (pyramid.c) ---- */
+
+/* The pyramid of the main image: directory 0 and the smaller tiled copies of it, largest
+ * first, one per size. level[i] (dirs->n entries, caller's) tells which directories it took. */
+tessera_status tsr_layout_pyramid(const struct tsr_dirs *dirs, struct tsr_layout *out, bool *level);
+void tsr_layout_add_associated(struct tsr_layout *out, size_t dir, const char *name);
+/* tessera.comment from the first ImageDescription. */
+void tsr_layout_common_props(const struct tsr_dirs *dirs, struct tsr_layout *out);
+/* tessera.mpp-x/y from the first directory's resolution, when in centimetres: for vendors
+ * whose scanners write it (a generic TIFF's is too often a 72 dpi default to be trusted, and
+ * OpenSlide ignores it too). */
+void tsr_layout_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_layout *out);
+/* Whether s begins with prefix (s may be NULL). */
+bool tsr_starts_with(const char *s, const char *prefix);
+
+#endif
