@@ -156,3 +156,57 @@ def test_info_lists_associated_images_with_sizes(cli, name):
     text = subprocess.run([cli, "info", path_of(name)], capture_output=True, text=True).stdout
     for image, img in osl.associated_images.items():
         assert "%s (%dx%d)" % (image, img.size[0], img.size[1]) in text
+
+
+# ---- damaged vendor metadata -------------------------------------------------------------
+
+
+def aperio_pairs(desc):
+    """The documented rule, independently: the parts after the first '|' with an '=' become
+    aperio.KEY = VALUE, stripped; an empty key is no key; a repeated key keeps its last value."""
+    out = {}
+    for part in desc.split("|")[1:]:
+        if "=" not in part:
+            continue
+        k, v = part.split("=", 1)
+        k, v = k.strip(" \t\r\n"), v.strip(" \t\r\n")
+        if k and len(k) < 200:
+            out["aperio." + k] = v
+    return out
+
+
+DAMAGED_DESCRIPTIONS = [
+    "Aperio X|a=1|=2|b|c = 3 = 4| d =  |MPP = abc|AppMag = twenty",
+    "Aperio with no pairs at all",
+    "Aperio|||||",
+    "Aperio|MPP=0.25|MPP=|AppMag=40|AppMag=",
+    "Aperio|MPP = 1e400|AppMag = nan",
+    "Aperio|" + "k" * 5000 + "=v|x=" + "y" * 100000,
+]
+
+
+@pytest.mark.parametrize("desc", DAMAGED_DESCRIPTIONS, ids=range(len(DAMAGED_DESCRIPTIONS)))
+def test_damaged_aperio_description(lib, tmp_path, desc):
+    import tifffile
+    path = str(tmp_path / "damaged.svs")
+    with open(path_of(TINY), "rb") as f, open(path, "wb") as g:
+        g.write(f.read())
+    tifffile.tiffcomment(path, desc)
+    with T.open_slide(path) as s:
+        props = s.properties
+        pixels = s.read_region(0, 0, 0, 16, 16)
+    assert props["tiff.ImageDescription"] == desc and props["tessera.vendor"] == "aperio"
+    assert {k: v for k, v in props.items() if k.startswith("aperio.")} == aperio_pairs(desc)
+    pairs = aperio_pairs(desc)
+    for key, src in (("tessera.mpp-x", "aperio.MPP"), ("tessera.objective-power", "aperio.AppMag")):
+        try:
+            want = float(pairs[src])
+            ok = want == want and abs(want) != float("inf")
+        except (KeyError, ValueError):
+            ok = False
+        if ok:
+            assert float(props[key]) == want
+        else:
+            assert key not in props, (key, props.get(key))
+    with T.open_slide(path_of(TINY)) as s:
+        assert np.array_equal(pixels, s.read_region(0, 0, 0, 16, 16))

@@ -3,6 +3,7 @@
  * (at whatever downsamples the scanner chose); the stripped directory right after the first
  * is the thumbnail; the label and macro name themselves in their ImageDescription. Glass is
  * white. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,7 +50,7 @@ static void parse_description(const char *desc, struct tsr_props *props) {
   }
 }
 
-/* A number property copied under a standard name, if it reads as a number. */
+/* A number property copied under a standard name, if it reads as a finite number. */
 static void copy_number(struct tsr_props *props, const char *from, const char *to) {
   const char *v = tsr_props_get(props, from);
   if (!v || !*v)
@@ -58,7 +59,7 @@ static void copy_number(struct tsr_props *props, const char *from, const char *t
   double d = strtod(v, &end);
   while (is_space(*end))
     end++;
-  if (*end == 0 && d == d)
+  if (*end == 0 && isfinite(d))
     tsr_props_add_double(props, to, d);
 }
 
