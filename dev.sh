@@ -9,7 +9,7 @@ cd "$(dirname "$0")"
 BUILD_PKGS="gcc meson ninja-build pkg-config libtiff-dev libjpeg62-turbo-dev libdeflate-dev
   libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev"
 TEST_PKGS="libopenslide-dev openslide-tools python3-openslide libvips-tools python3-numpy
-  python3-pytest python3-tifffile python3-pil libtiff-tools zstd"
+  python3-pytest python3-tifffile python3-pil libtiff-tools zstd libopenjp2-tools"
 PY=/usr/bin/python3
 
 need_packages() {

@@ -1,5 +1,6 @@
 /* JPEG 2000 (TIFF compression 33003, 33004, 33005) through OpenJPEG. 33003 and 33004 hold
  * YCbCr components that are converted to RGB here; 33005 holds RGB as it is. */
+#include <math.h>
 #include <openjpeg.h>
 #include <string.h>
 
@@ -100,8 +101,53 @@ static int sample_at(const opj_image_comp_t *c, uint32_t x, uint32_t y) {
   return v;
 }
 
+/* Which YCbCr to RGB arithmetic a tile's components need; each is the one of the reader that
+ * tessera must equal on such files. */
+enum ycbcr_rule {
+  YCBCR_NONE,      /* the components are RGB (33005), or not three */
+  YCBCR_OPENSLIDE, /* Aperio's 33003, read by OpenSlide: rounded fixed-point products */
+  YCBCR_LIBVIPS,   /* 33004, and 33003 written by others, read by libvips: truncated products */
+};
+
+/* Aperio stores 33003 as plain YCbCr components, without a multiple-component transform
+ * (their chroma is often halved, which rules a transform out); OpenSlide reads those files.
+ * A 33003 codestream that signals a transform comes from another writer (libvips' own
+ * output relabelled), which only libvips reads; libvips converts every 3-component 33003 and
+ * 33004 tile, after OpenJPEG has undone the transform. */
+static enum ycbcr_rule ycbcr_rule_of(const struct tsr_pixel_format *fmt, const opj_image_t *img,
+                                     bool mct) {
+  if (img->numcomps != 3)
+    return YCBCR_NONE;
+  if (fmt->compression == 33003)
+    return mct ? YCBCR_LIBVIPS : YCBCR_OPENSLIDE;
+  return fmt->compression == 33004 ? YCBCR_LIBVIPS : YCBCR_NONE;
+}
+
+/* OpenSlide's conversion, by chroma value: JPEG's full-range constants, each product rounded
+ * half away from zero, green's two summed in 16.16 fixed point (the 0.5 in one rounds the sum)
+ * and floored. The doubles are the ones OpenSlide rounds, so every rounding is the same. */
+struct openslide_ycbcr {
+  int r_cr[256], b_cb[256];
+  int32_t g_cb[256], g_cr[256];
+};
+
+static void openslide_ycbcr_init(struct openslide_ycbcr *t) {
+  for (int i = 0; i < 256; i++) {
+    int c = i - 128;
+    t->r_cr[i] = (int)round(1.402 * c);
+    t->b_cb[i] = (int)round(1.772 * c);
+    t->g_cb[i] = (int32_t)round(65536 * (0.5 - 0.34414 * c));
+    t->g_cr[i] = (int32_t)round(65536 * -0.71414 * c);
+  }
+}
+
+/* v / 65536 rounded toward minus infinity (an arithmetic shift, without relying on one). */
+static int floor_div_65536(int32_t v) {
+  return (int)(v >= 0 ? v / 65536 : -((-v + 65535) / 65536));
+}
+
 static tessera_status copy_image(const struct tsr_pixel_format *fmt, const opj_image_t *img,
-                                 const struct tsr_tile_out *out) {
+                                 bool mct, const struct tsr_tile_out *out) {
   unsigned ch = fmt->decoded_channels;
   if (img->numcomps != ch)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 data has %u components, the TIFF says %u",
@@ -114,28 +160,45 @@ static tessera_status copy_image(const struct tsr_pixel_format *fmt, const opj_i
     if (!img->comps[c].data || img->comps[c].w == 0 || img->comps[c].h == 0 ||
         img->comps[c].prec == 0 || img->comps[c].prec > 16)
       return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 component %u is empty or malformed", c);
-  /* Aperio's 33003 and libvips' 33004 tiles hold YCbCr components with no transform signalled
-   * in the codestream; the conversion, with products truncated toward zero, is libvips'. */
-  bool ycbcr = (fmt->compression == 33003 || fmt->compression == 33004) && ch == 3;
+  enum ycbcr_rule rule = ycbcr_rule_of(fmt, img, mct);
+  struct openslide_ycbcr os;
+  if (rule == YCBCR_OPENSLIDE)
+    openslide_ycbcr_init(&os);
   uint32_t cw = w < out->width ? w : out->width, chh = h < out->height ? h : out->height;
   for (uint32_t y = 0; y < chh; y++) {
     uint8_t *p = out->pixels + (size_t)y * out->width * ch;
     for (uint32_t x = 0; x < cw; x++, p += ch) {
-      if (ycbcr) {
-        int Y = sample_at(&img->comps[0], x, y);
-        int cb = sample_at(&img->comps[1], x, y) - 128;
-        int cr = sample_at(&img->comps[2], x, y) - 128;
+      if (rule == YCBCR_NONE) {
+        for (unsigned c = 0; c < ch; c++)
+          p[c] = clamp8(sample_at(&img->comps[c], x, y));
+        continue;
+      }
+      int Y = clamp8(sample_at(&img->comps[0], x, y));
+      int cb = clamp8(sample_at(&img->comps[1], x, y)),
+          cr = clamp8(sample_at(&img->comps[2], x, y));
+      if (rule == YCBCR_OPENSLIDE) {
+        p[0] = clamp8(Y + os.r_cr[cr]);
+        p[1] = clamp8(Y + floor_div_65536(os.g_cb[cb] + os.g_cr[cr]));
+        p[2] = clamp8(Y + os.b_cb[cb]);
+      } else {
+        cb -= 128, cr -= 128;
         p[0] = clamp8(Y + (int)(1.402 * cr));
         p[1] = clamp8(Y - (int)(0.344 * cb + 0.714 * cr));
         p[2] = clamp8(Y + (int)(1.772 * cb));
-        for (unsigned c = 3; c < ch; c++)
-          p[c] = clamp8(sample_at(&img->comps[c], x, y));
-      } else {
-        for (unsigned c = 0; c < ch; c++)
-          p[c] = clamp8(sample_at(&img->comps[c], x, y));
       }
     }
   }
+  return TESSERA_OK;
+}
+
+/* Whether the main header asks for a multiple-component transform (OpenJPEG then undoes it
+ * while decoding). */
+static tessera_status signals_mct(opj_codec_t *codec, bool *mct) {
+  opj_codestream_info_v2_t *info = opj_get_cstr_info(codec);
+  if (!info)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for JPEG 2000 header information");
+  *mct = info->m_default_tile_info.mct != 0;
+  opj_destroy_cstr_info(&info);
   return TESSERA_OK;
 }
 
@@ -154,6 +217,7 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *fmt, const uint8_t
   opj_stream_t *stream = opj_stream_default_create(OPJ_TRUE);
   opj_image_t *img = NULL;
   tessera_status st = TESSERA_OK;
+  bool mct = false;
   if (!codec || !stream) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a JPEG 2000 decoder");
     goto out;
@@ -179,11 +243,14 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *fmt, const uint8_t
                    img->x1 - img->x0, img->y1 - img->y0, out->width, out->height);
     goto out;
   }
+  st = signals_mct(codec, &mct);
+  if (st != TESSERA_OK)
+    goto out;
   if (!opj_decode(codec, stream, img) || !opj_end_decompress(codec, stream)) {
     st = tsr_error(TESSERA_E_CORRUPT, "corrupt JPEG 2000 data%s%s", error[0] ? ": " : "", error);
     goto out;
   }
-  st = copy_image(fmt, img, out);
+  st = copy_image(fmt, img, mct, out);
 out:
   opj_image_destroy(img);
   opj_stream_destroy(stream);
