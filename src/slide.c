@@ -34,8 +34,11 @@ void tsr_level_free(struct tsr_level *lv) {
   tsr_free(lv->offsets);
   tsr_free(lv->bytecounts);
   tsr_free(lv->fmt.jpeg_tables);
+  tsr_free(lv->fmt.jpeg_header);
   lv->offsets = lv->bytecounts = NULL;
-  lv->fmt.jpeg_tables = NULL;
+  lv->fmt.jpeg_tables = lv->fmt.jpeg_header = NULL;
+  tsr_free((void *)lv->blob);
+  lv->blob = NULL;
 }
 
 TESSERA_API void tessera_close(tessera_slide *s) {
@@ -118,6 +121,11 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
     s->levels[i] = *lv;
     s->levels[i].downsample =
         i == 0 ? 1.0 : (w0 / (double)lv->width + h0 / (double)lv->height) / 2.0;
+    if (layout->level_sizes) {
+      s->levels[i].width = layout->level_sizes[i].width;
+      s->levels[i].height = layout->level_sizes[i].height;
+      s->levels[i].downsample = layout->level_sizes[i].downsample;
+    }
     memset(lv, 0, sizeof *lv); /* ownership of the tables moved to the slide */
     s->nlevels++;
   }
@@ -132,7 +140,9 @@ static tessera_status take_associated(tessera_slide *s, struct tsr_dirs *dirs,
   if (!s->associated)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
   for (size_t i = 0; i < layout->nassociated; i++) {
-    struct tsr_level *lv = &dirs->dir[layout->associated[i].dir].level;
+    struct tsr_level *lv = layout->associated[i].level
+                               ? layout->associated[i].level
+                               : &dirs->dir[layout->associated[i].dir].level;
     if (!lv->offsets)
       continue; /* taken already (a vendor named one directory twice) */
     if (!(s->associated[s->nassociated] = tsr_strdup(layout->associated[i].name)))

@@ -23,6 +23,13 @@ struct tsr_pixel_format {
   bool invert;              /* MinIsWhite: decoded samples are inverted after decoding */
   uint8_t *jpeg_tables;     /* JPEGTables tag (owned), or NULL */
   size_t jpeg_tables_len;
+  /* Hamamatsu NDPI restart intervals as tiles (tiff/ndpi.h): the JPEG header that starts the
+   * level's strip, SOI up to and including SOS (owned), which each tile's entropy-coded bytes
+   * follow; NULL for every other level. jpeg_sof_size is where in it the SOF's height and
+   * width lie: each tile is decoded as a JPEG of the tile's size. */
+  uint8_t *jpeg_header;
+  size_t jpeg_header_len;
+  size_t jpeg_sof_size;
   char unsupported[96]; /* non-empty: why this level cannot be decoded */
 };
 
@@ -37,6 +44,10 @@ struct tsr_level {
   uint64_t *bytecounts;
   struct tsr_pixel_format fmt;
   uint32_t directory; /* index of its TIFF directory, for messages */
+  /* An image with no directory behind it (a Philips label stored as base64 in the XML): the
+   * tiles' bytes, at offsets[i] of this buffer instead of the file. Owned; NULL otherwise. */
+  const uint8_t *blob;
+  size_t blob_size;
 };
 
 /* Frees the tables a level owns. */

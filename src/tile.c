@@ -99,6 +99,19 @@ static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64
   return TESSERA_OK;
 }
 
+/* A tile of an image held in memory (lv->blob). The copy costs little: such images are small
+ * associated images, read rarely. */
+static tessera_status copy_blob(const struct tsr_level *lv, uint64_t offset, uint64_t count,
+                                struct tsr_scratch *scratch) {
+  if (offset > lv->blob_size || count > lv->blob_size - offset)
+    return tsr_error(TESSERA_E_CORRUPT, "its %llu bytes lie outside the %zu bytes held",
+                     (unsigned long long)count, lv->blob_size);
+  if (!tsr_scratch_reserve(scratch, (size_t)count))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)count);
+  memcpy(scratch->data, lv->blob + offset, (size_t)count);
+  return TESSERA_OK;
+}
+
 /* Codecs that cannot decode a part decode the whole tile into b->tile; the rectangle is then
  * copied out. */
 static tessera_status decode_whole(const struct tsr_level *lv, const uint8_t *src, size_t len,
@@ -123,11 +136,39 @@ static tessera_status decode_whole(const struct tsr_level *lv, const uint8_t *sr
   return TESSERA_OK;
 }
 
+/* An NDPI restart interval's bytes (tiff/ndpi.h) run from the marker that ends the interval
+ * before it (RSTn, n counting 0 to 7 over and over; none before the first) to the one that
+ * ends it (the strip's EOI after the last; OpenSlide asks only for its 0xFF). Finding both
+ * where they belong catches a McuStarts tag that points elsewhere. The codec gets the
+ * interval's entropy-coded bytes and the marker after them. */
+static tessera_status interval_bytes(const struct tsr_level *lv, uint64_t index,
+                                     const uint8_t **src, size_t *len) {
+  const uint8_t *p = *src;
+  size_t n = *len, lead = index > 0 ? 2 : 0;
+  if (n < lead + 3)
+    return tsr_error(TESSERA_E_CORRUPT, "%zu bytes are too few for a restart interval", n);
+  if (lead && (p[0] != 0xFF || p[1] != 0xD0 + (unsigned)((index - 1) & 7)))
+    return tsr_error(TESSERA_E_CORRUPT,
+                     "no restart marker RST%u where McuStarts says the interval starts",
+                     (unsigned)((index - 1) & 7));
+  if (index + 1 == lv->ntiles) {
+    if (p[n - 2] != 0xFF)
+      return tsr_error(TESSERA_E_CORRUPT, "the strip does not end with a JPEG marker");
+  } else if (p[n - 2] != 0xFF || p[n - 1] != 0xD0 + (unsigned)(index & 7)) {
+    return tsr_error(TESSERA_E_CORRUPT,
+                     "no restart marker RST%u where McuStarts says the next interval starts",
+                     (unsigned)(index & 7));
+  }
+  *src = p + lead;
+  *len = n - lead;
+  return TESSERA_OK;
+}
+
 tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t index,
                              const struct tsr_tile_rect *rect, struct tsr_tile_buffers *b,
                              bool *missing) {
   const struct tsr_level *lv = &s->levels[level];
-  const char *unit = lv->tiled ? "tile" : "strip";
+  const char *unit = lv->fmt.jpeg_header ? "restart interval" : lv->tiled ? "tile" : "strip";
   *missing = false;
   if (lv->fmt.unsupported[0])
     return tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level);
@@ -136,12 +177,17 @@ tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t ind
     return tsr_error(TESSERA_E_LIMIT, "level %d: a decoded %s of %ux%u exceeds the limit", level,
                      unit, lv->tile_w, lv->tile_h);
   uint64_t offset = lv->offsets[index], count = lv->bytecounts[index];
-  if (offset == 0 || count == 0) {
+  if ((offset == 0 && !lv->blob) || count == 0) {
     *missing = true;
     return TESSERA_OK;
   }
   atomic_fetch_add_explicit(&tile_reads, 1, memory_order_relaxed);
-  tessera_status st = read_bytes(s, offset, count, &b->compressed);
+  tessera_status st = lv->blob ? copy_blob(lv, offset, count, &b->compressed)
+                               : read_bytes(s, offset, count, &b->compressed);
+  const uint8_t *src = b->compressed.data;
+  size_t len = (size_t)count;
+  if (st == TESSERA_OK && lv->fmt.jpeg_header)
+    st = interval_bytes(lv, index, &src, &len);
   if (st != TESSERA_OK)
     return tsr_error_prefix(st, "level %d, %s %llu: ", level, unit, (unsigned long long)index);
   int64_t x, y;
@@ -154,11 +200,11 @@ tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t ind
     out.crop_y = rect->y;
     out.crop_w = rect->w;
     out.crop_h = rect->h;
-    st = tsr_codec_find(lv->fmt.compression)(&lv->fmt, b->compressed.data, (size_t)count, &out);
+    st = tsr_codec_find(lv->fmt.compression)(&lv->fmt, src, len, &out);
     if (st == TESSERA_OK)
       tsr_codec_postprocess(&lv->fmt, rect->dst, rect->stride, rect->w, rect->h);
   } else {
-    st = decode_whole(lv, b->compressed.data, (size_t)count, rect, b, &out);
+    st = decode_whole(lv, src, len, rect, b, &out);
   }
   if (st != TESSERA_OK)
     return tsr_error_prefix(st, "level %d, %s %llu: ", level, unit, (unsigned long long)index);

@@ -175,6 +175,12 @@ def test_level_structure(slides, lib, name):
             info = ts.level_info(lv)
             assert abs(info.downsample - R.downsample(exp[0], exp[lv])) < 1e-9, (lv, info.downsample)
             w, h, tiled, tw, th, comp, spp = raw_tags(path, spec, lv)
+            if spec.vendor == "hamamatsu" and th == h:
+                # an NDPI strip is read by restart interval (test_ndpi.py): OpenSlide's grid
+                osl = R.openslide_open(path)
+                k = list(osl.level_dimensions).index((w, h))
+                tw = int(osl.properties["openslide.level[%d].tile-width" % k])
+                th = int(osl.properties["openslide.level[%d].tile-height" % k])
             got = (info.width, info.height, info.tiled, info.tile_width, info.tile_height,
                    info.compression, info.samples_per_pixel)
             assert got == (w, h, tiled, tw, th, comp, spp), (

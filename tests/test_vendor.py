@@ -52,7 +52,7 @@ def test_standard_properties_equal_openslides(lib, name):
                 assert got == want, (key, got, want)
 
 
-@pytest.mark.parametrize("name,prefix", [(SVS, "aperio."), (TINY, "aperio.")])
+@pytest.mark.parametrize("name,prefix", [(SVS, "aperio."), (TINY, "aperio."), (NDPI, "hamamatsu.")])
 def test_vendor_keys_equal_openslides(lib, name, prefix):
     osl = openslide.OpenSlide(path_of(name))
     with T.open_slide(path_of(name)) as s:

@@ -56,12 +56,32 @@ tessera_status tsr_decode_deflate(const struct tsr_pixel_format *, const uint8_t
                                   const struct tsr_tile_out *);
 tessera_status tsr_decode_zstd(const struct tsr_pixel_format *, const uint8_t *, size_t,
                                const struct tsr_tile_out *);
+/* JPEG. With fmt->jpeg_header (an NDPI restart interval, tiff/ndpi.h) the bytes are one
+ * interval's entropy-coded data followed by the two-byte marker that ends it, decoded as a
+ * JPEG of need_w x need_h pixels made of that header and them. */
 tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *, const uint8_t *, size_t,
                                const struct tsr_tile_out *);
 tessera_status tsr_decode_webp(const struct tsr_pixel_format *, const uint8_t *, size_t,
                                const struct tsr_tile_out *);
 tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *, const uint8_t *, size_t,
                                const struct tsr_tile_out *);
+
+/* The largest width or height libjpeg decodes (its JPEG_MAX_DIMENSION). */
+#define TSR_JPEG_MAX_SIDE 65500
+
+/* What a JPEG header (SOI up to and including SOS, no entropy-coded data) says about how its
+ * image can be split at restart markers. */
+struct tsr_jpeg_layout {
+  uint32_t width, height;    /* of the SOF */
+  uint32_t restart_interval; /* MCUs from one restart marker to the next; 0 without DRI */
+  uint32_t mcu_w, mcu_h;     /* pixels one MCU covers */
+  uint8_t components;
+  bool one_scan; /* sequential Huffman coding with every component in the one scan, so each
+                  * restart interval can be decoded on its own */
+};
+
+/* Reads the layout of a JPEG header; fails if libjpeg cannot read it. */
+tessera_status tsr_jpeg_read_layout(const uint8_t *header, size_t len, struct tsr_jpeg_layout *out);
 
 /* Bytes a lossless codec must produce for out (need_h full rows), and the buffer capacity. */
 size_t tsr_codec_needed_bytes(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out);

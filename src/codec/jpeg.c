@@ -13,10 +13,13 @@
 #include "error.h"
 #include "thread_slot.h"
 
+_Static_assert(TSR_JPEG_MAX_SIDE == JPEG_MAX_DIMENSION, "libjpeg's size limit");
+
 struct jpeg_failure {
   struct jpeg_error_mgr mgr;
   jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
+  bool interval; /* decoding an NDPI restart interval: no bytes may follow its last MCU */
 };
 
 static void on_jpeg_error(j_common_ptr cinfo) {
@@ -28,12 +31,14 @@ static void on_jpeg_error(j_common_ptr cinfo) {
 /* libjpeg "warnings" mean corrupt entropy data that it papers over with grey; a reader that
  * must never pass off a damaged tile as good treats them as errors. One is harmless: stray
  * bytes between the last scan and EOI (some scanners pad tiles so), after the whole image has
- * been decoded. */
+ * been decoded. A restart interval has none: there they mean its bytes hold more than the
+ * interval (a McuStarts tag that skips one). */
 static void on_jpeg_message(j_common_ptr cinfo, int level) {
   if (level >= 0)
     return;
+  const struct jpeg_failure *f = (const struct jpeg_failure *)cinfo->err;
   const struct jpeg_error_mgr *e = cinfo->err;
-  if (e->msg_code == JWRN_EXTRANEOUS_DATA && e->msg_parm.i[1] == 0xD9)
+  if (e->msg_code == JWRN_EXTRANEOUS_DATA && e->msg_parm.i[1] == 0xD9 && !f->interval)
     return;
   on_jpeg_error(cinfo);
 }
@@ -72,6 +77,77 @@ static uint8_t *row_buffer(size_t n) {
   return r->data;
 }
 
+/* An NDPI restart interval is handed to libjpeg in pieces, none of them copied: the strip's
+ * header up to the SOF's size, the tile's size in its place, the rest of the header (its DRI
+ * left out at open: the interval is a whole image now, which also lets libjpeg-turbo use its
+ * faster Huffman decoder), the interval's entropy-coded bytes, and an EOI in place of the
+ * restart marker that ends them. */
+#define TSR_JPEG_PIECES 5
+
+struct pieces {
+  struct jpeg_source_mgr pub;
+  const JOCTET *data[TSR_JPEG_PIECES];
+  size_t len[TSR_JPEG_PIECES];
+  int next; /* the piece fill_input_buffer hands out next */
+};
+
+static const JOCTET eoi[2] = {0xFF, JPEG_EOI};
+
+static void pieces_init(j_decompress_ptr cinfo) { (void)cinfo; }
+
+static boolean pieces_fill(j_decompress_ptr cinfo) {
+  struct pieces *p = (struct pieces *)cinfo->src;
+  while (p->next < TSR_JPEG_PIECES && p->len[p->next] == 0)
+    p->next++;
+  if (p->next == TSR_JPEG_PIECES) {
+    /* Past the end: what jpeg_mem_src does, an EOI after the warning (our error). */
+    WARNMS(cinfo, JWRN_JPEG_EOF);
+    p->pub.next_input_byte = eoi;
+    p->pub.bytes_in_buffer = sizeof eoi;
+    return TRUE;
+  }
+  p->pub.next_input_byte = p->data[p->next];
+  p->pub.bytes_in_buffer = p->len[p->next];
+  p->next++;
+  return TRUE;
+}
+
+static void pieces_skip(j_decompress_ptr cinfo, long n) {
+  struct jpeg_source_mgr *src = cinfo->src;
+  while (n > 0) {
+    if (src->bytes_in_buffer == 0)
+      pieces_fill(cinfo);
+    size_t k = (size_t)n < src->bytes_in_buffer ? (size_t)n : src->bytes_in_buffer;
+    src->next_input_byte += k;
+    src->bytes_in_buffer -= k;
+    n -= (long)k;
+  }
+}
+
+static void pieces_term(j_decompress_ptr cinfo) { (void)cinfo; }
+
+/* Sets cinfo to read interval bytes src (their last two the marker that ends them) as a JPEG
+ * of w x h pixels. dims (4 bytes) must live as long as the decode. */
+static void interval_source(struct jpeg_decompress_struct *cinfo, struct pieces *p, JOCTET *dims,
+                            const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
+                            uint32_t w, uint32_t h) {
+  size_t sof = fmt->jpeg_sof_size;
+  dims[0] = (JOCTET)(h >> 8);
+  dims[1] = (JOCTET)h;
+  dims[2] = (JOCTET)(w >> 8);
+  dims[3] = (JOCTET)w;
+  *p = (struct pieces){
+      .pub = {.init_source = pieces_init,
+              .fill_input_buffer = pieces_fill,
+              .skip_input_data = pieces_skip,
+              .resync_to_restart = jpeg_resync_to_restart,
+              .term_source = pieces_term},
+      .data = {fmt->jpeg_header, dims, fmt->jpeg_header + sof + 4, src, eoi},
+      .len = {sof, 4, fmt->jpeg_header_len - sof - 4, len - 2, sizeof eoi},
+  };
+  cinfo->src = &p->pub;
+}
+
 /* Restricts decoding to the columns the crop needs. jpeg_crop_scanline widens the range to
  * whole iMCUs, but fancy upsampling treats the range's edges as the image's edges, which
  * changes the outermost chroma samples; one extra iMCU on each side keeps every pixel we
@@ -93,12 +169,27 @@ static JDIMENSION crop_columns(struct jpeg_decompress_struct *cinfo,
 static tessera_status decode(struct jpeg_decompress_struct *cinfo,
                              const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
                              const struct tsr_tile_out *out) {
-  if (fmt->jpeg_tables && fmt->jpeg_tables_len > 0) {
-    jpeg_mem_src(cinfo, fmt->jpeg_tables, (unsigned long)fmt->jpeg_tables_len);
-    if (jpeg_read_header(cinfo, FALSE) != JPEG_HEADER_TABLES_ONLY)
-      return tsr_error(TESSERA_E_CORRUPT, "JPEGTables holds image data");
+  struct pieces pieces;
+  JOCTET dims[4];
+  uint32_t need_w = out->need_w; /* columns the data must provide */
+  if (fmt->jpeg_header) {
+    if (len < 3 || out->need_w > TSR_JPEG_MAX_SIDE || out->need_h > TSR_JPEG_MAX_SIDE)
+      return tsr_error(TESSERA_E_CORRUPT, "a restart interval of %zu bytes for %ux%u pixels", len,
+                       out->need_w, out->need_h);
+    /* An interval is one row of MCUs, decoded left to right: the MCUs right of the crop (and
+     * of the margin crop_columns keeps for chroma upsampling) need not be decoded at all. */
+    uint32_t right = out->crop_x + out->crop_w + MAX_SAMP_FACTOR * DCTSIZE;
+    if (right < need_w)
+      need_w = right;
+    interval_source(cinfo, &pieces, dims, fmt, src, len, need_w, out->need_h);
+  } else {
+    if (fmt->jpeg_tables && fmt->jpeg_tables_len > 0) {
+      jpeg_mem_src(cinfo, fmt->jpeg_tables, (unsigned long)fmt->jpeg_tables_len);
+      if (jpeg_read_header(cinfo, FALSE) != JPEG_HEADER_TABLES_ONLY)
+        return tsr_error(TESSERA_E_CORRUPT, "JPEGTables holds image data");
+    }
+    jpeg_mem_src(cinfo, src, (unsigned long)len);
   }
-  jpeg_mem_src(cinfo, src, (unsigned long)len);
   if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data has no image");
   unsigned channels = fmt->decoded_channels;
@@ -118,9 +209,9 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   /* Checked before decompression starts: a progressive stream allocates and fills a buffer
    * for its whole image inside jpeg_start_decompress. */
   uint32_t w = cinfo->image_width, h = cinfo->image_height;
-  if (w < out->need_w || h < out->need_h || w > out->width || h > out->height)
+  if (w < need_w || h < out->need_h || w > out->width || h > out->height)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data is %ux%u, the tile is %ux%u and needs %ux%u", w,
-                     h, out->width, out->height, out->need_w, out->need_h);
+                     h, out->width, out->height, need_w, out->need_h);
   jpeg_start_decompress(cinfo);
   JDIMENSION first = crop_columns(cinfo, out);
   size_t want = (size_t)out->crop_w * channels;
@@ -158,7 +249,7 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   }
   /* A whole tile is read to its end, so damage after the last row is noticed too. */
   if (cinfo->output_scanline == cinfo->output_height && first == 0 &&
-      cinfo->output_width == cinfo->image_width)
+      cinfo->output_width == cinfo->image_width && need_w == out->need_w)
     jpeg_finish_decompress(cinfo);
   else
     jpeg_abort_decompress(cinfo);
@@ -173,6 +264,7 @@ tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *fmt, const uint8_t
   fail.mgr.error_exit = on_jpeg_error;
   fail.mgr.emit_message = on_jpeg_message;
   fail.message[0] = '\0';
+  fail.interval = fmt->jpeg_header != NULL;
   tessera_status st;
   if (setjmp(fail.jump)) {
     jpeg_destroy_decompress(&cinfo);
@@ -180,6 +272,47 @@ tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *fmt, const uint8_t
   }
   jpeg_create_decompress(&cinfo);
   st = decode(&cinfo, fmt, src, len, out);
+  jpeg_destroy_decompress(&cinfo);
+  return st;
+}
+
+static tessera_status read_layout(struct jpeg_decompress_struct *cinfo, const uint8_t *header,
+                                  size_t len, struct tsr_jpeg_layout *out) {
+  jpeg_mem_src(cinfo, header, (unsigned long)len);
+  if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK)
+    return tsr_error(TESSERA_E_FORMAT, "the JPEG header has no image");
+  /* A scan of more than one component interleaves them in MCUs of the largest sampling
+   * factors; a scan of one is made of single blocks. */
+  bool interleaved = cinfo->comps_in_scan > 1;
+  *out = (struct tsr_jpeg_layout){
+      .width = cinfo->image_width,
+      .height = cinfo->image_height,
+      .restart_interval = cinfo->restart_interval,
+      .mcu_w = (uint32_t)(interleaved ? cinfo->max_h_samp_factor : 1) * DCTSIZE,
+      .mcu_h = (uint32_t)(interleaved ? cinfo->max_v_samp_factor : 1) * DCTSIZE,
+      .components = (uint8_t)cinfo->num_components,
+      .one_scan = !cinfo->progressive_mode && !cinfo->arith_code &&
+                  cinfo->comps_in_scan == cinfo->num_components,
+  };
+  return TESSERA_OK;
+}
+
+tessera_status tsr_jpeg_read_layout(const uint8_t *header, size_t len,
+                                    struct tsr_jpeg_layout *out) {
+  struct jpeg_decompress_struct cinfo;
+  struct jpeg_failure fail;
+  cinfo.err = jpeg_std_error(&fail.mgr);
+  fail.mgr.error_exit = on_jpeg_error;
+  fail.mgr.emit_message = on_jpeg_message;
+  fail.message[0] = '\0';
+  fail.interval = false;
+  tessera_status st;
+  if (setjmp(fail.jump)) {
+    jpeg_destroy_decompress(&cinfo);
+    return tsr_error(TESSERA_E_FORMAT, "unreadable JPEG header: %s", fail.message);
+  }
+  jpeg_create_decompress(&cinfo);
+  st = read_layout(&cinfo, header, len, out);
   jpeg_destroy_decompress(&cinfo);
   return st;
 }

@@ -7,10 +7,8 @@
 #include "format/format.h"
 
 static const struct tsr_vendor *const vendors[] = {
-    &tsr_vendor_aperio,
-    &tsr_vendor_hamamatsu,
-    &tsr_vendor_philips,
-    &tsr_vendor_generic,
+    &tsr_vendor_aperio, &tsr_vendor_hamamatsu, &tsr_vendor_philips,
+    &tsr_vendor_ome,    &tsr_vendor_generic,
 };
 
 tessera_status tsr_format_detect(const struct tsr_dirs *dirs, struct tsr_layout *out) {
@@ -37,5 +35,16 @@ tessera_status tsr_format_detect(const struct tsr_dirs *dirs, struct tsr_layout 
 void tsr_layout_free(struct tsr_layout *layout) {
   tsr_free(layout->level_dirs);
   layout->level_dirs = NULL;
+  tsr_free(layout->is_level);
+  layout->is_level = NULL;
+  tsr_free(layout->level_sizes);
+  layout->level_sizes = NULL;
+  for (size_t i = 0; i < layout->nassociated; i++) {
+    if (layout->associated[i].level) {
+      tsr_level_free(layout->associated[i].level);
+      tsr_free(layout->associated[i].level);
+      layout->associated[i].level = NULL;
+    }
+  }
   tsr_props_free(&layout->props);
 }

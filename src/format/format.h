@@ -10,14 +10,24 @@
 
 #define TSR_MAX_ASSOCIATED 16
 
+struct tsr_level_size {
+  int64_t width, height;
+  double downsample;
+};
+
 struct tsr_layout {
   size_t *level_dirs; /* indices into dirs, largest level first */
   int32_t nlevels;
+  bool *is_level; /* by directory: one of the levels (set by tsr_layout_pyramid; owned) */
   const char *vendor;
   uint8_t background;
+  /* NULL, or nlevels sizes and downsamples that correct the directories' (Philips pads its
+   * levels to whole tiles; its XML knows their true sizes). Owned. */
+  struct tsr_level_size *level_sizes;
   struct {
     size_t dir;
     const char *name;
+    struct tsr_level *level; /* NULL, or an image with no directory behind it (owned) */
   } associated[TSR_MAX_ASSOCIATED];
   size_t nassociated;
   struct tsr_props props; /* tessera.mpp-x and the like, and the vendor's own keys */
@@ -35,6 +45,7 @@ struct tsr_vendor {
 extern const struct tsr_vendor tsr_vendor_aperio;
 extern const struct tsr_vendor tsr_vendor_hamamatsu;
 extern const struct tsr_vendor tsr_vendor_philips;
+extern const struct tsr_vendor tsr_vendor_ome;
 extern const struct tsr_vendor tsr_vendor_generic;
 
 tessera_status tsr_format_detect(const struct tsr_dirs *dirs, struct tsr_layout *out);
@@ -43,8 +54,8 @@ void tsr_layout_free(struct tsr_layout *layout);
 /* ---- for the vendors (pyramid.c) ---- */
 
 /* The pyramid of the main image: directory 0 and the smaller tiled copies of it, largest
- * first, one per size. level[i] (dirs->n entries, caller's) tells which directories it took. */
-tessera_status tsr_layout_pyramid(const struct tsr_dirs *dirs, struct tsr_layout *out, bool *level);
+ * first, one per size; out->is_level[i] tells which directories it took. */
+tessera_status tsr_layout_pyramid(const struct tsr_dirs *dirs, struct tsr_layout *out);
 void tsr_layout_add_associated(struct tsr_layout *out, size_t dir, const char *name);
 /* tessera.comment from the first ImageDescription. */
 void tsr_layout_common_props(const struct tsr_dirs *dirs, struct tsr_layout *out);

@@ -43,10 +43,10 @@ static int cmp_levels(const void *a, const void *b, void *ctx) {
   return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
 }
 
-tessera_status tsr_layout_pyramid(const struct tsr_dirs *dirs, struct tsr_layout *out,
-                                  bool *level) {
+tessera_status tsr_layout_pyramid(const struct tsr_dirs *dirs, struct tsr_layout *out) {
   out->level_dirs = tsr_calloc(dirs->n, sizeof *out->level_dirs);
-  if (!out->level_dirs)
+  bool *level = out->is_level = tsr_calloc(dirs->n, sizeof *out->is_level);
+  if (!out->level_dirs || !level)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
   out->nlevels = 0;
   for (size_t i = 0; i < dirs->n; i++)

@@ -64,13 +64,10 @@ static void copy_number(struct tsr_props *props, const char *from, const char *t
 }
 
 static tessera_status aperio_open(const struct tsr_dirs *dirs, struct tsr_layout *out) {
-  bool *level = tsr_calloc(dirs->n, sizeof *level);
-  if (!level)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  tessera_status st = tsr_layout_pyramid(dirs, out, level);
+  tessera_status st = tsr_layout_pyramid(dirs, out);
   for (size_t i = 1; st == TESSERA_OK && i < dirs->n; i++) {
     const struct tsr_dir *d = &dirs->dir[i];
-    if (level[i] || d->parent >= 0)
+    if (out->is_level[i] || d->parent >= 0)
       continue;
     if (i == 1 && !d->level.tiled)
       tsr_layout_add_associated(out, i, "thumbnail");
@@ -79,7 +76,6 @@ static tessera_status aperio_open(const struct tsr_dirs *dirs, struct tsr_layout
     else if (d->description && strstr(d->description, "macro"))
       tsr_layout_add_associated(out, i, "macro");
   }
-  tsr_free(level);
   out->background = 255;
   parse_description(dirs->dir[0].description, &out->props);
   copy_number(&out->props, "aperio.MPP", "tessera.mpp-x");

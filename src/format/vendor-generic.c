@@ -4,11 +4,7 @@
 #include "format/format.h"
 
 static tessera_status generic_open(const struct tsr_dirs *dirs, struct tsr_layout *out) {
-  bool *level = tsr_calloc(dirs->n, sizeof *level);
-  if (!level)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  tessera_status st = tsr_layout_pyramid(dirs, out, level);
-  tsr_free(level);
+  tessera_status st = tsr_layout_pyramid(dirs, out);
   out->background = 0;
   tsr_layout_common_props(dirs, out);
   return st;

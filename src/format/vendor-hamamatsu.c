@@ -1,6 +1,9 @@
 /* Hamamatsu NDPI: TIFF written by NDP.scan, Make "Hamamatsu". Every directory carries the
  * objective of its image in the NDPI SourceLens tag: the magnification for the pyramid's
  * levels, -1 for the macro photograph of the slide, -2 for the map of the scanned area. */
+#include <stdio.h>
+#include <string.h>
+
 #include "alloc.h"
 #include "error.h"
 #include "format/format.h"
@@ -9,27 +12,50 @@ static bool hamamatsu_detect(const struct tsr_dirs *dirs) {
   return tsr_starts_with(dirs->dir[0].make, "Hamamatsu");
 }
 
+/* The NDPI property map: "key=value" records separated by CR LF, each hamamatsu.KEY (a record
+ * with an empty key or value is skipped; a key given twice keeps its last value, as OpenSlide
+ * keeps it). */
+static void add_property_map(const char *map, struct tsr_props *props) {
+  for (const char *rec = map; *rec;) {
+    const char *end = strstr(rec, "\r\n");
+    size_t len = end ? (size_t)(end - rec) : strlen(rec);
+    const char *eq = memchr(rec, '=', len);
+    if (eq && eq > rec && (size_t)(eq - rec) + 1 < len && eq - rec < 200) {
+      char key[216];
+      int klen = snprintf(key, sizeof key, "hamamatsu.%.*s", (int)(eq - rec), rec);
+      if (klen > 0 && (size_t)klen < sizeof key)
+        tsr_props_set_bytes(props, key, eq + 1, len - (size_t)(eq - rec) - 1);
+    }
+    rec += len;
+    if (end)
+      rec += 2;
+  }
+}
+
 static tessera_status hamamatsu_open(const struct tsr_dirs *dirs, struct tsr_layout *out) {
-  bool *level = tsr_calloc(dirs->n, sizeof *level);
-  if (!level)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  tessera_status st = tsr_layout_pyramid(dirs, out, level);
+  tessera_status st = tsr_layout_pyramid(dirs, out);
   for (size_t i = 1; st == TESSERA_OK && i < dirs->n; i++) {
     const struct tsr_dir *d = &dirs->dir[i];
-    if (level[i] || !d->has_ndpi_source_lens)
+    if (out->is_level[i] || !d->has_ndpi_source_lens)
       continue;
     if (d->ndpi_source_lens == -1.0)
       tsr_layout_add_associated(out, i, "macro");
     else if (d->ndpi_source_lens == -2.0)
       tsr_layout_add_associated(out, i, "map");
   }
-  tsr_free(level);
   out->background = 0;
   const struct tsr_dir *d0 = &dirs->dir[0];
   if (d0->has_ndpi_source_lens && d0->ndpi_source_lens > 0) {
     tsr_props_add_double(&out->props, "hamamatsu.SourceLens", d0->ndpi_source_lens);
     tsr_props_add_double(&out->props, "tessera.objective-power", d0->ndpi_source_lens);
   }
+  if (d0->has_ndpi_x_offset)
+    tsr_props_add_double(&out->props, "hamamatsu.XOffsetFromSlideCentre", d0->ndpi_x_offset);
+  if (d0->has_ndpi_y_offset)
+    tsr_props_add_double(&out->props, "hamamatsu.YOffsetFromSlideCentre", d0->ndpi_y_offset);
+  tsr_props_add_string(&out->props, "hamamatsu.Reference", d0->ndpi_reference);
+  if (d0->ndpi_property_map)
+    add_property_map(d0->ndpi_property_map, &out->props);
   tsr_layout_resolution_mpp(dirs, out);
   tsr_layout_common_props(dirs, out);
   return st;

@@ -8,6 +8,7 @@
 #include "codec/codec.h"
 #include "error.h"
 #include "tiff/client.h"
+#include "tiff/ndpi.h"
 
 /* Most tiles a level may have; beyond this the tables alone would be gigabytes. */
 #define TSR_MAX_TILES ((uint64_t)1 << 26)
@@ -48,6 +49,31 @@ static bool read_private_number(TIFF *tif, uint32_t tag, double *out) {
   case TIFF_SLONG: *out = *(const int32_t *)data; return true;
   default: return false;
   }
+}
+
+/* A private ASCII tag (a vendor's) as a string of its own, cut at its first NUL; NULL in *out
+ * when absent or not text. False only when out of memory. */
+static bool dup_private_string(TIFF *tif, uint32_t tag, char **out) {
+  *out = NULL;
+  const TIFFField *f = TIFFFindField(tif, tag, TIFF_ANY);
+  if (!f || !TIFFFieldPassCount(f) || TIFFFieldDataType(f) != TIFF_ASCII)
+    return true;
+  const char *data = NULL;
+  uint32_t count32 = 0;
+  uint16_t count16 = 0;
+  int ok = TIFFFieldReadCount(f) == TIFF_VARIABLE2 ? TIFFGetField(tif, tag, &count32, &data)
+                                                   : TIFFGetField(tif, tag, &count16, &data);
+  size_t n = count32 ? count32 : count16;
+  if (!ok || !data || n == 0)
+    return true;
+  const char *nul = memchr(data, 0, n);
+  if (nul)
+    n = (size_t)(nul - data);
+  if (!(*out = tsr_malloc(n + 1)))
+    return false;
+  memcpy(*out, data, n);
+  (*out)[n] = 0;
+  return true;
 }
 
 static tessera_status read_geometry(TIFF *tif, const tessera_open_options *lim, uint32_t index,
@@ -163,7 +189,8 @@ static tessera_status read_format(TIFF *tif, struct tsr_dir *d) {
   return TESSERA_OK;
 }
 
-static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim, uint32_t index,
+static tessera_status read_directory(TIFF *tif, const struct tsr_tiff_file *file,
+                                     const tessera_open_options *lim, uint32_t index,
                                      int32_t parent, uint64_t *budget, struct tsr_dir *d) {
   memset(d, 0, sizeof *d);
   d->parent = parent;
@@ -173,6 +200,8 @@ static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim,
     st = read_format(tif, d);
   if (st == TESSERA_OK)
     st = read_tables(tif, index, &d->level, budget);
+  if (st == TESSERA_OK)
+    st = tsr_ndpi_tile_level(tif, file->fd, file->size, index, budget, &d->level);
   if (st != TESSERA_OK)
     return st;
   TIFFGetFieldDefaulted(tif, TIFFTAG_SUBFILETYPE, &d->subfile_type);
@@ -189,6 +218,11 @@ static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim,
                       TIFFGetField(tif, TIFFTAG_YRESOLUTION, &d->yres);
   TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &d->resolution_unit);
   d->has_ndpi_source_lens = read_private_number(tif, TSR_NDPI_SOURCE_LENS, &d->ndpi_source_lens);
+  d->has_ndpi_x_offset = read_private_number(tif, TSR_NDPI_X_OFFSET, &d->ndpi_x_offset);
+  d->has_ndpi_y_offset = read_private_number(tif, TSR_NDPI_Y_OFFSET, &d->ndpi_y_offset);
+  if (!dup_private_string(tif, TSR_NDPI_REFERENCE, &d->ndpi_reference) ||
+      !dup_private_string(tif, TSR_NDPI_PROPERTY_MAP, &d->ndpi_property_map))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for the tags of directory %u", index);
   return TESSERA_OK;
 }
 
@@ -227,7 +261,7 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
-        (st = read_directory(tif, lim, index, -1, &budget, d)) != TESSERA_OK)
+        (st = read_directory(tif, file, lim, index, -1, &budget, d)) != TESSERA_OK)
       goto out;
     uint16_t n = 0;
     const uint64_t *offs = NULL;
@@ -277,7 +311,7 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
-        (st = read_directory(tif, lim, index, subs[i].parent, &budget, d)) != TESSERA_OK)
+        (st = read_directory(tif, file, lim, index, subs[i].parent, &budget, d)) != TESSERA_OK)
       goto out;
   }
 out:
@@ -319,6 +353,8 @@ void tsr_tiff_dirs_free(struct tsr_dirs *dirs) {
     tsr_free(d->artist);
     tsr_free(d->copyright);
     tsr_free(d->host);
+    tsr_free(d->ndpi_reference);
+    tsr_free(d->ndpi_property_map);
   }
   tsr_free(dirs->dir);
   dirs->dir = NULL;

@@ -6,6 +6,10 @@
 #include "slide_internal.h"
 
 #define TSR_NDPI_SOURCE_LENS 65421
+#define TSR_NDPI_X_OFFSET 65422
+#define TSR_NDPI_Y_OFFSET 65423
+#define TSR_NDPI_REFERENCE 65427
+#define TSR_NDPI_PROPERTY_MAP 65449
 
 struct tsr_dir {
   struct tsr_level level; /* candidate level; downsample is set later */
@@ -17,6 +21,10 @@ struct tsr_dir {
   float xres, yres;
   double ndpi_source_lens; /* Hamamatsu: objective magnification, -1 macro, -2 map */
   bool has_ndpi_source_lens;
+  bool has_ndpi_x_offset, has_ndpi_y_offset;
+  double ndpi_x_offset, ndpi_y_offset; /* of the image from the slide's centre, nm */
+  char *ndpi_reference;                /* NDPI Reference tag */
+  char *ndpi_property_map;             /* "key=value\r\n..." */
   char *description, *software, *make, *model, *datetime, *artist, *copyright, *host;
 };
 

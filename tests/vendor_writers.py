@@ -1,0 +1,237 @@
+"""Writers of vendor-format fixtures (Philips TIFF, OME-TIFF), made at test time from real
+pixels: a region of the Aperio sample slide in ../shared/testdata as OpenSlide decodes it.
+
+Tiles are written by tifffile. Without imagecodecs, tifffile cannot encode JPEG, so JPEG tiles
+are encoded by PIL (libjpeg) and handed to tifffile already encoded; an empty tile (b"") is
+stored with byte count 0, as sparse Philips slides store the tiles they did not scan.
+
+The Philips XML follows the layout of the format's ImageDescription as OpenSlide documents and
+reads it: <DataObject ObjectType="DPUfsImport"> of <Attribute Name=...> elements, the scanned
+images in PIM_DP_SCANNED_IMAGES (PIM_DP_IMAGE_TYPE WSI / LABELIMAGE / MACROIMAGE), each WSI
+level's DICOM_PIXEL_SPACING in PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE, associated images as
+base64 JPEG in PIM_DP_IMAGE_DATA. The OME-XML follows the 2016-06 schema.
+"""
+
+import base64
+import io
+import os
+from xml.sax.saxutils import escape, quoteattr
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+import wsi_fixtures as F
+
+SVS = os.path.join(F.TESTDATA, "aperio-jpeg-CMU-1-Small-Region.svs")
+
+
+def _never_encode(*args, **kw):
+    raise RuntimeError("JPEG tiles are given to tifffile already encoded")
+
+
+# Lets tifffile write compression 7 with tiles that are already JPEG (it never calls this).
+tifffile.TIFF.COMPRESSORS._codecs[7] = _never_encode
+
+
+def source_rgb(width, height, x=0, y=0):
+    """Real slide pixels: a region of the Aperio sample, as OpenSlide decodes it."""
+    import openslide
+    with openslide.OpenSlide(SVS) as s:
+        img = s.read_region((x, y), 0, (width, height)).convert("RGB")
+    return np.ascontiguousarray(np.asarray(img))
+
+
+def jpeg_bytes(arr, quality=90):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def jpeg_tiles(arr, tile, fill=0, skip=()):
+    """The JPEG tiles of arr, row by row; tiles at the edge are padded with `fill`; tiles whose
+    index is in skip are left out (b"")."""
+    h, w = arr.shape[:2]
+    out = []
+    for ty in range(0, h, tile):
+        for tx in range(0, w, tile):
+            if len(out) in skip:
+                out.append(b"")
+                continue
+            t = np.full((tile, tile, 3), fill, np.uint8)
+            part = arr[ty:ty + tile, tx:tx + tile]
+            t[:part.shape[0], :part.shape[1]] = part
+            out.append(jpeg_bytes(t))
+    return out
+
+
+def write_jpeg_tiled(tw, arr, tile, skip=(), **kw):
+    """One JPEG-tiled, YCbCr 4:2:0 directory of arr (its full size as the TIFF's size)."""
+    h, w = arr.shape[:2]
+    tw.write(iter(jpeg_tiles(arr, tile, skip=skip)), shape=(h, w, 3), dtype=np.uint8,
+             tile=(tile, tile), compression=7, photometric="ycbcr", subsampling=(2, 2),
+             metadata=None, **kw)
+
+
+def reduce(arr, factor):
+    """arr made factor times smaller (PIL's box filter): a level's true content."""
+    h, w = arr.shape[:2]
+    img = Image.fromarray(arr).resize((w // factor, h // factor), Image.BOX)
+    return np.asarray(img)
+
+
+# ---- Philips --------------------------------------------------------------------------
+
+
+def _attr(name, value, group="0x0000", element="0x0000", vr="IString"):
+    return '<Attribute Name=%s Group="%s" Element="%s" PMSVR="%s">%s</Attribute>' % (
+        quoteattr(name), group, element, vr, value)
+
+
+def _array(name, objects, vr="IDataObjectArray"):
+    return '<Attribute Name=%s Group="0x0000" Element="0x0000" PMSVR="%s"><Array>%s</Array>' \
+           '</Attribute>' % (quoteattr(name), vr, "".join(objects))
+
+
+def spacing_text(row_mm, col_mm, quote='"'):
+    """DICOM_PIXEL_SPACING: row spacing, then column spacing, each in quotes (millimetres)."""
+    return "%s%s%s %s%s%s" % (quote, repr(row_mm), quote, quote, repr(col_mm), quote)
+
+
+def philips_xml(level_spacings, top_spacing, label_jpeg=None, macro_jpeg=None, wsi_count=1,
+                extra_top=(), quote='"'):
+    """The ImageDescription XML. level_spacings: (row_mm, col_mm) of each level."""
+    reps = []
+    for i, (r, c) in enumerate(level_spacings):
+        reps.append('<DataObject ObjectType="PixelDataRepresentation">%s%s%s</DataObject>' % (
+            _attr("DICOM_PIXEL_SPACING", spacing_text(r, c, quote), "0x0028", "0x0030",
+                  "IDoubleArray"),
+            _attr("PIIM_PIXEL_DATA_REPRESENTATION_NUMBER", str(i), "0x101D", "0x1008", "IUInt16"),
+            _attr("PIIM_DP_PIXEL_DATA_REPRESENTATION_POSITION",
+                  '"0" "0" "%d"' % i, "0x101D", "0x100B", "IDoubleArray")))
+    wsi = '<DataObject ObjectType="DPScannedImage">%s%s%s%s</DataObject>' % (
+        _attr("DICOM_DERIVATION_DESCRIPTION", escape("tiff-useBigTIFF=1 <x> & \"y\"")),
+        _attr("PIM_DP_IMAGE_TYPE", "WSI"),
+        _attr("PIM_DP_IMAGE_COLUMNS", "4096", vr="IUInt32"),
+        _array("PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE", reps))
+    images = [wsi] * wsi_count
+    for kind, data in (("LABELIMAGE", label_jpeg), ("MACROIMAGE", macro_jpeg)):
+        if data is not None:
+            images.append('<DataObject ObjectType="DPScannedImage">%s%s</DataObject>' % (
+                _attr("PIM_DP_IMAGE_TYPE", kind),
+                _attr("PIM_DP_IMAGE_DATA", data if isinstance(data, str)
+                      else base64.b64encode(data).decode())))
+    top = [_attr("DICOM_MANUFACTURER", "PHILIPS", "0x0008", "0x0070"),
+           _attr("DICOM_PIXEL_SPACING", spacing_text(top_spacing[0], top_spacing[1], quote),
+                 "0x0028", "0x0030", "IDoubleArray"),
+           _attr("DICOM_SOFTWARE_VERSIONS", '"1.6.5505" "20111209_R44"', "0x0018", "0x1020",
+                 "IStringArray")]
+    top += list(extra_top)
+    top.append(_array("PIM_DP_SCANNED_IMAGES", images))
+    return ('<?xml version="1.0" encoding="UTF-8" ?>\n<DataObject ObjectType="DPUfsImport">\n'
+            + "\n".join(top) + "\n</DataObject>\n")
+
+
+class PhilipsSlide:
+    """The pieces of a Philips fixture, kept for the tests' expectations."""
+
+    def __init__(self, base, tile, factors):
+        self.base, self.tile, self.factors = base, tile, factors
+        self.levels = [base] + [reduce(base, f) for f in factors[1:]]
+
+    def padded(self, i):
+        """Level i as stored: its true content, padded to whole tiles (black: if a reader
+        showed the padding, the test would see it)."""
+        a = self.levels[i]
+        t = self.tile
+        h, w = a.shape[:2]
+        out = np.zeros((-(-h // t) * t, -(-w // t) * t, 3), np.uint8)
+        out[:h, :w] = a
+        return out
+
+
+def write_philips(path, slide, xml, sparse=(), label=None, macro=None,
+                  software="Philips DP v1.0", dir_label_desc="Label", dir_macro_desc="Macro"):
+    """A Philips TIFF: level 0 at its true size, the smaller levels padded to whole tiles
+    (as Philips pads them), then the label and macro as stripped directories when given as
+    arrays. sparse: tile indices of level 0 stored with byte count 0."""
+    if isinstance(xml, str):
+        xml = xml.encode("utf-8")  # tifffile takes only ASCII as str
+    with tifffile.TiffWriter(path, bigtiff=False) as tw:
+        write_jpeg_tiled(tw, slide.levels[0], slide.tile, skip=sparse, description=xml,
+                         software=software)
+        for i in range(1, len(slide.levels)):
+            write_jpeg_tiled(tw, slide.padded(i), slide.tile, subfiletype=1,
+                             software=software)
+        for arr, desc in ((label, dir_label_desc), (macro, dir_macro_desc)):
+            if arr is not None:
+                tw.write(arr, photometric="rgb", compression="zlib", rowsperstrip=64,
+                         description=desc, metadata=None, software=software)
+
+
+# ---- OME-TIFF -------------------------------------------------------------------------
+
+OME_NS = "http://www.openmicroscopy.org/Schemas/OME/2016-06"
+
+
+def ome_pixels(pid, w, h, c, channels, tiffdata, phys=None, dtype="uint8", interleaved=None):
+    attrs = 'ID="%s" DimensionOrder="XYCZT" Type="%s" SizeX="%d" SizeY="%d" SizeC="%d" ' \
+            'SizeZ="1" SizeT="1"' % (pid, dtype, w, h, c)
+    if interleaved is not None:
+        attrs += ' Interleaved="%s"' % ("true" if interleaved else "false")
+    for k, v in (phys or {}).items():
+        attrs += " %s=%s" % (k, quoteattr(str(v)))
+    chans = "".join('<Channel ID="Channel:%s:%d" Name=%s SamplesPerPixel="%d"/>' % (
+        pid.split(":")[1], i, quoteattr(name), spp) for i, (name, spp) in enumerate(channels))
+    return "<Pixels %s>%s%s</Pixels>" % (attrs, chans, tiffdata)
+
+
+def ome_image(iid, name, pixels, description=None, objective=None, date=None):
+    inner = ""
+    if date:
+        inner += "<AcquisitionDate>%s</AcquisitionDate>" % escape(date)
+    if description is not None:
+        inner += "<Description>%s</Description>" % escape(description)
+    if objective:
+        inner += '<ObjectiveSettings ID="%s"/>' % objective
+    return '<Image ID="%s" Name=%s>%s%s</Image>' % (iid, quoteattr(name), inner, pixels)
+
+
+def ome_xml(images, objectives=(), prefix=""):
+    """images: <Image> strings; objectives: (id, nominal magnification)."""
+    p = prefix + ":" if prefix else ""
+    xmlns = ('xmlns:%s="%s"' % (prefix, OME_NS)) if prefix else ('xmlns="%s"' % OME_NS)
+    inst = ""
+    if objectives:
+        inst = '<Instrument ID="Instrument:0">%s</Instrument>' % "".join(
+            '<Objective ID="%s" NominalMagnification="%s"/>' % o for o in objectives)
+    body = inst + "".join(images)
+    if prefix:
+        body = body.replace("<", "<" + p).replace("<" + p + "/", "</" + p)
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+            '<%sOME %s xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+            'Creator="tessera tests">%s</%sOME>' % (p, xmlns, body, p))
+
+
+def pyramid_arrays(base, n):
+    out = [base]
+    for _ in range(n - 1):
+        out.append(np.ascontiguousarray(out[-1][::2, ::2]))
+    return out
+
+
+def write_ome(path, pages, description):
+    """pages: (array, subifd arrays, tile or None, compression) per main-chain directory; the
+    first carries the OME-XML."""
+    with tifffile.TiffWriter(path) as tw:
+        for i, (arr, subs, tile, comp) in enumerate(pages):
+            kw = dict(compression=comp, metadata=None,
+                      photometric="rgb" if arr.ndim == 3 else "minisblack")
+            if tile:
+                kw["tile"] = (tile, tile)
+            if i == 0:
+                kw["description"] = description.encode("utf-8")
+            tw.write(arr, subifds=len(subs) if subs else None, **kw)
+            kw.pop("description", None)
+            for s in subs or ():
+                tw.write(s, subfiletype=1, **kw)
