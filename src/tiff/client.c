@@ -118,3 +118,18 @@ bool tsr_tiff_next_ifd_offset(TIFF *tif, const struct tsr_tiff_file *f, uint64_t
   *next = file_uint(buf, ptr_size, be);
   return true;
 }
+
+bool tsr_tiff_private_tag(TIFF *tif, uint32_t tag, TIFFDataType *type, const void **data,
+                          uint64_t *count) {
+  const TIFFField *f = TIFFFindField(tif, tag, TIFF_ANY);
+  if (!f || !TIFFFieldPassCount(f))
+    return false;
+  uint32_t count32 = 0;
+  uint16_t count16 = 0;
+  *data = NULL;
+  int ok = TIFFFieldReadCount(f) == TIFF_VARIABLE2 ? TIFFGetField(tif, tag, &count32, data)
+                                                   : TIFFGetField(tif, tag, &count16, data);
+  *count = count32 ? count32 : count16;
+  *type = TIFFFieldDataType(f);
+  return ok && *data && *count > 0;
+}

@@ -27,4 +27,9 @@ tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, int fd, uint64_t si
  * libtiff stops at a directory loop without an error, so the walk checks for one. */
 bool tsr_tiff_next_ifd_offset(TIFF *tif, const struct tsr_tiff_file *f, uint64_t *next);
 
+/* The values of a tag libtiff does not know (a vendor's private tag), which libtiff keeps as
+ * a counted array of the type the file gives; false when the directory has none. */
+bool tsr_tiff_private_tag(TIFF *tif, uint32_t tag, TIFFDataType *type, const void **data,
+                          uint64_t *count);
+
 #endif

@@ -7,6 +7,7 @@
 #include "alloc.h"
 #include "codec/codec.h"
 #include "error.h"
+#include "tiff/client.h"
 
 /* Most bytes a strip's JPEG header (SOI to SOS) may take: quantisation and Huffman tables,
  * a comment and an APP segment or two are a few kilobytes. */
@@ -100,18 +101,11 @@ static tessera_status find_header(int fd, uint64_t start, uint64_t end, struct h
 static tessera_status read_array(TIFF *tif, uint32_t tag, uint64_t **out, uint64_t *n) {
   *out = NULL;
   *n = 0;
-  const TIFFField *f = TIFFFindField(tif, tag, TIFF_ANY);
-  if (!f || !TIFFFieldPassCount(f))
+  TIFFDataType type;
+  const void *data;
+  uint64_t count;
+  if (!tsr_tiff_private_tag(tif, tag, &type, &data, &count))
     return TESSERA_OK;
-  const void *data = NULL;
-  uint32_t count32 = 0;
-  uint16_t count16 = 0;
-  int ok = TIFFFieldReadCount(f) == TIFF_VARIABLE2 ? TIFFGetField(tif, tag, &count32, &data)
-                                                   : TIFFGetField(tif, tag, &count16, &data);
-  uint64_t count = count32 ? count32 : count16;
-  if (!ok || !data || count == 0)
-    return TESSERA_OK;
-  TIFFDataType type = TIFFFieldDataType(f);
   if (type != TIFF_LONG && type != TIFF_SHORT && type != TIFF_LONG8)
     return MISFIT("tag %u holds values of type %d, not offsets", tag, (int)type);
   if (!(*out = tsr_calloc((size_t)count, sizeof **out)))

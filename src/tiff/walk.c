@@ -27,20 +27,14 @@ static bool field_known(TIFF *tif, uint32_t tag) {
   return TIFFFindField(tif, tag, TIFF_ANY) != NULL;
 }
 
-/* The first value of a numeric tag libtiff does not know (a vendor's private tag), as a
- * double. Unknown tags are kept by libtiff as counted arrays of the type the file gives. */
+/* The first value of a numeric private tag, as a double. */
 static bool read_private_number(TIFF *tif, uint32_t tag, double *out) {
-  const TIFFField *f = TIFFFindField(tif, tag, TIFF_ANY);
-  if (!f || !TIFFFieldPassCount(f))
+  TIFFDataType type;
+  const void *data;
+  uint64_t count;
+  if (!tsr_tiff_private_tag(tif, tag, &type, &data, &count))
     return false;
-  const void *data = NULL;
-  uint32_t count32 = 0;
-  uint16_t count16 = 0;
-  int ok = TIFFFieldReadCount(f) == TIFF_VARIABLE2 ? TIFFGetField(tif, tag, &count32, &data)
-                                                   : TIFFGetField(tif, tag, &count16, &data);
-  if (!ok || !data || (count32 == 0 && count16 == 0))
-    return false;
-  switch (TIFFFieldDataType(f)) {
+  switch (type) {
   case TIFF_FLOAT: *out = *(const float *)data; return true;
   case TIFF_DOUBLE: *out = *(const double *)data; return true;
   case TIFF_SHORT: *out = *(const uint16_t *)data; return true;
@@ -51,24 +45,19 @@ static bool read_private_number(TIFF *tif, uint32_t tag, double *out) {
   }
 }
 
-/* A private ASCII tag (a vendor's) as a string of its own, cut at its first NUL; NULL in *out
- * when absent or not text. False only when out of memory. */
+/* A private ASCII tag as a string of its own, cut at its first NUL; NULL in *out when absent
+ * or not text. False only when out of memory. */
 static bool dup_private_string(TIFF *tif, uint32_t tag, char **out) {
   *out = NULL;
-  const TIFFField *f = TIFFFindField(tif, tag, TIFF_ANY);
-  if (!f || !TIFFFieldPassCount(f) || TIFFFieldDataType(f) != TIFF_ASCII)
+  TIFFDataType type;
+  const void *data;
+  uint64_t count;
+  if (!tsr_tiff_private_tag(tif, tag, &type, &data, &count) || type != TIFF_ASCII)
     return true;
-  const char *data = NULL;
-  uint32_t count32 = 0;
-  uint16_t count16 = 0;
-  int ok = TIFFFieldReadCount(f) == TIFF_VARIABLE2 ? TIFFGetField(tif, tag, &count32, &data)
-                                                   : TIFFGetField(tif, tag, &count16, &data);
-  size_t n = count32 ? count32 : count16;
-  if (!ok || !data || n == 0)
-    return true;
+  size_t n = (size_t)count;
   const char *nul = memchr(data, 0, n);
   if (nul)
-    n = (size_t)(nul - data);
+    n = (size_t)(nul - (const char *)data);
   if (!(*out = tsr_malloc(n + 1)))
     return false;
   memcpy(*out, data, n);
