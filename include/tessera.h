@@ -321,7 +321,7 @@ typedef struct tessera_cache_stats {
   tessera_cache_type type;
   uint64_t hits, misses;    /* since configure or reset; 0 unless record_stats */
   uint64_t evictions;       /* tiles evicted to make room, since configure or reset */
-  uint64_t items, bytes;    /* held now */
+  uint64_t items, bytes;    /* held now (tiles being loaded included) */
   uint64_t item_capacity;   /* 0: no limit */
   uint64_t memory_capacity; /* bytes */
   int32_t record_stats;
@@ -344,7 +344,7 @@ typedef struct tessera_shared_cache_info {
   uint64_t segment_bytes;   /* size of the segment, index included */
   uint64_t memory_capacity; /* bytes for tiles */
   uint64_t item_capacity;   /* 0: no limit */
-  uint64_t items, bytes;    /* held now */
+  uint64_t items, bytes;    /* held now (tiles being loaded included) */
   uint64_t hits, misses, evictions;
 } tessera_shared_cache_info;
 

@@ -790,3 +790,77 @@ def test_killed_while_loading_a_tile_others_wait_for(shm, tmp_path):
     assert listed(name)["users"] == 1
     T.configure_cache(T.CACHE_NONE)
     assert not segment_exists(name)
+
+
+# --- found in review: a pid used again, a remover that died between flag and unlink --------
+
+PIDNS_READER = r"""
+import json, os, sys
+sys.path.insert(0, %(tests)r)
+import tessera_ctypes as T
+T.load(%(lib)r)
+T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=64, name=%(name)r)
+with T.open_slide(%(path)r) as s:
+    for _ in range(2):
+        s.read_region(0, 0, 0, 200, 200)
+        print(json.dumps(T.cache_stats()), flush=True)
+T.configure_cache(T.CACHE_NONE)
+"""
+
+
+def run_in_pid_namespace(code, env=None, **kw):
+    """python3 -c code as pid 1 of a new pid namespace (with its own /proc)."""
+    return subprocess.Popen(["unshare", "--fork", "--pid", "--mount-proc", PYTHON, "-c", code],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True, **kw)
+
+
+def test_a_dead_loaders_pid_used_again_is_not_taken_for_the_loader(shm, tmp_path):
+    """A process killed while loading a tile, and a later one that gets the same pid (both
+    pid 1 of their own pid namespace, as containers restarted over one /dev/shm would): the
+    later one must see the entry as a dead loader's and load the tile itself, so it ends up
+    cached (taken for its own, it would wait for itself and then read around the cache)."""
+    name = shm.name("pidreuse")
+    path = os.path.join(F.TESTDATA, APERIO)
+    code = PIDNS_READER % {"tests": HERE, "lib": T.lib_path(), "name": name, "path": path}
+    stall = str(tmp_path / "stalled")
+    env = dict(os.environ, TESSERA_TEST_CACHE_STALL="loading:1:" + stall)
+    first = run_in_pid_namespace(code, env=env)
+    shm.procs.append(first)
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while not os.path.exists(stall) or not open(stall).read().strip():
+        assert first.poll() is None, first.stderr.read()
+        assert time.monotonic() < deadline, "the first reader never reached the stall"
+        time.sleep(0.05)
+    assert open(stall).read().strip() == "1", "not pid 1 of its namespace"
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    second = run_in_pid_namespace(code)
+    shm.procs.append(second)
+    out, err = second.communicate(timeout=PROCESS_TIMEOUT_S)
+    assert second.returncode == 0, err
+    after_first, after_second = [json.loads(line) for line in out.splitlines()]
+    # the second pass over the same region is all hits: every tile it needs is cached
+    assert after_second["misses"] == after_first["misses"], (after_first, after_second)
+    assert after_second["hits"] > after_first["hits"]
+    assert after_second["items"] == after_first["items"] > 0
+
+
+def test_a_remover_killed_between_flag_and_unlink_does_not_block_the_name(shm, tmp_path):
+    """A segment marked removed whose name is still there (its remover died in between): the
+    next process configuring that name removes the stale name and makes a new segment."""
+    name = shm.name("halfremoved")
+    configure_shared(name)
+    with open(shm_path(name), "r+b") as f:
+        head = f.read(24)
+        assert head[:8] == b"TSCACHE1", head[:8]  # the segment's magic
+        f.seek(20)  # magic 8, version 4, header_bytes 4, ready 4, then unlinked
+        f.write((1).to_bytes(4, "little"))
+    # this process's own configure must not be refused either
+    code = ("import sys; sys.path.insert(0, %r); import tessera_ctypes as T; T.load(%r); "
+            "T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=16, name=%r); "
+            "print(T.cache_stats()['memory_capacity'])") % (HERE, T.lib_path(), name)
+    r = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True,
+                       timeout=PROCESS_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 16 << 20  # a new segment of its own capacity, not the old one

@@ -13,7 +13,7 @@
  *   it (a pin would outlive a killed reader; a lock does not). The lock is held for the
  *   copy into the caller's buffers only, never across a decode.
  * - A miss reserves the entry (LOADING, stamped with the loader's pid and start time) under
- *   the lock, decodes and copies into its chunks without the lock, then publishes it under
+ *   the lock, decodes without the lock, then copies into its chunks and publishes it under
  *   the lock. Others wanting it poll; if its loader has died they drop the entry and load it
  *   themselves. An eviction that finds no room sweeps out entries of dead loaders.
  * - A process killed while holding a shard lock leaves it to the next locker as EOWNERDEAD.
@@ -45,7 +45,7 @@
 #include "error.h"
 
 #define SEGMENT_MAGIC 0x3145484341435354ull /* "TSCACHE1" read little-endian */
-#define SEGMENT_VERSION 1u
+#define SEGMENT_VERSION 2u
 #define CHUNK_BYTES ((uint64_t)64 << 10)
 #define NIL UINT32_MAX
 #define MAX_USERS 1024
@@ -74,7 +74,8 @@ struct header {
   _Atomic uint32_t unlinked; /* the name was removed: attachers must make a new segment */
   uint32_t nshards;
   uint32_t chunk_bytes;
-  uint32_t chunks, entries, buckets; /* per shard */
+  uint32_t chunks, entries, buckets;   /* per shard */
+  uint32_t shard_struct, entry_struct; /* sizeof(struct shard), sizeof(struct entry) */
   uint32_t pad;
   uint64_t segment_bytes, memory_capacity, item_capacity;
   pthread_mutex_t users_lock;
@@ -111,8 +112,14 @@ struct shared_cache {
   atomic_bool registered; /* a slot was taken (or need not be) */
   int32_t pid;            /* this process */
   uint64_t start;         /* and its start time */
+  uint64_t dev, ino;      /* the segment's file, to tell it from a newer one of that name */
   char name[TESSERA_SHARED_CACHE_NAME_MAX + 2];
 };
+
+/* Whether this process (this incarnation of its pid) is e's loader: a thread of it is. */
+static bool loaded_by_me(const struct shared_cache *c, const struct entry *e) {
+  return e->loader_pid == c->pid && e->loader_start == c->start;
+}
 
 /* ---- processes ---- */
 
@@ -151,8 +158,24 @@ static uint64_t own_start(void) {
   return proc_stat((int32_t)getpid(), &state, &start) ? start : 0;
 }
 
-/* Whether process pid, started at `start` (0: unknown), is running. A zombie is not: it was
- * killed and awaits its parent's wait. */
+/* Threads the process has, from /proc/PID/status; 0 if unknown. */
+static long thread_count(int32_t pid) {
+  char path[64], buf[2048];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0)
+    return 0;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0)
+    return 0;
+  buf[n] = 0;
+  const char *t = strstr(buf, "\nThreads:");
+  return t ? strtol(t + 9, NULL, 10) : 0;
+}
+
+/* Whether process pid, started at `start` (0: unknown), is running. A zombie is not (it was
+ * killed and awaits its parent's wait), unless only its main thread ended and others run. */
 static bool alive(int32_t pid, uint64_t start) {
   if (pid <= 0)
     return false;
@@ -162,9 +185,11 @@ static bool alive(int32_t pid, uint64_t start) {
   uint64_t now;
   if (!proc_stat(pid, &state, &now))
     return true; /* no /proc: trust kill */
-  if (state == 'Z' || state == 'X')
+  if (start && now != start)
+    return false; /* the pid was reused */
+  if (state == 'X' || (state == 'Z' && thread_count(pid) <= 1))
     return false;
-  return !(start && now != start);
+  return true;
 }
 
 static uint64_t monotonic_ns(void) {
@@ -341,6 +366,7 @@ static void free_entry(const struct shared_cache *c, struct shard *sh, uint32_t 
   uint32_t *next = next_of(c, sh);
   struct entry *e = &E[i];
   e->state = FREE;
+  atomic_signal_fence(memory_order_seq_cst); /* FREE before the lists change */
   uint32_t *p = bucket(c, sh, tsr_cache_key_hash(&e->key));
   while (*p != NIL && *p != i)
     p = &E[*p].hnext;
@@ -395,7 +421,7 @@ static unsigned sweep_dead_loaders(const struct shared_cache *c, struct shard *s
   struct entry *E = entries_of(c, sh);
   unsigned n = 0;
   for (uint32_t i = 0; i < c->h->entries; i++)
-    if (E[i].state == LOADING && E[i].loader_pid != c->pid &&
+    if (E[i].state == LOADING && !loaded_by_me(c, &E[i]) &&
         !alive(E[i].loader_pid, E[i].loader_start)) {
       free_entry(c, sh, i);
       n++;
@@ -442,7 +468,7 @@ static void rebuild(const struct shared_cache *c, struct shard *sh) {
     struct entry *e = &E[i];
     bool keep =
         e->state == READY ||
-        (e->state == LOADING && (e->loader_pid == c->pid || alive(e->loader_pid, e->loader_start)));
+        (e->state == LOADING && (loaded_by_me(c, e) || alive(e->loader_pid, e->loader_start)));
     keep = keep && e->bytes > 0 && e->bytes <= max_bytes;
     uint64_t hash = tsr_cache_key_hash(&e->key);
     if (keep && find(c, sh, &e->key, hash) != NIL)
@@ -582,7 +608,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     /* Being loaded by another thread or process: wait for it, unless its loader is gone (the
      * check reads /proc, so not at every poll). A live loader taking too long is left to
      * finish; this thread decodes the tile itself. */
-    if (polls++ % 8 == 7 && e->loader_pid != c->pid && !alive(e->loader_pid, e->loader_start)) {
+    if (polls++ % 8 == 7 && !loaded_by_me(c, e) && !alive(e->loader_pid, e->loader_start)) {
       free_entry(c, sh, i);
       continue;
     }
@@ -634,6 +660,10 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   e->ticket++;
   e->queue = Q_NONE;
   e->freq = 0;
+  /* The entry is whole before it says LOADING: a process killed here leaves a FREE entry or
+   * one a rebuild can judge (only the compiler could reorder; the CPU's stores reach the
+   * shared memory in order, or all of them do). */
+  atomic_signal_fence(memory_order_seq_cst);
   e->state = LOADING;
   e->hnext = *bucket(c, sh, hash);
   *bucket(c, sh, hash) = i;
@@ -653,7 +683,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
  * loses it, which a live process never is; the check keeps it from touching a reused slot. */
 static bool still_ours(const struct shared_cache *c, const struct entry *e,
                        const struct tsr_cache_access *a) {
-  return e->state == LOADING && e->ticket == a->ticket && e->loader_pid == c->pid;
+  return e->state == LOADING && e->ticket == a->ticket && loaded_by_me(c, e);
 }
 
 static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
@@ -663,25 +693,22 @@ static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
   a->src = a->load + a->offset;
   if (!lock_shard(c, sh))
     return;
+  /* Copied in under the lock, after checking the reservation still stands: were this process
+   * ever taken for dead, its chunks might be someone else's by now. */
   if (still_ours(c, e, a)) {
-    unlock_shard(sh);
-    /* The chunks are this loader's while the entry is loading: filled without the lock. */
     copy_in(c, sh, e, a->load);
-    if (!lock_shard(c, sh))
-      return;
-    if (still_ours(c, e, a)) {
-      if (hook_due(HOOK_LOCKED)) {
-        /* Halfway through linking it into the small queue (head set; its neighbour's link,
-         * the tail and the byte count not), for the test that kills it here. */
-        e->queue = Q_SMALL;
-        e->prev = NIL;
-        e->next = sh->small_head;
-        sh->small_head = a->slot;
-        hook_stall();
-      }
-      queue_push(c, sh, a->slot, Q_SMALL);
-      e->state = READY;
+    if (hook_due(HOOK_LOCKED)) {
+      /* Halfway through linking it into the small queue (head set; its neighbour's link,
+       * the tail and the byte count not), for the test that kills it here. */
+      e->queue = Q_SMALL;
+      e->prev = NIL;
+      e->next = sh->small_head;
+      sh->small_head = a->slot;
+      hook_stall();
     }
+    queue_push(c, sh, a->slot, Q_SMALL);
+    atomic_signal_fence(memory_order_seq_cst); /* the bytes are in before it says READY */
+    e->state = READY;
   }
   unlock_shard(sh);
 }
@@ -733,6 +760,15 @@ static void reset_stats(struct tsr_cache *base) {
 }
 
 /* ---- users ---- */
+
+/* Whether /dev/shm/NAME is still the file (dev, ino): the name may have been removed and
+ * given to a newer segment meanwhile. */
+static bool names_file(const char *name, uint64_t dev, uint64_t ino) {
+  char path[sizeof SHM_DIR + TESSERA_SHARED_CACHE_NAME_MAX + 2];
+  snprintf(path, sizeof path, SHM_DIR "%s", name);
+  struct stat st;
+  return stat(path, &st) == 0 && (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino;
+}
 
 static bool lock_users(struct header *h) {
   int r = pthread_mutex_lock(&h->users_lock);
@@ -796,7 +832,8 @@ static void detach_user(struct shared_cache *c) {
     c->slot = -1;
     if (prune_users(h) == 0 && !atomic_load(&h->unlinked)) {
       atomic_store(&h->unlinked, 1);
-      shm_unlink(c->name);
+      if (names_file(c->name, c->dev, c->ino))
+        shm_unlink(c->name);
     }
   }
   pthread_mutex_unlock(&h->users_lock);
@@ -813,7 +850,7 @@ static void exiting(struct tsr_cache *base) { detach_user((struct shared_cache *
 
 static const struct tsr_cache_ops shared_ops;
 
-static struct shared_cache *new_attachment(uint8_t *addr, size_t size, const char *name,
+static struct shared_cache *new_attachment(int fd, uint8_t *addr, size_t size, const char *name,
                                            int record_stats) {
   struct shared_cache *c = tsr_calloc(1, sizeof *c);
   if (!c)
@@ -828,6 +865,11 @@ static struct shared_cache *new_attachment(uint8_t *addr, size_t size, const cha
   c->slot = -1;
   c->pid = (int32_t)getpid();
   c->start = own_start();
+  struct stat st;
+  if (fstat(fd, &st) == 0) {
+    c->dev = (uint64_t)st.st_dev;
+    c->ino = (uint64_t)st.st_ino;
+  }
   snprintf(c->name, sizeof c->name, "%s", name);
   return c;
 }
@@ -890,6 +932,7 @@ static void init_robust_mutex(pthread_mutex_t *m) {
 /* Checks a header read from a segment of `size` bytes; the layout must be this build's. */
 static bool header_sane(const struct header *h, uint64_t size) {
   if (h->version != SEGMENT_VERSION || h->header_bytes != sizeof(struct header) ||
+      h->shard_struct != sizeof(struct shard) || h->entry_struct != sizeof(struct entry) ||
       h->chunk_bytes != CHUNK_BYTES || h->nshards < 1 || h->nshards > TSR_CACHE_MAX_SHARDS ||
       h->chunks < 1 || h->entries < 1 || h->entries > h->chunks || h->buckets < 1 ||
       (h->buckets & (h->buckets - 1)) != 0)
@@ -938,7 +981,7 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
   uint8_t *addr = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (addr == MAP_FAILED)
     return tsr_error(TESSERA_E_NOMEM, "cannot map shared cache %s: %s", name, strerror(errno));
-  struct shared_cache *c = new_attachment(addr, (size_t)total, name, o->record_stats != 0);
+  struct shared_cache *c = new_attachment(fd, addr, (size_t)total, name, o->record_stats != 0);
   if (!c) {
     munmap(addr, (size_t)total);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
@@ -946,6 +989,8 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
   struct header *h = c->h;
   h->version = SEGMENT_VERSION;
   h->header_bytes = sizeof *h;
+  h->shard_struct = sizeof(struct shard);
+  h->entry_struct = sizeof(struct entry);
   h->nshards = nshards;
   h->chunk_bytes = CHUNK_BYTES;
   h->chunks = (uint32_t)chunks;
@@ -990,12 +1035,26 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
   return TESSERA_OK;
 }
 
+/* Whether every shard's arrays lie where the segment's geometry puts them: the index is
+ * followed without further checks. */
+static bool offsets_sane(const struct shared_cache *c) {
+  struct shard places[TSR_CACHE_MAX_SHARDS];
+  const struct header *h = c->h;
+  layout(h->nshards, h->chunks, h->entries, h->buckets, places);
+  for (uint32_t i = 0; i < h->nshards; i++) {
+    const struct shard *sh = shard_at(c, i);
+    if (sh->entries_off != places[i].entries_off || sh->buckets_off != places[i].buckets_off ||
+        sh->next_off != places[i].next_off || sh->owner_off != places[i].owner_off ||
+        sh->data_off != places[i].data_off)
+      return false;
+  }
+  return true;
+}
+
 /* Whether fd is still the segment the name refers to. */
 static bool still_named(int fd, const char *name) {
-  char path[sizeof SHM_DIR + TESSERA_SHARED_CACHE_NAME_MAX + 2];
-  snprintf(path, sizeof path, SHM_DIR "%s", name);
-  struct stat a, b;
-  return fstat(fd, &a) == 0 && stat(path, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev;
+  struct stat st;
+  return fstat(fd, &st) == 0 && names_file(name, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
 }
 
 /* Attaches to the existing segment behind fd. *again: it was removed meanwhile (make a new
@@ -1046,16 +1105,29 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
   flock(fd, LOCK_UN);
   if (addr == MAP_FAILED)
     return tsr_error(TESSERA_E_NOMEM, "cannot map shared cache %s: %s", name, strerror(errno));
-  struct shared_cache *c = new_attachment(addr, (size_t)st.st_size, name, record_stats);
+  struct shared_cache *c = new_attachment(fd, addr, (size_t)st.st_size, name, record_stats);
   if (!c) {
     munmap(addr, (size_t)st.st_size);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
+  }
+  if (!offsets_sane(c)) {
+    c->slot = -1;
+    c->detached = true; /* not a user: leave its name alone */
+    destroy(&c->base);
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "shared cache %s is damaged (its shards lie elsewhere than its geometry "
+                     "says); remove it with `tessera cache remove %s`",
+                     name, name + 1);
   }
   if (!lock_users(c->h)) {
     destroy(&c->base);
     return tsr_error(TESSERA_E_IO, "shared cache %s: its user table cannot be locked", name);
   }
   if (atomic_load(&c->h->unlinked)) {
+    /* Removed: make a new one. If the name is still there, whoever removed it died between
+     * the flag and the unlink; finish the job. */
+    if (still_named(fd, name))
+      shm_unlink(name);
     pthread_mutex_unlock(&c->h->users_lock);
     destroy(&c->base);
     *again = true;
@@ -1101,6 +1173,12 @@ tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct ts
     }
     if (errno != EEXIST)
       return tsr_error(TESSERA_E_IO, "cannot make shared cache %s: %s", name, strerror(errno));
+    if (!o->name) {
+      /* A name of our own making is taken (left by a dead process whose pid this one got):
+       * never attach to it; take the next. */
+      snprintf(name, sizeof name, "/tessera-%d-%u", (int)getpid(), atomic_fetch_add(&made, 1));
+      continue;
+    }
     fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
     if (fd < 0) {
       if (errno == ENOENT)
@@ -1346,16 +1424,21 @@ TESSERA_API tessera_status tessera_shared_cache_remove(const char *name, int32_t
   }
   tessera_status st = TESSERA_OK;
   if (ready) {
-    /* Under the user table's lock, so no process attaches meanwhile, and the last user of
-     * the removed segment does not remove a newer one of the same name. */
+    /* Under the user table's lock, so no process attaches meanwhile; and only if the name
+     * still is this segment's (its last user may have removed it, and another process made a
+     * new one of that name, since it was opened here). */
     struct header *m = mmap(NULL, sizeof *m, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (m == MAP_FAILED) {
       close(fd);
       return tsr_error(TESSERA_E_IO, "cannot map %s: %s", full, strerror(errno));
     }
-    if (lock_users(m)) {
+    if (!lock_users(m)) {
+      st = tsr_error(TESSERA_E_IO, "%s: its user table cannot be locked", full);
+    } else {
       unsigned live = prune_users(m);
-      if (live && !force)
+      if (atomic_load(&m->unlinked) || !still_named(fd, full))
+        st = tsr_error(TESSERA_E_IO, "%s: no such shared cache (removed meanwhile)", full);
+      else if (live && !force)
         st = tsr_error(TESSERA_E_ARGUMENT,
                        "%s is in use by %u process%s; force removes it anyway (they keep "
                        "using it until they detach)",
@@ -1366,12 +1449,17 @@ TESSERA_API tessera_status tessera_shared_cache_remove(const char *name, int32_t
           st = tsr_error(TESSERA_E_IO, "cannot remove %s: %s", full, strerror(errno));
       }
       pthread_mutex_unlock(&m->users_lock);
-    } else if (shm_unlink(full) != 0) {
-      st = tsr_error(TESSERA_E_IO, "cannot remove %s: %s", full, strerror(errno));
     }
     munmap(m, sizeof *m);
-  } else if (shm_unlink(full) != 0) {
-    st = tsr_error(TESSERA_E_IO, "cannot remove %s: %s", full, strerror(errno));
+  } else if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    /* Its maker holds the lock while it makes it: not stale. */
+    st = tsr_error(TESSERA_E_ARGUMENT, "%s is being made by a live process; left alone", full);
+  } else {
+    if (!still_named(fd, full))
+      st = tsr_error(TESSERA_E_IO, "%s: no such shared cache (removed meanwhile)", full);
+    else if (shm_unlink(full) != 0)
+      st = tsr_error(TESSERA_E_IO, "cannot remove %s: %s", full, strerror(errno));
+    flock(fd, LOCK_UN);
   }
   close(fd);
   return st;

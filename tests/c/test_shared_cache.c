@@ -453,6 +453,71 @@ static void test_arguments(void) {
   CHECK(t.type == TESSERA_CACHE_NONE, "a refused configure left a cache");
 }
 
+static void *sleep_forever(void *arg) {
+  (void)arg;
+  for (;;)
+    pause();
+  return NULL;
+}
+
+/* The state letter of a process, from /proc. */
+static char proc_state(pid_t pid) {
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  FILE *f = fopen(path, "r");
+  if (!f)
+    return 0;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  char *p = strrchr(buf, ')');
+  return p && p[1] == ' ' ? p[2] : 0;
+}
+
+static unsigned users_of(const char *name) {
+  tessera_shared_cache_info v[64];
+  for (size_t i = 0; i < 64; i++)
+    v[i].struct_size = sizeof v[i];
+  size_t count = 0;
+  CHECK(tessera_shared_cache_list(v, 64, &count) == TESSERA_OK, "list: %s",
+        tessera_error_message());
+  for (size_t i = 0; i < count && i < 64; i++)
+    if (strcmp(v[i].name, name) == 0)
+      return v[i].users;
+  return 0;
+}
+
+/* A user whose main thread has ended while another thread of it runs shows as a zombie in
+ * /proc, yet is alive: it stays a user, and a remove without force is refused. */
+static void test_user_whose_main_thread_ended(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-zleader", (int)getpid());
+  configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    tessera_slide *s = open_slide();
+    uint8_t px[3];
+    tessera_read_region(s, 0, 0, 0, 1, 1, NULL, px, 3); /* becomes a user by reading */
+    pthread_t t;
+    pthread_create(&t, NULL, sleep_forever, NULL);
+    pthread_exit(NULL);
+  }
+  char state = 0;
+  for (int i = 0; i < 2000 && (state = proc_state(pid)) != 'Z'; i++) {
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL);
+  }
+  CHECK(state == 'Z', "the child's main thread did not end (state %c)", state ? state : '?');
+  CHECK(users_of(name) == 2, "%u users listed, the parent and the child expected", users_of(name));
+  CHECK(tessera_shared_cache_remove(name, 0) == TESSERA_E_ARGUMENT,
+        "removed without force while the child uses it");
+  kill(pid, SIGKILL);
+  wait_child(pid);
+  CHECK(users_of(name) == 1, "the killed child is still counted");
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  CHECK(!shm_exists(name), "%s is still there after its last user detached", name);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   static char path[4096];
@@ -486,6 +551,7 @@ int main(int argc, char **argv) {
   test_processes(64, 5); /* five tiles at most */
   test_processes(64, 0); /* room for every tile */
   test_kill_holding_lock();
+  test_user_whose_main_thread_ended();
   munmap(board, sizeof *board);
   free(reference);
   return check_finish("test_shared_cache");
