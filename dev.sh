@@ -36,7 +36,8 @@ build() {
 build_sanitized() {
   [ -f build-asan/build.ninja ] ||
     meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false --werror \
-      --buildtype=debug >/dev/null
+      --buildtype=debug -Dc_args=-fsanitize=float-cast-overflow \
+      -Dc_link_args=-fsanitize=float-cast-overflow >/dev/null
   ninja -C build-asan >/dev/null
 }
 

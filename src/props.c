@@ -7,6 +7,41 @@
 
 #include "alloc.h"
 
+/* Lookups by key go through a hash index, so a description with thousands of keys (a
+ * vendor's, or a hostile one) takes linear time to collect, not quadratic. */
+static size_t hash_key(const char *key) {
+  size_t h = 1469598103934665603u;
+  for (const unsigned char *c = (const unsigned char *)key; *c; c++)
+    h = (h ^ *c) * 1099511628211u;
+  return h;
+}
+
+/* The slot where key is, or the empty one where it would go. */
+static size_t *slot_of(const struct tsr_props *p, const char *key) {
+  size_t mask = p->nslots - 1;
+  for (size_t i = hash_key(key) & mask;; i = (i + 1) & mask) {
+    size_t *s = &p->slots[i];
+    if (*s == 0 || strcmp(p->items[*s - 1].key, key) == 0)
+      return s;
+  }
+}
+
+/* Makes room in the index for one more item (load at most a half). */
+static bool index_reserve(struct tsr_props *p) {
+  if ((p->n + 1) * 2 <= p->nslots)
+    return true;
+  size_t n = p->nslots ? p->nslots * 2 : 64;
+  size_t *slots = tsr_calloc(n, sizeof *slots);
+  if (!slots)
+    return false;
+  tsr_free(p->slots);
+  p->slots = slots;
+  p->nslots = n;
+  for (size_t i = 0; i < p->n; i++)
+    *slot_of(p, p->items[i].key) = i + 1;
+  return true;
+}
+
 static bool grow(struct tsr_props *p) {
   if (p->n < p->cap)
     return true;
@@ -28,13 +63,14 @@ static void add_owned(struct tsr_props *p, const char *key, char *value) {
     return;
   }
   char *k = tsr_strdup(key);
-  if (!k || !grow(p)) {
+  if (!k || !grow(p) || !index_reserve(p)) {
     tsr_free(k);
     tsr_free(value);
     p->failed = true;
     return;
   }
   p->items[p->n++] = (struct tsr_property){k, value};
+  *slot_of(p, k) = p->n;
 }
 
 void tsr_props_add(struct tsr_props *p, const char *key, const char *fmt, ...) {
@@ -68,7 +104,7 @@ void tsr_props_add_bytes(struct tsr_props *p, const char *key, const char *value
 
 void tsr_props_add_double(struct tsr_props *p, const char *key, double value) {
   char buf[64];
-  if (value == (double)(long long)value && value > -1e15 && value < 1e15) {
+  if (value > -1e15 && value < 1e15 && value == (double)(long long)value) {
     snprintf(buf, sizeof buf, "%lld", (long long)value); /* "20", not "2e+01" */
   } else {
     for (int digits = 1; digits <= 17; digits++) {
@@ -81,9 +117,9 @@ void tsr_props_add_double(struct tsr_props *p, const char *key, double value) {
 }
 
 void tsr_props_set_bytes(struct tsr_props *p, const char *key, const char *value, size_t len) {
-  for (size_t i = 0; i < p->n; i++) {
-    if (strcmp(p->items[i].key, key) != 0)
-      continue;
+  size_t at = p->nslots ? *slot_of(p, key) : 0;
+  if (at) {
+    size_t i = at - 1;
     char *v = tsr_malloc(len + 1);
     if (!v) {
       p->failed = true;
@@ -99,7 +135,11 @@ void tsr_props_set_bytes(struct tsr_props *p, const char *key, const char *value
 }
 
 const char *tsr_props_get(const struct tsr_props *p, const char *key) {
-  for (size_t i = 0; i < p->n; i++)
+  if (p->slots) {
+    size_t at = *slot_of(p, key);
+    return at ? p->items[at - 1].value : NULL;
+  }
+  for (size_t i = 0; i < p->n; i++) /* sorted: the index is gone */
     if (strcmp(p->items[i].key, key) == 0)
       return p->items[i].value;
   return NULL;
@@ -111,6 +151,7 @@ void tsr_props_take(struct tsr_props *to, struct tsr_props *from) {
     tsr_free(from->items[i].key);
   }
   tsr_free(from->items);
+  tsr_free(from->slots);
   to->failed |= from->failed;
   *from = (struct tsr_props){0};
 }
@@ -120,6 +161,9 @@ int tsr_props_compare(const void *a, const void *b) {
 }
 
 void tsr_props_sort(struct tsr_props *p) {
+  tsr_free(p->slots);
+  p->slots = NULL;
+  p->nslots = 0;
   if (p->n > 1)
     qsort(p->items, p->n, sizeof *p->items, tsr_props_compare);
 }
@@ -130,5 +174,6 @@ void tsr_props_free(struct tsr_props *p) {
     tsr_free(p->items[i].value);
   }
   tsr_free(p->items);
+  tsr_free(p->slots);
   *p = (struct tsr_props){0};
 }

@@ -11,6 +11,8 @@
 struct tsr_props {
   struct tsr_property *items;
   size_t n, cap;
+  size_t *slots; /* a hash index over items (item + 1; 0: empty), nslots a power of two */
+  size_t nslots;
   bool failed;
 };
 
@@ -29,7 +31,7 @@ void tsr_props_add_double(struct tsr_props *p, const char *key, double value);
 const char *tsr_props_get(const struct tsr_props *p, const char *key);
 /* Moves every item of from into to (from is left empty). */
 void tsr_props_take(struct tsr_props *to, struct tsr_props *from);
-/* Sorts by key, for bsearch. */
+/* Sorts by key, for bsearch (and drops the hash index: the list is done). */
 void tsr_props_sort(struct tsr_props *p);
 int tsr_props_compare(const void *a, const void *b);
 void tsr_props_free(struct tsr_props *p);

@@ -333,9 +333,9 @@ static tessera_status close_element(struct parser *ps) {
   n->text_len = top->text_len;
   if (top->nseg == 0) {
     n->text = "";
-  } else if (top->nseg == 1) {
-    n->text = top->first->s;
   } else {
+    /* Joined into the arena even when there is one segment: a CDATA section's points into
+     * the source, where no NUL ends it. */
     char *t = arena_alloc(ps->doc, top->text_len + 1);
     if (!t)
       return nomem();

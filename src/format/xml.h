@@ -27,7 +27,8 @@ struct tsr_xml_node {
   const struct tsr_xml_attr *attrs;
   size_t nattrs;
   /* The character data directly inside the element (its children's excluded), entities
-   * decoded, white space kept; "" when there is none. */
+   * decoded, white space kept; "" when there is none. NUL-terminated; text_len bytes long
+   * (longer than strlen(text) if a CDATA section holds a NUL). */
   const char *text;
   size_t text_len;
   const struct tsr_xml_node *parent, *first_child, *next_sibling;
