@@ -256,15 +256,21 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   return TESSERA_OK;
 }
 
+/* Routes libjpeg's errors and warnings to fail (the caller then sets fail->jump). */
+static void catch_failures(struct jpeg_decompress_struct *cinfo, struct jpeg_failure *fail,
+                           bool interval) {
+  cinfo->err = jpeg_std_error(&fail->mgr);
+  fail->mgr.error_exit = on_jpeg_error;
+  fail->mgr.emit_message = on_jpeg_message;
+  fail->message[0] = '\0';
+  fail->interval = interval;
+}
+
 tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
                                const struct tsr_tile_out *out) {
   struct jpeg_decompress_struct cinfo;
   struct jpeg_failure fail;
-  cinfo.err = jpeg_std_error(&fail.mgr);
-  fail.mgr.error_exit = on_jpeg_error;
-  fail.mgr.emit_message = on_jpeg_message;
-  fail.message[0] = '\0';
-  fail.interval = fmt->jpeg_header != NULL;
+  catch_failures(&cinfo, &fail, fmt->jpeg_header != NULL);
   tessera_status st;
   if (setjmp(fail.jump)) {
     jpeg_destroy_decompress(&cinfo);
@@ -301,11 +307,7 @@ tessera_status tsr_jpeg_read_layout(const uint8_t *header, size_t len,
                                     struct tsr_jpeg_layout *out) {
   struct jpeg_decompress_struct cinfo;
   struct jpeg_failure fail;
-  cinfo.err = jpeg_std_error(&fail.mgr);
-  fail.mgr.error_exit = on_jpeg_error;
-  fail.mgr.emit_message = on_jpeg_message;
-  fail.message[0] = '\0';
-  fail.interval = false;
+  catch_failures(&cinfo, &fail, false);
   tessera_status st;
   if (setjmp(fail.jump)) {
     jpeg_destroy_decompress(&cinfo);
