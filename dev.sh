@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 BUILD_PKGS="gcc meson ninja-build pkg-config libtiff-dev libjpeg62-turbo-dev libdeflate-dev
-  libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev"
+  libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev python3-dev python3-numpy"
 TEST_PKGS="libopenslide-dev openslide-tools python3-openslide libvips-tools python3-numpy
-  python3-pytest python3-tifffile python3-pil libtiff-tools zstd libopenjp2-tools"
+  python3-pytest python3-tifffile python3-pil libtiff-tools zstd libopenjp2-tools
+  python3-torch python3-dask python3-distributed python3-mesonpy python3-venv python3-pip"
 PY=/usr/bin/python3
 
 need_packages() {
@@ -29,14 +30,14 @@ need_packages() {
 }
 
 build() {
-  [ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized --werror >/dev/null
+  [ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized --werror -Dpython=enabled >/dev/null
   ninja -C build >/dev/null
 }
 
 build_sanitized() {
   [ -f build-asan/build.ninja ] ||
     meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false --werror \
-      --buildtype=debug -Dc_args=-fsanitize=float-cast-overflow \
+      -Dpython=disabled --buildtype=debug -Dc_args=-fsanitize=float-cast-overflow \
       -Dc_link_args=-fsanitize=float-cast-overflow >/dev/null
   ninja -C build-asan >/dev/null
 }
@@ -59,6 +60,7 @@ demo() {
 build_threadsan() {
   [ -f build-tsan/build.ninja ] ||
     meson setup build-tsan -Db_sanitize=thread -Db_lundef=false --werror --buildtype=debug \
+      -Dpython=disabled \
       >/dev/null
   ninja -C build-tsan >/dev/null
 }
@@ -81,7 +83,7 @@ run_tests() {
   echo "== Python tests (differential against OpenSlide and libvips, damaged files, CLI)" >&2
   TESSERA_LIB="$PWD/build/src/libtessera.so" TESSERA_CLI="$PWD/build/cli/tessera" \
     TESSERA_CLI_ASAN="$PWD/build-asan/cli/tessera" TESSERA_TEST_READ_ASAN="$PWD/build-asan/tests/test_read" \
-    TESSERA_TESTDATA="$PWD/../shared/testdata" \
+    TESSERA_TESTDATA="$PWD/../shared/testdata" TESSERA_PYTHON="$PWD/build/python" \
     "$PY" -m pytest -q -p no:cacheprovider --junitxml="$results/pytest.xml" tests || rc=1
   "$PY" tests/summary.py build/meson-logs/plain.json build-asan/meson-logs/sanitized.json \
     build-tsan/meson-logs/threaded.json "$results/pytest.xml" || rc=1

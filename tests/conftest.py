@@ -6,6 +6,8 @@ Environment:
   TESSERA_CLI_ASAN  optional: a `tessera` built with AddressSanitizer + UBSan; when set, the
                     damaged-file CLI cases run with it as well
   TESSERA_TESTDATA  the real slide files (default ../shared/testdata)
+  TESSERA_PYTHON    the folder holding the built Python package `tessera` (default
+                    build/python); the package's tests import it from there
 
 Nothing here skips: a missing library, command or reader makes the tests that need it fail.
 """
@@ -18,6 +20,10 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
+PYTHON_PACKAGE_DIR = os.environ.get(
+    "TESSERA_PYTHON", os.path.join(os.path.dirname(HERE), "build", "python"))
+if PYTHON_PACKAGE_DIR not in sys.path:
+    sys.path.insert(0, PYTHON_PACKAGE_DIR)
 
 import tessera_ctypes  # noqa: E402
 import wsi_fixtures  # noqa: E402

@@ -1,0 +1,155 @@
+/* tessera._tessera: the module, its errors and its small functions. The Python package
+ * (python/tessera/) builds the cuCIM-style API on top of these types. */
+#include "pytessera.h"
+
+#include "checksum.h"
+
+PyObject *pyt_Error;
+pyt_counts pyt_live;
+
+PyObject *pyt_raise(tessera_status status) {
+  const char *msg = tessera_error_message();
+  if (!msg || !*msg)
+    msg = tessera_status_string(status);
+  PyObject *type;
+  switch (status) {
+  case TESSERA_E_ARGUMENT: type = PyExc_ValueError; break;
+  case TESSERA_E_IO: type = PyExc_OSError; break;
+  case TESSERA_E_NOMEM: type = PyExc_MemoryError; break;
+  default: type = pyt_Error; break;
+  }
+  PyErr_SetString(type, msg);
+  return NULL;
+}
+
+PyDoc_STRVAR(checksum_doc,
+             "checksum(array, channels=3) -> int\n\n"
+             "The sum modulo 2**64 of every colour byte of a uint8 buffer of interleaved pixels "
+             "(alpha left out when channels is 4): the number `tessera bench` prints, for "
+             "comparing streams.");
+
+static PyObject *checksum(PyObject *self, PyObject *args) {
+  (void)self;
+  Py_buffer view;
+  int channels = 3;
+  if (!PyArg_ParseTuple(args, "y*|i:checksum", &view, &channels))
+    return NULL;
+  if (channels != 3 && channels != 4) {
+    PyBuffer_Release(&view);
+    return PyErr_Format(PyExc_ValueError, "channels must be 3 or 4, not %d", channels);
+  }
+  uint64_t sum;
+  Py_BEGIN_ALLOW_THREADS
+  sum = checksum_pixels(view.buf, (size_t)view.len, channels);
+  Py_END_ALLOW_THREADS
+  PyBuffer_Release(&view);
+  return PyLong_FromUnsignedLongLong(sum);
+}
+
+PyDoc_STRVAR(live_doc, "_live() -> dict: the extension's objects alive now (for leak tests).");
+
+static PyObject *live(PyObject *self, PyObject *unused) {
+  (void)self, (void)unused;
+  return Py_BuildValue("{s:n,s:n,s:n,s:n}", "slides", pyt_live.slides, "iterators",
+                       pyt_live.iterators, "arrays", pyt_live.arrays, "batches_held",
+                       pyt_live.batches_held);
+}
+
+PyDoc_STRVAR(array_from_bytes_doc,
+             "_array_from_bytes(data, shape) -> Array: a copy of data as an Array (unpickling).");
+
+static PyObject *array_from_bytes(PyObject *self, PyObject *args) {
+  (void)self;
+  Py_buffer view;
+  PyObject *shape_obj;
+  if (!PyArg_ParseTuple(args, "y*O!:_array_from_bytes", &view, &PyTuple_Type, &shape_obj))
+    return NULL;
+  Py_ssize_t shape[4], ndim = PyTuple_GET_SIZE(shape_obj), total = 1;
+  if (ndim < 1 || ndim > 4) {
+    PyBuffer_Release(&view);
+    return PyErr_Format(PyExc_ValueError, "an Array has 1 to 4 dimensions, not %zd", ndim);
+  }
+  for (Py_ssize_t i = 0; i < ndim; i++) {
+    shape[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape_obj, i));
+    if (shape[i] < 0 || (shape[i] && total > PY_SSIZE_T_MAX / shape[i])) {
+      PyBuffer_Release(&view);
+      if (!PyErr_Occurred())
+        PyErr_SetString(PyExc_ValueError, "bad Array shape");
+      return NULL;
+    }
+    total *= shape[i];
+  }
+  if (total != view.len) {
+    PyBuffer_Release(&view);
+    return PyErr_Format(PyExc_ValueError, "%zd bytes do not make an Array of %zd", view.len,
+                        total);
+  }
+  void *copy = malloc(total ? (size_t)total : 1);
+  if (!copy) {
+    PyBuffer_Release(&view);
+    return PyErr_NoMemory();
+  }
+  memcpy(copy, view.buf, (size_t)total);
+  PyBuffer_Release(&view);
+  return pyt_array_from_owned(copy, (int)ndim, shape);
+}
+
+static PyMethodDef module_methods[] = {
+    {"cache_configure", (PyCFunction)(void (*)(void))pyt_cache_configure,
+     METH_VARARGS | METH_KEYWORDS,
+     "cache_configure(type, memory_capacity_mib, item_capacity=0, record_stats=False, "
+     "name=None)\n\nConfigures the process's decoded-tile cache; type is 'nocache', "
+     "'per_process' or 'shared_memory'."},
+    {"cache_stats", pyt_cache_stats, METH_NOARGS,
+     "cache_stats() -> dict: type, hits, misses, evictions, items, bytes, item_capacity, "
+     "memory_capacity (bytes), record_stats."},
+    {"cache_reset", pyt_cache_reset, METH_O,
+     "cache_reset(record_stats): zeroes the statistics and turns recording on or off."},
+    {"shared_cache_list", pyt_shared_cache_list, METH_NOARGS,
+     "shared_cache_list() -> list of dict: the shared-memory caches of this machine."},
+    {"shared_cache_remove", (PyCFunction)(void (*)(void))pyt_shared_cache_remove,
+     METH_VARARGS | METH_KEYWORDS,
+     "shared_cache_remove(name, force=False): removes a shared-memory cache's segment."},
+    {"checksum", checksum, METH_VARARGS, checksum_doc},
+    {"_live", live, METH_NOARGS, live_doc},
+    {"_array_from_bytes", array_from_bytes, METH_VARARGS, array_from_bytes_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "tessera._tessera",
+    .m_doc = "The C core of the tessera package: Slide, Array, BatchIter and the cache.",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+static int add_type(PyObject *m, PyTypeObject *type, const char *name) {
+  if (PyType_Ready(type) < 0)
+    return -1;
+  Py_INCREF(type);
+  if (PyModule_AddObject(m, name, (PyObject *)type) < 0) {
+    Py_DECREF(type);
+    return -1;
+  }
+  return 0;
+}
+
+PyMODINIT_FUNC PyInit__tessera(void) {
+  PyObject *m = PyModule_Create(&module_def);
+  if (!m)
+    return NULL;
+  pyt_Error = PyErr_NewExceptionWithDoc(
+      "tessera.TesseraError",
+      "A slide the library cannot read: unknown format, unsupported codec, damaged data, or a "
+      "limit exceeded. The message is the library's.",
+      PyExc_RuntimeError, NULL);
+  if (!pyt_Error || PyModule_AddObjectRef(m, "TesseraError", pyt_Error) < 0 ||
+      add_type(m, &pyt_SlideType, "Slide") < 0 || add_type(m, &pyt_ArrayType, "Array") < 0 ||
+      add_type(m, &pyt_BatchIterType, "BatchIter") < 0 ||
+      PyModule_AddStringConstant(m, "library_version", tessera_version()) < 0) {
+    Py_DECREF(m);
+    return NULL;
+  }
+  return m;
+}

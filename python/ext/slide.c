@@ -1,0 +1,427 @@
+/* tessera._tessera.Slide: an open slide. Reads run with the GIL released; each holds a use
+ * of the slide, as does each live batch iterator, and close() frees the C slide only once the
+ * last use is given back, so closing from one thread while another reads is safe. */
+#include "pytessera.h"
+
+#include <errno.h>
+#include <unistd.h>
+
+int pyt_slide_acquire(pyt_slide *s) {
+  if (!s->slide || s->closing) {
+    PyErr_SetString(PyExc_ValueError, "I/O operation on a closed slide");
+    return -1;
+  }
+  s->uses++;
+  return 0;
+}
+
+static void free_slide(pyt_slide *s) {
+  tessera_slide *slide = s->slide;
+  s->slide = NULL;
+  if (slide) {
+    Py_BEGIN_ALLOW_THREADS
+    tessera_close(slide);
+    Py_END_ALLOW_THREADS
+  }
+}
+
+void pyt_slide_release(pyt_slide *s) {
+  if (--s->uses == 0 && s->closing)
+    free_slide(s);
+}
+
+static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"path", NULL};
+  PyObject *path_obj, *encoded = NULL;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Slide", kwlist, &path_obj))
+    return -1;
+  if (self->slide || self->uses) {
+    PyErr_SetString(PyExc_RuntimeError, "Slide.__init__ called on an open slide");
+    return -1;
+  }
+  if (!PyUnicode_FSConverter(path_obj, &encoded))
+    return -1;
+  const char *path = PyBytes_AS_STRING(encoded);
+  tessera_slide *slide = NULL;
+  tessera_status st;
+  int missing = 0;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_open(path, &slide);
+  if (st == TESSERA_E_IO && access(path, F_OK) != 0 && errno == ENOENT)
+    missing = 1;
+  Py_END_ALLOW_THREADS
+  if (st != TESSERA_OK) {
+    if (missing) {
+      PyObject *fs = PyUnicode_DecodeFSDefault(path);
+      PyErr_SetObject(PyExc_FileNotFoundError,
+                      Py_BuildValue("(isO)", ENOENT, tessera_error_message(), fs));
+      Py_XDECREF(fs);
+    } else {
+      pyt_raise(st);
+    }
+    Py_DECREF(encoded);
+    return -1;
+  }
+  Py_DECREF(encoded);
+  PyObject *fspath = PyOS_FSPath(path_obj);
+  if (!fspath) {
+    tessera_close(slide);
+    return -1;
+  }
+  Py_XSETREF(self->path, fspath);
+  self->slide = slide;
+  self->closing = 0;
+  return 0;
+}
+
+static PyObject *slide_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  (void)args, (void)kwargs;
+  pyt_slide *self = (pyt_slide *)type->tp_alloc(type, 0);
+  if (self)
+    pyt_live.slides++;
+  return (PyObject *)self;
+}
+
+static void slide_dealloc(pyt_slide *self) {
+  if (self->weakrefs)
+    PyObject_ClearWeakRefs((PyObject *)self);
+  /* uses is 0 here: iterators hold a reference to their slide */
+  free_slide(self);
+  Py_CLEAR(self->path);
+  pyt_live.slides--;
+  Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *slide_close(pyt_slide *self, PyObject *unused) {
+  (void)unused;
+  self->closing = 1;
+  if (self->uses == 0)
+    free_slide(self);
+  Py_RETURN_NONE;
+}
+
+/* The slide for a metadata call (no use taken: those calls are quick and made with the GIL
+ * held, so close() cannot run during them). */
+static tessera_slide *open_slide(pyt_slide *self) {
+  if (!self->slide || self->closing) {
+    PyErr_SetString(PyExc_ValueError, "I/O operation on a closed slide");
+    return NULL;
+  }
+  return self->slide;
+}
+
+static PyObject *get_closed(pyt_slide *self, void *c) {
+  (void)c;
+  return PyBool_FromLong(!self->slide || self->closing);
+}
+
+static PyObject *get_path(pyt_slide *self, void *c) {
+  (void)c;
+  if (!self->path)
+    Py_RETURN_NONE;
+  return Py_NewRef(self->path);
+}
+
+static PyObject *get_level_count(pyt_slide *self, void *c) {
+  (void)c;
+  tessera_slide *s = open_slide(self);
+  return s ? PyLong_FromLong(tessera_level_count(s)) : NULL;
+}
+
+static PyObject *get_vendor(pyt_slide *self, void *c) {
+  (void)c;
+  tessera_slide *s = open_slide(self);
+  return s ? PyUnicode_FromString(tessera_vendor(s)) : NULL;
+}
+
+static PyObject *get_background(pyt_slide *self, void *c) {
+  (void)c;
+  tessera_slide *s = open_slide(self);
+  return s ? PyLong_FromLong(tessera_background(s)) : NULL;
+}
+
+static int level_arg(PyObject *obj, int32_t *level) {
+  long v = PyLong_AsLong(obj);
+  if (v == -1 && PyErr_Occurred())
+    return 0;
+  if (v < INT32_MIN || v > INT32_MAX) {
+    PyErr_Format(PyExc_ValueError, "level %ld does not exist", v);
+    return 0;
+  }
+  *level = (int32_t)v;
+  return 1;
+}
+
+static PyObject *slide_level_info(pyt_slide *self, PyObject *arg) {
+  tessera_slide *s = open_slide(self);
+  int32_t level;
+  if (!s || !level_arg(arg, &level))
+    return NULL;
+  tessera_level_info li = {.struct_size = sizeof li};
+  tessera_status st = tessera_level_info_get(s, level, &li);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  const char *codec = tessera_compression_name(li.compression);
+  return Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i}", "width", (long long)li.width,
+                       "height", (long long)li.height, "downsample", li.downsample,
+                       "tile_width", li.tile_width, "tile_height", li.tile_height, "tiled",
+                       li.tiled ? Py_True : Py_False, "compression", li.compression,
+                       "compression_name", codec ? codec : "unknown", "samples_per_pixel",
+                       li.samples_per_pixel);
+}
+
+static PyObject *slide_properties(pyt_slide *self, PyObject *unused) {
+  (void)unused;
+  tessera_slide *s = open_slide(self);
+  if (!s)
+    return NULL;
+  PyObject *d = PyDict_New();
+  size_t n = tessera_property_count(s);
+  for (size_t i = 0; d && i < n; i++) {
+    const char *key = tessera_property_key(s, i);
+    PyObject *v = PyUnicode_DecodeUTF8(tessera_property_value(s, key),
+                                       (Py_ssize_t)strlen(tessera_property_value(s, key)),
+                                       "replace");
+    if (!v || PyDict_SetItemString(d, key, v) < 0)
+      Py_CLEAR(d);
+    Py_XDECREF(v);
+  }
+  return d;
+}
+
+static PyObject *slide_associated_names(pyt_slide *self, PyObject *unused) {
+  (void)unused;
+  tessera_slide *s = open_slide(self);
+  if (!s)
+    return NULL;
+  size_t n = tessera_associated_image_count(s);
+  PyObject *list = PyList_New((Py_ssize_t)n);
+  for (size_t i = 0; list && i < n; i++) {
+    PyObject *name = PyUnicode_FromString(tessera_associated_image_name(s, i));
+    if (!name) {
+      Py_CLEAR(list);
+      break;
+    }
+    PyList_SET_ITEM(list, (Py_ssize_t)i, name);
+  }
+  return list;
+}
+
+static PyObject *slide_associated_dimensions(pyt_slide *self, PyObject *args) {
+  const char *name;
+  tessera_slide *s = open_slide(self);
+  if (!s || !PyArg_ParseTuple(args, "s:associated_dimensions", &name))
+    return NULL;
+  int64_t w, h;
+  tessera_status st = tessera_associated_image_dimensions(s, name, &w, &h);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  return Py_BuildValue("(LL)", (long long)w, (long long)h);
+}
+
+static int channels_ok(int channels) {
+  if (channels == 3 || channels == 4)
+    return 1;
+  PyErr_Format(PyExc_ValueError, "channels must be 3 (RGB) or 4 (RGBA), not %d", channels);
+  return 0;
+}
+
+/* width x height x channels bytes, or -1 with an exception. */
+static Py_ssize_t image_bytes(int64_t width, int64_t height, int channels) {
+  int64_t n;
+  if (width < 1 || height < 1)
+    return PyErr_Format(PyExc_ValueError, "size must be at least 1 x 1, not %lld x %lld",
+                        (long long)width, (long long)height),
+           -1;
+  if (__builtin_mul_overflow(width, height, &n) || __builtin_mul_overflow(n, channels, &n) ||
+      n > PY_SSIZE_T_MAX)
+    return PyErr_Format(PyExc_MemoryError, "a %lld x %lld region does not fit in memory",
+                        (long long)width, (long long)height),
+           -1;
+  return (Py_ssize_t)n;
+}
+
+static PyObject *slide_read_associated(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"name", "channels", NULL};
+  const char *name;
+  int channels = 3;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|i:read_associated", kwlist, &name,
+                                   &channels) ||
+      !channels_ok(channels) || pyt_slide_acquire(self) < 0)
+    return NULL;
+  int64_t w = 0, h = 0;
+  tessera_status st = tessera_associated_image_dimensions(self->slide, name, &w, &h);
+  Py_ssize_t size = st == TESSERA_OK ? image_bytes(w, h, channels) : 0;
+  uint8_t *buf = size > 0 ? malloc((size_t)size) : NULL;
+  if (st != TESSERA_OK || size < 0 || !buf) {
+    pyt_slide_release(self);
+    if (st != TESSERA_OK)
+      return pyt_raise(st);
+    return size < 0 ? NULL : PyErr_NoMemory();
+  }
+  tessera_read_options ro;
+  tessera_read_options_init(&ro);
+  ro.channels = channels;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_read_associated_image(self->slide, name, &ro, buf, (size_t)size);
+  Py_END_ALLOW_THREADS
+  pyt_slide_release(self);
+  if (st != TESSERA_OK) {
+    free(buf);
+    return pyt_raise(st);
+  }
+  Py_ssize_t shape[3] = {(Py_ssize_t)h, (Py_ssize_t)w, channels};
+  return pyt_array_from_owned(buf, 3, shape);
+}
+
+PyDoc_STRVAR(read_region_doc,
+             "read_region(x, y, width, height, level=0, channels=3, fill=-1, num_workers=0)"
+             " -> Array\n\n"
+             "A (height, width, channels) uint8 Array of `level` whose top-left corner is "
+             "(x, y) in level-0 pixels. fill -1 means the slide's background; num_workers > 1 "
+             "decodes the region's tiles on that many threads. The GIL is released while "
+             "reading.");
+
+static PyObject *slide_read_region(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"x",        "y",    "width",       "height", "level",
+                           "channels", "fill", "num_workers", NULL};
+  long long x, y, width, height;
+  int level = 0, channels = 3, fill = -1, workers = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLLL|iiii:read_region", kwlist, &x, &y,
+                                   &width, &height, &level, &channels, &fill, &workers) ||
+      !channels_ok(channels))
+    return NULL;
+  if (fill < -1 || fill > 255)
+    return PyErr_Format(PyExc_ValueError, "fill must be 0..255 (or -1: the background), not %d",
+                        fill);
+  if (workers < 0)
+    return PyErr_Format(PyExc_ValueError, "num_workers must be >= 0, not %d", workers);
+  Py_ssize_t size = image_bytes(width, height, channels);
+  if (size < 0 || pyt_slide_acquire(self) < 0)
+    return NULL;
+  uint8_t *buf = malloc((size_t)size);
+  if (!buf) {
+    pyt_slide_release(self);
+    return PyErr_NoMemory();
+  }
+  tessera_read_options ro;
+  tessera_read_options_init(&ro);
+  ro.channels = channels;
+  ro.fill = fill;
+  ro.num_workers = workers;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_read_region(self->slide, x, y, level, width, height, &ro, buf, (size_t)size);
+  Py_END_ALLOW_THREADS
+  pyt_slide_release(self);
+  if (st != TESSERA_OK) {
+    free(buf);
+    return pyt_raise(st);
+  }
+  Py_ssize_t shape[3] = {(Py_ssize_t)height, (Py_ssize_t)width, channels};
+  return pyt_array_from_owned(buf, 3, shape);
+}
+
+PyDoc_STRVAR(batches_doc,
+             "batches(locations, width, height, level=0, batch_size=1, num_workers=0, "
+             "drop_last=False, prefetch_factor=2, shuffle=False, seed=0, channels=3, fill=-1)"
+             " -> BatchIter\n\n"
+             "An iterator of batches of width x height patches of `level` at `locations` "
+             "((n, 2) integers of any kind, or an iterable of (x, y) pairs; converted to int64 "
+             "once). Each batch is an Array (count, height, width, channels), or (height, "
+             "width, channels) when batch_size is 1.");
+
+static PyObject *slide_batches(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"locations", "width",   "height",  "level",   "batch_size",
+                           "num_workers", "drop_last", "prefetch_factor", "shuffle", "seed",
+                           "channels",  "fill",    NULL};
+  PyObject *locs;
+  long long width, height;
+  int level = 0, drop_last = 0, shuffle = 0;
+  unsigned long long seed = 0;
+  tessera_batch_options bo;
+  tessera_batch_options_init(&bo);
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLL|iiipipKii:batches", kwlist, &locs, &width,
+                                   &height, &level, &bo.batch_size, &bo.num_workers, &drop_last,
+                                   &bo.prefetch_factor, &shuffle, &seed, &bo.channels,
+                                   &bo.fill) ||
+      !channels_ok(bo.channels))
+    return NULL;
+  bo.drop_last = drop_last;
+  bo.shuffle = shuffle;
+  bo.seed = seed;
+  int64_t *xy = NULL;
+  size_t n = 0;
+  int single = 0;
+  if (pyt_locations(locs, &xy, &n, &single) < 0)
+    return NULL;
+  PyObject *it = pyt_batches_new(self, xy, n, width, height, level, &bo);
+  PyMem_Free(xy);
+  return it;
+}
+
+static PyObject *slide_enter(PyObject *self, PyObject *unused) {
+  (void)unused;
+  return Py_NewRef(self);
+}
+
+static PyObject *slide_exit(pyt_slide *self, PyObject *args) {
+  (void)args;
+  return slide_close(self, NULL);
+}
+
+static PyObject *slide_repr(pyt_slide *self) {
+  return PyUnicode_FromFormat("<%s %R%s>", Py_TYPE(self)->tp_name,
+                              self->path ? self->path : Py_None,
+                              (!self->slide || self->closing) ? " (closed)" : "");
+}
+
+static PyMethodDef slide_methods[] = {
+    {"close", (PyCFunction)slide_close, METH_NOARGS,
+     "close(): closes the slide once reads and iterators in flight are done with it. Arrays "
+     "already read stay valid."},
+    {"level_info", (PyCFunction)slide_level_info, METH_O,
+     "level_info(level) -> dict: width, height, downsample, tile_width, tile_height, tiled, "
+     "compression, compression_name, samples_per_pixel."},
+    {"properties", (PyCFunction)slide_properties, METH_NOARGS,
+     "properties() -> dict of str: the slide's properties (tiff.*, tessera.*, vendor keys)."},
+    {"associated_names", (PyCFunction)slide_associated_names, METH_NOARGS,
+     "associated_names() -> list of str: label, macro, thumbnail, ..."},
+    {"associated_dimensions", (PyCFunction)slide_associated_dimensions, METH_VARARGS,
+     "associated_dimensions(name) -> (width, height)"},
+    {"read_associated", (PyCFunction)(void (*)(void))slide_read_associated,
+     METH_VARARGS | METH_KEYWORDS,
+     "read_associated(name, channels=3) -> Array (height, width, channels)"},
+    {"read_region", (PyCFunction)(void (*)(void))slide_read_region, METH_VARARGS | METH_KEYWORDS,
+     read_region_doc},
+    {"batches", (PyCFunction)(void (*)(void))slide_batches, METH_VARARGS | METH_KEYWORDS,
+     batches_doc},
+    {"__enter__", slide_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)slide_exit, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef slide_getset[] = {
+    {"closed", (getter)get_closed, NULL, "True once close() was called.", NULL},
+    {"path", (getter)get_path, NULL, "The path the slide was opened with.", NULL},
+    {"level_count", (getter)get_level_count, NULL, "Number of pyramid levels.", NULL},
+    {"vendor", (getter)get_vendor, NULL, "The vendor that wrote the slide.", NULL},
+    {"background", (getter)get_background, NULL, "Fill value outside the image.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyTypeObject pyt_SlideType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tessera._tessera.Slide",
+    .tp_doc = "Slide(path): an open whole-slide image. Thread-safe: reads may run from many "
+              "threads at once.",
+    .tp_basicsize = sizeof(pyt_slide),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = slide_new,
+    .tp_init = (initproc)slide_init,
+    .tp_dealloc = (destructor)slide_dealloc,
+    .tp_repr = (reprfunc)slide_repr,
+    .tp_methods = slide_methods,
+    .tp_getset = slide_getset,
+    .tp_weaklistoffset = offsetof(pyt_slide, weakrefs),
+};

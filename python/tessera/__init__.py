@@ -1,0 +1,31 @@
+"""tessera: fast, byte-exact reading of whole-slide images (tiled pyramidal TIFF).
+
+cuCIM's reading API with only the import changed::
+
+    from tessera import CuImage
+    img = CuImage("slide.svs")
+    region = img.read_region((1000, 2000), (512, 512), level=0)   # np.asarray(region): (512, 512, 3)
+    for batch in img.read_region(locations, (224, 224), batch_size=32, num_workers=8):
+        ...                                                        # (32, 224, 224, 3) each
+
+Arrays share their memory with NumPy (np.asarray), PyTorch (torch.from_dlpack) and anything
+taking the buffer protocol, and stay valid while referenced. tessera.torch has an
+IterableDataset; tessera.dask turns slides into dask arrays.
+"""
+
+from ._tessera import Array, BatchIter, TesseraError, library_version
+from ._image import Cache, CuImage, shared_caches, remove_shared_cache
+
+Slide = CuImage
+__version__ = library_version
+
+__all__ = [
+    "Array",
+    "BatchIter",
+    "Cache",
+    "CuImage",
+    "Slide",
+    "TesseraError",
+    "remove_shared_cache",
+    "shared_caches",
+]

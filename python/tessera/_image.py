@@ -1,0 +1,392 @@
+"""CuImage: cuCIM's reading API over tessera._tessera.Slide, and the cache object."""
+
+import math
+import numbers
+import os
+
+from . import _tessera
+
+_CUDA_MISSING = (
+    "CUDA is not available: this build of tessera reads on the CPU only (device='cpu'); "
+    "its GPU path is not built in"
+)
+
+
+def _check_device(device):
+    name = "cpu" if device is None else str(device).strip().lower()
+    if name == "cpu":
+        return
+    if name in ("cuda", "gpu") or name.startswith("cuda:"):
+        raise RuntimeError("device=%r: %s" % (device, _CUDA_MISSING))
+    raise ValueError("unknown device %r: use 'cpu' or 'cuda'" % (device,))
+
+
+def _integer(value, what):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError("%s must be an integer, not %s" % (what, type(value).__name__))
+    return int(value)
+
+
+def _is_single_location(location):
+    """True for one (x, y) pair given as a list, tuple or 1-d array (not for an iterable of
+    pairs, which makes batches)."""
+    if getattr(location, "ndim", None) == 1:
+        return True
+    if isinstance(location, (list, tuple)) and len(location) == 2:
+        return all(isinstance(v, (numbers.Integral, float)) and not isinstance(v, bool)
+                   for v in location)
+    return False
+
+
+class CuImage(_tessera.Slide):
+    """An open whole-slide image, with cuCIM's CuImage reading API.
+
+    CuImage(path) opens the file (OSError when it cannot be read, TesseraError when it is
+    not a slide tessera reads). Use it as a context manager or call close(). Thread-safe: many
+    threads may read at once. Pickles by path (the receiving process opens the file again),
+    and keeps working in a child after fork(), so it can live in a PyTorch Dataset.
+    """
+
+    def __init__(self, path):
+        super().__init__(path)
+        self._levels = [self.level_info(i) for i in range(self.level_count)]
+
+    def __reduce__(self):
+        return (type(self), (self.path,))
+
+    # ---- what the image is -------------------------------------------------------------
+
+    @property
+    def is_loaded(self):
+        return not self.closed
+
+    @property
+    def device(self):
+        return "cpu"
+
+    @property
+    def ndim(self):
+        return 3
+
+    @property
+    def dims(self):
+        return "YXC"
+
+    @property
+    def shape(self):
+        """[height, width, 3] of level 0 (a list, as cuCIM gives it)."""
+        lv = self._levels[0]
+        return [lv["height"], lv["width"], 3]
+
+    def size(self, dim_order=""):
+        """The size along each dimension of dim_order (default 'YXC'), e.g. size('XY')."""
+        lv = self._levels[0]
+        sizes = {"X": lv["width"], "Y": lv["height"], "C": 3}
+        return [sizes[d] for d in self._dim_order(dim_order)]
+
+    @staticmethod
+    def _dim_order(dim_order):
+        order = str(dim_order or "YXC").upper()
+        bad = [d for d in order if d not in "XYC"]
+        if bad:
+            raise ValueError("dim_order %r: the dimensions are X, Y and C" % (dim_order,))
+        return order
+
+    @property
+    def dtype(self):
+        import numpy as np
+
+        return np.dtype(np.uint8)
+
+    @property
+    def typestr(self):
+        return "|u1"
+
+    @property
+    def channel_names(self):
+        return ["R", "G", "B"]
+
+    def _mpp(self):
+        props = self.properties()
+        try:
+            return float(props["tessera.mpp-x"]), float(props["tessera.mpp-y"])
+        except (KeyError, ValueError):
+            return None
+
+    def spacing(self, dim_order=""):
+        """Physical size of a level-0 pixel per dimension: micrometres for X and Y (1.0 when
+        the slide does not say), 1.0 for C."""
+        mpp = self._mpp()
+        x, y = mpp if mpp else (1.0, 1.0)
+        values = {"X": x, "Y": y, "C": 1.0}
+        return [values[d] for d in self._dim_order(dim_order)]
+
+    def spacing_units(self, dim_order=""):
+        unit = "micrometer" if self._mpp() else ""
+        units = {"X": unit, "Y": unit, "C": "color"}
+        return [units[d] for d in self._dim_order(dim_order)]
+
+    @property
+    def origin(self):
+        return [0.0, 0.0]
+
+    @property
+    def direction(self):
+        return [[1.0, 0.0], [0.0, 1.0]]
+
+    @property
+    def coord_sys(self):
+        return "LPS"
+
+    @property
+    def resolutions(self):
+        """level_count, level_dimensions ((width, height) each), level_downsamples and
+        level_tile_sizes ((tile width, tile height) each)."""
+        return {
+            "level_count": len(self._levels),
+            "level_dimensions": tuple((lv["width"], lv["height"]) for lv in self._levels),
+            "level_downsamples": tuple(lv["downsample"] for lv in self._levels),
+            "level_tile_sizes": tuple((lv["tile_width"], lv["tile_height"])
+                                      for lv in self._levels),
+        }
+
+    @property
+    def raw_metadata(self):
+        """The first directory's ImageDescription (Aperio's header, Philips' or OME's XML)."""
+        return self.properties().get("tiff.ImageDescription", "")
+
+    @property
+    def metadata(self):
+        """The properties grouped by prefix ({'aperio': {'AppMag': '20', ...}, 'tessera': {...},
+        'tiff': {...}}), plus a 'cucim' block describing the image as cuCIM does."""
+        groups = {}
+        for key, value in self.properties().items():
+            prefix, dot, rest = key.partition(".")
+            if dot:
+                groups.setdefault(prefix, {})[rest] = value
+            else:
+                groups.setdefault("", {})[key] = value
+        groups["cucim"] = {
+            "path": os.fsdecode(self.path),
+            "ndim": self.ndim,
+            "dims": self.dims,
+            "shape": self.shape,
+            "dtype": {"code": 1, "bits": 8, "lanes": 1},
+            "typestr": self.typestr,
+            "channel_names": self.channel_names,
+            "spacing": self.spacing(),
+            "spacing_units": self.spacing_units(),
+            "origin": self.origin,
+            "direction": self.direction,
+            "coord_sys": self.coord_sys,
+            "resolutions": {k: [list(v) if isinstance(v, tuple) else v for v in vals]
+                            if isinstance(vals, tuple) else vals
+                            for k, vals in self.resolutions.items()},
+            "associated_images": sorted(self.associated_images),
+        }
+        return groups
+
+    @property
+    def associated_images(self):
+        """The names of the associated images (label, macro, thumbnail, ...), as a set."""
+        return set(self.associated_names())
+
+    def associated_image(self, name, device="cpu"):
+        """The whole associated image `name` as an (height, width, 3) Array."""
+        _check_device(device)
+        if not isinstance(name, str):
+            raise TypeError("the associated image name is a str, not %s" % type(name).__name__)
+        if name not in self.associated_names():
+            raise ValueError("%s has no associated image %r (it has: %s)" % (
+                os.fsdecode(self.path), name, ", ".join(self.associated_names()) or "none"))
+        return self.read_associated(name)
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def read_region(self, location=None, size=None, level=0, num_workers=0, batch_size=1,
+                    drop_last=False, prefetch_factor=2, shuffle=False, seed=0, device="cpu",
+                    buf=None, shm_name="", *, channels=3, fill=None):
+        """Reads one region, or a stream of patches.
+
+        location: one (x, y) in level-0 pixels -> an Array (height, width, channels). A list,
+        tuple, (n, 2) NumPy array or any iterable of (x, y) pairs -> an iterator of batches
+        (batch_size, height, width, channels), or of (height, width, channels) items when
+        batch_size is 1, with len(); locations are converted to int64 once. location and
+        size omitted -> the whole level.
+        size: (width, height) in pixels of `level`.
+        num_workers: threads decoding tiles (a region's, or batches ahead of the consumer).
+        batch_size, drop_last, prefetch_factor, shuffle, seed: as cuCIM (and PyTorch).
+        channels: 3 (RGB) or 4 (RGBA, alpha 0 outside the image); fill: 0..255 outside the
+        image (default: the slide's background).
+        device: 'cpu'; 'cuda' raises RuntimeError here (CUDA is not available).
+        """
+        _check_device(device)
+        if buf is not None:
+            raise ValueError("read_region(buf=...) is not supported: tessera allocates each "
+                             "result, which stays valid while referenced")
+        if shm_name:
+            raise ValueError("read_region(shm_name=...) is not supported: use "
+                             "CuImage.cache('shared_memory', ...) to share decoded tiles")
+        level = _integer(level, "level")
+        if not 0 <= level < len(self._levels):
+            raise ValueError("level %d does not exist: %s has levels 0..%d" % (
+                level, os.fsdecode(self.path), len(self._levels) - 1))
+        fill = -1 if fill is None else _integer(fill, "fill")
+        num_workers = _integer(num_workers, "num_workers")
+        empty = location is None or (isinstance(location, (list, tuple)) and len(location) == 0)
+        if empty or _is_single_location(location):
+            x, y = (0, 0) if empty else location
+            if size is None or (isinstance(size, (list, tuple)) and len(size) == 0):
+                width, height = self._levels[level]["width"], self._levels[level]["height"]
+            else:
+                width, height = self._size(size)
+            return self._read(x, y, width, height, level, channels, fill, num_workers)
+        if size is None or (isinstance(size, (list, tuple)) and len(size) == 0):
+            raise ValueError("read_region with several locations needs size=(width, height)")
+        width, height = self._size(size)
+        seed = _integer(seed, "seed")
+        if not 0 <= seed < 1 << 64:
+            raise ValueError("seed must be in 0 .. 2**64 - 1, not %d" % seed)
+        return self.batches(location, width, height, level, _integer(batch_size, "batch_size"),
+                            num_workers, bool(drop_last),
+                            _integer(prefetch_factor, "prefetch_factor"), bool(shuffle), seed,
+                            channels, fill)
+
+    @staticmethod
+    def _size(size):
+        try:
+            width, height = size
+        except (TypeError, ValueError):
+            raise ValueError("size must be (width, height), not %r" % (size,)) from None
+        return _integer(width, "width"), _integer(height, "height")
+
+    def _read(self, x, y, width, height, level, channels, fill, num_workers):
+        try:
+            x, y = int(x), int(y)
+        except (TypeError, ValueError, OverflowError):
+            raise TypeError("location must be (x, y) integers, not %r" % ((x, y),)) from None
+        return _tessera.Slide.read_region(self, x, y, width, height, level, channels, fill,
+                                          num_workers)
+
+    def __repr__(self):
+        return "<tessera.CuImage path:%s%s>" % (os.fsdecode(self.path),
+                                                " (closed)" if self.closed else "")
+
+    # ---- the cache --------------------------------------------------------------------
+
+    @staticmethod
+    def cache(type=None, memory_capacity=None, capacity=None, record_stat=False, *, name=None,
+              **cucim_options):
+        """Configures the process's decoded-tile cache and returns it; with no type, returns
+        the cache configured now.
+
+        type: 'nocache', 'per_process' or 'shared_memory'. memory_capacity: MiB (default
+        1024). capacity: most tiles held (default: no limit but the memory). record_stat:
+        count hits and misses. name (shared_memory): processes configuring the same name share
+        one segment; without one, processes forked afterwards share it. cuCIM's
+        mutex_pool_capacity, list_padding and extra_shared_memory_size are accepted and have
+        no use here.
+        """
+        unknown = set(cucim_options) - {"mutex_pool_capacity", "list_padding",
+                                        "extra_shared_memory_size"}
+        if unknown:
+            raise TypeError("cache() got unexpected keyword arguments: %s" % ", ".join(
+                sorted(unknown)))
+        if type is None:
+            return Cache()
+        mib = 1024 if memory_capacity is None else _integer(memory_capacity, "memory_capacity")
+        items = 0 if capacity is None else _integer(capacity, "capacity")
+        _tessera.cache_configure(type, mib, items, bool(record_stat), name)
+        Cache._name = name if type == "shared_memory" else None
+        return Cache()
+
+
+class Cache:
+    """The process's decoded-tile cache (cuCIM's ImageCache): statistics and configuration.
+    Attributes are read when asked, so one object follows the cache as it changes."""
+
+    _name = None  # the shared-memory name given to the last configure, if any
+
+    @staticmethod
+    def _stats():
+        return _tessera.cache_stats()
+
+    @property
+    def type(self):
+        return self._stats()["type"]
+
+    @property
+    def hit_count(self):
+        return self._stats()["hits"]
+
+    @property
+    def miss_count(self):
+        return self._stats()["misses"]
+
+    @property
+    def evict_count(self):
+        return self._stats()["evictions"]
+
+    @property
+    def size(self):
+        """Tiles held now."""
+        return self._stats()["items"]
+
+    @property
+    def capacity(self):
+        """Most tiles held, or None when only the memory limits it."""
+        return self._stats()["item_capacity"] or None
+
+    @property
+    def memory_size(self):
+        """Bytes held now."""
+        return self._stats()["bytes"]
+
+    @property
+    def memory_capacity(self):
+        """The byte budget."""
+        return self._stats()["memory_capacity"]
+
+    @property
+    def free_memory(self):
+        s = self._stats()
+        return s["memory_capacity"] - s["bytes"]
+
+    @property
+    def name(self):
+        return self._name
+
+    def record(self, value=None):
+        """record() -> whether hits and misses are counted; record(True/False) zeroes the
+        statistics and turns counting on or off."""
+        if value is None:
+            return self._stats()["record_stats"]
+        _tessera.cache_reset(bool(value))
+        return None
+
+    @property
+    def config(self):
+        s = self._stats()
+        return {
+            "type": s["type"],
+            "memory_capacity": s["memory_capacity"] >> 20,
+            "capacity": s["item_capacity"] or None,
+            "record_stat": s["record_stats"],
+            "name": self._name,
+        }
+
+    def __repr__(self):
+        s = self._stats()
+        return "<tessera.Cache %s: %d tiles, %d / %d bytes, %d hits, %d misses>" % (
+            s["type"], s["items"], s["bytes"], s["memory_capacity"], s["hits"], s["misses"])
+
+
+def shared_caches():
+    """The shared-memory caches of this machine (as `tessera cache list` shows them)."""
+    return _tessera.shared_cache_list()
+
+
+def remove_shared_cache(name, force=False):
+    """Removes a shared-memory cache left behind (as `tessera cache remove`); refuses one with
+    live users unless force."""
+    _tessera.shared_cache_remove(name, force=force)
