@@ -21,10 +21,33 @@ def _check_device(device):
     raise ValueError("unknown device %r: use 'cpu' or 'cuda'" % (device,))
 
 
-def _integer(value, what):
+_INT32 = (-(1 << 31), (1 << 31) - 1)
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _integer(value, what, bounds=_INT32):
+    """An int within bounds (ValueError outside, TypeError for a non-integer)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError("%s must be an integer, not %s" % (what, type(value).__name__))
-    return int(value)
+    value = int(value)
+    if not bounds[0] <= value <= bounds[1]:
+        raise ValueError("%s %d is out of range (%d .. %d)" % (what, value, *bounds))
+    return value
+
+
+def _coordinate(value):
+    """A location coordinate: an integer, or a float holding a whole number (as the batch
+    path accepts them)."""
+    if isinstance(value, bool):
+        raise TypeError("a location coordinate must be an integer, not bool")
+    if isinstance(value, numbers.Integral):
+        return _integer(value, "location coordinate", _INT64)
+    if isinstance(value, numbers.Real):
+        f = float(value)
+        if not math.isfinite(f) or not f.is_integer():
+            raise ValueError("a location must be whole pixels, not %r" % (value,))
+        return _integer(int(f), "location coordinate", _INT64)
+    raise TypeError("a location coordinate must be an integer, not %s" % type(value).__name__)
 
 
 def _is_single_location(location):
@@ -232,6 +255,7 @@ class CuImage(_tessera.Slide):
             raise ValueError("level %d does not exist: %s has levels 0..%d" % (
                 level, os.fsdecode(self.path), len(self._levels) - 1))
         fill = -1 if fill is None else _integer(fill, "fill")
+        channels = _integer(channels, "channels")
         num_workers = _integer(num_workers, "num_workers")
         empty = location is None or (isinstance(location, (list, tuple)) and len(location) == 0)
         if empty or _is_single_location(location):
@@ -244,9 +268,7 @@ class CuImage(_tessera.Slide):
         if size is None or (isinstance(size, (list, tuple)) and len(size) == 0):
             raise ValueError("read_region with several locations needs size=(width, height)")
         width, height = self._size(size)
-        seed = _integer(seed, "seed")
-        if not 0 <= seed < 1 << 64:
-            raise ValueError("seed must be in 0 .. 2**64 - 1, not %d" % seed)
+        seed = _integer(seed, "seed", (0, (1 << 64) - 1))
         return self.batches(location, width, height, level, _integer(batch_size, "batch_size"),
                             num_workers, bool(drop_last),
                             _integer(prefetch_factor, "prefetch_factor"), bool(shuffle), seed,
@@ -258,15 +280,12 @@ class CuImage(_tessera.Slide):
             width, height = size
         except (TypeError, ValueError):
             raise ValueError("size must be (width, height), not %r" % (size,)) from None
-        return _integer(width, "width"), _integer(height, "height")
+        return (_integer(width, "width", (1, _INT64[1])),
+                _integer(height, "height", (1, _INT64[1])))
 
     def _read(self, x, y, width, height, level, channels, fill, num_workers):
-        try:
-            x, y = int(x), int(y)
-        except (TypeError, ValueError, OverflowError):
-            raise TypeError("location must be (x, y) integers, not %r" % ((x, y),)) from None
-        return _tessera.Slide.read_region(self, x, y, width, height, level, channels, fill,
-                                          num_workers)
+        return _tessera.Slide.read_region(self, _coordinate(x), _coordinate(y), width, height,
+                                          level, channels, fill, num_workers)
 
     def __repr__(self):
         return "<tessera.CuImage path:%s%s>" % (os.fsdecode(self.path),
