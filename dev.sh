@@ -55,6 +55,8 @@ demo() {
   echo "Wrote $out/level0.png, level2.png, corner-rgba.png and overview.png"
   echo "Streaming 4000 random 224 x 224 patches through the batch reader, in batches of 32:"
   "$cli" bench "$out/sample.tiff" --layout random --count 4000 --size 224,224 --batch-size 32
+  echo "From Python: cuCIM's batch example with only its import changed (examples/cucim_batches.py):"
+  PYTHONPATH=build/python "$PY" examples/cucim_batches.py "$out/sample.tiff"
 }
 
 build_threadsan() {

@@ -39,6 +39,10 @@ static int from_double(double d, int64_t *out) {
 
 /* One coordinate: an int (or anything with __index__), or a float holding a whole number. */
 static int coordinate(PyObject *obj, int64_t *out) {
+  if (PyBool_Check(obj)) {
+    PyErr_SetString(PyExc_TypeError, "a location coordinate must be an integer, not bool");
+    return -1;
+  }
   if (PyFloat_Check(obj))
     return from_double(PyFloat_AS_DOUBLE(obj), out);
   if (!PyIndex_Check(obj)) {
@@ -184,8 +188,13 @@ static int from_iterable(PyObject *obj, int64_t **xy, size_t *n, int *single) {
   int scalars = -1; /* decided by the first item: 1 for one (x, y) pair of numbers */
   PyObject *item;
   while ((item = PyIter_Next(it))) {
-    if (scalars < 0)
-      scalars = PyIndex_Check(item) || PyFloat_Check(item);
+    /* a NumPy or tensor row has __index__ too, but also a length: a pair */
+    if (scalars < 0) {
+      int sized = PyObject_Length(item) >= 0;
+      if (!sized)
+        PyErr_Clear();
+      scalars = !sized && (PyIndex_Check(item) || PyFloat_Check(item));
+    }
     int rc;
     if (scalars) {
       int64_t v;

@@ -355,6 +355,11 @@ static PyObject *slide_batches(pyt_slide *self, PyObject *args, PyObject *kwargs
   int single = 0;
   if (pyt_locations(locs, &xy, &n, &single) < 0)
     return NULL;
+  if (single) {
+    PyMem_Free(xy);
+    return PyErr_Format(PyExc_ValueError, "batches need a list of (x, y) locations, not one "
+                                          "(x, y) pair (read one region with read_region)");
+  }
   PyObject *it = pyt_batches_new(self, xy, n, width, height, level, &bo);
   PyMem_Free(xy);
   return it;

@@ -11,6 +11,7 @@ keeps it (a few per process) for the tasks that follow.
 
 import collections
 import math
+import numbers
 import os
 import threading
 
@@ -87,9 +88,12 @@ def to_dask_array(slide, level=0, chunks=(2048, 2048), *, channels=3, fill=None)
     channels) of uint8, chunked (rows, columns) = chunks; each chunk is one tessera read."""
     path = _path(slide)
     rows, cols = _chunk_sizes(chunks)
+    if isinstance(level, bool) or not isinstance(level, numbers.Integral):
+        raise TypeError("level must be an integer, not %s" % type(level).__name__)
+    level = int(level)
     with CuImage(path) as img:
         nlevels = img.level_count
-        if not isinstance(level, int) or not 0 <= level < nlevels:
+        if not 0 <= level < nlevels:
             raise ValueError("level %r does not exist: %s has levels 0..%d" % (
                 level, path, nlevels - 1))
         info = img.level_info(level)

@@ -49,12 +49,14 @@ class PatchDataset(torch.utils.data.IterableDataset):
     the order every epoch (seed + e), as DistributedSampler does.
     cache: None (leave the process's cache as it is), 'per_process' (one per worker) or
     'shared_memory' (one for all workers, made here, in the process that builds the dataset,
-    and attached by name in spawned workers); cache_memory_capacity in MiB.
+    and attached by name in spawned workers); cache_memory_capacity in MiB; cache_record_stat
+    counts hits and misses (CuImage.cache() in the main process shows a shared cache's).
     """
 
     def __init__(self, slide, locations, size, level=0, batch_size=64, *, num_workers=0,
                  prefetch_factor=2, drop_last=False, shuffle=False, seed=0, channels=3,
-                 fill=None, cache=None, cache_memory_capacity=1024, cache_name=None):
+                 fill=None, cache=None, cache_memory_capacity=1024, cache_name=None,
+                 cache_record_stat=False):
         super().__init__()
         path = slide.path if isinstance(slide, _tessera.Slide) else slide
         self.path = os.fspath(path)
@@ -83,13 +85,14 @@ class PatchDataset(torch.utils.data.IterableDataset):
                              (cache,))
         self.cache = cache
         self.cache_memory_capacity = int(cache_memory_capacity)
+        self.cache_record_stat = bool(cache_record_stat)
         self.cache_name = None
         if cache == "shared_memory":
             self.cache_name = cache_name or "tessera-torch-%d-%s" % (os.getpid(),
                                                                      uuid.uuid4().hex[:12])
             self._configure_cache()
-        with CuImage(self.path) as img:  # fail here, not in a worker, on a bad file or level
-            img.read_region((0, 0), (1, 1), self.level)
+        with CuImage(self.path) as img:  # fail here, not in a worker, on a bad file, level,
+            self._batches(img, self.locations[:0]).close()  # size or option (reads nothing)
 
     def set_epoch(self, epoch):
         self.epoch = int(epoch)
@@ -104,7 +107,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
                                            current.name == self.cache_name):
             return
         CuImage.cache(self.cache, memory_capacity=self.cache_memory_capacity,
-                      name=self.cache_name)
+                      record_stat=self.cache_record_stat, name=self.cache_name)
 
     def _share(self):
         """This worker's contiguous slice of the locations (DDP rank, then DataLoader worker)."""
@@ -115,15 +118,17 @@ class PatchDataset(torch.utils.data.IterableDataset):
         n = len(self.locations)
         return self.locations[n * share // shares:n * (share + 1) // shares]
 
+    def _batches(self, img, locs):
+        return img.read_region(locs, self.size, self.level, num_workers=self.num_workers,
+                               batch_size=self.batch_size, drop_last=self.drop_last,
+                               prefetch_factor=self.prefetch_factor, shuffle=self.shuffle,
+                               seed=(self.seed + self.epoch) % (1 << 64),
+                               channels=self.channels, fill=self.fill)
+
     def __iter__(self):
         self._configure_cache()
         locs = self._share()
         with CuImage(self.path) as img:
-            it = img.read_region(locs, self.size, self.level, num_workers=self.num_workers,
-                                 batch_size=self.batch_size, drop_last=self.drop_last,
-                                 prefetch_factor=self.prefetch_factor, shuffle=self.shuffle,
-                                 seed=(self.seed + self.epoch) % (1 << 64),
-                                 channels=self.channels, fill=self.fill)
-            with it:
+            with self._batches(img, locs) as it:
                 for batch in it:
                     yield _as_tensor(batch)
