@@ -999,6 +999,11 @@ def pyr_image(path):
     img.close()
 
 
+@pytest.fixture(scope="module")
+def pyr_image_path(path):
+    return path(PYR)
+
+
 @pytest.mark.parametrize("level", BAD_LEVELS, ids=case_id)
 def test_bad_level(pyr_image, level):
     if level == "too big":
@@ -1018,9 +1023,95 @@ def test_bad_size(pyr_image, size):
         pyr_image.read_region([(0, 0), (5, 5)], size)
 
 
-def test_one_pair_from_an_iterator_is_not_a_batch(pyr_image):
-    with pytest.raises(ValueError, match="one .x, y. pair"):
-        pyr_image.read_region(iter([5, 6]), (8, 8))
+def test_flat_locations_as_cucim_takes_them(pyr_image):
+    """x0, y0, x1, y1, ... (a list, a 1-d array, an iterator) are the same locations as pairs;
+    one (x, y) with batch_size > 1 is a stream of one patch."""
+    flat = [v for xy in LOCS for v in xy]
+    want = snapshot(pyr_image.read_region(LOCS, SIZE, 0, batch_size=4))
+    assert snapshot(pyr_image.read_region(flat, SIZE, 0, batch_size=4)) == want
+    assert snapshot(pyr_image.read_region(np.array(flat), SIZE, 0, batch_size=4)) == want
+    assert snapshot(pyr_image.read_region(iter(flat), SIZE, 0, batch_size=4)) == want
+    one = pyr_image.read_region(LOCS[2], SIZE, 0, batch_size=4)
+    assert isinstance(one, tessera.BatchIter) and len(one) == 1
+    (batch,) = list(one)
+    assert np.asarray(batch).shape == (1, SIZE[1], SIZE[0], 3)
+    assert np.array_equal(np.asarray(batch)[0],
+                          np.asarray(pyr_image.read_region(LOCS[2], SIZE, 0)))
+    with pytest.raises(ValueError, match="even number"):
+        pyr_image.read_region(flat[:-1], SIZE, 0, batch_size=4)
+    with pytest.raises(TypeError, match="pair"):
+        pyr_image.read_region([LOCS[0], 5], SIZE, 0, batch_size=4)
+
+
+def test_metadata_calls_survive_close_from_python_code_they_run(pyr_image_path):
+    """level_info runs the argument's __index__, which may close the slide: the call then
+    finds it closed (it used to go on reading the freed slide)."""
+    img = CuImage(pyr_image_path)
+
+    class ClosingIndex:
+        def __index__(self):
+            img.close()
+            return 0
+
+    with pytest.raises(ValueError, match="closed"):
+        img.level_info(ClosingIndex())
+    assert img.closed
+
+
+def test_missing_files_leak_nothing(tmp_path):
+    missing = str(tmp_path / "nothing-here.svs")
+    for _ in range(50):
+        with pytest.raises(FileNotFoundError):
+            CuImage(missing)
+    gc.collect()
+    before = len(gc.get_objects())
+    for _ in range(2000):
+        with pytest.raises(FileNotFoundError) as e:
+            CuImage(missing)
+    del e
+    gc.collect()
+    assert len(gc.get_objects()) - before < 100
+
+
+def test_fortran_order_buffer_refused(pyr_image):
+    arr = pyr_image.read_region((0, 0), (5, 4))
+    PyBUF_F_CONTIGUOUS = 0x0040 | 0x0008 | 0x0010   # F_CONTIGUOUS with STRIDES (and ND)
+    buf = (ctypes.c_char * 128)()                   # room for a Py_buffer
+    get = ctypes.pythonapi.PyObject_GetBuffer
+    get.argtypes = [ctypes.py_object, ctypes.c_void_p, ctypes.c_int]
+    with pytest.raises(BufferError, match="C-contiguous"):
+        get(arr, ctypes.addressof(buf), PyBUF_F_CONTIGUOUS)
+    view = memoryview(arr)                          # a C-ordered request is met
+    assert view.c_contiguous and view.shape == (4, 5, 3)
+
+
+def test_child_forked_during_a_stream_can_close_and_reopen(pyr_image_path):
+    """An iterator alive at fork holds a use of its slide that nobody gives back in the child;
+    the child can still close the slide and open it again."""
+    img = CuImage(pyr_image_path)
+    it = img.read_region(LOCS, SIZE, 0, batch_size=2, num_workers=2)
+    next(it)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            img.close()
+            img.__init__(pyr_image_path)
+            ok = np.array_equal(np.asarray(img.read_region((5, 5), (16, 16))),
+                                np.asarray(CuImage(pyr_image_path).read_region((5, 5), (16, 16))))
+            code = 0 if ok else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(0)
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], CHILD_TIMEOUT)
+    assert ready, "the child hung"
+    answer = os.read(r, 1)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert answer == bytes([0])
+    assert len(list(it)) == len(it) - 1   # the parent's stream goes on
 
 
 @pytest.mark.parametrize("loc", BAD_LOCATIONS, ids=case_id)

@@ -7,6 +7,8 @@ non-integer downsample) and with libvips' decode (the real zstd pyramid, whose l
 downsample 16.0128...; OpenSlide 3.4.1 misplaces the pixels of its levels smaller than one tile,
 see test_differential.openslide_unreliable). Patches are compared with tessera's single reads."""
 
+import collections
+
 import numpy as np
 import pytest
 from dask.distributed import Client, LocalCluster
@@ -218,3 +220,17 @@ def test_read_patches_bad_arguments(slides):
     # a level the slide does not have fails the computation with a clear error
     with pytest.raises(ValueError, match="level"):
         tdask.read_patches([(path, locs)], (64, 64), level=7).compute(scheduler="threads")
+
+
+def test_a_slide_evicted_from_the_open_set_stays_readable(slides, monkeypatch):
+    """The per-process set of open slides drops the least recent one; a task still holding it
+    must be able to read (it used to be closed under it)."""
+    monkeypatch.setattr(tdask, "_OPEN_MAX", 1)
+    monkeypatch.setattr(tdask, "_open", collections.OrderedDict())
+    first, second = slides.path(JPEG_SLIDE), slides.path(ZSTD_SLIDE)
+    held = tdask._slide(first)
+    tdask._slide(second)          # evicts the first
+    assert first not in tdask._open
+    region = np.asarray(held.read_region((10, 10), (32, 32)))
+    with CuImage(first) as fresh:
+        assert np.array_equal(region, np.asarray(fresh.read_region((10, 10), (32, 32))))

@@ -80,16 +80,32 @@ static Py_ssize_t array_nbytes(const pyt_array *a) {
 
 /* ---- the buffer protocol ---- */
 
+/* Arrays are C-contiguous (items of a batch are too), so every request but a Fortran-order
+ * one of a multi-dimensional array can be met. */
 static int array_getbuffer(pyt_array *a, Py_buffer *view, int flags) {
+  int multi = 0;
+  for (int i = 0; i < a->ndim; i++)
+    multi += a->shape[i] > 1;
+  if ((flags & PyBUF_F_CONTIGUOUS) == PyBUF_F_CONTIGUOUS && multi > 1) {
+    PyErr_SetString(PyExc_BufferError, "a tessera Array is C-contiguous, not Fortran-ordered");
+    view->obj = NULL;
+    return -1;
+  }
   view->obj = Py_NewRef(a);
   view->buf = a->data;
   view->len = array_nbytes(a);
   view->readonly = 0;
   view->itemsize = 1;
   view->format = (flags & PyBUF_FORMAT) ? "B" : NULL;
-  view->ndim = a->ndim;
-  view->shape = (flags & PyBUF_ND) == PyBUF_ND ? a->shape : NULL;
-  view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? a->strides : NULL;
+  if ((flags & PyBUF_ND) == PyBUF_ND) {
+    view->ndim = a->ndim;
+    view->shape = a->shape;
+    view->strides = (flags & PyBUF_STRIDES) == PyBUF_STRIDES ? a->strides : NULL;
+  } else { /* PyBUF_SIMPLE: the bytes, one dimension */
+    view->ndim = 1;
+    view->shape = NULL;
+    view->strides = NULL;
+  }
   view->suboffsets = NULL;
   view->internal = NULL;
   return 0;
@@ -217,27 +233,34 @@ static PyObject *get_device(pyt_array *a, void *c) {
   return PyUnicode_FromString("cpu");
 }
 
-static const tessera_batch *root_batch(const pyt_array *a) {
-  const pyt_array *root = a->base ? (const pyt_array *)a->base : a;
-  return root->batch;
+static const pyt_array *root_of(const pyt_array *a) {
+  return a->base ? (const pyt_array *)a->base : a;
 }
 
 static PyObject *get_batch_number(pyt_array *a, void *c) {
   (void)c;
-  const tessera_batch *b = root_batch(a);
+  const tessera_batch *b = root_of(a)->batch;
   if (!b)
     Py_RETURN_NONE;
   return PyLong_FromSize_t(b->number);
 }
 
+/* Which locations the array shows: all of a batch's, or the one of a batch's item. */
 static PyObject *get_indices(pyt_array *a, void *c) {
   (void)c;
-  const tessera_batch *b = root_batch(a);
+  const pyt_array *root = root_of(a);
+  const tessera_batch *b = root->batch;
   if (!b)
     Py_RETURN_NONE;
-  PyObject *t = PyTuple_New((Py_ssize_t)b->count);
-  for (size_t i = 0; t && i < b->count; i++) {
-    PyObject *v = PyLong_FromUnsignedLongLong(b->indices[i]);
+  size_t first = 0, count = b->count;
+  if (a != root) { /* an item, or a part of one: one patch */
+    size_t patch = (size_t)b->width * (size_t)b->height * (size_t)b->channels;
+    first = (size_t)(a->data - root->data) / patch;
+    count = 1;
+  }
+  PyObject *t = PyTuple_New((Py_ssize_t)count);
+  for (size_t i = 0; t && i < count; i++) {
+    PyObject *v = PyLong_FromUnsignedLongLong(b->indices[first + i]);
     if (!v) {
       Py_CLEAR(t);
       break;

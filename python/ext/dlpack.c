@@ -42,9 +42,11 @@ typedef struct {
 /* Called by the consumer, from any thread, when it is done with the memory. */
 static void export_delete(dl_managed_tensor *m) {
   export_ctx *ctx = m->manager_ctx;
-  PyGILState_STATE g = PyGILState_Ensure();
-  Py_DECREF(ctx->owner);
-  PyGILState_Release(g);
+  if (Py_IsInitialized()) { /* a consumer may free after the interpreter has gone */
+    PyGILState_STATE g = PyGILState_Ensure();
+    Py_DECREF(ctx->owner);
+    PyGILState_Release(g);
+  }
   PyMem_RawFree(ctx);
 }
 
@@ -68,9 +70,19 @@ PyObject *pyt_array_dlpack(PyObject *self, PyObject *args, PyObject *kwargs) {
     return NULL;
   }
   if (copy == Py_True) {
-    PyErr_SetString(PyExc_ValueError, "__dlpack__(copy=True) is not supported: the export "
-                                      "shares the array's memory");
+    PyErr_SetString(PyExc_BufferError, "__dlpack__(copy=True) is not supported: the export "
+                                       "shares the array's memory");
     return NULL;
+  }
+  if (dl_dev != Py_None) {
+    int type = -1, id = -1;
+    if (!PyArg_ParseTuple(dl_dev, "ii", &type, &id))
+      return NULL;
+    if (type != DL_CPU || id != 0) {
+      PyErr_Format(PyExc_BufferError, "the array is in CPU memory; it cannot be exported to "
+                                      "device (%d, %d)", type, id);
+      return NULL;
+    }
   }
   pyt_array *a = (pyt_array *)self;
   export_ctx *ctx = PyMem_RawCalloc(1, sizeof *ctx);

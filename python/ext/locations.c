@@ -1,7 +1,8 @@
 /* Patch locations from Python, converted to int64 (x, y) pairs once, before any reading:
  * NumPy arrays (any integer type, or floats holding whole numbers) through the buffer
  * protocol without a Python object per value; lists, tuples, generators and other iterables
- * of pairs item by item. */
+ * of pairs item by item. As in cuCIM, a flat run of numbers x0, y0, x1, y1, ... is taken
+ * too; one kind or the other, not both mixed. */
 #include "pytessera.h"
 
 #include <math.h>
@@ -111,16 +112,17 @@ static int from_buffer(PyObject *obj, int64_t **xy, size_t *n, int *single) {
                  view.format ? view.format : "B");
     goto done;
   }
+  /* (n, 2), or flat (2n,) as cuCIM takes it: x0, y0, x1, y1, ... */
   Py_ssize_t rows;
-  if (view.ndim == 1 && view.shape[0] == 2) {
-    rows = 1;
-    *single = 1;
+  if (view.ndim == 1 && view.shape[0] % 2 == 0) {
+    rows = view.shape[0] / 2;
+    *single = rows == 1;
   } else if (view.ndim == 2 && view.shape[1] == 2) {
     rows = view.shape[0];
     *single = 0;
   } else {
-    PyErr_SetString(PyExc_ValueError,
-                    "locations must have shape (n, 2), or (2,) for one location");
+    PyErr_SetString(PyExc_ValueError, "locations must have shape (n, 2), or (2n,) for x0, y0, "
+                                      "x1, y1, ...");
     goto done;
   }
   int64_t *out = rows ? PyMem_Malloc((size_t)rows * 2 * sizeof *out) : NULL;
@@ -128,8 +130,8 @@ static int from_buffer(PyObject *obj, int64_t **xy, size_t *n, int *single) {
     PyErr_NoMemory();
     goto done;
   }
-  Py_ssize_t row_stride = view.ndim == 2 ? view.strides[0] : 0;
   Py_ssize_t col_stride = view.strides[view.ndim - 1];
+  Py_ssize_t row_stride = view.ndim == 2 ? view.strides[0] : 2 * col_stride;
   if ((kind == 'q' || kind == 'l') && view.itemsize == 8 && col_stride == 8 &&
       (rows <= 1 || row_stride == 16)) {
     if (rows)
@@ -210,14 +212,15 @@ static int from_iterable(PyObject *obj, int64_t **xy, size_t *n, int *single) {
   }
   if (PyErr_Occurred())
     goto fail;
-  if (scalars == 1 && l.n != 2) {
-    PyErr_Format(PyExc_ValueError, "a location is an (x, y) pair, not %zu values", l.n);
+  if (scalars == 1 && l.n % 2) {
+    PyErr_Format(PyExc_ValueError, "flat locations are x0, y0, x1, y1, ...: an even number of "
+                                   "values, not %zu", l.n);
     goto fail;
   }
   Py_DECREF(it);
   *xy = l.v;
   *n = l.n / 2;
-  *single = scalars == 1;
+  *single = scalars == 1 && l.n == 2;
   return 0;
 fail:
   Py_DECREF(it);

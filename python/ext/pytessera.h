@@ -37,6 +37,8 @@ typedef struct pyt_slide {
   PyObject *path;       /* str (or bytes, as given) */
   int closing;          /* close() was called: no new uses; freed when uses drops to 0 */
   Py_ssize_t uses;      /* reads in flight (GIL released) and live iterators */
+  long pid;             /* the process `uses` counts in: a forked child starts again at 0,
+                           the threads holding the parent's uses are not in it */
   PyObject *weakrefs;
 } pyt_slide;
 
@@ -82,9 +84,10 @@ PyObject *pyt_batches_new(pyt_slide *s, int64_t *xy, size_t n, int64_t width, in
 /* ---- locations (locations.c) ---- */
 
 /* Converts any Python description of locations to int64 (x, y) pairs, once: a buffer (NumPy
- * array) of shape (2,) or (n, 2) of integers, or a sequence or any iterable whose items are
- * (x, y) pairs, or one (x, y) pair of ints. *xy is PyMem_Malloc'd (NULL when n = 0); *single
- * says the object was one pair. Returns -1 with ValueError/TypeError set. */
+ * array) of shape (n, 2) or flat (2n,) of integers, or a sequence or any iterable whose items
+ * are (x, y) pairs, or a flat run of numbers x0, y0, x1, y1, ... *xy is PyMem_Malloc'd (NULL
+ * when n = 0); *single says the object was one flat (x, y). Returns -1 with ValueError or
+ * TypeError set. */
 int pyt_locations(PyObject *obj, int64_t **xy, size_t *n, int *single);
 
 /* ---- cache functions (cache.c) ---- */

@@ -6,7 +6,17 @@
 #include <errno.h>
 #include <unistd.h>
 
+/* In a child forked while other threads were reading, nobody will give their uses back. */
+static void forget_parent_uses(pyt_slide *s) {
+  long pid = (long)getpid();
+  if (s->pid != pid) {
+    s->pid = pid;
+    s->uses = 0;
+  }
+}
+
 int pyt_slide_acquire(pyt_slide *s) {
+  forget_parent_uses(s);
   if (!s->slide || s->closing) {
     PyErr_SetString(PyExc_ValueError, "I/O operation on a closed slide");
     return -1;
@@ -26,7 +36,8 @@ static void free_slide(pyt_slide *s) {
 }
 
 void pyt_slide_release(pyt_slide *s) {
-  if (--s->uses == 0 && s->closing)
+  forget_parent_uses(s);
+  if (s->uses > 0 && --s->uses == 0 && s->closing)
     free_slide(s);
 }
 
@@ -35,6 +46,7 @@ static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
   PyObject *path_obj, *encoded = NULL;
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Slide", kwlist, &path_obj))
     return -1;
+  forget_parent_uses(self);
   if (self->slide || self->uses) {
     PyErr_SetString(PyExc_RuntimeError, "Slide.__init__ called on an open slide");
     return -1;
@@ -52,10 +64,12 @@ static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
   Py_END_ALLOW_THREADS
   if (st != TESSERA_OK) {
     if (missing) {
-      PyObject *fs = PyUnicode_DecodeFSDefault(path);
-      PyErr_SetObject(PyExc_FileNotFoundError,
-                      Py_BuildValue("(isO)", ENOENT, tessera_error_message(), fs));
-      Py_XDECREF(fs);
+      PyObject *args = Py_BuildValue("(isN)", ENOENT, tessera_error_message(),
+                                     PyUnicode_DecodeFSDefault(path));
+      if (args) {
+        PyErr_SetObject(PyExc_FileNotFoundError, args);
+        Py_DECREF(args);
+      }
     } else {
       pyt_raise(st);
     }
@@ -71,6 +85,7 @@ static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
   Py_XSETREF(self->path, fspath);
   self->slide = slide;
   self->closing = 0;
+  self->pid = (long)getpid();
   return 0;
 }
 
@@ -94,20 +109,18 @@ static void slide_dealloc(pyt_slide *self) {
 
 static PyObject *slide_close(pyt_slide *self, PyObject *unused) {
   (void)unused;
+  forget_parent_uses(self);
   self->closing = 1;
   if (self->uses == 0)
     free_slide(self);
   Py_RETURN_NONE;
 }
 
-/* The slide for a metadata call (no use taken: those calls are quick and made with the GIL
- * held, so close() cannot run during them). */
-static tessera_slide *open_slide(pyt_slide *self) {
-  if (!self->slide || self->closing) {
-    PyErr_SetString(PyExc_ValueError, "I/O operation on a closed slide");
-    return NULL;
-  }
-  return self->slide;
+/* The slide for a metadata call, with a use taken: Python code can run during the call (an
+ * argument's __index__, a garbage collection running __del__ methods, which may release the
+ * GIL) and call close(). Give it back with pyt_slide_release. */
+static tessera_slide *use_slide(pyt_slide *self) {
+  return pyt_slide_acquire(self) < 0 ? NULL : self->slide;
 }
 
 static PyObject *get_closed(pyt_slide *self, void *c) {
@@ -124,20 +137,32 @@ static PyObject *get_path(pyt_slide *self, void *c) {
 
 static PyObject *get_level_count(pyt_slide *self, void *c) {
   (void)c;
-  tessera_slide *s = open_slide(self);
-  return s ? PyLong_FromLong(tessera_level_count(s)) : NULL;
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  PyObject *r = PyLong_FromLong(tessera_level_count(s));
+  pyt_slide_release(self);
+  return r;
 }
 
 static PyObject *get_vendor(pyt_slide *self, void *c) {
   (void)c;
-  tessera_slide *s = open_slide(self);
-  return s ? PyUnicode_FromString(tessera_vendor(s)) : NULL;
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  PyObject *r = PyUnicode_FromString(tessera_vendor(s));
+  pyt_slide_release(self);
+  return r;
 }
 
 static PyObject *get_background(pyt_slide *self, void *c) {
   (void)c;
-  tessera_slide *s = open_slide(self);
-  return s ? PyLong_FromLong(tessera_background(s)) : NULL;
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  PyObject *r = PyLong_FromLong(tessera_background(s));
+  pyt_slide_release(self);
+  return r;
 }
 
 static int level_arg(PyObject *obj, int32_t *level) {
@@ -153,45 +178,52 @@ static int level_arg(PyObject *obj, int32_t *level) {
 }
 
 static PyObject *slide_level_info(pyt_slide *self, PyObject *arg) {
-  tessera_slide *s = open_slide(self);
   int32_t level;
-  if (!s || !level_arg(arg, &level))
+  if (!level_arg(arg, &level))
+    return NULL;
+  tessera_slide *s = use_slide(self);
+  if (!s)
     return NULL;
   tessera_level_info li = {.struct_size = sizeof li};
   tessera_status st = tessera_level_info_get(s, level, &li);
-  if (st != TESSERA_OK)
-    return pyt_raise(st);
-  const char *codec = tessera_compression_name(li.compression);
-  return Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i}", "width", (long long)li.width,
-                       "height", (long long)li.height, "downsample", li.downsample,
-                       "tile_width", li.tile_width, "tile_height", li.tile_height, "tiled",
-                       li.tiled ? Py_True : Py_False, "compression", li.compression,
-                       "compression_name", codec ? codec : "unknown", "samples_per_pixel",
-                       li.samples_per_pixel);
+  PyObject *r = NULL;
+  if (st != TESSERA_OK) {
+    pyt_raise(st);
+  } else {
+    const char *codec = tessera_compression_name(li.compression);
+    r = Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i}", "width", (long long)li.width,
+                      "height", (long long)li.height, "downsample", li.downsample,
+                      "tile_width", li.tile_width, "tile_height", li.tile_height, "tiled",
+                      li.tiled ? Py_True : Py_False, "compression", li.compression,
+                      "compression_name", codec ? codec : "unknown", "samples_per_pixel",
+                      li.samples_per_pixel);
+  }
+  pyt_slide_release(self);
+  return r;
 }
 
 static PyObject *slide_properties(pyt_slide *self, PyObject *unused) {
   (void)unused;
-  tessera_slide *s = open_slide(self);
+  tessera_slide *s = use_slide(self);
   if (!s)
     return NULL;
   PyObject *d = PyDict_New();
   size_t n = tessera_property_count(s);
   for (size_t i = 0; d && i < n; i++) {
     const char *key = tessera_property_key(s, i);
-    PyObject *v = PyUnicode_DecodeUTF8(tessera_property_value(s, key),
-                                       (Py_ssize_t)strlen(tessera_property_value(s, key)),
-                                       "replace");
+    const char *value = tessera_property_value(s, key);
+    PyObject *v = PyUnicode_DecodeUTF8(value, (Py_ssize_t)strlen(value), "replace");
     if (!v || PyDict_SetItemString(d, key, v) < 0)
       Py_CLEAR(d);
     Py_XDECREF(v);
   }
+  pyt_slide_release(self);
   return d;
 }
 
 static PyObject *slide_associated_names(pyt_slide *self, PyObject *unused) {
   (void)unused;
-  tessera_slide *s = open_slide(self);
+  tessera_slide *s = use_slide(self);
   if (!s)
     return NULL;
   size_t n = tessera_associated_image_count(s);
@@ -204,16 +236,20 @@ static PyObject *slide_associated_names(pyt_slide *self, PyObject *unused) {
     }
     PyList_SET_ITEM(list, (Py_ssize_t)i, name);
   }
+  pyt_slide_release(self);
   return list;
 }
 
 static PyObject *slide_associated_dimensions(pyt_slide *self, PyObject *args) {
   const char *name;
-  tessera_slide *s = open_slide(self);
-  if (!s || !PyArg_ParseTuple(args, "s:associated_dimensions", &name))
+  if (!PyArg_ParseTuple(args, "s:associated_dimensions", &name))
+    return NULL;
+  tessera_slide *s = use_slide(self);
+  if (!s)
     return NULL;
   int64_t w, h;
   tessera_status st = tessera_associated_image_dimensions(s, name, &w, &h);
+  pyt_slide_release(self);
   if (st != TESSERA_OK)
     return pyt_raise(st);
   return Py_BuildValue("(LL)", (long long)w, (long long)h);
@@ -327,8 +363,8 @@ PyDoc_STRVAR(batches_doc,
              "drop_last=False, prefetch_factor=2, shuffle=False, seed=0, channels=3, fill=-1)"
              " -> BatchIter\n\n"
              "An iterator of batches of width x height patches of `level` at `locations` "
-             "((n, 2) integers of any kind, or an iterable of (x, y) pairs; converted to int64 "
-             "once). Each batch is an Array (count, height, width, channels), or (height, "
+             "((n, 2) integers of any kind, an iterable of (x, y) pairs, or flat x0, y0, x1, "
+             "y1, ...; converted to int64 once). Each batch is an Array (count, height, width, channels), or (height, "
              "width, channels) when batch_size is 1.");
 
 static PyObject *slide_batches(pyt_slide *self, PyObject *args, PyObject *kwargs) {
@@ -352,14 +388,9 @@ static PyObject *slide_batches(pyt_slide *self, PyObject *args, PyObject *kwargs
   bo.seed = seed;
   int64_t *xy = NULL;
   size_t n = 0;
-  int single = 0;
+  int single = 0; /* one (x, y) is a stream of one patch here */
   if (pyt_locations(locs, &xy, &n, &single) < 0)
     return NULL;
-  if (single) {
-    PyMem_Free(xy);
-    return PyErr_Format(PyExc_ValueError, "batches need a list of (x, y) locations, not one "
-                                          "(x, y) pair (read one region with read_region)");
-  }
   PyObject *it = pyt_batches_new(self, xy, n, width, height, level, &bo);
   PyMem_Free(xy);
   return it;

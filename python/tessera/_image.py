@@ -51,13 +51,12 @@ def _coordinate(value):
 
 
 def _is_single_location(location):
-    """True for one (x, y) pair given as a list, tuple or 1-d array (not for an iterable of
-    pairs, which makes batches)."""
+    """True for one (x, y) given as a list, tuple or 1-d array of two numbers (anything else
+    is a stream of patches: pairs, or flat x0, y0, x1, y1, ... as cuCIM takes them)."""
     if getattr(location, "ndim", None) == 1:
-        return True
+        return len(location) == 2
     if isinstance(location, (list, tuple)) and len(location) == 2:
-        return all(isinstance(v, (numbers.Integral, float)) and not isinstance(v, bool)
-                   for v in location)
+        return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in location)
     return False
 
 
@@ -232,10 +231,11 @@ class CuImage(_tessera.Slide):
         """Reads one region, or a stream of patches.
 
         location: one (x, y) in level-0 pixels -> an Array (height, width, channels). A list,
-        tuple, (n, 2) NumPy array or any iterable of (x, y) pairs -> an iterator of batches
-        (batch_size, height, width, channels), or of (height, width, channels) items when
-        batch_size is 1, with len(); locations are converted to int64 once. location and
-        size omitted -> the whole level.
+        tuple, (n, 2) NumPy array or any iterable of (x, y) pairs, or flat x0, y0, x1, y1, ...
+        (as cuCIM) -> an iterator of batches (batch_size, height, width, channels), or of
+        (height, width, channels) items when batch_size is 1, with len(); so is one (x, y)
+        with batch_size > 1. Locations are converted to int64 once. location and size
+        omitted -> the whole level.
         size: (width, height) in pixels of `level`.
         num_workers: threads decoding tiles (a region's, or batches ahead of the consumer).
         batch_size, drop_last, prefetch_factor, shuffle, seed: as cuCIM (and PyTorch).
@@ -258,7 +258,8 @@ class CuImage(_tessera.Slide):
         channels = _integer(channels, "channels")
         num_workers = _integer(num_workers, "num_workers")
         empty = location is None or (isinstance(location, (list, tuple)) and len(location) == 0)
-        if empty or _is_single_location(location):
+        batch_size = _integer(batch_size, "batch_size")
+        if empty or (batch_size == 1 and _is_single_location(location)):
             x, y = (0, 0) if empty else location
             if size is None or (isinstance(size, (list, tuple)) and len(size) == 0):
                 width, height = self._levels[level]["width"], self._levels[level]["height"]
@@ -269,7 +270,7 @@ class CuImage(_tessera.Slide):
             raise ValueError("read_region with several locations needs size=(width, height)")
         width, height = self._size(size)
         seed = _integer(seed, "seed", (0, (1 << 64) - 1))
-        return self.batches(location, width, height, level, _integer(batch_size, "batch_size"),
+        return self.batches(location, width, height, level, batch_size,
                             num_workers, bool(drop_last),
                             _integer(prefetch_factor, "prefetch_factor"), bool(shuffle), seed,
                             channels, fill)

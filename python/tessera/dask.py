@@ -37,8 +37,8 @@ def _slide(path):
         if img is None:
             img = CuImage(path)
         _open[path] = img
-        while len(_open) > _OPEN_MAX:
-            _open.popitem(last=False)[1].close()
+        while len(_open) > _OPEN_MAX:  # not closed: a task may still hold it; it closes
+            _open.popitem(last=False)      # when the last one lets it go
         return img
 
 
