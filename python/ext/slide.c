@@ -277,6 +277,19 @@ static Py_ssize_t image_bytes(int64_t width, int64_t height, int channels) {
   return (Py_ssize_t)n;
 }
 
+/* Ends a read into buf (malloc'd, taken): gives the slide's use back and wraps the pixels,
+ * or frees them and raises. */
+static PyObject *read_done(pyt_slide *self, tessera_status st, uint8_t *buf, int64_t width,
+                           int64_t height, int channels) {
+  pyt_slide_release(self);
+  if (st != TESSERA_OK) {
+    free(buf);
+    return pyt_raise(st);
+  }
+  Py_ssize_t shape[3] = {(Py_ssize_t)height, (Py_ssize_t)width, channels};
+  return pyt_array_from_owned(buf, 3, shape);
+}
+
 static PyObject *slide_read_associated(pyt_slide *self, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"name", "channels", NULL};
   const char *name;
@@ -301,13 +314,7 @@ static PyObject *slide_read_associated(pyt_slide *self, PyObject *args, PyObject
   Py_BEGIN_ALLOW_THREADS
   st = tessera_read_associated_image(self->slide, name, &ro, buf, (size_t)size);
   Py_END_ALLOW_THREADS
-  pyt_slide_release(self);
-  if (st != TESSERA_OK) {
-    free(buf);
-    return pyt_raise(st);
-  }
-  Py_ssize_t shape[3] = {(Py_ssize_t)h, (Py_ssize_t)w, channels};
-  return pyt_array_from_owned(buf, 3, shape);
+  return read_done(self, st, buf, w, h, channels);
 }
 
 PyDoc_STRVAR(read_region_doc,
@@ -349,13 +356,7 @@ static PyObject *slide_read_region(pyt_slide *self, PyObject *args, PyObject *kw
   Py_BEGIN_ALLOW_THREADS
   st = tessera_read_region(self->slide, x, y, level, width, height, &ro, buf, (size_t)size);
   Py_END_ALLOW_THREADS
-  pyt_slide_release(self);
-  if (st != TESSERA_OK) {
-    free(buf);
-    return pyt_raise(st);
-  }
-  Py_ssize_t shape[3] = {(Py_ssize_t)height, (Py_ssize_t)width, channels};
-  return pyt_array_from_owned(buf, 3, shape);
+  return read_done(self, st, buf, width, height, channels);
 }
 
 PyDoc_STRVAR(batches_doc,
@@ -364,8 +365,8 @@ PyDoc_STRVAR(batches_doc,
              " -> BatchIter\n\n"
              "An iterator of batches of width x height patches of `level` at `locations` "
              "((n, 2) integers of any kind, an iterable of (x, y) pairs, or flat x0, y0, x1, "
-             "y1, ...; converted to int64 once). Each batch is an Array (count, height, width, channels), or (height, "
-             "width, channels) when batch_size is 1.");
+             "y1, ...; converted to int64 once). Each batch is an Array (count, height, "
+             "width, channels), or (height, width, channels) when batch_size is 1.");
 
 static PyObject *slide_batches(pyt_slide *self, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"locations", "width",   "height",  "level",   "batch_size",
