@@ -78,13 +78,21 @@ TESSERA_API const char *tessera_error_message(void);
 
 typedef struct tessera_slide tessera_slide;
 
-/* Limits applied to every size taken from the file. Defaults are safe for scanner files. */
+/* Limits applied to every size taken from the file, and to what one read may produce.
+ * Defaults are safe for scanner files. A limit exceeded fails with TESSERA_E_LIMIT and a
+ * message naming it. */
 typedef struct tessera_open_options {
   size_t struct_size;              /* sizeof(tessera_open_options) */
   uint32_t max_directories;        /* TIFF directories (IFDs and SubIFDs) followed; 4096 */
   int64_t max_dimension;           /* largest level width or height; 1 << 24 */
   uint64_t max_tile_bytes;         /* largest compressed tile or strip; 256 MiB */
   uint64_t max_decoded_tile_bytes; /* largest decoded tile or strip; 1 GiB */
+  uint64_t max_read_bytes;         /* largest output of one read: a region, level or
+                                      associated image (width x height x channels), or the
+                                      buffers of a batch iterator (batch bytes x
+                                      (prefetch_factor + 1)); 4 GiB. Guards callers that size
+                                      their buffers from a level's dimensions (a hostile file
+                                      may declare 2^24 x 2^24). */
 } tessera_open_options;
 
 /* Fills *options with the defaults (and struct_size). Thread-safe. */
@@ -97,6 +105,11 @@ TESSERA_API tessera_status tessera_open(const char *path, tessera_slide **out);
 /* As tessera_open, with options (NULL means the defaults). Thread-safe. */
 TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
                                            tessera_slide **out);
+
+/* The limits the slide was opened with, into *out (its struct_size must be set; fields beyond
+ * it are left alone). Thread-safe. */
+TESSERA_API tessera_status tessera_slide_limits(const tessera_slide *slide,
+                                                tessera_open_options *out);
 
 /* Closes a slide. Not thread-safe with respect to that slide: no other call on it may be in
  * progress or follow. NULL is ignored. */

@@ -458,6 +458,25 @@ static size_t table_size_for(size_t jobs) {
   return size;
 }
 
+/* The buffers an iterator fills at once (one, plus prefetch_factor ahead with workers), each
+ * as large as a batch can be for n locations, within the slide's max_read_bytes. */
+static tessera_status check_read_bytes(const tessera_slide *s, const tessera_batch_options *o,
+                                       size_t n, size_t patch_bytes) {
+  size_t per_batch = n < (size_t)o->batch_size ? n : (size_t)o->batch_size;
+  size_t buffers = (o->num_workers > 0 ? (size_t)o->prefetch_factor : 0) + 1;
+  size_t nbatches = n / (per_batch ? per_batch : 1);
+  if (buffers > nbatches + 1)
+    buffers = nbatches + 1;
+  size_t total;
+  if (!tsr_mul3(per_batch, patch_bytes, buffers, &total) || total > s->limits.max_read_bytes)
+    return tsr_error(TESSERA_E_LIMIT,
+                     "%zu batch buffers of %zu patches of %zu bytes are over the limit of %llu "
+                     "bytes for one read (max_read_bytes)",
+                     buffers, per_batch, patch_bytes,
+                     (unsigned long long)s->limits.max_read_bytes);
+  return TESSERA_OK;
+}
+
 TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int64_t *locations,
                                                      size_t n, int64_t width, int64_t height,
                                                      int32_t level,
@@ -490,6 +509,8 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
       !tsr_mul3(n, 2, sizeof(int64_t), &xy_bytes) || !tsr_mul2(n, sizeof(uint64_t), &order_bytes))
     return tsr_error(TESSERA_E_ARGUMENT, "batches of %d patches of %lldx%lld are too large",
                      o.batch_size, (long long)width, (long long)height);
+  if ((st = check_read_bytes(s, &o, n, patch_bytes)) != TESSERA_OK)
+    return st;
   struct tessera_batch_iter *it = tsr_calloc(1, sizeof *it);
   if (!it)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");

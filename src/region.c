@@ -401,6 +401,13 @@ static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t 
     return tsr_error(TESSERA_E_ARGUMENT, "stride %zu is less than a row (%zu bytes)", stride, row);
   if (!tsr_mul2(stride, (size_t)height - 1, &need) || __builtin_add_overflow(need, row, &need))
     return tsr_error(TESSERA_E_ARGUMENT, "region too large");
+  size_t pixels_bytes;
+  if (!tsr_mul2(row, (size_t)height, &pixels_bytes) || pixels_bytes > s->limits.max_read_bytes)
+    return tsr_error(TESSERA_E_LIMIT,
+                     "a %lldx%lld region of %d channels is over the limit of %llu bytes for one "
+                     "read (max_read_bytes)",
+                     (long long)width, (long long)height, o.channels,
+                     (unsigned long long)s->limits.max_read_bytes);
   if (dst_size < need)
     return tsr_error(TESSERA_E_ARGUMENT, "destination holds %zu bytes, the region needs %zu",
                      dst_size, need);

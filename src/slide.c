@@ -28,6 +28,18 @@ TESSERA_API void tessera_open_options_init(tessera_open_options *o) {
   o->max_dimension = (int64_t)1 << 24;
   o->max_tile_bytes = (uint64_t)256 << 20;
   o->max_decoded_tile_bytes = (uint64_t)1 << 30;
+  o->max_read_bytes = (uint64_t)4 << 30;
+}
+
+TESSERA_API tessera_status tessera_slide_limits(const tessera_slide *s, tessera_open_options *out) {
+  if (!s || !out)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or limits");
+  if (out->struct_size < sizeof(size_t))
+    return tsr_error(TESSERA_E_ARGUMENT, "limits without struct_size");
+  size_t n = out->struct_size < sizeof s->limits ? out->struct_size : sizeof s->limits;
+  memcpy(out, &s->limits, n);
+  out->struct_size = n;
+  return TESSERA_OK;
 }
 
 void tsr_level_free(struct tsr_level *lv) {

@@ -1278,3 +1278,33 @@ def test_reading_releases_the_gil(path, what):
     assert seen < K, "the main thread could not run while %s read (GIL held)" % what
     assert done[0] >= 1
     img.close()
+
+
+def test_limits(pyr_image_path):
+    """Keyword limits reach the library (tessera_open_ex), limits() reads them back, a read
+    over max_read_bytes is refused before anything is allocated, and pickling keeps them."""
+    default = CuImage(pyr_image_path).limits()
+    assert default["max_read_bytes"] == 4 << 30 and default["max_dimension"] == 1 << 24
+    img = CuImage(pyr_image_path, max_read_bytes=32 * 32 * 3)
+    assert img.limits() == dict(default, max_read_bytes=32 * 32 * 3)
+    assert np.asarray(img.read_region((0, 0), (32, 32))).shape == (32, 32, 3)
+    for call in (lambda: img.read_region((0, 0), (33, 32)),
+                 lambda: img.read_region((0, 0), (32, 32), channels=4),
+                 lambda: img.read_region(level=3),
+                 lambda: img.read_region(LOCS, (32, 32), batch_size=2),
+                 lambda: img.read_region(LOCS, (32, 32), num_workers=1, prefetch_factor=1)):
+        with pytest.raises(tessera.TesseraError, match="max_read_bytes"):
+            call()
+    assert len(img.read_region(LOCS, (32, 32))) == len(LOCS)   # one buffer of one patch fits
+    again = pickle.loads(pickle.dumps(img))
+    assert again.limits()["max_read_bytes"] == 32 * 32 * 3
+    with pytest.raises(tessera.TesseraError, match="larger than the limit"):
+        CuImage(pyr_image_path, max_dimension=100)
+
+
+@pytest.mark.parametrize("kw", [dict(max_read_bytes=0), dict(max_dimension=-1),
+                                dict(max_directories=2 ** 33), dict(max_tile_bytes=True),
+                                dict(max_decoded_tile_bytes="1")], ids=case_id)
+def test_bad_limits(pyr_image_path, kw):
+    with pytest.raises(ValueError, match=list(kw)[0]):
+        CuImage(pyr_image_path, **kw)

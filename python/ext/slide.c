@@ -41,11 +41,41 @@ void pyt_slide_release(pyt_slide *s) {
     free_slide(s);
 }
 
-static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
-  static char *kwlist[] = {"path", NULL};
-  PyObject *path_obj, *encoded = NULL;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O:Slide", kwlist, &path_obj))
+/* A keyword limit: None keeps the default; otherwise an int >= 1 that fits. */
+static int limit_arg(PyObject *obj, const char *name, uint64_t max, uint64_t *out) {
+  if (obj == Py_None)
+    return 0;
+  unsigned long long v = PyLong_Check(obj) && !PyBool_Check(obj) ? PyLong_AsUnsignedLongLong(obj)
+                                                                  : (unsigned long long)-1;
+  if (PyErr_Occurred() || v == 0 || v > max || !PyLong_Check(obj) || PyBool_Check(obj)) {
+    PyErr_Clear();
+    PyErr_Format(PyExc_ValueError, "%s must be an integer from 1 to %llu, not %R", name,
+                 (unsigned long long)max, obj);
     return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"path", "max_directories", "max_dimension", "max_tile_bytes",
+                           "max_decoded_tile_bytes", "max_read_bytes", NULL};
+  PyObject *path_obj, *encoded = NULL;
+  PyObject *lim[5] = {Py_None, Py_None, Py_None, Py_None, Py_None};
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOOOO:Slide", kwlist, &path_obj, &lim[0],
+                                   &lim[1], &lim[2], &lim[3], &lim[4]))
+    return -1;
+  tessera_open_options oo;
+  tessera_open_options_init(&oo);
+  uint64_t dirs = oo.max_directories, dim = (uint64_t)oo.max_dimension;
+  if (limit_arg(lim[0], "max_directories", UINT32_MAX, &dirs) < 0 ||
+      limit_arg(lim[1], "max_dimension", INT64_MAX, &dim) < 0 ||
+      limit_arg(lim[2], "max_tile_bytes", UINT64_MAX, &oo.max_tile_bytes) < 0 ||
+      limit_arg(lim[3], "max_decoded_tile_bytes", UINT64_MAX, &oo.max_decoded_tile_bytes) < 0 ||
+      limit_arg(lim[4], "max_read_bytes", UINT64_MAX, &oo.max_read_bytes) < 0)
+    return -1;
+  oo.max_directories = (uint32_t)dirs;
+  oo.max_dimension = (int64_t)dim;
   forget_parent_uses(self);
   if (self->slide || self->uses) {
     PyErr_SetString(PyExc_RuntimeError, "Slide.__init__ called on an open slide");
@@ -58,7 +88,7 @@ static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
   tessera_status st;
   int missing = 0;
   Py_BEGIN_ALLOW_THREADS
-  st = tessera_open(path, &slide);
+  st = tessera_open_ex(path, &oo, &slide);
   if (st == TESSERA_E_IO && access(path, F_OK) != 0 && errno == ENOENT)
     missing = 1;
   Py_END_ALLOW_THREADS
@@ -240,6 +270,23 @@ static PyObject *slide_associated_names(pyt_slide *self, PyObject *unused) {
   return list;
 }
 
+static PyObject *slide_limits(pyt_slide *self, PyObject *unused) {
+  (void)unused;
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  tessera_open_options o = {.struct_size = sizeof o};
+  tessera_status st = tessera_slide_limits(s, &o);
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  return Py_BuildValue("{s:I,s:L,s:K,s:K,s:K}", "max_directories", o.max_directories,
+                       "max_dimension", (long long)o.max_dimension, "max_tile_bytes",
+                       (unsigned long long)o.max_tile_bytes, "max_decoded_tile_bytes",
+                       (unsigned long long)o.max_decoded_tile_bytes, "max_read_bytes",
+                       (unsigned long long)o.max_read_bytes);
+}
+
 static PyObject *slide_associated_dimensions(pyt_slide *self, PyObject *args) {
   const char *name;
   if (!PyArg_ParseTuple(args, "s:associated_dimensions", &name))
@@ -262,17 +309,24 @@ static int channels_ok(int channels) {
   return 0;
 }
 
-/* width x height x channels bytes, or -1 with an exception. */
-static Py_ssize_t image_bytes(int64_t width, int64_t height, int channels) {
+/* width x height x channels bytes, or -1 with an exception: over the slide's max_read_bytes
+ * the read is refused here, as the library would refuse it, before anything is allocated. */
+static Py_ssize_t image_bytes(const tessera_slide *slide, int64_t width, int64_t height,
+                              int channels) {
   int64_t n;
   if (width < 1 || height < 1)
     return PyErr_Format(PyExc_ValueError, "size must be at least 1 x 1, not %lld x %lld",
                         (long long)width, (long long)height),
            -1;
+  tessera_open_options lim = {.struct_size = sizeof lim};
+  tessera_slide_limits(slide, &lim);
   if (__builtin_mul_overflow(width, height, &n) || __builtin_mul_overflow(n, channels, &n) ||
-      n > PY_SSIZE_T_MAX)
-    return PyErr_Format(PyExc_MemoryError, "a %lld x %lld region does not fit in memory",
-                        (long long)width, (long long)height),
+      (uint64_t)n > lim.max_read_bytes || n > PY_SSIZE_T_MAX)
+    return PyErr_Format(pyt_Error,
+                        "a %lldx%lld region of %d channels is over the limit of %llu bytes "
+                        "for one read (max_read_bytes)",
+                        (long long)width, (long long)height, channels,
+                        (unsigned long long)lim.max_read_bytes),
            -1;
   return (Py_ssize_t)n;
 }
@@ -300,7 +354,7 @@ static PyObject *slide_read_associated(pyt_slide *self, PyObject *args, PyObject
     return NULL;
   int64_t w = 0, h = 0;
   tessera_status st = tessera_associated_image_dimensions(self->slide, name, &w, &h);
-  Py_ssize_t size = st == TESSERA_OK ? image_bytes(w, h, channels) : 0;
+  Py_ssize_t size = st == TESSERA_OK ? image_bytes(self->slide, w, h, channels) : 0;
   uint8_t *buf = size > 0 ? malloc((size_t)size) : NULL;
   if (st != TESSERA_OK || size < 0 || !buf) {
     pyt_slide_release(self);
@@ -339,9 +393,13 @@ static PyObject *slide_read_region(pyt_slide *self, PyObject *args, PyObject *kw
                         fill);
   if (workers < 0)
     return PyErr_Format(PyExc_ValueError, "num_workers must be >= 0, not %d", workers);
-  Py_ssize_t size = image_bytes(width, height, channels);
-  if (size < 0 || pyt_slide_acquire(self) < 0)
+  if (pyt_slide_acquire(self) < 0)
     return NULL;
+  Py_ssize_t size = image_bytes(self->slide, width, height, channels);
+  if (size < 0) {
+    pyt_slide_release(self);
+    return NULL;
+  }
   uint8_t *buf = malloc((size_t)size);
   if (!buf) {
     pyt_slide_release(self);
@@ -424,6 +482,9 @@ static PyMethodDef slide_methods[] = {
      "properties() -> dict of str: the slide's properties (tiff.*, tessera.*, vendor keys)."},
     {"associated_names", (PyCFunction)slide_associated_names, METH_NOARGS,
      "associated_names() -> list of str: label, macro, thumbnail, ..."},
+    {"limits", (PyCFunction)slide_limits, METH_NOARGS,
+     "limits() -> dict: the limits the slide was opened with (max_directories, "
+     "max_dimension, max_tile_bytes, max_decoded_tile_bytes, max_read_bytes)."},
     {"associated_dimensions", (PyCFunction)slide_associated_dimensions, METH_VARARGS,
      "associated_dimensions(name) -> (width, height)"},
     {"read_associated", (PyCFunction)(void (*)(void))slide_read_associated,

@@ -60,21 +60,28 @@ def _is_single_location(location):
     return False
 
 
+def _reopen(cls, path, limits):
+    return cls(path, **limits)
+
+
 class CuImage(_tessera.Slide):
     """An open whole-slide image, with cuCIM's CuImage reading API.
 
     CuImage(path) opens the file (OSError when it cannot be read, TesseraError when it is
-    not a slide tessera reads). Use it as a context manager or call close(). Thread-safe: many
+    not a slide tessera reads). Keyword limits (max_directories, max_dimension,
+    max_tile_bytes, max_decoded_tile_bytes, max_read_bytes; see limits()) replace the
+    library's safe defaults; a read over max_read_bytes (4 GiB) raises TesseraError. Use it as a context manager or call close(). Thread-safe: many
     threads may read at once. Pickles by path (the receiving process opens the file again),
     and keeps working in a child after fork(), so it can live in a PyTorch Dataset.
     """
 
-    def __init__(self, path):
-        super().__init__(path)
+    def __init__(self, path, **limits):
+        super().__init__(path, **limits)
         self._levels = [self.level_info(i) for i in range(self.level_count)]
+        self._limits = limits
 
     def __reduce__(self):
-        return (type(self), (self.path,))
+        return (_reopen, (type(self), self.path, self._limits))
 
     # ---- what the image is -------------------------------------------------------------
 

@@ -1,4 +1,5 @@
 /* API contract: arguments, status codes, per-thread messages, options with struct_size. */
+#include <stddef.h>
 #include <pthread.h>
 #include <string.h>
 
@@ -117,6 +118,71 @@ static void test_read_arguments(void) {
   tessera_close(s);
 }
 
+/* max_read_bytes refuses regions, levels and batch iterators whose output is larger, before
+ * writing anything; tessera_slide_limits gives back what the slide was opened with. */
+static void test_read_limit(void) {
+  tessera_open_options oo;
+  tessera_open_options_init(&oo);
+  CHECK(oo.max_read_bytes == (uint64_t)4 << 30, "default max_read_bytes %llu",
+        (unsigned long long)oo.max_read_bytes);
+  oo.max_read_bytes = 64 * 64 * 3;
+  tessera_slide *s = NULL;
+  if (tessera_open_ex(slide_path, &oo, &s) != TESSERA_OK) {
+    CHECK(0, "cannot open %s: %s", slide_path, tessera_error_message());
+    return;
+  }
+  tessera_open_options got = {.struct_size = sizeof got};
+  CHECK(tessera_slide_limits(s, &got) == TESSERA_OK && got.max_read_bytes == 64 * 64 * 3 &&
+            got.max_dimension == oo.max_dimension && got.struct_size == sizeof got,
+        "limits read back");
+  size_t small = offsetof(tessera_open_options, max_read_bytes);
+  tessera_open_options part = {.struct_size = small, .max_read_bytes = 7};
+  CHECK(tessera_slide_limits(s, &part) == TESSERA_OK && part.max_read_bytes == 7 &&
+            part.struct_size == small && part.max_dimension == oo.max_dimension,
+        "an older, shorter struct is filled up to its size only");
+  static uint8_t buf[65 * 64 * 4];
+  memset(buf, 0xAB, sizeof buf);
+  CHECK(tessera_read_region(s, 0, 0, 0, 64, 64, NULL, buf, sizeof buf) == TESSERA_OK,
+        "64x64 RGB is at the limit: %s", tessera_error_message());
+  memset(buf, 0xAB, sizeof buf);
+  CHECK(tessera_read_region(s, 0, 0, 0, 65, 64, NULL, buf, sizeof buf) == TESSERA_E_LIMIT,
+        "65x64 RGB is over");
+  CHECK(strstr(tessera_error_message(), "max_read_bytes") != NULL, "message: %s",
+        tessera_error_message());
+  CHECK(buf[0] == 0xAB && buf[sizeof buf - 1] == 0xAB, "a refused read wrote");
+  tessera_read_options ro;
+  tessera_read_options_init(&ro);
+  ro.channels = 4;
+  CHECK(tessera_read_region(s, 0, 0, 0, 64, 64, &ro, buf, sizeof buf) == TESSERA_E_LIMIT,
+        "64x64 RGBA is over");
+  CHECK(tessera_read_level(s, 0, NULL, buf, sizeof buf) == TESSERA_E_LIMIT,
+        "a whole level is over (before its destination is found too small)");
+  int64_t xy[2 * 8] = {0};
+  tessera_batch_options bo;
+  tessera_batch_options_init(&bo);
+  tessera_batch_iter *it = NULL;
+  CHECK(tessera_batch_iter_create(s, xy, 8, 64, 64, 0, &bo, &it) == TESSERA_OK,
+        "one 64x64 buffer fits: %s", tessera_error_message());
+  tessera_batch_iter_destroy(it);
+  it = NULL;
+  bo.batch_size = 2;
+  CHECK(tessera_batch_iter_create(s, xy, 8, 64, 64, 0, &bo, &it) == TESSERA_E_LIMIT && !it,
+        "batches of two are over");
+  bo.batch_size = 1;
+  bo.num_workers = 2;
+  CHECK(tessera_batch_iter_create(s, xy, 8, 64, 64, 0, &bo, &it) == TESSERA_E_LIMIT && !it,
+        "prefetched buffers count");
+  CHECK(strstr(tessera_error_message(), "max_read_bytes") != NULL, "message: %s",
+        tessera_error_message());
+  bo.batch_size = 100;
+  bo.num_workers = 0;
+  CHECK(tessera_batch_iter_create(s, xy, 1, 64, 64, 0, &bo, &it) == TESSERA_OK,
+        "a batch holds no more patches than there are locations: %s", tessera_error_message());
+  tessera_batch_iter_destroy(it);
+  CHECK(tessera_slide_limits(NULL, &got) == TESSERA_E_ARGUMENT, "NULL slide");
+  tessera_close(s);
+}
+
 int main(int argc, char **argv) {
   snprintf(slide_path, sizeof slide_path, "%s/generic-jpeg-ycbcr-128tiles.tiff",
            testdata_dir(argc, argv));
@@ -124,5 +190,6 @@ int main(int argc, char **argv) {
   test_open_errors();
   test_messages_are_per_thread();
   test_read_arguments();
+  test_read_limit();
   return check_finish("test_api");
 }
