@@ -287,8 +287,8 @@ static tessera_status schedule(struct tessera_batch_iter *it, size_t number) {
     int64_t x = it->xy[2 * index], y = it->xy[2 * index + 1];
     struct tsr_canvas *c = &sl->canvases[p];
     *c = (struct tsr_canvas){
-        .lx = it->level == 0 ? x : (int64_t)floor((double)x / lv->downsample),
-        .ly = it->level == 0 ? y : (int64_t)floor((double)y / lv->downsample),
+        .lx = tsr_level_coord(lv, x),
+        .ly = tsr_level_coord(lv, y),
         .width = it->width,
         .height = it->height,
         .channels = it->channels,

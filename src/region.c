@@ -413,8 +413,8 @@ static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t 
                      dst_size, need);
   const struct tsr_level *lv = &s->levels[level];
   struct tsr_canvas c = {
-      .lx = level == 0 ? x : (int64_t)floor((double)x / lv->downsample),
-      .ly = level == 0 ? y : (int64_t)floor((double)y / lv->downsample),
+      .lx = tsr_level_coord(lv, x),
+      .ly = tsr_level_coord(lv, y),
       .width = width,
       .height = height,
       .channels = (unsigned)o.channels,

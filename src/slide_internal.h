@@ -4,6 +4,7 @@
 #ifndef TSR_SLIDE_INTERNAL_H
 #define TSR_SLIDE_INTERNAL_H
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -49,6 +50,20 @@ struct tsr_level {
   const uint8_t *blob;
   size_t blob_size;
 };
+
+/* The level coordinate of level-0 coordinate v: floor(v / downsample), as the design says.
+ * Far outside the level (beyond +-2^62, where a downsample near 1 could not even be converted
+ * back to an integer) it is clamped to +-2^62, still wholly outside. */
+static inline int64_t tsr_level_coord(const struct tsr_level *lv, int64_t v) {
+  if (lv->downsample == 1.0)
+    return v;
+  double q = floor((double)v / lv->downsample);
+  if (q >= 0x1p62)
+    return (int64_t)1 << 62;
+  if (q <= -0x1p62)
+    return -((int64_t)1 << 62);
+  return (int64_t)q;
+}
 
 /* Frees the tables a level owns. */
 void tsr_level_free(struct tsr_level *lv);

@@ -57,29 +57,61 @@ static void keep_error(const char *msg, void *user) {
   }
 }
 
+/* Tiles of one JPEG 2000 codestream: encoders cut a slide tile into a handful at most. */
+#define TSR_JP2K_MAX_TILES 4096
+
 static uint32_t be32(const uint8_t *p) {
   return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* Checks a raw codestream's image and tile grid (its SIZ marker) before OpenJPEG sees it:
- * OpenJPEG allocates per-tile state while reading the header, so a few hostile bytes could
- * otherwise cost gigabytes before any size can be checked. */
+/* Checks a raw codestream's image, components and tile grid (its SIZ marker) before OpenJPEG
+ * sees it: OpenJPEG allocates per-tile, per-component state while reading the header, so a
+ * few hostile bytes could otherwise cost gigabytes before any size can be checked. A slide's
+ * tile is one image of at most four components, cut into a few JPEG 2000 tiles at most. */
 static tessera_status check_siz(const uint8_t *src, size_t len, const struct tsr_tile_out *out) {
   if (len < 4 + 38 || src[0] != 0xFF || src[1] != 0x4F || src[2] != 0xFF || src[3] != 0x51)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 data does not start with SOC and SIZ");
   const uint8_t *siz = src + 6; /* after the marker and its length */
   uint32_t xs = be32(siz + 2), ys = be32(siz + 6), xo = be32(siz + 10), yo = be32(siz + 14);
   uint32_t xt = be32(siz + 18), yt = be32(siz + 22), xto = be32(siz + 26), yto = be32(siz + 30);
+  unsigned components = (unsigned)siz[34] << 8 | siz[35];
   if (xs <= xo || ys <= yo || xt == 0 || yt == 0 || xto > xo || yto > yo)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 image or tile grid is malformed");
+  if (components < 1 || components > 4)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 image has %u components (1 to 4 expected)",
+                     components);
   if (xs - xo > out->width || ys - yo > out->height)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 image is %ux%u, the tile is %ux%u", xs - xo,
                      ys - yo, out->width, out->height);
   uint64_t tiles = ((uint64_t)(xs - xto) + xt - 1) / xt * (((uint64_t)(ys - yto) + yt - 1) / yt);
-  if (tiles > (uint64_t)out->width * out->height)
+  if (tiles > (uint64_t)out->width * out->height || tiles > TSR_JP2K_MAX_TILES)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 data has %llu tiles in a %ux%u image",
                      (unsigned long long)tiles, xs - xo, ys - yo);
   return TESSERA_OK;
+}
+
+/* The codestream inside a JP2 file (its contiguous codestream box), or NULL. */
+static const uint8_t *jp2_codestream(const uint8_t *src, size_t len, size_t *cs_len) {
+  size_t at = 0;
+  while (len - at >= 8) {
+    uint64_t box = be32(src + at), header = 8;
+    if (box == 1) { /* a 64-bit length follows the type */
+      if (len - at < 16)
+        return NULL;
+      box = (uint64_t)be32(src + at + 8) << 32 | be32(src + at + 12);
+      header = 16;
+    } else if (box == 0) { /* to the end of the file */
+      box = len - at;
+    }
+    if (box < header || box > len - at)
+      return NULL;
+    if (memcmp(src + at + 4, "jp2c", 4) == 0) {
+      *cs_len = (size_t)(box - header);
+      return src + at + header;
+    }
+    at += (size_t)box;
+  }
+  return NULL;
 }
 
 static uint8_t clamp8(int v) { return (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v); }
@@ -206,11 +238,13 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *fmt, const uint8_t
                                const struct tsr_tile_out *out) {
   static const uint8_t jp2_signature[] = {0, 0, 0, 0x0c, 'j', 'P', ' ', ' '};
   bool jp2 = len >= sizeof jp2_signature && memcmp(src, jp2_signature, sizeof jp2_signature) == 0;
-  if (!jp2) {
-    tessera_status checked = check_siz(src, len, out);
-    if (checked != TESSERA_OK)
-      return checked;
-  }
+  size_t cs_len = len;
+  const uint8_t *cs = jp2 ? jp2_codestream(src, len, &cs_len) : src;
+  if (!cs)
+    return tsr_error(TESSERA_E_CORRUPT, "JPEG 2000 file without a codestream box");
+  tessera_status checked = check_siz(cs, cs_len, out);
+  if (checked != TESSERA_OK)
+    return checked;
   struct memory_stream m = {src, len, 0};
   char error[200] = "";
   opj_codec_t *codec = opj_create_decompress(jp2 ? OPJ_CODEC_JP2 : OPJ_CODEC_J2K);

@@ -22,6 +22,11 @@ struct jpeg_failure {
   bool interval; /* decoding an NDPI restart interval: no bytes may follow its last MCU */
 };
 
+/* Progressive (multi-scan) tiles: libjpeg keeps every coefficient of the tile while it reads
+ * the scans (2 bytes a sample, whatever part of the tile is wanted). Real slides' progressive
+ * tiles are far below this. */
+#define TSR_JPEG_MAX_COEF_BYTES ((uint64_t)256 << 20)
+
 static void on_jpeg_error(j_common_ptr cinfo) {
   struct jpeg_failure *f = (struct jpeg_failure *)cinfo->err;
   cinfo->err->format_message(cinfo, f->message);
@@ -212,6 +217,18 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   if (w < need_w || h < out->need_h || w > out->width || h > out->height)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data is %ux%u, the tile is %ux%u and needs %ux%u", w,
                      h, out->width, out->height, need_w, out->need_h);
+  if (jpeg_has_multiple_scans(cinfo)) {
+    uint64_t coefficients = 0;
+    for (int c = 0; c < cinfo->num_components; c++)
+      coefficients += (uint64_t)cinfo->comp_info[c].width_in_blocks *
+                      cinfo->comp_info[c].height_in_blocks * DCTSIZE2 * sizeof(JCOEF);
+    if (coefficients > TSR_JPEG_MAX_COEF_BYTES)
+      return tsr_error(TESSERA_E_LIMIT,
+                       "a progressive JPEG tile of %ux%u needs %llu MiB for its coefficients, "
+                       "over the %llu MiB allowed",
+                       w, h, (unsigned long long)(coefficients >> 20),
+                       (unsigned long long)(TSR_JPEG_MAX_COEF_BYTES >> 20));
+  }
   jpeg_start_decompress(cinfo);
   JDIMENSION first = crop_columns(cinfo, out);
   size_t want = (size_t)out->crop_w * channels;

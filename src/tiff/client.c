@@ -74,12 +74,84 @@ static int client_map(thandle_t h, void **base, toff_t *size) {
 
 static void client_unmap(thandle_t h, void *base, toff_t size) { (void)h, (void)base, (void)size; }
 
+/* An unsigned integer of n bytes in the file's byte order. */
+static uint64_t file_uint(const uint8_t *b, size_t n, bool big_endian) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < n; i++)
+    v |= (uint64_t)b[big_endian ? i : n - 1 - i] << (8 * (n - 1 - i));
+  return v;
+}
+
+/* Bytes of each TIFF field type (1 BYTE .. 18 IFD8); unknown types count as one. */
+static uint64_t type_size(uint16_t type) {
+  static const uint8_t sizes[19] = {0, 1, 1, 2, 4, 8, 1, 1, 2, 4, 8, 4, 8, 4, 0, 0, 8, 8, 8};
+  return type < 19 && sizes[type] ? sizes[type] : 1;
+}
+
+tessera_status tsr_tiff_check_ifd_data(const struct tsr_tiff_file *f, bool big, bool be,
+                                       uint64_t offset) {
+  size_t count_size = big ? 8 : 2, entry = big ? 20 : 12, inline_size = big ? 8 : 4;
+  uint8_t head[8];
+  if (offset >= f->size || pread(f->fd, head, count_size, (off_t)offset) != (ssize_t)count_size)
+    return TESSERA_OK; /* libtiff reports the unreadable directory itself */
+  uint64_t count = file_uint(head, count_size, be);
+  if (count > 1u << 20 || count * entry > f->size - offset)
+    return TESSERA_OK;
+  uint8_t chunk[20 * 256];
+  uint64_t total = 0, limit = f->size + ((uint64_t)1 << 20);
+  for (uint64_t done = 0; done < count;) {
+    uint64_t n = count - done < 256 ? count - done : 256;
+    off_t at = (off_t)(offset + count_size + done * entry);
+    if (pread(f->fd, chunk, n * entry, at) != (ssize_t)(n * entry))
+      return TESSERA_OK;
+    for (uint64_t i = 0; i < n; i++) {
+      const uint8_t *e = chunk + i * entry;
+      uint16_t type = (uint16_t)file_uint(e + 2, 2, be);
+      uint64_t values = file_uint(e + 4, big ? 8 : 4, be), bytes;
+      if (__builtin_mul_overflow(values, type_size(type), &bytes) || bytes > limit)
+        bytes = limit + 1;
+      if (bytes > inline_size)
+        total += bytes;
+      if (total > limit)
+        return tsr_error(TESSERA_E_FORMAT,
+                         "the directory at offset %llu points at more tag data than the file "
+                         "holds (%llu bytes)",
+                         (unsigned long long)offset, (unsigned long long)f->size);
+    }
+    done += n;
+  }
+  return TESSERA_OK;
+}
+
+/* The header's byte order, kind and first directory, or false when it is not TIFF's. */
+static bool read_header(const struct tsr_tiff_file *f, bool *big, bool *be, uint64_t *first) {
+  uint8_t h[16];
+  if (pread(f->fd, h, sizeof h, 0) < 8)
+    return false;
+  if ((h[0] != 'I' || h[1] != 'I') && (h[0] != 'M' || h[1] != 'M'))
+    return false;
+  *be = h[0] == 'M';
+  uint64_t version = file_uint(h + 2, 2, *be);
+  *big = version == 43;
+  if (version != 42 && version != 43)
+    return false;
+  *first = *big ? file_uint(h + 8, 8, *be) : file_uint(h + 4, 4, *be);
+  return true;
+}
+
 tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, int fd, uint64_t size,
                                     uint64_t max_alloc, TIFF **out) {
   memset(f, 0, sizeof *f);
   f->fd = fd;
   f->size = size;
   *out = NULL;
+  bool big, be;
+  uint64_t first;
+  if (read_header(f, &big, &be, &first)) { /* libtiff reads the first directory at open */
+    tessera_status st = tsr_tiff_check_ifd_data(f, big, be, first);
+    if (st != TESSERA_OK)
+      return st;
+  }
   TIFFOpenOptions *opts = TIFFOpenOptionsAlloc();
   if (!opts)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
@@ -93,14 +165,6 @@ tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, int fd, uint64_t si
     return tsr_error(TESSERA_E_FORMAT, "not a readable TIFF file%s%s", f->failed ? ": " : "",
                      f->failed ? f->first_error : "");
   return TESSERA_OK;
-}
-
-/* An unsigned integer of n bytes in the file's byte order. */
-static uint64_t file_uint(const uint8_t *b, size_t n, bool big_endian) {
-  uint64_t v = 0;
-  for (size_t i = 0; i < n; i++)
-    v |= (uint64_t)b[big_endian ? i : n - 1 - i] << (8 * (n - 1 - i));
-  return v;
 }
 
 bool tsr_tiff_next_ifd_offset(TIFF *tif, const struct tsr_tiff_file *f, uint64_t *next) {

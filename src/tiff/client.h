@@ -23,6 +23,13 @@ struct tsr_tiff_file {
 tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, int fd, uint64_t size,
                                     uint64_t max_alloc, TIFF **out);
 
+/* Checks, from the file itself and before libtiff reads the directory at offset, that its
+ * entries do not point at more data than the file holds: libtiff copies every tag's values
+ * (known or not) into memory, and entries sharing one block of the file would multiply it.
+ * An unreadable directory passes (libtiff reports it). */
+tessera_status tsr_tiff_check_ifd_data(const struct tsr_tiff_file *f, bool big, bool be,
+                                       uint64_t offset);
+
 /* The next-IFD pointer of the directory libtiff has current, read from the file itself:
  * libtiff stops at a directory loop without an error, so the walk checks for one. */
 bool tsr_tiff_next_ifd_offset(TIFF *tif, const struct tsr_tiff_file *f, uint64_t *next);

@@ -178,9 +178,21 @@ static tessera_status read_format(TIFF *tif, struct tsr_dir *d) {
   return TESSERA_OK;
 }
 
+static uint64_t string_bytes(const char *s) { return s ? strlen(s) + 1 : 0; }
+
+/* What a directory's copied tags take: they come out of the walk's budget for copies, which
+ * directories pointing at one shared block of text or tables would otherwise multiply. */
+static uint64_t copied_bytes(const struct tsr_dir *d) {
+  return string_bytes(d->description) + string_bytes(d->software) + string_bytes(d->make) +
+         string_bytes(d->model) + string_bytes(d->datetime) + string_bytes(d->artist) +
+         string_bytes(d->copyright) + string_bytes(d->host) + string_bytes(d->ndpi_reference) +
+         string_bytes(d->ndpi_property_map) + d->level.fmt.jpeg_tables_len;
+}
+
 static tessera_status read_directory(TIFF *tif, const struct tsr_tiff_file *file,
                                      const tessera_open_options *lim, uint32_t index,
-                                     int32_t parent, uint64_t *budget, struct tsr_dir *d) {
+                                     int32_t parent, uint64_t *budget, uint64_t *copy_budget,
+                                     struct tsr_dir *d) {
   memset(d, 0, sizeof *d);
   d->parent = parent;
   d->level.directory = index;
@@ -212,6 +224,13 @@ static tessera_status read_directory(TIFF *tif, const struct tsr_tiff_file *file
   if (!dup_private_string(tif, TSR_NDPI_REFERENCE, &d->ndpi_reference) ||
       !dup_private_string(tif, TSR_NDPI_PROPERTY_MAP, &d->ndpi_property_map))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for the tags of directory %u", index);
+  uint64_t copied = copied_bytes(d);
+  if (copied > *copy_budget)
+    return tsr_error(TESSERA_E_FORMAT,
+                     "directory %u: the directories' text tags and JPEG tables come to more "
+                     "than the file holds (repeated data)",
+                     index);
+  *copy_budget -= copied;
   return TESSERA_OK;
 }
 
@@ -242,6 +261,8 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
   tessera_status st = TESSERA_OK;
   struct tsr_dir *d;
   uint64_t budget = file->size / 4;
+  uint64_t copy_budget = 2 * file->size + ((uint64_t)1 << 20);
+  bool big = TIFFIsBigTIFF(tif), be = TIFFIsBigEndian(tif);
   /* Main chain first, remembering SubIFD offsets, then the SubIFDs: libtiff's directory
    * numbering is only reliable while walking one chain forward. */
   for (uint32_t index = 0;; index++) {
@@ -250,12 +271,17 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
-        (st = read_directory(tif, file, lim, index, -1, &budget, d)) != TESSERA_OK)
+        (st = read_directory(tif, file, lim, index, -1, &budget, &copy_budget, d)) !=
+            TESSERA_OK)
       goto out;
     uint16_t n = 0;
     const uint64_t *offs = NULL;
     if (TIFFGetField(tif, TIFFTAG_SUBIFD, &n, &offs) && offs) {
       for (uint16_t i = 0; i < n; i++) {
+        if (dirs->n + nsub >= lim->max_directories) { /* no more could be read anyway */
+          st = tsr_error(TESSERA_E_LIMIT, "more than %u TIFF directories", lim->max_directories);
+          goto out;
+        }
         if (nsub == subcap) {
           subcap = subcap ? subcap * 2 : 8;
           struct subifd_ref *ns = tsr_realloc(subs, subcap * sizeof *ns);
@@ -278,6 +304,8 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
           goto out;
         }
       }
+      if ((st = tsr_tiff_check_ifd_data(file, big, be, next)) != TESSERA_OK)
+        goto out;
     }
     if (!TIFFReadDirectory(tif)) {
       if (file->failed) {
@@ -293,6 +321,8 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
       st = tsr_error(TESSERA_E_LIMIT, "more than %u TIFF directories", lim->max_directories);
       goto out;
     }
+    if ((st = tsr_tiff_check_ifd_data(file, big, be, subs[i].offset)) != TESSERA_OK)
+      goto out;
     if (!TIFFSetSubDirectory(tif, subs[i].offset) || file->failed) {
       st = tsr_error(TESSERA_E_FORMAT, "SubIFD at offset %llu: %s",
                      (unsigned long long)subs[i].offset,
@@ -300,7 +330,8 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
-        (st = read_directory(tif, file, lim, index, subs[i].parent, &budget, d)) != TESSERA_OK)
+        (st = read_directory(tif, file, lim, index, subs[i].parent, &budget, &copy_budget,
+                             d)) != TESSERA_OK)
       goto out;
   }
 out:
