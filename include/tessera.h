@@ -279,6 +279,31 @@ TESSERA_API void tessera_batch_release(tessera_batch *batch);
 TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
 
 /* ---------------------------------------------------------------------------------------
+ * The GPU path
+ *
+ * Nothing from CUDA is linked: the CUDA runtime (libcudart), nvJPEG (libnvjpeg) and, for
+ * GPUDirect Storage, cuFile (libcufile) are opened with dlopen when first needed, so the
+ * library builds and runs on machines without them. They are looked for by soname (newest
+ * toolkit first: libcudart.so.13, .so.12, .so.11.0, then libcudart.so) through the dynamic
+ * loader (LD_LIBRARY_PATH, the ld.so cache), then in /usr/local/cuda/lib64,
+ * /usr/local/cuda/targets/<arch>/lib, the distribution's library folders, /opt/cuda/lib64
+ * and NVIDIA's pip wheels beside the tessera Python package. The environment variable
+ * TESSERA_CUDA_PATH, a folder (or folders separated by ':'), replaces that whole search when
+ * set. The search happens once per process; the libraries then stay loaded.
+ *
+ * This version checks what the GPU path needs; decoding into GPU memory is not built yet.
+ */
+
+/* TESSERA_OK when the CUDA runtime, at least one CUDA device and nvJPEG are all there.
+ * Otherwise TESSERA_E_UNSUPPORTED, with tessera_error_message() saying what is missing:
+ * "CUDA runtime not found (tried ...)", "CUDA runtime PATH lacks FUNCTION", "no CUDA device:
+ * REASON (...)" (REASON is CUDA's own, e.g. "CUDA driver version is insufficient for CUDA
+ * runtime version" where no NVIDIA driver is installed), "nvJPEG not found (tried ...)" or
+ * "nvJPEG PATH lacks FUNCTION". The first call looks (loading the libraries and asking the
+ * runtime for devices); later calls give the same answer at once. Thread-safe. */
+TESSERA_API tessera_status tessera_cuda_status(void);
+
+/* ---------------------------------------------------------------------------------------
  * The decoded-tile cache
  *
  * One cache per process, used by every read (regions, whole levels, batch iterators) of every

@@ -94,6 +94,26 @@ static PyObject *array_from_bytes(PyObject *self, PyObject *args) {
   return pyt_array_from_owned(copy, (int)ndim, shape);
 }
 
+PyDoc_STRVAR(cuda_status_doc,
+             "cuda_status() -> None\n\n"
+             "Returns when the CUDA runtime, a CUDA device and nvJPEG are all there; raises "
+             "RuntimeError with the library's message saying what is missing otherwise. The "
+             "libraries are looked for once per process (see tessera_cuda_status in tessera.h).");
+
+static PyObject *cuda_status(PyObject *self, PyObject *unused) {
+  (void)self, (void)unused;
+  tessera_status status;
+  /* The first call loads the CUDA runtime, which may take a while on a machine with GPUs. */
+  Py_BEGIN_ALLOW_THREADS
+  status = tessera_cuda_status();
+  Py_END_ALLOW_THREADS
+  if (status != TESSERA_OK) {
+    PyErr_SetString(PyExc_RuntimeError, tessera_error_message());
+    return NULL;
+  }
+  Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"cache_configure", (PyCFunction)(void (*)(void))pyt_cache_configure,
      METH_VARARGS | METH_KEYWORDS,
@@ -110,6 +130,7 @@ static PyMethodDef module_methods[] = {
     {"shared_cache_remove", (PyCFunction)(void (*)(void))pyt_shared_cache_remove,
      METH_VARARGS | METH_KEYWORDS,
      "shared_cache_remove(name, force=False): removes a shared-memory cache's segment."},
+    {"cuda_status", cuda_status, METH_NOARGS, cuda_status_doc},
     {"checksum", checksum, METH_VARARGS, checksum_doc},
     {"_live", live, METH_NOARGS, live_doc},
     {"_array_from_bytes", array_from_bytes, METH_VARARGS, array_from_bytes_doc},

@@ -6,9 +6,9 @@ import os
 
 from . import _tessera
 
-_CUDA_MISSING = (
-    "CUDA is not available: this build of tessera reads on the CPU only (device='cpu'); "
-    "its GPU path is not built in"
+_NO_GPU_DECODER = (
+    "CUDA, a device and nvJPEG were found, but this version of tessera has no GPU decoder "
+    "yet: read with device='cpu' and copy the arrays to the GPU"
 )
 
 
@@ -17,7 +17,11 @@ def _check_device(device):
     if name == "cpu":
         return
     if name in ("cuda", "gpu") or name.startswith("cuda:"):
-        raise RuntimeError("device=%r: %s" % (device, _CUDA_MISSING))
+        try:
+            _tessera.cuda_status()
+        except RuntimeError as e:
+            raise RuntimeError("device=%r: CUDA is not available: %s" % (device, e)) from None
+        raise RuntimeError("device=%r: %s" % (device, _NO_GPU_DECODER))
     raise ValueError("unknown device %r: use 'cpu' or 'cuda'" % (device,))
 
 
@@ -248,7 +252,9 @@ class CuImage(_tessera.Slide):
         batch_size, drop_last, prefetch_factor, shuffle, seed: as cuCIM (and PyTorch).
         channels: 3 (RGB) or 4 (RGBA, alpha 0 outside the image); fill: 0..255 outside the
         image (default: the slide's background).
-        device: 'cpu'; 'cuda' raises RuntimeError here (CUDA is not available).
+        device: 'cpu'. 'cuda' raises RuntimeError: "CUDA is not available: ..." with what
+        is missing (runtime, device or nvJPEG), or, where all are there, that this version has
+        no GPU decoder yet.
         """
         _check_device(device)
         if buf is not None:
