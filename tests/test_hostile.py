@@ -146,7 +146,8 @@ def test_tile_tables_larger_than_the_file_are_refused(work, lib):
         f.write(data)
     st, msg, slide = T.open_status(path)
     assert st == T.E_FORMAT, (T.STATUS_NAMES.get(st), msg)
-    assert "more than the file" in msg, msg
+    # refused before libtiff reads the directory (its entries point at 4 MiB, the file has 2)
+    assert "points at more tag data than the file holds" in msg, msg
 
 
 def test_jpeg_with_stray_bytes_before_eoi_reads_like_libvips(work, lib):

@@ -516,12 +516,14 @@ static bool lock_shard(const struct shared_cache *c, struct shard *sh) {
 static void unlock_shard(struct shard *sh) { pthread_mutex_unlock(&sh->lock); }
 
 /* Bytes of scratch a hit needs: the row pointers, then room for the rows that straddle two
- * chunks (at most one per chunk boundary, since rows do not overlap). */
+ * chunks (at most one per chunk boundary, since rows do not overlap, and no more than the
+ * rows asked for: a wide strip has few rows over many chunks). */
 static size_t list_bytes(const struct tsr_cache_access *a) {
   return (size_t)align_up((uint64_t)a->rows * sizeof(uint8_t *), 64);
 }
 static size_t hit_bytes(const struct tsr_cache_access *a) {
-  return list_bytes(a) + (size_t)chunks_for(a->bytes) * a->row_bytes;
+  uint64_t chunks = chunks_for(a->bytes);
+  return list_bytes(a) + (size_t)(chunks < a->rows ? chunks : a->rows) * a->row_bytes;
 }
 
 /* Points a->row_list at the rows asked for, in place in entry e's chunks, copying only the
