@@ -85,6 +85,7 @@ run_tests() {
   echo "== Python tests (differential against OpenSlide and libvips, damaged files, CLI)" >&2
   TESSERA_LIB="$PWD/build/src/libtessera.so" TESSERA_CLI="$PWD/build/cli/tessera" \
     TESSERA_CLI_ASAN="$PWD/build-asan/cli/tessera" TESSERA_TEST_READ_ASAN="$PWD/build-asan/tests/test_read" \
+    TESSERA_FUZZ_OPEN_REPLAY_ASAN="$PWD/build-asan/fuzz/fuzz_open_replay" \
     TESSERA_TESTDATA="$PWD/../shared/testdata" TESSERA_PYTHON="$PWD/build/python" \
     "$PY" -m pytest -q -p no:cacheprovider --junitxml="$results/pytest.xml" tests || rc=1
   "$PY" tests/summary.py build/meson-logs/plain.json build-asan/meson-logs/sanitized.json \

@@ -1,14 +1,45 @@
 /* Builds a fuzz target as a plain program: every file named (or found in a directory named)
  * on the command line is passed to LLVMFuzzerTestOneInput once. The test command replays the
- * test data and tests/crashers this way, in the plain and sanitized builds. */
+ * test data, tests/crashers and the corpora this way, in the plain and sanitized builds.
+ *
+ * Each input has FUZZ_REPLAY_TIMEOUT seconds (default 30): past that the program names the
+ * input on stderr and aborts, so a hang fails the replay with the input that hung. With
+ * FUZZ_REPLAY_VERBOSE set, each input's name is printed on stderr before it is replayed. */
 #include <dirent.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+/* Written by main's thread before alarm() is armed, read by the SIGALRM handler. */
+static char current[4096];
+static unsigned timeout_s = 30;
+static int verbose;
+
+static void write_all(const char *s) {
+  size_t n = strlen(s);
+  while (n > 0) {
+    ssize_t k = write(STDERR_FILENO, s, n);
+    if (k <= 0)
+      return;
+    s += k;
+    n -= (size_t)k;
+  }
+}
+
+/* Only async-signal-safe calls: write and abort. */
+static void on_alarm(int sig) {
+  (void)sig;
+  write_all("replay: timeout: ");
+  write_all(current);
+  write_all(" ran longer than the time limit (FUZZ_REPLAY_TIMEOUT)\n");
+  abort();
+}
 
 static int replay_file(const char *path) {
   FILE *f = fopen(path, "rb");
@@ -29,7 +60,15 @@ static int replay_file(const char *path) {
     size += n;
   }
   fclose(f);
+  snprintf(current, sizeof current, "%s", path);
+  if (verbose) {
+    write_all("replay: ");
+    write_all(current);
+    write_all("\n");
+  }
+  alarm(timeout_s);
   LLVMFuzzerTestOneInput(data ? data : (const uint8_t *)"", size);
+  alarm(0);
   free(data);
   return 1;
 }
@@ -57,6 +96,14 @@ static int replay(const char *path) {
 }
 
 int main(int argc, char **argv) {
+  const char *t = getenv("FUZZ_REPLAY_TIMEOUT");
+  if (t && atoi(t) > 0)
+    timeout_s = (unsigned)atoi(t);
+  verbose = getenv("FUZZ_REPLAY_VERBOSE") != NULL;
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_alarm;
+  sigaction(SIGALRM, &sa, NULL);
   int count = 0;
   for (int i = 1; i < argc; i++)
     count += replay(argv[i]);

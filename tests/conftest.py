@@ -6,6 +6,8 @@ Environment:
   TESSERA_CLI_ASAN  optional: a `tessera` built with AddressSanitizer + UBSan; when set, the
                     damaged-file CLI cases run with it as well
   TESSERA_TESTDATA  the real slide files (default ../shared/testdata)
+  TESSERA_FUZZ_OPEN_REPLAY_ASAN  the fuzz_open replay program built with AddressSanitizer +
+                    UBSan (default build-asan/fuzz/fuzz_open_replay), for test_damaged_copies
   TESSERA_PYTHON    the folder holding the built Python package `tessera` (default
                     build/python); the package's tests import it from there
 

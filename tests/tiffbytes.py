@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8,
               13: 4, 16: 8, 17: 8, 18: 8}
-INT_FORMATS = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 6: "b", 8: "h", 9: "i", 17: "q"}
+INT_FORMATS = {1: "B", 3: "H", 4: "I", 13: "I", 16: "Q", 18: "Q", 6: "b", 8: "h", 9: "i", 17: "q"}
 
 TAG = {"ImageWidth": 256, "ImageLength": 257, "BitsPerSample": 258, "Compression": 259,
        "Photometric": 262, "StripOffsets": 273, "SamplesPerPixel": 277, "RowsPerStrip": 278,
@@ -91,6 +91,14 @@ class Tiff:
         next_pos = p + n * esize
         next_off = self._u(ofmt, next_pos)
         return Ifd(off, entries, next_pos, next_off)
+
+    def sub_ifds(self):
+        """The directories that the SubIFDs tags of the chain's directories point to."""
+        out = []
+        for i, ifd in enumerate(self.ifds):
+            if TAG["SubIFDs"] in ifd.entries:
+                out += [self._read_ifd(off) for off in self.values(i, "SubIFDs")]
+        return out
 
     def values(self, ifd, tag):
         e = self.ifds[ifd].entries[TAG.get(tag, tag)]
