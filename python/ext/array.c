@@ -183,18 +183,21 @@ static PyMappingMethods array_as_mapping = {
 
 /* ---- attributes ---- */
 
-static PyObject *shape_tuple(const pyt_array *a) {
-  PyObject *t = PyTuple_New(a->ndim);
-  for (int i = 0; t && i < a->ndim; i++) {
-    PyObject *v = PyLong_FromSsize_t(a->shape[i]);
-    if (!v) {
+/* A tuple of n Python ints. */
+static PyObject *ssize_tuple(const Py_ssize_t *v, int n) {
+  PyObject *t = PyTuple_New(n);
+  for (int i = 0; t && i < n; i++) {
+    PyObject *x = PyLong_FromSsize_t(v[i]);
+    if (!x) {
       Py_CLEAR(t);
       break;
     }
-    PyTuple_SET_ITEM(t, i, v);
+    PyTuple_SET_ITEM(t, i, x);
   }
   return t;
 }
+
+static PyObject *shape_tuple(const pyt_array *a) { return ssize_tuple(a->shape, a->ndim); }
 
 static PyObject *get_shape(pyt_array *a, void *c) {
   (void)c;
@@ -273,15 +276,7 @@ static PyObject *get_indices(pyt_array *a, void *c) {
 static PyObject *get_array_interface(pyt_array *a, void *c) {
   (void)c;
   PyObject *shape = shape_tuple(a);
-  PyObject *strides = PyTuple_New(a->ndim);
-  for (int i = 0; strides && i < a->ndim; i++) {
-    PyObject *v = PyLong_FromSsize_t(a->strides[i]);
-    if (!v) {
-      Py_CLEAR(strides);
-      break;
-    }
-    PyTuple_SET_ITEM(strides, i, v);
-  }
+  PyObject *strides = ssize_tuple(a->strides, a->ndim);
   PyObject *d = NULL;
   if (shape && strides)
     d = Py_BuildValue("{s:O,s:s,s:(NO),s:O,s:i}", "shape", shape, "typestr", "|u1", "data",
