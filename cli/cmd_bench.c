@@ -48,6 +48,10 @@ enum {
   OPT_CACHE,
   OPT_PROCESSES,
   OPT_JSON,
+  OPT_DEVICE,
+  OPT_GDS,
+  OPT_NO_CHECKSUM,
+  OPT_COMPARE,
   OPT_HELP
 };
 
@@ -67,6 +71,10 @@ static const cli_option options[] = {
     {"cache", 0, true, OPT_CACHE},
     {"processes", 'P', true, OPT_PROCESSES},
     {"json", 'j', false, OPT_JSON},
+    {"device", 'd', true, OPT_DEVICE},
+    {"gds", 0, false, OPT_GDS},
+    {"no-checksum", 0, false, OPT_NO_CHECKSUM},
+    {"compare", 0, false, OPT_COMPARE},
     {"help", 'h', false, OPT_HELP},
 };
 
@@ -77,6 +85,7 @@ void cmd_bench_help(FILE *out) {
           "                     [--batch-size B] [--workers W] [--prefetch F]\n"
           "                     [--shuffle] [--seed S] [--channels 3|4]\n"
           "                     [--cache TYPE[:MIB]] [--processes P] [--json]\n"
+          "                     [--device cpu|cuda[:N]] [--gds] [--no-checksum] [--compare]\n"
           "\n"
           "Read W x H patches of level L through the batch iterator, as a training or\n"
           "inference loop would, discard them and report the rate: patches, seconds,\n"
@@ -136,6 +145,15 @@ void cmd_bench_help(FILE *out) {
           "                        (patches, batches, seconds, patches_per_s,\n"
           "                        megapixels_per_s, peak_rss_mib, cache_hits,\n"
           "                        cache_misses, distinct_tiles, checksum)\n"
+          "  -d, --device D        where batches are made: cpu (default), or cuda or\n"
+          "                        cuda:N (the CUDA device N): tiles decoded by nvJPEG\n"
+          "                        into GPU memory (the report names the decoder)\n"
+          "      --gds             with cuda: read tiles with GPUDirect Storage (cuFile)\n"
+          "      --no-checksum     skip the checksum (with cuda it copies every batch back\n"
+          "                        to the host): time the reading alone\n"
+          "      --compare         with cuda: read every batch on the CPU too and report\n"
+          "                        the largest and mean absolute difference per sample\n"
+          "                        (the timing then includes the CPU's reading)\n"
           "  -h, --help            show this help\n"
           "\n"
           "distinct_tiles is the number of tiles (or strips) of level L that the patches\n"
@@ -159,7 +177,9 @@ void cmd_bench_help(FILE *out) {
           "  tessera bench slide.tiff --layout sliding --stride 112 --size 224,224 \\\n"
           "      --shuffle --workers 1 --cache per_process:512\n"
           "  tessera bench slide.tiff --layout random --count 20000 --size 224,224 \\\n"
-          "      --processes 4 --workers 2 --cache shared_memory:2048\n",
+          "      --processes 4 --workers 2 --cache shared_memory:2048\n"
+          "  tessera bench slide.tiff --layout random --count 20000 --size 224,224 \\\n"
+          "      --batch-size 64 --device cuda --no-checksum\n",
           MAX_COUNT, MAX_BATCH, DEFAULT_BATCH, MAX_WORKERS, DEFAULT_PREFETCH);
 }
 
@@ -173,7 +193,25 @@ typedef struct bench_args {
   int64_t width, height, level, batch_size, workers, prefetch, seed, channels;
   tessera_cache_type cache;
   int64_t cache_mib, processes;
+  bool cuda, gds, no_checksum, compare;
+  int64_t device_id;
 } bench_args;
+
+/* "cpu", "cuda" or "cuda:N". */
+static bool parse_device(const char *v, bench_args *a) {
+  if (strcmp(v, "cpu") == 0) {
+    a->cuda = false;
+    return true;
+  }
+  if (strncmp(v, "cuda", 4) == 0 && (v[4] == '\0' || v[4] == ':')) {
+    a->cuda = true;
+    a->device_id = 0;
+    return v[4] == '\0' || cli_parse_int64("bench", "--device cuda:N", v + 5, 0, 1023,
+                                            &a->device_id);
+  }
+  cli_usage("bench", "--device: '%s' is not cpu, cuda or cuda:N", v);
+  return false;
+}
 
 /* "nocache", or "per_process:MIB" / "shared_memory:MIB". */
 static bool parse_cache(const char *v, bench_args *a) {
@@ -242,6 +280,10 @@ static bool parse_option(int id, const char *v, bench_args *a) {
   case OPT_PROCESSES:
     return cli_parse_int64("bench", "--processes", v, 1, MAX_PROCESSES, &a->processes);
   case OPT_JSON: a->json = true; return true;
+  case OPT_DEVICE: return parse_device(v, a);
+  case OPT_GDS: a->gds = true; return true;
+  case OPT_NO_CHECKSUM: a->no_checksum = true; return true;
+  case OPT_COMPARE: a->compare = true; return true;
   }
   return true;
 }
@@ -262,6 +304,10 @@ static int check_args(const bench_args *a) {
     return cli_usage("bench", "--layout random needs --count N");
   if (!a->have_size)
     return cli_usage("bench", "--size W,H is required");
+  if ((a->gds || a->compare) && !a->cuda)
+    return cli_usage("bench", "%s goes with --device cuda", a->gds ? "--gds" : "--compare");
+  if (a->cuda && a->processes > 1)
+    return cli_usage("bench", "--device cuda reads in one process; leave out --processes");
   uint64_t bytes;
   if (__builtin_mul_overflow((uint64_t)a->width, (uint64_t)a->height, &bytes) ||
       __builtin_mul_overflow(bytes, (uint64_t)a->channels, &bytes) ||
@@ -485,7 +531,35 @@ typedef struct bench_result {
   uint64_t cache_hits, cache_misses;
   bool have_distinct_tiles; /* false when the level has too many tiles to count them */
   uint64_t distinct_tiles;
+  char decoder[32];         /* tessera_batch_iter_decoder's */
+  bool compared;            /* --compare: the differences from the CPU's batches */
+  unsigned max_difference;
+  double mean_difference;
+  uint64_t differing; /* samples that differ at all */
 } bench_result;
+
+/* GPUDirect Storage: nvJPEG's batched decoder takes its input from host memory, so reading
+ * tiles straight into GPU memory would only add a copy back; tessera does not do it. */
+static bool check_gds(const bench_args *a) {
+  if (!a->gds)
+    return true;
+  cli_error(a->slide, "--gds: tessera does not read tiles with GPUDirect Storage: nvJPEG's "
+                      "batched decoder takes compressed tiles from host memory, so they are "
+                      "read into pinned host memory instead");
+  return false;
+}
+
+/* --compare: adds the differences of one batch's samples from the CPU's. */
+static void add_differences(const uint8_t *gpu, const uint8_t *cpu, size_t n, bench_result *res,
+                            double *sum) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned d = gpu[i] > cpu[i] ? (unsigned)(gpu[i] - cpu[i]) : (unsigned)(cpu[i] - gpu[i]);
+    *sum += d;
+    res->differing += d != 0;
+    if (d > res->max_difference)
+      res->max_difference = d;
+  }
+}
 
 /* Makes the process's tile cache the one asked for, counting hits and misses. */
 static bool configure_cache(const bench_args *a) {
@@ -542,8 +616,12 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   bo.shuffle = a->shuffle;
   bo.seed = (uint64_t)a->seed;
   bo.channels = (int32_t)a->channels;
+  bo.device = a->cuda ? TESSERA_DEVICE_CUDA : TESSERA_DEVICE_CPU;
+  bo.device_id = (int32_t)a->device_id;
 
   memset(res, 0, sizeof *res);
+  if (!check_gds(a))
+    return false;
   progress pr = {.enabled = show_progress && !a->json && isatty(STDERR_FILENO), .total = n};
   double start = pr.start = now_seconds();
   tessera_batch_iter *it = NULL;
@@ -552,25 +630,56 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
     cli_error(a->slide, "%s", tessera_error_message());
     return false;
   }
+  snprintf(res->decoder, sizeof res->decoder, "%s", tessera_batch_iter_decoder(it));
+  /* The CPU's batches for --compare, and a host copy of CUDA batches to sum or compare. */
+  tessera_batch_iter *cpu = NULL;
+  bo.device = TESSERA_DEVICE_CPU;
+  bool ok = !a->compare || tessera_batch_iter_create(slide, xy, n, a->width, a->height,
+                                                     (int32_t)a->level, &bo, &cpu) == TESSERA_OK;
+  bool host_copy = a->cuda && (a->compare || !a->no_checksum);
+  size_t batch_bytes = (size_t)(a->batch_size * a->width * a->height * a->channels);
+  uint8_t *host = host_copy ? malloc(batch_bytes) : NULL;
+  if (!ok || (host_copy && !host))
+    cli_error(a->slide, "%s", ok ? "out of memory for a batch" : tessera_error_message());
+  ok = ok && (!host_copy || host);
   size_t total_batches = tessera_batch_iter_length(it);
-  for (;;) {
-    tessera_batch *b = NULL;
-    if (tessera_batch_iter_next(it, &b) != TESSERA_OK) {
+  double sum = 0.0;
+  while (ok) {
+    tessera_batch *b = NULL, *c = NULL;
+    if (tessera_batch_iter_next(it, &b) != TESSERA_OK ||
+        (b && cpu && (tessera_batch_iter_next(cpu, &c) != TESSERA_OK || !c)) ||
+        (b && host && tessera_batch_copy_to_host(b, host, batch_bytes) != TESSERA_OK)) {
       progress_end(&pr);
       cli_error(a->slide, "batch %zu of %zu: %s", res->batches + 1, total_batches,
                 tessera_error_message());
-      tessera_batch_iter_destroy(it);
-      return false;
+      tessera_batch_release(b);
+      tessera_batch_release(c);
+      ok = false;
+      break;
     }
     if (!b)
       break;
-    res->checksum += checksum_pixels(b->data, b->size, b->channels);
+    const uint8_t *pixels = host ? host : b->data;
+    if (!a->no_checksum)
+      res->checksum += checksum_pixels(pixels, b->size, b->channels);
+    if (c)
+      add_differences(pixels, c->data, b->size, res, &sum);
     res->patches += b->count;
     res->batches++;
     tessera_batch_release(b);
+    tessera_batch_release(c);
     progress_update(&pr, res->patches);
   }
   tessera_batch_iter_destroy(it);
+  tessera_batch_iter_destroy(cpu);
+  free(host);
+  if (!ok)
+    return false;
+  if (a->compare) {
+    uint64_t samples = (uint64_t)res->patches * (uint64_t)(a->width * a->height * a->channels);
+    res->compared = true;
+    res->mean_difference = samples ? sum / (double)samples : 0.0;
+  }
   res->seconds = now_seconds() - start;
   progress_end(&pr);
   res->peak_rss_mib = peak_rss_mib();
@@ -809,7 +918,18 @@ static void print_json(const bench_args *a, const tessera_level_info *info, cons
     fprintf(out, ",\n  \"distinct_tiles\": %" PRIu64, r->distinct_tiles);
   else
     fputs(",\n  \"distinct_tiles\": null", out);
-  fprintf(out, ",\n  \"checksum\": %" PRIu64 "\n}\n", r->checksum);
+  fprintf(out, ",\n  \"device\": \"%s\",\n  \"device_id\": %" PRId64 ",\n  \"decoder\": ",
+          a->cuda ? "cuda" : "cpu", a->device_id);
+  json_write_string(out, r->decoder);
+  if (r->compared) {
+    fprintf(out, ",\n  \"max_difference\": %u,\n  \"mean_difference\": ", r->max_difference);
+    json_write_number(out, r->mean_difference);
+    fprintf(out, ",\n  \"differing_samples\": %" PRIu64, r->differing);
+  }
+  if (a->no_checksum)
+    fputs(",\n  \"checksum\": null\n}\n", out);
+  else
+    fprintf(out, ",\n  \"checksum\": %" PRIu64 "\n}\n", r->checksum);
 }
 
 static void print_table(const bench_args *a, const tessera_level_info *info,
@@ -845,7 +965,18 @@ static void print_table(const bench_args *a, const tessera_level_info *info,
             cache_name(a->cache), a->cache_mib, r->cache_hits, r->cache_misses);
   if (r->have_distinct_tiles)
     fprintf(out, "tiles:          %" PRIu64 " distinct touched\n", r->distinct_tiles);
-  fprintf(out, "checksum:       %" PRIu64 "\n", r->checksum);
+  fprintf(out, "device:         %s", a->cuda ? "cuda" : "cpu");
+  if (a->cuda)
+    fprintf(out, ":%" PRId64, a->device_id);
+  fprintf(out, " (decoder: %s)\n", r->decoder);
+  if (r->compared)
+    fprintf(out,
+            "vs the CPU:     largest difference %u, mean %.4f, %" PRIu64 " samples differ\n",
+            r->max_difference, r->mean_difference, r->differing);
+  if (a->no_checksum)
+    fputs("checksum:       (not computed: --no-checksum)\n", out);
+  else
+    fprintf(out, "checksum:       %" PRIu64 "\n", r->checksum);
 }
 
 /* ---- the command ---------------------------------------------------------------------- */

@@ -232,7 +232,16 @@ typedef struct tessera_batch_options {
   uint64_t seed;           /* seed of that order; default 0 */
   int32_t channels;        /* 3 (RGB, default) or 4 (RGBA: alpha 0 outside the image) */
   int32_t fill;            /* 0..255, or -1 (default) for the slide's background */
+  int32_t device;          /* where batches are made: TESSERA_DEVICE_CPU (default) or
+                              TESSERA_DEVICE_CUDA (see "The GPU path" below) */
+  int32_t device_id;       /* the CUDA device, 0 (default) .. count - 1 */
 } tessera_batch_options;
+
+/* Where a batch's memory lives. */
+typedef enum tessera_device {
+  TESSERA_DEVICE_CPU = 0, /* host memory */
+  TESSERA_DEVICE_CUDA = 1 /* memory of a CUDA device */
+} tessera_device;
 
 /* Fills *options with the defaults. Thread-safe. */
 TESSERA_API void tessera_batch_options_init(tessera_batch_options *options);
@@ -248,6 +257,16 @@ typedef struct tessera_batch {
   const uint64_t *indices; /* count entries: which of the n locations each patch shows */
   int64_t width, height;
   int32_t channels;
+  int32_t device;    /* TESSERA_DEVICE_CPU, or TESSERA_DEVICE_CUDA: data is device memory */
+  int32_t device_id; /* the CUDA device holding data */
+  void *stream;      /* CUDA: the iterator's cudaStream_t, on which the batch was made. The
+                        batch is complete when tessera_batch_iter_next returns it: no stream
+                        needs to wait for it */
+  void *consumer_stream; /* CUDA, set by the caller (NULL by default: the legacy default
+                            stream): the cudaStream_t whose work reads the batch. Releasing
+                            the batch makes the next write into its memory wait for the work
+                            queued on that stream before the release, so a buffer is never
+                            overwritten while kernels queued to read it have yet to run */
 } tessera_batch;
 
 /* Makes an iterator over n (x, y) pairs in `locations` (2n int64 values, level-0 pixels; they
@@ -291,8 +310,36 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
  * TESSERA_CUDA_PATH, a folder (or folders separated by ':'), replaces that whole search when
  * set. The search happens once per process; the libraries then stay loaded.
  *
- * This version checks what the GPU path needs; decoding into GPU memory is not built yet.
+ * A batch iterator made with device TESSERA_DEVICE_CUDA hands out batches in the memory of
+ * that CUDA device, in the same layout, order and values as the CPU's (JPEG tiles decoded by
+ * nvJPEG differ from libjpeg-turbo's by rounding: a level or two). What is made where:
+ *  - Patches wholly inside the level whose tiles are JPEG (TIFF compression 7, photometric
+ *    YCbCr, baseline 8-bit, 3 components) are assembled on the GPU from tiles decoded by
+ *    nvJPEG's batched decoder: its hardware back end where the GPU has one (A100, H100),
+ *    else its default. TESSERA_NVJPEG_BACKEND (hardware, gpu, hybrid, default) forces one.
+ *  - Every other patch (touching the level's edge, needing a missing or damaged tile, or
+ *    tiles of another codec, or JPEG that nvJPEG would read differently, such as Aperio's RGB
+ *    samples) is painted on the CPU exactly as a CPU batch is, and copied to the device
+ *    asynchronously. Errors are therefore the CPU's: a tile the CPU cannot decode fails its
+ *    batch. (Damage that nvJPEG decodes without complaint cannot be noticed on the GPU.)
+ * Compressed tiles are staged in pinned host memory; each iterator has one CUDA stream (the
+ * batch's `stream`). tessera_batch_iter_next returns a batch once it is complete. Releasing it
+ * records an event on its consumer_stream that later writes into its memory wait for. Device
+ * buffers are recycled like host ones; destroying the iterator frees them (at once, or at the
+ * release of the last batch held). A process that forks cannot use its parent's iterators.
  */
+
+/* What decodes an iterator's tiles: "cpu" (a CPU iterator), "nvjpeg-hardware",
+ * "nvjpeg-default", "nvjpeg-gpu-hybrid" or "nvjpeg-hybrid" (a CUDA iterator whose level
+ * nvJPEG can decode), or "cpu+copy" (a CUDA iterator whose level it cannot: every patch is
+ * painted on the CPU and copied). The string is static. */
+TESSERA_API const char *tessera_batch_iter_decoder(const tessera_batch_iter *iter);
+
+/* Copies a batch's bytes (all of batch->size) into host memory dst of dst_size bytes, from the
+ * host or from a CUDA device, waiting for the copy. For checks and debugging: a CUDA batch is
+ * meant to be used where it is. TESSERA_E_ARGUMENT when dst_size < batch->size. */
+TESSERA_API tessera_status tessera_batch_copy_to_host(const tessera_batch *batch, void *dst,
+                                                      size_t dst_size);
 
 /* TESSERA_OK when the CUDA runtime, at least one CUDA device and nvJPEG are all there.
  * Otherwise TESSERA_E_UNSUPPORTED, with tessera_error_message() saying what is missing:

@@ -16,6 +16,7 @@
 #include "alloc.h"
 #include "error.h"
 #include "pool.h"
+#include "batch_internal.h"
 #include "region.h"
 
 #define TSR_MAX_PATCH_SIDE ((int64_t)1 << 31)
@@ -54,17 +55,8 @@ struct slot {
 };
 
 struct tessera_batch_iter {
+  struct tsr_batch_layout L; /* first: set at creation, then only read */
   /* Set at creation, then only read. */
-  tessera_slide *s;
-  int32_t level;
-  int64_t width, height;
-  unsigned channels;
-  uint8_t fill;
-  size_t n, batch_size, nbatches;
-  int64_t *xy;     /* 2n level-0 coordinates */
-  uint64_t *order; /* the visiting order of the n locations */
-  size_t patch_bytes, batch_bytes;
-  unsigned workers; /* runners allowed at once; 0 = the consumer decodes */
   size_t ahead;     /* batches scheduled beyond the one being waited for */
   size_t ring_size;
   size_t table_size; /* a power of two */
@@ -86,7 +78,6 @@ struct tessera_batch_iter {
   bool cancelled;      /* destroy has begun: no job is taken any more */
   bool destroyed;      /* destroy has ended: whoever lets go last frees the iterator */
   bool no_pool;        /* the pool could not be started: the consumer decodes */
-  unsigned generation; /* the pool's fork generation at creation; set once */
 };
 
 TESSERA_API void tessera_batch_options_init(tessera_batch_options *o) {
@@ -192,9 +183,9 @@ static struct slot *take_slot(struct tessera_batch_iter *it) {
   if (!sl)
     return NULL;
   sl->it = it;
-  sl->data = tsr_malloc(it->batch_bytes);
-  sl->indices = tsr_malloc(it->batch_size * sizeof *sl->indices);
-  sl->canvases = tsr_malloc(it->batch_size * sizeof *sl->canvases);
+  sl->data = tsr_malloc(it->L.batch_bytes);
+  sl->indices = tsr_malloc(it->L.batch_size * sizeof *sl->indices);
+  sl->canvases = tsr_malloc(it->L.batch_size * sizeof *sl->canvases);
   if (!sl->data || !sl->indices || !sl->canvases) {
     free_slot(sl);
     return NULL;
@@ -262,44 +253,62 @@ static tessera_status need_tile(struct tessera_batch_iter *it, uint64_t tile, st
   return TESSERA_OK;
 }
 
+size_t tsr_batch_count(const struct tsr_batch_layout *l, size_t number) {
+  size_t first = number * l->batch_size;
+  return l->n - first < l->batch_size ? l->n - first : l->batch_size;
+}
+
+bool tsr_batch_patch(const struct tsr_batch_layout *l, size_t number, size_t p, uint8_t *dst,
+                     struct tsr_canvas *c, uint64_t *index) {
+  const struct tsr_level *lv = &l->s->levels[l->level];
+  *index = l->order[number * l->batch_size + p];
+  int64_t x = l->xy[2 * *index], y = l->xy[2 * *index + 1];
+  *c = (struct tsr_canvas){
+      .lx = tsr_level_coord(lv, x),
+      .ly = tsr_level_coord(lv, y),
+      .width = l->width,
+      .height = l->height,
+      .channels = l->channels,
+      .fill = l->fill,
+      .stride = (size_t)l->width * l->channels,
+      .dst = dst,
+  };
+  /* Patches wholly beyond +-2^62 cannot touch a level (at most 2^24 wide). */
+  return !(c->lx > INT64_MAX / 4 || c->lx < INT64_MIN / 4 || c->ly > INT64_MAX / 4 ||
+           c->ly < INT64_MIN / 4);
+}
+
+void tsr_batch_layout_free(struct tsr_batch_layout *l) {
+  tsr_free(l->xy);
+  tsr_free(l->order);
+  l->xy = NULL;
+  l->order = NULL;
+}
+
 /* Lays out batch `number` in a slot and queues its tiles. */
 static tessera_status schedule(struct tessera_batch_iter *it, size_t number) {
   struct slot *sl = take_slot(it);
   if (!sl)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for a %zu-byte batch", it->batch_bytes);
-  size_t first = number * it->batch_size;
-  size_t count = it->n - first < it->batch_size ? it->n - first : it->batch_size;
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a %zu-byte batch", it->L.batch_bytes);
+  size_t count = tsr_batch_count(&it->L, number);
   sl->pub = (tessera_batch){.data = sl->data,
-                            .size = count * it->patch_bytes,
+                            .size = count * it->L.patch_bytes,
                             .count = count,
                             .number = number,
                             .indices = sl->indices,
-                            .width = it->width,
-                            .height = it->height,
-                            .channels = (int32_t)it->channels};
+                            .width = it->L.width,
+                            .height = it->L.height,
+                            .channels = (int32_t)it->L.channels,
+                            .device = TESSERA_DEVICE_CPU};
   sl->pending = 0;
   sl->failure.status = TESSERA_OK;
   sl->next = NULL;
   it->ring[number % it->ring_size] = sl;
-  const struct tsr_level *lv = &it->s->levels[it->level];
+  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
   for (size_t p = 0; p < count; p++) {
-    uint64_t index = it->order[first + p];
-    int64_t x = it->xy[2 * index], y = it->xy[2 * index + 1];
     struct tsr_canvas *c = &sl->canvases[p];
-    *c = (struct tsr_canvas){
-        .lx = tsr_level_coord(lv, x),
-        .ly = tsr_level_coord(lv, y),
-        .width = it->width,
-        .height = it->height,
-        .channels = it->channels,
-        .fill = it->fill,
-        .stride = (size_t)it->width * it->channels,
-        .dst = sl->data + p * it->patch_bytes,
-    };
-    sl->indices[p] = index;
-    /* Patches wholly beyond +-2^62 cannot touch a level (at most 2^24 wide). */
-    if (c->lx > INT64_MAX / 4 || c->lx < INT64_MIN / 4 || c->ly > INT64_MAX / 4 ||
-        c->ly < INT64_MIN / 4) {
+    if (!tsr_batch_patch(&it->L, number, p, sl->data + p * it->L.patch_bytes, c,
+                         &sl->indices[p])) {
       tsr_canvas_fill(c);
       continue;
     }
@@ -342,7 +351,7 @@ static void run_job(struct tessera_batch_iter *it, struct job *j) {
   for (size_t i = 0; i < j->n; i++)
     j->canvases[i] = &j->dests[i].slot->canvases[j->dests[i].patch];
   struct tsr_tile_buffers *b = tsr_tile_buffers_get();
-  tessera_status st = b ? tsr_paint_tile(it->s, it->level, j->tile, j->canvases, j->n, b)
+  tessera_status st = b ? tsr_paint_tile(it->L.s, it->L.level, j->tile, j->canvases, j->n, b)
                         : tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
   if (b)
     tsr_tile_buffers_trim(b);
@@ -394,7 +403,7 @@ static void runner_main(void *arg) {
 /* Starts runners while there is queued work and fewer than allowed run (lock held on entry
  * and exit; released while submitting, since a full pool queue makes submit wait). */
 static void start_runners(struct tessera_batch_iter *it) {
-  unsigned want = it->workers, threads = tsr_pool_threads();
+  unsigned want = it->L.workers, threads = tsr_pool_threads();
   if (want > threads)
     want = threads; /* more would only queue behind each other */
   if (want == 0 || it->no_pool || !it->queue_head || it->runners >= want)
@@ -431,8 +440,7 @@ static void free_iter(struct tessera_batch_iter *it) {
   pthread_cond_destroy(&it->changed);
   tsr_free(it->table);
   tsr_free(it->ring);
-  tsr_free(it->xy);
-  tsr_free(it->order);
+  tsr_batch_layout_free(&it->L);
   tsr_free(it);
 }
 
@@ -448,6 +456,11 @@ static tessera_status check_options(const tessera_batch_options *o) {
     return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", o->channels);
   if (o->fill < -1 || o->fill > 255)
     return tsr_error(TESSERA_E_ARGUMENT, "fill must be 0..255 or -1, not %d", o->fill);
+  if (o->device != TESSERA_DEVICE_CPU && o->device != TESSERA_DEVICE_CUDA)
+    return tsr_error(TESSERA_E_ARGUMENT, "device must be TESSERA_DEVICE_CPU or _CUDA, not %d",
+                     o->device);
+  if (o->device_id < 0)
+    return tsr_error(TESSERA_E_ARGUMENT, "device_id must be 0 or more, not %d", o->device_id);
   return TESSERA_OK;
 }
 
@@ -463,7 +476,9 @@ static size_t table_size_for(size_t jobs) {
 static tessera_status check_read_bytes(const tessera_slide *s, const tessera_batch_options *o,
                                        size_t n, size_t patch_bytes) {
   size_t per_batch = n < (size_t)o->batch_size ? n : (size_t)o->batch_size;
-  size_t buffers = (o->num_workers > 0 ? (size_t)o->prefetch_factor : 0) + 1;
+  /* The CUDA iterator prepares prefetch_factor batches ahead even without workers. */
+  bool ahead = o->num_workers > 0 || o->device == TESSERA_DEVICE_CUDA;
+  size_t buffers = (ahead ? (size_t)o->prefetch_factor : 0) + 1;
   size_t nbatches = n / (per_batch ? per_batch : 1);
   if (buffers > nbatches + 1)
     buffers = nbatches + 1;
@@ -511,61 +526,77 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
                      o.batch_size, (long long)width, (long long)height);
   if ((st = check_read_bytes(s, &o, n, patch_bytes)) != TESSERA_OK)
     return st;
+  struct tsr_batch_layout L = {
+      .cuda = o.device == TESSERA_DEVICE_CUDA,
+      .s = s,
+      .level = level,
+      .width = width,
+      .height = height,
+      .channels = (unsigned)o.channels,
+      .fill = (uint8_t)(o.fill < 0 ? s->background : o.fill),
+      .n = n,
+      .batch_size = (size_t)o.batch_size,
+      .nbatches = o.drop_last ? n / (size_t)o.batch_size
+                              : (n + (size_t)o.batch_size - 1) / (size_t)o.batch_size,
+      .patch_bytes = patch_bytes,
+      .batch_bytes = batch_bytes,
+      .workers = (unsigned)o.num_workers,
+      .prefetch_factor = (size_t)o.prefetch_factor,
+      .device_id = o.device_id,
+      .generation = tsr_pool_generation(),
+      .xy = tsr_malloc(xy_bytes ? xy_bytes : 1),
+      .order = tsr_malloc(order_bytes ? order_bytes : 1),
+  };
+  if (!L.xy || !L.order) {
+    tsr_batch_layout_free(&L);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for %zu locations", n);
+  }
+  if (n > 0)
+    memcpy(L.xy, locations, xy_bytes);
+  for (size_t i = 0; i < n; i++)
+    L.order[i] = i;
+  if (o.shuffle)
+    shuffle(L.order, n, o.seed);
+  if (L.cuda)
+    return tsr_gpu_iter_create(&L, out);
+
   struct tessera_batch_iter *it = tsr_calloc(1, sizeof *it);
-  if (!it)
+  if (!it) {
+    tsr_batch_layout_free(&L);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
-  it->s = s;
-  it->level = level;
-  it->width = width;
-  it->height = height;
-  it->channels = (unsigned)o.channels;
-  it->fill = (uint8_t)(o.fill < 0 ? s->background : o.fill);
-  it->n = n;
-  it->batch_size = (size_t)o.batch_size;
-  it->nbatches = o.drop_last ? n / it->batch_size : (n + it->batch_size - 1) / it->batch_size;
-  it->patch_bytes = patch_bytes;
-  it->batch_bytes = batch_bytes;
-  it->workers = (unsigned)o.num_workers;
+  }
+  it->L = L;
   it->ahead = o.num_workers > 0 ? (size_t)o.prefetch_factor : 0;
-  if (it->ahead > it->nbatches)
-    it->ahead = it->nbatches; /* never more slots than batches */
-  it->generation = tsr_pool_generation();
+  if (it->ahead > it->L.nbatches)
+    it->ahead = it->L.nbatches; /* never more slots than batches */
   it->ring_size = it->ahead + 1;
   /* Tiles per patch at most, times the patches that can be queued at once. */
   const struct tsr_level *lv = &s->levels[level];
   size_t per_patch = (size_t)((width + lv->tile_w - 1) / lv->tile_w + 1) *
                      (size_t)((height + lv->tile_h - 1) / lv->tile_h + 1);
   size_t queued;
-  if (!tsr_mul3(per_patch, it->batch_size, it->ring_size, &queued))
+  if (!tsr_mul3(per_patch, it->L.batch_size, it->ring_size, &queued))
     queued = TSR_MAX_TABLE;
   it->table_size = table_size_for(queued);
   pthread_mutex_init(&it->lock, NULL);
   pthread_cond_init(&it->changed, NULL);
-  it->xy = tsr_malloc(xy_bytes ? xy_bytes : 1);
-  it->order = tsr_malloc(order_bytes ? order_bytes : 1);
   it->ring = tsr_calloc(it->ring_size, sizeof *it->ring);
   it->table = tsr_calloc(it->table_size, sizeof *it->table);
-  if (!it->xy || !it->order || !it->ring || !it->table) {
+  if (!it->ring || !it->table) {
     free_iter(it);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for %zu locations", n);
   }
-  if (n > 0)
-    memcpy(it->xy, locations, xy_bytes);
-  for (size_t i = 0; i < n; i++)
-    it->order[i] = i;
-  if (o.shuffle)
-    shuffle(it->order, n, o.seed);
   *out = it;
   return TESSERA_OK;
 }
 
 TESSERA_API size_t tessera_batch_iter_length(const tessera_batch_iter *it) {
-  return it ? it->nbatches : 0;
+  return it ? ((const struct tsr_batch_layout *)it)->nbatches : 0;
 }
 
 /* Whether the consumer must decode itself: no workers asked for, or none to be had. */
 static bool consumer_decodes(const struct tessera_batch_iter *it) {
-  return it->workers == 0 || it->no_pool;
+  return it->L.workers == 0 || it->no_pool;
 }
 
 TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tessera_batch **out) {
@@ -574,17 +605,19 @@ TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tesse
   *out = NULL;
   if (!it)
     return tsr_error(TESSERA_E_ARGUMENT, "NULL iterator");
-  if (it->generation != tsr_pool_generation())
+  if (it->L.generation != tsr_pool_generation())
     return tsr_error(TESSERA_E_ARGUMENT, "the batch iterator was made before fork(); make a new "
                                          "one in this process");
+  if (it->L.cuda)
+    return tsr_gpu_iter_next(it, out);
   pthread_mutex_lock(&it->lock);
-  if (it->returned == it->nbatches) {
+  if (it->returned == it->L.nbatches) {
     pthread_mutex_unlock(&it->lock);
     return TESSERA_OK;
   }
   size_t limit = it->returned + 1 + it->ahead;
-  if (limit > it->nbatches)
-    limit = it->nbatches;
+  if (limit > it->L.nbatches)
+    limit = it->L.nbatches;
   tessera_status st = TESSERA_OK;
   while (it->scheduled < limit && (st = schedule(it, it->scheduled)) == TESSERA_OK)
     it->scheduled++;
@@ -625,9 +658,13 @@ TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tesse
 TESSERA_API void tessera_batch_release(tessera_batch *batch) {
   if (!batch)
     return;
+  if (batch->device == TESSERA_DEVICE_CUDA) {
+    tsr_gpu_batch_release(batch);
+    return;
+  }
   struct slot *sl = (struct slot *)((char *)batch - offsetof(struct slot, pub));
   struct tessera_batch_iter *it = sl->it;
-  if (it->generation != tsr_pool_generation())
+  if (it->L.generation != tsr_pool_generation())
     return; /* made before fork(): its lock may be held by a thread gone with the parent */
   pthread_mutex_lock(&it->lock);
   sl->next = it->free_slots;
@@ -644,8 +681,12 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *it) {
     return;
   /* Made before fork(): the parent's runners and any lock they held are not here. Its memory
    * is left alone (a small leak in the child) rather than touched in an unknown state. */
-  if (it->generation != tsr_pool_generation())
+  if (it->L.generation != tsr_pool_generation())
     return;
+  if (it->L.cuda) {
+    tsr_gpu_iter_destroy(it);
+    return;
+  }
   pthread_mutex_lock(&it->lock);
   /* Queued jobs are dropped. Jobs being painted touch the slide, which the caller may close
    * as soon as this returns, so they are waited for; runner tasks still queued in the pool

@@ -73,8 +73,9 @@ size_t tsr_tile_buffer_size(const struct tsr_level *lv) {
   return tsr_mul3(lv->tile_w, lv->tile_h, lv->fmt.decoded_channels, &n) ? n : 0;
 }
 
-static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64_t count,
-                                 struct tsr_scratch *scratch) {
+/* count bytes at offset into dst, which holds them; the checks of read_bytes. */
+static tessera_status read_into(const tessera_slide *s, uint64_t offset, uint64_t count,
+                                uint8_t *dst) {
   if (count > s->limits.max_tile_bytes)
     return tsr_error(TESSERA_E_LIMIT, "%llu bytes, more than the limit of %llu",
                      (unsigned long long)count, (unsigned long long)s->limits.max_tile_bytes);
@@ -83,11 +84,9 @@ static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64
                      "its %llu bytes at offset %llu lie past the end of the file (%llu bytes)",
                      (unsigned long long)count, (unsigned long long)offset,
                      (unsigned long long)s->file_size);
-  if (!tsr_scratch_reserve(scratch, (size_t)count))
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)count);
   size_t done = 0;
   while (done < count) {
-    ssize_t r = pread(s->fd, scratch->data + done, (size_t)count - done, (off_t)(offset + done));
+    ssize_t r = pread(s->fd, dst + done, (size_t)count - done, (off_t)(offset + done));
     if (r < 0 && errno == EINTR)
       continue;
     if (r < 0)
@@ -97,6 +96,15 @@ static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64
     done += (size_t)r;
   }
   return TESSERA_OK;
+}
+
+static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64_t count,
+                                 struct tsr_scratch *scratch) {
+  if (count > s->limits.max_tile_bytes)
+    return read_into(s, offset, count, NULL); /* the limit's message */
+  if (!tsr_scratch_reserve(scratch, (size_t)count))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)count);
+  return read_into(s, offset, count, scratch->data);
 }
 
 /* A tile of an image held in memory (lv->blob). The copy costs little: such images are small
@@ -208,5 +216,29 @@ tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t ind
   }
   if (st != TESSERA_OK)
     return tsr_error_prefix(st, "level %d, %s %llu: ", level, unit, (unsigned long long)index);
+  return TESSERA_OK;
+}
+
+tessera_status tsr_tile_raw(const tessera_slide *s, int32_t level, uint64_t index, uint8_t *dst,
+                            bool *missing) {
+  const struct tsr_level *lv = &s->levels[level];
+  uint64_t offset = lv->offsets[index], count = lv->bytecounts[index];
+  *missing = (offset == 0 && !lv->blob) || count == 0;
+  if (*missing)
+    return TESSERA_OK;
+  atomic_fetch_add_explicit(&tile_reads, 1, memory_order_relaxed);
+  tessera_status st;
+  if (lv->blob) {
+    st = offset > lv->blob_size || count > lv->blob_size - offset
+             ? tsr_error(TESSERA_E_CORRUPT, "its %llu bytes lie outside the %zu bytes held",
+                         (unsigned long long)count, lv->blob_size)
+             : TESSERA_OK;
+    if (st == TESSERA_OK)
+      memcpy(dst, lv->blob + offset, (size_t)count);
+  } else {
+    st = read_into(s, offset, count, dst);
+  }
+  if (st != TESSERA_OK)
+    return tsr_error_prefix(st, "level %d, tile %llu: ", level, (unsigned long long)index);
   return TESSERA_OK;
 }

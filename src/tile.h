@@ -62,4 +62,11 @@ tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t ind
                              const struct tsr_tile_rect *rect, struct tsr_tile_buffers *b,
                              bool *missing);
 
+/* The stored bytes of tile `index` of `level` into dst, which holds lv->bytecounts[index]
+ * bytes (the caller checks that count against max_tile_bytes first, to size dst). A tile the
+ * file leaves out sets *missing and writes nothing. On failure the message names the level
+ * and tile. */
+tessera_status tsr_tile_raw(const tessera_slide *s, int32_t level, uint64_t index, uint8_t *dst,
+                            bool *missing);
+
 #endif

@@ -20,6 +20,7 @@
 /* cudaError_t: an int-sized enum; only the codes tessera tells apart are named. */
 typedef enum cudaError {
   cudaSuccess = 0,
+  cudaErrorMemoryAllocation = 2,
   cudaErrorInitializationError = 3,
   cudaErrorStubLibrary = 34,        /* the driver found is the toolkit's link stub */
   cudaErrorInsufficientDriver = 35, /* no driver, or one older than the runtime */
@@ -38,7 +39,12 @@ enum cudaMemcpyKind {
 #define cudaHostAllocDefault 0x00u
 #define cudaHostAllocPortable 0x01u /* pinned for every CUDA context, not only the caller's */
 
-typedef struct CUstream_st *cudaStream_t; /* opaque */
+typedef struct CUstream_st *cudaStream_t; /* opaque; NULL is the legacy default stream */
+typedef struct CUevent_st *cudaEvent_t;   /* opaque */
+
+/* Flags of cudaStreamCreateWithFlags and cudaEventCreateWithFlags. */
+#define cudaStreamNonBlocking 0x01u  /* no implicit ordering with the legacy default stream */
+#define cudaEventDisableTiming 0x02u /* an event used only to order and wait: cheaper */
 
 typedef cudaError_t (*tsr_cudaGetDeviceCount_fn)(int *count);
 typedef const char *(*tsr_cudaGetErrorString_fn)(cudaError_t error);
@@ -50,7 +56,22 @@ typedef cudaError_t (*tsr_cudaHostAlloc_fn)(void **ptr, size_t size, unsigned in
 typedef cudaError_t (*tsr_cudaFreeHost_fn)(void *ptr);
 typedef cudaError_t (*tsr_cudaMemcpyAsync_fn)(void *dst, const void *src, size_t count,
                                               enum cudaMemcpyKind kind, cudaStream_t stream);
+/* Copies height rows of width bytes, rows dpitch (spitch) bytes apart in dst (src). */
+typedef cudaError_t (*tsr_cudaMemcpy2DAsync_fn)(void *dst, size_t dpitch, const void *src,
+                                                size_t spitch, size_t width, size_t height,
+                                                enum cudaMemcpyKind kind, cudaStream_t stream);
+/* Sets height rows of width bytes, pitch bytes apart, to value (device memory). */
+typedef cudaError_t (*tsr_cudaMemset2DAsync_fn)(void *dev_ptr, size_t pitch, int value,
+                                                size_t width, size_t height, cudaStream_t stream);
+typedef cudaError_t (*tsr_cudaGetDevice_fn)(int *device);
 typedef cudaError_t (*tsr_cudaStreamCreate_fn)(cudaStream_t *stream);
+typedef cudaError_t (*tsr_cudaStreamCreateWithFlags_fn)(cudaStream_t *stream, unsigned int flags);
+typedef cudaError_t (*tsr_cudaStreamWaitEvent_fn)(cudaStream_t stream, cudaEvent_t event,
+                                                  unsigned int flags);
+typedef cudaError_t (*tsr_cudaEventCreateWithFlags_fn)(cudaEvent_t *event, unsigned int flags);
+typedef cudaError_t (*tsr_cudaEventRecord_fn)(cudaEvent_t event, cudaStream_t stream);
+typedef cudaError_t (*tsr_cudaEventSynchronize_fn)(cudaEvent_t event);
+typedef cudaError_t (*tsr_cudaEventDestroy_fn)(cudaEvent_t event);
 typedef cudaError_t (*tsr_cudaStreamDestroy_fn)(cudaStream_t stream);
 typedef cudaError_t (*tsr_cudaStreamSynchronize_fn)(cudaStream_t stream);
 /* Versions are 1000 * major + 10 * minor (12040 is 12.4); the driver's is 0 without one. */

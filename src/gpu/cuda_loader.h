@@ -23,9 +23,18 @@
   X(cudaHostAlloc)                                                                                 \
   X(cudaFreeHost)                                                                                  \
   X(cudaMemcpyAsync)                                                                               \
+  X(cudaMemcpy2DAsync)                                                                             \
+  X(cudaMemset2DAsync)                                                                             \
+  X(cudaGetDevice)                                                                                 \
   X(cudaStreamCreate)                                                                              \
+  X(cudaStreamCreateWithFlags)                                                                     \
+  X(cudaStreamWaitEvent)                                                                           \
   X(cudaStreamDestroy)                                                                             \
-  X(cudaStreamSynchronize)
+  X(cudaStreamSynchronize)                                                                         \
+  X(cudaEventCreateWithFlags)                                                                      \
+  X(cudaEventRecord)                                                                               \
+  X(cudaEventSynchronize)                                                                          \
+  X(cudaEventDestroy)
 
 #define TSR_NVJPEG_FUNCTIONS(X)                                                                    \
   X(nvjpegGetProperty)                                                                             \

@@ -115,6 +115,57 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   (void)stream;
   return cudaErrorNoDevice;
 }
+
+cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
+                              size_t width, size_t height, enum cudaMemcpyKind kind,
+                              cudaStream_t stream) {
+  (void)dst, (void)dpitch, (void)src, (void)spitch, (void)width, (void)height, (void)kind;
+  (void)stream;
+  return cudaErrorNoDevice;
+}
+
+cudaError_t cudaMemset2DAsync(void *ptr, size_t pitch, int value, size_t width, size_t height,
+                              cudaStream_t stream) {
+  (void)ptr, (void)pitch, (void)value, (void)width, (void)height, (void)stream;
+  return cudaErrorNoDevice;
+}
+
+cudaError_t cudaGetDevice(int *device) {
+  *device = 0;
+  return cudaErrorNoDevice;
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
+  (void)flags;
+  *stream = NULL;
+  return cudaErrorNoDevice;
+}
+
+cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {
+  (void)stream, (void)event, (void)flags;
+  return cudaErrorNoDevice;
+}
+
+cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned int flags) {
+  (void)flags;
+  *event = NULL;
+  return cudaErrorNoDevice;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
+  (void)event, (void)stream;
+  return cudaErrorNoDevice;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t event) {
+  (void)event;
+  return cudaErrorNoDevice;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t event) {
+  (void)event;
+  return cudaErrorNoDevice;
+}
 #endif
 
 #ifdef FAKE_NVJPEG

@@ -1,0 +1,858 @@
+/* The batch iterator with device CUDA: patches assembled in GPU memory from tiles nvJPEG
+ * decodes there.
+ *
+ * A batch is made by one host pass (in a pool task when num_workers > 0, else in the
+ * consumer's thread), and everything it asks of the GPU is queued on the iterator's stream:
+ *  1. Patches wholly inside the level are the GPU's. The tiles they cover (each once per
+ *     batch) are read from the file into pinned host memory, made whole JPEG streams (the
+ *     level's JPEGTables spliced in), checked to be streams nvJPEG decodes as the CPU path
+ *     does (gpu/jpeg_input.h), and decoded by nvJPEG's batched decoder into a device buffer of
+ *     tiles; the part of each tile a patch needs is then copied into the patch
+ *     (cudaMemcpy2DAsync). With more tiles than the tile buffer holds, this goes in chunks.
+ *  2. Every other patch (touching the level's edge or beyond, or needing a tile that is
+ *     missing, unreadable, of another codec, or that nvJPEG should not or could not decode)
+ *     is painted on the CPU exactly as a CPU batch (region.c) into pinned host memory and
+ *     copied to its place asynchronously. So fill, alpha and errors are the CPU path's, and a
+ *     bad tile fails its batch with the CPU's message.
+ *  3. An event recorded after the batch's work marks it done; tessera_batch_iter_next waits
+ *     for it, so a batch handed out is complete. prefetch_factor batches are in preparation
+ *     beyond it (even without workers: the GPU works while the consumer does).
+ * Batch buffers are recycled; releasing one records an event on the consumer's stream that
+ * the next batch written there waits for. Channels 4: patches are assembled as RGB, widened
+ * with one strided copy and given opaque alpha with one strided set (both on the GPU). */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc.h"
+#include "batch_internal.h"
+#include "error.h"
+#include "gpu/cuda_loader.h"
+#include "gpu/jpeg_input.h"
+#include "pool.h"
+#include "tile.h"
+
+size_t tsr_gpu_tile_budget = (size_t)256 << 20;
+#define TSR_GPU_MAX_DEVICES 64
+
+/* One patch that needs a tile. */
+struct pair {
+  uint64_t tile;
+  uint32_t patch;
+};
+
+struct gslot {
+  tessera_batch pub; /* first, so a released tessera_batch leads back here */
+  struct gpu_iter *it;
+  struct gslot *all;  /* every slot of the iterator, for freeing */
+  struct gslot *next; /* free list; guarded by it->lock */
+  uint8_t *dev;       /* the batch: batch_bytes of device memory */
+  uint8_t *dev_rgb;   /* channels 4: the GPU's patches as RGB first (device); else NULL */
+  uint8_t *tiles;     /* tile_cap decoded tiles (device) */
+  uint8_t *host;      /* batch_bytes of pinned memory for patches painted on the CPU */
+  uint8_t *staging;   /* pinned: whole JPEG streams of the chunk being decoded */
+  size_t staging_cap;
+  uint64_t *indices;
+  struct tsr_canvas *canvases;        /* batch_size */
+  const struct tsr_canvas **painting; /* batch_size: the canvases one CPU tile paints */
+  bool *on_cpu;                       /* batch_size */
+  struct pair *pairs;
+  size_t pairs_cap;
+  /* tile_cap each: the chunk's tiles and what nvJPEG is given. */
+  uint64_t *chunk_tiles;
+  size_t *chunk_at;  /* where each tile's stream starts in staging */
+  int *chunk_index;  /* its place in the tile buffer, or -1: the CPU's */
+  const unsigned char **data;
+  size_t *lengths;
+  nvjpegImage_t *images;
+  nvjpegJpegState_t state;
+  cudaEvent_t done;     /* recorded after the batch's work */
+  cudaEvent_t released; /* recorded on the consumer's stream at release */
+  bool wait_released;   /* the next batch made here must wait for `released` */
+  bool ready;           /* the host pass is over; guarded by it->lock */
+  struct tsr_failure failure;
+};
+
+/* nvJPEG, once per device for the process's life. */
+struct decoder {
+  bool made;
+  tessera_status status;
+  char message[TSR_MESSAGE_MAX];
+  nvjpegHandle_t handle;
+  const char *name; /* "nvjpeg-hardware", ... */
+};
+
+struct gpu_iter {
+  struct tsr_batch_layout L; /* first: set at creation */
+  const struct tsr_cuda *cuda;
+  struct decoder *decoder;
+  cudaStream_t stream;
+  bool gpu_level;     /* the level's tiles may go to nvJPEG */
+  size_t tile_bytes;  /* a decoded tile: tile_w x tile_h x 3 */
+  size_t tile_cap;    /* tiles the tile buffer holds; 0 when !gpu_level */
+  size_t ahead, ring_size;
+
+  pthread_mutex_t lock;
+  pthread_cond_t changed;
+  /* Guarded by lock. */
+  size_t scheduled, returned;
+  struct gslot **ring;
+  struct gslot *free_slots;
+  struct gslot *slots; /* all of them, through ->all */
+  unsigned tasks;      /* host passes queued in the pool or running */
+  size_t held;
+  bool cancelled, destroyed, no_pool;
+};
+
+/* ---- CUDA helpers ---- */
+
+static tessera_status cuda_failed(const struct tsr_cuda *c, cudaError_t e, const char *what) {
+  const char *text = c->rt.cudaGetErrorString(e);
+  return tsr_error(e == cudaErrorMemoryAllocation ? TESSERA_E_NOMEM : TESSERA_E_IO,
+                   "CUDA: %s failed: %s (error %d)", what, text ? text : "unknown error", (int)e);
+}
+
+#define CUDA_TRY(it, call, what)                                                                   \
+  do {                                                                                             \
+    cudaError_t e_ = (call);                                                                       \
+    if (e_ != cudaSuccess)                                                                         \
+      return cuda_failed((it)->cuda, e_, what);                                                    \
+  } while (0)
+
+/* The consumer's thread may have another device current: set ours, and put theirs back. */
+struct device_scope {
+  int previous;
+};
+
+static void enter_device(const struct gpu_iter *it, struct device_scope *d) {
+  d->previous = -1;
+  if (it->cuda->rt.cudaGetDevice(&d->previous) != cudaSuccess)
+    d->previous = -1;
+  if (d->previous != it->L.device_id)
+    it->cuda->rt.cudaSetDevice(it->L.device_id);
+}
+
+static void leave_device(const struct gpu_iter *it, const struct device_scope *d) {
+  if (d->previous >= 0 && d->previous != it->L.device_id)
+    it->cuda->rt.cudaSetDevice(d->previous);
+}
+
+static const char *nvjpeg_status_name(nvjpegStatus_t s) {
+  static const char *const names[] = {"success", "not initialized", "invalid parameter",
+                                      "bad JPEG", "JPEG not supported", "allocator failure",
+                                      "execution failed", "architecture mismatch",
+                                      "internal error", "implementation not supported",
+                                      "incomplete bitstream"};
+  return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown status";
+}
+
+/* TESSERA_NVJPEG_BACKEND picks nvJPEG's back end: "hardware" (the A100/H100 JPEG engines),
+ * "gpu" (GPU_HYBRID: Huffman on the GPU), "hybrid" (Huffman on the CPU) or "default"; unset,
+ * the hardware engines where the GPU has them, else nvJPEG's default. */
+static void make_decoder(const struct tsr_cuda *c, struct decoder *d) {
+  static const struct {
+    const char *env, *name;
+    nvjpegBackend_t backend;
+  } kinds[] = {{"hardware", "nvjpeg-hardware", NVJPEG_BACKEND_HARDWARE},
+               {"default", "nvjpeg-default", NVJPEG_BACKEND_DEFAULT},
+               {"gpu", "nvjpeg-gpu-hybrid", NVJPEG_BACKEND_GPU_HYBRID},
+               {"hybrid", "nvjpeg-hybrid", NVJPEG_BACKEND_HYBRID}};
+  const char *want = getenv("TESSERA_NVJPEG_BACKEND");
+  size_t first = 0, last = 1; /* unset: hardware, then default */
+  if (want && *want) {
+    for (first = 0; first < 4 && strcmp(kinds[first].env, want) != 0; first++)
+      ;
+    if (first == 4) {
+      d->status = tsr_error(TESSERA_E_ARGUMENT,
+                            "TESSERA_NVJPEG_BACKEND is \"%s\", not hardware, gpu, hybrid or "
+                            "default",
+                            want);
+      return;
+    }
+    last = first;
+  }
+  nvjpegStatus_t s = NVJPEG_STATUS_NOT_INITIALIZED;
+  for (size_t k = first; k <= last; k++) {
+    s = c->jpeg.nvjpegCreateEx(kinds[k].backend, NULL, NULL, NVJPEG_FLAGS_DEFAULT, &d->handle);
+    if (s == NVJPEG_STATUS_SUCCESS) {
+      d->name = kinds[k].name;
+      d->status = TESSERA_OK;
+      return;
+    }
+  }
+  d->status = tsr_error(TESSERA_E_UNSUPPORTED, "nvJPEG could not start (%s back end): %s (%d)",
+                        kinds[last].env, nvjpeg_status_name(s), (int)s);
+}
+
+static pthread_mutex_t decoders_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct decoder decoders[TSR_GPU_MAX_DEVICES];
+
+/* The device's decoder, made on first use (the device must be current). */
+static tessera_status get_decoder(const struct tsr_cuda *c, int device, struct decoder **out) {
+  pthread_mutex_lock(&decoders_lock);
+  struct decoder *d = &decoders[device];
+  if (!d->made) {
+    d->made = true;
+    make_decoder(c, d);
+    if (d->status != TESSERA_OK)
+      snprintf(d->message, sizeof d->message, "%s", tessera_error_message());
+  }
+  pthread_mutex_unlock(&decoders_lock);
+  *out = d;
+  if (d->status != TESSERA_OK)
+    return tsr_error(d->status, "%s", d->message);
+  return TESSERA_OK;
+}
+
+/* ---- slots ---- */
+
+static void free_slot(struct gpu_iter *it, struct gslot *sl) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  if (sl->wait_released)
+    rt->cudaEventSynchronize(sl->released);
+  rt->cudaFree(sl->dev);
+  rt->cudaFree(sl->dev_rgb);
+  rt->cudaFree(sl->tiles);
+  rt->cudaFreeHost(sl->host);
+  rt->cudaFreeHost(sl->staging);
+  if (sl->done)
+    rt->cudaEventDestroy(sl->done);
+  if (sl->released)
+    rt->cudaEventDestroy(sl->released);
+  if (sl->state)
+    it->cuda->jpeg.nvjpegJpegStateDestroy(sl->state);
+  tsr_free(sl->indices);
+  tsr_free(sl->canvases);
+  tsr_free(sl->painting);
+  tsr_free(sl->on_cpu);
+  tsr_free(sl->pairs);
+  tsr_free(sl->chunk_tiles);
+  tsr_free(sl->chunk_at);
+  tsr_free(sl->chunk_index);
+  tsr_free(sl->data);
+  tsr_free(sl->lengths);
+  tsr_free(sl->images);
+  tsr_free(sl);
+}
+
+/* Allocates a slot's buffers (device current, lock held). */
+static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  size_t b = it->L.batch_size, cap = it->tile_cap;
+  sl->indices = tsr_malloc(b * sizeof *sl->indices);
+  sl->canvases = tsr_malloc(b * sizeof *sl->canvases);
+  sl->painting = tsr_malloc(b * sizeof *sl->painting);
+  sl->on_cpu = tsr_malloc(b * sizeof *sl->on_cpu);
+  if (!sl->indices || !sl->canvases || !sl->painting || !sl->on_cpu)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
+  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->done, cudaEventDisableTiming),
+           "cudaEventCreateWithFlags");
+  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->released, cudaEventDisableTiming),
+           "cudaEventCreateWithFlags");
+  CUDA_TRY(it, rt->cudaMalloc((void **)&sl->dev, it->L.batch_bytes), "cudaMalloc (a batch)");
+  if (cap == 0)
+    return TESSERA_OK;
+  if (it->L.channels == 4)
+    CUDA_TRY(it, rt->cudaMalloc((void **)&sl->dev_rgb, b * (size_t)it->L.width * it->L.height * 3),
+             "cudaMalloc (RGB patches)");
+  CUDA_TRY(it, rt->cudaMalloc((void **)&sl->tiles, cap * it->tile_bytes), "cudaMalloc (tiles)");
+  sl->chunk_tiles = tsr_malloc(cap * sizeof *sl->chunk_tiles);
+  sl->chunk_at = tsr_malloc(cap * sizeof *sl->chunk_at);
+  sl->chunk_index = tsr_malloc(cap * sizeof *sl->chunk_index);
+  sl->data = tsr_malloc(cap * sizeof *sl->data);
+  sl->lengths = tsr_malloc(cap * sizeof *sl->lengths);
+  sl->images = tsr_calloc(cap, sizeof *sl->images);
+  if (!sl->chunk_tiles || !sl->chunk_at || !sl->chunk_index || !sl->data || !sl->lengths ||
+      !sl->images)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
+  nvjpegStatus_t s = it->cuda->jpeg.nvjpegJpegStateCreate(it->decoder->handle, &sl->state);
+  if (s != NVJPEG_STATUS_SUCCESS) {
+    sl->state = NULL;
+    return tsr_error(TESSERA_E_NOMEM, "nvjpegJpegStateCreate failed: %s (%d)",
+                     nvjpeg_status_name(s), (int)s);
+  }
+  return TESSERA_OK;
+}
+
+/* A free slot, or a new one (device current, lock held). */
+static tessera_status take_slot(struct gpu_iter *it, struct gslot **out) {
+  struct gslot *sl = it->free_slots;
+  if (sl) {
+    it->free_slots = sl->next;
+    *out = sl;
+    return TESSERA_OK;
+  }
+  if (!(sl = tsr_calloc(1, sizeof *sl)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
+  sl->it = it;
+  tessera_status st = fill_slot(it, sl);
+  if (st != TESSERA_OK) {
+    free_slot(it, sl);
+    return st;
+  }
+  sl->all = it->slots;
+  it->slots = sl;
+  *out = sl;
+  return TESSERA_OK;
+}
+
+/* ---- one batch's host pass ---- */
+
+static int pair_order(const void *a, const void *b) {
+  const struct pair *p = a, *q = b;
+  if (p->tile != q->tile)
+    return p->tile < q->tile ? -1 : 1;
+  return p->patch < q->patch ? -1 : p->patch > q->patch;
+}
+
+static bool add_pair(struct gslot *sl, size_t *n, uint64_t tile, uint32_t patch) {
+  if (*n == sl->pairs_cap) {
+    size_t cap = sl->pairs_cap ? sl->pairs_cap * 2 : 64;
+    struct pair *p = tsr_realloc(sl->pairs, cap * sizeof *p);
+    if (!p)
+      return false;
+    sl->pairs = p;
+    sl->pairs_cap = cap;
+  }
+  sl->pairs[(*n)++] = (struct pair){tile, patch};
+  return true;
+}
+
+/* Adds a (tile, patch) pair for every tile the canvas of patch p covers. */
+static bool add_patch_tiles(const struct gpu_iter *it, struct gslot *sl, size_t *n, size_t p) {
+  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
+  int64_t tx0, ty0, tx1, ty1;
+  if (!tsr_canvas_tiles(&sl->canvases[p], lv, &tx0, &ty0, &tx1, &ty1))
+    return true;
+  for (int64_t ty = ty0; ty <= ty1; ty++)
+    for (int64_t tx = tx0; tx <= tx1; tx++)
+      if (!add_pair(sl, n, (uint64_t)ty * lv->across + (uint64_t)tx, (uint32_t)p))
+        return false;
+  return true;
+}
+
+/* Makes the pinned staging buffer hold n bytes. Its old contents are no longer needed: the
+ * work that read them is done (the batch before finished, or the chunk before was waited
+ * for). */
+static tessera_status reserve_staging(struct gpu_iter *it, struct gslot *sl, size_t n) {
+  if (n <= sl->staging_cap)
+    return TESSERA_OK;
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  rt->cudaFreeHost(sl->staging);
+  sl->staging = NULL;
+  sl->staging_cap = 0;
+  size_t cap = n + n / 2;
+  CUDA_TRY(it, rt->cudaHostAlloc((void **)&sl->staging, cap, cudaHostAllocDefault),
+           "cudaHostAlloc (compressed tiles)");
+  sl->staging_cap = cap;
+  return TESSERA_OK;
+}
+
+/* Reads the chunk's tiles into staging as whole streams; those fit for nvJPEG get a place in
+ * the tile buffer, the others chunk_index -1. Returns how many have a place. */
+static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k, size_t *good) {
+  const tessera_slide *s = it->L.s;
+  const struct tsr_level *lv = &s->levels[it->L.level];
+  size_t need = 0;
+  for (size_t i = 0; i < k; i++) {
+    uint64_t count = lv->bytecounts[sl->chunk_tiles[i]];
+    sl->chunk_at[i] = need;
+    /* Too large for a read: the CPU gives the error. */
+    if (count <= s->limits.max_tile_bytes)
+      need += tsr_gpu_jpeg_size(&lv->fmt, (size_t)count);
+  }
+  tessera_status st = reserve_staging(it, sl, need ? need : 1);
+  if (st != TESSERA_OK)
+    return st;
+  size_t lead = tsr_gpu_jpeg_tile_offset(&lv->fmt);
+  *good = 0;
+  for (size_t i = 0; i < k; i++) {
+    uint64_t tile = sl->chunk_tiles[i], count = lv->bytecounts[tile];
+    sl->chunk_index[i] = -1;
+    if (count > s->limits.max_tile_bytes)
+      continue;
+    uint8_t *at = sl->staging + sl->chunk_at[i];
+    bool missing;
+    /* A tile that cannot be read is left to the CPU, which reports it as every read does. */
+    if (tsr_tile_raw(s, it->L.level, tile, at + lead, &missing) != TESSERA_OK || missing)
+      continue;
+    size_t len = tsr_gpu_jpeg_splice(&lv->fmt, at, (size_t)count);
+    if (len == 0 || !tsr_gpu_jpeg_supported(at, len, lv->tile_w, lv->tile_h))
+      continue;
+    size_t g = (*good)++;
+    sl->chunk_index[i] = (int)g;
+    sl->data[g] = at;
+    sl->lengths[g] = len;
+    memset(&sl->images[g], 0, sizeof sl->images[g]);
+    sl->images[g].channel[0] = sl->tiles + g * it->tile_bytes;
+    sl->images[g].pitch[0] = (size_t)lv->tile_w * 3;
+  }
+  return TESSERA_OK;
+}
+
+/* Queues the copy of tile `slot_index`'s part of patch p into the patch (RGB). */
+static tessera_status copy_part(struct gpu_iter *it, struct gslot *sl, uint64_t tile, size_t g,
+                                size_t p) {
+  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
+  const struct tsr_canvas *c = &sl->canvases[p];
+  int64_t x0 = (int64_t)(tile % lv->across) * lv->tile_w;
+  int64_t y0 = (int64_t)(tile / lv->across) * lv->tile_h;
+  int64_t ix0 = x0 > c->lx ? x0 : c->lx, iy0 = y0 > c->ly ? y0 : c->ly;
+  int64_t ix1 = x0 + lv->tile_w, iy1 = y0 + lv->tile_h;
+  if (ix1 > c->lx + c->width)
+    ix1 = c->lx + c->width;
+  if (iy1 > c->ly + c->height)
+    iy1 = c->ly + c->height;
+  if (ix1 <= ix0 || iy1 <= iy0)
+    return TESSERA_OK;
+  size_t w = (size_t)it->L.width, patch_rgb = w * (size_t)it->L.height * 3;
+  uint8_t *base = it->L.channels == 3 ? sl->dev : sl->dev_rgb;
+  uint8_t *dst = base + p * patch_rgb + ((size_t)(iy0 - c->ly) * w + (size_t)(ix0 - c->lx)) * 3;
+  const uint8_t *src = sl->tiles + g * it->tile_bytes +
+                       ((size_t)(iy0 - y0) * lv->tile_w + (size_t)(ix0 - x0)) * 3;
+  CUDA_TRY(it,
+           it->cuda->rt.cudaMemcpy2DAsync(dst, w * 3, src, (size_t)lv->tile_w * 3,
+                                          (size_t)(ix1 - ix0) * 3, (size_t)(iy1 - iy0),
+                                          cudaMemcpyDeviceToDevice, it->stream),
+           "cudaMemcpy2DAsync (a tile into a patch)");
+  return TESSERA_OK;
+}
+
+/* Waits for the work queued so far (between chunks, which reuse staging and tiles). */
+static tessera_status wait_queued(struct gpu_iter *it, struct gslot *sl) {
+  CUDA_TRY(it, it->cuda->rt.cudaEventRecord(sl->done, it->stream), "cudaEventRecord");
+  CUDA_TRY(it, it->cuda->rt.cudaEventSynchronize(sl->done), "cudaEventSynchronize");
+  return TESSERA_OK;
+}
+
+/* The GPU's patches: their tiles decoded by nvJPEG, a chunk at a time, and copied into them.
+ * Patches needing a tile nvJPEG does not get are moved to the CPU. n pairs, sorted. */
+static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_t n) {
+  const struct tsr_nvjpeg *jp = &it->cuda->jpeg;
+  for (size_t i = 0; i < n;) {
+    size_t k = 0, end = i;
+    while (end < n && k < it->tile_cap) {
+      uint64_t tile = sl->pairs[end].tile;
+      sl->chunk_tiles[k++] = tile;
+      while (end < n && sl->pairs[end].tile == tile)
+        end++;
+    }
+    size_t good;
+    tessera_status st = read_chunk(it, sl, k, &good);
+    if (st != TESSERA_OK)
+      return st;
+    if (good > 0) {
+      nvjpegStatus_t s = jp->nvjpegDecodeBatchedInitialize(it->decoder->handle, sl->state,
+                                                           (int)good, 1, NVJPEG_OUTPUT_RGBI);
+      if (s == NVJPEG_STATUS_SUCCESS)
+        s = jp->nvjpegDecodeBatched(it->decoder->handle, sl->state, sl->data, sl->lengths,
+                                    sl->images, it->stream);
+      if (s != NVJPEG_STATUS_SUCCESS) /* the CPU decodes them instead, and judges them */
+        for (size_t t = 0; t < k; t++)
+          sl->chunk_index[t] = -1;
+    }
+    for (size_t t = 0, j = i; t < k; t++) {
+      for (; j < end && sl->pairs[j].tile == sl->chunk_tiles[t]; j++) {
+        uint32_t p = sl->pairs[j].patch;
+        if (sl->chunk_index[t] < 0)
+          sl->on_cpu[p] = true;
+        else if (!sl->on_cpu[p] &&
+                 (st = copy_part(it, sl, sl->chunk_tiles[t], (size_t)sl->chunk_index[t], p)) !=
+                     TESSERA_OK)
+          return st;
+      }
+    }
+    i = end;
+    if (i < n && (st = wait_queued(it, sl)) != TESSERA_OK)
+      return st;
+  }
+  return TESSERA_OK;
+}
+
+/* Channels 4: the RGB patches widened to RGBA, alpha 255 (the CPU's patches come after). */
+static tessera_status widen(struct gpu_iter *it, struct gslot *sl, size_t count) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  size_t pixels = count * (size_t)it->L.width * (size_t)it->L.height;
+  CUDA_TRY(it,
+           rt->cudaMemcpy2DAsync(sl->dev, 4, sl->dev_rgb, 3, 3, pixels, cudaMemcpyDeviceToDevice,
+                                 it->stream),
+           "cudaMemcpy2DAsync (RGB to RGBA)");
+  CUDA_TRY(it, rt->cudaMemset2DAsync(sl->dev + 3, 4, 255, 1, pixels, it->stream),
+           "cudaMemset2DAsync (alpha)");
+  return TESSERA_OK;
+}
+
+/* The CPU's patches: painted as a CPU batch paints them, each tile decoded once for all the
+ * patches that need it, then copied to their places (consecutive patches in one copy). */
+static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t count) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
+  size_t pb = it->L.patch_bytes, n = 0;
+  bool any = false;
+  for (size_t p = 0; p < count && !any; p++)
+    any = sl->on_cpu[p];
+  if (!any)
+    return TESSERA_OK;
+  if (!sl->host)
+    CUDA_TRY(it, rt->cudaHostAlloc((void **)&sl->host, it->L.batch_bytes, cudaHostAllocDefault),
+             "cudaHostAlloc (patches painted on the CPU)");
+  for (size_t p = 0; p < count; p++) {
+    if (!sl->on_cpu[p])
+      continue;
+    struct tsr_canvas *c = &sl->canvases[p];
+    c->dst = sl->host + p * pb;
+    uint64_t index;
+    if (!tsr_batch_patch(&it->L, sl->pub.number, p, c->dst, c, &index)) {
+      tsr_canvas_fill(c);
+      continue;
+    }
+    if (tsr_canvas_fill_outside(c, lv) && !add_patch_tiles(it, sl, &n, p))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
+  }
+  qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
+  struct tsr_tile_buffers *b = tsr_tile_buffers_get();
+  if (!b)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
+  tessera_status st = TESSERA_OK;
+  for (size_t i = 0; i < n && st == TESSERA_OK;) {
+    size_t m = 0;
+    uint64_t tile = sl->pairs[i].tile;
+    for (; i < n && sl->pairs[i].tile == tile; i++)
+      sl->painting[m++] = &sl->canvases[sl->pairs[i].patch];
+    st = tsr_paint_tile(it->L.s, it->L.level, tile, sl->painting, m, b);
+  }
+  tsr_tile_buffers_trim(b);
+  if (st != TESSERA_OK)
+    return st;
+  for (size_t p = 0; p < count;) {
+    if (!sl->on_cpu[p]) {
+      p++;
+      continue;
+    }
+    size_t q = p;
+    while (q < count && sl->on_cpu[q])
+      q++;
+    CUDA_TRY(it,
+             rt->cudaMemcpyAsync(sl->dev + p * pb, sl->host + p * pb, (q - p) * pb,
+                                 cudaMemcpyHostToDevice, it->stream),
+             "cudaMemcpyAsync (patches painted on the CPU)");
+    p = q;
+  }
+  return TESSERA_OK;
+}
+
+/* Queues all of batch sl->pub.number's work (device current). */
+static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
+  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
+  size_t count = sl->pub.count, n = 0;
+  if (sl->wait_released) {
+    CUDA_TRY(it, it->cuda->rt.cudaStreamWaitEvent(it->stream, sl->released, 0),
+             "cudaStreamWaitEvent");
+    sl->wait_released = false;
+  }
+  bool gpu_patches = false;
+  for (size_t p = 0; p < count; p++) {
+    struct tsr_canvas *c = &sl->canvases[p];
+    bool near = tsr_batch_patch(&it->L, sl->pub.number, p, NULL, c, &sl->indices[p]);
+    bool inside = near && it->gpu_level && c->lx >= 0 && c->ly >= 0 &&
+                  c->lx + c->width <= lv->width && c->ly + c->height <= lv->height;
+    sl->on_cpu[p] = !inside;
+    if (inside && !add_patch_tiles(it, sl, &n, p))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
+    gpu_patches |= inside;
+  }
+  qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
+  tessera_status st = decode_on_gpu(it, sl, n);
+  if (st == TESSERA_OK && gpu_patches && it->L.channels == 4)
+    st = widen(it, sl, count);
+  if (st == TESSERA_OK)
+    st = paint_on_cpu(it, sl, count);
+  return st;
+}
+
+/* The host pass of one batch: its work queued, then `done` recorded (or, if that cannot be,
+ * everything queued waited for), so the slot is never reused under the GPU's feet. */
+static void prepare(struct gpu_iter *it, struct gslot *sl) {
+  tessera_status st = make_batch(it, sl);
+  if (st != TESSERA_OK)
+    tsr_failure_keep(&sl->failure, st);
+  cudaError_t e = it->cuda->rt.cudaEventRecord(sl->done, it->stream);
+  if (e != cudaSuccess) {
+    tsr_failure_keep(&sl->failure, cuda_failed(it->cuda, e, "cudaEventRecord"));
+    it->cuda->rt.cudaStreamSynchronize(it->stream);
+  }
+}
+
+static void free_iter(struct gpu_iter *it);
+
+static bool finished(const struct gpu_iter *it) {
+  return it->destroyed && it->tasks == 0 && it->held == 0;
+}
+
+static void prepare_task(void *arg) {
+  struct gslot *sl = arg;
+  struct gpu_iter *it = sl->it;
+  pthread_mutex_lock(&it->lock);
+  bool skip = it->cancelled;
+  pthread_mutex_unlock(&it->lock);
+  if (!skip) {
+    it->cuda->rt.cudaSetDevice(it->L.device_id);
+    prepare(it, sl);
+  }
+  pthread_mutex_lock(&it->lock);
+  sl->ready = true;
+  it->tasks--;
+  bool last = finished(it);
+  pthread_cond_broadcast(&it->changed);
+  pthread_mutex_unlock(&it->lock);
+  if (last)
+    free_iter(it);
+}
+
+/* ---- the iterator ---- */
+
+static void free_iter(struct gpu_iter *it) {
+  struct device_scope d;
+  enter_device(it, &d);
+  if (it->stream)
+    it->cuda->rt.cudaStreamSynchronize(it->stream);
+  for (struct gslot *sl = it->slots, *next; sl; sl = next) {
+    next = sl->all;
+    free_slot(it, sl);
+  }
+  if (it->stream)
+    it->cuda->rt.cudaStreamDestroy(it->stream);
+  leave_device(it, &d);
+  pthread_mutex_destroy(&it->lock);
+  pthread_cond_destroy(&it->changed);
+  tsr_free(it->ring);
+  tsr_batch_layout_free(&it->L);
+  tsr_free(it);
+}
+
+tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tessera_batch_iter **out) {
+  struct tsr_batch_layout L = *layout;
+  const struct tsr_cuda *cuda;
+  tessera_status st = tsr_cuda_load(&cuda);
+  if (st == TESSERA_OK && (L.device_id >= cuda->device_count || L.device_id >= TSR_GPU_MAX_DEVICES))
+    st = tsr_error(TESSERA_E_ARGUMENT, "device_id %d: there are %d CUDA devices (0 .. %d)",
+                   L.device_id, cuda->device_count, cuda->device_count - 1);
+  struct gpu_iter *it = NULL;
+  if (st == TESSERA_OK && !(it = tsr_calloc(1, sizeof *it)))
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
+  if (st != TESSERA_OK) {
+    tsr_batch_layout_free(&L);
+    return st;
+  }
+  it->L = L;
+  it->cuda = cuda;
+  pthread_mutex_init(&it->lock, NULL);
+  pthread_cond_init(&it->changed, NULL);
+  struct device_scope d;
+  enter_device(it, &d);
+  st = get_decoder(cuda, L.device_id, &it->decoder);
+  cudaError_t e = cudaSuccess;
+  if (st == TESSERA_OK &&
+      (e = cuda->rt.cudaStreamCreateWithFlags(&it->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+    it->stream = NULL;
+    st = cuda_failed(cuda, e, "cudaStreamCreateWithFlags");
+  }
+  leave_device(it, &d);
+  const struct tsr_level *lv = &L.s->levels[L.level];
+  size_t tile_bytes;
+  it->gpu_level = tsr_gpu_level_decodable(lv) &&
+                  tsr_mul3(lv->tile_w, lv->tile_h, 3, &tile_bytes) &&
+                  tile_bytes <= L.s->limits.max_decoded_tile_bytes;
+  if (it->gpu_level) {
+    it->tile_bytes = tile_bytes;
+    size_t per_patch = (size_t)((L.width + lv->tile_w - 1) / lv->tile_w + 1) *
+                       (size_t)((L.height + lv->tile_h - 1) / lv->tile_h + 1);
+    size_t most;
+    if (!tsr_mul2(per_patch, L.batch_size, &most) || most > lv->ntiles)
+      most = (size_t)lv->ntiles;
+    size_t budget = tsr_gpu_tile_budget / tile_bytes;
+    it->tile_cap = most < budget ? most : budget;
+    if (it->tile_cap == 0)
+      it->tile_cap = 1;
+  }
+  it->ahead = L.prefetch_factor < L.nbatches ? L.prefetch_factor : L.nbatches;
+  it->ring_size = it->ahead + 1;
+  if (st == TESSERA_OK && !(it->ring = tsr_calloc(it->ring_size, sizeof *it->ring)))
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
+  if (st != TESSERA_OK) {
+    free_iter(it);
+    return st;
+  }
+  *out = (tessera_batch_iter *)it;
+  return TESSERA_OK;
+}
+
+/* Lays out batch `number` in a slot and starts its host pass (lock held on entry and exit). */
+static tessera_status schedule(struct gpu_iter *it, size_t number) {
+  struct device_scope d;
+  enter_device(it, &d);
+  struct gslot *sl = NULL;
+  tessera_status st = take_slot(it, &sl);
+  leave_device(it, &d);
+  if (st != TESSERA_OK)
+    return st;
+  size_t count = tsr_batch_count(&it->L, number);
+  sl->pub = (tessera_batch){.data = sl->dev,
+                            .size = count * it->L.patch_bytes,
+                            .count = count,
+                            .number = number,
+                            .indices = sl->indices,
+                            .width = it->L.width,
+                            .height = it->L.height,
+                            .channels = (int32_t)it->L.channels,
+                            .device = TESSERA_DEVICE_CUDA,
+                            .device_id = it->L.device_id,
+                            .stream = it->stream,
+                            .consumer_stream = NULL};
+  sl->ready = false;
+  sl->failure.status = TESSERA_OK;
+  sl->next = NULL;
+  it->ring[number % it->ring_size] = sl;
+  if (it->L.workers > 0 && !it->no_pool) {
+    it->tasks++;
+    pthread_mutex_unlock(&it->lock);
+    bool queued = tsr_pool_submit(prepare_task, sl);
+    pthread_mutex_lock(&it->lock);
+    if (queued)
+      return TESSERA_OK;
+    it->tasks--;
+    it->no_pool = true;
+  }
+  pthread_mutex_unlock(&it->lock);
+  enter_device(it, &d);
+  prepare(it, sl);
+  leave_device(it, &d);
+  pthread_mutex_lock(&it->lock);
+  sl->ready = true;
+  return TESSERA_OK;
+}
+
+tessera_status tsr_gpu_iter_next(tessera_batch_iter *handle, tessera_batch **out) {
+  struct gpu_iter *it = (struct gpu_iter *)handle;
+  pthread_mutex_lock(&it->lock);
+  if (it->returned == it->L.nbatches) {
+    pthread_mutex_unlock(&it->lock);
+    return TESSERA_OK;
+  }
+  size_t limit = it->returned + 1 + it->ahead;
+  if (limit > it->L.nbatches)
+    limit = it->L.nbatches;
+  tessera_status st = TESSERA_OK;
+  while (it->scheduled < limit && (st = schedule(it, it->scheduled)) == TESSERA_OK)
+    it->scheduled++;
+  if (st != TESSERA_OK && it->scheduled == it->returned) {
+    /* Not even the awaited batch could be laid out: it fails, and the next call goes on. */
+    it->scheduled++;
+    it->returned++;
+    pthread_mutex_unlock(&it->lock);
+    return st;
+  }
+  struct gslot *sl = it->ring[it->returned % it->ring_size];
+  while (!sl->ready)
+    pthread_cond_wait(&it->changed, &it->lock);
+  it->ring[it->returned % it->ring_size] = NULL;
+  it->returned++;
+  pthread_mutex_unlock(&it->lock);
+  struct device_scope d;
+  enter_device(it, &d);
+  cudaError_t e = it->cuda->rt.cudaEventSynchronize(sl->done);
+  leave_device(it, &d);
+  if (e != cudaSuccess)
+    tsr_failure_keep(&sl->failure, cuda_failed(it->cuda, e, "cudaEventSynchronize"));
+  pthread_mutex_lock(&it->lock);
+  if (sl->failure.status != TESSERA_OK) {
+    sl->next = it->free_slots;
+    it->free_slots = sl;
+    st = tsr_failure_raise(&sl->failure);
+    pthread_mutex_unlock(&it->lock);
+    return st;
+  }
+  it->held++;
+  pthread_mutex_unlock(&it->lock);
+  *out = &sl->pub;
+  return TESSERA_OK;
+}
+
+void tsr_gpu_batch_release(tessera_batch *batch) {
+  struct gslot *sl = (struct gslot *)((char *)batch - offsetof(struct gslot, pub));
+  struct gpu_iter *it = sl->it;
+  if (it->L.generation != tsr_pool_generation())
+    return; /* made before fork(): CUDA is not usable in the child */
+  struct device_scope d;
+  enter_device(it, &d);
+  /* The consumer's queued work must read the batch before anything overwrites it. */
+  sl->wait_released = it->cuda->rt.cudaEventRecord(sl->released,
+                                                   (cudaStream_t)batch->consumer_stream) ==
+                      cudaSuccess;
+  if (!sl->wait_released) /* then wait for all of the device's work before reuse */
+    it->cuda->rt.cudaStreamSynchronize((cudaStream_t)batch->consumer_stream);
+  leave_device(it, &d);
+  pthread_mutex_lock(&it->lock);
+  sl->next = it->free_slots;
+  it->free_slots = sl;
+  it->held--;
+  bool last = finished(it);
+  pthread_mutex_unlock(&it->lock);
+  if (last)
+    free_iter(it);
+}
+
+void tsr_gpu_iter_destroy(tessera_batch_iter *handle) {
+  struct gpu_iter *it = (struct gpu_iter *)handle;
+  pthread_mutex_lock(&it->lock);
+  /* Host passes not started are skipped; those running are waited for (they read the slide,
+   * which the caller may close as soon as this returns). */
+  it->cancelled = true;
+  while (it->tasks > 0)
+    pthread_cond_wait(&it->changed, &it->lock);
+  it->destroyed = true;
+  for (size_t b = it->returned; b < it->scheduled; b++) {
+    struct gslot *sl = it->ring[b % it->ring_size];
+    sl->next = it->free_slots;
+    it->free_slots = sl;
+  }
+  it->returned = it->scheduled;
+  bool last = finished(it);
+  pthread_mutex_unlock(&it->lock);
+  if (last)
+    free_iter(it);
+}
+
+TESSERA_API const char *tessera_batch_iter_decoder(const tessera_batch_iter *handle) {
+  if (!handle)
+    return "";
+  const struct tsr_batch_layout *l = (const struct tsr_batch_layout *)handle;
+  if (!l->cuda)
+    return "cpu";
+  const struct gpu_iter *it = (const struct gpu_iter *)handle;
+  return it->gpu_level ? it->decoder->name : "cpu+copy";
+}
+
+TESSERA_API tessera_status tessera_batch_copy_to_host(const tessera_batch *batch, void *dst,
+                                                      size_t dst_size) {
+  if (!batch || !dst)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL batch or destination");
+  if (dst_size < batch->size)
+    return tsr_error(TESSERA_E_ARGUMENT, "%zu bytes cannot hold a batch of %zu", dst_size,
+                     batch->size);
+  if (batch->device != TESSERA_DEVICE_CUDA) {
+    memcpy(dst, batch->data, batch->size);
+    return TESSERA_OK;
+  }
+  const struct gslot *sl = (const struct gslot *)((const char *)batch - offsetof(struct gslot, pub));
+  struct gpu_iter *it = sl->it;
+  struct device_scope d;
+  enter_device(it, &d);
+  cudaError_t e = it->cuda->rt.cudaMemcpyAsync(dst, batch->data, batch->size,
+                                               cudaMemcpyDeviceToHost, it->stream);
+  if (e == cudaSuccess)
+    e = it->cuda->rt.cudaStreamSynchronize(it->stream);
+  leave_device(it, &d);
+  return e == cudaSuccess ? TESSERA_OK : cuda_failed(it->cuda, e, "copying a batch to the host");
+}

@@ -1,0 +1,107 @@
+#include "gpu/jpeg_input.h"
+
+#include <string.h>
+#include <tiff.h>
+
+bool tsr_gpu_level_decodable(const struct tsr_level *lv) {
+  const struct tsr_pixel_format *f = &lv->fmt;
+  return f->compression == COMPRESSION_JPEG && f->photometric == PHOTOMETRIC_YCBCR &&
+         f->spp == 3 && f->decoded_channels == 3 && !f->alpha && !f->invert &&
+         !f->jpeg_header && !f->unsupported[0] && lv->tiled;
+}
+
+/* The tables' body: JPEGTables without its SOI and EOI; empty when there are none. */
+static bool tables_body(const struct tsr_pixel_format *fmt, const uint8_t **body, size_t *len) {
+  *body = NULL;
+  *len = 0;
+  if (!fmt->jpeg_tables || fmt->jpeg_tables_len == 0)
+    return true;
+  const uint8_t *t = fmt->jpeg_tables;
+  size_t n = fmt->jpeg_tables_len;
+  if (n < 4 || t[0] != 0xFF || t[1] != 0xD8 || t[n - 2] != 0xFF || t[n - 1] != 0xD9)
+    return false;
+  *body = t + 2;
+  *len = n - 4;
+  return true;
+}
+
+size_t tsr_gpu_jpeg_tile_offset(const struct tsr_pixel_format *fmt) {
+  const uint8_t *body;
+  size_t len;
+  /* SOI and the tables' body, then the tile with its own SOI left where it lies: the splice
+   * moves nothing, it writes its two bytes over the tile's SOI's place. */
+  return tables_body(fmt, &body, &len) ? len : 0;
+}
+
+size_t tsr_gpu_jpeg_size(const struct tsr_pixel_format *fmt, size_t len) {
+  return tsr_gpu_jpeg_tile_offset(fmt) + len;
+}
+
+size_t tsr_gpu_jpeg_splice(const struct tsr_pixel_format *fmt, uint8_t *dst, size_t len) {
+  const uint8_t *body;
+  size_t body_len;
+  if (!tables_body(fmt, &body, &body_len))
+    return 0;
+  uint8_t *tile = dst + body_len;
+  if (len < 4 || tile[0] != 0xFF || tile[1] != 0xD8)
+    return 0;
+  /* [SOI][tables' body][tile after its SOI]: the tile's SOI moves to the front. */
+  if (body_len > 0) {
+    memcpy(dst + 2, body, body_len);
+    dst[0] = 0xFF;
+    dst[1] = 0xD8;
+  }
+  return body_len + len;
+}
+
+static uint32_t be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }
+
+/* A start-of-frame segment's body (after its length): what nvJPEG and libjpeg agree on. */
+static bool frame_ok(const uint8_t *p, uint32_t n, uint32_t tile_w, uint32_t tile_h) {
+  if (n < 6 || p[0] != 8)
+    return false;
+  uint32_t height = be16(p + 1), width = be16(p + 3), components = p[5];
+  if (height != tile_h || width != tile_w || components != 3 || n < 6 + 3 * components)
+    return false;
+  for (uint32_t c = 0; c < components; c++) {
+    uint32_t h = p[6 + 3 * c + 1] >> 4, v = p[6 + 3 * c + 1] & 15;
+    bool ok = c == 0 ? (h == 1 || h == 2) && (v == 1 || v == 2) : h == 1 && v == 1;
+    if (!ok)
+      return false;
+  }
+  return true;
+}
+
+bool tsr_gpu_jpeg_supported(const uint8_t *s, size_t len, uint32_t tile_w, uint32_t tile_h) {
+  if (len < 4 || s[0] != 0xFF || s[1] != 0xD8)
+    return false;
+  bool frame = false;
+  for (size_t i = 2;;) {
+    if (i + 4 > len || s[i] != 0xFF)
+      return false;
+    while (i + 4 <= len && s[i + 1] == 0xFF) /* fill bytes before a marker */
+      i++;
+    if (i + 4 > len)
+      return false;
+    uint8_t m = s[i + 1];
+    if (m == 0xD8 || m == 0xD9 || (m >= 0xD0 && m <= 0xD7) || m == 0x01 || m == 0x00)
+      return false; /* no image data may come before the first scan */
+    uint32_t seg = be16(s + i + 2);
+    if (seg < 2 || i + 2 + seg > len)
+      return false;
+    const uint8_t *body = s + i + 4;
+    uint32_t body_len = seg - 2;
+    if (m == 0xDA)
+      return frame;
+    if (m == 0xC0 || m == 0xC1) {
+      if (frame || !frame_ok(body, body_len, tile_w, tile_h))
+        return false;
+      frame = true;
+    } else if (m >= 0xC2 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC) {
+      return false; /* progressive, lossless, hierarchical or arithmetic: the CPU's */
+    } else if (m == 0xEE && body_len >= 5 && memcmp(body, "Adobe", 5) == 0) {
+      return false;
+    }
+    i += 2 + seg;
+  }
+}

@@ -1,0 +1,449 @@
+/* The CUDA batch iterator, run against the CUDA simulator (sim_cuda.c, built as libcudart and
+ * libnvjpeg in the folder given as argv[2]): every batch equals the CPU iterator's batch for the
+ * same locations and options, byte for byte (the simulator decodes with libjpeg as the CPU
+ * path does), over every edge and fill case; device memory stays flat over a long stream and
+ * comes back to nothing when iterators end, are abandoned or fail; the simulator saw no misuse
+ * (host touching device memory, copies outside allocations or from unpinned memory). */
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <tiffio.h>
+#include <unistd.h>
+
+#include "batch_internal.h"
+#include "check.h"
+#include "tessera.h"
+
+static bool (*sim_peek)(void *dst, const void *src, size_t n);
+static size_t (*sim_device_bytes)(void);
+static size_t (*sim_pinned_bytes)(void);
+static long (*sim_live_streams)(void);
+static long (*sim_live_events)(void);
+static long (*sim_failures)(void);
+static long (*sim_decoded_images)(void);
+
+static bool load_sim(const char *folder) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/libcudart.so.12", folder);
+  void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+  if (!h)
+    return false;
+#define SIM(name) (*(void **)&name = dlsym(h, #name)) != NULL
+  return SIM(sim_peek) && SIM(sim_device_bytes) && SIM(sim_pinned_bytes) &&
+         SIM(sim_live_streams) && SIM(sim_live_events) && SIM(sim_failures) &&
+         SIM(sim_decoded_images);
+}
+
+static tessera_slide *open_testdata(const char *dir, const char *name) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK)
+    CHECK(0, "%s: %s", path, tessera_error_message());
+  return s;
+}
+
+/* Locations in level-0 pixels: inside, on tile seams, across every edge, wholly outside,
+ * negative, and far away. */
+static int64_t *locations(tessera_slide *s, int32_t level, size_t n, int64_t w, int64_t h,
+                          unsigned long long *rng) {
+  tessera_level_info info = {.struct_size = sizeof info};
+  tessera_level_info_get(s, level, &info);
+  int64_t *xy = malloc(2 * n * sizeof *xy + 1);
+  for (size_t i = 0; i < n; i++) {
+    int64_t lx, ly;
+    switch (test_rand(rng) % 6) {
+    case 0: /* wholly inside where it fits */
+    case 1:
+      lx = info.width > w ? (int64_t)(test_rand(rng) % (uint64_t)(info.width - w + 1)) : 0;
+      ly = info.height > h ? (int64_t)(test_rand(rng) % (uint64_t)(info.height - h + 1)) : 0;
+      break;
+    case 2: /* on a tile corner */
+      lx = (int64_t)(test_rand(rng) % (uint64_t)(info.width / info.tile_width + 1)) *
+               info.tile_width - w / 2;
+      ly = (int64_t)(test_rand(rng) % (uint64_t)(info.height / info.tile_height + 1)) *
+               info.tile_height - h / 2;
+      break;
+    case 3: /* anywhere near */
+      lx = (int64_t)(test_rand(rng) % (uint64_t)(info.width + 2 * w)) - w;
+      ly = (int64_t)(test_rand(rng) % (uint64_t)(info.height + 2 * h)) - h;
+      break;
+    case 4: /* wholly outside */
+      lx = -3 * w;
+      ly = info.height + 5;
+      break;
+    default: /* far: beyond the 2^62 clamp */
+      lx = INT64_MAX / 2;
+      ly = INT64_MIN / 2;
+    }
+    if (lx > INT64_MAX / 4 || lx < INT64_MIN / 4) {
+      xy[2 * i] = lx;
+      xy[2 * i + 1] = ly;
+    } else {
+      xy[2 * i] = (int64_t)((double)lx * info.downsample);
+      xy[2 * i + 1] = (int64_t)((double)ly * info.downsample);
+    }
+  }
+  return xy;
+}
+
+/* Streams the same locations through a CPU and a CUDA iterator and compares every batch. */
+static void compare_stream(tessera_slide *s, const char *name, int32_t level, size_t n, int64_t w,
+                           int64_t h, const tessera_batch_options *base, unsigned long long *rng,
+                           const char *decoder) {
+  int64_t *xy = locations(s, level, n, w, h, rng);
+  tessera_batch_options o = *base;
+  tessera_batch_iter *cpu = NULL, *gpu = NULL;
+  o.device = TESSERA_DEVICE_CPU;
+  CHECK(tessera_batch_iter_create(s, xy, n, w, h, level, &o, &cpu) == TESSERA_OK, "%s: %s", name,
+        tessera_error_message());
+  o.device = TESSERA_DEVICE_CUDA;
+  CHECK(tessera_batch_iter_create(s, xy, n, w, h, level, &o, &gpu) == TESSERA_OK, "%s: %s", name,
+        tessera_error_message());
+  if (!cpu || !gpu) {
+    tessera_batch_iter_destroy(cpu);
+    tessera_batch_iter_destroy(gpu);
+    free(xy);
+    return;
+  }
+  if (decoder)
+    CHECK(strcmp(tessera_batch_iter_decoder(gpu), decoder) == 0, "%s: decoder %s, expected %s",
+          name, tessera_batch_iter_decoder(gpu), decoder);
+  CHECK(tessera_batch_iter_length(gpu) == tessera_batch_iter_length(cpu), "%s: lengths", name);
+  uint8_t *got = malloc((size_t)base->batch_size * (size_t)(w * h * 4));
+  size_t batches = 0;
+  for (;;) {
+    tessera_batch *a = NULL, *b = NULL;
+    tessera_status sa = tessera_batch_iter_next(cpu, &a);
+    tessera_status sb = tessera_batch_iter_next(gpu, &b);
+    CHECK(sa == TESSERA_OK && sb == TESSERA_OK, "%s level %d: next: %d %d %s", name, level, sa,
+          sb, tessera_error_message());
+    if (!a || !b) {
+      CHECK(!a && !b, "%s: the CUDA iterator ended at another batch", name);
+      tessera_batch_release(a);
+      tessera_batch_release(b);
+      break;
+    }
+    CHECK(b->device == TESSERA_DEVICE_CUDA && b->device_id == 0 && b->stream != NULL,
+          "%s: batch device %d", name, b->device);
+    CHECK(b->count == a->count && b->size == a->size && b->number == a->number &&
+              b->width == a->width && b->height == a->height && b->channels == a->channels,
+          "%s: batch %zu: layout differs", name, batches);
+    CHECK(memcmp(a->indices, b->indices, a->count * sizeof *a->indices) == 0,
+          "%s: batch %zu: indices differ", name, batches);
+    CHECK(sim_peek(got, b->data, b->size), "%s: batch data is not device memory", name);
+    size_t pb = (size_t)(w * h * base->channels);
+    for (size_t p = 0; p < a->count; p++)
+      CHECK(memcmp(got + p * pb, a->data + p * pb, pb) == 0,
+            "%s level %d batch %zu patch %zu (location %llu: %lld, %lld, %lldx%lld, channels %d, "
+            "fill %d): pixels differ from the CPU's",
+            name, level, batches, p, (unsigned long long)a->indices[p],
+            (long long)xy[2 * a->indices[p]], (long long)xy[2 * a->indices[p] + 1], (long long)w,
+            (long long)h, base->channels, base->fill);
+    tessera_batch_release(a);
+    tessera_batch_release(b);
+    batches++;
+  }
+  tessera_batch_iter_destroy(cpu);
+  tessera_batch_iter_destroy(gpu);
+  free(got);
+  free(xy);
+}
+
+static void test_equal_to_cpu(const char *dir) {
+  static const struct {
+    const char *name, *decoder;
+  } files[] = {
+      {"generic-jpeg-ycbcr-128tiles.tiff", "nvjpeg-default"},
+      {"aperio-jpeg-CMU-1-Small-Region.svs", "cpu+copy"}, /* RGB samples: the CPU's */
+      {"generic-zstd-1024tiles-pyramid.tiff", "cpu+copy"},
+      {"generic-webp-rgba-pyramid.tif", "cpu+copy"},
+      {"hamamatsu-ndpi-DAPI.ndpi", "cpu+copy"},
+  };
+  unsigned long long rng = 42;
+  for (size_t f = 0; f < sizeof files / sizeof files[0]; f++) {
+    tessera_slide *s = open_testdata(dir, files[f].name);
+    if (!s)
+      continue;
+    int32_t levels = tessera_level_count(s);
+    for (int32_t level = 0; level < levels && level < 3; level++) {
+      for (int k = 0; k < 6; k++) {
+        tessera_batch_options o;
+        tessera_batch_options_init(&o);
+        o.batch_size = 1 + (int)(test_rand(&rng) % 9);
+        o.num_workers = k % 3;
+        o.prefetch_factor = 1 + (int)(test_rand(&rng) % 3);
+        o.channels = k % 2 ? 4 : 3;
+        o.fill = k >= 4 ? 7 : -1;
+        o.shuffle = k == 5;
+        o.drop_last = k == 3;
+        int64_t side[] = {224, 64, 300, 17, 1, 512};
+        int64_t w = side[k], h = side[(k + 2) % 6];
+        compare_stream(s, files[f].name, level, 23, w, h, &o, &rng,
+                       level == 0 ? files[f].decoder : NULL);
+      }
+    }
+    tessera_close(s);
+  }
+}
+
+/* Device memory does not grow over a long stream, and comes back when the iterator ends. */
+static void test_flat_memory(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  size_t before = sim_device_bytes(), pinned_before = sim_pinned_bytes();
+  unsigned long long rng = 7;
+  enum { N = 10000 };
+  int64_t *xy = locations(s, 0, N, 64, 64, &rng);
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 50;
+  o.num_workers = 2;
+  o.device = TESSERA_DEVICE_CUDA;
+  tessera_batch_iter *it = NULL;
+  CHECK(tessera_batch_iter_create(s, xy, N, 64, 64, 0, &o, &it) == TESSERA_OK, "%s",
+        tessera_error_message());
+  size_t warm = 0, pinned_warm = 0, patches = 0, most = 0;
+  for (size_t i = 0; it; i++) {
+    tessera_batch *b = NULL;
+    CHECK(tessera_batch_iter_next(it, &b) == TESSERA_OK, "%s", tessera_error_message());
+    if (!b)
+      break;
+    patches += b->count;
+    tessera_batch_release(b);
+    if (i == 10) {
+      warm = sim_device_bytes();
+      pinned_warm = sim_pinned_bytes();
+    }
+    if (i > 10 && sim_device_bytes() > most)
+      most = sim_device_bytes();
+  }
+  CHECK(patches == N, "%zu patches", patches);
+  CHECK(most <= warm, "device memory grew from %zu to %zu bytes over the stream", warm, most);
+  CHECK(sim_pinned_bytes() <= pinned_warm + pinned_warm / 2 + 65536,
+        "pinned memory grew from %zu to %zu bytes", pinned_warm, sim_pinned_bytes());
+  tessera_batch_iter_destroy(it);
+  CHECK(sim_device_bytes() == before && sim_pinned_bytes() == pinned_before,
+        "after the stream: %zu device bytes (before: %zu), %zu pinned (before: %zu)",
+        sim_device_bytes(), before, sim_pinned_bytes(), pinned_before);
+  free(xy);
+  tessera_close(s);
+}
+
+/* Iterators abandoned at every point free their device memory; a batch held past destroy
+ * stays readable until released. */
+static void test_abandoned(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  size_t before = sim_device_bytes();
+  long streams = sim_live_streams(), events = sim_live_events();
+  unsigned long long rng = 9;
+  int64_t *xy = locations(s, 0, 40, 100, 100, &rng);
+  for (int taken = 0; taken < 4; taken++) {
+    for (int workers = 0; workers <= 2; workers += 2) {
+      tessera_batch_options o;
+      tessera_batch_options_init(&o);
+      o.batch_size = 4;
+      o.num_workers = workers;
+      o.prefetch_factor = 3;
+      o.device = TESSERA_DEVICE_CUDA;
+      tessera_batch_iter *it = NULL;
+      CHECK(tessera_batch_iter_create(s, xy, 40, 100, 100, 0, &o, &it) == TESSERA_OK, "%s",
+            tessera_error_message());
+      tessera_batch *held = NULL;
+      for (int i = 0; i < taken && it; i++) {
+        tessera_batch *b = NULL;
+        CHECK(tessera_batch_iter_next(it, &b) == TESSERA_OK && b, "%s", tessera_error_message());
+        if (held)
+          tessera_batch_release(held);
+        held = b;
+      }
+      uint8_t *copy = held ? malloc(held->size) : NULL;
+      if (held)
+        sim_peek(copy, held->data, held->size);
+      tessera_batch_iter_destroy(it);
+      if (held) {
+        uint8_t *again = malloc(held->size);
+        CHECK(sim_peek(again, held->data, held->size) && memcmp(copy, again, held->size) == 0,
+              "a batch held past destroy changed or was freed");
+        tessera_batch_release(held);
+        free(again);
+        free(copy);
+      }
+      CHECK(sim_device_bytes() == before, "abandoned after %d batches (workers %d): %zu device "
+            "bytes left (before: %zu)", taken, workers, sim_device_bytes(), before);
+      CHECK(sim_live_streams() == streams && sim_live_events() == events,
+            "streams %ld (before %ld), events %ld (before %ld)", sim_live_streams(), streams,
+            sim_live_events(), events);
+    }
+  }
+  free(xy);
+  tessera_close(s);
+}
+
+/* Zeroes the first bytes of tile `tile` of the first directory, so it cannot decode. */
+static bool damaged_copy(const char *src, char *tmp, uint32_t tile) {
+  int fd = mkstemps(tmp, 5);
+  if (fd < 0)
+    return false;
+  FILE *in = fopen(src, "rb"), *out = fdopen(fd, "wb");
+  char buf[65536];
+  size_t n;
+  bool ok = in && out;
+  while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+    ok = fwrite(buf, 1, n, out) == n;
+  if (in)
+    fclose(in);
+  if (out && fclose(out) != 0)
+    ok = false;
+  TIFF *t = ok ? TIFFOpen(tmp, "r") : NULL;
+  uint64_t *offsets = NULL;
+  ok = t && TIFFGetField(t, TIFFTAG_TILEOFFSETS, &offsets) && tile < TIFFNumberOfTiles(t);
+  uint64_t at = ok ? offsets[tile] : 0;
+  if (t)
+    TIFFClose(t);
+  static const uint8_t zeros[16];
+  fd = ok ? open(tmp, O_WRONLY) : -1;
+  ok = fd >= 0 && pwrite(fd, zeros, sizeof zeros, (off_t)at) == (ssize_t)sizeof zeros;
+  if (fd >= 0)
+    close(fd);
+  return ok;
+}
+
+/* A damaged tile fails the CUDA batch that needs it with the CPU's message, and only it; so
+ * does nvJPEG failing (the CPU decodes then); and running out of device memory fails cleanly. */
+static void test_failures(const char *dir) {
+  char src[4096], tmp[] = "/tmp/tessera-gpu-XXXXXX.tiff";
+  snprintf(src, sizeof src, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
+  tessera_slide *s = NULL;
+  bool ok = damaged_copy(src, tmp, 5) && tessera_open(tmp, &s) == TESSERA_OK;
+  CHECK(ok, "a damaged copy: %s", tessera_error_message());
+  if (!ok) {
+    unlink(tmp);
+    return;
+  }
+  tessera_level_info info = {.struct_size = sizeof info};
+  tessera_level_info_get(s, 0, &info);
+  int64_t tw = info.tile_width, th = info.tile_height;
+  /* Batches of 2: (tile 0, tile 1), (tile 5, tile 6), (tile 2, tile 3). */
+  int64_t xy[] = {0, 0, tw, 0, tw, th, 2 * tw, th, 2 * tw, 0, 3 * tw, 0};
+  for (int device = 0; device <= 1; device++) {
+    tessera_batch_options o;
+    tessera_batch_options_init(&o);
+    o.batch_size = 2;
+    o.device = device;
+    tessera_batch_iter *it = NULL;
+    CHECK(tessera_batch_iter_create(s, xy, 6, tw, th, 0, &o, &it) == TESSERA_OK, "%s",
+          tessera_error_message());
+    for (int b = 0; b < 3 && it; b++) {
+      tessera_batch *batch = NULL;
+      tessera_status st = tessera_batch_iter_next(it, &batch);
+      if (b == 1)
+        CHECK(st == TESSERA_E_CORRUPT && !batch && strstr(tessera_error_message(), "tile 5"),
+              "device %d: the batch with the damaged tile: %d, %s", device, st,
+              tessera_error_message());
+      else
+        CHECK(st == TESSERA_OK && batch, "device %d batch %d: %s", device, b,
+              tessera_error_message());
+      tessera_batch_release(batch);
+    }
+    tessera_batch_iter_destroy(it);
+  }
+  tessera_close(s);
+  unlink(tmp);
+
+  /* nvJPEG failing: the CPU paints every patch, and the pixels are still right. */
+  s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  long decoded = sim_decoded_images();
+  setenv("SIM_NVJPEG_FAIL", "1", 1);
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 5;
+  unsigned long long rng = 3;
+  compare_stream(s, "nvJPEG failing", 0, 20, 120, 90, &o, &rng, "nvjpeg-default");
+  unsetenv("SIM_NVJPEG_FAIL");
+  CHECK(sim_decoded_images() == decoded, "nvJPEG failed, yet %ld tiles were decoded on the GPU",
+        sim_decoded_images() - decoded);
+
+  /* Out of device memory: the batch fails with CUDA's reason; nothing is left behind. */
+  size_t before = sim_device_bytes();
+  setenv("SIM_CUDA_MALLOC_LIMIT", "1000", 1);
+  o.device = TESSERA_DEVICE_CUDA;
+  tessera_batch_iter *it = NULL;
+  int64_t one[] = {0, 0, 10, 10};
+  CHECK(tessera_batch_iter_create(s, one, 2, 64, 64, 0, &o, &it) == TESSERA_OK, "%s",
+        tessera_error_message());
+  tessera_batch *b = NULL;
+  tessera_status st = it ? tessera_batch_iter_next(it, &b) : TESSERA_E_ARGUMENT;
+  CHECK(st == TESSERA_E_NOMEM && !b && strstr(tessera_error_message(), "cudaMalloc") &&
+            strstr(tessera_error_message(), "out of memory"),
+        "out of device memory: %d %s", st, tessera_error_message());
+  tessera_batch_iter_destroy(it);
+  unsetenv("SIM_CUDA_MALLOC_LIMIT");
+  CHECK(sim_device_bytes() == before, "%zu device bytes left", sim_device_bytes() - before);
+
+  /* A device that is not there. */
+  o.device_id = 1;
+  it = NULL;
+  st = tessera_batch_iter_create(s, one, 2, 64, 64, 0, &o, &it);
+  CHECK(st == TESSERA_E_ARGUMENT && !it && strstr(tessera_error_message(), "1 CUDA devices"),
+        "device_id 1: %d %s", st, tessera_error_message());
+  o.device_id = 0;
+  o.device = 7;
+  st = tessera_batch_iter_create(s, one, 2, 64, 64, 0, &o, &it);
+  CHECK(st == TESSERA_E_ARGUMENT && !it, "device 7: %d", st);
+  tessera_close(s);
+}
+
+/* Batches needing more tiles than the tile buffer holds decode them in chunks, each waited for
+ * before the next reuses the buffers: still equal to the CPU's. */
+static void test_chunks(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  size_t saved = tsr_gpu_tile_budget;
+  unsigned long long rng = 11;
+  for (size_t tiles = 1; tiles <= 5; tiles += 2) {
+    tsr_gpu_tile_budget = tiles * 128 * 128 * 3;
+    for (int workers = 0; workers <= 1; workers++) {
+      tessera_batch_options o;
+      tessera_batch_options_init(&o);
+      o.batch_size = 6;
+      o.num_workers = workers;
+      o.channels = 3 + workers;
+      compare_stream(s, "chunks", 0, 30, 200, 150, &o, &rng, NULL);
+    }
+  }
+  tsr_gpu_tile_budget = saved;
+  tessera_close(s);
+}
+
+int main(int argc, char **argv) {
+  const char *dir = testdata_dir(argc, argv);
+  if (argc < 3) {
+    fprintf(stderr, "usage: test_gpu_batch TESTDATA SIM_FOLDER\n");
+    return 2;
+  }
+  setenv("TESSERA_CUDA_PATH", argv[2], 1);
+  CHECK(tessera_cuda_status() == TESSERA_OK, "the simulator: %s", tessera_error_message());
+  if (!load_sim(argv[2])) {
+    CHECK(0, "the simulator's counters: %s", dlerror());
+    return check_finish("test_gpu_batch");
+  }
+  test_equal_to_cpu(dir);
+  test_chunks(dir);
+  test_flat_memory(dir);
+  test_abandoned(dir);
+  test_failures(dir);
+  CHECK(sim_failures() == 0, "the simulator saw %ld misuses (see stderr)", sim_failures());
+  CHECK(sim_decoded_images() > 0, "no tile was decoded on the (simulated) GPU");
+  return check_finish("test_gpu_batch");
+}
