@@ -71,6 +71,25 @@ static void array_dealloc(pyt_array *a) {
   PyObject_Free(a);
 }
 
+static const pyt_array *root_of(const pyt_array *a) {
+  return a->base ? (const pyt_array *)a->base : a;
+}
+
+/* The CUDA batch an Array shows, or NULL for host memory. */
+const tessera_batch *pyt_array_cuda(const pyt_array *a) {
+  const tessera_batch *b = root_of(a)->batch;
+  return b && b->device == TESSERA_DEVICE_CUDA ? b : NULL;
+}
+
+static int refuse_host_access(const pyt_array *a, PyObject *kind) {
+  const tessera_batch *b = pyt_array_cuda(a);
+  PyErr_Format(kind,
+               "this Array is in the memory of CUDA device %d: use cupy.asarray(a) or "
+               "torch.from_dlpack(a) there, or a.cpu() for a copy in host memory",
+               b ? b->device_id : 0);
+  return -1;
+}
+
 static Py_ssize_t array_nbytes(const pyt_array *a) {
   Py_ssize_t n = 1;
   for (int i = 0; i < a->ndim; i++)
@@ -83,6 +102,10 @@ static Py_ssize_t array_nbytes(const pyt_array *a) {
 /* Arrays are C-contiguous (items of a batch are too), so every request but a Fortran-order
  * one of a multi-dimensional array can be met. */
 static int array_getbuffer(pyt_array *a, Py_buffer *view, int flags) {
+  if (pyt_array_cuda(a)) {
+    view->obj = NULL;
+    return refuse_host_access(a, PyExc_BufferError);
+  }
   int multi = 0;
   for (int i = 0; i < a->ndim; i++)
     multi += a->shape[i] > 1;
@@ -122,8 +145,11 @@ static PyObject *array_item(pyt_array *a, Py_ssize_t i) {
     PyErr_SetString(PyExc_IndexError, "Array index out of range");
     return NULL;
   }
-  if (a->ndim == 1)
+  if (a->ndim == 1) {
+    if (pyt_array_cuda(a))
+      return refuse_host_access(a, PyExc_TypeError), NULL;
     return PyLong_FromLong(a->data[i * a->strides[0]]);
+  }
   pyt_array *v = array_alloc();
   if (!v)
     return NULL;
@@ -232,12 +258,9 @@ static PyObject *get_typestr(pyt_array *a, void *c) {
 }
 
 static PyObject *get_device(pyt_array *a, void *c) {
-  (void)a, (void)c;
-  return PyUnicode_FromString("cpu");
-}
-
-static const pyt_array *root_of(const pyt_array *a) {
-  return a->base ? (const pyt_array *)a->base : a;
+  (void)c;
+  const tessera_batch *b = pyt_array_cuda(a);
+  return b ? PyUnicode_FromFormat("cuda:%d", (int)b->device_id) : PyUnicode_FromString("cpu");
 }
 
 static PyObject *get_batch_number(pyt_array *a, void *c) {
@@ -273,21 +296,68 @@ static PyObject *get_indices(pyt_array *a, void *c) {
   return t;
 }
 
-static PyObject *get_array_interface(pyt_array *a, void *c) {
-  (void)c;
+/* NumPy's (host memory) or CUDA's array interface. The CUDA one's stream is None: a batch
+ * is complete when handed out, so nothing need wait. */
+static PyObject *interface(pyt_array *a, int cuda) {
   PyObject *shape = shape_tuple(a);
   PyObject *strides = ssize_tuple(a->strides, a->ndim);
   PyObject *d = NULL;
   if (shape && strides)
-    d = Py_BuildValue("{s:O,s:s,s:(NO),s:O,s:i}", "shape", shape, "typestr", "|u1", "data",
-                      PyLong_FromVoidPtr(a->data), Py_False, "strides", strides, "version", 3);
+    d = Py_BuildValue(cuda ? "{s:O,s:s,s:(NO),s:O,s:i,s:O}" : "{s:O,s:s,s:(NO),s:O,s:i}",
+                      "shape", shape, "typestr", "|u1", "data", PyLong_FromVoidPtr(a->data),
+                      Py_False, "strides", strides, "version", 3, "stream", Py_None);
   Py_XDECREF(shape);
   Py_XDECREF(strides);
   return d;
 }
 
+static PyObject *get_cuda_array_interface(pyt_array *a, void *c) {
+  (void)c;
+  if (!pyt_array_cuda(a)) {
+    PyErr_SetString(PyExc_AttributeError,
+                    "__cuda_array_interface__: this Array is in host memory (device='cpu')");
+    return NULL;
+  }
+  return interface(a, 1);
+}
+
+static PyObject *get_array_interface(pyt_array *a, void *c) {
+  (void)c;
+  if (pyt_array_cuda(a))
+    return refuse_host_access(a, PyExc_TypeError), NULL;
+  return interface(a, 0);
+}
+
+/* a.cpu(): a copy in host memory (for a CUDA Array), or a itself. */
+static PyObject *array_cpu(pyt_array *a, PyObject *unused) {
+  (void)unused;
+  const tessera_batch *b = pyt_array_cuda(a);
+  if (!b)
+    return Py_NewRef(a);
+  uint8_t *all = malloc(b->size ? b->size : 1);
+  if (!all)
+    return PyErr_NoMemory();
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_batch_copy_to_host(b, all, b->size);
+  Py_END_ALLOW_THREADS
+  if (st != TESSERA_OK) {
+    free(all);
+    return pyt_raise(st);
+  }
+  /* An item (or part) of a batch: its bytes only; the views are C-contiguous. */
+  size_t offset = (size_t)(a->data - root_of(a)->data), n = (size_t)array_nbytes(a);
+  if (offset > 0 || n < b->size)
+    memmove(all, all + offset, n);
+  return pyt_array_from_owned(all, a->ndim, a->shape);
+}
+
 static PyObject *array_reduce(pyt_array *a, PyObject *unused) {
   (void)unused;
+  if (pyt_array_cuda(a)) {
+    PyErr_SetString(PyExc_TypeError, "an Array in CUDA memory is not pickled: pickle a.cpu()");
+    return NULL;
+  }
   PyObject *mod = PyImport_ImportModule("tessera._tessera");
   if (!mod)
     return NULL;
@@ -308,7 +378,10 @@ static PyObject *array_repr(pyt_array *a) {
   PyObject *shape = shape_tuple(a);
   if (!shape)
     return NULL;
-  PyObject *r = PyUnicode_FromFormat("<tessera.Array shape=%R dtype=uint8>", shape);
+  const tessera_batch *b = pyt_array_cuda(a);
+  PyObject *r = b ? PyUnicode_FromFormat("<tessera.Array shape=%R dtype=uint8 device=cuda:%d>",
+                                         shape, (int)b->device_id)
+                  : PyUnicode_FromFormat("<tessera.Array shape=%R dtype=uint8>", shape);
   Py_DECREF(shape);
   return r;
 }
@@ -319,13 +392,19 @@ static PyGetSetDef array_getset[] = {
     {"nbytes", (getter)get_nbytes, NULL, "Bytes of pixels.", NULL},
     {"dtype", (getter)get_dtype, NULL, "numpy.dtype('uint8').", NULL},
     {"typestr", (getter)get_typestr, NULL, "The array interface's type string, '|u1'.", NULL},
-    {"device", (getter)get_device, NULL, "Where the pixels are: 'cpu'.", NULL},
+    {"device", (getter)get_device, NULL, "Where the pixels are: 'cpu', or 'cuda:N'.", NULL},
     {"batch_number", (getter)get_batch_number, NULL,
      "For a batch: 0 for the first, then 1, 2, ...; None otherwise.", NULL},
     {"indices", (getter)get_indices, NULL,
      "For a batch: which of the locations each patch shows (a tuple); None otherwise.", NULL},
     {"__array_interface__", (getter)get_array_interface, NULL,
-     "NumPy's array interface (version 3): the array's own memory, no copy.", NULL},
+     "NumPy's array interface (version 3): the array's own memory, no copy (host memory "
+     "only).",
+     NULL},
+    {"__cuda_array_interface__", (getter)get_cuda_array_interface, NULL,
+     "CUDA's array interface (version 3), for an Array in CUDA memory: CuPy, Numba and "
+     "PyTorch take it without a copy. Its stream is None: the batch is complete.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -333,7 +412,9 @@ static PyMethodDef array_methods[] = {
     {"__dlpack__", (PyCFunction)(void (*)(void))pyt_array_dlpack, METH_VARARGS | METH_KEYWORDS,
      "__dlpack__(stream=None): a DLPack capsule over the array's memory (no copy)."},
     {"__dlpack_device__", pyt_array_dlpack_device, METH_NOARGS,
-     "__dlpack_device__() -> (1, 0): the CPU."},
+     "__dlpack_device__() -> (1, 0) for the CPU, (2, N) for CUDA device N."},
+    {"cpu", (PyCFunction)array_cpu, METH_NOARGS,
+     "cpu() -> the Array itself if in host memory, else a copy of it in host memory."},
     {"__reduce__", (PyCFunction)array_reduce, METH_NOARGS,
      "Pickles the pixels (a copy: the receiver gets its own Array)."},
     {NULL, NULL, 0, NULL},

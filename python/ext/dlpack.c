@@ -3,7 +3,7 @@
  * unversioned "dltensor" capsule that every consumer accepts): only their layout matters. */
 #include "pytessera.h"
 
-enum { DL_CPU = 1 };  /* DLDeviceType kDLCPU */
+enum { DL_CPU = 1, DL_CUDA = 2 }; /* DLDeviceType kDLCPU, kDLCUDA */
 enum { DL_UINT = 1 }; /* DLDataTypeCode kDLUInt */
 
 typedef struct {
@@ -65,9 +65,26 @@ PyObject *pyt_array_dlpack(PyObject *self, PyObject *args, PyObject *kwargs) {
   if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O$OOO:__dlpack__", kwlist, &stream,
                                    &max_version, &dl_dev, &copy))
     return NULL;
-  if (stream != Py_None) {
+  pyt_array *a = (pyt_array *)self;
+  const tessera_batch *cuda = pyt_array_cuda(a);
+  int type = cuda ? DL_CUDA : DL_CPU, id = cuda ? cuda->device_id : 0;
+  if (stream != Py_None && !cuda) {
     PyErr_SetString(PyExc_ValueError, "a CPU array takes no stream in __dlpack__");
     return NULL;
+  }
+  if (stream != Py_None) {
+    /* The consumer's stream (DLPack: 1 the legacy default, 2 the per-thread default, -1 no
+     * synchronization, else a cudaStream_t). The batch is complete already; the stream is
+     * where the consumer's work reads it, which its release then waits for. */
+    long long v = PyLong_AsLongLong(stream);
+    if (v == -1 && PyErr_Occurred())
+      return NULL;
+    if (v == 0 || v < -1) {
+      PyErr_Format(PyExc_ValueError, "__dlpack__: stream %lld is not a CUDA stream", v);
+      return NULL;
+    }
+    if (v != -1)
+      ((tessera_batch *)cuda)->consumer_stream = v == 1 ? NULL : (void *)(intptr_t)v;
   }
   if (copy == Py_True) {
     PyErr_SetString(PyExc_BufferError, "__dlpack__(copy=True) is not supported: the export "
@@ -75,16 +92,16 @@ PyObject *pyt_array_dlpack(PyObject *self, PyObject *args, PyObject *kwargs) {
     return NULL;
   }
   if (dl_dev != Py_None) {
-    int type = -1, id = -1;
-    if (!PyArg_ParseTuple(dl_dev, "ii", &type, &id))
+    int want_type = -1, want_id = -1;
+    if (!PyArg_ParseTuple(dl_dev, "ii", &want_type, &want_id))
       return NULL;
-    if (type != DL_CPU || id != 0) {
-      PyErr_Format(PyExc_BufferError, "the array is in CPU memory; it cannot be exported to "
-                                      "device (%d, %d)", type, id);
+    if (want_type != type || want_id != id) {
+      PyErr_Format(PyExc_BufferError, "the array is on device (%d, %d); it cannot be exported "
+                                      "to device (%d, %d) without a copy", type, id, want_type,
+                   want_id);
       return NULL;
     }
   }
-  pyt_array *a = (pyt_array *)self;
   export_ctx *ctx = PyMem_RawCalloc(1, sizeof *ctx);
   if (!ctx)
     return PyErr_NoMemory();
@@ -97,7 +114,7 @@ PyObject *pyt_array_dlpack(PyObject *self, PyObject *args, PyObject *kwargs) {
   ctx->managed.deleter = export_delete;
   ctx->managed.dl_tensor = (dl_tensor){
       .data = a->data,
-      .device = {DL_CPU, 0},
+      .device = {type, id},
       .ndim = a->ndim,
       .dtype = {DL_UINT, 8, 1},
       .shape = ctx->shape,
@@ -112,6 +129,8 @@ PyObject *pyt_array_dlpack(PyObject *self, PyObject *args, PyObject *kwargs) {
 }
 
 PyObject *pyt_array_dlpack_device(PyObject *self, PyObject *unused) {
-  (void)self, (void)unused;
-  return Py_BuildValue("(ii)", DL_CPU, 0);
+  (void)unused;
+  const tessera_batch *cuda = pyt_array_cuda((pyt_array *)self);
+  return cuda ? Py_BuildValue("(ii)", DL_CUDA, (int)cuda->device_id)
+              : Py_BuildValue("(ii)", DL_CPU, 0);
 }

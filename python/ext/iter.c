@@ -11,6 +11,7 @@ typedef struct {
   int squeeze;            /* batch_size 1: hand out (H, W, C) items */
   int busy;               /* a __next__ runs with the GIL released */
   int close_pending;      /* close() came during it */
+  const char *decoder;    /* tessera_batch_iter_decoder's (static) */
 } pyt_iter;
 
 /* Cancels what is queued, waits for tiles being decoded and gives the slide's use back.
@@ -47,6 +48,7 @@ PyObject *pyt_batches_new(pyt_slide *s, int64_t *xy, size_t n, int64_t width, in
   self->slide = (pyt_slide *)Py_NewRef(s);
   self->length = tessera_batch_iter_length(it);
   self->squeeze = bo->batch_size == 1;
+  self->decoder = tessera_batch_iter_decoder(it);
   self->busy = 0;
   self->close_pending = 0;
   pyt_live.iterators++;
@@ -136,6 +138,20 @@ static PyMethodDef iter_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *iter_get_decoder(pyt_iter *self, void *c) {
+  (void)c;
+  return PyUnicode_FromString(self->decoder);
+}
+
+static PyGetSetDef iter_getset[] = {
+    {"decoder", (getter)iter_get_decoder, NULL,
+     "What decodes the tiles: 'cpu'; for device='cuda', 'nvjpeg-hardware' (the GPU's JPEG "
+     "engines), 'nvjpeg-default' and the like, or 'cpu+copy' (a level nvJPEG cannot decode: "
+     "patches are made on the CPU and copied).",
+     NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
 static PySequenceMethods iter_as_sequence = {
     .sq_length = (lenfunc)iter_len,
 };
@@ -148,6 +164,7 @@ PyTypeObject pyt_BatchIterType = {
     .tp_basicsize = sizeof(pyt_iter),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
     .tp_dealloc = (destructor)iter_dealloc,
+    .tp_getset = iter_getset,
     .tp_traverse = (traverseproc)iter_traverse,
     .tp_clear = (inquiry)iter_clear,
     .tp_iter = PyObject_SelfIter,

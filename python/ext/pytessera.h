@@ -73,6 +73,9 @@ PyObject *pyt_array_from_owned(void *owned, int ndim, const Py_ssize_t *shape);
  * batch of one. */
 PyObject *pyt_array_from_batch(tessera_batch *batch, int squeeze);
 
+/* The CUDA batch an Array (or an item of one) shows, or NULL when it is in host memory. */
+const tessera_batch *pyt_array_cuda(const pyt_array *a);
+
 /* ---- BatchIter (iter.c) ---- */
 
 extern PyTypeObject pyt_BatchIterType;

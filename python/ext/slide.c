@@ -419,27 +419,28 @@ static PyObject *slide_read_region(pyt_slide *self, PyObject *args, PyObject *kw
 
 PyDoc_STRVAR(batches_doc,
              "batches(locations, width, height, level=0, batch_size=1, num_workers=0, "
-             "drop_last=False, prefetch_factor=2, shuffle=False, seed=0, channels=3, fill=-1)"
-             " -> BatchIter\n\n"
+             "drop_last=False, prefetch_factor=2, shuffle=False, seed=0, channels=3, fill=-1, "
+             "device=0, device_id=0) -> BatchIter\n\n"
              "An iterator of batches of width x height patches of `level` at `locations` "
              "((n, 2) integers of any kind, an iterable of (x, y) pairs, or flat x0, y0, x1, "
              "y1, ...; converted to int64 once). Each batch is an Array (count, height, "
-             "width, channels), or (height, width, channels) when batch_size is 1.");
+             "width, channels), or (height, width, channels) when batch_size is 1. device 1 (CUDA) makes "
+             "batches in the memory of CUDA device device_id.");
 
 static PyObject *slide_batches(pyt_slide *self, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"locations", "width",   "height",  "level",   "batch_size",
                            "num_workers", "drop_last", "prefetch_factor", "shuffle", "seed",
-                           "channels",  "fill",    NULL};
+                           "channels",  "fill",    "device",  "device_id", NULL};
   PyObject *locs;
   long long width, height;
   int level = 0, drop_last = 0, shuffle = 0;
   unsigned long long seed = 0;
   tessera_batch_options bo;
   tessera_batch_options_init(&bo);
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLL|iiipipKii:batches", kwlist, &locs, &width,
-                                   &height, &level, &bo.batch_size, &bo.num_workers, &drop_last,
-                                   &bo.prefetch_factor, &shuffle, &seed, &bo.channels,
-                                   &bo.fill) ||
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OLL|iiipipKiiii:batches", kwlist, &locs,
+                                   &width, &height, &level, &bo.batch_size, &bo.num_workers,
+                                   &drop_last, &bo.prefetch_factor, &shuffle, &seed,
+                                   &bo.channels, &bo.fill, &bo.device, &bo.device_id) ||
       !channels_ok(bo.channels))
     return NULL;
   bo.drop_last = drop_last;

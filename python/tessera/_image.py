@@ -6,22 +6,27 @@ import os
 
 from . import _tessera
 
-_NO_GPU_DECODER = (
-    "CUDA, a device and nvJPEG were found, but this version of tessera has no GPU decoder "
-    "yet: read with device='cpu' and copy the arrays to the GPU"
-)
-
-
-def _check_device(device):
+def _device(device):
+    """(0, 0) for the CPU, (1, N) for CUDA device N: from 'cpu', 'cuda', 'gpu', 'cuda:N', or
+    anything whose str() is one of those (a torch.device, cuCIM's Device). RuntimeError
+    saying what is missing when CUDA is asked for and cannot be had."""
     name = "cpu" if device is None else str(device).strip().lower()
     if name == "cpu":
-        return
+        return 0, 0
     if name in ("cuda", "gpu") or name.startswith("cuda:"):
+        index = 0
+        if name.startswith("cuda:"):
+            try:
+                index = int(name[5:])
+            except ValueError:
+                index = -1
+            if index < 0:
+                raise ValueError("device %r: the CUDA device is a number, cuda:N" % (device,))
         try:
             _tessera.cuda_status()
         except RuntimeError as e:
             raise RuntimeError("device=%r: CUDA is not available: %s" % (device, e)) from None
-        raise RuntimeError("device=%r: %s" % (device, _NO_GPU_DECODER))
+        return 1, index
     raise ValueError("unknown device %r: use 'cpu' or 'cuda'" % (device,))
 
 
@@ -225,8 +230,10 @@ class CuImage(_tessera.Slide):
         return set(self.associated_names())
 
     def associated_image(self, name, device="cpu"):
-        """The whole associated image `name` as an (height, width, 3) Array."""
-        _check_device(device)
+        """The whole associated image `name` as an (height, width, 3) Array (host memory)."""
+        if _device(device)[0] != 0:
+            raise ValueError("associated images are read into host memory (device='cpu'); "
+                             "device='cuda' is for regions and batches")
         if not isinstance(name, str):
             raise TypeError("the associated image name is a str, not %s" % type(name).__name__)
         if name not in self.associated_names():
@@ -252,11 +259,11 @@ class CuImage(_tessera.Slide):
         batch_size, drop_last, prefetch_factor, shuffle, seed: as cuCIM (and PyTorch).
         channels: 3 (RGB) or 4 (RGBA, alpha 0 outside the image); fill: 0..255 outside the
         image (default: the slide's background).
-        device: 'cpu'. 'cuda' raises RuntimeError: "CUDA is not available: ..." with what
-        is missing (runtime, device or nvJPEG), or, where all are there, that this version has
-        no GPU decoder yet.
+        device: 'cpu', or 'cuda' / 'cuda:N': Arrays in GPU memory (__cuda_array_interface__,
+        __dlpack__; .cpu() copies one back), JPEG tiles decoded there by nvJPEG. Where CUDA
+        cannot be had, RuntimeError "CUDA is not available: ..." says what is missing.
         """
-        _check_device(device)
+        device, device_id = _device(device)
         if buf is not None:
             raise ValueError("read_region(buf=...) is not supported: tessera allocates each "
                              "result, which stays valid while referenced")
@@ -278,6 +285,11 @@ class CuImage(_tessera.Slide):
                 width, height = self._levels[level]["width"], self._levels[level]["height"]
             else:
                 width, height = self._size(size)
+            if device:
+                # One patch made where batches are: a CUDA iterator of one location.
+                with self.batches([(x, y)], width, height, level, 1, num_workers, False, 1,
+                                  False, 0, channels, fill, device, device_id) as one:
+                    return next(iter(one))
             return self._read(x, y, width, height, level, channels, fill, num_workers)
         if size is None or (isinstance(size, (list, tuple)) and len(size) == 0):
             raise ValueError("read_region with several locations needs size=(width, height)")
@@ -286,7 +298,7 @@ class CuImage(_tessera.Slide):
         return self.batches(location, width, height, level, batch_size,
                             num_workers, bool(drop_last),
                             _integer(prefetch_factor, "prefetch_factor"), bool(shuffle), seed,
-                            channels, fill)
+                            channels, fill, device, device_id)
 
     @staticmethod
     def _size(size):
