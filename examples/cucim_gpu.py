@@ -1,9 +1,9 @@
 """cuCIM's GPU batch read, run with only the import changed: batches in GPU memory as CuPy arrays.
 
 Run: PYTHONPATH=build/python /usr/bin/python3 examples/cucim_gpu.py SLIDE
-This version of tessera has no GPU decoder yet: read_region(..., device="cuda") raises
-RuntimeError ("CUDA is not available: ..." with the reason on a machine without CUDA, a device or
-nvJPEG; otherwise that there is no GPU decoder), and the program exits with that error.
+Batches are made in GPU memory (JPEG tiles decoded by nvJPEG) and CuPy takes them without a
+copy (__cuda_array_interface__). On a machine without CUDA, a device or nvJPEG, read_region(...,
+device="cuda") raises RuntimeError ("CUDA is not available: ..." with the reason).
 """
 import sys
 

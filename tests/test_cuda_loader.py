@@ -5,7 +5,7 @@ device="cuda" says comes from the library's loader (src/gpu/cuda_loader.c): stan
 libraries compiled here from tests/c/fake_cuda.c are placed in a folder named by
 TESSERA_CUDA_PATH, in a fresh Python process each time (the loader looks once per process),
 for every answer: no runtime, a runtime lacking a function, no device, no nvJPEG, and
-everything there (then the error says there is no GPU decoder yet, not that CUDA is missing).
+everything there (then nvJPEG itself is called, and its answer is the error).
 This machine's own answer is checked against what is installed on it.
 """
 
@@ -33,7 +33,7 @@ for device in ("cuda", "cuda:0"):
     try:
         img.read_region((0, 0), (8, 8), device=device)
         print("read without error")
-    except RuntimeError as e:
+    except Exception as e:
         print(type(e).__name__, e)
 try:
     print("cuda_status", _tessera.cuda_status())
@@ -140,14 +140,15 @@ def test_no_nvjpeg(tmp_path, fakes):
     assert lines[0].endswith(" in %s, the folders TESSERA_CUDA_PATH names)" % d), lines
 
 
-def test_everything_there_says_there_is_no_gpu_decoder(tmp_path, fakes):
+def test_everything_there_goes_on_to_decode(tmp_path, fakes):
+    """With the runtime, a device and nvJPEG found, device='cuda' goes past the loader to
+    nvJPEG itself, whose failure (these stand-ins do no work) is then the error."""
     d = folder(tmp_path, fakes, libcudart_so_12="cudart", libnvjpeg_so_12="nvjpeg")
     lines = run_program(TESSERA_CUDA_PATH=d, TESSERA_FAKE_CUDA_DEVICES="1")
     assert lines[2] == "cuda_status None"
-    for line, device in zip(lines, ("cuda", "cuda:0")):
-        assert line.startswith("RuntimeError device=%r: " % device), line
-        assert "no GPU decoder" in line, line
-        assert "CUDA is not available" not in line, line
+    for line in lines[:2]:
+        assert line == ("TesseraError nvJPEG could not start (default back end): not "
+                        "initialized (1)"), line
 
 
 def _loadable(name):

@@ -1,0 +1,307 @@
+"""device='cuda' from Python and the command, on the CUDA simulator (tests/c/sim_cuda.c, built as
+libcudart.so.12 and libnvjpeg.so.12 in build/tests/sim; $TESSERA_SIM_CUDA names another folder).
+
+The simulator runs the GPU path on the CPU: device memory the host cannot touch, work that
+runs only when waited for, nvJPEG decoding with libjpeg (so pixels equal the CPU path's). Each
+check runs in a fresh Python process with TESSERA_CUDA_PATH naming the simulator (the loader
+looks once per process; the other tests need to see this machine's own answer). What it cannot
+show is a real GPU's speed or nvJPEG's rounding: those are for gpu/verify.sh on a GPU machine.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import wsi_fixtures as F
+from conftest import PYTHON_PACKAGE_DIR
+
+SIM = os.environ.get("TESSERA_SIM_CUDA", os.path.join(F.REPO, "build", "tests", "sim"))
+YCBCR = os.path.join(F.TESTDATA, "generic-jpeg-ycbcr-128tiles.tiff")
+APERIO = os.path.join(F.TESTDATA, "aperio-jpeg-CMU-1-Small-Region.svs")
+
+PRELUDE = textwrap.dedent("""
+    import ctypes, gc, os, sys
+    import numpy as np
+    import tessera
+    from tessera import CuImage, _tessera
+    sim = ctypes.CDLL(os.path.join(os.environ["TESSERA_CUDA_PATH"], "libcudart.so.12"))
+    sim.sim_device_bytes.restype = ctypes.c_size_t
+    sim.sim_pinned_bytes.restype = ctypes.c_size_t
+    sim.sim_failures.restype = ctypes.c_long
+    sim.sim_decoded_images.restype = ctypes.c_long
+
+    def cpu_batches(img, locs, size, **kw):
+        kw.pop("device", None)
+        return [np.asarray(b).copy() for b in img.read_region(locs, size, **kw)]
+
+    def gpu_batches(img, locs, size, **kw):
+        return [np.asarray(b.cpu()) for b in img.read_region(locs, size, device="cuda", **kw)]
+""")
+
+
+def run_checks(code, env=None, timeout=300):
+    """Runs PRELUDE + code in a fresh process on the simulator; returns its stdout."""
+    assert os.path.isfile(os.path.join(SIM, "libcudart.so.12")), "build the simulator: " + SIM
+    full_env = dict(os.environ, PYTHONPATH=PYTHON_PACKAGE_DIR, TESSERA_CUDA_PATH=SIM)
+    full_env.update(env or {})
+    r = subprocess.run([sys.executable, "-c", PRELUDE + textwrap.dedent(code)], env=full_env,
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "sim_cuda:" not in r.stderr, r.stderr  # a misuse the simulator reported
+    return r.stdout
+
+
+# Generated JPEG slides whose levels go to nvJPEG (YCbCr), and some that must not.
+GPU_SPECS = ["jpeg-t128-pyr", "jpeg-t240-pyr", "jpeg-t256x128-pyr", "jpeg-q50-sub",
+             "jpeg-subifd-pyr", "odd-jpeg-pyr"]
+CPU_SPECS = {"jpeg-q95-nosub": "cpu+copy", "gray-jpeg-pyr": "cpu+copy",
+             "deflate-t512-pyr": "cpu+copy"}
+
+
+@pytest.mark.parametrize("name", GPU_SPECS + sorted(CPU_SPECS))
+def test_cuda_batches_equal_cpu_batches(slides, name):
+    """Every level, every edge: patches inside, across tile seams and edges, outside; RGB and
+    RGBA; fill; workers or not; shuffled. Byte-equal to the CPU's batches (the simulator decodes
+    as libjpeg does)."""
+    path = slides.path(name)
+    expected = CPU_SPECS.get(name, "nvjpeg-default")
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        rng = np.random.default_rng(5)
+        decoders = set()
+        before = sim.sim_decoded_images()
+        for level in range(img.resolutions["level_count"]):
+            w, h = img.resolutions["level_dimensions"][level]
+            ds = img.resolutions["level_downsamples"][level]
+            for k, (pw, ph) in enumerate([(224, 224), (67, 131), (300, 20)]):
+                xs = rng.integers(-pw, w + 10, 17)
+                ys = rng.integers(-ph, h + 10, 17)
+                locs = np.stack([(xs * ds).astype(np.int64), (ys * ds).astype(np.int64)], 1)
+                kw = dict(level=level, batch_size=1 + k * 3, num_workers=k % 2 * 2,
+                          channels=3 + k % 2, fill=None if k < 2 else 9, shuffle=k == 2,
+                          seed=k)
+                want = cpu_batches(img, locs, (pw, ph), **kw)
+                got = gpu_batches(img, locs, (pw, ph), **kw)
+                assert len(got) == len(want)
+                for g, c in zip(got, want):
+                    assert g.shape == c.shape and np.array_equal(g, c), (level, k)
+            with img.read_region([(0, 0)], (16, 16), level=level, device="cuda") as it:
+                decoders.add(it.decoder)
+        print(sorted(decoders), sim.sim_decoded_images() - before, sim.sim_failures())
+    """.replace("SLIDE", repr(path)))
+    decoders, decoded, failures = out.split("] ")[0] + "]", *out.split("] ")[1].split()
+    assert decoders == repr([expected])
+    assert int(failures) == 0
+    if expected == "cpu+copy":
+        assert int(decoded) == 0, out
+    else:
+        assert int(decoded) > 0, out
+
+
+def test_single_regions_and_whole_levels_on_cuda(slides):
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        a = img.read_region((100, 50), (256, 200), level=0, device="cuda")
+        assert a.device == "cuda:0" and a.shape == (200, 256, 3), a
+        assert np.array_equal(np.asarray(a.cpu()), np.asarray(img.read_region((100, 50), (256, 200))))
+        whole = img.read_region(level=1, device="cuda")
+        assert np.array_equal(np.asarray(whole.cpu()), np.asarray(img.read_region(level=1)))
+        print("ok")
+    """.replace("SLIDE", repr(slides.path("jpeg-t256-pyr"))))
+    assert out.strip() == "ok"
+
+
+def test_device_arrays_refuse_host_access_and_export_cuda():
+    """No path reads device memory on the host (it would crash: the simulator maps it
+    PROT_NONE): the buffer protocol, NumPy, iteration down to ints, pickling all refuse with
+    the way out. __cuda_array_interface__ and __dlpack__ describe the device memory."""
+    out = run_checks("""
+        import pickle
+        img = CuImage(SLIDE)
+        it = img.read_region([(0, 0), (130, 40), (256, 256)], (64, 32), batch_size=3, device="cuda")
+        b = next(iter(it))
+        for attempt in (lambda: memoryview(b), lambda: np.asarray(b), lambda: bytes(b),
+                        lambda: b[0][0][0][0], lambda: pickle.dumps(b),
+                        lambda: b.__array_interface__):
+            try:
+                attempt()
+            except (TypeError, BufferError) as e:
+                assert "CUDA" in str(e) and ("cpu()" in str(e) or "cupy" in str(e)), e
+            else:
+                raise AssertionError("host access to a CUDA Array was allowed")
+        cai = b.__cuda_array_interface__
+        assert cai["shape"] == (3, 32, 64, 3) and cai["typestr"] == "|u1" and cai["version"] == 3
+        assert cai["stream"] is None and cai["data"][1] is False
+        assert b[1].__cuda_array_interface__["data"][0] == cai["data"][0] + 32 * 64 * 3
+        assert b.__dlpack_device__() == (2, 0) and b[2].__dlpack_device__() == (2, 0)
+        assert b.device == "cuda:0" and "device=cuda:0" in repr(b)
+        # The DLPack capsule: kDLCUDA, the same pointer, and it keeps the batch alive.
+        class Device(ctypes.Structure):
+            _fields_ = [("type", ctypes.c_int32), ("id", ctypes.c_int32)]
+        class Tensor(ctypes.Structure):
+            _fields_ = [("data", ctypes.c_void_p), ("device", Device), ("ndim", ctypes.c_int32),
+                        ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8),
+                        ("lanes", ctypes.c_uint16), ("shape", ctypes.POINTER(ctypes.c_int64)),
+                        ("strides", ctypes.POINTER(ctypes.c_int64)), ("offset", ctypes.c_uint64)]
+        cap = b.__dlpack__(stream=1)
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        t = Tensor.from_address(get(cap, b"dltensor"))
+        assert (t.device.type, t.device.id, t.ndim) == (2, 0, 4) and t.data == cai["data"][0]
+        assert [t.shape[i] for i in range(4)] == [3, 32, 64, 3]
+        for bad in (dict(stream=0), dict(dl_device=(1, 0))):
+            try:
+                b.__dlpack__(**bad)
+            except (ValueError, BufferError):
+                pass
+            else:
+                raise AssertionError(bad)
+        host = b.cpu()
+        assert host.device == "cpu" and np.asarray(host).shape == (3, 32, 64, 3)
+        assert host.cpu() is host
+        held = _tessera._live()["batches_held"]
+        del b
+        gc.collect()
+        assert _tessera._live()["batches_held"] == held, "the capsule let its batch go"
+        del cap
+        gc.collect()
+        assert _tessera._live()["batches_held"] == held - 1
+        print("ok", sim.sim_failures())
+    """.replace("SLIDE", repr(YCBCR)))
+    assert out.split() == ["ok", "0"]
+
+
+def test_device_memory_flat_and_freed():
+    """A long stream allocates its device buffers once; dropping iterators and arrays (at any
+    point, in any order) gives all of it back."""
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        base, pinned = sim.sim_device_bytes(), sim.sim_pinned_bytes()
+        rng = np.random.default_rng(1)
+        locs = np.stack([rng.integers(0, 450, 3000), rng.integers(0, 330, 3000)], 1)
+        seen = []
+        for i, b in enumerate(img.read_region(locs, (60, 50), batch_size=30, num_workers=2,
+                                              device="cuda")):
+            if i >= 5:
+                seen.append(sim.sim_device_bytes())
+        assert max(seen) == min(seen), (min(seen), max(seen))
+        assert sim.sim_device_bytes() > base  # the last batch, still held by `b`
+        del b
+        gc.collect()
+        assert sim.sim_device_bytes() == base and sim.sim_pinned_bytes() == pinned
+        # Abandoned: iterators dropped mid-stream, arrays kept past them, then dropped.
+        kept = []
+        for n in range(4):
+            it = iter(img.read_region(locs[:200], (60, 50), batch_size=8, device="cuda",
+                                      num_workers=n % 2, prefetch_factor=3))
+            for _ in range(n):
+                kept.append(next(it))
+            del it
+            gc.collect()
+        assert all(np.asarray(k.cpu()).shape == (8, 50, 60, 3) for k in kept)
+        assert sim.sim_device_bytes() > base
+        del kept
+        gc.collect()
+        assert sim.sim_device_bytes() == base, (sim.sim_device_bytes(), base)
+        print("ok", sim.sim_failures())
+    """.replace("SLIDE", repr(YCBCR)))
+    assert out.split() == ["ok", "0"]
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, "nvjpeg-default"),
+    ({"SIM_NVJPEG_HARDWARE": "1"}, "nvjpeg-hardware"),
+    ({"SIM_NVJPEG_HARDWARE": "1", "TESSERA_NVJPEG_BACKEND": "gpu"}, "nvjpeg-gpu-hybrid"),
+    ({"TESSERA_NVJPEG_BACKEND": "hybrid"}, "nvjpeg-hybrid"),
+], ids=["default", "hardware", "forced-gpu", "forced-hybrid"])
+def test_backend_choice(env, expected):
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        with img.read_region([(0, 0)], (16, 16), device="cuda") as it:
+            print(it.decoder)
+        with CuImage(APERIO).read_region([(0, 0)], (16, 16), device="cuda") as it:
+            print(it.decoder)
+    """.replace("SLIDE", repr(YCBCR)).replace("APERIO", repr(APERIO)), env=env)
+    assert out.split() == [expected, "cpu+copy"]
+
+
+def test_backend_errors():
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        for env in ({"TESSERA_NVJPEG_BACKEND": "fast"},):
+            try:
+                img.read_region([(0, 0)], (16, 16), device="cuda")
+            except Exception as e:
+                print(type(e).__name__, e)
+        try:
+            img.read_region([(0, 0)], (16, 16), device="cuda:3")
+        except ValueError as e:
+            print("ValueError", e)
+        try:
+            CuImage(APERIO).associated_image("label", device="cuda")
+        except ValueError as e:
+            print("ValueError associated")
+    """.replace("SLIDE", repr(YCBCR)).replace("APERIO", repr(APERIO)),
+                     env={"TESSERA_NVJPEG_BACKEND": "fast"})
+    lines = out.splitlines()
+    assert lines[0] == ('ValueError TESSERA_NVJPEG_BACKEND is "fast", not hardware, gpu, hybrid '
+                        'or default'), out
+    assert lines[1] == "ValueError device_id 3: there are 1 CUDA devices (0 .. 0)", out
+    assert lines[2] == "ValueError associated", out
+
+
+def bench(*args, env=None):
+    full = dict(os.environ, TESSERA_CUDA_PATH=SIM, **(env or {}))
+    return subprocess.run([F.cli_path(), "bench", *args], capture_output=True, text=True,
+                          env=full, timeout=300)
+
+
+def test_bench_cuda_compare_and_checksum(slides):
+    path = slides.path("jpeg-t256-pyr")
+    common = ["--layout", "random", "--count", "300", "--size", "224,224", "--batch-size", "16",
+              "--seed", "3", "--json"]
+    cpu = bench(path, *common, "--workers", "2")
+    gpu = bench(path, *common, "--device", "cuda", "--compare")
+    assert cpu.returncode == 0 and gpu.returncode == 0, cpu.stderr + gpu.stderr
+    c, g = json.loads(cpu.stdout), json.loads(gpu.stdout)
+    assert (c["device"], c["decoder"]) == ("cpu", "cpu")
+    assert (g["device"], g["device_id"], g["decoder"]) == ("cuda", 0, "nvjpeg-default")
+    assert g["checksum"] == c["checksum"] and g["patches"] == c["patches"] == 300
+    assert (g["max_difference"], g["differing_samples"]) == (0, 0)
+    quiet = bench(path, *common, "--device", "cuda:0", "--no-checksum")
+    assert quiet.returncode == 0 and json.loads(quiet.stdout)["checksum"] is None, quiet.stderr
+    table = bench(path, *common[:-1], "--device", "cuda", "--compare")
+    assert "device:         cuda:0 (decoder: nvjpeg-default)" in table.stdout
+    assert "vs the CPU:     largest difference 0, mean 0.0000, 0 samples differ" in table.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--gds"], "--gds goes with --device cuda"),
+    (["--compare"], "--compare goes with --device cuda"),
+    (["--device", "tpu"], "--device: 'tpu' is not cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "--device cuda:N"),
+    (["--device", "cuda", "--processes", "2"], "--device cuda reads in one process"),
+])
+def test_bench_device_usage_errors(args, message):
+    r = bench(YCBCR, "--layout", "grid", "--size", "64,64", *args)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_bench_gds_says_why_not():
+    r = bench(YCBCR, "--layout", "grid", "--size", "64,64", "--device", "cuda", "--gds")
+    assert r.returncode == 1
+    assert "--gds: tessera does not read tiles with GPUDirect Storage" in r.stderr, r.stderr
+
+
+def test_gpu_example_runs_until_cupy(tmp_path):
+    """The design's example (c) on the simulator: the CUDA batches are made; printing them
+    needs CuPy, which this machine lacks (Debian has no package), so it stops saying so."""
+    env = dict(os.environ, PYTHONPATH=PYTHON_PACKAGE_DIR, TESSERA_CUDA_PATH=SIM)
+    r = subprocess.run([sys.executable, os.path.join(F.REPO, "examples", "cucim_gpu.py"), APERIO],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and r.stdout == ""
+    assert r.stderr.strip().splitlines()[-1].startswith("cupy is not installed"), r.stderr
