@@ -137,6 +137,8 @@ bool tsr_pool_requeue(tsr_task_fn fn, void *arg) {
 }
 
 unsigned tsr_pool_generation(void) {
+  /* Counting starts with the first object that records a generation, pool started or not. */
+  pthread_once(&atfork_once, register_atfork);
   return atomic_load_explicit(&generation, memory_order_relaxed);
 }
 

@@ -82,6 +82,8 @@ class BatchOptions(ctypes.Structure):
         ("seed", ctypes.c_uint64),
         ("channels", ctypes.c_int32),
         ("fill", ctypes.c_int32),
+        ("device", ctypes.c_int32),
+        ("device_id", ctypes.c_int32),
     ]
 
 
@@ -95,6 +97,10 @@ class Batch(ctypes.Structure):
         ("width", ctypes.c_int64),
         ("height", ctypes.c_int64),
         ("channels", ctypes.c_int32),
+        ("device", ctypes.c_int32),
+        ("device_id", ctypes.c_int32),
+        ("stream", ctypes.c_void_p),
+        ("consumer_stream", ctypes.c_void_p),
     ]
 
 

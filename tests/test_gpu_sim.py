@@ -305,3 +305,46 @@ def test_gpu_example_runs_until_cupy(tmp_path):
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert r.returncode != 0 and r.stdout == ""
     assert r.stderr.strip().splitlines()[-1].startswith("cupy is not installed"), r.stderr
+
+
+def test_forked_child_is_told_cuda_cannot_be_used_there():
+    """CUDA started in a parent does not work in a child it forks; the child's CUDA iterator
+    says so (and what to do) instead of failing inside CUDA. The parent goes on."""
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        first = img.read_region((0, 0), (32, 32), device="cuda")
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                img.read_region((0, 0), (32, 32), device="cuda")
+                os.write(w, b"no error")
+            except Exception as e:
+                os.write(w, ("%s %s" % (type(e).__name__, e)).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print(os.read(r, 4096).decode())
+        again = img.read_region((0, 0), (32, 32), device="cuda")
+        print(np.array_equal(np.asarray(again.cpu()), np.asarray(first.cpu())))
+    """.replace("SLIDE", repr(YCBCR)))
+    lines = out.splitlines()
+    assert lines[0].startswith("TesseraError CUDA was started in this process's parent before "
+                               "it forked"), out
+    assert "spawn" in lines[0] and lines[1] == "True", out
+
+
+def test_gpu_verification_script_runs_on_the_simulator(tmp_path):
+    """gpu/verify.sh (what a GPU machine runs) and its checker gpu/check_gpu.py, end to end on
+    the simulator with a small slide, so they are known to work before a GPU is at hand."""
+    env = dict(os.environ, TESSERA_CUDA_PATH=SIM, TESSERA_VERIFY_SIZE="3000x2000",
+               TESSERA_VERIFY_COUNT="300", TESSERA_VERIFY_STREAM="1000",
+               PYTHON=sys.executable)
+    env.pop("PYTHONPATH", None)
+    r = subprocess.run([os.path.join(F.REPO, "gpu", "verify.sh"), str(tmp_path)], cwd=F.REPO,
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+    report = json.load(open(tmp_path / "check_gpu.json"))
+    assert report["ok"] and report["stream"]["ok"] and report["abandoned"]["ok"], report
+    assert [p["max_difference"] for p in report["pixels"]] == [0, 0, 0], report
+    assert report["pixels"][0]["decoders"] == ["nvjpeg-default"], report
+    assert "median patches/s: cpu (16 workers)" in r.stdout and "cuda / cpu = " in r.stdout

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "pool.h"
 
 /* Newest first: a machine with several toolkits gets the newest runtime, and nvJPEG is then
  * looked for with that runtime's major version first. */
@@ -243,6 +244,7 @@ static void *open_nvjpeg(const struct tsr_cuda_search *search, struct tsr_cuda *
 }
 
 static tessera_status load(struct tsr_cuda *c) {
+  c->generation = tsr_pool_generation();
   struct tsr_cuda_search search;
   tsr_cuda_default_search(&search);
   void *rt = tsr_cuda_open_library("CUDA runtime", cudart_names, &search, c->cudart_path,

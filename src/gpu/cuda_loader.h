@@ -78,6 +78,8 @@ struct tsr_cuda {
   int driver_version;    /* the same form */
   int device_count;      /* >= 1 */
   int nvjpeg_version[3]; /* major, minor, patch; -1 where nvjpegGetProperty failed */
+  unsigned generation;   /* the process's fork generation (tsr_pool_generation) at loading:
+                            CUDA, started then, cannot be used in a child forked later */
   char cudart_path[TSR_CUDA_PATH_MAX];
   char nvjpeg_path[TSR_CUDA_PATH_MAX];
 };

@@ -67,6 +67,7 @@ struct gslot {
   size_t *lengths;
   nvjpegImage_t *images;
   nvjpegJpegState_t state;
+  int initialized;      /* the batch size `state` was initialized for; 0: none */
   cudaEvent_t done;     /* recorded after the batch's work */
   cudaEvent_t released; /* recorded on the consumer's stream at release */
   bool wait_released;   /* the next batch made here must wait for `released` */
@@ -443,14 +444,22 @@ static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_
     if (st != TESSERA_OK)
       return st;
     if (good > 0) {
-      nvjpegStatus_t s = jp->nvjpegDecodeBatchedInitialize(it->decoder->handle, sl->state,
-                                                           (int)good, 1, NVJPEG_OUTPUT_RGBI);
+      /* Initialized again when the batch size changes, and after a failure (which nvJPEG's
+       * header says the call also resets). */
+      nvjpegStatus_t s = NVJPEG_STATUS_SUCCESS;
+      if (sl->initialized != (int)good) {
+        s = jp->nvjpegDecodeBatchedInitialize(it->decoder->handle, sl->state, (int)good, 1,
+                                              NVJPEG_OUTPUT_RGBI);
+        sl->initialized = s == NVJPEG_STATUS_SUCCESS ? (int)good : 0;
+      }
       if (s == NVJPEG_STATUS_SUCCESS)
         s = jp->nvjpegDecodeBatched(it->decoder->handle, sl->state, sl->data, sl->lengths,
                                     sl->images, it->stream);
-      if (s != NVJPEG_STATUS_SUCCESS) /* the CPU decodes them instead, and judges them */
+      if (s != NVJPEG_STATUS_SUCCESS) { /* the CPU decodes them instead, and judges them */
+        sl->initialized = 0;
         for (size_t t = 0; t < k; t++)
           sl->chunk_index[t] = -1;
+      }
     }
     for (size_t t = 0, j = i; t < k; t++) {
       for (; j < end && sl->pairs[j].tile == sl->chunk_tiles[t]; j++) {
@@ -635,6 +644,11 @@ tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tesser
   struct tsr_batch_layout L = *layout;
   const struct tsr_cuda *cuda;
   tessera_status st = tsr_cuda_load(&cuda);
+  if (st == TESSERA_OK && cuda->generation != tsr_pool_generation())
+    st = tsr_error(TESSERA_E_UNSUPPORTED,
+                   "CUDA was started in this process's parent before it forked, and CUDA cannot "
+                   "be used in such a child: make CUDA iterators in processes started afresh "
+                   "(multiprocessing's 'spawn'), or start CUDA only after forking");
   if (st == TESSERA_OK && (L.device_id >= cuda->device_count || L.device_id >= TSR_GPU_MAX_DEVICES))
     st = tsr_error(TESSERA_E_ARGUMENT, "device_id %d: there are %d CUDA devices (0 .. %d)",
                    L.device_id, cuda->device_count, cuda->device_count - 1);
