@@ -110,6 +110,8 @@ for round in 1 2 3; do
   "$T" bench "$slide" "${common[@]}" --device cpu --workers 16 >"$out/cpu-$round.json" || status=1
   "$T" bench "$slide" "${common[@]}" --device cuda --workers 4 >"$out/cuda-$round.json" || status=1
 done
+"$T" bench "$slide" "${common[@]}" --device cuda --workers 8 --prefetch 4 >"$out/cuda-deep.json" &&
+  "$PY" -c 'import json,sys; r=json.load(open(sys.argv[1])); print("cuda, 8 workers, prefetch 4: %.0f patches/s" % r["patches_per_s"])' "$out/cuda-deep.json"
 "$PY" - "$out" <<'PYEOF'
 import json, statistics, sys
 out = sys.argv[1]

@@ -227,7 +227,8 @@ typedef struct tessera_batch_options {
   int32_t num_workers;     /* worker threads decoding ahead; 0 (default) decodes each batch
                               in the calling thread inside tessera_batch_iter_next */
   int32_t drop_last;       /* nonzero: drop a short last batch; default 0 */
-  int32_t prefetch_factor; /* batches decoded ahead when num_workers > 0, >= 1; default 2 */
+  int32_t prefetch_factor; /* batches decoded ahead when num_workers > 0 (with device CUDA,
+                              always), >= 1; default 2 */
   int32_t shuffle;         /* nonzero: visit the locations in a random order; default 0 */
   uint64_t seed;           /* seed of that order; default 0 */
   int32_t channels;        /* 3 (RGB, default) or 4 (RGBA: alpha 0 outside the image) */

@@ -519,7 +519,8 @@ static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t
     if (tsr_canvas_fill_outside(c, lv) && !add_patch_tiles(it, sl, &n, p))
       return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
   }
-  qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
+  if (n > 1)
+    qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
   struct tsr_tile_buffers *b = tsr_tile_buffers_get();
   if (!b)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
@@ -571,7 +572,8 @@ static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
       return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
     gpu_patches |= inside;
   }
-  qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
+  if (n > 1)
+    qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
   tessera_status st = decode_on_gpu(it, sl, n);
   if (st == TESSERA_OK && gpu_patches && it->L.channels == 4)
     st = widen(it, sl, count);
