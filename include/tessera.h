@@ -260,7 +260,7 @@ typedef struct tessera_batch {
   int32_t channels;
   int32_t device;    /* TESSERA_DEVICE_CPU, or TESSERA_DEVICE_CUDA: data is device memory */
   int32_t device_id; /* the CUDA device holding data */
-  void *stream;      /* CUDA: the iterator's cudaStream_t, on which the batch was made. The
+  void *stream;      /* CUDA: the cudaStream_t on which the batch was made. The
                         batch is complete when tessera_batch_iter_next returns it: no stream
                         needs to wait for it */
   void *consumer_stream; /* CUDA, set by the caller (NULL by default: the legacy default
@@ -323,9 +323,10 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
  *    samples) is painted on the CPU exactly as a CPU batch is, and copied to the device
  *    asynchronously. Errors are therefore the CPU's: a tile the CPU cannot decode fails its
  *    batch. (Damage that nvJPEG decodes without complaint cannot be noticed on the GPU.)
- * Compressed tiles are staged in pinned host memory; each iterator has one CUDA stream (the
- * batch's `stream`). tessera_batch_iter_next returns a batch once it is complete. Releasing it
- * records an event on its consumer_stream that later writes into its memory wait for. Device
+ * Compressed tiles are staged in pinned host memory. Each batch buffer of an iterator has its
+ * own CUDA stream (the batch's `stream`), so the batches in preparation overlap on the GPU.
+ * tessera_batch_iter_next returns a batch once it is complete. Releasing it records an event
+ * on its consumer_stream that later writes into its memory wait for. Device
  * buffers are recycled like host ones; destroying the iterator frees them (at once, or at the
  * release of the last batch held). A process that forks cannot use its parent's iterators.
  */
@@ -337,7 +338,8 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
 TESSERA_API const char *tessera_batch_iter_decoder(const tessera_batch_iter *iter);
 
 /* Copies a batch's bytes (all of batch->size) into host memory dst of dst_size bytes, from the
- * host or from a CUDA device, waiting for the copy. For checks and debugging: a CUDA batch is
+ * host or from a CUDA device, waiting for the copy. A CUDA batch is copied on its
+ * consumer_stream, after the work queued there. For checks and debugging: a CUDA batch is
  * meant to be used where it is. TESSERA_E_ARGUMENT when dst_size < batch->size. */
 TESSERA_API tessera_status tessera_batch_copy_to_host(const tessera_batch *batch, void *dst,
                                                       size_t dst_size);

@@ -348,3 +348,20 @@ def test_gpu_verification_script_runs_on_the_simulator(tmp_path):
     assert [p["max_difference"] for p in report["pixels"]] == [0, 0, 0], report
     assert report["pixels"][0]["decoders"] == ["nvjpeg-default"], report
     assert "median patches/s: cpu (16 workers)" in r.stdout and "cuda / cpu = " in r.stdout
+
+
+def test_nvjpeg_without_interpolation_leaves_subsampled_tiles_to_the_cpu(slides):
+    """nvJPEG before 12.1 replicates chroma (libjpeg interpolates): 4:2:0 tiles then stay on
+    the CPU, so the pixels are still the CPU's. (The simulator replicates too without the
+    flag, so forgetting to ask for interpolation fails the other tests.)"""
+    code = """
+        img = CuImage(SLIDE)
+        before = sim.sim_decoded_images()
+        locs = [(0, 0), (300, 200), (700, 500)]
+        want = cpu_batches(img, locs, (200, 150), batch_size=3)
+        got = gpu_batches(img, locs, (200, 150), batch_size=3)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        print(sim.sim_decoded_images() - before)
+    """.replace("SLIDE", repr(slides.path("jpeg-q50-sub")))
+    assert run_checks(code, env={"SIM_NVJPEG_VERSION": "12.0"}).split() == ["0"]
+    assert int(run_checks(code).split()[0]) > 0

@@ -44,6 +44,7 @@ typedef struct CUevent_st *cudaEvent_t;   /* opaque */
 
 /* Flags of cudaStreamCreateWithFlags and cudaEventCreateWithFlags. */
 #define cudaStreamNonBlocking 0x01u  /* no implicit ordering with the legacy default stream */
+#define cudaEventBlockingSync 0x01u  /* a thread waiting for it sleeps instead of spinning */
 #define cudaEventDisableTiming 0x02u /* an event used only to order and wait: cheaper */
 
 typedef cudaError_t (*tsr_cudaGetDeviceCount_fn)(int *count);
@@ -123,6 +124,9 @@ typedef enum libraryPropertyType_t {
 
 #define NVJPEG_MAX_COMPONENT 4
 #define NVJPEG_FLAGS_DEFAULT 0u
+/* Chroma upsampled by interpolation, as libjpeg's "fancy upsampling" (nvJPEG 12.1 and later);
+ * without it nvJPEG replicates chroma samples. */
+#define NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION 32u
 
 /* Where a decoded image goes: device pointers and row pitches, one per plane. */
 typedef struct nvjpegImage_t {

@@ -68,6 +68,7 @@ struct gslot {
   nvjpegImage_t *images;
   nvjpegJpegState_t state;
   int initialized;      /* the batch size `state` was initialized for; 0: none */
+  cudaStream_t stream;  /* where the batch's work is queued (the batch's `stream`) */
   cudaEvent_t done;     /* recorded after the batch's work */
   cudaEvent_t released; /* recorded on the consumer's stream at release */
   bool wait_released;   /* the next batch made here must wait for `released` */
@@ -82,13 +83,13 @@ struct decoder {
   char message[TSR_MESSAGE_MAX];
   nvjpegHandle_t handle;
   const char *name; /* "nvjpeg-hardware", ... */
+  bool interpolates; /* chroma upsampled as libjpeg does: subsampled tiles may go to it */
 };
 
 struct gpu_iter {
   struct tsr_batch_layout L; /* first: set at creation */
   const struct tsr_cuda *cuda;
   struct decoder *decoder;
-  cudaStream_t stream;
   bool gpu_level;     /* the level's tiles may go to nvJPEG */
   size_t tile_bytes;  /* a decoded tile: tile_w x tile_h x 3 */
   size_t tile_cap;    /* tiles the tile buffer holds; 0 when !gpu_level */
@@ -173,13 +174,23 @@ static void make_decoder(const struct tsr_cuda *c, struct decoder *d) {
     }
     last = first;
   }
+  /* Interpolated chroma upsampling came with nvJPEG 12.1; without it, only tiles without
+   * chroma subsampling are decoded there (replicated chroma would differ from the CPU's). */
+  bool interpolation = c->nvjpeg_version[0] > 12 ||
+                       (c->nvjpeg_version[0] == 12 && c->nvjpeg_version[1] >= 1);
   nvjpegStatus_t s = NVJPEG_STATUS_NOT_INITIALIZED;
   for (size_t k = first; k <= last; k++) {
-    s = c->jpeg.nvjpegCreateEx(kinds[k].backend, NULL, NULL, NVJPEG_FLAGS_DEFAULT, &d->handle);
-    if (s == NVJPEG_STATUS_SUCCESS) {
-      d->name = kinds[k].name;
-      d->status = TESSERA_OK;
-      return;
+    for (int with = interpolation; with >= 0; with--) {
+      s = c->jpeg.nvjpegCreateEx(kinds[k].backend, NULL, NULL,
+                                 with ? NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION
+                                      : NVJPEG_FLAGS_DEFAULT,
+                                 &d->handle);
+      if (s == NVJPEG_STATUS_SUCCESS) {
+        d->name = kinds[k].name;
+        d->interpolates = with;
+        d->status = TESSERA_OK;
+        return;
+      }
     }
   }
   d->status = tsr_error(TESSERA_E_UNSUPPORTED, "nvJPEG could not start (%s back end): %s (%d)",
@@ -223,6 +234,8 @@ static void free_slot(struct gpu_iter *it, struct gslot *sl) {
     rt->cudaEventDestroy(sl->released);
   if (sl->state)
     it->cuda->jpeg.nvjpegJpegStateDestroy(sl->state);
+  if (sl->stream)
+    rt->cudaStreamDestroy(sl->stream);
   tsr_free(sl->indices);
   tsr_free(sl->canvases);
   tsr_free(sl->painting);
@@ -247,7 +260,11 @@ static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
   sl->on_cpu = tsr_malloc(b * sizeof *sl->on_cpu);
   if (!sl->indices || !sl->canvases || !sl->painting || !sl->on_cpu)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
-  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->done, cudaEventDisableTiming),
+  /* A stream per batch buffer, so batches in preparation overlap on the GPU. */
+  CUDA_TRY(it, rt->cudaStreamCreateWithFlags(&sl->stream, cudaStreamNonBlocking),
+           "cudaStreamCreateWithFlags");
+  CUDA_TRY(it,
+           rt->cudaEventCreateWithFlags(&sl->done, cudaEventDisableTiming | cudaEventBlockingSync),
            "cudaEventCreateWithFlags");
   CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->released, cudaEventDisableTiming),
            "cudaEventCreateWithFlags");
@@ -379,7 +396,8 @@ static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k
     if (tsr_tile_raw(s, it->L.level, tile, at + lead, &missing) != TESSERA_OK || missing)
       continue;
     size_t len = tsr_gpu_jpeg_splice(&lv->fmt, at, (size_t)count);
-    if (len == 0 || !tsr_gpu_jpeg_supported(at, len, lv->tile_w, lv->tile_h))
+    if (len == 0 ||
+        !tsr_gpu_jpeg_supported(at, len, lv->tile_w, lv->tile_h, it->decoder->interpolates))
       continue;
     size_t g = (*good)++;
     sl->chunk_index[i] = (int)g;
@@ -415,14 +433,14 @@ static tessera_status copy_part(struct gpu_iter *it, struct gslot *sl, uint64_t 
   CUDA_TRY(it,
            it->cuda->rt.cudaMemcpy2DAsync(dst, w * 3, src, (size_t)lv->tile_w * 3,
                                           (size_t)(ix1 - ix0) * 3, (size_t)(iy1 - iy0),
-                                          cudaMemcpyDeviceToDevice, it->stream),
+                                          cudaMemcpyDeviceToDevice, sl->stream),
            "cudaMemcpy2DAsync (a tile into a patch)");
   return TESSERA_OK;
 }
 
 /* Waits for the work queued so far (between chunks, which reuse staging and tiles). */
 static tessera_status wait_queued(struct gpu_iter *it, struct gslot *sl) {
-  CUDA_TRY(it, it->cuda->rt.cudaEventRecord(sl->done, it->stream), "cudaEventRecord");
+  CUDA_TRY(it, it->cuda->rt.cudaEventRecord(sl->done, sl->stream), "cudaEventRecord");
   CUDA_TRY(it, it->cuda->rt.cudaEventSynchronize(sl->done), "cudaEventSynchronize");
   return TESSERA_OK;
 }
@@ -454,7 +472,7 @@ static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_
       }
       if (s == NVJPEG_STATUS_SUCCESS)
         s = jp->nvjpegDecodeBatched(it->decoder->handle, sl->state, sl->data, sl->lengths,
-                                    sl->images, it->stream);
+                                    sl->images, sl->stream);
       if (s != NVJPEG_STATUS_SUCCESS) { /* the CPU decodes them instead, and judges them */
         sl->initialized = 0;
         for (size_t t = 0; t < k; t++)
@@ -485,9 +503,9 @@ static tessera_status widen(struct gpu_iter *it, struct gslot *sl, size_t count)
   size_t pixels = count * (size_t)it->L.width * (size_t)it->L.height;
   CUDA_TRY(it,
            rt->cudaMemcpy2DAsync(sl->dev, 4, sl->dev_rgb, 3, 3, pixels, cudaMemcpyDeviceToDevice,
-                                 it->stream),
+                                 sl->stream),
            "cudaMemcpy2DAsync (RGB to RGBA)");
-  CUDA_TRY(it, rt->cudaMemset2DAsync(sl->dev + 3, 4, 255, 1, pixels, it->stream),
+  CUDA_TRY(it, rt->cudaMemset2DAsync(sl->dev + 3, 4, 255, 1, pixels, sl->stream),
            "cudaMemset2DAsync (alpha)");
   return TESSERA_OK;
 }
@@ -545,7 +563,7 @@ static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t
       q++;
     CUDA_TRY(it,
              rt->cudaMemcpyAsync(sl->dev + p * pb, sl->host + p * pb, (q - p) * pb,
-                                 cudaMemcpyHostToDevice, it->stream),
+                                 cudaMemcpyHostToDevice, sl->stream),
              "cudaMemcpyAsync (patches painted on the CPU)");
     p = q;
   }
@@ -557,7 +575,7 @@ static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
   const struct tsr_level *lv = &it->L.s->levels[it->L.level];
   size_t count = sl->pub.count, n = 0;
   if (sl->wait_released) {
-    CUDA_TRY(it, it->cuda->rt.cudaStreamWaitEvent(it->stream, sl->released, 0),
+    CUDA_TRY(it, it->cuda->rt.cudaStreamWaitEvent(sl->stream, sl->released, 0),
              "cudaStreamWaitEvent");
     sl->wait_released = false;
   }
@@ -588,10 +606,10 @@ static void prepare(struct gpu_iter *it, struct gslot *sl) {
   tessera_status st = make_batch(it, sl);
   if (st != TESSERA_OK)
     tsr_failure_keep(&sl->failure, st);
-  cudaError_t e = it->cuda->rt.cudaEventRecord(sl->done, it->stream);
+  cudaError_t e = it->cuda->rt.cudaEventRecord(sl->done, sl->stream);
   if (e != cudaSuccess) {
     tsr_failure_keep(&sl->failure, cuda_failed(it->cuda, e, "cudaEventRecord"));
-    it->cuda->rt.cudaStreamSynchronize(it->stream);
+    it->cuda->rt.cudaStreamSynchronize(sl->stream);
   }
 }
 
@@ -626,14 +644,12 @@ static void prepare_task(void *arg) {
 static void free_iter(struct gpu_iter *it) {
   struct device_scope d;
   enter_device(it, &d);
-  if (it->stream)
-    it->cuda->rt.cudaStreamSynchronize(it->stream);
   for (struct gslot *sl = it->slots, *next; sl; sl = next) {
     next = sl->all;
+    if (sl->stream) /* no work may still use what is freed */
+      it->cuda->rt.cudaStreamSynchronize(sl->stream);
     free_slot(it, sl);
   }
-  if (it->stream)
-    it->cuda->rt.cudaStreamDestroy(it->stream);
   leave_device(it, &d);
   pthread_mutex_destroy(&it->lock);
   pthread_cond_destroy(&it->changed);
@@ -668,12 +684,6 @@ tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tesser
   struct device_scope d;
   enter_device(it, &d);
   st = get_decoder(cuda, L.device_id, &it->decoder);
-  cudaError_t e = cudaSuccess;
-  if (st == TESSERA_OK &&
-      (e = cuda->rt.cudaStreamCreateWithFlags(&it->stream, cudaStreamNonBlocking)) != cudaSuccess) {
-    it->stream = NULL;
-    st = cuda_failed(cuda, e, "cudaStreamCreateWithFlags");
-  }
   leave_device(it, &d);
   const struct tsr_level *lv = &L.s->levels[L.level];
   size_t tile_bytes;
@@ -724,7 +734,7 @@ static tessera_status schedule(struct gpu_iter *it, size_t number) {
                             .channels = (int32_t)it->L.channels,
                             .device = TESSERA_DEVICE_CUDA,
                             .device_id = it->L.device_id,
-                            .stream = it->stream,
+                            .stream = sl->stream,
                             .consumer_stream = NULL};
   sl->ready = false;
   sl->failure.status = TESSERA_OK;
@@ -863,12 +873,17 @@ TESSERA_API tessera_status tessera_batch_copy_to_host(const tessera_batch *batch
   }
   const struct gslot *sl = (const struct gslot *)((const char *)batch - offsetof(struct gslot, pub));
   struct gpu_iter *it = sl->it;
+  if (it->L.generation != tsr_pool_generation())
+    return tsr_error(TESSERA_E_ARGUMENT, "the batch was made before fork(); CUDA memory of the "
+                                         "parent cannot be read in the child");
+  /* On the consumer's stream, after the work it queued (which may have changed the batch). */
+  cudaStream_t stream = (cudaStream_t)batch->consumer_stream;
   struct device_scope d;
   enter_device(it, &d);
   cudaError_t e = it->cuda->rt.cudaMemcpyAsync(dst, batch->data, batch->size,
-                                               cudaMemcpyDeviceToHost, it->stream);
+                                               cudaMemcpyDeviceToHost, stream);
   if (e == cudaSuccess)
-    e = it->cuda->rt.cudaStreamSynchronize(it->stream);
+    e = it->cuda->rt.cudaStreamSynchronize(stream);
   leave_device(it, &d);
   return e == cudaSuccess ? TESSERA_OK : cuda_failed(it->cuda, e, "copying a batch to the host");
 }

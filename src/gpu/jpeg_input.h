@@ -30,10 +30,13 @@ size_t tsr_gpu_jpeg_size(const struct tsr_pixel_format *fmt, size_t len);
 size_t tsr_gpu_jpeg_tile_offset(const struct tsr_pixel_format *fmt);
 size_t tsr_gpu_jpeg_splice(const struct tsr_pixel_format *fmt, uint8_t *dst, size_t len);
 
-/* Whether nvJPEG decodes this whole stream as the CPU path would: baseline or extended
- * Huffman, 8-bit, three components with luma sampling 1 or 2 each way and chroma 1x1, no
- * Adobe marker (it could say RGB), and exactly tile_w x tile_h pixels. Reads markers up to
- * the first scan only. */
-bool tsr_gpu_jpeg_supported(const uint8_t *stream, size_t len, uint32_t tile_w, uint32_t tile_h);
+/* Whether nvJPEG decodes this whole stream as the CPU path would, on any of its back ends
+ * (the hardware one takes baseline single-scan streams only): baseline (SOF0) 8-bit, three
+ * components with chroma 1x1 and luma 1x1 or, when `subsampled` (nvJPEG interpolates chroma
+ * as libjpeg does), 2x1, 1x2 or 2x2; one scan of all three; exactly tile_w x tile_h pixels;
+ * before the scan only tables (DQT, DHT), DRI, comments and APPn segments other than Adobe's
+ * (which could say RGB). Reads markers up to the scan only. */
+bool tsr_gpu_jpeg_supported(const uint8_t *stream, size_t len, uint32_t tile_w, uint32_t tile_h,
+                            bool subsampled);
 
 #endif

@@ -9,8 +9,10 @@
  *    synchronize, a stream waiting on an event, cudaFree). So host memory changed or reused
  *    before the work reading it was waited for shows up as wrong pixels, not luck.
  *  - nvJPEG decodes with libjpeg-turbo as tessera's CPU path does (so pixels are equal, which
- *    makes any misplaced one visible); bitstreams are read when the work runs, not at the
- *    call. Headers are parsed at the call (as nvJPEG does), failing with BAD_JPEG.
+ *    makes any misplaced one visible), except that, as nvJPEG, it replicates chroma unless the
+ *    handle was made with NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION (which a version before
+ *    12.1, SIM_NVJPEG_VERSION=12.0, refuses); bitstreams are read when the work runs, not at
+ *    the call. Headers are parsed at the call (as nvJPEG does), failing with BAD_JPEG.
  * Knobs (environment): SIM_NVJPEG_HARDWARE=1 accepts the hardware back end (else it answers
  * "architecture mismatch", as on GPUs without JPEG engines); SIM_NVJPEG_FAIL=1 fails every
  * nvjpegDecodeBatched; SIM_CUDA_MALLOC_LIMIT=N fails cudaMalloc beyond N bytes in use.
@@ -35,6 +37,7 @@ struct sim_image {
   size_t length;
   unsigned char *dst;
   size_t pitch;
+  bool interpolate; /* chroma upsampling: libjpeg's fancy one, or replication */
 };
 SIM_API bool sim_device_range(const void *p, size_t n);
 typedef void (*sim_decode_fn)(const struct sim_image *image);
@@ -524,7 +527,17 @@ TSR_NVJPEG_FUNCTIONS(SIM_DECLARE)
 
 struct nvjpegHandle {
   nvjpegBackend_t backend;
+  bool interpolate; /* NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION: else chroma is replicated */
 };
+
+/* SIM_NVJPEG_VERSION=MAJOR.MINOR (default 12.4): before 12.1 there is no interpolated
+ * upsampling, and asking for it fails as an unknown flag. */
+static void version(int v[3]) {
+  const char *e = getenv("SIM_NVJPEG_VERSION");
+  v[0] = 12, v[1] = 4, v[2] = 0;
+  if (e && *e && sscanf(e, "%d.%d", &v[0], &v[1]) != 2)
+    v[0] = 12, v[1] = 4;
+}
 
 struct nvjpegJpegState {
   int batch_size; /* 0 until nvjpegDecodeBatchedInitialize */
@@ -532,22 +545,30 @@ struct nvjpegJpegState {
 };
 
 nvjpegStatus_t nvjpegGetProperty(libraryPropertyType type, int *value) {
-  static const int version[3] = {12, 4, 0};
+  int v[3];
+  version(v);
   if ((int)type < 0 || (int)type > 2)
     return NVJPEG_STATUS_INVALID_PARAMETER;
-  *value = version[type];
+  *value = v[type];
   return NVJPEG_STATUS_SUCCESS;
 }
 
 nvjpegStatus_t nvjpegCreateEx(nvjpegBackend_t backend, nvjpegDevAllocator_t *dev_allocator,
                               nvjpegPinnedAllocator_t *pinned_allocator, unsigned int flags,
                               nvjpegHandle_t *handle) {
-  (void)dev_allocator, (void)pinned_allocator, (void)flags;
+  (void)dev_allocator, (void)pinned_allocator;
   const char *hw = getenv("SIM_NVJPEG_HARDWARE");
   if (backend == NVJPEG_BACKEND_HARDWARE && !(hw && *hw == '1'))
     return NVJPEG_STATUS_ARCH_MISMATCH;
+  int v[3];
+  version(v);
+  bool interpolate = flags & NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION;
+  if ((flags & ~NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION) ||
+      (interpolate && (v[0] < 12 || (v[0] == 12 && v[1] < 1))))
+    return NVJPEG_STATUS_INVALID_PARAMETER;
   *handle = calloc(1, sizeof **handle);
   (*handle)->backend = backend;
+  (*handle)->interpolate = interpolate;
   return NVJPEG_STATUS_SUCCESS;
 }
 
@@ -624,6 +645,7 @@ static void sim_decode_one(const struct sim_image *im) {
   jpeg_read_header(&cinfo, TRUE);
   cinfo.out_color_space = JCS_RGB;
   cinfo.dct_method = JDCT_ISLOW;
+  cinfo.do_fancy_upsampling = im->interpolate;
   jpeg_start_decompress(&cinfo);
   while (cinfo.output_scanline < cinfo.output_height) {
     JSAMPROW row = im->dst + cinfo.output_scanline * im->pitch;
@@ -656,7 +678,7 @@ nvjpegStatus_t nvjpegDecodeBatched(nvjpegHandle_t handle, nvjpegJpegState_t stat
       return NVJPEG_STATUS_BAD_JPEG;
     }
     images[i] = (struct sim_image){data[i], lengths[i], destinations[i].channel[0],
-                                   destinations[i].pitch[0]};
+                                   destinations[i].pitch[0], handle->interpolate};
     if (images[i].pitch < (size_t)w * 3 ||
         !sim_device_range(images[i].dst, images[i].pitch * (h - 1) + (size_t)w * 3)) {
       sim_fail("nvjpegDecodeBatched: a destination outside device memory or too narrow");

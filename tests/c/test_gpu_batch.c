@@ -16,6 +16,7 @@
 
 #include "batch_internal.h"
 #include "check.h"
+#include "gpu/jpeg_input.h"
 #include "tessera.h"
 
 static bool (*sim_peek)(void *dst, const void *src, size_t n);
@@ -426,6 +427,108 @@ static void test_chunks(const char *dir) {
   tessera_close(s);
 }
 
+/* A JPEG header, built up segment by segment, for the eligibility check. */
+struct stream {
+  uint8_t b[512];
+  size_t n;
+};
+
+static void put(struct stream *s, const uint8_t *bytes, size_t n) {
+  memcpy(s->b + s->n, bytes, n);
+  s->n += n;
+}
+
+static void segment(struct stream *s, uint8_t marker, const uint8_t *body, size_t n) {
+  uint8_t head[4] = {0xFF, marker, (uint8_t)((n + 2) >> 8), (uint8_t)(n + 2)};
+  put(s, head, 4);
+  put(s, body, n);
+}
+
+/* SOI, what `before` adds, a frame (marker sof, w x h, luma sampling hv), tables, then a scan
+ * of `scan` components. */
+static bool eligible(uint8_t sof, uint32_t w, uint32_t h, uint8_t hv, uint8_t chroma,
+                     uint8_t scan, void (*before)(struct stream *), bool subsampled) {
+  struct stream s = {.n = 0};
+  static const uint8_t soi[2] = {0xFF, 0xD8}, table[5] = {0};
+  put(&s, soi, 2);
+  if (before)
+    before(&s);
+  segment(&s, 0xDB, table, sizeof table);
+  uint8_t frame[15] = {8, (uint8_t)(h >> 8), (uint8_t)h, (uint8_t)(w >> 8), (uint8_t)w, 3,
+                       1, hv, 0, 2, chroma, 1, 3, chroma, 1};
+  segment(&s, sof, frame, sizeof frame);
+  segment(&s, 0xC4, table, sizeof table);
+  uint8_t sos[10] = {scan, 1, 0, 2, 0x11, 3, 0x11, 0, 63, 0};
+  segment(&s, 0xDA, sos, sizeof sos);
+  return tsr_gpu_jpeg_supported(s.b, s.n, 256, 128, subsampled);
+}
+
+static void adobe(struct stream *s) {
+  static const uint8_t body[12] = {'A', 'd', 'o', 'b', 'e', 0, 100, 0, 0, 0, 0, 0};
+  segment(s, 0xEE, body, sizeof body);
+}
+static void app14_other(struct stream *s) {
+  static const uint8_t body[6] = {'O', 't', 'h', 'e', 'r', 0};
+  segment(s, 0xEE, body, sizeof body);
+}
+static void jfif_and_fill(struct stream *s) {
+  static const uint8_t body[14] = {'J', 'F', 'I', 'F', 0, 1, 1, 0, 0, 1, 0, 1, 0, 0};
+  static const uint8_t fill[2] = {0xFF, 0xFF};
+  segment(s, 0xE0, body, sizeof body);
+  put(s, fill, 2); /* fill bytes before the next marker are allowed */
+  s->n--;          /* ... as FF FF FF xx: the marker's own FF follows */
+}
+static void dri_and_comment(struct stream *s) {
+  static const uint8_t dri[2] = {0, 4}, com[3] = {'h', 'i', 0};
+  segment(s, 0xDD, dri, sizeof dri);
+  segment(s, 0xFE, com, sizeof com);
+}
+static void jpg_marker(struct stream *s) {
+  static const uint8_t body[2] = {0, 0};
+  segment(s, 0xC8, body, sizeof body);
+}
+static void jpgn_marker(struct stream *s) {
+  static const uint8_t body[2] = {0, 0};
+  segment(s, 0xF3, body, sizeof body);
+}
+
+/* Which streams nvJPEG gets: only those it decodes as libjpeg does, on every back end. */
+static void test_eligibility(void) {
+  CHECK(eligible(0xC0, 256, 128, 0x11, 0x11, 3, NULL, false), "4:4:4 baseline");
+  CHECK(eligible(0xC0, 256, 128, 0x22, 0x11, 3, NULL, true), "4:2:0 with interpolation");
+  CHECK(!eligible(0xC0, 256, 128, 0x22, 0x11, 3, NULL, false), "4:2:0 without interpolation");
+  CHECK(eligible(0xC0, 256, 128, 0x21, 0x11, 3, NULL, true), "4:2:2");
+  CHECK(!eligible(0xC0, 256, 128, 0x41, 0x11, 3, NULL, true), "4:1:1 (libjpeg and nvJPEG "
+                                                                "upsample it differently)");
+  CHECK(!eligible(0xC0, 256, 128, 0x22, 0x21, 3, NULL, true), "subsampled chroma factors");
+  CHECK(!eligible(0xC1, 256, 128, 0x11, 0x11, 3, NULL, true), "extended (SOF1): the CPU's");
+  CHECK(!eligible(0xC2, 256, 128, 0x11, 0x11, 3, NULL, true), "progressive: the CPU's");
+  CHECK(!eligible(0xC9, 256, 128, 0x11, 0x11, 3, NULL, true), "arithmetic: the CPU's");
+  CHECK(!eligible(0xC0, 240, 128, 0x11, 0x11, 3, NULL, true), "a size other than the tile's");
+  CHECK(!eligible(0xC0, 256, 128, 0x11, 0x11, 1, NULL, true), "a scan of one component");
+  CHECK(!eligible(0xC0, 256, 128, 0x11, 0x11, 3, adobe, true), "an Adobe marker");
+  CHECK(eligible(0xC0, 256, 128, 0x11, 0x11, 3, app14_other, true), "another APP14");
+  CHECK(eligible(0xC0, 256, 128, 0x11, 0x11, 3, jfif_and_fill, true), "JFIF, fill bytes");
+  CHECK(eligible(0xC0, 256, 128, 0x11, 0x11, 3, dri_and_comment, true), "DRI and COM");
+  CHECK(!eligible(0xC0, 256, 128, 0x11, 0x11, 3, jpg_marker, true), "a JPG marker");
+  CHECK(!eligible(0xC0, 256, 128, 0x11, 0x11, 3, jpgn_marker, true), "a JPGn marker");
+  /* Every truncation of a good stream is refused, and none reads past its end (ASan). */
+  struct stream s = {.n = 0};
+  static const uint8_t soi[2] = {0xFF, 0xD8};
+  put(&s, soi, 2);
+  uint8_t frame[15] = {8, 0, 128, 1, 0, 3, 1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1};
+  segment(&s, 0xC0, frame, sizeof frame);
+  uint8_t sos[10] = {3, 1, 0, 2, 0x11, 3, 0x11, 0, 63, 0};
+  segment(&s, 0xDA, sos, sizeof sos);
+  CHECK(tsr_gpu_jpeg_supported(s.b, s.n, 256, 128, true), "the whole stream");
+  for (size_t n = 0; n < s.n; n++) {
+    uint8_t *copy = malloc(n ? n : 1);
+    memcpy(copy, s.b, n);
+    CHECK(!tsr_gpu_jpeg_supported(copy, n, 256, 128, true), "cut at %zu bytes", n);
+    free(copy);
+  }
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   if (argc < 3) {
@@ -438,6 +541,7 @@ int main(int argc, char **argv) {
     CHECK(0, "the simulator's counters: %s", dlerror());
     return check_finish("test_gpu_batch");
   }
+  test_eligibility();
   test_equal_to_cpu(dir);
   test_chunks(dir);
   test_flat_memory(dir);
