@@ -14,6 +14,7 @@
 
 #include "alloc.h"
 #include "check.h"
+#include "damage.h"
 #include "tessera.h"
 #include "tile.h"
 
@@ -242,37 +243,6 @@ static tessera_slide *open_testdata(const char *dir, const char *name, char *pat
   return s;
 }
 
-static int copy_file(const char *from, const char *to) {
-  FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
-  int ok = in && out;
-  char buf[65536];
-  size_t n;
-  while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
-    ok = fwrite(buf, 1, n, out) == n;
-  if (in)
-    fclose(in);
-  if (out && fclose(out) != 0)
-    ok = 0;
-  return ok;
-}
-
-/* Zeroes the first bytes of tile `tile` of the first directory, so it cannot decode. */
-static int damage_tile(const char *path, uint32_t tile) {
-  TIFF *t = TIFFOpen(path, "r");
-  if (!t)
-    return 0;
-  uint64_t *offsets = NULL;
-  int ok = TIFFGetField(t, TIFFTAG_TILEOFFSETS, &offsets) && tile < TIFFNumberOfTiles(t);
-  uint64_t at = ok ? offsets[tile] : 0;
-  TIFFClose(t);
-  int fd = ok ? open(path, O_WRONLY) : -1;
-  static const uint8_t zeros[16];
-  ok = fd >= 0 && pwrite(fd, zeros, sizeof zeros, (off_t)at) == (ssize_t)sizeof zeros;
-  if (fd >= 0)
-    close(fd);
-  return ok;
-}
-
 /* A damaged tile fails the batches that need it with its message, and only those. */
 static void test_damaged_tile(const char *dir) {
   char src[4096], tmp[] = "/tmp/tessera-batch-XXXXXX.tiff";
@@ -283,7 +253,7 @@ static void test_damaged_tile(const char *dir) {
     return;
   close(fd);
   tessera_slide *s = NULL;
-  int ok = copy_file(src, tmp) && damage_tile(tmp, 5) && tessera_open(tmp, &s) == TESSERA_OK;
+  int ok = test_copy_file(src, tmp) && test_damage_tile(tmp, 5) && tessera_open(tmp, &s) == TESSERA_OK;
   CHECK(ok, "could not make a damaged copy of %s: %s", src, tessera_error_message());
   tessera_level_info info = {.struct_size = sizeof info};
   if (ok)

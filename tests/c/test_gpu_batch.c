@@ -16,6 +16,7 @@
 
 #include "batch_internal.h"
 #include "check.h"
+#include "damage.h"
 #include "gpu/jpeg_input.h"
 #include "tessera.h"
 
@@ -288,42 +289,17 @@ static void test_abandoned(const char *dir) {
   tessera_close(s);
 }
 
-/* Zeroes the first bytes of tile `tile` of the first directory, so it cannot decode. */
-static bool damaged_copy(const char *src, char *tmp, uint32_t tile) {
-  int fd = mkstemps(tmp, 5);
-  if (fd < 0)
-    return false;
-  FILE *in = fopen(src, "rb"), *out = fdopen(fd, "wb");
-  char buf[65536];
-  size_t n;
-  bool ok = in && out;
-  while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
-    ok = fwrite(buf, 1, n, out) == n;
-  if (in)
-    fclose(in);
-  if (out && fclose(out) != 0)
-    ok = false;
-  TIFF *t = ok ? TIFFOpen(tmp, "r") : NULL;
-  uint64_t *offsets = NULL;
-  ok = t && TIFFGetField(t, TIFFTAG_TILEOFFSETS, &offsets) && tile < TIFFNumberOfTiles(t);
-  uint64_t at = ok ? offsets[tile] : 0;
-  if (t)
-    TIFFClose(t);
-  static const uint8_t zeros[16];
-  fd = ok ? open(tmp, O_WRONLY) : -1;
-  ok = fd >= 0 && pwrite(fd, zeros, sizeof zeros, (off_t)at) == (ssize_t)sizeof zeros;
-  if (fd >= 0)
-    close(fd);
-  return ok;
-}
-
 /* A damaged tile fails the CUDA batch that needs it with the CPU's message, and only it; so
  * does nvJPEG failing (the CPU decodes then); and running out of device memory fails cleanly. */
 static void test_failures(const char *dir) {
   char src[4096], tmp[] = "/tmp/tessera-gpu-XXXXXX.tiff";
   snprintf(src, sizeof src, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
   tessera_slide *s = NULL;
-  bool ok = damaged_copy(src, tmp, 5) && tessera_open(tmp, &s) == TESSERA_OK;
+  int fd = mkstemps(tmp, 5);
+  if (fd >= 0)
+    close(fd);
+  bool ok = fd >= 0 && test_copy_file(src, tmp) && test_damage_tile(tmp, 5) &&
+            tessera_open(tmp, &s) == TESSERA_OK;
   CHECK(ok, "a damaged copy: %s", tessera_error_message());
   if (!ok) {
     unlink(tmp);
