@@ -73,17 +73,32 @@ size_t tsr_tile_buffer_size(const struct tsr_level *lv) {
   return tsr_mul3(lv->tile_w, lv->tile_h, lv->fmt.decoded_channels, &n) ? n : 0;
 }
 
-/* count bytes at offset into dst, which holds them; the checks of read_bytes. */
-static tessera_status read_into(const tessera_slide *s, uint64_t offset, uint64_t count,
-                                uint8_t *dst) {
-  if (count > s->limits.max_tile_bytes)
+/* count bytes of a tile at offset, from the file (within max_tile_bytes and the file's size)
+ * or from the image held in memory (lv->blob: small associated images, read rarely), into dst,
+ * which holds them, or into scratch (grown to hold them) when dst is NULL. */
+static tessera_status fetch(const tessera_slide *s, const struct tsr_level *lv, uint64_t offset,
+                            uint64_t count, uint8_t *dst, struct tsr_scratch *scratch) {
+  if (lv->blob && (offset > lv->blob_size || count > lv->blob_size - offset))
+    return tsr_error(TESSERA_E_CORRUPT, "its %llu bytes lie outside the %zu bytes held",
+                     (unsigned long long)count, lv->blob_size);
+  if (!lv->blob && count > s->limits.max_tile_bytes)
     return tsr_error(TESSERA_E_LIMIT, "%llu bytes, more than the limit of %llu",
                      (unsigned long long)count, (unsigned long long)s->limits.max_tile_bytes);
-  if (offset > s->file_size || count > s->file_size - offset)
+  if (!lv->blob && (offset > s->file_size || count > s->file_size - offset))
     return tsr_error(TESSERA_E_CORRUPT,
                      "its %llu bytes at offset %llu lie past the end of the file (%llu bytes)",
                      (unsigned long long)count, (unsigned long long)offset,
                      (unsigned long long)s->file_size);
+  if (!dst) {
+    if (!tsr_scratch_reserve(scratch, (size_t)count))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes",
+                       (unsigned long long)count);
+    dst = scratch->data;
+  }
+  if (lv->blob) {
+    memcpy(dst, lv->blob + offset, (size_t)count);
+    return TESSERA_OK;
+  }
   size_t done = 0;
   while (done < count) {
     ssize_t r = pread(s->fd, dst + done, (size_t)count - done, (off_t)(offset + done));
@@ -95,28 +110,6 @@ static tessera_status read_into(const tessera_slide *s, uint64_t offset, uint64_
       return tsr_error(TESSERA_E_CORRUPT, "the file ends inside it (was it truncated?)");
     done += (size_t)r;
   }
-  return TESSERA_OK;
-}
-
-static tessera_status read_bytes(const tessera_slide *s, uint64_t offset, uint64_t count,
-                                 struct tsr_scratch *scratch) {
-  if (count > s->limits.max_tile_bytes)
-    return read_into(s, offset, count, NULL); /* the limit's message */
-  if (!tsr_scratch_reserve(scratch, (size_t)count))
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)count);
-  return read_into(s, offset, count, scratch->data);
-}
-
-/* A tile of an image held in memory (lv->blob). The copy costs little: such images are small
- * associated images, read rarely. */
-static tessera_status copy_blob(const struct tsr_level *lv, uint64_t offset, uint64_t count,
-                                struct tsr_scratch *scratch) {
-  if (offset > lv->blob_size || count > lv->blob_size - offset)
-    return tsr_error(TESSERA_E_CORRUPT, "its %llu bytes lie outside the %zu bytes held",
-                     (unsigned long long)count, lv->blob_size);
-  if (!tsr_scratch_reserve(scratch, (size_t)count))
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)count);
-  memcpy(scratch->data, lv->blob + offset, (size_t)count);
   return TESSERA_OK;
 }
 
@@ -190,8 +183,7 @@ tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t ind
     return TESSERA_OK;
   }
   atomic_fetch_add_explicit(&tile_reads, 1, memory_order_relaxed);
-  tessera_status st = lv->blob ? copy_blob(lv, offset, count, &b->compressed)
-                               : read_bytes(s, offset, count, &b->compressed);
+  tessera_status st = fetch(s, lv, offset, count, NULL, &b->compressed);
   const uint8_t *src = b->compressed.data;
   size_t len = (size_t)count;
   if (st == TESSERA_OK && lv->fmt.jpeg_header)
@@ -227,17 +219,7 @@ tessera_status tsr_tile_raw(const tessera_slide *s, int32_t level, uint64_t inde
   if (*missing)
     return TESSERA_OK;
   atomic_fetch_add_explicit(&tile_reads, 1, memory_order_relaxed);
-  tessera_status st;
-  if (lv->blob) {
-    st = offset > lv->blob_size || count > lv->blob_size - offset
-             ? tsr_error(TESSERA_E_CORRUPT, "its %llu bytes lie outside the %zu bytes held",
-                         (unsigned long long)count, lv->blob_size)
-             : TESSERA_OK;
-    if (st == TESSERA_OK)
-      memcpy(dst, lv->blob + offset, (size_t)count);
-  } else {
-    st = read_into(s, offset, count, dst);
-  }
+  tessera_status st = fetch(s, lv, offset, count, dst, NULL);
   if (st != TESSERA_OK)
     return tsr_error_prefix(st, "level %d, tile %llu: ", level, (unsigned long long)index);
   return TESSERA_OK;
