@@ -1,35 +1,57 @@
 /* The shared-memory tile cache: one named POSIX shared-memory segment (/dev/shm/NAME) holding
  * the index and the decoded tiles, used by every process attached to it.
  *
- * Layout: a header (geometry, a table of the processes using it), then up to 16 shards, each
- * with its own robust process-shared mutex, hash table, S3-FIFO queues (as in process.c) and
- * its own part of the tile memory, cut into 64 KiB chunks. A tile takes the chunks its bytes
- * need, chained through a per-chunk `next` array, so memory never fragments and the byte
- * budget is the chunk memory itself. Everything is addressed by index, never by pointer:
- * each process maps the segment at its own address.
+ * Layout: a header (geometry, a table of user slots), then up to 16 shards, each with its
+ * own robust process-shared mutex, hash table, S3-FIFO queues (as in process.c) and its own
+ * part of the tile memory, cut into 64 KiB chunks. A tile takes the chunks its bytes need,
+ * chained through a per-chunk `next` array, so memory never fragments and the byte budget is
+ * the chunk memory itself. Everything is addressed by index, never by pointer: each process
+ * maps the segment at its own address.
  *
- * A process may be killed at any moment, so nothing it holds may outlive it:
+ * Nothing read from the segment is trusted. Only its owner may attach, and only to a segment
+ * closed to group and others; the geometry is copied at attach and the shards' arrays placed
+ * from that copy; every index taken from the segment is range-checked and every walk bounded
+ * before it is followed. An entry carries a seal (a hash of its key, size, chain head, state
+ * and loader), and each chunk in use names its entry and its place in that entry's chain, so
+ * a hit reads only chunks that are provably the tile's. A shard found inconsistent is rebuilt
+ * from what still checks out; the read goes around the cache.
+ *
+ * A process may be killed or stopped at any moment, so nothing it holds may cost others more
+ * than a bounded wait:
  * - Readers paint from a tile in place while holding its shard's lock, instead of pinning
  *   it (a pin would outlive a killed reader; a lock does not). The lock is held for the
  *   copy into the caller's buffers only, never across a decode.
- * - A miss reserves the entry (LOADING, stamped with the loader's pid and start time) under
- *   the lock, decodes without the lock, then copies into its chunks and publishes it under
- *   the lock. Others wanting it poll; if its loader has died they drop the entry and load it
- *   themselves. An eviction that finds no room sweeps out entries of dead loaders.
+ * - Every wait for a shard lock is bounded (LOCK_WAIT_NS). A wait that runs out marks the
+ *   shard stuck for this process for STUCK_NS, during which it only tries the lock, and goes
+ *   around the cache: a process stopped holding a lock (SIGSTOP, a debugger, a frozen cgroup)
+ *   costs the others one wait per shard, not a hang.
+ * - A miss reserves the entry (LOADING, stamped with the loader's user slot and that slot's
+ *   generation) under the lock, decodes without the lock, then copies into its chunks and
+ *   publishes it under the lock, if its ticket still stands. Others wanting it poll; if its
+ *   loader has died they drop the entry and load it themselves; if it is alive but has not
+ *   published after LOAD_WAIT_NS, they take the entry over (a new ticket): a stopped loader
+ *   costs one wait, once.
  * - A process killed while holding a shard lock leaves it to the next locker as EOWNERDEAD.
  *   The lists of a shard (hash chains, queues, free lists) are derived data; an entry's state,
- *   key, size and chunk chain are the truth. The next locker rebuilds the lists from the
- *   entries, keeping the ready tiles whose chunk chains hold together and the tiles of live
+ *   key, size, seal and chunk chain are the truth. The next locker rebuilds the lists from the
+ *   entries, keeping the sealed ready tiles whose chunk chains check out and the tiles of live
  *   loaders, and drops the rest: whatever the dead process was writing.
  *
- * The segment lives as long as some process uses it: each attachment takes a slot in the
- * header's user table; the last one to detach removes the name. Slots of processes that died
- * without detaching are pruned whenever a process attaches or detaches. */
+ * Liveness is what the kernel says, not /proc: each attachment holds an open file description
+ * of the segment and on it an OFD lock of one byte, at the offset of its user slot. The
+ * kernel drops the lock when the process dies, in whatever pid namespace either process runs
+ * (two containers sharing /dev/shm see each other's pids as nothing, or as others). A forked
+ * child opens its own description before it takes a slot: the one it inherits is its
+ * parent's, and its locks with it.
+ *
+ * The segment lives as long as some process uses it: the last attachment to detach removes
+ * the name. A maker holds an exclusive flock on the segment until it is ready; a segment that
+ * has tessera's magic, is not ready, and can be locked was left by a maker that died: the
+ * next process to want the name removes it and makes a new one. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,26 +67,25 @@
 #include "error.h"
 
 #define SEGMENT_MAGIC 0x3145484341435354ull /* "TSCACHE1" read little-endian */
-#define SEGMENT_VERSION 2u
+#define SEGMENT_VERSION 3u
 #define CHUNK_BYTES ((uint64_t)64 << 10)
 #define NIL UINT32_MAX
 #define MAX_USERS 1024
 #define SHM_DIR "/dev/shm"
-/* How long a reader waits for a live process loading the tile it wants before decoding it
- * itself; how long an attacher waits for a segment nobody has locked to be made, and for
- * its maker (who reserves all its memory first) to finish. */
-#define LOAD_WAIT_NS (10ull * 1000000000ull)
+/* How long a reader waits for a live process loading the tile it wants before taking the
+ * entry over; how long a shard lock is waited for, and how long after such a wait ran out the
+ * shard is only tried; how long the user table's lock is waited for; how long an attacher
+ * waits for a segment nobody has locked to be made, and for its maker (who reserves all its
+ * memory first) to finish. */
+#define LOAD_WAIT_NS (2ull * 1000000000ull)
+#define LOCK_WAIT_NS (1ull * 1000000000ull)
+#define STUCK_NS (10ull * 1000000000ull)
+#define USERS_WAIT_NS (5ull * 1000000000ull)
 #define READY_WAIT_NS (2ull * 1000000000ull)
 #define MAKER_WAIT_NS (120ull * 1000000000ull)
 
 enum state { FREE, LOADING, READY };
 enum queue { Q_NONE, Q_SMALL, Q_MAIN };
-
-struct user {
-  int32_t pid; /* 0: free slot */
-  uint32_t pad;
-  uint64_t start; /* the process's start time (clock ticks after boot), against pid reuse */
-};
 
 struct header {
   uint64_t magic;
@@ -78,8 +99,11 @@ struct header {
   uint32_t shard_struct, entry_struct; /* sizeof(struct shard), sizeof(struct entry) */
   uint32_t pad;
   uint64_t segment_bytes, memory_capacity, item_capacity;
-  pthread_mutex_t users_lock;
-  struct user users[MAX_USERS];
+  pthread_mutex_t users_lock; /* orders attaching (which checks unlinked) against the last
+                                 detach (which sets it) */
+  /* Bumped by whoever takes slot i, which it does by winning the slot's OFD lock: a loader
+   * is alive while its slot is locked and still of its generation. */
+  _Atomic uint32_t generation[MAX_USERS];
 };
 
 /* Every field after lock is guarded by it. */
@@ -89,17 +113,21 @@ struct shard {
   uint64_t small_bytes, main_bytes;
   uint32_t small_head, small_tail, main_head, main_tail; /* head newest */
   uint32_t free_entries, free_chunks, nfree_chunks, pad;
-  uint64_t entries_off, buckets_off, next_off, owner_off, data_off;
 };
 
 struct entry {
   struct tsr_cache_key key;
   uint64_t bytes;
-  uint64_t loader_start;
-  int32_t loader_pid;
-  uint32_t ticket;                   /* bumped each time the entry is reserved */
+  uint32_t loader_slot, loader_gen; /* LOADING: the user slot loading it, and its generation */
+  uint32_t ticket;                  /* bumped each time the entry is reserved or taken over */
+  uint32_t seal;                    /* seal_of(the entry) while LOADING or READY */
   uint32_t hnext, prev, next, first; /* hash chain (or free list), queue (next older), chunks */
   uint8_t state, queue, freq, pad;
+};
+
+/* Where one shard's arrays lie, from the geometry copied at attach (never from the segment). */
+struct place {
+  uint64_t entries_off, buckets_off, next_off, owner_off, data_off;
 };
 
 struct shared_cache {
@@ -107,89 +135,58 @@ struct shared_cache {
   uint8_t *addr;
   size_t size;
   struct header *h;
-  int slot;               /* this attachment's user slot (-1: none); guarded by the users lock */
+  int fd; /* this attachment's open file description of the segment: its slot's lock is on it */
+  /* The segment's geometry as checked at attach; constant. */
+  uint32_t nshards, chunks, entries, buckets;
+  struct place place[TSR_CACHE_MAX_SHARDS];
+  _Atomic int slot;       /* this attachment's user slot (-1: none); written under the users
+                             lock */
+  uint32_t gen;           /* the slot's generation; written with slot, before registered */
   bool detached;          /* guarded by the users lock */
   atomic_bool registered; /* a slot was taken (or need not be) */
-  int32_t pid;            /* this process */
-  uint64_t start;         /* and its start time */
-  uint64_t dev, ino;      /* the segment's file, to tell it from a newer one of that name */
+  _Atomic uint64_t stuck_until[TSR_CACHE_MAX_SHARDS]; /* monotonic ns: only try the lock */
+  uint64_t dev, ino; /* the segment's file, to tell it from a newer one of that name */
   char name[TESSERA_SHARED_CACHE_NAME_MAX + 2];
 };
 
-/* Whether this process (this incarnation of its pid) is e's loader: a thread of it is. */
-static bool loaded_by_me(const struct shared_cache *c, const struct entry *e) {
-  return e->loader_pid == c->pid && e->loader_start == c->start;
+/* Everything a shard operation needs, its arrays placed and its bounds at hand. */
+struct view {
+  struct shard *sh;
+  struct entry *E;
+  uint32_t *B, *next;
+  uint64_t *owner; /* chunk k: 0 if free, else owner_tag(its entry, its place in the chain) */
+  uint8_t *data;
+  uint32_t entries, chunks, buckets;
+};
+
+static uint64_t owner_tag(uint32_t i, uint32_t s) { return ((uint64_t)(i + 1) << 32) | s; }
+
+static uint32_t chunks_for(uint64_t bytes) {
+  return (uint32_t)((bytes + CHUNK_BYTES - 1) / CHUNK_BYTES);
 }
 
 /* ---- processes ---- */
 
-/* Reads the state letter and start time of a process from /proc; false if it has none. */
-static bool proc_stat(int32_t pid, char *state, uint64_t *start) {
-  char path[64], buf[1024];
-  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return false;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0)
-    return false;
-  buf[n] = 0;
-  char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
-  if (!p || p[1] != ' ')
-    return false;
-  p += 2;
-  *state = *p;
-  /* Fields 3 (state) .. 22 (start time): skip 19 more. */
-  for (int i = 0; i < 19 && p; i++) {
-    p = strchr(p, ' ');
-    if (p)
-      p++;
-  }
-  if (!p)
-    return false;
-  *start = strtoull(p, NULL, 10);
-  return true;
+/* Whether user slot `slot` is held by a live attachment other than the one behind fd. */
+static bool slot_locked(int fd, uint32_t slot) {
+  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot, .l_len = 1};
+  if (fd < 0 || fcntl(fd, F_OFD_GETLK, &l) != 0)
+    return true; /* cannot tell: taken for alive, the safe side */
+  return l.l_type != F_UNLCK;
 }
 
-static uint64_t own_start(void) {
-  char state;
-  uint64_t start = 0;
-  return proc_stat((int32_t)getpid(), &state, &start) ? start : 0;
+/* Whether this attachment is e's loader: a thread of this process is. */
+static bool loaded_by_me(const struct shared_cache *c, const struct entry *e) {
+  return c->slot >= 0 && e->loader_slot == (uint32_t)c->slot && e->loader_gen == c->gen;
 }
 
-/* Threads the process has, from /proc/PID/status; 0 if unknown. */
-static long thread_count(int32_t pid) {
-  char path[64], buf[2048];
-  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0)
-    return 0;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0)
-    return 0;
-  buf[n] = 0;
-  const char *t = strstr(buf, "\nThreads:");
-  return t ? strtol(t + 9, NULL, 10) : 0;
-}
-
-/* Whether process pid, started at `start` (0: unknown), is running. A zombie is not (it was
- * killed and awaits its parent's wait), unless only its main thread ended and others run. */
-static bool alive(int32_t pid, uint64_t start) {
-  if (pid <= 0)
-    return false;
-  if (kill(pid, 0) == -1 && errno == ESRCH)
-    return false;
-  char state;
-  uint64_t now;
-  if (!proc_stat(pid, &state, &now))
-    return true; /* no /proc: trust kill */
-  if (start && now != start)
-    return false; /* the pid was reused */
-  if (state == 'X' || (state == 'Z' && thread_count(pid) <= 1))
-    return false;
-  return true;
+static bool loader_alive(const struct shared_cache *c, const struct entry *e) {
+  if (loaded_by_me(c, e))
+    return true;
+  return e->loader_slot < MAX_USERS &&
+         atomic_load_explicit(&c->h->generation[e->loader_slot], memory_order_relaxed) ==
+             e->loader_gen &&
+         slot_locked(c->fd, e->loader_slot);
 }
 
 static uint64_t monotonic_ns(void) {
@@ -203,13 +200,27 @@ static void sleep_ns(uint64_t ns) {
   nanosleep(&t, NULL);
 }
 
+/* Locks a robust process-shared mutex, waiting at most ns (0: only trying). Returns 0,
+ * EOWNERDEAD (locked; its last holder died), or an error (ETIMEDOUT, EBUSY, ...). */
+static int lock_within(pthread_mutex_t *m, uint64_t ns) {
+  if (ns == 0)
+    return pthread_mutex_trylock(m);
+  struct timespec t;
+  clock_gettime(CLOCK_REALTIME, &t); /* pthread_mutex_timedlock's clock */
+  uint64_t at = (uint64_t)t.tv_nsec + ns;
+  t.tv_sec += (time_t)(at / 1000000000ull);
+  t.tv_nsec = (long)(at % 1000000000ull);
+  return pthread_mutex_timedlock(m, &t);
+}
+
 /* ---- the test hook ---- */
 
 /* TESSERA_TEST_CACHE_STALL=POINT:N:PATH, read when a shared cache is configured: the N-th
  * tile this process publishes (POINT "locked": holding the shard lock, halfway through
- * linking the tile) or reserves (POINT "loading": the lock let go, before decoding) stalls
- * for good, after writing the pid to PATH. Tests kill it there. */
-enum hook_point { HOOK_NONE, HOOK_LOCKED, HOOK_LOADING };
+ * linking the tile) or reserves (POINT "loading": the lock let go, before decoding), or the
+ * N-th segment it makes (POINT "making": locked, its magic written, not ready), stalls for
+ * good, after writing the pid to PATH. Tests stop or kill it there. */
+enum hook_point { HOOK_NONE, HOOK_LOCKED, HOOK_LOADING, HOOK_MAKING };
 static struct {
   atomic_int point;
   long n;
@@ -232,6 +243,7 @@ static void hook_read_env(void) {
   atomic_store(&hook.count, 0);
   atomic_store(&hook.point, strcmp(point, "locked") == 0    ? HOOK_LOCKED
                             : strcmp(point, "loading") == 0 ? HOOK_LOADING
+                            : strcmp(point, "making") == 0  ? HOOK_MAKING
                                                             : HOOK_NONE);
 }
 
@@ -258,30 +270,26 @@ static void hook_stall(void) {
 
 static uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-/* Places the shards' arrays after the header; returns the segment's size (0 on overflow). */
+/* Places the shards' arrays after the header; returns the segment's size. The sizes are
+ * bounded (chunks < 2^32 per shard, 16 shards), so nothing overflows. */
 static uint64_t layout(uint32_t nshards, uint32_t chunks, uint32_t entries, uint32_t buckets,
-                       struct shard *shards /* NULL: size only */) {
+                       struct place *places /* NULL: size only */) {
   uint64_t off = align_up(sizeof(struct header), 64) + align_up(sizeof(struct shard), 64) * nshards;
   uint64_t data_bytes = (uint64_t)chunks * CHUNK_BYTES;
   for (uint32_t i = 0; i < nshards; i++) {
-    struct shard sh = {0};
-    sh.entries_off = off = align_up(off, 64);
+    struct place p;
+    p.entries_off = off = align_up(off, 64);
     off += (uint64_t)entries * sizeof(struct entry);
-    sh.buckets_off = off = align_up(off, 64);
+    p.buckets_off = off = align_up(off, 64);
     off += (uint64_t)buckets * 4;
-    sh.next_off = off = align_up(off, 64);
+    p.next_off = off = align_up(off, 64);
     off += (uint64_t)chunks * 4;
-    sh.owner_off = off = align_up(off, 64);
-    off += (uint64_t)chunks * 4;
-    sh.data_off = off = align_up(off, 4096);
+    p.owner_off = off = align_up(off, 64);
+    off += (uint64_t)chunks * 8;
+    p.data_off = off = align_up(off, 4096);
     off += data_bytes;
-    if (shards) {
-      shards[i].entries_off = sh.entries_off;
-      shards[i].buckets_off = sh.buckets_off;
-      shards[i].next_off = sh.next_off;
-      shards[i].owner_off = sh.owner_off;
-      shards[i].data_off = sh.data_off;
-    }
+    if (places)
+      places[i] = p;
   }
   return off;
 }
@@ -290,107 +298,169 @@ static struct shard *shard_at(const struct shared_cache *c, uint32_t i) {
   return (struct shard *)(c->addr + align_up(sizeof(struct header), 64) +
                           align_up(sizeof(struct shard), 64) * i);
 }
-static struct entry *entries_of(const struct shared_cache *c, const struct shard *sh) {
-  return (struct entry *)(c->addr + sh->entries_off);
-}
-static uint32_t *buckets_of(const struct shared_cache *c, const struct shard *sh) {
-  return (uint32_t *)(c->addr + sh->buckets_off);
-}
-static uint32_t *next_of(const struct shared_cache *c, const struct shard *sh) {
-  return (uint32_t *)(c->addr + sh->next_off);
-}
-static uint32_t *owner_of(const struct shared_cache *c, const struct shard *sh) {
-  return (uint32_t *)(c->addr + sh->owner_off);
-}
-static uint8_t *chunk_data(const struct shared_cache *c, const struct shard *sh, uint32_t k) {
-  return c->addr + sh->data_off + (uint64_t)k * CHUNK_BYTES;
+
+static struct view view_of(const struct shared_cache *c, uint32_t si) {
+  const struct place *p = &c->place[si];
+  return (struct view){.sh = shard_at(c, si),
+                       .E = (struct entry *)(c->addr + p->entries_off),
+                       .B = (uint32_t *)(c->addr + p->buckets_off),
+                       .next = (uint32_t *)(c->addr + p->next_off),
+                       .owner = (uint64_t *)(c->addr + p->owner_off),
+                       .data = c->addr + p->data_off,
+                       .entries = c->entries,
+                       .chunks = c->chunks,
+                       .buckets = c->buckets};
 }
 
-static uint32_t chunks_for(uint64_t bytes) {
-  return (uint32_t)((bytes + CHUNK_BYTES - 1) / CHUNK_BYTES);
+static uint8_t *chunk_data(const struct view *v, uint32_t k) {
+  return v->data + (uint64_t)k * CHUNK_BYTES;
 }
 
-/* ---- one shard's index (its lock held) ---- */
+/* ---- one shard's index (its lock held) ----
+ * A function returning bool returns false when it finds the shard inconsistent (an index out
+ * of range, a link that does not lead back, a walk longer than the shard): the caller
+ * rebuilds it and goes around the cache. */
 
-static uint32_t *bucket(const struct shared_cache *c, const struct shard *sh, uint64_t hash) {
-  return &buckets_of(c, sh)[(hash >> 4) & (c->h->buckets - 1)];
+static uint32_t seal_of(const struct entry *e, uint32_t i) {
+  uint64_t x = tsr_cache_key_hash(&e->key);
+  const uint64_t parts[] = {e->bytes, ((uint64_t)e->first << 32) | e->ticket,
+                            ((uint64_t)e->loader_slot << 32) | e->loader_gen,
+                            ((uint64_t)e->state << 32) | i};
+  for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
+    x ^= parts[p] + 0x9E3779B97F4A7C15u + (x << 6) + (x >> 2);
+    x *= 0xBF58476D1CE4E5B9u;
+  }
+  return (uint32_t)((x ^ (x >> 31)) >> 16);
 }
 
-static uint32_t find(const struct shared_cache *c, const struct shard *sh,
-                     const struct tsr_cache_key *k, uint64_t hash) {
-  struct entry *E = entries_of(c, sh);
-  for (uint32_t i = *bucket(c, sh, hash); i != NIL; i = E[i].hnext)
-    if (tsr_cache_key_equal(&E[i].key, k))
-      return i;
-  return NIL;
+static void seal(struct entry *e, uint32_t i) { e->seal = seal_of(e, i); }
+
+static uint32_t *bucket(const struct view *v, uint64_t hash) {
+  return &v->B[(hash >> 4) & (v->buckets - 1)];
 }
 
-static void queue_push(const struct shared_cache *c, struct shard *sh, uint32_t i, int q) {
-  struct entry *E = entries_of(c, sh);
+/* Sets *at to the entry holding key k, or NIL. */
+static bool find(const struct view *v, const struct tsr_cache_key *k, uint64_t hash,
+                 uint32_t *at) {
+  uint32_t steps = 0;
+  for (uint32_t i = *bucket(v, hash); i != NIL; i = v->E[i].hnext) {
+    if (i >= v->entries || steps++ >= v->entries)
+      return false;
+    if (tsr_cache_key_equal(&v->E[i].key, k)) {
+      *at = i;
+      return true;
+    }
+  }
+  *at = NIL;
+  return true;
+}
+
+static bool queue_push(const struct view *v, uint32_t i, int q) {
+  struct shard *sh = v->sh;
   uint32_t *head = q == Q_SMALL ? &sh->small_head : &sh->main_head;
   uint32_t *tail = q == Q_SMALL ? &sh->small_tail : &sh->main_tail;
-  E[i].queue = (uint8_t)q;
-  E[i].prev = NIL;
-  E[i].next = *head;
-  if (*head != NIL)
-    E[*head].prev = i;
+  uint32_t old = *head;
+  if (old != NIL && old >= v->entries)
+    return false;
+  struct entry *e = &v->E[i];
+  e->queue = (uint8_t)q;
+  e->prev = NIL;
+  e->next = old;
+  if (old != NIL)
+    v->E[old].prev = i;
   else
     *tail = i;
   *head = i;
-  *(q == Q_SMALL ? &sh->small_bytes : &sh->main_bytes) += E[i].bytes;
+  *(q == Q_SMALL ? &sh->small_bytes : &sh->main_bytes) += e->bytes;
+  return true;
 }
 
-static void queue_unlink(const struct shared_cache *c, struct shard *sh, uint32_t i) {
-  struct entry *E = entries_of(c, sh);
-  int q = E[i].queue;
+static bool queue_unlink(const struct view *v, uint32_t i) {
+  struct shard *sh = v->sh;
+  struct entry *e = &v->E[i];
+  int q = e->queue;
   if (q == Q_NONE)
-    return;
+    return true;
+  if (q != Q_SMALL && q != Q_MAIN)
+    return false;
   uint32_t *head = q == Q_SMALL ? &sh->small_head : &sh->main_head;
   uint32_t *tail = q == Q_SMALL ? &sh->small_tail : &sh->main_tail;
-  if (E[i].prev != NIL)
-    E[E[i].prev].next = E[i].next;
+  uint32_t prev = e->prev, next = e->next;
+  if ((prev != NIL && (prev >= v->entries || v->E[prev].next != i)) ||
+      (next != NIL && (next >= v->entries || v->E[next].prev != i)) ||
+      (prev == NIL && *head != i) || (next == NIL && *tail != i))
+    return false;
+  if (prev != NIL)
+    v->E[prev].next = next;
   else
-    *head = E[i].next;
-  if (E[i].next != NIL)
-    E[E[i].next].prev = E[i].prev;
+    *head = next;
+  if (next != NIL)
+    v->E[next].prev = prev;
   else
-    *tail = E[i].prev;
-  *(q == Q_SMALL ? &sh->small_bytes : &sh->main_bytes) -= E[i].bytes;
-  E[i].queue = Q_NONE;
+    *tail = prev;
+  *(q == Q_SMALL ? &sh->small_bytes : &sh->main_bytes) -= e->bytes;
+  e->queue = Q_NONE;
+  return true;
+}
+
+/* Follows entry i's chain of chunks to its s-th chunk's successor: k is its s-th chunk. */
+static bool chain_next(const struct view *v, uint32_t i, uint32_t s, uint32_t k, uint32_t *out) {
+  uint32_t n = v->next[k];
+  if (n >= v->chunks || v->owner[n] != owner_tag(i, s + 1))
+    return false;
+  *out = n;
+  return true;
+}
+
+/* Whether entry i's first chunk is what its chain says. */
+static bool chain_head(const struct view *v, uint32_t i) {
+  uint32_t k = v->E[i].first;
+  return k < v->chunks && v->owner[k] == owner_tag(i, 0);
 }
 
 /* Frees entry i (ready or loading): its chunks and slot go back to the free lists. Its state
  * changes first, so a process killed halfway leaves nothing that a rebuild would keep. */
-static void free_entry(const struct shared_cache *c, struct shard *sh, uint32_t i) {
-  struct entry *E = entries_of(c, sh);
-  uint32_t *next = next_of(c, sh);
-  struct entry *e = &E[i];
+static bool free_entry(const struct view *v, uint32_t i) {
+  struct shard *sh = v->sh;
+  struct entry *e = &v->E[i];
   e->state = FREE;
   atomic_signal_fence(memory_order_seq_cst); /* FREE before the lists change */
-  uint32_t *p = bucket(c, sh, tsr_cache_key_hash(&e->key));
-  while (*p != NIL && *p != i)
-    p = &E[*p].hnext;
+  uint32_t *p = bucket(v, tsr_cache_key_hash(&e->key));
+  for (uint32_t steps = 0; *p != NIL && *p != i; p = &v->E[*p].hnext)
+    if (*p >= v->entries || steps++ >= v->entries)
+      return false;
   if (*p == i)
     *p = e->hnext;
-  queue_unlink(c, sh, i);
-  uint32_t n = chunks_for(e->bytes), last = e->first;
-  for (uint32_t k = 1; k < n; k++)
-    last = next[last];
-  next[last] = sh->free_chunks;
-  sh->free_chunks = e->first;
+  if (!queue_unlink(v, i))
+    return false;
+  uint32_t n = chunks_for(e->bytes), first = e->first, last = first;
+  if (n == 0 || n > v->chunks || !chain_head(v, i))
+    return false;
+  for (uint32_t s = 0; s + 1 < n; s++)
+    if (!chain_next(v, i, s, last, &last))
+      return false;
+  for (uint32_t s = 0, k = first; s < n; s++) {
+    uint32_t after = v->next[k];
+    v->owner[k] = 0;
+    k = after;
+  }
+  v->next[last] = sh->free_chunks;
+  sh->free_chunks = first;
   sh->nfree_chunks += n;
   sh->items--;
   sh->bytes -= e->bytes;
   e->hnext = sh->free_entries;
   sh->free_entries = i;
+  return true;
 }
 
-/* Evicts one tile, S3-FIFO style (see process.c); false when the queues are empty. Tiles
- * being loaded are in no queue and never evicted. */
-static bool evict_one(const struct shared_cache *c, struct shard *sh) {
-  struct entry *E = entries_of(c, sh);
-  uint64_t budget = (uint64_t)c->h->chunks * CHUNK_BYTES;
-  uint64_t steps = (TSR_CACHE_MAX_FREQ + 2) * (sh->items + 1);
+/* Evicts one tile, S3-FIFO style (see process.c); *evicted false when the queues are empty.
+ * Tiles being loaded are in no queue and never evicted. */
+static bool evict_one(const struct view *v, bool *evicted) {
+  struct shard *sh = v->sh;
+  uint64_t budget = (uint64_t)v->chunks * CHUNK_BYTES;
+  uint64_t steps = (TSR_CACHE_MAX_FREQ + 2) * ((uint64_t)v->entries + 1);
+  *evicted = false;
   while (steps-- > 0) {
     bool from_small = sh->small_bytes * TSR_CACHE_SMALL_PART > budget || sh->main_tail == NIL;
     uint32_t i = from_small ? sh->small_tail : sh->main_tail;
@@ -398,115 +468,122 @@ static bool evict_one(const struct shared_cache *c, struct shard *sh) {
       from_small = !from_small;
       i = from_small ? sh->small_tail : sh->main_tail;
       if (i == NIL)
-        return false;
+        return true;
     }
-    queue_unlink(c, sh, i);
-    if (E[i].freq > 0) {
-      if (from_small)
-        E[i].freq = 0; /* read again while new: it is worth keeping */
+    if (i >= v->entries || v->E[i].queue != (from_small ? Q_SMALL : Q_MAIN) ||
+        !queue_unlink(v, i))
+      return false;
+    struct entry *e = &v->E[i];
+    if (e->freq > 0) {
+      if (from_small || e->freq > TSR_CACHE_MAX_FREQ)
+        e->freq = 0; /* read again while new: it is worth keeping */
       else
-        E[i].freq--;
-      queue_push(c, sh, i, Q_MAIN);
+        e->freq--;
+      if (!queue_push(v, i, Q_MAIN))
+        return false;
       continue;
     }
-    free_entry(c, sh, i);
+    if (!free_entry(v, i))
+      return false;
     sh->evictions++;
+    *evicted = true;
     return true;
   }
-  return false;
+  return false; /* queues that never run out loop */
 }
 
-/* Frees the entries whose loaders died while decoding; returns how many. */
-static unsigned sweep_dead_loaders(const struct shared_cache *c, struct shard *sh) {
-  struct entry *E = entries_of(c, sh);
-  unsigned n = 0;
-  for (uint32_t i = 0; i < c->h->entries; i++)
-    if (E[i].state == LOADING && !loaded_by_me(c, &E[i]) &&
-        !alive(E[i].loader_pid, E[i].loader_start)) {
-      free_entry(c, sh, i);
-      n++;
+/* Frees the entries whose loaders died while decoding; *n: how many. */
+static bool sweep_dead_loaders(const struct shared_cache *c, const struct view *v, unsigned *n) {
+  *n = 0;
+  for (uint32_t i = 0; i < v->entries; i++)
+    if (v->E[i].state == LOADING && !loader_alive(c, &v->E[i])) {
+      if (!free_entry(v, i))
+        return false;
+      (*n)++;
     }
-  return n;
+  return true;
 }
 
-/* Claims entry i's chain of chunks in the owner array; false (claiming nothing) if the chain
- * runs out of range or into a chunk already claimed. */
-static bool claim_chain(const struct shared_cache *c, const struct shard *sh, uint32_t i) {
-  struct entry *e = &entries_of(c, sh)[i];
-  uint32_t *next = next_of(c, sh), *owner = owner_of(c, sh);
-  uint32_t n = chunks_for(e->bytes), k = e->first, claimed = 0;
-  bool ok = true;
-  for (; claimed < n; claimed++) {
-    if (k >= c->h->chunks || owner[k] != 0) {
-      ok = false;
-      break;
-    }
-    owner[k] = i + 1;
-    if (claimed + 1 < n)
-      k = next[k];
-  }
-  if (!ok)
-    for (uint32_t s = 0, j = e->first; s < claimed; s++, j = next[j])
-      owner[j] = 0;
-  return ok;
+/* Whether entry i is whole: sealed, of a sane size, its chain in range and each chunk tagged
+ * as its own, at its place. */
+static bool entry_whole(const struct view *v, uint32_t i) {
+  const struct entry *e = &v->E[i];
+  uint32_t n = chunks_for(e->bytes);
+  if (e->seal != seal_of(e, i) || e->bytes == 0 || n > v->chunks || !chain_head(v, i))
+    return false;
+  for (uint32_t s = 0, k = e->first; s + 1 < n; s++)
+    if (!chain_next(v, i, s, k, &k))
+      return false;
+  return true;
 }
 
-/* After a process died holding the shard's lock: rebuilds the lists from the entries. */
-static void rebuild(const struct shared_cache *c, struct shard *sh) {
-  const struct header *h = c->h;
-  struct entry *E = entries_of(c, sh);
-  uint32_t *B = buckets_of(c, sh), *next = next_of(c, sh), *owner = owner_of(c, sh);
-  for (uint32_t b = 0; b < h->buckets; b++)
-    B[b] = NIL;
-  memset(owner, 0, (size_t)h->chunks * sizeof *owner);
+/* After a process died holding the shard's lock, or the shard was found inconsistent:
+ * rebuilds the lists from the entries that are whole. Reads only indices it checks. */
+static void rebuild(const struct shared_cache *c, const struct view *v) {
+  struct shard *sh = v->sh;
+  struct entry *E = v->E;
+  for (uint32_t b = 0; b < v->buckets; b++)
+    v->B[b] = NIL;
   sh->small_head = sh->small_tail = sh->main_head = sh->main_tail = NIL;
   sh->small_bytes = sh->main_bytes = 0;
   sh->items = sh->bytes = 0;
   sh->free_entries = NIL;
-  uint64_t max_bytes = (uint64_t)h->chunks * CHUNK_BYTES;
-  for (uint32_t i = h->entries; i-- > 0;) {
+  for (uint32_t i = v->entries; i-- > 0;) {
     struct entry *e = &E[i];
-    bool keep =
-        e->state == READY ||
-        (e->state == LOADING && (loaded_by_me(c, e) || alive(e->loader_pid, e->loader_start)));
-    keep = keep && e->bytes > 0 && e->bytes <= max_bytes;
+    bool keep = (e->state == READY || (e->state == LOADING && loader_alive(c, e))) &&
+                entry_whole(v, i);
     uint64_t hash = tsr_cache_key_hash(&e->key);
-    if (keep && find(c, sh, &e->key, hash) != NIL)
+    uint32_t dup = NIL;
+    if (keep && (!find(v, &e->key, hash, &dup) || dup != NIL))
       keep = false; /* a duplicate: the first one found stays */
-    if (keep && !claim_chain(c, sh, i))
-      keep = false;
+    e->queue = Q_NONE;
     if (keep) {
-      e->queue = Q_NONE;
-      e->hnext = *bucket(c, sh, hash);
-      *bucket(c, sh, hash) = i;
+      e->hnext = *bucket(v, hash);
+      *bucket(v, hash) = i;
       if (e->state == READY) {
         e->freq = 0;
-        queue_push(c, sh, i, Q_MAIN);
+        queue_push(v, i, Q_MAIN); /* cannot fail: the queue was built here */
       }
       sh->items++;
       sh->bytes += e->bytes;
     } else {
       e->state = FREE;
-      e->queue = Q_NONE;
       e->hnext = sh->free_entries;
       sh->free_entries = i;
     }
   }
+  /* A chunk stays in use if its tag names a kept entry's place; the rest are free. */
   sh->free_chunks = NIL;
   sh->nfree_chunks = 0;
-  for (uint32_t k = h->chunks; k-- > 0;)
-    if (owner[k] == 0) {
-      next[k] = sh->free_chunks;
-      sh->free_chunks = k;
-      sh->nfree_chunks++;
-    }
+  for (uint32_t k = v->chunks; k-- > 0;) {
+    uint64_t t = v->owner[k];
+    uint32_t i = (uint32_t)(t >> 32) - 1, s = (uint32_t)t;
+    if (t != 0 && i < v->entries && E[i].state != FREE && s < chunks_for(E[i].bytes))
+      continue;
+    v->owner[k] = 0;
+    v->next[k] = sh->free_chunks;
+    sh->free_chunks = k;
+    sh->nfree_chunks++;
+  }
 }
 
-/* Locks a shard, repairing it if its last holder died; false if it cannot be locked. */
-static bool lock_shard(const struct shared_cache *c, struct shard *sh) {
-  int r = pthread_mutex_lock(&sh->lock);
+/* Locks shard si, repairing it if its last holder died; false if it cannot be locked within
+ * LOCK_WAIT_NS, or at once while the shard is marked stuck. */
+static bool lock_shard(struct shared_cache *c, uint32_t si) {
+  struct shard *sh = shard_at(c, si);
+  uint64_t now = monotonic_ns();
+  bool stuck = now < atomic_load_explicit(&c->stuck_until[si], memory_order_relaxed);
+  int r = lock_within(&sh->lock, stuck ? 0 : LOCK_WAIT_NS);
+  if (r == ETIMEDOUT || r == EBUSY) {
+    if (!stuck)
+      atomic_store_explicit(&c->stuck_until[si], monotonic_ns() + STUCK_NS, memory_order_relaxed);
+    return false;
+  }
+  if (stuck && (r == 0 || r == EOWNERDEAD))
+    atomic_store_explicit(&c->stuck_until[si], 0, memory_order_relaxed);
   if (r == EOWNERDEAD) {
-    rebuild(c, sh);
+    struct view v = view_of(c, si);
+    rebuild(c, &v);
     pthread_mutex_consistent(&sh->lock);
     return true;
   }
@@ -514,6 +591,12 @@ static bool lock_shard(const struct shared_cache *c, struct shard *sh) {
 }
 
 static void unlock_shard(struct shard *sh) { pthread_mutex_unlock(&sh->lock); }
+
+/* The shard was found inconsistent: rebuilt, and let go. */
+static void repair_and_unlock(const struct shared_cache *c, const struct view *v) {
+  rebuild(c, v);
+  unlock_shard(v->sh);
+}
 
 /* Bytes of scratch a hit needs: the row pointers, then room for the rows that straddle two
  * chunks (at most one per chunk boundary, since rows do not overlap, and no more than the
@@ -526,48 +609,129 @@ static size_t hit_bytes(const struct tsr_cache_access *a) {
   return list_bytes(a) + (size_t)(chunks < a->rows ? chunks : a->rows) * a->row_bytes;
 }
 
-/* Points a->row_list at the rows asked for, in place in entry e's chunks, copying only the
- * rows that straddle two chunks into the scratch. The shard stays locked while they are
- * read. */
-static void map_rows(const struct shared_cache *c, const struct shard *sh, const struct entry *e,
-                     struct tsr_cache_access *a) {
-  const uint32_t *next = next_of(c, sh);
+/* Points a->row_list at the rows asked for, in place in entry i's chunks, copying only the
+ * rows that straddle two chunks into the scratch. Each chunk is checked to be the entry's,
+ * at its place, before it is read. The shard stays locked while they are read. */
+static bool map_rows(const struct view *v, uint32_t i, struct tsr_cache_access *a) {
   const uint8_t **list = (const uint8_t **)(void *)a->scratch->data;
   uint8_t *spill = a->scratch->data + list_bytes(a);
-  uint32_t k = e->first;
+  uint32_t k = v->E[i].first, s = 0;
+  if (!chain_head(v, i))
+    return false;
   uint64_t chunk_start = 0;
-  for (uint32_t i = 0; i < a->rows; i++) {
-    uint64_t at = a->offset + (uint64_t)i * a->stride;
-    while (at >= chunk_start + CHUNK_BYTES) {
-      k = next[k];
-      chunk_start += CHUNK_BYTES;
-    }
+  for (uint32_t r = 0; r < a->rows; r++) {
+    uint64_t at = a->offset + (uint64_t)r * a->stride;
+    for (; at >= chunk_start + CHUNK_BYTES; s++, chunk_start += CHUNK_BYTES)
+      if (!chain_next(v, i, s, k, &k))
+        return false;
     uint64_t in = at - chunk_start;
     if (in + a->row_bytes <= CHUNK_BYTES) {
-      list[i] = chunk_data(c, sh, k) + in;
+      list[r] = chunk_data(v, k) + in;
       continue;
     }
+    uint32_t after;
+    if (!chain_next(v, i, s, k, &after))
+      return false;
     size_t head = (size_t)(CHUNK_BYTES - in);
-    memcpy(spill, chunk_data(c, sh, k) + in, head);
-    memcpy(spill + head, chunk_data(c, sh, next[k]), a->row_bytes - head);
-    list[i] = spill;
+    memcpy(spill, chunk_data(v, k) + in, head);
+    memcpy(spill + head, chunk_data(v, after), a->row_bytes - head);
+    list[r] = spill;
     spill += a->row_bytes;
   }
   a->row_list = list;
+  return true;
 }
 
-static void copy_in(const struct shared_cache *c, const struct shard *sh, const struct entry *e,
-                    const uint8_t *src) {
-  const uint32_t *next = next_of(c, sh);
-  uint32_t k = e->first;
-  for (size_t left = e->bytes; left > 0;) {
+/* Copies the loaded tile into entry i's chunks (its chain checked as it goes). */
+static bool copy_in(const struct view *v, uint32_t i, const uint8_t *src) {
+  uint32_t k = v->E[i].first;
+  if (!chain_head(v, i))
+    return false;
+  uint32_t s = 0;
+  for (size_t left = v->E[i].bytes; left > 0; s++) {
     size_t n = left < CHUNK_BYTES ? left : CHUNK_BYTES;
-    memcpy(chunk_data(c, sh, k), src, n);
+    memcpy(chunk_data(v, k), src, n);
     src += n;
     left -= n;
-    if (left > 0)
-      k = next[k];
+    if (left > 0 && !chain_next(v, i, s, k, &k))
+      return false;
   }
+  return true;
+}
+
+/* Takes an entry and n chunks off the free lists for key a->key: *at, LOADING for this
+ * attachment. NIL in *at (and true) when there is no room. */
+static bool reserve(const struct shared_cache *c, const struct view *v,
+                    const struct tsr_cache_access *a, uint64_t hash, uint32_t *at) {
+  struct shard *sh = v->sh;
+  uint32_t n = chunks_for(a->bytes);
+  bool swept = false;
+  *at = NIL;
+  while (sh->nfree_chunks < n || sh->free_entries == NIL) {
+    bool evicted;
+    unsigned dead;
+    if (!evict_one(v, &evicted))
+      return false;
+    if (evicted)
+      continue;
+    if (swept)
+      return true; /* every chunk is being loaded into */
+    if (!sweep_dead_loaders(c, v, &dead))
+      return false;
+    if (dead == 0)
+      return true;
+    swept = true;
+  }
+  uint32_t i = sh->free_entries;
+  if (i >= v->entries || v->E[i].state != FREE)
+    return false;
+  struct entry *e = &v->E[i];
+  uint32_t first = sh->free_chunks, last = first;
+  for (uint32_t s = 0;; s++) {
+    if (last >= v->chunks || v->owner[last] != 0)
+      return false; /* the free list is not what its count says */
+    v->owner[last] = owner_tag(i, s);
+    if (s + 1 == n)
+      break;
+    last = v->next[last];
+  }
+  sh->free_entries = e->hnext;
+  sh->free_chunks = v->next[last];
+  v->next[last] = NIL;
+  sh->nfree_chunks -= n;
+  e->key = a->key;
+  e->bytes = a->bytes;
+  e->first = first;
+  e->loader_slot = (uint32_t)c->slot;
+  e->loader_gen = c->gen;
+  e->ticket++;
+  e->queue = Q_NONE;
+  e->freq = 0;
+  e->state = LOADING;
+  seal(e, i);
+  /* The entry is whole and sealed before it is linked: a process killed here leaves an
+   * entry a rebuild can judge (only the compiler could reorder; the CPU's stores reach the
+   * shared memory in order, or all of them do). */
+  atomic_signal_fence(memory_order_seq_cst);
+  e->hnext = *bucket(v, hash);
+  *bucket(v, hash) = i;
+  sh->items++;
+  sh->bytes += a->bytes;
+  *at = i;
+  return true;
+}
+
+/* Entry i, LOADING by a loader that has not published in time (stopped, or just slow), is
+ * made this attachment's: the old loader's publish will find its ticket gone. */
+static void take_over(const struct shared_cache *c, const struct view *v, uint32_t i) {
+  struct entry *e = &v->E[i];
+  e->state = FREE; /* unsealed while it changes hands */
+  atomic_signal_fence(memory_order_seq_cst);
+  e->loader_slot = (uint32_t)c->slot;
+  e->loader_gen = c->gen;
+  e->ticket++;
+  e->state = LOADING;
+  seal(e, i);
 }
 
 /* ---- the interface of cache.h ---- */
@@ -576,129 +740,122 @@ static void register_user(struct shared_cache *c);
 
 static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
-  const struct header *h = c->h;
   register_user(c);
   size_t want = hit_bytes(a) > a->bytes ? hit_bytes(a) : a->bytes;
   if (!tsr_scratch_reserve(a->scratch, want))
     return TSR_CACHE_BYPASS;
   a->entry = NULL;
   uint64_t hash = tsr_cache_key_hash(&a->key);
-  uint32_t si = (uint32_t)(hash % h->nshards);
-  struct shard *sh = shard_at(c, si);
-  struct entry *E = entries_of(c, sh);
+  uint32_t si = (uint32_t)(hash % c->nshards);
+  struct view v = view_of(c, si);
+  struct shard *sh = v.sh;
   bool count = base->record_stats;
   uint64_t waiting_since = 0, pause_ns = 20000;
   unsigned polls = 0;
-  if (!lock_shard(c, sh))
+  if (!lock_shard(c, si))
     return TSR_CACHE_BYPASS;
   uint32_t i;
-  while ((i = find(c, sh, &a->key, hash)) != NIL) {
-    struct entry *e = &E[i];
+  for (;;) {
+    if (!find(&v, &a->key, hash, &i))
+      goto damaged;
+    if (i == NIL)
+      break;
+    struct entry *e = &v.E[i];
+    if (e->seal != seal_of(e, i))
+      goto damaged;
+    if (e->bytes != a->bytes) {
+      unlock_shard(sh); /* same key, other geometry: left to age out (see process.c) */
+      return TSR_CACHE_BYPASS;
+    }
     if (e->state == READY) {
-      if (e->bytes != a->bytes) {
-        unlock_shard(sh); /* same key, other geometry: left to age out (see process.c) */
-        return TSR_CACHE_BYPASS;
-      }
+      if (!map_rows(&v, i, a))
+        goto damaged;
       if (e->freq < TSR_CACHE_MAX_FREQ)
         e->freq++;
       if (count)
         sh->hits++;
-      map_rows(c, sh, e, a);
       a->entry = sh; /* locked until tsr_cache_done */
       return TSR_CACHE_HIT;
     }
+    if (e->state != LOADING)
+      goto damaged;
     /* Being loaded by another thread or process: wait for it, unless its loader is gone (the
-     * check reads /proc, so not at every poll). A live loader taking too long is left to
-     * finish; this thread decodes the tile itself. */
-    if (polls++ % 8 == 7 && !loaded_by_me(c, e) && !alive(e->loader_pid, e->loader_start)) {
-      free_entry(c, sh, i);
+     * check asks the kernel, so not at every poll). A loader taking too long, stopped or
+     * just slow, loses the entry to this thread. */
+    if (polls++ % 8 == 7 && !loader_alive(c, e)) {
+      if (!free_entry(&v, i))
+        goto damaged;
       continue;
     }
     uint64_t now = monotonic_ns();
     if (!waiting_since)
       waiting_since = now;
     else if (now - waiting_since > LOAD_WAIT_NS) {
-      unlock_shard(sh);
-      return TSR_CACHE_BYPASS;
+      if (c->slot < 0) {
+        unlock_shard(sh);
+        return TSR_CACHE_BYPASS;
+      }
+      take_over(c, &v, i);
+      if (count)
+        sh->misses++;
+      goto loading;
     }
     unlock_shard(sh);
     sleep_ns(pause_ns);
     pause_ns = pause_ns < 500000 ? pause_ns * 2 : pause_ns;
-    if (!lock_shard(c, sh))
+    if (!lock_shard(c, si))
       return TSR_CACHE_BYPASS;
   }
   if (count)
     sh->misses++;
-  uint32_t n = chunks_for(a->bytes);
-  if (n > h->chunks) {
+  if (c->slot < 0 || chunks_for(a->bytes) > v.chunks) {
+    unlock_shard(sh); /* no user slot to load under, or too big */
+    return TSR_CACHE_BYPASS;
+  }
+  if (!reserve(c, &v, a, hash, &i))
+    goto damaged;
+  if (i == NIL) {
     unlock_shard(sh);
     return TSR_CACHE_BYPASS;
   }
-  bool swept = false;
-  while (sh->nfree_chunks < n || sh->free_entries == NIL) {
-    if (evict_one(c, sh))
-      continue;
-    if (swept || sweep_dead_loaders(c, sh) == 0) {
-      unlock_shard(sh); /* every chunk is being loaded into */
-      return TSR_CACHE_BYPASS;
-    }
-    swept = true;
-  }
-  uint32_t *next = next_of(c, sh);
-  i = sh->free_entries;
-  struct entry *e = &E[i];
-  sh->free_entries = e->hnext;
-  uint32_t first = sh->free_chunks, last = first;
-  for (uint32_t k = 1; k < n; k++)
-    last = next[last];
-  sh->free_chunks = next[last];
-  next[last] = NIL;
-  sh->nfree_chunks -= n;
-  e->key = a->key;
-  e->bytes = a->bytes;
-  e->first = first;
-  e->loader_pid = c->pid;
-  e->loader_start = c->start;
-  e->ticket++;
-  e->queue = Q_NONE;
-  e->freq = 0;
-  /* The entry is whole before it says LOADING: a process killed here leaves a FREE entry or
-   * one a rebuild can judge (only the compiler could reorder; the CPU's stores reach the
-   * shared memory in order, or all of them do). */
-  atomic_signal_fence(memory_order_seq_cst);
-  e->state = LOADING;
-  e->hnext = *bucket(c, sh, hash);
-  *bucket(c, sh, hash) = i;
-  sh->items++;
-  sh->bytes += a->bytes;
+loading:
   a->shard = si;
   a->slot = i;
-  a->ticket = e->ticket;
+  a->ticket = v.E[i].ticket;
   unlock_shard(sh);
   if (hook_due(HOOK_LOADING))
     hook_stall();
   a->load = a->scratch->data;
   return TSR_CACHE_LOAD;
+damaged:
+  repair_and_unlock(c, &v);
+  return TSR_CACHE_BYPASS;
 }
 
-/* Whether the caller's reservation still stands (shard lock held). Only a loader thought dead
- * loses it, which a live process never is; the check keeps it from touching a reused slot. */
-static bool still_ours(const struct shared_cache *c, const struct entry *e,
+/* Whether the caller's reservation still stands (shard lock held): not if its loader was
+ * taken for dead, or overtaken; the check keeps it from touching a reused entry. */
+static bool still_ours(const struct shared_cache *c, const struct view *v,
                        const struct tsr_cache_access *a) {
-  return e->state == LOADING && e->ticket == a->ticket && loaded_by_me(c, e);
+  const struct entry *e = &v->E[a->slot];
+  return e->state == LOADING && e->ticket == a->ticket && loaded_by_me(c, e) &&
+         e->seal == seal_of(e, a->slot) && e->bytes == a->bytes;
 }
 
 static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
-  struct shard *sh = shard_at(c, a->shard);
-  struct entry *e = &entries_of(c, sh)[a->slot];
+  struct view v = view_of(c, a->shard);
+  struct shard *sh = v.sh;
+  struct entry *e = &v.E[a->slot];
   a->src = a->load + a->offset;
-  if (!lock_shard(c, sh))
-    return;
+  if (!lock_shard(c, a->shard))
+    return; /* left LOADING: a waiter takes it over */
   /* Copied in under the lock, after checking the reservation still stands: were this process
-   * ever taken for dead, its chunks might be someone else's by now. */
-  if (still_ours(c, e, a)) {
-    copy_in(c, sh, e, a->load);
+   * ever taken for dead, or overtaken, its chunks might be someone else's by now. */
+  if (still_ours(c, &v, a)) {
+    if (!copy_in(&v, a->slot, a->load)) {
+      repair_and_unlock(c, &v);
+      return;
+    }
     if (hook_due(HOOK_LOCKED)) {
       /* Halfway through linking it into the small queue (head set; its neighbour's link,
        * the tail and the byte count not), for the test that kills it here. */
@@ -708,22 +865,27 @@ static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
       sh->small_head = a->slot;
       hook_stall();
     }
-    queue_push(c, sh, a->slot, Q_SMALL);
+    if (!queue_push(&v, a->slot, Q_SMALL)) {
+      repair_and_unlock(c, &v);
+      return;
+    }
     atomic_signal_fence(memory_order_seq_cst); /* the bytes are in before it says READY */
     e->state = READY;
+    seal(e, a->slot);
   }
   unlock_shard(sh);
 }
 
 static void abandon(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
-  struct shard *sh = shard_at(c, a->shard);
-  struct entry *e = &entries_of(c, sh)[a->slot];
-  if (!lock_shard(c, sh))
+  struct view v = view_of(c, a->shard);
+  if (!lock_shard(c, a->shard))
     return;
-  if (still_ours(c, e, a))
-    free_entry(c, sh, a->slot);
-  unlock_shard(sh);
+  if (still_ours(c, &v, a) && !free_entry(&v, a->slot)) {
+    repair_and_unlock(c, &v);
+    return;
+  }
+  unlock_shard(v.sh);
 }
 
 static void done(struct tsr_cache *base, struct tsr_cache_access *a) {
@@ -737,9 +899,9 @@ static void stats(struct tsr_cache *base, tessera_cache_stats *t) {
   struct shared_cache *c = (struct shared_cache *)base;
   t->memory_capacity = c->h->memory_capacity;
   t->item_capacity = c->h->item_capacity;
-  for (uint32_t i = 0; i < c->h->nshards; i++) {
+  for (uint32_t i = 0; i < c->nshards; i++) {
     struct shard *sh = shard_at(c, i);
-    if (!lock_shard(c, sh))
+    if (!lock_shard(c, i))
       continue;
     t->hits += sh->hits;
     t->misses += sh->misses;
@@ -752,9 +914,9 @@ static void stats(struct tsr_cache *base, tessera_cache_stats *t) {
 
 static void reset_stats(struct tsr_cache *base) {
   struct shared_cache *c = (struct shared_cache *)base;
-  for (uint32_t i = 0; i < c->h->nshards; i++) {
+  for (uint32_t i = 0; i < c->nshards; i++) {
     struct shard *sh = shard_at(c, i);
-    if (!lock_shard(c, sh))
+    if (!lock_shard(c, i))
       continue;
     sh->hits = sh->misses = sh->evictions = 0;
     unlock_shard(sh);
@@ -769,43 +931,53 @@ static bool names_file(const char *name, uint64_t dev, uint64_t ino) {
   char path[sizeof SHM_DIR + TESSERA_SHARED_CACHE_NAME_MAX + 2];
   snprintf(path, sizeof path, SHM_DIR "%s", name);
   struct stat st;
-  return stat(path, &st) == 0 && (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino;
+  return lstat(path, &st) == 0 && (uint64_t)st.st_dev == dev && (uint64_t)st.st_ino == ino;
 }
 
 static bool lock_users(struct header *h) {
-  int r = pthread_mutex_lock(&h->users_lock);
+  int r = lock_within(&h->users_lock, USERS_WAIT_NS);
   if (r == EOWNERDEAD) {
-    pthread_mutex_consistent(&h->users_lock); /* slots are written whole: nothing to repair */
+    pthread_mutex_consistent(&h->users_lock); /* it guards no data of its own */
     return true;
   }
   return r == 0;
 }
 
-/* Frees the slots of processes that are gone; returns how many live users remain. */
-static unsigned prune_users(struct header *h) {
-  unsigned live = 0;
-  for (unsigned i = 0; i < MAX_USERS; i++) {
-    if (!h->users[i].pid)
-      continue;
-    if (alive(h->users[i].pid, h->users[i].start))
-      live++;
-    else
-      h->users[i].pid = 0;
+/* How many user slots are held by attachments other than fd's (MAX_USERS if it cannot
+ * tell: taken as in use, the safe side). */
+static unsigned live_users(int fd) {
+  unsigned n = 0;
+  for (off_t at = 0; at < MAX_USERS;) {
+    struct flock l = {
+        .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = at, .l_len = MAX_USERS - at};
+    if (fd < 0 || fcntl(fd, F_OFD_GETLK, &l) != 0)
+      return MAX_USERS;
+    if (l.l_type == F_UNLCK)
+      break;
+    off_t from = l.l_start > at ? l.l_start : at;
+    off_t end = l.l_len == 0 || l.l_start + l.l_len > MAX_USERS ? MAX_USERS : l.l_start + l.l_len;
+    n += (unsigned)(end - from);
+    at = end;
   }
-  return live;
+  return n;
 }
 
-/* Takes a user slot; -1 if the table is full. The caller holds the users lock. */
+/* Takes a free user slot by locking its byte: -1 if all are taken. The caller holds the
+ * users lock. */
 static int take_slot(struct shared_cache *c) {
-  struct header *h = c->h;
-  prune_users(h);
-  for (int i = 0; i < MAX_USERS; i++)
-    if (!h->users[i].pid) {
-      h->users[i].start = c->start;
-      h->users[i].pid = c->pid;
-      return i;
+  for (uint32_t i = 0; c->fd >= 0 && i < MAX_USERS; i++) {
+    struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1};
+    if (fcntl(c->fd, F_OFD_SETLK, &l) == 0) {
+      c->gen = atomic_fetch_add(&c->h->generation[i], 1) + 1;
+      return (int)i;
     }
+  }
   return -1;
+}
+
+static void release_slot(struct shared_cache *c) {
+  struct flock l = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = c->slot, .l_len = 1};
+  fcntl(c->fd, F_OFD_SETLK, &l);
 }
 
 /* A forked child becomes a user when it first reads through the cache, not at the fork: a
@@ -822,17 +994,18 @@ static void register_user(struct shared_cache *c) {
   atomic_store_explicit(&c->registered, true, memory_order_release);
 }
 
-/* Gives up this attachment's slot; the last live user removes the segment's name. */
+/* Gives up this attachment's slot; the last live user removes the segment's name. If the
+ * users lock cannot be had, the slot goes when the descriptor is closed. */
 static void detach_user(struct shared_cache *c) {
   struct header *h = c->h;
   if (!lock_users(h))
     return;
   if (!c->detached) {
     c->detached = true;
-    if (c->slot >= 0 && h->users[c->slot].pid == c->pid)
-      h->users[c->slot].pid = 0;
+    if (c->slot >= 0)
+      release_slot(c);
     c->slot = -1;
-    if (prune_users(h) == 0 && !atomic_load(&h->unlinked)) {
+    if (live_users(c->fd) == 0 && !atomic_load(&h->unlinked)) {
       atomic_store(&h->unlinked, 1);
       if (names_file(c->name, c->dev, c->ino))
         shm_unlink(c->name);
@@ -841,19 +1014,27 @@ static void detach_user(struct shared_cache *c) {
   pthread_mutex_unlock(&h->users_lock);
 }
 
+/* Frees an attachment without detaching (it never became a user). */
+static void discard(struct shared_cache *c) {
+  munmap(c->addr, c->size);
+  if (c->fd >= 0)
+    close(c->fd);
+  tsr_free(c);
+}
+
 static void destroy(struct tsr_cache *base) {
   struct shared_cache *c = (struct shared_cache *)base;
   detach_user(c);
-  munmap(c->addr, c->size);
-  tsr_free(c);
+  discard(c);
 }
 
 static void exiting(struct tsr_cache *base) { detach_user((struct shared_cache *)base); }
 
 static const struct tsr_cache_ops shared_ops;
 
+/* An attachment to the segment mapped at addr, of the geometry in h (checked), owning fd. */
 static struct shared_cache *new_attachment(int fd, uint8_t *addr, size_t size, const char *name,
-                                           int record_stats) {
+                                           int record_stats, const struct header *h) {
   struct shared_cache *c = tsr_calloc(1, sizeof *c);
   if (!c)
     return NULL;
@@ -864,9 +1045,13 @@ static struct shared_cache *new_attachment(int fd, uint8_t *addr, size_t size, c
   c->addr = addr;
   c->size = size;
   c->h = (struct header *)addr;
+  c->fd = fd;
+  c->nshards = h->nshards;
+  c->chunks = h->chunks;
+  c->entries = h->entries;
+  c->buckets = h->buckets;
+  layout(c->nshards, c->chunks, c->entries, c->buckets, c->place);
   c->slot = -1;
-  c->pid = (int32_t)getpid();
-  c->start = own_start();
   struct stat st;
   if (fstat(fd, &st) == 0) {
     c->dev = (uint64_t)st.st_dev;
@@ -876,17 +1061,51 @@ static struct shared_cache *new_attachment(int fd, uint8_t *addr, size_t size, c
   return c;
 }
 
+/* The path of segment name ("/..."). */
+static void shm_path(const char *name, char *path, size_t n) {
+  snprintf(path, n, SHM_DIR "%s", name);
+}
+
+/* A descriptor of the segment of its own (a new open file description), for a forked child:
+ * the inherited one is the parent's, and so are the slot locks on it. -1 if the segment
+ * cannot be opened again (the child then reads through the cache without loading into it). */
+static int reopen(const struct shared_cache *c) {
+  char path[sizeof SHM_DIR + TESSERA_SHARED_CACHE_NAME_MAX + 2];
+  snprintf(path, sizeof path, "/proc/self/fd/%d", c->fd);
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (attempt == 1)
+      shm_path(c->name, path, sizeof path); /* no /proc: by name, if it is still this file */
+    int fd = open(path, O_RDWR | O_CLOEXEC | (attempt ? O_NOFOLLOW : 0));
+    struct stat st;
+    if (fd >= 0 && fstat(fd, &st) == 0 && (uint64_t)st.st_dev == c->dev &&
+        (uint64_t)st.st_ino == c->ino)
+      return fd;
+    if (fd >= 0)
+      close(fd);
+  }
+  return -1;
+}
+
 /* A forked child shares the parent's mapping, and takes over the parent's attachment record
  * (its own copy): the references in it belong to threads the child does not have, and the
  * locks a parent's thread may hold live in the segment, where that thread releases them. The
- * child becomes a user of the segment in its own name when it first reads (register_user). */
+ * child becomes a user of the segment in its own name when it first reads (register_user),
+ * on a descriptor of its own. */
 static struct tsr_cache *fork_child(struct tsr_cache *base) {
   struct shared_cache *c = (struct shared_cache *)base;
   c->base.refs = 1;
   c->slot = -1;
   c->detached = false;
-  c->pid = (int32_t)getpid();
-  c->start = own_start();
+  int fd = c->fd >= 0 ? reopen(c) : -1;
+  if (fd >= 0) {
+    dup3(fd, c->fd, O_CLOEXEC);
+    close(fd);
+  } else if (c->fd >= 0) {
+    close(c->fd);
+    c->fd = -1;
+  }
+  for (uint32_t i = 0; i < TSR_CACHE_MAX_SHARDS; i++)
+    atomic_store(&c->stuck_until[i], 0);
   atomic_store(&c->registered, false);
   return &c->base;
 }
@@ -905,15 +1124,17 @@ static const struct tsr_cache_ops shared_ops = {
 
 /* ---- making and attaching segments ---- */
 
-/* "/name" from "name" or "/name"; false if it is not a valid segment name. */
+/* "/name" from "name" or "/name"; false if it is not a valid segment name. A leading '.' is
+ * refused: such names are hidden from listings (and are what other programs' temporary files
+ * in /dev/shm look like). */
 static bool normalize_name(const char *in, char *out, size_t cap) {
   if (!in)
     return false;
   if (in[0] == '/')
     in++;
   size_t n = strlen(in);
-  if (n == 0 || n > TESSERA_SHARED_CACHE_NAME_MAX || strchr(in, '/') || strcmp(in, ".") == 0 ||
-      strcmp(in, "..") == 0 || n + 2 > cap)
+  if (n == 0 || n > TESSERA_SHARED_CACHE_NAME_MAX || strchr(in, '/') || in[0] == '.' ||
+      n + 2 > cap)
     return false;
   for (const char *p = in; *p; p++)
     if ((unsigned char)*p < 0x20 || *p == 0x7f)
@@ -936,17 +1157,59 @@ static bool header_sane(const struct header *h, uint64_t size) {
   if (h->version != SEGMENT_VERSION || h->header_bytes != sizeof(struct header) ||
       h->shard_struct != sizeof(struct shard) || h->entry_struct != sizeof(struct entry) ||
       h->chunk_bytes != CHUNK_BYTES || h->nshards < 1 || h->nshards > TSR_CACHE_MAX_SHARDS ||
-      h->chunks < 1 || h->entries < 1 || h->entries > h->chunks || h->buckets < 1 ||
-      (h->buckets & (h->buckets - 1)) != 0)
+      h->chunks < 1 || h->chunks >= NIL || h->entries < 1 || h->entries > h->chunks ||
+      h->buckets < 1 || (h->buckets & (h->buckets - 1)) != 0)
     return false;
   return layout(h->nshards, h->chunks, h->entries, h->buckets, NULL) == h->segment_bytes &&
          h->segment_bytes == size;
 }
 
+/* Whether fd is still the segment the name refers to. */
+static bool still_named(int fd, const char *name) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && names_file(name, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+}
+
+/* Refuses a segment that this process's user could not have made alone: not a regular
+ * file, someone else's, or open to others. Its owner, or anyone who may write it, could
+ * feed this process any pixels. */
+static tessera_status check_owner(int fd, const char *name) {
+  struct stat st;
+  if (fstat(fd, &st) != 0)
+    return tsr_error(TESSERA_E_IO, "cannot stat shared cache %s: %s", name, strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    return tsr_error(TESSERA_E_ARGUMENT, "%s exists in " SHM_DIR " and is not a tessera cache",
+                     name);
+  if (st.st_uid != geteuid())
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "shared cache %s belongs to another user (uid %u, this process runs as "
+                     "uid %u): refused, its owner could feed this process any pixels; use "
+                     "another name",
+                     name, (unsigned)st.st_uid, (unsigned)geteuid());
+  if (st.st_mode & 077)
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "shared cache %s is open to other users (mode %03o, not 600): refused, "
+                     "any of them could feed this process any pixels; remove it or use "
+                     "another name",
+                     name, (unsigned)(st.st_mode & 0777));
+  return TESSERA_OK;
+}
+
+/* Whether this process uses a shared cache now (one that is let go only once a new one is
+ * made). */
+static bool have_shared_cache(void) {
+  struct tsr_cache *cur = tsr_cache_acquire();
+  bool shared = cur && cur->type == TESSERA_CACHE_SHARED_MEMORY;
+  tsr_cache_release(cur);
+  return shared;
+}
+
 /* Makes the segment behind fd (just created, empty), holding an exclusive flock on it so
- * attachers wait until it is ready. */
+ * attachers wait until it is ready. *again: the name was taken from it before it was locked
+ * (an attacher took it for a dead maker's): make another. On success the attachment owns fd. */
 static tessera_status make_segment(int fd, const char *name, const tessera_cache_options *o,
-                                   struct shared_cache **out) {
+                                   struct shared_cache **out, bool *again) {
+  *again = false;
   uint64_t capacity = o->memory_capacity_mib << 20;
   uint32_t nshards = tsr_cache_shard_count(capacity, o->item_capacity);
   uint64_t chunks = capacity / nshards / CHUNK_BYTES;
@@ -966,10 +1229,14 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
   uint64_t total = layout(nshards, (uint32_t)chunks, (uint32_t)entries, (uint32_t)buckets, NULL);
   if (flock(fd, LOCK_EX) != 0)
     return tsr_error(TESSERA_E_IO, "cannot lock shared memory %s: %s", name, strerror(errno));
+  if (!still_named(fd, name)) {
+    *again = true;
+    return TESSERA_OK;
+  }
   /* The magic goes in first, so that `tessera cache list` recognises a segment whose maker
-   * died before finishing it. */
+   * died before finishing it, and the next process to want the name replaces it. */
   uint64_t magic = SEGMENT_MAGIC;
-  int err = ftruncate(fd, (off_t)total) != 0 ? errno : 0;
+  int err = fchmod(fd, 0600) != 0 || ftruncate(fd, (off_t)total) != 0 ? errno : 0;
   if (!err && pwrite(fd, &magic, sizeof magic, 0) != (ssize_t)sizeof magic)
     err = errno ? errno : EIO;
   /* Reserve the memory now: a tmpfs that runs out later would kill a reader with SIGBUS. */
@@ -977,18 +1244,20 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
     err = posix_fallocate(fd, 0, (off_t)total);
   if (err)
     return tsr_error(err == ENOSPC ? TESSERA_E_NOMEM : TESSERA_E_IO,
-                     "cannot make a %llu MiB shared cache %s in " SHM_DIR ": %s%s",
+                     "cannot make a %llu MiB shared cache %s in " SHM_DIR ": %s%s%s",
                      (unsigned long long)o->memory_capacity_mib, name, strerror(err),
-                     err == ENOSPC ? " (a container may need a larger --shm-size)" : "");
+                     err == ENOSPC ? " (a container may need a larger --shm-size)" : "",
+                     err == ENOSPC && have_shared_cache()
+                         ? "; the shared cache this process uses is let go only once the new "
+                           "one is made, so both need room: configure no cache first to let "
+                           "it go"
+                         : "");
+  if (hook_due(HOOK_MAKING))
+    hook_stall();
   uint8_t *addr = mmap(NULL, (size_t)total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   if (addr == MAP_FAILED)
     return tsr_error(TESSERA_E_NOMEM, "cannot map shared cache %s: %s", name, strerror(errno));
-  struct shared_cache *c = new_attachment(fd, addr, (size_t)total, name, o->record_stats != 0);
-  if (!c) {
-    munmap(addr, (size_t)total);
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
-  }
-  struct header *h = c->h;
+  struct header *h = (struct header *)addr;
   h->version = SEGMENT_VERSION;
   h->header_bytes = sizeof *h;
   h->shard_struct = sizeof(struct shard);
@@ -1001,35 +1270,29 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
   h->segment_bytes = total;
   h->memory_capacity = capacity;
   h->item_capacity = o->item_capacity;
-  init_robust_mutex(&h->users_lock);
-  struct shard places[TSR_CACHE_MAX_SHARDS];
-  layout(nshards, h->chunks, h->entries, h->buckets, places);
-  for (uint32_t s = 0; s < nshards; s++) {
-    struct shard *sh = shard_at(c, s);
-    init_robust_mutex(&sh->lock);
-    sh->entries_off = places[s].entries_off;
-    sh->buckets_off = places[s].buckets_off;
-    sh->next_off = places[s].next_off;
-    sh->owner_off = places[s].owner_off;
-    sh->data_off = places[s].data_off;
-    sh->small_head = sh->small_tail = sh->main_head = sh->main_tail = NIL;
-    struct entry *E = entries_of(c, sh);
-    for (uint32_t i = 0; i < h->entries; i++)
-      E[i].hnext = i + 1 < h->entries ? i + 1 : NIL;
-    sh->free_entries = 0;
-    uint32_t *next = next_of(c, sh);
-    for (uint32_t k = 0; k < h->chunks; k++)
-      next[k] = k + 1 < h->chunks ? k + 1 : NIL;
-    sh->free_chunks = 0;
-    sh->nfree_chunks = h->chunks;
-    uint32_t *B = buckets_of(c, sh);
-    for (uint32_t b = 0; b < h->buckets; b++)
-      B[b] = NIL;
+  struct shared_cache *c = new_attachment(fd, addr, (size_t)total, name, o->record_stats != 0, h);
+  if (!c) {
+    munmap(addr, (size_t)total);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
   }
-  c->slot = 0;
+  init_robust_mutex(&h->users_lock);
+  for (uint32_t s = 0; s < nshards; s++) {
+    struct view v = view_of(c, s);
+    struct shard *sh = v.sh;
+    init_robust_mutex(&sh->lock);
+    sh->small_head = sh->small_tail = sh->main_head = sh->main_tail = NIL;
+    for (uint32_t i = 0; i < v.entries; i++)
+      v.E[i].hnext = i + 1 < v.entries ? i + 1 : NIL;
+    sh->free_entries = 0;
+    for (uint32_t k = 0; k < v.chunks; k++)
+      v.next[k] = k + 1 < v.chunks ? k + 1 : NIL;
+    sh->free_chunks = 0;
+    sh->nfree_chunks = v.chunks;
+    for (uint32_t b = 0; b < v.buckets; b++)
+      v.B[b] = NIL;
+  }
+  c->slot = take_slot(c); /* slot 0: nobody else has the segment yet */
   atomic_store(&c->registered, true);
-  h->users[0].pid = c->pid;
-  h->users[0].start = c->start;
   h->magic = SEGMENT_MAGIC;
   atomic_store(&h->ready, 1);
   flock(fd, LOCK_UN);
@@ -1037,31 +1300,24 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
   return TESSERA_OK;
 }
 
-/* Whether every shard's arrays lie where the segment's geometry puts them: the index is
- * followed without further checks. */
-static bool offsets_sane(const struct shared_cache *c) {
-  struct shard places[TSR_CACHE_MAX_SHARDS];
-  const struct header *h = c->h;
-  layout(h->nshards, h->chunks, h->entries, h->buckets, places);
-  for (uint32_t i = 0; i < h->nshards; i++) {
-    const struct shard *sh = shard_at(c, i);
-    if (sh->entries_off != places[i].entries_off || sh->buckets_off != places[i].buckets_off ||
-        sh->next_off != places[i].next_off || sh->owner_off != places[i].owner_off ||
-        sh->data_off != places[i].data_off)
-      return false;
-  }
-  return true;
-}
-
-/* Whether fd is still the segment the name refers to. */
-static bool still_named(int fd, const char *name) {
-  struct stat st;
-  return fstat(fd, &st) == 0 && names_file(name, (uint64_t)st.st_dev, (uint64_t)st.st_ino);
+/* A segment with tessera's magic that is not ready and whose maker's lock is free was left
+ * by a maker that died: removes its name (if it still is this segment's). True if removed,
+ * or removed meanwhile by another: make a new one. */
+static bool remove_half_made(int fd, const char *name) {
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0)
+    return false; /* a maker or another attacher has it: look again */
+  struct header h;
+  memset(&h, 0, sizeof h);
+  bool ready = pread(fd, &h, sizeof h, 0) >= (ssize_t)sizeof h && atomic_load(&h.ready);
+  bool gone = !ready && (!still_named(fd, name) || shm_unlink(name) == 0);
+  flock(fd, LOCK_UN);
+  return gone;
 }
 
 /* Attaches to the existing segment behind fd. *again: it was removed meanwhile (make a new
  * one). Its maker holds an exclusive flock on it until it is ready, so a segment that can be
- * locked but is not ready was left half-made by a process that died. */
+ * locked but is not ready was left half-made by a process that died. On success the
+ * attachment owns fd. */
 static tessera_status attach_segment(int fd, const char *name, int record_stats,
                                      struct shared_cache **out, bool *again) {
   *again = false;
@@ -1083,7 +1339,12 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
       if (n >= (ssize_t)sizeof h.magic && h.magic != SEGMENT_MAGIC && h.magic != 0)
         return tsr_error(TESSERA_E_ARGUMENT, "%s exists in " SHM_DIR " and is not a tessera cache",
                          name);
-      /* Not locked by a maker yet: only for the moment between its open and its flock. */
+      if (n >= (ssize_t)sizeof h.magic && h.magic == SEGMENT_MAGIC && remove_half_made(fd, name)) {
+        *again = true;
+        return TESSERA_OK;
+      }
+      /* No magic and not locked by a maker yet: only for the moment between its open and its
+       * flock, unless it is not tessera's. */
       if (monotonic_ns() - began > READY_WAIT_NS)
         return tsr_error(TESSERA_E_IO,
                          "shared cache %s is not ready and nobody is making it (a process died "
@@ -1107,23 +1368,19 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
   flock(fd, LOCK_UN);
   if (addr == MAP_FAILED)
     return tsr_error(TESSERA_E_NOMEM, "cannot map shared cache %s: %s", name, strerror(errno));
-  struct shared_cache *c = new_attachment(fd, addr, (size_t)st.st_size, name, record_stats);
+  /* The geometry is the copy checked above, not the mapping's (which anyone may write). */
+  struct shared_cache *c = new_attachment(fd, addr, (size_t)st.st_size, name, record_stats, &h);
   if (!c) {
     munmap(addr, (size_t)st.st_size);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
   }
-  if (!offsets_sane(c)) {
-    c->slot = -1;
-    c->detached = true; /* not a user: leave its name alone */
-    destroy(&c->base);
-    return tsr_error(TESSERA_E_ARGUMENT,
-                     "shared cache %s is damaged (its shards lie elsewhere than its geometry "
-                     "says); remove it with `tessera cache remove %s`",
-                     name, name + 1);
-  }
   if (!lock_users(c->h)) {
-    destroy(&c->base);
-    return tsr_error(TESSERA_E_IO, "shared cache %s: its user table cannot be locked", name);
+    c->fd = -1; /* the caller's to close */
+    discard(c);
+    return tsr_error(TESSERA_E_IO,
+                     "shared cache %s: its user table cannot be locked (a process holding it "
+                     "is stopped?)",
+                     name);
   }
   if (atomic_load(&c->h->unlinked)) {
     /* Removed: make a new one. If the name is still there, whoever removed it died between
@@ -1131,7 +1388,8 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
     if (still_named(fd, name))
       shm_unlink(name);
     pthread_mutex_unlock(&c->h->users_lock);
-    destroy(&c->base);
+    c->fd = -1;
+    discard(c);
     *again = true;
     return TESSERA_OK;
   }
@@ -1139,7 +1397,8 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
   atomic_store(&c->registered, true);
   pthread_mutex_unlock(&c->h->users_lock);
   if (c->slot < 0) {
-    destroy(&c->base);
+    c->fd = -1;
+    discard(c);
     return tsr_error(TESSERA_E_LIMIT, "shared cache %s already has %d processes using it", name,
                      MAX_USERS);
   }
@@ -1149,26 +1408,34 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
 
 tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct tsr_cache **out) {
   static atomic_uint made;
-  char name[TESSERA_SHARED_CACHE_NAME_MAX + 2];
+  char name[TESSERA_SHARED_CACHE_NAME_MAX + 2], path[sizeof SHM_DIR + sizeof name];
   if (o->name) {
     if (!normalize_name(o->name, name, sizeof name))
       return tsr_error(TESSERA_E_ARGUMENT,
                        "'%s' is not a shared cache name: 1 to %d characters, no '/' but a "
-                       "leading one",
+                       "leading one, not beginning with '.'",
                        o->name, TESSERA_SHARED_CACHE_NAME_MAX);
   } else {
     snprintf(name, sizeof name, "/tessera-%d-%u", (int)getpid(), atomic_fetch_add(&made, 1));
   }
   hook_read_env();
+  /* Opened as files of /dev/shm (which shm_open is): never through a symbolic link, never
+   * blocking on a FIFO. */
+  const int flags = O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK;
   for (int attempt = 0; attempt < 100; attempt++) {
-    int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    shm_path(name, path, sizeof path);
+    int fd = open(path, flags | O_CREAT | O_EXCL, 0600);
     if (fd >= 0) {
       struct shared_cache *c = NULL;
-      tessera_status st = make_segment(fd, name, o, &c);
-      close(fd);
-      if (st != TESSERA_OK) {
-        shm_unlink(name);
-        return st;
+      bool again;
+      tessera_status st = make_segment(fd, name, o, &c, &again);
+      if (st != TESSERA_OK || again) {
+        if (st != TESSERA_OK && still_named(fd, name))
+          shm_unlink(name);
+        close(fd);
+        if (st != TESSERA_OK)
+          return st;
+        continue;
       }
       *out = &c->base;
       return TESSERA_OK;
@@ -1181,20 +1448,25 @@ tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct ts
       snprintf(name, sizeof name, "/tessera-%d-%u", (int)getpid(), atomic_fetch_add(&made, 1));
       continue;
     }
-    fd = shm_open(name, O_RDWR | O_CLOEXEC, 0);
+    fd = open(path, flags);
     if (fd < 0) {
       if (errno == ENOENT)
         continue; /* removed between the two opens */
-      return tsr_error(TESSERA_E_IO, "cannot open shared cache %s: %s", name, strerror(errno));
+      return tsr_error(errno == ELOOP ? TESSERA_E_ARGUMENT : TESSERA_E_IO,
+                       "cannot open shared cache %s: %s", name,
+                       errno == ELOOP ? "it is a symbolic link (refused)" : strerror(errno));
     }
     struct shared_cache *c = NULL;
-    bool again;
-    tessera_status st = attach_segment(fd, name, o->record_stats != 0, &c, &again);
-    close(fd);
-    if (st != TESSERA_OK)
-      return st;
-    if (again)
+    bool again = false;
+    tessera_status st = check_owner(fd, name);
+    if (st == TESSERA_OK)
+      st = attach_segment(fd, name, o->record_stats != 0, &c, &again);
+    if (st != TESSERA_OK || again) {
+      close(fd);
+      if (st != TESSERA_OK)
+        return st;
       continue;
+    }
     *out = &c->base;
     return TESSERA_OK;
   }
@@ -1211,14 +1483,14 @@ tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct ts
     }                                                                                              \
   } while (0)
 
-/* Walks queue q of shard sh, checking its links, entries and byte count. */
-static bool verify_queue(const struct shared_cache *c, const struct shard *sh, int q,
-                         uint32_t *count, char *why, size_t n) {
-  const struct entry *E = entries_of(c, sh);
+/* Walks queue q of the shard, checking its links, entries and byte count. */
+static bool verify_queue(const struct view *v, int q, uint32_t *count, char *why, size_t n) {
+  const struct shard *sh = v->sh;
+  const struct entry *E = v->E;
   uint32_t i = q == Q_SMALL ? sh->small_head : sh->main_head, prev = NIL, steps = 0;
   uint64_t bytes = 0;
   for (; i != NIL; prev = i, i = E[i].next) {
-    VERIFY(i < c->h->entries && steps++ < c->h->entries, "queue %d runs out of range or loops", q);
+    VERIFY(i < v->entries && steps++ < v->entries, "queue %d runs out of range or loops", q);
     VERIFY(E[i].prev == prev, "queue %d: entry %u's back link is wrong", q, i);
     VERIFY(E[i].state == READY && E[i].queue == q, "queue %d holds entry %u in state %d", q, i,
            E[i].state);
@@ -1233,29 +1505,28 @@ static bool verify_queue(const struct shared_cache *c, const struct shard *sh, i
   return true;
 }
 
-static bool verify_shard(const struct shared_cache *c, const struct shard *sh, uint8_t *mark,
-                         char *why, size_t n) {
-  const struct header *h = c->h;
-  const struct entry *E = entries_of(c, sh);
-  const uint32_t *next = next_of(c, sh);
-  memset(mark, 0, h->chunks);
+static bool verify_shard(const struct view *v, uint8_t *mark, char *why, size_t n) {
+  const struct shard *sh = v->sh;
+  const struct entry *E = v->E;
+  memset(mark, 0, v->chunks);
   uint64_t items = 0, bytes = 0, ready = 0, free_entries = 0;
-  for (uint32_t i = 0; i < h->entries; i++) {
+  for (uint32_t i = 0; i < v->entries; i++) {
     if (E[i].state == FREE)
       continue;
     VERIFY(E[i].state == READY || E[i].state == LOADING, "entry %u in state %d", i, E[i].state);
+    VERIFY(entry_whole(v, i), "entry %u is not whole (seal or chunk chain)", i);
     items++;
     bytes += E[i].bytes;
     ready += E[i].state == READY;
     uint32_t found = 0, steps = 0;
-    for (uint32_t j = *bucket(c, sh, tsr_cache_key_hash(&E[i].key)); j != NIL; j = E[j].hnext) {
-      VERIFY(j < h->entries && steps++ < h->entries, "a hash chain runs out of range or loops");
+    for (uint32_t j = *bucket(v, tsr_cache_key_hash(&E[i].key)); j != NIL; j = E[j].hnext) {
+      VERIFY(j < v->entries && steps++ < v->entries, "a hash chain runs out of range or loops");
       found += j == i;
     }
     VERIFY(found == 1, "entry %u is in its hash chain %u times", i, found);
     uint32_t k = E[i].first;
-    for (uint32_t s = 0; s < chunks_for(E[i].bytes); s++, k = next[k]) {
-      VERIFY(k < h->chunks && !mark[k], "entry %u's chunks run out of range or overlap", i);
+    for (uint32_t s = 0; s < chunks_for(E[i].bytes); s++, k = v->next[k]) {
+      VERIFY(k < v->chunks && !mark[k], "entry %u's chunks run out of range or overlap", i);
       mark[k] = 1;
       if (s + 1 == chunks_for(E[i].bytes))
         break;
@@ -1267,25 +1538,25 @@ static bool verify_shard(const struct shared_cache *c, const struct shard *sh, u
          (unsigned long long)sh->items, (unsigned long long)sh->bytes, (unsigned long long)items,
          (unsigned long long)bytes);
   for (uint32_t i = sh->free_entries, steps = 0; i != NIL; i = E[i].hnext, free_entries++) {
-    VERIFY(i < h->entries && steps++ < h->entries, "the free entries run out of range or loop");
+    VERIFY(i < v->entries && steps++ < v->entries, "the free entries run out of range or loop");
     VERIFY(E[i].state == FREE, "free list holds entry %u in state %d", i, E[i].state);
   }
-  VERIFY(free_entries + items == h->entries, "%llu free entries and %llu in use, of %u",
-         (unsigned long long)free_entries, (unsigned long long)items, h->entries);
+  VERIFY(free_entries + items == v->entries, "%llu free entries and %llu in use, of %u",
+         (unsigned long long)free_entries, (unsigned long long)items, v->entries);
   uint32_t in_small, in_main;
-  if (!verify_queue(c, sh, Q_SMALL, &in_small, why, n) ||
-      !verify_queue(c, sh, Q_MAIN, &in_main, why, n))
+  if (!verify_queue(v, Q_SMALL, &in_small, why, n) || !verify_queue(v, Q_MAIN, &in_main, why, n))
     return false;
   VERIFY(in_small + in_main == ready, "%u queued, %llu ready", in_small + in_main,
          (unsigned long long)ready);
   uint32_t free_chunks = 0;
-  for (uint32_t k = sh->free_chunks; k != NIL; k = next[k], free_chunks++) {
-    VERIFY(k < h->chunks && !mark[k], "free chunk %u out of range or in use", k);
+  for (uint32_t k = sh->free_chunks; k != NIL; k = v->next[k], free_chunks++) {
+    VERIFY(k < v->chunks && !mark[k], "free chunk %u out of range or in use", k);
+    VERIFY(v->owner[k] == 0, "free chunk %u is tagged as an entry's", k);
     mark[k] = 1;
   }
   VERIFY(free_chunks == sh->nfree_chunks, "%u free chunks listed, %u counted", free_chunks,
          sh->nfree_chunks);
-  for (uint32_t k = 0; k < h->chunks; k++)
+  for (uint32_t k = 0; k < v->chunks; k++)
     VERIFY(mark[k], "chunk %u is neither used nor free", k);
   return true;
 }
@@ -1298,17 +1569,17 @@ bool tsr_shared_cache_verify(char *why, size_t n) {
     return false;
   }
   struct shared_cache *c = (struct shared_cache *)base;
-  uint8_t *mark = tsr_malloc(c->h->chunks);
+  uint8_t *mark = tsr_malloc(c->chunks);
   bool ok = mark != NULL;
-  for (uint32_t i = 0; ok && i < c->h->nshards; i++) {
-    struct shard *sh = shard_at(c, i);
-    if (!lock_shard(c, sh)) {
+  for (uint32_t i = 0; ok && i < c->nshards; i++) {
+    if (!lock_shard(c, i)) {
       snprintf(why, n, "shard %u cannot be locked", i);
       ok = false;
       break;
     }
-    ok = verify_shard(c, sh, mark, why, n);
-    unlock_shard(sh);
+    struct view v = view_of(c, i);
+    ok = verify_shard(&v, mark, why, n);
+    unlock_shard(v.sh);
   }
   tsr_free(mark);
   tsr_cache_release(base);
@@ -1344,9 +1615,7 @@ static void describe(int fd, const char *name, const struct header *h, uint64_t 
   if (t.ready) {
     t.memory_capacity = h->memory_capacity;
     t.item_capacity = h->item_capacity;
-    for (unsigned i = 0; i < MAX_USERS; i++)
-      if (h->users[i].pid && alive(h->users[i].pid, h->users[i].start))
-        t.users++;
+    t.users = live_users(fd);
     /* The shards' counters, read without their locks: a snapshot for a listing. */
     for (uint32_t s = 0; s < h->nshards; s++) {
       struct shard sh;
@@ -1437,7 +1706,7 @@ TESSERA_API tessera_status tessera_shared_cache_remove(const char *name, int32_t
     if (!lock_users(m)) {
       st = tsr_error(TESSERA_E_IO, "%s: its user table cannot be locked", full);
     } else {
-      unsigned live = prune_users(m);
+      unsigned live = live_users(fd);
       if (atomic_load(&m->unlinked) || !still_named(fd, full))
         st = tsr_error(TESSERA_E_IO, "%s: no such shared cache (removed meanwhile)", full);
       else if (live && !force)
