@@ -94,6 +94,8 @@ tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct ts
 /* For tests: checks the lists of every shard of the current shared cache against its
  * entries (repairing first what a dead lock holder left); false with the reason in why. */
 bool tsr_shared_cache_verify(char *why, size_t n);
+/* For tests: writes n garbage values (from *seed) over the current shared cache's index. */
+bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n);
 
 /* The current cache, held until tsr_cache_release; NULL (and nothing to release) when the
  * process has none. */

@@ -50,6 +50,7 @@
  * next process to want the name removes it and makes a new one. */
 #include <dirent.h>
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -1584,6 +1585,66 @@ bool tsr_shared_cache_verify(char *why, size_t n) {
   tsr_free(mark);
   tsr_cache_release(base);
   return ok;
+}
+
+/* For tests: writes n values over the current shared cache's index, where any process with
+ * write access could: the header (not its lock), the shards' fields (not their locks), their
+ * entries, hash buckets, chunk links and chunk tags. Each shard's part under its lock, as a
+ * buggy user of the segment would; values are random, or indices of the right size. */
+bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n) {
+  struct tsr_cache *base = tsr_cache_acquire();
+  if (!base || base->type != TESSERA_CACHE_SHARED_MEMORY) {
+    tsr_cache_release(base);
+    return false;
+  }
+  struct shared_cache *c = (struct shared_cache *)base;
+  for (unsigned w = 0; w < n; w++) {
+    uint64_t r = *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+    uint64_t pick = r >> 33;
+    uint32_t value = (uint32_t)(r >> 7) % 4 == 0   ? NIL
+                     : (uint32_t)(r >> 9) % 2 == 0 ? (uint32_t)(r >> 11) % (c->entries + 2)
+                                                   : (uint32_t)(r >> 20);
+    uint32_t si = (uint32_t)(pick % c->nshards);
+    struct view v = view_of(c, si);
+    uint8_t *at;
+    switch ((pick >> 8) % 6) {
+    case 0: { /* the header's fields before its lock, and the slot generations */
+      size_t before = offsetof(struct header, users_lock);
+      size_t gens = offsetof(struct header, generation);
+      size_t span = before + sizeof c->h->generation;
+      size_t off = (pick >> 12) % span / 4 * 4;
+      at = (uint8_t *)c->h + (off < before ? off : gens + (off - before));
+      if (off < 8)
+        continue; /* the magic: listings would lose it */
+      break;
+    }
+    case 1: {
+      size_t first = align_up(sizeof(pthread_mutex_t), 8);
+      at = (uint8_t *)v.sh + first + (pick >> 12) % ((sizeof *v.sh - first) / 4) * 4;
+      break;
+    }
+    case 2:
+      at = (uint8_t *)v.E + (pick >> 12) % ((uint64_t)v.entries * sizeof *v.E / 4) * 4;
+      break;
+    case 3:
+      at = (uint8_t *)&v.B[(pick >> 12) % v.buckets];
+      break;
+    case 4:
+      at = (uint8_t *)&v.next[(pick >> 12) % v.chunks];
+      break;
+    default:
+      at = (uint8_t *)v.owner + (pick >> 12) % ((uint64_t)v.chunks * 2) * 4;
+      break;
+    }
+    bool shard_part = ((pick >> 8) % 6) != 0;
+    if (shard_part && !lock_shard(c, si))
+      continue;
+    memcpy(at, &value, sizeof value);
+    if (shard_part)
+      unlock_shard(v.sh);
+  }
+  tsr_cache_release(base);
+  return true;
 }
 
 /* ---- listing and removing segments ---- */

@@ -518,6 +518,260 @@ static void test_user_whose_main_thread_ended(void) {
   CHECK(!shm_exists(name), "%s is still there after its last user detached", name);
 }
 
+/* Waits until the child `pid` has stalled at the test hook (its pid in pidfile); false if it
+ * ended first. */
+static int wait_for_stall(const char *pidfile, pid_t pid) {
+  for (int tries = 0; tries < 6000; tries++) {
+    FILE *f = fopen(pidfile, "r");
+    int got = 0;
+    if (f) {
+      int ok = fscanf(f, "%d", &got) == 1 && got == pid;
+      fclose(f);
+      if (ok)
+        return 1;
+    }
+    int status;
+    if (waitpid(pid, &status, WNOHANG) == pid) {
+      CHECK(0, "the child ended (status %#x) without stalling", status);
+      return 0;
+    }
+    struct timespec ts = {0, 10000000};
+    nanosleep(&ts, NULL);
+  }
+  CHECK(0, "no pid in %s", pidfile);
+  return 0;
+}
+
+/* A child that attaches to `name` with the stall hook set to `hook` (POINT:N) and reads the
+ * region (x, y, w, h) until it stalls there; returns its pid once it has, stopped with
+ * SIGSTOP as a debugger or Ctrl-Z would (-1 if it never stalled). */
+static pid_t stopped_child(const char *name, const char *hook, int64_t x, int64_t y, int64_t w,
+                           int64_t h, const char *pidfile) {
+  unlink(pidfile);
+  pid_t pid = fork_child();
+  if (pid == 0) {
+    alarm(CHILD_ALARM_S);
+    char v[256];
+    snprintf(v, sizeof v, "%s:%s", hook, pidfile);
+    setenv("TESSERA_TEST_CACHE_STALL", v, 1);
+    configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name); /* attaches again, reading the hook */
+    tessera_slide *s = open_slide();
+    uint8_t *buf = malloc((size_t)(w * h * 3));
+    if (s)
+      tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3));
+    _exit(5); /* it never stalled */
+  }
+  if (!wait_for_stall(pidfile, pid))
+    return -1;
+  kill(pid, SIGSTOP);
+  return pid;
+}
+
+static void end_child(pid_t pid, const char *pidfile) {
+  if (pid > 0) {
+    kill(pid, SIGKILL);
+    wait_child(pid);
+  }
+  unlink(pidfile);
+}
+
+/* A process stopped while it holds a shard's lock (the one shard of an 8 MiB cache, so every
+ * tile needs it): another process reads the whole level, correctly, without hanging (its
+ * alarm is the hang guard: before, it waited for the lock forever). */
+static void test_stopped_lock_holder(void) {
+  char name[64], pidfile[128];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-stoplock", (int)getpid());
+  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-stoplock.pid", (int)getpid());
+  configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
+  pid_t staller = stopped_child(name, "locked:1", 10, 10, 100, 100, pidfile);
+  pid_t reader = fork_child();
+  if (reader == 0) {
+    alarm(60);
+    check_whole_level("with a stopped lock holder");
+    fflush(stderr);
+    _exit(check_failures ? 1 : 0);
+  }
+  int status = wait_child(reader);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "a reader beside a stopped lock holder failed or hung (status %#x)", status);
+  end_child(staller, pidfile);
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  CHECK(!shm_exists(name), "%s is still there after its last live user detached", name);
+}
+
+/* A loader stopped after reserving a tile: another process reading it takes the entry over
+ * after a bounded wait and publishes it, so its second read is a hit (before, each read
+ * waited 10 s for the stopped loader and went around the cache). */
+static void test_stopped_loader(void) {
+  char name[64], pidfile[128];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-stopload", (int)getpid());
+  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-stopload.pid", (int)getpid());
+  configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
+  pid_t staller = stopped_child(name, "loading:1", 10, 20, 100, 90, pidfile);
+  pid_t reader = fork_child();
+  if (reader == 0) {
+    alarm(60);
+    tessera_slide *s = open_slide();
+    uint8_t buf[100 * 90 * 3];
+    tessera_cache_stats before = {0};
+    for (int pass = 0; s && pass < 2; pass++) {
+      if (pass)
+        before = stats();
+      CHECK(tessera_read_region(s, 10, 20, 0, 100, 90, NULL, buf, sizeof buf) == TESSERA_OK,
+            "read beside a stopped loader: %s", tessera_error_message());
+      CHECK(!differs(buf, 10, 20, 100, 90), "pass %d beside a stopped loader differs", pass);
+    }
+    tessera_cache_stats after = stats();
+    CHECK(after.hits == before.hits + 1 && after.misses == before.misses,
+          "the stopped loader's tile was not taken over: a second read made %llu hits, %llu "
+          "misses",
+          (unsigned long long)(after.hits - before.hits),
+          (unsigned long long)(after.misses - before.misses));
+    if (s)
+      tessera_close(s);
+    fflush(stderr);
+    _exit(check_failures ? 1 : 0);
+  }
+  int status = wait_child(reader);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "a reader beside a stopped loader failed or hung (status %#x)", status);
+  end_child(staller, pidfile);
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+}
+
+/* A maker killed while it makes a named segment (locked, its magic written, not ready):
+ * the next process configuring the name gets a new segment, without a manual remove. */
+static void test_killed_maker(void) {
+  char name[64], pidfile[128];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-maker", (int)getpid());
+  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-maker.pid", (int)getpid());
+  unlink(pidfile);
+  pid_t maker = fork_child();
+  if (maker == 0) {
+    alarm(CHILD_ALARM_S);
+    char v[256];
+    snprintf(v, sizeof v, "making:1:%s", pidfile);
+    setenv("TESSERA_TEST_CACHE_STALL", v, 1);
+    configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
+    _exit(5);
+  }
+  if (wait_for_stall(pidfile, maker)) {
+    kill(maker, SIGKILL);
+    wait_child(maker);
+    CHECK(shm_exists(name), "the killed maker left nothing to heal");
+    tessera_cache_options o;
+    tessera_cache_options_init(&o);
+    o.type = TESSERA_CACHE_SHARED_MEMORY;
+    o.memory_capacity_mib = 16;
+    o.name = name;
+    CHECK(tessera_cache_configure(&o) == TESSERA_OK,
+          "configure after a maker was killed: %s", tessera_error_message());
+    CHECK(stats().memory_capacity == (uint64_t)16 << 20, "not a segment of its own making");
+    CHECK(users_of(name) == 1, "%u users of the new segment", users_of(name));
+    check_whole_level("after a maker was killed");
+  }
+  unlink(pidfile);
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  CHECK(!shm_exists(name), "%s is still there after its last user detached", name);
+  if (shm_exists(name))
+    tessera_shared_cache_remove(name, 1);
+}
+
+/* Configures `name`, expecting a refusal (TESSERA_E_ARGUMENT) whose message says `why`. */
+static void refused(const char *name, const char *why) {
+  tessera_cache_options o;
+  tessera_cache_options_init(&o);
+  o.type = TESSERA_CACHE_SHARED_MEMORY;
+  o.memory_capacity_mib = 8;
+  o.name = name;
+  tessera_status st = tessera_cache_configure(&o);
+  CHECK(st == TESSERA_E_ARGUMENT && strstr(tessera_error_message(), why),
+        "%s: status %d, \"%s\", not a refusal saying \"%s\"", name, (int)st,
+        st ? tessera_error_message() : "", why);
+}
+
+/* A segment open to others, one owned by another user, a link, a FIFO, a hidden name: each
+ * refused with a message saying why (before, the first two were used silently). */
+static void test_foreign_segments(void) {
+  char name[64], path[128], other[80], opath[144];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-owner", (int)getpid());
+  snprintf(path, sizeof path, "/dev/shm%s", name);
+  configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
+  struct stat st;
+  CHECK(stat(path, &st) == 0 && (st.st_mode & 0777) == 0600, "made with mode %03o",
+        (unsigned)(st.st_mode & 0777));
+  CHECK(chmod(path, 0666) == 0, "chmod: %s", strerror(errno));
+  refused(name, "open to other users");
+  chmod(path, 0600);
+  if (geteuid() == 0) {
+    CHECK(chown(path, 65534, 65534) == 0, "chown: %s", strerror(errno));
+    refused(name, "belongs to another user");
+    CHECK(chown(path, 0, 0) == 0, "chown back: %s", strerror(errno));
+  } else {
+    printf("not root: a segment of another user is not tried\n");
+  }
+  snprintf(other, sizeof other, "%s-link", name);
+  snprintf(opath, sizeof opath, "/dev/shm%s", other);
+  CHECK(symlink(path, opath) == 0, "symlink: %s", strerror(errno));
+  refused(other, "symbolic link");
+  unlink(opath);
+  snprintf(other, sizeof other, "%s-fifo", name);
+  snprintf(opath, sizeof opath, "/dev/shm%s", other);
+  CHECK(mkfifo(opath, 0600) == 0, "mkfifo: %s", strerror(errno));
+  refused(other, "not a tessera cache");
+  unlink(opath);
+  refused(".tessera-hidden", "not beginning with '.'");
+  CHECK(stats().type == TESSERA_CACHE_SHARED_MEMORY, "a refusal dropped the cache in use");
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  CHECK(!shm_exists(name), "%s is still there after its last user detached", name);
+}
+
+/* Garbage written over a live segment's index (header, shards, entries, buckets, chunk links
+ * and tags) between reads: every read is right or fails, none crashes or writes out of
+ * bounds (run under ASan), and once the writing stops the cache serves hits again. */
+static void test_scribbled(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-scribble", (int)getpid());
+  configure(TESSERA_CACHE_SHARED_MEMORY, 4, 0, name); /* a third of the level */
+  tessera_slide *s = open_slide();
+  if (!s)
+    return;
+  unsigned long long seed = 2024;
+  uint64_t scribble = 7;
+  int wrong = 0, failed = 0;
+  uint8_t *buf = malloc(300 * 300 * 3);
+  for (int round = 0; round < 400; round++) {
+    CHECK(tsr_shared_cache_scribble(&scribble, 1 + (unsigned)round % 6), "no cache to scribble");
+    int64_t w = 1 + (int64_t)(test_rand(&seed) % 300), h = 1 + (int64_t)(test_rand(&seed) % 300);
+    int64_t x = (int64_t)(test_rand(&seed) % (uint64_t)info.width) - 20;
+    int64_t y = (int64_t)(test_rand(&seed) % (uint64_t)info.height) - 20;
+    if (tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3)) != TESSERA_OK)
+      failed++;
+    else
+      wrong += differs(buf, x, y, w, h);
+  }
+  CHECK(wrong == 0, "%d reads through a scribbled cache gave wrong pixels", wrong);
+  printf("scribbled: 400 reads, %d failed, %d wrong\n", failed, wrong);
+  tessera_cache_stats before = {0};
+  for (int pass = 0; pass < 3; pass++) {
+    if (pass == 2)
+      before = stats();
+    CHECK(tessera_read_region(s, 0, 0, 0, 300, 300, NULL, buf, 300 * 300 * 3) == TESSERA_OK &&
+              !differs(buf, 0, 0, 300, 300),
+          "after the scribbling, pass %d", pass);
+  }
+  tessera_cache_stats after = stats();
+  CHECK(after.hits - before.hits == 4 && after.misses == before.misses,
+        "after the scribbling, a region read again: %llu hits, %llu misses",
+        (unsigned long long)(after.hits - before.hits),
+        (unsigned long long)(after.misses - before.misses));
+  free(buf);
+  tessera_close(s);
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  if (shm_exists(name))
+    tessera_shared_cache_remove(name, 1);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   static char path[4096];
@@ -552,6 +806,11 @@ int main(int argc, char **argv) {
   test_processes(64, 0); /* room for every tile */
   test_kill_holding_lock();
   test_user_whose_main_thread_ended();
+  test_foreign_segments();
+  test_scribbled();
+  test_killed_maker();
+  test_stopped_loader();
+  test_stopped_lock_holder();
   munmap(board, sizeof *board);
   free(reference);
   return check_finish("test_shared_cache");
