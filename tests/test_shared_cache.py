@@ -864,3 +864,78 @@ def test_a_remover_killed_between_flag_and_unlink_does_not_block_the_name(shm, t
                        timeout=PROCESS_TIMEOUT_S)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) == 16 << 20  # a new segment of its own capacity, not the old one
+
+
+# --- pid namespaces, and reconfiguring without room for two segments ----------------------
+
+PIDNS_USER = r"""
+import json, os, sys
+sys.path.insert(0, %(tests)r)
+import tessera_ctypes as T
+T.load(%(lib)r)
+T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=64, name=%(name)r)
+with T.open_slide(%(path)r) as s:
+    s.read_region(0, 0, 0, 200, 200)
+users = [i["users"] for i in T.shared_cache_list() if i["name"] == "/" + %(name)r]
+print(json.dumps(dict(T.cache_stats(), pid=os.getpid(), users=users)), flush=True)
+sys.stdin.readline()
+T.configure_cache(T.CACHE_NONE)
+"""
+
+
+def test_pid_namespaces_share_one_segment(shm):
+    """Users in different pid namespaces over one /dev/shm (containers of a pod), each pid 1
+    of its own: each sees the others alive, the one that leaves first does not remove the
+    segment of one still using it, a third finds that segment (not a new one), and one
+    killed is seen dead (before, each took the others for dead: pids are not shared)."""
+    name = shm.name("pidns")
+    code = PIDNS_USER % {"tests": HERE, "lib": T.lib_path(), "name": name,
+                         "path": os.path.join(F.TESTDATA, APERIO)}
+
+    def user():
+        p = run_in_pid_namespace(code, stdin=subprocess.PIPE)
+        shm.procs.append(p)
+        line = p.stdout.readline()
+        assert line, p.stderr.read()
+        return p, json.loads(line)
+
+    a, first = user()
+    assert first["pid"] == 1 and first["users"] == [1] and first["misses"] > 0, first
+    b, second = user()
+    assert second["pid"] == 1 and second["users"] == [2], second
+    assert second["misses"] == first["misses"] and second["hits"] > first["hits"], second
+    b.communicate("\n", timeout=PROCESS_TIMEOUT_S)
+    assert b.returncode == 0
+    assert segment_exists(name), "the user that left removed the segment another one uses"
+    c, third = user()
+    assert third["users"] == [2] and third["misses"] == first["misses"], third
+    os.killpg(a.pid, signal.SIGKILL)
+    a.wait()
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S   # its python, pid 1 inside, dies after
+    while listed(name)["users"] != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert listed(name)["users"] == 1, listed(name)
+    c.communicate("\n", timeout=PROCESS_TIMEOUT_S)
+    assert c.returncode == 0
+    assert not segment_exists(name), "the last user left the segment behind"
+
+
+def test_reconfiguring_says_both_segments_need_room(shm):
+    """A process using a shared cache that configures another one where /dev/shm has room
+    for only one: refused, saying that the old one goes only after the new one is made."""
+    code = ("import sys; sys.path.insert(0, %r); import tessera_ctypes as T; T.load(%r)\n"
+            "T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=8, name='first')\n"
+            "try:\n"
+            "    T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=8, name='second')\n"
+            "except T.TesseraError as e:\n"
+            "    print(e.status, str(e))\n"
+            "T.configure_cache(T.CACHE_NONE)\n"
+            "T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=8, name='second')\n"
+            "print('then', T.cache_stats()['memory_capacity'])\n") % (HERE, T.lib_path())
+    r = subprocess.run(["unshare", "--mount", "sh", "-c",
+                        "mount -t tmpfs -o size=12m tmpfs /dev/shm && exec %s -c \"$0\"" % PYTHON,
+                        code], capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+    assert r.returncode == 0, r.stderr
+    refusal, then = r.stdout.splitlines()
+    assert refusal.startswith("%d " % T.E_NOMEM) and "both need room" in refusal, refusal
+    assert then == "then %d" % (8 << 20), r.stdout
