@@ -939,3 +939,71 @@ def test_reconfiguring_says_both_segments_need_room(shm):
     refusal, then = r.stdout.splitlines()
     assert refusal.startswith("%d " % T.E_NOMEM) and "both need room" in refusal, refusal
     assert then == "then %d" % (8 << 20), r.stdout
+
+
+def ns_worker(seg, name, path, regions, env=None, **job):
+    """worker() in a new pid namespace, under a shell as its pid 1 (a namespace's init
+    cannot stop itself), in a process group of its own."""
+    job.update(name=name, path=path, regions=[list(r) for r in regions], want=None)
+    e = dict(os.environ)
+    e.pop("TESSERA_TEST_CACHE_STALL", None)
+    e.update(env or {})
+    return seg.popen(["unshare", "--fork", "--pid", "--mount-proc", "sh", "-c", '"$@"; exit $?',
+                      "sh", PYTHON, "-c", WORKER, json.dumps(job)], stdin=subprocess.PIPE,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=e,
+                     start_new_session=True)
+
+
+def wait_until_stopped(p, deadline):
+    """Waits until a process of worker p's group is stopped (state T)."""
+    while True:
+        for pid in os.listdir("/proc"):
+            try:
+                with open("/proc/%s/stat" % pid) as f:
+                    stat = f.read()
+            except (OSError, ValueError):
+                continue
+            fields = stat[stat.rfind(")") + 2:].split()
+            if fields[0] == "T" and int(fields[2]) == p.pid:   # state, pgrp
+                return
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.02)
+
+
+def test_a_loader_in_another_pid_namespace_is_not_swept(shm, tmp_path):
+    """A loader in one pid namespace, stopped while it loads a tile; a process in a second
+    one dies holding the shard's lock; a third repairs the shard and must keep the loader's
+    entry (before, judged by a pid that means another process there, it was dropped): when
+    the loader goes on, its tile is published, and a later read of it is a hit."""
+    path = os.path.join(F.TESTDATA, APERIO)
+    tile0, other, third = (10, 20, 100, 90), (600, 600, 10, 10), (1000, 1000, 10, 10)
+    want = plain_reads(path, [tile0])[0]
+    name = shm.name("nsloader")
+    configure_shared(name, mib=8)                 # one shard: every tile shares its lock
+    loading, locked = str(tmp_path / "loading.pid"), str(tmp_path / "locked.pid")
+    a = ns_worker(shm, name, path, [tile0], hold=True,
+                  env={"TESSERA_TEST_CACHE_STALL": "stoploading:1:" + loading})
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    wait_until_stopped(a, deadline)
+    b = ns_worker(shm, name, path, [other], env={"TESSERA_TEST_CACHE_STALL": "locked:1:" + locked})
+    wait_for_file = time.monotonic() + PROCESS_TIMEOUT_S
+    while not (os.path.exists(locked) and open(locked).read().strip()):
+        assert b.poll() is None and time.monotonic() < wait_for_file, b.stderr.read()
+        time.sleep(0.02)
+    os.killpg(b.pid, signal.SIGKILL)
+    b.wait()
+    while listed(name)["users"] != 2:             # this process and the stopped loader
+        assert time.monotonic() < deadline, listed(name)
+        time.sleep(0.02)
+    c = ns_worker(shm, name, path, [third])
+    ev = finish(c)
+    assert ev["done"]["stats"]["items"] >= 2, ev    # the stopped loader's entry outlived the repair
+    os.killpg(a.pid, signal.SIGCONT)
+    done = next_event(a, "done")
+    before = T.cache_stats()
+    with T.open_slide(path) as s:
+        assert np.array_equal(s.read_region(*tile0[:2], 0, *tile0[2:]), want)
+    after = T.cache_stats()
+    assert after["misses"] == before["misses"] and after["hits"] == before["hits"] + 1, \
+        (done, before, after)
+    finish(a, release=True)

@@ -53,6 +53,7 @@
 #include <stddef.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -240,10 +241,12 @@ static int lock_within(pthread_mutex_t *m, uint64_t ns) {
  * tile this process publishes (POINT "locked": holding the shard lock, halfway through
  * linking the tile) or reserves (POINT "loading": the lock let go, before decoding), or the
  * N-th segment it makes (POINT "making": locked, its magic written, not ready), stalls for
- * good, after writing the pid to PATH. Tests stop or kill it there. */
+ * good, after writing the pid to PATH; with "stop" before POINT it stops itself (SIGSTOP)
+ * instead, to go on when continued. Tests stop, continue or kill it there. */
 enum hook_point { HOOK_NONE, HOOK_LOCKED, HOOK_LOADING, HOOK_MAKING };
 static struct {
   atomic_int point;
+  bool stop;
   long n;
   char path[512];
   atomic_long count;
@@ -261,11 +264,13 @@ static void hook_read_env(void) {
     return;
   snprintf(hook.path, sizeof hook.path, "%s", v + used);
   hook.n = n;
+  hook.stop = strncmp(point, "stop", 4) == 0; /* not at "locked": it would go on halfway */
+  const char *p = point + (hook.stop ? 4 : 0);
   atomic_store(&hook.count, 0);
-  atomic_store(&hook.point, strcmp(point, "locked") == 0    ? HOOK_LOCKED
-                            : strcmp(point, "loading") == 0 ? HOOK_LOADING
-                            : strcmp(point, "making") == 0  ? HOOK_MAKING
-                                                            : HOOK_NONE);
+  atomic_store(&hook.point, strcmp(p, "locked") == 0    ? (hook.stop ? HOOK_NONE : HOOK_LOCKED)
+                            : strcmp(p, "loading") == 0 ? HOOK_LOADING
+                            : strcmp(p, "making") == 0  ? HOOK_MAKING
+                                                        : HOOK_NONE);
 }
 
 /* Whether this is the time to stall at point (counts the calls at that point). */
@@ -282,6 +287,10 @@ static void hook_stall(void) {
     if (write(fd, buf, (size_t)len) < 0)
       (void)0;
     close(fd);
+  }
+  if (hook.stop) {
+    raise(SIGSTOP);
+    return;
   }
   for (;;)
     pause();
