@@ -10,7 +10,9 @@ execs is no user). Names are checked, a foreign file of the same name is refused
 are listed and removed. A process killed (SIGKILL) while
 it holds a shard's lock midway through publishing a tile, or while it is loading a tile that
 others wait for, leaves the cache usable: the others carry on with correct pixels and
-consistent statistics.
+consistent statistics. One stopped holding a lock or loading costs the others a bounded wait;
+a maker killed halfway leaves a name the next process heals; processes in different pid
+namespaces share one segment, and see each other alive until killed.
 
 Expected pixels are tessera's own reads made without a cache in the same test. The killed
 processes stop at points chosen through the test-only hook TESSERA_TEST_CACHE_STALL
@@ -997,7 +999,7 @@ def test_a_loader_in_another_pid_namespace_is_not_swept(shm, tmp_path):
         time.sleep(0.02)
     c = ns_worker(shm, name, path, [third])
     ev = finish(c)
-    assert ev["done"]["stats"]["items"] >= 2, ev    # the stopped loader's entry outlived the repair
+    assert ev["done"]["stats"]["items"] >= 2, ev    # the loader's entry outlived the repair
     os.killpg(a.pid, signal.SIGCONT)
     done = next_event(a, "done")
     before = T.cache_stats()

@@ -453,6 +453,8 @@ static bool chain_head(const struct view *v, uint32_t i) {
 static bool free_entry(const struct view *v, uint32_t i) {
   struct shard *sh = v->sh;
   struct entry *e = &v->E[i];
+  if (e->seal != seal_of(e, i))
+    return false; /* its size and chain cannot be believed */
   e->state = FREE;
   atomic_signal_fence(memory_order_seq_cst); /* FREE before the lists change */
   uint32_t *p = bucket(v, tsr_cache_key_hash(&e->key));
@@ -522,16 +524,21 @@ static bool evict_one(const struct view *v, bool *evicted) {
   return false; /* queues that never run out loop */
 }
 
-/* Frees the entries whose loaders died while decoding; *n: how many. */
+/* Frees the entries whose loaders died while decoding; *n: how many. With nothing left to
+ * evict, some entry must be loading: if none is, the shard's counts are wrong. */
 static bool sweep_dead_loaders(const struct shared_cache *c, const struct view *v, unsigned *n) {
+  unsigned loading = 0;
   *n = 0;
   for (uint32_t i = 0; i < v->entries; i++)
-    if (v->E[i].state == LOADING && !loader_alive(c, &v->E[i])) {
+    if (v->E[i].state == LOADING) {
+      loading++;
+      if (loader_alive(c, &v->E[i]))
+        continue;
       if (!free_entry(v, i))
         return false;
       (*n)++;
     }
-  return true;
+  return loading > 0;
 }
 
 /* Whether entry i is whole: sealed, of a sane size, its chain in range and each chunk tagged

@@ -4,8 +4,12 @@
  * and the budgets hold all along. With room for everything, each tile touched is decoded
  * once by all the processes together. A child killed (SIGKILL) while it holds a shard's lock
  * midway through publishing a tile (the test hook TESSERA_TEST_CACHE_STALL) leaves the cache
- * usable: the other processes, blocked or not, carry on with correct pixels. Segments go away
- * when their last user detaches. Runs plain, under ASan+UBSan and under TSan. */
+ * usable: the other processes, blocked or not, carry on with correct pixels. One stopped
+ * (SIGSTOP) holding a lock, or while loading a tile, costs the others a bounded wait. Segments
+ * go away when their last user detaches. A segment open to others or of another user, a link,
+ * a FIFO, a hidden name are refused; garbage written over a live index gives right pixels or
+ * errors, never a crash; a maker killed halfway is replaced. Runs plain, under ASan+UBSan and
+ * under TSan. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
