@@ -131,9 +131,9 @@ struct shard {
 struct entry {
   struct tsr_cache_key key;
   uint64_t bytes;
-  uint32_t loader_slot, loader_gen; /* LOADING: the user slot loading it, and its generation */
-  uint32_t ticket;                  /* bumped each time the entry is reserved or taken over */
-  uint32_t seal;                    /* seal_of(the entry) while LOADING or READY */
+  uint32_t loader_slot, loader_gen;  /* LOADING: the user slot loading it, and its generation */
+  uint32_t ticket;                   /* bumped each time the entry is reserved or taken over */
+  uint32_t seal;                     /* seal_of(the entry) while LOADING or READY */
   uint32_t hnext, prev, next, first; /* hash chain (or free list), queue (next older), chunks */
   uint8_t state, queue, freq, pad;
 };
@@ -370,8 +370,7 @@ static uint32_t *bucket(const struct view *v, uint64_t hash) {
 }
 
 /* Sets *at to the entry holding key k, or NIL. */
-static bool find(const struct view *v, const struct tsr_cache_key *k, uint64_t hash,
-                 uint32_t *at) {
+static bool find(const struct view *v, const struct tsr_cache_key *k, uint64_t hash, uint32_t *at) {
   uint32_t steps = 0;
   for (uint32_t i = *bucket(v, hash); i != NIL; i = v->E[i].hnext) {
     if (i >= v->entries || steps++ >= v->entries)
@@ -502,8 +501,7 @@ static bool evict_one(const struct view *v, bool *evicted) {
       if (i == NIL)
         return true;
     }
-    if (i >= v->entries || v->E[i].queue != (from_small ? Q_SMALL : Q_MAIN) ||
-        !queue_unlink(v, i))
+    if (i >= v->entries || v->E[i].queue != (from_small ? Q_SMALL : Q_MAIN) || !queue_unlink(v, i))
       return false;
     struct entry *e = &v->E[i];
     if (e->freq > 0) {
@@ -567,8 +565,8 @@ static void rebuild(const struct shared_cache *c, const struct view *v) {
   sh->free_entries = NIL;
   for (uint32_t i = v->entries; i-- > 0;) {
     struct entry *e = &E[i];
-    bool keep = (e->state == READY || (e->state == LOADING && loader_alive(c, e))) &&
-                entry_whole(v, i);
+    bool keep =
+        (e->state == READY || (e->state == LOADING && loader_alive(c, e))) && entry_whole(v, i);
     uint64_t hash = tsr_cache_key_hash(&e->key);
     uint32_t dup = NIL;
     if (keep && (!find(v, &e->key, hash, &dup) || dup != NIL))
@@ -1170,8 +1168,7 @@ static bool normalize_name(const char *in, char *out, size_t cap) {
   if (in[0] == '/')
     in++;
   size_t n = strlen(in);
-  if (n == 0 || n > TESSERA_SHARED_CACHE_NAME_MAX || strchr(in, '/') || in[0] == '.' ||
-      n + 2 > cap)
+  if (n == 0 || n > TESSERA_SHARED_CACHE_NAME_MAX || strchr(in, '/') || in[0] == '.' || n + 2 > cap)
     return false;
   for (const char *p = in; *p; p++)
     if ((unsigned char)*p < 0x20 || *p == 0x7f)
@@ -1659,18 +1656,10 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n) {
       at = (uint8_t *)v.sh + first + (pick >> 12) % ((sizeof *v.sh - first) / 4) * 4;
       break;
     }
-    case 2:
-      at = (uint8_t *)v.E + (pick >> 12) % ((uint64_t)v.entries * sizeof *v.E / 4) * 4;
-      break;
-    case 3:
-      at = (uint8_t *)&v.B[(pick >> 12) % v.buckets];
-      break;
-    case 4:
-      at = (uint8_t *)&v.next[(pick >> 12) % v.chunks];
-      break;
-    default:
-      at = (uint8_t *)v.owner + (pick >> 12) % ((uint64_t)v.chunks * 2) * 4;
-      break;
+    case 2: at = (uint8_t *)v.E + (pick >> 12) % ((uint64_t)v.entries * sizeof *v.E / 4) * 4; break;
+    case 3: at = (uint8_t *)&v.B[(pick >> 12) % v.buckets]; break;
+    case 4: at = (uint8_t *)&v.next[(pick >> 12) % v.chunks]; break;
+    default: at = (uint8_t *)v.owner + (pick >> 12) % ((uint64_t)v.chunks * 2) * 4; break;
     }
     bool shard_part = ((pick >> 8) % 6) != 0;
     if (shard_part && !lock_shard(c, si))

@@ -668,8 +668,8 @@ static void test_killed_maker(void) {
     o.type = TESSERA_CACHE_SHARED_MEMORY;
     o.memory_capacity_mib = 16;
     o.name = name;
-    CHECK(tessera_cache_configure(&o) == TESSERA_OK,
-          "configure after a maker was killed: %s", tessera_error_message());
+    CHECK(tessera_cache_configure(&o) == TESSERA_OK, "configure after a maker was killed: %s",
+          tessera_error_message());
     CHECK(stats().memory_capacity == (uint64_t)16 << 20, "not a segment of its own making");
     CHECK(users_of(name) == 1, "%u users of the new segment", users_of(name));
     check_whole_level("after a maker was killed");
