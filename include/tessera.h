@@ -389,8 +389,9 @@ typedef struct tessera_cache_options {
   uint64_t item_capacity;       /* most tiles held; 0 (default): no limit but the bytes */
   int32_t record_stats;         /* nonzero: count hits and misses; default 0 */
   /* TESSERA_CACHE_SHARED_MEMORY: the segment's name, with or without a leading '/' (no other
-   * '/', at most TESSERA_SHARED_CACHE_NAME_MAX bytes), e.g. "tessera-training"; an existing
-   * segment of that name that is not a tessera cache is refused. NULL (default) makes a new
+   * '/', not beginning with '.', at most TESSERA_SHARED_CACHE_NAME_MAX bytes), e.g.
+   * "tessera-training"; an existing segment of that name that is not a tessera cache, is
+   * another user's, or is open to other users, is refused. NULL (default) makes a new
    * segment named after the process ("/tessera-PID-N"), for the children forked after this
    * call. Copied; need not outlive the call. */
   const char *name;

@@ -576,13 +576,13 @@ def test_bad_names_are_refused(shm):
     long_ok = "tessera-pytest-%d-" % os.getpid()
     long_ok += "x" * (T.SHARED_CACHE_NAME_MAX - len(long_ok))
     bads = ["", "/", "a/b", "/a/b", "a/", "x" * (T.SHARED_CACHE_NAME_MAX + 1),
-            "/" + "x" * (T.SHARED_CACHE_NAME_MAX + 1), long_ok + "y"]
+            "/" + "x" * (T.SHARED_CACHE_NAME_MAX + 1), long_ok + "y", ".hidden", "/.hidden"]
     for bad in bads:
         with pytest.raises(T.TesseraError) as e:
             configure_shared(bad)
         assert e.value.status == T.E_ARGUMENT, (bad, e.value)
         assert T.cache_stats()["type"] != T.CACHE_SHARED_MEMORY
-    for made in ["a", "b", "x" * (T.SHARED_CACHE_NAME_MAX + 1), long_ok + "y"]:
+    for made in ["a", "b", "x" * (T.SHARED_CACHE_NAME_MAX + 1), long_ok + "y", ".hidden"]:
         assert not segment_exists(made), made
     # the longest name allowed, given with its leading '/'
     shm.add(long_ok)
