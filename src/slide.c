@@ -167,17 +167,41 @@ static tessera_status take_associated(tessera_slide *s, struct tsr_dirs *dirs,
   return TESSERA_OK;
 }
 
+/* What a path that is no regular file is, for the message that refuses it. */
+static const char *file_kind(mode_t mode) {
+  if (S_ISDIR(mode))
+    return "a directory";
+  if (S_ISFIFO(mode))
+    return "a FIFO (named pipe)";
+  if (S_ISSOCK(mode))
+    return "a socket";
+  if (S_ISCHR(mode))
+    return "a character device";
+  if (S_ISBLK(mode))
+    return "a block device";
+  return "not a regular file";
+}
+
 static tessera_status open_file(tessera_slide *s, const char *path) {
-  s->fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (s->fd < 0)
-    return tsr_error(TESSERA_E_IO, "cannot open: %s", strerror(errno));
+  /* O_NONBLOCK: without it, opening a FIFO waits for a writer, for ever if none comes, before
+   * fstat can tell it is no slide. A regular file ignores the flag; it is cleared below. */
+  s->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (s->fd < 0) {
+    int e = errno;
+    struct stat st;
+    /* A socket cannot be opened at all (ENXIO, "No such device or address"): say what it is. */
+    if (e == ENXIO && stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+      return tsr_error(TESSERA_E_IO, "is %s, not a slide file", file_kind(st.st_mode));
+    return tsr_error(TESSERA_E_IO, "cannot open: %s", strerror(e));
+  }
   struct stat st;
   if (fstat(s->fd, &st) != 0)
     return tsr_error(TESSERA_E_IO, "cannot stat: %s", strerror(errno));
-  if (S_ISDIR(st.st_mode))
-    return tsr_error(TESSERA_E_IO, "is a directory, not a slide file");
   if (!S_ISREG(st.st_mode))
-    return tsr_error(TESSERA_E_IO, "is not a regular file");
+    return tsr_error(TESSERA_E_IO, "is %s, not a slide file", file_kind(st.st_mode));
+  int flags = fcntl(s->fd, F_GETFL);
+  if (flags < 0 || fcntl(s->fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+    return tsr_error(TESSERA_E_IO, "cannot set up the file: %s", strerror(errno));
   s->file_size = (uint64_t)st.st_size;
   s->id = (struct tsr_file_id){(uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
                                (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec};

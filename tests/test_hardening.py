@@ -5,13 +5,17 @@ limits that now stop them with a clear error (the small fixed inputs are in test
   are read) would pass 256 MiB, while a baseline tile of the same size reads row by row;
 - a Philips level with a downsample of exactly 1.0 read at x = 2^63 - 1 (the level
   coordinate's conversion back to an integer overflowed: UBSan's float-cast-overflow);
-- the library's limits reached through the Python package and the command.
+- the library's limits reached through the Python package and the command;
+- a FIFO given as the slide, which blocked the open for ever (open(2) ran before the check that
+  the path is a regular file), and the other paths that are no regular file.
 """
 
 import io
 import json
 import os
+import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -20,6 +24,7 @@ from PIL import Image
 
 import vendor_writers  # noqa: F401  (lets tifffile write tiles that are JPEG already)
 import wsi_fixtures as F
+from conftest import PYTHON_PACKAGE_DIR
 
 ASAN_CLI = os.environ.get("TESSERA_CLI_ASAN", "")
 SANITIZERS = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=99",
@@ -97,3 +102,37 @@ def test_far_location_on_a_level_of_downsample_one(cli, tmp_path, x):
         # wholly outside: the background (Philips scans on white)
         data = open(str(tmp_path / "far.ppm"), "rb").read()
         assert data.endswith(bytes([255]) * 48), data[-48:]
+
+
+@pytest.fixture
+def special_files(tmp_path):
+    """(path, what the message calls it) for paths that are no regular file."""
+    fifo = str(tmp_path / "slide.svs")  # a FIFO nobody writes to
+    os.mkfifo(fifo)
+    sock_path = str(tmp_path / "slide.sock")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(sock_path)
+    yield [(fifo, "is a FIFO (named pipe), not a slide file"),
+           (sock_path, "is a socket, not a slide file"),
+           ("/dev/zero", "is a character device, not a slide file"),
+           (str(tmp_path), "is a directory, not a slide file")]
+    sock.close()
+
+
+def test_special_files_are_refused_without_blocking(cli, special_files):
+    """From the command and from Python, each in a process of its own whose timeout is only a
+    hang guard: a FIFO used to block in open(2) until a writer came."""
+    code = ("import sys, tessera\n"
+            "try:\n    tessera.CuImage(sys.argv[1])\n"
+            "except OSError as e:\n    print(e)\n    sys.exit(3)\n")
+    env = dict(os.environ, PYTHONPATH=PYTHON_PACKAGE_DIR)
+    for path, message in special_files:
+        for argv in ([cli, "info", path], [sys.executable, "-c", code, path]):
+            try:
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env,
+                                   stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise AssertionError("%s hung on %s" % (argv[0], path)) from None
+            out = r.stderr if argv[0] == cli else r.stdout
+            assert r.returncode == (1 if argv[0] == cli else 3), (argv, r)
+            assert message in out, (argv, out, r.stderr)

@@ -1,7 +1,13 @@
 /* API contract: arguments, status codes, per-thread messages, options with struct_size. */
-#include <stddef.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "tessera.h"
@@ -29,6 +35,48 @@ static void test_open_errors(void) {
         tessera_error_message());
   CHECK(tessera_open("/proc/self/status", &s) != TESSERA_OK, "not a TIFF");
   tessera_close(NULL); /* must do nothing */
+}
+
+static void open_hung(int sig) {
+  (void)sig;
+  static const char text[] = "test_api: tessera_open of a FIFO hangs\n";
+  if (write(2, text, sizeof text - 1) < 0)
+    _exit(1);
+  _exit(1);
+}
+
+/* A path that is no regular file is refused with a message saying what it is; a FIFO with no
+ * writer must not block the open (it used to, for ever: open(2) ran before the check). */
+static void expect_not_a_file(const char *path, const char *kind) {
+  tessera_slide *s = (tessera_slide *)0x1;
+  signal(SIGALRM, open_hung);
+  alarm(60); /* a hang guard only */
+  tessera_status st = tessera_open(path, &s);
+  alarm(0);
+  CHECK(st == TESSERA_E_IO && s == NULL, "%s: status %d", path, (int)st);
+  CHECK(strstr(tessera_error_message(), kind) != NULL, "%s: message: %s", path,
+        tessera_error_message());
+}
+
+static void test_open_special_files(void) {
+  char dir[] = "/tmp/tessera-test-api-XXXXXX";
+  CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+  char fifo[sizeof dir + 16], sock[sizeof dir + 16];
+  snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+  snprintf(sock, sizeof sock, "%s/sock", dir);
+  CHECK(mkfifo(fifo, 0600) == 0, "mkfifo");
+  expect_not_a_file(fifo, "FIFO");
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  snprintf(addr.sun_path, sizeof addr.sun_path, "%s", sock);
+  CHECK(fd >= 0 && bind(fd, (struct sockaddr *)&addr, sizeof addr) == 0, "bind a socket");
+  expect_not_a_file(sock, "socket");
+  close(fd);
+  expect_not_a_file("/dev/zero", "character device");
+  expect_not_a_file(dir, "directory");
+  unlink(fifo);
+  unlink(sock);
+  rmdir(dir);
 }
 
 struct thread_result {
@@ -188,6 +236,7 @@ int main(int argc, char **argv) {
            testdata_dir(argc, argv));
   test_version_and_status();
   test_open_errors();
+  test_open_special_files();
   test_messages_are_per_thread();
   test_read_arguments();
   test_read_limit();
