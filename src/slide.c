@@ -204,7 +204,8 @@ static tessera_status open_file(tessera_slide *s, const char *path) {
     return tsr_error(TESSERA_E_IO, "cannot set up the file: %s", strerror(errno));
   s->file_size = (uint64_t)st.st_size;
   s->id = (struct tsr_file_id){(uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
-                               (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec};
+                               (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+                               (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec};
   return TESSERA_OK;
 }
 

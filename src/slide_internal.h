@@ -73,10 +73,12 @@ struct tsr_property {
   char *value;
 };
 
-/* What tells one file from another for the tile cache, taken at open. */
+/* What tells one file from another for the tile cache, taken at open. The status-change
+ * time is there because the others can all stay the same across a rewrite in place (cp -p,
+ * rsync -t --inplace and tar x set the modification time back); no writer can set ctime. */
 struct tsr_file_id {
   uint64_t device, inode, size;
-  int64_t mtime_ns;
+  int64_t mtime_ns, ctime_ns;
 };
 
 struct tessera_slide {

@@ -3,12 +3,16 @@ cache (a first pass that fills it, a second that hits it, and one with a cache t
 most tiles, which evicts and bypasses) equal reads without a cache, at every level, with 3
 and 4 channels, regions and batches alike; and they equal libvips' decode, so a tile stored
 whole in the cache and cropped from there is still byte-exact. Statistics add up: each pass
-of the same reads either hits or misses every tile it needs."""
+of the same reads either hits or misses every tile it needs. A file rewritten in place with
+the same size and modification time (cp -p, rsync -t --inplace, tar x) is told apart by its
+status-change time, with both kinds of cache."""
 
+import os
 import zlib
 
 import numpy as np
 import pytest
+import tifffile
 
 import tessera_ctypes as T
 import wsi_fixtures as F
@@ -80,3 +84,56 @@ def test_cached_batches_equal_libvips(slides, name, level):
                         want = R.to_rgb(ref)[y:y + 30, x:x + 40]
                         got = arr[k][:want.shape[0], :want.shape[1]]
                         assert np.array_equal(got, want), (name, level, p, x, y)
+
+
+def same_size_tiff(path, seed):
+    """An uncompressed tiled RGB TIFF of random pixels: another seed gives other pixels in a
+    file of exactly the same size."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    tifffile.imwrite(path, pixels, tile=(64, 64), photometric="rgb", metadata=None)
+
+
+@pytest.mark.parametrize("kind", [T.CACHE_PER_PROCESS, T.CACHE_SHARED_MEMORY],
+                         ids=["per_process", "shared_memory"])
+def test_rewrite_in_place_keeping_size_and_mtime_is_not_served_stale(tmp_path, kind):
+    """The tiles of a slide read through the cache, then its bytes overwritten in place by a
+    file of the same size and the modification time set back (as cp -p, rsync -t --inplace
+    and tar x leave it): device, inode, size and mtime are all the same, only the ctime
+    differs. A reopened slide reads the new pixels, as a read without a cache does."""
+    path, other = str(tmp_path / "a.tif"), str(tmp_path / "b.tif")
+    same_size_tiff(path, 1)
+    same_size_tiff(other, 2)
+    assert os.path.getsize(path) == os.path.getsize(other)
+    name = "tessera-pytest-%d-rewrite" % os.getpid()
+    T.configure_cache(kind, memory_capacity_mib=64,
+                      name=name if kind == T.CACHE_SHARED_MEMORY else None)
+    try:
+        with T.open_slide(path) as s:
+            old = s.read_region(0, 0, 0, 256, 256)
+        before = os.stat(path)
+        with open(other, "rb") as f:
+            new_bytes = f.read()
+        with open(path, "r+b") as f:
+            f.write(new_bytes)
+        # the kernel stamps ctime from a coarse clock: set mtime back until the change shows
+        for _ in range(1000):
+            os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+            after = os.stat(path)
+            if after.st_ctime_ns != before.st_ctime_ns:
+                break
+        assert (after.st_dev, after.st_ino, after.st_size, after.st_mtime_ns) == (
+            before.st_dev, before.st_ino, before.st_size, before.st_mtime_ns)
+        assert after.st_ctime_ns != before.st_ctime_ns
+        with T.open_slide(path) as s:
+            cached = s.read_region(0, 0, 0, 256, 256)
+        T.configure_cache(T.CACHE_NONE)
+        with T.open_slide(path) as s:
+            plain = s.read_region(0, 0, 0, 256, 256)
+        with T.open_slide(other) as s:
+            assert np.array_equal(plain, s.read_region(0, 0, 0, 256, 256))
+        assert not np.array_equal(plain, old), "the two files should hold other pixels"
+        assert np.array_equal(cached, plain), "the cache served the file's old pixels"
+    finally:
+        T.configure_cache(T.CACHE_NONE)
+        if kind == T.CACHE_SHARED_MEMORY and os.path.exists("/dev/shm/" + name):
+            T.shared_cache_remove(name, force=True)

@@ -9,8 +9,13 @@
 
 uint64_t tsr_cache_key_hash(const struct tsr_cache_key *k) {
   uint64_t h = 0x9E3779B97F4A7C15u;
-  const uint64_t parts[] = {k->file.device, k->file.inode, k->file.size, (uint64_t)k->file.mtime_ns,
-                            k->directory,   k->tile};
+  const uint64_t parts[] = {k->file.device,
+                            k->file.inode,
+                            k->file.size,
+                            (uint64_t)k->file.mtime_ns,
+                            (uint64_t)k->file.ctime_ns,
+                            k->directory,
+                            k->tile};
   for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
     h ^= parts[i] + 0x9E3779B97F4A7C15u + (h << 6) + (h >> 2);
     h *= 0xBF58476D1CE4E5B9u;
@@ -21,7 +26,7 @@ uint64_t tsr_cache_key_hash(const struct tsr_cache_key *k) {
 bool tsr_cache_key_equal(const struct tsr_cache_key *a, const struct tsr_cache_key *b) {
   return a->file.device == b->file.device && a->file.inode == b->file.inode &&
          a->file.size == b->file.size && a->file.mtime_ns == b->file.mtime_ns &&
-         a->directory == b->directory && a->tile == b->tile;
+         a->file.ctime_ns == b->file.ctime_ns && a->directory == b->directory && a->tile == b->tile;
 }
 
 /* A shard too small to hold several tiles would work as a direct-mapped cache and thrash. */

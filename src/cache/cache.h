@@ -15,8 +15,8 @@
 #include "slide_internal.h"
 #include "tile.h"
 
-/* A tile, compared in full: the file (device, inode, size, modification time), the directory
- * and the tile index. */
+/* A tile, compared in full: the file (device, inode, size, modification and status-change
+ * times), the directory and the tile index. */
 struct tsr_cache_key {
   struct tsr_file_id file;
   uint32_t directory;

@@ -183,7 +183,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   while ((e = find(sh, &a->key, hash)) != NULL && e->loading)
     pthread_cond_wait(&sh->loaded, &sh->lock);
   if (e && e->bytes != bytes) {
-    /* Same key, other geometry: a file rewritten in place within one mtime tick, say. The
+    /* Same key, other geometry: a file rewritten in place within one ctime tick, say. The
      * entry cannot serve this read; it is left to age out. */
     pthread_mutex_unlock(&sh->lock);
     return TSR_CACHE_BYPASS;
