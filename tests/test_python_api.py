@@ -442,6 +442,30 @@ def test_batch_shapes_len_drop_last(path):
         assert len(img.read_region(iter([]), SIZE)) == 0
 
 
+def test_no_locations_give_no_batches(path):
+    """Every empty form of locations is a stream of no batches (len 0, a loop runs no
+    times), whatever the options; [] and () used to read one region at (0, 0), whose rows a
+    `for batch in ...` loop then ran over. Omitted, the location is still (0, 0)."""
+    with CuImage(path(PYR)) as img:
+        forms = [lambda: [], lambda: (), lambda: np.zeros((0, 2), np.int64),
+                 lambda: np.zeros((0,), np.int32), lambda: iter([]), lambda: (p for p in ())]
+        for form in forms:
+            for bs, workers, drop, shuffle in ((1, 0, False, False), (4, 2, False, True),
+                                               (4, 0, True, False)):
+                it = img.read_region(form(), SIZE, 1, batch_size=bs, num_workers=workers,
+                                     drop_last=drop, shuffle=shuffle)
+                what = (type(form()).__name__, bs, workers, drop, shuffle)
+                assert isinstance(it, tessera.BatchIter), what
+                assert len(it) == 0, what
+                assert list(it) == [], what
+        # no size either: still nothing (the size of no patch does not matter)
+        for empty in ([], (), np.zeros((0, 2), np.int64)):
+            assert list(img.read_region(empty)) == []
+            assert list(img.read_region(empty, batch_size=8)) == []
+        assert np.array_equal(np.asarray(img.read_region(size=SIZE)),
+                              np.asarray(img.read_region((0, 0), SIZE)))
+
+
 def test_negative_and_far_locations(path):
     locs = [(-30, -20), (-64, 100), (100, -48), (-1000, -1000), (5000, 5000), (1020, -10),
             (-2 ** 40, 2 ** 40)]

@@ -69,6 +69,15 @@ def _is_single_location(location):
     return False
 
 
+def _is_empty(location):
+    """True for no locations that can say so without being consumed: [], (), an (0, 2) or
+    (0,) array."""
+    try:
+        return len(location) == 0
+    except TypeError:
+        return False
+
+
 def _reopen(cls, path, limits):
     return cls(path, **limits)
 
@@ -253,7 +262,9 @@ class CuImage(_tessera.Slide):
         (as cuCIM) -> an iterator of batches (batch_size, height, width, channels), or of
         (height, width, channels) items when batch_size is 1, with len(); so is one (x, y)
         with batch_size > 1. Locations are converted to int64 once. location and size
-        omitted -> the whole level.
+        omitted -> the whole level. No locations ([], (), an (0, 2) array, an empty iterator)
+        -> an iterator of no batches, len() 0 (cuCIM reads one region at (0, 0) for them
+        instead: a loop over the result then ran over its rows).
         size: (width, height) in pixels of `level`.
         num_workers: threads decoding tiles (a region's, or batches ahead of the consumer).
         batch_size, drop_last, prefetch_factor, shuffle, seed: as cuCIM (and PyTorch).
@@ -277,11 +288,11 @@ class CuImage(_tessera.Slide):
         fill = -1 if fill is None else _integer(fill, "fill")
         channels = _integer(channels, "channels")
         num_workers = _integer(num_workers, "num_workers")
-        empty = location is None or (isinstance(location, (list, tuple)) and len(location) == 0)
         batch_size = _integer(batch_size, "batch_size")
-        if empty or (batch_size == 1 and _is_single_location(location)):
-            x, y = (0, 0) if empty else location
-            if size is None or (isinstance(size, (list, tuple)) and len(size) == 0):
+        whole_level = size is None or (isinstance(size, (list, tuple)) and len(size) == 0)
+        if location is None or (batch_size == 1 and _is_single_location(location)):
+            x, y = (0, 0) if location is None else location
+            if whole_level:
                 width, height = self._levels[level]["width"], self._levels[level]["height"]
             else:
                 width, height = self._size(size)
@@ -291,9 +302,13 @@ class CuImage(_tessera.Slide):
                                   False, 0, channels, fill, device, device_id) as one:
                     return next(iter(one))
             return self._read(x, y, width, height, level, channels, fill, num_workers)
-        if size is None or (isinstance(size, (list, tuple)) and len(size) == 0):
+        if whole_level and _is_empty(location):
+            # no patch is read: the size only has to be one the iterator takes
+            width, height = self._levels[level]["width"], self._levels[level]["height"]
+        elif whole_level:
             raise ValueError("read_region with several locations needs size=(width, height)")
-        width, height = self._size(size)
+        else:
+            width, height = self._size(size)
         seed = _integer(seed, "seed", (0, (1 << 64) - 1))
         return self.batches(location, width, height, level, batch_size,
                             num_workers, bool(drop_last),

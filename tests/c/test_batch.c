@@ -353,6 +353,20 @@ static void test_arguments(const char *dir) {
   CHECK(tessera_batch_iter_length(it) == 0, "n = 0 has batches");
   CHECK(tessera_batch_iter_next(it, &b) == TESSERA_OK && !b, "n = 0 gave a batch");
   tessera_batch_iter_destroy(it);
+  /* ... with workers, shuffling, drop_last and a location array all the same */
+  tessera_batch_options_init(&o);
+  o.batch_size = 32;
+  o.num_workers = 3;
+  o.prefetch_factor = 4;
+  o.shuffle = 1;
+  o.drop_last = 1;
+  o.channels = 4;
+  CHECK(tessera_batch_iter_create(s, xy, 0, 224, 224, 0, &o, &it) == TESSERA_OK && it,
+        "n = 0 with workers refused: %s", tessera_error_message());
+  CHECK(tessera_batch_iter_length(it) == 0, "n = 0 with workers has batches");
+  for (int i = 0; i < 2; i++)
+    CHECK(tessera_batch_iter_next(it, &b) == TESSERA_OK && !b, "n = 0 with workers: a batch");
+  tessera_batch_iter_destroy(it);
   tessera_batch_iter_destroy(NULL);
   tessera_batch_release(NULL);
   tessera_close(s);

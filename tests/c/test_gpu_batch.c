@@ -237,6 +237,29 @@ static void test_flat_memory(const char *dir) {
   tessera_close(s);
 }
 
+/* No locations: an iterator of no batches, which takes no device memory it keeps. */
+static void test_no_locations(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  size_t before = sim_device_bytes();
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 16;
+  o.num_workers = 2;
+  o.device = TESSERA_DEVICE_CUDA;
+  tessera_batch_iter *it = NULL;
+  CHECK(tessera_batch_iter_create(s, NULL, 0, 64, 64, 0, &o, &it) == TESSERA_OK && it, "%s",
+        tessera_error_message());
+  CHECK(tessera_batch_iter_length(it) == 0, "%zu batches", tessera_batch_iter_length(it));
+  tessera_batch *b = (tessera_batch *)1;
+  CHECK(tessera_batch_iter_next(it, &b) == TESSERA_OK && !b, "a batch of no locations");
+  tessera_batch_iter_destroy(it);
+  CHECK(sim_device_bytes() == before, "%zu device bytes left (before: %zu)", sim_device_bytes(),
+        before);
+  tessera_close(s);
+}
+
 /* Iterators abandoned at every point free their device memory; a batch held past destroy
  * stays readable until released. */
 static void test_abandoned(const char *dir) {
@@ -522,6 +545,7 @@ int main(int argc, char **argv) {
   test_chunks(dir);
   test_flat_memory(dir);
   test_abandoned(dir);
+  test_no_locations(dir);
   test_failures(dir);
   CHECK(sim_failures() == 0, "the simulator saw %ld misuses (see stderr)", sim_failures());
   CHECK(sim_decoded_images() > 0, "no tile was decoded on the (simulated) GPU");
