@@ -100,7 +100,8 @@ void cmd_bench_help(FILE *out) {
           "  -i, --locations FILE  one 'x y' pair per line: the top-left corner in\n"
           "                        level-0 pixels (may be negative or past the edge);\n"
           "                        a comma may stand between them; blank lines and\n"
-          "                        '#' comments are allowed\n"
+          "                        '#' comments are allowed; lines of at most 4096\n"
+          "                        bytes\n"
           "      --layout KIND     patches that lie wholly inside level L, in its\n"
           "                        pixels, turned into level-0 corners with the\n"
           "                        level's downsample:\n"
@@ -408,7 +409,33 @@ static bool parse_pair_line(const char *line, int64_t *x, int64_t *y) {
   return *skip_blanks(s) == '\0';
 }
 
-static void cut_comment_and_newline(char *line) { line[strcspn(line, "#\n")] = '\0'; }
+/* The longest line a locations file may have, comments included: a pair needs 41 bytes at
+ * most, and a line must not cost memory without bound (/dev/zero is one endless line). */
+#define LOCATIONS_LINE_MAX 4096
+
+enum line_read { LINE_END, LINE_OK, LINE_TOO_LONG, LINE_NUL };
+
+/* Reads the next line into line[LOCATIONS_LINE_MAX + 1] without its newline, and with its
+ * comment cut off; stops reading at a line that is too long. getc_unlocked: only this
+ * thread reads the file. */
+static enum line_read read_line(FILE *f, char *line) {
+  size_t n = 0;
+  bool nul = false;
+  int c;
+  while ((c = getc_unlocked(f)) != EOF && c != '\n') {
+    if (n == LOCATIONS_LINE_MAX)
+      return LINE_TOO_LONG;
+    nul |= c == '\0';
+    line[n++] = (char)c;
+  }
+  if (c == EOF && (n == 0 || ferror(f)))
+    return LINE_END; /* a read error is the caller's to report, not a short last line */
+  line[n] = '\0';
+  if (nul)
+    return LINE_NUL; /* a pair followed by "\0junk" must not pass as the pair */
+  line[strcspn(line, "#")] = '\0';
+  return LINE_OK;
+}
 
 /* Prints the error (naming the file and the line) and returns false on failure. */
 static bool read_locations(const char *path, xy_list *out) {
@@ -418,17 +445,24 @@ static bool read_locations(const char *path, xy_list *out) {
     cli_error(path, "cannot open the locations: %s", strerror(errno));
     return false;
   }
-  char *line = NULL;
-  size_t line_cap = 0;
+  char line[LOCATIONS_LINE_MAX + 1];
   uint64_t number = 0;
   bool ok = true;
-  while (ok && getline(&line, &line_cap, f) >= 0) {
+  enum line_read got;
+  while (ok && (got = read_line(f, line)) != LINE_END) {
     number++;
-    cut_comment_and_newline(line);
-    if (*skip_blanks(line) == '\0')
-      continue;
     int64_t x, y;
-    if (!parse_pair_line(line, &x, &y)) {
+    if (got == LINE_TOO_LONG) {
+      cli_error(path, "line %" PRIu64 ": longer than %d bytes (one 'x y' pair a line)", number,
+                LOCATIONS_LINE_MAX);
+      ok = false;
+    } else if (got == LINE_NUL) {
+      cli_error(path, "line %" PRIu64 ": holds a NUL byte (one 'x y' pair a line, as text)",
+                number);
+      ok = false;
+    } else if (*skip_blanks(line) == '\0') {
+      continue;
+    } else if (!parse_pair_line(line, &x, &y)) {
       cli_error(path, "line %" PRIu64 ": expected two integers 'x y', found '%.60s'", number,
                 skip_blanks(line));
       ok = false;
@@ -445,7 +479,6 @@ static bool read_locations(const char *path, xy_list *out) {
     cli_error(path, "no locations in the file");
     ok = false;
   }
-  free(line);
   fclose(f);
   if (!ok) {
     free(out->xy);

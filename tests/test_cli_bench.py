@@ -18,6 +18,7 @@ import glob
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import threading
@@ -561,6 +562,61 @@ def test_bad_locations_line(cli, slides, tmp_path, line):
     assert r.returncode == 1 and r.stdout == b"", desc
     lines = r.stderr.decode(errors="replace").splitlines()
     assert len(lines) == 1 and f in lines[0] and re.search(r"\bline 5\b", lines[0]), desc
+
+
+def _address_space_limit():
+    """A safety net for the machine: a reader that grows without bound fails instead."""
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+def test_locations_lines_are_bounded(cli, slides, tmp_path):
+    """A line costs at most 4096 bytes: /dev/zero (one endless line, which used to grow the
+    process until memory ran out) and a long line are refused, naming the file and the line;
+    a NUL byte is no text; a line of exactly 4096 bytes is read."""
+    slide = slides.path(GENERIC)
+    long_line = str(tmp_path / "long.txt")
+    with open(long_line, "w") as fh:
+        fh.write("0 0\n4 4 #" + "x" * 5000 + "\n8 8\n")
+    nul = str(tmp_path / "nul.txt")
+    with open(nul, "wb") as fh:
+        fh.write(b"0 0\n\n4 4\0 9\n")
+    for f, line, what in (("/dev/zero", 1, "longer than 4096 bytes"),
+                          (long_line, 2, "longer than 4096 bytes"),
+                          (nul, 3, "NUL byte")):
+        args = ["bench", slide, "--locations", f, "--size", "8,8"]
+        try:
+            r = subprocess.run([cli] + args, capture_output=True, timeout=TIMEOUT,
+                               stdin=subprocess.DEVNULL, preexec_fn=_address_space_limit)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("tessera %s hung" % " ".join(args)) from None
+        desc = describe(args, r)
+        assert r.returncode == 1 and r.stdout == b"", desc
+        lines = r.stderr.decode(errors="replace").splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tessera: %s: line %d: " % (f, line)), desc
+        assert what in lines[0], desc
+    exact = tmp_path / "exact.txt"
+    exact.write_text("5 7" + " " * 4093 + "\n")
+    plain = write_locations(tmp_path / "plain.txt", [(5, 7)])
+    assert checksum(cli, slide, "--locations", exact, "--size", "8,8") == checksum(
+        cli, slide, "--locations", plain, "--size", "8,8")
+
+
+def test_many_locations_cost_about_their_own_memory(cli, slides, tmp_path):
+    """Two million valid lines are read, and the process grows by a few times the 16 bytes
+    each location takes, not by the file's lines."""
+    slide = slides.path(GENERIC)
+    n = 2_000_000
+    rng = np.random.default_rng(3)
+    xy = rng.integers(-50, 2100, (n, 2))
+    big = tmp_path / "big.txt"
+    np.savetxt(big, xy, fmt="%d")
+    small = write_locations(tmp_path / "small.txt", [(0, 0)])
+    args = ("--size", "1,1", "--batch-size", "4096", "--workers", "1")
+    few = bench(cli, slide, "--locations", small, *args)
+    many = bench(cli, slide, "--locations", big, *args)
+    assert many["patches"] == n, many
+    grew = (many["peak_rss_mib"] - few["peak_rss_mib"]) * (1 << 20)
+    assert grew < 4 * 16 * n, (few["peak_rss_mib"], many["peak_rss_mib"])
 
 
 def test_locations_line_forms(cli, slides, tmp_path):
