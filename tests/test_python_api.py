@@ -32,6 +32,7 @@ import os
 import pickle
 import select
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -709,6 +710,39 @@ def test_pickle_cuimage_and_array(path):
         assert back.shape == arr.shape and back.dtype == np.uint8
         assert np.array_equal(np.asarray(back), np.asarray(arr))
         assert not np.shares_memory(np.asarray(back), np.asarray(arr))
+
+
+def test_pickle_keeps_the_file_a_relative_path_named(path, tmp_path):
+    """A slide opened by a relative path pickles as the file it opened: unpickled after a
+    chdir (Dask workers chdir), pickled after one, or in a process started elsewhere."""
+    p = path(PYR)
+    here = os.getcwd()
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    try:
+        os.chdir(os.path.dirname(p))
+        for name in (os.path.basename(p), os.fsencode(os.path.basename(p))):
+            with CuImage(name) as img:
+                want = np.asarray(img.read_region((300, 200), (50, 40), 1)).copy()
+                data = pickle.dumps(img)
+                os.chdir(other)
+                later = pickle.dumps(img)  # pickled after the chdir: still the file opened
+                for blob in (data, later):
+                    with pickle.loads(blob) as copy:
+                        assert os.path.isabs(copy.path), copy.path
+                        got = np.asarray(copy.read_region((300, 200), (50, 40), 1))
+                        assert np.array_equal(got, want)
+                os.chdir(os.path.dirname(p))
+        code = ("import pickle, sys\n"
+                "img = pickle.loads(sys.stdin.buffer.read())\n"
+                "sys.stdout.buffer.write(bytes(img.read_region((300, 200), (50, 40), 1)))\n")
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(tessera.__file__)))
+        r = subprocess.run([sys.executable, "-c", code], input=data, capture_output=True,
+                           cwd=str(other), env=env, timeout=CHILD_TIMEOUT)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        assert r.stdout == want.tobytes()
+    finally:
+        os.chdir(here)
 
 
 def _read_in_worker(img, loc, size, level):

@@ -82,6 +82,22 @@ def _reopen(cls, path, limits):
     return cls(path, **limits)
 
 
+def _absolute(path):
+    """path (str or bytes) made absolute against the working directory, without resolving
+    '..' (which os.path.abspath would do textually, wrongly after a symbolic link)."""
+    if os.path.isabs(path):
+        return path
+    return os.path.join(os.getcwdb() if isinstance(path, bytes) else os.getcwd(), path)
+
+
+def _absolute_path(slide):
+    """The absolute path of a slide (the file a CuImage opened) or of a path: a process that
+    opens it again may have another working directory (Dask workers chdir)."""
+    if isinstance(slide, CuImage):
+        return slide._abspath
+    return _absolute(os.fspath(slide.path if isinstance(slide, _tessera.Slide) else slide))
+
+
 class CuImage(_tessera.Slide):
     """An open whole-slide image, with cuCIM's CuImage reading API.
 
@@ -89,17 +105,19 @@ class CuImage(_tessera.Slide):
     not a slide tessera reads). Keyword limits (max_directories, max_dimension,
     max_tile_bytes, max_decoded_tile_bytes, max_read_bytes; see limits()) replace the
     library's safe defaults; a read over max_read_bytes (4 GiB) raises TesseraError. Use it as a context manager or call close(). Thread-safe: many
-    threads may read at once. Pickles by path (the receiving process opens the file again),
-    and keeps working in a child after fork(), so it can live in a PyTorch Dataset.
+    threads may read at once. Pickles by absolute path (the receiving process opens the file
+    again, whatever its working directory), and keeps working in a child after fork(), so it
+    can live in a PyTorch Dataset.
     """
 
     def __init__(self, path, **limits):
         super().__init__(path, **limits)
+        self._abspath = _absolute(self.path)  # the working directory now is the one opened in
         self._levels = [self.level_info(i) for i in range(self.level_count)]
         self._limits = limits
 
     def __reduce__(self):
-        return (_reopen, (type(self), self.path, self._limits))
+        return (_reopen, (type(self), self._abspath, self._limits))
 
     # ---- what the image is -------------------------------------------------------------
 

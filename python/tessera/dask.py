@@ -20,8 +20,7 @@ import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
-from . import _tessera
-from ._image import CuImage
+from ._image import CuImage, _absolute_path
 
 __all__ = ["to_dask_array", "read_patches"]
 
@@ -43,9 +42,7 @@ def _slide(path):
 
 
 def _path(slide):
-    if isinstance(slide, _tessera.Slide):
-        return os.fsdecode(slide.path)
-    return os.fsdecode(os.fspath(slide))
+    return os.fsdecode(_absolute_path(slide))
 
 
 def _level0(coord, downsample):

@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from . import _tessera
-from ._image import CuImage
+from ._image import CuImage, _absolute_path
 
 __all__ = ["PatchDataset"]
 
@@ -58,8 +57,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
                  fill=None, cache=None, cache_memory_capacity=1024, cache_name=None,
                  cache_record_stat=False):
         super().__init__()
-        path = slide.path if isinstance(slide, _tessera.Slide) else slide
-        self.path = os.fspath(path)
+        self.path = _absolute_path(slide)
         locs = np.asarray(locations)
         if locs.size == 0:
             locs = locs.reshape(0, 2)
