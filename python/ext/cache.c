@@ -63,7 +63,12 @@ PyObject *pyt_cache_configure(PyObject *self, PyObject *args, PyObject *kwargs) 
 PyObject *pyt_cache_stats(PyObject *self, PyObject *unused) {
   (void)self, (void)unused;
   tessera_cache_stats s = {.struct_size = sizeof s};
-  tessera_status st = tessera_cache_stats_get(&s);
+  tessera_status st;
+  /* Without the GIL: a shared cache's statistics are read under its shard locks, which another
+   * process may hold (stopped, say) for a while. */
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_cache_stats_get(&s);
+  Py_END_ALLOW_THREADS
   if (st != TESSERA_OK)
     return pyt_raise(st);
   return Py_BuildValue("{s:s,s:K,s:K,s:K,s:K,s:K,s:K,s:K,s:O}", "type", type_names[s.type],
@@ -81,7 +86,9 @@ PyObject *pyt_cache_reset(PyObject *self, PyObject *arg) {
   int record = PyObject_IsTrue(arg);
   if (record < 0)
     return NULL;
+  Py_BEGIN_ALLOW_THREADS /* it takes the shard locks too (see pyt_cache_stats) */
   tessera_cache_stats_reset(record);
+  Py_END_ALLOW_THREADS
   Py_RETURN_NONE;
 }
 

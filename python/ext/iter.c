@@ -15,14 +15,21 @@ typedef struct {
 } pyt_iter;
 
 /* Cancels what is queued, waits for tiles being decoded and gives the slide's use back.
- * Batches handed out stay valid. */
+ * Batches handed out stay valid. The wait runs without the GIL: a tile being decoded may
+ * wait on a cache lock held by another process, or be slow, and the other Python threads
+ * must go on meanwhile (one of them may be what ends the wait). `it` is taken from the object
+ * first, so another thread finds the iterator closed instead of using it while it goes;
+ * during a dealloc nobody else can reach the object at all. */
 static void finish(pyt_iter *self) {
-  if (self->it) {
-    tessera_batch_iter_destroy(self->it);
-    self->it = NULL;
-    pyt_live.iterators--;
-    pyt_slide_release(self->slide);
-  }
+  tessera_batch_iter *it = self->it;
+  if (!it)
+    return;
+  self->it = NULL;
+  Py_BEGIN_ALLOW_THREADS
+  tessera_batch_iter_destroy(it);
+  Py_END_ALLOW_THREADS
+  pyt_live.iterators--;
+  pyt_slide_release(self->slide);
 }
 
 PyObject *pyt_batches_new(pyt_slide *s, int64_t *xy, size_t n, int64_t width, int64_t height,
