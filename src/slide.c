@@ -179,7 +179,7 @@ static const char *file_kind(mode_t mode) {
     return "a character device";
   if (S_ISBLK(mode))
     return "a block device";
-  return "not a regular file";
+  return "a special file";
 }
 
 static tessera_status open_file(tessera_slide *s, const char *path) {

@@ -112,7 +112,7 @@ class CuImage(_tessera.Slide):
 
     def __init__(self, path, **limits):
         super().__init__(path, **limits)
-        self._abspath = _absolute(self.path)  # the working directory now is the one opened in
+        self._abspath = _absolute(self.path)  # against the working directory it was opened in
         self._levels = [self.level_info(i) for i in range(self.level_count)]
         self._limits = limits
 
