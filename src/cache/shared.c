@@ -80,7 +80,7 @@
 #include "error.h"
 
 #define SEGMENT_MAGIC 0x3145484341435354ull /* "TSCACHE1" read little-endian */
-#define SEGMENT_VERSION 3u
+#define SEGMENT_VERSION 4u
 #define CHUNK_BYTES ((uint64_t)64 << 10)
 #define NIL UINT32_MAX
 #define MAX_USERS 1024
