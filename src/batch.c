@@ -46,8 +46,8 @@ struct job {
 struct slot {
   tessera_batch pub; /* first, so a released tessera_batch leads back here */
   struct tessera_batch_iter *it;
-  uint8_t *data;               /* batch_size patches */
-  uint64_t *indices;           /* batch_size entries */
+  uint8_t *data;               /* batch_cap patches */
+  uint64_t *indices;           /* batch_cap entries */
   struct tsr_canvas *canvases; /* one per patch; set when scheduled, then read-only */
   size_t pending;              /* destinations not yet painted; guarded by it->lock */
   struct tsr_failure failure;  /* the first tile that failed; guarded by it->lock */
@@ -184,8 +184,8 @@ static struct slot *take_slot(struct tessera_batch_iter *it) {
     return NULL;
   sl->it = it;
   sl->data = tsr_malloc(it->L.batch_bytes);
-  sl->indices = tsr_malloc(it->L.batch_size * sizeof *sl->indices);
-  sl->canvases = tsr_malloc(it->L.batch_size * sizeof *sl->canvases);
+  sl->indices = tsr_malloc(it->L.batch_cap * sizeof *sl->indices);
+  sl->canvases = tsr_malloc(it->L.batch_cap * sizeof *sl->canvases);
   if (!sl->data || !sl->indices || !sl->canvases) {
     free_slot(sl);
     return NULL;
@@ -518,9 +518,10 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   tessera_status st = check_options(&o);
   if (st != TESSERA_OK)
     return st;
+  size_t batch_cap = n < (size_t)o.batch_size ? n : (size_t)o.batch_size;
   size_t patch_bytes, batch_bytes, xy_bytes, order_bytes;
   if (!tsr_mul3((size_t)width, (size_t)height, (size_t)o.channels, &patch_bytes) ||
-      !tsr_mul2(patch_bytes, (size_t)o.batch_size, &batch_bytes) ||
+      !tsr_mul2(patch_bytes, batch_cap, &batch_bytes) ||
       !tsr_mul3(n, 2, sizeof(int64_t), &xy_bytes) || !tsr_mul2(n, sizeof(uint64_t), &order_bytes))
     return tsr_error(TESSERA_E_ARGUMENT, "batches of %d patches of %lldx%lld are too large",
                      o.batch_size, (long long)width, (long long)height);
@@ -536,6 +537,7 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
       .fill = (uint8_t)(o.fill < 0 ? s->background : o.fill),
       .n = n,
       .batch_size = (size_t)o.batch_size,
+      .batch_cap = batch_cap,
       .nbatches = o.drop_last ? n / (size_t)o.batch_size
                               : (n + (size_t)o.batch_size - 1) / (size_t)o.batch_size,
       .patch_bytes = patch_bytes,
@@ -575,7 +577,7 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   size_t per_patch = (size_t)((width + lv->tile_w - 1) / lv->tile_w + 1) *
                      (size_t)((height + lv->tile_h - 1) / lv->tile_h + 1);
   size_t queued;
-  if (!tsr_mul3(per_patch, it->L.batch_size, it->ring_size, &queued))
+  if (!tsr_mul3(per_patch, it->L.batch_cap, it->ring_size, &queued))
     queued = TSR_MAX_TABLE;
   it->table_size = table_size_for(queued);
   pthread_mutex_init(&it->lock, NULL);

@@ -19,9 +19,12 @@ struct tsr_batch_layout {
   unsigned channels;
   uint8_t fill;
   size_t n, batch_size, nbatches;
+  /* Patches a batch buffer holds: batch_size, or n when fewer (a huge batch_size over a few
+   * locations must not reserve memory for patches that do not exist). */
+  size_t batch_cap;
   int64_t *xy;     /* 2n level-0 coordinates (owned) */
   uint64_t *order; /* the visiting order of the n locations (owned) */
-  size_t patch_bytes, batch_bytes;
+  size_t patch_bytes, batch_bytes; /* batch_bytes: batch_cap patches */
   unsigned workers;       /* num_workers */
   size_t prefetch_factor; /* as asked (>= 1) */
   int32_t device_id;

@@ -41,6 +41,7 @@ class OpenOptions(ctypes.Structure):
         ("max_dimension", ctypes.c_int64),
         ("max_tile_bytes", ctypes.c_uint64),
         ("max_decoded_tile_bytes", ctypes.c_uint64),
+        ("max_read_bytes", ctypes.c_uint64),
     ]
 
 

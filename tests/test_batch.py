@@ -891,10 +891,11 @@ def touches(lx, ly, w, h, box, tw=128, th=128):
 def test_batch_without_memory_is_skipped(paths, lib):
     """A batch whose buffer cannot be allocated fails with E_NOMEM and is skipped, like a
     batch with a bad tile: the next call goes on (here: to the end), never retrying forever."""
-    s = open_cached(paths("generic-jpeg-ycbcr-128tiles.tiff"))
+    s = T.open_slide(paths("generic-jpeg-ycbcr-128tiles.tiff"),
+                     T.open_options(max_read_bytes=2 ** 64 - 1))
     locs = np.array([[0, 0], [10, 10], [20, 20]], dtype=np.int64)
-    # 2^31-1 patches of 1000 x 1000 RGB per batch: ~6 PB, which no machine can allocate.
-    st, msg, it = s.batch_iter_status(locs, (1000, 1000), 0, batch_size=2 ** 31 - 1)
+    # 3 patches of 2^24 x 2^24 RGB: ~2.5 PB, more than any address space holds.
+    st, msg, it = s.batch_iter_status(locs, (2 ** 24, 2 ** 24), 0, batch_size=3)
     assert st == T.OK, msg
     try:
         assert it.length() == 1
@@ -904,6 +905,43 @@ def test_batch_without_memory_is_skipped(paths, lib):
         assert st == T.OK and b is None, (st, msg)
     finally:
         it.destroy()
+
+
+def _vm_peak_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmPeak:"):
+                return int(line.split()[1]) // 1024
+    raise AssertionError("no VmPeak in /proc/self/status")
+
+
+def _few_locations_child(path, workers):
+    """Run in a child process by test_buffers_sized_by_the_patches_there_are: the growth of
+    the process's peak address space while a huge batch size runs over two locations."""
+    s = T.open_slide(path)
+    locs = [[0, 0], [300, 300]]
+    # The same iterator with batch_size 2 first, so the threads, their malloc arenas and the
+    # tile buffers exist before the peak is taken.
+    for _ in s.batches(locs, (224, 224), batch_size=2, num_workers=workers):
+        pass
+    before = _vm_peak_mib()
+    counts = [a.shape[0] for a, _ in s.batches(locs, (224, 224), batch_size=40000,
+                                               num_workers=workers, prefetch_factor=4)]
+    grown = _vm_peak_mib() - before
+    s.close()
+    print(json.dumps({"grown": grown, "counts": counts}))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_buffers_sized_by_the_patches_there_are(paths, lib, num_workers):
+    """Batch buffers hold min(batch_size, n) patches: batch_size 40000 over 2 locations of
+    224 x 224 used to reserve 40000 patches (5.9 GB) per buffer. Measured as the growth of the
+    child's peak address space (VmPeak: malloc'd memory never touched does not show in RSS),
+    against a bound far below one such buffer; one child per case, as VmPeak never falls."""
+    out = run_child("_few_locations_child", paths("generic-jpeg-ycbcr-128tiles.tiff"),
+                    num_workers)
+    assert out["counts"] == [2], out
+    assert out["grown"] < 512, out
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -212,6 +212,29 @@ def test_device_memory_flat_and_freed():
     assert out.split() == ["ok", "0"]
 
 
+def test_device_buffers_sized_by_the_patches_there_are():
+    """A huge batch_size over two locations allocates buffers for two patches, on the device
+    and in pinned host memory (one patch inside the level, made on the GPU; one over its edge,
+    painted on the CPU and staged in pinned memory): 40000 of 224 x 224 used to be 6 GB each."""
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        base, pinned = sim.sim_device_bytes(), sim.sim_pinned_bytes()
+        sim.sim_device_peak.restype = ctypes.c_size_t
+        for workers in (0, 2):
+            batches = list(img.read_region([[0, 0], [-10, -10]], (224, 224), batch_size=40000,
+                                           num_workers=workers, prefetch_factor=4,
+                                           device="cuda"))
+            assert [b.shape for b in batches] == [(2, 224, 224, 3)], batches
+            held_pinned = sim.sim_pinned_bytes() - pinned
+            del batches
+            gc.collect()
+            print((sim.sim_device_peak() - base) >> 20, held_pinned >> 20)
+    """.replace("SLIDE", repr(YCBCR)))
+    for line in out.split("\n")[:-1]:
+        device_mib, pinned_mib = map(int, line.split())
+        assert device_mib < 64 and pinned_mib < 64, out
+
+
 @pytest.mark.parametrize("env,expected", [
     ({}, "nvjpeg-default"),
     ({"SIM_NVJPEG_HARDWARE": "1"}, "nvjpeg-hardware"),

@@ -47,16 +47,16 @@ struct gslot {
   struct gpu_iter *it;
   struct gslot *all;  /* every slot of the iterator, for freeing */
   struct gslot *next; /* free list; guarded by it->lock */
-  uint8_t *dev;       /* the batch: batch_bytes of device memory */
+  uint8_t *dev;       /* the batch: batch_bytes (batch_cap patches) of device memory */
   uint8_t *dev_rgb;   /* channels 4: the GPU's patches as RGB first (device); else NULL */
   uint8_t *tiles;     /* tile_cap decoded tiles (device) */
   uint8_t *host;      /* batch_bytes of pinned memory for patches painted on the CPU */
   uint8_t *staging;   /* pinned: whole JPEG streams of the chunk being decoded */
   size_t staging_cap;
   uint64_t *indices;
-  struct tsr_canvas *canvases;        /* batch_size */
-  const struct tsr_canvas **painting; /* batch_size: the canvases one CPU tile paints */
-  bool *on_cpu;                       /* batch_size */
+  struct tsr_canvas *canvases;        /* batch_cap */
+  const struct tsr_canvas **painting; /* batch_cap: the canvases one CPU tile paints */
+  bool *on_cpu;                       /* batch_cap */
   struct pair *pairs;
   size_t pairs_cap;
   /* tile_cap each: the chunk's tiles and what nvJPEG is given. */
@@ -253,7 +253,7 @@ static void free_slot(struct gpu_iter *it, struct gslot *sl) {
 /* Allocates a slot's buffers (device current, lock held). */
 static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
   const struct tsr_cudart *rt = &it->cuda->rt;
-  size_t b = it->L.batch_size, cap = it->tile_cap;
+  size_t b = it->L.batch_cap, cap = it->tile_cap;
   sl->indices = tsr_malloc(b * sizeof *sl->indices);
   sl->canvases = tsr_malloc(b * sizeof *sl->canvases);
   sl->painting = tsr_malloc(b * sizeof *sl->painting);
@@ -695,7 +695,7 @@ tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tesser
     size_t per_patch = (size_t)((L.width + lv->tile_w - 1) / lv->tile_w + 1) *
                        (size_t)((L.height + lv->tile_h - 1) / lv->tile_h + 1);
     size_t most;
-    if (!tsr_mul2(per_patch, L.batch_size, &most) || most > lv->ntiles)
+    if (!tsr_mul2(per_patch, L.batch_cap, &most) || most > lv->ntiles)
       most = (size_t)lv->ntiles;
     size_t budget = tsr_gpu_tile_budget / tile_bytes;
     it->tile_cap = most < budget ? most : budget;
