@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "budget.h"
 #include "cache/cache.h"
 #include "error.h"
 #include "pool.h"
@@ -154,6 +155,15 @@ static void put_tile(const struct tsr_pixel_format *f, const struct span *tile,
   }
 }
 
+/* Gives back a reservation of the decode budget, after the buffers grown beyond what a thread
+ * keeps (a huge tile's) are freed: the budget bounds memory, not just decoding. */
+static void budget_done(struct tsr_tile_buffers *b, uint64_t reserved) {
+  if (reserved == 0)
+    return;
+  tsr_tile_buffers_trim(b);
+  tsr_budget_release(reserved);
+}
+
 /* Paints from the process's tile cache, decoding the whole tile into it on a miss. Returns
  * false (painting nothing) when the cache cannot take the tile: the caller reads it as if
  * there were no cache. */
@@ -182,7 +192,11 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
     struct tsr_tile_rect whole = {
         0, 0, (uint32_t)(tile->x1 - tile->x0), (uint32_t)(tile->y1 - tile->y0), a.load, stride};
     bool missing;
+    /* Decoded into the cache's memory, through a whole tile of scratch for some codecs. */
+    uint64_t scratch = tsr_tile_decode_bytes(lv);
+    tsr_budget_reserve(scratch);
     *st = tsr_tile_read(s, level, index, &whole, b, &missing);
+    budget_done(b, scratch);
     if (*st != TESSERA_OK) {
       tsr_cache_abandon(cache, &a);
       return true;
@@ -224,21 +238,30 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
   struct tsr_tile_rect rect = {(uint32_t)(u.x0 - tile.x0), (uint32_t)(u.y0 - tile.y0),
                                (uint32_t)(u.x1 - u.x0), (uint32_t)(u.y1 - u.y0)};
   bool direct = n == 1 && takes_decoded(canvases[0], f);
+  /* The decoded part of the tile, unless it goes straight into the canvas, and the codec's
+   * scratch; a tile the file leaves out decodes nothing. */
+  uint64_t reserved = 0;
+  if ((lv->offsets[index] != 0 || lv->blob) && lv->bytecounts[index] != 0)
+    reserved = (direct ? 0 : (uint64_t)rect.w * rect.h * f->decoded_channels) +
+               tsr_tile_decode_bytes(lv);
+  tsr_budget_reserve(reserved);
   if (direct) {
     rect.dst = canvas_at(canvases[0], u.x0, u.y0);
     rect.stride = canvases[0]->stride;
   } else {
     rect.stride = (size_t)rect.w * f->decoded_channels;
-    if (!tsr_scratch_reserve(&b->rect, rect.stride * rect.h))
+    if (!tsr_scratch_reserve(&b->rect, rect.stride * rect.h)) {
+      tsr_budget_release(reserved);
       return tsr_error(TESSERA_E_NOMEM, "out of memory for a %ux%u part of a tile", rect.w, rect.h);
+    }
     rect.dst = b->rect.data;
   }
   bool missing;
   st = tsr_tile_read(s, level, index, &rect, b, &missing);
-  if (st != TESSERA_OK || (direct && !missing))
-    return st;
-  put_tile(f, &tile, &u, rect.dst, rect.stride, NULL, missing, canvases, n);
-  return TESSERA_OK;
+  if (st == TESSERA_OK && !(direct && !missing))
+    put_tile(f, &tile, &u, rect.dst, rect.stride, NULL, missing, canvases, n);
+  budget_done(b, reserved);
+  return st;
 }
 
 /* The tiles of one region, shared by the caller and the pool workers helping it. Tiles are

@@ -73,6 +73,10 @@ size_t tsr_tile_buffer_size(const struct tsr_level *lv) {
   return tsr_mul3(lv->tile_w, lv->tile_h, lv->fmt.decoded_channels, &n) ? n : 0;
 }
 
+size_t tsr_tile_decode_bytes(const struct tsr_level *lv) {
+  return tsr_codec_crops(lv->fmt.compression) ? 0 : tsr_tile_buffer_size(lv);
+}
+
 /* count bytes of a tile at offset, from the file (within max_tile_bytes and the file's size)
  * or from the image held in memory (lv->blob: small associated images, read rarely), into dst,
  * which holds them, or into scratch (grown to hold them) when dst is NULL. */

@@ -41,6 +41,11 @@ void tsr_tile_extent(const struct tsr_level *lv, uint64_t index, int64_t *x, int
 /* Bytes a decoded tile of lv occupies (tile_w x tile_h x decoded channels); 0 on overflow. */
 size_t tsr_tile_buffer_size(const struct tsr_level *lv);
 
+/* Bytes of scratch that decoding a tile of lv allocates besides its destination: a whole
+ * decoded tile for codecs that cannot decode part of one, 0 for those that decode straight
+ * into the destination. */
+size_t tsr_tile_decode_bytes(const struct tsr_level *lv);
+
 /* Tiles read from the file so far by this process (missing tiles not counted), for tests that
  * check a tile needed by several patches is read once. */
 uint64_t tsr_tile_reads(void);

@@ -4,10 +4,12 @@ tiffwrite.py. The rule: a tile whose image is not the tile's size is an error, d
 its header before anything is decoded; a tile the tags describe correctly reads like libvips.
 """
 
+import json
 import os
 import resource
 import struct
 import subprocess
+import sys
 
 import pytest
 
@@ -203,3 +205,64 @@ def test_valid_tiffs_tessera_does_not_read_fail_with_a_message_naming_why(work, 
     r = subprocess.run([cli, "read", path, "--location", "0,0", "--size", "8,8", "--output",
                         path + ".png"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1 and expect in r.stderr and path in r.stderr, r.stderr
+
+
+BOMB_CHILD = r"""
+import ctypes, json, resource, sys, threading
+sys.path.insert(0, HERE)
+import numpy as np
+import tessera_ctypes as T
+
+lib = T.load()
+lib.tessera_decode_budget_set.argtypes = [ctypes.c_uint64]
+lib.tessera_decode_budget_get.restype = ctypes.c_uint64
+assert lib.tessera_decode_budget_set(BUDGET) == T.OK, T.error_message()
+assert lib.tessera_decode_budget_get() == BUDGET
+s = T.open_slide(PATH)
+info = s.level_info(0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = threading.Barrier(4)
+got, errors = {}, []
+
+def reader(k):
+    start.wait()
+    for r in range(3):
+        try:
+            got[k, r] = s.read_region((k % 2) * info.tile_width + 8 * r, 8 * k, 0, 16, 16)
+        except T.TesseraError as e:
+            errors.append(str(e))
+
+threads = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join(120)
+    assert not t.is_alive(), "a reader did not finish within 120 s"
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10
+same = all(np.array_equal(a, s.read_region((k % 2) * info.tile_width + 8 * r, 8 * k, 0, 16, 16))
+           for (k, r), a in got.items())
+print(json.dumps({"grown_mib": grown, "errors": errors, "reads": len(got), "same": same}))
+"""
+
+
+def test_deflate_bomb_read_by_threads_stays_within_the_decode_budget(work, lib):
+    """A deflate bomb (two 8192 x 4096 RGB tiles of zeros, 96 MiB each decoded, about 200 KB
+    on disk) read by 4 threads at once: each thread decodes a whole tile into its own scratch,
+    so the process used to hold 4 tiles (~384 MiB). Under a 128 MiB process-wide decode budget
+    one tile is decoded at a time: the peak RSS of the child grows by less than the budget and
+    a margin. The reads' pixels equal the same reads made one at a time."""
+    tifffile = pytest.importorskip("tifffile")
+    np = pytest.importorskip("numpy")
+    path = os.path.join(work[0], "deflate-bomb.tif")
+    tifffile.imwrite(path, np.zeros((4096, 16384, 3), np.uint8), tile=(4096, 8192),
+                     compression="zlib", photometric="rgb")
+    assert os.path.getsize(path) < 1 << 20
+    budget = 128 << 20
+    code = (BOMB_CHILD.replace("HERE", repr(os.path.dirname(os.path.abspath(__file__))))
+            .replace("BUDGET", str(budget)).replace("PATH", repr(path)))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["errors"] == [] and out["reads"] == 12 and out["same"], out
+    assert out["grown_mib"] < (budget >> 20) + 64, out

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "alloc.h"
+#include "budget.h"
 #include "check.h"
 #include "damage.h"
 #include "tessera.h"
@@ -602,6 +603,122 @@ static void test_fork_with_iterator_in_flight(const char *dir) {
   tessera_close(s);
 }
 
+/* Reads level `level` of s whole with 4 workers into a new buffer (NULL on failure). */
+static uint8_t *read_whole(tessera_slide *s, int32_t level, size_t *size) {
+  struct level_size ls = level_size(s, level);
+  *size = (size_t)(ls.w * ls.h * 3);
+  uint8_t *buf = malloc(*size);
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  o.num_workers = 4;
+  tessera_status st = tessera_read_level(s, level, &o, buf, *size);
+  CHECK(st == TESSERA_OK, "read level %d: %s", level, tessera_error_message());
+  if (st != TESSERA_OK) {
+    free(buf);
+    return NULL;
+  }
+  return buf;
+}
+
+struct holder {
+  pthread_mutex_t lock;
+  pthread_cond_t changed;
+  int state; /* 0 starting, 1 holding the whole budget, 2 told to let go */
+};
+
+static void *hold_budget(void *arg) {
+  struct holder *h = arg;
+  tsr_budget_reserve(tessera_decode_budget_get());
+  pthread_mutex_lock(&h->lock);
+  h->state = 1;
+  pthread_cond_broadcast(&h->changed);
+  while (h->state != 2)
+    pthread_cond_wait(&h->changed, &h->lock);
+  pthread_mutex_unlock(&h->lock);
+  tsr_budget_release(tessera_decode_budget_get());
+  return NULL;
+}
+
+/* The process-wide decode budget: reads with 4 workers never hold more decoded scratch at
+ * once than it allows (zstd decodes whole 1024 x 1024 tiles: 3 MiB each), a tile larger than
+ * the whole budget is decoded alone rather than refused, batches of patches sharing tiles
+ * under a budget smaller than one tile finish (no wait closes a cycle), pixels stay those of
+ * the default budget, and a child forked while another thread holds the whole budget does
+ * not wait for that thread's release, which will never come there. */
+static void test_decode_budget(const char *dir) {
+  char path[4096];
+  tessera_slide *s = open_testdata(dir, "generic-zstd-1024tiles-pyramid.tiff", path, sizeof path);
+  if (!s)
+    return;
+  const uint64_t tile = 1024 * 1024 * 3, mib = 1 << 20;
+  uint64_t initial = tessera_decode_budget_get();
+  CHECK(initial == (uint64_t)1 << 30, "default decode budget %llu", (unsigned long long)initial);
+  CHECK(tessera_decode_budget_set(0) == TESSERA_E_ARGUMENT, "a budget of 0 accepted");
+  size_t size;
+  uint8_t *want = read_whole(s, 2, &size);
+  for (int k = 0; want && k < 2; k++) {
+    uint64_t budget = k == 0 ? 4 * mib : 1 * mib; /* room for one tile, then for none */
+    CHECK(tessera_decode_budget_set(budget) == TESSERA_OK, "set: %s", tessera_error_message());
+    CHECK(tessera_decode_budget_get() == budget, "get after set");
+    tsr_budget_peak_take();
+    uint8_t *got = read_whole(s, 2, &size);
+    uint64_t peak = tsr_budget_peak_take();
+    CHECK(got && memcmp(got, want, size) == 0, "budget %llu: pixels differ",
+          (unsigned long long)budget);
+    CHECK(peak == tile, "budget %llu: %llu bytes decoding at once, not one tile's %llu",
+          (unsigned long long)budget, (unsigned long long)peak, (unsigned long long)tile);
+    free(got);
+  }
+  /* Patches sharing tiles: each tile is decoded into scratch and copied to several. */
+  unsigned long long rng = 5;
+  size_t n = 40;
+  int64_t *xy = random_locations(s, 2, n, 300, 300, &rng);
+  tessera_batch_options bo;
+  tessera_batch_options_init(&bo);
+  bo.batch_size = 8;
+  bo.num_workers = 4;
+  tessera_batch_iter *it = NULL;
+  CHECK(tessera_batch_iter_create(s, xy, n, 300, 300, 2, &bo, &it) == TESSERA_OK, "create: %s",
+        tessera_error_message());
+  int bad = 0;
+  for (tessera_batch *b; it && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;) {
+    for (size_t p = 0; p < b->count; p++)
+      bad += check_patch(s, 2, &xy[2 * b->indices[p]], 300, 300, 3, -1,
+                         b->data + p * 300 * 300 * 3);
+    tessera_batch_release(b);
+  }
+  tessera_batch_iter_destroy(it);
+  CHECK(bad == 0, "%d patches differ under a budget smaller than a tile", bad);
+  free(xy);
+  /* fork() while another thread holds the whole budget. */
+  struct holder h = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+  pthread_t t;
+  pthread_create(&t, NULL, hold_budget, &h);
+  pthread_mutex_lock(&h.lock);
+  while (h.state != 1)
+    pthread_cond_wait(&h.changed, &h.lock);
+  pthread_mutex_unlock(&h.lock);
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(120); /* a child waiting for the parent's reservation would wait forever */
+    size_t child_size;
+    uint8_t *got = read_whole(s, 2, &child_size);
+    _exit(got && want && memcmp(got, want, size) == 0 ? 0 : 1);
+  }
+  int status = 0;
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait failed");
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "the child forked while the budget was held failed (status %d)", status);
+  pthread_mutex_lock(&h.lock);
+  h.state = 2;
+  pthread_cond_broadcast(&h.changed);
+  pthread_mutex_unlock(&h.lock);
+  pthread_join(t, NULL);
+  tessera_decode_budget_set(initial);
+  free(want);
+  tessera_close(s);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   DIR *d = opendir(dir);
@@ -626,5 +743,6 @@ int main(int argc, char **argv) {
   test_release_races_destroy(dir);
   test_no_starvation(dir);
   test_fork_with_iterator_in_flight(dir);
+  test_decode_budget(dir);
   return check_finish("test_batch");
 }
