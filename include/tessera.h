@@ -89,8 +89,9 @@ typedef struct tessera_open_options {
   uint64_t max_decoded_tile_bytes; /* largest decoded tile or strip; 1 GiB */
   uint64_t max_read_bytes;         /* largest output of one read: a region, level or
                                       associated image (width x height x channels), or the
-                                      buffers of a batch iterator (batch bytes x
-                                      (prefetch_factor + 1)); 4 GiB. Guards callers that size
+                                      buffers of a batch iterator (min(batch_size, n) patches
+                                      x (prefetch_factor + 1), with the memory that scheduling
+                                      their tiles takes); 4 GiB. Guards callers that size
                                       their buffers from a level's dimensions (a hostile file
                                       may declare 2^24 x 2^24). */
 } tessera_open_options;
@@ -234,7 +235,10 @@ TESSERA_API tessera_status tessera_read_associated_image(tessera_slide *slide, c
  * the same order on every platform); each is one contiguous N x height x width x channels
  * buffer; the last is short unless drop_last. Up to prefetch_factor batches are decoded ahead.
  * The unit of work is a tile: a tile needed by several patches in flight is read and decoded
- * once; a patch needing only part of a JPEG tile decodes only that part.
+ * once; a patch needing only part of a JPEG tile decodes only that part. Tiles of a few pixels
+ * (TIFF asks for multiples of 16; tessera reads others, as libtiff does), whose scheduling
+ * would cost more memory than the patches' pixels, are read patch by patch instead: slowly
+ * (a tile shared by patches is read for each), in memory bounded by the patches.
  */
 
 typedef struct tessera_batch_options {

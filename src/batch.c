@@ -32,7 +32,8 @@ struct dest {
   uint32_t patch;
 };
 
-/* One tile to read and paint into its destinations. While queued it belongs to the iterator
+/* One tile to read and paint into its destinations (with by_patch: one patch, whose tiles
+ * are painted one after another; `tile` is then unused). While queued it belongs to the iterator
  * (guarded by its lock); once a runner takes it off the queue, to that runner alone. */
 struct job {
   uint64_t tile;
@@ -43,6 +44,16 @@ struct job {
 };
 
 /* A batch buffer and what is known about the batch it holds. */
+/* The least memory scheduling one tile for one patch costs: a job and the smallest lists of
+ * destinations and canvases it carries (the table's slots and malloc's headers come on top). */
+#define TSR_JOB_BYTES                                                                              \
+  (sizeof(struct job) + 4 * (sizeof(struct dest) + sizeof(const struct tsr_canvas *)))
+
+/* Scheduling a patch tile by tile may always cost this much, so that small patches share the
+ * tiles of scanner files (256 x 256 and the like) with the patches beside them; beyond it, and
+ * beyond the patch's own pixels, tiles are too small to be worth it (by_patch). */
+#define TSR_SCHEDULE_FLOOR ((size_t)64 << 10)
+
 struct slot {
   tessera_batch pub; /* first, so a released tessera_batch leads back here */
   struct tessera_batch_iter *it;
@@ -285,6 +296,21 @@ void tsr_batch_layout_free(struct tsr_batch_layout *l) {
   l->order = NULL;
 }
 
+/* Queues a job painting all of patch p (by_patch). */
+static tessera_status need_patch(struct tessera_batch_iter *it, struct slot *sl, uint32_t patch) {
+  struct job *j = take_job(it, 0);
+  if (!j)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
+  if (!add_dest(j, sl, patch)) {
+    j->next = it->free_jobs;
+    it->free_jobs = j;
+    return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
+  }
+  sl->pending++;
+  enqueue(it, j);
+  return TESSERA_OK;
+}
+
 /* Lays out batch `number` in a slot and queues its tiles. */
 static tessera_status schedule(struct tessera_batch_iter *it, size_t number) {
   struct slot *sl = take_slot(it);
@@ -315,6 +341,14 @@ static tessera_status schedule(struct tessera_batch_iter *it, size_t number) {
     int64_t tx0, ty0, tx1, ty1;
     if (!tsr_canvas_fill_outside(c, lv) || !tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
       continue;
+    if (it->L.by_patch) {
+      tessera_status st = need_patch(it, sl, (uint32_t)p);
+      if (st != TESSERA_OK) {
+        tsr_failure_keep(&sl->failure, st);
+        return TESSERA_OK;
+      }
+      continue;
+    }
     for (int64_t ty = ty0; ty <= ty1; ty++) {
       for (int64_t tx = tx0; tx <= tx1; tx++) {
         tessera_status st =
@@ -351,8 +385,13 @@ static void run_job(struct tessera_batch_iter *it, struct job *j) {
   for (size_t i = 0; i < j->n; i++)
     j->canvases[i] = &j->dests[i].slot->canvases[j->dests[i].patch];
   struct tsr_tile_buffers *b = tsr_tile_buffers_get();
-  tessera_status st = b ? tsr_paint_tile(it->L.s, it->L.level, j->tile, j->canvases, j->n, b)
-                        : tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
+  tessera_status st;
+  if (!b)
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
+  else if (it->L.by_patch)
+    st = tsr_paint_canvas(it->L.s, it->L.level, j->canvases[0], b);
+  else
+    st = tsr_paint_tile(it->L.s, it->L.level, j->tile, j->canvases, j->n, b);
   if (b)
     tsr_tile_buffers_trim(b);
   pthread_mutex_lock(&it->lock);
@@ -472,9 +511,10 @@ static size_t table_size_for(size_t jobs) {
 }
 
 /* The buffers an iterator fills at once (one, plus prefetch_factor ahead with workers), each
- * as large as a batch can be for n locations, within the slide's max_read_bytes. */
+ * as large as a batch can be for n locations, with the memory that scheduling their patches
+ * takes (patch_overhead each), within the slide's max_read_bytes. */
 static tessera_status check_read_bytes(const tessera_slide *s, const tessera_batch_options *o,
-                                       size_t n, size_t patch_bytes) {
+                                       size_t n, size_t patch_bytes, size_t patch_overhead) {
   size_t per_batch = n < (size_t)o->batch_size ? n : (size_t)o->batch_size;
   /* The CUDA iterator prepares prefetch_factor batches ahead even without workers. */
   bool ahead = o->num_workers > 0 || o->device == TESSERA_DEVICE_CUDA;
@@ -483,11 +523,12 @@ static tessera_status check_read_bytes(const tessera_slide *s, const tessera_bat
   if (buffers > nbatches + 1)
     buffers = nbatches + 1;
   size_t total;
-  if (!tsr_mul3(per_batch, patch_bytes, buffers, &total) || total > s->limits.max_read_bytes)
+  if (__builtin_add_overflow(patch_bytes, patch_overhead, &total) ||
+      !tsr_mul3(per_batch, total, buffers, &total) || total > s->limits.max_read_bytes)
     return tsr_error(TESSERA_E_LIMIT,
-                     "%zu batch buffers of %zu patches of %zu bytes are over the limit of %llu "
-                     "bytes for one read (max_read_bytes)",
-                     buffers, per_batch, patch_bytes,
+                     "%zu batch buffers of %zu patches of %zu bytes (and %zu bytes each to "
+                     "schedule) are over the limit of %llu bytes for one read (max_read_bytes)",
+                     buffers, per_batch, patch_bytes, patch_overhead,
                      (unsigned long long)s->limits.max_read_bytes);
   return TESSERA_OK;
 }
@@ -525,7 +566,16 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
       !tsr_mul3(n, 2, sizeof(int64_t), &xy_bytes) || !tsr_mul2(n, sizeof(uint64_t), &order_bytes))
     return tsr_error(TESSERA_E_ARGUMENT, "batches of %d patches of %lldx%lld are too large",
                      o.batch_size, (long long)width, (long long)height);
-  if ((st = check_read_bytes(s, &o, n, patch_bytes)) != TESSERA_OK)
+  /* Tiles a patch overlaps at most (each side's count is at most 2^31 + 1: no overflow). */
+  const struct tsr_level *lv = &s->levels[level];
+  size_t per_patch = (size_t)((width + lv->tile_w - 1) / lv->tile_w + 1) *
+                     (size_t)((height + lv->tile_h - 1) / lv->tile_h + 1);
+  size_t tile_jobs;
+  bool by_patch = !tsr_mul2(per_patch, TSR_JOB_BYTES, &tile_jobs) ||
+                  (tile_jobs > patch_bytes && tile_jobs > TSR_SCHEDULE_FLOOR);
+  size_t overhead = sizeof(struct tsr_canvas) + sizeof(uint64_t) +
+                    (by_patch ? TSR_JOB_BYTES : tile_jobs);
+  if ((st = check_read_bytes(s, &o, n, patch_bytes, overhead)) != TESSERA_OK)
     return st;
   struct tsr_batch_layout L = {
       .cuda = o.device == TESSERA_DEVICE_CUDA,
@@ -542,6 +592,7 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
                               : (n + (size_t)o.batch_size - 1) / (size_t)o.batch_size,
       .patch_bytes = patch_bytes,
       .batch_bytes = batch_bytes,
+      .by_patch = by_patch,
       .workers = (unsigned)o.num_workers,
       .prefetch_factor = (size_t)o.prefetch_factor,
       .device_id = o.device_id,
@@ -572,12 +623,9 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   if (it->ahead > it->L.nbatches)
     it->ahead = it->L.nbatches; /* never more slots than batches */
   it->ring_size = it->ahead + 1;
-  /* Tiles per patch at most, times the patches that can be queued at once. */
-  const struct tsr_level *lv = &s->levels[level];
-  size_t per_patch = (size_t)((width + lv->tile_w - 1) / lv->tile_w + 1) *
-                     (size_t)((height + lv->tile_h - 1) / lv->tile_h + 1);
+  /* Jobs per patch at most, times the patches that can be queued at once. */
   size_t queued;
-  if (!tsr_mul3(per_patch, it->L.batch_cap, it->ring_size, &queued))
+  if (!tsr_mul3(by_patch ? 1 : per_patch, it->L.batch_cap, it->ring_size, &queued))
     queued = TSR_MAX_TABLE;
   it->table_size = table_size_for(queued);
   pthread_mutex_init(&it->lock, NULL);

@@ -25,6 +25,10 @@ struct tsr_batch_layout {
   int64_t *xy;     /* 2n level-0 coordinates (owned) */
   uint64_t *order; /* the visiting order of the n locations (owned) */
   size_t patch_bytes, batch_bytes; /* batch_bytes: batch_cap patches */
+  /* Tiles so small (a few pixels) that scheduling each for every patch would cost more memory
+   * than the patches' pixels: each patch is instead painted tile after tile by one piece of
+   * work, as a region is (tsr_paint_canvas), without the bookkeeping of sharing tiles. */
+  bool by_patch;
   unsigned workers;       /* num_workers */
   size_t prefetch_factor; /* as asked (>= 1) */
   int32_t device_id;

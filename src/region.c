@@ -264,6 +264,23 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
   return st;
 }
 
+tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
+                                struct tsr_tile_buffers *b) {
+  const struct tsr_level *lv = &s->levels[level];
+  int64_t tx0, ty0, tx1, ty1;
+  if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
+    return TESSERA_OK;
+  for (int64_t ty = ty0; ty <= ty1; ty++) {
+    for (int64_t tx = tx0; tx <= tx1; tx++) {
+      tessera_status st = tsr_paint_tile(s, level, (uint64_t)ty * lv->across + (uint64_t)tx, &c,
+                                         1, b);
+      if (st != TESSERA_OK)
+        return st;
+    }
+  }
+  return TESSERA_OK;
+}
+
 /* The tiles of one region, shared by the caller and the pool workers helping it. Tiles are
  * claimed through `next` without a lock; each lands in its own part of the canvas. The job
  * lives on the heap and is freed by the last of the caller and its helper tasks to let go:

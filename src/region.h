@@ -37,4 +37,9 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
                               const struct tsr_canvas *const *canvases, size_t n,
                               struct tsr_tile_buffers *b);
 
+/* Paints every tile the canvas overlaps, one after another in the calling thread, with no
+ * memory per tile; stops at the first tile that fails. */
+tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
+                                struct tsr_tile_buffers *b);
+
 #endif

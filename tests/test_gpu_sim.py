@@ -235,6 +235,33 @@ def test_device_buffers_sized_by_the_patches_there_are():
         assert device_mib < 64 and pinned_mib < 64, out
 
 
+def test_tiny_tiles_on_cuda(tmp_path):
+    """Tiles of a pixel or two are painted patch by patch on the CPU and copied (nothing per
+    tile is listed): CUDA batches equal the CPU's, edges, outside and RGBA included."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from test_hostile import write_tiny_tiles
+    paths = []
+    for tile in (1, 2):
+        paths.append(str(tmp_path / ("tiny-%d.tif" % tile)))
+        write_tiny_tiles(paths[-1], 200, tile)
+    out = run_checks("""
+        rng = np.random.default_rng(3)
+        for path in PATHS:
+            img = CuImage(path)
+            locs = np.stack([rng.integers(-30, 210, 13), rng.integers(-30, 210, 13)], 1)
+            for k in range(2):
+                kw = dict(batch_size=5, num_workers=2 * k, channels=3 + k)
+                want = cpu_batches(img, locs, (57, 33), **kw)
+                got = gpu_batches(img, locs, (57, 33), **kw)
+                assert len(got) == len(want) == 3
+                assert all(np.array_equal(g, c) for g, c in zip(got, want)), (path, k)
+            with img.read_region([(0, 0)], (57, 33), device="cuda") as it:
+                assert it.decoder == "cpu+copy", it.decoder
+        print("ok", sim.sim_failures())
+    """.replace("PATHS", repr(paths)))
+    assert out.split() == ["ok", "0"]
+
+
 @pytest.mark.parametrize("env,expected", [
     ({}, "nvjpeg-default"),
     ({"SIM_NVJPEG_HARDWARE": "1"}, "nvjpeg-hardware"),

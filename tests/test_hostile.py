@@ -14,6 +14,7 @@ import sys
 import pytest
 
 import tessera_ctypes as T
+import tiffbytes as tb
 import wsi_fixtures as F
 import wsi_refs as R
 from tiffwrite import write_tiff
@@ -266,3 +267,108 @@ def test_deflate_bomb_read_by_threads_stays_within_the_decode_budget(work, lib):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["errors"] == [] and out["reads"] == 12 and out["same"], out
     assert out["grown_mib"] < (budget >> 20) + 64, out
+
+
+def write_tiny_tiles(path, side, tile=1):
+    """An uncompressed RGB side x side TIFF of tile x tile tiles (TIFF asks for multiples of
+    16; readers accept others, and so does tessera), of random pixels; returns them."""
+    np = pytest.importorskip("numpy")
+    img = np.random.default_rng(side).integers(0, 256, (side, side, 3), np.uint8)
+    tiles = [img[y:y + tile, x:x + tile].tobytes() for y in range(0, side, tile)
+             for x in range(0, side, tile)]
+    write_tiff(path, side, side, tile, tile, tiles, 1, RGB, 3)
+    return img
+
+
+TINY_CHILD = r"""
+import json, resource, sys
+sys.path.insert(0, HERE)
+import tessera_ctypes as T
+
+s = T.open_slide(PATH)
+# Threads and their tile buffers first, so the limit below is about the batch alone.
+for _ in s.batches([[0, 0]], (64, 64), batch_size=1, num_workers=2):
+    pass
+with open("/proc/self/status") as f:
+    size = [int(l.split()[1]) << 10 for l in f if l.startswith("VmSize:")][0]
+resource.setrlimit(resource.RLIMIT_AS, (size + (LIMIT_MIB << 20),) * 2)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+counts, error = [], None
+try:
+    for a, _ in s.batches([[0, 0], [1, 1], [2, 2], [3, 3]], (SIDE, SIDE), batch_size=2,
+                          num_workers=2):
+        counts.append(a.shape[0])
+except T.TesseraError as e:
+    error = str(e)
+grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10
+print(json.dumps({"counts": counts, "error": error, "grown_mib": grown}))
+"""
+
+
+def test_tiny_tiles_batches_cost_bounded_memory(work, lib):
+    """1 x 1 tiles: batches of whole-image patches used to schedule each tile of each patch (a
+    job of ~200 bytes for 3 bytes of pixels: ~800 MiB for four 1024 x 1024 patches), and under
+    an address-space limit glibc aborted the process. Such tiles are now painted patch by
+    patch without memory per tile: in a child under a 256 MiB address-space limit (beyond what
+    it holds before the batches), the batches come out and its peak RSS grows by far less
+    than the bookkeeping used to take."""
+    path = os.path.join(work[0], "tiny-tiles-1024.tif")
+    write_tiny_tiles(path, 1024)
+    code = (TINY_CHILD.replace("HERE", repr(os.path.dirname(os.path.abspath(__file__))))
+            .replace("PATH", repr(path)).replace("LIMIT_MIB", "256").replace("SIDE", "1024"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, "child exited %d: %s" % (r.returncode, r.stderr[-3000:])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["error"] is None and out["counts"] == [2, 2], out
+    assert out["grown_mib"] < 64, out
+
+
+def test_tiny_tiles_read_like_their_pixels(work, lib):
+    """Patches on tiles of 1 and 2 pixels (painted patch by patch) and of 5 (scheduled tile by
+    tile) equal the pixels written and single region reads, on the CPU with and without
+    workers; a tile past the end of the file fails just the batches that need it, naming it."""
+    np = pytest.importorskip("numpy")
+    for tile in (1, 2, 5):
+        path = os.path.join(work[0], "tiny-tiles-%d.tif" % tile)
+        img = write_tiny_tiles(path, 300, tile)
+        with T.open_slide(path) as s:
+            assert np.array_equal(s.read_region(0, 0, 0, 300, 300), img)
+            rng = np.random.default_rng(tile)
+            locs = np.stack([rng.integers(-40, 320, 23), rng.integers(-40, 320, 23)], 1)
+            for workers in (0, 2):
+                seen = 0
+                for a, idx in s.batches(locs, (71, 45), batch_size=4, num_workers=workers):
+                    for p, i in enumerate(idx):
+                        x, y = (int(v) for v in locs[i])
+                        assert np.array_equal(a[p], s.read_region(x, y, 0, 71, 45)), (tile, x, y)
+                        seen += 1
+                assert seen == 23
+    # Tile 1000 of the 1-pixel file (row 3, column 100) made to lie past the end of the file.
+    path = os.path.join(work[0], "tiny-tiles-1.tif")
+    with open(path, "rb") as f:
+        data = f.read()
+    data = tb.patch_value(data, tb.Tiff(data), 0, "TileOffsets", 1000, len(data) + 64)
+    bad = os.path.join(work[0], "tiny-tiles-1-bad.tif")
+    with open(bad, "wb") as f:
+        f.write(data)
+    with T.open_slide(bad) as s:
+        for workers in (0, 2):
+            it = T.Batches(s.batch_iter([[0, 0], [200, 200], [90, 0]], (20, 20), batch_size=1,
+                                        num_workers=workers))
+            assert next(it)[0].shape == (1, 20, 20, 3)
+            assert next(it)[0].shape == (1, 20, 20, 3)
+            with pytest.raises(T.TesseraError, match="tile 1000"):
+                next(it)
+            it.destroy()
+
+
+def test_scheduling_memory_counts_against_max_read_bytes(work, lib):
+    """The memory that scheduling a batch's tiles takes counts against max_read_bytes with its
+    pixels: an 8 x 8 patch (192 bytes) over 1-pixel tiles schedules 81 tiles, more than the
+    limit of 1000 bytes, and the iterator is refused saying so."""
+    path = os.path.join(work[0], "tiny-tiles-64.tif")
+    write_tiny_tiles(path, 64)
+    with T.open_slide(path, T.open_options(max_read_bytes=1000)) as s:
+        st, msg, it = s.batch_iter_status([[0, 0]], (8, 8), batch_size=1)
+        assert st == T.E_LIMIT and "schedule" in msg and "max_read_bytes" in msg, (st, msg)
+        assert s.read_region(0, 0, 0, 8, 8).shape == (8, 8, 3)

@@ -511,11 +511,12 @@ static tessera_status widen(struct gpu_iter *it, struct gslot *sl, size_t count)
 }
 
 /* The CPU's patches: painted as a CPU batch paints them, each tile decoded once for all the
- * patches that need it, then copied to their places (consecutive patches in one copy). */
+ * patches that need it (with by_patch, each patch's tiles one after another), then copied to
+ * their places (consecutive patches in one copy). */
 static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t count) {
   const struct tsr_cudart *rt = &it->cuda->rt;
   const struct tsr_level *lv = &it->L.s->levels[it->L.level];
-  size_t pb = it->L.patch_bytes, n = 0;
+  size_t pb = it->L.patch_bytes, n = 0, m = 0;
   bool any = false;
   for (size_t p = 0; p < count && !any; p++)
     any = sl->on_cpu[p];
@@ -534,7 +535,11 @@ static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t
       tsr_canvas_fill(c);
       continue;
     }
-    if (tsr_canvas_fill_outside(c, lv) && !add_patch_tiles(it, sl, &n, p))
+    if (!tsr_canvas_fill_outside(c, lv))
+      continue;
+    if (it->L.by_patch)
+      sl->painting[m++] = c; /* tiles too small to list: painted patch by patch below */
+    else if (!add_patch_tiles(it, sl, &n, p))
       return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
   }
   if (n > 1)
@@ -543,12 +548,14 @@ static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t
   if (!b)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
   tessera_status st = TESSERA_OK;
+  for (size_t i = 0; i < m && st == TESSERA_OK; i++)
+    st = tsr_paint_canvas(it->L.s, it->L.level, sl->painting[i], b);
   for (size_t i = 0; i < n && st == TESSERA_OK;) {
-    size_t m = 0;
+    size_t k = 0;
     uint64_t tile = sl->pairs[i].tile;
     for (; i < n && sl->pairs[i].tile == tile; i++)
-      sl->painting[m++] = &sl->canvases[sl->pairs[i].patch];
-    st = tsr_paint_tile(it->L.s, it->L.level, tile, sl->painting, m, b);
+      sl->painting[k++] = &sl->canvases[sl->pairs[i].patch];
+    st = tsr_paint_tile(it->L.s, it->L.level, tile, sl->painting, k, b);
   }
   tsr_tile_buffers_trim(b);
   if (st != TESSERA_OK)
@@ -687,7 +694,8 @@ tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tesser
   leave_device(it, &d);
   const struct tsr_level *lv = &L.s->levels[L.level];
   size_t tile_bytes;
-  it->gpu_level = tsr_gpu_level_decodable(lv) &&
+  /* Tiles too small to schedule one by one are too small for nvJPEG's batches too. */
+  it->gpu_level = !L.by_patch && tsr_gpu_level_decodable(lv) &&
                   tsr_mul3(lv->tile_w, lv->tile_h, 3, &tile_bytes) &&
                   tile_bytes <= L.s->limits.max_decoded_tile_bytes;
   if (it->gpu_level) {

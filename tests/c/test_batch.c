@@ -719,6 +719,100 @@ static void test_decode_budget(const char *dir) {
   tessera_close(s);
 }
 
+static void put16(FILE *f, unsigned v) {
+  uint8_t b[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+  fwrite(b, 1, 2, f);
+}
+static void put32(FILE *f, uint32_t v) {
+  uint8_t b[4] = {(uint8_t)v, (uint8_t)(v >> 8), (uint8_t)(v >> 16), (uint8_t)(v >> 24)};
+  fwrite(b, 1, 4, f);
+}
+
+/* An uncompressed RGB side x side TIFF of tile x tile tiles, which libtiff will not write
+ * (TIFF asks for multiples of 16): header, tiles (row by row), their offset and byte count
+ * arrays, BitsPerSample, then the directory. Pixels from test_rand. */
+static bool write_tiny_tiff(const char *path, uint32_t side, uint32_t tile) {
+  FILE *f = fopen(path, "wb");
+  if (!f)
+    return false;
+  uint32_t across = (side + tile - 1) / tile, ntiles = across * across;
+  uint32_t tile_bytes = tile * tile * 3;
+  fwrite("II*\0", 1, 4, f);
+  put32(f, 0); /* the directory's offset, written last */
+  unsigned long long rng = side * 31 + tile;
+  for (uint32_t i = 0; i < ntiles * tile_bytes; i++)
+    fputc((int)(test_rand(&rng) & 0xFF), f);
+  uint32_t offsets = 8 + ntiles * tile_bytes, counts = offsets + 4 * ntiles;
+  for (uint32_t i = 0; i < ntiles; i++)
+    put32(f, 8 + i * tile_bytes);
+  for (uint32_t i = 0; i < ntiles; i++)
+    put32(f, tile_bytes);
+  uint32_t bits = counts + 4 * ntiles, ifd = bits + 6;
+  put16(f, 8), put16(f, 8), put16(f, 8);
+  put16(f, 10);
+  const uint32_t entries[10][4] = {{256, 4, 1, side},     {257, 4, 1, side},
+                                   {258, 3, 3, bits},     {259, 3, 1, 1},
+                                   {262, 3, 1, 2},        {277, 3, 1, 3},
+                                   {322, 4, 1, tile},     {323, 4, 1, tile},
+                                   {324, 4, ntiles, offsets}, {325, 4, ntiles, counts}};
+  for (int i = 0; i < 10; i++) {
+    put16(f, entries[i][0]);
+    put16(f, entries[i][1]);
+    put32(f, entries[i][2]);
+    put32(f, entries[i][3]); /* SHORT values sit in the low bytes (little-endian) */
+  }
+  put32(f, 0);
+  fseek(f, 4, SEEK_SET);
+  put32(f, ifd);
+  return fclose(f) == 0;
+}
+
+/* Tiles of 1 and 2 pixels are painted patch by patch (no memory per tile), 4 by tile; every
+ * patch of every batch equals a single region read, with and without workers. */
+static void test_tiny_tiles(void) {
+  char path[] = "/tmp/tessera-tiny-XXXXXX.tiff";
+  int fd = mkstemps(path, 5);
+  CHECK(fd >= 0, "mkstemps");
+  if (fd < 0)
+    return;
+  close(fd);
+  const uint32_t tiles[] = {1, 2, 4};
+  for (int t = 0; t < 3; t++) {
+    CHECK(write_tiny_tiff(path, 160, tiles[t]), "writing %s", path);
+    tessera_slide *s = NULL;
+    if (tessera_open(path, &s) != TESSERA_OK) {
+      CHECK(0, "%s: %s", path, tessera_error_message());
+      continue;
+    }
+    unsigned long long rng = 17;
+    size_t n = 19;
+    int64_t *xy = random_locations(s, 0, n, 97, 61, &rng);
+    for (int workers = 0; workers <= 2; workers += 2) {
+      tessera_batch_options bo;
+      tessera_batch_options_init(&bo);
+      bo.batch_size = 4;
+      bo.num_workers = workers;
+      tessera_batch_iter *it = NULL;
+      CHECK(tessera_batch_iter_create(s, xy, n, 97, 61, 0, &bo, &it) == TESSERA_OK,
+            "create: %s", tessera_error_message());
+      size_t seen = 0;
+      int bad = 0;
+      for (tessera_batch *b; it && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;) {
+        for (size_t p = 0; p < b->count; p++, seen++)
+          bad += check_patch(s, 0, &xy[2 * b->indices[p]], 97, 61, 3, -1,
+                             b->data + p * 97 * 61 * 3);
+        tessera_batch_release(b);
+      }
+      tessera_batch_iter_destroy(it);
+      CHECK(seen == n && bad == 0, "%ux%u tiles, %d workers: %zu patches, %d differ", tiles[t],
+            tiles[t], workers, seen, bad);
+    }
+    free(xy);
+    tessera_close(s);
+  }
+  unlink(path);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   DIR *d = opendir(dir);
@@ -744,5 +838,6 @@ int main(int argc, char **argv) {
   test_no_starvation(dir);
   test_fork_with_iterator_in_flight(dir);
   test_decode_budget(dir);
+  test_tiny_tiles();
   return check_finish("test_batch");
 }
