@@ -209,22 +209,28 @@ static void test_read_limit(void) {
   tessera_batch_options bo;
   tessera_batch_options_init(&bo);
   tessera_batch_iter *it = NULL;
-  CHECK(tessera_batch_iter_create(s, xy, 8, 64, 64, 0, &bo, &it) == TESSERA_OK,
-        "one 64x64 buffer fits: %s", tessera_error_message());
+  /* A batch buffer counts with the memory that scheduling its patches' tiles takes: one of
+   * 60x60 (10800 bytes, and a few hundred to schedule) fits, 64x64 does not. */
+  CHECK(tessera_batch_iter_create(s, xy, 8, 64, 64, 0, &bo, &it) == TESSERA_E_LIMIT && !it,
+        "64x64 and its scheduling are over");
+  CHECK(strstr(tessera_error_message(), "schedule") != NULL, "message: %s",
+        tessera_error_message());
+  CHECK(tessera_batch_iter_create(s, xy, 8, 60, 60, 0, &bo, &it) == TESSERA_OK,
+        "one 60x60 buffer fits: %s", tessera_error_message());
   tessera_batch_iter_destroy(it);
   it = NULL;
   bo.batch_size = 2;
-  CHECK(tessera_batch_iter_create(s, xy, 8, 64, 64, 0, &bo, &it) == TESSERA_E_LIMIT && !it,
+  CHECK(tessera_batch_iter_create(s, xy, 8, 60, 60, 0, &bo, &it) == TESSERA_E_LIMIT && !it,
         "batches of two are over");
   bo.batch_size = 1;
   bo.num_workers = 2;
-  CHECK(tessera_batch_iter_create(s, xy, 8, 64, 64, 0, &bo, &it) == TESSERA_E_LIMIT && !it,
+  CHECK(tessera_batch_iter_create(s, xy, 8, 60, 60, 0, &bo, &it) == TESSERA_E_LIMIT && !it,
         "prefetched buffers count");
   CHECK(strstr(tessera_error_message(), "max_read_bytes") != NULL, "message: %s",
         tessera_error_message());
   bo.batch_size = 100;
   bo.num_workers = 0;
-  CHECK(tessera_batch_iter_create(s, xy, 1, 64, 64, 0, &bo, &it) == TESSERA_OK,
+  CHECK(tessera_batch_iter_create(s, xy, 1, 60, 60, 0, &bo, &it) == TESSERA_OK,
         "a batch holds no more patches than there are locations: %s", tessera_error_message());
   tessera_batch_iter_destroy(it);
   CHECK(tessera_slide_limits(NULL, &got) == TESSERA_E_ARGUMENT, "NULL slide");
