@@ -1365,7 +1365,11 @@ def test_limits(pyr_image_path):
                  lambda: img.read_region(LOCS, (32, 32), num_workers=1, prefetch_factor=1)):
         with pytest.raises(tessera.TesseraError, match="max_read_bytes"):
             call()
-    assert len(img.read_region(LOCS, (32, 32))) == len(LOCS)   # one buffer of one patch fits
+    # One buffer of one patch fits, with the few hundred bytes that scheduling its tiles takes
+    # (which a patch of exactly the limit leaves no room for).
+    assert len(img.read_region(LOCS, (28, 28))) == len(LOCS)
+    with pytest.raises(tessera.TesseraError, match="schedule"):
+        img.read_region(LOCS, (32, 32))
     again = pickle.loads(pickle.dumps(img))
     assert again.limits()["max_read_bytes"] == 32 * 32 * 3
     with pytest.raises(tessera.TesseraError, match="larger than the limit"):
