@@ -114,15 +114,15 @@ TESSERA_API tessera_status tessera_slide_limits(const tessera_slide *slide,
 
 /* Process-wide, for every slide and thread together: the most bytes that decoding may hold
  * at once in buffers of its own (whole decoded tiles for every codec but JPEG, which decodes
- * just the part needed, and a tile's decoded part shared by several patches). A slide's limits apply to each read, so without it N threads decoding a
- * decompression bomb (under 1 MB of deflate that inflates to max_decoded_tile_bytes) would
- * hold N times its decoded size. A thread about to decode a tile waits, in arrival order,
- * until the other threads' decoding leaves room for it, and gives its share back once the
- * tile is painted. A tile needing more than the whole budget is not refused (a slide's
- * max_decoded_tile_bytes decides what one tile may cost): it waits until nothing else is
- * being decoded and is decoded alone. Decoding straight into the caller's buffer or into the
- * tile cache costs nothing here. Default 1 GiB; 0 is refused (TESSERA_E_ARGUMENT). Takes
- * effect at once, for threads already waiting too. Thread-safe. */
+ * just the part needed, and a tile's decoded part shared by several patches). A slide's limits
+ * apply to each read, so without it N threads decoding a decompression bomb (under 1 MB of deflate
+ * that inflates to max_decoded_tile_bytes) would hold N times its decoded size. A thread about to
+ * decode a tile waits, in arrival order, until the other threads' decoding leaves room for it, and
+ * gives its share back once the tile is painted. A tile needing more than the whole budget is not
+ * refused (a slide's max_decoded_tile_bytes decides what one tile may cost): it waits until nothing
+ * else is being decoded and is decoded alone. Decoding straight into the caller's buffer or into
+ * the tile cache costs nothing here. Default 1 GiB; 0 is refused (TESSERA_E_ARGUMENT). Takes effect
+ * at once, for threads already waiting too. Thread-safe. */
 TESSERA_API tessera_status tessera_decode_budget_set(uint64_t bytes);
 
 /* The decode budget now, in bytes. Thread-safe. */

@@ -32,8 +32,8 @@ struct dest {
   uint32_t patch;
 };
 
-/* One tile to read and paint into its destinations (with by_patch: one patch, whose tiles
- * are painted one after another; `tile` is then unused). While queued it belongs to the iterator
+/* One tile to read and paint into its destinations (with by_patch: one patch, whose tiles are
+ * painted one after another; `tile` is then unused). While queued it belongs to the iterator
  * (guarded by its lock); once a runner takes it off the queue, to that runner alone. */
 struct job {
   uint64_t tile;
@@ -43,7 +43,6 @@ struct job {
   size_t n, cap;
 };
 
-/* A batch buffer and what is known about the batch it holds. */
 /* The least memory scheduling one tile for one patch costs: a job and the smallest lists of
  * destinations and canvases it carries (the table's slots and malloc's headers come on top). */
 #define TSR_JOB_BYTES                                                                              \
@@ -54,6 +53,7 @@ struct job {
  * beyond the patch's own pixels, tiles are too small to be worth it (by_patch). */
 #define TSR_SCHEDULE_FLOOR ((size_t)64 << 10)
 
+/* A batch buffer and what is known about the batch it holds. */
 struct slot {
   tessera_batch pub; /* first, so a released tessera_batch leads back here */
   struct tessera_batch_iter *it;
@@ -573,8 +573,8 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   size_t tile_jobs;
   bool by_patch = !tsr_mul2(per_patch, TSR_JOB_BYTES, &tile_jobs) ||
                   (tile_jobs > patch_bytes && tile_jobs > TSR_SCHEDULE_FLOOR);
-  size_t overhead = sizeof(struct tsr_canvas) + sizeof(uint64_t) +
-                    (by_patch ? TSR_JOB_BYTES : tile_jobs);
+  size_t overhead =
+      sizeof(struct tsr_canvas) + sizeof(uint64_t) + (by_patch ? TSR_JOB_BYTES : tile_jobs);
   if ((st = check_read_bytes(s, &o, n, patch_bytes, overhead)) != TESSERA_OK)
     return st;
   struct tsr_batch_layout L = {

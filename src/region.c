@@ -242,8 +242,8 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
    * scratch; a tile the file leaves out decodes nothing. */
   uint64_t reserved = 0;
   if ((lv->offsets[index] != 0 || lv->blob) && lv->bytecounts[index] != 0)
-    reserved = (direct ? 0 : (uint64_t)rect.w * rect.h * f->decoded_channels) +
-               tsr_tile_decode_bytes(lv);
+    reserved =
+        (direct ? 0 : (uint64_t)rect.w * rect.h * f->decoded_channels) + tsr_tile_decode_bytes(lv);
   tsr_budget_reserve(reserved);
   if (direct) {
     rect.dst = canvas_at(canvases[0], u.x0, u.y0);
@@ -272,8 +272,8 @@ tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const str
     return TESSERA_OK;
   for (int64_t ty = ty0; ty <= ty1; ty++) {
     for (int64_t tx = tx0; tx <= tx1; tx++) {
-      tessera_status st = tsr_paint_tile(s, level, (uint64_t)ty * lv->across + (uint64_t)tx, &c,
-                                         1, b);
+      tessera_status st =
+          tsr_paint_tile(s, level, (uint64_t)ty * lv->across + (uint64_t)tx, &c, 1, b);
       if (st != TESSERA_OK)
         return st;
     }

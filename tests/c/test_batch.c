@@ -683,8 +683,8 @@ static void test_decode_budget(const char *dir) {
   int bad = 0;
   for (tessera_batch *b; it && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;) {
     for (size_t p = 0; p < b->count; p++)
-      bad += check_patch(s, 2, &xy[2 * b->indices[p]], 300, 300, 3, -1,
-                         b->data + p * 300 * 300 * 3);
+      bad +=
+          check_patch(s, 2, &xy[2 * b->indices[p]], 300, 300, 3, -1, b->data + p * 300 * 300 * 3);
     tessera_batch_release(b);
   }
   tessera_batch_iter_destroy(it);
@@ -748,13 +748,14 @@ static bool write_tiny_tiff(const char *path, uint32_t side, uint32_t tile) {
   for (uint32_t i = 0; i < ntiles; i++)
     put32(f, tile_bytes);
   uint32_t bits = counts + 4 * ntiles, ifd = bits + 6;
-  put16(f, 8), put16(f, 8), put16(f, 8);
+  for (int i = 0; i < 3; i++)
+    put16(f, 8); /* BitsPerSample */
   put16(f, 10);
-  const uint32_t entries[10][4] = {{256, 4, 1, side},     {257, 4, 1, side},
-                                   {258, 3, 3, bits},     {259, 3, 1, 1},
-                                   {262, 3, 1, 2},        {277, 3, 1, 3},
-                                   {322, 4, 1, tile},     {323, 4, 1, tile},
-                                   {324, 4, ntiles, offsets}, {325, 4, ntiles, counts}};
+  const uint32_t entries[10][4] = {
+      {256, 4, 1, side},       {257, 4, 1, side}, {258, 3, 3, bits},
+      {259, 3, 1, 1},          {262, 3, 1, 2},    {277, 3, 1, 3},
+      {322, 4, 1, tile},       {323, 4, 1, tile}, {324, 4, ntiles, offsets},
+      {325, 4, ntiles, counts}};
   for (int i = 0; i < 10; i++) {
     put16(f, entries[i][0]);
     put16(f, entries[i][1]);
@@ -793,14 +794,14 @@ static void test_tiny_tiles(void) {
       bo.batch_size = 4;
       bo.num_workers = workers;
       tessera_batch_iter *it = NULL;
-      CHECK(tessera_batch_iter_create(s, xy, n, 97, 61, 0, &bo, &it) == TESSERA_OK,
-            "create: %s", tessera_error_message());
+      CHECK(tessera_batch_iter_create(s, xy, n, 97, 61, 0, &bo, &it) == TESSERA_OK, "create: %s",
+            tessera_error_message());
       size_t seen = 0;
       int bad = 0;
       for (tessera_batch *b; it && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;) {
         for (size_t p = 0; p < b->count; p++, seen++)
-          bad += check_patch(s, 0, &xy[2 * b->indices[p]], 97, 61, 3, -1,
-                             b->data + p * 97 * 61 * 3);
+          bad +=
+              check_patch(s, 0, &xy[2 * b->indices[p]], 97, 61, 3, -1, b->data + p * 97 * 61 * 3);
         tessera_batch_release(b);
       }
       tessera_batch_iter_destroy(it);
