@@ -298,10 +298,11 @@ try:
     for a, _ in s.batches([[0, 0], [1, 1], [2, 2], [3, 3]], (SIDE, SIDE), batch_size=2,
                           num_workers=2):
         counts.append(a.shape[0])
+    region = s.read_region(0, 0, 0, SIDE, SIDE, num_workers=2).shape
 except T.TesseraError as e:
-    error = str(e)
+    error, region = str(e), None
 grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10
-print(json.dumps({"counts": counts, "error": error, "grown_mib": grown}))
+print(json.dumps({"counts": counts, "error": error, "grown_mib": grown, "region": region}))
 """
 
 
@@ -310,8 +311,8 @@ def test_tiny_tiles_batches_cost_bounded_memory(work, lib):
     job of ~200 bytes for 3 bytes of pixels: ~800 MiB for four 1024 x 1024 patches), and under
     an address-space limit glibc aborted the process. Such tiles are now painted patch by
     patch without memory per tile: in a child under a 256 MiB address-space limit (beyond what
-    it holds before the batches), the batches come out and its peak RSS grows by far less
-    than the bookkeeping used to take."""
+    it holds before the batches), the batches come out, as does a region read of the whole
+    image with workers, and its peak RSS grows by far less than the bookkeeping used to take."""
     path = os.path.join(work[0], "tiny-tiles-1024.tif")
     write_tiny_tiles(path, 1024)
     code = (TINY_CHILD.replace("HERE", repr(os.path.dirname(os.path.abspath(__file__))))
@@ -320,6 +321,7 @@ def test_tiny_tiles_batches_cost_bounded_memory(work, lib):
     assert r.returncode == 0, "child exited %d: %s" % (r.returncode, r.stderr[-3000:])
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["error"] is None and out["counts"] == [2, 2], out
+    assert out["region"] == [1024, 1024, 3], out
     assert out["grown_mib"] < 64, out
 
 
