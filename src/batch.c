@@ -81,6 +81,10 @@ struct tessera_batch_iter {
   struct slot *free_slots;
   struct job *queue_head, *queue_tail;
   struct job *free_jobs;
+  /* Destinations the lists of the jobs on free_jobs have room for, and the most they may keep:
+   * what TSR_JOB_BYTES counts for the jobs that can be queued at once. Without it, jobs reused
+   * for tiles shared by many patches would each keep the longest list they ever had. */
+  size_t spare_dests, spare_limit;
   struct job **table; /* queued jobs by tile, open addressing */
   size_t table_count;
   unsigned runners;    /* runner tasks queued in the pool or running */
@@ -204,11 +208,26 @@ static struct slot *take_slot(struct tessera_batch_iter *it) {
   return sl;
 }
 
+/* Puts a job on the free list, its lists freed if keeping them would exceed spare_limit. */
+static void recycle_job(struct tessera_batch_iter *it, struct job *j) {
+  if (j->cap > 4 && it->spare_dests + j->cap > it->spare_limit) {
+    tsr_free(j->dests);
+    tsr_free(j->canvases);
+    j->dests = NULL;
+    j->canvases = NULL;
+    j->cap = 0;
+  }
+  it->spare_dests += j->cap;
+  j->next = it->free_jobs;
+  it->free_jobs = j;
+}
+
 static struct job *take_job(struct tessera_batch_iter *it, uint64_t tile) {
   struct job *j = it->free_jobs;
-  if (j)
+  if (j) {
     it->free_jobs = j->next;
-  else if (!(j = tsr_calloc(1, sizeof *j)))
+    it->spare_dests -= j->cap;
+  } else if (!(j = tsr_calloc(1, sizeof *j)))
     return NULL;
   j->tile = tile;
   j->n = 0;
@@ -249,10 +268,8 @@ static tessera_status need_tile(struct tessera_batch_iter *it, uint64_t tile, st
   if (fresh && !(j = take_job(it, tile)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
   if (!add_dest(j, sl, patch)) {
-    if (fresh) {
-      j->next = it->free_jobs;
-      it->free_jobs = j;
-    }
+    if (fresh)
+      recycle_job(it, j);
     return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
   }
   sl->pending++;
@@ -302,8 +319,7 @@ static tessera_status need_patch(struct tessera_batch_iter *it, struct slot *sl,
   if (!j)
     return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
   if (!add_dest(j, sl, patch)) {
-    j->next = it->free_jobs;
-    it->free_jobs = j;
+    recycle_job(it, j);
     return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
   }
   sl->pending++;
@@ -401,8 +417,7 @@ static void run_job(struct tessera_batch_iter *it, struct job *j) {
     tsr_failure_keep(&sl->failure, st);
     done |= --sl->pending == 0;
   }
-  j->next = it->free_jobs;
-  it->free_jobs = j;
+  recycle_job(it, j);
   it->busy--;
   if (done || (it->cancelled && it->busy == 0))
     pthread_cond_broadcast(&it->changed);
@@ -628,6 +643,8 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   if (!tsr_mul3(by_patch ? 1 : per_patch, it->L.batch_cap, it->ring_size, &queued))
     queued = TSR_MAX_TABLE;
   it->table_size = table_size_for(queued);
+  if (!tsr_mul2(queued, 4, &it->spare_limit))
+    it->spare_limit = SIZE_MAX;
   pthread_mutex_init(&it->lock, NULL);
   pthread_cond_init(&it->changed, NULL);
   it->ring = tsr_calloc(it->ring_size, sizeof *it->ring);
@@ -746,8 +763,7 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *it) {
     struct job *j = it->queue_head;
     it->queue_head = j->next;
     table_remove(it, j);
-    j->next = it->free_jobs;
-    it->free_jobs = j;
+    recycle_job(it, j);
   }
   it->queue_tail = NULL;
   while (it->busy > 0)
