@@ -409,3 +409,60 @@ def test_remove_several(cli, segments):
     err = r.stderr.decode().splitlines()
     assert len(err) == 1 and missing in err[0], desc
     assert not any(shm_exists(n) for n in stale)
+
+
+# --- hostile files in /dev/shm ------------------------------------------------------------
+
+# Offsets in a tessera segment's header (src/cache/shared.c, x86-64 glibc): its users lock is
+# a pthread_mutex_t at 80, whose robust-list links (__prev, __next) lie 24 and 32 bytes in.
+USERS_LOCK_LIST = (80 + 24, 80 + 32)
+
+# Takes every other user slot's lock (so `remove` sees live users and takes a while counting
+# them), then writes a bad pointer over the users lock's list links, over and over.
+RACER = r"""
+import fcntl, mmap, os, struct, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+for slot in range(0, 1024, 2):
+    fcntl.fcntl(fd, 37, struct.pack("hh4xqqi4x", fcntl.F_WRLCK, 0, slot, 1, 0))  # F_OFD_SETLK
+m = mmap.mmap(fd, 4096)
+offsets = [int(v) for v in sys.argv[2:]]
+print("racing", flush=True)
+while True:
+    for at in offsets:
+        struct.pack_into("<Q", m, at, 0x10)
+"""
+
+
+@pytest.mark.parametrize("how", ["open to others", "of another user"])
+def test_remove_leaves_the_lock_of_an_untrusted_segment_alone(cli, segments, how):
+    """A robust mutex links itself into its locker's list of held mutexes through pointers
+    kept in the mutex: whoever can write a segment that `remove` locks (anyone, in one open to
+    others; its owner, in another user's) can make the remover's unlock write where they
+    choose. With a process rewriting those pointers all along, `remove` refuses the segment in
+    use (before, it crashed: SIGSEGV), and removes it with --force, without locking it."""
+    if how == "of another user" and os.geteuid() != 0:
+        pytest.skip("needs root to make a segment of another user")
+    h = segments.helper()
+    h.read(0, 0, 1, 1)
+    h.kill()
+    path = os.path.join(SHM, h.name)
+    if how == "open to others":
+        os.chmod(path, 0o666)
+    else:
+        os.chown(path, 65534, 65534)
+    racer = subprocess.Popen([sys.executable, "-c", RACER, path] + [str(o) for o in USERS_LOCK_LIST],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert racer.stdout.readline() == "racing\n"
+        args = ["cache", "remove", h.name]
+        for _ in range(20):
+            line = one_error_line(args, run(cli, args))
+            assert h.name in line and "force" in line, line
+        args.append("--force")
+        r = run(cli, args)
+        assert r.returncode == 0 and r.stderr == b"", describe(args, r)
+        assert not shm_exists(h.name)
+    finally:
+        racer.kill()
+        racer.wait(TIMEOUT)
+        racer.stdout.close()

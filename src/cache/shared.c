@@ -1779,8 +1779,25 @@ TESSERA_API tessera_status tessera_shared_cache_remove(const char *name, int32_t
     close(fd);
     return tsr_error(TESSERA_E_ARGUMENT, "%s is not a tessera cache; left alone", full);
   }
+  /* A robust mutex keeps the links of its locker's list of held mutexes in itself, and the
+   * unlock writes through them: whoever else may write the segment could make this process
+   * write where they chose. The lock of a segment this user could not have made alone is
+   * left alone (no attacher of this user's would use such a segment anyway). */
+  struct stat sb;
+  bool trusted = fstat(fd, &sb) == 0 && sb.st_uid == geteuid() && (sb.st_mode & 077) == 0;
   tessera_status st = TESSERA_OK;
-  if (ready) {
+  if (ready && !trusted) {
+    unsigned live = live_users(fd);
+    if (live && !force)
+      st = tsr_error(TESSERA_E_ARGUMENT,
+                     "%s is in use by %u process%s; force removes it anyway (they keep "
+                     "using it until they detach)",
+                     full, live, live == 1 ? "" : "es");
+    else if (!still_named(fd, full))
+      st = tsr_error(TESSERA_E_IO, "%s: no such shared cache (removed meanwhile)", full);
+    else if (shm_unlink(full) != 0)
+      st = tsr_error(TESSERA_E_IO, "cannot remove %s: %s", full, strerror(errno));
+  } else if (ready) {
     /* Under the user table's lock, so no process attaches meanwhile; and only if the name
      * still is this segment's (its last user may have removed it, and another process made a
      * new one of that name, since it was opened here). */
