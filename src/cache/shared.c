@@ -174,8 +174,22 @@ struct view {
 
 static uint64_t owner_tag(uint32_t i, uint32_t s) { return ((uint64_t)(i + 1) << 32) | s; }
 
-static uint32_t chunks_for(uint64_t bytes) {
-  return (uint32_t)((bytes + CHUNK_BYTES - 1) / CHUNK_BYTES);
+/* 64 bits wide: a size read from the segment may be anything, and must not wrap to a few. */
+static uint64_t chunks_for(uint64_t bytes) {
+  return bytes / CHUNK_BYTES + (bytes % CHUNK_BYTES != 0);
+}
+
+/* Another process may write the segment at any moment, lock or no lock. An index or size
+ * taken from it is read once, through these, into a local that is checked and then used: a
+ * plain read could be made again by the compiler, after the check. */
+static uint32_t once32(const uint32_t *p) { return *(const volatile uint32_t *)p; }
+
+/* An entry as it stands now, to check and use as one copy. */
+static struct entry snapshot(const struct entry *e) {
+  struct entry s;
+  memcpy(&s, e, sizeof s);
+  atomic_signal_fence(memory_order_seq_cst); /* s is not to be read again from e */
+  return s;
 }
 
 /* ---- processes ---- */
@@ -194,12 +208,12 @@ static bool loaded_by_me(const struct shared_cache *c, const struct entry *e) {
 }
 
 static bool loader_alive(const struct shared_cache *c, const struct entry *e) {
-  if (loaded_by_me(c, e))
+  uint32_t slot = once32(&e->loader_slot), gen = once32(&e->loader_gen);
+  if (c->slot >= 0 && slot == (uint32_t)c->slot && gen == c->gen)
     return true;
-  return e->loader_slot < MAX_USERS &&
-         atomic_load_explicit(&c->h->generation[e->loader_slot], memory_order_relaxed) ==
-             e->loader_gen &&
-         slot_locked(c->fd, e->loader_slot);
+  return slot < MAX_USERS &&
+         atomic_load_explicit(&c->h->generation[slot], memory_order_relaxed) == gen &&
+         slot_locked(c->fd, slot);
 }
 
 static uint64_t monotonic_ns(void) {
@@ -372,7 +386,7 @@ static uint32_t *bucket(const struct view *v, uint64_t hash) {
 /* Sets *at to the entry holding key k, or NIL. */
 static bool find(const struct view *v, const struct tsr_cache_key *k, uint64_t hash, uint32_t *at) {
   uint32_t steps = 0;
-  for (uint32_t i = *bucket(v, hash); i != NIL; i = v->E[i].hnext) {
+  for (uint32_t i = once32(bucket(v, hash)); i != NIL; i = once32(&v->E[i].hnext)) {
     if (i >= v->entries || steps++ >= v->entries)
       return false;
     if (tsr_cache_key_equal(&v->E[i].key, k)) {
@@ -388,7 +402,7 @@ static bool queue_push(const struct view *v, uint32_t i, int q) {
   struct shard *sh = v->sh;
   uint32_t *head = q == Q_SMALL ? &sh->small_head : &sh->main_head;
   uint32_t *tail = q == Q_SMALL ? &sh->small_tail : &sh->main_tail;
-  uint32_t old = *head;
+  uint32_t old = once32(head);
   if (old != NIL && old >= v->entries)
     return false;
   struct entry *e = &v->E[i];
@@ -414,7 +428,7 @@ static bool queue_unlink(const struct view *v, uint32_t i) {
     return false;
   uint32_t *head = q == Q_SMALL ? &sh->small_head : &sh->main_head;
   uint32_t *tail = q == Q_SMALL ? &sh->small_tail : &sh->main_tail;
-  uint32_t prev = e->prev, next = e->next;
+  uint32_t prev = once32(&e->prev), next = once32(&e->next);
   if ((prev != NIL && (prev >= v->entries || v->E[prev].next != i)) ||
       (next != NIL && (next >= v->entries || v->E[next].prev != i)) ||
       (prev == NIL && *head != i) || (next == NIL && *tail != i))
@@ -434,16 +448,15 @@ static bool queue_unlink(const struct view *v, uint32_t i) {
 
 /* Follows entry i's chain of chunks to its s-th chunk's successor: k is its s-th chunk. */
 static bool chain_next(const struct view *v, uint32_t i, uint32_t s, uint32_t k, uint32_t *out) {
-  uint32_t n = v->next[k];
+  uint32_t n = once32(&v->next[k]);
   if (n >= v->chunks || v->owner[n] != owner_tag(i, s + 1))
     return false;
   *out = n;
   return true;
 }
 
-/* Whether entry i's first chunk is what its chain says. */
-static bool chain_head(const struct view *v, uint32_t i) {
-  uint32_t k = v->E[i].first;
+/* Whether k, read as entry i's first chunk, is tagged so. */
+static bool chain_head(const struct view *v, uint32_t i, uint32_t k) {
   return k < v->chunks && v->owner[k] == owner_tag(i, 0);
 }
 
@@ -452,34 +465,38 @@ static bool chain_head(const struct view *v, uint32_t i) {
 static bool free_entry(const struct view *v, uint32_t i) {
   struct shard *sh = v->sh;
   struct entry *e = &v->E[i];
-  if (e->seal != seal_of(e, i))
+  const struct entry s = snapshot(e);
+  if (s.seal != seal_of(&s, i))
     return false; /* its size and chain cannot be believed */
   e->state = FREE;
   atomic_signal_fence(memory_order_seq_cst); /* FREE before the lists change */
-  uint32_t *p = bucket(v, tsr_cache_key_hash(&e->key));
-  for (uint32_t steps = 0; *p != NIL && *p != i; p = &v->E[*p].hnext)
-    if (*p >= v->entries || steps++ >= v->entries)
+  uint32_t *p = bucket(v, tsr_cache_key_hash(&s.key)), j;
+  for (uint32_t steps = 0; (j = once32(p)) != i && j != NIL; p = &v->E[j].hnext)
+    if (j >= v->entries || steps++ >= v->entries)
       return false;
-  if (*p == i)
+  if (j == i)
     *p = e->hnext;
   if (!queue_unlink(v, i))
     return false;
-  uint32_t n = chunks_for(e->bytes), first = e->first, last = first;
-  if (n == 0 || n > v->chunks || !chain_head(v, i))
+  uint64_t n = chunks_for(s.bytes);
+  uint32_t last = s.first;
+  if (n == 0 || n > v->chunks || !chain_head(v, i, last))
     return false;
-  for (uint32_t s = 0; s + 1 < n; s++)
-    if (!chain_next(v, i, s, last, &last))
+  /* Each chunk's successor is checked to be the entry's before its tag is cleared; a chain
+   * found broken halfway leaves chunks tagged free but unlisted, which the rebuild lists. */
+  for (uint32_t at = 0; at + 1 < n; at++) {
+    uint32_t after;
+    if (!chain_next(v, i, at, last, &after))
       return false;
-  for (uint32_t s = 0, k = first; s < n; s++) {
-    uint32_t after = v->next[k];
-    v->owner[k] = 0;
-    k = after;
+    v->owner[last] = 0;
+    last = after;
   }
+  v->owner[last] = 0;
   v->next[last] = sh->free_chunks;
-  sh->free_chunks = first;
-  sh->nfree_chunks += n;
+  sh->free_chunks = s.first;
+  sh->nfree_chunks += (uint32_t)n;
   sh->items--;
-  sh->bytes -= e->bytes;
+  sh->bytes -= s.bytes;
   e->hnext = sh->free_entries;
   sh->free_entries = i;
   return true;
@@ -494,10 +511,10 @@ static bool evict_one(const struct view *v, bool *evicted) {
   *evicted = false;
   while (steps-- > 0) {
     bool from_small = sh->small_bytes * TSR_CACHE_SMALL_PART > budget || sh->main_tail == NIL;
-    uint32_t i = from_small ? sh->small_tail : sh->main_tail;
+    uint32_t i = once32(from_small ? &sh->small_tail : &sh->main_tail);
     if (i == NIL) {
       from_small = !from_small;
-      i = from_small ? sh->small_tail : sh->main_tail;
+      i = once32(from_small ? &sh->small_tail : &sh->main_tail);
       if (i == NIL)
         return true;
     }
@@ -542,11 +559,11 @@ static bool sweep_dead_loaders(const struct shared_cache *c, const struct view *
 /* Whether entry i is whole: sealed, of a sane size, its chain in range and each chunk tagged
  * as its own, at its place. */
 static bool entry_whole(const struct view *v, uint32_t i) {
-  const struct entry *e = &v->E[i];
-  uint32_t n = chunks_for(e->bytes);
-  if (e->seal != seal_of(e, i) || e->bytes == 0 || n > v->chunks || !chain_head(v, i))
+  const struct entry e = snapshot(&v->E[i]);
+  uint64_t n = chunks_for(e.bytes);
+  if (e.seal != seal_of(&e, i) || e.bytes == 0 || n > v->chunks || !chain_head(v, i, e.first))
     return false;
-  for (uint32_t s = 0, k = e->first; s + 1 < n; s++)
+  for (uint32_t s = 0, k = e.first; s + 1 < n; s++)
     if (!chain_next(v, i, s, k, &k))
       return false;
   return true;
@@ -591,7 +608,7 @@ static void rebuild(const struct shared_cache *c, const struct view *v) {
   sh->free_chunks = NIL;
   sh->nfree_chunks = 0;
   for (uint32_t k = v->chunks; k-- > 0;) {
-    uint64_t t = v->owner[k];
+    uint64_t t = *(const volatile uint64_t *)&v->owner[k];
     uint32_t i = (uint32_t)(t >> 32) - 1, s = (uint32_t)t;
     if (t != 0 && i < v->entries && E[i].state != FREE && s < chunks_for(E[i].bytes))
       continue;
@@ -650,8 +667,8 @@ static size_t hit_bytes(const struct tsr_cache_access *a) {
 static bool map_rows(const struct view *v, uint32_t i, struct tsr_cache_access *a) {
   const uint8_t **list = (const uint8_t **)(void *)a->scratch->data;
   uint8_t *spill = a->scratch->data + list_bytes(a);
-  uint32_t k = v->E[i].first, s = 0;
-  if (!chain_head(v, i))
+  uint32_t k = once32(&v->E[i].first), s = 0;
+  if (!chain_head(v, i, k))
     return false;
   uint64_t chunk_start = 0;
   for (uint32_t r = 0; r < a->rows; r++) {
@@ -677,13 +694,13 @@ static bool map_rows(const struct view *v, uint32_t i, struct tsr_cache_access *
   return true;
 }
 
-/* Copies the loaded tile into entry i's chunks (its chain checked as it goes). */
-static bool copy_in(const struct view *v, uint32_t i, const uint8_t *src) {
-  uint32_t k = v->E[i].first;
-  if (!chain_head(v, i))
+/* Copies the loaded tile, of `bytes`, into entry i's chunks (its chain checked as it goes). */
+static bool copy_in(const struct view *v, uint32_t i, const uint8_t *src, size_t bytes) {
+  uint32_t k = once32(&v->E[i].first);
+  if (!chain_head(v, i, k))
     return false;
   uint32_t s = 0;
-  for (size_t left = v->E[i].bytes; left > 0; s++) {
+  for (size_t left = bytes; left > 0; s++) {
     size_t n = left < CHUNK_BYTES ? left : CHUNK_BYTES;
     memcpy(chunk_data(v, k), src, n);
     src += n;
@@ -699,7 +716,7 @@ static bool copy_in(const struct view *v, uint32_t i, const uint8_t *src) {
 static bool reserve(const struct shared_cache *c, const struct view *v,
                     const struct tsr_cache_access *a, uint64_t hash, uint32_t *at) {
   struct shard *sh = v->sh;
-  uint32_t n = chunks_for(a->bytes);
+  uint32_t n = (uint32_t)chunks_for(a->bytes); /* no more than the shard's chunks: see lookup */
   bool swept = false;
   *at = NIL;
   while (sh->nfree_chunks < n || sh->free_entries == NIL) {
@@ -717,18 +734,18 @@ static bool reserve(const struct shared_cache *c, const struct view *v,
       return true;
     swept = true;
   }
-  uint32_t i = sh->free_entries;
+  uint32_t i = once32(&sh->free_entries);
   if (i >= v->entries || v->E[i].state != FREE)
     return false;
   struct entry *e = &v->E[i];
-  uint32_t first = sh->free_chunks, last = first;
+  uint32_t first = once32(&sh->free_chunks), last = first;
   for (uint32_t s = 0;; s++) {
     if (last >= v->chunks || v->owner[last] != 0)
       return false; /* the free list is not what its count says */
     v->owner[last] = owner_tag(i, s);
     if (s + 1 == n)
       break;
-    last = v->next[last];
+    last = once32(&v->next[last]);
   }
   sh->free_entries = e->hnext;
   sh->free_chunks = v->next[last];
@@ -887,7 +904,7 @@ static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
   /* Copied in under the lock, after checking the reservation still stands: were this process
    * ever taken for dead, or overtaken, its chunks might be someone else's by now. */
   if (still_ours(c, &v, a)) {
-    if (!copy_in(&v, a->slot, a->load)) {
+    if (!copy_in(&v, a->slot, a->load, a->bytes)) {
       repair_and_unlock(c, &v);
       return;
     }
@@ -1667,6 +1684,69 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n) {
     memcpy(at, &value, sizeof value);
     if (shard_part)
       unlock_shard(v.sh);
+  }
+  tsr_cache_release(base);
+  return true;
+}
+
+/* For tests: flips words of the current shared cache's index that a reader checks and then
+ * follows, without any lock, as another process may: n times, a word of an entry in use (its
+ * chain head, links, loader, size), of that entry's first chunk (link, tag), of its hash
+ * bucket or of its shard's lists is turned out of range and back, `flips` times over, then
+ * left as it was. A reader that checks a value and then reads it again from the segment
+ * follows the out-of-range one. */
+bool tsr_shared_cache_race(uint64_t *seed, unsigned n, unsigned flips) {
+  struct tsr_cache *base = tsr_cache_acquire();
+  if (!base || base->type != TESSERA_CACHE_SHARED_MEMORY) {
+    tsr_cache_release(base);
+    return false;
+  }
+  struct shared_cache *c = (struct shared_cache *)base;
+  for (unsigned w = 0; w < n; w++) {
+    uint64_t r = *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+    /* The most read of the ready tiles (ties: from a random place on), which is what a
+     * reader is most likely checking at the time. */
+    uint32_t si = 0, i = 0, best = 0, nsh = c->nshards;
+    for (uint32_t t = 0; t < nsh * c->entries; t++) {
+      uint32_t s = (uint32_t)((r >> 33) + t / c->entries) % nsh;
+      uint32_t j = (uint32_t)((r >> 8) + t) % c->entries;
+      const struct entry *x = &view_of(c, s).E[j];
+      if (x->state == READY && x->freq + 1u > best) {
+        best = x->freq + 1u;
+        si = s;
+        i = j;
+      }
+    }
+    struct view v = view_of(c, si);
+    struct entry *e = &v.E[i];
+    uint32_t k = once32(&e->first) % v.chunks;
+    struct shard *sh = v.sh;
+    volatile uint32_t *at;
+    switch ((r >> 40) % 14) {
+    case 0: at = &e->first; break;
+    case 1: at = &e->hnext; break;
+    case 2: at = &e->prev; break;
+    case 3: at = &e->next; break;
+    case 4: at = &e->loader_slot; break;
+    case 5: at = (uint32_t *)&e->bytes + 1; break; /* the high half (little-endian) */
+    case 6: at = &v.next[k]; break;
+    case 7: at = (uint32_t *)&v.owner[k]; break;
+    case 8: at = bucket(&v, tsr_cache_key_hash(&e->key)); break;
+    case 9: at = &sh->free_chunks; break;
+    case 10: at = &sh->free_entries; break;
+    case 11: at = &sh->small_tail; break;
+    case 12: at = &sh->main_tail; break;
+    default: at = &sh->main_head; break;
+    }
+    uint32_t was = *at;
+    for (unsigned f = 0; f < flips; f++) {
+      *at = was ^ 0x40000000u;
+      for (volatile int spin = 0; spin < 8; spin++) {
+      }
+      *at = was;
+      for (volatile int spin = 0; spin < 8; spin++) {
+      }
+    }
   }
   tsr_cache_release(base);
   return true;

@@ -776,6 +776,53 @@ static void test_scribbled(void) {
     tessera_shared_cache_remove(name, 1);
 }
 
+/* Another process turning the index's words out of range and back while this one reads
+ * through it, without taking any lock (tsr_shared_cache_race): a reader must check each value
+ * it reads from the segment and use that copy, never read it again after the check. Every
+ * read is right or fails; none crashes or reads or writes out of bounds (before, one re-read
+ * after its check, of a chain head, a link or a loader's slot, and crashed). */
+static void test_raced(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-race", (int)getpid());
+  configure(TESSERA_CACHE_SHARED_MEMORY, 4, 0, name); /* a third of the level */
+  atomic_store(&board->stop, 0);
+  pid_t racer = fork_child();
+  if (racer == 0) {
+    alarm(CHILD_ALARM_S);
+    uint64_t seed = 99;
+    while (!atomic_load(&board->stop))
+      tsr_shared_cache_race(&seed, 1, 20000);
+    _exit(0);
+  }
+  tessera_slide *s = open_slide();
+  unsigned long long seed = 77;
+  int wrong = 0, failed = 0;
+  uint8_t *buf = malloc(300 * 300 * 3);
+  for (int round = 0; s && round < 20000; round++) {
+    /* A pixel of one tile (hits; the racer's one target at first), then now and then a region
+     * anywhere (misses, evictions). */
+    bool hot = round < 10000 || round % 16 != 0;
+    int64_t w = hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
+    int64_t h = hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
+    int64_t x = (int64_t)(test_rand(&seed) % (uint64_t)(hot ? 16 : info.width)) - (hot ? 0 : 20);
+    int64_t y = (int64_t)(test_rand(&seed) % (uint64_t)(hot ? 16 : info.height)) - (hot ? 0 : 20);
+    if (tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3)) != TESSERA_OK)
+      failed++;
+    else
+      wrong += differs(buf, x, y, w, h);
+  }
+  atomic_store(&board->stop, 1);
+  CHECK(WIFEXITED(wait_child(racer)), "the racing process did not end");
+  CHECK(wrong == 0, "%d reads through a raced cache gave wrong pixels", wrong);
+  printf("raced: 20000 reads, %d failed, %d wrong\n", failed, wrong);
+  free(buf);
+  if (s)
+    tessera_close(s);
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  if (shm_exists(name))
+    tessera_shared_cache_remove(name, 1);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   static char path[4096];
@@ -812,6 +859,7 @@ int main(int argc, char **argv) {
   test_user_whose_main_thread_ended();
   test_foreign_segments();
   test_scribbled();
+  test_raced();
   test_killed_maker();
   test_stopped_loader();
   test_stopped_lock_holder();
