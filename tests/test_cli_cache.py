@@ -17,6 +17,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import uuid
@@ -466,3 +467,74 @@ def test_remove_leaves_the_lock_of_an_untrusted_segment_alone(cli, segments, how
         racer.kill()
         racer.wait(TIMEOUT)
         racer.stdout.close()
+
+
+def shm_layout(hdr, shard, entry, nshards, chunks, entries, buckets):
+    """A segment's size for this geometry, as src/cache/shared.c lays it out."""
+    def up(v, a):
+        return (v + a - 1) // a * a
+    off = up(hdr, 64) + up(shard, 64) * nshards
+    for _ in range(nshards):
+        off = up(off, 64) + entries * entry
+        off = up(off, 64) + buckets * 4
+        off = up(off, 64) + chunks * 4
+        off = up(off, 64) + chunks * 8
+        off = up(off, 4096) + chunks * (64 << 10)
+    return off
+
+
+def test_list_and_remove_survive_hostile_files(cli, segments):
+    """Whatever lies in /dev/shm under a name tessera could use (a FIFO, a directory, a link
+    to /dev/zero, tessera's magic over garbage, a header whose geometry claims petabytes over a
+    sparse file of just that size), `list` and `list --json` finish and describe what is
+    tessera's, and `remove` of each exits 0 or 1 with one line, never crashing or hanging."""
+    h = segments.helper()
+    h.kill()
+    with open(os.path.join(SHM, h.name), "rb") as f:
+        real = bytearray(f.read(8192))
+    header_bytes, = struct.unpack_from("<I", real, 12)
+    shard_struct, entry_struct = struct.unpack_from("<II", real, 44)
+    made = []
+
+    def name():
+        n = segments.name()
+        made.append(n)
+        return os.path.join(SHM, n)
+
+    os.mkfifo(name(), 0o600)
+    directory = name()
+    os.mkdir(directory, 0o700)
+    os.symlink("/dev/zero", name())
+    rng = __import__("random").Random(5)
+    for size in (8, 64, header_bytes, header_bytes + 4096):
+        junk = bytearray(rng.randbytes(size))
+        junk[:8] = real[:8]                          # the magic
+        if size >= 20:
+            junk[16:20] = struct.pack("<I", 1)       # ready
+        with open(name(), "wb") as f:
+            f.write(junk)
+    geometry = (16, 2 ** 32 - 2, 2 ** 32 - 2, 2 ** 31)
+    huge = bytearray(real[:header_bytes])
+    struct.pack_into("<IIIII", huge, 24, geometry[0], 64 << 10, *geometry[1:])
+    total = shm_layout(header_bytes, shard_struct, entry_struct, *geometry)
+    struct.pack_into("<QQQ", huge, 56, total, 2 ** 60, 0)
+    path = name()
+    with open(path, "wb") as f:
+        f.write(huge)
+    try:
+        os.truncate(path, total)
+    except OSError:
+        os.truncate(path, header_bytes)  # a tmpfs that refuses: still a header over garbage
+    docs = list_json(cli)
+    ours = {e["name"]: e for e in docs if e["name"][1:] in made}
+    assert "/" + os.path.basename(path) in ours, ours
+    for args in (["cache", "list"],):
+        r = run(cli, args)
+        assert r.returncode == 0 and r.stderr == b"", describe(args, r)
+    for n in made:
+        args = ["cache", "remove", n, "--force"]
+        r = run(cli, args)
+        assert r.returncode in (0, 1), describe(args, r)
+        if r.returncode == 1:
+            one_error_line(args, r)
+    os.rmdir(directory)  # the fixture removes files only
