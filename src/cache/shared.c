@@ -1689,67 +1689,30 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n) {
   return true;
 }
 
-/* For tests: flips words of the current shared cache's index that a reader checks and then
- * follows, without any lock, as another process may: n times, a word of an entry in use (its
- * chain head, links, loader, size), of that entry's first chunk (link, tag), of its hash
- * bucket or of its shard's lists is turned out of range and back, `flips` times over, then
- * left as it was. A reader that checks a value and then reads it again from the segment
- * follows the out-of-range one. */
-bool tsr_shared_cache_race(uint64_t *seed, unsigned n, unsigned flips) {
+/* For tests: the chain head of the most read ready tile of the current shared cache, a word
+ * another process could write at any moment (NULL if there is no such tile). */
+uint32_t *tsr_shared_cache_hot_head(void) {
   struct tsr_cache *base = tsr_cache_acquire();
   if (!base || base->type != TESSERA_CACHE_SHARED_MEMORY) {
     tsr_cache_release(base);
-    return false;
+    return NULL;
   }
   struct shared_cache *c = (struct shared_cache *)base;
-  for (unsigned w = 0; w < n; w++) {
-    uint64_t r = *seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
-    /* The most read of the ready tiles (ties: from a random place on), which is what a
-     * reader is most likely checking at the time. */
-    uint32_t si = 0, i = 0, best = 0, nsh = c->nshards;
-    for (uint32_t t = 0; t < nsh * c->entries; t++) {
-      uint32_t s = (uint32_t)((r >> 33) + t / c->entries) % nsh;
-      uint32_t j = (uint32_t)((r >> 8) + t) % c->entries;
-      const struct entry *x = &view_of(c, s).E[j];
-      if (x->state == READY && x->freq + 1u > best) {
-        best = x->freq + 1u;
-        si = s;
-        i = j;
-      }
-    }
+  uint32_t *head = NULL;
+  unsigned best = 0;
+  for (uint32_t si = 0; si < c->nshards; si++) {
+    if (!lock_shard(c, si))
+      continue;
     struct view v = view_of(c, si);
-    struct entry *e = &v.E[i];
-    uint32_t k = once32(&e->first) % v.chunks;
-    struct shard *sh = v.sh;
-    volatile uint32_t *at;
-    switch ((r >> 40) % 14) {
-    case 0: at = &e->first; break;
-    case 1: at = &e->hnext; break;
-    case 2: at = &e->prev; break;
-    case 3: at = &e->next; break;
-    case 4: at = &e->loader_slot; break;
-    case 5: at = (uint32_t *)&e->bytes + 1; break; /* the high half (little-endian) */
-    case 6: at = &v.next[k]; break;
-    case 7: at = (uint32_t *)&v.owner[k]; break;
-    case 8: at = bucket(&v, tsr_cache_key_hash(&e->key)); break;
-    case 9: at = &sh->free_chunks; break;
-    case 10: at = &sh->free_entries; break;
-    case 11: at = &sh->small_tail; break;
-    case 12: at = &sh->main_tail; break;
-    default: at = &sh->main_head; break;
-    }
-    uint32_t was = *at;
-    for (unsigned f = 0; f < flips; f++) {
-      *at = was ^ 0x40000000u;
-      for (volatile int spin = 0; spin < 8; spin++) {
+    for (uint32_t i = 0; i < v.entries; i++)
+      if (v.E[i].state == READY && v.E[i].freq + 1u > best) {
+        best = v.E[i].freq + 1u;
+        head = &v.E[i].first;
       }
-      *at = was;
-      for (volatile int spin = 0; spin < 8; spin++) {
-      }
-    }
+    unlock_shard(v.sh);
   }
-  tsr_cache_release(base);
-  return true;
+  tsr_cache_release(base); /* the segment stays mapped while it is configured */
+  return head;
 }
 
 /* ---- listing and removing segments ---- */
