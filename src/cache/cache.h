@@ -96,8 +96,9 @@ tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct ts
 bool tsr_shared_cache_verify(char *why, size_t n);
 /* For tests: writes n garbage values (from *seed) over the current shared cache's index. */
 bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n);
-/* For tests: the chain head of the current shared cache's most read ready tile, or NULL. */
-uint32_t *tsr_shared_cache_hot_head(void);
+/* For tests: the chain head (which 0) or the link after the first chunk (1) of the current
+ * shared cache's most read ready tile, or NULL. */
+uint32_t *tsr_shared_cache_hot_word(int which);
 
 /* The current cache, held until tsr_cache_release; NULL (and nothing to release) when the
  * process has none. */

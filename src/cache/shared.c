@@ -1689,30 +1689,31 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n) {
   return true;
 }
 
-/* For tests: the chain head of the most read ready tile of the current shared cache, a word
- * another process could write at any moment (NULL if there is no such tile). */
-uint32_t *tsr_shared_cache_hot_head(void) {
+/* For tests: a word of the most read ready tile of the current shared cache, which another
+ * process could write at any moment: its chain head (which 0) or the link after its first
+ * chunk (1). NULL if there is no such tile. */
+uint32_t *tsr_shared_cache_hot_word(int which) {
   struct tsr_cache *base = tsr_cache_acquire();
   if (!base || base->type != TESSERA_CACHE_SHARED_MEMORY) {
     tsr_cache_release(base);
     return NULL;
   }
   struct shared_cache *c = (struct shared_cache *)base;
-  uint32_t *head = NULL;
+  uint32_t *word = NULL;
   unsigned best = 0;
   for (uint32_t si = 0; si < c->nshards; si++) {
     if (!lock_shard(c, si))
       continue;
     struct view v = view_of(c, si);
     for (uint32_t i = 0; i < v.entries; i++)
-      if (v.E[i].state == READY && v.E[i].freq + 1u > best) {
+      if (v.E[i].state == READY && v.E[i].freq + 1u > best && v.E[i].first < v.chunks) {
         best = v.E[i].freq + 1u;
-        head = &v.E[i].first;
+        word = which == 0 ? &v.E[i].first : &v.next[v.E[i].first];
       }
     unlock_shard(v.sh);
   }
   tsr_cache_release(base); /* the segment stays mapped while it is configured */
-  return head;
+  return word;
 }
 
 /* ---- listing and removing segments ---- */

@@ -821,10 +821,12 @@ static void unwatch(void) {
 
 /* Another process may write the segment between any two reads this one makes. A reader
  * must read each index it takes from there once, check that copy and use it, never read it
- * again after the check. The chain head of the most read tile changes after every access,
- * while that tile and others are read: every read is right or fails, none crashes or reads out
- * of bounds (before, a hit read the head, then checked a second read of it, and followed the
- * first: a read 2^46 bytes past the chunks, under the ASan build). */
+ * again after the check. The chain head of the most read tile, or the link after its first
+ * chunk, changes after every access,
+ * while that tile and others are read, and while it is evicted and its entry used again: every
+ * read is right or fails, none crashes or reads or writes out of bounds (before, a hit read the
+ * head, then checked a second read of it, and followed the first: a read 2^46 bytes past the
+ * chunks; an eviction checked a chain, then cleared the tags of a second walk of it). */
 static void test_changed_between_reads(void) {
   char name[64];
   snprintf(name, sizeof name, "/tessera-ctest-%d-toctou", (int)getpid());
@@ -837,25 +839,28 @@ static void test_changed_between_reads(void) {
   sigaction(SIGTRAP, &sa, NULL);
   unsigned long long seed = 31;
   int wrong = 0, failed = 0, rounds = 0;
-  uint8_t *buf = malloc(300 * 300 * 3);
+  uint8_t *buf = malloc((size_t)(info.width * info.height * 3));
   for (; s && rounds < 40; rounds++) {
     int64_t hx = rounds % 16, hy = rounds / 16;
     for (int i = 0; i < 2; i++) /* loaded, then read again: the most read tile */
       CHECK(tessera_read_region(s, hx, hy, 0, 1, 1, NULL, buf, 3) == TESSERA_OK, "read");
-    uint32_t *head = tsr_shared_cache_hot_head();
-    CHECK(head != NULL, "no tile in the cache");
-    if (!head)
+    uint32_t *word = tsr_shared_cache_hot_word(rounds / 2 % 2); /* its head, or a link */
+    CHECK(word != NULL, "no tile in the cache");
+    if (!word)
       break;
-    if (!watch(head)) {
+    if (!watch(word)) {
       printf("no hardware watchpoints here (%s): not tried\n", strerror(errno));
       break;
     }
-    for (int r = 0; r < 4; r++) {
-      bool hot = r % 2 == 0; /* the tile (a hit), or a region anywhere (misses, evictions) */
-      int64_t w = hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
-      int64_t h = hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
-      int64_t x = hot ? hx : (int64_t)(test_rand(&seed) % (uint64_t)info.width) - 20;
-      int64_t y = hot ? hy : (int64_t)(test_rand(&seed) % (uint64_t)info.height) - 20;
+    /* Odd rounds: the whole level, three times the cache, so that the tile is evicted
+     * (freed, its entry reserved again for another, copied into, published). Even rounds:
+     * the tile (a hit), and a region anywhere. */
+    for (int r = 0; r < (rounds % 2 ? 1 : 4); r++) {
+      bool hot = r % 2 == 0, all = rounds % 2;
+      int64_t w = all ? info.width : hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
+      int64_t h = all ? info.height : hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
+      int64_t x = all ? 0 : hot ? hx : (int64_t)(test_rand(&seed) % (uint64_t)info.width) - 20;
+      int64_t y = all ? 0 : hot ? hy : (int64_t)(test_rand(&seed) % (uint64_t)info.height) - 20;
       if (tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3)) != TESSERA_OK)
         failed++;
       else
