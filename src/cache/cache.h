@@ -99,6 +99,8 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n);
 /* For tests: the chain head (which 0) or the link after the first chunk (1) of the current
  * shared cache's most read ready tile, or NULL. */
 uint32_t *tsr_shared_cache_hot_word(int which);
+/* For tests: gives the current shared cache's most read ready tile a size of `bytes`, sealed. */
+bool tsr_shared_cache_hot_resize(uint64_t bytes);
 
 /* The current cache, held until tsr_cache_release; NULL (and nothing to release) when the
  * process has none. */

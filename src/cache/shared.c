@@ -815,6 +815,8 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     struct entry *e = &v.E[i];
     if (e->seal != seal_of(e, i))
       goto damaged;
+    if (e->bytes == 0 || chunks_for(e->bytes) > v.chunks)
+      goto damaged; /* sealed, and yet of no size a tile here can have: as good as unsealed */
     if (e->bytes != a->bytes) {
       unlock_shard(sh); /* same key, other geometry: left to age out (see process.c) */
       return TSR_CACHE_BYPASS;
@@ -1714,6 +1716,37 @@ uint32_t *tsr_shared_cache_hot_word(int which) {
   }
   tsr_cache_release(base); /* the segment stays mapped while it is configured */
   return word;
+}
+
+/* For tests: gives the most read ready tile of the current shared cache a size of `bytes`,
+ * sealed again, as a writer that knows how to seal could. False if there is no such tile. */
+bool tsr_shared_cache_hot_resize(uint64_t bytes) {
+  struct tsr_cache *base = tsr_cache_acquire();
+  if (!base || base->type != TESSERA_CACHE_SHARED_MEMORY) {
+    tsr_cache_release(base);
+    return false;
+  }
+  struct shared_cache *c = (struct shared_cache *)base;
+  struct entry *hot = NULL;
+  uint32_t hot_si = 0, hot_i = 0;
+  unsigned best = 0;
+  for (uint32_t si = 0; si < c->nshards; si++) {
+    struct view v = view_of(c, si);
+    for (uint32_t i = 0; i < v.entries; i++)
+      if (v.E[i].state == READY && v.E[i].freq + 1u > best) {
+        best = v.E[i].freq + 1u;
+        hot = &v.E[i];
+        hot_si = si;
+        hot_i = i;
+      }
+  }
+  if (hot && lock_shard(c, hot_si)) {
+    hot->bytes = bytes;
+    seal(hot, hot_i);
+    unlock_shard(shard_at(c, hot_si));
+  }
+  tsr_cache_release(base);
+  return hot != NULL;
 }
 
 /* ---- listing and removing segments ---- */

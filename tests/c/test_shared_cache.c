@@ -881,6 +881,40 @@ static void test_changed_between_reads(void) {
     tessera_shared_cache_remove(name, 1);
 }
 
+/* A tile's size, sealed, of 2^48 bytes or more (what a writer that knows the seal could
+ * write): the cache takes the entry for damaged, not for a tile of a few chunks, and drops it.
+ * Before, the chunk count wrapped (2^48 bytes: 0 chunks), the entry was kept through every
+ * repair, and the cache counted 256 TiB in use. */
+static void test_sealed_sizes(void) {
+  char name[64];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-sizes", (int)getpid());
+  tessera_slide *s = open_slide();
+  uint8_t *buf = malloc((size_t)(info.width * info.height * 3));
+  const uint64_t sizes[] = {(uint64_t)1 << 48, UINT64_MAX - 2, ((uint64_t)1 << 48) + tile_bytes};
+  for (size_t t = 0; s && t < sizeof sizes / sizeof sizes[0]; t++) {
+    configure(TESSERA_CACHE_SHARED_MEMORY, 4, 0, name); /* a third of the level */
+    for (int i = 0; i < 2; i++)
+      CHECK(tessera_read_region(s, 0, 0, 0, 1, 1, NULL, buf, 3) == TESSERA_OK, "read");
+    CHECK(tsr_shared_cache_hot_resize(sizes[t]), "no tile to resize");
+    for (int pass = 0; pass < 2; pass++) /* three times the cache: every tile evicted */
+      CHECK(tessera_read_region(s, 0, 0, 0, info.width, info.height, NULL, buf,
+                                (size_t)(info.width * info.height * 3)) == TESSERA_OK &&
+                !differs(buf, 0, 0, info.width, info.height),
+            "the level, size %llu, pass %d", (unsigned long long)sizes[t], pass);
+    tessera_cache_stats st = stats();
+    CHECK(st.bytes <= st.memory_capacity, "size %llu: %llu bytes counted in a cache of %llu",
+          (unsigned long long)sizes[t], (unsigned long long)st.bytes,
+          (unsigned long long)st.memory_capacity);
+    char why[200];
+    CHECK(tsr_shared_cache_verify(why, sizeof why), "size %llu: %s", (unsigned long long)sizes[t],
+          why);
+    configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  }
+  free(buf);
+  if (s)
+    tessera_close(s);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   static char path[4096];
@@ -918,6 +952,7 @@ int main(int argc, char **argv) {
   test_foreign_segments();
   test_scribbled();
   test_changed_between_reads();
+  test_sealed_sizes();
   test_killed_maker();
   test_stopped_loader();
   test_stopped_lock_holder();
