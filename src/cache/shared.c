@@ -88,8 +88,9 @@
 /* How long a reader waits for a live process loading the tile it wants before taking the
  * entry over; how long a shard lock is waited for, and how long after such a wait ran out the
  * shard is only tried; how long the user table's lock is waited for; how long an attacher
- * waits for a segment nobody has locked to be made, and for its maker (who reserves all its
- * memory first) to finish. */
+ * waits for a segment nobody has locked to be made (and a maker for the lock on the segment it
+ * has just made, which an attacher holds for a moment), and for its maker (who reserves all
+ * its memory first) to finish. */
 #define LOAD_WAIT_NS (2ull * 1000000000ull)
 #define LOCK_WAIT_NS (1ull * 1000000000ull)
 #define STUCK_NS (10ull * 1000000000ull)
@@ -254,10 +255,11 @@ static int lock_within(pthread_mutex_t *m, uint64_t ns) {
 /* TESSERA_TEST_CACHE_STALL=POINT:N:PATH, read when a shared cache is configured: the N-th
  * tile this process publishes (POINT "locked": holding the shard lock, halfway through
  * linking the tile) or reserves (POINT "loading": the lock let go, before decoding), or the
- * N-th segment it makes (POINT "making": locked, its magic written, not ready), stalls for
- * good, after writing the pid to PATH; with "stop" before POINT it stops itself (SIGSTOP)
- * instead, to go on when continued. Tests stop, continue or kill it there. */
-enum hook_point { HOOK_NONE, HOOK_LOCKED, HOOK_LOADING, HOOK_MAKING };
+ * N-th segment it makes (POINT "making": locked, its magic written, not ready; POINT
+ * "created": the file just created, not yet locked), stalls for good, after writing the pid
+ * to PATH; with "stop" before POINT it stops itself (SIGSTOP) instead, to go on when
+ * continued. Tests stop, continue or kill it there. */
+enum hook_point { HOOK_NONE, HOOK_LOCKED, HOOK_LOADING, HOOK_MAKING, HOOK_CREATED };
 static struct {
   atomic_int point;
   bool stop;
@@ -284,6 +286,7 @@ static void hook_read_env(void) {
   atomic_store(&hook.point, strcmp(p, "locked") == 0    ? (hook.stop ? HOOK_NONE : HOOK_LOCKED)
                             : strcmp(p, "loading") == 0 ? HOOK_LOADING
                             : strcmp(p, "making") == 0  ? HOOK_MAKING
+                            : strcmp(p, "created") == 0 ? HOOK_CREATED
                                                         : HOOK_NONE);
 }
 
@@ -1280,8 +1283,20 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
   while (buckets < entries && buckets < ((uint64_t)1 << 22))
     buckets *= 2;
   uint64_t total = layout(nshards, (uint32_t)chunks, (uint32_t)entries, (uint32_t)buckets, NULL);
-  if (flock(fd, LOCK_EX) != 0)
-    return tsr_error(TESSERA_E_IO, "cannot lock shared memory %s: %s", name, strerror(errno));
+  if (hook_due(HOOK_CREATED))
+    hook_stall();
+  /* An attacher that opened the file meanwhile holds a lock on it only while it looks; one
+   * that holds it longer is stopped (or not tessera), and is not waited for without end. */
+  for (uint64_t began = monotonic_ns(); flock(fd, LOCK_EX | LOCK_NB) != 0; sleep_ns(1000000)) {
+    int err = errno;
+    if (err != EWOULDBLOCK)
+      return tsr_error(TESSERA_E_IO, "cannot lock shared memory %s: %s", name, strerror(err));
+    if (monotonic_ns() - began > READY_WAIT_NS)
+      return tsr_error(TESSERA_E_IO,
+                       "cannot lock the new shared cache %s: another process holds a lock on "
+                       "it (a stopped one?)",
+                       name);
+  }
   if (!still_named(fd, name)) {
     *again = true;
     return TESSERA_OK;

@@ -8,7 +8,9 @@
  * (SIGSTOP) holding a lock, or while loading a tile, costs the others a bounded wait. Segments
  * go away when their last user detaches. A segment open to others or of another user, a link,
  * a FIFO, a hidden name are refused; garbage written over a live index gives right pixels or
- * errors, never a crash; a maker killed halfway is replaced. Runs plain, under ASan+UBSan and
+ * errors, never a crash, and so does an index word that changes between any two reads, or a
+ * sealed size no tile can have; a maker killed halfway is replaced, one whose new segment
+ * another process holds locked gives up in bounded time. Runs plain, under ASan+UBSan and
  * under TSan. */
 #include <errno.h>
 #include <fcntl.h>
@@ -18,6 +20,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -685,6 +688,54 @@ static void test_killed_maker(void) {
     tessera_shared_cache_remove(name, 1);
 }
 
+/* A lock held on a segment its maker has just created and not yet locked (by an attacher
+ * stopped in the moment it looks at it, or any process of the user): the maker gives up after
+ * a bounded wait, saying why (before, it waited for the lock for good: its alarm, the hang
+ * guard, killed it). */
+static void test_maker_lock_held(void) {
+  char name[64], path[96], pidfile[128];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-makerlock", (int)getpid());
+  snprintf(path, sizeof path, "/dev/shm%s", name);
+  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-makerlock.pid", (int)getpid());
+  unlink(pidfile);
+  pid_t maker = fork_child();
+  if (maker == 0) {
+    alarm(30);
+    char v[256];
+    snprintf(v, sizeof v, "stopcreated:1:%s", pidfile);
+    setenv("TESSERA_TEST_CACHE_STALL", v, 1);
+    tessera_cache_options o;
+    tessera_cache_options_init(&o);
+    o.type = TESSERA_CACHE_SHARED_MEMORY;
+    o.memory_capacity_mib = 8;
+    o.name = name;
+    tessera_status st = tessera_cache_configure(&o);
+    _exit(st == TESSERA_E_IO && strstr(tessera_error_message(), "holds a lock") ? 3 : 4);
+  }
+  if (wait_for_stall(pidfile, maker)) {
+    for (int tries = 0; tries < 6000 && proc_state(maker) != 'T'; tries++) {
+      struct timespec ts = {0, 10000000};
+      nanosleep(&ts, NULL);
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    CHECK(fd >= 0 && flock(fd, LOCK_SH) == 0, "cannot lock %s: %s", path, strerror(errno));
+    kill(maker, SIGCONT);
+    int status = wait_child(maker);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 3,
+          "a maker whose segment another process holds locked hung or did not say why "
+          "(status %#x)",
+          status);
+    if (fd >= 0)
+      close(fd);
+  } else {
+    end_child(maker, pidfile);
+  }
+  unlink(pidfile);
+  CHECK(!shm_exists(name), "the maker that gave up left %s", name);
+  if (shm_exists(name))
+    unlink(path);
+}
+
 /* Configures `name`, expecting a refusal (TESSERA_E_ARGUMENT) whose message says `why`. */
 static void refused(const char *name, const char *why) {
   tessera_cache_options o;
@@ -954,6 +1005,7 @@ int main(int argc, char **argv) {
   test_changed_between_reads();
   test_sealed_sizes();
   test_killed_maker();
+  test_maker_lock_held();
   test_stopped_loader();
   test_stopped_lock_holder();
   munmap(board, sizeof *board);
