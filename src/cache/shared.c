@@ -1722,11 +1722,13 @@ uint32_t *tsr_shared_cache_hot_word(int which) {
     if (!lock_shard(c, si))
       continue;
     struct view v = view_of(c, si);
-    for (uint32_t i = 0; i < v.entries; i++)
-      if (v.E[i].state == READY && v.E[i].freq + 1u > best && v.E[i].first < v.chunks) {
+    for (uint32_t i = 0; i < v.entries; i++) {
+      uint32_t first = once32(&v.E[i].first);
+      if (v.E[i].state == READY && v.E[i].freq + 1u > best && first < v.chunks) {
         best = v.E[i].freq + 1u;
-        word = which == 0 ? &v.E[i].first : &v.next[v.E[i].first];
+        word = which == 0 ? &v.E[i].first : &v.next[first];
       }
+    }
     unlock_shard(v.sh);
   }
   tsr_cache_release(base); /* the segment stays mapped while it is configured */
