@@ -465,7 +465,9 @@ TESSERA_API tessera_status tessera_shared_cache_list(tessera_shared_cache_info *
 
 /* Removes the named segment (with or without its leading '/'); processes attached keep using
  * it until they detach. Refuses (TESSERA_E_ARGUMENT) a segment that is not tessera's, and
- * one with live users unless force is nonzero. TESSERA_E_IO if there is none by that name. */
+ * one with live users unless force is nonzero. TESSERA_E_IO if there is none by that name.
+ * A segment of another user, or open to others, is removed without locking anything in it:
+ * whoever may write it could make a process that locks it write where they chose. */
 TESSERA_API tessera_status tessera_shared_cache_remove(const char *name, int32_t force);
 
 #ifdef __cplusplus
