@@ -97,7 +97,8 @@ bool tsr_shared_cache_verify(char *why, size_t n);
 /* For tests: writes n garbage values (from *seed) over the current shared cache's index. */
 bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n);
 /* For tests: the chain head (which 0) or the link after the first chunk (1) of the current
- * shared cache's most read ready tile, or NULL. */
+ * shared cache's most read ready tile, or the loader's slot of a tile being loaded (2); NULL
+ * if there is none. */
 uint32_t *tsr_shared_cache_hot_word(int which);
 /* For tests: gives the current shared cache's most read ready tile a size of `bytes`, sealed. */
 bool tsr_shared_cache_hot_resize(uint64_t bytes);

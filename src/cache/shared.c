@@ -1708,7 +1708,8 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n) {
 
 /* For tests: a word of the most read ready tile of the current shared cache, which another
  * process could write at any moment: its chain head (which 0) or the link after its first
- * chunk (1). NULL if there is no such tile. */
+ * chunk (1); or the loader's user slot of a tile being loaded (2). NULL if there is no such
+ * tile. */
 uint32_t *tsr_shared_cache_hot_word(int which) {
   struct tsr_cache *base = tsr_cache_acquire();
   if (!base || base->type != TESSERA_CACHE_SHARED_MEMORY) {
@@ -1723,6 +1724,10 @@ uint32_t *tsr_shared_cache_hot_word(int which) {
       continue;
     struct view v = view_of(c, si);
     for (uint32_t i = 0; i < v.entries; i++) {
+      if (which == 2 && v.E[i].state == LOADING)
+        word = &v.E[i].loader_slot;
+      if (which == 2)
+        continue;
       uint32_t first = once32(&v.E[i].first);
       if (v.E[i].state == READY && v.E[i].freq + 1u > best && first < v.chunks) {
         best = v.E[i].freq + 1u;

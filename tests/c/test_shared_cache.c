@@ -833,15 +833,24 @@ static void test_scribbled(void) {
 
 /* A word of the segment that changes after each access this thread makes to it, as if
  * another process wrote it between any two reads: a hardware watchpoint (perf_event_open)
- * traps each access, and the handler turns the word out of range, or back. */
+ * traps each access, and the handler turns the word out of range, or back. With watch_seed
+ * nonzero, after some accesses only, in a pseudo-random pattern (seeded: the same each run)
+ * rather than after every one. */
 static volatile uint32_t *watched;
 static int watch_fd = -1;
 static atomic_int watch_hits;
+static uint32_t watch_seed;
 
 static void on_watched_access(int sig, siginfo_t *info, void *context) {
   (void)sig, (void)info, (void)context;
   ioctl(watch_fd, PERF_EVENT_IOC_DISABLE, 0); /* its own access is not to trap */
-  *watched ^= 0x40000000u;
+  bool flip = true;
+  if (watch_seed) {
+    watch_seed ^= watch_seed << 13, watch_seed ^= watch_seed >> 17, watch_seed ^= watch_seed << 5;
+    flip = watch_seed & 1;
+  }
+  if (flip)
+    *watched ^= 0x40000000u;
   atomic_fetch_add(&watch_hits, 1);
   ioctl(watch_fd, PERF_EVENT_IOC_ENABLE, 0);
 }
@@ -932,6 +941,51 @@ static void test_changed_between_reads(void) {
     tessera_shared_cache_remove(name, 1);
 }
 
+/* The loader's user slot of a tile being loaded by a stopped process changes after each
+ * access, while this process waits for the tile, finds its loader alive (or not), and takes
+ * it over: the read is right, and nothing is read out of bounds (before, loader_alive indexed
+ * the table of slot generations by a second read of the slot it had checked). */
+static void test_loader_slot_changed(void) {
+  char name[64], pidfile[128];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-slot", (int)getpid());
+  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-slot.pid", (int)getpid());
+  configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
+  tessera_slide *s = open_slide();
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_sigaction = on_watched_access;
+  sa.sa_flags = SA_SIGINFO;
+  sigaction(SIGTRAP, &sa, NULL);
+  atomic_store(&watch_hits, 0);
+  watch_seed = 12345;
+  for (int round = 0; s && round < 12; round++) {
+    int64_t x = 10 + round % 6 * 300, y = 20 + round / 6 * 300;
+    pid_t staller = stopped_child(name, "loading:1", x, y, 1, 1, pidfile);
+    uint32_t *word = tsr_shared_cache_hot_word(2);
+    CHECK(word != NULL, "no tile being loaded");
+    if (staller < 0 || !word) {
+      end_child(staller, pidfile);
+      break;
+    }
+    if (!watch(word)) {
+      printf("no hardware watchpoints here (%s): not tried\n", strerror(errno));
+      end_child(staller, pidfile);
+      break;
+    }
+    uint8_t px[3];
+    CHECK(tessera_read_region(s, x, y, 0, 1, 1, NULL, px, 3) == TESSERA_OK && !differs(px, x, y, 1, 1),
+          "read beside a stopped loader whose slot changes, round %d", round);
+    unwatch();
+    end_child(staller, pidfile);
+  }
+  signal(SIGTRAP, SIG_DFL);
+  watch_seed = 0;
+  printf("loader slot changed between reads: %d accesses trapped\n", atomic_load(&watch_hits));
+  if (s)
+    tessera_close(s);
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+}
+
 /* A tile's size, sealed, of 2^48 bytes or more (what a writer that knows the seal could
  * write): the cache takes the entry for damaged, not for a tile of a few chunks, and drops it.
  * Before, the chunk count wrapped (2^48 bytes: 0 chunks), the entry was kept through every
@@ -1004,6 +1058,7 @@ int main(int argc, char **argv) {
   test_scribbled();
   test_changed_between_reads();
   test_sealed_sizes();
+  test_loader_slot_changed();
   test_killed_maker();
   test_maker_lock_held();
   test_stopped_loader();
