@@ -184,6 +184,7 @@ static uint64_t chunks_for(uint64_t bytes) {
  * taken from it is read once, through these, into a local that is checked and then used: a
  * plain read could be made again by the compiler, after the check. */
 static uint32_t once32(const uint32_t *p) { return *(const volatile uint32_t *)p; }
+static uint64_t once64(const uint64_t *p) { return *(const volatile uint64_t *)p; }
 
 /* An entry as it stands now, to check and use as one copy. */
 static struct entry snapshot(const struct entry *e) {
@@ -611,7 +612,7 @@ static void rebuild(const struct shared_cache *c, const struct view *v) {
   sh->free_chunks = NIL;
   sh->nfree_chunks = 0;
   for (uint32_t k = v->chunks; k-- > 0;) {
-    uint64_t t = *(const volatile uint64_t *)&v->owner[k];
+    uint64_t t = once64(&v->owner[k]);
     uint32_t i = (uint32_t)(t >> 32) - 1, s = (uint32_t)t;
     if (t != 0 && i < v->entries && E[i].state != FREE && s < chunks_for(E[i].bytes))
       continue;
@@ -1724,10 +1725,11 @@ uint32_t *tsr_shared_cache_hot_word(int which) {
       continue;
     struct view v = view_of(c, si);
     for (uint32_t i = 0; i < v.entries; i++) {
-      if (which == 2 && v.E[i].state == LOADING)
-        word = &v.E[i].loader_slot;
-      if (which == 2)
+      if (which == 2) {
+        if (v.E[i].state == LOADING)
+          word = &v.E[i].loader_slot;
         continue;
+      }
       uint32_t first = once32(&v.E[i].first);
       if (v.E[i].state == READY && v.E[i].freq + 1u > best && first < v.chunks) {
         best = v.E[i].freq + 1u;
