@@ -91,6 +91,10 @@ struct tsr_cache {
 struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o);
 tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct tsr_cache **out);
 
+/* For tests: the lookups a per-process cache has made in its hash tables, and the entries
+ * they compared on the way (the chains' length, in effect). */
+void tsr_process_cache_lookup_work(struct tsr_cache *c, uint64_t *finds, uint64_t *steps);
+
 /* For tests: checks the lists of every shard of the current shared cache against its
  * entries (repairing first what a dead lock holder left); false with the reason in why. */
 bool tsr_shared_cache_verify(char *why, size_t n);

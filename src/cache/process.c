@@ -11,10 +11,13 @@
  * left out: it needs a second index for little gain on tile streams.
  *
  * Sharding keeps threads on different tiles off each other's locks; each shard's budget is an
- * equal part of the total, so the total is never exceeded. Single flight: the first thread to
- * miss reserves the entry (its bytes counted at once) and decodes; the others wait on the
- * shard's condition variable. Pinned entries (being copied from, or loading) are never
- * evicted or freed. */
+ * equal part of the total, so the total is never exceeded. A shard counts all the memory it
+ * takes against its budget: each entry's pixels, its bookkeeping and what malloc adds to them,
+ * and its hash table, which doubles as entries come (a table sized for large tiles made the
+ * chains of 16 x 16 tiles hundreds long, while their overhead went uncounted). Single flight:
+ * the first thread to miss reserves the entry (its bytes counted at once) and decodes; the
+ * others wait on the shard's condition variable. Pinned entries (being copied from, or
+ * loading) are never evicted or freed. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -25,10 +28,12 @@
 
 enum queue { Q_NONE, Q_SMALL, Q_MAIN };
 
+/* One allocation: the entry, then its pixels. */
 struct tsr_cache_entry {
   struct tsr_cache_key key;
   uint8_t *pixels;
-  size_t bytes;
+  size_t bytes;                        /* of the pixels */
+  size_t cost;                         /* of the whole allocation, as counted (entry_cost) */
   struct tsr_cache_entry *hnext;       /* hash chain */
   struct tsr_cache_entry *prev, *next; /* queue: next is older */
   unsigned pins;                       /* readers copying from it, or its loader */
@@ -39,7 +44,7 @@ struct tsr_cache_entry {
 
 struct fifo {
   struct tsr_cache_entry *head, *tail; /* head newest */
-  uint64_t bytes;
+  uint64_t bytes;                      /* the entries' costs */
 };
 
 /* Every field after lock is guarded by it. */
@@ -47,10 +52,11 @@ struct shard {
   pthread_mutex_t lock;
   pthread_cond_t loaded; /* an entry finished loading or was abandoned */
   struct tsr_cache_entry **table;
-  size_t buckets; /* a power of two */
+  size_t buckets; /* a power of two; doubled when the entries outnumber it */
   struct fifo small, main;
-  uint64_t bytes, items; /* loading entries included */
+  uint64_t bytes, items; /* bytes: entries' costs (loading ones included) and the table */
   uint64_t hits, misses, evictions;
+  uint64_t finds, steps; /* lookups in the table, and the entries they compared */
 };
 
 struct process_cache {
@@ -62,6 +68,23 @@ struct process_cache {
   tessera_cache_options options; /* what made it, for a forked child's */
 };
 
+/* Where an entry's pixels begin in its allocation: 16-byte aligned, for fast copies. */
+#define ENTRY_HEAD ((sizeof(struct tsr_cache_entry) + 15) & ~(size_t)15)
+#define FIRST_BUCKETS 16
+
+/* What an allocation of n bytes takes from the system, as glibc's malloc gives it: an 8-byte
+ * header, rounded up to 16; large blocks come from mmap, in whole pages with a 16-byte header.
+ * Overestimated where malloc's mmap threshold has moved up (it serves such blocks from the
+ * heap then), never under. */
+static uint64_t allocation_cost(uint64_t n) {
+  if (n >= ((uint64_t)128 << 10))
+    return (n + 16 + 4095) & ~(uint64_t)4095;
+  n = (n + 8 + 15) & ~(uint64_t)15;
+  return n < 32 ? 32 : n;
+}
+
+static uint64_t entry_cost(size_t bytes) { return allocation_cost(ENTRY_HEAD + bytes); }
+
 /* ---- queues and table (shard lock held) ---- */
 
 static void fifo_push(struct fifo *q, struct tsr_cache_entry *e) {
@@ -72,7 +95,7 @@ static void fifo_push(struct fifo *q, struct tsr_cache_entry *e) {
   else
     q->tail = e;
   q->head = e;
-  q->bytes += e->bytes;
+  q->bytes += e->cost;
 }
 
 static void fifo_unlink(struct fifo *q, struct tsr_cache_entry *e) {
@@ -84,7 +107,7 @@ static void fifo_unlink(struct fifo *q, struct tsr_cache_entry *e) {
     e->next->prev = e->prev;
   else
     q->tail = e->prev;
-  q->bytes -= e->bytes;
+  q->bytes -= e->cost;
 }
 
 static struct fifo *queue_of(struct shard *sh, const struct tsr_cache_entry *e) {
@@ -97,10 +120,45 @@ static struct tsr_cache_entry **bucket(struct shard *sh, uint64_t hash) {
 
 static struct tsr_cache_entry *find(struct shard *sh, const struct tsr_cache_key *k,
                                     uint64_t hash) {
-  for (struct tsr_cache_entry *e = *bucket(sh, hash); e; e = e->hnext)
+  sh->finds++;
+  for (struct tsr_cache_entry *e = *bucket(sh, hash); e; e = e->hnext) {
+    sh->steps++;
     if (tsr_cache_key_equal(&e->key, k))
       return e;
+  }
   return NULL;
+}
+
+static uint64_t table_cost(size_t buckets) {
+  return allocation_cost(buckets * sizeof(struct tsr_cache_entry *));
+}
+
+/* What one more entry adds to the table's cost: the doubling it would bring on. */
+static uint64_t table_growth(const struct shard *sh) {
+  return sh->items + 1 > sh->buckets ? table_cost(sh->buckets * 2) - table_cost(sh->buckets) : 0;
+}
+
+/* Doubles the table when the entries outnumber its buckets, so chains stay about one long;
+ * out of memory, the old table stays (longer chains, still correct). */
+static void grow_table(struct shard *sh) {
+  if (sh->items <= sh->buckets)
+    return;
+  size_t n = sh->buckets * 2;
+  struct tsr_cache_entry **t = tsr_calloc(n, sizeof *t);
+  if (!t)
+    return;
+  for (size_t b = 0; b < sh->buckets; b++) {
+    for (struct tsr_cache_entry *e = sh->table[b], *next; e; e = next) {
+      next = e->hnext;
+      struct tsr_cache_entry **to = &t[(tsr_cache_key_hash(&e->key) >> 4) & (n - 1)];
+      e->hnext = *to;
+      *to = e;
+    }
+  }
+  tsr_free(sh->table);
+  sh->bytes += table_cost(n) - table_cost(sh->buckets);
+  sh->table = t;
+  sh->buckets = n;
 }
 
 /* Takes e out of the table and its queue and frees it (it is not pinned). */
@@ -112,9 +170,8 @@ static void drop(struct shard *sh, struct tsr_cache_entry *e) {
   struct fifo *q = queue_of(sh, e);
   if (q)
     fifo_unlink(q, e);
-  sh->bytes -= e->bytes;
+  sh->bytes -= e->cost;
   sh->items--;
-  tsr_free(e->pixels);
   tsr_free(e);
 }
 
@@ -162,8 +219,10 @@ static bool evict_one(struct process_cache *c, struct shard *sh) {
   return false;
 }
 
-static bool fits(const struct process_cache *c, const struct shard *sh, size_t bytes) {
-  return sh->bytes + bytes <= c->shard_bytes && (!c->shard_items || sh->items < c->shard_items);
+/* Whether one more entry of this cost fits, with the table growth it brings. */
+static bool fits(const struct process_cache *c, const struct shard *sh, uint64_t cost) {
+  return sh->bytes + cost + table_growth(sh) <= c->shard_bytes &&
+         (!c->shard_items || sh->items < c->shard_items);
 }
 
 /* ---- the interface of cache.h ---- */
@@ -201,32 +260,37 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   }
   if (count)
     sh->misses++;
-  if (bytes > c->shard_bytes) {
+  uint64_t cost = entry_cost(bytes);
+  if (cost + table_cost(sh->buckets) > c->shard_bytes) {
     pthread_mutex_unlock(&sh->lock);
     return TSR_CACHE_BYPASS;
   }
-  while (!fits(c, sh, bytes))
+  while (!fits(c, sh, cost))
     if (!evict_one(c, sh)) {
       pthread_mutex_unlock(&sh->lock);
       return TSR_CACHE_BYPASS;
     }
-  e = tsr_calloc(1, sizeof *e);
-  uint8_t *pixels = e ? tsr_malloc(bytes) : NULL;
-  if (!pixels) {
-    tsr_free(e);
+  e = tsr_malloc(ENTRY_HEAD + bytes);
+  if (!e) {
     pthread_mutex_unlock(&sh->lock);
     return TSR_CACHE_BYPASS;
   }
-  *e = (struct tsr_cache_entry){
-      .key = a->key, .pixels = pixels, .bytes = bytes, .pins = 1, .queue = Q_NONE, .loading = true};
+  *e = (struct tsr_cache_entry){.key = a->key,
+                                .pixels = (uint8_t *)e + ENTRY_HEAD,
+                                .bytes = bytes,
+                                .cost = cost,
+                                .pins = 1,
+                                .queue = Q_NONE,
+                                .loading = true};
+  sh->items++;
+  sh->bytes += cost;
+  grow_table(sh);
   struct tsr_cache_entry **b = bucket(sh, hash);
   e->hnext = *b;
   *b = e;
-  sh->bytes += bytes;
-  sh->items++;
   pthread_mutex_unlock(&sh->lock);
   a->entry = e;
-  a->load = pixels;
+  a->load = e->pixels;
   return TSR_CACHE_LOAD;
 }
 
@@ -278,6 +342,18 @@ static void stats(struct tsr_cache *base, tessera_cache_stats *t) {
   }
 }
 
+void tsr_process_cache_lookup_work(struct tsr_cache *base, uint64_t *finds, uint64_t *steps) {
+  struct process_cache *c = (struct process_cache *)base;
+  *finds = *steps = 0;
+  for (unsigned i = 0; i < c->nshards; i++) {
+    struct shard *sh = &c->shards[i];
+    pthread_mutex_lock(&sh->lock);
+    *finds += sh->finds;
+    *steps += sh->steps;
+    pthread_mutex_unlock(&sh->lock);
+  }
+}
+
 static void reset_stats(struct tsr_cache *base) {
   struct process_cache *c = (struct process_cache *)base;
   for (unsigned i = 0; i < c->nshards; i++) {
@@ -295,7 +371,6 @@ static void destroy(struct tsr_cache *base) {
     for (size_t b = 0; sh->table && b < sh->buckets; b++) {
       for (struct tsr_cache_entry *e = sh->table[b], *next; e; e = next) {
         next = e->hnext;
-        tsr_free(e->pixels);
         tsr_free(e);
       }
     }
@@ -343,19 +418,13 @@ struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o) {
   c->nshards = tsr_cache_shard_count(c->memory_capacity, c->item_capacity);
   c->shard_bytes = c->memory_capacity / c->nshards;
   c->shard_items = c->item_capacity / c->nshards;
-  /* Buckets for the tiles a shard can hold, at 64 KiB a tile at the smallest. */
-  uint64_t want = c->shard_bytes / 65536 + 16;
-  if (c->shard_items && want > c->shard_items)
-    want = c->shard_items;
-  size_t buckets = 1;
-  while (buckets < want && buckets < ((size_t)1 << 20))
-    buckets *= 2;
   for (unsigned i = 0; i < c->nshards; i++) {
     struct shard *sh = &c->shards[i];
     pthread_mutex_init(&sh->lock, NULL);
     pthread_cond_init(&sh->loaded, NULL);
-    sh->buckets = buckets;
-    if (!(sh->table = tsr_calloc(buckets, sizeof *sh->table))) {
+    sh->buckets = FIRST_BUCKETS;
+    sh->bytes = table_cost(FIRST_BUCKETS);
+    if (!(sh->table = tsr_calloc(FIRST_BUCKETS, sizeof *sh->table))) {
       c->nshards = i + 1;
       destroy(&c->base);
       return NULL;

@@ -1,15 +1,19 @@
 /* The per-process tile cache: exact statistics on scripted sequences, reads through the cache
  * equal to reads without it (regions, whole levels, batches, from several threads), budgets
  * of bytes and items never exceeded under concurrent load, a hot set kept through a long
- * scan, one decode for threads missing the same tile together, and no collision between
- * files or levels with equal tile indices. Runs plain, under ASan+UBSan and under TSan. */
+ * scan, one decode for threads missing the same tile together, no collision between files or
+ * levels with equal tile indices, and with 16 x 16 tiles, short hash chains and memory
+ * counted as the process spends it. Runs plain, under ASan+UBSan and under TSan. */
 #include <dirent.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <tiffio.h>
 #include <unistd.h>
 
+#include "cache/cache.h"
 #include "check.h"
 #include "tessera.h"
 #include "tile.h"
@@ -59,7 +63,8 @@ static uint8_t *read_patch(tessera_slide *s, int64_t x, int64_t y, int32_t level
 }
 
 /* Scripted: tiles 0, 0, 1, 0, then a region over tiles 0..3; each step's hits and misses are
- * known exactly. */
+ * known exactly. Each tile held costs the cache the same bytes: its pixels and a little
+ * bookkeeping. */
 static void test_exact_stats(const char *dir) {
   tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
   if (!s)
@@ -78,14 +83,20 @@ static void test_exact_stats(const char *dir) {
       {0, 0, tw, th, 2, 2, 2},         /* tile 0: hit */
       {0, 0, 2 * tw, 2 * th, 4, 4, 4}, /* tiles 0, 1 hit; 4, 5 (row 1) miss */
   };
+  uint64_t empty = stats().bytes, per_tile = 0;
   for (size_t i = 0; i < sizeof steps / sizeof steps[0]; i++) {
     free(read_patch(s, steps[i].x, steps[i].y, 0, steps[i].w, steps[i].h, 3));
     tessera_cache_stats t = stats();
+    if (!per_tile && t.items)
+      per_tile = (t.bytes - empty) / t.items;
     CHECK(t.hits == steps[i].hits && t.misses == steps[i].misses && t.items == steps[i].items &&
-              t.bytes == steps[i].items * tile_bytes && t.evictions == 0,
+              t.bytes == empty + t.items * per_tile && t.evictions == 0,
           "step %zu: hits %llu misses %llu items %llu bytes %llu", i, (unsigned long long)t.hits,
           (unsigned long long)t.misses, (unsigned long long)t.items, (unsigned long long)t.bytes);
   }
+  CHECK(per_tile > tile_bytes && per_tile < tile_bytes + 256,
+        "a %llu-byte tile is counted as %llu bytes", (unsigned long long)tile_bytes,
+        (unsigned long long)per_tile);
   tessera_cache_stats t = stats();
   CHECK(t.type == TESSERA_CACHE_PER_PROCESS && t.memory_capacity == (uint64_t)64 << 20 &&
             t.record_stats == 1,
@@ -456,6 +467,126 @@ static void test_configure_and_fork_during_reads(const char *dir) {
   tessera_close(s);
 }
 
+/* Resident memory of this process in bytes, after giving free heap memory back, so that what
+ * is allocated next shows as growth. */
+static uint64_t resident_bytes(void) {
+  malloc_trim(0);
+  unsigned long pages = 0, resident = 0;
+  FILE *f = fopen("/proc/self/statm", "r");
+  CHECK(f && fscanf(f, "%lu %lu", &pages, &resident) == 2, "no /proc/self/statm");
+  if (f)
+    fclose(f);
+  return (uint64_t)resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+/* A 4096 x 4096 grey image in 16 x 16 uncompressed tiles (65536 of 256 bytes): the tiles a
+ * cache counts least and holds most of. */
+static bool write_small_tiles(const char *path) {
+  TIFF *t = TIFFOpen(path, "w8");
+  if (!t)
+    return false;
+  enum { SIDE = 4096, TILE = 16 };
+  TIFFSetField(t, TIFFTAG_IMAGEWIDTH, SIDE);
+  TIFFSetField(t, TIFFTAG_IMAGELENGTH, SIDE);
+  TIFFSetField(t, TIFFTAG_TILEWIDTH, TILE);
+  TIFFSetField(t, TIFFTAG_TILELENGTH, TILE);
+  TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, 8);
+  TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, 1);
+  TIFFSetField(t, TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_MINISBLACK);
+  TIFFSetField(t, TIFFTAG_COMPRESSION, COMPRESSION_NONE);
+  TIFFSetField(t, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+  uint8_t tile[TILE * TILE];
+  bool ok = true;
+  for (uint32_t y = 0; ok && y < SIDE; y += TILE) {
+    for (uint32_t x = 0; ok && x < SIDE; x += TILE) {
+      for (int i = 0; i < TILE * TILE; i++)
+        tile[i] = (uint8_t)((x + (unsigned)i % TILE) * 7 + (y + (unsigned)i / TILE) * 13);
+      ok = TIFFWriteTile(t, tile, x, y, 0, 0) >= 0;
+    }
+  }
+  TIFFClose(t);
+  return ok;
+}
+
+/* Reads the whole level in bands of 16 rows, each `times` times in a row, checking the byte
+ * budget after each band. */
+static void read_small_tiles(tessera_slide *s, int times, uint8_t *buf) {
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  for (int64_t y = 0; y < 4096; y += 16) {
+    for (int k = 0; k < times; k++)
+      CHECK(tessera_read_region(s, 0, y, 0, 4096, 16, &o, buf, 4096 * 16 * 3) == TESSERA_OK,
+            "read: %s", tessera_error_message());
+    tessera_cache_stats t = stats();
+    CHECK(t.bytes <= t.memory_capacity, "%llu bytes counted over a capacity of %llu",
+          (unsigned long long)t.bytes, (unsigned long long)t.memory_capacity);
+  }
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define MEASURES_RESIDENT 0 /* the sanitizers' allocators keep freed memory, and shadow it */
+#else
+#define MEASURES_RESIDENT 1
+#endif
+
+/* With 16 x 16 tiles: the bytes a cache reports are what the process spends on it (within a
+ * quarter either way), never above its capacity, and the process stays within it when the
+ * tiles far outnumber what fits; lookups compare about one entry each, however many entries
+ * there are. */
+static void test_small_tiles(void) {
+  char path[] = "/tmp/tessera-test-small-tiles-XXXXXX";
+  int fd = mkstemp(path);
+  CHECK(fd >= 0, "mkstemp");
+  if (fd < 0)
+    return;
+  close(fd);
+  tessera_slide *s = NULL;
+  if (!write_small_tiles(path) || tessera_open(path, &s) != TESSERA_OK) {
+    CHECK(0, "writing or opening %s: %s", path, tessera_error_message());
+    unlink(path);
+    return;
+  }
+  uint8_t *buf = malloc(4096 * 16 * 3);
+  /* 8 MiB, about a third of the tiles. */
+  uint64_t before = resident_bytes();
+  configure(TESSERA_CACHE_PER_PROCESS, 8, 0, 1);
+  read_small_tiles(s, 2, buf);
+  uint64_t grown = resident_bytes() - before;
+  tessera_cache_stats t = stats();
+  CHECK(t.evictions > 0, "nothing evicted");
+  if (MEASURES_RESIDENT)
+    CHECK(grown <= t.memory_capacity + t.memory_capacity / 4,
+          "an 8 MiB cache grew the process by %.1f MiB", grown / 1048576.0);
+  /* 64 MiB: every tile fits. */
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  before = resident_bytes();
+  configure(TESSERA_CACHE_PER_PROCESS, 64, 0, 1);
+  read_small_tiles(s, 2, buf);
+  t = stats();
+  grown = resident_bytes() - before;
+  CHECK(t.items == 65536 && t.evictions == 0, "%llu of 65536 tiles held, %llu evictions",
+        (unsigned long long)t.items, (unsigned long long)t.evictions);
+  if (MEASURES_RESIDENT)
+    CHECK(t.bytes * 4 >= grown * 3 && t.bytes * 3 <= grown * 4,
+          "%.1f MiB counted, the process grew by %.1f MiB", t.bytes / 1048576.0,
+          grown / 1048576.0);
+  struct tsr_cache *c = tsr_cache_acquire();
+  uint64_t finds0, steps0, finds, steps;
+  uint64_t hits = stats().hits;
+  tsr_process_cache_lookup_work(c, &finds0, &steps0);
+  read_small_tiles(s, 1, buf);
+  tsr_process_cache_lookup_work(c, &finds, &steps);
+  tsr_cache_release(c);
+  CHECK(stats().hits - hits == 65536, "a third pass did not hit every tile");
+  CHECK(finds - finds0 == 65536 && steps - steps0 <= 2 * (finds - finds0),
+        "%llu lookups compared %llu entries", (unsigned long long)(finds - finds0),
+        (unsigned long long)(steps - steps0));
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  free(buf);
+  tessera_close(s);
+  unlink(path);
+}
+
 static void test_arguments(void) {
   tessera_cache_options o;
   tessera_cache_options_init(&o);
@@ -475,6 +606,7 @@ static void test_arguments(void) {
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   test_arguments();
+  test_small_tiles();
   test_exact_stats(dir);
   test_same_pixels(dir);
   test_budgets_under_load(dir);
