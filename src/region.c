@@ -164,9 +164,9 @@ static void budget_done(struct tsr_tile_buffers *b, uint64_t reserved) {
   tsr_budget_release(reserved);
 }
 
-/* Paints from the process's tile cache, decoding the whole tile into it on a miss. Returns
- * false (painting nothing) when the cache cannot take the tile: the caller reads it as if
- * there were no cache. */
+/* Paints from the process's tile cache, decoding the whole tile into it on a miss the cache
+ * admits. Returns false (painting nothing) when the cache does not hold the tile and does not
+ * take it: the caller reads it as if there were no cache. */
 static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_t level,
                          uint64_t index, const struct span *tile, const struct span *u,
                          const struct tsr_canvas *const *canvases, size_t n,
@@ -186,8 +186,8 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
                                .rows = (uint32_t)(u->y1 - u->y0),
                                .scratch = &b->cached};
   enum tsr_cache_result r = tsr_cache_lookup(cache, &a);
-  if (r == TSR_CACHE_BYPASS)
-    return false;
+  if (r == TSR_CACHE_MISS || r == TSR_CACHE_BYPASS)
+    return false; /* decoded in part, as without a cache */
   if (r == TSR_CACHE_LOAD) {
     struct tsr_tile_rect whole = {
         0, 0, (uint32_t)(tile->x1 - tile->x0), (uint32_t)(tile->y1 - tile->y0), a.load, stride};

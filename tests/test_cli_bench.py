@@ -758,8 +758,9 @@ def shares(pos, processes):
                          ids=lambda o: "_".join(map(str, o)))
 def test_cache_and_processes_keep_the_checksum(cli, slides, opts):
     """A shuffled sliding window through a cache, and split over processes, reads the same
-    pixels as OpenSlide. With room for everything, every distinct tile touched is exactly one
-    miss: of the one cache shared by all the processes, or of each process's own cache (the
+    pixels as OpenSlide. With room for everything, a tile is missed once at least, and at most
+    twice by each process that needs it (the first miss only remembers it, the second caches
+    it): in the one cache shared by all the processes, or in each process's own cache (the
     tiles of its share)."""
     path = slides.path(GENERIC)
     osl = R.openslide_open(path)
@@ -781,10 +782,10 @@ def test_cache_and_processes_keep_the_checksum(cli, slides, opts):
     elif cache.startswith("shared_memory") or procs == 1:
         # with processes, the shares overlap, so separate caches would miss more
         assert procs == 1 or sum(per_share) > touched, per_share
-        assert doc["cache_misses"] == touched, doc
+        assert touched <= doc["cache_misses"] <= 2 * sum(per_share), (doc, per_share)
         assert doc["cache_hits"] > 0, doc
     elif cache == "per_process:64":
-        assert doc["cache_misses"] == sum(per_share), (doc, per_share)
+        assert sum(per_share) <= doc["cache_misses"] <= 2 * sum(per_share), (doc, per_share)
         assert doc["cache_hits"] > 0, doc
     else:
         assert doc["cache_hits"] + doc["cache_misses"] > 0, doc
@@ -809,7 +810,7 @@ def bench_pid(cli, args):
 def test_shared_memory_cache_between_processes(cli, slides, processes):
     """Random patches (overlapping, and overlapping between the processes' shares) through
     one shared cache with room for all: the checksum of the nocache run, one miss per tile
-    touched, and the segment ("/tessera-PID-N", made by the command's process) removed at the
+    touched at least and at most two per tile each process touches, and the segment ("/tessera-PID-N", made by the command's process) removed at the
     end."""
     path = slides.path(GENERIC)
     W, H, w, h = 2048, 1536, 300, 200
@@ -824,10 +825,10 @@ def test_shared_memory_cache_between_processes(cli, slides, processes):
         "shared_memory", 64, processes), doc
     assert doc["checksum"] == plain["checksum"] and doc["patches"] == 120, (doc, plain)
     assert doc["distinct_tiles"] == touched, doc
-    assert doc["cache_misses"] == touched, doc
+    per_share = [len(distinct_tiles(p, w, h, 256, 256, W, H)) for p in shares(pos, processes)]
+    assert touched <= doc["cache_misses"] <= 2 * sum(per_share), (doc, per_share)
     if processes > 1:
-        per_share = [len(distinct_tiles(p, w, h, 256, 256, W, H)) for p in shares(pos, processes)]
-        assert sum(per_share) > touched, per_share   # separate caches could not give `touched`
+        assert sum(per_share) > touched, per_share
     assert doc["cache_hits"] > 0, doc
     left = glob.glob(os.path.join("/dev/shm", "tessera-%d-*" % pid))
     for f in left:
@@ -838,7 +839,8 @@ def test_shared_memory_cache_between_processes(cli, slides, processes):
 def test_distinct_tiles_clips_to_the_level(cli, slides, mixed_locations, tmp_path):
     """Patches across the edges touch only the tiles inside; patches wholly outside touch
     none. At level 0 and (through the level-1 corners of mixed_locations, downsample 2) at
-    level 1; the text report shows the same number; a cache with room misses each once."""
+    level 1; the text report shows the same number; a cache with room misses each once (the
+    patches make one batch, which looks each tile up once)."""
     path = slides.path(GENERIC)
     W, H, w, h = 2048, 1536, 100, 90
     xy = [(-50, -40), (-99, 500), (-100, 500), (2047, 1535), (2048, 10), (1000, 1446),

@@ -1,9 +1,10 @@
-/* The process's current cache and the public calls that configure it and read its
- * statistics; the kinds themselves live in process.c and shared.c. */
+/* The process's current cache, which tiles it admits, and the public calls that configure it
+ * and read its statistics; the kinds themselves live in process.c and shared.c. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 
+#include "alloc.h"
 #include "cache/cache.h"
 #include "error.h"
 
@@ -37,7 +38,123 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
   return n < 1 ? 1 : n > TSR_CACHE_MAX_SHARDS ? TSR_CACHE_MAX_SHARDS : (unsigned)n;
 }
 
-/* The process's cache. A reader takes a reference under `current_lock` (held only for that,
+/* ---- admission ----
+ *
+ * A tile is cached only when it is read again. A miss that fills the cache decodes the whole
+ * tile, where a read without the cache decodes only the rows and columns it needs (JPEG), and
+ * the tile then holds memory other tiles could use. Patches at random over a large slide
+ * seldom come back to a tile before it would be evicted: caching every miss made such a
+ * stream 2.6x slower than no cache. So a first miss decodes as if there were no cache and
+ * leaves the tile's fingerprint in a ghost; a miss on a tile whose fingerprint is still there
+ * is admitted: it was missed within the last capacity's worth of missed bytes, so it would
+ * still be cached had it been admitted then (the test of S3-FIFO's ghost queue). A tile read
+ * over and over costs one partial decode more than before; a scan leaves the cache alone.
+ *
+ * The ghost is a table of sets of 8 slots, each slot a fingerprint and the clock (bytes missed
+ * so far) when it was put there; a tile goes into its set in place of the oldest. So the ghost
+ * is bounded, 8 bytes per 4 KiB of capacity (outside the capacity), and forgets a tile early
+ * only when 8 tiles of one set were missed since: that tile then costs one more partial
+ * decode (with one slot a set, two tiles read in turn would push each other out forever).
+ * Slots and clock are atomics used relaxed: a race changes at most one admission. The ghost is
+ * the process's own, even for a shared cache: a shared tile is admitted when one process
+ * misses it twice, and then every process hits it. */
+#define GHOST_STAMP_SHIFT 12 /* stamps count 4 KiB */
+#define GHOST_WAYS 8         /* slots of a set (64 bytes) */
+#define GHOST_MIN_SLOTS ((size_t)1 << 12)
+#define GHOST_MAX_SLOTS ((size_t)1 << 22)
+
+struct tsr_ghost {
+  uint64_t window;            /* bytes of misses remembered: the cache's capacity */
+  uint64_t item_capacity;     /* the cache's (0: none), which narrows the window */
+  size_t set_mask;            /* sets - 1 */
+  atomic_uint_fast64_t clock; /* bytes missed so far */
+  _Atomic uint64_t slot[];    /* fingerprint << 32 | the clock's stamp */
+};
+
+static struct tsr_ghost *ghost_create(uint64_t memory_capacity, uint64_t item_capacity) {
+  size_t slots = GHOST_MIN_SLOTS;
+  while (slots < GHOST_MAX_SLOTS && slots < memory_capacity >> GHOST_STAMP_SHIFT)
+    slots *= 2;
+  struct tsr_ghost *g = tsr_calloc(1, sizeof *g + slots * sizeof g->slot[0]);
+  if (!g)
+    return NULL;
+  g->window = memory_capacity;
+  g->item_capacity = item_capacity;
+  g->set_mask = slots / GHOST_WAYS - 1;
+  return g;
+}
+
+static _Atomic uint64_t *ghost_set(struct tsr_ghost *g, uint64_t hash) {
+  return &g->slot[(hash & g->set_mask) * GHOST_WAYS];
+}
+
+/* Never 0, so an empty slot matches no tile. */
+static uint32_t fingerprint(uint64_t hash) { return (uint32_t)(hash >> 32) | 1; }
+
+static uint32_t stamp(uint64_t clock) { return (uint32_t)(clock >> GHOST_STAMP_SHIFT); }
+
+/* Whether a tile of this many bytes was missed within the window. */
+static bool ghost_remembers(struct tsr_ghost *g, uint64_t hash, size_t bytes) {
+  uint64_t window = g->window, items;
+  if (g->item_capacity && !__builtin_mul_overflow(g->item_capacity, bytes, &items) &&
+      items < window)
+    window = items;
+  window >>= GHOST_STAMP_SHIFT;
+  if (window > UINT32_MAX / 2)
+    window = UINT32_MAX / 2;
+  uint32_t now = stamp(atomic_load_explicit(&g->clock, memory_order_relaxed));
+  _Atomic uint64_t *set = ghost_set(g, hash);
+  for (unsigned i = 0; i < GHOST_WAYS; i++) {
+    uint64_t s = atomic_load_explicit(&set[i], memory_order_relaxed);
+    if ((uint32_t)(s >> 32) == fingerprint(hash))
+      return (uint32_t)(now - (uint32_t)s) <= window + 1; /* + 1: stamps are rounded down */
+  }
+  return false;
+}
+
+/* A miss of a tile of this many bytes; remember: the tile was not admitted, so the ghost
+ * takes it, in place of its own older record or of the set's oldest. */
+static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool remember) {
+  uint32_t now = stamp(atomic_fetch_add_explicit(&g->clock, bytes, memory_order_relaxed) + bytes);
+  if (!remember)
+    return;
+  _Atomic uint64_t *set = ghost_set(g, hash);
+  unsigned victim = 0;
+  uint32_t oldest = 0;
+  for (unsigned i = 0; i < GHOST_WAYS; i++) {
+    /* Slots fill in order and are never emptied: past an empty one, all are empty. */
+    uint64_t s = atomic_load_explicit(&set[i], memory_order_relaxed);
+    if (s == 0 || (uint32_t)(s >> 32) == fingerprint(hash)) {
+      victim = i;
+      break;
+    }
+    if (i == 0 || now - (uint32_t)s > oldest) {
+      oldest = now - (uint32_t)s;
+      victim = i;
+    }
+  }
+  atomic_store_explicit(&set[victim], (uint64_t)fingerprint(hash) << 32 | now,
+                        memory_order_relaxed);
+}
+
+enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_access *a) {
+  uint64_t hash = tsr_cache_key_hash(&a->key);
+  a->admit = ghost_remembers(c->ghost, hash, a->bytes);
+  enum tsr_cache_result r = c->ops->lookup(c, a);
+  if (r == TSR_CACHE_MISS || r == TSR_CACHE_LOAD)
+    ghost_note(c->ghost, hash, a->bytes, r == TSR_CACHE_MISS);
+  return r;
+}
+
+/* Frees a cache that is no longer current and that no reader holds. */
+static void cache_destroy(struct tsr_cache *c) {
+  tsr_free(c->ghost);
+  c->ops->destroy(c);
+}
+
+/* ---- the current cache ----
+ *
+ * The process's cache. A reader takes a reference under `current_lock` (held only for that,
  * never across a decode, so configure and fork never wait for reads); configure swaps the
  * pointer, and whoever drops the last reference to the old cache destroys it. */
 static pthread_mutex_t current_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -65,18 +182,23 @@ void tsr_cache_release(struct tsr_cache *c) {
   bool last = --c->refs == 0;
   pthread_mutex_unlock(&current_lock);
   if (last)
-    c->ops->destroy(c);
+    cache_destroy(c);
 }
 
 static void before_fork(void) { pthread_mutex_lock(&current_lock); }
 static void after_fork_parent(void) { pthread_mutex_unlock(&current_lock); }
 
 /* A forked child (a DataLoader worker, say) gets the cache its kind gives it: a fresh empty
- * per-process cache, or its own attachment to the same shared segment. */
+ * per-process cache, or its own attachment to the same shared segment. It takes over the
+ * parent's ghost (copied with the fork, and lock-free, so no thread of the parent can have
+ * left it half-changed): the parent's cache is never destroyed in the child. */
 static void after_fork_child(void) {
   pthread_mutex_unlock(&current_lock); /* taken by this thread in before_fork */
   if (current) {
-    current = current->ops->fork_child(current);
+    struct tsr_cache *child = current->ops->fork_child(current);
+    if (child)
+      child->ghost = current->ghost;
+    current = child;
     atomic_store(&have_cache, current != NULL);
   }
 }
@@ -129,6 +251,15 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
     if (st != TESSERA_OK)
       return st;
   }
+  if (fresh) {
+    /* The capacities it has: an attached shared segment keeps its own. */
+    tessera_cache_stats t = {.struct_size = sizeof t};
+    fresh->ops->stats(fresh, &t);
+    if (!(fresh->ghost = ghost_create(t.memory_capacity, t.item_capacity))) {
+      cache_destroy(fresh);
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
+    }
+  }
   pthread_mutex_lock(&current_lock);
   struct tsr_cache *old = current;
   current = fresh;
@@ -136,7 +267,7 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
   bool last = old && --old->refs == 0;
   pthread_mutex_unlock(&current_lock);
   if (last)
-    old->ops->destroy(old);
+    cache_destroy(old);
   return TESSERA_OK;
 }
 

@@ -40,6 +40,8 @@ enum tsr_cache_result {
   TSR_CACHE_HIT,   /* a->src (a->row_list) gives the bytes asked for, until tsr_cache_done */
   TSR_CACHE_LOAD,  /* the tile is reserved for the caller, who decodes it whole into a->load
                       and then publishes or abandons it; others wanting it wait meanwhile */
+  TSR_CACHE_MISS,  /* not held, and not admitted (a->admit false): decode only the part
+                      needed, without the cache; nothing is reserved */
   TSR_CACHE_BYPASS /* the tile cannot be cached now (too big, no room, no memory): decode
                       it without the cache */
 };
@@ -52,6 +54,8 @@ struct tsr_cache_access {
   size_t offset, stride, row_bytes;
   uint32_t rows;
   struct tsr_scratch *scratch; /* the caller's thread's, for the cache's use */
+  bool admit; /* set by tsr_cache_lookup: a miss may reserve the tile (LOAD), or with false
+                 returns TSR_CACHE_MISS; a miss is counted either way */
   /* HIT, and LOAD once published: row i of the part asked for begins at row_list[i], or with
    * row_list NULL at src + i * stride. */
   const uint8_t *src;
@@ -79,6 +83,8 @@ struct tsr_cache_ops {
   void (*destroy)(struct tsr_cache *c);
 };
 
+struct tsr_ghost;
+
 /* What both kinds start with. */
 struct tsr_cache {
   const struct tsr_cache_ops *ops;
@@ -86,6 +92,8 @@ struct tsr_cache {
                     cache.c's lock */
   tessera_cache_type type;
   _Atomic int record_stats; /* this process counts its hits and misses */
+  struct tsr_ghost *ghost;  /* cache.c's admission record; set before the cache is current,
+                               its slots atomic */
 };
 
 struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o);
@@ -112,11 +120,10 @@ bool tsr_shared_cache_hot_resize(uint64_t bytes);
 struct tsr_cache *tsr_cache_acquire(void);
 void tsr_cache_release(struct tsr_cache *c);
 
-/* Looks a->key up (a->bytes, a->offset, a->length and a->scratch set). */
-static inline enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c,
-                                                     struct tsr_cache_access *a) {
-  return c->ops->lookup(c, a);
-}
+/* Looks a->key up (a->bytes, a->offset, a->length and a->scratch set). A tile not held is
+ * admitted (TSR_CACHE_LOAD) only when this process missed it recently (cache.c says why);
+ * otherwise the result is TSR_CACHE_MISS. */
+enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_access *a);
 /* The loader decoded a->load: the tile becomes visible to all; a->src is set. */
 static inline void tsr_cache_publish(struct tsr_cache *c, struct tsr_cache_access *a) {
   c->ops->publish(c, a);

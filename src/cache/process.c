@@ -13,11 +13,12 @@
  * Sharding keeps threads on different tiles off each other's locks; each shard's budget is an
  * equal part of the total, so the total is never exceeded. A shard counts all the memory it
  * takes against its budget: each entry's pixels, its bookkeeping and what malloc adds to them,
- * and its hash table, which doubles as entries come (a table sized for large tiles made the
+ * and its hash table as it doubles with the entries (a table sized for large tiles made the
  * chains of 16 x 16 tiles hundreds long, while their overhead went uncounted). Single flight:
  * the first thread to miss reserves the entry (its bytes counted at once) and decodes; the
  * others wait on the shard's condition variable. Pinned entries (being copied from, or
- * loading) are never evicted or freed. */
+ * loading) are never evicted or freed. Which tiles are admitted at all is decided above the
+ * kinds, in cache.c. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -54,7 +55,8 @@ struct shard {
   struct tsr_cache_entry **table;
   size_t buckets; /* a power of two; doubled when the entries outnumber it */
   struct fifo small, main;
-  uint64_t bytes, items; /* bytes: entries' costs (loading ones included) and the table */
+  uint64_t bytes, items; /* bytes: entries' costs (loading ones included) and the table's
+                            growth past FIRST_BUCKETS */
   uint64_t hits, misses, evictions;
   uint64_t finds, steps; /* lookups in the table, and the entries they compared */
 };
@@ -70,6 +72,8 @@ struct process_cache {
 
 /* Where an entry's pixels begin in its allocation: 16-byte aligned, for fast copies. */
 #define ENTRY_HEAD ((sizeof(struct tsr_cache_entry) + 15) & ~(size_t)15)
+/* Each shard's table to begin with; its 128 bytes are not counted, so that an empty cache
+ * holds 0 bytes, as before the table grew. */
 #define FIRST_BUCKETS 16
 
 /* What an allocation of n bytes takes from the system, as glibc's malloc gives it: an 8-byte
@@ -261,9 +265,9 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   if (count)
     sh->misses++;
   uint64_t cost = entry_cost(bytes);
-  if (cost + table_cost(sh->buckets) > c->shard_bytes) {
+  if (!a->admit || cost + table_cost(sh->buckets) > c->shard_bytes) {
     pthread_mutex_unlock(&sh->lock);
-    return TSR_CACHE_BYPASS;
+    return a->admit ? TSR_CACHE_BYPASS : TSR_CACHE_MISS;
   }
   while (!fits(c, sh, cost))
     if (!evict_one(c, sh)) {
@@ -423,7 +427,6 @@ struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o) {
     pthread_mutex_init(&sh->lock, NULL);
     pthread_cond_init(&sh->loaded, NULL);
     sh->buckets = FIRST_BUCKETS;
-    sh->bytes = table_cost(FIRST_BUCKETS);
     if (!(sh->table = tsr_calloc(FIRST_BUCKETS, sizeof *sh->table))) {
       c->nshards = i + 1;
       destroy(&c->base);

@@ -866,6 +866,10 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   }
   if (count)
     sh->misses++;
+  if (!a->admit) {
+    unlock_shard(sh);
+    return TSR_CACHE_MISS;
+  }
   if (c->slot < 0 || chunks_for(a->bytes) > v.chunks) {
     unlock_shard(sh); /* no user slot to load under, or too big */
     return TSR_CACHE_BYPASS;
