@@ -758,10 +758,10 @@ def shares(pos, processes):
                          ids=lambda o: "_".join(map(str, o)))
 def test_cache_and_processes_keep_the_checksum(cli, slides, opts):
     """A shuffled sliding window through a cache, and split over processes, reads the same
-    pixels as OpenSlide. With room for everything, a tile is missed once at least, and at most
-    twice by each process that needs it (the first miss only remembers it, the second caches
-    it): in the one cache shared by all the processes, or in each process's own cache (the
-    tiles of its share)."""
+    pixels as OpenSlide. With room for everything, each tile is missed once at least (a tile
+    is cached at the second miss of it by one process, if the two are close enough): in the
+    one cache shared by all the processes, or in each process's own cache (the tiles of its
+    share)."""
     path = slides.path(GENERIC)
     osl = R.openslide_open(path)
     W, H = osl.level_dimensions[0]
@@ -782,10 +782,10 @@ def test_cache_and_processes_keep_the_checksum(cli, slides, opts):
     elif cache.startswith("shared_memory") or procs == 1:
         # with processes, the shares overlap, so separate caches would miss more
         assert procs == 1 or sum(per_share) > touched, per_share
-        assert touched <= doc["cache_misses"] <= 2 * sum(per_share), (doc, per_share)
+        assert touched <= doc["cache_misses"], (doc, per_share)
         assert doc["cache_hits"] > 0, doc
     elif cache == "per_process:64":
-        assert sum(per_share) <= doc["cache_misses"] <= 2 * sum(per_share), (doc, per_share)
+        assert sum(per_share) <= doc["cache_misses"], (doc, per_share)
         assert doc["cache_hits"] > 0, doc
     else:
         assert doc["cache_hits"] + doc["cache_misses"] > 0, doc
@@ -810,7 +810,7 @@ def bench_pid(cli, args):
 def test_shared_memory_cache_between_processes(cli, slides, processes):
     """Random patches (overlapping, and overlapping between the processes' shares) through
     one shared cache with room for all: the checksum of the nocache run, one miss per tile
-    touched at least and at most two per tile each process touches, and the segment ("/tessera-PID-N", made by the command's process) removed at the
+    touched at least, and the segment ("/tessera-PID-N", made by the command's process) removed at the
     end."""
     path = slides.path(GENERIC)
     W, H, w, h = 2048, 1536, 300, 200
@@ -825,9 +825,9 @@ def test_shared_memory_cache_between_processes(cli, slides, processes):
         "shared_memory", 64, processes), doc
     assert doc["checksum"] == plain["checksum"] and doc["patches"] == 120, (doc, plain)
     assert doc["distinct_tiles"] == touched, doc
-    per_share = [len(distinct_tiles(p, w, h, 256, 256, W, H)) for p in shares(pos, processes)]
-    assert touched <= doc["cache_misses"] <= 2 * sum(per_share), (doc, per_share)
+    assert touched <= doc["cache_misses"], doc
     if processes > 1:
+        per_share = [len(distinct_tiles(p, w, h, 256, 256, W, H)) for p in shares(pos, processes)]
         assert sum(per_share) > touched, per_share
     assert doc["cache_hits"] > 0, doc
     left = glob.glob(os.path.join("/dev/shm", "tessera-%d-*" % pid))

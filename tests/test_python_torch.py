@@ -268,8 +268,9 @@ def test_shared_memory_cache_shares_tiles_across_workers(case):
     # two copies, worker 1 the last two), so every tile is wanted by both processes, and by
     # each a second time after its first read of it is done
     locs = np.concatenate([case.locs] * 4)
+    # the ghost remembers a tenth of the capacity's worth of misses: a copy of the list's
     ds = PatchDataset(case.path, locs, SIZE, batch_size=BATCH, num_workers=1,
-                      cache="shared_memory", cache_memory_capacity=64)
+                      cache="shared_memory", cache_memory_capacity=256)
     cache = CuImage.cache()
     assert cache.type == "shared_memory" and cache.name == ds.cache_name
     assert [c for c in tessera.shared_caches() if c["name"].lstrip("/") == ds.cache_name]

@@ -144,20 +144,45 @@ def accounting(regions, info):
     return len(touched), len(set(touched))
 
 
-def admission(regions, info, cached=None):
+def ghost_tiles(mib, info, items=0):
+    """How many misses of level-0 tiles a process's ghost remembers, for a cache of `mib`
+    MiB (and `items` items): a tenth of the capacity's worth (the tiles of these tests are
+    all whole)."""
+    tile = info.tile_width * info.tile_height * 3
+    return min(mib << 20, items * tile if items else mib << 20) // 10 // tile
+
+
+def admission(regions, info, mib, cached=None, items=0):
     """(hits, misses, cached tiles) of one process reading `regions` once each, in order,
-    through a cache with room for every tile that already holds `cached`: a tile held is a
-    hit; one not held is a miss, cached at the process's second miss of it (the first leaves
-    it in the process's ghost, which remembers far more misses than these tests make)."""
-    cached, seen, hits, misses = set(cached or ()), set(), 0, 0
+    through a cache of `mib` MiB with room for every tile, which already holds `cached`: a
+    tile held is a hit; one not held is a miss, and it is cached if this process missed it
+    before with at most ghost_tiles(mib) other misses in between; otherwise its ghost
+    remembers this miss."""
+    window = ghost_tiles(mib, info, items)
+    cached, noted, hits, misses = set(cached or ()), {}, 0, 0
     for r in regions:
         for t in tiles_of(r, info):
             if t in cached:
                 hits += 1
+                continue
+            if t in noted and misses - noted[t] - 1 <= window:
+                cached.add(t)
             else:
-                misses += 1
-                (cached if t in seen else seen).add(t)
+                noted[t] = misses
+            misses += 1
     return hits, misses, cached
+
+
+def twice_by_one(reads, info):
+    """The tiles that one of the processes reading `reads` (a list of region lists) reads
+    twice: the only ones any of them can cache."""
+    out = set()
+    for regions in reads:
+        seen = set()
+        for r in regions:
+            for t in tiles_of(r, info):
+                (out if t in seen else seen).add(t)
+    return out
 
 
 def random_regions(info, n, seed, size=320, margin=40):
@@ -409,7 +434,7 @@ def test_forked_children_share_one_segment(shm):
     with T.open_slide(path) as s:
         for x, y, w, h in common:
             s.read_region(x, y, 0, w, h)
-    hits, misses, cached = admission(common, info)
+    hits, misses, cached = admission(common, info, 128)
     st = T.cache_stats()
     assert (st["misses"], st["hits"], st["items"]) == (misses, hits, len(cached)), st
 
@@ -442,12 +467,15 @@ def test_forked_children_share_one_segment(shm):
     assert wait_children(pids) == [0, 0, 0]
     reads = [[common[i] for i in order[k]] + own[k] for k in range(3)]
     accesses, distinct = accounting([r for rs in reads for r in rs], info)
-    alone = [admission(rs, info) for rs in reads]
+    alone = [admission(rs, info, 128) for rs in reads]
     st = T.cache_stats()
-    # a tile that one process missed twice is cached once, for all three: the segment holds
-    # exactly those; each process hits at least as often as it would alone, and every tile
-    # was missed once at least, and those cached twice
-    assert st["items"] == len(set().union(*(c for _, _, c in alone))), st
+    # a tile is cached once, for all three, when one of them missed it twice close enough:
+    # at least the tiles each would have cached alone (a tile another one cached is a hit,
+    # which brings its next misses closer), at most those one of them reads twice; each
+    # process misses at most as often as alone; every tile was missed once at least, and
+    # those cached twice
+    assert len(set().union(*(c for _, _, c in alone))) <= st["items"], (st, alone)
+    assert st["items"] <= len(twice_by_one(reads, info)), st
     assert st["hits"] + st["misses"] == accesses and st["evictions"] == 0, (st, accesses)
     assert distinct + st["items"] <= st["misses"] <= sum(m for _, m, _ in alone), (st, alone)
     assert st["bytes"] <= st["memory_capacity"], st
@@ -503,7 +531,8 @@ def test_forked_children_share_one_segment(shm):
 def test_a_shared_cache_admits_a_tile_missed_twice(shm):
     """Admission is the same for a shared cache as for a per-process one: a scan reading every
     tile once leaves it empty (each tile decoded in part, as without a cache); a tile this
-    process misses twice is cached, and another process hits it at its first read."""
+    process misses twice in a row is cached (missed again only after the rest of the scan, it
+    was forgotten), and another process hits it at its first read."""
     path = os.path.join(F.TESTDATA, APERIO)
     name = shm.name("admit")
     configure_shared(name, mib=64)
@@ -516,11 +545,12 @@ def test_a_shared_cache_admits_a_tile_missed_twice(shm):
             s.read_region(x, y, 0, 1, 1)
         st = T.cache_stats()
         assert (st["items"], st["misses"], st["hits"]) == (0, len(tiles), 0), st
-        s.read_region(0, 0, 0, 1, 1)
+        for _ in range(2):
+            s.read_region(0, 0, 0, 1, 1)
         st = T.cache_stats()
-        assert (st["items"], st["misses"], st["hits"]) == (1, len(tiles) + 1, 0), st
+        assert (st["items"], st["misses"], st["hits"]) == (1, len(tiles) + 2, 0), st
     ev = finish(worker(shm, name, path, [(0, 0, 1, 1)]))
-    assert (ev["done"]["stats"]["misses"], ev["done"]["stats"]["hits"]) == (len(tiles) + 1, 1)
+    assert (ev["done"]["stats"]["misses"], ev["done"]["stats"]["hits"]) == (len(tiles) + 2, 1)
 
 
 # --- unrelated processes attach by name ----------------------------------------------------
@@ -542,22 +572,25 @@ def test_processes_attach_by_name(shm, tmp_path):
     first = finish(worker(shm, name, path, regs, want, mib=64))
     assert first["done"]["bad"] == []
     st = first["done"]["stats"]
-    hits, misses, cached = admission(regs, info)
+    hits, misses, cached = admission(regs, info, 64)
     assert (st["misses"], st["hits"], st["items"]) == (misses, hits, len(cached)), st
-    # each later process hits every tile the first one cached, and misses once each the tiles
-    # the regions touch once, which no process misses twice, so none caches them
-    later_hits, later_misses, later_cached = admission(regs, info, cached)
-    assert later_cached == cached and later_misses == distinct - len(cached)
+    # each later process hits every tile the first one cached, and misses the others, which
+    # come closer together now (the hits between them do not count), so it may cache more
+    _, later_misses, later_cached = admission(regs, info, 64, cached)
 
     later = [worker(shm, name, path, regs, want, mib=64) for _ in range(3)]
     for p in later:
         ev = finish(p)
         assert ev["done"]["bad"] == []
-        assert ev["done"]["stats"]["items"] == len(cached), ev["done"]["stats"]
+        assert ev["done"]["stats"]["items"] >= len(cached), ev["done"]["stats"]
     st = T.cache_stats()
     assert st["type"] == T.CACHE_SHARED_MEMORY
-    assert (st["misses"], st["hits"]) == (misses + 3 * later_misses, hits + 3 * later_hits), st
-    assert st["items"] == len(cached) and st["bytes"] <= st["memory_capacity"], st
+    # the three together: what one would cache alone at least, the tiles read twice at most;
+    # each misses at most as often as alone
+    assert len(later_cached) <= st["items"] <= len(twice_by_one([regs], info)), st
+    assert st["hits"] + st["misses"] == 4 * accesses, st
+    assert misses < st["misses"] <= misses + 3 * later_misses, (st, misses, later_misses)
+    assert st["bytes"] <= st["memory_capacity"], st
     assert listed(name)["users"] == 1
     T.configure_cache(T.CACHE_NONE)
     assert not segment_exists(name)
@@ -586,10 +619,13 @@ def test_concurrent_creators_make_one_segment(shm, tmp_path):
     configure_shared(name, mib=8)      # attaches: the segment's capacity stays
     st = T.cache_stats()
     assert st["memory_capacity"] == 48 << 20, st
-    # the four read together: each caches what it misses twice, unless another did first
-    hits, misses, cached = admission(regs, info)
-    assert st["items"] == len(cached) and st["hits"] + st["misses"] == 4 * accesses, st
-    assert distinct + len(cached) <= st["misses"] <= 4 * misses, (st, misses)
+    # the four read together: a tile is cached when one of them misses it twice close enough
+    # (at least the tiles one alone would cache, at most those read twice), unless another
+    # did first; each misses at most as often as alone
+    hits, misses, cached = admission(regs, info, 48)
+    assert len(cached) <= st["items"] <= len(twice_by_one([regs], info)), (st, len(cached))
+    assert st["hits"] + st["misses"] == 4 * accesses, st
+    assert distinct + st["items"] <= st["misses"] <= 4 * misses, (st, misses)
     assert listed(name)["users"] == 5
     for p in ps:
         finish(p, release=True)
@@ -613,13 +649,14 @@ def test_attach_keeps_the_segments_capacities(shm, tmp_path):
     configure_shared(name, mib=8, items=3)
     st = T.cache_stats()
     assert st["memory_capacity"] == 32 << 20 and st["item_capacity"] == distinct + 50, st
-    _, _, cached = admission(regs, info)
+    _, _, cached = admission(regs, info, 32, items=distinct + 50)
     assert st["items"] == len(cached), st
     with T.open_slide(path) as s:
         for (x, y, w, h), wnt in zip(regs, plain):
             assert np.array_equal(s.read_region(x, y, 0, w, h), wnt)
-    # this process hits what the creator cached and misses, once each, the rest
-    hits, misses, _ = admission(regs, info, cached)
+    # this process hits what the creator cached and misses the rest (its ghost is sized by
+    # the segment's capacities, which stay)
+    hits, misses, _ = admission(regs, info, 32, cached, items=distinct + 50)
     st2 = T.cache_stats()
     assert (st2["misses"] - st["misses"], st2["hits"] - st["hits"]) == (misses, hits), (st, st2)
     finish(p, release=True)          # the creator exits; the segment stays for this process
@@ -676,7 +713,7 @@ def test_a_foreign_file_is_refused(shm):
 
 def test_list_and_remove(shm, tmp_path):
     path = os.path.join(F.TESTDATA, SMALL)
-    regs = [(0, 0, 300, 300)] * 2       # read twice: cached
+    regs = [(0, 0, 200, 200)] * 2       # four tiles read twice in a row: cached
     want = save_want(tmp_path, plain_reads(path, regs))
     name = shm.name("list")
     configure_shared(name, mib=16, items=40)
@@ -703,7 +740,7 @@ def test_list_and_remove(shm, tmp_path):
     st = T.cache_stats()
     assert st["items"] == done["stats"]["items"], st
     with T.open_slide(path) as s:
-        assert np.array_equal(s.read_region(0, 0, 0, 300, 300), np.load(want)["r0"])
+        assert np.array_equal(s.read_region(0, 0, 0, 200, 200), np.load(want)["r0"])
     assert T.cache_stats()["misses"] == st["misses"]
     finish(p, release=True)
     with pytest.raises(T.TesseraError) as e:
@@ -772,7 +809,7 @@ def test_killed_while_holding_a_lock(shm, tmp_path):
     want = save_want(tmp_path, plain)
     per_tile = tile_bytes(path)
     accesses, distinct = accounting(regs, info)
-    _, _, cached = admission(regs, info)
+    _, _, cached = admission(regs, info, 64)
     assert len(cached) > 5, "too few tiles cached for the staller to reach its fifth publish"
     name = shm.name("locked")
     configure_shared(name, mib=64)
@@ -794,18 +831,17 @@ def test_killed_while_holding_a_lock(shm, tmp_path):
             assert np.array_equal(s.read_region(r[0], r[1], 0, r[2], r[3]), wnt), r
     st = T.cache_stats()
     assert st["bytes"] <= st["memory_capacity"], st
-    # every tile the regions touch twice is held, once (the waiter cached what the staller
-    # had not)
-    assert st["items"] == len(cached), (st, len(cached))
+    # held once each: at least what the waiter would have cached alone (what the staller
+    # cached, the waiter hit), at most the tiles it read twice
+    assert len(cached) <= st["items"] <= len(twice_by_one([regs], info)), (st, len(cached))
     assert st["bytes"] == st["items"] * per_tile, (st, per_tile)
-    # this process's second pass misses, and caches, the tiles touched once
+    # this process reads each region twice in a row: every tile is cached by the second
     with T.open_slide(path) as s:
         for r in regs:
-            s.read_region(r[0], r[1], 0, r[2], r[3])
+            for _ in range(2):
+                s.read_region(r[0], r[1], 0, r[2], r[3])
     st2 = T.cache_stats()
-    once = distinct - len(cached)
-    assert st2["misses"] - st["misses"] == once and st2["items"] == distinct, (st, st2)
-    assert st2["hits"] - st["hits"] == accesses - once, (st, st2)
+    assert st2["items"] == distinct and st2["evictions"] == 0, st2
     # and a fresh process as well
     ev = finish(worker(shm, name, path, regs, want))
     assert ev["done"]["bad"] == []

@@ -46,9 +46,12 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * seldom come back to a tile before it would be evicted: caching every miss made such a
  * stream 2.6x slower than no cache. So a first miss decodes as if there were no cache and
  * leaves the tile's fingerprint in a ghost; a miss on a tile whose fingerprint is still there
- * is admitted: it was missed within the last capacity's worth of missed bytes, so it would
- * still be cached had it been admitted then (the test of S3-FIFO's ghost queue). A tile read
- * over and over costs one partial decode more than before; a scan leaves the cache alone.
+ * is admitted: it was missed within the last tenth of the capacity's worth of missed bytes,
+ * the span of S3-FIFO's small queue, whose test this is (a tile not read again while it would
+ * be there is seldom read again). Remembering the whole capacity's worth still admitted a
+ * third of the second misses of random patches, most never read a third time, for a tile
+ * decoded whole and new memory faulted in. A tile read over and over costs one partial decode
+ * more than before; a scan leaves the cache alone.
  *
  * The ghost is a table of sets of 8 slots, each slot a fingerprint and the clock (bytes missed
  * so far) when it was put there; a tile goes into its set in place of the oldest. So the ghost
@@ -64,8 +67,8 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
 #define GHOST_MAX_SLOTS ((size_t)1 << 22)
 
 struct tsr_ghost {
-  uint64_t window;            /* bytes of misses remembered: the cache's capacity */
-  uint64_t item_capacity;     /* the cache's (0: none), which narrows the window */
+  uint64_t window;            /* the cache's capacity: a tenth of it is remembered */
+  uint64_t item_capacity;     /* the cache's (0: none), which may narrow the window */
   size_t set_mask;            /* sets - 1 */
   atomic_uint_fast64_t clock; /* bytes missed so far */
   _Atomic uint64_t slot[];    /* fingerprint << 32 | the clock's stamp */
@@ -93,13 +96,14 @@ static uint32_t fingerprint(uint64_t hash) { return (uint32_t)(hash >> 32) | 1; 
 
 static uint32_t stamp(uint64_t clock) { return (uint32_t)(clock >> GHOST_STAMP_SHIFT); }
 
-/* Whether a tile of this many bytes was missed within the window. */
+/* Whether a tile of this many bytes was missed within the window: a tenth of the capacity,
+ * or of the item capacity's worth of such tiles if that is less. */
 static bool ghost_remembers(struct tsr_ghost *g, uint64_t hash, size_t bytes) {
   uint64_t window = g->window, items;
   if (g->item_capacity && !__builtin_mul_overflow(g->item_capacity, bytes, &items) &&
       items < window)
     window = items;
-  window >>= GHOST_STAMP_SHIFT;
+  window = window / TSR_CACHE_SMALL_PART >> GHOST_STAMP_SHIFT;
   if (window > UINT32_MAX / 2)
     window = UINT32_MAX / 2;
   uint32_t now = stamp(atomic_load_explicit(&g->clock, memory_order_relaxed));

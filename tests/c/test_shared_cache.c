@@ -1086,7 +1086,7 @@ int main(int argc, char **argv) {
   test_arguments();
   test_processes(2, 0);  /* a twelfth of the level: evictions all along */
   test_processes(64, 5); /* five tiles at most */
-  test_processes(64, 0); /* room for every tile */
+  test_processes(512, 0); /* room for every tile, and the ghost remembers them all */
   test_kill_holding_lock();
   test_user_whose_main_thread_ended();
   test_foreign_segments();
