@@ -147,8 +147,10 @@ static int read_and_compare(tessera_slide *s, unsigned long long *seed) {
   size_t size = (size_t)(w * h * 3);
   uint8_t *buf = malloc(size);
   mark(x, y, w, h);
-  int bad = tessera_read_region(s, x, y, 0, w, h, NULL, buf, size) != TESSERA_OK ||
-            differs(buf, x, y, w, h);
+  int bad = 0;
+  for (int k = 0; k < 2; k++) /* the second time, tiles just missed are cached */
+    bad += tessera_read_region(s, x, y, 0, w, h, NULL, buf, size) != TESSERA_OK ||
+           differs(buf, x, y, w, h);
   free(buf);
   return bad;
 }
