@@ -46,32 +46,46 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * seldom come back to a tile before it would be evicted: caching every miss made such a
  * stream 2.6x slower than no cache. So a first miss decodes as if there were no cache and
  * leaves the tile's fingerprint in a ghost; a miss on a tile whose fingerprint is still there
- * is admitted: it was missed within the last tenth of the capacity's worth of missed bytes,
- * the span of S3-FIFO's small queue, whose test this is (a tile not read again while it would
- * be there is seldom read again). Remembering the whole capacity's worth still admitted a
- * third of the second misses of random patches, most never read a third time, for a tile
- * decoded whole and new memory faulted in. A tile read over and over costs one partial decode
- * more than before; a scan leaves the cache alone.
+ * is admitted if it was missed within the window, a span of the latest missed bytes.
+ *
+ * The window is a tenth of the capacity (the span of S3-FIFO's small queue, whose test this
+ * is: a tile not read again while it would be there is seldom read again) while fewer than
+ * half the misses are of tiles missed within the capacity's span before, and the capacity
+ * (the test of S3-FIFO's ghost queue: a tile missed again while it would still be cached had
+ * it been admitted then) while at least half are. With a share f of misses coming back
+ * within the span, a tile admitted is hit about f / (1 - f) times before it goes; an
+ * admission costs about one partial decode more than a miss (the tile decoded whole, new
+ * memory faulted in) and a hit saves about one, so caching pays from f = 1/2 on. Shuffled
+ * sliding windows and NDPI patches come back soon (f near 1 once their tiles have been seen);
+ * random patches over a large slide come back at random (f about 0.2 to 0.3 with 1 GiB), and
+ * with the whole capacity as window a third of their second misses were admitted, most never
+ * read a third time (0.5x the speed of no cache). The share is counted over each 256 misses
+ * and sets the window for the next ones; a new cache starts narrow.
  *
  * The ghost is a table of sets of 8 slots, each slot a fingerprint and the clock (bytes missed
  * so far) when it was put there; a tile goes into its set in place of the oldest. So the ghost
  * is bounded, 8 bytes per 4 KiB of capacity (outside the capacity), and forgets a tile early
  * only when 8 tiles of one set were missed since: that tile then costs one more partial
  * decode (with one slot a set, two tiles read in turn would push each other out forever).
- * Slots and clock are atomics used relaxed: a race changes at most one admission. The ghost is
- * the process's own, even for a shared cache: a shared tile is admitted when one process
- * misses it twice, and then every process hits it. */
+ * Slots, clock and counts are atomics used relaxed: a race changes one admission, or one
+ * setting of the window, at most. The ghost is the process's own, even for a shared cache: a
+ * shared tile is admitted when one process misses it twice, and then every process hits it. */
 #define GHOST_STAMP_SHIFT 12 /* stamps count 4 KiB */
 #define GHOST_WAYS 8         /* slots of a set (64 bytes) */
 #define GHOST_MIN_SLOTS ((size_t)1 << 12)
 #define GHOST_MAX_SLOTS ((size_t)1 << 22)
+#define GHOST_EPOCH 256 /* misses between two settings of the window */
 
 struct tsr_ghost {
-  uint64_t window;            /* the cache's capacity: a tenth of it is remembered */
+  uint64_t capacity;          /* the cache's, in bytes */
   uint64_t item_capacity;     /* the cache's (0: none), which may narrow the window */
   size_t set_mask;            /* sets - 1 */
   atomic_uint_fast64_t clock; /* bytes missed so far */
-  _Atomic uint64_t slot[];    /* fingerprint << 32 | the clock's stamp */
+  /* Since the window was last set: misses, and those of tiles missed within the capacity's
+   * span before. Reset by the thread whose miss ends the epoch. */
+  atomic_uint_fast64_t misses, returns;
+  atomic_bool wide;        /* the window is the capacity's span, not a tenth of it */
+  _Atomic uint64_t slot[]; /* fingerprint << 32 | the clock's stamp */
 };
 
 static struct tsr_ghost *ghost_create(uint64_t memory_capacity, uint64_t item_capacity) {
@@ -81,7 +95,7 @@ static struct tsr_ghost *ghost_create(uint64_t memory_capacity, uint64_t item_ca
   struct tsr_ghost *g = tsr_calloc(1, sizeof *g + slots * sizeof g->slot[0]);
   if (!g)
     return NULL;
-  g->window = memory_capacity;
+  g->capacity = memory_capacity;
   g->item_capacity = item_capacity;
   g->set_mask = slots / GHOST_WAYS - 1;
   return g;
@@ -96,30 +110,45 @@ static uint32_t fingerprint(uint64_t hash) { return (uint32_t)(hash >> 32) | 1; 
 
 static uint32_t stamp(uint64_t clock) { return (uint32_t)(clock >> GHOST_STAMP_SHIFT); }
 
-/* Whether a tile of this many bytes was missed within the window: a tenth of the capacity,
- * or of the item capacity's worth of such tiles if that is less. */
-static bool ghost_remembers(struct tsr_ghost *g, uint64_t hash, size_t bytes) {
-  uint64_t window = g->window, items;
-  if (g->item_capacity && !__builtin_mul_overflow(g->item_capacity, bytes, &items) &&
-      items < window)
-    window = items;
-  window = window / TSR_CACHE_SMALL_PART >> GHOST_STAMP_SHIFT;
-  if (window > UINT32_MAX / 2)
-    window = UINT32_MAX / 2;
+/* Whether a tile of this many bytes was missed within the capacity's span (*returns) and
+ * within the window (the result). The span is the capacity, or the item capacity's worth of
+ * such tiles if that is less. */
+static bool ghost_admits(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool *returns) {
+  uint64_t span = g->capacity, items;
+  if (g->item_capacity && !__builtin_mul_overflow(g->item_capacity, bytes, &items) && items < span)
+    span = items;
+  span >>= GHOST_STAMP_SHIFT;
+  if (span > UINT32_MAX / 2)
+    span = UINT32_MAX / 2;
+  uint64_t window =
+      atomic_load_explicit(&g->wide, memory_order_relaxed) ? span : span / TSR_CACHE_SMALL_PART;
   uint32_t now = stamp(atomic_load_explicit(&g->clock, memory_order_relaxed));
   _Atomic uint64_t *set = ghost_set(g, hash);
+  *returns = false;
   for (unsigned i = 0; i < GHOST_WAYS; i++) {
     uint64_t s = atomic_load_explicit(&set[i], memory_order_relaxed);
-    if ((uint32_t)(s >> 32) == fingerprint(hash))
-      return (uint32_t)(now - (uint32_t)s) <= window + 1; /* + 1: stamps are rounded down */
+    if ((uint32_t)(s >> 32) == fingerprint(hash)) {
+      uint32_t age = now - (uint32_t)s;
+      *returns = age <= span + 1; /* + 1: stamps are rounded down */
+      return age <= window + 1;
+    }
   }
   return false;
 }
 
 /* A miss of a tile of this many bytes; remember: the tile was not admitted, so the ghost
- * takes it, in place of its own older record or of the set's oldest. */
-static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool remember) {
+ * takes it, in place of its own older record or of the set's oldest. returns: as
+ * ghost_admits said; the miss that ends an epoch sets the window. */
+static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool remember,
+                       bool returns) {
   uint32_t now = stamp(atomic_fetch_add_explicit(&g->clock, bytes, memory_order_relaxed) + bytes);
+  if (returns)
+    atomic_fetch_add_explicit(&g->returns, 1, memory_order_relaxed);
+  if (atomic_fetch_add_explicit(&g->misses, 1, memory_order_relaxed) + 1 >= GHOST_EPOCH) {
+    atomic_store_explicit(&g->misses, 0, memory_order_relaxed);
+    uint64_t back = atomic_exchange_explicit(&g->returns, 0, memory_order_relaxed);
+    atomic_store_explicit(&g->wide, back * 2 >= GHOST_EPOCH, memory_order_relaxed);
+  }
   if (!remember)
     return;
   _Atomic uint64_t *set = ghost_set(g, hash);
@@ -143,10 +172,11 @@ static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool re
 
 enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_access *a) {
   uint64_t hash = tsr_cache_key_hash(&a->key);
-  a->admit = ghost_remembers(c->ghost, hash, a->bytes);
+  bool returns;
+  a->admit = ghost_admits(c->ghost, hash, a->bytes, &returns);
   enum tsr_cache_result r = c->ops->lookup(c, a);
   if (r == TSR_CACHE_MISS || r == TSR_CACHE_LOAD)
-    ghost_note(c->ghost, hash, a->bytes, r == TSR_CACHE_MISS);
+    ghost_note(c->ghost, hash, a->bytes, r == TSR_CACHE_MISS, returns);
   return r;
 }
 

@@ -164,6 +164,46 @@ static void test_admission(const char *dir) {
   tessera_close(s);
 }
 
+/* Reads tile t, then tiles `from` .. `to` once each, then t again; whether that cached t (the
+ * read after it is a hit). */
+static bool cached_after(tessera_slide *s, int64_t tw, int64_t th, int64_t across, int64_t t,
+                         int64_t from, int64_t to) {
+  read_tile(s, tw, th, across, t);
+  for (int64_t o = from; o <= to; o++)
+    read_tile(s, tw, th, across, o);
+  read_tile(s, tw, th, across, t);
+  uint64_t hits = stats().hits;
+  read_tile(s, tw, th, across, t);
+  return stats().hits == hits + 1;
+}
+
+/* The ghost's window adapts. With 2 MiB (12 tiles of 240 x 240), a new cache takes a tile
+ * missed again after 3 others only within a tenth of that; once 256 misses were mostly of
+ * tiles back within the 12 (10 tiles read in turn), it takes them within the 12; once 256
+ * were mostly not (a scan of 110 tiles, three times), within a tenth again. */
+static void test_admission_window(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
+  if (!s)
+    return;
+  tessera_level_info info = level_info(s, 0);
+  int64_t tw = info.tile_width, th = info.tile_height, across = (info.width + tw - 1) / tw;
+  configure(TESSERA_CACHE_PER_PROCESS, 2, 0, 1);
+  CHECK(!cached_after(s, tw, th, across, 100, 101, 103), "a new cache's window is wide");
+  for (int i = 0; i < 300; i++)
+    read_tile(s, tw, th, across, i % 10);
+  uint64_t hits = stats().hits;
+  for (int i = 0; i < 10; i++)
+    read_tile(s, tw, th, across, i);
+  CHECK(stats().hits == hits + 10, "tiles back after 9 others are not cached");
+  CHECK(cached_after(s, tw, th, across, 110, 111, 113), "the window did not widen");
+  for (int pass = 0; pass < 3; pass++)
+    for (int64_t t = 20; t < 130; t++)
+      read_tile(s, tw, th, across, t);
+  CHECK(!cached_after(s, tw, th, across, 50, 51, 53), "the window did not narrow");
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  tessera_close(s);
+}
+
 /* Whole levels read through a cache equal the same reads without one, for every level of every
  * file of the test data, in three passes: first misses (decoded in part, as without a cache),
  * second misses (decoded whole into the cache), then hits. */
@@ -687,6 +727,7 @@ int main(int argc, char **argv) {
   test_small_tiles();
   test_exact_stats(dir);
   test_admission(dir);
+  test_admission_window(dir);
   test_same_pixels(dir);
   test_budgets_under_load(dir);
   test_hot_set_survives_scan(dir);
