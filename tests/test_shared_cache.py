@@ -984,7 +984,8 @@ import tessera_ctypes as T
 T.load(%(lib)r)
 T.configure_cache(T.CACHE_SHARED_MEMORY, memory_capacity_mib=64, name=%(name)r)
 with T.open_slide(%(path)r) as s:
-    s.read_region(0, 0, 0, 200, 200)
+    for _ in range(2):              # missed twice, the tile is cached (or hit twice)
+        s.read_region(0, 0, 0, 200, 200)
 users = [i["users"] for i in T.shared_cache_list() if i["name"] == "/" + %(name)r]
 print(json.dumps(dict(T.cache_stats(), pid=os.getpid(), users=users)), flush=True)
 sys.stdin.readline()
@@ -1090,11 +1091,13 @@ def test_a_loader_in_another_pid_namespace_is_not_swept(shm, tmp_path):
     name = shm.name("nsloader")
     configure_shared(name, mib=8)                 # one shard: every tile shares its lock
     loading, locked = str(tmp_path / "loading.pid"), str(tmp_path / "locked.pid")
-    a = ns_worker(shm, name, path, [tile0], hold=True,
+    # each reads its region twice: the second miss of a tile loads it
+    a = ns_worker(shm, name, path, [tile0] * 2, hold=True,
                   env={"TESSERA_TEST_CACHE_STALL": "stoploading:1:" + loading})
     deadline = time.monotonic() + PROCESS_TIMEOUT_S
     wait_until_stopped(a, deadline)
-    b = ns_worker(shm, name, path, [other], env={"TESSERA_TEST_CACHE_STALL": "locked:1:" + locked})
+    b = ns_worker(shm, name, path, [other] * 2,
+                  env={"TESSERA_TEST_CACHE_STALL": "locked:1:" + locked})
     wait_for_file = time.monotonic() + PROCESS_TIMEOUT_S
     while not (os.path.exists(locked) and open(locked).read().strip()):
         assert b.poll() is None and time.monotonic() < wait_for_file, b.stderr.read()
@@ -1104,7 +1107,7 @@ def test_a_loader_in_another_pid_namespace_is_not_swept(shm, tmp_path):
     while listed(name)["users"] != 2:             # this process and the stopped loader
         assert time.monotonic() < deadline, listed(name)
         time.sleep(0.02)
-    c = ns_worker(shm, name, path, [third])
+    c = ns_worker(shm, name, path, [third] * 2)
     ev = finish(c)
     assert ev["done"]["stats"]["items"] >= 2, ev    # the loader's entry outlived the repair
     os.killpg(a.pid, signal.SIGCONT)

@@ -588,8 +588,9 @@ static int wait_for_stall(const char *pidfile, pid_t pid) {
 }
 
 /* A child that attaches to `name` with the stall hook set to `hook` (POINT:N) and reads the
- * region (x, y, w, h) until it stalls there; returns its pid once it has, stopped with
- * SIGSTOP as a debugger or Ctrl-Z would (-1 if it never stalled). */
+ * region (x, y, w, h) until it stalls there (twice: the second miss of a tile loads it);
+ * returns its pid once it has, stopped with SIGSTOP as a debugger or Ctrl-Z would (-1 if it
+ * never stalled). */
 static pid_t stopped_child(const char *name, const char *hook, int64_t x, int64_t y, int64_t w,
                            int64_t h, const char *pidfile) {
   unlink(pidfile);
@@ -602,7 +603,7 @@ static pid_t stopped_child(const char *name, const char *hook, int64_t x, int64_
     configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name); /* attaches again, reading the hook */
     tessera_slide *s = open_slide();
     uint8_t *buf = malloc((size_t)(w * h * 3));
-    if (s)
+    for (int k = 0; s && k < 2; k++)
       tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3));
     _exit(5); /* it never stalled */
   }
@@ -845,16 +846,19 @@ static void test_scribbled(void) {
   }
   CHECK(wrong == 0, "%d reads through a scribbled cache gave wrong pixels", wrong);
   printf("scribbled: 400 reads, %d failed, %d wrong\n", failed, wrong);
+  /* a region inside tile 0, read four times in a row: the first read may find the last
+   * scribble and go around the cache, then missed, cached, hit (a region over several tiles
+   * might not be cached: with 4 MiB, the ghost may remember only 2 tiles back) */
   tessera_cache_stats before = {0};
-  for (int pass = 0; pass < 3; pass++) {
-    if (pass == 2)
+  for (int pass = 0; pass < 4; pass++) {
+    if (pass == 3)
       before = stats();
-    CHECK(tessera_read_region(s, 0, 0, 0, 300, 300, NULL, buf, 300 * 300 * 3) == TESSERA_OK &&
-              !differs(buf, 0, 0, 300, 300),
+    CHECK(tessera_read_region(s, 0, 0, 0, 200, 200, NULL, buf, 200 * 200 * 3) == TESSERA_OK &&
+              !differs(buf, 0, 0, 200, 200),
           "after the scribbling, pass %d", pass);
   }
   tessera_cache_stats after = stats();
-  CHECK(after.hits - before.hits == 4 && after.misses == before.misses,
+  CHECK(after.hits - before.hits == 1 && after.misses == before.misses,
         "after the scribbling, a region read again: %llu hits, %llu misses",
         (unsigned long long)(after.hits - before.hits),
         (unsigned long long)(after.misses - before.misses));
