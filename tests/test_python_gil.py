@@ -94,9 +94,12 @@ def stalled_helper(tmp_path):
     name = "tessera-pytest-%d-gil" % os.getpid()
     slide = os.path.join(F.TESTDATA, SMALL)
     pidfile = str(tmp_path / "stalled.pid")
+    # the region read twice: the second miss of its tile loads it, and stalls publishing it
     code = ("import sys, tessera\n"
             "tessera.CuImage.cache('shared_memory', memory_capacity=16, name=sys.argv[1])\n"
-            "tessera.CuImage(sys.argv[2]).read_region((0, 0), (64, 64))\n")
+            "img = tessera.CuImage(sys.argv[2])\n"
+            "img.read_region((0, 0), (64, 64))\n"
+            "img.read_region((0, 0), (64, 64))\n")
     env = dict(os.environ, PYTHONPATH=PYTHON_PACKAGE_DIR,
                TESSERA_TEST_CACHE_STALL="locked:1:" + pidfile)
     helper = subprocess.Popen([sys.executable, "-c", code, name, slide], env=env,

@@ -285,14 +285,11 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
     if (st != TESSERA_OK)
       return st;
   }
-  if (fresh) {
-    /* The capacities it has: an attached shared segment keeps its own. */
-    tessera_cache_stats t = {.struct_size = sizeof t};
-    fresh->ops->stats(fresh, &t);
-    if (!(fresh->ghost = ghost_create(t.memory_capacity, t.item_capacity))) {
-      cache_destroy(fresh);
-      return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
-    }
+  /* Sized by the capacities asked for, which an attached segment may not have (it keeps its
+   * own): its stats would mean taking the shard locks, which a stopped process may hold. */
+  if (fresh && !(fresh->ghost = ghost_create(o.memory_capacity_mib << 20, o.item_capacity))) {
+    cache_destroy(fresh);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
   }
   pthread_mutex_lock(&current_lock);
   struct tsr_cache *old = current;
