@@ -940,7 +940,7 @@ static void test_changed_between_reads(void) {
   uint8_t *buf = malloc((size_t)(info.width * info.height * 3));
   for (; s && rounds < 40; rounds++) {
     int64_t hx = rounds % 16, hy = rounds / 16;
-    for (int i = 0; i < 2; i++) /* loaded, then read again: the most read tile */
+    for (int i = 0; i < 3; i++) /* missed, loaded, then read again: the most read tile */
       CHECK(tessera_read_region(s, hx, hy, 0, 1, 1, NULL, buf, 3) == TESSERA_OK, "read");
     uint32_t *word = tsr_shared_cache_hot_word(rounds / 2 % 2); /* its head, or a link */
     CHECK(word != NULL, "no tile in the cache");
@@ -950,15 +950,22 @@ static void test_changed_between_reads(void) {
       printf("no hardware watchpoints here (%s): not tried\n", strerror(errno));
       break;
     }
-    /* Odd rounds: the whole level, three times the cache, so that the tile is evicted
-     * (freed, its entry reserved again for another, copied into, published). Even rounds:
-     * the tile (a hit), and a region anywhere. */
-    for (int r = 0; r < (rounds % 2 ? 1 : 4); r++) {
+    /* Odd rounds: every tile of the level, each read twice in a row so that it is cached:
+     * three times the cache, so that the tile is evicted (freed, its entry reserved again
+     * for another, copied into, published). Even rounds: the tile (a hit), and a region
+     * anywhere. */
+    int64_t tiles = across * down;
+    for (int64_t r = 0; r < (rounds % 2 ? 2 * tiles : 4); r++) {
       bool hot = r % 2 == 0, all = rounds % 2;
-      int64_t w = all ? info.width : hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
-      int64_t h = all ? info.height : hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
-      int64_t x = all ? 0 : hot ? hx : (int64_t)(test_rand(&seed) % (uint64_t)info.width) - 20;
-      int64_t y = all ? 0 : hot ? hy : (int64_t)(test_rand(&seed) % (uint64_t)info.height) - 20;
+      int64_t t = r / 2;
+      int64_t w = all ? info.tile_width : hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
+      int64_t h = all ? info.tile_height : hot ? 1 : 1 + (int64_t)(test_rand(&seed) % 300);
+      int64_t x = all   ? t % across * info.tile_width
+                  : hot ? hx
+                        : (int64_t)(test_rand(&seed) % (uint64_t)info.width) - 20;
+      int64_t y = all   ? t / across * info.tile_height
+                  : hot ? hy
+                        : (int64_t)(test_rand(&seed) % (uint64_t)info.height) - 20;
       if (tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3)) != TESSERA_OK)
         failed++;
       else
@@ -1011,7 +1018,8 @@ static void test_loader_slot_changed(void) {
       break;
     }
     uint8_t px[3];
-    CHECK(tessera_read_region(s, x, y, 0, 1, 1, NULL, px, 3) == TESSERA_OK && !differs(px, x, y, 1, 1),
+    CHECK(tessera_read_region(s, x, y, 0, 1, 1, NULL, px, 3) == TESSERA_OK &&
+              !differs(px, x, y, 1, 1),
           "read beside a stopped loader whose slot changes, round %d", round);
     unwatch();
     end_child(staller, pidfile);
@@ -1090,8 +1098,8 @@ int main(int argc, char **argv) {
     return check_finish("test_shared_cache");
 
   test_arguments();
-  test_processes(2, 0);  /* a twelfth of the level: evictions all along */
-  test_processes(64, 5); /* five tiles at most */
+  test_processes(2, 0);   /* a twelfth of the level: evictions all along */
+  test_processes(64, 5);  /* five tiles at most */
   test_processes(512, 0); /* room for every tile, and the ghost remembers them all */
   test_kill_holding_lock();
   test_user_whose_main_thread_ended();
