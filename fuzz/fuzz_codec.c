@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   tsr_codec_resolve(&f, 8, 1, 1, f.spp == 2 || f.spp == 4, data[4] & 4 ? 1 : 2);
   if (f.unsupported[0])
     return 0;
-  struct tsr_tile_out out;
+  struct tsr_tile_out out = {0};
   out.width = 1u + data[1] % 80;
   out.height = 1u + data[2] % 80;
   out.need_w = out.width - (uint32_t)(data[4] >> 4) % out.width;

@@ -48,3 +48,20 @@ char *tsr_strndup(const char *s, size_t n) {
 }
 
 char *tsr_strdup(const char *s) { return tsr_strndup(s, strlen(s)); }
+
+void tsr_scratch_free(struct tsr_scratch *scratch) {
+  tsr_free(scratch->data);
+  scratch->data = NULL;
+  scratch->cap = 0;
+}
+
+bool tsr_scratch_reserve(struct tsr_scratch *scratch, size_t n) {
+  if (n <= scratch->cap)
+    return true;
+  uint8_t *d = tsr_realloc(scratch->data, n);
+  if (!d)
+    return false;
+  scratch->data = d;
+  scratch->cap = n;
+  return true;
+}

@@ -21,6 +21,16 @@ void tsr_alloc_fail_after(long n);
 /* Tests only: allocations (malloc, calloc, realloc) made through this file so far. */
 unsigned long tsr_alloc_count(void);
 
+/* A growable buffer owned by one thread and reused across tiles. */
+struct tsr_scratch {
+  uint8_t *data;
+  size_t cap;
+};
+
+void tsr_scratch_free(struct tsr_scratch *scratch);
+/* Makes scratch hold at least n bytes; false when out of memory. */
+bool tsr_scratch_reserve(struct tsr_scratch *scratch, size_t n);
+
 /* a * b (* c) as size_t, false on overflow. */
 static inline bool tsr_mul2(size_t a, size_t b, size_t *out) {
   return !__builtin_mul_overflow(a, b, out);

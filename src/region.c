@@ -241,7 +241,7 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
   /* The decoded part of the tile, unless it goes straight into the canvas, and the codec's
    * scratch; a tile the file leaves out decodes nothing. */
   uint64_t reserved = 0;
-  if ((lv->offsets[index] != 0 || lv->blob) && lv->bytecounts[index] != 0)
+  if (!tsr_tile_missing(lv, index))
     reserved =
         (direct ? 0 : (uint64_t)rect.w * rect.h * f->decoded_channels) + tsr_tile_decode_bytes(lv);
   tsr_budget_reserve(reserved);

@@ -1,20 +1,17 @@
 /* Opening and closing slides, and what an open slide tells about itself. */
-#include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "alloc.h"
 #include "error.h"
 #include "format/format.h"
 #include "props.h"
 #include "slide_internal.h"
+#include "source/tile_source.h"
 #include "tiff/walk.h"
 
 TESSERA_API const char *tessera_version(void) { return "0.1.0"; }
@@ -46,18 +43,17 @@ void tsr_level_free(struct tsr_level *lv) {
   tsr_free(lv->offsets);
   tsr_free(lv->bytecounts);
   tsr_free(lv->fmt.jpeg_tables);
-  tsr_free(lv->fmt.jpeg_header);
   lv->offsets = lv->bytecounts = NULL;
-  lv->fmt.jpeg_tables = lv->fmt.jpeg_header = NULL;
-  tsr_free((void *)lv->blob);
-  lv->blob = NULL;
+  lv->fmt.jpeg_tables = NULL;
+  if (lv->source && lv->source->free)
+    lv->source->free(lv->source_data);
+  lv->source_data = NULL;
 }
 
 TESSERA_API void tessera_close(tessera_slide *s) {
   if (!s)
     return;
-  if (s->fd >= 0)
-    close(s->fd);
+  tsr_byte_source_close(s->source);
   for (size_t i = 0; s->levels && i < (size_t)s->nlevels + s->nassociated; i++)
     tsr_level_free(&s->levels[i]);
   tsr_free(s->levels);
@@ -167,48 +163,6 @@ static tessera_status take_associated(tessera_slide *s, struct tsr_dirs *dirs,
   return TESSERA_OK;
 }
 
-/* What a path that is no regular file is, for the message that refuses it. */
-static const char *file_kind(mode_t mode) {
-  if (S_ISDIR(mode))
-    return "a directory";
-  if (S_ISFIFO(mode))
-    return "a FIFO (named pipe)";
-  if (S_ISSOCK(mode))
-    return "a socket";
-  if (S_ISCHR(mode))
-    return "a character device";
-  if (S_ISBLK(mode))
-    return "a block device";
-  return "a special file";
-}
-
-static tessera_status open_file(tessera_slide *s, const char *path) {
-  /* O_NONBLOCK: without it, opening a FIFO waits for a writer, for ever if none comes, before
-   * fstat can tell it is no slide. A regular file ignores the flag; it is cleared below. */
-  s->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (s->fd < 0) {
-    int e = errno;
-    struct stat st;
-    /* A socket cannot be opened at all (ENXIO, "No such device or address"): say what it is. */
-    if (e == ENXIO && stat(path, &st) == 0 && !S_ISREG(st.st_mode))
-      return tsr_error(TESSERA_E_IO, "is %s, not a slide file", file_kind(st.st_mode));
-    return tsr_error(TESSERA_E_IO, "cannot open: %s", strerror(e));
-  }
-  struct stat st;
-  if (fstat(s->fd, &st) != 0)
-    return tsr_error(TESSERA_E_IO, "cannot stat: %s", strerror(errno));
-  if (!S_ISREG(st.st_mode))
-    return tsr_error(TESSERA_E_IO, "is %s, not a slide file", file_kind(st.st_mode));
-  int flags = fcntl(s->fd, F_GETFL);
-  if (flags < 0 || fcntl(s->fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
-    return tsr_error(TESSERA_E_IO, "cannot set up the file: %s", strerror(errno));
-  s->file_size = (uint64_t)st.st_size;
-  s->id = (struct tsr_file_id){(uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
-                               (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
-                               (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec};
-  return TESSERA_OK;
-}
-
 static void copy_options(tessera_open_options *dst, const tessera_open_options *src) {
   tessera_open_options_init(dst);
   if (!src)
@@ -218,27 +172,24 @@ static void copy_options(tessera_open_options *dst, const tessera_open_options *
   dst->struct_size = sizeof *dst;
 }
 
-TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
-                                           tessera_slide **out) {
-  if (!out)
-    return tsr_error(TESSERA_E_ARGUMENT, "no place to return the slide");
+tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *name,
+                                     const tessera_open_options *options, tessera_slide **out) {
   *out = NULL;
-  if (!path || !path[0])
-    return tsr_error(TESSERA_E_ARGUMENT, "no file name");
-  if (options && options->struct_size < sizeof(size_t))
-    return tsr_error(TESSERA_E_ARGUMENT, "open options without struct_size");
   tessera_slide *s = tsr_calloc(1, sizeof *s);
-  if (!s)
+  if (!s) {
+    tsr_byte_source_close(src);
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  s->fd = -1;
+  }
+  s->source = src;
+  s->file_size = src->ops->size(src);
+  src->ops->identity(src, &s->id);
   copy_options(&s->limits, options);
   struct tsr_dirs dirs = {0};
   struct tsr_layout layout = {0};
   tessera_status st;
-  if (!(s->path = tsr_strdup(path)))
+  if (!(s->path = tsr_strdup(name)))
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
-  else if ((st = open_file(s, path)) == TESSERA_OK &&
-           (st = tsr_tiff_walk(s->fd, s->file_size, &s->limits, &dirs)) == TESSERA_OK &&
+  else if ((st = tsr_tiff_walk(s->source, &s->limits, &dirs)) == TESSERA_OK &&
            (st = tsr_format_detect(&dirs, &layout)) == TESSERA_OK) {
     s->vendor = layout.vendor;
     s->background = layout.background;
@@ -254,6 +205,20 @@ TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_
   }
   *out = s;
   return TESSERA_OK;
+}
+
+TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
+                                           tessera_slide **out) {
+  if (!out)
+    return tsr_error(TESSERA_E_ARGUMENT, "no place to return the slide");
+  *out = NULL;
+  if (!path || !path[0])
+    return tsr_error(TESSERA_E_ARGUMENT, "no file name");
+  if (options && options->struct_size < sizeof(size_t))
+    return tsr_error(TESSERA_E_ARGUMENT, "open options without struct_size");
+  struct tsr_byte_source *src;
+  tessera_status st = tsr_file_source_open(path, &src);
+  return st == TESSERA_OK ? tsr_slide_open_source(src, path, options, out) : st;
 }
 
 TESSERA_API tessera_status tessera_open(const char *path, tessera_slide **out) {

@@ -8,7 +8,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "source/byte_source.h"
 #include "tessera.h"
+
+struct tsr_tile_source;
 
 /* How a level's stored bytes become pixels; fixed at open. */
 struct tsr_pixel_format {
@@ -24,13 +27,6 @@ struct tsr_pixel_format {
   bool invert;              /* MinIsWhite: decoded samples are inverted after decoding */
   uint8_t *jpeg_tables;     /* JPEGTables tag (owned), or NULL */
   size_t jpeg_tables_len;
-  /* Hamamatsu NDPI restart intervals as tiles (tiff/ndpi.h): the JPEG header that starts the
-   * level's strip, SOI up to and including SOS (owned), which each tile's entropy-coded bytes
-   * follow; NULL for every other level. jpeg_sof_size is where in it the SOF's height and
-   * width lie: each tile is decoded as a JPEG of the tile's size. */
-  uint8_t *jpeg_header;
-  size_t jpeg_header_len;
-  size_t jpeg_sof_size;
   char unsupported[96]; /* non-empty: why this level cannot be decoded */
 };
 
@@ -45,10 +41,11 @@ struct tsr_level {
   uint64_t *bytecounts;
   struct tsr_pixel_format fmt;
   uint32_t directory; /* index of its TIFF directory, for messages */
-  /* An image with no directory behind it (a Philips label stored as base64 in the XML): the
-   * tiles' bytes, at offsets[i] of this buffer instead of the file. Owned; NULL otherwise. */
-  const uint8_t *blob;
-  size_t blob_size;
+  /* How a tile's stored bytes are fetched and made the stream a codec decodes (a TIFF tile or
+   * strip, an NDPI restart interval, a tile of an image held in memory: source/tile_source.h), chosen
+   * at open, and what that source keeps for the level (owned; NULL for TIFF tiles). */
+  const struct tsr_tile_source *source;
+  void *source_data;
 };
 
 /* The level coordinate of level-0 coordinate v: floor(v / downsample), as the design says.
@@ -65,6 +62,12 @@ static inline int64_t tsr_level_coord(const struct tsr_level *lv, int64_t v) {
   return (int64_t)q;
 }
 
+/* Opens the slide whose bytes src gives (taken over: closed with the slide, or at once on
+ * failure); name is what tessera_open_ex was given, for the slide's path. tessera_open_ex is
+ * this over a file's byte source; tests open slides through other sources with it. */
+tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *name,
+                                     const tessera_open_options *options, tessera_slide **out);
+
 /* Frees the tables a level owns. */
 void tsr_level_free(struct tsr_level *lv);
 
@@ -73,19 +76,11 @@ struct tsr_property {
   char *value;
 };
 
-/* What tells one file from another for the tile cache, taken at open. The status-change
- * time is there because the others can all stay the same across a rewrite in place (cp -p,
- * rsync -t --inplace and tar x set the modification time back); no writer can set ctime. */
-struct tsr_file_id {
-  uint64_t device, inode, size;
-  int64_t mtime_ns, ctime_ns;
-};
-
 struct tessera_slide {
-  int fd; /* shared by all readers through pread(): no seek state */
+  struct tsr_byte_source *source; /* every read of the slide's bytes: no seek state, no lock */
   char *path;
-  uint64_t file_size;
-  struct tsr_file_id id;
+  uint64_t file_size;    /* the source's size, */
+  struct tsr_file_id id; /* and its identity for the tile cache, both taken at open */
   tessera_open_options limits;
   struct tsr_level *levels;
   int32_t nlevels;

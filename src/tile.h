@@ -1,20 +1,12 @@
-/* One tile (or strip) from the file to decoded samples: pread of its bytes, the codec, then
- * predictor and inversion. No libtiff, no lock: any number of threads may call it. */
+/* One tile (or strip, or restart interval) to decoded samples: its stream from the level's
+ * tile source (source/tile_source.h), the codec, then predictor and inversion. No libtiff, no lock:
+ * any number of threads may call it. */
 #ifndef TSR_TILE_H
 #define TSR_TILE_H
 
 #include "codec/codec.h"
 #include "slide_internal.h"
-
-/* A growable buffer owned by one thread and reused across tiles. */
-struct tsr_scratch {
-  uint8_t *data;
-  size_t cap;
-};
-
-void tsr_scratch_free(struct tsr_scratch *scratch);
-/* Makes scratch hold at least n bytes; false when out of memory. */
-bool tsr_scratch_reserve(struct tsr_scratch *scratch, size_t n);
+#include "source/tile_source.h"
 
 /* Buffers a thread reuses from tile to tile, so a steady stream of reads allocates nothing:
  * compressed bytes, a whole decoded tile, and a decoded rectangle awaiting conversion. Only
@@ -46,10 +38,6 @@ size_t tsr_tile_buffer_size(const struct tsr_level *lv);
  * into the destination. */
 size_t tsr_tile_decode_bytes(const struct tsr_level *lv);
 
-/* Tiles read from the file so far by this process (missing tiles not counted), for tests that
- * check a tile needed by several patches is read once. */
-uint64_t tsr_tile_reads(void);
-
 /* A rectangle of one tile, in pixels from the tile's top-left corner and inside its extent,
  * and where its decoded samples go: lv->fmt.decoded_channels bytes per pixel, rows `stride`
  * bytes apart. */
@@ -61,17 +49,10 @@ struct tsr_tile_rect {
 
 /* Decodes rect of tile `index` of `level`. Codecs that can (JPEG) decode only the rows and
  * columns the rectangle needs; the others decode the whole tile and copy the rectangle out.
- * A tile that the file leaves out (offset or byte count 0) sets *missing and writes nothing.
+ * A tile that the file leaves out (tsr_tile_missing) sets *missing and writes nothing.
  * On failure the message names the level and tile. */
 tessera_status tsr_tile_read(const tessera_slide *s, int32_t level, uint64_t index,
                              const struct tsr_tile_rect *rect, struct tsr_tile_buffers *b,
                              bool *missing);
-
-/* The stored bytes of tile `index` of `level` into dst, which holds lv->bytecounts[index]
- * bytes (the caller checks that count against max_tile_bytes first, to size dst). A tile the
- * file leaves out sets *missing and writes nothing. On failure the message names the level
- * and tile. */
-tessera_status tsr_tile_raw(const tessera_slide *s, int32_t level, uint64_t index, uint8_t *dst,
-                            bool *missing);
 
 #endif

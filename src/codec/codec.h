@@ -9,6 +9,19 @@
 
 #include "slide_internal.h"
 
+/* What a tile source knows of a JPEG stream that the stream itself cannot say (zero for any
+ * other stream, and for a JPEG the source knows nothing more of). */
+struct tsr_jpeg_hints {
+  /* Nonzero: the stream is one row of MCUs with no restart markers, and its frame header's
+   * height and width (4 bytes) lie at this offset. Its MCUs are then decoded left to right
+   * and no further than a crop needs: the codec may lower that width. */
+  size_t size_at;
+  /* No byte may lie between the image's last MCU and the EOI: the stream holds exactly one
+   * image's data, and more means the source cut it in the wrong place. (Other streams may
+   * carry padding there, which some scanners write.) */
+  bool exact_end;
+};
+
 /* Where a codec writes. The tile is width x height pixels of fmt->decoded_channels bytes; its
  * first need_w x need_h pixels (the part inside the image) must be decodable, and codecs fail
  * if the data cannot provide them.
@@ -22,6 +35,7 @@ struct tsr_tile_out {
   uint32_t need_w, need_h;
   size_t stride;
   uint32_t crop_x, crop_y, crop_w, crop_h;
+  struct tsr_jpeg_hints jpeg; /* read by the JPEG codec only */
 };
 
 typedef tessera_status (*tsr_decode_fn)(const struct tsr_pixel_format *fmt, const uint8_t *src,
@@ -56,9 +70,7 @@ tessera_status tsr_decode_deflate(const struct tsr_pixel_format *, const uint8_t
                                   const struct tsr_tile_out *);
 tessera_status tsr_decode_zstd(const struct tsr_pixel_format *, const uint8_t *, size_t,
                                const struct tsr_tile_out *);
-/* JPEG. With fmt->jpeg_header (an NDPI restart interval, tiff/ndpi.h) the bytes are one
- * interval's entropy-coded data followed by the two-byte marker that ends it, decoded as a
- * JPEG of need_w x need_h pixels made of that header and them. */
+/* JPEG: a whole stream, or one abbreviated by the level's JPEGTables (fmt->jpeg_tables). */
 tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *, const uint8_t *, size_t,
                                const struct tsr_tile_out *);
 tessera_status tsr_decode_webp(const struct tsr_pixel_format *, const uint8_t *, size_t,

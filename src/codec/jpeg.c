@@ -19,7 +19,7 @@ struct jpeg_failure {
   struct jpeg_error_mgr mgr;
   jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
-  bool interval; /* decoding an NDPI restart interval: no bytes may follow its last MCU */
+  bool exact_end; /* no bytes may follow the image's last MCU (tsr_jpeg_hints) */
 };
 
 /* Progressive (multi-scan) tiles: libjpeg keeps every coefficient of the tile while it reads
@@ -36,14 +36,14 @@ static void on_jpeg_error(j_common_ptr cinfo) {
 /* libjpeg "warnings" mean corrupt entropy data that it papers over with grey; a reader that
  * must never pass off a damaged tile as good treats them as errors. One is harmless: stray
  * bytes between the last scan and EOI (some scanners pad tiles so), after the whole image has
- * been decoded. A restart interval has none: there they mean its bytes hold more than the
- * interval (a McuStarts tag that skips one). */
+ * been decoded. A stream its tile source knows to end there has none: there they mean its
+ * bytes hold more than one image (tsr_jpeg_hints.exact_end). */
 static void on_jpeg_message(j_common_ptr cinfo, int level) {
   if (level >= 0)
     return;
   const struct jpeg_failure *f = (const struct jpeg_failure *)cinfo->err;
   const struct jpeg_error_mgr *e = cinfo->err;
-  if (e->msg_code == JWRN_EXTRANEOUS_DATA && e->msg_parm.i[1] == 0xD9 && !f->interval)
+  if (e->msg_code == JWRN_EXTRANEOUS_DATA && e->msg_parm.i[1] == 0xD9 && !f->exact_end)
     return;
   on_jpeg_error(cinfo);
 }
@@ -82,12 +82,10 @@ static uint8_t *row_buffer(size_t n) {
   return r->data;
 }
 
-/* An NDPI restart interval is handed to libjpeg in pieces, none of them copied: the strip's
- * header up to the SOF's size, the tile's size in its place, the rest of the header (its DRI
- * left out at open: the interval is a whole image now, which also lets libjpeg-turbo use its
- * faster Huffman decoder), the interval's entropy-coded bytes, and an EOI in place of the
- * restart marker that ends them. */
-#define TSR_JPEG_PIECES 5
+/* A stream whose frame header gets a narrower width is handed to libjpeg in pieces, none of
+ * them copied: the stream up to the frame's height and width, the new height and width, and
+ * the rest of the stream. */
+#define TSR_JPEG_PIECES 3
 
 struct pieces {
   struct jpeg_source_mgr pub;
@@ -131,12 +129,11 @@ static void pieces_skip(j_decompress_ptr cinfo, long n) {
 
 static void pieces_term(j_decompress_ptr cinfo) { (void)cinfo; }
 
-/* Sets cinfo to read interval bytes src (their last two the marker that ends them) as a JPEG
- * of w x h pixels. dims (4 bytes) must live as long as the decode. */
-static void interval_source(struct jpeg_decompress_struct *cinfo, struct pieces *p, JOCTET *dims,
-                            const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
-                            uint32_t w, uint32_t h) {
-  size_t sof = fmt->jpeg_sof_size;
+/* Sets cinfo to read stream src as a JPEG of w x h pixels, the frame's size lying at size_at.
+ * dims (4 bytes) must live as long as the decode. */
+static void resized_source(struct jpeg_decompress_struct *cinfo, struct pieces *p, JOCTET *dims,
+                           const uint8_t *src, size_t len, size_t size_at, uint32_t w,
+                           uint32_t h) {
   dims[0] = (JOCTET)(h >> 8);
   dims[1] = (JOCTET)h;
   dims[2] = (JOCTET)(w >> 8);
@@ -147,8 +144,8 @@ static void interval_source(struct jpeg_decompress_struct *cinfo, struct pieces 
               .skip_input_data = pieces_skip,
               .resync_to_restart = jpeg_resync_to_restart,
               .term_source = pieces_term},
-      .data = {fmt->jpeg_header, dims, fmt->jpeg_header + sof + 4, src, eoi},
-      .len = {sof, 4, fmt->jpeg_header_len - sof - 4, len - 2, sizeof eoi},
+      .data = {src, dims, src + size_at + 4},
+      .len = {size_at, 4, len - size_at - 4},
   };
   cinfo->src = &p->pub;
 }
@@ -177,22 +174,19 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   struct pieces pieces;
   JOCTET dims[4];
   uint32_t need_w = out->need_w; /* columns the data must provide */
-  if (fmt->jpeg_header) {
-    if (len < 3 || out->need_w > TSR_JPEG_MAX_SIDE || out->need_h > TSR_JPEG_MAX_SIDE)
-      return tsr_error(TESSERA_E_CORRUPT, "a restart interval of %zu bytes for %ux%u pixels", len,
-                       out->need_w, out->need_h);
-    /* An interval is one row of MCUs, decoded left to right: the MCUs right of the crop (and
-     * of the margin crop_columns keeps for chroma upsampling) need not be decoded at all. */
-    uint32_t right = out->crop_x + out->crop_w + MAX_SAMP_FACTOR * DCTSIZE;
-    if (right < need_w)
-      need_w = right;
-    interval_source(cinfo, &pieces, dims, fmt, src, len, need_w, out->need_h);
+  if (fmt->jpeg_tables && fmt->jpeg_tables_len > 0) {
+    jpeg_mem_src(cinfo, fmt->jpeg_tables, (unsigned long)fmt->jpeg_tables_len);
+    if (jpeg_read_header(cinfo, FALSE) != JPEG_HEADER_TABLES_ONLY)
+      return tsr_error(TESSERA_E_CORRUPT, "JPEGTables holds image data");
+  }
+  /* One row of MCUs, decoded left to right: the MCUs right of the crop (and of the margin
+   * crop_columns keeps for chroma upsampling) need not be decoded at all. */
+  uint32_t right = out->crop_x + out->crop_w + MAX_SAMP_FACTOR * DCTSIZE;
+  size_t at = out->jpeg.size_at;
+  if (at != 0 && right < need_w && at + 4 <= len) {
+    need_w = right;
+    resized_source(cinfo, &pieces, dims, src, len, at, need_w, out->need_h);
   } else {
-    if (fmt->jpeg_tables && fmt->jpeg_tables_len > 0) {
-      jpeg_mem_src(cinfo, fmt->jpeg_tables, (unsigned long)fmt->jpeg_tables_len);
-      if (jpeg_read_header(cinfo, FALSE) != JPEG_HEADER_TABLES_ONLY)
-        return tsr_error(TESSERA_E_CORRUPT, "JPEGTables holds image data");
-    }
     jpeg_mem_src(cinfo, src, (unsigned long)len);
   }
   if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK)
@@ -275,19 +269,19 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
 
 /* Routes libjpeg's errors and warnings to fail (the caller then sets fail->jump). */
 static void catch_failures(struct jpeg_decompress_struct *cinfo, struct jpeg_failure *fail,
-                           bool interval) {
+                           bool exact_end) {
   cinfo->err = jpeg_std_error(&fail->mgr);
   fail->mgr.error_exit = on_jpeg_error;
   fail->mgr.emit_message = on_jpeg_message;
   fail->message[0] = '\0';
-  fail->interval = interval;
+  fail->exact_end = exact_end;
 }
 
 tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
                                const struct tsr_tile_out *out) {
   struct jpeg_decompress_struct cinfo;
   struct jpeg_failure fail;
-  catch_failures(&cinfo, &fail, fmt->jpeg_header != NULL);
+  catch_failures(&cinfo, &fail, out->jpeg.exact_end);
   tessera_status st;
   if (setjmp(fail.jump)) {
     jpeg_destroy_decompress(&cinfo);

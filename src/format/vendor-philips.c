@@ -29,6 +29,7 @@
 #include "error.h"
 #include "format/format.h"
 #include "format/xml.h"
+#include "source/tile_source.h"
 
 #define SCANNED_IMAGES "PIM_DP_SCANNED_IMAGES"
 #define REPRESENTATIONS "PIIM_PIXEL_DATA_REPRESENTATION_SEQUENCE"
@@ -330,26 +331,30 @@ static bool read_jpeg_info(const uint8_t *d, size_t n, struct jpeg_info *ji) {
   return false;
 }
 
-/* A level of one tile whose bytes are the JPEG (taken over). */
+/* A level of one tile whose bytes are the JPEG (taken over), held in memory and read by
+ * tsr_memory_tiles. */
 static struct tsr_level *jpeg_level(uint8_t *jpeg, size_t len, const struct jpeg_info *ji,
                                     uint32_t directory) {
   struct tsr_level *lv = tsr_calloc(1, sizeof *lv);
-  if (!lv || !(lv->offsets = tsr_calloc(1, sizeof *lv->offsets)) ||
+  struct tsr_memory_image *image = tsr_malloc(sizeof *image);
+  if (!lv || !image || !(lv->offsets = tsr_calloc(1, sizeof *lv->offsets)) ||
       !(lv->bytecounts = tsr_calloc(1, sizeof *lv->bytecounts))) {
     if (lv)
       tsr_level_free(lv);
     tsr_free(lv);
+    tsr_free(image);
     tsr_free(jpeg);
     return NULL;
   }
+  *image = (struct tsr_memory_image){jpeg, len};
+  lv->source = &tsr_memory_tiles;
+  lv->source_data = image;
   lv->width = lv->tile_w = ji->width;
   lv->height = lv->tile_h = ji->height;
   lv->tiled = true;
   lv->across = lv->down = 1;
   lv->ntiles = 1;
   lv->bytecounts[0] = len;
-  lv->blob = jpeg;
-  lv->blob_size = len;
   lv->directory = directory;
   struct tsr_pixel_format *f = &lv->fmt;
   f->compression = COMPRESSION_JPEG;

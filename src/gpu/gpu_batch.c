@@ -31,6 +31,7 @@
 #include "gpu/cuda_loader.h"
 #include "gpu/jpeg_input.h"
 #include "pool.h"
+#include "source/tile_source.h"
 #include "tile.h"
 
 size_t tsr_gpu_tile_budget = (size_t)256 << 20;
@@ -374,29 +375,25 @@ static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k
   const struct tsr_level *lv = &s->levels[it->L.level];
   size_t need = 0;
   for (size_t i = 0; i < k; i++) {
-    uint64_t count = lv->bytecounts[sl->chunk_tiles[i]];
     sl->chunk_at[i] = need;
-    /* Too large for a read: the CPU gives the error. */
-    if (count <= s->limits.max_tile_bytes)
-      need += tsr_gpu_jpeg_size(&lv->fmt, (size_t)count);
+    /* None to give (too large for a read, say): the CPU gives the tile, or the error. */
+    need += tsr_tile_source_stream_size(s, it->L.level, sl->chunk_tiles[i]);
   }
   tessera_status st = reserve_staging(it, sl, need ? need : 1);
   if (st != TESSERA_OK)
     return st;
-  size_t lead = tsr_gpu_jpeg_tile_offset(&lv->fmt);
   *good = 0;
   for (size_t i = 0; i < k; i++) {
-    uint64_t tile = sl->chunk_tiles[i], count = lv->bytecounts[tile];
+    uint64_t tile = sl->chunk_tiles[i];
     sl->chunk_index[i] = -1;
-    if (count > s->limits.max_tile_bytes)
+    if (tsr_tile_source_stream_size(s, it->L.level, tile) == 0)
       continue;
     uint8_t *at = sl->staging + sl->chunk_at[i];
     bool missing;
+    size_t len;
     /* A tile that cannot be read is left to the CPU, which reports it as every read does. */
-    if (tsr_tile_raw(s, it->L.level, tile, at + lead, &missing) != TESSERA_OK || missing)
-      continue;
-    size_t len = tsr_gpu_jpeg_splice(&lv->fmt, at, (size_t)count);
-    if (len == 0 ||
+    if (tsr_tile_source_stream(s, it->L.level, tile, at, &len, &missing) != TESSERA_OK ||
+        missing || len == 0 ||
         !tsr_gpu_jpeg_supported(at, len, lv->tile_w, lv->tile_h, it->decoder->interpolates))
       continue;
     size_t g = (*good)++;

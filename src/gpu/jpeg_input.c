@@ -7,51 +7,7 @@ bool tsr_gpu_level_decodable(const struct tsr_level *lv) {
   const struct tsr_pixel_format *f = &lv->fmt;
   return f->compression == COMPRESSION_JPEG && f->photometric == PHOTOMETRIC_YCBCR &&
          f->spp == 3 && f->decoded_channels == 3 && !f->alpha && !f->invert &&
-         !f->jpeg_header && !f->unsupported[0] && lv->tiled;
-}
-
-/* The tables' body: JPEGTables without its SOI and EOI; empty when there are none. */
-static bool tables_body(const struct tsr_pixel_format *fmt, const uint8_t **body, size_t *len) {
-  *body = NULL;
-  *len = 0;
-  if (!fmt->jpeg_tables || fmt->jpeg_tables_len == 0)
-    return true;
-  const uint8_t *t = fmt->jpeg_tables;
-  size_t n = fmt->jpeg_tables_len;
-  if (n < 4 || t[0] != 0xFF || t[1] != 0xD8 || t[n - 2] != 0xFF || t[n - 1] != 0xD9)
-    return false;
-  *body = t + 2;
-  *len = n - 4;
-  return true;
-}
-
-size_t tsr_gpu_jpeg_tile_offset(const struct tsr_pixel_format *fmt) {
-  const uint8_t *body;
-  size_t len;
-  /* SOI and the tables' body, then the tile with its own SOI left where it lies: the splice
-   * moves nothing, it writes its two bytes over the tile's SOI's place. */
-  return tables_body(fmt, &body, &len) ? len : 0;
-}
-
-size_t tsr_gpu_jpeg_size(const struct tsr_pixel_format *fmt, size_t len) {
-  return tsr_gpu_jpeg_tile_offset(fmt) + len;
-}
-
-size_t tsr_gpu_jpeg_splice(const struct tsr_pixel_format *fmt, uint8_t *dst, size_t len) {
-  const uint8_t *body;
-  size_t body_len;
-  if (!tables_body(fmt, &body, &body_len))
-    return 0;
-  uint8_t *tile = dst + body_len;
-  if (len < 4 || tile[0] != 0xFF || tile[1] != 0xD8)
-    return 0;
-  /* [SOI][tables' body][tile after its SOI]: the tile's SOI moves to the front. */
-  if (body_len > 0) {
-    memcpy(dst + 2, body, body_len);
-    dst[0] = 0xFF;
-    dst[1] = 0xD8;
-  }
-  return body_len + len;
+         !f->unsupported[0] && lv->tiled;
 }
 
 static uint32_t be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }

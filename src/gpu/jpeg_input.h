@@ -1,8 +1,7 @@
-/* Turning a TIFF JPEG tile into what nvJPEG takes, and deciding which tiles it may take.
+/* Deciding which tiles nvJPEG may take (their whole streams come from the level's tile
+ * source, source/tile_source.h, with a TIFF JPEG tile's JPEGTables spliced in).
  *
- * A TIFF JPEG tile is an abbreviated stream: its Huffman and quantization tables may sit once
- * in the level's JPEGTables tag. nvJPEG wants whole streams, so the tables are spliced in.
- * And nvJPEG must decode a tile as the CPU path does, within rounding: only the streams whose
+ * nvJPEG must decode a tile as the CPU path does, within rounding: only the streams whose
  * meaning both agree on go to the GPU. The CPU path takes the colour space from the TIFF's
  * photometric tag (Aperio writes RGB samples with no Adobe marker); nvJPEG reads it from the
  * stream, so only YCbCr tiles whose streams say nothing else qualify. Everything else is
@@ -17,18 +16,9 @@
 #include "slide_internal.h"
 
 /* Whether a level's tiles can go to nvJPEG at all: JPEG (TIFF compression 7) with photometric
- * YCbCr, three samples, real tiles (not NDPI restart intervals), nothing to invert. */
+ * YCbCr, three samples, TIFF tiles (not strips, nor NDPI restart intervals), nothing to
+ * invert. */
 bool tsr_gpu_level_decodable(const struct tsr_level *lv);
-
-/* Bytes the whole stream of a tile of `len` bytes takes (the tables' body added). */
-size_t tsr_gpu_jpeg_size(const struct tsr_pixel_format *fmt, size_t len);
-
-/* Writes the whole stream of a tile (its `len` bytes at tile) to dst, which holds
- * tsr_gpu_jpeg_size bytes; the tile's bytes are read straight into their place by the
- * caller, at dst + tsr_gpu_jpeg_tile_offset, before calling this. Returns the stream's length,
- * or 0 when the tile or the tables are not what a splice needs (then the CPU decodes it). */
-size_t tsr_gpu_jpeg_tile_offset(const struct tsr_pixel_format *fmt);
-size_t tsr_gpu_jpeg_splice(const struct tsr_pixel_format *fmt, uint8_t *dst, size_t len);
 
 /* Whether nvJPEG decodes this whole stream as the CPU path would, on any of its back ends
  * (the hardware one takes baseline single-scan streams only): baseline (SOF0) 8-bit, three

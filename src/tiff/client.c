@@ -1,10 +1,8 @@
 #include "tiff/client.h"
 
-#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "error.h"
 
@@ -33,17 +31,12 @@ static int on_warning(TIFF *tif, void *user, const char *module, const char *fmt
 
 static tmsize_t client_read(thandle_t h, void *buf, tmsize_t n) {
   struct tsr_tiff_file *f = (struct tsr_tiff_file *)h;
-  tmsize_t done = 0;
-  while (done < n) {
-    ssize_t r = pread(f->fd, (char *)buf + done, (size_t)(n - done), (off_t)(f->pos + done));
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    done += r;
-  }
+  size_t done = 0;
+  /* A failed read reads as a short one: libtiff reports what it could not read. */
+  if (n > 0)
+    tsr_bytes_read_at(f->src, f->pos, (size_t)n, buf, &done);
   f->pos += (uint64_t)done;
-  return done;
+  return (tmsize_t)done;
 }
 
 static tmsize_t client_write(thandle_t h, void *buf, tmsize_t n) {
@@ -92,7 +85,7 @@ tessera_status tsr_tiff_check_ifd_data(const struct tsr_tiff_file *f, bool big, 
                                        uint64_t offset) {
   size_t count_size = big ? 8 : 2, entry = big ? 20 : 12, inline_size = big ? 8 : 4;
   uint8_t head[8];
-  if (offset >= f->size || pread(f->fd, head, count_size, (off_t)offset) != (ssize_t)count_size)
+  if (offset >= f->size || !tsr_bytes_read_all(f->src, offset, count_size, head))
     return TESSERA_OK; /* libtiff reports the unreadable directory itself */
   uint64_t count = file_uint(head, count_size, be);
   if (count > 1u << 20 || count * entry > f->size - offset)
@@ -101,8 +94,8 @@ tessera_status tsr_tiff_check_ifd_data(const struct tsr_tiff_file *f, bool big, 
   uint64_t total = 0, limit = f->size + ((uint64_t)1 << 20);
   for (uint64_t done = 0; done < count;) {
     uint64_t n = count - done < 256 ? count - done : 256;
-    off_t at = (off_t)(offset + count_size + done * entry);
-    if (pread(f->fd, chunk, n * entry, at) != (ssize_t)(n * entry))
+    uint64_t at = offset + count_size + done * entry;
+    if (!tsr_bytes_read_all(f->src, at, n * entry, chunk))
       return TESSERA_OK;
     for (uint64_t i = 0; i < n; i++) {
       const uint8_t *e = chunk + i * entry;
@@ -125,8 +118,9 @@ tessera_status tsr_tiff_check_ifd_data(const struct tsr_tiff_file *f, bool big, 
 
 /* The header's byte order, kind and first directory, or false when it is not TIFF's. */
 static bool read_header(const struct tsr_tiff_file *f, bool *big, bool *be, uint64_t *first) {
-  uint8_t h[16];
-  if (pread(f->fd, h, sizeof h, 0) < 8)
+  uint8_t h[16] = {0};
+  size_t got;
+  if (tsr_bytes_read_at(f->src, 0, sizeof h, h, &got) != TESSERA_OK || got < 8)
     return false;
   if ((h[0] != 'I' || h[1] != 'I') && (h[0] != 'M' || h[1] != 'M'))
     return false;
@@ -139,11 +133,11 @@ static bool read_header(const struct tsr_tiff_file *f, bool *big, bool *be, uint
   return true;
 }
 
-tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, int fd, uint64_t size,
+tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, const struct tsr_byte_source *src,
                                     uint64_t max_alloc, TIFF **out) {
   memset(f, 0, sizeof *f);
-  f->fd = fd;
-  f->size = size;
+  f->src = src;
+  f->size = src->ops->size(src);
   *out = NULL;
   bool big, be;
   uint64_t first;
@@ -172,12 +166,12 @@ bool tsr_tiff_next_ifd_offset(TIFF *tif, const struct tsr_tiff_file *f, uint64_t
   bool big = TIFFIsBigTIFF(tif), be = TIFFIsBigEndian(tif);
   size_t count_size = big ? 8 : 2, entry = big ? 20 : 12, ptr_size = big ? 8 : 4;
   uint8_t buf[8];
-  if (pread(f->fd, buf, count_size, (off_t)here) != (ssize_t)count_size)
+  if (!tsr_bytes_read_all(f->src, here, count_size, buf))
     return false;
   uint64_t count = file_uint(buf, count_size, be);
   if (count > 1u << 20)
     return false;
-  if (pread(f->fd, buf, ptr_size, (off_t)(here + count_size + count * entry)) != (ssize_t)ptr_size)
+  if (!tsr_bytes_read_all(f->src, here + count_size + count * entry, ptr_size, buf))
     return false;
   *next = file_uint(buf, ptr_size, be);
   return true;

@@ -1,7 +1,6 @@
-/* libtiff over the slide's own descriptor: reads go through pread (so the walk sees exactly
- * the file the slide reads and no offset state is shared), nothing is memory-mapped (a file
- * truncated under us gives an error, not SIGBUS), and libtiff's messages are kept per open
- * instead of printed. */
+/* libtiff over the slide's byte source (source/byte_source.h): the walk sees exactly the bytes the
+ * slide reads, no offset state is shared, nothing is memory-mapped (a file truncated under us
+ * gives an error, not SIGBUS), and libtiff's messages are kept per open instead of printed. */
 #ifndef TSR_TIFF_CLIENT_H
 #define TSR_TIFF_CLIENT_H
 
@@ -9,18 +8,19 @@
 #include <stdint.h>
 #include <tiffio.h>
 
+#include "source/byte_source.h"
 #include "tessera.h"
 
 struct tsr_tiff_file {
-  int fd;
+  const struct tsr_byte_source *src;
   uint64_t pos, size;    /* libtiff's position, and the file's size */
   char first_error[512]; /* libtiff's first error message, without the file name */
   bool failed;           /* libtiff reported an error */
 };
 
-/* Opens fd (of size bytes) for reading with libtiff; libtiff allocates at most max_alloc
- * bytes at once. The TIFF lives no longer than *f. */
-tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, int fd, uint64_t size,
+/* Opens src for reading with libtiff; libtiff allocates at most max_alloc bytes at once. The
+ * TIFF lives no longer than *f, which lives no longer than src. */
+tessera_status tsr_tiff_client_open(struct tsr_tiff_file *f, const struct tsr_byte_source *src,
                                     uint64_t max_alloc, TIFF **out);
 
 /* Checks, from the file itself and before libtiff reads the directory at offset, that its

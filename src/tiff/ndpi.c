@@ -1,12 +1,11 @@
 #include "tiff/ndpi.h"
 
-#include <errno.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "alloc.h"
 #include "codec/codec.h"
 #include "error.h"
+#include "source/tile_source.h"
 #include "tiff/client.h"
 
 /* Most bytes a strip's JPEG header (SOI to SOS) may take: quantisation and Huffman tables,
@@ -19,19 +18,13 @@
  * intervals does not fit its JPEG data; the level is then read as one strip. */
 #define MISFIT(...) tsr_error(TESSERA_E_FORMAT, __VA_ARGS__)
 
-static tessera_status read_exact(int fd, uint64_t offset, void *dst, size_t n) {
-  size_t done = 0;
-  while (done < n) {
-    ssize_t r = pread(fd, (uint8_t *)dst + done, n - done, (off_t)(offset + done));
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r < 0)
-      return tsr_error(TESSERA_E_IO, "read failed: %s", strerror(errno));
-    if (r == 0)
-      return MISFIT("the file ends inside the JPEG header");
-    done += (size_t)r;
-  }
-  return TESSERA_OK;
+static tessera_status read_exact(const struct tsr_byte_source *src, uint64_t offset, void *dst,
+                                 size_t n) {
+  size_t got;
+  tessera_status st = tsr_bytes_read_at(src, offset, n, dst, &got);
+  if (st == TESSERA_OK && got < n)
+    return MISFIT("the file ends inside the JPEG header");
+  return st;
 }
 
 /* SOF markers of every coding process (not DHT, JPG or DAC, which share the range). */
@@ -49,11 +42,12 @@ struct header_map {
 #define DRI_BYTES 6
 
 /* Maps the JPEG header at the start of the strip [start, end): SOI, segments, SOS. */
-static tessera_status find_header(int fd, uint64_t start, uint64_t end, struct header_map *map) {
+static tessera_status find_header(const struct tsr_byte_source *src, uint64_t start, uint64_t end,
+                                  struct header_map *map) {
   uint64_t limit = end - start < TSR_NDPI_MAX_HEADER ? end : start + TSR_NDPI_MAX_HEADER;
   uint8_t b[4];
   tessera_status st;
-  if (limit - start < 2 || (st = read_exact(fd, start, b, 2)) != TESSERA_OK)
+  if (limit - start < 2 || (st = read_exact(src, start, b, 2)) != TESSERA_OK)
     return limit - start < 2 ? MISFIT("the strip is too short for a JPEG header") : st;
   if (b[0] != 0xFF || b[1] != 0xD8)
     return MISFIT("the strip does not start with a JPEG SOI marker");
@@ -62,7 +56,7 @@ static tessera_status find_header(int fd, uint64_t start, uint64_t end, struct h
     if (limit - pos < 4)
       return MISFIT("no SOS marker in the first %llu bytes of the strip",
                     (unsigned long long)(limit - start));
-    if ((st = read_exact(fd, pos, b, 4)) != TESSERA_OK)
+    if ((st = read_exact(src, pos, b, 4)) != TESSERA_OK)
       return st;
     if (b[0] != 0xFF)
       return MISFIT("no JPEG marker at byte %llu of the strip", (unsigned long long)(pos - start));
@@ -123,9 +117,7 @@ static tessera_status read_array(TIFF *tif, uint32_t tag, uint64_t **out, uint64
 struct plan {
   uint32_t tile_w, tile_h, across, down;
   uint64_t ntiles;
-  uint8_t *header;   /* as kept: without DRI */
-  size_t header_len; /* of the header kept */
-  size_t sof;        /* where the SOF segment starts in it */
+  struct tsr_ndpi_header *header; /* as kept: without DRI */
   size_t data_start; /* where the entropy-coded data starts in the strip */
   uint64_t *offsets, *counts, *low, *high;
 };
@@ -192,17 +184,19 @@ static tessera_status plan_tables(const uint64_t *low, const uint64_t *high, uin
  * the DRI (each interval is decoded as a whole image, with libjpeg's faster decoder for data
  * without restart markers) and has the SOF's size made one libjpeg takes (NDPI writes 0 for
  * a side over JPEG's limit); each tile's decode puts its own size there. */
-static tessera_status read_header(int fd, const struct tsr_level *lv, uint64_t start, uint64_t end,
-                                  struct plan *p, struct tsr_jpeg_layout *layout) {
+static tessera_status read_header(const struct tsr_byte_source *src, const struct tsr_level *lv,
+                                  uint64_t start, uint64_t end, struct plan *p,
+                                  struct tsr_jpeg_layout *layout) {
   struct header_map map = {0};
-  tessera_status st = find_header(fd, start, end, &map);
+  tessera_status st = find_header(src, start, end, &map);
   if (st != TESSERA_OK)
     return st;
-  if (!(p->header = tsr_malloc(map.len)))
+  if (!(p->header = tsr_malloc(sizeof *p->header + map.len)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a JPEG header of %zu bytes", map.len);
-  if ((st = read_exact(fd, start, p->header, map.len)) != TESSERA_OK)
+  uint8_t *h = p->header->bytes;
+  if ((st = read_exact(src, start, h, map.len)) != TESSERA_OK)
     return st;
-  uint8_t *dims = p->header + map.sof + 5;
+  uint8_t *dims = h + map.sof + 5;
   uint32_t sof_h = (uint32_t)dims[0] << 8 | dims[1], sof_w = (uint32_t)dims[2] << 8 | dims[3];
   if ((sof_w != 0 && sof_w <= TSR_JPEG_MAX_SIDE && sof_w != lv->width) ||
       (sof_h != 0 && sof_h <= TSR_JPEG_MAX_SIDE && sof_h != lv->height))
@@ -210,21 +204,21 @@ static tessera_status read_header(int fd, const struct tsr_level *lv, uint64_t s
                   (long long)lv->height);
   dims[0] = dims[2] = 0;
   dims[1] = dims[3] = 8;
-  if ((st = tsr_jpeg_read_layout(p->header, map.len, layout)) != TESSERA_OK)
+  if ((st = tsr_jpeg_read_layout(h, map.len, layout)) != TESSERA_OK)
     return st;
   p->data_start = map.len;
-  p->header_len = map.len;
-  p->sof = map.sof;
+  p->header->len = map.len;
+  p->header->size_at = map.sof + 5;
   if (map.dri) {
-    memmove(p->header + map.dri, p->header + map.dri + DRI_BYTES, map.len - map.dri - DRI_BYTES);
-    p->header_len -= DRI_BYTES;
+    memmove(h + map.dri, h + map.dri + DRI_BYTES, map.len - map.dri - DRI_BYTES);
+    p->header->len -= DRI_BYTES;
     if (map.dri < map.sof)
-      p->sof -= DRI_BYTES;
+      p->header->size_at -= DRI_BYTES;
   }
   return TESSERA_OK;
 }
 
-static tessera_status plan(TIFF *tif, int fd, uint64_t file_size, const struct tsr_level *lv,
+static tessera_status plan(TIFF *tif, const struct tsr_byte_source *src, uint64_t file_size, const struct tsr_level *lv,
                            uint64_t *budget, struct plan *p) {
   uint64_t nlow, nhigh;
   tessera_status st = read_array(tif, TSR_NDPI_MCU_STARTS, &p->low, &nlow);
@@ -236,7 +230,7 @@ static tessera_status plan(TIFF *tif, int fd, uint64_t file_size, const struct t
   if (start == 0 || count == 0 || start > file_size || count > file_size - start)
     return MISFIT("the strip lies outside the file");
   struct tsr_jpeg_layout layout;
-  if ((st = read_header(fd, lv, start, start + count, p, &layout)) != TESSERA_OK ||
+  if ((st = read_header(src, lv, start, start + count, p, &layout)) != TESSERA_OK ||
       (st = plan_grid(lv, &layout, p)) != TESSERA_OK)
     return st;
   uint64_t n = p->ntiles;
@@ -260,21 +254,26 @@ static tessera_status plan(TIFF *tif, int fd, uint64_t file_size, const struct t
   return TESSERA_OK;
 }
 
-tessera_status tsr_ndpi_tile_level(TIFF *tif, int fd, uint64_t file_size, uint32_t index,
-                                   uint64_t *budget, struct tsr_level *lv) {
+tessera_status tsr_ndpi_tile_level(TIFF *tif, const struct tsr_byte_source *src,
+                                   uint64_t file_size, uint32_t index, uint64_t *budget,
+                                   struct tsr_level *lv) {
   if (lv->tiled || lv->ntiles != 1 || lv->fmt.compression != COMPRESSION_JPEG ||
       lv->fmt.unsupported[0])
     return TESSERA_OK;
   struct plan p = {0};
-  tessera_status st = plan(tif, fd, file_size, lv, budget, &p);
+  tessera_status st = plan(tif, src, file_size, lv, budget, &p);
   if (st == TESSERA_OK && p.offsets) {
     tsr_free(lv->offsets);
     tsr_free(lv->bytecounts);
     lv->offsets = p.offsets;
     lv->bytecounts = p.counts;
-    lv->fmt.jpeg_header = p.header;
-    lv->fmt.jpeg_header_len = p.header_len;
-    lv->fmt.jpeg_sof_size = p.sof + 5;
+    lv->source = &tsr_ndpi_intervals;
+    lv->source_data = p.header;
+    /* Each interval is a whole JPEG with the strip's own tables: a JPEGTables tag beside
+     * them is not read. */
+    tsr_free(lv->fmt.jpeg_tables);
+    lv->fmt.jpeg_tables = NULL;
+    lv->fmt.jpeg_tables_len = 0;
     lv->tile_w = p.tile_w;
     lv->tile_h = p.tile_h;
     lv->across = p.across;

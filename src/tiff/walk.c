@@ -7,6 +7,7 @@
 #include "alloc.h"
 #include "codec/codec.h"
 #include "error.h"
+#include "source/tile_source.h"
 #include "tiff/client.h"
 #include "tiff/ndpi.h"
 
@@ -91,6 +92,7 @@ static tessera_status read_geometry(TIFF *tif, const tessera_open_options *lim, 
                        index, tw, th);
     lv->tile_w = tw;
     lv->tile_h = th;
+    lv->source = &tsr_tiff_tiles;
   } else {
     uint32_t rps = 0;
     TIFFGetFieldDefaulted(tif, TIFFTAG_ROWSPERSTRIP, &rps);
@@ -98,6 +100,7 @@ static tessera_status read_geometry(TIFF *tif, const tessera_open_options *lim, 
       rps = h;
     lv->tile_w = w;
     lv->tile_h = rps;
+    lv->source = &tsr_tiff_strips;
   }
   lv->across = (uint32_t)((w + (uint64_t)lv->tile_w - 1) / lv->tile_w);
   lv->down = (uint32_t)((h + (uint64_t)lv->tile_h - 1) / lv->tile_h);
@@ -202,7 +205,7 @@ static tessera_status read_directory(TIFF *tif, const struct tsr_tiff_file *file
   if (st == TESSERA_OK)
     st = read_tables(tif, index, &d->level, budget);
   if (st == TESSERA_OK)
-    st = tsr_ndpi_tile_level(tif, file->fd, file->size, index, budget, &d->level);
+    st = tsr_ndpi_tile_level(tif, file->src, file->size, index, budget, &d->level);
   if (st != TESSERA_OK)
     return st;
   TIFFGetFieldDefaulted(tif, TIFFTAG_SUBFILETYPE, &d->subfile_type);
@@ -339,10 +342,11 @@ out:
   return st;
 }
 
-tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_options *limits,
+tessera_status tsr_tiff_walk(const struct tsr_byte_source *src, const tessera_open_options *limits,
                              struct tsr_dirs *out) {
   out->dir = NULL;
   out->n = 0;
+  uint64_t file_size = src->ops->size(src);
   /* libtiff allocates tag arrays (tile tables, JPEG tables) while walking. An array stored in
    * N bytes of the file never needs more than 4N in memory (SHORT entries widen to 64 bits),
    * so a damaged count cannot ask for much more than the file holds. */
@@ -351,7 +355,7 @@ tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_opti
     cap = TSR_MAX_TILES * sizeof(uint64_t);
   struct tsr_tiff_file file;
   TIFF *tif;
-  tessera_status st = tsr_tiff_client_open(&file, fd, file_size, cap, &tif);
+  tessera_status st = tsr_tiff_client_open(&file, src, cap, &tif);
   if (st != TESSERA_OK)
     return st;
   st = walk(tif, &file, limits, out);

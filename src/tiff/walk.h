@@ -33,8 +33,8 @@ struct tsr_dirs {
   size_t n;
 };
 
-/* Reads all directories (main chain and SubIFDs) of the open file fd. */
-tessera_status tsr_tiff_walk(int fd, uint64_t file_size, const tessera_open_options *limits,
+/* Reads all directories (main chain and SubIFDs) of the TIFF in src. */
+tessera_status tsr_tiff_walk(const struct tsr_byte_source *src, const tessera_open_options *limits,
                              struct tsr_dirs *out);
 
 /* Frees what tsr_tiff_walk allocated; a level the caller took must be zeroed first. */

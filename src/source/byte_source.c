@@ -1,0 +1,120 @@
+/* The file byte source: pread on a descriptor opened for the slide alone. Its fields are
+ * written once by tsr_file_source_open and only read afterwards, so any number of threads
+ * may read through it; pread keeps no position, so they share nothing but the descriptor. */
+#include "source/byte_source.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "error.h"
+
+struct file_source {
+  struct tsr_byte_source pub; /* first: the interface leads back here */
+  int fd;
+  uint64_t size;
+  struct tsr_file_id id;
+};
+
+static tessera_status file_read_at(const struct tsr_byte_source *src, uint64_t offset,
+                                   size_t length, void *buffer, size_t *got) {
+  const struct file_source *f = (const struct file_source *)src;
+  size_t done = 0;
+  while (done < length) {
+    ssize_t r = pread(f->fd, (uint8_t *)buffer + done, length - done, (off_t)(offset + done));
+    if (r < 0 && errno == EINTR)
+      continue;
+    if (r < 0) {
+      *got = done;
+      return tsr_error(TESSERA_E_IO, "read failed: %s", strerror(errno));
+    }
+    if (r == 0)
+      break;
+    done += (size_t)r;
+  }
+  *got = done;
+  return TESSERA_OK;
+}
+
+static uint64_t file_size(const struct tsr_byte_source *src) {
+  return ((const struct file_source *)src)->size;
+}
+
+static void file_identity(const struct tsr_byte_source *src, struct tsr_file_id *id) {
+  *id = ((const struct file_source *)src)->id;
+}
+
+static void file_close(struct tsr_byte_source *src) {
+  struct file_source *f = (struct file_source *)src;
+  if (f->fd >= 0)
+    close(f->fd);
+  tsr_free(f);
+}
+
+static const struct tsr_byte_source_ops file_ops = {file_read_at, file_size, file_identity,
+                                                    file_close};
+
+/* What a path that is no regular file is, for the message that refuses it. */
+static const char *file_kind(mode_t mode) {
+  if (S_ISDIR(mode))
+    return "a directory";
+  if (S_ISFIFO(mode))
+    return "a FIFO (named pipe)";
+  if (S_ISSOCK(mode))
+    return "a socket";
+  if (S_ISCHR(mode))
+    return "a character device";
+  if (S_ISBLK(mode))
+    return "a block device";
+  return "a special file";
+}
+
+static tessera_status open_file(struct file_source *f, const char *path) {
+  /* O_NONBLOCK: without it, opening a FIFO waits for a writer, for ever if none comes, before
+   * fstat can tell it is no slide. A regular file ignores the flag; it is cleared below. */
+  f->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (f->fd < 0) {
+    int e = errno;
+    struct stat st;
+    /* A socket cannot be opened at all (ENXIO, "No such device or address"): say what it is. */
+    if (e == ENXIO && stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+      return tsr_error(TESSERA_E_IO, "is %s, not a slide file", file_kind(st.st_mode));
+    return tsr_error(TESSERA_E_IO, "cannot open: %s", strerror(e));
+  }
+  struct stat st;
+  if (fstat(f->fd, &st) != 0)
+    return tsr_error(TESSERA_E_IO, "cannot stat: %s", strerror(errno));
+  if (!S_ISREG(st.st_mode))
+    return tsr_error(TESSERA_E_IO, "is %s, not a slide file", file_kind(st.st_mode));
+  int flags = fcntl(f->fd, F_GETFL);
+  if (flags < 0 || fcntl(f->fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+    return tsr_error(TESSERA_E_IO, "cannot set up the file: %s", strerror(errno));
+  f->size = (uint64_t)st.st_size;
+  f->id = (struct tsr_file_id){(uint64_t)st.st_dev, (uint64_t)st.st_ino, (uint64_t)st.st_size,
+                               (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec,
+                               (int64_t)st.st_ctim.tv_sec * 1000000000 + st.st_ctim.tv_nsec};
+  return TESSERA_OK;
+}
+
+tessera_status tsr_file_source_open(const char *path, struct tsr_byte_source **out) {
+  *out = NULL;
+  struct file_source *f = tsr_calloc(1, sizeof *f);
+  if (!f)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  f->pub.ops = &file_ops;
+  tessera_status st = open_file(f, path);
+  if (st != TESSERA_OK) {
+    file_close(&f->pub);
+    return st;
+  }
+  *out = &f->pub;
+  return TESSERA_OK;
+}
+
+void tsr_byte_source_close(struct tsr_byte_source *src) {
+  if (src)
+    src->ops->close(src);
+}

@@ -1,0 +1,107 @@
+/* Tile sources: how the stored bytes of one tile of a level are fetched (through the slide's
+ * byte source, source/byte_source.h) and made the stream a codec decodes. A level's source is
+ * chosen when the slide is opened, by what its directory and vendor say, and kept in
+ * tsr_level.source; reading never branches on a vendor, only through this table:
+ *  - tsr_tiff_tiles, tsr_tiff_strips (source/tiff_tiles.c): a TIFF tile or strip, its bytes at the
+ *    offset and of the byte count the TIFF gives (the default, set by the TIFF walk);
+ *  - tsr_ndpi_intervals (source/ndpi_intervals.c): a Hamamatsu NDPI restart interval, made a JPEG of
+ *    its own with the strip's header (set by tiff/ndpi.c when the McuStarts tag fits);
+ *  - tsr_memory_tiles (source/memory_tiles.c): a tile of an image held in memory, with no
+ *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c).
+ * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
+ * JPEG stream nvJPEG takes from tsr_tile_source_stream. Everything here reads only tables
+ * fixed at open: any number of threads may call it, with no lock. */
+#ifndef TSR_SOURCE_TILE_SOURCE_H
+#define TSR_SOURCE_TILE_SOURCE_H
+
+#include "alloc.h"
+#include "codec/codec.h"
+#include "slide_internal.h"
+
+/* A tile's stream, for its codec: data holds len bytes (in the caller's scratch, or in memory
+ * the level holds). */
+struct tsr_stream {
+  const uint8_t *data;
+  size_t len;
+  struct tsr_jpeg_hints jpeg;
+};
+
+struct tsr_tile_source {
+  const char *unit; /* what one tile is called in messages: "tile", "strip", ... */
+  /* Whether the file leaves tile index out: there is nothing to read, and the tile is
+   * painted as background. */
+  bool (*missing)(const struct tsr_level *lv, uint64_t index);
+  /* The stream of tile index (not missing) for the level's codec, in buf (grown to hold it)
+   * or in memory the level holds. */
+  tessera_status (*stream)(const tessera_slide *s, const struct tsr_level *lv, uint64_t index,
+                           struct tsr_scratch *buf, struct tsr_stream *out);
+  /* For nvJPEG, a whole JPEG stream (no tables kept apart): the bytes it takes at most, 0 when
+   * the tile has none to give; and writing it into dst, which holds that many, its length
+   * in *len (0 when the tile's bytes cannot be made one: the CPU decodes it then). NULL where
+   * the source gives the GPU nothing (its tiles are decoded on the CPU). */
+  size_t (*device_stream_size)(const tessera_slide *s, const struct tsr_level *lv,
+                               uint64_t index);
+  tessera_status (*device_stream)(const tessera_slide *s, const struct tsr_level *lv,
+                                  uint64_t index, uint8_t *dst, size_t *len);
+  /* Frees the level's source_data; NULL where the source keeps none. */
+  void (*free)(void *data);
+};
+
+extern const struct tsr_tile_source tsr_tiff_tiles;
+extern const struct tsr_tile_source tsr_tiff_strips;
+extern const struct tsr_tile_source tsr_ndpi_intervals;
+extern const struct tsr_tile_source tsr_memory_tiles;
+
+/* ---- for the readers ---- */
+
+static inline bool tsr_tile_missing(const struct tsr_level *lv, uint64_t index) {
+  return lv->source->missing(lv, index);
+}
+
+/* The stream of tile index (not missing) of lv, for its codec; counts a read. */
+tessera_status tsr_tile_stream(const tessera_slide *s, const struct tsr_level *lv, uint64_t index,
+                               struct tsr_scratch *buf, struct tsr_stream *out);
+
+/* The CUDA back end's: bytes the whole JPEG stream of tile index of level takes at most (0:
+ * none to give, the CPU decodes the tile), and the stream itself into dst, which holds that
+ * many. *len is its length, 0 when the tile's bytes cannot be made a whole stream; a tile the
+ * file leaves out sets *missing. On failure the message names the level and tile. */
+size_t tsr_tile_source_stream_size(const tessera_slide *s, int32_t level, uint64_t index);
+tessera_status tsr_tile_source_stream(const tessera_slide *s, int32_t level, uint64_t index,
+                                      uint8_t *dst, size_t *len, bool *missing);
+
+/* Tiles read so far by this process (missing tiles not counted), on either device, for tests
+ * that check a tile needed by several patches is read once. */
+uint64_t tsr_tile_reads(void);
+
+/* ---- for the tile sources ---- */
+
+/* A TIFF tile's bytes are missing when its offset or byte count is 0. */
+bool tsr_tiff_tile_missing(const struct tsr_level *lv, uint64_t index);
+
+/* Reads count bytes at offset of the slide's byte source into dst, which holds them, after
+ * checking them against max_tile_bytes and the source's size. */
+tessera_status tsr_tile_fetch(const tessera_slide *s, uint64_t offset, uint64_t count,
+                              uint8_t *dst);
+/* The same into buf, grown (after the checks) to hold `before` bytes and then them; *at is
+ * where they start (buf->data + before). */
+tessera_status tsr_tile_fetch_into(const tessera_slide *s, uint64_t offset, uint64_t count,
+                                   struct tsr_scratch *buf, size_t before, uint8_t **at);
+
+/* A level's data for tsr_ndpi_intervals: the JPEG header that starts its strip, SOI up to and
+ * including SOS, with the DRI left out (each interval is decoded as a whole image, which also
+ * lets libjpeg-turbo use its faster Huffman decoder); each tile's entropy-coded bytes follow
+ * it. size_at is where in it the frame's height and width lie: each tile is decoded as a
+ * JPEG of the tile's size. */
+struct tsr_ndpi_header {
+  size_t len, size_at;
+  uint8_t bytes[];
+};
+
+/* A level's data for tsr_memory_tiles: the image's bytes, tile i at offsets[i] of them. */
+struct tsr_memory_image {
+  uint8_t *bytes; /* owned */
+  size_t size;
+};
+
+#endif
