@@ -42,8 +42,8 @@ struct tsr_level {
   struct tsr_pixel_format fmt;
   uint32_t directory; /* index of its TIFF directory, for messages */
   /* How a tile's stored bytes are fetched and made the stream a codec decodes (a TIFF tile or
-   * strip, an NDPI restart interval, a tile of an image held in memory: source/tile_source.h), chosen
-   * at open, and what that source keeps for the level (owned; NULL for TIFF tiles). */
+   * strip, an NDPI restart interval, a tile of an image held in memory: source/tile_source.h),
+   * chosen at open, and what that source keeps for the level (owned; NULL for TIFF tiles). */
   const struct tsr_tile_source *source;
   void *source_data;
 };

@@ -132,8 +132,7 @@ static void pieces_term(j_decompress_ptr cinfo) { (void)cinfo; }
 /* Sets cinfo to read stream src as a JPEG of w x h pixels, the frame's size lying at size_at.
  * dims (4 bytes) must live as long as the decode. */
 static void resized_source(struct jpeg_decompress_struct *cinfo, struct pieces *p, JOCTET *dims,
-                           const uint8_t *src, size_t len, size_t size_at, uint32_t w,
-                           uint32_t h) {
+                           const uint8_t *src, size_t len, size_t size_at, uint32_t w, uint32_t h) {
   dims[0] = (JOCTET)(h >> 8);
   dims[1] = (JOCTET)h;
   dims[2] = (JOCTET)(w >> 8);

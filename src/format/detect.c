@@ -11,7 +11,7 @@ static const struct tsr_vendor *const vendors[] = {
     &tsr_vendor_ome,    &tsr_vendor_generic,
 };
 
-tessera_status tsr_format_detect(const struct tsr_dirs *dirs, struct tsr_layout *out) {
+tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_layout *out) {
   memset(out, 0, sizeof *out);
   if (dirs->n == 0)
     return tsr_error(TESSERA_E_FORMAT, "the file has no image directory");

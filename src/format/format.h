@@ -38,8 +38,10 @@ struct tsr_vendor {
   /* Whether the file follows this vendor's conventions (from its directories alone). */
   bool (*detect)(const struct tsr_dirs *dirs);
   /* Fills out: levels, associated images, properties. A vendor's metadata that cannot be
-   * understood fails with a message that says what is wrong. */
-  tessera_status (*open)(const struct tsr_dirs *dirs, struct tsr_layout *out);
+   * understood fails with a message that says what is wrong. A vendor whose levels are read
+   * otherwise than as TIFF tiles or strips gives them their tile source here
+   * (source/tile_source.h), reading what it needs through dirs->source. */
+  tessera_status (*open)(struct tsr_dirs *dirs, struct tsr_layout *out);
 };
 
 extern const struct tsr_vendor tsr_vendor_aperio;
@@ -48,7 +50,7 @@ extern const struct tsr_vendor tsr_vendor_philips;
 extern const struct tsr_vendor tsr_vendor_ome;
 extern const struct tsr_vendor tsr_vendor_generic;
 
-tessera_status tsr_format_detect(const struct tsr_dirs *dirs, struct tsr_layout *out);
+tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_layout *out);
 void tsr_layout_free(struct tsr_layout *layout);
 
 /* ---- for the vendors (pyramid.c) ---- */

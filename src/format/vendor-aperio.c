@@ -63,7 +63,7 @@ static void copy_number(struct tsr_props *props, const char *from, const char *t
     tsr_props_add_double(props, to, d);
 }
 
-static tessera_status aperio_open(const struct tsr_dirs *dirs, struct tsr_layout *out) {
+static tessera_status aperio_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
   tessera_status st = tsr_layout_pyramid(dirs, out);
   for (size_t i = 1; st == TESSERA_OK && i < dirs->n; i++) {
     const struct tsr_dir *d = &dirs->dir[i];

@@ -7,6 +7,7 @@
 #include "alloc.h"
 #include "error.h"
 #include "format/format.h"
+#include "format/ndpi.h"
 
 static bool hamamatsu_detect(const struct tsr_dirs *dirs) {
   return tsr_starts_with(dirs->dir[0].make, "Hamamatsu");
@@ -32,8 +33,21 @@ static void add_property_map(const char *map, struct tsr_props *props) {
   }
 }
 
-static tessera_status hamamatsu_open(const struct tsr_dirs *dirs, struct tsr_layout *out) {
-  tessera_status st = tsr_layout_pyramid(dirs, out);
+/* Each directory that is one JPEG strip with McuStarts becomes a grid of restart intervals. */
+static tessera_status tile_by_interval(struct tsr_dirs *dirs) {
+  uint64_t size = dirs->source->ops->size(dirs->source);
+  for (size_t i = 0; i < dirs->n; i++) {
+    tessera_status st = tsr_ndpi_tile_level(dirs->source, size, &dirs->table_budget, &dirs->dir[i]);
+    if (st != TESSERA_OK)
+      return st;
+  }
+  return TESSERA_OK;
+}
+
+static tessera_status hamamatsu_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
+  tessera_status st = tile_by_interval(dirs);
+  if (st == TESSERA_OK)
+    st = tsr_layout_pyramid(dirs, out);
   for (size_t i = 1; st == TESSERA_OK && i < dirs->n; i++) {
     const struct tsr_dir *d = &dirs->dir[i];
     if (out->is_level[i] || !d->has_ndpi_source_lens)

@@ -306,7 +306,7 @@ static bool named(const struct tsr_xml_node *image, const char *name) {
   return n && strcasecmp(n, name) == 0;
 }
 
-static tessera_status open_document(const struct tsr_dirs *dirs, const struct tsr_xml_node *root,
+static tessera_status open_document(struct tsr_dirs *dirs, const struct tsr_xml_node *root,
                                     struct tsr_layout *out) {
   struct image slide = {0};
   size_t count = 0, chosen = 0;
@@ -356,7 +356,7 @@ static tessera_status open_document(const struct tsr_dirs *dirs, const struct ts
   return TESSERA_OK;
 }
 
-static tessera_status ome_open(const struct tsr_dirs *dirs, struct tsr_layout *out) {
+static tessera_status ome_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
   const char *desc = dirs->dir[0].description;
   struct tsr_xml_doc *doc;
   tessera_status st = tsr_xml_parse(desc, strlen(desc), &doc);

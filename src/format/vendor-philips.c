@@ -432,7 +432,7 @@ static tessera_status open_document(const struct tsr_dirs *dirs, const struct ts
   return TESSERA_OK;
 }
 
-static tessera_status philips_open(const struct tsr_dirs *dirs, struct tsr_layout *out) {
+static tessera_status philips_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
   const char *desc = dirs->dir[0].description;
   struct tsr_xml_doc *doc;
   tessera_status st = tsr_xml_parse(desc, strlen(desc), &doc);

@@ -45,9 +45,8 @@ struct tsr_byte_source {
   const struct tsr_byte_source_ops *ops;
 };
 
-static inline tessera_status tsr_bytes_read_at(const struct tsr_byte_source *src,
-                                               uint64_t offset, size_t length, void *buffer,
-                                               size_t *got) {
+static inline tessera_status tsr_bytes_read_at(const struct tsr_byte_source *src, uint64_t offset,
+                                               size_t length, void *buffer, size_t *got) {
   return src->ops->read_at(src, offset, length, buffer, got);
 }
 

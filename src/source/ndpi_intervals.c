@@ -1,8 +1,8 @@
-/* Hamamatsu NDPI restart intervals as tiles (tiff/ndpi.h plans them at open): each is made a
- * JPEG of its own, the strip's header (the level's tsr_ndpi_header, written at open and only
- * read afterwards) with the tile's size in its frame, then the interval's entropy-coded
- * bytes, then an EOI. The interval's bytes are read straight into their place after the
- * header; only the header is copied. Intervals go to the CPU. */
+/* Hamamatsu NDPI restart intervals as tiles (format/ndpi.h plans them at open, for the Hamamatsu
+ * vendor): each is made a JPEG of its own, the strip's header (the level's tsr_ndpi_header, written
+ * at open and only read afterwards) with the tile's size in its frame, then the interval's
+ * entropy-coded bytes, then an EOI. The interval's bytes are read straight into their place after
+ * the header; only the header is copied. Intervals go to the CPU. */
 #include <string.h>
 
 #include "error.h"
@@ -33,8 +33,7 @@ static tessera_status check_markers(const struct tsr_level *lv, uint64_t index, 
 }
 
 static tessera_status ndpi_stream(const tessera_slide *s, const struct tsr_level *lv,
-                                  uint64_t index, struct tsr_scratch *buf,
-                                  struct tsr_stream *out) {
+                                  uint64_t index, struct tsr_scratch *buf, struct tsr_stream *out) {
   const struct tsr_ndpi_header *h = lv->source_data;
   size_t lead = index > 0 ? 2 : 0, n = (size_t)lv->bytecounts[index];
   /* The marker before the interval lands on the header's last two bytes, checked first. */

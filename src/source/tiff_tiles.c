@@ -7,10 +7,10 @@
 #include "source/tile_source.h"
 
 static tessera_status tiff_stream(const tessera_slide *s, const struct tsr_level *lv,
-                                  uint64_t index, struct tsr_scratch *buf,
-                                  struct tsr_stream *out) {
+                                  uint64_t index, struct tsr_scratch *buf, struct tsr_stream *out) {
   uint8_t *at = NULL;
-  tessera_status st = tsr_tile_fetch_into(s, lv->offsets[index], lv->bytecounts[index], buf, 0, &at);
+  tessera_status st =
+      tsr_tile_fetch_into(s, lv->offsets[index], lv->bytecounts[index], buf, 0, &at);
   out->data = at;
   out->len = (size_t)lv->bytecounts[index];
   return st;

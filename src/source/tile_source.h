@@ -4,8 +4,9 @@
  * tsr_level.source; reading never branches on a vendor, only through this table:
  *  - tsr_tiff_tiles, tsr_tiff_strips (source/tiff_tiles.c): a TIFF tile or strip, its bytes at the
  *    offset and of the byte count the TIFF gives (the default, set by the TIFF walk);
- *  - tsr_ndpi_intervals (source/ndpi_intervals.c): a Hamamatsu NDPI restart interval, made a JPEG of
- *    its own with the strip's header (set by tiff/ndpi.c when the McuStarts tag fits);
+ *  - tsr_ndpi_intervals (source/ndpi_intervals.c): a Hamamatsu NDPI restart interval, made a JPEG
+ * of its own with the strip's header (set by the Hamamatsu vendor, format/ndpi.c, when the
+ *    McuStarts tag fits);
  *  - tsr_memory_tiles (source/memory_tiles.c): a tile of an image held in memory, with no
  *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
@@ -39,8 +40,7 @@ struct tsr_tile_source {
    * the tile has none to give; and writing it into dst, which holds that many, its length
    * in *len (0 when the tile's bytes cannot be made one: the CPU decodes it then). NULL where
    * the source gives the GPU nothing (its tiles are decoded on the CPU). */
-  size_t (*device_stream_size)(const tessera_slide *s, const struct tsr_level *lv,
-                               uint64_t index);
+  size_t (*device_stream_size)(const tessera_slide *s, const struct tsr_level *lv, uint64_t index);
   tessera_status (*device_stream)(const tessera_slide *s, const struct tsr_level *lv,
                                   uint64_t index, uint8_t *dst, size_t *len);
   /* Frees the level's source_data; NULL where the source keeps none. */

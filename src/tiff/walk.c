@@ -9,7 +9,6 @@
 #include "error.h"
 #include "source/tile_source.h"
 #include "tiff/client.h"
-#include "tiff/ndpi.h"
 
 /* Most tiles a level may have; beyond this the tables alone would be gigabytes. */
 #define TSR_MAX_TILES ((uint64_t)1 << 26)
@@ -144,6 +143,55 @@ static tessera_status read_tables(TIFF *tif, uint32_t index, struct tsr_level *l
   return TESSERA_OK;
 }
 
+/* The values of an unsigned integer array tag libtiff does not know, widened to 64 bits
+ * (allocated; *out NULL and *n 0 when the directory has none). TESSERA_E_FORMAT when its
+ * values are not integers. */
+static tessera_status read_offsets(TIFF *tif, uint32_t tag, uint64_t **out, uint64_t *n) {
+  TIFFDataType type;
+  const void *data;
+  uint64_t count;
+  if (!tsr_tiff_private_tag(tif, tag, &type, &data, &count))
+    return TESSERA_OK;
+  if (type != TIFF_LONG && type != TIFF_SHORT && type != TIFF_LONG8)
+    return tsr_error(TESSERA_E_FORMAT, "tag %u holds values of type %d, not offsets", tag,
+                     (int)type);
+  if (!(*out = tsr_calloc((size_t)count, sizeof **out)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu values of tag %u",
+                     (unsigned long long)count, tag);
+  for (uint64_t i = 0; i < count; i++)
+    (*out)[i] = type == TIFF_LONG    ? ((const uint32_t *)data)[i]
+                : type == TIFF_SHORT ? ((const uint16_t *)data)[i]
+                                     : ((const uint64_t *)data)[i];
+  *n = count;
+  return TESSERA_OK;
+}
+
+/* NDPI's McuStarts of a directory that is one JPEG strip, for the vendor to tile it by
+ * restart interval (format/ndpi.h). Either half of another type than offsets leaves the
+ * level one strip. */
+static tessera_status read_mcu_starts(TIFF *tif, struct tsr_dir *d) {
+  const struct tsr_level *lv = &d->level;
+  if (lv->tiled || lv->ntiles != 1 || lv->fmt.compression != COMPRESSION_JPEG ||
+      lv->fmt.unsupported[0])
+    return TESSERA_OK;
+  tessera_status st =
+      read_offsets(tif, TSR_NDPI_MCU_STARTS, &d->ndpi_mcu_starts, &d->ndpi_mcu_starts_n);
+  if (st == TESSERA_OK && d->ndpi_mcu_starts_n > 0)
+    st = read_offsets(tif, TSR_NDPI_MCU_STARTS_HIGH, &d->ndpi_mcu_starts_high,
+                      &d->ndpi_mcu_starts_high_n);
+  if (st == TESSERA_OK)
+    return st;
+  tsr_free(d->ndpi_mcu_starts);
+  tsr_free(d->ndpi_mcu_starts_high);
+  d->ndpi_mcu_starts = d->ndpi_mcu_starts_high = NULL;
+  d->ndpi_mcu_starts_n = d->ndpi_mcu_starts_high_n = 0;
+  if (st == TESSERA_E_FORMAT) {
+    tsr_error_clear(); /* not offsets: the level stays one strip */
+    return TESSERA_OK;
+  }
+  return tsr_error_prefix(st, "directory %u, NDPI restart intervals: ", lv->directory);
+}
+
 static tessera_status read_format(TIFF *tif, struct tsr_dir *d) {
   struct tsr_pixel_format *f = &d->level.fmt;
   uint16_t compression = 1, spp = 1, bps = 1, sampleformat = 1, planar = 1, photometric = 0;
@@ -192,8 +240,7 @@ static uint64_t copied_bytes(const struct tsr_dir *d) {
          string_bytes(d->ndpi_property_map) + d->level.fmt.jpeg_tables_len;
 }
 
-static tessera_status read_directory(TIFF *tif, const struct tsr_tiff_file *file,
-                                     const tessera_open_options *lim, uint32_t index,
+static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim, uint32_t index,
                                      int32_t parent, uint64_t *budget, uint64_t *copy_budget,
                                      struct tsr_dir *d) {
   memset(d, 0, sizeof *d);
@@ -205,7 +252,7 @@ static tessera_status read_directory(TIFF *tif, const struct tsr_tiff_file *file
   if (st == TESSERA_OK)
     st = read_tables(tif, index, &d->level, budget);
   if (st == TESSERA_OK)
-    st = tsr_ndpi_tile_level(tif, file->src, file->size, index, budget, &d->level);
+    st = read_mcu_starts(tif, d);
   if (st != TESSERA_OK)
     return st;
   TIFFGetFieldDefaulted(tif, TIFFTAG_SUBFILETYPE, &d->subfile_type);
@@ -274,8 +321,7 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
-        (st = read_directory(tif, file, lim, index, -1, &budget, &copy_budget, d)) !=
-            TESSERA_OK)
+        (st = read_directory(tif, lim, index, -1, &budget, &copy_budget, d)) != TESSERA_OK)
       goto out;
     uint16_t n = 0;
     const uint64_t *offs = NULL;
@@ -333,10 +379,11 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
       goto out;
     }
     if ((st = push_dir(dirs, &cap, &d)) != TESSERA_OK ||
-        (st = read_directory(tif, file, lim, index, subs[i].parent, &budget, &copy_budget,
-                             d)) != TESSERA_OK)
+        (st = read_directory(tif, lim, index, subs[i].parent, &budget, &copy_budget, d)) !=
+            TESSERA_OK)
       goto out;
   }
+  dirs->table_budget = budget;
 out:
   tsr_free(subs);
   return st;
@@ -344,8 +391,7 @@ out:
 
 tessera_status tsr_tiff_walk(const struct tsr_byte_source *src, const tessera_open_options *limits,
                              struct tsr_dirs *out) {
-  out->dir = NULL;
-  out->n = 0;
+  *out = (struct tsr_dirs){.source = src};
   uint64_t file_size = src->ops->size(src);
   /* libtiff allocates tag arrays (tile tables, JPEG tables) while walking. An array stored in
    * N bytes of the file never needs more than 4N in memory (SHORT entries widen to 64 bits),
@@ -379,6 +425,8 @@ void tsr_tiff_dirs_free(struct tsr_dirs *dirs) {
     tsr_free(d->host);
     tsr_free(d->ndpi_reference);
     tsr_free(d->ndpi_property_map);
+    tsr_free(d->ndpi_mcu_starts);
+    tsr_free(d->ndpi_mcu_starts_high);
   }
   tsr_free(dirs->dir);
   dirs->dir = NULL;

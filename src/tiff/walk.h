@@ -10,6 +10,10 @@
 #define TSR_NDPI_Y_OFFSET 65423
 #define TSR_NDPI_REFERENCE 65427
 #define TSR_NDPI_PROPERTY_MAP 65449
+/* Offsets of the restart intervals from the start of the strip: their low 32 bits, and in
+ * files over 4 GiB their high 32 bits (format/ndpi.h). */
+#define TSR_NDPI_MCU_STARTS 65426
+#define TSR_NDPI_MCU_STARTS_HIGH 65432
 
 struct tsr_dir {
   struct tsr_level level; /* candidate level; downsample is set later */
@@ -25,12 +29,20 @@ struct tsr_dir {
   double ndpi_x_offset, ndpi_y_offset; /* of the image from the slide's centre, nm */
   char *ndpi_reference;                /* NDPI Reference tag */
   char *ndpi_property_map;             /* "key=value\r\n..." */
+  /* NDPI McuStarts and their high words, widened, of a directory that is one JPEG strip;
+   * none (NULL, 0) when absent or not arrays of offsets. Owned. */
+  uint64_t *ndpi_mcu_starts, *ndpi_mcu_starts_high;
+  uint64_t ndpi_mcu_starts_n, ndpi_mcu_starts_high_n;
   char *description, *software, *make, *model, *datetime, *artist, *copyright, *host;
 };
 
 struct tsr_dirs {
   struct tsr_dir *dir;
   size_t n;
+  /* The file the directories describe, for vendors that read more of it at open (NDPI's JPEG
+   * headers), and how many more table entries its size allows them (see walk.c). */
+  const struct tsr_byte_source *source;
+  uint64_t table_budget;
 };
 
 /* Reads all directories (main chain and SubIFDs) of the TIFF in src. */

@@ -53,8 +53,8 @@ static void memory_close(struct tsr_byte_source *src) {
   free(m);
 }
 
-static const struct tsr_byte_source_ops memory_ops = {memory_read_at, memory_size,
-                                                      memory_identity, memory_close};
+static const struct tsr_byte_source_ops memory_ops = {memory_read_at, memory_size, memory_identity,
+                                                      memory_close};
 
 /* The file's bytes as a source of their own, with an identity no file has. */
 static struct memory_source *memory_source(const char *path) {
@@ -119,9 +119,8 @@ static void count_reads(tessera_slide *s, struct memory_source *m, const char *f
   tessera_status st = tessera_read_level(s, level, NULL, px, size);
   CHECK(st == TESSERA_OK, "%s: %s", file, tessera_error_message());
   tiles = tsr_tile_reads() - tiles;
-  CHECK(tiles > 0 && m->reads - reads == tiles,
-        "%s: %llu tiles read, %lu reads through the source", file, (unsigned long long)tiles,
-        m->reads - reads);
+  CHECK(tiles > 0 && m->reads - reads == tiles, "%s: %llu tiles read, %lu reads through the source",
+        file, (unsigned long long)tiles, m->reads - reads);
   /* The source's failure, and its message, are the read's. */
   m->fail = true;
   st = tessera_read_level(s, level, NULL, px, size);

@@ -1,12 +1,12 @@
-#include "tiff/ndpi.h"
+#include "format/ndpi.h"
 
 #include <string.h>
+#include <tiff.h>
 
 #include "alloc.h"
 #include "codec/codec.h"
 #include "error.h"
 #include "source/tile_source.h"
-#include "tiff/client.h"
 
 /* Most bytes a strip's JPEG header (SOI to SOS) may take: quantisation and Huffman tables,
  * a comment and an APP segment or two are a few kilobytes. */
@@ -90,36 +90,13 @@ static tessera_status find_header(const struct tsr_byte_source *src, uint64_t st
   }
 }
 
-/* The values of an unsigned integer array tag libtiff does not know, widened to 64 bits
- * (allocated; *out NULL and *n 0 when the directory has no such tag). */
-static tessera_status read_array(TIFF *tif, uint32_t tag, uint64_t **out, uint64_t *n) {
-  *out = NULL;
-  *n = 0;
-  TIFFDataType type;
-  const void *data;
-  uint64_t count;
-  if (!tsr_tiff_private_tag(tif, tag, &type, &data, &count))
-    return TESSERA_OK;
-  if (type != TIFF_LONG && type != TIFF_SHORT && type != TIFF_LONG8)
-    return MISFIT("tag %u holds values of type %d, not offsets", tag, (int)type);
-  if (!(*out = tsr_calloc((size_t)count, sizeof **out)))
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu values of tag %u",
-                     (unsigned long long)count, tag);
-  for (uint64_t i = 0; i < count; i++)
-    (*out)[i] = type == TIFF_LONG    ? ((const uint32_t *)data)[i]
-                : type == TIFF_SHORT ? ((const uint16_t *)data)[i]
-                                     : ((const uint64_t *)data)[i];
-  *n = count;
-  return TESSERA_OK;
-}
-
 /* Everything a tiled level needs, built aside so that a misfit leaves the level as it was. */
 struct plan {
   uint32_t tile_w, tile_h, across, down;
   uint64_t ntiles;
   struct tsr_ndpi_header *header; /* as kept: without DRI */
-  size_t data_start; /* where the entropy-coded data starts in the strip */
-  uint64_t *offsets, *counts, *low, *high;
+  size_t data_start;              /* where the entropy-coded data starts in the strip */
+  uint64_t *offsets, *counts;
 };
 
 /* The grid OpenSlide uses: a tile is one restart interval, interval x MCU width by one MCU
@@ -218,14 +195,11 @@ static tessera_status read_header(const struct tsr_byte_source *src, const struc
   return TESSERA_OK;
 }
 
-static tessera_status plan(TIFF *tif, const struct tsr_byte_source *src, uint64_t file_size, const struct tsr_level *lv,
-                           uint64_t *budget, struct plan *p) {
-  uint64_t nlow, nhigh;
-  tessera_status st = read_array(tif, TSR_NDPI_MCU_STARTS, &p->low, &nlow);
-  if (st != TESSERA_OK || nlow == 0)
-    return st;
-  if ((st = read_array(tif, TSR_NDPI_MCU_STARTS_HIGH, &p->high, &nhigh)) != TESSERA_OK)
-    return st;
+static tessera_status plan(const struct tsr_byte_source *src, uint64_t file_size,
+                           const struct tsr_dir *d, uint64_t *budget, struct plan *p) {
+  const struct tsr_level *lv = &d->level;
+  uint64_t nlow = d->ndpi_mcu_starts_n, nhigh = d->ndpi_mcu_starts_high_n;
+  tessera_status st;
   uint64_t start = lv->offsets[0], count = lv->bytecounts[0];
   if (start == 0 || count == 0 || start > file_size || count > file_size - start)
     return MISFIT("the strip lies outside the file");
@@ -247,21 +221,21 @@ static tessera_status plan(TIFF *tif, const struct tsr_byte_source *src, uint64_
   if (!p->offsets || !p->counts)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu restart intervals",
                      (unsigned long long)n);
-  if ((st = plan_tables(p->low, nhigh ? p->high : NULL, n, start, start + count, p->data_start,
-                        p->offsets, p->counts)) != TESSERA_OK)
+  if ((st = plan_tables(d->ndpi_mcu_starts, nhigh ? d->ndpi_mcu_starts_high : NULL, n, start,
+                        start + count, p->data_start, p->offsets, p->counts)) != TESSERA_OK)
     return st;
   *budget -= n;
   return TESSERA_OK;
 }
 
-tessera_status tsr_ndpi_tile_level(TIFF *tif, const struct tsr_byte_source *src,
-                                   uint64_t file_size, uint32_t index, uint64_t *budget,
-                                   struct tsr_level *lv) {
-  if (lv->tiled || lv->ntiles != 1 || lv->fmt.compression != COMPRESSION_JPEG ||
-      lv->fmt.unsupported[0])
+tessera_status tsr_ndpi_tile_level(const struct tsr_byte_source *src, uint64_t file_size,
+                                   uint64_t *budget, struct tsr_dir *d) {
+  struct tsr_level *lv = &d->level;
+  if (d->ndpi_mcu_starts_n == 0 || lv->tiled || lv->ntiles != 1 ||
+      lv->fmt.compression != COMPRESSION_JPEG || lv->fmt.unsupported[0])
     return TESSERA_OK;
   struct plan p = {0};
-  tessera_status st = plan(tif, src, file_size, lv, budget, &p);
+  tessera_status st = plan(src, file_size, d, budget, &p);
   if (st == TESSERA_OK && p.offsets) {
     tsr_free(lv->offsets);
     tsr_free(lv->bytecounts);
@@ -285,12 +259,10 @@ tessera_status tsr_ndpi_tile_level(TIFF *tif, const struct tsr_byte_source *src,
     tsr_error_clear(); /* a misfit: the level stays one strip */
     st = TESSERA_OK;
   } else if (st != TESSERA_OK) {
-    st = tsr_error_prefix(st, "directory %u, NDPI restart intervals: ", index);
+    st = tsr_error_prefix(st, "directory %u, NDPI restart intervals: ", lv->directory);
   }
   tsr_free(p.header);
   tsr_free(p.offsets);
   tsr_free(p.counts);
-  tsr_free(p.low);
-  tsr_free(p.high);
   return st;
 }
