@@ -185,6 +185,11 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
                                .row_bytes = (size_t)(u->x1 - u->x0) * lv->fmt.decoded_channels,
                                .rows = (uint32_t)(u->y1 - u->y0),
                                .scratch = &b->cached};
+  /* Of the tile's extent (an edge tile decodes no more): the destinations' union, painted
+   * in part, costs about a whole decode when it holds most of it. */
+  uint64_t part = (uint64_t)(u->x1 - u->x0) * (uint64_t)(u->y1 - u->y0);
+  uint64_t extent = (uint64_t)(tile->x1 - tile->x0) * (uint64_t)(tile->y1 - tile->y0);
+  a.covers = part * TSR_CACHE_COVERS_DEN >= extent * TSR_CACHE_COVERS_NUM;
   enum tsr_cache_result r = tsr_cache_lookup(cache, &a);
   if (r == TSR_CACHE_MISS || r == TSR_CACHE_BYPASS)
     return false; /* decoded in part, as without a cache */

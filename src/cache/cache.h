@@ -30,6 +30,9 @@ bool tsr_cache_key_equal(const struct tsr_cache_key *a, const struct tsr_cache_k
  * the budget; a main-queue tile gets up to this many second chances. */
 #define TSR_CACHE_SMALL_PART 10
 #define TSR_CACHE_MAX_FREQ 3
+/* A use covering at least this part (3/4) of a tile's pixels admits it at its first miss. */
+#define TSR_CACHE_COVERS_NUM 3
+#define TSR_CACHE_COVERS_DEN 4
 /* Shards of at least 16 MiB (and 64 items when items are limited), at most 16. */
 #define TSR_CACHE_MAX_SHARDS 16
 #define TSR_CACHE_SHARD_MIN_BYTES ((uint64_t)16 << 20)
@@ -54,6 +57,8 @@ struct tsr_cache_access {
   size_t offset, stride, row_bytes;
   uint32_t rows;
   struct tsr_scratch *scratch; /* the caller's thread's, for the cache's use */
+  bool covers; /* the caller paints most of the tile (TSR_CACHE_COVERS_*): decoding that
+                  part costs about what decoding the whole tile does */
   bool admit; /* set by tsr_cache_lookup: a miss may reserve the tile (LOAD), or with false
                  returns TSR_CACHE_MISS; a miss is counted either way */
   /* HIT, and LOAD once published: row i of the part asked for begins at row_list[i], or with
@@ -120,9 +125,9 @@ bool tsr_shared_cache_hot_resize(uint64_t bytes);
 struct tsr_cache *tsr_cache_acquire(void);
 void tsr_cache_release(struct tsr_cache *c);
 
-/* Looks a->key up (a->bytes, a->offset, a->length and a->scratch set). A tile not held is
- * admitted (TSR_CACHE_LOAD) only when this process missed it recently (cache.c says why);
- * otherwise the result is TSR_CACHE_MISS. */
+/* Looks a->key up (a->bytes, a->offset, a->length, a->covers and a->scratch set). A tile not
+ * held is admitted (TSR_CACHE_LOAD) only when this use covers most of it or this process
+ * missed it recently (cache.c says why); otherwise the result is TSR_CACHE_MISS. */
 enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_access *a);
 /* The loader decoded a->load: the tile becomes visible to all; a->src is set. */
 static inline void tsr_cache_publish(struct tsr_cache *c, struct tsr_cache_access *a) {
