@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "alloc.h"
 #include "cache/cache.h"
@@ -73,6 +74,9 @@ struct process_cache {
 /* Each shard's table to begin with; its 128 bytes are not counted, so that an empty cache
  * holds 0 bytes, as before the table grew. */
 #define FIRST_BUCKETS 16
+
+/* Tiles from this size on have their pages mapped in by populate(). */
+#define POPULATE_MIN_BYTES ((size_t)64 << 10)
 
 /* What an allocation of n bytes takes from the system, as glibc's malloc gives it: an 8-byte
  * header, rounded up to 16; large blocks come from mmap, in whole pages with a 16-byte header.
@@ -233,6 +237,18 @@ static bool fits(const struct process_cache *c, const struct shard *sh, uint64_t
          (!c->shard_items || sh->items < c->shard_items);
 }
 
+/* Maps in the whole pages of a new tile's pixels at once, before the decode writes them: a
+ * fresh tile's memory is new to the process (malloc maps blocks this large, or grows the heap),
+ * and one call costs less than the fault the decode would take on each page (shuffled sliding
+ * windows: 35000 faults, a sixth of the run). Best effort: a kernel without it faults as
+ * before. */
+static void populate(uint8_t *pixels, size_t bytes) {
+  uintptr_t page = 4096, start = ((uintptr_t)pixels + page - 1) & ~(page - 1);
+  uintptr_t end = ((uintptr_t)pixels + bytes) & ~(page - 1);
+  if (bytes >= POPULATE_MIN_BYTES && end > start)
+    (void)madvise((void *)start, end - start, MADV_POPULATE_WRITE);
+}
+
 /* ---- the interface of cache.h ---- */
 
 static struct shard *shard_of(struct process_cache *c, uint64_t hash) {
@@ -299,6 +315,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   e->hnext = *b;
   *b = e;
   pthread_mutex_unlock(&sh->lock);
+  populate(pixels, bytes);
   a->entry = e;
   a->load = e->pixels;
   return TSR_CACHE_LOAD;
