@@ -191,6 +191,18 @@ def tiles_of(x, y, w, h):
             for tx in range(x0 // TILE, (x1 - 1) // TILE + 1)}
 
 
+def covered(x, y, w, h):
+    """The tiles of tiles_of(x, y, w, h) that the region covers three quarters of or more,
+    which a read caches at its first miss."""
+    out = set()
+    for tx, ty in tiles_of(x, y, w, h):
+        ow = min(x + w, (tx + 1) * TILE, 2048) - max(x, tx * TILE)
+        oh = min(y + h, (ty + 1) * TILE, 1536) - max(y, ty * TILE)
+        if ow * oh * 4 >= 3 * TILE * TILE:
+            out.add((tx, ty))
+    return out
+
+
 @pytest.fixture
 def segments(slides):
     """Makes helpers and unique segment names; at the end stops the helpers and removes every
@@ -291,14 +303,16 @@ def test_list_none(cli):
 
 def test_list_in_use(cli, segments):
     """A live helper's segment: one user, the tiles its reads touched (each missed twice, the
-    second time cached, then found again), its capacity; the table shows the same numbers;
-    when the helper exits the segment is gone from /dev/shm and from the list."""
+    second time cached, then found again; a tile a region covers three quarters of is cached
+    at its first miss and found twice), its capacity; the table shows the same numbers; when
+    the helper exits the segment is gone from /dev/shm and from the list."""
     h = segments.helper(mib=16)
     regions = [(0, 0, 600, 300), (1900, 1400, 500, 500), (-100, 700, 300, 10)]
-    tiles = set()
+    tiles, whole = set(), set()
     for reg in regions:
         tiles |= tiles_of(*reg)
-    assert len(tiles) == 6 + 1 + 1, tiles
+        whole |= covered(*reg)
+    assert len(tiles) == 6 + 1 + 1 and len(whole) == 2, (tiles, whole)
     for _ in range(2):                    # missed twice: the second time cached
         for reg in regions:
             h.read(*reg)
@@ -310,17 +324,19 @@ def test_list_in_use(cli, segments):
     assert (e["state"], e["ready"], e["users"]) == ("in_use", True, 1), e
     assert e["memory_capacity"] == 16 << 20 and e["item_capacity"] == 0, e
     assert (e["items"], e["misses"], e["hits"], e["evictions"]) == (
-        len(tiles), 2 * len(tiles), len(tiles), 0), e
+        len(tiles), 2 * len(tiles) - len(whole), len(tiles) + len(whole), 0), e
     assert 0 < e["bytes"] <= e["memory_capacity"] < e["segment_bytes"], e
     assert e["segment_bytes"] == os.stat(os.path.join(SHM, h.name)).st_size, e
     row = list_table_row(cli, h.name)
     assert row == ["/" + h.name, "in use: 1 user", "16.0", "%.1f" % (e["bytes"] / 2 ** 20),
-                   str(len(tiles)), str(len(tiles)), str(2 * len(tiles))], row
+                   str(len(tiles)), str(len(tiles) + len(whole)),
+                   str(2 * len(tiles) - len(whole))], row
     # a second process attached to the same name is a second user
     h2 = segments.helper(name=h.name, mib=64)
     h2.read(0, 0, 256, 256)
     e = listed(cli, h.name)
-    assert (e["users"], e["memory_capacity"], e["hits"]) == (2, 16 << 20, len(tiles) + 1), e
+    assert (e["users"], e["memory_capacity"], e["hits"]) == (
+        2, 16 << 20, len(tiles) + len(whole) + 1), e
     assert list_table_row(cli, h.name)[1] == "in use: 2 users"
     h2.exit()
     assert listed(cli, h.name)["users"] == 1

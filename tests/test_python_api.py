@@ -887,12 +887,15 @@ def test_per_process_cache_statistics(path, nocache_after):
     assert np.array_equal(got, region_plain)
     tiles = tiles_of(img, *region)
     n = len(tiles)
-    assert small.miss_count == n and small.hit_count == 0 and small.size == 0  # first misses
+    # first misses; the region covers three quarters of each tile or more, so each is cached
+    # at once, and all but what 1 MiB holds evicted again
+    assert small.miss_count == n and small.hit_count == 0
+    assert 0 < small.size < n and small.evict_count == n - small.size
     for tx, ty in sorted(tiles):   # each tile read three times in a row: cached once, kept
         for _ in range(3):
             img.read_region((tx * tw, ty * th), (1, 1))
     assert 0 < small.memory_size <= 1 << 20 and 0 < small.size < n
-    assert small.evict_count == n - small.size
+    assert small.evict_count >= n - small.size
     # an item capacity
     items = CuImage.cache("per_process", memory_capacity=64, capacity=2, record_stat=True)
     assert items.capacity == 2 and items.config["capacity"] == 2

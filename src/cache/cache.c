@@ -40,9 +40,10 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
 
 /* ---- admission ----
  *
- * A tile is cached only when it is read again. A miss that fills the cache decodes the whole
- * tile, where a read without the cache decodes only the rows and columns it needs (JPEG), and
- * the tile then holds memory other tiles could use. Patches at random over a large slide
+ * A tile is cached only when it is read again, or when its first use covers most of it (see
+ * tsr_cache_lookup). A miss that fills the cache decodes the whole tile, where a read without
+ * the cache decodes only the rows and columns it needs (JPEG), and the tile then holds memory
+ * other tiles could use. Patches at random over a large slide
  * seldom come back to a tile before it would be evicted: caching every miss made such a
  * stream 2.6x slower than no cache. So a first miss decodes as if there were no cache and
  * leaves the tile's fingerprint in a ghost; a miss on a tile whose fingerprint is still there
