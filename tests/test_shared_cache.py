@@ -535,9 +535,11 @@ def test_forked_children_share_one_segment(shm):
     old = {t for r in common for t in tiles_of(r, info)}
     new = {t for locs in xy for x, y in locs for t in tiles_of((x, y) + size, info)}
     # each child streams its batches twice, so every tile it needs is cached by the end of its
-    # second stream; a new tile is missed twice at least (not cached, then cached), old ones hit
+    # second stream; a new tile is missed at least once (twice, not cached then cached, unless
+    # the patches of one job, which vary with how the workers merge them, cover three quarters
+    # of it: it is then cached at its first miss), old ones hit
     assert after["items"] == len(new | old) and after["evictions"] == 0, after
-    assert after["misses"] - before["misses"] >= 2 * len(new - old), (before, after)
+    assert after["misses"] - before["misses"] >= len(new - old), (before, after)
     assert after["hits"] - before["hits"] >= 2 * len(new & old), (before, after)
     T.configure_cache(T.CACHE_NONE)
     assert not segment_exists(name)
