@@ -43,11 +43,11 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * A tile is cached only when it is read again, or when its first use covers most of it (see
  * tsr_cache_lookup). A miss that fills the cache decodes the whole tile, where a read without
  * the cache decodes only the rows and columns it needs (JPEG), and the tile then holds memory
- * other tiles could use. Patches at random over a large slide
- * seldom come back to a tile before it would be evicted: caching every miss made such a
- * stream 2.6x slower than no cache. So a first miss decodes as if there were no cache and
- * leaves the tile's fingerprint in a ghost; a miss on a tile whose fingerprint is still there
- * is admitted if it was missed within the window, a span of the latest missed bytes.
+ * other tiles could use. Patches at random over a large slide seldom come back to a tile
+ * before it would be evicted: caching every miss made such a stream 2.6x slower than no
+ * cache. So a first miss decodes as if there were no cache and leaves the tile's fingerprint
+ * in a ghost; a miss on a tile whose fingerprint is still there is admitted if it was missed
+ * within the window, a span of the latest missed bytes.
  *
  * The window is a tenth of the capacity (the span of S3-FIFO's small queue, whose test this
  * is: a tile not read again while it would be there is seldom read again) while fewer than

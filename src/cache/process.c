@@ -24,6 +24,7 @@
 #include <stdatomic.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "alloc.h"
 #include "cache/cache.h"
@@ -239,14 +240,22 @@ static bool fits(const struct process_cache *c, const struct shard *sh, uint64_t
 
 /* Maps in the whole pages of a new tile's pixels at once, before the decode writes them: a
  * fresh tile's memory is new to the process (malloc maps blocks this large, or grows the heap),
- * and one call costs less than the fault the decode would take on each page (shuffled sliding
- * windows: 35000 faults, a sixth of the run). Best effort: a kernel without it faults as
- * before. */
+ * and one call costs less than a fault on each page as the decode writes it (shuffled sliding
+ * windows: 35252 faults, 16 % of the run's samples; with the call 5738, and mapping the pages
+ * 11 %). Best effort: without MADV_POPULATE_WRITE (Linux 5.14) the decode faults as before. */
 static void populate(uint8_t *pixels, size_t bytes) {
-  uintptr_t page = 4096, start = ((uintptr_t)pixels + page - 1) & ~(page - 1);
-  uintptr_t end = ((uintptr_t)pixels + bytes) & ~(page - 1);
-  if (bytes >= POPULATE_MIN_BYTES && end > start)
+#ifdef MADV_POPULATE_WRITE
+  long page = sysconf(_SC_PAGESIZE);
+  if (bytes < POPULATE_MIN_BYTES || page <= 0)
+    return;
+  uintptr_t mask = (uintptr_t)page - 1;
+  uintptr_t start = ((uintptr_t)pixels + mask) & ~mask, end = ((uintptr_t)pixels + bytes) & ~mask;
+  if (end > start)
     (void)madvise((void *)start, end - start, MADV_POPULATE_WRITE);
+#else
+  (void)pixels;
+  (void)bytes;
+#endif
 }
 
 /* ---- the interface of cache.h ---- */
