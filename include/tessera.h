@@ -8,8 +8,15 @@
  *    message of that failure can be read with tessera_error_message() from the thread that
  *    made the call, until that thread's next failing call.
  *  - Objects come in create/destroy pairs; destroying NULL does nothing.
- *  - Option structs begin with their own size (struct_size), so they can grow without
- *    breaking callers; fill them with the matching *_init() function first.
+ *  - Option and result structs begin with their own size (struct_size), so they can grow
+ *    without breaking programs built against an older (smaller) or newer (larger) copy of
+ *    this header. Fill an option struct with its *_init() macro first: it passes
+ *    sizeof *options, and the library writes defaults into that many bytes and no more. A
+ *    call reads only the first struct_size bytes of an option struct (the fields past them
+ *    keep their defaults) and writes only the first struct_size bytes of a result struct,
+ *    setting its struct_size to the bytes it wrote (fewer than the caller's when the library
+ *    is older than the caller's header). A struct_size too small to hold struct_size itself
+ *    is refused (TESSERA_E_ARGUMENT).
  *  - Coordinates: x, y are in level-0 pixels (they may be negative or past the edge);
  *    width and height are in pixels of the requested level.
  *
@@ -96,8 +103,12 @@ typedef struct tessera_open_options {
                                       may declare 2^24 x 2^24). */
 } tessera_open_options;
 
-/* Fills *options with the defaults (and struct_size). Thread-safe. */
-TESSERA_API void tessera_open_options_init(tessera_open_options *options);
+/* Fills the first struct_size bytes of *options with the defaults, and sets its struct_size
+ * (see Conventions). Called through tessera_open_options_init(options), which passes
+ * sizeof *options. Thread-safe. */
+TESSERA_API void tessera_open_options_init_sized(tessera_open_options *options, size_t struct_size);
+#define tessera_open_options_init(options)                                                         \
+  tessera_open_options_init_sized((options), sizeof *(options))
 
 /* Opens a slide with default options. On success *out holds the slide; on failure *out is
  * NULL. Thread-safe: any number of threads may open slides (the same file too) at once. */
@@ -107,8 +118,8 @@ TESSERA_API tessera_status tessera_open(const char *path, tessera_slide **out);
 TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
                                            tessera_slide **out);
 
-/* The limits the slide was opened with, into *out (its struct_size must be set; fields beyond
- * it are left alone). Thread-safe. */
+/* The limits the slide was opened with, into *out (its struct_size must be set; see
+ * Conventions). Thread-safe. */
 TESSERA_API tessera_status tessera_slide_limits(const tessera_slide *slide,
                                                 tessera_open_options *out);
 
@@ -151,7 +162,7 @@ typedef struct tessera_level_info {
   int32_t samples_per_pixel;
 } tessera_level_info;
 
-/* Fills *info (its struct_size must be set) for level 0 .. level_count-1. */
+/* Fills *info (its struct_size must be set; see Conventions) for level 0 .. level_count-1. */
 TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *slide, int32_t level,
                                                   tessera_level_info *info);
 
@@ -190,9 +201,12 @@ typedef struct tessera_read_options {
                           0 or 1 (default 0) reads in the calling thread only */
 } tessera_read_options;
 
-/* Fills *options with the defaults: 3 channels, the slide's background, packed rows.
- * Thread-safe. */
-TESSERA_API void tessera_read_options_init(tessera_read_options *options);
+/* Fills the first struct_size bytes of *options with the defaults (3 channels, the slide's
+ * background, packed rows) and sets its struct_size (see Conventions). Called through
+ * tessera_read_options_init(options), which passes sizeof *options. Thread-safe. */
+TESSERA_API void tessera_read_options_init_sized(tessera_read_options *options, size_t struct_size);
+#define tessera_read_options_init(options)                                                         \
+  tessera_read_options_init_sized((options), sizeof *(options))
 
 /* Reads a width x height region of `level` whose top-left corner is (x, y) in level-0
  * pixels; the level's origin is (floor(x / downsample), floor(y / downsample)). Writes
@@ -264,8 +278,13 @@ typedef enum tessera_device {
   TESSERA_DEVICE_CUDA = 1 /* memory of a CUDA device */
 } tessera_device;
 
-/* Fills *options with the defaults. Thread-safe. */
-TESSERA_API void tessera_batch_options_init(tessera_batch_options *options);
+/* Fills the first struct_size bytes of *options with the defaults and sets its struct_size
+ * (see Conventions). Called through tessera_batch_options_init(options), which passes
+ * sizeof *options. Thread-safe. */
+TESSERA_API void tessera_batch_options_init_sized(tessera_batch_options *options,
+                                                  size_t struct_size);
+#define tessera_batch_options_init(options)                                                        \
+  tessera_batch_options_init_sized((options), sizeof *(options))
 
 typedef struct tessera_batch_iter tessera_batch_iter;
 
@@ -419,7 +438,13 @@ typedef struct tessera_cache_options {
 
 #define TESSERA_SHARED_CACHE_NAME_MAX 200
 
-TESSERA_API void tessera_cache_options_init(tessera_cache_options *options);
+/* Fills the first struct_size bytes of *options with the defaults and sets its struct_size
+ * (see Conventions). Called through tessera_cache_options_init(options), which passes
+ * sizeof *options. Thread-safe. */
+TESSERA_API void tessera_cache_options_init_sized(tessera_cache_options *options,
+                                                  size_t struct_size);
+#define tessera_cache_options_init(options)                                                        \
+  tessera_cache_options_init_sized((options), sizeof *(options))
 
 /* Replaces the process's cache (dropping the tiles of the old one) with one made from options.
  * Thread-safe: reads in progress finish with the cache they started with. */
@@ -436,7 +461,7 @@ typedef struct tessera_cache_stats {
   int32_t record_stats;
 } tessera_cache_stats;
 
-/* Fills *stats (its struct_size must be set). Thread-safe. */
+/* Fills *stats (its struct_size must be set; see Conventions). Thread-safe. */
 TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats);
 
 /* Sets hits, misses and evictions back to 0 (for a shared cache, the segment's: for every
@@ -458,7 +483,7 @@ typedef struct tessera_shared_cache_info {
 } tessera_shared_cache_info;
 
 /* Lists the tessera segments in /dev/shm: fills up to `capacity` entries of infos (each
- * with struct_size set) and sets *count to the number found (which may exceed capacity).
+ * with struct_size set; see Conventions) and sets *count to the number found (which may exceed capacity).
  * infos may be NULL when capacity is 0. */
 TESSERA_API tessera_status tessera_shared_cache_list(tessera_shared_cache_info *infos,
                                                      size_t capacity, size_t *count);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <string.h>
 
+#include "abi.h"
 #include "alloc.h"
 #include "error.h"
 #include "pool.h"
@@ -95,19 +96,21 @@ struct tessera_batch_iter {
   bool no_pool;        /* the pool could not be started: the consumer decodes */
 };
 
-TESSERA_API void tessera_batch_options_init(tessera_batch_options *o) {
-  if (!o)
-    return;
-  memset(o, 0, sizeof *o);
-  o->struct_size = sizeof *o;
-  o->batch_size = 1;
-  o->num_workers = 0;
-  o->drop_last = 0;
-  o->prefetch_factor = 2;
-  o->shuffle = 0;
-  o->seed = 0;
-  o->channels = 3;
-  o->fill = -1;
+TESSERA_API void tessera_batch_options_init_sized(tessera_batch_options *o, size_t size) {
+  static const tessera_batch_options defaults = {
+      .struct_size = sizeof defaults,
+      .batch_size = 1,
+      .num_workers = 0,
+      .drop_last = 0,
+      .prefetch_factor = 2,
+      .shuffle = 0,
+      .seed = 0,
+      .channels = 3,
+      .fill = -1,
+      .device = TESSERA_DEVICE_CPU,
+      .device_id = 0,
+  };
+  tsr_abi_init(o, size, &defaults, sizeof defaults);
 }
 
 /* splitmix64: a small generator whose output is the same on every platform, so a seed gives
@@ -558,11 +561,9 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   *out = NULL;
   tessera_batch_options o;
   tessera_batch_options_init(&o);
-  if (options) {
-    if (options->struct_size < sizeof(size_t))
-      return tsr_error(TESSERA_E_ARGUMENT, "batch options without struct_size");
-    memcpy(&o, options, options->struct_size < sizeof o ? options->struct_size : sizeof o);
-  }
+  tessera_status st = tsr_abi_copy_in(&o, sizeof o, options, "batch options");
+  if (st != TESSERA_OK)
+    return st;
   if (!s || (!locations && n > 0))
     return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or locations");
   if (level < 0 || level >= s->nlevels)
@@ -571,7 +572,7 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   if (width < 1 || height < 1 || width > TSR_MAX_PATCH_SIDE || height > TSR_MAX_PATCH_SIDE)
     return tsr_error(TESSERA_E_ARGUMENT, "patch size %lldx%lld is not between 1 and 2^31",
                      (long long)width, (long long)height);
-  tessera_status st = check_options(&o);
+  st = check_options(&o);
   if (st != TESSERA_OK)
     return st;
   size_t batch_cap = n < (size_t)o.batch_size ? n : (size_t)o.batch_size;

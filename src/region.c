@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "abi.h"
 #include "alloc.h"
 #include "budget.h"
 #include "cache/cache.h"
@@ -16,15 +17,10 @@
 /* Widest region one call accepts on either side, so size arithmetic stays far from overflow. */
 #define TSR_MAX_REGION_SIDE ((int64_t)1 << 31)
 
-TESSERA_API void tessera_read_options_init(tessera_read_options *o) {
-  if (!o)
-    return;
-  memset(o, 0, sizeof *o);
-  o->struct_size = sizeof *o;
-  o->channels = 3;
-  o->fill = -1;
-  o->stride = 0;
-  o->num_workers = 0;
+TESSERA_API void tessera_read_options_init_sized(tessera_read_options *o, size_t size) {
+  static const tessera_read_options defaults = {
+      .struct_size = sizeof defaults, .channels = 3, .fill = -1, .stride = 0, .num_workers = 0};
+  tsr_abi_init(o, size, &defaults, sizeof defaults);
 }
 
 /* Fills canvas columns [x0, x1) of rows [y0, y1), counted from the canvas's top-left pixel
@@ -422,11 +418,9 @@ static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t 
                                 uint8_t *dst, size_t dst_size) {
   tessera_read_options o;
   tessera_read_options_init(&o);
-  if (options) {
-    if (options->struct_size < sizeof(size_t))
-      return tsr_error(TESSERA_E_ARGUMENT, "read options without struct_size");
-    memcpy(&o, options, options->struct_size < sizeof o ? options->struct_size : sizeof o);
-  }
+  tessera_status st = tsr_abi_copy_in(&o, sizeof o, options, "read options");
+  if (st != TESSERA_OK)
+    return st;
   if (!s || !dst)
     return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or destination");
   if (width < 1 || height < 1 || width > TSR_MAX_REGION_SIDE || height > TSR_MAX_REGION_SIDE)
@@ -475,7 +469,7 @@ static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t 
   }
   if (!tsr_canvas_fill_outside(&c, lv))
     return TESSERA_OK;
-  tessera_status st = paint(s, level, &c, o.num_workers);
+  st = paint(s, level, &c, o.num_workers);
   if (st != TESSERA_OK)
     tsr_canvas_fill(&c);
   return st;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "abi.h"
 #include "alloc.h"
 #include "error.h"
 #include "format/format.h"
@@ -16,27 +17,25 @@
 
 TESSERA_API const char *tessera_version(void) { return "0.1.0"; }
 
-TESSERA_API void tessera_open_options_init(tessera_open_options *o) {
-  if (!o)
-    return;
-  memset(o, 0, sizeof *o);
-  o->struct_size = sizeof *o;
-  o->max_directories = 4096;
-  o->max_dimension = (int64_t)1 << 24;
-  o->max_tile_bytes = (uint64_t)256 << 20;
-  o->max_decoded_tile_bytes = (uint64_t)1 << 30;
-  o->max_read_bytes = (uint64_t)4 << 30;
+TESSERA_API void tessera_open_options_init_sized(tessera_open_options *o, size_t size) {
+  static const tessera_open_options defaults = {
+      .struct_size = sizeof defaults,
+      .max_directories = 4096,
+      .max_dimension = (int64_t)1 << 24,
+      .max_tile_bytes = (uint64_t)256 << 20,
+      .max_decoded_tile_bytes = (uint64_t)1 << 30,
+      .max_read_bytes = (uint64_t)4 << 30,
+  };
+  tsr_abi_init(o, size, &defaults, sizeof defaults);
 }
 
 TESSERA_API tessera_status tessera_slide_limits(const tessera_slide *s, tessera_open_options *out) {
   if (!s || !out)
     return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or limits");
-  if (out->struct_size < sizeof(size_t))
-    return tsr_error(TESSERA_E_ARGUMENT, "limits without struct_size");
-  size_t n = out->struct_size < sizeof s->limits ? out->struct_size : sizeof s->limits;
-  memcpy(out, &s->limits, n);
-  out->struct_size = n;
-  return TESSERA_OK;
+  tessera_status st = tsr_abi_check(out, "limits");
+  if (st == TESSERA_OK)
+    tsr_abi_copy_out(out, &s->limits, sizeof s->limits);
+  return st;
 }
 
 void tsr_level_free(struct tsr_level *lv) {
@@ -163,18 +162,16 @@ static tessera_status take_associated(tessera_slide *s, struct tsr_dirs *dirs,
   return TESSERA_OK;
 }
 
-static void copy_options(tessera_open_options *dst, const tessera_open_options *src) {
-  tessera_open_options_init(dst);
-  if (!src)
-    return;
-  size_t n = src->struct_size < sizeof *dst ? src->struct_size : sizeof *dst;
-  memcpy(dst, src, n);
-  dst->struct_size = sizeof *dst;
-}
-
 tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *name,
                                      const tessera_open_options *options, tessera_slide **out) {
   *out = NULL;
+  tessera_open_options limits;
+  tessera_open_options_init(&limits);
+  tessera_status st = tsr_abi_copy_in(&limits, sizeof limits, options, "open options");
+  if (st != TESSERA_OK) {
+    tsr_byte_source_close(src);
+    return st;
+  }
   tessera_slide *s = tsr_calloc(1, sizeof *s);
   if (!s) {
     tsr_byte_source_close(src);
@@ -183,10 +180,9 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
   s->source = src;
   s->file_size = src->ops->size(src);
   src->ops->identity(src, &s->id);
-  copy_options(&s->limits, options);
+  s->limits = limits;
   struct tsr_dirs dirs = {0};
   struct tsr_layout layout = {0};
-  tessera_status st;
   if (!(s->path = tsr_strdup(name)))
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   else if ((st = tsr_tiff_walk(s->source, &s->limits, &dirs)) == TESSERA_OK &&
@@ -214,10 +210,12 @@ TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_
   *out = NULL;
   if (!path || !path[0])
     return tsr_error(TESSERA_E_ARGUMENT, "no file name");
-  if (options && options->struct_size < sizeof(size_t))
-    return tsr_error(TESSERA_E_ARGUMENT, "open options without struct_size");
+  /* Refused before the file is opened; tsr_slide_open_source copies them in. */
+  tessera_status st = options ? tsr_abi_check(options, "open options") : TESSERA_OK;
+  if (st != TESSERA_OK)
+    return st;
   struct tsr_byte_source *src;
-  tessera_status st = tsr_file_source_open(path, &src);
+  st = tsr_file_source_open(path, &src);
   return st == TESSERA_OK ? tsr_slide_open_source(src, path, options, out) : st;
 }
 
@@ -231,8 +229,9 @@ TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *s, int32_
                                                   tessera_level_info *info) {
   if (!s || !info)
     return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or level info");
-  if (info->struct_size < sizeof(size_t))
-    return tsr_error(TESSERA_E_ARGUMENT, "level info without struct_size");
+  tessera_status st = tsr_abi_check(info, "level info");
+  if (st != TESSERA_OK)
+    return st;
   if (level < 0 || level >= s->nlevels)
     return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
                      s->nlevels);
@@ -248,10 +247,7 @@ TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *s, int32_
       .compression = lv->fmt.compression,
       .samples_per_pixel = lv->fmt.spp,
   };
-  size_t n = info->struct_size < sizeof full ? info->struct_size : sizeof full;
-  size_t caller_size = info->struct_size;
-  memcpy(info, &full, n);
-  info->struct_size = caller_size;
+  tsr_abi_copy_out(info, &full, sizeof full);
   return TESSERA_OK;
 }
 

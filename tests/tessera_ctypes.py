@@ -187,7 +187,7 @@ def load(path=None):
         "tessera_version": (ctypes.c_char_p, []),
         "tessera_status_string": (ctypes.c_char_p, [ctypes.c_int]),
         "tessera_error_message": (ctypes.c_char_p, []),
-        "tessera_open_options_init": (None, [ctypes.POINTER(OpenOptions)]),
+        "tessera_open_options_init_sized": (None, [ctypes.POINTER(OpenOptions), ctypes.c_size_t]),
         "tessera_open": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(P)]),
         "tessera_open_ex": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(OpenOptions), ctypes.POINTER(P)]),
         "tessera_close": (None, [P]),
@@ -209,7 +209,7 @@ def load(path=None):
             ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(ReadOptions), ctypes.c_void_p,
                            ctypes.c_size_t],
         ),
-        "tessera_read_options_init": (None, [ctypes.POINTER(ReadOptions)]),
+        "tessera_read_options_init_sized": (None, [ctypes.POINTER(ReadOptions), ctypes.c_size_t]),
         "tessera_read_region": (
             ctypes.c_int,
             [P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int64, ctypes.c_int64,
@@ -219,7 +219,7 @@ def load(path=None):
             ctypes.c_int, [P, ctypes.c_int32, ctypes.POINTER(ReadOptions), ctypes.c_void_p,
                            ctypes.c_size_t],
         ),
-        "tessera_batch_options_init": (None, [ctypes.POINTER(BatchOptions)]),
+        "tessera_batch_options_init_sized": (None, [ctypes.POINTER(BatchOptions), ctypes.c_size_t]),
         "tessera_batch_iter_create": (
             ctypes.c_int,
             [P, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32,
@@ -229,7 +229,7 @@ def load(path=None):
         "tessera_batch_iter_next": (ctypes.c_int, [P, ctypes.POINTER(ctypes.POINTER(Batch))]),
         "tessera_batch_release": (None, [ctypes.POINTER(Batch)]),
         "tessera_batch_iter_destroy": (None, [P]),
-        "tessera_cache_options_init": (None, [ctypes.POINTER(CacheOptions)]),
+        "tessera_cache_options_init_sized": (None, [ctypes.POINTER(CacheOptions), ctypes.c_size_t]),
         "tessera_cache_configure": (ctypes.c_int, [ctypes.POINTER(CacheOptions)]),
         "tessera_cache_stats_get": (ctypes.c_int, [ctypes.POINTER(CacheStats)]),
         "tessera_cache_stats_reset": (None, [ctypes.c_int32]),
@@ -254,7 +254,7 @@ def configure_cache(type=CACHE_NONE, memory_capacity_mib=1024, item_capacity=0,
     (str or bytes; None for a NULL pointer) is the shared-memory segment's."""
     o = CacheOptions()
     o.struct_size = ctypes.sizeof(CacheOptions)
-    load().tessera_cache_options_init(ctypes.byref(o))
+    load().tessera_cache_options_init_sized(ctypes.byref(o), ctypes.sizeof(o))
     o.type, o.memory_capacity_mib = type, memory_capacity_mib
     o.item_capacity, o.record_stats = item_capacity, int(record_stats)
     encoded = os.fsencode(name) if isinstance(name, str) else name
@@ -325,7 +325,7 @@ def open_options(**kw):
     """Default open options with the given fields changed."""
     opts = OpenOptions()
     opts.struct_size = ctypes.sizeof(OpenOptions)
-    load().tessera_open_options_init(ctypes.byref(opts))
+    load().tessera_open_options_init_sized(ctypes.byref(opts), ctypes.sizeof(opts))
     for k, v in kw.items():
         setattr(opts, k, v)
     return opts
@@ -334,7 +334,7 @@ def open_options(**kw):
 def read_options(channels=None, fill=None, stride=None, num_workers=None):
     opts = ReadOptions()
     opts.struct_size = ctypes.sizeof(ReadOptions)
-    load().tessera_read_options_init(ctypes.byref(opts))
+    load().tessera_read_options_init_sized(ctypes.byref(opts), ctypes.sizeof(opts))
     if channels is not None:
         opts.channels = channels
     if fill is not None:
@@ -351,7 +351,7 @@ def batch_options(**kw):
     a value of None leaves the default. Booleans are stored as 0/1."""
     opts = BatchOptions()
     opts.struct_size = ctypes.sizeof(BatchOptions)
-    load().tessera_batch_options_init(ctypes.byref(opts))
+    load().tessera_batch_options_init_sized(ctypes.byref(opts), ctypes.sizeof(opts))
     names = {name for name, _ in BatchOptions._fields_}
     for k, v in kw.items():
         if k not in names:

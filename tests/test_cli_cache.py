@@ -125,7 +125,7 @@ def say(status):
 
 o = CacheOptions()
 o.struct_size = ctypes.sizeof(o)
-lib.tessera_cache_options_init(ctypes.byref(o))
+lib.tessera_cache_options_init_sized(ctypes.byref(o), ctypes.sizeof(o))
 o.type, o.memory_capacity_mib, o.record_stats, o.name = 2, mib, 1, name
 status = lib.tessera_cache_configure(ctypes.byref(o))
 if status == 0:

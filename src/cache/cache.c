@@ -4,6 +4,7 @@
 #include <stdatomic.h>
 #include <string.h>
 
+#include "abi.h"
 #include "alloc.h"
 #include "cache/cache.h"
 #include "error.h"
@@ -259,25 +260,26 @@ __attribute__((destructor)) static void cache_at_exit(void) {
   pthread_mutex_unlock(&current_lock);
 }
 
-TESSERA_API void tessera_cache_options_init(tessera_cache_options *o) {
-  if (!o)
-    return;
-  memset(o, 0, sizeof *o);
-  o->struct_size = sizeof *o;
-  o->type = TESSERA_CACHE_NONE;
-  o->memory_capacity_mib = 1024;
-  o->item_capacity = 0;
-  o->record_stats = 0;
-  o->name = NULL;
+TESSERA_API void tessera_cache_options_init_sized(tessera_cache_options *o, size_t size) {
+  static const tessera_cache_options defaults = {
+      .struct_size = sizeof defaults,
+      .type = TESSERA_CACHE_NONE,
+      .memory_capacity_mib = 1024,
+      .item_capacity = 0,
+      .record_stats = 0,
+      .name = NULL,
+  };
+  tsr_abi_init(o, size, &defaults, sizeof defaults);
 }
 
 TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *options) {
+  if (!options)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL cache options");
   tessera_cache_options o;
   tessera_cache_options_init(&o);
-  if (!options || options->struct_size < sizeof(size_t))
-    return tsr_error(TESSERA_E_ARGUMENT, "NULL cache options, or options without struct_size");
-  memcpy(&o, options, options->struct_size < sizeof o ? options->struct_size : sizeof o);
-  o.struct_size = sizeof o;
+  tessera_status st = tsr_abi_copy_in(&o, sizeof o, options, "cache options");
+  if (st != TESSERA_OK)
+    return st;
   if (o.type != TESSERA_CACHE_NONE && o.type != TESSERA_CACHE_PER_PROCESS &&
       o.type != TESSERA_CACHE_SHARED_MEMORY)
     return tsr_error(TESSERA_E_ARGUMENT, "unknown cache type %d", (int)o.type);
@@ -289,11 +291,9 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
   struct tsr_cache *fresh = NULL;
   if (o.type == TESSERA_CACHE_PER_PROCESS && !(fresh = tsr_process_cache_create(&o)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a cache");
-  if (o.type == TESSERA_CACHE_SHARED_MEMORY) {
-    tessera_status st = tsr_shared_cache_create(&o, &fresh);
-    if (st != TESSERA_OK)
-      return st;
-  }
+  if (o.type == TESSERA_CACHE_SHARED_MEMORY &&
+      (st = tsr_shared_cache_create(&o, &fresh)) != TESSERA_OK)
+    return st;
   /* Sized by the capacities asked for, which an attached segment may not have (it keeps its
    * own): its stats would mean taking the shard locks, which a stopped process may hold. */
   if (fresh && !(fresh->ghost = ghost_create(o.memory_capacity_mib << 20, o.item_capacity))) {
@@ -312,8 +312,9 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
 }
 
 TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats) {
-  if (!stats || stats->struct_size < sizeof(size_t))
-    return tsr_error(TESSERA_E_ARGUMENT, "NULL stats, or stats without struct_size");
+  tessera_status st = tsr_abi_check(stats, "cache stats");
+  if (st != TESSERA_OK)
+    return st;
   tessera_cache_stats t = {.struct_size = sizeof t, .type = TESSERA_CACHE_NONE};
   struct tsr_cache *c = tsr_cache_acquire();
   if (c) {
@@ -322,9 +323,7 @@ TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats) {
     c->ops->stats(c, &t);
   }
   tsr_cache_release(c);
-  size_t n = stats->struct_size < sizeof t ? stats->struct_size : sizeof t;
-  memcpy(stats, &t, n);
-  stats->struct_size = n;
+  tsr_abi_copy_out(stats, &t, sizeof t);
   return TESSERA_OK;
 }
 

@@ -75,6 +75,7 @@
 #include <sanitizer/tsan_interface.h>
 #endif
 
+#include "abi.h"
 #include "alloc.h"
 #include "cache/cache.h"
 #include "error.h"
@@ -1821,18 +1822,20 @@ static void describe(int fd, const char *name, const struct header *h, uint64_t 
       t.bytes += sh.bytes;
     }
   }
-  size_t n = info->struct_size < sizeof t ? info->struct_size : sizeof t;
-  memcpy(info, &t, n);
-  info->struct_size = n;
+  tsr_abi_copy_out(info, &t, sizeof t);
 }
 
 TESSERA_API tessera_status tessera_shared_cache_list(tessera_shared_cache_info *infos,
                                                      size_t capacity, size_t *count) {
   if (!count || (capacity && !infos))
     return tsr_error(TESSERA_E_ARGUMENT, "NULL count, or NULL infos with a capacity");
-  for (size_t i = 0; i < capacity; i++)
-    if (infos[i].struct_size < sizeof(size_t))
-      return tsr_error(TESSERA_E_ARGUMENT, "infos[%zu] has no struct_size", i);
+  for (size_t i = 0; i < capacity; i++) {
+    char what[48];
+    snprintf(what, sizeof what, "infos[%zu]", i);
+    tessera_status st = tsr_abi_check(&infos[i], what);
+    if (st != TESSERA_OK)
+      return st;
+  }
   *count = 0;
   DIR *d = opendir(SHM_DIR);
   if (!d)
