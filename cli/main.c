@@ -6,11 +6,6 @@
 #include <string.h>
 #include <tiffio.h>
 
-#define STR_(x) #x
-#define STR(x) STR_(x)
-#define CLI_VERSION                                                                                \
-  STR(TESSERA_VERSION_MAJOR) "." STR(TESSERA_VERSION_MINOR) "." STR(TESSERA_VERSION_PATCH)
-
 typedef struct command {
   const char *name;
   int (*run)(int argc, char **argv);
@@ -69,7 +64,7 @@ static void print_help(FILE *out) {
 static void print_version(void) {
   const char *tiff = TIFFGetVersion();
   size_t tiff_len = strcspn(tiff, "\n");
-  printf("tessera " CLI_VERSION " (library %s; %.*s; libpng %s)\n", tessera_version(),
+  printf("tessera " TESSERA_VERSION_STRING " (library %s; %.*s; libpng %s)\n", tessera_version(),
          (int)tiff_len, tiff, png_get_libpng_ver(NULL));
 }
 

@@ -1,7 +1,8 @@
 /*
  * tessera — fast, byte-exact reading of tiled pyramidal TIFF whole-slide images.
  *
- * This is the only public header. Every other file of the library is private.
+ * This is the only public header (with tessera_version.h, generated, which it includes). Every
+ * other file of the library is private.
  *
  * Conventions
  *  - Every call that can fail returns a tessera_status. When it is not TESSERA_OK, the
@@ -54,11 +55,12 @@ extern "C" {
 #define TESSERA_API
 #endif
 
-#define TESSERA_VERSION_MAJOR 0
-#define TESSERA_VERSION_MINOR 1
-#define TESSERA_VERSION_PATCH 0
+/* TESSERA_VERSION_MAJOR, _MINOR, _PATCH and TESSERA_VERSION_STRING ("MAJOR.MINOR.PATCH"): the
+ * version of this header, generated from the build file. */
+#include "tessera_version.h"
 
-/* The library's version as "MAJOR.MINOR.PATCH". Thread-safe. */
+/* The library's version as "MAJOR.MINOR.PATCH" (TESSERA_VERSION_STRING of the header it was
+ * built with). Thread-safe. */
 TESSERA_API const char *tessera_version(void);
 
 typedef enum tessera_status {

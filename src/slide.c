@@ -15,7 +15,7 @@
 #include "source/tile_source.h"
 #include "tiff/walk.h"
 
-TESSERA_API const char *tessera_version(void) { return "0.1.0"; }
+TESSERA_API const char *tessera_version(void) { return TESSERA_VERSION_STRING; }
 
 TESSERA_API void tessera_open_options_init_sized(tessera_open_options *o, size_t size) {
   static const tessera_open_options defaults = {

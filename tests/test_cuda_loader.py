@@ -23,6 +23,7 @@ from conftest import PYTHON_PACKAGE_DIR
 FAKE_SOURCE = os.path.join(F.REPO, "tests", "c", "fake_cuda.c")
 SLIDE = os.path.join(F.TESTDATA, "aperio-jpeg-tiny-16x16.svs")
 CUDA_LIBRARIES = ("libcudart", "libnvjpeg", "libcufile", "libcuda.")
+BUILD = os.environ.get("TESSERA_BUILD_DIR", os.path.join(F.REPO, "build"))
 
 # What the program below prints, one line per device, then the cuda_status() answer.
 PROGRAM = r"""
@@ -78,6 +79,7 @@ def fakes(tmp_path_factory):
         path = str(out / ("libfake-%s.so" % name))
         subprocess.run(["cc", "-shared", "-fPIC", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Werror",
                         "-I" + os.path.join(F.REPO, "src"), "-I" + os.path.join(F.REPO, "include"),
+                        "-I" + os.path.join(BUILD, "include"),  # tessera_version.h
                         *flags, "-o", path, FAKE_SOURCE], check=True)
         built[name] = path
     return built

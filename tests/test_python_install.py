@@ -60,7 +60,8 @@ def test_installed_files_are_the_package_alone(venv):
     names = {os.path.basename(f) for f in package}
     assert {"__init__.py", "_image.py", "torch.py", "dask.py"} <= names, package
     assert any(n.startswith("_tessera.") and n.endswith(".so") for n in names), package
-    assert not any(os.path.basename(f) in ("tessera.h", "tessera.pc") for f in files)
+    assert not any(os.path.basename(f) in ("tessera.h", "tessera_version.h", "tessera.pc")
+                   for f in files)
     assert not os.path.exists(os.path.join(venv, "bin", "tessera"))
     # the extension carries the library: it does not need libtessera.so at run time
     ext = [f for f in package if f.endswith(".so")][0]
@@ -75,3 +76,15 @@ def test_build_tree_package_is_this_checkout():
 
     assert os.path.realpath(tessera.__file__).startswith(os.path.realpath(PYTHON_PACKAGE_DIR))
     assert tessera.CuImage.__mro__[1] is tessera._tessera.Slide
+
+
+def test_installed_package_version_is_the_build_files(venv):
+    """pip's metadata (meson-python takes meson.build's version) and tessera.__version__ (the
+    library's) agree with the build file."""
+    from test_version import build_file_version
+
+    r = subprocess.run([os.path.join(venv, "bin", "python"), "-c",
+                        "import importlib.metadata, tessera; "
+                        "print(importlib.metadata.version('tessera'), tessera.__version__)"],
+                       capture_output=True, text=True, check=True, cwd=venv)
+    assert r.stdout.split() == [build_file_version()] * 2, r.stdout

@@ -15,7 +15,12 @@
 static char slide_path[4096];
 
 static void test_version_and_status(void) {
-  CHECK(strcmp(tessera_version(), "0.1.0") == 0, "version %s", tessera_version());
+  char macros[64];
+  snprintf(macros, sizeof macros, "%d.%d.%d", TESSERA_VERSION_MAJOR, TESSERA_VERSION_MINOR,
+           TESSERA_VERSION_PATCH);
+  CHECK(strcmp(tessera_version(), TESSERA_VERSION_STRING) == 0 &&
+            strcmp(tessera_version(), macros) == 0,
+        "version %s, header %s (%s)", tessera_version(), TESSERA_VERSION_STRING, macros);
   for (int s = 0; s <= TESSERA_E_LIMIT; s++)
     CHECK(tessera_status_string((tessera_status)s)[0] != '\0', "status %d has no name", s);
   CHECK(strcmp(tessera_compression_name(7), "jpeg") == 0, "jpeg name");
