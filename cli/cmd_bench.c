@@ -49,7 +49,6 @@ enum {
   OPT_PROCESSES,
   OPT_JSON,
   OPT_DEVICE,
-  OPT_GDS,
   OPT_NO_CHECKSUM,
   OPT_COMPARE,
   OPT_HELP
@@ -72,7 +71,6 @@ static const cli_option options[] = {
     {"processes", 'P', true, OPT_PROCESSES},
     {"json", 'j', false, OPT_JSON},
     {"device", 'd', true, OPT_DEVICE},
-    {"gds", 0, false, OPT_GDS},
     {"no-checksum", 0, false, OPT_NO_CHECKSUM},
     {"compare", 0, false, OPT_COMPARE},
     {"help", 'h', false, OPT_HELP},
@@ -85,7 +83,7 @@ void cmd_bench_help(FILE *out) {
           "                     [--batch-size B] [--workers W] [--prefetch F]\n"
           "                     [--shuffle] [--seed S] [--channels 3|4]\n"
           "                     [--cache TYPE[:MIB]] [--processes P] [--json]\n"
-          "                     [--device cpu|cuda[:N]] [--gds] [--no-checksum] [--compare]\n"
+          "                     [--device cpu|cuda[:N]] [--no-checksum] [--compare]\n"
           "\n"
           "Read W x H patches of level L through the batch iterator, as a training or\n"
           "inference loop would, discard them and report the rate: patches, seconds,\n"
@@ -149,7 +147,6 @@ void cmd_bench_help(FILE *out) {
           "  -d, --device D        where batches are made: cpu (default), or cuda or\n"
           "                        cuda:N (the CUDA device N): tiles decoded by nvJPEG\n"
           "                        into GPU memory (the report names the decoder)\n"
-          "      --gds             with cuda: read tiles with GPUDirect Storage (cuFile)\n"
           "      --no-checksum     skip the checksum (with cuda it copies every batch back\n"
           "                        to the host): time the reading alone\n"
           "      --compare         with cuda: read every batch on the CPU too and report\n"
@@ -198,7 +195,7 @@ typedef struct bench_args {
   int64_t width, height, level, batch_size, workers, prefetch, seed, channels;
   tessera_cache_type cache;
   int64_t cache_mib, processes;
-  bool cuda, gds, no_checksum, compare;
+  bool cuda, no_checksum, compare;
   int64_t device_id;
 } bench_args;
 
@@ -286,7 +283,6 @@ static bool parse_option(int id, const char *v, bench_args *a) {
     return cli_parse_int64("bench", "--processes", v, 1, MAX_PROCESSES, &a->processes);
   case OPT_JSON: a->json = true; return true;
   case OPT_DEVICE: return parse_device(v, a);
-  case OPT_GDS: a->gds = true; return true;
   case OPT_NO_CHECKSUM: a->no_checksum = true; return true;
   case OPT_COMPARE: a->compare = true; return true;
   }
@@ -309,8 +305,8 @@ static int check_args(const bench_args *a) {
     return cli_usage("bench", "--layout random needs --count N");
   if (!a->have_size)
     return cli_usage("bench", "--size W,H is required");
-  if ((a->gds || a->compare) && !a->cuda)
-    return cli_usage("bench", "%s goes with --device cuda", a->gds ? "--gds" : "--compare");
+  if (a->compare && !a->cuda)
+    return cli_usage("bench", "--compare goes with --device cuda");
   if (a->cuda && a->processes > 1)
     return cli_usage("bench", "--device cuda reads in one process; leave out --processes");
   uint64_t bytes;
@@ -575,17 +571,6 @@ typedef struct bench_result {
   uint64_t differing; /* samples that differ at all */
 } bench_result;
 
-/* GPUDirect Storage: nvJPEG's batched decoder takes its input from host memory, so reading
- * tiles straight into GPU memory would only add a copy back; tessera does not do it. */
-static bool check_gds(const bench_args *a) {
-  if (!a->gds)
-    return true;
-  cli_error(a->slide, "--gds: tessera does not read tiles with GPUDirect Storage: nvJPEG's "
-                      "batched decoder takes compressed tiles from host memory, so they are "
-                      "read into pinned host memory instead");
-  return false;
-}
-
 /* --compare: adds the differences of one batch's samples from the CPU's. */
 static void add_differences(const uint8_t *gpu, const uint8_t *cpu, size_t n, bench_result *res,
                             double *sum) {
@@ -657,8 +642,6 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   bo.device_id = (int32_t)a->device_id;
 
   memset(res, 0, sizeof *res);
-  if (!check_gds(a))
-    return false;
   progress pr = {.enabled = show_progress && !a->json && isatty(STDERR_FILENO), .total = n};
   double start = pr.start = now_seconds();
   tessera_batch_iter *it = NULL;

@@ -4,7 +4,7 @@
 #
 #     gpu/verify.sh [OUT]            # OUT: where the log and reports go ($OUT, or /tmp/tessera-gpu)
 #
-# It reports what the machine has (nvidia-smi; where libcudart, libnvjpeg and libcufile are:
+# It reports what the machine has (nvidia-smi; where libcudart and libnvjpeg are:
 # the CUDA toolkit, pip wheels such as nvidia-*, PyTorch's lib folder); uses build/ when its
 # programs run here, else builds build-gpu with meson; checks CUDA batches against CPU batches
 # pixel by pixel, device memory over a 10 000-patch stream and abandoned iterators
@@ -35,14 +35,14 @@ nvidia-smi || echo "nvidia-smi: not found"
 nvidia-smi --query-gpu=name,memory.total,driver_version,compute_cap --format=csv 2>/dev/null
 
 say "CUDA libraries"
-ldconfig -p 2>/dev/null | grep -E "libcudart|libnvjpeg|libcufile|libcuda\.so" || echo "(none in the ld.so cache)"
+ldconfig -p 2>/dev/null | grep -E "libcudart|libnvjpeg|libcuda\.so" || echo "(none in the ld.so cache)"
 site=$("$PY" -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null)
 found=$(for d in /usr/local/cuda*/lib64 /usr/local/cuda*/lib /usr/local/cuda*/targets/*/lib /usr/lib/x86_64-linux-gnu \
                  /usr/lib64 /opt/conda/lib $site; do
-          [ -d "$d" ] && find "$d" -maxdepth 5 \( -name 'libcudart.so*' -o -name 'libnvjpeg.so*' \
-               -o -name 'libcufile.so*' \) 2>/dev/null
+          [ -d "$d" ] && find "$d" -maxdepth 5 \( -name 'libcudart.so*' -o -name 'libnvjpeg.so*' \) \
+               2>/dev/null
         done | sort -u)
-echo "${found:-(no libcudart, libnvjpeg or libcufile found)}"
+echo "${found:-(no libcudart or libnvjpeg found)}"
 "$PY" -c 'import torch, os; print("torch", torch.__version__, "CUDA", torch.version.cuda,
       "available", torch.cuda.is_available(), "lib", os.path.join(os.path.dirname(torch.__file__), "lib"))' \
   2>/dev/null || echo "torch: not importable"
@@ -70,7 +70,7 @@ probe() { "$T" bench "$PWD/../shared/testdata/generic-jpeg-ycbcr-128tiles.tiff" 
             --size 64,64 --device cuda --json 2>&1; }
 if ! probe >"$out/probe.txt"; then
   cat "$out/probe.txt"
-  dirs=$(echo "$found" | grep -E "libcudart|libnvjpeg|libcufile" | xargs -r -n1 dirname | sort -u | paste -sd:)
+  dirs=$(echo "$found" | grep -E "libcudart|libnvjpeg" | xargs -r -n1 dirname | sort -u | paste -sd:)
   if [ -n "$dirs" ] && [ -z "${TESSERA_CUDA_PATH:-}" ]; then
     export TESSERA_CUDA_PATH="$dirs"
     echo "retrying with TESSERA_CUDA_PATH=$TESSERA_CUDA_PATH"

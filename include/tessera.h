@@ -342,9 +342,8 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
 /* ---------------------------------------------------------------------------------------
  * The GPU path
  *
- * Nothing from CUDA is linked: the CUDA runtime (libcudart), nvJPEG (libnvjpeg) and, for
- * GPUDirect Storage, cuFile (libcufile) are opened with dlopen when first needed, so the
- * library builds and runs on machines without them. They are looked for by soname (newest
+ * Nothing from CUDA is linked: the CUDA runtime (libcudart) and nvJPEG (libnvjpeg) are opened
+ * with dlopen when first needed, so the library builds and runs on machines without them. They are looked for by soname (newest
  * toolkit first: libcudart.so.13, .so.12, .so.11.0, then libcudart.so) through the dynamic
  * loader (LD_LIBRARY_PATH, the ld.so cache), then in /usr/local/cuda/lib64,
  * /usr/local/cuda/targets/<arch>/lib, the distribution's library folders, /opt/cuda/lib64

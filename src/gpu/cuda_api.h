@@ -1,19 +1,18 @@
-/* The part of the CUDA runtime, nvJPEG and cuFile C APIs that tessera calls, declared here
- * from NVIDIA's public API references (CUDA Runtime API, nvJPEG, cuFile API) so that nothing
+/* The part of the CUDA runtime and nvJPEG C APIs that tessera calls, declared here from
+ * NVIDIA's public API references (CUDA Runtime API, nvJPEG) so that nothing
  * from CUDA is needed to build tessera: the libraries are opened with dlopen at run time
  * (gpu/cuda_loader.c) and these are the types of the functions looked up in them.
  *
  * The names are NVIDIA's, so code reads like their documentation; this header takes the place
- * of cuda_runtime_api.h, nvjpeg.h and cufile.h and must not be mixed with them in one file.
+ * of cuda_runtime_api.h and nvjpeg.h and must not be mixed with them in one file.
  * Only what a batched nvJPEG decode into device memory needs is here: a device, device and
- * pinned host memory, a stream, asynchronous copies, the batched decoder and cuFile reads.
+ * pinned host memory, a stream, asynchronous copies and the batched decoder.
  * Every enum keeps the documented numeric values; the ABI of each function (argument types,
  * by-value structs) is that of the documented C signature on LP64 Linux. */
 #ifndef TSR_GPU_CUDA_API_H
 #define TSR_GPU_CUDA_API_H
 
 #include <stddef.h>
-#include <sys/types.h>
 
 /* ---- CUDA runtime (libcudart) ---------------------------------------------------------- */
 
@@ -168,52 +167,5 @@ typedef nvjpegStatus_t (*tsr_nvjpegDecodeBatched_fn)(nvjpegHandle_t handle, nvjp
                                                      const size_t *lengths,
                                                      nvjpegImage_t *destinations,
                                                      cudaStream_t stream);
-
-/* ---- cuFile (libcufile, GPUDirect Storage) --------------------------------------------- */
-
-typedef enum CUfileOpError {
-  CU_FILE_SUCCESS = 0,
-  CU_FILE_DRIVER_NOT_INITIALIZED = 5001, /* the nvidia-fs kernel module is not loaded */
-  CU_FILE_PLATFORM_NOT_SUPPORTED = 5007,
-  CU_FILE_IO_NOT_SUPPORTED = 5008, /* this file's file system cannot do GPUDirect reads */
-  CU_FILE_DEVICE_NOT_SUPPORTED = 5009,
-  CU_FILE_CUDA_DRIVER_ERROR = 5011, /* cu_err holds the CUDA driver's code */
-} CUfileOpError;
-
-/* Returned by value: the cuFile code and, for CU_FILE_CUDA_DRIVER_ERROR, the driver's. */
-typedef struct CUfileError {
-  CUfileOpError err;
-  int cu_err; /* a CUresult */
-} CUfileError_t;
-
-enum CUfileFileHandleType {
-  CU_FILE_HANDLE_TYPE_OPAQUE_FD = 1, /* a POSIX file descriptor, opened with O_DIRECT */
-  CU_FILE_HANDLE_TYPE_OPAQUE_WIN32 = 2,
-  CU_FILE_HANDLE_TYPE_USERSPACE_FS = 3,
-};
-
-typedef struct CUfileFSOps CUfileFSOps_t; /* user-space file systems only; tessera passes NULL */
-
-typedef struct CUfileDescr_t {
-  enum CUfileFileHandleType type;
-  union {
-    int fd;
-    void *handle;
-  } handle;
-  const CUfileFSOps_t *fs_ops;
-} CUfileDescr_t;
-
-typedef void *CUfileHandle_t;
-
-typedef CUfileError_t (*tsr_cuFileDriverOpen_fn)(void);
-/* cufile.h maps cuFileDriverClose to cuFileDriverClose_v2 since CUDA 11.8; the loader takes
- * the _v2 symbol where the library has it. */
-typedef CUfileError_t (*tsr_cuFileDriverClose_fn)(void);
-typedef CUfileError_t (*tsr_cuFileHandleRegister_fn)(CUfileHandle_t *fh, CUfileDescr_t *descr);
-typedef void (*tsr_cuFileHandleDeregister_fn)(CUfileHandle_t fh);
-/* Reads size bytes at file_offset into the device buffer dev_base + dev_offset; returns the
- * bytes read, or -1 with errno, or minus a CUfileOpError. */
-typedef ssize_t (*tsr_cuFileRead_fn)(CUfileHandle_t fh, void *dev_base, size_t size,
-                                     off_t file_offset, off_t dev_offset);
 
 #endif

@@ -20,7 +20,6 @@ static const char *const cudart_names[] = {"libcudart.so.13", "libcudart.so.12",
                                            "libcudart.so.11.0", "libcudart.so", NULL};
 static const char *const nvjpeg_names[] = {"libnvjpeg.so.13", "libnvjpeg.so.12", "libnvjpeg.so.11",
                                            "libnvjpeg.so", NULL};
-static const char *const cufile_names[] = {"libcufile.so.0", "libcufile.so", NULL};
 
 #if defined(__x86_64__)
 #define TSR_CUDA_TARGET "x86_64-linux"
@@ -33,7 +32,7 @@ static const char *const cufile_names[] = {"libcufile.so.0", "libcufile.so", NUL
 /* Folders searched after the dynamic loader's own search: the toolkit's (which ldconfig often
  * does not know), the distributions', and the pip wheels' (nvidia-cuda-runtime-cu12 and
  * friends) beside the tessera Python package. Filled once by find_folders. */
-#define MAX_WHEEL_FOLDERS 4
+#define MAX_WHEEL_FOLDERS 3
 static const char *folders[8 + MAX_WHEEL_FOLDERS];
 static char wheel_folders[MAX_WHEEL_FOLDERS][PATH_MAX];
 static pthread_once_t folders_once = PTHREAD_ONCE_INIT;
@@ -58,7 +57,7 @@ static size_t find_wheel_folders(void) {
     *slash = '\0';
   }
   static const char *const below[MAX_WHEEL_FOLDERS] = {"nvidia/cu13/lib", "nvidia/cuda_runtime/lib",
-                                                       "nvidia/nvjpeg/lib", "nvidia/cufile/lib"};
+                                                       "nvidia/nvjpeg/lib"};
   size_t n = 0;
   for (size_t i = 0; i < MAX_WHEEL_FOLDERS; i++) {
     int len = snprintf(wheel_folders[n], PATH_MAX, "%s/%s", where, below[i]);
@@ -200,14 +199,6 @@ static const char *resolve_nvjpeg(void *h, struct tsr_nvjpeg *api) {
   return NULL;
 }
 
-static const char *resolve_cufile(void *h, struct tsr_cufile *api) {
-  TSR_CUFILE_FUNCTIONS(TSR_CUDA_RESOLVE)
-  api->cuFileDriverClose = (tsr_cuFileDriverClose_fn)dlsym(h, "cuFileDriverClose_v2");
-  if (!api->cuFileDriverClose)
-    api->cuFileDriverClose = (tsr_cuFileDriverClose_fn)dlsym(h, "cuFileDriverClose");
-  return api->cuFileDriverClose ? NULL : "cuFileDriverClose";
-}
-
 static tessera_status no_device(const struct tsr_cuda *c, cudaError_t error, int count) {
   char driver[64];
   if (c->driver_version > 0)
@@ -300,46 +291,6 @@ tessera_status tsr_cuda_load(const struct tsr_cuda **out) {
     return tsr_error(cuda_status, "%s", cuda_message);
   }
   *out = &cuda;
-  return TESSERA_OK;
-}
-
-/* Likewise written inside cufile_once only. */
-static struct tsr_cufile cufile;
-static tessera_status cufile_status;
-static char cufile_message[TSR_MESSAGE_MAX];
-static pthread_once_t cufile_once = PTHREAD_ONCE_INIT;
-
-static tessera_status load_cufile_library(void) {
-  const struct tsr_cuda *c;
-  if (tsr_cuda_load(&c) != TESSERA_OK)
-    return tsr_error_prefix(TESSERA_E_UNSUPPORTED, "cuFile not loaded: ");
-  struct tsr_cuda_search search;
-  tsr_cuda_default_search(&search);
-  char path[TSR_CUDA_PATH_MAX];
-  void *h = tsr_cuda_open_library("cuFile", cufile_names, &search, path, sizeof path);
-  if (!h)
-    return TESSERA_E_UNSUPPORTED;
-  const char *missing = resolve_cufile(h, &cufile);
-  if (missing) {
-    dlclose(h);
-    return tsr_error(TESSERA_E_UNSUPPORTED, "cuFile %s lacks %s", path, missing);
-  }
-  return TESSERA_OK;
-}
-
-static void load_cufile(void) {
-  cufile_status = load_cufile_library();
-  if (cufile_status != TESSERA_OK)
-    snprintf(cufile_message, sizeof cufile_message, "%s", tessera_error_message());
-}
-
-tessera_status tsr_cuda_cufile(const struct tsr_cufile **out) {
-  pthread_once(&cufile_once, load_cufile);
-  if (cufile_status != TESSERA_OK) {
-    *out = NULL;
-    return tsr_error(cufile_status, "%s", cufile_message);
-  }
-  *out = &cufile;
   return TESSERA_OK;
 }
 

@@ -1,4 +1,4 @@
-/* Finds and opens the CUDA runtime, nvJPEG and cuFile at run time (dlopen), once per process.
+/* Finds and opens the CUDA runtime and nvJPEG at run time (dlopen), once per process.
  * Nothing from CUDA is linked: a machine without it builds and runs tessera, and asking for
  * the GPU there fails with a message saying what is missing. */
 #ifndef TSR_GPU_CUDA_LOADER_H
@@ -45,13 +45,6 @@
   X(nvjpegDecodeBatchedInitialize)                                                                 \
   X(nvjpegDecodeBatched)
 
-/* cuFileDriverClose is looked up separately: as cuFileDriverClose_v2 where the library has it. */
-#define TSR_CUFILE_FUNCTIONS(X)                                                                    \
-  X(cuFileDriverOpen)                                                                              \
-  X(cuFileHandleRegister)                                                                          \
-  X(cuFileHandleDeregister)                                                                        \
-  X(cuFileRead)
-
 #define TSR_CUDA_FIELD(name) tsr_##name##_fn name;
 
 struct tsr_cudart {
@@ -60,11 +53,6 @@ struct tsr_cudart {
 
 struct tsr_nvjpeg {
   TSR_NVJPEG_FUNCTIONS(TSR_CUDA_FIELD)
-};
-
-struct tsr_cufile {
-  TSR_CUFILE_FUNCTIONS(TSR_CUDA_FIELD)
-  tsr_cuFileDriverClose_fn cuFileDriverClose;
 };
 
 #define TSR_CUDA_PATH_MAX 4096
@@ -92,11 +80,6 @@ struct tsr_cuda {
  * folders separated by ':') searched instead of every usual place. Libraries stay loaded for
  * the life of the process. */
 tessera_status tsr_cuda_load(const struct tsr_cuda **out);
-
-/* cuFile, for GPUDirect Storage reads; loaded once, after tsr_cuda_load succeeds. TESSERA_OK
- * with *out set, or TESSERA_E_UNSUPPORTED with *out NULL and the reason ("cuFile not found
- * (tried ...)", or tsr_cuda_load's failure). Its absence only rules out GPUDirect reads. */
-tessera_status tsr_cuda_cufile(const struct tsr_cufile **out);
 
 /* Where libraries are looked for: `override` (folders separated by ':'; when non-empty, the
  * only places searched) or else the dynamic loader's own search (LD_LIBRARY_PATH, the ld.so

@@ -1,14 +1,12 @@
-/* Stand-ins for libcudart, libnvjpeg and libcufile, built as small shared libraries for
+/* Stand-ins for libcudart and libnvjpeg, built as small shared libraries for
  * test_cuda_loader (and compiled by tests/test_cuda_loader.py), so the loader's answers can
  * be checked on a machine without CUDA. One source, several libraries:
  *   -DFAKE_CUDART   the runtime: cudaGetDeviceCount answers from TESSERA_FAKE_CUDA_DEVICES
  *                   (N >= 0: N devices; -E: error E), the driver version is
  *                   TESSERA_FAKE_CUDA_DRIVER (default 0: no driver), the runtime is 12.4
  *   -DFAKE_NVJPEG   nvJPEG 12.4.0
- *   -DFAKE_CUFILE   cuFile, with cuFileDriverClose_v2 only (as cufile.h has mapped it since
- *                   CUDA 11.8)
- *   -DFAKE_PARTIAL  leaves out one function the loader needs: cudaGetDeviceCount,
- *                   nvjpegDecodeBatched or cuFileRead.
+ *   -DFAKE_PARTIAL  leaves out one function the loader needs: cudaGetDeviceCount or
+ *                   nvjpegDecodeBatched.
  * Nothing here is ever asked to do GPU work: the other functions only fail. Each is declared
  * with the type the loader calls it through, so a signature that disagrees does not compile. */
 #include <stdlib.h>
@@ -216,33 +214,6 @@ nvjpegStatus_t nvjpegDecodeBatched(nvjpegHandle_t handle, nvjpegJpegState_t stat
                                    nvjpegImage_t *destinations, cudaStream_t stream) {
   (void)handle, (void)state, (void)data, (void)lengths, (void)destinations, (void)stream;
   return NVJPEG_STATUS_NOT_INITIALIZED;
-}
-#endif
-#endif
-
-#ifdef FAKE_CUFILE
-TSR_CUFILE_FUNCTIONS(FAKE_DECLARE)
-__typeof__(*(tsr_cuFileDriverClose_fn)0) cuFileDriverClose_v2;
-
-static const CUfileError_t no_driver = {.err = CU_FILE_DRIVER_NOT_INITIALIZED, .cu_err = 0};
-
-CUfileError_t cuFileDriverOpen(void) { return no_driver; }
-
-CUfileError_t cuFileDriverClose_v2(void) { return no_driver; }
-
-CUfileError_t cuFileHandleRegister(CUfileHandle_t *fh, CUfileDescr_t *descr) {
-  (void)descr;
-  *fh = NULL;
-  return no_driver;
-}
-
-void cuFileHandleDeregister(CUfileHandle_t fh) { (void)fh; }
-
-#ifndef FAKE_PARTIAL
-ssize_t cuFileRead(CUfileHandle_t fh, void *dev_base, size_t size, off_t file_offset,
-                   off_t dev_offset) {
-  (void)fh, (void)dev_base, (void)size, (void)file_offset, (void)dev_offset;
-  return -CU_FILE_DRIVER_NOT_INITIALIZED;
 }
 #endif
 #endif

@@ -1,7 +1,7 @@
 /* The CUDA loader on a machine without a GPU: every failure path gives its documented message,
  * with stand-in libraries (fake_cuda.c, built beside this test) placed where the search looks:
  * no runtime, a runtime lacking a function, a file that is not a library, no device, no
- * nvJPEG, nvJPEG lacking a function, no cuFile; and the search itself (TESSERA_CUDA_PATH
+ * nvJPEG, nvJPEG lacking a function; and the search itself (TESSERA_CUDA_PATH
  * replacing it, LD_LIBRARY_PATH, the usual folders). The library is searched once per
  * process, so each case runs this program again (`--probe`) in a child with its own
  * environment and reads back what it reported.
@@ -25,7 +25,7 @@
 
 extern char **environ;
 
-enum { CUDART, CUDART_PARTIAL, NVJPEG, NVJPEG_PARTIAL, CUFILE, CUFILE_PARTIAL, FAKES };
+enum { CUDART, CUDART_PARTIAL, NVJPEG, NVJPEG_PARTIAL, FAKES };
 static const char *fakes[FAKES];
 static char scratch[] = "/tmp/tessera-cuda-XXXXXX";
 
@@ -46,7 +46,7 @@ static void *ask_in_thread(void *arg) {
 }
 
 /* Asks from PROBE_THREADS threads at once (all must get one answer), then reports on stdout:
- *   cuda STATUS / message / cufile STATUS / message / calls N /
+ *   cuda STATUS / message / calls N /
  *   info DEVICES RUNTIME DRIVER NVJPEG_MAJOR NVJPEG_MINOR NVJPEG_PATCH / cudart path /
  *   nvjpeg path
  * calls is how often the runtime's cudaGetDeviceCount ran (-1: no runtime loaded). */
@@ -67,10 +67,7 @@ static int probe(void) {
       (st != TESSERA_OK && strcmp(answers[0].message, tessera_error_message())))
     return 5; /* the main thread, asking later, got another answer */
   printf("cuda %d\n%s\n", (int)st, st == TESSERA_OK ? "" : tessera_error_message());
-  const struct tsr_cufile *cufile = NULL;
-  tessera_status fst = tsr_cuda_cufile(&cufile);
-  printf("cufile %d\n%s\n", (int)fst, fst == TESSERA_OK ? "" : tessera_error_message());
-  if ((st == TESSERA_OK) != (cuda != NULL) || (fst == TESSERA_OK) != (cufile != NULL))
+  if ((st == TESSERA_OK) != (cuda != NULL))
     return 6;
   int calls = -1;
   const char *cudart = cuda ? cuda->cudart_path : getenv("TESSERA_PROBE_CUDART");
@@ -92,8 +89,8 @@ static int probe(void) {
 
 struct report {
   int ran; /* the probe ran and exited 0 */
-  int cuda_status, cufile_status, calls;
-  char cuda_message[TSR_MESSAGE_MAX], cufile_message[TSR_MESSAGE_MAX];
+  int cuda_status, calls;
+  char cuda_message[TSR_MESSAGE_MAX];
   int devices, runtime, driver, nvjpeg[3];
   char cudart_path[TSR_CUDA_PATH_MAX], nvjpeg_path[TSR_CUDA_PATH_MAX];
 };
@@ -109,7 +106,7 @@ static void read_line(FILE *f, char *buf, size_t size) {
 static struct report run_probe(const char *const *env) {
   static const char *const drop[] = {"TESSERA_CUDA_PATH=", "LD_LIBRARY_PATH=", "TESSERA_FAKE_CUDA_",
                                      "TESSERA_PROBE_"};
-  struct report r = {.cuda_status = -1, .cufile_status = -1};
+  struct report r = {.cuda_status = -1};
   char *envp[512];
   size_t n = 0;
   for (char **e = environ; *e && n < 480; e++) {
@@ -150,9 +147,6 @@ static struct report run_probe(const char *const *env) {
   read_line(f, line, sizeof line);
   sscanf(line, "cuda %d", &r.cuda_status);
   read_line(f, r.cuda_message, sizeof r.cuda_message);
-  read_line(f, line, sizeof line);
-  sscanf(line, "cufile %d", &r.cufile_status);
-  read_line(f, r.cufile_message, sizeof r.cufile_message);
   read_line(f, line, sizeof line);
   sscanf(line, "calls %d", &r.calls);
   read_line(f, line, sizeof line);
@@ -209,9 +203,6 @@ static void test_no_runtime_in_the_override(void) {
            empty);
   CHECK(r.cuda_status == TESSERA_E_UNSUPPORTED, "status %d", r.cuda_status);
   CHECK(strcmp(r.cuda_message, expected) == 0, "message: %s", r.cuda_message);
-  /* cuFile is not even looked for without CUDA, and says why */
-  CHECK(r.cufile_status == TESSERA_E_UNSUPPORTED, "cufile status %d", r.cufile_status);
-  HAS(r.cufile_message, "cuFile not loaded: CUDA runtime not found (tried libcudart.so.13");
 }
 
 /* The real search (the dynamic loader, then the usual folders) finding nothing, shown with a
@@ -343,8 +334,7 @@ static void test_no_nvjpeg(void) {
 }
 
 static void test_everything_there(void) {
-  /* two folders in the override, the first empty; cuFile absent, then lacking a function,
-   * then complete */
+  /* two folders in the override, the first empty */
   const char *empty = folder("first");
   const char *dir = folder("complete");
   place(dir, CUDART, "libcudart.so.12");
@@ -366,26 +356,6 @@ static void test_everything_there(void) {
   CHECK(strcmp(r.cudart_path, cudart) == 0, "runtime from %s", r.cudart_path);
   CHECK(strcmp(r.nvjpeg_path, nvjpeg) == 0, "nvJPEG from %s", r.nvjpeg_path);
   CHECK(r.calls == 1, "cudaGetDeviceCount ran %d times", r.calls);
-  CHECK(r.cufile_status == TESSERA_E_UNSUPPORTED, "cufile status %d", r.cufile_status);
-  char expected[1400];
-  snprintf(expected, sizeof expected,
-           "cuFile not found (tried libcufile.so.0, libcufile.so in %s, the folders "
-           "TESSERA_CUDA_PATH names)",
-           list);
-  CHECK(strcmp(r.cufile_message, expected) == 0, "message: %s", r.cufile_message);
-
-  place(dir, CUFILE_PARTIAL, "libcufile.so.0");
-  r = run_probe(env);
-  CHECK(r.cuda_status == TESSERA_OK, "status %d: %s", r.cuda_status, r.cuda_message);
-  snprintf(expected, sizeof expected, "cuFile %s/libcufile.so.0 lacks cuFileRead", dir);
-  CHECK(strcmp(r.cufile_message, expected) == 0, "message: %s", r.cufile_message);
-
-  char path[1100];
-  snprintf(path, sizeof path, "%s/libcufile.so.0", dir);
-  unlink(path);
-  place(dir, CUFILE, "libcufile.so.0");
-  r = run_probe(env);
-  CHECK(r.cufile_status == TESSERA_OK, "cufile status %d: %s", r.cufile_status, r.cufile_message);
 }
 
 /* Without TESSERA_CUDA_PATH the runtime is looked for by soname first, so LD_LIBRARY_PATH
@@ -434,8 +404,7 @@ int main(int argc, char **argv) {
     return probe();
   if (argc != 1 + FAKES) {
     fprintf(stderr,
-            "usage: %s CUDART CUDART_PARTIAL NVJPEG NVJPEG_PARTIAL CUFILE "
-            "CUFILE_PARTIAL (the fake libraries)\n",
+            "usage: %s CUDART CUDART_PARTIAL NVJPEG NVJPEG_PARTIAL (the fake libraries)\n",
             argv[0]);
     return 2;
   }
