@@ -1,144 +1,141 @@
 """A small ctypes binding of the C API in include/tessera.h, for the Python tests.
 
-The shared library comes from the environment variable TESSERA_LIB (default:
+Its structs and constants are read from the header when this module is imported (nothing of
+them is written here); test_header_mirror.py checks them against the C compiler. The shared
+library comes from the environment variable TESSERA_LIB (default:
 build/src/libtessera.so beside this folder's parent). Failed calls raise TesseraError, which
 carries the status code and the thread's error message.
 """
 
 import ctypes
 import os
+import re
 
 import numpy as np
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_LIB = os.path.join(os.path.dirname(_HERE), "build", "src", "libtessera.so")
+HEADER = os.path.join(os.path.dirname(_HERE), "include", "tessera.h")
 
-OK = 0
-E_ARGUMENT = 1
-E_IO = 2
-E_FORMAT = 3
-E_UNSUPPORTED = 4
-E_CORRUPT = 5
-E_NOMEM = 6
-E_LIMIT = 7
 
-STATUS_NAMES = {
-    OK: "OK",
-    E_ARGUMENT: "E_ARGUMENT",
-    E_IO: "E_IO",
-    E_FORMAT: "E_FORMAT",
-    E_UNSUPPORTED: "E_UNSUPPORTED",
-    E_CORRUPT: "E_CORRUPT",
-    E_NOMEM: "E_NOMEM",
-    E_LIMIT: "E_LIMIT",
+# --- the public structs and enums, read from include/tessera.h ------------------------------
+#
+# Nothing here is written by hand, so the mirror cannot drift from the header:
+# test_header_mirror.py checks every offset and size against a C program compiled with it.
+
+_SCALARS = {
+    "size_t": ctypes.c_size_t, "int": ctypes.c_int, "char": ctypes.c_char,
+    "double": ctypes.c_double, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
+    "uint8_t": ctypes.c_uint8, "uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64,
 }
 
 
+def _without_comments(text):
+    return re.sub(r"//[^\n]*", "", re.sub(r"/\*.*?\*/", " ", text, flags=re.S))
+
+
+def _parse_header(path):
+    """(defines, enum constants, structs) of the header: structs maps each typedef'd struct's
+    name to its [(field, C type, pointer depth, array length or None)], in order. Raises
+    ValueError for a declaration it cannot read, so a new kind of field fails loudly."""
+    text = _without_comments(open(path).read())
+    defines = {m.group(1): int(m.group(2)) for m in
+               re.finditer(r"^#define\s+(\w+)\s+(\d+)\s*$", text, re.M)}
+    enum_types, constants = set(), {}
+    for m in re.finditer(r"typedef\s+enum\s+\w+\s*\{(.*?)\}\s*(\w+)\s*;", text, re.S):
+        enum_types.add(m.group(2))
+        for item in filter(None, (i.strip() for i in m.group(1).split(","))):
+            name, value = (x.strip() for x in item.split("="))
+            constants[name] = int(value, 0)
+    structs = {}
+    for m in re.finditer(r"typedef\s+struct\s+\w+\s*\{(.*?)\}\s*(\w+)\s*;", text, re.S):
+        fields = []
+        for decl in filter(None, (d.strip() for d in m.group(1).split(";"))):
+            d = re.match(r"^(?:const\s+)?(\w+)\s+(.*)$", decl, re.S)
+            if not d:
+                raise ValueError("%s: cannot read %r" % (m.group(2), decl))
+            ctype = d.group(1)
+            if ctype not in _SCALARS and ctype not in enum_types and ctype != "void":
+                raise ValueError("%s: unknown type %s" % (m.group(2), ctype))
+            for declarator in d.group(2).split(","):
+                f = re.match(r"^\s*(\**)\s*(\w+)\s*(?:\[([^\]]+)\])?\s*$", declarator)
+                if not f:
+                    raise ValueError("%s: cannot read %r" % (m.group(2), declarator))
+                length = None
+                if f.group(3):
+                    expr = re.sub(r"[A-Za-z_]\w*", lambda n: str(defines[n.group(0)]), f.group(3))
+                    if not re.fullmatch(r"[\d\s+*()-]+", expr):
+                        raise ValueError("%s: array length %r" % (m.group(2), f.group(3)))
+                    length = eval(expr)
+                fields.append((f.group(2), ctype, len(f.group(1)), length))
+        structs[m.group(2)] = fields
+    return defines, constants, structs
+
+
+DEFINES, CONSTANTS, STRUCTS = _parse_header(HEADER)
+
+
+def _ctype(ctype, pointers, length):
+    if ctype in _SCALARS:
+        base = _SCALARS[ctype]
+    elif ctype == "void":
+        base = None
+    else:  # an enum: int-sized
+        base = ctypes.c_int
+    if pointers == 1 and ctype == "char":
+        base = ctypes.c_char_p  # a C string
+    elif pointers == 1:
+        base = ctypes.c_void_p if base is None else ctypes.POINTER(base)
+    elif pointers:
+        raise ValueError("%s with %d levels of pointer" % (ctype, pointers))
+    return base * length if length else base
+
+
+def _fields(struct):
+    return [(name, _ctype(ctype, pointers, length)) for name, ctype, pointers, length in
+            STRUCTS[struct]]
+
+
+def _strip(prefix):
+    return {name[len(prefix):]: value for name, value in CONSTANTS.items()
+            if name.startswith(prefix)}
+
+
+globals().update(_strip("TESSERA_"))  # OK, E_ARGUMENT, ..., CACHE_NONE, ..., DEVICE_CPU, ...
+SHARED_CACHE_NAME_MAX = DEFINES["TESSERA_SHARED_CACHE_NAME_MAX"]
+STATUS_NAMES = {value: name for name, value in _strip("TESSERA_").items()
+                if name == "OK" or name.startswith("E_")}
+
+
 class OpenOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("max_directories", ctypes.c_uint32),
-        ("max_dimension", ctypes.c_int64),
-        ("max_tile_bytes", ctypes.c_uint64),
-        ("max_decoded_tile_bytes", ctypes.c_uint64),
-        ("max_read_bytes", ctypes.c_uint64),
-    ]
+    _fields_ = _fields("tessera_open_options")
 
 
 class LevelInfo(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("width", ctypes.c_int64),
-        ("height", ctypes.c_int64),
-        ("downsample", ctypes.c_double),
-        ("tile_width", ctypes.c_int32),
-        ("tile_height", ctypes.c_int32),
-        ("tiled", ctypes.c_int32),
-        ("compression", ctypes.c_uint32),
-        ("samples_per_pixel", ctypes.c_int32),
-    ]
+    _fields_ = _fields("tessera_level_info")
 
     def as_dict(self):
         return {name: getattr(self, name) for name, _ in self._fields_ if name != "struct_size"}
 
 
 class ReadOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("channels", ctypes.c_int32),
-        ("fill", ctypes.c_int32),
-        ("stride", ctypes.c_size_t),
-        ("num_workers", ctypes.c_int32),
-    ]
+    _fields_ = _fields("tessera_read_options")
 
 
 class BatchOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("batch_size", ctypes.c_int32),
-        ("num_workers", ctypes.c_int32),
-        ("drop_last", ctypes.c_int32),
-        ("prefetch_factor", ctypes.c_int32),
-        ("shuffle", ctypes.c_int32),
-        ("seed", ctypes.c_uint64),
-        ("channels", ctypes.c_int32),
-        ("fill", ctypes.c_int32),
-        ("device", ctypes.c_int32),
-        ("device_id", ctypes.c_int32),
-    ]
+    _fields_ = _fields("tessera_batch_options")
 
 
 class Batch(ctypes.Structure):
-    _fields_ = [
-        ("data", ctypes.POINTER(ctypes.c_uint8)),
-        ("size", ctypes.c_size_t),
-        ("count", ctypes.c_size_t),
-        ("number", ctypes.c_size_t),
-        ("indices", ctypes.POINTER(ctypes.c_uint64)),
-        ("width", ctypes.c_int64),
-        ("height", ctypes.c_int64),
-        ("channels", ctypes.c_int32),
-        ("device", ctypes.c_int32),
-        ("device_id", ctypes.c_int32),
-        ("stream", ctypes.c_void_p),
-        ("consumer_stream", ctypes.c_void_p),
-    ]
-
-
-CACHE_NONE = 0
-CACHE_PER_PROCESS = 1
-CACHE_SHARED_MEMORY = 2
+    _fields_ = _fields("tessera_batch")
 
 
 class CacheOptions(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("type", ctypes.c_int),
-        ("memory_capacity_mib", ctypes.c_uint64),
-        ("item_capacity", ctypes.c_uint64),
-        ("record_stats", ctypes.c_int32),
-        ("name", ctypes.c_char_p),
-    ]
-
-
-SHARED_CACHE_NAME_MAX = 200
+    _fields_ = _fields("tessera_cache_options")
 
 
 class SharedCacheInfo(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("name", ctypes.c_char * (SHARED_CACHE_NAME_MAX + 2)),
-        ("ready", ctypes.c_int32),
-        ("users", ctypes.c_uint32),
-        ("segment_bytes", ctypes.c_uint64),
-        ("memory_capacity", ctypes.c_uint64),
-        ("item_capacity", ctypes.c_uint64),
-        ("items", ctypes.c_uint64),
-        ("bytes", ctypes.c_uint64),
-        ("hits", ctypes.c_uint64),
-        ("misses", ctypes.c_uint64),
-        ("evictions", ctypes.c_uint64),
-    ]
+    _fields_ = _fields("tessera_shared_cache_info")
 
     def as_dict(self):
         d = {name: getattr(self, name) for name, _ in self._fields_ if name != "struct_size"}
@@ -147,18 +144,16 @@ class SharedCacheInfo(ctypes.Structure):
 
 
 class CacheStats(ctypes.Structure):
-    _fields_ = [
-        ("struct_size", ctypes.c_size_t),
-        ("type", ctypes.c_int),
-        ("hits", ctypes.c_uint64),
-        ("misses", ctypes.c_uint64),
-        ("evictions", ctypes.c_uint64),
-        ("items", ctypes.c_uint64),
-        ("bytes", ctypes.c_uint64),
-        ("item_capacity", ctypes.c_uint64),
-        ("memory_capacity", ctypes.c_uint64),
-        ("record_stats", ctypes.c_int32),
-    ]
+    _fields_ = _fields("tessera_cache_stats")
+
+
+# Each struct of the header and its mirror here (test_header_mirror checks that none is left out).
+MIRRORS = {
+    "tessera_open_options": OpenOptions, "tessera_level_info": LevelInfo,
+    "tessera_read_options": ReadOptions, "tessera_batch_options": BatchOptions,
+    "tessera_batch": Batch, "tessera_cache_options": CacheOptions,
+    "tessera_shared_cache_info": SharedCacheInfo, "tessera_cache_stats": CacheStats,
+}
 
 
 class TesseraError(Exception):

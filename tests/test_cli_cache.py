@@ -101,15 +101,11 @@ def list_table_row(cli, name):
 HELPER = r'''
 import ctypes, sys
 
+sys.path.insert(0, sys.argv[5])
+from tessera_ctypes import CacheOptions
+
 lib = ctypes.CDLL(sys.argv[1])
 name, mib, slide_path = sys.argv[2].encode(), int(sys.argv[3]), sys.argv[4].encode()
-
-
-class CacheOptions(ctypes.Structure):
-    _fields_ = [("struct_size", ctypes.c_size_t), ("type", ctypes.c_int),
-                ("memory_capacity_mib", ctypes.c_uint64), ("item_capacity", ctypes.c_uint64),
-                ("record_stats", ctypes.c_int32), ("name", ctypes.c_char_p)]
-
 
 lib.tessera_error_message.restype = ctypes.c_char_p
 lib.tessera_open.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
@@ -149,7 +145,8 @@ class Helper:
     def __init__(self, name, slide, mib=16):
         self.name = name
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", HELPER, tessera_ctypes.lib_path(), name, str(mib), slide],
+            [sys.executable, "-c", HELPER, tessera_ctypes.lib_path(), name, str(mib), slide,
+             os.path.dirname(os.path.abspath(tessera_ctypes.__file__))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self._expect_ok("configure %s" % name)
 
