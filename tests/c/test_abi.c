@@ -119,12 +119,7 @@ static void test_open_options(const char *path) {
   tessera_close(s);
 }
 
-static void test_read_options(const char *path) {
-  tessera_slide *s = NULL;
-  if (tessera_open(path, &s) != TESSERA_OK) {
-    CHECK(0, "cannot open %s: %s", path, tessera_error_message());
-    return;
-  }
+static void test_read_options(tessera_slide *s) {
   guarded g;
   struct read_options_v0 *old = guard(&g);
   tessera_read_options_init_sized((tessera_read_options *)old, sizeof *old);
@@ -137,21 +132,15 @@ static void test_read_options(const char *path) {
   tessera_read_options_init(&now);
   now.channels = 4;
   static uint8_t got[40 * 30 * 4], want[40 * 30 * 4];
-  CHECK(tessera_read_region(s, 100, 50, 0, 40, 30, (tessera_read_options *)old, got,
-                            sizeof got) == TESSERA_OK,
+  CHECK(tessera_read_region(s, 100, 50, 0, 40, 30, (tessera_read_options *)old, got, sizeof got) ==
+            TESSERA_OK,
         "read with old options: %s", tessera_error_message());
   CHECK(tessera_read_region(s, 100, 50, 0, 40, 30, &now, want, sizeof want) == TESSERA_OK,
         "read: %s", tessera_error_message());
   CHECK(memcmp(got, want, sizeof got) == 0, "old options read other pixels");
-  tessera_close(s);
 }
 
-static void test_batch_options(const char *path) {
-  tessera_slide *s = NULL;
-  if (tessera_open(path, &s) != TESSERA_OK) {
-    CHECK(0, "cannot open %s: %s", path, tessera_error_message());
-    return;
-  }
+static void test_batch_options(tessera_slide *s) {
   guarded g;
   struct batch_options_v0 *old = guard(&g);
   tessera_batch_options_init_sized((tessera_batch_options *)old, sizeof *old);
@@ -174,15 +163,14 @@ static void test_batch_options(const char *path) {
           "batch: %s", tessera_error_message());
     uint8_t want[32 * 24 * 3];
     for (size_t i = 0; b && i < b->count; i++) {
-      CHECK(tessera_read_region(s, xy[2 * i], xy[2 * i + 1], 0, 32, 24, NULL, want,
-                                sizeof want) == TESSERA_OK,
+      CHECK(tessera_read_region(s, xy[2 * i], xy[2 * i + 1], 0, 32, 24, NULL, want, sizeof want) ==
+                TESSERA_OK,
             "read: %s", tessera_error_message());
       CHECK(memcmp(b->data + i * sizeof want, want, sizeof want) == 0, "patch %zu differs", i);
     }
     tessera_batch_release(b);
   }
   tessera_batch_iter_destroy(it);
-  tessera_close(s);
 }
 
 /* A shared-memory cache with no name: an old caller's name is NULL, not the guard's bytes. */
@@ -205,8 +193,8 @@ static void test_cache_options(void) {
             guard_intact(&g, small) && size_of(g.bytes) == small,
         "stats into a shorter struct");
   tessera_cache_stats full = {.struct_size = sizeof full};
-  CHECK(tessera_cache_stats_get(&full) == TESSERA_OK &&
-            full.type == TESSERA_CACHE_SHARED_MEMORY && full.memory_capacity == 4 << 20,
+  CHECK(tessera_cache_stats_get(&full) == TESSERA_OK && full.type == TESSERA_CACHE_SHARED_MEMORY &&
+            full.memory_capacity == 4 << 20,
         "stats of the old caller's cache: type %d, %llu bytes", (int)full.type,
         (unsigned long long)full.memory_capacity);
   tessera_cache_options none;
@@ -216,22 +204,15 @@ static void test_cache_options(void) {
 
 /* A program built against a newer tessera.h, whose structs are larger: the library reads and
  * writes its own size and says so in struct_size. */
-static void test_newer_caller(const char *path) {
+static void test_newer_caller(tessera_slide *s, const char *path) {
   size_t big = sizeof(tessera_level_info) + 16;
   guarded g;
   guard(&g);
   memcpy(g.bytes, &big, sizeof big);
-  tessera_slide *s = NULL;
-  if (tessera_open(path, &s) != TESSERA_OK) {
-    CHECK(0, "cannot open %s: %s", path, tessera_error_message());
-    return;
-  }
   tessera_level_info *info = (tessera_level_info *)g.bytes;
-  CHECK(tessera_level_info_get(s, 0, info) == TESSERA_OK &&
-            info->struct_size == sizeof *info && info->width > 0 &&
-            guard_intact(&g, sizeof *info),
+  CHECK(tessera_level_info_get(s, 0, info) == TESSERA_OK && info->struct_size == sizeof *info &&
+            info->width > 0 && guard_intact(&g, sizeof *info),
         "level info into a larger struct: struct_size %zu", info->struct_size);
-  tessera_close(s);
 
   big = sizeof(tessera_batch_options) + 16;
   tessera_batch_options_init_sized((tessera_batch_options *)guard(&g), big);
@@ -241,21 +222,23 @@ static void test_newer_caller(const char *path) {
   tessera_open_options *oo = guard(&g);
   tessera_open_options_init_sized(oo, sizeof *oo);
   oo->struct_size = sizeof *oo + 16;
-  CHECK(tessera_open_ex(path, oo, &s) == TESSERA_OK, "open with a larger struct: %s",
+  tessera_slide *other = NULL;
+  CHECK(tessera_open_ex(path, oo, &other) == TESSERA_OK, "open with a larger struct: %s",
         tessera_error_message());
-  tessera_close(s);
+  tessera_close(other);
 }
 
 /* A struct_size that cannot even hold itself is refused everywhere; init writes nothing. */
-static void test_no_size(const char *path) {
+static void test_no_size(tessera_slide *s, const char *path) {
   guarded g;
   size_t four = 4;
   memcpy(guard(&g), &four, sizeof four);
   tessera_read_options_init_sized((tessera_read_options *)g.bytes, 4);
   CHECK(size_of(g.bytes) == 4 && guard_intact(&g, sizeof(size_t)), "init with size 4 wrote");
   tessera_read_options_init_sized(NULL, sizeof(tessera_read_options)); /* must do nothing */
-  tessera_slide *s = NULL;
-  CHECK(tessera_open_ex(path, (tessera_open_options *)g.bytes, &s) == TESSERA_E_ARGUMENT && !s,
+  tessera_slide *other = NULL;
+  CHECK(tessera_open_ex(path, (tessera_open_options *)g.bytes, &other) == TESSERA_E_ARGUMENT &&
+            !other,
         "open options of size 4");
   CHECK(strstr(tessera_error_message(), "open options without struct_size"), "message: %s",
         tessera_error_message());
@@ -267,10 +250,6 @@ static void test_no_size(const char *path) {
   CHECK(tessera_shared_cache_list((tessera_shared_cache_info *)g.bytes, 1, &count) ==
             TESSERA_E_ARGUMENT,
         "shared cache info of size 4");
-  if (tessera_open(path, &s) != TESSERA_OK) {
-    CHECK(0, "cannot open %s: %s", path, tessera_error_message());
-    return;
-  }
   tessera_batch_iter *it = NULL;
   const int64_t xy[2] = {0, 0};
   CHECK(tessera_batch_iter_create(s, xy, 1, 8, 8, 0, (tessera_batch_options *)g.bytes, &it) ==
@@ -285,17 +264,22 @@ static void test_no_size(const char *path) {
   CHECK(tessera_slide_limits(s, (tessera_open_options *)g.bytes) == TESSERA_E_ARGUMENT,
         "limits of size 4");
   CHECK(guard_intact(&g, sizeof(size_t)), "a refused call wrote");
-  tessera_close(s);
 }
 
 int main(int argc, char **argv) {
   char path[4096];
   snprintf(path, sizeof path, "%s/generic-jpeg-ycbcr-128tiles.tiff", testdata_dir(argc, argv));
   test_open_options(path);
-  test_read_options(path);
-  test_batch_options(path);
   test_cache_options();
-  test_newer_caller(path);
-  test_no_size(path);
+  tessera_slide *s = NULL;
+  if (tessera_open(path, &s) != TESSERA_OK) {
+    CHECK(0, "cannot open %s: %s", path, tessera_error_message());
+    return check_finish("test_abi");
+  }
+  test_read_options(s);
+  test_batch_options(s);
+  test_newer_caller(s, path);
+  test_no_size(s, path);
+  tessera_close(s);
   return check_finish("test_abi");
 }

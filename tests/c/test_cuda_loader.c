@@ -403,8 +403,7 @@ int main(int argc, char **argv) {
   if (argc == 2 && strcmp(argv[1], "--probe") == 0)
     return probe();
   if (argc != 1 + FAKES) {
-    fprintf(stderr,
-            "usage: %s CUDART CUDART_PARTIAL NVJPEG NVJPEG_PARTIAL (the fake libraries)\n",
+    fprintf(stderr, "usage: %s CUDART CUDART_PARTIAL NVJPEG NVJPEG_PARTIAL (the fake libraries)\n",
             argv[0]);
     return 2;
   }
