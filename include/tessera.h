@@ -343,11 +343,11 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
  * The GPU path
  *
  * Nothing from CUDA is linked: the CUDA runtime (libcudart) and nvJPEG (libnvjpeg) are opened
- * with dlopen when first needed, so the library builds and runs on machines without them. They are looked for by soname (newest
- * toolkit first: libcudart.so.13, .so.12, .so.11.0, then libcudart.so) through the dynamic
- * loader (LD_LIBRARY_PATH, the ld.so cache), then in /usr/local/cuda/lib64,
- * /usr/local/cuda/targets/<arch>/lib, the distribution's library folders, /opt/cuda/lib64
- * and NVIDIA's pip wheels beside the tessera Python package. The environment variable
+ * with dlopen when first needed, so the library builds and runs on machines without them.
+ * They are looked for by soname (newest toolkit first: libcudart.so.13, .so.12, .so.11.0,
+ * then libcudart.so) through the dynamic loader (LD_LIBRARY_PATH, the ld.so cache), then in
+ * /usr/local/cuda/lib64, /usr/local/cuda/targets/<arch>/lib, the distribution's library
+ * folders, /opt/cuda/lib64 and NVIDIA's pip wheels beside the tessera Python package. The environment variable
  * TESSERA_CUDA_PATH, a folder (or folders separated by ':'), replaces that whole search when
  * set. The search happens once per process; the libraries then stay loaded.
  *
@@ -484,8 +484,8 @@ typedef struct tessera_shared_cache_info {
 } tessera_shared_cache_info;
 
 /* Lists the tessera segments in /dev/shm: fills up to `capacity` entries of infos (each
- * with struct_size set; see Conventions) and sets *count to the number found (which may exceed capacity).
- * infos may be NULL when capacity is 0. */
+ * with struct_size set; see Conventions) and sets *count to the number found (which may
+ * exceed capacity). infos may be NULL when capacity is 0. */
 TESSERA_API tessera_status tessera_shared_cache_list(tessera_shared_cache_info *infos,
                                                      size_t capacity, size_t *count);
 

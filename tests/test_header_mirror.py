@@ -36,7 +36,8 @@ def compiled(tmp_path_factory):
     subprocess.run(["cc", "-std=c11", "-Wall", "-Werror", "-I", os.path.join(F.REPO, "include"),
                     "-I", os.path.join(BUILD, "include"), src, "-o", exe], check=True)
     layout, constants = {}, {}
-    for line in subprocess.run([exe], capture_output=True, text=True, check=True).stdout.splitlines():
+    report = subprocess.run([exe], capture_output=True, text=True, check=True).stdout
+    for line in report.splitlines():
         words = line.split()
         if len(words) == 4:
             layout[(words[0], None if words[1] == "-" else words[1])] = (int(words[2]),
