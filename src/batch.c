@@ -4,9 +4,10 @@
  * Work is scheduled by tile. Scheduling a batch makes, for each tile its patches overlap, a
  * job listing the patches (destinations) that need it; a tile already waiting in the queue
  * for an earlier batch gains the new destinations instead of a second job, so it is read and
- * decoded once. Runners (pool tasks, at most num_workers per iterator) take jobs off the
- * queue in order and paint each tile into all its destinations; a batch is ready when its
- * last destination is painted. Batch buffers, jobs and their destination lists are recycled,
+ * decoded once. The iterator's task group (at most num_workers pool tasks) takes jobs off the
+ * queue in order, one job an item, and paints each tile into all its destinations; a batch is
+ * ready when its last destination is painted. The group's references are the iterator's
+ * handle and each batch handed out: the last to let go frees the iterator. Batch buffers, jobs and their destination lists are recycled,
  * so a long stream allocates nothing once warm. */
 #include <math.h>
 #include <pthread.h>
@@ -73,8 +74,10 @@ struct tessera_batch_iter {
   size_t ring_size;
   size_t table_size; /* a power of two */
 
+  struct tsr_group *group; /* set at creation; runs the jobs, counts the references */
+
   pthread_mutex_t lock;
-  pthread_cond_t changed; /* a batch became ready, or runners dropped */
+  pthread_cond_t changed; /* a batch became ready */
   /* Everything below is guarded by lock. */
   size_t scheduled;   /* batches scheduled so far */
   size_t returned;    /* batches handed out (or failed) so far */
@@ -88,11 +91,6 @@ struct tessera_batch_iter {
   size_t spare_dests, spare_limit;
   struct job **table; /* queued jobs by tile, open addressing */
   size_t table_count;
-  unsigned runners;    /* runner tasks queued in the pool or running */
-  unsigned busy;       /* jobs being painted now (by runners or the consumer) */
-  size_t held;         /* batches handed out and not yet released */
-  bool cancelled;      /* destroy has begun: no job is taken any more */
-  bool destroyed;      /* destroy has ended: whoever lets go last frees the iterator */
   bool no_pool;        /* the pool could not be started: the consumer decodes */
 };
 
@@ -388,9 +386,8 @@ static tessera_status schedule(struct tessera_batch_iter *it, size_t number) {
 /* Takes the next queued job to run, or NULL (lock held). */
 static struct job *pop_job(struct tessera_batch_iter *it) {
   struct job *j = it->queue_head;
-  if (!j || it->cancelled)
+  if (!j)
     return NULL;
-  it->busy++;
   it->queue_head = j->next;
   if (!it->queue_head)
     it->queue_tail = NULL;
@@ -421,68 +418,42 @@ static void run_job(struct tessera_batch_iter *it, struct job *j) {
     done |= --sl->pending == 0;
   }
   recycle_job(it, j);
-  it->busy--;
-  if (done || (it->cancelled && it->busy == 0))
+  if (done)
     pthread_cond_broadcast(&it->changed);
 }
 
-static void free_iter(struct tessera_batch_iter *it);
-
-/* Whether nothing references the iterator any more (lock held). */
-static bool finished(const struct tessera_batch_iter *it) {
-  return it->destroyed && it->runners == 0 && it->held == 0;
-}
-
-/* A pool task: runs queued jobs until there are none (or the iterator is being destroyed).
- * After each job it gives its thread up to other waiting tasks (another iterator's runners,
- * a region read's helpers), continuing as a new task at the back of the pool's queue. */
-static void runner_main(void *arg) {
+/* The group's item: one queued job. */
+static bool run_one(void *arg) {
   struct tessera_batch_iter *it = arg;
   pthread_mutex_lock(&it->lock);
-  for (struct job *j; (j = pop_job(it)) != NULL;) {
+  struct job *j = pop_job(it);
+  if (j) {
     pthread_mutex_unlock(&it->lock);
     run_job(it, j); /* returns with the lock held */
-    if (it->queue_head && !it->cancelled) {
-      pthread_mutex_unlock(&it->lock);
-      if (tsr_pool_requeue(runner_main, it))
-        return; /* the new task carries this one's place in `runners` */
-      pthread_mutex_lock(&it->lock);
-    }
   }
-  it->runners--;
-  bool last = finished(it);
-  pthread_cond_broadcast(&it->changed);
+  bool more = it->queue_head != NULL;
   pthread_mutex_unlock(&it->lock);
-  if (last)
-    free_iter(it);
+  return j && more;
 }
 
-/* Starts runners while there is queued work and fewer than allowed run (lock held on entry
- * and exit; released while submitting, since a full pool queue makes submit wait). */
+/* Asks for up to num_workers tasks for the queued jobs (lock held on entry and exit; released
+ * while posting, since a full pool queue makes that wait). */
 static void start_runners(struct tessera_batch_iter *it) {
-  unsigned want = it->L.workers, threads = tsr_pool_threads();
-  if (want > threads)
-    want = threads; /* more would only queue behind each other */
-  if (want == 0 || it->no_pool || !it->queue_head || it->runners >= want)
+  if (it->L.workers == 0 || it->no_pool || !it->queue_head)
     return;
-  unsigned add = want - it->runners;
-  it->runners += add;
   pthread_mutex_unlock(&it->lock);
-  unsigned failed = 0;
-  for (unsigned i = 0; i < add; i++)
-    if (!tsr_pool_submit(runner_main, it))
-      failed++;
+  bool pool = tsr_group_post(it->group, it->L.workers);
   pthread_mutex_lock(&it->lock);
-  if (failed) {
-    it->runners -= failed;
-    it->no_pool = it->runners == 0;
+  if (!pool) {
+    it->no_pool = true;
     pthread_cond_broadcast(&it->changed);
   }
 }
 
 /* ---- the public calls ---- */
 
-static void free_iter(struct tessera_batch_iter *it) {
+static void free_iter(void *arg) {
+  struct tessera_batch_iter *it = arg;
   for (struct slot *sl = it->free_slots, *next; sl; sl = next) {
     next = sl->next;
     free_slot(sl);
@@ -650,8 +621,12 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   pthread_cond_init(&it->changed, NULL);
   it->ring = tsr_calloc(it->ring_size, sizeof *it->ring);
   it->table = tsr_calloc(it->table_size, sizeof *it->table);
-  if (!it->ring || !it->table) {
-    free_iter(it);
+  it->group = tsr_group_create(run_one, free_iter, it);
+  if (!it->ring || !it->table || !it->group) {
+    if (it->group)
+      tsr_group_let_go(it->group);
+    else
+      free_iter(it);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for %zu locations", n);
   }
   *out = it;
@@ -717,8 +692,8 @@ TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tesse
     pthread_mutex_unlock(&it->lock);
     return st;
   }
-  it->held++;
   pthread_mutex_unlock(&it->lock);
+  tsr_group_hold(it->group);
   *out = &sl->pub;
   return TESSERA_OK;
 }
@@ -737,11 +712,8 @@ TESSERA_API void tessera_batch_release(tessera_batch *batch) {
   pthread_mutex_lock(&it->lock);
   sl->next = it->free_slots;
   it->free_slots = sl;
-  it->held--;
-  bool last = finished(it);
   pthread_mutex_unlock(&it->lock);
-  if (last)
-    free_iter(it);
+  tsr_group_let_go(it->group);
 }
 
 TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *it) {
@@ -755,11 +727,11 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *it) {
     tsr_gpu_iter_destroy(it);
     return;
   }
-  pthread_mutex_lock(&it->lock);
   /* Queued jobs are dropped. Jobs being painted touch the slide, which the caller may close
-   * as soon as this returns, so they are waited for; runner tasks still queued in the pool
-   * are not: they will find `cancelled`, and the last to let go frees the iterator. */
-  it->cancelled = true;
+   * as soon as this returns, so they are waited for; tasks still queued in the pool are not:
+   * the cancelled group ends them, and the last reference to go frees the iterator. */
+  tsr_group_cancel(it->group);
+  pthread_mutex_lock(&it->lock);
   while (it->queue_head) {
     struct job *j = it->queue_head;
     it->queue_head = j->next;
@@ -767,9 +739,9 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *it) {
     recycle_job(it, j);
   }
   it->queue_tail = NULL;
-  while (it->busy > 0)
-    pthread_cond_wait(&it->changed, &it->lock);
-  it->destroyed = true;
+  pthread_mutex_unlock(&it->lock);
+  tsr_group_wait_idle(it->group);
+  pthread_mutex_lock(&it->lock);
   /* Batches scheduled but not handed out go back to the free list. */
   for (size_t b = it->returned; b < it->scheduled; b++) {
     struct slot *sl = it->ring[b % it->ring_size];
@@ -777,8 +749,6 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *it) {
     it->free_slots = sl;
   }
   it->returned = it->scheduled;
-  bool last = finished(it);
   pthread_mutex_unlock(&it->lock);
-  if (last)
-    free_iter(it);
+  tsr_group_let_go(it->group);
 }

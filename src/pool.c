@@ -1,3 +1,5 @@
+/* The thread pool and its task groups (see pool.h). The pool's state is guarded by pool.lock;
+ * each group's by its own lock; a task never holds both. */
 #include "pool.h"
 
 #include <pthread.h>
@@ -5,11 +7,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "alloc.h"
+
 #define TSR_POOL_MAX_THREADS 256
 #define TSR_POOL_QUEUE 1024
 
 struct task {
-  tsr_task_fn fn;
+  void (*fn)(void *arg);
   void *arg;
 };
 
@@ -102,7 +106,9 @@ unsigned tsr_pool_threads(void) {
   return n;
 }
 
-bool tsr_pool_submit(tsr_task_fn fn, void *arg) {
+/* Queues fn(arg) to run on a worker, waiting while the queue is full. False when the pool
+ * cannot be started (or is stopping). */
+static bool submit(void (*fn)(void *), void *arg) {
   pthread_once(&atfork_once, register_atfork);
   pthread_mutex_lock(&pool.lock);
   if (!pool.started)
@@ -124,7 +130,10 @@ bool tsr_pool_submit(tsr_task_fn fn, void *arg) {
   return true;
 }
 
-bool tsr_pool_requeue(tsr_task_fn fn, void *arg) {
+/* If other tasks are waiting and there is room, queues fn(arg) behind them and returns true
+ * (the calling task then returns, its work continued by the new task); else false. Never
+ * waits, so a task may call it. */
+static bool requeue(void (*fn)(void *), void *arg) {
   pthread_mutex_lock(&pool.lock);
   bool queued = pool.count > 0 && pool.count < TSR_POOL_QUEUE && !pool.stopping;
   if (queued) {
@@ -134,6 +143,124 @@ bool tsr_pool_requeue(tsr_task_fn fn, void *arg) {
   }
   pthread_mutex_unlock(&pool.lock);
   return queued;
+}
+
+/* ---- task groups ---- */
+
+struct tsr_group {
+  /* Set at creation, then only read. */
+  tsr_item_fn item;
+  void (*release)(void *owner);
+  void *owner;
+
+  pthread_mutex_t lock;
+  pthread_cond_t idle; /* active dropped to 0 */
+  /* Guarded by lock. */
+  unsigned refs;   /* the owner's holders, plus one per task */
+  unsigned tasks;  /* tasks queued in the pool or running */
+  unsigned active; /* items running now */
+  /* Posts so far: a task whose item found no work looks again if a post came meanwhile, so
+   * work posted while the last task was leaving is never left without one. */
+  unsigned long posts;
+  bool cancelled;
+};
+
+struct tsr_group *tsr_group_create(tsr_item_fn item, void (*release)(void *owner), void *owner) {
+  struct tsr_group *g = tsr_calloc(1, sizeof *g);
+  if (!g)
+    return NULL;
+  g->item = item;
+  g->release = release;
+  g->owner = owner;
+  g->refs = 1;
+  pthread_mutex_init(&g->lock, NULL);
+  pthread_cond_init(&g->idle, NULL);
+  return g;
+}
+
+void tsr_group_hold(struct tsr_group *g) {
+  pthread_mutex_lock(&g->lock);
+  g->refs++;
+  pthread_mutex_unlock(&g->lock);
+}
+
+/* Drops one reference (lock held on entry, released on return). */
+static void let_go_locked(struct tsr_group *g) {
+  bool last = --g->refs == 0;
+  pthread_mutex_unlock(&g->lock);
+  if (!last)
+    return;
+  g->release(g->owner);
+  pthread_mutex_destroy(&g->lock);
+  pthread_cond_destroy(&g->idle);
+  tsr_free(g);
+}
+
+void tsr_group_let_go(struct tsr_group *g) {
+  pthread_mutex_lock(&g->lock);
+  let_go_locked(g);
+}
+
+/* A pool task of a group: items one at a time until the owner has none, giving the thread
+ * back after each when other tasks wait. */
+static void group_task(void *arg) {
+  struct tsr_group *g = arg;
+  pthread_mutex_lock(&g->lock);
+  while (!g->cancelled) {
+    unsigned long seen = g->posts;
+    g->active++;
+    pthread_mutex_unlock(&g->lock);
+    bool more = g->item(g->owner);
+    pthread_mutex_lock(&g->lock);
+    if (--g->active == 0)
+      pthread_cond_broadcast(&g->idle);
+    if (!more && g->posts == seen)
+      break;
+    if (g->cancelled)
+      break;
+    pthread_mutex_unlock(&g->lock);
+    if (requeue(group_task, g))
+      return; /* the new task carries this one's place in tasks and refs */
+    pthread_mutex_lock(&g->lock);
+  }
+  g->tasks--;
+  let_go_locked(g);
+}
+
+bool tsr_group_post(struct tsr_group *g, unsigned want) {
+  unsigned threads = tsr_pool_threads();
+  if (want > threads)
+    want = threads; /* more would only queue behind each other */
+  pthread_mutex_lock(&g->lock);
+  g->posts++;
+  unsigned add = g->cancelled || g->tasks >= want ? 0 : want - g->tasks;
+  g->tasks += add;
+  g->refs += add;
+  pthread_mutex_unlock(&g->lock);
+  unsigned failed = 0;
+  for (unsigned i = 0; i < add; i++)
+    failed += !submit(group_task, g);
+  if (failed == 0)
+    return true;
+  pthread_mutex_lock(&g->lock);
+  g->tasks -= failed;
+  g->refs -= failed; /* the caller still holds its own: never the last */
+  bool any = g->tasks > 0;
+  pthread_mutex_unlock(&g->lock);
+  return any;
+}
+
+void tsr_group_cancel(struct tsr_group *g) {
+  pthread_mutex_lock(&g->lock);
+  g->cancelled = true;
+  pthread_mutex_unlock(&g->lock);
+}
+
+void tsr_group_wait_idle(struct tsr_group *g) {
+  pthread_mutex_lock(&g->lock);
+  while (g->active > 0)
+    pthread_cond_wait(&g->idle, &g->lock);
+  pthread_mutex_unlock(&g->lock);
 }
 
 unsigned tsr_pool_generation(void) {

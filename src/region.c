@@ -2,6 +2,7 @@
  * caller's buffer; large regions are split by tile over worker threads. */
 #include "region.h"
 
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -282,24 +283,21 @@ tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const str
   return TESSERA_OK;
 }
 
-/* The tiles of one region, shared by the caller and the pool workers helping it. Tiles are
+/* The tiles of one region, shared by the caller and the pool tasks of its group. Tiles are
  * claimed through `next` without a lock; each lands in its own part of the canvas. The job
- * lives on the heap and is freed by the last of the caller and its helper tasks to let go:
- * the caller waits only for helpers that are painting, never for helper tasks still queued
- * behind other work, which find every tile claimed when they start and touch nothing but
- * the job. */
+ * lives on the heap and is freed by the last of the caller and the group's tasks to let go:
+ * the caller cancels the group and waits only for items that are painting, never for tasks
+ * still queued behind other work, which touch nothing but the group when they start. */
 struct region_job {
-  const tessera_slide *s; /* these are set before any helper is queued, then only read */
+  const tessera_slide *s; /* these are set before the group's tasks are queued, then only read */
   int32_t level;
   const struct tsr_canvas *canvas;
   int64_t tx0, ty0, across;
   uint64_t ntiles;
+  struct tsr_group *group;
   atomic_uint_fast64_t next; /* the next tile number to claim */
   atomic_bool stop;          /* a tile failed: claim no more */
-  pthread_mutex_t lock;      /* guards refs, active and failure */
-  pthread_cond_t idle;       /* signalled when active drops to 0 */
-  unsigned refs;             /* the caller plus helper tasks not yet finished */
-  unsigned active;           /* helpers painting tiles now */
+  pthread_mutex_t lock;      /* guards failure */
   struct tsr_failure failure;
 };
 
@@ -310,53 +308,39 @@ static void keep_failure(struct region_job *j, tessera_status st) {
   atomic_store(&j->stop, true);
 }
 
-static void paint_tiles(struct region_job *j) {
+/* Claims and paints one tile; false when none is left to claim. */
+static bool paint_one(struct region_job *j, struct tsr_tile_buffers **b) {
   uint64_t i;
-  struct tsr_tile_buffers *b = NULL;
-  while (!atomic_load_explicit(&j->stop, memory_order_relaxed) &&
-         (i = atomic_fetch_add(&j->next, 1)) < j->ntiles) {
-    /* Only a thread that claimed a tile may touch the slide and canvas: the caller may have
-     * finished and returned by the time a late helper starts. */
-    if (!b && !(b = tsr_tile_buffers_get())) {
-      keep_failure(j, tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers"));
-      return;
-    }
-    const struct tsr_level *lv = &j->s->levels[j->level];
-    int64_t tx = j->tx0 + (int64_t)(i % (uint64_t)j->across);
-    int64_t ty = j->ty0 + (int64_t)(i / (uint64_t)j->across);
-    uint64_t index = (uint64_t)ty * lv->across + (uint64_t)tx;
-    tessera_status st = tsr_paint_tile(j->s, j->level, index, &j->canvas, 1, b);
-    if (st != TESSERA_OK)
-      keep_failure(j, st);
+  if (atomic_load_explicit(&j->stop, memory_order_relaxed) ||
+      (i = atomic_fetch_add(&j->next, 1)) >= j->ntiles)
+    return false;
+  if (!*b && !(*b = tsr_tile_buffers_get())) {
+    keep_failure(j, tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers"));
+    return false;
   }
+  const struct tsr_level *lv = &j->s->levels[j->level];
+  int64_t tx = j->tx0 + (int64_t)(i % (uint64_t)j->across);
+  int64_t ty = j->ty0 + (int64_t)(i / (uint64_t)j->across);
+  uint64_t index = (uint64_t)ty * lv->across + (uint64_t)tx;
+  tessera_status st = tsr_paint_tile(j->s, j->level, index, &j->canvas, 1, *b);
+  if (st != TESSERA_OK)
+    keep_failure(j, st);
+  return true;
+}
+
+/* The group's item: one tile, painted with the thread's buffers. */
+static bool region_item(void *arg) {
+  struct tsr_tile_buffers *b = NULL;
+  bool painted = paint_one(arg, &b);
   if (b)
     tsr_tile_buffers_trim(b);
+  return painted;
 }
 
-static void free_job(struct region_job *j) {
-  pthread_mutex_destroy(&j->lock);
-  pthread_cond_destroy(&j->idle);
-  tsr_free(j);
-}
-
-/* Drops one reference (lock held on entry, released on return). */
-static void let_go(struct region_job *j) {
-  bool last = --j->refs == 0;
-  pthread_mutex_unlock(&j->lock);
-  if (last)
-    free_job(j);
-}
-
-static void helper_main(void *arg) {
+static void free_job(void *arg) {
   struct region_job *j = arg;
-  pthread_mutex_lock(&j->lock);
-  j->active++;
-  pthread_mutex_unlock(&j->lock);
-  paint_tiles(j);
-  pthread_mutex_lock(&j->lock);
-  if (--j->active == 0)
-    pthread_cond_signal(&j->idle);
-  let_go(j);
+  pthread_mutex_destroy(&j->lock);
+  tsr_free(j);
 }
 
 /* Paints every tile the canvas overlaps, with up to num_workers threads (the caller one of
@@ -377,39 +361,37 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct tsr_ca
                            .canvas = c,
                            .tx0 = tx0,
                            .ty0 = ty0,
-                           .across = tx1 - tx0 + 1,
-                           .refs = 1};
+                           .across = tx1 - tx0 + 1};
   j->ntiles = (uint64_t)j->across * (uint64_t)(ty1 - ty0 + 1);
   atomic_init(&j->next, 0);
   atomic_init(&j->stop, false);
   pthread_mutex_init(&j->lock, NULL);
-  pthread_cond_init(&j->idle, NULL);
-  uint64_t want = num_workers > 1 ? (uint64_t)num_workers - 1 : 0;
-  if (want > j->ntiles - 1)
-    want = j->ntiles - 1;
-  if (want > 0) {
-    unsigned threads = tsr_pool_threads();
-    if (want > threads)
-      want = threads;
+  uint64_t helpers = num_workers > 1 ? (uint64_t)num_workers - 1 : 0;
+  if (helpers > j->ntiles - 1)
+    helpers = j->ntiles - 1;
+  if (helpers > 0 && !(j->group = tsr_group_create(region_item, free_job, j))) {
+    free_job(j);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a region read");
   }
-  for (uint64_t h = 0; h < want; h++) {
-    pthread_mutex_lock(&j->lock);
-    j->refs++;
-    pthread_mutex_unlock(&j->lock);
-    if (!tsr_pool_submit(helper_main, j)) {
-      pthread_mutex_lock(&j->lock);
-      j->refs--;
-      pthread_mutex_unlock(&j->lock);
-      break;
-    }
+  if (helpers > 0)
+    tsr_group_post(j->group, (unsigned)(helpers < UINT_MAX ? helpers : UINT_MAX));
+  struct tsr_tile_buffers *b = NULL;
+  while (paint_one(j, &b))
+    ;
+  if (b)
+    tsr_tile_buffers_trim(b);
+  /* Every tile is claimed now: wait for those being painted by the group's tasks. */
+  if (j->group) {
+    tsr_group_cancel(j->group);
+    tsr_group_wait_idle(j->group);
   }
-  paint_tiles(j);
-  /* Every tile is claimed now; wait for those being painted by helpers. */
   pthread_mutex_lock(&j->lock);
-  while (j->active > 0)
-    pthread_cond_wait(&j->idle, &j->lock);
   tessera_status st = j->failure.status == TESSERA_OK ? TESSERA_OK : tsr_failure_raise(&j->failure);
-  let_go(j);
+  pthread_mutex_unlock(&j->lock);
+  if (j->group)
+    tsr_group_let_go(j->group);
+  else
+    free_job(j);
   return st;
 }
 

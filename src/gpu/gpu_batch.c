@@ -1,8 +1,9 @@
 /* The batch iterator with device CUDA: patches assembled in GPU memory from tiles nvJPEG
  * decodes there.
  *
- * A batch is made by one host pass (in a pool task when num_workers > 0, else in the
- * consumer's thread), and everything it asks of the GPU is queued on the iterator's stream:
+ * A batch is made by one host pass (an item of the iterator's task group, run by at most
+ * num_workers pool tasks, when num_workers > 0; else in the consumer's thread), and
+ * everything it asks of the GPU is queued on the batch's stream:
  *  1. Patches wholly inside the level are the GPU's. The tiles they cover (each once per
  *     batch) are read from the file into pinned host memory, made whole JPEG streams (the
  *     level's JPEGTables spliced in), checked to be streams nvJPEG decodes as the CPU path
@@ -47,7 +48,7 @@ struct gslot {
   tessera_batch pub; /* first, so a released tessera_batch leads back here */
   struct gpu_iter *it;
   struct gslot *all;  /* every slot of the iterator, for freeing */
-  struct gslot *next; /* free list; guarded by it->lock */
+  struct gslot *next; /* free list or host passes to make; guarded by it->lock */
   uint8_t *dev;       /* the batch: batch_bytes (batch_cap patches) of device memory */
   uint8_t *dev_rgb;   /* channels 4: the GPU's patches as RGB first (device); else NULL */
   uint8_t *tiles;     /* tile_cap decoded tiles (device) */
@@ -95,17 +96,17 @@ struct gpu_iter {
   size_t tile_bytes;  /* a decoded tile: tile_w x tile_h x 3 */
   size_t tile_cap;    /* tiles the tile buffer holds; 0 when !gpu_level */
   size_t ahead, ring_size;
+  struct tsr_group *group; /* set at creation; runs host passes, counts the references */
 
   pthread_mutex_t lock;
-  pthread_cond_t changed;
+  pthread_cond_t changed; /* a host pass ended */
   /* Guarded by lock. */
   size_t scheduled, returned;
   struct gslot **ring;
   struct gslot *free_slots;
-  struct gslot *slots; /* all of them, through ->all */
-  unsigned tasks;      /* host passes queued in the pool or running */
-  size_t held;
-  bool cancelled, destroyed, no_pool;
+  struct gslot *slots;            /* all of them, through ->all */
+  struct gslot *todo, *todo_tail; /* slots waiting for their host pass, in batch order */
+  bool no_pool;                   /* the pool could not be started: the consumer prepares */
 };
 
 /* ---- CUDA helpers ---- */
@@ -617,35 +618,42 @@ static void prepare(struct gpu_iter *it, struct gslot *sl) {
   }
 }
 
-static void free_iter(struct gpu_iter *it);
-
-static bool finished(const struct gpu_iter *it) {
-  return it->destroyed && it->tasks == 0 && it->held == 0;
+/* Takes the next slot waiting for its host pass, or NULL (lock held). */
+static struct gslot *pop_todo(struct gpu_iter *it) {
+  struct gslot *sl = it->todo;
+  if (sl && !(it->todo = sl->next))
+    it->todo_tail = NULL;
+  return sl;
 }
 
-static void prepare_task(void *arg) {
-  struct gslot *sl = arg;
-  struct gpu_iter *it = sl->it;
-  pthread_mutex_lock(&it->lock);
-  bool skip = it->cancelled;
+/* Makes a popped slot's host pass (lock held on entry and exit, released meanwhile). */
+static void prepare_popped(struct gpu_iter *it, struct gslot *sl) {
   pthread_mutex_unlock(&it->lock);
-  if (!skip) {
-    it->cuda->rt.cudaSetDevice(it->L.device_id);
-    prepare(it, sl);
-  }
+  struct device_scope d;
+  enter_device(it, &d);
+  prepare(it, sl);
+  leave_device(it, &d);
   pthread_mutex_lock(&it->lock);
   sl->ready = true;
-  it->tasks--;
-  bool last = finished(it);
   pthread_cond_broadcast(&it->changed);
+}
+
+/* The group's item: one batch's host pass. */
+static bool prepare_one(void *arg) {
+  struct gpu_iter *it = arg;
+  pthread_mutex_lock(&it->lock);
+  struct gslot *sl = pop_todo(it);
+  if (sl)
+    prepare_popped(it, sl);
+  bool more = it->todo != NULL;
   pthread_mutex_unlock(&it->lock);
-  if (last)
-    free_iter(it);
+  return sl && more;
 }
 
 /* ---- the iterator ---- */
 
-static void free_iter(struct gpu_iter *it) {
+static void free_iter(void *arg) {
+  struct gpu_iter *it = arg;
   struct device_scope d;
   enter_device(it, &d);
   for (struct gslot *sl = it->slots, *next; sl; sl = next) {
@@ -709,7 +717,8 @@ tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tesser
   }
   it->ahead = L.prefetch_factor < L.nbatches ? L.prefetch_factor : L.nbatches;
   it->ring_size = it->ahead + 1;
-  if (st == TESSERA_OK && !(it->ring = tsr_calloc(it->ring_size, sizeof *it->ring)))
+  if (st == TESSERA_OK && (!(it->ring = tsr_calloc(it->ring_size, sizeof *it->ring)) ||
+                           !(it->group = tsr_group_create(prepare_one, free_iter, it))))
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
   if (st != TESSERA_OK) {
     free_iter(it);
@@ -719,7 +728,8 @@ tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tesser
   return TESSERA_OK;
 }
 
-/* Lays out batch `number` in a slot and starts its host pass (lock held on entry and exit). */
+/* Lays out batch `number` in a slot and makes its host pass, or queues it for the group's
+ * tasks (lock held on entry and exit). */
 static tessera_status schedule(struct gpu_iter *it, size_t number) {
   struct device_scope d;
   enter_device(it, &d);
@@ -746,21 +756,14 @@ static tessera_status schedule(struct gpu_iter *it, size_t number) {
   sl->next = NULL;
   it->ring[number % it->ring_size] = sl;
   if (it->L.workers > 0 && !it->no_pool) {
-    it->tasks++;
-    pthread_mutex_unlock(&it->lock);
-    bool queued = tsr_pool_submit(prepare_task, sl);
-    pthread_mutex_lock(&it->lock);
-    if (queued)
-      return TESSERA_OK;
-    it->tasks--;
-    it->no_pool = true;
+    if (it->todo_tail)
+      it->todo_tail->next = sl;
+    else
+      it->todo = sl;
+    it->todo_tail = sl;
+    return TESSERA_OK;
   }
-  pthread_mutex_unlock(&it->lock);
-  enter_device(it, &d);
-  prepare(it, sl);
-  leave_device(it, &d);
-  pthread_mutex_lock(&it->lock);
-  sl->ready = true;
+  prepare_popped(it, sl);
   return TESSERA_OK;
 }
 
@@ -784,9 +787,20 @@ tessera_status tsr_gpu_iter_next(tessera_batch_iter *handle, tessera_batch **out
     pthread_mutex_unlock(&it->lock);
     return st;
   }
+  if (it->todo) {
+    pthread_mutex_unlock(&it->lock);
+    bool pool = tsr_group_post(it->group, it->L.workers);
+    pthread_mutex_lock(&it->lock);
+    it->no_pool |= !pool;
+  }
   struct gslot *sl = it->ring[it->returned % it->ring_size];
-  while (!sl->ready)
-    pthread_cond_wait(&it->changed, &it->lock);
+  while (!sl->ready) {
+    struct gslot *mine = it->no_pool ? pop_todo(it) : NULL;
+    if (mine)
+      prepare_popped(it, mine);
+    else
+      pthread_cond_wait(&it->changed, &it->lock);
+  }
   it->ring[it->returned % it->ring_size] = NULL;
   it->returned++;
   pthread_mutex_unlock(&it->lock);
@@ -804,8 +818,8 @@ tessera_status tsr_gpu_iter_next(tessera_batch_iter *handle, tessera_batch **out
     pthread_mutex_unlock(&it->lock);
     return st;
   }
-  it->held++;
   pthread_mutex_unlock(&it->lock);
+  tsr_group_hold(it->group);
   *out = &sl->pub;
   return TESSERA_OK;
 }
@@ -827,32 +841,28 @@ void tsr_gpu_batch_release(tessera_batch *batch) {
   pthread_mutex_lock(&it->lock);
   sl->next = it->free_slots;
   it->free_slots = sl;
-  it->held--;
-  bool last = finished(it);
   pthread_mutex_unlock(&it->lock);
-  if (last)
-    free_iter(it);
+  tsr_group_let_go(it->group);
 }
 
 void tsr_gpu_iter_destroy(tessera_batch_iter *handle) {
   struct gpu_iter *it = (struct gpu_iter *)handle;
-  pthread_mutex_lock(&it->lock);
-  /* Host passes not started are skipped; those running are waited for (they read the slide,
+  /* Host passes not started are dropped; those running are waited for (they read the slide,
    * which the caller may close as soon as this returns). */
-  it->cancelled = true;
-  while (it->tasks > 0)
-    pthread_cond_wait(&it->changed, &it->lock);
-  it->destroyed = true;
+  tsr_group_cancel(it->group);
+  pthread_mutex_lock(&it->lock);
+  it->todo = it->todo_tail = NULL;
+  pthread_mutex_unlock(&it->lock);
+  tsr_group_wait_idle(it->group);
+  pthread_mutex_lock(&it->lock);
   for (size_t b = it->returned; b < it->scheduled; b++) {
     struct gslot *sl = it->ring[b % it->ring_size];
     sl->next = it->free_slots;
     it->free_slots = sl;
   }
   it->returned = it->scheduled;
-  bool last = finished(it);
   pthread_mutex_unlock(&it->lock);
-  if (last)
-    free_iter(it);
+  tsr_group_let_go(it->group);
 }
 
 TESSERA_API const char *tessera_batch_iter_decoder(const tessera_batch_iter *handle) {
