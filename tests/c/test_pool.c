@@ -140,8 +140,8 @@ static void test_many_groups(void) {
   }
   wait_count(&released, OWNERS * 40);
   CHECK(bad == 0, "%d groups ran an item twice, missed one, or had no pool", bad);
-  CHECK(atomic_load(&released) == OWNERS * 40, "%u of %u owners released",
-        atomic_load(&released), OWNERS * 40);
+  CHECK(atomic_load(&released) == OWNERS * 40, "%u of %u owners released", atomic_load(&released),
+        OWNERS * 40);
 }
 
 /* Cancel after every number of items, from the owner and from inside an item: after
