@@ -27,7 +27,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "batch_internal.h"
+#include "batch/engine.h"
 #include "error.h"
 #include "gpu/cuda_loader.h"
 #include "gpu/jpeg_input.h"
@@ -44,16 +44,16 @@ struct pair {
   uint32_t patch;
 };
 
+/* A batch buffer. Apart from base and todo, it belongs to the thread making its host pass,
+ * and then (read-only) to the consumer holding the batch. */
 struct gslot {
-  tessera_batch pub; /* first, so a released tessera_batch leads back here */
-  struct gpu_iter *it;
-  struct gslot *all;  /* every slot of the iterator, for freeing */
-  struct gslot *next; /* free list or host passes to make; guarded by it->lock */
-  uint8_t *dev;       /* the batch: batch_bytes (batch_cap patches) of device memory */
-  uint8_t *dev_rgb;   /* channels 4: the GPU's patches as RGB first (device); else NULL */
-  uint8_t *tiles;     /* tile_cap decoded tiles (device) */
-  uint8_t *host;      /* batch_bytes of pinned memory for patches painted on the CPU */
-  uint8_t *staging;   /* pinned: whole JPEG streams of the chunk being decoded */
+  struct tsr_batch_slot base; /* first */
+  struct gslot *todo;         /* host passes to make; guarded by the iterator's lock */
+  uint8_t *dev;               /* the batch: batch_bytes (batch_cap patches) of device memory */
+  uint8_t *dev_rgb;           /* channels 4: the GPU's patches as RGB first (device); else NULL */
+  uint8_t *tiles;             /* tile_cap decoded tiles (device) */
+  uint8_t *host;              /* batch_bytes of pinned memory for patches painted on the CPU */
+  uint8_t *staging;           /* pinned: whole JPEG streams of the chunk being decoded */
   size_t staging_cap;
   uint64_t *indices;
   struct tsr_canvas *canvases;        /* batch_cap */
@@ -63,8 +63,8 @@ struct gslot {
   size_t pairs_cap;
   /* tile_cap each: the chunk's tiles and what nvJPEG is given. */
   uint64_t *chunk_tiles;
-  size_t *chunk_at;  /* where each tile's stream starts in staging */
-  int *chunk_index;  /* its place in the tile buffer, or -1: the CPU's */
+  size_t *chunk_at; /* where each tile's stream starts in staging */
+  int *chunk_index; /* its place in the tile buffer, or -1: the CPU's */
   const unsigned char **data;
   size_t *lengths;
   nvjpegImage_t *images;
@@ -74,8 +74,6 @@ struct gslot {
   cudaEvent_t done;     /* recorded after the batch's work */
   cudaEvent_t released; /* recorded on the consumer's stream at release */
   bool wait_released;   /* the next batch made here must wait for `released` */
-  bool ready;           /* the host pass is over; guarded by it->lock */
-  struct tsr_failure failure;
 };
 
 /* nvJPEG, once per device for the process's life. */
@@ -84,29 +82,20 @@ struct decoder {
   tessera_status status;
   char message[TSR_MESSAGE_MAX];
   nvjpegHandle_t handle;
-  const char *name; /* "nvjpeg-hardware", ... */
+  const char *name;  /* "nvjpeg-hardware", ... */
   bool interpolates; /* chroma upsampled as libjpeg does: subsampled tiles may go to it */
 };
 
+/* The back end's state: set at creation, then only read, but for the queue of host passes. */
 struct gpu_iter {
-  struct tsr_batch_layout L; /* first: set at creation */
+  const struct tsr_batch_layout *L; /* the engine's */
   const struct tsr_cuda *cuda;
   struct decoder *decoder;
-  bool gpu_level;     /* the level's tiles may go to nvJPEG */
-  size_t tile_bytes;  /* a decoded tile: tile_w x tile_h x 3 */
-  size_t tile_cap;    /* tiles the tile buffer holds; 0 when !gpu_level */
-  size_t ahead, ring_size;
-  struct tsr_group *group; /* set at creation; runs host passes, counts the references */
-
-  pthread_mutex_t lock;
-  pthread_cond_t changed; /* a host pass ended */
-  /* Guarded by lock. */
-  size_t scheduled, returned;
-  struct gslot **ring;
-  struct gslot *free_slots;
-  struct gslot *slots;            /* all of them, through ->all */
-  struct gslot *todo, *todo_tail; /* slots waiting for their host pass, in batch order */
-  bool no_pool;                   /* the pool could not be started: the consumer prepares */
+  bool gpu_level;                 /* the level's tiles may go to nvJPEG */
+  size_t tile_bytes;              /* a decoded tile: tile_w x tile_h x 3 */
+  size_t tile_cap;                /* tiles the tile buffer holds; 0 when !gpu_level */
+  struct gslot *todo, *todo_tail; /* slots waiting for their host pass, in batch order;
+                                     guarded by the iterator's lock */
 };
 
 /* ---- CUDA helpers ---- */
@@ -133,20 +122,26 @@ static void enter_device(const struct gpu_iter *it, struct device_scope *d) {
   d->previous = -1;
   if (it->cuda->rt.cudaGetDevice(&d->previous) != cudaSuccess)
     d->previous = -1;
-  if (d->previous != it->L.device_id)
-    it->cuda->rt.cudaSetDevice(it->L.device_id);
+  if (d->previous != it->L->device_id)
+    it->cuda->rt.cudaSetDevice(it->L->device_id);
 }
 
 static void leave_device(const struct gpu_iter *it, const struct device_scope *d) {
-  if (d->previous >= 0 && d->previous != it->L.device_id)
+  if (d->previous >= 0 && d->previous != it->L->device_id)
     it->cuda->rt.cudaSetDevice(d->previous);
 }
 
 static const char *nvjpeg_status_name(nvjpegStatus_t s) {
-  static const char *const names[] = {"success", "not initialized", "invalid parameter",
-                                      "bad JPEG", "JPEG not supported", "allocator failure",
-                                      "execution failed", "architecture mismatch",
-                                      "internal error", "implementation not supported",
+  static const char *const names[] = {"success",
+                                      "not initialized",
+                                      "invalid parameter",
+                                      "bad JPEG",
+                                      "JPEG not supported",
+                                      "allocator failure",
+                                      "execution failed",
+                                      "architecture mismatch",
+                                      "internal error",
+                                      "implementation not supported",
                                       "incomplete bitstream"};
   return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown status";
 }
@@ -178,15 +173,14 @@ static void make_decoder(const struct tsr_cuda *c, struct decoder *d) {
   }
   /* Interpolated chroma upsampling came with nvJPEG 12.1; without it, only tiles without
    * chroma subsampling are decoded there (replicated chroma would differ from the CPU's). */
-  bool interpolation = c->nvjpeg_version[0] > 12 ||
-                       (c->nvjpeg_version[0] == 12 && c->nvjpeg_version[1] >= 1);
+  bool interpolation =
+      c->nvjpeg_version[0] > 12 || (c->nvjpeg_version[0] == 12 && c->nvjpeg_version[1] >= 1);
   nvjpegStatus_t s = NVJPEG_STATUS_NOT_INITIALIZED;
   for (size_t k = first; k <= last; k++) {
     for (int with = interpolation; with >= 0; with--) {
-      s = c->jpeg.nvjpegCreateEx(kinds[k].backend, NULL, NULL,
-                                 with ? NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION
-                                      : NVJPEG_FLAGS_DEFAULT,
-                                 &d->handle);
+      s = c->jpeg.nvjpegCreateEx(
+          kinds[k].backend, NULL, NULL,
+          with ? NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION : NVJPEG_FLAGS_DEFAULT, &d->handle);
       if (s == NVJPEG_STATUS_SUCCESS) {
         d->name = kinds[k].name;
         d->interpolates = with;
@@ -255,7 +249,7 @@ static void free_slot(struct gpu_iter *it, struct gslot *sl) {
 /* Allocates a slot's buffers (device current, lock held). */
 static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
   const struct tsr_cudart *rt = &it->cuda->rt;
-  size_t b = it->L.batch_cap, cap = it->tile_cap;
+  size_t b = it->L->batch_cap, cap = it->tile_cap;
   sl->indices = tsr_malloc(b * sizeof *sl->indices);
   sl->canvases = tsr_malloc(b * sizeof *sl->canvases);
   sl->painting = tsr_malloc(b * sizeof *sl->painting);
@@ -270,11 +264,12 @@ static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
            "cudaEventCreateWithFlags");
   CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->released, cudaEventDisableTiming),
            "cudaEventCreateWithFlags");
-  CUDA_TRY(it, rt->cudaMalloc((void **)&sl->dev, it->L.batch_bytes), "cudaMalloc (a batch)");
+  CUDA_TRY(it, rt->cudaMalloc((void **)&sl->dev, it->L->batch_bytes), "cudaMalloc (a batch)");
   if (cap == 0)
     return TESSERA_OK;
-  if (it->L.channels == 4)
-    CUDA_TRY(it, rt->cudaMalloc((void **)&sl->dev_rgb, b * (size_t)it->L.width * it->L.height * 3),
+  if (it->L->channels == 4)
+    CUDA_TRY(it,
+             rt->cudaMalloc((void **)&sl->dev_rgb, b * (size_t)it->L->width * it->L->height * 3),
              "cudaMalloc (RGB patches)");
   CUDA_TRY(it, rt->cudaMalloc((void **)&sl->tiles, cap * it->tile_bytes), "cudaMalloc (tiles)");
   sl->chunk_tiles = tsr_malloc(cap * sizeof *sl->chunk_tiles);
@@ -295,26 +290,21 @@ static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
   return TESSERA_OK;
 }
 
-/* A free slot, or a new one (device current, lock held). */
-static tessera_status take_slot(struct gpu_iter *it, struct gslot **out) {
-  struct gslot *sl = it->free_slots;
-  if (sl) {
-    it->free_slots = sl->next;
-    *out = sl;
-    return TESSERA_OK;
-  }
-  if (!(sl = tsr_calloc(1, sizeof *sl)))
+/* A new slot (lock held). */
+static tessera_status gpu_new_slot(struct tessera_batch_iter *engine, struct tsr_batch_slot **out) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = tsr_calloc(1, sizeof *sl);
+  if (!sl)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
-  sl->it = it;
+  struct device_scope d;
+  enter_device(it, &d);
   tessera_status st = fill_slot(it, sl);
-  if (st != TESSERA_OK) {
+  if (st != TESSERA_OK)
     free_slot(it, sl);
-    return st;
-  }
-  sl->all = it->slots;
-  it->slots = sl;
-  *out = sl;
-  return TESSERA_OK;
+  leave_device(it, &d);
+  if (st == TESSERA_OK)
+    *out = &sl->base;
+  return st;
 }
 
 /* ---- one batch's host pass ---- */
@@ -341,7 +331,7 @@ static bool add_pair(struct gslot *sl, size_t *n, uint64_t tile, uint32_t patch)
 
 /* Adds a (tile, patch) pair for every tile the canvas of patch p covers. */
 static bool add_patch_tiles(const struct gpu_iter *it, struct gslot *sl, size_t *n, size_t p) {
-  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
+  const struct tsr_level *lv = &it->L->s->levels[it->L->level];
   int64_t tx0, ty0, tx1, ty1;
   if (!tsr_canvas_tiles(&sl->canvases[p], lv, &tx0, &ty0, &tx1, &ty1))
     return true;
@@ -372,13 +362,13 @@ static tessera_status reserve_staging(struct gpu_iter *it, struct gslot *sl, siz
 /* Reads the chunk's tiles into staging as whole streams; those fit for nvJPEG get a place in
  * the tile buffer, the others chunk_index -1. Returns how many have a place. */
 static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k, size_t *good) {
-  const tessera_slide *s = it->L.s;
-  const struct tsr_level *lv = &s->levels[it->L.level];
+  const tessera_slide *s = it->L->s;
+  const struct tsr_level *lv = &s->levels[it->L->level];
   size_t need = 0;
   for (size_t i = 0; i < k; i++) {
     sl->chunk_at[i] = need;
     /* None to give (too large for a read, say): the CPU gives the tile, or the error. */
-    need += tsr_tile_source_stream_size(s, it->L.level, sl->chunk_tiles[i]);
+    need += tsr_tile_source_stream_size(s, it->L->level, sl->chunk_tiles[i]);
   }
   tessera_status st = reserve_staging(it, sl, need ? need : 1);
   if (st != TESSERA_OK)
@@ -387,13 +377,13 @@ static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k
   for (size_t i = 0; i < k; i++) {
     uint64_t tile = sl->chunk_tiles[i];
     sl->chunk_index[i] = -1;
-    if (tsr_tile_source_stream_size(s, it->L.level, tile) == 0)
+    if (tsr_tile_source_stream_size(s, it->L->level, tile) == 0)
       continue;
     uint8_t *at = sl->staging + sl->chunk_at[i];
     bool missing;
     size_t len;
     /* A tile that cannot be read is left to the CPU, which reports it as every read does. */
-    if (tsr_tile_source_stream(s, it->L.level, tile, at, &len, &missing) != TESSERA_OK ||
+    if (tsr_tile_source_stream(s, it->L->level, tile, at, &len, &missing) != TESSERA_OK ||
         missing || len == 0 ||
         !tsr_gpu_jpeg_supported(at, len, lv->tile_w, lv->tile_h, it->decoder->interpolates))
       continue;
@@ -411,7 +401,7 @@ static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k
 /* Queues the copy of tile `slot_index`'s part of patch p into the patch (RGB). */
 static tessera_status copy_part(struct gpu_iter *it, struct gslot *sl, uint64_t tile, size_t g,
                                 size_t p) {
-  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
+  const struct tsr_level *lv = &it->L->s->levels[it->L->level];
   const struct tsr_canvas *c = &sl->canvases[p];
   int64_t x0 = (int64_t)(tile % lv->across) * lv->tile_w;
   int64_t y0 = (int64_t)(tile / lv->across) * lv->tile_h;
@@ -423,11 +413,11 @@ static tessera_status copy_part(struct gpu_iter *it, struct gslot *sl, uint64_t 
     iy1 = c->ly + c->height;
   if (ix1 <= ix0 || iy1 <= iy0)
     return TESSERA_OK;
-  size_t w = (size_t)it->L.width, patch_rgb = w * (size_t)it->L.height * 3;
-  uint8_t *base = it->L.channels == 3 ? sl->dev : sl->dev_rgb;
+  size_t w = (size_t)it->L->width, patch_rgb = w * (size_t)it->L->height * 3;
+  uint8_t *base = it->L->channels == 3 ? sl->dev : sl->dev_rgb;
   uint8_t *dst = base + p * patch_rgb + ((size_t)(iy0 - c->ly) * w + (size_t)(ix0 - c->lx)) * 3;
-  const uint8_t *src = sl->tiles + g * it->tile_bytes +
-                       ((size_t)(iy0 - y0) * lv->tile_w + (size_t)(ix0 - x0)) * 3;
+  const uint8_t *src =
+      sl->tiles + g * it->tile_bytes + ((size_t)(iy0 - y0) * lv->tile_w + (size_t)(ix0 - x0)) * 3;
   CUDA_TRY(it,
            it->cuda->rt.cudaMemcpy2DAsync(dst, w * 3, src, (size_t)lv->tile_w * 3,
                                           (size_t)(ix1 - ix0) * 3, (size_t)(iy1 - iy0),
@@ -482,9 +472,8 @@ static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_
         uint32_t p = sl->pairs[j].patch;
         if (sl->chunk_index[t] < 0)
           sl->on_cpu[p] = true;
-        else if (!sl->on_cpu[p] &&
-                 (st = copy_part(it, sl, sl->chunk_tiles[t], (size_t)sl->chunk_index[t], p)) !=
-                     TESSERA_OK)
+        else if (!sl->on_cpu[p] && (st = copy_part(it, sl, sl->chunk_tiles[t],
+                                                   (size_t)sl->chunk_index[t], p)) != TESSERA_OK)
           return st;
       }
     }
@@ -498,7 +487,7 @@ static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_
 /* Channels 4: the RGB patches widened to RGBA, alpha 255 (the CPU's patches come after). */
 static tessera_status widen(struct gpu_iter *it, struct gslot *sl, size_t count) {
   const struct tsr_cudart *rt = &it->cuda->rt;
-  size_t pixels = count * (size_t)it->L.width * (size_t)it->L.height;
+  size_t pixels = count * (size_t)it->L->width * (size_t)it->L->height;
   CUDA_TRY(it,
            rt->cudaMemcpy2DAsync(sl->dev, 4, sl->dev_rgb, 3, 3, pixels, cudaMemcpyDeviceToDevice,
                                  sl->stream),
@@ -513,15 +502,15 @@ static tessera_status widen(struct gpu_iter *it, struct gslot *sl, size_t count)
  * their places (consecutive patches in one copy). */
 static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t count) {
   const struct tsr_cudart *rt = &it->cuda->rt;
-  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
-  size_t pb = it->L.patch_bytes, n = 0, m = 0;
+  const struct tsr_level *lv = &it->L->s->levels[it->L->level];
+  size_t pb = it->L->patch_bytes, n = 0, m = 0;
   bool any = false;
   for (size_t p = 0; p < count && !any; p++)
     any = sl->on_cpu[p];
   if (!any)
     return TESSERA_OK;
   if (!sl->host)
-    CUDA_TRY(it, rt->cudaHostAlloc((void **)&sl->host, it->L.batch_bytes, cudaHostAllocDefault),
+    CUDA_TRY(it, rt->cudaHostAlloc((void **)&sl->host, it->L->batch_bytes, cudaHostAllocDefault),
              "cudaHostAlloc (patches painted on the CPU)");
   for (size_t p = 0; p < count; p++) {
     if (!sl->on_cpu[p])
@@ -529,13 +518,13 @@ static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t
     struct tsr_canvas *c = &sl->canvases[p];
     c->dst = sl->host + p * pb;
     uint64_t index;
-    if (!tsr_batch_patch(&it->L, sl->pub.number, p, c->dst, c, &index)) {
+    if (!tsr_batch_patch(it->L, sl->base.pub.number, p, c->dst, c, &index)) {
       tsr_canvas_fill(c);
       continue;
     }
     if (!tsr_canvas_fill_outside(c, lv))
       continue;
-    if (it->L.by_patch)
+    if (it->L->by_patch)
       sl->painting[m++] = c; /* tiles too small to list: painted patch by patch below */
     else if (!add_patch_tiles(it, sl, &n, p))
       return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
@@ -547,13 +536,13 @@ static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t
     return tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
   tessera_status st = TESSERA_OK;
   for (size_t i = 0; i < m && st == TESSERA_OK; i++)
-    st = tsr_paint_canvas(it->L.s, it->L.level, sl->painting[i], b);
+    st = tsr_paint_canvas(it->L->s, it->L->level, sl->painting[i], b);
   for (size_t i = 0; i < n && st == TESSERA_OK;) {
     size_t k = 0;
     uint64_t tile = sl->pairs[i].tile;
     for (; i < n && sl->pairs[i].tile == tile; i++)
       sl->painting[k++] = &sl->canvases[sl->pairs[i].patch];
-    st = tsr_paint_tile(it->L.s, it->L.level, tile, sl->painting, k, b);
+    st = tsr_paint_tile(it->L->s, it->L->level, tile, sl->painting, k, b);
   }
   tsr_tile_buffers_trim(b);
   if (st != TESSERA_OK)
@@ -575,10 +564,10 @@ static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t
   return TESSERA_OK;
 }
 
-/* Queues all of batch sl->pub.number's work (device current). */
+/* Queues all of batch sl->base.pub.number's work (device current). */
 static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
-  const struct tsr_level *lv = &it->L.s->levels[it->L.level];
-  size_t count = sl->pub.count, n = 0;
+  const struct tsr_level *lv = &it->L->s->levels[it->L->level];
+  size_t count = sl->base.pub.count, n = 0;
   if (sl->wait_released) {
     CUDA_TRY(it, it->cuda->rt.cudaStreamWaitEvent(sl->stream, sl->released, 0),
              "cudaStreamWaitEvent");
@@ -587,7 +576,7 @@ static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
   bool gpu_patches = false;
   for (size_t p = 0; p < count; p++) {
     struct tsr_canvas *c = &sl->canvases[p];
-    bool near = tsr_batch_patch(&it->L, sl->pub.number, p, NULL, c, &sl->indices[p]);
+    bool near = tsr_batch_patch(it->L, sl->base.pub.number, p, NULL, c, &sl->indices[p]);
     bool inside = near && it->gpu_level && c->lx >= 0 && c->ly >= 0 &&
                   c->lx + c->width <= lv->width && c->ly + c->height <= lv->height;
     sl->on_cpu[p] = !inside;
@@ -598,7 +587,7 @@ static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
   if (n > 1)
     qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
   tessera_status st = decode_on_gpu(it, sl, n);
-  if (st == TESSERA_OK && gpu_patches && it->L.channels == 4)
+  if (st == TESSERA_OK && gpu_patches && it->L->channels == 4)
     st = widen(it, sl, count);
   if (st == TESSERA_OK)
     st = paint_on_cpu(it, sl, count);
@@ -607,71 +596,22 @@ static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
 
 /* The host pass of one batch: its work queued, then `done` recorded (or, if that cannot be,
  * everything queued waited for), so the slot is never reused under the GPU's feet. */
-static void prepare(struct gpu_iter *it, struct gslot *sl) {
+static tessera_status prepare(struct gpu_iter *it, struct gslot *sl) {
   tessera_status st = make_batch(it, sl);
-  if (st != TESSERA_OK)
-    tsr_failure_keep(&sl->failure, st);
   cudaError_t e = it->cuda->rt.cudaEventRecord(sl->done, sl->stream);
   if (e != cudaSuccess) {
-    tsr_failure_keep(&sl->failure, cuda_failed(it->cuda, e, "cudaEventRecord"));
+    tessera_status recorded = cuda_failed(it->cuda, e, "cudaEventRecord");
+    if (st == TESSERA_OK)
+      st = recorded;
     it->cuda->rt.cudaStreamSynchronize(sl->stream);
   }
+  return st;
 }
 
-/* Takes the next slot waiting for its host pass, or NULL (lock held). */
-static struct gslot *pop_todo(struct gpu_iter *it) {
-  struct gslot *sl = it->todo;
-  if (sl && !(it->todo = sl->next))
-    it->todo_tail = NULL;
-  return sl;
-}
+/* ---- the back end's operations ---- */
 
-/* Makes a popped slot's host pass (lock held on entry and exit, released meanwhile). */
-static void prepare_popped(struct gpu_iter *it, struct gslot *sl) {
-  pthread_mutex_unlock(&it->lock);
-  struct device_scope d;
-  enter_device(it, &d);
-  prepare(it, sl);
-  leave_device(it, &d);
-  pthread_mutex_lock(&it->lock);
-  sl->ready = true;
-  pthread_cond_broadcast(&it->changed);
-}
-
-/* The group's item: one batch's host pass. */
-static bool prepare_one(void *arg) {
-  struct gpu_iter *it = arg;
-  pthread_mutex_lock(&it->lock);
-  struct gslot *sl = pop_todo(it);
-  if (sl)
-    prepare_popped(it, sl);
-  bool more = it->todo != NULL;
-  pthread_mutex_unlock(&it->lock);
-  return sl && more;
-}
-
-/* ---- the iterator ---- */
-
-static void free_iter(void *arg) {
-  struct gpu_iter *it = arg;
-  struct device_scope d;
-  enter_device(it, &d);
-  for (struct gslot *sl = it->slots, *next; sl; sl = next) {
-    next = sl->all;
-    if (sl->stream) /* no work may still use what is freed */
-      it->cuda->rt.cudaStreamSynchronize(sl->stream);
-    free_slot(it, sl);
-  }
-  leave_device(it, &d);
-  pthread_mutex_destroy(&it->lock);
-  pthread_cond_destroy(&it->changed);
-  tsr_free(it->ring);
-  tsr_batch_layout_free(&it->L);
-  tsr_free(it);
-}
-
-tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tessera_batch_iter **out) {
-  struct tsr_batch_layout L = *layout;
+static tessera_status gpu_init(struct tessera_batch_iter *engine) {
+  const struct tsr_batch_layout *L = &engine->L;
   const struct tsr_cuda *cuda;
   tessera_status st = tsr_cuda_load(&cuda);
   if (st == TESSERA_OK && cuda->generation != tsr_pool_generation())
@@ -679,226 +619,168 @@ tessera_status tsr_gpu_iter_create(const struct tsr_batch_layout *layout, tesser
                    "CUDA was started in this process's parent before it forked, and CUDA cannot "
                    "be used in such a child: make CUDA iterators in processes started afresh "
                    "(multiprocessing's 'spawn'), or start CUDA only after forking");
-  if (st == TESSERA_OK && (L.device_id >= cuda->device_count || L.device_id >= TSR_GPU_MAX_DEVICES))
+  if (st == TESSERA_OK &&
+      (L->device_id >= cuda->device_count || L->device_id >= TSR_GPU_MAX_DEVICES))
     st = tsr_error(TESSERA_E_ARGUMENT, "device_id %d: there are %d CUDA devices (0 .. %d)",
-                   L.device_id, cuda->device_count, cuda->device_count - 1);
-  struct gpu_iter *it = NULL;
-  if (st == TESSERA_OK && !(it = tsr_calloc(1, sizeof *it)))
-    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
-  if (st != TESSERA_OK) {
-    tsr_batch_layout_free(&L);
+                   L->device_id, cuda->device_count, cuda->device_count - 1);
+  if (st != TESSERA_OK)
     return st;
-  }
+  struct gpu_iter *it = tsr_calloc(1, sizeof *it);
+  if (!it)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
+  engine->backend = it;
   it->L = L;
   it->cuda = cuda;
-  pthread_mutex_init(&it->lock, NULL);
-  pthread_cond_init(&it->changed, NULL);
   struct device_scope d;
   enter_device(it, &d);
-  st = get_decoder(cuda, L.device_id, &it->decoder);
+  st = get_decoder(cuda, L->device_id, &it->decoder);
   leave_device(it, &d);
-  const struct tsr_level *lv = &L.s->levels[L.level];
+  if (st != TESSERA_OK)
+    return st;
+  const struct tsr_level *lv = &L->s->levels[L->level];
   size_t tile_bytes;
   /* Tiles too small to schedule one by one are too small for nvJPEG's batches too. */
-  it->gpu_level = !L.by_patch && tsr_gpu_level_decodable(lv) &&
+  it->gpu_level = !L->by_patch && tsr_gpu_level_decodable(lv) &&
                   tsr_mul3(lv->tile_w, lv->tile_h, 3, &tile_bytes) &&
-                  tile_bytes <= L.s->limits.max_decoded_tile_bytes;
+                  tile_bytes <= L->s->limits.max_decoded_tile_bytes;
   if (it->gpu_level) {
     it->tile_bytes = tile_bytes;
-    size_t per_patch = (size_t)((L.width + lv->tile_w - 1) / lv->tile_w + 1) *
-                       (size_t)((L.height + lv->tile_h - 1) / lv->tile_h + 1);
+    size_t per_patch = (size_t)((L->width + lv->tile_w - 1) / lv->tile_w + 1) *
+                       (size_t)((L->height + lv->tile_h - 1) / lv->tile_h + 1);
     size_t most;
-    if (!tsr_mul2(per_patch, L.batch_cap, &most) || most > lv->ntiles)
+    if (!tsr_mul2(per_patch, L->batch_cap, &most) || most > lv->ntiles)
       most = (size_t)lv->ntiles;
     size_t budget = tsr_gpu_tile_budget / tile_bytes;
     it->tile_cap = most < budget ? most : budget;
     if (it->tile_cap == 0)
       it->tile_cap = 1;
   }
-  it->ahead = L.prefetch_factor < L.nbatches ? L.prefetch_factor : L.nbatches;
-  it->ring_size = it->ahead + 1;
-  if (st == TESSERA_OK && (!(it->ring = tsr_calloc(it->ring_size, sizeof *it->ring)) ||
-                           !(it->group = tsr_group_create(prepare_one, free_iter, it))))
-    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
-  if (st != TESSERA_OK) {
-    free_iter(it);
-    return st;
-  }
-  *out = (tessera_batch_iter *)it;
   return TESSERA_OK;
 }
 
-/* Lays out batch `number` in a slot and makes its host pass, or queues it for the group's
- * tasks (lock held on entry and exit). */
-static tessera_status schedule(struct gpu_iter *it, size_t number) {
+/* Queues the slot's host pass, made by a worker or the consumer. */
+static tessera_status gpu_schedule(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = (struct gslot *)base;
+  base->pub.data = sl->dev;
+  base->pub.indices = sl->indices;
+  base->pub.device = TESSERA_DEVICE_CUDA;
+  base->pub.device_id = it->L->device_id;
+  base->pub.stream = sl->stream;
+  base->pub.consumer_stream = NULL;
+  base->pending = 1;
+  sl->todo = NULL;
+  if (it->todo_tail)
+    it->todo_tail->todo = sl;
+  else
+    it->todo = sl;
+  it->todo_tail = sl;
+  return TESSERA_OK;
+}
+
+static void *gpu_pop(struct tessera_batch_iter *engine) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = it->todo;
+  if (sl && !(it->todo = sl->todo))
+    it->todo_tail = NULL;
+  return sl;
+}
+
+static void gpu_run(struct tessera_batch_iter *engine, void *item) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = item;
   struct device_scope d;
   enter_device(it, &d);
-  struct gslot *sl = NULL;
-  tessera_status st = take_slot(it, &sl);
+  tessera_status st = prepare(it, sl);
   leave_device(it, &d);
-  if (st != TESSERA_OK)
-    return st;
-  size_t count = tsr_batch_count(&it->L, number);
-  sl->pub = (tessera_batch){.data = sl->dev,
-                            .size = count * it->L.patch_bytes,
-                            .count = count,
-                            .number = number,
-                            .indices = sl->indices,
-                            .width = it->L.width,
-                            .height = it->L.height,
-                            .channels = (int32_t)it->L.channels,
-                            .device = TESSERA_DEVICE_CUDA,
-                            .device_id = it->L.device_id,
-                            .stream = sl->stream,
-                            .consumer_stream = NULL};
-  sl->ready = false;
-  sl->failure.status = TESSERA_OK;
-  sl->next = NULL;
-  it->ring[number % it->ring_size] = sl;
-  if (it->L.workers > 0 && !it->no_pool) {
-    if (it->todo_tail)
-      it->todo_tail->next = sl;
-    else
-      it->todo = sl;
-    it->todo_tail = sl;
-    return TESSERA_OK;
-  }
-  prepare_popped(it, sl);
-  return TESSERA_OK;
+  pthread_mutex_lock(&engine->lock);
+  tsr_batch_done(engine, &sl->base, st);
 }
 
-tessera_status tsr_gpu_iter_next(tessera_batch_iter *handle, tessera_batch **out) {
-  struct gpu_iter *it = (struct gpu_iter *)handle;
-  pthread_mutex_lock(&it->lock);
-  if (it->returned == it->L.nbatches) {
-    pthread_mutex_unlock(&it->lock);
-    return TESSERA_OK;
-  }
-  size_t limit = it->returned + 1 + it->ahead;
-  if (limit > it->L.nbatches)
-    limit = it->L.nbatches;
-  tessera_status st = TESSERA_OK;
-  while (it->scheduled < limit && (st = schedule(it, it->scheduled)) == TESSERA_OK)
-    it->scheduled++;
-  if (st != TESSERA_OK && it->scheduled == it->returned) {
-    /* Not even the awaited batch could be laid out: it fails, and the next call goes on. */
-    it->scheduled++;
-    it->returned++;
-    pthread_mutex_unlock(&it->lock);
-    return st;
-  }
-  if (it->todo) {
-    pthread_mutex_unlock(&it->lock);
-    bool pool = tsr_group_post(it->group, it->L.workers);
-    pthread_mutex_lock(&it->lock);
-    it->no_pool |= !pool;
-  }
-  struct gslot *sl = it->ring[it->returned % it->ring_size];
-  while (!sl->ready) {
-    struct gslot *mine = it->no_pool ? pop_todo(it) : NULL;
-    if (mine)
-      prepare_popped(it, mine);
-    else
-      pthread_cond_wait(&it->changed, &it->lock);
-  }
-  it->ring[it->returned % it->ring_size] = NULL;
-  it->returned++;
-  pthread_mutex_unlock(&it->lock);
+static bool gpu_queued(const struct tessera_batch_iter *engine) {
+  const struct gpu_iter *it = engine->backend;
+  return it->todo != NULL;
+}
+
+static void gpu_drop(struct tessera_batch_iter *engine) {
+  struct gpu_iter *it = engine->backend;
+  it->todo = it->todo_tail = NULL;
+}
+
+/* The batch is complete when its `done` event is. */
+static tessera_status gpu_complete(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = (struct gslot *)base;
   struct device_scope d;
   enter_device(it, &d);
   cudaError_t e = it->cuda->rt.cudaEventSynchronize(sl->done);
   leave_device(it, &d);
-  if (e != cudaSuccess)
-    tsr_failure_keep(&sl->failure, cuda_failed(it->cuda, e, "cudaEventSynchronize"));
-  pthread_mutex_lock(&it->lock);
-  if (sl->failure.status != TESSERA_OK) {
-    sl->next = it->free_slots;
-    it->free_slots = sl;
-    st = tsr_failure_raise(&sl->failure);
-    pthread_mutex_unlock(&it->lock);
-    return st;
-  }
-  pthread_mutex_unlock(&it->lock);
-  tsr_group_hold(it->group);
-  *out = &sl->pub;
-  return TESSERA_OK;
+  return e == cudaSuccess ? TESSERA_OK : cuda_failed(it->cuda, e, "cudaEventSynchronize");
 }
 
-void tsr_gpu_batch_release(tessera_batch *batch) {
-  struct gslot *sl = (struct gslot *)((char *)batch - offsetof(struct gslot, pub));
-  struct gpu_iter *it = sl->it;
-  if (it->L.generation != tsr_pool_generation())
-    return; /* made before fork(): CUDA is not usable in the child */
+static void gpu_released(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = (struct gslot *)base;
+  cudaStream_t consumer = (cudaStream_t)base->pub.consumer_stream;
   struct device_scope d;
   enter_device(it, &d);
   /* The consumer's queued work must read the batch before anything overwrites it. */
-  sl->wait_released = it->cuda->rt.cudaEventRecord(sl->released,
-                                                   (cudaStream_t)batch->consumer_stream) ==
-                      cudaSuccess;
+  sl->wait_released = it->cuda->rt.cudaEventRecord(sl->released, consumer) == cudaSuccess;
   if (!sl->wait_released) /* then wait for all of the device's work before reuse */
-    it->cuda->rt.cudaStreamSynchronize((cudaStream_t)batch->consumer_stream);
+    it->cuda->rt.cudaStreamSynchronize(consumer);
   leave_device(it, &d);
-  pthread_mutex_lock(&it->lock);
-  sl->next = it->free_slots;
-  it->free_slots = sl;
-  pthread_mutex_unlock(&it->lock);
-  tsr_group_let_go(it->group);
 }
 
-void tsr_gpu_iter_destroy(tessera_batch_iter *handle) {
-  struct gpu_iter *it = (struct gpu_iter *)handle;
-  /* Host passes not started are dropped; those running are waited for (they read the slide,
-   * which the caller may close as soon as this returns). */
-  tsr_group_cancel(it->group);
-  pthread_mutex_lock(&it->lock);
-  it->todo = it->todo_tail = NULL;
-  pthread_mutex_unlock(&it->lock);
-  tsr_group_wait_idle(it->group);
-  pthread_mutex_lock(&it->lock);
-  for (size_t b = it->returned; b < it->scheduled; b++) {
-    struct gslot *sl = it->ring[b % it->ring_size];
-    sl->next = it->free_slots;
-    it->free_slots = sl;
-  }
-  it->returned = it->scheduled;
-  pthread_mutex_unlock(&it->lock);
-  tsr_group_let_go(it->group);
-}
-
-TESSERA_API const char *tessera_batch_iter_decoder(const tessera_batch_iter *handle) {
-  if (!handle)
-    return "";
-  const struct tsr_batch_layout *l = (const struct tsr_batch_layout *)handle;
-  if (!l->cuda)
-    return "cpu";
-  const struct gpu_iter *it = (const struct gpu_iter *)handle;
-  return it->gpu_level ? it->decoder->name : "cpu+copy";
-}
-
-TESSERA_API tessera_status tessera_batch_copy_to_host(const tessera_batch *batch, void *dst,
-                                                      size_t dst_size) {
-  if (!batch || !dst)
-    return tsr_error(TESSERA_E_ARGUMENT, "NULL batch or destination");
-  if (dst_size < batch->size)
-    return tsr_error(TESSERA_E_ARGUMENT, "%zu bytes cannot hold a batch of %zu", dst_size,
-                     batch->size);
-  if (batch->device != TESSERA_DEVICE_CUDA) {
-    memcpy(dst, batch->data, batch->size);
-    return TESSERA_OK;
-  }
-  const struct gslot *sl = (const struct gslot *)((const char *)batch - offsetof(struct gslot, pub));
-  struct gpu_iter *it = sl->it;
-  if (it->L.generation != tsr_pool_generation())
+static tessera_status gpu_copy_to_host(struct tessera_batch_iter *engine,
+                                       const struct tsr_batch_slot *sl, void *dst) {
+  struct gpu_iter *it = engine->backend;
+  const tessera_batch *batch = &sl->pub;
+  if (it->L->generation != tsr_pool_generation())
     return tsr_error(TESSERA_E_ARGUMENT, "the batch was made before fork(); CUDA memory of the "
                                          "parent cannot be read in the child");
   /* On the consumer's stream, after the work it queued (which may have changed the batch). */
   cudaStream_t stream = (cudaStream_t)batch->consumer_stream;
   struct device_scope d;
   enter_device(it, &d);
-  cudaError_t e = it->cuda->rt.cudaMemcpyAsync(dst, batch->data, batch->size,
-                                               cudaMemcpyDeviceToHost, stream);
+  cudaError_t e =
+      it->cuda->rt.cudaMemcpyAsync(dst, batch->data, batch->size, cudaMemcpyDeviceToHost, stream);
   if (e == cudaSuccess)
     e = it->cuda->rt.cudaStreamSynchronize(stream);
   leave_device(it, &d);
   return e == cudaSuccess ? TESSERA_OK : cuda_failed(it->cuda, e, "copying a batch to the host");
 }
+
+static const char *gpu_decoder(const struct tessera_batch_iter *engine) {
+  const struct gpu_iter *it = engine->backend;
+  return it->gpu_level ? it->decoder->name : "cpu+copy";
+}
+
+static void gpu_free_slot(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = (struct gslot *)base;
+  struct device_scope d;
+  enter_device(it, &d);
+  if (sl->stream) /* no work may still use what is freed */
+    it->cuda->rt.cudaStreamSynchronize(sl->stream);
+  free_slot(it, sl);
+  leave_device(it, &d);
+}
+
+static void gpu_free(struct tessera_batch_iter *engine) { tsr_free(engine->backend); }
+
+const struct tsr_batch_backend tsr_gpu_batch_backend = {
+    .ahead_without_workers = true,
+    .init = gpu_init,
+    .new_slot = gpu_new_slot,
+    .schedule = gpu_schedule,
+    .pop = gpu_pop,
+    .run = gpu_run,
+    .queued = gpu_queued,
+    .drop = gpu_drop,
+    .complete = gpu_complete,
+    .released = gpu_released,
+    .copy_to_host = gpu_copy_to_host,
+    .decoder = gpu_decoder,
+    .free_slot = gpu_free_slot,
+    .free = gpu_free,
+};

@@ -14,7 +14,7 @@
 #include <tiffio.h>
 #include <unistd.h>
 
-#include "batch_internal.h"
+#include "batch/engine.h"
 #include "check.h"
 #include "damage.h"
 #include "gpu/jpeg_input.h"
