@@ -30,13 +30,13 @@ need_packages() {
 }
 
 build() {
-  [ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized --werror -Dpython=enabled >/dev/null
+  [ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized --werror -Dpython=enabled -Dtest_hooks=true >/dev/null
   ninja -C build >/dev/null
 }
 
 build_sanitized() {
   [ -f build-asan/build.ninja ] ||
-    meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false --werror \
+    meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false --werror -Dtest_hooks=true \
       -Dpython=disabled --buildtype=debug -Dc_args=-fsanitize=float-cast-overflow \
       -Dc_link_args=-fsanitize=float-cast-overflow >/dev/null
   ninja -C build-asan >/dev/null
@@ -61,7 +61,7 @@ demo() {
 
 build_threadsan() {
   [ -f build-tsan/build.ninja ] ||
-    meson setup build-tsan -Db_sanitize=thread -Db_lundef=false --werror --buildtype=debug \
+    meson setup build-tsan -Db_sanitize=thread -Db_lundef=false --werror --buildtype=debug -Dtest_hooks=true \
       -Dpython=disabled \
       >/dev/null
   ninja -C build-tsan >/dev/null

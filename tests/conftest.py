@@ -30,6 +30,11 @@ if PYTHON_PACKAGE_DIR not in sys.path:
 import tessera_ctypes  # noqa: E402
 import wsi_fixtures  # noqa: E402
 
+# The tests that stop a process inside the shared cache through its test hook need a library
+# built with it (meson -Dtest_hooks=true, as dev.sh builds).
+needs_test_hooks = pytest.mark.skipif(not tessera_ctypes.has_test_hooks(),
+                                      reason="library built without -Dtest_hooks=true")
+
 
 @pytest.fixture(scope="session")
 def lib():

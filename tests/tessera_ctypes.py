@@ -171,6 +171,17 @@ def lib_path():
     return os.environ.get("TESSERA_LIB", DEFAULT_LIB)
 
 
+def has_test_hooks(path=None):
+    """Whether the library was built with the test_hooks option (meson -Dtest_hooks=true, as
+    dev.sh builds it): only then does it read TESSERA_TEST_CACHE_STALL."""
+    try:
+        with open(path or lib_path(), "rb") as f:
+            return b"TESSERA_TEST_CACHE_STALL" in f.read()
+    except OSError:
+        return False  # no library: the tests that load it say so
+
+
+
 def load(path=None):
     """Loads the library once and declares every function's signature."""
     global _lib

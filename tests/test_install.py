@@ -88,3 +88,29 @@ def test_batch_example_streams_what_single_reads_give(installed, lib, tmp_path, 
     assert lines[-1] == "%d patches, byte sum %d" % (n, want), lines[-1]
     counts = [int(l.split(": ")[1].split()[0]) for l in lines[:-1]]
     assert counts == [4] * (n // 4) + ([n % 4] if n % 4 else []), lines
+
+
+HOOK_SYMBOLS = ("tsr_hook_", "tsr_shared_cache_verify", "tsr_shared_cache_scribble",
+                "tsr_shared_cache_hot_")
+
+
+def hook_symbols(path):
+    out = subprocess.run(["nm", path], capture_output=True, text=True, check=True).stdout
+    return [l.split()[-1] for l in out.splitlines() if any(h in l for h in HOOK_SYMBOLS)]
+
+
+def test_a_default_build_has_no_test_hooks(tmp_path):
+    """A library configured with no options (what `meson setup` and `pip install .` build) has
+    none of the shared cache's test hooks: it never reads TESSERA_TEST_CACHE_STALL (so never
+    stalls on it), and has no routine that checks or scribbles over a segment. The build
+    under test, made with -Dtest_hooks=true as dev.sh makes it, shows that the check sees
+    them when they are there."""
+    build = tmp_path / "default"
+    subprocess.run(["meson", "setup", str(build), F.REPO], check=True, capture_output=True)
+    subprocess.run(["meson", "compile", "-C", str(build), "src/tessera:shared_library"],
+                   check=True, capture_output=True)
+    path = str(build / "src" / "libtessera.so")
+    assert not T.has_test_hooks(path), "a default build reads TESSERA_TEST_CACHE_STALL"
+    assert hook_symbols(path) == []
+    if T.has_test_hooks():
+        assert "tsr_hook_stall" in hook_symbols(T.lib_path())

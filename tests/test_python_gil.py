@@ -22,7 +22,7 @@ import pytest
 
 import tessera_ctypes as T
 import wsi_fixtures as F
-from conftest import PYTHON_PACKAGE_DIR
+from conftest import PYTHON_PACKAGE_DIR, needs_test_hooks
 
 SMALL = "generic-jpeg-ycbcr-128tiles.tiff"  # 512 x 384 in 128 x 128 JPEG tiles
 TIMEOUT = 60
@@ -119,6 +119,7 @@ def stalled_helper(tmp_path):
             T.shared_cache_remove(name, force=True)
 
 
+@needs_test_hooks
 @pytest.mark.parametrize("what", ["stats", "close", "dealloc"])
 def test_waits_in_the_library_let_other_threads_run(stalled_helper, what):
     name, slide, pid = stalled_helper

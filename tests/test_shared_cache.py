@@ -35,6 +35,7 @@ import pytest
 
 import tessera_ctypes as T
 import wsi_fixtures as F
+from conftest import needs_test_hooks
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PYTHON = sys.executable or "/usr/bin/python3"
@@ -817,6 +818,7 @@ def test_a_program_started_by_a_user_is_not_a_user(shm):
 
 # --- processes killed in the middle --------------------------------------------------------
 
+@needs_test_hooks
 def test_killed_while_holding_a_lock(shm, tmp_path):
     path = os.path.join(F.TESTDATA, APERIO)
     with T.open_slide(path) as s:
@@ -869,6 +871,7 @@ def test_killed_while_holding_a_lock(shm, tmp_path):
     assert not segment_exists(name)
 
 
+@needs_test_hooks
 def test_killed_while_loading_a_tile_others_wait_for(shm, tmp_path):
     path = os.path.join(F.TESTDATA, APERIO)
     region = (10, 20, 100, 90)            # inside tile 0
@@ -940,6 +943,7 @@ def run_in_pid_namespace(code, env=None, **kw):
                             env=env, start_new_session=True, **kw)
 
 
+@needs_test_hooks
 def test_a_dead_loaders_pid_used_again_is_not_taken_for_the_loader(shm, tmp_path):
     """A process killed while loading a tile, and a later one that gets the same pid (both
     pid 1 of their own pid namespace, as containers restarted over one /dev/shm would): the
@@ -1097,6 +1101,7 @@ def wait_until_stopped(p, deadline):
         time.sleep(0.02)
 
 
+@needs_test_hooks
 def test_a_loader_in_another_pid_namespace_is_not_swept(shm, tmp_path):
     """A loader in one pid namespace, stopped while it loads a tile; a process in a second
     one dies holding the shard's lock; a third repairs the shard and must keep the loader's

@@ -108,6 +108,7 @@ tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct ts
  * they compared on the way (the chains' length, in effect). */
 void tsr_process_cache_lookup_work(struct tsr_cache *c, uint64_t *finds, uint64_t *steps);
 
+#if TSR_TEST_HOOKS /* shared_hooks.c, built with the test_hooks option */
 /* For tests: checks the lists of every shard of the current shared cache against its
  * entries (repairing first what a dead lock holder left); false with the reason in why. */
 bool tsr_shared_cache_verify(char *why, size_t n);
@@ -119,6 +120,7 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n);
 uint32_t *tsr_shared_cache_hot_word(int which);
 /* For tests: gives the current shared cache's most read ready tile a size of `bytes`, sealed. */
 bool tsr_shared_cache_hot_resize(uint64_t bytes);
+#endif
 
 /* The current cache, held until tsr_cache_release; NULL (and nothing to release) when the
  * process has none. */
