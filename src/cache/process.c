@@ -28,6 +28,7 @@
 
 #include "alloc.h"
 #include "cache/cache.h"
+#include "cache/s3fifo.h"
 #include "error.h"
 
 enum queue { Q_NONE, Q_SMALL, Q_MAIN };
@@ -188,48 +189,48 @@ static void drop(struct shard *sh, struct tsr_cache_entry *e) {
   tsr_free(e);
 }
 
-/* The oldest entry of q that is not pinned, or NULL. */
-static struct tsr_cache_entry *oldest_unpinned(const struct fifo *q) {
-  struct tsr_cache_entry *e = q->tail;
+/* The shard's side of the eviction policy (s3fifo.h): entries by pointer, pinned ones passed
+ * over where they are. */
+static bool oldest_unpinned(void *shard, bool small, uintptr_t *out, bool *found) {
+  struct shard *sh = shard;
+  struct tsr_cache_entry *e = small ? sh->small.tail : sh->main.tail;
   while (e && e->pins > 0)
     e = e->prev;
-  return e;
+  *out = (uintptr_t)e;
+  *found = e != NULL;
+  return true;
 }
 
-/* Evicts one entry, S3-FIFO style; false when every entry is pinned. Pinned entries stay
- * where they are and are passed over. */
+static uint8_t *entry_freq(void *shard, uintptr_t e) {
+  (void)shard;
+  return &((struct tsr_cache_entry *)e)->freq;
+}
+
+static bool to_main(void *shard, uintptr_t entry, bool small) {
+  struct shard *sh = shard;
+  struct tsr_cache_entry *e = (struct tsr_cache_entry *)entry;
+  fifo_unlink(small ? &sh->small : &sh->main, e);
+  e->queue = Q_MAIN;
+  fifo_push(&sh->main, e);
+  return true;
+}
+
+static bool evict(void *shard, uintptr_t e, bool small) {
+  (void)small; /* drop takes it out of its queue */
+  drop(shard, (struct tsr_cache_entry *)e);
+  return true;
+}
+
+static const struct tsr_s3fifo_ops s3fifo_ops = {
+    .oldest = oldest_unpinned, .freq = entry_freq, .to_main = to_main, .evict = evict};
+
+/* Evicts one entry; false when every entry is pinned. */
 static bool evict_one(struct process_cache *c, struct shard *sh) {
-  /* Each step evicts, promotes (once per entry) or uses up one of an entry's second chances
-   * (at most 3), so this many steps always reach an eviction when one is possible. */
-  uint64_t steps = (TSR_CACHE_MAX_FREQ + 2) * (sh->items + 1);
-  while (steps-- > 0) {
-    bool from_small = sh->small.bytes * TSR_CACHE_SMALL_PART > c->shard_bytes || !sh->main.tail;
-    struct tsr_cache_entry *e = oldest_unpinned(from_small ? &sh->small : &sh->main);
-    if (!e) {
-      from_small = !from_small;
-      e = oldest_unpinned(from_small ? &sh->small : &sh->main);
-      if (!e)
-        return false;
-    }
-    struct fifo *q = from_small ? &sh->small : &sh->main;
-    fifo_unlink(q, e);
-    if (from_small && e->freq > 0) {
-      e->freq = 0;
-      e->queue = Q_MAIN; /* read again while new: it is worth keeping */
-      fifo_push(&sh->main, e);
-      continue;
-    }
-    if (!from_small && e->freq > 0) {
-      e->freq--;
-      fifo_push(&sh->main, e);
-      continue;
-    }
-    e->queue = Q_NONE;
-    drop(sh, e);
-    sh->evictions++;
-    return true;
-  }
-  return false;
+  if (tsr_s3fifo_evict_one(&s3fifo_ops, sh, &sh->small.bytes, c->shard_bytes, sh->items) !=
+      TSR_S3FIFO_EVICTED)
+    return false;
+  sh->evictions++;
+  return true;
 }
 
 /* Whether one more entry of this cost fits, with the table growth it brings. */
@@ -282,8 +283,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   }
   if (e) {
     e->pins++;
-    if (e->freq < TSR_CACHE_MAX_FREQ)
-      e->freq++;
+    tsr_s3fifo_read(&e->freq);
     if (count)
       sh->hits++;
     pthread_mutex_unlock(&sh->lock);

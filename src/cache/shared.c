@@ -57,6 +57,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "cache/s3fifo.h"
 #include "cache/segment.h"
 #include "cache/shared_hooks.h"
 #include "cache/shared_index.h"
@@ -199,41 +200,42 @@ static bool free_entry(const struct view *v, uint32_t i) {
   return true;
 }
 
-/* Evicts one tile, S3-FIFO style (see process.c); *evicted false when the queues are empty.
- * Tiles being loaded are in no queue and never evicted. */
+/* The shard's side of the eviction policy (s3fifo.h): entries by index, each checked before
+ * it is used. Tiles being loaded are in no queue and never evicted. */
+static bool oldest(void *view, bool small, uintptr_t *out, bool *found) {
+  const struct view *v = view;
+  uint32_t i = once32(small ? &v->sh->small_tail : &v->sh->main_tail);
+  *found = i != NIL;
+  *out = i;
+  return i == NIL || (i < v->entries && v->E[i].queue == (small ? Q_SMALL : Q_MAIN));
+}
+
+static uint8_t *entry_freq(void *view, uintptr_t i) {
+  return &((const struct view *)view)->E[i].freq;
+}
+
+static bool to_main(void *view, uintptr_t i, bool small) {
+  (void)small; /* the entry says which queue it is in */
+  return queue_unlink(view, (uint32_t)i) && queue_push(view, (uint32_t)i, Q_MAIN);
+}
+
+static bool evict(void *view, uintptr_t i, bool small) {
+  (void)small;
+  return queue_unlink(view, (uint32_t)i) && free_entry(view, (uint32_t)i);
+}
+
+static const struct tsr_s3fifo_ops s3fifo_ops = {
+    .oldest = oldest, .freq = entry_freq, .to_main = to_main, .evict = evict};
+
+/* Evicts one tile; *evicted false when the queues are empty. */
 static bool evict_one(const struct view *v, bool *evicted) {
-  struct shard *sh = v->sh;
-  uint64_t budget = (uint64_t)v->chunks * CHUNK_BYTES;
-  uint64_t steps = (TSR_CACHE_MAX_FREQ + 2) * ((uint64_t)v->entries + 1);
-  *evicted = false;
-  while (steps-- > 0) {
-    bool from_small = sh->small_bytes * TSR_CACHE_SMALL_PART > budget || sh->main_tail == NIL;
-    uint32_t i = once32(from_small ? &sh->small_tail : &sh->main_tail);
-    if (i == NIL) {
-      from_small = !from_small;
-      i = once32(from_small ? &sh->small_tail : &sh->main_tail);
-      if (i == NIL)
-        return true;
-    }
-    if (i >= v->entries || v->E[i].queue != (from_small ? Q_SMALL : Q_MAIN) || !queue_unlink(v, i))
-      return false;
-    struct entry *e = &v->E[i];
-    if (e->freq > 0) {
-      if (from_small || e->freq > TSR_CACHE_MAX_FREQ)
-        e->freq = 0; /* read again while new: it is worth keeping */
-      else
-        e->freq--;
-      if (!queue_push(v, i, Q_MAIN))
-        return false;
-      continue;
-    }
-    if (!free_entry(v, i))
-      return false;
-    sh->evictions++;
-    *evicted = true;
-    return true;
-  }
-  return false; /* queues that never run out loop */
+  enum tsr_s3fifo_result r =
+      tsr_s3fifo_evict_one(&s3fifo_ops, (void *)v, &v->sh->small_bytes,
+                           (uint64_t)v->chunks * CHUNK_BYTES, v->entries);
+  *evicted = r == TSR_S3FIFO_EVICTED;
+  if (*evicted)
+    v->sh->evictions++;
+  return r != TSR_S3FIFO_BROKEN;
 }
 
 /* Frees the entries whose loaders died while decoding; *n: how many. With nothing left to
@@ -516,8 +518,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     if (e->state == READY) {
       if (!map_rows(&v, i, a))
         goto damaged;
-      if (e->freq < TSR_CACHE_MAX_FREQ)
-        e->freq++;
+      tsr_s3fifo_read(&e->freq);
       if (count)
         sh->hits++;
       a->entry = sh; /* locked until tsr_cache_done */
