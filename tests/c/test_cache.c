@@ -424,8 +424,8 @@ static void test_budgets_under_load(const char *dir) {
 /* A hot set, each tile read three times in a row (missed, cached, hit), then a scan of every
  * other tile: read once, the scan is not admitted and evicts nothing; each tile read twice in
  * a row, it is cached and far more than fits, and passes through S3-FIFO's small queue. The
- * hot set hits after both. */
-static void test_hot_set_survives_scan(const char *dir) {
+ * hot set hits after both. Both kinds of cache, which evict through the one policy. */
+static void test_hot_set_survives_scan(const char *dir, tessera_cache_type type) {
   tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
   if (!s)
     return;
@@ -435,7 +435,7 @@ static void test_hot_set_survives_scan(const char *dir) {
   uint64_t tile_bytes = (uint64_t)(tw * th * 3);
   /* Room for about a fifth of the tiles. */
   uint64_t mib = ((uint64_t)(across * down) * tile_bytes / 5 >> 20) + 1;
-  configure(TESSERA_CACHE_PER_PROCESS, mib, 0, 1);
+  configure(type, mib, 0, 1);
   enum { HOT = 4 };
   for (int i = 0; i < HOT; i++)
     for (int k = 0; k < 3; k++)
@@ -452,12 +452,14 @@ static void test_hot_set_survives_scan(const char *dir) {
             (unsigned long long)before.items);
     else
       CHECK(before.evictions > (uint64_t)(across * (down - 1)) / 2,
-            "the scan evicted little (%llu)", (unsigned long long)before.evictions);
+            "cache type %d: the scan evicted little (%llu)", (int)type,
+            (unsigned long long)before.evictions);
     for (int i = 0; i < HOT; i++)
       free(read_patch(s, i * tw, 0, 0, 1, 1, 3));
     tessera_cache_stats after = stats();
     CHECK(after.hits - before.hits == HOT && after.misses == before.misses,
-          "hot set after the scan (read %d times): %llu hits, %llu misses", twice + 1,
+          "cache type %d: hot set after the scan (read %d times): %llu hits, %llu misses",
+          (int)type, twice + 1,
           (unsigned long long)(after.hits - before.hits),
           (unsigned long long)(after.misses - before.misses));
   }
@@ -794,7 +796,8 @@ int main(int argc, char **argv) {
   test_admission_window(dir);
   test_same_pixels(dir);
   test_budgets_under_load(dir);
-  test_hot_set_survives_scan(dir);
+  test_hot_set_survives_scan(dir, TESSERA_CACHE_PER_PROCESS);
+  test_hot_set_survives_scan(dir, TESSERA_CACHE_SHARED_MEMORY);
   test_single_flight(dir);
   test_no_collisions(dir);
   test_fork(dir);
