@@ -24,7 +24,7 @@
 #include "cache/shared_hooks.h"
 #include "error.h"
 
-/* ---- processes ---- */
+/* ---- liveness ---- */
 
 /* Whether user slot `slot` is held by a live attachment other than the one behind fd. */
 static bool slot_locked(int fd, uint32_t slot) {
@@ -33,7 +33,6 @@ static bool slot_locked(int fd, uint32_t slot) {
     return true; /* cannot tell: taken for alive, the safe side */
   return l.l_type != F_UNLCK;
 }
-
 
 bool tsr_segment_loader_alive(const struct shared_cache *c, const struct entry *e) {
   uint32_t slot = once32(&e->loader_slot), gen = once32(&e->loader_gen);
@@ -44,6 +43,7 @@ bool tsr_segment_loader_alive(const struct shared_cache *c, const struct entry *
          slot_locked(c->fd, slot);
 }
 
+/* ---- layout ---- */
 
 /* Places the shards' arrays after the header; returns the segment's size. The sizes are
  * bounded (chunks < 2^32 per shard, 16 shards), so nothing overflows. */
@@ -68,7 +68,6 @@ static uint64_t layout(uint32_t nshards, uint32_t chunks, uint32_t entries, uint
   }
   return off;
 }
-
 
 /* ---- users ---- */
 
@@ -251,7 +250,6 @@ struct tsr_cache *tsr_segment_fork_child(struct tsr_cache *base) {
   atomic_store(&c->registered, false);
   return &c->base;
 }
-
 
 /* ---- making and attaching segments ---- */
 

@@ -183,6 +183,7 @@ static inline int lock_within(pthread_mutex_t *m, uint64_t ns) {
 #endif
   return r;
 }
+
 static inline uint64_t align_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 static inline struct shard *shard_at(const struct shared_cache *c, uint32_t i) {
@@ -211,8 +212,9 @@ static inline uint8_t *chunk_data(const struct view *v, uint32_t k) {
  * slot still has the generation e names. */
 bool tsr_segment_loader_alive(const struct shared_cache *c, const struct entry *e);
 
+/* A forked child becomes a user when it first reads through the cache (segment.c says why):
+ * takes a user slot on the first call. */
 void tsr_segment_register_slow(struct shared_cache *c);
-/* A forked child becomes a user when it first reads through the cache (segment.c says why). */
 static inline void tsr_segment_register(struct shared_cache *c) {
   if (!atomic_load_explicit(&c->registered, memory_order_acquire))
     tsr_segment_register_slow(c);
