@@ -29,8 +29,16 @@ need_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# A build directory made before the test_hooks option existed (or without it) is given it:
+# the test builds need the shared cache's test hooks.
+with_test_hooks() {
+  grep -q '"name": "test_hooks", "value": true' "$1/meson-info/intro-buildoptions.json" 2>/dev/null ||
+    meson setup --reconfigure "$1" -Dtest_hooks=true >/dev/null
+}
+
 build() {
   [ -f build/build.ninja ] || meson setup build --buildtype=debugoptimized --werror -Dpython=enabled -Dtest_hooks=true >/dev/null
+  with_test_hooks build
   ninja -C build >/dev/null
 }
 
@@ -39,6 +47,7 @@ build_sanitized() {
     meson setup build-asan -Db_sanitize=address,undefined -Db_lundef=false --werror -Dtest_hooks=true \
       -Dpython=disabled --buildtype=debug -Dc_args=-fsanitize=float-cast-overflow \
       -Dc_link_args=-fsanitize=float-cast-overflow >/dev/null
+  with_test_hooks build-asan
   ninja -C build-asan >/dev/null
 }
 
@@ -64,6 +73,7 @@ build_threadsan() {
     meson setup build-tsan -Db_sanitize=thread -Db_lundef=false --werror --buildtype=debug -Dtest_hooks=true \
       -Dpython=disabled \
       >/dev/null
+  with_test_hooks build-tsan
   ninja -C build-tsan >/dev/null
 }
 
