@@ -229,9 +229,8 @@ static const struct tsr_s3fifo_ops s3fifo_ops = {
 
 /* Evicts one tile; *evicted false when the queues are empty. */
 static bool evict_one(const struct view *v, bool *evicted) {
-  enum tsr_s3fifo_result r =
-      tsr_s3fifo_evict_one(&s3fifo_ops, (void *)v, &v->sh->small_bytes,
-                           (uint64_t)v->chunks * CHUNK_BYTES, v->entries);
+  enum tsr_s3fifo_result r = tsr_s3fifo_evict_one(&s3fifo_ops, (void *)v, &v->sh->small_bytes,
+                                                  (uint64_t)v->chunks * CHUNK_BYTES, v->entries);
   *evicted = r == TSR_S3FIFO_EVICTED;
   if (*evicted)
     v->sh->evictions++;
@@ -281,8 +280,8 @@ static void rebuild(const struct shared_cache *c, const struct view *v) {
   sh->free_entries = NIL;
   for (uint32_t i = v->entries; i-- > 0;) {
     struct entry *e = &E[i];
-    bool keep =
-        (e->state == READY || (e->state == LOADING && tsr_segment_loader_alive(c, e))) && tsr_shared_entry_whole(v, i);
+    bool keep = (e->state == READY || (e->state == LOADING && tsr_segment_loader_alive(c, e))) &&
+                tsr_shared_entry_whole(v, i);
     uint64_t hash = tsr_cache_key_hash(&e->key);
     uint32_t dup = NIL;
     if (keep && (!find(v, &e->key, hash, &dup) || dup != NIL))

@@ -46,7 +46,8 @@ void tsr_hook_read_env(void) {
   hook.stop = strncmp(point, "stop", 4) == 0; /* not at "locked": it would go on halfway */
   const char *p = point + (hook.stop ? 4 : 0);
   atomic_store(&hook.count, 0);
-  atomic_store(&hook.point, strcmp(p, "locked") == 0    ? (hook.stop ? TSR_HOOK_NONE : TSR_HOOK_LOCKED)
+  bool locked = strcmp(p, "locked") == 0 && !hook.stop;
+  atomic_store(&hook.point, locked                      ? TSR_HOOK_LOCKED
                             : strcmp(p, "loading") == 0 ? TSR_HOOK_LOADING
                             : strcmp(p, "making") == 0  ? TSR_HOOK_MAKING
                             : strcmp(p, "created") == 0 ? TSR_HOOK_CREATED

@@ -6,8 +6,13 @@
 
 #include <stdbool.h>
 
-enum tsr_hook_point { TSR_HOOK_NONE, TSR_HOOK_LOCKED, TSR_HOOK_LOADING, TSR_HOOK_MAKING,
-                      TSR_HOOK_CREATED };
+enum tsr_hook_point {
+  TSR_HOOK_NONE,
+  TSR_HOOK_LOCKED,
+  TSR_HOOK_LOADING,
+  TSR_HOOK_MAKING,
+  TSR_HOOK_CREATED
+};
 
 #if TSR_TEST_HOOKS
 /* Reads TESSERA_TEST_CACHE_STALL, when a shared cache is configured. */

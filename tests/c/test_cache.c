@@ -459,8 +459,7 @@ static void test_hot_set_survives_scan(const char *dir, tessera_cache_type type)
     tessera_cache_stats after = stats();
     CHECK(after.hits - before.hits == HOT && after.misses == before.misses,
           "cache type %d: hot set after the scan (read %d times): %llu hits, %llu misses",
-          (int)type, twice + 1,
-          (unsigned long long)(after.hits - before.hits),
+          (int)type, twice + 1, (unsigned long long)(after.hits - before.hits),
           (unsigned long long)(after.misses - before.misses));
   }
   configure(TESSERA_CACHE_NONE, 0, 0, 0);
