@@ -443,25 +443,30 @@ static void test_kill_holding_lock(void) {
   CHECK(t.bytes <= t.memory_capacity && t.bytes == t.items * tile_bytes,
         "after the kill: %llu bytes, %llu items", (unsigned long long)t.bytes,
         (unsigned long long)t.items);
-  /* four tiles read three times: cached by the second (if not before), the third all hits */
+  /* four tiles read again and again: cached by the second read (if not before), and from then
+   * on all hits. A pass after the second may still miss where a bounded lock wait ran out on
+   * a starved machine (that read goes around the cache), so up to six passes are allowed for
+   * one of all hits; a cache the kill had broken gives none. */
   tessera_slide *s = open_slide();
   if (s) {
     size_t size = (size_t)(info.tile_width * info.tile_height * 4 * 3);
     uint8_t *buf = malloc(size);
     tessera_cache_stats before = {0};
-    for (int pass = 0; pass < 3; pass++) {
-      if (pass == 2)
-        before = stats();
+    bool all_hits = false;
+    for (int pass = 0; pass < 6 && !all_hits; pass++) {
+      before = stats();
       CHECK(tessera_read_region(s, info.tile_width, info.tile_height, 0, 2 * info.tile_width,
                                 2 * info.tile_height, NULL, buf, size) == TESSERA_OK,
             "read: %s", tessera_error_message());
       CHECK(!differs(buf, info.tile_width, info.tile_height, 2 * info.tile_width,
                      2 * info.tile_height),
             "pass %d differs", pass);
+      t = stats();
+      all_hits = pass >= 2 && t.hits - before.hits == 4 && t.misses == before.misses;
     }
-    t = stats();
-    CHECK(t.hits - before.hits == 4 && t.misses == before.misses,
-          "after the kill, a second read: %llu hits, %llu misses",
+    CHECK(all_hits,
+          "after the kill, no read of four cached tiles was all hits: the last %llu hits, "
+          "%llu misses",
           (unsigned long long)(t.hits - before.hits),
           (unsigned long long)(t.misses - before.misses));
     free(buf);
@@ -662,15 +667,20 @@ static void test_stopped_loader(void) {
     alarm(60);
     tessera_slide *s = open_slide();
     uint8_t buf[100 * 90 * 3];
-    tessera_cache_stats before = {0};
-    for (int pass = 0; s && pass < 2; pass++) {
-      if (pass)
-        before = stats();
+    /* The first read waits for the stopped loader, takes its entry over and publishes the
+     * tile; a later read is then a hit. Up to three later reads are allowed, for a bounded
+     * lock wait that ran out on a starved machine; before, no read ever hit (each waited 10 s
+     * and went around the cache). */
+    tessera_cache_stats before = {0}, after = {0};
+    for (int pass = 0; s && pass < 4; pass++) {
+      before = stats();
       CHECK(tessera_read_region(s, 10, 20, 0, 100, 90, NULL, buf, sizeof buf) == TESSERA_OK,
             "read beside a stopped loader: %s", tessera_error_message());
       CHECK(!differs(buf, 10, 20, 100, 90), "pass %d beside a stopped loader differs", pass);
+      after = stats();
+      if (pass && after.hits == before.hits + 1 && after.misses == before.misses)
+        break;
     }
-    tessera_cache_stats after = stats();
     CHECK(after.hits == before.hits + 1 && after.misses == before.misses,
           "the stopped loader's tile was not taken over: a second read made %llu hits, %llu "
           "misses",
