@@ -10,6 +10,9 @@
  *     does (gpu/jpeg_input.h), and decoded by nvJPEG's batched decoder into a device buffer of
  *     tiles; the part of each tile a patch needs is then copied into the patch
  *     (cudaMemcpy2DAsync). With more tiles than the tile buffer holds, this goes in chunks.
+ *     A tile that the slot last to decode a chunk (the iterator's lender) still holds is not
+ *     read and decoded again but copied from that slot's tile buffer on the GPU, so a tile
+ *     shared by batches in flight is decoded once, with no device memory beyond the slots'.
  *  2. Every other patch (touching the level's edge or beyond, or needing a tile that is
  *     missing, unreadable, of another codec, or that nvJPEG should not or could not decode)
  *     is painted on the CPU exactly as a CPU batch (region.c) into pinned host memory and
@@ -73,7 +76,14 @@ struct gslot {
   cudaStream_t stream;  /* where the batch's work is queued (the batch's `stream`) */
   cudaEvent_t done;     /* recorded after the batch's work */
   cudaEvent_t released; /* recorded on the consumer's stream at release */
+  cudaEvent_t lent;     /* recorded on a lender's stream after its tiles were copied here */
+  cudaEvent_t mark;     /* recorded here before tiles are copied into `tiles` from elsewhere */
   bool wait_released;   /* the next batch made here must wait for `released` */
+  /* The chunk whose tiles `tiles` holds: chunk_tiles[0 .. held) at chunk_index (>= 0), which
+   * later batches may copy rather than decode while this slot is the iterator's lender.
+   * Written by the host pass only while the slot is not the lender; guarded by the iterator's
+   * lock. */
+  size_t held;
 };
 
 /* nvJPEG, once per device for the process's life. */
@@ -96,6 +106,11 @@ struct gpu_iter {
   size_t tile_cap;                /* tiles the tile buffer holds; 0 when !gpu_level */
   struct gslot *todo, *todo_tail; /* slots waiting for their host pass, in batch order;
                                      guarded by the iterator's lock */
+  pthread_mutex_t *lock;          /* the iterator's */
+  /* The slot whose tile buffer last received a decoded chunk: a tile that a chunk of another
+   * batch needs and that it holds is copied from there on the GPU instead of being read and
+   * decoded again (a tile shared by batches in flight is decoded once). Guarded by lock. */
+  struct gslot *lender;
 };
 
 /* ---- CUDA helpers ---- */
@@ -228,6 +243,10 @@ static void free_slot(struct gpu_iter *it, struct gslot *sl) {
     rt->cudaEventDestroy(sl->done);
   if (sl->released)
     rt->cudaEventDestroy(sl->released);
+  if (sl->lent)
+    rt->cudaEventDestroy(sl->lent);
+  if (sl->mark)
+    rt->cudaEventDestroy(sl->mark);
   if (sl->state)
     it->cuda->jpeg.nvjpegJpegStateDestroy(sl->state);
   if (sl->stream)
@@ -263,6 +282,10 @@ static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
            rt->cudaEventCreateWithFlags(&sl->done, cudaEventDisableTiming | cudaEventBlockingSync),
            "cudaEventCreateWithFlags");
   CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->released, cudaEventDisableTiming),
+           "cudaEventCreateWithFlags");
+  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->lent, cudaEventDisableTiming),
+           "cudaEventCreateWithFlags");
+  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->mark, cudaEventDisableTiming),
            "cudaEventCreateWithFlags");
   CUDA_TRY(it, rt->cudaMalloc((void **)&sl->dev, it->L->batch_bytes), "cudaMalloc (a batch)");
   if (cap == 0)
@@ -359,8 +382,10 @@ static tessera_status reserve_staging(struct gpu_iter *it, struct gslot *sl, siz
   return TESSERA_OK;
 }
 
-/* Reads the chunk's tiles into staging as whole streams; those fit for nvJPEG get a place in
- * the tile buffer, the others chunk_index -1. Returns how many have a place. */
+/* Reads the chunk's tiles not copied from a lender (chunk_index -1) into staging as whole
+ * streams; those fit for nvJPEG get a place in the tile buffer (from 0 up: below the places
+ * of copied tiles, which count down from k - 1), the others keep -1. Returns how many have a
+ * place. */
 static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k, size_t *good) {
   const tessera_slide *s = it->L->s;
   const struct tsr_level *lv = &s->levels[it->L->level];
@@ -368,7 +393,8 @@ static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k
   for (size_t i = 0; i < k; i++) {
     sl->chunk_at[i] = need;
     /* None to give (too large for a read, say): the CPU gives the tile, or the error. */
-    need += tsr_tile_source_stream_size(s, it->L->level, sl->chunk_tiles[i]);
+    if (sl->chunk_index[i] < 0)
+      need += tsr_tile_source_stream_size(s, it->L->level, sl->chunk_tiles[i]);
   }
   tessera_status st = reserve_staging(it, sl, need ? need : 1);
   if (st != TESSERA_OK)
@@ -376,7 +402,8 @@ static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k
   *good = 0;
   for (size_t i = 0; i < k; i++) {
     uint64_t tile = sl->chunk_tiles[i];
-    sl->chunk_index[i] = -1;
+    if (sl->chunk_index[i] >= 0) /* copied from a lender */
+      continue;
     if (tsr_tile_source_stream_size(s, it->L->level, tile) == 0)
       continue;
     uint8_t *at = sl->staging + sl->chunk_at[i];
@@ -426,6 +453,74 @@ static tessera_status copy_part(struct gpu_iter *it, struct gslot *sl, uint64_t 
   return TESSERA_OK;
 }
 
+static int tile_order(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* The chunk's tiles that the lender holds are copied from its tile buffer into the top places
+ * of ours, on the lender's stream (so that its next chunk cannot overwrite them first) after
+ * what other batches queued on ours to copy from our buffer (mark); our stream waits for the
+ * copies (lent). The other tiles get chunk_index -1, to be read. Lock held. */
+static tessera_status borrow(struct gpu_iter *it, struct gslot *sl, size_t k) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  const struct gslot *from = it->lender;
+  for (size_t i = 0; i < k; i++)
+    sl->chunk_index[i] = -1;
+  if (!from || from == sl)
+    return TESSERA_OK;
+  cudaError_t e = cudaSuccess;
+  const char *what = NULL;
+  size_t top = k;
+  for (size_t i = 0; i < k && e == cudaSuccess; i++) {
+    const uint64_t *at =
+        bsearch(&sl->chunk_tiles[i], from->chunk_tiles, from->held, sizeof *at, tile_order);
+    int g = at ? from->chunk_index[at - from->chunk_tiles] : -1;
+    if (g < 0)
+      continue;
+    if (top == k) {
+      what = "cudaEventRecord (before copying tiles from another batch)";
+      e = rt->cudaEventRecord(sl->mark, sl->stream);
+      if (e == cudaSuccess)
+        e = rt->cudaStreamWaitEvent(from->stream, sl->mark, 0);
+      if (e != cudaSuccess)
+        break;
+    }
+    what = "cudaMemcpyAsync (a tile decoded for another batch)";
+    e = rt->cudaMemcpyAsync(sl->tiles + (top - 1) * it->tile_bytes,
+                            from->tiles + (size_t)g * it->tile_bytes, it->tile_bytes,
+                            cudaMemcpyDeviceToDevice, from->stream);
+    if (e == cudaSuccess)
+      sl->chunk_index[i] = (int)--top;
+  }
+  if (top < k) { /* even after a failure: what was queued is waited for before tiles is reused */
+    cudaError_t r = rt->cudaEventRecord(sl->lent, from->stream);
+    if (r == cudaSuccess)
+      r = rt->cudaStreamWaitEvent(sl->stream, sl->lent, 0);
+    if (r != cudaSuccess) {
+      rt->cudaStreamSynchronize(from->stream);
+      if (e == cudaSuccess) {
+        e = r;
+        what = "cudaStreamWaitEvent (tiles copied from another batch)";
+      }
+    }
+  }
+  return e == cudaSuccess ? TESSERA_OK : cuda_failed(it->cuda, e, what);
+}
+
+/* Makes the slot the iterator's lender of the chunk just queued (or, publish false, no longer
+ * the lender: its tile buffer is about to change). */
+static void lend(struct gpu_iter *it, struct gslot *sl, bool publish, size_t k) {
+  pthread_mutex_lock(it->lock);
+  if (publish) {
+    sl->held = k;
+    it->lender = sl;
+  } else if (it->lender == sl) {
+    it->lender = NULL;
+  }
+  pthread_mutex_unlock(it->lock);
+}
+
 /* Waits for the work queued so far (between chunks, which reuse staging and tiles). */
 static tessera_status wait_queued(struct gpu_iter *it, struct gslot *sl) {
   CUDA_TRY(it, it->cuda->rt.cudaEventRecord(sl->done, sl->stream), "cudaEventRecord");
@@ -438,6 +533,7 @@ static tessera_status wait_queued(struct gpu_iter *it, struct gslot *sl) {
 static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_t n) {
   const struct tsr_nvjpeg *jp = &it->cuda->jpeg;
   for (size_t i = 0; i < n;) {
+    lend(it, sl, false, 0);
     size_t k = 0, end = i;
     while (end < n && k < it->tile_cap) {
       uint64_t tile = sl->pairs[end].tile;
@@ -445,8 +541,12 @@ static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_
       while (end < n && sl->pairs[end].tile == tile)
         end++;
     }
-    size_t good;
-    tessera_status st = read_chunk(it, sl, k, &good);
+    pthread_mutex_lock(it->lock);
+    tessera_status st = borrow(it, sl, k);
+    pthread_mutex_unlock(it->lock);
+    size_t good = 0;
+    if (st == TESSERA_OK)
+      st = read_chunk(it, sl, k, &good);
     if (st != TESSERA_OK)
       return st;
     if (good > 0) {
@@ -464,9 +564,15 @@ static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_
       if (s != NVJPEG_STATUS_SUCCESS) { /* the CPU decodes them instead, and judges them */
         sl->initialized = 0;
         for (size_t t = 0; t < k; t++)
-          sl->chunk_index[t] = -1;
+          if (sl->chunk_index[t] < (int)good) /* not one copied from a lender */
+            sl->chunk_index[t] = -1;
       }
     }
+    bool any = false;
+    for (size_t t = 0; t < k && !any; t++)
+      any = sl->chunk_index[t] >= 0;
+    if (any)
+      lend(it, sl, true, k);
     for (size_t t = 0, j = i; t < k; t++) {
       for (; j < end && sl->pairs[j].tile == sl->chunk_tiles[t]; j++) {
         uint32_t p = sl->pairs[j].patch;
@@ -630,6 +736,7 @@ static tessera_status gpu_init(struct tessera_batch_iter *engine) {
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
   engine->backend = it;
   it->L = L;
+  it->lock = &engine->lock;
   it->cuda = cuda;
   struct device_scope d;
   enter_device(it, &d);

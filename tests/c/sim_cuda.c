@@ -124,6 +124,7 @@ struct CUevent_st {
 };
 
 static void run_until(struct CUstream_st *s, uint64_t seq);
+static struct CUstream_st *live(struct CUstream_st *s);
 
 /* Span of a 2D region: pitch * (height - 1) + width. */
 static size_t span(size_t pitch, size_t width, size_t height) {
@@ -161,7 +162,7 @@ static void run_op(struct op *o) {
     free(o->images);
     break;
   case WAIT:
-    run_until(o->wait_stream, o->wait_seq);
+    run_until(live(o->wait_stream), o->wait_seq);
     break;
   }
 }
@@ -180,6 +181,15 @@ static void run_until(struct CUstream_st *s, uint64_t seq) {
 
 #define MAX_STREAMS 256
 static struct CUstream_st *streams[MAX_STREAMS];
+
+/* s, or NULL when it was destroyed: its work has all run (cudaStreamDestroy runs it), so an
+ * event or a wait on it is complete. */
+static struct CUstream_st *live(struct CUstream_st *s) {
+  for (size_t i = 0; s && i < MAX_STREAMS; i++)
+    if (streams[i] == s)
+      return s;
+  return NULL;
+}
 
 static void run_all(void) {
   for (size_t i = 0; i < MAX_STREAMS; i++)
@@ -465,7 +475,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   pthread_mutex_lock(&lock);
-  run_until(event->stream, event->seq);
+  run_until(live(event->stream), event->seq);
   pthread_mutex_unlock(&lock);
   return cudaSuccess;
 }

@@ -104,10 +104,10 @@ static void settle(size_t device, size_t pinned, long streams, long events) {
     usleep(1000);
 }
 
-static void compare_stream(tessera_slide *s, const char *name, int32_t level, size_t n, int64_t w,
-                           int64_t h, const tessera_batch_options *base, unsigned long long *rng,
-                           const char *decoder) {
-  int64_t *xy = locations(s, level, n, w, h, rng);
+/* Every batch of a CUDA iterator over the n locations xy equals the CPU iterator's. */
+static void compare_locations(tessera_slide *s, const char *name, int32_t level, const int64_t *xy,
+                              size_t n, int64_t w, int64_t h, const tessera_batch_options *base,
+                              const char *decoder) {
   tessera_batch_options o = *base;
   tessera_batch_iter *cpu = NULL, *gpu = NULL;
   o.device = TESSERA_DEVICE_CPU;
@@ -119,7 +119,6 @@ static void compare_stream(tessera_slide *s, const char *name, int32_t level, si
   if (!cpu || !gpu) {
     tessera_batch_iter_destroy(cpu);
     tessera_batch_iter_destroy(gpu);
-    free(xy);
     return;
   }
   if (decoder)
@@ -163,6 +162,13 @@ static void compare_stream(tessera_slide *s, const char *name, int32_t level, si
   tessera_batch_iter_destroy(cpu);
   tessera_batch_iter_destroy(gpu);
   free(got);
+}
+
+static void compare_stream(tessera_slide *s, const char *name, int32_t level, size_t n, int64_t w,
+                           int64_t h, const tessera_batch_options *base, unsigned long long *rng,
+                           const char *decoder) {
+  int64_t *xy = locations(s, level, n, w, h, rng);
+  compare_locations(s, name, level, xy, n, w, h, base, decoder);
   free(xy);
 }
 
@@ -439,6 +445,41 @@ static void test_chunks(const char *dir) {
   tessera_close(s);
 }
 
+/* Consecutive batches of the same locations: a tile shared by batches in flight is decoded on
+ * the GPU once, and copied on the GPU for the others; pixels stay the CPU's. Without workers
+ * the batches are made in order, so each tile is decoded exactly once; with two workers the
+ * first two batches may be made at once (each decoding its tiles), later ones copy. */
+static void test_shared_tiles(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  enum { PER_BATCH = 8, BATCHES = 12 };
+  int64_t xy[2 * PER_BATCH * BATCHES];
+  for (size_t i = 0; i < PER_BATCH * BATCHES; i++) { /* each patch across 2 x 2 tiles */
+    xy[2 * i] = (int64_t)(i % PER_BATCH % 4) * 128 + 70;
+    xy[2 * i + 1] = (int64_t)(i % PER_BATCH / 4) * 128 + 90;
+  }
+  for (int workers = 0; workers <= 2; workers += 2) {
+    tessera_batch_options o;
+    tessera_batch_options_init(&o);
+    o.batch_size = PER_BATCH;
+    o.num_workers = workers;
+    o.prefetch_factor = 2;
+    long before = sim_decoded_images();
+    compare_locations(s, "one batch", 0, xy, PER_BATCH, 100, 100, &o, NULL);
+    long tiles = sim_decoded_images() - before; /* tiles of one batch: each decoded once */
+    CHECK(tiles > 0, "no tile decoded on the GPU");
+    before = sim_decoded_images();
+    compare_locations(s, "shared tiles", 0, xy, PER_BATCH * BATCHES, 100, 100, &o, NULL);
+    long decoded = sim_decoded_images() - before;
+    long most = workers == 0 ? tiles : tiles * BATCHES / 2;
+    CHECK(decoded <= most,
+          "workers %d: %ld tiles decoded for %d batches of the same %ld tiles (at most %ld)",
+          workers, decoded, BATCHES, tiles, most);
+  }
+  tessera_close(s);
+}
+
 /* A JPEG header, built up segment by segment, for the eligibility check. */
 struct stream {
   uint8_t b[512];
@@ -556,6 +597,7 @@ int main(int argc, char **argv) {
   test_eligibility();
   test_equal_to_cpu(dir);
   test_chunks(dir);
+  test_shared_tiles(dir);
   test_flat_memory(dir);
   test_abandoned(dir);
   test_no_locations(dir);
