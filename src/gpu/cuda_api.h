@@ -24,6 +24,7 @@ typedef enum cudaError {
   cudaErrorStubLibrary = 34,        /* the driver found is the toolkit's link stub */
   cudaErrorInsufficientDriver = 35, /* no driver, or one older than the runtime */
   cudaErrorNoDevice = 100,
+  cudaErrorNotReady = 600, /* cudaEventQuery: the work before the event is not done yet */
 } cudaError_t;
 
 enum cudaMemcpyKind {
@@ -71,6 +72,7 @@ typedef cudaError_t (*tsr_cudaStreamWaitEvent_fn)(cudaStream_t stream, cudaEvent
 typedef cudaError_t (*tsr_cudaEventCreateWithFlags_fn)(cudaEvent_t *event, unsigned int flags);
 typedef cudaError_t (*tsr_cudaEventRecord_fn)(cudaEvent_t event, cudaStream_t stream);
 typedef cudaError_t (*tsr_cudaEventSynchronize_fn)(cudaEvent_t event);
+typedef cudaError_t (*tsr_cudaEventQuery_fn)(cudaEvent_t event);
 typedef cudaError_t (*tsr_cudaEventDestroy_fn)(cudaEvent_t event);
 typedef cudaError_t (*tsr_cudaStreamDestroy_fn)(cudaStream_t stream);
 typedef cudaError_t (*tsr_cudaStreamSynchronize_fn)(cudaStream_t stream);

@@ -34,6 +34,7 @@
   X(cudaEventCreateWithFlags)                                                                      \
   X(cudaEventRecord)                                                                               \
   X(cudaEventSynchronize)                                                                          \
+  X(cudaEventQuery)                                                                                \
   X(cudaEventDestroy)
 
 #define TSR_NVJPEG_FUNCTIONS(X)                                                                    \

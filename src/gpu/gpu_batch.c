@@ -1,9 +1,12 @@
 /* The batch iterator with device CUDA: patches assembled in GPU memory from tiles nvJPEG
  * decodes there.
  *
- * A batch is made by one host pass (an item of the iterator's task group, run by at most
- * num_workers pool tasks, when num_workers > 0; else in the consumer's thread), and
- * everything it asks of the GPU is queued on the batch's stream:
+ * A batch is made by one host pass (items of the iterator's task group, run by at most
+ * num_workers pool tasks, when num_workers > 0; else in the consumer's thread): a first
+ * item, one per chunk of tiles, and a last one. A chunk that must wait for the GPU to finish
+ * the one before does not wait: its item ends and the pass is queued again (cudaEventQuery
+ * tells when), so the thread is given back meanwhile. Everything it asks of the GPU is queued
+ * on the batch's stream:
  *  1. Patches wholly inside the level are the GPU's. The tiles they cover (each once per
  *     batch) are read from the file into pinned host memory, made whole JPEG streams (the
  *     level's JPEGTables spliced in), checked to be streams nvJPEG decodes as the CPU path
@@ -79,6 +82,11 @@ struct gslot {
   cudaEvent_t lent;     /* recorded on a lender's stream after its tiles were copied here */
   cudaEvent_t mark;     /* recorded here before tiles are copied into `tiles` from elsewhere */
   bool wait_released;   /* the next batch made here must wait for `released` */
+  /* The host pass's progress, from one of its items to the next. */
+  size_t npairs, next_pair; /* the GPU's (tile, patch) pairs; the next chunk's first */
+  bool gpu_patches;         /* some patches are the GPU's */
+  bool started;             /* the pass's first step is done */
+  bool chunk_queued;        /* `done` was recorded after a chunk the next one must wait for */
   /* The chunk whose tiles `tiles` holds: chunk_tiles[0 .. held) at chunk_index (>= 0), which
    * later batches may copy rather than decode while this slot is the iterator's lender.
    * Written by the host pass only while the slot is not the lender; guarded by the iterator's
@@ -366,8 +374,7 @@ static bool add_patch_tiles(const struct gpu_iter *it, struct gslot *sl, size_t 
 }
 
 /* Makes the pinned staging buffer hold n bytes. Its old contents are no longer needed: the
- * work that read them is done (the batch before finished, or the chunk before was waited
- * for). */
+ * work that read them is done (the batch before finished, or the chunk before is done). */
 static tessera_status reserve_staging(struct gpu_iter *it, struct gslot *sl, size_t n) {
   if (n <= sl->staging_cap)
     return TESSERA_OK;
@@ -521,72 +528,63 @@ static void lend(struct gpu_iter *it, struct gslot *sl, bool publish, size_t k) 
   pthread_mutex_unlock(it->lock);
 }
 
-/* Waits for the work queued so far (between chunks, which reuse staging and tiles). */
-static tessera_status wait_queued(struct gpu_iter *it, struct gslot *sl) {
-  CUDA_TRY(it, it->cuda->rt.cudaEventRecord(sl->done, sl->stream), "cudaEventRecord");
-  CUDA_TRY(it, it->cuda->rt.cudaEventSynchronize(sl->done), "cudaEventSynchronize");
-  return TESSERA_OK;
-}
-
-/* The GPU's patches: their tiles decoded by nvJPEG, a chunk at a time, and copied into them.
- * Patches needing a tile nvJPEG does not get are moved to the CPU. n pairs, sorted. */
-static tessera_status decode_on_gpu(struct gpu_iter *it, struct gslot *sl, size_t n) {
+/* The GPU's patches: the tiles of the chunk starting at pair next_pair (pairs sorted) decoded
+ * by nvJPEG, or copied from a lender, and copied into them; next_pair moves past the chunk.
+ * Patches needing a tile nvJPEG does not get are moved to the CPU. */
+static tessera_status decode_chunk(struct gpu_iter *it, struct gslot *sl) {
   const struct tsr_nvjpeg *jp = &it->cuda->jpeg;
-  for (size_t i = 0; i < n;) {
-    lend(it, sl, false, 0);
-    size_t k = 0, end = i;
-    while (end < n && k < it->tile_cap) {
-      uint64_t tile = sl->pairs[end].tile;
-      sl->chunk_tiles[k++] = tile;
-      while (end < n && sl->pairs[end].tile == tile)
-        end++;
-    }
-    pthread_mutex_lock(it->lock);
-    tessera_status st = borrow(it, sl, k);
-    pthread_mutex_unlock(it->lock);
-    size_t good = 0;
-    if (st == TESSERA_OK)
-      st = read_chunk(it, sl, k, &good);
-    if (st != TESSERA_OK)
-      return st;
-    if (good > 0) {
-      /* Initialized again when the batch size changes, and after a failure (which nvJPEG's
-       * header says the call also resets). */
-      nvjpegStatus_t s = NVJPEG_STATUS_SUCCESS;
-      if (sl->initialized != (int)good) {
-        s = jp->nvjpegDecodeBatchedInitialize(it->decoder->handle, sl->state, (int)good, 1,
-                                              NVJPEG_OUTPUT_RGBI);
-        sl->initialized = s == NVJPEG_STATUS_SUCCESS ? (int)good : 0;
-      }
-      if (s == NVJPEG_STATUS_SUCCESS)
-        s = jp->nvjpegDecodeBatched(it->decoder->handle, sl->state, sl->data, sl->lengths,
-                                    sl->images, sl->stream);
-      if (s != NVJPEG_STATUS_SUCCESS) { /* the CPU decodes them instead, and judges them */
-        sl->initialized = 0;
-        for (size_t t = 0; t < k; t++)
-          if (sl->chunk_index[t] < (int)good) /* not one copied from a lender */
-            sl->chunk_index[t] = -1;
-      }
-    }
-    bool any = false;
-    for (size_t t = 0; t < k && !any; t++)
-      any = sl->chunk_index[t] >= 0;
-    if (any)
-      lend(it, sl, true, k);
-    for (size_t t = 0, j = i; t < k; t++) {
-      for (; j < end && sl->pairs[j].tile == sl->chunk_tiles[t]; j++) {
-        uint32_t p = sl->pairs[j].patch;
-        if (sl->chunk_index[t] < 0)
-          sl->on_cpu[p] = true;
-        else if (!sl->on_cpu[p] && (st = copy_part(it, sl, sl->chunk_tiles[t],
-                                                   (size_t)sl->chunk_index[t], p)) != TESSERA_OK)
-          return st;
-      }
-    }
-    i = end;
-    if (i < n && (st = wait_queued(it, sl)) != TESSERA_OK)
-      return st;
+  size_t n = sl->npairs, i = sl->next_pair;
+  lend(it, sl, false, 0);
+  size_t k = 0, end = i;
+  while (end < n && k < it->tile_cap) {
+    uint64_t tile = sl->pairs[end].tile;
+    sl->chunk_tiles[k++] = tile;
+    while (end < n && sl->pairs[end].tile == tile)
+      end++;
   }
+  pthread_mutex_lock(it->lock);
+  tessera_status st = borrow(it, sl, k);
+  pthread_mutex_unlock(it->lock);
+  size_t good = 0;
+  if (st == TESSERA_OK)
+    st = read_chunk(it, sl, k, &good);
+  if (st != TESSERA_OK)
+    return st;
+  if (good > 0) {
+    /* Initialized again when the batch size changes, and after a failure (which nvJPEG's
+     * header says the call also resets). */
+    nvjpegStatus_t s = NVJPEG_STATUS_SUCCESS;
+    if (sl->initialized != (int)good) {
+      s = jp->nvjpegDecodeBatchedInitialize(it->decoder->handle, sl->state, (int)good, 1,
+                                            NVJPEG_OUTPUT_RGBI);
+      sl->initialized = s == NVJPEG_STATUS_SUCCESS ? (int)good : 0;
+    }
+    if (s == NVJPEG_STATUS_SUCCESS)
+      s = jp->nvjpegDecodeBatched(it->decoder->handle, sl->state, sl->data, sl->lengths, sl->images,
+                                  sl->stream);
+    if (s != NVJPEG_STATUS_SUCCESS) { /* the CPU decodes them instead, and judges them */
+      sl->initialized = 0;
+      for (size_t t = 0; t < k; t++)
+        if (sl->chunk_index[t] < (int)good) /* not one copied from a lender */
+          sl->chunk_index[t] = -1;
+    }
+  }
+  bool any = false;
+  for (size_t t = 0; t < k && !any; t++)
+    any = sl->chunk_index[t] >= 0;
+  if (any)
+    lend(it, sl, true, k);
+  for (size_t t = 0, j = i; t < k; t++) {
+    for (; j < end && sl->pairs[j].tile == sl->chunk_tiles[t]; j++) {
+      uint32_t p = sl->pairs[j].patch;
+      if (sl->chunk_index[t] < 0)
+        sl->on_cpu[p] = true;
+      else if (!sl->on_cpu[p] && (st = copy_part(it, sl, sl->chunk_tiles[t],
+                                                 (size_t)sl->chunk_index[t], p)) != TESSERA_OK)
+        return st;
+    }
+  }
+  sl->next_pair = end;
   return TESSERA_OK;
 }
 
@@ -670,16 +668,18 @@ static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t
   return TESSERA_OK;
 }
 
-/* Queues all of batch sl->base.pub.number's work (device current). */
-static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
+/* The first step of batch sl->base.pub.number's host pass: its patches laid out, the GPU's
+ * tile pairs listed (device current). */
+static tessera_status begin_pass(struct gpu_iter *it, struct gslot *sl) {
   const struct tsr_level *lv = &it->L->s->levels[it->L->level];
   size_t count = sl->base.pub.count, n = 0;
+  sl->npairs = sl->next_pair = 0;
+  sl->gpu_patches = false;
   if (sl->wait_released) {
     CUDA_TRY(it, it->cuda->rt.cudaStreamWaitEvent(sl->stream, sl->released, 0),
              "cudaStreamWaitEvent");
     sl->wait_released = false;
   }
-  bool gpu_patches = false;
   for (size_t p = 0; p < count; p++) {
     struct tsr_canvas *c = &sl->canvases[p];
     bool near = tsr_batch_patch(it->L, sl->base.pub.number, p, NULL, c, &sl->indices[p]);
@@ -688,22 +688,22 @@ static tessera_status make_batch(struct gpu_iter *it, struct gslot *sl) {
     sl->on_cpu[p] = !inside;
     if (inside && !add_patch_tiles(it, sl, &n, p))
       return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
-    gpu_patches |= inside;
+    sl->gpu_patches |= inside;
   }
   if (n > 1)
     qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
-  tessera_status st = decode_on_gpu(it, sl, n);
-  if (st == TESSERA_OK && gpu_patches && it->L->channels == 4)
-    st = widen(it, sl, count);
-  if (st == TESSERA_OK)
-    st = paint_on_cpu(it, sl, count);
-  return st;
+  sl->npairs = n;
+  return TESSERA_OK;
 }
 
-/* The host pass of one batch: its work queued, then `done` recorded (or, if that cannot be,
- * everything queued waited for), so the slot is never reused under the GPU's feet. */
-static tessera_status prepare(struct gpu_iter *it, struct gslot *sl) {
-  tessera_status st = make_batch(it, sl);
+/* The last step of the host pass (st: how the steps before went): the CPU's patches, then
+ * `done` recorded (or, if that cannot be, everything queued waited for), so the slot is never
+ * reused under the GPU's feet. */
+static tessera_status end_pass(struct gpu_iter *it, struct gslot *sl, tessera_status st) {
+  if (st == TESSERA_OK && sl->gpu_patches && it->L->channels == 4)
+    st = widen(it, sl, sl->base.pub.count);
+  if (st == TESSERA_OK)
+    st = paint_on_cpu(it, sl, sl->base.pub.count);
   cudaError_t e = it->cuda->rt.cudaEventRecord(sl->done, sl->stream);
   if (e != cudaSuccess) {
     tessera_status recorded = cuda_failed(it->cuda, e, "cudaEventRecord");
@@ -712,6 +712,42 @@ static tessera_status prepare(struct gpu_iter *it, struct gslot *sl) {
     it->cuda->rt.cudaStreamSynchronize(sl->stream);
   }
   return st;
+}
+
+/* One work item of the host pass: its first step, one chunk, or its last step. A chunk after
+ * the first reuses staging and the tile buffer, so it waits until the GPU is done with the
+ * chunk before (`done`, recorded after it); until then the item ends unfinished and the pass
+ * is queued again, so the worker gives its thread back meanwhile. Returns whether the pass is
+ * finished, with its status in *st. */
+static bool pass_step(struct gpu_iter *it, struct gslot *sl, tessera_status *st) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  *st = TESSERA_OK;
+  if (!sl->started) {
+    sl->started = true;
+    sl->chunk_queued = false;
+    *st = begin_pass(it, sl);
+  } else if (sl->chunk_queued) {
+    cudaError_t e = rt->cudaEventQuery(sl->done);
+    if (e == cudaErrorNotReady)
+      return false;
+    sl->chunk_queued = false;
+    if (e != cudaSuccess)
+      *st = cuda_failed(it->cuda, e, "cudaEventQuery");
+  }
+  if (*st == TESSERA_OK && sl->next_pair < sl->npairs) {
+    *st = decode_chunk(it, sl);
+    if (*st == TESSERA_OK && sl->next_pair < sl->npairs) {
+      cudaError_t e = rt->cudaEventRecord(sl->done, sl->stream);
+      if (e == cudaSuccess) {
+        sl->chunk_queued = true;
+        return false;
+      }
+      *st = cuda_failed(it->cuda, e, "cudaEventRecord");
+    }
+  }
+  sl->started = false;
+  *st = end_pass(it, sl, *st);
+  return true;
 }
 
 /* ---- the back end's operations ---- */
@@ -765,6 +801,16 @@ static tessera_status gpu_init(struct tessera_batch_iter *engine) {
   return TESSERA_OK;
 }
 
+/* Queues the rest of the slot's host pass, after the passes queued before (lock held). */
+static void queue_pass(struct gpu_iter *it, struct gslot *sl) {
+  sl->todo = NULL;
+  if (it->todo_tail)
+    it->todo_tail->todo = sl;
+  else
+    it->todo = sl;
+  it->todo_tail = sl;
+}
+
 /* Queues the slot's host pass, made by a worker or the consumer. */
 static tessera_status gpu_schedule(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
   struct gpu_iter *it = engine->backend;
@@ -776,12 +822,8 @@ static tessera_status gpu_schedule(struct tessera_batch_iter *engine, struct tsr
   base->pub.stream = sl->stream;
   base->pub.consumer_stream = NULL;
   base->pending = 1;
-  sl->todo = NULL;
-  if (it->todo_tail)
-    it->todo_tail->todo = sl;
-  else
-    it->todo = sl;
-  it->todo_tail = sl;
+  sl->started = false;
+  queue_pass(it, sl);
   return TESSERA_OK;
 }
 
@@ -798,10 +840,14 @@ static void gpu_run(struct tessera_batch_iter *engine, void *item) {
   struct gslot *sl = item;
   struct device_scope d;
   enter_device(it, &d);
-  tessera_status st = prepare(it, sl);
+  tessera_status st;
+  bool finished = pass_step(it, sl, &st);
   leave_device(it, &d);
   pthread_mutex_lock(&engine->lock);
-  tsr_batch_done(engine, &sl->base, st);
+  if (finished)
+    tsr_batch_done(engine, &sl->base, st);
+  else
+    queue_pass(it, sl);
 }
 
 static bool gpu_queued(const struct tessera_batch_iter *engine) {

@@ -160,6 +160,11 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   return cudaErrorNoDevice;
 }
 
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  (void)event;
+  return cudaErrorNoDevice;
+}
+
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
   (void)event;
   return cudaErrorNoDevice;

@@ -473,11 +473,57 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   return cudaSuccess;
 }
 
+/* sim_hold(true) stands for a GPU that is busy for as long as the test wants: work before an
+ * event not yet complete does not run, cudaEventQuery says it is not ready and
+ * cudaEventSynchronize waits, until sim_hold(false). Guarded by lock. */
+static bool held;
+static long held_waits; /* queries and synchronizations that found the GPU held */
+static pthread_cond_t unheld = PTHREAD_COND_INITIALIZER;
+
+static bool event_done(cudaEvent_t event) {
+  struct CUstream_st *s = live(event->stream);
+  return !s || s->done >= event->seq;
+}
+
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   pthread_mutex_lock(&lock);
+  if (held && !event_done(event)) {
+    held_waits++;
+    while (held)
+      pthread_cond_wait(&unheld, &lock);
+  }
   run_until(live(event->stream), event->seq);
   pthread_mutex_unlock(&lock);
   return cudaSuccess;
+}
+
+/* Without sim_hold, the work before the event runs now (the simulator's GPU runs work when
+ * something waits for it), so the event is complete. */
+cudaError_t cudaEventQuery(cudaEvent_t event) {
+  pthread_mutex_lock(&lock);
+  cudaError_t e = cudaSuccess;
+  if (held && !event_done(event)) {
+    held_waits++;
+    e = cudaErrorNotReady;
+  } else {
+    run_until(live(event->stream), event->seq);
+  }
+  pthread_mutex_unlock(&lock);
+  return e;
+}
+
+SIM_API void sim_hold(bool on) {
+  pthread_mutex_lock(&lock);
+  held = on;
+  pthread_cond_broadcast(&unheld);
+  pthread_mutex_unlock(&lock);
+}
+
+SIM_API long sim_held_waits(void) {
+  pthread_mutex_lock(&lock);
+  long n = held_waits;
+  pthread_mutex_unlock(&lock);
+  return n;
 }
 
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned int flags) {

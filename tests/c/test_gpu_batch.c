@@ -6,6 +6,8 @@
  * (host touching device memory, copies outside allocations or from unpinned memory). */
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -480,6 +482,94 @@ static void test_shared_tiles(const char *dir) {
   tessera_close(s);
 }
 
+/* tessera_batch_iter_next in a thread of its own. */
+struct next_call {
+  tessera_batch_iter *it;
+  tessera_batch *batch;
+  tessera_status status;
+  atomic_int done;
+};
+
+static void *call_next(void *arg) {
+  struct next_call *c = arg;
+  c->status = tessera_batch_iter_next(c->it, &c->batch);
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+/* Whether the call is done within 30 s (a hang guard: it is done at once or never). */
+static bool finishes(struct next_call *c) {
+  for (int i = 0; i < 30000 && !atomic_load(&c->done); i++)
+    usleep(1000);
+  return atomic_load(&c->done);
+}
+
+/* With TESSERA_POOL_THREADS=1: while the (simulated) GPU holds a CUDA batch's chunk, the one
+ * pool thread is not kept waiting for it between chunks but given back, so a CPU batch
+ * iterator's work runs meanwhile; then both batches are the CPU's pixels. */
+static void test_thread_given_back(const char *dir, const char *sim) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/libcudart.so.12", sim);
+  void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+  void (*sim_hold)(bool) = NULL;
+  long (*sim_held_waits)(void) = NULL;
+  if (!h || !(SIM(sim_hold) && SIM(sim_held_waits))) {
+    CHECK(0, "the simulator's hold: %s", dlerror());
+    return;
+  }
+  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  if (!s)
+    return;
+  size_t saved = tsr_gpu_tile_budget;
+  tsr_gpu_tile_budget = 128 * 128 * 3; /* a tile a chunk: chunks wait for the ones before */
+  enum { N = 4 };
+  int64_t xy[2 * N];
+  for (size_t i = 0; i < N; i++) {
+    xy[2 * i] = (int64_t)i * 128 + 70;
+    xy[2 * i + 1] = 90;
+  }
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = N;
+  o.num_workers = 1;
+  o.prefetch_factor = 1;
+  struct next_call gpu = {0}, cpu = {0};
+  o.device = TESSERA_DEVICE_CUDA;
+  CHECK(tessera_batch_iter_create(s, xy, N, 200, 150, 0, &o, &gpu.it) == TESSERA_OK, "%s",
+        tessera_error_message());
+  o.device = TESSERA_DEVICE_CPU;
+  CHECK(tessera_batch_iter_create(s, xy, N, 200, 150, 0, &o, &cpu.it) == TESSERA_OK, "%s",
+        tessera_error_message());
+  sim_hold(true);
+  long waits = sim_held_waits();
+  pthread_t g, c;
+  pthread_create(&g, NULL, call_next, &gpu);
+  for (int i = 0; i < 30000 && sim_held_waits() == waits; i++)
+    usleep(1000);
+  CHECK(sim_held_waits() > waits, "the CUDA batch never waited for the held GPU");
+  pthread_create(&c, NULL, call_next, &cpu);
+  CHECK(finishes(&cpu), "a CPU batch made no progress while a CUDA chunk was in flight on the "
+                        "one pool thread");
+  sim_hold(false);
+  pthread_join(c, NULL);
+  pthread_join(g, NULL);
+  CHECK(gpu.status == TESSERA_OK && cpu.status == TESSERA_OK && gpu.batch && cpu.batch,
+        "next: %d %d", gpu.status, cpu.status);
+  if (gpu.batch && cpu.batch) {
+    uint8_t *got = malloc(gpu.batch->size);
+    CHECK(sim_peek(got, gpu.batch->data, gpu.batch->size) &&
+              memcmp(got, cpu.batch->data, cpu.batch->size) == 0,
+          "the CUDA batch's pixels differ from the CPU's");
+    free(got);
+  }
+  tessera_batch_release(gpu.batch);
+  tessera_batch_release(cpu.batch);
+  tessera_batch_iter_destroy(gpu.it);
+  tessera_batch_iter_destroy(cpu.it);
+  tsr_gpu_tile_budget = saved;
+  tessera_close(s);
+}
+
 /* A JPEG header, built up segment by segment, for the eligibility check. */
 struct stream {
   uint8_t b[512];
@@ -593,6 +683,10 @@ int main(int argc, char **argv) {
   if (!load_sim(argv[2])) {
     CHECK(0, "the simulator's counters: %s", dlerror());
     return check_finish("test_gpu_batch");
+  }
+  if (argc > 3 && strcmp(argv[3], "one-thread") == 0) { /* run with TESSERA_POOL_THREADS=1 */
+    test_thread_given_back(dir, argv[2]);
+    return check_finish("test_gpu_batch one-thread");
   }
   test_eligibility();
   test_equal_to_cpu(dir);
