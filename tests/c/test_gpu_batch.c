@@ -482,6 +482,50 @@ static void test_shared_tiles(const char *dir) {
   tessera_close(s);
 }
 
+/* Tiles the CUDA back end decodes on the CPU (zstd here) go through the decoded-tile cache: a
+ * second stream over the same locations is served from it (hits, no new misses), and its
+ * batches are still the CPU's. */
+static void test_cached_cpu_tiles(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "generic-zstd-1024tiles-pyramid.tiff");
+  if (!s)
+    return;
+  tessera_cache_options co;
+  tessera_cache_options_init(&co);
+  co.type = TESSERA_CACHE_PER_PROCESS;
+  co.record_stats = 1;
+  CHECK(tessera_cache_configure(&co) == TESSERA_OK, "%s", tessera_error_message());
+  enum { N = 8 };
+  int64_t xy[2 * N];
+  for (size_t i = 0; i < N; i++) { /* whole tiles (a partial first read is only remembered) */
+    xy[2 * i] = (int64_t)(i % 4) * 1024;
+    xy[2 * i + 1] = (int64_t)(i / 4) * 1024;
+  }
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 4;
+  o.num_workers = 1;
+  tessera_cache_stats first = {.struct_size = sizeof first}, second = first;
+  compare_locations(s, "cached", 0, xy, N, 1024, 1024, &o, "cpu+copy");
+  tessera_cache_stats_reset(-1);
+  /* The CUDA iterator alone: the CPU iterator of compare_locations would hit the cache too. */
+  o.device = TESSERA_DEVICE_CUDA;
+  tessera_batch_iter *it = NULL;
+  CHECK(tessera_batch_iter_create(s, xy, N, 1024, 1024, 0, &o, &it) == TESSERA_OK, "%s",
+        tessera_error_message());
+  CHECK(tessera_cache_stats_get(&first) == TESSERA_OK, "%s", tessera_error_message());
+  for (tessera_batch *b = NULL; it && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;)
+    tessera_batch_release(b);
+  tessera_batch_iter_destroy(it);
+  CHECK(tessera_cache_stats_get(&second) == TESSERA_OK, "%s", tessera_error_message());
+  CHECK(second.hits - first.hits >= N && second.misses == first.misses,
+        "the CUDA iterator's CPU tiles: %llu cache hits, %llu misses on a second pass",
+        (unsigned long long)(second.hits - first.hits),
+        (unsigned long long)(second.misses - first.misses));
+  co.type = TESSERA_CACHE_NONE;
+  tessera_cache_configure(&co);
+  tessera_close(s);
+}
+
 /* tessera_batch_iter_next in a thread of its own. */
 struct next_call {
   tessera_batch_iter *it;
@@ -692,6 +736,7 @@ int main(int argc, char **argv) {
   test_equal_to_cpu(dir);
   test_chunks(dir);
   test_shared_tiles(dir);
+  test_cached_cpu_tiles(dir);
   test_flat_memory(dir);
   test_abandoned(dir);
   test_no_locations(dir);
