@@ -26,7 +26,10 @@
  *     beyond it (even without workers: the GPU works while the consumer does).
  * Batch buffers are recycled; releasing one records an event on the consumer's stream that
  * the next batch written there waits for. Channels 4: patches are assembled as RGB, widened
- * with one strided copy and given opaque alpha with one strided set (both on the GPU). */
+ * with one strided copy and given opaque alpha with one strided set (both on the GPU).
+ *
+ * Over 800 lines: the host pass's steps, the slots whose buffers they fill and the lending of
+ * tiles between slots all work on struct gslot, which stays private to this file. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,12 +40,12 @@
 #include "error.h"
 #include "gpu/cuda_loader.h"
 #include "gpu/jpeg_input.h"
+#include "gpu/nvjpeg_decoder.h"
 #include "pool.h"
 #include "source/tile_source.h"
 #include "tile.h"
 
 size_t tsr_gpu_tile_budget = (size_t)256 << 20;
-#define TSR_GPU_MAX_DEVICES 64
 
 /* One patch that needs a tile. */
 struct pair {
@@ -94,21 +97,11 @@ struct gslot {
   size_t held;
 };
 
-/* nvJPEG, once per device for the process's life. */
-struct decoder {
-  bool made;
-  tessera_status status;
-  char message[TSR_MESSAGE_MAX];
-  nvjpegHandle_t handle;
-  const char *name;  /* "nvjpeg-hardware", ... */
-  bool interpolates; /* chroma upsampled as libjpeg does: subsampled tiles may go to it */
-};
-
 /* The back end's state: set at creation, then only read, but for the queue of host passes. */
 struct gpu_iter {
   const struct tsr_batch_layout *L; /* the engine's */
   const struct tsr_cuda *cuda;
-  struct decoder *decoder;
+  struct tsr_nvjpeg_decoder *decoder;
   bool gpu_level;                 /* the level's tiles may go to nvJPEG */
   size_t tile_bytes;              /* a decoded tile: tile_w x tile_h x 3 */
   size_t tile_cap;                /* tiles the tile buffer holds; 0 when !gpu_level */
@@ -152,88 +145,6 @@ static void enter_device(const struct gpu_iter *it, struct device_scope *d) {
 static void leave_device(const struct gpu_iter *it, const struct device_scope *d) {
   if (d->previous >= 0 && d->previous != it->L->device_id)
     it->cuda->rt.cudaSetDevice(d->previous);
-}
-
-static const char *nvjpeg_status_name(nvjpegStatus_t s) {
-  static const char *const names[] = {"success",
-                                      "not initialized",
-                                      "invalid parameter",
-                                      "bad JPEG",
-                                      "JPEG not supported",
-                                      "allocator failure",
-                                      "execution failed",
-                                      "architecture mismatch",
-                                      "internal error",
-                                      "implementation not supported",
-                                      "incomplete bitstream"};
-  return (unsigned)s < sizeof names / sizeof names[0] ? names[s] : "unknown status";
-}
-
-/* TESSERA_NVJPEG_BACKEND picks nvJPEG's back end: "hardware" (the A100/H100 JPEG engines),
- * "gpu" (GPU_HYBRID: Huffman on the GPU), "hybrid" (Huffman on the CPU) or "default"; unset,
- * the hardware engines where the GPU has them, else nvJPEG's default. */
-static void make_decoder(const struct tsr_cuda *c, struct decoder *d) {
-  static const struct {
-    const char *env, *name;
-    nvjpegBackend_t backend;
-  } kinds[] = {{"hardware", "nvjpeg-hardware", NVJPEG_BACKEND_HARDWARE},
-               {"default", "nvjpeg-default", NVJPEG_BACKEND_DEFAULT},
-               {"gpu", "nvjpeg-gpu-hybrid", NVJPEG_BACKEND_GPU_HYBRID},
-               {"hybrid", "nvjpeg-hybrid", NVJPEG_BACKEND_HYBRID}};
-  const char *want = getenv("TESSERA_NVJPEG_BACKEND");
-  size_t first = 0, last = 1; /* unset: hardware, then default */
-  if (want && *want) {
-    for (first = 0; first < 4 && strcmp(kinds[first].env, want) != 0; first++)
-      ;
-    if (first == 4) {
-      d->status = tsr_error(TESSERA_E_ARGUMENT,
-                            "TESSERA_NVJPEG_BACKEND is \"%s\", not hardware, gpu, hybrid or "
-                            "default",
-                            want);
-      return;
-    }
-    last = first;
-  }
-  /* Interpolated chroma upsampling came with nvJPEG 12.1; without it, only tiles without
-   * chroma subsampling are decoded there (replicated chroma would differ from the CPU's). */
-  bool interpolation =
-      c->nvjpeg_version[0] > 12 || (c->nvjpeg_version[0] == 12 && c->nvjpeg_version[1] >= 1);
-  nvjpegStatus_t s = NVJPEG_STATUS_NOT_INITIALIZED;
-  for (size_t k = first; k <= last; k++) {
-    for (int with = interpolation; with >= 0; with--) {
-      s = c->jpeg.nvjpegCreateEx(
-          kinds[k].backend, NULL, NULL,
-          with ? NVJPEG_FLAGS_UPSAMPLING_WITH_INTERPOLATION : NVJPEG_FLAGS_DEFAULT, &d->handle);
-      if (s == NVJPEG_STATUS_SUCCESS) {
-        d->name = kinds[k].name;
-        d->interpolates = with;
-        d->status = TESSERA_OK;
-        return;
-      }
-    }
-  }
-  d->status = tsr_error(TESSERA_E_UNSUPPORTED, "nvJPEG could not start (%s back end): %s (%d)",
-                        kinds[last].env, nvjpeg_status_name(s), (int)s);
-}
-
-static pthread_mutex_t decoders_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct decoder decoders[TSR_GPU_MAX_DEVICES];
-
-/* The device's decoder, made on first use (the device must be current). */
-static tessera_status get_decoder(const struct tsr_cuda *c, int device, struct decoder **out) {
-  pthread_mutex_lock(&decoders_lock);
-  struct decoder *d = &decoders[device];
-  if (!d->made) {
-    d->made = true;
-    make_decoder(c, d);
-    if (d->status != TESSERA_OK)
-      snprintf(d->message, sizeof d->message, "%s", tessera_error_message());
-  }
-  pthread_mutex_unlock(&decoders_lock);
-  *out = d;
-  if (d->status != TESSERA_OK)
-    return tsr_error(d->status, "%s", d->message);
-  return TESSERA_OK;
 }
 
 /* ---- slots ---- */
@@ -316,7 +227,7 @@ static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
   if (s != NVJPEG_STATUS_SUCCESS) {
     sl->state = NULL;
     return tsr_error(TESSERA_E_NOMEM, "nvjpegJpegStateCreate failed: %s (%d)",
-                     nvjpeg_status_name(s), (int)s);
+                     tsr_nvjpeg_status_name(s), (int)s);
   }
   return TESSERA_OK;
 }
@@ -776,7 +687,7 @@ static tessera_status gpu_init(struct tessera_batch_iter *engine) {
   it->cuda = cuda;
   struct device_scope d;
   enter_device(it, &d);
-  st = get_decoder(cuda, L->device_id, &it->decoder);
+  st = tsr_nvjpeg_decoder_get(cuda, L->device_id, &it->decoder);
   leave_device(it, &d);
   if (st != TESSERA_OK)
     return st;
