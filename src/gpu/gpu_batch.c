@@ -31,6 +31,7 @@
  * Over 800 lines: the host pass's steps, the slots whose buffers they fill and the lending of
  * tiles between slots all work on struct gslot, which stays private to this file. */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -630,7 +631,7 @@ static tessera_status end_pass(struct gpu_iter *it, struct gslot *sl, tessera_st
  * chunk before (`done`, recorded after it); until then the item ends unfinished and the pass
  * is queued again, so the worker gives its thread back meanwhile. Returns whether the pass is
  * finished, with its status in *st. */
-static bool pass_step(struct gpu_iter *it, struct gslot *sl, tessera_status *st) {
+static bool pass_step(struct gpu_iter *it, struct gslot *sl, bool alone, tessera_status *st) {
   const struct tsr_cudart *rt = &it->cuda->rt;
   *st = TESSERA_OK;
   if (!sl->started) {
@@ -639,6 +640,12 @@ static bool pass_step(struct gpu_iter *it, struct gslot *sl, tessera_status *st)
     *st = begin_pass(it, sl);
   } else if (sl->chunk_queued) {
     cudaError_t e = rt->cudaEventQuery(sl->done);
+    /* With no other pass queued: the consumer (no workers) has nothing else to do here and
+     * waits, as it would for the batch; a pool task lets other threads run first. */
+    if (e == cudaErrorNotReady && alone && it->L->workers == 0)
+      e = rt->cudaEventSynchronize(sl->done);
+    else if (e == cudaErrorNotReady && alone)
+      sched_yield();
     if (e == cudaErrorNotReady)
       return false;
     sl->chunk_queued = false;
@@ -750,9 +757,12 @@ static void gpu_run(struct tessera_batch_iter *engine, void *item) {
   struct gpu_iter *it = engine->backend;
   struct gslot *sl = item;
   struct device_scope d;
+  pthread_mutex_lock(&engine->lock);
+  bool alone = it->todo == NULL;
+  pthread_mutex_unlock(&engine->lock);
   enter_device(it, &d);
   tessera_status st;
-  bool finished = pass_step(it, sl, &st);
+  bool finished = pass_step(it, sl, alone, &st);
   leave_device(it, &d);
   pthread_mutex_lock(&engine->lock);
   if (finished)
