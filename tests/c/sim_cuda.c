@@ -136,8 +136,8 @@ static void run_op(struct op *o) {
   case COPY:
   case SET: {
     struct alloc *d = find(o->dst, span(o->dpitch, o->width, o->height), DEVICE);
-    struct alloc *s = o->kind == COPY ? find(o->src, span(o->spitch, o->width, o->height), DEVICE)
-                                      : NULL;
+    struct alloc *s =
+        o->kind == COPY ? find(o->src, span(o->spitch, o->width, o->height), DEVICE) : NULL;
     protect(d, PROT_READ | PROT_WRITE);
     protect(s, PROT_READ | PROT_WRITE);
     for (size_t y = 0; y < o->height; y++) {
@@ -161,9 +161,7 @@ static void run_op(struct op *o) {
     }
     free(o->images);
     break;
-  case WAIT:
-    run_until(live(o->wait_stream), o->wait_seq);
-    break;
+  case WAIT: run_until(live(o->wait_stream), o->wait_seq); break;
   }
 }
 
@@ -374,8 +372,13 @@ cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t 
     sim_fail("cudaMemcpy2DAsync: width beyond a pitch");
   } else if (copy_ok(dst, span(dpitch, width, height), src, span(spitch, width, height), kind)) {
     struct op *o = calloc(1, sizeof *o);
-    *o = (struct op){.kind = COPY, .dst = dst, .src = src, .dpitch = dpitch, .spitch = spitch,
-                     .width = width, .height = height};
+    *o = (struct op){.kind = COPY,
+                     .dst = dst,
+                     .src = src,
+                     .dpitch = dpitch,
+                     .spitch = spitch,
+                     .width = width,
+                     .height = height};
     e = enqueue(stream, o);
   }
   pthread_mutex_unlock(&lock);
@@ -395,8 +398,8 @@ cudaError_t cudaMemset2DAsync(void *ptr, size_t pitch, int value, size_t width, 
     sim_fail("cudaMemset2DAsync outside a device allocation");
   } else {
     struct op *o = calloc(1, sizeof *o);
-    *o = (struct op){.kind = SET, .dst = ptr, .dpitch = pitch, .width = width, .height = height,
-                     .value = value};
+    *o = (struct op){
+        .kind = SET, .dst = ptr, .dpitch = pitch, .width = width, .height = height, .value = value};
     e = enqueue(stream, o);
   }
   pthread_mutex_unlock(&lock);
@@ -548,14 +551,23 @@ cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total) {
 
 /* ---- for the tests ---- */
 
-SIM_API size_t sim_device_bytes(void) { return device_bytes; }
-SIM_API size_t sim_device_peak(void) { return device_peak; }
-SIM_API size_t sim_pinned_bytes(void) { return pinned_bytes; }
-SIM_API long sim_live_streams(void) { return live_streams; }
-SIM_API long sim_live_events(void) { return live_events; }
-SIM_API long sim_decoded_images(void) { return decoded_images; }
-SIM_API long sim_copies(void) { return copies; }
-SIM_API long sim_failures(void) { return failures; }
+/* The counts are read under the lock: a test polls them while pool threads free what a
+ * destroyed iterator held. */
+#define SIM_COUNT(type, name, var)                                                                 \
+  SIM_API type name(void) {                                                                        \
+    pthread_mutex_lock(&lock);                                                                     \
+    type v = var;                                                                                  \
+    pthread_mutex_unlock(&lock);                                                                   \
+    return v;                                                                                      \
+  }
+SIM_COUNT(size_t, sim_device_bytes, device_bytes)
+SIM_COUNT(size_t, sim_device_peak, device_peak)
+SIM_COUNT(size_t, sim_pinned_bytes, pinned_bytes)
+SIM_COUNT(long, sim_live_streams, live_streams)
+SIM_COUNT(long, sim_live_events, live_events)
+SIM_COUNT(long, sim_decoded_images, decoded_images)
+SIM_COUNT(long, sim_copies, copies)
+SIM_COUNT(long, sim_failures, failures)
 SIM_API const char *sim_last_failure(void) { return last_failure; }
 
 /* Copies n bytes of device memory at src out to host dst as it is now: work queued and not
