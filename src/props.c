@@ -16,11 +16,11 @@ static size_t hash_key(const char *key) {
   return h;
 }
 
-/* The slot where key is, or the empty one where it would go. */
-static size_t *slot_of(const struct tsr_props *p, const char *key) {
-  size_t mask = p->nslots - 1;
+/* The bucket where key is, or the empty one where it would go. */
+static size_t *bucket_of(const struct tsr_props *p, const char *key) {
+  size_t mask = p->nbuckets - 1;
   for (size_t i = hash_key(key) & mask;; i = (i + 1) & mask) {
-    size_t *s = &p->slots[i];
+    size_t *s = &p->buckets[i];
     if (*s == 0 || strcmp(p->items[*s - 1].key, key) == 0)
       return s;
   }
@@ -28,17 +28,17 @@ static size_t *slot_of(const struct tsr_props *p, const char *key) {
 
 /* Makes room in the index for one more item (load at most a half). */
 static bool index_reserve(struct tsr_props *p) {
-  if ((p->n + 1) * 2 <= p->nslots)
+  if ((p->n + 1) * 2 <= p->nbuckets)
     return true;
-  size_t n = p->nslots ? p->nslots * 2 : 64;
-  size_t *slots = tsr_calloc(n, sizeof *slots);
-  if (!slots)
+  size_t n = p->nbuckets ? p->nbuckets * 2 : 64;
+  size_t *buckets = tsr_calloc(n, sizeof *buckets);
+  if (!buckets)
     return false;
-  tsr_free(p->slots);
-  p->slots = slots;
-  p->nslots = n;
+  tsr_free(p->buckets);
+  p->buckets = buckets;
+  p->nbuckets = n;
   for (size_t i = 0; i < p->n; i++)
-    *slot_of(p, p->items[i].key) = i + 1;
+    *bucket_of(p, p->items[i].key) = i + 1;
   return true;
 }
 
@@ -70,7 +70,7 @@ static void add_owned(struct tsr_props *p, const char *key, char *value) {
     return;
   }
   p->items[p->n++] = (struct tsr_property){k, value};
-  *slot_of(p, k) = p->n;
+  *bucket_of(p, k) = p->n;
 }
 
 void tsr_props_add(struct tsr_props *p, const char *key, const char *fmt, ...) {
@@ -117,7 +117,7 @@ void tsr_props_add_double(struct tsr_props *p, const char *key, double value) {
 }
 
 void tsr_props_set_bytes(struct tsr_props *p, const char *key, const char *value, size_t len) {
-  size_t at = p->nslots ? *slot_of(p, key) : 0;
+  size_t at = p->nbuckets ? *bucket_of(p, key) : 0;
   if (at) {
     size_t i = at - 1;
     char *v = tsr_malloc(len + 1);
@@ -135,8 +135,8 @@ void tsr_props_set_bytes(struct tsr_props *p, const char *key, const char *value
 }
 
 const char *tsr_props_get(const struct tsr_props *p, const char *key) {
-  if (p->slots) {
-    size_t at = *slot_of(p, key);
+  if (p->buckets) {
+    size_t at = *bucket_of(p, key);
     return at ? p->items[at - 1].value : NULL;
   }
   for (size_t i = 0; i < p->n; i++) /* sorted: the index is gone */
@@ -151,7 +151,7 @@ void tsr_props_take(struct tsr_props *to, struct tsr_props *from) {
     tsr_free(from->items[i].key);
   }
   tsr_free(from->items);
-  tsr_free(from->slots);
+  tsr_free(from->buckets);
   to->failed |= from->failed;
   *from = (struct tsr_props){0};
 }
@@ -161,9 +161,9 @@ int tsr_props_compare(const void *a, const void *b) {
 }
 
 void tsr_props_sort(struct tsr_props *p) {
-  tsr_free(p->slots);
-  p->slots = NULL;
-  p->nslots = 0;
+  tsr_free(p->buckets);
+  p->buckets = NULL;
+  p->nbuckets = 0;
   if (p->n > 1)
     qsort(p->items, p->n, sizeof *p->items, tsr_props_compare);
 }
@@ -174,6 +174,6 @@ void tsr_props_free(struct tsr_props *p) {
     tsr_free(p->items[i].value);
   }
   tsr_free(p->items);
-  tsr_free(p->slots);
+  tsr_free(p->buckets);
   *p = (struct tsr_props){0};
 }

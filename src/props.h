@@ -11,8 +11,8 @@
 struct tsr_props {
   struct tsr_property *items;
   size_t n, cap;
-  size_t *slots; /* a hash index over items (item + 1; 0: empty), nslots a power of two */
-  size_t nslots;
+  size_t *buckets; /* a hash index over items (item + 1; 0: empty), nbuckets a power of two */
+  size_t nbuckets;
   bool failed;
 };
 

@@ -117,21 +117,21 @@ static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir 
 /* The pyramid's levels, then the associated images as levels of their own after them (at
  * s->levels[s->nlevels + i], downsample 1), so that they read through the same code. */
 static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
-                                  const struct tsr_layout *layout) {
-  s->levels = tsr_calloc((size_t)layout->nlevels + layout->nassociated, sizeof *s->levels);
+                                  const struct tsr_findings *found) {
+  s->levels = tsr_calloc((size_t)found->nlevels + found->nassociated, sizeof *s->levels);
   if (!s->levels)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for levels");
-  const struct tsr_level *first = &dirs->dir[layout->level_dirs[0]].level;
+  const struct tsr_level *first = &dirs->dir[found->level_dirs[0]].level;
   double w0 = (double)first->width, h0 = (double)first->height;
-  for (int32_t i = 0; i < layout->nlevels; i++) {
-    struct tsr_level *lv = &dirs->dir[layout->level_dirs[i]].level;
+  for (int32_t i = 0; i < found->nlevels; i++) {
+    struct tsr_level *lv = &dirs->dir[found->level_dirs[i]].level;
     s->levels[i] = *lv;
     s->levels[i].downsample =
         i == 0 ? 1.0 : (w0 / (double)lv->width + h0 / (double)lv->height) / 2.0;
-    if (layout->level_sizes) {
-      s->levels[i].width = layout->level_sizes[i].width;
-      s->levels[i].height = layout->level_sizes[i].height;
-      s->levels[i].downsample = layout->level_sizes[i].downsample;
+    if (found->level_sizes) {
+      s->levels[i].width = found->level_sizes[i].width;
+      s->levels[i].height = found->level_sizes[i].height;
+      s->levels[i].downsample = found->level_sizes[i].downsample;
     }
     memset(lv, 0, sizeof *lv); /* ownership of the tables moved to the slide */
     s->nlevels++;
@@ -140,19 +140,18 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
 }
 
 static tessera_status take_associated(tessera_slide *s, struct tsr_dirs *dirs,
-                                      const struct tsr_layout *layout) {
-  if (layout->nassociated == 0)
+                                      const struct tsr_findings *found) {
+  if (found->nassociated == 0)
     return TESSERA_OK;
-  s->associated = tsr_calloc(layout->nassociated, sizeof *s->associated);
+  s->associated = tsr_calloc(found->nassociated, sizeof *s->associated);
   if (!s->associated)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  for (size_t i = 0; i < layout->nassociated; i++) {
-    struct tsr_level *lv = layout->associated[i].level
-                               ? layout->associated[i].level
-                               : &dirs->dir[layout->associated[i].dir].level;
+  for (size_t i = 0; i < found->nassociated; i++) {
+    struct tsr_level *lv = found->associated[i].level ? found->associated[i].level
+                                                      : &dirs->dir[found->associated[i].dir].level;
     if (!lv->offsets)
       continue; /* taken already (a vendor named one directory twice) */
-    if (!(s->associated[s->nassociated] = tsr_strdup(layout->associated[i].name)))
+    if (!(s->associated[s->nassociated] = tsr_strdup(found->associated[i].name)))
       return tsr_error(TESSERA_E_NOMEM, "out of memory");
     s->levels[s->nlevels + (int32_t)s->nassociated] = *lv;
     s->levels[s->nlevels + (int32_t)s->nassociated].downsample = 1.0;
@@ -182,18 +181,18 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
   src->ops->identity(src, &s->id);
   s->limits = limits;
   struct tsr_dirs dirs = {0};
-  struct tsr_layout layout = {0};
+  struct tsr_findings found = {0};
   if (!(s->path = tsr_strdup(name)))
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   else if ((st = tsr_tiff_walk(s->source, &s->limits, &dirs)) == TESSERA_OK &&
-           (st = tsr_format_detect(&dirs, &layout)) == TESSERA_OK) {
-    s->vendor = layout.vendor;
-    s->background = layout.background;
-    if ((st = take_levels(s, &dirs, &layout)) == TESSERA_OK &&
-        (st = take_associated(s, &dirs, &layout)) == TESSERA_OK)
-      st = collect_properties(s, &dirs.dir[0], &layout.props);
+           (st = tsr_format_detect(&dirs, &found)) == TESSERA_OK) {
+    s->vendor = found.vendor;
+    s->background = found.background;
+    if ((st = take_levels(s, &dirs, &found)) == TESSERA_OK &&
+        (st = take_associated(s, &dirs, &found)) == TESSERA_OK)
+      st = collect_properties(s, &dirs.dir[0], &found.props);
   }
-  tsr_layout_free(&layout);
+  tsr_findings_free(&found);
   tsr_tiff_dirs_free(&dirs);
   if (st != TESSERA_OK) {
     tessera_close(s);

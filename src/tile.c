@@ -4,7 +4,7 @@
 
 #include "alloc.h"
 #include "error.h"
-#include "thread_slot.h"
+#include "per_thread.h"
 
 /* Buffers larger than this (a whole-level strip) are given back after the read instead of
  * being kept for the thread's life. */
@@ -21,10 +21,10 @@ static void destroy_buffers(void *p) {
 
 static void *create_buffers(void) { return tsr_calloc(1, sizeof(struct tsr_tile_buffers)); }
 
-static struct tsr_thread_slot buffers_slot = TSR_THREAD_SLOT_INIT(destroy_buffers);
+static struct tsr_per_thread tile_buffers = TSR_PER_THREAD_INIT(destroy_buffers);
 
 struct tsr_tile_buffers *tsr_tile_buffers_get(void) {
-  return tsr_thread_slot_get(&buffers_slot, create_buffers);
+  return tsr_per_thread_get(&tile_buffers, create_buffers);
 }
 
 void tsr_tile_buffers_trim(struct tsr_tile_buffers *b) {

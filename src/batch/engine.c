@@ -1,4 +1,4 @@
-/* The batch engine (see batch/engine.h): the public batch calls, the options and layout of
+/* The batch engine (see batch/engine.h): the public batch calls, the options and plan of
  * an iterator, and the lifecycle of its batches, driving the back end chosen by the device
  * through its table of operations. The iterator's lock guards what engine.h says. */
 #include "batch/engine.h"
@@ -53,12 +53,12 @@ static void shuffle(uint64_t *order, size_t n, uint64_t seed) {
   }
 }
 
-size_t tsr_batch_count(const struct tsr_batch_layout *l, size_t number) {
+size_t tsr_batch_count(const struct tsr_batch_plan *l, size_t number) {
   size_t first = number * l->batch_size;
   return l->n - first < l->batch_size ? l->n - first : l->batch_size;
 }
 
-bool tsr_batch_patch(const struct tsr_batch_layout *l, size_t number, size_t p, uint8_t *dst,
+bool tsr_batch_patch(const struct tsr_batch_plan *l, size_t number, size_t p, uint8_t *dst,
                      struct tsr_canvas *c, uint64_t *index) {
   const struct tsr_level *lv = &l->s->levels[l->level];
   *index = l->order[number * l->batch_size + p];
@@ -78,7 +78,7 @@ bool tsr_batch_patch(const struct tsr_batch_layout *l, size_t number, size_t p, 
            c->ly < INT64_MIN / 4);
 }
 
-static void layout_free(struct tsr_batch_layout *l) {
+static void plan_free(struct tsr_batch_plan *l) {
   tsr_free(l->xy);
   tsr_free(l->order);
   l->xy = NULL;
@@ -119,7 +119,7 @@ static void free_iter(void *arg) {
   pthread_mutex_destroy(&it->lock);
   pthread_cond_destroy(&it->changed);
   tsr_free(it->ring);
-  layout_free(&it->L);
+  plan_free(&it->L);
   tsr_free(it);
 }
 
@@ -143,12 +143,12 @@ static bool run_one(void *arg) {
   return item && more;
 }
 
-/* Takes over the layout's memory, on failure too. */
-static tessera_status make_iter(struct tsr_batch_layout *L, const struct tsr_batch_backend *ops,
+/* Takes over the plan's memory, on failure too. */
+static tessera_status make_iter(struct tsr_batch_plan *L, const struct tsr_batch_backend *ops,
                                 tessera_batch_iter **out) {
   struct tessera_batch_iter *it = tsr_calloc(1, sizeof *it);
   if (!it) {
-    layout_free(L);
+    plan_free(L);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
   }
   it->L = *L;
@@ -233,7 +233,7 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
       o.device == TESSERA_DEVICE_CUDA ? &tsr_gpu_batch_backend : &tsr_cpu_batch_backend;
   if ((st = check_read_bytes(s, &o, ops, n, patch_bytes, overhead)) != TESSERA_OK)
     return st;
-  struct tsr_batch_layout L = {
+  struct tsr_batch_plan L = {
       .s = s,
       .level = level,
       .width = width,
@@ -256,7 +256,7 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
       .order = tsr_malloc(order_bytes ? order_bytes : 1),
   };
   if (!L.xy || !L.order) {
-    layout_free(&L);
+    plan_free(&L);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for %zu locations", n);
   }
   if (n > 0)

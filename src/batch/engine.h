@@ -24,8 +24,8 @@
 #include "region.h"
 #include "tessera.h"
 
-/* The layout of an iterator's batches, fixed at creation. */
-struct tsr_batch_layout {
+/* The plan of an iterator's batches, fixed at creation. */
+struct tsr_batch_plan {
   tessera_slide *s;
   int32_t level;
   int64_t width, height;
@@ -49,12 +49,12 @@ struct tsr_batch_layout {
 };
 
 /* Patches of batch `number` (batch_size, or fewer for the last). */
-size_t tsr_batch_count(const struct tsr_batch_layout *l, size_t number);
+size_t tsr_batch_count(const struct tsr_batch_plan *l, size_t number);
 
 /* Patch p of batch `number`: its location index and its canvas, writing to dst. Returns false
  * when the patch lies so far outside (beyond +-2^62) that it cannot touch the level; the
  * canvas is then still set (and all fill). */
-bool tsr_batch_patch(const struct tsr_batch_layout *l, size_t number, size_t p, uint8_t *dst,
+bool tsr_batch_patch(const struct tsr_batch_plan *l, size_t number, size_t p, uint8_t *dst,
                      struct tsr_canvas *canvas, uint64_t *index);
 
 /* The start of every back end's batch slot. */
@@ -107,7 +107,7 @@ extern const struct tsr_batch_backend tsr_cpu_batch_backend, tsr_gpu_batch_backe
 /* The engine; the iterator a caller holds. */
 struct tessera_batch_iter {
   /* Set at creation, then only read. */
-  struct tsr_batch_layout L;
+  struct tsr_batch_plan L;
   const struct tsr_batch_backend *ops;
   void *backend; /* the back end's state (its queues guarded by lock) */
   size_t ahead;  /* batches scheduled beyond the one being waited for */

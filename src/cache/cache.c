@@ -64,18 +64,18 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * read a third time (0.5x the speed of no cache). The share is counted over each 256 misses
  * and sets the window for the next ones; a new cache starts narrow.
  *
- * The ghost is a table of sets of 8 slots, each slot a fingerprint and the clock (bytes missed
+ * The ghost is a table of sets of 8 cells, each cell a fingerprint and the clock (bytes missed
  * so far) when it was put there; a tile goes into its set in place of the oldest. So the ghost
  * is bounded, 8 bytes per 4 KiB of capacity (outside the capacity), and forgets a tile early
  * only when 8 tiles of one set were missed since: that tile then costs one more partial
- * decode (with one slot a set, two tiles read in turn would push each other out forever).
- * Slots, clock and counts are atomics used relaxed: a race changes one admission, or one
+ * decode (with one cell a set, two tiles read in turn would push each other out forever).
+ * Cells, clock and counts are atomics used relaxed: a race changes one admission, or one
  * setting of the window, at most. The ghost is the process's own, even for a shared cache: a
  * shared tile is admitted when one process misses it twice, and then every process hits it. */
 #define GHOST_STAMP_SHIFT 12 /* stamps count 4 KiB */
-#define GHOST_WAYS 8         /* slots of a set (64 bytes) */
-#define GHOST_MIN_SLOTS ((size_t)1 << 12)
-#define GHOST_MAX_SLOTS ((size_t)1 << 22)
+#define GHOST_WAYS 8         /* cells of a set (64 bytes) */
+#define GHOST_MIN_CELLS ((size_t)1 << 12)
+#define GHOST_MAX_CELLS ((size_t)1 << 22)
 #define GHOST_EPOCH 256 /* misses between two settings of the window */
 
 struct tsr_ghost {
@@ -87,27 +87,27 @@ struct tsr_ghost {
    * span before. Reset by the thread whose miss ends the epoch. */
   atomic_uint_fast64_t misses, returns;
   atomic_bool wide;        /* the window is the capacity's span, not a tenth of it */
-  _Atomic uint64_t slot[]; /* fingerprint << 32 | the clock's stamp */
+  _Atomic uint64_t cell[]; /* fingerprint << 32 | the clock's stamp */
 };
 
 static struct tsr_ghost *ghost_create(uint64_t memory_capacity, uint64_t item_capacity) {
-  size_t slots = GHOST_MIN_SLOTS;
-  while (slots < GHOST_MAX_SLOTS && slots < memory_capacity >> GHOST_STAMP_SHIFT)
-    slots *= 2;
-  struct tsr_ghost *g = tsr_calloc(1, sizeof *g + slots * sizeof g->slot[0]);
+  size_t cells = GHOST_MIN_CELLS;
+  while (cells < GHOST_MAX_CELLS && cells < memory_capacity >> GHOST_STAMP_SHIFT)
+    cells *= 2;
+  struct tsr_ghost *g = tsr_calloc(1, sizeof *g + cells * sizeof g->cell[0]);
   if (!g)
     return NULL;
   g->capacity = memory_capacity;
   g->item_capacity = item_capacity;
-  g->set_mask = slots / GHOST_WAYS - 1;
+  g->set_mask = cells / GHOST_WAYS - 1;
   return g;
 }
 
 static _Atomic uint64_t *ghost_set(struct tsr_ghost *g, uint64_t hash) {
-  return &g->slot[(hash & g->set_mask) * GHOST_WAYS];
+  return &g->cell[(hash & g->set_mask) * GHOST_WAYS];
 }
 
-/* Never 0, so an empty slot matches no tile. */
+/* Never 0, so an empty cell matches no tile. */
 static uint32_t fingerprint(uint64_t hash) { return (uint32_t)(hash >> 32) | 1; }
 
 static uint32_t stamp(uint64_t clock) { return (uint32_t)(clock >> GHOST_STAMP_SHIFT); }
@@ -157,7 +157,7 @@ static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool re
   unsigned victim = 0;
   uint32_t oldest = 0;
   for (unsigned i = 0; i < GHOST_WAYS; i++) {
-    /* Slots fill in order and are never emptied: past an empty one, all are empty. */
+    /* Cells fill in order and are never emptied: past an empty one, all are empty. */
     uint64_t s = atomic_load_explicit(&set[i], memory_order_relaxed);
     if (s == 0 || (uint32_t)(s >> 32) == fingerprint(hash)) {
       victim = i;

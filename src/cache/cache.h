@@ -59,15 +59,15 @@ struct tsr_cache_access {
   struct tsr_scratch *scratch; /* the caller's thread's, for the cache's use */
   bool covers; /* the caller paints most of the tile (TSR_CACHE_COVERS_*): decoding that
                   part costs about what decoding the whole tile does */
-  bool admit; /* set by tsr_cache_lookup: a miss may reserve the tile (LOAD), or with false
-                 returns TSR_CACHE_MISS; a miss is counted either way */
+  bool admit;  /* set by tsr_cache_lookup: a miss may reserve the tile (LOAD), or with false
+                  returns TSR_CACHE_MISS; a miss is counted either way */
   /* HIT, and LOAD once published: row i of the part asked for begins at row_list[i], or with
    * row_list NULL at src + i * stride. */
   const uint8_t *src;
   const uint8_t *const *row_list;
-  uint8_t *load; /* LOAD: where the whole tile is to be decoded */
-  void *entry;   /* the cache's own from here on */
-  uint32_t shard, slot, ticket;
+  uint8_t *load;                 /* LOAD: where the whole tile is to be decoded */
+  void *entry;                   /* the cache's own from here on */
+  uint32_t shard, index, ticket; /* index: the entry reserved in the shard */
 };
 
 struct tsr_cache;
@@ -98,7 +98,7 @@ struct tsr_cache {
   tessera_cache_type type;
   _Atomic int record_stats; /* this process counts its hits and misses */
   struct tsr_ghost *ghost;  /* cache.c's admission record; set before the cache is current,
-                               its slots atomic */
+                               its cells atomic */
 };
 
 struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o);
@@ -115,7 +115,7 @@ bool tsr_shared_cache_verify(char *why, size_t n);
 /* For tests: writes n garbage values (from *seed) over the current shared cache's index. */
 bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n);
 /* For tests: the chain head (which 0) or the link after the first chunk (1) of the current
- * shared cache's most read ready tile, or the loader's slot of a tile being loaded (2); NULL
+ * shared cache's most read ready tile, or the loader's seat of a tile being loaded (2); NULL
  * if there is none. */
 uint32_t *tsr_shared_cache_hot_word(int which);
 /* For tests: gives the current shared cache's most read ready tile a size of `bytes`, sealed. */

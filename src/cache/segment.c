@@ -1,12 +1,12 @@
 /* The shared cache's segments (see shared.c for the design): naming, making and attaching
- * (owner and mode checks, the maker's flock, healing what a dead maker left), the user slots
+ * (owner and mode checks, the maker's flock, healing what a dead maker left), the user seats
  * and the liveness they give (OFD locks), a forked child's attachment, and listing and
  * removing segments (tessera_shared_cache_list/remove). The index inside a segment is
  * shared.c's.
  *
- * State: an attachment's slot, detached flag and registration are written under the
+ * State: an attachment's seat, detached flag and registration are written under the
  * segment's users_lock (segment.h says which are atomic); the segment's header fields are
- * written by its maker before it is ready, the generations atomically by a slot's taker. */
+ * written by its maker before it is ready, the incarnations atomically by a seat's taker. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,29 +26,29 @@
 
 /* ---- liveness ---- */
 
-/* Whether user slot `slot` is held by a live attachment other than the one behind fd. */
-static bool slot_locked(int fd, uint32_t slot) {
-  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot, .l_len = 1};
+/* Whether user seat `seat` is held by a live attachment other than the one behind fd. */
+static bool seat_locked(int fd, uint32_t seat) {
+  struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = seat, .l_len = 1};
   if (fd < 0 || fcntl(fd, F_OFD_GETLK, &l) != 0)
     return true; /* cannot tell: taken for alive, the safe side */
   return l.l_type != F_UNLCK;
 }
 
 bool tsr_segment_loader_alive(const struct shared_cache *c, const struct entry *e) {
-  uint32_t slot = once32(&e->loader_slot), gen = once32(&e->loader_gen);
-  if (c->slot >= 0 && slot == (uint32_t)c->slot && gen == c->gen)
+  uint32_t seat = once32(&e->loader_seat), incarnation = once32(&e->loader_incarnation);
+  if (c->seat >= 0 && seat == (uint32_t)c->seat && incarnation == c->incarnation)
     return true;
-  return slot < MAX_USERS &&
-         atomic_load_explicit(&c->h->generation[slot], memory_order_relaxed) == gen &&
-         slot_locked(c->fd, slot);
+  return seat < MAX_USERS &&
+         atomic_load_explicit(&c->h->incarnation[seat], memory_order_relaxed) == incarnation &&
+         seat_locked(c->fd, seat);
 }
 
-/* ---- layout ---- */
+/* ---- placing the shards ---- */
 
 /* Places the shards' arrays after the header; returns the segment's size. The sizes are
  * bounded (chunks < 2^32 per shard, 16 shards), so nothing overflows. */
-static uint64_t layout(uint32_t nshards, uint32_t chunks, uint32_t entries, uint32_t buckets,
-                       struct place *places /* NULL: size only */) {
+static uint64_t place_shards(uint32_t nshards, uint32_t chunks, uint32_t entries, uint32_t buckets,
+                             struct place *places /* NULL: size only */) {
   uint64_t off = align_up(sizeof(struct header), 64) + align_up(sizeof(struct shard), 64) * nshards;
   uint64_t data_bytes = (uint64_t)chunks * CHUNK_BYTES;
   for (uint32_t i = 0; i < nshards; i++) {
@@ -89,7 +89,7 @@ static bool lock_users(struct header *h) {
   return r == 0;
 }
 
-/* How many user slots are held by attachments other than fd's (MAX_USERS if it cannot
+/* How many user seats are held by attachments other than fd's (MAX_USERS if it cannot
  * tell: taken as in use, the safe side). */
 static unsigned live_users(int fd) {
   unsigned n = 0;
@@ -108,21 +108,21 @@ static unsigned live_users(int fd) {
   return n;
 }
 
-/* Takes a free user slot by locking its byte: -1 if all are taken. The caller holds the
+/* Takes a free user seat by locking its byte: -1 if all are taken. The caller holds the
  * users lock. */
-static int take_slot(struct shared_cache *c) {
+static int take_seat(struct shared_cache *c) {
   for (uint32_t i = 0; c->fd >= 0 && i < MAX_USERS; i++) {
     struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1};
     if (fcntl(c->fd, F_OFD_SETLK, &l) == 0) {
-      c->gen = atomic_fetch_add(&c->h->generation[i], 1) + 1;
+      c->incarnation = atomic_fetch_add(&c->h->incarnation[i], 1) + 1;
       return (int)i;
     }
   }
   return -1;
 }
 
-static void release_slot(struct shared_cache *c) {
-  struct flock l = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = c->slot, .l_len = 1};
+static void release_seat(struct shared_cache *c) {
+  struct flock l = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = c->seat, .l_len = 1};
   fcntl(c->fd, F_OFD_SETLK, &l);
 }
 
@@ -131,24 +131,24 @@ static void release_slot(struct shared_cache *c) {
  * alive. */
 void tsr_segment_register_slow(struct shared_cache *c) {
   if (lock_users(c->h)) {
-    if (c->slot < 0 && !c->detached)
-      c->slot = take_slot(c);
+    if (c->seat < 0 && !c->detached)
+      c->seat = take_seat(c);
     pthread_mutex_unlock(&c->h->users_lock);
   }
   atomic_store_explicit(&c->registered, true, memory_order_release);
 }
 
-/* Gives up this attachment's slot; the last live user removes the segment's name. If the
- * users lock cannot be had, the slot goes when the descriptor is closed. */
+/* Gives up this attachment's seat; the last live user removes the segment's name. If the
+ * users lock cannot be had, the seat goes when the descriptor is closed. */
 static void detach_user(struct shared_cache *c) {
   struct header *h = c->h;
   if (!lock_users(h))
     return;
   if (!c->detached) {
     c->detached = true;
-    if (c->slot >= 0)
-      release_slot(c);
-    c->slot = -1;
+    if (c->seat >= 0)
+      release_seat(c);
+    c->seat = -1;
     if (live_users(c->fd) == 0 && !atomic_load(&h->unlinked)) {
       atomic_store(&h->unlinked, 1);
       if (names_file(c->name, c->dev, c->ino))
@@ -191,8 +191,8 @@ static struct shared_cache *new_attachment(int fd, uint8_t *addr, size_t size, c
   c->chunks = h->chunks;
   c->entries = h->entries;
   c->buckets = h->buckets;
-  layout(c->nshards, c->chunks, c->entries, c->buckets, c->place);
-  c->slot = -1;
+  place_shards(c->nshards, c->chunks, c->entries, c->buckets, c->place);
+  c->seat = -1;
   struct stat st;
   if (fstat(fd, &st) == 0) {
     c->dev = (uint64_t)st.st_dev;
@@ -208,7 +208,7 @@ static void shm_path(const char *name, char *path, size_t n) {
 }
 
 /* A descriptor of the segment of its own (a new open file description), for a forked child:
- * the inherited one is the parent's, and so are the slot locks on it. -1 if the segment
+ * the inherited one is the parent's, and so are the seat locks on it. -1 if the segment
  * cannot be opened again (the child then reads through the cache without loading into it). */
 static int reopen(const struct shared_cache *c) {
   char path[sizeof SHM_DIR + TESSERA_SHARED_CACHE_NAME_MAX + 2];
@@ -235,7 +235,7 @@ static int reopen(const struct shared_cache *c) {
 struct tsr_cache *tsr_segment_fork_child(struct tsr_cache *base) {
   struct shared_cache *c = (struct shared_cache *)base;
   c->base.refs = 1;
-  c->slot = -1;
+  c->seat = -1;
   c->detached = false;
   int fd = c->fd >= 0 ? reopen(c) : -1;
   if (fd >= 0) {
@@ -280,7 +280,8 @@ static void init_robust_mutex(pthread_mutex_t *m) {
   pthread_mutexattr_destroy(&a);
 }
 
-/* Checks a header read from a segment of `size` bytes; the layout must be this build's. */
+/* Checks a header read from a segment of `size` bytes; its parts must lie where this build places
+ * them. */
 static bool header_sane(const struct header *h, uint64_t size) {
   if (h->version != SEGMENT_VERSION || h->header_bytes != sizeof(struct header) ||
       h->shard_struct != sizeof(struct shard) || h->entry_struct != sizeof(struct entry) ||
@@ -288,7 +289,7 @@ static bool header_sane(const struct header *h, uint64_t size) {
       h->chunks < 1 || h->chunks >= NIL || h->entries < 1 || h->entries > h->chunks ||
       h->buckets < 1 || (h->buckets & (h->buckets - 1)) != 0)
     return false;
-  return layout(h->nshards, h->chunks, h->entries, h->buckets, NULL) == h->segment_bytes &&
+  return place_shards(h->nshards, h->chunks, h->entries, h->buckets, NULL) == h->segment_bytes &&
          h->segment_bytes == size;
 }
 
@@ -354,7 +355,8 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
   uint64_t buckets = 1;
   while (buckets < entries && buckets < ((uint64_t)1 << 22))
     buckets *= 2;
-  uint64_t total = layout(nshards, (uint32_t)chunks, (uint32_t)entries, (uint32_t)buckets, NULL);
+  uint64_t total =
+      place_shards(nshards, (uint32_t)chunks, (uint32_t)entries, (uint32_t)buckets, NULL);
   if (tsr_hook_due(TSR_HOOK_CREATED))
     tsr_hook_stall();
   /* An attacher that opened the file meanwhile holds a lock on it only while it looks; one
@@ -431,7 +433,7 @@ static tessera_status make_segment(int fd, const char *name, const tessera_cache
     for (uint32_t b = 0; b < v.buckets; b++)
       v.B[b] = NIL;
   }
-  c->slot = take_slot(c); /* slot 0: nobody else has the segment yet */
+  c->seat = take_seat(c); /* seat 0: nobody else has the segment yet */
   atomic_store(&c->registered, true);
   h->magic = SEGMENT_MAGIC;
   atomic_store(&h->ready, 1);
@@ -533,10 +535,10 @@ static tessera_status attach_segment(int fd, const char *name, int record_stats,
     *again = true;
     return TESSERA_OK;
   }
-  c->slot = take_slot(c);
+  c->seat = take_seat(c);
   atomic_store(&c->registered, true);
   pthread_mutex_unlock(&c->h->users_lock);
-  if (c->slot < 0) {
+  if (c->seat < 0) {
     c->fd = -1;
     discard(c);
     return tsr_error(TESSERA_E_LIMIT, "shared cache %s already has %d processes using it", name,

@@ -1,11 +1,11 @@
-/* The shared cache's segment: its layout (a header, then per shard a header, entries, hash
+/* The shared cache's segment: its parts (a header, then per shard a header, entries, hash
  * buckets, chunk links, chunk tags and chunk memory), one process's attachment to it, and the
  * small helpers every file of the shared cache uses to read it (shared.c's index and cache
  * operations, segment.c's making, attaching, users and listing, shared_hooks.c's test hooks).
  *
  * What guards what: the segment header's users_lock orders attaching against the last detach;
  * each shard's robust mutex guards that shard's fields, entries, buckets, links and chunks;
- * the user slot generations are atomic; an attachment's own fields say below. Nothing read
+ * the user seat incarnations are atomic; an attachment's own fields say below. Nothing read
  * from the segment is trusted (see shared.c): read indices once (once32), check, then use. */
 #ifndef TSR_CACHE_SEGMENT_H
 #define TSR_CACHE_SEGMENT_H
@@ -56,7 +56,7 @@ enum queue { Q_NONE, Q_SMALL, Q_MAIN };
 struct header {
   uint64_t magic;
   uint32_t version;
-  uint32_t header_bytes; /* sizeof(struct header): a check on the layout */
+  uint32_t header_bytes; /* sizeof(struct header): a check that the segment is this build's */
   _Atomic uint32_t ready;
   _Atomic uint32_t unlinked; /* the name was removed: attachers must make a new segment */
   uint32_t nshards;
@@ -67,9 +67,9 @@ struct header {
   uint64_t segment_bytes, memory_capacity, item_capacity;
   pthread_mutex_t users_lock; /* orders attaching (which checks unlinked) against the last
                                  detach (which sets it) */
-  /* Bumped by whoever takes slot i, which it does by winning the slot's OFD lock: a loader
-   * is alive while its slot is locked and still of its generation. */
-  _Atomic uint32_t generation[MAX_USERS];
+  /* Bumped by whoever takes seat i, which it does by winning the seat's OFD lock: a loader
+   * is alive while its seat is locked and still of its incarnation. */
+  _Atomic uint32_t incarnation[MAX_USERS];
 };
 
 /* Every field after lock is guarded by it. */
@@ -84,7 +84,8 @@ struct shard {
 struct entry {
   struct tsr_cache_key key;
   uint64_t bytes;
-  uint32_t loader_slot, loader_gen;  /* LOADING: the user slot loading it, and its generation */
+  uint32_t loader_seat,
+      loader_incarnation;            /* LOADING: the user seat loading it, and its incarnation */
   uint32_t ticket;                   /* bumped each time the entry is reserved or taken over */
   uint32_t seal;                     /* seal_of(the entry) while LOADING or READY */
   uint32_t hnext, prev, next, first; /* hash chain (or free list), queue (next older), chunks */
@@ -101,15 +102,15 @@ struct shared_cache {
   uint8_t *addr;
   size_t size;
   struct header *h;
-  int fd; /* this attachment's open file description of the segment: its slot's lock is on it */
+  int fd; /* this attachment's open file description of the segment: its seat's lock is on it */
   /* The segment's geometry as checked at attach; constant. */
   uint32_t nshards, chunks, entries, buckets;
   struct place place[TSR_CACHE_MAX_SHARDS];
-  _Atomic int slot;       /* this attachment's user slot (-1: none); written under the users
+  _Atomic int seat;       /* this attachment's user seat (-1: none); written under the users
                              lock */
-  uint32_t gen;           /* the slot's generation; written with slot, before registered */
+  uint32_t incarnation;   /* the seat's incarnation; written with seat, before registered */
   bool detached;          /* guarded by the users lock */
-  atomic_bool registered; /* a slot was taken (or need not be) */
+  atomic_bool registered; /* a seat was taken (or need not be) */
   _Atomic uint64_t stuck_until[TSR_CACHE_MAX_SHARDS]; /* monotonic ns: only try the lock */
   uint64_t dev, ino; /* the segment's file, to tell it from a newer one of that name */
   char name[TESSERA_SHARED_CACHE_NAME_MAX + 2];
@@ -148,7 +149,8 @@ static inline struct entry snapshot(const struct entry *e) {
 
 /* Whether this attachment is e's loader: a thread of this process is. */
 static inline bool loaded_by_me(const struct shared_cache *c, const struct entry *e) {
-  return c->slot >= 0 && e->loader_slot == (uint32_t)c->slot && e->loader_gen == c->gen;
+  return c->seat >= 0 && e->loader_seat == (uint32_t)c->seat &&
+         e->loader_incarnation == c->incarnation;
 }
 
 static inline uint64_t monotonic_ns(void) {
@@ -209,11 +211,11 @@ static inline uint8_t *chunk_data(const struct view *v, uint32_t k) {
 }
 
 /* Whether e's loader (a LOADING entry's) is alive: this attachment, or a live one whose user
- * slot still has the generation e names. */
+ * seat still has the incarnation e names. */
 bool tsr_segment_loader_alive(const struct shared_cache *c, const struct entry *e);
 
 /* A forked child becomes a user when it first reads through the cache (segment.c says why):
- * takes a user slot on the first call. */
+ * takes a user seat on the first call. */
 void tsr_segment_register_slow(struct shared_cache *c);
 static inline void tsr_segment_register(struct shared_cache *c) {
   if (!atomic_load_explicit(&c->registered, memory_order_acquire))
@@ -223,7 +225,7 @@ static inline void tsr_segment_register(struct shared_cache *c) {
 /* Makes the segment o names (or a new name), or attaches to it; the attachment's base.ops is
  * the caller's to set. */
 tessera_status tsr_segment_open(const tessera_cache_options *o, struct shared_cache **out);
-/* Gives up this attachment's user slot, and frees it (destroy) or not (exiting). */
+/* Gives up this attachment's user seat, and frees it (destroy) or not (exiting). */
 void tsr_segment_destroy(struct tsr_cache *base);
 void tsr_segment_exiting(struct tsr_cache *base);
 /* In a forked child: the attachment, made the child's (cache.h's fork_child). */

@@ -1,7 +1,7 @@
 /* The shared-memory tile cache: one named POSIX shared-memory segment (/dev/shm/NAME) holding
  * the index and the decoded tiles, used by every process attached to it.
  *
- * Layout: a header (geometry, a table of user slots), then up to 16 shards, each with its
+ * In memory: a header (geometry, a table of user seats), then up to 16 shards, each with its
  * own robust process-shared mutex, hash table, S3-FIFO queues (as in process.c) and its own
  * part of the tile memory, cut into 64 KiB chunks. A tile takes the chunks its bytes need,
  * chained through a per-chunk `next` array, so memory never fragments and the byte budget is
@@ -25,8 +25,8 @@
  *   shard stuck for this process for STUCK_NS, during which it only tries the lock, and goes
  *   around the cache: a process stopped holding a lock (SIGSTOP, a debugger, a frozen cgroup)
  *   costs the others one wait per shard, not a hang.
- * - A miss reserves the entry (LOADING, stamped with the loader's user slot and that slot's
- *   generation) under the lock, decodes without the lock, then copies into its chunks and
+ * - A miss reserves the entry (LOADING, stamped with the loader's user seat and that seat's
+ *   incarnation) under the lock, decodes without the lock, then copies into its chunks and
  *   publishes it under the lock, if its ticket still stands. Others wanting it poll; if its
  *   loader has died they drop the entry and load it themselves; if it is alive but has not
  *   published after LOAD_WAIT_NS, they take the entry over (a new ticket): a stopped loader
@@ -38,10 +38,10 @@
  *   loaders, and drops the rest: whatever the dead process was writing.
  *
  * Liveness is what the kernel says, not /proc: each attachment holds an open file description
- * of the segment and on it an OFD lock of one byte, at the offset of its user slot. The
+ * of the segment and on it an OFD lock of one byte, at the offset of its user seat. The
  * kernel drops the lock when the process dies, in whatever pid namespace either process runs
  * (two containers sharing /dev/shm see each other's pids as nothing, or as others). A forked
- * child opens its own description before it takes a slot: the one it inherits is its
+ * child opens its own description before it takes a seat: the one it inherits is its
  * parent's, and its locks with it.
  *
  * The segment lives as long as some process uses it: the last attachment to detach removes
@@ -50,7 +50,7 @@
  * next process to want the name removes it and makes a new one.
  *
  * The files: this one holds each shard's index (hash chains, queues, chunk chains, repair)
- * and the cache operations of cache.h; segment.h the segment's layout and an attachment;
+ * and the cache operations of cache.h; segment.h the segment's parts and an attachment;
  * segment.c making, attaching, users, liveness and listing; shared_hooks.c the test hooks,
  * built only with the test_hooks option. */
 #include <stdatomic.h>
@@ -70,7 +70,7 @@
 static uint32_t seal_of(const struct entry *e, uint32_t i) {
   uint64_t x = tsr_cache_key_hash(&e->key);
   const uint64_t parts[] = {e->bytes, ((uint64_t)e->first << 32) | e->ticket,
-                            ((uint64_t)e->loader_slot << 32) | e->loader_gen,
+                            ((uint64_t)e->loader_seat << 32) | e->loader_incarnation,
                             ((uint64_t)e->state << 32) | i};
   for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
     x ^= parts[p] + 0x9E3779B97F4A7C15u + (x << 6) + (x >> 2);
@@ -158,7 +158,7 @@ static bool chain_head(const struct view *v, uint32_t i, uint32_t k) {
   return k < v->chunks && v->owner[k] == owner_tag(i, 0);
 }
 
-/* Frees entry i (ready or loading): its chunks and slot go back to the free lists. Its state
+/* Frees entry i (ready or loading): its chunks and entry go back to the free lists. Its state
  * changes first, so a process killed halfway leaves nothing that a rebuild would keep. */
 static bool free_entry(const struct view *v, uint32_t i) {
   struct shard *sh = v->sh;
@@ -450,8 +450,8 @@ static bool reserve(const struct shared_cache *c, const struct view *v,
   e->key = a->key;
   e->bytes = a->bytes;
   e->first = first;
-  e->loader_slot = (uint32_t)c->slot;
-  e->loader_gen = c->gen;
+  e->loader_seat = (uint32_t)c->seat;
+  e->loader_incarnation = c->incarnation;
   e->ticket++;
   e->queue = Q_NONE;
   e->freq = 0;
@@ -475,8 +475,8 @@ static void take_over(const struct shared_cache *c, const struct view *v, uint32
   struct entry *e = &v->E[i];
   e->state = FREE; /* unsealed while it changes hands */
   atomic_signal_fence(memory_order_seq_cst);
-  e->loader_slot = (uint32_t)c->slot;
-  e->loader_gen = c->gen;
+  e->loader_seat = (uint32_t)c->seat;
+  e->loader_incarnation = c->incarnation;
   e->ticket++;
   e->state = LOADING;
   tsr_shared_seal(e, i);
@@ -537,7 +537,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     if (!waiting_since)
       waiting_since = now;
     else if (now - waiting_since > LOAD_WAIT_NS) {
-      if (c->slot < 0) {
+      if (c->seat < 0) {
         unlock_shard(sh);
         return TSR_CACHE_BYPASS;
       }
@@ -558,8 +558,8 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     unlock_shard(sh);
     return TSR_CACHE_MISS;
   }
-  if (c->slot < 0 || chunks_for(a->bytes) > v.chunks) {
-    unlock_shard(sh); /* no user slot to load under, or too big */
+  if (c->seat < 0 || chunks_for(a->bytes) > v.chunks) {
+    unlock_shard(sh); /* no user seat to load under, or too big */
     return TSR_CACHE_BYPASS;
   }
   if (!reserve(c, &v, a, hash, &i))
@@ -570,7 +570,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   }
 loading:
   a->shard = si;
-  a->slot = i;
+  a->index = i;
   a->ticket = v.E[i].ticket;
   unlock_shard(sh);
   if (tsr_hook_due(TSR_HOOK_LOADING))
@@ -586,23 +586,23 @@ damaged:
  * taken for dead, or overtaken; the check keeps it from touching a reused entry. */
 static bool still_ours(const struct shared_cache *c, const struct view *v,
                        const struct tsr_cache_access *a) {
-  const struct entry *e = &v->E[a->slot];
+  const struct entry *e = &v->E[a->index];
   return e->state == LOADING && e->ticket == a->ticket && loaded_by_me(c, e) &&
-         e->seal == seal_of(e, a->slot) && e->bytes == a->bytes;
+         e->seal == seal_of(e, a->index) && e->bytes == a->bytes;
 }
 
 static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
   struct view v = view_of(c, a->shard);
   struct shard *sh = v.sh;
-  struct entry *e = &v.E[a->slot];
+  struct entry *e = &v.E[a->index];
   a->src = a->load + a->offset;
   if (!tsr_shared_lock_shard(c, a->shard))
     return; /* left LOADING: a waiter takes it over */
   /* Copied in under the lock, after checking the reservation still stands: were this process
    * ever taken for dead, or overtaken, its chunks might be someone else's by now. */
   if (still_ours(c, &v, a)) {
-    if (!copy_in(&v, a->slot, a->load, a->bytes)) {
+    if (!copy_in(&v, a->index, a->load, a->bytes)) {
       repair_and_unlock(c, &v);
       return;
     }
@@ -613,17 +613,17 @@ static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
       e->queue = Q_SMALL;
       e->prev = NIL;
       e->next = sh->small_head;
-      sh->small_head = a->slot;
+      sh->small_head = a->index;
       tsr_hook_stall();
     }
 #endif
-    if (!queue_push(&v, a->slot, Q_SMALL)) {
+    if (!queue_push(&v, a->index, Q_SMALL)) {
       repair_and_unlock(c, &v);
       return;
     }
     atomic_signal_fence(memory_order_seq_cst); /* the bytes are in before it says READY */
     e->state = READY;
-    tsr_shared_seal(e, a->slot);
+    tsr_shared_seal(e, a->index);
   }
   unlock_shard(sh);
 }
@@ -633,7 +633,7 @@ static void abandon(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct view v = view_of(c, a->shard);
   if (!tsr_shared_lock_shard(c, a->shard))
     return;
-  if (still_ours(c, &v, a) && !free_entry(&v, a->slot)) {
+  if (still_ours(c, &v, a) && !free_entry(&v, a->index)) {
     repair_and_unlock(c, &v);
     return;
   }

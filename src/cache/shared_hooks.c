@@ -210,12 +210,12 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n) {
     struct view v = view_of(c, si);
     uint8_t *at;
     switch ((pick >> 8) % 6) {
-    case 0: { /* the header's fields before its lock, and the slot generations */
+    case 0: { /* the header's fields before its lock, and the seat incarnations */
       size_t before = offsetof(struct header, users_lock);
-      size_t gens = offsetof(struct header, generation);
-      size_t span = before + sizeof c->h->generation;
+      size_t incarnations = offsetof(struct header, incarnation);
+      size_t span = before + sizeof c->h->incarnation;
       size_t off = (pick >> 12) % span / 4 * 4;
-      at = (uint8_t *)c->h + (off < before ? off : gens + (off - before));
+      at = (uint8_t *)c->h + (off < before ? off : incarnations + (off - before));
       if (off < 8)
         continue; /* the magic: listings would lose it */
       break;
@@ -243,7 +243,7 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n) {
 
 /* For tests: a word of the most read ready tile of the current shared cache, which another
  * process could write at any moment: its chain head (which 0) or the link after its first
- * chunk (1); or the loader's user slot of a tile being loaded (2). NULL if there is no such
+ * chunk (1); or the loader's user seat of a tile being loaded (2). NULL if there is no such
  * tile. */
 uint32_t *tsr_shared_cache_hot_word(int which) {
   struct tsr_cache *base = tsr_cache_acquire();
@@ -261,7 +261,7 @@ uint32_t *tsr_shared_cache_hot_word(int which) {
     for (uint32_t i = 0; i < v.entries; i++) {
       if (which == 2) {
         if (v.E[i].state == LOADING)
-          word = &v.E[i].loader_slot;
+          word = &v.E[i].loader_seat;
         continue;
       }
       uint32_t first = once32(&v.E[i].first);

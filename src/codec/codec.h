@@ -41,8 +41,8 @@ struct tsr_tile_out {
 typedef tessera_status (*tsr_decode_fn)(const struct tsr_pixel_format *fmt, const uint8_t *src,
                                         size_t len, const struct tsr_tile_out *out);
 
-/* Sets fmt->decoded_channels, alpha, premultiplied, invert and unsupported from the stored
- * layout; first_extra is the ExtraSamples type of the first extra sample. */
+/* Sets fmt->decoded_channels, alpha, premultiplied, invert and unsupported from the way the
+ * samples are stored; first_extra is the ExtraSamples type of the first extra sample. */
 void tsr_codec_resolve(struct tsr_pixel_format *fmt, uint16_t bits_per_sample,
                        uint16_t sample_format, uint16_t planar, uint16_t extra_samples,
                        uint16_t first_extra);
@@ -83,7 +83,7 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *, const uint8_t *,
 
 /* What a JPEG header (SOI up to and including SOS, no entropy-coded data) says about how its
  * image can be split at restart markers. */
-struct tsr_jpeg_layout {
+struct tsr_jpeg_geometry {
   uint32_t width, height;    /* of the SOF */
   uint32_t restart_interval; /* MCUs from one restart marker to the next; 0 without DRI */
   uint32_t mcu_w, mcu_h;     /* pixels one MCU covers */
@@ -92,8 +92,9 @@ struct tsr_jpeg_layout {
                   * restart interval can be decoded on its own */
 };
 
-/* Reads the layout of a JPEG header; fails if libjpeg cannot read it. */
-tessera_status tsr_jpeg_read_layout(const uint8_t *header, size_t len, struct tsr_jpeg_layout *out);
+/* Reads the geometry of a JPEG header; fails if libjpeg cannot read it. */
+tessera_status tsr_jpeg_read_geometry(const uint8_t *header, size_t len,
+                                      struct tsr_jpeg_geometry *out);
 
 /* Bytes a lossless codec must produce for out (need_h full rows), and the buffer capacity. */
 size_t tsr_codec_needed_bytes(const struct tsr_pixel_format *fmt, const struct tsr_tile_out *out);

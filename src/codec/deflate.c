@@ -3,18 +3,18 @@
 
 #include "codec/codec.h"
 #include "error.h"
-#include "thread_slot.h"
+#include "per_thread.h"
 
 /* One decompressor per thread, kept for the thread's life: allocating one costs more than
  * decoding a small tile. */
 static void destroy(void *d) { libdeflate_free_decompressor(d); }
 static void *create(void) { return libdeflate_alloc_decompressor(); }
-static struct tsr_thread_slot slot = TSR_THREAD_SLOT_INIT(destroy);
+static struct tsr_per_thread decompressors = TSR_PER_THREAD_INIT(destroy);
 
 tessera_status tsr_decode_deflate(const struct tsr_pixel_format *fmt, const uint8_t *src,
                                   size_t len, const struct tsr_tile_out *out) {
   size_t need = tsr_codec_needed_bytes(fmt, out), cap = tsr_codec_capacity(fmt, out), got = 0;
-  struct libdeflate_decompressor *decompressor = tsr_thread_slot_get(&slot, create);
+  struct libdeflate_decompressor *decompressor = tsr_per_thread_get(&decompressors, create);
   if (!decompressor)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a deflate decompressor");
   enum libdeflate_result r =

@@ -11,7 +11,7 @@
 #include "alloc.h"
 #include "codec/codec.h"
 #include "error.h"
-#include "thread_slot.h"
+#include "per_thread.h"
 
 _Static_assert(TSR_JPEG_MAX_SIDE == JPEG_MAX_DIMENSION, "libjpeg's size limit");
 
@@ -66,10 +66,10 @@ static void destroy_row(void *p) {
 
 static void *create_row(void) { return tsr_calloc(1, sizeof(struct row_buffer)); }
 
-static struct tsr_thread_slot row_slot = TSR_THREAD_SLOT_INIT(destroy_row);
+static struct tsr_per_thread row_buffers = TSR_PER_THREAD_INIT(destroy_row);
 
 static uint8_t *row_buffer(size_t n) {
-  struct row_buffer *r = tsr_thread_slot_get(&row_slot, create_row);
+  struct row_buffer *r = tsr_per_thread_get(&row_buffers, create_row);
   if (!r)
     return NULL;
   if (r->cap < n) {
@@ -292,15 +292,15 @@ tessera_status tsr_decode_jpeg(const struct tsr_pixel_format *fmt, const uint8_t
   return st;
 }
 
-static tessera_status read_layout(struct jpeg_decompress_struct *cinfo, const uint8_t *header,
-                                  size_t len, struct tsr_jpeg_layout *out) {
+static tessera_status read_geometry(struct jpeg_decompress_struct *cinfo, const uint8_t *header,
+                                    size_t len, struct tsr_jpeg_geometry *out) {
   jpeg_mem_src(cinfo, header, (unsigned long)len);
   if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK)
     return tsr_error(TESSERA_E_FORMAT, "the JPEG header has no image");
   /* A scan of more than one component interleaves them in MCUs of the largest sampling
    * factors; a scan of one is made of single blocks. */
   bool interleaved = cinfo->comps_in_scan > 1;
-  *out = (struct tsr_jpeg_layout){
+  *out = (struct tsr_jpeg_geometry){
       .width = cinfo->image_width,
       .height = cinfo->image_height,
       .restart_interval = cinfo->restart_interval,
@@ -313,8 +313,8 @@ static tessera_status read_layout(struct jpeg_decompress_struct *cinfo, const ui
   return TESSERA_OK;
 }
 
-tessera_status tsr_jpeg_read_layout(const uint8_t *header, size_t len,
-                                    struct tsr_jpeg_layout *out) {
+tessera_status tsr_jpeg_read_geometry(const uint8_t *header, size_t len,
+                                      struct tsr_jpeg_geometry *out) {
   struct jpeg_decompress_struct cinfo;
   struct jpeg_failure fail;
   catch_failures(&cinfo, &fail, false);
@@ -324,7 +324,7 @@ tessera_status tsr_jpeg_read_layout(const uint8_t *header, size_t len,
     return tsr_error(TESSERA_E_FORMAT, "unreadable JPEG header: %s", fail.message);
   }
   jpeg_create_decompress(&cinfo);
-  st = read_layout(&cinfo, header, len, out);
+  st = read_geometry(&cinfo, header, len, out);
   jpeg_destroy_decompress(&cinfo);
   return st;
 }

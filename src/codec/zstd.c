@@ -3,17 +3,17 @@
 
 #include "codec/codec.h"
 #include "error.h"
-#include "thread_slot.h"
+#include "per_thread.h"
 
 /* One context per thread, reused across tiles. */
 static void destroy(void *c) { ZSTD_freeDCtx(c); }
 static void *create(void) { return ZSTD_createDCtx(); }
-static struct tsr_thread_slot slot = TSR_THREAD_SLOT_INIT(destroy);
+static struct tsr_per_thread contexts = TSR_PER_THREAD_INIT(destroy);
 
 tessera_status tsr_decode_zstd(const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
                                const struct tsr_tile_out *out) {
   size_t need = tsr_codec_needed_bytes(fmt, out), cap = tsr_codec_capacity(fmt, out);
-  ZSTD_DCtx *context = tsr_thread_slot_get(&slot, create);
+  ZSTD_DCtx *context = tsr_per_thread_get(&contexts, create);
   if (!context)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a zstd context");
   /* One frame per tile; writers may pad after it, as libtiff tolerates. */

@@ -11,7 +11,7 @@ static const struct tsr_vendor *const vendors[] = {
     &tsr_vendor_ome,    &tsr_vendor_generic,
 };
 
-tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_layout *out) {
+tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out) {
   memset(out, 0, sizeof *out);
   if (dirs->n == 0)
     return tsr_error(TESSERA_E_FORMAT, "the file has no image directory");
@@ -24,7 +24,7 @@ tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_layout *out) 
     if (st == TESSERA_OK && out->props.failed)
       st = tsr_error(TESSERA_E_NOMEM, "out of memory for properties");
     if (st != TESSERA_OK) {
-      tsr_layout_free(out);
+      tsr_findings_free(out);
       return st;
     }
     return TESSERA_OK;
@@ -32,19 +32,19 @@ tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_layout *out) 
   return tsr_error(TESSERA_E_FORMAT, "no reader for this file"); /* generic takes all */
 }
 
-void tsr_layout_free(struct tsr_layout *layout) {
-  tsr_free(layout->level_dirs);
-  layout->level_dirs = NULL;
-  tsr_free(layout->is_level);
-  layout->is_level = NULL;
-  tsr_free(layout->level_sizes);
-  layout->level_sizes = NULL;
-  for (size_t i = 0; i < layout->nassociated; i++) {
-    if (layout->associated[i].level) {
-      tsr_level_free(layout->associated[i].level);
-      tsr_free(layout->associated[i].level);
-      layout->associated[i].level = NULL;
+void tsr_findings_free(struct tsr_findings *found) {
+  tsr_free(found->level_dirs);
+  found->level_dirs = NULL;
+  tsr_free(found->is_level);
+  found->is_level = NULL;
+  tsr_free(found->level_sizes);
+  found->level_sizes = NULL;
+  for (size_t i = 0; i < found->nassociated; i++) {
+    if (found->associated[i].level) {
+      tsr_level_free(found->associated[i].level);
+      tsr_free(found->associated[i].level);
+      found->associated[i].level = NULL;
     }
   }
-  tsr_props_free(&layout->props);
+  tsr_props_free(&found->props);
 }

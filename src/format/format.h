@@ -15,10 +15,10 @@ struct tsr_level_size {
   double downsample;
 };
 
-struct tsr_layout {
+struct tsr_findings {
   size_t *level_dirs; /* indices into dirs, largest level first */
   int32_t nlevels;
-  bool *is_level; /* by directory: one of the levels (set by tsr_layout_pyramid; owned) */
+  bool *is_level; /* by directory: one of the levels (set by tsr_findings_pyramid; owned) */
   const char *vendor;
   uint8_t background;
   /* NULL, or nlevels sizes and downsamples that correct the directories' (Philips pads its
@@ -41,7 +41,7 @@ struct tsr_vendor {
    * understood fails with a message that says what is wrong. A vendor whose levels are read
    * otherwise than as TIFF tiles or strips gives them their tile source here
    * (source/tile_source.h), reading what it needs through dirs->source. */
-  tessera_status (*open)(struct tsr_dirs *dirs, struct tsr_layout *out);
+  tessera_status (*open)(struct tsr_dirs *dirs, struct tsr_findings *out);
 };
 
 extern const struct tsr_vendor tsr_vendor_aperio;
@@ -50,21 +50,21 @@ extern const struct tsr_vendor tsr_vendor_philips;
 extern const struct tsr_vendor tsr_vendor_ome;
 extern const struct tsr_vendor tsr_vendor_generic;
 
-tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_layout *out);
-void tsr_layout_free(struct tsr_layout *layout);
+tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out);
+void tsr_findings_free(struct tsr_findings *found);
 
 /* ---- for the vendors (pyramid.c) ---- */
 
 /* The pyramid of the main image: directory 0 and the smaller tiled copies of it, largest
  * first, one per size; out->is_level[i] tells which directories it took. */
-tessera_status tsr_layout_pyramid(const struct tsr_dirs *dirs, struct tsr_layout *out);
-void tsr_layout_add_associated(struct tsr_layout *out, size_t dir, const char *name);
+tessera_status tsr_findings_pyramid(const struct tsr_dirs *dirs, struct tsr_findings *out);
+void tsr_findings_add_associated(struct tsr_findings *out, size_t dir, const char *name);
 /* tessera.comment from the first ImageDescription. */
-void tsr_layout_common_props(const struct tsr_dirs *dirs, struct tsr_layout *out);
+void tsr_findings_common_props(const struct tsr_dirs *dirs, struct tsr_findings *out);
 /* tessera.mpp-x/y from the first directory's resolution, when in centimetres: for vendors
  * whose scanners write it (a generic TIFF's is too often a 72 dpi default to be trusted, and
  * OpenSlide ignores it too). */
-void tsr_layout_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_layout *out);
+void tsr_findings_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_findings *out);
 /* Whether s begins with prefix (s may be NULL). */
 bool tsr_starts_with(const char *s, const char *prefix);
 

@@ -101,7 +101,7 @@ struct plan {
 
 /* The grid OpenSlide uses: a tile is one restart interval, interval x MCU width by one MCU
  * high; a row of MCUs must hold a whole number of intervals. */
-static tessera_status plan_grid(const struct tsr_level *lv, const struct tsr_jpeg_layout *j,
+static tessera_status plan_grid(const struct tsr_level *lv, const struct tsr_jpeg_geometry *j,
                                 struct plan *g) {
   if (!j->one_scan)
     return MISFIT("the JPEG is not one sequential Huffman-coded scan");
@@ -157,13 +157,13 @@ static tessera_status plan_tables(const uint64_t *low, const uint64_t *high, uin
   return TESSERA_OK;
 }
 
-/* The strip's header, checked against the TIFF, and its layout. The header kept leaves out
+/* The strip's header, checked against the TIFF, and its geometry. The header kept leaves out
  * the DRI (each interval is decoded as a whole image, with libjpeg's faster decoder for data
  * without restart markers) and has the SOF's size made one libjpeg takes (NDPI writes 0 for
  * a side over JPEG's limit); each tile's decode puts its own size there. */
 static tessera_status read_header(const struct tsr_byte_source *src, const struct tsr_level *lv,
                                   uint64_t start, uint64_t end, struct plan *p,
-                                  struct tsr_jpeg_layout *layout) {
+                                  struct tsr_jpeg_geometry *geometry) {
   struct header_map map = {0};
   tessera_status st = find_header(src, start, end, &map);
   if (st != TESSERA_OK)
@@ -181,7 +181,7 @@ static tessera_status read_header(const struct tsr_byte_source *src, const struc
                   (long long)lv->height);
   dims[0] = dims[2] = 0;
   dims[1] = dims[3] = 8;
-  if ((st = tsr_jpeg_read_layout(h, map.len, layout)) != TESSERA_OK)
+  if ((st = tsr_jpeg_read_geometry(h, map.len, geometry)) != TESSERA_OK)
     return st;
   p->data_start = map.len;
   p->header->len = map.len;
@@ -203,9 +203,9 @@ static tessera_status plan(const struct tsr_byte_source *src, uint64_t file_size
   uint64_t start = lv->offsets[0], count = lv->bytecounts[0];
   if (start == 0 || count == 0 || start > file_size || count > file_size - start)
     return MISFIT("the strip lies outside the file");
-  struct tsr_jpeg_layout layout;
-  if ((st = read_header(src, lv, start, start + count, p, &layout)) != TESSERA_OK ||
-      (st = plan_grid(lv, &layout, p)) != TESSERA_OK)
+  struct tsr_jpeg_geometry geometry;
+  if ((st = read_header(src, lv, start, start + count, p, &geometry)) != TESSERA_OK ||
+      (st = plan_grid(lv, &geometry, p)) != TESSERA_OK)
     return st;
   uint64_t n = p->ntiles;
   if (n <= 1)

@@ -43,7 +43,7 @@ static int cmp_levels(const void *a, const void *b, void *ctx) {
   return *(const size_t *)a < *(const size_t *)b ? -1 : 1;
 }
 
-tessera_status tsr_layout_pyramid(const struct tsr_dirs *dirs, struct tsr_layout *out) {
+tessera_status tsr_findings_pyramid(const struct tsr_dirs *dirs, struct tsr_findings *out) {
   out->level_dirs = tsr_calloc(dirs->n, sizeof *out->level_dirs);
   bool *level = out->is_level = tsr_calloc(dirs->n, sizeof *out->is_level);
   if (!out->level_dirs || !level)
@@ -70,7 +70,7 @@ tessera_status tsr_layout_pyramid(const struct tsr_dirs *dirs, struct tsr_layout
   return TESSERA_OK;
 }
 
-void tsr_layout_add_associated(struct tsr_layout *out, size_t dir, const char *name) {
+void tsr_findings_add_associated(struct tsr_findings *out, size_t dir, const char *name) {
   for (size_t i = 0; i < out->nassociated; i++)
     if (strcmp(out->associated[i].name, name) == 0)
       return; /* the first of a name wins */
@@ -81,11 +81,11 @@ void tsr_layout_add_associated(struct tsr_layout *out, size_t dir, const char *n
   }
 }
 
-void tsr_layout_common_props(const struct tsr_dirs *dirs, struct tsr_layout *out) {
+void tsr_findings_common_props(const struct tsr_dirs *dirs, struct tsr_findings *out) {
   tsr_props_add_string(&out->props, "tessera.comment", dirs->dir[0].description);
 }
 
-void tsr_layout_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_layout *out) {
+void tsr_findings_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_findings *out) {
   const struct tsr_dir *d0 = &dirs->dir[0];
   if (!d0->has_resolution || !(d0->xres > 0) || !(d0->yres > 0))
     return;

@@ -63,18 +63,18 @@ static void copy_number(struct tsr_props *props, const char *from, const char *t
     tsr_props_add_double(props, to, d);
 }
 
-static tessera_status aperio_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
-  tessera_status st = tsr_layout_pyramid(dirs, out);
+static tessera_status aperio_open(struct tsr_dirs *dirs, struct tsr_findings *out) {
+  tessera_status st = tsr_findings_pyramid(dirs, out);
   for (size_t i = 1; st == TESSERA_OK && i < dirs->n; i++) {
     const struct tsr_dir *d = &dirs->dir[i];
     if (out->is_level[i] || d->parent >= 0)
       continue;
     if (i == 1 && !d->level.tiled)
-      tsr_layout_add_associated(out, i, "thumbnail");
+      tsr_findings_add_associated(out, i, "thumbnail");
     else if (d->description && strstr(d->description, "label"))
-      tsr_layout_add_associated(out, i, "label");
+      tsr_findings_add_associated(out, i, "label");
     else if (d->description && strstr(d->description, "macro"))
-      tsr_layout_add_associated(out, i, "macro");
+      tsr_findings_add_associated(out, i, "macro");
   }
   out->background = 255;
   parse_description(dirs->dir[0].description, &out->props);
@@ -82,7 +82,7 @@ static tessera_status aperio_open(struct tsr_dirs *dirs, struct tsr_layout *out)
   copy_number(&out->props, "aperio.MPP", "tessera.mpp-y");
   copy_number(&out->props, "aperio.AppMag", "tessera.objective-power");
   tsr_props_add_string(&out->props, "tessera.background-color", "FFFFFF");
-  tsr_layout_common_props(dirs, out);
+  tsr_findings_common_props(dirs, out);
   return st;
 }
 

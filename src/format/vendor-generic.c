@@ -3,10 +3,10 @@
 #include "error.h"
 #include "format/format.h"
 
-static tessera_status generic_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
-  tessera_status st = tsr_layout_pyramid(dirs, out);
+static tessera_status generic_open(struct tsr_dirs *dirs, struct tsr_findings *out) {
+  tessera_status st = tsr_findings_pyramid(dirs, out);
   out->background = 0;
-  tsr_layout_common_props(dirs, out);
+  tsr_findings_common_props(dirs, out);
   return st;
 }
 

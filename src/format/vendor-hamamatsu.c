@@ -44,18 +44,18 @@ static tessera_status tile_by_interval(struct tsr_dirs *dirs) {
   return TESSERA_OK;
 }
 
-static tessera_status hamamatsu_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
+static tessera_status hamamatsu_open(struct tsr_dirs *dirs, struct tsr_findings *out) {
   tessera_status st = tile_by_interval(dirs);
   if (st == TESSERA_OK)
-    st = tsr_layout_pyramid(dirs, out);
+    st = tsr_findings_pyramid(dirs, out);
   for (size_t i = 1; st == TESSERA_OK && i < dirs->n; i++) {
     const struct tsr_dir *d = &dirs->dir[i];
     if (out->is_level[i] || !d->has_ndpi_source_lens)
       continue;
     if (d->ndpi_source_lens == -1.0)
-      tsr_layout_add_associated(out, i, "macro");
+      tsr_findings_add_associated(out, i, "macro");
     else if (d->ndpi_source_lens == -2.0)
-      tsr_layout_add_associated(out, i, "map");
+      tsr_findings_add_associated(out, i, "map");
   }
   out->background = 0;
   const struct tsr_dir *d0 = &dirs->dir[0];
@@ -70,8 +70,8 @@ static tessera_status hamamatsu_open(struct tsr_dirs *dirs, struct tsr_layout *o
   tsr_props_add_string(&out->props, "hamamatsu.Reference", d0->ndpi_reference);
   if (d0->ndpi_property_map)
     add_property_map(d0->ndpi_property_map, &out->props);
-  tsr_layout_resolution_mpp(dirs, out);
-  tsr_layout_common_props(dirs, out);
+  tsr_findings_resolution_mpp(dirs, out);
+  tsr_findings_common_props(dirs, out);
   return st;
 }
 

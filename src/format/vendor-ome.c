@@ -171,7 +171,7 @@ static int cmp_width(const void *a, const void *b, void *ctx) {
 
 /* The image's directory and those of its SubIFDs that are smaller, largest first, one per
  * size. */
-static tessera_status pyramid(const struct tsr_dirs *dirs, size_t base, struct tsr_layout *out) {
+static tessera_status pyramid(const struct tsr_dirs *dirs, size_t base, struct tsr_findings *out) {
   out->level_dirs = tsr_calloc(dirs->n, sizeof *out->level_dirs);
   if (!out->level_dirs)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
@@ -307,7 +307,7 @@ static bool named(const struct tsr_xml_node *image, const char *name) {
 }
 
 static tessera_status open_document(struct tsr_dirs *dirs, const struct tsr_xml_node *root,
-                                    struct tsr_layout *out) {
+                                    struct tsr_findings *out) {
   struct image slide = {0};
   size_t count = 0, chosen = 0;
   bool have = false;
@@ -348,7 +348,7 @@ static tessera_status open_document(struct tsr_dirs *dirs, const struct tsr_xml_
       struct image im = {n, tsr_xml_child(n, "Pixels"), 0};
       if (index != chosen && named(n, associated[a]) &&
           first_plane(dirs, index, &im) == TESSERA_OK && im.dir != SIZE_MAX && im.dir != slide.dir)
-        tsr_layout_add_associated(out, im.dir, associated[a]);
+        tsr_findings_add_associated(out, im.dir, associated[a]);
     }
   }
   add_properties(&out->props, root, &slide, chosen, count);
@@ -356,7 +356,7 @@ static tessera_status open_document(struct tsr_dirs *dirs, const struct tsr_xml_
   return TESSERA_OK;
 }
 
-static tessera_status ome_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
+static tessera_status ome_open(struct tsr_dirs *dirs, struct tsr_findings *out) {
   const char *desc = dirs->dir[0].description;
   struct tsr_xml_doc *doc;
   tessera_status st = tsr_xml_parse(desc, strlen(desc), &doc);

@@ -211,7 +211,7 @@ static bool collect_spacing(const struct tsr_xml_node *obj, void *ctx) {
 
 /* The levels' true sizes from the spacing of each pixel data representation of the WSI. */
 static tessera_status correct_levels(const struct tsr_dirs *dirs, const struct tsr_xml_node *wsi,
-                                     struct tsr_layout *out) {
+                                     struct tsr_findings *out) {
   struct spacing_list l = {.n = 0};
   const struct tsr_xml_node *seq = attribute_named(wsi, REPRESENTATIONS);
   if (seq)
@@ -257,7 +257,7 @@ static tessera_status correct_levels(const struct tsr_dirs *dirs, const struct t
 
 /* ---- levels and associated images ---- */
 
-static tessera_status find_directories(const struct tsr_dirs *dirs, struct tsr_layout *out) {
+static tessera_status find_directories(const struct tsr_dirs *dirs, struct tsr_findings *out) {
   out->level_dirs = tsr_calloc(dirs->n, sizeof *out->level_dirs);
   if (!out->level_dirs)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
@@ -276,9 +276,9 @@ static tessera_status find_directories(const struct tsr_dirs *dirs, struct tsr_l
       }
       out->level_dirs[out->nlevels++] = i;
     } else if (tsr_starts_with(d->description, "Label")) {
-      tsr_layout_add_associated(out, i, "label");
+      tsr_findings_add_associated(out, i, "label");
     } else if (tsr_starts_with(d->description, "Macro")) {
-      tsr_layout_add_associated(out, i, "macro");
+      tsr_findings_add_associated(out, i, "macro");
     }
   }
   if (out->nlevels == 0)
@@ -371,7 +371,7 @@ static struct tsr_level *jpeg_level(uint8_t *jpeg, size_t len, const struct jpeg
 /* The label or macro from the XML, unless a directory gave it already. One that is not
  * there or cannot be decoded is left out (the slide is still readable without it). */
 static void add_xml_image(const struct tsr_dirs *dirs, const struct tsr_xml_node *root,
-                          const char *type, const char *name, struct tsr_layout *out) {
+                          const char *type, const char *name, struct tsr_findings *out) {
   for (size_t i = 0; i < out->nassociated; i++)
     if (strcmp(out->associated[i].name, name) == 0)
       return;
@@ -393,7 +393,7 @@ static void add_xml_image(const struct tsr_dirs *dirs, const struct tsr_xml_node
   if (!lv)
     return;
   size_t k = out->nassociated;
-  tsr_layout_add_associated(out, dirs->n, name);
+  tsr_findings_add_associated(out, dirs->n, name);
   if (out->nassociated > k) {
     out->associated[k].level = lv;
   } else {
@@ -412,7 +412,7 @@ static void add_mpp(struct tsr_props *props) {
 }
 
 static tessera_status open_document(const struct tsr_dirs *dirs, const struct tsr_xml_node *root,
-                                    struct tsr_layout *out) {
+                                    struct tsr_findings *out) {
   struct image_search wsi = find_images(root, "WSI");
   if (wsi.count != 1)
     return tsr_error(TESSERA_E_FORMAT, "the XML describes %zu WSI images, not one", wsi.count);
@@ -432,7 +432,7 @@ static tessera_status open_document(const struct tsr_dirs *dirs, const struct ts
   return TESSERA_OK;
 }
 
-static tessera_status philips_open(struct tsr_dirs *dirs, struct tsr_layout *out) {
+static tessera_status philips_open(struct tsr_dirs *dirs, struct tsr_findings *out) {
   const char *desc = dirs->dir[0].description;
   struct tsr_xml_doc *doc;
   tessera_status st = tsr_xml_parse(desc, strlen(desc), &doc);

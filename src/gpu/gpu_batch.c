@@ -100,7 +100,7 @@ struct gslot {
 
 /* The back end's state: set at creation, then only read, but for the queue of host passes. */
 struct gpu_iter {
-  const struct tsr_batch_layout *L; /* the engine's */
+  const struct tsr_batch_plan *L; /* the engine's */
   const struct tsr_cuda *cuda;
   struct tsr_nvjpeg_decoder *decoder;
   bool gpu_level;                 /* the level's tiles may go to nvJPEG */
@@ -671,7 +671,7 @@ static bool pass_step(struct gpu_iter *it, struct gslot *sl, bool alone, tessera
 /* ---- the back end's operations ---- */
 
 static tessera_status gpu_init(struct tessera_batch_iter *engine) {
-  const struct tsr_batch_layout *L = &engine->L;
+  const struct tsr_batch_plan *L = &engine->L;
   const struct tsr_cuda *cuda;
   tessera_status st = tsr_cuda_load(&cuda);
   if (st == TESSERA_OK && cuda->generation != tsr_pool_generation())

@@ -284,7 +284,7 @@ static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim,
   return TESSERA_OK;
 }
 
-static tessera_status push_dir(struct tsr_dirs *dirs, size_t *cap, struct tsr_dir **slot) {
+static tessera_status push_dir(struct tsr_dirs *dirs, size_t *cap, struct tsr_dir **out) {
   if (dirs->n == *cap) {
     size_t ncap = *cap ? *cap * 2 : 8;
     struct tsr_dir *nd = tsr_realloc(dirs->dir, ncap * sizeof *nd);
@@ -293,8 +293,8 @@ static tessera_status push_dir(struct tsr_dirs *dirs, size_t *cap, struct tsr_di
     dirs->dir = nd;
     *cap = ncap;
   }
-  *slot = &dirs->dir[dirs->n];
-  memset(*slot, 0, sizeof **slot);
+  *out = &dirs->dir[dirs->n];
+  memset(*out, 0, sizeof **out);
   dirs->n++;
   return TESSERA_OK;
 }

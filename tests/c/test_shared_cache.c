@@ -999,14 +999,14 @@ static void test_changed_between_reads(void) {
     tessera_shared_cache_remove(name, 1);
 }
 
-/* The loader's user slot of a tile being loaded by a stopped process changes after each
+/* The loader's user seat of a tile being loaded by a stopped process changes after each
  * access, while this process waits for the tile, finds its loader alive (or not), and takes
  * it over: the read is right, and nothing is read out of bounds (before, loader_alive indexed
- * the table of slot generations by a second read of the slot it had checked). */
-static void test_loader_slot_changed(void) {
+ * the table of seat incarnations by a second read of the seat it had checked). */
+static void test_loader_seat_changed(void) {
   char name[64], pidfile[128];
-  snprintf(name, sizeof name, "/tessera-ctest-%d-slot", (int)getpid());
-  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-slot.pid", (int)getpid());
+  snprintf(name, sizeof name, "/tessera-ctest-%d-seat", (int)getpid());
+  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-seat.pid", (int)getpid());
   configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
   tessera_slide *s = open_slide();
   struct sigaction sa;
@@ -1033,13 +1033,13 @@ static void test_loader_slot_changed(void) {
     uint8_t px[3];
     CHECK(tessera_read_region(s, x, y, 0, 1, 1, NULL, px, 3) == TESSERA_OK &&
               !differs(px, x, y, 1, 1),
-          "read beside a stopped loader whose slot changes, round %d", round);
+          "read beside a stopped loader whose seat changes, round %d", round);
     unwatch();
     end_child(staller, pidfile);
   }
   signal(SIGTRAP, SIG_DFL);
   watch_seed = 0;
-  printf("loader slot changed between reads: %d accesses trapped\n", atomic_load(&watch_hits));
+  printf("loader seat changed between reads: %d accesses trapped\n", atomic_load(&watch_hits));
   if (s)
     tessera_close(s);
   configure(TESSERA_CACHE_NONE, 0, 0, NULL);
@@ -1120,7 +1120,7 @@ int main(int argc, char **argv) {
   test_scribbled();
   test_changed_between_reads();
   test_sealed_sizes();
-  test_loader_slot_changed();
+  test_loader_seat_changed();
   test_killed_maker();
   test_maker_lock_held();
   test_stopped_loader();
