@@ -84,8 +84,8 @@ struct shard {
 struct entry {
   struct tsr_cache_key key;
   uint64_t bytes;
-  uint32_t loader_seat,
-      loader_incarnation;            /* LOADING: the user seat loading it, and its incarnation */
+  uint32_t loader_seat;              /* LOADING: the user seat loading it, */
+  uint32_t loader_incarnation;       /* and that seat's incarnation then */
   uint32_t ticket;                   /* bumped each time the entry is reserved or taken over */
   uint32_t seal;                     /* seal_of(the entry) while LOADING or READY */
   uint32_t hnext, prev, next, first; /* hash chain (or free list), queue (next older), chunks */

@@ -15,6 +15,8 @@ struct tsr_level_size {
   double downsample;
 };
 
+/* What a vendor found in the directories: the levels, the associated images, who wrote the
+ * file, its background and its properties. */
 struct tsr_findings {
   size_t *level_dirs; /* indices into dirs, largest level first */
   int32_t nlevels;
