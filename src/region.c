@@ -187,6 +187,10 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
   uint64_t part = (uint64_t)(u->x1 - u->x0) * (uint64_t)(u->y1 - u->y0);
   uint64_t extent = (uint64_t)(tile->x1 - tile->x0) * (uint64_t)(tile->y1 - tile->y0);
   a.covers = part * TSR_CACHE_COVERS_DEN >= extent * TSR_CACHE_COVERS_NUM;
+  a.level_tiles = (uint64_t)lv->across * lv->down;
+  a.region = &s->regions[level];
+  a.x = (uint32_t)(index % lv->across);
+  a.y = (uint32_t)(index / lv->across);
   enum tsr_cache_result r = tsr_cache_lookup(cache, &a);
   if (r == TSR_CACHE_MISS || r == TSR_CACHE_BYPASS)
     return false; /* decoded in part, as without a cache */

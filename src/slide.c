@@ -56,6 +56,7 @@ TESSERA_API void tessera_close(tessera_slide *s) {
   for (size_t i = 0; s->levels && i < (size_t)s->nlevels + s->nassociated; i++)
     tsr_level_free(&s->levels[i]);
   tsr_free(s->levels);
+  tsr_free(s->regions);
   for (size_t i = 0; i < s->nprops; i++) {
     tsr_free(s->props[i].key);
     tsr_free(s->props[i].value);
@@ -119,7 +120,8 @@ static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir 
 static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
                                   const struct tsr_findings *found) {
   s->levels = tsr_calloc((size_t)found->nlevels + found->nassociated, sizeof *s->levels);
-  if (!s->levels)
+  s->regions = tsr_calloc((size_t)found->nlevels + found->nassociated, sizeof *s->regions);
+  if (!s->levels || !s->regions)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for levels");
   const struct tsr_level *first = &dirs->dir[found->level_dirs[0]].level;
   double w0 = (double)first->width, h0 = (double)first->height;

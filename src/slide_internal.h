@@ -5,6 +5,7 @@
 #define TSR_SLIDE_INTERNAL_H
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -76,6 +77,18 @@ struct tsr_property {
   char *value;
 };
 
+/* Where a level's latest misses in the tile cache fell, for cache.c's admission: the tile
+ * bounds of the misses of the epoch under way, and of the last whole epoch. Relaxed atomics:
+ * a race moves one bound, or ends an epoch a miss early or late, and so changes an admission
+ * at most. */
+struct tsr_miss_region {
+  atomic_uint_fast64_t misses; /* in the epoch under way */
+  /* Under way: UINT32_MAX - the least column and row, the greatest + 1; 0 for none. */
+  atomic_uint_fast64_t lo_x, lo_y, hi_x, hi_y;
+  /* The last whole epoch's: first column << 32 | first row, and last + 1 alike; 0: none. */
+  atomic_uint_fast64_t last_lo, last_hi;
+};
+
 struct tessera_slide {
   struct tsr_byte_source *source; /* every read of the slide's bytes: no seek state, no lock */
   char *path;
@@ -83,6 +96,7 @@ struct tessera_slide {
   struct tsr_file_id id; /* and its identity for the tile cache, both taken at open */
   tessera_open_options limits;
   struct tsr_level *levels;
+  struct tsr_miss_region *regions; /* one a level (associated images too), zeroed at open */
   int32_t nlevels;
   struct tsr_property *props; /* sorted by key */
   size_t nprops;

@@ -165,24 +165,41 @@ def ghost_tiles(mib, info, items=0):
     return min(mib << 20, items * tile if items else mib << 20) // 10 // tile
 
 
-def admission(regions, info, mib, cached=None, items=0):
+def admission(regions, info, mib, cached=None, items=0, per_process=False):
     """(hits, misses, cached tiles) of one process reading `regions` once each, in order,
     through a cache of `mib` MiB with room for every tile, which already holds `cached`: a
     tile held is a hit; one not held is a miss, and it is cached if the read covers most of
     it or this process missed it before with at most ghost_tiles(mib) other misses in
-    between; otherwise its ghost remembers this miss."""
+    between; otherwise its ghost remembers this miss. A per-process cache (with a slide just
+    opened) also caches a tile at its first miss when the level is within a tenth of the
+    capacity, or when the tiles of the level's last whole epoch of 32 misses lie in a
+    rectangle within half of it."""
     window = ghost_tiles(mib, info, items)
+    tile = info.tile_width * info.tile_height * 3
+    across = -(-info.width // info.tile_width)
+    down = -(-info.height // info.tile_height)
+    level_small = across * down * tile <= (mib << 20) // 10 and \
+        (not items or across * down <= items // 10)
+    epoch, last = [], None
     cached, noted, hits, misses = set(cached or ()), {}, 0, 0
     for r in regions:
         for t in tiles_of(r, info):
             if t in cached:
                 hits += 1
                 continue
-            if covers(r, t, info) or (t in noted and misses - noted[t] - 1 <= window):
+            small = per_process and (level_small or (
+                last is not None and last * tile <= (mib << 20) // 2 and
+                (not items or last <= items // 2)))
+            if covers(r, t, info) or (t in noted and misses - noted[t] - 1 <= window) or small:
                 cached.add(t)
             else:
                 noted[t] = misses
             misses += 1
+            epoch.append(t)
+            if len(epoch) == 32:
+                xs, ys = [x for x, _ in epoch], [y for _, y in epoch]
+                last = (max(xs) - min(xs) + 1) * (max(ys) - min(ys) + 1)
+                epoch = []
     return hits, misses, cached
 
 
@@ -450,7 +467,7 @@ def test_forked_children_share_one_segment(shm):
     with T.open_slide(path) as s:
         for x, y, w, h in common:
             s.read_region(x, y, 0, w, h)
-    hits, misses, cached = admission(common, info, 128)
+    hits, misses, cached = admission(common, info, 128, per_process=True)
     st = T.cache_stats()
     assert (st["misses"], st["hits"], st["items"]) == (misses, hits, len(cached)), st
 

@@ -71,12 +71,35 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * decode (with one cell a set, two tiles read in turn would push each other out forever).
  * Cells, clock and counts are atomics used relaxed: a race changes one admission, or one
  * setting of the window, at most. The ghost is the process's own, even for a shared cache: a
- * shared tile is admitted when one process misses it twice, and then every process hits it. */
+ * shared tile is admitted when one process misses it twice, and then every process hits it.
+ *
+ * A tile is admitted at its first miss too when what it is read from is small beside the
+ * cache, while the cache has not evicted to make room for this process's tiles within the
+ * capacity's span of misses:
+ * - its level, within a tenth of the capacity (in bytes, and in tiles where items are
+ *   limited). Read once, it takes a tenth of the cache at most; read again, every tile is a
+ *   hit, where the ghost would have each decoded twice first (in part, then whole: NDPI
+ *   patches, whose level of 608 restart intervals is 58 MB, decoded 314 of them twice with
+ *   1 GiB);
+ * - the rectangle of tiles that the level's last REGION_EPOCH misses in this process fell
+ *   in, within half the capacity: the reads keep to a part of the level that the cache can
+ *   hold whole, with as much again to spare. Shuffled sliding windows over a band of a large
+ *   slide (628 tiles, 123 MB) decoded 515 tiles twice; random patches over the slide miss
+ *   all over it (3.8 GB), so this admits none of theirs after the first epoch.
+ * Neither can thrash the cache. What they cost where the tiles are not read again (a scan
+ * read once, many small slides read in turn) is a whole decode where a part would have done,
+ * for at most half the cache's worth of tiles, until the evictions hand admission back to the
+ * ghost; a tile read in a region's first epoch waits for the ghost as before. Per-process
+ * caches only: a shared cache's capacity is shared with processes this one cannot see, which
+ * may each take such a part of it, so there the ghost alone decides. (Tiles beside a
+ * tile admitted lately were tried as a sign of such streams too: they would have admitted 48
+ * of the sliding windows' 515, and any tile missed beside it 206.) */
 #define GHOST_STAMP_SHIFT 12 /* stamps count 4 KiB */
 #define GHOST_WAYS 8         /* cells of a set (64 bytes) */
 #define GHOST_MIN_CELLS ((size_t)1 << 12)
 #define GHOST_MAX_CELLS ((size_t)1 << 22)
 #define GHOST_EPOCH 256 /* misses between two settings of the window */
+#define REGION_EPOCH 32 /* a level's misses between two settings of its region */
 
 struct tsr_ghost {
   uint64_t capacity;          /* the cache's, in bytes */
@@ -87,6 +110,8 @@ struct tsr_ghost {
    * span before. Reset by the thread whose miss ends the epoch. */
   atomic_uint_fast64_t misses, returns;
   atomic_bool wide;        /* the window is the capacity's span, not a tenth of it */
+  /* The clock + 1 at the latest miss whose load evicted a tile; 0: none yet. */
+  atomic_uint_fast64_t evicted_at;
   _Atomic uint64_t cell[]; /* fingerprint << 32 | the clock's stamp */
 };
 
@@ -138,12 +163,66 @@ static bool ghost_admits(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool 
   return false;
 }
 
+/* Whether `tiles` tiles of this many bytes fit in a part (1 / den) of the cache. */
+static bool fits_part(const struct tsr_ghost *g, uint64_t tiles, size_t bytes, unsigned den) {
+  uint64_t total;
+  return !__builtin_mul_overflow(tiles, (uint64_t)bytes, &total) && total <= g->capacity / den &&
+         (!g->item_capacity || tiles <= g->item_capacity / den);
+}
+
+/* Whether the tile's level, or the rectangle its last epoch of misses fell in, is small beside
+ * the cache, which has not evicted to load a tile within the capacity's span of misses. */
+static bool ghost_small_beside(struct tsr_ghost *g, const struct tsr_cache_access *a) {
+  uint64_t lo = atomic_load_explicit(&a->region->last_lo, memory_order_relaxed);
+  uint64_t hi = atomic_load_explicit(&a->region->last_hi, memory_order_relaxed);
+  uint64_t w = (hi >> 32) - (lo >> 32), h = (hi & UINT32_MAX) - (lo & UINT32_MAX), tiles;
+  /* Read apart from each other, the two may come from two epochs: then w or h may wrap. */
+  bool region =
+      hi != 0 && !__builtin_mul_overflow(w, h, &tiles) && fits_part(g, tiles, a->bytes, 2);
+  if (!region && !fits_part(g, a->level_tiles, a->bytes, TSR_CACHE_SMALL_PART))
+    return false;
+  uint64_t at = atomic_load_explicit(&g->evicted_at, memory_order_relaxed);
+  return at == 0 || atomic_load_explicit(&g->clock, memory_order_relaxed) - (at - 1) > g->capacity;
+}
+
+static void atomic_raise(atomic_uint_fast64_t *a, uint64_t v) {
+  uint64_t was = atomic_load_explicit(a, memory_order_relaxed);
+  while (was < v && !atomic_compare_exchange_weak_explicit(a, &was, v, memory_order_relaxed,
+                                                           memory_order_relaxed)) {
+  }
+}
+
+/* A miss of tile (x, y) of the region's level: widens the epoch's rectangle; the epoch's last
+ * miss makes it the region's. */
+static void region_note(struct tsr_miss_region *r, uint32_t x, uint32_t y) {
+  atomic_raise(&r->lo_x, UINT32_MAX - x);
+  atomic_raise(&r->lo_y, UINT32_MAX - y);
+  atomic_raise(&r->hi_x, (uint64_t)x + 1);
+  atomic_raise(&r->hi_y, (uint64_t)y + 1);
+  if (atomic_fetch_add_explicit(&r->misses, 1, memory_order_relaxed) + 1 < REGION_EPOCH)
+    return;
+  atomic_store_explicit(&r->misses, 0, memory_order_relaxed);
+  uint64_t lx = atomic_exchange_explicit(&r->lo_x, 0, memory_order_relaxed);
+  uint64_t ly = atomic_exchange_explicit(&r->lo_y, 0, memory_order_relaxed);
+  uint64_t hx = atomic_exchange_explicit(&r->hi_x, 0, memory_order_relaxed);
+  uint64_t hy = atomic_exchange_explicit(&r->hi_y, 0, memory_order_relaxed);
+  if (lx == 0 || ly == 0 || hx == 0 || hy == 0)
+    return; /* another thread's reset came between: this epoch is lost */
+  atomic_store_explicit(&r->last_lo, (UINT32_MAX - lx) << 32 | (UINT32_MAX - ly),
+                        memory_order_relaxed);
+  atomic_store_explicit(&r->last_hi, hx << 32 | hy, memory_order_relaxed);
+}
+
 /* A miss of a tile of this many bytes; remember: the tile was not admitted, so the ghost
  * takes it, in place of its own older record or of the set's oldest. returns: as
- * ghost_admits said; the miss that ends an epoch sets the window. */
+ * ghost_admits said; the miss that ends an epoch sets the window. evicted: the cache evicted
+ * to make room for this tile. */
 static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool remember,
-                       bool returns) {
-  uint32_t now = stamp(atomic_fetch_add_explicit(&g->clock, bytes, memory_order_relaxed) + bytes);
+                       bool returns, bool evicted) {
+  uint64_t clock = atomic_fetch_add_explicit(&g->clock, bytes, memory_order_relaxed) + bytes;
+  uint32_t now = stamp(clock);
+  if (evicted)
+    atomic_store_explicit(&g->evicted_at, clock + 1, memory_order_relaxed);
   if (returns)
     atomic_fetch_add_explicit(&g->returns, 1, memory_order_relaxed);
   if (atomic_fetch_add_explicit(&g->misses, 1, memory_order_relaxed) + 1 >= GHOST_EPOCH) {
@@ -183,10 +262,14 @@ static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool re
 enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_access *a) {
   uint64_t hash = tsr_cache_key_hash(&a->key);
   bool returns;
-  a->admit = ghost_admits(c->ghost, hash, a->bytes, &returns) || a->covers;
+  a->admit = ghost_admits(c->ghost, hash, a->bytes, &returns) || a->covers ||
+             (c->type == TESSERA_CACHE_PER_PROCESS && ghost_small_beside(c->ghost, a));
+  a->evicted = false;
   enum tsr_cache_result r = c->ops->lookup(c, a);
-  if (r == TSR_CACHE_MISS || r == TSR_CACHE_LOAD)
-    ghost_note(c->ghost, hash, a->bytes, r == TSR_CACHE_MISS, returns);
+  if (r == TSR_CACHE_MISS || r == TSR_CACHE_LOAD) {
+    ghost_note(c->ghost, hash, a->bytes, r == TSR_CACHE_MISS, returns, a->evicted);
+    region_note(a->region, a->x, a->y);
+  }
   return r;
 }
 

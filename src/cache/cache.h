@@ -57,10 +57,14 @@ struct tsr_cache_access {
   size_t offset, stride, row_bytes;
   uint32_t rows;
   struct tsr_scratch *scratch; /* the caller's thread's, for the cache's use */
-  bool covers; /* the caller paints most of the tile (TSR_CACHE_COVERS_*): decoding that
-                  part costs about what decoding the whole tile does */
-  bool admit;  /* set by tsr_cache_lookup: a miss may reserve the tile (LOAD), or with false
-                  returns TSR_CACHE_MISS; a miss is counted either way */
+  bool covers;          /* the caller paints most of the tile (TSR_CACHE_COVERS_*): decoding that
+                           part costs about what decoding the whole tile does */
+  uint64_t level_tiles; /* of the tile's level: with a->bytes, what the whole level takes */
+  struct tsr_miss_region *region; /* the level's, where its misses fell lately */
+  uint32_t x, y;                  /* the tile's column and row in its level */
+  bool evicted; /* set by the kind's lookup: it evicted a tile to make room for this one */
+  bool admit;   /* set by tsr_cache_lookup: a miss may reserve the tile (LOAD), or with false
+                   returns TSR_CACHE_MISS; a miss is counted either way */
   /* HIT, and LOAD once published: row i of the part asked for begins at row_list[i], or with
    * row_list NULL at src + i * stride. */
   const uint8_t *src;
@@ -127,9 +131,11 @@ bool tsr_shared_cache_hot_resize(uint64_t bytes);
 struct tsr_cache *tsr_cache_acquire(void);
 void tsr_cache_release(struct tsr_cache *c);
 
-/* Looks a->key up (a->bytes, a->offset, a->length, a->covers and a->scratch set). A tile not
- * held is admitted (TSR_CACHE_LOAD) only when this use covers most of it or this process
- * missed it recently (cache.c says why); otherwise the result is TSR_CACHE_MISS. */
+/* Looks a->key up (a->bytes, a->offset, a->length, a->covers, a->level_tiles, a->region,
+ * a->x, a->y and a->scratch set). A tile not held is admitted (TSR_CACHE_LOAD) only when this
+ * use covers most of it, this process missed it recently, or its level, or the part of it
+ * its misses keep to, is small beside a cache that has not been evicting (cache.c says why);
+ * otherwise the result is TSR_CACHE_MISS. */
 enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_access *a);
 /* The loader decoded a->load: the tile becomes visible to all; a->src is set. */
 static inline void tsr_cache_publish(struct tsr_cache *c, struct tsr_cache_access *a) {

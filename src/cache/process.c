@@ -298,11 +298,13 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     pthread_mutex_unlock(&sh->lock);
     return a->admit ? TSR_CACHE_BYPASS : TSR_CACHE_MISS;
   }
-  while (!fits(c, sh, cost))
+  while (!fits(c, sh, cost)) {
     if (!evict_one(c, sh)) {
       pthread_mutex_unlock(&sh->lock);
       return TSR_CACHE_BYPASS;
     }
+    a->evicted = true;
+  }
   e = tsr_malloc(sizeof *e);
   uint8_t *pixels = e ? tsr_malloc(bytes) : NULL;
   if (!pixels) {

@@ -408,9 +408,9 @@ static bool copy_in(const struct view *v, uint32_t i, const uint8_t *src, size_t
 }
 
 /* Takes an entry and n chunks off the free lists for key a->key: *at, LOADING for this
- * attachment. NIL in *at (and true) when there is no room. */
-static bool reserve(const struct shared_cache *c, const struct view *v,
-                    const struct tsr_cache_access *a, uint64_t hash, uint32_t *at) {
+ * attachment. NIL in *at (and true) when there is no room. Sets a->evicted when it evicts. */
+static bool reserve(const struct shared_cache *c, const struct view *v, struct tsr_cache_access *a,
+                    uint64_t hash, uint32_t *at) {
   struct shard *sh = v->sh;
   uint32_t n = (uint32_t)chunks_for(a->bytes); /* no more than the shard's chunks: see lookup */
   bool swept = false;
@@ -420,6 +420,7 @@ static bool reserve(const struct shared_cache *c, const struct view *v,
     unsigned dead;
     if (!evict_one(v, &evicted))
       return false;
+    a->evicted |= evicted;
     if (evicted)
       continue;
     if (swept)

@@ -73,7 +73,8 @@ static void test_exact_stats(const char *dir) {
   tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
   if (!s)
     return;
-  configure(TESSERA_CACHE_PER_PROCESS, 64, 0, 1);
+  /* 1 MiB: the level (590 KB) is not within a tenth of it, which would admit every miss. */
+  configure(TESSERA_CACHE_PER_PROCESS, 1, 0, 1);
   tessera_level_info info = level_info(s, 0);
   int64_t tw = info.tile_width, th = info.tile_height;
   uint64_t tile_bytes = (uint64_t)(tw * th * 3);
@@ -103,7 +104,7 @@ static void test_exact_stats(const char *dir) {
         "a %llu-byte tile is counted as %llu bytes", (unsigned long long)tile_bytes,
         (unsigned long long)per_tile);
   tessera_cache_stats t = stats();
-  CHECK(t.type == TESSERA_CACHE_PER_PROCESS && t.memory_capacity == (uint64_t)64 << 20 &&
+  CHECK(t.type == TESSERA_CACHE_PER_PROCESS && t.memory_capacity == (uint64_t)1 << 20 &&
             t.record_stats == 1,
         "configuration not reported");
   tessera_cache_stats_reset(0);
@@ -125,9 +126,11 @@ static uint64_t read_tile(tessera_slide *s, int64_t tw, int64_t th, int64_t acro
 /* What the ghost admits: a scan read once is missed and decoded once a tile, and leaves the
  * cache empty; a tile missed a second time while the ghost remembers it is cached, and then
  * hit without a decode; the ghost forgets a tile after more than a tenth of the capacity's
- * worth of other misses (here 1.6 MiB: 9 tiles of 240 x 240), so a tile read again only
+ * worth of other misses (here 0.8 MiB: 4 tiles of 240 x 240), so a tile read again only
  * after 12 others (the scan: 129) is missed and not cached, while one read again after 3
- * others is cached. */
+ * others is cached. 8 MiB, so that neither the level (22.5 MB) nor the rows an epoch of the
+ * scan's misses falls in (4 rows, 6.9 MB) is small enough to be admitted for (see
+ * test_admission_region). */
 static void test_admission(const char *dir) {
   tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
   if (!s)
@@ -135,7 +138,7 @@ static void test_admission(const char *dir) {
   tessera_level_info info = level_info(s, 0);
   int64_t tw = info.tile_width, th = info.tile_height;
   int64_t across = (info.width + tw - 1) / tw, n = across * ((info.height + th - 1) / th);
-  configure(TESSERA_CACHE_PER_PROCESS, 64, 0, 1);
+  configure(TESSERA_CACHE_PER_PROCESS, 8, 0, 1);
   uint64_t reads = tsr_tile_reads();
   for (int64_t t = 0; t < n; t++)
     read_tile(s, tw, th, across, t);
@@ -151,7 +154,7 @@ static void test_admission(const char *dir) {
   CHECK(read_tile(s, tw, th, across, 7) == 1 && tsr_tile_reads() == reads && stats().hits == 1,
         "a cached tile was decoded again");
 
-  configure(TESSERA_CACHE_PER_PROCESS, 16, 0, 1);
+  configure(TESSERA_CACHE_PER_PROCESS, 8, 0, 1);
   read_tile(s, tw, th, across, 0);
   for (int64_t t = 1; t <= 12; t++)
     read_tile(s, tw, th, across, t);
@@ -262,6 +265,111 @@ static void test_admission_window(const char *dir) {
     for (int64_t t = 20; t < 130; t++)
       read_tile(s, tw, th, across, t);
   CHECK(!cached_after(s, tw, th, across, 50, 51, 53), "the window did not narrow");
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  tessera_close(s);
+}
+
+/* A level within a tenth of the capacity is admitted at its first miss, unless the cache
+ * evicted to load a tile within the capacity's span of misses. CMU-1-Small-Region's level 0
+ * (130 tiles of 240 x 240, 22.5 MB): a corner of a tile is cached at its first miss with 256
+ * MiB (one decode, then hits), not with 128 MiB. With 8 MiB, the 12 tiles of
+ * generic-jpeg-ycbcr-128tiles (590 KB) fit a tenth; once the third whole 1024 x 1024 tile of
+ * the zstd pyramid (3 MB each, cached at once: they are read whole) evicts, its corner is not
+ * cached at a first miss, until more than 8 MiB of misses later (three corners of other zstd
+ * tiles, not cached: their level is 157 MB). */
+static void test_admission_level(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
+  tessera_slide *a = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  tessera_slide *b = open_testdata(dir, "generic-zstd-1024tiles-pyramid.tiff");
+  if (!s || !a || !b)
+    return;
+  tessera_level_info info = level_info(s, 0);
+  int64_t tw = info.tile_width, th = info.tile_height;
+  CHECK(tw == 240 && th == 240 && info.width <= 2400 && info.height <= 3120,
+        "the test expects at most 130 tiles of 240 x 240");
+  configure(TESSERA_CACHE_PER_PROCESS, 256, 0, 1);
+  uint64_t reads = tsr_tile_reads();
+  for (int k = 0; k < 3; k++)
+    free(read_patch(s, 5 * tw, 5 * th, 0, 1, 1, 3));
+  tessera_cache_stats st = stats();
+  CHECK(st.items == 1 && st.misses == 1 && st.hits == 2 && tsr_tile_reads() - reads == 1,
+        "a tile of a level within a tenth, read 3 times: %llu cached, %llu misses, %llu decodes",
+        (unsigned long long)st.items, (unsigned long long)st.misses,
+        (unsigned long long)(tsr_tile_reads() - reads));
+  configure(TESSERA_CACHE_PER_PROCESS, 128, 0, 1);
+  free(read_patch(s, 5 * tw, 5 * th, 0, 1, 1, 3));
+  CHECK(stats().items == 0, "a tile of a level over a tenth was cached at its first miss");
+
+  configure(TESSERA_CACHE_PER_PROCESS, 8, 0, 1);
+  enum { T = 1024 };
+  free(read_patch(a, 0, 0, 0, 1, 1, 3));
+  CHECK(stats().items == 1, "a's tile was not cached at its first miss");
+  for (int i = 0; i < 3; i++)
+    free(read_patch(b, i * T, 0, 0, T, T, 3));
+  st = stats();
+  CHECK(st.evictions > 0, "three 3 MB tiles in 8 MiB evicted nothing");
+  uint64_t items = st.items;
+  free(read_patch(a, 128, 0, 0, 1, 1, 3));
+  CHECK(stats().items == items, "cached at a first miss just after an eviction");
+  for (int i = 0; i < 3; i++)
+    free(read_patch(b, i * T, T, 0, 1, 1, 3));
+  st = stats();
+  CHECK(st.items == items, "b's corners were cached (%llu tiles, not %llu)",
+        (unsigned long long)st.items, (unsigned long long)items);
+  free(read_patch(a, 256, 0, 0, 1, 1, 3));
+  CHECK(stats().items == items + 1, "not cached at a first miss long after an eviction");
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  tessera_close(s);
+  tessera_close(a);
+  tessera_close(b);
+}
+
+/* Reads a corner of each listed tile of level 0 in turn, `times` tiles in all. */
+static void read_corners(tessera_slide *s, const int64_t *tiles, size_t n, size_t times) {
+  enum { T = 1024, ACROSS = 10 };
+  for (size_t i = 0; i < times; i++)
+    free(read_patch(s, tiles[i % n] % ACROSS * T, tiles[i % n] / ACROSS * T, 0, 1, 1, 3));
+}
+
+/* A tile is admitted at its first miss once the level's last 32 misses fell in a rectangle of
+ * tiles within half the capacity. The zstd pyramid's level 0 is 10 x 5 tiles of 1024 x 1024
+ * (3 MB each, 157 MB) and the cache 128 MiB (its tenth holds 4 tiles, so the ghost forgets a
+ * tile read again 6 misses later, and the level is over a tenth): corners of 6 tiles in 3
+ * columns and 2 rows read in turn, 32 misses and none cached, then make a first miss of
+ * another tile admitted (one decode, then hits); corners of 32 tiles all over the level do not
+ * (with the slide opened again, so that no earlier rectangle counts). */
+static void test_admission_region(const char *dir) {
+  static const int64_t near[] = {0, 1, 2, 10, 11, 12};
+  static const int64_t spread[] = {0,  49, 9,  40, 4,  45, 20, 29, 13, 36, 7, 42, 31, 18, 2, 47,
+                                   25, 34, 11, 38, 16, 26, 5,  44, 27, 32, 1, 48, 19, 30, 8, 41};
+  tessera_slide *s = open_testdata(dir, "generic-zstd-1024tiles-pyramid.tiff");
+  if (!s)
+    return;
+  tessera_level_info info = level_info(s, 0);
+  CHECK(info.tile_width == 1024 && info.width == 10000 && info.height == 5000,
+        "the test expects 10 x 5 tiles of 1024 x 1024");
+  configure(TESSERA_CACHE_PER_PROCESS, 128, 0, 1);
+  read_corners(s, near, 6, 32);
+  tessera_cache_stats st = stats();
+  CHECK(st.items == 0 && st.misses == 32, "6 tiles read in turn: %llu cached, %llu misses",
+        (unsigned long long)st.items, (unsigned long long)st.misses);
+  uint64_t reads = tsr_tile_reads();
+  static const int64_t other[] = {23};
+  read_corners(s, other, 1, 3);
+  st = stats();
+  CHECK(st.items == 1 && st.hits == 2 && tsr_tile_reads() - reads == 1,
+        "a first miss after misses in 6 MB: %llu cached, %llu hits, %llu decodes",
+        (unsigned long long)st.items, (unsigned long long)st.hits,
+        (unsigned long long)(tsr_tile_reads() - reads));
+  tessera_close(s);
+
+  s = open_testdata(dir, "generic-zstd-1024tiles-pyramid.tiff");
+  configure(TESSERA_CACHE_PER_PROCESS, 128, 0, 1);
+  read_corners(s, spread, 32, 32);
+  read_corners(s, other, 1, 1);
+  st = stats();
+  CHECK(st.items == 0 && st.misses == 33, "misses all over the level: %llu cached, %llu misses",
+        (unsigned long long)st.items, (unsigned long long)st.misses);
   configure(TESSERA_CACHE_NONE, 0, 0, 0);
   tessera_close(s);
 }
@@ -480,14 +588,16 @@ static void *racer_thread(void *arg) {
 }
 
 /* Threads missing the same admitted tile together decode it once: one miss, the rest hits.
- * The tile is read once first, so that the ghost admits it (two misses in all). */
+ * The tile is read once first, so that the ghost admits it (two misses in all). The slide is
+ * opened again each round: with the misses of earlier rounds all on that tile, its level's
+ * region would admit it at its first miss. */
 static void test_single_flight(const char *dir) {
-  tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
-  if (!s)
-    return;
   enum { N = 6 };
   for (int round = 0; round < 20; round++) {
-    configure(TESSERA_CACHE_PER_PROCESS, 16, 0, 1);
+    tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+    if (!s)
+      return;
+    configure(TESSERA_CACHE_PER_PROCESS, 1, 0, 1); /* the level is not within a tenth */
     free(read_patch(s, 3, 3, 0, 50, 50, 3));
     pthread_barrier_t start;
     pthread_barrier_init(&start, NULL, N);
@@ -510,9 +620,9 @@ static void test_single_flight(const char *dir) {
       CHECK(memcmp(rs[0].out, rs[i].out, 50 * 50 * 3) == 0, "racers disagree");
     for (int i = 0; i < N; i++)
       free(rs[i].out);
+    tessera_close(s);
   }
   configure(TESSERA_CACHE_NONE, 0, 0, 0);
-  tessera_close(s);
 }
 
 /* Tile 0 of two files, and tile 0 of three levels, are four different tiles (the second
@@ -542,8 +652,10 @@ static void test_no_collisions(const char *dir) {
     }
   }
   tessera_cache_stats st = stats();
-  /* missed twice (the second time cached), then hit */
-  CHECK(st.items == 4 && st.misses == 8 && st.hits == 4, "items %llu misses %llu hits %llu",
+  /* a's level (590 KB) and b's level 2 (19 MB) are within a tenth of the cache: cached at their
+   * first miss, then hit twice; b's levels 0 and 1 missed twice (the second time cached), then
+   * hit */
+  CHECK(st.items == 4 && st.misses == 6 && st.hits == 6, "items %llu misses %llu hits %llu",
         (unsigned long long)st.items, (unsigned long long)st.misses, (unsigned long long)st.hits);
   /* With room for one tile, each tile admitted evicts the one before it: the reads of each after
    * it was cached hit the tile just cached, never the one before. The 64 x 64 corner is cached
@@ -793,6 +905,8 @@ int main(int argc, char **argv) {
   test_admission(dir);
   test_admission_covers(dir);
   test_admission_window(dir);
+  test_admission_level(dir);
+  test_admission_region(dir);
   test_same_pixels(dir);
   test_budgets_under_load(dir);
   test_hot_set_survives_scan(dir, TESSERA_CACHE_PER_PROCESS);
