@@ -207,9 +207,11 @@ def test_sample_batches(sample, lib, num_workers):
 
 def test_small_region_decodes_only_its_intervals(sample, lib):
     """A 256 x 256 region decodes the intervals it covers and no others: with a tile cache,
-    each decoded interval is one miss (read twice: the second time it is cached), and the
-    cache holds those intervals only, a small part of the level (a whole-level decode would
-    be one item the size of the level)."""
+    each decoded interval is one miss, and the cache holds those intervals only, a small part
+    of the level (a whole-level decode would be one item the size of the level). Whether an
+    interval is kept at its first miss or its second is the admission policy's choice (the
+    ghost, or the rectangle of the level's last misses: test_cache.c tests those); either
+    way, after two reads every covered interval is cached and no other."""
     ts = T.open_slide(sample)
     info = ts.level_info(0)
     tile_bytes = info.tile_width * info.tile_height * 3
@@ -221,10 +223,13 @@ def test_small_region_decodes_only_its_intervals(sample, lib):
             mid = T.cache_stats()
             want = (y + 255) // info.tile_height - y // info.tile_height + 1
             assert mid["misses"] - before["misses"] == want, (x, y, before, mid)
-            assert mid["items"] == before["items"], mid
+            kept = mid["items"] - before["items"]
+            assert 0 <= kept <= want, (x, y, before, mid)
             assert np.array_equal(ts.read_region(x, y, 0, 256, 256), got)
             after = T.cache_stats()
-            assert after["misses"] - mid["misses"] == want, (x, y, mid, after)
+            # The intervals kept at their first miss are hits now; the others are missed again.
+            assert after["misses"] - mid["misses"] == want - kept, (x, y, mid, after)
+            assert after["hits"] - mid["hits"] == kept, (x, y, mid, after)
             assert after["items"] - before["items"] == want
             assert after["bytes"] - before["bytes"] <= want * tile_bytes + want * 4096
             assert after["bytes"] < info.width * info.height * 3 // 10
