@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from PIL import Image
 
 from .. import _tessera
-from . import lowlevel
+from . import _alpha, lowlevel
 from .lowlevel import OpenSlideError, OpenSlideUnsupportedFormatError, OpenSlideVersionError
 
 __version__ = _tessera.library_version
@@ -173,6 +173,7 @@ class OpenSlide(AbstractSlide):
         self._dims = tuple((lv["width"], lv["height"]) for lv in info)
         self._downsamples = tuple(lv["downsample"] for lv in info)
         self._alpha = tuple(lv["samples_per_pixel"] == 4 for lv in info)
+        self._alpha_kind = _alpha.alpha_kind(_path(filename)) if any(self._alpha) else 0
         self._props = None
 
     def __repr__(self):
@@ -302,7 +303,7 @@ class OpenSlide(AbstractSlide):
         except (_tessera.TesseraError, OSError) as e:
             self._fail(e)
         if self._alpha[level]:
-            pixels = _clear_transparent(pixels)
+            pixels = _alpha.as_openslide(pixels, self._alpha_kind)
         return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
 
     def set_cache(self, cache):
@@ -317,16 +318,6 @@ class OpenSlide(AbstractSlide):
 def _level0_at(level_pixel, ds):
     """The level-0 coordinate whose floor(x / ds) is level_pixel (<= 0)."""
     return math.ceil(level_pixel * ds)
-
-
-def _clear_transparent(pixels):
-    """Pixels of alpha 0 made (0, 0, 0, 0): in OpenSlide's premultiplied ARGB a transparent
-    pixel has no colour, and tessera's straight alpha keeps the file's."""
-    import numpy as np
-
-    a = np.array(pixels, copy=True)
-    a[a[..., 3] == 0] = 0
-    return a
 
 
 class _SlideMap(Mapping):

@@ -1,0 +1,392 @@
+"""tessera.openslide against Debian's openslide-python over real OpenSlide 3.4.1, on the same
+files at test time: every real slide in ../shared/testdata and fixtures written by vips
+tiffsave. Compared: properties, level geometry, RGBA regions byte for byte (including regions
+partly or wholly outside the slide), associated images, thumbnails, Deep Zoom metadata and
+tiles, and errors.
+
+Left out of the pixel comparisons, each for a reason OpenSlide gives (docs/OPENSLIDE.md):
+- a region whose level origin is not a whole pixel (x or y not a multiple of a level's
+  downsample): OpenSlide 3.4.1 paints the level through cairo at the fractional offset,
+  blending neighbouring pixels; tessera reads from the pixel below (left of or above the
+  image OpenSlide starts at a whole pixel, and there tessera.openslide matches it);
+- a level smaller than one tile, of any codec but 3-sample JPEG: OpenSlide 3.4.1 decodes it
+  through libtiff's TIFFReadRGBATile, which (libtiff 4.5) misplaces its pixels (see
+  test_differential.openslide_unreliable; tessera is held to libvips there);
+- NDPI levels OpenSlide makes by decoding JPEG at 1/2 .. 1/8 scale, which tessera does not
+  have (hamamatsu-ndpi-DAPI.ndpi: 7 levels in OpenSlide, 4 in tessera), and what depends on
+  them (thumbnails and Deep Zoom levels read from them).
+"""
+
+import ctypes
+import math
+import os
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import tiffbytes
+import wsi_fixtures as F
+from conftest import PYTHON_PACKAGE_DIR
+
+from tessera import openslide as tos  # noqa: E402
+from tessera.openslide.deepzoom import DeepZoomGenerator as TDeepZoom  # noqa: E402
+
+JPEG = 7
+TESTDATA = [f for f in sorted(os.listdir(F.TESTDATA)) if not f.endswith(".md")]
+VIPS = ["jpeg-t256-pyr", "odd-deflate-t240-pyr", "rgba-deflate-pyr", "webp-lossy-pyr",
+        "gray-deflate-pyr", "jpeg-bigtiff-pyr", "lzw-pred-pyr"]
+CASES = ["testdata:" + f for f in TESTDATA] + ["vips:" + n for n in VIPS]
+
+# openslide.* properties OpenSlide 3.4.1 has and tessera does not, with why (docs/OPENSLIDE.md)
+NOT_IN_TESSERA = {
+    "openslide.quickhash-1": "OpenSlide's hash of the smallest level's raw tile bytes and "
+                             "the TIFF tags; tessera.openslide has no raw tile bytes to hash",
+}
+
+
+@pytest.fixture(scope="module")
+def pair(slides, request):
+    """(path, tessera.openslide.OpenSlide, openslide.OpenSlide) of a case, opened once."""
+    import openslide
+
+    opened = {}
+
+    def get(case):
+        if case not in opened:
+            kind, name = case.split(":", 1)
+            path = os.path.join(F.TESTDATA, name) if kind == "testdata" else slides.path(name)
+            opened[case] = (path, tos.OpenSlide(path), openslide.OpenSlide(path))
+        return opened[case]
+
+    yield get
+    for _, t, o in opened.values():
+        t.close()
+        o.close()
+
+
+def common_levels(t, o):
+    """(tessera level, OpenSlide level) of each level both have (matched by size)."""
+    out = []
+    for i, dims in enumerate(t.level_dimensions):
+        assert dims in o.level_dimensions, "OpenSlide has no level %r" % (dims,)
+        out.append((i, o.level_dimensions.index(dims)))
+    return out
+
+
+def openslide_unreliable(t, level):
+    """OpenSlide 3.4.1 misplaces the pixels of a level smaller than one tile unless it is
+    3-sample JPEG (module docstring)."""
+    info = t._slide.level_info(level)
+    if info["compression"] == JPEG and info["samples_per_pixel"] == 3:
+        return False
+    return bool(info["tiled"]) and (info["width"] < info["tile_width"] or
+                                    info["height"] < info["tile_height"])
+
+
+def whole_origin(t, level, x, y):
+    """True where OpenSlide reads the region from a whole level pixel: x and y multiples of
+    the downsample, or left of / above the image (where OpenSlide restarts at pixel 0)."""
+    ds = t.level_downsamples[level]
+    return all(v < 0 or v == 0 or (ds == int(ds) and v % int(ds) == 0) for v in (x, y))
+
+
+def rgba(image):
+    assert image.mode == "RGBA"
+    return np.asarray(image)
+
+
+def assert_same_pixels(got, exp, what):
+    got, exp = np.asarray(got), np.asarray(exp)
+    assert got.shape == exp.shape, "%s: shape %r, OpenSlide %r" % (what, got.shape, exp.shape)
+    differ = (got != exp).reshape(got.shape[0], got.shape[1], -1).any(axis=2)
+    if differ.any():
+        y, x = np.argwhere(differ)[0]
+        raise AssertionError("%s: %d pixels differ, first at (%d, %d): tessera %r, OpenSlide "
+                             "%r" % (what, differ.sum(), x, y, got[y, x], exp[y, x]))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_properties(pair, case):
+    path, t, o = pair(case)
+    tp, op = dict(t.properties), dict(o.properties)
+    missing_levels = {k for k in op if k.startswith("openslide.level[") and
+                      int(k[len("openslide.level["):k.index("]")]) >= t.level_count}
+    for key, value in op.items():
+        if key in NOT_IN_TESSERA or key in missing_levels:
+            assert key not in tp
+            continue
+        if key == "openslide.level-count" and missing_levels:
+            assert tp[key] == str(t.level_count)
+            continue
+        assert key in tp, "%s: tessera has no property %s (OpenSlide: %r)" % (case, key, value)
+        if key in ("tiff.XResolution", "tiff.YResolution"):
+            # OpenSlide prints the float libtiff holds with 17 digits, tessera with %g
+            assert math.isclose(float(tp[key]), float(value), rel_tol=1e-6), (key, tp[key])
+            continue
+        assert tp[key] == value, "%s: %s is %r, OpenSlide %r" % (case, key, tp[key], value)
+    assert set(tp) <= set(op), "%s: properties OpenSlide does not have: %s" % (
+        case, sorted(set(tp) - set(op)))
+    # the constants name OpenSlide's keys
+    assert tos.PROPERTY_NAME_VENDOR == "openslide.vendor"
+    assert t.properties[tos.PROPERTY_NAME_VENDOR] == o.properties["openslide.vendor"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_geometry(pair, case):
+    _, t, o = pair(case)
+    pairs = common_levels(t, o)
+    assert [ti for ti, _ in pairs] == list(range(t.level_count))
+    assert [oi for _, oi in pairs] == list(range(t.level_count)), "levels out of order"
+    n = t.level_count
+    assert t.dimensions == o.dimensions
+    assert t.level_dimensions == o.level_dimensions[:n]
+    assert t.level_downsamples == o.level_downsamples[:n]
+    if case.endswith(".ndpi"):
+        assert (n, o.level_count) == (4, 7), "NDPI levels: tessera %d, OpenSlide %d" % (
+            n, o.level_count)
+    else:
+        assert n == o.level_count
+    top = t.level_downsamples[-1]
+    for ds in [0.1, 0.5, 1, 1.5, 2, 2.5, 3.9, 4, 7, 8, 8.5, 16, 17, 100, 1e6]:
+        if n < o.level_count and ds >= o.level_downsamples[n]:
+            assert t.get_best_level_for_downsample(ds) == n - 1  # tessera's smallest
+            continue
+        assert t.get_best_level_for_downsample(ds) == o.get_best_level_for_downsample(ds), (
+            ds, top)
+
+
+def regions(t, level):
+    """(x, y, width, height) in level-0 / level pixels: at the origin, partly outside on
+    each side (at whole and at fractional level offsets left of and above the image), the
+    bottom-right corner, the whole level when small, and wholly outside."""
+    W, H = t.level_dimensions[level]
+    ds = t.level_downsamples[level]
+    d = int(round(ds)) if ds == int(ds) else 1
+    w, h = min(W, 300) + 40, min(H, 200) + 30
+    out = [(0, 0, min(W, 400), min(H, 300)),
+           (-37 * d, -23 * d, w, h),
+           (-5, -3, w, h),
+           (-1, 0, 50, 40),
+           (d * max(0, W - w + 40), d * max(0, H - h + 30), w, h),
+           (d * (W + 10), 0, 20, 20),
+           (-10 ** 6, -10 ** 6, 16, 16)]
+    if W * H <= 1200 * 1200:
+        out.append((0, 0, W, H))
+    return out
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_regions(pair, case):
+    _, t, o = pair(case)
+    checked = 0
+    for level, olevel in common_levels(t, o):
+        if openslide_unreliable(t, level):
+            continue
+        for x, y, w, h in regions(t, level):
+            if not whole_origin(t, level, x, y):
+                continue
+            got = t.read_region((x, y), level, (w, h))
+            exp = o.read_region((x, y), olevel, (w, h))
+            assert got.size == exp.size == (w, h)
+            assert_same_pixels(rgba(got), rgba(exp), "%s level %d at (%d, %d) %dx%d" % (
+                case, level, x, y, w, h))
+            checked += 1
+    assert checked >= 6
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_associated_images(pair, case):
+    _, t, o = pair(case)
+    tnames, onames = list(t.associated_images), list(o.associated_images)
+    extra = set(tnames) - set(onames)
+    # OpenSlide 3.4.1 does not list NDPI's focus map
+    assert extra <= ({"map"} if case.endswith(".ndpi") else set()), extra
+    assert set(onames) <= set(tnames)
+    for name in onames:
+        assert_same_pixels(rgba(t.associated_images[name]), rgba(o.associated_images[name]),
+                           "%s associated image %s" % (case, name))
+    with pytest.raises(KeyError):
+        t.associated_images["__missing"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_thumbnail(pair, case):
+    _, t, o = pair(case)
+    for size in [(256, 256), (100, 300), (1000, 1000)]:
+        ds = max(d / s for d, s in zip(t.dimensions, size))
+        level = t.get_best_level_for_downsample(ds)
+        got = t.get_thumbnail(size)
+        exp = o.get_thumbnail(size)
+        assert got.size == exp.size and got.mode == exp.mode == "RGB"
+        if level != o.get_best_level_for_downsample(ds) or openslide_unreliable(t, level):
+            continue  # NDPI levels tessera lacks; OpenSlide's misplaced small level
+        assert_same_pixels(np.asarray(got), np.asarray(exp), "%s thumbnail %r" % (case, size))
+
+
+@pytest.mark.parametrize("limit_bounds", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_deepzoom(pair, case, limit_bounds):
+    from openslide.deepzoom import DeepZoomGenerator
+
+    _, t, o = pair(case)
+    for tile_size, overlap in [(254, 1), (240, 0), (510, 3)]:
+        tz = TDeepZoom(t, tile_size, overlap, limit_bounds)
+        oz = DeepZoomGenerator(o, tile_size, overlap, limit_bounds)
+        for attr in ("level_count", "level_tiles", "level_dimensions", "tile_count"):
+            assert getattr(tz, attr) == getattr(oz, attr), attr
+        for fmt in ("jpeg", "png"):
+            assert tz.get_dzi(fmt) == oz.get_dzi(fmt)
+        assert repr(tz).startswith("DeepZoomGenerator(OpenSlide(")
+        compared = 0
+        for level in range(tz.level_count):
+            cols, rows = tz.level_tiles[level]
+            addresses = {(c, r) for c in (0, cols // 2, cols - 1) for r in (0, rows // 2, rows - 1)}
+            for address in sorted(addresses):
+                tc, oc = tz.get_tile_coordinates(level, address), oz.get_tile_coordinates(
+                    level, address)
+                assert tz.get_tile_dimensions(level, address) == oz.get_tile_dimensions(
+                    level, address)
+                (x, y), slide_level, _ = tc
+                if slide_level >= t.level_count - 1 and o.level_count > t.level_count:
+                    if oc[1] != slide_level:
+                        continue  # read from an NDPI level tessera does not have
+                assert tc == oc, (level, address)
+                if openslide_unreliable(t, slide_level) or not whole_origin(
+                        t, slide_level, x, y):
+                    continue
+                assert_same_pixels(np.asarray(tz.get_tile(level, address)),
+                                   np.asarray(oz.get_tile(level, address)),
+                                   "%s deep zoom level %d tile %r" % (case, level, address))
+                compared += 1
+        assert compared > 0
+        with pytest.raises(ValueError):
+            tz.get_tile(tz.level_count, (0, 0))
+        with pytest.raises(ValueError):
+            tz.get_tile(0, (1, 0))
+
+
+def test_errors_as_openslide_python(tmp_path):
+    import openslide
+
+    missing = str(tmp_path / "missing.svs")
+    notslide = tmp_path / "notes.txt"
+    notslide.write_text("not a slide\n")
+    png = str(tmp_path / "picture.png")
+    from PIL import Image
+    Image.new("RGB", (30, 20), (10, 200, 30)).save(png)
+    for mod in (tos, openslide):
+        with pytest.raises(mod.OpenSlideUnsupportedFormatError):
+            mod.OpenSlide(missing)
+        with pytest.raises(mod.OpenSlideUnsupportedFormatError):
+            mod.OpenSlide(str(notslide))
+        assert mod.OpenSlide.detect_format(missing) is None
+        assert mod.OpenSlide.detect_format(png) is None
+        with mod.open_slide(png) as s:
+            assert isinstance(s, mod.ImageSlide)
+            assert s.read_region((-5, -5), 0, (40, 30)).tobytes() == \
+                openslide.ImageSlide(png).read_region((-5, -5), 0, (40, 30)).tobytes()
+    path = os.path.join(F.TESTDATA, "aperio-jpeg-tiny-16x16.svs")
+    assert tos.OpenSlide.detect_format(path) == openslide.OpenSlide.detect_format(path)
+    t, o = tos.OpenSlide(path), openslide.OpenSlide(path)
+    assert isinstance(tos.open_slide(path), tos.OpenSlide)
+    for s, mod in ((t, tos), (o, openslide)):
+        with pytest.raises(mod.OpenSlideError):
+            s.read_region((0, 0), 0, (10, -1))
+        assert s.read_region((0, 0), 0, (0, 10)).size == (0, 10)
+        # a level the slide does not have reads as transparent
+        assert not np.asarray(s.read_region((0, 0), 5, (8, 8))).any()
+        props = s.properties
+        s.close()
+        with pytest.raises(ctypes.ArgumentError):
+            s.read_region((0, 0), 0, (4, 4))
+        with pytest.raises(ctypes.ArgumentError):
+            props["openslide.vendor"]
+        with pytest.raises(ctypes.ArgumentError):
+            s.close()
+
+
+def test_context_manager_and_cache():
+    path = os.path.join(F.TESTDATA, "aperio-jpeg-tiny-16x16.svs")
+    with tos.OpenSlide(path) as s:
+        assert s.level_count == 1
+        s.set_cache(tos.OpenSlideCache(4 << 20))
+        assert s.read_region((0, 0), 0, (16, 16)).size == (16, 16)
+        with pytest.raises(TypeError):
+            s.set_cache(None)
+    with pytest.raises(ctypes.ArgumentError):
+        s.level_count
+    with pytest.raises(ctypes.ArgumentError):
+        tos.OpenSlideCache(-1)
+    with pytest.raises(ctypes.ArgumentError):
+        tos.OpenSlideCache(1.5)
+
+
+def test_error_latches_as_openslide(tmp_path):
+    """A damaged tile fails the read in both, and then every call but close (OpenSlide's
+    latching errors), while a second tessera.openslide object on the same file is unharmed."""
+    import openslide
+
+    src = os.path.join(F.TESTDATA, "aperio-jpeg-CMU-1-Small-Region.svs")
+    data = bytearray(open(src, "rb").read())
+    tiff = tiffbytes.Tiff(bytes(data))
+    offset, count = tiffbytes.tile_spans(tiff, 0)[0]
+    data[offset + 2:offset + count] = b"\xff\x00" * ((count - 2) // 2) + b"\x00" * (count % 2)
+    bad = tmp_path / "damaged.svs"
+    bad.write_bytes(bytes(data))
+    other = tos.OpenSlide(str(bad))
+    for mod in (tos, openslide):
+        s = mod.OpenSlide(str(bad))
+        assert s.properties["openslide.vendor"] == "aperio"
+        with pytest.raises(mod.OpenSlideError):
+            np.asarray(s.read_region((0, 0), 0, (100, 100)))
+        with pytest.raises(mod.OpenSlideError):
+            s.properties["openslide.vendor"]
+        with pytest.raises(mod.OpenSlideError):
+            s.read_region((1000, 1000), 0, (10, 10))
+        s.close()
+    assert other.read_region((1000, 1000), 0, (10, 10)).size == (10, 10)
+    other.close()
+
+
+def test_read_region_lets_other_threads_run(pair):
+    """While tessera.openslide reads a large region, another Python thread runs: the read
+    holds no GIL. With the switch interval set far beyond the read, a thread waiting for the
+    GIL only gets it when the reader gives it up of its own accord. (Checked to fail with
+    the Py_BEGIN_ALLOW_THREADS around tessera_read_region in python/ext/slide.c removed.)"""
+    _, t, _ = pair("testdata:generic-zstd-1024tiles-pyramid.tiff")
+    counter = [0]
+    stop = threading.Event()
+
+    def count():
+        import time
+        while not stop.is_set():
+            counter[0] += 1
+            time.sleep(0)  # gives the GIL back at once, so the reader is not held up
+
+    old = sys.getswitchinterval()
+    worker = threading.Thread(target=count)
+    worker.start()
+    try:
+        while counter[0] == 0:
+            pass
+        sys.setswitchinterval(1000.0)
+        before = counter[0]
+        region = t.read_region((0, 0), 0, (4000, 3000))
+        during = counter[0] - before
+    finally:
+        sys.setswitchinterval(old)
+        stop.set()
+        worker.join(60)
+    assert region.size == (4000, 3000)
+    # Holding the GIL, the reader lets the counter run once at most (for the switch request
+    # made before the interval was raised); releasing it, the counter runs all through the
+    # read (a thousand times here on a busy machine).
+    assert during > 10, "the counter ran %d times while read_region read 12 million " \
+        "pixels: the read held the GIL" % during
+
+
+def test_python_package_has_openslide():
+    assert os.path.isfile(os.path.join(PYTHON_PACKAGE_DIR, "tessera", "openslide",
+                                       "deepzoom.py"))
