@@ -114,7 +114,7 @@ def test_properties(pair, case):
     missing_levels = {k for k in op if k.startswith("openslide.level[") and
                       int(k[len("openslide.level["):k.index("]")]) >= t.level_count}
     for key, value in op.items():
-        if key in NOT_IN_TESSERA or key in missing_levels:
+        if key in missing_levels or (key in NOT_IN_TESSERA and key not in tp):
             assert key not in tp
             continue
         if key == "openslide.level-count" and missing_levels:
@@ -143,11 +143,9 @@ def test_geometry(pair, case):
     assert t.dimensions == o.dimensions
     assert t.level_dimensions == o.level_dimensions[:n]
     assert t.level_downsamples == o.level_downsamples[:n]
-    if case.endswith(".ndpi"):
-        assert (n, o.level_count) == (4, 7), "NDPI levels: tessera %d, OpenSlide %d" % (
-            n, o.level_count)
-    else:
-        assert n == o.level_count
+    # only NDPI may lack levels: those OpenSlide decodes at 1/2 .. 1/8 scale
+    assert n == o.level_count or (case.endswith(".ndpi") and n < o.level_count), (
+        "levels: tessera %d, OpenSlide %d" % (n, o.level_count))
     top = t.level_downsamples[-1]
     for ds in [0.1, 0.5, 1, 1.5, 2, 2.5, 3.9, 4, 7, 8, 8.5, 16, 17, 100, 1e6]:
         if n < o.level_count and ds >= o.level_downsamples[n]:
