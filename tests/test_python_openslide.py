@@ -1,6 +1,6 @@
 """tessera.openslide against Debian's openslide-python over real OpenSlide 3.4.1, on the same
 files at test time: every real slide in ../shared/testdata and fixtures written by vips
-tiffsave. Compared: properties, level geometry, RGBA regions byte for byte (including regions
+tiffsave and tifffile. Compared: properties, level geometry, RGBA regions byte for byte (including regions
 partly or wholly outside the slide), associated images, thumbnails, Deep Zoom metadata and
 tiles, and errors.
 
@@ -37,7 +37,10 @@ JPEG = 7
 TESTDATA = [f for f in sorted(os.listdir(F.TESTDATA)) if not f.endswith(".md")]
 VIPS = ["jpeg-t256-pyr", "odd-deflate-t240-pyr", "rgba-deflate-pyr", "webp-lossy-pyr",
         "gray-deflate-pyr", "jpeg-bigtiff-pyr", "lzw-pred-pyr"]
-CASES = ["testdata:" + f for f in TESTDATA] + ["vips:" + n for n in VIPS]
+# graded, transparent and opaque alpha, stored associated and unassociated (tifffile)
+ALPHA = ["assocalpha", "unassalpha"]
+CASES = (["testdata:" + f for f in TESTDATA] + ["vips:" + n for n in VIPS] +
+         ["tifffile:" + n for n in ALPHA])
 
 # openslide.* properties OpenSlide 3.4.1 has and tessera does not, with why (docs/OPENSLIDE.md)
 NOT_IN_TESSERA = {
@@ -46,8 +49,18 @@ NOT_IN_TESSERA = {
 }
 
 
+def write_alpha(directory, extrasamples):
+    import tifffile
+    from test_alpha import premultiplied_picture
+
+    path = os.path.join(directory, extrasamples + ".tif")
+    tifffile.imwrite(path, premultiplied_picture(), tile=(32, 32), photometric="rgb",
+                     extrasamples=[extrasamples])
+    return path
+
+
 @pytest.fixture(scope="module")
-def pair(slides, request):
+def pair(slides, tmp_path_factory):
     """(path, tessera.openslide.OpenSlide, openslide.OpenSlide) of a case, opened once."""
     import openslide
 
@@ -56,7 +69,12 @@ def pair(slides, request):
     def get(case):
         if case not in opened:
             kind, name = case.split(":", 1)
-            path = os.path.join(F.TESTDATA, name) if kind == "testdata" else slides.path(name)
+            if kind == "testdata":
+                path = os.path.join(F.TESTDATA, name)
+            elif kind == "vips":
+                path = slides.path(name)
+            else:
+                path = write_alpha(str(tmp_path_factory.mktemp("alpha")), name)
             opened[case] = (path, tos.OpenSlide(path), openslide.OpenSlide(path))
         return opened[case]
 
