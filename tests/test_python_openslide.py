@@ -324,13 +324,27 @@ def test_errors_as_openslide_python(tmp_path):
 
 
 def test_context_manager_and_cache():
+    """set_cache sets the capacity of tessera's process-wide cache; the test puts back the
+    configuration it found, for the tests after it."""
+    from tessera import _tessera
+
+    before = _tessera.cache_stats()
+    assert before["type"] in ("nocache", "per_process"), before
     path = os.path.join(F.TESTDATA, "aperio-jpeg-tiny-16x16.svs")
-    with tos.OpenSlide(path) as s:
-        assert s.level_count == 1
-        s.set_cache(tos.OpenSlideCache(4 << 20))
-        assert s.read_region((0, 0), 0, (16, 16)).size == (16, 16)
-        with pytest.raises(TypeError):
-            s.set_cache(None)
+    try:
+        with tos.OpenSlide(path) as s:
+            assert s.level_count == 1
+            s.set_cache(tos.OpenSlideCache(3 << 20))
+            stats = _tessera.cache_stats()
+            assert (stats["type"], stats["memory_capacity"]) == ("per_process", 3 << 20)
+            assert s.read_region((0, 0), 0, (16, 16)).size == (16, 16)
+            assert _tessera.cache_stats()["items"] > 0
+            s.set_cache(tos.OpenSlideCache(0))
+            assert _tessera.cache_stats()["type"] == "nocache"
+            with pytest.raises(TypeError):
+                s.set_cache(None)
+    finally:
+        _tessera.cache_configure(before["type"], before["memory_capacity"] >> 20)
     with pytest.raises(ctypes.ArgumentError):
         s.level_count
     with pytest.raises(ctypes.ArgumentError):
