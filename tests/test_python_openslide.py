@@ -353,6 +353,17 @@ def test_context_manager_and_cache():
         tos.OpenSlideCache(1.5)
 
 
+def test_region_over_the_read_limit_fails_without_latching():
+    """A region larger than tessera's max_read_bytes (4 GiB) is refused before any read:
+    OpenSlideError, and the slide keeps reading (its file is not at fault)."""
+    path = os.path.join(F.TESTDATA, "aperio-jpeg-tiny-16x16.svs")
+    with tos.OpenSlide(path) as s:
+        with pytest.raises(tos.OpenSlideError, match="max_read_bytes"):
+            s.read_region((0, 0), 0, (1 << 20, 1 << 20))
+        assert s.read_region((0, 0), 0, (16, 16)).size == (16, 16)
+        assert s.properties["openslide.vendor"] == "aperio"
+
+
 def test_error_latches_as_openslide(tmp_path):
     """A damaged tile fails the read in both, and then every call but close (OpenSlide's
     latching errors), while a second tessera.openslide object on the same file is unharmed."""

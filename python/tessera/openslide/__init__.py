@@ -175,6 +175,7 @@ class OpenSlide(AbstractSlide):
         self._alpha = tuple(lv["samples_per_pixel"] == 4 for lv in info)
         self._alpha_kind = _alpha.alpha_kind(_path(filename)) if any(self._alpha) else 0
         self._props = None
+        self._max_read = self._slide.limits()["max_read_bytes"]
 
     def __repr__(self):
         return "%s(%r)" % (self.__class__.__name__, self._filename)
@@ -289,6 +290,11 @@ class OpenSlide(AbstractSlide):
                 "negative width (%d) or negative height (%d) not allowed" % (width, height))
         if width == 0 or height == 0 or not 0 <= level < len(self._dims):
             return Image.new("RGBA", (width, height))
+        if width * height * 4 > self._max_read:
+            # refused for its size before anything is read: the slide is not at fault, so
+            # the error does not latch
+            raise OpenSlideError("a %dx%d region is over the limit of %d bytes for one read "
+                                 "(tessera's max_read_bytes)" % (width, height, self._max_read))
         ds = self._downsamples[level]
         # Left of or above the image, OpenSlide starts the level at the whole level pixel
         # -(-x / ds) truncated, i.e. rounded up, where tessera takes floor(x / ds): for a
