@@ -42,14 +42,9 @@ ALPHA = ["assocalpha", "unassalpha"]
 CASES = (["testdata:" + f for f in TESTDATA] + ["vips:" + n for n in VIPS] +
          ["tifffile:" + n for n in ALPHA])
 
-# openslide.* properties OpenSlide 3.4.1 has and tessera does not, with why (docs/OPENSLIDE.md)
-NOT_IN_TESSERA = {
-    "openslide.quickhash-1": "OpenSlide's hash of the smallest level's raw tile bytes and "
-                             "the TIFF tags; tessera.openslide has no raw tile bytes to hash",
-}
-
 
 def write_alpha(directory, extrasamples):
+    """A tifffile picture with graded, transparent and opaque alpha of the given kind."""
     import tifffile
     from test_alpha import premultiplied_picture
 
@@ -132,7 +127,7 @@ def test_properties(pair, case):
     missing_levels = {k for k in op if k.startswith("openslide.level[") and
                       int(k[len("openslide.level["):k.index("]")]) >= t.level_count}
     for key, value in op.items():
-        if key in missing_levels or (key in NOT_IN_TESSERA and key not in tp):
+        if key in missing_levels:
             assert key not in tp
             continue
         if key == "openslide.level-count" and missing_levels:
@@ -281,6 +276,55 @@ def test_deepzoom(pair, case, limit_bounds):
             tz.get_tile(tz.level_count, (0, 0))
         with pytest.raises(ValueError):
             tz.get_tile(0, (1, 0))
+
+
+def test_quickhash_absent_where_openslide_gives_none(slides, tmp_path):
+    """OpenSlide hashes no smallest level over 5 MiB: a one-level uncompressed 2048 x 1536
+    slide has no openslide.quickhash-1 in either."""
+    import openslide
+
+    path = str(tmp_path / "big-none.tif")
+    F.run(["vips", "tiffsave", slides.source("rgb2k"), path, "--tile", "--compression",
+           "none"])
+    with tos.OpenSlide(path) as t, openslide.OpenSlide(path) as o:
+        assert "openslide.vendor" in o.properties
+        assert "openslide.quickhash-1" not in o.properties
+        assert "openslide.quickhash-1" not in t.properties
+
+
+def test_quickhash_of_damaged_directories_is_absent(slides):
+    """The directory reader behind quickhash-1 takes every size from the file: damaged
+    headers, directories and value offsets give no hash, never an exception."""
+    import struct
+    from tessera.openslide import _quickhash
+
+    good = open(slides.path("jpeg-t256-pyr"), "rb").read()
+    smallest = tos.OpenSlide(slides.path("jpeg-t256-pyr")).level_dimensions[-1]
+    assert _quickhash.quickhash1(slides.path("jpeg-t256-pyr"), "generic-tiff", smallest)
+    first = struct.unpack("<I", good[4:8])[0]
+    tiff = tiffbytes.Tiff(good)
+    last = len(tiff.ifds) - 1
+    offsets_entry = tiff.ifds[last].entries[tiffbytes.TAG["TileOffsets"]]
+    cases = {
+        "header only": good[:8],
+        "truncated in the first directory": good[:first + 7],
+        "truncated before the last tiles": good[:tiffbytes.tile_spans(tiff, last)[0][0]],
+        "first directory past the end": good[:4] + struct.pack("<I", len(good) + 10) +
+        good[8:],
+        "65535 entries": good[:first] + b"\xff\xff" + good[first + 2:],
+        "a directory that is its own next": tiffbytes.patch_next(good, tiff, 0, first),
+        "tile offsets past the end": tiffbytes.patch_entry(
+            good, tiff, last, "TileOffsets", 4, offsets_entry.count, len(good) * 2),
+    }
+    for what, data in cases.items():
+        path = os.path.join(slides.dir, "qh-%s.tif" % what.replace(" ", "-"))
+        with open(path, "wb") as f:
+            f.write(data)
+        digest = _quickhash.quickhash1(path, "generic-tiff", smallest)
+        if what == "a directory that is its own next":
+            assert digest is None or len(digest) == 64, what
+        else:
+            assert digest is None, what
 
 
 def test_errors_as_openslide_python(tmp_path):

@@ -12,7 +12,7 @@ all four bytes 0, outside the image), thumbnails and Deep Zoom tiles. Where tess
 OpenSlide differ (see docs/OPENSLIDE.md): tessera's own level list (NDPI: the stored levels
 only); a region whose level origin is not a whole pixel (level-0 x or y not a multiple of
 the level's downsample) is read from the pixel below it, where OpenSlide blends neighbouring
-pixels; no ``openslide.quickhash-1``; no ICC profiles of slides.
+pixels; no ICC profiles of slides.
 
 Reads run in tessera with the GIL released, so threads sharing one OpenSlide read in
 parallel. Errors latch as OpenSlide's do: once a read fails, every later call on that object
@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from PIL import Image
 
 from .. import _tessera
-from . import _alpha, lowlevel
+from . import _alpha, _quickhash, lowlevel
 from .lowlevel import OpenSlideError, OpenSlideUnsupportedFormatError, OpenSlideVersionError
 
 __version__ = _tessera.library_version
@@ -241,7 +241,14 @@ class OpenSlide(AbstractSlide):
     def _properties(self):
         slide = self._live()
         if self._props is None:
-            self._props = _openslide_properties(slide.properties())
+            props = _openslide_properties(slide.properties())
+            if PROPERTY_NAME_QUICKHASH1 not in props:
+                digest = _quickhash.quickhash1(_path(self._filename), slide.vendor,
+                                               self._dims[-1])
+                if digest is not None:
+                    props[PROPERTY_NAME_QUICKHASH1] = digest
+                    props = dict(sorted(props.items()))
+            self._props = props
         return self._props
 
     @property

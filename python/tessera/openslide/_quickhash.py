@@ -1,0 +1,150 @@
+"""openslide.quickhash-1, as OpenSlide 3.4.1 defines it for the TIFF formats tessera and
+OpenSlide both read (Aperio, generic tiled TIFF, Hamamatsu NDPI): SHA-256 over the raw bytes
+of every tile (or strip) of the smallest level's directory, in file order, then, for nine
+string tags of the first directory, the property name and the tag's text, each followed by a
+NUL (a missing tag counts as the empty string). No hash when those tiles hold more than
+5 MiB (OpenSlide leaves the property out then) or when the file cannot be parsed.
+
+tessera's native API gives neither raw tile bytes nor these tags byte for byte, so this file
+reads the TIFF directories itself. Every size comes from the file and is checked before use.
+"""
+
+import hashlib
+import os
+import struct
+
+VENDORS = ("aperio", "generic-tiff", "hamamatsu")
+_MAX_HASHED = 5 << 20  # OpenSlide's limit on the bytes of the level hashed
+_MAX_DIRECTORIES = 4096
+_MAX_ENTRIES = 4096
+_STRINGS = (("tiff.ImageDescription", 270), ("tiff.Make", 271), ("tiff.Model", 272),
+            ("tiff.Software", 305), ("tiff.DateTime", 306), ("tiff.Artist", 315),
+            ("tiff.HostComputer", 316), ("tiff.Copyright", 33432),
+            ("tiff.DocumentName", 269))
+_WIDTH, _LENGTH = 256, 257
+_STRIP_OFFSETS, _STRIP_BYTES, _TILE_OFFSETS, _TILE_BYTES = 273, 279, 324, 325
+_TILE_WIDTH = 322
+# type: (struct format, size) of the integer types offsets, counts and sizes use
+_INTEGERS = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
+
+
+class _Bad(Exception):
+    pass
+
+
+class _Tiff:
+    def __init__(self, f, size):
+        self.f, self.size = f, size
+        head = self.read(0, 16 if size >= 16 else 8)
+        self.e = {b"II": "<", b"MM": ">"}.get(head[:2])
+        if self.e is None:
+            raise _Bad()
+        version = struct.unpack(self.e + "H", head[2:4])[0]
+        if version == 42:
+            self.big, first = False, struct.unpack(self.e + "I", head[4:8])[0]
+        elif version == 43 and len(head) == 16:
+            self.big, first = True, struct.unpack(self.e + "Q", head[8:16])[0]
+        else:
+            raise _Bad()
+        self.dirs = []
+        seen = set()
+        while first and first not in seen and len(self.dirs) < _MAX_DIRECTORIES:
+            seen.add(first)
+            entries, first = self._directory(first)
+            self.dirs.append(entries)
+
+    def read(self, offset, n):
+        if offset < 0 or n < 0 or offset + n > self.size:
+            raise _Bad()
+        self.f.seek(offset)
+        data = self.f.read(n)
+        if len(data) != n:
+            raise _Bad()
+        return data
+
+    def _directory(self, offset):
+        """{tag: (type, count, value field bytes)}, and the next directory's offset."""
+        count_fmt, entry_fmt, entry_size, next_fmt = (
+            ("Q", "HHQ8s", 20, "Q") if self.big else ("H", "HHI4s", 12, "I"))
+        count_size = struct.calcsize(count_fmt)
+        n = struct.unpack(self.e + count_fmt, self.read(offset, count_size))[0]
+        if n > _MAX_ENTRIES:
+            raise _Bad()
+        raw = self.read(offset + count_size, n * entry_size + struct.calcsize(next_fmt))
+        entries = {}
+        for i in range(n):
+            tag, kind, count, value = struct.unpack(
+                self.e + entry_fmt, raw[i * entry_size:(i + 1) * entry_size])
+            entries.setdefault(tag, (kind, count, value))
+        return entries, struct.unpack(self.e + next_fmt, raw[n * entry_size:])[0]
+
+    def _bytes(self, entry, item_size):
+        """The bytes of an entry's values: held in the entry or at the offset it holds."""
+        kind, count, value = entry
+        total = count * item_size
+        if total <= len(value):
+            return value[:total]
+        offset = struct.unpack(self.e + ("Q" if self.big else "I"), value)[0]
+        return self.read(offset, total)
+
+    def integers(self, d, tag):
+        entry = self.dirs[d].get(tag)
+        if entry is None or entry[0] not in _INTEGERS:
+            return None
+        fmt, item = _INTEGERS[entry[0]]
+        if entry[1] * item > self.size:
+            raise _Bad()
+        data = self._bytes(entry, item)
+        return list(struct.unpack(self.e + fmt * entry[1], data))
+
+    def text(self, d, tag):
+        """A tag's bytes up to the first NUL, or None when the directory lacks it."""
+        entry = self.dirs[d].get(tag)
+        if entry is None:
+            return None
+        if entry[1] > self.size:
+            raise _Bad()
+        return self._bytes(entry, 1).split(b"\0", 1)[0]
+
+
+def quickhash1(path, vendor, smallest):
+    """openslide.quickhash-1 of the slide at path, whose smallest level is smallest=(width,
+    height) and vendor tessera's vendor name; None where OpenSlide gives none or this cannot
+    tell."""
+    if vendor not in VENDORS:
+        return None
+    try:
+        with open(path, "rb") as f:
+            tiff = _Tiff(f, os.fstat(f.fileno()).st_size)
+            return _hash(tiff, smallest, tiled=vendor != "hamamatsu")
+    except (OSError, _Bad, struct.error):
+        return None
+
+
+def _hash(tiff, smallest, tiled):
+    level = None
+    for d in range(len(tiff.dirs)):
+        dims = (tiff.integers(d, _WIDTH), tiff.integers(d, _LENGTH))
+        if None in dims or (dims[0][:1], dims[1][:1]) != ([smallest[0]], [smallest[1]]):
+            continue
+        if tiled == (_TILE_WIDTH in tiff.dirs[d]):
+            level = d
+            break
+    if level is None:
+        return None
+    offsets = tiff.integers(level, _TILE_OFFSETS)
+    counts = tiff.integers(level, _TILE_BYTES)
+    if offsets is None:
+        offsets = tiff.integers(level, _STRIP_OFFSETS)
+        counts = tiff.integers(level, _STRIP_BYTES)
+    if not offsets or counts is None or len(offsets) != len(counts):
+        return None
+    if sum(counts) > _MAX_HASHED:
+        return None
+    h = hashlib.sha256()
+    for offset, count in zip(offsets, counts):
+        h.update(tiff.read(offset, count))
+    for name, tag in _STRINGS:
+        h.update(name.encode() + b"\0")
+        h.update((tiff.text(0, tag) or b"") + b"\0")
+    return h.hexdigest()
