@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from PIL import Image
 
 from .. import _tessera
-from . import _alpha, _quickhash, lowlevel
+from . import _alpha, _tiffdir, lowlevel
 from .lowlevel import OpenSlideError, OpenSlideUnsupportedFormatError, OpenSlideVersionError
 
 __version__ = _tessera.library_version
@@ -242,13 +242,16 @@ class OpenSlide(AbstractSlide):
         slide = self._live()
         if self._props is None:
             props = _openslide_properties(slide.properties())
+            path = _path(self._filename)
             if PROPERTY_NAME_QUICKHASH1 not in props:
-                digest = _quickhash.quickhash1(_path(self._filename), slide.vendor,
-                                               self._dims[-1])
+                digest = _tiffdir.quickhash1(path, slide.vendor, self._dims[-1])
                 if digest is not None:
                     props[PROPERTY_NAME_QUICKHASH1] = digest
-                    props = dict(sorted(props.items()))
-            self._props = props
+            # tessera prints the resolutions with %g, OpenSlide with 17 digits
+            for key, value in _tiffdir.resolutions(path).items():
+                if key in props:
+                    props[key] = value
+            self._props = dict(sorted(props.items()))
         return self._props
 
     @property

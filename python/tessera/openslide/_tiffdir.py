@@ -1,12 +1,13 @@
-"""openslide.quickhash-1, as OpenSlide 3.4.1 defines it for the TIFF formats tessera and
-OpenSlide both read (Aperio, generic tiled TIFF, Hamamatsu NDPI): SHA-256 over the raw bytes
-of every tile (or strip) of the smallest level's directory, in file order, then, for nine
-string tags of the first directory, the property name and the tag's text, each followed by a
-NUL (a missing tag counts as the empty string). No hash when those tiles hold more than
-5 MiB (OpenSlide leaves the property out then) or when the file cannot be parsed.
+"""What OpenSlide 3.4.1 reports from a slide's TIFF directories that tessera's native API does
+not give byte for byte: openslide.quickhash-1, and tiff.XResolution / tiff.YResolution as
+OpenSlide prints them. This file reads the directories itself; every size comes from the file
+and is checked before use, and a file it cannot parse gives nothing, never an exception.
 
-tessera's native API gives neither raw tile bytes nor these tags byte for byte, so this file
-reads the TIFF directories itself. Every size comes from the file and is checked before use.
+quickhash-1, for the TIFF formats tessera and OpenSlide both read (Aperio, generic tiled TIFF,
+Hamamatsu NDPI): SHA-256 over the raw bytes of every tile (or strip) of the smallest level's
+directory, in file order, then, for nine string tags of the first directory, the property
+name and the tag's text, each followed by a NUL (a missing tag counts as the empty string).
+No hash when those tiles hold more than 5 MiB (OpenSlide leaves the property out then).
 """
 
 import hashlib
@@ -24,6 +25,8 @@ _STRINGS = (("tiff.ImageDescription", 270), ("tiff.Make", 271), ("tiff.Model", 2
 _WIDTH, _LENGTH = 256, 257
 _STRIP_OFFSETS, _STRIP_BYTES, _TILE_OFFSETS, _TILE_BYTES = 273, 279, 324, 325
 _TILE_WIDTH = 322
+_RESOLUTIONS = (("tiff.XResolution", 282), ("tiff.YResolution", 283))
+_RATIONAL = 5
 # type: (struct format, size) of the integer types offsets, counts and sizes use
 _INTEGERS = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 
@@ -107,6 +110,35 @@ class _Tiff:
         return self._bytes(entry, 1).split(b"\0", 1)[0]
 
 
+def _open(path):
+    f = open(path, "rb")
+    try:
+        return _Tiff(f, os.fstat(f.fileno()).st_size)
+    except BaseException:
+        f.close()
+        raise
+
+
+def resolutions(path):
+    """{'tiff.XResolution': ..., 'tiff.YResolution': ...} of the first directory, each the
+    RATIONAL's quotient printed with 17 significant digits (GLib's g_ascii_dtostr, as
+    OpenSlide prints it); {} where the file cannot tell."""
+    out = {}
+    try:
+        tiff = _open(path)
+        with tiff.f:
+            for name, tag in _RESOLUTIONS:
+                entry = tiff.dirs[0].get(tag) if tiff.dirs else None
+                if entry is None or entry[0] != _RATIONAL or entry[1] != 1:
+                    continue
+                num, den = struct.unpack(tiff.e + "II", tiff._bytes(entry, 8))
+                if den:
+                    out[name] = "%.17g" % (num / den)
+    except (OSError, _Bad, struct.error):
+        return {}
+    return out
+
+
 def quickhash1(path, vendor, smallest):
     """openslide.quickhash-1 of the slide at path, whose smallest level is smallest=(width,
     height) and vendor tessera's vendor name; None where OpenSlide gives none or this cannot
@@ -114,8 +146,8 @@ def quickhash1(path, vendor, smallest):
     if vendor not in VENDORS:
         return None
     try:
-        with open(path, "rb") as f:
-            tiff = _Tiff(f, os.fstat(f.fileno()).st_size)
+        tiff = _open(path)
+        with tiff.f:
             return _hash(tiff, smallest, tiled=vendor != "hamamatsu")
     except (OSError, _Bad, struct.error):
         return None
