@@ -36,20 +36,30 @@ JPEG = 7
 TESTDATA = [f for f in sorted(os.listdir(F.TESTDATA)) if not f.endswith(".md")]
 VIPS = ["jpeg-t256-pyr", "odd-deflate-t240-pyr", "rgba-deflate-pyr", "webp-lossy-pyr",
         "gray-deflate-pyr", "jpeg-bigtiff-pyr", "lzw-pred-pyr"]
-# graded, transparent and opaque alpha, stored associated and unassociated (tifffile)
-ALPHA = ["assocalpha", "unassalpha"]
+# tifffile: graded, transparent and opaque alpha, stored associated and unassociated; and
+# the tags OpenSlide reports beyond tessera's (DocumentName, XPosition as a RATIONAL,
+# YPosition as a FLOAT, resolution unit none)
+TIFFFILE = ["assocalpha", "unassalpha", "tags"]
 CASES = (["testdata:" + f for f in TESTDATA] + ["vips:" + n for n in VIPS] +
-         ["tifffile:" + n for n in ALPHA])
+         ["tifffile:" + n for n in TIFFFILE])
 
 
-def write_alpha(directory, extrasamples):
-    """A tifffile picture with graded, transparent and opaque alpha of the given kind."""
+def write_tifffile(directory, name):
+    """A tifffile picture with graded, transparent and opaque alpha of the kind `name`, or
+    for 'tags' an RGB one with the extra tags."""
     import tifffile
     from test_alpha import premultiplied_picture
 
-    path = os.path.join(directory, extrasamples + ".tif")
-    tifffile.imwrite(path, premultiplied_picture(), tile=(32, 32), photometric="rgb",
-                     extrasamples=[extrasamples])
+    path = os.path.join(directory, name + ".tif")
+    picture = premultiplied_picture()
+    if name == "tags":
+        tifffile.imwrite(path, picture[..., :3], tile=(32, 32), photometric="rgb",
+                         resolution=(3.5, 7.25), resolutionunit="NONE",
+                         extratags=[(269, 2, None, "document name", True),
+                                    (286, 5, 1, (7, 3), True), (287, 11, 1, 0.1, True)])
+    else:
+        tifffile.imwrite(path, picture, tile=(32, 32), photometric="rgb",
+                         extrasamples=[name])
     return path
 
 
@@ -68,7 +78,7 @@ def pair(slides, tmp_path_factory):
             elif kind == "vips":
                 path = slides.path(name)
             else:
-                path = write_alpha(str(tmp_path_factory.mktemp("alpha")), name)
+                path = write_tifffile(str(tmp_path_factory.mktemp("tifffile")), name)
             opened[case] = (path, tos.OpenSlide(path), openslide.OpenSlide(path))
         return opened[case]
 
@@ -136,6 +146,9 @@ def test_properties(pair, case):
         assert tp[key] == value, "%s: %s is %r, OpenSlide %r" % (case, key, tp[key], value)
     assert set(tp) <= set(op), "%s: properties OpenSlide does not have: %s" % (
         case, sorted(set(tp) - set(op)))
+    if case == "tifffile:tags":
+        assert {"tiff.DocumentName", "tiff.XPosition", "tiff.YPosition"} <= set(tp)
+        assert tp["tiff.ResolutionUnit"] == "none"
     # the constants name OpenSlide's keys
     assert tos.PROPERTY_NAME_VENDOR == "openslide.vendor"
     assert t.properties[tos.PROPERTY_NAME_VENDOR] == o.properties["openslide.vendor"]
@@ -316,7 +329,7 @@ def test_quickhash_of_damaged_directories_is_absent(slides):
         with open(path, "wb") as f:
             f.write(data)
         digest = _tiffdir.quickhash1(path, "generic-tiff", smallest)
-        assert isinstance(_tiffdir.resolutions(path), dict), what
+        assert isinstance(_tiffdir.tags(path), dict), what
         if what == "a directory that is its own next":
             assert digest is None or len(digest) == 64, what
         else:

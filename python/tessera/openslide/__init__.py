@@ -247,10 +247,9 @@ class OpenSlide(AbstractSlide):
                 digest = _tiffdir.quickhash1(path, slide.vendor, self._dims[-1])
                 if digest is not None:
                     props[PROPERTY_NAME_QUICKHASH1] = digest
-            # tessera prints the resolutions with %g, OpenSlide with 17 digits
-            for key, value in _tiffdir.resolutions(path).items():
-                if key in props:
-                    props[key] = value
+            # tessera prints the resolutions with %g, OpenSlide with 17 digits, and
+            # OpenSlide has a few tags more
+            props.update(_tiffdir.tags(path))
             self._props = dict(sorted(props.items()))
         return self._props
 

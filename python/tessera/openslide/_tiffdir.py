@@ -1,6 +1,6 @@
 """What OpenSlide 3.4.1 reports from a slide's TIFF directories that tessera's native API does
-not give byte for byte: openslide.quickhash-1, and tiff.XResolution / tiff.YResolution as
-OpenSlide prints them. This file reads the directories itself; every size comes from the file
+not give byte for byte: openslide.quickhash-1, and the tiff.* properties OpenSlide prints
+otherwise than tessera or that tessera leaves out. This file reads the directories itself; every size comes from the file
 and is checked before use, and a file it cannot parse gives nothing, never an exception.
 
 quickhash-1, for the TIFF formats tessera and OpenSlide both read (Aperio, generic tiled TIFF,
@@ -11,6 +11,7 @@ No hash when those tiles hold more than 5 MiB (OpenSlide leaves the property out
 """
 
 import hashlib
+import math
 import os
 import struct
 
@@ -25,8 +26,12 @@ _STRINGS = (("tiff.ImageDescription", 270), ("tiff.Make", 271), ("tiff.Model", 2
 _WIDTH, _LENGTH = 256, 257
 _STRIP_OFFSETS, _STRIP_BYTES, _TILE_OFFSETS, _TILE_BYTES = 273, 279, 324, 325
 _TILE_WIDTH = 322
-_RESOLUTIONS = (("tiff.XResolution", 282), ("tiff.YResolution", 283))
-_RATIONAL = 5
+_FLOATS = (("tiff.XResolution", 282), ("tiff.YResolution", 283), ("tiff.XPosition", 286),
+           ("tiff.YPosition", 287))
+_RESOLUTION_UNIT, _DOCUMENT_NAME = 296, 269
+_UNITS = {1: "none", 2: "inch", 3: "centimeter"}
+# type: struct format of one value, for the number types OpenSlide reads as floats
+_REALS = {5: "II", 10: "ii", 11: "f", 12: "d"}
 # type: (struct format, size) of the integer types offsets, counts and sizes use
 _INTEGERS = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 
@@ -100,6 +105,22 @@ class _Tiff:
         data = self._bytes(entry, item)
         return list(struct.unpack(self.e + fmt * entry[1], data))
 
+    def number(self, d, tag):
+        """The first value of a RATIONAL, SRATIONAL, FLOAT or DOUBLE tag as a float (a
+        rational as OpenSlide divides it, in double), or None."""
+        entry = self.dirs[d].get(tag)
+        if entry is None or entry[0] not in _REALS or entry[1] < 1:
+            return None
+        fmt = _REALS[entry[0]]
+        size = struct.calcsize(fmt)
+        if entry[1] * size > self.size:
+            raise _Bad()
+        # where the values are depends on all of them, even though one is used
+        values = struct.unpack(self.e + fmt, self._bytes(entry, size)[:size])
+        if len(values) == 2:
+            return values[0] / values[1] if values[1] else None
+        return float(values[0])
+
     def text(self, d, tag):
         """A tag's bytes up to the first NUL, or None when the directory lacks it."""
         entry = self.dirs[d].get(tag)
@@ -119,21 +140,28 @@ def _open(path):
         raise
 
 
-def resolutions(path):
-    """{'tiff.XResolution': ..., 'tiff.YResolution': ...} of the first directory, each the
-    RATIONAL's quotient printed with 17 significant digits (GLib's g_ascii_dtostr, as
-    OpenSlide prints it); {} where the file cannot tell."""
+def tags(path):
+    """The tiff.* properties OpenSlide stores from the first directory, as it prints them,
+    where tessera's differ or are missing: XResolution, YResolution, XPosition, YPosition
+    (the first value, 17 significant digits as GLib's g_ascii_dtostr prints it),
+    ResolutionUnit (none, inch, centimeter or unknown; inch when absent) and DocumentName.
+    {} where the file cannot tell."""
     out = {}
     try:
         tiff = _open(path)
         with tiff.f:
-            for name, tag in _RESOLUTIONS:
-                entry = tiff.dirs[0].get(tag) if tiff.dirs else None
-                if entry is None or entry[0] != _RATIONAL or entry[1] != 1:
-                    continue
-                num, den = struct.unpack(tiff.e + "II", tiff._bytes(entry, 8))
-                if den:
-                    out[name] = "%.17g" % (num / den)
+            if not tiff.dirs:
+                return {}
+            for name, tag in _FLOATS:
+                value = tiff.number(0, tag)
+                if value is not None and math.isfinite(value):
+                    out[name] = "%.17g" % value
+            unit = tiff.integers(0, _RESOLUTION_UNIT)
+            out["tiff.ResolutionUnit"] = _UNITS.get(unit[0] if unit else 2, "unknown")
+            entry = tiff.dirs[0].get(_DOCUMENT_NAME)
+            if entry is not None and entry[0] in (2, 7):
+                out["tiff.DocumentName"] = tiff.text(0, _DOCUMENT_NAME).decode(
+                    "utf-8", "replace")
     except (OSError, _Bad, struct.error):
         return {}
     return out
