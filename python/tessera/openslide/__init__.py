@@ -494,5 +494,16 @@ __all__ = [
     "OpenSlideError",
     "OpenSlideUnsupportedFormatError",
     "OpenSlideVersionError",
+    "PROPERTY_NAME_BACKGROUND_COLOR",
+    "PROPERTY_NAME_BOUNDS_HEIGHT",
+    "PROPERTY_NAME_BOUNDS_WIDTH",
+    "PROPERTY_NAME_BOUNDS_X",
+    "PROPERTY_NAME_BOUNDS_Y",
+    "PROPERTY_NAME_COMMENT",
+    "PROPERTY_NAME_MPP_X",
+    "PROPERTY_NAME_MPP_Y",
+    "PROPERTY_NAME_OBJECTIVE_POWER",
+    "PROPERTY_NAME_QUICKHASH1",
+    "PROPERTY_NAME_VENDOR",
     "open_slide",
-] + [name for name in dict(globals()) if name.startswith("PROPERTY_NAME_")]
+]

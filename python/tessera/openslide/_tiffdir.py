@@ -30,9 +30,9 @@ _FLOATS = (("tiff.XResolution", 282), ("tiff.YResolution", 283), ("tiff.XPositio
            ("tiff.YPosition", 287))
 _RESOLUTION_UNIT, _DOCUMENT_NAME = 296, 269
 _UNITS = {1: "none", 2: "inch", 3: "centimeter"}
-# type: struct format of one value, for the number types OpenSlide reads as floats
+# TIFF type -> struct format of one value, for the number types OpenSlide reads as floats
 _REALS = {5: "II", 10: "ii", 11: "f", 12: "d"}
-# type: (struct format, size) of the integer types offsets, counts and sizes use
+# TIFF type -> (struct format, size), for the integer types offsets, counts and sizes use
 _INTEGERS = {1: ("B", 1), 3: ("H", 2), 4: ("I", 4), 16: ("Q", 8)}
 
 
