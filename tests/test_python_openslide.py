@@ -481,6 +481,29 @@ def test_read_region_lets_other_threads_run(pair):
         "pixels: the read held the GIL" % during
 
 
+def test_threads_sharing_a_slide_read_what_one_thread_reads(pair):
+    """Two threads reading random regions through one OpenSlide object get the pixels that
+    openslide-python reads for the same calls."""
+    _, t, o = pair("testdata:aperio-jpeg-CMU-1-Small-Region.svs")
+    rng = np.random.default_rng(7)
+    calls = [(int(x), int(y)) for x, y in zip(rng.integers(-100, 2100, 60),
+                                              rng.integers(-100, 2800, 60))]
+    expected = [np.asarray(o.read_region(c, 0, (224, 224))) for c in calls]
+    got = [None] * len(calls)
+
+    def read(part):
+        for i in range(part, len(calls), 2):
+            got[i] = np.asarray(t.read_region(calls[i], 0, (224, 224)))
+
+    threads = [threading.Thread(target=read, args=(k,)) for k in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    for i, c in enumerate(calls):
+        assert_same_pixels(got[i], expected[i], "region at %r read in a thread" % (c,))
+
+
 def test_python_package_has_openslide():
     assert os.path.isfile(os.path.join(PYTHON_PACKAGE_DIR, "tessera", "openslide",
                                        "deepzoom.py"))
