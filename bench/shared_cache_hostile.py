@@ -88,11 +88,13 @@ def cleanup(name):
 
 
 def stopped(path, point, regions, label):
+    """A process stops at the test hook `point` while it reads a part of tile 0 twice (a part
+    is cached at its second miss); another then reads `regions`."""
     name = "tessera-fig-%d-%s" % (os.getpid(), point)
     pidf = "/tmp/%s.pid" % name
     if os.path.exists(pidf):
         os.unlink(pidf)
-    staller = child(name, path, [[10, 10, 100, 100]],
+    staller = child(name, path, [[10, 10, 100, 100]] * 2,
                     env={"TESSERA_TEST_CACHE_STALL": "%s:1:%s" % (point, pidf)}, hold=True)
     wait_file(pidf)
     os.kill(staller.pid, signal.SIGSTOP)
