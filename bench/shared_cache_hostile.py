@@ -87,14 +87,15 @@ def cleanup(name):
         os.unlink("/dev/shm/" + name)
 
 
-def stopped(path, point, regions, label):
-    """A process stops at the test hook `point` while it reads a part of tile 0 twice (a part
-    is cached at its second miss); another then reads `regions`."""
+def stopped(path, point, regions, label, staller_regions=((10, 10, 100, 100),) * 2):
+    """A process stops at the test hook `point` while it reads staller_regions (a part of a
+    tile is cached at its second miss, a whole tile at its first); another then reads
+    `regions`. The hits printed are the segment's, of both."""
     name = "tessera-fig-%d-%s" % (os.getpid(), point)
     pidf = "/tmp/%s.pid" % name
     if os.path.exists(pidf):
         os.unlink(pidf)
-    staller = child(name, path, [[10, 10, 100, 100]] * 2,
+    staller = child(name, path, [list(r) for r in staller_regions],
                     env={"TESSERA_TEST_CACHE_STALL": "%s:1:%s" % (point, pidf)}, hold=True)
     wait_file(pidf)
     os.kill(staller.pid, signal.SIGSTOP)
@@ -109,9 +110,9 @@ def stopped(path, point, regions, label):
         print("%-58s > %d s (hung)" % (label, LIMIT))
     else:
         t = r["times"]
-        print("%-58s %.2f s in all; reads %s" % (
-            label, took, " ".join("%.2f" % x for x in t) if len(t) <= 4 else
-            "%.2f s together, the slowest %.2f s" % (sum(t), max(t))))
+        print("%-58s %.2f s in all; reads %s; %d hits" % (
+            label, took, " ".join("%.3f" % x for x in t) if len(t) <= 5 else
+            "%.2f s together, the slowest %.2f s" % (sum(t), max(t)), r["stats"]["hits"]))
 
 
 def main():
@@ -126,6 +127,11 @@ def main():
             "2. stopped loader: 3 reads of its tile")
     # item 2: a process stopped holding a shard lock; a reader reads every tile once
     stopped(path, "locked", tiles, "2. stopped lock holder: %d tiles, one read each" % len(tiles))
+    # item 2: a reader stopped in the middle of a hit on tile 0 (the whole tile, read twice:
+    # cached, then hit); another reads that tile 5 times
+    tile0 = (0, 0, info.tile_width, info.tile_height)
+    stopped(path, "reading", [list(tile0)] * 5, "2. reader stopped in a hit: 5 reads of its tile",
+            staller_regions=(tile0, tile0))
 
     # item 1: a segment open to all (0666), and one owned by another user
     for what, change in (("mode 0666", lambda p: os.chmod(p, 0o666)),

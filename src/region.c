@@ -162,8 +162,10 @@ static void budget_done(struct tsr_tile_buffers *b, uint64_t reserved) {
 }
 
 /* Paints from the process's tile cache, decoding the whole tile into it on a miss the cache
- * admits. Returns false (painting nothing) when the cache does not hold the tile and does not
- * take it: the caller reads it as if there were no cache. */
+ * admits. Returns false when the cache does not hold the tile and does not take it (painting
+ * nothing), or when the tile changed while it was painted from (a shared cache's hit, read
+ * without a lock, whose entry was evicted and reused meanwhile): the caller reads it as if
+ * there were no cache, painting over every pixel painted here. */
 static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_t level,
                          uint64_t index, const struct span *tile, const struct span *u,
                          const struct tsr_canvas *const *canvases, size_t n,
@@ -210,7 +212,8 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
     tsr_cache_publish(cache, &a);
   }
   put_tile(&lv->fmt, tile, u, a.src, stride, a.row_list, false, canvases, n);
-  tsr_cache_done(cache, &a);
+  if (!tsr_cache_done(cache, &a))
+    return false;
   *st = TESSERA_OK;
   return true;
 }

@@ -2,9 +2,9 @@
  * tsr_paint_tile. One cache at a time, configured with tessera_cache_configure. Two kinds sit
  * behind one interface: per_process (process.c: tiles in this process's heap, handed out in
  * place while pinned) and shared_memory (shared.c: tiles in a POSIX shared-memory segment
- * used by many processes, read in place under a shard lock, since a process may die at any
- * moment and must not leave pins behind, while a lock it dies holding is recovered). cache.c
- * owns the process's current cache. */
+ * used by many processes, read in place with no lock held and checked afterwards, since a
+ * process may die or be stopped at any moment and must leave neither pins nor a held lock
+ * behind). cache.c owns the process's current cache. */
 #ifndef TSR_CACHE_H
 #define TSR_CACHE_H
 
@@ -40,7 +40,8 @@ bool tsr_cache_key_equal(const struct tsr_cache_key *a, const struct tsr_cache_k
 unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity);
 
 enum tsr_cache_result {
-  TSR_CACHE_HIT,   /* a->src (a->row_list) gives the bytes asked for, until tsr_cache_done */
+  TSR_CACHE_HIT,   /* a->src (a->row_list) gives the bytes asked for, until tsr_cache_done,
+                      which says whether they stood while they were read */
   TSR_CACHE_LOAD,  /* the tile is reserved for the caller, who decodes it whole into a->load
                       and then publishes or abandons it; others wanting it wait meanwhile */
   TSR_CACHE_MISS,  /* not held, and not admitted (a->admit false): decode only the part
@@ -72,6 +73,7 @@ struct tsr_cache_access {
   uint8_t *load;                 /* LOAD: where the whole tile is to be decoded */
   void *entry;                   /* the cache's own from here on */
   uint32_t shard, index, ticket; /* index: the entry reserved in the shard */
+  uint64_t frees;                /* a shared hit: its entry's count of frees then */
 };
 
 struct tsr_cache;
@@ -80,7 +82,7 @@ struct tsr_cache_ops {
   enum tsr_cache_result (*lookup)(struct tsr_cache *c, struct tsr_cache_access *a);
   void (*publish)(struct tsr_cache *c, struct tsr_cache_access *a);
   void (*abandon)(struct tsr_cache *c, struct tsr_cache_access *a);
-  void (*done)(struct tsr_cache *c, struct tsr_cache_access *a);
+  bool (*done)(struct tsr_cache *c, struct tsr_cache_access *a);
   /* Fills hits, misses, evictions, items, bytes and the capacities. */
   void (*stats)(struct tsr_cache *c, tessera_cache_stats *t);
   void (*reset_stats)(struct tsr_cache *c);
@@ -124,6 +126,9 @@ bool tsr_shared_cache_scribble(uint64_t *seed, unsigned n);
 uint32_t *tsr_shared_cache_hot_word(int which);
 /* For tests: gives the current shared cache's most read ready tile a size of `bytes`, sealed. */
 bool tsr_shared_cache_hot_resize(uint64_t bytes);
+/* For tests: how many shared-cache hits this process found overwritten once read (their
+ * tiles were evicted and their chunks reused meanwhile), and read again without the cache. */
+unsigned long tsr_shared_cache_overwritten(void);
 #endif
 
 /* The current cache, held until tsr_cache_release; NULL (and nothing to release) when the
@@ -145,9 +150,11 @@ static inline void tsr_cache_publish(struct tsr_cache *c, struct tsr_cache_acces
 static inline void tsr_cache_abandon(struct tsr_cache *c, struct tsr_cache_access *a) {
   c->ops->abandon(c, a);
 }
-/* The caller is done with the bytes (after a hit, or after publishing). */
-static inline void tsr_cache_done(struct tsr_cache *c, struct tsr_cache_access *a) {
-  c->ops->done(c, a);
+/* The caller is done with the bytes (after a hit, or after publishing). False when they may
+ * have changed while they were read (a shared hit whose tile was evicted meanwhile): whatever
+ * was made from them is wrong, and is to be made again without the cache. */
+static inline bool tsr_cache_done(struct tsr_cache *c, struct tsr_cache_access *a) {
+  return c->ops->done(c, a);
 }
 
 #endif

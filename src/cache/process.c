@@ -355,13 +355,15 @@ static void abandon(struct tsr_cache *base, struct tsr_cache_access *a) {
   pthread_mutex_unlock(&sh->lock);
 }
 
-static void done(struct tsr_cache *base, struct tsr_cache_access *a) {
+/* Always true: a pinned entry is never freed. */
+static bool done(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct process_cache *c = (struct process_cache *)base;
   struct tsr_cache_entry *e = a->entry;
   struct shard *sh = shard_of(c, tsr_cache_key_hash(&e->key));
   pthread_mutex_lock(&sh->lock);
   e->pins--;
   pthread_mutex_unlock(&sh->lock);
+  return true;
 }
 
 static void stats(struct tsr_cache *base, tessera_cache_stats *t) {

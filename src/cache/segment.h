@@ -4,8 +4,10 @@
  * operations, segment.c's making, attaching, users and listing, shared_hooks.c's test hooks).
  *
  * What guards what: the segment header's users_lock orders attaching against the last detach;
- * each shard's robust mutex guards that shard's fields, entries, buckets, links and chunks;
- * the user seat incarnations are atomic; an attachment's own fields say below. Nothing read
+ * each shard's robust mutex guards that shard's fields, entries, buckets, links and chunk
+ * tags, and the writing of its chunks, which a hit reads without it, checking an entry's
+ * atomic count of frees before and after (shared.c's lookup says why that suffices); the
+ * user seat incarnations are atomic; an attachment's own fields say below. Nothing read
  * from the segment is trusted (see shared.c): read indices once (once32), check, then use. */
 #ifndef TSR_CACHE_SEGMENT_H
 #define TSR_CACHE_SEGMENT_H
@@ -32,7 +34,7 @@
 #include "cache/cache.h"
 
 #define SEGMENT_MAGIC 0x3145484341435354ull /* "TSCACHE1" read little-endian */
-#define SEGMENT_VERSION 4u
+#define SEGMENT_VERSION 5u
 #define CHUNK_BYTES ((uint64_t)64 << 10)
 #define NIL UINT32_MAX
 #define MAX_USERS 1024
@@ -84,6 +86,10 @@ struct shard {
 struct entry {
   struct tsr_cache_key key;
   uint64_t bytes;
+  /* Bumped, under the lock, each time the entry is freed, before its chunks can hold another
+   * tile; read by a hit without the lock, before and after it reads the chunks: atomic. 64
+   * bits: a reader stopped for any time cannot see it wrap back to the count it saw. */
+  _Atomic uint64_t frees;
   uint32_t loader_seat;              /* LOADING: the user seat loading it, */
   uint32_t loader_incarnation;       /* and that seat's incarnation then */
   uint32_t ticket;                   /* bumped each time the entry is reserved or taken over */

@@ -18,19 +18,26 @@
  *
  * A process may be killed or stopped at any moment, so nothing it holds may cost others more
  * than a bounded wait:
- * - Readers paint from a tile in place while holding its shard's lock, instead of pinning
- *   it (a pin would outlive a killed reader; a lock does not). The lock is held for the
- *   copy into the caller's buffers only, never across a decode.
+ * - A hit looks its tile up under the shard's lock, notes where its chunks are and the
+ *   entry's count of frees, and lets the lock go; the caller then paints from the chunks in
+ *   place, with no lock and no pin (a pin would outlive a killed reader), and checks at
+ *   tsr_cache_done that the count has not moved. If it has, the tile was evicted while it
+ *   was read and its chunks may hold another's pixels: the caller paints again without the
+ *   cache. A reader stopped while it paints thus holds nothing: a hit holds the lock only
+ *   for index work, whose length is bounded by the shard's size. (lookup says why the check
+ *   suffices.)
  * - Every wait for a shard lock is bounded (LOCK_WAIT_NS). A wait that runs out marks the
  *   shard stuck for this process for STUCK_NS, during which it only tries the lock, and goes
  *   around the cache: a process stopped holding a lock (SIGSTOP, a debugger, a frozen cgroup)
  *   costs the others one wait per shard, not a hang.
  * - A miss reserves the entry (LOADING, stamped with the loader's user seat and that seat's
  *   incarnation) under the lock, decodes without the lock, then copies into its chunks and
- *   publishes it under the lock, if its ticket still stands. Others wanting it poll; if its
- *   loader has died they drop the entry and load it themselves; if it is alive but has not
- *   published after LOAD_WAIT_NS, they take the entry over (a new ticket): a stopped loader
- *   costs one wait, once.
+ *   publishes it under the lock, if its ticket still stands. (The copy stays under the lock:
+ *   a loader overtaken while it copied could otherwise go on writing into chunks given to
+ *   another tile since. One stopped in that copy costs the others the bounded wait above.)
+ *   Others wanting it poll; if its loader has died they drop the entry and load it
+ *   themselves; if it is alive but has not published after LOAD_WAIT_NS, they take the entry
+ *   over (a new ticket): a stopped loader costs one wait, once.
  * - A process killed while holding a shard lock leaves it to the next locker as EOWNERDEAD.
  *   The lists of a shard (hash chains, queues, free lists) are derived data; an entry's state,
  *   key, size, seal and chunk chain are the truth. The next locker rebuilds the lists from the
@@ -61,6 +68,27 @@
 #include "cache/segment.h"
 #include "cache/shared_hooks.h"
 #include "cache/shared_index.h"
+
+#if TSR_TSAN
+/* ThreadSanitizer's runtime: the calling thread's memory accesses go unchecked between these. */
+void __tsan_ignore_thread_begin(void);
+void __tsan_ignore_thread_end(void);
+#endif
+
+/* A hit's bytes are read without the lock, and may race with a write that reuses their chunks:
+ * such a read is thrown away (done), which ThreadSanitizer cannot know. Its checks are off
+ * from the hit's lookup to its done, in this thread only (which paints the caller's canvases
+ * meanwhile: those writes go unchecked too; they are checked on every read without a cache). */
+static inline void ignore_racy_reads(bool on) {
+#if TSR_TSAN
+  if (on)
+    __tsan_ignore_thread_begin();
+  else
+    __tsan_ignore_thread_end();
+#else
+  (void)on;
+#endif
+}
 
 /* ---- one shard's index (its lock held) ----
  * A function returning bool returns false when it finds the shard inconsistent (an index out
@@ -158,6 +186,13 @@ static bool chain_head(const struct view *v, uint32_t i, uint32_t k) {
   return k < v->chunks && v->owner[k] == owner_tag(i, 0);
 }
 
+/* Marks entry e FREE, counting the free first: a hit still reading its chunks sees the count
+ * moved before anyone can write them (lookup says why). */
+static void vacate(struct entry *e) {
+  atomic_fetch_add_explicit(&e->frees, 1, memory_order_relaxed);
+  e->state = FREE;
+}
+
 /* Frees entry i (ready or loading): its chunks and entry go back to the free lists. Its state
  * changes first, so a process killed halfway leaves nothing that a rebuild would keep. */
 static bool free_entry(const struct view *v, uint32_t i) {
@@ -166,7 +201,7 @@ static bool free_entry(const struct view *v, uint32_t i) {
   const struct entry s = snapshot(e);
   if (s.seal != seal_of(&s, i))
     return false; /* its size and chain cannot be believed */
-  e->state = FREE;
+  vacate(e);
   atomic_signal_fence(memory_order_seq_cst); /* FREE before the lists change */
   uint32_t *p = bucket(v, tsr_cache_key_hash(&s.key)), j;
   for (uint32_t steps = 0; (j = once32(p)) != i && j != NIL; p = &v->E[j].hnext)
@@ -297,7 +332,7 @@ static void rebuild(const struct shared_cache *c, const struct view *v) {
       sh->items++;
       sh->bytes += e->bytes;
     } else {
-      e->state = FREE;
+      vacate(e); /* its chunks may be freed below: a hit reading them must know */
       e->hnext = sh->free_entries;
       sh->free_entries = i;
     }
@@ -346,52 +381,74 @@ static void repair_and_unlock(const struct shared_cache *c, const struct view *v
   unlock_shard(v->sh);
 }
 
-/* Bytes of scratch a hit needs: the row pointers, then room for the rows that straddle two
- * chunks (at most one per chunk boundary, since rows do not overlap, and no more than the
- * rows asked for: a wide strip has few rows over many chunks). */
+/* Bytes of scratch a hit needs: the row pointers, the chunks' addresses, then room for the
+ * rows that straddle chunks (at most one per chunk boundary, since rows do not overlap, and no
+ * more than the rows asked for: a wide strip has few rows over many chunks). */
 static size_t list_bytes(const struct tsr_cache_access *a) {
   return (size_t)align_up((uint64_t)a->rows * sizeof(uint8_t *), 64);
 }
+static size_t chain_bytes(const struct tsr_cache_access *a) {
+  return (size_t)align_up(chunks_for(a->bytes) * sizeof(uint8_t *), 64);
+}
 static size_t hit_bytes(const struct tsr_cache_access *a) {
   uint64_t chunks = chunks_for(a->bytes);
-  return list_bytes(a) + (size_t)(chunks < a->rows ? chunks : a->rows) * a->row_bytes;
+  return list_bytes(a) + chain_bytes(a) +
+         (size_t)(chunks < a->rows ? chunks : a->rows) * a->row_bytes;
 }
 
-/* Points a->row_list at the rows asked for, in place in entry i's chunks, copying only the
- * rows that straddle two chunks into the scratch. Each chunk is checked to be the entry's,
- * at its place, before it is read. The shard stays locked while they are read. */
-static bool map_rows(const struct view *v, uint32_t i, struct tsr_cache_access *a) {
-  const uint8_t **list = (const uint8_t **)(void *)a->scratch->data;
-  uint8_t *spill = a->scratch->data + list_bytes(a);
-  uint32_t k = once32(&v->E[i].first), s = 0;
+/* Notes in chain[] where entry i's chunks lie, up to the one holding the last byte asked for,
+ * each checked to be the entry's, at its place. Index work only, under the shard's lock: no
+ * pixel is read here. */
+static bool map_chain(const struct view *v, uint32_t i, const struct tsr_cache_access *a,
+                      const uint8_t **chain) {
+  if (a->rows == 0)
+    return false;
+  uint64_t end = a->offset + (uint64_t)(a->rows - 1) * a->stride + a->row_bytes;
+  if (end > a->bytes)
+    return false; /* not a part of a tile of a->bytes (the entry's size) */
+  uint32_t k = once32(&v->E[i].first);
   if (!chain_head(v, i, k))
     return false;
-  uint64_t chunk_start = 0;
-  for (uint32_t r = 0; r < a->rows; r++) {
-    uint64_t at = a->offset + (uint64_t)r * a->stride;
-    for (; at >= chunk_start + CHUNK_BYTES; s++, chunk_start += CHUNK_BYTES)
-      if (!chain_next(v, i, s, k, &k))
-        return false;
-    uint64_t in = at - chunk_start;
-    if (in + a->row_bytes <= CHUNK_BYTES) {
-      list[r] = chunk_data(v, k) + in;
-      continue;
-    }
-    uint32_t after;
-    if (!chain_next(v, i, s, k, &after))
+  chain[0] = chunk_data(v, k);
+  for (uint32_t s = 0; s + 1 < chunks_for(end); s++) {
+    if (!chain_next(v, i, s, k, &k))
       return false;
-    size_t head = (size_t)(CHUNK_BYTES - in);
-    memcpy(spill, chunk_data(v, k) + in, head);
-    memcpy(spill + head, chunk_data(v, after), a->row_bytes - head);
-    list[r] = spill;
-    spill += a->row_bytes;
+    chain[s + 1] = chunk_data(v, k);
   }
-  a->row_list = list;
   return true;
 }
 
-/* Copies the loaded tile, of `bytes`, into entry i's chunks (its chain checked as it goes). */
+/* Points a->row_list at the rows asked for, in place in the chunks chain[] notes, copying the
+ * rows that straddle chunks into the scratch. No lock is held: the chunks may be written
+ * meanwhile, which done() finds out; every address was checked under the lock, and stays in
+ * the segment whatever the chunks or the index hold now. */
+static void place_rows(struct tsr_cache_access *a, const uint8_t *const *chain) {
+  const uint8_t **list = (const uint8_t **)(void *)a->scratch->data;
+  uint8_t *spill = a->scratch->data + list_bytes(a) + chain_bytes(a);
+  for (uint32_t r = 0; r < a->rows; r++) {
+    uint64_t at = a->offset + (uint64_t)r * a->stride, s = at / CHUNK_BYTES;
+    size_t in = (size_t)(at % CHUNK_BYTES);
+    if (in + a->row_bytes <= CHUNK_BYTES) {
+      list[r] = chain[s] + in;
+      continue;
+    }
+    list[r] = spill;
+    for (size_t left = a->row_bytes; left > 0; s++, in = 0) {
+      size_t part = left < CHUNK_BYTES - in ? left : CHUNK_BYTES - in;
+      memcpy(spill, chain[s] + in, part);
+      spill += part;
+      left -= part;
+    }
+  }
+  a->row_list = list;
+}
+
+/* Copies the loaded tile, of `bytes`, into entry i's chunks (its chain checked as it goes).
+ * The chunks' last tile was freed, its entry's count of frees bumped, before they became
+ * i's: the fence orders that bump (seen through the lock) before these writes, for a hit
+ * that still reads them (lookup). */
 static bool copy_in(const struct view *v, uint32_t i, const uint8_t *src, size_t bytes) {
+  atomic_thread_fence(memory_order_release);
   uint32_t k = once32(&v->E[i].first);
   if (!chain_head(v, i, k))
     return false;
@@ -516,12 +573,28 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
       return TSR_CACHE_BYPASS;
     }
     if (e->state == READY) {
-      if (!map_rows(&v, i, a))
+      const uint8_t **chain = (const uint8_t **)(void *)(a->scratch->data + list_bytes(a));
+      if (!map_chain(&v, i, a, chain))
         goto damaged;
       tsr_s3fifo_read(&e->freq);
       if (count)
         sh->hits++;
-      a->entry = sh; /* locked until tsr_cache_done */
+      /* The tile is read with the lock let go, a seqlock's read: its entry's count of frees
+       * now (the lock makes it the latest), then the bytes, then the count again (done). A
+       * tile is only written into chunks taken off the free lists, after the entry that held
+       * them was freed and counted so (vacate), and then only by copy_in, under the lock,
+       * behind a release fence: if any byte read here came from such a write, the acquire
+       * fence in done orders the bump before done's load, which sees the count moved; so an
+       * unmoved count means every byte was the tile's. (In C's model the bytes would have to
+       * be read as relaxed atomics; plain reads are what seqlocks do, and the fences keep
+       * the compiler from moving them across the loads of the count.) */
+      a->frees = atomic_load_explicit(&e->frees, memory_order_relaxed);
+      a->entry = e;
+      unlock_shard(sh);
+      ignore_racy_reads(true);
+      place_rows(a, chain);
+      if (tsr_hook_due(TSR_HOOK_READING))
+        tsr_hook_stall();
       return TSR_CACHE_HIT;
     }
     if (e->state != LOADING)
@@ -641,11 +714,20 @@ static void abandon(struct tsr_cache *base, struct tsr_cache_access *a) {
   unlock_shard(v.sh);
 }
 
-static void done(struct tsr_cache *base, struct tsr_cache_access *a) {
+/* After a hit: whether its entry was not freed while the caller read it (lookup says why that
+ * is enough). A hit found overwritten stays counted as a hit: its lookup was one. */
+static bool done(struct tsr_cache *base, struct tsr_cache_access *a) {
   (void)base;
-  if (a->entry) /* a hit: its shard was kept locked while the caller read the rows */
-    unlock_shard(a->entry);
+  struct entry *e = a->entry;
+  if (!e)
+    return true; /* after publishing: the caller read its own copy */
+  atomic_thread_fence(memory_order_acquire);
+  bool stood = atomic_load_explicit(&e->frees, memory_order_relaxed) == a->frees;
+  ignore_racy_reads(false);
   a->entry = NULL;
+  if (!stood)
+    tsr_hook_count_overwritten();
+  return stood;
 }
 
 static void stats(struct tsr_cache *base, tessera_cache_stats *t) {

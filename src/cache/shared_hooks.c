@@ -18,17 +18,21 @@
 
 /* TESSERA_TEST_CACHE_STALL=POINT:N:PATH, read when a shared cache is configured: the N-th
  * tile this process publishes (POINT "locked": holding the shard lock, halfway through
- * linking the tile) or reserves (POINT "loading": the lock let go, before decoding), or the
- * N-th segment it makes (POINT "making": locked, its magic written, not ready; POINT
- * "created": the file just created, not yet locked), stalls for good, after writing the pid
- * to PATH; with "stop" before POINT it stops itself (SIGSTOP) instead, to go on when
- * continued. Tests stop, continue or kill it there. */
+ * linking the tile), reserves (POINT "loading": the lock let go, before decoding) or hits
+ * (POINT "reading": the lock let go, its rows mapped, before they are painted), or the N-th
+ * segment it makes (POINT "making": locked, its magic written, not ready; POINT "created":
+ * the file just created, not yet locked), stalls for good, after writing the pid to PATH;
+ * with "stop" before POINT it stops itself (SIGSTOP) instead, to go on when continued.
+ * Tests stop, continue or kill it there. With "pause" before POINT, every N-th call there
+ * pauses for PAUSE_NS and goes on (PATH unused): a window for others to race into. */
+#define PAUSE_NS 2000000ull
 static struct {
   atomic_int point;
-  bool stop;
+  bool stop, pause;
   long n;
   char path[512];
   atomic_long count;
+  atomic_ulong overwritten; /* hits found overwritten after they were read */
 } hook;
 
 void tsr_hook_read_env(void) {
@@ -44,22 +48,30 @@ void tsr_hook_read_env(void) {
   snprintf(hook.path, sizeof hook.path, "%s", v + used);
   hook.n = n;
   hook.stop = strncmp(point, "stop", 4) == 0; /* not at "locked": it would go on halfway */
-  const char *p = point + (hook.stop ? 4 : 0);
+  hook.pause = strncmp(point, "pause", 5) == 0;
+  const char *p = point + (hook.stop ? 4 : hook.pause ? 5 : 0);
   atomic_store(&hook.count, 0);
-  bool locked = strcmp(p, "locked") == 0 && !hook.stop;
+  bool locked = strcmp(p, "locked") == 0 && !hook.stop && !hook.pause;
   atomic_store(&hook.point, locked                      ? TSR_HOOK_LOCKED
                             : strcmp(p, "loading") == 0 ? TSR_HOOK_LOADING
                             : strcmp(p, "making") == 0  ? TSR_HOOK_MAKING
                             : strcmp(p, "created") == 0 ? TSR_HOOK_CREATED
+                            : strcmp(p, "reading") == 0 ? TSR_HOOK_READING
                                                         : TSR_HOOK_NONE);
 }
 
 bool tsr_hook_due(enum tsr_hook_point point) {
-  return atomic_load_explicit(&hook.point, memory_order_relaxed) == (int)point &&
-         atomic_fetch_add(&hook.count, 1) + 1 == hook.n;
+  if (atomic_load_explicit(&hook.point, memory_order_relaxed) != (int)point)
+    return false;
+  long count = atomic_fetch_add(&hook.count, 1) + 1;
+  return hook.pause ? count % hook.n == 0 : count == hook.n;
 }
 
 void tsr_hook_stall(void) {
+  if (hook.pause) {
+    sleep_ns(PAUSE_NS);
+    return;
+  }
   int fd = open(hook.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd >= 0) {
     char buf[32];
@@ -75,6 +87,10 @@ void tsr_hook_stall(void) {
   for (;;)
     pause();
 }
+
+void tsr_hook_count_overwritten(void) { atomic_fetch_add(&hook.overwritten, 1); }
+
+unsigned long tsr_shared_cache_overwritten(void) { return atomic_load(&hook.overwritten); }
 
 /* ---- a consistency check, and writers that break the index, for tests ---- */
 

@@ -11,7 +11,8 @@ enum tsr_hook_point {
   TSR_HOOK_LOCKED,
   TSR_HOOK_LOADING,
   TSR_HOOK_MAKING,
-  TSR_HOOK_CREATED
+  TSR_HOOK_CREATED,
+  TSR_HOOK_READING
 };
 
 #if TSR_TEST_HOOKS
@@ -19,8 +20,11 @@ enum tsr_hook_point {
 void tsr_hook_read_env(void);
 /* Whether this is the time to stall at point (counts the calls at that point). */
 bool tsr_hook_due(enum tsr_hook_point point);
-/* Stalls for good, or stops (SIGSTOP), after writing the pid where the variable said. */
+/* Stalls for good, or stops (SIGSTOP), after writing the pid where the variable said; or
+ * pauses a moment and goes on. */
 void tsr_hook_stall(void);
+/* A hit's bytes were found overwritten after they were read (tsr_shared_cache_overwritten). */
+void tsr_hook_count_overwritten(void);
 #else
 static inline void tsr_hook_read_env(void) {}
 static inline bool tsr_hook_due(enum tsr_hook_point point) {
@@ -28,6 +32,7 @@ static inline bool tsr_hook_due(enum tsr_hook_point point) {
   return false;
 }
 static inline void tsr_hook_stall(void) {}
+static inline void tsr_hook_count_overwritten(void) {}
 #endif
 
 #endif

@@ -5,14 +5,18 @@
  * once by all the processes together (once each process's ghost knows the tiles, so that the
  * cache admits them at their first miss). A child killed (SIGKILL) while it holds a shard's lock
  * midway through publishing a tile (the test hook TESSERA_TEST_CACHE_STALL) leaves the cache
- * usable: the other processes, blocked or not, carry on with correct pixels. One stopped
- * (SIGSTOP) holding a lock, or while loading a tile, costs the others a bounded wait. Segments
- * go away when their last user detaches. A segment open to others or of another user, a link,
+ * usable: the other processes, blocked or not, carry on with correct pixels. Hits paused in
+ * the middle (the hook again) while the others evict and reuse their chunks find it out and
+ * read again. One stopped (SIGSTOP) holding a lock, or while loading a tile, costs the others
+ * a bounded wait; one stopped in the middle of a hit holds no lock at all, and finds its tile
+ * overwritten when it goes on if the tile was evicted meanwhile. Segments go away when their
+ * last user detaches. A segment open to others or of another user, a link,
  * a FIFO, a hidden name are refused; garbage written over a live index gives right pixels or
  * errors, never a crash, and so does an index word that changes between any two reads, or a
  * sealed size no tile can have; a maker killed halfway is replaced, one whose new segment
  * another process holds locked gives up in bounded time. Runs plain, under ASan+UBSan and
- * under TSan. */
+ * under TSan. One file, over 800 lines: its cases share the board, the forked readers and the
+ * stopped children above. */
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/hw_breakpoint.h>
@@ -48,6 +52,7 @@ struct board {
   atomic_int stop;                 /* the stalled child was killed: finish up */
   atomic_int warmed;               /* children that have read the level once */
   atomic_int go;                   /* the parent has reset the statistics after that */
+  atomic_ulong overwritten;        /* hits the children found overwritten once read */
 };
 static struct board *board;
 
@@ -268,6 +273,7 @@ static void child_hammer(unsigned long long seed, int rounds, int until_stop, in
   CHECK(failures == 0, "child %d: %d reads differ or failed", (int)getpid(), failures);
   CHECK(ws[THREADS].failures == 0, "child %d: the budget was exceeded %d times", (int)getpid(),
         ws[THREADS].failures);
+  atomic_fetch_add(&board->overwritten, tsr_shared_cache_overwritten());
   tessera_close(s);
   if (detach)
     configure(TESSERA_CACHE_NONE, 0, 0, NULL);
@@ -310,14 +316,18 @@ static void check_whole_level(const char *what) {
  * children read it once first, which caches it (each tile is read whole, so it is admitted at
  * its first miss, and one process decodes it), and their hits and misses are counted from then
  * on: hits only. */
-static void test_processes(uint64_t mib, uint64_t items) {
+static void test_processes(uint64_t mib, uint64_t items, const char *hook) {
+  if (hook)
+    setenv("TESSERA_TEST_CACHE_STALL", hook, 1); /* read when configured; the children fork */
   configure(TESSERA_CACHE_SHARED_MEMORY, mib, items, NULL);
+  unsetenv("TESSERA_TEST_CACHE_STALL");
   char name[TESSERA_SHARED_CACHE_NAME_MAX + 2];
   own_segment(name, sizeof name);
   memset(board->touched, 0, sizeof board->touched);
   int warm = !items && (uint64_t)(across * down) * tile_bytes <= mib << 20;
   atomic_store(&board->warmed, 0);
   atomic_store(&board->go, 0);
+  atomic_store(&board->overwritten, 0);
   pid_t pids[PROCESSES];
   for (int i = 0; i < PROCESSES; i++) {
     pids[i] = fork_child();
@@ -362,6 +372,13 @@ static void test_processes(uint64_t mib, uint64_t items) {
     CHECK(t.evictions > 0, "%llu MiB %llu items: no evictions", (unsigned long long)mib,
           (unsigned long long)items);
   }
+  /* Hits read while others evict and reuse their chunks: every read was compared above; this
+   * says how often a hit was caught overwritten (and read again without the cache). */
+  printf("%llu MiB, %llu items: %llu hits, %lu found overwritten once read\n",
+         (unsigned long long)mib, (unsigned long long)items, (unsigned long long)t.hits,
+         atomic_load(&board->overwritten));
+  CHECK(!hook || atomic_load(&board->overwritten) > 0,
+        "hits paused while others evict: none found overwritten (the race was not run)");
   char why[256];
   CHECK(tsr_shared_cache_verify(why, sizeof why), "after the children, the index: %s", why);
   check_whole_level("after the children");
@@ -696,6 +713,93 @@ static void test_stopped_loader(void) {
         "a reader beside a stopped loader failed or hung (status %#x)", status);
   end_child(staller, pidfile);
   configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+}
+
+/* A process stopped (SIGSTOP) in the middle of a hit on tile 0, its rows mapped in the
+ * segment and not yet painted. Another process reads that tile: every read is a hit, served at
+ * once (before, the stopped reader held the shard's lock, the one shard of a 2 MiB cache:
+ * each read waited for it, gave up and went around the cache, and no hit was counted). That
+ * process then reads every tile of the level twice in a row, so that the cache, a sixth of
+ * the level, evicts tile 0 and gives its chunks to other tiles. The stopped reader, continued,
+ * paints from chunks that now hold other pixels: it must find its hit overwritten and read
+ * the tile again, right. */
+static void test_stopped_reader(void) {
+  char name[64], pidfile[128];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-stopread", (int)getpid());
+  snprintf(pidfile, sizeof pidfile, "/tmp/tessera-ctest-%d-stopread.pid", (int)getpid());
+  unlink(pidfile);
+  configure(TESSERA_CACHE_SHARED_MEMORY, 2, 0, name);
+  int64_t w = info.tile_width, h = info.tile_height;
+  pid_t staller = fork_child();
+  if (staller == 0) {
+    alarm(CHILD_ALARM_S);
+    char v[256];
+    snprintf(v, sizeof v, "stopreading:1:%s", pidfile);
+    setenv("TESSERA_TEST_CACHE_STALL", v, 1);
+    configure(TESSERA_CACHE_SHARED_MEMORY, 2, 0, name); /* attaches again, reading the hook */
+    tessera_slide *s = open_slide();
+    uint8_t *buf = malloc((size_t)(w * h * 3));
+    /* the whole tile: cached at its first read; the second, a hit, stops at the hook */
+    for (int k = 0; s && k < 2; k++)
+      CHECK(tessera_read_region(s, 0, 0, 0, w, h, NULL, buf, (size_t)(w * h * 3)) == TESSERA_OK,
+            "the stopped reader's read %d: %s", k, tessera_error_message());
+    CHECK(!differs(buf, 0, 0, w, h), "the stopped reader painted another tile's pixels");
+    CHECK(tsr_shared_cache_overwritten() == 1,
+          "the stopped reader found %lu hits overwritten, not its one",
+          tsr_shared_cache_overwritten());
+    fflush(stderr);
+    _exit(check_failures ? 1 : 0);
+  }
+  char state = 0;
+  if (wait_for_stall(pidfile, staller))
+    for (int i = 0; i < 2000 && (state = proc_state(staller)) != 'T'; i++) {
+      struct timespec ts = {0, 5000000};
+      nanosleep(&ts, NULL);
+    }
+  CHECK(state == 'T', "the reader did not stop in its hit (state %c)", state ? state : '?');
+  pid_t reader = fork_child();
+  if (reader == 0) {
+    alarm(120);
+    tessera_slide *s = open_slide();
+    uint8_t *buf = malloc((size_t)(w * h * 3));
+    tessera_cache_stats before = stats();
+    for (int k = 0; s && k < 5; k++)
+      CHECK(tessera_read_region(s, 0, 0, 0, w, h, NULL, buf, (size_t)(w * h * 3)) == TESSERA_OK &&
+                !differs(buf, 0, 0, w, h),
+            "read %d of the tile the stopped reader hit", k);
+    tessera_cache_stats after = stats();
+    CHECK(after.hits - before.hits == 5 && after.misses == before.misses,
+          "5 reads of a cached tile beside a reader stopped in its hit: %llu hits, %llu misses",
+          (unsigned long long)(after.hits - before.hits),
+          (unsigned long long)(after.misses - before.misses));
+    for (int64_t t = 0; s && t < 2 * across * down; t++) {
+      int64_t x = t % (across * down) % across * w, y = t % (across * down) / across * h;
+      for (int k = 0; k < 2; k++)
+        CHECK(tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3)) == TESSERA_OK &&
+                  !differs(buf, x, y, w, h),
+              "tile %lld beside a reader stopped in its hit", (long long)t);
+    }
+    CHECK(stats().evictions > 0, "nothing was evicted");
+    free(buf);
+    if (s)
+      tessera_close(s);
+    fflush(stderr);
+    _exit(check_failures ? 1 : 0);
+  }
+  int status = wait_child(reader);
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "a reader beside one stopped in its hit failed or hung (status %#x)", status);
+  if (staller > 0) {
+    kill(staller, SIGCONT);
+    status = wait_child(staller);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+          "the reader stopped in its hit failed, once continued (status %#x)", status);
+  }
+  unlink(pidfile);
+  char why[256];
+  CHECK(tsr_shared_cache_verify(why, sizeof why), "after the stopped reader, the index: %s", why);
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  CHECK(!shm_exists(name), "%s is still there after its last user detached", name);
 }
 
 /* A maker killed while it makes a named segment (locked, its magic written, not ready):
@@ -1111,9 +1215,12 @@ int main(int argc, char **argv) {
     return check_finish("test_shared_cache");
 
   test_arguments();
-  test_processes(2, 0);   /* a twelfth of the level: evictions all along */
-  test_processes(64, 5);  /* five tiles at most */
-  test_processes(512, 0); /* room for every tile: cached while warming */
+  test_processes(2, 0, NULL);   /* a twelfth of the level: evictions all along */
+  test_processes(64, 5, NULL);  /* five tiles at most */
+  test_processes(512, 0, NULL); /* room for every tile: cached while warming */
+  /* Each hit pauses between mapping its rows and painting them: others evict and reuse its
+   * chunks meanwhile, which it must find out. */
+  test_processes(64, 5, "pausereading:1:");
   test_kill_holding_lock();
   test_user_whose_main_thread_ended();
   test_foreign_segments();
@@ -1125,6 +1232,7 @@ int main(int argc, char **argv) {
   test_maker_lock_held();
   test_stopped_loader();
   test_stopped_lock_holder();
+  test_stopped_reader();
   munmap(board, sizeof *board);
   free(reference);
   return check_finish("test_shared_cache");
