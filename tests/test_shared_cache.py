@@ -10,9 +10,10 @@ execs is no user). Names are checked, a foreign file of the same name is refused
 are listed and removed. A process killed (SIGKILL) while
 it holds a shard's lock midway through publishing a tile, or while it is loading a tile that
 others wait for, leaves the cache usable: the others carry on with correct pixels and
-consistent statistics. One stopped holding a lock or loading costs the others a bounded wait;
-a maker killed halfway leaves a name the next process heals; processes in different pid
-namespaces share one segment, and see each other alive until killed.
+consistent statistics. One stopped holding a lock or loading costs the others a bounded wait,
+one stopped in the middle of a hit costs them nothing; a maker killed halfway leaves a name
+the next process heals; processes in different pid namespaces share one segment, and see
+each other alive until killed.
 
 Expected pixels are tessera's own reads made without a cache in the same test. The killed
 processes stop at points chosen through the test-only hook TESSERA_TEST_CACHE_STALL
@@ -933,6 +934,44 @@ def test_killed_while_loading_a_tile_others_wait_for(shm, tmp_path):
         assert st2["items"] == 1 and st2["bytes"] == per_tile, st2
         assert (st2["misses"], st2["hits"]) == (st["misses"] + 1, st["hits"] + k), (st, st2)
     assert listed(name)["users"] == 1
+    T.configure_cache(T.CACHE_NONE)
+    assert not segment_exists(name)
+
+
+def process_state(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        stat = f.read()
+    return stat[stat.rfind(")") + 2]
+
+
+@needs_test_hooks
+def test_a_reader_stopped_in_a_hit_holds_no_lock(shm, tmp_path):
+    """A process stopped (SIGSTOP) in the middle of a hit, its rows found and not yet painted:
+    another process reading that tile is served from the cache every time, with right pixels
+    (before, the stopped reader held the shard's lock: the other's first wait for it ran out,
+    and every read went around the cache, counting no hit). Continued, the stopped reader's
+    read is right too."""
+    path = os.path.join(F.TESTDATA, APERIO)
+    tile0 = (0, 0, 240, 240)                  # a whole tile: cached at its first miss
+    want = save_want(tmp_path, plain_reads(path, [tile0] * 5))
+    name = shm.name("stopread")
+    configure_shared(name, mib=8)             # one shard: every tile shares its lock
+    pid_file = str(tmp_path / "reader.pid")
+    # the first read caches the tile, the second hits it and stops there
+    stopped = worker(shm, name, path, [tile0] * 2, want=want, hold=True,
+                     env={"TESSERA_TEST_CACHE_STALL": "stopreading:1:%s" % pid_file})
+    wait_for_pid_file(pid_file, stopped)
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    while process_state(stopped.pid) != "T":
+        assert time.monotonic() < deadline, "the reader did not stop in its hit"
+        time.sleep(0.02)
+    ev = finish(worker(shm, name, path, [tile0] * 5, want=want))
+    assert ev["done"]["bad"] == []
+    hits = ev["done"]["stats"]["hits"] - ev["attached"]["stats"]["hits"]
+    misses = ev["done"]["stats"]["misses"] - ev["attached"]["stats"]["misses"]
+    assert (hits, misses) == (5, 0), ev
+    os.kill(stopped.pid, signal.SIGCONT)
+    assert finish(stopped, release=True)["done"]["bad"] == []
     T.configure_cache(T.CACHE_NONE)
     assert not segment_exists(name)
 
