@@ -309,7 +309,7 @@ static tessera_status walk(TIFF *tif, const struct tsr_tiff_file *file,
   size_t cap = 0, nsub = 0, subcap = 0;
   struct subifd_ref *subs = NULL;
   tessera_status st = TESSERA_OK;
-  struct tsr_dir *d;
+  struct tsr_dir *d = NULL; /* set by push_dir; gcc -O3 cannot see that */
   uint64_t budget = file->size / 4;
   uint64_t copy_budget = 2 * file->size + ((uint64_t)1 << 20);
   bool big = TIFFIsBigTIFF(tif), be = TIFFIsBigEndian(tif);

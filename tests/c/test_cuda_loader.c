@@ -186,7 +186,8 @@ static int env_used;
 /* "NAME=value" in a buffer that lives until the end of the test. */
 static const char *setting(const char *name, const char *value) {
   char *p = env_buf[env_used++ % 16];
-  snprintf(p, sizeof env_buf[0], "%s=%s", name, value);
+  int n = snprintf(p, sizeof env_buf[0], "%s=%s", name, value);
+  CHECK(n > 0 && (size_t)n < sizeof env_buf[0], "setting %s is too long", name);
   return p;
 }
 
