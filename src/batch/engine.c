@@ -78,6 +78,11 @@ bool tsr_batch_patch(const struct tsr_batch_plan *l, size_t number, size_t p, ui
            c->ly < INT64_MIN / 4);
 }
 
+size_t tsr_batch_tiles_per_patch(const struct tsr_level *lv, int64_t width, int64_t height) {
+  return (size_t)((width + lv->tile_w - 1) / lv->tile_w + 1) *
+         (size_t)((height + lv->tile_h - 1) / lv->tile_h + 1);
+}
+
 static void plan_free(struct tsr_batch_plan *l) {
   tsr_free(l->xy);
   tsr_free(l->order);
@@ -222,10 +227,7 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
       !tsr_mul3(n, 2, sizeof(int64_t), &xy_bytes) || !tsr_mul2(n, sizeof(uint64_t), &order_bytes))
     return tsr_error(TESSERA_E_ARGUMENT, "batches of %d patches of %lldx%lld are too large",
                      o.batch_size, (long long)width, (long long)height);
-  /* Tiles a patch overlaps at most (each side's count is at most 2^31 + 1: no overflow). */
-  const struct tsr_level *lv = &s->levels[level];
-  size_t per_patch = (size_t)((width + lv->tile_w - 1) / lv->tile_w + 1) *
-                     (size_t)((height + lv->tile_h - 1) / lv->tile_h + 1);
+  size_t per_patch = tsr_batch_tiles_per_patch(&s->levels[level], width, height);
   bool by_patch;
   size_t overhead = sizeof(struct tsr_canvas) + sizeof(uint64_t) +
                     tsr_batch_schedule_bytes(per_patch, patch_bytes, &by_patch);

@@ -128,7 +128,11 @@ struct tessera_batch_iter {
 /* Counts one of sl's items done, keeping st if it is the batch's first failure (lock held). */
 void tsr_batch_done(struct tessera_batch_iter *it, struct tsr_batch_slot *sl, tessera_status st);
 
-/* The memory scheduling one patch costs on the CPU back end (per_patch tiles, each a job),
+/* The tiles of the level a width x height patch overlaps at most (each side's count is at most
+ * 2^31 + 1: no overflow). */
+size_t tsr_batch_tiles_per_patch(const struct tsr_level *lv, int64_t width, int64_t height);
+
+/* The memory scheduling one patch costs (per_patch tiles, each a job of batch/tile_jobs.h),
  * and whether its tiles are too small for that, so that patches are painted whole
  * (by_patch). */
 size_t tsr_batch_schedule_bytes(size_t per_patch, size_t patch_bytes, bool *by_patch);
