@@ -354,15 +354,16 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
  * A batch iterator made with device TESSERA_DEVICE_CUDA hands out batches in the memory of
  * that CUDA device, in the same layout, order and values as the CPU's (JPEG tiles decoded by
  * nvJPEG differ from libjpeg-turbo's by rounding: a level or two). What is made where:
- *  - Patches wholly inside the level whose tiles are JPEG (TIFF compression 7, photometric
- *    YCbCr, baseline 8-bit, 3 components) are assembled on the GPU from tiles decoded by
+ *  - Patches are assembled on the GPU from the parts of their tiles. Tiles that are JPEG
+ *    (TIFF compression 7, photometric YCbCr, baseline 8-bit, 3 components) are decoded by
  *    nvJPEG's batched decoder: its hardware back end where the GPU has one (A100, H100),
  *    else its default. TESSERA_NVJPEG_BACKEND (hardware, gpu, hybrid, default) forces one.
- *  - Every other patch (touching the level's edge, needing a missing or damaged tile, or
- *    tiles of another codec, or JPEG that nvJPEG would read differently, such as Aperio's RGB
- *    samples) is painted on the CPU exactly as a CPU batch is, and copied to the device
- *    asynchronously. Errors are therefore the CPU's: a tile the CPU cannot decode fails its
- *    batch. (Damage that nvJPEG decodes without complaint cannot be noticed on the GPU.)
+ *  - Every other tile (missing or damaged, of another codec, or JPEG that nvJPEG would read
+ *    differently, such as Aperio's RGB samples), and the fill beyond the level's edge, is
+ *    painted on the CPU exactly as for a CPU batch, and copied to the device asynchronously.
+ *    Errors are therefore the CPU's: a tile the CPU cannot decode fails the batches that need
+ *    it. (Damage that nvJPEG decodes without complaint cannot be noticed on the GPU.)
+ *  - A tile needed by patches of several batches in preparation is read once.
  * Compressed tiles are staged in pinned host memory. Each batch buffer of an iterator has its
  * own CUDA stream (the batch's `stream`), so the batches in preparation overlap on the GPU.
  * tessera_batch_iter_next returns a batch once it is complete. Releasing it records an event
@@ -373,7 +374,7 @@ TESSERA_API void tessera_batch_iter_destroy(tessera_batch_iter *iter);
 
 /* What decodes an iterator's tiles: "cpu" (a CPU iterator), "nvjpeg-hardware",
  * "nvjpeg-default", "nvjpeg-gpu-hybrid" or "nvjpeg-hybrid" (a CUDA iterator whose level
- * nvJPEG can decode), or "cpu+copy" (a CUDA iterator whose level it cannot: every patch is
+ * nvJPEG can decode), or "cpu+copy" (a CUDA iterator whose level it cannot: every tile is
  * painted on the CPU and copied). The string is static. */
 TESSERA_API const char *tessera_batch_iter_decoder(const tessera_batch_iter *iter);
 

@@ -62,7 +62,7 @@ struct tsr_batch_slot {
   tessera_batch pub; /* first, so a tessera_batch handed out leads back here */
   struct tessera_batch_iter *it;
   struct tsr_batch_slot *next; /* the free list; guarded by it->lock */
-  size_t pending;              /* work items not yet done; guarded by it->lock */
+  size_t pending;              /* pieces of work not yet done; guarded by it->lock */
   struct tsr_failure failure;  /* the first failure; guarded by it->lock */
 };
 
@@ -137,9 +137,9 @@ size_t tsr_batch_tiles_per_patch(const struct tsr_level *lv, int64_t width, int6
  * (by_patch). */
 size_t tsr_batch_schedule_bytes(size_t per_patch, size_t patch_bytes, bool *by_patch);
 
-/* Device bytes of decoded tiles one batch in preparation holds on the CUDA back end (256
- * MiB); a batch needing more tiles decodes them in chunks. Read when an iterator is made;
- * tests lower it. */
+/* Device bytes of decoded tiles a lane of the CUDA back end holds (256 MiB, or one batch's
+ * tiles when fewer): a work item decodes at most that many tiles at once (a chunk), and as
+ * many lanes are made as slots in flight. Read when an iterator is made; tests lower it. */
 extern size_t tsr_gpu_tile_budget;
 
 #endif

@@ -1,43 +1,49 @@
-/* The batch iterator with device CUDA: patches assembled in GPU memory from tiles nvJPEG
- * decodes there.
+/* The CUDA back end of the batch engine (batch/engine.h): patches assembled in GPU memory from
+ * tiles nvJPEG decodes there.
  *
- * A batch is made by one host pass (items of the iterator's task group, run by at most
- * num_workers pool tasks, when num_workers > 0; else in the consumer's thread): a first
- * item, one per chunk of tiles, and a last one. A chunk that must wait for the GPU to finish
- * the one before does not wait: its item ends and the pass is queued again (cudaEventQuery
- * tells when), so the thread is given back meanwhile. Everything it asks of the GPU is queued
- * on the batch's stream:
- *  1. Patches wholly inside the level are the GPU's. The tiles they cover (each once per
- *     batch) are read from the file into pinned host memory, made whole JPEG streams (the
- *     level's JPEGTables spliced in), checked to be streams nvJPEG decodes as the CPU path
- *     does (gpu/jpeg_input.h), and decoded by nvJPEG's batched decoder into a device buffer of
- *     tiles; the part of each tile a patch needs is then copied into the patch
- *     (cudaMemcpy2DAsync). With more tiles than the tile buffer holds, this goes in chunks.
- *     A tile that the slot last to decode a chunk (the iterator's lender) still holds is not
- *     read and decoded again but copied from that slot's tile buffer on the GPU, so a tile
- *     shared by batches in flight is decoded once, with no device memory beyond the slots'.
- *  2. Every other patch (touching the level's edge or beyond, or needing a tile that is
- *     missing, unreadable, of another codec, or that nvJPEG should not or could not decode)
- *     is painted on the CPU exactly as a CPU batch (region.c) into pinned host memory and
- *     copied to its place asynchronously. So fill, alpha and errors are the CPU path's, and a
- *     bad tile fails its batch with the CPU's message.
- *  3. An event recorded after the batch's work marks it done; tessera_batch_iter_next waits
- *     for it, so a batch handed out is complete. prefetch_factor batches are in preparation
- *     beyond it (even without workers: the GPU works while the consumer does).
- * Batch buffers are recycled; releasing one records an event on the consumer's stream that
- * the next batch written there waits for. Channels 4: patches are assembled as RGB, widened
- * with one strided copy and given opaque alpha with one strided set (both on the GPU).
+ * Work is scheduled by tile, as on the CPU: scheduling a batch lays out its patches and asks
+ * the queue of tile jobs shared by the batches in flight (batch/tile_jobs.h) for each tile they
+ * overlap, so a tile needed by patches of several batches is one job, read once. A work item
+ * takes up to tile_cap queued jobs (a chunk) and a lane: the device buffer of decoded tiles,
+ * pinned staging for their streams, nvJPEG's state, a CUDA stream and an event, which items use
+ * one after another. Everything the item asks of the GPU is queued on the lane's stream:
+ *  1. The chunk's tiles that another idle lane still holds from an earlier chunk are not read
+ *     again but copied from its tile buffer (the lane is pinned meanwhile, and its stream then
+ *     waits for the copies, so that its next chunk cannot overwrite them first).
+ *  2. The other tiles are read from the file into staging as whole JPEG streams (the level's
+ *     JPEGTables spliced in), checked to be streams nvJPEG decodes as the CPU path does
+ *     (gpu/jpeg_input.h), and decoded by nvJPEG's batched decoder into the tile buffer
+ *     (channels 4: then widened to RGBA, alpha 255, into a second buffer).
+ *  3. The part of each tile every destination patch needs is copied into it
+ *     (cudaMemcpy2DAsync), whatever batch it belongs to.
+ *  4. Tiles nvJPEG does not get (a level of another codec or photometric, a missing, unreadable
+ *     or unusual tile, nvJPEG failing) are painted on the CPU exactly as a CPU batch paints
+ *     them (tsr_paint_tile: the decoded-tile cache first) into the batch's pinned host copy,
+ *     and each destination's part is copied to the device. So alpha and errors are the CPU
+ *     path's, and a bad tile fails the batches that need it with the CPU's message.
+ * Fill (the parts of patches outside the level) is painted on the CPU when the batch is
+ * scheduled and copied on the batch's stream, before an event (`ready`) that lanes wait for
+ * before writing into the batch; the batch's stream in turn waits for every lane's event after
+ * it wrote there, and `done`, recorded when the last job is done, is waited for before the
+ * batch is handed out. A worker never waits for the GPU: a lane whose staging the GPU may
+ * still read is not taken (when none is free, the item ends and the thread is given back);
+ * only the consumer, running items itself, waits for one.
  *
- * Over 800 lines: the host pass's steps, the slots whose buffers they fill and the lending of
- * tiles between slots all work on struct gslot, which stays private to this file. */
+ * Locking: the iterator's lock guards the queue of jobs and the lanes' fields marked so; a lane
+ * taken by a work item (busy) is otherwise that item's alone; a slot's buffers belong to the
+ * thread scheduling it, then to the items writing their disjoint parts, then (read-only) to
+ * the consumer holding the batch.
+ *
+ * Over 800 lines: slots, lanes and the work item all work on struct gslot and struct lane,
+ * which stay private to this file rather than become a header's for one user. */
 #include <pthread.h>
 #include <sched.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "alloc.h"
 #include "batch/engine.h"
+#include "batch/tile_jobs.h"
 #include "error.h"
 #include "gpu/cuda_loader.h"
 #include "gpu/jpeg_input.h"
@@ -48,71 +54,80 @@
 
 size_t tsr_gpu_tile_budget = (size_t)256 << 20;
 
-/* One patch that needs a tile. */
-struct pair {
-  uint64_t tile;
-  uint32_t patch;
+/* A batch buffer. */
+struct gslot {
+  struct tsr_batch_slot base;  /* first */
+  uint8_t *dev;                /* the batch: batch_bytes (batch_cap patches) of device memory */
+  uint8_t *host;               /* batch_bytes pinned: fill and tiles painted on the CPU */
+  uint64_t *indices;           /* batch_cap */
+  struct tsr_canvas *canvases; /* batch_cap, into host; set when scheduled, then read-only */
+  cudaStream_t stream;         /* the batch's `stream`: its fill, then waits for the lanes */
+  cudaEvent_t ready;           /* recorded after the fill: lanes write into the batch after it */
+  cudaEvent_t done;            /* recorded after everything written into the batch */
+  cudaEvent_t released;        /* recorded on the consumer's stream at release */
+  /* The next batch made here must wait for `released`: written at release, read when the
+   * slot is scheduled again (ordered by the lock, which puts it on the free list between). */
+  bool wait_released;
 };
 
-/* A batch buffer. Apart from base and todo, it belongs to the thread making its host pass,
- * and then (read-only) to the consumer holding the batch. */
-struct gslot {
-  struct tsr_batch_slot base; /* first */
-  struct gslot *todo;         /* host passes to make; guarded by the iterator's lock */
-  uint8_t *dev;               /* the batch: batch_bytes (batch_cap patches) of device memory */
-  uint8_t *dev_rgb;           /* channels 4: the GPU's patches as RGB first (device); else NULL */
-  uint8_t *tiles;             /* tile_cap decoded tiles (device) */
-  uint8_t *host;              /* batch_bytes of pinned memory for patches painted on the CPU */
-  uint8_t *staging;           /* pinned: whole JPEG streams of the chunk being decoded */
+/* A decoded tile in a lane's tile buffer. */
+struct placed {
+  uint64_t tile;
+  uint32_t place;
+};
+
+/* Where chunks of tiles are decoded, one after another. */
+struct lane {
+  /* Guarded by the iterator's lock. */
+  bool busy;         /* a work item has it */
+  unsigned pins;     /* work items copying tiles out of it: it is not taken meanwhile */
+  bool in_flight;    /* the GPU may still read its staging, until `event` */
+  uint64_t filled;   /* the iterator's count of chunks decoded, when it decoded its tiles */
+  size_t held;       /* holds[0 .. held), by tile: the tiles `tiles` holds, for other items */
+  struct placed *holds;
+  /* The rest belongs to the work item that has it. */
+  cudaStream_t stream;
+  cudaEvent_t event; /* recorded after an item's work */
+  uint8_t *tiles;    /* cap decoded tiles, RGB (device) */
+  uint8_t *rgba;     /* channels 4: the tiles widened to RGBA (device); else NULL */
+  uint8_t *staging;  /* pinned: whole JPEG streams of the chunk being decoded */
   size_t staging_cap;
-  uint64_t *indices;
-  struct tsr_canvas *canvases;        /* batch_cap */
-  const struct tsr_canvas **painting; /* batch_cap: the canvases one CPU tile paints */
-  bool *on_cpu;                       /* batch_cap */
-  struct pair *pairs;
-  size_t pairs_cap;
-  /* tile_cap each: the chunk's tiles and what nvJPEG is given. */
-  uint64_t *chunk_tiles;
-  size_t *chunk_at; /* where each tile's stream starts in staging */
-  int *chunk_index; /* its place in the tile buffer, or -1: the CPU's */
+  nvjpegJpegState_t state;
+  int initialized; /* the batch size `state` was initialized for; 0: none */
+  size_t decoded;  /* holds[0 .. decoded): the item's tiles, to offer once it is done */
+  /* cap each: the item's jobs, their status, their place in `tiles` (-1: none), the lane they
+   * are copied from instead (or NULL) and their place there, where their stream lies in
+   * staging, and what nvJPEG is given. */
+  struct tsr_tile_job **jobs;
+  tessera_status *status;
+  int *place;
+  struct lane **from;
+  uint32_t *from_place;
+  size_t *at;
   const unsigned char **data;
   size_t *lengths;
   nvjpegImage_t *images;
-  nvjpegJpegState_t state;
-  int initialized;      /* the batch size `state` was initialized for; 0: none */
-  cudaStream_t stream;  /* where the batch's work is queued (the batch's `stream`) */
-  cudaEvent_t done;     /* recorded after the batch's work */
-  cudaEvent_t released; /* recorded on the consumer's stream at release */
-  cudaEvent_t lent;     /* recorded on a lender's stream after its tiles were copied here */
-  cudaEvent_t mark;     /* recorded here before tiles are copied into `tiles` from elsewhere */
-  bool wait_released;   /* the next batch made here must wait for `released` */
-  /* The host pass's progress, from one of its items to the next. */
-  size_t npairs, next_pair; /* the GPU's (tile, patch) pairs; the next chunk's first */
-  bool gpu_patches;         /* some patches are the GPU's */
-  bool started;             /* the pass's first step is done */
-  bool chunk_queued;        /* `done` was recorded after a chunk the next one must wait for */
-  /* The chunk whose tiles `tiles` holds: chunk_tiles[0 .. held) at chunk_index (>= 0), which
-   * later batches may copy rather than decode while this slot is the iterator's lender.
-   * Written by the host pass only while the slot is not the lender; guarded by the iterator's
-   * lock. */
-  size_t held;
+  struct lane **sources; /* the lanes copied from (pinned), nsources of max_lanes */
+  size_t nsources;
+  struct gslot **touched; /* the slots the item writes into */
+  size_t ntouched, touched_cap;
 };
 
-/* The back end's state: set at creation, then only read, but for the queue of host passes. */
+/* The back end's state: set at creation, then only read, but where marked. */
 struct gpu_iter {
   const struct tsr_batch_plan *L; /* the engine's */
   const struct tsr_cuda *cuda;
   struct tsr_nvjpeg_decoder *decoder;
-  bool gpu_level;                 /* the level's tiles may go to nvJPEG */
-  size_t tile_bytes;              /* a decoded tile: tile_w x tile_h x 3 */
-  size_t tile_cap;                /* tiles the tile buffer holds; 0 when !gpu_level */
-  struct gslot *todo, *todo_tail; /* slots waiting for their host pass, in batch order;
-                                     guarded by the iterator's lock */
-  pthread_mutex_t *lock;          /* the iterator's */
-  /* The slot whose tile buffer last received a decoded chunk: a tile that a chunk of another
-   * batch needs and that it holds is copied from there on the GPU instead of being read and
-   * decoded again (a tile shared by batches in flight is decoded once). Guarded by lock. */
-  struct gslot *lender;
+  bool gpu_level;        /* the level's tiles may go to nvJPEG */
+  size_t tile_bytes;     /* a decoded tile: tile_w x tile_h x channels */
+  size_t cap;            /* jobs a work item takes at most: tiles a lane's buffer holds */
+  size_t max_lanes;      /* ring_size: the device memory of the slots' tile buffers before */
+  pthread_mutex_t *lock; /* the iterator's */
+  /* Guarded by lock. */
+  struct tsr_tile_jobs jobs;
+  struct lane **lanes;
+  size_t nlanes;
+  uint64_t fills; /* chunks decoded so far */
 };
 
 /* ---- CUDA helpers ---- */
@@ -148,52 +163,44 @@ static void leave_device(const struct gpu_iter *it, const struct device_scope *d
     it->cuda->rt.cudaSetDevice(d->previous);
 }
 
-/* ---- slots ---- */
+/* ---- slots and lanes ---- */
+
+/* Waits for the stream's work, then destroys it (if made). */
+static void drop_stream(const struct tsr_cudart *rt, cudaStream_t stream) {
+  if (stream) {
+    rt->cudaStreamSynchronize(stream);
+    rt->cudaStreamDestroy(stream);
+  }
+}
+
+static void drop_event(const struct tsr_cudart *rt, cudaEvent_t event) {
+  if (event)
+    rt->cudaEventDestroy(event);
+}
 
 static void free_slot(struct gpu_iter *it, struct gslot *sl) {
   const struct tsr_cudart *rt = &it->cuda->rt;
+  if (sl->stream) /* no work may still use what is freed */
+    rt->cudaStreamSynchronize(sl->stream);
   if (sl->wait_released)
     rt->cudaEventSynchronize(sl->released);
   rt->cudaFree(sl->dev);
-  rt->cudaFree(sl->dev_rgb);
-  rt->cudaFree(sl->tiles);
   rt->cudaFreeHost(sl->host);
-  rt->cudaFreeHost(sl->staging);
-  if (sl->done)
-    rt->cudaEventDestroy(sl->done);
-  if (sl->released)
-    rt->cudaEventDestroy(sl->released);
-  if (sl->lent)
-    rt->cudaEventDestroy(sl->lent);
-  if (sl->mark)
-    rt->cudaEventDestroy(sl->mark);
-  if (sl->state)
-    it->cuda->jpeg.nvjpegJpegStateDestroy(sl->state);
-  if (sl->stream)
-    rt->cudaStreamDestroy(sl->stream);
+  drop_event(rt, sl->ready);
+  drop_event(rt, sl->done);
+  drop_event(rt, sl->released);
+  drop_stream(rt, sl->stream);
   tsr_free(sl->indices);
   tsr_free(sl->canvases);
-  tsr_free(sl->painting);
-  tsr_free(sl->on_cpu);
-  tsr_free(sl->pairs);
-  tsr_free(sl->chunk_tiles);
-  tsr_free(sl->chunk_at);
-  tsr_free(sl->chunk_index);
-  tsr_free(sl->data);
-  tsr_free(sl->lengths);
-  tsr_free(sl->images);
   tsr_free(sl);
 }
 
-/* Allocates a slot's buffers (device current, lock held). */
+/* Allocates a slot's buffers (device current). */
 static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
   const struct tsr_cudart *rt = &it->cuda->rt;
-  size_t b = it->L->batch_cap, cap = it->tile_cap;
-  sl->indices = tsr_malloc(b * sizeof *sl->indices);
-  sl->canvases = tsr_malloc(b * sizeof *sl->canvases);
-  sl->painting = tsr_malloc(b * sizeof *sl->painting);
-  sl->on_cpu = tsr_malloc(b * sizeof *sl->on_cpu);
-  if (!sl->indices || !sl->canvases || !sl->painting || !sl->on_cpu)
+  sl->indices = tsr_malloc(it->L->batch_cap * sizeof *sl->indices);
+  sl->canvases = tsr_malloc(it->L->batch_cap * sizeof *sl->canvases);
+  if (!sl->indices || !sl->canvases)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
   /* A stream per batch buffer, so batches in preparation overlap on the GPU. */
   CUDA_TRY(it, rt->cudaStreamCreateWithFlags(&sl->stream, cudaStreamNonBlocking),
@@ -201,39 +208,83 @@ static tessera_status fill_slot(struct gpu_iter *it, struct gslot *sl) {
   CUDA_TRY(it,
            rt->cudaEventCreateWithFlags(&sl->done, cudaEventDisableTiming | cudaEventBlockingSync),
            "cudaEventCreateWithFlags");
+  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->ready, cudaEventDisableTiming),
+           "cudaEventCreateWithFlags");
   CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->released, cudaEventDisableTiming),
            "cudaEventCreateWithFlags");
-  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->lent, cudaEventDisableTiming),
-           "cudaEventCreateWithFlags");
-  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&sl->mark, cudaEventDisableTiming),
-           "cudaEventCreateWithFlags");
   CUDA_TRY(it, rt->cudaMalloc((void **)&sl->dev, it->L->batch_bytes), "cudaMalloc (a batch)");
-  if (cap == 0)
-    return TESSERA_OK;
-  if (it->L->channels == 4)
-    CUDA_TRY(it,
-             rt->cudaMalloc((void **)&sl->dev_rgb, b * (size_t)it->L->width * it->L->height * 3),
-             "cudaMalloc (RGB patches)");
-  CUDA_TRY(it, rt->cudaMalloc((void **)&sl->tiles, cap * it->tile_bytes), "cudaMalloc (tiles)");
-  sl->chunk_tiles = tsr_malloc(cap * sizeof *sl->chunk_tiles);
-  sl->chunk_at = tsr_malloc(cap * sizeof *sl->chunk_at);
-  sl->chunk_index = tsr_malloc(cap * sizeof *sl->chunk_index);
-  sl->data = tsr_malloc(cap * sizeof *sl->data);
-  sl->lengths = tsr_malloc(cap * sizeof *sl->lengths);
-  sl->images = tsr_calloc(cap, sizeof *sl->images);
-  if (!sl->chunk_tiles || !sl->chunk_at || !sl->chunk_index || !sl->data || !sl->lengths ||
-      !sl->images)
+  CUDA_TRY(it, rt->cudaHostAlloc((void **)&sl->host, it->L->batch_bytes, cudaHostAllocDefault),
+           "cudaHostAlloc (patches painted on the CPU)");
+  return TESSERA_OK;
+}
+
+static void free_lane(struct gpu_iter *it, struct lane *l) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  if (l->stream) /* no work may still use what is freed */
+    rt->cudaStreamSynchronize(l->stream);
+  rt->cudaFree(l->tiles);
+  rt->cudaFree(l->rgba);
+  rt->cudaFreeHost(l->staging);
+  drop_event(rt, l->event);
+  if (l->state)
+    it->cuda->jpeg.nvjpegJpegStateDestroy(l->state);
+  drop_stream(rt, l->stream);
+  tsr_free(l->holds);
+  tsr_free(l->jobs);
+  tsr_free(l->status);
+  tsr_free(l->place);
+  tsr_free(l->from);
+  tsr_free(l->from_place);
+  tsr_free(l->at);
+  tsr_free(l->data);
+  tsr_free(l->lengths);
+  tsr_free(l->images);
+  tsr_free(l->sources);
+  tsr_free(l->touched);
+  tsr_free(l);
+}
+
+/* Allocates a lane's buffers (device current). */
+static tessera_status fill_lane(struct gpu_iter *it, struct lane *l) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  size_t cap = it->cap;
+  l->jobs = tsr_malloc(cap * sizeof *l->jobs);
+  l->status = tsr_malloc(cap * sizeof *l->status);
+  l->place = tsr_malloc(cap * sizeof *l->place);
+  l->from = tsr_malloc(cap * sizeof *l->from);
+  l->from_place = tsr_malloc(cap * sizeof *l->from_place);
+  l->sources = tsr_malloc(it->max_lanes * sizeof *l->sources);
+  if (!l->jobs || !l->status || !l->place || !l->from || !l->from_place || !l->sources)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
-  nvjpegStatus_t s = it->cuda->jpeg.nvjpegJpegStateCreate(it->decoder->handle, &sl->state);
+  CUDA_TRY(it, rt->cudaStreamCreateWithFlags(&l->stream, cudaStreamNonBlocking),
+           "cudaStreamCreateWithFlags");
+  CUDA_TRY(it, rt->cudaEventCreateWithFlags(&l->event, cudaEventDisableTiming),
+           "cudaEventCreateWithFlags");
+  if (!it->gpu_level)
+    return TESSERA_OK;
+  CUDA_TRY(it, rt->cudaMalloc((void **)&l->tiles, cap * it->tile_bytes), "cudaMalloc (tiles)");
+  if (it->L->channels == 4)
+    CUDA_TRY(it, rt->cudaMalloc((void **)&l->rgba, cap * it->tile_bytes / 3 * 4),
+             "cudaMalloc (RGBA tiles)");
+  l->holds = tsr_malloc(cap * sizeof *l->holds);
+  l->at = tsr_malloc(cap * sizeof *l->at);
+  l->data = tsr_malloc(cap * sizeof *l->data);
+  l->lengths = tsr_malloc(cap * sizeof *l->lengths);
+  l->images = tsr_calloc(cap, sizeof *l->images);
+  if (!l->holds || !l->at || !l->data || !l->lengths || !l->images)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
+  nvjpegStatus_t s = it->cuda->jpeg.nvjpegJpegStateCreate(it->decoder->handle, &l->state);
   if (s != NVJPEG_STATUS_SUCCESS) {
-    sl->state = NULL;
+    l->state = NULL;
     return tsr_error(TESSERA_E_NOMEM, "nvjpegJpegStateCreate failed: %s (%d)",
                      tsr_nvjpeg_status_name(s), (int)s);
   }
   return TESSERA_OK;
 }
 
-/* A new slot (lock held). */
+/* A new slot, and with each of the first slots a lane, so that the device memory of an
+ * iterator is made as its first batches are; lanes with no tile buffers (the CPU's tiles) are
+ * made all at once (lock held). */
 static tessera_status gpu_new_slot(struct tessera_batch_iter *engine, struct tsr_batch_slot **out) {
   struct gpu_iter *it = engine->backend;
   struct gslot *sl = tsr_calloc(1, sizeof *sl);
@@ -242,6 +293,16 @@ static tessera_status gpu_new_slot(struct tessera_batch_iter *engine, struct tsr
   struct device_scope d;
   enter_device(it, &d);
   tessera_status st = fill_slot(it, sl);
+  size_t want = it->gpu_level ? it->nlanes + 1 : it->max_lanes;
+  while (st == TESSERA_OK && it->nlanes < want && it->nlanes < it->max_lanes) {
+    struct lane *l = tsr_calloc(1, sizeof *l);
+    if (!l)
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
+    else if ((st = fill_lane(it, l)) != TESSERA_OK)
+      free_lane(it, l);
+    else
+      it->lanes[it->nlanes++] = l;
+  }
   if (st != TESSERA_OK)
     free_slot(it, sl);
   leave_device(it, &d);
@@ -250,82 +311,244 @@ static tessera_status gpu_new_slot(struct tessera_batch_iter *engine, struct tsr
   return st;
 }
 
-/* ---- one batch's host pass ---- */
+/* ---- copies into a batch ---- */
 
-static int pair_order(const void *a, const void *b) {
-  const struct pair *p = a, *q = b;
-  if (p->tile != q->tile)
-    return p->tile < q->tile ? -1 : 1;
-  return p->patch < q->patch ? -1 : p->patch > q->patch;
+/* A rectangle in level pixels. */
+struct rect {
+  int64_t x0, y0, x1, y1;
+};
+
+/* Queues on `stream` the copy of the part of patch p within r, from src, where level pixel
+ * (sx, sy) lies and rows are pitch bytes apart (channels as the patch). */
+static tessera_status copy_part(struct gpu_iter *it, cudaStream_t stream, struct gslot *sl,
+                                size_t p, struct rect r, const uint8_t *src, int64_t sx,
+                                int64_t sy, size_t pitch, enum cudaMemcpyKind kind) {
+  const struct tsr_canvas *c = &sl->canvases[p];
+  int64_t x0 = r.x0 > c->lx ? r.x0 : c->lx, y0 = r.y0 > c->ly ? r.y0 : c->ly;
+  int64_t x1 = r.x1 < c->lx + c->width ? r.x1 : c->lx + c->width;
+  int64_t y1 = r.y1 < c->ly + c->height ? r.y1 : c->ly + c->height;
+  if (x1 <= x0 || y1 <= y0)
+    return TESSERA_OK;
+  size_t ch = c->channels;
+  uint8_t *dst = sl->dev + p * it->L->patch_bytes + (size_t)(y0 - c->ly) * c->stride +
+                 (size_t)(x0 - c->lx) * ch;
+  src += (size_t)(y0 - sy) * pitch + (size_t)(x0 - sx) * ch;
+  CUDA_TRY(it,
+           it->cuda->rt.cudaMemcpy2DAsync(dst, c->stride, src, pitch, (size_t)(x1 - x0) * ch,
+                                          (size_t)(y1 - y0), kind, stream),
+           kind == cudaMemcpyHostToDevice ? "cudaMemcpy2DAsync (pixels painted on the CPU)"
+                                          : "cudaMemcpy2DAsync (a tile into a patch)");
+  return TESSERA_OK;
 }
 
-static bool add_pair(struct gslot *sl, size_t *n, uint64_t tile, uint32_t patch) {
-  if (*n == sl->pairs_cap) {
-    size_t cap = sl->pairs_cap ? sl->pairs_cap * 2 : 64;
-    struct pair *p = tsr_realloc(sl->pairs, cap * sizeof *p);
-    if (!p)
-      return false;
-    sl->pairs = p;
-    sl->pairs_cap = cap;
-  }
-  sl->pairs[(*n)++] = (struct pair){tile, patch};
-  return true;
+/* Queues on `stream` the copy of the part r of patch p that the CPU painted in host memory. */
+static tessera_status copy_painted(struct gpu_iter *it, cudaStream_t stream, struct gslot *sl,
+                                   size_t p, struct rect r) {
+  const struct tsr_canvas *c = &sl->canvases[p];
+  return copy_part(it, stream, sl, p, r, c->dst, c->lx, c->ly, c->stride, cudaMemcpyHostToDevice);
 }
 
-/* Adds a (tile, patch) pair for every tile the canvas of patch p covers. */
-static bool add_patch_tiles(const struct gpu_iter *it, struct gslot *sl, size_t *n, size_t p) {
+/* Queues the copy of patch p's fill (its parts outside the level, painted by
+ * tsr_canvas_fill_outside or tsr_canvas_fill) on the slot's stream. `inside`: whether any of
+ * it lies inside. */
+static tessera_status copy_fill(struct gpu_iter *it, struct gslot *sl, size_t p, bool inside) {
+  const struct tsr_canvas *c = &sl->canvases[p];
   const struct tsr_level *lv = &it->L->s->levels[it->L->level];
-  int64_t tx0, ty0, tx1, ty1;
-  if (!tsr_canvas_tiles(&sl->canvases[p], lv, &tx0, &ty0, &tx1, &ty1))
-    return true;
-  for (int64_t ty = ty0; ty <= ty1; ty++)
-    for (int64_t tx = tx0; tx <= tx1; tx++)
-      if (!add_pair(sl, n, (uint64_t)ty * lv->across + (uint64_t)tx, (uint32_t)p))
-        return false;
+  int64_t cx1 = c->lx + c->width, cy1 = c->ly + c->height;
+  if (!inside)
+    return copy_painted(it, sl->stream, sl, p, (struct rect){c->lx, c->ly, cx1, cy1});
+  int64_t x0 = c->lx > 0 ? c->lx : 0, y0 = c->ly > 0 ? c->ly : 0;
+  int64_t x1 = cx1 < lv->width ? cx1 : lv->width, y1 = cy1 < lv->height ? cy1 : lv->height;
+  const struct rect bands[4] = {{c->lx, c->ly, cx1, y0},
+                                {c->lx, y1, cx1, cy1},
+                                {c->lx, y0, x0, y1},
+                                {x1, y0, cx1, y1}};
+  tessera_status st = TESSERA_OK;
+  for (int b = 0; b < 4 && st == TESSERA_OK; b++)
+    st = copy_painted(it, sl->stream, sl, p, bands[b]);
+  return st;
+}
+
+/* ---- scheduling ---- */
+
+/* Lays out the slot's batch: every patch's canvas in host memory, its fill painted and copied
+ * to the device, then `ready` recorded; its tiles (or, by_patch, the patch) queued as jobs
+ * (lock held). */
+static tessera_status gpu_schedule(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = (struct gslot *)base;
+  const struct tsr_level *lv = &it->L->s->levels[it->L->level];
+  base->pub.data = sl->dev;
+  base->pub.indices = sl->indices;
+  base->pub.device = TESSERA_DEVICE_CUDA;
+  base->pub.device_id = it->L->device_id;
+  base->pub.stream = sl->stream;
+  base->pub.consumer_stream = NULL;
+  struct device_scope d;
+  enter_device(it, &d);
+  tessera_status st = TESSERA_OK;
+  if (sl->wait_released) {
+    cudaError_t e = it->cuda->rt.cudaStreamWaitEvent(sl->stream, sl->released, 0);
+    if (e != cudaSuccess)
+      st = cuda_failed(it->cuda, e, "cudaStreamWaitEvent");
+  }
+  for (size_t p = 0; p < base->pub.count && st == TESSERA_OK; p++) {
+    struct tsr_canvas *c = &sl->canvases[p];
+    uint8_t *host = sl->host + p * it->L->patch_bytes;
+    bool near = tsr_batch_patch(it->L, base->pub.number, p, host, c, &sl->indices[p]);
+    bool inside = near && c->lx >= 0 && c->ly >= 0 && c->lx + c->width <= lv->width &&
+                  c->ly + c->height <= lv->height;
+    int64_t tx0, ty0, tx1, ty1;
+    if (!near)
+      tsr_canvas_fill(c);
+    if (!inside) {
+      bool some = near && tsr_canvas_fill_outside(c, lv);
+      if ((st = copy_fill(it, sl, p, some)) != TESSERA_OK || !some)
+        continue;
+    }
+    if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
+      continue;
+    if (it->L->by_patch) {
+      st = tsr_tile_jobs_need_patch(&it->jobs, base, (uint32_t)p);
+      continue;
+    }
+    for (int64_t ty = ty0; ty <= ty1 && st == TESSERA_OK; ty++)
+      for (int64_t tx = tx0; tx <= tx1 && st == TESSERA_OK; tx++)
+        st = tsr_tile_jobs_need_tile(&it->jobs, (uint64_t)ty * lv->across + (uint64_t)tx, base,
+                                     (uint32_t)p);
+  }
+  cudaError_t e = it->cuda->rt.cudaEventRecord(sl->ready, sl->stream);
+  if (e != cudaSuccess) { /* lanes then wait for nothing: make the fill complete now */
+    it->cuda->rt.cudaStreamSynchronize(sl->stream);
+    if (st == TESSERA_OK)
+      st = cuda_failed(it->cuda, e, "cudaEventRecord");
+  }
+  leave_device(it, &d);
+  return st;
+}
+
+/* ---- a work item: a chunk of jobs in a lane ---- */
+
+static int placed_order(const void *a, const void *b) {
+  const struct placed *p = a, *q = b;
+  return p->tile < q->tile ? -1 : p->tile > q->tile;
+}
+
+/* A lane for the next item (lock held), or NULL when each is busy, pinned or, unless `wait`,
+ * still read by the GPU. Prefers one holding no tiles, then the one whose tiles were decoded
+ * longest ago, so that tiles decoded lately stay to be copied. */
+static struct lane *take_lane(struct gpu_iter *it, bool wait) {
+  struct lane *best = NULL;
+  bool best_ready = false;
+  for (size_t i = 0; i < it->nlanes; i++) {
+    struct lane *l = it->lanes[i];
+    if (l->busy || l->pins > 0)
+      continue;
+    bool ready = !l->in_flight || it->cuda->rt.cudaEventQuery(l->event) != cudaErrorNotReady;
+    if (!ready && !wait)
+      continue;
+    uint64_t age = l->held ? l->filled + 1 : 0, best_age = best && best->held ? best->filled + 1 : 0;
+    if (!best || (ready && !best_ready) || (ready == best_ready && age < best_age)) {
+      best = l;
+      best_ready = ready;
+    }
+  }
+  if (best)
+    best->busy = true;
+  return best;
+}
+
+/* The lane other than l holding tile, and its place there (lock held). */
+static struct lane *holder(const struct gpu_iter *it, const struct lane *l, uint64_t tile,
+                           uint32_t *place) {
+  for (size_t i = 0; i < it->nlanes; i++) {
+    const struct lane *m = it->lanes[i];
+    struct placed key = {tile, 0}, *at;
+    if (m != l && m->held > 0 &&
+        (at = bsearch(&key, m->holds, m->held, sizeof key, placed_order)) != NULL) {
+      *place = at->place;
+      return it->lanes[i];
+    }
+  }
+  return NULL;
+}
+
+/* Takes up to cap queued jobs into the lane; those whose tile another lane holds are to be
+ * copied from there, and that lane is pinned (lock held). Returns how many. */
+static size_t take_jobs(struct gpu_iter *it, struct lane *l) {
+  size_t k = 0;
+  l->nsources = 0;
+  for (struct tsr_tile_job *j; k < it->cap && (j = tsr_tile_jobs_pop(&it->jobs)) != NULL; k++) {
+    l->jobs[k] = j;
+    l->status[k] = TESSERA_OK;
+    l->place[k] = -1;
+    l->from[k] = it->gpu_level ? holder(it, l, j->tile, &l->from_place[k]) : NULL;
+    struct lane *m = l->from[k];
+    size_t s = 0;
+    while (m && s < l->nsources && l->sources[s] != m)
+      s++;
+    if (m && s == l->nsources) {
+      l->sources[l->nsources++] = m;
+      m->pins++;
+    }
+  }
+  return k;
+}
+
+/* Adds a slot the item writes into (each once). */
+static bool touch(struct lane *l, struct gslot *sl) {
+  for (size_t i = 0; i < l->ntouched; i++)
+    if (l->touched[i] == sl)
+      return true;
+  if (l->ntouched == l->touched_cap) {
+    size_t cap = l->touched_cap ? 2 * l->touched_cap : 8;
+    struct gslot **t = tsr_realloc(l->touched, cap * sizeof *t);
+    if (!t)
+      return false;
+    l->touched = t;
+    l->touched_cap = cap;
+  }
+  l->touched[l->ntouched++] = sl;
   return true;
 }
 
 /* Makes the pinned staging buffer hold n bytes. Its old contents are no longer needed: the
- * work that read them is done (the batch before finished, or the chunk before is done). */
-static tessera_status reserve_staging(struct gpu_iter *it, struct gslot *sl, size_t n) {
-  if (n <= sl->staging_cap)
+ * GPU is done reading them (the lane was taken ready, or waited for). */
+static tessera_status reserve_staging(struct gpu_iter *it, struct lane *l, size_t n) {
+  if (n <= l->staging_cap)
     return TESSERA_OK;
   const struct tsr_cudart *rt = &it->cuda->rt;
-  rt->cudaFreeHost(sl->staging);
-  sl->staging = NULL;
-  sl->staging_cap = 0;
+  rt->cudaFreeHost(l->staging);
+  l->staging = NULL;
+  l->staging_cap = 0;
   size_t cap = n + n / 2;
-  CUDA_TRY(it, rt->cudaHostAlloc((void **)&sl->staging, cap, cudaHostAllocDefault),
+  CUDA_TRY(it, rt->cudaHostAlloc((void **)&l->staging, cap, cudaHostAllocDefault),
            "cudaHostAlloc (compressed tiles)");
-  sl->staging_cap = cap;
+  l->staging_cap = cap;
   return TESSERA_OK;
 }
 
-/* Reads the chunk's tiles not copied from a lender (chunk_index -1) into staging as whole
- * streams; those fit for nvJPEG get a place in the tile buffer (from 0 up: below the places
- * of copied tiles, which count down from k - 1), the others keep -1. Returns how many have a
- * place. */
-static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k, size_t *good) {
+/* Reads the chunk's tiles not copied from another lane into staging as whole streams; those
+ * fit for nvJPEG get a place in the tile buffer. Returns how many have one. */
+static tessera_status read_tiles(struct gpu_iter *it, struct lane *l, size_t k, size_t *good) {
   const tessera_slide *s = it->L->s;
   const struct tsr_level *lv = &s->levels[it->L->level];
   size_t need = 0;
-  for (size_t i = 0; i < k; i++) {
-    sl->chunk_at[i] = need;
+  for (size_t t = 0; t < k; t++) {
+    l->at[t] = need;
     /* None to give (too large for a read, say): the CPU gives the tile, or the error. */
-    if (sl->chunk_index[i] < 0)
-      need += tsr_tile_source_stream_size(s, it->L->level, sl->chunk_tiles[i]);
+    if (!l->from[t])
+      need += tsr_tile_source_stream_size(s, it->L->level, l->jobs[t]->tile);
   }
-  tessera_status st = reserve_staging(it, sl, need ? need : 1);
+  tessera_status st = reserve_staging(it, l, need ? need : 1);
   if (st != TESSERA_OK)
     return st;
   *good = 0;
-  for (size_t i = 0; i < k; i++) {
-    uint64_t tile = sl->chunk_tiles[i];
-    if (sl->chunk_index[i] >= 0) /* copied from a lender */
+  for (size_t t = 0; t < k; t++) {
+    uint64_t tile = l->jobs[t]->tile;
+    if (l->from[t] || tsr_tile_source_stream_size(s, it->L->level, tile) == 0)
       continue;
-    if (tsr_tile_source_stream_size(s, it->L->level, tile) == 0)
-      continue;
-    uint8_t *at = sl->staging + sl->chunk_at[i];
+    uint8_t *at = l->staging + l->at[t];
     bool missing;
     size_t len;
     /* A tile that cannot be read is left to the CPU, which reports it as every read does. */
@@ -334,341 +557,249 @@ static tessera_status read_chunk(struct gpu_iter *it, struct gslot *sl, size_t k
         !tsr_gpu_jpeg_supported(at, len, lv->tile_w, lv->tile_h, it->decoder->interpolates))
       continue;
     size_t g = (*good)++;
-    sl->chunk_index[i] = (int)g;
-    sl->data[g] = at;
-    sl->lengths[g] = len;
-    memset(&sl->images[g], 0, sizeof sl->images[g]);
-    sl->images[g].channel[0] = sl->tiles + g * it->tile_bytes;
-    sl->images[g].pitch[0] = (size_t)lv->tile_w * 3;
+    l->place[t] = (int)g;
+    l->data[g] = at;
+    l->lengths[g] = len;
+    memset(&l->images[g], 0, sizeof l->images[g]);
+    l->images[g].channel[0] = l->tiles + g * it->tile_bytes;
+    l->images[g].pitch[0] = (size_t)lv->tile_w * 3;
   }
   return TESSERA_OK;
 }
 
-/* Queues the copy of tile `slot_index`'s part of patch p into the patch (RGB). */
-static tessera_status copy_part(struct gpu_iter *it, struct gslot *sl, uint64_t tile, size_t g,
-                                size_t p) {
-  const struct tsr_level *lv = &it->L->s->levels[it->L->level];
-  const struct tsr_canvas *c = &sl->canvases[p];
-  int64_t x0 = (int64_t)(tile % lv->across) * lv->tile_w;
-  int64_t y0 = (int64_t)(tile / lv->across) * lv->tile_h;
-  int64_t ix0 = x0 > c->lx ? x0 : c->lx, iy0 = y0 > c->ly ? y0 : c->ly;
-  int64_t ix1 = x0 + lv->tile_w, iy1 = y0 + lv->tile_h;
-  if (ix1 > c->lx + c->width)
-    ix1 = c->lx + c->width;
-  if (iy1 > c->ly + c->height)
-    iy1 = c->ly + c->height;
-  if (ix1 <= ix0 || iy1 <= iy0)
-    return TESSERA_OK;
-  size_t w = (size_t)it->L->width, patch_rgb = w * (size_t)it->L->height * 3;
-  uint8_t *base = it->L->channels == 3 ? sl->dev : sl->dev_rgb;
-  uint8_t *dst = base + p * patch_rgb + ((size_t)(iy0 - c->ly) * w + (size_t)(ix0 - c->lx)) * 3;
-  const uint8_t *src =
-      sl->tiles + g * it->tile_bytes + ((size_t)(iy0 - y0) * lv->tile_w + (size_t)(ix0 - x0)) * 3;
-  CUDA_TRY(it,
-           it->cuda->rt.cudaMemcpy2DAsync(dst, w * 3, src, (size_t)lv->tile_w * 3,
-                                          (size_t)(ix1 - ix0) * 3, (size_t)(iy1 - iy0),
-                                          cudaMemcpyDeviceToDevice, sl->stream),
-           "cudaMemcpy2DAsync (a tile into a patch)");
-  return TESSERA_OK;
-}
-
-static int tile_order(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return x < y ? -1 : x > y;
-}
-
-/* The chunk's tiles that the lender holds are copied from its tile buffer into the top places
- * of ours, on the lender's stream (so that its next chunk cannot overwrite them first) after
- * what other batches queued on ours to copy from our buffer (mark); our stream waits for the
- * copies (lent). The other tiles get chunk_index -1, to be read. Lock held. */
-static tessera_status borrow(struct gpu_iter *it, struct gslot *sl, size_t k) {
-  const struct tsr_cudart *rt = &it->cuda->rt;
-  const struct gslot *from = it->lender;
-  for (size_t i = 0; i < k; i++)
-    sl->chunk_index[i] = -1;
-  if (!from || from == sl)
-    return TESSERA_OK;
-  cudaError_t e = cudaSuccess;
-  const char *what = NULL;
-  size_t top = k;
-  for (size_t i = 0; i < k && e == cudaSuccess; i++) {
-    const uint64_t *at =
-        bsearch(&sl->chunk_tiles[i], from->chunk_tiles, from->held, sizeof *at, tile_order);
-    int g = at ? from->chunk_index[at - from->chunk_tiles] : -1;
-    if (g < 0)
-      continue;
-    if (top == k) {
-      what = "cudaEventRecord (before copying tiles from another batch)";
-      e = rt->cudaEventRecord(sl->mark, sl->stream);
-      if (e == cudaSuccess)
-        e = rt->cudaStreamWaitEvent(from->stream, sl->mark, 0);
-      if (e != cudaSuccess)
-        break;
-    }
-    what = "cudaMemcpyAsync (a tile decoded for another batch)";
-    e = rt->cudaMemcpyAsync(sl->tiles + (top - 1) * it->tile_bytes,
-                            from->tiles + (size_t)g * it->tile_bytes, it->tile_bytes,
-                            cudaMemcpyDeviceToDevice, from->stream);
-    if (e == cudaSuccess)
-      sl->chunk_index[i] = (int)--top;
-  }
-  if (top < k) { /* even after a failure: what was queued is waited for before tiles is reused */
-    cudaError_t r = rt->cudaEventRecord(sl->lent, from->stream);
-    if (r == cudaSuccess)
-      r = rt->cudaStreamWaitEvent(sl->stream, sl->lent, 0);
-    if (r != cudaSuccess) {
-      rt->cudaStreamSynchronize(from->stream);
-      if (e == cudaSuccess) {
-        e = r;
-        what = "cudaStreamWaitEvent (tiles copied from another batch)";
-      }
-    }
-  }
-  return e == cudaSuccess ? TESSERA_OK : cuda_failed(it->cuda, e, what);
-}
-
-/* Makes the slot the iterator's lender of the chunk just queued (or, publish false, no longer
- * the lender: its tile buffer is about to change). */
-static void lend(struct gpu_iter *it, struct gslot *sl, bool publish, size_t k) {
-  pthread_mutex_lock(it->lock);
-  if (publish) {
-    sl->held = k;
-    it->lender = sl;
-  } else if (it->lender == sl) {
-    it->lender = NULL;
-  }
-  pthread_mutex_unlock(it->lock);
-}
-
-/* The GPU's patches: the tiles of the chunk starting at pair next_pair (pairs sorted) decoded
- * by nvJPEG, or copied from a lender, and copied into them; next_pair moves past the chunk.
- * Patches needing a tile nvJPEG does not get are moved to the CPU. */
-static tessera_status decode_chunk(struct gpu_iter *it, struct gslot *sl) {
+/* nvJPEG decodes the `good` tiles with a place; if it cannot, they go to the CPU. Channels 4:
+ * the decoded tiles widened to RGBA, alpha 255. */
+static tessera_status decode_tiles(struct gpu_iter *it, struct lane *l, size_t k, size_t good) {
   const struct tsr_nvjpeg *jp = &it->cuda->jpeg;
-  size_t n = sl->npairs, i = sl->next_pair;
-  lend(it, sl, false, 0);
-  size_t k = 0, end = i;
-  while (end < n && k < it->tile_cap) {
-    uint64_t tile = sl->pairs[end].tile;
-    sl->chunk_tiles[k++] = tile;
-    while (end < n && sl->pairs[end].tile == tile)
-      end++;
-  }
-  pthread_mutex_lock(it->lock);
-  tessera_status st = borrow(it, sl, k);
-  pthread_mutex_unlock(it->lock);
-  size_t good = 0;
-  if (st == TESSERA_OK)
-    st = read_chunk(it, sl, k, &good);
-  if (st != TESSERA_OK)
-    return st;
-  if (good > 0) {
-    /* Initialized again when the batch size changes, and after a failure (which nvJPEG's
-     * header says the call also resets). */
-    nvjpegStatus_t s = NVJPEG_STATUS_SUCCESS;
-    if (sl->initialized != (int)good) {
-      s = jp->nvjpegDecodeBatchedInitialize(it->decoder->handle, sl->state, (int)good, 1,
-                                            NVJPEG_OUTPUT_RGBI);
-      sl->initialized = s == NVJPEG_STATUS_SUCCESS ? (int)good : 0;
-    }
-    if (s == NVJPEG_STATUS_SUCCESS)
-      s = jp->nvjpegDecodeBatched(it->decoder->handle, sl->state, sl->data, sl->lengths, sl->images,
-                                  sl->stream);
-    if (s != NVJPEG_STATUS_SUCCESS) { /* the CPU decodes them instead, and judges them */
-      sl->initialized = 0;
-      for (size_t t = 0; t < k; t++)
-        if (sl->chunk_index[t] < (int)good) /* not one copied from a lender */
-          sl->chunk_index[t] = -1;
-    }
-  }
-  bool any = false;
-  for (size_t t = 0; t < k && !any; t++)
-    any = sl->chunk_index[t] >= 0;
-  if (any)
-    lend(it, sl, true, k);
-  for (size_t t = 0, j = i; t < k; t++) {
-    for (; j < end && sl->pairs[j].tile == sl->chunk_tiles[t]; j++) {
-      uint32_t p = sl->pairs[j].patch;
-      if (sl->chunk_index[t] < 0)
-        sl->on_cpu[p] = true;
-      else if (!sl->on_cpu[p] && (st = copy_part(it, sl, sl->chunk_tiles[t],
-                                                 (size_t)sl->chunk_index[t], p)) != TESSERA_OK)
-        return st;
-    }
-  }
-  sl->next_pair = end;
-  return TESSERA_OK;
-}
-
-/* Channels 4: the RGB patches widened to RGBA, alpha 255 (the CPU's patches come after). */
-static tessera_status widen(struct gpu_iter *it, struct gslot *sl, size_t count) {
   const struct tsr_cudart *rt = &it->cuda->rt;
-  size_t pixels = count * (size_t)it->L->width * (size_t)it->L->height;
-  CUDA_TRY(it,
-           rt->cudaMemcpy2DAsync(sl->dev, 4, sl->dev_rgb, 3, 3, pixels, cudaMemcpyDeviceToDevice,
-                                 sl->stream),
-           "cudaMemcpy2DAsync (RGB to RGBA)");
-  CUDA_TRY(it, rt->cudaMemset2DAsync(sl->dev + 3, 4, 255, 1, pixels, sl->stream),
-           "cudaMemset2DAsync (alpha)");
-  return TESSERA_OK;
-}
-
-/* The CPU's patches: painted as a CPU batch paints them, each tile decoded once for all the
- * patches that need it (with by_patch, each patch's tiles one after another), then copied to
- * their places (consecutive patches in one copy). */
-static tessera_status paint_on_cpu(struct gpu_iter *it, struct gslot *sl, size_t count) {
-  const struct tsr_cudart *rt = &it->cuda->rt;
-  const struct tsr_level *lv = &it->L->s->levels[it->L->level];
-  size_t pb = it->L->patch_bytes, n = 0, m = 0;
-  bool any = false;
-  for (size_t p = 0; p < count && !any; p++)
-    any = sl->on_cpu[p];
-  if (!any)
+  if (good == 0)
     return TESSERA_OK;
-  if (!sl->host)
-    CUDA_TRY(it, rt->cudaHostAlloc((void **)&sl->host, it->L->batch_bytes, cudaHostAllocDefault),
-             "cudaHostAlloc (patches painted on the CPU)");
-  for (size_t p = 0; p < count; p++) {
-    if (!sl->on_cpu[p])
-      continue;
-    struct tsr_canvas *c = &sl->canvases[p];
-    c->dst = sl->host + p * pb;
-    uint64_t index;
-    if (!tsr_batch_patch(it->L, sl->base.pub.number, p, c->dst, c, &index)) {
-      tsr_canvas_fill(c);
-      continue;
-    }
-    if (!tsr_canvas_fill_outside(c, lv))
-      continue;
-    if (it->L->by_patch)
-      sl->painting[m++] = c; /* tiles too small to list: painted patch by patch below */
-    else if (!add_patch_tiles(it, sl, &n, p))
-      return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
+  /* Initialized again when the batch size changes, and after a failure (which nvJPEG's
+   * header says the call also resets). */
+  nvjpegStatus_t s = NVJPEG_STATUS_SUCCESS;
+  if (l->initialized != (int)good) {
+    s = jp->nvjpegDecodeBatchedInitialize(it->decoder->handle, l->state, (int)good, 1,
+                                          NVJPEG_OUTPUT_RGBI);
+    l->initialized = s == NVJPEG_STATUS_SUCCESS ? (int)good : 0;
   }
-  if (n > 1)
-    qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
-  struct tsr_tile_buffers *b = tsr_tile_buffers_get();
-  if (!b)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
-  tessera_status st = TESSERA_OK;
-  for (size_t i = 0; i < m && st == TESSERA_OK; i++)
-    st = tsr_paint_canvas(it->L->s, it->L->level, sl->painting[i], b);
-  for (size_t i = 0; i < n && st == TESSERA_OK;) {
-    size_t k = 0;
-    uint64_t tile = sl->pairs[i].tile;
-    for (; i < n && sl->pairs[i].tile == tile; i++)
-      sl->painting[k++] = &sl->canvases[sl->pairs[i].patch];
-    st = tsr_paint_tile(it->L->s, it->L->level, tile, sl->painting, k, b);
+  if (s == NVJPEG_STATUS_SUCCESS)
+    s = jp->nvjpegDecodeBatched(it->decoder->handle, l->state, l->data, l->lengths, l->images,
+                                l->stream);
+  if (s != NVJPEG_STATUS_SUCCESS) { /* the CPU decodes them instead, and judges them */
+    l->initialized = 0;
+    for (size_t t = 0; t < k; t++)
+      l->place[t] = -1;
+    return TESSERA_OK;
   }
-  tsr_tile_buffers_trim(b);
-  if (st != TESSERA_OK)
-    return st;
-  for (size_t p = 0; p < count;) {
-    if (!sl->on_cpu[p]) {
-      p++;
-      continue;
-    }
-    size_t q = p;
-    while (q < count && sl->on_cpu[q])
-      q++;
+  if (it->L->channels == 4) {
+    size_t pixels = good * (it->tile_bytes / 3);
     CUDA_TRY(it,
-             rt->cudaMemcpyAsync(sl->dev + p * pb, sl->host + p * pb, (q - p) * pb,
-                                 cudaMemcpyHostToDevice, sl->stream),
-             "cudaMemcpyAsync (patches painted on the CPU)");
-    p = q;
+             rt->cudaMemcpy2DAsync(l->rgba, 4, l->tiles, 3, 3, pixels, cudaMemcpyDeviceToDevice,
+                                   l->stream),
+             "cudaMemcpy2DAsync (RGB to RGBA)");
+    CUDA_TRY(it, rt->cudaMemset2DAsync(l->rgba + 3, 4, 255, 1, pixels, l->stream),
+             "cudaMemset2DAsync (alpha)");
   }
   return TESSERA_OK;
 }
 
-/* The first step of batch sl->base.pub.number's host pass: its patches laid out, the GPU's
- * tile pairs listed (device current). */
-static tessera_status begin_pass(struct gpu_iter *it, struct gslot *sl) {
+/* Queues the copies of job t's tile, decoded at `place` in lane `in`, into its destinations. */
+static tessera_status copy_tile(struct gpu_iter *it, struct lane *l, size_t t,
+                                const struct lane *in, uint32_t place) {
   const struct tsr_level *lv = &it->L->s->levels[it->L->level];
-  size_t count = sl->base.pub.count, n = 0;
-  sl->npairs = sl->next_pair = 0;
-  sl->gpu_patches = false;
-  if (sl->wait_released) {
-    CUDA_TRY(it, it->cuda->rt.cudaStreamWaitEvent(sl->stream, sl->released, 0),
-             "cudaStreamWaitEvent");
-    sl->wait_released = false;
+  const struct tsr_tile_job *j = l->jobs[t];
+  unsigned ch = it->L->channels;
+  size_t bytes = it->tile_bytes / 3 * ch;
+  const uint8_t *src = (ch == 4 ? in->rgba : in->tiles) + (size_t)place * bytes;
+  struct rect r;
+  uint32_t tw, th;
+  tsr_tile_extent(lv, j->tile, &r.x0, &r.y0, &tw, &th);
+  r.x1 = r.x0 + tw;
+  r.y1 = r.y0 + th;
+  for (size_t i = 0; i < j->n; i++) {
+    tessera_status st =
+        copy_part(it, l->stream, (struct gslot *)j->dests[i].slot, j->dests[i].patch, r, src, r.x0,
+                  r.y0, (size_t)lv->tile_w * ch, cudaMemcpyDeviceToDevice);
+    if (st != TESSERA_OK)
+      return st;
   }
-  for (size_t p = 0; p < count; p++) {
-    struct tsr_canvas *c = &sl->canvases[p];
-    bool near = tsr_batch_patch(it->L, sl->base.pub.number, p, NULL, c, &sl->indices[p]);
-    bool inside = near && it->gpu_level && c->lx >= 0 && c->ly >= 0 &&
-                  c->lx + c->width <= lv->width && c->ly + c->height <= lv->height;
-    sl->on_cpu[p] = !inside;
-    if (inside && !add_patch_tiles(it, sl, &n, p))
-      return tsr_error(TESSERA_E_NOMEM, "out of memory scheduling a batch");
-    sl->gpu_patches |= inside;
-  }
-  if (n > 1)
-    qsort(sl->pairs, n, sizeof *sl->pairs, pair_order);
-  sl->npairs = n;
   return TESSERA_OK;
 }
 
-/* The last step of the host pass (st: how the steps before went): the CPU's patches, then
- * `done` recorded (or, if that cannot be, everything queued waited for), so the slot is never
- * reused under the GPU's feet. */
-static tessera_status end_pass(struct gpu_iter *it, struct gslot *sl, tessera_status st) {
-  if (st == TESSERA_OK && sl->gpu_patches && it->L->channels == 4)
-    st = widen(it, sl, sl->base.pub.count);
-  if (st == TESSERA_OK)
-    st = paint_on_cpu(it, sl, sl->base.pub.count);
-  cudaError_t e = it->cuda->rt.cudaEventRecord(sl->done, sl->stream);
-  if (e != cudaSuccess) {
-    tessera_status recorded = cuda_failed(it->cuda, e, "cudaEventRecord");
-    if (st == TESSERA_OK)
-      st = recorded;
-    it->cuda->rt.cudaStreamSynchronize(sl->stream);
+/* Paints job t on the CPU, as a CPU batch does, into its destinations' host canvases, and
+ * queues the copies of their parts; the job's own failure is kept in its status. */
+static tessera_status paint_tile(struct gpu_iter *it, struct lane *l, size_t t,
+                                 struct tsr_tile_buffers *b) {
+  const struct tsr_level *lv = &it->L->s->levels[it->L->level];
+  struct tsr_tile_job *j = l->jobs[t];
+  for (size_t i = 0; i < j->n; i++)
+    j->canvases[i] = &((struct gslot *)j->dests[i].slot)->canvases[j->dests[i].patch];
+  struct rect r;
+  if (it->L->by_patch) {
+    l->status[t] = tsr_paint_canvas(it->L->s, it->L->level, j->canvases[0], b);
+    r = (struct rect){INT64_MIN / 2, INT64_MIN / 2, INT64_MAX / 2, INT64_MAX / 2};
+  } else {
+    l->status[t] = tsr_paint_tile(it->L->s, it->L->level, j->tile, j->canvases, j->n, b);
+    uint32_t tw, th;
+    tsr_tile_extent(lv, j->tile, &r.x0, &r.y0, &tw, &th);
+    r.x1 = r.x0 + tw;
+    r.y1 = r.y0 + th;
   }
+  for (size_t i = 0; i < j->n && l->status[t] == TESSERA_OK; i++) {
+    tessera_status st = copy_painted(it, l->stream, (struct gslot *)j->dests[i].slot,
+                                     j->dests[i].patch, r);
+    if (st != TESSERA_OK)
+      return st;
+  }
+  return TESSERA_OK;
+}
+
+/* Queues the chunk's work on the lane's stream: after the fill of every batch it writes into
+ * and the tiles of the lanes it copies from; its tiles decoded, copied or painted, and copied
+ * into their patches. */
+static tessera_status queue_chunk(struct gpu_iter *it, struct lane *l, size_t k) {
+  const struct tsr_cudart *rt = &it->cuda->rt;
+  l->ntouched = 0;
+  for (size_t t = 0; t < k; t++)
+    for (size_t i = 0; i < l->jobs[t]->n; i++)
+      if (!touch(l, (struct gslot *)l->jobs[t]->dests[i].slot))
+        return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
+  for (size_t i = 0; i < l->ntouched; i++)
+    CUDA_TRY(it, rt->cudaStreamWaitEvent(l->stream, l->touched[i]->ready, 0),
+             "cudaStreamWaitEvent (a batch's fill)");
+  for (size_t i = 0; i < l->nsources; i++)
+    CUDA_TRY(it, rt->cudaStreamWaitEvent(l->stream, l->sources[i]->event, 0),
+             "cudaStreamWaitEvent (tiles decoded for another chunk)");
+  size_t good = 0;
+  tessera_status st = TESSERA_OK;
+  if (it->gpu_level) {
+    if ((st = read_tiles(it, l, k, &good)) != TESSERA_OK ||
+        (st = decode_tiles(it, l, k, good)) != TESSERA_OK)
+      return st;
+  }
+  struct tsr_tile_buffers *b = NULL;
+  size_t held = 0;
+  for (size_t t = 0; t < k && st == TESSERA_OK; t++) {
+    if (l->place[t] >= 0) {
+      l->holds[held++] = (struct placed){l->jobs[t]->tile, (uint32_t)l->place[t]};
+      st = copy_tile(it, l, t, l, (uint32_t)l->place[t]);
+    } else if (l->from[t]) {
+      st = copy_tile(it, l, t, l->from[t], l->from_place[t]);
+    } else if (b || (b = tsr_tile_buffers_get()) != NULL) {
+      st = paint_tile(it, l, t, b);
+    } else {
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
+    }
+  }
+  if (b)
+    tsr_tile_buffers_trim(b);
+  if (held > 1)
+    qsort(l->holds, held, sizeof *l->holds, placed_order);
+  l->decoded = held; /* offered to other items once the lane is given back */
   return st;
 }
 
-/* One work item of the host pass: its first step, one chunk, or its last step. A chunk after
- * the first reuses staging and the tile buffer, so it waits until the GPU is done with the
- * chunk before (`done`, recorded after it); until then the item ends unfinished and the pass
- * is queued again, so the worker gives its thread back meanwhile. Returns whether the pass is
- * finished, with its status in *st. */
-static bool pass_step(struct gpu_iter *it, struct gslot *sl, bool alone, tessera_status *st) {
+/* One work item: a lane and up to cap queued jobs. A pool task that finds no lane free gives
+ * its thread back instead of waiting for the GPU. Returns with the lock held. */
+static void gpu_run(struct tessera_batch_iter *engine, void *item) {
+  (void)item; /* the queue is the back end's: the item only says there is work */
+  struct gpu_iter *it = engine->backend;
   const struct tsr_cudart *rt = &it->cuda->rt;
-  *st = TESSERA_OK;
-  if (!sl->started) {
-    sl->started = true;
-    sl->chunk_queued = false;
-    *st = begin_pass(it, sl);
-  } else if (sl->chunk_queued) {
-    cudaError_t e = rt->cudaEventQuery(sl->done);
-    /* With no other pass queued: the consumer (no workers) has nothing else to do here and
-     * waits, as it would for the batch; a pool task lets other threads run first. */
-    if (e == cudaErrorNotReady && alone && it->L->workers == 0)
-      e = rt->cudaEventSynchronize(sl->done);
-    else if (e == cudaErrorNotReady && alone)
-      sched_yield();
-    if (e == cudaErrorNotReady)
-      return false;
-    sl->chunk_queued = false;
-    if (e != cudaSuccess)
-      *st = cuda_failed(it->cuda, e, "cudaEventQuery");
+  struct device_scope d;
+  enter_device(it, &d);
+  pthread_mutex_lock(&engine->lock);
+  struct lane *l = take_lane(it, it->L->workers == 0 || engine->no_pool);
+  size_t k = l ? take_jobs(it, l) : 0;
+  if (k == 0) {
+    if (l)
+      l->busy = false;
+    pthread_mutex_unlock(&engine->lock);
+    sched_yield(); /* the GPU (or another item) first */
+    leave_device(it, &d);
+    pthread_mutex_lock(&engine->lock);
+    return;
   }
-  if (*st == TESSERA_OK && sl->next_pair < sl->npairs) {
-    *st = decode_chunk(it, sl);
-    if (*st == TESSERA_OK && sl->next_pair < sl->npairs) {
-      cudaError_t e = rt->cudaEventRecord(sl->done, sl->stream);
-      if (e == cudaSuccess) {
-        sl->chunk_queued = true;
-        return false;
-      }
-      *st = cuda_failed(it->cuda, e, "cudaEventRecord");
-    }
+  l->held = 0; /* its tiles are about to be overwritten */
+  bool in_flight = l->in_flight;
+  pthread_mutex_unlock(&engine->lock);
+  tessera_status st = TESSERA_OK;
+  cudaError_t e = in_flight ? rt->cudaEventSynchronize(l->event) : cudaSuccess;
+  if (e != cudaSuccess)
+    st = cuda_failed(it->cuda, e, "cudaEventSynchronize");
+  l->decoded = 0;
+  l->ntouched = 0;
+  if (st == TESSERA_OK)
+    st = queue_chunk(it, l, k);
+  /* The batches written into wait for the lane's work before they are done. */
+  e = rt->cudaEventRecord(l->event, l->stream);
+  for (size_t i = 0; i < l->ntouched && e == cudaSuccess; i++)
+    e = rt->cudaStreamWaitEvent(l->touched[i]->stream, l->event, 0);
+  if (e != cudaSuccess && st == TESSERA_OK)
+    st = cuda_failed(it->cuda, e, "cudaEventRecord");
+  if (st != TESSERA_OK) /* nothing queued may outlive the batches' failure */
+    rt->cudaStreamSynchronize(l->stream);
+  pthread_mutex_lock(&engine->lock);
+  for (size_t i = 0; i < l->nsources; i++) {
+    /* The lane copied from decodes its next chunk only after the copies. */
+    if (st != TESSERA_OK ||
+        rt->cudaStreamWaitEvent(l->sources[i]->stream, l->event, 0) != cudaSuccess)
+      rt->cudaStreamSynchronize(l->stream);
+    l->sources[i]->pins--;
   }
-  sl->started = false;
-  *st = end_pass(it, sl, *st);
-  return true;
+  l->in_flight = st == TESSERA_OK && it->gpu_level; /* only tile buffers' lanes stage */
+  if (st == TESSERA_OK && l->decoded > 0) {
+    l->held = l->decoded;
+    l->filled = ++it->fills;
+  }
+  l->busy = false;
+  for (size_t t = 0; t < k; t++)
+    tsr_tile_jobs_done(engine, &it->jobs, l->jobs[t], st != TESSERA_OK ? st : l->status[t]);
+  leave_device(it, &d);
 }
 
-/* ---- the back end's operations ---- */
+/* Whether an item could run now: jobs are queued and a lane is neither busy nor pinned. When
+ * every lane is, the items that have them look again when they are done, so the tasks of the
+ * other workers end rather than spin (lock held). */
+static bool gpu_queued(const struct tessera_batch_iter *engine) {
+  const struct gpu_iter *it = engine->backend;
+  if (!tsr_tile_jobs_queued(&it->jobs))
+    return false;
+  for (size_t i = 0; i < it->nlanes; i++)
+    if (!it->lanes[i]->busy && it->lanes[i]->pins == 0)
+      return true;
+  return false;
+}
+
+/* A token: the jobs are taken from the queue when the item runs and has a lane. */
+static void *gpu_pop(struct tessera_batch_iter *engine) {
+  return gpu_queued(engine) ? engine->backend : NULL;
+}
+
+static void gpu_drop(struct tessera_batch_iter *engine) {
+  struct gpu_iter *it = engine->backend;
+  tsr_tile_jobs_drop(&it->jobs);
+}
+
+/* The batch is complete when everything written into it is: `done`, recorded after the waits
+ * for the lanes that wrote there. */
+static tessera_status gpu_complete(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
+  struct gpu_iter *it = engine->backend;
+  struct gslot *sl = (struct gslot *)base;
+  struct device_scope d;
+  enter_device(it, &d);
+  cudaError_t e = it->cuda->rt.cudaEventRecord(sl->done, sl->stream);
+  const char *what = "cudaEventRecord";
+  if (e == cudaSuccess) {
+    e = it->cuda->rt.cudaEventSynchronize(sl->done);
+    what = "cudaEventSynchronize";
+  } else {
+    it->cuda->rt.cudaStreamSynchronize(sl->stream);
+  }
+  leave_device(it, &d);
+  return e == cudaSuccess ? TESSERA_OK : cuda_failed(it->cuda, e, what);
+}
+
+/* ---- the rest of the back end's operations ---- */
 
 static tessera_status gpu_init(struct tessera_batch_iter *engine) {
   const struct tsr_batch_plan *L = &engine->L;
@@ -699,97 +830,32 @@ static tessera_status gpu_init(struct tessera_batch_iter *engine) {
   if (st != TESSERA_OK)
     return st;
   const struct tsr_level *lv = &L->s->levels[L->level];
-  size_t tile_bytes;
+  size_t tile_bytes, per_patch = tsr_batch_tiles_per_patch(lv, L->width, L->height);
   /* Tiles too small to schedule one by one are too small for nvJPEG's batches too. */
   it->gpu_level = !L->by_patch && tsr_gpu_level_decodable(lv) &&
                   tsr_mul3(lv->tile_w, lv->tile_h, 3, &tile_bytes) &&
                   tile_bytes <= L->s->limits.max_decoded_tile_bytes;
+  it->cap = 1; /* tiles painted on the CPU: one a work item, so that workers share them */
   if (it->gpu_level) {
     it->tile_bytes = tile_bytes;
-    size_t per_patch = (size_t)((L->width + lv->tile_w - 1) / lv->tile_w + 1) *
-                       (size_t)((L->height + lv->tile_h - 1) / lv->tile_h + 1);
+    /* A lane holds the tiles of one batch at most, as each slot held before. */
     size_t most;
     if (!tsr_mul2(per_patch, L->batch_cap, &most) || most > lv->ntiles)
       most = (size_t)lv->ntiles;
     size_t budget = tsr_gpu_tile_budget / tile_bytes;
-    it->tile_cap = most < budget ? most : budget;
-    if (it->tile_cap == 0)
-      it->tile_cap = 1;
+    it->cap = most < budget ? most : budget;
+    if (it->cap == 0)
+      it->cap = 1;
   }
-  return TESSERA_OK;
-}
-
-/* Queues the rest of the slot's host pass, after the passes queued before (lock held). */
-static void queue_pass(struct gpu_iter *it, struct gslot *sl) {
-  sl->todo = NULL;
-  if (it->todo_tail)
-    it->todo_tail->todo = sl;
-  else
-    it->todo = sl;
-  it->todo_tail = sl;
-}
-
-/* Queues the slot's host pass, made by a worker or the consumer. */
-static tessera_status gpu_schedule(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
-  struct gpu_iter *it = engine->backend;
-  struct gslot *sl = (struct gslot *)base;
-  base->pub.data = sl->dev;
-  base->pub.indices = sl->indices;
-  base->pub.device = TESSERA_DEVICE_CUDA;
-  base->pub.device_id = it->L->device_id;
-  base->pub.stream = sl->stream;
-  base->pub.consumer_stream = NULL;
-  base->pending = 1;
-  sl->started = false;
-  queue_pass(it, sl);
-  return TESSERA_OK;
-}
-
-static void *gpu_pop(struct tessera_batch_iter *engine) {
-  struct gpu_iter *it = engine->backend;
-  struct gslot *sl = it->todo;
-  if (sl && !(it->todo = sl->todo))
-    it->todo_tail = NULL;
-  return sl;
-}
-
-static void gpu_run(struct tessera_batch_iter *engine, void *item) {
-  struct gpu_iter *it = engine->backend;
-  struct gslot *sl = item;
-  struct device_scope d;
-  pthread_mutex_lock(&engine->lock);
-  bool alone = it->todo == NULL;
-  pthread_mutex_unlock(&engine->lock);
-  enter_device(it, &d);
-  tessera_status st;
-  bool finished = pass_step(it, sl, alone, &st);
-  leave_device(it, &d);
-  pthread_mutex_lock(&engine->lock);
-  if (finished)
-    tsr_batch_done(engine, &sl->base, st);
-  else
-    queue_pass(it, sl);
-}
-
-static bool gpu_queued(const struct tessera_batch_iter *engine) {
-  const struct gpu_iter *it = engine->backend;
-  return it->todo != NULL;
-}
-
-static void gpu_drop(struct tessera_batch_iter *engine) {
-  struct gpu_iter *it = engine->backend;
-  it->todo = it->todo_tail = NULL;
-}
-
-/* The batch is complete when its `done` event is. */
-static tessera_status gpu_complete(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
-  struct gpu_iter *it = engine->backend;
-  struct gslot *sl = (struct gslot *)base;
-  struct device_scope d;
-  enter_device(it, &d);
-  cudaError_t e = it->cuda->rt.cudaEventSynchronize(sl->done);
-  leave_device(it, &d);
-  return e == cudaSuccess ? TESSERA_OK : cuda_failed(it->cuda, e, "cudaEventSynchronize");
+  /* Lanes with tile buffers: as many as slots in flight, the device memory of the tile buffers
+   * each slot held before; without: one for each worker too. */
+  it->max_lanes = engine->ring_size;
+  if (!it->gpu_level && it->max_lanes < L->workers)
+    it->max_lanes = L->workers;
+  if (!(it->lanes = tsr_calloc(it->max_lanes, sizeof *it->lanes)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch iterator");
+  return tsr_tile_jobs_init(&it->jobs, L->by_patch ? 1 : per_patch,
+                            L->batch_cap * engine->ring_size);
 }
 
 static void gpu_released(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
@@ -831,16 +897,23 @@ static const char *gpu_decoder(const struct tessera_batch_iter *engine) {
 
 static void gpu_free_slot(struct tessera_batch_iter *engine, struct tsr_batch_slot *base) {
   struct gpu_iter *it = engine->backend;
-  struct gslot *sl = (struct gslot *)base;
   struct device_scope d;
   enter_device(it, &d);
-  if (sl->stream) /* no work may still use what is freed */
-    it->cuda->rt.cudaStreamSynchronize(sl->stream);
-  free_slot(it, sl);
+  free_slot(it, (struct gslot *)base);
   leave_device(it, &d);
 }
 
-static void gpu_free(struct tessera_batch_iter *engine) { tsr_free(engine->backend); }
+static void gpu_free(struct tessera_batch_iter *engine) {
+  struct gpu_iter *it = engine->backend;
+  struct device_scope d;
+  enter_device(it, &d);
+  for (size_t i = 0; i < it->nlanes; i++)
+    free_lane(it, it->lanes[i]);
+  leave_device(it, &d);
+  tsr_tile_jobs_free(&it->jobs);
+  tsr_free(it->lanes);
+  tsr_free(it);
+}
 
 const struct tsr_batch_backend tsr_gpu_batch_backend = {
     .ahead_without_workers = true,

@@ -20,6 +20,7 @@
 #include "check.h"
 #include "damage.h"
 #include "gpu/jpeg_input.h"
+#include "source/tile_source.h"
 #include "tessera.h"
 
 static bool (*sim_peek)(void *dst, const void *src, size_t n);
@@ -447,20 +448,60 @@ static void test_chunks(const char *dir) {
   tessera_close(s);
 }
 
-/* Consecutive batches of the same locations: a tile shared by batches in flight is decoded on
- * the GPU once, and copied on the GPU for the others; pixels stay the CPU's. Without workers
- * the batches are made in order, so each tile is decoded exactly once; with two workers the
- * first two batches may be made at once (each decoding its tiles), later ones copy. */
+/* Tile reads and GPU decodes of a CUDA iterator over the n locations xy, run alone (a CPU
+ * iterator beside it would read tiles too). */
+static void count_reads(tessera_slide *s, const int64_t *xy, size_t n, int64_t w, int64_t h,
+                        const tessera_batch_options *base, uint64_t *reads, long *decoded) {
+  tessera_batch_options o = *base;
+  o.device = TESSERA_DEVICE_CUDA;
+  tessera_batch_iter *it = NULL;
+  uint64_t reads_before = tsr_tile_reads();
+  long decoded_before = sim_decoded_images();
+  CHECK(tessera_batch_iter_create(s, xy, n, w, h, 0, &o, &it) == TESSERA_OK, "%s",
+        tessera_error_message());
+  for (tessera_batch *b = NULL; it && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;)
+    tessera_batch_release(b);
+  tessera_batch_iter_destroy(it);
+  *reads = tsr_tile_reads() - reads_before;
+  *decoded = sim_decoded_images() - decoded_before;
+}
+
+/* Batches of the same locations: a tile shared by patches of batches in flight is read and
+ * decoded on the GPU once, whatever the number of workers, also when a batch's tiles are
+ * decoded in chunks; pixels stay the CPU's. With all 12 batches in flight, the 144 times
+ * patches of the 12 batches need one of the 12 tiles come to 12 reads. With two batches ahead
+ * of the consumer (prefetch_factor 2), tiles the GPU still holds from an earlier batch are
+ * copied on the GPU, not read again: without workers, each tile is decoded exactly once. */
 static void test_shared_tiles(const char *dir) {
   tessera_slide *s = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
   if (!s)
     return;
-  enum { PER_BATCH = 8, BATCHES = 12 };
+  enum { PER_BATCH = 8, BATCHES = 12, TILES = 12 };
   int64_t xy[2 * PER_BATCH * BATCHES];
   for (size_t i = 0; i < PER_BATCH * BATCHES; i++) { /* each patch across 2 x 2 tiles */
     xy[2 * i] = (int64_t)(i % PER_BATCH % 4) * 128 + 70;
     xy[2 * i + 1] = (int64_t)(i % PER_BATCH / 4) * 128 + 90;
   }
+  size_t saved = tsr_gpu_tile_budget;
+  for (size_t chunk = 4; chunk <= TILES; chunk += TILES - 4) {
+    tsr_gpu_tile_budget = chunk * 128 * 128 * 3;
+    for (int workers = 0; workers <= 2; workers++) {
+      tessera_batch_options o;
+      tessera_batch_options_init(&o);
+      o.batch_size = PER_BATCH;
+      o.num_workers = workers;
+      o.prefetch_factor = BATCHES - 1;
+      uint64_t reads;
+      long decoded;
+      count_reads(s, xy, PER_BATCH * BATCHES, 100, 100, &o, &reads, &decoded);
+      CHECK(reads == TILES && decoded == TILES,
+            "all batches in flight, workers %d, chunks of %zu tiles: %llu tile reads and %ld GPU "
+            "decodes for %d batches of the same %d tiles (expected %d)",
+            workers, chunk, (unsigned long long)reads, decoded, BATCHES, TILES, TILES);
+      compare_locations(s, "shared tiles", 0, xy, PER_BATCH * BATCHES, 100, 100, &o, NULL);
+    }
+  }
+  tsr_gpu_tile_budget = saved;
   for (int workers = 0; workers <= 2; workers += 2) {
     tessera_batch_options o;
     tessera_batch_options_init(&o);
@@ -470,7 +511,7 @@ static void test_shared_tiles(const char *dir) {
     long before = sim_decoded_images();
     compare_locations(s, "one batch", 0, xy, PER_BATCH, 100, 100, &o, NULL);
     long tiles = sim_decoded_images() - before; /* tiles of one batch: each decoded once */
-    CHECK(tiles > 0, "no tile decoded on the GPU");
+    CHECK(tiles == TILES, "%ld tiles decoded on the GPU for one batch of %d", tiles, TILES);
     before = sim_decoded_images();
     compare_locations(s, "shared tiles", 0, xy, PER_BATCH * BATCHES, 100, 100, &o, NULL);
     long decoded = sim_decoded_images() - before;
@@ -482,16 +523,17 @@ static void test_shared_tiles(const char *dir) {
   tessera_close(s);
 }
 
-/* Tiles the CUDA back end decodes on the CPU (zstd here) go through the decoded-tile cache: a
- * second stream over the same locations is served from it (hits, no new misses), and its
- * batches are still the CPU's. */
-static void test_cached_cpu_tiles(const char *dir) {
+/* Tiles the CUDA back end decodes on the CPU (zstd here) go through the decoded-tile cache, of
+ * either kind: a first stream of the CUDA iterator alone reads each tile once and puts it in
+ * the cache (whole tiles: not only remembered), a second is served from it (hits, no new
+ * misses, no tile read), and its batches are still the CPU's. */
+static void test_cached_cpu_tiles(const char *dir, tessera_cache_type type) {
   tessera_slide *s = open_testdata(dir, "generic-zstd-1024tiles-pyramid.tiff");
   if (!s)
     return;
   tessera_cache_options co;
   tessera_cache_options_init(&co);
-  co.type = TESSERA_CACHE_PER_PROCESS;
+  co.type = type;
   co.record_stats = 1;
   CHECK(tessera_cache_configure(&co) == TESSERA_OK, "%s", tessera_error_message());
   enum { N = 8 };
@@ -505,22 +547,20 @@ static void test_cached_cpu_tiles(const char *dir) {
   o.batch_size = 4;
   o.num_workers = 1;
   tessera_cache_stats first = {.struct_size = sizeof first}, second = first;
-  compare_locations(s, "cached", 0, xy, N, 1024, 1024, &o, "cpu+copy");
-  tessera_cache_stats_reset(-1);
-  /* The CUDA iterator alone: the CPU iterator of compare_locations would hit the cache too. */
-  o.device = TESSERA_DEVICE_CUDA;
-  tessera_batch_iter *it = NULL;
-  CHECK(tessera_batch_iter_create(s, xy, N, 1024, 1024, 0, &o, &it) == TESSERA_OK, "%s",
-        tessera_error_message());
+  uint64_t reads;
+  long decoded;
+  count_reads(s, xy, N, 1024, 1024, &o, &reads, &decoded);
+  CHECK(reads == N && decoded == 0, "cache type %d: first pass: %llu tile reads, %ld on the GPU",
+        (int)type, (unsigned long long)reads, decoded);
   CHECK(tessera_cache_stats_get(&first) == TESSERA_OK, "%s", tessera_error_message());
-  for (tessera_batch *b = NULL; it && tessera_batch_iter_next(it, &b) == TESSERA_OK && b;)
-    tessera_batch_release(b);
-  tessera_batch_iter_destroy(it);
+  count_reads(s, xy, N, 1024, 1024, &o, &reads, &decoded);
   CHECK(tessera_cache_stats_get(&second) == TESSERA_OK, "%s", tessera_error_message());
-  CHECK(second.hits - first.hits >= N && second.misses == first.misses,
-        "the CUDA iterator's CPU tiles: %llu cache hits, %llu misses on a second pass",
-        (unsigned long long)(second.hits - first.hits),
-        (unsigned long long)(second.misses - first.misses));
+  CHECK(second.hits - first.hits >= N && second.misses == first.misses && reads == 0,
+        "cache type %d: the CUDA iterator's CPU tiles: %llu cache hits, %llu misses, %llu tile "
+        "reads on a second pass",
+        (int)type, (unsigned long long)(second.hits - first.hits),
+        (unsigned long long)(second.misses - first.misses), (unsigned long long)reads);
+  compare_locations(s, "cached", 0, xy, N, 1024, 1024, &o, "cpu+copy");
   co.type = TESSERA_CACHE_NONE;
   tessera_cache_configure(&co);
   tessera_close(s);
@@ -736,7 +776,8 @@ int main(int argc, char **argv) {
   test_equal_to_cpu(dir);
   test_chunks(dir);
   test_shared_tiles(dir);
-  test_cached_cpu_tiles(dir);
+  test_cached_cpu_tiles(dir, TESSERA_CACHE_PER_PROCESS);
+  test_cached_cpu_tiles(dir, TESSERA_CACHE_SHARED_MEMORY);
   test_flat_memory(dir);
   test_abandoned(dir);
   test_no_locations(dir);
