@@ -1,7 +1,8 @@
 /* The CUDA batch iterator, run against the CUDA simulator (sim_cuda.c, built as libcudart and
  * libnvjpeg in the folder given as argv[2]): every batch equals the CPU iterator's batch for the
  * same locations and options, byte for byte (the simulator decodes with libjpeg as the CPU
- * path does), over every edge and fill case; device memory stays flat over a long stream and
+ * path does), over every edge and fill case, also where a patch takes tiles from nvJPEG and
+ * from the CPU; a tile needed by batches in flight is read once; device memory stays flat over a long stream and
  * comes back to nothing when iterators end, are abandoned or fail; the simulator saw no misuse
  * (host touching device memory, copies outside allocations or from unpinned memory). */
 #include <dlfcn.h>
@@ -566,6 +567,71 @@ static void test_cached_cpu_tiles(const char *dir, tessera_cache_type type) {
   tessera_close(s);
 }
 
+/* Writes a 512 x 384 JPEG (YCbCr 4:2:0) pyramid of one level in 128 x 128 tiles, leaving out
+ * tile `missing` (offset and byte count 0); 1 on success. */
+static int write_jpeg_without_tile(const char *path, uint32_t missing) {
+  TIFF *t = TIFFOpen(path, "w");
+  if (!t)
+    return 0;
+  TIFFSetField(t, TIFFTAG_IMAGEWIDTH, 512);
+  TIFFSetField(t, TIFFTAG_IMAGELENGTH, 384);
+  TIFFSetField(t, TIFFTAG_TILEWIDTH, 128);
+  TIFFSetField(t, TIFFTAG_TILELENGTH, 128);
+  TIFFSetField(t, TIFFTAG_SAMPLESPERPIXEL, 3);
+  TIFFSetField(t, TIFFTAG_BITSPERSAMPLE, 8);
+  TIFFSetField(t, TIFFTAG_PLANARCONFIG, PLANARCONFIG_CONTIG);
+  TIFFSetField(t, TIFFTAG_COMPRESSION, COMPRESSION_JPEG);
+  TIFFSetField(t, TIFFTAG_PHOTOMETRIC, PHOTOMETRIC_YCBCR);
+  TIFFSetField(t, TIFFTAG_YCBCRSUBSAMPLING, 2, 2);
+  TIFFSetField(t, TIFFTAG_JPEGQUALITY, 90);
+  TIFFSetField(t, TIFFTAG_JPEGCOLORMODE, JPEGCOLORMODE_RGB);
+  uint8_t tile[128 * 128 * 3];
+  int ok = 1;
+  for (uint32_t i = 0; i < 12 && ok; i++) {
+    if (i == missing)
+      continue;
+    for (size_t p = 0; p < sizeof tile; p++) /* varied, so that every tile decodes apart */
+      tile[p] = (uint8_t)((p * 7 + i * 31 + (p / 384) * 3) & 0xFF);
+    ok = TIFFWriteEncodedTile(t, i, tile, sizeof tile) >= 0;
+  }
+  ok = ok && TIFFWriteDirectory(t);
+  TIFFClose(t);
+  return ok;
+}
+
+/* A patch may take tiles from nvJPEG and from the CPU at once: here the level's missing tile
+ * (fill, alpha 0) beside tiles nvJPEG decodes, in patches inside the level and across its
+ * edges; every batch is the CPU's, with 3 and 4 channels, any fill and workers. */
+static void test_mixed_tiles(void) {
+  char tmp[] = "/tmp/tessera-gpu-mixed-XXXXXX.tiff";
+  int fd = mkstemps(tmp, 5);
+  if (fd >= 0)
+    close(fd);
+  tessera_slide *s = NULL;
+  bool ok = fd >= 0 && write_jpeg_without_tile(tmp, 5) && tessera_open(tmp, &s) == TESSERA_OK;
+  CHECK(ok, "a JPEG pyramid with a missing tile: %s", tessera_error_message());
+  if (!ok) {
+    unlink(tmp);
+    return;
+  }
+  /* Tile 5 is column 1, row 1: patches over it and its neighbours, and across the edges. */
+  int64_t xy[] = {100, 100, 60, 200, 200, 60, 150, 150, -30, 90, 430, 300, 128, 128, 0, 0};
+  size_t n = sizeof xy / sizeof xy[0] / 2;
+  long decoded = sim_decoded_images();
+  for (int k = 0; k < 4; k++) {
+    tessera_batch_options o;
+    tessera_batch_options_init(&o);
+    o.batch_size = 3;
+    o.num_workers = k % 2 ? 2 : 0;
+    o.channels = k < 2 ? 3 : 4;
+    o.fill = k == 3 ? 7 : -1;
+    compare_locations(s, "mixed tiles", 0, xy, n, 120, 110, &o, "nvjpeg-default");
+  }
+  CHECK(sim_decoded_images() > decoded, "no tile of the mixed patches was decoded on the GPU");
+  tessera_close(s);
+  unlink(tmp);
+}
+
 /* tessera_batch_iter_next in a thread of its own. */
 struct next_call {
   tessera_batch_iter *it;
@@ -776,6 +842,7 @@ int main(int argc, char **argv) {
   test_equal_to_cpu(dir);
   test_chunks(dir);
   test_shared_tiles(dir);
+  test_mixed_tiles();
   test_cached_cpu_tiles(dir, TESSERA_CACHE_PER_PROCESS);
   test_cached_cpu_tiles(dir, TESSERA_CACHE_SHARED_MEMORY);
   test_flat_memory(dir);
