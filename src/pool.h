@@ -8,11 +8,12 @@
  * n pool tasks; each task runs the owner's work items one at a time, and after each item it
  * gives its thread back to any other task waiting in the pool's queue (continuing as a new
  * task at the back). An item is one tile (read, decoded, painted into every patch or region
- * that needs it), one patch of tiles too small to schedule one by one, or, for a CUDA batch,
- * one batch's host pass (its tiles read and queued to the GPU, with waits on the GPU between
- * chunks of tiles, and the patches the GPU does not take painted on the CPU): that last is
- * not small, and the thread is given back only after it. No item waits for another item or
- * task; only owners, which are never tasks, wait for their group to be idle. */
+ * that needs it), one patch of tiles too small to schedule one by one, or, for a CUDA batch
+ * iterator, a chunk of tiles (read and queued to nvJPEG and to the copies into every patch
+ * that needs them, without waiting for the GPU; tiles nvJPEG does not get painted on the CPU):
+ * a chunk is up to a device tile buffer's worth of tiles, and the thread is given back only
+ * after it. No item waits for another item, task or the GPU; only owners, which are never
+ * tasks, wait for their group to be idle. */
 #ifndef TSR_POOL_H
 #define TSR_POOL_H
 

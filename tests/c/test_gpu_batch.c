@@ -98,7 +98,7 @@ static int64_t *locations(tessera_slide *s, int32_t level, size_t n, int64_t w, 
 }
 
 /* Streams the same locations through a CPU and a CUDA iterator and compares every batch. */
-/* Destroy waits only for host passes already running: the iterator's tasks still queued in the
+/* Destroy waits only for work items already running: the iterator's tasks still queued in the
  * pool let go as they come up, and the last one frees the iterator. Waits (at most a minute)
  * for the simulator's counts to come back to the given ones; the caller then checks them. */
 static void settle(size_t device, size_t pinned, long streams, long events) {
