@@ -7,9 +7,11 @@
  * takes up to tile_cap queued jobs (a chunk) and a lane: the device buffer of decoded tiles,
  * pinned staging for their streams, nvJPEG's state, a CUDA stream and an event, which items use
  * one after another. Everything the item asks of the GPU is queued on the lane's stream:
- *  1. The chunk's tiles that another idle lane still holds from an earlier chunk are not read
- *     again but copied from its tile buffer (the lane is pinned meanwhile, and its stream then
- *     waits for the copies, so that its next chunk cannot overwrite them first).
+ *  1. The chunk's tiles that the lane itself or another idle lane still holds from an earlier
+ *     chunk are not read again but copied from where they are (another lane is pinned
+ *     meanwhile, and its stream then waits for the copies, so that its next chunk cannot
+ *     overwrite them first). Lanes are taken least recently used first, so the lanes, one
+ *     per batch in flight, keep the tiles of the latest chunks for the batches that follow.
  *  2. The other tiles are read from the file into staging as whole JPEG streams (the level's
  *     JPEGTables spliced in), checked to be streams nvJPEG decodes as the CPU path does
  *     (gpu/jpeg_input.h), and decoded by nvJPEG's batched decoder into the tile buffer
@@ -103,6 +105,7 @@ struct lane {
   int *place;
   struct lane **from;
   uint32_t *from_place;
+  bool *kept; /* places in `tiles` the item copies from rather than decodes into */
   size_t *at;
   const unsigned char **data;
   size_t *lengths;
@@ -235,6 +238,7 @@ static void free_lane(struct gpu_iter *it, struct lane *l) {
   tsr_free(l->place);
   tsr_free(l->from);
   tsr_free(l->from_place);
+  tsr_free(l->kept);
   tsr_free(l->at);
   tsr_free(l->data);
   tsr_free(l->lengths);
@@ -267,11 +271,12 @@ static tessera_status fill_lane(struct gpu_iter *it, struct lane *l) {
     CUDA_TRY(it, rt->cudaMalloc((void **)&l->rgba, cap * it->tile_bytes / 3 * 4),
              "cudaMalloc (RGBA tiles)");
   l->holds = tsr_malloc(cap * sizeof *l->holds);
+  l->kept = tsr_malloc(cap * sizeof *l->kept);
   l->at = tsr_malloc(cap * sizeof *l->at);
   l->data = tsr_malloc(cap * sizeof *l->data);
   l->lengths = tsr_malloc(cap * sizeof *l->lengths);
   l->images = tsr_calloc(cap, sizeof *l->images);
-  if (!l->holds || !l->at || !l->data || !l->lengths || !l->images)
+  if (!l->holds || !l->kept || !l->at || !l->data || !l->lengths || !l->images)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a batch");
   nvjpegStatus_t s = it->cuda->jpeg.nvjpegJpegStateCreate(it->decoder->handle, &l->state);
   if (s != NVJPEG_STATUS_SUCCESS) {
@@ -458,12 +463,16 @@ static struct lane *take_lane(struct gpu_iter *it, bool wait) {
   return best;
 }
 
-/* The lane other than l holding tile, and its place there (lock held). */
-static struct lane *holder(const struct gpu_iter *it, const struct lane *l, uint64_t tile,
+/* The lane holding tile, l itself first, and its place there (lock held). */
+static struct lane *holder(const struct gpu_iter *it, struct lane *l, uint64_t tile,
                            uint32_t *place) {
+  struct placed key = {tile, 0}, *at;
+  if (l->held > 0 && (at = bsearch(&key, l->holds, l->held, sizeof key, placed_order)) != NULL) {
+    *place = at->place;
+    return l;
+  }
   for (size_t i = 0; i < it->nlanes; i++) {
     const struct lane *m = it->lanes[i];
-    struct placed key = {tile, 0}, *at;
     if (m != l && m->held > 0 &&
         (at = bsearch(&key, m->holds, m->held, sizeof key, placed_order)) != NULL) {
       *place = at->place;
@@ -473,8 +482,9 @@ static struct lane *holder(const struct gpu_iter *it, const struct lane *l, uint
   return NULL;
 }
 
-/* Takes up to cap queued jobs into the lane; those whose tile another lane holds are to be
- * copied from there, and that lane is pinned (lock held). Returns how many. */
+/* Takes up to cap queued jobs into the lane; those whose tile it holds already are copied
+ * from where it is, those whose tile another lane holds from there, and that lane is pinned
+ * (lock held). Returns how many. */
 static size_t take_jobs(struct gpu_iter *it, struct lane *l) {
   size_t k = 0;
   l->nsources = 0;
@@ -487,7 +497,7 @@ static size_t take_jobs(struct gpu_iter *it, struct lane *l) {
     size_t s = 0;
     while (m && s < l->nsources && l->sources[s] != m)
       s++;
-    if (m && s == l->nsources) {
+    if (m && m != l && s == l->nsources) {
       l->sources[l->nsources++] = m;
       m->pins++;
     }
@@ -528,9 +538,11 @@ static tessera_status reserve_staging(struct gpu_iter *it, struct lane *l, size_
   return TESSERA_OK;
 }
 
-/* Reads the chunk's tiles not copied from another lane into staging as whole streams; those
- * fit for nvJPEG get a place in the tile buffer. Returns how many have one. */
-static tessera_status read_tiles(struct gpu_iter *it, struct lane *l, size_t k, size_t *good) {
+/* Reads the chunk's tiles not copied from a lane into staging as whole streams; those fit for
+ * nvJPEG get a place in the tile buffer, one the chunk does not copy from. Returns how many
+ * have one, and the end of the places given. */
+static tessera_status read_tiles(struct gpu_iter *it, struct lane *l, size_t k, size_t *good,
+                                 size_t *top) {
   const tessera_slide *s = it->L->s;
   const struct tsr_level *lv = &s->levels[it->L->level];
   size_t need = 0;
@@ -543,7 +555,11 @@ static tessera_status read_tiles(struct gpu_iter *it, struct lane *l, size_t k, 
   tessera_status st = reserve_staging(it, l, need ? need : 1);
   if (st != TESSERA_OK)
     return st;
-  *good = 0;
+  memset(l->kept, 0, it->cap * sizeof *l->kept);
+  for (size_t t = 0; t < k; t++)
+    if (l->from[t] == l)
+      l->kept[l->from_place[t]] = true;
+  *good = *top = 0;
   for (size_t t = 0; t < k; t++) {
     uint64_t tile = l->jobs[t]->tile;
     if (l->from[t] || tsr_tile_source_stream_size(s, it->L->level, tile) == 0)
@@ -556,20 +572,23 @@ static tessera_status read_tiles(struct gpu_iter *it, struct lane *l, size_t k, 
         missing || len == 0 ||
         !tsr_gpu_jpeg_supported(at, len, lv->tile_w, lv->tile_h, it->decoder->interpolates))
       continue;
+    while (l->kept[*top])
+      ++*top; /* there is room: k places at most are kept or given */
     size_t g = (*good)++;
-    l->place[t] = (int)g;
+    l->place[t] = (int)(*top)++;
     l->data[g] = at;
     l->lengths[g] = len;
     memset(&l->images[g], 0, sizeof l->images[g]);
-    l->images[g].channel[0] = l->tiles + g * it->tile_bytes;
+    l->images[g].channel[0] = l->tiles + (size_t)l->place[t] * it->tile_bytes;
     l->images[g].pitch[0] = (size_t)lv->tile_w * 3;
   }
   return TESSERA_OK;
 }
 
-/* nvJPEG decodes the `good` tiles with a place; if it cannot, they go to the CPU. Channels 4:
- * the decoded tiles widened to RGBA, alpha 255. */
-static tessera_status decode_tiles(struct gpu_iter *it, struct lane *l, size_t k, size_t good) {
+/* nvJPEG decodes the `good` tiles with a place (below top); if it cannot, they go to the CPU.
+ * Channels 4: the places below top widened to RGBA, alpha 255 (those kept again, unchanged). */
+static tessera_status decode_tiles(struct gpu_iter *it, struct lane *l, size_t k, size_t good,
+                                   size_t top) {
   const struct tsr_nvjpeg *jp = &it->cuda->jpeg;
   const struct tsr_cudart *rt = &it->cuda->rt;
   if (good == 0)
@@ -592,7 +611,7 @@ static tessera_status decode_tiles(struct gpu_iter *it, struct lane *l, size_t k
     return TESSERA_OK;
   }
   if (it->L->channels == 4) {
-    size_t pixels = good * (it->tile_bytes / 3);
+    size_t pixels = top * (it->tile_bytes / 3);
     CUDA_TRY(it,
              rt->cudaMemcpy2DAsync(l->rgba, 4, l->tiles, 3, 3, pixels, cudaMemcpyDeviceToDevice,
                                    l->stream),
@@ -670,11 +689,11 @@ static tessera_status queue_chunk(struct gpu_iter *it, struct lane *l, size_t k)
   for (size_t i = 0; i < l->nsources; i++)
     CUDA_TRY(it, rt->cudaStreamWaitEvent(l->stream, l->sources[i]->event, 0),
              "cudaStreamWaitEvent (tiles decoded for another chunk)");
-  size_t good = 0;
+  size_t good = 0, top = 0;
   tessera_status st = TESSERA_OK;
   if (it->gpu_level) {
-    if ((st = read_tiles(it, l, k, &good)) != TESSERA_OK ||
-        (st = decode_tiles(it, l, k, good)) != TESSERA_OK)
+    if ((st = read_tiles(it, l, k, &good, &top)) != TESSERA_OK ||
+        (st = decode_tiles(it, l, k, good, top)) != TESSERA_OK)
       return st;
   }
   struct tsr_tile_buffers *b = NULL;
@@ -684,6 +703,8 @@ static tessera_status queue_chunk(struct gpu_iter *it, struct lane *l, size_t k)
       l->holds[held++] = (struct placed){l->jobs[t]->tile, (uint32_t)l->place[t]};
       st = copy_tile(it, l, t, l, (uint32_t)l->place[t]);
     } else if (l->from[t]) {
+      if (l->from[t] == l)
+        l->holds[held++] = (struct placed){l->jobs[t]->tile, l->from_place[t]};
       st = copy_tile(it, l, t, l->from[t], l->from_place[t]);
     } else if (b || (b = tsr_tile_buffers_get()) != NULL) {
       st = paint_tile(it, l, t, b);

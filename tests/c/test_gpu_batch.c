@@ -520,6 +520,18 @@ static void test_shared_tiles(const char *dir) {
     CHECK(decoded <= most,
           "workers %d: %ld tiles decoded for %d batches of the same %ld tiles (at most %ld)",
           workers, decoded, BATCHES, tiles, most);
+    /* The batches made in order: each tile read once, too, also when the tile buffers hold a
+     * third of the tiles each (the lanes, one per batch in flight, hold them all). */
+    for (size_t chunk = TILES / 3; workers == 0 && chunk <= TILES; chunk += 2 * TILES / 3) {
+      uint64_t reads;
+      tsr_gpu_tile_budget = chunk * 128 * 128 * 3;
+      count_reads(s, xy, PER_BATCH * BATCHES, 100, 100, &o, &reads, &decoded);
+      CHECK(reads == TILES && decoded == TILES,
+            "two batches ahead, chunks of %zu tiles: %llu tile reads and %ld GPU decodes for %d "
+            "batches of the same %d tiles (expected %d)",
+            chunk, (unsigned long long)reads, decoded, BATCHES, TILES, TILES);
+      tsr_gpu_tile_budget = saved;
+    }
   }
   tessera_close(s);
 }
