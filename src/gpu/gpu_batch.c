@@ -4,7 +4,7 @@
  * Work is scheduled by tile, as on the CPU: scheduling a batch lays out its patches and asks
  * the queue of tile jobs shared by the batches in flight (batch/tile_jobs.h) for each tile they
  * overlap, so a tile needed by patches of several batches is one job, read once. A work item
- * takes up to tile_cap queued jobs (a chunk) and a lane: the device buffer of decoded tiles,
+ * takes up to `cap` queued jobs (a chunk) and a lane: the device buffer of decoded tiles,
  * pinned staging for their streams, nvJPEG's state, a CUDA stream and an event, which items use
  * one after another. Everything the item asks of the GPU is queued on the lane's stream:
  *  1. The chunk's tiles that the lane itself or another idle lane still holds from an earlier
@@ -26,10 +26,10 @@
  * Fill (the parts of patches outside the level) is painted on the CPU when the batch is
  * scheduled and copied on the batch's stream, before an event (`ready`) that lanes wait for
  * before writing into the batch; the batch's stream in turn waits for every lane's event after
- * it wrote there, and `done`, recorded when the last job is done, is waited for before the
- * batch is handed out. A worker never waits for the GPU: a lane whose staging the GPU may
- * still read is not taken (when none is free, the item ends and the thread is given back);
- * only the consumer, running items itself, waits for one.
+ * it wrote there, and `done`, recorded there by the consumer once the last job is done, is
+ * waited for before the batch is handed out. A worker never waits for the GPU: a lane whose staging
+ * the GPU may still read is not taken (when none is free, the item ends and the thread is given
+ * back); only the consumer, running items itself, waits for one.
  *
  * Locking: the iterator's lock guards the queue of jobs and the lanes' fields marked so; a lane
  * taken by a work item (busy) is otherwise that item's alone; a slot's buffers belong to the
@@ -81,11 +81,11 @@ struct placed {
 /* Where chunks of tiles are decoded, one after another. */
 struct lane {
   /* Guarded by the iterator's lock. */
-  bool busy;         /* a work item has it */
-  unsigned pins;     /* work items copying tiles out of it: it is not taken meanwhile */
-  bool in_flight;    /* the GPU may still read its staging, until `event` */
-  uint64_t filled;   /* the iterator's count of chunks decoded, when it decoded its tiles */
-  size_t held;       /* holds[0 .. held), by tile: the tiles `tiles` holds, for other items */
+  bool busy;       /* a work item has it */
+  unsigned pins;   /* work items copying tiles out of it: it is not taken meanwhile */
+  bool in_flight;  /* the GPU may still read its staging, until `event` */
+  uint64_t filled; /* the iterator's count of chunks, when its tiles were last used */
+  size_t held;     /* holds[0 .. held), by tile: the tiles `tiles` holds, for other items */
   struct placed *holds;
   /* The rest belongs to the work item that has it. */
   cudaStream_t stream;
@@ -130,7 +130,7 @@ struct gpu_iter {
   struct tsr_tile_jobs jobs;
   struct lane **lanes;
   size_t nlanes;
-  uint64_t fills; /* chunks decoded so far */
+  uint64_t fills; /* chunks done with tiles so far (the clock of `filled`) */
 };
 
 /* ---- CUDA helpers ---- */
@@ -326,8 +326,8 @@ struct rect {
 /* Queues on `stream` the copy of the part of patch p within r, from src, where level pixel
  * (sx, sy) lies and rows are pitch bytes apart (channels as the patch). */
 static tessera_status copy_part(struct gpu_iter *it, cudaStream_t stream, struct gslot *sl,
-                                size_t p, struct rect r, const uint8_t *src, int64_t sx,
-                                int64_t sy, size_t pitch, enum cudaMemcpyKind kind) {
+                                size_t p, struct rect r, const uint8_t *src, int64_t sx, int64_t sy,
+                                size_t pitch, enum cudaMemcpyKind kind) {
   const struct tsr_canvas *c = &sl->canvases[p];
   int64_t x0 = r.x0 > c->lx ? r.x0 : c->lx, y0 = r.y0 > c->ly ? r.y0 : c->ly;
   int64_t x1 = r.x1 < c->lx + c->width ? r.x1 : c->lx + c->width;
@@ -364,10 +364,8 @@ static tessera_status copy_fill(struct gpu_iter *it, struct gslot *sl, size_t p,
     return copy_painted(it, sl->stream, sl, p, (struct rect){c->lx, c->ly, cx1, cy1});
   int64_t x0 = c->lx > 0 ? c->lx : 0, y0 = c->ly > 0 ? c->ly : 0;
   int64_t x1 = cx1 < lv->width ? cx1 : lv->width, y1 = cy1 < lv->height ? cy1 : lv->height;
-  const struct rect bands[4] = {{c->lx, c->ly, cx1, y0},
-                                {c->lx, y1, cx1, cy1},
-                                {c->lx, y0, x0, y1},
-                                {x1, y0, cx1, y1}};
+  const struct rect bands[4] = {
+      {c->lx, c->ly, cx1, y0}, {c->lx, y1, cx1, cy1}, {c->lx, y0, x0, y1}, {x1, y0, cx1, y1}};
   tessera_status st = TESSERA_OK;
   for (int b = 0; b < 4 && st == TESSERA_OK; b++)
     st = copy_painted(it, sl->stream, sl, p, bands[b]);
@@ -440,8 +438,8 @@ static int placed_order(const void *a, const void *b) {
 }
 
 /* A lane for the next item (lock held), or NULL when each is busy, pinned or, unless `wait`,
- * still read by the GPU. Prefers one holding no tiles, then the one whose tiles were decoded
- * longest ago, so that tiles decoded lately stay to be copied. */
+ * still read by the GPU. Prefers one holding no tiles, then the one whose tiles were used
+ * longest ago, so that tiles used lately stay to be copied. */
 static struct lane *take_lane(struct gpu_iter *it, bool wait) {
   struct lane *best = NULL;
   bool best_ready = false;
@@ -452,8 +450,9 @@ static struct lane *take_lane(struct gpu_iter *it, bool wait) {
     bool ready = !l->in_flight || it->cuda->rt.cudaEventQuery(l->event) != cudaErrorNotReady;
     if (!ready && !wait)
       continue;
-    uint64_t age = l->held ? l->filled + 1 : 0, best_age = best && best->held ? best->filled + 1 : 0;
-    if (!best || (ready && !best_ready) || (ready == best_ready && age < best_age)) {
+    uint64_t used = l->held ? l->filled + 1 : 0;
+    if (!best || (ready && !best_ready) ||
+        (ready == best_ready && used < (best->held ? best->filled + 1 : 0))) {
       best = l;
       best_ready = ready;
     }
@@ -665,8 +664,8 @@ static tessera_status paint_tile(struct gpu_iter *it, struct lane *l, size_t t,
     r.y1 = r.y0 + th;
   }
   for (size_t i = 0; i < j->n && l->status[t] == TESSERA_OK; i++) {
-    tessera_status st = copy_painted(it, l->stream, (struct gslot *)j->dests[i].slot,
-                                     j->dests[i].patch, r);
+    tessera_status st =
+        copy_painted(it, l->stream, (struct gslot *)j->dests[i].slot, j->dests[i].patch, r);
     if (st != TESSERA_OK)
       return st;
   }
@@ -740,7 +739,7 @@ static void gpu_run(struct tessera_batch_iter *engine, void *item) {
     pthread_mutex_lock(&engine->lock);
     return;
   }
-  l->held = 0; /* its tiles are about to be overwritten */
+  l->held = 0; /* overwritten from now on, but those the chunk keeps (offered again after) */
   bool in_flight = l->in_flight;
   pthread_mutex_unlock(&engine->lock);
   tessera_status st = TESSERA_OK;

@@ -2,9 +2,10 @@
  * libnvjpeg in the folder given as argv[2]): every batch equals the CPU iterator's batch for the
  * same locations and options, byte for byte (the simulator decodes with libjpeg as the CPU
  * path does), over every edge and fill case, also where a patch takes tiles from nvJPEG and
- * from the CPU; a tile needed by batches in flight is read once; device memory stays flat over a long stream and
- * comes back to nothing when iterators end, are abandoned or fail; the simulator saw no misuse
- * (host touching device memory, copies outside allocations or from unpinned memory). */
+ * from the CPU; a tile needed by batches in flight is read once; device memory stays flat over a
+ * long stream and comes back to nothing when iterators end, are abandoned or fail; the
+ * simulator saw no misuse (host touching device memory, copies outside allocations or from
+ * unpinned memory). */
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
