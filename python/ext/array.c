@@ -59,6 +59,7 @@ PyObject *pyt_array_from_batch(tessera_batch *batch, int squeeze) {
 }
 
 static void array_dealloc(pyt_array *a) {
+  PyTypeObject *type = Py_TYPE(a);
   if (a->weakrefs)
     PyObject_ClearWeakRefs((PyObject *)a);
   if (a->batch) {
@@ -68,7 +69,37 @@ static void array_dealloc(pyt_array *a) {
   free(a->owned);
   Py_XDECREF(a->base);
   pyt_live.arrays--;
-  PyObject_Free(a);
+  /* A subclass's (tessera.CuImage's region) instance was made by its tp_alloc; a subclass
+   * defined in Python drops its reference to the type after this returns. */
+  type->tp_free((PyObject *)a);
+}
+
+/* Array(other): a view of other's pixels, as an instance of the class called: how a subclass
+ * (the region CuImage.read_region returns) shows pixels the library read, without a copy. */
+static PyObject *array_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+  PyObject *src;
+  if (!PyArg_ParseTuple(args, "O!:Array", &pyt_ArrayType, &src))
+    return NULL;
+  if (kwargs && PyDict_Size(kwargs) > 0) {
+    PyErr_SetString(PyExc_TypeError, "Array() takes no keyword arguments");
+    return NULL;
+  }
+  const pyt_array *from = (const pyt_array *)src;
+  pyt_array *a = (pyt_array *)type->tp_alloc(type, 0);
+  if (!a)
+    return NULL;
+  a->data = from->data;
+  a->ndim = from->ndim;
+  for (int i = 0; i < from->ndim; i++) {
+    a->shape[i] = from->shape[i];
+    a->strides[i] = from->strides[i];
+  }
+  a->owned = NULL;
+  a->batch = NULL;
+  a->base = Py_NewRef(from->base ? from->base : src);
+  a->weakrefs = NULL;
+  pyt_live.arrays++;
+  return (PyObject *)a;
 }
 
 static const pyt_array *root_of(const pyt_array *a) {
@@ -296,18 +327,19 @@ static PyObject *get_indices(pyt_array *a, void *c) {
   return t;
 }
 
-/* NumPy's (host memory) or CUDA's array interface. The CUDA one's stream is None: a batch
- * is complete when handed out, so nothing need wait. */
+/* NumPy's (host memory) or CUDA's array interface. strides is None, which the protocol reads
+ * as C-contiguous: every Array is (see array_getbuffer). The CUDA one's stream is None: a
+ * batch is complete when handed out, so nothing need wait. */
 static PyObject *interface(pyt_array *a, int cuda) {
   PyObject *shape = shape_tuple(a);
-  PyObject *strides = ssize_tuple(a->strides, a->ndim);
   PyObject *d = NULL;
-  if (shape && strides)
-    d = Py_BuildValue(cuda ? "{s:O,s:s,s:(NO),s:O,s:i,s:O}" : "{s:O,s:s,s:(NO),s:O,s:i}",
-                      "shape", shape, "typestr", "|u1", "data", PyLong_FromVoidPtr(a->data),
-                      Py_False, "strides", strides, "version", 3, "stream", Py_None);
+  if (shape)
+    d = Py_BuildValue(cuda ? "{s:O,s:s,s:[(ss)],s:(NO),s:O,s:i,s:O,s:O}"
+                           : "{s:O,s:s,s:[(ss)],s:(NO),s:O,s:i}",
+                      "shape", shape, "typestr", "|u1", "descr", "", "|u1", "data",
+                      PyLong_FromVoidPtr(a->data), Py_False, "strides", Py_None, "version", 3,
+                      "mask", Py_None, "stream", Py_None);
   Py_XDECREF(shape);
-  Py_XDECREF(strides);
   return d;
 }
 
@@ -423,11 +455,14 @@ static PyMethodDef array_methods[] = {
 PyTypeObject pyt_ArrayType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "tessera.Array",
-    .tp_doc = "uint8 pixels, (height, width, channels) or (count, height, width, channels). "
+    .tp_doc = "uint8 pixels, (height, width, channels) or (count, height, width, channels); "
+              "Array(other) is a view of another Array's pixels. "
               "np.asarray(a) and torch.from_dlpack(a) use its memory without a copy; the "
               "memory lives as long as anything refers to it.",
     .tp_basicsize = sizeof(pyt_array),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_new = array_new,
+    .tp_free = PyObject_Free,
     .tp_dealloc = (destructor)array_dealloc,
     .tp_repr = (reprfunc)array_repr,
     .tp_as_buffer = &array_as_buffer,
