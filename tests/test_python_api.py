@@ -332,9 +332,13 @@ def test_metadata_equals_openslide(path, name):
             assert img.spacing("XY") == pytest.approx(list(mpp))
             assert img.spacing_units() == ["micrometer", "micrometer", "color"]
         else:
-            assert "openslide.mpp-x" not in props  # no physical size: cuCIM's defaults
-            assert img.spacing("XYC") == [1.0, 1.0, 1.0]
-            assert img.spacing_units("XY") == ["", ""]
+            # a generic TIFF: the physical size its resolution tags give (in centimetres
+            # here, as libvips writes them), as OpenSlide 4 and cuCIM read them
+            assert "openslide.mpp-x" not in props and props["tiff.ResolutionUnit"] == \
+                "centimeter"
+            mpp = [10000.0 / float(props["tiff.%sResolution" % a]) for a in "XY"]
+            assert img.spacing("XYC") == pytest.approx(mpp + [1.0], rel=1e-12)
+            assert img.spacing_units("XY") == ["micrometer", "micrometer"]
         groups = img.metadata
         for prefix in ("aperio", "tiff"):
             theirs = {k[len(prefix) + 1:]: v for k, v in props.items()

@@ -63,10 +63,12 @@ tessera_status tsr_findings_pyramid(const struct tsr_dirs *dirs, struct tsr_find
 void tsr_findings_add_associated(struct tsr_findings *out, size_t dir, const char *name);
 /* tessera.comment from the first ImageDescription. */
 void tsr_findings_common_props(const struct tsr_dirs *dirs, struct tsr_findings *out);
-/* tessera.mpp-x/y from the first directory's resolution, when in centimetres: for vendors
- * whose scanners write it (a generic TIFF's is too often a 72 dpi default to be trusted, and
- * OpenSlide ignores it too). */
-void tsr_findings_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_findings *out);
+/* tessera.mpp-x/y from the first directory's resolution when in centimetres, and when inches
+ * is set in inches too (the TIFF default unit, which a missing ResolutionUnit means): OpenSlide
+ * 4 reads a generic TIFF's so, and cuCIM converts both units. No unit, or a zero or negative
+ * resolution, gives none. */
+void tsr_findings_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_findings *out,
+                                 bool inches);
 /* Whether s begins with prefix (s may be NULL). */
 bool tsr_starts_with(const char *s, const char *prefix);
 

@@ -85,14 +85,19 @@ void tsr_findings_common_props(const struct tsr_dirs *dirs, struct tsr_findings 
   tsr_props_add_string(&out->props, "tessera.comment", dirs->dir[0].description);
 }
 
-void tsr_findings_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_findings *out) {
+void tsr_findings_resolution_mpp(const struct tsr_dirs *dirs, struct tsr_findings *out,
+                                 bool inches) {
   const struct tsr_dir *d0 = &dirs->dir[0];
   if (!d0->has_resolution || !(d0->xres > 0) || !(d0->yres > 0))
     return;
-  /* Micrometres per pixel from pixels per centimetre. Inches are left alone, as OpenSlide
-   * leaves them: writers put 72 dpi in files that never saw a microscope. */
-  if (d0->resolution_unit == 3) {
-    tsr_props_add_double(&out->props, "tessera.mpp-x", 10000.0 / (double)d0->xres);
-    tsr_props_add_double(&out->props, "tessera.mpp-y", 10000.0 / (double)d0->yres);
-  }
+  /* Micrometres per pixel from pixels per centimetre (or inch). */
+  double um_per_unit;
+  if (d0->resolution_unit == 3)
+    um_per_unit = 10000.0;
+  else if (d0->resolution_unit == 2 && inches)
+    um_per_unit = 25400.0;
+  else
+    return;
+  tsr_props_add_double(&out->props, "tessera.mpp-x", um_per_unit / (double)d0->xres);
+  tsr_props_add_double(&out->props, "tessera.mpp-y", um_per_unit / (double)d0->yres);
 }

@@ -1,4 +1,5 @@
-/* Generic tiled (or stripped) TIFF: the pyramid of the first image, nothing else. */
+/* Generic tiled (or stripped) TIFF: the pyramid of the first image, and the physical pixel
+ * size its resolution tags give (in centimetres or inches, as OpenSlide 4 reads them). */
 #include "alloc.h"
 #include "error.h"
 #include "format/format.h"
@@ -7,6 +8,7 @@ static tessera_status generic_open(struct tsr_dirs *dirs, struct tsr_findings *o
   tessera_status st = tsr_findings_pyramid(dirs, out);
   out->background = 0;
   tsr_findings_common_props(dirs, out);
+  tsr_findings_resolution_mpp(dirs, out, true);
   return st;
 }
 

@@ -70,7 +70,8 @@ static tessera_status hamamatsu_open(struct tsr_dirs *dirs, struct tsr_findings 
   tsr_props_add_string(&out->props, "hamamatsu.Reference", d0->ndpi_reference);
   if (d0->ndpi_property_map)
     add_property_map(d0->ndpi_property_map, &out->props);
-  tsr_findings_resolution_mpp(dirs, out);
+  /* centimetres only: an NDPI resolution in inches would be a writer default, not a scan */
+  tsr_findings_resolution_mpp(dirs, out, false);
   tsr_findings_common_props(dirs, out);
   return st;
 }
