@@ -14,9 +14,10 @@ IterableDataset; tessera.dask turns slides into dask arrays.
 """
 
 from ._tessera import Array, BatchIter, TesseraError, library_version
-from ._image import Cache, CuImage, shared_caches, remove_shared_cache
+from ._image import (Cache, CuImage, Region, Slide, SlideNotFoundError, remove_shared_cache,
+                     shared_caches)
+from . import clara
 
-Slide = CuImage
 __version__ = library_version
 
 __all__ = [
@@ -24,8 +25,11 @@ __all__ = [
     "BatchIter",
     "Cache",
     "CuImage",
+    "Region",
     "Slide",
+    "SlideNotFoundError",
     "TesseraError",
+    "clara",
     "remove_shared_cache",
     "shared_caches",
 ]

@@ -1,10 +1,13 @@
-"""CuImage: cuCIM's reading API over tessera._tessera.Slide, and the cache object."""
+"""Slide (tessera's reading API over tessera._tessera.Slide), CuImage (the same, as cuCIM
+behaves: its regions, channels and metadata) and the cache object."""
 
 import math
 import numbers
 import os
+import warnings
 
 from . import _tessera
+from ._cucim import UINT8, CacheType, default_capacity
 
 def _device(device):
     """(0, 0) for the CPU, (1, N) for CUDA device N: from 'cpu', 'cuda', 'gpu', 'cuda:N', or
@@ -78,6 +81,41 @@ def _is_empty(location):
         return False
 
 
+def _dim_order(dim_order):
+    """dim_order (default 'YXC') upper-cased, checked to hold only X, Y and C."""
+    order = str(dim_order or "YXC").upper()
+    if any(d not in "XYC" for d in order):
+        raise ValueError("dim_order %r: the dimensions are X, Y and C" % (dim_order,))
+    return order
+
+
+def _cucim_tiff(props):
+    """The keys cuCIM gives metadata['tiff'], from the TIFF properties: model and software
+    (str, '' when absent), resolution_unit ('inch', 'centimeter', or '' for none),
+    x_resolution and y_resolution (float, 1.0 when absent)."""
+    units = {"inch": "inch", "centimeter": "centimeter"}
+    return {
+        "model": props.get("tiff.Model", ""),
+        "software": props.get("tiff.Software", ""),
+        "resolution_unit": units.get(props.get("tiff.ResolutionUnit"), ""),
+        "x_resolution": _float(props.get("tiff.XResolution"), 1.0),
+        "y_resolution": _float(props.get("tiff.YResolution"), 1.0),
+    }
+
+
+def _json_resolutions(resolutions):
+    """resolutions as cuCIM's metadata block has them: lists where the property has tuples."""
+    return {k: [list(v) if isinstance(v, tuple) else v for v in vals]
+            if isinstance(vals, tuple) else vals for k, vals in resolutions.items()}
+
+
+def _float(text, default):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return default
+
+
 def _reopen(cls, path, limits):
     return cls(path, **limits)
 
@@ -93,28 +131,56 @@ def _absolute(path):
 def _absolute_path(slide):
     """The absolute path of a slide (the file a CuImage opened) or of a path: a process that
     opens it again may have another working directory (Dask workers chdir)."""
-    if isinstance(slide, CuImage):
+    if isinstance(slide, Slide):
         return slide._abspath
     return _absolute(os.fspath(slide.path if isinstance(slide, _tessera.Slide) else slide))
 
 
-class CuImage(_tessera.Slide):
-    """An open whole-slide image, with cuCIM's CuImage reading API.
+class SlideNotFoundError(FileNotFoundError, ValueError):
+    """The file to open does not exist: an OSError (FileNotFoundError) as Python raises for a
+    missing file, and a ValueError as cuCIM raises, so either `except` catches it."""
 
-    CuImage(path) opens the file (OSError when it cannot be read, TesseraError when it is
-    not a slide tessera reads). Keyword limits (max_directories, max_dimension,
+
+class Slide(_tessera.Slide):
+    """An open whole-slide image, read with cuCIM's method names and tessera's defaults.
+
+    Slide(path) opens the file (SlideNotFoundError, both a FileNotFoundError and a
+    ValueError, when it does not exist; OSError when it cannot be read; TesseraError when it
+    is not a slide tessera reads). Keyword limits (max_directories, max_dimension,
     max_tile_bytes, max_decoded_tile_bytes, max_read_bytes; see limits()) replace the
-    library's safe defaults; a read over max_read_bytes (4 GiB) raises TesseraError. Use it as a context manager or call close(). Thread-safe: many
-    threads may read at once. Pickles by absolute path (the receiving process opens the file
-    again, whatever its working directory), and keeps working in a child after fork(), so it
-    can live in a PyTorch Dataset.
+    library's safe defaults; a read over max_read_bytes (4 GiB) raises TesseraError. Use it as
+    a context manager or call close(). Thread-safe: many threads may read at once. Pickles by
+    absolute path (the receiving process opens the file again, whatever its working
+    directory), and keeps working in a child after fork(), so it can live in a PyTorch
+    Dataset.
+
+    Regions are RGB unless channels=4 is asked for, and come back as plain Arrays; metadata
+    has tessera's own properties. CuImage is the same reader with cuCIM's behaviour.
     """
 
     def __init__(self, path, **limits):
-        super().__init__(path, **limits)
+        try:
+            super().__init__(path, **limits)
+        except FileNotFoundError as e:
+            raise SlideNotFoundError(e.errno, "Cannot open the slide (%s)" % os.strerror(
+                e.errno), e.filename) from None
         self._abspath = _absolute(self.path)  # against the working directory it was opened in
         self._levels = [self.level_info(i) for i in range(self.level_count)]
         self._limits = limits
+        self._spacing_xy, self._spacing_unit = self._physical(self.properties())
+        self._channels = self._default_channels()
+
+    def _default_channels(self):
+        return 3
+
+    @staticmethod
+    def _physical(props):
+        """(x, y) size of a level-0 pixel and its unit: micrometres where the slide says (its
+        tessera.mpp-x/y), else 1 with no unit."""
+        try:
+            return (float(props["tessera.mpp-x"]), float(props["tessera.mpp-y"])), "micrometer"
+        except (KeyError, ValueError):
+            return (1.0, 1.0), ""
 
     def __reduce__(self):
         return (_reopen, (type(self), self._abspath, self._limits))
@@ -139,29 +205,21 @@ class CuImage(_tessera.Slide):
 
     @property
     def shape(self):
-        """[height, width, 3] of level 0 (a list, as cuCIM gives it)."""
+        """[height, width, channels] of level 0 (a list, as cuCIM gives it)."""
         lv = self._levels[0]
-        return [lv["height"], lv["width"], 3]
+        return [lv["height"], lv["width"], self._channels]
 
     def size(self, dim_order=""):
         """The size along each dimension of dim_order (default 'YXC'), e.g. size('XY')."""
         lv = self._levels[0]
-        sizes = {"X": lv["width"], "Y": lv["height"], "C": 3}
-        return [sizes[d] for d in self._dim_order(dim_order)]
-
-    @staticmethod
-    def _dim_order(dim_order):
-        order = str(dim_order or "YXC").upper()
-        bad = [d for d in order if d not in "XYC"]
-        if bad:
-            raise ValueError("dim_order %r: the dimensions are X, Y and C" % (dim_order,))
-        return order
+        sizes = {"X": lv["width"], "Y": lv["height"], "C": self._channels}
+        return [sizes[d] for d in _dim_order(dim_order)]
 
     @property
     def dtype(self):
-        import numpy as np
-
-        return np.dtype(np.uint8)
+        """uint8, as cuCIM's DLDataType (code 1, bits 8, lanes 1) that is also NumPy's dtype
+        (== np.uint8, numpy.dtype(img.dtype))."""
+        return UINT8
 
     @property
     def typestr(self):
@@ -169,35 +227,28 @@ class CuImage(_tessera.Slide):
 
     @property
     def channel_names(self):
-        return ["R", "G", "B"]
-
-    def _mpp(self):
-        props = self.properties()
-        try:
-            return float(props["tessera.mpp-x"]), float(props["tessera.mpp-y"])
-        except (KeyError, ValueError):
-            return None
+        return list("RGBA"[:self._channels])
 
     def spacing(self, dim_order=""):
-        """Physical size of a level-0 pixel per dimension: micrometres for X and Y (1.0 when
-        the slide does not say), 1.0 for C."""
-        mpp = self._mpp()
-        x, y = mpp if mpp else (1.0, 1.0)
+        """Physical size of a level-0 pixel per dimension: micrometres for X and Y where the
+        slide says (1.0 where not), 1.0 for C."""
+        x, y = self._spacing_xy
         values = {"X": x, "Y": y, "C": 1.0}
-        return [values[d] for d in self._dim_order(dim_order)]
+        return [values[d] for d in _dim_order(dim_order)]
 
     def spacing_units(self, dim_order=""):
-        unit = "micrometer" if self._mpp() else ""
-        units = {"X": unit, "Y": unit, "C": "color"}
-        return [units[d] for d in self._dim_order(dim_order)]
+        units = {"X": self._spacing_unit, "Y": self._spacing_unit, "C": "color"}
+        return [units[d] for d in _dim_order(dim_order)]
 
     @property
     def origin(self):
-        return [0.0, 0.0]
+        """Where pixel (0, 0) is: [0.0, 0.0, 0.0] (three values, as cuCIM)."""
+        return [0.0, 0.0, 0.0]
 
     @property
     def direction(self):
-        return [[1.0, 0.0], [0.0, 1.0]]
+        """Direction cosines, 3 x 3 (as cuCIM): the identity."""
+        return [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
 
     @property
     def coord_sys(self):
@@ -223,15 +274,23 @@ class CuImage(_tessera.Slide):
     @property
     def metadata(self):
         """The properties grouped by prefix ({'aperio': {'AppMag': '20', ...}, 'tessera': {...},
-        'tiff': {...}}), plus a 'cucim' block describing the image as cuCIM does."""
+        'tiff': {...}}), the 'tiff' group with cuCIM's keys too (model, software,
+        resolution_unit, x_resolution, y_resolution), plus a 'cucim' block describing the
+        image as cuCIM does."""
         groups = {}
-        for key, value in self.properties().items():
+        props = self.properties()
+        for key, value in props.items():
             prefix, dot, rest = key.partition(".")
             if dot:
                 groups.setdefault(prefix, {})[rest] = value
             else:
                 groups.setdefault("", {})[key] = value
-        groups["cucim"] = {
+        groups.setdefault("tiff", {}).update(_cucim_tiff(props))
+        groups["cucim"] = self._cucim_block()
+        return groups
+
+    def _cucim_block(self):
+        return {
             "path": os.fsdecode(self.path),
             "ndim": self.ndim,
             "dims": self.dims,
@@ -244,12 +303,9 @@ class CuImage(_tessera.Slide):
             "origin": self.origin,
             "direction": self.direction,
             "coord_sys": self.coord_sys,
-            "resolutions": {k: [list(v) if isinstance(v, tuple) else v for v in vals]
-                            if isinstance(vals, tuple) else vals
-                            for k, vals in self.resolutions.items()},
+            "resolutions": _json_resolutions(self.resolutions),
             "associated_images": sorted(self.associated_images),
         }
-        return groups
 
     @property
     def associated_images(self):
@@ -272,10 +328,11 @@ class CuImage(_tessera.Slide):
 
     def read_region(self, location=None, size=None, level=0, num_workers=0, batch_size=1,
                     drop_last=False, prefetch_factor=2, shuffle=False, seed=0, device="cpu",
-                    buf=None, shm_name="", *, channels=3, fill=None):
+                    buf=None, shm_name="", *, channels=None, fill=None):
         """Reads one region, or a stream of patches.
 
-        location: one (x, y) in level-0 pixels -> an Array (height, width, channels). A list,
+        location: one (x, y) in level-0 pixels -> an Array (height, width, channels); from a
+        CuImage, a tessera.Region (that Array with cuCIM's image attributes). A list,
         tuple, (n, 2) NumPy array or any iterable of (x, y) pairs, or flat x0, y0, x1, y1, ...
         (as cuCIM) -> an iterator of batches (batch_size, height, width, channels), or of
         (height, width, channels) items when batch_size is 1, with len(); so is one (x, y)
@@ -286,8 +343,9 @@ class CuImage(_tessera.Slide):
         size: (width, height) in pixels of `level`.
         num_workers: threads decoding tiles (a region's, or batches ahead of the consumer).
         batch_size, drop_last, prefetch_factor, shuffle, seed: as cuCIM (and PyTorch).
-        channels: 3 (RGB) or 4 (RGBA, alpha 0 outside the image); fill: 0..255 outside the
-        image (default: the slide's background).
+        channels: 3 (RGB) or 4 (RGBA, alpha 0 outside the image); default 3 (CuImage: 4 for
+        a file whose pixels are not RGB, as cuCIM). fill: 0..255 outside the image (default:
+        the slide's background).
         device: 'cpu', or 'cuda' / 'cuda:N': Arrays in GPU memory (__cuda_array_interface__,
         __dlpack__; .cpu() copies one back), JPEG tiles decoded there by nvJPEG. Where CUDA
         cannot be had, RuntimeError "CUDA is not available: ..." says what is missing.
@@ -301,10 +359,12 @@ class CuImage(_tessera.Slide):
                              "CuImage.cache('shared_memory', ...) to share decoded tiles")
         level = _integer(level, "level")
         if not 0 <= level < len(self._levels):
-            raise ValueError("level %d does not exist: %s has levels 0..%d" % (
-                level, os.fsdecode(self.path), len(self._levels) - 1))
+            n = len(self._levels)
+            # the words in parentheses are cuCIM's, which code written for it matches
+            raise ValueError("level %d does not exist: %s has levels 0..%d ('level' should "
+                             "be less than %d)" % (level, os.fsdecode(self.path), n - 1, n))
         fill = -1 if fill is None else _integer(fill, "fill")
-        channels = _integer(channels, "channels")
+        channels = self._channels if channels is None else _integer(channels, "channels")
         num_workers = _integer(num_workers, "num_workers")
         batch_size = _integer(batch_size, "batch_size")
         whole_level = size is None or (isinstance(size, (list, tuple)) and len(size) == 0)
@@ -318,8 +378,9 @@ class CuImage(_tessera.Slide):
                 # One patch made where batches are: a CUDA iterator of one location.
                 with self.batches([(x, y)], width, height, level, 1, num_workers, False, 1,
                                   False, 0, channels, fill, device, device_id) as one:
-                    return next(iter(one))
-            return self._read(x, y, width, height, level, channels, fill, num_workers)
+                    return self._region(next(iter(one)), level)
+            return self._region(self._read(x, y, width, height, level, channels, fill,
+                                           num_workers), level)
         if whole_level and _is_empty(location):
             # no patch is read: the size only has to be one the iterator takes
             width, height = self._levels[level]["width"], self._levels[level]["height"]
@@ -332,6 +393,10 @@ class CuImage(_tessera.Slide):
                             num_workers, bool(drop_last),
                             _integer(prefetch_factor, "prefetch_factor"), bool(shuffle), seed,
                             channels, fill, device, device_id)
+
+    def _region(self, array, level):
+        """What read_region gives for one region: the Array itself (CuImage: as an image)."""
+        return array
 
     @staticmethod
     def _size(size):
@@ -347,8 +412,8 @@ class CuImage(_tessera.Slide):
                                           level, channels, fill, num_workers)
 
     def __repr__(self):
-        return "<tessera.CuImage path:%s%s>" % (os.fsdecode(self.path),
-                                                " (closed)" if self.closed else "")
+        return "<tessera.%s path:%s%s>" % (type(self).__name__, os.fsdecode(self.path),
+                                           " (closed)" if self.closed else "")
 
     # ---- the cache --------------------------------------------------------------------
 
@@ -358,12 +423,13 @@ class CuImage(_tessera.Slide):
         """Configures the process's decoded-tile cache and returns it; with no type, returns
         the cache configured now.
 
-        type: 'nocache', 'per_process' or 'shared_memory'. memory_capacity: MiB (default
-        1024). capacity: most tiles held (default: no limit but the memory). record_stat:
-        count hits and misses. name (shared_memory): processes configuring the same name share
-        one segment; without one, processes forked afterwards share it. cuCIM's
-        mutex_pool_capacity, list_padding and extra_shared_memory_size are accepted and have
-        no use here.
+        type: 'nocache' (or 'no_cache'), 'per_process' or 'shared_memory' (or a CacheType);
+        any other name means no cache, as in cuCIM, with a warning. memory_capacity: MiB
+        (default 1024). capacity: most tiles held (default: one per 256 x 256 x 3 bytes of
+        memory_capacity, as cuCIM). record_stat: count hits and misses. name (shared_memory):
+        processes configuring the same name share one segment; without one, processes forked
+        afterwards share it. cuCIM's mutex_pool_capacity, list_padding and
+        extra_shared_memory_size are accepted and have no use here.
         """
         unknown = set(cucim_options) - {"mutex_pool_capacity", "list_padding",
                                         "extra_shared_memory_size"}
@@ -372,11 +438,184 @@ class CuImage(_tessera.Slide):
                 sorted(unknown)))
         if type is None:
             return Cache()
+        kind = _cache_type(type)
         mib = 1024 if memory_capacity is None else _integer(memory_capacity, "memory_capacity")
-        items = 0 if capacity is None else _integer(capacity, "capacity")
-        _tessera.cache_configure(type, mib, items, bool(record_stat), name)
-        Cache._name = name if type == "shared_memory" else None
+        items = default_capacity(mib) if capacity is None else _integer(capacity, "capacity")
+        _tessera.cache_configure(kind.config_name, mib, items, bool(record_stat), name)
+        Cache._name = name if kind == CacheType.SharedMemory else None
         return Cache()
+
+
+class CuImage(Slide):
+    """An open whole-slide image, as cuCIM's CuImage: code written for cuCIM runs on it with
+    only its import changed. Opening, limits, pickling and threads as Slide; what differs:
+
+    - read_region of one region gives a region CuImage (tessera.Region): the Array, without a
+      copy, with cuCIM's image attributes (shape, dims, size(), dtype, channel_names,
+      resolutions, spacing(), metadata, ...);
+    - a file whose pixels are not RGB (gray, gray+alpha, RGBA) reads as RGBA by default, and
+      says so (shape, channel_names), as cuCIM reads it;
+    - spacing() of a file whose ResolutionUnit is none is its resolution, without unit;
+    - metadata has the groups cuCIM gives (the vendor's, 'tiff', 'cucim'): tessera's own
+      properties are in properties() and Slide.metadata.
+    """
+
+    def _default_channels(self):
+        return 3 if self._levels[0]["samples_per_pixel"] == 3 else 4
+
+    @staticmethod
+    def _physical(props):
+        xy, unit = Slide._physical(props)
+        if not unit and props.get("tiff.ResolutionUnit") == "none":
+            # cuCIM's spacing without a unit: the resolution tags as they are
+            t = _cucim_tiff(props)
+            xy = (t["x_resolution"], t["y_resolution"])
+        return xy, unit
+
+    @property
+    def metadata(self):
+        """The properties grouped by prefix as cuCIM groups them ({'aperio': {...}, 'tiff':
+        {...}}: 'tiff' with cuCIM's keys beside tessera's), plus the 'cucim' block."""
+        groups = super().metadata
+        del groups["tessera"]
+        return groups
+
+    def _region(self, array, level):
+        region = Region(array)
+        region._image = self
+        region._level = level
+        return region
+
+
+_ARRAY_SHAPE = _tessera.Array.shape
+
+
+class _Shape(tuple):
+    """A shape: a tuple, as NumPy's, that also equals the list cuCIM gives."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return tuple.__eq__(self, tuple(other) if isinstance(other, list) else other)
+
+    def __ne__(self, other):
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    __hash__ = tuple.__hash__
+
+
+class Region(_tessera.Array):
+    """One region CuImage.read_region read: an Array (np.asarray, DLPack, the buffer protocol
+    and, on a GPU, __cuda_array_interface__ show its memory without a copy) with the image
+    attributes cuCIM gives a region: one level the size of the region, spacing divided by
+    the level's downsample (as cuCIM divides it), no associated images, no raw metadata."""
+
+    __slots__ = ("_image", "_level")
+
+    @property
+    def shape(self):
+        return _Shape(_ARRAY_SHAPE.__get__(self))
+
+    @property
+    def dims(self):
+        return "YXC"
+
+    def size(self, dim_order=""):
+        height, width, channels = _ARRAY_SHAPE.__get__(self)
+        sizes = {"X": width, "Y": height, "C": channels}
+        return [sizes[d] for d in _dim_order(dim_order)]
+
+    @property
+    def dtype(self):
+        return UINT8
+
+    @property
+    def channel_names(self):
+        return list("RGBA"[:3 if _ARRAY_SHAPE.__get__(self)[2] == 3 else 4])
+
+    @property
+    def resolutions(self):
+        height, width = _ARRAY_SHAPE.__get__(self)[:2]
+        return {"level_count": 1, "level_dimensions": ((width, height),),
+                "level_downsamples": (1.0,), "level_tile_sizes": ((width, height),)}
+
+    def spacing(self, dim_order=""):
+        downsample = self._image._levels[self._level]["downsample"]
+        x, y = self._image._spacing_xy
+        values = {"X": x / downsample, "Y": y / downsample, "C": 1.0}
+        return [values[d] for d in _dim_order(dim_order)]
+
+    def spacing_units(self, dim_order=""):
+        return self._image.spacing_units(dim_order)
+
+    @property
+    def origin(self):
+        return self._image.origin
+
+    @property
+    def direction(self):
+        return self._image.direction
+
+    @property
+    def coord_sys(self):
+        return self._image.coord_sys
+
+    @property
+    def path(self):
+        return self._image.path
+
+    @property
+    def is_loaded(self):
+        return True
+
+    @property
+    def raw_metadata(self):
+        return ""
+
+    @property
+    def associated_images(self):
+        return set()
+
+    @property
+    def metadata(self):
+        """{'cucim': {...}}: a region has cuCIM's block only."""
+        return {"cucim": {
+            "path": os.fsdecode(self.path),
+            "ndim": self.ndim,
+            "dims": self.dims,
+            "shape": list(self.shape),
+            "dtype": {"code": 1, "bits": 8, "lanes": 1},
+            "typestr": self.typestr,
+            "channel_names": self.channel_names,
+            "spacing": self.spacing(),
+            "spacing_units": self.spacing_units(),
+            "origin": self.origin,
+            "direction": self.direction,
+            "coord_sys": self.coord_sys,
+            "resolutions": _json_resolutions(self.resolutions),
+            "associated_images": [],
+        }}
+
+
+_CACHE_TYPES = {"nocache": CacheType.NoCache, "no_cache": CacheType.NoCache,
+                "per_process": CacheType.PerProcess, "shared_memory": CacheType.SharedMemory}
+
+
+def _cache_type(value):
+    """The CacheType a cache() type argument names."""
+    if isinstance(value, CacheType):
+        return value
+    if not isinstance(value, str):
+        raise TypeError("the cache type is a str ('nocache', 'per_process' or "
+                        "'shared_memory'), not %s" % type(value).__name__)
+    kind = _CACHE_TYPES.get(value)
+    if kind is None:
+        # cuCIM takes any other name for no cache, without a word: so does this, with one
+        warnings.warn("unknown cache type %r: no cache is used (the types are 'nocache', "
+                      "'per_process' and 'shared_memory')" % (value,), stacklevel=3)
+        kind = CacheType.NoCache
+    return kind
 
 
 class Cache:
@@ -391,7 +630,9 @@ class Cache:
 
     @property
     def type(self):
-        return self._stats()["type"]
+        """A CacheType (int(cache.type): 0 none, 1 per_process, 2 shared_memory), which also
+        equals its name ('per_process')."""
+        return CacheType(_CACHE_TYPES[self._stats()["type"]])
 
     @property
     def hit_count(self):
@@ -412,8 +653,8 @@ class Cache:
 
     @property
     def capacity(self):
-        """Most tiles held, or None when only the memory limits it."""
-        return self._stats()["item_capacity"] or None
+        """Most tiles held (0 for no cache)."""
+        return self._stats()["item_capacity"]
 
     @property
     def memory_size(self):
@@ -448,10 +689,33 @@ class Cache:
         return {
             "type": s["type"],
             "memory_capacity": s["memory_capacity"] >> 20,
-            "capacity": s["item_capacity"] or None,
+            "capacity": s["item_capacity"],
             "record_stat": s["record_stats"],
             "name": self._name,
         }
+
+    def reserve(self, memory_capacity, capacity=None):
+        """Grows the cache to memory_capacity MiB and capacity tiles (default: as cache()
+        computes it from memory_capacity), as cuCIM's ImageCache.reserve: a smaller value
+        leaves that limit as it is. A per-process cache is made again at the larger size (the
+        tiles it held are dropped, the statistics restart); a shared-memory segment's size is
+        fixed when it is made, so it is refused there (ValueError); no cache stays none."""
+        mib = _integer(memory_capacity, "memory_capacity")
+        items = default_capacity(mib) if capacity is None else _integer(capacity, "capacity")
+        s = self._stats()
+        kind = CacheType(_CACHE_TYPES[s["type"]])
+        if kind == CacheType.NoCache:
+            return
+        new_bytes = max(s["memory_capacity"], mib << 20)
+        new_items = max(s["item_capacity"], items)
+        if new_bytes == s["memory_capacity"] and new_items == s["item_capacity"]:
+            return
+        if kind == CacheType.SharedMemory:
+            raise ValueError("reserve() cannot grow a shared_memory cache: its segment's size "
+                             "is fixed when made; configure a larger one with "
+                             "CuImage.cache('shared_memory', memory_capacity=...)")
+        _tessera.cache_configure(kind.config_name, new_bytes >> 20, new_items,
+                                 s["record_stats"], None)
 
     def __repr__(self):
         s = self._stats()

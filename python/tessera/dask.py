@@ -20,12 +20,12 @@ import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
-from ._image import CuImage, _absolute_path
+from ._image import Slide, _absolute_path
 
 __all__ = ["to_dask_array", "read_patches"]
 
 _OPEN_MAX = 16
-_open = collections.OrderedDict()  # path -> CuImage, most recently used last
+_open = collections.OrderedDict()  # path -> Slide, most recently used last
 _open_lock = threading.Lock()
 
 
@@ -34,7 +34,7 @@ def _slide(path):
     with _open_lock:
         img = _open.pop(path, None)
         if img is None:
-            img = CuImage(path)
+            img = Slide(path)
         _open[path] = img
         while len(_open) > _OPEN_MAX:  # not closed: a task may still hold it; it closes
             _open.popitem(last=False)      # when the last one lets it go
@@ -81,14 +81,14 @@ def _chunk_sizes(chunks):
 
 
 def to_dask_array(slide, level=0, chunks=(2048, 2048), *, channels=3, fill=None):
-    """Level `level` of a slide (a path or a CuImage) as a lazy dask array (height, width,
+    """Level `level` of a slide (a path or a Slide or CuImage) as a lazy dask array (height, width,
     channels) of uint8, chunked (rows, columns) = chunks; each chunk is one tessera read."""
     path = _path(slide)
     rows, cols = _chunk_sizes(chunks)
     if isinstance(level, bool) or not isinstance(level, numbers.Integral):
         raise TypeError("level must be an integer, not %s" % type(level).__name__)
     level = int(level)
-    with CuImage(path) as img:
+    with Slide(path) as img:
         nlevels = img.level_count
         if not 0 <= level < nlevels:
             raise ValueError("level %r does not exist: %s has levels 0..%d" % (
@@ -126,7 +126,7 @@ def read_patches(slides, size, level=0, batch_size=256, *, channels=3, fill=None
                  num_workers=0):
     """Patches of many slides as one dask array (N, height, width, channels) of uint8.
 
-    slides: an iterable of (slide, locations) with slide a path or a CuImage and locations
+    slides: an iterable of (slide, locations) with slide a path, a Slide or a CuImage and locations
     (n, 2) level-0 (x, y) corners. Each task reads one batch of up to batch_size patches of
     one slide (with num_workers tessera threads); chunks along the first axis are those
     batches, in order: slide by slide, location by location.

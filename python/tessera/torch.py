@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from ._image import CuImage, _absolute_path
+from ._image import Slide, _absolute_path
 
 __all__ = ["PatchDataset"]
 
@@ -40,7 +40,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
     """Batches of patches of one slide, as uint8 tensors (batch_size, height, width, channels)
     (or (height, width, channels) when batch_size is 1).
 
-    slide: a path or a CuImage (only its path is kept: each worker opens the file itself).
+    slide: a path, a Slide or a CuImage (only its path is kept: each worker opens the file itself).
     locations: (n, 2) level-0 (x, y) corners, anything NumPy turns into that; converted to
     int64 once, here. size: (width, height) of `level`.
     num_workers: tessera's decoding threads in each DataLoader worker (0: in its own thread).
@@ -49,7 +49,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
     cache: None (leave the process's cache as it is), 'per_process' (one per worker) or
     'shared_memory' (one for all workers, made here, in the process that builds the dataset,
     and attached by name in spawned workers); cache_memory_capacity in MiB; cache_record_stat
-    counts hits and misses (CuImage.cache() in the main process shows a shared cache's).
+    counts hits and misses (Slide.cache() in the main process shows a shared cache's).
     """
 
     def __init__(self, slide, locations, size, level=0, batch_size=64, *, num_workers=0,
@@ -89,7 +89,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
             self.cache_name = cache_name or "tessera-torch-%d-%s" % (os.getpid(),
                                                                      uuid.uuid4().hex[:12])
             self._configure_cache()
-        with CuImage(self.path) as img:  # fail here, not in a worker, on a bad file, level,
+        with Slide(self.path) as img:  # fail here, not in a worker, on a bad file, level,
             self._batches(img, self.locations[:0]).close()  # size or option (reads nothing)
 
     def set_epoch(self, epoch):
@@ -100,12 +100,12 @@ class PatchDataset(torch.utils.data.IterableDataset):
         worker inherits the parent's, a spawned one attaches to the shared segment by name."""
         if self.cache is None:
             return
-        current = CuImage.cache()
+        current = Slide.cache()
         if current.type == self.cache and (self.cache != "shared_memory" or
                                            current.name == self.cache_name):
             return
-        CuImage.cache(self.cache, memory_capacity=self.cache_memory_capacity,
-                      record_stat=self.cache_record_stat, name=self.cache_name)
+        Slide.cache(self.cache, memory_capacity=self.cache_memory_capacity,
+                    record_stat=self.cache_record_stat, name=self.cache_name)
 
     def _share(self):
         """This worker's contiguous slice of the locations (DDP rank, then DataLoader worker)."""
@@ -126,7 +126,7 @@ class PatchDataset(torch.utils.data.IterableDataset):
     def __iter__(self):
         self._configure_cache()
         locs = self._share()
-        with CuImage(self.path) as img:
+        with Slide(self.path) as img:
             with self._batches(img, locs) as it:
                 for batch in it:
                     yield _as_tensor(batch)
