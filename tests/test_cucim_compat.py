@@ -171,14 +171,16 @@ def test_dtype_is_cucims_and_numpys():
 
 
 def test_clara_module_paths():
-    import tessera.clara
     import tessera.clara.cache
-    from tessera.clara import CuImage as ClaraCuImage, DLDataType, DLDataTypeCode  # noqa: F401
-    from tessera.clara.cache import CacheType, ImageCache, preferred_memory_capacity  # noqa
+    from tessera.clara import CuImage as ClaraCuImage, DLDataType, DLDataTypeCode
+    from tessera.clara.cache import CacheType, ImageCache, preferred_memory_capacity
 
-    assert ClaraCuImage is CuImage and tessera.clara.cache is tessera.clara.cache
+    assert ClaraCuImage is CuImage
+    with CuImage(APERIO) as img:
+        assert DLDataType(DLDataTypeCode.DLUInt, 8, 1) == img.dtype
+    assert tessera.clara.cache.preferred_memory_capacity is preferred_memory_capacity
     assert isinstance(CuImage.cache(), ImageCache)
-    assert callable(preferred_memory_capacity) and int(CacheType.SharedMemory) == 2
+    assert int(CacheType.SharedMemory) == 2
 
 
 # ---- 5. the cache object ----------------------------------------------------------------
