@@ -9,7 +9,9 @@ cuCIM's reading API with only the import changed::
         ...                                                        # (32, 224, 224, 3) each
 
 Arrays share their memory with NumPy (np.asarray), PyTorch (torch.from_dlpack) and anything
-taking the buffer protocol, and stay valid while referenced. tessera.torch has an
+taking the buffer protocol, and stay valid while referenced. cuCIM's other names are under
+the same relative paths (tessera.clara.DLDataType, tessera.clara.cache...); tessera.Slide is
+the same reader with tessera's own defaults (docs/cucim-compat.md). tessera.torch has an
 IterableDataset; tessera.dask turns slides into dask arrays.
 """
 
