@@ -294,6 +294,7 @@ RESOLUTIONS = [
     ((0.3, 0.5), "CENTIMETER"),
     ((2540.0, 5080.0), "INCH"),
     ((9.0, 1.0), "NONE"),
+    (((0, 1), (0, 1)), "INCH"),  # a zero resolution: no physical size
 ]
 
 
@@ -314,8 +315,10 @@ def test_generic_tiff_resolution(tmp_path, resolution, unit):
         if want is None:
             assert "tessera.mpp-x" not in props
             assert img.spacing_units() == ["", "", "color"]
-            # cuCIM's spacing without a unit: the resolution as it is
-            assert img.spacing() == pytest.approx([yres, xres, 1.0], rel=1e-5)
+            if tunit == "":  # cuCIM's spacing without a unit: the resolution as it is
+                assert img.spacing() == pytest.approx([yres, xres, 1.0], rel=1e-5)
+            else:
+                assert img.spacing() == [1.0, 1.0, 1.0]
             assert plain.spacing() == [1.0, 1.0, 1.0]
         else:
             assert float(props["tessera.mpp-x"]) == pytest.approx(want[0], rel=1e-6)
