@@ -466,6 +466,15 @@ typedef struct tessera_cache_stats {
 /* Fills *stats (its struct_size must be set; see Conventions). Thread-safe. */
 TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats);
 
+/* Grows the process's per-process cache in place, keeping its tiles and statistics: its byte
+ * capacity to memory_capacity_mib MiB and its tile capacity to item_capacity (0 there, or a
+ * value below the present one, leaves that limit as it is; a cache without a tile limit keeps
+ * none). Never shrinks. No cache: nothing is done. A shared-memory cache's segment is sized
+ * when it is made: TESSERA_E_UNSUPPORTED (configure a larger one instead). Thread-safe:
+ * reads in progress see either size. */
+TESSERA_API tessera_status tessera_cache_reserve(uint64_t memory_capacity_mib,
+                                                 uint64_t item_capacity);
+
 /* Sets hits, misses and evictions back to 0 (for a shared cache, the segment's: for every
  * process using it); record_stats >= 0 also turns this process's counting on (1) or off (0),
  * -1 leaves it. Thread-safe. */

@@ -239,6 +239,7 @@ def load(path=None):
         "tessera_cache_configure": (ctypes.c_int, [ctypes.POINTER(CacheOptions)]),
         "tessera_cache_stats_get": (ctypes.c_int, [ctypes.POINTER(CacheStats)]),
         "tessera_cache_stats_reset": (None, [ctypes.c_int32]),
+        "tessera_cache_reserve": (ctypes.c_int, [ctypes.c_uint64, ctypes.c_uint64]),
         "tessera_shared_cache_list": (
             ctypes.c_int, [ctypes.POINTER(SharedCacheInfo), ctypes.c_size_t,
                            ctypes.POINTER(ctypes.c_size_t)],

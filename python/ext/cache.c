@@ -92,6 +92,20 @@ PyObject *pyt_cache_reset(PyObject *self, PyObject *arg) {
   Py_RETURN_NONE;
 }
 
+PyObject *pyt_cache_reserve(PyObject *self, PyObject *args) {
+  (void)self;
+  unsigned long long mib, items;
+  if (!PyArg_ParseTuple(args, "KK", &mib, &items))
+    return NULL;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS /* it takes every shard lock */
+  st = tessera_cache_reserve(mib, items);
+  Py_END_ALLOW_THREADS
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  Py_RETURN_NONE;
+}
+
 PyObject *pyt_shared_cache_list(PyObject *self, PyObject *unused) {
   (void)self, (void)unused;
   size_t cap = 16, n = 0;

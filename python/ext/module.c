@@ -125,6 +125,9 @@ static PyMethodDef module_methods[] = {
      "memory_capacity (bytes), record_stats."},
     {"cache_reset", pyt_cache_reset, METH_O,
      "cache_reset(record_stats): zeroes the statistics and turns recording on or off."},
+    {"cache_reserve", pyt_cache_reserve, METH_VARARGS,
+     "cache_reserve(memory_capacity_mib, item_capacity): grows the per-process cache in place "
+     "(keeping its tiles); a value below the present one leaves that limit."},
     {"shared_cache_list", pyt_shared_cache_list, METH_NOARGS,
      "shared_cache_list() -> list of dict: the shared-memory caches of this machine."},
     {"shared_cache_remove", (PyCFunction)(void (*)(void))pyt_shared_cache_remove,

@@ -98,6 +98,7 @@ int pyt_locations(PyObject *obj, int64_t **xy, size_t *n, int *single);
 PyObject *pyt_cache_configure(PyObject *self, PyObject *args, PyObject *kwargs);
 PyObject *pyt_cache_stats(PyObject *self, PyObject *unused);
 PyObject *pyt_cache_reset(PyObject *self, PyObject *arg);
+PyObject *pyt_cache_reserve(PyObject *self, PyObject *args);
 PyObject *pyt_shared_cache_list(PyObject *self, PyObject *unused);
 PyObject *pyt_shared_cache_remove(PyObject *self, PyObject *args, PyObject *kwargs);
 

@@ -697,9 +697,9 @@ class Cache:
     def reserve(self, memory_capacity, capacity=None):
         """Grows the cache to memory_capacity MiB and capacity tiles (default: as cache()
         computes it from memory_capacity), as cuCIM's ImageCache.reserve: a smaller value
-        leaves that limit as it is. A per-process cache is made again at the larger size (the
-        tiles it held are dropped, the statistics restart); a shared-memory segment's size is
-        fixed when it is made, so it is refused there (ValueError); no cache stays none."""
+        leaves that limit as it is. A per-process cache grows in place, keeping its tiles and
+        statistics; a shared-memory segment's size is fixed when it is made, so it is refused
+        there (ValueError); no cache stays none."""
         mib = _integer(memory_capacity, "memory_capacity")
         items = default_capacity(mib) if capacity is None else _integer(capacity, "capacity")
         s = self._stats()
@@ -714,8 +714,7 @@ class Cache:
             raise ValueError("reserve() cannot grow a shared_memory cache: its segment's size "
                              "is fixed when made; configure a larger one with "
                              "CuImage.cache('shared_memory', memory_capacity=...)")
-        _tessera.cache_configure(kind.config_name, new_bytes >> 20, new_items,
-                                 s["record_stats"], None)
+        _tessera.cache_reserve(new_bytes >> 20, new_items)
 
     def __repr__(self):
         s = self._stats()

@@ -102,8 +102,9 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
 #define REGION_EPOCH 32 /* a level's misses between two settings of its region */
 
 struct tsr_ghost {
-  uint64_t capacity;          /* the cache's, in bytes */
-  uint64_t item_capacity;     /* the cache's (0: none), which may narrow the window */
+  /* The cache's capacities (bytes; tiles, 0: none, which may narrow the window): atomic
+   * because tessera_cache_reserve raises them while reads use them. */
+  atomic_uint_fast64_t capacity, item_capacity;
   size_t set_mask;            /* sets - 1 */
   atomic_uint_fast64_t clock; /* bytes missed so far */
   /* Since the window was last set: misses, and those of tiles missed within the capacity's
@@ -128,6 +129,14 @@ static struct tsr_ghost *ghost_create(uint64_t memory_capacity, uint64_t item_ca
   return g;
 }
 
+static uint64_t ghost_capacity(struct tsr_ghost *g) {
+  return atomic_load_explicit(&g->capacity, memory_order_relaxed);
+}
+
+static uint64_t ghost_item_capacity(struct tsr_ghost *g) {
+  return atomic_load_explicit(&g->item_capacity, memory_order_relaxed);
+}
+
 static _Atomic uint64_t *ghost_set(struct tsr_ghost *g, uint64_t hash) {
   return &g->cell[(hash & g->set_mask) * GHOST_WAYS];
 }
@@ -141,8 +150,8 @@ static uint32_t stamp(uint64_t clock) { return (uint32_t)(clock >> GHOST_STAMP_S
  * within the window (the result). The span is the capacity, or the item capacity's worth of
  * such tiles if that is less. */
 static bool ghost_admits(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool *returns) {
-  uint64_t span = g->capacity, items;
-  if (g->item_capacity && !__builtin_mul_overflow(g->item_capacity, bytes, &items) && items < span)
+  uint64_t span = ghost_capacity(g), item_capacity = ghost_item_capacity(g), items;
+  if (item_capacity && !__builtin_mul_overflow(item_capacity, bytes, &items) && items < span)
     span = items;
   span >>= GHOST_STAMP_SHIFT;
   if (span > UINT32_MAX / 2)
@@ -164,10 +173,10 @@ static bool ghost_admits(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool 
 }
 
 /* Whether `tiles` tiles of this many bytes fit in a part (1 / den) of the cache. */
-static bool fits_part(const struct tsr_ghost *g, uint64_t tiles, size_t bytes, unsigned den) {
-  uint64_t total;
-  return !__builtin_mul_overflow(tiles, (uint64_t)bytes, &total) && total <= g->capacity / den &&
-         (!g->item_capacity || tiles <= g->item_capacity / den);
+static bool fits_part(struct tsr_ghost *g, uint64_t tiles, size_t bytes, unsigned den) {
+  uint64_t total, item_capacity = ghost_item_capacity(g);
+  return !__builtin_mul_overflow(tiles, (uint64_t)bytes, &total) &&
+         total <= ghost_capacity(g) / den && (!item_capacity || tiles <= item_capacity / den);
 }
 
 /* Whether the tile's level, or the rectangle its last epoch of misses fell in, is small beside
@@ -182,7 +191,7 @@ static bool ghost_small_beside(struct tsr_ghost *g, const struct tsr_cache_acces
   if (!region && !fits_part(g, a->level_tiles, a->bytes, TSR_CACHE_SMALL_PART))
     return false;
   uint64_t at = atomic_load_explicit(&g->evicted_at, memory_order_relaxed);
-  return at == 0 || atomic_load_explicit(&g->clock, memory_order_relaxed) - (at - 1) > g->capacity;
+  return at == 0 || atomic_load_explicit(&g->clock, memory_order_relaxed) - (at - 1) > ghost_capacity(g);
 }
 
 static void atomic_raise(atomic_uint_fast64_t *a, uint64_t v) {
@@ -392,6 +401,29 @@ TESSERA_API tessera_status tessera_cache_configure(const tessera_cache_options *
   if (last)
     cache_destroy(old);
   return TESSERA_OK;
+}
+
+TESSERA_API tessera_status tessera_cache_reserve(uint64_t memory_capacity_mib,
+                                                 uint64_t item_capacity) {
+  if (memory_capacity_mib > ((uint64_t)1 << 30))
+    return tsr_error(TESSERA_E_ARGUMENT, "memory_capacity_mib must be at most 2^30, not %llu",
+                     (unsigned long long)memory_capacity_mib);
+  struct tsr_cache *c = tsr_cache_acquire();
+  tessera_status st = TESSERA_OK;
+  if (c && !c->ops->reserve)
+    st = tsr_error(TESSERA_E_UNSUPPORTED,
+                   "a shared-memory cache cannot grow: its segment is sized when it is made "
+                   "(configure a larger one)");
+  else if (c) {
+    /* The ghost's capacities grow only: its window and its parts follow the cache's. */
+    uint64_t bytes = memory_capacity_mib << 20;
+    atomic_raise(&c->ghost->capacity, bytes);
+    if (ghost_item_capacity(c->ghost)) /* none stays none */
+      atomic_raise(&c->ghost->item_capacity, item_capacity);
+    c->ops->reserve(c, bytes, item_capacity);
+  }
+  tsr_cache_release(c);
+  return st;
 }
 
 TESSERA_API tessera_status tessera_cache_stats_get(tessera_cache_stats *stats) {

@@ -86,6 +86,9 @@ struct tsr_cache_ops {
   /* Fills hits, misses, evictions, items, bytes and the capacities. */
   void (*stats)(struct tsr_cache *c, tessera_cache_stats *t);
   void (*reset_stats)(struct tsr_cache *c);
+  /* Raises the capacities to at least these (bytes; tiles, 0 leaving it), keeping the tiles;
+   * NULL where the kind cannot grow. */
+  void (*reserve)(struct tsr_cache *c, uint64_t memory_capacity, uint64_t item_capacity);
   /* In a forked child: a cache to use there in place of c (which is left alone: the parent's
    * threads may have been inside it); NULL for none. */
   struct tsr_cache *(*fork_child)(struct tsr_cache *c);

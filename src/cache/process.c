@@ -66,8 +66,10 @@ struct shard {
 
 struct process_cache {
   struct tsr_cache base;
+  /* The capacities and each shard's budget (items 0: none). Set at creation; reserve() raises
+   * them holding every shard's lock, so a shard's lock is enough to read them. */
   uint64_t memory_capacity, item_capacity;
-  uint64_t shard_bytes, shard_items; /* each shard's budget (items 0: none) */
+  uint64_t shard_bytes, shard_items;
   unsigned nshards;
   struct shard shards[TSR_CACHE_MAX_SHARDS];
   tessera_cache_options options; /* what made it, for a forked child's */
@@ -368,11 +370,13 @@ static bool done(struct tsr_cache *base, struct tsr_cache_access *a) {
 
 static void stats(struct tsr_cache *base, tessera_cache_stats *t) {
   struct process_cache *c = (struct process_cache *)base;
-  t->memory_capacity = c->memory_capacity;
-  t->item_capacity = c->item_capacity;
   for (unsigned i = 0; i < c->nshards; i++) {
     struct shard *sh = &c->shards[i];
     pthread_mutex_lock(&sh->lock);
+    if (i == 0) {
+      t->memory_capacity = c->memory_capacity;
+      t->item_capacity = c->item_capacity;
+    }
     t->hits += sh->hits;
     t->misses += sh->misses;
     t->evictions += sh->evictions;
@@ -402,6 +406,27 @@ static void reset_stats(struct tsr_cache *base) {
     sh->hits = sh->misses = sh->evictions = 0;
     pthread_mutex_unlock(&sh->lock);
   }
+}
+
+/* Grows the budgets in place. The shards stay as many as the first size made them: each just
+ * gets a larger part (their count matters for lock contention, not for what they can hold).
+ * The options a forked child's cache is made from grow too. */
+static void reserve(struct tsr_cache *base, uint64_t memory_capacity, uint64_t item_capacity) {
+  struct process_cache *c = (struct process_cache *)base;
+  for (unsigned i = 0; i < c->nshards; i++)
+    pthread_mutex_lock(&c->shards[i].lock);
+  if (memory_capacity > c->memory_capacity) {
+    c->memory_capacity = memory_capacity;
+    c->shard_bytes = memory_capacity / c->nshards;
+    c->options.memory_capacity_mib = memory_capacity >> 20;
+  }
+  if (c->item_capacity && item_capacity > c->item_capacity) {
+    c->item_capacity = item_capacity;
+    c->shard_items = item_capacity / c->nshards;
+    c->options.item_capacity = item_capacity;
+  }
+  for (unsigned i = c->nshards; i-- > 0;)
+    pthread_mutex_unlock(&c->shards[i].lock);
 }
 
 static void destroy(struct tsr_cache *base) {
@@ -439,6 +464,7 @@ static const struct tsr_cache_ops process_ops = {
     .done = done,
     .stats = stats,
     .reset_stats = reset_stats,
+    .reserve = reserve,
     .fork_child = fork_child,
     .exiting = NULL,
     .destroy = destroy,

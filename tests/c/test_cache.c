@@ -881,6 +881,60 @@ static void test_small_tiles(void) {
   unlink(path);
 }
 
+/* tessera_cache_reserve grows a per-process cache in place: the tiles it held stay (hits after
+ * the call, no decode), the statistics go on, and the larger budget takes a tile the smaller
+ * one could not (a whole 1024 x 1024 tile of the zstd pyramid, 3 MB, in a 1 MiB cache); it
+ * never shrinks, keeps "no item limit", and is refused for a shared-memory cache. */
+static void test_reserve(const char *dir) {
+  tessera_slide *a = open_testdata(dir, "generic-jpeg-ycbcr-128tiles.tiff");
+  tessera_slide *b = open_testdata(dir, "generic-zstd-1024tiles-pyramid.tiff");
+  if (!a || !b)
+    return;
+  enum { T = 1024 };
+  CHECK(tessera_cache_reserve(64, 0) == TESSERA_OK && stats().type == TESSERA_CACHE_NONE,
+        "reserve without a cache made one");
+  configure(TESSERA_CACHE_PER_PROCESS, 1, 0, 1);
+  free(read_patch(a, 3, 3, 0, 50, 50, 3));
+  free(read_patch(a, 3, 3, 0, 50, 50, 3)); /* missed twice: cached */
+  free(read_patch(b, 0, 0, 0, T, T, 3));   /* too large for 1 MiB */
+  tessera_cache_stats st = stats();
+  CHECK(st.items == 1 && st.misses == 3 && st.hits == 0, "before: %llu items, %llu misses",
+        (unsigned long long)st.items, (unsigned long long)st.misses);
+  uint64_t reads = tsr_tile_reads();
+  CHECK(tessera_cache_reserve(16, 0) == TESSERA_OK, "reserve: %s", tessera_error_message());
+  st = stats();
+  CHECK(st.memory_capacity == (uint64_t)16 << 20 && st.item_capacity == 0 && st.items == 1 &&
+            st.misses == 3,
+        "after reserve: %llu bytes capacity, %llu item capacity, %llu items, %llu misses",
+        (unsigned long long)st.memory_capacity, (unsigned long long)st.item_capacity,
+        (unsigned long long)st.items, (unsigned long long)st.misses);
+  free(read_patch(a, 3, 3, 0, 50, 50, 3));
+  CHECK(stats().hits == 1 && tsr_tile_reads() == reads, "the tile held before was decoded again");
+  free(read_patch(b, 0, 0, 0, T, T, 3));
+  free(read_patch(b, 0, 0, 0, T, T, 3));
+  st = stats();
+  CHECK(st.items == 2 && st.hits == 2 && tsr_tile_reads() == reads + 1,
+        "a 3 MB tile in the grown cache: %llu items, %llu hits, %llu decodes",
+        (unsigned long long)st.items, (unsigned long long)st.hits,
+        (unsigned long long)(tsr_tile_reads() - reads));
+  CHECK(tessera_cache_reserve(2, 0) == TESSERA_OK && stats().memory_capacity == (uint64_t)16 << 20,
+        "reserve shrank the cache");
+  CHECK(tessera_cache_reserve((uint64_t)1 << 31, 0) == TESSERA_E_ARGUMENT, "2^31 MiB accepted");
+
+  configure(TESSERA_CACHE_PER_PROCESS, 8, 40, 1);
+  CHECK(tessera_cache_reserve(8, 100) == TESSERA_OK && stats().item_capacity == 100 &&
+            stats().memory_capacity == (uint64_t)8 << 20,
+        "the item capacity did not grow alone");
+  configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, 1);
+  CHECK(tessera_cache_reserve(16, 0) == TESSERA_E_UNSUPPORTED &&
+            strstr(tessera_error_message(), "shared-memory") &&
+            stats().memory_capacity == (uint64_t)8 << 20,
+        "a shared-memory cache grew or failed otherwise: %s", tessera_error_message());
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  tessera_close(a);
+  tessera_close(b);
+}
+
 static void test_arguments(void) {
   tessera_cache_options o;
   tessera_cache_options_init(&o);
@@ -907,6 +961,7 @@ int main(int argc, char **argv) {
   test_admission_window(dir);
   test_admission_level(dir);
   test_admission_region(dir);
+  test_reserve(dir);
   test_same_pixels(dir);
   test_budgets_under_load(dir);
   test_hot_set_survives_scan(dir, TESSERA_CACHE_PER_PROCESS);
