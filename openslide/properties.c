@@ -1,0 +1,236 @@
+/* OpenSlide's property table for a slide tessera opened.
+ *
+ * tessera names its standard keys tessera.* where OpenSlide says openslide.*; the rest are
+ * what OpenSlide does for the TIFF-based formats (its "tifflike" code, read for the
+ * semantics): the tiff.* tags of the first directory, openslide.comment from its
+ * ImageDescription, and openslide.quickhash-1, a SHA-256 over the raw bytes of the smallest
+ * level's tiles followed by the name and value of nine string tags of the first directory. */
+#include "properties.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <tiffio.h>
+
+#include "alloc.h"
+#include "error.h"
+#include "sha256.h"
+#include "slide_internal.h"
+#include "tiff/client.h"
+
+/* OpenSlide refuses to hash a smallest level bigger than this (so that opening a slide with
+ * one huge level stays quick), and then reports no quickhash at all. */
+#define QUICKHASH_MAX_BYTES ((uint64_t)5 << 20)
+
+/* The string tags OpenSlide stores as tiff.*, in the order it hashes them. */
+static const struct {
+  const char *key;
+  uint32_t tag;
+} string_tags[] = {
+    {"tiff.ImageDescription", TIFFTAG_IMAGEDESCRIPTION},
+    {"tiff.Make", TIFFTAG_MAKE},
+    {"tiff.Model", TIFFTAG_MODEL},
+    {"tiff.Software", TIFFTAG_SOFTWARE},
+    {"tiff.DateTime", TIFFTAG_DATETIME},
+    {"tiff.Artist", TIFFTAG_ARTIST},
+    {"tiff.HostComputer", TIFFTAG_HOSTCOMPUTER},
+    {"tiff.Copyright", TIFFTAG_COPYRIGHT},
+    {"tiff.DocumentName", TIFFTAG_DOCUMENTNAME},
+};
+
+/* The keys of tessera's own table that OpenSlide does not have for these formats: the fill
+ * byte, and a background colour, which OpenSlide reports for none of the vendors tessera
+ * reads; tessera.comment is replaced by the first directory's description, as OpenSlide's. */
+static bool skipped(const char *key) {
+  return strcmp(key, "tessera.background") == 0 || strcmp(key, "tessera.background-color") == 0 ||
+         strcmp(key, "tessera.comment") == 0;
+}
+
+/* Hashes every tile (or strip) of the smallest level's directory as stored, with the offsets
+ * and byte counts its tags give (for NDPI, OpenSlide hashes the whole strip, not the restart
+ * intervals tessera reads); false when OpenSlide would not hash it (too big, or no tile
+ * table), with *st the failure if reading failed. */
+static bool hash_level(const tessera_slide *s, TIFF *tif, struct tsr_sha256 *h,
+                       tessera_status *st) {
+  const struct tsr_level *lv = &s->levels[s->nlevels - 1];
+  if (!TIFFSetDirectory(tif, (tdir_t)lv->directory))
+    return false;
+  bool tiled = TIFFIsTiled(tif);
+  uint64_t *offsets = NULL, *counts = NULL;
+  uint64_t n = tiled ? TIFFNumberOfTiles(tif) : TIFFNumberOfStrips(tif);
+  if (!TIFFGetField(tif, tiled ? TIFFTAG_TILEOFFSETS : TIFFTAG_STRIPOFFSETS, &offsets) ||
+      !TIFFGetField(tif, tiled ? TIFFTAG_TILEBYTECOUNTS : TIFFTAG_STRIPBYTECOUNTS, &counts) ||
+      !offsets || !counts || n == 0)
+    return false;
+  uint64_t total = 0;
+  for (uint64_t i = 0; i < n; i++) {
+    total += counts[i];
+    if (total > QUICKHASH_MAX_BYTES)
+      return false;
+  }
+  uint8_t buf[1 << 16];
+  for (uint64_t i = 0; i < n; i++) {
+    uint64_t off = offsets[i], left = counts[i];
+    while (left > 0) {
+      size_t want = left < sizeof buf ? (size_t)left : sizeof buf, got = 0;
+      *st = tsr_bytes_read_at(s->source, off, want, buf, &got);
+      if (*st == TESSERA_OK && got != want)
+        *st = tsr_error(TESSERA_E_IO, "cannot hash tile %llu of the smallest level: file too short",
+                        (unsigned long long)i);
+      if (*st != TESSERA_OK)
+        return false;
+      tsr_sha256_update(h, buf, got);
+      off += got;
+      left -= got;
+    }
+  }
+  return true;
+}
+
+static void hash_string(struct tsr_sha256 *h, const char *s) {
+  if (!s)
+    s = "";
+  tsr_sha256_update(h, s, strlen(s) + 1);
+}
+
+/* A number as OpenSlide writes it: 15 significant digits when they read back as the same
+ * double, else 17 ("0.499", but "28.340000152587891"). */
+static void set_number(struct tsr_props *p, const char *key, double v) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%.15g", v);
+  if (strtod(buf, NULL) != v)
+    snprintf(buf, sizeof buf, "%.17g", v);
+  tsr_props_set_bytes(p, key, buf, strlen(buf));
+}
+
+static void add_float_tag(TIFF *tif, struct tsr_props *p, const char *key, uint32_t tag) {
+  float v;
+  if (TIFFGetField(tif, tag, &v) == 1)
+    set_number(p, key, (double)v);
+}
+
+/* tessera writes its numbers as the shortest decimal that reads back the same; the ones
+ * OpenSlide computes are rewritten its way. */
+static bool computed_number(const char *key) {
+  return strcmp(key, "openslide.mpp-x") == 0 || strcmp(key, "openslide.mpp-y") == 0 ||
+         (strncmp(key, "openslide.level[", 16) == 0 && strstr(key, "].downsample"));
+}
+
+/* The quickhash, the first directory's tags as OpenSlide stores them (replacing tessera's
+ * values, which it formats its own way), and level 0's ICC profile. */
+static tessera_status from_tiff(tessera_slide *s, struct tsr_props *p, bool want_icc,
+                                uint8_t **icc, size_t *icc_size) {
+  struct tsr_tiff_file f;
+  TIFF *tif;
+  tessera_status st = tsr_tiff_client_open(&f, s->source, (uint64_t)64 << 20, &tif);
+  if (st != TESSERA_OK)
+    return st;
+  struct tsr_sha256 hash, *h = &hash;
+  tsr_sha256_init(h);
+  bool hashed = hash_level(s, tif, h, &st);
+  if (st != TESSERA_OK || !TIFFSetDirectory(tif, 0)) {
+    TIFFClose(tif);
+    return st != TESSERA_OK ? st
+                            : tsr_error(TESSERA_E_FORMAT, "cannot read the first directory again");
+  }
+  for (size_t i = 0; i < sizeof string_tags / sizeof string_tags[0]; i++) {
+    const char *v = NULL;
+    if (TIFFGetField(tif, string_tags[i].tag, &v) != 1)
+      v = NULL;
+    if (v) {
+      tsr_props_set_bytes(p, string_tags[i].key, v, strlen(v));
+      if (i == 0)
+        tsr_props_set_bytes(p, "openslide.comment", v, strlen(v));
+    }
+    if (hashed) {
+      hash_string(h, string_tags[i].key);
+      hash_string(h, v);
+    }
+  }
+  add_float_tag(tif, p, "tiff.XResolution", TIFFTAG_XRESOLUTION);
+  add_float_tag(tif, p, "tiff.YResolution", TIFFTAG_YRESOLUTION);
+  add_float_tag(tif, p, "tiff.XPosition", TIFFTAG_XPOSITION);
+  add_float_tag(tif, p, "tiff.YPosition", TIFFTAG_YPOSITION);
+  uint32_t n = 0;
+  void *data = NULL;
+  if (want_icc && TIFFGetField(tif, TIFFTAG_ICCPROFILE, &n, &data) == 1 && n > 0) {
+    *icc = tsr_malloc(n);
+    if (*icc) {
+      memcpy(*icc, data, n);
+      *icc_size = n;
+    } else {
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
+    }
+  }
+  TIFFClose(tif);
+  if (st == TESSERA_OK && hashed) {
+    char hex[65];
+    tsr_sha256_hex(h, hex);
+    tsr_props_add_string(p, "openslide.quickhash-1", hex);
+  }
+  return st;
+}
+
+bool tsr_os_associated_shown(tessera_slide *s, const char *name) {
+  return !(strcmp(s->vendor, "hamamatsu") == 0 && strcmp(name, "map") == 0);
+}
+
+/* OpenSlide 4.0 describes each associated image among the properties too. */
+static void add_associated(tessera_slide *s, struct tsr_props *p) {
+  for (size_t i = 0; i < tessera_associated_image_count(s); i++) {
+    const char *name = tessera_associated_image_name(s, i);
+    int64_t w, h;
+    if (!tsr_os_associated_shown(s, name) ||
+        tessera_associated_image_dimensions(s, name, &w, &h) != TESSERA_OK)
+      continue;
+    char key[256];
+    snprintf(key, sizeof key, "openslide.associated.%s.width", name);
+    tsr_props_add(p, key, "%lld", (long long)w);
+    snprintf(key, sizeof key, "openslide.associated.%s.height", name);
+    tsr_props_add(p, key, "%lld", (long long)h);
+  }
+}
+
+tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_props *out,
+                                 uint8_t **icc, size_t *icc_size) {
+  *icc = NULL;
+  *icc_size = 0;
+  struct tsr_props p = {0};
+  for (size_t i = 0; i < tessera_property_count(s); i++) {
+    const char *key = tessera_property_key(s, i);
+    const char *value = tessera_property_value(s, key);
+    if (skipped(key))
+      continue;
+    if (strncmp(key, "tessera.", 8) == 0) {
+      char renamed[256];
+      snprintf(renamed, sizeof renamed, "openslide.%s", key + 8);
+      if (computed_number(renamed))
+        set_number(&p, renamed, strtod(value, NULL));
+      else
+        tsr_props_add_string(&p, renamed, value);
+    } else {
+      tsr_props_add_string(&p, key, value);
+    }
+  }
+  /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
+  bool want_icc = abi_major >= 1 && (strcmp(s->vendor, "aperio") == 0 ||
+                                     strcmp(s->vendor, "generic-tiff") == 0);
+  tessera_status st = from_tiff(s, &p, want_icc, icc, icc_size);
+  if (abi_major >= 1) {
+    add_associated(s, &p);
+    if (*icc_size)
+      tsr_props_add(&p, "openslide.icc-size", "%zu", *icc_size);
+  }
+  if (st == TESSERA_OK && p.failed)
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for properties");
+  if (st != TESSERA_OK) {
+    tsr_props_free(&p);
+    tsr_free(*icc);
+    *icc = NULL;
+    *icc_size = 0;
+    return st;
+  }
+  tsr_props_sort(&p);
+  *out = p;
+  return TESSERA_OK;
+}

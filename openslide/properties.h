@@ -1,0 +1,24 @@
+/* The property table an OpenSlide handle shows, computed as OpenSlide computes it from what
+ * tessera opened, and the slide's ICC profile. */
+#ifndef TSR_OPENSLIDE_PROPERTIES_H
+#define TSR_OPENSLIDE_PROPERTIES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "props.h"
+#include "tessera.h"
+
+/* Fills *out (sorted by key) for the ABI of OpenSlide major version abi_major (0: 3.4's, 1:
+ * 4.0's, which adds openslide.icc-size and openslide.associated.*), and *icc / *icc_size with a
+ * copy of level 0's ICC profile where OpenSlide would report one (NULL / 0 otherwise). On
+ * failure the message is tessera_error_message()'s. */
+tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_props *out,
+                                 uint8_t **icc, size_t *icc_size);
+
+/* Whether OpenSlide shows the associated image `name` of s: all that tessera finds but NDPI's
+ * "map", which OpenSlide does not read. */
+bool tsr_os_associated_shown(tessera_slide *s, const char *name);
+
+#endif
