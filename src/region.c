@@ -176,7 +176,7 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
       bytes == 0 || bytes > s->limits.max_decoded_tile_bytes)
     return false; /* errors and missing tiles are the plain path's business */
   size_t stride = (size_t)lv->tile_w * lv->fmt.decoded_channels;
-  struct tsr_cache_access a = {.key = {s->id, lv->directory, index},
+  struct tsr_cache_access a = {.key = {s->id, lv->directory, tsr_level_cache_index(lv, index)},
                                .bytes = bytes,
                                .offset = (size_t)(u->y0 - tile->y0) * stride +
                                          (size_t)(u->x0 - tile->x0) * lv->fmt.decoded_channels,

@@ -115,6 +115,47 @@ static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir 
   return TESSERA_OK;
 }
 
+/* Level i, a stored level (taken already: it is larger, so earlier) decoded at a JPEG scale:
+ * its tables are copied, for every level owns its own. */
+static tessera_status take_scaled_level(tessera_slide *s, const struct tsr_findings *found,
+                                        int32_t i) {
+  const struct tsr_level *stored = NULL;
+  for (int32_t j = 0; j < i; j++)
+    if (found->level_dirs[j] == found->level_dirs[i] && found->level_scale[j] <= 1)
+      stored = &s->levels[j];
+  if (!stored || (stored->source_data && stored->source != &tsr_ndpi_intervals))
+    return tsr_error(TESSERA_E_FORMAT, "a scaled level has no stored level it can scale");
+  uint32_t k = found->level_scale[i];
+  struct tsr_level *lv = &s->levels[i];
+  *lv = *stored;
+  lv->width = stored->width / k;
+  lv->height = stored->height / k;
+  lv->tile_w = stored->tile_w / k;
+  lv->tile_h = stored->tile_h / k;
+  lv->fmt.jpeg_scale = (uint8_t)k;
+  size_t bytes = (size_t)stored->ntiles * sizeof *stored->offsets;
+  lv->offsets = tsr_malloc(bytes);
+  lv->bytecounts = tsr_malloc(bytes);
+  lv->fmt.jpeg_tables = stored->fmt.jpeg_tables_len ? tsr_malloc(stored->fmt.jpeg_tables_len) : NULL;
+  lv->source_data = NULL;
+  const struct tsr_ndpi_header *h = stored->source_data;
+  size_t hbytes = h ? sizeof *h + h->len : 0;
+  if (h)
+    lv->source_data = tsr_malloc(hbytes);
+  if (!lv->offsets || !lv->bytecounts || (stored->fmt.jpeg_tables_len && !lv->fmt.jpeg_tables) ||
+      (h && !lv->source_data)) {
+    tsr_level_free(lv);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for level %d", i);
+  }
+  memcpy(lv->offsets, stored->offsets, bytes);
+  memcpy(lv->bytecounts, stored->bytecounts, bytes);
+  if (lv->fmt.jpeg_tables)
+    memcpy(lv->fmt.jpeg_tables, stored->fmt.jpeg_tables, stored->fmt.jpeg_tables_len);
+  if (h)
+    memcpy(lv->source_data, h, hbytes);
+  return TESSERA_OK;
+}
+
 /* The pyramid's levels, then the associated images as levels of their own after them (at
  * s->levels[s->nlevels + i], downsample 1), so that they read through the same code. */
 static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
@@ -126,6 +167,15 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
   const struct tsr_level *first = &dirs->dir[found->level_dirs[0]].level;
   double w0 = (double)first->width, h0 = (double)first->height;
   for (int32_t i = 0; i < found->nlevels; i++) {
+    if (found->level_scale && found->level_scale[i] > 1) {
+      tessera_status st = take_scaled_level(s, found, i);
+      if (st != TESSERA_OK)
+        return st;
+      s->levels[i].downsample = (w0 / (double)s->levels[i].width +
+                                 h0 / (double)s->levels[i].height) / 2.0;
+      s->nlevels++;
+      continue;
+    }
     struct tsr_level *lv = &dirs->dir[found->level_dirs[i]].level;
     s->levels[i] = *lv;
     s->levels[i].downsample =

@@ -29,6 +29,9 @@ struct tsr_pixel_format {
   uint8_t *jpeg_tables;     /* JPEGTables tag (owned), or NULL */
   size_t jpeg_tables_len;
   char unsupported[96]; /* non-empty: why this level cannot be decoded */
+  /* JPEG decoded at 1 / jpeg_scale by libjpeg's scaled IDCT (2, 4 or 8: NDPI levels made from
+   * a stored one, as OpenSlide makes them); 0 or 1: as stored. */
+  uint8_t jpeg_scale;
 };
 
 struct tsr_level {
@@ -61,6 +64,12 @@ static inline int64_t tsr_level_coord(const struct tsr_level *lv, int64_t v) {
   if (q <= -0x1p62)
     return -((int64_t)1 << 62);
   return (int64_t)q;
+}
+
+/* The index under which the cache keeps tile `index` of lv: levels decoded at a JPEG scale
+ * share their stored level's directory, and must not share its tiles. */
+static inline uint64_t tsr_level_cache_index(const struct tsr_level *lv, uint64_t index) {
+  return lv->fmt.jpeg_scale > 1 ? index | (uint64_t)lv->fmt.jpeg_scale << 56 : index;
 }
 
 /* Opens the slide whose bytes src gives (taken over: closed with the slide, or at once on

@@ -133,13 +133,15 @@ def mcu_starts(path, page):
 
 def test_sample_grid_is_openslides(sample, lib, cli):
     """Every level of the sample is a grid of restart intervals: the tile size OpenSlide
-    reports, one tile per McuStarts entry; `tessera info --json` says the same."""
+    reports, one tile per McuStarts entry; `tessera info --json` says the same. The levels are
+    OpenSlide's: the 4 stored ones, and the smallest decoded at 1/2, 1/4 and 1/8 by libjpeg's
+    scaled IDCT (one tile per interval of the stored level)."""
     ts = T.open_slide(sample)
     osl = R.openslide_open(sample)
     r = subprocess.run([cli, "info", sample, "--json"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert ts.level_count == 4
+    assert ts.level_count == len(osl.level_dimensions) == 7
     for lv in range(ts.level_count):
         info = ts.level_info(lv)
         k, _ = os_level(osl, (info.width, info.height))
@@ -147,7 +149,8 @@ def test_sample_grid_is_openslides(sample, lib, cli):
         th = int(osl.properties["openslide.level[%d].tile-height" % k])
         assert (info.tile_width, info.tile_height) == (tw, th), (lv, info.as_dict(), tw, th)
         assert th < info.height
-        assert -(-info.width // tw) * -(-info.height // th) == len(mcu_starts(sample, lv))
+        stored = min(lv, 3)  # levels 4-6 are level 3 scaled
+        assert -(-info.width // tw) * -(-info.height // th) == len(mcu_starts(sample, stored))
         assert (doc["levels"][lv]["tile_width"], doc["levels"][lv]["tile_height"]) == (tw, th)
     ts.close()
 
@@ -165,7 +168,7 @@ def test_sample_whole_levels(sample, lib, num_workers):
     ts.close()
 
 
-@pytest.mark.parametrize("level", [0, 1, 2, 3])
+@pytest.mark.parametrize("level", [0, 1, 2, 3, 4, 5, 6])
 def test_sample_regions(sample, lib, level):
     """Regions at the edges, across intervals, partly and wholly outside, and random ones."""
     ts = T.open_slide(sample)
@@ -358,7 +361,7 @@ def test_damaged_sample(sample, lib, damaged_dir, tmp_path, name):
         m = R.describe_mismatch(got[..., :3], exp[..., :3], exp[..., 3] == 255,
                                 "%s region %r" % (name, (x, y, w, h)), (x, y))
         assert m is None, m
-    assert out["level_count"] == 4
+    assert out["level_count"] == 7  # 4 stored, 3 decoded from the smallest at 1/2, 1/4, 1/8
 
 
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
@@ -667,13 +670,23 @@ def check_against(ts, level, ref, what, mask=None):
 def test_synthetic_vs_openslide(synth, lib, name):
     """Files OpenSlide 3.4.1 reads: tessera's grid is OpenSlide's, and every level whole and
     in regions equals OpenSlide's reads (4:2:2 tiles have their chroma upsampled at the tile
-    edges in both) and the per-interval decode."""
+    edges in both) and the per-interval decode. The levels are OpenSlide's: the stored ones and
+    those it decodes from them at 1/2, 1/4 and 1/8, which equal OpenSlide's too."""
     s = synth(name)
     ts = T.open_slide(s.path)
     osl = R.openslide_open(s.path)
     assert ts.vendor == "hamamatsu"
-    assert ts.level_count == len(s.levels)
-    for k, lv in enumerate(s.levels):
+    dims = [(ts.level_info(k).width, ts.level_info(k).height) for k in range(ts.level_count)]
+    assert dims == [tuple(d) for d in osl.level_dimensions]
+    stored = [(lv["w"], lv["h"]) for lv in s.levels]
+    for k in range(ts.level_count):
+        if dims[k] not in stored:
+            m = check_vs_openslide(ts, osl, k, 0, 0, *dims[k], "%s level %d (scaled) whole" % (
+                name, k))
+            assert m is None, m
+            check_regions(ts, osl, k, 400 + k)
+    for lv in s.levels:
+        k = dims.index((lv["w"], lv["h"]))
         info = ts.level_info(k)
         assert (info.tile_width, info.tile_height) == lv["tile"], (k, info.as_dict())
         ok, _ = os_level(osl, (lv["w"], lv["h"]))

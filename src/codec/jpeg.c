@@ -182,7 +182,8 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
    * crop_columns keeps for chroma upsampling) need not be decoded at all. */
   uint32_t right = out->crop_x + out->crop_w + MAX_SAMP_FACTOR * DCTSIZE;
   size_t at = out->jpeg.size_at;
-  if (at != 0 && right < need_w && at + 4 <= len) {
+  unsigned scale = fmt->jpeg_scale > 1 ? fmt->jpeg_scale : 1;
+  if (at != 0 && right < need_w && at + 4 <= len && scale == 1) {
     need_w = right;
     resized_source(cinfo, &pieces, dims, src, len, at, need_w, out->need_h);
   } else {
@@ -204,9 +205,12 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   }
   cinfo->dct_method = JDCT_ISLOW;
   cinfo->do_fancy_upsampling = TRUE;
+  cinfo->scale_num = 1;
+  cinfo->scale_denom = scale;
+  jpeg_calc_output_dimensions(cinfo);
   /* Checked before decompression starts: a progressive stream allocates and fills a buffer
    * for its whole image inside jpeg_start_decompress. */
-  uint32_t w = cinfo->image_width, h = cinfo->image_height;
+  uint32_t w = cinfo->output_width, h = cinfo->output_height;
   if (w < need_w || h < out->need_h || w > out->width || h > out->height)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data is %ux%u, the tile is %ux%u and needs %ux%u", w,
                      h, out->width, out->height, need_w, out->need_h);
@@ -259,7 +263,7 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   }
   /* A whole tile is read to its end, so damage after the last row is noticed too. */
   if (cinfo->output_scanline == cinfo->output_height && first == 0 &&
-      cinfo->output_width == cinfo->image_width && need_w == out->need_w)
+      cinfo->output_width == w && need_w == out->need_w)
     jpeg_finish_decompress(cinfo);
   else
     jpeg_abort_decompress(cinfo);

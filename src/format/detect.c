@@ -39,6 +39,8 @@ void tsr_findings_free(struct tsr_findings *found) {
   found->is_level = NULL;
   tsr_free(found->level_sizes);
   found->level_sizes = NULL;
+  tsr_free(found->level_scale);
+  found->level_scale = NULL;
   for (size_t i = 0; i < found->nassociated; i++) {
     if (found->associated[i].level) {
       tsr_level_free(found->associated[i].level);

@@ -26,6 +26,9 @@ struct tsr_findings {
   /* NULL, or nlevels sizes and downsamples that correct the directories' (Philips pads its
    * levels to whole tiles; its XML knows their true sizes). Owned. */
   struct tsr_level_size *level_sizes;
+  /* NULL, or nlevels JPEG scales: a level whose scale is 2, 4 or 8 is its directory's stored
+   * level decoded at that fraction (NDPI; the stored level is one of the levels too). Owned. */
+  uint8_t *level_scale;
   struct {
     size_t dir;
     const char *name;

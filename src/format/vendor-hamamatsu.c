@@ -3,6 +3,7 @@
  * levels, -1 for the macro photograph of the slide, -2 for the map of the scanned area. */
 #include <stdio.h>
 #include <string.h>
+#include <tiff.h>
 
 #include "alloc.h"
 #include "error.h"
@@ -44,10 +45,81 @@ static tessera_status tile_by_interval(struct tsr_dirs *dirs) {
   return TESSERA_OK;
 }
 
+/* Whether a stored level can be decoded whole at 1/k by libjpeg's scaled IDCT, tile by tile:
+ * whole tiles (restart intervals, or the one strip) that k divides. */
+static bool scalable(const struct tsr_level *lv, uint32_t k) {
+  return lv->fmt.compression == COMPRESSION_JPEG && !lv->fmt.unsupported[0] &&
+         lv->tile_w % k == 0 && lv->tile_h % k == 0 && lv->width % lv->tile_w == 0 &&
+         lv->height % lv->tile_h == 0;
+}
+
+/* OpenSlide shows each stored level also decoded at 1/2, 1/4 and 1/8 (the JPEG decoder's
+ * scaled IDCT: a cheap, fast smaller level), wherever that gives a width no stored level has;
+ * a width two stored levels could give comes from the smaller one. The same levels here, in
+ * the same order (largest first), so that a program sees the same pyramid through either. */
+static tessera_status add_scaled_levels(const struct tsr_dirs *dirs, struct tsr_findings *out) {
+  int32_t n = out->nlevels, cap = 4 * n;
+  size_t *level_dirs = tsr_calloc((size_t)cap, sizeof *level_dirs);
+  uint8_t *scale = tsr_calloc((size_t)cap, sizeof *scale);
+  int64_t *widths = tsr_calloc((size_t)cap, sizeof *widths);
+  tessera_status st = TESSERA_OK;
+  if (!level_dirs || !scale || !widths) {
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for levels");
+    goto out;
+  }
+  int32_t m = 0;
+  for (int32_t i = 0; i < n; i++) { /* the stored levels claim their widths first */
+    level_dirs[m] = out->level_dirs[i];
+    scale[m] = 1;
+    widths[m++] = dirs->dir[out->level_dirs[i]].level.width;
+  }
+  for (int32_t i = n - 1; i >= 0; i--) { /* then the smallest stored level's scales first */
+    const struct tsr_level *lv = &dirs->dir[out->level_dirs[i]].level;
+    for (uint32_t k = 2; k <= 8; k *= 2) {
+      if (!scalable(lv, k))
+        continue;
+      bool taken = false;
+      for (int32_t j = 0; j < m; j++)
+        taken = taken || widths[j] == lv->width / k;
+      if (taken)
+        continue;
+      level_dirs[m] = out->level_dirs[i];
+      scale[m] = (uint8_t)k;
+      widths[m++] = lv->width / k;
+    }
+  }
+  /* largest first: insertion sort, the lists being short */
+  for (int32_t i = 1; i < m; i++)
+    for (int32_t j = i; j > 0 && widths[j - 1] < widths[j]; j--) {
+      int64_t w = widths[j];
+      widths[j] = widths[j - 1];
+      widths[j - 1] = w;
+      size_t d = level_dirs[j];
+      level_dirs[j] = level_dirs[j - 1];
+      level_dirs[j - 1] = d;
+      uint8_t k = scale[j];
+      scale[j] = scale[j - 1];
+      scale[j - 1] = k;
+    }
+  tsr_free(out->level_dirs);
+  out->level_dirs = level_dirs;
+  out->level_scale = scale;
+  out->nlevels = m;
+  level_dirs = NULL;
+  scale = NULL;
+out:
+  tsr_free(level_dirs);
+  tsr_free(scale);
+  tsr_free(widths);
+  return st;
+}
+
 static tessera_status hamamatsu_open(struct tsr_dirs *dirs, struct tsr_findings *out) {
   tessera_status st = tile_by_interval(dirs);
   if (st == TESSERA_OK)
     st = tsr_findings_pyramid(dirs, out);
+  if (st == TESSERA_OK)
+    st = add_scaled_levels(dirs, out);
   for (size_t i = 1; st == TESSERA_OK && i < dirs->n; i++) {
     const struct tsr_dir *d = &dirs->dir[i];
     if (out->is_level[i] || !d->has_ndpi_source_lens)

@@ -7,7 +7,7 @@ bool tsr_gpu_level_decodable(const struct tsr_level *lv) {
   const struct tsr_pixel_format *f = &lv->fmt;
   return f->compression == COMPRESSION_JPEG && f->photometric == PHOTOMETRIC_YCBCR &&
          f->spp == 3 && f->decoded_channels == 3 && !f->alpha && !f->invert &&
-         !f->unsupported[0] && lv->tiled;
+         !f->unsupported[0] && f->jpeg_scale <= 1 && lv->tiled;
 }
 
 static uint32_t be16(const uint8_t *p) { return (uint32_t)p[0] << 8 | p[1]; }

@@ -47,6 +47,10 @@ static tessera_status ndpi_stream(const tessera_slide *s, const struct tsr_level
   int64_t x, y;
   uint32_t w, ht;
   tsr_tile_extent(lv, index, &x, &y, &w, &ht);
+  if (lv->fmt.jpeg_scale > 1) { /* the interval holds the stored level's pixels */
+    w *= lv->fmt.jpeg_scale;
+    ht *= lv->fmt.jpeg_scale;
+  }
   uint8_t *d = buf->data;
   memcpy(d, h->bytes, h->len);
   d[h->size_at] = (uint8_t)(ht >> 8);
