@@ -148,6 +148,10 @@ EXPORT openslide_t *openslide_open(const char *filename) {
     return NULL;
   atomic_init(&osr->error, NULL);
   tessera_status st = tessera_open(filename, &osr->slide);
+  if (st == TESSERA_OK && tsr_os_unreadable(osr->slide)) {
+    fail(osr, tsr_os_unreadable(osr->slide));
+    return osr;
+  }
   if (st == TESSERA_OK)
     st = fill_handle(osr);
   if (st != TESSERA_OK)

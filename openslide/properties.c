@@ -171,6 +171,13 @@ static tessera_status from_tiff(tessera_slide *s, struct tsr_props *p, bool want
   return st;
 }
 
+const char *tsr_os_unreadable(const tessera_slide *s) {
+  for (int32_t i = 0; i < s->nlevels; i++)
+    if (s->levels[i].fmt.unsupported[0])
+      return s->levels[i].fmt.unsupported;
+  return NULL;
+}
+
 bool tsr_os_associated_shown(tessera_slide *s, const char *name) {
   return !(strcmp(s->vendor, "hamamatsu") == 0 && strcmp(name, "map") == 0);
 }

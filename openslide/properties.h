@@ -17,6 +17,10 @@
 tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_props *out,
                                  uint8_t **icc, size_t *icc_size);
 
+/* NULL, or why a level of s cannot be decoded at all (a compression tessera does not read):
+ * OpenSlide refuses such a slide at open, where tessera fails its reads. */
+const char *tsr_os_unreadable(const tessera_slide *s);
+
 /* Whether OpenSlide shows the associated image `name` of s: all that tessera finds but NDPI's
  * "map", which OpenSlide does not read. */
 bool tsr_os_associated_shown(tessera_slide *s, const char *name);

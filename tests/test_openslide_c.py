@@ -248,6 +248,27 @@ def test_not_a_slide_is_null_and_a_failing_tiff_is_a_handle_in_error(abi, tmp_pa
 
 
 @pytest.mark.parametrize("abi", [0, 1])
+def test_a_compression_tessera_cannot_decode_fails_at_open(abi, slides, tmp_path):
+    """OpenSlide refuses such a slide at open (tessera's own API opens it and fails its
+    reads): the handle is in error state, as Debian's OpenSlide's is."""
+    path = str(tmp_path / "unknown-codec.tif")
+    with open(slides.path("deflate-nopred-pyr"), "rb") as f, open(path, "wb") as g:
+        g.write(f.read())
+    F._relabel_compression(path, 52479)
+    real = subprocess.run([PYTHON, "-c", "import openslide, sys\n"
+                           "try:\n openslide.OpenSlide(sys.argv[1])\n"
+                           "except openslide.OpenSlideError as e:\n print('error', e)",
+                           path], capture_output=True, text=True, check=True).stdout
+    assert real.startswith("error"), real
+    lib = load(abi)
+    osr = lib.openslide_open(path.encode())
+    assert osr is not None
+    assert b"compression 52479" in lib.openslide_get_error(osr)
+    lib.openslide_close(osr)
+    T.open_slide(path).close()
+
+
+@pytest.mark.parametrize("abi", [0, 1])
 def test_an_error_is_sticky_and_the_handle_dead(abi):
     lib = load(abi)
     path = F.SPECS["aperio-jpeg-CMU-1-Small-Region.svs"]
