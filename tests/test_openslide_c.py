@@ -492,3 +492,23 @@ def test_vips_dzsave_equal(tmp_path):
     assert sorted(trees[0]) == sorted(trees[1])
     differ = [k for k in trees[0] if trees[0][k] != trees[1][k]]
     assert not differ, differ
+
+
+@pytest.mark.parametrize("name", TESTDATA)
+def test_openslide_tools_equal(name, tmp_path):
+    """Debian's openslide-tools over both libraries: openslide-show-properties prints the same,
+    openslide-write-png writes the same file."""
+    path = os.path.join(F.TESTDATA, F.SPECS[name].source)
+    out = []
+    for over_tessera in (False, True):
+        env = dict(os.environ)
+        if over_tessera:
+            env["LD_LIBRARY_PATH"] = os.path.dirname(SO[0])
+        png = str(tmp_path / ("%d.png" % over_tessera))
+        props = subprocess.run(["openslide-show-properties", path], env=env, check=True,
+                               capture_output=True).stdout
+        subprocess.run(["openslide-write-png", path, "10", "20", "0", "300", "200", png], env=env,
+                       check=True, capture_output=True)
+        out.append((props, open(png, "rb").read()))
+    assert out[0][0] == out[1][0]
+    assert out[0][1] == out[1][1]
