@@ -40,11 +40,15 @@ static const struct {
 
 /* The keys of tessera's own table that OpenSlide does not have for these formats: the fill
  * byte, and a background colour, which OpenSlide reports for none of the vendors tessera
- * reads; tessera.comment is replaced by the first directory's description, as OpenSlide's. */
-static bool skipped(const char *key) {
+ * reads; tessera.comment is replaced by the first directory's description, as OpenSlide's; a
+ * generic TIFF's resolution is set here as each OpenSlide version sets it (generic_mpp). */
+static bool skipped(const tessera_slide *s, const char *key) {
   return strcmp(key, "tessera.background") == 0 || strcmp(key, "tessera.background-color") == 0 ||
-         strcmp(key, "tessera.comment") == 0;
+         strcmp(key, "tessera.comment") == 0 ||
+         (strcmp(s->vendor, "generic-tiff") == 0 &&
+          (strcmp(key, "tessera.mpp-x") == 0 || strcmp(key, "tessera.mpp-y") == 0));
 }
+
 
 /* Hashes every tile (or strip) of the smallest level's directory as stored, with the offsets
  * and byte counts its tags give (for NDPI, OpenSlide hashes the whole strip, not the restart
@@ -109,6 +113,23 @@ static void add_float_tag(TIFF *tif, struct tsr_props *p, const char *key, uint3
     set_number(p, key, (double)v);
 }
 
+/* OpenSlide 4.0 gives a generic TIFF the micrometres per pixel its first directory's
+ * resolution says (inch or centimetre units only, both axes nonzero); 3.4 gives none. The
+ * resolution is libtiff's float, where OpenSlide divides the rational as doubles: the same for
+ * a rational made from a float, as writers make them, not for every rational. */
+static void generic_mpp(TIFF *tif, struct tsr_props *p) {
+  uint16_t unit = RESUNIT_INCH;
+  float x, y;
+  TIFFGetField(tif, TIFFTAG_RESOLUTIONUNIT, &unit);
+  if ((unit != RESUNIT_INCH && unit != RESUNIT_CENTIMETER) ||
+      TIFFGetField(tif, TIFFTAG_XRESOLUTION, &x) != 1 ||
+      TIFFGetField(tif, TIFFTAG_YRESOLUTION, &y) != 1 || x == 0 || y == 0)
+    return;
+  double dividend = unit == RESUNIT_INCH ? 25400 : 10000;
+  set_number(p, "openslide.mpp-x", dividend / (double)x);
+  set_number(p, "openslide.mpp-y", dividend / (double)y);
+}
+
 /* tessera writes its numbers as the shortest decimal that reads back the same; the ones
  * OpenSlide computes are rewritten its way. */
 static bool computed_number(const char *key) {
@@ -118,8 +139,8 @@ static bool computed_number(const char *key) {
 
 /* The quickhash, the first directory's tags as OpenSlide stores them (replacing tessera's
  * values, which it formats its own way), and level 0's ICC profile. */
-static tessera_status from_tiff(tessera_slide *s, struct tsr_props *p, bool want_icc,
-                                uint8_t **icc, size_t *icc_size) {
+static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_props *p,
+                                bool want_icc, uint8_t **icc, size_t *icc_size) {
   struct tsr_tiff_file f;
   TIFF *tif;
   tessera_status st = tsr_tiff_client_open(&f, s->source, (uint64_t)64 << 20, &tif);
@@ -151,6 +172,8 @@ static tessera_status from_tiff(tessera_slide *s, struct tsr_props *p, bool want
   add_float_tag(tif, p, "tiff.YResolution", TIFFTAG_YRESOLUTION);
   add_float_tag(tif, p, "tiff.XPosition", TIFFTAG_XPOSITION);
   add_float_tag(tif, p, "tiff.YPosition", TIFFTAG_YPOSITION);
+  if (abi_major >= 1 && strcmp(s->vendor, "generic-tiff") == 0)
+    generic_mpp(tif, p);
   uint32_t n = 0;
   void *data = NULL;
   if (want_icc && TIFFGetField(tif, TIFFTAG_ICCPROFILE, &n, &data) == 1 && n > 0) {
@@ -206,7 +229,7 @@ tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_pro
   for (size_t i = 0; i < tessera_property_count(s); i++) {
     const char *key = tessera_property_key(s, i);
     const char *value = tessera_property_value(s, key);
-    if (skipped(key))
+    if (skipped(s, key))
       continue;
     if (strncmp(key, "tessera.", 8) == 0) {
       char renamed[256];
@@ -222,7 +245,7 @@ tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_pro
   /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
   bool want_icc = abi_major >= 1 && (strcmp(s->vendor, "aperio") == 0 ||
                                      strcmp(s->vendor, "generic-tiff") == 0);
-  tessera_status st = from_tiff(s, &p, want_icc, icc, icc_size);
+  tessera_status st = from_tiff(s, abi_major, &p, want_icc, icc, icc_size);
   if (abi_major >= 1) {
     add_associated(s, &p);
     if (*icc_size)

@@ -512,3 +512,34 @@ def test_openslide_tools_equal(name, tmp_path):
         out.append((props, open(png, "rb").read()))
     assert out[0][0] == out[1][0]
     assert out[0][1] == out[1][1]
+
+
+def openslide_number(v):
+    """A number as OpenSlide writes it: 15 significant digits if they read back the same, else
+    17."""
+    s = "%.15g" % v
+    return s if float(s) == v else "%.17g" % v
+
+
+@pytest.mark.parametrize("abi", [0, 1])
+def test_generic_tiff_mpp_as_each_version(abi, slides):
+    """OpenSlide 4.0 gives a generic TIFF the micrometres per pixel of its resolution tags;
+    3.4 none (the 3.4 build is checked against Debian's OpenSlide in test_properties_equal).
+    The resolution is libtiff's, a float: OpenSlide divides by the rational itself, the same
+    for the rationals writers make from floats (vips, large_image: checked against Debian's
+    OpenSlide through tiff.XResolution), not for every rational."""
+    path = slides.path("deflate-nopred-pyr")
+    with tifffile.TiffFile(path) as t:
+        tags = t.pages[0].tags
+        unit = int(tags["ResolutionUnit"].value)
+        xres = np.float32(tags["XResolution"].value[0] / tags["XResolution"].value[1])
+    assert unit in (2, 3)
+    lib = load(abi)
+    osr = lib.openslide_open(path.encode())
+    got = lib.openslide_get_property_value(osr, b"openslide.mpp-x")
+    if abi == 0:
+        assert got is None
+    else:
+        want = (25400.0 if unit == 2 else 10000.0) / float(xres)
+        assert got == openslide_number(want).encode()
+    lib.openslide_close(osr)
