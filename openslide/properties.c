@@ -107,27 +107,103 @@ static void set_number(struct tsr_props *p, const char *key, double v) {
   tsr_props_set_bytes(p, key, buf, strlen(buf));
 }
 
-static void add_float_tag(TIFF *tif, struct tsr_props *p, const char *key, uint32_t tag) {
-  float v;
-  if (TIFFGetField(tif, tag, &v) == 1)
-    set_number(p, key, (double)v);
+/* Values as the file holds them, of the directory libtiff has current: libtiff hands rationals
+ * back as floats, where OpenSlide divides numerator by denominator as doubles. */
+struct raw_dir {
+  uint8_t *entries; /* the directory's entries as stored (owned), or NULL */
+  uint64_t n;
+  bool big, be;
+};
+
+#define RAW_MAX_ENTRIES 4096 /* more than any directory has: a bigger count reads nothing */
+
+static uint64_t get_uint(const uint8_t *p, int bytes, bool be) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; i++)
+    v |= (uint64_t)p[be ? i : bytes - 1 - i] << (8 * (bytes - 1 - i));
+  return v;
+}
+
+static bool read_exact(const tessera_slide *s, uint64_t off, size_t len, void *buf) {
+  size_t got = 0;
+  return tsr_bytes_read_at(s->source, off, len, buf, &got) == TESSERA_OK && got == len;
+}
+
+static void raw_dir_read(const tessera_slide *s, TIFF *tif, struct raw_dir *d) {
+  *d = (struct raw_dir){.big = TIFFIsBigTIFF(tif), .be = TIFFIsBigEndian(tif)};
+  uint64_t off = TIFFCurrentDirOffset(tif);
+  uint8_t head[8];
+  int count_bytes = d->big ? 8 : 2;
+  if (!read_exact(s, off, (size_t)count_bytes, head))
+    return;
+  uint64_t n = get_uint(head, count_bytes, d->be);
+  size_t entry = d->big ? 20 : 12;
+  if (n == 0 || n > RAW_MAX_ENTRIES || !(d->entries = tsr_malloc(n * entry)))
+    return;
+  if (!read_exact(s, off + (uint64_t)count_bytes, n * entry, d->entries)) {
+    tsr_free(d->entries);
+    d->entries = NULL;
+    return;
+  }
+  d->n = n;
+}
+
+/* The first value of a RATIONAL, SRATIONAL, FLOAT or DOUBLE tag, as a double. */
+static bool raw_number(const tessera_slide *s, const struct raw_dir *d, uint32_t tag, double *v) {
+  size_t entry = d->big ? 20 : 12, field = d->big ? 8 : 4;
+  for (uint64_t i = 0; d->entries && i < d->n; i++) {
+    const uint8_t *e = d->entries + i * entry;
+    if (get_uint(e, 2, d->be) != tag)
+      continue;
+    uint64_t type = get_uint(e + 2, 2, d->be), count = get_uint(e + 4, (int)field, d->be);
+    size_t size = type == 5 || type == 10 || type == 12 ? 8 : type == 11 ? 4 : 0;
+    if (size == 0 || count == 0)
+      return false;
+    const uint8_t *value = e + 4 + field;
+    uint8_t buf[8];
+    if (size > field) { /* stored elsewhere: the field is its offset */
+      if (!read_exact(s, get_uint(value, (int)field, d->be), size, buf))
+        return false;
+      value = buf;
+    }
+    if (type == 5 || type == 10) {
+      uint64_t num = get_uint(value, 4, d->be), den = get_uint(value + 4, 4, d->be);
+      *v = type == 5 ? (double)num / (double)den : (double)(int32_t)num / (double)(int32_t)den;
+    } else if (type == 11) {
+      uint32_t bits = (uint32_t)get_uint(value, 4, d->be);
+      float f;
+      memcpy(&f, &bits, sizeof f);
+      *v = f;
+    } else {
+      uint64_t bits = get_uint(value, 8, d->be);
+      memcpy(v, &bits, sizeof *v);
+    }
+    return true;
+  }
+  return false;
+}
+
+static void add_number_tag(const tessera_slide *s, const struct raw_dir *d, struct tsr_props *p,
+                           const char *key, uint32_t tag) {
+  double v;
+  if (raw_number(s, d, tag, &v))
+    set_number(p, key, v);
 }
 
 /* OpenSlide 4.0 gives a generic TIFF the micrometres per pixel its first directory's
- * resolution says (inch or centimetre units only, both axes nonzero); 3.4 gives none. The
- * resolution is libtiff's float, where OpenSlide divides the rational as doubles: the same for
- * a rational made from a float, as writers make them, not for every rational. */
-static void generic_mpp(TIFF *tif, struct tsr_props *p) {
+ * resolution says (inch or centimetre units only, both axes nonzero); 3.4 gives none. */
+static void generic_mpp(const tessera_slide *s, TIFF *tif, const struct raw_dir *d,
+                        struct tsr_props *p) {
   uint16_t unit = RESUNIT_INCH;
-  float x, y;
+  double x, y;
   TIFFGetField(tif, TIFFTAG_RESOLUTIONUNIT, &unit);
   if ((unit != RESUNIT_INCH && unit != RESUNIT_CENTIMETER) ||
-      TIFFGetField(tif, TIFFTAG_XRESOLUTION, &x) != 1 ||
-      TIFFGetField(tif, TIFFTAG_YRESOLUTION, &y) != 1 || x == 0 || y == 0)
+      !raw_number(s, d, TIFFTAG_XRESOLUTION, &x) || !raw_number(s, d, TIFFTAG_YRESOLUTION, &y) ||
+      x == 0 || y == 0)
     return;
   double dividend = unit == RESUNIT_INCH ? 25400 : 10000;
-  set_number(p, "openslide.mpp-x", dividend / (double)x);
-  set_number(p, "openslide.mpp-y", dividend / (double)y);
+  set_number(p, "openslide.mpp-x", dividend / x);
+  set_number(p, "openslide.mpp-y", dividend / y);
 }
 
 /* tessera writes its numbers as the shortest decimal that reads back the same; the ones
@@ -168,12 +244,15 @@ static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_prop
       hash_string(h, v);
     }
   }
-  add_float_tag(tif, p, "tiff.XResolution", TIFFTAG_XRESOLUTION);
-  add_float_tag(tif, p, "tiff.YResolution", TIFFTAG_YRESOLUTION);
-  add_float_tag(tif, p, "tiff.XPosition", TIFFTAG_XPOSITION);
-  add_float_tag(tif, p, "tiff.YPosition", TIFFTAG_YPOSITION);
+  struct raw_dir raw;
+  raw_dir_read(s, tif, &raw);
+  add_number_tag(s, &raw, p, "tiff.XResolution", TIFFTAG_XRESOLUTION);
+  add_number_tag(s, &raw, p, "tiff.YResolution", TIFFTAG_YRESOLUTION);
+  add_number_tag(s, &raw, p, "tiff.XPosition", TIFFTAG_XPOSITION);
+  add_number_tag(s, &raw, p, "tiff.YPosition", TIFFTAG_YPOSITION);
   if (abi_major >= 1 && strcmp(s->vendor, "generic-tiff") == 0)
-    generic_mpp(tif, p);
+    generic_mpp(s, tif, &raw, p);
+  tsr_free(raw.entries);
   uint32_t n = 0;
   void *data = NULL;
   if (want_icc && TIFFGetField(tif, TIFFTAG_ICCPROFILE, &n, &data) == 1 && n > 0) {

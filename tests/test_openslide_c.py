@@ -522,24 +522,30 @@ def openslide_number(v):
 
 
 @pytest.mark.parametrize("abi", [0, 1])
-def test_generic_tiff_mpp_as_each_version(abi, slides):
+def test_generic_tiff_mpp_as_each_version(abi, tmp_path):
     """OpenSlide 4.0 gives a generic TIFF the micrometres per pixel of its resolution tags;
     3.4 none (the 3.4 build is checked against Debian's OpenSlide in test_properties_equal).
-    The resolution is libtiff's, a float: OpenSlide divides by the rational itself, the same
-    for the rationals writers make from floats (vips, large_image: checked against Debian's
-    OpenSlide through tiff.XResolution), not for every rational."""
-    path = slides.path("deflate-nopred-pyr")
+    The resolution is the rational as stored, divided as doubles (libtiff's float would differ
+    in the last digits for a rational no float holds, which the one written here is)."""
+    path = str(tmp_path / "resolution.tif")
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), tile=(32, 32),
+                     resolution=((1000003, 7919), (1000003, 7919)), resolutionunit=3)
     with tifffile.TiffFile(path) as t:
         tags = t.pages[0].tags
         unit = int(tags["ResolutionUnit"].value)
-        xres = np.float32(tags["XResolution"].value[0] / tags["XResolution"].value[1])
-    assert unit in (2, 3)
+        num, den = tags["XResolution"].value
+    xres = num / den
+    assert unit == 3 and float(np.float32(xres)) != xres
     lib = load(abi)
     osr = lib.openslide_open(path.encode())
     got = lib.openslide_get_property_value(osr, b"openslide.mpp-x")
     if abi == 0:
         assert got is None
     else:
-        want = (25400.0 if unit == 2 else 10000.0) / float(xres)
-        assert got == openslide_number(want).encode()
+        assert got == openslide_number(10000.0 / xres).encode()
+    debian = subprocess.run([PYTHON, "-c", "import openslide, sys; print(openslide.OpenSlide("
+                             "sys.argv[1]).properties['tiff.XResolution'])", path],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert debian == openslide_number(xres)
+    assert lib.openslide_get_property_value(osr, b"tiff.XResolution") == debian.encode()
     lib.openslide_close(osr)
