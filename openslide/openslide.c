@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "alloc.h"
 #include "properties.h"
@@ -85,9 +86,12 @@ static void configure_cache(uint64_t mib) {
 static void default_cache(void) { configure_cache(DEFAULT_CACHE_MIB); }
 
 /* OpenSlide claims files by their format; tessera reads TIFF-based ones, so a file that is
- * not a TIFF at all (or not there) is "not a slide" (NULL), and a TIFF that fails to open is a
- * slide in error state. */
+ * not a TIFF at all (or not there, or no regular file: a FIFO must not block the open) is "not
+ * a slide" (NULL), and a TIFF that fails to open is a slide in error state. */
 static bool looks_like_tiff(const char *filename) {
+  struct stat st;
+  if (stat(filename, &st) != 0 || !S_ISREG(st.st_mode))
+    return false;
   FILE *f = fopen(filename, "rb");
   if (!f)
     return false;

@@ -236,6 +236,14 @@ def test_not_a_slide_is_null_and_a_failing_tiff_is_a_handle_in_error(abi, tmp_pa
     assert lib.openslide_open(str(text).encode()) is None
     assert lib.openslide_open(str(tmp_path / "missing.tif").encode()) is None
     assert lib.openslide_detect_vendor(str(text).encode()) is None
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    # in a child process: an open that blocks on the FIFO fails the test instead of hanging it
+    code = ("import ctypes, sys; lib = ctypes.CDLL(sys.argv[1]); lib.openslide_open.restype = "
+            "ctypes.c_void_p; print(lib.openslide_open(sys.argv[2].encode()))")
+    out = subprocess.run([sys.executable, "-c", code, SO[abi], str(fifo)], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    assert out.strip() == "None"
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00" + b"\xff" * 60)
     osr = lib.openslide_open(str(broken).encode())
