@@ -7,6 +7,7 @@
  * documents. */
 #include "openslide.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -15,6 +16,7 @@
 #include <sys/stat.h>
 
 #include "alloc.h"
+#include "fractional.h"
 #include "properties.h"
 #include "tessera.h"
 
@@ -29,6 +31,7 @@
 struct os_level {
   int64_t w, h;
   double downsample;
+  uint32_t tile_w, tile_h;
 };
 
 struct _openslide {
@@ -115,7 +118,8 @@ static tessera_status fill_handle(openslide_t *osr) {
     tessera_status st = tessera_level_info_get(s, i, &info);
     if (st != TESSERA_OK)
       return st;
-    osr->levels[i] = (struct os_level){info.width, info.height, info.downsample};
+    osr->levels[i] = (struct os_level){info.width, info.height, info.downsample,
+                                       (uint32_t)info.tile_width, (uint32_t)info.tile_height};
   }
   tessera_status st =
       tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR, &osr->props, &osr->icc, &osr->icc_size);
@@ -232,40 +236,46 @@ EXPORT int32_t openslide_get_best_level_for_downsample(openslide_t *osr, double 
   return osr->nlevels - 1;
 }
 
-/* tessera's RGBA (straight alpha) to OpenSlide's premultiplied ARGB, in place: both are four
- * bytes a pixel. Premultiplication rounds as libtiff's RGBA reader does, which is what
- * OpenSlide hands back for images with alpha. */
-static void rgba_to_argb(uint32_t *px, size_t stride_px, int64_t w, int64_t h) {
-  for (int64_t y = 0; y < h; y++) {
-    uint32_t *row = px + (size_t)y * stride_px;
-    for (int64_t x = 0; x < w; x++) {
-      const uint8_t *b = (const uint8_t *)&row[x];
-      uint32_t r = b[0], g = b[1], bl = b[2], a = b[3];
-      if (a != 255) {
-        r = (r * a + 127) / 255;
-        g = (g * a + 127) / 255;
-        bl = (bl * a + 127) / 255;
-      }
-      row[x] = a << 24 | r << 16 | g << 8 | bl;
-    }
+/* One piece of a region (OpenSlide paints a region in pieces of at most 4096 x 4096, each on
+ * its own), its origin (x, y) in level-0 pixels, into dest, rows stride pixels apart. */
+static bool paint_piece(openslide_t *osr, int64_t x, int64_t y, int32_t level, int64_t w,
+                        int64_t h, uint32_t *dest, size_t stride) {
+  const struct os_level *l = &osr->levels[level];
+  /* A piece starting left of or above the slide is painted from level pixel 0, at the output
+   * pixel (-x / downsample) rounded toward zero; tessera would floor instead. */
+  int64_t tx = 0, ty = 0;
+  if (x < 0) {
+    tx = (int64_t)((double)-x / l->downsample);
+    x = 0;
   }
-}
-
-static bool read_rgba(openslide_t *osr, int64_t x, int64_t y, int32_t level, int64_t w, int64_t h,
-                      uint32_t *dst, size_t stride_px, size_t dst_px) {
-  tessera_read_options o;
-  tessera_read_options_init(&o);
-  o.channels = 4;
-  o.fill = 0;
-  o.stride = stride_px * 4;
-  tessera_status st = tessera_read_region(osr->slide, x, y, level, w, h, &o, (uint8_t *)dst,
-                                          dst_px * 4);
-  if (st != TESSERA_OK) {
-    fail(osr, tessera_error_message());
-    return false;
+  if (y < 0) {
+    ty = (int64_t)((double)-y / l->downsample);
+    y = 0;
   }
-  rgba_to_argb(dst, stride_px, w, h);
-  return true;
+  if (tx >= w || ty >= h)
+    return true;
+  dest += (size_t)ty * stride + (size_t)tx;
+  w -= tx;
+  h -= ty;
+  double lx = (double)x / l->downsample, ly = (double)y / l->downsample;
+  tessera_status st;
+  if (lx == floor(lx) && ly == floor(ly)) { /* on whole pixels: the pixels as stored */
+    tessera_read_options o;
+    tessera_read_options_init(&o);
+    o.channels = 4;
+    o.fill = 0;
+    o.stride = stride * 4;
+    st = tessera_read_region(osr->slide, x, y, level, w, h, &o, (uint8_t *)dest,
+                             ((size_t)(h - 1) * stride + (size_t)w) * 4);
+    if (st == TESSERA_OK)
+      tsr_os_rgba_to_argb(dest, stride, w, h);
+  } else { /* between pixels: OpenSlide's cairo resamples */
+    struct tsr_os_grid grid = {l->w, l->h, l->tile_w, l->tile_h, l->downsample};
+    st = tsr_os_paint_fractional(osr->slide, level, &grid, lx, ly, w, h, dest, stride);
+  }
+  if (st != TESSERA_OK)
+    fail(osr, st == TESSERA_E_NOMEM ? out_of_memory : tessera_error_message());
+  return st == TESSERA_OK;
 }
 
 EXPORT void openslide_read_region(openslide_t *osr, uint32_t *dest, int64_t x, int64_t y,
@@ -286,23 +296,20 @@ EXPORT void openslide_read_region(openslide_t *osr, uint32_t *dest, int64_t x, i
     memset(dest, 0, npx * 4);
   if (!dest || npx == 0 || !level_ok(osr, level))
     return;
-  /* OpenSlide paints a region starting left of or above the slide from level pixel 0, at the
-   * output pixel (-x / downsample) rounded toward zero; tessera would floor instead. */
+  const int64_t d = 4096;
   double ds = osr->levels[level].downsample;
-  int64_t tx = 0, ty = 0;
-  if (x < 0) {
-    tx = (int64_t)((double)-x / ds);
-    x = 0;
-  }
-  if (y < 0) {
-    ty = (int64_t)((double)-y / ds);
-    y = 0;
-  }
-  if (tx >= w || ty >= h)
-    return;
-  size_t at = (size_t)ty * (size_t)w + (size_t)tx;
-  if (!read_rgba(osr, x, y, level, w - tx, h - ty, dest + at, (size_t)w, npx - at))
-    memset(dest, 0, npx * 4); /* no partial result, as OpenSlide */
+  for (int64_t row = 0; row < (h + d - 1) / d; row++)
+    for (int64_t col = 0; col < (w + d - 1) / d; col++) {
+      /* as OpenSlide: the piece's level-0 origin truncated to a whole pixel */
+      int64_t sx = (int64_t)((double)x + (double)(col * d) * ds);
+      int64_t sy = (int64_t)((double)y + (double)(row * d) * ds);
+      int64_t sw = w - col * d < d ? w - col * d : d, sh = h - row * d < d ? h - row * d : d;
+      if (!paint_piece(osr, sx, sy, level, sw, sh, dest + (size_t)(row * d) * (size_t)w +
+                       (size_t)(col * d), (size_t)w)) {
+        memset(dest, 0, npx * 4); /* no partial result, as OpenSlide */
+        return;
+      }
+    }
 }
 
 static int compare_key(const void *key, const void *item) {
@@ -353,7 +360,7 @@ EXPORT void openslide_read_associated_image(openslide_t *osr, const char *name, 
     memset(dest, 0, npx * 4);
     return;
   }
-  rgba_to_argb(dest, (size_t)w, w, h);
+  tsr_os_rgba_to_argb(dest, (size_t)w, w, h);
 }
 
 EXPORT const char *openslide_get_version(void) {

@@ -15,8 +15,8 @@
  *
  * What differs from OpenSlide (see README.md, "OpenSlide's API over tessera"): one decoded-tile
  * cache per process (openslide_set_cache sizes it), and regions of levels above 0 whose origin
- * does not fall on a whole pixel of the level start at the pixel below (OpenSlide interpolates
- * between pixels there).
+ * falls between two pixels of the level, which are resampled as OpenSlide resamples them but
+ * come close to its values (alpha within 3) rather than equal to them.
  */
 #ifndef TESSERA_OPENSLIDE_H
 #define TESSERA_OPENSLIDE_H

@@ -25,12 +25,14 @@ def regions(name, level, dims, ds):
     w, h = dims
     rnd = random.Random("%s/%d" % (name, level))
     out = []
-    whole_ds = ds == int(ds)
     for _ in range(10):
         rw, rh = rnd.randint(1, 300), rnd.randint(1, 300)
         lx, ly = rnd.randint(-rw + 1, w + 20), rnd.randint(-rh + 1, h + 20)
-        if whole_ds or (lx <= 0 and ly <= 0):
-            out.append((int(lx * ds), int(ly * ds), rw, rh))
+        out.append((int(lx * ds), int(ly * ds), rw, rh))
+    # level-0 origins between the level's pixels, which OpenSlide resamples
+    for _ in range(4 if level > 0 else 0):
+        rw, rh = rnd.randint(1, 300), rnd.randint(1, 300)
+        out.append((rnd.randint(0, int(w * ds)), rnd.randint(0, int(h * ds)), rw, rh))
     # left of and above the slide: OpenSlide starts at level pixel 0 after (-x / ds) rounded
     # toward zero
     out.append((-int(3 * ds) - 1, -int(5 * ds) - 1, 97, 61))
