@@ -1,7 +1,7 @@
 """openslide-python (Debian's python3-openslide) reading random patches over Debian's OpenSlide
 and over tessera's libopenslide.so.0 (LD_LIBRARY_PATH), side by side in one run.
 
-    /usr/bin/python3 bench/openslide_python.py SLIDE [--lib DIR] [--patches 2000]
+    /usr/bin/python3 bench/libopenslide.py SLIDE [--lib DIR] [--patches 2000]
         [--size 224] [--threads 1 2] [--repeat 5]
 
 Each measurement is a fresh process (which library openslide-python loads is fixed at import):
@@ -78,6 +78,7 @@ def main():
     args = ap.parse_args()
     print("| threads | OpenSlide p/s | tessera p/s | tessera / OpenSlide | checksums |")
     print("|---|---|---|---|---|")
+    runs = []
     for threads in args.threads:
         rates = {"openslide": [], "tessera": []}
         agree = True
@@ -93,7 +94,11 @@ def main():
         o, t = statistics.median(rates["openslide"]), statistics.median(rates["tessera"])
         print("| %d | %.1f | %.1f | **%.2fx** | %s |" % (threads, o, t, t / o,
                                                         "agree" if agree else "DIFFER"))
+        runs.append("%d thread(s): OpenSlide %s; tessera %s" % (
+            threads, " ".join("%.0f" % r for r in rates["openslide"]),
+            " ".join("%.0f" % r for r in rates["tessera"])))
     print("\nlibraries: %s" % ", ".join(sorted(versions)))
+    print("single runs (patches/s, in turns):\n  " + "\n  ".join(runs))
 
 
 if __name__ == "__main__":
