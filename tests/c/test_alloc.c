@@ -9,7 +9,9 @@
 #include "tessera.h"
 
 static const char *files[] = {"generic-jpeg-ycbcr-128tiles.tiff", "generic-webp-rgba-pyramid.tif",
-                              "generic-zstd-1024tiles-pyramid.tiff", "aperio-jpeg-tiny-16x16.svs"};
+                              "generic-zstd-1024tiles-pyramid.tiff", "aperio-jpeg-tiny-16x16.svs",
+                              /* restart intervals, and levels decoded from one at a JPEG scale */
+                              "hamamatsu-ndpi-DAPI.ndpi"};
 
 enum { W = 200, H = 150 };
 
