@@ -9,10 +9,9 @@
 Results are those of openslide-python over OpenSlide 3.4.1 on the same file: the same
 ``openslide.*`` properties, level geometry, RGBA regions (not premultiplied; transparent,
 all four bytes 0, outside the image), thumbnails and Deep Zoom tiles. Where tessera and
-OpenSlide differ (see docs/OPENSLIDE.md): tessera's own level list (NDPI: the stored levels
-only); a region whose level origin is not a whole pixel (level-0 x or y not a multiple of
-the level's downsample) is read from the pixel below it, where OpenSlide blends neighbouring
-pixels; no ICC profiles of slides.
+OpenSlide differ (see docs/OPENSLIDE.md): a region whose level origin is not a whole pixel
+(level-0 x or y not a multiple of the level's downsample) is read from the pixel below it,
+where OpenSlide blends neighbouring pixels; no ICC profiles of slides.
 
 Reads run in tessera with the GIL released, so threads sharing one OpenSlide read in
 parallel. Errors latch as OpenSlide's do: once a read fails, every later call on that object
@@ -244,7 +243,7 @@ class OpenSlide(AbstractSlide):
             props = _openslide_properties(slide.properties())
             path = _path(self._filename)
             if PROPERTY_NAME_QUICKHASH1 not in props:
-                digest = _tiffdir.quickhash1(path, slide.vendor, self._dims[-1])
+                digest = _tiffdir.quickhash1(path, slide.vendor, self._dims)
                 if digest is not None:
                     props[PROPERTY_NAME_QUICKHASH1] = digest
             # tessera prints the resolutions with %g, OpenSlide with 17 digits, and

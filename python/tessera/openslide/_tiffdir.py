@@ -4,8 +4,9 @@ otherwise than tessera or that tessera leaves out. This file reads the directori
 and is checked before use, and a file it cannot parse gives nothing, never an exception.
 
 quickhash-1, for the TIFF formats tessera and OpenSlide both read (Aperio, generic tiled TIFF,
-Hamamatsu NDPI): SHA-256 over the raw bytes of every tile (or strip) of the smallest level's
-directory, in file order, then, for nine string tags of the first directory, the property
+Hamamatsu NDPI): SHA-256 over the raw bytes of every tile (or strip) of the smallest stored
+level's directory, in file order (NDPI's levels decoded at 1/2, 1/4 and 1/8 have no directory
+of their own and are not hashed), then, for nine string tags of the first directory, the property
 name and the tag's text, each followed by a NUL (a missing tag counts as the empty string).
 No hash when those tiles hold more than 5 MiB (OpenSlide leaves the property out then).
 """
@@ -167,29 +168,39 @@ def tags(path):
     return out
 
 
-def quickhash1(path, vendor, smallest):
-    """openslide.quickhash-1 of the slide at path, whose smallest level is smallest=(width,
-    height) and vendor tessera's vendor name; None where OpenSlide gives none or this cannot
-    tell."""
+def quickhash1(path, vendor, levels):
+    """openslide.quickhash-1 of the slide at path, whose levels have the sizes levels=((width,
+    height), ...) (largest first) and vendor tessera's vendor name; None where OpenSlide gives
+    none or this cannot tell."""
     if vendor not in VENDORS:
         return None
     try:
         tiff = _open(path)
         with tiff.f:
-            return _hash(tiff, smallest, tiled=vendor != "hamamatsu")
+            return _hash(tiff, levels, tiled=vendor != "hamamatsu")
     except (OSError, _Bad, struct.error):
         return None
 
 
-def _hash(tiff, smallest, tiled):
-    level = None
+def _stored_level(tiff, levels, tiled):
+    """The directory of the smallest level stored in one of its own: the last of levels that a
+    directory of that size and layout holds. An NDPI level decoded at a JPEG scale has none,
+    so the smallest stored level is hashed, as OpenSlide hashes it."""
+    sizes = {}
     for d in range(len(tiff.dirs)):
         dims = (tiff.integers(d, _WIDTH), tiff.integers(d, _LENGTH))
-        if None in dims or (dims[0][:1], dims[1][:1]) != ([smallest[0]], [smallest[1]]):
+        if None in dims or not dims[0] or not dims[1]:
             continue
         if tiled == (_TILE_WIDTH in tiff.dirs[d]):
-            level = d
-            break
+            sizes.setdefault((dims[0][0], dims[1][0]), d)
+    for size in reversed(levels):
+        if tuple(size) in sizes:
+            return sizes[tuple(size)]
+    return None
+
+
+def _hash(tiff, levels, tiled):
+    level = _stored_level(tiff, levels, tiled)
     if level is None:
         return None
     offsets = tiff.integers(level, _TILE_OFFSETS)
