@@ -36,7 +36,10 @@ static bool seat_locked(int fd, uint32_t seat) {
 
 bool tsr_segment_loader_alive(const struct shared_cache *c, const struct entry *e) {
   uint32_t seat = once32(&e->loader_seat), incarnation = once32(&e->loader_incarnation);
-  if (c->seat >= 0 && seat == (uint32_t)c->seat && incarnation == c->incarnation)
+  /* Held, not taken: a detaching attachment is alive until its copies are done (detach_user),
+   * and the kernel cannot say so (F_OFD_GETLK does not see its own description's lock). */
+  int held = atomic_load(&c->held_seat);
+  if (held >= 0 && seat == (uint32_t)held && incarnation == c->incarnation)
     return true;
   return seat < MAX_USERS &&
          atomic_load_explicit(&c->h->incarnation[seat], memory_order_relaxed) == incarnation &&
@@ -115,15 +118,26 @@ static int take_seat(struct shared_cache *c) {
     struct flock l = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = i, .l_len = 1};
     if (fcntl(c->fd, F_OFD_SETLK, &l) == 0) {
       c->incarnation = atomic_fetch_add(&c->h->incarnation[i], 1) + 1;
+      atomic_store(&c->held_seat, (int)i);
       return (int)i;
     }
   }
   return -1;
 }
 
-static void release_seat(struct shared_cache *c) {
-  struct flock l = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = c->seat, .l_len = 1};
+/* Lets the seat go, once no copy into reserved chunks is in flight: a loader copies without
+ * the shard lock, into chunks that are its own only while its seat is held (shared.c's
+ * copy_in). The caller has set seat to -1, so no copy starts after this looks (both sides
+ * are sequentially consistent: a copier either sees -1 or is counted here). A copy is a
+ * memcpy of one tile; one not done within LOCK_WAIT_NS is a thread stopped alone (a
+ * debugger): the seat then goes when the process dies or closes the descriptor. */
+static void release_seat(struct shared_cache *c, int seat) {
+  for (uint64_t began = monotonic_ns(); atomic_load(&c->copying) != 0; sleep_ns(100000))
+    if (monotonic_ns() - began > LOCK_WAIT_NS)
+      return;
+  struct flock l = {.l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = seat, .l_len = 1};
   fcntl(c->fd, F_OFD_SETLK, &l);
+  atomic_store(&c->held_seat, -1);
 }
 
 /* A forked child becomes a user when it first reads through the cache, not at the fork: a
@@ -146,9 +160,10 @@ static void detach_user(struct shared_cache *c) {
     return;
   if (!c->detached) {
     c->detached = true;
-    if (c->seat >= 0)
-      release_seat(c);
+    int seat = c->seat;
     c->seat = -1;
+    if (seat >= 0)
+      release_seat(c, seat);
     if (live_users(c->fd) == 0 && !atomic_load(&h->unlinked)) {
       atomic_store(&h->unlinked, 1);
       if (names_file(c->name, c->dev, c->ino))
@@ -193,6 +208,7 @@ static struct shared_cache *new_attachment(int fd, uint8_t *addr, size_t size, c
   c->buckets = h->buckets;
   place_shards(c->nshards, c->chunks, c->entries, c->buckets, c->place);
   c->seat = -1;
+  c->held_seat = -1;
   struct stat st;
   if (fstat(fd, &st) == 0) {
     c->dev = (uint64_t)st.st_dev;
@@ -236,6 +252,8 @@ struct tsr_cache *tsr_segment_fork_child(struct tsr_cache *base) {
   struct shared_cache *c = (struct shared_cache *)base;
   c->base.refs = 1;
   c->seat = -1;
+  c->held_seat = -1; /* the parent's: its lock is on the parent's description */
+  c->copying = 0;    /* the parent's threads' */
   c->detached = false;
   int fd = c->fd >= 0 ? reopen(c) : -1;
   if (fd >= 0) {

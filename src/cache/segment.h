@@ -4,10 +4,13 @@
  * operations, segment.c's making, attaching, users and listing, shared_hooks.c's test hooks).
  *
  * What guards what: the segment header's users_lock orders attaching against the last detach;
- * each shard's robust mutex guards that shard's fields, entries, buckets, links and chunk
- * tags, and the writing of its chunks, which a hit reads without it, checking an entry's
- * atomic count of frees before and after (shared.c's lookup says why that suffices); the
- * user seat incarnations are atomic; an attachment's own fields say below. Nothing read
+ * each shard's robust mutex guards that shard's fields, entries (but the atomic given_up and
+ * count of frees), buckets, links and chunk tags, and who owns each chunk: chunks reserved
+ * for a tile under the mutex are written, without it, only by the loader that reserved them,
+ * until it publishes the tile under the mutex or its reservation is freed under it (shared.c's
+ * copy_in); a hit reads a published tile's chunks without it, checking its entry's atomic
+ * count of frees before and after (shared.c's lookup says why that suffices); the user seat
+ * incarnations are atomic; an attachment's own fields say below. Nothing read
  * from the segment is trusted (see shared.c): read indices once (once32), check, then use. */
 #ifndef TSR_CACHE_SEGMENT_H
 #define TSR_CACHE_SEGMENT_H
@@ -34,7 +37,7 @@
 #include "cache/cache.h"
 
 #define SEGMENT_MAGIC 0x3145484341435354ull /* "TSCACHE1" read little-endian */
-#define SEGMENT_VERSION 5u
+#define SEGMENT_VERSION 6u
 #define CHUNK_BYTES ((uint64_t)64 << 10)
 #define NIL UINT32_MAX
 #define MAX_USERS 1024
@@ -52,7 +55,9 @@
 #define READY_WAIT_NS (2ull * 1000000000ull)
 #define MAKER_WAIT_NS (120ull * 1000000000ull)
 
-enum state { FREE, LOADING, READY };
+/* OVERTAKEN: a reservation whose loader did not publish in time, taken out of the index
+ * (shared.c's detach); its chunks stay its loader's until it comes back or dies. */
+enum state { FREE, LOADING, READY, OVERTAKEN };
 enum queue { Q_NONE, Q_SMALL, Q_MAIN };
 
 struct header {
@@ -93,7 +98,12 @@ struct entry {
   uint32_t loader_seat;              /* LOADING: the user seat loading it, */
   uint32_t loader_incarnation;       /* and that seat's incarnation then */
   uint32_t ticket;                   /* bumped each time the entry is reserved or taken over */
-  uint32_t seal;                     /* seal_of(the entry) while LOADING or READY */
+  uint32_t seal;                     /* seal_of(the entry) while not FREE */
+  /* The ticket of the reservation its loader gave up on without the lock (it could not lock
+   * the shard to publish or abandon it, and touches the entry no more): lock holders free it.
+   * Written by the loader without the lock, after its last write to the chunks, so atomic,
+   * stored with release and loaded with acquire; set to 0 at each reservation. */
+  _Atomic uint32_t given_up;
   uint32_t hnext, prev, next, first; /* hash chain (or free list), queue (next older), chunks */
   uint8_t state, queue, freq, pad;
 };
@@ -112,8 +122,14 @@ struct shared_cache {
   /* The segment's geometry as checked at attach; constant. */
   uint32_t nshards, chunks, entries, buckets;
   struct place place[TSR_CACHE_MAX_SHARDS];
-  _Atomic int seat;       /* this attachment's user seat (-1: none); written under the users
+  _Atomic int seat;       /* this attachment's user seat (-1: none, or detaching); written under
+                             the users lock */
+  _Atomic int held_seat;  /* the seat whose lock this attachment holds, until it lets it go
+                             (after seat, once no copy is in flight); written under the users
                              lock */
+  /* Copies into reserved chunks in flight, made without the shard lock (shared.c's copy_in):
+   * a detach waits for them before it lets the seat go, and with it the chunks. */
+  atomic_uint copying;
   uint32_t incarnation;   /* the seat's incarnation; written with seat, before registered */
   bool detached;          /* guarded by the users lock */
   atomic_bool registered; /* a seat was taken (or need not be) */

@@ -30,14 +30,20 @@
  *   shard stuck for this process for STUCK_NS, during which it only tries the lock, and goes
  *   around the cache: a process stopped holding a lock (SIGSTOP, a debugger, a frozen cgroup)
  *   costs the others one wait per shard, not a hang.
- * - A miss reserves the entry (LOADING, stamped with the loader's user seat and that seat's
- *   incarnation) under the lock, decodes without the lock, then copies into its chunks and
- *   publishes it under the lock, if its ticket still stands. (The copy stays under the lock:
- *   a loader overtaken while it copied could otherwise go on writing into chunks given to
- *   another tile since. One stopped in that copy costs the others the bounded wait above.)
- *   Others wanting it poll; if its loader has died they drop the entry and load it
- *   themselves; if it is alive but has not published after LOAD_WAIT_NS, they take the entry
- *   over (a new ticket): a stopped loader costs one wait, once.
+ * - A miss reserves the entry and its chunks (LOADING, stamped with the loader's user seat and
+ *   that seat's incarnation, and a ticket) under the lock, noting where the chunks lie; then,
+ *   without the lock, it decodes and copies the tile into them; then it takes the lock again
+ *   only to publish it (READY, sealed, queued), if its ticket still stands. The chunks are the
+ *   reservation's alone until then: others wanting the tile poll; if its loader has died (or
+ *   gave the entry up, not able to lock the shard) they free the entry and load the tile
+ *   themselves; if it is alive but has not published after LOAD_WAIT_NS, they detach the
+ *   entry (OVERTAKEN: out of the index, its chunks still its loader's, counted against the
+ *   shard's room) and load the tile into chunks of their own. A stopped loader thus costs
+ *   one wait, once, and pins one tile per thread of it that was loading; when it goes on, it
+ *   finishes its copy into its own chunks, finds itself overtaken and frees them; if it dies
+ *   first, the sweep of dead loaders frees them. A rebuild keeps a live loader's chunks too.
+ *   A process detaching (at exit, say) lets its seat, and with it its chunks, go only once
+ *   none of its threads is copying.
  * - A process killed while holding a shard lock leaves it to the next locker as EOWNERDEAD.
  *   The lists of a shard (hash chains, queues, free lists) are derived data; an entry's state,
  *   key, size, seal and chunk chain are the truth. The next locker rebuilds the lists from the
@@ -95,11 +101,14 @@ static inline void ignore_racy_reads(bool on) {
  * of range, a link that does not lead back, a walk longer than the shard): the caller
  * rebuilds it and goes around the cache. */
 
+/* An overtaken entry seals as a loading one: detach makes it so with one store, which leaves
+ * it sealed whatever point its maker dies at (detach says why that matters). */
 static uint32_t seal_of(const struct entry *e, uint32_t i) {
   uint64_t x = tsr_cache_key_hash(&e->key);
+  uint64_t state = e->state == OVERTAKEN ? LOADING : e->state;
   const uint64_t parts[] = {e->bytes, ((uint64_t)e->first << 32) | e->ticket,
                             ((uint64_t)e->loader_seat << 32) | e->loader_incarnation,
-                            ((uint64_t)e->state << 32) | i};
+                            (state << 32) | i};
   for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
     x ^= parts[p] + 0x9E3779B97F4A7C15u + (x << 6) + (x >> 2);
     x *= 0xBF58476D1CE4E5B9u;
@@ -193,8 +202,20 @@ static void vacate(struct entry *e) {
   e->state = FREE;
 }
 
-/* Frees entry i (ready or loading): its chunks and entry go back to the free lists. Its state
- * changes first, so a process killed halfway leaves nothing that a rebuild would keep. */
+/* Takes entry i out of its hash chain, if it is in it. */
+static bool unhash(const struct view *v, uint32_t i, uint64_t hash) {
+  uint32_t *p = bucket(v, hash), j;
+  for (uint32_t steps = 0; (j = once32(p)) != i && j != NIL; p = &v->E[j].hnext)
+    if (j >= v->entries || steps++ >= v->entries)
+      return false;
+  if (j == i)
+    *p = v->E[i].hnext;
+  return true;
+}
+
+/* Frees entry i (ready, loading or overtaken): its chunks and entry go back to the free lists.
+ * Its state changes first, so a process killed halfway leaves nothing that a rebuild would
+ * keep. */
 static bool free_entry(const struct view *v, uint32_t i) {
   struct shard *sh = v->sh;
   struct entry *e = &v->E[i];
@@ -203,13 +224,7 @@ static bool free_entry(const struct view *v, uint32_t i) {
     return false; /* its size and chain cannot be believed */
   vacate(e);
   atomic_signal_fence(memory_order_seq_cst); /* FREE before the lists change */
-  uint32_t *p = bucket(v, tsr_cache_key_hash(&s.key)), j;
-  for (uint32_t steps = 0; (j = once32(p)) != i && j != NIL; p = &v->E[j].hnext)
-    if (j >= v->entries || steps++ >= v->entries)
-      return false;
-  if (j == i)
-    *p = e->hnext;
-  if (!queue_unlink(v, i))
+  if (!unhash(v, i, tsr_cache_key_hash(&s.key)) || !queue_unlink(v, i))
     return false;
   uint64_t n = chunks_for(s.bytes);
   uint32_t last = s.first;
@@ -272,15 +287,28 @@ static bool evict_one(const struct view *v, bool *evicted) {
   return r != TSR_S3FIFO_BROKEN;
 }
 
-/* Frees the entries whose loaders died while decoding; *n: how many. With nothing left to
- * evict, some entry must be loading: if none is, the shard's counts are wrong. */
+/* Whether entry i (loading or overtaken) is being loaded by nobody: its loader gave it up
+ * (acquire: the loader's writes to its chunks come before), or died (asking the kernel, with
+ * ask). */
+static bool loader_gone(const struct shared_cache *c, const struct entry *e, bool ask) {
+  return atomic_load_explicit(&e->given_up, memory_order_acquire) == e->ticket ||
+         (ask && !tsr_segment_loader_alive(c, e));
+}
+
+static bool in_flight(const struct entry *e) {
+  return e->state == LOADING || e->state == OVERTAKEN;
+}
+
+/* Frees the entries whose loaders died or gave them up while decoding or copying; *n: how
+ * many. With nothing left to evict, some entry must be in flight: if none is, the shard's
+ * counts are wrong. */
 static bool sweep_dead_loaders(const struct shared_cache *c, const struct view *v, unsigned *n) {
   unsigned loading = 0;
   *n = 0;
   for (uint32_t i = 0; i < v->entries; i++)
-    if (v->E[i].state == LOADING) {
+    if (in_flight(&v->E[i])) {
       loading++;
-      if (tsr_segment_loader_alive(c, &v->E[i]))
+      if (!loader_gone(c, &v->E[i], true))
         continue;
       if (!free_entry(v, i))
         return false;
@@ -303,7 +331,11 @@ bool tsr_shared_entry_whole(const struct view *v, uint32_t i) {
 }
 
 /* After a process died holding the shard's lock, or the shard was found inconsistent:
- * rebuilds the lists from the entries that are whole. Reads only indices it checks. */
+ * rebuilds the lists from the entries that are whole. Reads only indices it checks. A live
+ * loader's reservation is never freed here (it may be copying into its chunks, without the
+ * lock): one found beside another entry of its key is made overtaken instead. Only one whose
+ * seal or chain was written over by another process is lost: such a writer can put any pixels
+ * in the chunks anyway. */
 static void rebuild(const struct shared_cache *c, const struct view *v) {
   struct shard *sh = v->sh;
   struct entry *E = v->E;
@@ -315,16 +347,22 @@ static void rebuild(const struct shared_cache *c, const struct view *v) {
   sh->free_entries = NIL;
   for (uint32_t i = v->entries; i-- > 0;) {
     struct entry *e = &E[i];
-    bool keep = (e->state == READY || (e->state == LOADING && tsr_segment_loader_alive(c, e))) &&
+    bool keep = (e->state == READY || (in_flight(e) && !loader_gone(c, e, true))) &&
                 tsr_shared_entry_whole(v, i);
     uint64_t hash = tsr_cache_key_hash(&e->key);
     uint32_t dup = NIL;
-    if (keep && (!find(v, &e->key, hash, &dup) || dup != NIL))
-      keep = false; /* a duplicate: the first one found stays */
+    if (keep && e->state != OVERTAKEN && (!find(v, &e->key, hash, &dup) || dup != NIL)) {
+      if (e->state == READY)
+        keep = false; /* a duplicate: the first one found stays */
+      else
+        e->state = OVERTAKEN; /* one store: sealed as it was */
+    }
     e->queue = Q_NONE;
     if (keep) {
-      e->hnext = *bucket(v, hash);
-      *bucket(v, hash) = i;
+      if (e->state != OVERTAKEN) {
+        e->hnext = *bucket(v, hash);
+        *bucket(v, hash) = i;
+      }
       if (e->state == READY) {
         e->freq = 0;
         queue_push(v, i, Q_MAIN); /* cannot fail: the queue was built here */
@@ -396,21 +434,22 @@ static size_t hit_bytes(const struct tsr_cache_access *a) {
          (size_t)(chunks < a->rows ? chunks : a->rows) * a->row_bytes;
 }
 
-/* Notes in chain[] where entry i's chunks lie, up to the one holding the last byte asked for,
- * each checked to be the entry's, at its place. Index work only, under the shard's lock: no
- * pixel is read here. */
-static bool map_chain(const struct view *v, uint32_t i, const struct tsr_cache_access *a,
-                      const uint8_t **chain) {
-  if (a->rows == 0)
-    return false;
-  uint64_t end = a->offset + (uint64_t)(a->rows - 1) * a->stride + a->row_bytes;
-  if (end > a->bytes)
-    return false; /* not a part of a tile of a->bytes (the entry's size) */
+/* Bytes of scratch a load needs: the tile, then the addresses of its chunks (load_chain). */
+static size_t load_bytes(const struct tsr_cache_access *a) {
+  return (size_t)align_up(a->bytes, 64) + (size_t)chunks_for(a->bytes) * sizeof(uint8_t *);
+}
+static uint8_t **load_chain(const struct tsr_cache_access *a) {
+  return (uint8_t **)(void *)(a->scratch->data + align_up(a->bytes, 64));
+}
+
+/* Notes in chain[] where entry i's first n chunks lie, each checked to be the entry's, at its
+ * place. Index work only, under the shard's lock: no pixel is read here. */
+static bool note_chunks(const struct view *v, uint32_t i, uint64_t n, uint8_t **chain) {
   uint32_t k = once32(&v->E[i].first);
   if (!chain_head(v, i, k))
     return false;
   chain[0] = chunk_data(v, k);
-  for (uint32_t s = 0; s + 1 < chunks_for(end); s++) {
+  for (uint32_t s = 0; s + 1 < n; s++) {
     if (!chain_next(v, i, s, k, &k))
       return false;
     chain[s + 1] = chunk_data(v, k);
@@ -418,11 +457,22 @@ static bool map_chain(const struct view *v, uint32_t i, const struct tsr_cache_a
   return true;
 }
 
+/* Notes in chain[] where entry i's chunks lie, up to the one holding the last byte asked for. */
+static bool map_chain(const struct view *v, uint32_t i, const struct tsr_cache_access *a,
+                      uint8_t **chain) {
+  if (a->rows == 0)
+    return false;
+  uint64_t end = a->offset + (uint64_t)(a->rows - 1) * a->stride + a->row_bytes;
+  if (end > a->bytes)
+    return false; /* not a part of a tile of a->bytes (the entry's size) */
+  return note_chunks(v, i, chunks_for(end), chain);
+}
+
 /* Points a->row_list at the rows asked for, in place in the chunks chain[] notes, copying the
  * rows that straddle chunks into the scratch. No lock is held: the chunks may be written
  * meanwhile, which done() finds out; every address was checked under the lock, and stays in
  * the segment whatever the chunks or the index hold now. */
-static void place_rows(struct tsr_cache_access *a, const uint8_t *const *chain) {
+static void place_rows(struct tsr_cache_access *a, uint8_t *const *chain) {
   const uint8_t **list = (const uint8_t **)(void *)a->scratch->data;
   uint8_t *spill = a->scratch->data + list_bytes(a) + chain_bytes(a);
   for (uint32_t r = 0; r < a->rows; r++) {
@@ -443,25 +493,34 @@ static void place_rows(struct tsr_cache_access *a, const uint8_t *const *chain) 
   a->row_list = list;
 }
 
-/* Copies the loaded tile, of `bytes`, into entry i's chunks (its chain checked as it goes).
- * The chunks' last tile was freed, its entry's count of frees bumped, before they became
- * i's: the fence orders that bump (seen through the lock) before these writes, for a hit
- * that still reads them (lookup). */
-static bool copy_in(const struct view *v, uint32_t i, const uint8_t *src, size_t bytes) {
-  atomic_thread_fence(memory_order_release);
-  uint32_t k = once32(&v->E[i].first);
-  if (!chain_head(v, i, k))
-    return false;
-  uint32_t s = 0;
-  for (size_t left = bytes; left > 0; s++) {
-    size_t n = left < CHUNK_BYTES ? left : CHUNK_BYTES;
-    memcpy(chunk_data(v, k), src, n);
-    src += n;
-    left -= n;
-    if (left > 0 && !chain_next(v, i, s, k, &k))
-      return false;
+/* Copies the loaded tile into its reservation's chunks, where lookup noted them under the
+ * lock (load_chain), with no lock held. The chunks are the reservation's alone until its
+ * loader publishes or abandons it, or dies: an overtaken one is detached, its chunks kept
+ * (detach), and a rebuild keeps a live loader's (rebuild); so nobody else writes them, and no
+ * hit reads them but one still painting the tile they held before, which finds out (lookup).
+ * That tile was freed, its entry's count of frees bumped, before the chunks were reserved:
+ * the fence orders that bump (seen through the lock) before these writes.
+ * False, copying nothing, if the attachment is detaching: its seat, and so its chunks, may
+ * be let go as soon as no copy is counted in flight (segment.c's release_seat). */
+static bool copy_in(struct shared_cache *c, const struct tsr_cache_access *a) {
+  atomic_fetch_add(&c->copying, 1);
+  bool seated = atomic_load(&c->seat) >= 0;
+  if (seated) {
+    atomic_thread_fence(memory_order_release);
+    uint8_t *const *chain = load_chain(a);
+    const uint8_t *src = a->load;
+    bool stall = tsr_hook_due(TSR_HOOK_COPYING);
+    for (size_t s = 0, left = a->bytes; left > 0; s++) {
+      size_t n = left < CHUNK_BYTES ? left : CHUNK_BYTES;
+      memcpy(chain[s], src, n);
+      src += n;
+      left -= n;
+      if (s == 0 && stall)
+        tsr_hook_stall(); /* halfway (after the first chunk), for the tests that stop it */
+    }
   }
-  return true;
+  atomic_fetch_sub(&c->copying, 1);
+  return seated;
 }
 
 /* Takes an entry and n chunks off the free lists for key a->key: *at, LOADING for this
@@ -510,7 +569,8 @@ static bool reserve(const struct shared_cache *c, const struct view *v, struct t
   e->first = first;
   e->loader_seat = (uint32_t)c->seat;
   e->loader_incarnation = c->incarnation;
-  e->ticket++;
+  e->ticket = e->ticket + 1 ? e->ticket + 1 : 1; /* never 0, which given_up starts at */
+  atomic_store_explicit(&e->given_up, 0, memory_order_relaxed);
   e->queue = Q_NONE;
   e->freq = 0;
   e->state = LOADING;
@@ -527,24 +587,26 @@ static bool reserve(const struct shared_cache *c, const struct view *v, struct t
   return true;
 }
 
-/* Entry i, LOADING by a loader that has not published in time (stopped, or just slow), is
- * made this attachment's: the old loader's publish will find its ticket gone. */
-static void take_over(const struct shared_cache *c, const struct view *v, uint32_t i) {
-  struct entry *e = &v->E[i];
-  e->state = FREE; /* unsealed while it changes hands */
-  atomic_signal_fence(memory_order_seq_cst);
-  e->loader_seat = (uint32_t)c->seat;
-  e->loader_incarnation = c->incarnation;
-  e->ticket++;
-  e->state = LOADING;
-  tsr_shared_seal(e, i);
+/* Entry i, LOADING by a live loader that has not published in time (stopped, or just slow),
+ * is taken out of the index, so that its key can be loaded again into chunks of its own: the
+ * old loader may still be copying into its chunks, without the lock (copy_in), whenever it
+ * goes on, so they stay its own, counted against the shard's capacity, until it publishes or
+ * abandons (and, finding it overtaken, frees it) or dies (swept). One store makes it
+ * OVERTAKEN, which seals as LOADING: a process killed at any point here leaves an entry a
+ * rebuild keeps, unlinked, while its loader lives. So a stopped process pins at most one
+ * tile per thread of it that was loading one, never more: it reserves nothing while
+ * stopped. */
+static bool detach(const struct view *v, uint32_t i, uint64_t hash) {
+  v->E[i].state = OVERTAKEN;
+  atomic_signal_fence(memory_order_seq_cst); /* out of the index's reach before unlinked */
+  return unhash(v, i, hash);
 }
 /* ---- the interface of cache.h ---- */
 
 static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
   tsr_segment_register(c);
-  size_t want = hit_bytes(a) > a->bytes ? hit_bytes(a) : a->bytes;
+  size_t want = hit_bytes(a) > load_bytes(a) ? hit_bytes(a) : load_bytes(a);
   if (!tsr_scratch_reserve(a->scratch, want))
     return TSR_CACHE_BYPASS;
   a->entry = NULL;
@@ -573,7 +635,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
       return TSR_CACHE_BYPASS;
     }
     if (e->state == READY) {
-      const uint8_t **chain = (const uint8_t **)(void *)(a->scratch->data + list_bytes(a));
+      uint8_t **chain = (uint8_t **)(void *)(a->scratch->data + list_bytes(a));
       if (!map_chain(&v, i, a, chain))
         goto damaged;
       tsr_s3fifo_read(&e->freq);
@@ -582,8 +644,9 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
       /* The tile is read with the lock let go, a seqlock's read: its entry's count of frees
        * now (the lock makes it the latest), then the bytes, then the count again (done). A
        * tile is only written into chunks taken off the free lists, after the entry that held
-       * them was freed and counted so (vacate), and then only by copy_in, under the lock,
-       * behind a release fence: if any byte read here came from such a write, the acquire
+       * them was freed and counted so (vacate), and then only by copy_in, by the loader that
+       * reserved them under the lock (which orders it after the free), behind a release
+       * fence: if any byte read here came from such a write, the acquire
        * fence in done orders the bump before done's load, which sees the count moved; so an
        * unmoved count means every byte was the tile's. (In C's model the bytes would have to
        * be read as relaxed atomics; plain reads are what seqlocks do, and the fences keep
@@ -599,10 +662,10 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     }
     if (e->state != LOADING)
       goto damaged;
-    /* Being loaded by another thread or process: wait for it, unless its loader is gone (the
-     * check asks the kernel, so not at every poll). A loader taking too long, stopped or
-     * just slow, loses the entry to this thread. */
-    if (polls++ % 8 == 7 && !tsr_segment_loader_alive(c, e)) {
+    /* Being loaded by another thread or process: wait for it, unless its loader is gone
+     * (asking the kernel, so not at every poll). A loader taking too long, stopped or just
+     * slow, loses the key: its entry is detached, and the tile loaded here as a miss. */
+    if (loader_gone(c, e, polls++ % 8 == 7)) {
       if (!free_entry(&v, i))
         goto damaged;
       continue;
@@ -611,14 +674,9 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     if (!waiting_since)
       waiting_since = now;
     else if (now - waiting_since > LOAD_WAIT_NS) {
-      if (c->seat < 0) {
-        unlock_shard(sh);
-        return TSR_CACHE_BYPASS;
-      }
-      take_over(c, &v, i);
-      if (count)
-        sh->misses++;
-      goto loading;
+      if (!detach(&v, i, hash))
+        goto damaged;
+      break;
     }
     unlock_shard(sh);
     sleep_ns(pause_ns);
@@ -642,7 +700,8 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     unlock_shard(sh);
     return TSR_CACHE_BYPASS;
   }
-loading:
+  if (!note_chunks(&v, i, chunks_for(a->bytes), load_chain(a)))
+    goto damaged;
   a->shard = si;
   a->index = i;
   a->ticket = v.E[i].ticket;
@@ -656,30 +715,43 @@ damaged:
   return TSR_CACHE_BYPASS;
 }
 
-/* Whether the caller's reservation still stands (shard lock held): not if its loader was
- * taken for dead, or overtaken; the check keeps it from touching a reused entry. */
+/* Whether the caller's reservation still stands (shard lock held), loading or overtaken: not
+ * if its loader was taken for dead (it is detaching); the check keeps it from touching a
+ * reused entry. */
 static bool still_ours(const struct shared_cache *c, const struct view *v,
                        const struct tsr_cache_access *a) {
   const struct entry *e = &v->E[a->index];
-  return e->state == LOADING && e->ticket == a->ticket && loaded_by_me(c, e) &&
+  return in_flight(e) && e->ticket == a->ticket && loaded_by_me(c, e) &&
          e->seal == seal_of(e, a->index) && e->bytes == a->bytes;
 }
 
+/* The shard cannot be locked (held by a stopped process, say): the reservation is given up,
+ * for the next lock holder to free (loader_gone). */
+static void give_up(const struct view *v, const struct tsr_cache_access *a) {
+  atomic_store_explicit(&v->E[a->index].given_up, a->ticket, memory_order_release);
+}
+
+/* The copy, the work whose length depends on this process being scheduled, is made without
+ * the lock (copy_in says why that is safe); the lock is held only to publish. */
 static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
   struct view v = view_of(c, a->shard);
   struct shard *sh = v.sh;
   struct entry *e = &v.E[a->index];
   a->src = a->load + a->offset;
-  if (!tsr_shared_lock_shard(c, a->shard))
-    return; /* left LOADING: a waiter takes it over */
-  /* Copied in under the lock, after checking the reservation still stands: were this process
-   * ever taken for dead, or overtaken, its chunks might be someone else's by now. */
-  if (still_ours(c, &v, a)) {
-    if (!copy_in(&v, a->index, a->load, a->bytes)) {
+  if (!copy_in(c, a))
+    return; /* detaching: the entry goes once its seat is let go */
+  if (!tsr_shared_lock_shard(c, a->shard)) {
+    give_up(&v, a);
+    return;
+  }
+  if (still_ours(c, &v, a) && e->state == OVERTAKEN) {
+    /* Another took the key over meanwhile: the copy goes, and the chunks with it. */
+    if (!free_entry(&v, a->index)) {
       repair_and_unlock(c, &v);
       return;
     }
+  } else if (still_ours(c, &v, a)) {
 #if TSR_TEST_HOOKS
     if (tsr_hook_due(TSR_HOOK_LOCKED)) {
       /* Halfway through linking it into the small queue (head set; its neighbour's link,
@@ -705,8 +777,10 @@ static void publish(struct tsr_cache *base, struct tsr_cache_access *a) {
 static void abandon(struct tsr_cache *base, struct tsr_cache_access *a) {
   struct shared_cache *c = (struct shared_cache *)base;
   struct view v = view_of(c, a->shard);
-  if (!tsr_shared_lock_shard(c, a->shard))
+  if (!tsr_shared_lock_shard(c, a->shard)) {
+    give_up(&v, a);
     return;
+  }
   if (still_ours(c, &v, a) && !free_entry(&v, a->index)) {
     repair_and_unlock(c, &v);
     return;
