@@ -127,6 +127,11 @@ def main():
             "2. stopped loader: 3 reads of its tile")
     # item 2: a process stopped holding a shard lock; a reader reads every tile once
     stopped(path, "locked", tiles, "2. stopped lock holder: %d tiles, one read each" % len(tiles))
+    # item 2: a loader stopped halfway through copying tile 0 into the cache; a reader reads
+    # every tile whole twice in a row (its first read of tile 0 waits for the loader, once)
+    whole = [[x, y, info.tile_width, info.tile_height] for x, y, _, _ in tiles]
+    stopped(path, "stopcopying", [r for r in whole for _ in range(2)],
+            "2. loader stopped in its copy: %d tiles, two reads each" % len(tiles))
     # item 2: a reader stopped in the middle of a hit on tile 0 (the whole tile, read twice:
     # cached, then hit); another reads that tile 5 times
     tile0 = (0, 0, info.tile_width, info.tile_height)

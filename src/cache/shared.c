@@ -620,6 +620,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   if (!tsr_shared_lock_shard(c, si))
     return TSR_CACHE_BYPASS;
   uint32_t i;
+  bool overtook = false;
   for (;;) {
     if (!find(&v, &a->key, hash, &i))
       goto damaged;
@@ -676,6 +677,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     else if (now - waiting_since > LOAD_WAIT_NS) {
       if (!detach(&v, i, hash))
         goto damaged;
+      overtook = true;
       break;
     }
     unlock_shard(sh);
@@ -686,7 +688,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   }
   if (count)
     sh->misses++;
-  if (!a->admit) {
+  if (!a->admit && !overtook) { /* an overtaken tile was admitted by its first loader */
     unlock_shard(sh);
     return TSR_CACHE_MISS;
   }
