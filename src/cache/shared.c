@@ -65,7 +65,9 @@
  * The files: this one holds each shard's index (hash chains, queues, chunk chains, repair)
  * and the cache operations of cache.h; segment.h the segment's parts and an attachment;
  * segment.c making, attaching, users, liveness and listing; shared_hooks.c the test hooks,
- * built only with the test_hooks option. */
+ * built only with the test_hooks option. This one is over 800 lines: who may write a chunk
+ * when (reserve, copy_in, detach, free_entry, rebuild) and what a hit may then trust
+ * (lookup, done) are one argument, best read in one file. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
