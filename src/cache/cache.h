@@ -132,6 +132,9 @@ bool tsr_shared_cache_hot_resize(uint64_t bytes);
 /* For tests: how many shared-cache hits this process found overwritten once read (their
  * tiles were evicted and their chunks reused meanwhile), and read again without the cache. */
 unsigned long tsr_shared_cache_overwritten(void);
+/* For tests: how many entries of the current shared cache are reserved for loading (loading
+ * or overtaken), each shard locked (and so repaired) first; UINT_MAX if one cannot be. */
+unsigned tsr_shared_cache_in_flight(void);
 #endif
 
 /* The current cache, held until tsr_cache_release; NULL (and nothing to release) when the

@@ -95,10 +95,10 @@ struct entry {
    * tile; read by a hit without the lock, before and after it reads the chunks: atomic. 64
    * bits: a reader stopped for any time cannot see it wrap back to the count it saw. */
   _Atomic uint64_t frees;
-  uint32_t loader_seat;              /* LOADING: the user seat loading it, */
-  uint32_t loader_incarnation;       /* and that seat's incarnation then */
-  uint32_t ticket;                   /* bumped each time the entry is reserved or taken over */
-  uint32_t seal;                     /* seal_of(the entry) while not FREE */
+  uint32_t loader_seat;        /* LOADING: the user seat loading it, */
+  uint32_t loader_incarnation; /* and that seat's incarnation then */
+  uint32_t ticket;             /* bumped each time the entry is reserved or taken over */
+  uint32_t seal;               /* seal_of(the entry) while not FREE */
   /* The ticket of the reservation its loader gave up on without the lock (it could not lock
    * the shard to publish or abandon it, and touches the entry no more): lock holders free it.
    * Written by the loader without the lock, after its last write to the chunks, so atomic,
@@ -122,11 +122,11 @@ struct shared_cache {
   /* The segment's geometry as checked at attach; constant. */
   uint32_t nshards, chunks, entries, buckets;
   struct place place[TSR_CACHE_MAX_SHARDS];
-  _Atomic int seat;       /* this attachment's user seat (-1: none, or detaching); written under
-                             the users lock */
-  _Atomic int held_seat;  /* the seat whose lock this attachment holds, until it lets it go
-                             (after seat, once no copy is in flight); written under the users
-                             lock */
+  _Atomic int seat;      /* this attachment's user seat (-1: none, or detaching); written under
+                            the users lock */
+  _Atomic int held_seat; /* the seat whose lock this attachment holds, until it lets it go
+                            (after seat, once no copy is in flight); written under the users
+                            lock */
   /* Copies into reserved chunks in flight, made without the shard lock (shared.c's copy_in):
    * a detach waits for them before it lets the seat go, and with it the chunks. */
   atomic_uint copying;

@@ -4,6 +4,7 @@
  * The hook's settings are read once when a shared cache is configured, and then only read
  * (its point and count are atomic). */
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -208,6 +209,28 @@ bool tsr_shared_cache_verify(char *why, size_t n) {
   tsr_free(mark);
   tsr_cache_release(base);
   return ok;
+}
+
+unsigned tsr_shared_cache_in_flight(void) {
+  struct tsr_cache *base = tsr_cache_acquire();
+  if (!base || base->type != TESSERA_CACHE_SHARED_MEMORY) {
+    tsr_cache_release(base);
+    return UINT_MAX;
+  }
+  struct shared_cache *c = (struct shared_cache *)base;
+  unsigned n = 0;
+  for (uint32_t si = 0; si < c->nshards; si++) {
+    if (!tsr_shared_lock_shard(c, si)) {
+      n = UINT_MAX;
+      break;
+    }
+    struct view v = view_of(c, si);
+    for (uint32_t i = 0; i < v.entries; i++)
+      n += v.E[i].state == LOADING || v.E[i].state == OVERTAKEN;
+    unlock_shard(v.sh);
+  }
+  tsr_cache_release(base);
+  return n;
 }
 
 /* For tests: writes n values over the current shared cache's index, where any process with

@@ -11,8 +11,9 @@
  * or while loading a tile, costs the others a bounded wait; one stopped in the middle of a
  * hit holds no lock at all, and finds its tile overwritten when it goes on if the tile was
  * evicted meanwhile; one stopped in the middle of copying a tile into the cache holds no lock
- * either, and its chunks stay its own while others take its tile over, load and evict. Segments go away when their
- * last user detaches. A segment open to others or of another user, a link,
+ * either, and its chunks stay its own while others take its tile over, load and evict; one
+ * that cannot lock the shard to publish gives its reservation up, to be freed. Segments go
+ * away when their last user detaches. A segment open to others or of another user, a link,
  * a FIFO, a hidden name are refused; garbage written over a live index gives right pixels or
  * errors, never a crash, and so does an index word that changes between any two reads, or a
  * sealed size no tile can have; a maker killed halfway is replaced, one whose new segment
@@ -55,6 +56,7 @@ struct board {
   atomic_int warmed;               /* children that have read the level once */
   atomic_int go;                   /* the parent has reset the statistics after that */
   atomic_ulong overwritten;        /* hits the children found overwritten once read */
+  atomic_int loaded;               /* the locked-out loader has read its tile (-1: wrong) */
 };
 static struct board *board;
 
@@ -850,7 +852,8 @@ static pid_t stopped_copier(const char *name, uint64_t mib, const char *pidfile)
     configure(TESSERA_CACHE_SHARED_MEMORY, mib, 0, name); /* attaches again, reading the hook */
     tessera_slide *s = open_slide();
     uint8_t *buf = malloc((size_t)(w * h * 3));
-    CHECK(s && tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3)) == TESSERA_OK &&
+    CHECK(s &&
+              tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3)) == TESSERA_OK &&
               !differs(buf, x, y, w, h),
           "the loader stopped in its copy read its tile wrong, once continued");
     read_tiles(s, 1, 1, "the loader stopped in its copy, continued");
@@ -971,9 +974,68 @@ static void test_overtaken_copier(void) {
   CHECK(tsr_shared_cache_verify(why, sizeof why), "beside the overtaken copier, the index: %s",
         why);
   continue_copier(copier, pidfile);
-  CHECK(tsr_shared_cache_verify(why, sizeof why), "after the overtaken copier, the index: %s",
-        why);
+  CHECK(tsr_shared_cache_verify(why, sizeof why), "after the overtaken copier, the index: %s", why);
   check_whole_level("after the overtaken loader went on");
+  configure(TESSERA_CACHE_NONE, 0, 0, NULL);
+  CHECK(!shm_exists(name), "%s is still there after its last user detached", name);
+}
+
+/* A loader that cannot lock the shard to publish its tile (another process stopped holding
+ * the lock, and killed later) gives its reservation up, and the next lock holder frees it,
+ * though the loader lives on: before, it stayed reserved for a live loader that would never
+ * come back to it, pinning its chunks (one tile per such failure) until another process
+ * took it over, or for good now that an overtaken loader's chunks stay its own. */
+static void test_loader_locked_out(void) {
+  char name[64], loader_pid[128], holder_pid[128];
+  snprintf(name, sizeof name, "/tessera-ctest-%d-lockedout", (int)getpid());
+  snprintf(loader_pid, sizeof loader_pid, "/tmp/tessera-ctest-%d-lockedout.pid", (int)getpid());
+  snprintf(holder_pid, sizeof holder_pid, "/tmp/tessera-ctest-%d-lockholder.pid", (int)getpid());
+  unlink(loader_pid);
+  configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name);
+  atomic_store(&board->loaded, 0);
+  int64_t w = info.tile_width, h = info.tile_height, x, y;
+  middle_tile(&x, &y);
+  pid_t loader = fork_child();
+  if (loader == 0) {
+    alarm(CHILD_ALARM_S);
+    char v[256];
+    snprintf(v, sizeof v, "stoploading:1:%s", loader_pid);
+    setenv("TESSERA_TEST_CACHE_STALL", v, 1);
+    configure(TESSERA_CACHE_SHARED_MEMORY, 8, 0, name); /* attaches again, reading the hook */
+    tessera_slide *s = open_slide();
+    uint8_t *buf = malloc((size_t)(w * h * 3));
+    /* the whole tile: reserved at its first miss; the hook stops it there */
+    CHECK(s &&
+              tessera_read_region(s, x, y, 0, w, h, NULL, buf, (size_t)(w * h * 3)) == TESSERA_OK &&
+              !differs(buf, x, y, w, h),
+          "the locked-out loader read its tile wrong");
+    atomic_store(&board->loaded, check_failures ? -1 : 1);
+    for (;;)
+      pause(); /* alive, never to come back to its reservation */
+  }
+  char state = 0;
+  if (wait_for_stall(loader_pid, loader))
+    for (int i = 0; i < 2000 && (state = proc_state(loader)) != 'T'; i++) {
+      struct timespec ts = {0, 5000000};
+      nanosleep(&ts, NULL);
+    }
+  CHECK(state == 'T', "the loader did not stop after reserving (state %c)", state ? state : '?');
+  /* tile 0, whole: this one stalls holding the (one) shard's lock while it publishes */
+  pid_t holder = stopped_child(name, "locked:1", 0, 0, w, h, holder_pid);
+  kill(loader, SIGCONT);
+  for (int i = 0; i < 12000 && atomic_load(&board->loaded) == 0; i++) {
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL);
+  }
+  CHECK(atomic_load(&board->loaded) == 1, "the locked-out loader did not read its tile");
+  end_child(holder, holder_pid); /* the lock's holder dies: the next locker rebuilds */
+  unsigned in_flight = tsr_shared_cache_in_flight();
+  CHECK(in_flight == 0, "%u entries still reserved for loading once the lock came free", in_flight);
+  char why[256];
+  CHECK(tsr_shared_cache_verify(why, sizeof why), "after the locked-out loader, the index: %s",
+        why);
+  check_whole_level("after the locked-out loader");
+  end_child(loader, loader_pid);
   configure(TESSERA_CACHE_NONE, 0, 0, NULL);
   CHECK(!shm_exists(name), "%s is still there after its last user detached", name);
 }
@@ -1414,6 +1476,7 @@ int main(int argc, char **argv) {
   test_stopped_reader();
   test_stopped_copier();
   test_overtaken_copier();
+  test_loader_locked_out();
   munmap(board, sizeof *board);
   free(reference);
   return check_finish("test_shared_cache");
