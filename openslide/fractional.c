@@ -2,15 +2,21 @@
  * paints it (read for the semantics: openslide-grid.c, and what cairo and pixman do with it).
  *
  * OpenSlide divides the level-0 origin by the downsample and keeps the fraction: each tile of
- * the level is painted into a transparent group with cairo, translated by a fractional offset,
- * so cairo samples it with pixman's bilinear filter (weights of 7 bits, the fraction rounded to
- * 1/65536 first, transparent outside the tile), and the tiles are combined with the SATURATE
- * operator, last tile first. Here the same arithmetic (pixman's C bilinear and SATURATE), on
- * tessera's decoded pixels. pixman's SIMD fetchers round their products otherwise, so the
- * result comes close to OpenSlide's, not equal to it (test_openslide_c.py's
- * test_fractional_regions_close says how close). */
+ * the level is painted with cairo into a transparent group, translated by a fractional offset,
+ * with the SATURATE operator, last tile first. cairo rounds the translation to 1/65536 and asks
+ * pixman for its bilinear filter, transparent outside the tile. SATURATE divides by the
+ * source's alpha, so pixman computes it on its general path only, in floats (its SIMD code is
+ * never used here, so OpenSlide's bytes do not depend on the CPU): the four pixels and the
+ * weights as floats, SATURATE in floats, back to 8 bits by pixman's truncating conversion,
+ * once per tile. The exception is a tile without alpha (Hamamatsu's, which OpenSlide hands
+ * cairo as RGB24) whose samples all lie inside it: pixman knows it opaque, makes SATURATE the
+ * OVER_REVERSE it then equals, and computes that in 8 bits (7-bit weights, sums floored). Here
+ * the same arithmetic on tessera's decoded pixels, so the bytes are OpenSlide's
+ * (test_openslide_c.py's test_fractional_regions_equal). It assumes C's float arithmetic is
+ * IEEE single precision, as it is wherever SSE or any 64-bit FPU does it (not x87). */
 #include "fractional.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
@@ -32,7 +38,6 @@ void tsr_os_rgba_to_argb(uint32_t *px, size_t stride_px, int64_t w, int64_t h) {
   }
 }
 
-
 /* The level-0 coordinate whose level coordinate (floor(v / ds), as tessera computes it) is l. */
 static int64_t level0_of(int64_t l, double ds) {
   int64_t v = (int64_t)ceil((double)l * ds);
@@ -43,9 +48,79 @@ static int64_t level0_of(int64_t l, double ds) {
   return v;
 }
 
-/* pixman's bilinear_interpolation, channel by channel: weights of 8 bits made from 7. */
-static uint32_t bilinear(uint32_t tl, uint32_t tr, uint32_t bl, uint32_t br, uint32_t dx,
-                         uint32_t dy) {
+/* pixman's 8-bit channel to float (pixman_expand_to_float): times the float nearest 1/255. For
+ * 255 that is exactly 1.0f, so an opaque pixel is the same whether cairo hands pixman its tile
+ * as a8r8g8b8 (most formats) or x8r8g8b8 (NDPI). */
+static float unorm8_to_float(uint32_t v) { return (float)v * (1.0f / 255); }
+
+/* pixman's float_to_unorm for 8 bits: clamped, scaled by 256, truncated, 256 folded to 255. */
+static uint32_t float_to_unorm8(float f) {
+  if (f > 1.0f)
+    f = 1.0f;
+  if (f < 0.0f)
+    f = 0.0f;
+  uint32_t u = (uint32_t)(f * 256.0f);
+  return u - (u >> 8);
+}
+
+/* The floats of one premultiplied ARGB pixel, alpha first as pixman's argb_t. */
+static void expand(uint32_t px, float out[4]) {
+  for (int c = 0; c < 4; c++)
+    out[c] = unorm8_to_float((px >> (24 - 8 * c)) & 255);
+}
+
+/* Pixel x of a tile's row as floats, or transparent black where the row or x is outside the
+ * tile (cairo's EXTEND_NONE). */
+static void texel(const uint32_t *row, bool in, int64_t x, float out[4]) {
+  if (row && in)
+    expand(row[x], out);
+  else
+    out[0] = out[1] = out[2] = out[3] = 0.0f;
+}
+
+/* pixman's bilinear_interpolation_float, with its weights and its order of sums. Every product
+ * and sum is a statement of its own so that no compiler fuses them into one rounding (C11 lets
+ * it contract only within an expression); pixman, built for baseline x86-64, rounds each. */
+static void bilinear(const float tl[4], const float tr[4], const float bl[4], const float br[4],
+                     float distx, float disty, float out[4]) {
+  float ix = 1.0f - distx, iy = 1.0f - disty;
+  float wxy = distx * disty, wxiy = distx * iy, wixy = ix * disty, wixiy = ix * iy;
+  for (int c = 0; c < 4; c++) {
+    float acc = tl[c] * wixiy;
+    float t = tr[c] * wxiy;
+    acc = acc + t;
+    t = bl[c] * wixy;
+    acc = acc + t;
+    t = br[c] * wxy;
+    out[c] = acc + t;
+  }
+}
+
+/* pixman's float SATURATE (pixman-combine-float.c): d + s * min(1, (1 - da) / sa), each channel
+ * at most 1, then back to 8 bits as pixman stores its wide scanlines. */
+static uint32_t saturate(const float s[4], uint32_t dst) {
+  float d[4];
+  expand(dst, d);
+  float f = 1.0f;
+  if (s[0] >= FLT_MIN) {
+    f = (1.0f - d[0]) / s[0];
+    if (f < 0.0f)
+      f = 0.0f;
+    else if (f > 1.0f)
+      f = 1.0f;
+  }
+  uint32_t out = 0;
+  for (int c = 0; c < 4; c++) {
+    float v = s[c] * f;
+    v = v + d[c];
+    out |= float_to_unorm8(v < 1.0f ? v : 1.0f) << (24 - 8 * c);
+  }
+  return out;
+}
+
+/* pixman's 8-bit bilinear_interpolation: weights of 7 bits made 8, each channel's sum floored. */
+static uint32_t bilinear8(uint32_t tl, uint32_t tr, uint32_t bl, uint32_t br, uint32_t dx,
+                          uint32_t dy) {
   dx <<= 1;
   dy <<= 1;
   uint64_t wtl = (uint64_t)(256 - dx) * (256 - dy), wtr = (uint64_t)dx * (256 - dy);
@@ -59,50 +134,82 @@ static uint32_t bilinear(uint32_t tl, uint32_t tr, uint32_t bl, uint32_t br, uin
   return out;
 }
 
-/* pixman's SATURATE of premultiplied s onto d. */
-static uint32_t saturate(uint32_t s, uint32_t d) {
-  uint32_t sa = s >> 24, da = 255 - (d >> 24);
-  if (sa > da) {
-    uint32_t f = (da * 255 + sa / 2) / sa;
-    uint32_t scaled = 0;
-    for (int shift = 0; shift < 32; shift += 8) {
-      uint32_t t = ((s >> shift) & 255) * f + 0x80;
-      scaled |= (((t >> 8) + t) >> 8) << shift;
-    }
-    s = scaled;
-  }
-  uint32_t out = 0;
+/* pixman's 8-bit OVER_REVERSE: d + s * (255 - da) / 255, rounded as its MUL_UN8, saturated. */
+static uint32_t over_reverse8(uint32_t s, uint32_t d) {
+  uint32_t ia = 255 - (d >> 24), out = 0;
   for (int shift = 0; shift < 32; shift += 8) {
-    uint32_t c = ((s >> shift) & 255) + ((d >> shift) & 255);
+    uint32_t t = ((s >> shift) & 255) * ia + 0x80;
+    uint32_t c = ((d >> shift) & 255) + (((t >> 8) + t) >> 8);
     out |= (c > 255 ? 255 : c) << shift;
   }
   return out;
 }
 
+/* The span [*b0, *b1) of destination pixels cairo hands pixman for a tile that starts at
+ * fixed-point device position -f (16.16) and is n pixels long, within [0, len): from the pixel
+ * holding its start to the one holding its end, that one included. Returns whether pixman then
+ * finds every bilinear sample of the span inside the tile (its COVER_CLIP_BILINEAR). */
+static bool span(int64_t f, uint32_t n, int64_t len, int64_t *b0, int64_t *b1) {
+  *b0 = (-f) >> 16;
+  *b1 = ((-f + (int64_t)n * 65536) >> 16) + 1;
+  if (*b0 < 0)
+    *b0 = 0;
+  if (*b1 > len)
+    *b1 = len;
+  return *b0 < *b1 && ((*b0 * 65536 + f) >> 16) >= 0 &&
+         (((*b1 - 1) * 65536 + f) >> 16) + 1 < (int64_t)n;
+}
+
 /* One tile (its pixels at src, rows src_stride apart, tw x th) painted into the group g (w x h,
  * rows stride apart) at the device offset (ox, oy) = its top-left corner. */
 static void paint_tile(const uint32_t *src, size_t src_stride, uint32_t tw, uint32_t th,
-                       double ox, double oy, uint32_t *g, size_t stride, int64_t w, int64_t h) {
+                       bool opaque, double ox, double oy, uint32_t *g, size_t stride, int64_t w,
+                       int64_t h) {
   /* pixman samples dest pixel i at i + 0.5 - ox, less half a pixel for the bilinear filter,
    * in 16.16 fixed point; cairo rounds the translation to it (to nearest, ties to even) */
   int64_t fx = (int64_t)rint(-ox * 65536.0), fy = (int64_t)rint(-oy * 65536.0);
+  int64_t bx0, bx1, by0, by1;
+  bool cover_x = span(fx, tw, w, &bx0, &bx1), cover_y = span(fy, th, h, &by0, &by1);
+  if (opaque && cover_x && cover_y) {
+    /* A tile without alpha whose samples all fall inside it is opaque to pixman, which then
+     * makes SATURATE the OVER_REVERSE it equals for an opaque source, and computes that in
+     * 8 bits. */
+    for (int64_t j = by0; j < by1; j++) {
+      int64_t py = j * 65536 + fy;
+      const uint32_t *r0 = src + (size_t)(py >> 16) * src_stride, *r1 = r0 + src_stride;
+      for (int64_t i = bx0; i < bx1; i++) {
+        int64_t px = i * 65536 + fx, c = px >> 16;
+        uint32_t s = bilinear8(r0[c] | 0xff000000u, r0[c + 1] | 0xff000000u, r1[c] | 0xff000000u,
+                               r1[c + 1] | 0xff000000u, (uint32_t)(px >> 9) & 0x7f,
+                               (uint32_t)(py >> 9) & 0x7f);
+        uint32_t *d = &g[(size_t)j * stride + (size_t)i];
+        *d = over_reverse8(s, *d);
+      }
+    }
+    return;
+  }
+  /* Otherwise SATURATE divides, which pixman does only on its general path, in floats. */
   for (int64_t j = 0; j < h; j++) {
     int64_t py = j * 65536 + fy, y1 = py >> 16;
     if (y1 < -1 || y1 >= (int64_t)th)
       continue;
-    uint32_t dy = (uint32_t)(py >> 9) & 0x7f;
+    float disty = (float)(py & 0xffff) / 65536.0f;
     const uint32_t *r0 = y1 >= 0 ? src + (size_t)y1 * src_stride : NULL;
     const uint32_t *r1 = y1 + 1 < (int64_t)th ? src + (size_t)(y1 + 1) * src_stride : NULL;
     for (int64_t i = 0; i < w; i++) {
       int64_t px = i * 65536 + fx, x1 = px >> 16;
       if (x1 < -1 || x1 >= (int64_t)tw)
         continue;
-      uint32_t dx = (uint32_t)(px >> 9) & 0x7f;
+      float distx = (float)(px & 0xffff) / 65536.0f;
       bool in0 = x1 >= 0, in1 = x1 + 1 < (int64_t)tw;
-      uint32_t tl = r0 && in0 ? r0[x1] : 0, tr = r0 && in1 ? r0[x1 + 1] : 0;
-      uint32_t bl = r1 && in0 ? r1[x1] : 0, br = r1 && in1 ? r1[x1 + 1] : 0;
+      float tl[4], tr[4], bl[4], br[4], s[4];
+      texel(r0, in0, x1, tl);
+      texel(r0, in1, x1 + 1, tr);
+      texel(r1, in0, x1, bl);
+      texel(r1, in1, x1 + 1, br);
+      bilinear(tl, tr, bl, br, distx, disty, s);
       uint32_t *d = &g[(size_t)j * stride + (size_t)i];
-      *d = saturate(bilinear(tl, tr, bl, br, dx, dy), *d);
+      *d = saturate(s, *d);
     }
   }
 }
@@ -121,6 +228,9 @@ tessera_status tsr_os_paint_fractional(tessera_slide *s, int32_t level,
   if (sx >= ex || sy >= ey)
     return TESSERA_OK;
   double offx = x - (double)sx * tw, offy = y - (double)sy * th;
+  /* OpenSlide hands cairo Hamamatsu's tiles as RGB24 (x8r8g8b8: no alpha), the others' as
+   * ARGB32 */
+  bool opaque = strcmp(tessera_vendor(s), "hamamatsu") == 0;
   /* one row of tiles at a time, from the last: SATURATE is not commutative in its rounding */
   size_t band_w = (size_t)(ex - sx) * tw;
   uint32_t *band = tsr_malloc(band_w * th * 4);
@@ -139,9 +249,8 @@ tessera_status tsr_os_paint_fractional(tessera_slide *s, int32_t level,
       break;
     tsr_os_rgba_to_argb(band, band_w, (int64_t)band_w, th);
     for (int64_t tx = ex - 1; tx >= sx; tx--)
-      paint_tile(band + (size_t)(tx - sx) * tw, band_w, tw, th,
-                 (double)(tx - sx) * tw - offx, (double)(ty - sy) * th - offy, dst, stride, w,
-                 h);
+      paint_tile(band + (size_t)(tx - sx) * tw, band_w, tw, th, opaque,
+                 (double)(tx - sx) * tw - offx, (double)(ty - sy) * th - offy, dst, stride, w, h);
   }
   tsr_free(band);
   return st;
