@@ -1,5 +1,6 @@
 /* Regions of a level painted from a fractional origin, as OpenSlide paints them (cairo's
- * bilinear filter and SATURATE between tiles), and the pixel conversion both paths share. */
+ * bilinear filter and SATURATE between tiles, in pixman's arithmetic), and the pixel
+ * conversion both paths share. */
 #ifndef TSR_OPENSLIDE_FRACTIONAL_H
 #define TSR_OPENSLIDE_FRACTIONAL_H
 
@@ -21,7 +22,8 @@ struct tsr_os_grid {
 void tsr_os_rgba_to_argb(uint32_t *px, size_t stride, int64_t w, int64_t h);
 
 /* Paints w x h pixels of `level` whose origin is (x, y) in the level's pixels (fractions kept)
- * into dst (premultiplied ARGB, zero, rows stride pixels apart), as OpenSlide would. */
+ * into dst (premultiplied ARGB, zero, rows stride pixels apart), byte for byte as OpenSlide
+ * 3.4 (through cairo and pixman) would. */
 tessera_status tsr_os_paint_fractional(tessera_slide *s, int32_t level,
                                        const struct tsr_os_grid *grid, double x, double y,
                                        int64_t w, int64_t h, uint32_t *dst, size_t stride);

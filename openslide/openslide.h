@@ -14,9 +14,8 @@
  * threads at once.
  *
  * What differs from OpenSlide (see README.md, "OpenSlide's API over tessera"): one decoded-tile
- * cache per process (openslide_set_cache sizes it), and regions of levels above 0 whose origin
- * falls between two pixels of the level, which are resampled as OpenSlide resamples them but
- * come close to its values (alpha within 3) rather than equal to them.
+ * cache per process (openslide_set_cache sizes it). Regions of levels above 0 whose origin
+ * falls between two pixels of the level are resampled as OpenSlide resamples them, to the byte.
  */
 #ifndef TESSERA_OPENSLIDE_H
 #define TESSERA_OPENSLIDE_H
