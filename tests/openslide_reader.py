@@ -33,6 +33,13 @@ def regions(name, level, dims, ds):
     for _ in range(4 if level > 0 else 0):
         rw, rh = rnd.randint(1, 300), rnd.randint(1, 300)
         out.append((rnd.randint(0, int(w * ds)), rnd.randint(0, int(h * ds)), rw, rh))
+    # and between them across only, or down only: a tile then often holds every sample of its
+    # part of the region, which pixman computes otherwise where the tile has no alpha (NDPI)
+    for _ in range(3 if level > 0 else 0):
+        rw, rh = rnd.randint(1, 300), rnd.randint(1, 300)
+        lx, ly = rnd.randint(0, w - 1), rnd.randint(0, h - 1)
+        out.append((int(lx * ds) + 1, int(ly * ds), rw, rh))
+        out.append((int(lx * ds), int(ly * ds) + 1, rw, rh))
     # left of and above the slide: OpenSlide starts at level pixel 0 after (-x / ds) rounded
     # toward zero
     out.append((-int(3 * ds) - 1, -int(5 * ds) - 1, 97, 61))
