@@ -135,33 +135,34 @@ def test_regions_equal_byte_for_byte(reads, name):
     assert ours["levels"] == real["levels"]
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_fractional_regions_equal(reads, name):
+def test_fractional_regions_equal(reads):
     """Regions whose origin falls between a level's pixels: OpenSlide paints each tile with
     pixman's bilinear filter and SATURATE, which pixman computes in floats whatever the CPU
     (its general path: SATURATE divides, so no SIMD path takes it); tessera's library does the
-    same arithmetic, so the bytes are OpenSlide's. Levels OpenSlide misreads are left out."""
-    real, ours, path = reads[name]
-    checked = 0
-    for key, want in real["regions"].items():
-        dims, level, x, y, w, h = key
-        tile = tuple(int(real["properties"]["openslide.level[%d].tile-%s" % (level, k)])
-                     for k in ("width", "height"))
-        if not fractional(real, level, x, y) or openslide_misreads(path, dims, tile):
-            continue
-        got = ours["regions"][key]
-        if got != want:
-            o = np.frombuffer(want, np.uint8).reshape(h, w, 4)
-            g = np.frombuffer(got, np.uint8).reshape(h, w, 4)
-            bad = np.argwhere(o != g)
-            pytest.fail("%s level %d (%d, %d) %dx%d: %d bytes differ (at most by %d), first at "
-                        "%s: tessera %s, OpenSlide %s" % (
-                            name, level, x, y, w, h, len(bad),
-                            np.abs(o.astype(int) - g).max(), bad[0][:2],
-                            g[tuple(bad[0][:2])], o[tuple(bad[0][:2])]))
-        checked += 1
-    if checked == 0:
-        pytest.skip("no level above 0 that OpenSlide reads right")
+    same arithmetic, so the bytes are OpenSlide's. Levels OpenSlide misreads are left out.
+    One test over every file: a single-level file has no such region, and is not a skip."""
+    checked = {}
+    for name in ALL:
+        real, ours, path = reads[name]
+        for key, want in real["regions"].items():
+            dims, level, x, y, w, h = key
+            tile = tuple(int(real["properties"]["openslide.level[%d].tile-%s" % (level, k)])
+                         for k in ("width", "height"))
+            if not fractional(real, level, x, y) or openslide_misreads(path, dims, tile):
+                continue
+            got = ours["regions"][key]
+            if got != want:
+                o = np.frombuffer(want, np.uint8).reshape(h, w, 4)
+                g = np.frombuffer(got, np.uint8).reshape(h, w, 4)
+                bad = np.argwhere(o != g)
+                pytest.fail("%s level %d (%d, %d) %dx%d: %d bytes differ (at most by %d), first "
+                            "at %s: tessera %s, OpenSlide %s" % (
+                                name, level, x, y, w, h, len(bad),
+                                np.abs(o.astype(int) - g).max(), bad[0][:2],
+                                g[tuple(bad[0][:2])], o[tuple(bad[0][:2])]))
+            checked[name] = checked.get(name, 0) + 1
+    # the pyramids among the test data and the fixtures all have such levels
+    assert "hamamatsu-ndpi-DAPI.ndpi" in checked and len(checked) >= 10, checked
 
 
 @pytest.mark.parametrize("name", ALL)
