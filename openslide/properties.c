@@ -97,13 +97,12 @@ static void hash_string(struct tsr_sha256 *h, const char *s) {
   tsr_sha256_update(h, s, strlen(s) + 1);
 }
 
-/* A number as OpenSlide writes it: 15 significant digits when they read back as the same
- * double, else 17 ("0.499", but "28.340000152587891"). */
+/* A number as OpenSlide writes it (GLib's g_ascii_dtostr, in 3.4 and 4.0): 17 significant
+ * digits, trailing zeros dropped ("0.499", "28.340000152587891", and "88.900001525878906"
+ * where 15 digits would also read back the same). */
 static void set_number(struct tsr_props *p, const char *key, double v) {
   char buf[64];
-  snprintf(buf, sizeof buf, "%.15g", v);
-  if (strtod(buf, NULL) != v)
-    snprintf(buf, sizeof buf, "%.17g", v);
+  snprintf(buf, sizeof buf, "%.17g", v);
   tsr_props_set_bytes(p, key, buf, strlen(buf));
 }
 
