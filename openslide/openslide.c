@@ -90,7 +90,8 @@ static void default_cache(void) { configure_cache(DEFAULT_CACHE_MIB); }
 
 /* OpenSlide claims files by their format; tessera reads TIFF-based ones, so a file that is
  * not a TIFF at all (or not there, or no regular file: a FIFO must not block the open) is "not
- * a slide" (NULL), and a TIFF that fails to open is a slide in error state. */
+ * a slide" (NULL), and so is a TIFF whose structure tessera finds malformed (see
+ * openslide_open); a TIFF that fails to open otherwise is a slide in error state. */
 static bool looks_like_tiff(const char *filename) {
   struct stat st;
   if (stat(filename, &st) != 0 || !S_ISREG(st.st_mode))
@@ -156,6 +157,13 @@ EXPORT openslide_t *openslide_open(const char *filename) {
     return NULL;
   atomic_init(&osr->error, NULL);
   tessera_status st = tessera_open(filename, &osr->slide);
+  if (st == TESSERA_E_FORMAT) {
+    /* OpenSlide (3.4 and 4.0) parses a TIFF's directories before any format claims it, so a
+     * TIFF whose structure is malformed (truncated, a directory out of the file) is claimed
+     * by none: NULL, not a handle in error state. */
+    tsr_free(osr);
+    return NULL;
+  }
   if (st == TESSERA_OK && tsr_os_unreadable(osr->slide)) {
     fail(osr, tsr_os_unreadable(osr->slide));
     return osr;

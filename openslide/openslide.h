@@ -34,8 +34,10 @@ typedef struct _openslide_cache openslide_cache_t;
 /* The vendor of a file tessera opens ("aperio", "generic-tiff", "hamamatsu", ...), or NULL. */
 const char *openslide_detect_vendor(const char *filename);
 
-/* A handle, or NULL for a file no format claims (not a TIFF, or not there). A file that is a
- * TIFF but fails to open gives a handle in error state: openslide_get_error says why. */
+/* A handle, or NULL for a file no format claims (not a TIFF, not there, or a TIFF whose
+ * structure is malformed: truncated, a directory outside the file). A TIFF that is well formed
+ * but fails to open (e.g. a compression tessera does not decode) gives a handle in error
+ * state: openslide_get_error says why. */
 openslide_t *openslide_open(const char *filename);
 
 int32_t openslide_get_level_count(openslide_t *osr);
