@@ -268,8 +268,22 @@ def test_version(abi):
     assert v == ("3.4.1" if abi == 0 else "4.0.0") + "+tessera-" + T.version()
 
 
+def debian_refuses(path):
+    """Whether Debian's OpenSlide 3.4.1 claims no format for the file (openslide_open NULL,
+    which openslide-python raises as OpenSlideUnsupportedFormatError)."""
+    out = subprocess.run([PYTHON, "-c", "import openslide, sys\n"
+                          "try:\n openslide.OpenSlide(sys.argv[1]); print('opened')\n"
+                          "except openslide.OpenSlideUnsupportedFormatError: print('refused')\n"
+                          "except openslide.OpenSlideError as e: print('error', e)", path],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    return out == "refused"
+
+
 @pytest.mark.parametrize("abi", [0, 1])
-def test_not_a_slide_is_null_and_a_failing_tiff_is_a_handle_in_error(abi, tmp_path):
+def test_not_a_slide_and_a_malformed_tiff_are_null(abi, slides, tmp_path):
+    """OpenSlide parses a TIFF's directories before any format may claim it (3.4 and 4.0
+    alike), so a TIFF whose structure is broken is claimed by none: NULL, as for a text file.
+    (A well-formed TIFF that fails to open is a handle in error state: next test.)"""
     lib = load(abi)
     text = tmp_path / "notes.txt"
     text.write_bytes(b"not a slide at all\n" * 10)
@@ -285,14 +299,16 @@ def test_not_a_slide_is_null_and_a_failing_tiff_is_a_handle_in_error(abi, tmp_pa
                          text=True, timeout=60, check=True).stdout
     assert out.strip() == "None"
     broken = tmp_path / "broken.tif"
-    broken.write_bytes(b"II*\x00" + b"\xff" * 60)
-    osr = lib.openslide_open(str(broken).encode())
-    assert osr is not None
-    assert lib.openslide_get_error(osr)
-    assert lib.openslide_get_level_count(osr) == -1
-    lib.openslide_close(osr)
-    if abi == 0:
-        assert not lib.openslide_can_open(str(broken).encode())
+    broken.write_bytes(b"II*\x00" + b"\xff" * 60)  # its first directory outside the file
+    truncated = tmp_path / "truncated.tif"
+    with open(slides.path("aperio-jpeg-CMU-1-Small-Region.svs"), "rb") as f:
+        truncated.write_bytes(f.read(30000))  # the header, not the directories
+    for path in (str(broken), str(truncated)):
+        assert debian_refuses(path), path
+        assert lib.openslide_open(path.encode()) is None, path
+        assert lib.openslide_detect_vendor(path.encode()) is None, path
+        if abi == 0:
+            assert not lib.openslide_can_open(path.encode())
 
 
 @pytest.mark.parametrize("abi", [0, 1])
@@ -563,10 +579,33 @@ def test_openslide_tools_equal(name, tmp_path):
 
 
 def openslide_number(v):
-    """A number as OpenSlide writes it: 15 significant digits if they read back the same, else
-    17."""
-    s = "%.15g" % v
-    return s if float(s) == v else "%.17g" % v
+    """A number as OpenSlide (3.4 and 4.0) writes it, GLib's g_ascii_dtostr: C's %.17g."""
+    return "%.17g" % v
+
+
+@pytest.mark.parametrize("abi", [0, 1])
+@pytest.mark.parametrize("resolution", [(889, 10), (254000, 1)])
+def test_numbers_written_with_17_digits_even_where_15_read_back(abi, resolution, tmp_path):
+    """OpenSlide writes tiff.XResolution and a generic TIFF's mpp with 17 significant digits
+    also where 15 would read back as the same double (88.9 as a float: 88.900001525878906, not
+    88.9000015258789; an mpp of 0.1: 0.10000000000000001): the first against Debian's
+    OpenSlide 3.4.1, the mpp (4.0 only) as OpenSlide 4 prints it, %.17g."""
+    path = str(tmp_path / "resolution.tif")
+    tifffile.imwrite(path, np.zeros((64, 64, 3), np.uint8), tile=(32, 32),
+                     resolution=(resolution, resolution), resolutionunit=2)
+    debian = subprocess.run([PYTHON, "-c", "import openslide, sys; print(openslide.OpenSlide("
+                             "sys.argv[1]).properties['tiff.XResolution'])", path],
+                            capture_output=True, text=True, check=True).stdout.strip()
+    lib = load(abi)
+    osr = lib.openslide_open(path.encode())
+    assert lib.openslide_get_property_value(osr, b"tiff.XResolution") == debian.encode()
+    mpp = 25400.0 / (resolution[0] / resolution[1])
+    want = openslide_number(mpp)
+    if resolution == (254000, 1):
+        assert float("%.15g" % mpp) == mpp and want != "%.15g" % mpp, "the case tests nothing"
+    got = lib.openslide_get_property_value(osr, b"openslide.mpp-x")
+    assert got == (None if abi == 0 else want.encode())
+    lib.openslide_close(osr)
 
 
 @pytest.mark.parametrize("abi", [0, 1])
