@@ -30,6 +30,15 @@ if PYTHON_PACKAGE_DIR not in sys.path:
 import tessera_ctypes  # noqa: E402
 import wsi_fixtures  # noqa: E402
 
+# Debian's openslide-python, imported in this process by test_python_openslide, loads
+# libopenslide.so.0 by soname; once test_openslide_c has loaded tessera's copy by path, the
+# loader would hand that one back under the same soname. Loading Debian's first keeps the
+# reference reader real whatever order the tests run in (a path load still gets tessera's).
+try:
+    import openslide as _debian_openslide  # noqa: E402,F401
+except ImportError:
+    pass  # the tests that need it fail on their own
+
 # The tests that stop a process inside the shared cache through its test hook need a library
 # built with it (meson -Dtest_hooks=true, as dev.sh builds).
 needs_test_hooks = pytest.mark.skipif(not tessera_ctypes.has_test_hooks(),

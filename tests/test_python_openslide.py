@@ -501,3 +501,10 @@ def test_threads_sharing_a_slide_read_what_one_thread_reads(pair):
 def test_python_package_has_openslide():
     assert os.path.isfile(os.path.join(PYTHON_PACKAGE_DIR, "tessera", "openslide",
                                        "deepzoom.py"))
+
+
+def test_the_reference_is_debians_openslide():
+    """The comparisons above are against real OpenSlide only if openslide-python in this
+    process did not get tessera's libopenslide.so.0 (loaded here by test_openslide_c)."""
+    import openslide
+    assert "tessera" not in openslide.__library_version__, openslide.__library_version__
