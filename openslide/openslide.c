@@ -18,6 +18,7 @@
 #include "alloc.h"
 #include "fractional.h"
 #include "properties.h"
+#include "slide_internal.h"
 #include "tessera.h"
 
 #if TSR_OPENSLIDE_ABI_MAJOR == 0
@@ -32,6 +33,7 @@ struct os_level {
   int64_t w, h;
   double downsample;
   uint32_t tile_w, tile_h;
+  bool associated_alpha; /* stored premultiplied (ExtraSamples 1), which OpenSlide returns as is */
 };
 
 struct _openslide {
@@ -120,7 +122,8 @@ static tessera_status fill_handle(openslide_t *osr) {
     if (st != TESSERA_OK)
       return st;
     osr->levels[i] = (struct os_level){info.width, info.height, info.downsample,
-                                       (uint32_t)info.tile_width, (uint32_t)info.tile_height};
+                                       (uint32_t)info.tile_width, (uint32_t)info.tile_height,
+                                       s->levels[i].fmt.alpha && s->levels[i].fmt.premultiplied};
   }
   tessera_status st =
       tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR, &osr->props, &osr->icc, &osr->icc_size);
@@ -244,6 +247,28 @@ EXPORT int32_t openslide_get_best_level_for_downsample(openslide_t *osr, double 
   return osr->nlevels - 1;
 }
 
+/* RGBA as tessera reads a level of associated alpha into OpenSlide's ARGB. tessera divides the
+ * stored colour p by alpha a, rounding down (c = floor(p * 255 / a)); OpenSlide (libtiff's RGBA
+ * reader) returns p as stored. p is the one integer in [c * a / 255, (c + 1) * a / 255), an
+ * interval no wider than 1, so ceil(c * a / 255) gives it back exactly wherever p <= a (colour
+ * stored above its alpha is not a premultiplied value; tessera clamps it, and it comes back as
+ * a). Premultiplying c again, as for straight alpha, would round some p one off. */
+static void associated_to_argb(uint32_t *px, size_t stride, int64_t w, int64_t h) {
+  for (int64_t y = 0; y < h; y++) {
+    uint32_t *row = px + (size_t)y * stride;
+    for (int64_t x = 0; x < w; x++) {
+      const uint8_t *b = (const uint8_t *)&row[x];
+      uint32_t r = b[0], g = b[1], bl = b[2], a = b[3];
+      if (a != 255) {
+        r = (r * a + 254) / 255;
+        g = (g * a + 254) / 255;
+        bl = (bl * a + 254) / 255;
+      }
+      row[x] = a << 24 | r << 16 | g << 8 | bl;
+    }
+  }
+}
+
 /* One piece of a region (OpenSlide paints a region in pieces of at most 4096 x 4096, each on
  * its own), its origin (x, y) in level-0 pixels, into dest, rows stride pixels apart. */
 static bool paint_piece(openslide_t *osr, int64_t x, int64_t y, int32_t level, int64_t w,
@@ -275,7 +300,9 @@ static bool paint_piece(openslide_t *osr, int64_t x, int64_t y, int32_t level, i
     o.stride = stride * 4;
     st = tessera_read_region(osr->slide, x, y, level, w, h, &o, (uint8_t *)dest,
                              ((size_t)(h - 1) * stride + (size_t)w) * 4);
-    if (st == TESSERA_OK)
+    if (st == TESSERA_OK && l->associated_alpha)
+      associated_to_argb(dest, stride, w, h);
+    else if (st == TESSERA_OK)
       tsr_os_rgba_to_argb(dest, stride, w, h);
   } else { /* between pixels: OpenSlide's cairo resamples */
     struct tsr_os_grid grid = {l->w, l->h, l->tile_w, l->tile_h, l->downsample};

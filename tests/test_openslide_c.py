@@ -636,3 +636,39 @@ def test_generic_tiff_mpp_as_each_version(abi, tmp_path):
     assert debian == openslide_number(xres)
     assert lib.openslide_get_property_value(osr, b"tiff.XResolution") == debian.encode()
     lib.openslide_close(osr)
+
+
+@pytest.mark.parametrize("abi", [0, 1])
+def test_associated_alpha_comes_back_as_stored(abi, tmp_path):
+    """OpenSlide returns a TIFF's associated (premultiplied) alpha samples as stored, in ARGB;
+    tessera divides them by alpha on decode, and the library must multiply them back exactly,
+    not round them again. Expected: the samples tifffile reads back, which Debian's OpenSlide
+    3.4.1 (loaded by path in a child process) gives too."""
+    from test_alpha import premultiplied_picture
+    path = str(tmp_path / "assocalpha.tif")
+    tifffile.imwrite(path, premultiplied_picture(), tile=(32, 32), photometric="rgb",
+                     extrasamples=["assocalpha"])
+    stored = tifffile.imread(path).astype(np.uint32)
+    h, w = stored.shape[:2]
+    want = (stored[..., 3] << 24 | stored[..., 0] << 16 | stored[..., 1] << 8
+            | stored[..., 2]).ravel()
+    assert ((stored[..., 3] > 0) & (stored[..., 3] < 255)).any()
+    code = ("import ctypes, sys, numpy as np; lib = ctypes.CDLL(sys.argv[1]); "
+            "lib.openslide_open.restype = ctypes.c_void_p; "
+            "lib.openslide_read_region.argtypes = [ctypes.c_void_p, ctypes.c_void_p] + "
+            "[ctypes.c_int64] * 2 + [ctypes.c_int32] + [ctypes.c_int64] * 2; "
+            "o = lib.openslide_open(sys.argv[2].encode()); w, h = int(sys.argv[3]), "
+            "int(sys.argv[4]); b = np.zeros(w * h, np.uint32); "
+            "lib.openslide_read_region(o, b.ctypes.data, 0, 0, 0, w, h); "
+            "sys.stdout.write(b.tobytes().hex())")
+    debian = subprocess.run([PYTHON, "-c", code, DEBIAN_OPENSLIDE, path, str(w), str(h)],
+                            capture_output=True, text=True, check=True).stdout
+    assert bytes.fromhex(debian) == want.astype("<u4").tobytes(), "OpenSlide gives them as stored"
+    lib = load(abi)
+    osr = lib.openslide_open(path.encode())
+    got = read(lib, osr, 0, 0, 0, w, h)
+    assert lib.openslide_get_error(osr) is None
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, "%d pixels differ, first %#010x for %#010x" % (
+        bad.size, got[bad[0]], want[bad[0]])
+    lib.openslide_close(osr)
