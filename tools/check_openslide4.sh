@@ -93,7 +93,7 @@ cc -O2 -Wall -Wextra -Werror -I"$PREFIX/include/openslide" "$REPO/tools/openslid
   -o "$DUMP" -L"$LIB" -Wl,-rpath-link,"$LIB" -lopenslide
 
 # Fixtures: pyramids of one RGB image in each codec, grey, RGBA, with an ICC profile, with a
-# resolution; damaged copies; a text file; a missing file.
+# resolution; graded alpha, associated and not; damaged copies; a text file; a missing file.
 FX="$WORK/fixtures"
 mkdir -p "$FX"
 src="$TESTDATA/aperio-jpeg-CMU-1-Small-Region.svs"
@@ -120,6 +120,15 @@ b[off:off + n] = b"\xff" * n
 open(sys.argv[2], "wb").write(b)
 EOF
 echo "not a slide" > "$FX/not-a-slide.txt"
+# graded alpha, stored associated and unassociated (the picture tests/test_alpha.py writes)
+/usr/bin/python3 - "$REPO/tests" "$FX" <<'EOF'
+import sys, tifffile
+sys.path.insert(0, sys.argv[1])
+from test_alpha import premultiplied_picture
+for kind in ("assocalpha", "unassalpha"):
+    tifffile.imwrite("%s/t-%s.tif" % (sys.argv[2], kind), premultiplied_picture(),
+                     tile=(32, 32), photometric="rgb", extrasamples=[kind])
+EOF
 
 shopt -s nullglob
 files=("$TESTDATA"/*.svs "$TESTDATA"/*.tif "$TESTDATA"/*.tiff "$TESTDATA"/*.ndpi "$FX"/*.tif \
