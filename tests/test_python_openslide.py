@@ -370,6 +370,33 @@ def test_errors_as_openslide_python(tmp_path):
             s.close()
 
 
+def test_malformed_tiff_raises_as_openslide_python(slides, tmp_path):
+    """A TIFF whose structure is malformed (cut short inside its first directory, or pointing
+    at a directory past its end) is claimed by no format in OpenSlide: openslide-python
+    raises OpenSlideUnsupportedFormatError, and so must tessera.openslide (not the plain
+    OpenSlideError of a TIFF that opens but cannot be read). The class each raises is asked
+    of openslide-python at test time."""
+    import struct
+
+    import openslide
+
+    good = open(slides.path("jpeg-t256-pyr"), "rb").read()
+    first = struct.unpack("<I", good[4:8])[0]
+    cases = {"cut in the first directory": good[:first + 7],
+             "first directory past the end": good[:4] + struct.pack("<I", len(good) + 10) +
+             good[8:]}
+    for what, data in cases.items():
+        path = str(tmp_path / ("%s.tif" % what.replace(" ", "-")))
+        with open(path, "wb") as f:
+            f.write(data)
+        with pytest.raises(openslide.OpenSlideError) as want:
+            openslide.OpenSlide(path)
+        with pytest.raises(tos.OpenSlideError) as got:
+            tos.OpenSlide(path)
+        assert type(got.value).__name__ == type(want.value).__name__, what
+        assert type(want.value).__name__ == "OpenSlideUnsupportedFormatError", what
+
+
 def test_context_manager_and_cache():
     """set_cache sets the capacity of tessera's process-wide cache; the test puts back the
     configuration it found, for the tests after it."""

@@ -18,7 +18,18 @@ PyObject *pyt_raise(tessera_status status) {
   case TESSERA_E_NOMEM: type = PyExc_MemoryError; break;
   default: type = pyt_Error; break;
   }
-  PyErr_SetString(type, msg);
+  if (type != pyt_Error) {
+    PyErr_SetString(type, msg);
+    return NULL;
+  }
+  /* tessera.TesseraError carries the status (its `status` attribute: 3 a malformed file, 4
+   * unsupported, 5 corrupt, 7 over a limit), for callers that tell them apart. */
+  PyObject *e = PyObject_CallFunction(type, "s", msg);
+  PyObject *code = e ? PyLong_FromLong((long)status) : NULL;
+  if (code && PyObject_SetAttrString(e, "status", code) == 0)
+    PyErr_SetObject(type, e);
+  Py_XDECREF(code);
+  Py_XDECREF(e);
   return NULL;
 }
 

@@ -127,17 +127,21 @@ def _path(filename):
         type(filename).__name__,))
 
 
+_FORMAT = 3  # TESSERA_E_FORMAT: not a TIFF, or its structure is malformed
+
+
 def _open(path):
     """A tessera Slide, or the error openslide-python raises: no file, or not a TIFF ->
-    OpenSlideUnsupportedFormatError (OpenSlide's open returns NULL); a TIFF tessera cannot
-    read -> OpenSlideError with tessera's message."""
+    OpenSlideUnsupportedFormatError (OpenSlide's open returns NULL), and so is a TIFF whose
+    structure is malformed (OpenSlide parses the directories before any format claims the
+    file, so none does); a TIFF tessera cannot read -> OpenSlideError with tessera's message."""
     try:
         return _tessera.Slide(path)
     except OSError as e:
         raise OpenSlideUnsupportedFormatError("Unsupported or missing image file: %s" % e) \
             from None
     except _tessera.TesseraError as e:
-        if not _is_tiff(path):
+        if not _is_tiff(path) or getattr(e, "status", None) == _FORMAT:
             raise OpenSlideUnsupportedFormatError("Unsupported or missing image file") \
                 from None
         raise OpenSlideError(str(e)) from None
