@@ -13,7 +13,12 @@
  * OVER_REVERSE it then equals, and computes that in 8 bits (7-bit weights, sums floored). Here
  * the same arithmetic on tessera's decoded pixels, so the bytes are OpenSlide's
  * (test_openslide_c.py's test_fractional_regions_equal). It assumes C's float arithmetic is
- * IEEE single precision, as it is wherever SSE or any 64-bit FPU does it (not x87). */
+ * IEEE single precision, as it is wherever SSE or any 64-bit FPU does it (not x87).
+ *
+ * Also here, tsr_os_read_region: OpenSlide's whole read_region (its 4096-pixel pieces, whole
+ * and fractional), which libtessera-openslide and the Python extension (tessera.openslide) both
+ * call, so the two fronts share one implementation. It uses tessera's public API and
+ * tsr_malloc only, so it builds wherever the static libtessera is linked. */
 #include "fractional.h"
 
 #include <float.h>
@@ -254,4 +259,84 @@ tessera_status tsr_os_paint_fractional(tessera_slide *s, int32_t level,
   }
   tsr_free(band);
   return st;
+}
+
+/* RGBA as tessera reads a level of associated alpha into OpenSlide's ARGB. tessera divides the
+ * stored colour p by alpha a, rounding down (c = floor(p * 255 / a)); OpenSlide (libtiff's RGBA
+ * reader) returns p as stored. p is the one integer in [c * a / 255, (c + 1) * a / 255), an
+ * interval no wider than 1, so ceil(c * a / 255) gives it back exactly wherever p <= a (colour
+ * stored above its alpha is not a premultiplied value; tessera clamps it, and it comes back as
+ * a). Premultiplying c again, as for straight alpha, would round some p one off. */
+static void associated_to_argb(uint32_t *px, size_t stride, int64_t w, int64_t h) {
+  for (int64_t y = 0; y < h; y++) {
+    uint32_t *row = px + (size_t)y * stride;
+    for (int64_t x = 0; x < w; x++) {
+      const uint8_t *b = (const uint8_t *)&row[x];
+      uint32_t r = b[0], g = b[1], bl = b[2], a = b[3];
+      if (a != 255) {
+        r = (r * a + 254) / 255;
+        g = (g * a + 254) / 255;
+        bl = (bl * a + 254) / 255;
+      }
+      row[x] = a << 24 | r << 16 | g << 8 | bl;
+    }
+  }
+}
+
+/* One piece of a region (OpenSlide paints a region in pieces of at most 4096 x 4096, each on
+ * its own), its origin (x, y) in level-0 pixels, into dest, rows stride pixels apart. */
+static tessera_status paint_piece(tessera_slide *s, int32_t level, const struct tsr_os_grid *g,
+                                  bool associated_alpha, int64_t x, int64_t y, int64_t w,
+                                  int64_t h, uint32_t *dest, size_t stride) {
+  /* A piece starting left of or above the slide is painted from level pixel 0, at the output
+   * pixel (-x / downsample) rounded toward zero; tessera would floor instead. */
+  int64_t tx = 0, ty = 0;
+  if (x < 0) {
+    tx = (int64_t)((double)-x / g->downsample);
+    x = 0;
+  }
+  if (y < 0) {
+    ty = (int64_t)((double)-y / g->downsample);
+    y = 0;
+  }
+  if (tx >= w || ty >= h)
+    return TESSERA_OK;
+  dest += (size_t)ty * stride + (size_t)tx;
+  w -= tx;
+  h -= ty;
+  double lx = (double)x / g->downsample, ly = (double)y / g->downsample;
+  if (lx != floor(lx) || ly != floor(ly)) /* between pixels: OpenSlide's cairo resamples */
+    return tsr_os_paint_fractional(s, level, g, lx, ly, w, h, dest, stride);
+  /* on whole pixels: the pixels as stored */
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  o.channels = 4;
+  o.fill = 0;
+  o.stride = stride * 4;
+  tessera_status st = tessera_read_region(s, x, y, level, w, h, &o, (uint8_t *)dest,
+                                          ((size_t)(h - 1) * stride + (size_t)w) * 4);
+  if (st == TESSERA_OK && associated_alpha)
+    associated_to_argb(dest, stride, w, h);
+  else if (st == TESSERA_OK)
+    tsr_os_rgba_to_argb(dest, stride, w, h);
+  return st;
+}
+
+tessera_status tsr_os_read_region(tessera_slide *s, int32_t level, const struct tsr_os_grid *grid,
+                                  bool associated_alpha, int64_t x, int64_t y, int64_t w,
+                                  int64_t h, uint32_t *dest) {
+  const int64_t d = 4096;
+  for (int64_t row = 0; row < (h + d - 1) / d; row++)
+    for (int64_t col = 0; col < (w + d - 1) / d; col++) {
+      /* as OpenSlide: the piece's level-0 origin truncated to a whole pixel */
+      int64_t sx = (int64_t)((double)x + (double)(col * d) * grid->downsample);
+      int64_t sy = (int64_t)((double)y + (double)(row * d) * grid->downsample);
+      int64_t sw = w - col * d < d ? w - col * d : d, sh = h - row * d < d ? h - row * d : d;
+      tessera_status st =
+          paint_piece(s, level, grid, associated_alpha, sx, sy, sw, sh,
+                      dest + (size_t)(row * d) * (size_t)w + (size_t)(col * d), (size_t)w);
+      if (st != TESSERA_OK)
+        return st;
+    }
+  return TESSERA_OK;
 }

@@ -7,7 +7,6 @@
  * documents. */
 #include "openslide.h"
 
-#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -247,72 +246,6 @@ EXPORT int32_t openslide_get_best_level_for_downsample(openslide_t *osr, double 
   return osr->nlevels - 1;
 }
 
-/* RGBA as tessera reads a level of associated alpha into OpenSlide's ARGB. tessera divides the
- * stored colour p by alpha a, rounding down (c = floor(p * 255 / a)); OpenSlide (libtiff's RGBA
- * reader) returns p as stored. p is the one integer in [c * a / 255, (c + 1) * a / 255), an
- * interval no wider than 1, so ceil(c * a / 255) gives it back exactly wherever p <= a (colour
- * stored above its alpha is not a premultiplied value; tessera clamps it, and it comes back as
- * a). Premultiplying c again, as for straight alpha, would round some p one off. */
-static void associated_to_argb(uint32_t *px, size_t stride, int64_t w, int64_t h) {
-  for (int64_t y = 0; y < h; y++) {
-    uint32_t *row = px + (size_t)y * stride;
-    for (int64_t x = 0; x < w; x++) {
-      const uint8_t *b = (const uint8_t *)&row[x];
-      uint32_t r = b[0], g = b[1], bl = b[2], a = b[3];
-      if (a != 255) {
-        r = (r * a + 254) / 255;
-        g = (g * a + 254) / 255;
-        bl = (bl * a + 254) / 255;
-      }
-      row[x] = a << 24 | r << 16 | g << 8 | bl;
-    }
-  }
-}
-
-/* One piece of a region (OpenSlide paints a region in pieces of at most 4096 x 4096, each on
- * its own), its origin (x, y) in level-0 pixels, into dest, rows stride pixels apart. */
-static bool paint_piece(openslide_t *osr, int64_t x, int64_t y, int32_t level, int64_t w,
-                        int64_t h, uint32_t *dest, size_t stride) {
-  const struct os_level *l = &osr->levels[level];
-  /* A piece starting left of or above the slide is painted from level pixel 0, at the output
-   * pixel (-x / downsample) rounded toward zero; tessera would floor instead. */
-  int64_t tx = 0, ty = 0;
-  if (x < 0) {
-    tx = (int64_t)((double)-x / l->downsample);
-    x = 0;
-  }
-  if (y < 0) {
-    ty = (int64_t)((double)-y / l->downsample);
-    y = 0;
-  }
-  if (tx >= w || ty >= h)
-    return true;
-  dest += (size_t)ty * stride + (size_t)tx;
-  w -= tx;
-  h -= ty;
-  double lx = (double)x / l->downsample, ly = (double)y / l->downsample;
-  tessera_status st;
-  if (lx == floor(lx) && ly == floor(ly)) { /* on whole pixels: the pixels as stored */
-    tessera_read_options o;
-    tessera_read_options_init(&o);
-    o.channels = 4;
-    o.fill = 0;
-    o.stride = stride * 4;
-    st = tessera_read_region(osr->slide, x, y, level, w, h, &o, (uint8_t *)dest,
-                             ((size_t)(h - 1) * stride + (size_t)w) * 4);
-    if (st == TESSERA_OK && l->associated_alpha)
-      associated_to_argb(dest, stride, w, h);
-    else if (st == TESSERA_OK)
-      tsr_os_rgba_to_argb(dest, stride, w, h);
-  } else { /* between pixels: OpenSlide's cairo resamples */
-    struct tsr_os_grid grid = {l->w, l->h, l->tile_w, l->tile_h, l->downsample};
-    st = tsr_os_paint_fractional(osr->slide, level, &grid, lx, ly, w, h, dest, stride);
-  }
-  if (st != TESSERA_OK)
-    fail(osr, st == TESSERA_E_NOMEM ? out_of_memory : tessera_error_message());
-  return st == TESSERA_OK;
-}
-
 EXPORT void openslide_read_region(openslide_t *osr, uint32_t *dest, int64_t x, int64_t y,
                                   int32_t level, int64_t w, int64_t h) {
   if (w < 0 || h < 0) {
@@ -331,20 +264,14 @@ EXPORT void openslide_read_region(openslide_t *osr, uint32_t *dest, int64_t x, i
     memset(dest, 0, npx * 4);
   if (!dest || npx == 0 || !level_ok(osr, level))
     return;
-  const int64_t d = 4096;
-  double ds = osr->levels[level].downsample;
-  for (int64_t row = 0; row < (h + d - 1) / d; row++)
-    for (int64_t col = 0; col < (w + d - 1) / d; col++) {
-      /* as OpenSlide: the piece's level-0 origin truncated to a whole pixel */
-      int64_t sx = (int64_t)((double)x + (double)(col * d) * ds);
-      int64_t sy = (int64_t)((double)y + (double)(row * d) * ds);
-      int64_t sw = w - col * d < d ? w - col * d : d, sh = h - row * d < d ? h - row * d : d;
-      if (!paint_piece(osr, sx, sy, level, sw, sh, dest + (size_t)(row * d) * (size_t)w +
-                       (size_t)(col * d), (size_t)w)) {
-        memset(dest, 0, npx * 4); /* no partial result, as OpenSlide */
-        return;
-      }
-    }
+  const struct os_level *l = &osr->levels[level];
+  struct tsr_os_grid grid = {l->w, l->h, l->tile_w, l->tile_h, l->downsample};
+  tessera_status st =
+      tsr_os_read_region(osr->slide, level, &grid, l->associated_alpha, x, y, w, h, dest);
+  if (st != TESSERA_OK) {
+    fail(osr, st == TESSERA_E_NOMEM ? out_of_memory : tessera_error_message());
+    memset(dest, 0, npx * 4); /* no partial result, as OpenSlide */
+  }
 }
 
 static int compare_key(const void *key, const void *item) {
