@@ -1,7 +1,8 @@
 """`pip install --no-build-isolation .` from the repository root, with Debian's python3 and
 python3-mesonpy, into a scratch virtual environment (seeing the system's numpy): the installed
 package is the Python package alone (no command, no C header), imports from anywhere, and reads
-the same pixels as the package in the build tree."""
+the same pixels as the package in the build tree (tessera.openslide's resampled regions too,
+painted by libtessera-openslide's code built into the extension)."""
 
 import os
 import subprocess
@@ -18,8 +19,11 @@ img = tessera.CuImage(sys.argv[1])
 a = np.asarray(img.read_region((100, 150), (300, 200)))
 batches = img.read_region([[0, 0], [500, 700], [-50, 900]], (64, 48), batch_size=2, num_workers=2)
 b = np.concatenate([np.asarray(x) for x in batches])
+from tessera import openslide
+with openslide.OpenSlide(sys.argv[1]) as s:  # level 1 from between its pixels: resampled
+    c = np.asarray(s.read_region((301, 221), 1, (170, 130)))
 print(tessera.__file__)
-print(hashlib.sha256(a.tobytes() + b.tobytes()).hexdigest())
+print(hashlib.sha256(a.tobytes() + b.tobytes() + c.tobytes()).hexdigest())
 """
 
 

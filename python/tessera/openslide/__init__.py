@@ -9,9 +9,9 @@
 Results are those of openslide-python over OpenSlide 3.4.1 on the same file: the same
 ``openslide.*`` properties, level geometry, RGBA regions (not premultiplied; transparent,
 all four bytes 0, outside the image), thumbnails and Deep Zoom tiles. Where tessera and
-OpenSlide differ (see docs/OPENSLIDE.md): a region whose level origin is not a whole pixel
-(level-0 x or y not a multiple of the level's downsample) is read from the pixel below it,
-where OpenSlide blends neighbouring pixels; no ICC profiles of slides.
+OpenSlide differ (see docs/OPENSLIDE.md): no ICC profiles of slides. A region whose level
+origin is not a whole pixel (level-0 x or y not a multiple of the level's downsample) is
+resampled as OpenSlide resamples it, by libtessera-openslide's code in the extension.
 
 Reads run in tessera with the GIL released, so threads sharing one OpenSlide read in
 parallel. Errors latch as OpenSlide's do: once a read fails, every later call on that object
@@ -308,6 +308,14 @@ class OpenSlide(AbstractSlide):
             raise OpenSlideError("a %dx%d region is over the limit of %d bytes for one read "
                                  "(tessera's max_read_bytes)" % (width, height, self._max_read))
         ds = self._downsamples[level]
+        if level and _resampled(x, y, width, height, ds):
+            # OpenSlide resamples: libtessera-openslide's code, in the extension, paints it
+            try:
+                pixels = slide.read_region_openslide(
+                    x, y, width, height, level, self._alpha_kind == _alpha.ASSOCIATED)
+            except (_tessera.TesseraError, OSError) as e:
+                self._fail(e)
+            return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
         # Left of or above the image, OpenSlide starts the level at the whole level pixel
         # -(-x / ds) truncated, i.e. rounded up, where tessera takes floor(x / ds): for a
         # level-0 coordinate that is not a multiple of the downsample, pass tessera one that
@@ -331,6 +339,16 @@ class OpenSlide(AbstractSlide):
         if not isinstance(cache, OpenSlideCache):
             raise TypeError("Not a cache object")
         cache._apply()
+
+
+def _resampled(x, y, width, height, ds):
+    """Whether OpenSlide paints some of the region from between the level's pixels: its
+    origin (level-0 x or y, inside the image, not on a level pixel), or, for a region over
+    4096 pixels, which OpenSlide paints in 4096 x 4096 pieces each from its own origin
+    truncated to level 0, possibly a later piece's."""
+    if width > 4096 or height > 4096:
+        return True
+    return any(v > 0 and v / ds != math.floor(v / ds) for v in (x, y))
 
 
 def _level0_at(level_pixel, ds):
