@@ -196,7 +196,8 @@ def regions(t, level):
 def fractional_regions(t, level):
     """Regions of a level above 0 whose origin falls between its pixels (x, y or both), inside
     the image, across its bottom-right corner and beside a negative coordinate, and one over
-    4096 pixels wide (OpenSlide paints it in pieces, each from its own origin)."""
+    4096 pixels wide (OpenSlide paints it in pieces, each from its own origin; one from a
+    whole pixel too, which takes the same path)."""
     if level == 0:
         return []
     W, H = t.level_dimensions[level]
@@ -208,7 +209,7 @@ def fractional_regions(t, level):
     fx, fy = between(min(W // 3, 150)), between(min(H // 3, 110))
     return [(fx, fy, 170, 130), (fx, 0, 90, 70), (0, fy, 90, 70), (-5, fy, 60, 50),
             (between(max(0, W - 100)), between(max(0, H - 70)), 150, 110),
-            (fx, fy, 4100, 6)]
+            (fx, fy, 4100, 6), (0, 0, 4100, 6)]
 
 
 @pytest.mark.parametrize("case", CASES)
