@@ -390,6 +390,36 @@ def test_errors_as_openslide_python(tmp_path):
             s.close()
 
 
+def test_color_profile_is_the_slides_icc(tmp_path):
+    """color_profile is the first directory's ICC profile, as openslide-python 1.3 gives it
+    over OpenSlide 4 (Debian's 1.2 has none to compare with): a pyramid written by vips with
+    its sRGB profile gives those bytes (read back by tifffile) and a profile PIL opens; the
+    thumbnail carries it; a slide without one gives None."""
+    import subprocess
+
+    import tifffile
+    from PIL import ImageCms
+
+    src = str(tmp_path / "src.v")
+    subprocess.run(["vips", "black", src, "600", "400", "--bands", "3"], check=True)
+    with_icc, without = str(tmp_path / "icc.tif"), str(tmp_path / "plain.tif")
+    subprocess.run(["vips", "tiffsave", src, with_icc, "--tile", "--pyramid", "--compression",
+                    "jpeg", "--profile", "srgb"], check=True)
+    subprocess.run(["vips", "tiffsave", src, without, "--tile", "--pyramid", "--compression",
+                    "jpeg"], check=True)
+    with tifffile.TiffFile(with_icc) as t:
+        want = t.pages[0].tags["InterColorProfile"].value
+    want = bytes(want)
+    assert len(want) > 100
+    with tos.OpenSlide(with_icc) as s:
+        assert s._icc() == want
+        profile = s.color_profile
+        assert isinstance(profile, ImageCms.ImageCmsProfile)
+        assert s.get_thumbnail((50, 50)).info.get("icc_profile") == want
+    with tos.OpenSlide(without) as s:
+        assert s.color_profile is None
+
+
 def test_malformed_tiff_raises_as_openslide_python(slides, tmp_path):
     """A TIFF whose structure is malformed (cut short inside its first directory, or pointing
     at a directory past its end) is claimed by no format in OpenSlide: openslide-python

@@ -9,7 +9,8 @@
 Results are those of openslide-python over OpenSlide 3.4.1 on the same file: the same
 ``openslide.*`` properties, level geometry, RGBA regions (not premultiplied; transparent,
 all four bytes 0, outside the image), thumbnails and Deep Zoom tiles. Where tessera and
-OpenSlide differ (see docs/OPENSLIDE.md): no ICC profiles of slides. A region whose level
+OpenSlide differ: see docs/OPENSLIDE.md. ``color_profile`` is the slide's ICC profile, as
+openslide-python 1.3 gives it over OpenSlide 4 (Debian's 1.2 has none). A region whose level
 origin is not a whole pixel (level-0 x or y not a multiple of the level's downsample) is
 resampled as OpenSlide resamples it, by libtessera-openslide's code in the extension.
 
@@ -179,9 +180,14 @@ class OpenSlide(AbstractSlide):
         self._alpha_kind = _alpha.alpha_kind(_path(filename)) if any(self._alpha) else 0
         self._props = None
         self._max_read = self._slide.limits()["max_read_bytes"]
+        self._profile = _tiffdir.icc(_path(filename))
 
     def __repr__(self):
         return "%s(%r)" % (self.__class__.__name__, self._filename)
+
+    def _icc(self):
+        """Read at open, as openslide-python 1.3 reads it over OpenSlide 4."""
+        return self._profile
 
     @classmethod
     def detect_format(cls, filename):

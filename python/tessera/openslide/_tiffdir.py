@@ -29,7 +29,7 @@ _STRIP_OFFSETS, _STRIP_BYTES, _TILE_OFFSETS, _TILE_BYTES = 273, 279, 324, 325
 _TILE_WIDTH = 322
 _FLOATS = (("tiff.XResolution", 282), ("tiff.YResolution", 283), ("tiff.XPosition", 286),
            ("tiff.YPosition", 287))
-_RESOLUTION_UNIT, _DOCUMENT_NAME = 296, 269
+_RESOLUTION_UNIT, _DOCUMENT_NAME, _ICC_PROFILE = 296, 269, 34675
 _UNITS = {1: "none", 2: "inch", 3: "centimeter"}
 # TIFF type -> struct format of one value, for the number types OpenSlide reads as floats
 _REALS = {5: "II", 10: "ii", 11: "f", 12: "d"}
@@ -166,6 +166,22 @@ def tags(path):
     except (OSError, _Bad, struct.error):
         return {}
     return out
+
+
+def icc(path):
+    """The first directory's ICC profile (tag 34675, UNDEFINED or BYTE values): the profile
+    OpenSlide 4 gives a slide (libtessera-openslide's .so.1 reads the same tag), or None."""
+    try:
+        tiff = _open(path)
+        with tiff.f:
+            entry = tiff.dirs[0].get(_ICC_PROFILE) if tiff.dirs else None
+            if entry is None or entry[0] not in (1, 7) or entry[1] == 0:
+                return None
+            if entry[1] > tiff.size:
+                return None
+            return tiff._bytes(entry, 1)
+    except (OSError, _Bad, struct.error):
+        return None
 
 
 def quickhash1(path, vendor, levels):
