@@ -237,12 +237,14 @@ def reduce(arr, factor):
 
 
 def build(source, across, down, image_w, image_h, levels, overlap=(0, 0), jitter=None,
-          skip=(), **kw):
+          skip=(), tint=False, **kw):
     """A Mirax of real pixels: camera image (x, y) of level 0 is cut from source at its camera
     position; an image of a higher level is its 2^L x 2^L level-0 images, each reduced 2^L
     times, side by side (as the scanner concatenates them). jitter: {(x, y): (dx, dy)} moves
     camera positions from the nominal grid (then written as a position buffer). skip: level-0
-    images left out (and, as OpenSlide reads it, the parts of higher levels only they cover)."""
+    images left out (and, as OpenSlide reads it, the parts of higher levels only they cover).
+    tint: each camera image brightened by its own amount, so that where images overlap, which
+    one shows is plain to see."""
     m = Mirax(across, down, image_w, image_h, levels, overlap, **kw)
     ax, ay = image_w - overlap[0], image_h - overlap[1]
     pos = {}
@@ -254,7 +256,11 @@ def build(source, across, down, image_w, image_h, levels, overlap=(0, 0), jitter
         m.positions = [pos[(x, y)] for y in range(down) for x in range(across)]
     cam = {}
     for (x, y), (px, py) in pos.items():
-        cam[(x, y)] = source[py:py + image_h, px:px + image_w]
+        part = source[py:py + image_h, px:px + image_w]
+        assert part.shape[:2] == (image_h, image_w), "source too small"
+        if tint:
+            part = np.clip(part.astype(np.int16) + 9 * ((x + 2 * y) % 5) - 18, 0, 255)
+        cam[(x, y)] = part.astype(np.uint8)
     for (x, y) in cam:
         if (x, y) not in skip:
             m.images[0][(x, y)] = np.ascontiguousarray(cam[(x, y)])
