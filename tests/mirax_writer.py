@@ -60,7 +60,7 @@ class Mirax:
     """
 
     def __init__(self, across, down, image_w, image_h, levels, overlap=(0, 0), fmt="JPEG",
-                 mpp=(0.2425, 0.2431), magnification="20", fill_bgr=0xFFFFFF):
+                 mpp=(0.2425, 0.2431), magnification="20", fill_bgr=0xFFFFFF, divisions=1):
         self.across, self.down = across, down
         self.image_w, self.image_h = image_w, image_h
         self.levels = levels
@@ -77,13 +77,9 @@ class Mirax:
         self.files = 2  # images alternate between Data0000.dat and Data0001.dat
         self.page = 3  # index entries per data page, so levels span several pages
         self.extra_ini = ""
+        self.divisions = divisions
 
     # ---- what OpenSlide computes from the INI (for the tests' expectations) ----
-    def base_size(self):
-        ox, oy = self.overlap
-        return (self.across * self.image_w - (self.across - 1) * ox,
-                self.down * self.image_h - (self.down - 1) * oy)
-
     def ini(self, nonhier):
         g = ["[GENERAL]",
              "SLIDE_VERSION=01.02",
@@ -92,7 +88,7 @@ class Mirax:
              "IMAGENUMBER_X=%d" % self.across,
              "IMAGENUMBER_Y=%d" % self.down,
              "OBJECTIVE_MAGNIFICATION=%s" % self.magnification,
-             "CameraImageDivisionsPerSide=1",
+             "CameraImageDivisionsPerSide=%d" % self.divisions,
              "",
              "[HIERARCHICAL]",
              "HIER_COUNT=1",
@@ -241,26 +237,31 @@ def build(source, across, down, image_w, image_h, levels, overlap=(0, 0), jitter
     """A Mirax of real pixels: camera image (x, y) of level 0 is cut from source at its camera
     position; an image of a higher level is its 2^L x 2^L level-0 images, each reduced 2^L
     times, side by side (as the scanner concatenates them). jitter: {(x, y): (dx, dy)} moves
-    camera positions from the nominal grid (then written as a position buffer). skip: level-0
+    camera positions (pictures: divisions x divisions images each) from the nominal grid (then
+    written as a position buffer). skip: level-0
     images left out (and, as OpenSlide reads it, the parts of higher levels only they cover).
     tint: each camera image brightened by its own amount, so that where images overlap, which
     one shows is plain to see."""
     m = Mirax(across, down, image_w, image_h, levels, overlap, **kw)
-    ax, ay = image_w - overlap[0], image_h - overlap[1]
-    pos = {}
-    for y in range(down):
-        for x in range(across):
+    div = m.divisions
+    ax, ay = div * image_w - overlap[0], div * image_h - overlap[1]
+    pos = {}  # by camera position (picture), which holds div x div images
+    for y in range(down // div):
+        for x in range(across // div):
             dx, dy = (jitter or {}).get((x, y), (0, 0))
             pos[(x, y)] = (x * ax + dx, y * ay + dy)
     if jitter is not None:
-        m.positions = [pos[(x, y)] for y in range(down) for x in range(across)]
+        m.positions = [pos[(x, y)] for y in range(down // div) for x in range(across // div)]
     cam = {}
-    for (x, y), (px, py) in pos.items():
-        part = source[py:py + image_h, px:px + image_w]
-        assert part.shape[:2] == (image_h, image_w), "source too small"
-        if tint:
-            part = np.clip(part.astype(np.int16) + 9 * ((x + 2 * y) % 5) - 18, 0, 255)
-        cam[(x, y)] = part.astype(np.uint8)
+    for y in range(down // div * div):
+        for x in range(across // div * div):
+            px, py = pos[(x // div, y // div)]
+            px, py = px + image_w * (x % div), py + image_h * (y % div)
+            part = source[py:py + image_h, px:px + image_w]
+            assert part.shape[:2] == (image_h, image_w), "source too small"
+            if tint:
+                part = np.clip(part.astype(np.int16) + 9 * ((x + 2 * y) % 5) - 18, 0, 255)
+            cam[(x, y)] = part.astype(np.uint8)
     for (x, y) in cam:
         if (x, y) not in skip:
             m.images[0][(x, y)] = np.ascontiguousarray(cam[(x, y)])
@@ -270,7 +271,7 @@ def build(source, across, down, image_w, image_h, levels, overlap=(0, 0), jitter
         for y in range(0, down, k):
             for x in range(0, across, k):
                 parts = [(x + i, y + j) for j in range(k) for i in range(k)
-                         if x + i < across and y + j < down and (x + i, y + j) not in skip]
+                         if (x + i, y + j) in cam and (x + i, y + j) not in skip]
                 if not parts:
                     continue
                 img = np.zeros((image_h, image_w, 3), np.uint8)

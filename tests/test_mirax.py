@@ -2,7 +2,8 @@
 Debian's OpenSlide 3.4.1 opens as "mirax": levels, pixels of every level (regions across image
 edges, overlaps, missing images and the slide's border), properties, the INI's text as GLib
 reads it, associated images, against OpenSlide; camera positions from a position buffer, a
-zlib-compressed one and the nominal grid, with and without overlap; JPEG, PNG and BMP images;
+zlib-compressed one and the nominal grid, with and without overlap, pictures of one camera
+image and of 2 x 2; JPEG, PNG and BMP images;
 the batch reader and `tessera bench` against single reads; damaged and hostile copies fail
 with a message that says what is wrong (under ASan+UBSan too when TESSERA_CLI_ASAN names a
 sanitized `tessera`)."""
@@ -46,14 +47,25 @@ def _slides(source):
     out["stitching"] = m
     out["nominal"] = MW.build(source, 5, 4, *IMAGE, 4, overlap=(8, 8), skip={(2, 2)})
     out["plain"] = MW.build(source, 5, 3, 100, 76, 3, skip={(1, 1)})
+    # pictures of 2 x 2 camera images (CameraImageDivisionsPerSide=2): the pictures overlap,
+    # their images do not; levels above 1 cut their images by picture
+    out["divisions"] = MW.build(source, 6, 4, *IMAGE, 3, overlap=(16, 8),
+                                jitter={(1, 1): (4, -4), (2, 0): (-8, 4)}, skip={(3, 1)},
+                                tint=True, divisions=2)
+    out["divisions-nominal"] = MW.build(source, 6, 4, *IMAGE, 4, overlap=(16, 8),
+                                        skip={(3, 1), (4, 2), (5, 2), (4, 3), (5, 3)},
+                                        divisions=2)
+    out["divisions-plain"] = MW.build(source, 6, 4, *IMAGE, 3, divisions=2)
     for fmt in ("PNG", "BMP24"):
         out[fmt.lower()] = MW.build(source, 3, 3, *IMAGE, 2, overlap=(8, 8),
                                     jitter={(1, 1): (4, -4)}, tint=True, fmt=fmt)
     return out
 
 
-NAMES = ["positions", "stitching", "nominal", "plain", "png", "bmp24"]
-LEVELS = {"positions": 3, "stitching": 3, "nominal": 4, "plain": 3, "png": 2, "bmp24": 2}
+NAMES = ["positions", "stitching", "nominal", "plain", "divisions", "divisions-nominal",
+         "divisions-plain", "png", "bmp24"]
+LEVELS = {"positions": 3, "stitching": 3, "nominal": 4, "plain": 3, "divisions": 3,
+          "divisions-nominal": 4, "divisions-plain": 3, "png": 2, "bmp24": 2}
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +166,7 @@ def test_regions_equal_openslides(lib, slides, name, level):
             assert np.array_equal(rgb, rgba[..., :3]), label
             assert (rgb[~inside] == 255).all(), label
             empty += int((in_level & ~inside).sum())
-        if name in ("positions", "stitching", "plain") and level == 0:
+        if name in ("positions", "stitching", "plain", "divisions-nominal") and level == 0:
             assert empty > 0  # the missing images were looked at
 
 
