@@ -32,6 +32,9 @@ struct tsr_pixel_format {
   /* JPEG decoded at 1 / jpeg_scale by libjpeg's scaled IDCT (2, 4 or 8: NDPI levels made from
    * a stored one, as OpenSlide makes them); 0 or 1: as stored. */
   uint8_t jpeg_scale;
+  /* JPEG of 3 components decoded straight to opaque RGBA (libjpeg-turbo's JCS_EXT_RGBA;
+   * decoded_channels 4): MIRAX's images painted into RGBA grid tiles. */
+  bool jpeg_rgba;
 };
 
 struct tsr_level {

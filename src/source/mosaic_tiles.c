@@ -19,7 +19,7 @@
 
 struct mosaic_buffers {
   struct tsr_scratch bytes;  /* an image's stored bytes */
-  struct tsr_scratch pixels; /* its decoded part (RGB) */
+  struct tsr_scratch pixels; /* its decoded part (RGB; PNG and BMP) */
 };
 
 static void destroy_buffers(void *p) {
@@ -46,18 +46,21 @@ static bool mosaic_missing(const struct tsr_level *lv, uint64_t index) {
   return lv->bytecounts[index] == 0;
 }
 
+/* JPEG: just the piece's part decoded, straight into the tile (opaque RGBA rows of stride
+ * bytes at dst). */
 static tessera_status decode_jpeg(const struct tsr_mosaic *m, const uint8_t *src, size_t len,
-                                  const struct tsr_mosaic_piece *p, uint8_t *dst) {
+                                  const struct tsr_mosaic_piece *p, uint8_t *dst, size_t stride) {
   struct tsr_pixel_format fmt = {.compression = COMPRESSION_JPEG,
                                  .photometric = PHOTOMETRIC_YCBCR,
                                  .spp = 3,
-                                 .decoded_channels = 3};
+                                 .decoded_channels = 4,
+                                 .jpeg_rgba = true};
   struct tsr_tile_out out = {.pixels = dst,
                              .width = m->image_w,
                              .height = m->image_h,
                              .need_w = m->image_w,
                              .need_h = m->image_h,
-                             .stride = (size_t)p->w * 3,
+                             .stride = stride,
                              .crop_x = p->src_x,
                              .crop_y = p->src_y,
                              .crop_w = p->w,
@@ -146,17 +149,19 @@ static tessera_status decode_bmp(const struct tsr_mosaic *m, const uint8_t *src,
 static tessera_status paint_piece(const struct tsr_mosaic *m, const struct tsr_mosaic_piece *p,
                                   struct mosaic_buffers *b, uint8_t *tile, uint32_t tile_w) {
   const struct tsr_mosaic_image *img = &m->images[p->image];
+  bool rgb = m->format != TSR_MOSAIC_JPEG; /* decoded to RGB, then made RGBA below */
   if (!tsr_scratch_reserve(&b->bytes, img->length) ||
-      !tsr_scratch_reserve(&b->pixels, (size_t)p->w * p->h * 3))
+      (rgb && !tsr_scratch_reserve(&b->pixels, (size_t)p->w * p->h * 3)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for an image of %u bytes", img->length);
   tessera_status st = tsr_file_set_read(m->files, img->file, img->offset, img->length,
                                         b->bytes.data);
   if (st != TESSERA_OK)
     return st;
   struct tsr_scratch whole = {0};
+  uint8_t *at = tile + ((size_t)p->dst_y * tile_w + p->dst_x) * 4;
   switch (m->format) {
   case TSR_MOSAIC_JPEG:
-    st = decode_jpeg(m, b->bytes.data, img->length, p, b->pixels.data);
+    st = decode_jpeg(m, b->bytes.data, img->length, p, at, (size_t)tile_w * 4);
     break;
   case TSR_MOSAIC_PNG:
     st = decode_png(m, b->bytes.data, img->length, p, b->pixels.data, &whole);
@@ -170,14 +175,13 @@ static tessera_status paint_piece(const struct tsr_mosaic *m, const struct tsr_m
     return tsr_error_prefix(st, "image %u (data file %s, offset %llu): ", p->image,
                             tsr_file_set_name(m->files, img->file),
                             (unsigned long long)img->offset);
-  for (uint32_t y = 0; y < p->h; y++) {
+  /* Opaque RGBA, a pixel at a time as one 32-bit word (in memory order R, G, B, A). */
+  for (uint32_t y = 0; rgb && y < p->h; y++) {
     const uint8_t *s = b->pixels.data + (size_t)y * p->w * 3;
     uint8_t *d = tile + ((size_t)(p->dst_y + y) * tile_w + p->dst_x) * 4;
     for (uint32_t x = 0; x < p->w; x++, s += 3, d += 4) {
-      d[0] = s[0];
-      d[1] = s[1];
-      d[2] = s[2];
-      d[3] = 255;
+      uint8_t px[4] = {s[0], s[1], s[2], 255};
+      memcpy(d, px, 4);
     }
   }
   return TESSERA_OK;
@@ -194,11 +198,19 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
   struct mosaic_buffers *b = tsr_per_thread_get(&buffers, create_buffers);
   if (!b)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  for (size_t i = 0; i < bytes; i += 4) {
-    memset(buf->data + i, m->background, 3);
-    buf->data[i + 3] = 0;
-  }
   uint64_t first = lv->offsets[index] - 1, n = lv->bytecounts[index];
+  /* Pixels no piece covers are the background with alpha 0; a tile one piece covers whole
+   * (images on the grid, the usual case) needs none. */
+  bool whole = false;
+  for (uint64_t k = 0; k < n && !whole; k++) {
+    const struct tsr_mosaic_piece *p = &m->pieces[first + k];
+    whole = p->dst_x == 0 && p->dst_y == 0 && p->w == lv->tile_w && p->h == lv->tile_h;
+  }
+  if (!whole) {
+    uint8_t px[4] = {m->background, m->background, m->background, 0};
+    for (size_t i = 0; i < bytes; i += 4)
+      memcpy(buf->data + i, px, 4);
+  }
   for (uint64_t k = 0; k < n; k++) {
     tessera_status st = paint_piece(m, &m->pieces[first + k], b, buf->data, lv->tile_w);
     if (st != TESSERA_OK)
