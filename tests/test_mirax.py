@@ -111,7 +111,8 @@ def test_properties_equal_openslides(lib, slides, name):
     assert len(want) > 40 and got == want
     for key in ("mpp-x", "mpp-y"):
         assert float(props["tessera." + key]) == float(o.properties["openslide." + key])
-    for key in ("objective-power", "background-color"):
+    for key in ("objective-power", "background-color", "bounds-x", "bounds-y", "bounds-width",
+                "bounds-height"):
         assert props["tessera." + key] == o.properties["openslide." + key]
 
 

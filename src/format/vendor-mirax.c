@@ -96,6 +96,9 @@ struct mirax {
   int64_t npositions;
   uint8_t *active; /* by position: a level-0 image lies there */
   int32_t position_vimslide, position_stitching, record[3]; /* nonhier records, -1: none */
+  /* Level 0's placed tiles' extent (every tile placed, as OpenSlide's grid counts them);
+   * left > right while there is none. */
+  double left, top, right, bottom;
 };
 
 static const char *const ASSOCIATED[3] = {"macro", "label", "thumbnail"};
@@ -740,6 +743,13 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
               .x = (int64_t)floor((double)x0 / p->image_concat),
               .y = (int64_t)floor((double)y0 / p->image_concat),
           };
+          if (level == 0) {
+            double fx = (double)x0 / p->image_concat, fy = (double)y0 / p->image_concat;
+            m->left = fx < m->left ? fx : m->left;
+            m->top = fy < m->top ? fy : m->top;
+            m->right = fx + p->tile_w > m->right ? fx + p->tile_w : m->right;
+            m->bottom = fy + p->tile_h > m->bottom ? fy + p->tile_h : m->bottom;
+          }
           if (t.src_x >= (uint32_t)s->image_w || t.src_y >= (uint32_t)s->image_h)
             continue;
           if (t.w > (uint32_t)s->image_w - t.src_x)
@@ -962,6 +972,19 @@ static void add_properties(const struct mirax *m, struct tsr_findings *out) {
   tsr_props_add_double(&out->props, "tessera.mpp-y", s0->mpp_y);
   tsr_props_add(&out->props, "tessera.objective-power", "%d", m->magnification);
   tsr_props_add(&out->props, "tessera.background-color", "%06X", s0->fill_rgb);
+  /* The slide's non-empty area as OpenSlide gives it: whole pixels around the tiles. */
+  double x = 0, y = 0, w = 0, h = 0;
+  if (m->left <= m->right) {
+    x = m->left;
+    y = m->top;
+    w = m->right - m->left;
+    h = m->bottom - m->top;
+  }
+  tsr_props_add(&out->props, "tessera.bounds-x", "%lld", (long long)floor(x));
+  tsr_props_add(&out->props, "tessera.bounds-y", "%lld", (long long)floor(y));
+  tsr_props_add(&out->props, "tessera.bounds-width", "%lld", (long long)(ceil(x + w) - floor(x)));
+  tsr_props_add(&out->props, "tessera.bounds-height", "%lld",
+                (long long)(ceil(y + h) - floor(y)));
 }
 
 static void done(struct mirax *m) {
@@ -974,7 +997,8 @@ static void done(struct mirax *m) {
 
 static tessera_status mirax_open(const char *path, const tessera_open_options *limits,
                                  struct tsr_findings *out, struct tsr_byte_source **source) {
-  struct mirax m = {.limits = limits};
+  struct mirax m = {.limits = limits, .left = INFINITY, .top = INFINITY, .right = -INFINITY,
+                    .bottom = -INFINITY};
   *source = NULL;
   tessera_status st = TESSERA_OK;
   if (!(m.folder = tsr_strndup(path, strlen(path) - strlen(".mrxs"))))
