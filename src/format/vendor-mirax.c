@@ -767,7 +767,8 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
     page = next;
   } while (page != 0);
   /* One tile per cell, the last placed; then in painting order. */
-  qsort(l->item, l->n, sizeof *l->item, compare_placed);
+  if (l->n > 1)
+    qsort(l->item, l->n, sizeof *l->item, compare_placed);
   size_t kept = 0;
   for (size_t i = 0; i < l->n; i++) {
     if (kept > 0 && l->item[kept - 1].row == l->item[i].row &&
