@@ -326,6 +326,17 @@ def _huge_length(data):
     struct.pack_into("<i", data, _level0_page(data) + 8 + 8, 0x7FFFFFF0)
 
 
+def _too_many_images(data):
+    """A page of 100 copies of level 0's first image joins the chain: more images than the
+    slide has camera images."""
+    page = _level0_page(data)
+    first = bytes(data[page + 8:page + 24])
+    while struct.unpack_from("<i", data, page + 4)[0]:
+        page = struct.unpack_from("<i", data, page + 4)[0]
+    struct.pack_into("<i", data, page + 4, len(data))
+    data += struct.pack("<ii", 100, 0) + first * 100
+
+
 def _bad_index(data):
     struct.pack_into("<i", data, _level0_page(data) + 8, 4 * 5 * 4)
 
@@ -375,6 +386,7 @@ DAMAGED = {
     "index-page-loop": (_index_patch(_page_loop), "loop", False),
     "index-huge-length": (_index_patch(_huge_length), "limit", False),
     "index-image-outside": (_index_patch(_bad_index), "outside", False),
+    "index-too-many-images": (_index_patch(_too_many_images), "more images than", False),
     "index-bad-file": (_index_patch(_bad_file_number), "data file 7", False),
     "no-data-file": (_remove("Data0001.dat"), "Data0001.dat", True),
     "truncated-data-file": (_truncate("Data0000.dat", 0.5), "Data0000.dat", True),

@@ -43,8 +43,9 @@
 #define TSR_MIRAX_MAX_IMAGES ((int64_t)1 << 21)
 #define TSR_MIRAX_MAX_FILES 65536
 #define TSR_MIRAX_MAX_LEVELS 31
-/* Grid tiles a level may have: a level of 2^24 x 2^24 pixels in 4096-pixel tiles. */
-#define TSR_MIRAX_MAX_GRID_TILES ((uint64_t)1 << 24)
+/* Grid tiles a level may have (their tables take 16 bytes each): 2^22 tiles of 256 x 256
+ * pixels are 2.7 * 10^11 pixels, beyond any slide. */
+#define TSR_MIRAX_MAX_GRID_TILES ((uint64_t)1 << 22)
 #define POSITION_RECORD 9
 
 static const char GENERAL[] = "GENERAL", HIERARCHICAL[] = "HIERARCHICAL", DATAFILE[] = "DATAFILE";
@@ -653,6 +654,8 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
    * once each: more means a loop. */
   uint64_t pages = 0, max_pages = m->index_size / 8 + 1, entries = 0,
            max_entries = m->index_size / 16 + 1;
+  /* nor list more images than the slide has camera images (each once) */
+  uint64_t max_images = (uint64_t)m->images_x * (uint64_t)m->images_y + 64;
   size_t cap = 0;
   uint64_t seq = 0;
   do {
@@ -670,6 +673,10 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
     entries += (uint64_t)count;
     if (entries > max_entries)
       return tsr_error(TESSERA_E_FORMAT, "Index.dat: level %d's pages form a loop", level);
+    if (entries > max_images)
+      return tsr_error(TESSERA_E_FORMAT,
+                       "Index.dat: level %d lists more images than the slide has (%d x %d)",
+                       level, m->images_x, m->images_y);
     uint8_t *raw = tsr_malloc((size_t)count * 16 + 1);
     if (!raw)
       return tsr_error(TESSERA_E_NOMEM, "out of memory");
@@ -1048,7 +1055,7 @@ static tessera_status mirax_open(const char *path, const tessera_open_options *l
     struct tsr_mosaic_image *images = NULL;
     size_t nimages = 0;
     l.n = 0;
-    l.max = 2 * (size_t)m.images_x * (size_t)m.images_y + 64;
+    l.max = (size_t)m.images_x * (size_t)m.images_y + 64; /* one tile per image or position */
     st = read_level_index(&m, i, table, &images, &nimages, &l);
     if (st == TESSERA_OK) {
       st = make_level(&m, i, out->background, images, nimages, &l, &out->levels[i]);
