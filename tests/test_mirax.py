@@ -8,6 +8,7 @@ the batch reader and `tessera bench` against single reads; damaged and hostile c
 with a message that says what is wrong (under ASan+UBSan too when TESSERA_CLI_ASAN names a
 sanitized `tessera`)."""
 
+import json
 import os
 import shutil
 import struct
@@ -250,14 +251,32 @@ def test_bench_checksum_equals_single_reads(lib, cli, slides, tmp_path):
                    for x, y in locs)
     loc = tmp_path / "locations.txt"
     loc.write_text("".join("%d %d\n" % p for p in locs))
-    import json
-    r = subprocess.run([cli, "bench", path, "--locations", str(loc), "--size", "%d,%d" % size,
-                        "--level", str(level), "--workers", "2", "--json"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
-    assert doc["patches"] == len(locs)
-    assert doc["checksum"] == want
+    # without a cache, and through the per-process and the shared tile cache (tiles painted
+    # from several images are cached painted)
+    for cache in ([], ["--cache", "per_process:16"], ["--cache", "shared_memory:16"]):
+        r = subprocess.run([cli, "bench", path, "--locations", str(loc), "--size",
+                            "%d,%d" % size, "--level", str(level), "--workers", "2", "--json"]
+                           + cache, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (cache, r.stderr)
+        doc = json.loads(r.stdout)
+        assert doc["patches"] == len(locs)
+        assert doc["checksum"] == want, cache
+
+
+def test_python_package_reads_it(slides):
+    """The Python package (CuImage and its openslide-python API) reads a MIRAX slide through
+    the same library: its regions equal the C API's."""
+    import tessera  # the built package (conftest.py puts TESSERA_PYTHON on sys.path)
+    import tessera.openslide
+    path = slides["paths"]["positions"]
+    with T.open_slide(path) as s:
+        want = s.read_region(100, 50, 0, 200, 120, channels=4)
+    img = tessera.CuImage(path)
+    got = np.asarray(img.read_region((100, 50), (200, 120), 0))
+    assert np.array_equal(got[..., :3], want[..., :3])
+    o = tessera.openslide.OpenSlide(path)
+    assert o.properties["openslide.vendor"] == "mirax"
+    assert np.array_equal(np.asarray(o.read_region((100, 50), 0, (200, 120))), want)
 
 
 def test_info_command_names_the_format(cli, slides):
