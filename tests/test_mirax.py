@@ -466,6 +466,42 @@ def test_damaged_copies_fail_clearly(lib, cli, damaged, name, tmp_path):
         assert words in r.stderr and "Sanitizer" not in r.stderr, (which, r.stderr)
 
 
+def _png_header(w, h):
+    """A PNG whose header says w x h 8-bit RGB (no pixels follow that size)."""
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + \
+            struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def test_huge_png_image_fails_its_reads_within_the_limit(lib, tmp_path, source):
+    """A PNG image whose header (and the INI) say 60000 x 60000: decoding it whole would take
+    10 GB; its tiles fail with the limit named, without allocating it."""
+    m = MW.build(source, 1, 1, 32, 24, 1, fmt="PNG")
+    m.files = 1
+    path = str(tmp_path / "huge.mrxs")
+    folder = m.write(path)
+    _ini_edit("DIGITIZER_WIDTH=32", "DIGITIZER_WIDTH=60000")(folder)
+    _ini_edit("DIGITIZER_HEIGHT=24", "DIGITIZER_HEIGHT=60000")(folder)
+    data = os.path.join(folder, "Data0000.dat")
+    at = os.path.getsize(data)
+    png = _png_header(60000, 60000)
+    open(data, "ab").write(png)
+
+    def point(index):
+        page = _level0_page(index)
+        struct.pack_into("<ii", index, page + 8 + 4, at, len(png))
+    _index_patch(point)(folder)
+    with T.open_slide(path) as s:
+        assert s.level_dimensions()[0] == (60000, 60000)
+        with pytest.raises(T.TesseraError) as e:
+            s.read_region(0, 0, 0, 64, 64)
+        assert e.value.status == T.E_LIMIT and "PNG" in str(e.value), str(e.value)
+
+
 def test_openslide_rejects_the_damaged_metadata_too(damaged):
     """The copies damaged at open are no slide for OpenSlide either (so the cases are
     damage, not tessera's taste)."""

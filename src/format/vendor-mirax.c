@@ -231,6 +231,9 @@ static tessera_status nonhier_offset(const struct mirax *m, int32_t count, const
         return tsr_error(TESSERA_E_FORMAT, "Slidedat.ini: NONHIER counts overflow");
       continue;
     }
+    if (offset < 0)
+      return tsr_error(TESSERA_E_FORMAT, "Slidedat.ini: NONHIER counts before %s are negative",
+                       name);
     if (!value) {
       *out = (int32_t)offset;
       return TESSERA_OK;

@@ -76,9 +76,11 @@ static void crop(const struct tsr_mosaic *m, const uint8_t *whole,
            whole + ((size_t)(p->src_y + y) * m->image_w + p->src_x) * 3, (size_t)p->w * 3);
 }
 
+/* PNG: the whole image decoded (libpng's simplified reader has no crop), within limit
+ * bytes, and the piece's part taken from it. */
 static tessera_status decode_png(const struct tsr_mosaic *m, const uint8_t *src, size_t len,
                                  const struct tsr_mosaic_piece *p, uint8_t *dst,
-                                 struct tsr_scratch *whole) {
+                                 struct tsr_scratch *whole, uint64_t limit) {
   png_image img;
   memset(&img, 0, sizeof img);
   img.version = PNG_IMAGE_VERSION;
@@ -96,7 +98,13 @@ static tessera_status decode_png(const struct tsr_mosaic *m, const uint8_t *src,
                      img.height, m->image_w, m->image_h);
   }
   img.format = PNG_FORMAT_RGB;
-  if (!tsr_scratch_reserve(whole, (size_t)m->image_w * m->image_h * 3)) {
+  uint64_t bytes = (uint64_t)m->image_w * m->image_h * 3;
+  if (bytes > limit) {
+    png_image_free(&img);
+    return tsr_error(TESSERA_E_LIMIT, "a decoded PNG image of %ux%u exceeds the limit",
+                     m->image_w, m->image_h);
+  }
+  if (!tsr_scratch_reserve(whole, (size_t)bytes)) {
     png_image_free(&img);
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a %ux%u image", m->image_w, m->image_h);
   }
@@ -146,8 +154,9 @@ static tessera_status decode_bmp(const struct tsr_mosaic *m, const uint8_t *src,
   return TESSERA_OK;
 }
 
-static tessera_status paint_piece(const struct tsr_mosaic *m, const struct tsr_mosaic_piece *p,
-                                  struct mosaic_buffers *b, uint8_t *tile, uint32_t tile_w) {
+static tessera_status paint_piece(const tessera_slide *s, const struct tsr_mosaic *m,
+                                  const struct tsr_mosaic_piece *p, struct mosaic_buffers *b,
+                                  uint8_t *tile, uint32_t tile_w) {
   const struct tsr_mosaic_image *img = &m->images[p->image];
   bool rgb = m->format != TSR_MOSAIC_JPEG; /* decoded to RGB, then made RGBA below */
   if (!tsr_scratch_reserve(&b->bytes, img->length) ||
@@ -164,7 +173,8 @@ static tessera_status paint_piece(const struct tsr_mosaic *m, const struct tsr_m
     st = decode_jpeg(m, b->bytes.data, img->length, p, at, (size_t)tile_w * 4);
     break;
   case TSR_MOSAIC_PNG:
-    st = decode_png(m, b->bytes.data, img->length, p, b->pixels.data, &whole);
+    st = decode_png(m, b->bytes.data, img->length, p, b->pixels.data, &whole,
+                    s->limits.max_decoded_tile_bytes);
     break;
   case TSR_MOSAIC_BMP:
     st = decode_bmp(m, b->bytes.data, img->length, p, b->pixels.data);
@@ -190,7 +200,6 @@ static tessera_status paint_piece(const struct tsr_mosaic *m, const struct tsr_m
 static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_level *lv,
                                     uint64_t index, struct tsr_scratch *buf,
                                     struct tsr_stream *out) {
-  (void)s;
   const struct tsr_mosaic *m = lv->source_data;
   size_t bytes;
   if (!tsr_mul3(lv->tile_w, lv->tile_h, 4, &bytes) || !tsr_scratch_reserve(buf, bytes))
@@ -212,7 +221,7 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
       memcpy(buf->data + i, px, 4);
   }
   for (uint64_t k = 0; k < n; k++) {
-    tessera_status st = paint_piece(m, &m->pieces[first + k], b, buf->data, lv->tile_w);
+    tessera_status st = paint_piece(s, m, &m->pieces[first + k], b, buf->data, lv->tile_w);
     if (st != TESSERA_OK)
       return st;
   }
