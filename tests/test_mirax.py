@@ -134,6 +134,53 @@ def test_ini_text_is_read_as_glib_reads_it(lib, tmp_path, source):
     assert got == want
 
 
+def test_what_openslide_4_reads_and_3_4_refuses(lib, tmp_path, source):
+    """Three things real MIRAX files hold that OpenSlide 3.4.1 refuses and OpenSlide 4 reads
+    (openslide commits f0b330da, 19c75c1c, aae38d23), read as OpenSlide 4 reads them: lines
+    with a value and no key (" = False") are skipped; a non-hierarchical record's page may hold
+    more than one item; the objective magnification may end in "x" (or be missing: then there
+    is no objective power)."""
+    m = MW.build(source, 2, 2, *IMAGE, 2)
+    m.magnification = "40x"
+    m.associated = {"label": source[:50, :60]}
+    m.extra_ini = "[EXTRA]\r\n = False\r\nKEPT=1\r\n   =True\r\n"
+    path = str(tmp_path / "lenient.mrxs")
+    folder = m.write(path)
+
+    def two_items(index):  # the label's record: its page's item count 1 -> 2
+        root = _root(index)
+        table = struct.unpack_from("<i", index, root + 4)[0]
+        head = struct.unpack_from("<i", index, table)[0]
+        page = struct.unpack_from("<i", index, head + 4)[0]
+        assert struct.unpack_from("<i", index, page)[0] == 1
+        struct.pack_into("<i", index, page, 2)
+    _index_patch(two_items)(folder)
+    with pytest.raises(openslide.OpenSlideError):
+        openslide.OpenSlide(path)
+    with T.open_slide(path) as s:
+        props = s.properties
+        assert props["tessera.objective-power"] == "40"
+        assert props["mirax.EXTRA.KEPT"] == "1"
+        assert not any(k.startswith("mirax.EXTRA.") and k != "mirax.EXTRA.KEPT" for k in props)
+        assert s.read_associated("label").shape == (50, 60, 3)
+    # and without the odd lines, the same slide is OpenSlide 3.4.1's: the label is its
+    _ini_edit(" = False\r\n", "")(folder)
+    _ini_edit("   =True\r\n", "")(folder)
+    _ini_edit("OBJECTIVE_MAGNIFICATION=40x", "OBJECTIVE_MAGNIFICATION=40")(folder)
+    _index_patch(lambda index: struct.pack_into(
+        "<i", index, struct.unpack_from("<i", index, struct.unpack_from(
+            "<i", index, struct.unpack_from("<i", index, _root(index) + 4)[0])[0] + 4)[0], 1))(
+        folder)
+    o = openslide.OpenSlide(path)
+    with T.open_slide(path) as s:
+        assert np.array_equal(s.read_associated("label", channels=4),
+                              np.asarray(o.associated_images["label"]))
+    m.magnification = ""
+    m.write(path)
+    with T.open_slide(path) as s:
+        assert "tessera.objective-power" not in s.properties
+
+
 # ---- pixels --------------------------------------------------------------------------
 
 

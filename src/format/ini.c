@@ -76,7 +76,11 @@ tessera_status tsr_ini_parse(const uint8_t *data, size_t len, const char *name,
       continue;
     }
     char *eq = strchr(line, '=');
-    if (!eq || eq == line) {
+    if (eq == line) { /* " = False": no key; some MIRAX scanners write it, OpenSlide 4 skips it */
+      line = next;
+      continue;
+    }
+    if (!eq) {
       tsr_ini_free(out);
       return tsr_error(TESSERA_E_FORMAT,
                        "%s, line %zu: neither a group, a key=value pair nor a comment", name, no);

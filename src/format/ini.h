@@ -1,8 +1,10 @@
 /* INI ("key file") text as GLib's GKeyFile reads it, which is how OpenSlide reads MIRAX's
  * Slidedat.ini: [group] lines, key=value lines (the key's trailing and the value's leading
  * blanks dropped), # comments and blank lines; a UTF-8 BOM and CR before LF are ignored; a
- * key given twice in a group (or in a group given twice) keeps its last value. Any other
- * line makes the file unreadable, as it makes GLib's parser fail. Values are kept raw (no
+ * key given twice in a group (or in a group given twice) keeps its last value. A line with a
+ * value but no key ("= False", written by some MIRAX scanners) is skipped, as OpenSlide 4
+ * skips it (GLib and OpenSlide 3.4 refuse the file). Any other line makes the file unreadable,
+ * as it makes GLib's parser fail. Values are kept raw (no
  * escapes undone), as g_key_file_get_value returns them. */
 #ifndef TSR_FORMAT_INI_H
 #define TSR_FORMAT_INI_H

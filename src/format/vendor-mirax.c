@@ -265,9 +265,23 @@ static tessera_status read_layout(struct mirax *m) {
   if ((st = need_value(m, GENERAL, "SLIDE_VERSION", &v)) != TESSERA_OK ||
       (st = need_value(m, GENERAL, "SLIDE_ID", &m->slide_id)) != TESSERA_OK ||
       (st = need_int(m, GENERAL, "IMAGENUMBER_X", &m->images_x)) != TESSERA_OK ||
-      (st = need_int(m, GENERAL, "IMAGENUMBER_Y", &m->images_y)) != TESSERA_OK ||
-      (st = need_int(m, GENERAL, "OBJECTIVE_MAGNIFICATION", &m->magnification)) != TESSERA_OK)
+      (st = need_int(m, GENERAL, "IMAGENUMBER_Y", &m->images_y)) != TESSERA_OK)
     return st;
+  /* As OpenSlide 4 (3.4 requires an integer): missing, blank, not a number or not positive
+   * gives no objective power; some old files end it in "x". */
+  const char *mag = tsr_ini_get(&m->ini, GENERAL, "OBJECTIVE_MAGNIFICATION");
+  m->magnification = 0;
+  if (mag) {
+    char digits[32];
+    size_t n = strlen(mag);
+    if (n > 0 && n < sizeof digits) {
+      memcpy(digits, mag, n + 1);
+      if (digits[n - 1] == 'x')
+        digits[n - 1] = '\0';
+      if (!tsr_ini_int(digits, &m->magnification) || m->magnification < 0)
+        m->magnification = 0;
+    }
+  }
   if (!tsr_ini_int(tsr_ini_get(&m->ini, GENERAL, "CameraImageDivisionsPerSide"), &m->divisions))
     m->divisions = 1;
   if ((st = in_range("IMAGENUMBER_X", m->images_x, 1, INT32_MAX)) != TESSERA_OK ||
@@ -475,9 +489,9 @@ static tessera_status nonhier_record(const struct mirax *m, int32_t recno, int32
   if ((st = index_i32(m, (int64_t)ptr + 4, &page)) != TESSERA_OK ||
       (st = index_i32(m, page, &v)) != TESSERA_OK)
     return st;
-  if (v != 1)
-    return tsr_error(TESSERA_E_FORMAT, "Index.dat: record %d's page does not hold one item",
-                     recno);
+  /* OpenSlide 3.4 wants exactly 1; some slides hold more (OpenSlide 4 reads the first). */
+  if (v < 1)
+    return tsr_error(TESSERA_E_FORMAT, "Index.dat: record %d's page holds no item", recno);
   int32_t z1, z2;
   if ((st = index_i32(m, (int64_t)page + 8, &z1)) != TESSERA_OK ||
       (st = index_i32(m, (int64_t)page + 12, &z2)) != TESSERA_OK)
@@ -981,7 +995,8 @@ static void add_properties(const struct mirax *m, struct tsr_findings *out) {
   const struct section *s0 = &m->sec[0];
   tsr_props_add_double(&out->props, "tessera.mpp-x", s0->mpp_x);
   tsr_props_add_double(&out->props, "tessera.mpp-y", s0->mpp_y);
-  tsr_props_add(&out->props, "tessera.objective-power", "%d", m->magnification);
+  if (m->magnification > 0)
+    tsr_props_add(&out->props, "tessera.objective-power", "%d", m->magnification);
   tsr_props_add(&out->props, "tessera.background-color", "%06X", s0->fill_rgb);
   /* The slide's non-empty area as OpenSlide gives it: whole pixels around the tiles. */
   double x = 0, y = 0, w = 0, h = 0;
