@@ -807,7 +807,7 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
 /* ---- levels ---- */
 
 static void mosaic_format(struct tsr_level *lv) {
-  lv->fmt.compression = COMPRESSION_NONE;
+  lv->fmt.compression = TSR_COMPRESSION_MOSAIC;
   lv->fmt.photometric = PHOTOMETRIC_RGB;
   lv->fmt.spp = 4;
   lv->fmt.predictor = 1;

@@ -11,8 +11,8 @@
  *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c);
  *  - tsr_mosaic_tiles (source/mosaic_tiles.c): a tile of a regular grid laid over images
  *    placed at positions of their own, which may overlap (MIRAX's camera images, in data
- *    files of their own; set by format/vendor-mirax.c): the tile is painted from the parts
- *    of the images it covers and handed on as uncompressed RGBA, alpha 0 where none does.
+ *    files of their own; set by format/vendor-mirax.c): the stream is the parts of the images
+ *    the tile covers with their bytes, which the mosaic codec paints (codec/mosaic.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
  * JPEG stream nvJPEG takes from tsr_tile_source_stream. Everything here reads only tables
  * fixed at open: any number of threads may call it, with no lock. */
@@ -110,11 +110,10 @@ struct tsr_memory_image {
 };
 
 /* A level's data for tsr_mosaic_tiles. The level's tiles are tile_w x tile_h RGBA (alpha
- * unassociated, compression none); tile i is painted from pieces[offsets[i] - 1] onwards,
- * bytecounts[i] of them, in order, each over those before it (so the last wins where they
- * overlap); a tile no image covers has bytecount 0 (missing: the reader fills it). */
-enum tsr_mosaic_format { TSR_MOSAIC_JPEG, TSR_MOSAIC_PNG, TSR_MOSAIC_BMP };
-
+ * unassociated) of the mosaic codec (codec/codec.h); tile i is painted from
+ * pieces[offsets[i] - 1] onwards, bytecounts[i] of them, in order, each over those before it
+ * (so the last wins where they overlap); a tile no image covers has bytecount 0 (missing: the
+ * reader fills it). */
 struct tsr_mosaic_image {
   uint64_t offset;
   uint32_t length;
