@@ -95,6 +95,14 @@ static void convert_row(const uint8_t *src, unsigned src_ch, bool alpha, uint8_t
     memcpy(dst, src, n * src_ch);
     return;
   }
+  if (src_ch == 4 && dst_ch == 3) { /* RGBA tiles (MIRAX's, alpha TIFFs) into RGB */
+    for (size_t i = 0; i < n; i++, src += 4, dst += 3) {
+      dst[0] = src[0];
+      dst[1] = src[1];
+      dst[2] = src[2];
+    }
+    return;
+  }
   for (size_t i = 0; i < n; i++, src += src_ch, dst += dst_ch) {
     if (src_ch <= 2)
       dst[0] = dst[1] = dst[2] = src[0];
