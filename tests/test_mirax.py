@@ -232,6 +232,29 @@ def test_overlaps_show_the_image_of_the_later_row_and_column(lib, slides):
     assert np.array_equal(strip, R.openslide_region(osl(path), 120, 10, 0, 8, 70)[..., :3])
 
 
+def test_positions_between_pixels(lib, tmp_path, source):
+    """A camera position that is odd lies between the pixels of level 1, where OpenSlide
+    interpolates; tessera places the image at the pixel below (README). Level 0 stays
+    OpenSlide's byte for byte, and level 1 holds the image's pixels, moved by under a pixel."""
+    m = MW.build(source, 3, 2, *IMAGE, 2, overlap=(8, 8), jitter={(1, 0): (1, 3)})
+    path = str(tmp_path / "odd.mrxs")
+    m.write(path)
+    o = openslide.OpenSlide(path)
+    with T.open_slide(path) as s:
+        W, H = s.level_dimensions()[0]
+        got, want = s.read_region(0, 0, 0, W, H, channels=4), R.openslide_region(o, 0, 0, 0, W, H)
+        opaque = want[..., 3] == 255
+        assert np.array_equal(got[..., 3], want[..., 3]) and (~opaque).any()
+        assert np.array_equal(got[opaque], want[opaque])
+        # image (1, 0) of level 1 starts at (121 / 2, 3 / 2) -> pixel (60, 1)
+        got = s.read_region(0, 0, 1, *s.level_dimensions()[1], channels=4)
+        want = np.asarray(o.read_region((0, 0), 1, s.level_dimensions()[1]))
+        both = (got[..., 3] == 255) & (want[..., 3] == 255)
+        assert got.shape == want.shape and both.mean() > 0.9
+        diff = np.abs(got[..., :3].astype(int) - want[..., :3])[both].mean()
+        assert 0 < diff < 20, diff
+
+
 def test_missing_image_is_transparent_background(lib, slides):
     """Image (4, 0) is left out: where no neighbour reaches, OpenSlide is transparent and
     tessera white with alpha 0; at level 1, the subtile of that position is left out too."""
