@@ -186,6 +186,27 @@ TESSERA_API const char *tessera_property_key(const tessera_slide *slide, size_t 
 /* The value of a key, or NULL when the slide has no such property. */
 TESSERA_API const char *tessera_property_value(const tessera_slide *slide, const char *key);
 
+/* The property table OpenSlide computes for the slide, made here once for every OpenSlide
+ * front built on tessera (libtessera-openslide, Python's tessera.openslide): tessera's
+ * standard keys named openslide.* (tessera.background and background-color left out), the tiff.*
+ * tags of the first directory as OpenSlide prints them, openslide.comment, and
+ * openslide.quickhash-1 by OpenSlide's definition (a SHA-256 of the smallest stored level's
+ * tiles as stored and of nine string tags; absent when those tiles hold over 5 MiB), plus the
+ * vendor's keys. `version` 3 gives it as OpenSlide 3.4 does; 4 as OpenSlide 4.0 does, which adds
+ * openslide.icc-size, openslide.associated.NAME.width/height and a generic TIFF's mpp. Reads the
+ * file (the smallest level's tiles): the caller frees the table with
+ * tessera_property_table_free. Keys are sorted. Thread-safe. */
+typedef struct tessera_property_table tessera_property_table;
+TESSERA_API tessera_status tessera_openslide_properties(tessera_slide *slide, int32_t version,
+                                                        tessera_property_table **out);
+TESSERA_API size_t tessera_property_table_count(const tessera_property_table *table);
+/* The key or value of entry index (NULL past the end); valid until the table is freed. */
+TESSERA_API const char *tessera_property_table_key(const tessera_property_table *table,
+                                                   size_t index);
+TESSERA_API const char *tessera_property_table_value(const tessera_property_table *table,
+                                                     size_t index);
+TESSERA_API void tessera_property_table_free(tessera_property_table *table);
+
 /* Names of associated (non-pyramid) images, such as "thumbnail", "label", "macro". */
 TESSERA_API size_t tessera_associated_image_count(const tessera_slide *slide);
 TESSERA_API const char *tessera_associated_image_name(const tessera_slide *slide, size_t index);

@@ -16,7 +16,7 @@
 
 #include "alloc.h"
 #include "fractional.h"
-#include "properties.h"
+#include "compat/openslide_properties.h"
 #include "slide_internal.h"
 #include "tessera.h"
 
@@ -125,7 +125,7 @@ static tessera_status fill_handle(openslide_t *osr) {
                                        s->levels[i].fmt.alpha && s->levels[i].fmt.premultiplied};
   }
   tessera_status st =
-      tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR, &osr->props, &osr->icc, &osr->icc_size);
+      tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR + 3, &osr->props, &osr->icc, &osr->icc_size);
   if (st != TESSERA_OK)
     return st;
   osr->property_names = tsr_calloc(osr->props.n + 1, sizeof *osr->property_names);

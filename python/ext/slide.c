@@ -254,6 +254,40 @@ static PyObject *slide_properties(pyt_slide *self, PyObject *unused) {
   return d;
 }
 
+/* OpenSlide's table, made by the core (tessera_openslide_properties) with the GIL released:
+ * it reads the smallest level's tiles for the quickhash. */
+static PyObject *slide_openslide_properties(pyt_slide *self, PyObject *arg) {
+  long version = PyLong_AsLong(arg);
+  if (version == -1 && PyErr_Occurred())
+    return NULL;
+  if (version != 3 && version != 4) {
+    PyErr_Format(PyExc_ValueError, "OpenSlide version %ld: 3 or 4 expected", version);
+    return NULL;
+  }
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  tessera_property_table *t = NULL;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_openslide_properties(s, (int32_t)version, &t);
+  Py_END_ALLOW_THREADS
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  PyObject *d = PyDict_New();
+  size_t n = tessera_property_table_count(t);
+  for (size_t i = 0; d && i < n; i++) {
+    const char *value = tessera_property_table_value(t, i);
+    PyObject *v = PyUnicode_DecodeUTF8(value, (Py_ssize_t)strlen(value), "replace");
+    if (!v || PyDict_SetItemString(d, tessera_property_table_key(t, i), v) < 0)
+      Py_CLEAR(d);
+    Py_XDECREF(v);
+  }
+  tessera_property_table_free(t);
+  return d;
+}
+
 static PyObject *slide_associated_names(pyt_slide *self, PyObject *unused) {
   (void)unused;
   tessera_slide *s = use_slide(self);
@@ -547,6 +581,10 @@ static PyMethodDef slide_methods[] = {
      "compression, compression_name, samples_per_pixel."},
     {"properties", (PyCFunction)slide_properties, METH_NOARGS,
      "properties() -> dict of str: the slide's properties (tiff.*, tessera.*, vendor keys)."},
+    {"openslide_properties", (PyCFunction)slide_openslide_properties, METH_O,
+     "openslide_properties(version) -> dict of str: the properties as OpenSlide `version` (3: "
+     "3.4, 4: 4.0) computes them (openslide.*, tiff.* as OpenSlide prints them, "
+     "openslide.quickhash-1, vendor keys)."},
     {"associated_names", (PyCFunction)slide_associated_names, METH_NOARGS,
      "associated_names() -> list of str: label, macro, thumbnail, ..."},
     {"limits", (PyCFunction)slide_limits, METH_NOARGS,

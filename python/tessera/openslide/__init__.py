@@ -49,7 +49,6 @@ PROPERTY_NAME_BOUNDS_HEIGHT = "openslide.bounds-height"
 # tessera.* properties that are not OpenSlide's: tessera.background is the fill byte of its
 # own RGB reads, and tessera.background-color (Aperio, Philips) is a colour OpenSlide does
 # not report for those formats.
-_NOT_OPENSLIDE = ("tessera.background", "tessera.background-color")
 
 
 def _lanczos():
@@ -148,16 +147,17 @@ def _open(path):
         raise OpenSlideError(str(e)) from None
 
 
-def _openslide_properties(props):
-    """tessera's properties with OpenSlide's names: tessera.X -> openslide.X."""
-    out = {}
-    for key, value in props.items():
-        if key in _NOT_OPENSLIDE:
-            continue
-        if key.startswith("tessera."):
-            key = "openslide." + key[len("tessera."):]
-        out[key] = value
-    return dict(sorted(out.items()))
+# What OpenSlide 4.0's table has and openslide-python over OpenSlide 3.4.1 does not show
+# (libtessera-openslide's .so.1 shows them).
+_OPENSLIDE4_ONLY = ("openslide.icc-size", "openslide.associated.")
+
+
+def _openslide_properties(slide):
+    """The core's OpenSlide table (tessera_openslide_properties), as OpenSlide 4.0 computes
+    it (so a generic TIFF has its mpp, as cuCIM and OpenSlide 4 agree) less the keys only
+    OpenSlide 4.0's ABI adds."""
+    props = slide.openslide_properties(4)
+    return {k: v for k, v in props.items() if not k.startswith(_OPENSLIDE4_ONLY)}
 
 
 class OpenSlide(AbstractSlide):
@@ -250,16 +250,10 @@ class OpenSlide(AbstractSlide):
     def _properties(self):
         slide = self._live()
         if self._props is None:
-            props = _openslide_properties(slide.properties())
-            path = _path(self._filename)
-            if PROPERTY_NAME_QUICKHASH1 not in props:
-                digest = _tiffdir.quickhash1(path, slide.vendor, self._dims)
-                if digest is not None:
-                    props[PROPERTY_NAME_QUICKHASH1] = digest
-            # tessera prints the resolutions with %g, OpenSlide with 17 digits, and
-            # OpenSlide has a few tags more
-            props.update(_tiffdir.tags(path))
-            self._props = dict(sorted(props.items()))
+            try:
+                self._props = _openslide_properties(slide)
+            except (_tessera.TesseraError, OSError) as e:
+                self._fail(e)
         return self._props
 
     @property

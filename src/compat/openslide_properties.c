@@ -5,7 +5,7 @@
  * semantics): the tiff.* tags of the first directory, openslide.comment from its
  * ImageDescription, and openslide.quickhash-1, a SHA-256 over the raw bytes of the smallest
  * level's tiles followed by the name and value of nine string tags of the first directory. */
-#include "properties.h"
+#include "compat/openslide_properties.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +14,7 @@
 
 #include "alloc.h"
 #include "error.h"
-#include "sha256.h"
+#include "compat/sha256.h"
 #include "slide_internal.h"
 #include "tiff/client.h"
 
@@ -214,7 +214,7 @@ static bool computed_number(const char *key) {
 
 /* The quickhash, the first directory's tags as OpenSlide stores them (replacing tessera's
  * values, which it formats its own way), and level 0's ICC profile. */
-static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_props *p,
+static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props *p,
                                 bool want_icc, uint8_t **icc, size_t *icc_size) {
   struct tsr_tiff_file f;
   TIFF *tif;
@@ -249,7 +249,7 @@ static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_prop
   add_number_tag(s, &raw, p, "tiff.YResolution", TIFFTAG_YRESOLUTION);
   add_number_tag(s, &raw, p, "tiff.XPosition", TIFFTAG_XPOSITION);
   add_number_tag(s, &raw, p, "tiff.YPosition", TIFFTAG_YPOSITION);
-  if (abi_major >= 1 && strcmp(s->vendor, "generic-tiff") == 0)
+  if (version >= 4 && strcmp(s->vendor, "generic-tiff") == 0)
     generic_mpp(s, tif, &raw, p);
   tsr_free(raw.entries);
   uint32_t n = 0;
@@ -299,7 +299,7 @@ static void add_associated(tessera_slide *s, struct tsr_props *p) {
   }
 }
 
-tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_props *out,
+tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props *out,
                                  uint8_t **icc, size_t *icc_size) {
   *icc = NULL;
   *icc_size = 0;
@@ -321,10 +321,10 @@ tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_pro
     }
   }
   /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
-  bool want_icc = abi_major >= 1 && (strcmp(s->vendor, "aperio") == 0 ||
+  bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
                                      strcmp(s->vendor, "generic-tiff") == 0);
-  tessera_status st = from_tiff(s, abi_major, &p, want_icc, icc, icc_size);
-  if (abi_major >= 1) {
+  tessera_status st = from_tiff(s, version, &p, want_icc, icc, icc_size);
+  if (version >= 4) {
     add_associated(s, &p);
     if (*icc_size)
       tsr_props_add(&p, "openslide.icc-size", "%zu", *icc_size);
@@ -341,4 +341,57 @@ tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_pro
   tsr_props_sort(&p);
   *out = p;
   return TESSERA_OK;
+}
+
+/* The public face: a table the caller owns, so that the OpenSlide fronts built on tessera's
+ * public API (tessera.openslide in Python) show the same table as libtessera-openslide. */
+struct tessera_property_table {
+  struct tsr_props props;
+};
+
+TESSERA_API tessera_status tessera_openslide_properties(tessera_slide *slide, int32_t version,
+                                                        tessera_property_table **out) {
+  if (!out)
+    return tsr_error(TESSERA_E_ARGUMENT, "out must not be NULL");
+  *out = NULL;
+  if (!slide)
+    return tsr_error(TESSERA_E_ARGUMENT, "slide must not be NULL");
+  if (version != 3 && version != 4)
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "OpenSlide version %d: 3 (OpenSlide 3.4) or 4 (OpenSlide 4.0) expected",
+                     (int)version);
+  tessera_property_table *t = tsr_calloc(1, sizeof *t);
+  if (!t)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for properties");
+  uint8_t *icc = NULL;
+  size_t icc_size = 0;
+  tessera_status st = tsr_os_properties(slide, version, &t->props, &icc, &icc_size);
+  tsr_free(icc);
+  if (st != TESSERA_OK) {
+    tsr_free(t);
+    return st;
+  }
+  *out = t;
+  return TESSERA_OK;
+}
+
+TESSERA_API size_t tessera_property_table_count(const tessera_property_table *table) {
+  return table ? table->props.n : 0;
+}
+
+TESSERA_API const char *tessera_property_table_key(const tessera_property_table *table,
+                                                   size_t index) {
+  return table && index < table->props.n ? table->props.items[index].key : NULL;
+}
+
+TESSERA_API const char *tessera_property_table_value(const tessera_property_table *table,
+                                                     size_t index) {
+  return table && index < table->props.n ? table->props.items[index].value : NULL;
+}
+
+TESSERA_API void tessera_property_table_free(tessera_property_table *table) {
+  if (!table)
+    return;
+  tsr_props_free(&table->props);
+  tsr_free(table);
 }
