@@ -162,7 +162,16 @@ typedef struct tessera_level_info {
   int32_t tiled;         /* 1 for tiles, 0 for strips */
   uint32_t compression;  /* the TIFF Compression tag value */
   int32_t samples_per_pixel;
+  /* What the level's last sample is (ExtraSamples): TESSERA_ALPHA_NONE (no alpha; a fourth
+   * sample of unspecified meaning is not alpha), TESSERA_ALPHA_ASSOCIATED (stored
+   * premultiplied: tessera divides it out) or TESSERA_ALPHA_UNASSOCIATED. Reads always give
+   * straight alpha; this says how the file stores it (OpenSlide's readers round by it). */
+  int32_t alpha;
 } tessera_level_info;
+
+#define TESSERA_ALPHA_NONE 0
+#define TESSERA_ALPHA_ASSOCIATED 1
+#define TESSERA_ALPHA_UNASSOCIATED 2
 
 /* Fills *info (its struct_size must be set; see Conventions) for level 0 .. level_count-1. */
 TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *slide, int32_t level,

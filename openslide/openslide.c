@@ -122,7 +122,7 @@ static tessera_status fill_handle(openslide_t *osr) {
       return st;
     osr->levels[i] = (struct os_level){info.width, info.height, info.downsample,
                                        (uint32_t)info.tile_width, (uint32_t)info.tile_height,
-                                       s->levels[i].fmt.alpha && s->levels[i].fmt.premultiplied};
+                                       info.alpha == TESSERA_ALPHA_ASSOCIATED};
   }
   tessera_status st =
       tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR + 3, &osr->props, &osr->icc, &osr->icc_size);

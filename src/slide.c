@@ -297,6 +297,9 @@ TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *s, int32_
       .tiled = lv->tiled,
       .compression = lv->fmt.compression,
       .samples_per_pixel = lv->fmt.spp,
+      .alpha = !lv->fmt.alpha            ? TESSERA_ALPHA_NONE
+               : lv->fmt.premultiplied ? TESSERA_ALPHA_ASSOCIATED
+                                       : TESSERA_ALPHA_UNASSOCIATED,
   };
   tsr_abi_copy_out(info, &full, sizeof full);
   return TESSERA_OK;

@@ -224,12 +224,14 @@ static PyObject *slide_level_info(pyt_slide *self, PyObject *arg) {
     pyt_raise(st);
   } else {
     const char *codec = tessera_compression_name(li.compression);
-    r = Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i}", "width", (long long)li.width,
+    static const char *const alpha[] = {"none", "associated", "unassociated"};
+    r = Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i,s:s}", "width", (long long)li.width,
                       "height", (long long)li.height, "downsample", li.downsample,
                       "tile_width", li.tile_width, "tile_height", li.tile_height, "tiled",
                       li.tiled ? Py_True : Py_False, "compression", li.compression,
                       "compression_name", codec ? codec : "unknown", "samples_per_pixel",
-                      li.samples_per_pixel);
+                      li.samples_per_pixel, "alpha",
+                      li.alpha >= 0 && li.alpha <= 2 ? alpha[li.alpha] : "none");
   }
   pyt_slide_release(self);
   return r;
@@ -578,7 +580,8 @@ static PyMethodDef slide_methods[] = {
      "already read stay valid."},
     {"level_info", (PyCFunction)slide_level_info, METH_O,
      "level_info(level) -> dict: width, height, downsample, tile_width, tile_height, tiled, "
-     "compression, compression_name, samples_per_pixel."},
+     "compression, compression_name, samples_per_pixel, alpha ('none', 'associated' or "
+     "'unassociated': how the file stores its alpha; reads give straight alpha)."},
     {"properties", (PyCFunction)slide_properties, METH_NOARGS,
      "properties() -> dict of str: the slide's properties (tiff.*, tessera.*, vendor keys)."},
     {"openslide_properties", (PyCFunction)slide_openslide_properties, METH_O,

@@ -177,7 +177,7 @@ class OpenSlide(AbstractSlide):
         self._dims = tuple((lv["width"], lv["height"]) for lv in info)
         self._downsamples = tuple(lv["downsample"] for lv in info)
         self._alpha = tuple(lv["samples_per_pixel"] == 4 for lv in info)
-        self._alpha_kind = _alpha.alpha_kind(_path(filename)) if any(self._alpha) else 0
+        self._alpha_kind = tuple(lv["alpha"] for lv in info)
         self._props = None
         self._max_read = self._slide.limits()["max_read_bytes"]
         self._profile = _tiffdir.icc(_path(filename))
@@ -312,7 +312,7 @@ class OpenSlide(AbstractSlide):
             # OpenSlide resamples: libtessera-openslide's code, in the extension, paints it
             try:
                 pixels = slide.read_region_openslide(
-                    x, y, width, height, level, self._alpha_kind == _alpha.ASSOCIATED)
+                    x, y, width, height, level, self._alpha_kind[level] == _alpha.ASSOCIATED)
             except (_tessera.TesseraError, OSError) as e:
                 self._fail(e)
             return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
@@ -329,7 +329,7 @@ class OpenSlide(AbstractSlide):
         except (_tessera.TesseraError, OSError) as e:
             self._fail(e)
         if self._alpha[level]:
-            pixels = _alpha.as_openslide(pixels, self._alpha_kind)
+            pixels = _alpha.as_openslide(pixels, self._alpha_kind[level])
         return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
 
     def set_cache(self, cache):
