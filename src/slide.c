@@ -66,6 +66,7 @@ TESSERA_API void tessera_close(tessera_slide *s) {
     tsr_free(s->associated[i]);
   tsr_free(s->associated);
   tsr_free(s->path);
+  tsr_free(s->icc);
   tsr_free(s);
 }
 
@@ -240,6 +241,11 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
            (st = tsr_format_detect(&dirs, &found)) == TESSERA_OK) {
     s->vendor = found.vendor;
     s->background = found.background;
+    /* The profile of the directory the slide's pixels come from, taken over from the walk. */
+    struct tsr_dir *d0 = &dirs.dir[found.level_dirs[0]];
+    s->icc = d0->icc;
+    s->icc_size = d0->icc_len;
+    d0->icc = NULL;
     if ((st = take_levels(s, &dirs, &found)) == TESSERA_OK &&
         (st = take_associated(s, &dirs, &found)) == TESSERA_OK)
       st = collect_properties(s, &dirs.dir[0], &found.props);
@@ -322,6 +328,21 @@ TESSERA_API const char *tessera_property_value(const tessera_slide *s, const cha
   const struct tsr_property *hit =
       bsearch(&probe, s->props, s->nprops, sizeof *s->props, tsr_props_compare);
   return hit ? hit->value : NULL;
+}
+
+TESSERA_API size_t tessera_icc_profile_size(const tessera_slide *s) { return s ? s->icc_size : 0; }
+
+TESSERA_API tessera_status tessera_icc_profile_read(const tessera_slide *s, void *dst,
+                                                    size_t dst_size) {
+  if (!s || !dst)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or destination");
+  if (!s->icc)
+    return tsr_error(TESSERA_E_ARGUMENT, "%s has no ICC profile", s->path);
+  if (dst_size < s->icc_size)
+    return tsr_error(TESSERA_E_ARGUMENT, "the ICC profile is %zu bytes, the buffer holds %zu",
+                     s->icc_size, dst_size);
+  memcpy(dst, s->icc, s->icc_size);
+  return TESSERA_OK;
 }
 
 TESSERA_API size_t tessera_associated_image_count(const tessera_slide *s) {

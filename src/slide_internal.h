@@ -113,6 +113,8 @@ struct tessera_slide {
   size_t nassociated;
   const char *vendor;
   uint8_t background;
+  uint8_t *icc; /* level 0's ICC profile (owned), or NULL */
+  size_t icc_size;
 };
 
 #endif
