@@ -181,6 +181,12 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
     s->levels[i] = *lv;
     s->levels[i].downsample =
         i == 0 ? 1.0 : (w0 / (double)lv->width + h0 / (double)lv->height) / 2.0;
+    if (found->level_origin) {
+      s->levels[i].image_w = lv->width;
+      s->levels[i].image_h = lv->height;
+      s->levels[i].origin_x = found->level_origin[i].x;
+      s->levels[i].origin_y = found->level_origin[i].y;
+    }
     if (found->level_sizes) {
       s->levels[i].width = found->level_sizes[i].width;
       s->levels[i].height = found->level_sizes[i].height;

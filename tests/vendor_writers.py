@@ -235,3 +235,64 @@ def write_ome(path, pages, description):
             kw.pop("description", None)
             for s in subs or ():
                 tw.write(s, subfiletype=1, **kw)
+
+
+# ---- Leica SCN ------------------------------------------------------------------------
+
+LEICA_NS = {"2010/10/01": "http://www.leica-microsystems.com/scn/2010/10/01",
+            "2010/03/10": "http://www.leica-microsystems.com/scn/2010/03/10"}
+
+
+def leica_image(dims, view, illumination="brightfield", objective="20", aperture="0.4",
+                date="2012-03-02T09:45:10.21Z", model="Leica SCN400;Leica SCN",
+                version="1.4.0.10719 2010/12/01 12:33:48;1.4.0.10719", extra=""):
+    """One <image> of an SCN collection: dims [(ifd, width, height, z or None)], view (sizeX,
+    sizeY, offsetX, offsetY) in nm; None leaves an element out."""
+    dim = "".join('<dimension sizeX="%d" sizeY="%d" ifd="%d"%s/>'
+                  % (w, h, ifd, "" if z is None else ' z="%s"' % z) for ifd, w, h, z in dims)
+    parts = ['<image name="i" uuid="urn:uuid:0">']
+    if date is not None:
+        parts.append("<creationDate>%s</creationDate>" % escape(date))
+    if model is not None:
+        parts.append("<device model=%s version=%s/>" % (quoteattr(model), quoteattr(version)))
+    parts.append('<pixels sizeX="%d" sizeY="%d">%s</pixels>' % (dims[0][1], dims[0][2], dim))
+    parts.append('<view sizeX="%d" sizeY="%d" offsetX="%d" offsetY="%d" spacingZ="0"/>' % view)
+    settings = ""
+    if objective is not None:
+        settings += "<objectiveSettings><objective>%s</objective></objectiveSettings>" % objective
+    ill = ""
+    if aperture is not None:
+        ill += "<numericalAperture>%s</numericalAperture>" % aperture
+    if illumination is not None:
+        ill += "<illuminationSource>%s</illuminationSource>" % illumination
+    settings += "<illuminationSettings>%s</illuminationSettings>" % ill
+    parts.append("<scanSettings>%s</scanSettings>%s</image>" % (settings, extra))
+    return "".join(parts)
+
+
+def leica_xml(collection_nm, images, barcode="SCN-0042 slide", ns="2010/10/01"):
+    """The SCN document: a collection of collection_nm (width, height) nm holding images
+    (leica_image's); the barcode as base64 text (2010/10/01) or an attribute (2010/03/10)."""
+    if ns == "2010/10/01":
+        head = '<collection name="c" uuid="urn:uuid:1" sizeX="%d" sizeY="%d">' % collection_nm
+        if barcode is not None:
+            head += "<barcode>%s</barcode>" % base64.b64encode(barcode.encode()).decode()
+    else:
+        head = '<collection name="c" uuid="urn:uuid:1" sizeX="%d" sizeY="%d"%s>' % (
+            collection_nm + ("" if barcode is None else " barcode=%s" % quoteattr(barcode),))
+    return ('<?xml version="1.0" encoding="utf-8"?>\n<scn xmlns="%s">%s%s</collection></scn>'
+            % (LEICA_NS[ns], head, "".join(images)))
+
+
+def write_leica(path, directories, xml):
+    """A BigTIFF of JPEG-tiled directories, in order: each (array, tile, skip, resolution)
+    where resolution is pixels per centimetre or None; the XML on the first."""
+    if isinstance(xml, str):
+        xml = xml.encode("utf-8")
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for i, (arr, tile, skip, res) in enumerate(directories):
+            kw = {}
+            if res is not None:
+                kw = dict(resolution=(res, res), resolutionunit="CENTIMETER")
+            write_jpeg_tiled(tw, arr, tile, skip=skip, description=xml if i == 0 else None,
+                             software="Leica SCN", **kw)
