@@ -71,9 +71,10 @@ TESSERA_API void tessera_close(tessera_slide *s) {
 }
 
 static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir *d0,
-                                         struct tsr_props *vendor) {
+                                         bool hide_description, struct tsr_props *vendor) {
   struct tsr_props p = {0};
-  tsr_props_add_string(&p, "tiff.ImageDescription", d0->description);
+  if (!hide_description)
+    tsr_props_add_string(&p, "tiff.ImageDescription", d0->description);
   tsr_props_add_string(&p, "tiff.Software", d0->software);
   tsr_props_add_string(&p, "tiff.Make", d0->make);
   tsr_props_add_string(&p, "tiff.Model", d0->model);
@@ -182,8 +183,10 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
     s->levels[i].downsample =
         i == 0 ? 1.0 : (w0 / (double)lv->width + h0 / (double)lv->height) / 2.0;
     if (found->level_origin) {
-      s->levels[i].image_w = lv->width;
-      s->levels[i].image_h = lv->height;
+      s->levels[i].image_w = found->level_origin[i].image_w ? found->level_origin[i].image_w
+                                                            : lv->width;
+      s->levels[i].image_h = found->level_origin[i].image_h ? found->level_origin[i].image_h
+                                                            : lv->height;
       s->levels[i].origin_x = found->level_origin[i].x;
       s->levels[i].origin_y = found->level_origin[i].y;
     }
@@ -254,7 +257,8 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
     d0->icc = NULL;
     if ((st = take_levels(s, &dirs, &found)) == TESSERA_OK &&
         (st = take_associated(s, &dirs, &found)) == TESSERA_OK)
-      st = collect_properties(s, &dirs.dir[0], &found.props);
+      st = collect_properties(s, &dirs.dir[found.props_dir], found.hide_description,
+                              &found.props);
   }
   tsr_findings_free(&found);
   tsr_tiff_dirs_free(&dirs);

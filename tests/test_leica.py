@@ -116,6 +116,12 @@ def test_properties_equal_openslides(lib, files, name):
     for key in keys:
         assert props.get("tessera." + key) == o.properties.get("openslide." + key), key
     assert "openslide.region[1].x" not in o.properties
+    # tiff.* are the level-0 directory's (the main image's, not directory 0's), without the
+    # XML
+    for key in ("tiff.ImageDescription", "tiff.Software", "tiff.ResolutionUnit"):
+        assert props.get(key) == o.properties.get(key), key
+    assert props["tiff.ResolutionUnit"] == "centimeter"
+    assert "tessera.comment" not in props and "openslide.comment" not in o.properties
 
 
 # ---- pixels --------------------------------------------------------------------------

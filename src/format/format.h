@@ -31,7 +31,12 @@ struct tsr_findings {
    * (Leica: the slide's collection, with the scanned image placed in it). Owned. */
   struct tsr_level_origin {
     int64_t x, y;
+    int64_t image_w, image_h; /* of the image placed there; 0: its directory's size */
   } *level_origin;
+  /* The directory whose tags are the tiff.* properties (OpenSlide takes level 0's), and
+   * whether its ImageDescription is left out of them (Leica's: the XML). */
+  size_t props_dir;
+  bool hide_description;
   /* NULL, or nlevels JPEG scales: a level whose scale is 2, 4 or 8 is its directory's stored
    * level decoded at that fraction (NDPI; the stored level is one of the levels too). Owned. */
   uint8_t *level_scale;

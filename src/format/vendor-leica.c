@@ -412,6 +412,9 @@ static tessera_status open_collection(const struct tsr_dirs *dirs, const struct 
   add_image_props(main, out);
   add_region_props(dirs, out);
   add_mpp(dirs, out);
+  /* tiff.* from the level-0 directory, without the XML, as OpenSlide shows them */
+  out->props_dir = out->level_dirs[0];
+  out->hide_description = true;
   out->background = 255;
   return TESSERA_OK;
 }

@@ -34,6 +34,7 @@ struct tsr_dir {
   uint64_t *ndpi_mcu_starts, *ndpi_mcu_starts_high;
   uint64_t ndpi_mcu_starts_n, ndpi_mcu_starts_high_n;
   uint8_t *icc; /* ICC profile (tag 34675), owned; NULL when none */
+  char *xmp;    /* XMLPacket (tag 700) up to its first NUL, owned; NULL when none (Ventana) */
   uint32_t icc_len;
   char *description, *software, *make, *model, *datetime, *artist, *copyright, *host;
 };
