@@ -296,3 +296,81 @@ def write_leica(path, directories, xml):
                 kw = dict(resolution=(res, res), resolutionunit="CENTIMETER")
             write_jpeg_tiled(tw, arr, tile, skip=skip, description=xml if i == 0 else None,
                              software="Leica SCN", **kw)
+
+
+# ---- Ventana BIF / TIFF -----------------------------------------------------------------
+
+def ventana_iscan(attrs=None, root="iScan"):
+    """The first directory's XMLPacket: <iScan> with attrs (as the root, or in <Metadata>)."""
+    attrs = attrs if attrs is not None else {
+        "Magnification": "40", "ScanRes": "0,2325", "UnitNumber": "BI10N0042",
+        "BuildVersion": "1.1.0.15854", "SlideAnnotation": "", "ShowLabel": "0"}
+    iscan = "<iScan %s/>" % " ".join("%s=%s" % (k, quoteattr(v)) for k, v in attrs.items())
+    body = iscan if root == "iScan" else "<Metadata>%s</Metadata>" % iscan
+    return '<?xml version="1.0" encoding="utf-8"?>' + body
+
+
+def bif_tile_number(col, row, across, down):
+    """The 1-based number of a tile as BIF joints count them: rows from the bottom, every other
+    row right to left."""
+    rb = down - 1 - row
+    c = col if rb % 2 == 0 else across - 1 - col
+    return rb * across + c + 1
+
+
+def bif_encode_info(areas, tile, overlaps_x, overlaps_y, unscanned=0):
+    """Level 0's EncodeInfo: areas [(start_col, start_row, across, down, pos_x, pos_y)]; the
+    RIGHT joints take OverlapX from overlaps_x in turn, the UP joints OverlapY from overlaps_y;
+    unscanned areas (AOIScanned 0) are added after them."""
+    infos, origins = [], []
+    ix, iy = iter(overlaps_x * 1000), iter(overlaps_y * 1000)
+    for n, (sc, sr, across, down, px, py) in enumerate(areas):
+        joints = []
+        for r in range(down):
+            for c in range(across):
+                t = bif_tile_number(c, r, across, down)
+                if c + 1 < across:
+                    joints.append('<TileJointInfo FlagJoined="1" Confidence="10" Direction="RIGHT"'
+                                  ' Tile1="%d" Tile2="%d" OverlapX="%s" OverlapY="7"/>'
+                                  % (t, bif_tile_number(c + 1, r, across, down), next(ix)))
+                if r > 0:
+                    joints.append('<TileJointInfo FlagJoined="1" Confidence="10" Direction="UP"'
+                                  ' Tile1="%d" Tile2="%d" OverlapX="-5" OverlapY="%s"/>'
+                                  % (t, bif_tile_number(c, r - 1, across, down), next(iy)))
+        infos.append('<ImageInfo AOIScanned="1" AOIIndex="%d" Width="%d" Height="%d" '
+                     'NumRows="%d" NumCols="%d" Pos-X="%s" Pos-Y="%s">%s</ImageInfo>'
+                     % (n, tile, tile, down, across, px, py, "".join(joints)))
+        origins.append('<AOI%d OriginX="%d" OriginY="%d"/>' % (n, sc * tile, sr * tile))
+    for k in range(unscanned):
+        infos.append('<ImageInfo AOIScanned="0" AOIIndex="%d"/>' % (len(areas) + k))
+        origins.append('<AOI%d OriginX="0" OriginY="0"/>' % (len(areas) + k))
+    return ('<?xml version="1.0" encoding="utf-8"?><EncodeInfo Ver="2"><SlideInfo/>'
+            '<SlideStitchInfo>%s</SlideStitchInfo><AoiOrigin>%s</AoiOrigin></EncodeInfo>'
+            % ("".join(infos), "".join(origins)))
+
+
+def write_ventana(path, iscan, levels, tile, mags, encode_info=None, macro=None, thumbnail=None,
+                  macro_desc="Label_Image"):
+    """A Ventana BIF (encode_info given: level 0's XMLPacket) or Ventana TIFF: the macro and
+    thumbnail as strips first (the first directory carries iscan), then the JPEG-tiled levels
+    described "level=N mag=M quality=90"."""
+    def xmp(text):
+        b = text.encode("utf-8")
+        return [(700, 1, len(b), b, True)]
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        first = True
+        for arr, desc in ((macro, macro_desc), (thumbnail, "Thumbnail")):
+            if arr is not None:
+                tw.write(arr, photometric="rgb", compression="zlib", rowsperstrip=64,
+                         description=desc, metadata=None,
+                         extratags=xmp(iscan) if first else [])
+                first = False
+        for i, (arr, mag) in enumerate(zip(levels, mags)):
+            extra = []
+            if first:
+                extra = xmp(iscan)
+                first = False
+            elif i == 0 and encode_info is not None:
+                extra = xmp(encode_info)
+            write_jpeg_tiled(tw, arr, tile, description="level=%d mag=%s quality=90" % (i, mag),
+                             extratags=extra)

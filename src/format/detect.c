@@ -8,7 +8,7 @@
 
 static const struct tsr_vendor *const vendors[] = {
     &tsr_vendor_aperio, &tsr_vendor_hamamatsu, &tsr_vendor_philips,
-    &tsr_vendor_ome,    &tsr_vendor_leica,     &tsr_vendor_generic,
+    &tsr_vendor_ome,    &tsr_vendor_leica,     &tsr_vendor_ventana, &tsr_vendor_generic,
 };
 
 tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out) {

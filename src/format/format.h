@@ -64,6 +64,7 @@ extern const struct tsr_vendor tsr_vendor_aperio;
 extern const struct tsr_vendor tsr_vendor_hamamatsu;
 extern const struct tsr_vendor tsr_vendor_philips;
 extern const struct tsr_vendor tsr_vendor_leica;
+extern const struct tsr_vendor tsr_vendor_ventana;
 extern const struct tsr_vendor tsr_vendor_ome;
 extern const struct tsr_vendor tsr_vendor_generic;
 
