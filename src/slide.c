@@ -250,6 +250,7 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
            (st = tsr_format_detect(&dirs, &found)) == TESSERA_OK) {
     s->vendor = found.vendor;
     s->background = found.background;
+    s->quickhash_dir = found.quickhash_dir;
     /* The profile of the directory the slide's pixels come from, taken over from the walk. */
     struct tsr_dir *d0 = &dirs.dir[found.level_dirs[0]];
     s->icc = d0->icc;

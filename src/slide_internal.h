@@ -138,6 +138,9 @@ struct tessera_slide {
   uint8_t background;
   uint8_t *icc; /* level 0's ICC profile (owned), or NULL */
   size_t icc_size;
+  /* 0, or 1 + the directory OpenSlide's quickhash-1 hashes instead of the last level's
+   * (format.h's quickhash_dir), for libtessera-openslide */
+  size_t quickhash_dir;
 };
 
 #endif

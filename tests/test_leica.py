@@ -403,3 +403,52 @@ def test_not_an_scn_document_is_generic_tiff_as_for_openslide(lib, tmp_path, pie
     with T.open_slide(path) as s:
         assert s.vendor == "generic-tiff"
         assert not any(k.startswith("leica.") for k in s.properties)
+
+
+# ---- through tessera's libopenslide -------------------------------------------------------
+
+
+def test_openslide_dropin_reads_as_openslide(lib, files, tmp_path):
+    """openslide-python over tessera's libopenslide.so.0 against Debian's OpenSlide: levels,
+    every property, the macro, and the regions of level 0 (OpenSlide's smaller Leica levels
+    have fractional downsamples; where a region starts between their pixels the drop-in
+    resamples, as OpenSlide does for other formats and not for Leica)."""
+    import openslide_dropin as D
+    got = D.reads([files["scn"], files["old"]], tmp_path)
+    for path, (real, ours) in got.items():
+        assert "error" not in real and "error" not in ours, (real.get("error"), ours.get("error"))
+        assert ours["levels"] == real["levels"]
+        differ = sorted(k for k in set(real["properties"]) | set(ours["properties"])
+                        if real["properties"].get(k) != ours["properties"].get(k))
+        assert not differ, ["%s: OpenSlide %r, tessera %r" % (
+            k, real["properties"].get(k), ours["properties"].get(k)) for k in differ]
+        assert ours["associated"] == real["associated"]
+        compared = 0
+        for key, want in real["regions"].items():
+            if key[1] == 0:
+                assert ours["regions"][key] == want, key
+                compared += 1
+        assert compared > 5
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.1, 0.3, 0.6, 0.9, 0.999])
+def test_truncated_copies_fail_cleanly(lib, cli, files, tmp_path, fraction):
+    """A copy cut short: the open fails with a message, or the slide opens and each read
+    either works or fails with a message; `tessera info` exits 0 or 1, never by a signal."""
+    data = open(files["scn"], "rb").read()
+    path = str(tmp_path / "cut.scn")
+    with open(path, "wb") as f:
+        f.write(data[:int(len(data) * fraction)])
+    st, msg, s = T.open_status(path)
+    if s is None:
+        assert st != T.OK and msg, (st, msg)
+    else:
+        with s:
+            for level in range(s.level_count):
+                W, H = s.level_dimensions()[level]
+                try:
+                    s.read_region(0, 0, level, min(W, 4096), min(H, 4096))
+                except T.TesseraError as e:
+                    assert str(e)
+    r = subprocess.run([cli, "info", path], capture_output=True, text=True)
+    assert r.returncode in (0, 1) and (r.returncode == 0 or r.stderr.strip()), r

@@ -37,6 +37,9 @@ struct tsr_findings {
    * whether its ImageDescription is left out of them (Leica's: the XML). */
   size_t props_dir;
   bool hide_description;
+  /* The directory OpenSlide's quickhash-1 hashes when it is not the last level's (Leica's
+   * smallest macro); 0: the last level's. Kept for libtessera-openslide. Index + 1. */
+  size_t quickhash_dir;
   /* NULL, or nlevels JPEG scales: a level whose scale is 2, 4 or 8 is its directory's stored
    * level decoded at that fraction (NDPI; the stored level is one of the levels too). Owned. */
   uint8_t *level_scale;

@@ -403,11 +403,17 @@ static tessera_status open_collection(const struct tsr_dirs *dirs, const struct 
   if ((st = place_levels(dirs, col, main, out)) != TESSERA_OK)
     return st;
   if (macro) {
-    int64_t dir = macro->dims[0].dir;
-    if (dir < 0 || (uint64_t)dir >= dirs->n || dirs->dir[dir].parent >= 0)
+    int64_t dir = macro->dims[0].dir, smallest = macro->dims[macro->ndims - 1].dir;
+    if (dir < 0 || (uint64_t)dir >= dirs->n || dirs->dir[dir].parent >= 0 || smallest < 0 ||
+        (uint64_t)smallest >= dirs->n)
       return tsr_error(TESSERA_E_FORMAT, "the macro names directory %lld; the file has %zu",
-                       (long long)dir, dirs->n);
+                       (long long)(dir < 0 || (uint64_t)dir >= dirs->n ? dir : smallest),
+                       dirs->n);
     tsr_findings_add_associated(out, (size_t)dir, "macro");
+    /* OpenSlide hashes the smallest macro unless the slide is one brightfield image with at
+     * most one macro (then the smallest level, as for other formats) */
+    if (other_main || macros > 1)
+      out->quickhash_dir = (size_t)smallest + 1;
   }
   add_image_props(main, out);
   add_region_props(dirs, out);
