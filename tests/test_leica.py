@@ -452,3 +452,36 @@ def test_truncated_copies_fail_cleanly(lib, cli, files, tmp_path, fraction):
                     assert str(e)
     r = subprocess.run([cli, "info", path], capture_output=True, text=True)
     assert r.returncode in (0, 1) and (r.returncode == 0 or r.stderr.strip()), r
+
+
+ASAN_ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=99",
+                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=98")
+
+
+def test_commands_under_the_sanitizers(lib, cli, files, damaged, tmp_path):
+    """`tessera info` and `tessera read` of every level (the plain build, and the ASan+UBSan
+    one when TESSERA_CLI_ASAN names it) on the slides and the damaged copies: the slides read
+    as the library reads them, the damaged ones fail with one line, nothing trips a
+    sanitizer."""
+    clis = [cli] + ([os.environ["TESSERA_CLI_ASAN"]] if os.environ.get("TESSERA_CLI_ASAN")
+                    else [])
+    for c in clis:
+        for name, path in damaged.items():
+            r = subprocess.run([c, "info", path], capture_output=True, text=True, env=ASAN_ENV,
+                               timeout=300)
+            assert r.returncode == 1 and "Sanitizer" not in r.stderr and \
+                "runtime error" not in r.stderr, (c, name, r.stderr[-3000:])
+        for name in NAMES:
+            with T.open_slide(files[name]) as s:
+                for level in range(s.level_count):
+                    # across the image's top-left corner, into the background
+                    x = int(s.properties["tessera.bounds-x"]) - 7 * 2 ** level
+                    y = int(s.properties["tessera.bounds-y"]) - 5 * 2 ** level
+                    want = s.read_region(x, y, level, 600, 400, channels=4)
+                    out = str(tmp_path / "r.raw")
+                    r = subprocess.run([c, "read", files[name], "--location", "%d,%d" % (x, y),
+                                        "--size", "600,400", "--level", str(level),
+                                        "--channels", "4", "--output", out],
+                                       capture_output=True, text=True, env=ASAN_ENV, timeout=300)
+                    assert r.returncode == 0 and "Sanitizer" not in r.stderr, (c, r.stderr[-3000:])
+                    assert np.array_equal(np.fromfile(out, np.uint8).reshape(want.shape), want)

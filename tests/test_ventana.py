@@ -8,6 +8,7 @@ overlap (which OpenSlide resamples onto a fractional grid) are refused with a me
 and hostile metadata fail cleanly; batches and `tessera bench` give what single reads give."""
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -319,3 +320,43 @@ def test_truncated_copies_fail_cleanly(lib, cli, files, tmp_path, fraction):
                     assert str(e)
     r = subprocess.run([cli, "info", path], capture_output=True, text=True)
     assert r.returncode in (0, 1) and (r.returncode == 0 or r.stderr.strip()), r
+
+
+ASAN_ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=99",
+                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=98")
+
+
+def test_commands_under_the_sanitizers(lib, cli, files, tmp_path, pieces):
+    """`tessera info` and `tessera read` of every level and associated image (the plain build,
+    and the ASan+UBSan one when TESSERA_CLI_ASAN names it) on the slides and on damaged ones:
+    the slides read as the library reads them, the damaged ones fail with one line, nothing
+    trips a sanitizer."""
+    clis = [cli] + ([os.environ["TESSERA_CLI_ASAN"]] if os.environ.get("TESSERA_CLI_ASAN")
+                    else [])
+    bad = []
+    for name, (kw, _) in sorted(DAMAGED.items()):
+        bad.append(str(tmp_path / (name + ".bif")))
+        _bif(bad[-1], pieces, **kw)
+    for c in clis:
+        for path in bad:
+            r = subprocess.run([c, "info", path], capture_output=True, text=True, env=ASAN_ENV,
+                               timeout=300)
+            assert r.returncode == 1 and "Sanitizer" not in r.stderr and \
+                "runtime error" not in r.stderr, (c, path, r.stderr[-3000:])
+        for name in NAMES:
+            with T.open_slide(files[name]) as s:
+                cases = [(["--location", "%d,%d" % (-4 * 2 ** lv, -3 * 2 ** lv), "--size",
+                           "%d,%d" % (s.level_dimensions()[lv][0] + 9,
+                                      s.level_dimensions()[lv][1] + 7),
+                           "--level", str(lv), "--channels", "4"],
+                          s.read_region(-4 * 2 ** lv, -3 * 2 ** lv, lv,
+                                        s.level_dimensions()[lv][0] + 9,
+                                        s.level_dimensions()[lv][1] + 7, channels=4))
+                         for lv in range(s.level_count)]
+                cases += [(["--associated", a], s.read_associated(a)) for a in s.associated_names]
+            for i, (args, want) in enumerate(cases):
+                out = str(tmp_path / ("%d.raw" % i))
+                r = subprocess.run([c, "read", files[name]] + args + ["--output", out],
+                                   capture_output=True, text=True, env=ASAN_ENV, timeout=300)
+                assert r.returncode == 0 and "Sanitizer" not in r.stderr, (c, r.stderr[-3000:])
+                assert np.array_equal(np.fromfile(out, np.uint8).reshape(want.shape), want)
