@@ -485,3 +485,31 @@ def test_commands_under_the_sanitizers(lib, cli, files, damaged, tmp_path):
                                        capture_output=True, text=True, env=ASAN_ENV, timeout=300)
                     assert r.returncode == 0 and "Sanitizer" not in r.stderr, (c, r.stderr[-3000:])
                     assert np.array_equal(np.fromfile(out, np.uint8).reshape(want.shape), want)
+
+
+def test_cuda_batches_equal_cpu_batches_on_the_simulator(files):
+    """device='cuda' on the CUDA simulator (test_gpu_sim.py): the placed image's tiles go to
+    nvJPEG and are copied to where they lie; patches across the image's border, inside and
+    outside it equal the CPU's, at every level."""
+    from test_gpu_sim import run_checks
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        rng = np.random.default_rng(3)
+        for level in range(3):
+            ds = img.resolutions["level_downsamples"][level]
+            x0, y0 = BOUNDS
+            xs = rng.integers(x0 - 300, x0 + 1300, 23)
+            ys = rng.integers(y0 - 300, y0 + 1000, 23)
+            locs = np.stack([xs, ys], 1).astype(np.int64)
+            for k, size in enumerate([(128, 96), (301, 77)]):
+                kw = dict(level=level, batch_size=4, num_workers=2 * k, channels=3 + k)
+                want = cpu_batches(img, locs, size, **kw)
+                got = gpu_batches(img, locs, size, **kw)
+                assert len(got) == len(want)
+                for g, c in zip(got, want):
+                    assert np.array_equal(g, c), (level, k)
+        print(sim.sim_decoded_images(), sim.sim_failures())
+    """.replace("SLIDE", repr(files["scn"])).replace(
+        "BOUNDS", repr((1_234_567 // NMPP, 300_321 // NMPP))))
+    decoded, failures = map(int, out.split())
+    assert decoded > 0 and failures == 0, out

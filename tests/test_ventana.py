@@ -360,3 +360,28 @@ def test_commands_under_the_sanitizers(lib, cli, files, tmp_path, pieces):
                                    capture_output=True, text=True, env=ASAN_ENV, timeout=300)
                 assert r.returncode == 0 and "Sanitizer" not in r.stderr, (c, r.stderr[-3000:])
                 assert np.array_equal(np.fromfile(out, np.uint8).reshape(want.shape), want)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cuda_batches_equal_cpu_batches_on_the_simulator(files, name):
+    """device='cuda' on the CUDA simulator (test_gpu_sim.py): patches across the BIF grid's
+    origin, the tile seams and the slide's edges equal the CPU's, at every level."""
+    from test_gpu_sim import run_checks
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        rng = np.random.default_rng(4)
+        for level in range(3):
+            w, h = img.resolutions["level_dimensions"][0]
+            locs = np.stack([rng.integers(-200, w + 50, 23), rng.integers(-200, h + 50, 23)],
+                            1).astype(np.int64)
+            for k, size in enumerate([(128, 96), (301, 77)]):
+                kw = dict(level=level, batch_size=4, num_workers=2 * k, channels=3 + k)
+                want = cpu_batches(img, locs, size, **kw)
+                got = gpu_batches(img, locs, size, **kw)
+                assert len(got) == len(want)
+                for g, c in zip(got, want):
+                    assert np.array_equal(g, c), (level, k)
+        print(sim.sim_decoded_images(), sim.sim_failures())
+    """.replace("SLIDE", repr(files[name])))
+    decoded, failures = map(int, out.split())
+    assert decoded > 0 and failures == 0, out
