@@ -219,10 +219,9 @@ static bool computed_number(const char *key) {
          (strncmp(key, "openslide.level[", 16) == 0 && strstr(key, "].downsample"));
 }
 
-/* The quickhash, the first directory's tags as OpenSlide stores them (replacing tessera's
- * values, which it formats its own way), and level 0's ICC profile. */
-static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props *p,
-                                bool want_icc, uint8_t **icc, size_t *icc_size) {
+/* The quickhash and the first directory's tags as OpenSlide stores them (replacing tessera's
+ * values, which it formats its own way). */
+static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props *p) {
   struct tsr_tiff_file f;
   TIFF *tif;
   tessera_status st = tsr_tiff_client_open(&f, s->source, (uint64_t)64 << 20, &tif);
@@ -264,17 +263,6 @@ static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props 
   if (version >= 4 && strcmp(s->vendor, "generic-tiff") == 0)
     generic_mpp(s, tif, &raw, p);
   tsr_free(raw.entries);
-  uint32_t n = 0;
-  void *data = NULL;
-  if (want_icc && TIFFGetField(tif, TIFFTAG_ICCPROFILE, &n, &data) == 1 && n > 0) {
-    *icc = tsr_malloc(n);
-    if (*icc) {
-      memcpy(*icc, data, n);
-      *icc_size = n;
-    } else {
-      st = tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
-    }
-  }
   TIFFClose(tif);
   if (st == TESSERA_OK && hashed) {
     char hex[65];
@@ -335,7 +323,14 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
   /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
   bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
                                      strcmp(s->vendor, "generic-tiff") == 0);
-  tessera_status st = from_tiff(s, version, &p, want_icc, icc, icc_size);
+  tessera_status st = from_tiff(s, version, &p);
+  size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */
+  if (st == TESSERA_OK && n > 0) {
+    if (!(*icc = tsr_malloc(n)))
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
+    else if ((st = tessera_icc_profile_read(s, *icc, n)) == TESSERA_OK)
+      *icc_size = n;
+  }
   if (version >= 4) {
     add_associated(s, &p);
     if (*icc_size)
