@@ -163,7 +163,16 @@ typedef struct tessera_level_info {
   uint32_t compression;  /* the TIFF Compression tag value; 0x10001 ("mosaic"): MIRAX tiles
                           * painted from the camera images they cover (4 samples: RGBA) */
   int32_t samples_per_pixel;
+  /* What the level's last sample is (ExtraSamples): TESSERA_ALPHA_NONE (no alpha; a fourth
+   * sample of unspecified meaning is not alpha), TESSERA_ALPHA_ASSOCIATED (stored
+   * premultiplied: tessera divides it out) or TESSERA_ALPHA_UNASSOCIATED. Reads always give
+   * straight alpha; this says how the file stores it (OpenSlide's readers round by it). */
+  int32_t alpha;
 } tessera_level_info;
+
+#define TESSERA_ALPHA_NONE 0
+#define TESSERA_ALPHA_ASSOCIATED 1
+#define TESSERA_ALPHA_UNASSOCIATED 2
 
 /* Fills *info (its struct_size must be set; see Conventions) for level 0 .. level_count-1. */
 TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *slide, int32_t level,
@@ -188,9 +197,40 @@ TESSERA_API const char *tessera_property_key(const tessera_slide *slide, size_t 
 /* The value of a key, or NULL when the slide has no such property. */
 TESSERA_API const char *tessera_property_value(const tessera_slide *slide, const char *key);
 
+/* The property table OpenSlide computes for the slide, made here once for every OpenSlide
+ * front built on tessera (libtessera-openslide, Python's tessera.openslide): tessera's
+ * standard keys named openslide.* (tessera.background and background-color left out), the tiff.*
+ * tags of the first directory as OpenSlide prints them, openslide.comment, and
+ * openslide.quickhash-1 by OpenSlide's definition (a SHA-256 of the smallest stored level's
+ * tiles as stored and of nine string tags; absent when those tiles hold over 5 MiB), plus the
+ * vendor's keys. `version` 3 gives it as OpenSlide 3.4 does; 4 as OpenSlide 4.0 does, which adds
+ * openslide.icc-size, openslide.associated.NAME.width/height and a generic TIFF's mpp. Reads the
+ * file (the smallest level's tiles): the caller frees the table with
+ * tessera_property_table_free. Keys are sorted. Thread-safe. */
+typedef struct tessera_property_table tessera_property_table;
+TESSERA_API tessera_status tessera_openslide_properties(tessera_slide *slide, int32_t version,
+                                                        tessera_property_table **out);
+TESSERA_API size_t tessera_property_table_count(const tessera_property_table *table);
+/* The key or value of entry index (NULL past the end); valid until the table is freed. */
+TESSERA_API const char *tessera_property_table_key(const tessera_property_table *table,
+                                                   size_t index);
+TESSERA_API const char *tessera_property_table_value(const tessera_property_table *table,
+                                                     size_t index);
+TESSERA_API void tessera_property_table_free(tessera_property_table *table);
+
 /* Names of associated (non-pyramid) images, such as "thumbnail", "label", "macro". */
 TESSERA_API size_t tessera_associated_image_count(const tessera_slide *slide);
 TESSERA_API const char *tessera_associated_image_name(const tessera_slide *slide, size_t index);
+
+/* The ICC colour profile the file gives the slide's pixels (TIFF tag 34675 of level 0's
+ * directory), as the file holds it: its size in bytes, 0 when there is none. Reading pixels
+ * never applies it; it is there for the caller's colour management. Thread-safe. */
+TESSERA_API size_t tessera_icc_profile_size(const tessera_slide *slide);
+/* Copies the profile into dst, which holds dst_size bytes (at least
+ * tessera_icc_profile_size). TESSERA_E_ARGUMENT when the slide has none or dst is too
+ * small (dst is then not touched). Thread-safe. */
+TESSERA_API tessera_status tessera_icc_profile_read(const tessera_slide *slide, void *dst,
+                                                    size_t dst_size);
 
 /* ---------------------------------------------------------------------------------------
  * Reading regions

@@ -16,7 +16,7 @@
 
 #include "alloc.h"
 #include "fractional.h"
-#include "properties.h"
+#include "compat/openslide_properties.h"
 #include "slide_internal.h"
 #include "tessera.h"
 
@@ -122,10 +122,10 @@ static tessera_status fill_handle(openslide_t *osr) {
       return st;
     osr->levels[i] = (struct os_level){info.width, info.height, info.downsample,
                                        (uint32_t)info.tile_width, (uint32_t)info.tile_height,
-                                       s->levels[i].fmt.alpha && s->levels[i].fmt.premultiplied};
+                                       info.alpha == TESSERA_ALPHA_ASSOCIATED};
   }
   tessera_status st =
-      tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR, &osr->props, &osr->icc, &osr->icc_size);
+      tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR + 3, &osr->props, &osr->icc, &osr->icc_size);
   if (st != TESSERA_OK)
     return st;
   osr->property_names = tsr_calloc(osr->props.n + 1, sizeof *osr->property_names);

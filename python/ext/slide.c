@@ -198,6 +198,24 @@ static PyObject *get_background(pyt_slide *self, void *c) {
   return r;
 }
 
+static PyObject *get_icc_profile(pyt_slide *self, void *c) {
+  (void)c;
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  size_t n = tessera_icc_profile_size(s);
+  PyObject *r;
+  if (n == 0) {
+    r = Py_NewRef(Py_None);
+  } else if ((r = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n)) &&
+             tessera_icc_profile_read(s, PyBytes_AS_STRING(r), n) != TESSERA_OK) {
+    Py_DECREF(r);
+    r = pyt_raise(TESSERA_E_ARGUMENT);
+  }
+  pyt_slide_release(self);
+  return r;
+}
+
 static int level_arg(PyObject *obj, int32_t *level) {
   long v = PyLong_AsLong(obj);
   if (v == -1 && PyErr_Occurred())
@@ -224,12 +242,14 @@ static PyObject *slide_level_info(pyt_slide *self, PyObject *arg) {
     pyt_raise(st);
   } else {
     const char *codec = tessera_compression_name(li.compression);
-    r = Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i}", "width", (long long)li.width,
+    static const char *const alpha[] = {"none", "associated", "unassociated"};
+    r = Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i,s:s}", "width", (long long)li.width,
                       "height", (long long)li.height, "downsample", li.downsample,
                       "tile_width", li.tile_width, "tile_height", li.tile_height, "tiled",
                       li.tiled ? Py_True : Py_False, "compression", li.compression,
                       "compression_name", codec ? codec : "unknown", "samples_per_pixel",
-                      li.samples_per_pixel);
+                      li.samples_per_pixel, "alpha",
+                      li.alpha >= 0 && li.alpha <= 2 ? alpha[li.alpha] : "none");
   }
   pyt_slide_release(self);
   return r;
@@ -251,6 +271,40 @@ static PyObject *slide_properties(pyt_slide *self, PyObject *unused) {
     Py_XDECREF(v);
   }
   pyt_slide_release(self);
+  return d;
+}
+
+/* OpenSlide's table, made by the core (tessera_openslide_properties) with the GIL released:
+ * it reads the smallest level's tiles for the quickhash. */
+static PyObject *slide_openslide_properties(pyt_slide *self, PyObject *arg) {
+  long version = PyLong_AsLong(arg);
+  if (version == -1 && PyErr_Occurred())
+    return NULL;
+  if (version != 3 && version != 4) {
+    PyErr_Format(PyExc_ValueError, "OpenSlide version %ld: 3 or 4 expected", version);
+    return NULL;
+  }
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  tessera_property_table *t = NULL;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_openslide_properties(s, (int32_t)version, &t);
+  Py_END_ALLOW_THREADS
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  PyObject *d = PyDict_New();
+  size_t n = tessera_property_table_count(t);
+  for (size_t i = 0; d && i < n; i++) {
+    const char *value = tessera_property_table_value(t, i);
+    PyObject *v = PyUnicode_DecodeUTF8(value, (Py_ssize_t)strlen(value), "replace");
+    if (!v || PyDict_SetItemString(d, tessera_property_table_key(t, i), v) < 0)
+      Py_CLEAR(d);
+    Py_XDECREF(v);
+  }
+  tessera_property_table_free(t);
   return d;
 }
 
@@ -544,9 +598,14 @@ static PyMethodDef slide_methods[] = {
      "already read stay valid."},
     {"level_info", (PyCFunction)slide_level_info, METH_O,
      "level_info(level) -> dict: width, height, downsample, tile_width, tile_height, tiled, "
-     "compression, compression_name, samples_per_pixel."},
+     "compression, compression_name, samples_per_pixel, alpha ('none', 'associated' or "
+     "'unassociated': how the file stores its alpha; reads give straight alpha)."},
     {"properties", (PyCFunction)slide_properties, METH_NOARGS,
      "properties() -> dict of str: the slide's properties (tiff.*, tessera.*, vendor keys)."},
+    {"openslide_properties", (PyCFunction)slide_openslide_properties, METH_O,
+     "openslide_properties(version) -> dict of str: the properties as OpenSlide `version` (3: "
+     "3.4, 4: 4.0) computes them (openslide.*, tiff.* as OpenSlide prints them, "
+     "openslide.quickhash-1, vendor keys)."},
     {"associated_names", (PyCFunction)slide_associated_names, METH_NOARGS,
      "associated_names() -> list of str: label, macro, thumbnail, ..."},
     {"limits", (PyCFunction)slide_limits, METH_NOARGS,
@@ -574,6 +633,10 @@ static PyGetSetDef slide_getset[] = {
     {"level_count", (getter)get_level_count, NULL, "Number of pyramid levels.", NULL},
     {"vendor", (getter)get_vendor, NULL, "The vendor that wrote the slide.", NULL},
     {"background", (getter)get_background, NULL, "Fill value outside the image.", NULL},
+    {"icc_profile", (getter)get_icc_profile, NULL,
+     "The slide's ICC colour profile (bytes, as the file holds it), or None. Reads do not "
+     "apply it.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

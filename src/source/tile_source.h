@@ -100,6 +100,9 @@ tessera_status tsr_tile_fetch_into(const tessera_slide *s, uint64_t offset, uint
  * JPEG of the tile's size. */
 struct tsr_ndpi_header {
   size_t len, size_at;
+  /* The stored level's size: an interval of a level decoded at a JPEG scale is decoded at its
+   * stored size, which that level's (divided, rounded down) cannot give at a partial edge. */
+  int64_t width, height;
   uint8_t bytes[];
 };
 
