@@ -35,6 +35,9 @@ struct tsr_pixel_format {
   /* JPEG of 3 components decoded straight to opaque RGBA (libjpeg-turbo's JCS_EXT_RGBA;
    * decoded_channels 4): MIRAX's images painted into RGBA grid tiles. */
   bool jpeg_rgba;
+  /* Decoded pixels of alpha 0 are none of the image's (MIRAX: where no camera image lies):
+   * they take the read's fill, as pixels outside the level do (decoded_channels 4). */
+  bool transparent_is_fill;
 };
 
 struct tsr_level {

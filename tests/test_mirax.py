@@ -349,6 +349,49 @@ def test_python_package_reads_it(slides):
     assert np.array_equal(np.asarray(o.read_region((100, 50), 0, (200, 120))), want)
 
 
+def test_openslide_fronts_equal_openslide(lib, slides, tmp_path):
+    """OpenSlide's API over tessera: openslide-python over libtessera-openslide (run in a
+    process of its own, tests/openslide_reader.py) and tessera.openslide give every property
+    OpenSlide 3.4.1 gives (quickhash-1, tile sizes where it has them, mpp, bounds, background),
+    its associated images and its regions (those whose origin is a whole pixel of the level;
+    inside the level)."""
+    import pickle
+    import tessera.openslide
+    here = os.path.dirname(os.path.abspath(__file__))
+    so0 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(T.lib_path()))),
+                       "openslide", "so0")
+    paths = [slides["paths"][n] for n in NAMES]
+    runs = {}
+    for which, env in (("openslide", {}), ("tessera", {"LD_LIBRARY_PATH": so0})):
+        out = str(tmp_path / (which + ".pickle"))
+        subprocess.run(["/usr/bin/python3", os.path.join(here, "openslide_reader.py"), out]
+                       + paths, env=dict(os.environ, **env), check=True, capture_output=True,
+                       timeout=600)
+        with open(out, "rb") as f:
+            runs[which] = pickle.load(f)
+    assert runs["openslide"]["version"] != runs["tessera"]["version"]
+    compared = 0
+    for path in paths:
+        real, ours = runs["openslide"]["slides"][path], runs["tessera"]["slides"][path]
+        assert "error" not in real and "error" not in ours, (real.get("error"), ours.get("error"))
+        assert "openslide.quickhash-1" in real["properties"]
+        assert ours["properties"] == real["properties"], path
+        assert dict(tessera.openslide.OpenSlide(path).properties) == real["properties"], path
+        assert ours["levels"] == real["levels"] and ours["associated"] == real["associated"]
+        for (dims, level, x, y, w, h), want in real["regions"].items():
+            ds = real["levels"][level][1]
+            if x % ds or y % ds:
+                continue  # between pixels: OpenSlide interpolates
+            lx, ly = x // int(ds), y // int(ds)
+            yy, xx = np.mgrid[ly:ly + h, lx:lx + w]
+            inside = (xx >= 0) & (yy >= 0) & (xx < dims[0]) & (yy < dims[1])
+            g = np.frombuffer(ours["regions"][(dims, level, x, y, w, h)], np.uint8).reshape(h, w, 4)
+            o = np.frombuffer(want, np.uint8).reshape(h, w, 4)
+            assert np.array_equal(g[inside], o[inside]), (path, level, x, y, w, h)
+            compared += 1
+    assert compared > 100
+
+
 def test_info_command_names_the_format(cli, slides):
     r = subprocess.run([cli, "info", slides["paths"]["positions"]], capture_output=True,
                        text=True, timeout=60)

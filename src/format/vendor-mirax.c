@@ -33,6 +33,7 @@
 #include <tiff.h>
 
 #include "alloc.h"
+#include "compat/sha256.h"
 #include "error.h"
 #include "format/format.h"
 #include "format/ini.h"
@@ -100,6 +101,11 @@ struct mirax {
   /* Level 0's placed tiles' extent (every tile placed, as OpenSlide's grid counts them);
    * left > right while there is none. */
   double left, top, right, bottom;
+  /* Whether OpenSlide gives its levels a tile size: only where every level's tiles advance by
+   * their whole size in whole pixels, none off its grid cell (then tessera's grid tiles, the
+   * images' size, are the same tiles). */
+  bool tile_hints;
+  struct tsr_sha256 quickhash; /* OpenSlide's quickhash-1, as far as it is made */
 };
 
 static const char *const ASSOCIATED[3] = {"macro", "label", "thumbnail"};
@@ -187,6 +193,8 @@ static tessera_status read_ini(struct mirax *m) {
     st = tsr_error(TESSERA_E_IO, "cannot read Slidedat.ini");
   else
     st = tsr_ini_parse(text, (size_t)size, "Slidedat.ini", &m->ini);
+  if (st == TESSERA_OK) /* OpenSlide's quickhash-1 starts with the whole file */
+    tsr_sha256_update(&m->quickhash, text, (size_t)size);
   tsr_free(text);
   tsr_byte_source_close(src);
   return st;
@@ -386,6 +394,10 @@ static tessera_status read_layout(struct mirax *m) {
   return TESSERA_OK;
 }
 
+static uint32_t grid_side(int32_t image_side) {
+  return image_side < 64 ? 64 : image_side > 4096 ? 4096 : (uint32_t)image_side;
+}
+
 /* OpenSlide's level geometry: sizes from level 0's image size and overlap, and how each
  * level's images are cut into tiles and advance across the grid. */
 static tessera_status level_geometry(struct mirax *m) {
@@ -431,6 +443,10 @@ static tessera_status level_geometry(struct mirax *m) {
     p->advance_y = p->tile_h - s->overlap_y / images_per_position;
     p->width = base_w / p->image_concat;
     p->height = base_h / p->image_concat;
+    if (p->advance_x != floor(p->advance_x) || p->advance_y != floor(p->advance_y) ||
+        p->advance_x != p->tile_w || p->advance_y != p->tile_h ||
+        p->tile_w != grid_side(s->image_w) || p->tile_h != grid_side(s->image_h))
+      m->tile_hints = false;
     if (p->width <= 0 || p->height <= 0 || p->width > m->limits->max_dimension ||
         p->height > m->limits->max_dimension)
       return tsr_error(TESSERA_E_LIMIT, "level %d is %lldx%lld pixels, outside 1..%lld", i,
@@ -767,8 +783,12 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
               .x = (int64_t)floor((double)x0 / p->image_concat),
               .y = (int64_t)floor((double)y0 / p->image_concat),
           };
+          double pos_x = (double)x0 / p->image_concat, pos_y = (double)y0 / p->image_concat;
+          if (pos_x - (double)t.col * p->advance_x != 0 ||
+              pos_y - (double)t.row * p->advance_y != 0)
+            m->tile_hints = false;
           if (level == 0) {
-            double fx = (double)x0 / p->image_concat, fy = (double)y0 / p->image_concat;
+            double fx = pos_x, fy = pos_y;
             m->left = fx < m->left ? fx : m->left;
             m->top = fy < m->top ? fy : m->top;
             m->right = fx + p->tile_w > m->right ? fx + p->tile_w : m->right;
@@ -813,12 +833,9 @@ static void mosaic_format(struct tsr_level *lv) {
   lv->fmt.predictor = 1;
   tsr_codec_resolve(&lv->fmt, 8, SAMPLEFORMAT_UINT, PLANARCONFIG_CONTIG, 1,
                     EXTRASAMPLE_UNASSALPHA);
+  lv->fmt.transparent_is_fill = true;
   lv->tiled = true;
   lv->source = &tsr_mosaic_tiles;
-}
-
-static uint32_t grid_side(int32_t image_side) {
-  return image_side < 64 ? 64 : image_side > 4096 ? 4096 : (uint32_t)image_side;
 }
 
 /* Level level as a grid of tiles, each with the parts of the placed tiles it covers. */
@@ -1013,6 +1030,29 @@ static void add_properties(const struct mirax *m, struct tsr_findings *out) {
                 (long long)(ceil(y + h) - floor(y)));
 }
 
+/* What OpenSlide's API shows that tessera's does not (compat/openslide_properties.c reads it
+ * from the levels' mosaics): whether its levels have a tile size, and quickhash-1, the SHA-256
+ * of Slidedat.ini and then of the smallest level's images in Index.dat's order (none when one
+ * cannot be read: the reads that need it fail then). */
+static void openslide_extras(struct mirax *m, struct tsr_findings *out) {
+  struct tsr_mosaic *last = out->levels[m->nlevels - 1].source_data;
+  for (int32_t i = 0; i < m->nlevels; i++)
+    ((struct tsr_mosaic *)out->levels[i].source_data)->openslide_tile_size = m->tile_hints;
+  struct tsr_scratch buf = {0};
+  for (size_t i = 0; i < last->nimages; i++) {
+    const struct tsr_mosaic_image *img = &last->images[i];
+    if (!tsr_scratch_reserve(&buf, img->length ? img->length : 1) ||
+        tsr_file_set_read(m->files, img->file, img->offset, img->length, buf.data) !=
+            TESSERA_OK) {
+      tsr_scratch_free(&buf);
+      return;
+    }
+    tsr_sha256_update(&m->quickhash, buf.data, img->length);
+  }
+  tsr_scratch_free(&buf);
+  tsr_sha256_hex(&m->quickhash, last->quickhash);
+}
+
 static void done(struct mirax *m) {
   tsr_free(m->folder);
   tsr_ini_free(&m->ini);
@@ -1024,7 +1064,8 @@ static void done(struct mirax *m) {
 static tessera_status mirax_open(const char *path, const tessera_open_options *limits,
                                  struct tsr_findings *out, struct tsr_byte_source **source) {
   struct mirax m = {.limits = limits, .left = INFINITY, .top = INFINITY, .right = -INFINITY,
-                    .bottom = -INFINITY};
+                    .bottom = -INFINITY, .tile_hints = true};
+  tsr_sha256_init(&m.quickhash);
   *source = NULL;
   tessera_status st = TESSERA_OK;
   if (!(m.folder = tsr_strndup(path, strlen(path) - strlen(".mrxs"))))
@@ -1085,6 +1126,7 @@ static tessera_status mirax_open(const char *path, const tessera_open_options *l
   tsr_free(l.item);
   if (st != TESSERA_OK)
     goto fail;
+  openslide_extras(&m, out);
   for (int i = 0; i < 3; i++) {
     if (m.record[i] < 0)
       continue;

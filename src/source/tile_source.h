@@ -138,6 +138,11 @@ struct tsr_mosaic {
   size_t nimages;
   struct tsr_mosaic_piece *pieces;
   size_t npieces;
+  /* For OpenSlide's API (compat/openslide_properties.c): whether OpenSlide gives the level a
+   * tile size (the same as tessera's), and the slide's quickhash-1 (set on the smallest
+   * level only; empty: none). */
+  bool openslide_tile_size;
+  char quickhash[65];
 };
 
 void tsr_mosaic_free(struct tsr_mosaic *m);
