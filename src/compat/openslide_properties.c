@@ -323,7 +323,9 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
   /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
   bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
                                      strcmp(s->vendor, "generic-tiff") == 0);
-  tessera_status st = from_tiff(s, version, &p);
+  /* A Sakura slide is an SQLite database: no TIFF tags, and its quickhash-1 is the vendor's
+   * (tessera.quickhash-1, renamed above). */
+  tessera_status st = strcmp(s->vendor, "sakura") == 0 ? TESSERA_OK : from_tiff(s, version, &p);
   size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */
   if (st == TESSERA_OK && n > 0) {
     if (!(*icc = tsr_malloc(n)))

@@ -8,7 +8,9 @@
  * of its own with the strip's header (set by the Hamamatsu vendor, format/ndpi.c, when the
  *    McuStarts tag fits);
  *  - tsr_memory_tiles (source/memory_tiles.c): a tile of an image held in memory, with no
- *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c).
+ *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c);
+ *  - tsr_sqlite_tiles (source/sqlite_tiles.c): a blob, or three (a tile's colour planes,
+ *    made RGB), of an SQLite database, read through SQLite (Sakura; format/vendor-sakura.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
  * JPEG stream nvJPEG takes from tsr_tile_source_stream. Everything here reads only tables
  * fixed at open: any number of threads may call it, with no lock. */
@@ -51,6 +53,7 @@ extern const struct tsr_tile_source tsr_tiff_tiles;
 extern const struct tsr_tile_source tsr_tiff_strips;
 extern const struct tsr_tile_source tsr_ndpi_intervals;
 extern const struct tsr_tile_source tsr_memory_tiles;
+extern const struct tsr_tile_source tsr_sqlite_tiles;
 
 /* ---- for the readers ---- */
 
