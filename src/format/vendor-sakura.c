@@ -52,7 +52,18 @@ struct sakura {
   size_t nhashed, hashed_cap;
   bool hash_too_many;
   int budget; /* progress callbacks left to the query under way */
+  /* The magic was found: failures from here on are a damaged Sakura slide, no longer a file
+   * of some other kind (OpenSlide too claims the file then, and fails its open). */
+  bool claimed;
 };
+
+static tessera_status not_sakura(const struct sakura *k) {
+  return k->claimed ? TESSERA_E_CORRUPT : TESSERA_E_FORMAT;
+}
+
+static const char *what(const struct sakura *k) {
+  return k->claimed ? "damaged Sakura slide" : "not a Sakura slide";
+}
 
 static int over_budget(void *arg) {
   struct sakura *k = arg;
@@ -64,20 +75,21 @@ static tessera_status prepare(struct sakura *k, const char *sql, sqlite3_stmt **
   if (sqlite3_prepare_v2(k->conn, sql, -1, stmt, NULL) != SQLITE_OK) {
     sqlite3_finalize(*stmt);
     *stmt = NULL;
-    return tsr_error(TESSERA_E_FORMAT, "not a Sakura slide: %s (in \"%.80s\")",
-                     sqlite3_errmsg(k->conn), sql);
+    return tsr_error(not_sakura(k), "%s: %s (in \"%.80s\")", what(k), sqlite3_errmsg(k->conn),
+                     sql);
   }
   return TESSERA_OK;
 }
 
+/* A query that fails while it runs: a database SQLite finds malformed before the magic is
+ * no Sakura slide (OpenSlide claims no such file either). */
 static tessera_status step_failed(struct sakura *k, sqlite3_stmt *stmt, int rc) {
-  tessera_status st = tsr_error(
-      rc == SQLITE_INTERRUPT ? TESSERA_E_LIMIT
-      : rc == SQLITE_TOOBIG  ? TESSERA_E_LIMIT
-                             : TESSERA_E_CORRUPT,
-      "SQLite fails on \"%.80s\": %s%s", sqlite3_sql(stmt), sqlite3_errmsg(k->conn),
-      rc == SQLITE_INTERRUPT ? " (the query ran past its budget)" : "");
-  return st;
+  tessera_status st = rc == SQLITE_INTERRUPT || rc == SQLITE_TOOBIG ? TESSERA_E_LIMIT
+                      : rc == SQLITE_NOMEM                          ? TESSERA_E_NOMEM
+                                                                    : not_sakura(k);
+  return tsr_error(st, "%s: SQLite fails on \"%.80s\": %s%s", what(k), sqlite3_sql(stmt),
+                   sqlite3_errmsg(k->conn),
+                   rc == SQLITE_INTERRUPT ? " (the query ran past its budget)" : "");
 }
 
 /* The first row of a query that must give one. */
@@ -88,8 +100,7 @@ static tessera_status first_row(struct sakura *k, const char *sql, sqlite3_stmt 
   int rc = sqlite3_step(*stmt);
   if (rc == SQLITE_ROW)
     return TESSERA_OK;
-  st = rc == SQLITE_DONE ? tsr_error(TESSERA_E_FORMAT, "not a Sakura slide: no row for \"%.80s\"",
-                                     sql)
+  st = rc == SQLITE_DONE ? tsr_error(not_sakura(k), "%s: no row for \"%.80s\"", what(k), sql)
                          : step_failed(k, *stmt, rc);
   sqlite3_finalize(*stmt);
   *stmt = NULL;
@@ -166,6 +177,7 @@ static tessera_status check_magic(struct sakura *k) {
   if (!magic || strcmp(magic, MAGIC) != 0)
     st = tsr_error(TESSERA_E_FORMAT, "not a Sakura slide: its ++MagicBytes are not " MAGIC);
   sqlite3_finalize(stmt);
+  k->claimed = st == TESSERA_OK;
   return st;
 }
 
@@ -223,9 +235,11 @@ static bool field(const char **p, char end, int64_t max, int64_t *out) {
     return false;
   int64_t v = 0;
   for (; *s >= '0' && *s <= '9'; s++) {
-    if (v > (max - (*s - '0')) / 10)
+    if (v > (INT64_MAX - (*s - '0')) / 10)
       return false;
     v = v * 10 + (*s - '0');
+    if (v > max)
+      return false;
   }
   if (*s != end)
     return false;
