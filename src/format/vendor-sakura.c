@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <tiff.h>
 #include <unistd.h>
 
@@ -117,8 +118,13 @@ static char *printf_sql(const char *fmt, const char *name) {
 
 /* ---- detection and the unique table ---- */
 
+/* An SQLite database by its first 16 bytes. Only a regular file is looked at, without
+ * blocking (a FIFO must not hang the open; the byte source refuses it with a message). */
 static bool sakura_detect(const char *path) {
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  struct stat info;
+  if (stat(path, &info) != 0 || !S_ISREG(info.st_mode))
+    return false;
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     return false;
   char head[16];
