@@ -249,6 +249,30 @@ def test_the_file_is_never_written(lib, slides, tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["ro.svslide"]
 
 
+def test_any_path_reads_the_same(lib, slides, tmp_path):
+    """SQLite reads through tessera's byte source, not by path: a name with '?', '#' and '%'
+    (which SQLite's URIs would cut) and a /proc/self/fd path of a memfd (which SQLite's own
+    file I/O cannot reopen) read what the plain path reads."""
+    src = slides["paths"]["basic"]
+    with open(src, "rb") as f:
+        data = f.read()
+    odd = str(tmp_path / "a?b#c%20d.svslide")
+    with open(odd, "wb") as f:
+        f.write(data)
+    fd = os.memfd_create("sakura")
+    os.write(fd, data)
+    try:
+        with T.open_slide(src) as s:
+            want = s.read_region(-5, -5, 0, 320, 240, channels=4)
+        for path in (odd, "/proc/self/fd/%d" % fd):
+            with T.open_slide(path) as s:
+                assert s.vendor == "sakura"
+                assert np.array_equal(s.read_region(-5, -5, 0, 320, 240, channels=4), want)
+                assert s.read_associated("label").shape == (50, 70, 3)
+    finally:
+        os.close(fd)
+
+
 # ---- the batch reader and `tessera bench` ----------------------------------------------
 
 
@@ -524,3 +548,93 @@ def test_other_sqlite_databases_are_not_sakura(lib, tmp_path):
     _sql("CREATE TABLE t (a)", "INSERT INTO t VALUES (1)")(path)
     st, msg, s = T.open_status(path)
     assert s is None and st == T.E_FORMAT and "not a Sakura slide" in msg, msg
+
+
+REPLAY_ASAN = os.environ.get("TESSERA_FUZZ_OPEN_REPLAY_ASAN",
+                             os.path.join(os.path.dirname(HERE), "build-asan", "fuzz",
+                                          "fuzz_open_replay"))
+
+PROBE = """
+import json, sys
+import tessera_ctypes as T
+out = {}
+for p in json.loads(sys.argv[1]):
+    st, msg, s = T.open_status(p)
+    if s is None:
+        out[p] = ("open", msg)
+        continue
+    with s:
+        try:
+            for level in range(s.level_count):
+                s.read_region(0, 0, level, *s.level_dimensions()[level])
+            for name in s.associated_names:
+                s.read_associated(name)
+            out[p] = ("read", "")
+        except T.TesseraError as e:
+            out[p] = ("fail", str(e))
+print(json.dumps(out))
+"""
+
+
+def _damaged_copies(good, d, n=240, seed=20261207):
+    """n copies of good: bytes flipped (anywhere, and in the first page, the schema), a page
+    zeroed or filled with 0xFF, truncated at random lengths."""
+    rng = np.random.default_rng(seed)
+    with open(good, "rb") as f:
+        data = f.read()
+    pages = len(data) // 4096
+    paths = []
+    for i in range(n):
+        b = bytearray(data)
+        kind = i % 5
+        if kind == 0:
+            for _ in range(int(rng.integers(1, 9))):
+                b[int(rng.integers(0, len(b)))] ^= int(rng.integers(1, 256))
+        elif kind == 1:
+            for _ in range(int(rng.integers(1, 4))):
+                b[int(rng.integers(16, 4096))] ^= int(rng.integers(1, 256))
+        elif kind == 2:
+            p = int(rng.integers(1, pages))
+            b[p * 4096:(p + 1) * 4096] = (b"\0" if i % 2 else b"\xff") * 4096
+        elif kind == 3:
+            b = b[:int(rng.integers(100, len(b)))]
+        else:
+            at = int(rng.integers(0, len(b) - 4))
+            b[at:at + 4] = bytes(rng.integers(0, 256, 4, dtype=np.uint8))
+        path = os.path.join(d, "copy-%03d.svslide" % i)
+        with open(path, "wb") as f:
+            f.write(bytes(b))
+        paths.append(path)
+    return paths
+
+
+def test_damaged_copies_under_sanitizers(lib, slides, tmp_path):
+    """240 randomly damaged copies of a written slide, opened and read at up to four levels by
+    the ASan+UBSan fuzz_open replay program (each within its 30 s alarm: no hang), with no
+    sanitizer report; read through the plain library in a child process, each either reads
+    or fails with a message, and the damage shows (some fail, some still read)."""
+    assert os.path.isfile(REPLAY_ASAN) and os.access(REPLAY_ASAN, os.X_OK), (
+        "sanitized fuzz_open replay program not found: %s (set TESSERA_FUZZ_OPEN_REPLAY_ASAN)"
+        % REPLAY_ASAN)
+    d = tmp_path / "copies"
+    d.mkdir()
+    paths = _damaged_copies(slides["paths"]["basic"], str(d))
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=99",
+               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=98",
+               FUZZ_REPLAY_TIMEOUT="30", FUZZ_REPLAY_VERBOSE="1")
+    r = subprocess.run([REPLAY_ASAN, str(d)], capture_output=True, text=True, timeout=600,
+                       env=env, stdin=subprocess.DEVNULL)
+    last = [ln for ln in r.stderr.splitlines() if ln.startswith("replay: ")][-1:]
+    assert r.returncode == 0, (r.returncode, last, r.stderr[-3000:])
+    for marker in ("AddressSanitizer", "LeakSanitizer", "UndefinedBehaviorSanitizer",
+                   "runtime error:"):
+        assert marker not in r.stderr, r.stderr[-3000:]
+    assert "replayed %d inputs" % len(paths) in r.stdout
+    probe = subprocess.run(["/usr/bin/python3", "-c", PROBE, json.dumps(paths)],
+                           capture_output=True, text=True, timeout=600, cwd=HERE,
+                           env=dict(os.environ, PYTHONPATH=HERE))
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    got = json.loads(probe.stdout)
+    kinds = {k for k, _ in got.values()}
+    assert {"open", "read"} <= kinds, kinds
+    assert all(len(msg) > 10 for k, msg in got.values() if k != "read")

@@ -4,6 +4,7 @@
 #include "source/sqlite_tiles.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <tiff.h>
 
@@ -11,8 +12,9 @@
 #include "per_thread.h"
 
 struct tsr_sqlite_db {
-  char *uri;        /* fixed at open */
-  int value_limit;  /* SQLITE_LIMIT_LENGTH of every connection; fixed at open */
+  struct tsr_byte_source *source; /* the database's bytes (owned); fixed at open */
+  char name[48];                  /* what SQLite is told to open: names source to the VFS */
+  int value_limit;                /* SQLITE_LIMIT_LENGTH of every connection; fixed at open */
   pthread_mutex_t lock;
   pthread_cond_t returned;
   /* Under lock: the connections not lent, how many exist, and the references. */
@@ -21,41 +23,193 @@ struct tsr_sqlite_db {
   int refs;
 };
 
-/* A file: URI for path (percent-encoding all but a few safe bytes, so that '?', '#' and '%'
- * in a name are read as part of it), read-only and immutable. */
-static char *make_uri(const char *path) {
-  static const char tail[] = "?mode=ro&immutable=1";
-  size_t n = strlen(path);
-  char *uri = tsr_malloc(8 + 3 * n + sizeof tail);
-  if (!uri)
-    return NULL;
-  char *p = uri;
-  memcpy(p, "file:", 5);
-  p += 5;
-  if (path[0] == '/') { /* an empty authority: file:///abs/path */
-    memcpy(p, "//", 2);
-    p += 2;
+/* ---- an SQLite VFS over a byte source ----
+ * SQLite reads the database through this VFS ("tessera-bytes"), not through its own file
+ * I/O: the bytes come from a tsr_byte_source (pread on the slide's file today; any byte
+ * source later), whatever the path looks like (/proc/self/fd/N, names with '?' or '#').
+ * Nothing can be written: every write, truncation or delete fails, the file says it is
+ * immutable (so SQLite takes no lock and looks for no journal), and no other file exists
+ * (temporary tables live in memory). The name SQLite opens is "tessera-bytes:" and the
+ * source's address, made by tsr_sqlite_open; nothing else opens through this VFS. */
+
+#define VFS_NAME "tessera-bytes"
+
+struct source_file {
+  sqlite3_file base;
+  const struct tsr_byte_source *source;
+};
+
+static int file_close(sqlite3_file *f) {
+  (void)f;
+  return SQLITE_OK;
+}
+
+static int file_read(sqlite3_file *f, void *buf, int amount, sqlite3_int64 offset) {
+  const struct source_file *sf = (const struct source_file *)f;
+  size_t got = 0;
+  if (offset < 0 || amount < 0 ||
+      tsr_bytes_read_at(sf->source, (uint64_t)offset, (size_t)amount, buf, &got) != TESSERA_OK)
+    return SQLITE_IOERR_READ;
+  if (got < (size_t)amount) { /* SQLite asks for the rest to be zeros */
+    memset((uint8_t *)buf + got, 0, (size_t)amount - got);
+    return SQLITE_IOERR_SHORT_READ;
   }
-  for (size_t i = 0; i < n; i++) {
-    unsigned char c = (unsigned char)path[i];
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-        strchr("/._-~", c)) {
-      *p++ = (char)c;
-    } else {
-      static const char hex[] = "0123456789ABCDEF";
-      *p++ = '%';
-      *p++ = hex[c >> 4];
-      *p++ = hex[c & 15];
-    }
-  }
-  memcpy(p, tail, sizeof tail);
-  return uri;
+  return SQLITE_OK;
+}
+
+static int file_write(sqlite3_file *f, const void *buf, int amount, sqlite3_int64 offset) {
+  (void)f, (void)buf, (void)amount, (void)offset;
+  return SQLITE_READONLY;
+}
+
+static int file_truncate(sqlite3_file *f, sqlite3_int64 size) {
+  (void)f, (void)size;
+  return SQLITE_READONLY;
+}
+
+static int file_sync(sqlite3_file *f, int flags) {
+  (void)f, (void)flags;
+  return SQLITE_OK;
+}
+
+static int file_size(sqlite3_file *f, sqlite3_int64 *size) {
+  const struct source_file *sf = (const struct source_file *)f;
+  *size = (sqlite3_int64)sf->source->ops->size(sf->source);
+  return SQLITE_OK;
+}
+
+static int file_lock(sqlite3_file *f, int level) {
+  (void)f, (void)level;
+  return SQLITE_OK;
+}
+
+static int file_reserved(sqlite3_file *f, int *out) {
+  (void)f;
+  *out = 0;
+  return SQLITE_OK;
+}
+
+static int file_control(sqlite3_file *f, int op, void *arg) {
+  (void)f, (void)op, (void)arg;
+  return SQLITE_NOTFOUND;
+}
+
+static int file_sector(sqlite3_file *f) {
+  (void)f;
+  return 0;
+}
+
+static int file_characteristics(sqlite3_file *f) {
+  (void)f;
+  return SQLITE_IOCAP_IMMUTABLE;
+}
+
+static const sqlite3_io_methods source_methods = {
+    .iVersion = 1,
+    .xClose = file_close,
+    .xRead = file_read,
+    .xWrite = file_write,
+    .xTruncate = file_truncate,
+    .xSync = file_sync,
+    .xFileSize = file_size,
+    .xLock = file_lock,
+    .xUnlock = file_lock,
+    .xCheckReservedLock = file_reserved,
+    .xFileControl = file_control,
+    .xSectorSize = file_sector,
+    .xDeviceCharacteristics = file_characteristics,
+};
+
+static int vfs_open(sqlite3_vfs *vfs, const char *name, sqlite3_file *f, int flags,
+                    int *out_flags) {
+  (void)vfs;
+  f->pMethods = NULL;
+  unsigned long long address = 0;
+  if (!name || !(flags & SQLITE_OPEN_MAIN_DB) || (flags & SQLITE_OPEN_READWRITE) ||
+      sscanf(name, VFS_NAME ":%llx", &address) != 1 || address == 0)
+    return SQLITE_CANTOPEN;
+  struct source_file *sf = (struct source_file *)f;
+  sf->source = (const struct tsr_byte_source *)(uintptr_t)address;
+  f->pMethods = &source_methods;
+  if (out_flags)
+    *out_flags = SQLITE_OPEN_READONLY;
+  return SQLITE_OK;
+}
+
+static int vfs_delete(sqlite3_vfs *vfs, const char *name, int sync) {
+  (void)vfs, (void)name, (void)sync;
+  return SQLITE_IOERR_DELETE;
+}
+
+static int vfs_access(sqlite3_vfs *vfs, const char *name, int flags, int *out) {
+  (void)vfs, (void)name, (void)flags;
+  *out = 0; /* no journal, WAL or other file beside the database */
+  return SQLITE_OK;
+}
+
+static int vfs_full_pathname(sqlite3_vfs *vfs, const char *name, int n, char *out) {
+  (void)vfs;
+  if ((int)strlen(name) >= n)
+    return SQLITE_CANTOPEN;
+  memcpy(out, name, strlen(name) + 1);
+  return SQLITE_OK;
+}
+
+/* Randomness, sleeping and time are the default VFS's (pAppData). */
+static int vfs_randomness(sqlite3_vfs *vfs, int n, char *out) {
+  sqlite3_vfs *d = vfs->pAppData;
+  return d->xRandomness(d, n, out);
+}
+
+static int vfs_sleep(sqlite3_vfs *vfs, int us) {
+  sqlite3_vfs *d = vfs->pAppData;
+  return d->xSleep(d, us);
+}
+
+static int vfs_time(sqlite3_vfs *vfs, double *out) {
+  sqlite3_vfs *d = vfs->pAppData;
+  return d->xCurrentTime(d, out);
+}
+
+static int vfs_last_error(sqlite3_vfs *vfs, int n, char *out) {
+  (void)vfs;
+  if (n > 0)
+    out[0] = '\0';
+  return 0;
+}
+
+static sqlite3_vfs source_vfs = {
+    .iVersion = 1,
+    .szOsFile = sizeof(struct source_file),
+    .mxPathname = 64,
+    .zName = VFS_NAME,
+    .xOpen = vfs_open,
+    .xDelete = vfs_delete,
+    .xAccess = vfs_access,
+    .xFullPathname = vfs_full_pathname,
+    .xRandomness = vfs_randomness,
+    .xSleep = vfs_sleep,
+    .xCurrentTime = vfs_time,
+    .xGetLastError = vfs_last_error,
+};
+
+static pthread_once_t vfs_once = PTHREAD_ONCE_INIT;
+static int vfs_registered; /* written once under vfs_once, read after it */
+
+static void register_vfs(void) {
+  source_vfs.pAppData = sqlite3_vfs_find(NULL);
+  vfs_registered = sqlite3_initialize() == SQLITE_OK && source_vfs.pAppData &&
+                   sqlite3_vfs_register(&source_vfs, 0) == SQLITE_OK;
 }
 
 static tessera_status connect(const struct tsr_sqlite_db *db, sqlite3 **out) {
   sqlite3 *conn = NULL;
-  int rc = sqlite3_open_v2(db->uri, &conn,
-                           SQLITE_OPEN_READONLY | SQLITE_OPEN_URI | SQLITE_OPEN_NOMUTEX, NULL);
+  int rc = sqlite3_open_v2(db->name, &conn, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX,
+                           VFS_NAME);
+  /* temporary tables and indexes in memory: the VFS opens no file but the database */
+  if (rc == SQLITE_OK)
+    rc = sqlite3_exec(conn, "PRAGMA temp_store = MEMORY; PRAGMA query_only = 1", NULL, NULL,
+                      NULL);
   if (rc != SQLITE_OK) {
     tessera_status st = tsr_error(rc == SQLITE_NOMEM ? TESSERA_E_NOMEM : TESSERA_E_IO,
                                   "SQLite cannot open the database: %s",
@@ -77,19 +231,24 @@ tessera_status tsr_sqlite_open(const char *path, uint64_t max_value_bytes,
                                struct tsr_sqlite_db **out, sqlite3 **db_out) {
   *out = NULL;
   *db_out = NULL;
-  if (sqlite3_initialize() != SQLITE_OK)
+  pthread_once(&vfs_once, register_vfs);
+  if (!vfs_registered)
     return tsr_error(TESSERA_E_IO, "SQLite cannot start");
   struct tsr_sqlite_db *db = tsr_calloc(1, sizeof *db);
-  if (!db || !(db->uri = make_uri(path))) {
-    tsr_free(db);
+  if (!db)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  tessera_status st = tsr_file_source_open(path, &db->source);
+  if (st != TESSERA_OK) {
+    tsr_free(db);
+    return st;
   }
+  snprintf(db->name, sizeof db->name, VFS_NAME ":%llx",
+           (unsigned long long)(uintptr_t)db->source);
   db->value_limit = max_value_bytes > 0x7FFFFFFE ? 0x7FFFFFFE : (int)max_value_bytes;
   pthread_mutex_init(&db->lock, NULL);
   pthread_cond_init(&db->returned, NULL);
   db->refs = 1;
-  tessera_status st = connect(db, db_out);
-  if (st != TESSERA_OK) {
+  if ((st = connect(db, db_out)) != TESSERA_OK) {
     tsr_sqlite_unref(db);
     return st;
   }
@@ -116,7 +275,7 @@ void tsr_sqlite_unref(struct tsr_sqlite_db *db) {
     sqlite3_close(db->idle[i]);
   pthread_mutex_destroy(&db->lock);
   pthread_cond_destroy(&db->returned);
-  tsr_free(db->uri);
+  tsr_byte_source_close(db->source);
   tsr_free(db);
 }
 

@@ -1,13 +1,14 @@
-/* Tiles kept as blobs in an SQLite database (Sakura SVSlide), read through SQLite's own file
- * I/O: SQLite needs a path, so these slides do not read through the slide's byte source
- * (which is opened too, for the file's identity in the caches).
+/* Tiles kept as blobs in an SQLite database (Sakura SVSlide). SQLite reads the database
+ * through a VFS of ours over a byte source (the slide's file, opened once more for the
+ * pool), not through its own file I/O.
  *
- * Every connection is read-only and immutable (a `file:` URI with mode=ro&immutable=1: no
- * journal, no locks, no write ever), and caps the size of any value it hands out at the
- * slide's max_tile_bytes (SQLITE_LIMIT_LENGTH). Connections are not shared between threads:
- * a small pool lends each reading thread one of its own (opened on first need, at most
- * TSR_SQLITE_MAX_CONNECTIONS; a thread finding all lent waits for one), so tiles are read in
- * parallel with no lock held while SQLite reads. */
+ * Every connection is read-only and the file immutable to SQLite (no journal, no locks, no
+ * write ever: the VFS refuses them), views, triggers and untrusted schema functions are off,
+ * and no value SQLite hands out may be larger than the slide's max_tile_bytes
+ * (SQLITE_LIMIT_LENGTH). Connections are not shared between threads: a small pool lends each
+ * reading thread one of its own (opened on first need, at most TSR_SQLITE_MAX_CONNECTIONS; a
+ * thread finding all lent waits for one), so tiles are read in parallel with no lock held
+ * while SQLite reads. */
 #ifndef TSR_SOURCE_SQLITE_TILES_H
 #define TSR_SOURCE_SQLITE_TILES_H
 
