@@ -300,6 +300,37 @@ def test_batches_equal_single_reads(lib, slides, level):
             assert np.array_equal(got[i], s.read_region(x, y, level, *size)), (i, x, y)
 
 
+def test_many_threads_share_the_connection_pool(lib, slides):
+    """24 threads (more than the 16 connections the pool opens, so some wait for one) read
+    regions at once; each equals the same region read alone."""
+    import threading
+    path = slides["paths"]["planes"]
+    rng = np.random.default_rng(7)
+    regions = [(int(rng.integers(-50, 520)), int(rng.integers(-50, 340)),
+                int(rng.integers(0, 3))) for _ in range(96)]
+    with T.open_slide(path) as s:
+        want = [s.read_region(x, y, lv, 90, 70) for x, y, lv in regions]
+    with T.open_slide(path) as s:
+        got = [None] * len(regions)
+        errors = []
+
+        def work(k):
+            try:
+                for i in range(k, len(regions), 24):
+                    x, y, lv = regions[i]
+                    got[i] = s.read_region(x, y, lv, 90, 70)
+            except Exception as e:  # noqa: BLE001 (reported below)
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    for i, w in enumerate(want):
+        assert np.array_equal(got[i], w), regions[i]
+
+
 def test_bench_checksum_equals_single_reads(lib, cli, slides, tmp_path):
     path = slides["paths"]["planes"]
     level, size = 0, (37, 23)

@@ -617,6 +617,7 @@ static tessera_status add_associated(struct sakura *k, struct tsr_sqlite_db *db,
   out->nassociated++;
   if ((st = new_tiles(k, db, ASSOCIATED[which].column, false, 1, &t)) != TESSERA_OK)
     return st;
+  lv->source = &tsr_sqlite_tiles; /* frees t with the level */
   lv->source_data = t;
   tsr_free(t->table);
   if (!(t->table = tsr_strdup(ASSOCIATED[which].table)))
@@ -628,7 +629,6 @@ static tessera_status add_associated(struct sakura *k, struct tsr_sqlite_db *db,
   lv->fmt.predictor = 1;
   tsr_codec_resolve(&lv->fmt, 8, SAMPLEFORMAT_UINT, PLANARCONFIG_CONTIG, 0,
                     EXTRASAMPLE_UNSPECIFIED);
-  lv->source = &tsr_sqlite_tiles;
   lv->tiled = true;
   lv->width = lv->tile_w = g.width;
   lv->height = lv->tile_h = g.height;
