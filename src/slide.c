@@ -307,7 +307,7 @@ static tessera_status open_path_format(const struct tsr_path_format *format, con
     s->background = found.background;
     if (st == TESSERA_OK && (st = take_levels(s, NULL, &found)) == TESSERA_OK &&
         (st = take_associated(s, NULL, &found)) == TESSERA_OK)
-      st = collect_properties(s, NULL, &found.props);
+      st = collect_properties(s, NULL, false, &found.props);
   }
   tsr_findings_free(&found);
   if (st != TESSERA_OK) {
