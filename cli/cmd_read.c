@@ -157,33 +157,7 @@ static int parse_args(int argc, char **argv, read_args *a) {
 
 /* Writes the pixels through a temporary file; prints the error on failure. */
 static bool write_output(const read_args *a, const uint8_t *pixels) {
-  cli_outfile f;
-  if (!cli_outfile_open(&f, a->output))
-    return false;
-  FILE *out = fdopen(f.fd, "wb");
-  if (!out) {
-    cli_error(a->output, "cannot write: %s", strerror(errno));
-    cli_outfile_abort(&f);
-    return false;
-  }
-  f.fd = -1; /* fclose owns it now */
-  char error[512];
-  bool ok = image_write(out, a->format, pixels, a->width, a->height, (int)a->channels, error,
-                        sizeof error);
-  if (ok && fflush(out) != 0) {
-    snprintf(error, sizeof error, "write failed: %s", strerror(errno));
-    ok = false;
-  }
-  if (fclose(out) != 0 && ok) {
-    snprintf(error, sizeof error, "write failed: %s", strerror(errno));
-    ok = false;
-  }
-  if (!ok) {
-    cli_error(a->output, "%s", error);
-    cli_outfile_abort(&f);
-    return false;
-  }
-  return cli_outfile_commit(&f);
+  return image_write_path(a->output, pixels, a->width, a->height, (int)a->channels);
 }
 
 int cmd_read(int argc, char **argv) {

@@ -147,12 +147,21 @@ class CacheStats(ctypes.Structure):
     _fields_ = _fields("tessera_cache_stats")
 
 
+class TissueOptions(ctypes.Structure):
+    _fields_ = _fields("tessera_tissue_options")
+
+
+class Mask(ctypes.Structure):
+    _fields_ = _fields("tessera_mask")
+
+
 # Each struct of the header and its mirror here (test_header_mirror checks that none is left out).
 MIRRORS = {
     "tessera_open_options": OpenOptions, "tessera_level_info": LevelInfo,
     "tessera_read_options": ReadOptions, "tessera_batch_options": BatchOptions,
     "tessera_batch": Batch, "tessera_cache_options": CacheOptions,
     "tessera_shared_cache_info": SharedCacheInfo, "tessera_cache_stats": CacheStats,
+    "tessera_tissue_options": TissueOptions, "tessera_mask": Mask,
 }
 
 

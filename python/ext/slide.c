@@ -537,6 +537,100 @@ static PyObject *slide_read_region_openslide(pyt_slide *self, PyObject *args,
   return read_done(self, st, buf, width, height, 4);
 }
 
+PyDoc_STRVAR(read_region_scaled_doc,
+             "read_region_scaled(x, y, width, height, level, scale_x, scale_y, channels=3, "
+             "fill=-1, num_workers=0) -> Array\n\n"
+             "A (height, width, channels) uint8 Array whose pixels are each the exact area "
+             "average of scale_x by scale_y pixels of `level` (tessera_read_region_scaled), "
+             "starting at the level pixel (floor(x / downsample), floor(y / downsample)). The "
+             "GIL is released while reading.");
+
+static PyObject *slide_read_region_scaled(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"x",        "y",       "width",    "height", "level",
+                           "scale_x",  "scale_y", "channels", "fill",   "num_workers", NULL};
+  long long x, y, width, height;
+  int level, channels = 3, fill = -1, workers = 0;
+  double sx, sy;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLLLidd|iii:read_region_scaled", kwlist, &x,
+                                   &y, &width, &height, &level, &sx, &sy, &channels, &fill,
+                                   &workers) ||
+      !channels_ok(channels))
+    return NULL;
+  if (pyt_slide_acquire(self) < 0)
+    return NULL;
+  Py_ssize_t size = image_bytes(self->slide, width, height, channels);
+  uint8_t *buf = size > 0 ? malloc((size_t)size) : NULL;
+  if (!buf) {
+    pyt_slide_release(self);
+    return size < 0 ? NULL : PyErr_NoMemory();
+  }
+  tessera_read_options ro;
+  tessera_read_options_init(&ro);
+  ro.channels = channels;
+  ro.fill = fill;
+  ro.num_workers = workers;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_read_region_scaled(self->slide, x, y, level, sx, sy, width, height, &ro, buf,
+                                  (size_t)size);
+  Py_END_ALLOW_THREADS
+  return read_done(self, st, buf, width, height, channels);
+}
+
+PyDoc_STRVAR(tissue_mask_doc,
+             "tissue_mask(mpp=0.0, downsample=0.0, mode=0, background_tolerance=10, "
+             "black_max=40, pen_min_saturation=110, pen_hue_min=70.0, pen_hue_max=250.0, "
+             "min_threshold=12, min_tissue_area=10000.0, max_hole_area=40000.0, "
+             "num_workers=0) -> (Array, dict)\n\n"
+             "The slide's tissue mask (tessera_tissue_mask): a (height, width) uint8 Array, "
+             "255 tissue and 0 not, and a dict: downsample, mpp, level, darkfield, threshold, "
+             "tissue_fraction. The GIL is released while computing.");
+
+static PyObject *slide_tissue_mask(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"mpp",           "downsample",    "mode",
+                           "background_tolerance", "black_max", "pen_min_saturation",
+                           "pen_hue_min",   "pen_hue_max",   "min_threshold",
+                           "min_tissue_area", "max_hole_area", "num_workers", NULL};
+  tessera_tissue_options o;
+  tessera_tissue_options_init(&o);
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$ddiiiiddiddi:tissue_mask", kwlist, &o.mpp,
+                                   &o.downsample, &o.mode, &o.background_tolerance, &o.black_max,
+                                   &o.pen_min_saturation, &o.pen_hue_min, &o.pen_hue_max,
+                                   &o.min_threshold, &o.min_tissue_area, &o.max_hole_area,
+                                   &o.num_workers))
+    return NULL;
+  if (pyt_slide_acquire(self) < 0)
+    return NULL;
+  tessera_mask *m = NULL;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_tissue_mask(self->slide, &o, &m);
+  Py_END_ALLOW_THREADS
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  size_t n = (size_t)m->width * (size_t)m->height;
+  uint8_t *copy = malloc(n);
+  if (!copy) {
+    tessera_mask_free(m);
+    return PyErr_NoMemory();
+  }
+  memcpy(copy, m->data, n);
+  Py_ssize_t shape[2] = {(Py_ssize_t)m->height, (Py_ssize_t)m->width};
+  PyObject *info = Py_BuildValue("{s:d,s:d,s:i,s:O,s:i,s:d}", "downsample", m->downsample, "mpp",
+                                 m->mpp, "level", m->level, "darkfield",
+                                 m->darkfield ? Py_True : Py_False, "threshold", m->threshold,
+                                 "tissue_fraction", m->tissue_fraction);
+  tessera_mask_free(m);
+  PyObject *array = pyt_array_from_owned(copy, 2, shape);
+  if (!info || !array) {
+    Py_XDECREF(info);
+    Py_XDECREF(array);
+    return NULL;
+  }
+  return Py_BuildValue("(NN)", array, info);
+}
+
 PyDoc_STRVAR(batches_doc,
              "batches(locations, width, height, level=0, batch_size=1, num_workers=0, "
              "drop_last=False, prefetch_factor=2, shuffle=False, seed=0, channels=3, fill=-1, "
@@ -622,6 +716,10 @@ static PyMethodDef slide_methods[] = {
      METH_VARARGS | METH_KEYWORDS, read_region_openslide_doc},
     {"batches", (PyCFunction)(void (*)(void))slide_batches, METH_VARARGS | METH_KEYWORDS,
      batches_doc},
+    {"read_region_scaled", (PyCFunction)(void (*)(void))slide_read_region_scaled,
+     METH_VARARGS | METH_KEYWORDS, read_region_scaled_doc},
+    {"tissue_mask", (PyCFunction)(void (*)(void))slide_tissue_mask, METH_VARARGS | METH_KEYWORDS,
+     tissue_mask_doc},
     {"__enter__", slide_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)slide_exit, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},

@@ -8,6 +8,7 @@ import warnings
 
 from . import _tessera
 from ._cucim import UINT8, CacheType, default_capacity
+from ._tissue import TissueMask, mode_number
 
 def _device(device):
     """(0, 0) for the CPU, (1, N) for CUDA device N: from 'cpu', 'cuda', 'gpu', 'cuda:N', or
@@ -405,6 +406,40 @@ class Slide(_tessera.Slide):
                             num_workers, bool(drop_last),
                             _integer(prefetch_factor, "prefetch_factor"), bool(shuffle), seed,
                             channels, fill, device, device_id)
+
+    def tissue_mask(self, mpp=None, downsample=None, *, mode="auto", background_tolerance=10,
+                    black_max=40, pen_min_saturation=110, pen_hue=(70.0, 250.0),
+                    min_threshold=12, min_tissue_area=10000.0, max_hole_area=40000.0,
+                    num_workers=0):
+        """The slide's tissue mask, a TissueMask (its .array a (height, width) bool array;
+        np.asarray(mask) gives it) with what maps it to level 0 (.downsample, .mpp, .level).
+
+        mpp: micrometres per mask pixel (ValueError for a slide without an mpp), or
+        downsample: level-0 pixels per mask pixel; neither: 8 um per pixel, or downsample 32
+        without an mpp. The mask is computed on the coarsest level at least as fine, area-
+        averaged to the mask's pixels; background (the slide's fill colour, within
+        background_tolerance), black (brightest channel <= black_max; -1: no rule) and pen
+        (saturation >= pen_min_saturation, 256: no rule, hue within pen_hue degrees) pixels
+        are not tissue; the rest is tissue above Otsu's threshold of their saturation (at
+        least min_threshold); then tissue pieces smaller than min_tissue_area and holes
+        smaller than max_hole_area (square micrometres; square level-0 pixels without an
+        mpp) are dropped and filled. mode: 'auto' (dark-field when the median brightness is
+        below 64), 'brightfield' or 'darkfield'. docs/TISSUE.md has the details."""
+        import numpy as np
+        if mpp is not None and downsample is not None:
+            raise ValueError("tissue_mask: give mpp or downsample, not both")
+        if mpp is not None and not self.properties().get("tessera.mpp-x"):
+            raise ValueError("tissue_mask(mpp=%r): %s does not say its microns per pixel; give "
+                             "downsample= instead" % (mpp, os.fsdecode(self.path)))
+        lo, hi = pen_hue
+        array, info = _tessera.Slide.tissue_mask(
+            self, mpp=float(mpp or 0.0), downsample=float(downsample or 0.0),
+            mode=mode_number(mode), background_tolerance=background_tolerance,
+            black_max=black_max, pen_min_saturation=pen_min_saturation,
+            pen_hue_min=float(lo), pen_hue_max=float(hi), min_threshold=min_threshold,
+            min_tissue_area=float(min_tissue_area), max_hole_area=float(max_hole_area),
+            num_workers=num_workers)
+        return TissueMask(np.asarray(array) != 0, info)
 
     def _region(self, array, level):
         """What read_region gives for one region: the Array itself (CuImage: as an image)."""

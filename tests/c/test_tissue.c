@@ -1,0 +1,136 @@
+/* The tissue mask's and the scaled read's C contract: arguments, struct_size, limits, and the
+ * scaled read's arithmetic on real files (scale 1 is the plain read; scale 2 the rounded mean
+ * of each 2 x 2 block). Python's tests/test_tissue.py and test_resolution.py check the masks
+ * and the area average against NumPy; these run under the sanitizers too. */
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "tessera.h"
+
+static char cmu_path[4096], ndpi_path[4096], generic_path[4096];
+
+static tessera_slide *open_or_die(const char *path) {
+  tessera_slide *s = NULL;
+  CHECK(tessera_open(path, &s) == TESSERA_OK, "open %s: %s", path, tessera_error_message());
+  if (!s)
+    exit(check_finish("test_tissue"));
+  return s;
+}
+
+static void test_mask_arguments(void) {
+  tessera_slide *s = open_or_die(cmu_path);
+  tessera_mask *m = (tessera_mask *)0x1;
+  CHECK(tessera_tissue_mask(NULL, NULL, &m) == TESSERA_E_ARGUMENT && m == NULL, "NULL slide");
+  CHECK(tessera_tissue_mask(s, NULL, NULL) == TESSERA_E_ARGUMENT, "NULL out");
+  tessera_tissue_options o;
+  tessera_tissue_options_init(&o);
+  CHECK(o.struct_size == sizeof o && o.background_tolerance == 10 && o.max_hole_area == 40000.0,
+        "defaults");
+  o.mode = 7;
+  CHECK(tessera_tissue_mask(s, &o, &m) == TESSERA_E_ARGUMENT, "bad mode");
+  tessera_tissue_options_init(&o);
+  o.pen_hue_min = 300;
+  o.pen_hue_max = 100;
+  CHECK(tessera_tissue_mask(s, &o, &m) == TESSERA_E_ARGUMENT, "pen hues reversed");
+  tessera_tissue_options_init(&o);
+  o.downsample = 1e-6;
+  CHECK(tessera_tissue_mask(s, &o, &m) != TESSERA_OK, "a mask far finer than level 0");
+  o.struct_size = 1;
+  CHECK(tessera_tissue_mask(s, &o, &m) == TESSERA_E_ARGUMENT, "struct_size too small");
+  /* An older caller's struct, cut after the mode: the rest keeps the defaults. */
+  tessera_tissue_options_init(&o);
+  o.downsample = 32;
+  o.black_max = 300; /* past the short struct: must not be read */
+  o.struct_size = offsetof(tessera_tissue_options, background_tolerance);
+  CHECK(tessera_tissue_mask(s, &o, &m) == TESSERA_OK && m, "short struct: %s",
+        tessera_error_message());
+  if (m) {
+    CHECK(m->width == (2220 + 31) / 32 && m->height == (2967 + 31) / 32, "size %lldx%lld",
+          (long long)m->width, (long long)m->height);
+    CHECK(m->downsample == 32 && m->level == 0 && !m->darkfield, "mask info");
+    size_t tissue = 0;
+    for (int64_t i = 0; i < m->width * m->height; i++) {
+      CHECK(m->data[i] == 0 || m->data[i] == 255, "mask byte %d", m->data[i]);
+      tissue += m->data[i] != 0;
+    }
+    CHECK(tissue > 0 && (double)tissue / (double)(m->width * m->height) == m->tissue_fraction,
+          "tissue fraction");
+  }
+  tessera_mask_free(m);
+  tessera_mask_free(NULL);
+  tessera_close(s);
+
+  s = open_or_die(generic_path);
+  tessera_tissue_options_init(&o);
+  o.mpp = 4;
+  CHECK(tessera_tissue_mask(s, &o, &m) == TESSERA_E_ARGUMENT &&
+            strstr(tessera_error_message(), "microns per pixel"),
+        "mpp on a slide without one: %s", tessera_error_message());
+  tessera_close(s);
+
+  s = open_or_die(ndpi_path);
+  CHECK(tessera_tissue_mask(s, NULL, &m) == TESSERA_OK && m && m->darkfield, "ndpi: %s",
+        tessera_error_message());
+  tessera_mask_free(m);
+  tessera_close(s);
+}
+
+static void test_scaled_read(void) {
+  tessera_slide *s = open_or_die(cmu_path);
+  enum { W = 100, H = 70 };
+  uint8_t *plain = malloc(2 * W * 2 * H * 3), *one = malloc(W * H * 3), *two = malloc(W * H * 3);
+  CHECK(tessera_read_region(s, 301, 402, 0, 2 * W, 2 * H, NULL, plain, 2 * W * 2 * H * 3) ==
+            TESSERA_OK,
+        "plain read");
+  CHECK(tessera_read_region_scaled(s, 301, 402, 0, 1.0, 1.0, W, H, NULL, one, W * H * 3) ==
+            TESSERA_OK,
+        "scale 1: %s", tessera_error_message());
+  int same = 1, exact = 1;
+  for (int y = 0; y < H; y++)
+    same &= memcmp(one + y * W * 3, plain + y * 2 * W * 3, W * 3) == 0;
+  CHECK(same, "scale 1 differs from the plain read");
+  CHECK(tessera_read_region_scaled(s, 301, 402, 0, 2.0, 2.0, W, H, NULL, two, W * H * 3) ==
+            TESSERA_OK,
+        "scale 2: %s", tessera_error_message());
+  for (int y = 0; y < H; y++)
+    for (int x = 0; x < W; x++)
+      for (int c = 0; c < 3; c++) {
+        const uint8_t *p = plain + ((2 * y) * 2 * W + 2 * x) * 3 + c;
+        unsigned sum = p[0] + p[3] + p[2 * W * 3] + p[2 * W * 3 + 3];
+        exact &= two[(y * W + x) * 3 + c] == (sum + 2) / 4;
+      }
+  CHECK(exact, "scale 2 is not the rounded 2x2 mean");
+  CHECK(tessera_read_region_scaled(s, 0, 0, 0, 0.0, 1.0, W, H, NULL, two, W * H * 3) ==
+            TESSERA_E_ARGUMENT,
+        "scale 0");
+  CHECK(tessera_read_region_scaled(s, 0, 0, 0, 2000.0, 1.0, W, H, NULL, two, W * H * 3) ==
+            TESSERA_E_ARGUMENT,
+        "scale 2000");
+  CHECK(tessera_read_region_scaled(s, 0, 0, 1, 1.0, 1.0, W, H, NULL, two, W * H * 3) ==
+            TESSERA_E_ARGUMENT,
+        "missing level");
+  CHECK(tessera_read_region_scaled(s, 0, 0, 0, 1.0, 1.0, W, H, NULL, two, W * H * 3 - 1) ==
+            TESSERA_E_ARGUMENT,
+        "small destination");
+  /* Far outside: all fill, no crash. */
+  CHECK(tessera_read_region_scaled(s, -100000, -100000, 0, 3.5, 3.5, W, H, NULL, two,
+                                   W * H * 3) == TESSERA_OK && two[0] == 255 &&
+            two[W * H * 3 - 1] == 255,
+        "outside");
+  free(plain);
+  free(one);
+  free(two);
+  tessera_close(s);
+}
+
+int main(int argc, char **argv) {
+  const char *dir = testdata_dir(argc, argv);
+  snprintf(cmu_path, sizeof cmu_path, "%s/aperio-jpeg-CMU-1-Small-Region.svs", dir);
+  snprintf(ndpi_path, sizeof ndpi_path, "%s/hamamatsu-ndpi-DAPI.ndpi", dir);
+  snprintf(generic_path, sizeof generic_path, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
+  test_mask_arguments();
+  test_scaled_read();
+  return check_finish("test_tissue");
+}
