@@ -22,6 +22,7 @@ int cmd_info(int argc, char **argv);
 int cmd_read(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_tissue(int argc, char **argv);
+int cmd_grid(int argc, char **argv);
 
 void cmd_bench_help(FILE *out);
 void cmd_cache_help(FILE *out);
@@ -29,6 +30,7 @@ void cmd_info_help(FILE *out);
 void cmd_read_help(FILE *out);
 void cmd_sample_help(FILE *out);
 void cmd_tissue_help(FILE *out);
+void cmd_grid_help(FILE *out);
 
 /* ---- report.c: every failure is exactly one line on stderr ------------------------------ */
 

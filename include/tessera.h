@@ -377,6 +377,72 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *slide,
 /* Frees a mask; NULL is ignored. */
 TESSERA_API void tessera_mask_free(tessera_mask *mask);
 
+/* The level and scale that give `mpp` micrometres per output pixel: the coarsest level whose
+ * pixels are at most mpp (the finest needed: no level coarser than asked is ever upsampled),
+ * and scale = mpp / that level's mpp (level-0 mpp, the mean of tessera.mpp-x and -y, times
+ * its downsample). Scanners write 0.499 for 0.5: a level within 1 % above mpp still counts,
+ * and a scale within 1 % of a whole number is that number. TESSERA_E_ARGUMENT for a slide
+ * that gives no mpp (read by level or downsample instead), or mpp <= 0. Thread-safe. */
+TESSERA_API tessera_status tessera_level_for_mpp(const tessera_slide *slide, double mpp,
+                                                 int32_t *level, double *scale);
+
+/* ---------------------------------------------------------------------------------------
+ * Patch grids
+ *
+ * The patches worth reading: a grid of width x height patches at a physical resolution (or a
+ * level), each placed where the batch reader reads it, with the share of it that the tissue
+ * mask calls tissue. docs/RESOLUTION.md gives the rules.
+ */
+
+typedef struct tessera_grid_options {
+  size_t struct_size;          /* sizeof(tessera_grid_options) */
+  int64_t width, height;       /* patch size in output pixels (at mpp, or of the level); >= 1 */
+  double mpp;                  /* micrometres per output pixel (tessera_level_for_mpp); 0
+                                  (default): pixels of `level` */
+  int32_t level;               /* with mpp 0: the level read (default 0) */
+  int64_t stride_x, stride_y;  /* output pixels from one patch to the next; 0 (default): the
+                                  patch size (side by side) */
+  double min_tissue;           /* keep patches whose tissue fraction is >= this (0..1);
+                                  default 0: every patch */
+  const tessera_tissue_options *tissue; /* the mask's options (NULL: defaults) */
+} tessera_grid_options;
+
+/* Fills the first struct_size bytes of *options with the defaults and sets its struct_size.
+ * Thread-safe. */
+TESSERA_API void tessera_grid_options_init_sized(tessera_grid_options *options,
+                                                 size_t struct_size);
+#define tessera_grid_options_init(options)                                                         \
+  tessera_grid_options_init_sized((options), sizeof *(options))
+
+/* A grid made by tessera_patch_grid, owned by the library until tessera_grid_free. */
+typedef struct tessera_grid {
+  size_t count;             /* patches kept */
+  int64_t *locations;       /* 2 * count: each patch's top-left (x, y) in level-0 pixels, row
+                               by row; the batch reader's locations for `level`, read_width,
+                               read_height */
+  float *tissue;            /* count tissue fractions, 0..1 */
+  int32_t level;            /* the level to read */
+  int64_t read_width, read_height; /* pixels of `level` a patch covers: ceil(width * scale) */
+  int64_t width, height;    /* the patch in output pixels, as asked */
+  double scale;             /* level pixels per output pixel (1: read as is) */
+  double mpp;               /* micrometres per output pixel; 0 when the slide gives none */
+  int64_t stride_x, stride_y; /* output pixels */
+  double mask_downsample;   /* the mask the fractions come from */
+} tessera_grid;
+
+/* Lays the grid over the whole level: patch (i, j) starts at level pixel (floor(i * stride_x *
+ * scale), floor(j * stride_y * scale)), every patch lying wholly inside the level, and maps it
+ * to level 0 as the smallest x with floor(x / downsample) equal to it. Its tissue fraction is
+ * the share of tissue among the mask pixels whose centres lie inside the patch's level-0
+ * footprint (or the mask pixel under the patch's centre, when no centre does). Deterministic.
+ * Thread-safe. */
+TESSERA_API tessera_status tessera_patch_grid(tessera_slide *slide,
+                                              const tessera_grid_options *options,
+                                              tessera_grid **out);
+
+/* Frees a grid; NULL is ignored. */
+TESSERA_API void tessera_grid_free(tessera_grid *grid);
+
 /* ---------------------------------------------------------------------------------------
  * Batches of patches
  *

@@ -10,6 +10,7 @@
 #include "abi.h"
 #include "alloc.h"
 #include "error.h"
+#include "mpp.h"
 #include "resample.h"
 #include "slide_internal.h"
 
@@ -67,16 +68,6 @@ static tessera_status check_options(const tessera_tissue_options *o) {
   if (o->num_workers < 0)
     return tsr_error(TESSERA_E_ARGUMENT, "tissue mask: num_workers must be >= 0");
   return TESSERA_OK;
-}
-
-/* The slide's micrometres per level-0 pixel (the mean of x and y), or 0. */
-static double slide_mpp(const tessera_slide *s) {
-  const char *x = tessera_property_value(s, "tessera.mpp-x");
-  const char *y = tessera_property_value(s, "tessera.mpp-y");
-  if (!x || !y)
-    return 0.0;
-  double vx = strtod(x, NULL), vy = strtod(y, NULL);
-  return vx > 0.0 && vy > 0.0 && isfinite(vx) && isfinite(vy) ? (vx + vy) / 2.0 : 0.0;
 }
 
 /* Otsu's threshold over a 256-bin histogram: the t maximising the between-class variance of
@@ -320,7 +311,7 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
     return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or mask");
   if ((st = check_options(&o)) != TESSERA_OK)
     return st;
-  double mpp0 = slide_mpp(s), d;
+  double mpp0 = tsr_slide_mpp(s), d;
   if (o.mpp > 0.0) {
     if (mpp0 <= 0.0)
       return tsr_error(TESSERA_E_ARGUMENT,

@@ -18,7 +18,7 @@ IterableDataset; tessera.dask turns slides into dask arrays.
 from ._tessera import Array, BatchIter, TesseraError, library_version
 from ._image import (Cache, CuImage, Region, Slide, SlideNotFoundError, remove_shared_cache,
                      shared_caches)
-from ._tissue import TissueMask
+from ._tissue import Grid, TissueMask, grid
 from . import clara
 
 __version__ = library_version
@@ -33,6 +33,8 @@ __all__ = [
     "SlideNotFoundError",
     "TesseraError",
     "TissueMask",
+    "Grid",
+    "grid",
     "clara",
     "remove_shared_cache",
     "shared_caches",

@@ -125,6 +125,44 @@ static void test_scaled_read(void) {
   tessera_close(s);
 }
 
+static void test_grid(void) {
+  tessera_slide *s = open_or_die(cmu_path);
+  tessera_grid *g = (tessera_grid *)0x1;
+  tessera_grid_options o;
+  tessera_grid_options_init(&o);
+  CHECK(tessera_patch_grid(s, &o, &g) == TESSERA_E_ARGUMENT && g == NULL, "no size");
+  o.width = o.height = 224;
+  o.min_tissue = 1.5;
+  CHECK(tessera_patch_grid(s, &o, &g) == TESSERA_E_ARGUMENT, "min_tissue 1.5");
+  o.min_tissue = 0.5;
+  o.mpp = 1.0; /* CMU is 0.499 um/px, one level: level 0 at scale 2 (within 1 %) */
+  CHECK(tessera_patch_grid(s, &o, &g) == TESSERA_OK && g, "grid: %s", tessera_error_message());
+  if (g) {
+    CHECK(g->level == 0 && g->scale == 2.0 && g->read_width == 448 && g->read_height == 448,
+          "level %d scale %g read %lld", g->level, g->scale, (long long)g->read_width);
+    CHECK(g->count > 0 && g->count < (2220 / 448) * (2967 / 448), "count %zu", g->count);
+    for (size_t i = 0; i < g->count; i++)
+      CHECK(g->tissue[i] >= 0.5f && g->tissue[i] <= 1.0f && g->locations[2 * i] % 448 == 0 &&
+                g->locations[2 * i] + 448 <= 2220 && g->locations[2 * i + 1] + 448 <= 2967,
+            "patch %zu", i);
+  }
+  tessera_grid_free(g);
+  tessera_grid_free(NULL);
+  int32_t level = -1;
+  double scale = 0;
+  CHECK(tessera_level_for_mpp(s, 0.5, &level, &scale) == TESSERA_OK && level == 0 &&
+            scale == 1.0,
+        "0.5 on a 0.499 slide: level %d scale %g", level, scale);
+  CHECK(tessera_level_for_mpp(s, 0.7, &level, &scale) == TESSERA_OK && scale > 1.39 &&
+            scale < 1.41,
+        "0.7: scale %g", scale);
+  CHECK(tessera_level_for_mpp(s, -1, &level, &scale) == TESSERA_E_ARGUMENT, "mpp -1");
+  tessera_close(s);
+  s = open_or_die(generic_path);
+  CHECK(tessera_level_for_mpp(s, 0.5, &level, &scale) == TESSERA_E_ARGUMENT, "no mpp");
+  tessera_close(s);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   snprintf(cmu_path, sizeof cmu_path, "%s/aperio-jpeg-CMU-1-Small-Region.svs", dir);
@@ -132,5 +170,6 @@ int main(int argc, char **argv) {
   snprintf(generic_path, sizeof generic_path, "%s/generic-jpeg-ycbcr-128tiles.tiff", dir);
   test_mask_arguments();
   test_scaled_read();
+  test_grid();
   return check_finish("test_tissue");
 }
