@@ -341,7 +341,8 @@ class Slide(_tessera.Slide):
 
     def read_region(self, location=None, size=None, level=0, num_workers=0, batch_size=1,
                     drop_last=False, prefetch_factor=2, shuffle=False, seed=0, device="cpu",
-                    buf=None, shm_name="", *, channels=None, fill=None):
+                    buf=None, shm_name="", *, channels=None, fill=None, mpp=None,
+                    downsample=None):
         """Reads one region, or a stream of patches.
 
         location: one (x, y) in level-0 pixels -> an Array (height, width, channels); from a
@@ -362,7 +363,17 @@ class Slide(_tessera.Slide):
         device: 'cpu', or 'cuda' / 'cuda:N': Arrays in GPU memory (__cuda_array_interface__,
         __dlpack__; .cpu() copies one back), JPEG tiles decoded there by nvJPEG. Where CUDA
         cannot be had, RuntimeError "CUDA is not available: ..." says what is missing.
+        mpp: read at that many micrometres per pixel: size is then in pixels at mpp, and the
+        level is the coarsest at most that fine (level_for_mpp), each output pixel the exact
+        area average of the level pixels it covers (docs/RESOLUTION.md); ValueError for a
+        slide without an mpp (give downsample instead). downsample: the same with level-0
+        pixels per output pixel. Either replaces level; several locations give an iterator of
+        NumPy batches read on num_workers threads (CPU only).
         """
+        if mpp is not None or downsample is not None:
+            return self._read_scaled(location, size, level, mpp, downsample, num_workers,
+                                     batch_size, drop_last, channels, fill, device, buf,
+                                     shm_name)
         device, device_id = _device(device)
         if buf is not None:
             raise ValueError("read_region(buf=...) is not supported: tessera allocates each "
@@ -440,6 +451,68 @@ class Slide(_tessera.Slide):
             min_tissue_area=float(min_tissue_area), max_hole_area=float(max_hole_area),
             num_workers=num_workers)
         return TissueMask(np.asarray(array) != 0, info)
+
+    def level_for_mpp(self, mpp):
+        """(level, scale): the coarsest level whose pixels are at most mpp micrometres (a
+        level within 1 % counts), and the level pixels per output pixel (a scale within 1 %
+        of a whole number is that number). ValueError for a slide without an mpp."""
+        return _tessera.Slide.level_for_mpp(self, float(mpp))
+
+    def level_for_downsample(self, downsample):
+        """(level, scale) for downsample level-0 pixels per output pixel: the coarsest level
+        whose downsample is at most it (within 1e-6), and downsample / that level's."""
+        d = float(downsample)
+        if not (d > 0 and math.isfinite(d)):
+            raise ValueError("downsample must be a number > 0, not %r" % (downsample,))
+        level = 0
+        for i, lv in enumerate(self._levels):
+            if lv["downsample"] <= d * (1 + 1e-6):
+                level = i
+        return level, d / self._levels[level]["downsample"]
+
+    def _read_scaled(self, location, size, level, mpp, downsample, num_workers, batch_size,
+                     drop_last, channels, fill, device, buf, shm_name):
+        """read_region with mpp= or downsample=."""
+        if mpp is not None and downsample is not None:
+            raise ValueError("read_region: give mpp or downsample, not both")
+        if level not in (0, None):
+            raise ValueError("read_region: mpp and downsample pick the level themselves; "
+                             "leave level out")
+        if _device(device)[0] != 0:
+            raise ValueError("read_region(mpp=...) reads into host memory (device='cpu')")
+        if buf is not None or shm_name:
+            raise ValueError("read_region(mpp=...) takes no buf or shm_name")
+        if location is None or size is None:
+            raise ValueError("read_region(mpp=...) needs a location and a size (in pixels at "
+                             "that resolution)")
+        if mpp is not None:
+            what = float(mpp)
+            if not self.properties().get("tessera.mpp-x"):
+                raise ValueError("read_region(mpp=%r): %s does not say its microns per pixel; "
+                                 "give level= or downsample= instead" % (
+                                     mpp, os.fsdecode(self.path)))
+            lv, scale = self.level_for_mpp(what)
+        else:
+            lv, scale = self.level_for_downsample(downsample)
+        width, height = self._size(size)
+        channels = self._channels if channels is None else _integer(channels, "channels")
+        fill = -1 if fill is None else _integer(fill, "fill")
+        workers = _integer(num_workers, "num_workers")
+        batch_size = _integer(batch_size, "batch_size")
+
+        def one(xy):
+            x, y = xy
+            return _tessera.Slide.read_region_scaled(
+                self, _coordinate(x), _coordinate(y), width, height, lv, scale, scale,
+                channels=channels, fill=fill)
+
+        if batch_size == 1 and _is_single_location(location):
+            # an Array (not a Region: a Region's spacing is its level's, not the scale's)
+            x, y = location
+            return _tessera.Slide.read_region_scaled(
+                self, _coordinate(x), _coordinate(y), width, height, lv, scale, scale,
+                channels=channels, fill=fill, num_workers=workers)
+        return _ScaledBatches(one, location, batch_size, bool(drop_last), workers)
 
     def _region(self, array, level):
         """What read_region gives for one region: the Array itself (CuImage: as an image)."""
@@ -535,6 +608,46 @@ class CuImage(Slide):
 
 
 _ARRAY_SHAPE = _tessera.Array.shape
+
+
+class _ScaledBatches:
+    """Batches of patches read at a physical resolution (read_region(locations, size,
+    mpp=...)): NumPy arrays (n, height, width, channels), or (height, width, channels) items
+    when batch_size is 1, in location order, read on num_workers threads (the GIL is released
+    while each patch is read)."""
+
+    def __init__(self, read_one, locations, batch_size, drop_last, workers):
+        import numpy as np
+        xy = np.asarray(list(locations) if not hasattr(locations, "__len__") else locations,
+                        dtype=np.int64)
+        if xy.ndim == 1:
+            xy = xy.reshape(-1, 2)
+        if xy.ndim != 2 or xy.shape[1] != 2:
+            raise ValueError("locations must be (x, y) pairs")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self._xy, self._read, self._n = xy, read_one, batch_size
+        self._drop, self._workers = drop_last, workers
+
+    def __len__(self):
+        full, rest = divmod(len(self._xy), self._n)
+        return full + (1 if rest and not self._drop else 0)
+
+    def __iter__(self):
+        import numpy as np
+        pool = None
+        if self._workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = ThreadPoolExecutor(self._workers)
+        try:
+            for b in range(len(self)):
+                part = self._xy[b * self._n:(b + 1) * self._n]
+                arrays = list(pool.map(self._read, part) if pool else map(self._read, part))
+                batch = np.stack([np.asarray(a) for a in arrays])
+                yield batch[0] if self._n == 1 else batch
+        finally:
+            if pool:
+                pool.shutdown()
 
 
 class _Shape(tuple):
