@@ -241,6 +241,13 @@ typedef struct tessera_read_options {
   size_t stride;       /* bytes between destination rows; 0 means width * channels */
   int32_t num_workers; /* threads decoding one region's tiles, the caller being one of them:
                           0 or 1 (default 0) reads in the calling thread only */
+  int32_t fast_jpeg;   /* tessera_read_region_scaled only: nonzero lets a JPEG level be
+                          decoded at 1/2, 1/4 or 1/8 (the largest not above the scale) by
+                          libjpeg's reduced-size IDCT, then area-averaged by what remains of
+                          the scale: faster, and close to the exact mode but not equal to it
+                          (docs/RESOLUTION.md gives the error); levels it cannot take (other
+                          codecs, tiles not a whole number of blocks, regions over 64 MiB)
+                          are read exactly. Default 0 */
 } tessera_read_options;
 
 /* Fills the first struct_size bytes of *options with the defaults (3 channels, the slide's

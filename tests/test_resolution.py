@@ -148,3 +148,48 @@ def test_bad_arguments(slides):
             s.read_region((0, 0), (64, 64), mpp=-1)
         with pytest.raises(ValueError):
             s.read_region((0, 0), (64, 64), mpp=1e-6)  # a scale below 1/1024
+
+
+@pytest.fixture(scope="module")
+def jpeg_quarter_um(cli, tmp_path_factory):
+    """A JPEG slide at 0.25 um/px with one level: `tessera sample`'s picture re-saved by vips
+    with its resolution set."""
+    d = tmp_path_factory.mktemp("fast")
+    sample, out = str(d / "sample.tiff"), str(d / "q25.tiff")
+    subprocess.run([cli, "sample", sample, "--width", "3000", "--height", "2400", "--quiet"],
+                   check=True)
+    subprocess.run(["vips", "tiffsave", sample, out, "--tile", "--tile-width", "256",
+                    "--tile-height", "256", "--compression", "jpeg", "--Q", "90", "--xres",
+                    "4000", "--yres", "4000"], check=True)
+    return out
+
+
+def test_fast_mode_is_close_to_exact(jpeg_quarter_um):
+    rng = np.random.default_rng(5)
+    locs = [(int(x), int(y)) for x, y in rng.integers(0, 2400 - 448, (12, 2))] + [(800, 600)]
+    diffs = []
+    with tessera.Slide(jpeg_quarter_um) as s:
+        assert s.level_for_mpp(0.5) == (0, 2.0)
+        for xy in locs:
+            exact = np.asarray(s.read_region(xy, (224, 224), mpp=0.5)).astype(np.int16)
+            fast = np.asarray(s.read_region(xy, (224, 224), mpp=0.5, fast=True)).astype(np.int16)
+            assert fast.shape == exact.shape
+            diffs.append(np.abs(fast - exact))
+        # scale 5: decoded at 1/4, then averaged by 1.25
+        e5 = np.asarray(s.read_region((100, 100), (120, 90), mpp=1.25)).astype(np.int16)
+        f5 = np.asarray(s.read_region((100, 100), (120, 90), mpp=1.25, fast=True)).astype(np.int16)
+    d = np.stack(diffs)
+    # the reduced-size IDCT is not the exact average (bench/RESULTS.md records the error), but
+    # it is the same picture: a misplaced or mis-scaled tile would be far off
+    assert d.mean() < 1.5 and np.percentile(d, 99) <= 12, (d.mean(), np.percentile(d, 99))
+    assert d.max() > 0, "fast mode gave the exact result: the reduced decode was not used"
+    assert np.abs(f5 - e5).mean() < 2.0
+
+
+def test_fast_mode_falls_back_to_exact_off_jpeg(slides):
+    with tessera.Slide(slides["no_half"]) as s:  # zlib tiles: read exactly
+        exact = np.asarray(s.read_region((123, 45), (100, 80), mpp=0.6))
+        fast = np.asarray(s.read_region((123, 45), (100, 80), mpp=0.6, fast=True))
+        with pytest.raises(ValueError):
+            s.read_region((0, 0), (10, 10), fast=True)
+    assert np.array_equal(exact, fast)

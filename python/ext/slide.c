@@ -539,21 +539,21 @@ static PyObject *slide_read_region_openslide(pyt_slide *self, PyObject *args,
 
 PyDoc_STRVAR(read_region_scaled_doc,
              "read_region_scaled(x, y, width, height, level, scale_x, scale_y, channels=3, "
-             "fill=-1, num_workers=0) -> Array\n\n"
+             "fill=-1, num_workers=0, fast=False) -> Array\n\n"
              "A (height, width, channels) uint8 Array whose pixels are each the exact area "
              "average of scale_x by scale_y pixels of `level` (tessera_read_region_scaled), "
              "starting at the level pixel (floor(x / downsample), floor(y / downsample)). The "
              "GIL is released while reading.");
 
 static PyObject *slide_read_region_scaled(pyt_slide *self, PyObject *args, PyObject *kwargs) {
-  static char *kwlist[] = {"x",        "y",       "width",    "height", "level",
-                           "scale_x",  "scale_y", "channels", "fill",   "num_workers", NULL};
+  static char *kwlist[] = {"x",        "y",       "width",    "height", "level",       "scale_x",
+                           "scale_y",  "channels", "fill",    "num_workers", "fast", NULL};
   long long x, y, width, height;
-  int level, channels = 3, fill = -1, workers = 0;
+  int level, channels = 3, fill = -1, workers = 0, fast = 0;
   double sx, sy;
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLLLidd|iii:read_region_scaled", kwlist, &x,
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLLLidd|iiip:read_region_scaled", kwlist, &x,
                                    &y, &width, &height, &level, &sx, &sy, &channels, &fill,
-                                   &workers) ||
+                                   &workers, &fast) ||
       !channels_ok(channels))
     return NULL;
   if (pyt_slide_acquire(self) < 0)
@@ -569,6 +569,7 @@ static PyObject *slide_read_region_scaled(pyt_slide *self, PyObject *args, PyObj
   ro.channels = channels;
   ro.fill = fill;
   ro.num_workers = workers;
+  ro.fast_jpeg = fast;
   tessera_status st;
   Py_BEGIN_ALLOW_THREADS
   st = tessera_read_region_scaled(self->slide, x, y, level, sx, sy, width, height, &ro, buf,

@@ -342,7 +342,7 @@ class Slide(_tessera.Slide):
     def read_region(self, location=None, size=None, level=0, num_workers=0, batch_size=1,
                     drop_last=False, prefetch_factor=2, shuffle=False, seed=0, device="cpu",
                     buf=None, shm_name="", *, channels=None, fill=None, mpp=None,
-                    downsample=None):
+                    downsample=None, fast=False):
         """Reads one region, or a stream of patches.
 
         location: one (x, y) in level-0 pixels -> an Array (height, width, channels); from a
@@ -368,12 +368,16 @@ class Slide(_tessera.Slide):
         area average of the level pixels it covers (docs/RESOLUTION.md); ValueError for a
         slide without an mpp (give downsample instead). downsample: the same with level-0
         pixels per output pixel. Either replaces level; several locations give an iterator of
-        NumPy batches read on num_workers threads (CPU only).
+        NumPy batches read on num_workers threads (CPU only). fast=True (with mpp or
+        downsample): JPEG tiles decoded at 1/2, 1/4 or 1/8 by the reduced-size IDCT where the
+        scale allows, close to the exact mode but not equal (docs/RESOLUTION.md).
         """
         if mpp is not None or downsample is not None:
             return self._read_scaled(location, size, level, mpp, downsample, num_workers,
                                      batch_size, drop_last, channels, fill, device, buf,
-                                     shm_name)
+                                     shm_name, bool(fast))
+        if fast:
+            raise ValueError("read_region(fast=True) goes with mpp= or downsample=")
         device, device_id = _device(device)
         if buf is not None:
             raise ValueError("read_region(buf=...) is not supported: tessera allocates each "
@@ -471,7 +475,7 @@ class Slide(_tessera.Slide):
         return level, d / self._levels[level]["downsample"]
 
     def _read_scaled(self, location, size, level, mpp, downsample, num_workers, batch_size,
-                     drop_last, channels, fill, device, buf, shm_name):
+                     drop_last, channels, fill, device, buf, shm_name, fast):
         """read_region with mpp= or downsample=."""
         if mpp is not None and downsample is not None:
             raise ValueError("read_region: give mpp or downsample, not both")
@@ -504,14 +508,14 @@ class Slide(_tessera.Slide):
             x, y = xy
             return _tessera.Slide.read_region_scaled(
                 self, _coordinate(x), _coordinate(y), width, height, lv, scale, scale,
-                channels=channels, fill=fill)
+                channels=channels, fill=fill, fast=fast)
 
         if batch_size == 1 and _is_single_location(location):
             # an Array (not a Region: a Region's spacing is its level's, not the scale's)
             x, y = location
             return _tessera.Slide.read_region_scaled(
                 self, _coordinate(x), _coordinate(y), width, height, lv, scale, scale,
-                channels=channels, fill=fill, num_workers=workers)
+                channels=channels, fill=fill, num_workers=workers, fast=fast)
         return _ScaledBatches(one, location, batch_size, bool(drop_last), workers)
 
     def _region(self, array, level):
