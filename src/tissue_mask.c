@@ -3,7 +3,6 @@
  * pixels: classes, an Otsu threshold from a 256-bin histogram, and two connected-component
  * sweeps (specks, then holes) over runs of rows. */
 #include <math.h>
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,7 +18,8 @@
 #define DEFAULT_MASK_DOWNSAMPLE 32.0
 #define DARKFIELD_MEDIAN 64 /* below this median brightness a slide is taken as dark-field */
 
-enum pixel_class { NOT_TISSUE = 0, TISSUE = 1, EXCLUDED = 2 };
+/* PEN_CANDIDATE lasts only within classify. */
+enum pixel_class { NOT_TISSUE = 0, TISSUE = 1, EXCLUDED = 2, PEN_CANDIDATE = 3 };
 
 TESSERA_API void tessera_tissue_options_init_sized(tessera_tissue_options *o, size_t size) {
   static const tessera_tissue_options defaults = {
@@ -109,17 +109,6 @@ static double hue(int r, int g, int b, int mx, int mn) {
   return h < 0.0 ? h + 360.0 : h;
 }
 
-/* 255 * (max - min) / max, rounded down, for every max and min: a division per pixel would
- * cost more than the rest of the classification. Written once, then only read. */
-static uint8_t saturation_of[256][256];
-static pthread_once_t saturation_once = PTHREAD_ONCE_INIT;
-
-static void saturation_init(void) {
-  for (int mx = 1; mx < 256; mx++)
-    for (int mn = 0; mn <= mx; mn++)
-      saturation_of[mx][mn] = (uint8_t)((255 * (mx - mn)) / mx);
-}
-
 /* Histograms of bytes, four interleaved: pixels of one colour (glass) would otherwise make
  * every increment wait for the one before. */
 struct hist4 {
@@ -140,7 +129,6 @@ static int classify(const tessera_tissue_options *o, const uint8_t *rgb, size_t 
   if (!q)
     return -1;
   int tol = o->background_tolerance;
-  pthread_once(&saturation_once, saturation_init);
   /* The median brightness (the brightest channel) says whether the slide is dark-field; every
    * 7th pixel is plenty to tell black from glass. */
   *q = zero;
@@ -170,28 +158,52 @@ static int classify(const tessera_tissue_options *o, const uint8_t *rgb, size_t 
   uint8_t log_scale[256];
   for (int v = 0; v < 256; v++)
     log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
-  *q = zero;
+  /* Branch-free, so the compiler can do many pixels at once: saturation (the float quotient
+   * of integers below 2^16 truncates to the exact floor), background and black. Pen hues are
+   * looked at afterwards, only for the few pixels saturated enough to be ink. */
+  int black = dark ? -1 : o->black_max;
+  int pen_sat = dark ? 256 : o->pen_min_saturation;
+  bool any_pen = false;
   for (size_t i = 0; i < n; i++) {
     const uint8_t *p = rgb + 3 * i;
     int r = p[0], g = p[1], b = p[2];
     int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
     int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
-    int sat = saturation_of[mx][mn];
+    int sat = (int)((float)(255 * (mx - mn)) / (float)(mx > 0 ? mx : 1));
+    int dr = r - bg, dg = g - bg, db = b - bg;
+    bool background = (dr <= tol) & (dr >= -tol) & (dg <= tol) & (dg >= -tol) & (db <= tol) &
+                      (db >= -tol);
+    bool excluded = background | (mx <= black);
+    bool pen = !excluded & (sat >= pen_sat) & (sat > 0);
+    any_pen |= pen;
     value[i] = (uint8_t)sat;
-    bool excluded = abs(r - bg) <= tol && abs(g - bg) <= tol && abs(b - bg) <= tol;
-    if (!dark && !excluded) {
-      excluded = mx <= o->black_max;
-      if (!excluded && sat >= o->pen_min_saturation && sat > 0) {
-        double h = hue(r, g, b, mx, mn);
-        excluded = h >= o->pen_hue_min && h <= o->pen_hue_max;
-      }
+    cls[i] = (uint8_t)(excluded ? EXCLUDED : pen ? PEN_CANDIDATE : NOT_TISSUE);
+  }
+  if (any_pen) {
+    for (size_t i = 0; i < n; i++) {
+      if (cls[i] != PEN_CANDIDATE)
+        continue;
+      const uint8_t *p = rgb + 3 * i;
+      int r = p[0], g = p[1], b = p[2];
+      int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
+      int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
+      double h = hue(r, g, b, mx, mn);
+      cls[i] = h >= o->pen_hue_min && h <= o->pen_hue_max ? EXCLUDED : NOT_TISSUE;
     }
-    if (dark)
+  }
+  *q = zero;
+  if (dark) {
+    for (size_t i = 0; i < n; i++) {
+      const uint8_t *p = rgb + 3 * i;
+      int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
       value[i] = log_scale[mx];
-    cls[i] = excluded ? EXCLUDED : NOT_TISSUE;
-    /* Bright-field leaves the background out of Otsu's histogram (glass would swamp it);
-     * dark-field keeps it in: it is the dark class Otsu is to split from the signal. */
-    q->h[i & 3][excluded && !dark ? 0 : value[i]] += !excluded || dark;
+      /* Bright-field leaves the background out of Otsu's histogram (glass would swamp it);
+       * dark-field keeps it in: it is the dark class Otsu is to split from the signal. */
+      q->h[i & 3][value[i]]++;
+    }
+  } else {
+    for (size_t i = 0; i < n; i++)
+      q->h[i & 3][cls[i] == EXCLUDED ? 0 : value[i]] += cls[i] != EXCLUDED;
   }
   hist4_sum(q, hist);
   tsr_free(q);

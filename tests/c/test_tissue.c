@@ -114,6 +114,36 @@ static void test_scaled_read(void) {
   CHECK(tessera_read_region_scaled(s, 0, 0, 0, 1.0, 1.0, W, H, NULL, two, W * H * 3 - 1) ==
             TESSERA_E_ARGUMENT,
         "small destination");
+  /* Fast mode (Aperio's 240 x 240 JPEG tiles at 1/2 and 1/8, odd origins and the edge):
+   * close to the exact result, never far from it. */
+  /* Bounds: the fast mode's own error on this quality-30 file, well below what a tile placed
+   * one reduced pixel off gives (26 at the first case, 12 at the last). */
+  static const struct {
+    int64_t x, y;
+    double scale, bound;
+  } fast_cases[] = {{1000, 2200, 2.0, 1.0},  /* on the reduced grid: no averaging */
+                    {1101, 1801, 2.0, 8.0},  /* half a reduced pixel off: a wider box */
+                    {1, 1, 2.0, 3.0},        /* past the top-left */
+                    {2100, 2900, 2.0, 3.0},  /* past the bottom-right */
+                    {333, 555, 9.5, 6.0}};   /* at 1/8, then by 1.1875 */
+  for (size_t c = 0; c < sizeof fast_cases / sizeof fast_cases[0]; c++) {
+    tessera_read_options fo;
+    tessera_read_options_init(&fo);
+    fo.fast_jpeg = 1;
+    CHECK(tessera_read_region_scaled(s, fast_cases[c].x, fast_cases[c].y, 0, fast_cases[c].scale,
+                                     fast_cases[c].scale, W, H, NULL, two, W * H * 3) ==
+              TESSERA_OK,
+          "exact");
+    CHECK(tessera_read_region_scaled(s, fast_cases[c].x, fast_cases[c].y, 0, fast_cases[c].scale,
+                                     fast_cases[c].scale, W, H, &fo, one, W * H * 3) ==
+              TESSERA_OK,
+          "fast: %s", tessera_error_message());
+    double total = 0;
+    for (int i = 0; i < W * H * 3; i++)
+      total += abs((int)one[i] - (int)two[i]);
+    CHECK(total / (W * H * 3) < fast_cases[c].bound, "fast case %zu: mean difference %g", c,
+          total / (W * H * 3));
+  }
   /* Far outside: all fill, no crash. */
   CHECK(tessera_read_region_scaled(s, -100000, -100000, 0, 3.5, 3.5, W, H, NULL, two,
                                    W * H * 3) == TESSERA_OK && two[0] == 255 &&
