@@ -193,3 +193,23 @@ def test_fast_mode_falls_back_to_exact_off_jpeg(slides):
         with pytest.raises(ValueError):
             s.read_region((0, 0), (10, 10), fast=True)
     assert np.array_equal(exact, fast)
+
+
+def test_cli_read_at_mpp(cli, slides, jpeg_quarter_um, tmp_path):
+    from PIL import Image
+    out = str(tmp_path / "p.png")
+    for path, fast in ((slides["no_half"], False), (jpeg_quarter_um, False),
+                       (jpeg_quarter_um, True)):
+        cmd = [cli, "read", path, "--location", "301,203", "--size", "150,100", "--mpp", "0.6",
+               "--output", out] + (["--fast"] if fast else [])
+        subprocess.run(cmd, check=True, capture_output=True)
+        with tessera.Slide(path) as s:
+            want = np.asarray(s.read_region((301, 203), (150, 100), mpp=0.6, fast=fast))
+        assert np.array_equal(np.asarray(Image.open(out)), want)
+    p = subprocess.run([cli, "read", slides["nompp"], "--location", "0,0", "--size", "8,8",
+                        "--mpp", "0.5", "--output", out], capture_output=True, text=True)
+    assert p.returncode == 1 and "microns per pixel" in p.stderr
+    for extra in (["--mpp", "0.5", "--level", "1"], ["--fast"]):
+        p = subprocess.run([cli, "read", slides["vips"], "--location", "0,0", "--size", "8,8",
+                            "--output", out] + extra, capture_output=True, text=True)
+        assert p.returncode == 2, (extra, p.stderr)
