@@ -148,9 +148,15 @@ TESSERA_API tessera_status tessera_patch_grid(tessera_slide *s, const tessera_gr
     across--;
   while (down > 0 && (int64_t)floor((double)(down - 1) * step_y) + rh > lv->height)
     down--;
-  if ((uint64_t)across * (uint64_t)down > MAX_PATCHES)
-    return tsr_error(TESSERA_E_LIMIT, "a grid of %lld x %lld patches is too many",
-                     (long long)across, (long long)down);
+  /* A location and a fraction per patch: bounded by max_read_bytes, as any read. */
+  uint64_t patches = (uint64_t)across * (uint64_t)down;
+  if (patches > MAX_PATCHES ||
+      patches * (2 * sizeof(int64_t) + sizeof(float)) > s->limits.max_read_bytes)
+    return tsr_error(TESSERA_E_LIMIT,
+                     "a grid of %lld x %lld patches is over the limit of %llu bytes for one read "
+                     "(max_read_bytes)",
+                     (long long)across, (long long)down,
+                     (unsigned long long)s->limits.max_read_bytes);
   tessera_mask *m = NULL;
   if ((st = tessera_tissue_mask(s, o.tissue, &m)) != TESSERA_OK)
     return tsr_error_prefix(st, "the grid's tissue mask: ");

@@ -178,3 +178,12 @@ def test_level_grid_and_no_mpp(slides, cli):
     help_text = subprocess.run([cli, "grid", "--help"], capture_output=True, text=True).stdout
     for word in ("--mpp", "--min-tissue", "--stride", "tessera bench", "within 1 %"):
         assert word in help_text
+
+
+def test_limits(slides):
+    with tessera.Slide(slides["vips"], max_read_bytes=100000) as s:
+        with pytest.raises(tessera.TesseraError, match="max_read_bytes"):
+            tessera.grid(s, 16, level=0)
+        with pytest.raises(tessera.TesseraError, match="max_read_bytes"):
+            s.tissue_mask(downsample=1)
+        assert len(tessera.grid(s, 256, level=0, mask_downsample=64)) > 0
