@@ -306,6 +306,19 @@ TESSERA_API tessera_status tessera_read_region_scaled(tessera_slide *slide, int6
                                                       const tessera_read_options *options,
                                                       uint8_t *dst, size_t dst_size);
 
+/* The same area average over an image in memory: src is src_width x src_height pixels of
+ * `channels` (3 or 4) bytes, rows src_stride bytes apart, its top-left pixel being the
+ * origin; the width x height result goes to dst (rows dst_stride bytes apart). The source
+ * must reach the output's last edge (TESSERA_E_ARGUMENT names the size it needs):
+ * ceil(floor(width * (scale_x * 4096) + 0.5) / 4096) columns, and so for rows. With a patch
+ * of ceil(width * scale) + 1 pixels read at (x, y) by tessera_read_region or a batch
+ * iterator, it gives what tessera_read_region_scaled gives at (x, y). Thread-safe. */
+TESSERA_API tessera_status tessera_resample_area(const uint8_t *src, int64_t src_width,
+                                                 int64_t src_height, size_t src_stride,
+                                                 int32_t channels, double scale_x,
+                                                 double scale_y, int64_t width, int64_t height,
+                                                 uint8_t *dst, size_t dst_stride);
+
 /* ---------------------------------------------------------------------------------------
  * Tissue masks
  *

@@ -447,3 +447,63 @@ TESSERA_API tessera_status tessera_read_region_scaled(tessera_slide *s, int64_t 
   }
   return st;
 }
+
+/* An image in memory as a source: its pixels, channels as the output's. */
+struct memory_source {
+  struct source base;
+  const uint8_t *pixels;
+  int64_t w, h;
+  size_t stride;
+};
+
+static tessera_status fetch_memory(const struct source *src, int64_t lx, int64_t ly, int64_t w,
+                                   int64_t h, uint8_t *dst) {
+  const struct memory_source *m = (const struct memory_source *)src;
+  size_t ch = (size_t)src->ro.channels;
+  for (int64_t r = 0; r < h; r++) {
+    uint8_t *row = dst + (size_t)r * (size_t)w * ch;
+    int64_t y = ly + r;
+    for (int64_t c = 0; c < w; c++) {
+      int64_t x = lx + c;
+      uint8_t *p = row + (size_t)c * ch;
+      if (y < 0 || y >= m->h || x < 0 || x >= m->w) {
+        memset(p, src->fill, ch); /* past the image: the edge pixels' fill (alpha too) */
+        continue;
+      }
+      memcpy(p, m->pixels + (size_t)y * m->stride + (size_t)x * ch, ch);
+    }
+  }
+  return TESSERA_OK;
+}
+
+TESSERA_API tessera_status tessera_resample_area(const uint8_t *src, int64_t src_width,
+                                                 int64_t src_height, size_t src_stride,
+                                                 int32_t channels, double scale_x,
+                                                 double scale_y, int64_t width, int64_t height,
+                                                 uint8_t *dst, size_t dst_stride) {
+  if (!src || !dst)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL source or destination");
+  if (channels != 3 && channels != 4)
+    return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", channels);
+  if (src_width < 1 || src_height < 1 || src_stride < (size_t)src_width * (size_t)channels ||
+      dst_stride < (size_t)width * (size_t)channels)
+    return tsr_error(TESSERA_E_ARGUMENT, "bad source size or strides");
+  tessera_status st = check_area_args(0, 0, scale_x, scale_y, width, height);
+  if (st != TESSERA_OK)
+    return st;
+  /* The source must hold every pixel the output covers: up to its last edge. */
+  int64_t last_x = (int64_t)floor((double)width * (scale_x * TSR_AREA_UNIT) + 0.5);
+  int64_t last_y = (int64_t)floor((double)height * (scale_y * TSR_AREA_UNIT) + 0.5);
+  int64_t need_w = (last_x + TSR_AREA_UNIT - 1) / TSR_AREA_UNIT;
+  int64_t need_h = (last_y + TSR_AREA_UNIT - 1) / TSR_AREA_UNIT;
+  if (src_width < need_w || src_height < need_h)
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "a %lldx%lld image at scale %g x %g needs a source of %lldx%lld, not "
+                     "%lldx%lld",
+                     (long long)width, (long long)height, scale_x, scale_y, (long long)need_w,
+                     (long long)need_h, (long long)src_width, (long long)src_height);
+  struct memory_source m = {.base = {.fetch = fetch_memory, .fill = 0},
+                            .pixels = src, .w = src_width, .h = src_height, .stride = src_stride};
+  m.base.ro.channels = channels;
+  return average(&m.base, 0, 0, scale_x, scale_y, width, height, channels, dst, dst_stride);
+}

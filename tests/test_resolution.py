@@ -213,3 +213,28 @@ def test_cli_read_at_mpp(cli, slides, jpeg_quarter_um, tmp_path):
         p = subprocess.run([cli, "read", slides["vips"], "--location", "0,0", "--size", "8,8",
                             "--output", out] + extra, capture_output=True, text=True)
         assert p.returncode == 2, (extra, p.stderr)
+
+
+def test_batches_at_mpp_other_paths(slides, jpeg_quarter_um):
+    locs = [(0, 0), (401, 303), (1001, 777)]
+    with tessera.Slide(slides["vips"]) as s:  # 0.5 um/px is level 1 as it is
+        got = [np.asarray(b) for b in s.read_region(locs, (64, 48), mpp=0.5, batch_size=3)]
+        plain = [np.asarray(s.read_region(xy, (64, 48), level=1)) for xy in locs]
+    assert np.array_equal(got[0], np.stack(plain))
+    with tessera.Slide(jpeg_quarter_um) as s:  # fast: each patch read on its own
+        got = list(s.read_region(locs, (64, 48), mpp=0.5, fast=True, num_workers=2))
+        singles = [np.asarray(s.read_region(xy, (64, 48), mpp=0.5, fast=True)) for xy in locs]
+        shuffled = np.concatenate(list(s.read_region(locs, (64, 48), mpp=0.5, batch_size=2,
+                                                     shuffle=True, seed=3, num_workers=2)))
+        exact = [np.asarray(s.read_region(xy, (64, 48), mpp=0.5)) for xy in locs]
+    assert all(np.array_equal(a, b) for a, b in zip(got, singles))
+    # shuffled batches hold the same patches, in another order
+    assert sorted(p.tobytes() for p in shuffled) == sorted(p.tobytes() for p in exact)
+
+
+def test_resample_area_arguments():
+    src = np.zeros((10, 10, 3), np.uint8)
+    with pytest.raises(ValueError, match="needs a source"):
+        tessera._tessera.resample(src, 1, 10, 10, 3, 5, 5, 2.5, 2.5)
+    out = np.asarray(tessera._tessera.resample(src + 7, 1, 10, 10, 3, 5, 5, 2.0, 2.0))
+    assert out.shape == (1, 5, 5, 3) and (out == 7).all()

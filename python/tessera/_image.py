@@ -375,7 +375,7 @@ class Slide(_tessera.Slide):
         if mpp is not None or downsample is not None:
             return self._read_scaled(location, size, level, mpp, downsample, num_workers,
                                      batch_size, drop_last, channels, fill, device, buf,
-                                     shm_name, bool(fast))
+                                     shm_name, bool(fast), prefetch_factor, shuffle, seed)
         if fast:
             raise ValueError("read_region(fast=True) goes with mpp= or downsample=")
         device, device_id = _device(device)
@@ -475,7 +475,8 @@ class Slide(_tessera.Slide):
         return level, d / self._levels[level]["downsample"]
 
     def _read_scaled(self, location, size, level, mpp, downsample, num_workers, batch_size,
-                     drop_last, channels, fill, device, buf, shm_name, fast):
+                     drop_last, channels, fill, device, buf, shm_name, fast, prefetch_factor,
+                     shuffle, seed):
         """read_region with mpp= or downsample=."""
         if mpp is not None and downsample is not None:
             raise ValueError("read_region: give mpp or downsample, not both")
@@ -516,7 +517,18 @@ class Slide(_tessera.Slide):
             return _tessera.Slide.read_region_scaled(
                 self, _coordinate(x), _coordinate(y), width, height, lv, scale, scale,
                 channels=channels, fill=fill, num_workers=workers, fast=fast)
-        return _ScaledBatches(one, location, batch_size, bool(drop_last), workers)
+        if fast:
+            return _ScaledBatches(one, location, batch_size, bool(drop_last), workers)
+        # The batch reader reads each patch's level pixels (its workers, prefetch and tile
+        # sharing), and each batch is area-averaged as it is handed out: the same pixels as
+        # one read_region(mpp=) per patch (tessera_resample_area).
+        exact = scale == 1.0
+        rw = width if exact else int(math.ceil(width * scale)) + 1
+        rh = height if exact else int(math.ceil(height * scale)) + 1
+        it = self.batches(location, rw, rh, lv, batch_size, workers, bool(drop_last),
+                          _integer(prefetch_factor, "prefetch_factor"), bool(shuffle),
+                          _integer(seed, "seed", (0, (1 << 64) - 1)), channels, fill, 0, 0)
+        return it if exact else _ResampledBatches(it, rw, rh, width, height, scale, batch_size)
 
     def _region(self, array, level):
         """What read_region gives for one region: the Array itself (CuImage: as an image)."""
@@ -612,6 +624,29 @@ class CuImage(Slide):
 
 
 _ARRAY_SHAPE = _tessera.Array.shape
+
+
+class _ResampledBatches:
+    """A batch iterator of level patches, each batch area-averaged as it is handed out: NumPy
+    arrays (n, height, width, channels), or (height, width, channels) items for batch_size 1;
+    len() as the iterator's."""
+
+    def __init__(self, it, rw, rh, width, height, scale, batch_size):
+        self._it, self._rw, self._rh = it, rw, rh
+        self._w, self._h, self._scale, self._one = width, height, scale, batch_size == 1
+
+    def __len__(self):
+        return len(self._it)
+
+    def __iter__(self):
+        import numpy as np
+        for batch in self._it:
+            a = np.asarray(batch)
+            if a.ndim == 3:
+                a = a[None]
+            out = np.asarray(_tessera.resample(a, a.shape[0], self._rh, self._rw, a.shape[3],
+                                               self._w, self._h, self._scale, self._scale))
+            yield out[0] if self._one else out
 
 
 class _ScaledBatches:
