@@ -144,6 +144,30 @@ static void test_scaled_read(void) {
     CHECK(total / (W * H * 3) < fast_cases[c].bound, "fast case %zu: mean difference %g", c,
           total / (W * H * 3));
   }
+  /* tessera_resample_area over a patch of ceil(W * scale) + 1 pixels read plainly equals the
+   * scaled read, at a scale that is not a whole number; a source too small is refused. */
+  {
+    double sc = 2.37;
+    int64_t rw = (int64_t)(W * sc) + 2, rh = (int64_t)(H * sc) + 2;
+    uint8_t *patch = malloc((size_t)(rw * rh * 3));
+    CHECK(tessera_read_region(s, 777, 1234, 0, rw, rh, NULL, patch, (size_t)(rw * rh * 3)) ==
+              TESSERA_OK,
+          "patch");
+    CHECK(tessera_read_region_scaled(s, 777, 1234, 0, sc, sc, W, H, NULL, two, W * H * 3) ==
+              TESSERA_OK,
+          "scaled");
+    CHECK(tessera_resample_area(patch, rw, rh, (size_t)rw * 3, 3, sc, sc, W, H, one, W * 3) ==
+              TESSERA_OK,
+          "resample: %s", tessera_error_message());
+    CHECK(memcmp(one, two, W * H * 3) == 0, "resample_area differs from the scaled read");
+    CHECK(tessera_resample_area(patch, 10, 10, 30, 3, sc, sc, W, H, one, W * 3) ==
+              TESSERA_E_ARGUMENT,
+          "a source too small");
+    CHECK(tessera_resample_area(patch, rw, rh, 2, 3, sc, sc, W, H, one, W * 3) ==
+              TESSERA_E_ARGUMENT,
+          "a stride too small");
+    free(patch);
+  }
   /* Far outside: all fill, no crash. */
   CHECK(tessera_read_region_scaled(s, -100000, -100000, 0, 3.5, 3.5, W, H, NULL, two,
                                    W * H * 3) == TESSERA_OK && two[0] == 255 &&
