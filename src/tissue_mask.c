@@ -122,8 +122,8 @@ static void hist4_sum(const struct hist4 *q, uint64_t out[256]) {
 
 /* Sets cls (one byte per pixel) and *darkfield, and returns the threshold. `value` is scratch
  * of n bytes. */
-static int classify(const tessera_tissue_options *o, const uint8_t *rgb, size_t n, uint8_t bg,
-                    uint8_t *cls, uint8_t *value, bool *darkfield) {
+static int classify(const tessera_tissue_options *o, const uint8_t *restrict rgb, size_t n,
+                    uint8_t bg, uint8_t *restrict cls, uint8_t *restrict value, bool *darkfield) {
   static struct hist4 zero;
   struct hist4 *q = tsr_malloc(sizeof *q);
   if (!q)
@@ -158,8 +158,15 @@ static int classify(const tessera_tissue_options *o, const uint8_t *rgb, size_t 
   uint8_t log_scale[256];
   for (int v = 0; v < 256; v++)
     log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
-  /* Branch-free, so the compiler can do many pixels at once: saturation (the float quotient
-   * of integers below 2^16 truncates to the exact floor), background and black. Pen hues are
+  /* floor(a / m) for a < 2^16 and m < 2^8 is (a * ceil(2^32 / m)) >> 32 exactly (the excess,
+   * under a / 2^32 < 2^-16, never reaches the next whole number, at least 1 / m away), so
+   * saturation takes a multiplication instead of a division. */
+  uint64_t reciprocal[256];
+  reciprocal[0] = 0;
+  for (int m = 1; m < 256; m++)
+    reciprocal[m] = (((uint64_t)1 << 32) + (uint64_t)m - 1) / (uint64_t)m;
+  /* Branch-free, so the compiler can do many pixels at once: saturation, background and
+   * black. Pen hues are
    * looked at afterwards, only for the few pixels saturated enough to be ink. */
   int black = dark ? -1 : o->black_max;
   int pen_sat = dark ? 256 : o->pen_min_saturation;
@@ -169,7 +176,7 @@ static int classify(const tessera_tissue_options *o, const uint8_t *rgb, size_t 
     int r = p[0], g = p[1], b = p[2];
     int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
     int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
-    int sat = (int)((float)(255 * (mx - mn)) / (float)(mx > 0 ? mx : 1));
+    int sat = (int)(((uint64_t)(255 * (mx - mn)) * reciprocal[mx]) >> 32);
     int dr = r - bg, dg = g - bg, db = b - bg;
     bool background = (dr <= tol) & (dr >= -tol) & (dg <= tol) & (dg >= -tol) & (db <= tol) &
                       (db >= -tol);
@@ -203,15 +210,17 @@ static int classify(const tessera_tissue_options *o, const uint8_t *rgb, size_t 
     }
   } else {
     for (size_t i = 0; i < n; i++)
-      q->h[i & 3][cls[i] == EXCLUDED ? 0 : value[i]] += cls[i] != EXCLUDED;
+      if (cls[i] != EXCLUDED) /* long runs of background either way: a branch predicts well */
+        q->h[i & 3][value[i]]++;
   }
   hist4_sum(q, hist);
   tsr_free(q);
   int t = otsu(hist);
   if (t < o->min_threshold)
     t = o->min_threshold;
-  for (size_t i = 0; i < n; i++)
-    cls[i] = (uint8_t)(cls[i] | (cls[i] == NOT_TISSUE && value[i] > t)); /* NOT_TISSUE | 1 */
+  uint8_t tt = (uint8_t)t;
+  for (size_t i = 0; i < n; i++) /* NOT_TISSUE (0) above the threshold becomes TISSUE (1) */
+    cls[i] = (uint8_t)(cls[i] | ((cls[i] == NOT_TISSUE) & (value[i] > tt)));
   return t;
 }
 
