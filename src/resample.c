@@ -286,6 +286,11 @@ static tessera_status decode_reduced(tessera_slide *s, int32_t level, unsigned k
   int64_t cx1 = x1 < lw ? x1 : lw, cy1 = y1 < lh ? y1 : lh;
   if (cx0 >= cx1 || cy0 >= cy1)
     return TESSERA_OK;
+  /* The limit a full decode of these tiles would be held to (tsr_tile_read's). */
+  size_t tile_bytes = tsr_tile_buffer_size(lv);
+  if (tile_bytes == 0 || tile_bytes > s->limits.max_decoded_tile_bytes)
+    return tsr_error(TESSERA_E_LIMIT, "level %d: a decoded tile of %ux%u exceeds the limit",
+                     level, lv->tile_w, lv->tile_h);
   struct tsr_pixel_format fmt = lv->fmt;
   fmt.jpeg_scale = (uint8_t)k;
   struct tsr_scratch compressed = {0};
