@@ -4,7 +4,8 @@
                                           tiles of 16 and 64, pyramids as IFD chains and SubIFDs,
                                           strips, BigTIFF, gray, RGBA), one by tifffile
                                           (big-endian), `tessera sample --width 300 --height
-                                          200`, and the files under 2 MB of the test data
+                                          200`, two Sakura SVSlide databases, and the files
+                                          under 2 MB of the test data
   seeds.py fuzz_codec OUT --cli TESSERA   the first tiles of those slides (tiles up to 80x80),
                                           each behind the five bytes fuzz_codec.c reads first
                                           (codec, tile size, samples, photometric, predictor)
@@ -100,9 +101,25 @@ def tifffile_slide(out):
                 subfiletype=1)
 
 
+def sakura_slides(out):
+    """Two small Sakura SVSlide databases (tests/sakura_writer.py): tiles of 16 over three
+    levels with a missing tile and a label; and three focal planes."""
+    import numpy as np
+    import sakura_writer as sw
+    y, x = np.mgrid[0:50, 0:70]
+    img = np.stack([x * 3, y * 4, (x ^ y) & 255], -1).astype(np.uint8)
+    m = sw.Sakura(img, 16, (1, 2, 4))
+    m.skip = {(1, 1, 1)}
+    m.label = img[:20, :30]
+    m.write(os.path.join(out, "sakura-t16.svslide"))
+    sw.Sakura(img[:33, :40], 16, (1, 2), planes=3).write(
+        os.path.join(out, "sakura-planes.svslide"))
+
+
 def open_seeds(out, cli, tmp):
     vips_slides(out, tmp)
     tifffile_slide(out)
+    sakura_slides(out)
     run([cli, "sample", os.path.join(out, "tessera-sample-300x200.tiff"), "--width", 300,
          "--height", 200])
     for name in sorted(os.listdir(TESTDATA)):

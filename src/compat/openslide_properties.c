@@ -331,14 +331,11 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
   /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
   bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
                                      strcmp(s->vendor, "generic-tiff") == 0);
-  tessera_status st = TESSERA_OK;
-  if (strcmp(s->vendor, "mirax") != 0) {
-    st = from_tiff(s, version, &p);
-  } else { /* no TIFF: the quickhash the vendor made as OpenSlide makes it */
-    const struct tsr_mosaic *last = s->levels[s->nlevels - 1].source_data;
-    if (last->quickhash[0])
-      tsr_props_add_string(&p, "openslide.quickhash-1", last->quickhash);
-  }
+  /* A Sakura slide is an SQLite database, a MIRAX slide a folder of files: no TIFF tags, and
+   * the quickhash-1 is the vendor's (tessera.quickhash-1, renamed above). */
+  tessera_status st = strcmp(s->vendor, "sakura") == 0 || strcmp(s->vendor, "mirax") == 0
+                          ? TESSERA_OK
+                          : from_tiff(s, version, &p);
   size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */
   if (st == TESSERA_OK && n > 0) {
     if (!(*icc = tsr_malloc(n)))

@@ -1030,10 +1030,10 @@ static void add_properties(const struct mirax *m, struct tsr_findings *out) {
                 (long long)(ceil(y + h) - floor(y)));
 }
 
-/* What OpenSlide's API shows that tessera's does not (compat/openslide_properties.c reads it
- * from the levels' mosaics): whether its levels have a tile size, and quickhash-1, the SHA-256
- * of Slidedat.ini and then of the smallest level's images in Index.dat's order (none when one
- * cannot be read: the reads that need it fail then). */
+/* What OpenSlide's API shows (compat/openslide_properties.c): whether its levels have a tile
+ * size (read from the levels' mosaics), and tessera.quickhash-1, OpenSlide's quickhash-1: the
+ * SHA-256 of Slidedat.ini and then of the smallest level's images in Index.dat's order (none
+ * when one cannot be read: the reads that need it fail then). */
 static void openslide_extras(struct mirax *m, struct tsr_findings *out) {
   struct tsr_mosaic *last = out->levels[m->nlevels - 1].source_data;
   for (int32_t i = 0; i < m->nlevels; i++)
@@ -1050,7 +1050,9 @@ static void openslide_extras(struct mirax *m, struct tsr_findings *out) {
     tsr_sha256_update(&m->quickhash, buf.data, img->length);
   }
   tsr_scratch_free(&buf);
-  tsr_sha256_hex(&m->quickhash, last->quickhash);
+  char hex[65];
+  tsr_sha256_hex(&m->quickhash, hex);
+  tsr_props_add_string(&out->props, "tessera.quickhash-1", hex);
 }
 
 static void done(struct mirax *m) {

@@ -12,7 +12,9 @@
  *  - tsr_mosaic_tiles (source/mosaic_tiles.c): a tile of a regular grid laid over images
  *    placed at positions of their own, which may overlap (MIRAX's camera images, in data
  *    files of their own; set by format/vendor-mirax.c): the stream is the parts of the images
- *    the tile covers with their bytes, which the mosaic codec paints (codec/mosaic.c).
+ *    the tile covers with their bytes, which the mosaic codec paints (codec/mosaic.c);
+ *  - tsr_sqlite_tiles (source/sqlite_tiles.c): a blob, or three (a tile's colour planes,
+ *    made RGB), of an SQLite database, read through SQLite (Sakura; format/vendor-sakura.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
  * JPEG stream nvJPEG takes from tsr_tile_source_stream. Everything here reads only tables
  * fixed at open: any number of threads may call it, with no lock. */
@@ -56,6 +58,7 @@ extern const struct tsr_tile_source tsr_tiff_strips;
 extern const struct tsr_tile_source tsr_ndpi_intervals;
 extern const struct tsr_tile_source tsr_memory_tiles;
 extern const struct tsr_tile_source tsr_mosaic_tiles;
+extern const struct tsr_tile_source tsr_sqlite_tiles;
 
 /* ---- for the readers ---- */
 
@@ -139,10 +142,8 @@ struct tsr_mosaic {
   struct tsr_mosaic_piece *pieces;
   size_t npieces;
   /* For OpenSlide's API (compat/openslide_properties.c): whether OpenSlide gives the level a
-   * tile size (the same as tessera's), and the slide's quickhash-1 (set on the smallest
-   * level only; empty: none). */
+   * tile size (the same as tessera's). */
   bool openslide_tile_size;
-  char quickhash[65];
 };
 
 void tsr_mosaic_free(struct tsr_mosaic *m);
