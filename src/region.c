@@ -170,8 +170,7 @@ static void put_tile(const struct tsr_pixel_format *f, const struct span *tile,
       convert_row(row, f->decoded_channels, f->alpha, canvas_at(c, o.x0, y), c->channels,
                   (size_t)(o.x1 - o.x0));
       if (f->transparent_is_fill)
-        fill_transparent(row, canvas_at(c, o.x0, y), c->channels, c->fill,
-                         (size_t)(o.x1 - o.x0));
+        fill_transparent(row, canvas_at(c, o.x0, y), c->channels, c->fill, (size_t)(o.x1 - o.x0));
     }
   }
 }

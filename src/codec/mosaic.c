@@ -13,9 +13,8 @@
 #include "error.h"
 
 /* JPEG: rows and columns of the image decoded straight into RGBA rows stride bytes apart. */
-static tessera_status part_jpeg(const struct tsr_mosaic_part *p, const uint8_t *src,
-                                uint32_t sx, uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst,
-                                size_t stride) {
+static tessera_status part_jpeg(const struct tsr_mosaic_part *p, const uint8_t *src, uint32_t sx,
+                                uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst, size_t stride) {
   struct tsr_pixel_format fmt = {.compression = COMPRESSION_JPEG,
                                  .photometric = PHOTOMETRIC_YCBCR,
                                  .spp = 3,
@@ -35,9 +34,8 @@ static tessera_status part_jpeg(const struct tsr_mosaic_part *p, const uint8_t *
 }
 
 /* RGB rows (of width image pixels, stride row bytes) to opaque RGBA. */
-static void put_rgb(const uint8_t *rgb, size_t row, size_t px, uint32_t w, uint32_t h,
-                    uint8_t *dst, size_t stride, bool bgr, bool bottom_up, uint32_t image_h,
-                    uint32_t sy) {
+static void put_rgb(const uint8_t *rgb, size_t row, size_t px, uint32_t w, uint32_t h, uint8_t *dst,
+                    size_t stride, bool bgr, bool bottom_up, uint32_t image_h, uint32_t sy) {
   for (uint32_t y = 0; y < h; y++) {
     const uint8_t *s = rgb + row * (bottom_up ? image_h - 1 - (sy + y) : sy + y);
     uint8_t *d = dst + y * stride;
@@ -48,9 +46,9 @@ static void put_rgb(const uint8_t *rgb, size_t row, size_t px, uint32_t w, uint3
   }
 }
 
-static tessera_status part_png(const struct tsr_mosaic_part *p, const uint8_t *src,
-                               uint32_t sx, uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst,
-                               size_t stride, uint64_t limit) {
+static tessera_status part_png(const struct tsr_mosaic_part *p, const uint8_t *src, uint32_t sx,
+                               uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst, size_t stride,
+                               uint64_t limit) {
   png_image img;
   memset(&img, 0, sizeof img);
   img.version = PNG_IMAGE_VERSION;
@@ -71,8 +69,8 @@ static tessera_status part_png(const struct tsr_mosaic_part *p, const uint8_t *s
   uint64_t bytes = (uint64_t)p->image_w * p->image_h * 3;
   if (bytes > limit) {
     png_image_free(&img);
-    return tsr_error(TESSERA_E_LIMIT, "a decoded PNG image of %ux%u exceeds the limit",
-                     p->image_w, p->image_h);
+    return tsr_error(TESSERA_E_LIMIT, "a decoded PNG image of %ux%u exceeds the limit", p->image_w,
+                     p->image_h);
   }
   img.format = PNG_FORMAT_RGB;
   uint8_t *whole = tsr_malloc((size_t)bytes);
@@ -96,9 +94,8 @@ static uint32_t le32(const uint8_t *p) {
 
 /* Uncompressed 24- or 32-bit BMP (BITMAPINFOHEADER or later), bottom-up or top-down: the
  * part's rows are taken straight from the stored rows. */
-static tessera_status part_bmp(const struct tsr_mosaic_part *p, const uint8_t *src,
-                               uint32_t sx, uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst,
-                               size_t stride) {
+static tessera_status part_bmp(const struct tsr_mosaic_part *p, const uint8_t *src, uint32_t sx,
+                               uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst, size_t stride) {
   size_t len = p->length;
   if (len < 54 || src[0] != 'B' || src[1] != 'M')
     return tsr_error(TESSERA_E_CORRUPT, "not BMP data");
@@ -108,8 +105,8 @@ static tessera_status part_bmp(const struct tsr_mosaic_part *p, const uint8_t *s
   uint32_t compression = le32(src + 30);
   if (header < 40 || (bpp != 24 && bpp != 32) || compression != 0)
     return tsr_error(TESSERA_E_UNSUPPORTED,
-                     "unsupported BMP: %u bits a pixel, compression %u (24 or 32, none read)",
-                     bpp, compression);
+                     "unsupported BMP: %u bits a pixel, compression %u (24 or 32, none read)", bpp,
+                     compression);
   bool top_down = bh < 0;
   int64_t height = top_down ? -(int64_t)bh : bh;
   if (bw != (int64_t)p->image_w || height != p->image_h)
@@ -118,13 +115,13 @@ static tessera_status part_bmp(const struct tsr_mosaic_part *p, const uint8_t *s
   size_t px = bpp / 8, row = ((size_t)p->image_w * px + 3) & ~(size_t)3;
   if (data_at > len || row * p->image_h > len - data_at)
     return tsr_error(TESSERA_E_CORRUPT, "BMP data ends inside its pixels");
-  put_rgb(src + data_at + (size_t)sx * px, row, px, w, h, dst, stride, true, !top_down,
-          p->image_h, sy);
+  put_rgb(src + data_at + (size_t)sx * px, row, px, w, h, dst, stride, true, !top_down, p->image_h,
+          sy);
   return TESSERA_OK;
 }
 
-tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8_t *src,
-                                 size_t len, const struct tsr_tile_out *out) {
+tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
+                                 const struct tsr_tile_out *out) {
   (void)fmt;
   struct tsr_mosaic_stream head;
   if (len < sizeof head)
@@ -174,8 +171,7 @@ tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8
     case TSR_MOSAIC_BMP:
       st = part_bmp(&p, bytes, sx, sy, x1 - x0, y1 - y0, dst, out->stride);
       break;
-    default:
-      st = tsr_error(TESSERA_E_CORRUPT, "mosaic part of unknown format %u", p.format);
+    default: st = tsr_error(TESSERA_E_CORRUPT, "mosaic part of unknown format %u", p.format);
     }
     if (st != TESSERA_OK)
       return tsr_error_prefix(st, "image %u (offset %llu of data file %u): ", p.image,

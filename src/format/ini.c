@@ -10,7 +10,9 @@
 #include "alloc.h"
 #include "error.h"
 
-static bool blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v'; }
+static bool blank(char c) {
+  return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\f' || c == '\v';
+}
 
 static int compare_entries(const void *a, const void *b) {
   const struct tsr_ini_entry *x = a, *y = b;
@@ -67,8 +69,8 @@ tessera_status tsr_ini_parse(const uint8_t *data, size_t len, const char *name,
       char *end = strrchr(line, ']');
       if (!end || end == line + 1) {
         tsr_ini_free(out);
-        return tsr_error(TESSERA_E_FORMAT, "%s, line %zu: a group with no name or no ']'",
-                         name, no);
+        return tsr_error(TESSERA_E_FORMAT, "%s, line %zu: a group with no name or no ']'", name,
+                         no);
       }
       *end = '\0';
       group = line + 1;
@@ -87,8 +89,7 @@ tessera_status tsr_ini_parse(const uint8_t *data, size_t len, const char *name,
     }
     if (!group) {
       tsr_ini_free(out);
-      return tsr_error(TESSERA_E_FORMAT, "%s, line %zu: a key before the first [group]", name,
-                       no);
+      return tsr_error(TESSERA_E_FORMAT, "%s, line %zu: a key before the first [group]", name, no);
     }
     char *key_end = eq;
     while (key_end > line && blank(key_end[-1]))

@@ -159,8 +159,8 @@ static tessera_status need_double(const struct mirax *m, const char *group, cons
   const char *v;
   tessera_status st = need_value(m, group, key, &v);
   if (st == TESSERA_OK && (!tsr_ini_double(v, out) || !isfinite(*out)))
-    st = tsr_error(TESSERA_E_FORMAT, "Slidedat.ini: [%s] %s is \"%.40s\", not a number", group,
-                   key, v);
+    st = tsr_error(TESSERA_E_FORMAT, "Slidedat.ini: [%s] %s is \"%.40s\", not a number", group, key,
+                   v);
   return st;
 }
 
@@ -330,8 +330,10 @@ static tessera_status read_layout(struct mirax *m) {
     if ((st = need_value(m, DATAFILE, key, &v)) != TESSERA_OK)
       break;
     if (!*v || strchr(v, '/') || strcmp(v, ".") == 0 || strcmp(v, "..") == 0)
-      st = tsr_error(TESSERA_E_FORMAT, "Slidedat.ini: data file %s \"%.60s\" is not a name in "
-                     "the slide's folder", key, v);
+      st = tsr_error(TESSERA_E_FORMAT,
+                     "Slidedat.ini: data file %s \"%.60s\" is not a name in "
+                     "the slide's folder",
+                     key, v);
     else if (!(paths[i] = join(m->folder, v)))
       st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   }
@@ -405,17 +407,17 @@ static tessera_status level_geometry(struct mirax *m) {
   int64_t base_w = 0, base_h = 0;
   /* As OpenSlide sums them: each step truncated to an integer. */
   for (int32_t i = 0; i < m->images_x; i++)
-    base_w = (int64_t)((double)base_w + (i % m->divisions != m->divisions - 1 ||
-                                                 i == m->images_x - 1
-                                             ? (double)s0->image_w
-                                             : s0->image_w - s0->overlap_x));
+    base_w =
+        (int64_t)((double)base_w + (i % m->divisions != m->divisions - 1 || i == m->images_x - 1
+                                        ? (double)s0->image_w
+                                        : s0->image_w - s0->overlap_x));
   for (int32_t i = 0; i < m->images_y; i++)
-    base_h = (int64_t)((double)base_h + (i % m->divisions != m->divisions - 1 ||
-                                                 i == m->images_y - 1
-                                             ? (double)s0->image_h
-                                             : s0->image_h - s0->overlap_y));
-  bool subtiles = m->position_vimslide >= 0 || m->position_stitching >= 0 ||
-                  s0->overlap_x != 0 || s0->overlap_y != 0;
+    base_h =
+        (int64_t)((double)base_h + (i % m->divisions != m->divisions - 1 || i == m->images_y - 1
+                                        ? (double)s0->image_h
+                                        : s0->image_h - s0->overlap_y));
+  bool subtiles = m->position_vimslide >= 0 || m->position_stitching >= 0 || s0->overlap_x != 0 ||
+                  s0->overlap_y != 0;
   int32_t total = 0;
   for (int32_t i = 0; i < m->nlevels; i++) {
     struct level_params *p = &m->lp[i];
@@ -460,13 +462,14 @@ static tessera_status level_geometry(struct mirax *m) {
 
 static tessera_status index_i32(const struct mirax *m, int64_t at, int32_t *out) {
   uint8_t b[4];
-  if (at < 0 || (uint64_t)at + 4 > m->index_size || !tsr_bytes_read_all(m->index, (uint64_t)at, 4, b))
+  if (at < 0 || (uint64_t)at + 4 > m->index_size ||
+      !tsr_bytes_read_all(m->index, (uint64_t)at, 4, b))
     return tsr_error(TESSERA_E_CORRUPT,
                      "Index.dat: a value at offset %lld lies outside its %llu bytes (was it "
                      "truncated?)",
                      (long long)at, (unsigned long long)m->index_size);
-  *out = (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
-                   (uint32_t)b[3] << 24);
+  *out =
+      (int32_t)((uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24);
   return TESSERA_OK;
 }
 
@@ -579,8 +582,7 @@ static tessera_status read_positions(struct mirax *m) {
     if (!plain || !d)
       st = tsr_error(TESSERA_E_NOMEM, "out of memory for the camera positions");
     else if (libdeflate_zlib_decompress(d, buf, len, plain, want, NULL) != LIBDEFLATE_SUCCESS)
-      st = tsr_error(TESSERA_E_CORRUPT, "the camera positions do not inflate to %zu bytes",
-                     want);
+      st = tsr_error(TESSERA_E_CORRUPT, "the camera positions do not inflate to %zu bytes", want);
     if (d)
       libdeflate_free_decompressor(d);
     tsr_free(buf);
@@ -708,8 +710,8 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
       return tsr_error(TESSERA_E_FORMAT, "Index.dat: level %d's pages form a loop", level);
     if (entries > max_images)
       return tsr_error(TESSERA_E_FORMAT,
-                       "Index.dat: level %d lists more images than the slide has (%d x %d)",
-                       level, m->images_x, m->images_y);
+                       "Index.dat: level %d lists more images than the slide has (%d x %d)", level,
+                       m->images_x, m->images_y);
     uint8_t *raw = tsr_malloc((size_t)count * 16 + 1);
     if (!raw)
       return tsr_error(TESSERA_E_NOMEM, "out of memory");
@@ -734,15 +736,17 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
       }
       int64_t x = index % m->images_x, y = index / m->images_x;
       if (y >= m->images_y || x % p->image_concat || y % p->image_concat) {
-        st = tsr_error(TESSERA_E_FORMAT, "Index.dat: level %d lists image (%lld, %lld), which "
+        st = tsr_error(TESSERA_E_FORMAT,
+                       "Index.dat: level %d lists image (%lld, %lld), which "
                        "is outside the slide or not on the level's grid",
                        level, (long long)x, (long long)y);
         break;
       }
       if ((uint64_t)length > m->limits->max_tile_bytes) {
-        st = tsr_error(TESSERA_E_LIMIT, "Index.dat: level %d's image %d is %d bytes, over the "
-                       "limit of %llu", level, index, length,
-                       (unsigned long long)m->limits->max_tile_bytes);
+        st = tsr_error(TESSERA_E_LIMIT,
+                       "Index.dat: level %d's image %d is %d bytes, over the "
+                       "limit of %llu",
+                       level, index, length, (unsigned long long)m->limits->max_tile_bytes);
         break;
       }
       if (*nimages == cap) {
@@ -831,8 +835,7 @@ static void mosaic_format(struct tsr_level *lv) {
   lv->fmt.photometric = PHOTOMETRIC_RGB;
   lv->fmt.spp = 4;
   lv->fmt.predictor = 1;
-  tsr_codec_resolve(&lv->fmt, 8, SAMPLEFORMAT_UINT, PLANARCONFIG_CONTIG, 1,
-                    EXTRASAMPLE_UNASSALPHA);
+  tsr_codec_resolve(&lv->fmt, 8, SAMPLEFORMAT_UINT, PLANARCONFIG_CONTIG, 1, EXTRASAMPLE_UNASSALPHA);
   lv->fmt.transparent_is_fill = true;
   lv->tiled = true;
   lv->source = &tsr_mosaic_tiles;
@@ -899,11 +902,14 @@ static tessera_status make_level(struct mirax *m, int32_t level, uint8_t backgro
           int64_t px0 = x0 > gx ? x0 : gx, py0 = y0 > gy ? y0 : gy;
           int64_t px1 = x1 < gx + lv->tile_w ? x1 : gx + lv->tile_w;
           int64_t py1 = y1 < gy + lv->tile_h ? y1 : gy + lv->tile_h;
-          mo->pieces[lv->offsets[idx] - 1 + lv->bytecounts[idx]++] = (struct tsr_mosaic_piece){
-              t->image,           (uint32_t)(t->src_x + (px0 - t->x)),
-              (uint32_t)(t->src_y + (py0 - t->y)), (uint32_t)(px0 - gx),
-              (uint32_t)(py0 - gy), (uint32_t)(px1 - px0),
-              (uint32_t)(py1 - py0)};
+          mo->pieces[lv->offsets[idx] - 1 + lv->bytecounts[idx]++] =
+              (struct tsr_mosaic_piece){t->image,
+                                        (uint32_t)(t->src_x + (px0 - t->x)),
+                                        (uint32_t)(t->src_y + (py0 - t->y)),
+                                        (uint32_t)(px0 - gx),
+                                        (uint32_t)(py0 - gy),
+                                        (uint32_t)(px1 - px0),
+                                        (uint32_t)(py1 - py0)};
         }
       }
     }
@@ -1026,8 +1032,7 @@ static void add_properties(const struct mirax *m, struct tsr_findings *out) {
   tsr_props_add(&out->props, "tessera.bounds-x", "%lld", (long long)floor(x));
   tsr_props_add(&out->props, "tessera.bounds-y", "%lld", (long long)floor(y));
   tsr_props_add(&out->props, "tessera.bounds-width", "%lld", (long long)(ceil(x + w) - floor(x)));
-  tsr_props_add(&out->props, "tessera.bounds-height", "%lld",
-                (long long)(ceil(y + h) - floor(y)));
+  tsr_props_add(&out->props, "tessera.bounds-height", "%lld", (long long)(ceil(y + h) - floor(y)));
 }
 
 /* What OpenSlide's API shows (compat/openslide_properties.c): whether its levels have a tile
@@ -1042,8 +1047,7 @@ static void openslide_extras(struct mirax *m, struct tsr_findings *out) {
   for (size_t i = 0; i < last->nimages; i++) {
     const struct tsr_mosaic_image *img = &last->images[i];
     if (!tsr_scratch_reserve(&buf, img->length ? img->length : 1) ||
-        tsr_file_set_read(m->files, img->file, img->offset, img->length, buf.data) !=
-            TESSERA_OK) {
+        tsr_file_set_read(m->files, img->file, img->offset, img->length, buf.data) != TESSERA_OK) {
       tsr_scratch_free(&buf);
       return;
     }
@@ -1065,8 +1069,12 @@ static void done(struct mirax *m) {
 
 static tessera_status mirax_open(const char *path, const tessera_open_options *limits,
                                  struct tsr_findings *out, struct tsr_byte_source **source) {
-  struct mirax m = {.limits = limits, .left = INFINITY, .top = INFINITY, .right = -INFINITY,
-                    .bottom = -INFINITY, .tile_hints = true};
+  struct mirax m = {.limits = limits,
+                    .left = INFINITY,
+                    .top = INFINITY,
+                    .right = -INFINITY,
+                    .bottom = -INFINITY,
+                    .tile_hints = true};
   tsr_sha256_init(&m.quickhash);
   *source = NULL;
   tessera_status st = TESSERA_OK;
@@ -1079,8 +1087,10 @@ static tessera_status mirax_open(const char *path, const tessera_open_options *l
   if ((st = need_value(&m, HIERARCHICAL, "INDEXFILE", &index_name)) != TESSERA_OK)
     goto fail;
   if (!*index_name || strchr(index_name, '/') || strcmp(index_name, "..") == 0) {
-    st = tsr_error(TESSERA_E_FORMAT, "Slidedat.ini: INDEXFILE \"%.60s\" is not a name in the "
-                   "slide's folder", index_name);
+    st = tsr_error(TESSERA_E_FORMAT,
+                   "Slidedat.ini: INDEXFILE \"%.60s\" is not a name in the "
+                   "slide's folder",
+                   index_name);
     goto fail;
   }
   char *index_path = join(m.folder, index_name);

@@ -101,8 +101,8 @@ tessera_status tsr_file_set_size(struct tsr_file_set *fs, size_t i, uint64_t *si
   return TESSERA_OK;
 }
 
-tessera_status tsr_file_set_read(struct tsr_file_set *fs, size_t i, uint64_t offset,
-                                 size_t count, void *dst) {
+tessera_status tsr_file_set_read(struct tsr_file_set *fs, size_t i, uint64_t offset, size_t count,
+                                 void *dst) {
   struct tsr_byte_source *src;
   bool own;
   tessera_status st = get(fs, i, &src, &own);

@@ -29,7 +29,7 @@ const char *tsr_file_set_name(const struct tsr_file_set *fs, size_t i);
 tessera_status tsr_file_set_size(struct tsr_file_set *fs, size_t i, uint64_t *size);
 /* Reads exactly count bytes at offset of file i into dst; bytes past its end fail with a
  * message that names the file. */
-tessera_status tsr_file_set_read(struct tsr_file_set *fs, size_t i, uint64_t offset,
-                                 size_t count, void *dst);
+tessera_status tsr_file_set_read(struct tsr_file_set *fs, size_t i, uint64_t offset, size_t count,
+                                 void *dst);
 
 #endif

@@ -37,27 +37,26 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
   for (uint64_t k = 0; k < n; k++)
     total += m->images[m->pieces[first + k].image].length;
   if (total > s->limits.max_tile_bytes)
-    return tsr_error(TESSERA_E_LIMIT, "the images of the tile take %llu bytes, over the limit "
-                     "of %llu", (unsigned long long)total,
-                     (unsigned long long)s->limits.max_tile_bytes);
+    return tsr_error(TESSERA_E_LIMIT,
+                     "the images of the tile take %llu bytes, over the limit "
+                     "of %llu",
+                     (unsigned long long)total, (unsigned long long)s->limits.max_tile_bytes);
   if (!tsr_scratch_reserve(buf, (size_t)total))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a tile's %llu bytes of images",
                      (unsigned long long)total);
-  struct tsr_mosaic_stream head = {.n = (uint32_t)n,
-                                   .background = m->background,
-                                   .png_limit = s->limits.max_decoded_tile_bytes};
+  struct tsr_mosaic_stream head = {
+      .n = (uint32_t)n, .background = m->background, .png_limit = s->limits.max_decoded_tile_bytes};
   memcpy(buf->data, &head, sizeof head);
   size_t parts_at = sizeof head, at = parts_at + (size_t)n * sizeof(struct tsr_mosaic_part);
   for (uint64_t k = 0; k < n; k++) {
     const struct tsr_mosaic_piece *p = &m->pieces[first + k];
     const struct tsr_mosaic_image *img = &m->images[p->image];
-    struct tsr_mosaic_part part = {p->src_x,    p->src_y,    p->dst_x,  p->dst_y,
-                                   p->w,        p->h,        m->image_w, m->image_h,
-                                   img->length, m->format,   p->image,  img->file,
-                                   img->offset};
+    struct tsr_mosaic_part part = {p->src_x, p->src_y,   p->dst_x,   p->dst_y,    p->w,
+                                   p->h,     m->image_w, m->image_h, img->length, m->format,
+                                   p->image, img->file,  img->offset};
     memcpy(buf->data + parts_at + k * sizeof part, &part, sizeof part);
-    tessera_status st = tsr_file_set_read(m->files, img->file, img->offset, img->length,
-                                          buf->data + at);
+    tessera_status st =
+        tsr_file_set_read(m->files, img->file, img->offset, img->length, buf->data + at);
     if (st != TESSERA_OK)
       return tsr_error_prefix(st, "image %u: ", p->image);
     at += img->length;
