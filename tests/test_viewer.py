@@ -446,11 +446,14 @@ def test_page_lists_properties_and_associated_images(cli, chromium):
             " sizes: [...document.querySelectorAll('#associated img')].map("
             "   i => [i.naturalWidth, i.naturalHeight]),"
             " levels: document.querySelectorAll('#levels tbody tr').length,"
+            " shown: ['mask-row', 'patches-row', 'no-overlays'].map("
+            "   id => document.getElementById(id).getClientRects().length > 0),"
             " app: [...document.querySelectorAll('#props tr')].find("
             "   r => r.cells[0].textContent === 'aperio.AppMag').cells[1].textContent})")
         served = json.loads(s.get("/info.json")[2])
         rc, _ = s.stop()
     assert got["props"] == len(served["properties"]) > 20
+    assert got["shown"] == [False, False, True]  # no overlays were asked for
     with openslide.OpenSlide(APERIO) as ref:
         assert got["assoc"] == sorted(ref.associated_images)
         assert got["sizes"] == [list(ref.associated_images[n].size)
