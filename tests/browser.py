@@ -40,12 +40,14 @@ class Chromium:
              "--window-size=%d,%d" % (width, height), "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._id = 0
+        self.exceptions = []  # uncaught script errors the pages threw (Runtime.exceptionThrown)
         try:
             self._ws = websocket.create_connection(self._page_socket(), timeout=deadline_s,
                                                    suppress_origin=True)
             self.send("Emulation.setDeviceMetricsOverride", width=width, height=height,
                       deviceScaleFactor=1, mobile=False)
             self.send("Page.enable")
+            self.send("Runtime.enable")
         except BaseException:
             self.close()
             raise
@@ -74,6 +76,8 @@ class Chromium:
         self._ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
         while True:
             msg = json.loads(self._ws.recv())
+            if msg.get("method") == "Runtime.exceptionThrown":
+                self.exceptions.append(msg["params"]["exceptionDetails"])
             if msg.get("id") == self._id:
                 if "error" in msg:
                     raise BrowserError("%s: %s" % (method, msg["error"]))

@@ -230,7 +230,6 @@ def test_help_answers(cli):
     ([APERIO, "--frobnicate"], 2, "--frobnicate"),
     (["/nonexistent.svs"], 1, "/nonexistent.svs"),
     ([APERIO, "--locations", "/nonexistent.txt", "--size", "8"], 1, "/nonexistent.txt"),
-    ([APERIO, "--mask"], 1, "no tissue mask yet"),
 ])
 def test_command_line_errors(cli, args, status, words):
     r = run_view(cli, *args)
@@ -314,8 +313,10 @@ def rect_slide(tmp_path_factory):
     pic[y0:y1, x0:x1] = RECT_RGB
     png, tif = str(d / "rect.png"), str(d / "rect.tiff")
     Image.fromarray(pic).save(png)
+    # 2000 pixels a millimetre: 0.5 um/px, so the tissue mask has its default 8 um pixels
     subprocess.run(["vips", "tiffsave", png, tif, "--tile", "--tile-width", "256",
-                    "--tile-height", "256", "--pyramid", "--compression", "deflate"], check=True)
+                    "--tile-height", "256", "--pyramid", "--compression", "deflate",
+                    "--xres", "2000", "--yres", "2000"], check=True)
     loc = d / "loc.txt"
     loc.write_text("# three patches\n" + "".join("%d %d\n" % xy for xy in LOCATIONS))
     return tif, str(loc)
@@ -361,7 +362,33 @@ def load_view(chromium, server, fragment):
     chromium.navigate("about:blank")  # a new page, not a move within the last one
     chromium.navigate(server.url + "#" + fragment)
     chromium.wait_for("window.tesseraViewer && tesseraViewer.idle()", "the page showing the slide")
+    assert chromium.exceptions == []
     return chromium.evaluate("tesseraViewer.view()")
+
+
+@pytest.mark.parametrize("name", ["aperio-jpeg-tiny-16x16.svs", "hamamatsu-ndpi-DAPI.ndpi",
+                                  "generic-webp-rgba-pyramid.tif"])
+def test_page_shows_small_and_odd_slides_whole(cli, chromium, name):
+    """A 16 x 16 slide (smaller than a tile: the view cannot zoom out to fit it), an NDPI and
+    a pyramid with alpha: the page fits the slide, loads every tile it needs, throws nothing,
+    and draws the slide's middle pixel where the view says."""
+    path = os.path.join(TESTDATA, name)
+    with Server(cli, path) as s:
+        view = load_view(chromium, s, "")
+        shot = np.asarray(chromium.screenshot()).astype(int)
+        rc, _ = s.stop()
+    assert rc == 0
+    with openslide.OpenSlide(path) as ref:
+        w, h = ref.dimensions
+        assert view["zoom"] <= min(view["width"] / w, view["height"] / h)  # all of it in view
+        x, y = w // 2, h // 2
+        region = ref.read_region((x, y), 0, (1, 1)).convert("RGBA")
+        r, g, b, a = region.getpixel((0, 0))
+    bg = (255, 255, 255)  # the Deep Zoom tiles lay transparent pixels on the background
+    want = [(c * a + bgc * (255 - a)) / 255 for c, bgc in zip((r, g, b), bg)]
+    sx, sy = screen(view, x + 0.5, y + 0.5)
+    got = shot[int(sy), int(sx)]
+    assert np.all(np.abs(got - want) <= 24), (got.tolist(), want)
 
 
 def screen(view, x, y):
@@ -446,14 +473,14 @@ def test_page_lists_properties_and_associated_images(cli, chromium):
             " sizes: [...document.querySelectorAll('#associated img')].map("
             "   i => [i.naturalWidth, i.naturalHeight]),"
             " levels: document.querySelectorAll('#levels tbody tr').length,"
-            " shown: ['mask-row', 'patches-row', 'no-overlays'].map("
+            " shown: ['mask-row', 'patches-row', 'no-patches'].map("
             "   id => document.getElementById(id).getClientRects().length > 0),"
             " app: [...document.querySelectorAll('#props tr')].find("
             "   r => r.cells[0].textContent === 'aperio.AppMag').cells[1].textContent})")
         served = json.loads(s.get("/info.json")[2])
         rc, _ = s.stop()
     assert got["props"] == len(served["properties"]) > 20
-    assert got["shown"] == [False, False, True]  # no overlays were asked for
+    assert got["shown"] == [True, False, True]  # the mask can be turned on; no patches
     with openslide.OpenSlide(APERIO) as ref:
         assert got["assoc"] == sorted(ref.associated_images)
         assert got["sizes"] == [list(ref.associated_images[n].size)
@@ -489,3 +516,101 @@ def test_close_up_the_box_starts_where_the_reader_starts(rect_server, chromium):
     top = [i for i in range(int(sy) - 6, int(sy) + 7) if near(shot[i, col], PATCH_RGB, 2)]
     assert len(left) == 2 and abs((left[0] + left[1] + 1) / 2 - sx) <= 1, (sx, left)
     assert len(top) == 2 and abs((top[0] + top[1] + 1) / 2 - sy) <= 1, (sy, top)
+
+
+# ---- the tissue mask -----------------------------------------------------------------------
+
+MASK_RGB, MASK_OPACITY = (0, 200, 60), 0.4   # the server's MASK_RGBA, the page's first opacity
+
+
+@pytest.fixture(scope="module")
+def mask_server(cli, rect_slide):
+    with Server(cli, rect_slide[0], "--mask") as s:
+        yield s
+        rc, err = s.stop()
+        assert rc == 0, err
+
+
+def test_mask_is_cuimages_tissue_mask(mask_server, rect_slide):
+    import tessera
+
+    want = tessera.CuImage(rect_slide[0]).tissue_mask()
+    meta = json.loads(mask_server.get("/mask.json")[2])
+    assert (meta["width"], meta["height"]) == (want.array.shape[1], want.array.shape[0])
+    assert meta["downsample"] == want.downsample and meta["level"] == want.level
+    status, ctype, body = mask_server.get("/mask.png")
+    assert status == 200 and ctype == "image/png"
+    rgba = np.asarray(Image.open(io.BytesIO(body)))
+    assert np.array_equal(rgba[..., 3] == 255, want.array)
+    assert np.all(rgba[want.array][:, :3] == MASK_RGB) and not np.any(rgba[~want.array])
+    assert json.loads(mask_server.get("/info.json")[2])["mask"] == {"available": True,
+                                                                    "shown": True}
+
+
+def test_page_shows_the_tissue_mask_where_it_is(mask_server, rect_slide, chromium):
+    """Every mask pixel in view, at its centre on the screen: the slide's colour there (the
+    rectangle's or white) with the mask's green over it at 40% where the mask says tissue,
+    and untouched where it does not."""
+    import tessera
+
+    mask = tessera.CuImage(rect_slide[0]).tissue_mask()
+    x0, y0, x1, y1 = RECT
+    # the rectangle is tissue and the white glass is not: what the test relies on
+    assert mask.array[int((y0 + y1) / 2 / mask.downsample), int((x0 + x1) / 2 / mask.downsample)]
+    assert not mask.array[0, 0]
+    view = load_view(chromium, mask_server, "x=1800&y=1300&zoom=0.25")
+    assert chromium.evaluate("document.getElementById('mask-on').checked")
+    shot = np.asarray(chromium.screenshot()).astype(int)
+    # the buttons and the status line lie over the canvas
+    covered = chromium.evaluate("['controls', 'status'].map(id => { const r = document."
+                                "getElementById(id).getBoundingClientRect();"
+                                " return [r.left - 2, r.top - 2, r.right + 2, r.bottom + 2]; })")
+    d = mask.downsample
+    seen = {True: 0, False: 0}
+    for j in range(mask.array.shape[0]):
+        for i in range(mask.array.shape[1]):
+            cx, cy = (i + 0.5) * d, (j + 0.5) * d
+            sx, sy = screen(view, cx, cy)
+            if not (4 <= sx < view["width"] - 4 and 4 <= sy < view["height"] - 4):
+                continue
+            if cx >= SLIDE_W or cy >= SLIDE_H:
+                continue
+            if any(l <= sx <= r and t <= sy <= b for l, t, r, b in covered):
+                continue
+            # a few screen pixels clear of the rectangle's edges, where tiles blend
+            if any(abs(c - e) * view["zoom"] < 4 for c, e in ((cx, x0), (cx, x1), (cy, y0),
+                                                              (cy, y1))):
+                continue
+            inside = x0 <= cx < x1 and y0 <= cy < y1
+            base = np.array(RECT_RGB if inside else (255, 255, 255))
+            tissue = bool(mask.array[j, i])
+            want = base * (1 - MASK_OPACITY) + np.array(MASK_RGB) * MASK_OPACITY if tissue else base
+            got = shot[int(sy), int(sx)]
+            assert np.all(np.abs(got - want) <= 12), ((i, j), tissue, got.tolist(), want.tolist())
+            seen[tissue] += 1
+    assert seen[True] > 100 and seen[False] > 100, seen
+    # and off by its checkbox: the rectangle's own colour again
+    chromium.evaluate("document.getElementById('mask-on').click()")
+    time.sleep(0.3)  # the next animation frame draws it
+    shot = np.asarray(chromium.screenshot()).astype(int)
+    sx, sy = screen(view, (x0 + x1) / 2, (y0 + y1) / 2)
+    assert np.all(np.abs(shot[int(sy), int(sx)] - RECT_RGB) <= 12)
+
+
+def test_a_mask_that_cannot_be_made_fails_at_start(cli, tmp_path):
+    """A slide claiming a millimetre a pixel: its 8 um mask would be far over the limits."""
+    png, tif = str(tmp_path / "p.png"), str(tmp_path / "p.tiff")
+    Image.new("RGB", (512, 512), (255, 255, 255)).save(png)
+    subprocess.run(["vips", "tiffsave", png, tif, "--tile", "--xres", "0.001", "--yres",
+                    "0.001"], check=True)
+    r = run_view(cli, tif, "--mask")
+    assert r.returncode == 1 and r.stdout == "", r.stderr
+    assert r.stderr.startswith("tessera: %s: cannot make the tissue mask: " % tif), r.stderr
+    assert len(r.stderr.strip().split("\n")) == 1, r.stderr
+
+
+def test_the_mask_can_be_asked_for_without_the_flag(rect_server, rect_slide):
+    meta = json.loads(rect_server.get("/mask.json")[2])
+    assert meta["width"] > 0 and rect_server.get("/mask.png")[0] == 200
+    assert json.loads(rect_server.get("/info.json")[2])["mask"] == {"available": True,
+                                                                   "shown": False}

@@ -15,7 +15,9 @@ Routes (all GET; nothing else is served, and no path reaches the file system):
   /info.json                 levels, properties, associated image names, overlays
   /associated/NAME.png       an associated image (label, macro, thumbnail, ...)
   /locations.json            the patches of --locations, as level-0 rectangles
-  /mask.json, /mask.png      the tissue mask overlay (with --mask)
+  /mask.json, /mask.png      the tissue mask (CuImage.tissue_mask's defaults): its geometry,
+                             and its pixels (tissue green and opaque, the rest transparent);
+                             made at start with --mask, else when first asked for
 
 The server listens on the loopback address unless told otherwise: the page serves the
 whole slide to whoever can reach it.
@@ -41,6 +43,7 @@ TILE_OVERLAP = 1
 # Quality 90 without chroma subsampling: a stain's colour is what a pathologist looks at, and
 # 4:2:0 would smear it across a level-0 pixel at every edge.
 JPEG_QUALITY = 90
+MASK_RGBA = (0, 200, 60, 255)  # viewer.js draws it at the page's opacity (40% at first)
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
@@ -147,8 +150,6 @@ class Viewer:
         if locations is None and (size is not None or level != 0):
             raise ViewerUsageError("--size and --level describe the patches of --locations; "
                                    "give a locations file")
-        if mask:
-            raise ViewerError("view: --mask: this tessera has no tissue mask yet")
         try:
             self.slide = OpenSlide(slide_path)
         except (OpenSlideError, OpenSlideUnsupportedFormatError, OSError) as e:
@@ -157,7 +158,8 @@ class Viewer:
         self.dz = DeepZoomGenerator(self.slide, TILE_SIZE, TILE_OVERLAP, limit_bounds=False)
         self._dzi = self.dz.get_dzi("jpeg").encode("utf-8")
         self._lock = threading.Lock()
-        self._mask_wanted = mask
+        self._mask_shown = mask
+        self._mask = None  # (json, png) once made, under _lock
         self._locations_json = None
         self.locations_summary = None
         if locations is not None:
@@ -171,6 +173,37 @@ class Viewer:
             body = dict(self.locations_summary, boxes=patch_boxes(xy, size, ds))
             self._locations_json = json.dumps(body, separators=(",", ":")).encode("utf-8")
         self._info_json = json.dumps(self._info(), separators=(",", ":")).encode("utf-8")
+        if mask:
+            from .. import TesseraError
+
+            try:
+                self.mask_overlay()
+            except (TesseraError, ValueError, OSError) as e:
+                raise ViewerError("%s: cannot make the tissue mask: %s" % (slide_path, e))
+
+    def mask_overlay(self):
+        """(json, png) of the tissue mask, made once: CuImage.tissue_mask() with its defaults
+        (docs/TISSUE.md). Mask pixel (i, j) covers level-0 [i * d, (i + 1) * d) x
+        [j * d, (j + 1) * d), d its downsample, which the page draws it on."""
+        with self._lock:
+            if self._mask is None:
+                import numpy as np
+                from PIL import Image
+
+                from .. import CuImage
+
+                m = CuImage(self.path).tissue_mask()
+                tissue = np.asarray(m.array, dtype=bool)
+                rgba = np.zeros(tissue.shape + (4,), np.uint8)
+                rgba[tissue] = MASK_RGBA
+                png = io.BytesIO()
+                Image.fromarray(rgba, "RGBA").save(png, "PNG")
+                meta = {"width": int(tissue.shape[1]), "height": int(tissue.shape[0]),
+                        "downsample": m.downsample, "mpp": m.mpp, "level": m.level,
+                        "mode": m.mode, "threshold": m.threshold,
+                        "tissue_fraction": m.tissue_fraction}
+                self._mask = (json.dumps(meta).encode("utf-8"), png.getvalue())
+            return self._mask
 
     def _info(self):
         s = self.slide
@@ -198,7 +231,7 @@ class Viewer:
             "deepzoom": {"tile_size": TILE_SIZE, "overlap": TILE_OVERLAP,
                          "levels": self.dz.level_count,
                          "dimensions": [list(d) for d in self.dz.level_dimensions]},
-            "mask": {"available": False, "shown": False},
+            "mask": {"available": True, "shown": self._mask_shown},
             "locations": self.locations_summary,
         }
 
@@ -221,6 +254,11 @@ class Viewer:
             if self._locations_json is None:
                 return _not_found("no locations file was given (tessera view --locations)")
             return HTTPStatus.OK, "application/json", self._locations_json, False
+        if path in ("/mask.json", "/mask.png"):
+            body = self.mask_overlay()
+            if path == "/mask.json":
+                return HTTPStatus.OK, "application/json", body[0], False
+            return HTTPStatus.OK, "image/png", body[1], False
         m = _TILE.fullmatch(path)
         if m:
             return self._tile(int(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4))
@@ -296,11 +334,11 @@ class ViewerServer(ThreadingHTTPServer):
         try:
             self.address_family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         except socket.gaierror as e:
-            raise ViewerError("cannot resolve the host '%s': %s" % (host, e.strerror))
+            raise ViewerError("view: cannot resolve the host '%s': %s" % (host, e.strerror))
         try:
             super().__init__((host, port), _Handler)
         except OSError as e:
-            raise ViewerError("cannot listen on %s port %d: %s" % (host, port,
+            raise ViewerError("view: cannot listen on %s port %d: %s" % (host, port,
                                                                    e.strerror or e))
 
     @property

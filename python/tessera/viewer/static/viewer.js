@@ -13,7 +13,6 @@
   const MAX_TILES = 1500;      // decoded tiles kept; the coarsest levels are never dropped
   const EASE_MS = 90;          // time constant of the zoom animation
   const PATCH_COLOR = '#00b4ff';
-  const MASK_COLOR = [0, 200, 60];
 
   let info = null;             // /info.json
   let W = 0, H = 0;            // level-0 size
@@ -164,7 +163,7 @@
       .then((m) => {
         const img = new Image();
         img.onload = () => {
-          mask = {img, width: m.width, height: m.height, scaleX: m.scale_x, scaleY: m.scale_y};
+          mask = {img, width: m.width, height: m.height, scaleX: m.downsample, scaleY: m.downsample};
           maskLoading = false; setStatusNote(''); redraw = true;
         };
         img.onerror = () => { maskLoading = false; setStatusNote('the mask image failed'); };
@@ -374,9 +373,7 @@
     }
   }
   function setupOverlays(hash) {
-    const none = document.getElementById('no-overlays');
     if (info.mask.available) {
-      none.hidden = true;
       document.getElementById('mask-row').hidden = false;
       const box = document.getElementById('mask-on');
       maskOn = hash.mask !== null ? hash.mask === '1' : info.mask.shown;
@@ -386,8 +383,8 @@
       op.oninput = () => { maskOpacity = op.value / 100; redraw = true; };
       if (maskOn) loadMask();
     }
+    document.getElementById('no-patches').hidden = !!info.locations;
     if (info.locations) {
-      none.hidden = true;
       const l = info.locations;
       document.getElementById('patches-row').hidden = false;
       document.getElementById('patches-text').textContent = '(' + l.count + ' of ' + l.size[0] +
