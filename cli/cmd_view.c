@@ -17,7 +17,7 @@
 #endif
 
 void cmd_view_help(FILE *out) {
-  fputs("Usage: tessera view SLIDE [--locations FILE --size W,H [--level L]] [--mask]\n"
+  fputs("Usage: tessera view SLIDE [--locations FILE [--size W,H [--level L]]] [--mask]\n"
         "                    [--port P] [--host H]\n"
         "\n"
         "Serve a web page that shows the slide and print its address; open it in a\n"
@@ -36,7 +36,9 @@ void cmd_view_help(FILE *out) {
         "                        floor(x / downsample), floor(y / downsample) and spans\n"
         "                        W x H pixels of level L\n"
         "  -s, --size W,H        the patches' size in pixels of level L (with\n"
-        "                        --locations; one number for a square)\n"
+        "                        --locations; one number for a square). Without it,\n"
+        "                        FILE's '# level L read_size W,H' line gives both, as\n"
+        "                        'tessera grid' writes it\n"
         "  -L, --level L         the level the patches are read from (default 0)\n"
         "  -m, --mask            show the tissue mask over the slide from the start:\n"
         "                        'tessera tissue' with its defaults (docs/TISSUE.md),\n"
@@ -63,6 +65,8 @@ void cmd_view_help(FILE *out) {
         "Examples:\n"
         "  tessera view slide.svs\n"
         "  tessera view slide.svs --locations patches.txt --size 224,224 --level 1\n"
+        "  tessera grid slide.svs --size 224 --mpp 0.5 --min-tissue 0.5 > grid.txt\n"
+        "  tessera view slide.svs --locations grid.txt --mask\n"
         "  tessera view slide.svs --mask --port 8000\n",
         out);
 }

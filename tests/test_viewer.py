@@ -223,8 +223,8 @@ def test_help_answers(cli):
 
 @pytest.mark.parametrize("args, status, words", [
     ([], 2, "slide"),
-    ([APERIO, "--locations", "x.txt"], 2, "--size"),
     ([APERIO, "--size", "224"], 2, "locations file"),
+    ([APERIO, "--level", "1"], 2, "locations file"),
     ([APERIO, "--port", "70000"], 2, "port"),
     ([APERIO, "--port", "x"], 2, "port"),
     ([APERIO, "--frobnicate"], 2, "--frobnicate"),
@@ -244,6 +244,14 @@ def test_a_bad_locations_line_is_named(cli, tmp_path):
     loc.write_text("10 20\n# fine\n30,40\n1 2 3\n")
     r = run_view(cli, APERIO, "--locations", str(loc), "--size", "8")
     assert r.returncode == 1 and "line 4" in r.stderr and "'1 2 3'" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("args", [[], ["--level", "0"]])
+def test_a_plain_locations_file_needs_the_size(cli, tmp_path, args):
+    loc = tmp_path / "plain.txt"
+    loc.write_text("# level 1 but no read_size\n10 20\n")
+    r = run_view(cli, APERIO, "--locations", str(loc), *args)
+    assert r.returncode == 2 and "--size" in r.stderr, r.stderr
 
 
 def test_a_level_the_slide_lacks_fails(cli, tmp_path):
@@ -614,3 +622,53 @@ def test_the_mask_can_be_asked_for_without_the_flag(rect_server, rect_slide):
     assert meta["width"] > 0 and rect_server.get("/mask.png")[0] == 200
     assert json.loads(rect_server.get("/info.json")[2])["mask"] == {"available": True,
                                                                    "shown": False}
+
+
+
+# ---- a tessera grid file -------------------------------------------------------------------
+
+def test_a_grid_file_says_its_level_and_read_size(cli, rect_slide, tmp_path):
+    """`tessera grid` at 0.75 um/px on the 0.5 um/px slide reads level 0 with 1.5x the patch
+    (its header says so); the viewer takes the level and read size from that header and draws
+    each patch's read rectangle, with its tissue fraction from the line's comment."""
+    grid = subprocess.run([cli, "grid", rect_slide[0], "--size", "112", "--mpp", "0.75",
+                           "--min-tissue", "0.5"], capture_output=True, text=True, check=True)
+    path = tmp_path / "grid.txt"
+    path.write_text(grid.stdout)
+    header = [ln for ln in grid.stdout.splitlines() if ln.startswith("# level ")][0].split()
+    level, read_size = int(header[2]), tuple(int(v) for v in header[4].split(","))
+    assert (level, read_size) == (0, (168, 168))
+    rows = [ln.split("#") for ln in grid.stdout.splitlines() if not ln.startswith("#")]
+    xy = [tuple(int(v) for v in r[0].split()) for r in rows]
+    fractions = [float(r[1]) for r in rows]
+    assert len(xy) > 5
+    with Server(cli, rect_slide[0], "--locations", str(path)) as s:
+        got = json.loads(s.get("/locations.json")[2])
+        rc, err = s.stop()
+    assert rc == 0, err
+    assert (got["level"], tuple(got["size"]), got["count"]) == (level, read_size, len(xy))
+    with openslide.OpenSlide(rect_slide[0]) as ref:
+        ds = ref.level_downsamples[level]
+    want = []
+    for x, y in xy:
+        lx, ly = math.floor(x / ds), math.floor(y / ds)
+        want += [lx * ds, ly * ds, (lx + read_size[0]) * ds, (ly + read_size[1]) * ds]
+    assert got["boxes"] == want
+    assert got["tissue"] == fractions and min(fractions) >= 0.5
+    x0, y0, x1, y1 = RECT  # half their area or more on the rectangle, the only tissue
+    for i in range(0, len(want), 4):
+        bx0, by0, bx1, by1 = want[i:i + 4]
+        overlap = max(0, min(bx1, x1) - max(bx0, x0)) * max(0, min(by1, y1) - max(by0, y0))
+        assert overlap >= 0.4 * (bx1 - bx0) * (by1 - by0), want[i:i + 4]
+
+
+def test_hovering_a_box_names_its_patch(rect_server, chromium):
+    view = load_view(chromium, rect_server, "x=1800&y=1300&zoom=0.5")
+    sx, sy = screen(view, 1400 + 100, 1000 + 80)  # the middle of the first patch's box
+    chromium.send("Input.dispatchMouseEvent", type="mouseMoved", x=sx, y=sy)
+    chromium.wait_for("document.getElementById('status').textContent.includes('patch 1 at "
+                      "1401, 1001')", "the patch named")
+    sx, sy = screen(view, 1800, 1300)  # between the patches
+    chromium.send("Input.dispatchMouseEvent", type="mouseMoved", x=sx, y=sy)
+    chromium.wait_for("!document.getElementById('status').textContent.includes('patch')",
+                      "the name gone")

@@ -55,6 +55,10 @@ LOCATIONS_LINE_MAX = 4096
 _PAIR = re.compile(r"[ \t\r]*([+-]?[0-9]+)(?:[ \t\r]*,[ \t\r]*|[ \t\r]+)([+-]?[0-9]+)[ \t\r]*")
 _TILE = re.compile(r"/slide_files/([0-9]{1,3})/([0-9]{1,9})_([0-9]{1,9})\.(jpeg|png)")
 _INT64 = (-(1 << 63), (1 << 63) - 1)
+# `tessera grid`'s header line (after its '#') and its per-patch tissue fraction comment
+_GRID_HEADER = re.compile(r"[ \t]*level[ \t]+([0-9]{1,4})[ \t]+read_size[ \t]+([0-9]{1,7}),"
+                          r"([0-9]{1,7})(?:[ \t\r]|$)")
+_FRACTION = re.compile(r"[ \t]*([0-9]+(?:\.[0-9]*)?)[ \t\r]*")
 
 
 class ViewerError(Exception):
@@ -66,15 +70,18 @@ class ViewerUsageError(ViewerError):
 
 
 def read_locations(path):
-    """The (x, y) level-0 corners of a locations file in `tessera bench --locations`'s format:
-    one pair a line, 'x y' or 'x,y', blank lines and '#' comments allowed, lines of at most
-    4096 bytes. ViewerError names the file and line of the first problem."""
+    """A locations file in `tessera bench --locations`'s format: one (x, y) level-0 corner a
+    line, 'x y' or 'x,y', blank lines and '#' comments allowed, lines of at most 4096 bytes.
+    Returns (pairs, header, tissue): header is {"level": L, "size": (W, H)} from a comment
+    line '# level L read_size W,H' (as `tessera grid` writes) or None; tissue is the list of
+    each pair's trailing '# F' number (`tessera grid`'s tissue fractions) when every pair has
+    one, else None. ViewerError names the file and line of the first problem."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
         raise ViewerError("%s: cannot read the locations: %s" % (path, e.strerror or e))
-    out = []
+    out, header, tissue = [], None, []
     for number, raw in enumerate(data.split(b"\n"), 1):
         if len(raw) > LOCATIONS_LINE_MAX:
             raise ViewerError("%s: line %d: longer than %d bytes (one 'x y' pair a line)" % (
@@ -82,18 +89,27 @@ def read_locations(path):
         if b"\0" in raw:
             raise ViewerError("%s: line %d: holds a NUL byte (one 'x y' pair a line, as text)" % (
                 path, number))
-        line = raw.split(b"#", 1)[0].decode("latin-1")
-        if not line.strip(" \t\r"):
+        text, _, comment = raw.decode("latin-1").partition("#")
+        if not text.strip(" \t\r"):
+            h = _GRID_HEADER.match(comment) if header is None and not out else None
+            if h:
+                header = {"level": int(h.group(1)), "size": (int(h.group(2)), int(h.group(3)))}
             continue
-        m = _PAIR.fullmatch(line)
+        m = _PAIR.fullmatch(text)
         pair = (int(m.group(1)), int(m.group(2))) if m else None
         if pair is None or not all(_INT64[0] <= v <= _INT64[1] for v in pair):
             raise ViewerError("%s: line %d: expected two integers 'x y', found '%.60s'" % (
-                path, number, line.strip(" \t\r")))
+                path, number, text.strip(" \t\r")))
         out.append(pair)
+        f = _FRACTION.fullmatch(comment)
+        if tissue is not None:
+            tissue = tissue + [float(f.group(1))] if f else None
     if not out:
         raise ViewerError("%s: no locations in the file" % path)
-    return out
+    if header is not None and not (1 <= header["size"][0] <= 1 << 20 and
+                                   1 <= header["size"][1] <= 1 << 20):
+        header = None
+    return out, header, tissue
 
 
 def patch_boxes(locations, size, downsample):
@@ -139,15 +155,15 @@ class Viewer:
     """What the server serves for one slide; thread-safe (the slide reads are, and the lazily
     made overlays are made once under a lock)."""
 
-    def __init__(self, slide_path, locations=None, size=None, level=0, mask=False):
+    def __init__(self, slide_path, locations=None, size=None, level=None, mask=False):
         # Imported here so that the command's own errors come before a missing Pillow's.
         from ..openslide import OpenSlide, OpenSlideError, OpenSlideUnsupportedFormatError
         from ..openslide.deepzoom import DeepZoomGenerator
 
-        if locations is not None and size is None:
-            raise ViewerUsageError("--locations needs --size W,H: the patch size in pixels of "
-                                   "--level")
-        if locations is None and (size is not None or level != 0):
+        if locations is not None and size is None and level is not None:
+            raise ViewerUsageError("--level needs --size W,H: the patch size in pixels of "
+                                   "that level")
+        if locations is None and (size is not None or level is not None):
             raise ViewerUsageError("--size and --level describe the patches of --locations; "
                                    "give a locations file")
         try:
@@ -163,14 +179,24 @@ class Viewer:
         self._locations_json = None
         self.locations_summary = None
         if locations is not None:
+            xy, header, tissue = read_locations(locations)
+            if size is None:  # the file says how it is read, as tessera grid writes it
+                if header is None:
+                    raise ViewerUsageError(
+                        "--locations needs --size W,H (and --level L), the patches' size in "
+                        "pixels of their level: %s has no '# level L read_size W,H' line, as "
+                        "tessera grid writes" % locations)
+                level, size = header["level"], header["size"]
+            level = level or 0
             if level >= self.slide.level_count:
                 raise ViewerError("%s: no level %d (the slide has %d levels)" % (
                     slide_path, level, self.slide.level_count))
-            xy = read_locations(locations)
             ds = self.slide.level_downsamples[level]
             self.locations_summary = {"file": os.path.basename(locations), "count": len(xy),
-                                      "level": level, "downsample": ds, "size": list(size)}
-            body = dict(self.locations_summary, boxes=patch_boxes(xy, size, ds))
+                                      "level": level, "downsample": ds, "size": list(size),
+                                      "tissue": tissue is not None}
+            body = dict(self.locations_summary, boxes=patch_boxes(xy, size, ds),
+                        locations=[v for pair in xy for v in pair], tissue=tissue)
             self._locations_json = json.dumps(body, separators=(",", ":")).encode("utf-8")
         self._info_json = json.dumps(self._info(), separators=(",", ":")).encode("utf-8")
         if mask:
@@ -388,8 +414,9 @@ def _parser():
                    help="draw a box for each patch of FILE ('tessera bench --locations' form: "
                    "one 'x y' level-0 corner a line) where the batch reader reads it")
     p.add_argument("-s", "--size", type=_parse_size, metavar="W,H",
-                   help="the patches' size in pixels of --level (with --locations)")
-    p.add_argument("-L", "--level", type=_parse_level, default=0, metavar="L",
+                   help="the patches' size in pixels of --level (with --locations; default: "
+                   "the file's '# level L read_size W,H' line, as tessera grid writes)")
+    p.add_argument("-L", "--level", type=_parse_level, metavar="L",
                    help="the level the patches are read from (default 0)")
     p.add_argument("-m", "--mask", action="store_true", help="show the tissue mask")
     p.add_argument("-p", "--port", type=_parse_port, default=0, metavar="P",

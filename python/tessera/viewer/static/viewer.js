@@ -172,6 +172,25 @@
       .catch((e) => { maskLoading = false; setStatusNote('no mask: ' + e.message.trim()); });
   }
 
+  // The patch under the pointer (the last drawn, so the one on top), named in the status line
+  // with its corner as the file gives it and, from tessera grid, its tissue fraction.
+  let hoverText = '';
+  function hover(sx, sy) {
+    let text = '';
+    if (patches && patchesOn) {
+      const [px, py] = toSlide(sx, sy, view), b = patches.boxes;
+      for (let i = b.length - 4; i >= 0; i -= 4) {
+        if (px >= b[i] && px < b[i + 2] && py >= b[i + 1] && py < b[i + 3]) {
+          const n = i / 4;
+          text = 'patch ' + (n + 1) + ' at ' + patches.locations[2 * n] + ', ' +
+            patches.locations[2 * n + 1] + (patches.tissue ? ', tissue ' + patches.tissue[n] : '');
+          break;
+        }
+      }
+    }
+    if (text !== hoverText) { hoverText = text; redraw = true; }
+  }
+
   // ---- the frame -----------------------------------------------------------------------
 
   let note = '';
@@ -235,7 +254,7 @@
     drawPatches(rect);
     const mpp = info.mpp ? ' \u00b7 ' + (info.mpp[0] / view.s).toPrecision(3) + ' \u00b5m/px' : '';
     statusEl.textContent = 'zoom ' + (view.s * 100).toPrecision(3) + '%' + mpp +
-      (note ? ' \u00b7 ' + note : '');
+      (note ? ' \u00b7 ' + note : '') + (hoverText ? ' \u00b7 ' + hoverText : '');
     if (wanted.length || inflight) redraw = true;  // keep asking until the view is whole
     saveHash();
   }
@@ -292,7 +311,7 @@
   });
   canvas.addEventListener('pointermove', (e) => {
     const last = pointers.get(e.pointerId);
-    if (!last) return;
+    if (!last) { hover(e.offsetX, e.offsetY); return; }
     if (pointers.size === 1) {
       panBy(e.offsetX - last[0], e.offsetY - last[1]);
     } else if (pinch) {
