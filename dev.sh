@@ -67,6 +67,7 @@ demo() {
   "$cli" bench "$out/sample.tiff" --layout random --count 4000 --size 224,224 --batch-size 32
   echo "From Python: cuCIM's batch example with only its import changed (examples/cucim_batches.py):"
   PYTHONPATH=build/python "$PY" examples/cucim_batches.py "$out/sample.tiff"
+  echo "To look at the slide and its tissue in a browser: $cli view $out/sample.tiff --mask"
 }
 
 build_threadsan() {

@@ -118,6 +118,24 @@ def test_listens_on_loopback_only(aperio_server):
     assert listening == ["0100007F"], listening  # 127.0.0.1, little-endian
 
 
+@pytest.mark.parametrize("host, status", [
+    ("127.0.0.1:{port}", 200), ("localhost:{port}", 200), ("LOCALHOST", 200),
+    ("[::1]:{port}", 200), ("attacker.example:{port}", 403), ("127.0.0.1.nip.io", 403), (None, 403),
+])
+def test_answers_only_to_loopback_names(aperio_server, host, status):
+    """DNS rebinding: a page of attacker.example whose name now points at 127.0.0.1 must
+    not read the slide through the visitor's browser."""
+    port = int(aperio_server.url.rsplit(":", 1)[1].strip("/"))
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+        head = "GET /slide.dzi HTTP/1.1\r\n" + (
+            "Host: %s\r\n" % host.format(port=port) if host else "") + "Connection: close\r\n\r\n"
+        c.sendall(head.encode())
+        reply = b""
+        while chunk := c.recv(65536):
+            reply += chunk
+    assert reply.split(b"\r\n", 1)[0].split()[1] == str(status).encode(), reply[:200]
+
+
 def test_dzi_is_openslides(aperio_server, reference):
     status, ctype, body = aperio_server.get("/slide.dzi")
     assert status == 200 and ctype == "application/xml"

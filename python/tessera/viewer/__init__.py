@@ -332,7 +332,12 @@ class _Handler(BaseHTTPRequestHandler):
         viewer = self.server.viewer
         path = urlsplit(self.path).path
         try:
-            status, ctype, body, cacheable = viewer.route(path)
+            if not self.server.host_allowed(self.headers.get("Host")):
+                status, ctype, body, cacheable = (
+                    HTTPStatus.FORBIDDEN, "text/plain; charset=utf-8",
+                    b"this server answers only to its loopback address\n", False)
+            else:
+                status, ctype, body, cacheable = viewer.route(path)
         except Exception as e:  # a corrupt tile fails its request, not the server
             self.server.report("%s: %s" % (path, e))
             status, ctype, body, cacheable = (HTTPStatus.INTERNAL_SERVER_ERROR,
@@ -367,6 +372,17 @@ class ViewerServer(ThreadingHTTPServer):
             raise ViewerError("view: cannot listen on %s port %d: %s" % (host, port,
                                                                    e.strerror or e))
 
+    def host_allowed(self, host):
+        """On a loopback address, only requests naming a loopback host are served: a web page
+        elsewhere that points a name of its own at 127.0.0.1 (DNS rebinding) would otherwise
+        read the slide through the visitor's browser. Bound elsewhere (--host), any name."""
+        if not _is_loopback(self.server_address[0]):
+            return True
+        if not host:
+            return False
+        name = urlsplit("//" + host).hostname or ""
+        return _is_loopback(name)
+
     @property
     def url(self):
         host, port = self.server_address[:2]
@@ -393,7 +409,7 @@ def _is_loopback(host):
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host == "localhost"
+        return host.lower() in ("localhost", "localhost.")
 
 
 class _ArgumentParser(argparse.ArgumentParser):
