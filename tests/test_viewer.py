@@ -586,6 +586,9 @@ def test_page_shows_the_tissue_mask_where_it_is(mask_server, rect_slide, chromiu
     assert not mask.array[0, 0]
     view = load_view(chromium, mask_server, "x=1800&y=1300&zoom=0.25")
     assert chromium.evaluate("document.getElementById('mask-on').checked")
+    assert chromium.evaluate("document.getElementById('mask-text').textContent") == (
+        "(%d \u00d7 %d, 8.00 \u00b5m/px, %.1f%% tissue)" % (
+            mask.array.shape[1], mask.array.shape[0], 100 * mask.tissue_fraction))
     shot = np.asarray(chromium.screenshot()).astype(int)
     # the buttons and the status line lie over the canvas
     covered = chromium.evaluate("['controls', 'status'].map(id => { const r = document."

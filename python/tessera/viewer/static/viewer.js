@@ -164,6 +164,9 @@
         const img = new Image();
         img.onload = () => {
           mask = {img, width: m.width, height: m.height, scaleX: m.downsample, scaleY: m.downsample};
+          document.getElementById('mask-text').textContent = '(' + m.width + ' \u00d7 ' + m.height +
+            (m.mpp ? ', ' + m.mpp.toPrecision(3) + ' \u00b5m/px' : ', downsample ' + m.downsample) +
+            ', ' + (100 * m.tissue_fraction).toFixed(1) + '% tissue)';
           maskLoading = false; setStatusNote(''); redraw = true;
         };
         img.onerror = () => { maskLoading = false; setStatusNote('the mask image failed'); };
