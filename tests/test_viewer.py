@@ -18,7 +18,6 @@ import select
 import signal
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 
@@ -417,6 +416,13 @@ def test_page_shows_small_and_odd_slides_whole(cli, chromium, name):
     assert np.all(np.abs(got - want) <= 24), (got.tolist(), want)
 
 
+def next_frames(chromium):
+    """Returns once the page has drawn two more animation frames (the change is drawn in the
+    first)."""
+    chromium.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => "
+                      "r(true))))")
+
+
 def screen(view, x, y):
     """The screen pixel of level-0 point (x, y) under the view the page reports (the canvas
     is at the page's top-left corner)."""
@@ -481,8 +487,7 @@ def test_patches_can_be_turned_off(rect_server, chromium):
     assert not np.any(np.all(np.abs(shot.astype(int) - PATCH_RGB) <= 40, axis=2))
     # and on again by its checkbox
     chromium.evaluate("document.getElementById('patches-on').click()")
-    chromium.wait_for("tesseraViewer.idle()", "redraw")
-    time.sleep(0.2)  # the next animation frame draws it
+    next_frames(chromium)
     shot = np.asarray(chromium.screenshot())[:, :680]
     assert np.count_nonzero(np.all(np.abs(shot.astype(int) - PATCH_RGB) <= 2, axis=2)) > 400
 
@@ -620,7 +625,7 @@ def test_page_shows_the_tissue_mask_where_it_is(mask_server, rect_slide, chromiu
     assert seen[True] > 100 and seen[False] > 100, seen
     # and off by its checkbox: the rectangle's own colour again
     chromium.evaluate("document.getElementById('mask-on').click()")
-    time.sleep(0.3)  # the next animation frame draws it
+    next_frames(chromium)
     shot = np.asarray(chromium.screenshot()).astype(int)
     sx, sy = screen(view, (x0 + x1) / 2, (y0 + y1) / 2)
     assert np.all(np.abs(shot[int(sy), int(sx)] - RECT_RGB) <= 12)

@@ -463,11 +463,12 @@
   });
   requestAnimationFrame(step);
 
-  // For scripts and tests: the view, and whether everything it needs has arrived.
+  // For scripts and tests: the view, and whether everything it needs has arrived and been
+  // drawn.
   window.tesseraViewer = {
     view: () => ({x: view.x, y: view.y, zoom: view.s, level: levelFor(view.s),
                   width: canvas.clientWidth, height: canvas.clientHeight}),
-    idle: () => !!info && view.s === goal.s && view.x === goal.x && view.y === goal.y &&
+    idle: () => !!info && !redraw && view.s === goal.s && view.x === goal.x && view.y === goal.y &&
       !wanted.length && !inflight && (!maskOn || !!mask || !maskLoading) &&
       (!info.locations || !!patches),
     setView: (x, y, zoom) => { Object.assign(goal, {x, y, s: zoom, anchor: null}); clampGoal(); },
