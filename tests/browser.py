@@ -33,6 +33,7 @@ class Chromium:
         self._profile = tempfile.TemporaryDirectory(prefix="tessera-chromium-")
         self._proc = subprocess.Popen(
             [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+             "--disable-dev-shm-usage",
              "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars",
              "--disable-background-networking", "--force-device-scale-factor=1",
              "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
