@@ -89,6 +89,7 @@ struct tsr_path_format {
 
 extern const struct tsr_path_format tsr_format_mirax;
 extern const struct tsr_path_format tsr_format_sakura;
+extern const struct tsr_path_format tsr_format_vms;
 
 /* The format that claims path by its name and the files beside it, or NULL (then it is read
  * as a TIFF). */
