@@ -435,3 +435,68 @@ def test_damaged_copies_fail_clearly(lib, cli, damaged, name):
         r = subprocess.run([exe, "info", damaged[name]], capture_output=True, text=True,
                            timeout=120, env=env)
         assert r.returncode in (0, 1) and "Sanitizer" not in r.stderr, (exe, r.stderr)
+
+
+# ---- OpenSlide's API over tessera ----------------------------------------------------------
+
+
+def test_openslide_fronts_equal_openslide(lib, slides, tmp_path):
+    """openslide-python over libtessera-openslide (a process of its own,
+    tests/openslide_reader.py) and tessera.openslide give every property OpenSlide 3.4.1 gives
+    (quickhash-1 of the key file and the map, tile sizes, mpp, objective power, comment), its
+    levels, its macro and its regions (those whose origin is a whole pixel of the level; inside
+    the level: pixels beyond a file's whole tiles are transparent through both)."""
+    import pickle
+    import tessera.openslide
+    here = os.path.dirname(os.path.abspath(__file__))
+    so0 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(T.lib_path()))),
+                       "openslide", "so0")
+    paths = [slides[n] for n in NAMES]
+    runs = {}
+    for which, env in (("openslide", {}), ("tessera", {"LD_LIBRARY_PATH": so0})):
+        out = str(tmp_path / (which + ".pickle"))
+        subprocess.run(["/usr/bin/python3", os.path.join(here, "openslide_reader.py"), out]
+                       + paths, env=dict(os.environ, **env), check=True, capture_output=True,
+                       timeout=600)
+        with open(out, "rb") as f:
+            runs[which] = pickle.load(f)
+    assert runs["openslide"]["version"] != runs["tessera"]["version"]
+    compared = 0
+    for path in paths:
+        real, ours = runs["openslide"]["slides"][path], runs["tessera"]["slides"][path]
+        assert "error" not in real and "error" not in ours, (real.get("error"), ours.get("error"))
+        assert "openslide.quickhash-1" in real["properties"]
+        assert ours["properties"] == real["properties"], path
+        assert dict(tessera.openslide.OpenSlide(path).properties) == real["properties"], path
+        assert ours["levels"] == real["levels"] and ours["associated"] == real["associated"]
+        for (dims, level, x, y, w, h), want in real["regions"].items():
+            ds = real["levels"][level][1]
+            if x / ds != x // ds or y / ds != y // ds:
+                continue  # between pixels: OpenSlide interpolates
+            lx, ly = int(x // ds), int(y // ds)
+            yy, xx = np.mgrid[ly:ly + h, lx:lx + w]
+            inside = (xx >= 0) & (yy >= 0) & (xx < dims[0]) & (yy < dims[1])
+            g = np.frombuffer(ours["regions"][(dims, level, x, y, w, h)], np.uint8).reshape(h, w, 4)
+            o = np.frombuffer(want, np.uint8).reshape(h, w, 4)
+            assert np.array_equal(g[inside], o[inside]), (path, level, x, y, w, h)
+            compared += 1
+    assert compared > 50
+
+
+def test_python_package_reads_it(slides):
+    import tessera
+    import tessera.openslide
+    path = slides["grid"]
+    with T.open_slide(path) as s:
+        want = s.read_region(100, 50, 0, 200, 120, channels=4)
+    img = tessera.CuImage(path)
+    got = np.asarray(img.read_region((100, 50), (200, 120), 0))
+    assert np.array_equal(got[..., :3], want[..., :3])
+    o = tessera.openslide.OpenSlide(path)
+    assert o.properties["openslide.vendor"] == "hamamatsu"
+    # through OpenSlide's API the pixels beyond the last whole tiles are transparent black
+    front = np.asarray(o.read_region((100, 50), 0, (200, 120)))
+    shown = front[..., 3] == 255
+    assert 0 < shown.sum() < shown.size
+    assert np.array_equal(front[shown], want[shown])
+    assert (front[~shown] == 0).all()

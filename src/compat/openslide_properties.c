@@ -46,11 +46,12 @@ static const struct {
 static bool skipped(const tessera_slide *s, const char *key) {
   /* A level whose image is placed in it (Leica, a Ventana BIF) has no tile size in OpenSlide:
    * its tiles do not tile the level; nor has a MIRAX level whose images OpenSlide places off
-   * a grid of their size. */
+   * a grid of their size. (A Hamamatsu VMS level whose whole restart intervals stop short of
+   * its edge keeps its tile size: OpenSlide's tiles are those intervals.) */
   int level, end = 0;
   if (sscanf(key, "tessera.level[%d].tile-%*[a-z]%n", &level, &end) == 1 && end &&
       !key[end] && level >= 0 && level < s->nlevels &&
-      (s->levels[level].image_w != 0 ||
+      ((s->levels[level].image_w != 0 && strcmp(s->vendor, "hamamatsu") != 0) ||
        (s->levels[level].source == &tsr_mosaic_tiles &&
         !((const struct tsr_mosaic *)s->levels[level].source_data)->openslide_tile_size)))
     return true;
@@ -333,7 +334,11 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
                                      strcmp(s->vendor, "generic-tiff") == 0);
   /* A Sakura slide is an SQLite database, a MIRAX slide a folder of files: no TIFF tags, and
    * the quickhash-1 is the vendor's (tessera.quickhash-1, renamed above). */
-  tessera_status st = strcmp(s->vendor, "sakura") == 0 || strcmp(s->vendor, "mirax") == 0
+  /* (A Hamamatsu VMS or VMU slide, a key file and the files it names, has its quickhash-1
+   * too: no TIFF.) */
+  tessera_status st = strcmp(s->vendor, "sakura") == 0 || strcmp(s->vendor, "mirax") == 0 ||
+                              (strcmp(s->vendor, "hamamatsu") == 0 &&
+                               tessera_property_value(s, "tessera.quickhash-1"))
                           ? TESSERA_OK
                           : from_tiff(s, version, &p);
   size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */

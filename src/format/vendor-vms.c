@@ -20,6 +20,7 @@
 
 #include "alloc.h"
 #include "codec/codec.h"
+#include "compat/sha256.h"
 #include "error.h"
 #include "format/format.h"
 #include "format/ini.h"
@@ -176,6 +177,7 @@ struct vms {
   size_t npaths;
   struct tsr_file_set *files;
   char *comment;
+  struct tsr_sha256 quickhash; /* OpenSlide's quickhash-1: the key file, then the map file */
   uint8_t *opt; /* the optimisation file, or NULL */
   size_t opt_len, opt_at;
 };
@@ -238,8 +240,10 @@ static tessera_status read_key_file(struct vms *v, const char *path) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   else
     st = read_all(src, (size_t)size, text);
-  if (st == TESSERA_OK)
+  if (st == TESSERA_OK) {
+    tsr_sha256_update(&v->quickhash, text, (size_t)size);
     st = tsr_ini_parse(text, (size_t)size, "key file", &v->ini);
+  }
   tsr_free(text);
   tsr_byte_source_close(src);
   return st;
@@ -626,10 +630,14 @@ static tessera_status jpeg_level(struct vms *v, size_t first, int32_t cols, int3
     lv->across = (uint32_t)across;
     lv->down = (uint32_t)down;
     lv->ntiles = across * down;
-    lv->image_w = (int64_t)(across * lv->tile_w) < lv->width ? (int64_t)(across * lv->tile_w)
-                                                              : lv->width;
-    lv->image_h = (int64_t)(down * lv->tile_h) < lv->height ? (int64_t)(down * lv->tile_h)
-                                                             : lv->height;
+    /* Pixels beyond the whole tiles are no image's: the read's fill, as OpenSlide leaves
+     * them transparent. */
+    if ((int64_t)(across * lv->tile_w) < lv->width || (int64_t)(down * lv->tile_h) < lv->height) {
+      lv->image_w = (int64_t)(across * lv->tile_w) < lv->width ? (int64_t)(across * lv->tile_w)
+                                                                : lv->width;
+      lv->image_h = (int64_t)(down * lv->tile_h) < lv->height ? (int64_t)(down * lv->tile_h)
+                                                               : lv->height;
+    }
     lv->downsample = 1.0;
     lv->offsets = tsr_calloc(lv->ntiles, sizeof *lv->offsets);
     lv->bytecounts = tsr_calloc(lv->ntiles, sizeof *lv->bytecounts);
@@ -919,6 +927,27 @@ static tessera_status add_macro(struct vms *v, struct tsr_findings *out) {
   return TESSERA_OK;
 }
 
+/* tessera.quickhash-1: OpenSlide's, the key file's bytes and then the map file's. */
+static tessera_status add_quickhash(struct vms *v, struct tsr_findings *out) {
+  size_t map = v->npaths - 1;
+  uint64_t size;
+  tessera_status st = tsr_file_set_size(v->files, map, &size);
+  if (st != TESSERA_OK || size > v->limits->max_tile_bytes)
+    return st; /* a map over the limit: no quickhash */
+  uint8_t *bytes = tsr_malloc(size ? (size_t)size : 1);
+  if (!bytes)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  st = tsr_file_set_read(v->files, map, 0, (size_t)size, bytes);
+  if (st == TESSERA_OK) {
+    char hex[65];
+    tsr_sha256_update(&v->quickhash, bytes, (size_t)size);
+    tsr_sha256_hex(&v->quickhash, hex);
+    tsr_props_add_string(&out->props, "tessera.quickhash-1", hex);
+  }
+  tsr_free(bytes);
+  return st;
+}
+
 static void add_properties(struct vms *v, struct tsr_findings *out) {
   char key[256];
   for (size_t i = 0; i < v->ini.n; i++) {
@@ -986,6 +1015,7 @@ static void read_opt(struct vms *v) {
 static tessera_status vms_open(const char *path, const tessera_open_options *limits,
                                struct tsr_findings *out, struct tsr_byte_source **source) {
   struct vms v = {.limits = limits};
+  tsr_sha256_init(&v.quickhash);
   *source = NULL;
   const char *slash = strrchr(path, '/');
   v.folder = slash ? tsr_strndup(path, (size_t)(slash - path)) : tsr_strdup(".");
@@ -1005,6 +1035,8 @@ static tessera_status vms_open(const char *path, const tessera_open_options *lim
                                    h0 / (double)out->levels[i].height) / 2.0;
     st = add_macro(&v, out);
   }
+  if (st == TESSERA_OK)
+    st = add_quickhash(&v, out);
   /* The key file is the slide's byte source: its identity keys the slide's tiles in the
    * caches. */
   if (st == TESSERA_OK)
