@@ -367,6 +367,31 @@ def _no_restart(d, key):
         f.write(j[:dri] + j[dri + 6:])
 
 
+def _huge_sof(d, key):
+    """img_0_0.jpg's frame claims 64000 x 60000 pixels: far more intervals than its bytes."""
+    p = os.path.join(d, "img_0_0.jpg")
+    with open(p, "rb") as f:
+        j = bytearray(f.read())
+    sof = jpeg_segments(bytes(j))[0]
+    j[sof + 5:sof + 9] = struct.pack(">HH", 60000, 64000)
+    with open(p, "wb") as f:
+        f.write(bytes(j))
+
+
+def _bad_opt(d, key):
+    """The optimisation file's second record points into the middle of an interval."""
+    p = os.path.join(d, "slide.opt")
+    with open(p, "r+b") as f:
+        f.seek(40)
+        f.write(struct.pack("<q", 700))
+
+
+def _ngr_start(d, key):
+    with open(os.path.join(d, "img.ngr"), "r+b") as f:
+        f.seek(24)
+        f.write(struct.pack("<i", 0x7FFFFFF0))
+
+
 # name: (slide, edit, words in the message)
 DAMAGED = {
     "missing-image": ("grid", _remove("img_1_0.jpg"), "img_1_0.jpg"),
@@ -383,6 +408,9 @@ DAMAGED = {
     "too-many-dims": ("grid", _key_edit("ImageFile(1,1)", "ImageFile(0,1,1,1)"),
                       "more than three"),
     "missing-macro": ("grid", _remove("macro.jpg"), "macro"),
+    "huge-frame": ("grid", _huge_sof, "cannot fit"),
+    "bad-optimisation": ("grid", _bad_opt, "optimisation file"),
+    "vmu-data-offset": ("vmu", _ngr_start, "do not fit"),
     "vmu-bits": ("vmu", _key_edit("BitsPerPixel=36", "BitsPerPixel=48"), "BitsPerPixel"),
     "vmu-truncated": ("vmu", _truncate("img.ngr", lambda n: n - 1000), "do not fit"),
     "vmu-magic": ("vmu", lambda d, k: _truncate("map.ngr", lambda n: n)(d, k) or
@@ -423,7 +451,7 @@ def _fails(path):
 
 
 @pytest.mark.parametrize("name", sorted(DAMAGED))
-def test_damaged_copies_fail_clearly(lib, cli, damaged, name):
+def test_damaged_copies_fail_clearly(lib, cli, damaged, name, tmp_path):
     words = DAMAGED[name][2]
     msg = _fails(damaged[name])
     assert msg is not None, "%s opened and read" % name
@@ -432,9 +460,34 @@ def test_damaged_copies_fail_clearly(lib, cli, damaged, name):
                UBSAN_OPTIONS="halt_on_error=1:exitcode=98:print_stacktrace=1")
     for exe in [cli] + ([os.environ["TESSERA_CLI_ASAN"]] if os.environ.get("TESSERA_CLI_ASAN")
                         else []):
-        r = subprocess.run([exe, "info", damaged[name]], capture_output=True, text=True,
-                           timeout=120, env=env)
-        assert r.returncode in (0, 1) and "Sanitizer" not in r.stderr, (exe, r.stderr)
+        for cmd in (["info", damaged[name]],
+                    ["read", damaged[name], "--location", "0,0", "--size", "506,167",
+                     "--output", os.path.join(str(tmp_path), "out.raw")]):
+            r = subprocess.run([exe] + cmd, capture_output=True, text=True, timeout=120, env=env)
+            assert r.returncode in (0, 1) and "Sanitizer" not in r.stderr, (exe, r.stderr)
+        assert r.returncode == 1 and words in r.stderr, (exe, r.stderr)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_cli_reads_every_level(cli, slides, name, tmp_path):
+    """`tessera read` of every level whole (under ASan+UBSan too when TESSERA_CLI_ASAN names a
+    sanitized `tessera`) equals the library's read."""
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:exitcode=99",
+               UBSAN_OPTIONS="halt_on_error=1:exitcode=98:print_stacktrace=1")
+    with T.open_slide(slides[name]) as s:
+        for level in range(s.level_count):
+            W, H = s.level_dimensions()[level]
+            want = s.read_region(0, 0, level, W, H)
+            for exe in [cli] + ([os.environ["TESSERA_CLI_ASAN"]]
+                                if os.environ.get("TESSERA_CLI_ASAN") else []):
+                out = str(tmp_path / "level.raw")
+                r = subprocess.run([exe, "read", slides[name], "--location", "0,0", "--size",
+                                    "%d,%d" % (W, H), "--level", str(level), "--output", out],
+                                   capture_output=True, text=True, timeout=120, env=env)
+                assert r.returncode == 0, (exe, r.stderr)
+                with open(out, "rb") as f:
+                    got = np.frombuffer(f.read(), np.uint8)
+                assert got.size == W * H * 3 and np.array_equal(got.reshape(H, W, 3), want)
 
 
 # ---- OpenSlide's API over tessera ----------------------------------------------------------

@@ -382,6 +382,8 @@ static tessera_status read_jpeg_header(struct vms *v, size_t file, struct jpeg_f
       sof = pos;
     else if (m >= 0xC2 && m <= 0xCF && m != 0xC4 && m != 0xC8 && m != 0xCC)
       return tsr_error(TESSERA_E_UNSUPPORTED, "not a baseline Huffman-coded JPEG");
+    else if (m == 0xDD && len != 4)
+      return tsr_error(TESSERA_E_FORMAT, "a restart interval segment of %zu bytes", len);
     else if (m == 0xDD)
       dri = pos;
     else if (m == 0xFE && file == 0 && !v->comment)
@@ -418,9 +420,13 @@ static tessera_status read_jpeg_header(struct vms *v, size_t file, struct jpeg_f
   jf->down = g.height / g.mcu_h;
   jf->per_row = per_row / g.restart_interval;
   jf->mcu_rows = ((uint64_t)g.height + g.mcu_h - 1) / g.mcu_h;
-  if (jf->per_row * jf->mcu_rows > MAX_TILES)
-    return tsr_error(TESSERA_E_FORMAT, "%llu restart intervals",
-                     (unsigned long long)(jf->per_row * jf->mcu_rows));
+  /* every interval but the last ends with a two-byte marker: a header claiming more than the
+   * file can hold allocates nothing */
+  if (jf->per_row * jf->mcu_rows > MAX_TILES ||
+      jf->per_row * jf->mcu_rows > (jf->size - end) / 2 + 1)
+    return tsr_error(TESSERA_E_FORMAT, "%llu restart intervals cannot fit in %llu bytes",
+                     (unsigned long long)(jf->per_row * jf->mcu_rows),
+                     (unsigned long long)jf->size);
   jf->data_start = end;
   jf->header->size_at = sof + 5;
   jf->header->len = end;
@@ -620,7 +626,11 @@ static tessera_status jpeg_level(struct vms *v, size_t first, int32_t cols, int3
       lv->height += jf[(size_t)y * (size_t)cols].height;
       down += jf[(size_t)y * (size_t)cols].down;
     }
-    if (st == TESSERA_OK && (across == 0 || down == 0 || across * down > MAX_TILES))
+    uint64_t bytes = 0; /* the level's tiles must fit in its files (2 bytes a marker) */
+    for (size_t i = 0; i < n; i++)
+      bytes += jf[i].size / 2 + 1;
+    if (st == TESSERA_OK && (across == 0 || down == 0 || across * down > MAX_TILES ||
+                             across * down > bytes))
       st = tsr_error(TESSERA_E_FORMAT, "%llu x %llu whole restart intervals",
                      (unsigned long long)across, (unsigned long long)down);
   }
@@ -807,7 +817,8 @@ static tessera_status ngr_level(struct vms *v, size_t file, struct tsr_level *lv
     st = tsr_error(TESSERA_E_FORMAT, "width %d is no multiple of the column width %d", w, cw);
   if (st == TESSERA_OK && (uint64_t)cw * NGR_ROWS * 6 > v->limits->max_tile_bytes)
     st = tsr_error(TESSERA_E_LIMIT, "columns %d wide make tiles over the limit", cw);
-  if (st == TESSERA_OK && (uint64_t)w * (uint64_t)ht * 6 > size - (uint64_t)start)
+  if (st == TESSERA_OK && ((uint64_t)start > size ||
+                           (uint64_t)w * (uint64_t)ht * 6 > size - (uint64_t)start))
     st = tsr_error(TESSERA_E_FORMAT, "%d x %d samples do not fit in the file's %llu bytes", w, ht,
                    (unsigned long long)size);
   if (st == TESSERA_OK && (uint64_t)(w / cw) * (((uint64_t)ht + NGR_ROWS - 1) / NGR_ROWS) > MAX_TILES)
