@@ -13,6 +13,8 @@
  *    placed at positions of their own, which may overlap (MIRAX's camera images, in data
  *    files of their own; set by format/vendor-mirax.c): the stream is the parts of the images
  *    the tile covers with their bytes, which the mosaic codec paints (codec/mosaic.c);
+ *  - a Hamamatsu VMS restart interval of one of the slide's JPEG files, or a tile of a VMU
+ *    slide's NGR columns (kept in format/vendor-vms.c, the one vendor that uses them);
  *  - tsr_sqlite_tiles (source/sqlite_tiles.c): a blob, or three (a tile's colour planes,
  *    made RGB), of an SQLite database, read through SQLite (Sakura; format/vendor-sakura.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
