@@ -19,14 +19,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-  echo "usage: fuzz/run.sh fuzz_open|fuzz_codec|fuzz_xml|fuzz_vendor|fuzz_mirax SECONDS [-- libFuzzer args]" >&2
+  echo "usage: fuzz/run.sh fuzz_open|fuzz_codec|fuzz_xml|fuzz_vendor|fuzz_mirax|fuzz_vms SECONDS [-- libFuzzer args]" >&2
   exit 2
 }
 [ $# -ge 2 ] || usage
 target=$1 seconds=$2
 shift 2
 [ "${1:-}" = "--" ] && shift
-case "$target" in fuzz_open | fuzz_codec | fuzz_xml | fuzz_vendor | fuzz_mirax) ;; *) usage ;; esac
+case "$target" in fuzz_open | fuzz_codec | fuzz_xml | fuzz_vendor | fuzz_mirax | fuzz_vms) ;; *) usage ;; esac
 [[ "$seconds" =~ ^[0-9]+$ ]] || usage
 
 B=build-fuzz
@@ -60,6 +60,7 @@ case "$target" in
   fuzz_xml) dirs=(fuzz/corpus/xml) args+=(-dict=fuzz/xml.dict) ;;
   fuzz_vendor) dirs=(fuzz/corpus/vendor) args+=(-dict=fuzz/vendor.dict) ;;
   fuzz_mirax) dirs=(fuzz/corpus/mirax) ;;
+  fuzz_vms) dirs=(fuzz/corpus/vms) ;;
 esac
 
 log=$findings/run-$(date +%Y%m%d-%H%M%S).log

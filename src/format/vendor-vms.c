@@ -74,8 +74,8 @@ static bool vms_missing(const struct tsr_level *lv, uint64_t index) {
 
 /* Tile index: the file's header, then the interval's bytes (from the first byte after the
  * marker before it to the two bytes of the marker that ends it, made an EOI). */
-static tessera_status vms_stream(const tessera_slide *s, const struct tsr_level *lv,
-                                 uint64_t index, struct tsr_scratch *buf, struct tsr_stream *out) {
+static tessera_status vms_stream(const tessera_slide *s, const struct tsr_level *lv, uint64_t index,
+                                 struct tsr_scratch *buf, struct tsr_stream *out) {
   const struct vms_jpegs *j = lv->source_data;
   uint32_t file = j->file_of_tile[index];
   const struct vms_header *h = j->headers[file];
@@ -90,8 +90,7 @@ static tessera_status vms_stream(const tessera_slide *s, const struct tsr_level 
     return tsr_error(TESSERA_E_NOMEM, "out of memory for %llu bytes", (unsigned long long)n);
   uint8_t *d = buf->data;
   memcpy(d, h->bytes, h->len);
-  tessera_status st =
-      tsr_file_set_read(j->files, file, lv->offsets[index], (size_t)n, d + h->len);
+  tessera_status st = tsr_file_set_read(j->files, file, lv->offsets[index], (size_t)n, d + h->len);
   if (st != TESSERA_OK)
     return st;
   out->len = h->len + (size_t)n;
@@ -133,8 +132,8 @@ static void vms_ngr_free(void *data) {
 
 /* Tile index: its rows of 16-bit samples, made 8-bit RGB (a whole tile: rows below the image
  * are zero). */
-static tessera_status ngr_stream(const tessera_slide *s, const struct tsr_level *lv,
-                                 uint64_t index, struct tsr_scratch *buf, struct tsr_stream *out) {
+static tessera_status ngr_stream(const tessera_slide *s, const struct tsr_level *lv, uint64_t index,
+                                 struct tsr_scratch *buf, struct tsr_stream *out) {
   (void)s;
   const struct vms_ngr *g = lv->source_data;
   uint64_t tx = index % lv->across, ty = index / lv->across;
@@ -178,7 +177,7 @@ struct vms {
   struct tsr_file_set *files;
   char *comment;
   struct tsr_sha256 quickhash; /* OpenSlide's quickhash-1: the key file, then the map file */
-  uint8_t *opt; /* the optimisation file, or NULL */
+  uint8_t *opt;                /* the optimisation file, or NULL */
   size_t opt_len, opt_at;
 };
 
@@ -286,8 +285,8 @@ static tessera_status read_names(struct vms *v) {
   if (has_group(&v->ini, GROUP_VMS)) {
     v->group = GROUP_VMS;
     if (!(value = tsr_ini_get(&v->ini, v->group, "NoJpegColumns")) ||
-        !tsr_ini_int(value, &v->cols) ||
-        !(value = tsr_ini_get(&v->ini, v->group, "NoJpegRows")) || !tsr_ini_int(value, &v->rows))
+        !tsr_ini_int(value, &v->cols) || !(value = tsr_ini_get(&v->ini, v->group, "NoJpegRows")) ||
+        !tsr_ini_int(value, &v->rows))
       return tsr_error(TESSERA_E_FORMAT, "key file: NoJpegColumns or NoJpegRows missing");
   } else if (has_group(&v->ini, GROUP_VMU)) {
     v->group = GROUP_VMU;
@@ -331,8 +330,8 @@ static tessera_status read_names(struct vms *v) {
   }
   for (size_t i = 0; st == TESSERA_OK && i < v->npaths; i++)
     if (!v->paths[i])
-      st = tsr_error(TESSERA_E_FORMAT, "key file: no image file for (%zu,%zu)",
-                     i % (size_t)v->cols, i / (size_t)v->cols);
+      st = tsr_error(TESSERA_E_FORMAT, "key file: no image file for (%zu,%zu)", i % (size_t)v->cols,
+                     i / (size_t)v->cols);
   if (st == TESSERA_OK)
     st = tsr_file_set_new((const char *const *)v->paths, v->npaths, &v->files);
   return st;
@@ -344,7 +343,7 @@ struct jpeg_file {
   struct vms_header *header;
   uint32_t width, height, tile_w, tile_h, across, down;
   uint64_t per_row, mcu_rows; /* restart intervals in a row of MCUs; rows of MCUs */
-  uint64_t size, data_start; /* the file's size; where its entropy-coded data starts */
+  uint64_t size, data_start;  /* the file's size; where its entropy-coded data starts */
 };
 
 static tessera_status read_bytes(struct vms *v, size_t file, uint64_t at, size_t n, uint8_t *dst) {
@@ -611,7 +610,8 @@ static tessera_status jpeg_level(struct vms *v, size_t first, int32_t cols, int3
     /* The grid's files share the first's tile size, and all but the last column and row its
      * tile counts (OpenSlide's conditions: tile positions follow from them). */
     for (size_t i = 1; i < n && st == TESSERA_OK; i++) {
-      bool last_col = i % (size_t)cols == (size_t)cols - 1, last_row = i / (size_t)cols == (size_t)rows - 1;
+      bool last_col = i % (size_t)cols == (size_t)cols - 1,
+           last_row = i / (size_t)cols == (size_t)rows - 1;
       if (jf[i].tile_w != jf[0].tile_w || jf[i].tile_h != jf[0].tile_h ||
           (!last_col && jf[i].across != jf[0].across) || (!last_row && jf[i].down != jf[0].down))
         st = tsr_error(TESSERA_E_FORMAT, "%s: tiles of %ux%u, %u x %u, unlike the first file's",
@@ -629,8 +629,8 @@ static tessera_status jpeg_level(struct vms *v, size_t first, int32_t cols, int3
     uint64_t bytes = 0; /* the level's tiles must fit in its files (2 bytes a marker) */
     for (size_t i = 0; i < n; i++)
       bytes += jf[i].size / 2 + 1;
-    if (st == TESSERA_OK && (across == 0 || down == 0 || across * down > MAX_TILES ||
-                             across * down > bytes))
+    if (st == TESSERA_OK &&
+        (across == 0 || down == 0 || across * down > MAX_TILES || across * down > bytes))
       st = tsr_error(TESSERA_E_FORMAT, "%llu x %llu whole restart intervals",
                      (unsigned long long)across, (unsigned long long)down);
   }
@@ -643,10 +643,10 @@ static tessera_status jpeg_level(struct vms *v, size_t first, int32_t cols, int3
     /* Pixels beyond the whole tiles are no image's: the read's fill, as OpenSlide leaves
      * them transparent. */
     if ((int64_t)(across * lv->tile_w) < lv->width || (int64_t)(down * lv->tile_h) < lv->height) {
-      lv->image_w = (int64_t)(across * lv->tile_w) < lv->width ? (int64_t)(across * lv->tile_w)
-                                                                : lv->width;
-      lv->image_h = (int64_t)(down * lv->tile_h) < lv->height ? (int64_t)(down * lv->tile_h)
-                                                               : lv->height;
+      lv->image_w =
+          (int64_t)(across * lv->tile_w) < lv->width ? (int64_t)(across * lv->tile_w) : lv->width;
+      lv->image_h =
+          (int64_t)(down * lv->tile_h) < lv->height ? (int64_t)(down * lv->tile_h) : lv->height;
     }
     lv->downsample = 1.0;
     lv->offsets = tsr_calloc(lv->ntiles, sizeof *lv->offsets);
@@ -817,11 +817,12 @@ static tessera_status ngr_level(struct vms *v, size_t file, struct tsr_level *lv
     st = tsr_error(TESSERA_E_FORMAT, "width %d is no multiple of the column width %d", w, cw);
   if (st == TESSERA_OK && (uint64_t)cw * NGR_ROWS * 6 > v->limits->max_tile_bytes)
     st = tsr_error(TESSERA_E_LIMIT, "columns %d wide make tiles over the limit", cw);
-  if (st == TESSERA_OK && ((uint64_t)start > size ||
-                           (uint64_t)w * (uint64_t)ht * 6 > size - (uint64_t)start))
+  if (st == TESSERA_OK &&
+      ((uint64_t)start > size || (uint64_t)w * (uint64_t)ht * 6 > size - (uint64_t)start))
     st = tsr_error(TESSERA_E_FORMAT, "%d x %d samples do not fit in the file's %llu bytes", w, ht,
                    (unsigned long long)size);
-  if (st == TESSERA_OK && (uint64_t)(w / cw) * (((uint64_t)ht + NGR_ROWS - 1) / NGR_ROWS) > MAX_TILES)
+  if (st == TESSERA_OK &&
+      (uint64_t)(w / cw) * (((uint64_t)ht + NGR_ROWS - 1) / NGR_ROWS) > MAX_TILES)
     st = tsr_error(TESSERA_E_FORMAT, "too many tiles");
   if (st != TESSERA_OK)
     return tsr_error_prefix(st, "%s: ", tsr_file_set_name(v->files, file));
@@ -1042,8 +1043,8 @@ static tessera_status vms_open(const char *path, const tessera_open_options *lim
   if (st == TESSERA_OK) {
     double w0 = (double)out->levels[0].width, h0 = (double)out->levels[0].height;
     for (int32_t i = 1; i < out->nlevels; i++)
-      out->levels[i].downsample = (w0 / (double)out->levels[i].width +
-                                   h0 / (double)out->levels[i].height) / 2.0;
+      out->levels[i].downsample =
+          (w0 / (double)out->levels[i].width + h0 / (double)out->levels[i].height) / 2.0;
     st = add_macro(&v, out);
   }
   if (st == TESSERA_OK)
