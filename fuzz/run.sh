@@ -2,7 +2,7 @@
 # fuzz/run.sh TARGET SECONDS [-- libFuzzer arguments]
 #
 # Builds the libFuzzer program of TARGET (fuzz_open, fuzz_codec, fuzz_xml, fuzz_vendor,
-# fuzz_mirax) with
+# fuzz_mirax, fuzz_vms) with
 # clang, -fsanitize=fuzzer,address,undefined, in the Meson build folder build-fuzz/ (set up
 # once, rebuilt by ninja whenever a source changed), makes its seeds, and fuzzes it for
 # SECONDS in one process. New inputs go to build-fuzz/corpus/TARGET/ (kept between runs, the
@@ -13,7 +13,7 @@
 # Seeds: fuzz_open, slides written by vips and tifffile, `tessera sample`, the test data under
 # 2 MB and tests/crashers; fuzz_codec, the first tiles of those slides (fuzz/seeds.py);
 # fuzz_xml and fuzz_vendor, fuzz/corpus/xml and fuzz/corpus/vendor (with a dictionary);
-# fuzz_mirax, fuzz/corpus/mirax.
+# fuzz_mirax, fuzz/corpus/mirax; fuzz_vms, fuzz/corpus/vms.
 # Environment: TESSERA_TESTDATA (default ../shared/testdata).
 set -euo pipefail
 cd "$(dirname "$0")/.."
