@@ -9,6 +9,7 @@
 #ifndef TSR_SOURCE_BYTE_SOURCE_H
 #define TSR_SOURCE_BYTE_SOURCE_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -40,10 +41,28 @@ struct tsr_byte_source_ops {
   void (*close)(struct tsr_byte_source *src);
 };
 
+/* What reading through a source has cost; relaxed atomics, added to by any reading thread
+ * (a count read while reads go on may be a read behind). */
+struct tsr_io_counters {
+  atomic_uint_fast64_t requests, bytes, retries, cache_hits;
+};
+
 /* Each kind of source starts with this. */
 struct tsr_byte_source {
   const struct tsr_byte_source_ops *ops;
+  struct tsr_io_counters counters; /* zeroed when the source is made (calloc) */
+  /* The source this one reads through (a block cache's), whose counters are added to this
+   * one's in tsr_byte_source_stats; NULL for none. Written when made. */
+  const struct tsr_byte_source *inner;
 };
+
+/* Counters change under a const source: they are the one thing about it that does. */
+static inline void tsr_count(const atomic_uint_fast64_t *counter, uint64_t n) {
+  atomic_fetch_add_explicit((atomic_uint_fast64_t *)counter, n, memory_order_relaxed);
+}
+
+/* The counters of src and of the sources under it, added up. */
+void tsr_byte_source_stats(const struct tsr_byte_source *src, tessera_io_stats *out);
 
 static inline tessera_status tsr_bytes_read_at(const struct tsr_byte_source *src, uint64_t offset,
                                                size_t length, void *buffer, size_t *got) {
@@ -62,6 +81,46 @@ static inline bool tsr_bytes_read_all(const struct tsr_byte_source *src, uint64_
  * A path that is no regular file (a directory, a FIFO, a socket, a device) is refused with a
  * message that says what it is. */
 tessera_status tsr_file_source_open(const char *path, struct tsr_byte_source **out);
+
+/* A caller's source (tessera_open_source), *source already checked for its struct_size and
+ * copied in full. On failure the caller's close has been called. */
+tessera_status tsr_callback_source_open(const tessera_source *source, struct tsr_byte_source **out);
+
+/* An HTTP(S) URL read with range requests (source/http_source.c). options holds the resolved
+ * remote_* settings. *head receives the bytes of the first request (the object's first
+ * head_bytes bytes, or all of it if shorter; malloc'd, the caller frees) so that a block cache
+ * can keep them. Without libcurl in the build: TESSERA_E_UNSUPPORTED. */
+tessera_status tsr_http_source_open(const char *url, const tessera_open_options *options,
+                                    size_t head_bytes, struct tsr_byte_source **out,
+                                    uint8_t **head, size_t *head_len);
+
+/* Whether name is a URL of a scheme tsr_remote_source_open reads (http://, https://). */
+bool tsr_is_url(const char *name);
+
+/* The URL's source: HTTP under a block cache as options (remote_*, -1 resolved from the
+ * environment here) say. */
+tessera_status tsr_remote_source_open(const char *url, const tessera_open_options *options,
+                                      struct tsr_byte_source **out);
+
+/* A cache of aligned blocks of block_bytes over inner (taken over: closed with it), holding at
+ * most capacity_bytes of them (least recently used evicted); head (taken over, may be NULL)
+ * holds the first head_len bytes of inner, kept as its first blocks. */
+tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_bytes,
+                                    uint64_t capacity_bytes, uint8_t *head, size_t head_len,
+                                    struct tsr_byte_source **out);
+
+/* A 192-bit hash of text folded into a cache identity, under kind (a value no device number
+ * takes), with size. */
+void tsr_identity_from_text(uint64_t kind, const char *text, uint64_t size, struct tsr_file_id *id);
+
+/* A read that failed in the source itself (a callback's failure, an HTTP error) is noted for
+ * the calling thread, because libtiff, which reads the directories at open, turns every failed
+ * read into a short one and reports a malformed file: the open then reports the source's
+ * failure instead. tsr_source_failure_clear forgets it; tsr_source_failure_raise makes it the
+ * thread's message and returns its status (TESSERA_OK when there is none). */
+tessera_status tsr_source_failed(tessera_status status);
+void tsr_source_failure_clear(void);
+tessera_status tsr_source_failure_raise(void);
 
 /* Frees src (NULL does nothing). */
 void tsr_byte_source_close(struct tsr_byte_source *src);

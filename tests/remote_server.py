@@ -1,0 +1,159 @@
+"""A loopback HTTP server for the remote-slide tests and benchmark: serves objects (bytes in
+memory) with Range requests, ETag, Last-Modified and If-Match as an object store does, and
+faults switched on at run time: no range support, latency, 5xx bursts, dropped connections,
+truncated bodies, 403/404, an object replaced while open, a stall past the client's timeout.
+It counts the requests it answers, per object.
+
+    with SlideServer() as server:
+        url = server.add("a.svs", data)
+        server.faults.latency = 0.02
+        ...
+"""
+
+import email.utils
+import hashlib
+import http.server
+import re
+import threading
+import time
+
+
+class Faults:
+    """What the server does wrong; the counts are of requests still to spoil."""
+
+    def __init__(self):
+        self.ranges = True        # False: answer 200 with the whole object, as a server without ranges
+        self.latency = 0.0        # seconds before each answer (a round trip)
+        self.errors_5xx = 0       # the next N requests get 503
+        self.drops = 0            # the next N requests: connection closed without an answer
+        self.truncations = 0      # the next N requests: half the body, then the connection closes
+        self.stall = 0.0          # seconds to wait before answering every request (past a timeout)
+        self.status = {}          # object name -> status to answer (403, 404, ...)
+        self.honour_if_match = True
+
+
+class SlideServer:
+    def __init__(self):
+        self.objects = {}   # name -> (bytes, etag, last-modified)
+        self.faults = Faults()
+        self.requests = {}  # name -> count of GET/HEAD requests
+        self.ranges = {}    # name -> [(first, last)] asked for
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_HEAD(self):
+                self.answer(head=True)
+
+            def do_GET(self):
+                self.answer(head=False)
+
+            def answer(self, head):
+                name = self.path.lstrip("/").split("?")[0]
+                f = server.faults
+                with server.lock:
+                    server.requests[name] = server.requests.get(name, 0) + 1
+                    spoil = None
+                    for kind in ("drops", "errors_5xx", "truncations"):
+                        if getattr(f, kind) > 0:
+                            setattr(f, kind, getattr(f, kind) - 1)
+                            spoil = kind
+                            break
+                    obj = server.objects.get(name)
+                if f.latency:
+                    time.sleep(f.latency)
+                if f.stall:
+                    time.sleep(f.stall)
+                if spoil == "drops":
+                    self.close_connection = True
+                    return
+                if spoil == "errors_5xx":
+                    return self.plain(503, b"try again later\n")
+                if name in f.status or obj is None:
+                    return self.plain(f.status.get(name, 404), b"no\n")
+                data, etag, modified = obj
+                if f.honour_if_match and self.headers.get("If-Match") not in (None, "*", etag):
+                    return self.plain(412, b"precondition failed\n")
+                first, last = 0, len(data) - 1
+                status = 200
+                m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+                if m and f.ranges:
+                    first = int(m.group(1))
+                    last = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+                    if first >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", "bytes */%d" % len(data))
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    status = 206
+                    with server.lock:
+                        server.ranges.setdefault(name, []).append((first, last))
+                body = data[first:last + 1]
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("ETag", etag)
+                self.send_header("Last-Modified", modified)
+                self.send_header("Accept-Ranges", "bytes" if f.ranges else "none")
+                if status == 206:
+                    self.send_header("Content-Range", "bytes %d-%d/%d" % (first, last, len(data)))
+                self.end_headers()
+                if head:
+                    return
+                if spoil == "truncations":
+                    self.wfile.write(body[:len(body) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body)
+
+            def plain(self, status, body):
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+    @property
+    def base(self):
+        return "http://127.0.0.1:%d" % self.httpd.server_address[1]
+
+    def add(self, name, data):
+        """Serves data at /name (replacing what was there: a new ETag); returns its URL."""
+        etag = '"%s"' % hashlib.sha256(data).hexdigest()[:32]
+        modified = email.utils.formatdate(time.time(), usegmt=True)
+        with self.lock:
+            self.objects[name] = (bytes(data), etag, modified)
+        return self.url(name)
+
+    def url(self, name):
+        return "%s/%s" % (self.base, name)
+
+    def count(self, name):
+        with self.lock:
+            return self.requests.get(name, 0)
+
+    def reset_counts(self):
+        with self.lock:
+            self.requests.clear()
+            self.ranges.clear()
