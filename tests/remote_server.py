@@ -30,6 +30,7 @@ class Faults:
         self.stall = 0.0          # seconds to wait before answering every request (past a timeout)
         self.status = {}          # object name -> status to answer (403, 404, ...)
         self.honour_if_match = True
+        self.bad_offsets = set()  # a range request starting at one of these gets 503, always
 
 
 class SlideServer:
@@ -91,6 +92,8 @@ class SlideServer:
                         self.send_header("Content-Length", "0")
                         self.end_headers()
                         return
+                    if first in f.bad_offsets:
+                        return self.plain(503, b"this range is broken\n")
                     status = 206
                     with server.lock:
                         server.ranges.setdefault(name, []).append((first, last))
