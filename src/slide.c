@@ -261,6 +261,8 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
     tessera_close(s);
     return st;
   }
+  if (src->ops->opened)
+    src->ops->opened(src);
   *out = s;
   return TESSERA_OK;
 }

@@ -39,6 +39,12 @@ struct tsr_byte_source_ops {
   void (*identity)(const struct tsr_byte_source *src, struct tsr_file_id *id);
   /* Frees the source. */
   void (*close)(struct tsr_byte_source *src);
+  /* Optional (NULL: nothing): bytes [offset, offset + length) will be read soon, so a source
+   * over a slow store may start fetching them now. Returns at once; takes no lock of the
+   * caller's and never fails (a fetch that fails is made again by the read). */
+  void (*hint)(const struct tsr_byte_source *src, uint64_t offset, uint64_t length);
+  /* Optional: the slide is open (its directories walked); reads from now on are its tiles. */
+  void (*opened)(struct tsr_byte_source *src);
 };
 
 /* What reading through a source has cost; relaxed atomics, added to by any reading thread
@@ -67,6 +73,12 @@ void tsr_byte_source_stats(const struct tsr_byte_source *src, tessera_io_stats *
 static inline tessera_status tsr_bytes_read_at(const struct tsr_byte_source *src, uint64_t offset,
                                                size_t length, void *buffer, size_t *got) {
   return src->ops->read_at(src, offset, length, buffer, got);
+}
+
+static inline void tsr_bytes_hint(const struct tsr_byte_source *src, uint64_t offset,
+                                  uint64_t length) {
+  if (src->ops->hint)
+    src->ops->hint(src, offset, length);
 }
 
 /* Whether exactly length bytes at offset could be read; for readers whose failures the caller
@@ -103,11 +115,12 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
                                       struct tsr_byte_source **out);
 
 /* A cache of aligned blocks of block_bytes over inner (taken over: closed with it), holding at
- * most capacity_bytes of them (least recently used evicted); head (taken over, may be NULL)
+ * most capacity_bytes of them (least recently used evicted), with up to prefetch_threads
+ * threads fetching the blocks hinted at (tsr_bytes_hint); head (taken over, may be NULL)
  * holds the first head_len bytes of inner, kept as its first blocks. */
 tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_bytes,
-                                    uint64_t capacity_bytes, uint8_t *head, size_t head_len,
-                                    struct tsr_byte_source **out);
+                                    uint64_t capacity_bytes, int prefetch_threads, uint8_t *head,
+                                    size_t head_len, struct tsr_byte_source **out);
 
 /* A 192-bit hash of text folded into a cache identity, under kind (a value no device number
  * takes), with size. */

@@ -49,7 +49,7 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
   if ((st = resolve(&timeout, "TESSERA_REMOTE_TIMEOUT_MS", 1, INT32_MAX, 30000)) != TESSERA_OK ||
       (st = resolve(&retries, "TESSERA_REMOTE_RETRIES", 0, 100, 4)) != TESSERA_OK ||
       (st = resolve(&requests, "TESSERA_REMOTE_REQUESTS", 1, 4096, 16)) != TESSERA_OK ||
-      (st = resolve(&block, "TESSERA_REMOTE_BLOCK_KIB", 4, 64 * 1024, 256)) != TESSERA_OK ||
+      (st = resolve(&block, "TESSERA_REMOTE_BLOCK_KIB", 4, 64 * 1024, 64)) != TESSERA_OK ||
       (st = resolve(&cache, "TESSERA_REMOTE_CACHE_MIB", 0, (int64_t)1 << 40, 64)) != TESSERA_OK)
     return st;
   o.remote_timeout_ms = (int32_t)timeout;
@@ -63,7 +63,10 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
   struct tsr_byte_source *http;
   uint8_t *head = NULL;
   size_t head_len = 0;
-  st = tsr_http_source_open(url, &o, cache_bytes ? block_bytes : 16, &http, &head, &head_len);
+  /* The first request reads 256 KiB (or a block, if larger): the header and, in most files,
+   * the first directories. */
+  size_t head_bytes = block_bytes > (256u << 10) ? block_bytes : (256u << 10);
+  st = tsr_http_source_open(url, &o, cache_bytes ? head_bytes : 16, &http, &head, &head_len);
   if (st != TESSERA_OK)
     return st;
   if (!cache_bytes || cache_bytes < 2 * (uint64_t)block_bytes) {
@@ -71,5 +74,6 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
     *out = http;
     return TESSERA_OK;
   }
-  return tsr_block_cache_open(http, block_bytes, cache_bytes, head, head_len, out);
+  return tsr_block_cache_open(http, block_bytes, cache_bytes, (int)requests, head, head_len,
+                              out);
 }
