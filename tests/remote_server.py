@@ -34,11 +34,14 @@ class Faults:
 
 
 class SlideServer:
-    def __init__(self):
+    def __init__(self, ssl_context=None):
+        self.scheme = "https" if ssl_context else "http"
         self.objects = {}   # name -> (bytes, etag, last-modified)
         self.faults = Faults()
         self.requests = {}  # name -> count of GET/HEAD requests
         self.ranges = {}    # name -> [(first, last)] asked for
+        self.in_flight = 0  # requests being answered now, and the most at once
+        self.max_in_flight = 0
         self.lock = threading.Lock()
         server = self
 
@@ -55,6 +58,16 @@ class SlideServer:
                 self.answer(head=False)
 
             def answer(self, head):
+                with server.lock:
+                    server.in_flight += 1
+                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                try:
+                    self.answer_one(head)
+                finally:
+                    with server.lock:
+                        server.in_flight -= 1
+
+            def answer_one(self, head):
                 name = self.path.lstrip("/").split("?")[0]
                 f = server.faults
                 with server.lock:
@@ -123,6 +136,8 @@ class SlideServer:
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if ssl_context:
+            self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
     def __enter__(self):
@@ -139,7 +154,7 @@ class SlideServer:
 
     @property
     def base(self):
-        return "http://127.0.0.1:%d" % self.httpd.server_address[1]
+        return "%s://127.0.0.1:%d" % (self.scheme, self.httpd.server_address[1])
 
     def add(self, name, data):
         """Serves data at /name (replacing what was there: a new ETag); returns its URL."""
@@ -160,3 +175,4 @@ class SlideServer:
         with self.lock:
             self.requests.clear()
             self.ranges.clear()
+            self.max_in_flight = 0

@@ -121,6 +121,30 @@ def test_open_takes_few_requests(srv, name, most):
     assert srv.count(name) - opened > opened, (opened, srv.count(name) - opened)
 
 
+@pytest.mark.parametrize("requests", [3, 12])
+def test_batches_fetch_ahead_with_requests_in_flight(srv, requests):
+    """Two workers streaming batches over latency: the block cache's prefetch threads keep
+    more requests in flight than workers, never more than remote_requests, and merge adjacent
+    tiles (fewer requests than tiles), with the same pixels as the local file."""
+    import random
+    name = "big.tif"
+    with T.open_slide(srv.local[name]) as ref:
+        rng = random.Random(5)
+        locs = [(rng.randrange(0, 10000), rng.randrange(0, 10000)) for _ in range(64)]
+        want = [a for a, _ in ref.batches(locs, (224, 224), 0, batch_size=16, num_workers=2)]
+    st, msg, slide = open_url(srv.url(name), remote_requests=requests)
+    assert st == T.OK, msg
+    with slide:
+        srv.faults.latency = 0.03
+        srv.reset_counts()
+        got = [a for a, _ in slide.batches(locs, (224, 224), 0, batch_size=16, num_workers=2)]
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+        assert 2 < srv.max_in_flight <= requests, srv.max_in_flight
+        tiles = {(x // 256 + dx, y // 256 + dy) for x, y in locs for dx in (0, 1) for dy in (0, 1)
+                 if (x % 256) + 224 > 256 * dx and (y % 256) + 224 > 256 * dy}
+        assert srv.count(name) < len(tiles), (srv.count(name), len(tiles))
+
+
 NAME = "aperio-jpeg-CMU-1-Small-Region.svs"
 
 
@@ -304,3 +328,46 @@ def test_cli_bench_reports_requests(srv, cli):
     assert report["checksum"] == local["checksum"]
     table = run_cli(cli, "bench", url, "--layout", "random", "--count", "16", "--size", "224,224")
     assert "requests" in table.stdout and "fetched" in table.stdout, table.stdout
+
+
+def test_https_with_a_certificate_from_tessera_ca_bundle(tmp_path, monkeypatch):
+    """HTTPS: a server whose self-signed certificate is trusted through TESSERA_CA_BUNDLE reads
+    the same pixels; without it the open fails on the certificate, naming the URL."""
+    import ssl
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    wsi_fixtures.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                      "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                      "-keyout", key, "-out", cert])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    with SlideServer(ssl_context=ctx) as s:
+        path = os.path.join(TESTDATA, NAME)
+        with open(path, "rb") as f:
+            url = s.add(NAME, f.read())
+        assert url.startswith("https://")
+        monkeypatch.delenv("TESSERA_CA_BUNDLE", raising=False)
+        st, msg, _ = open_url(url, remote_retries=0)
+        assert st == T.E_IO and url in msg and "certificate" in msg.lower(), msg
+        monkeypatch.setenv("TESSERA_CA_BUNDLE", str(cert))
+        st, msg, slide = open_url(url)
+        assert st == T.OK, msg
+        with T.open_slide(path) as ref, slide:
+            assert remote_compare.compare_ctypes(ref, slide, regions=2, patches=8) > 0
+
+
+def test_dask_over_a_url(srv):
+    """tessera.dask takes URLs: its tasks carry the URL and each worker opens it itself."""
+    import dask
+    import tessera
+    import tessera.dask
+    url = srv.url(NAME)
+    local = srv.local[NAME]
+    a = tessera.dask.to_dask_array(url, level=0, chunks=(512, 512))
+    b = tessera.dask.to_dask_array(local, level=0, chunks=(512, 512))
+    with dask.config.set(scheduler="threads"):
+        assert np.array_equal(a[:1500, :1200].compute(), b[:1500, :1200].compute())
+        locs = [(10, 20), (900, 700), (2000, 2500)]
+        pa = tessera.dask.read_patches([(url, locs)], (224, 224)).compute()
+        pb = tessera.dask.read_patches([(local, locs)], (224, 224)).compute()
+    assert np.array_equal(pa, pb)
+    assert srv.count(NAME) > 0

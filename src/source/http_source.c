@@ -41,6 +41,7 @@ struct http_source {
   char last_modified[128];
   struct curl_slist *conditions; /* If-Match or If-Unmodified-Since, for every request after open */
   struct tsr_file_id id;
+  char *ca_bundle; /* TESSERA_CA_BUNDLE at open: certificates to trust instead of the system's */
   long timeout_ms;
   int retries;
   int max_in_flight;
@@ -242,6 +243,8 @@ static enum outcome attempt(const struct http_source *h, bool opening, uint64_t 
   curl_easy_setopt(c, CURLOPT_HEADERDATA, t);
   curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
   curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
+  if (h->ca_bundle)
+    curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_bundle);
   if (!opening && h->conditions)
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->conditions);
   t->got = t->ignored = 0;
@@ -378,6 +381,7 @@ static void http_close(struct tsr_byte_source *src) {
   pthread_cond_destroy(&h->room);
   tsr_free(h->url);
   tsr_free(h->shown);
+  tsr_free(h->ca_bundle);
   tsr_free(h);
 }
 
@@ -451,6 +455,9 @@ tessera_status tsr_http_source_open(const char *url, const tessera_open_options 
   tessera_status st = TESSERA_OK;
   h->url = tsr_strdup(url);
   h->shown = shown_url(url);
+  const char *ca = getenv("TESSERA_CA_BUNDLE");
+  if (ca && ca[0] && !(h->ca_bundle = tsr_strdup(ca)))
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   if (!h->url || !h->shown)
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   struct transfer t = {.buf = buf, .cap = head_bytes};
