@@ -91,7 +91,7 @@ run_tests() {
   echo "== Threaded C tests under ThreadSanitizer" >&2
   # die_after_fork=0: test_batch forks once to check that a child gets its own thread pool.
   TSAN_OPTIONS=halt_on_error=1:exitcode=97:die_after_fork=0 \
-    meson test -C build-tsan --logbase threaded --print-errorlogs test_read test_batch test_gpu_batch test_gpu_batch_one_thread test_cache test_pool test_openslide \
+    meson test -C build-tsan --logbase threaded --print-errorlogs test_read test_batch test_gpu_batch test_gpu_batch_one_thread test_cache test_pool test_openslide test_block_cache \
       test_shared_cache || rc=1
   echo "== Python tests (differential against OpenSlide and libvips, damaged files, CLI)" >&2
   TESSERA_LIB="$PWD/build/src/libtessera.so" TESSERA_CLI="$PWD/build/cli/tessera" \

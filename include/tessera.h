@@ -153,7 +153,8 @@ TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_
  * ETag or another size is that failure), a truncated body, a timeout. The tile cache keys a
  * remote slide by a hash of its URL, ETag, Last-Modified and size, so a changed object never
  * shares tiles with the old one; an object with neither ETag nor Last-Modified gets a key of
- * its own each time it is opened. */
+ * its own each time it is opened. TESSERA_CA_BUNDLE (a PEM file), when set at open, replaces
+ * the system's certificate authorities for HTTPS. */
 
 /* A caller's byte source, for tessera_open_source: the slide's bytes come from read_at. */
 typedef struct tessera_source {

@@ -33,6 +33,8 @@ struct block {
   uint64_t index;
   enum state state;
   pid_t loader;              /* LOADING: the process fetching it (a forked child's are none) */
+  const void *owner;         /* LOADING: the call fetching it (an address on its stack): only
+                                it publishes or drops the block */
   uint8_t *data;             /* READY: block_len bytes */
   struct block *prev, *next; /* READY: the LRU list (head the most recent); QUEUED: the queue */
   struct block *chain;       /* the hash bucket's next */
@@ -167,11 +169,6 @@ static void make_ready(struct block_source *b, struct block *k, const uint8_t *d
     drop(b, b->tail);
 }
 
-/* A LOADING block another thread of this process is fetching. */
-static bool loading_elsewhere(const struct block *k) {
-  return k->state == LOADING && k->loader == getpid();
-}
-
 /* Fetches blocks first..last (LOADING, claimed by the caller) in one inner read into run. */
 static tessera_status fetch_run(struct block_source *b, uint64_t first, uint64_t last,
                                 uint8_t *run, size_t *want) {
@@ -187,13 +184,14 @@ static tessera_status fetch_run(struct block_source *b, uint64_t first, uint64_t
   return st;
 }
 
-/* Publishes a fetched run (st OK: READY; else dropped) and wakes the waiters. Under lock. */
+/* Publishes the blocks of a fetched run that `owner` claimed (st OK: READY; else dropped) and
+ * wakes the waiters. Under lock. */
 static void publish(struct block_source *b, uint64_t first, uint64_t last, const uint8_t *run,
-                    tessera_status st) {
+                    tessera_status st, const void *owner) {
   size_t at = 0;
   for (uint64_t i = first; i <= last; i++) {
     struct block *k = find(b, i);
-    if (k && k->state == LOADING) {
+    if (k && k->state == LOADING && k->owner == owner) {
       if (st == TESSERA_OK)
         make_ready(b, k, run + at);
       else
@@ -206,6 +204,7 @@ static void publish(struct block_source *b, uint64_t first, uint64_t last, const
 
 static void *prefetch_main(void *arg) {
   struct block_source *b = arg;
+  const void *me = &b; /* this thread's stack: no other call has it */
   pthread_mutex_lock(&b->lock);
   while (!b->stop) {
     if (!b->qhead) {
@@ -217,6 +216,7 @@ static void *prefetch_main(void *arg) {
     b->queued--;
     k->state = LOADING;
     k->loader = getpid();
+    k->owner = me;
     uint64_t first = k->index, last = first;
     struct block *n;
     while (last - first + 1 < RUN_MAX && (n = find(b, last + 1)) && n->state == QUEUED) {
@@ -224,6 +224,7 @@ static void *prefetch_main(void *arg) {
       b->queued--;
       n->state = LOADING;
       n->loader = getpid();
+      n->owner = me;
       last++;
     }
     pthread_mutex_unlock(&b->lock);
@@ -233,7 +234,7 @@ static void *prefetch_main(void *arg) {
     uint8_t *run = tsr_malloc(want);
     tessera_status st = run ? fetch_run(b, first, last, run, &want) : TESSERA_E_NOMEM;
     pthread_mutex_lock(&b->lock);
-    publish(b, first, last, run, st);
+    publish(b, first, last, run, st, me);
     tsr_free(run);
   }
   pthread_mutex_unlock(&b->lock);
@@ -282,6 +283,7 @@ static void block_hint(const struct tsr_byte_source *src, uint64_t offset, uint6
 static tessera_status block_read_at(const struct tsr_byte_source *src, uint64_t offset,
                                     size_t length, void *buffer, size_t *got) {
   struct block_source *b = (struct block_source *)src;
+  const void *me = &b; /* this call's stack: the owner of the blocks it claims */
   *got = 0;
   if (offset >= b->size || length == 0)
     return TESSERA_OK;
@@ -295,17 +297,19 @@ static tessera_status block_read_at(const struct tsr_byte_source *src, uint64_t 
   bool any_claimed = false, waited = false;
   pthread_mutex_lock(&b->lock);
   for (;;) {
-    /* Wait while another thread fetches a block of ours: then nothing is claimed yet. */
+    /* Wait while another call fetches a block of ours: then nothing is claimed yet. */
     bool busy = false;
     for (uint64_t i = first; i <= last && !busy; i++) {
       struct block *k = find(b, i);
-      busy = k && loading_elsewhere(k);
+      busy = k && k->state == LOADING && k->loader == getpid();
     }
     if (!busy)
       break;
     waited = true;
     pthread_cond_wait(&b->changed, &b->lock);
   }
+  /* READY blocks are copied now; the others are claimed (LOADING, owner me), and stay ours
+   * until published below: nobody else fetches, publishes, drops or evicts them. */
   for (uint64_t i = first; i <= last; i++) {
     struct block *k = find(b, i);
     if (k && k->state == READY) {
@@ -321,16 +325,15 @@ static tessera_status block_read_at(const struct tsr_byte_source *src, uint64_t 
     if (k && k->state == QUEUED) { /* needed now: ours to fetch */
       unlink_from(&b->qhead, &b->qtail, k);
       b->queued--;
-    } else if (k) { /* LOADING in a process that forked us: never finishes here */
-      k->state = LOADING;
-    } else if (!(k = add(b, i, LOADING))) {
-      /* no memory for the entry: the claimed ones are given back below */
-      publish(b, first, i ? i - 1 : 0, NULL, TESSERA_E_NOMEM);
+    } else if (!k && !(k = add(b, i, LOADING))) {
+      publish(b, first, last, NULL, TESSERA_E_NOMEM, me); /* the claims made so far */
       pthread_mutex_unlock(&b->lock);
       return tsr_error(TESSERA_E_NOMEM, "out of memory");
     }
+    /* (or LOADING in the process that forked us: it never finishes here) */
     k->state = LOADING;
     k->loader = getpid();
+    k->owner = me;
     any_claimed = true;
   }
   uint64_t fetch_last = last;
@@ -339,31 +342,26 @@ static tessera_status block_read_at(const struct tsr_byte_source *src, uint64_t 
     struct block *k = find(b, i);
     if (k || !(k = add(b, i, LOADING)))
       break;
+    k->owner = me;
     fetch_last = i;
   }
   pthread_mutex_unlock(&b->lock);
   if (!any_claimed && !waited)
     tsr_count(&src->counters.cache_hits, 1);
   tessera_status st = TESSERA_OK;
-  /* Our claimed blocks (LOADING by this thread): each run of them in one request. */
+  /* Each run of our claimed blocks in one request. */
   for (uint64_t i = first; any_claimed && i <= fetch_last;) {
     pthread_mutex_lock(&b->lock);
-    struct block *k = find(b, i);
-    bool mine = k && k->state == LOADING && k->data == NULL && k->loader == getpid();
+    struct block *k = find(b, i), *n;
+    bool mine = k && k->state == LOADING && k->owner == me;
     uint64_t j = i;
-    while (mine && j + 1 <= fetch_last) {
-      struct block *n = find(b, j + 1);
-      if (!n || n->state != LOADING)
-        break;
+    while (mine && j + 1 <= fetch_last && (n = find(b, j + 1)) && n->state == LOADING &&
+           n->owner == me)
       j++;
-    }
+    if (mine && st != TESSERA_OK) /* a run before failed: give the claims back */
+      publish(b, i, j, NULL, st, me);
     pthread_mutex_unlock(&b->lock);
     if (!mine || st != TESSERA_OK) {
-      if (mine) { /* a failure before: give the claim back */
-        pthread_mutex_lock(&b->lock);
-        publish(b, i, j, NULL, st);
-        pthread_mutex_unlock(&b->lock);
-      }
       i = j + 1;
       continue;
     }
@@ -371,8 +369,18 @@ static tessera_status block_read_at(const struct tsr_byte_source *src, uint64_t 
     for (uint64_t x = i; x <= j; x++)
       want += block_len(b, x);
     uint8_t *run = tsr_malloc(want);
-    st = run ? fetch_run(b, i, j, run, &want) : tsr_error(TESSERA_E_NOMEM, "out of memory");
-    if (st == TESSERA_OK) {
+    tessera_status rs =
+        run ? fetch_run(b, i, j, run, &want) : tsr_error(TESSERA_E_NOMEM, "out of memory");
+    if (rs != TESSERA_OK && run && j > last && i <= last) {
+      /* The read-ahead may be what failed (a damaged range past what was asked for): give it
+       * up and fetch what was asked for alone. */
+      pthread_mutex_lock(&b->lock);
+      publish(b, last + 1, j, NULL, rs, me);
+      pthread_mutex_unlock(&b->lock);
+      j = last;
+      rs = fetch_run(b, i, j, run, &want);
+    }
+    if (rs == TESSERA_OK) {
       uint64_t start = i * b->block_bytes;
       uint64_t lo = offset > start ? offset : start;
       uint64_t hi = offset + length < start + want ? offset + length : start + want;
@@ -380,9 +388,11 @@ static tessera_status block_read_at(const struct tsr_byte_source *src, uint64_t 
         memcpy(out + (lo - offset), run + (lo - start), (size_t)(hi - lo));
     }
     pthread_mutex_lock(&b->lock);
-    publish(b, i, j, run, st);
+    publish(b, i, j, run, rs, me);
     pthread_mutex_unlock(&b->lock);
     tsr_free(run);
+    if (rs != TESSERA_OK && i <= last)
+      st = rs; /* a failed read-ahead alone fails nothing */
     i = j + 1;
   }
   if (st == TESSERA_OK)
