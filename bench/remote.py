@@ -9,6 +9,7 @@ server. Prints a table (and --json the raw reports).
     /usr/bin/python3 bench/remote.py [--slide PATH] [--count 2000] [--naive-count 300]
                                      [--latency 0.02] [--workers 2] [--requests 4,64]
                                      [--repeat 3]
+    /usr/bin/python3 bench/remote.py --stream 100000
 
 The naive reader reads every tile remotely whatever the count (it caches nothing), so its
 rate does not depend on the count: it reads --naive-count patches to keep the run short.
@@ -65,6 +66,9 @@ def main():
     p.add_argument("--requests", default="4,64", help="requests in flight to try besides 16")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--stream", type=int, default=0,
+                   help="instead: N patches from the local file and over HTTP (no latency), "
+                        "one run each, to compare peak memory of a long remote stream")
     a = p.parse_args()
     slide = a.slide
     if not slide:
@@ -76,7 +80,17 @@ def main():
                             "--quality", "80"], check=True, capture_output=True)
     with open(slide, "rb") as f:
         data = f.read()
-    rows, raw = [], {}
+    if a.stream:
+        with SlideServer() as server:
+            url = server.add(os.path.basename(slide), data)
+            for name, src in (("local file", slide), ("remote, tessera (defaults)", url)):
+                r = bench(src, a.stream, a.workers, seed=0)
+                print("%-28s %d patches  %.1f patches/s  peak RSS %.1f MiB  requests %d  "
+                      "fetched %.1f MiB  checksum %d" % (
+                          name, r["patches"], r["patches_per_s"], r["peak_rss_mib"],
+                          r["requests"], r["bytes_fetched"] / 2 ** 20, r["checksum"]))
+        return
+    raw = {}
     with SlideServer() as server:
         url = server.add(os.path.basename(slide), data)
         server.faults.latency = a.latency

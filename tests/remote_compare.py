@@ -7,7 +7,6 @@ import random
 
 import numpy as np
 
-import tessera_ctypes as T
 
 WHOLE_LEVEL_MAX = 1 << 22
 

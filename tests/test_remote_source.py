@@ -70,10 +70,6 @@ def local(path):
     return T.open_slide(path)
 
 
-def fixture_paths(slides):
-    return [os.path.join(TESTDATA, f) for f in SLIDES] + [slides.path("jpeg-t256-pyr")]
-
-
 @pytest.mark.parametrize("name", SLIDES + ["vips:jpeg-t256-pyr"])
 def test_callback_source_reads_the_files_pixels(name, slides):
     path = slides.path(name[5:]) if name.startswith("vips:") else os.path.join(TESTDATA, name)

@@ -55,18 +55,18 @@ struct block_source {
    * wherever the caller looks. Atomic: read by any reader, written once. */
   atomic_uint readahead;
   pthread_mutex_t lock;
-  pthread_cond_t changed;    /* a LOADING block became READY or was dropped */
-  pthread_cond_t work;       /* the queue has blocks, or stop */
-  struct block **buckets;    /* nbuckets, a power of two; under lock */
+  pthread_cond_t changed; /* a LOADING block became READY or was dropped */
+  pthread_cond_t work;    /* the queue has blocks, or stop */
+  struct block **buckets; /* nbuckets, a power of two; under lock */
   size_t nbuckets;
-  struct block *head, *tail; /* LRU of READY blocks, under lock */
+  struct block *head, *tail;   /* LRU of READY blocks, under lock */
   struct block *qhead, *qtail; /* QUEUED blocks, oldest first, under lock */
-  size_t queued;             /* under lock */
-  uint64_t held;             /* bytes of READY blocks, under lock */
+  size_t queued;               /* under lock */
+  uint64_t held;               /* bytes of READY blocks, under lock */
   pthread_t threads[64];
-  int started;   /* threads running in process `threads_pid`, under lock */
+  int started; /* threads running in process `threads_pid`, under lock */
   pid_t threads_pid;
-  bool stop;     /* under lock */
+  bool stop; /* under lock */
 };
 
 static struct block **bucket(struct block_source *b, uint64_t index) {
@@ -83,7 +83,7 @@ static struct block *find(struct block_source *b, uint64_t index) {
 /* The bytes of block i in the source (the last block is short). */
 static size_t block_len(const struct block_source *b, uint64_t i) {
   uint64_t start = i * b->block_bytes;
-  return start >= b->size ? 0
+  return start >= b->size                   ? 0
          : b->size - start < b->block_bytes ? (size_t)(b->size - start)
                                             : b->block_bytes;
 }
@@ -170,17 +170,17 @@ static void make_ready(struct block_source *b, struct block *k, const uint8_t *d
 }
 
 /* Fetches blocks first..last (LOADING, claimed by the caller) in one inner read into run. */
-static tessera_status fetch_run(struct block_source *b, uint64_t first, uint64_t last,
-                                uint8_t *run, size_t *want) {
+static tessera_status fetch_run(struct block_source *b, uint64_t first, uint64_t last, uint8_t *run,
+                                size_t *want) {
   *want = 0;
   for (uint64_t k = first; k <= last; k++)
     *want += block_len(b, k);
   size_t have = 0;
   tessera_status st = tsr_bytes_read_at(b->inner, first * b->block_bytes, *want, run, &have);
   if (st == TESSERA_OK && have != *want)
-    st = tsr_error(TESSERA_E_IO, "the source ended at %llu, before its size %llu",
-                   (unsigned long long)(first * b->block_bytes + have),
-                   (unsigned long long)b->size);
+    st =
+        tsr_error(TESSERA_E_IO, "the source ended at %llu, before its size %llu",
+                  (unsigned long long)(first * b->block_bytes + have), (unsigned long long)b->size);
   return st;
 }
 
@@ -434,7 +434,7 @@ static void block_opened(struct tsr_byte_source *src) {
 }
 
 static const struct tsr_byte_source_ops block_ops = {block_read_at, block_size, block_identity,
-                                                     block_close, block_hint, block_opened};
+                                                     block_close,   block_hint, block_opened};
 
 tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_bytes,
                                     uint64_t capacity_bytes, int prefetch_threads, uint8_t *head,
@@ -461,7 +461,8 @@ tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_
   b->nthreads = prefetch_threads < 0 ? 0 : prefetch_threads > 64 ? 64 : prefetch_threads;
   b->nbuckets = nbuckets;
   /* 256 KiB a miss at open: a directory and the arrays after it, in one request. */
-  atomic_init(&b->readahead, block_bytes < (256u << 10) ? (unsigned)((256u << 10) / block_bytes) - 1 : 0);
+  atomic_init(&b->readahead,
+              block_bytes < (256u << 10) ? (unsigned)((256u << 10) / block_bytes) - 1 : 0);
   pthread_mutex_init(&b->lock, NULL);
   pthread_cond_init(&b->changed, NULL);
   pthread_cond_init(&b->work, NULL);

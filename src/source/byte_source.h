@@ -103,8 +103,8 @@ tessera_status tsr_callback_source_open(const tessera_source *source, struct tsr
  * head_bytes bytes, or all of it if shorter; malloc'd, the caller frees) so that a block cache
  * can keep them. Without libcurl in the build: TESSERA_E_UNSUPPORTED. */
 tessera_status tsr_http_source_open(const char *url, const tessera_open_options *options,
-                                    size_t head_bytes, struct tsr_byte_source **out,
-                                    uint8_t **head, size_t *head_len);
+                                    size_t head_bytes, struct tsr_byte_source **out, uint8_t **head,
+                                    size_t *head_len);
 
 /* Whether name is a URL of a scheme tsr_remote_source_open reads (http://, https://). */
 bool tsr_is_url(const char *name);

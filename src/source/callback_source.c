@@ -37,8 +37,8 @@ static tessera_status callback_read_at(const struct tsr_byte_source *src, uint64
                                        message[0] ? message : "the source gave no reason"));
   if ((uint64_t)n > length)
     return tsr_source_failed(tsr_error(TESSERA_E_IO,
-                                       "%s: read_at returned %lld for a read of %zu bytes",
-                                       c->name, (long long)n, length));
+                                       "%s: read_at returned %lld for a read of %zu bytes", c->name,
+                                       (long long)n, length));
   tsr_count(&src->counters.bytes, (uint64_t)n);
   *got = (size_t)n;
   return TESSERA_OK;

@@ -167,7 +167,7 @@ static size_t on_body(char *data, size_t size, size_t n, void *user) {
   size_t len = size * n;
   if (t->status != 206) {
     if (t->status == 200)
-      return 0; /* the whole object is coming: stop it at once */
+      return 0;        /* the whole object is coming: stop it at once */
     t->ignored += len; /* an error page: read a little of it so the connection stays usable */
     return t->ignored > 65536 ? 0 : len;
   }
@@ -208,10 +208,8 @@ static bool transient(CURLcode rc) {
   case CURLE_PARTIAL_FILE:
   case CURLE_HTTP2:
   case CURLE_HTTP2_STREAM:
-  case CURLE_SSL_CONNECT_ERROR:
-    return true;
-  default:
-    return false;
+  case CURLE_SSL_CONNECT_ERROR: return true;
+  default: return false;
   }
 }
 
@@ -270,8 +268,10 @@ static enum outcome attempt(const struct http_source *h, bool opening, uint64_t 
     return FAIL;
   }
   if (t->status == 412) {
-    *st = tsr_error(TESSERA_E_IO, "the object changed since the slide was opened (HTTP 412: "
-                                  "it no longer has ETag %s)", h->etag[0] ? h->etag : h->last_modified);
+    *st = tsr_error(TESSERA_E_IO,
+                    "the object changed since the slide was opened (HTTP 412: "
+                    "it no longer has ETag %s)",
+                    h->etag[0] ? h->etag : h->last_modified);
     return FAIL;
   }
   if (t->status == 416 && opening && t->total_known && t->total == 0) {
@@ -283,15 +283,17 @@ static enum outcome attempt(const struct http_source *h, bool opening, uint64_t 
     return t->status >= 500 || t->status == 429 || t->status == 408 ? RETRY : FAIL;
   }
   if (!t->have_range || t->first != offset || (!opening && !t->total_known)) {
-    *st = tsr_error(TESSERA_E_IO, "the server answered the range %s with another (Content-Range "
-                                  "%llu-%llu)", range, (unsigned long long)t->first,
-                    (unsigned long long)t->last);
+    *st = tsr_error(TESSERA_E_IO,
+                    "the server answered the range %s with another (Content-Range "
+                    "%llu-%llu)",
+                    range, (unsigned long long)t->first, (unsigned long long)t->last);
     return FAIL;
   }
   if (!opening && (t->total != h->size || (h->etag[0] && t->etag[0] && strcmp(h->etag, t->etag)) ||
                    (!h->etag[0] && h->last_modified[0] && t->last_modified[0] &&
                     strcmp(h->last_modified, t->last_modified)))) {
-    *st = tsr_error(TESSERA_E_IO, "the object changed since the slide was opened (now %llu bytes%s%s)",
+    *st = tsr_error(TESSERA_E_IO,
+                    "the object changed since the slide was opened (now %llu bytes%s%s)",
                     (unsigned long long)t->total, t->etag[0] ? ", ETag " : "", t->etag);
     return FAIL;
   }
@@ -430,8 +432,8 @@ static tessera_status set_identity(struct http_source *h) {
 }
 
 tessera_status tsr_http_source_open(const char *url, const tessera_open_options *o,
-                                    size_t head_bytes, struct tsr_byte_source **out,
-                                    uint8_t **head, size_t *head_len) {
+                                    size_t head_bytes, struct tsr_byte_source **out, uint8_t **head,
+                                    size_t *head_len) {
   *out = NULL;
   *head = NULL;
   *head_len = 0;
@@ -488,8 +490,8 @@ tessera_status tsr_http_source_open(const char *url, const tessera_open_options 
 #else /* no libcurl */
 
 tessera_status tsr_http_source_open(const char *url, const tessera_open_options *options,
-                                    size_t head_bytes, struct tsr_byte_source **out,
-                                    uint8_t **head, size_t *head_len) {
+                                    size_t head_bytes, struct tsr_byte_source **out, uint8_t **head,
+                                    size_t *head_len) {
   (void)options, (void)head_bytes;
   *out = NULL;
   *head = NULL;

@@ -17,8 +17,9 @@ static tessera_status resolve(int64_t *value, const char *env, int64_t lo, int64
                               int64_t fallback) {
   if (*value != -1) {
     if (*value < lo || *value > hi)
-      return tsr_error(TESSERA_E_ARGUMENT, "open options: %s-like setting %lld is outside %lld .. %lld",
-                       env, (long long)*value, (long long)lo, (long long)hi);
+      return tsr_error(TESSERA_E_ARGUMENT,
+                       "open options: %s-like setting %lld is outside %lld .. %lld", env,
+                       (long long)*value, (long long)lo, (long long)hi);
     return TESSERA_OK;
   }
   const char *text = getenv(env);
@@ -44,8 +45,8 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
   tessera_status st = tsr_abi_copy_in(&o, sizeof o, options, "open options");
   if (st != TESSERA_OK)
     return st;
-  int64_t timeout = o.remote_timeout_ms, retries = o.remote_retries,
-          requests = o.remote_requests, block = o.remote_block_kib, cache = o.remote_cache_mib;
+  int64_t timeout = o.remote_timeout_ms, retries = o.remote_retries, requests = o.remote_requests,
+          block = o.remote_block_kib, cache = o.remote_cache_mib;
   if ((st = resolve(&timeout, "TESSERA_REMOTE_TIMEOUT_MS", 1, INT32_MAX, 30000)) != TESSERA_OK ||
       (st = resolve(&retries, "TESSERA_REMOTE_RETRIES", 0, 100, 4)) != TESSERA_OK ||
       (st = resolve(&requests, "TESSERA_REMOTE_REQUESTS", 1, 4096, 16)) != TESSERA_OK ||
@@ -74,6 +75,5 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
     *out = http;
     return TESSERA_OK;
   }
-  return tsr_block_cache_open(http, block_bytes, cache_bytes, (int)requests, head, head_len,
-                              out);
+  return tsr_block_cache_open(http, block_bytes, cache_bytes, (int)requests, head, head_len, out);
 }

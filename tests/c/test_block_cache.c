@@ -29,8 +29,8 @@ struct memory_source {
   atomic_int in_flight, most_in_flight;
 };
 
-static tessera_status mem_read_at(const struct tsr_byte_source *src, uint64_t offset,
-                                  size_t length, void *buffer, size_t *got) {
+static tessera_status mem_read_at(const struct tsr_byte_source *src, uint64_t offset, size_t length,
+                                  void *buffer, size_t *got) {
   struct memory_source *m = (struct memory_source *)src;
   int now = ++m->in_flight;
   for (int most = m->most_in_flight; now > most;)
@@ -63,8 +63,7 @@ static void mem_close(struct tsr_byte_source *src) {
   free(m);
 }
 
-static const struct tsr_byte_source_ops mem_ops = {mem_read_at, mem_size, mem_identity,
-                                                   mem_close};
+static const struct tsr_byte_source_ops mem_ops = {mem_read_at, mem_size, mem_identity, mem_close};
 
 static struct memory_source *memory_source(uint8_t *bytes, uint64_t size) {
   static uint64_t made;
@@ -107,8 +106,8 @@ static void *read_randomly(void *arg) {
     /* A read clear of the bad range succeeds (a read over it might, from blocks held). */
     if (got != want || (want && memcmp(buf, r->mem->bytes + off, want) != 0)) {
       if (r->wrong++ < 3)
-        fprintf(stderr, "read %llu+%zu: got %zu of %zu, bytes %s\n", (unsigned long long)off,
-                len, got, want, got == want ? "differ" : "-");
+        fprintf(stderr, "read %llu+%zu: got %zu of %zu, bytes %s\n", (unsigned long long)off, len,
+                got, want, got == want ? "differ" : "-");
     }
   }
   free(buf);
