@@ -135,7 +135,10 @@ TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_
                                            tessera_slide **out);
 
 /* Remote slides. tessera_open and tessera_open_ex take http:// and https:// URLs (presigned
- * object-store URLs included) as well as paths, in a build with libcurl (otherwise they fail
+ * object-store URLs included) and s3://bucket/key (signed with AWS Signature Version 4 from
+ * the AWS_* environment variables or ~/.aws/credentials, endpoint and region from
+ * AWS_ENDPOINT_URL and AWS_REGION; unsigned without credentials: README, "Remote slides") as
+ * well as paths, in a build with libcurl (otherwise they fail
  * with TESSERA_E_UNSUPPORTED saying the build has no HTTP support). Bytes are fetched with
  * HTTP range requests: the first (which also learns the size, ETag and Last-Modified) at open,
  * then aligned blocks through the slide's block cache (remote_block_kib, remote_cache_mib), a

@@ -12,10 +12,12 @@ It counts the requests it answers, per object.
 
 import email.utils
 import hashlib
+import hmac
 import http.server
 import re
 import threading
 import time
+import urllib.parse
 
 
 class Faults:
@@ -40,6 +42,8 @@ class SlideServer:
         self.faults = Faults()
         self.requests = {}  # name -> count of GET/HEAD requests
         self.ranges = {}    # name -> [(first, last)] asked for
+        # S3 mode (s3_mode()): every request's AWS Signature Version 4 is checked
+        self.s3 = None
         self.in_flight = 0  # requests being answered now, and the most at once
         self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -68,7 +72,11 @@ class SlideServer:
                         server.in_flight -= 1
 
             def answer_one(self, head):
-                name = self.path.lstrip("/").split("?")[0]
+                name = urllib.parse.unquote(self.path.lstrip("/").split("?")[0])
+                if server.s3 is not None:
+                    why = server.s3_refusal(self)
+                    if why:
+                        return self.plain(403, why.encode() + b"\n")
                 f = server.faults
                 with server.lock:
                     server.requests[name] = server.requests.get(name, 0) + 1
@@ -155,6 +163,55 @@ class SlideServer:
     @property
     def base(self):
         return "%s://127.0.0.1:%d" % (self.scheme, self.httpd.server_address[1])
+
+    def s3_mode(self, access_key, secret, region="us-east-1", token=None, anonymous=False):
+        """Checks every request's SigV4 signature (the algorithm AWS documents, written here
+        from its specification) for these credentials; anonymous=True also lets unsigned
+        requests through (a public bucket). Objects are then added as "bucket/key"."""
+        self.s3 = dict(access_key=access_key, secret=secret, region=region, token=token,
+                       anonymous=anonymous)
+        self.signed = 0
+
+    def s3_refusal(self, handler):
+        """Why the request's signature is refused (S3's error code), or None."""
+        cfg, h = self.s3, handler.headers
+        auth = h.get("Authorization")
+        if auth is None:
+            return None if cfg["anonymous"] else "AccessDenied: anonymous request"
+        m = re.fullmatch(r"AWS4-HMAC-SHA256 Credential=([^/]+)/(\d{8})/([^/]+)/s3/aws4_request,"
+                         r"\s*SignedHeaders=([^,]+),\s*Signature=([0-9a-f]{64})", auth)
+        if not m:
+            return "AuthorizationHeaderMalformed: %s" % auth
+        key_id, date, region, signed, signature = m.groups()
+        if key_id != cfg["access_key"]:
+            return "InvalidAccessKeyId"
+        if region != cfg["region"]:
+            return "AuthorizationHeaderMalformed: region %s" % region
+        names = signed.split(";")
+        if "host" not in names or "x-amz-date" not in names:
+            return "AccessDenied: host and x-amz-date must be signed"
+        if cfg["token"] is not None and (h.get("x-amz-security-token") != cfg["token"] or
+                                         "x-amz-security-token" not in names):
+            return "InvalidToken"
+        payload = h.get("x-amz-content-sha256", hashlib.sha256(b"").hexdigest())
+        path, _, query = handler.path.partition("?")
+        canonical_query = "&".join(sorted(q for q in query.split("&") if q))
+        canonical = "\n".join([
+            handler.command, path, canonical_query,
+            "".join("%s:%s\n" % (n, " ".join((h.get(n) or "").split())) for n in names),
+            signed, payload])
+        scope = "%s/%s/s3/aws4_request" % (date, region)
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", h.get("x-amz-date", ""), scope,
+                             hashlib.sha256(canonical.encode()).hexdigest()])
+        k = ("AWS4" + cfg["secret"]).encode()
+        for part in (date, region, "s3", "aws4_request"):
+            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest(),
+                                   signature):
+            return "SignatureDoesNotMatch"
+        with self.lock:
+            self.signed += 1
+        return None
 
     def add(self, name, data):
         """Serves data at /name (replacing what was there: a new ETag); returns its URL."""

@@ -121,11 +121,11 @@ def _reopen(cls, path, limits):
 
 
 def _is_url(path):
-    """Whether path is a URL tessera opens remotely (http://, https://)."""
+    """Whether path is a URL tessera opens remotely (http://, https://, s3://)."""
     prefix = path[:8].lower()
     if isinstance(prefix, bytes):
         prefix = prefix.decode("latin-1")
-    return prefix.startswith("http://") or prefix.startswith("https://")
+    return prefix.startswith(("http://", "https://", "s3://"))
 
 
 def _is_file_object(obj):

@@ -156,7 +156,8 @@ void tsr_identity_from_text(uint64_t kind, const char *text, uint64_t size,
 }
 
 bool tsr_is_url(const char *name) {
-  return strncasecmp(name, "http://", 7) == 0 || strncasecmp(name, "https://", 8) == 0;
+  return strncasecmp(name, "http://", 7) == 0 || strncasecmp(name, "https://", 8) == 0 ||
+         strncmp(name, "s3://", 5) == 0;
 }
 
 /* Each thread's own: the open that reads it runs in one thread. */

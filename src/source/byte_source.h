@@ -102,9 +102,28 @@ tessera_status tsr_callback_source_open(const tessera_source *source, struct tsr
  * remote_* settings. *head receives the bytes of the first request (the object's first
  * head_bytes bytes, or all of it if shorter; malloc'd, the caller frees) so that a block cache
  * can keep them. Without libcurl in the build: TESSERA_E_UNSUPPORTED. */
-tessera_status tsr_http_source_open(const char *url, const tessera_open_options *options,
-                                    size_t head_bytes, struct tsr_byte_source **out, uint8_t **head,
+struct tsr_http_auth {
+  const char *shown;      /* the name in messages (s3://bucket/key), or NULL: the URL's */
+  const char *sigv4;      /* CURLOPT_AWS_SIGV4 ("aws:amz:REGION:s3"), or NULL: unsigned */
+  const char *userpwd;    /* "KEY_ID:SECRET" with sigv4 */
+  const char *headers[2]; /* extra headers for every request (x-amz-...), or NULL */
+};
+tessera_status tsr_http_source_open(const char *url, const struct tsr_http_auth *auth,
+                                    const tessera_open_options *options, size_t head_bytes,
+                                    struct tsr_byte_source **out, uint8_t **head,
                                     size_t *head_len);
+
+/* An s3://bucket/key URL as the https:// URL to fetch (AWS_ENDPOINT_URL_S3 or
+ * AWS_ENDPOINT_URL, path-style, else https://bucket.s3.REGION.amazonaws.com/key; REGION from
+ * AWS_REGION or AWS_DEFAULT_REGION, else us-east-1) and how to sign its requests (credentials
+ * from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, else the profile AWS_PROFILE
+ * or "default" of AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials; none: unsigned, for
+ * public buckets). Everything made is in *s3 (free with tsr_s3_free). */
+struct tsr_s3 {
+  char *url, *shown, *sigv4, *userpwd, *token, *sha;
+};
+tessera_status tsr_s3_resolve(const char *s3_url, struct tsr_s3 *s3, struct tsr_http_auth *auth);
+void tsr_s3_free(struct tsr_s3 *s3);
 
 /* Whether name is a URL of a scheme tsr_remote_source_open reads (http://, https://). */
 bool tsr_is_url(const char *name);

@@ -39,7 +39,11 @@ struct http_source {
   uint64_t size;
   char etag[256];
   char last_modified[128];
-  struct curl_slist *conditions; /* If-Match or If-Unmodified-Since, for every request after open */
+  struct curl_slist *conditions; /* If-Match or If-Unmodified-Since, for every request after
+                                    open, with the signing headers */
+  struct curl_slist *signing;    /* the signing headers alone (S3's), for the first request */
+  char *sigv4;                   /* CURLOPT_AWS_SIGV4's provider string, or NULL */
+  char *userpwd;                 /* the signing key id and secret, or NULL */
   struct tsr_file_id id;
   char *ca_bundle; /* TESSERA_CA_BUNDLE at open: certificates to trust instead of the system's */
   long timeout_ms;
@@ -103,7 +107,8 @@ struct transfer {
   size_t cap, got;
   bool too_much;  /* the server sent more than the range asked for */
   long status;    /* of the latest status line */
-  size_t ignored; /* bytes of a body other than 206's, thrown away */
+  size_t ignored; /* bytes of a body other than 206's, thrown away but for their start: */
+  char error_body[256];
   char etag[256], last_modified[128];
   bool have_range, total_known;
   uint64_t first, last, total;
@@ -167,8 +172,13 @@ static size_t on_body(char *data, size_t size, size_t n, void *user) {
   size_t len = size * n;
   if (t->status != 206) {
     if (t->status == 200)
-      return 0;        /* the whole object is coming: stop it at once */
-    t->ignored += len; /* an error page: read a little of it so the connection stays usable */
+      return 0; /* the whole object is coming: stop it at once */
+    /* An error page: its start may say why (S3's <Code>); read a little of it so that the
+     * connection stays usable. */
+    size_t have = strlen(t->error_body), room = sizeof t->error_body - 1 - have;
+    memcpy(t->error_body + have, data, len < room ? len : room);
+    t->error_body[have + (len < room ? len : room)] = '\0';
+    t->ignored += len;
     return t->ignored > 65536 ? 0 : len;
   }
   if (len > t->cap - t->got) {
@@ -181,6 +191,29 @@ static size_t on_body(char *data, size_t size, size_t n, void *user) {
 }
 
 enum outcome { DONE, RETRY, FAIL };
+
+/* What an error page says, for the message: S3's <Code>, or a first line of plain text made of
+ * printable characters; "" if neither. */
+static void error_reason(const char *body, char *out, size_t size) {
+  out[0] = '\0';
+  const char *code = strstr(body, "<Code>"), *end = code ? strstr(code, "</Code>") : NULL;
+  size_t n;
+  if (code && end) {
+    code += 6;
+    n = (size_t)(end - code);
+  } else if (body[0] != '<') {
+    code = body;
+    n = strcspn(body, "\r\n");
+  } else {
+    return;
+  }
+  if (n == 0 || n > 100)
+    return;
+  for (size_t i = 0; i < n; i++)
+    if (code[i] < 0x20 || code[i] > 0x7e)
+      return;
+  snprintf(out, size, ": %.*s", (int)n, code);
+}
 
 static const char *status_text(long status) {
   switch (status) {
@@ -243,9 +276,16 @@ static enum outcome attempt(const struct http_source *h, bool opening, uint64_t 
   curl_easy_setopt(c, CURLOPT_WRITEDATA, t);
   if (h->ca_bundle)
     curl_easy_setopt(c, CURLOPT_CAINFO, h->ca_bundle);
+  if (h->sigv4) {
+    curl_easy_setopt(c, CURLOPT_AWS_SIGV4, h->sigv4);
+    curl_easy_setopt(c, CURLOPT_USERPWD, h->userpwd);
+  }
   if (!opening && h->conditions)
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->conditions);
+  else if (h->signing)
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h->signing);
   t->got = t->ignored = 0;
+  t->error_body[0] = '\0';
   t->too_much = false;
   t->status = 0;
   CURLcode rc = curl_easy_perform(c);
@@ -279,7 +319,9 @@ static enum outcome attempt(const struct http_source *h, bool opening, uint64_t 
     return FAIL;
   }
   if (t->status != 206) {
-    *st = tsr_error(TESSERA_E_IO, "HTTP %ld%s", t->status, status_text(t->status));
+    char why[128];
+    error_reason(t->error_body, why, sizeof why);
+    *st = tsr_error(TESSERA_E_IO, "HTTP %ld%s%s", t->status, status_text(t->status), why);
     return t->status >= 500 || t->status == 429 || t->status == 408 ? RETRY : FAIL;
   }
   if (!t->have_range || t->first != offset || (!opening && !t->total_known)) {
@@ -379,6 +421,11 @@ static void http_identity(const struct tsr_byte_source *src, struct tsr_file_id 
 static void http_close(struct tsr_byte_source *src) {
   struct http_source *h = (struct http_source *)src;
   curl_slist_free_all(h->conditions);
+  curl_slist_free_all(h->signing);
+  if (h->userpwd) /* a secret: not left in freed memory */
+    memset(h->userpwd, 0, strlen(h->userpwd));
+  tsr_free(h->userpwd);
+  tsr_free(h->sigv4);
   pthread_mutex_destroy(&h->lock);
   pthread_cond_destroy(&h->room);
   tsr_free(h->url);
@@ -425,14 +472,18 @@ static tessera_status set_identity(struct http_source *h) {
   else if (h->last_modified[0])
     snprintf(header, sizeof header, "If-Unmodified-Since: %s", h->last_modified);
   else
-    return TESSERA_OK;
-  if (!(h->conditions = curl_slist_append(NULL, header)))
+    header[0] = '\0';
+  for (struct curl_slist *l = h->signing; l; l = l->next)
+    if (!(h->conditions = curl_slist_append(h->conditions, l->data)))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  if (header[0] && !(h->conditions = curl_slist_append(h->conditions, header)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
   return TESSERA_OK;
 }
 
-tessera_status tsr_http_source_open(const char *url, const tessera_open_options *o,
-                                    size_t head_bytes, struct tsr_byte_source **out, uint8_t **head,
+tessera_status tsr_http_source_open(const char *url, const struct tsr_http_auth *auth,
+                                    const tessera_open_options *o, size_t head_bytes,
+                                    struct tsr_byte_source **out, uint8_t **head,
                                     size_t *head_len) {
   *out = NULL;
   *head = NULL;
@@ -456,7 +507,13 @@ tessera_status tsr_http_source_open(const char *url, const tessera_open_options 
   h->max_in_flight = o->remote_requests;
   tessera_status st = TESSERA_OK;
   h->url = tsr_strdup(url);
-  h->shown = shown_url(url);
+  h->shown = auth && auth->shown ? tsr_strdup(auth->shown) : shown_url(url);
+  if (auth && auth->sigv4 &&
+      (!(h->sigv4 = tsr_strdup(auth->sigv4)) || !(h->userpwd = tsr_strdup(auth->userpwd))))
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory");
+  for (size_t i = 0; auth && i < 2 && st == TESSERA_OK; i++)
+    if (auth->headers[i] && !(h->signing = curl_slist_append(h->signing, auth->headers[i])))
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   const char *ca = getenv("TESSERA_CA_BUNDLE");
   if (ca && ca[0] && !(h->ca_bundle = tsr_strdup(ca)))
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
@@ -489,10 +546,13 @@ tessera_status tsr_http_source_open(const char *url, const tessera_open_options 
 
 #else /* no libcurl */
 
-tessera_status tsr_http_source_open(const char *url, const tessera_open_options *options,
-                                    size_t head_bytes, struct tsr_byte_source **out, uint8_t **head,
+tessera_status tsr_http_source_open(const char *url, const struct tsr_http_auth *auth,
+                                    const tessera_open_options *options, size_t head_bytes,
+                                    struct tsr_byte_source **out, uint8_t **head,
                                     size_t *head_len) {
   (void)options, (void)head_bytes;
+  if (auth && auth->shown)
+    url = auth->shown;
   *out = NULL;
   *head = NULL;
   *head_len = 0;

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "abi.h"
 #include "alloc.h"
@@ -67,7 +68,14 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
   /* The first request reads 256 KiB (or a block, if larger): the header and, in most files,
    * the first directories. */
   size_t head_bytes = block_bytes > (256u << 10) ? block_bytes : (256u << 10);
-  st = tsr_http_source_open(url, &o, cache_bytes ? head_bytes : 16, &http, &head, &head_len);
+  struct tsr_http_auth auth = {0};
+  struct tsr_s3 s3 = {0};
+  bool is_s3 = strncmp(url, "s3://", 5) == 0;
+  if (is_s3 && (st = tsr_s3_resolve(url, &s3, &auth)) != TESSERA_OK)
+    return st;
+  st = tsr_http_source_open(is_s3 ? s3.url : url, is_s3 ? &auth : NULL, &o,
+                            cache_bytes ? head_bytes : 16, &http, &head, &head_len);
+  tsr_s3_free(&s3);
   if (st != TESSERA_OK)
     return st;
   if (!cache_bytes || cache_bytes < 2 * (uint64_t)block_bytes) {
