@@ -1,7 +1,8 @@
 """A loopback HTTP server for the remote-slide tests and benchmark: serves objects (bytes in
 memory) with Range requests, ETag, Last-Modified and If-Match as an object store does, and
-faults switched on at run time: no range support, latency, 5xx bursts, dropped connections,
-truncated bodies, 403/404, an object replaced while open, a stall past the client's timeout.
+faults switched on at run time: no range support, latency, a bandwidth limit, 5xx bursts,
+dropped connections, truncated bodies, 403/404, an object replaced while open, a stall past
+the client's timeout; and an S3 mode that checks each request's SigV4 signature.
 It counts the requests it answers, per object.
 
     with SlideServer() as server:
@@ -30,6 +31,7 @@ class Faults:
         self.drops = 0            # the next N requests: connection closed without an answer
         self.truncations = 0      # the next N requests: half the body, then the connection closes
         self.stall = 0.0          # seconds to wait before answering every request (past a timeout)
+        self.bandwidth = 0        # bytes per second each answer's body is sent at (0: no limit)
         self.status = {}          # object name -> status to answer (403, 404, ...)
         self.honour_if_match = True
         self.bad_offsets = set()  # a range request starting at one of these gets 503, always
@@ -44,6 +46,7 @@ class SlideServer:
         self.ranges = {}    # name -> [(first, last)] asked for
         # S3 mode (s3_mode()): every request's AWS Signature Version 4 is checked
         self.s3 = None
+        self.queries = set()  # the query strings requests came with
         self.in_flight = 0  # requests being answered now, and the most at once
         self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -73,6 +76,8 @@ class SlideServer:
 
             def answer_one(self, head):
                 name = urllib.parse.unquote(self.path.lstrip("/").split("?")[0])
+                with server.lock:
+                    server.queries.add(self.path.partition("?")[2])
                 if server.s3 is not None:
                     why = server.s3_refusal(self)
                     if why:
@@ -133,6 +138,13 @@ class SlideServer:
                     self.wfile.write(body[:len(body) // 2])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if f.bandwidth:
+                    step = max(1, f.bandwidth // 20)  # 20 chunks a second
+                    for at in range(0, len(body), step):
+                        self.wfile.write(body[at:at + step])
+                        self.wfile.flush()
+                        time.sleep(step / f.bandwidth)
                     return
                 self.wfile.write(body)
 

@@ -204,6 +204,33 @@ def test_timeout(srv):
     assert st == T.E_IO and srv.url(NAME) in msg and "timed out" in msg, msg
 
 
+def test_bandwidth_limit(srv):
+    """A slow link: reads within the timeout are right; a request that cannot finish in time
+    fails (after its retries) naming the URL, instead of hanging."""
+    with T.open_slide(srv.local[NAME]) as ref:
+        srv.faults.bandwidth = 4 << 20  # 4 MiB/s: a 256 KiB block in about 60 ms
+        st, msg, slide = open_url(srv.url(NAME), remote_timeout_ms=5000)
+        assert st == T.OK, msg
+        with slide:
+            assert np.array_equal(ref.read_region(500, 500, 0, 400, 400),
+                                  slide.read_region(500, 500, 0, 400, 400))
+        srv.faults.bandwidth = 64 << 10  # 64 KiB/s: the first 256 KiB take 4 s
+        st, msg, _ = open_url(srv.url(NAME), remote_timeout_ms=500, remote_retries=1)
+        assert st == T.E_IO and srv.url(NAME) in msg and "timed out" in msg, msg
+
+
+def test_presigned_style_url_with_a_query(srv):
+    """A presigned URL is plain HTTP: its query goes to the server with every request (and
+    stays out of messages)."""
+    url = srv.url(NAME) + "?X-Amz-Expires=600&X-Amz-Signature=abc123"
+    srv.queries.clear()
+    st, msg, slide = open_url(url)
+    assert st == T.OK, msg
+    assert srv.queries == {"X-Amz-Expires=600&X-Amz-Signature=abc123"}
+    with T.open_slide(srv.local[NAME]) as ref, slide:
+        assert np.array_equal(ref.read_region(0, 0, 0, 200, 200), slide.read_region(0, 0, 0, 200, 200))
+
+
 def test_latency_under_the_timeout_is_no_failure(srv):
     srv.faults.latency = 0.05
     st, msg, slide = open_url(srv.url(NAME), remote_timeout_ms=2000)
