@@ -35,7 +35,8 @@ static void print_help(FILE *out) {
   fputs("Usage: tessera COMMAND [ARGUMENTS]\n"
         "\n"
         "Read tiled pyramidal TIFF whole-slide images (generic tiled TIFF, Aperio SVS,\n"
-        "Hamamatsu NDPI, Philips, ...).\n"
+        "Hamamatsu NDPI, Philips, ...). A SLIDE is a path, or an http://, https:// or\n"
+        "s3://BUCKET/KEY URL, read with range requests (README: \"Remote slides\").\n"
         "\n"
         "Commands:\n",
         out);
@@ -53,6 +54,7 @@ static void print_help(FILE *out) {
         "  tessera read slide.svs --location 1000,2000 --size 512,512 --output patch.png\n"
         "  tessera sample synthetic.tiff --width 8000 --height 6000\n"
         "  tessera bench synthetic.tiff --layout random --count 2000 --size 224,224\n"
+        "  tessera bench https://example.org/slide.svs --layout random --count 2000 --size 224,224\n"
         "  tessera cache list\n"
         "\n"
         "Exit status: 0 on success, 1 when the command fails, 2 when the command line is\n"
