@@ -399,3 +399,35 @@ def test_dask_over_a_url(srv):
         pb = tessera.dask.read_patches([(local, locs)], (224, 224)).compute()
     assert np.array_equal(pa, pb)
     assert srv.count(NAME) > 0
+
+
+def test_forked_child_reads_the_parents_url_slide(srv):
+    """A DataLoader worker forked after the parent read (its connections, curl handles and the
+    block cache's fetch threads exist): the child makes its own and reads the same pixels."""
+    import tessera
+    S = tessera._tessera.Slide
+    name = "big.tif"
+    ref = tessera.Slide(srv.local[name])
+    slide = tessera.Slide(srv.url(name))
+    locs = [(i * 997 % 9800, i * 613 % 9800) for i in range(48)]
+    want = [np.asarray(b) for b in S.batches(ref, locs, 224, 224, 0, batch_size=16, num_workers=2)]
+    got = [np.asarray(b) for b in S.batches(slide, locs, 224, 224, 0, batch_size=16, num_workers=2)]
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    pid = os.fork()
+    if pid == 0:  # the child: exit status says whether it read right
+        ok = False
+        try:
+            locs2 = [(x + 300, y + 200) for x, y in locs]
+            mine = [np.asarray(b) for b in S.batches(slide, locs2, 224, 224, 0, batch_size=16,
+                                                      num_workers=2)]
+            theirs = [np.asarray(b) for b in S.batches(ref, locs2, 224, 224, 0, batch_size=16,
+                                                        num_workers=2)]
+            ok = len(mine) == len(theirs) and all(np.array_equal(a, b)
+                                                  for a, b in zip(mine, theirs))
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    # and the parent goes on reading
+    assert np.array_equal(np.asarray(S.read_region(slide, 5000, 5000, 300, 300, 0)),
+                          np.asarray(S.read_region(ref, 5000, 5000, 300, 300, 0)))

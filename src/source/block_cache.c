@@ -67,6 +67,7 @@ struct block_source {
   int started; /* threads running in process `threads_pid`, under lock */
   pid_t threads_pid;
   bool stop; /* under lock */
+  struct tsr_fork_guard guard;
 };
 
 static struct block **bucket(struct block_source *b, uint64_t index) {
@@ -409,8 +410,17 @@ static void block_identity(const struct tsr_byte_source *src, struct tsr_file_id
   b->inner->ops->identity(b->inner, id);
 }
 
+/* In a forked child: the condition variables may have had the parent's waiters; its fetch
+ * threads are not here (start_threads starts this process's own on the next hint). */
+static void block_forked(void *arg) {
+  struct block_source *b = arg;
+  pthread_cond_init(&b->changed, NULL);
+  pthread_cond_init(&b->work, NULL);
+}
+
 static void block_close(struct tsr_byte_source *src) {
   struct block_source *b = (struct block_source *)src;
+  tsr_fork_guard_remove(&b->guard);
   pthread_mutex_lock(&b->lock);
   b->stop = true;
   pthread_cond_broadcast(&b->work);
@@ -466,6 +476,8 @@ tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_
   pthread_mutex_init(&b->lock, NULL);
   pthread_cond_init(&b->changed, NULL);
   pthread_cond_init(&b->work, NULL);
+  b->guard = (struct tsr_fork_guard){.lock = &b->lock, .child = block_forked, .arg = b};
+  tsr_fork_guard_add(&b->guard);
   for (uint64_t i = 0; head && i * block_bytes < head_len; i++) {
     /* Whole blocks of the head only (the last one whole where the head is the object). */
     if ((i + 1) * block_bytes > head_len && head_len != b->size)

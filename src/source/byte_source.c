@@ -174,3 +174,49 @@ void tsr_source_failure_clear(void) { source_failure.status = TESSERA_OK; }
 tessera_status tsr_source_failure_raise(void) {
   return source_failure.status == TESSERA_OK ? TESSERA_OK : tsr_failure_raise(&source_failure);
 }
+
+/* The registered locks; `guards_lock` guards the list. */
+static pthread_mutex_t guards_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tsr_fork_guard *guards;
+static pthread_once_t guards_once = PTHREAD_ONCE_INIT;
+
+static void before_fork(void) {
+  pthread_mutex_lock(&guards_lock);
+  for (struct tsr_fork_guard *g = guards; g; g = g->next)
+    pthread_mutex_lock(g->lock);
+}
+
+static void after_fork_parent(void) {
+  for (struct tsr_fork_guard *g = guards; g; g = g->next)
+    pthread_mutex_unlock(g->lock);
+  pthread_mutex_unlock(&guards_lock);
+}
+
+static void after_fork_child(void) {
+  for (struct tsr_fork_guard *g = guards; g; g = g->next) {
+    pthread_mutex_init(g->lock, NULL);
+    if (g->child)
+      g->child(g->arg);
+  }
+  pthread_mutex_init(&guards_lock, NULL);
+}
+
+static void guards_init(void) { pthread_atfork(before_fork, after_fork_parent, after_fork_child); }
+
+void tsr_fork_guard_add(struct tsr_fork_guard *g) {
+  pthread_once(&guards_once, guards_init);
+  pthread_mutex_lock(&guards_lock);
+  g->next = guards;
+  guards = g;
+  pthread_mutex_unlock(&guards_lock);
+}
+
+void tsr_fork_guard_remove(struct tsr_fork_guard *g) {
+  pthread_mutex_lock(&guards_lock);
+  for (struct tsr_fork_guard **p = &guards; *p; p = &(*p)->next)
+    if (*p == g) {
+      *p = g->next;
+      break;
+    }
+  pthread_mutex_unlock(&guards_lock);
+}

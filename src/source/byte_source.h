@@ -9,6 +9,7 @@
 #ifndef TSR_SOURCE_BYTE_SOURCE_H
 #define TSR_SOURCE_BYTE_SOURCE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -153,6 +154,20 @@ void tsr_identity_from_text(uint64_t kind, const char *text, uint64_t size, stru
 tessera_status tsr_source_failed(tessera_status status);
 void tsr_source_failure_clear(void);
 tessera_status tsr_source_failure_raise(void);
+
+/* A source's lock made safe across fork(): a thread of the parent holding it when another
+ * forks would leave it locked for ever in the child (a DataLoader worker forked while the
+ * block cache's fetch threads work). Registered locks are all taken before fork and given
+ * back after it in the parent; in the child they are made anew, unlocked, and `child` (may be
+ * NULL) resets what the parent's threads were doing (requests in flight). */
+struct tsr_fork_guard {
+  pthread_mutex_t *lock;
+  void (*child)(void *arg);
+  void *arg;
+  struct tsr_fork_guard *next; /* the registry's, under its own mutex */
+};
+void tsr_fork_guard_add(struct tsr_fork_guard *g);
+void tsr_fork_guard_remove(struct tsr_fork_guard *g);
 
 /* Frees src (NULL does nothing). */
 void tsr_byte_source_close(struct tsr_byte_source *src);

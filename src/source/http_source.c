@@ -52,6 +52,7 @@ struct http_source {
   pthread_mutex_t lock;
   pthread_cond_t room;
   int in_flight; /* under lock */
+  struct tsr_fork_guard guard;
 };
 
 /* ---- one handle per thread ------------------------------------------------------------- */
@@ -395,6 +396,14 @@ static tessera_status fetch(struct http_source *h, bool opening, uint64_t offset
   return tsr_source_failed(tsr_error_prefix(st, "%s: ", h->shown));
 }
 
+/* In a forked child: the parent's requests in flight are not this process's; the condition
+ * variable may have had the parent's waiters. */
+static void http_forked(void *arg) {
+  struct http_source *h = arg;
+  h->in_flight = 0;
+  pthread_cond_init(&h->room, NULL);
+}
+
 static tessera_status http_read_at(const struct tsr_byte_source *src, uint64_t offset,
                                    size_t length, void *buffer, size_t *got) {
   struct http_source *h = (struct http_source *)src;
@@ -420,6 +429,8 @@ static void http_identity(const struct tsr_byte_source *src, struct tsr_file_id 
 
 static void http_close(struct tsr_byte_source *src) {
   struct http_source *h = (struct http_source *)src;
+  if (h->guard.lock)
+    tsr_fork_guard_remove(&h->guard);
   curl_slist_free_all(h->conditions);
   curl_slist_free_all(h->signing);
   if (h->userpwd) /* a secret: not left in freed memory */
@@ -502,6 +513,8 @@ tessera_status tsr_http_source_open(const char *url, const struct tsr_http_auth 
   h->pub.ops = &http_ops;
   pthread_mutex_init(&h->lock, NULL);
   pthread_cond_init(&h->room, NULL);
+  h->guard = (struct tsr_fork_guard){.lock = &h->lock, .child = http_forked, .arg = h};
+  tsr_fork_guard_add(&h->guard);
   h->timeout_ms = o->remote_timeout_ms;
   h->retries = o->remote_retries;
   h->max_in_flight = o->remote_requests;
