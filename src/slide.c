@@ -69,9 +69,12 @@ TESSERA_API void tessera_close(tessera_slide *s) {
   tsr_free(s);
 }
 
+/* d0: the first TIFF directory, or NULL for a format that is no TIFF. */
 static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir *d0,
                                          struct tsr_props *vendor) {
   struct tsr_props p = {0};
+  if (!d0)
+    goto vendor_keys;
   tsr_props_add_string(&p, "tiff.ImageDescription", d0->description);
   tsr_props_add_string(&p, "tiff.Software", d0->software);
   tsr_props_add_string(&p, "tiff.Make", d0->make);
@@ -89,6 +92,7 @@ static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir 
                        d0->resolution_unit == 3   ? "centimeter"
                        : d0->resolution_unit == 1 ? "none"
                                                   : "inch");
+vendor_keys:
   tsr_props_take(&p, vendor);
   tsr_props_add_string(&p, "tessera.vendor", s->vendor);
   tsr_props_add(&p, "tessera.background", "%u", s->background);
@@ -164,6 +168,14 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
   s->regions = tsr_calloc((size_t)found->nlevels + found->nassociated, sizeof *s->regions);
   if (!s->levels || !s->regions)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for levels");
+  if (found->levels) { /* a format that is no TIFF made its levels whole */
+    for (int32_t i = 0; i < found->nlevels; i++) {
+      s->levels[i] = found->levels[i];
+      memset(&found->levels[i], 0, sizeof found->levels[i]);
+      s->nlevels++;
+    }
+    return TESSERA_OK;
+  }
   const struct tsr_level *first = &dirs->dir[found->level_dirs[0]].level;
   double w0 = (double)first->width, h0 = (double)first->height;
   for (int32_t i = 0; i < found->nlevels; i++) {
@@ -254,6 +266,41 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
   return TESSERA_OK;
 }
 
+/* A slide of a format that is no TIFF (format.h's tsr_path_format). */
+static tessera_status open_path_format(const struct tsr_path_format *format, const char *path,
+                                       const tessera_open_options *options, tessera_slide **out) {
+  tessera_open_options limits;
+  tessera_open_options_init(&limits);
+  tessera_status st = tsr_abi_copy_in(&limits, sizeof limits, options, "open options");
+  if (st != TESSERA_OK)
+    return st;
+  tessera_slide *s = tsr_calloc(1, sizeof *s);
+  if (!s)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  s->limits = limits;
+  struct tsr_findings found = {0};
+  if (!(s->path = tsr_strdup(path))) {
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory");
+  } else if ((st = format->open(path, &s->limits, &found, &s->source)) == TESSERA_OK) {
+    if (found.props.failed)
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory for properties");
+    s->file_size = s->source->ops->size(s->source);
+    s->source->ops->identity(s->source, &s->id);
+    s->vendor = format->name;
+    s->background = found.background;
+    if (st == TESSERA_OK && (st = take_levels(s, NULL, &found)) == TESSERA_OK &&
+        (st = take_associated(s, NULL, &found)) == TESSERA_OK)
+      st = collect_properties(s, NULL, &found.props);
+  }
+  tsr_findings_free(&found);
+  if (st != TESSERA_OK) {
+    tessera_close(s);
+    return st;
+  }
+  *out = s;
+  return TESSERA_OK;
+}
+
 TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
                                            tessera_slide **out) {
   if (!out)
@@ -265,6 +312,9 @@ TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_
   tessera_status st = options ? tsr_abi_check(options, "open options") : TESSERA_OK;
   if (st != TESSERA_OK)
     return st;
+  const struct tsr_path_format *format = tsr_format_detect_path(path);
+  if (format)
+    return open_path_format(format, path, options, out);
   struct tsr_byte_source *src;
   st = tsr_file_source_open(path, &src);
   return st == TESSERA_OK ? tsr_slide_open_source(src, path, options, out) : st;

@@ -32,6 +32,15 @@ tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out
   return tsr_error(TESSERA_E_FORMAT, "no reader for this file"); /* generic takes all */
 }
 
+static const struct tsr_path_format *const path_formats[] = {&tsr_format_dicom};
+
+const struct tsr_path_format *tsr_format_detect_path(const char *path) {
+  for (size_t i = 0; i < sizeof path_formats / sizeof path_formats[0]; i++)
+    if (path_formats[i]->detect(path))
+      return path_formats[i];
+  return NULL;
+}
+
 void tsr_findings_free(struct tsr_findings *found) {
   tsr_free(found->level_dirs);
   found->level_dirs = NULL;
@@ -48,5 +57,9 @@ void tsr_findings_free(struct tsr_findings *found) {
       found->associated[i].level = NULL;
     }
   }
+  for (int32_t i = 0; found->levels && i < found->nlevels; i++)
+    tsr_level_free(&found->levels[i]);
+  tsr_free(found->levels);
+  found->levels = NULL;
   tsr_props_free(&found->props);
 }

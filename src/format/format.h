@@ -36,6 +36,9 @@ struct tsr_findings {
   } associated[TSR_MAX_ASSOCIATED];
   size_t nassociated;
   struct tsr_props props; /* tessera.mpp-x and the like, and the vendor's own keys */
+  /* NULL, or nlevels levels with no TIFF directory behind them (a format that is no TIFF
+   * makes them whole; level_dirs is then unused). Owned. */
+  struct tsr_level *levels;
 };
 
 struct tsr_vendor {
@@ -56,6 +59,23 @@ extern const struct tsr_vendor tsr_vendor_ome;
 extern const struct tsr_vendor tsr_vendor_generic;
 
 tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out);
+
+/* Formats that are no TIFF, found by the slide's path (MIRAX: a .mrxs file beside a folder of
+ * files). open fills out (levels in out->levels, associated images as levels of their own)
+ * and *source, the byte source whose identity keys the slide's tiles in the caches; limits are
+ * the caller's open options. */
+struct tsr_path_format {
+  const char *name;
+  bool (*detect)(const char *path);
+  tessera_status (*open)(const char *path, const tessera_open_options *limits,
+                         struct tsr_findings *out, struct tsr_byte_source **source);
+};
+
+extern const struct tsr_path_format tsr_format_dicom;
+
+/* The format that claims path by its name and the files beside it, or NULL (then it is read
+ * as a TIFF). */
+const struct tsr_path_format *tsr_format_detect_path(const char *path);
 void tsr_findings_free(struct tsr_findings *found);
 
 /* ---- for the vendors (pyramid.c) ---- */

@@ -8,7 +8,9 @@
  * of its own with the strip's header (set by the Hamamatsu vendor, format/ndpi.c, when the
  *    McuStarts tag fits);
  *  - tsr_memory_tiles (source/memory_tiles.c): a tile of an image held in memory, with no
- *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c).
+ *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c);
+ *  - tsr_dicom_frames (source/dicom_frames.c): a DICOM frame, native or one or more
+ *    encapsulated fragments (set by format/vendor-dicom.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
  * JPEG stream nvJPEG takes from tsr_tile_source_stream. Everything here reads only tables
  * fixed at open: any number of threads may call it, with no lock. */
@@ -51,6 +53,7 @@ extern const struct tsr_tile_source tsr_tiff_tiles;
 extern const struct tsr_tile_source tsr_tiff_strips;
 extern const struct tsr_tile_source tsr_ndpi_intervals;
 extern const struct tsr_tile_source tsr_memory_tiles;
+extern const struct tsr_tile_source tsr_dicom_frames;
 
 /* ---- for the readers ---- */
 
@@ -105,6 +108,12 @@ struct tsr_ndpi_header {
 struct tsr_memory_image {
   uint8_t *bytes; /* owned */
   size_t size;
+};
+
+/* A level's data for tsr_dicom_frames (NULL: every frame lies whole): a bit per frame, set
+ * where the frame spans several fragments (its range then holds their items' headers). */
+struct tsr_dicom_frames {
+  uint8_t *fragmented; /* owned */
 };
 
 #endif
