@@ -635,7 +635,7 @@ static tessera_status file_meta(struct walker *w, uint64_t *pos) {
     if (st != TESSERA_OK)
       return st;
   }
-  return tsr_error(TESSERA_E_CORRUPT, "DICOM file ends in its file meta group");
+  return tsr_error(TESSERA_E_CORRUPT, "DICOM file ends in its file meta group (was it truncated?)");
 }
 
 tessera_status tsr_dicom_parse(const struct tsr_byte_source *src, struct tsr_dicom_instance *out,

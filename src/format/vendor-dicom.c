@@ -347,24 +347,21 @@ static int compare_width(const void *a, const void *b) {
   return x->width > y->width ? -1 : x->width < y->width;
 }
 
-/* Checks a concatenation's members: numbered 1..n, n as they say. */
+/* Checks a concatenation's members: numbered 1..n, as many as they say. */
 static tessera_status check_concatenation(struct group *g) {
   qsort(g->inst, g->n, sizeof g->inst[0], compare_concat);
   const struct instance *first = g->inst[0];
-  if (g->n == 1 && first->dcm.concatenation[0] && first->dcm.concat_total > 1)
-    return tsr_error(TESSERA_E_FORMAT, "found only 1 of the %" PRId64
-                     " instances of concatenation %s",
-                     first->dcm.concat_total, first->dcm.concatenation);
-  for (size_t i = 0; g->n > 1 && i < g->n; i++) {
-    if (concat_number(g->inst[i]) != (int64_t)i + 1)
+  if (!first->dcm.concatenation[0])
+    return TESSERA_OK;
+  int64_t total = first->dcm.concat_total > 0 ? first->dcm.concat_total : (int64_t)g->n;
+  for (size_t i = 0; i <= g->n && (int64_t)i < total; i++)
+    if (i == g->n || concat_number(g->inst[i]) != (int64_t)i + 1)
       return tsr_error(TESSERA_E_FORMAT,
-                       "concatenation %s: instance %zu of %zu is missing or doubled",
-                       first->dcm.concatenation, i + 1, g->n);
-    if (g->inst[i]->dcm.concat_total > 0 && g->inst[i]->dcm.concat_total != (int64_t)g->n)
-      return tsr_error(TESSERA_E_FORMAT,
-                       "concatenation %s has %zu instances here, its instances say %" PRId64,
-                       first->dcm.concatenation, g->n, g->inst[i]->dcm.concat_total);
-  }
+                       "concatenation %s: instance %zu of %" PRId64 " is missing (or doubled)",
+                       first->dcm.concatenation, i + 1, total);
+  if ((int64_t)g->n != total)
+    return tsr_error(TESSERA_E_FORMAT, "concatenation %s has %zu instances, its instances say %"
+                     PRId64, first->dcm.concatenation, g->n, total);
   return TESSERA_OK;
 }
 
