@@ -215,7 +215,7 @@ def test_folder_picks_the_first_volume_instances_series(lib, tmp_path):
 def test_folder_without_dicom_fails_clearly(lib, tmp_path):
     (tmp_path / "a.txt").write_text("x")
     st, msg, _ = T.open_status(str(tmp_path))
-    assert st != T.OK and "holds no DICOM whole-slide image" in msg, msg
+    assert st != T.OK and "is a directory, not a slide file, and holds no DICOM whole-slide image" in msg, msg
 
 
 # ---- properties ----------------------------------------------------------------------
@@ -532,3 +532,27 @@ def test_nesting_within_the_limit_opens(lib, damaged):
         assert "dicom.ContentSequence[0].ContentSequence[0].ContentSequence[0]." \
                "ContentSequence[0].ContentSequence[0].ContentSequence[0].ContentSequence[0]." \
                "ContentSequence[0].ContentSequence[0].ContentSequence[0].CodeValue" in s.properties
+
+
+def test_python_package_and_openslide_front_read_it(slides):
+    """CuImage and tessera.openslide over a DICOM folder: the C API's pixels; OpenSlide 4's
+    standard keys, and its quickhash-1 (SHA-256 of the SeriesInstanceUID and its NUL)."""
+    import hashlib
+
+    import tessera
+    import tessera.openslide
+    path = slides["mixed-folder"][0]
+    with T.open_slide(path) as s:
+        want = s.read_region(100, 50, 0, 200, 120, channels=4)
+        series = s.properties["dicom.SeriesInstanceUID"]
+    img = tessera.CuImage(path)
+    got = np.asarray(img.read_region((100, 50), (200, 120), 0))
+    assert np.array_equal(got[..., :3], want[..., :3])
+    o = tessera.openslide.OpenSlide(path)
+    p = o.properties
+    assert p["openslide.vendor"] == "dicom"
+    assert p["openslide.quickhash-1"] == hashlib.sha256(series.encode() + b"\0").hexdigest()
+    assert (p["openslide.mpp-x"], p["openslide.objective-power"]) == ("0.25", "20")
+    assert p["dicom.SeriesInstanceUID"] == series
+    assert sorted(o.associated_images) == ["label", "macro"]
+    assert np.array_equal(np.asarray(o.read_region((100, 50), 0, (200, 120))), want)

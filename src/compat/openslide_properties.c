@@ -272,6 +272,16 @@ static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props 
   return st;
 }
 
+/* DICOM, which is no TIFF: OpenSlide 4 hashes the series' SeriesInstanceUID alone. */
+static void from_dicom(const tessera_slide *s, struct tsr_props *p) {
+  struct tsr_sha256 h;
+  tsr_sha256_init(&h);
+  hash_string(&h, tessera_property_value(s, "dicom.SeriesInstanceUID"));
+  char hex[65];
+  tsr_sha256_hex(&h, hex);
+  tsr_props_add_string(p, "openslide.quickhash-1", hex);
+}
+
 const char *tsr_os_unreadable(const tessera_slide *s) {
   for (int32_t i = 0; i < s->nlevels; i++)
     if (s->levels[i].fmt.unsupported[0])
@@ -323,7 +333,11 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
   /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
   bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
                                      strcmp(s->vendor, "generic-tiff") == 0);
-  tessera_status st = from_tiff(s, version, &p, want_icc, icc, icc_size);
+  tessera_status st = TESSERA_OK;
+  if (strcmp(s->vendor, "dicom") == 0)
+    from_dicom(s, &p);
+  else
+    st = from_tiff(s, version, &p, want_icc, icc, icc_size);
   if (version >= 4) {
     add_associated(s, &p);
     if (*icc_size)

@@ -288,10 +288,12 @@ static tessera_status scan_slide(const char *path, struct scan *sc, char *series
   for (size_t i = 0; i < sc->n && !series[0]; i++)
     if (!folder || strcmp(sc->inst[i].dcm.flavor, "VOLUME") == 0)
       strcpy(series, sc->inst[i].dcm.series);
+  /* A folder that is no DICOM series is refused as any directory was before. */
+  if (!series[0] && folder)
+    return tsr_error(TESSERA_E_IO, "is a directory, not a slide file, and holds no DICOM "
+                                   "whole-slide image (no VOLUME instance)");
   if (!series[0])
-    return tsr_error(TESSERA_E_FORMAT,
-                     folder ? "the folder holds no DICOM whole-slide image (VOLUME) instance"
-                            : "no DICOM whole-slide image");
+    return tsr_error(TESSERA_E_FORMAT, "no DICOM whole-slide image");
   return TESSERA_OK;
 }
 
