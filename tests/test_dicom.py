@@ -234,7 +234,7 @@ def _dicom_properties(ds, prefix, out):
         if prefix == "dicom" and int(tag) in STOP:
             return False
         kw = keyword_for_tag(tag)
-        if not kw:
+        if not kw or tag.element == 0:  # libdicom keeps no group length
             continue
         raw = ds.get_item(tag)
         vr = raw.VR or dictionary_VR(tag)
@@ -556,3 +556,29 @@ def test_python_package_and_openslide_front_read_it(slides):
     assert p["dicom.SeriesInstanceUID"] == series
     assert sorted(o.associated_images) == ["label", "macro"]
     assert np.array_equal(np.asarray(o.read_region((100, 50), 0, (200, 120))), want)
+
+
+@pytest.mark.parametrize("name", ["concat", "fragments-bot"])
+def test_cuda_batches_equal_cpu_batches(slides, name):
+    """device='cuda' on the CUDA simulator (tests/test_gpu_sim.py's): the JPEG frames go to
+    nvJPEG (frames of several fragments joined first), byte-equal to the CPU's batches."""
+    import test_gpu_sim as G
+    path = slides[name][0]
+    out = G.run_checks("""
+        img = CuImage(SLIDE)
+        rng = np.random.default_rng(5)
+        before = sim.sim_decoded_images()
+        w, h = img.resolutions["level_dimensions"][0]
+        xs, ys = rng.integers(-60, w + 10, 25), rng.integers(-60, h + 10, 25)
+        locs = np.stack([xs, ys], 1).astype(np.int64)
+        kw = dict(level=0, batch_size=5, num_workers=2, channels=3)
+        want = cpu_batches(img, locs, (67, 45), **kw)
+        got = gpu_batches(img, locs, (67, 45), **kw)
+        assert len(got) == len(want)
+        for g, c in zip(got, want):
+            assert np.array_equal(g, c)
+        with img.read_region([(0, 0)], (16, 16), level=0, device="cuda") as it:
+            print(it.decoder, sim.sim_decoded_images() - before, sim.sim_failures())
+    """.replace("SLIDE", repr(path)))
+    decoder, decoded, failures = out.split()
+    assert decoder == "nvjpeg-default" and int(decoded) > 0 and int(failures) == 0, out

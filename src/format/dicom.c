@@ -230,8 +230,10 @@ static void add_prop(struct walker *w, const char *keyword, long index, const ch
 static void element_props(struct walker *w, uint32_t tag, const char *vr, const uint8_t *v,
                           size_t len) {
   const struct tsr_dicom_dict_entry *e = tsr_dicom_lookup(tag);
-  if (!e)
-    return; /* private and unknown elements have no name */
+  /* Private and unknown elements have no name; group lengths are the encoding's, not the
+   * image's (libdicom drops them, so OpenSlide 4 shows none). */
+  if (!e || (tag & 0xFFFF) == 0)
+    return;
   size_t size;
   enum vr_class c = classify(vr, &size);
   char buf[WINDOW + 1];
@@ -665,10 +667,12 @@ tessera_status tsr_dicom_parse(const struct tsr_byte_source *src, struct tsr_dic
     if (!strcmp(ts, "1.2.840.10008.1.2"))
       out->implicit_vr = true;
     else if (!strcmp(ts, "1.2.840.10008.1.2.2") || !strcmp(ts, "1.2.840.10008.1.2.1.99") ||
-             !strcmp(ts, "1.2.840.10008.1.2.1.98") || !ts[0])
+             !strcmp(ts, "1.2.840.10008.1.2.1.98"))
       st = tsr_error(TESSERA_E_UNSUPPORTED,
                      "DICOM transfer syntax %s is not read (big endian or deflated data sets)",
-                     ts[0] ? ts : "(none)");
+                     ts);
+    else if (!ts[0])
+      st = tsr_error(TESSERA_E_CORRUPT, "DICOM file meta group names no transfer syntax");
     if (st == TESSERA_OK)
       st = dataset(w, &pos, w->size, false, out->implicit_vr);
   }
