@@ -220,6 +220,16 @@ TESSERA_API void tessera_property_table_free(tessera_property_table *table);
 TESSERA_API size_t tessera_associated_image_count(const tessera_slide *slide);
 TESSERA_API const char *tessera_associated_image_name(const tessera_slide *slide, size_t index);
 
+/* The ICC colour profile the file gives the slide's pixels (TIFF tag 34675 of level 0's
+ * directory), as the file holds it: its size in bytes, 0 when there is none. Reading pixels
+ * never applies it; it is there for the caller's colour management. Thread-safe. */
+TESSERA_API size_t tessera_icc_profile_size(const tessera_slide *slide);
+/* Copies the profile into dst, which holds dst_size bytes (at least
+ * tessera_icc_profile_size). TESSERA_E_ARGUMENT when the slide has none or dst is too
+ * small (dst is then not touched). Thread-safe. */
+TESSERA_API tessera_status tessera_icc_profile_read(const tessera_slide *slide, void *dst,
+                                                    size_t dst_size);
+
 /* ---------------------------------------------------------------------------------------
  * Reading regions
  */

@@ -48,13 +48,16 @@ static void fill_rect(const struct tsr_canvas *c, int64_t x0, int64_t y0, int64_
 
 void tsr_canvas_fill(const struct tsr_canvas *c) { fill_part(c, 0, 0, c->width, c->height); }
 
-/* The canvas clipped to the level, in level pixels. */
+/* The canvas clipped to the level's stored image (the level, but for a placed image), in level
+ * pixels. */
 static bool inside(const struct tsr_canvas *c, const struct tsr_level *lv, int64_t *x0, int64_t *y0,
                    int64_t *x1, int64_t *y1) {
-  *x0 = c->lx > 0 ? c->lx : 0;
-  *y0 = c->ly > 0 ? c->ly : 0;
-  *x1 = c->lx + c->width < lv->width ? c->lx + c->width : lv->width;
-  *y1 = c->ly + c->height < lv->height ? c->ly + c->height : lv->height;
+  int64_t ix0, iy0, ix1, iy1;
+  tsr_level_image(lv, &ix0, &iy0, &ix1, &iy1);
+  *x0 = c->lx > ix0 ? c->lx : ix0;
+  *y0 = c->ly > iy0 ? c->ly : iy0;
+  *x1 = c->lx + c->width < ix1 ? c->lx + c->width : ix1;
+  *y1 = c->ly + c->height < iy1 ? c->ly + c->height : iy1;
   return *x0 < *x1 && *y0 < *y1;
 }
 
@@ -81,10 +84,10 @@ bool tsr_canvas_tiles(const struct tsr_canvas *c, const struct tsr_level *lv, in
   int64_t x0, y0, x1, y1;
   if (!inside(c, lv, &x0, &y0, &x1, &y1))
     return false;
-  *tx0 = x0 / lv->tile_w;
-  *ty0 = y0 / lv->tile_h;
-  *tx1 = (x1 - 1) / lv->tile_w;
-  *ty1 = (y1 - 1) / lv->tile_h;
+  *tx0 = (x0 - lv->origin_x) / lv->tile_w;
+  *ty0 = (y0 - lv->origin_y) / lv->tile_h;
+  *tx1 = (x1 - 1 - lv->origin_x) / lv->tile_w;
+  *ty1 = (y1 - 1 - lv->origin_y) / lv->tile_h;
   return true;
 }
 

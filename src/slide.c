@@ -66,16 +66,18 @@ TESSERA_API void tessera_close(tessera_slide *s) {
     tsr_free(s->associated[i]);
   tsr_free(s->associated);
   tsr_free(s->path);
+  tsr_free(s->icc);
   tsr_free(s);
 }
 
 /* d0: the first TIFF directory, or NULL for a format that is no TIFF. */
 static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir *d0,
-                                         struct tsr_props *vendor) {
+                                         bool hide_description, struct tsr_props *vendor) {
   struct tsr_props p = {0};
   if (!d0)
     goto vendor_keys;
-  tsr_props_add_string(&p, "tiff.ImageDescription", d0->description);
+  if (!hide_description)
+    tsr_props_add_string(&p, "tiff.ImageDescription", d0->description);
   tsr_props_add_string(&p, "tiff.Software", d0->software);
   tsr_props_add_string(&p, "tiff.Make", d0->make);
   tsr_props_add_string(&p, "tiff.Model", d0->model);
@@ -192,6 +194,14 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
     s->levels[i] = *lv;
     s->levels[i].downsample =
         i == 0 ? 1.0 : (w0 / (double)lv->width + h0 / (double)lv->height) / 2.0;
+    if (found->level_origin) {
+      s->levels[i].image_w = found->level_origin[i].image_w ? found->level_origin[i].image_w
+                                                            : lv->width;
+      s->levels[i].image_h = found->level_origin[i].image_h ? found->level_origin[i].image_h
+                                                            : lv->height;
+      s->levels[i].origin_x = found->level_origin[i].x;
+      s->levels[i].origin_y = found->level_origin[i].y;
+    }
     if (found->level_sizes) {
       s->levels[i].width = found->level_sizes[i].width;
       s->levels[i].height = found->level_sizes[i].height;
@@ -252,9 +262,16 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
            (st = tsr_format_detect(&dirs, &found)) == TESSERA_OK) {
     s->vendor = found.vendor;
     s->background = found.background;
+    s->quickhash_dir = found.quickhash_dir;
+    /* The profile of the directory the slide's pixels come from, taken over from the walk. */
+    struct tsr_dir *d0 = &dirs.dir[found.level_dirs[0]];
+    s->icc = d0->icc;
+    s->icc_size = d0->icc_len;
+    d0->icc = NULL;
     if ((st = take_levels(s, &dirs, &found)) == TESSERA_OK &&
         (st = take_associated(s, &dirs, &found)) == TESSERA_OK)
-      st = collect_properties(s, &dirs.dir[0], &found.props);
+      st = collect_properties(s, &dirs.dir[found.props_dir], found.hide_description,
+                              &found.props);
   }
   tsr_findings_free(&found);
   tsr_tiff_dirs_free(&dirs);
@@ -288,9 +305,12 @@ static tessera_status open_path_format(const struct tsr_path_format *format, con
     s->source->ops->identity(s->source, &s->id);
     s->vendor = format->name;
     s->background = found.background;
+    s->icc = found.icc;
+    s->icc_size = found.icc_size;
+    found.icc = NULL;
     if (st == TESSERA_OK && (st = take_levels(s, NULL, &found)) == TESSERA_OK &&
         (st = take_associated(s, NULL, &found)) == TESSERA_OK)
-      st = collect_properties(s, NULL, &found.props);
+      st = collect_properties(s, NULL, false, &found.props);
   }
   tsr_findings_free(&found);
   if (st != TESSERA_OK) {
@@ -372,6 +392,21 @@ TESSERA_API const char *tessera_property_value(const tessera_slide *s, const cha
   const struct tsr_property *hit =
       bsearch(&probe, s->props, s->nprops, sizeof *s->props, tsr_props_compare);
   return hit ? hit->value : NULL;
+}
+
+TESSERA_API size_t tessera_icc_profile_size(const tessera_slide *s) { return s ? s->icc_size : 0; }
+
+TESSERA_API tessera_status tessera_icc_profile_read(const tessera_slide *s, void *dst,
+                                                    size_t dst_size) {
+  if (!s || !dst)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or destination");
+  if (!s->icc)
+    return tsr_error(TESSERA_E_ARGUMENT, "%s has no ICC profile", s->path);
+  if (dst_size < s->icc_size)
+    return tsr_error(TESSERA_E_ARGUMENT, "the ICC profile is %zu bytes, the buffer holds %zu",
+                     s->icc_size, dst_size);
+  memcpy(dst, s->icc, s->icc_size);
+  return TESSERA_OK;
 }
 
 TESSERA_API size_t tessera_associated_image_count(const tessera_slide *s) {

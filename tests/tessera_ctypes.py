@@ -207,6 +207,8 @@ def load(path=None):
         "tessera_property_value": (ctypes.c_char_p, [P, ctypes.c_char_p]),
         "tessera_associated_image_count": (ctypes.c_size_t, [P]),
         "tessera_associated_image_name": (ctypes.c_char_p, [P, ctypes.c_size_t]),
+        "tessera_icc_profile_size": (ctypes.c_size_t, [P]),
+        "tessera_icc_profile_read": (ctypes.c_int, [P, ctypes.c_void_p, ctypes.c_size_t]),
         "tessera_associated_image_dimensions": (
             ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64),
                            ctypes.POINTER(ctypes.c_int64)],
@@ -453,6 +455,18 @@ class Slide:
     @property
     def properties(self):
         return {k: self.property_value(k) for k in self.property_keys()}
+
+    @property
+    def icc_profile(self):
+        """The ICC profile's bytes, or None; raises TesseraError when the read fails."""
+        n = self._lib.tessera_icc_profile_size(self._h)
+        if n == 0:
+            return None
+        buf = ctypes.create_string_buffer(n)
+        st = self._lib.tessera_icc_profile_read(self._h, buf, n)
+        if st != OK:
+            raise TesseraError(st, error_message(), "tessera_icc_profile_read")
+        return buf.raw
 
     @property
     def associated_names(self):

@@ -8,6 +8,7 @@ the batch reader and `tessera bench` against single reads; damaged and hostile c
 with a message that says what is wrong (under ASan+UBSan too when TESSERA_CLI_ASAN names a
 sanitized `tessera`). Debian's OpenSlide 3.4.1 reads no DICOM, so it is no reference here."""
 
+import ctypes
 import json
 import os
 import shutil
@@ -582,3 +583,55 @@ def test_cuda_batches_equal_cpu_batches(slides, name):
     """.replace("SLIDE", repr(path)))
     decoder, decoded, failures = out.split()
     assert decoder == "nvjpeg-default" and int(decoded) > 0 and int(failures) == 0, out
+
+
+def test_icc_profile_of_the_first_optical_path(lib, cli, tmp_path):
+    """The ICC Profile (0028,2000) of level 0's first optical path, as the file holds it, through
+    the C API, `tessera info` and both openslide fronts' color profile (OpenSlide 4 gives
+    it); a slide without one has none."""
+    import tessera
+    icc = bytes(range(256)) * 3 + b"icc-end!"  # any bytes: tessera hands them on unread
+    img = W.source_image(200, 150)
+    s = W.Series()
+    s.write(str(tmp_path / "level0.dcm"), W.Level(img, TILE), extra={"icc": icc})
+    s.write(str(tmp_path / "level1.dcm"), W.Level(img[::2, ::2].copy(), TILE),
+            extra={"icc": b"other profile!"})
+    with T.open_slide(str(tmp_path)) as sl:
+        assert sl.icc_profile == icc
+    assert pydicom.dcmread(str(tmp_path / "level0.dcm")).OpticalPathSequence[0].ICCProfile == icc
+    r = subprocess.run([cli, "info", str(tmp_path), "--json"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and json.loads(r.stdout)["icc_profile_size"] == len(icc), r.stderr
+    assert tessera.CuImage(str(tmp_path)).icc_profile == icc
+    # libtessera-openslide's OpenSlide 4.0 ABI
+    so1 = ctypes.CDLL(os.path.join(os.path.dirname(T.lib_path()), "..", "openslide", "so1",
+                                   "libopenslide.so.1"))
+    so1.openslide_open.restype = ctypes.c_void_p
+    so1.openslide_open.argtypes = [ctypes.c_char_p]
+    so1.openslide_get_icc_profile_size.restype = ctypes.c_int64
+    so1.openslide_get_icc_profile_size.argtypes = [ctypes.c_void_p]
+    so1.openslide_read_icc_profile.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    so1.openslide_get_property_value.restype = ctypes.c_char_p
+    so1.openslide_get_property_value.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    so1.openslide_close.argtypes = [ctypes.c_void_p]
+    o = so1.openslide_open(str(tmp_path / "level1.dcm").encode())
+    assert o and so1.openslide_get_icc_profile_size(o) == len(icc)
+    buf = ctypes.create_string_buffer(len(icc))
+    so1.openslide_read_icc_profile(o, buf)
+    assert buf.raw == icc
+    assert so1.openslide_get_property_value(o, b"openslide.icc-size") == str(len(icc)).encode()
+    so1.openslide_close(o)
+    so1.openslide_detect_vendor.restype = ctypes.c_char_p
+    so1.openslide_detect_vendor.argtypes = [ctypes.c_char_p]
+    assert so1.openslide_detect_vendor(str(tmp_path / "level1.dcm").encode()) == b"dicom"
+    # the OpenSlide 3.4 ABI reads no DICOM, as OpenSlide 3.4.1 does not
+    so0 = ctypes.CDLL(os.path.join(os.path.dirname(T.lib_path()), "..", "openslide",
+                                   "so0", "libopenslide.so.0"))
+    so0.openslide_open.restype = ctypes.c_void_p
+    so0.openslide_open.argtypes = [ctypes.c_char_p]
+    assert not so0.openslide_open(str(tmp_path / "level1.dcm").encode())
+    other = tmp_path / "none"
+    other.mkdir()
+    W.Series().write(str(other / "level0.dcm"), W.Level(img, TILE))
+    with T.open_slide(str(other)) as sl:
+        assert sl.icc_profile is None or sl.icc_profile == b""

@@ -198,6 +198,24 @@ static PyObject *get_background(pyt_slide *self, void *c) {
   return r;
 }
 
+static PyObject *get_icc_profile(pyt_slide *self, void *c) {
+  (void)c;
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  size_t n = tessera_icc_profile_size(s);
+  PyObject *r;
+  if (n == 0) {
+    r = Py_NewRef(Py_None);
+  } else if ((r = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n)) &&
+             tessera_icc_profile_read(s, PyBytes_AS_STRING(r), n) != TESSERA_OK) {
+    Py_DECREF(r);
+    r = pyt_raise(TESSERA_E_ARGUMENT);
+  }
+  pyt_slide_release(self);
+  return r;
+}
+
 static int level_arg(PyObject *obj, int32_t *level) {
   long v = PyLong_AsLong(obj);
   if (v == -1 && PyErr_Occurred())
@@ -615,6 +633,10 @@ static PyGetSetDef slide_getset[] = {
     {"level_count", (getter)get_level_count, NULL, "Number of pyramid levels.", NULL},
     {"vendor", (getter)get_vendor, NULL, "The vendor that wrote the slide.", NULL},
     {"background", (getter)get_background, NULL, "Fill value outside the image.", NULL},
+    {"icc_profile", (getter)get_icc_profile, NULL,
+     "The slide's ICC colour profile (bytes, as the file holds it), or None. Reads do not "
+     "apply it.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

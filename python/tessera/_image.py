@@ -308,6 +308,18 @@ class Slide(_tessera.Slide):
         }
 
     @property
+    def color_profile(self):
+        """The slide's ICC colour profile as a PIL.ImageCms.ImageCmsProfile (its bytes are
+        icc_profile), or None when the file has none. Reading pixels does not apply it."""
+        icc = self.icc_profile
+        if icc is None:
+            return None
+        from io import BytesIO
+
+        from PIL import ImageCms
+        return ImageCms.ImageCmsProfile(BytesIO(icc))
+
+    @property
     def associated_images(self):
         """The names of the associated images (label, macro, thumbnail, ...), as a set."""
         return set(self.associated_names())

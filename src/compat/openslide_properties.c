@@ -43,6 +43,12 @@ static const struct {
  * reads; tessera.comment is replaced by the first directory's description, as OpenSlide's; a
  * generic TIFF's resolution is set here as each OpenSlide version sets it (generic_mpp). */
 static bool skipped(const tessera_slide *s, const char *key) {
+  /* A level whose image is placed in it (Leica, a Ventana BIF) has no tile size in OpenSlide:
+   * its tiles do not tile the level. */
+  int level, end = 0;
+  if (sscanf(key, "tessera.level[%d].tile-%*[a-z]%n", &level, &end) == 1 && end &&
+      !key[end] && level >= 0 && level < s->nlevels && s->levels[level].image_w != 0)
+    return true;
   return strcmp(key, "tessera.background") == 0 || strcmp(key, "tessera.background-color") == 0 ||
          strcmp(key, "tessera.comment") == 0 ||
          (strcmp(s->vendor, "generic-tiff") == 0 &&
@@ -57,7 +63,8 @@ static bool skipped(const tessera_slide *s, const char *key) {
 static bool hash_level(const tessera_slide *s, TIFF *tif, struct tsr_sha256 *h,
                        tessera_status *st) {
   const struct tsr_level *lv = &s->levels[s->nlevels - 1];
-  if (!TIFFSetDirectory(tif, (tdir_t)lv->directory))
+  tdir_t dir = s->quickhash_dir ? (tdir_t)(s->quickhash_dir - 1) : (tdir_t)lv->directory;
+  if (!TIFFSetDirectory(tif, dir))
     return false;
   bool tiled = TIFFIsTiled(tif);
   uint64_t *offsets = NULL, *counts = NULL;
@@ -224,7 +231,12 @@ static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props 
   struct tsr_sha256 hash, *h = &hash;
   tsr_sha256_init(h);
   bool hashed = hash_level(s, tif, h, &st);
-  if (st != TESSERA_OK || !TIFFSetDirectory(tif, 0)) {
+  /* OpenSlide takes the tags of level 0's directory: the first one, but for Leica and Ventana,
+   * whose level 0 may come after a macro (both keep their levels in the main chain). */
+  bool leica = strcmp(s->vendor, "leica") == 0;
+  tdir_t props_dir = leica || strcmp(s->vendor, "ventana") == 0 ? (tdir_t)s->levels[0].directory
+                                                                 : 0;
+  if (st != TESSERA_OK || !TIFFSetDirectory(tif, props_dir)) {
     TIFFClose(tif);
     return st != TESSERA_OK ? st
                             : tsr_error(TESSERA_E_FORMAT, "cannot read the first directory again");
@@ -233,7 +245,7 @@ static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props 
     const char *v = NULL;
     if (TIFFGetField(tif, string_tags[i].tag, &v) != 1)
       v = NULL;
-    if (v) {
+    if (v && !(leica && i == 0)) { /* Leica's description, the XML, is left out */
       tsr_props_set_bytes(p, string_tags[i].key, v, strlen(v));
       if (i == 0)
         tsr_props_set_bytes(p, "openslide.comment", v, strlen(v));
@@ -272,14 +284,24 @@ static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props 
   return st;
 }
 
-/* DICOM, which is no TIFF: OpenSlide 4 hashes the series' SeriesInstanceUID alone. */
-static void from_dicom(const tessera_slide *s, struct tsr_props *p) {
+/* DICOM, which is no TIFF: OpenSlide 4 hashes the series' SeriesInstanceUID alone, and
+ * gives level 0's ICC profile. */
+static tessera_status from_dicom(const tessera_slide *s, struct tsr_props *p, bool want_icc,
+                                 uint8_t **icc, size_t *icc_size) {
+  size_t n = tessera_icc_profile_size(s);
+  if (want_icc && n > 0) {
+    if (!(*icc = tsr_malloc(n)))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
+    *icc_size = n;
+    tessera_icc_profile_read(s, *icc, n);
+  }
   struct tsr_sha256 h;
   tsr_sha256_init(&h);
   hash_string(&h, tessera_property_value(s, "dicom.SeriesInstanceUID"));
   char hex[65];
   tsr_sha256_hex(&h, hex);
   tsr_props_add_string(p, "openslide.quickhash-1", hex);
+  return TESSERA_OK;
 }
 
 const char *tsr_os_unreadable(const tessera_slide *s) {
@@ -335,7 +357,7 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
                                      strcmp(s->vendor, "generic-tiff") == 0);
   tessera_status st = TESSERA_OK;
   if (strcmp(s->vendor, "dicom") == 0)
-    from_dicom(s, &p);
+    st = from_dicom(s, &p, version >= 4, icc, icc_size);
   else
     st = from_tiff(s, version, &p, want_icc, icc, icc_size);
   if (version >= 4) {

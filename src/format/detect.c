@@ -8,7 +8,7 @@
 
 static const struct tsr_vendor *const vendors[] = {
     &tsr_vendor_aperio, &tsr_vendor_hamamatsu, &tsr_vendor_philips,
-    &tsr_vendor_ome,    &tsr_vendor_generic,
+    &tsr_vendor_ome,    &tsr_vendor_leica,     &tsr_vendor_ventana, &tsr_vendor_generic,
 };
 
 tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out) {
@@ -50,6 +50,8 @@ void tsr_findings_free(struct tsr_findings *found) {
   found->level_sizes = NULL;
   tsr_free(found->level_scale);
   found->level_scale = NULL;
+  tsr_free(found->level_origin);
+  found->level_origin = NULL;
   for (size_t i = 0; i < found->nassociated; i++) {
     if (found->associated[i].level) {
       tsr_level_free(found->associated[i].level);
@@ -61,5 +63,7 @@ void tsr_findings_free(struct tsr_findings *found) {
     tsr_level_free(&found->levels[i]);
   tsr_free(found->levels);
   found->levels = NULL;
+  tsr_free(found->icc);
+  found->icc = NULL;
   tsr_props_free(&found->props);
 }

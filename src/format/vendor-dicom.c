@@ -620,6 +620,26 @@ static void copy_number(struct tsr_props *p, const char *from, double scale, con
     tsr_props_add_double(p, to, d * scale);
 }
 
+/* ICC profiles are kilobytes; a length beyond this is damage, not colour. */
+#define MAX_ICC_BYTES ((uint64_t)64 << 20)
+
+/* The ICC profile of the first optical path of level 0's first instance, as OpenSlide 4 takes
+ * it. */
+static tessera_status icc_profile(const struct instance *in, struct tsr_findings *out) {
+  uint64_t n = in->dcm.icc_length;
+  if (n == 0)
+    return TESSERA_OK;
+  if (n > MAX_ICC_BYTES)
+    return tsr_error(TESSERA_E_LIMIT, "%s: an ICC profile of %" PRIu64 " bytes",
+                     base_name(in->path), n);
+  if (!(out->icc = tsr_malloc((size_t)n)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
+  if (!tsr_bytes_read_all(in->src, in->dcm.icc_offset, (size_t)n, out->icc))
+    return tsr_error(TESSERA_E_IO, "%s: cannot read its ICC profile", base_name(in->path));
+  out->icc_size = (size_t)n;
+  return TESSERA_OK;
+}
+
 static tessera_status properties(const struct instance *in, struct tsr_findings *out) {
   struct tsr_dicom_instance again;
   tessera_status st = tsr_dicom_parse(in->src, &again, &out->props);
@@ -787,6 +807,8 @@ static tessera_status build(struct scan *sc, const char *series,
   }
   if (st == TESSERA_OK)
     st = properties(order[0]->inst[0], out);
+  if (st == TESSERA_OK)
+    st = icc_profile(order[0]->inst[0], out);
   tsr_free(groups);
   tsr_free(order);
   tsr_free(used);
