@@ -92,6 +92,18 @@ for name, (path, levels, assoc) in slides.items():
             same = op.get("openslide." + k) == want.get("tessera." + k)
             print("  ", name, k, op.get("openslide." + k), "same" if same else "DIFFERS")
             bad += not same
+        L.openslide_get_icc_profile_size.restype = ctypes.c_int64
+        L.openslide_get_icc_profile_size.argtypes = [ctypes.c_void_p]
+        L.openslide_read_icc_profile.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+        n = L.openslide_get_icc_profile_size(o)
+        icc = b""
+        if n > 0:
+            buf = ctypes.create_string_buffer(n)
+            L.openslide_read_icc_profile(o, buf)
+            icc = buf.raw
+        same = icc == (s.icc_profile or b"")
+        print("  ", name, "ICC profile of", len(icc), "bytes", "same" if same else "DIFFERS")
+        bad += not same
         n = L.openslide_get_level_count(o)
         dims = []
         for i in range(n):
