@@ -637,3 +637,24 @@ def test_icc_profile_of_the_first_optical_path(lib, cli, tmp_path):
     W.Series().write(str(other / "level0.dcm"), W.Level(img, TILE))
     with T.open_slide(str(other)) as sl:
         assert sl.icc_profile is None or sl.icc_profile == b""
+
+
+@pytest.mark.parametrize("cache", ["per_process", "shared_memory"])
+def test_tile_caches_keep_levels_and_images_apart(lib, slides, cache):
+    """Through a tile cache, every level and associated image reads as without one, whichever
+    is read first: tile i of one level is never served for tile i of another."""
+    path, levels, assoc = slides["mixed-folder"]
+    kind = {"per_process": T.CACHE_PER_PROCESS, "shared_memory": T.CACHE_SHARED_MEMORY}[cache]
+    T.configure_cache(kind, memory_capacity_mib=64,
+                      name="/tessera-test-dicom-%d" % os.getpid() if cache == "shared_memory"
+                      else None)
+    try:
+        with T.open_slide(path) as s:
+            for _ in range(2):
+                for i in sorted(levels, reverse=True) + sorted(levels):
+                    lv, skip = levels[i]
+                    assert np.array_equal(s.read_level(i)[..., :3], lv.expected(skip)), i
+                for name, lv in assoc.items():
+                    assert np.array_equal(s.read_associated(name)[..., :3], lv.expected()), name
+    finally:
+        T.configure_cache(T.CACHE_NONE)

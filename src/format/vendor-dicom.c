@@ -783,6 +783,8 @@ static tessera_status build(struct scan *sc, const char *series,
     const struct group *g = order[k];
     if (!g->name) {
       st = make_level(g, limits, &out->levels[out->nlevels]);
+      /* The tile caches key tiles by (slide, directory, index): each level needs its own. */
+      out->levels[out->nlevels].directory = (uint32_t)out->nlevels;
       out->nlevels++;
       if (st == TESSERA_OK && out->nlevels > 1) {
         const struct tsr_level *l0 = &out->levels[0], *l = &out->levels[out->nlevels - 1];
@@ -804,6 +806,7 @@ static tessera_status build(struct scan *sc, const char *series,
     out->associated[a].level = lv;
     if ((st = make_level(g, limits, lv)) != TESSERA_OK)
       st = tsr_error_prefix(st, "%s image: ", g->name);
+    lv->directory = (uint32_t)(MAX_INSTANCES + a); /* after every level's */
   }
   if (st == TESSERA_OK)
     st = properties(order[0]->inst[0], out);
