@@ -158,8 +158,12 @@ static tessera_status add_instance(struct scan *sc, const char *path, bool must)
                    in.dcm.sop_class[0] ? in.dcm.sop_class : "(none)");
   if (st == TESSERA_OK && !in.dcm.series[0])
     st = tsr_error(TESSERA_E_FORMAT, "no SeriesInstanceUID");
-  if (st == TESSERA_OK && sc->n >= MAX_INSTANCES)
-    st = tsr_error(TESSERA_E_LIMIT, "more than %d DICOM instances", MAX_INSTANCES);
+
+  bool limit = st == TESSERA_OK && sc->n >= MAX_INSTANCES;
+  if (limit)
+    st = tsr_error(TESSERA_E_LIMIT,
+                   "the folder holds more than %d DICOM whole-slide image instances",
+                   MAX_INSTANCES);
   if (st == TESSERA_OK && !(in.path = tsr_strdup(path)))
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   if (st == TESSERA_OK) {
@@ -175,6 +179,10 @@ static tessera_status add_instance(struct scan *sc, const char *path, bool must)
   tsr_free(in.path);
   tsr_byte_source_close(in.src);
   tsr_dicom_instance_free(&in.dcm);
+  /* A file of the folder that is no WSI instance is passed over; running out of memory or
+   * of room for instances is the open's failure (a level could go missing otherwise). */
+  if (limit || st == TESSERA_E_NOMEM)
+    return st;
   if (must)
     return tsr_error_prefix(st, "%s: ", base_name(path));
   tsr_error_clear();
@@ -302,10 +310,23 @@ static tessera_status scan_slide(const char *path, struct scan *sc, char *series
 /* One level's or associated image's instances, in concatenation order. */
 struct group {
   int64_t width, height;
-  struct instance *inst[MAX_INSTANCES];
-  size_t n;
+  struct instance **inst; /* n of them, room for cap (owned) */
+  size_t n, cap;
   const char *name; /* associated: its name */
 };
+
+static tessera_status group_add(struct group *g, struct instance *in) {
+  if (g->n == g->cap) {
+    size_t cap = g->cap ? g->cap * 2 : 4;
+    struct instance **grown = tsr_realloc(g->inst, cap * sizeof *grown);
+    if (!grown)
+      return tsr_error(TESSERA_E_NOMEM, "out of memory");
+    g->inst = grown;
+    g->cap = cap;
+  }
+  g->inst[g->n++] = in;
+  return TESSERA_OK;
+}
 
 static const char *associated_name(const char *flavor) {
   if (strcmp(flavor, "LABEL") == 0)
@@ -328,10 +349,7 @@ static tessera_status add_to_group(struct group *g, struct instance *in) {
                        " that are not one concatenation",
                        base_name(g->inst[i]->path), base_name(in->path), g->width, g->height);
   }
-  if (g->n >= MAX_INSTANCES)
-    return tsr_error(TESSERA_E_LIMIT, "more than %d instances in one level", MAX_INSTANCES);
-  g->inst[g->n++] = in;
-  return TESSERA_OK;
+  return group_add(g, in);
 }
 
 static int64_t concat_number(const struct instance *in) {
@@ -702,9 +720,10 @@ static tessera_status join(struct instance **used, size_t n, struct tsr_byte_sou
 static tessera_status build(struct scan *sc, const char *series,
                             const tessera_open_options *limits, struct tsr_findings *out,
                             struct tsr_byte_source **source) {
-  struct group *groups = tsr_calloc(MAX_INSTANCES + TSR_MAX_ASSOCIATED, sizeof *groups);
-  struct group **order = tsr_calloc(MAX_INSTANCES + TSR_MAX_ASSOCIATED, sizeof *order);
-  struct instance **used = tsr_calloc(sc->n, sizeof *used);
+  /* At most one group an instance. */
+  struct group *groups = tsr_calloc(sc->n + 1, sizeof *groups);
+  struct group **order = tsr_calloc(sc->n + 1, sizeof *order);
+  struct instance **used = tsr_calloc(sc->n + 1, sizeof *used);
   size_t ngroups = 0, nlevels = 0, nused = 0;
   tessera_status st = TESSERA_OK;
   if (!groups || !order || !used)
@@ -746,7 +765,7 @@ static tessera_status build(struct scan *sc, const char *series,
       if (in->dcm.concatenation[0])
         st = tsr_error(TESSERA_E_FORMAT, "%s: a %s image in a concatenation", in->path, assoc);
       else
-        g->inst[g->n++] = in;
+        st = group_add(g, in);
     }
   }
   if (st == TESSERA_OK && nlevels == 0)
@@ -812,6 +831,8 @@ static tessera_status build(struct scan *sc, const char *series,
     st = properties(order[0]->inst[0], out);
   if (st == TESSERA_OK)
     st = icc_profile(order[0]->inst[0], out);
+  for (size_t k = 0; groups && k < ngroups; k++)
+    tsr_free(groups[k].inst);
   tsr_free(groups);
   tsr_free(order);
   tsr_free(used);
