@@ -128,6 +128,20 @@ static bool string_value(const uint8_t *v, size_t len, char *buf, size_t cap, bo
   return true;
 }
 
+/* An identifying value kept for choosing instances and for messages: bytes that are no
+ * printable ASCII (which UIDs and code strings never hold) become '?', so a damaged file
+ * cannot put control characters or broken UTF-8 into a message. */
+static void printable(char *buf) {
+  for (char *p = buf; *p; p++)
+    if (*p < 0x20 || *p > 0x7E)
+      *p = '?';
+}
+
+static void keep(const uint8_t *v, size_t len, char *buf, size_t cap, bool uid) {
+  if (string_value(v, len, buf, cap, uid))
+    printable(buf);
+}
+
 /* The index-th backslash-separated part of a string value, trimmed of spaces. */
 static bool string_part(const uint8_t *v, size_t len, int index, char *buf, size_t cap) {
   char all[256];
@@ -293,22 +307,27 @@ static void top_level(struct walker *w, uint32_t tag, const char *vr, const uint
                       size_t len) {
   struct tsr_dicom_instance *in = w->inst;
   switch (tag) {
-  case TAG(0x0002, 0x0010): string_value(v, len, in->syntax, sizeof in->syntax, true); break;
+  case TAG(0x0002, 0x0010): keep(v, len, in->syntax, sizeof in->syntax, true); break;
   case TAG(0x0002, 0x0002): /* MediaStorageSOPClassUID; SOPClassUID agrees */
-  case TAG(0x0008, 0x0016): string_value(v, len, in->sop_class, sizeof in->sop_class, true); break;
+  case TAG(0x0008, 0x0016): keep(v, len, in->sop_class, sizeof in->sop_class, true); break;
   case TAG(0x0008, 0x0018):
-    string_value(v, len, in->sop_instance, sizeof in->sop_instance, true);
+    keep(v, len, in->sop_instance, sizeof in->sop_instance, true);
     break;
-  case TAG(0x0020, 0x000E): string_value(v, len, in->series, sizeof in->series, true); break;
+  case TAG(0x0020, 0x000E): keep(v, len, in->series, sizeof in->series, true); break;
   case TAG(0x0020, 0x9161):
-    string_value(v, len, in->concatenation, sizeof in->concatenation, true);
+    keep(v, len, in->concatenation, sizeof in->concatenation, true);
     break;
-  case TAG(0x0008, 0x0008): string_part(v, len, 2, in->flavor, sizeof in->flavor); break;
+  case TAG(0x0008, 0x0008):
+    string_part(v, len, 2, in->flavor, sizeof in->flavor);
+    printable(in->flavor);
+    break;
   case TAG(0x0028, 0x0004):
     string_part(v, len, 0, in->photometric, sizeof in->photometric);
+    printable(in->photometric);
     break;
   case TAG(0x0020, 0x9311):
     string_part(v, len, 0, in->organization, sizeof in->organization);
+    printable(in->organization);
     break;
   case TAG(0x0028, 0x0010): in->rows = int_value(vr, v, len); break;
   case TAG(0x0028, 0x0011): in->columns = int_value(vr, v, len); break;
