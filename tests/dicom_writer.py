@@ -178,8 +178,22 @@ def dataset(level, series, study, frame_of_reference, sparse=False, frames=None,
     return ds
 
 
-def save(ds, path, level, frames, per_frame=1, bot=True, eot=False):
-    """Writes ds with the stored bytes of frames [(col, row)] of level."""
+def undefined_lengths(ds):
+    """Marks every sequence and item of ds to be written with undefined length (delimiters),
+    as many scanners write them; pydicom writes defined lengths otherwise."""
+    for elem in ds:
+        if elem.VR == "SQ":
+            elem.is_undefined_length = True
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = True
+                undefined_lengths(item)
+
+
+def save(ds, path, level, frames, per_frame=1, bot=True, eot=False, undefined=False):
+    """Writes ds with the stored bytes of frames [(col, row)] of level; undefined: sequences
+    and items of undefined length."""
+    if undefined:
+        undefined_lengths(ds)
     codec = level.codec
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -215,7 +229,8 @@ class Series:
         self.frame_of_reference = generate_uid()
 
     def write(self, path, level, sparse=False, skip=(), per_frame=1, bot=True, eot=False,
-              concat_parts=1, frames=None, photometric=None, extra=None, order=None):
+              concat_parts=1, frames=None, photometric=None, extra=None, order=None,
+              undefined=False):
         """Writes level into path (or, as a concatenation, path + ".partN.dcm"); returns the
         paths. Tiles in skip are left out (sparse levels only); order reorders the frames."""
         if frames is None:
@@ -226,7 +241,7 @@ class Series:
         if concat_parts == 1:
             ds = dataset(level, self.series, self.study, self.frame_of_reference, sparse, frames,
                          photometric=photometric, extra=extra)
-            save(ds, path, level, frames, per_frame, bot, eot)
+            save(ds, path, level, frames, per_frame, bot, eot, undefined)
             return [path]
         uid, source = generate_uid(), generate_uid()
         n = -(-len(frames) // concat_parts)
@@ -238,6 +253,6 @@ class Series:
             ds = dataset(level, self.series, self.study, self.frame_of_reference, sparse, sub,
                          photometric=photometric, concat=concat, extra=extra)
             p = "%s.part%d.dcm" % (path, part + 1)
-            save(ds, p, level, sub, per_frame, bot, eot)
+            save(ds, p, level, sub, per_frame, bot, eot, undefined)
             paths.append(p)
         return paths

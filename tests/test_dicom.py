@@ -69,16 +69,20 @@ def _build(root):
     s = W.Series()
     c0, c1 = W.Level(img, TILE, "jpeg"), W.Level(half, TILE)
     s.write(os.path.join(d, "level0"), c0, concat_parts=3)
-    s.write(os.path.join(d, "level1"), c1, sparse=True, skip={(0, 0)}, concat_parts=2)
+    s.write(os.path.join(d, "level1"), c1, sparse=True, skip={(0, 0)}, concat_parts=2,
+            undefined=True)
     out["concat"] = (d, {0: (c0, set()), 1: (c1, {(0, 0)})}, {})
 
-    # implicit VR little endian: sequences (per-frame positions) in implicit VR
+    # implicit VR little endian: sequences (per-frame positions) in implicit VR, of defined
+    # lengths (level 0) and undefined ones (level 1)
     d = os.path.join(root, "implicit")
     os.makedirs(d)
     s = W.Series()
-    i0 = W.Level(img, TILE, "implicit")
+    i0, i1 = W.Level(img, TILE, "implicit"), W.Level(half, TILE, "implicit")
     s.write(os.path.join(d, "level0.dcm"), i0, sparse=True, skip={(2, 2)})
-    out["implicit"] = (os.path.join(d, "level0.dcm"), {0: (i0, {(2, 2)})}, {})
+    s.write(os.path.join(d, "level1.dcm"), i1, sparse=True, skip={(0, 1)}, undefined=True)
+    out["implicit"] = (os.path.join(d, "level0.dcm"), {0: (i0, {(2, 2)}), 1: (i1, {(0, 1)})},
+                       {})
 
     # frames of two fragments: with a Basic Offset Table, with none (frames found by their
     # SOI), with an Extended Offset Table only
@@ -385,8 +389,8 @@ def _set_ul(n):
     return fn
 
 
-def _nesting_bomb(path, depth):
-    """A good instance with a sequence nested depth deep (undefined lengths)."""
+def _nesting_bomb(path, depth, undefined):
+    """A good instance with a sequence nested depth deep."""
     ds = pydicom.dcmread(path)
     inner = Dataset()
     inner.CodeValue = "1"
@@ -395,6 +399,8 @@ def _nesting_bomb(path, depth):
         outer.ContentSequence = Sequence([inner])
         inner = outer
     ds.ContentSequence = inner.ContentSequence
+    if undefined:
+        W.undefined_lengths(ds)
     ds.save_as(path, write_like_original=False)
 
 
@@ -433,11 +439,13 @@ def damaged(tmp_path_factory):
         p.write_bytes(fn(data))
         out[name] = str(p)
     # a sequence nested 100 deep, and one 11 deep (within the limit: opens)
-    for name, depth in (("nesting-bomb", 100), ("nested-11", 10)):
+    for name, depth, undefined in (("nesting-bomb", 100, False),
+                                   ("nesting-bomb-undefined", 100, True),
+                                   ("nested-11", 10, True)):
         d = root / name
         d.mkdir()
         shutil.copy(good, d / "slide.dcm")
-        _nesting_bomb(str(d / "slide.dcm"), depth)
+        _nesting_bomb(str(d / "slide.dcm"), depth, undefined)
         out[name] = str(d / "slide.dcm")
     # a frame count far beyond the frames there are
     d = root / "huge-frame-count"
@@ -477,6 +485,7 @@ def damaged(tmp_path_factory):
 
 DAMAGED_MORE = {
     "nesting-bomb": ("nested more than 12 deep", False),
+    "nesting-bomb-undefined": ("nested more than 12 deep", False),
     "huge-frame-count": ("2147483647 frames", False),
     "concat-missing": ("instance 2 of 3 is missing", False),
     "sparse-off-grid": ("not on the 64x48 tile grid", False),
