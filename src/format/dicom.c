@@ -579,8 +579,11 @@ static tessera_status dataset(struct walker *w, uint64_t *pos, uint64_t end, boo
     uint64_t at = *pos + header;
     bool top = w->depth == 0;
     if (top && (tag == PER_FRAME || tag == NAVIGATION || tag == EXTENDED_OFFSETS ||
-                tag == PIXEL_DATA || tag == FLOAT_PIXEL_DATA || tag == DOUBLE_PIXEL_DATA))
+                tag == PIXEL_DATA || tag == FLOAT_PIXEL_DATA || tag == DOUBLE_PIXEL_DATA)) {
       w->props_done = true;
+      if (w->props)
+        return TESSERA_OK; /* a walk for the properties ends where they do */
+    }
     *pos = at;
     tessera_status st;
     if (len == UNDEFINED) {

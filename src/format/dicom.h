@@ -72,7 +72,9 @@ struct tsr_dicom_instance {
 /* Whether src starts as a DICOM Part 10 file: 128 bytes, then DICM. */
 bool tsr_dicom_sniff(const struct tsr_byte_source *src);
 
-/* Reads the instance in src. With props, the dicom.* properties as OpenSlide 4 names them:
+/* Reads the instance in src. With props, only the dicom.* properties (and the walk stops
+ * where they end: the frame tables and Pixel Data are left unread), named as OpenSlide 4 names
+ * them:
  * every element the dictionary names (file meta group included), before the first of the
  * tags that start the bulky part of a WSI instance (ReferencedImageNavigationSequence,
  * PerFrameFunctionalGroupsSequence, the offset tables, Pixel Data); a sequence's items as
