@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 BUILD_PKGS="gcc meson ninja-build pkg-config libtiff-dev libjpeg62-turbo-dev libdeflate-dev
-  libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev python3-dev python3-numpy"
+  libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev libsqlite3-dev python3-dev python3-numpy"
 TEST_PKGS="libopenslide-dev openslide-tools python3-openslide libvips-tools python3-numpy
   python3-pytest python3-tifffile python3-pil python3-pydicom libtiff-tools zstd libopenjp2-tools
   python3-torch python3-dask python3-distributed python3-mesonpy python3-venv python3-pip"

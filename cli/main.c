@@ -17,6 +17,8 @@ static const command commands[] = {
     {"info", cmd_info, cmd_info_help, "describe a slide: levels, vendor, properties (--json)"},
     {"read", cmd_read, cmd_read_help, "read a region of a level into a PNG, PPM or raw file"},
     {"sample", cmd_sample, cmd_sample_help, "write a synthetic H&E-like pyramidal JPEG TIFF"},
+    {"tissue", cmd_tissue, cmd_tissue_help, "find the tissue: write a binary mask PNG"},
+    {"grid", cmd_grid, cmd_grid_help, "patch locations at a resolution, on tissue"},
     {"bench", cmd_bench, cmd_bench_help, "read a stream of patches in batches and time it"},
     {"cache", cmd_cache, cmd_cache_help, "list or remove the shared-memory tile caches"},
 };
@@ -53,6 +55,8 @@ static void print_help(FILE *out) {
         "  tessera read slide.svs --location 1000,2000 --size 512,512 --output patch.png\n"
         "  tessera sample synthetic.tiff --width 8000 --height 6000\n"
         "  tessera bench synthetic.tiff --layout random --count 2000 --size 224,224\n"
+        "  tessera tissue slide.svs --output mask.png\n"
+        "  tessera grid slide.svs --size 224 --mpp 0.5 --min-tissue 0.5 > locations.txt\n"
         "  tessera cache list\n"
         "\n"
         "Exit status: 0 on success, 1 when the command fails, 2 when the command line is\n"

@@ -89,8 +89,8 @@ static void configure_cache(uint64_t mib) {
 
 static void default_cache(void) { configure_cache(DEFAULT_CACHE_MIB); }
 
-/* OpenSlide claims files by their format; tessera reads TIFF-based ones, so a file that is
- * not a TIFF at all (or not there, or no regular file: a FIFO must not block the open) is "not
+/* OpenSlide claims files by their format; tessera reads TIFF-based ones and Sakura's SQLite
+ * databases, so a file that is neither at all (or not there, or no regular file: a FIFO must not block the open) is "not
  * a slide" (NULL), and so is a TIFF whose structure tessera finds malformed (see
  * openslide_open); a TIFF that fails to open otherwise is a slide in error state. */
 static bool looks_like_tiff(const char *filename) {
@@ -101,11 +101,15 @@ static bool looks_like_tiff(const char *filename) {
   if (!f)
     return false;
   unsigned char m[4];
+  unsigned char sqlite[16];
   bool tiff = fread(m, 1, 4, f) == 4 &&
               ((m[0] == 'I' && m[1] == 'I' && (m[2] == 42 || m[2] == 43) && m[3] == 0) ||
                (m[0] == 'M' && m[1] == 'M' && m[2] == 0 && (m[3] == 42 || m[3] == 43)));
+  /* and an SQLite database, which may be a Sakura slide (tessera tells: E_FORMAT if not) */
+  bool db = !tiff && memcmp(m, "SQLi", 4) == 0 && fread(sqlite, 1, 12, f) == 12 &&
+            memcmp(sqlite, "te format 3", 12) == 0;
   fclose(f);
-  return tiff;
+  return tiff || db;
 }
 
 /* OpenSlide 4 also claims DICOM files (128 bytes, then DICM: format/vendor-dicom.c); 3.4
@@ -216,7 +220,7 @@ EXPORT void openslide_close(openslide_t *osr) {
 /* Vendor names as static strings: OpenSlide's detect_vendor returns one that outlives any
  * handle, and tessera's lives only as long as its slide. */
 static const char *const vendors[] = {"aperio", "generic-tiff", "hamamatsu", "philips", "ome",
-                                       "dicom"};
+                                       "sakura", "dicom"};
 
 EXPORT const char *openslide_detect_vendor(const char *filename) {
   if (!filename || !claimed(filename))

@@ -405,7 +405,8 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct tsr_ca
   return st;
 }
 
-static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t level,
+/* Reads the region whose top-left pixel is level pixel (lx, ly). */
+static tessera_status read_into(tessera_slide *s, int64_t lx, int64_t ly, int32_t level,
                                 int64_t width, int64_t height, const tessera_read_options *options,
                                 uint8_t *dst, size_t dst_size) {
   tessera_read_options o;
@@ -444,8 +445,8 @@ static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t 
                      dst_size, need);
   const struct tsr_level *lv = &s->levels[level];
   struct tsr_canvas c = {
-      .lx = tsr_level_coord(lv, x),
-      .ly = tsr_level_coord(lv, y),
+      .lx = lx,
+      .ly = ly,
       .width = width,
       .height = height,
       .channels = (unsigned)o.channels,
@@ -474,7 +475,18 @@ TESSERA_API tessera_status tessera_read_region(tessera_slide *s, int64_t x, int6
   if (s && (level < 0 || level >= s->nlevels))
     return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
                      s->nlevels);
-  return read_into(s, x, y, level, width, height, options, dst, dst_size);
+  return read_into(s, s ? tsr_level_coord(&s->levels[level], x) : 0,
+                   s ? tsr_level_coord(&s->levels[level], y) : 0, level, width, height, options,
+                   dst, dst_size);
+}
+
+tessera_status tsr_read_level_rect(tessera_slide *s, int32_t level, int64_t lx, int64_t ly,
+                                   int64_t width, int64_t height,
+                                   const tessera_read_options *options, uint8_t *dst,
+                                   size_t dst_size) {
+  if (!s || level < 0 || level >= s->nlevels)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or level %d does not exist", level);
+  return read_into(s, lx, ly, level, width, height, options, dst, dst_size);
 }
 
 /* The associated image of that name: its index among the slide's levels (they follow the

@@ -25,7 +25,7 @@ HEADER = os.path.join(os.path.dirname(_HERE), "include", "tessera.h")
 
 _SCALARS = {
     "size_t": ctypes.c_size_t, "int": ctypes.c_int, "char": ctypes.c_char,
-    "double": ctypes.c_double, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
+    "double": ctypes.c_double, "float": ctypes.c_float, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
     "uint8_t": ctypes.c_uint8, "uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64,
 }
 
@@ -55,6 +55,8 @@ def _parse_header(path):
             if not d:
                 raise ValueError("%s: cannot read %r" % (m.group(2), decl))
             ctype = d.group(1)
+            if ctype in structs and d.group(2).lstrip().startswith("*"):
+                ctype = "void"  # a pointer to another struct of the header: an address here
             if ctype not in _SCALARS and ctype not in enum_types and ctype != "void":
                 raise ValueError("%s: unknown type %s" % (m.group(2), ctype))
             for declarator in d.group(2).split(","):
@@ -147,12 +149,30 @@ class CacheStats(ctypes.Structure):
     _fields_ = _fields("tessera_cache_stats")
 
 
+class TissueOptions(ctypes.Structure):
+    _fields_ = _fields("tessera_tissue_options")
+
+
+class Mask(ctypes.Structure):
+    _fields_ = _fields("tessera_mask")
+
+
+class GridOptions(ctypes.Structure):
+    _fields_ = _fields("tessera_grid_options")
+
+
+class Grid(ctypes.Structure):
+    _fields_ = _fields("tessera_grid")
+
+
 # Each struct of the header and its mirror here (test_header_mirror checks that none is left out).
 MIRRORS = {
     "tessera_open_options": OpenOptions, "tessera_level_info": LevelInfo,
     "tessera_read_options": ReadOptions, "tessera_batch_options": BatchOptions,
     "tessera_batch": Batch, "tessera_cache_options": CacheOptions,
     "tessera_shared_cache_info": SharedCacheInfo, "tessera_cache_stats": CacheStats,
+    "tessera_tissue_options": TissueOptions, "tessera_mask": Mask,
+    "tessera_grid_options": GridOptions, "tessera_grid": Grid,
 }
 
 

@@ -62,8 +62,8 @@ def test_installed_files_are_the_package_alone(venv):
         files += [os.path.relpath(os.path.join(root, n), venv) for n in names]
     package = sorted(f for f in files if "site-packages/tessera/" in f and "__pycache__" not in f)
     names = {os.path.basename(f) for f in package}
-    assert {"__init__.py", "_image.py", "torch.py", "dask.py"} <= names, package
-    assert {"tessera/openslide/" + n for n in ("__init__.py", "_alpha.py", "_tiffdir.py",
+    assert {"__init__.py", "_image.py", "_tissue.py", "torch.py", "dask.py"} <= names, package
+    assert {"tessera/openslide/" + n for n in ("__init__.py", "_alpha.py",
                                                "deepzoom.py", "lowlevel.py")} <= {
         f.split("site-packages/", 1)[1] for f in package}, package
     assert any(n.startswith("_tessera.") and n.endswith(".so") for n in names), package

@@ -219,10 +219,9 @@ static bool computed_number(const char *key) {
          (strncmp(key, "openslide.level[", 16) == 0 && strstr(key, "].downsample"));
 }
 
-/* The quickhash, the first directory's tags as OpenSlide stores them (replacing tessera's
- * values, which it formats its own way), and level 0's ICC profile. */
-static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props *p,
-                                bool want_icc, uint8_t **icc, size_t *icc_size) {
+/* The quickhash and the first directory's tags as OpenSlide stores them (replacing tessera's
+ * values, which it formats its own way). */
+static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props *p) {
   struct tsr_tiff_file f;
   TIFF *tif;
   tessera_status st = tsr_tiff_client_open(&f, s->source, (uint64_t)64 << 20, &tif);
@@ -264,17 +263,6 @@ static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props 
   if (version >= 4 && strcmp(s->vendor, "generic-tiff") == 0)
     generic_mpp(s, tif, &raw, p);
   tsr_free(raw.entries);
-  uint32_t n = 0;
-  void *data = NULL;
-  if (want_icc && TIFFGetField(tif, TIFFTAG_ICCPROFILE, &n, &data) == 1 && n > 0) {
-    *icc = tsr_malloc(n);
-    if (*icc) {
-      memcpy(*icc, data, n);
-      *icc_size = n;
-    } else {
-      st = tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
-    }
-  }
   TIFFClose(tif);
   if (st == TESSERA_OK && hashed) {
     char hex[65];
@@ -284,24 +272,14 @@ static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props 
   return st;
 }
 
-/* DICOM, which is no TIFF: OpenSlide 4 hashes the series' SeriesInstanceUID alone, and
- * gives level 0's ICC profile. */
-static tessera_status from_dicom(const tessera_slide *s, struct tsr_props *p, bool want_icc,
-                                 uint8_t **icc, size_t *icc_size) {
-  size_t n = tessera_icc_profile_size(s);
-  if (want_icc && n > 0) {
-    if (!(*icc = tsr_malloc(n)))
-      return tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
-    *icc_size = n;
-    tessera_icc_profile_read(s, *icc, n);
-  }
+/* DICOM, which is no TIFF: OpenSlide 4 hashes the series' SeriesInstanceUID alone. */
+static void from_dicom(const tessera_slide *s, struct tsr_props *p) {
   struct tsr_sha256 h;
   tsr_sha256_init(&h);
   hash_string(&h, tessera_property_value(s, "dicom.SeriesInstanceUID"));
   char hex[65];
   tsr_sha256_hex(&h, hex);
   tsr_props_add_string(p, "openslide.quickhash-1", hex);
-  return TESSERA_OK;
 }
 
 const char *tsr_os_unreadable(const tessera_slide *s) {
@@ -352,14 +330,24 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
       tsr_props_add_string(&p, key, value);
     }
   }
-  /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
+  /* OpenSlide 4.0 reads an ICC profile for Aperio, generic TIFF and DICOM slides only. */
   bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
-                                     strcmp(s->vendor, "generic-tiff") == 0);
+                                     strcmp(s->vendor, "generic-tiff") == 0 ||
+                                     strcmp(s->vendor, "dicom") == 0);
+  /* A Sakura slide is an SQLite database: no TIFF tags, and its quickhash-1 is the vendor's
+   * (tessera.quickhash-1, renamed above); DICOM's is OpenSlide 4's hash of its series. */
   tessera_status st = TESSERA_OK;
   if (strcmp(s->vendor, "dicom") == 0)
-    st = from_dicom(s, &p, version >= 4, icc, icc_size);
-  else
-    st = from_tiff(s, version, &p, want_icc, icc, icc_size);
+    from_dicom(s, &p);
+  else if (strcmp(s->vendor, "sakura") != 0)
+    st = from_tiff(s, version, &p);
+  size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */
+  if (st == TESSERA_OK && n > 0) {
+    if (!(*icc = tsr_malloc(n)))
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
+    else if ((st = tessera_icc_profile_read(s, *icc, n)) == TESSERA_OK)
+      *icc_size = n;
+  }
   if (version >= 4) {
     add_associated(s, &p);
     if (*icc_size)

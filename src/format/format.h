@@ -91,6 +91,7 @@ struct tsr_path_format {
                          struct tsr_findings *out, struct tsr_byte_source **source);
 };
 
+extern const struct tsr_path_format tsr_format_sakura;
 extern const struct tsr_path_format tsr_format_dicom;
 
 /* The format that claims path by its name and the files beside it, or NULL (then it is read

@@ -9,6 +9,8 @@
  *    McuStarts tag fits);
  *  - tsr_memory_tiles (source/memory_tiles.c): a tile of an image held in memory, with no
  *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c);
+ *  - tsr_sqlite_tiles (source/sqlite_tiles.c): a blob, or three (a tile's colour planes,
+ *    made RGB), of an SQLite database, read through SQLite (Sakura; format/vendor-sakura.c).
  *  - tsr_dicom_frames (source/dicom_frames.c): a DICOM frame, native or one or more
  *    encapsulated fragments (set by format/vendor-dicom.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
@@ -53,6 +55,7 @@ extern const struct tsr_tile_source tsr_tiff_tiles;
 extern const struct tsr_tile_source tsr_tiff_strips;
 extern const struct tsr_tile_source tsr_ndpi_intervals;
 extern const struct tsr_tile_source tsr_memory_tiles;
+extern const struct tsr_tile_source tsr_sqlite_tiles;
 extern const struct tsr_tile_source tsr_dicom_frames;
 
 /* ---- for the readers ---- */

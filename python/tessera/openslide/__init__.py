@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from PIL import Image
 
 from .. import _tessera
-from . import _alpha, _tiffdir, lowlevel
+from . import _alpha, lowlevel
 from .lowlevel import OpenSlideError, OpenSlideUnsupportedFormatError, OpenSlideVersionError
 
 __version__ = _tessera.library_version
@@ -180,7 +180,7 @@ class OpenSlide(AbstractSlide):
         self._alpha_kind = tuple(lv["alpha"] for lv in info)
         self._props = None
         self._max_read = self._slide.limits()["max_read_bytes"]
-        self._profile = _tiffdir.icc(_path(filename))
+        self._profile = self._slide.icc_profile
 
     def __repr__(self):
         return "%s(%r)" % (self.__class__.__name__, self._filename)
