@@ -24,6 +24,7 @@ SYNTAX = {
     "implicit": "1.2.840.10008.1.2",
     "jpeg": "1.2.840.10008.1.2.4.50",
     "j2k": "1.2.840.10008.1.2.4.90",
+    "j2k-lossy": "1.2.840.10008.1.2.4.91",
 }
 
 
@@ -45,7 +46,10 @@ def encode(tile, codec, j2k_mct=0):
     if codec == "jpeg":
         Image.fromarray(tile).save(buf, "JPEG", quality=85)
     else:
-        Image.fromarray(tile).save(buf, "JPEG2000", no_jp2=True, irreversible=False, mct=j2k_mct)
+        Image.fromarray(tile).save(buf, "JPEG2000", no_jp2=True, mct=j2k_mct,
+                                   irreversible=codec == "j2k-lossy",
+                                   quality_mode="rates", quality_layers=[20] if
+                                   codec == "j2k-lossy" else None)
     data = buf.getvalue()
     return data, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 

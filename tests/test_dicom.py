@@ -102,11 +102,19 @@ def _build(root):
     j0 = W.Level(half, TILE, "j2k", j2k_mct=1)
     s.write(os.path.join(d, "level0.dcm"), j0, photometric="YBR_RCT", per_frame=2)
     out["j2k-rct"] = (os.path.join(d, "level0.dcm"), {0: (j0, set())}, {})
+
+    # lossy JPEG 2000 (1.2.840.10008.1.2.4.91, the irreversible transform, YBR_ICT)
+    d = os.path.join(root, "j2k-ict")
+    os.makedirs(d)
+    s = W.Series()
+    k0 = W.Level(half, TILE, "j2k-lossy", j2k_mct=1)
+    s.write(os.path.join(d, "level0.dcm"), k0, photometric="YBR_ICT")
+    out["j2k-ict"] = (os.path.join(d, "level0.dcm"), {0: (k0, set())}, {})
     return out
 
 
 NAMES = ["mixed-folder", "mixed-file", "concat", "implicit", "fragments-bot",
-         "fragments-nobot", "fragments-eot", "j2k-rct"]
+         "fragments-nobot", "fragments-eot", "j2k-rct", "j2k-ict"]
 
 
 @pytest.fixture(scope="module")
