@@ -480,6 +480,27 @@ def damaged(tmp_path_factory):
         pos.RowPositionInTotalImagePixelMatrix = row
         ds.save_as(p, write_like_original=False)
         out[name] = p
+    # encapsulated Pixel Data damaged: a Basic Offset Table longer than the file, a fragment
+    # that is no item, an offset table whose frames start at no fragment
+    jgood = str(root / "good-jpeg.dcm")
+    W.Series().write(jgood, W.Level(img, TILE, "jpeg"), per_frame=2)
+    jdata = open(jgood, "rb").read()
+    pix = jdata.index(b"\xe0\x7f\x10\x00OB\x00\x00\xff\xff\xff\xff") + 12
+    nbot = struct.unpack("<I", jdata[pix + 4:pix + 8])[0]
+    first = pix + 8 + nbot  # the first fragment's item
+    for name, edit in (
+            ("bot-past-end", lambda b: b.__setitem__(slice(pix + 4, pix + 8),
+                                                     struct.pack("<I", 0x7FFFFFF0))),
+            ("fragment-no-item", lambda b: b.__setitem__(slice(first, first + 4),
+                                                         b"\x10\x00\x10\x00")),
+            ("bot-off-fragment", lambda b: b.__setitem__(slice(pix + 12, pix + 16),
+                                                         struct.pack("<I", 3)))):
+        b = bytearray(jdata)
+        edit(b)
+        d = root / name
+        d.mkdir()
+        (d / "slide.dcm").write_bytes(bytes(b))
+        out[name] = str(d / "slide.dcm")
     # a JPEG frame whose bytes are no JPEG (fails when read)
     d = root / "bad-jpeg-frame"
     d.mkdir()
@@ -499,6 +520,9 @@ DAMAGED_MORE = {
     "sparse-off-grid": ("not on the 64x48 tile grid", False),
     "sparse-outside": ("lies outside", False),
     "bad-jpeg-frame": ("JPEG", True),
+    "bot-past-end": ("past the end", False),
+    "fragment-no-item": ("is no item", False),
+    "bot-off-fragment": ("the offset table's frame 2 starts at no fragment", False),
 }
 
 
