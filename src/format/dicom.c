@@ -310,13 +310,9 @@ static void top_level(struct walker *w, uint32_t tag, const char *vr, const uint
   case TAG(0x0002, 0x0010): keep(v, len, in->syntax, sizeof in->syntax, true); break;
   case TAG(0x0002, 0x0002): /* MediaStorageSOPClassUID; SOPClassUID agrees */
   case TAG(0x0008, 0x0016): keep(v, len, in->sop_class, sizeof in->sop_class, true); break;
-  case TAG(0x0008, 0x0018):
-    keep(v, len, in->sop_instance, sizeof in->sop_instance, true);
-    break;
+  case TAG(0x0008, 0x0018): keep(v, len, in->sop_instance, sizeof in->sop_instance, true); break;
   case TAG(0x0020, 0x000E): keep(v, len, in->series, sizeof in->series, true); break;
-  case TAG(0x0020, 0x9161):
-    keep(v, len, in->concatenation, sizeof in->concatenation, true);
-    break;
+  case TAG(0x0020, 0x9161): keep(v, len, in->concatenation, sizeof in->concatenation, true); break;
   case TAG(0x0008, 0x0008):
     string_part(v, len, 2, in->flavor, sizeof in->flavor);
     printable(in->flavor);
@@ -387,10 +383,9 @@ static tessera_status element(struct walker *w, uint32_t tag, const char *vr, ui
   bool props = w->props && !w->props_done;
   for (int d = 0; props && d < w->depth; d++)
     props = w->stack[d].keyword != NULL;
-  bool wanted = w->depth == 0 ||
-                (w->depth == 2 && w->stack[0].tag == PER_FRAME &&
-                 w->stack[1].tag == PLANE_POSITION && w->stack[1].item == 0 &&
-                 (tag == COLUMN_POSITION || tag == ROW_POSITION));
+  bool wanted = w->depth == 0 || (w->depth == 2 && w->stack[0].tag == PER_FRAME &&
+                                  w->stack[1].tag == PLANE_POSITION && w->stack[1].item == 0 &&
+                                  (tag == COLUMN_POSITION || tag == ROW_POSITION));
   if (w->depth == 1 && w->stack[0].tag == OPTICAL_PATHS && w->stack[0].item == 0 &&
       tag == ICC_PROFILE) {
     w->inst->icc_offset = at;
@@ -487,8 +482,7 @@ static tessera_status sequence(struct walker *w, uint32_t tag, uint64_t *pos, ui
                                bool undefined, bool implicit) {
   if (w->depth >= TSR_DICOM_MAX_DEPTH)
     return tsr_error(TESSERA_E_LIMIT,
-                     "DICOM sequence (%04X,%04X) at offset %" PRIu64
-                     " is nested more than %d deep",
+                     "DICOM sequence (%04X,%04X) at offset %" PRIu64 " is nested more than %d deep",
                      tag >> 16, tag & 0xFFFF, *pos, TSR_DICOM_MAX_DEPTH);
   const struct tsr_dicom_dict_entry *e = tsr_dicom_lookup(tag);
   int d = w->depth;
@@ -541,8 +535,8 @@ static tessera_status dataset(struct walker *w, uint64_t *pos, uint64_t end, boo
     uint32_t tag = TAG(le16(h), le16(h + 2));
     if (tag == ITEM_END) {
       if (!until_item_end)
-        return tsr_error(TESSERA_E_CORRUPT,
-                         "DICOM item end at offset %" PRIu64 " outside an item", *pos);
+        return tsr_error(TESSERA_E_CORRUPT, "DICOM item end at offset %" PRIu64 " outside an item",
+                         *pos);
       *pos += 8;
       return TESSERA_OK;
     }
@@ -665,11 +659,20 @@ static tessera_status file_meta(struct walker *w, uint64_t *pos) {
 tessera_status tsr_dicom_parse(const struct tsr_byte_source *src, struct tsr_dicom_instance *out,
                                struct tsr_props *props) {
   memset(out, 0, sizeof *out);
-  int64_t *ints[] = {&out->rows,         &out->columns,       &out->samples,
-                     &out->planar,       &out->bits_allocated, &out->bits_stored,
-                     &out->high_bit,     &out->pixel_representation,
-                     &out->frames,       &out->total_columns, &out->total_rows,
-                     &out->focal_planes, &out->concat_number, &out->concat_total,
+  int64_t *ints[] = {&out->rows,
+                     &out->columns,
+                     &out->samples,
+                     &out->planar,
+                     &out->bits_allocated,
+                     &out->bits_stored,
+                     &out->high_bit,
+                     &out->pixel_representation,
+                     &out->frames,
+                     &out->total_columns,
+                     &out->total_rows,
+                     &out->focal_planes,
+                     &out->concat_number,
+                     &out->concat_total,
                      &out->concat_frame_offset};
   for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
     *ints[i] = -1;
@@ -691,8 +694,7 @@ tessera_status tsr_dicom_parse(const struct tsr_byte_source *src, struct tsr_dic
     else if (!strcmp(ts, "1.2.840.10008.1.2.2") || !strcmp(ts, "1.2.840.10008.1.2.1.99") ||
              !strcmp(ts, "1.2.840.10008.1.2.1.98"))
       st = tsr_error(TESSERA_E_UNSUPPORTED,
-                     "DICOM transfer syntax %s is not read (big endian or deflated data sets)",
-                     ts);
+                     "DICOM transfer syntax %s is not read (big endian or deflated data sets)", ts);
     else if (!ts[0])
       st = tsr_error(TESSERA_E_CORRUPT, "DICOM file meta group names no transfer syntax");
     if (st == TESSERA_OK)

@@ -91,8 +91,8 @@ static void joined_close(struct tsr_byte_source *src) {
   tsr_free(j);
 }
 
-static const struct tsr_byte_source_ops joined_ops = {joined_read_at, joined_size,
-                                                      joined_identity, joined_close};
+static const struct tsr_byte_source_ops joined_ops = {joined_read_at, joined_size, joined_identity,
+                                                      joined_close};
 
 /* The identity of the whole: the first part's, with every part's mixed into it, so that a
  * change to any instance keys the slide's tiles anew in the caches. */
@@ -161,9 +161,9 @@ static tessera_status add_instance(struct scan *sc, const char *path, bool must)
 
   bool limit = st == TESSERA_OK && sc->n >= MAX_INSTANCES;
   if (limit)
-    st = tsr_error(TESSERA_E_LIMIT,
-                   "the folder holds more than %d DICOM whole-slide image instances",
-                   MAX_INSTANCES);
+    st =
+        tsr_error(TESSERA_E_LIMIT,
+                  "the folder holds more than %d DICOM whole-slide image instances", MAX_INSTANCES);
   if (st == TESSERA_OK && !(in.path = tsr_strdup(path)))
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   if (st == TESSERA_OK) {
@@ -380,8 +380,9 @@ static tessera_status check_concatenation(struct group *g) {
                        "concatenation %s: instance %zu of %" PRId64 " is missing (or doubled)",
                        first->dcm.concatenation, i + 1, total);
   if ((int64_t)g->n != total)
-    return tsr_error(TESSERA_E_FORMAT, "concatenation %s has %zu instances, its instances say %"
-                     PRId64, first->dcm.concatenation, g->n, total);
+    return tsr_error(TESSERA_E_FORMAT,
+                     "concatenation %s has %zu instances, its instances say %" PRId64,
+                     first->dcm.concatenation, g->n, total);
   return TESSERA_OK;
 }
 
@@ -537,8 +538,8 @@ static tessera_status place_frames(struct tsr_level *lv, const struct instance *
       return st;
     }
   }
-  bool full = strcmp(d->organization, "TILED_FULL") == 0 ||
-              (!d->organization[0] && d->npositions == 0);
+  bool full =
+      strcmp(d->organization, "TILED_FULL") == 0 || (!d->organization[0] && d->npositions == 0);
   tessera_status st = TESSERA_OK;
   if (full) {
     uint64_t offset = d->concat_frame_offset < 0 ? 0 : (uint64_t)d->concat_frame_offset;
@@ -580,12 +581,13 @@ static tessera_status make_level(const struct group *g, const tessera_open_optio
   const char *name = base_name(first->path);
   memset(lv, 0, sizeof *lv);
   if (d->total_columns < 1 || d->total_rows < 1 || d->columns < 1 || d->rows < 1)
-    return tsr_error(TESSERA_E_CORRUPT,
-                     "%s: no TotalPixelMatrixColumns/Rows or Columns/Rows", name);
+    return tsr_error(TESSERA_E_CORRUPT, "%s: no TotalPixelMatrixColumns/Rows or Columns/Rows",
+                     name);
   if (d->total_columns > limits->max_dimension || d->total_rows > limits->max_dimension ||
       d->columns > TSR_JPEG_MAX_SIDE || d->rows > TSR_JPEG_MAX_SIDE)
-    return tsr_error(TESSERA_E_LIMIT, "%s: image of %" PRId64 "x%" PRId64 " in frames of %" PRId64
-                     "x%" PRId64 " exceeds the limits",
+    return tsr_error(TESSERA_E_LIMIT,
+                     "%s: image of %" PRId64 "x%" PRId64 " in frames of %" PRId64 "x%" PRId64
+                     " exceeds the limits",
                      name, d->total_columns, d->total_rows, d->columns, d->rows);
   tessera_status st = pixel_format(first, &lv->fmt);
   if (st != TESSERA_OK)
@@ -673,8 +675,7 @@ static tessera_status properties(const struct instance *in, struct tsr_findings 
   copy_number(p, key, 1000.0, "tessera.mpp-y");
   snprintf(key, sizeof key, "%s[1]", spacing);
   copy_number(p, key, 1000.0, "tessera.mpp-x");
-  copy_number(p, "dicom.OpticalPathSequence[0].ObjectiveLensPower", 1.0,
-              "tessera.objective-power");
+  copy_number(p, "dicom.OpticalPathSequence[0].ObjectiveLensPower", 1.0, "tessera.objective-power");
   tsr_props_add_string(p, "tessera.barcode", tsr_props_get(p, "dicom.BarcodeValue"));
   return TESSERA_OK;
 }
@@ -717,9 +718,8 @@ static tessera_status join(struct instance **used, size_t n, struct tsr_byte_sou
   return TESSERA_OK;
 }
 
-static tessera_status build(struct scan *sc, const char *series,
-                            const tessera_open_options *limits, struct tsr_findings *out,
-                            struct tsr_byte_source **source) {
+static tessera_status build(struct scan *sc, const char *series, const tessera_open_options *limits,
+                            struct tsr_findings *out, struct tsr_byte_source **source) {
   /* At most one group an instance. */
   struct group *groups = tsr_calloc(sc->n + 1, sizeof *groups);
   struct group **order = tsr_calloc(sc->n + 1, sizeof *order);
@@ -740,8 +740,7 @@ static tessera_status build(struct scan *sc, const char *series,
     struct group *g = NULL;
     for (size_t k = 0; k < ngroups && !g; k++) {
       struct group *c = &groups[k];
-      if (volume ? !c->name && c->width == in->dcm.total_columns &&
-                       c->height == in->dcm.total_rows
+      if (volume ? !c->name && c->width == in->dcm.total_columns && c->height == in->dcm.total_rows
                  : c->name && strcmp(c->name, assoc) == 0)
         g = c;
     }
@@ -808,8 +807,7 @@ static tessera_status build(struct scan *sc, const char *series,
       if (st == TESSERA_OK && out->nlevels > 1) {
         const struct tsr_level *l0 = &out->levels[0], *l = &out->levels[out->nlevels - 1];
         out->levels[out->nlevels - 1].downsample =
-            ((double)l0->width / (double)l->width + (double)l0->height / (double)l->height) /
-            2.0;
+            ((double)l0->width / (double)l->width + (double)l0->height / (double)l->height) / 2.0;
       }
       if (st != TESSERA_OK)
         st = tsr_error_prefix(st, "level %d: ", out->nlevels - 1);
