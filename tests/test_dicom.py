@@ -71,7 +71,9 @@ def _build(root):
     s.write(os.path.join(d, "level0"), c0, concat_parts=3)
     s.write(os.path.join(d, "level1"), c1, sparse=True, skip={(0, 0)}, concat_parts=2,
             undefined=True)
-    out["concat"] = (d, {0: (c0, set()), 1: (c1, {(0, 0)})}, {})
+    thumb = W.Level(img[::8, ::8].copy(), (32, 32), "jpeg", flavor="THUMBNAIL")
+    s.write(os.path.join(d, "thumbnail.dcm"), thumb)
+    out["concat"] = (d, {0: (c0, set()), 1: (c1, {(0, 0)})}, {"thumbnail": thumb})
 
     # implicit VR little endian: sequences (per-frame positions) in implicit VR, of defined
     # lengths (level 0) and undefined ones (level 1)
@@ -177,8 +179,10 @@ def test_regions_across_tile_edges_and_the_border(lib, slides, name):
                 assert np.array_equal(got[..., :3], want[y:y + rh, x:x + rw]), (i, x, y, rw, rh)
 
 
-@pytest.mark.parametrize("name", ["mixed-folder", "mixed-file"])
-def test_label_and_overview_are_associated_images(lib, slides, name):
+@pytest.mark.parametrize("name", ["mixed-folder", "mixed-file", "concat"])
+def test_label_overview_and_thumbnail_are_associated_images(lib, slides, name):
+    """LABEL, OVERVIEW and THUMBNAIL instances: label, macro and thumbnail (a tiled one of
+    several frames too)."""
     path, _, assoc = slides[name]
     with T.open_slide(path) as s:
         for key, lv in assoc.items():
