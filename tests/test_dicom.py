@@ -71,7 +71,7 @@ def _build(root):
     s.write(os.path.join(d, "level0"), c0, concat_parts=3)
     s.write(os.path.join(d, "level1"), c1, sparse=True, skip={(0, 0)}, concat_parts=2,
             undefined=True)
-    thumb = W.Level(img[::8, ::8].copy(), (32, 32), "jpeg", flavor="THUMBNAIL")
+    thumb = W.Level(img[::8, ::8].copy(), (63, 43), "jpeg", flavor="THUMBNAIL")
     s.write(os.path.join(d, "thumbnail.dcm"), thumb)
     out["concat"] = (d, {0: (c0, set()), 1: (c1, {(0, 0)})}, {"thumbnail": thumb})
 
@@ -179,10 +179,22 @@ def test_regions_across_tile_edges_and_the_border(lib, slides, name):
                 assert np.array_equal(got[..., :3], want[y:y + rh, x:x + rw]), (i, x, y, rw, rh)
 
 
+def test_associated_image_of_several_frames(lib, tmp_path):
+    """A label stored as tiles (2 x 2 frames, sparse with one left out) reads whole, where
+    OpenSlide 4 decodes only an associated image's first frame and fails on this one."""
+    img = W.source_image(200, 150)
+    s = W.Series()
+    s.write(str(tmp_path / "level0.dcm"), W.Level(img, TILE))
+    label = W.Level(img[:63, :43].copy(), (32, 32), "jpeg", flavor="LABEL")
+    s.write(str(tmp_path / "label.dcm"), label, sparse=True, skip={(1, 1)})
+    with T.open_slide(str(tmp_path)) as sl:
+        assert sl.associated_dimensions("label") == (43, 63)
+        assert np.array_equal(sl.read_associated("label")[..., :3], label.expected({(1, 1)}))
+
+
 @pytest.mark.parametrize("name", ["mixed-folder", "mixed-file", "concat"])
 def test_label_overview_and_thumbnail_are_associated_images(lib, slides, name):
-    """LABEL, OVERVIEW and THUMBNAIL instances: label, macro and thumbnail (a tiled one of
-    several frames too)."""
+    """LABEL, OVERVIEW and THUMBNAIL instances: label, macro and thumbnail."""
     path, _, assoc = slides[name]
     with T.open_slide(path) as s:
         for key, lv in assoc.items():
