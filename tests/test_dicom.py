@@ -715,3 +715,26 @@ def test_tile_caches_keep_levels_and_images_apart(lib, slides, cache):
                     assert np.array_equal(s.read_associated(name)[..., :3], lv.expected()), name
     finally:
         T.configure_cache(T.CACHE_NONE)
+
+
+def test_damaged_instance_of_the_series_fails_the_folder(lib, tmp_path):
+    """A truncated instance of the slide's own series fails the open (naming the file) rather
+    than leaving its level out; a damaged file of another series beside it is passed over."""
+    img = W.source_image(200, 150)
+    s, other = W.Series(), W.Series()
+    s.write(str(tmp_path / "a-level0.dcm"), W.Level(img, TILE))
+    s.write(str(tmp_path / "b-level1.dcm"), W.Level(img[::2, ::2].copy(), TILE))
+    other.write(str(tmp_path / "c-other.dcm"), W.Level(img, TILE))
+    for name in ("c-other.dcm", "b-level1.dcm"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[:-100])
+        st, msg, sl = T.open_status(str(tmp_path))
+        if name == "c-other.dcm":
+            assert sl is not None, msg
+            with sl:
+                assert sl.level_dimensions() == [(200, 150), (100, 75)]
+        else:
+            assert sl is None and "b-level1.dcm" in msg and "truncated" in msg, msg
+    # opened by its level-0 file, the same
+    st, msg, sl = T.open_status(str(tmp_path / "a-level0.dcm"))
+    assert sl is None and "b-level1.dcm" in msg, msg

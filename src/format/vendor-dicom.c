@@ -120,21 +120,44 @@ struct instance {
   uint64_t base; /* where it starts in the joined source */
 };
 
+/* The instances found so far. Once the slide's series is known (series[0]), only its
+ * instances are kept open, and a damaged file that said it belongs to it fails the open. */
 struct scan {
   struct instance *inst;
   size_t n;
+  char series[TSR_DICOM_UID];
+  bool folder; /* the series is the first VOLUME instance's, not the opened file's */
+  /* The first file whose reading failed after naming its series (a WSI instance cut short
+   * or damaged), and why: if that is the slide's series, the open fails with it. */
+  char damaged_series[TSR_DICOM_UID];
+  char damaged[TSR_MESSAGE_MAX];
 };
 
+static void instance_free(struct instance *in) {
+  tsr_free(in->path);
+  if (!in->borrowed)
+    tsr_byte_source_close(in->src);
+  tsr_dicom_instance_free(&in->dcm);
+}
+
 static void scan_free(struct scan *sc) {
-  for (size_t i = 0; i < sc->n; i++) {
-    tsr_free(sc->inst[i].path);
-    if (!sc->inst[i].borrowed)
-      tsr_byte_source_close(sc->inst[i].src);
-    tsr_dicom_instance_free(&sc->inst[i].dcm);
-  }
+  for (size_t i = 0; i < sc->n; i++)
+    instance_free(&sc->inst[i]);
   tsr_free(sc->inst);
   sc->inst = NULL;
   sc->n = 0;
+}
+
+/* Drops (closes) the instances of other series than the chosen one. */
+static void keep_series(struct scan *sc) {
+  size_t k = 0;
+  for (size_t i = 0; i < sc->n; i++) {
+    if (strcmp(sc->inst[i].dcm.series, sc->series) == 0)
+      sc->inst[k++] = sc->inst[i];
+    else
+      instance_free(&sc->inst[i]);
+  }
+  sc->n = k;
 }
 
 static const char *base_name(const char *path) {
@@ -142,15 +165,24 @@ static const char *base_name(const char *path) {
   return slash ? slash + 1 : path;
 }
 
-/* Reads path as an instance (into sc when it is a WSI instance of a flavour we know); must:
- * its failure is the open's. */
+/* Reads path as an instance (into sc when it is a WSI instance of the slide's series, or of
+ * any while that is not known); must: its failure is the open's. */
 static tessera_status add_instance(struct scan *sc, const char *path, bool must) {
   struct instance in = {0};
   tessera_status st = tsr_file_source_open(path, &in.src);
-  if (st == TESSERA_OK && !tsr_dicom_sniff(in.src))
+  bool dicom = st == TESSERA_OK && tsr_dicom_sniff(in.src);
+  if (st == TESSERA_OK && !dicom)
     st = tsr_error(TESSERA_E_FORMAT, "not a DICOM file");
-  if (st == TESSERA_OK)
+  if (st == TESSERA_OK) {
     st = tsr_dicom_parse(in.src, &in.dcm, NULL);
+    /* What the walk read before it failed is still there: the series it named. */
+    if (st != TESSERA_OK && st != TESSERA_E_NOMEM && !must && in.dcm.series[0] &&
+        !sc->damaged[0] && strcmp(in.dcm.sop_class, WSI_SOP_CLASS) == 0) {
+      strcpy(sc->damaged_series, in.dcm.series);
+      tsr_error_prefix(st, "%s: ", base_name(path));
+      snprintf(sc->damaged, sizeof sc->damaged, "%s", tessera_error_message());
+    }
+  }
   if (st == TESSERA_OK && strcmp(in.dcm.sop_class, WSI_SOP_CLASS) != 0)
     st = tsr_error(TESSERA_E_FORMAT,
                    "not a whole-slide image: SOP class %s is not VL Whole Slide Microscopy "
@@ -158,6 +190,10 @@ static tessera_status add_instance(struct scan *sc, const char *path, bool must)
                    in.dcm.sop_class[0] ? in.dcm.sop_class : "(none)");
   if (st == TESSERA_OK && !in.dcm.series[0])
     st = tsr_error(TESSERA_E_FORMAT, "no SeriesInstanceUID");
+  if (st == TESSERA_OK && sc->series[0] && strcmp(in.dcm.series, sc->series) != 0) {
+    instance_free(&in); /* another slide's */
+    return TESSERA_OK;
+  }
 
   bool limit = st == TESSERA_OK && sc->n >= MAX_INSTANCES;
   if (limit)
@@ -173,12 +209,15 @@ static tessera_status add_instance(struct scan *sc, const char *path, bool must)
     } else {
       sc->inst = grown;
       sc->inst[sc->n++] = in;
+      /* The series is the opened file's, or the first VOLUME instance's in a folder. */
+      if (!sc->series[0] && (!sc->folder || strcmp(in.dcm.flavor, "VOLUME") == 0)) {
+        strcpy(sc->series, in.dcm.series);
+        keep_series(sc);
+      }
       return TESSERA_OK;
     }
   }
-  tsr_free(in.path);
-  tsr_byte_source_close(in.src);
-  tsr_dicom_instance_free(&in.dcm);
+  instance_free(&in);
   /* A file of the folder that is no WSI instance is passed over; running out of memory or
    * of room for instances is the open's failure (a level could go missing otherwise). */
   if (limit || st == TESSERA_E_NOMEM)
@@ -254,9 +293,10 @@ static bool is_folder(const char *path) {
   return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode);
 }
 
-/* The instances of the slide path names, and the series chosen. */
-static tessera_status scan_slide(const char *path, struct scan *sc, char *series) {
+/* The instances of the slide path names, and the series chosen (sc->series). */
+static tessera_status scan_slide(const char *path, struct scan *sc) {
   bool folder = is_folder(path);
+  sc->folder = folder;
   char *dir = NULL;
   if (folder) {
     dir = tsr_strdup(path);
@@ -292,16 +332,16 @@ static tessera_status scan_slide(const char *path, struct scan *sc, char *series
   tsr_free(dir);
   if (st != TESSERA_OK)
     return st;
-  series[0] = '\0';
-  for (size_t i = 0; i < sc->n && !series[0]; i++)
-    if (!folder || strcmp(sc->inst[i].dcm.flavor, "VOLUME") == 0)
-      strcpy(series, sc->inst[i].dcm.series);
   /* A folder that is no DICOM series is refused as any directory was before. */
-  if (!series[0] && folder)
+  if (!sc->series[0] && folder)
     return tsr_error(TESSERA_E_IO, "is a directory, not a slide file, and holds no DICOM "
                                    "whole-slide image (no VOLUME instance)");
-  if (!series[0])
+  if (!sc->series[0])
     return tsr_error(TESSERA_E_FORMAT, "no DICOM whole-slide image");
+  /* An instance of the slide that cannot be read would leave a level or image out. */
+  if (sc->damaged[0] && strcmp(sc->damaged_series, sc->series) == 0)
+    return tsr_error(TESSERA_E_CORRUPT, "%s", sc->damaged);
+  keep_series(sc);
   return TESSERA_OK;
 }
 
@@ -840,12 +880,14 @@ static tessera_status build(struct scan *sc, const char *series, const tessera_o
 static tessera_status dicom_open(const char *path, const tessera_open_options *limits,
                                  struct tsr_findings *out, struct tsr_byte_source **source) {
   *source = NULL;
-  struct scan sc = {0};
-  char series[TSR_DICOM_UID];
-  tessera_status st = scan_slide(path, &sc, series);
+  struct scan *sc = tsr_calloc(1, sizeof *sc);
+  if (!sc)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  tessera_status st = scan_slide(path, sc);
   if (st == TESSERA_OK)
-    st = build(&sc, series, limits, out, source);
-  scan_free(&sc);
+    st = build(sc, sc->series, limits, out, source);
+  scan_free(sc);
+  tsr_free(sc);
   out->vendor = "dicom";
   out->background = 255; /* missing tiles of a sparse level: white glass, as a scanner sees */
   if (st != TESSERA_OK) {
