@@ -37,7 +37,8 @@ static void print_help(FILE *out) {
   fputs("Usage: tessera COMMAND [ARGUMENTS]\n"
         "\n"
         "Read tiled pyramidal TIFF whole-slide images (generic tiled TIFF, Aperio SVS,\n"
-        "Hamamatsu NDPI, Philips, ...).\n"
+        "Hamamatsu NDPI, Philips, ...) and DICOM WSI (a .dcm file, or a folder of one\n"
+        "series' instances: give the folder as SLIDE).\n"
         "\n"
         "Commands:\n",
         out);
