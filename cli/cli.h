@@ -23,6 +23,7 @@ int cmd_read(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
 int cmd_tissue(int argc, char **argv);
 int cmd_grid(int argc, char **argv);
+int cmd_view(int argc, char **argv);
 
 void cmd_bench_help(FILE *out);
 void cmd_cache_help(FILE *out);
@@ -31,6 +32,7 @@ void cmd_read_help(FILE *out);
 void cmd_sample_help(FILE *out);
 void cmd_tissue_help(FILE *out);
 void cmd_grid_help(FILE *out);
+void cmd_view_help(FILE *out);
 
 /* ---- report.c: every failure is exactly one line on stderr ------------------------------ */
 

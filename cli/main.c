@@ -21,6 +21,7 @@ static const command commands[] = {
     {"grid", cmd_grid, cmd_grid_help, "patch locations at a resolution, on tissue"},
     {"bench", cmd_bench, cmd_bench_help, "read a stream of patches in batches and time it"},
     {"cache", cmd_cache, cmd_cache_help, "list or remove the shared-memory tile caches"},
+    {"view", cmd_view, cmd_view_help, "serve a web page that pans and zooms the slide"},
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])
@@ -59,6 +60,7 @@ static void print_help(FILE *out) {
         "  tessera tissue slide.svs --output mask.png\n"
         "  tessera grid slide.svs --size 224 --mpp 0.5 --min-tissue 0.5 > locations.txt\n"
         "  tessera cache list\n"
+        "  tessera view slide.svs --locations patches.txt --size 224,224\n"
         "\n"
         "Exit status: 0 on success, 1 when the command fails, 2 when the command line is\n"
         "wrong; a failure prints one line on stderr.\n",
