@@ -202,8 +202,8 @@ EXPORT void openslide_close(openslide_t *osr) {
 
 /* Vendor names as static strings: OpenSlide's detect_vendor returns one that outlives any
  * handle, and tessera's lives only as long as its slide. */
-static const char *const vendors[] = {"aperio", "generic-tiff", "hamamatsu", "philips", "ome",
-                                       "sakura", "mirax"};
+static const char *const vendors[] = {"aperio",  "generic-tiff", "hamamatsu", "philips", "ome",
+                                       "leica",   "ventana",      "sakura",    "mirax"};
 
 EXPORT const char *openslide_detect_vendor(const char *filename) {
   if (!filename || !looks_like_tiff(filename))
