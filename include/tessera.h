@@ -160,7 +160,8 @@ typedef struct tessera_level_info {
   int32_t tile_width;    /* for strip images: the image width */
   int32_t tile_height;   /* for strip images: rows per strip */
   int32_t tiled;         /* 1 for tiles, 0 for strips */
-  uint32_t compression;  /* the TIFF Compression tag value */
+  uint32_t compression;  /* the TIFF Compression tag value; 0x10001 ("mosaic"): MIRAX tiles
+                          * painted from the camera images they cover (4 samples: RGBA) */
   int32_t samples_per_pixel;
   /* What the level's last sample is (ExtraSamples): TESSERA_ALPHA_NONE (no alpha; a fourth
    * sample of unspecified meaning is not alpha), TESSERA_ALPHA_ASSOCIATED (stored
@@ -181,7 +182,8 @@ TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *slide, in
  * the string is static. */
 TESSERA_API const char *tessera_compression_name(uint32_t compression);
 
-/* The vendor that wrote the slide: "generic-tiff", "aperio", "hamamatsu", "philips", ... */
+/* The vendor that wrote the slide: "generic-tiff", "aperio", "hamamatsu", "philips", "mirax",
+ * ... */
 TESSERA_API const char *tessera_vendor(const tessera_slide *slide);
 
 /* The fill value used outside the image when the caller sets none (0, or 255 for vendors

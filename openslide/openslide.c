@@ -17,6 +17,7 @@
 #include "alloc.h"
 #include "fractional.h"
 #include "compat/openslide_properties.h"
+#include "format/format.h"
 #include "slide_internal.h"
 #include "tessera.h"
 
@@ -97,6 +98,9 @@ static bool looks_like_tiff(const char *filename) {
   struct stat st;
   if (stat(filename, &st) != 0 || !S_ISREG(st.st_mode))
     return false;
+  /* A format that is no TIFF, which tessera claims by its path (MIRAX's .mrxs) */
+  if (tsr_format_detect_path(filename))
+    return true;
   FILE *f = fopen(filename, "rb");
   if (!f)
     return false;
@@ -220,7 +224,7 @@ EXPORT void openslide_close(openslide_t *osr) {
 /* Vendor names as static strings: OpenSlide's detect_vendor returns one that outlives any
  * handle, and tessera's lives only as long as its slide. */
 static const char *const vendors[] = {"aperio", "generic-tiff", "hamamatsu", "philips", "ome",
-                                       "sakura", "dicom"};
+                                       "leica",  "ventana",      "sakura",    "mirax",   "dicom"};
 
 EXPORT const char *openslide_detect_vendor(const char *filename) {
   if (!filename || !claimed(filename))

@@ -98,6 +98,14 @@ static void convert_row(const uint8_t *src, unsigned src_ch, bool alpha, uint8_t
     memcpy(dst, src, n * src_ch);
     return;
   }
+  if (src_ch == 4 && dst_ch == 3) { /* RGBA tiles (MIRAX's, alpha TIFFs) into RGB */
+    for (size_t i = 0; i < n; i++, src += 4, dst += 3) {
+      dst[0] = src[0];
+      dst[1] = src[1];
+      dst[2] = src[2];
+    }
+    return;
+  }
   for (size_t i = 0; i < n; i++, src += src_ch, dst += dst_ch) {
     if (src_ch <= 2)
       dst[0] = dst[1] = dst[2] = src[0];
@@ -110,7 +118,17 @@ static void convert_row(const uint8_t *src, unsigned src_ch, bool alpha, uint8_t
 
 /* Whether decoded samples can go into the canvas as they are. */
 static bool takes_decoded(const struct tsr_canvas *c, const struct tsr_pixel_format *f) {
-  return f->decoded_channels == c->channels && (f->alpha || c->channels == 3);
+  return f->decoded_channels == c->channels && (f->alpha || c->channels == 3) &&
+         !f->transparent_is_fill;
+}
+
+/* Pixels a tile leaves transparent (alpha 0 in src, n pixels of 4 channels) take the read's
+ * fill, as pixels outside the level do. */
+static void fill_transparent(const uint8_t *src, uint8_t *dst, unsigned dst_ch, uint8_t fill,
+                             size_t n) {
+  for (size_t i = 0; i < n; i++, src += 4, dst += dst_ch)
+    if (src[3] == 0)
+      dst[0] = dst[1] = dst[2] = fill;
 }
 
 /* A rectangle in level pixels. */
@@ -151,6 +169,8 @@ static void put_tile(const struct tsr_pixel_format *f, const struct span *tile,
                            (size_t)(o.x0 - u->x0) * f->decoded_channels;
       convert_row(row, f->decoded_channels, f->alpha, canvas_at(c, o.x0, y), c->channels,
                   (size_t)(o.x1 - o.x0));
+      if (f->transparent_is_fill)
+        fill_transparent(row, canvas_at(c, o.x0, y), c->channels, c->fill, (size_t)(o.x1 - o.x0));
     }
   }
 }

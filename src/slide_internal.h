@@ -32,6 +32,12 @@ struct tsr_pixel_format {
   /* JPEG decoded at 1 / jpeg_scale by libjpeg's scaled IDCT (2, 4 or 8: NDPI levels made from
    * a stored one, as OpenSlide makes them); 0 or 1: as stored. */
   uint8_t jpeg_scale;
+  /* JPEG of 3 components decoded straight to opaque RGBA (libjpeg-turbo's JCS_EXT_RGBA;
+   * decoded_channels 4): MIRAX's images painted into RGBA grid tiles. */
+  bool jpeg_rgba;
+  /* Decoded pixels of alpha 0 are none of the image's (MIRAX: where no camera image lies):
+   * they take the read's fill, as pixels outside the level do (decoded_channels 4). */
+  bool transparent_is_fill;
 };
 
 struct tsr_level {

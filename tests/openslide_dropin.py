@@ -27,7 +27,12 @@ def reads(paths, out_dir):
         with open(pickled, "rb") as f:
             runs[which] = pickle.load(f)
     assert runs["openslide"]["version"] != runs["tessera"]["version"]
-    return {p: (runs["openslide"]["slides"][p], runs["tessera"]["slides"][p]) for p in paths}
+    out = {p: (runs["openslide"]["slides"][p], runs["tessera"]["slides"][p]) for p in paths}
+    for p, (real, ours) in out.items():
+        # openslide_detect_vendor names the vendor OpenSlide names, wherever both open the file
+        if "vendor" in real and "vendor" in ours:
+            assert ours["vendor"] == real["vendor"], (p, real["vendor"], ours["vendor"])
+    return out
 
 
 def whole_pixel(real, level, x, y):

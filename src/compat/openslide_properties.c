@@ -16,6 +16,7 @@
 #include "error.h"
 #include "compat/sha256.h"
 #include "slide_internal.h"
+#include "source/tile_source.h"
 #include "tiff/client.h"
 
 /* OpenSlide refuses to hash a smallest level bigger than this (so that opening a slide with
@@ -44,11 +45,18 @@ static const struct {
  * generic TIFF's resolution is set here as each OpenSlide version sets it (generic_mpp). */
 static bool skipped(const tessera_slide *s, const char *key) {
   /* A level whose image is placed in it (Leica, a Ventana BIF) has no tile size in OpenSlide:
-   * its tiles do not tile the level. */
+   * its tiles do not tile the level; nor has a MIRAX level whose images OpenSlide places off
+   * a grid of their size. */
   int level, end = 0;
   if (sscanf(key, "tessera.level[%d].tile-%*[a-z]%n", &level, &end) == 1 && end &&
-      !key[end] && level >= 0 && level < s->nlevels && s->levels[level].image_w != 0)
+      !key[end] && level >= 0 && level < s->nlevels &&
+      (s->levels[level].image_w != 0 ||
+       (s->levels[level].source == &tsr_mosaic_tiles &&
+        !((const struct tsr_mosaic *)s->levels[level].source_data)->openslide_tile_size)))
     return true;
+  /* MIRAX is the one format read here whose background colour OpenSlide reports. */
+  if (strcmp(key, "tessera.background-color") == 0 && strcmp(s->vendor, "mirax") == 0)
+    return false;
   return strcmp(key, "tessera.background") == 0 || strcmp(key, "tessera.background-color") == 0 ||
          strcmp(key, "tessera.comment") == 0 ||
          (strcmp(s->vendor, "generic-tiff") == 0 &&
@@ -334,12 +342,13 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
   bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
                                      strcmp(s->vendor, "generic-tiff") == 0 ||
                                      strcmp(s->vendor, "dicom") == 0);
-  /* A Sakura slide is an SQLite database: no TIFF tags, and its quickhash-1 is the vendor's
-   * (tessera.quickhash-1, renamed above); DICOM's is OpenSlide 4's hash of its series. */
+  /* A Sakura slide is an SQLite database, a MIRAX slide a folder of files: no TIFF tags, and
+   * the quickhash-1 is the vendor's (tessera.quickhash-1, renamed above); DICOM's is OpenSlide
+   * 4's hash of its series. */
   tessera_status st = TESSERA_OK;
   if (strcmp(s->vendor, "dicom") == 0)
     from_dicom(s, &p);
-  else if (strcmp(s->vendor, "sakura") != 0)
+  else if (strcmp(s->vendor, "sakura") != 0 && strcmp(s->vendor, "mirax") != 0)
     st = from_tiff(s, version, &p);
   size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */
   if (st == TESSERA_OK && n > 0) {

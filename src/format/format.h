@@ -91,6 +91,7 @@ struct tsr_path_format {
                          struct tsr_findings *out, struct tsr_byte_source **source);
 };
 
+extern const struct tsr_path_format tsr_format_mirax;
 extern const struct tsr_path_format tsr_format_sakura;
 extern const struct tsr_path_format tsr_format_dicom;
 

@@ -9,6 +9,10 @@
  *    McuStarts tag fits);
  *  - tsr_memory_tiles (source/memory_tiles.c): a tile of an image held in memory, with no
  *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c);
+ *  - tsr_mosaic_tiles (source/mosaic_tiles.c): a tile of a regular grid laid over images
+ *    placed at positions of their own, which may overlap (MIRAX's camera images, in data
+ *    files of their own; set by format/vendor-mirax.c): the stream is the parts of the images
+ *    the tile covers with their bytes, which the mosaic codec paints (codec/mosaic.c);
  *  - tsr_sqlite_tiles (source/sqlite_tiles.c): a blob, or three (a tile's colour planes,
  *    made RGB), of an SQLite database, read through SQLite (Sakura; format/vendor-sakura.c).
  *  - tsr_dicom_frames (source/dicom_frames.c): a DICOM frame, native or one or more
@@ -55,6 +59,7 @@ extern const struct tsr_tile_source tsr_tiff_tiles;
 extern const struct tsr_tile_source tsr_tiff_strips;
 extern const struct tsr_tile_source tsr_ndpi_intervals;
 extern const struct tsr_tile_source tsr_memory_tiles;
+extern const struct tsr_tile_source tsr_mosaic_tiles;
 extern const struct tsr_tile_source tsr_sqlite_tiles;
 extern const struct tsr_tile_source tsr_dicom_frames;
 
@@ -118,5 +123,38 @@ struct tsr_memory_image {
 struct tsr_dicom_frames {
   uint8_t *fragmented; /* owned */
 };
+
+/* A level's data for tsr_mosaic_tiles. The level's tiles are tile_w x tile_h RGBA (alpha
+ * unassociated) of the mosaic codec (codec/codec.h); tile i is painted from
+ * pieces[offsets[i] - 1] onwards, bytecounts[i] of them, in order, each over those before it
+ * (so the last wins where they overlap); a tile no image covers has bytecount 0 (missing: the
+ * reader fills it). */
+struct tsr_mosaic_image {
+  uint64_t offset;
+  uint32_t length;
+  uint32_t file; /* in the mosaic's file set */
+};
+
+/* The part w x h of an image at (src_x, src_y), painted at (dst_x, dst_y) of the tile. */
+struct tsr_mosaic_piece {
+  uint32_t image;
+  uint32_t src_x, src_y, dst_x, dst_y, w, h;
+};
+
+struct tsr_mosaic {
+  struct tsr_file_set *files; /* a reference: the slide's levels share the set */
+  uint32_t image_w, image_h;  /* every image's size: an image of another size fails */
+  enum tsr_mosaic_format format;
+  uint8_t background; /* the colour (alpha 0) of the pixels no image covers */
+  struct tsr_mosaic_image *images;
+  size_t nimages;
+  struct tsr_mosaic_piece *pieces;
+  size_t npieces;
+  /* For OpenSlide's API (compat/openslide_properties.c): whether OpenSlide gives the level a
+   * tile size (the same as tessera's). */
+  bool openslide_tile_size;
+};
+
+void tsr_mosaic_free(struct tsr_mosaic *m);
 
 #endif
