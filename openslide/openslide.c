@@ -98,9 +98,11 @@ static bool looks_like_tiff(const char *filename) {
   struct stat st;
   if (stat(filename, &st) != 0 || !S_ISREG(st.st_mode))
     return false;
-  /* A format that is no TIFF, which tessera claims by its path (MIRAX's .mrxs) */
-  if (tsr_format_detect_path(filename))
-    return true;
+  /* A format that is no TIFF, which tessera claims by its path (MIRAX's .mrxs, Sakura's
+   * database); DICOM is looks_like_dicom's, for OpenSlide 4's ABI only */
+  const struct tsr_path_format *format = tsr_format_detect_path(filename);
+  if (format)
+    return format != &tsr_format_dicom;
   FILE *f = fopen(filename, "rb");
   if (!f)
     return false;
