@@ -7,11 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 BUILD_PKGS="gcc meson ninja-build pkg-config libtiff-dev libjpeg62-turbo-dev libdeflate-dev
-  libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev python3-dev python3-numpy
-  libcurl4-openssl-dev"
+  libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev libsqlite3-dev python3-dev python3-numpy
+  python3-pil libcurl4-openssl-dev"
 TEST_PKGS="libopenslide-dev openslide-tools python3-openslide libvips-tools python3-numpy
-  python3-pytest python3-tifffile python3-pil libtiff-tools zstd libopenjp2-tools
-  python3-torch python3-dask python3-distributed python3-mesonpy python3-venv python3-pip"
+  python3-pytest python3-tifffile python3-pil python3-pydicom libtiff-tools zstd libopenjp2-tools
+  python3-torch python3-dask python3-distributed python3-mesonpy python3-venv python3-pip
+  chromium python3-websocket"
 PY=/usr/bin/python3
 
 need_packages() {
@@ -67,6 +68,7 @@ demo() {
   "$cli" bench "$out/sample.tiff" --layout random --count 4000 --size 224,224 --batch-size 32
   echo "From Python: cuCIM's batch example with only its import changed (examples/cucim_batches.py):"
   PYTHONPATH=build/python "$PY" examples/cucim_batches.py "$out/sample.tiff"
+  echo "To look at the slide and its tissue in a browser: $cli view $out/sample.tiff --mask"
 }
 
 build_threadsan() {

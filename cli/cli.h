@@ -21,12 +21,18 @@ int cmd_cache(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_read(int argc, char **argv);
 int cmd_sample(int argc, char **argv);
+int cmd_tissue(int argc, char **argv);
+int cmd_grid(int argc, char **argv);
+int cmd_view(int argc, char **argv);
 
 void cmd_bench_help(FILE *out);
 void cmd_cache_help(FILE *out);
 void cmd_info_help(FILE *out);
 void cmd_read_help(FILE *out);
 void cmd_sample_help(FILE *out);
+void cmd_tissue_help(FILE *out);
+void cmd_grid_help(FILE *out);
+void cmd_view_help(FILE *out);
 
 /* ---- report.c: every failure is exactly one line on stderr ------------------------------ */
 
@@ -80,6 +86,40 @@ bool cli_parse_int64(const char *command, const char *what, const char *text, in
 /* "A,B": two whole-string decimal integers, each in [min, max]. */
 bool cli_parse_pair(const char *command, const char *what, const char *text, int64_t min,
                     int64_t max, int64_t *a, int64_t *b);
+
+/* A whole-string finite decimal number in [min, max]; prints a usage error naming `what`
+ * otherwise (cmd_tissue.c). */
+bool cli_parse_double(const char *command, const char *what, const char *text, double min,
+                      double max, double *out);
+
+/* ---- cmd_tissue.c: the tissue-mask options of `tissue` and `grid` ------------------------ */
+
+/* Their ids, clear of any command's own (which count from 1). */
+enum {
+  TOPT_MPP = 100,
+  TOPT_DOWNSAMPLE,
+  TOPT_MODE,
+  TOPT_BACKGROUND,
+  TOPT_BLACK,
+  TOPT_PEN_SATURATION,
+  TOPT_PEN_HUE,
+  TOPT_MIN_THRESHOLD,
+  TOPT_MIN_TISSUE,
+  TOPT_MAX_HOLE,
+  TOPT_WORKERS,
+  TOPT_END
+};
+#define TISSUE_MASK_OPTION_COUNT (TOPT_END - TOPT_MPP)
+
+struct tessera_tissue_options;
+struct tessera_mask;
+extern const cli_option tissue_mask_options[TISSUE_MASK_OPTION_COUNT];
+void tissue_mask_options_help(FILE *out);
+/* Applies mask option `id` with value v; prints a usage error and returns false if bad. */
+bool tissue_mask_option(const char *command, int id, const char *v,
+                        struct tessera_tissue_options *o);
+/* The mask's description as 'key: value' lines. */
+void tissue_mask_print(FILE *out, const struct tessera_mask *m);
 
 /* ---- outfile.c: an output appears whole or not at all ----------------------------------- */
 

@@ -18,12 +18,14 @@ void cmd_info_help(FILE *out) {
         "\n"
         "Describe a slide: its pyramid levels (size, downsample, tile size, compression),\n"
         "the vendor that wrote it, the fill value used outside the image, every property\n"
-        "(TIFF tags and vendor metadata) and its associated images (label, macro,\n"
-        "thumbnail, ...) with their sizes; 'tessera read --associated' reads them.\n"
+        "(TIFF tags and vendor metadata), its associated images (label, macro,\n"
+        "thumbnail, ...) with their sizes ('tessera read --associated' reads them), and\n"
+        "whether the file gives an ICC colour profile (its size; reads never apply it).\n"
         "\n"
         "Options:\n"
         "  -j, --json   print one JSON object instead of a table: {\"vendor\",\n"
-        "               \"background\", \"levels\": [{\"width\", \"height\", \"downsample\",\n"
+        "               \"background\", \"icc_profile_size\" (0: none), \"levels\":\n"
+        "               [{\"width\", \"height\", \"downsample\",\n"
         "               \"tile_width\", \"tile_height\", \"tiled\", \"compression\",\n"
         "               \"samples_per_pixel\"}], \"properties\": {key: value},\n"
         "               \"associated_images\": [names], \"associated_image_sizes\":\n"
@@ -80,7 +82,8 @@ static bool print_json(tessera_slide *slide, const char *path) {
   FILE *out = stdout;
   fputs("{\n  \"vendor\": ", out);
   json_write_string(out, or_empty(tessera_vendor(slide)));
-  fprintf(out, ",\n  \"background\": %u,\n  \"levels\": [", (unsigned)tessera_background(slide));
+  fprintf(out, ",\n  \"background\": %u,\n  \"icc_profile_size\": %zu,\n  \"levels\": [",
+          (unsigned)tessera_background(slide), tessera_icc_profile_size(slide));
   for (int32_t i = 0; i < levels; i++) {
     const tessera_level_info *l = &info[i];
     fprintf(out, "%s\n    {\"width\": %" PRId64 ", \"height\": %" PRId64 ", \"downsample\": ",
@@ -131,8 +134,13 @@ static bool print_table(tessera_slide *slide, const char *path) {
   text_write_escaped(out, path);
   fputs("\nvendor:      ", out);
   text_write_escaped(out, or_empty(tessera_vendor(slide)));
-  fprintf(out, "\nbackground:  %u\nlevels:      %" PRId32 "\n", (unsigned)tessera_background(slide),
-          levels);
+  fprintf(out, "\nbackground:  %u\n", (unsigned)tessera_background(slide));
+  size_t icc = tessera_icc_profile_size(slide);
+  if (icc)
+    fprintf(out, "icc profile: %zu bytes\n", icc);
+  else
+    fputs("icc profile: none\n", out);
+  fprintf(out, "levels:      %" PRId32 "\n", levels);
   fprintf(out, "  %5s  %10s  %10s  %12s  %-19s  %s\n", "level", "width", "height", "downsample",
           "tile", "compression");
   for (int32_t i = 0; i < levels; i++) {

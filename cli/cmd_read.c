@@ -19,6 +19,8 @@ enum {
   OPT_FILL,
   OPT_OUTPUT,
   OPT_ASSOCIATED,
+  OPT_MPP,
+  OPT_FAST,
   OPT_HELP
 };
 
@@ -30,12 +32,14 @@ static const cli_option options[] = {
     {"fill", 'f', true, OPT_FILL},
     {"output", 'o', true, OPT_OUTPUT},
     {"associated", 'a', true, OPT_ASSOCIATED},
+    {"mpp", 'm', true, OPT_MPP},
+    {"fast", 0, false, OPT_FAST},
     {"help", 'h', false, OPT_HELP},
 };
 
 void cmd_read_help(FILE *out) {
-  fputs("Usage: tessera read SLIDE --location X,Y --size W,H [--level L] [--channels 3|4]\n"
-        "                    [--fill V] --output FILE\n"
+  fputs("Usage: tessera read SLIDE --location X,Y --size W,H [--level L | --mpp M [--fast]]\n"
+        "                    [--channels 3|4] [--fill V] --output FILE\n"
         "       tessera read SLIDE --associated NAME [--channels 3|4] --output FILE\n"
         "\n"
         "Read a W x H region of level L whose top-left corner is (X, Y) in level-0\n"
@@ -49,6 +53,13 @@ void cmd_read_help(FILE *out) {
         "  -s, --size W,H      size in pixels of the requested level, each >= 1\n"
         "                      (required)\n"
         "  -L, --level L       pyramid level, 0 (the largest, default) .. levels-1\n"
+        "  -m, --mpp M         read at M micrometres per pixel instead (W,H in pixels at\n"
+        "                      M): the coarsest level at most that fine, each pixel the\n"
+        "                      exact area average of the level pixels it covers\n"
+        "                      (docs/RESOLUTION.md); the slide must say its mpp\n"
+        "      --fast          with --mpp: decode JPEG tiles at 1/2, 1/4 or 1/8 by the\n"
+        "                      reduced-size IDCT: faster, close to but not the exact\n"
+        "                      average\n"
         "  -c, --channels C    3 for RGB (default) or 4 for RGBA\n"
         "  -f, --fill V        value 0..255 for pixels outside the image (default: the\n"
         "                      slide's background, see 'tessera info')\n"
@@ -70,7 +81,8 @@ void cmd_read_help(FILE *out) {
         "  tessera read slide.svs --location 0,0 --size 1024,768 --level 2 -o view.ppm\n"
         "  tessera read slide.tif --location -100,-100 --size 256,256 --channels 4 \\\n"
         "      --fill 255 --output corner.raw\n"
-        "  tessera read slide.svs --associated label --output label.png\n",
+        "  tessera read slide.svs --associated label --output label.png\n"
+        "  tessera read slide.svs --location 1000,2000 --size 224,224 --mpp 0.5 -o p.png\n",
         out);
 }
 
@@ -80,7 +92,8 @@ typedef struct read_args {
   const char *associated;
   image_format format;
   int64_t x, y, width, height, level, channels, fill;
-  bool have_location, have_size, have_level, have_fill;
+  double mpp; /* 0: read the level as it is */
+  bool have_location, have_size, have_level, have_fill, fast;
 } read_args;
 
 /* The region (or associated image) must fit in memory and in the output format. */
@@ -134,6 +147,8 @@ static int parse_args(int argc, char **argv, read_args *a) {
       break;
     case OPT_OUTPUT: a->output = v; break;
     case OPT_ASSOCIATED: a->associated = v; break;
+    case OPT_MPP: ok = cli_parse_double("read", "--mpp", v, 1e-6, 1e6, &a->mpp); break;
+    case OPT_FAST: a->fast = true; break;
     }
   }
   if (!ok || r < 0)
@@ -143,6 +158,10 @@ static int parse_args(int argc, char **argv, read_args *a) {
   if (a->associated && (a->have_location || a->have_size || a->have_level || a->have_fill))
     return cli_usage("read", "--associated reads a whole image: no --location, --size, --level "
                              "or --fill with it");
+  if (a->mpp > 0 && (a->have_level || a->associated))
+    return cli_usage("read", "--mpp picks the level itself: no --level or --associated with it");
+  if (a->fast && a->mpp <= 0)
+    return cli_usage("read", "--fast goes with --mpp");
   if (!a->associated && !a->have_location)
     return cli_usage("read", "--location X,Y is required");
   if (!a->associated && !a->have_size)
@@ -157,33 +176,7 @@ static int parse_args(int argc, char **argv, read_args *a) {
 
 /* Writes the pixels through a temporary file; prints the error on failure. */
 static bool write_output(const read_args *a, const uint8_t *pixels) {
-  cli_outfile f;
-  if (!cli_outfile_open(&f, a->output))
-    return false;
-  FILE *out = fdopen(f.fd, "wb");
-  if (!out) {
-    cli_error(a->output, "cannot write: %s", strerror(errno));
-    cli_outfile_abort(&f);
-    return false;
-  }
-  f.fd = -1; /* fclose owns it now */
-  char error[512];
-  bool ok = image_write(out, a->format, pixels, a->width, a->height, (int)a->channels, error,
-                        sizeof error);
-  if (ok && fflush(out) != 0) {
-    snprintf(error, sizeof error, "write failed: %s", strerror(errno));
-    ok = false;
-  }
-  if (fclose(out) != 0 && ok) {
-    snprintf(error, sizeof error, "write failed: %s", strerror(errno));
-    ok = false;
-  }
-  if (!ok) {
-    cli_error(a->output, "%s", error);
-    cli_outfile_abort(&f);
-    return false;
-  }
-  return cli_outfile_commit(&f);
+  return image_write_path(a->output, pixels, a->width, a->height, (int)a->channels);
 }
 
 int cmd_read(int argc, char **argv) {
@@ -231,11 +224,20 @@ int cmd_read(int argc, char **argv) {
   tessera_read_options_init(&ro);
   ro.channels = (int32_t)a.channels;
   ro.fill = (int32_t)a.fill;
+  ro.fast_jpeg = a.fast;
   rc = CLI_EXIT_OK;
-  tessera_status st = a.associated
-                          ? tessera_read_associated_image(slide, a.associated, &ro, pixels, size)
-                          : tessera_read_region(slide, a.x, a.y, (int32_t)a.level, a.width,
-                                                a.height, &ro, pixels, size);
+  tessera_status st;
+  int32_t level = (int32_t)a.level;
+  double scale = 1.0;
+  if (a.associated)
+    st = tessera_read_associated_image(slide, a.associated, &ro, pixels, size);
+  else if (a.mpp > 0 && (st = tessera_level_for_mpp(slide, a.mpp, &level, &scale)) != TESSERA_OK)
+    ;
+  else if (a.mpp > 0)
+    st = tessera_read_region_scaled(slide, a.x, a.y, level, scale, scale, a.width, a.height, &ro,
+                                    pixels, size);
+  else
+    st = tessera_read_region(slide, a.x, a.y, level, a.width, a.height, &ro, pixels, size);
   if (st != TESSERA_OK) {
     cli_error(a.slide, "%s", tessera_error_message());
     rc = CLI_EXIT_ERROR;

@@ -4,11 +4,14 @@
  * paint while the main thread, the only one touching the libtiff handle, compresses and
  * writes the tiles in order. */
 #include "cli.h"
+#include "image_write.h"
 #include "tessera.h"
 #include "tile_pipeline.h"
 #include "tissue.h"
 
 #include <errno.h>
+#include <math.h>
+#include <stdlib.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <string.h>
@@ -31,19 +34,34 @@
 #define RING_BYTES_MAX ((size_t)256 << 20)
 #define GLASS_PADDING 241 /* the value of edge tiles past the image */
 
-enum { OPT_WIDTH = 1, OPT_HEIGHT, OPT_TILE, OPT_QUALITY, OPT_THREADS, OPT_QUIET, OPT_HELP };
+#define DEFAULT_MASK_DOWNSAMPLE 32.0
+#define MASK_SIDE_MAX ((int64_t)1 << 20) /* a truth mask wider or taller than this is refused */
+
+enum {
+  OPT_WIDTH = 1,
+  OPT_HEIGHT,
+  OPT_TILE,
+  OPT_QUALITY,
+  OPT_THREADS,
+  OPT_QUIET,
+  OPT_TISSUE_MASK,
+  OPT_MASK_DOWNSAMPLE,
+  OPT_HELP
+};
 
 static const cli_option options[] = {
     {"width", 'W', true, OPT_WIDTH},     {"height", 'H', true, OPT_HEIGHT},
     {"tile", 't', true, OPT_TILE},       {"quality", 'Q', true, OPT_QUALITY},
     {"threads", 'j', true, OPT_THREADS}, {"quiet", 'q', false, OPT_QUIET},
+    {"tissue-mask", 0, true, OPT_TISSUE_MASK}, {"mask-downsample", 0, true, OPT_MASK_DOWNSAMPLE},
     {"help", 'h', false, OPT_HELP},
 };
 
 void cmd_sample_help(FILE *out) {
   fprintf(out,
-          "Usage: tessera sample OUT.tiff [--width W] [--height H] [--tile N]\n"
+          "Usage: tessera sample [OUT.tiff] [--width W] [--height H] [--tile N]\n"
           "                      [--quality Q] [--threads T] [--quiet]\n"
+          "                      [--tissue-mask MASK.png [--mask-downsample D]]\n"
           "\n"
           "Write a synthetic whole-slide image for tests and benchmarks: a pyramidal TIFF\n"
           "of JPEG-compressed tiles (YCbCr, 2x2 chroma subsampling) showing tissue-like\n"
@@ -62,6 +80,16 @@ void cmd_sample_help(FILE *out) {
           "  -j, --threads T   painting threads, 0..%d (default: one per processor; 0\n"
           "                    paints in the thread that writes)\n"
           "  -q, --quiet       print nothing unless something fails\n"
+          "      --tissue-mask MASK.png\n"
+          "                    also (or, without OUT.tiff, only) write where the picture\n"
+          "                    has tissue: an 8-bit gray PNG (or .raw), 255 for tissue and\n"
+          "                    0 for glass, computed from the drawing's own noise fields at\n"
+          "                    the centre of each mask pixel (tissue: the island coverage\n"
+          "                    is at least one half; lumens count as tissue), not from the\n"
+          "                    image: the truth for checking a tissue detector\n"
+          "      --mask-downsample D\n"
+          "                    level-0 pixels per mask pixel, > 0 (default %g): the mask\n"
+          "                    is ceil(W/D) x ceil(H/D)\n"
           "  -h, --help        show this help\n"
           "\n"
           "Progress goes to stderr, then one summary line. OUT.tiff is written to a\n"
@@ -70,16 +98,34 @@ void cmd_sample_help(FILE *out) {
           "Examples:\n"
           "  tessera sample slide.tiff\n"
           "  tessera sample small.tiff --width 4000 --height 3000 --tile 512 -Q 80\n"
-          "  tessera info small.tiff\n",
+          "  tessera info small.tiff\n"
+          "  tessera sample --width 4000 --height 3000 --tissue-mask truth.png \\\n"
+          "      --mask-downsample 16\n",
           MAX_DIMENSION, DEFAULT_WIDTH, MAX_DIMENSION, DEFAULT_HEIGHT, TISSUE_MAX_TILE,
-          DEFAULT_TILE, DEFAULT_QUALITY, MAX_WORKERS);
+          DEFAULT_TILE, DEFAULT_QUALITY, MAX_WORKERS, DEFAULT_MASK_DOWNSAMPLE);
 }
 
 typedef struct sample_args {
   const char *output;
+  const char *tissue_mask; /* NULL: none */
+  double mask_downsample;
+  bool have_mask_downsample;
   int64_t width, height, tile, quality, threads;
   bool quiet;
 } sample_args;
+
+/* A finite number > 0, the whole string. */
+static bool parse_positive(const char *what, const char *text, double *out) {
+  char *end;
+  errno = 0;
+  double v = strtod(text, &end);
+  if (end == text || *end != '\0' || errno != 0 || !isfinite(v) || v <= 0.0) {
+    cli_usage("sample", "%s: expected a number > 0, not '%s'", what, text);
+    return false;
+  }
+  *out = v;
+  return true;
+}
 
 static int default_threads(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -93,6 +139,7 @@ static int parse_args(int argc, char **argv, sample_args *a) {
   a->tile = DEFAULT_TILE;
   a->quality = DEFAULT_QUALITY;
   a->threads = default_threads();
+  a->mask_downsample = DEFAULT_MASK_DOWNSAMPLE;
   cli_parser p;
   cli_parser_init(&p, "sample", argc, argv, options, (int)(sizeof options / sizeof options[0]));
   int id, r;
@@ -121,12 +168,26 @@ static int parse_args(int argc, char **argv, sample_args *a) {
       ok = cli_parse_int64("sample", "--threads", v, 0, MAX_WORKERS, &a->threads);
       break;
     case OPT_QUIET: a->quiet = true; break;
+    case OPT_TISSUE_MASK: a->tissue_mask = v; break;
+    case OPT_MASK_DOWNSAMPLE:
+      ok = parse_positive("--mask-downsample", v, &a->mask_downsample);
+      a->have_mask_downsample = true;
+      break;
     }
   }
   if (!ok || r < 0)
     return CLI_EXIT_USAGE;
-  if (!a->output)
-    return cli_usage("sample", "no OUT.tiff given");
+  if (!a->output && !a->tissue_mask)
+    return cli_usage("sample", "no OUT.tiff (or --tissue-mask MASK.png) given");
+  if (a->have_mask_downsample && !a->tissue_mask)
+    return cli_usage("sample", "--mask-downsample goes with --tissue-mask");
+  if (a->tissue_mask) {
+    double w = ceil((double)a->width / a->mask_downsample);
+    double h = ceil((double)a->height / a->mask_downsample);
+    if (w > (double)MASK_SIDE_MAX || h > (double)MASK_SIDE_MAX)
+      return cli_usage("sample", "--mask-downsample %g makes a %.0f x %.0f mask (at most %" PRId64
+                       " a side)", a->mask_downsample, w, h, MASK_SIDE_MAX);
+  }
   return CLI_EXIT_OK;
 }
 
@@ -397,6 +458,28 @@ static void print_summary(const sample_args *a, const pyramid *py, const char *p
           py->raw_bytes > BIGTIFF_THRESHOLD ? ", BigTIFF" : "", mib, seconds);
 }
 
+/* Writes the drawn-tissue truth of the picture (see tissue_truth). */
+static bool write_tissue_mask(const sample_args *a, const tissue_scene *scene) {
+  int64_t w = (int64_t)ceil((double)a->width / a->mask_downsample);
+  int64_t h = (int64_t)ceil((double)a->height / a->mask_downsample);
+  uint8_t *mask = malloc((size_t)w * (size_t)h);
+  if (!mask) {
+    cli_error(a->tissue_mask, "out of memory for a %" PRId64 " x %" PRId64 " mask", w, h);
+    return false;
+  }
+  for (int64_t x0 = 0; x0 < w; x0 += TISSUE_MAX_TILE) {
+    int cols = (int)(w - x0 < TISSUE_MAX_TILE ? w - x0 : TISSUE_MAX_TILE);
+    tissue_truth(scene, a->mask_downsample, a->mask_downsample, x0, 0, cols, (int)h, mask + x0,
+                 (size_t)w);
+  }
+  bool ok = image_write_path(a->tissue_mask, mask, w, h, 1);
+  free(mask);
+  if (ok && !a->quiet)
+    fprintf(stderr, "tessera: wrote %s: %" PRId64 "x%" PRId64 " tissue mask, %g level-0 pixels a "
+            "pixel\n", a->tissue_mask, w, h, a->mask_downsample);
+  return ok;
+}
+
 int cmd_sample(int argc, char **argv) {
   if (cli_wants_help(argc, argv)) {
     cmd_sample_help(stdout);
@@ -409,6 +492,10 @@ int cmd_sample(int argc, char **argv) {
 
   static pyramid py; /* large (MAX_LEVELS levels): keep it off the stack */
   pyramid_plan(&py, a.width, a.height, a.tile);
+  if (a.tissue_mask && !write_tissue_mask(&a, &py.scene))
+    return CLI_EXIT_ERROR;
+  if (!a.output)
+    return CLI_EXIT_OK;
 
   TIFFSetErrorHandler(on_tiff_error);
   TIFFSetWarningHandler(on_tiff_warning);

@@ -1,6 +1,8 @@
-/* Image files for `tessera read`. The caller owns the FILE and checks its close; this file
- * only knows the three formats. */
+/* Image files for `tessera read`, `tessera tissue` and `tessera sample --tissue-mask`.
+ * image_write's caller owns the FILE and checks its close; image_write_path does it all. */
 #include "image_write.h"
+
+#include "cli.h"
 
 #include <errno.h>
 #include <png.h>
@@ -31,6 +33,10 @@ bool image_format_accepts(image_format format, int64_t width, int64_t height, in
   switch (format) {
   case IMAGE_PPM:
     if (channels != 3) {
+      if (channels == 1) {
+        snprintf(why, why_size, "a mask is written as .png (8-bit gray) or .raw");
+        return false;
+      }
       snprintf(why, why_size,
                "PPM has no alpha channel; use --channels 3, or a .png or .raw "
                "output for RGBA");
@@ -93,7 +99,10 @@ static bool write_png(FILE *out, const uint8_t *pixels, int64_t width, int64_t h
   /* The default limits (1e6 pixels a side) are meant for reading untrusted files. */
   png_set_user_limits(png, PNG_UINT_31_MAX, PNG_UINT_31_MAX);
   png_set_IHDR(png, info, (png_uint_32)width, (png_uint_32)height, 8,
-               channels == 4 ? PNG_COLOR_TYPE_RGB_ALPHA : PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               channels == 4   ? PNG_COLOR_TYPE_RGB_ALPHA
+               : channels == 1 ? PNG_COLOR_TYPE_GRAY
+                               : PNG_COLOR_TYPE_RGB,
+               PNG_INTERLACE_NONE,
                PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
   png_write_info(png, info);
   size_t row_bytes = (size_t)width * (size_t)channels;
@@ -129,4 +138,43 @@ bool image_write(FILE *out, image_format format, const uint8_t *pixels, int64_t 
   }
   snprintf(error, error_size, "unknown image format");
   return false;
+}
+
+bool image_write_path(const char *path, const uint8_t *pixels, int64_t width, int64_t height,
+                      int channels) {
+  image_format format;
+  char error[512];
+  if (!image_format_from_path(path, &format)) {
+    cli_error(path, "unknown image format; the name must end in .png, .ppm or .raw");
+    return false;
+  }
+  if (!image_format_accepts(format, width, height, channels, error, sizeof error)) {
+    cli_error(path, "%s", error);
+    return false;
+  }
+  cli_outfile f;
+  if (!cli_outfile_open(&f, path))
+    return false;
+  FILE *out = fdopen(f.fd, "wb");
+  if (!out) {
+    cli_error(path, "cannot write: %s", strerror(errno));
+    cli_outfile_abort(&f);
+    return false;
+  }
+  f.fd = -1; /* fclose owns it now */
+  bool ok = image_write(out, format, pixels, width, height, channels, error, sizeof error);
+  if (ok && fflush(out) != 0) {
+    snprintf(error, sizeof error, "write failed: %s", strerror(errno));
+    ok = false;
+  }
+  if (fclose(out) != 0 && ok) {
+    snprintf(error, sizeof error, "write failed: %s", strerror(errno));
+    ok = false;
+  }
+  if (!ok) {
+    cli_error(path, "%s", error);
+    cli_outfile_abort(&f);
+    return false;
+  }
+  return cli_outfile_commit(&f);
 }

@@ -1,4 +1,5 @@
-/* Writing an interleaved 8-bit RGB or RGBA buffer as PNG, PPM or raw bytes. */
+/* Writing an interleaved 8-bit RGB or RGBA buffer as PNG, PPM or raw bytes, and an 8-bit gray
+ * one (a mask: 1 channel) as PNG or raw bytes. */
 #ifndef TESSERA_CLI_IMAGE_WRITE_H
 #define TESSERA_CLI_IMAGE_WRITE_H
 
@@ -25,5 +26,11 @@ bool image_format_accepts(image_format format, int64_t width, int64_t height, in
  * returns false with a message in error; out may then hold part of the image. */
 bool image_write(FILE *out, image_format format, const uint8_t *pixels, int64_t width,
                  int64_t height, int channels, char *error, size_t error_size);
+
+/* Writes the image to `path` (format from its extension) through a temporary file renamed
+ * into place, so it appears whole or not at all. Prints the error and returns false on
+ * failure. */
+bool image_write_path(const char *path, const uint8_t *pixels, int64_t width, int64_t height,
+                      int channels);
 
 #endif

@@ -17,8 +17,11 @@ static const command commands[] = {
     {"info", cmd_info, cmd_info_help, "describe a slide: levels, vendor, properties (--json)"},
     {"read", cmd_read, cmd_read_help, "read a region of a level into a PNG, PPM or raw file"},
     {"sample", cmd_sample, cmd_sample_help, "write a synthetic H&E-like pyramidal JPEG TIFF"},
+    {"tissue", cmd_tissue, cmd_tissue_help, "find the tissue: write a binary mask PNG"},
+    {"grid", cmd_grid, cmd_grid_help, "patch locations at a resolution, on tissue"},
     {"bench", cmd_bench, cmd_bench_help, "read a stream of patches in batches and time it"},
     {"cache", cmd_cache, cmd_cache_help, "list or remove the shared-memory tile caches"},
+    {"view", cmd_view, cmd_view_help, "serve a web page that pans and zooms the slide"},
 };
 
 #define COMMAND_COUNT (sizeof commands / sizeof commands[0])
@@ -35,8 +38,9 @@ static void print_help(FILE *out) {
   fputs("Usage: tessera COMMAND [ARGUMENTS]\n"
         "\n"
         "Read tiled pyramidal TIFF whole-slide images (generic tiled TIFF, Aperio SVS,\n"
-        "Hamamatsu NDPI, Philips, ...). A SLIDE is a path, or an http://, https:// or\n"
-        "s3://BUCKET/KEY URL, read with range requests (README: \"Remote slides\").\n"
+        "Hamamatsu NDPI, Philips, ...) and DICOM WSI (a .dcm file, or a folder of one\n"
+        "series' instances: give the folder as SLIDE). A SLIDE may also be an http://,\n"
+        "https:// or s3://BUCKET/KEY URL, read with range requests (README: \"Remote slides\").\n"
         "\n"
         "Commands:\n",
         out);
@@ -55,7 +59,10 @@ static void print_help(FILE *out) {
         "  tessera sample synthetic.tiff --width 8000 --height 6000\n"
         "  tessera bench synthetic.tiff --layout random --count 2000 --size 224,224\n"
         "  tessera bench https://example.org/slide.svs --layout random --count 2000 --size 224,224\n"
+        "  tessera tissue slide.svs --output mask.png\n"
+        "  tessera grid slide.svs --size 224 --mpp 0.5 --min-tissue 0.5 > locations.txt\n"
         "  tessera cache list\n"
+        "  tessera view slide.svs --locations patches.txt --size 224,224\n"
         "\n"
         "Exit status: 0 on success, 1 when the command fails, 2 when the command line is\n"
         "wrong; a failure prints one line on stderr.\n",

@@ -418,3 +418,25 @@ void tissue_paint(const tissue_scene *scene, double scale_x, double scale_y, int
       out[k] = to_byte(acc[k] * norm);
   }
 }
+
+void tissue_truth(const tissue_scene *scene, double scale_x, double scale_y, int64_t x0, int64_t y0,
+                  int mask_w, int mask_h, uint8_t *mask, size_t stride) {
+  if (mask_w > TISSUE_MAX_TILE)
+    mask_w = TISSUE_MAX_TILE;
+  painter p;
+  /* The spacing changes only how wide the edge ramp is, not where its midline lies. */
+  painter_init(&p, scene, fmax(scale_x, scale_y));
+  for (int row = 0; row < mask_h; row++) {
+    double y = ((double)(y0 + row) + 0.5) * scale_y;
+    painter_begin_row(&p, y);
+    uint8_t *out = mask + (size_t)row * stride;
+    for (int col = 0; col < mask_w; col++) {
+      double x = ((double)(x0 + col) + 0.5) * scale_x;
+      float t = island_field(scene, noise_row_at(&p.island[0], x), noise_row_at(&p.island[1], x),
+                             noise_row_at(&p.island[2], x),
+                             min_d(min_d(x, scene->width - x), p.border_y));
+      t += p.edge_rough * (2.0f * noise_row_at(&p.edge, x) - 1.0f);
+      out[col] = t >= ISLAND_THRESHOLD ? 255 : 0;
+    }
+  }
+}

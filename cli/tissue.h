@@ -29,4 +29,15 @@ void tissue_scene_init(tissue_scene *scene, int64_t width, int64_t height);
 void tissue_paint(const tissue_scene *scene, double scale_x, double scale_y, int samples,
                   int64_t x0, int64_t y0, int tile_w, int tile_h, uint8_t *rgb, size_t stride);
 
+/* The drawn-tissue truth behind the picture, for checking tissue detectors: a mask_w x mask_h
+ * block of a mask whose pixel (i, j) spans scale_x by scale_y level-0 pixels, the top-left one
+ * being (x0, y0); each byte is 255 where the point at the pixel's centre is tissue and 0 where
+ * it is glass. Tissue is where tissue_paint's island coverage is at least one half (the edges
+ * fade over a few pixels; their midline is the border), lumens included: they are pale spaces
+ * inside the section, as a hole-filling detector is meant to report them. Rows are `stride`
+ * bytes apart; mask_w <= TISSUE_MAX_TILE. Computed from the same noises as the picture, never
+ * from its pixels. Thread-safe. */
+void tissue_truth(const tissue_scene *scene, double scale_x, double scale_y, int64_t x0, int64_t y0,
+                  int mask_w, int mask_h, uint8_t *mask, size_t stride);
+
 #endif

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 
 TESTDATA=${TESSERA_TESTDATA:-../shared/testdata}
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_open fuzz_codec fuzz_xml fuzz_vendor)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_open fuzz_codec fuzz_xml fuzz_vendor fuzz_mirax)
 
 B=build-cov
 if [ ! -f $B/build.ninja ]; then
@@ -41,6 +41,7 @@ for t in "${targets[@]}"; do
       ;;
     fuzz_xml) inputs=(fuzz/corpus/xml) ;;
     fuzz_vendor) inputs=(fuzz/corpus/vendor) ;;
+    fuzz_mirax) inputs=(fuzz/corpus/mirax) ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
   [ -d "build-fuzz/corpus/$t" ] && inputs+=("build-fuzz/corpus/$t")

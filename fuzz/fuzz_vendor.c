@@ -16,6 +16,15 @@
  *               values (16 bits: the low 15 the count; the top bit adds a McuStartsHigh tag of
  *               as many values) and the values (32-bit little-endian), then the strip's bytes.
  *               Otherwise a 128x32 JPEG made here, with its own McuStarts, is the strip.
+ * A first byte of 0xF0 or more picks the vendors added since (so that the seeds above keep
+ * their meaning):
+ *   0xF0 Leica: the rest is the first directory's ImageDescription (the SCN XML); tiled
+ *               directories of 64x48 (0 and 1), 32x24 (2) and 16x12 (3) and a 20x16 strip (4)
+ *               are there for its dimensions to name.
+ *   0xF1 Ventana: the rest up to its first NUL is the first directory's XMLPacket (the iScan
+ *               XML), on a "Label_Image" strip; after the NUL, level 0's XMLPacket (a BIF's
+ *               EncodeInfo), when anything follows. Level 0 is 64x48 in 16x16 tiles ("level=0
+ *               mag=40"), level 1 32x24 ("level=1 mag=20"); a "Thumbnail" strip follows.
  */
 #include <stdint.h>
 #include <stdio.h> /* before jpeglib.h, which needs FILE and size_t */
@@ -72,7 +81,7 @@ static void put32(struct buf *o, uint32_t v) {
   put(o, b, 4);
 }
 
-enum { ASCII = 2, SHORT = 3, LONG = 4, SLONG = 9, FLOAT = 11 };
+enum { BYTE = 1, ASCII = 2, SHORT = 3, LONG = 4, SLONG = 9, FLOAT = 11 };
 
 struct entry {
   uint16_t tag, type;
@@ -117,6 +126,12 @@ static void tag_ascii(struct ifd *d, uint16_t tag, const void *s, size_t len) {
   uint8_t *v = tag_add(d, tag, ASCII, (uint32_t)len + 1, len + 1);
   if (v)
     memcpy(v, s, len); /* and the NUL calloc put there */
+}
+
+static void tag_bytes(struct ifd *d, uint16_t tag, const void *s, size_t len) {
+  uint8_t *v = tag_add(d, tag, BYTE, (uint32_t)len, len);
+  if (v)
+    memcpy(v, s, len);
 }
 
 static void tag_string(struct ifd *d, uint16_t tag, const char *s) {
@@ -295,6 +310,44 @@ static void build_ome(struct buf *o, const uint8_t *p, size_t n) {
   chain(o, &link, &d);
 }
 
+static void build_leica(struct buf *o, const uint8_t *p, size_t n) {
+  uint32_t blob = begin(o);
+  size_t link = 4;
+  struct ifd d = {0};
+  raw_image(&d, 64, 48, 1, blob);
+  tag_ascii(&d, 270, p, n);
+  chain(o, &link, &d);
+  static const uint32_t sizes[][3] = {{64, 48, 1}, {32, 24, 1}, {16, 12, 1}, {20, 16, 0}};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    raw_image(&d, sizes[i][0], sizes[i][1], (int)sizes[i][2], blob);
+    chain(o, &link, &d);
+  }
+}
+
+static void build_ventana(struct buf *o, const uint8_t *p, size_t n) {
+  uint32_t blob = begin(o);
+  size_t link = 4;
+  struct ifd d = {0};
+  const uint8_t *nul = memchr(p, 0, n);
+  size_t iscan = nul ? (size_t)(nul - p) : n;
+  raw_image(&d, 20, 16, 0, blob);
+  tag_string(&d, 270, "Label_Image");
+  if (iscan)
+    tag_bytes(&d, 700, p, iscan);
+  chain(o, &link, &d);
+  raw_image(&d, 64, 48, 1, blob);
+  tag_string(&d, 270, "level=0 mag=40 quality=90");
+  if (nul && n - iscan > 1)
+    tag_bytes(&d, 700, nul + 1, n - iscan - 1);
+  chain(o, &link, &d);
+  raw_image(&d, 32, 24, 1, blob);
+  tag_string(&d, 270, "level=1 mag=20 quality=90");
+  chain(o, &link, &d);
+  raw_image(&d, 16, 12, 0, blob);
+  tag_string(&d, 270, "Thumbnail");
+  chain(o, &link, &d);
+}
+
 /* ---- the NDPI strip ---- */
 
 struct strip {
@@ -459,8 +512,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
   }
   static builder *const build[] = {build_aperio, build_philips, build_ome, build_ndpi};
+  static builder *const added[] = {build_leica, build_ventana};
   struct buf o = {0};
-  build[data[0] % 4](&o, data + 1, size - 1);
+  if (data[0] >= 0xF0)
+    added[(data[0] - 0xF0) % (sizeof added / sizeof added[0])](&o, data + 1, size - 1);
+  else
+    build[data[0] % 4](&o, data + 1, size - 1);
   if (!o.failed && ftruncate(fd, 0) == 0 && pwrite(fd, o.b, o.n, 0) == (ssize_t)o.n) {
     tessera_slide *s = NULL;
     if (tessera_open(path, &s) == TESSERA_OK) {

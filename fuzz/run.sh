@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # fuzz/run.sh TARGET SECONDS [-- libFuzzer arguments]
 #
-# Builds the libFuzzer program of TARGET (fuzz_open, fuzz_codec, fuzz_xml, fuzz_vendor) with
+# Builds the libFuzzer program of TARGET (fuzz_open, fuzz_codec, fuzz_xml, fuzz_vendor,
+# fuzz_mirax) with
 # clang, -fsanitize=fuzzer,address,undefined, in the Meson build folder build-fuzz/ (set up
 # once, rebuilt by ninja whenever a source changed), makes its seeds, and fuzzes it for
 # SECONDS in one process. New inputs go to build-fuzz/corpus/TARGET/ (kept between runs, the
@@ -11,20 +12,21 @@
 #
 # Seeds: fuzz_open, slides written by vips and tifffile, `tessera sample`, the test data under
 # 2 MB and tests/crashers; fuzz_codec, the first tiles of those slides (fuzz/seeds.py);
-# fuzz_xml and fuzz_vendor, fuzz/corpus/xml and fuzz/corpus/vendor (with a dictionary).
+# fuzz_xml and fuzz_vendor, fuzz/corpus/xml and fuzz/corpus/vendor (with a dictionary);
+# fuzz_mirax, fuzz/corpus/mirax.
 # Environment: TESSERA_TESTDATA (default ../shared/testdata).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 usage() {
-  echo "usage: fuzz/run.sh fuzz_open|fuzz_codec|fuzz_xml|fuzz_vendor SECONDS [-- libFuzzer args]" >&2
+  echo "usage: fuzz/run.sh fuzz_open|fuzz_codec|fuzz_xml|fuzz_vendor|fuzz_mirax SECONDS [-- libFuzzer args]" >&2
   exit 2
 }
 [ $# -ge 2 ] || usage
 target=$1 seconds=$2
 shift 2
 [ "${1:-}" = "--" ] && shift
-case "$target" in fuzz_open | fuzz_codec | fuzz_xml | fuzz_vendor) ;; *) usage ;; esac
+case "$target" in fuzz_open | fuzz_codec | fuzz_xml | fuzz_vendor | fuzz_mirax) ;; *) usage ;; esac
 [[ "$seconds" =~ ^[0-9]+$ ]] || usage
 
 B=build-fuzz
@@ -57,6 +59,7 @@ case "$target" in
     ;;
   fuzz_xml) dirs=(fuzz/corpus/xml) args+=(-dict=fuzz/xml.dict) ;;
   fuzz_vendor) dirs=(fuzz/corpus/vendor) args+=(-dict=fuzz/vendor.dict) ;;
+  fuzz_mirax) dirs=(fuzz/corpus/mirax) ;;
 esac
 
 log=$findings/run-$(date +%Y%m%d-%H%M%S).log

@@ -4,7 +4,12 @@
                                           tiles of 16 and 64, pyramids as IFD chains and SubIFDs,
                                           strips, BigTIFF, gray, RGBA), one by tifffile
                                           (big-endian), `tessera sample --width 300 --height
-                                          200`, and the files under 2 MB of the test data
+                                          200`, two Sakura SVSlide databases, the files
+                                          under 2 MB of the test data, and
+                                          DICOM WSI instances written with pydicom by
+                                          tests/dicom_writer.py (native, implicit VR, JPEG
+                                          sparse, fragmented JPEG without an offset table,
+                                          JPEG 2000)
   seeds.py fuzz_codec OUT --cli TESSERA   the first tiles of those slides (tiles up to 80x80),
                                           each behind the five bytes fuzz_codec.c reads first
                                           (codec, tile size, samples, photometric, predictor)
@@ -100,9 +105,38 @@ def tifffile_slide(out):
                 subfiletype=1)
 
 
+def sakura_slides(out):
+    """Two small Sakura SVSlide databases (tests/sakura_writer.py): tiles of 16 over three
+    levels with a missing tile and a label; and three focal planes."""
+    import numpy as np
+    import sakura_writer as sw
+    y, x = np.mgrid[0:50, 0:70]
+    img = np.stack([x * 3, y * 4, (x ^ y) & 255], -1).astype(np.uint8)
+    m = sw.Sakura(img, 16, (1, 2, 4))
+    m.skip = {(1, 1, 1)}
+    m.label = img[:20, :30]
+    m.write(os.path.join(out, "sakura-t16.svslide"))
+    sw.Sakura(img[:33, :40], 16, (1, 2), planes=3).write(
+        os.path.join(out, "sakura-planes.svslide"))
+
+
+def dicom_seeds(out):
+    """Small DICOM WSI files of one instance each (a file opens as a slide on its own)."""
+    import dicom_writer as dw
+    img = dw.source_image(96, 72)
+    cases = [("native", {}, {}), ("implicit", {"sparse": True, "skip": {(1, 1)}}, {}),
+             ("jpeg", {"sparse": True, "skip": {(0, 1)}}, {}),
+             ("jpeg", {"per_frame": 2, "bot": False}, {}), ("j2k", {}, {})]
+    for i, (codec, kw, _) in enumerate(cases):
+        dw.Series().write(os.path.join(out, "dicom-%d-%s.dcm" % (i, codec)),
+                          dw.Level(img, (32, 32), codec), **kw)
+
+
 def open_seeds(out, cli, tmp):
+    dicom_seeds(out)
     vips_slides(out, tmp)
     tifffile_slide(out)
+    sakura_slides(out)
     run([cli, "sample", os.path.join(out, "tessera-sample-300x200.tiff"), "--width", 300,
          "--height", 200])
     for name in sorted(os.listdir(TESTDATA)):

@@ -248,9 +248,19 @@ typedef struct tessera_level_info {
   int32_t tile_width;    /* for strip images: the image width */
   int32_t tile_height;   /* for strip images: rows per strip */
   int32_t tiled;         /* 1 for tiles, 0 for strips */
-  uint32_t compression;  /* the TIFF Compression tag value */
+  uint32_t compression;  /* the TIFF Compression tag value; 0x10001 ("mosaic"): MIRAX tiles
+                          * painted from the camera images they cover (4 samples: RGBA) */
   int32_t samples_per_pixel;
+  /* What the level's last sample is (ExtraSamples): TESSERA_ALPHA_NONE (no alpha; a fourth
+   * sample of unspecified meaning is not alpha), TESSERA_ALPHA_ASSOCIATED (stored
+   * premultiplied: tessera divides it out) or TESSERA_ALPHA_UNASSOCIATED. Reads always give
+   * straight alpha; this says how the file stores it (OpenSlide's readers round by it). */
+  int32_t alpha;
 } tessera_level_info;
+
+#define TESSERA_ALPHA_NONE 0
+#define TESSERA_ALPHA_ASSOCIATED 1
+#define TESSERA_ALPHA_UNASSOCIATED 2
 
 /* Fills *info (its struct_size must be set; see Conventions) for level 0 .. level_count-1. */
 TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *slide, int32_t level,
@@ -260,7 +270,8 @@ TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *slide, in
  * the string is static. */
 TESSERA_API const char *tessera_compression_name(uint32_t compression);
 
-/* The vendor that wrote the slide: "generic-tiff", "aperio", "hamamatsu", "philips", ... */
+/* The vendor that wrote the slide: "generic-tiff", "aperio", "hamamatsu", "philips", "mirax",
+ * ... */
 TESSERA_API const char *tessera_vendor(const tessera_slide *slide);
 
 /* The fill value used outside the image when the caller sets none (0, or 255 for vendors
@@ -274,9 +285,40 @@ TESSERA_API const char *tessera_property_key(const tessera_slide *slide, size_t 
 /* The value of a key, or NULL when the slide has no such property. */
 TESSERA_API const char *tessera_property_value(const tessera_slide *slide, const char *key);
 
+/* The property table OpenSlide computes for the slide, made here once for every OpenSlide
+ * front built on tessera (libtessera-openslide, Python's tessera.openslide): tessera's
+ * standard keys named openslide.* (tessera.background and background-color left out), the tiff.*
+ * tags of the first directory as OpenSlide prints them, openslide.comment, and
+ * openslide.quickhash-1 by OpenSlide's definition (a SHA-256 of the smallest stored level's
+ * tiles as stored and of nine string tags; absent when those tiles hold over 5 MiB), plus the
+ * vendor's keys. `version` 3 gives it as OpenSlide 3.4 does; 4 as OpenSlide 4.0 does, which adds
+ * openslide.icc-size, openslide.associated.NAME.width/height and a generic TIFF's mpp. Reads the
+ * file (the smallest level's tiles): the caller frees the table with
+ * tessera_property_table_free. Keys are sorted. Thread-safe. */
+typedef struct tessera_property_table tessera_property_table;
+TESSERA_API tessera_status tessera_openslide_properties(tessera_slide *slide, int32_t version,
+                                                        tessera_property_table **out);
+TESSERA_API size_t tessera_property_table_count(const tessera_property_table *table);
+/* The key or value of entry index (NULL past the end); valid until the table is freed. */
+TESSERA_API const char *tessera_property_table_key(const tessera_property_table *table,
+                                                   size_t index);
+TESSERA_API const char *tessera_property_table_value(const tessera_property_table *table,
+                                                     size_t index);
+TESSERA_API void tessera_property_table_free(tessera_property_table *table);
+
 /* Names of associated (non-pyramid) images, such as "thumbnail", "label", "macro". */
 TESSERA_API size_t tessera_associated_image_count(const tessera_slide *slide);
 TESSERA_API const char *tessera_associated_image_name(const tessera_slide *slide, size_t index);
+
+/* The ICC colour profile the file gives the slide's pixels (TIFF tag 34675 of level 0's
+ * directory), as the file holds it: its size in bytes, 0 when there is none. Reading pixels
+ * never applies it; it is there for the caller's colour management. Thread-safe. */
+TESSERA_API size_t tessera_icc_profile_size(const tessera_slide *slide);
+/* Copies the profile into dst, which holds dst_size bytes (at least
+ * tessera_icc_profile_size). TESSERA_E_ARGUMENT when the slide has none or dst is too
+ * small (dst is then not touched). Thread-safe. */
+TESSERA_API tessera_status tessera_icc_profile_read(const tessera_slide *slide, void *dst,
+                                                    size_t dst_size);
 
 /* ---------------------------------------------------------------------------------------
  * Reading regions
@@ -289,6 +331,13 @@ typedef struct tessera_read_options {
   size_t stride;       /* bytes between destination rows; 0 means width * channels */
   int32_t num_workers; /* threads decoding one region's tiles, the caller being one of them:
                           0 or 1 (default 0) reads in the calling thread only */
+  int32_t fast_jpeg;   /* tessera_read_region_scaled only: nonzero lets a JPEG level be
+                          decoded at 1/2, 1/4 or 1/8 (the largest not above the scale) by
+                          libjpeg's reduced-size IDCT, then area-averaged by what remains of
+                          the scale: faster, and close to the exact mode but not equal to it
+                          (docs/RESOLUTION.md gives the error); levels it cannot take (other
+                          codecs, tiles not a whole number of blocks, regions over 64 MiB)
+                          are read exactly. Default 0 */
 } tessera_read_options;
 
 /* Fills the first struct_size bytes of *options with the defaults (3 channels, the slide's
@@ -329,6 +378,180 @@ TESSERA_API tessera_status tessera_associated_image_dimensions(const tessera_sli
 TESSERA_API tessera_status tessera_read_associated_image(tessera_slide *slide, const char *name,
                                                          const tessera_read_options *options,
                                                          uint8_t *dst, size_t dst_size);
+
+/* Reads a width x height image whose pixels are each the exact area average of `scale_x` by
+ * `scale_y` pixels of `level` (level pixels per output pixel, each 1/1024 .. 1024), the image's
+ * top-left corner being the level pixel tessera_read_region would start at: (floor(x /
+ * downsample), floor(y / downsample)). Output pixel (i, j) covers the level's
+ * [X + e(i, scale_x), X + e(i + 1, scale_x)) x [Y + e(j, scale_y), Y + e(j + 1, scale_y)),
+ * with e(i, s) = floor(i * (s * 4096) + 0.5) / 4096 (edges on a 1/4096-pixel lattice), and is
+ * the mean of the level pixels under it weighted by the area each has inside it (pixels outside
+ * the level count as the fill value, alpha 0), rounded half up: (sum + total / 2) / total in
+ * integers. docs/RESOLUTION.md shows it in NumPy. scale 1 is tessera_read_region. options as
+ * tessera_read_region's (channels, fill, stride, num_workers). Thread-safe. */
+TESSERA_API tessera_status tessera_read_region_scaled(tessera_slide *slide, int64_t x, int64_t y,
+                                                      int32_t level, double scale_x,
+                                                      double scale_y, int64_t width,
+                                                      int64_t height,
+                                                      const tessera_read_options *options,
+                                                      uint8_t *dst, size_t dst_size);
+
+/* The same area average over an image in memory: src is src_width x src_height pixels of
+ * `channels` (3 or 4) bytes, rows src_stride bytes apart, its top-left pixel being the
+ * origin; the width x height result goes to dst (rows dst_stride bytes apart). The source
+ * must reach the output's last edge (TESSERA_E_ARGUMENT names the size it needs):
+ * ceil(floor(width * (scale_x * 4096) + 0.5) / 4096) columns, and so for rows. With a patch
+ * of ceil(width * scale) + 1 pixels read at (x, y) by tessera_read_region or a batch
+ * iterator, it gives what tessera_read_region_scaled gives at (x, y). Thread-safe. */
+TESSERA_API tessera_status tessera_resample_area(const uint8_t *src, int64_t src_width,
+                                                 int64_t src_height, size_t src_stride,
+                                                 int32_t channels, double scale_x,
+                                                 double scale_y, int64_t width, int64_t height,
+                                                 uint8_t *dst, size_t dst_stride);
+
+/* ---------------------------------------------------------------------------------------
+ * Tissue masks
+ *
+ * Where the tissue is, as a binary mask at a low resolution, for choosing the patches worth
+ * reading (docs/TISSUE.md says it at length). The mask is computed from the coarsest level at
+ * least as fine as the mask, area-averaged (as tessera_read_region_scaled) to the mask's
+ * pixels; then, per mask pixel:
+ *  - background: every channel within background_tolerance of the slide's background value
+ *    (tessera_background: the fill outside the scan, white glass for Aperio): never tissue;
+ *  - black: the brightest channel <= black_max (black borders, black ink): never tissue;
+ *  - pen: HSV saturation >= pen_min_saturation and hue within [pen_hue_min, pen_hue_max]
+ *    degrees (blue and green ink; H&E is pink to purple): never tissue;
+ *  - the rest is tissue where its saturation (255 * (max - min) / max of R, G, B) is above
+ *    the Otsu threshold of their saturations (at least min_threshold);
+ *  - then tissue specks smaller than min_tissue_area are removed (8-connected) and holes (4-
+ *    connected runs of non-tissue not touching the mask's edge) smaller than max_hole_area are
+ *    filled (their background, not their pen or black pixels).
+ * Areas are in square micrometres where the slide gives its mpp (tessera.mpp-x/y), else in
+ * square level-0 pixels. A dark-field slide (fluorescence: the median brightest channel of
+ * every 7th mask pixel below 64, or mode TESSERA_TISSUE_DARKFIELD) is tissue where its log
+ * brightness, round(255 ln(1 + max) / ln 256), is above the Otsu threshold of all its pixels'
+ * instead (background still never tissue), with no pen or black rule.
+ */
+
+typedef enum tessera_tissue_mode {
+  TESSERA_TISSUE_AUTO = 0,        /* dark-field when the slide is mostly dark */
+  TESSERA_TISSUE_BRIGHTFIELD = 1, /* stained tissue on white glass (H&E, IHC) */
+  TESSERA_TISSUE_DARKFIELD = 2    /* signal on black (fluorescence) */
+} tessera_tissue_mode;
+
+typedef struct tessera_tissue_options {
+  size_t struct_size;           /* sizeof(tessera_tissue_options) */
+  double mpp;                   /* micrometres per mask pixel; 0 (default): downsample decides.
+                                   Refused (TESSERA_E_ARGUMENT) for a slide without an mpp */
+  double downsample;            /* level-0 pixels per mask pixel, when mpp is 0; 0 (default):
+                                   8 micrometres per mask pixel, or 32 without an mpp */
+  int32_t mode;                 /* a tessera_tissue_mode; default TESSERA_TISSUE_AUTO */
+  int32_t background_tolerance; /* 0..255; default 10 */
+  int32_t black_max;            /* 0..255, -1 for no black rule; default 40 */
+  int32_t pen_min_saturation;   /* 0..256 (256: no pen rule); default 110 */
+  double pen_hue_min, pen_hue_max; /* degrees 0..360; default 70 and 250 */
+  int32_t min_threshold;        /* 0..255: the least saturation (brightness) taken as tissue;
+                                   default 12 */
+  double min_tissue_area;       /* >= 0; default 10000 (a 100 um square) */
+  double max_hole_area;         /* >= 0; default 40000 (a 200 um square) */
+  int32_t num_workers;          /* threads reading the level, as tessera_read_options'; 0 */
+} tessera_tissue_options;
+
+/* Fills the first struct_size bytes of *options with the defaults and sets its struct_size
+ * (see Conventions). Called through tessera_tissue_options_init(options). Thread-safe. */
+TESSERA_API void tessera_tissue_options_init_sized(tessera_tissue_options *options,
+                                                   size_t struct_size);
+#define tessera_tissue_options_init(options)                                                       \
+  tessera_tissue_options_init_sized((options), sizeof *(options))
+
+/* A mask made by tessera_tissue_mask, owned by the library until tessera_mask_free. Mask pixel
+ * (i, j) covers level-0 [i * downsample, (i + 1) * downsample) x [j * downsample, ...). */
+typedef struct tessera_mask {
+  uint8_t *data;          /* height rows of width bytes: 255 tissue, 0 not */
+  int64_t width, height;  /* ceil(level-0 width / downsample), ceil(height / downsample) */
+  double downsample;      /* level-0 pixels per mask pixel */
+  double mpp;             /* micrometres per mask pixel; 0 when the slide gives none */
+  int32_t level;          /* the level it was computed from */
+  int32_t darkfield;      /* 1 when the dark-field rule was used */
+  int32_t threshold;      /* the saturation (dark-field: brightness) threshold used */
+  double tissue_fraction; /* tissue pixels / all pixels */
+} tessera_mask;
+
+/* Computes the tissue mask of a slide (options NULL: the defaults) into *out (NULL on
+ * failure). TESSERA_E_LIMIT when the mask would exceed max_read_bytes or 2^31 a side.
+ * Thread-safe. */
+TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *slide,
+                                               const tessera_tissue_options *options,
+                                               tessera_mask **out);
+
+/* Frees a mask; NULL is ignored. */
+TESSERA_API void tessera_mask_free(tessera_mask *mask);
+
+/* The level and scale that give `mpp` micrometres per output pixel: the coarsest level whose
+ * pixels are at most mpp (the finest needed: no level coarser than asked is ever upsampled),
+ * and scale = mpp / that level's mpp (level-0 mpp, the mean of tessera.mpp-x and -y, times
+ * its downsample). Scanners write 0.499 for 0.5: a level within 1 % above mpp still counts,
+ * and a scale within 1 % of a whole number is that number. TESSERA_E_ARGUMENT for a slide
+ * that gives no mpp (read by level or downsample instead), or mpp <= 0. Thread-safe. */
+TESSERA_API tessera_status tessera_level_for_mpp(const tessera_slide *slide, double mpp,
+                                                 int32_t *level, double *scale);
+
+/* ---------------------------------------------------------------------------------------
+ * Patch grids
+ *
+ * The patches worth reading: a grid of width x height patches at a physical resolution (or a
+ * level), each placed where the batch reader reads it, with the share of it that the tissue
+ * mask calls tissue. docs/RESOLUTION.md gives the rules.
+ */
+
+typedef struct tessera_grid_options {
+  size_t struct_size;          /* sizeof(tessera_grid_options) */
+  int64_t width, height;       /* patch size in output pixels (at mpp, or of the level); >= 1 */
+  double mpp;                  /* micrometres per output pixel (tessera_level_for_mpp); 0
+                                  (default): pixels of `level` */
+  int32_t level;               /* with mpp 0: the level read (default 0) */
+  int64_t stride_x, stride_y;  /* output pixels from one patch to the next; 0 (default): the
+                                  patch size (side by side) */
+  double min_tissue;           /* keep patches whose tissue fraction is >= this (0..1);
+                                  default 0: every patch */
+  const tessera_tissue_options *tissue; /* the mask's options (NULL: defaults) */
+} tessera_grid_options;
+
+/* Fills the first struct_size bytes of *options with the defaults and sets its struct_size.
+ * Thread-safe. */
+TESSERA_API void tessera_grid_options_init_sized(tessera_grid_options *options,
+                                                 size_t struct_size);
+#define tessera_grid_options_init(options)                                                         \
+  tessera_grid_options_init_sized((options), sizeof *(options))
+
+/* A grid made by tessera_patch_grid, owned by the library until tessera_grid_free. */
+typedef struct tessera_grid {
+  size_t count;             /* patches kept */
+  int64_t *locations;       /* 2 * count: each patch's top-left (x, y) in level-0 pixels, row
+                               by row; the batch reader's locations for `level`, read_width,
+                               read_height */
+  float *tissue;            /* count tissue fractions, 0..1 */
+  int32_t level;            /* the level to read */
+  int64_t read_width, read_height; /* pixels of `level` a patch covers: ceil(width * scale) */
+  int64_t width, height;    /* the patch in output pixels, as asked */
+  double scale;             /* level pixels per output pixel (1: read as is) */
+  double mpp;               /* micrometres per output pixel; 0 when the slide gives none */
+  int64_t stride_x, stride_y; /* output pixels */
+  double mask_downsample;   /* the mask the fractions come from */
+} tessera_grid;
+
+/* Lays the grid over the whole level: patch (i, j) starts at level pixel (floor(i * stride_x *
+ * scale), floor(j * stride_y * scale)), every patch lying wholly inside the level, and maps it
+ * to level 0 as the smallest x with floor(x / downsample) equal to it. Its tissue fraction is
+ * the share of tissue among the mask pixels whose centres lie inside the patch's level-0
+ * footprint (or the mask pixel under the patch's centre, when no centre does). Deterministic.
+ * Thread-safe. */
+TESSERA_API tessera_status tessera_patch_grid(tessera_slide *slide,
+                                              const tessera_grid_options *options,
+                                              tessera_grid **out);
+
+/* Frees a grid; NULL is ignored. */
+TESSERA_API void tessera_grid_free(tessera_grid *grid);
 
 /* ---------------------------------------------------------------------------------------
  * Batches of patches

@@ -16,7 +16,8 @@
 
 #include "alloc.h"
 #include "fractional.h"
-#include "properties.h"
+#include "compat/openslide_properties.h"
+#include "format/format.h"
 #include "slide_internal.h"
 #include "tessera.h"
 
@@ -89,23 +90,53 @@ static void configure_cache(uint64_t mib) {
 
 static void default_cache(void) { configure_cache(DEFAULT_CACHE_MIB); }
 
-/* OpenSlide claims files by their format; tessera reads TIFF-based ones, so a file that is
- * not a TIFF at all (or not there, or no regular file: a FIFO must not block the open) is "not
+/* OpenSlide claims files by their format; tessera reads TIFF-based ones and Sakura's SQLite
+ * databases, so a file that is neither at all (or not there, or no regular file: a FIFO must not block the open) is "not
  * a slide" (NULL), and so is a TIFF whose structure tessera finds malformed (see
  * openslide_open); a TIFF that fails to open otherwise is a slide in error state. */
 static bool looks_like_tiff(const char *filename) {
   struct stat st;
   if (stat(filename, &st) != 0 || !S_ISREG(st.st_mode))
     return false;
+  /* A format that is no TIFF, which tessera claims by its path (MIRAX's .mrxs, Sakura's
+   * database); DICOM is looks_like_dicom's, for OpenSlide 4's ABI only */
+  const struct tsr_path_format *format = tsr_format_detect_path(filename);
+  if (format)
+    return format != &tsr_format_dicom;
   FILE *f = fopen(filename, "rb");
   if (!f)
     return false;
   unsigned char m[4];
+  unsigned char sqlite[16];
   bool tiff = fread(m, 1, 4, f) == 4 &&
               ((m[0] == 'I' && m[1] == 'I' && (m[2] == 42 || m[2] == 43) && m[3] == 0) ||
                (m[0] == 'M' && m[1] == 'M' && m[2] == 0 && (m[3] == 42 || m[3] == 43)));
+  /* and an SQLite database, which may be a Sakura slide (tessera tells: E_FORMAT if not) */
+  bool db = !tiff && memcmp(m, "SQLi", 4) == 0 && fread(sqlite, 1, 12, f) == 12 &&
+            memcmp(sqlite, "te format 3", 12) == 0;
   fclose(f);
-  return tiff;
+  return tiff || db;
+}
+
+/* OpenSlide 4 also claims DICOM files (128 bytes, then DICM: format/vendor-dicom.c); 3.4
+ * reads no DICOM. */
+static bool looks_like_dicom(const char *filename) {
+  if (TSR_OPENSLIDE_ABI_MAJOR + 3 < 4)
+    return false;
+  struct stat st;
+  if (stat(filename, &st) != 0 || !S_ISREG(st.st_mode))
+    return false;
+  FILE *f = fopen(filename, "rb");
+  if (!f)
+    return false;
+  unsigned char m[132];
+  bool dicom = fread(m, 1, sizeof m, f) == sizeof m && memcmp(m + 128, "DICM", 4) == 0;
+  fclose(f);
+  return dicom;
+}
+
+static bool claimed(const char *filename) {
+  return looks_like_tiff(filename) || looks_like_dicom(filename);
 }
 
 static tessera_status fill_handle(openslide_t *osr) {
@@ -122,10 +153,10 @@ static tessera_status fill_handle(openslide_t *osr) {
       return st;
     osr->levels[i] = (struct os_level){info.width, info.height, info.downsample,
                                        (uint32_t)info.tile_width, (uint32_t)info.tile_height,
-                                       s->levels[i].fmt.alpha && s->levels[i].fmt.premultiplied};
+                                       info.alpha == TESSERA_ALPHA_ASSOCIATED};
   }
   tessera_status st =
-      tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR, &osr->props, &osr->icc, &osr->icc_size);
+      tsr_os_properties(s, TSR_OPENSLIDE_ABI_MAJOR + 3, &osr->props, &osr->icc, &osr->icc_size);
   if (st != TESSERA_OK)
     return st;
   osr->property_names = tsr_calloc(osr->props.n + 1, sizeof *osr->property_names);
@@ -151,7 +182,7 @@ static tessera_status fill_handle(openslide_t *osr) {
 }
 
 EXPORT openslide_t *openslide_open(const char *filename) {
-  if (!filename || !looks_like_tiff(filename))
+  if (!filename || !claimed(filename))
     return NULL;
   pthread_once(&cache_once, default_cache);
   openslide_t *osr = tsr_calloc(1, sizeof *osr);
@@ -194,10 +225,11 @@ EXPORT void openslide_close(openslide_t *osr) {
 
 /* Vendor names as static strings: OpenSlide's detect_vendor returns one that outlives any
  * handle, and tessera's lives only as long as its slide. */
-static const char *const vendors[] = {"aperio", "generic-tiff", "hamamatsu", "philips", "ome"};
+static const char *const vendors[] = {"aperio", "generic-tiff", "hamamatsu", "philips", "ome",
+                                       "leica",  "ventana",      "sakura",    "mirax",   "dicom"};
 
 EXPORT const char *openslide_detect_vendor(const char *filename) {
-  if (!filename || !looks_like_tiff(filename))
+  if (!filename || !claimed(filename))
     return NULL;
   tessera_slide *s;
   if (tessera_open(filename, &s) != TESSERA_OK)

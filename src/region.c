@@ -48,13 +48,16 @@ static void fill_rect(const struct tsr_canvas *c, int64_t x0, int64_t y0, int64_
 
 void tsr_canvas_fill(const struct tsr_canvas *c) { fill_part(c, 0, 0, c->width, c->height); }
 
-/* The canvas clipped to the level, in level pixels. */
+/* The canvas clipped to the level's stored image (the level, but for a placed image), in level
+ * pixels. */
 static bool inside(const struct tsr_canvas *c, const struct tsr_level *lv, int64_t *x0, int64_t *y0,
                    int64_t *x1, int64_t *y1) {
-  *x0 = c->lx > 0 ? c->lx : 0;
-  *y0 = c->ly > 0 ? c->ly : 0;
-  *x1 = c->lx + c->width < lv->width ? c->lx + c->width : lv->width;
-  *y1 = c->ly + c->height < lv->height ? c->ly + c->height : lv->height;
+  int64_t ix0, iy0, ix1, iy1;
+  tsr_level_image(lv, &ix0, &iy0, &ix1, &iy1);
+  *x0 = c->lx > ix0 ? c->lx : ix0;
+  *y0 = c->ly > iy0 ? c->ly : iy0;
+  *x1 = c->lx + c->width < ix1 ? c->lx + c->width : ix1;
+  *y1 = c->ly + c->height < iy1 ? c->ly + c->height : iy1;
   return *x0 < *x1 && *y0 < *y1;
 }
 
@@ -81,10 +84,10 @@ bool tsr_canvas_tiles(const struct tsr_canvas *c, const struct tsr_level *lv, in
   int64_t x0, y0, x1, y1;
   if (!inside(c, lv, &x0, &y0, &x1, &y1))
     return false;
-  *tx0 = x0 / lv->tile_w;
-  *ty0 = y0 / lv->tile_h;
-  *tx1 = (x1 - 1) / lv->tile_w;
-  *ty1 = (y1 - 1) / lv->tile_h;
+  *tx0 = (x0 - lv->origin_x) / lv->tile_w;
+  *ty0 = (y0 - lv->origin_y) / lv->tile_h;
+  *tx1 = (x1 - 1 - lv->origin_x) / lv->tile_w;
+  *ty1 = (y1 - 1 - lv->origin_y) / lv->tile_h;
   return true;
 }
 
@@ -93,6 +96,14 @@ static void convert_row(const uint8_t *src, unsigned src_ch, bool alpha, uint8_t
                         unsigned dst_ch, size_t n) {
   if (src_ch == dst_ch && (alpha || src_ch == 3)) {
     memcpy(dst, src, n * src_ch);
+    return;
+  }
+  if (src_ch == 4 && dst_ch == 3) { /* RGBA tiles (MIRAX's, alpha TIFFs) into RGB */
+    for (size_t i = 0; i < n; i++, src += 4, dst += 3) {
+      dst[0] = src[0];
+      dst[1] = src[1];
+      dst[2] = src[2];
+    }
     return;
   }
   for (size_t i = 0; i < n; i++, src += src_ch, dst += dst_ch) {
@@ -107,7 +118,17 @@ static void convert_row(const uint8_t *src, unsigned src_ch, bool alpha, uint8_t
 
 /* Whether decoded samples can go into the canvas as they are. */
 static bool takes_decoded(const struct tsr_canvas *c, const struct tsr_pixel_format *f) {
-  return f->decoded_channels == c->channels && (f->alpha || c->channels == 3);
+  return f->decoded_channels == c->channels && (f->alpha || c->channels == 3) &&
+         !f->transparent_is_fill;
+}
+
+/* Pixels a tile leaves transparent (alpha 0 in src, n pixels of 4 channels) take the read's
+ * fill, as pixels outside the level do. */
+static void fill_transparent(const uint8_t *src, uint8_t *dst, unsigned dst_ch, uint8_t fill,
+                             size_t n) {
+  for (size_t i = 0; i < n; i++, src += 4, dst += dst_ch)
+    if (src[3] == 0)
+      dst[0] = dst[1] = dst[2] = fill;
 }
 
 /* A rectangle in level pixels. */
@@ -148,6 +169,8 @@ static void put_tile(const struct tsr_pixel_format *f, const struct span *tile,
                            (size_t)(o.x0 - u->x0) * f->decoded_channels;
       convert_row(row, f->decoded_channels, f->alpha, canvas_at(c, o.x0, y), c->channels,
                   (size_t)(o.x1 - o.x0));
+      if (f->transparent_is_fill)
+        fill_transparent(row, canvas_at(c, o.x0, y), c->channels, c->fill, (size_t)(o.x1 - o.x0));
     }
   }
 }
@@ -402,7 +425,8 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct tsr_ca
   return st;
 }
 
-static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t level,
+/* Reads the region whose top-left pixel is level pixel (lx, ly). */
+static tessera_status read_into(tessera_slide *s, int64_t lx, int64_t ly, int32_t level,
                                 int64_t width, int64_t height, const tessera_read_options *options,
                                 uint8_t *dst, size_t dst_size) {
   tessera_read_options o;
@@ -441,8 +465,8 @@ static tessera_status read_into(tessera_slide *s, int64_t x, int64_t y, int32_t 
                      dst_size, need);
   const struct tsr_level *lv = &s->levels[level];
   struct tsr_canvas c = {
-      .lx = tsr_level_coord(lv, x),
-      .ly = tsr_level_coord(lv, y),
+      .lx = lx,
+      .ly = ly,
       .width = width,
       .height = height,
       .channels = (unsigned)o.channels,
@@ -471,7 +495,18 @@ TESSERA_API tessera_status tessera_read_region(tessera_slide *s, int64_t x, int6
   if (s && (level < 0 || level >= s->nlevels))
     return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
                      s->nlevels);
-  return read_into(s, x, y, level, width, height, options, dst, dst_size);
+  return read_into(s, s ? tsr_level_coord(&s->levels[level], x) : 0,
+                   s ? tsr_level_coord(&s->levels[level], y) : 0, level, width, height, options,
+                   dst, dst_size);
+}
+
+tessera_status tsr_read_level_rect(tessera_slide *s, int32_t level, int64_t lx, int64_t ly,
+                                   int64_t width, int64_t height,
+                                   const tessera_read_options *options, uint8_t *dst,
+                                   size_t dst_size) {
+  if (!s || level < 0 || level >= s->nlevels)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or level %d does not exist", level);
+  return read_into(s, lx, ly, level, width, height, options, dst, dst_size);
 }
 
 /* The associated image of that name: its index among the slide's levels (they follow the

@@ -42,4 +42,11 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
 tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
                                 struct tsr_tile_buffers *b);
 
+/* tessera_read_region with the top-left corner given in pixels of the level (lx, ly) rather
+ * than of level 0: for reads that lay their own grid over a level (resample.c). */
+tessera_status tsr_read_level_rect(tessera_slide *s, int32_t level, int64_t lx, int64_t ly,
+                                   int64_t width, int64_t height,
+                                   const tessera_read_options *options, uint8_t *dst,
+                                   size_t dst_size);
+
 #endif

@@ -72,13 +72,18 @@ TESSERA_API void tessera_close(tessera_slide *s) {
     tsr_free(s->associated[i]);
   tsr_free(s->associated);
   tsr_free(s->path);
+  tsr_free(s->icc);
   tsr_free(s);
 }
 
+/* d0: the first TIFF directory, or NULL for a format that is no TIFF. */
 static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir *d0,
-                                         struct tsr_props *vendor) {
+                                         bool hide_description, struct tsr_props *vendor) {
   struct tsr_props p = {0};
-  tsr_props_add_string(&p, "tiff.ImageDescription", d0->description);
+  if (!d0)
+    goto vendor_keys;
+  if (!hide_description)
+    tsr_props_add_string(&p, "tiff.ImageDescription", d0->description);
   tsr_props_add_string(&p, "tiff.Software", d0->software);
   tsr_props_add_string(&p, "tiff.Make", d0->make);
   tsr_props_add_string(&p, "tiff.Model", d0->model);
@@ -95,6 +100,7 @@ static tessera_status collect_properties(tessera_slide *s, const struct tsr_dir 
                        d0->resolution_unit == 3   ? "centimeter"
                        : d0->resolution_unit == 1 ? "none"
                                                   : "inch");
+vendor_keys:
   tsr_props_take(&p, vendor);
   tsr_props_add_string(&p, "tessera.vendor", s->vendor);
   tsr_props_add(&p, "tessera.background", "%u", s->background);
@@ -170,6 +176,14 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
   s->regions = tsr_calloc((size_t)found->nlevels + found->nassociated, sizeof *s->regions);
   if (!s->levels || !s->regions)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for levels");
+  if (found->levels) { /* a format that is no TIFF made its levels whole */
+    for (int32_t i = 0; i < found->nlevels; i++) {
+      s->levels[i] = found->levels[i];
+      memset(&found->levels[i], 0, sizeof found->levels[i]);
+      s->nlevels++;
+    }
+    return TESSERA_OK;
+  }
   const struct tsr_level *first = &dirs->dir[found->level_dirs[0]].level;
   double w0 = (double)first->width, h0 = (double)first->height;
   for (int32_t i = 0; i < found->nlevels; i++) {
@@ -186,6 +200,14 @@ static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
     s->levels[i] = *lv;
     s->levels[i].downsample =
         i == 0 ? 1.0 : (w0 / (double)lv->width + h0 / (double)lv->height) / 2.0;
+    if (found->level_origin) {
+      s->levels[i].image_w = found->level_origin[i].image_w ? found->level_origin[i].image_w
+                                                            : lv->width;
+      s->levels[i].image_h = found->level_origin[i].image_h ? found->level_origin[i].image_h
+                                                            : lv->height;
+      s->levels[i].origin_x = found->level_origin[i].x;
+      s->levels[i].origin_y = found->level_origin[i].y;
+    }
     if (found->level_sizes) {
       s->levels[i].width = found->level_sizes[i].width;
       s->levels[i].height = found->level_sizes[i].height;
@@ -247,9 +269,16 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
            (st = tsr_format_detect(&dirs, &found)) == TESSERA_OK) {
     s->vendor = found.vendor;
     s->background = found.background;
+    s->quickhash_dir = found.quickhash_dir;
+    /* The profile of the directory the slide's pixels come from, taken over from the walk. */
+    struct tsr_dir *d0 = &dirs.dir[found.level_dirs[0]];
+    s->icc = d0->icc;
+    s->icc_size = d0->icc_len;
+    d0->icc = NULL;
     if ((st = take_levels(s, &dirs, &found)) == TESSERA_OK &&
         (st = take_associated(s, &dirs, &found)) == TESSERA_OK)
-      st = collect_properties(s, &dirs.dir[0], &found.props);
+      st = collect_properties(s, &dirs.dir[found.props_dir], found.hide_description,
+                              &found.props);
   }
   tsr_findings_free(&found);
   tsr_tiff_dirs_free(&dirs);
@@ -267,6 +296,44 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
   return TESSERA_OK;
 }
 
+/* A slide of a format that is no TIFF (format.h's tsr_path_format). */
+static tessera_status open_path_format(const struct tsr_path_format *format, const char *path,
+                                       const tessera_open_options *options, tessera_slide **out) {
+  tessera_open_options limits;
+  tessera_open_options_init(&limits);
+  tessera_status st = tsr_abi_copy_in(&limits, sizeof limits, options, "open options");
+  if (st != TESSERA_OK)
+    return st;
+  tessera_slide *s = tsr_calloc(1, sizeof *s);
+  if (!s)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  s->limits = limits;
+  struct tsr_findings found = {0};
+  if (!(s->path = tsr_strdup(path))) {
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory");
+  } else if ((st = format->open(path, &s->limits, &found, &s->source)) == TESSERA_OK) {
+    if (found.props.failed)
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory for properties");
+    s->file_size = s->source->ops->size(s->source);
+    s->source->ops->identity(s->source, &s->id);
+    s->vendor = format->name;
+    s->background = found.background;
+    s->icc = found.icc;
+    s->icc_size = found.icc_size;
+    found.icc = NULL;
+    if (st == TESSERA_OK && (st = take_levels(s, NULL, &found)) == TESSERA_OK &&
+        (st = take_associated(s, NULL, &found)) == TESSERA_OK)
+      st = collect_properties(s, NULL, false, &found.props);
+  }
+  tsr_findings_free(&found);
+  if (st != TESSERA_OK) {
+    tessera_close(s);
+    return st;
+  }
+  *out = s;
+  return TESSERA_OK;
+}
+
 TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
                                            tessera_slide **out) {
   if (!out)
@@ -278,6 +345,9 @@ TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_
   tessera_status st = options ? tsr_abi_check(options, "open options") : TESSERA_OK;
   if (st != TESSERA_OK)
     return st;
+  const struct tsr_path_format *format = tsr_format_detect_path(path);
+  if (format)
+    return open_path_format(format, path, options, out);
   struct tsr_byte_source *src;
   st = tsr_is_url(path) ? tsr_remote_source_open(path, options, &src)
                         : tsr_file_source_open(path, &src);
@@ -355,6 +425,9 @@ TESSERA_API tessera_status tessera_level_info_get(const tessera_slide *s, int32_
       .tiled = lv->tiled,
       .compression = lv->fmt.compression,
       .samples_per_pixel = lv->fmt.spp,
+      .alpha = !lv->fmt.alpha            ? TESSERA_ALPHA_NONE
+               : lv->fmt.premultiplied ? TESSERA_ALPHA_ASSOCIATED
+                                       : TESSERA_ALPHA_UNASSOCIATED,
   };
   tsr_abi_copy_out(info, &full, sizeof full);
   return TESSERA_OK;
@@ -377,6 +450,21 @@ TESSERA_API const char *tessera_property_value(const tessera_slide *s, const cha
   const struct tsr_property *hit =
       bsearch(&probe, s->props, s->nprops, sizeof *s->props, tsr_props_compare);
   return hit ? hit->value : NULL;
+}
+
+TESSERA_API size_t tessera_icc_profile_size(const tessera_slide *s) { return s ? s->icc_size : 0; }
+
+TESSERA_API tessera_status tessera_icc_profile_read(const tessera_slide *s, void *dst,
+                                                    size_t dst_size) {
+  if (!s || !dst)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or destination");
+  if (!s->icc)
+    return tsr_error(TESSERA_E_ARGUMENT, "%s has no ICC profile", s->path);
+  if (dst_size < s->icc_size)
+    return tsr_error(TESSERA_E_ARGUMENT, "the ICC profile is %zu bytes, the buffer holds %zu",
+                     s->icc_size, dst_size);
+  memcpy(dst, s->icc, s->icc_size);
+  return TESSERA_OK;
 }
 
 TESSERA_API size_t tessera_associated_image_count(const tessera_slide *s) {

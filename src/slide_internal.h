@@ -32,6 +32,12 @@ struct tsr_pixel_format {
   /* JPEG decoded at 1 / jpeg_scale by libjpeg's scaled IDCT (2, 4 or 8: NDPI levels made from
    * a stored one, as OpenSlide makes them); 0 or 1: as stored. */
   uint8_t jpeg_scale;
+  /* JPEG of 3 components decoded straight to opaque RGBA (libjpeg-turbo's JCS_EXT_RGBA;
+   * decoded_channels 4): MIRAX's images painted into RGBA grid tiles. */
+  bool jpeg_rgba;
+  /* Decoded pixels of alpha 0 are none of the image's (MIRAX: where no camera image lies):
+   * they take the read's fill, as pixels outside the level do (decoded_channels 4). */
+  bool transparent_is_fill;
 };
 
 struct tsr_level {
@@ -50,7 +56,30 @@ struct tsr_level {
    * chosen at open, and what that source keeps for the level (owned; NULL for TIFF tiles). */
   const struct tsr_tile_source *source;
   void *source_data;
+  /* Where the stored image (its tiles) lies in the level: its top-left pixel at (origin_x,
+   * origin_y), image_w x image_h pixels; image_w 0: the image is the whole level (all but
+   * Leica's levels, which are the slide's collection with the scanned image placed in it,
+   * background around it). */
+  int64_t origin_x, origin_y;
+  int64_t image_w, image_h;
 };
+
+/* The part of the level that the stored image covers, clipped to the level: [x0, x1) x
+ * [y0, y1) in level pixels (empty when x0 >= x1 or y0 >= y1). */
+static inline void tsr_level_image(const struct tsr_level *lv, int64_t *x0, int64_t *y0,
+                                   int64_t *x1, int64_t *y1) {
+  if (lv->image_w == 0) {
+    *x0 = *y0 = 0;
+    *x1 = lv->width;
+    *y1 = lv->height;
+    return;
+  }
+  *x0 = lv->origin_x > 0 ? lv->origin_x : 0;
+  *y0 = lv->origin_y > 0 ? lv->origin_y : 0;
+  int64_t ex = lv->origin_x + lv->image_w, ey = lv->origin_y + lv->image_h;
+  *x1 = ex < lv->width ? ex : lv->width;
+  *y1 = ey < lv->height ? ey : lv->height;
+}
 
 /* The level coordinate of level-0 coordinate v: floor(v / downsample), as the design says.
  * Far outside the level (beyond +-2^62, where a downsample near 1 could not even be converted
@@ -113,6 +142,11 @@ struct tessera_slide {
   size_t nassociated;
   const char *vendor;
   uint8_t background;
+  uint8_t *icc; /* level 0's ICC profile (owned), or NULL */
+  size_t icc_size;
+  /* 0, or 1 + the directory OpenSlide's quickhash-1 hashes instead of the last level's
+   * (format.h's quickhash_dir), for libtessera-openslide */
+  size_t quickhash_dir;
 };
 
 #endif

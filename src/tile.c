@@ -36,11 +36,13 @@ void tsr_tile_buffers_trim(struct tsr_tile_buffers *b) {
 
 void tsr_tile_extent(const struct tsr_level *lv, uint64_t index, int64_t *x, int64_t *y,
                      uint32_t *w, uint32_t *h) {
-  *x = (int64_t)(index % lv->across) * lv->tile_w;
-  *y = (int64_t)(index / lv->across) * lv->tile_h;
-  int64_t rw = lv->width - *x, rh = lv->height - *y;
-  *w = rw < lv->tile_w ? (uint32_t)rw : lv->tile_w;
-  *h = rh < lv->tile_h ? (uint32_t)rh : lv->tile_h;
+  *x = (int64_t)(index % lv->across) * lv->tile_w + lv->origin_x;
+  *y = (int64_t)(index / lv->across) * lv->tile_h + lv->origin_y;
+  int64_t x0, y0, x1, y1;
+  tsr_level_image(lv, &x0, &y0, &x1, &y1);
+  int64_t rw = x1 - *x, rh = y1 - *y;
+  *w = rw < lv->tile_w ? (rw > 0 ? (uint32_t)rw : 0) : lv->tile_w;
+  *h = rh < lv->tile_h ? (rh > 0 ? (uint32_t)rh : 0) : lv->tile_h;
 }
 
 size_t tsr_tile_buffer_size(const struct tsr_level *lv) {

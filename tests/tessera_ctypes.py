@@ -25,7 +25,7 @@ HEADER = os.path.join(os.path.dirname(_HERE), "include", "tessera.h")
 
 _SCALARS = {
     "size_t": ctypes.c_size_t, "int": ctypes.c_int, "char": ctypes.c_char,
-    "double": ctypes.c_double, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
+    "double": ctypes.c_double, "float": ctypes.c_float, "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64,
     "uint8_t": ctypes.c_uint8, "uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64,
 }
 
@@ -59,6 +59,8 @@ def _parse_header(path):
             if not d:
                 raise ValueError("%s: cannot read %r" % (m.group(2), decl))
             ctype = d.group(1)
+            if ctype in structs and d.group(2).lstrip().startswith("*"):
+                ctype = "void"  # a pointer to another struct of the header: an address here
             if ctype not in _SCALARS and ctype not in enum_types and ctype != "void":
                 raise ValueError("%s: unknown type %s" % (m.group(2), ctype))
             for declarator in d.group(2).split(","):
@@ -159,6 +161,22 @@ class IoStats(ctypes.Structure):
     _fields_ = _fields("tessera_io_stats")
 
 
+class TissueOptions(ctypes.Structure):
+    _fields_ = _fields("tessera_tissue_options")
+
+
+class Mask(ctypes.Structure):
+    _fields_ = _fields("tessera_mask")
+
+
+class GridOptions(ctypes.Structure):
+    _fields_ = _fields("tessera_grid_options")
+
+
+class Grid(ctypes.Structure):
+    _fields_ = _fields("tessera_grid")
+
+
 # Each struct of the header and its mirror here (test_header_mirror checks that none is left out).
 MIRRORS = {
     "tessera_open_options": OpenOptions, "tessera_level_info": LevelInfo,
@@ -166,6 +184,10 @@ MIRRORS = {
     "tessera_batch": Batch, "tessera_cache_options": CacheOptions,
     "tessera_shared_cache_info": SharedCacheInfo, "tessera_cache_stats": CacheStats,
     "tessera_source": Source, "tessera_io_stats": IoStats,
+
+
+    "tessera_tissue_options": TissueOptions, "tessera_mask": Mask,
+    "tessera_grid_options": GridOptions, "tessera_grid": Grid,
 }
 
 
@@ -223,6 +245,8 @@ def load(path=None):
         "tessera_property_value": (ctypes.c_char_p, [P, ctypes.c_char_p]),
         "tessera_associated_image_count": (ctypes.c_size_t, [P]),
         "tessera_associated_image_name": (ctypes.c_char_p, [P, ctypes.c_size_t]),
+        "tessera_icc_profile_size": (ctypes.c_size_t, [P]),
+        "tessera_icc_profile_read": (ctypes.c_int, [P, ctypes.c_void_p, ctypes.c_size_t]),
         "tessera_associated_image_dimensions": (
             ctypes.c_int, [P, ctypes.c_char_p, ctypes.POINTER(ctypes.c_int64),
                            ctypes.POINTER(ctypes.c_int64)],
@@ -469,6 +493,18 @@ class Slide:
     @property
     def properties(self):
         return {k: self.property_value(k) for k in self.property_keys()}
+
+    @property
+    def icc_profile(self):
+        """The ICC profile's bytes, or None; raises TesseraError when the read fails."""
+        n = self._lib.tessera_icc_profile_size(self._h)
+        if n == 0:
+            return None
+        buf = ctypes.create_string_buffer(n)
+        st = self._lib.tessera_icc_profile_read(self._h, buf, n)
+        if st != OK:
+            raise TesseraError(st, error_message(), "tessera_icc_profile_read")
+        return buf.raw
 
     @property
     def associated_names(self):

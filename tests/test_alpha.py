@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import tessera_ctypes as T
+import wsi_fixtures as F
 import wsi_refs as R
 
 W, H = 96, 64
@@ -78,3 +79,27 @@ def test_unspecified_extra_sample_is_not_alpha(files, lib):
         got = s.read_region(0, 0, 0, W, H, channels=4)
     assert np.array_equal(got[..., :3], stored[..., :3])
     assert (got[..., 3] == 255).all()
+
+
+def test_level_info_says_how_alpha_is_stored(files, lib):
+    """tessera_level_info's alpha (and the Python level_info's) is the level's ExtraSamples:
+    what tessera.openslide and libtessera-openslide round by, as OpenSlide's readers do."""
+    from tessera import _tessera
+
+    _, paths = files
+    d = T.DEFINES
+    want = {"assocalpha": (d["TESSERA_ALPHA_ASSOCIATED"], "associated"),
+            "unassalpha": (d["TESSERA_ALPHA_UNASSOCIATED"], "unassociated"),
+            "unspecified": (d["TESSERA_ALPHA_NONE"], "none")}
+    assert len({n for n, _ in want.values()}) == 3
+    for kind, (number, name) in want.items():
+        with T.open_slide(paths[kind]) as s:
+            assert s.level_info(0).alpha == number, kind
+        s = _tessera.Slide(paths[kind])
+        try:
+            assert s.level_info(0)["alpha"] == name, kind
+        finally:
+            s.close()
+    with T.open_slide(os.path.join(F.TESTDATA, "generic-webp-rgba-pyramid.tif")) as s:
+        assert s.level_info(0).samples_per_pixel == 4
+        assert s.level_info(0).alpha == d["TESSERA_ALPHA_UNASSOCIATED"]

@@ -36,7 +36,8 @@ def pkg_config(dest, pcdir, *args):
 def test_installed_files(installed):
     dest, _ = installed
     names = {f for _, _, fs in os.walk(dest) for f in fs}
-    for want in ("tessera.h", "tessera.pc", "libtessera.a", "tessera"):
+    # the command's `view` runs the Python package installed beside it, page included
+    for want in ("tessera.h", "tessera.pc", "libtessera.a", "tessera", "viewer.js", "index.html"):
         assert want in names, (want, sorted(names))
     assert any(n.startswith("libtessera.so") for n in names), sorted(names)
 

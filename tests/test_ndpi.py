@@ -728,6 +728,62 @@ def test_synthetic_partial_tiles(synth, lib):
     ts.close()
 
 
+def decode_by_interval_scaled(lv, k):
+    """The stored level lv decoded at 1/k as tessera reads a level OpenSlide makes of it,
+    built independently: each interval decoded by Pillow's JPEG draft mode (libjpeg's scaled
+    IDCT) as a JPEG of its own at its stored size, put at its place divided by k, and the
+    level cut to the stored size divided by k, rounded down (OpenSlide's size)."""
+    j, starts = lv["jpeg"], lv["starts"]
+    sof, _, end = jpeg_segments(j)
+    tw, th = lv["tile"]
+    W, H = lv["w"], lv["h"]
+    across = -(-W // tw)
+    bands = 3 if lv["components"] == 3 else 1
+    out = np.zeros((-(-H // th) * th // k, across * tw // k, bands), np.uint8)
+    for i, s in enumerate(starts):
+        e = starts[i + 1] - 2 if i + 1 < len(starts) else len(j) - 2
+        x, y = (i % across) * tw, (i // across) * th
+        w, h = min(tw, W - x), min(th, H - y)
+        if w < k or h < k:  # its scaled pixels lie past the level's rounded-down size
+            continue
+        head = bytearray(j[:end])
+        head[sof + 5:sof + 9] = struct.pack(">HH", h, w)
+        img = Image.open(io.BytesIO(bytes(head) + j[s:e] + b"\xff\xd9"))
+        img.draft(img.mode, (w // k, h // k))  # Pillow scales by the largest 1/2^n it can
+        assert img.size == (-(-w // k), -(-h // k)), (img.size, w, h, k)
+        tile = np.asarray(img.convert("RGB" if bands == 3 else "L")).reshape(
+            img.size[1], img.size[0], bands)
+        out[y // k:y // k + tile.shape[0], x // k:x // k + tile.shape[1]] = tile
+    return out[:H // k, :W // k]
+
+
+def test_synthetic_partial_tiles_scaled_levels(synth, lib):
+    """Levels whose size is not whole intervals get OpenSlide's levels decoded at 1/2, 1/4 and
+    1/8 too (OpenSlide asks only that the scale divide the interval's size): the same sizes as
+    OpenSlide 3.4.1's, and pixels equal to each interval decoded at the scale by Pillow (not to
+    OpenSlide's, which misplaces partial intervals: see test_synthetic_partial_tiles), its
+    partial last column and row included."""
+    s = synth("c444-partial")
+    ts = T.open_slide(s.path)
+    osl = R.openslide_open(s.path)
+    dims = [(ts.level_info(k).width, ts.level_info(k).height) for k in range(ts.level_count)]
+    assert dims == [tuple(d) for d in osl.level_dimensions]
+    stored = [(lv["w"], lv["h"]) for lv in s.levels]
+    scaled = [d for d in dims if d not in stored]
+    assert len(scaled) >= 3, dims
+    for k, d in enumerate(dims):
+        if d in stored:
+            continue
+        # the stored level it comes from: the smallest one it divides to
+        lv, scale = next((lv, f) for lv in reversed(s.levels) for f in (2, 4, 8)
+                         if (lv["w"] // f, lv["h"] // f) == d)
+        ref = decode_by_interval_scaled(lv, scale)
+        assert ts.level_info(k).tile_width == lv["tile"][0] // scale
+        check_against(ts, k, ref, "c444-partial level %d (1/%d of %dx%d)" % (
+            k, scale, lv["w"], lv["h"]))
+    ts.close()
+
+
 def test_synthetic_420(synth, lib):
     """4:2:0: each interval is decoded as an image of its own (there is no OpenSlide reference:
     3.4.1 fails on such files), so the chroma of each tile's outer rows and columns is

@@ -62,9 +62,12 @@ def test_installed_files_are_the_package_alone(venv):
         files += [os.path.relpath(os.path.join(root, n), venv) for n in names]
     package = sorted(f for f in files if "site-packages/tessera/" in f and "__pycache__" not in f)
     names = {os.path.basename(f) for f in package}
-    assert {"__init__.py", "_image.py", "torch.py", "dask.py"} <= names, package
-    assert {"tessera/openslide/" + n for n in ("__init__.py", "_alpha.py", "_tiffdir.py",
+    assert {"__init__.py", "_image.py", "_tissue.py", "torch.py", "dask.py"} <= names, package
+    assert {"tessera/openslide/" + n for n in ("__init__.py", "_alpha.py",
                                                "deepzoom.py", "lowlevel.py")} <= {
+        f.split("site-packages/", 1)[1] for f in package}, package
+    assert {"tessera/viewer/" + n for n in ("__init__.py", "__main__.py", "static/index.html",
+                                            "static/viewer.js", "static/viewer.css")} <= {
         f.split("site-packages/", 1)[1] for f in package}, package
     assert any(n.startswith("_tessera.") and n.endswith(".so") for n in names), package
     assert not any(os.path.basename(f) in ("tessera.h", "tessera_version.h", "tessera.pc")
@@ -95,3 +98,28 @@ def test_installed_package_version_is_the_build_files(venv):
                         "print(importlib.metadata.version('tessera'), tessera.__version__)"],
                        capture_output=True, text=True, check=True, cwd=venv)
     assert r.stdout.split() == [build_file_version()] * 2, r.stdout
+
+
+def test_installed_package_serves_the_viewer(venv, slides):
+    """`python -m tessera.viewer` from the install (which has no `tessera` command) serves the
+    page and the slide's tiles, and stops on Ctrl-C."""
+    import select
+    import signal
+    import urllib.request
+
+    path = slides.path("jpeg-t256-pyr")
+    p = subprocess.Popen([os.path.join(venv, "bin", "python"), "-m", "tessera.viewer", path],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=venv)
+    try:
+        ready, _, _ = select.select([p.stdout], [], [], 120)  # a deadline against a hang
+        line = p.stdout.readline() if ready else ""
+        assert line.startswith("Serving ") and "http://127.0.0.1:" in line, line
+        url = line.split(" at ", 1)[1].split(" ")[0]
+        with urllib.request.urlopen(url, timeout=60) as r:
+            assert b"/viewer.js" in r.read()
+        with urllib.request.urlopen(url + "slide_files/0/0_0.jpeg", timeout=60) as r:
+            assert r.headers["Content-Type"] == "image/jpeg" and r.read()[:2] == b"\xff\xd8"
+    finally:
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err

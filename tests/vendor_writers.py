@@ -235,3 +235,142 @@ def write_ome(path, pages, description):
             kw.pop("description", None)
             for s in subs or ():
                 tw.write(s, subfiletype=1, **kw)
+
+
+# ---- Leica SCN ------------------------------------------------------------------------
+
+LEICA_NS = {"2010/10/01": "http://www.leica-microsystems.com/scn/2010/10/01",
+            "2010/03/10": "http://www.leica-microsystems.com/scn/2010/03/10"}
+
+
+def leica_image(dims, view, illumination="brightfield", objective="20", aperture="0.4",
+                date="2012-03-02T09:45:10.21Z", model="Leica SCN400;Leica SCN",
+                version="1.4.0.10719 2010/12/01 12:33:48;1.4.0.10719", extra=""):
+    """One <image> of an SCN collection: dims [(ifd, width, height, z or None)], view (sizeX,
+    sizeY, offsetX, offsetY) in nm; None leaves an element out."""
+    dim = "".join('<dimension sizeX="%d" sizeY="%d" ifd="%d"%s/>'
+                  % (w, h, ifd, "" if z is None else ' z="%s"' % z) for ifd, w, h, z in dims)
+    parts = ['<image name="i" uuid="urn:uuid:0">']
+    if date is not None:
+        parts.append("<creationDate>%s</creationDate>" % escape(date))
+    if model is not None:
+        parts.append("<device model=%s version=%s/>" % (quoteattr(model), quoteattr(version)))
+    parts.append('<pixels sizeX="%d" sizeY="%d">%s</pixels>' % (dims[0][1], dims[0][2], dim))
+    parts.append('<view sizeX="%d" sizeY="%d" offsetX="%d" offsetY="%d" spacingZ="0"/>' % view)
+    settings = ""
+    if objective is not None:
+        settings += "<objectiveSettings><objective>%s</objective></objectiveSettings>" % objective
+    ill = ""
+    if aperture is not None:
+        ill += "<numericalAperture>%s</numericalAperture>" % aperture
+    if illumination is not None:
+        ill += "<illuminationSource>%s</illuminationSource>" % illumination
+    settings += "<illuminationSettings>%s</illuminationSettings>" % ill
+    parts.append("<scanSettings>%s</scanSettings>%s</image>" % (settings, extra))
+    return "".join(parts)
+
+
+def leica_xml(collection_nm, images, barcode="SCN-0042 slide", ns="2010/10/01"):
+    """The SCN document: a collection of collection_nm (width, height) nm holding images
+    (leica_image's); the barcode as base64 text (2010/10/01) or an attribute (2010/03/10)."""
+    if ns == "2010/10/01":
+        head = '<collection name="c" uuid="urn:uuid:1" sizeX="%d" sizeY="%d">' % collection_nm
+        if barcode is not None:
+            head += "<barcode>%s</barcode>" % base64.b64encode(barcode.encode()).decode()
+    else:
+        head = '<collection name="c" uuid="urn:uuid:1" sizeX="%d" sizeY="%d"%s>' % (
+            collection_nm + ("" if barcode is None else " barcode=%s" % quoteattr(barcode),))
+    return ('<?xml version="1.0" encoding="utf-8"?>\n<scn xmlns="%s">%s%s</collection></scn>'
+            % (LEICA_NS[ns], head, "".join(images)))
+
+
+def write_leica(path, directories, xml):
+    """A BigTIFF of JPEG-tiled directories, in order: each (array, tile, skip, resolution)
+    where resolution is pixels per centimetre or None; the XML on the first."""
+    if isinstance(xml, str):
+        xml = xml.encode("utf-8")
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        for i, (arr, tile, skip, res) in enumerate(directories):
+            kw = {}
+            if res is not None:
+                kw = dict(resolution=(res, res), resolutionunit="CENTIMETER")
+            write_jpeg_tiled(tw, arr, tile, skip=skip, description=xml if i == 0 else None,
+                             software="Leica SCN", **kw)
+
+
+# ---- Ventana BIF / TIFF -----------------------------------------------------------------
+
+def ventana_iscan(attrs=None, root="iScan"):
+    """The first directory's XMLPacket: <iScan> with attrs (as the root, or in <Metadata>)."""
+    attrs = attrs if attrs is not None else {
+        "Magnification": "40", "ScanRes": "0,2325", "UnitNumber": "BI10N0042",
+        "BuildVersion": "1.1.0.15854", "SlideAnnotation": "", "ShowLabel": "0"}
+    iscan = "<iScan %s/>" % " ".join("%s=%s" % (k, quoteattr(v)) for k, v in attrs.items())
+    body = iscan if root == "iScan" else "<Metadata>%s</Metadata>" % iscan
+    return '<?xml version="1.0" encoding="utf-8"?>' + body
+
+
+def bif_tile_number(col, row, across, down):
+    """The 1-based number of a tile as BIF joints count them: rows from the bottom, every other
+    row right to left."""
+    rb = down - 1 - row
+    c = col if rb % 2 == 0 else across - 1 - col
+    return rb * across + c + 1
+
+
+def bif_encode_info(areas, tile, overlaps_x, overlaps_y, unscanned=0):
+    """Level 0's EncodeInfo: areas [(start_col, start_row, across, down, pos_x, pos_y)]; the
+    RIGHT joints take OverlapX from overlaps_x in turn, the UP joints OverlapY from overlaps_y;
+    unscanned areas (AOIScanned 0) are added after them."""
+    infos, origins = [], []
+    ix, iy = iter(overlaps_x * 1000), iter(overlaps_y * 1000)
+    for n, (sc, sr, across, down, px, py) in enumerate(areas):
+        joints = []
+        for r in range(down):
+            for c in range(across):
+                t = bif_tile_number(c, r, across, down)
+                if c + 1 < across:
+                    joints.append('<TileJointInfo FlagJoined="1" Confidence="10" Direction="RIGHT"'
+                                  ' Tile1="%d" Tile2="%d" OverlapX="%s" OverlapY="7"/>'
+                                  % (t, bif_tile_number(c + 1, r, across, down), next(ix)))
+                if r > 0:
+                    joints.append('<TileJointInfo FlagJoined="1" Confidence="10" Direction="UP"'
+                                  ' Tile1="%d" Tile2="%d" OverlapX="-5" OverlapY="%s"/>'
+                                  % (t, bif_tile_number(c, r - 1, across, down), next(iy)))
+        infos.append('<ImageInfo AOIScanned="1" AOIIndex="%d" Width="%d" Height="%d" '
+                     'NumRows="%d" NumCols="%d" Pos-X="%s" Pos-Y="%s">%s</ImageInfo>'
+                     % (n, tile, tile, down, across, px, py, "".join(joints)))
+        origins.append('<AOI%d OriginX="%d" OriginY="%d"/>' % (n, sc * tile, sr * tile))
+    for k in range(unscanned):
+        infos.append('<ImageInfo AOIScanned="0" AOIIndex="%d"/>' % (len(areas) + k))
+        origins.append('<AOI%d OriginX="0" OriginY="0"/>' % (len(areas) + k))
+    return ('<?xml version="1.0" encoding="utf-8"?><EncodeInfo Ver="2"><SlideInfo/>'
+            '<SlideStitchInfo>%s</SlideStitchInfo><AoiOrigin>%s</AoiOrigin></EncodeInfo>'
+            % ("".join(infos), "".join(origins)))
+
+
+def write_ventana(path, iscan, levels, tile, mags, encode_info=None, macro=None, thumbnail=None,
+                  macro_desc="Label_Image"):
+    """A Ventana BIF (encode_info given: level 0's XMLPacket) or Ventana TIFF: the macro and
+    thumbnail as strips first (the first directory carries iscan), then the JPEG-tiled levels
+    described "level=N mag=M quality=90"."""
+    def xmp(text):
+        b = text.encode("utf-8")
+        return [(700, 1, len(b), b, True)]
+    with tifffile.TiffWriter(path, bigtiff=True) as tw:
+        first = True
+        for arr, desc in ((macro, macro_desc), (thumbnail, "Thumbnail")):
+            if arr is not None:
+                tw.write(arr, photometric="rgb", compression="zlib", rowsperstrip=64,
+                         description=desc, metadata=None,
+                         extratags=xmp(iscan) if first else [])
+                first = False
+        for i, (arr, mag) in enumerate(zip(levels, mags)):
+            extra = []
+            if first:
+                extra = xmp(iscan)
+                first = False
+            elif i == 0 and encode_info is not None:
+                extra = xmp(encode_info)
+            write_jpeg_tiled(tw, arr, tile, description="level=%d mag=%s quality=90" % (i, mag),
+                             extratags=extra)

@@ -125,6 +125,55 @@ static PyObject *cuda_status(PyObject *self, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(resample_doc,
+             "resample(buffer, count, src_height, src_width, channels, width, height, scale_x, "
+             "scale_y) -> Array\n\n"
+             "count images of src_height x src_width x channels uint8 (C-contiguous in buffer), "
+             "each area-averaged (tessera_resample_area) to height x width: an Array (count, "
+             "height, width, channels). The GIL is released while resampling.");
+
+static PyObject *resample(PyObject *self, PyObject *args) {
+  (void)self;
+  PyObject *obj;
+  long long count, sh, sw, w, h;
+  int channels;
+  double sx, sy;
+  if (!PyArg_ParseTuple(args, "OLLLiLLdd:resample", &obj, &count, &sh, &sw, &channels, &w, &h,
+                        &sx, &sy))
+    return NULL;
+  if (count < 0 || sh < 1 || sw < 1 || w < 1 || h < 1 || (channels != 3 && channels != 4))
+    return PyErr_Format(PyExc_ValueError, "resample: bad sizes");
+  Py_buffer view;
+  if (PyObject_GetBuffer(obj, &view, PyBUF_C_CONTIGUOUS) < 0)
+    return NULL;
+  size_t in_one = (size_t)sh * (size_t)sw * (size_t)channels;
+  size_t out_one = (size_t)h * (size_t)w * (size_t)channels;
+  if ((size_t)view.len != in_one * (size_t)count) {
+    PyBuffer_Release(&view);
+    return PyErr_Format(PyExc_ValueError, "resample: the buffer holds %zd bytes, not %zu",
+                        view.len, in_one * (size_t)count);
+  }
+  uint8_t *out = malloc(out_one * (size_t)(count ? count : 1));
+  if (!out) {
+    PyBuffer_Release(&view);
+    return PyErr_NoMemory();
+  }
+  tessera_status st = TESSERA_OK;
+  Py_BEGIN_ALLOW_THREADS
+  for (long long i = 0; i < count && st == TESSERA_OK; i++)
+    st = tessera_resample_area((const uint8_t *)view.buf + (size_t)i * in_one, sw, sh,
+                               (size_t)sw * (size_t)channels, channels, sx, sy, w, h,
+                               out + (size_t)i * out_one, (size_t)w * (size_t)channels);
+  Py_END_ALLOW_THREADS
+  PyBuffer_Release(&view);
+  if (st != TESSERA_OK) {
+    free(out);
+    return pyt_raise(st);
+  }
+  Py_ssize_t shape[4] = {(Py_ssize_t)count, (Py_ssize_t)h, (Py_ssize_t)w, channels};
+  return pyt_array_from_owned(out, 4, shape);
+}
+
 static PyMethodDef module_methods[] = {
     {"cache_configure", (PyCFunction)(void (*)(void))pyt_cache_configure,
      METH_VARARGS | METH_KEYWORDS,
@@ -146,6 +195,7 @@ static PyMethodDef module_methods[] = {
      "shared_cache_remove(name, force=False): removes a shared-memory cache's segment."},
     {"cuda_status", cuda_status, METH_NOARGS, cuda_status_doc},
     {"checksum", checksum, METH_VARARGS, checksum_doc},
+    {"resample", resample, METH_VARARGS, resample_doc},
     {"_live", live, METH_NOARGS, live_doc},
     {"_array_from_bytes", array_from_bytes, METH_VARARGS, array_from_bytes_doc},
     {NULL, NULL, 0, NULL},

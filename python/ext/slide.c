@@ -359,6 +359,24 @@ static PyObject *get_background(pyt_slide *self, void *c) {
   return r;
 }
 
+static PyObject *get_icc_profile(pyt_slide *self, void *c) {
+  (void)c;
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  size_t n = tessera_icc_profile_size(s);
+  PyObject *r;
+  if (n == 0) {
+    r = Py_NewRef(Py_None);
+  } else if ((r = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n)) &&
+             tessera_icc_profile_read(s, PyBytes_AS_STRING(r), n) != TESSERA_OK) {
+    Py_DECREF(r);
+    r = pyt_raise(TESSERA_E_ARGUMENT);
+  }
+  pyt_slide_release(self);
+  return r;
+}
+
 static int level_arg(PyObject *obj, int32_t *level) {
   long v = PyLong_AsLong(obj);
   if (v == -1 && PyErr_Occurred())
@@ -385,12 +403,14 @@ static PyObject *slide_level_info(pyt_slide *self, PyObject *arg) {
     pyt_raise(st);
   } else {
     const char *codec = tessera_compression_name(li.compression);
-    r = Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i}", "width", (long long)li.width,
+    static const char *const alpha[] = {"none", "associated", "unassociated"};
+    r = Py_BuildValue("{s:L,s:L,s:d,s:i,s:i,s:O,s:I,s:s,s:i,s:s}", "width", (long long)li.width,
                       "height", (long long)li.height, "downsample", li.downsample,
                       "tile_width", li.tile_width, "tile_height", li.tile_height, "tiled",
                       li.tiled ? Py_True : Py_False, "compression", li.compression,
                       "compression_name", codec ? codec : "unknown", "samples_per_pixel",
-                      li.samples_per_pixel);
+                      li.samples_per_pixel, "alpha",
+                      li.alpha >= 0 && li.alpha <= 2 ? alpha[li.alpha] : "none");
   }
   pyt_slide_release(self);
   return r;
@@ -412,6 +432,40 @@ static PyObject *slide_properties(pyt_slide *self, PyObject *unused) {
     Py_XDECREF(v);
   }
   pyt_slide_release(self);
+  return d;
+}
+
+/* OpenSlide's table, made by the core (tessera_openslide_properties) with the GIL released:
+ * it reads the smallest level's tiles for the quickhash. */
+static PyObject *slide_openslide_properties(pyt_slide *self, PyObject *arg) {
+  long version = PyLong_AsLong(arg);
+  if (version == -1 && PyErr_Occurred())
+    return NULL;
+  if (version != 3 && version != 4) {
+    PyErr_Format(PyExc_ValueError, "OpenSlide version %ld: 3 or 4 expected", version);
+    return NULL;
+  }
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  tessera_property_table *t = NULL;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_openslide_properties(s, (int32_t)version, &t);
+  Py_END_ALLOW_THREADS
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  PyObject *d = PyDict_New();
+  size_t n = tessera_property_table_count(t);
+  for (size_t i = 0; d && i < n; i++) {
+    const char *value = tessera_property_table_value(t, i);
+    PyObject *v = PyUnicode_DecodeUTF8(value, (Py_ssize_t)strlen(value), "replace");
+    if (!v || PyDict_SetItemString(d, tessera_property_table_key(t, i), v) < 0)
+      Py_CLEAR(d);
+    Py_XDECREF(v);
+  }
+  tessera_property_table_free(t);
   return d;
 }
 
@@ -644,6 +698,174 @@ static PyObject *slide_read_region_openslide(pyt_slide *self, PyObject *args,
   return read_done(self, st, buf, width, height, 4);
 }
 
+PyDoc_STRVAR(read_region_scaled_doc,
+             "read_region_scaled(x, y, width, height, level, scale_x, scale_y, channels=3, "
+             "fill=-1, num_workers=0, fast=False) -> Array\n\n"
+             "A (height, width, channels) uint8 Array whose pixels are each the exact area "
+             "average of scale_x by scale_y pixels of `level` (tessera_read_region_scaled), "
+             "starting at the level pixel (floor(x / downsample), floor(y / downsample)). The "
+             "GIL is released while reading.");
+
+static PyObject *slide_read_region_scaled(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"x",        "y",       "width",    "height", "level",       "scale_x",
+                           "scale_y",  "channels", "fill",    "num_workers", "fast", NULL};
+  long long x, y, width, height;
+  int level, channels = 3, fill = -1, workers = 0, fast = 0;
+  double sx, sy;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLLLidd|iiip:read_region_scaled", kwlist, &x,
+                                   &y, &width, &height, &level, &sx, &sy, &channels, &fill,
+                                   &workers, &fast) ||
+      !channels_ok(channels))
+    return NULL;
+  if (pyt_slide_acquire(self) < 0)
+    return NULL;
+  Py_ssize_t size = image_bytes(self->slide, width, height, channels);
+  uint8_t *buf = size > 0 ? malloc((size_t)size) : NULL;
+  if (!buf) {
+    pyt_slide_release(self);
+    return size < 0 ? NULL : PyErr_NoMemory();
+  }
+  tessera_read_options ro;
+  tessera_read_options_init(&ro);
+  ro.channels = channels;
+  ro.fill = fill;
+  ro.num_workers = workers;
+  ro.fast_jpeg = fast;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_read_region_scaled(self->slide, x, y, level, sx, sy, width, height, &ro, buf,
+                                  (size_t)size);
+  Py_END_ALLOW_THREADS
+  return read_done(self, st, buf, width, height, channels);
+}
+
+PyDoc_STRVAR(tissue_mask_doc,
+             "tissue_mask(mpp=0.0, downsample=0.0, mode=0, background_tolerance=10, "
+             "black_max=40, pen_min_saturation=110, pen_hue_min=70.0, pen_hue_max=250.0, "
+             "min_threshold=12, min_tissue_area=10000.0, max_hole_area=40000.0, "
+             "num_workers=0) -> (Array, dict)\n\n"
+             "The slide's tissue mask (tessera_tissue_mask): a (height, width) uint8 Array, "
+             "255 tissue and 0 not, and a dict: downsample, mpp, level, darkfield, threshold, "
+             "tissue_fraction. The GIL is released while computing.");
+
+static PyObject *slide_tissue_mask(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"mpp",           "downsample",    "mode",
+                           "background_tolerance", "black_max", "pen_min_saturation",
+                           "pen_hue_min",   "pen_hue_max",   "min_threshold",
+                           "min_tissue_area", "max_hole_area", "num_workers", NULL};
+  tessera_tissue_options o;
+  tessera_tissue_options_init(&o);
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$ddiiiiddiddi:tissue_mask", kwlist, &o.mpp,
+                                   &o.downsample, &o.mode, &o.background_tolerance, &o.black_max,
+                                   &o.pen_min_saturation, &o.pen_hue_min, &o.pen_hue_max,
+                                   &o.min_threshold, &o.min_tissue_area, &o.max_hole_area,
+                                   &o.num_workers))
+    return NULL;
+  if (pyt_slide_acquire(self) < 0)
+    return NULL;
+  tessera_mask *m = NULL;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_tissue_mask(self->slide, &o, &m);
+  Py_END_ALLOW_THREADS
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  size_t n = (size_t)m->width * (size_t)m->height;
+  uint8_t *copy = malloc(n);
+  if (!copy) {
+    tessera_mask_free(m);
+    return PyErr_NoMemory();
+  }
+  memcpy(copy, m->data, n);
+  Py_ssize_t shape[2] = {(Py_ssize_t)m->height, (Py_ssize_t)m->width};
+  PyObject *info = Py_BuildValue("{s:d,s:d,s:i,s:O,s:i,s:d}", "downsample", m->downsample, "mpp",
+                                 m->mpp, "level", m->level, "darkfield",
+                                 m->darkfield ? Py_True : Py_False, "threshold", m->threshold,
+                                 "tissue_fraction", m->tissue_fraction);
+  tessera_mask_free(m);
+  PyObject *array = pyt_array_from_owned(copy, 2, shape);
+  if (!info || !array) {
+    Py_XDECREF(info);
+    Py_XDECREF(array);
+    return NULL;
+  }
+  return Py_BuildValue("(NN)", array, info);
+}
+
+PyDoc_STRVAR(patch_grid_doc,
+             "patch_grid(width, height, mpp=0.0, level=0, stride_x=0, stride_y=0, "
+             "min_tissue=0.0, **mask) -> (bytes, bytes, dict)\n\n"
+             "tessera_patch_grid: the locations (int64 x, y pairs, level-0) and the tissue "
+             "fractions (float32) as bytes, and a dict: level, read_width, read_height, "
+             "width, height, scale, mpp, stride_x, stride_y, mask_downsample. mask: the "
+             "keywords of tissue_mask. The GIL is released while computing.");
+
+static PyObject *slide_patch_grid(pyt_slide *self, PyObject *args, PyObject *kwargs) {
+  static char *kwlist[] = {"width",           "height",        "mpp",
+                           "level",           "stride_x",      "stride_y",
+                           "min_tissue",      "mask_mpp",      "mask_downsample",
+                           "mode",            "background_tolerance", "black_max",
+                           "pen_min_saturation", "pen_hue_min", "pen_hue_max",
+                           "min_threshold",   "min_tissue_area", "max_hole_area",
+                           "num_workers",     NULL};
+  tessera_grid_options g;
+  tessera_grid_options_init(&g);
+  tessera_tissue_options o;
+  tessera_tissue_options_init(&o);
+  long long width, height, sx = 0, sy = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LL|$diLLdddiiiiddiddi:patch_grid", kwlist,
+                                   &width, &height, &g.mpp, &g.level, &sx, &sy, &g.min_tissue,
+                                   &o.mpp, &o.downsample, &o.mode, &o.background_tolerance,
+                                   &o.black_max, &o.pen_min_saturation, &o.pen_hue_min,
+                                   &o.pen_hue_max, &o.min_threshold, &o.min_tissue_area,
+                                   &o.max_hole_area, &o.num_workers))
+    return NULL;
+  g.width = width;
+  g.height = height;
+  g.stride_x = sx;
+  g.stride_y = sy;
+  g.tissue = &o;
+  if (pyt_slide_acquire(self) < 0)
+    return NULL;
+  tessera_grid *grid = NULL;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_patch_grid(self->slide, &g, &grid);
+  Py_END_ALLOW_THREADS
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  PyObject *res = Py_BuildValue(
+      "(y#y#{s:i,s:L,s:L,s:L,s:L,s:d,s:d,s:L,s:L,s:d})", (const char *)grid->locations,
+      (Py_ssize_t)(grid->count * 2 * sizeof(int64_t)), (const char *)grid->tissue,
+      (Py_ssize_t)(grid->count * sizeof(float)), "level", grid->level, "read_width",
+      (long long)grid->read_width, "read_height", (long long)grid->read_height, "width",
+      (long long)grid->width, "height", (long long)grid->height, "scale", grid->scale, "mpp",
+      grid->mpp, "stride_x", (long long)grid->stride_x, "stride_y", (long long)grid->stride_y,
+      "mask_downsample", grid->mask_downsample);
+  tessera_grid_free(grid);
+  return res;
+}
+
+PyDoc_STRVAR(level_for_mpp_doc,
+             "level_for_mpp(mpp) -> (level, scale): tessera_level_for_mpp.");
+
+static PyObject *slide_level_for_mpp(pyt_slide *self, PyObject *arg) {
+  double mpp = PyFloat_AsDouble(arg);
+  if (mpp == -1.0 && PyErr_Occurred())
+    return NULL;
+  if (pyt_slide_acquire(self) < 0)
+    return NULL;
+  int32_t level = 0;
+  double scale = 1.0;
+  tessera_status st = tessera_level_for_mpp(self->slide, mpp, &level, &scale);
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  return Py_BuildValue("(id)", level, scale);
+}
+
 PyDoc_STRVAR(batches_doc,
              "batches(locations, width, height, level=0, batch_size=1, num_workers=0, "
              "drop_last=False, prefetch_factor=2, shuffle=False, seed=0, channels=3, fill=-1, "
@@ -725,9 +947,14 @@ static PyMethodDef slide_methods[] = {
      "already read stay valid."},
     {"level_info", (PyCFunction)slide_level_info, METH_O,
      "level_info(level) -> dict: width, height, downsample, tile_width, tile_height, tiled, "
-     "compression, compression_name, samples_per_pixel."},
+     "compression, compression_name, samples_per_pixel, alpha ('none', 'associated' or "
+     "'unassociated': how the file stores its alpha; reads give straight alpha)."},
     {"properties", (PyCFunction)slide_properties, METH_NOARGS,
      "properties() -> dict of str: the slide's properties (tiff.*, tessera.*, vendor keys)."},
+    {"openslide_properties", (PyCFunction)slide_openslide_properties, METH_O,
+     "openslide_properties(version) -> dict of str: the properties as OpenSlide `version` (3: "
+     "3.4, 4: 4.0) computes them (openslide.*, tiff.* as OpenSlide prints them, "
+     "openslide.quickhash-1, vendor keys)."},
     {"associated_names", (PyCFunction)slide_associated_names, METH_NOARGS,
      "associated_names() -> list of str: label, macro, thumbnail, ..."},
     {"limits", (PyCFunction)slide_limits, METH_NOARGS,
@@ -744,6 +971,13 @@ static PyMethodDef slide_methods[] = {
      METH_VARARGS | METH_KEYWORDS, read_region_openslide_doc},
     {"batches", (PyCFunction)(void (*)(void))slide_batches, METH_VARARGS | METH_KEYWORDS,
      batches_doc},
+    {"read_region_scaled", (PyCFunction)(void (*)(void))slide_read_region_scaled,
+     METH_VARARGS | METH_KEYWORDS, read_region_scaled_doc},
+    {"tissue_mask", (PyCFunction)(void (*)(void))slide_tissue_mask, METH_VARARGS | METH_KEYWORDS,
+     tissue_mask_doc},
+    {"patch_grid", (PyCFunction)(void (*)(void))slide_patch_grid, METH_VARARGS | METH_KEYWORDS,
+     patch_grid_doc},
+    {"level_for_mpp", (PyCFunction)slide_level_for_mpp, METH_O, level_for_mpp_doc},
     {"__enter__", slide_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)slide_exit, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -755,6 +989,10 @@ static PyGetSetDef slide_getset[] = {
     {"level_count", (getter)get_level_count, NULL, "Number of pyramid levels.", NULL},
     {"vendor", (getter)get_vendor, NULL, "The vendor that wrote the slide.", NULL},
     {"background", (getter)get_background, NULL, "Fill value outside the image.", NULL},
+    {"icc_profile", (getter)get_icc_profile, NULL,
+     "The slide's ICC colour profile (bytes, as the file holds it), or None. Reads do not "
+     "apply it.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

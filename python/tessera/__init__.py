@@ -18,6 +18,7 @@ IterableDataset; tessera.dask turns slides into dask arrays.
 from ._tessera import Array, BatchIter, TesseraError, library_version
 from ._image import (Cache, CuImage, Region, Slide, SlideNotFoundError, remove_shared_cache,
                      shared_caches)
+from ._tissue import Grid, TissueMask, grid
 from . import clara
 
 __version__ = library_version
@@ -31,6 +32,9 @@ __all__ = [
     "Slide",
     "SlideNotFoundError",
     "TesseraError",
+    "TissueMask",
+    "Grid",
+    "grid",
     "clara",
     "remove_shared_cache",
     "shared_caches",

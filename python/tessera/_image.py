@@ -8,6 +8,7 @@ import warnings
 
 from . import _tessera
 from ._cucim import UINT8, CacheType, default_capacity
+from ._tissue import TissueMask, mode_number
 
 def _device(device):
     """(0, 0) for the CPU, (1, N) for CUDA device N: from 'cpu', 'cuda', 'gpu', 'cuda:N', or
@@ -341,6 +342,18 @@ class Slide(_tessera.Slide):
         }
 
     @property
+    def color_profile(self):
+        """The slide's ICC colour profile as a PIL.ImageCms.ImageCmsProfile (its bytes are
+        icc_profile), or None when the file has none. Reading pixels does not apply it."""
+        icc = self.icc_profile
+        if icc is None:
+            return None
+        from io import BytesIO
+
+        from PIL import ImageCms
+        return ImageCms.ImageCmsProfile(BytesIO(icc))
+
+    @property
     def associated_images(self):
         """The names of the associated images (label, macro, thumbnail, ...), as a set."""
         return set(self.associated_names())
@@ -361,7 +374,8 @@ class Slide(_tessera.Slide):
 
     def read_region(self, location=None, size=None, level=0, num_workers=0, batch_size=1,
                     drop_last=False, prefetch_factor=2, shuffle=False, seed=0, device="cpu",
-                    buf=None, shm_name="", *, channels=None, fill=None):
+                    buf=None, shm_name="", *, channels=None, fill=None, mpp=None,
+                    downsample=None, fast=False):
         """Reads one region, or a stream of patches.
 
         location: one (x, y) in level-0 pixels -> an Array (height, width, channels); from a
@@ -382,7 +396,21 @@ class Slide(_tessera.Slide):
         device: 'cpu', or 'cuda' / 'cuda:N': Arrays in GPU memory (__cuda_array_interface__,
         __dlpack__; .cpu() copies one back), JPEG tiles decoded there by nvJPEG. Where CUDA
         cannot be had, RuntimeError "CUDA is not available: ..." says what is missing.
+        mpp: read at that many micrometres per pixel: size is then in pixels at mpp, and the
+        level is the coarsest at most that fine (level_for_mpp), each output pixel the exact
+        area average of the level pixels it covers (docs/RESOLUTION.md); ValueError for a
+        slide without an mpp (give downsample instead). downsample: the same with level-0
+        pixels per output pixel. Either replaces level; several locations give an iterator of
+        NumPy batches read on num_workers threads (CPU only). fast=True (with mpp or
+        downsample): JPEG tiles decoded at 1/2, 1/4 or 1/8 by the reduced-size IDCT where the
+        scale allows, close to the exact mode but not equal (docs/RESOLUTION.md).
         """
+        if mpp is not None or downsample is not None:
+            return self._read_scaled(location, size, level, mpp, downsample, num_workers,
+                                     batch_size, drop_last, channels, fill, device, buf,
+                                     shm_name, bool(fast), prefetch_factor, shuffle, seed)
+        if fast:
+            raise ValueError("read_region(fast=True) goes with mpp= or downsample=")
         device, device_id = _device(device)
         if buf is not None:
             raise ValueError("read_region(buf=...) is not supported: tessera allocates each "
@@ -426,6 +454,114 @@ class Slide(_tessera.Slide):
                             num_workers, bool(drop_last),
                             _integer(prefetch_factor, "prefetch_factor"), bool(shuffle), seed,
                             channels, fill, device, device_id)
+
+    def tissue_mask(self, mpp=None, downsample=None, *, mode="auto", background_tolerance=10,
+                    black_max=40, pen_min_saturation=110, pen_hue=(70.0, 250.0),
+                    min_threshold=12, min_tissue_area=10000.0, max_hole_area=40000.0,
+                    num_workers=0):
+        """The slide's tissue mask, a TissueMask (its .array a (height, width) bool array;
+        np.asarray(mask) gives it) with what maps it to level 0 (.downsample, .mpp, .level).
+
+        mpp: micrometres per mask pixel (ValueError for a slide without an mpp), or
+        downsample: level-0 pixels per mask pixel; neither: 8 um per pixel, or downsample 32
+        without an mpp. The mask is computed on the coarsest level at least as fine, area-
+        averaged to the mask's pixels; background (the slide's fill colour, within
+        background_tolerance), black (brightest channel <= black_max; -1: no rule) and pen
+        (saturation >= pen_min_saturation, 256: no rule, hue within pen_hue degrees) pixels
+        are not tissue; the rest is tissue above Otsu's threshold of their saturation (at
+        least min_threshold); then tissue pieces smaller than min_tissue_area and holes
+        smaller than max_hole_area (square micrometres; square level-0 pixels without an
+        mpp) are dropped and filled. mode: 'auto' (dark-field when the median brightness is
+        below 64), 'brightfield' or 'darkfield'. docs/TISSUE.md has the details."""
+        import numpy as np
+        if mpp is not None and downsample is not None:
+            raise ValueError("tissue_mask: give mpp or downsample, not both")
+        if mpp is not None and not self.properties().get("tessera.mpp-x"):
+            raise ValueError("tissue_mask(mpp=%r): %s does not say its microns per pixel; give "
+                             "downsample= instead" % (mpp, os.fsdecode(self.path)))
+        lo, hi = pen_hue
+        array, info = _tessera.Slide.tissue_mask(
+            self, mpp=float(mpp or 0.0), downsample=float(downsample or 0.0),
+            mode=mode_number(mode), background_tolerance=background_tolerance,
+            black_max=black_max, pen_min_saturation=pen_min_saturation,
+            pen_hue_min=float(lo), pen_hue_max=float(hi), min_threshold=min_threshold,
+            min_tissue_area=float(min_tissue_area), max_hole_area=float(max_hole_area),
+            num_workers=num_workers)
+        return TissueMask(np.asarray(array) != 0, info)
+
+    def level_for_mpp(self, mpp):
+        """(level, scale): the coarsest level whose pixels are at most mpp micrometres (a
+        level within 1 % counts), and the level pixels per output pixel (a scale within 1 %
+        of a whole number is that number). ValueError for a slide without an mpp."""
+        return _tessera.Slide.level_for_mpp(self, float(mpp))
+
+    def level_for_downsample(self, downsample):
+        """(level, scale) for downsample level-0 pixels per output pixel: the coarsest level
+        whose downsample is at most it (within 1e-6), and downsample / that level's."""
+        d = float(downsample)
+        if not (d > 0 and math.isfinite(d)):
+            raise ValueError("downsample must be a number > 0, not %r" % (downsample,))
+        level = 0
+        for i, lv in enumerate(self._levels):
+            if lv["downsample"] <= d * (1 + 1e-6):
+                level = i
+        return level, d / self._levels[level]["downsample"]
+
+    def _read_scaled(self, location, size, level, mpp, downsample, num_workers, batch_size,
+                     drop_last, channels, fill, device, buf, shm_name, fast, prefetch_factor,
+                     shuffle, seed):
+        """read_region with mpp= or downsample=."""
+        if mpp is not None and downsample is not None:
+            raise ValueError("read_region: give mpp or downsample, not both")
+        if level not in (0, None):
+            raise ValueError("read_region: mpp and downsample pick the level themselves; "
+                             "leave level out")
+        if _device(device)[0] != 0:
+            raise ValueError("read_region(mpp=...) reads into host memory (device='cpu')")
+        if buf is not None or shm_name:
+            raise ValueError("read_region(mpp=...) takes no buf or shm_name")
+        if location is None or size is None:
+            raise ValueError("read_region(mpp=...) needs a location and a size (in pixels at "
+                             "that resolution)")
+        if mpp is not None:
+            what = float(mpp)
+            if not self.properties().get("tessera.mpp-x"):
+                raise ValueError("read_region(mpp=%r): %s does not say its microns per pixel; "
+                                 "give level= or downsample= instead" % (
+                                     mpp, os.fsdecode(self.path)))
+            lv, scale = self.level_for_mpp(what)
+        else:
+            lv, scale = self.level_for_downsample(downsample)
+        width, height = self._size(size)
+        channels = self._channels if channels is None else _integer(channels, "channels")
+        fill = -1 if fill is None else _integer(fill, "fill")
+        workers = _integer(num_workers, "num_workers")
+        batch_size = _integer(batch_size, "batch_size")
+
+        def one(xy):
+            x, y = xy
+            return _tessera.Slide.read_region_scaled(
+                self, _coordinate(x), _coordinate(y), width, height, lv, scale, scale,
+                channels=channels, fill=fill, fast=fast)
+
+        if batch_size == 1 and _is_single_location(location):
+            # an Array (not a Region: a Region's spacing is its level's, not the scale's)
+            x, y = location
+            return _tessera.Slide.read_region_scaled(
+                self, _coordinate(x), _coordinate(y), width, height, lv, scale, scale,
+                channels=channels, fill=fill, num_workers=workers, fast=fast)
+        if fast:
+            return _ScaledBatches(one, location, batch_size, bool(drop_last), workers)
+        # The batch reader reads each patch's level pixels (its workers, prefetch and tile
+        # sharing), and each batch is area-averaged as it is handed out: the same pixels as
+        # one read_region(mpp=) per patch (tessera_resample_area).
+        exact = scale == 1.0
+        rw = width if exact else int(math.ceil(width * scale)) + 1
+        rh = height if exact else int(math.ceil(height * scale)) + 1
+        it = self.batches(location, rw, rh, lv, batch_size, workers, bool(drop_last),
+                          _integer(prefetch_factor, "prefetch_factor"), bool(shuffle),
+                          _integer(seed, "seed", (0, (1 << 64) - 1)), channels, fill, 0, 0)
+        return it if exact else _ResampledBatches(it, rw, rh, width, height, scale, batch_size)
 
     def _region(self, array, level):
         """What read_region gives for one region: the Array itself (CuImage: as an image)."""
@@ -521,6 +657,69 @@ class CuImage(Slide):
 
 
 _ARRAY_SHAPE = _tessera.Array.shape
+
+
+class _ResampledBatches:
+    """A batch iterator of level patches, each batch area-averaged as it is handed out: NumPy
+    arrays (n, height, width, channels), or (height, width, channels) items for batch_size 1;
+    len() as the iterator's."""
+
+    def __init__(self, it, rw, rh, width, height, scale, batch_size):
+        self._it, self._rw, self._rh = it, rw, rh
+        self._w, self._h, self._scale, self._one = width, height, scale, batch_size == 1
+
+    def __len__(self):
+        return len(self._it)
+
+    def __iter__(self):
+        import numpy as np
+        for batch in self._it:
+            a = np.asarray(batch)
+            if a.ndim == 3:
+                a = a[None]
+            out = np.asarray(_tessera.resample(a, a.shape[0], self._rh, self._rw, a.shape[3],
+                                               self._w, self._h, self._scale, self._scale))
+            yield out[0] if self._one else out
+
+
+class _ScaledBatches:
+    """Batches of patches read at a physical resolution (read_region(locations, size,
+    mpp=...)): NumPy arrays (n, height, width, channels), or (height, width, channels) items
+    when batch_size is 1, in location order, read on num_workers threads (the GIL is released
+    while each patch is read)."""
+
+    def __init__(self, read_one, locations, batch_size, drop_last, workers):
+        import numpy as np
+        xy = np.asarray(list(locations) if not hasattr(locations, "__len__") else locations,
+                        dtype=np.int64)
+        if xy.ndim == 1:
+            xy = xy.reshape(-1, 2)
+        if xy.ndim != 2 or xy.shape[1] != 2:
+            raise ValueError("locations must be (x, y) pairs")
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        self._xy, self._read, self._n = xy, read_one, batch_size
+        self._drop, self._workers = drop_last, workers
+
+    def __len__(self):
+        full, rest = divmod(len(self._xy), self._n)
+        return full + (1 if rest and not self._drop else 0)
+
+    def __iter__(self):
+        import numpy as np
+        pool = None
+        if self._workers > 1:
+            from concurrent.futures import ThreadPoolExecutor
+            pool = ThreadPoolExecutor(self._workers)
+        try:
+            for b in range(len(self)):
+                part = self._xy[b * self._n:(b + 1) * self._n]
+                arrays = list(pool.map(self._read, part) if pool else map(self._read, part))
+                batch = np.stack([np.asarray(a) for a in arrays])
+                yield batch[0] if self._n == 1 else batch
+        finally:
+            if pool:
+                pool.shutdown()
 
 
 class _Shape(tuple):

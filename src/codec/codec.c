@@ -88,6 +88,7 @@ tsr_decode_fn tsr_codec_find(uint32_t compression) {
   case 33003:
   case 33004:
   case 33005: return tsr_decode_jp2k;
+  case TSR_COMPRESSION_MOSAIC: return tsr_decode_mosaic;
   default: return NULL;
   }
 }
@@ -100,7 +101,9 @@ size_t tsr_codec_capacity(const struct tsr_pixel_format *fmt, const struct tsr_t
   return (size_t)out->width * out->height * fmt->decoded_channels;
 }
 
-bool tsr_codec_crops(uint32_t compression) { return compression == COMPRESSION_JPEG; }
+bool tsr_codec_crops(uint32_t compression) {
+  return compression == COMPRESSION_JPEG || compression == TSR_COMPRESSION_MOSAIC;
+}
 
 void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, uint8_t *pixels, size_t stride,
                            uint32_t w, uint32_t h) {
@@ -131,6 +134,7 @@ void tsr_codec_postprocess(const struct tsr_pixel_format *fmt, uint8_t *pixels, 
 TESSERA_API const char *tessera_compression_name(uint32_t compression) {
   switch (compression) {
   case COMPRESSION_NONE: return "none";
+  case TSR_COMPRESSION_MOSAIC: return "mosaic";
   case COMPRESSION_CCITTRLE: return "ccitt-rle";
   case COMPRESSION_CCITTFAX3: return "ccitt-fax3";
   case COMPRESSION_CCITTFAX4: return "ccitt-fax4";

@@ -78,6 +78,30 @@ tessera_status tsr_decode_webp(const struct tsr_pixel_format *, const uint8_t *,
 tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *, const uint8_t *, size_t,
                                const struct tsr_tile_out *);
 
+/* The mosaic codec (codec/mosaic.c): a grid tile painted from parts of placed images
+ * (MIRAX; made by source/mosaic_tiles.c). No TIFF compression: above the 16-bit codes. Its
+ * stream is a struct tsr_mosaic_stream, n struct tsr_mosaic_part, then each part's image
+ * bytes in turn; it decodes to opaque RGBA (4 channels), alpha 0 where no part lies. */
+#define TSR_COMPRESSION_MOSAIC 0x10001u
+
+enum tsr_mosaic_format { TSR_MOSAIC_JPEG, TSR_MOSAIC_PNG, TSR_MOSAIC_BMP };
+
+struct tsr_mosaic_stream {
+  uint32_t n;
+  uint8_t background; /* the colour of pixels no part covers */
+  uint64_t png_limit; /* bytes a whole decoded PNG image may take */
+};
+
+/* The part w x h at (src_x, src_y) of an image_w x image_h image of length bytes, painted at
+ * (dst_x, dst_y) of the tile; image, file and file_offset only name it in messages. */
+struct tsr_mosaic_part {
+  uint32_t src_x, src_y, dst_x, dst_y, w, h, image_w, image_h, length, format, image, file;
+  uint64_t file_offset;
+};
+
+tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *, const uint8_t *, size_t,
+                                 const struct tsr_tile_out *);
+
 /* The largest width or height libjpeg decodes (its JPEG_MAX_DIMENSION). */
 #define TSR_JPEG_MAX_SIDE 65500
 

@@ -192,10 +192,13 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data has no image");
   unsigned channels = fmt->decoded_channels;
-  if ((unsigned)cinfo->num_components != channels)
+  if ((unsigned)cinfo->num_components != (fmt->jpeg_rgba ? 3u : channels))
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data has %d components, the TIFF says %u",
-                     cinfo->num_components, channels);
-  if (channels == 3) {
+                     cinfo->num_components, fmt->jpeg_rgba ? 3u : channels);
+  if (fmt->jpeg_rgba) {
+    cinfo->jpeg_color_space = fmt->photometric == PHOTOMETRIC_RGB ? JCS_RGB : JCS_YCbCr;
+    cinfo->out_color_space = JCS_EXT_RGBA;
+  } else if (channels == 3) {
     /* The TIFF's photometric tag, not markers inside the stream, says what the samples are:
      * Aperio writes RGB samples in JPEG streams that carry no Adobe marker. */
     cinfo->jpeg_color_space = fmt->photometric == PHOTOMETRIC_RGB ? JCS_RGB : JCS_YCbCr;

@@ -8,7 +8,7 @@
 
 static const struct tsr_vendor *const vendors[] = {
     &tsr_vendor_aperio, &tsr_vendor_hamamatsu, &tsr_vendor_philips,
-    &tsr_vendor_ome,    &tsr_vendor_generic,
+    &tsr_vendor_ome,    &tsr_vendor_leica,     &tsr_vendor_ventana, &tsr_vendor_generic,
 };
 
 tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out) {
@@ -32,6 +32,16 @@ tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out
   return tsr_error(TESSERA_E_FORMAT, "no reader for this file"); /* generic takes all */
 }
 
+static const struct tsr_path_format *const path_formats[] = {&tsr_format_mirax, &tsr_format_sakura,
+                                                             &tsr_format_dicom};
+
+const struct tsr_path_format *tsr_format_detect_path(const char *path) {
+  for (size_t i = 0; i < sizeof path_formats / sizeof path_formats[0]; i++)
+    if (path_formats[i]->detect(path))
+      return path_formats[i];
+  return NULL;
+}
+
 void tsr_findings_free(struct tsr_findings *found) {
   tsr_free(found->level_dirs);
   found->level_dirs = NULL;
@@ -41,6 +51,8 @@ void tsr_findings_free(struct tsr_findings *found) {
   found->level_sizes = NULL;
   tsr_free(found->level_scale);
   found->level_scale = NULL;
+  tsr_free(found->level_origin);
+  found->level_origin = NULL;
   for (size_t i = 0; i < found->nassociated; i++) {
     if (found->associated[i].level) {
       tsr_level_free(found->associated[i].level);
@@ -48,5 +60,11 @@ void tsr_findings_free(struct tsr_findings *found) {
       found->associated[i].level = NULL;
     }
   }
+  for (int32_t i = 0; found->levels && i < found->nlevels; i++)
+    tsr_level_free(&found->levels[i]);
+  tsr_free(found->levels);
+  found->levels = NULL;
+  tsr_free(found->icc);
+  found->icc = NULL;
   tsr_props_free(&found->props);
 }

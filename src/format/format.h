@@ -26,6 +26,20 @@ struct tsr_findings {
   /* NULL, or nlevels sizes and downsamples that correct the directories' (Philips pads its
    * levels to whole tiles; its XML knows their true sizes). Owned. */
   struct tsr_level_size *level_sizes;
+  /* NULL, or nlevels positions: level i is then level_sizes[i] large (set with this), and
+   * its directory's image lies in it with its top-left pixel at (x, y), background around it
+   * (Leica: the slide's collection, with the scanned image placed in it). Owned. */
+  struct tsr_level_origin {
+    int64_t x, y;
+    int64_t image_w, image_h; /* of the image placed there; 0: its directory's size */
+  } *level_origin;
+  /* The directory whose tags are the tiff.* properties (OpenSlide takes level 0's), and
+   * whether its ImageDescription is left out of them (Leica's: the XML). */
+  size_t props_dir;
+  bool hide_description;
+  /* The directory OpenSlide's quickhash-1 hashes when it is not the last level's (Leica's
+   * smallest macro); 0: the last level's. Kept for libtessera-openslide. Index + 1. */
+  size_t quickhash_dir;
   /* NULL, or nlevels JPEG scales: a level whose scale is 2, 4 or 8 is its directory's stored
    * level decoded at that fraction (NDPI; the stored level is one of the levels too). Owned. */
   uint8_t *level_scale;
@@ -36,6 +50,13 @@ struct tsr_findings {
   } associated[TSR_MAX_ASSOCIATED];
   size_t nassociated;
   struct tsr_props props; /* tessera.mpp-x and the like, and the vendor's own keys */
+  /* NULL, or nlevels levels with no TIFF directory behind them (a format that is no TIFF
+   * makes them whole; level_dirs is then unused). Owned. */
+  struct tsr_level *levels;
+  /* NULL, or the ICC profile of a format that is no TIFF, as its file holds it (the TIFF walk
+   * keeps a TIFF's). Owned. */
+  uint8_t *icc;
+  size_t icc_size;
 };
 
 struct tsr_vendor {
@@ -52,10 +73,31 @@ struct tsr_vendor {
 extern const struct tsr_vendor tsr_vendor_aperio;
 extern const struct tsr_vendor tsr_vendor_hamamatsu;
 extern const struct tsr_vendor tsr_vendor_philips;
+extern const struct tsr_vendor tsr_vendor_leica;
+extern const struct tsr_vendor tsr_vendor_ventana;
 extern const struct tsr_vendor tsr_vendor_ome;
 extern const struct tsr_vendor tsr_vendor_generic;
 
 tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out);
+
+/* Formats that are no TIFF, found by the slide's path (MIRAX: a .mrxs file beside a folder of
+ * files). open fills out (levels in out->levels, associated images as levels of their own)
+ * and *source, the byte source whose identity keys the slide's tiles in the caches; limits are
+ * the caller's open options. */
+struct tsr_path_format {
+  const char *name;
+  bool (*detect)(const char *path);
+  tessera_status (*open)(const char *path, const tessera_open_options *limits,
+                         struct tsr_findings *out, struct tsr_byte_source **source);
+};
+
+extern const struct tsr_path_format tsr_format_mirax;
+extern const struct tsr_path_format tsr_format_sakura;
+extern const struct tsr_path_format tsr_format_dicom;
+
+/* The format that claims path by its name and the files beside it, or NULL (then it is read
+ * as a TIFF). */
+const struct tsr_path_format *tsr_format_detect_path(const char *path);
 void tsr_findings_free(struct tsr_findings *found);
 
 /* ---- for the vendors (pyramid.c) ---- */

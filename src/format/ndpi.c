@@ -186,6 +186,8 @@ static tessera_status read_header(const struct tsr_byte_source *src, const struc
   p->data_start = map.len;
   p->header->len = map.len;
   p->header->size_at = map.sof + 5;
+  p->header->width = lv->width;
+  p->header->height = lv->height;
   if (map.dri) {
     memmove(h + map.dri, h + map.dri + DRI_BYTES, map.len - map.dri - DRI_BYTES);
     p->header->len -= DRI_BYTES;

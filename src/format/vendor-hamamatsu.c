@@ -45,12 +45,14 @@ static tessera_status tile_by_interval(struct tsr_dirs *dirs) {
   return TESSERA_OK;
 }
 
-/* Whether a stored level can be decoded whole at 1/k by libjpeg's scaled IDCT, tile by tile:
- * whole tiles (restart intervals, or the one strip) that k divides. */
+/* Whether a stored level can be decoded at 1/k by libjpeg's scaled IDCT, tile by tile: tiles
+ * (restart intervals, or the one strip) that k divides, as OpenSlide asks. The level's size
+ * need not be whole tiles: the scaled level is the stored size divided and rounded down, as
+ * OpenSlide's, and a partial interval at its edge is decoded at its stored size (its last
+ * scaled pixel, from fewer than k stored ones, falls outside when the division drops it). */
 static bool scalable(const struct tsr_level *lv, uint32_t k) {
   return lv->fmt.compression == COMPRESSION_JPEG && !lv->fmt.unsupported[0] &&
-         lv->tile_w % k == 0 && lv->tile_h % k == 0 && lv->width % lv->tile_w == 0 &&
-         lv->height % lv->tile_h == 0;
+         lv->tile_w % k == 0 && lv->tile_h % k == 0 && lv->width / k > 0 && lv->height / k > 0;
 }
 
 /* OpenSlide shows each stored level also decoded at 1/2, 1/4 and 1/8 (the JPEG decoder's

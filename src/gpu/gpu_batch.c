@@ -362,8 +362,10 @@ static tessera_status copy_fill(struct gpu_iter *it, struct gslot *sl, size_t p,
   int64_t cx1 = c->lx + c->width, cy1 = c->ly + c->height;
   if (!inside)
     return copy_painted(it, sl->stream, sl, p, (struct rect){c->lx, c->ly, cx1, cy1});
-  int64_t x0 = c->lx > 0 ? c->lx : 0, y0 = c->ly > 0 ? c->ly : 0;
-  int64_t x1 = cx1 < lv->width ? cx1 : lv->width, y1 = cy1 < lv->height ? cy1 : lv->height;
+  int64_t ix0, iy0, ix1, iy1;
+  tsr_level_image(lv, &ix0, &iy0, &ix1, &iy1);
+  int64_t x0 = c->lx > ix0 ? c->lx : ix0, y0 = c->ly > iy0 ? c->ly : iy0;
+  int64_t x1 = cx1 < ix1 ? cx1 : ix1, y1 = cy1 < iy1 ? cy1 : iy1;
   const struct rect bands[4] = {
       {c->lx, c->ly, cx1, y0}, {c->lx, y1, cx1, cy1}, {c->lx, y0, x0, y1}, {x1, y0, cx1, y1}};
   tessera_status st = TESSERA_OK;
@@ -399,8 +401,10 @@ static tessera_status gpu_schedule(struct tessera_batch_iter *engine, struct tsr
     struct tsr_canvas *c = &sl->canvases[p];
     uint8_t *host = sl->host + p * it->L->patch_bytes;
     bool near = tsr_batch_patch(it->L, base->pub.number, p, host, c, &sl->indices[p]);
-    bool inside = near && c->lx >= 0 && c->ly >= 0 && c->lx + c->width <= lv->width &&
-                  c->ly + c->height <= lv->height;
+    int64_t ix0, iy0, ix1, iy1;
+    tsr_level_image(lv, &ix0, &iy0, &ix1, &iy1);
+    bool inside = near && c->lx >= ix0 && c->ly >= iy0 && c->lx + c->width <= ix1 &&
+                  c->ly + c->height <= iy1;
     int64_t tx0, ty0, tx1, ty1;
     if (!near)
       tsr_canvas_fill(c);

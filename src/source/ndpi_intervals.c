@@ -47,9 +47,11 @@ static tessera_status ndpi_stream(const tessera_slide *s, const struct tsr_level
   int64_t x, y;
   uint32_t w, ht;
   tsr_tile_extent(lv, index, &x, &y, &w, &ht);
-  if (lv->fmt.jpeg_scale > 1) { /* the interval holds the stored level's pixels */
-    w *= lv->fmt.jpeg_scale;
-    ht *= lv->fmt.jpeg_scale;
+  if (lv->fmt.jpeg_scale > 1) { /* the interval holds the stored level's pixels: its extent there */
+    int64_t k = lv->fmt.jpeg_scale, sw = (int64_t)lv->tile_w * k, sh = (int64_t)lv->tile_h * k;
+    int64_t sx = (int64_t)(index % lv->across) * sw, sy = (int64_t)(index / lv->across) * sh;
+    w = (uint32_t)(h->width - sx < sw ? h->width - sx : sw);
+    ht = (uint32_t)(h->height - sy < sh ? h->height - sy : sh);
   }
   uint8_t *d = buf->data;
   memcpy(d, h->bytes, h->len);

@@ -8,7 +8,15 @@
  * of its own with the strip's header (set by the Hamamatsu vendor, format/ndpi.c, when the
  *    McuStarts tag fits);
  *  - tsr_memory_tiles (source/memory_tiles.c): a tile of an image held in memory, with no
- *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c).
+ *    directory behind it (a Philips label in the XML; set by format/vendor-philips.c);
+ *  - tsr_mosaic_tiles (source/mosaic_tiles.c): a tile of a regular grid laid over images
+ *    placed at positions of their own, which may overlap (MIRAX's camera images, in data
+ *    files of their own; set by format/vendor-mirax.c): the stream is the parts of the images
+ *    the tile covers with their bytes, which the mosaic codec paints (codec/mosaic.c);
+ *  - tsr_sqlite_tiles (source/sqlite_tiles.c): a blob, or three (a tile's colour planes,
+ *    made RGB), of an SQLite database, read through SQLite (Sakura; format/vendor-sakura.c).
+ *  - tsr_dicom_frames (source/dicom_frames.c): a DICOM frame, native or one or more
+ *    encapsulated fragments (set by format/vendor-dicom.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
  * JPEG stream nvJPEG takes from tsr_tile_source_stream. Everything here reads only tables
  * fixed at open: any number of threads may call it, with no lock. */
@@ -51,6 +59,9 @@ extern const struct tsr_tile_source tsr_tiff_tiles;
 extern const struct tsr_tile_source tsr_tiff_strips;
 extern const struct tsr_tile_source tsr_ndpi_intervals;
 extern const struct tsr_tile_source tsr_memory_tiles;
+extern const struct tsr_tile_source tsr_mosaic_tiles;
+extern const struct tsr_tile_source tsr_sqlite_tiles;
+extern const struct tsr_tile_source tsr_dicom_frames;
 
 /* ---- for the readers ---- */
 
@@ -95,6 +106,9 @@ tessera_status tsr_tile_fetch_into(const tessera_slide *s, uint64_t offset, uint
  * JPEG of the tile's size. */
 struct tsr_ndpi_header {
   size_t len, size_at;
+  /* The stored level's size: an interval of a level decoded at a JPEG scale is decoded at its
+   * stored size, which that level's (divided, rounded down) cannot give at a partial edge. */
+  int64_t width, height;
   uint8_t bytes[];
 };
 
@@ -103,5 +117,44 @@ struct tsr_memory_image {
   uint8_t *bytes; /* owned */
   size_t size;
 };
+
+/* A level's data for tsr_dicom_frames (NULL: every frame lies whole): a bit per frame, set
+ * where the frame spans several fragments (its range then holds their items' headers). */
+struct tsr_dicom_frames {
+  uint8_t *fragmented; /* owned */
+};
+
+/* A level's data for tsr_mosaic_tiles. The level's tiles are tile_w x tile_h RGBA (alpha
+ * unassociated) of the mosaic codec (codec/codec.h); tile i is painted from
+ * pieces[offsets[i] - 1] onwards, bytecounts[i] of them, in order, each over those before it
+ * (so the last wins where they overlap); a tile no image covers has bytecount 0 (missing: the
+ * reader fills it). */
+struct tsr_mosaic_image {
+  uint64_t offset;
+  uint32_t length;
+  uint32_t file; /* in the mosaic's file set */
+};
+
+/* The part w x h of an image at (src_x, src_y), painted at (dst_x, dst_y) of the tile. */
+struct tsr_mosaic_piece {
+  uint32_t image;
+  uint32_t src_x, src_y, dst_x, dst_y, w, h;
+};
+
+struct tsr_mosaic {
+  struct tsr_file_set *files; /* a reference: the slide's levels share the set */
+  uint32_t image_w, image_h;  /* every image's size: an image of another size fails */
+  enum tsr_mosaic_format format;
+  uint8_t background; /* the colour (alpha 0) of the pixels no image covers */
+  struct tsr_mosaic_image *images;
+  size_t nimages;
+  struct tsr_mosaic_piece *pieces;
+  size_t npieces;
+  /* For OpenSlide's API (compat/openslide_properties.c): whether OpenSlide gives the level a
+   * tile size (the same as tessera's). */
+  bool openslide_tile_size;
+};
+
+void tsr_mosaic_free(struct tsr_mosaic *m);
 
 #endif

@@ -237,7 +237,7 @@ static uint64_t copied_bytes(const struct tsr_dir *d) {
   return string_bytes(d->description) + string_bytes(d->software) + string_bytes(d->make) +
          string_bytes(d->model) + string_bytes(d->datetime) + string_bytes(d->artist) +
          string_bytes(d->copyright) + string_bytes(d->host) + string_bytes(d->ndpi_reference) +
-         string_bytes(d->ndpi_property_map) + d->level.fmt.jpeg_tables_len;
+         string_bytes(d->ndpi_property_map) + d->level.fmt.jpeg_tables_len + d->icc_len + string_bytes(d->xmp);
 }
 
 static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim, uint32_t index,
@@ -265,6 +265,26 @@ static tessera_status read_directory(TIFF *tif, const tessera_open_options *lim,
       !dup_string_tag(tif, TIFFTAG_COPYRIGHT, &d->copyright) ||
       !dup_string_tag(tif, TIFFTAG_HOSTCOMPUTER, &d->host))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for the tags of directory %u", index);
+  uint32_t icc_len = 0;
+  const void *icc = NULL;
+  if (TIFFGetField(tif, TIFFTAG_ICCPROFILE, &icc_len, &icc) && icc && icc_len > 0) {
+    if (!(d->icc = tsr_malloc(icc_len)))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile of directory %u",
+                       index);
+    memcpy(d->icc, icc, icc_len);
+    d->icc_len = icc_len;
+  }
+  uint32_t xmp_len = 0;
+  const char *xmp = NULL;
+  if (TIFFGetField(tif, TIFFTAG_XMLPACKET, &xmp_len, &xmp) && xmp && xmp_len > 0) {
+    const char *nul = memchr(xmp, 0, xmp_len);
+    size_t n = nul ? (size_t)(nul - xmp) : xmp_len;
+    if (!(d->xmp = tsr_malloc(n + 1)))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for the XMLPacket of directory %u",
+                       index);
+    memcpy(d->xmp, xmp, n);
+    d->xmp[n] = 0;
+  }
   d->has_resolution = TIFFGetField(tif, TIFFTAG_XRESOLUTION, &d->xres) &&
                       TIFFGetField(tif, TIFFTAG_YRESOLUTION, &d->yres);
   TIFFGetFieldDefaulted(tif, TIFFTAG_RESOLUTIONUNIT, &d->resolution_unit);
@@ -427,6 +447,8 @@ void tsr_tiff_dirs_free(struct tsr_dirs *dirs) {
     tsr_free(d->ndpi_property_map);
     tsr_free(d->ndpi_mcu_starts);
     tsr_free(d->ndpi_mcu_starts_high);
+    tsr_free(d->icc);
+    tsr_free(d->xmp);
   }
   tsr_free(dirs->dir);
   dirs->dir = NULL;

@@ -33,6 +33,9 @@ struct tsr_dir {
    * none (NULL, 0) when absent or not arrays of offsets. Owned. */
   uint64_t *ndpi_mcu_starts, *ndpi_mcu_starts_high;
   uint64_t ndpi_mcu_starts_n, ndpi_mcu_starts_high_n;
+  uint8_t *icc; /* ICC profile (tag 34675), owned; NULL when none */
+  char *xmp;    /* XMLPacket (tag 700) up to its first NUL, owned; NULL when none (Ventana) */
+  uint32_t icc_len;
   char *description, *software, *make, *model, *datetime, *artist, *copyright, *host;
 };
 

@@ -1,6 +1,7 @@
 /* API contract: arguments, status codes, per-thread messages, options with struct_size. */
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,7 +13,7 @@
 #include "check.h"
 #include "tessera.h"
 
-static char slide_path[4096];
+static char slide_path[4096], aperio_path[4096];
 
 static void test_version_and_status(void) {
   char macros[64];
@@ -242,8 +243,52 @@ static void test_read_limit(void) {
   tessera_close(s);
 }
 
+/* OpenSlide's table from the core: its arguments, and that the two versions differ where
+ * OpenSlide 3.4 and 4.0 do (4.0 describes the Aperio file's associated images among its
+ * properties). Its values are held against real OpenSlide by tests/test_openslide_c.py and
+ * tests/test_python_openslide.py. */
+static void test_openslide_properties(void) {
+  tessera_slide *s = NULL;
+  if (tessera_open(aperio_path, &s) != TESSERA_OK) {
+    CHECK(0, "cannot open %s: %s", aperio_path, tessera_error_message());
+    return;
+  }
+  tessera_property_table *t = (tessera_property_table *)1;
+  CHECK(tessera_openslide_properties(s, 5, &t) == TESSERA_E_ARGUMENT && t == NULL, "version 5");
+  CHECK(strstr(tessera_error_message(), "OpenSlide version 5"), "%s", tessera_error_message());
+  CHECK(tessera_openslide_properties(NULL, 3, &t) == TESSERA_E_ARGUMENT, "NULL slide");
+  CHECK(tessera_openslide_properties(s, 3, NULL) == TESSERA_E_ARGUMENT, "NULL out");
+  tessera_property_table *t3 = NULL, *t4 = NULL;
+  CHECK(tessera_openslide_properties(s, 3, &t3) == TESSERA_OK, "3: %s", tessera_error_message());
+  CHECK(tessera_openslide_properties(s, 4, &t4) == TESSERA_OK, "4: %s", tessera_error_message());
+  size_t n3 = tessera_property_table_count(t3), n4 = tessera_property_table_count(t4);
+  bool vendor = false, hash = false, assoc3 = false, assoc4 = false, native = false, sorted = true;
+  for (size_t i = 0; i < n3; i++) {
+    const char *k = tessera_property_table_key(t3, i), *v = tessera_property_table_value(t3, i);
+    vendor = vendor || (strcmp(k, "openslide.vendor") == 0 && strcmp(v, "aperio") == 0);
+    hash = hash || (strcmp(k, "openslide.quickhash-1") == 0 && strlen(v) == 64);
+    assoc3 = assoc3 || strcmp(k, "openslide.associated.label.width") == 0;
+    native = native || strncmp(k, "tessera.", 8) == 0;
+    sorted = sorted && (i == 0 || strcmp(tessera_property_table_key(t3, i - 1), k) < 0);
+  }
+  for (size_t i = 0; i < n4; i++)
+    assoc4 = assoc4 || strcmp(tessera_property_table_key(t4, i), "openslide.associated.label.width") == 0;
+  CHECK(vendor && hash && !native && sorted, "3.4's table: vendor %d hash %d native %d sorted %d",
+        vendor, hash, native, sorted);
+  CHECK(!assoc3 && assoc4, "openslide.associated.label.width: 3.4 %d, 4.0 %d", assoc3, assoc4);
+  CHECK(tessera_property_table_key(t3, n3) == NULL && tessera_property_table_value(t3, n3) == NULL,
+        "past the end");
+  CHECK(tessera_property_table_count(NULL) == 0, "NULL table count");
+  tessera_property_table_free(t3);
+  tessera_property_table_free(t4);
+  tessera_property_table_free(NULL);
+  tessera_close(s);
+}
+
 int main(int argc, char **argv) {
   snprintf(slide_path, sizeof slide_path, "%s/generic-jpeg-ycbcr-128tiles.tiff",
+           testdata_dir(argc, argv));
+  snprintf(aperio_path, sizeof aperio_path, "%s/aperio-jpeg-CMU-1-Small-Region.svs",
            testdata_dir(argc, argv));
   test_version_and_status();
   test_open_errors();
@@ -251,5 +296,6 @@ int main(int argc, char **argv) {
   test_messages_are_per_thread();
   test_read_arguments();
   test_read_limit();
+  test_openslide_properties();
   return check_finish("test_api");
 }

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from PIL import Image
 
 from .. import _tessera
-from . import _alpha, _tiffdir, lowlevel
+from . import _alpha, lowlevel
 from .lowlevel import OpenSlideError, OpenSlideUnsupportedFormatError, OpenSlideVersionError
 
 __version__ = _tessera.library_version
@@ -49,7 +49,6 @@ PROPERTY_NAME_BOUNDS_HEIGHT = "openslide.bounds-height"
 # tessera.* properties that are not OpenSlide's: tessera.background is the fill byte of its
 # own RGB reads, and tessera.background-color (Aperio, Philips) is a colour OpenSlide does
 # not report for those formats.
-_NOT_OPENSLIDE = ("tessera.background", "tessera.background-color")
 
 
 def _lanczos():
@@ -148,16 +147,17 @@ def _open(path):
         raise OpenSlideError(str(e)) from None
 
 
-def _openslide_properties(props):
-    """tessera's properties with OpenSlide's names: tessera.X -> openslide.X."""
-    out = {}
-    for key, value in props.items():
-        if key in _NOT_OPENSLIDE:
-            continue
-        if key.startswith("tessera."):
-            key = "openslide." + key[len("tessera."):]
-        out[key] = value
-    return dict(sorted(out.items()))
+# What OpenSlide 4.0's table has and openslide-python over OpenSlide 3.4.1 does not show
+# (libtessera-openslide's .so.1 shows them).
+_OPENSLIDE4_ONLY = ("openslide.icc-size", "openslide.associated.")
+
+
+def _openslide_properties(slide):
+    """The core's OpenSlide table (tessera_openslide_properties), as OpenSlide 4.0 computes
+    it (so a generic TIFF has its mpp, as cuCIM and OpenSlide 4 agree) less the keys only
+    OpenSlide 4.0's ABI adds."""
+    props = slide.openslide_properties(4)
+    return {k: v for k, v in props.items() if not k.startswith(_OPENSLIDE4_ONLY)}
 
 
 class OpenSlide(AbstractSlide):
@@ -177,10 +177,10 @@ class OpenSlide(AbstractSlide):
         self._dims = tuple((lv["width"], lv["height"]) for lv in info)
         self._downsamples = tuple(lv["downsample"] for lv in info)
         self._alpha = tuple(lv["samples_per_pixel"] == 4 for lv in info)
-        self._alpha_kind = _alpha.alpha_kind(_path(filename)) if any(self._alpha) else 0
+        self._alpha_kind = tuple(lv["alpha"] for lv in info)
         self._props = None
         self._max_read = self._slide.limits()["max_read_bytes"]
-        self._profile = _tiffdir.icc(_path(filename))
+        self._profile = self._slide.icc_profile
 
     def __repr__(self):
         return "%s(%r)" % (self.__class__.__name__, self._filename)
@@ -250,16 +250,10 @@ class OpenSlide(AbstractSlide):
     def _properties(self):
         slide = self._live()
         if self._props is None:
-            props = _openslide_properties(slide.properties())
-            path = _path(self._filename)
-            if PROPERTY_NAME_QUICKHASH1 not in props:
-                digest = _tiffdir.quickhash1(path, slide.vendor, self._dims)
-                if digest is not None:
-                    props[PROPERTY_NAME_QUICKHASH1] = digest
-            # tessera prints the resolutions with %g, OpenSlide with 17 digits, and
-            # OpenSlide has a few tags more
-            props.update(_tiffdir.tags(path))
-            self._props = dict(sorted(props.items()))
+            try:
+                self._props = _openslide_properties(slide)
+            except (_tessera.TesseraError, OSError) as e:
+                self._fail(e)
         return self._props
 
     @property
@@ -318,7 +312,7 @@ class OpenSlide(AbstractSlide):
             # OpenSlide resamples: libtessera-openslide's code, in the extension, paints it
             try:
                 pixels = slide.read_region_openslide(
-                    x, y, width, height, level, self._alpha_kind == _alpha.ASSOCIATED)
+                    x, y, width, height, level, self._alpha_kind[level] == _alpha.ASSOCIATED)
             except (_tessera.TesseraError, OSError) as e:
                 self._fail(e)
             return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
@@ -335,7 +329,7 @@ class OpenSlide(AbstractSlide):
         except (_tessera.TesseraError, OSError) as e:
             self._fail(e)
         if self._alpha[level]:
-            pixels = _alpha.as_openslide(pixels, self._alpha_kind)
+            pixels = _alpha.as_openslide(pixels, self._alpha_kind[level])
         return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1)
 
     def set_cache(self, cache):

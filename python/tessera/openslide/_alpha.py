@@ -8,49 +8,10 @@ straight alpha. So that regions match byte for byte:
   which the division does not undo exactly: the same two steps are applied here;
 - associated alpha (ExtraSamples 1) is un-premultiplied by tessera as openslide-python does.
 
-Which kind a file has is read from its first directory's ExtraSamples tag here: tessera's
-level information says how many samples a level has but not what the extra one means, and
-every writer seen (libvips, tifffile, GDAL) writes the same kind in each directory.
+Which kind a level has is tessera's (`level_info(level)["alpha"]`, the level's ExtraSamples).
 """
 
-import struct
-
-ASSOCIATED, UNASSOCIATED = 1, 2
-_EXTRA_SAMPLES = 338
-
-
-def alpha_kind(path):
-    """The first value of the first directory's ExtraSamples tag (0 when the file has none or
-    cannot be parsed)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-            order = {b"II": "<", b"MM": ">"}.get(head[:2])
-            if order is None:
-                return 0
-            version = struct.unpack(order + "H", head[2:4])[0]
-            if version == 42:
-                first, count_fmt, entry_fmt, entry_size = (
-                    struct.unpack(order + "I", head[4:8])[0], "H", "HHI4s", 12)
-            elif version == 43:
-                first, count_fmt, entry_fmt, entry_size = (
-                    struct.unpack(order + "Q", head[8:16])[0], "Q", "HHQ8s", 20)
-            else:
-                return 0
-            f.seek(first)
-            count_size = struct.calcsize(count_fmt)
-            count = struct.unpack(order + count_fmt, f.read(count_size))[0]
-            if count > 4096:  # more entries than any tag set: not a directory
-                return 0
-            entries = f.read(count * entry_size)
-    except (OSError, struct.error):
-        return 0
-    for i in range(len(entries) // entry_size):
-        tag, kind, n, value = struct.unpack(order + entry_fmt,
-                                            entries[i * entry_size:(i + 1) * entry_size])
-        if tag == _EXTRA_SAMPLES and n >= 1 and kind == 3:  # SHORT, held inline
-            return struct.unpack(order + "H", value[:2])[0]
-    return 0
+ASSOCIATED, UNASSOCIATED = "associated", "unassociated"
 
 
 def as_openslide(pixels, kind):

@@ -1,7 +1,7 @@
 /* The property table an OpenSlide handle shows, computed as OpenSlide computes it from what
  * tessera opened, and the slide's ICC profile. */
-#ifndef TSR_OPENSLIDE_PROPERTIES_H
-#define TSR_OPENSLIDE_PROPERTIES_H
+#ifndef TSR_COMPAT_OPENSLIDE_PROPERTIES_H
+#define TSR_COMPAT_OPENSLIDE_PROPERTIES_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -10,11 +10,11 @@
 #include "props.h"
 #include "tessera.h"
 
-/* Fills *out (sorted by key) for the ABI of OpenSlide major version abi_major (0: 3.4's, 1:
- * 4.0's, which adds openslide.icc-size and openslide.associated.*), and *icc / *icc_size with a
+/* Fills *out (sorted by key) as OpenSlide `version` gives it (3: 3.4, 4: 4.0, which adds
+ * openslide.icc-size and openslide.associated.* and a generic TIFF's mpp), and *icc / *icc_size with a
  * copy of level 0's ICC profile where OpenSlide would report one (NULL / 0 otherwise). On
  * failure the message is tessera_error_message()'s. */
-tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_props *out,
+tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props *out,
                                  uint8_t **icc, size_t *icc_size);
 
 /* NULL, or why a level of s cannot be decoded at all (a compression tessera does not read):

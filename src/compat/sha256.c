@@ -1,5 +1,5 @@
 /* SHA-256 as FIPS 180-4 specifies it (section 6.2). */
-#include "sha256.h"
+#include "compat/sha256.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -5,7 +5,7 @@
  * semantics): the tiff.* tags of the first directory, openslide.comment from its
  * ImageDescription, and openslide.quickhash-1, a SHA-256 over the raw bytes of the smallest
  * level's tiles followed by the name and value of nine string tags of the first directory. */
-#include "properties.h"
+#include "compat/openslide_properties.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,8 +14,9 @@
 
 #include "alloc.h"
 #include "error.h"
-#include "sha256.h"
+#include "compat/sha256.h"
 #include "slide_internal.h"
+#include "source/tile_source.h"
 #include "tiff/client.h"
 
 /* OpenSlide refuses to hash a smallest level bigger than this (so that opening a slide with
@@ -43,6 +44,19 @@ static const struct {
  * reads; tessera.comment is replaced by the first directory's description, as OpenSlide's; a
  * generic TIFF's resolution is set here as each OpenSlide version sets it (generic_mpp). */
 static bool skipped(const tessera_slide *s, const char *key) {
+  /* A level whose image is placed in it (Leica, a Ventana BIF) has no tile size in OpenSlide:
+   * its tiles do not tile the level; nor has a MIRAX level whose images OpenSlide places off
+   * a grid of their size. */
+  int level, end = 0;
+  if (sscanf(key, "tessera.level[%d].tile-%*[a-z]%n", &level, &end) == 1 && end &&
+      !key[end] && level >= 0 && level < s->nlevels &&
+      (s->levels[level].image_w != 0 ||
+       (s->levels[level].source == &tsr_mosaic_tiles &&
+        !((const struct tsr_mosaic *)s->levels[level].source_data)->openslide_tile_size)))
+    return true;
+  /* MIRAX is the one format read here whose background colour OpenSlide reports. */
+  if (strcmp(key, "tessera.background-color") == 0 && strcmp(s->vendor, "mirax") == 0)
+    return false;
   return strcmp(key, "tessera.background") == 0 || strcmp(key, "tessera.background-color") == 0 ||
          strcmp(key, "tessera.comment") == 0 ||
          (strcmp(s->vendor, "generic-tiff") == 0 &&
@@ -57,7 +71,8 @@ static bool skipped(const tessera_slide *s, const char *key) {
 static bool hash_level(const tessera_slide *s, TIFF *tif, struct tsr_sha256 *h,
                        tessera_status *st) {
   const struct tsr_level *lv = &s->levels[s->nlevels - 1];
-  if (!TIFFSetDirectory(tif, (tdir_t)lv->directory))
+  tdir_t dir = s->quickhash_dir ? (tdir_t)(s->quickhash_dir - 1) : (tdir_t)lv->directory;
+  if (!TIFFSetDirectory(tif, dir))
     return false;
   bool tiled = TIFFIsTiled(tif);
   uint64_t *offsets = NULL, *counts = NULL;
@@ -212,10 +227,9 @@ static bool computed_number(const char *key) {
          (strncmp(key, "openslide.level[", 16) == 0 && strstr(key, "].downsample"));
 }
 
-/* The quickhash, the first directory's tags as OpenSlide stores them (replacing tessera's
- * values, which it formats its own way), and level 0's ICC profile. */
-static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_props *p,
-                                bool want_icc, uint8_t **icc, size_t *icc_size) {
+/* The quickhash and the first directory's tags as OpenSlide stores them (replacing tessera's
+ * values, which it formats its own way). */
+static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props *p) {
   struct tsr_tiff_file f;
   TIFF *tif;
   tessera_status st = tsr_tiff_client_open(&f, s->source, (uint64_t)64 << 20, &tif);
@@ -224,7 +238,12 @@ static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_prop
   struct tsr_sha256 hash, *h = &hash;
   tsr_sha256_init(h);
   bool hashed = hash_level(s, tif, h, &st);
-  if (st != TESSERA_OK || !TIFFSetDirectory(tif, 0)) {
+  /* OpenSlide takes the tags of level 0's directory: the first one, but for Leica and Ventana,
+   * whose level 0 may come after a macro (both keep their levels in the main chain). */
+  bool leica = strcmp(s->vendor, "leica") == 0;
+  tdir_t props_dir = leica || strcmp(s->vendor, "ventana") == 0 ? (tdir_t)s->levels[0].directory
+                                                                 : 0;
+  if (st != TESSERA_OK || !TIFFSetDirectory(tif, props_dir)) {
     TIFFClose(tif);
     return st != TESSERA_OK ? st
                             : tsr_error(TESSERA_E_FORMAT, "cannot read the first directory again");
@@ -233,7 +252,7 @@ static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_prop
     const char *v = NULL;
     if (TIFFGetField(tif, string_tags[i].tag, &v) != 1)
       v = NULL;
-    if (v) {
+    if (v && !(leica && i == 0)) { /* Leica's description, the XML, is left out */
       tsr_props_set_bytes(p, string_tags[i].key, v, strlen(v));
       if (i == 0)
         tsr_props_set_bytes(p, "openslide.comment", v, strlen(v));
@@ -249,20 +268,9 @@ static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_prop
   add_number_tag(s, &raw, p, "tiff.YResolution", TIFFTAG_YRESOLUTION);
   add_number_tag(s, &raw, p, "tiff.XPosition", TIFFTAG_XPOSITION);
   add_number_tag(s, &raw, p, "tiff.YPosition", TIFFTAG_YPOSITION);
-  if (abi_major >= 1 && strcmp(s->vendor, "generic-tiff") == 0)
+  if (version >= 4 && strcmp(s->vendor, "generic-tiff") == 0)
     generic_mpp(s, tif, &raw, p);
   tsr_free(raw.entries);
-  uint32_t n = 0;
-  void *data = NULL;
-  if (want_icc && TIFFGetField(tif, TIFFTAG_ICCPROFILE, &n, &data) == 1 && n > 0) {
-    *icc = tsr_malloc(n);
-    if (*icc) {
-      memcpy(*icc, data, n);
-      *icc_size = n;
-    } else {
-      st = tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
-    }
-  }
   TIFFClose(tif);
   if (st == TESSERA_OK && hashed) {
     char hex[65];
@@ -270,6 +278,16 @@ static tessera_status from_tiff(tessera_slide *s, int abi_major, struct tsr_prop
     tsr_props_add_string(p, "openslide.quickhash-1", hex);
   }
   return st;
+}
+
+/* DICOM, which is no TIFF: OpenSlide 4 hashes the series' SeriesInstanceUID alone. */
+static void from_dicom(const tessera_slide *s, struct tsr_props *p) {
+  struct tsr_sha256 h;
+  tsr_sha256_init(&h);
+  hash_string(&h, tessera_property_value(s, "dicom.SeriesInstanceUID"));
+  char hex[65];
+  tsr_sha256_hex(&h, hex);
+  tsr_props_add_string(p, "openslide.quickhash-1", hex);
 }
 
 const char *tsr_os_unreadable(const tessera_slide *s) {
@@ -299,7 +317,7 @@ static void add_associated(tessera_slide *s, struct tsr_props *p) {
   }
 }
 
-tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_props *out,
+tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props *out,
                                  uint8_t **icc, size_t *icc_size) {
   *icc = NULL;
   *icc_size = 0;
@@ -320,11 +338,26 @@ tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_pro
       tsr_props_add_string(&p, key, value);
     }
   }
-  /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
-  bool want_icc = abi_major >= 1 && (strcmp(s->vendor, "aperio") == 0 ||
-                                     strcmp(s->vendor, "generic-tiff") == 0);
-  tessera_status st = from_tiff(s, abi_major, &p, want_icc, icc, icc_size);
-  if (abi_major >= 1) {
+  /* OpenSlide 4.0 reads an ICC profile for Aperio, generic TIFF and DICOM slides only. */
+  bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
+                                     strcmp(s->vendor, "generic-tiff") == 0 ||
+                                     strcmp(s->vendor, "dicom") == 0);
+  /* A Sakura slide is an SQLite database, a MIRAX slide a folder of files: no TIFF tags, and
+   * the quickhash-1 is the vendor's (tessera.quickhash-1, renamed above); DICOM's is OpenSlide
+   * 4's hash of its series. */
+  tessera_status st = TESSERA_OK;
+  if (strcmp(s->vendor, "dicom") == 0)
+    from_dicom(s, &p);
+  else if (strcmp(s->vendor, "sakura") != 0 && strcmp(s->vendor, "mirax") != 0)
+    st = from_tiff(s, version, &p);
+  size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */
+  if (st == TESSERA_OK && n > 0) {
+    if (!(*icc = tsr_malloc(n)))
+      st = tsr_error(TESSERA_E_NOMEM, "out of memory for the ICC profile");
+    else if ((st = tessera_icc_profile_read(s, *icc, n)) == TESSERA_OK)
+      *icc_size = n;
+  }
+  if (version >= 4) {
     add_associated(s, &p);
     if (*icc_size)
       tsr_props_add(&p, "openslide.icc-size", "%zu", *icc_size);
@@ -341,4 +374,57 @@ tessera_status tsr_os_properties(tessera_slide *s, int abi_major, struct tsr_pro
   tsr_props_sort(&p);
   *out = p;
   return TESSERA_OK;
+}
+
+/* The public face: a table the caller owns, so that the OpenSlide fronts built on tessera's
+ * public API (tessera.openslide in Python) show the same table as libtessera-openslide. */
+struct tessera_property_table {
+  struct tsr_props props;
+};
+
+TESSERA_API tessera_status tessera_openslide_properties(tessera_slide *slide, int32_t version,
+                                                        tessera_property_table **out) {
+  if (!out)
+    return tsr_error(TESSERA_E_ARGUMENT, "out must not be NULL");
+  *out = NULL;
+  if (!slide)
+    return tsr_error(TESSERA_E_ARGUMENT, "slide must not be NULL");
+  if (version != 3 && version != 4)
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "OpenSlide version %d: 3 (OpenSlide 3.4) or 4 (OpenSlide 4.0) expected",
+                     (int)version);
+  tessera_property_table *t = tsr_calloc(1, sizeof *t);
+  if (!t)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for properties");
+  uint8_t *icc = NULL;
+  size_t icc_size = 0;
+  tessera_status st = tsr_os_properties(slide, version, &t->props, &icc, &icc_size);
+  tsr_free(icc);
+  if (st != TESSERA_OK) {
+    tsr_free(t);
+    return st;
+  }
+  *out = t;
+  return TESSERA_OK;
+}
+
+TESSERA_API size_t tessera_property_table_count(const tessera_property_table *table) {
+  return table ? table->props.n : 0;
+}
+
+TESSERA_API const char *tessera_property_table_key(const tessera_property_table *table,
+                                                   size_t index) {
+  return table && index < table->props.n ? table->props.items[index].key : NULL;
+}
+
+TESSERA_API const char *tessera_property_table_value(const tessera_property_table *table,
+                                                     size_t index) {
+  return table && index < table->props.n ? table->props.items[index].value : NULL;
+}
+
+TESSERA_API void tessera_property_table_free(tessera_property_table *table) {
+  if (!table)
+    return;
+  tsr_props_free(&table->props);
+  tsr_free(table);
 }

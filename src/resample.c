@@ -1,0 +1,514 @@
+/* Exact area averages of a level (resample.h). Everything is integer once the output pixels'
+ * edges are placed on the 1/TSR_AREA_UNIT sub-pixel lattice, so a NumPy transcription of the
+ * rule gives the same bytes. Separable: each band of level rows is first summed across (per
+ * output column, weighted by the covered width), then down (per output row, weighted by the
+ * covered height). */
+#include "resample.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "abi.h"
+#include "alloc.h"
+#include "error.h"
+#include "codec/codec.h"
+#include "region.h"
+#include "source/tile_source.h"
+#include "tile.h"
+
+/* Level bytes read at once, at least one output row's worth. */
+#define BAND_BYTES ((size_t)16 << 20)
+
+/* Where the output pixels' edges fall along one axis, and the weights of the level pixels
+ * under each output pixel. Weights of pixel i are w[first[i] .. first[i + 1]), for the level
+ * pixels from src0[i] on; its total is span[i]. */
+struct axis {
+  int64_t n;          /* output pixels */
+  int64_t *edge;      /* n + 1 edges, in 1/TSR_AREA_UNIT level pixels, from the level's origin */
+  int64_t *src0;      /* first level pixel of each output pixel */
+  size_t *first;      /* n + 1 offsets into w */
+  uint32_t *w;        /* weights */
+  uint32_t *span;     /* edge[i + 1] - edge[i] */
+  int64_t lo, hi;     /* level pixels [lo, hi) under the whole output */
+};
+
+static void axis_free(struct axis *a) {
+  tsr_free(a->edge);
+  tsr_free(a->src0);
+  tsr_free(a->first);
+  tsr_free(a->w);
+  tsr_free(a->span);
+}
+
+static int64_t floor_div(int64_t a, int64_t b) { return a / b - (a % b != 0 && (a < 0) != (b < 0)); }
+
+/* origin: in 1/TSR_AREA_UNIT level pixels. */
+static tessera_status axis_plan(struct axis *a, int64_t origin, double scale, int64_t n) {
+  memset(a, 0, sizeof *a);
+  a->n = n;
+  double q = scale * TSR_AREA_UNIT;
+  a->edge = tsr_malloc((size_t)(n + 1) * sizeof *a->edge);
+  a->src0 = tsr_malloc((size_t)n * sizeof *a->src0);
+  a->first = tsr_malloc((size_t)(n + 1) * sizeof *a->first);
+  a->span = tsr_malloc((size_t)n * sizeof *a->span);
+  if (!a->edge || !a->src0 || !a->first || !a->span)
+    goto nomem;
+  for (int64_t i = 0; i <= n; i++)
+    a->edge[i] = origin + (int64_t)floor((double)i * q + 0.5);
+  size_t total = 0;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t k0 = floor_div(a->edge[i], TSR_AREA_UNIT);
+    int64_t k1 = floor_div(a->edge[i + 1] - 1, TSR_AREA_UNIT);
+    a->src0[i] = k0;
+    a->first[i] = total;
+    total += (size_t)(k1 - k0 + 1);
+  }
+  a->first[n] = total;
+  a->w = tsr_malloc(total * sizeof *a->w);
+  if (!a->w)
+    goto nomem;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t e0 = a->edge[i], e1 = a->edge[i + 1];
+    a->span[i] = (uint32_t)(e1 - e0);
+    for (size_t j = a->first[i]; j < a->first[i + 1]; j++) {
+      int64_t k = a->src0[i] + (int64_t)(j - a->first[i]);
+      int64_t lo = k * TSR_AREA_UNIT > e0 ? k * TSR_AREA_UNIT : e0;
+      int64_t hi = (k + 1) * TSR_AREA_UNIT < e1 ? (k + 1) * TSR_AREA_UNIT : e1;
+      a->w[j] = (uint32_t)(hi - lo);
+    }
+  }
+  a->lo = a->src0[0];
+  a->hi = floor_div(a->edge[n] - 1, TSR_AREA_UNIT) + 1;
+  return TESSERA_OK;
+nomem:
+  axis_free(a);
+  return tsr_error(TESSERA_E_NOMEM, "out of memory planning a %lld-pixel resampled axis",
+                   (long long)n);
+}
+
+/* Sums one level row across: out[i * ch + c] = sum of w * row pixel, per output column. */
+static void sum_across(const struct axis *x, const uint8_t *row, int ch, uint32_t *out) {
+  for (int64_t i = 0; i < x->n; i++) {
+    const uint8_t *p = row + (size_t)(x->src0[i] - x->lo) * (size_t)ch;
+    uint32_t s[4] = {0, 0, 0, 0};
+    for (size_t j = x->first[i]; j < x->first[i + 1]; j++, p += ch) {
+      uint32_t w = x->w[j];
+      s[0] += w * p[0];
+      s[1] += w * p[1];
+      s[2] += w * p[2];
+      if (ch == 4)
+        s[3] += w * p[3];
+    }
+    memcpy(out + (size_t)i * (size_t)ch, s, (size_t)ch * sizeof s[0]);
+  }
+}
+
+/* Where the level's pixels come from: a rectangle of them (fill outside) into dst. */
+struct source {
+  tessera_status (*fetch)(const struct source *src, int64_t lx, int64_t ly, int64_t w, int64_t h,
+                          uint8_t *dst);
+  tessera_slide *s;
+  int32_t level;
+  tessera_read_options ro;
+  /* fast mode: an image of the level decoded at a reduced scale, held whole */
+  const uint8_t *image;
+  int64_t ix, iy, iw, ih; /* its top-left level pixel and size */
+  uint8_t fill;
+};
+
+static tessera_status fetch_level(const struct source *src, int64_t lx, int64_t ly, int64_t w,
+                                  int64_t h, uint8_t *dst) {
+  return tsr_read_level_rect(src->s, src->level, lx, ly, w, h, &src->ro, dst,
+                             (size_t)w * (size_t)h * (size_t)src->ro.channels);
+}
+
+/* The area average of an origin in lattice units (see resample.h), from src. */
+static tessera_status average(const struct source *src, int64_t ox, int64_t oy, double sx,
+                              double sy, int64_t out_w, int64_t out_h, int channels,
+                              uint8_t *dst, size_t stride) {
+  struct axis x, y;
+  tessera_status st = axis_plan(&x, ox, sx, out_w);
+  if (st != TESSERA_OK)
+    return st;
+  st = axis_plan(&y, oy, sy, out_h);
+  if (st != TESSERA_OK) {
+    axis_free(&x);
+    return st;
+  }
+  int64_t src_w = x.hi - x.lo;
+  size_t src_row = (size_t)src_w * (size_t)channels;
+  size_t acc_row = (size_t)out_w * (size_t)channels;
+  /* Bands of output rows whose level rows fit BAND_BYTES (at least one output row). */
+  int64_t band_rows = (int64_t)(BAND_BYTES / src_row);
+  int64_t per_out = (int64_t)ceil(sy) + 1;
+  int64_t outs_per_band = band_rows / per_out > 0 ? band_rows / per_out : 1;
+  if (outs_per_band > out_h) /* a small read allocates for itself only */
+    outs_per_band = out_h;
+  int64_t max_src_rows = outs_per_band * per_out + 1;
+  uint8_t *band = NULL;
+  uint32_t *across = NULL;
+  uint64_t *acc = tsr_malloc(acc_row * sizeof *acc);
+  size_t band_bytes;
+  if (!tsr_mul2(src_row, (size_t)max_src_rows, &band_bytes) || !acc ||
+      !(band = tsr_malloc(band_bytes)) ||
+      !(across = tsr_malloc(acc_row * (size_t)max_src_rows * sizeof *across))) {
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a resampled read");
+    goto done;
+  }
+  for (int64_t j0 = 0; j0 < out_h; j0 += outs_per_band) {
+    int64_t j1 = j0 + outs_per_band < out_h ? j0 + outs_per_band : out_h;
+    int64_t r0 = y.src0[j0];
+    int64_t r1 = floor_div(y.edge[j1] - 1, TSR_AREA_UNIT) + 1;
+    st = src->fetch(src, x.lo, r0, src_w, r1 - r0, band);
+    if (st != TESSERA_OK)
+      goto done;
+    for (int64_t r = r0; r < r1; r++)
+      sum_across(&x, band + (size_t)(r - r0) * src_row, channels,
+                 across + (size_t)(r - r0) * acc_row);
+    for (int64_t j = j0; j < j1; j++) {
+      memset(acc, 0, acc_row * sizeof *acc);
+      for (size_t k = y.first[j]; k < y.first[j + 1]; k++) {
+        uint64_t w = y.w[k];
+        const uint32_t *a = across + (size_t)(y.src0[j] + (int64_t)(k - y.first[j]) - r0) * acc_row;
+        for (size_t c = 0; c < acc_row; c++)
+          acc[c] += w * a[c];
+      }
+      uint8_t *out = dst + (size_t)j * stride;
+      for (int64_t i = 0; i < out_w; i++) {
+        uint64_t den = (uint64_t)x.span[i] * y.span[j];
+        /* (acc + den / 2) / den without a 64-bit division per sample (which would cost more
+         * than the sums): the quotient through a double reciprocal, then corrected by one
+         * step either way; sums stay below 2^53, so the estimate is never off by more. */
+        double inv = 1.0 / (double)den;
+        for (int c = 0; c < channels; c++) {
+          size_t at = (size_t)i * (size_t)channels + (size_t)c;
+          uint64_t num = acc[at] + den / 2;
+          uint64_t q = (uint64_t)((double)num * inv);
+          if (q * den > num)
+            q--;
+          else if ((q + 1) * den <= num)
+            q++;
+          out[at] = (uint8_t)q;
+        }
+      }
+    }
+  }
+done:
+  tsr_free(acc);
+  tsr_free(band);
+  tsr_free(across);
+  axis_free(&x);
+  axis_free(&y);
+  return st;
+}
+
+static tessera_status check_area_args(int64_t lx0, int64_t ly0, double sx, double sy,
+                                      int64_t out_w, int64_t out_h) {
+  if (!(sx >= TSR_SCALE_MIN && sx <= TSR_SCALE_MAX && sy >= TSR_SCALE_MIN && sy <= TSR_SCALE_MAX))
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "scale %g x %g (level pixels per output pixel) is not within %g .. %g", sx,
+                     sy, TSR_SCALE_MIN, TSR_SCALE_MAX);
+  if (out_w < 1 || out_h < 1 || out_w > ((int64_t)1 << 31) || out_h > ((int64_t)1 << 31))
+    return tsr_error(TESSERA_E_ARGUMENT, "output size %lldx%lld is not between 1 and 2^31",
+                     (long long)out_w, (long long)out_h);
+  if (lx0 > ((int64_t)1 << 40) || lx0 < -((int64_t)1 << 40) || ly0 > ((int64_t)1 << 40) ||
+      ly0 < -((int64_t)1 << 40))
+    return tsr_error(TESSERA_E_ARGUMENT, "origin %lld,%lld is too far outside the level",
+                     (long long)lx0, (long long)ly0);
+  return TESSERA_OK;
+}
+
+tessera_status tsr_read_area(tessera_slide *s, int32_t level, int64_t lx0, int64_t ly0, double sx,
+                             double sy, int64_t out_w, int64_t out_h, int channels, int fill,
+                             int num_workers, uint8_t *dst, size_t stride) {
+  tessera_status st = check_area_args(lx0, ly0, sx, sy, out_w, out_h);
+  if (st != TESSERA_OK)
+    return st;
+  struct source src = {.fetch = fetch_level, .s = s, .level = level};
+  tessera_read_options_init(&src.ro);
+  src.ro.channels = channels;
+  src.ro.fill = fill;
+  src.ro.num_workers = num_workers;
+  if (sx == 1.0 && sy == 1.0) { /* every output pixel is one level pixel */
+    tessera_read_options ro = src.ro;
+    ro.stride = stride;
+    return tsr_read_level_rect(s, level, lx0, ly0, out_w, out_h, &ro, dst,
+                               stride * (size_t)(out_h - 1) + (size_t)out_w * (size_t)channels);
+  }
+  return average(&src, lx0 * TSR_AREA_UNIT, ly0 * TSR_AREA_UNIT, sx, sy, out_w, out_h, channels,
+                 dst, stride);
+}
+
+/* ---- fast mode: JPEG tiles decoded at 1/k by libjpeg's reduced-size IDCT --------------- */
+
+/* Whether level's tiles can be decoded at 1/k: baseline JPEG to RGB, not already scaled, its
+ * tiles a whole number of k-pixel blocks. */
+static bool fast_ok(const struct tsr_level *lv, unsigned k) {
+  return lv->fmt.compression == 7 && lv->fmt.jpeg_scale <= 1 && lv->fmt.decoded_channels == 3 &&
+         !lv->fmt.unsupported[0] && lv->tile_w % k == 0 && lv->tile_h % k == 0;
+}
+
+static tessera_status fetch_image(const struct source *src, int64_t lx, int64_t ly, int64_t w,
+                                  int64_t h, uint8_t *dst) {
+  unsigned ch = (unsigned)src->ro.channels;
+  for (int64_t r = 0; r < h; r++) {
+    uint8_t *row = dst + (size_t)r * (size_t)w * ch;
+    int64_t y = ly + r - src->iy;
+    for (int64_t c = 0; c < w; c++) {
+      int64_t x = lx + c - src->ix;
+      uint8_t *p = row + (size_t)c * ch;
+      if (y < 0 || y >= src->ih || x < 0 || x >= src->iw) {
+        memset(p, src->fill, 3);
+        if (ch == 4)
+          p[3] = 0;
+        continue;
+      }
+      memcpy(p, src->image + ((size_t)y * (size_t)src->iw + (size_t)x) * 3, 3);
+      if (ch == 4)
+        p[3] = 255;
+    }
+  }
+  return TESSERA_OK;
+}
+
+/* Decodes the tiles of lv under reduced-scale rectangle [x0, x1) x [y0, y1) (pixels of the
+ * level at 1/k) at 1/k into img (RGB, (x1 - x0) x (y1 - y0); fill where outside or missing). */
+static tessera_status decode_reduced(tessera_slide *s, int32_t level, unsigned k, int64_t x0,
+                                     int64_t y0, int64_t x1, int64_t y1, uint8_t fill,
+                                     uint8_t *img) {
+  const struct tsr_level *lv = &s->levels[level];
+  int64_t iw = x1 - x0, ih = y1 - y0;
+  memset(img, fill, (size_t)iw * (size_t)ih * 3);
+  int64_t tw = lv->tile_w / k, th = lv->tile_h / k;
+  int64_t lw = lv->width / k, lh = lv->height / k;
+  int64_t cx0 = x0 > 0 ? x0 : 0, cy0 = y0 > 0 ? y0 : 0;
+  int64_t cx1 = x1 < lw ? x1 : lw, cy1 = y1 < lh ? y1 : lh;
+  if (cx0 >= cx1 || cy0 >= cy1)
+    return TESSERA_OK;
+  /* The limit a full decode of these tiles would be held to (tsr_tile_read's). */
+  size_t tile_bytes = tsr_tile_buffer_size(lv);
+  if (tile_bytes == 0 || tile_bytes > s->limits.max_decoded_tile_bytes)
+    return tsr_error(TESSERA_E_LIMIT, "level %d: a decoded tile of %ux%u exceeds the limit",
+                     level, lv->tile_w, lv->tile_h);
+  struct tsr_pixel_format fmt = lv->fmt;
+  fmt.jpeg_scale = (uint8_t)k;
+  struct tsr_scratch compressed = {0};
+  tessera_status st = TESSERA_OK;
+  for (int64_t ty = cy0 / th; st == TESSERA_OK && ty <= (cy1 - 1) / th; ty++) {
+    for (int64_t tx = cx0 / tw; st == TESSERA_OK && tx <= (cx1 - 1) / tw; tx++) {
+      uint64_t index = (uint64_t)ty * lv->across + (uint64_t)tx;
+      if (tsr_tile_missing(lv, index))
+        continue;
+      struct tsr_stream in;
+      st = tsr_tile_stream(s, lv, index, &compressed, &in);
+      if (st != TESSERA_OK)
+        break;
+      int64_t ex, ey;
+      uint32_t ew, eh;
+      tsr_tile_extent(lv, index, &ex, &ey, &ew, &eh);
+      /* The part of this tile inside the rectangle, in reduced pixels. */
+      int64_t px0 = tx * tw > cx0 ? tx * tw : cx0, py0 = ty * th > cy0 ? ty * th : cy0;
+      int64_t px1 = (tx + 1) * tw < cx1 ? (tx + 1) * tw : cx1;
+      int64_t py1 = (ty + 1) * th < cy1 ? (ty + 1) * th : cy1;
+      struct tsr_tile_out out = {
+          .pixels = img + ((size_t)(py0 - y0) * (size_t)iw + (size_t)(px0 - x0)) * 3,
+          .width = (uint32_t)tw,
+          .height = (uint32_t)th,
+          .need_w = (uint32_t)((ew + k - 1) / k),
+          .need_h = (uint32_t)((eh + k - 1) / k),
+          .stride = (size_t)iw * 3,
+          .crop_x = (uint32_t)(px0 - tx * tw),
+          .crop_y = (uint32_t)(py0 - ty * th),
+          .crop_w = (uint32_t)(px1 - px0),
+          .crop_h = (uint32_t)(py1 - py0),
+          .jpeg = in.jpeg,
+      };
+      st = tsr_codec_find(fmt.compression)(&fmt, in.data, in.len, &out);
+      if (st == TESSERA_OK)
+        tsr_codec_postprocess(&fmt, out.pixels, out.stride, out.crop_w, out.crop_h);
+      else
+        st = tsr_error_prefix(st, "level %d, tile %llu (at 1/%u): ", level,
+                              (unsigned long long)index, k);
+    }
+  }
+  tsr_scratch_free(&compressed);
+  return st;
+}
+
+/* The fast mode's read: true in *done when it applied (the scale reaches 2 and the level's
+ * tiles allow it), else the caller reads exactly. */
+static tessera_status read_fast(tessera_slide *s, int32_t level, int64_t lx0, int64_t ly0,
+                                double sx, double sy, int64_t out_w, int64_t out_h, int channels,
+                                uint8_t fill, uint8_t *dst, size_t stride, bool *done) {
+  *done = false;
+  const struct tsr_level *lv = &s->levels[level];
+  double m = sx < sy ? sx : sy;
+  unsigned k = m >= 8.0 ? 8 : m >= 4.0 ? 4 : m >= 2.0 ? 2 : 1;
+  while (k > 1 && !fast_ok(lv, k))
+    k /= 2;
+  if (k == 1)
+    return TESSERA_OK;
+  /* The reduced level: origin lx0 / k exactly on the lattice (k divides TSR_AREA_UNIT). */
+  int64_t ox = lx0 * (TSR_AREA_UNIT / k), oy = ly0 * (TSR_AREA_UNIT / k);
+  double rsx = sx / k, rsy = sy / k;
+  int64_t x0 = floor_div(ox, TSR_AREA_UNIT), y0 = floor_div(oy, TSR_AREA_UNIT);
+  int64_t x1 = floor_div(ox + (int64_t)floor((double)out_w * rsx * TSR_AREA_UNIT + 0.5) - 1,
+                         TSR_AREA_UNIT) + 1;
+  int64_t y1 = floor_div(oy + (int64_t)floor((double)out_h * rsy * TSR_AREA_UNIT + 0.5) - 1,
+                         TSR_AREA_UNIT) + 1;
+  size_t bytes;
+  if (!tsr_mul3((size_t)(x1 - x0), (size_t)(y1 - y0), 3, &bytes) || bytes > BAND_BYTES * 4)
+    return TESSERA_OK; /* large reads go the exact way, in bands */
+  uint8_t *img = tsr_malloc(bytes);
+  if (!img)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a fast resampled read");
+  tessera_status st = decode_reduced(s, level, k, x0, y0, x1, y1, fill, img);
+  if (st == TESSERA_OK && rsx == 1.0 && rsy == 1.0 && ox % TSR_AREA_UNIT == 0 &&
+      oy % TSR_AREA_UNIT == 0) {
+    /* The reduced pixels are the output's: copied, not averaged. */
+    struct source src = {.image = img, .ix = x0, .iy = y0, .iw = x1 - x0, .ih = y1 - y0,
+                         .fill = fill};
+    src.ro.channels = channels;
+    if (stride == (size_t)out_w * (size_t)channels && channels == 3) {
+      memcpy(dst, img, (size_t)out_w * (size_t)out_h * 3);
+    } else {
+      for (int64_t r = 0; r < out_h; r++)
+        fetch_image(&src, x0, y0 + r, out_w, 1, dst + (size_t)r * stride);
+    }
+  } else if (st == TESSERA_OK) {
+    struct source src = {.fetch = fetch_image, .image = img, .ix = x0, .iy = y0,
+                         .iw = x1 - x0, .ih = y1 - y0, .fill = fill};
+    src.ro.channels = channels;
+    st = average(&src, ox, oy, rsx, rsy, out_w, out_h, channels, dst, stride);
+  }
+  tsr_free(img);
+  *done = st == TESSERA_OK;
+  return st;
+}
+
+TESSERA_API tessera_status tessera_read_region_scaled(tessera_slide *s, int64_t x, int64_t y,
+                                                      int32_t level, double scale_x,
+                                                      double scale_y, int64_t width,
+                                                      int64_t height,
+                                                      const tessera_read_options *options,
+                                                      uint8_t *dst, size_t dst_size) {
+  tessera_read_options o;
+  tessera_read_options_init(&o);
+  tessera_status st = tsr_abi_copy_in(&o, sizeof o, options, "read options");
+  if (st != TESSERA_OK)
+    return st;
+  if (!s || !dst)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or destination");
+  if (level < 0 || level >= s->nlevels)
+    return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
+                     s->nlevels);
+  if (width < 1 || height < 1 || width > ((int64_t)1 << 31) || height > ((int64_t)1 << 31))
+    return tsr_error(TESSERA_E_ARGUMENT, "region size %lldx%lld is not between 1 and 2^31",
+                     (long long)width, (long long)height);
+  if (o.channels != 3 && o.channels != 4)
+    return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", o.channels);
+  if (o.fill < -1 || o.fill > 255)
+    return tsr_error(TESSERA_E_ARGUMENT, "fill must be 0..255 or -1, not %d", o.fill);
+  size_t row, need, pixels;
+  if (!tsr_mul2((size_t)width, (size_t)o.channels, &row))
+    return tsr_error(TESSERA_E_ARGUMENT, "region too large");
+  size_t stride = o.stride ? o.stride : row;
+  if (stride < row)
+    return tsr_error(TESSERA_E_ARGUMENT, "stride %zu is less than a row (%zu bytes)", stride, row);
+  if (!tsr_mul2(stride, (size_t)height - 1, &need) || __builtin_add_overflow(need, row, &need))
+    return tsr_error(TESSERA_E_ARGUMENT, "region too large");
+  if (!tsr_mul2(row, (size_t)height, &pixels) || pixels > s->limits.max_read_bytes)
+    return tsr_error(TESSERA_E_LIMIT,
+                     "a %lldx%lld region of %d channels is over the limit of %llu bytes for one "
+                     "read (max_read_bytes)",
+                     (long long)width, (long long)height, o.channels,
+                     (unsigned long long)s->limits.max_read_bytes);
+  if (dst_size < need)
+    return tsr_error(TESSERA_E_ARGUMENT, "destination holds %zu bytes, the region needs %zu",
+                     dst_size, need);
+  const struct tsr_level *lv = &s->levels[level];
+  int64_t lx = tsr_level_coord(lv, x), ly = tsr_level_coord(lv, y);
+  bool done = false;
+  if (o.fast_jpeg) {
+    if ((st = check_area_args(lx, ly, scale_x, scale_y, width, height)) != TESSERA_OK)
+      return st;
+    st = read_fast(s, level, lx, ly, scale_x, scale_y, width, height, o.channels,
+                   (uint8_t)(o.fill < 0 ? s->background : o.fill), dst, stride, &done);
+  }
+  if (!done && st == TESSERA_OK)
+    st = tsr_read_area(s, level, lx, ly, scale_x, scale_y, width, height, o.channels, o.fill,
+                       o.num_workers, dst, stride);
+  if (st != TESSERA_OK && st != TESSERA_E_ARGUMENT) {
+    uint8_t fill = (uint8_t)(o.fill < 0 ? s->background : o.fill);
+    for (int64_t j = 0; j < height; j++) {
+      uint8_t *p = dst + (size_t)j * stride;
+      for (int64_t i = 0; i < width; i++, p += o.channels) {
+        memset(p, fill, 3);
+        if (o.channels == 4)
+          p[3] = 0;
+      }
+    }
+  }
+  return st;
+}
+
+/* An image in memory as a source: its pixels, channels as the output's. */
+struct memory_source {
+  struct source base;
+  const uint8_t *pixels;
+  int64_t w, h;
+  size_t stride;
+};
+
+static tessera_status fetch_memory(const struct source *src, int64_t lx, int64_t ly, int64_t w,
+                                   int64_t h, uint8_t *dst) {
+  const struct memory_source *m = (const struct memory_source *)src;
+  size_t ch = (size_t)src->ro.channels;
+  for (int64_t r = 0; r < h; r++) {
+    uint8_t *row = dst + (size_t)r * (size_t)w * ch;
+    int64_t y = ly + r;
+    for (int64_t c = 0; c < w; c++) {
+      int64_t x = lx + c;
+      uint8_t *p = row + (size_t)c * ch;
+      if (y < 0 || y >= m->h || x < 0 || x >= m->w) {
+        memset(p, src->fill, ch); /* past the image: the edge pixels' fill (alpha too) */
+        continue;
+      }
+      memcpy(p, m->pixels + (size_t)y * m->stride + (size_t)x * ch, ch);
+    }
+  }
+  return TESSERA_OK;
+}
+
+TESSERA_API tessera_status tessera_resample_area(const uint8_t *src, int64_t src_width,
+                                                 int64_t src_height, size_t src_stride,
+                                                 int32_t channels, double scale_x,
+                                                 double scale_y, int64_t width, int64_t height,
+                                                 uint8_t *dst, size_t dst_stride) {
+  if (!src || !dst)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL source or destination");
+  if (channels != 3 && channels != 4)
+    return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", channels);
+  if (src_width < 1 || src_height < 1 || src_stride < (size_t)src_width * (size_t)channels ||
+      dst_stride < (size_t)width * (size_t)channels)
+    return tsr_error(TESSERA_E_ARGUMENT, "bad source size or strides");
+  tessera_status st = check_area_args(0, 0, scale_x, scale_y, width, height);
+  if (st != TESSERA_OK)
+    return st;
+  /* The source must hold every pixel the output covers: up to its last edge. */
+  int64_t last_x = (int64_t)floor((double)width * (scale_x * TSR_AREA_UNIT) + 0.5);
+  int64_t last_y = (int64_t)floor((double)height * (scale_y * TSR_AREA_UNIT) + 0.5);
+  int64_t need_w = (last_x + TSR_AREA_UNIT - 1) / TSR_AREA_UNIT;
+  int64_t need_h = (last_y + TSR_AREA_UNIT - 1) / TSR_AREA_UNIT;
+  if (src_width < need_w || src_height < need_h)
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "a %lldx%lld image at scale %g x %g needs a source of %lldx%lld, not "
+                     "%lldx%lld",
+                     (long long)width, (long long)height, scale_x, scale_y, (long long)need_w,
+                     (long long)need_h, (long long)src_width, (long long)src_height);
+  struct memory_source m = {.base = {.fetch = fetch_memory, .fill = 0},
+                            .pixels = src, .w = src_width, .h = src_height, .stride = src_stride};
+  m.base.ro.channels = channels;
+  return average(&m.base, 0, 0, scale_x, scale_y, width, height, channels, dst, dst_stride);
+}

@@ -1,0 +1,421 @@
+/* Tissue masks (tessera.h, "Tissue masks"; docs/TISSUE.md). One pass reads the chosen level
+ * area-averaged to the mask's pixels (resample.c); everything after works on the mask's few
+ * pixels: classes, an Otsu threshold from a 256-bin histogram, and two connected-component
+ * sweeps (specks, then holes) over runs of rows. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "abi.h"
+#include "alloc.h"
+#include "error.h"
+#include "mpp.h"
+#include "resample.h"
+#include "slide_internal.h"
+
+#define MASK_SIDE_MAX ((int64_t)1 << 31)
+#define DEFAULT_MASK_MPP 8.0
+#define DEFAULT_MASK_DOWNSAMPLE 32.0
+#define DARKFIELD_MEDIAN 64 /* below this median brightness a slide is taken as dark-field */
+
+/* PEN_CANDIDATE lasts only within classify. */
+enum pixel_class { NOT_TISSUE = 0, TISSUE = 1, EXCLUDED = 2, PEN_CANDIDATE = 3 };
+
+TESSERA_API void tessera_tissue_options_init_sized(tessera_tissue_options *o, size_t size) {
+  static const tessera_tissue_options defaults = {
+      .struct_size = sizeof defaults,
+      .mpp = 0.0,
+      .downsample = 0.0,
+      .mode = TESSERA_TISSUE_AUTO,
+      .background_tolerance = 10,
+      .black_max = 40,
+      .pen_min_saturation = 110,
+      .pen_hue_min = 70.0,
+      .pen_hue_max = 250.0,
+      .min_threshold = 12,
+      .min_tissue_area = 10000.0,
+      .max_hole_area = 40000.0,
+      .num_workers = 0,
+  };
+  tsr_abi_init(o, size, &defaults, sizeof defaults);
+}
+
+TESSERA_API void tessera_mask_free(tessera_mask *m) {
+  if (!m)
+    return;
+  tsr_free(m->data);
+  tsr_free(m);
+}
+
+static tessera_status check_options(const tessera_tissue_options *o) {
+  if (!(o->mpp >= 0.0 && isfinite(o->mpp)) || !(o->downsample >= 0.0 && isfinite(o->downsample)))
+    return tsr_error(TESSERA_E_ARGUMENT, "tissue mask: mpp and downsample must be >= 0");
+  if (o->mode < TESSERA_TISSUE_AUTO || o->mode > TESSERA_TISSUE_DARKFIELD)
+    return tsr_error(TESSERA_E_ARGUMENT, "tissue mask: unknown mode %d", o->mode);
+  if (o->background_tolerance < 0 || o->background_tolerance > 255 || o->black_max < -1 ||
+      o->black_max > 255 || o->pen_min_saturation < 0 || o->pen_min_saturation > 256 ||
+      o->min_threshold < 0 || o->min_threshold > 255)
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "tissue mask: background_tolerance, black_max (or -1), pen_min_saturation "
+                     "(or 256) and min_threshold are 0..255");
+  if (!(o->pen_hue_min >= 0.0 && o->pen_hue_max <= 360.0 && o->pen_hue_min <= o->pen_hue_max))
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "tissue mask: the pen hues must satisfy 0 <= pen_hue_min <= pen_hue_max "
+                     "<= 360");
+  if (!(o->min_tissue_area >= 0.0 && isfinite(o->min_tissue_area)) ||
+      !(o->max_hole_area >= 0.0 && isfinite(o->max_hole_area)))
+    return tsr_error(TESSERA_E_ARGUMENT, "tissue mask: areas must be finite and >= 0");
+  if (o->num_workers < 0)
+    return tsr_error(TESSERA_E_ARGUMENT, "tissue mask: num_workers must be >= 0");
+  return TESSERA_OK;
+}
+
+/* Otsu's threshold over a 256-bin histogram: the t maximising the between-class variance of
+ * {v <= t} and {v > t}; the first such t. 0 when the histogram is empty. */
+static int otsu(const uint64_t hist[256]) {
+  double total = 0.0, sum = 0.0;
+  for (int v = 0; v < 256; v++) {
+    total += (double)hist[v];
+    sum += (double)v * (double)hist[v];
+  }
+  double w0 = 0.0, sum0 = 0.0, best = -1.0;
+  int t_best = 0;
+  for (int t = 0; t < 255; t++) {
+    w0 += (double)hist[t];
+    sum0 += (double)t * (double)hist[t];
+    double w1 = total - w0;
+    if (w0 == 0.0 || w1 == 0.0)
+      continue;
+    double d = sum0 * total - sum * w0; /* (mean0 - mean) * w0 * total */
+    double between = d * d / (w0 * w1);
+    if (between > best) {
+      best = between;
+      t_best = t;
+    }
+  }
+  return t_best;
+}
+
+/* Hue in degrees [0, 360) of an RGB pixel with max > min. */
+static double hue(int r, int g, int b, int mx, int mn) {
+  double d = (double)(mx - mn), h;
+  if (mx == r)
+    h = (double)(g - b) / d;
+  else if (mx == g)
+    h = (double)(b - r) / d + 2.0;
+  else
+    h = (double)(r - g) / d + 4.0;
+  h *= 60.0;
+  return h < 0.0 ? h + 360.0 : h;
+}
+
+/* Histograms of bytes, four interleaved: pixels of one colour (glass) would otherwise make
+ * every increment wait for the one before. */
+struct hist4 {
+  uint64_t h[4][256];
+};
+
+static void hist4_sum(const struct hist4 *q, uint64_t out[256]) {
+  for (int v = 0; v < 256; v++)
+    out[v] = q->h[0][v] + q->h[1][v] + q->h[2][v] + q->h[3][v];
+}
+
+/* Sets cls (one byte per pixel) and *darkfield, and returns the threshold. `value` is scratch
+ * of n bytes. */
+static int classify(const tessera_tissue_options *o, const uint8_t *restrict rgb, size_t n,
+                    uint8_t bg, uint8_t *restrict cls, uint8_t *restrict value, bool *darkfield) {
+  static struct hist4 zero;
+  struct hist4 *q = tsr_malloc(sizeof *q);
+  if (!q)
+    return -1;
+  int tol = o->background_tolerance;
+  /* The median brightness (the brightest channel) says whether the slide is dark-field; every
+   * 7th pixel is plenty to tell black from glass. */
+  *q = zero;
+  size_t sampled = 0;
+  for (size_t i = 0; i < n; i += 7, sampled++) {
+    const uint8_t *p = rgb + 3 * i;
+    int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
+    q->h[sampled & 3][mx]++;
+  }
+  uint64_t hist[256];
+  hist4_sum(q, hist);
+  uint64_t below = 0;
+  int median = 255;
+  for (int v = 0; v < 256; v++) {
+    below += hist[v];
+    if (2 * below >= sampled) {
+      median = v;
+      break;
+    }
+  }
+  bool dark = o->mode == TESSERA_TISSUE_DARKFIELD ||
+              (o->mode == TESSERA_TISSUE_AUTO && median < DARKFIELD_MEDIAN);
+  *darkfield = dark;
+  /* Dark-field brightness on a log scale: a sparse stain (DAPI's nuclei) averaged over a mask
+   * pixel is dim, and on a linear scale Otsu would split the bright nuclei from the dim tissue
+   * rather than the tissue from the black. */
+  uint8_t log_scale[256];
+  for (int v = 0; v < 256; v++)
+    log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
+  /* floor(a / m) for a < 2^16 and m < 2^8 is (a * ceil(2^32 / m)) >> 32 exactly (the excess,
+   * under a / 2^32 < 2^-16, never reaches the next whole number, at least 1 / m away), so
+   * saturation takes a multiplication instead of a division. */
+  uint64_t reciprocal[256];
+  reciprocal[0] = 0;
+  for (int m = 1; m < 256; m++)
+    reciprocal[m] = (((uint64_t)1 << 32) + (uint64_t)m - 1) / (uint64_t)m;
+  /* Branch-free, so the compiler can do many pixels at once: saturation, background and
+   * black. Pen hues are
+   * looked at afterwards, only for the few pixels saturated enough to be ink. */
+  int black = dark ? -1 : o->black_max;
+  int pen_sat = dark ? 256 : o->pen_min_saturation;
+  bool any_pen = false;
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t *p = rgb + 3 * i;
+    int r = p[0], g = p[1], b = p[2];
+    int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
+    int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
+    int sat = (int)(((uint64_t)(255 * (mx - mn)) * reciprocal[mx]) >> 32);
+    int dr = r - bg, dg = g - bg, db = b - bg;
+    bool background = (dr <= tol) & (dr >= -tol) & (dg <= tol) & (dg >= -tol) & (db <= tol) &
+                      (db >= -tol);
+    bool excluded = background | (mx <= black);
+    bool pen = !excluded & (sat >= pen_sat) & (sat > 0);
+    any_pen |= pen;
+    value[i] = (uint8_t)sat;
+    cls[i] = (uint8_t)(excluded ? EXCLUDED : pen ? PEN_CANDIDATE : NOT_TISSUE);
+  }
+  if (any_pen) {
+    for (size_t i = 0; i < n; i++) {
+      if (cls[i] != PEN_CANDIDATE)
+        continue;
+      const uint8_t *p = rgb + 3 * i;
+      int r = p[0], g = p[1], b = p[2];
+      int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
+      int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
+      double h = hue(r, g, b, mx, mn);
+      cls[i] = h >= o->pen_hue_min && h <= o->pen_hue_max ? EXCLUDED : NOT_TISSUE;
+    }
+  }
+  *q = zero;
+  if (dark) {
+    for (size_t i = 0; i < n; i++) {
+      const uint8_t *p = rgb + 3 * i;
+      int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
+      value[i] = log_scale[mx];
+      /* Bright-field leaves the background out of Otsu's histogram (glass would swamp it);
+       * dark-field keeps it in: it is the dark class Otsu is to split from the signal. */
+      q->h[i & 3][value[i]]++;
+    }
+  } else {
+    for (size_t i = 0; i < n; i++)
+      if (cls[i] != EXCLUDED) /* long runs of background either way: a branch predicts well */
+        q->h[i & 3][value[i]]++;
+  }
+  hist4_sum(q, hist);
+  tsr_free(q);
+  int t = otsu(hist);
+  if (t < o->min_threshold)
+    t = o->min_threshold;
+  uint8_t tt = (uint8_t)t;
+  for (size_t i = 0; i < n; i++) /* NOT_TISSUE (0) above the threshold becomes TISSUE (1) */
+    cls[i] = (uint8_t)(cls[i] | ((cls[i] == NOT_TISSUE) & (value[i] > tt)));
+  return t;
+}
+
+/* A run of pixels of one row on the same side (tissue or not): [x0, x1) of row y. */
+struct run {
+  uint32_t x0, x1, y;
+  uint32_t parent; /* union-find */
+  uint64_t area;   /* of the component, at its root */
+  uint32_t edge;   /* the component touches the mask's edge (at its root) */
+};
+
+/* The runs of one sweep, grown as needed (a mask has far fewer runs than pixels). */
+struct runs {
+  struct run *r;
+  size_t n, cap;
+};
+
+static uint32_t find(struct run *r, uint32_t i) {
+  while (r[i].parent != i) {
+    r[i].parent = r[r[i].parent].parent;
+    i = r[i].parent;
+  }
+  return i;
+}
+
+/* Connected components of pixels whose class is (or is not, when `of_tissue` is false)
+ * TISSUE: a component smaller than min_pixels is flipped (tissue specks dropped; holes, not
+ * touching the edge, filled where they are NOT_TISSUE). 8-connected for tissue, 4 for holes,
+ * so a diagonal line of tissue closes a hole. Works on runs of rows joined by union-find, so
+ * the wide glass costs a few runs, not a visit per pixel. False when out of memory. */
+static bool sweep(uint8_t *cls, int64_t w, int64_t h, bool of_tissue, double min_pixels,
+                  struct runs *rs) {
+  uint32_t n = 0, prev0 = 0, prev1 = 0; /* runs of the previous row: [prev0, prev1) */
+  struct run *runs = rs->r;
+  int64_t reach = of_tissue ? 1 : 0;     /* diagonal neighbours join tissue */
+  for (int64_t y = 0; y < h; y++) {
+    const uint8_t *row = cls + (size_t)y * (size_t)w;
+    uint32_t first = n, p = prev0;
+    for (int64_t x = 0; x < w;) {
+      if ((row[x] == TISSUE) != of_tissue) {
+        x++;
+        continue;
+      }
+      int64_t x0 = x;
+      while (x < w && (row[x] == TISSUE) == of_tissue)
+        x++;
+      if (n == rs->cap) {
+        size_t cap = rs->cap ? 2 * rs->cap : 4096;
+        struct run *grown = tsr_realloc(rs->r, cap * sizeof *grown);
+        if (!grown)
+          return false;
+        rs->r = runs = grown;
+        rs->cap = cap;
+      }
+      struct run *r = &runs[n];
+      r->x0 = (uint32_t)x0;
+      r->x1 = (uint32_t)x;
+      r->y = (uint32_t)y;
+      r->parent = n;
+      r->area = (uint64_t)(x - x0);
+      r->edge = y == 0 || y == h - 1 || x0 == 0 || x == w;
+      /* Runs of the row above overlapping [x0 - reach, x + reach). */
+      while (p < prev1 && (int64_t)runs[p].x1 + reach <= x0)
+        p++;
+      for (uint32_t q = p; q < prev1 && (int64_t)runs[q].x0 < x + reach; q++) {
+        uint32_t a = find(runs, n), b = find(runs, q);
+        if (a != b) {
+          if (a < b) {
+            uint32_t t = a;
+            a = b;
+            b = t;
+          }
+          runs[a].parent = b;
+          runs[b].area += runs[a].area;
+          runs[b].edge |= runs[a].edge;
+        }
+      }
+      n++;
+    }
+    prev0 = first;
+    prev1 = n;
+  }
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t root = find(runs, i);
+    if ((double)runs[root].area >= min_pixels || (!of_tissue && runs[root].edge))
+      continue;
+    uint8_t *px = cls + (size_t)runs[i].y * (size_t)w;
+    for (uint32_t x = runs[i].x0; x < runs[i].x1; x++) {
+      if (of_tissue)
+        px[x] = NOT_TISSUE;
+      else if (px[x] == NOT_TISSUE)
+        px[x] = TISSUE;
+    }
+  }
+  return true;
+}
+
+TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
+                                               const tessera_tissue_options *options,
+                                               tessera_mask **out) {
+  if (out)
+    *out = NULL;
+  tessera_tissue_options o;
+  tessera_tissue_options_init(&o);
+  tessera_status st = tsr_abi_copy_in(&o, sizeof o, options, "tissue options");
+  if (st != TESSERA_OK)
+    return st;
+  if (!s || !out)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or mask");
+  if ((st = check_options(&o)) != TESSERA_OK)
+    return st;
+  double mpp0 = tsr_slide_mpp(s), d;
+  if (o.mpp > 0.0) {
+    if (mpp0 <= 0.0)
+      return tsr_error(TESSERA_E_ARGUMENT,
+                       "tissue mask at %g um/px: the slide does not say its microns per pixel "
+                       "(no tessera.mpp-x/y); give a downsample instead",
+                       o.mpp);
+    d = o.mpp / mpp0;
+  } else if (o.downsample > 0.0) {
+    d = o.downsample;
+  } else {
+    d = mpp0 > 0.0 ? DEFAULT_MASK_MPP / mpp0 : DEFAULT_MASK_DOWNSAMPLE;
+  }
+  const struct tsr_level *l0 = &s->levels[0];
+  double wd = ceil((double)l0->width / d), hd = ceil((double)l0->height / d);
+  if (!(wd >= 1.0 && hd >= 1.0 && wd <= (double)MASK_SIDE_MAX && hd <= (double)MASK_SIDE_MAX) ||
+      wd * hd * 3.0 > (double)s->limits.max_read_bytes)
+    return tsr_error(TESSERA_E_LIMIT,
+                     "a tissue mask at downsample %g would be %.0f x %.0f pixels, over the "
+                     "limits (2^31 a side, max_read_bytes for its RGB)",
+                     d, wd, hd);
+  int64_t w = (int64_t)wd, h = (int64_t)hd;
+  if ((uint64_t)w * (uint64_t)h >= UINT32_MAX) /* the sweeps' runs are counted in 32 bits */
+    return tsr_error(TESSERA_E_LIMIT, "a %lld x %lld tissue mask has too many pixels",
+                     (long long)w, (long long)h);
+  /* The coarsest level at least as fine as the mask (a hair of slack for downsamples such as
+   * 3.9999 that mean 4). */
+  int32_t level = 0;
+  for (int32_t i = 1; i < s->nlevels; i++)
+    if (s->levels[i].downsample <= d * (1.0 + 1e-6))
+      level = i;
+  double scale = d / s->levels[level].downsample;
+  if (scale < TSR_SCALE_MIN || scale > TSR_SCALE_MAX)
+    return tsr_error(TESSERA_E_ARGUMENT,
+                     "a tissue mask at downsample %g is %g pixels of level %d a pixel, not "
+                     "within %g .. %g",
+                     d, scale, level, TSR_SCALE_MIN, TSR_SCALE_MAX);
+  size_t n = (size_t)w * (size_t)h;
+  uint8_t *rgb = tsr_malloc(n * 3), *cls = tsr_malloc(n), *value = tsr_malloc(n);
+  struct runs runs = {0};
+  tessera_mask *m = tsr_calloc(1, sizeof *m);
+  if (!rgb || !cls || !value || !m) {
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask", (long long)w,
+                   (long long)h);
+    goto done;
+  }
+  st = tsr_read_area(s, level, 0, 0, scale, scale, w, h, 3, -1, o.num_workers, rgb, (size_t)w * 3);
+  if (st != TESSERA_OK)
+    goto done;
+  bool dark;
+  m->threshold = classify(&o, rgb, n, s->background, cls, value, &dark);
+  if (m->threshold < 0) {
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a tissue mask's histograms");
+    goto done;
+  }
+  /* Mask pixels per unit of area: square micrometres, or square level-0 pixels. */
+  double unit = mpp0 > 0.0 ? (d * mpp0) * (d * mpp0) : d * d;
+  if (!sweep(cls, w, h, true, o.min_tissue_area / unit, &runs) ||
+      !sweep(cls, w, h, false, o.max_hole_area / unit, &runs)) {
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask", (long long)w,
+                   (long long)h);
+    goto done;
+  }
+  size_t tissue = 0;
+  for (size_t i = 0; i < n; i++) {
+    cls[i] = cls[i] == TISSUE ? 255 : 0;
+    tissue += cls[i] != 0;
+  }
+  m->data = cls;
+  cls = NULL;
+  m->width = w;
+  m->height = h;
+  m->downsample = d;
+  m->mpp = mpp0 > 0.0 ? d * mpp0 : 0.0;
+  m->level = level;
+  m->darkfield = dark;
+  m->tissue_fraction = (double)tissue / (double)n;
+  *out = m;
+  m = NULL;
+done:
+  tsr_free(rgb);
+  tsr_free(cls);
+  tsr_free(value);
+  tsr_free(runs.r);
+  tessera_mask_free(m);
+  return st;
+}

@@ -1,0 +1,515 @@
+"""Leica SCN, on slides written at test time (vendor_writers.write_leica: a BigTIFF of JPEG
+tiles from real slide pixels, with the SCN XML in the first directory) that Debian's OpenSlide
+3.4.1 opens as Leica: the main image chosen among a macro, a fluorescence image and a second
+focal plane; its levels (their dimensions listed out of order, odd sizes) placed in the
+collection at the view's offset; pixels on every level, across tile edges, the image's border
+and the slide's, byte for byte against OpenSlide; properties; the macro; damaged and hostile
+XML failing cleanly; the batch reader and `tessera bench` giving what single reads give."""
+
+import math
+import os
+import subprocess
+
+import numpy as np
+import openslide
+import pytest
+
+import tessera_ctypes as T
+import vendor_writers as V
+import wsi_refs as R
+
+NMPP = 250  # nm per level-0 pixel
+COLLECTION = (2_000_000, 1_000_000)  # nm: 8000 x 4000 level-0 pixels
+TILE = 256
+W0, H0 = 1003, 757
+
+
+def _levels(base):
+    return [base, V.reduce(base, 2), V.reduce(base, 4)]
+
+
+@pytest.fixture(scope="module")
+def pieces():
+    base = V.source_rgb(W0, H0, 300, 200)
+    return dict(levels=_levels(base), macro=V.source_rgb(400, 200, 1500, 1700),
+                macro_small=V.source_rgb(100, 50, 100, 1500),
+                fluo=V.source_rgb(120, 90, 50, 50), plane1=np.ascontiguousarray(base[::-1]))
+
+
+def _scn_xml(levels, offset=(1_234_567, 300_321), ns="2010/10/01", fluo=True, macro=True,
+             plane=True, **main):
+    (w0, h0), (w1, h1), (w2, h2) = [(a.shape[1], a.shape[0]) for a in levels]
+    dims = [(2, w2, h2, None), (1, w0, h0, "0"), (3, w1, h1, None)]  # out of order
+    if plane:
+        dims.append((6, w0, h0, "1"))  # another focal plane: not a level
+    images = []
+    if macro:
+        images.append(V.leica_image([(0, 400, 200, None), (5, 100, 50, None)],
+                                    COLLECTION + (0, 0), objective=None))
+    images.append(V.leica_image(dims, (w0 * NMPP, h0 * NMPP) + offset, **main))
+    if fluo:
+        images.append(V.leica_image([(4, 120, 90, None)], (30_000, 22_500, 10_000, 20_000),
+                                    illumination="fluorescence", objective="40"))
+    return V.leica_xml(COLLECTION, images, ns=ns,
+                       barcode="SCN-0042 slide" if ns == "2010/10/01" else "legacy-7")
+
+
+def _write(path, pieces, xml, skip=()):
+    lv = pieces["levels"]
+    res = 1e7 / NMPP  # pixels per centimetre
+    V.write_leica(path, [(pieces["macro"], 128, (), None), (lv[0], TILE, skip, res),
+                         (lv[2], TILE, (), None), (lv[1], TILE, (), None),
+                         (pieces["fluo"], 64, (), None), (pieces["macro_small"], 64, (), None),
+                         (pieces["plane1"], TILE, (), None)], xml)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, pieces):
+    d = tmp_path_factory.mktemp("leica")
+    out = {"scn": str(d / "slide.scn"), "old": str(d / "old.scn"),
+           "sparse": str(d / "sparse.scn")}
+    _write(out["scn"], pieces, _scn_xml(pieces["levels"]))
+    # the 2010/03/10 namespace, no macro (OpenSlide's legacy slides), another offset
+    _write(out["old"], pieces, _scn_xml(pieces["levels"], offset=(77_777, 1_999), ns="2010/03/10",
+                                        fluo=False, macro=False))
+    _write(out["sparse"], pieces, _scn_xml(pieces["levels"]), skip=(5,))
+    return out
+
+
+NAMES = ["scn", "old"]
+
+
+def osl(path):
+    return R.openslide_open(path)
+
+
+# ---- what the file is ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_levels_equal_openslides(lib, files, name):
+    o = osl(files[name])
+    assert o.properties["openslide.vendor"] == "leica"
+    with T.open_slide(files[name]) as s:
+        assert s.vendor == "leica"
+        assert s.level_count == 3
+        assert s.level_dimensions() == list(o.level_dimensions)
+        assert [s.level_info(i).downsample for i in range(3)] == list(o.level_downsamples)
+        assert s.level_dimensions()[0] == (COLLECTION[0] // NMPP, COLLECTION[1] // NMPP)
+        assert s.background == 255
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_properties_equal_openslides(lib, files, name):
+    o = osl(files[name])
+    with T.open_slide(files[name]) as s:
+        props = s.properties
+    want = {k: v for k, v in o.properties.items() if k.startswith("leica.")}
+    got = {k: v for k, v in props.items() if k.startswith("leica.")}
+    assert len(want) == 7 and got == want
+    assert want["leica.barcode"] == ("SCN-0042 slide" if name == "scn" else "legacy-7")
+    for key in ("mpp-x", "mpp-y"):
+        assert float(props["tessera." + key]) == pytest.approx(
+            float(o.properties["openslide." + key]), rel=1e-6)
+    keys = ["objective-power", "bounds-x", "bounds-y", "bounds-width", "bounds-height"] + [
+        "region[0].%s" % k for k in ("x", "y", "width", "height")]
+    for key in keys:
+        assert props.get("tessera." + key) == o.properties.get("openslide." + key), key
+    assert "openslide.region[1].x" not in o.properties
+    # tiff.* are the level-0 directory's (the main image's, not directory 0's), without the
+    # XML
+    for key in ("tiff.ImageDescription", "tiff.Software", "tiff.ResolutionUnit"):
+        assert props.get(key) == o.properties.get(key), key
+    assert props["tiff.ResolutionUnit"] == "centimeter"
+    assert "tessera.comment" not in props and "openslide.comment" not in o.properties
+
+
+# ---- pixels --------------------------------------------------------------------------
+
+
+def _os_start(x, ds, off):
+    """The level pixel OpenSlide 3.4.1 starts a region at, for level-0 coordinate x: a negative
+    x moves the region by -x / ds rounded toward zero; else its position in the image (x / ds
+    - offset) is rounded toward zero."""
+    if x < 0:
+        return -int(-x / ds)
+    return int(x / ds - off) + off
+
+
+def _coords(lx, ds, off):
+    """Level-0 coordinates (for tessera, for OpenSlide) that start a region at level pixel lx
+    in each reader. tessera takes floor(x / ds); OpenSlide rounds toward zero left of and
+    above the image (_os_start), so there the two may need different x for the same pixels."""
+    lo, hi = math.floor((lx - 1) * ds) - 1, math.ceil((lx + 1) * ds) + 1
+    mine = [x for x in range(lo, hi + 1) if math.floor(x / ds) == lx]
+    theirs = [x for x in range(lo, hi + 1) if _os_start(x, ds, off) == lx]
+    both = [x for x in mine if x in theirs]
+    return (both[0], both[0]) if both else (mine[0], theirs[0])
+
+
+def _regions(W, H, ox, oy, iw, ih):
+    """Regions of the image's extent (tile edges, its border, outside it), moved to where the
+    image lies, and at the corners of the level."""
+    out = [(lx + ox, ly + oy, w, h, label)
+           for lx, ly, w, h, label in R.regions_for_level(iw, ih, TILE, TILE, seed=iw)
+           if label not in ("whole-level", "whole-level-margin")]
+    out += [(ox - 3, oy - 2, iw + 6, ih + 5, "image-and-margin"),
+            (0, 0, 64, 48, "slide-origin"), (-5, -4, 30, 20, "before-slide"),
+            (W - 40, H - 30, 60, 50, "slide-corner"), (ox - 500, oy + 5, 200, 30, "left-of-image")]
+    return out
+
+
+@pytest.mark.parametrize("name,level", [(n, lv) for n in NAMES for lv in range(3)])
+def test_regions_equal_openslides(lib, files, name, level):
+    """Byte-exact where OpenSlide has pixels; where it has none (around the image, outside
+    the slide) tessera gives white with alpha 0 and OpenSlide alpha 0."""
+    o = osl(files[name])
+    with T.open_slide(files[name]) as s:
+        W, H = s.level_dimensions()[level]
+        ds = s.level_info(level).downsample
+        ox, oy = int(s.properties["tessera.bounds-x"]), int(s.properties["tessera.bounds-y"])
+        # the image's place and size in this level, as OpenSlide computes it
+        nm_per_px = W0 * NMPP / [W0, W0 // 2, W0 // 4][level]
+        offset_nm = {"scn": (1_234_567, 300_321), "old": (77_777, 1_999)}[name]
+        lox, loy = int(offset_nm[0] / nm_per_px), int(offset_nm[1] / nm_per_px)
+        ih, iw = [(H0, W0), (H0 // 2, W0 // 2), (H0 // 4, W0 // 4)][level]
+        assert (lox, loy) == (ox, oy) or level > 0
+        seen_inside = seen_outside = 0
+        for lx, ly, w, h, label in _regions(W, H, lox, loy, iw, ih):
+            (tx, osx), (ty, osy) = _coords(lx, ds, lox), _coords(ly, ds, loy)
+            want = R.openslide_region(o, osx, osy, level, w, h)
+            rgba = s.read_region(tx, ty, level, w, h, channels=4)
+            inside = want[..., 3] == 255
+            msg = R.describe_mismatch(rgba[..., :3], want[..., :3], inside,
+                                      "%s level %d %s" % (name, level, label))
+            assert msg is None, msg
+            assert np.array_equal(rgba[..., 3], want[..., 3]), label
+            assert (rgba[..., :3][~inside] == 255).all(), label
+            seen_inside += int(inside.sum())
+            seen_outside += int((~inside).sum())
+        assert seen_inside > 0 and seen_outside > 0
+
+
+def test_level0_is_the_main_image(lib, files, pieces):
+    """Independently of OpenSlide: level 0 at the view's offset is the level-0 directory's
+    pixels (decoded by PIL from the same JPEG tiles), not the other focal plane's."""
+    import io
+    from PIL import Image
+    with T.open_slide(files["scn"]) as s:
+        ox, oy = int(s.properties["tessera.bounds-x"]), int(s.properties["tessera.bounds-y"])
+        assert (ox, oy) == (1_234_567 // NMPP, 300_321 // NMPP)
+        got = s.read_region(ox, oy, 0, TILE, TILE)
+    tile = np.asarray(Image.open(io.BytesIO(V.jpeg_tiles(pieces["levels"][0], TILE)[0])))
+    assert np.array_equal(got, tile)
+
+
+def test_missing_tile_reads_as_background(lib, files):
+    """A tile stored with byte count 0 is background (alpha 0) in tessera; OpenSlide 3.4.1's
+    Leica reader has no missing tiles and fails on it."""
+    with T.open_slide(files["sparse"]) as s:
+        ox, oy = int(s.properties["tessera.bounds-x"]), int(s.properties["tessera.bounds-y"])
+        across = -(-W0 // TILE)
+        x, y = ox + (5 % across) * TILE, oy + (5 // across) * TILE
+        rgba = s.read_region(x, y, 0, TILE, TILE, channels=4)
+        assert (rgba[..., :3] == 255).all() and (rgba[..., 3] == 0).all()
+        assert s.read_region(x - TILE, y, 0, TILE, TILE).std() > 0
+    with openslide.OpenSlide(files["sparse"]) as o:
+        with pytest.raises(openslide.OpenSlideError):
+            o.read_region((x, y), 0, (TILE, TILE))
+
+
+# ---- associated images ---------------------------------------------------------------
+
+
+def test_macro_equals_openslides(lib, files):
+    o = osl(files["scn"])
+    with T.open_slide(files["scn"]) as s:
+        assert s.associated_names == list(o.associated_images) == ["macro"]
+        want = np.asarray(o.associated_images["macro"].convert("RGBA"))
+        assert s.associated_dimensions("macro") == (400, 200) == (want.shape[1], want.shape[0])
+        assert np.array_equal(s.read_associated("macro", channels=4), want)
+    with T.open_slide(files["old"]) as s:
+        assert s.associated_names == list(osl(files["old"]).associated_images) == []
+
+
+# ---- batches and bench ---------------------------------------------------------------
+
+
+def _locations(props):
+    ox, oy = int(props["tessera.bounds-x"]), int(props["tessera.bounds-y"])
+    return [(ox, oy), (ox - 50, oy - 40), (ox + 200, oy + 230), (ox + W0 - 60, oy + H0 - 30),
+            (0, 0), (ox + 500, oy + 100), (ox + 255, oy + 511), (-30, -30)]
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_batches_equal_single_reads(lib, files, level):
+    with T.open_slide(files["scn"]) as s:
+        locs = _locations(s.properties)
+        want = np.stack([s.read_region(x, y, level, 96, 80) for x, y in locs])
+        got = np.concatenate([b for b, _ in s.batches(locs, (96, 80), level, batch_size=3,
+                                                      num_workers=2)])
+        assert np.array_equal(got, want)
+        assert want.std() > 0
+
+
+def test_bench_checksum_equals_single_reads(lib, cli, files, tmp_path):
+    with T.open_slide(files["scn"]) as s:
+        locs = _locations(s.properties)
+        want = sum(int(s.read_region(x, y, 0, 77, 53).sum(dtype=np.int64)) for x, y in locs)
+    f = tmp_path / "locs.txt"
+    f.write_text("".join("%d %d\n" % xy for xy in locs))
+    r = subprocess.run([cli, "bench", files["scn"], "--locations", str(f), "--size", "77,53",
+                        "--workers", "2", "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import json
+    doc = json.loads(r.stdout)
+    assert doc["patches"] == len(locs) and doc["checksum"] == want
+
+
+# ---- damaged and hostile metadata -----------------------------------------------------
+
+
+def _xml(**kw):
+    return _scn_xml(_levels(np.zeros((H0, W0, 3), np.uint8)), **kw)
+
+
+def _damaged():
+    good = _xml()
+    return {
+        # name: (description, what the message must say)
+        "truncated-xml": (good[:-30], "XML line"),
+        "unclosed-element": (good.replace("</pixels>", "", 1), "XML line"),
+        "no-collection": (good.replace("<collection", "<kollection").replace(
+            "</collection>", "</kollection>"), "collection"),
+        "no-view": (good.replace('<view sizeX="250750"', '<vue sizeX="250750"'), "view"),
+        "bad-integer": (good.replace('offsetX="1234567"', 'offsetX="12x4"'), "integer"),
+        "missing-integer": (good.replace(' ifd="2"', ""), "ifd"),
+        "no-dimension": (good.replace('<dimension sizeX="1003" sizeY="757" ifd="1" z="0"/>',
+                                      "").replace('<dimension sizeX="250" sizeY="189" ifd="2"/>',
+                                                  "").replace(
+            '<dimension sizeX="501" sizeY="378" ifd="3"/>', ""), "dimension"),
+        "dimension-past-the-file": (good.replace('ifd="3"', 'ifd="99"'), "directory 99"),
+        "zero-width": (good.replace('sizeX="501"', 'sizeX="0"'), "dimension"),
+        "no-brightfield": (good.replace(">brightfield<", ">darkfield<"), "brightfield"),
+        "two-main-images": (good.replace("fluorescence", "brightfield"), "main images"),
+        "huge-collection": (good.replace('sizeX="2000000"', 'sizeX="9000000000000000000"'),
+                            "collection"),
+    }
+
+
+DAMAGED = _damaged()
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory, pieces):
+    d = tmp_path_factory.mktemp("leica-damaged")
+    out = {}
+    for name, (xml, _) in DAMAGED.items():
+        out[name] = str(d / (name + ".scn"))
+        _write(out[name], pieces, xml)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGED))
+def test_damaged_metadata_fails_clearly(lib, cli, damaged, name):
+    st, msg, s = T.open_status(damaged[name])
+    assert s is None and st in (T.E_FORMAT, T.E_UNSUPPORTED, T.E_LIMIT), (st, msg)
+    assert DAMAGED[name][1] in msg and "Leica" in msg, msg
+    r = subprocess.run([cli, "info", damaged[name]], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Leica" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("name", ["truncated-xml", "no-view", "bad-integer", "no-brightfield",
+                                  "missing-integer"])
+def test_openslide_refuses_them_too(damaged, name):
+    """The damaged files that OpenSlide also cannot open as Leica (the XML cut short it reads
+    as a plain TIFF)."""
+    try:
+        vendor = openslide.OpenSlide(damaged[name]).properties["openslide.vendor"]
+    except openslide.OpenSlideError:
+        vendor = None
+    assert vendor != "leica"
+
+
+def test_several_main_images_are_refused(lib, tmp_path, pieces):
+    """The case tessera refuses and OpenSlide reads: two brightfield main images of the same
+    objective and levels, which OpenSlide composites into each level."""
+    xml = _scn_xml(pieces["levels"])
+    main = xml[xml.index("<image", xml.index("<image") + 1):]
+    main = main[:main.index("</image>") + len("</image>")]
+    second = main.replace('offsetX="1234567"', 'offsetX="100000"')
+    path = str(tmp_path / "two.scn")
+    _write(path, pieces, xml.replace(main, main + second))
+    o = openslide.OpenSlide(path)
+    assert o.properties["openslide.vendor"] == "leica" and "openslide.region[1].x" in o.properties
+    st, msg, s = T.open_status(path)
+    assert s is None and st == T.E_UNSUPPORTED and "2 brightfield main images" in msg, msg
+
+
+HOSTILE = {
+    "deep-nesting": _xml().replace("<collection", "<a>" * 100000 + "<collection", 1),
+    "billion-laughs": ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>'
+                       '<scn xmlns="%s">&lol;</scn>' % V.LEICA_NS["2010/10/01"]),
+    "many-images": _xml().replace("</collection>", "<image/>" * 300 + "</collection>"),
+    "many-dimensions": _xml().replace(
+        "</pixels>", '<dimension sizeX="1" sizeY="1" ifd="1"/>' * 100 + "</pixels>", 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE))
+def test_hostile_xml_fails_clearly(lib, tmp_path, pieces, name):
+    path = str(tmp_path / (name + ".scn"))
+    _write(path, pieces, HOSTILE[name])
+    st, msg, s = T.open_status(path)
+    assert s is None and st in (T.E_FORMAT, T.E_LIMIT), (st, msg)
+    assert "Leica" in msg, msg
+
+
+def test_other_root_in_the_namespace_fails_as_in_openslide(lib, tmp_path, pieces):
+    path = str(tmp_path / "other-root.scn")
+    _write(path, pieces, '<?xml version="1.0"?><other xmlns="%s"/>' % V.LEICA_NS["2010/10/01"])
+    with pytest.raises(openslide.OpenSlideError):
+        openslide.OpenSlide(path)
+    st, msg, s = T.open_status(path)
+    assert s is None and st == T.E_FORMAT and "Leica" in msg and "collection" in msg, msg
+
+
+def test_a_prefixed_namespace_is_leicas_too(lib, tmp_path, pieces):
+    """Elements are Leica's by their namespace, whatever its prefix (libxml2's XPath, in
+    OpenSlide): the same document with every element prefixed reads the same."""
+    import re
+    xml = _scn_xml(pieces["levels"])
+    prefixed = re.sub(r"<(/?)([a-zA-Z])", r"<\1l:\2", xml.split("\n", 1)[1]).replace(
+        'xmlns="', 'xmlns:l="')
+    path = str(tmp_path / "prefixed.scn")
+    _write(path, pieces, prefixed)
+    o = openslide.OpenSlide(path)
+    with T.open_slide(path) as s:
+        assert s.vendor == o.properties["openslide.vendor"] == "leica"
+        assert s.level_dimensions() == list(o.level_dimensions)
+        assert {k: v for k, v in s.properties.items() if k.startswith("leica.")} == \
+            {k: v for k, v in o.properties.items() if k.startswith("leica.")}
+
+
+@pytest.mark.parametrize("case", ["other-namespace", "namespace-on-a-child"])
+def test_not_an_scn_document_is_generic_tiff_as_for_openslide(lib, tmp_path, pieces, case):
+    ns = V.LEICA_NS["2010/10/01"]
+    desc = ('<?xml version="1.0"?><scn xmlns="urn:x"><!-- %s --></scn>' % ns
+            if case == "other-namespace" else
+            '<?xml version="1.0"?><scn><collection xmlns="%s"/></scn>' % ns)
+    path = str(tmp_path / (case + ".tiff"))
+    _write(path, pieces, desc)
+    assert openslide.OpenSlide(path).properties["openslide.vendor"] == "generic-tiff"
+    with T.open_slide(path) as s:
+        assert s.vendor == "generic-tiff"
+        assert not any(k.startswith("leica.") for k in s.properties)
+
+
+# ---- through tessera's libopenslide -------------------------------------------------------
+
+
+def test_openslide_dropin_reads_as_openslide(lib, files, tmp_path):
+    """openslide-python over tessera's libopenslide.so.0 against Debian's OpenSlide: levels,
+    every property, the macro, and the regions of level 0 (OpenSlide's smaller Leica levels
+    have fractional downsamples; where a region starts between their pixels the drop-in
+    resamples, as OpenSlide does for other formats and not for Leica)."""
+    import openslide_dropin as D
+    got = D.reads([files["scn"], files["old"]], tmp_path)
+    for path, (real, ours) in got.items():
+        assert "error" not in real and "error" not in ours, (real.get("error"), ours.get("error"))
+        assert ours["levels"] == real["levels"]
+        differ = sorted(k for k in set(real["properties"]) | set(ours["properties"])
+                        if real["properties"].get(k) != ours["properties"].get(k))
+        assert not differ, ["%s: OpenSlide %r, tessera %r" % (
+            k, real["properties"].get(k), ours["properties"].get(k)) for k in differ]
+        assert ours["associated"] == real["associated"]
+        compared = 0
+        for key, want in real["regions"].items():
+            if key[1] == 0:
+                assert ours["regions"][key] == want, key
+                compared += 1
+        assert compared > 5
+
+
+@pytest.mark.parametrize("fraction", [0.02, 0.1, 0.3, 0.6, 0.9, 0.999])
+def test_truncated_copies_fail_cleanly(lib, cli, files, tmp_path, fraction):
+    """A copy cut short: the open fails with a message, or the slide opens and each read
+    either works or fails with a message; `tessera info` exits 0 or 1, never by a signal."""
+    data = open(files["scn"], "rb").read()
+    path = str(tmp_path / "cut.scn")
+    with open(path, "wb") as f:
+        f.write(data[:int(len(data) * fraction)])
+    st, msg, s = T.open_status(path)
+    if s is None:
+        assert st != T.OK and msg, (st, msg)
+    else:
+        with s:
+            for level in range(s.level_count):
+                W, H = s.level_dimensions()[level]
+                try:
+                    s.read_region(0, 0, level, min(W, 4096), min(H, 4096))
+                except T.TesseraError as e:
+                    assert str(e)
+    r = subprocess.run([cli, "info", path], capture_output=True, text=True)
+    assert r.returncode in (0, 1) and (r.returncode == 0 or r.stderr.strip()), r
+
+
+ASAN_ENV = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:exitcode=99",
+                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=98")
+
+
+def test_commands_under_the_sanitizers(lib, cli, files, damaged, tmp_path):
+    """`tessera info` and `tessera read` of every level (the plain build, and the ASan+UBSan
+    one when TESSERA_CLI_ASAN names it) on the slides and the damaged copies: the slides read
+    as the library reads them, the damaged ones fail with one line, nothing trips a
+    sanitizer."""
+    clis = [cli] + ([os.environ["TESSERA_CLI_ASAN"]] if os.environ.get("TESSERA_CLI_ASAN")
+                    else [])
+    for c in clis:
+        for name, path in damaged.items():
+            r = subprocess.run([c, "info", path], capture_output=True, text=True, env=ASAN_ENV,
+                               timeout=300)
+            assert r.returncode == 1 and "Sanitizer" not in r.stderr and \
+                "runtime error" not in r.stderr, (c, name, r.stderr[-3000:])
+        for name in NAMES:
+            with T.open_slide(files[name]) as s:
+                for level in range(s.level_count):
+                    # across the image's top-left corner, into the background
+                    x = int(s.properties["tessera.bounds-x"]) - 7 * 2 ** level
+                    y = int(s.properties["tessera.bounds-y"]) - 5 * 2 ** level
+                    want = s.read_region(x, y, level, 600, 400, channels=4)
+                    out = str(tmp_path / "r.raw")
+                    r = subprocess.run([c, "read", files[name], "--location", "%d,%d" % (x, y),
+                                        "--size", "600,400", "--level", str(level),
+                                        "--channels", "4", "--output", out],
+                                       capture_output=True, text=True, env=ASAN_ENV, timeout=300)
+                    assert r.returncode == 0 and "Sanitizer" not in r.stderr, (c, r.stderr[-3000:])
+                    assert np.array_equal(np.fromfile(out, np.uint8).reshape(want.shape), want)
+
+
+def test_cuda_batches_equal_cpu_batches_on_the_simulator(files):
+    """device='cuda' on the CUDA simulator (test_gpu_sim.py): the placed image's tiles go to
+    nvJPEG and are copied to where they lie; patches across the image's border, inside and
+    outside it equal the CPU's, at every level."""
+    from test_gpu_sim import run_checks
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        rng = np.random.default_rng(3)
+        for level in range(3):
+            ds = img.resolutions["level_downsamples"][level]
+            x0, y0 = BOUNDS
+            xs = rng.integers(x0 - 300, x0 + 1300, 23)
+            ys = rng.integers(y0 - 300, y0 + 1000, 23)
+            locs = np.stack([xs, ys], 1).astype(np.int64)
+            for k, size in enumerate([(128, 96), (301, 77)]):
+                kw = dict(level=level, batch_size=4, num_workers=2 * k, channels=3 + k)
+                want = cpu_batches(img, locs, size, **kw)
+                got = gpu_batches(img, locs, size, **kw)
+                assert len(got) == len(want)
+                for g, c in zip(got, want):
+                    assert np.array_equal(g, c), (level, k)
+        print(sim.sim_decoded_images(), sim.sim_failures())
+    """.replace("SLIDE", repr(files["scn"])).replace(
+        "BOUNDS", repr((1_234_567 // NMPP, 300_321 // NMPP))))
+    decoded, failures = map(int, out.split())
+    assert decoded > 0 and failures == 0, out

@@ -1,0 +1,641 @@
+"""MIRAX (.mrxs), on slides written at test time from real slide pixels (mirax_writer.py) that
+Debian's OpenSlide 3.4.1 opens as "mirax": levels, pixels of every level (regions across image
+edges, overlaps, missing images and the slide's border), properties, the INI's text as GLib
+reads it, associated images, against OpenSlide; camera positions from a position buffer, a
+zlib-compressed one and the nominal grid, with and without overlap, pictures of one camera
+image and of 2 x 2; JPEG, PNG and BMP images;
+the batch reader and `tessera bench` against single reads; damaged and hostile copies fail
+with a message that says what is wrong (under ASan+UBSan too when TESSERA_CLI_ASAN names a
+sanitized `tessera`)."""
+
+import json
+import os
+import shutil
+import struct
+import subprocess
+
+import numpy as np
+import openslide
+import pytest
+
+import mirax_writer as MW
+import tessera_ctypes as T
+import vendor_writers as V
+import wsi_refs as R
+
+IMAGE = (128, 96)
+# positions (x, y) moved off the nominal grid: into their neighbours, by multiples of 4 so
+# that every level places them on whole pixels (OpenSlide interpolates otherwise)
+JITTER = {(1, 1): (4, -4), (2, 0): (-4, 4), (3, 2): (8, 0), (2, 3): (0, -8), (1, 2): (-8, 4)}
+SKIP = {(4, 0), (0, 3)}
+
+
+@pytest.fixture(scope="module")
+def source():
+    return np.asarray(V.source_rgb(900, 700, 100, 100))
+
+
+def _slides(source):
+    """name: Mirax."""
+    out = {}
+    m = MW.build(source, 5, 4, *IMAGE, 3, overlap=(8, 8), jitter=JITTER, skip=SKIP, tint=True)
+    m.associated = {"macro": source[:100, :300], "label": source[200:280, :90],
+                    "thumbnail": source[::4, ::4][:120, :160].copy()}
+    out["positions"] = m
+    m = MW.build(source, 5, 4, *IMAGE, 3, overlap=(8, 8), jitter=JITTER, skip={(2, 1)}, tint=True)
+    m.stitching = True
+    m.associated = {"label": source[300:380, 10:100]}
+    out["stitching"] = m
+    out["nominal"] = MW.build(source, 5, 4, *IMAGE, 4, overlap=(8, 8), skip={(2, 2)})
+    out["plain"] = MW.build(source, 5, 3, 100, 76, 3, skip={(1, 1)})
+    # pictures of 2 x 2 camera images (CameraImageDivisionsPerSide=2): the pictures overlap,
+    # their images do not; levels above 1 cut their images by picture
+    out["divisions"] = MW.build(source, 6, 4, *IMAGE, 3, overlap=(16, 8),
+                                jitter={(1, 1): (4, -4), (2, 0): (-8, 4)}, skip={(3, 1)},
+                                tint=True, divisions=2)
+    out["divisions-nominal"] = MW.build(source, 6, 4, *IMAGE, 4, overlap=(16, 8),
+                                        skip={(3, 1), (4, 2), (5, 2), (4, 3), (5, 3)},
+                                        divisions=2)
+    out["divisions-plain"] = MW.build(source, 6, 4, *IMAGE, 3, divisions=2)
+    for fmt in ("PNG", "BMP24"):
+        out[fmt.lower()] = MW.build(source, 3, 3, *IMAGE, 2, overlap=(8, 8),
+                                    jitter={(1, 1): (4, -4)}, tint=True, fmt=fmt)
+    return out
+
+
+NAMES = ["positions", "stitching", "nominal", "plain", "divisions", "divisions-nominal",
+         "divisions-plain", "png", "bmp24"]
+LEVELS = {"positions": 3, "stitching": 3, "nominal": 4, "plain": 3, "divisions": 3,
+          "divisions-nominal": 4, "divisions-plain": 3, "png": 2, "bmp24": 2}
+
+
+@pytest.fixture(scope="module")
+def slides(tmp_path_factory, source):
+    d = tmp_path_factory.mktemp("mirax")
+    built = _slides(source)
+    paths = {}
+    for name, m in built.items():
+        paths[name] = str(d / (name + ".mrxs"))
+        m.write(paths[name])
+    return {"paths": paths, "built": built}
+
+
+def osl(path):
+    return R.openslide_open(path)
+
+
+# ---- what the slide is ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_levels_equal_openslides(lib, slides, name):
+    path = slides["paths"][name]
+    o = osl(path)
+    assert o.properties["openslide.vendor"] == "mirax"
+    with T.open_slide(path) as s:
+        assert s.vendor == "mirax"
+        assert s.level_count == LEVELS[name]
+        assert s.level_dimensions() == list(o.level_dimensions)
+        assert [s.level_info(i).downsample for i in range(s.level_count)] == \
+            list(o.level_downsamples)
+        assert s.background == 255
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_properties_equal_openslides(lib, slides, name):
+    path = slides["paths"][name]
+    o = osl(path)
+    with T.open_slide(path) as s:
+        props = s.properties
+    want = {k: v for k, v in o.properties.items() if k.startswith("mirax.")}
+    got = {k: v for k, v in props.items() if k.startswith("mirax.")}
+    assert len(want) > 40 and got == want
+    for key in ("mpp-x", "mpp-y"):
+        assert float(props["tessera." + key]) == float(o.properties["openslide." + key])
+    for key in ("objective-power", "background-color", "bounds-x", "bounds-y", "bounds-width",
+                "bounds-height"):
+        assert props["tessera." + key] == o.properties["openslide." + key]
+
+
+def test_ini_text_is_read_as_glib_reads_it(lib, tmp_path, source):
+    """Blanks around keys and values, comments, keys given twice, groups given twice, empty
+    values, CRLF and a BOM: the mirax.* properties equal OpenSlide's (GLib's key file)."""
+    m = MW.build(source, 2, 2, *IMAGE, 2)
+    m.extra_ini = ("[EXTRA]\r\n  spaced key  =   value with trailing  \r\n# comment\r\n"
+                   "  ; semicolon=x\r\nDUP=1\r\nDUP=2\r\nempty=\r\n\r\n[GENERAL]\r\nLATE=yes\r\n"
+                   "tab\t=\tv\t\r\nSLIDE_NAME=renamed\r\n")
+    path = str(tmp_path / "ini.mrxs")
+    m.write(path)
+    want = {k: v for k, v in openslide.OpenSlide(path).properties.items()
+            if k.startswith("mirax.")}
+    with T.open_slide(path) as s:
+        got = {k: v for k, v in s.properties.items() if k.startswith("mirax.")}
+    assert want["mirax.EXTRA.DUP"] == "2" and want["mirax.GENERAL.SLIDE_NAME"] == "renamed"
+    assert got == want
+
+
+def test_what_openslide_4_reads_and_3_4_refuses(lib, tmp_path, source):
+    """Three things real MIRAX files hold that OpenSlide 3.4.1 refuses and OpenSlide 4 reads
+    (openslide commits f0b330da, 19c75c1c, aae38d23), read as OpenSlide 4 reads them: lines
+    with a value and no key (" = False") are skipped; a non-hierarchical record's page may hold
+    more than one item; the objective magnification may end in "x" (or be missing: then there
+    is no objective power)."""
+    m = MW.build(source, 2, 2, *IMAGE, 2)
+    m.magnification = "40x"
+    m.associated = {"label": source[:50, :60]}
+    m.extra_ini = "[EXTRA]\r\n = False\r\nKEPT=1\r\n   =True\r\n"
+    path = str(tmp_path / "lenient.mrxs")
+    folder = m.write(path)
+
+    def two_items(index):  # the label's record: its page's item count 1 -> 2
+        root = _root(index)
+        table = struct.unpack_from("<i", index, root + 4)[0]
+        head = struct.unpack_from("<i", index, table)[0]
+        page = struct.unpack_from("<i", index, head + 4)[0]
+        assert struct.unpack_from("<i", index, page)[0] == 1
+        struct.pack_into("<i", index, page, 2)
+    _index_patch(two_items)(folder)
+    with pytest.raises(openslide.OpenSlideError):
+        openslide.OpenSlide(path)
+    with T.open_slide(path) as s:
+        props = s.properties
+        assert props["tessera.objective-power"] == "40"
+        assert props["mirax.EXTRA.KEPT"] == "1"
+        assert not any(k.startswith("mirax.EXTRA.") and k != "mirax.EXTRA.KEPT" for k in props)
+        assert s.read_associated("label").shape == (50, 60, 3)
+    # and without the odd lines, the same slide is OpenSlide 3.4.1's: the label is its
+    _ini_edit(" = False\r\n", "")(folder)
+    _ini_edit("   =True\r\n", "")(folder)
+    _ini_edit("OBJECTIVE_MAGNIFICATION=40x", "OBJECTIVE_MAGNIFICATION=40")(folder)
+    _index_patch(lambda index: struct.pack_into(
+        "<i", index, struct.unpack_from("<i", index, struct.unpack_from(
+            "<i", index, struct.unpack_from("<i", index, _root(index) + 4)[0])[0] + 4)[0], 1))(
+        folder)
+    o = openslide.OpenSlide(path)
+    with T.open_slide(path) as s:
+        assert np.array_equal(s.read_associated("label", channels=4),
+                              np.asarray(o.associated_images["label"]))
+    m.magnification = ""
+    m.write(path)
+    with T.open_slide(path) as s:
+        assert "tessera.objective-power" not in s.properties
+
+
+# ---- pixels --------------------------------------------------------------------------
+
+
+def _cases():
+    return [(name, level) for name in NAMES for level in range(LEVELS[name])]
+
+
+@pytest.mark.parametrize("name,level", _cases())
+def test_regions_equal_openslides(lib, slides, name, level):
+    """Byte-exact inside the level where OpenSlide has pixels; where it has none (a missing
+    image, outside the level) tessera gives the white background with alpha 0. OpenSlide
+    paints images that reach past the level's edge there too (its read is not clipped to the
+    level): tessera's levels end at their size, so only pixels inside it are compared."""
+    path = slides["paths"][name]
+    o = osl(path)
+    with T.open_slide(path) as s:
+        W, H = s.level_dimensions()[level]
+        ds = s.level_info(level).downsample
+        empty = 0
+        for lx, ly, w, h, label in R.regions_for_level(W, H, IMAGE[0], IMAGE[1], seed=level):
+            x, y = int(lx * ds), int(ly * ds)
+            want = R.openslide_region(o, x, y, level, w, h)
+            rgba = s.read_region(x, y, level, w, h, channels=4)
+            rgb = s.read_region(x, y, level, w, h, channels=3)
+            yy, xx = np.mgrid[ly:ly + h, lx:lx + w]
+            in_level = (xx >= 0) & (yy >= 0) & (xx < W) & (yy < H)
+            inside = (want[..., 3] == 255) & in_level
+            msg = R.describe_mismatch(rgba[..., :3], want[..., :3], inside, "%s %s" % (name, label))
+            assert msg is None, msg
+            assert np.array_equal(rgba[..., 3][in_level], want[..., 3][in_level]), label
+            assert (rgba[..., 3][~in_level] == 0).all(), label
+            assert np.array_equal(rgb, rgba[..., :3]), label
+            assert (rgb[~inside] == 255).all(), label
+            empty += int((in_level & ~inside).sum())
+        if name in ("positions", "stitching", "plain", "divisions-nominal") and level == 0:
+            assert empty > 0  # the missing images were looked at
+
+
+def test_overlaps_show_the_image_of_the_later_row_and_column(lib, slides):
+    """Where camera images overlap, OpenSlide shows the one of the greater (row, column): the
+    strip where image (1, 0) overlaps image (0, 0) is (1, 0)'s, by its tint (the test can
+    tell them apart), in tessera as in OpenSlide."""
+    path = slides["paths"]["positions"]
+    m = slides["built"]["positions"]
+    later, earlier = m.images[0][(1, 0)][10:80, 0:8], m.images[0][(0, 0)][10:80, 120:128]
+    with T.open_slide(path) as s:
+        strip = s.read_region(120, 10, 0, 8, 70).astype(int)
+    assert np.abs(strip - later).mean() < 4 < np.abs(strip - earlier).mean()
+    assert np.array_equal(strip, R.openslide_region(osl(path), 120, 10, 0, 8, 70)[..., :3])
+
+
+def test_positions_between_pixels(lib, tmp_path, source):
+    """A camera position that is odd lies between the pixels of level 1, where OpenSlide
+    interpolates; tessera places the image at the pixel below (README). Level 0 stays
+    OpenSlide's byte for byte, and level 1 holds the image's pixels, moved by under a pixel."""
+    m = MW.build(source, 3, 2, *IMAGE, 2, overlap=(8, 8), jitter={(1, 0): (1, 3)})
+    path = str(tmp_path / "odd.mrxs")
+    m.write(path)
+    o = openslide.OpenSlide(path)
+    with T.open_slide(path) as s:
+        W, H = s.level_dimensions()[0]
+        got, want = s.read_region(0, 0, 0, W, H, channels=4), R.openslide_region(o, 0, 0, 0, W, H)
+        opaque = want[..., 3] == 255
+        assert np.array_equal(got[..., 3], want[..., 3]) and (~opaque).any()
+        assert np.array_equal(got[opaque], want[opaque])
+        # image (1, 0) of level 1 starts at (121 / 2, 3 / 2) -> pixel (60, 1)
+        got = s.read_region(0, 0, 1, *s.level_dimensions()[1], channels=4)
+        want = np.asarray(o.read_region((0, 0), 1, s.level_dimensions()[1]))
+        both = (got[..., 3] == 255) & (want[..., 3] == 255)
+        assert got.shape == want.shape and both.mean() > 0.9
+        diff = np.abs(got[..., :3].astype(int) - want[..., :3])[both].mean()
+        assert 0 < diff < 20, diff
+
+
+def test_missing_image_is_transparent_background(lib, slides):
+    """Image (4, 0) is left out: where no neighbour reaches, OpenSlide is transparent and
+    tessera white with alpha 0; at level 1, the subtile of that position is left out too."""
+    path = slides["paths"]["positions"]
+    o = osl(path)
+    with T.open_slide(path) as s:
+        rgba = s.read_region(492, 4, 0, 100, 80, channels=4)
+        assert (rgba[..., 3] == 0).all() and (rgba[..., :3] == 255).all()
+        assert (R.openslide_region(o, 492, 4, 0, 100, 80)[..., 3] == 0).all()
+        up = s.read_region(492, 4, 1, 50, 40, channels=4)
+        assert (up[..., 3] == 0).all()
+        assert s.read_region(0, 0, 0, 100, 80, channels=4)[..., 3].min() == 255
+
+
+@pytest.mark.parametrize("name", ["positions", "stitching"])
+def test_associated_images_equal_openslides(lib, slides, name):
+    path = slides["paths"][name]
+    o = osl(path)
+    with T.open_slide(path) as s:
+        assert sorted(s.associated_names) == sorted(o.associated_images)
+        assert sorted(s.associated_names) == sorted(slides["built"][name].associated)
+        for image in s.associated_names:
+            want = np.asarray(o.associated_images[image].convert("RGBA"))
+            assert s.associated_dimensions(image) == (want.shape[1], want.shape[0])
+            assert np.array_equal(s.read_associated(image, channels=4), want), (name, image)
+            assert np.array_equal(s.read_associated(image), want[..., :3]), (name, image)
+
+
+# ---- the batch reader and `tessera bench` ----------------------------------------------
+
+
+def _locations(W, H, ds, n=60, seed=3):
+    rng = np.random.default_rng(seed)
+    pts = [(-20, -10), (W - 30, H - 20), (0, 0), (110, 80)]
+    pts += [(int(rng.integers(-40, W)), int(rng.integers(-40, H))) for _ in range(n)]
+    return [(int(x * ds), int(y * ds)) for x, y in pts]
+
+
+@pytest.mark.parametrize("level", [0, 1])
+def test_batches_equal_single_reads(lib, slides, level):
+    path = slides["paths"]["positions"]
+    with T.open_slide(path) as s:
+        W, H = s.level_dimensions()[level]
+        ds = s.level_info(level).downsample
+        locs = _locations(W, H, ds)
+        size = (67, 45)
+        got = {}
+        for arr, idx in s.batches(locs, size, level, batch_size=7, num_workers=2):
+            for a, i in zip(arr, idx):
+                got[int(i)] = a
+        assert sorted(got) == list(range(len(locs)))
+        for i, (x, y) in enumerate(locs):
+            assert np.array_equal(got[i], s.read_region(x, y, level, *size)), (i, x, y)
+
+
+def test_bench_checksum_equals_single_reads(lib, cli, slides, tmp_path):
+    path = slides["paths"]["positions"]
+    level, size = 1, (37, 23)
+    with T.open_slide(path) as s:
+        W, H = s.level_dimensions()[level]
+        ds = s.level_info(level).downsample
+        locs = _locations(W, H, ds, n=40)
+        want = sum(int(s.read_region(x, y, level, *size).astype(np.int64).sum())
+                   for x, y in locs)
+    loc = tmp_path / "locations.txt"
+    loc.write_text("".join("%d %d\n" % p for p in locs))
+    # without a cache, and through the per-process and the shared tile cache (tiles painted
+    # from several images are cached painted)
+    for cache in ([], ["--cache", "per_process:16"], ["--cache", "shared_memory:16"]):
+        r = subprocess.run([cli, "bench", path, "--locations", str(loc), "--size",
+                            "%d,%d" % size, "--level", str(level), "--workers", "2", "--json"]
+                           + cache, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, (cache, r.stderr)
+        doc = json.loads(r.stdout)
+        assert doc["patches"] == len(locs)
+        assert doc["checksum"] == want, cache
+
+
+def test_python_package_reads_it(slides):
+    """The Python package (CuImage and its openslide-python API) reads a MIRAX slide through
+    the same library: its regions equal the C API's."""
+    import tessera  # the built package (conftest.py puts TESSERA_PYTHON on sys.path)
+    import tessera.openslide
+    path = slides["paths"]["positions"]
+    with T.open_slide(path) as s:
+        want = s.read_region(100, 50, 0, 200, 120, channels=4)
+    img = tessera.CuImage(path)
+    got = np.asarray(img.read_region((100, 50), (200, 120), 0))
+    assert np.array_equal(got[..., :3], want[..., :3])
+    o = tessera.openslide.OpenSlide(path)
+    assert o.properties["openslide.vendor"] == "mirax"
+    assert np.array_equal(np.asarray(o.read_region((100, 50), 0, (200, 120))), want)
+
+
+def test_openslide_fronts_equal_openslide(lib, slides, tmp_path):
+    """OpenSlide's API over tessera: openslide-python over libtessera-openslide (run in a
+    process of its own, tests/openslide_reader.py) and tessera.openslide give every property
+    OpenSlide 3.4.1 gives (quickhash-1, tile sizes where it has them, mpp, bounds, background),
+    its associated images and its regions (those whose origin is a whole pixel of the level;
+    inside the level)."""
+    import pickle
+    import tessera.openslide
+    here = os.path.dirname(os.path.abspath(__file__))
+    so0 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(T.lib_path()))),
+                       "openslide", "so0")
+    paths = [slides["paths"][n] for n in NAMES]
+    runs = {}
+    for which, env in (("openslide", {}), ("tessera", {"LD_LIBRARY_PATH": so0})):
+        out = str(tmp_path / (which + ".pickle"))
+        subprocess.run(["/usr/bin/python3", os.path.join(here, "openslide_reader.py"), out]
+                       + paths, env=dict(os.environ, **env), check=True, capture_output=True,
+                       timeout=600)
+        with open(out, "rb") as f:
+            runs[which] = pickle.load(f)
+    assert runs["openslide"]["version"] != runs["tessera"]["version"]
+    compared = 0
+    for path in paths:
+        real, ours = runs["openslide"]["slides"][path], runs["tessera"]["slides"][path]
+        assert "error" not in real and "error" not in ours, (real.get("error"), ours.get("error"))
+        assert "openslide.quickhash-1" in real["properties"]
+        assert ours["properties"] == real["properties"], path
+        assert dict(tessera.openslide.OpenSlide(path).properties) == real["properties"], path
+        assert ours["levels"] == real["levels"] and ours["associated"] == real["associated"]
+        for (dims, level, x, y, w, h), want in real["regions"].items():
+            ds = real["levels"][level][1]
+            if x % ds or y % ds:
+                continue  # between pixels: OpenSlide interpolates
+            lx, ly = x // int(ds), y // int(ds)
+            yy, xx = np.mgrid[ly:ly + h, lx:lx + w]
+            inside = (xx >= 0) & (yy >= 0) & (xx < dims[0]) & (yy < dims[1])
+            g = np.frombuffer(ours["regions"][(dims, level, x, y, w, h)], np.uint8).reshape(h, w, 4)
+            o = np.frombuffer(want, np.uint8).reshape(h, w, 4)
+            assert np.array_equal(g[inside], o[inside]), (path, level, x, y, w, h)
+            compared += 1
+    assert compared > 100
+
+
+def test_info_command_names_the_format(cli, slides):
+    r = subprocess.run([cli, "info", slides["paths"]["positions"]], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "mirax" in r.stdout
+
+
+# ---- damaged and hostile copies --------------------------------------------------------
+
+
+def _ini_edit(old, new):
+    def edit(folder):
+        p = os.path.join(folder, "Slidedat.ini")
+        text = open(p, "rb").read()
+        assert old.encode() in text, old
+        open(p, "wb").write(text.replace(old.encode(), new.encode(), 1))
+    return edit
+
+
+def _both(a, b):
+    def edit(folder):
+        a(folder)
+        b(folder)
+    return edit
+
+
+def _truncate(name, keep):
+    def edit(folder):
+        p = os.path.join(folder, name)
+        data = open(p, "rb").read()
+        open(p, "wb").write(data[:int(len(data) * keep)])
+    return edit
+
+
+def _remove(name):
+    return lambda folder: os.remove(os.path.join(folder, name))
+
+
+def _index_patch(fn):
+    def edit(folder):
+        p = os.path.join(folder, "Index.dat")
+        data = bytearray(open(p, "rb").read())
+        fn(data)
+        open(p, "wb").write(bytes(data))
+    return edit
+
+
+def _root(data):
+    return 5 + len(MW.Mirax(1, 1, 1, 1, 1).slide_id)
+
+
+def _level0_page(data):
+    table = struct.unpack_from("<i", data, _root(data))[0]
+    head = struct.unpack_from("<i", data, table)[0]
+    return struct.unpack_from("<i", data, head + 4)[0]
+
+
+def _page_loop(data):
+    page = _level0_page(data)
+    struct.pack_into("<i", data, page + 4, page)
+
+
+def _huge_length(data):
+    struct.pack_into("<i", data, _level0_page(data) + 8 + 8, 0x7FFFFFF0)
+
+
+def _too_many_images(data):
+    """A page of 100 copies of level 0's first image joins the chain: more images than the
+    slide has camera images."""
+    page = _level0_page(data)
+    first = bytes(data[page + 8:page + 24])
+    while struct.unpack_from("<i", data, page + 4)[0]:
+        page = struct.unpack_from("<i", data, page + 4)[0]
+    struct.pack_into("<i", data, page + 4, len(data))
+    data += struct.pack("<ii", 100, 0) + first * 100
+
+
+def _bad_index(data):
+    struct.pack_into("<i", data, _level0_page(data) + 8, 4 * 5 * 4)
+
+
+def _bad_file_number(data):
+    struct.pack_into("<i", data, _level0_page(data) + 8 + 12, 7)
+
+
+# name: (edit, what the message must say, whether the failure may come at read time)
+DAMAGED = {
+    "no-slidedat": (_remove("Slidedat.ini"), "Slidedat.ini", False),
+    "empty-slidedat": (_truncate("Slidedat.ini", 0), "empty", False),
+    "huge-slidedat": (lambda f: open(os.path.join(f, "Slidedat.ini"), "ab").write(
+        b"#" * (1 << 20) + b"\n"), "allowed", False),
+    "nul-in-slidedat": (_ini_edit("SLIDE_NAME=", "SLIDE_NAME=\0"), "NUL", False),
+    "not-ini": (_ini_edit("[DATAFILE]", "DATAFILE"), "line", False),
+    "no-general": (_ini_edit("[GENERAL]", "[GENERALE]"), "GENERAL", False),
+    "huge-image-count": (_ini_edit("IMAGENUMBER_X=5", "IMAGENUMBER_X=2000000000"),
+                         "camera images", False),
+    "zero-image-count": (_ini_edit("IMAGENUMBER_Y=4", "IMAGENUMBER_Y=0"), "IMAGENUMBER_Y",
+                         False),
+    "text-image-count": (_ini_edit("IMAGENUMBER_Y=4", "IMAGENUMBER_Y=four"), "not an integer",
+                         False),
+    "huge-level-count": (_ini_edit("HIER_0_COUNT=3", "HIER_0_COUNT=1000000000"),
+                         "HIER_0_COUNT", False),
+    # the associated images' name is not found: the search goes on to NONHIER_2_NAME
+    "huge-nonhier-count": (_both(_ini_edit("NONHIER_COUNT=", "NONHIER_COUNT=2147483647\r\nX="),
+                                 _ini_edit("=Scan data layer", "=Other layer")),
+                           "NONHIER_2_NAME", False),
+    "huge-file-count": (_ini_edit("FILE_COUNT=2", "FILE_COUNT=99999999"), "FILE_COUNT", False),
+    "file-outside-folder": (_ini_edit("FILE_0=Data0000.dat", "FILE_0=../../../etc/passwd"),
+                            "not a name", False),
+    "index-outside-folder": (_ini_edit("INDEXFILE=Index.dat", "INDEXFILE=/etc/passwd"),
+                             "not a name", False),
+    "negative-width": (_ini_edit("DIGITIZER_WIDTH=128", "DIGITIZER_WIDTH=-5"),
+                       "DIGITIZER_WIDTH", False),
+    "huge-width": (_ini_edit("DIGITIZER_WIDTH=128", "DIGITIZER_WIDTH=2147483647"),
+                   "DIGITIZER_WIDTH", False),
+    "nan-overlap": (_ini_edit("OVERLAP_X=8", "OVERLAP_X=nan"), "not a number", False),
+    "unknown-format": (_ini_edit("IMAGE_FORMAT=JPEG", "IMAGE_FORMAT=TIFF"), "image format",
+                       False),
+    "huge-concat": (_ini_edit("IMAGE_CONCAT_FACTOR=1", "IMAGE_CONCAT_FACTOR=40"),
+                    "IMAGE_CONCAT_FACTOR", False),
+    "other-slide-id": (_ini_edit("SLIDE_ID=a7c8", "SLIDE_ID=b7c8"), "SLIDE_ID", False),
+    "no-index": (_remove("Index.dat"), "Index.dat", False),
+    "truncated-index": (_truncate("Index.dat", 0.6), "Index.dat", False),
+    "index-page-loop": (_index_patch(_page_loop), "loop", False),
+    "index-huge-length": (_index_patch(_huge_length), "limit", False),
+    "index-image-outside": (_index_patch(_bad_index), "outside", False),
+    "index-too-many-images": (_index_patch(_too_many_images), "more images than", False),
+    "index-bad-file": (_index_patch(_bad_file_number), "data file 7", False),
+    "no-data-file": (_remove("Data0001.dat"), "Data0001.dat", True),
+    "truncated-data-file": (_truncate("Data0000.dat", 0.5), "Data0000.dat", True),
+}
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory, slides):
+    d = tmp_path_factory.mktemp("mirax-damaged")
+    good = slides["paths"]["positions"]
+    out = {}
+    for name, (edit, _, _) in DAMAGED.items():
+        path = str(d / (name + ".mrxs"))
+        shutil.copy(good, path)
+        shutil.copytree(good[:-5], path[:-5])
+        edit(path[:-5])
+        out[name] = path
+    return out
+
+
+def _fails(path):
+    """(message) of the first failure opening the slide or reading every level and image."""
+    st, msg, s = T.open_status(path)
+    if s is None:
+        assert st != T.OK
+        return msg, True
+    with s:
+        try:
+            for level in range(s.level_count):
+                W, H = s.level_dimensions()[level]
+                s.read_region(0, 0, level, W, H)
+            for name in s.associated_names:
+                s.read_associated(name)
+        except T.TesseraError as e:
+            return str(e), False
+    return None, False
+
+
+@pytest.mark.parametrize("name", sorted(DAMAGED))
+def test_damaged_copies_fail_clearly(lib, cli, damaged, name, tmp_path):
+    _, words, at_read = DAMAGED[name]
+    msg, at_open = _fails(damaged[name])
+    assert msg is not None, "%s opened and read" % name
+    assert words in msg, msg
+    assert at_open or at_read, msg
+    clis = [("cli", cli)]
+    if os.environ.get("TESSERA_CLI_ASAN"):
+        clis.append(("asan", os.environ["TESSERA_CLI_ASAN"]))
+    for which, exe in clis:
+        env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:exitcode=99",
+                   UBSAN_OPTIONS="halt_on_error=1:exitcode=98:print_stacktrace=1")
+        out = str(tmp_path / ("%s.raw" % which))
+        cmd = [exe, "info", damaged[name]] if not at_read else \
+            [exe, "read", damaged[name], "--location", "0,0", "--size", "608,360", "--output",
+             out]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 1, (which, r.returncode, r.stderr)
+        assert words in r.stderr and "Sanitizer" not in r.stderr, (which, r.stderr)
+
+
+def _png_header(w, h):
+    """A PNG whose header says w x h 8-bit RGB (no pixels follow that size)."""
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + \
+            struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+
+
+def test_huge_png_image_fails_its_reads_within_the_limit(lib, tmp_path, source):
+    """A PNG image whose header (and the INI) say 60000 x 60000: decoding it whole would take
+    10 GB; its tiles fail with the limit named, without allocating it."""
+    m = MW.build(source, 1, 1, 32, 24, 1, fmt="PNG")
+    m.files = 1
+    path = str(tmp_path / "huge.mrxs")
+    folder = m.write(path)
+    _ini_edit("DIGITIZER_WIDTH=32", "DIGITIZER_WIDTH=60000")(folder)
+    _ini_edit("DIGITIZER_HEIGHT=24", "DIGITIZER_HEIGHT=60000")(folder)
+    data = os.path.join(folder, "Data0000.dat")
+    at = os.path.getsize(data)
+    png = _png_header(60000, 60000)
+    open(data, "ab").write(png)
+
+    def point(index):
+        page = _level0_page(index)
+        struct.pack_into("<ii", index, page + 8 + 4, at, len(png))
+    _index_patch(point)(folder)
+    with T.open_slide(path) as s:
+        assert s.level_dimensions()[0] == (60000, 60000)
+        with pytest.raises(T.TesseraError) as e:
+            s.read_region(0, 0, 0, 64, 64)
+        assert e.value.status == T.E_LIMIT and "PNG" in str(e.value), str(e.value)
+
+
+def test_openslide_rejects_the_damaged_metadata_too(damaged):
+    """The copies damaged at open are no slide for OpenSlide either (so the cases are
+    damage, not tessera's taste)."""
+    for name in ("no-slidedat", "other-slide-id", "truncated-index", "unknown-format",
+                 "zero-image-count", "no-general"):
+        with pytest.raises(openslide.OpenSlideError):
+            openslide.OpenSlide(damaged[name])
+
+
+def test_descriptors_stay_bounded(lib, tmp_path, source):
+    """A slide of many data files: each is opened once read, at most a bounded number stay
+    open, and the pixels stay OpenSlide's."""
+    m = MW.build(source, 5, 4, *IMAGE, 2, overlap=(8, 8))
+    m.files = 60
+    path = str(tmp_path / "files.mrxs")
+    m.write(path)
+    o = osl(path)
+    with T.open_slide(path) as s:
+        before = len(os.listdir("/proc/self/fd"))
+        W, H = s.level_dimensions()[0]
+        got = s.read_region(0, 0, 0, W, H, channels=4)
+        during = len(os.listdir("/proc/self/fd"))
+        assert during - before <= 32
+        assert np.array_equal(got, R.openslide_region(o, 0, 0, 0, W, H))
