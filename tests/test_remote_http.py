@@ -317,6 +317,32 @@ def test_python_cuimage_url(srv):
     assert "404" in str(e.value)
 
 
+def test_tessera_openslide_over_a_url(srv):
+    """openslide-python's API over a URL: the same properties (quickhash-1 included, from
+    tiles read over HTTP), levels, regions and associated images as over the local file; a
+    missing object is an OpenSlideError naming the URL and the 404."""
+    from tessera import openslide as tos
+    for name in (NAME, "hamamatsu-ndpi-DAPI.ndpi", VIPS + ".tif"):
+        with tos.OpenSlide(srv.url(name)) as remote, tos.OpenSlide(srv.local[name]) as local:
+            assert dict(remote.properties) == dict(local.properties), name
+            assert remote.level_dimensions == local.level_dimensions
+            for level in range(remote.level_count):
+                w, h = remote.level_dimensions[level]
+                ds = remote.level_downsamples[level]
+                loc = (int(w // 3 * ds), int(h // 4 * ds))
+                assert remote.read_region(loc, level, (300, 200)).tobytes() == \
+                    local.read_region(loc, level, (300, 200)).tobytes(), (name, level)
+            assert sorted(remote.associated_images) == sorted(local.associated_images)
+            for k in remote.associated_images:
+                assert remote.associated_images[k].tobytes() == \
+                    local.associated_images[k].tobytes(), (name, k)
+    with pytest.raises(tos.OpenSlideError) as e:
+        tos.OpenSlide(srv.url("nothing-here.svs"))
+    assert "404" in str(e.value) and "nothing-here.svs" in str(e.value)
+    # the server said the object is missing: not "unsupported format", as for a local file
+    assert not isinstance(e.value, tos.OpenSlideUnsupportedFormatError)
+
+
 def run_cli(cli, *args):
     return subprocess.run([cli] + [str(a) for a in args], capture_output=True, text=True,
                           timeout=120, stdin=subprocess.DEVNULL)
