@@ -25,6 +25,7 @@ from pydicom.sequence import Sequence
 
 import dicom_writer as W
 import tessera_ctypes as T
+import vendor_checks as VC
 
 SIZE = (500, 340)
 TILE = (64, 48)
@@ -331,50 +332,20 @@ def test_properties_are_level_0s_first_instance(lib, slides, name):
 # ---- the batch reader and `tessera bench` ----------------------------------------------
 
 
-def _locations(W_, H_, ds, n=60, seed=3):
-    rng = np.random.default_rng(seed)
-    pts = [(-20, -10), (W_ - 30, H_ - 20), (0, 0), (110, 80)]
-    pts += [(int(rng.integers(-40, W_)), int(rng.integers(-40, H_))) for _ in range(n)]
-    return [(int(x * ds), int(y * ds)) for x, y in pts]
-
-
 @pytest.mark.parametrize("level", [0, 1])
 def test_batches_equal_single_reads(lib, slides, level):
     path = slides["concat"][0]
     with T.open_slide(path) as s:
-        W_, H_ = s.level_dimensions()[level]
-        ds = s.level_info(level).downsample
-        locs = _locations(W_, H_, ds)
-        size = (67, 45)
-        got = {}
-        for arr, idx in s.batches(locs, size, level, batch_size=7, num_workers=2):
-            for a, i in zip(arr, idx):
-                got[int(i)] = a
-        assert sorted(got) == list(range(len(locs)))
-        for i, (x, y) in enumerate(locs):
-            assert np.array_equal(got[i], s.read_region(x, y, level, *size)), (i, x, y)
+        locs = VC.level_locations(s, level)
+    VC.check_batches_equal_single_reads(path, locs, (67, 45), level)
 
 
 @pytest.mark.parametrize("name", ["concat", "mixed-folder"])
 def test_bench_checksum_equals_single_reads(lib, cli, slides, tmp_path, name):
     path = slides[name][0]
-    level, size = 1, (37, 23)
     with T.open_slide(path) as s:
-        W_, H_ = s.level_dimensions()[level]
-        ds = s.level_info(level).downsample
-        locs = _locations(W_, H_, ds, n=40)
-        want = sum(int(s.read_region(x, y, level, *size).astype(np.int64).sum())
-                   for x, y in locs)
-    loc = tmp_path / "locations.txt"
-    loc.write_text("".join("%d %d\n" % p for p in locs))
-    for cache in ([], ["--cache", "per_process:16"], ["--cache", "shared_memory:16"]):
-        r = subprocess.run([cli, "bench", path, "--locations", str(loc), "--size",
-                            "%d,%d" % size, "--level", str(level), "--workers", "2", "--json"]
-                           + cache, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, (cache, r.stderr)
-        doc = json.loads(r.stdout)
-        assert doc["patches"] == len(locs)
-        assert doc["checksum"] == want, cache
+        locs = VC.level_locations(s, 1, n=40)
+    VC.check_bench_checksum(cli, path, locs, (37, 23), 1, tmp_path)
 
 
 def test_info_command_names_the_format(cli, slides):

@@ -15,6 +15,7 @@ import openslide
 import pytest
 
 import tessera_ctypes as T
+import vendor_checks as VC
 import vendor_writers as V
 import wsi_refs as R
 
@@ -245,25 +246,13 @@ def _locations(props):
 def test_batches_equal_single_reads(lib, files, level):
     with T.open_slide(files["scn"]) as s:
         locs = _locations(s.properties)
-        want = np.stack([s.read_region(x, y, level, 96, 80) for x, y in locs])
-        got = np.concatenate([b for b, _ in s.batches(locs, (96, 80), level, batch_size=3,
-                                                      num_workers=2)])
-        assert np.array_equal(got, want)
-        assert want.std() > 0
+    VC.check_batches_equal_single_reads(files["scn"], locs, (96, 80), level, batch_size=3)
 
 
 def test_bench_checksum_equals_single_reads(lib, cli, files, tmp_path):
     with T.open_slide(files["scn"]) as s:
         locs = _locations(s.properties)
-        want = sum(int(s.read_region(x, y, 0, 77, 53).sum(dtype=np.int64)) for x, y in locs)
-    f = tmp_path / "locs.txt"
-    f.write_text("".join("%d %d\n" % xy for xy in locs))
-    r = subprocess.run([cli, "bench", files["scn"], "--locations", str(f), "--size", "77,53",
-                        "--workers", "2", "--json"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    import json
-    doc = json.loads(r.stdout)
-    assert doc["patches"] == len(locs) and doc["checksum"] == want
+    VC.check_bench_checksum(cli, files["scn"], locs, (77, 53), 0, tmp_path)
 
 
 # ---- damaged and hostile metadata -----------------------------------------------------

@@ -7,7 +7,6 @@ tile edges and the borders byte for byte, properties, associated images; BIFs wh
 overlap (which OpenSlide resamples onto a fractional grid) are refused with a message; damaged
 and hostile metadata fail cleanly; batches and `tessera bench` give what single reads give."""
 
-import json
 import os
 import subprocess
 
@@ -16,6 +15,7 @@ import openslide
 import pytest
 
 import tessera_ctypes as T
+import vendor_checks as VC
 import vendor_writers as V
 import wsi_refs as R
 
@@ -163,23 +163,11 @@ LOCS = [(0, 0), (90, 40), (300, 200), (612, 500), (1000, 600), (-20, -10), (355,
 
 @pytest.mark.parametrize("name,level", [("bif", 0), ("bif", 1), ("tif", 0)])
 def test_batches_equal_single_reads(lib, files, name, level):
-    with T.open_slide(files[name]) as s:
-        want = np.stack([s.read_region(x, y, level, 96, 80) for x, y in LOCS])
-        got = np.concatenate([b for b, _ in s.batches(LOCS, (96, 80), level, batch_size=3,
-                                                      num_workers=2)])
-        assert np.array_equal(got, want) and want.std() > 0
+    VC.check_batches_equal_single_reads(files[name], LOCS, (96, 80), level, batch_size=3)
 
 
 def test_bench_checksum_equals_single_reads(lib, cli, files, tmp_path):
-    with T.open_slide(files["bif"]) as s:
-        want = sum(int(s.read_region(x, y, 0, 77, 53).sum(dtype=np.int64)) for x, y in LOCS)
-    f = tmp_path / "locs.txt"
-    f.write_text("".join("%d %d\n" % xy for xy in LOCS))
-    r = subprocess.run([cli, "bench", files["bif"], "--locations", str(f), "--size", "77,53",
-                        "--workers", "2", "--json"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
-    assert doc["patches"] == len(LOCS) and doc["checksum"] == want
+    VC.check_bench_checksum(cli, files["bif"], LOCS, (77, 53), 0, tmp_path)
 
 
 # ---- damaged and hostile metadata -----------------------------------------------------
