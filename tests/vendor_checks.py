@@ -60,3 +60,26 @@ def check_bench_checksum(cli, path, locs, size, level, tmp_path, workers=2, cach
         doc = json.loads(r.stdout)
         assert doc["patches"] == len(locs), cache
         assert doc["checksum"] == want, cache
+
+
+def check_truncated_copy(cli, source, path, fraction):
+    """A copy of the slide at `source` cut to `fraction` of its bytes, written at `path`: the
+    open fails with a message, or the slide opens and each level's read (up to 4096 x 4096)
+    works or fails with a message; `tessera info` exits 0 or 1, never by a signal."""
+    with open(source, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[:int(len(data) * fraction)])
+    st, msg, s = T.open_status(path)
+    if s is None:
+        assert st != T.OK and msg, (st, msg)
+    else:
+        with s:
+            for level in range(s.level_count):
+                W, H = s.level_dimensions()[level]
+                try:
+                    s.read_region(0, 0, level, min(W, 4096), min(H, 4096))
+                except T.TesseraError as e:
+                    assert str(e)
+    r = subprocess.run([cli, "info", path], capture_output=True, text=True, timeout=120)
+    assert r.returncode in (0, 1) and (r.returncode == 0 or r.stderr.strip()), r
