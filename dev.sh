@@ -8,9 +8,9 @@ cd "$(dirname "$0")"
 
 BUILD_PKGS="gcc meson ninja-build pkg-config libtiff-dev libjpeg62-turbo-dev libdeflate-dev
   libzstd-dev libwebp-dev libopenjp2-7-dev libpng-dev libsqlite3-dev python3-dev python3-numpy
-  python3-pil"
+  python3-pil libcurl4-openssl-dev"
 TEST_PKGS="libopenslide-dev openslide-tools python3-openslide libvips-tools python3-numpy
-  python3-pytest python3-tifffile python3-pil libtiff-tools zstd libopenjp2-tools
+  python3-pytest python3-tifffile python3-pil python3-pydicom libtiff-tools zstd libopenjp2-tools
   python3-torch python3-dask python3-distributed python3-mesonpy python3-venv python3-pip
   chromium python3-websocket"
 PY=/usr/bin/python3
@@ -93,7 +93,7 @@ run_tests() {
   echo "== Threaded C tests under ThreadSanitizer" >&2
   # die_after_fork=0: test_batch forks once to check that a child gets its own thread pool.
   TSAN_OPTIONS=halt_on_error=1:exitcode=97:die_after_fork=0 \
-    meson test -C build-tsan --logbase threaded --print-errorlogs test_read test_batch test_gpu_batch test_gpu_batch_one_thread test_cache test_pool test_openslide \
+    meson test -C build-tsan --logbase threaded --print-errorlogs test_read test_batch test_gpu_batch test_gpu_batch_one_thread test_cache test_pool test_openslide test_block_cache \
       test_shared_cache || rc=1
   echo "== Python tests (differential against OpenSlide and libvips, damaged files, CLI)" >&2
   TESSERA_LIB="$PWD/build/src/libtessera.so" TESSERA_CLI="$PWD/build/cli/tessera" \

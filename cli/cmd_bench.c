@@ -87,7 +87,9 @@ void cmd_bench_help(FILE *out) {
           "\n"
           "Read W x H patches of level L through the batch iterator, as a training or\n"
           "inference loop would, discard them and report the rate: patches, seconds,\n"
-          "patches/s, megapixels/s, the peak resident memory of the process and a\n"
+          "patches/s, megapixels/s, the reads of the slide's bytes (requests made and\n"
+          "bytes fetched: HTTP requests for a URL, reads for a file; opening counted\n"
+          "apart), the peak resident memory of the process and a\n"
           "checksum (the sum of every R, G and B byte of every patch, as an unsigned\n"
           "64-bit number; alpha is left out, so --channels 4 gives the same sum).\n"
           "\n"
@@ -571,7 +573,17 @@ typedef struct bench_result {
   unsigned max_difference;
   double mean_difference;
   uint64_t differing; /* samples that differ at all */
+  /* Reads of the slide's bytes during the run (tessera_slide_io_stats): HTTP requests for a
+   * URL, preads for a file; and at open, in the parent. */
+  uint64_t requests, bytes_fetched, retries;
+  uint64_t open_requests, open_bytes;
 } bench_result;
+
+static tessera_io_stats io_now(const tessera_slide *slide) {
+  tessera_io_stats io = {.struct_size = sizeof io};
+  tessera_slide_io_stats(slide, &io);
+  return io;
+}
 
 /* --compare: adds the differences of one batch's samples from the CPU's. */
 static void add_differences(const uint8_t *gpu, const uint8_t *cpu, size_t n, bench_result *res,
@@ -644,6 +656,7 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   bo.device_id = (int32_t)a->device_id;
 
   memset(res, 0, sizeof *res);
+  tessera_io_stats io_start = io_now(slide);
   progress pr = {.enabled = show_progress && !a->json && isatty(STDERR_FILENO), .total = n};
   double start = pr.start = now_seconds();
   tessera_batch_iter *it = NULL;
@@ -704,6 +717,10 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   }
   res->seconds = now_seconds() - start;
   progress_end(&pr);
+  tessera_io_stats io_end = io_now(slide);
+  res->requests = io_end.requests - io_start.requests;
+  res->bytes_fetched = io_end.bytes - io_start.bytes;
+  res->retries = io_end.retries - io_start.retries;
   res->peak_rss_mib = peak_rss_mib();
   read_cache_stats(res);
   return true;
@@ -783,6 +800,9 @@ static bool run_processes(tessera_slide *slide, const bench_args *a, const xy_li
     res->patches += r.patches;
     res->batches += r.batches;
     res->checksum += r.checksum;
+    res->requests += r.requests;
+    res->bytes_fetched += r.bytes_fetched;
+    res->retries += r.retries;
     if (a->cache == TESSERA_CACHE_PER_PROCESS) {
       res->cache_hits += r.cache_hits;
       res->cache_misses += r.cache_misses;
@@ -936,6 +956,11 @@ static void print_json(const bench_args *a, const tessera_level_info *info, cons
           ",\n  \"cache\": \"%s\",\n  \"cache_mib\": %" PRId64 ",\n  \"processes\": %" PRId64
           ",\n  \"cache_hits\": %" PRIu64 ",\n  \"cache_misses\": %" PRIu64,
           cache_name(a->cache), a->cache_mib, a->processes, r->cache_hits, r->cache_misses);
+  fprintf(out,
+          ",\n  \"requests\": %" PRIu64 ",\n  \"bytes_fetched\": %" PRIu64
+          ",\n  \"retries\": %" PRIu64 ",\n  \"open_requests\": %" PRIu64
+          ",\n  \"open_bytes\": %" PRIu64,
+          r->requests, r->bytes_fetched, r->retries, r->open_requests, r->open_bytes);
   if (r->have_distinct_tiles)
     fprintf(out, ",\n  \"distinct_tiles\": %" PRIu64, r->distinct_tiles);
   else
@@ -978,6 +1003,11 @@ static void print_table(const bench_args *a, const tessera_level_info *info,
   fprintf(out, "seconds:        %.4f\n", r->seconds);
   fprintf(out, "patches/s:      %.1f\n", per_second((double)r->patches, r->seconds));
   fprintf(out, "megapixels/s:   %.1f\n", per_second(megapixels(a, r->patches), r->seconds));
+  fprintf(out,
+          "requests:       %" PRIu64 " made, %.2f MiB fetched, %" PRIu64
+          " retried (opening: %" PRIu64 " requests, %.2f MiB)\n",
+          r->requests, (double)r->bytes_fetched / 1048576.0, r->retries, r->open_requests,
+          (double)r->open_bytes / 1048576.0);
   fprintf(out, "peak RSS:       %.1f MiB%s\n", r->peak_rss_mib,
           a->processes > 1 ? " (the largest process)" : "");
   if (a->processes > 1)
@@ -1037,11 +1067,15 @@ int cmd_bench(int argc, char **argv) {
   tessera_level_info info;
   xy_list loc = {0};
   bench_result res;
-  bool ok = open_level(&a, &slide, &info) &&
+  bool ok = open_level(&a, &slide, &info);
+  tessera_io_stats opened = ok ? io_now(slide) : (tessera_io_stats){0};
+  ok = ok &&
             (a.locations ? read_locations(a.locations, &loc) : make_layout(&a, &info, &loc)) &&
             (a.processes > 1 ? run_processes(slide, &a, &loc, &res)
                              : configure_cache(&a) && run(slide, &a, loc.xy, loc.n, true, &res)) &&
             count_distinct_tiles(&a, &info, &loc, &res);
+  res.open_requests = opened.requests;
+  res.open_bytes = opened.bytes;
   release_cache(&a);
   tessera_close(slide);
   if (ok) {

@@ -38,7 +38,9 @@ static void print_help(FILE *out) {
   fputs("Usage: tessera COMMAND [ARGUMENTS]\n"
         "\n"
         "Read tiled pyramidal TIFF whole-slide images (generic tiled TIFF, Aperio SVS,\n"
-        "Hamamatsu NDPI, Philips, ...).\n"
+        "Hamamatsu NDPI, Philips, ...) and DICOM WSI (a .dcm file, or a folder of one\n"
+        "series' instances: give the folder as SLIDE). A SLIDE may also be an http://,\n"
+        "https:// or s3://BUCKET/KEY URL, read with range requests (README: \"Remote slides\").\n"
         "\n"
         "Commands:\n",
         out);
@@ -56,6 +58,7 @@ static void print_help(FILE *out) {
         "  tessera read slide.svs --location 1000,2000 --size 512,512 --output patch.png\n"
         "  tessera sample synthetic.tiff --width 8000 --height 6000\n"
         "  tessera bench synthetic.tiff --layout random --count 2000 --size 224,224\n"
+        "  tessera bench https://example.org/slide.svs --layout random --count 2000 --size 224,224\n"
         "  tessera tissue slide.svs --output mask.png\n"
         "  tessera grid slide.svs --size 224 --mpp 0.5 --min-tissue 0.5 > locations.txt\n"
         "  tessera cache list\n"

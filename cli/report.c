@@ -30,7 +30,15 @@ void cli_verror(const char *subject, const char *fmt, va_list ap) {
   if (subject) {
     snprintf(who, sizeof who, "%s", subject);
     flatten(who);
-    fprintf(stderr, "tessera: %s: %s\n", who, message);
+    /* A URL is named without its query (it may hold a signature), as the library names it;
+     * a message that already begins with it is not given it twice. */
+    if (strstr(who, "://"))
+      who[strcspn(who, "?#")] = '\0';
+    size_t n = strlen(who);
+    if (strncmp(message, who, n) == 0 && message[n] == ':')
+      fprintf(stderr, "tessera: %s\n", message);
+    else
+      fprintf(stderr, "tessera: %s: %s\n", who, message);
   } else {
     fprintf(stderr, "tessera: %s\n", message);
   }

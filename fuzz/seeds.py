@@ -4,8 +4,12 @@
                                           tiles of 16 and 64, pyramids as IFD chains and SubIFDs,
                                           strips, BigTIFF, gray, RGBA), one by tifffile
                                           (big-endian), `tessera sample --width 300 --height
-                                          200`, two Sakura SVSlide databases, and the files
-                                          under 2 MB of the test data
+                                          200`, two Sakura SVSlide databases, the files
+                                          under 2 MB of the test data, and
+                                          DICOM WSI instances written with pydicom by
+                                          tests/dicom_writer.py (native, implicit VR, JPEG
+                                          sparse, fragmented JPEG without an offset table,
+                                          JPEG 2000)
   seeds.py fuzz_codec OUT --cli TESSERA   the first tiles of those slides (tiles up to 80x80),
                                           each behind the five bytes fuzz_codec.c reads first
                                           (codec, tile size, samples, photometric, predictor)
@@ -116,7 +120,20 @@ def sakura_slides(out):
         os.path.join(out, "sakura-planes.svslide"))
 
 
+def dicom_seeds(out):
+    """Small DICOM WSI files of one instance each (a file opens as a slide on its own)."""
+    import dicom_writer as dw
+    img = dw.source_image(96, 72)
+    cases = [("native", {}, {}), ("implicit", {"sparse": True, "skip": {(1, 1)}}, {}),
+             ("jpeg", {"sparse": True, "skip": {(0, 1)}}, {}),
+             ("jpeg", {"per_frame": 2, "bot": False}, {}), ("j2k", {}, {})]
+    for i, (codec, kw, _) in enumerate(cases):
+        dw.Series().write(os.path.join(out, "dicom-%d-%s.dcm" % (i, codec)),
+                          dw.Level(img, (32, 32), codec), **kw)
+
+
 def open_seeds(out, cli, tmp):
+    dicom_seeds(out)
     vips_slides(out, tmp)
     tifffile_slide(out)
     sakura_slides(out)

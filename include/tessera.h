@@ -103,6 +103,20 @@ typedef struct tessera_open_options {
                                       their tiles takes); 4 GiB. Guards callers that size
                                       their buffers from a level's dimensions (a hostile file
                                       may declare 2^24 x 2^24). */
+  /* Remote slides (http://, https:// URLs; see "Remote slides" below). -1 (the default)
+   * takes the environment variable named, else the value after it. */
+  int32_t remote_timeout_ms;  /* one request's time limit, connection included;
+                                 TESSERA_REMOTE_TIMEOUT_MS, else 30000 */
+  int32_t remote_retries;     /* retries of a request that failed for a reason that may pass
+                                 (5xx, 429, reset, timeout, truncated body);
+                                 TESSERA_REMOTE_RETRIES, else 4 */
+  int32_t remote_requests;    /* requests in flight at once for the slide;
+                                 TESSERA_REMOTE_REQUESTS, else 16 */
+  int32_t remote_block_kib;   /* the block cache's block: bytes are fetched in aligned blocks
+                                 of this many KiB; TESSERA_REMOTE_BLOCK_KIB, else 64 */
+  int64_t remote_cache_mib;   /* the slide's block cache of fetched bytes (LRU), MiB; 0: none
+                                 (one request per read, no read-ahead);
+                                 TESSERA_REMOTE_CACHE_MIB, else 64 */
 } tessera_open_options;
 
 /* Fills the first struct_size bytes of *options with the defaults, and sets its struct_size
@@ -119,6 +133,80 @@ TESSERA_API tessera_status tessera_open(const char *path, tessera_slide **out);
 /* As tessera_open, with options (NULL means the defaults). Thread-safe. */
 TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_options *options,
                                            tessera_slide **out);
+
+/* Remote slides. tessera_open and tessera_open_ex take http:// and https:// URLs (presigned
+ * object-store URLs included) and s3://bucket/key (signed with AWS Signature Version 4 from
+ * the AWS_* environment variables or ~/.aws/credentials, endpoint and region from
+ * AWS_ENDPOINT_URL and AWS_REGION; unsigned without credentials: README, "Remote slides") as
+ * well as paths, in a build with libcurl (otherwise they fail
+ * with TESSERA_E_UNSUPPORTED saying the build has no HTTP support). Bytes are fetched with
+ * HTTP range requests: the first (which also learns the size, ETag and Last-Modified) at open,
+ * then aligned blocks through the slide's block cache (remote_block_kib, remote_cache_mib), a
+ * read missing several adjacent blocks fetching them in one request, so that opening a slide
+ * takes a few requests, not one per TIFF directory. Each thread keeps one connection handle,
+ * reused across requests and slides; HTTP/2 is used where the server offers it over TLS.
+ * Requests failing for a reason that may pass (HTTP 5xx or 429, a reset or dropped
+ * connection, a timeout, a body shorter than asked for) are retried remote_retries times with
+ * exponential backoff (100 ms doubling, at most 2 s, jittered); a retry that succeeds is
+ * invisible. Every failure is TESSERA_E_IO (TESSERA_E_UNSUPPORTED for a server that ignores
+ * ranges) with a message naming the URL (without its query string, which may hold a
+ * signature) and the cause: the HTTP status (403, 404, ...), "the server ignores Range
+ * requests", "the object changed since the slide was opened" (every request after the first
+ * carries If-Match with the ETag, or If-Unmodified-Since with Last-Modified; a 412, another
+ * ETag or another size is that failure), a truncated body, a timeout. The tile cache keys a
+ * remote slide by a hash of its URL, ETag, Last-Modified and size, so a changed object never
+ * shares tiles with the old one; an object with neither ETag nor Last-Modified gets a key of
+ * its own each time it is opened. TESSERA_CA_BUNDLE (a PEM file), when set at open, replaces
+ * the system's certificate authorities for HTTPS. */
+
+/* A caller's byte source, for tessera_open_source: the slide's bytes come from read_at. */
+typedef struct tessera_source {
+  size_t struct_size; /* sizeof(tessera_source) */
+  /* Reads up to length bytes at offset into buffer and returns how many it read: fewer than
+   * length only where the source ends. On failure returns -1 after writing a message (a
+   * NUL-terminated string of at most message_size bytes, e.g. "connection reset") into
+   * message; the read fails with TESSERA_E_IO and that message. Called from any number of
+   * threads at once (the library's workers too), until close is called. Required. */
+  int64_t (*read_at)(void *user_data, uint64_t offset, size_t length, void *buffer,
+                     char *message, size_t message_size);
+  void *user_data; /* passed to read_at and close */
+  uint64_t size;   /* bytes in the source */
+  /* What the source holds, for the tile cache's key (with size): two sources with the same
+   * identity must hold the same bytes, so that a changed object never serves tiles of the old
+   * one: e.g. a URL with its ETag. Hashed (the key keeps 192 bits of it). Required, not
+   * empty; copied. */
+  const char *identity;
+  const char *name; /* the slide's name in messages; NULL: "source". Copied */
+  /* Called once when the library is done with user_data: when the slide is closed, or before
+   * tessera_open_source returns when it fails (for any reason but a NULL source or out).
+   * Optional. */
+  void (*close)(void *user_data);
+} tessera_source;
+
+/* Fills the first struct_size bytes of *source with the defaults (all NULL and 0) and sets
+ * its struct_size. Called through tessera_source_init(source). Thread-safe. */
+TESSERA_API void tessera_source_init_sized(tessera_source *source, size_t struct_size);
+#define tessera_source_init(source) tessera_source_init_sized((source), sizeof *(source))
+
+/* Opens the slide whose bytes *source gives, with options (NULL for the defaults; the remote_*
+ * ones do not apply). *source is copied. Thread-safe. */
+TESSERA_API tessera_status tessera_open_source(const tessera_source *source,
+                                               const tessera_open_options *options,
+                                               tessera_slide **out);
+
+/* What reading a slide's bytes has cost so far, counted by its byte source. */
+typedef struct tessera_io_stats {
+  size_t struct_size;   /* sizeof(tessera_io_stats) */
+  uint64_t requests;    /* reads made from the source: HTTP requests (retries included),
+                           read_at callbacks, pread calls */
+  uint64_t bytes;       /* bytes those reads brought */
+  uint64_t retries;     /* requests made again after a failure that may pass */
+  uint64_t cache_hits;  /* reads served wholly by the slide's block cache (remote slides) */
+} tessera_io_stats;
+
+/* Fills *stats (its struct_size must be set; see Conventions). Thread-safe. */
+TESSERA_API tessera_status tessera_slide_io_stats(const tessera_slide *slide,
+                                                  tessera_io_stats *stats);
 
 /* The limits the slide was opened with, into *out (its struct_size must be set; see
  * Conventions). Thread-safe. */

@@ -98,9 +98,11 @@ static bool looks_like_tiff(const char *filename) {
   struct stat st;
   if (stat(filename, &st) != 0 || !S_ISREG(st.st_mode))
     return false;
-  /* A format that is no TIFF, which tessera claims by its path (MIRAX's .mrxs) */
-  if (tsr_format_detect_path(filename))
-    return true;
+  /* A format that is no TIFF, which tessera claims by its path (MIRAX's .mrxs, Sakura's
+   * database); DICOM is looks_like_dicom's, for OpenSlide 4's ABI only */
+  const struct tsr_path_format *format = tsr_format_detect_path(filename);
+  if (format)
+    return format != &tsr_format_dicom;
   FILE *f = fopen(filename, "rb");
   if (!f)
     return false;
@@ -114,6 +116,27 @@ static bool looks_like_tiff(const char *filename) {
             memcmp(sqlite, "te format 3", 12) == 0;
   fclose(f);
   return tiff || db;
+}
+
+/* OpenSlide 4 also claims DICOM files (128 bytes, then DICM: format/vendor-dicom.c); 3.4
+ * reads no DICOM. */
+static bool looks_like_dicom(const char *filename) {
+  if (TSR_OPENSLIDE_ABI_MAJOR + 3 < 4)
+    return false;
+  struct stat st;
+  if (stat(filename, &st) != 0 || !S_ISREG(st.st_mode))
+    return false;
+  FILE *f = fopen(filename, "rb");
+  if (!f)
+    return false;
+  unsigned char m[132];
+  bool dicom = fread(m, 1, sizeof m, f) == sizeof m && memcmp(m + 128, "DICM", 4) == 0;
+  fclose(f);
+  return dicom;
+}
+
+static bool claimed(const char *filename) {
+  return looks_like_tiff(filename) || looks_like_dicom(filename);
 }
 
 static tessera_status fill_handle(openslide_t *osr) {
@@ -159,7 +182,7 @@ static tessera_status fill_handle(openslide_t *osr) {
 }
 
 EXPORT openslide_t *openslide_open(const char *filename) {
-  if (!filename || !looks_like_tiff(filename))
+  if (!filename || !claimed(filename))
     return NULL;
   pthread_once(&cache_once, default_cache);
   openslide_t *osr = tsr_calloc(1, sizeof *osr);
@@ -203,10 +226,10 @@ EXPORT void openslide_close(openslide_t *osr) {
 /* Vendor names as static strings: OpenSlide's detect_vendor returns one that outlives any
  * handle, and tessera's lives only as long as its slide. */
 static const char *const vendors[] = {"aperio", "generic-tiff", "hamamatsu", "philips", "ome",
-                                       "sakura", "mirax"};
+                                       "leica",  "ventana",      "sakura",    "mirax",   "dicom"};
 
 EXPORT const char *openslide_detect_vendor(const char *filename) {
-  if (!filename || !looks_like_tiff(filename))
+  if (!filename || !claimed(filename))
     return NULL;
   tessera_slide *s;
   if (tessera_open(filename, &s) != TESSERA_OK)

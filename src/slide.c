@@ -1,6 +1,7 @@
 /* Opening and closing slides, and what an open slide tells about itself. */
 #include <inttypes.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,11 @@ TESSERA_API void tessera_open_options_init_sized(tessera_open_options *o, size_t
       .max_tile_bytes = (uint64_t)256 << 20,
       .max_decoded_tile_bytes = (uint64_t)1 << 30,
       .max_read_bytes = (uint64_t)4 << 30,
+      .remote_timeout_ms = -1,
+      .remote_retries = -1,
+      .remote_requests = -1,
+      .remote_block_kib = -1,
+      .remote_cache_mib = -1,
   };
   tsr_abi_init(o, size, &defaults, sizeof defaults);
 }
@@ -256,6 +262,7 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
   s->limits = limits;
   struct tsr_dirs dirs = {0};
   struct tsr_findings found = {0};
+  tsr_source_failure_clear();
   if (!(s->path = tsr_strdup(name)))
     st = tsr_error(TESSERA_E_NOMEM, "out of memory");
   else if ((st = tsr_tiff_walk(s->source, &s->limits, &dirs)) == TESSERA_OK &&
@@ -275,10 +282,16 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
   }
   tsr_findings_free(&found);
   tsr_tiff_dirs_free(&dirs);
+  /* A read that failed in the source (a network error, a caller's callback) is the cause,
+   * whatever libtiff or a vendor made of the bytes missing. */
+  if (st != TESSERA_OK && st != TESSERA_E_NOMEM && tsr_source_failure_raise() != TESSERA_OK)
+    st = tsr_source_failure_raise();
   if (st != TESSERA_OK) {
     tessera_close(s);
     return st;
   }
+  if (src->ops->opened)
+    src->ops->opened(src);
   *out = s;
   return TESSERA_OK;
 }
@@ -305,6 +318,9 @@ static tessera_status open_path_format(const struct tsr_path_format *format, con
     s->source->ops->identity(s->source, &s->id);
     s->vendor = format->name;
     s->background = found.background;
+    s->icc = found.icc;
+    s->icc_size = found.icc_size;
+    found.icc = NULL;
     if (st == TESSERA_OK && (st = take_levels(s, NULL, &found)) == TESSERA_OK &&
         (st = take_associated(s, NULL, &found)) == TESSERA_OK)
       st = collect_properties(s, NULL, false, &found.props);
@@ -333,8 +349,53 @@ TESSERA_API tessera_status tessera_open_ex(const char *path, const tessera_open_
   if (format)
     return open_path_format(format, path, options, out);
   struct tsr_byte_source *src;
-  st = tsr_file_source_open(path, &src);
+  st = tsr_is_url(path) ? tsr_remote_source_open(path, options, &src)
+                        : tsr_file_source_open(path, &src);
   return st == TESSERA_OK ? tsr_slide_open_source(src, path, options, out) : st;
+}
+
+TESSERA_API void tessera_source_init_sized(tessera_source *source, size_t size) {
+  static const tessera_source defaults = {.struct_size = sizeof defaults};
+  tsr_abi_init(source, size, &defaults, sizeof defaults);
+}
+
+TESSERA_API tessera_status tessera_open_source(const tessera_source *source,
+                                               const tessera_open_options *options,
+                                               tessera_slide **out) {
+  if (!out)
+    return tsr_error(TESSERA_E_ARGUMENT, "no place to return the slide");
+  *out = NULL;
+  if (!source)
+    return tsr_error(TESSERA_E_ARGUMENT, "no source");
+  tessera_source copy;
+  tessera_source_init(&copy);
+  tessera_status st = tsr_abi_copy_in(&copy, sizeof copy, source, "source");
+  if (st == TESSERA_OK && options)
+    st = tsr_abi_check(options, "open options");
+  if (st != TESSERA_OK) {
+    /* The promise: close is called whatever the failure, once the source was given. */
+    if (source->struct_size >= offsetof(tessera_source, close) + sizeof source->close &&
+        source->close)
+      source->close(source->user_data);
+    return st;
+  }
+  struct tsr_byte_source *src;
+  if ((st = tsr_callback_source_open(&copy, &src)) != TESSERA_OK)
+    return st;
+  return tsr_slide_open_source(src, copy.name ? copy.name : "source", options, out);
+}
+
+TESSERA_API tessera_status tessera_slide_io_stats(const tessera_slide *s, tessera_io_stats *out) {
+  if (!s || !out)
+    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or I/O statistics");
+  tessera_status st = tsr_abi_check(out, "I/O statistics");
+  if (st != TESSERA_OK)
+    return st;
+  tessera_io_stats full = {.struct_size = sizeof full};
+  tsr_byte_source_stats(s->source, &full);
+  full.struct_size = sizeof full;
+  tsr_abi_copy_out(out, &full, sizeof full);
+  return TESSERA_OK;
 }
 
 TESSERA_API tessera_status tessera_open(const char *path, tessera_slide **out) {

@@ -27,7 +27,12 @@ def reads(paths, out_dir):
         with open(pickled, "rb") as f:
             runs[which] = pickle.load(f)
     assert runs["openslide"]["version"] != runs["tessera"]["version"]
-    return {p: (runs["openslide"]["slides"][p], runs["tessera"]["slides"][p]) for p in paths}
+    out = {p: (runs["openslide"]["slides"][p], runs["tessera"]["slides"][p]) for p in paths}
+    for p, (real, ours) in out.items():
+        # openslide_detect_vendor names the vendor OpenSlide names, wherever both open the file
+        if "vendor" in real and "vendor" in ours:
+            assert ours["vendor"] == real["vendor"], (p, real["vendor"], ours["vendor"])
+    return out
 
 
 def whole_pixel(real, level, x, y):
@@ -35,3 +40,23 @@ def whole_pixel(real, level, x, y):
     above the slide by a whole number of them)."""
     ds = real["levels"][level][1]
     return all(v / ds == int(v / ds) for v in (x, y))
+
+
+def check_reads_equal(got, compare, at_least):
+    """got as reads() gives it: every slide opened by both libraries with the same levels,
+    every property, the same associated images, and the same bytes in each region
+    compare(real, key) picks (at least at_least of them per slide)."""
+    for path, (real, ours) in got.items():
+        assert "error" not in real and "error" not in ours, (real.get("error"), ours.get("error"))
+        assert ours["levels"] == real["levels"], path
+        differ = sorted(k for k in set(real["properties"]) | set(ours["properties"])
+                        if real["properties"].get(k) != ours["properties"].get(k))
+        assert not differ, ["%s: OpenSlide %r, tessera %r" % (
+            k, real["properties"].get(k), ours["properties"].get(k)) for k in differ]
+        assert ours["associated"] == real["associated"], path
+        compared = 0
+        for key, want in real["regions"].items():
+            if compare(real, key):
+                assert ours["regions"][key] == want, (path, key)
+                compared += 1
+        assert compared >= at_least, (path, compared)

@@ -60,6 +60,7 @@ def main():
             continue
         name = path.rsplit("/", 1)[-1]
         info = {
+            "vendor": openslide.OpenSlide.detect_format(path),
             "properties": dict(s.properties),
             "levels": list(zip(s.level_dimensions, s.level_downsamples)),
             "associated": {k: (v.size, v.tobytes()) for k, v in s.associated_images.items()},

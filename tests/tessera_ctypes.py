@@ -51,6 +51,10 @@ def _parse_header(path):
     for m in re.finditer(r"typedef\s+struct\s+\w+\s*\{(.*?)\}\s*(\w+)\s*;", text, re.S):
         fields = []
         for decl in filter(None, (d.strip() for d in m.group(1).split(";"))):
+            fn = re.match(r"^(?:const\s+)?\w+\s*\*?\s*\(\s*\*\s*(\w+)\s*\)\s*\(.*\)$", decl, re.S)
+            if fn:  # a function pointer: pointer-sized, mirrored as void *
+                fields.append((fn.group(1), "void", 1, None))
+                continue
             d = re.match(r"^(?:const\s+)?(\w+)\s+(.*)$", decl, re.S)
             if not d:
                 raise ValueError("%s: cannot read %r" % (m.group(2), decl))
@@ -149,6 +153,14 @@ class CacheStats(ctypes.Structure):
     _fields_ = _fields("tessera_cache_stats")
 
 
+class Source(ctypes.Structure):
+    _fields_ = _fields("tessera_source")
+
+
+class IoStats(ctypes.Structure):
+    _fields_ = _fields("tessera_io_stats")
+
+
 class TissueOptions(ctypes.Structure):
     _fields_ = _fields("tessera_tissue_options")
 
@@ -171,6 +183,9 @@ MIRRORS = {
     "tessera_read_options": ReadOptions, "tessera_batch_options": BatchOptions,
     "tessera_batch": Batch, "tessera_cache_options": CacheOptions,
     "tessera_shared_cache_info": SharedCacheInfo, "tessera_cache_stats": CacheStats,
+    "tessera_source": Source, "tessera_io_stats": IoStats,
+
+
     "tessera_tissue_options": TissueOptions, "tessera_mask": Mask,
     "tessera_grid_options": GridOptions, "tessera_grid": Grid,
 }
@@ -217,6 +232,9 @@ def load(path=None):
         "tessera_open": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(P)]),
         "tessera_open_ex": (ctypes.c_int, [ctypes.c_char_p, ctypes.POINTER(OpenOptions), ctypes.POINTER(P)]),
         "tessera_close": (None, [P]),
+        "tessera_source_init_sized": (None, [ctypes.POINTER(Source), ctypes.c_size_t]),
+        "tessera_open_source": (ctypes.c_int, [ctypes.POINTER(Source), ctypes.POINTER(OpenOptions), ctypes.POINTER(P)]),
+        "tessera_slide_io_stats": (ctypes.c_int, [P, ctypes.POINTER(IoStats)]),
         "tessera_level_count": (ctypes.c_int32, [P]),
         "tessera_level_info_get": (ctypes.c_int, [P, ctypes.c_int32, ctypes.POINTER(LevelInfo)]),
         "tessera_compression_name": (ctypes.c_char_p, [ctypes.c_uint32]),

@@ -8,7 +8,6 @@ the batch reader and `tessera bench` against single reads; damaged and hostile c
 with a message that says what is wrong (under ASan+UBSan too when TESSERA_CLI_ASAN names a
 sanitized `tessera`)."""
 
-import json
 import os
 import shutil
 import struct
@@ -20,6 +19,7 @@ import pytest
 
 import mirax_writer as MW
 import tessera_ctypes as T
+import vendor_checks as VC
 import vendor_writers as V
 import wsi_refs as R
 
@@ -286,51 +286,21 @@ def test_associated_images_equal_openslides(lib, slides, name):
 # ---- the batch reader and `tessera bench` ----------------------------------------------
 
 
-def _locations(W, H, ds, n=60, seed=3):
-    rng = np.random.default_rng(seed)
-    pts = [(-20, -10), (W - 30, H - 20), (0, 0), (110, 80)]
-    pts += [(int(rng.integers(-40, W)), int(rng.integers(-40, H))) for _ in range(n)]
-    return [(int(x * ds), int(y * ds)) for x, y in pts]
-
-
 @pytest.mark.parametrize("level", [0, 1])
 def test_batches_equal_single_reads(lib, slides, level):
     path = slides["paths"]["positions"]
     with T.open_slide(path) as s:
-        W, H = s.level_dimensions()[level]
-        ds = s.level_info(level).downsample
-        locs = _locations(W, H, ds)
-        size = (67, 45)
-        got = {}
-        for arr, idx in s.batches(locs, size, level, batch_size=7, num_workers=2):
-            for a, i in zip(arr, idx):
-                got[int(i)] = a
-        assert sorted(got) == list(range(len(locs)))
-        for i, (x, y) in enumerate(locs):
-            assert np.array_equal(got[i], s.read_region(x, y, level, *size)), (i, x, y)
+        locs = VC.level_locations(s, level)
+    VC.check_batches_equal_single_reads(path, locs, (67, 45), level)
 
 
 def test_bench_checksum_equals_single_reads(lib, cli, slides, tmp_path):
+    """Without a cache, and through the per-process and the shared tile cache (tiles painted
+    from several images are cached painted)."""
     path = slides["paths"]["positions"]
-    level, size = 1, (37, 23)
     with T.open_slide(path) as s:
-        W, H = s.level_dimensions()[level]
-        ds = s.level_info(level).downsample
-        locs = _locations(W, H, ds, n=40)
-        want = sum(int(s.read_region(x, y, level, *size).astype(np.int64).sum())
-                   for x, y in locs)
-    loc = tmp_path / "locations.txt"
-    loc.write_text("".join("%d %d\n" % p for p in locs))
-    # without a cache, and through the per-process and the shared tile cache (tiles painted
-    # from several images are cached painted)
-    for cache in ([], ["--cache", "per_process:16"], ["--cache", "shared_memory:16"]):
-        r = subprocess.run([cli, "bench", path, "--locations", str(loc), "--size",
-                            "%d,%d" % size, "--level", str(level), "--workers", "2", "--json"]
-                           + cache, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, (cache, r.stderr)
-        doc = json.loads(r.stdout)
-        assert doc["patches"] == len(locs)
-        assert doc["checksum"] == want, cache
+        locs = VC.level_locations(s, 1, n=40)
+    VC.check_bench_checksum(cli, path, locs, (37, 23), 1, tmp_path)
 
 
 def test_python_package_reads_it(slides):

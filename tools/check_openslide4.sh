@@ -50,8 +50,8 @@ want=$(sed -n "/'libdicom'/,/)/s/.*version *: *'>=\([0-9.]*\)'.*/\1/p" "$OS/meso
 have=$(sed -n "s/^ *version *: *'\([0-9.]*\)'.*/\1/p" "$D/meson.build" | head -1)
 if [ -n "$want" ] && [ "$want" != "$have" ]; then
   # An older libdicom than the wrap names (e.g. a mirror without the release): accept its
-  # version, and give it the one call OpenSlide 4.0.1 needs that 1.2 lacks. DICOM is not
-  # compared (tessera does not read it), so the shim only has to link.
+  # version, and give it the one call OpenSlide 4.0.1 needs that 1.2 lacks. The shim answers
+  # as libdicom 1.3 does, so that tools/check_openslide4_dicom.py can compare DICOM with it.
   echo "libdicom $have where OpenSlide asks >= $want: building with a shim" >&2
   sed -i "s/version : '>=$want'/version : '>=$have'/" "$OS/meson.build"
   if ! grep -rq dcm_filehandle_find_frame_number "$D/src"; then

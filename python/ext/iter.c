@@ -47,7 +47,10 @@ PyObject *pyt_batches_new(pyt_slide *s, int64_t *xy, size_t n, int64_t width, in
   }
   pyt_iter *self = PyObject_GC_New(pyt_iter, &pyt_BatchIterType);
   if (!self) {
+    /* Without the GIL: its workers may be reading through a file object's callback. */
+    Py_BEGIN_ALLOW_THREADS
     tessera_batch_iter_destroy(it);
+    Py_END_ALLOW_THREADS
     pyt_slide_release(s);
     return NULL;
   }

@@ -6,6 +6,8 @@
 #include "fractional.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -44,6 +46,158 @@ void pyt_slide_release(pyt_slide *s) {
     free_slide(s);
 }
 
+/* ---- a Python file object as the slide's bytes --------------------------------------------
+ *
+ * Slide(fileobj) reads through tessera_open_source with the callback below. The library calls
+ * it from its own threads (and from the caller's, which has released the GIL), so it takes the
+ * GIL for the seek and read only. A file object has one position, so seek+read pairs from
+ * several threads are serialised by `lock`, which is taken before the GIL and never while
+ * holding it: every tessera call that can read runs with the GIL released, so no thread
+ * holding the GIL ever waits for `lock`. */
+struct pyfile {
+  PyObject *file; /* a strong reference, touched with the GIL held */
+  pthread_mutex_t lock;
+};
+
+/* The current exception as "Type: message" into buf, cleared. GIL held. */
+static void exception_text(char *buf, size_t size) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  PyObject *text = value ? PyObject_Str(value) : NULL;
+  const char *msg = text ? PyUnicode_AsUTF8(text) : NULL;
+  snprintf(buf, size, "%s: %s", type ? ((PyTypeObject *)type)->tp_name : "error",
+           msg ? msg : "?");
+  PyErr_Clear();
+  Py_XDECREF(text);
+  Py_XDECREF(type);
+  Py_XDECREF(value);
+  Py_XDECREF(tb);
+}
+
+static int64_t pyfile_read_at(void *user, uint64_t offset, size_t length, void *buffer,
+                              char *message, size_t message_size) {
+  struct pyfile *p = user;
+  int64_t done = 0;
+  pthread_mutex_lock(&p->lock);
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyObject *r = PyObject_CallMethod(p->file, "seek", "K", (unsigned long long)offset);
+  if (!r)
+    done = -1;
+  Py_XDECREF(r);
+  while (done >= 0 && (size_t)done < length) {
+    PyObject *data = PyObject_CallMethod(p->file, "read", "n", (Py_ssize_t)(length - done));
+    Py_buffer view;
+    if (!data || PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) {
+      Py_XDECREF(data);
+      done = -1;
+      break;
+    }
+    size_t n = (size_t)view.len <= length - (size_t)done ? (size_t)view.len : length - (size_t)done;
+    memcpy((uint8_t *)buffer + done, view.buf, n);
+    PyBuffer_Release(&view);
+    Py_DECREF(data);
+    if (n == 0)
+      break; /* the end */
+    done += (int64_t)n;
+  }
+  if (done < 0)
+    exception_text(message, message_size);
+  PyGILState_Release(g);
+  pthread_mutex_unlock(&p->lock);
+  return done;
+}
+
+static void pyfile_close(void *user) {
+  struct pyfile *p = user;
+  PyGILState_STATE g = PyGILState_Ensure();
+  Py_DECREF(p->file);
+  PyGILState_Release(g);
+  pthread_mutex_destroy(&p->lock);
+  PyMem_RawFree(p);
+}
+
+/* Whether obj is a file object to read through (not a path: str, bytes, os.PathLike). */
+static int is_file_object(PyObject *obj) {
+  if (PyUnicode_Check(obj) || PyBytes_Check(obj) || PyObject_HasAttrString(obj, "__fspath__"))
+    return 0;
+  return PyObject_HasAttrString(obj, "read") && PyObject_HasAttrString(obj, "seek");
+}
+
+/* A name for the file object in messages and Slide.path: its path or name, else its repr. */
+static PyObject *file_object_name(PyObject *file) {
+  static const char *attrs[] = {"full_name", "path", "name"};
+  for (size_t i = 0; i < sizeof attrs / sizeof *attrs; i++) {
+    PyObject *v = PyObject_GetAttrString(file, attrs[i]);
+    if (v && PyUnicode_Check(v))
+      return v;
+    Py_XDECREF(v);
+    PyErr_Clear();
+  }
+  return PyObject_Repr(file);
+}
+
+static int open_file_object(pyt_slide *self, PyObject *file, PyObject *identity,
+                            const tessera_open_options *oo) {
+  if (identity != Py_None && !PyUnicode_Check(identity)) {
+    PyErr_SetString(PyExc_TypeError, "identity must be a str");
+    return -1;
+  }
+  PyObject *end = PyObject_CallMethod(file, "seek", "ii", 0, 2);
+  Py_XDECREF(end);
+  PyObject *size_obj = end ? PyObject_CallMethod(file, "tell", NULL) : NULL;
+  unsigned long long size = size_obj ? PyLong_AsUnsignedLongLong(size_obj) : 0;
+  Py_XDECREF(size_obj);
+  if (PyErr_Occurred())
+    return -1;
+  PyObject *name = file_object_name(file);
+  if (!name)
+    return -1;
+  /* Without an identity from the caller, one unique to this open: nothing tells whether the
+   * object behind a file object is the same as another's, so its tiles are never shared. */
+  static unsigned long long opens;
+  PyObject *id = identity != Py_None
+                     ? PyUnicode_FromFormat("fileobj:%U", identity)
+                     : PyUnicode_FromFormat("fileobj-open:%ld:%llu:%p", (long)getpid(), ++opens,
+                                            (void *)file);
+  const char *id_text = id ? PyUnicode_AsUTF8(id) : NULL;
+  const char *name_text = PyUnicode_AsUTF8(name);
+  struct pyfile *p = id_text && name_text ? PyMem_RawMalloc(sizeof *p) : NULL;
+  if (!p) {
+    Py_XDECREF(id);
+    Py_DECREF(name);
+    if (!PyErr_Occurred())
+      PyErr_NoMemory();
+    return -1;
+  }
+  p->file = Py_NewRef(file);
+  pthread_mutex_init(&p->lock, NULL);
+  tessera_source src;
+  tessera_source_init(&src);
+  src.read_at = pyfile_read_at;
+  src.user_data = p;
+  src.size = size;
+  src.identity = id_text;
+  src.name = name_text;
+  src.close = pyfile_close;
+  tessera_slide *slide = NULL;
+  tessera_status st;
+  Py_BEGIN_ALLOW_THREADS
+  st = tessera_open_source(&src, oo, &slide);
+  Py_END_ALLOW_THREADS
+  Py_DECREF(id);
+  if (st != TESSERA_OK) {
+    Py_DECREF(name);
+    pyt_raise(st);
+    return -1;
+  }
+  Py_XSETREF(self->path, name);
+  self->slide = slide;
+  self->closing = 0;
+  self->pid = (long)getpid();
+  return 0;
+}
+
 /* A keyword limit: None keeps the default; otherwise an int >= 1 that fits. */
 static int limit_arg(PyObject *obj, const char *name, uint64_t max, uint64_t *out) {
   if (obj == Py_None)
@@ -62,11 +216,11 @@ static int limit_arg(PyObject *obj, const char *name, uint64_t max, uint64_t *ou
 
 static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
   static char *kwlist[] = {"path", "max_directories", "max_dimension", "max_tile_bytes",
-                           "max_decoded_tile_bytes", "max_read_bytes", NULL};
-  PyObject *path_obj, *encoded = NULL;
+                           "max_decoded_tile_bytes", "max_read_bytes", "identity", NULL};
+  PyObject *path_obj, *encoded = NULL, *identity = Py_None;
   PyObject *lim[5] = {Py_None, Py_None, Py_None, Py_None, Py_None};
-  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOOOO:Slide", kwlist, &path_obj, &lim[0],
-                                   &lim[1], &lim[2], &lim[3], &lim[4]))
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|$OOOOOO:Slide", kwlist, &path_obj, &lim[0],
+                                   &lim[1], &lim[2], &lim[3], &lim[4], &identity))
     return -1;
   tessera_open_options oo;
   tessera_open_options_init(&oo);
@@ -84,15 +238,22 @@ static int slide_init(pyt_slide *self, PyObject *args, PyObject *kwargs) {
     PyErr_SetString(PyExc_RuntimeError, "Slide.__init__ called on an open slide");
     return -1;
   }
+  if (is_file_object(path_obj))
+    return open_file_object(self, path_obj, identity, &oo);
+  if (identity != Py_None) {
+    PyErr_SetString(PyExc_TypeError, "identity= is for file objects (a path or URL has its own)");
+    return -1;
+  }
   if (!PyUnicode_FSConverter(path_obj, &encoded))
     return -1;
   const char *path = PyBytes_AS_STRING(encoded);
+  int url = strstr(path, "://") != NULL;
   tessera_slide *slide = NULL;
   tessera_status st;
   int missing = 0;
   Py_BEGIN_ALLOW_THREADS
   st = tessera_open_ex(path, &oo, &slide);
-  if (st == TESSERA_E_IO && access(path, F_OK) != 0 && errno == ENOENT)
+  if (st == TESSERA_E_IO && !url && access(path, F_OK) != 0 && errno == ENOENT)
     missing = 1;
   Py_END_ALLOW_THREADS
   if (st != TESSERA_OK) {
@@ -760,7 +921,27 @@ static PyObject *slide_repr(pyt_slide *self) {
                               (!self->slide || self->closing) ? " (closed)" : "");
 }
 
+static PyObject *slide_io_stats(pyt_slide *self, PyObject *unused) {
+  (void)unused;
+  tessera_slide *s = use_slide(self);
+  if (!s)
+    return NULL;
+  tessera_io_stats io = {.struct_size = sizeof io};
+  tessera_status st = tessera_slide_io_stats(s, &io);
+  pyt_slide_release(self);
+  if (st != TESSERA_OK)
+    return pyt_raise(st);
+  return Py_BuildValue("{s:K,s:K,s:K,s:K}", "requests", (unsigned long long)io.requests,
+                       "bytes", (unsigned long long)io.bytes, "retries",
+                       (unsigned long long)io.retries, "cache_hits",
+                       (unsigned long long)io.cache_hits);
+}
+
 static PyMethodDef slide_methods[] = {
+    {"io_stats", (PyCFunction)slide_io_stats, METH_NOARGS,
+     "io_stats() -> dict: what reading the slide's bytes has cost so far: requests (HTTP "
+     "requests with retries, file-object reads, preads), bytes, retries, cache_hits (reads "
+     "served by a remote slide's block cache)."},
     {"close", (PyCFunction)slide_close, METH_NOARGS,
      "close(): closes the slide once reads and iterators in flight are done with it. Arrays "
      "already read stay valid."},

@@ -121,10 +121,25 @@ def _reopen(cls, path, limits):
     return cls(path, **limits)
 
 
+def _is_url(path):
+    """Whether path is a URL tessera opens remotely (http://, https://, s3://)."""
+    prefix = path[:8].lower()
+    if isinstance(prefix, bytes):
+        prefix = prefix.decode("latin-1")
+    return prefix.startswith(("http://", "https://", "s3://"))
+
+
+def _is_file_object(obj):
+    """A file object to read through (read and seek), not a path (str, bytes, os.PathLike)."""
+    return (not isinstance(obj, (str, bytes, os.PathLike)) and hasattr(obj, "read")
+            and hasattr(obj, "seek"))
+
+
 def _absolute(path):
     """path (str or bytes) made absolute against the working directory, without resolving
-    '..' (which os.path.abspath would do textually, wrongly after a symbolic link)."""
-    if os.path.isabs(path):
+    '..' (which os.path.abspath would do textually, wrongly after a symbolic link). A URL is
+    left as it is."""
+    if _is_url(path) or os.path.isabs(path):
         return path
     return os.path.join(os.getcwdb() if isinstance(path, bytes) else os.getcwd(), path)
 
@@ -133,6 +148,9 @@ def _absolute_path(slide):
     """The absolute path of a slide (the file a CuImage opened) or of a path: a process that
     opens it again may have another working directory (Dask workers chdir)."""
     if isinstance(slide, Slide):
+        if slide._abspath is None:
+            raise TypeError("a slide opened from a file object has no path or URL that another "
+                            "process could open: open it by path or URL")
         return slide._abspath
     return _absolute(os.fspath(slide.path if isinstance(slide, _tessera.Slide) else slide))
 
@@ -155,6 +173,15 @@ class Slide(_tessera.Slide):
     directory), and keeps working in a child after fork(), so it can live in a PyTorch
     Dataset.
 
+    Slide(url) opens an http:// or https:// URL (a presigned object-store URL too) with range
+    requests (see README, "Remote slides"); it pickles by URL. Slide(fileobj) reads through any
+    object with read() and seek() (a file opened with open(..., "rb"), an fsspec file, so GCS,
+    Azure, S3 and whatever fsspec reaches): the library's threads call it with the GIL taken
+    for each seek and read only, one at a time per object. identity=str says what the object
+    holds, for the tile cache (the same identity must mean the same bytes: e.g. a URL with its
+    ETag); without it the slide's tiles are cached for this open only. A slide opened from a
+    file object pickles by pickling that object. io_stats() counts the reads made.
+
     Regions are RGB unless channels=4 is asked for, and come back as plain Arrays; metadata
     has tessera's own properties. CuImage is the same reader with cuCIM's behaviour.
     """
@@ -165,7 +192,11 @@ class Slide(_tessera.Slide):
         except FileNotFoundError as e:
             raise SlideNotFoundError(e.errno, "Cannot open the slide (%s)" % os.strerror(
                 e.errno), e.filename) from None
-        self._abspath = _absolute(self.path)  # against the working directory it was opened in
+        if _is_file_object(path):
+            self._abspath = None
+            self._fileobj = path  # pickled as it is (an fsspec file pickles; a local one not)
+        else:
+            self._abspath = _absolute(self.path)  # against the working directory it was opened in
         self._levels = [self.level_info(i) for i in range(self.level_count)]
         self._limits = limits
         self._spacing_xy, self._spacing_unit = self._physical(self.properties())
@@ -184,6 +215,8 @@ class Slide(_tessera.Slide):
             return (1.0, 1.0), ""
 
     def __reduce__(self):
+        if self._abspath is None:
+            return (_reopen, (type(self), self._fileobj, self._limits))
         return (_reopen, (type(self), self._abspath, self._limits))
 
     # ---- what the image is -------------------------------------------------------------

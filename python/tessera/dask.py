@@ -14,13 +14,14 @@ import math
 import numbers
 import os
 import threading
+import uuid
 
 import dask
 import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 
-from ._image import Slide, _absolute_path
+from ._image import Slide, _absolute_path, _is_url
 
 __all__ = ["to_dask_array", "read_patches"]
 
@@ -97,9 +98,15 @@ def to_dask_array(slide, level=0, chunks=(2048, 2048), *, channels=3, fill=None)
     if channels not in (3, 4):
         raise ValueError("channels must be 3 or 4, not %r" % (channels,))
     row_sizes, col_sizes = _split(info["height"], rows), _split(info["width"], cols)
-    st = os.stat(path)
-    name = "tessera-level-" + dask.base.tokenize(path, st.st_size, st.st_mtime_ns, level,
-                                                 row_sizes, col_sizes, channels, fill)
+    if _is_url(path):
+        # Nothing here says what the object is now (its ETag stays inside the library): a
+        # name of its own, so that a graph is never taken for one over an older object.
+        version = (uuid.uuid4().hex,)
+    else:
+        st = os.stat(path)
+        version = (st.st_size, st.st_mtime_ns)
+    name = "tessera-level-" + dask.base.tokenize(path, *version, level, row_sizes, col_sizes,
+                                                 channels, fill)
     ds = info["downsample"]
     graph = {}
     y = 0

@@ -281,6 +281,16 @@ static tessera_status from_tiff(tessera_slide *s, int version, struct tsr_props 
   return st;
 }
 
+/* DICOM, which is no TIFF: OpenSlide 4 hashes the series' SeriesInstanceUID alone. */
+static void from_dicom(const tessera_slide *s, struct tsr_props *p) {
+  struct tsr_sha256 h;
+  tsr_sha256_init(&h);
+  hash_string(&h, tessera_property_value(s, "dicom.SeriesInstanceUID"));
+  char hex[65];
+  tsr_sha256_hex(&h, hex);
+  tsr_props_add_string(p, "openslide.quickhash-1", hex);
+}
+
 const char *tsr_os_unreadable(const tessera_slide *s) {
   for (int32_t i = 0; i < s->nlevels; i++)
     if (s->levels[i].fmt.unsupported[0])
@@ -329,18 +339,21 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
       tsr_props_add_string(&p, key, value);
     }
   }
-  /* OpenSlide 4.0 reads an ICC profile for Aperio and generic TIFF slides only. */
+  /* OpenSlide 4.0 reads an ICC profile for Aperio, generic TIFF and DICOM slides only. */
   bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
-                                     strcmp(s->vendor, "generic-tiff") == 0);
+                                     strcmp(s->vendor, "generic-tiff") == 0 ||
+                                     strcmp(s->vendor, "dicom") == 0);
   /* A Sakura slide is an SQLite database, a MIRAX slide a folder of files: no TIFF tags, and
-   * the quickhash-1 is the vendor's (tessera.quickhash-1, renamed above). */
-  /* (A Hamamatsu VMS or VMU slide, a key file and the files it names, has its quickhash-1
-   * too: no TIFF.) */
-  tessera_status st = strcmp(s->vendor, "sakura") == 0 || strcmp(s->vendor, "mirax") == 0 ||
-                              (strcmp(s->vendor, "hamamatsu") == 0 &&
-                               tessera_property_value(s, "tessera.quickhash-1"))
-                          ? TESSERA_OK
-                          : from_tiff(s, version, &p);
+   * the quickhash-1 is the vendor's (tessera.quickhash-1, renamed above); so is a Hamamatsu
+   * VMS or VMU slide's (a key file and the files it names: no TIFF); DICOM's is OpenSlide 4's
+   * hash of its series. */
+  tessera_status st = TESSERA_OK;
+  if (strcmp(s->vendor, "dicom") == 0)
+    from_dicom(s, &p);
+  else if (strcmp(s->vendor, "sakura") != 0 && strcmp(s->vendor, "mirax") != 0 &&
+           !(strcmp(s->vendor, "hamamatsu") == 0 &&
+             tessera_property_value(s, "tessera.quickhash-1")))
+    st = from_tiff(s, version, &p);
   size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */
   if (st == TESSERA_OK && n > 0) {
     if (!(*icc = tsr_malloc(n)))

@@ -32,9 +32,8 @@ tessera_status tsr_format_detect(struct tsr_dirs *dirs, struct tsr_findings *out
   return tsr_error(TESSERA_E_FORMAT, "no reader for this file"); /* generic takes all */
 }
 
-static const struct tsr_path_format *const path_formats[] = {&tsr_format_mirax,
-                                                             &tsr_format_sakura,
-                                                             &tsr_format_vms};
+static const struct tsr_path_format *const path_formats[] = {&tsr_format_mirax, &tsr_format_sakura,
+                                                             &tsr_format_vms, &tsr_format_dicom};
 
 const struct tsr_path_format *tsr_format_detect_path(const char *path) {
   for (size_t i = 0; i < sizeof path_formats / sizeof path_formats[0]; i++)
@@ -65,5 +64,7 @@ void tsr_findings_free(struct tsr_findings *found) {
     tsr_level_free(&found->levels[i]);
   tsr_free(found->levels);
   found->levels = NULL;
+  tsr_free(found->icc);
+  found->icc = NULL;
   tsr_props_free(&found->props);
 }

@@ -53,6 +53,10 @@ struct tsr_findings {
   /* NULL, or nlevels levels with no TIFF directory behind them (a format that is no TIFF
    * makes them whole; level_dirs is then unused). Owned. */
   struct tsr_level *levels;
+  /* NULL, or the ICC profile of a format that is no TIFF, as its file holds it (the TIFF walk
+   * keeps a TIFF's). Owned. */
+  uint8_t *icc;
+  size_t icc_size;
 };
 
 struct tsr_vendor {
@@ -90,6 +94,7 @@ struct tsr_path_format {
 extern const struct tsr_path_format tsr_format_mirax;
 extern const struct tsr_path_format tsr_format_sakura;
 extern const struct tsr_path_format tsr_format_vms;
+extern const struct tsr_path_format tsr_format_dicom;
 
 /* The format that claims path by its name and the files beside it, or NULL (then it is read
  * as a TIFF). */

@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -29,12 +30,14 @@ static tessera_status file_read_at(const struct tsr_byte_source *src, uint64_t o
       continue;
     if (r < 0) {
       *got = done;
-      return tsr_error(TESSERA_E_IO, "read failed: %s", strerror(errno));
+      return tsr_source_failed(tsr_error(TESSERA_E_IO, "read failed: %s", strerror(errno)));
     }
     if (r == 0)
       break;
     done += (size_t)r;
   }
+  tsr_count(&src->counters.requests, 1);
+  tsr_count(&src->counters.bytes, done);
   *got = done;
   return TESSERA_OK;
 }
@@ -117,4 +120,103 @@ tessera_status tsr_file_source_open(const char *path, struct tsr_byte_source **o
 void tsr_byte_source_close(struct tsr_byte_source *src) {
   if (src)
     src->ops->close(src);
+}
+
+void tsr_byte_source_stats(const struct tsr_byte_source *src, tessera_io_stats *out) {
+  out->requests = out->bytes = out->retries = out->cache_hits = 0;
+  for (; src; src = src->inner) {
+    out->requests += atomic_load_explicit(&src->counters.requests, memory_order_relaxed);
+    out->bytes += atomic_load_explicit(&src->counters.bytes, memory_order_relaxed);
+    out->retries += atomic_load_explicit(&src->counters.retries, memory_order_relaxed);
+    out->cache_hits += atomic_load_explicit(&src->counters.cache_hits, memory_order_relaxed);
+  }
+}
+
+/* FNV-1a over text from a seed, finished by splitmix64's mixer so that the three seeds give
+ * independent-looking words. Not cryptographic: identities are chosen by the slide's owner,
+ * and a deliberate collision could only make the owner's own slides share tiles. */
+static uint64_t hash_text(const char *text, uint64_t seed) {
+  uint64_t h = 0xcbf29ce484222325ull ^ seed;
+  for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+    h = (h ^ *p) * 0x100000001b3ull;
+  h ^= h >> 30;
+  h *= 0xbf58476d1ce4e5b9ull;
+  h ^= h >> 27;
+  h *= 0x94d049bb133111ebull;
+  return h ^ (h >> 31);
+}
+
+void tsr_identity_from_text(uint64_t kind, const char *text, uint64_t size,
+                            struct tsr_file_id *id) {
+  *id = (struct tsr_file_id){.device = kind,
+                             .inode = hash_text(text, 0x9e3779b97f4a7c15ull),
+                             .size = size,
+                             .mtime_ns = (int64_t)hash_text(text, 0x6a09e667f3bcc909ull),
+                             .ctime_ns = (int64_t)hash_text(text, 0xbb67ae8584caa73bull)};
+}
+
+bool tsr_is_url(const char *name) {
+  return strncasecmp(name, "http://", 7) == 0 || strncasecmp(name, "https://", 8) == 0 ||
+         strncmp(name, "s3://", 5) == 0;
+}
+
+/* Each thread's own: the open that reads it runs in one thread. */
+static _Thread_local struct tsr_failure source_failure;
+
+tessera_status tsr_source_failed(tessera_status status) {
+  source_failure.status = TESSERA_OK;
+  tsr_failure_keep(&source_failure, status);
+  return status;
+}
+
+void tsr_source_failure_clear(void) { source_failure.status = TESSERA_OK; }
+
+tessera_status tsr_source_failure_raise(void) {
+  return source_failure.status == TESSERA_OK ? TESSERA_OK : tsr_failure_raise(&source_failure);
+}
+
+/* The registered locks; `guards_lock` guards the list. */
+static pthread_mutex_t guards_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct tsr_fork_guard *guards;
+static pthread_once_t guards_once = PTHREAD_ONCE_INIT;
+
+static void before_fork(void) {
+  pthread_mutex_lock(&guards_lock);
+  for (struct tsr_fork_guard *g = guards; g; g = g->next)
+    pthread_mutex_lock(g->lock);
+}
+
+static void after_fork_parent(void) {
+  for (struct tsr_fork_guard *g = guards; g; g = g->next)
+    pthread_mutex_unlock(g->lock);
+  pthread_mutex_unlock(&guards_lock);
+}
+
+static void after_fork_child(void) {
+  for (struct tsr_fork_guard *g = guards; g; g = g->next) {
+    pthread_mutex_init(g->lock, NULL);
+    if (g->child)
+      g->child(g->arg);
+  }
+  pthread_mutex_init(&guards_lock, NULL);
+}
+
+static void guards_init(void) { pthread_atfork(before_fork, after_fork_parent, after_fork_child); }
+
+void tsr_fork_guard_add(struct tsr_fork_guard *g) {
+  pthread_once(&guards_once, guards_init);
+  pthread_mutex_lock(&guards_lock);
+  g->next = guards;
+  guards = g;
+  pthread_mutex_unlock(&guards_lock);
+}
+
+void tsr_fork_guard_remove(struct tsr_fork_guard *g) {
+  pthread_mutex_lock(&guards_lock);
+  for (struct tsr_fork_guard **p = &guards; *p; p = &(*p)->next)
+    if (*p == g) {
+      *p = g->next;
+      break;
+    }
+  pthread_mutex_unlock(&guards_lock);
 }

@@ -17,6 +17,8 @@
  *    slide's NGR columns (kept in format/vendor-vms.c, the one vendor that uses them);
  *  - tsr_sqlite_tiles (source/sqlite_tiles.c): a blob, or three (a tile's colour planes,
  *    made RGB), of an SQLite database, read through SQLite (Sakura; format/vendor-sakura.c).
+ *  - tsr_dicom_frames (source/dicom_frames.c): a DICOM frame, native or one or more
+ *    encapsulated fragments (set by format/vendor-dicom.c).
  * The CPU's codecs get a tile's stream from tsr_tile_stream; the CUDA back end gets the whole
  * JPEG stream nvJPEG takes from tsr_tile_source_stream. Everything here reads only tables
  * fixed at open: any number of threads may call it, with no lock. */
@@ -61,6 +63,7 @@ extern const struct tsr_tile_source tsr_ndpi_intervals;
 extern const struct tsr_tile_source tsr_memory_tiles;
 extern const struct tsr_tile_source tsr_mosaic_tiles;
 extern const struct tsr_tile_source tsr_sqlite_tiles;
+extern const struct tsr_tile_source tsr_dicom_frames;
 
 /* ---- for the readers ---- */
 
@@ -115,6 +118,12 @@ struct tsr_ndpi_header {
 struct tsr_memory_image {
   uint8_t *bytes; /* owned */
   size_t size;
+};
+
+/* A level's data for tsr_dicom_frames (NULL: every frame lies whole): a bit per frame, set
+ * where the frame spans several fragments (its range then holds their items' headers). */
+struct tsr_dicom_frames {
+  uint8_t *fragmented; /* owned */
 };
 
 /* A level's data for tsr_mosaic_tiles. The level's tiles are tile_w x tile_h RGBA (alpha

@@ -120,6 +120,12 @@ def _is_tiff(path):
     return magic in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
 
 
+def _is_url(path):
+    """An http://, https:// or s3:// URL, which tessera reads with range requests."""
+    p = path.decode("utf-8", "replace") if isinstance(path, bytes) else path
+    return p.startswith(("http://", "https://", "s3://"))
+
+
 def _path(filename):
     if isinstance(filename, (str, bytes, os.PathLike)):
         return os.fspath(filename)
@@ -138,9 +144,13 @@ def _open(path):
     try:
         return _tessera.Slide(path)
     except OSError as e:
+        if _is_url(path):  # the server's answer (404, 403, ...) is the message
+            raise OpenSlideError(str(e)) from None
         raise OpenSlideUnsupportedFormatError("Unsupported or missing image file: %s" % e) \
             from None
     except _tessera.TesseraError as e:
+        if _is_url(path) and getattr(e, "status", None) != _FORMAT:
+            raise OpenSlideError(str(e)) from None
         if not _is_tiff(path) or getattr(e, "status", None) == _FORMAT:
             raise OpenSlideUnsupportedFormatError("Unsupported or missing image file") \
                 from None
@@ -164,7 +174,9 @@ class OpenSlide(AbstractSlide):
     """An open whole-slide image, read by tessera.
 
     OpenSlide(filename): OpenSlideUnsupportedFormatError when no file is there or it is not a
-    TIFF, OpenSlideError when tessera cannot read it. Use as a context manager or call
+    TIFF, OpenSlideError when tessera cannot read it. `filename` may also be an http://,
+    https:// or s3:// URL (tessera's remote slides; what the server answers, a 404 say, is an
+    OpenSlideError naming the URL). Use as a context manager or call
     close(). Once OpenSlideError is raised by a read, every later call but close() raises it
     again (OpenSlide's latching errors). Thread-safe for reads.
     """

@@ -1,0 +1,492 @@
+/* A block cache under a slow source (HTTP): the source's bytes in aligned blocks, the least
+ * recently used evicted past a byte budget. A read missing blocks fetches each run of adjacent
+ * missing blocks in one inner read, so the TIFF walk at open (a header, then directories and
+ * their tag arrays scattered through the file) takes a few large requests instead of hundreds
+ * of small ones, and neighbouring tiles read later come from blocks already held.
+ *
+ * Prefetch: tsr_bytes_hint (the batch reader, for the tiles of the batches it schedules)
+ * queues the missing blocks of a range; up to `nthreads` fetch threads of the cache's own
+ * (started on the first hint) take queued blocks, each with the queued blocks that follow it
+ * (one request for adjacent tiles), so that many requests are in flight while the decoding
+ * threads decode what has arrived. A reader needing a queued block takes it off the queue and
+ * fetches it itself; one needing a block being fetched waits for it.
+ *
+ * Locking: `lock` guards the index, the states, the queue, the LRU list and the bytes held;
+ * block data is copied out under it (blocks are a few hundred KiB). Inner reads happen without
+ * it, on blocks marked LOADING by the thread fetching them, which no one else fetches or
+ * evicts; a thread waits for LOADING blocks only while it has claimed none, so no two threads
+ * wait for each other. */
+#include "source/byte_source.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "alloc.h"
+#include "error.h"
+
+enum state { READY, QUEUED, LOADING };
+
+struct block {
+  uint64_t index;
+  enum state state;
+  pid_t loader;              /* LOADING: the process fetching it (a forked child's are none) */
+  const void *owner;         /* LOADING: the call fetching it (an address on its stack): only
+                                it publishes or drops the block */
+  uint8_t *data;             /* READY: block_len bytes */
+  struct block *prev, *next; /* READY: the LRU list (head the most recent); QUEUED: the queue */
+  struct block *chain;       /* the hash bucket's next */
+};
+
+/* Most blocks one prefetch request takes (merging adjacent tiles' blocks). */
+#define RUN_MAX 8
+
+struct block_source {
+  struct tsr_byte_source pub; /* first: the interface leads back here */
+  struct tsr_byte_source *inner;
+  uint64_t size;
+  size_t block_bytes;
+  uint64_t capacity; /* bytes of READY blocks held at most */
+  int nthreads;      /* prefetch threads to start; 0: no prefetch */
+  /* Blocks fetched past a miss, while the slide is being opened (the TIFF walk reads forward
+   * through directories and their arrays); 0 once open (block_opened), when reads are tiles
+   * wherever the caller looks. Atomic: read by any reader, written once. */
+  atomic_uint readahead;
+  pthread_mutex_t lock;
+  pthread_cond_t changed; /* a LOADING block became READY or was dropped */
+  pthread_cond_t work;    /* the queue has blocks, or stop */
+  struct block **buckets; /* nbuckets, a power of two; under lock */
+  size_t nbuckets;
+  struct block *head, *tail;   /* LRU of READY blocks, under lock */
+  struct block *qhead, *qtail; /* QUEUED blocks, oldest first, under lock */
+  size_t queued;               /* under lock */
+  uint64_t held;               /* bytes of READY blocks, under lock */
+  pthread_t threads[64];
+  int started; /* threads running in process `threads_pid`, under lock */
+  pid_t threads_pid;
+  bool stop; /* under lock */
+  struct tsr_fork_guard guard;
+};
+
+static struct block **bucket(struct block_source *b, uint64_t index) {
+  return &b->buckets[(index * 0x9e3779b97f4a7c15ull >> 20) & (b->nbuckets - 1)];
+}
+
+static struct block *find(struct block_source *b, uint64_t index) {
+  for (struct block *k = *bucket(b, index); k; k = k->chain)
+    if (k->index == index)
+      return k;
+  return NULL;
+}
+
+/* The bytes of block i in the source (the last block is short). */
+static size_t block_len(const struct block_source *b, uint64_t i) {
+  uint64_t start = i * b->block_bytes;
+  return start >= b->size                   ? 0
+         : b->size - start < b->block_bytes ? (size_t)(b->size - start)
+                                            : b->block_bytes;
+}
+
+static void unlink_from(struct block **head, struct block **tail, struct block *k) {
+  if (k->prev)
+    k->prev->next = k->next;
+  else
+    *head = k->next;
+  if (k->next)
+    k->next->prev = k->prev;
+  else
+    *tail = k->prev;
+  k->prev = k->next = NULL;
+}
+
+static void push_front(struct block **head, struct block **tail, struct block *k) {
+  k->next = *head;
+  k->prev = NULL;
+  if (*head)
+    (*head)->prev = k;
+  *head = k;
+  if (!*tail)
+    *tail = k;
+}
+
+static void push_back(struct block **head, struct block **tail, struct block *k) {
+  k->prev = *tail;
+  k->next = NULL;
+  if (*tail)
+    (*tail)->next = k;
+  *tail = k;
+  if (!*head)
+    *head = k;
+}
+
+/* Takes k out of the index and frees it, from whichever list its state puts it on. */
+static void drop(struct block_source *b, struct block *k) {
+  if (k->state == READY) {
+    unlink_from(&b->head, &b->tail, k);
+    b->held -= block_len(b, k->index);
+  } else if (k->state == QUEUED) {
+    unlink_from(&b->qhead, &b->qtail, k);
+    b->queued--;
+  }
+  for (struct block **p = bucket(b, k->index); *p; p = &(*p)->chain)
+    if (*p == k) {
+      *p = k->chain;
+      break;
+    }
+  tsr_free(k->data);
+  tsr_free(k);
+}
+
+static struct block *add(struct block_source *b, uint64_t index, enum state state) {
+  struct block *k = tsr_calloc(1, sizeof *k);
+  if (!k)
+    return NULL;
+  k->index = index;
+  k->state = state;
+  k->loader = getpid();
+  struct block **p = bucket(b, index);
+  k->chain = *p;
+  *p = k;
+  return k;
+}
+
+/* Makes k (LOADING, or new) READY with a copy of data, evicting the least recently used past
+ * the capacity; out of memory drops it. Under lock. */
+static void make_ready(struct block_source *b, struct block *k, const uint8_t *data) {
+  size_t len = block_len(b, k->index);
+  k->data = tsr_malloc(len);
+  if (!k->data) {
+    k->state = LOADING; /* not on a list: drop only unlinks it from the index */
+    drop(b, k);
+    return;
+  }
+  memcpy(k->data, data, len);
+  k->state = READY;
+  push_front(&b->head, &b->tail, k);
+  b->held += len;
+  while (b->held > b->capacity && b->tail && b->tail != k)
+    drop(b, b->tail);
+}
+
+/* Fetches blocks first..last (LOADING, claimed by the caller) in one inner read into run. */
+static tessera_status fetch_run(struct block_source *b, uint64_t first, uint64_t last, uint8_t *run,
+                                size_t *want) {
+  *want = 0;
+  for (uint64_t k = first; k <= last; k++)
+    *want += block_len(b, k);
+  size_t have = 0;
+  tessera_status st = tsr_bytes_read_at(b->inner, first * b->block_bytes, *want, run, &have);
+  if (st == TESSERA_OK && have != *want)
+    st =
+        tsr_error(TESSERA_E_IO, "the source ended at %llu, before its size %llu",
+                  (unsigned long long)(first * b->block_bytes + have), (unsigned long long)b->size);
+  return st;
+}
+
+/* Publishes the blocks of a fetched run that `owner` claimed (st OK: READY; else dropped) and
+ * wakes the waiters. Under lock. */
+static void publish(struct block_source *b, uint64_t first, uint64_t last, const uint8_t *run,
+                    tessera_status st, const void *owner) {
+  size_t at = 0;
+  for (uint64_t i = first; i <= last; i++) {
+    struct block *k = find(b, i);
+    if (k && k->state == LOADING && k->owner == owner) {
+      if (st == TESSERA_OK)
+        make_ready(b, k, run + at);
+      else
+        drop(b, k);
+    }
+    at += block_len(b, i);
+  }
+  pthread_cond_broadcast(&b->changed);
+}
+
+static void *prefetch_main(void *arg) {
+  struct block_source *b = arg;
+  const void *me = &b; /* this thread's stack: no other call has it */
+  pthread_mutex_lock(&b->lock);
+  while (!b->stop) {
+    if (!b->qhead) {
+      pthread_cond_wait(&b->work, &b->lock);
+      continue;
+    }
+    struct block *k = b->qhead;
+    unlink_from(&b->qhead, &b->qtail, k);
+    b->queued--;
+    k->state = LOADING;
+    k->loader = getpid();
+    k->owner = me;
+    uint64_t first = k->index, last = first;
+    struct block *n;
+    while (last - first + 1 < RUN_MAX && (n = find(b, last + 1)) && n->state == QUEUED) {
+      unlink_from(&b->qhead, &b->qtail, n);
+      b->queued--;
+      n->state = LOADING;
+      n->loader = getpid();
+      n->owner = me;
+      last++;
+    }
+    pthread_mutex_unlock(&b->lock);
+    size_t want = 0;
+    for (uint64_t i = first; i <= last; i++)
+      want += block_len(b, i);
+    uint8_t *run = tsr_malloc(want);
+    tessera_status st = run ? fetch_run(b, first, last, run, &want) : TESSERA_E_NOMEM;
+    pthread_mutex_lock(&b->lock);
+    publish(b, first, last, run, st, me);
+    tsr_free(run);
+  }
+  pthread_mutex_unlock(&b->lock);
+  return NULL;
+}
+
+/* Starts the prefetch threads in this process if they are not running. Under lock. */
+static void start_threads(struct block_source *b) {
+  if (b->threads_pid != getpid()) { /* none yet, or the parent's: they are not in this child */
+    b->started = 0;
+    b->threads_pid = getpid();
+  }
+  while (b->started < b->nthreads &&
+         pthread_create(&b->threads[b->started], NULL, prefetch_main, b) == 0)
+    b->started++;
+}
+
+static void block_hint(const struct tsr_byte_source *src, uint64_t offset, uint64_t length) {
+  struct block_source *b = (struct block_source *)src;
+  if (!b->nthreads || offset >= b->size || length == 0)
+    return;
+  if (length > b->size - offset)
+    length = b->size - offset;
+  uint64_t first = offset / b->block_bytes, last = (offset + length - 1) / b->block_bytes;
+  /* Queued blocks are bounded by what the cache could hold once fetched. */
+  uint64_t most = b->capacity / b->block_bytes;
+  pthread_mutex_lock(&b->lock);
+  bool queued = false;
+  for (uint64_t i = first; i <= last && b->queued < most; i++) {
+    struct block *k = find(b, i);
+    if (k)
+      continue;
+    if (!(k = add(b, i, QUEUED)))
+      break;
+    push_back(&b->qhead, &b->qtail, k);
+    b->queued++;
+    queued = true;
+  }
+  if (queued) {
+    start_threads(b);
+    pthread_cond_broadcast(&b->work);
+  }
+  pthread_mutex_unlock(&b->lock);
+}
+
+static tessera_status block_read_at(const struct tsr_byte_source *src, uint64_t offset,
+                                    size_t length, void *buffer, size_t *got) {
+  struct block_source *b = (struct block_source *)src;
+  const void *me = &b; /* this call's stack: the owner of the blocks it claims */
+  *got = 0;
+  if (offset >= b->size || length == 0)
+    return TESSERA_OK;
+  if (length > b->size - offset)
+    length = (size_t)(b->size - offset);
+  uint64_t first = offset / b->block_bytes, last = (offset + length - 1) / b->block_bytes;
+  /* A read larger than half the cache would evict what it is about to use: read it directly. */
+  if ((last - first + 1) * b->block_bytes > b->capacity / 2)
+    return tsr_bytes_read_at(b->inner, offset, length, buffer, got);
+  uint8_t *out = buffer;
+  bool any_claimed = false, waited = false;
+  pthread_mutex_lock(&b->lock);
+  for (;;) {
+    /* Wait while another call fetches a block of ours: then nothing is claimed yet. */
+    bool busy = false;
+    for (uint64_t i = first; i <= last && !busy; i++) {
+      struct block *k = find(b, i);
+      busy = k && k->state == LOADING && k->loader == getpid();
+    }
+    if (!busy)
+      break;
+    waited = true;
+    pthread_cond_wait(&b->changed, &b->lock);
+  }
+  /* READY blocks are copied now; the others are claimed (LOADING, owner me), and stay ours
+   * until published below: nobody else fetches, publishes, drops or evicts them. */
+  for (uint64_t i = first; i <= last; i++) {
+    struct block *k = find(b, i);
+    if (k && k->state == READY) {
+      uint64_t start = i * b->block_bytes;
+      uint64_t lo = offset > start ? offset : start;
+      uint64_t end = start + block_len(b, i);
+      uint64_t hi = offset + length < end ? offset + length : end;
+      memcpy(out + (lo - offset), k->data + (lo - start), (size_t)(hi - lo));
+      unlink_from(&b->head, &b->tail, k);
+      push_front(&b->head, &b->tail, k);
+      continue;
+    }
+    if (k && k->state == QUEUED) { /* needed now: ours to fetch */
+      unlink_from(&b->qhead, &b->qtail, k);
+      b->queued--;
+    } else if (!k && !(k = add(b, i, LOADING))) {
+      publish(b, first, last, NULL, TESSERA_E_NOMEM, me); /* the claims made so far */
+      pthread_mutex_unlock(&b->lock);
+      return tsr_error(TESSERA_E_NOMEM, "out of memory");
+    }
+    /* (or LOADING in the process that forked us: it never finishes here) */
+    k->state = LOADING;
+    k->loader = getpid();
+    k->owner = me;
+    any_claimed = true;
+  }
+  uint64_t fetch_last = last;
+  unsigned ahead = atomic_load_explicit(&b->readahead, memory_order_relaxed);
+  for (uint64_t i = last + 1; any_claimed && i <= last + ahead && block_len(b, i) > 0; i++) {
+    struct block *k = find(b, i);
+    if (k || !(k = add(b, i, LOADING)))
+      break;
+    k->owner = me;
+    fetch_last = i;
+  }
+  pthread_mutex_unlock(&b->lock);
+  if (!any_claimed && !waited)
+    tsr_count(&src->counters.cache_hits, 1);
+  tessera_status st = TESSERA_OK;
+  /* Each run of our claimed blocks in one request. */
+  for (uint64_t i = first; any_claimed && i <= fetch_last;) {
+    pthread_mutex_lock(&b->lock);
+    struct block *k = find(b, i), *n;
+    bool mine = k && k->state == LOADING && k->owner == me;
+    uint64_t j = i;
+    while (mine && j + 1 <= fetch_last && (n = find(b, j + 1)) && n->state == LOADING &&
+           n->owner == me)
+      j++;
+    if (mine && st != TESSERA_OK) /* a run before failed: give the claims back */
+      publish(b, i, j, NULL, st, me);
+    pthread_mutex_unlock(&b->lock);
+    if (!mine || st != TESSERA_OK) {
+      i = j + 1;
+      continue;
+    }
+    size_t want = 0;
+    for (uint64_t x = i; x <= j; x++)
+      want += block_len(b, x);
+    uint8_t *run = tsr_malloc(want);
+    tessera_status rs =
+        run ? fetch_run(b, i, j, run, &want) : tsr_error(TESSERA_E_NOMEM, "out of memory");
+    if (rs != TESSERA_OK && run && j > last && i <= last) {
+      /* The read-ahead may be what failed (a damaged range past what was asked for): give it
+       * up and fetch what was asked for alone. */
+      pthread_mutex_lock(&b->lock);
+      publish(b, last + 1, j, NULL, rs, me);
+      pthread_mutex_unlock(&b->lock);
+      j = last;
+      rs = fetch_run(b, i, j, run, &want);
+    }
+    if (rs == TESSERA_OK) {
+      uint64_t start = i * b->block_bytes;
+      uint64_t lo = offset > start ? offset : start;
+      uint64_t hi = offset + length < start + want ? offset + length : start + want;
+      if (hi > lo) /* a run of read-ahead blocks alone holds none of the read */
+        memcpy(out + (lo - offset), run + (lo - start), (size_t)(hi - lo));
+    }
+    pthread_mutex_lock(&b->lock);
+    publish(b, i, j, run, rs, me);
+    pthread_mutex_unlock(&b->lock);
+    tsr_free(run);
+    if (rs != TESSERA_OK && i <= last)
+      st = rs; /* a failed read-ahead alone fails nothing */
+    i = j + 1;
+  }
+  if (st == TESSERA_OK)
+    *got = length;
+  return st;
+}
+
+static uint64_t block_size(const struct tsr_byte_source *src) {
+  return ((const struct block_source *)src)->size;
+}
+
+static void block_identity(const struct tsr_byte_source *src, struct tsr_file_id *id) {
+  const struct block_source *b = (const struct block_source *)src;
+  b->inner->ops->identity(b->inner, id);
+}
+
+/* In a forked child: the condition variables may have had the parent's waiters; its fetch
+ * threads are not here (start_threads starts this process's own on the next hint). */
+static void block_forked(void *arg) {
+  struct block_source *b = arg;
+  pthread_cond_init(&b->changed, NULL);
+  pthread_cond_init(&b->work, NULL);
+}
+
+static void block_close(struct tsr_byte_source *src) {
+  struct block_source *b = (struct block_source *)src;
+  tsr_fork_guard_remove(&b->guard);
+  pthread_mutex_lock(&b->lock);
+  b->stop = true;
+  pthread_cond_broadcast(&b->work);
+  int started = b->threads_pid == getpid() ? b->started : 0;
+  pthread_mutex_unlock(&b->lock);
+  for (int i = 0; i < started; i++)
+    pthread_join(b->threads[i], NULL);
+  for (size_t i = 0; i < b->nbuckets; i++)
+    while (b->buckets[i])
+      drop(b, b->buckets[i]);
+  tsr_free(b->buckets);
+  pthread_mutex_destroy(&b->lock);
+  pthread_cond_destroy(&b->changed);
+  pthread_cond_destroy(&b->work);
+  tsr_byte_source_close(b->inner);
+  tsr_free(b);
+}
+
+static void block_opened(struct tsr_byte_source *src) {
+  atomic_store(&((struct block_source *)src)->readahead, 0);
+}
+
+static const struct tsr_byte_source_ops block_ops = {block_read_at, block_size, block_identity,
+                                                     block_close,   block_hint, block_opened};
+
+tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_bytes,
+                                    uint64_t capacity_bytes, int prefetch_threads, uint8_t *head,
+                                    size_t head_len, struct tsr_byte_source **out) {
+  *out = NULL;
+  struct block_source *b = tsr_calloc(1, sizeof *b);
+  size_t nbuckets = 64;
+  while (nbuckets < capacity_bytes / block_bytes && nbuckets < ((size_t)1 << 20))
+    nbuckets *= 2;
+  if (b)
+    b->buckets = tsr_calloc(nbuckets, sizeof *b->buckets);
+  if (!b || !b->buckets) {
+    tsr_free(b);
+    tsr_free(head);
+    tsr_byte_source_close(inner);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  }
+  b->pub.ops = &block_ops;
+  b->pub.inner = inner;
+  b->inner = inner;
+  b->size = inner->ops->size(inner);
+  b->block_bytes = block_bytes;
+  b->capacity = capacity_bytes;
+  b->nthreads = prefetch_threads < 0 ? 0 : prefetch_threads > 64 ? 64 : prefetch_threads;
+  b->nbuckets = nbuckets;
+  /* 256 KiB a miss at open: a directory and the arrays after it, in one request. */
+  atomic_init(&b->readahead,
+              block_bytes < (256u << 10) ? (unsigned)((256u << 10) / block_bytes) - 1 : 0);
+  pthread_mutex_init(&b->lock, NULL);
+  pthread_cond_init(&b->changed, NULL);
+  pthread_cond_init(&b->work, NULL);
+  b->guard = (struct tsr_fork_guard){.lock = &b->lock, .child = block_forked, .arg = b};
+  tsr_fork_guard_add(&b->guard);
+  for (uint64_t i = 0; head && i * block_bytes < head_len; i++) {
+    /* Whole blocks of the head only (the last one whole where the head is the object). */
+    if ((i + 1) * block_bytes > head_len && head_len != b->size)
+      break;
+    struct block *k = add(b, i, LOADING);
+    if (k)
+      make_ready(b, k, head + i * block_bytes);
+  }
+  tsr_free(head);
+  *out = &b->pub;
+  return TESSERA_OK;
+}
