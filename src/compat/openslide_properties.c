@@ -291,6 +291,14 @@ static void from_dicom(const tessera_slide *s, struct tsr_props *p) {
   tsr_props_add_string(p, "openslide.quickhash-1", hex);
 }
 
+/* Whether the slide's byte source starts as a TIFF does (II*, MM*, or BigTIFF's +). */
+static bool tiff_based(const tessera_slide *s) {
+  uint8_t m[4];
+  return read_exact(s, 0, sizeof m, m) &&
+         ((m[0] == 'I' && m[1] == 'I' && (m[2] == 42 || m[2] == 43) && m[3] == 0) ||
+          (m[0] == 'M' && m[1] == 'M' && m[2] == 0 && (m[3] == 42 || m[3] == 43)));
+}
+
 const char *tsr_os_unreadable(const tessera_slide *s) {
   for (int32_t i = 0; i < s->nlevels; i++)
     if (s->levels[i].fmt.unsupported[0])
@@ -343,16 +351,13 @@ tessera_status tsr_os_properties(tessera_slide *s, int version, struct tsr_props
   bool want_icc = version >= 4 && (strcmp(s->vendor, "aperio") == 0 ||
                                      strcmp(s->vendor, "generic-tiff") == 0 ||
                                      strcmp(s->vendor, "dicom") == 0);
-  /* A Sakura slide is an SQLite database, a MIRAX slide a folder of files: no TIFF tags, and
-   * the quickhash-1 is the vendor's (tessera.quickhash-1, renamed above); so is a Hamamatsu
-   * VMS or VMU slide's (a key file and the files it names: no TIFF); DICOM's is OpenSlide 4's
-   * hash of its series. */
+  /* A slide whose bytes are no TIFF (a Sakura SQLite database, MIRAX's Index.dat, a
+   * Hamamatsu VMS or VMU key file) has no TIFF tags, and its quickhash-1 is the vendor's
+   * (tessera.quickhash-1, renamed above); DICOM's is OpenSlide 4's hash of its series. */
   tessera_status st = TESSERA_OK;
   if (strcmp(s->vendor, "dicom") == 0)
     from_dicom(s, &p);
-  else if (strcmp(s->vendor, "sakura") != 0 && strcmp(s->vendor, "mirax") != 0 &&
-           !(strcmp(s->vendor, "hamamatsu") == 0 &&
-             tessera_property_value(s, "tessera.quickhash-1")))
+  else if (tiff_based(s))
     st = from_tiff(s, version, &p);
   size_t n = want_icc ? tessera_icc_profile_size(s) : 0; /* level 0's, as tessera reads it */
   if (st == TESSERA_OK && n > 0) {
