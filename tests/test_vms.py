@@ -7,7 +7,6 @@ and slide edges, properties, the macro image, against OpenSlide; the batch reade
 wrong. JPEG files with restart markers are written by test_ndpi's small libjpeg encoder."""
 
 import io
-import json
 import os
 import shutil
 import struct
@@ -18,6 +17,7 @@ import pytest
 from PIL import Image
 
 import tessera_ctypes as T
+import vendor_checks as VC
 import wsi_refs as R
 from test_ndpi import ENCODER_C, encode, jpeg_segments, picture, restart_starts
 
@@ -278,48 +278,18 @@ def test_no_macro_without_the_key(lib, slides):
 # ---- the batch reader and `tessera bench` ----------------------------------------------
 
 
-def _locations(W, H, ds, n=50, seed=3):
-    rng = np.random.default_rng(seed)
-    pts = [(-20, -10), (W - 30, H - 20), (0, 0), (60, 14)]
-    pts += [(int(rng.integers(-40, W)), int(rng.integers(-40, H))) for _ in range(n)]
-    return [(int(x * ds), int(y * ds)) for x, y in pts]
-
-
 @pytest.mark.parametrize("name,level", [("grid", 0), ("grid", 1), ("vmu", 0)])
 def test_batches_equal_single_reads(lib, slides, name, level):
     with T.open_slide(slides[name]) as s:
-        W, H = s.level_dimensions()[level]
-        ds = s.level_info(level).downsample
-        locs = _locations(W, H, ds)
-        size = (67, 45)
-        got = {}
-        for arr, idx in s.batches(locs, size, level, batch_size=7, num_workers=2):
-            for a, i in zip(arr, idx):
-                got[int(i)] = a
-        assert sorted(got) == list(range(len(locs)))
-        for i, (x, y) in enumerate(locs):
-            assert np.array_equal(got[i], s.read_region(x, y, level, *size)), (i, x, y)
+        locs = VC.level_locations(s, level, n=50, inner=(60, 14))
+    VC.check_batches_equal_single_reads(slides[name], locs, (67, 45), level)
 
 
 @pytest.mark.parametrize("name", ["grid", "vmu"])
 def test_bench_checksum_equals_single_reads(lib, cli, slides, tmp_path, name):
-    path, level, size = slides[name], 1, (37, 23)
-    with T.open_slide(path) as s:
-        W, H = s.level_dimensions()[level]
-        ds = s.level_info(level).downsample
-        locs = _locations(W, H, ds, n=40)
-        want = sum(int(s.read_region(x, y, level, *size).astype(np.int64).sum())
-                   for x, y in locs)
-    loc = tmp_path / "locations.txt"
-    loc.write_text("".join("%d %d\n" % p for p in locs))
-    for cache in ([], ["--cache", "per_process:16"], ["--cache", "shared_memory:16"]):
-        r = subprocess.run([cli, "bench", path, "--locations", str(loc), "--size",
-                            "%d,%d" % size, "--level", str(level), "--workers", "2", "--json"]
-                           + cache, capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, (cache, r.stderr)
-        doc = json.loads(r.stdout)
-        assert doc["patches"] == len(locs)
-        assert doc["checksum"] == want, cache
+    with T.open_slide(slides[name]) as s:
+        locs = VC.level_locations(s, 1, n=40, inner=(60, 14))
+    VC.check_bench_checksum(cli, slides[name], locs, (37, 23), 1, tmp_path)
 
 
 def test_info_command_names_the_format(cli, slides):
@@ -499,24 +469,13 @@ def test_openslide_fronts_equal_openslide(lib, slides, tmp_path):
     (quickhash-1 of the key file and the map, tile sizes, mpp, objective power, comment), its
     levels, its macro and its regions (those whose origin is a whole pixel of the level; inside
     the level: pixels beyond a file's whole tiles are transparent through both)."""
-    import pickle
+    import openslide_dropin as D
     import tessera.openslide
-    here = os.path.dirname(os.path.abspath(__file__))
-    so0 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(T.lib_path()))),
-                       "openslide", "so0")
     paths = [slides[n] for n in NAMES]
-    runs = {}
-    for which, env in (("openslide", {}), ("tessera", {"LD_LIBRARY_PATH": so0})):
-        out = str(tmp_path / (which + ".pickle"))
-        subprocess.run(["/usr/bin/python3", os.path.join(here, "openslide_reader.py"), out]
-                       + paths, env=dict(os.environ, **env), check=True, capture_output=True,
-                       timeout=600)
-        with open(out, "rb") as f:
-            runs[which] = pickle.load(f)
-    assert runs["openslide"]["version"] != runs["tessera"]["version"]
+    got = D.reads(paths, tmp_path)
     compared = 0
     for path in paths:
-        real, ours = runs["openslide"]["slides"][path], runs["tessera"]["slides"][path]
+        real, ours = got[path]
         assert "error" not in real and "error" not in ours, (real.get("error"), ours.get("error"))
         assert "openslide.quickhash-1" in real["properties"]
         assert ours["properties"] == real["properties"], path
