@@ -37,10 +37,11 @@ static const command *find_command(const char *name) {
 static void print_help(FILE *out) {
   fputs("Usage: tessera COMMAND [ARGUMENTS]\n"
         "\n"
-        "Read tiled pyramidal TIFF whole-slide images (generic tiled TIFF, Aperio SVS,\n"
-        "Hamamatsu NDPI, Philips, ...) and DICOM WSI (a .dcm file, or a folder of one\n"
-        "series' instances: give the folder as SLIDE). A SLIDE may also be an http://,\n"
-        "https:// or s3://BUCKET/KEY URL, read with range requests (README: \"Remote slides\").\n"
+        "Read whole-slide images: tiled pyramidal TIFF (generic, Aperio SVS, Hamamatsu NDPI,\n"
+        "Philips, Leica SCN, Ventana BIF, OME-TIFF), Hamamatsu VMS/VMU, MIRAX (.mrxs),\n"
+        "Sakura SVSlide and DICOM WSI (a .dcm file, or a folder of one series' instances:\n"
+        "give the folder as SLIDE). A SLIDE may also be an http://, https:// or\n"
+        "s3://BUCKET/KEY URL, read with range requests (README: \"Remote slides\").\n"
         "\n"
         "Commands:\n",
         out);
