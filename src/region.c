@@ -425,13 +425,11 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct tsr_ca
   return st;
 }
 
-/* Reads the region whose top-left pixel is level pixel (lx, ly). */
-static tessera_status read_into(tessera_slide *s, int64_t lx, int64_t ly, int32_t level,
-                                int64_t width, int64_t height, const tessera_read_options *options,
-                                uint8_t *dst, size_t dst_size) {
-  tessera_read_options o;
-  tessera_read_options_init(&o);
-  tessera_status st = tsr_abi_copy_in(&o, sizeof o, options, "read options");
+tessera_status tsr_read_args(const tessera_slide *s, int64_t width, int64_t height,
+                             const tessera_read_options *options, const uint8_t *dst,
+                             size_t dst_size, tessera_read_options *o, size_t *stride) {
+  tessera_read_options_init(o);
+  tessera_status st = tsr_abi_copy_in(o, sizeof *o, options, "read options");
   if (st != TESSERA_OK)
     return st;
   if (!s || !dst)
@@ -439,30 +437,44 @@ static tessera_status read_into(tessera_slide *s, int64_t lx, int64_t ly, int32_
   if (width < 1 || height < 1 || width > TSR_MAX_REGION_SIDE || height > TSR_MAX_REGION_SIDE)
     return tsr_error(TESSERA_E_ARGUMENT, "region size %lldx%lld is not between 1 and 2^31",
                      (long long)width, (long long)height);
-  if (o.channels != 3 && o.channels != 4)
-    return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", o.channels);
-  if (o.fill < -1 || o.fill > 255)
-    return tsr_error(TESSERA_E_ARGUMENT, "fill must be 0..255 or -1, not %d", o.fill);
-  if (o.num_workers < 0)
-    return tsr_error(TESSERA_E_ARGUMENT, "num_workers must be 0 or more, not %d", o.num_workers);
+  if (o->channels != 3 && o->channels != 4)
+    return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", o->channels);
+  if (o->fill < -1 || o->fill > 255)
+    return tsr_error(TESSERA_E_ARGUMENT, "fill must be 0..255 or -1, not %d", o->fill);
+  if (o->num_workers < 0)
+    return tsr_error(TESSERA_E_ARGUMENT, "num_workers must be 0 or more, not %d",
+                     o->num_workers);
   size_t row, need;
-  if (!tsr_mul2((size_t)width, (size_t)o.channels, &row))
+  if (!tsr_mul2((size_t)width, (size_t)o->channels, &row))
     return tsr_error(TESSERA_E_ARGUMENT, "region too large");
-  size_t stride = o.stride ? o.stride : row;
-  if (stride < row)
-    return tsr_error(TESSERA_E_ARGUMENT, "stride %zu is less than a row (%zu bytes)", stride, row);
-  if (!tsr_mul2(stride, (size_t)height - 1, &need) || __builtin_add_overflow(need, row, &need))
+  *stride = o->stride ? o->stride : row;
+  if (*stride < row)
+    return tsr_error(TESSERA_E_ARGUMENT, "stride %zu is less than a row (%zu bytes)", *stride,
+                     row);
+  if (!tsr_mul2(*stride, (size_t)height - 1, &need) || __builtin_add_overflow(need, row, &need))
     return tsr_error(TESSERA_E_ARGUMENT, "region too large");
   size_t pixels_bytes;
   if (!tsr_mul2(row, (size_t)height, &pixels_bytes) || pixels_bytes > s->limits.max_read_bytes)
     return tsr_error(TESSERA_E_LIMIT,
                      "a %lldx%lld region of %d channels is over the limit of %llu bytes for one "
                      "read (max_read_bytes)",
-                     (long long)width, (long long)height, o.channels,
+                     (long long)width, (long long)height, o->channels,
                      (unsigned long long)s->limits.max_read_bytes);
   if (dst_size < need)
     return tsr_error(TESSERA_E_ARGUMENT, "destination holds %zu bytes, the region needs %zu",
                      dst_size, need);
+  return TESSERA_OK;
+}
+
+/* Reads the region whose top-left pixel is level pixel (lx, ly). */
+static tessera_status read_into(tessera_slide *s, int64_t lx, int64_t ly, int32_t level,
+                                int64_t width, int64_t height, const tessera_read_options *options,
+                                uint8_t *dst, size_t dst_size) {
+  tessera_read_options o;
+  size_t stride;
+  tessera_status st = tsr_read_args(s, width, height, options, dst, dst_size, &o, &stride);
+  if (st != TESSERA_OK)
+    return st;
   const struct tsr_level *lv = &s->levels[level];
   struct tsr_canvas c = {
       .lx = lx,

@@ -42,6 +42,13 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
 tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
                                 struct tsr_tile_buffers *b);
 
+/* The checks every read of a width x height region into dst (dst_size bytes) makes of its
+ * arguments: *o gets the caller's options laid over the defaults, *stride the row stride the
+ * region is written with. The slide's max_read_bytes bounds the region's pixels. */
+tessera_status tsr_read_args(const tessera_slide *s, int64_t width, int64_t height,
+                             const tessera_read_options *options, const uint8_t *dst,
+                             size_t dst_size, tessera_read_options *o, size_t *stride);
+
 /* tessera_read_region with the top-left corner given in pixels of the level (lx, ly) rather
  * than of level 0: for reads that lay their own grid over a level (resample.c). */
 tessera_status tsr_read_level_rect(tessera_slide *s, int32_t level, int64_t lx, int64_t ly,

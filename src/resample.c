@@ -394,39 +394,13 @@ TESSERA_API tessera_status tessera_read_region_scaled(tessera_slide *s, int64_t 
                                                       const tessera_read_options *options,
                                                       uint8_t *dst, size_t dst_size) {
   tessera_read_options o;
-  tessera_read_options_init(&o);
-  tessera_status st = tsr_abi_copy_in(&o, sizeof o, options, "read options");
+  size_t stride;
+  tessera_status st = tsr_read_args(s, width, height, options, dst, dst_size, &o, &stride);
   if (st != TESSERA_OK)
     return st;
-  if (!s || !dst)
-    return tsr_error(TESSERA_E_ARGUMENT, "NULL slide or destination");
   if (level < 0 || level >= s->nlevels)
     return tsr_error(TESSERA_E_ARGUMENT, "level %d does not exist (the slide has %d)", level,
                      s->nlevels);
-  if (width < 1 || height < 1 || width > ((int64_t)1 << 31) || height > ((int64_t)1 << 31))
-    return tsr_error(TESSERA_E_ARGUMENT, "region size %lldx%lld is not between 1 and 2^31",
-                     (long long)width, (long long)height);
-  if (o.channels != 3 && o.channels != 4)
-    return tsr_error(TESSERA_E_ARGUMENT, "channels must be 3 or 4, not %d", o.channels);
-  if (o.fill < -1 || o.fill > 255)
-    return tsr_error(TESSERA_E_ARGUMENT, "fill must be 0..255 or -1, not %d", o.fill);
-  size_t row, need, pixels;
-  if (!tsr_mul2((size_t)width, (size_t)o.channels, &row))
-    return tsr_error(TESSERA_E_ARGUMENT, "region too large");
-  size_t stride = o.stride ? o.stride : row;
-  if (stride < row)
-    return tsr_error(TESSERA_E_ARGUMENT, "stride %zu is less than a row (%zu bytes)", stride, row);
-  if (!tsr_mul2(stride, (size_t)height - 1, &need) || __builtin_add_overflow(need, row, &need))
-    return tsr_error(TESSERA_E_ARGUMENT, "region too large");
-  if (!tsr_mul2(row, (size_t)height, &pixels) || pixels > s->limits.max_read_bytes)
-    return tsr_error(TESSERA_E_LIMIT,
-                     "a %lldx%lld region of %d channels is over the limit of %llu bytes for one "
-                     "read (max_read_bytes)",
-                     (long long)width, (long long)height, o.channels,
-                     (unsigned long long)s->limits.max_read_bytes);
-  if (dst_size < need)
-    return tsr_error(TESSERA_E_ARGUMENT, "destination holds %zu bytes, the region needs %zu",
-                     dst_size, need);
   const struct tsr_level *lv = &s->levels[level];
   int64_t lx = tsr_level_coord(lv, x), ly = tsr_level_coord(lv, y);
   bool done = false;
@@ -440,15 +414,13 @@ TESSERA_API tessera_status tessera_read_region_scaled(tessera_slide *s, int64_t 
     st = tsr_read_area(s, level, lx, ly, scale_x, scale_y, width, height, o.channels, o.fill,
                        o.num_workers, dst, stride);
   if (st != TESSERA_OK && st != TESSERA_E_ARGUMENT) {
-    uint8_t fill = (uint8_t)(o.fill < 0 ? s->background : o.fill);
-    for (int64_t j = 0; j < height; j++) {
-      uint8_t *p = dst + (size_t)j * stride;
-      for (int64_t i = 0; i < width; i++, p += o.channels) {
-        memset(p, fill, 3);
-        if (o.channels == 4)
-          p[3] = 0;
-      }
-    }
+    struct tsr_canvas c = {.width = width,
+                           .height = height,
+                           .channels = (unsigned)o.channels,
+                           .fill = (uint8_t)(o.fill < 0 ? s->background : o.fill),
+                           .stride = stride,
+                           .dst = dst};
+    tsr_canvas_fill(&c);
   }
   return st;
 }
