@@ -170,13 +170,22 @@ static tessera_status unique_table(struct sakura *k) {
   return TESSERA_OK;
 }
 
-static tessera_status check_magic(struct sakura *k) {
-  char *sql = printf_sql("SELECT data FROM %s WHERE id = '++MagicBytes'", k->quoted);
+/* The first row of the unique table's data with the given id (an SQL literal, quotes
+ * included), stepped onto: the caller finalizes *stmt. */
+static tessera_status unique_data(struct sakura *k, const char *id, sqlite3_stmt **stmt) {
+  char fmt[96];
+  snprintf(fmt, sizeof fmt, "SELECT data FROM %%s WHERE id = %s", id);
+  char *sql = printf_sql(fmt, k->quoted);
   if (!sql)
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  sqlite3_stmt *stmt;
-  tessera_status st = first_row(k, sql, &stmt);
+  tessera_status st = first_row(k, sql, stmt);
   tsr_free(sql);
+  return st;
+}
+
+static tessera_status check_magic(struct sakura *k) {
+  sqlite3_stmt *stmt;
+  tessera_status st = unique_data(k, "'++MagicBytes'", &stmt);
   if (st != TESSERA_OK)
     return st;
   const char *magic = (const char *)sqlite3_column_text(stmt, 0);
@@ -192,12 +201,8 @@ static uint32_t le32(const uint8_t *p) {
 }
 
 static tessera_status read_header(struct sakura *k) {
-  char *sql = printf_sql("SELECT data FROM %s WHERE id = 'Header'", k->quoted);
-  if (!sql)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory");
   sqlite3_stmt *stmt;
-  tessera_status st = first_row(k, sql, &stmt);
-  tsr_free(sql);
+  tessera_status st = unique_data(k, "'Header'", &stmt);
   if (st != TESSERA_OK)
     return st;
   const uint8_t *h = sqlite3_column_blob(stmt, 0);
