@@ -81,7 +81,9 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *, const uint8_t *,
 /* The mosaic codec (codec/mosaic.c): a grid tile painted from parts of placed images
  * (MIRAX; made by source/mosaic_tiles.c). No TIFF compression: above the 16-bit codes. Its
  * stream is a struct tsr_mosaic_stream, n struct tsr_mosaic_part, then each part's image
- * bytes in turn; it decodes to opaque RGBA (4 channels), alpha 0 where no part lies. */
+ * bytes in turn; it decodes to RGBA (4 channels, alpha unassociated), alpha 0 where no part
+ * lies, alpha between 0 and 255 where parts placed between pixels leave pixels partly
+ * covered (as OpenSlide 3.4.1 leaves them). */
 #define TSR_COMPRESSION_MOSAIC 0x10001u
 
 enum tsr_mosaic_format { TSR_MOSAIC_JPEG, TSR_MOSAIC_PNG, TSR_MOSAIC_BMP };
@@ -92,11 +94,17 @@ struct tsr_mosaic_stream {
   uint64_t png_limit; /* bytes a whole decoded PNG image may take */
 };
 
-/* The part w x h at (src_x, src_y) of an image_w x image_h image of length bytes, painted at
- * (dst_x, dst_y) of the tile; image, file and file_offset only name it in messages. */
+/* The part w x h at (src_x, src_y) of an image_w x image_h image of length bytes, its top-left
+ * corner at (pos_x, pos_y) of the tile in 1/65536 pixel (16.16 fixed point); it touches the
+ * tile's pixels foot_w x foot_h from (dst_x, dst_y). A part at whole pixels (both positions
+ * multiples of 65536) is the pixels it touches: foot_w == w, foot_h == h, pos = dst * 65536;
+ * one between pixels is painted as OpenSlide 3.4.1 paints it (codec/mosaic.c). image, file
+ * and file_offset only name it in messages. */
 struct tsr_mosaic_part {
   uint32_t src_x, src_y, dst_x, dst_y, w, h, image_w, image_h, length, format, image, file;
   uint64_t file_offset;
+  int64_t pos_x, pos_y;
+  uint32_t foot_w, foot_h;
 };
 
 tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *, const uint8_t *, size_t,

@@ -3,7 +3,9 @@
  * image bytes (JPEG, PNG or BMP). It crops: only the parts of the images that fall inside the
  * rectangle asked for are decoded (JPEG decodes no more than that part's rows and columns),
  * straight into the destination as opaque RGBA; the rest of the rectangle is the background
- * with alpha 0. Parts are painted in order, each over those before it. */
+ * with alpha 0. Parts at whole pixels are painted in order, each over those before it; a
+ * tile with a part placed between pixels is painted as OpenSlide paints it (below). */
+#include <float.h>
 #include <png.h>
 #include <string.h>
 #include <tiff.h>
@@ -120,6 +122,190 @@ static tessera_status part_bmp(const struct tsr_mosaic_part *p, const uint8_t *s
   return TESSERA_OK;
 }
 
+/* Decodes the w x h rectangle at (sx, sy) of the part's image into opaque RGBA rows stride
+ * bytes apart at dst. */
+static tessera_status decode_rect(const struct tsr_mosaic_part *p, const uint8_t *bytes, uint32_t sx,
+                                  uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst, size_t stride,
+                                  uint64_t png_limit) {
+  tessera_status st;
+  switch (p->format) {
+  case TSR_MOSAIC_JPEG: st = part_jpeg(p, bytes, sx, sy, w, h, dst, stride); break;
+  case TSR_MOSAIC_PNG: st = part_png(p, bytes, sx, sy, w, h, dst, stride, png_limit); break;
+  case TSR_MOSAIC_BMP: st = part_bmp(p, bytes, sx, sy, w, h, dst, stride); break;
+  default: st = tsr_error(TESSERA_E_CORRUPT, "mosaic part of unknown format %u", p->format);
+  }
+  if (st != TESSERA_OK)
+    return tsr_error_prefix(st, "image %u (offset %llu of data file %u): ", p->image,
+                            (unsigned long long)p->file_offset, p->file);
+  return TESSERA_OK;
+}
+
+/* ---- parts between pixels, painted as OpenSlide 3.4.1 paints them ----
+ *
+ * OpenSlide paints each placed image with cairo (1.16): the image surface translated by its
+ * position, under CAIRO_OPERATOR_SATURATE, into a cleared ARGB32 group, images of the
+ * greatest (row, column) first. cairo gives pixman a bilinear filter for a translation that
+ * is not whole pixels (the translation rounded to 16.16 fixed point) and nearest for one that
+ * is; pixman composites SATURATE in its floating-point pipeline (the operator divides): the
+ * source sampled bilinearly in single precision from samples c / 255 (alpha 1, and 0 outside
+ * the image), SATURATE's factor min(1, (1 - da) / sa), the sum clamped to 1, and each channel
+ * stored as floor(f * 256) less one at 256. The arithmetic below is that, step by step in
+ * the same order in float (so the file is built without contraction into fused multiply-adds,
+ * src/meson.build). A whole-pixel part samples its pixels exactly (weights 1 and 0), so it is
+ * painted by the same code. The group is then copied out unchanged and openslide-python
+ * divides colour by alpha, rounding down: what this codec gives as straight alpha. */
+
+static float unorm8(uint8_t v) { return (float)v * (1.0f / 255.0f); }
+
+static uint8_t to_unorm8(float f) {
+  if (f > 1.0)
+    f = 1.0f;
+  if (f < 0.0)
+    f = 0.0f;
+  uint32_t u = (uint32_t)(f * 256.0f);
+  return (uint8_t)(u - (u >> 8));
+}
+
+static int64_t floor_fixed(int64_t v) { return v >= 0 ? v / 65536 : -((-v + 65535) / 65536); }
+
+/* A decoded rectangle of a part's source: rows stride bytes apart, opaque RGBA, covering
+ * columns [x0, x1) and rows [y0, y1) of the part (the rest of the part is not needed; outside
+ * the part is transparent). */
+struct window {
+  const uint8_t *px;
+  size_t stride;
+  int64_t x0, y0, x1, y1, w, h;
+};
+
+static void sample(const struct window *win, int64_t i, int64_t j, float out[4]) {
+  if (i < 0 || j < 0 || i >= win->h || j >= win->w) {
+    out[0] = out[1] = out[2] = out[3] = 0.0f;
+    return;
+  }
+  const uint8_t *q = win->px + (size_t)(i - win->y0) * win->stride + (size_t)(j - win->x0) * 4;
+  out[0] = unorm8(q[0]);
+  out[1] = unorm8(q[1]);
+  out[2] = unorm8(q[2]);
+  out[3] = 1.0f;
+}
+
+/* SATURATE of the part's bilinear sample at tile pixel (X, Y) onto acc (premultiplied RGBA). */
+static void saturate_pixel(const struct window *win, int64_t pos_x, int64_t pos_y, int64_t X,
+                           int64_t Y, uint8_t acc[4]) {
+  int64_t sx = X * 65536 - pos_x, sy = Y * 65536 - pos_y;
+  int64_t x1 = floor_fixed(sx), y1 = floor_fixed(sy);
+  float distx = (float)(sx - x1 * 65536) / 65536.0f;
+  float disty = (float)(sy - y1 * 65536) / 65536.0f;
+  float tl[4], tr[4], bl[4], br[4], s[4], d[4];
+  sample(win, y1, x1, tl);
+  sample(win, y1, x1 + 1, tr);
+  sample(win, y1 + 1, x1, bl);
+  sample(win, y1 + 1, x1 + 1, br);
+  float distxy = distx * disty;
+  float distxiy = distx * (1.0f - disty);
+  float distixy = (1.0f - distx) * disty;
+  float distixiy = (1.0f - distx) * (1.0f - disty);
+  for (int c = 0; c < 4; c++) {
+    s[c] = tl[c] * distixiy + tr[c] * distxiy + bl[c] * distixy + br[c] * distxy;
+    d[c] = unorm8(acc[c]);
+  }
+  float sa = s[3], da = d[3], fa;
+  if (-FLT_MIN < sa && sa < FLT_MIN) {
+    fa = 1.0f;
+  } else {
+    float q = (1.0f - da) / sa;
+    fa = q < 0 ? 0.0f : q > 1.0 ? 1.0f : q;
+  }
+  for (int c = 0; c < 4; c++) {
+    float r = s[c] * fa + d[c] * 1.0f;
+    acc[c] = to_unorm8(1.0f < r ? 1.0f : r);
+  }
+}
+
+/* Paints the crop rectangle from all parts in OpenSlide's order (the last part first) into a
+ * premultiplied accumulator, then writes it out as straight RGBA, the background where
+ * nothing was painted. at[i]: where part i's image bytes start in src. */
+static tessera_status paint_between(const struct tsr_mosaic_stream *head, const uint8_t *src,
+                                    size_t parts_at, const size_t *at,
+                                    const struct tsr_tile_out *out) {
+  uint32_t cx0 = out->crop_x, cy0 = out->crop_y, cw = out->crop_w, chh = out->crop_h;
+  uint8_t *acc = tsr_calloc((size_t)cw * chh, 4);
+  if (!acc)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a %ux%u tile", cw, chh);
+  uint8_t *scratch = NULL;
+  size_t scratch_size = 0;
+  tessera_status st = TESSERA_OK;
+  for (uint32_t k = head->n; k-- > 0 && st == TESSERA_OK;) {
+    struct tsr_mosaic_part p;
+    memcpy(&p, src + parts_at + k * sizeof p, sizeof p);
+    /* the pixels it touches, within the crop */
+    int64_t fx0 = p.dst_x > cx0 ? p.dst_x : cx0, fy0 = p.dst_y > cy0 ? p.dst_y : cy0;
+    int64_t fx1 = (int64_t)p.dst_x + p.foot_w < (int64_t)cx0 + cw ? (int64_t)p.dst_x + p.foot_w
+                                                                    : (int64_t)cx0 + cw;
+    int64_t fy1 = (int64_t)p.dst_y + p.foot_h < (int64_t)cy0 + chh ? (int64_t)p.dst_y + p.foot_h
+                                                                     : (int64_t)cy0 + chh;
+    if (fx0 >= fx1 || fy0 >= fy1)
+      continue;
+    /* the part's columns and rows those pixels sample, within the part */
+    struct window win = {.w = p.w, .h = p.h};
+    win.x0 = floor_fixed(fx0 * 65536 - p.pos_x);
+    win.x1 = floor_fixed((fx1 - 1) * 65536 - p.pos_x) + 2;
+    win.y0 = floor_fixed(fy0 * 65536 - p.pos_y);
+    win.y1 = floor_fixed((fy1 - 1) * 65536 - p.pos_y) + 2;
+    win.x0 = win.x0 < 0 ? 0 : win.x0;
+    win.y0 = win.y0 < 0 ? 0 : win.y0;
+    win.x1 = win.x1 > win.w ? win.w : win.x1;
+    win.y1 = win.y1 > win.h ? win.h : win.y1;
+    if (win.x0 < win.x1 && win.y0 < win.y1) {
+      size_t ww = (size_t)(win.x1 - win.x0), wh = (size_t)(win.y1 - win.y0);
+      if (ww * wh * 4 > scratch_size) {
+        tsr_free(scratch);
+        scratch_size = ww * wh * 4;
+        scratch = tsr_malloc(scratch_size);
+        if (!scratch) {
+          st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %zux%zu image part", ww, wh);
+          break;
+        }
+      }
+      win.px = scratch;
+      win.stride = ww * 4;
+      st = decode_rect(&p, src + at[k], p.src_x + (uint32_t)win.x0, p.src_y + (uint32_t)win.y0,
+                       (uint32_t)ww, (uint32_t)wh, scratch, win.stride, head->png_limit);
+      if (st != TESSERA_OK)
+        break;
+    }
+    for (int64_t Y = fy0; Y < fy1; Y++)
+      for (int64_t X = fx0; X < fx1; X++)
+        saturate_pixel(&win, p.pos_x, p.pos_y, X, Y,
+                       acc + ((size_t)(Y - cy0) * cw + (size_t)(X - cx0)) * 4);
+  }
+  tsr_free(scratch);
+  if (st == TESSERA_OK) {
+    for (uint32_t y = 0; y < chh; y++) {
+      uint8_t *d = out->pixels + y * out->stride;
+      const uint8_t *a = acc + (size_t)y * cw * 4;
+      for (uint32_t x = 0; x < cw; x++, a += 4, d += 4) {
+        unsigned alpha = a[3];
+        if (alpha == 0) {
+          d[0] = d[1] = d[2] = head->background;
+        } else {
+          for (int c = 0; c < 3; c++) {
+            unsigned v = a[c] * 255u / alpha;
+            d[c] = (uint8_t)(v > 255 ? 255 : v);
+          }
+        }
+        d[3] = (uint8_t)alpha;
+      }
+    }
+  }
+  tsr_free(acc);
+  return st;
+}
+
+static bool between_pixels(const struct tsr_mosaic_part *p) {
+  return p->pos_x % 65536 != 0 || p->pos_y % 65536 != 0;
+}
+
 tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8_t *src, size_t len,
                                  const struct tsr_tile_out *out) {
   (void)fmt;
@@ -132,6 +318,41 @@ tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8
     return tsr_error(TESSERA_E_CORRUPT, "mosaic stream too short for its parts");
   bytes_at = parts_at + head.n * sizeof(struct tsr_mosaic_part);
   uint32_t cx0 = out->crop_x, cy0 = out->crop_y, cx1 = cx0 + out->crop_w, cy1 = cy0 + out->crop_h;
+  /* Every part checked first: its image bytes within the stream, its rectangle within its
+   * image, its position and footprint bounded; whether one lies between pixels. */
+  bool between = false;
+  size_t at = bytes_at;
+  for (uint32_t i = 0; i < head.n; i++) {
+    struct tsr_mosaic_part p;
+    memcpy(&p, src + parts_at + i * sizeof p, sizeof p);
+    if (p.length > len - at)
+      return tsr_error(TESSERA_E_CORRUPT, "mosaic stream too short for its images");
+    at += p.length;
+    if (p.w > p.image_w || p.src_x > p.image_w - p.w || p.h > p.image_h ||
+        p.src_y > p.image_h - p.h || p.pos_x < -((int64_t)1 << 44) ||
+        p.pos_x > ((int64_t)1 << 44) || p.pos_y < -((int64_t)1 << 44) ||
+        p.pos_y > ((int64_t)1 << 44) || p.foot_w > (uint32_t)1 << 24 ||
+        p.foot_h > (uint32_t)1 << 24)
+      return tsr_error(TESSERA_E_CORRUPT, "mosaic part %u lies outside its image", i);
+    if (between_pixels(&p) && p.dst_x < cx1 && p.dst_y < cy1 &&
+        (uint64_t)p.dst_x + p.foot_w > cx0 && (uint64_t)p.dst_y + p.foot_h > cy0)
+      between = true;
+  }
+  if (between) {
+    size_t *starts = tsr_malloc((head.n ? head.n : 1) * sizeof *starts);
+    if (!starts)
+      return tsr_error(TESSERA_E_NOMEM, "out of memory");
+    at = bytes_at;
+    for (uint32_t i = 0; i < head.n; i++) {
+      struct tsr_mosaic_part p;
+      memcpy(&p, src + parts_at + i * sizeof p, sizeof p);
+      starts[i] = at;
+      at += p.length;
+    }
+    tessera_status st = paint_between(&head, src, parts_at, starts, out);
+    tsr_free(starts);
+    return st;
+  }
   /* The background (alpha 0) first, unless one part covers the whole rectangle. */
   bool covered = false;
   for (uint32_t i = 0; i < head.n && !covered; i++) {
@@ -145,12 +366,10 @@ tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8
       for (uint32_t x = 0; x < out->crop_w; x++)
         memcpy(out->pixels + y * out->stride + (size_t)x * 4, px, 4);
   }
-  size_t at = bytes_at;
+  at = bytes_at;
   for (uint32_t i = 0; i < head.n; i++) {
     struct tsr_mosaic_part p;
     memcpy(&p, src + parts_at + i * sizeof p, sizeof p);
-    if (p.length > len - at)
-      return tsr_error(TESSERA_E_CORRUPT, "mosaic stream too short for its images");
     const uint8_t *bytes = src + at;
     at += p.length;
     uint32_t x0 = p.dst_x > cx0 ? p.dst_x : cx0, y0 = p.dst_y > cy0 ? p.dst_y : cy0;
@@ -160,22 +379,10 @@ tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8
       continue;
     uint32_t sx = p.src_x + (x0 - p.dst_x), sy = p.src_y + (y0 - p.dst_y);
     uint8_t *dst = out->pixels + (size_t)(y0 - cy0) * out->stride + (size_t)(x0 - cx0) * 4;
-    tessera_status st;
-    switch (p.format) {
-    case TSR_MOSAIC_JPEG:
-      st = part_jpeg(&p, bytes, sx, sy, x1 - x0, y1 - y0, dst, out->stride);
-      break;
-    case TSR_MOSAIC_PNG:
-      st = part_png(&p, bytes, sx, sy, x1 - x0, y1 - y0, dst, out->stride, head.png_limit);
-      break;
-    case TSR_MOSAIC_BMP:
-      st = part_bmp(&p, bytes, sx, sy, x1 - x0, y1 - y0, dst, out->stride);
-      break;
-    default: st = tsr_error(TESSERA_E_CORRUPT, "mosaic part of unknown format %u", p.format);
-    }
+    tessera_status st = decode_rect(&p, bytes, sx, sy, x1 - x0, y1 - y0, dst, out->stride,
+                                    head.png_limit);
     if (st != TESSERA_OK)
-      return tsr_error_prefix(st, "image %u (offset %llu of data file %u): ", p.image,
-                              (unsigned long long)p.file_offset, p.file);
+      return st;
   }
   return TESSERA_OK;
 }

@@ -72,7 +72,8 @@ struct placed {
   int64_t col, row;
   uint64_t seq; /* insertion order: a later tile on the same cell replaces an earlier one */
   uint32_t image, src_x, src_y, w, h;
-  int64_t x, y; /* level pixels */
+  int64_t x, y;         /* level pixels (the position's integer part) */
+  int64_t fixed_x, fixed_y; /* the position in 1/65536 level pixel */
 };
 
 struct placed_list {
@@ -788,6 +789,11 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
               .y = (int64_t)floor((double)y0 / p->image_concat),
           };
           double pos_x = (double)x0 / p->image_concat, pos_y = (double)y0 / p->image_concat;
+          /* cairo's 16.16 fixed point (exact: a level-0 position over a power of 2 up to
+           * 2^30 has at most 30 bits after the point, and those below 2^-16 round as cairo
+           * rounds them, to nearest) */
+          t.fixed_x = (int64_t)nearbyint(pos_x * 65536.0);
+          t.fixed_y = (int64_t)nearbyint(pos_y * 65536.0);
           if (pos_x - (double)t.col * p->advance_x != 0 ||
               pos_y - (double)t.row * p->advance_y != 0)
             m->tile_hints = false;
@@ -885,9 +891,14 @@ static tessera_status make_level(struct mirax *m, int32_t level, uint8_t backgro
   for (int pass = 0; pass < 2; pass++) {
     for (size_t i = 0; i < l->n; i++) {
       const struct placed *t = &l->item[i];
+      /* The pixels the tile touches: from the one its corner lies in to the one its far edge
+       * lies in (one more across and down where it lies between pixels). */
+      int64_t tx1 = (t->fixed_x + (int64_t)t->w * 65536 + 65535) >> 16;
+      int64_t ty1 = (t->fixed_y + (int64_t)t->h * 65536 + 65535) >> 16;
       int64_t x0 = t->x > 0 ? t->x : 0, y0 = t->y > 0 ? t->y : 0;
-      int64_t x1 = t->x + t->w < lv->width ? t->x + t->w : lv->width;
-      int64_t y1 = t->y + t->h < lv->height ? t->y + t->h : lv->height;
+      int64_t x1 = tx1 < lv->width ? tx1 : lv->width;
+      int64_t y1 = ty1 < lv->height ? ty1 : lv->height;
+      bool between = t->fixed_x % 65536 != 0 || t->fixed_y % 65536 != 0;
       if (x0 >= x1 || y0 >= y1)
         continue;
       for (int64_t ty = y0 / lv->tile_h; ty <= (y1 - 1) / lv->tile_h; ty++) {
@@ -902,14 +913,28 @@ static tessera_status make_level(struct mirax *m, int32_t level, uint8_t backgro
           int64_t px0 = x0 > gx ? x0 : gx, py0 = y0 > gy ? y0 : gy;
           int64_t px1 = x1 < gx + lv->tile_w ? x1 : gx + lv->tile_w;
           int64_t py1 = y1 < gy + lv->tile_h ? y1 : gy + lv->tile_h;
-          mo->pieces[lv->offsets[idx] - 1 + lv->bytecounts[idx]++] =
-              (struct tsr_mosaic_piece){t->image,
-                                        (uint32_t)(t->src_x + (px0 - t->x)),
-                                        (uint32_t)(t->src_y + (py0 - t->y)),
-                                        (uint32_t)(px0 - gx),
-                                        (uint32_t)(py0 - gy),
-                                        (uint32_t)(px1 - px0),
-                                        (uint32_t)(py1 - py0)};
+          struct tsr_mosaic_piece *pc = &mo->pieces[lv->offsets[idx] - 1 + lv->bytecounts[idx]++];
+          pc->image = t->image;
+          pc->dst_x = (uint32_t)(px0 - gx);
+          pc->dst_y = (uint32_t)(py0 - gy);
+          pc->foot_w = (uint32_t)(px1 - px0);
+          pc->foot_h = (uint32_t)(py1 - py0);
+          if (between) {
+            /* the whole tile, placed where it lies relative to the grid tile */
+            pc->src_x = t->src_x;
+            pc->src_y = t->src_y;
+            pc->w = t->w;
+            pc->h = t->h;
+            pc->pos_x = t->fixed_x - gx * 65536;
+            pc->pos_y = t->fixed_y - gy * 65536;
+          } else {
+            pc->src_x = (uint32_t)(t->src_x + (px0 - t->x));
+            pc->src_y = (uint32_t)(t->src_y + (py0 - t->y));
+            pc->w = pc->foot_w;
+            pc->h = pc->foot_h;
+            pc->pos_x = (int64_t)pc->dst_x * 65536;
+            pc->pos_y = (int64_t)pc->dst_y * 65536;
+          }
         }
       }
     }
@@ -987,7 +1012,7 @@ static tessera_status make_associated(struct mirax *m, int which, uint8_t backgr
   mo->background = background;
   mo->images[0] = (struct tsr_mosaic_image){(uint64_t)offset, (uint32_t)length, (uint32_t)file};
   mo->nimages = 1;
-  mo->pieces[0] = (struct tsr_mosaic_piece){0, 0, 0, 0, 0, g.width, g.height};
+  mo->pieces[0] = (struct tsr_mosaic_piece){.w = g.width, .h = g.height, .foot_w = g.width, .foot_h = g.height};
   mo->npieces = 1;
   lv->width = g.width;
   lv->height = g.height;

@@ -51,9 +51,23 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
   for (uint64_t k = 0; k < n; k++) {
     const struct tsr_mosaic_piece *p = &m->pieces[first + k];
     const struct tsr_mosaic_image *img = &m->images[p->image];
-    struct tsr_mosaic_part part = {p->src_x, p->src_y,   p->dst_x,   p->dst_y,    p->w,
-                                   p->h,     m->image_w, m->image_h, img->length, m->format,
-                                   p->image, img->file,  img->offset};
+    struct tsr_mosaic_part part = {.src_x = p->src_x,
+                                   .src_y = p->src_y,
+                                   .dst_x = p->dst_x,
+                                   .dst_y = p->dst_y,
+                                   .w = p->w,
+                                   .h = p->h,
+                                   .image_w = m->image_w,
+                                   .image_h = m->image_h,
+                                   .length = img->length,
+                                   .format = m->format,
+                                   .image = p->image,
+                                   .file = img->file,
+                                   .file_offset = img->offset,
+                                   .pos_x = p->pos_x,
+                                   .pos_y = p->pos_y,
+                                   .foot_w = p->foot_w,
+                                   .foot_h = p->foot_h};
     memcpy(buf->data + parts_at + k * sizeof part, &part, sizeof part);
     tessera_status st =
         tsr_file_set_read(m->files, img->file, img->offset, img->length, buf->data + at);

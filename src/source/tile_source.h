@@ -137,10 +137,14 @@ struct tsr_mosaic_image {
   uint32_t file; /* in the mosaic's file set */
 };
 
-/* The part w x h of an image at (src_x, src_y), painted at (dst_x, dst_y) of the tile. */
+/* The part w x h of an image at (src_x, src_y), its top-left corner at (pos_x, pos_y) of the
+ * tile in 1/65536 pixel, touching the tile's pixels foot_w x foot_h from (dst_x, dst_y) (see
+ * struct tsr_mosaic_part, codec/codec.h). */
 struct tsr_mosaic_piece {
   uint32_t image;
   uint32_t src_x, src_y, dst_x, dst_y, w, h;
+  uint32_t foot_w, foot_h;
+  int64_t pos_x, pos_y;
 };
 
 struct tsr_mosaic {
