@@ -81,7 +81,7 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *, const uint8_t *,
 /* The mosaic codec (codec/mosaic.c): a grid tile painted from parts of placed images
  * (MIRAX; made by source/mosaic_tiles.c). No TIFF compression: above the 16-bit codes. Its
  * stream is a struct tsr_mosaic_stream, n struct tsr_mosaic_part, then each part's image
- * bytes in turn; it decodes to RGBA (4 channels, alpha unassociated), alpha 0 where no part
+ * bytes in turn; it decodes to RGBA (4 channels, alpha associated), alpha 0 where no part
  * lies, alpha between 0 and 255 where parts placed between pixels leave pixels partly
  * covered (as OpenSlide 3.4.1 leaves them). */
 #define TSR_COMPRESSION_MOSAIC 0x10001u

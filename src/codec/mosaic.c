@@ -3,7 +3,7 @@
  * image bytes (JPEG, PNG or BMP). It crops: only the parts of the images that fall inside the
  * rectangle asked for are decoded (JPEG decodes no more than that part's rows and columns),
  * straight into the destination as opaque RGBA; the rest of the rectangle is the background
- * with alpha 0. Parts at whole pixels are painted in order, each over those before it; a
+ * with alpha 0. Its alpha is associated (premultiplied colour, for partly covered pixels). Parts at whole pixels are painted in order, each over those before it; a
  * tile with a part placed between pixels is painted as OpenSlide paints it (below). */
 #include <float.h>
 #include <png.h>
@@ -152,8 +152,9 @@ static tessera_status decode_rect(const struct tsr_mosaic_part *p, const uint8_t
  * stored as floor(f * 256) less one at 256. The arithmetic below is that, step by step in
  * the same order in float (so the file is built without contraction into fused multiply-adds,
  * src/meson.build). A whole-pixel part samples its pixels exactly (weights 1 and 0), so it is
- * painted by the same code. The group is then copied out unchanged and openslide-python
- * divides colour by alpha, rounding down: what this codec gives as straight alpha. */
+ * painted by the same code. The group is then copied out unchanged: premultiplied, as this
+ * codec gives it (the level's alpha is associated); tsr_codec_postprocess divides colour by
+ * alpha rounding down, as openslide-python does. */
 
 static float unorm8(uint8_t v) { return (float)v * (1.0f / 255.0f); }
 
@@ -285,16 +286,9 @@ static tessera_status paint_between(const struct tsr_mosaic_stream *head, const 
       uint8_t *d = out->pixels + y * out->stride;
       const uint8_t *a = acc + (size_t)y * cw * 4;
       for (uint32_t x = 0; x < cw; x++, a += 4, d += 4) {
-        unsigned alpha = a[3];
-        if (alpha == 0) {
+        memcpy(d, a, 4);
+        if (a[3] == 0)
           d[0] = d[1] = d[2] = head->background;
-        } else {
-          for (int c = 0; c < 3; c++) {
-            unsigned v = a[c] * 255u / alpha;
-            d[c] = (uint8_t)(v > 255 ? 255 : v);
-          }
-        }
-        d[3] = (uint8_t)alpha;
       }
     }
   }
@@ -353,12 +347,15 @@ tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8
     tsr_free(starts);
     return st;
   }
-  /* The background (alpha 0) first, unless one part covers the whole rectangle. */
+  /* Every part touching the rectangle lies on whole pixels (a part between pixels elsewhere
+   * in the tile does not touch it). The background (alpha 0) first, unless one part covers
+   * the whole rectangle. */
   bool covered = false;
   for (uint32_t i = 0; i < head.n && !covered; i++) {
     struct tsr_mosaic_part p;
     memcpy(&p, src + parts_at + i * sizeof p, sizeof p);
-    covered = p.dst_x <= cx0 && p.dst_y <= cy0 && p.dst_x + p.w >= cx1 && p.dst_y + p.h >= cy1;
+    covered = !between_pixels(&p) && p.dst_x <= cx0 && p.dst_y <= cy0 && p.dst_x + p.w >= cx1 &&
+              p.dst_y + p.h >= cy1;
   }
   if (!covered) {
     uint8_t px[4] = {head.background, head.background, head.background, 0};
@@ -372,6 +369,8 @@ tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8
     memcpy(&p, src + parts_at + i * sizeof p, sizeof p);
     const uint8_t *bytes = src + at;
     at += p.length;
+    if (between_pixels(&p))
+      continue;
     uint32_t x0 = p.dst_x > cx0 ? p.dst_x : cx0, y0 = p.dst_y > cy0 ? p.dst_y : cy0;
     uint32_t x1 = p.dst_x + p.w < cx1 ? p.dst_x + p.w : cx1;
     uint32_t y1 = p.dst_y + p.h < cy1 ? p.dst_y + p.h : cy1;

@@ -841,7 +841,9 @@ static void mosaic_format(struct tsr_level *lv) {
   lv->fmt.photometric = PHOTOMETRIC_RGB;
   lv->fmt.spp = 4;
   lv->fmt.predictor = 1;
-  tsr_codec_resolve(&lv->fmt, 8, SAMPLEFORMAT_UINT, PLANARCONFIG_CONTIG, 1, EXTRASAMPLE_UNASSALPHA);
+  /* associated alpha: pixels partly covered by images between pixels are premultiplied, as
+   * OpenSlide's (codec/mosaic.c); the OpenSlide fronts give them back as it does */
+  tsr_codec_resolve(&lv->fmt, 8, SAMPLEFORMAT_UINT, PLANARCONFIG_CONTIG, 1, EXTRASAMPLE_ASSOCALPHA);
   lv->fmt.transparent_is_fill = true;
   lv->tiled = true;
   lv->source = &tsr_mosaic_tiles;

@@ -127,7 +127,7 @@ struct tsr_dicom_frames {
 };
 
 /* A level's data for tsr_mosaic_tiles. The level's tiles are tile_w x tile_h RGBA (alpha
- * unassociated) of the mosaic codec (codec/codec.h); tile i is painted from
+ * associated) of the mosaic codec (codec/codec.h); tile i is painted from
  * pieces[offsets[i] - 1] onwards, bytecounts[i] of them, in order, each over those before it
  * (so the last wins where they overlap); a tile no image covers has bytecount 0 (missing: the
  * reader fills it). */
