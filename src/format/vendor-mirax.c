@@ -16,9 +16,17 @@
  * - Only positions with a level-0 image are painted at higher levels.
  *
  * tessera lays a regular grid over each level and hands each grid tile the parts of the placed
- * tiles it covers, in OpenSlide's order (source/mosaic_tiles.c paints them). Positions that
- * are not whole pixels (fractional overlaps or odd positions on higher levels), which OpenSlide
- * draws with interpolation, are placed at the pixel below.
+ * tiles it covers, in OpenSlide's order (source/mosaic_tiles.c makes the stream, the mosaic
+ * codec paints it). Positions that are not whole pixels (odd camera positions or overlaps on
+ * the levels above 0, where a position is divided by 2^level) are kept in 16.16 fixed point,
+ * as cairo rounds them; a tile there touches the pixels from the one its corner lies in to the
+ * one its far edge lies in, and is painted as OpenSlide paints it, bilinear and SATURATE in
+ * pixman's arithmetic (codec/mosaic.c), partly covered pixels keeping their partial alpha (the
+ * level's alpha is associated). Not equal: where a read's region lies inside an image that
+ * OpenSlide hands cairo without alpha (whole images: levels not cut into subtiles, with 2 x 2
+ * or more camera images a picture), pixman computes in 8 bits instead and its pixels differ
+ * from tessera's by 1 at most (README.md). A subtile whose width or height is not whole
+ * (images of a size not divisible by the subtiles across) starts at the pixel below.
  *
  * Every count, offset and length read from the three files is bounded before it is used: the
  * INI to 1 MiB (as OpenSlide), camera images to TSR_MIRAX_MAX_IMAGES, levels to 31 (the image
