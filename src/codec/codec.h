@@ -86,12 +86,15 @@ tessera_status tsr_decode_jp2k(const struct tsr_pixel_format *, const uint8_t *,
  * covered (as OpenSlide 3.4.1 leaves them). */
 #define TSR_COMPRESSION_MOSAIC 0x10001u
 
-enum tsr_mosaic_format { TSR_MOSAIC_JPEG, TSR_MOSAIC_PNG, TSR_MOSAIC_BMP };
+/* TSR_MOSAIC_TIFF: an image is a tile of a TIFF directory (Ventana BIF), decoded with the
+ * stream's tiff_fmt (that directory's pixel format, which the level keeps). */
+enum tsr_mosaic_format { TSR_MOSAIC_JPEG, TSR_MOSAIC_PNG, TSR_MOSAIC_BMP, TSR_MOSAIC_TIFF };
 
 struct tsr_mosaic_stream {
   uint32_t n;
   uint8_t background; /* the colour of pixels no part covers */
   uint64_t png_limit; /* bytes a whole decoded PNG image may take */
+  const struct tsr_pixel_format *tiff_fmt; /* TSR_MOSAIC_TIFF's parts: how to decode them */
 };
 
 /* The part w x h at (src_x, src_y) of an image_w x image_h image of length bytes, its top-left

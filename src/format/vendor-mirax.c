@@ -881,86 +881,19 @@ static tessera_status make_level(struct mirax *m, int32_t level, uint8_t backgro
   lv->height = p->height;
   lv->downsample = (double)(p->image_concat / m->lp[0].image_concat);
   lv->directory = (uint32_t)level;
-  lv->tile_w = grid_side(m->sec[level].image_w);
-  lv->tile_h = grid_side(m->sec[level].image_h);
-  uint64_t across = ((uint64_t)lv->width + lv->tile_w - 1) / lv->tile_w;
-  uint64_t down = ((uint64_t)lv->height + lv->tile_h - 1) / lv->tile_h;
-  if (across * down > TSR_MIRAX_MAX_GRID_TILES)
-    return tsr_error(TESSERA_E_LIMIT, "level %d would be %llu tiles, more than %llu", level,
-                     (unsigned long long)(across * down),
-                     (unsigned long long)TSR_MIRAX_MAX_GRID_TILES);
-  lv->across = (uint32_t)across;
-  lv->down = (uint32_t)down;
-  lv->ntiles = across * down;
-  lv->offsets = tsr_calloc(lv->ntiles, sizeof *lv->offsets);
-  lv->bytecounts = tsr_calloc(lv->ntiles, sizeof *lv->bytecounts);
-  if (!lv->offsets || !lv->bytecounts)
+  struct tsr_mosaic_placed *placed = tsr_malloc((l->n ? l->n : 1) * sizeof *placed);
+  if (!placed)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for level %d's tiles", level);
-  /* Two passes over the placed tiles (in painting order): count each grid tile's pieces, then
-   * write them where the counts say. */
-  for (int pass = 0; pass < 2; pass++) {
-    for (size_t i = 0; i < l->n; i++) {
-      const struct placed *t = &l->item[i];
-      /* The pixels the tile touches: from the one its corner lies in to the one its far edge
-       * lies in (one more across and down where it lies between pixels). */
-      int64_t tx1 = (t->fixed_x + (int64_t)t->w * 65536 + 65535) >> 16;
-      int64_t ty1 = (t->fixed_y + (int64_t)t->h * 65536 + 65535) >> 16;
-      int64_t x0 = t->x > 0 ? t->x : 0, y0 = t->y > 0 ? t->y : 0;
-      int64_t x1 = tx1 < lv->width ? tx1 : lv->width;
-      int64_t y1 = ty1 < lv->height ? ty1 : lv->height;
-      bool between = t->fixed_x % 65536 != 0 || t->fixed_y % 65536 != 0;
-      if (x0 >= x1 || y0 >= y1)
-        continue;
-      for (int64_t ty = y0 / lv->tile_h; ty <= (y1 - 1) / lv->tile_h; ty++) {
-        for (int64_t tx = x0 / lv->tile_w; tx <= (x1 - 1) / lv->tile_w; tx++) {
-          uint64_t idx = (uint64_t)ty * across + (uint64_t)tx;
-          if (pass == 0) {
-            mo->npieces++;
-            lv->bytecounts[idx]++;
-            continue;
-          }
-          int64_t gx = tx * lv->tile_w, gy = ty * lv->tile_h;
-          int64_t px0 = x0 > gx ? x0 : gx, py0 = y0 > gy ? y0 : gy;
-          int64_t px1 = x1 < gx + lv->tile_w ? x1 : gx + lv->tile_w;
-          int64_t py1 = y1 < gy + lv->tile_h ? y1 : gy + lv->tile_h;
-          struct tsr_mosaic_piece *pc = &mo->pieces[lv->offsets[idx] - 1 + lv->bytecounts[idx]++];
-          pc->image = t->image;
-          pc->dst_x = (uint32_t)(px0 - gx);
-          pc->dst_y = (uint32_t)(py0 - gy);
-          pc->foot_w = (uint32_t)(px1 - px0);
-          pc->foot_h = (uint32_t)(py1 - py0);
-          if (between) {
-            /* the whole tile, placed where it lies relative to the grid tile */
-            pc->src_x = t->src_x;
-            pc->src_y = t->src_y;
-            pc->w = t->w;
-            pc->h = t->h;
-            pc->pos_x = t->fixed_x - gx * 65536;
-            pc->pos_y = t->fixed_y - gy * 65536;
-          } else {
-            pc->src_x = (uint32_t)(t->src_x + (px0 - t->x));
-            pc->src_y = (uint32_t)(t->src_y + (py0 - t->y));
-            pc->w = pc->foot_w;
-            pc->h = pc->foot_h;
-            pc->pos_x = (int64_t)pc->dst_x * 65536;
-            pc->pos_y = (int64_t)pc->dst_y * 65536;
-          }
-        }
-      }
-    }
-    if (pass == 0) {
-      mo->pieces = tsr_malloc((mo->npieces ? mo->npieces : 1) * sizeof *mo->pieces);
-      if (!mo->pieces)
-        return tsr_error(TESSERA_E_NOMEM, "out of memory for level %d's tiles", level);
-      uint64_t at = 0;
-      for (uint64_t i = 0; i < lv->ntiles; i++) {
-        lv->offsets[i] = at + 1;
-        at += lv->bytecounts[i];
-        lv->bytecounts[i] = 0;
-      }
-    }
+  for (size_t i = 0; i < l->n; i++) {
+    const struct placed *t = &l->item[i];
+    placed[i] = (struct tsr_mosaic_placed){t->image, t->src_x,   t->src_y,  t->w,
+                                           t->h,     t->fixed_x, t->fixed_y};
   }
-  return TESSERA_OK;
+  tessera_status st = tsr_mosaic_lay(mo, lv, grid_side(m->sec[level].image_w),
+                                     grid_side(m->sec[level].image_h), placed, l->n,
+                                     TSR_MIRAX_MAX_GRID_TILES);
+  tsr_free(placed);
+  return st == TESSERA_OK ? st : tsr_error_prefix(st, "level %d: ", level);
 }
 
 /* An associated image: one JPEG, one tile. */

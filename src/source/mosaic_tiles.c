@@ -17,6 +17,7 @@ void tsr_mosaic_free(struct tsr_mosaic *m) {
   if (!m)
     return;
   tsr_file_set_unref(m->files);
+  tsr_free(m->tiff_fmt.jpeg_tables);
   tsr_free(m->images);
   tsr_free(m->pieces);
   tsr_free(m);
@@ -44,8 +45,10 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
   if (!tsr_scratch_reserve(buf, (size_t)total))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a tile's %llu bytes of images",
                      (unsigned long long)total);
-  struct tsr_mosaic_stream head = {
-      .n = (uint32_t)n, .background = m->background, .png_limit = s->limits.max_decoded_tile_bytes};
+  struct tsr_mosaic_stream head = {.n = (uint32_t)n,
+                                   .background = m->background,
+                                   .png_limit = s->limits.max_decoded_tile_bytes,
+                                   .tiff_fmt = &m->tiff_fmt};
   memcpy(buf->data, &head, sizeof head);
   size_t parts_at = sizeof head, at = parts_at + (size_t)n * sizeof(struct tsr_mosaic_part);
   for (uint64_t k = 0; k < n; k++) {
@@ -70,7 +73,8 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
                                    .foot_h = p->foot_h};
     memcpy(buf->data + parts_at + k * sizeof part, &part, sizeof part);
     tessera_status st =
-        tsr_file_set_read(m->files, img->file, img->offset, img->length, buf->data + at);
+        m->files ? tsr_file_set_read(m->files, img->file, img->offset, img->length, buf->data + at)
+                 : tsr_tile_fetch(s, img->offset, img->length, buf->data + at);
     if (st != TESSERA_OK)
       return tsr_error_prefix(st, "image %u: ", p->image);
     at += img->length;
@@ -81,6 +85,91 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
 }
 
 static void mosaic_free(void *data) { tsr_mosaic_free(data); }
+
+tessera_status tsr_mosaic_lay(struct tsr_mosaic *mo, struct tsr_level *lv, uint32_t tile_w,
+                              uint32_t tile_h, const struct tsr_mosaic_placed *placed, size_t n,
+                              uint64_t max_tiles) {
+  lv->tile_w = tile_w;
+  lv->tile_h = tile_h;
+  uint64_t across = ((uint64_t)lv->width + lv->tile_w - 1) / lv->tile_w;
+  uint64_t down = ((uint64_t)lv->height + lv->tile_h - 1) / lv->tile_h;
+  if (across * down > max_tiles)
+    return tsr_error(TESSERA_E_LIMIT, "the level would be %llu tiles, more than %llu",
+                     (unsigned long long)(across * down), (unsigned long long)max_tiles);
+  lv->across = (uint32_t)across;
+  lv->down = (uint32_t)down;
+  lv->ntiles = across * down;
+  lv->offsets = tsr_calloc(lv->ntiles, sizeof *lv->offsets);
+  lv->bytecounts = tsr_calloc(lv->ntiles, sizeof *lv->bytecounts);
+  if (!lv->offsets || !lv->bytecounts)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for the level's tiles");
+  /* Two passes over the placed rectangles (in painting order): count each grid tile's
+   * pieces, then write them where the counts say. */
+  for (int pass = 0; pass < 2; pass++) {
+    for (size_t i = 0; i < n; i++) {
+      const struct tsr_mosaic_placed *t = &placed[i];
+      /* The pixels it touches: from the one its corner lies in to the one its far edge lies
+       * in (one more across and down where it lies between pixels). */
+      int64_t tx = t->fixed_x >> 16, ty = t->fixed_y >> 16;
+      int64_t tx1 = (t->fixed_x + (int64_t)t->w * 65536 + 65535) >> 16;
+      int64_t ty1 = (t->fixed_y + (int64_t)t->h * 65536 + 65535) >> 16;
+      int64_t x0 = tx > 0 ? tx : 0, y0 = ty > 0 ? ty : 0;
+      int64_t x1 = tx1 < lv->width ? tx1 : lv->width;
+      int64_t y1 = ty1 < lv->height ? ty1 : lv->height;
+      bool between = t->fixed_x % 65536 != 0 || t->fixed_y % 65536 != 0;
+      if (x0 >= x1 || y0 >= y1 || t->w == 0 || t->h == 0)
+        continue;
+      for (int64_t gr = y0 / lv->tile_h; gr <= (y1 - 1) / lv->tile_h; gr++) {
+        for (int64_t gc = x0 / lv->tile_w; gc <= (x1 - 1) / lv->tile_w; gc++) {
+          uint64_t idx = (uint64_t)gr * across + (uint64_t)gc;
+          if (pass == 0) {
+            mo->npieces++;
+            lv->bytecounts[idx]++;
+            continue;
+          }
+          int64_t gx = gc * lv->tile_w, gy = gr * lv->tile_h;
+          int64_t px0 = x0 > gx ? x0 : gx, py0 = y0 > gy ? y0 : gy;
+          int64_t px1 = x1 < gx + lv->tile_w ? x1 : gx + lv->tile_w;
+          int64_t py1 = y1 < gy + lv->tile_h ? y1 : gy + lv->tile_h;
+          struct tsr_mosaic_piece *pc = &mo->pieces[lv->offsets[idx] - 1 + lv->bytecounts[idx]++];
+          pc->image = t->image;
+          pc->dst_x = (uint32_t)(px0 - gx);
+          pc->dst_y = (uint32_t)(py0 - gy);
+          pc->foot_w = (uint32_t)(px1 - px0);
+          pc->foot_h = (uint32_t)(py1 - py0);
+          if (between) {
+            /* the whole rectangle, placed where it lies relative to the grid tile */
+            pc->src_x = t->src_x;
+            pc->src_y = t->src_y;
+            pc->w = t->w;
+            pc->h = t->h;
+            pc->pos_x = t->fixed_x - gx * 65536;
+            pc->pos_y = t->fixed_y - gy * 65536;
+          } else {
+            pc->src_x = (uint32_t)(t->src_x + (px0 - tx));
+            pc->src_y = (uint32_t)(t->src_y + (py0 - ty));
+            pc->w = pc->foot_w;
+            pc->h = pc->foot_h;
+            pc->pos_x = (int64_t)pc->dst_x * 65536;
+            pc->pos_y = (int64_t)pc->dst_y * 65536;
+          }
+        }
+      }
+    }
+    if (pass == 0) {
+      mo->pieces = tsr_malloc((mo->npieces ? mo->npieces : 1) * sizeof *mo->pieces);
+      if (!mo->pieces)
+        return tsr_error(TESSERA_E_NOMEM, "out of memory for the level's tiles");
+      uint64_t at = 0;
+      for (uint64_t i = 0; i < lv->ntiles; i++) {
+        lv->offsets[i] = at + 1;
+        at += lv->bytecounts[i];
+        lv->bytecounts[i] = 0;
+      }
+    }
+  }
+  return TESSERA_OK;
+}
 
 const struct tsr_tile_source tsr_mosaic_tiles = {
     .unit = "tile",

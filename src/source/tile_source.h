@@ -159,8 +159,27 @@ struct tsr_mosaic {
   /* For OpenSlide's API (compat/openslide_properties.c): whether OpenSlide gives the level a
    * tile size (the same as tessera's). */
   bool openslide_tile_size;
+  /* format TSR_MOSAIC_TIFF (Ventana BIF): the images are tiles of a TIFF directory, read
+   * from the slide's byte source (files NULL) and decoded with tiff_fmt (its tables owned). */
+  struct tsr_pixel_format tiff_fmt;
 };
 
 void tsr_mosaic_free(struct tsr_mosaic *m);
+
+/* An image's w x h rectangle at (src_x, src_y) placed with its top-left corner at (fixed_x,
+ * fixed_y) of the level in 1/65536 pixel (cairo's 16.16 fixed point). */
+struct tsr_mosaic_placed {
+  uint32_t image, src_x, src_y, w, h;
+  int64_t fixed_x, fixed_y;
+};
+
+/* Lays lv's grid of tile_w x tile_h tiles over its width x height and hands each tile the
+ * pieces of the n placed rectangles it touches, in their order (the last painted over the
+ * others, as OpenSlide shows them: placed is sorted so); sets lv's tiling and the mosaic's
+ * pieces. A rectangle between pixels touches the pixels from the one its corner lies in to
+ * the one its far edge lies in. */
+tessera_status tsr_mosaic_lay(struct tsr_mosaic *mo, struct tsr_level *lv, uint32_t tile_w,
+                              uint32_t tile_h, const struct tsr_mosaic_placed *placed, size_t n,
+                              uint64_t max_tiles);
 
 #endif
