@@ -4,7 +4,8 @@ described "level=N mag=M", a macro and a thumbnail, and for BIF level 0's <Encod
 two scanned areas, an unscanned one and the joints between tiles) that Debian's OpenSlide 3.4.1
 opens as Ventana: levels (the BIF placed at its areas' origin), pixels on every level across
 tile edges and the borders byte for byte, properties, associated images; BIFs whose tiles
-overlap (which OpenSlide resamples onto a fractional grid) are refused with a message; damaged
+overlap (a whole or fractional mean overlap: tiles between pixels), whose areas are off one
+grid or leave tiles out, byte for byte too, through both OpenSlide fronts as well; damaged
 and hostile metadata fail cleanly; batches and `tessera bench` give what single reads give."""
 
 import os
@@ -134,25 +135,120 @@ def test_associated_images_equal_openslides(lib, files, name, pieces):
         assert np.array_equal(s.read_associated("macro"), pieces["macro"])  # lossless strips
 
 
-# ---- BIFs tessera does not read ------------------------------------------------------
+# ---- BIFs whose tiles lie between pixels or off one grid ----------------------------
+#
+# OpenSlide places a BIF's tiles at their area's position plus the advance (the tile less the
+# confidence-weighted mean overlap) per tile, and on a level of downsample d at 1/d of that:
+# where that is not whole pixels, or the areas are not on one grid, or leave tiles out,
+# tiles lie between pixels, overlap, or leave gaps. tessera places them the same way and
+# paints them as OpenSlide paints them (codec/mosaic.c: cairo's bilinear and SATURATE in
+# pixman's arithmetic; BIF tiles reach cairo with alpha, so always the floating-point path).
+
+PLACED = {
+    # a whole overlap of 10: level 0 on whole pixels, level 2's advance 61.5
+    "overlap": lambda: V.bif_encode_info(AREAS, TILE, [10], [0]),
+    # mean overlaps of 9.33 across and 3.5 down: every level between pixels
+    "fractional": lambda: V.bif_encode_info(AREAS, TILE, [10, 11, 7], [3, 4]),
+    # the second area off the first's grid (and the overlaps fractional)
+    "off-grid": lambda: V.bif_encode_info([AREAS[0], (2, 0, 2, 3, 601, 61)], TILE,
+                                          [10.25, 3], [2.5]),
+    "off-grid-whole": lambda: V.bif_encode_info([AREAS[0], (2, 0, 2, 3, 650, 50)], TILE,
+                                                [0], [0]),
+    # one area: the directory's tiles right of it in no area
+    "uncovered": lambda: V.bif_encode_info(AREAS[:1], TILE, [0], [0]),
+}
 
 
-@pytest.mark.parametrize("case", ["overlap", "off-grid", "uncovered"])
-def test_bifs_off_one_grid_are_refused_with_a_reason(lib, tmp_path, pieces, case):
-    """OpenSlide opens these (placing tiles by their mean overlap, or leaving tiles out);
-    tessera says why it does not."""
-    encode = {
-        "overlap": V.bif_encode_info(AREAS, TILE, [10], [0]),
-        "off-grid": V.bif_encode_info([AREAS[0], (2, 0, 2, 3, 650, 50)], TILE, [0], [0]),
-        "uncovered": V.bif_encode_info(AREAS[:1], TILE, [0], [0]),
-    }[case]
-    path = str(tmp_path / (case + ".bif"))
-    _bif(path, pieces, encode=encode)
-    assert openslide.OpenSlide(path).properties["openslide.vendor"] == "ventana"
-    st, msg, s = T.open_status(path)
-    assert s is None and st == T.E_UNSUPPORTED, (st, msg)
-    assert "Ventana" in msg and "BIF" in msg and {"overlap": "overlap", "off-grid": "grid",
-                                                  "uncovered": "no scanned area"}[case] in msg
+@pytest.fixture(scope="module")
+def placed(tmp_path_factory, pieces):
+    d = tmp_path_factory.mktemp("ventana-placed")
+    out = {}
+    for name, encode in PLACED.items():
+        out[name] = str(d / (name + ".bif"))
+        _bif(out[name], pieces, encode=encode())
+    return out
+
+
+def _placed_regions(W, H, level):
+    out = list(R.regions_for_level(W, H, TILE // 2, TILE // 2, seed=20 + level))
+    rng = np.random.default_rng(level)
+    for i in range(12):  # odd level coordinates (odd level-0 ones on level 0)
+        w, h = int(rng.integers(1, 200)), int(rng.integers(1, 150))
+        out.append((int(rng.integers(-w // 2, W)) | 1, int(rng.integers(-h // 2, H)) | 1, w, h,
+                    "odd-%d" % i))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(PLACED))
+def test_placed_bifs_are_openslides_levels_and_properties(lib, placed, name):
+    o = osl(placed[name])
+    with T.open_slide(placed[name]) as s:
+        assert s.vendor == "ventana"
+        assert s.level_dimensions() == list(o.level_dimensions)
+        assert [s.level_info(i).downsample for i in range(s.level_count)] == \
+            list(o.level_downsamples)
+        props = s.properties
+    for key in [k for k in o.properties if k.startswith("openslide.region[")] + [
+            "openslide.objective-power", "openslide.comment"]:
+        assert props.get("tessera." + key[len("openslide."):]) == o.properties[key], key
+    assert {k: v for k, v in props.items() if k.startswith("ventana.")} == \
+        {k: v for k, v in o.properties.items() if k.startswith("ventana.")}
+
+
+@pytest.mark.parametrize("name,level", [(n, lv) for n in sorted(PLACED) for lv in range(3)])
+def test_placed_bifs_equal_openslides(lib, placed, name, level):
+    """Byte-exact inside the level where OpenSlide painted anything (alpha > 0: tiles' edges
+    between pixels, partly covered, included), alpha everywhere inside it; white with alpha 0
+    where it painted nothing (gaps, outside)."""
+    o = osl(placed[name])
+    partial = 0
+    with T.open_slide(placed[name]) as s:
+        W, H = s.level_dimensions()[level]
+        ds = s.level_info(level).downsample
+        for lx, ly, w, h, label in _placed_regions(W, H, level):
+            x, y = int(lx * ds), int(ly * ds)
+            want = R.openslide_region(o, x, y, level, w, h)
+            rgba = s.read_region(x, y, level, w, h, channels=4)
+            yy, xx = np.mgrid[ly:ly + h, lx:lx + w]
+            in_level = (xx >= 0) & (yy >= 0) & (xx < W) & (yy < H)
+            painted = (want[..., 3] > 0) & in_level
+            msg = R.describe_mismatch(rgba[..., :3], want[..., :3], painted,
+                                      "%s level %d %s" % (name, level, label))
+            assert msg is None, msg
+            assert np.array_equal(rgba[..., 3], want[..., 3]), label
+            assert (rgba[..., :3][~painted] == 255).all(), label
+            partial += int((painted & (want[..., 3] < 255)).sum())
+    if name in ("fractional", "off-grid"):
+        assert partial > 0  # tiles' edges between pixels were compared
+
+
+@pytest.mark.parametrize("level", [0, 1, 2])
+def test_placed_batches_equal_single_reads(lib, placed, level):
+    VC.check_batches_equal_single_reads(placed["fractional"], LOCS, (96, 80), level,
+                                        batch_size=3)
+
+
+def test_placed_bench_checksum_equals_single_reads(lib, cli, placed, tmp_path):
+    VC.check_bench_checksum(cli, placed["off-grid"], LOCS, (77, 53), 1, tmp_path)
+
+
+def test_placed_openslide_dropin_reads_as_openslide(lib, placed, tmp_path):
+    """openslide-python over tessera's libopenslide.so.0 and tessera.openslide against
+    Debian's OpenSlide: levels, every property (quickhash-1 included), the associated images,
+    and every region that starts on a level's pixel."""
+    import openslide_dropin as D
+    import tessera.openslide
+    paths = [placed[n] for n in sorted(PLACED)]
+    got = D.reads(paths, tmp_path)
+    D.check_reads_equal(got, lambda real, key: D.whole_pixel(real, key[1], key[2], key[3]), 21)
+    for path in paths:
+        real = got[path][0]
+        front = tessera.openslide.OpenSlide(path)
+        assert dict(front.properties) == real["properties"]
+        for (dims, level, x, y, w, h), want in real["regions"].items():
+            if D.whole_pixel(real, level, x, y):
+                region = np.asarray(front.read_region((x, y), level, (w, h)))
+                assert region.tobytes() == want, (path, level, x, y, w, h)
 
 
 # ---- batches and bench ---------------------------------------------------------------

@@ -122,13 +122,65 @@ static tessera_status part_bmp(const struct tsr_mosaic_part *p, const uint8_t *s
   return TESSERA_OK;
 }
 
+/* A TIFF directory's tile (Ventana BIF), decoded whole with the directory's pixel format
+ * (within the decoded-tile limit), its w x h rectangle at (sx, sy) as opaque RGBA. The tiles
+ * are RGB (or gray); one with alpha is refused (OpenSlide would paint it premultiplied). */
+static tessera_status part_tiff(const struct tsr_mosaic_part *p, const uint8_t *src,
+                                const struct tsr_pixel_format *fmt, uint32_t sx, uint32_t sy,
+                                uint32_t w, uint32_t h, uint8_t *dst, size_t stride,
+                                uint64_t limit) {
+  if (!fmt || fmt->unsupported[0] || fmt->alpha)
+    return tsr_error(TESSERA_E_UNSUPPORTED, "tiles of this kind are not placed between pixels%s%s",
+                     fmt && fmt->unsupported[0] ? ": " : "",
+                     fmt && fmt->unsupported[0] ? fmt->unsupported : "");
+  tsr_decode_fn decode = tsr_codec_find(fmt->compression);
+  size_t ch = fmt->decoded_channels;
+  uint64_t bytes = (uint64_t)p->image_w * p->image_h * ch;
+  if (!decode || (ch != 1 && ch != 3))
+    return tsr_error(TESSERA_E_UNSUPPORTED, "no decoder for compression %u", fmt->compression);
+  if (bytes > limit)
+    return tsr_error(TESSERA_E_LIMIT, "a decoded tile of %ux%u exceeds the limit", p->image_w,
+                     p->image_h);
+  uint8_t *whole = tsr_malloc((size_t)bytes);
+  if (!whole)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a %ux%u tile", p->image_w, p->image_h);
+  struct tsr_tile_out out = {.pixels = whole,
+                             .width = p->image_w,
+                             .height = p->image_h,
+                             .need_w = p->image_w,
+                             .need_h = p->image_h,
+                             .stride = (size_t)p->image_w * ch,
+                             .crop_w = p->image_w,
+                             .crop_h = p->image_h};
+  tessera_status st = decode(fmt, src, p->length, &out);
+  if (st == TESSERA_OK) {
+    tsr_codec_postprocess(fmt, whole, out.stride, p->image_w, p->image_h);
+    for (uint32_t y = 0; y < h; y++) {
+      const uint8_t *s = whole + (size_t)(sy + y) * out.stride + (size_t)sx * ch;
+      uint8_t *d = dst + y * stride;
+      for (uint32_t x = 0; x < w; x++, s += ch, d += 4) {
+        d[0] = s[0];
+        d[1] = ch == 3 ? s[1] : s[0];
+        d[2] = ch == 3 ? s[2] : s[0];
+        d[3] = 255;
+      }
+    }
+  }
+  tsr_free(whole);
+  return st;
+}
+
 /* Decodes the w x h rectangle at (sx, sy) of the part's image into opaque RGBA rows stride
  * bytes apart at dst. */
 static tessera_status decode_rect(const struct tsr_mosaic_part *p, const uint8_t *bytes, uint32_t sx,
                                   uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst, size_t stride,
-                                  uint64_t png_limit) {
+                                  const struct tsr_mosaic_stream *head) {
+  uint64_t png_limit = head->png_limit;
   tessera_status st;
   switch (p->format) {
+  case TSR_MOSAIC_TIFF:
+    st = part_tiff(p, bytes, head->tiff_fmt, sx, sy, w, h, dst, stride, png_limit);
+    break;
   case TSR_MOSAIC_JPEG: st = part_jpeg(p, bytes, sx, sy, w, h, dst, stride); break;
   case TSR_MOSAIC_PNG: st = part_png(p, bytes, sx, sy, w, h, dst, stride, png_limit); break;
   case TSR_MOSAIC_BMP: st = part_bmp(p, bytes, sx, sy, w, h, dst, stride); break;
@@ -271,7 +323,7 @@ static tessera_status paint_between(const struct tsr_mosaic_stream *head, const 
       win.px = scratch;
       win.stride = ww * 4;
       st = decode_rect(&p, src + at[k], p.src_x + (uint32_t)win.x0, p.src_y + (uint32_t)win.y0,
-                       (uint32_t)ww, (uint32_t)wh, scratch, win.stride, head->png_limit);
+                       (uint32_t)ww, (uint32_t)wh, scratch, win.stride, head);
       if (st != TESSERA_OK)
         break;
     }
@@ -379,7 +431,7 @@ tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8
     uint32_t sx = p.src_x + (x0 - p.dst_x), sy = p.src_y + (y0 - p.dst_y);
     uint8_t *dst = out->pixels + (size_t)(y0 - cy0) * out->stride + (size_t)(x0 - cx0) * 4;
     tessera_status st = decode_rect(&p, bytes, sx, sy, x1 - x0, y1 - y0, dst, out->stride,
-                                    head.png_limit);
+                                    &head);
     if (st != TESSERA_OK)
       return st;
   }

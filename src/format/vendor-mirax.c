@@ -844,18 +844,6 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
 
 /* ---- levels ---- */
 
-static void mosaic_format(struct tsr_level *lv) {
-  lv->fmt.compression = TSR_COMPRESSION_MOSAIC;
-  lv->fmt.photometric = PHOTOMETRIC_RGB;
-  lv->fmt.spp = 4;
-  lv->fmt.predictor = 1;
-  /* associated alpha: pixels partly covered by images between pixels are premultiplied, as
-   * OpenSlide's (codec/mosaic.c); the OpenSlide fronts give them back as it does */
-  tsr_codec_resolve(&lv->fmt, 8, SAMPLEFORMAT_UINT, PLANARCONFIG_CONTIG, 1, EXTRASAMPLE_ASSOCALPHA);
-  lv->fmt.transparent_is_fill = true;
-  lv->tiled = true;
-  lv->source = &tsr_mosaic_tiles;
-}
 
 /* Level level as a grid of tiles, each with the parts of the placed tiles it covers. */
 static tessera_status make_level(struct mirax *m, int32_t level, uint8_t background,
@@ -876,7 +864,7 @@ static tessera_status make_level(struct mirax *m, int32_t level, uint8_t backgro
   mo->format = m->sec[level].format;
   mo->background = background;
   lv->source_data = mo;
-  mosaic_format(lv);
+  tsr_mosaic_level_format(lv);
   lv->width = p->width;
   lv->height = p->height;
   lv->downsample = (double)(p->image_concat / m->lp[0].image_concat);
@@ -933,7 +921,7 @@ static tessera_status make_associated(struct mirax *m, int which, uint8_t backgr
     mo->pieces = tsr_malloc(sizeof *mo->pieces);
   }
   if (lv)
-    mosaic_format(lv);
+    tsr_mosaic_level_format(lv);
   if (lv)
     lv->ntiles = 1;
   if (lv) {

@@ -30,6 +30,7 @@
 #include "error.h"
 #include "format/format.h"
 #include "format/xml.h"
+#include "source/tile_source.h"
 
 #define MAX_AREAS 4096
 #define MAX_VENTANA_PROPS 4096
@@ -383,6 +384,154 @@ static void add_area_props(const struct bif *bif, const struct tsr_level *l0,
   }
 }
 
+/* ---- a BIF whose tiles do not lie on one whole-pixel grid ---- */
+
+/* Whether level 0's tiles lie on one whole-pixel grid that the areas cover: no mean overlap,
+ * one origin for every area, every tile of the grid in an area. */
+static bool on_one_grid(const struct bif *bif, const struct tsr_level *l0) {
+  int64_t ox, oy;
+  if (grid_origin(bif, l0, &ox, &oy) == TESSERA_OK)
+    return true;
+  tsr_error_clear(); /* not a failure: such a BIF is read otherwise */
+  return false;
+}
+
+/* A (sub)tile as OpenSlide's tilemap keys it. */
+struct bif_tile {
+  int64_t col, row;
+  size_t seq;
+  double x, y; /* its position in the level */
+  size_t area;
+};
+
+static int compare_bif_tiles(const void *a, const void *b) {
+  const struct bif_tile *p = a, *q = b;
+  if (p->row != q->row)
+    return p->row < q->row ? -1 : 1;
+  if (p->col != q->col)
+    return p->col < q->col ? -1 : 1;
+  return p->seq < q->seq ? -1 : p->seq > q->seq;
+}
+
+/* Level i of a BIF whose tiles overlap or whose areas are off one grid, as OpenSlide 3.4.1
+ * places them: level 0's tile (col, row) of an area at col * advance + the area's offset
+ * (its position less start_col * advance), over downsample d on level i, whose TIFF tile
+ * (col / d, row / d) holds it as one of d x d subtiles; a tile of a later area replaces one
+ * on the same (col, row); painted with the greater (row, col) first (codec/mosaic.c paints
+ * between pixels as OpenSlide does). The level is as large as its tiles reach. */
+static tessera_status placed_level(const struct bif *bif, struct tsr_level *dl, uint32_t dir,
+                                   double d, struct tsr_level *lv) {
+  int64_t k = (int64_t)d;
+  if ((double)k != d || k < 1 || dl->tile_w % (uint32_t)k || dl->tile_h % (uint32_t)k)
+    return tsr_error(TESSERA_E_UNSUPPORTED,
+                     "BIF: level %u's downsample %g does not cut its tiles into whole pixels; "
+                     "tessera does not read such BIF files",
+                     dir, d);
+  uint32_t sw = dl->tile_w / (uint32_t)k, sh = dl->tile_h / (uint32_t)k;
+  double adv_x = bif->advance_x / d, adv_y = bif->advance_y / d;
+  uint64_t total = 0;
+  for (size_t i = 0; i < bif->n; i++)
+    total += (uint64_t)bif->areas[i].across * (uint64_t)bif->areas[i].down;
+  if (total > ((uint64_t)1 << 24))
+    return tsr_error(TESSERA_E_LIMIT, "BIF: its areas hold %llu tiles", (unsigned long long)total);
+  struct bif_tile *t = tsr_malloc((total ? total : 1) * sizeof *t);
+  struct tsr_mosaic_placed *placed = tsr_malloc((total ? total : 1) * sizeof *placed);
+  struct tsr_mosaic *mo = tsr_calloc(1, sizeof *mo);
+  struct tsr_mosaic_image *images = tsr_calloc(dl->ntiles ? dl->ntiles : 1, sizeof *images);
+  if (!t || !placed || !mo || !images) {
+    tsr_free(t);
+    tsr_free(placed);
+    tsr_free(mo);
+    tsr_free(images);
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  }
+  size_t n = 0;
+  double left = INFINITY, right = -INFINITY, top = INFINITY, bottom = -INFINITY;
+  for (size_t i = 0; i < bif->n; i++) {
+    const struct area *a = &bif->areas[i];
+    double off_x = (a->x - (double)a->start_col * bif->advance_x) / d;
+    double off_y = (a->y - (double)a->start_row * bif->advance_y) / d;
+    for (int64_t row = a->start_row; row < a->start_row + a->down; row++)
+      for (int64_t col = a->start_col; col < a->start_col + a->across; col++) {
+        t[n] = (struct bif_tile){col,
+                                 row,
+                                 n,
+                                 (double)col * adv_x + off_x,
+                                 (double)row * adv_y + off_y,
+                                 i};
+        /* OpenSlide's grid bounds, every tile counted */
+        left = fmin(left, t[n].x);
+        top = fmin(top, t[n].y);
+        right = fmax(right, (double)col * adv_x + off_x + (double)sw);
+        bottom = fmax(bottom, (double)row * adv_y + off_y + (double)sh);
+        n++;
+      }
+  }
+  if (n > 1)
+    qsort(t, n, sizeof *t, compare_bif_tiles);
+  size_t kept = 0;
+  for (size_t i = 0; i < n; i++) {
+    if (kept > 0 && t[kept - 1].row == t[i].row && t[kept - 1].col == t[i].col)
+      kept--;
+    t[kept++] = t[i];
+  }
+  n = kept;
+  /* The level: OpenSlide's ceil(x + w) of its grid's bounds. */
+  double w = right - left, h = bottom - top;
+  lv->width = (int64_t)ceil(left + w);
+  lv->height = (int64_t)ceil(top + h);
+  lv->downsample = d;
+  lv->directory = dir;
+  tessera_status st = TESSERA_OK;
+  if (!(lv->width >= 1 && lv->height >= 1 && lv->width <= ((int64_t)1 << 31) &&
+        lv->height <= ((int64_t)1 << 31)))
+    st = tsr_error(TESSERA_E_FORMAT, "BIF: level %u would be %gx%g pixels", dir, left + w,
+                   top + h);
+  size_t np = 0;
+  for (size_t i = 0; i < n && st == TESSERA_OK; i++) {
+    int64_t tc = t[i].col / k, tr = t[i].row / k;
+    if (t[i].col < 0 || t[i].row < 0 || tc >= dl->across || tr >= dl->down)
+      continue; /* no such TIFF tile: nothing OpenSlide could paint */
+    uint64_t index = (uint64_t)tr * dl->across + (uint64_t)tc;
+    if (dl->bytecounts[index] == 0 || dl->offsets[index] == 0)
+      continue;
+    images[index] = (struct tsr_mosaic_image){dl->offsets[index], (uint32_t)dl->bytecounts[index], 0};
+    /* the subtile, less what lies past the directory's image (transparent, as OpenSlide
+     * clips a tile) */
+    int64_t sx = (t[i].col % k) * sw, sy = (t[i].row % k) * sh;
+    int64_t vw = dl->width - tc * (int64_t)dl->tile_w - sx;
+    int64_t vh = dl->height - tr * (int64_t)dl->tile_h - sy;
+    vw = vw < (int64_t)sw ? vw : (int64_t)sw;
+    vh = vh < (int64_t)sh ? vh : (int64_t)sh;
+    if (vw <= 0 || vh <= 0)
+      continue;
+    placed[np++] = (struct tsr_mosaic_placed){(uint32_t)index,
+                                              (uint32_t)sx,
+                                              (uint32_t)sy,
+                                              (uint32_t)vw,
+                                              (uint32_t)vh,
+                                              (int64_t)nearbyint(t[i].x * 65536.0),
+                                              (int64_t)nearbyint(t[i].y * 65536.0)};
+  }
+  tsr_free(t);
+  mo->images = images;
+  mo->nimages = dl->ntiles;
+  mo->image_w = dl->tile_w;
+  mo->image_h = dl->tile_h;
+  mo->format = TSR_MOSAIC_TIFF;
+  mo->background = 255;
+  /* the directory's pixel format (and its JPEG tables) move to the mosaic */
+  mo->tiff_fmt = dl->fmt;
+  dl->fmt.jpeg_tables = NULL;
+  dl->fmt.jpeg_tables_len = 0;
+  lv->source_data = mo;
+  tsr_mosaic_level_format(lv);
+  if (st == TESSERA_OK)
+    st = tsr_mosaic_lay(mo, lv, dl->tile_w, dl->tile_h, placed, np, (uint64_t)1 << 22);
+  tsr_free(placed);
+  return st;
+}
+
 /* ---- levels ---- */
 
 struct found_level {
@@ -457,6 +606,22 @@ static tessera_status place_levels(const struct tsr_dirs *dirs, const struct fou
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
   const struct tsr_level *l0 = &dirs->dir[lv[0].dir].level;
   int64_t ox = 0, oy = 0;
+  if (bif && !on_one_grid(bif, l0)) {
+    /* tiles placed between pixels, or areas off one grid: mosaic levels (as MIRAX's) */
+    if (!(out->levels = tsr_calloc((size_t)n, sizeof *out->levels)))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory");
+    for (int32_t i = 0; i < n; i++) {
+      out->level_dirs[i] = lv[i].dir;
+      out->nlevels = i + 1;
+      tessera_status st = placed_level(bif, &dirs->dir[lv[i].dir].level, (uint32_t)lv[i].dir,
+                                       lv[i].downsample, &out->levels[i]);
+      if (st != TESSERA_OK)
+        return st;
+      out->level_sizes[i] = (struct tsr_level_size){out->levels[i].width, out->levels[i].height,
+                                                    lv[i].downsample};
+    }
+    return TESSERA_OK;
+  }
   if (bif) {
     tessera_status st = grid_origin(bif, l0, &ox, &oy);
     if (st != TESSERA_OK)

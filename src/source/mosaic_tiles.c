@@ -7,8 +7,10 @@
  * read needs of each, into RGBA. The level's tables are written at open and only read
  * afterwards; the data files are read through the slide's file set (thread-safe). */
 #include <string.h>
+#include <tiff.h>
 
 #include "alloc.h"
+#include "codec/codec.h"
 #include "error.h"
 #include "source/file_set.h"
 #include "source/tile_source.h"
@@ -85,6 +87,19 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
 }
 
 static void mosaic_free(void *data) { tsr_mosaic_free(data); }
+
+void tsr_mosaic_level_format(struct tsr_level *lv) {
+  lv->fmt.compression = TSR_COMPRESSION_MOSAIC;
+  lv->fmt.photometric = PHOTOMETRIC_RGB;
+  lv->fmt.spp = 4;
+  lv->fmt.predictor = 1;
+  /* associated alpha: pixels partly covered by images between pixels are premultiplied, as
+   * OpenSlide's (codec/mosaic.c); the OpenSlide fronts give them back as it does */
+  tsr_codec_resolve(&lv->fmt, 8, SAMPLEFORMAT_UINT, PLANARCONFIG_CONTIG, 1, EXTRASAMPLE_ASSOCALPHA);
+  lv->fmt.transparent_is_fill = true;
+  lv->tiled = true;
+  lv->source = &tsr_mosaic_tiles;
+}
 
 tessera_status tsr_mosaic_lay(struct tsr_mosaic *mo, struct tsr_level *lv, uint32_t tile_w,
                               uint32_t tile_h, const struct tsr_mosaic_placed *placed, size_t n,

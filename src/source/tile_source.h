@@ -166,6 +166,10 @@ struct tsr_mosaic {
 
 void tsr_mosaic_free(struct tsr_mosaic *m);
 
+/* Makes lv a level of the mosaic codec read through tsr_mosaic_tiles: RGBA of associated
+ * alpha, pixels of alpha 0 taking the read's fill. */
+void tsr_mosaic_level_format(struct tsr_level *lv);
+
 /* An image's w x h rectangle at (src_x, src_y) placed with its top-left corner at (fixed_x,
  * fixed_y) of the level in 1/65536 pixel (cairo's 16.16 fixed point). */
 struct tsr_mosaic_placed {
