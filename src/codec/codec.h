@@ -92,8 +92,8 @@ enum tsr_mosaic_format { TSR_MOSAIC_JPEG, TSR_MOSAIC_PNG, TSR_MOSAIC_BMP, TSR_MO
 
 struct tsr_mosaic_stream {
   uint32_t n;
-  uint8_t background; /* the colour of pixels no part covers */
-  uint64_t png_limit; /* bytes a whole decoded PNG image may take */
+  uint8_t background;                      /* the colour of pixels no part covers */
+  uint64_t png_limit;                      /* bytes a whole decoded PNG image may take */
   const struct tsr_pixel_format *tiff_fmt; /* TSR_MOSAIC_TIFF's parts: how to decode them */
 };
 

@@ -3,8 +3,9 @@
  * image bytes (JPEG, PNG or BMP). It crops: only the parts of the images that fall inside the
  * rectangle asked for are decoded (JPEG decodes no more than that part's rows and columns),
  * straight into the destination as opaque RGBA; the rest of the rectangle is the background
- * with alpha 0. Its alpha is associated (premultiplied colour, for partly covered pixels). Parts at whole pixels are painted in order, each over those before it; a
- * tile with a part placed between pixels is painted as OpenSlide paints it (below). */
+ * with alpha 0. Its alpha is associated (premultiplied colour, for partly covered pixels). Parts at
+ * whole pixels are painted in order, each over those before it; a tile with a part placed between
+ * pixels is painted as OpenSlide paints it (below). */
 #include <float.h>
 #include <png.h>
 #include <string.h>
@@ -172,9 +173,9 @@ static tessera_status part_tiff(const struct tsr_mosaic_part *p, const uint8_t *
 
 /* Decodes the w x h rectangle at (sx, sy) of the part's image into opaque RGBA rows stride
  * bytes apart at dst. */
-static tessera_status decode_rect(const struct tsr_mosaic_part *p, const uint8_t *bytes, uint32_t sx,
-                                  uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst, size_t stride,
-                                  const struct tsr_mosaic_stream *head) {
+static tessera_status decode_rect(const struct tsr_mosaic_part *p, const uint8_t *bytes,
+                                  uint32_t sx, uint32_t sy, uint32_t w, uint32_t h, uint8_t *dst,
+                                  size_t stride, const struct tsr_mosaic_stream *head) {
   uint64_t png_limit = head->png_limit;
   tessera_status st;
   switch (p->format) {
@@ -294,9 +295,9 @@ static tessera_status paint_between(const struct tsr_mosaic_stream *head, const 
     /* the pixels it touches, within the crop */
     int64_t fx0 = p.dst_x > cx0 ? p.dst_x : cx0, fy0 = p.dst_y > cy0 ? p.dst_y : cy0;
     int64_t fx1 = (int64_t)p.dst_x + p.foot_w < (int64_t)cx0 + cw ? (int64_t)p.dst_x + p.foot_w
-                                                                    : (int64_t)cx0 + cw;
+                                                                  : (int64_t)cx0 + cw;
     int64_t fy1 = (int64_t)p.dst_y + p.foot_h < (int64_t)cy0 + chh ? (int64_t)p.dst_y + p.foot_h
-                                                                     : (int64_t)cy0 + chh;
+                                                                   : (int64_t)cy0 + chh;
     if (fx0 >= fx1 || fy0 >= fy1)
       continue;
     /* the part's columns and rows those pixels sample, within the part */
@@ -430,8 +431,7 @@ tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *fmt, const uint8
       continue;
     uint32_t sx = p.src_x + (x0 - p.dst_x), sy = p.src_y + (y0 - p.dst_y);
     uint8_t *dst = out->pixels + (size_t)(y0 - cy0) * out->stride + (size_t)(x0 - cx0) * 4;
-    tessera_status st = decode_rect(&p, bytes, sx, sy, x1 - x0, y1 - y0, dst, out->stride,
-                                    &head);
+    tessera_status st = decode_rect(&p, bytes, sx, sy, x1 - x0, y1 - y0, dst, out->stride, &head);
     if (st != TESSERA_OK)
       return st;
   }

@@ -80,7 +80,7 @@ struct placed {
   int64_t col, row;
   uint64_t seq; /* insertion order: a later tile on the same cell replaces an earlier one */
   uint32_t image, src_x, src_y, w, h;
-  int64_t x, y;         /* level pixels (the position's integer part) */
+  int64_t x, y;             /* level pixels (the position's integer part) */
   int64_t fixed_x, fixed_y; /* the position in 1/65536 level pixel */
 };
 
@@ -844,7 +844,6 @@ static tessera_status read_level_index(struct mirax *m, int32_t level, int32_t t
 
 /* ---- levels ---- */
 
-
 /* Level level as a grid of tiles, each with the parts of the placed tiles it covers. */
 static tessera_status make_level(struct mirax *m, int32_t level, uint8_t background,
                                  struct tsr_mosaic_image *images, size_t nimages,
@@ -877,9 +876,9 @@ static tessera_status make_level(struct mirax *m, int32_t level, uint8_t backgro
     placed[i] = (struct tsr_mosaic_placed){t->image, t->src_x,   t->src_y,  t->w,
                                            t->h,     t->fixed_x, t->fixed_y};
   }
-  tessera_status st = tsr_mosaic_lay(mo, lv, grid_side(m->sec[level].image_w),
-                                     grid_side(m->sec[level].image_h), placed, l->n,
-                                     TSR_MIRAX_MAX_GRID_TILES);
+  tessera_status st =
+      tsr_mosaic_lay(mo, lv, grid_side(m->sec[level].image_w), grid_side(m->sec[level].image_h),
+                     placed, l->n, TSR_MIRAX_MAX_GRID_TILES);
   tsr_free(placed);
   return st == TESSERA_OK ? st : tsr_error_prefix(st, "level %d: ", level);
 }
@@ -943,7 +942,8 @@ static tessera_status make_associated(struct mirax *m, int which, uint8_t backgr
   mo->background = background;
   mo->images[0] = (struct tsr_mosaic_image){(uint64_t)offset, (uint32_t)length, (uint32_t)file};
   mo->nimages = 1;
-  mo->pieces[0] = (struct tsr_mosaic_piece){.w = g.width, .h = g.height, .foot_w = g.width, .foot_h = g.height};
+  mo->pieces[0] =
+      (struct tsr_mosaic_piece){.w = g.width, .h = g.height, .foot_w = g.width, .foot_h = g.height};
   mo->npieces = 1;
   lv->width = g.width;
   lv->height = g.height;

@@ -10,10 +10,14 @@
  * of neighbouring tiles a joint (OverlapX/Y with a confidence). OpenSlide 3.4.1 places every
  * tile at its area's position plus a fixed advance per tile, the tile size less the
  * confidence-weighted mean overlap, and the tiles of a smaller level as 1/downsample subtiles
- * of its tiles; the level is as large as those tiles reach. tessera reads a BIF whose tiles
- * land on one whole-pixel grid at every level: no mean overlap, the areas on one grid that
- * covers every tile of level 0; the slide is that grid placed at its origin. A BIF whose tiles
- * overlap, or whose areas leave tiles out, fails the open saying tessera does not read it.
+ * of its tiles; the level is as large as those tiles reach. Where the tiles land on one
+ * whole-pixel grid at every level (no mean overlap, the areas on one grid that covers every
+ * tile of level 0), the slide is that grid placed at its origin: the directories' tiles as
+ * they are. Otherwise (tiles that overlap, by a mean that may be fractional, areas off one
+ * grid, tiles in no area) each level is a mosaic (source/mosaic_tiles.c, as MIRAX's): every
+ * (sub)tile placed where OpenSlide places it, in 16.16 fixed point, and painted as OpenSlide
+ * paints it, between pixels included (codec/mosaic.c), byte for byte. Refused: a level whose
+ * downsample does not cut level 0's tiles into whole subtiles.
  * A Ventana TIFF (level 0 without EncodeInfo) is its levels' tile grids as they are.
  *
  * Properties are OpenSlide's: ventana.NAME for each non-empty attribute of <iScan>;
@@ -316,22 +320,20 @@ static tessera_status read_bif(const char *xml, int64_t tile_w, int64_t tile_h, 
   return TESSERA_OK;
 }
 
-/* Where level 0's tile grid lies, when the areas' tiles all fall on it: no overlap, one
- * origin, every tile of the grid in an area. */
-static tessera_status grid_origin(const struct bif *bif, const struct tsr_level *l0,
-                                  int64_t *ox, int64_t *oy) {
+/* Whether level 0's tiles all fall on one whole-pixel grid, and where it lies: no mean
+ * overlap, one origin for every area, every tile of the directory in an area (and none past
+ * it). Otherwise the tiles are placed one by one (placed_level). */
+static bool grid_origin(const struct bif *bif, const struct tsr_level *l0, int64_t *ox,
+                        int64_t *oy) {
   if (bif->advance_x != (double)l0->tile_w || bif->advance_y != (double)l0->tile_h)
-    return tsr_error(TESSERA_E_UNSUPPORTED,
-                     "BIF: its tiles overlap (by %g x %g pixels on average); tessera "
-                     "does not read overlapping BIF tiles",
-                     (double)l0->tile_w - bif->advance_x, (double)l0->tile_h - bif->advance_y);
+    return false;
   uint64_t cells = (uint64_t)l0->across * l0->down;
   uint8_t *seen = tsr_calloc(cells ? cells : 1, 1);
   if (!seen)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  tessera_status st = TESSERA_OK;
+    return false;
+  bool on_grid = true;
   uint64_t covered = 0;
-  for (size_t i = 0; i < bif->n && st == TESSERA_OK; i++) {
+  for (size_t i = 0; i < bif->n && on_grid; i++) {
     const struct area *a = &bif->areas[i];
     double x = a->x - (double)a->start_col * l0->tile_w;
     double y = a->y - (double)a->start_row * l0->tile_h;
@@ -339,15 +341,9 @@ static tessera_status grid_origin(const struct bif *bif, const struct tsr_level 
       *ox = (int64_t)x;
       *oy = (int64_t)y;
     }
-    if (x != (double)*ox || y != (double)*oy) {
-      st = tsr_error(TESSERA_E_UNSUPPORTED,
-                     "BIF: its areas do not lie on one tile grid; tessera does not read "
-                     "such BIF files");
-      break;
-    }
-    if (a->start_col + a->across > l0->across || a->start_row + a->down > l0->down) {
-      st = tsr_error(TESSERA_E_FORMAT, "an area reaches past level 0's %ux%u tiles", l0->across,
-                     l0->down);
+    if (x != (double)*ox || y != (double)*oy ||
+        a->start_col + a->across > l0->across || a->start_row + a->down > l0->down) {
+      on_grid = false;
       break;
     }
     for (int64_t r = a->start_row; r < a->start_row + a->down; r++)
@@ -356,12 +352,7 @@ static tessera_status grid_origin(const struct bif *bif, const struct tsr_level 
           covered++;
   }
   tsr_free(seen);
-  if (st == TESSERA_OK && covered != cells)
-    st = tsr_error(TESSERA_E_UNSUPPORTED,
-                   "BIF: %llu of level 0's %llu tiles lie in no scanned area; tessera "
-                   "does not read such BIF files",
-                   (unsigned long long)(cells - covered), (unsigned long long)cells);
-  return st;
+  return on_grid && covered == cells;
 }
 
 static void add_area_props(const struct bif *bif, const struct tsr_level *l0,
@@ -385,16 +376,6 @@ static void add_area_props(const struct bif *bif, const struct tsr_level *l0,
 }
 
 /* ---- a BIF whose tiles do not lie on one whole-pixel grid ---- */
-
-/* Whether level 0's tiles lie on one whole-pixel grid that the areas cover: no mean overlap,
- * one origin for every area, every tile of the grid in an area. */
-static bool on_one_grid(const struct bif *bif, const struct tsr_level *l0) {
-  int64_t ox, oy;
-  if (grid_origin(bif, l0, &ox, &oy) == TESSERA_OK)
-    return true;
-  tsr_error_clear(); /* not a failure: such a BIF is read otherwise */
-  return false;
-}
 
 /* A (sub)tile as OpenSlide's tilemap keys it. */
 struct bif_tile {
@@ -453,12 +434,8 @@ static tessera_status placed_level(const struct bif *bif, struct tsr_level *dl, 
     double off_y = (a->y - (double)a->start_row * bif->advance_y) / d;
     for (int64_t row = a->start_row; row < a->start_row + a->down; row++)
       for (int64_t col = a->start_col; col < a->start_col + a->across; col++) {
-        t[n] = (struct bif_tile){col,
-                                 row,
-                                 n,
-                                 (double)col * adv_x + off_x,
-                                 (double)row * adv_y + off_y,
-                                 i};
+        t[n] = (struct bif_tile){
+            col, row, n, (double)col * adv_x + off_x, (double)row * adv_y + off_y, i};
         /* OpenSlide's grid bounds, every tile counted */
         left = fmin(left, t[n].x);
         top = fmin(top, t[n].y);
@@ -485,8 +462,7 @@ static tessera_status placed_level(const struct bif *bif, struct tsr_level *dl, 
   tessera_status st = TESSERA_OK;
   if (!(lv->width >= 1 && lv->height >= 1 && lv->width <= ((int64_t)1 << 31) &&
         lv->height <= ((int64_t)1 << 31)))
-    st = tsr_error(TESSERA_E_FORMAT, "BIF: level %u would be %gx%g pixels", dir, left + w,
-                   top + h);
+    st = tsr_error(TESSERA_E_FORMAT, "BIF: level %u would be %gx%g pixels", dir, left + w, top + h);
   size_t np = 0;
   for (size_t i = 0; i < n && st == TESSERA_OK; i++) {
     int64_t tc = t[i].col / k, tr = t[i].row / k;
@@ -495,7 +471,8 @@ static tessera_status placed_level(const struct bif *bif, struct tsr_level *dl, 
     uint64_t index = (uint64_t)tr * dl->across + (uint64_t)tc;
     if (dl->bytecounts[index] == 0 || dl->offsets[index] == 0)
       continue;
-    images[index] = (struct tsr_mosaic_image){dl->offsets[index], (uint32_t)dl->bytecounts[index], 0};
+    images[index] =
+        (struct tsr_mosaic_image){dl->offsets[index], (uint32_t)dl->bytecounts[index], 0};
     /* the subtile, less what lies past the directory's image (transparent, as OpenSlide
      * clips a tile) */
     int64_t sx = (t[i].col % k) * sw, sy = (t[i].row % k) * sh;
@@ -606,7 +583,16 @@ static tessera_status place_levels(const struct tsr_dirs *dirs, const struct fou
     return tsr_error(TESSERA_E_NOMEM, "out of memory");
   const struct tsr_level *l0 = &dirs->dir[lv[0].dir].level;
   int64_t ox = 0, oy = 0;
-  if (bif && !on_one_grid(bif, l0)) {
+  /* On one grid, each level's tiles 1/d of level 0's, side by side from the origin / d, on
+   * whole pixels? Else every (sub)tile is placed on its own. */
+  bool aligned = !bif || grid_origin(bif, l0, &ox, &oy);
+  for (int32_t i = 0; bif && aligned && i < n; i++) {
+    double d = lv[i].downsample;
+    int64_t k = (int64_t)d;
+    aligned = (double)k == d && k >= 1 && l0->tile_w % k == 0 && l0->tile_h % k == 0 &&
+              ox % k == 0 && oy % k == 0;
+  }
+  if (!aligned) {
     /* tiles placed between pixels, or areas off one grid: mosaic levels (as MIRAX's) */
     if (!(out->levels = tsr_calloc((size_t)n, sizeof *out->levels)))
       return tsr_error(TESSERA_E_NOMEM, "out of memory");
@@ -617,15 +603,12 @@ static tessera_status place_levels(const struct tsr_dirs *dirs, const struct fou
                                        lv[i].downsample, &out->levels[i]);
       if (st != TESSERA_OK)
         return st;
-      out->level_sizes[i] = (struct tsr_level_size){out->levels[i].width, out->levels[i].height,
-                                                    lv[i].downsample};
+      out->level_sizes[i] =
+          (struct tsr_level_size){out->levels[i].width, out->levels[i].height, lv[i].downsample};
     }
     return TESSERA_OK;
   }
   if (bif) {
-    tessera_status st = grid_origin(bif, l0, &ox, &oy);
-    if (st != TESSERA_OK)
-      return st;
     if (!(out->level_origin = tsr_calloc((size_t)n, sizeof *out->level_origin)))
       return tsr_error(TESSERA_E_NOMEM, "out of memory");
   }
@@ -638,11 +621,6 @@ static tessera_status place_levels(const struct tsr_dirs *dirs, const struct fou
     /* Level i's tiles are level 0's, 1/d the size, side by side from the grid's origin / d. */
     double d = lv[i].downsample;
     int64_t k = (int64_t)d;
-    if ((double)k != d || l0->tile_w % k || l0->tile_h % k || ox % k || oy % k)
-      return tsr_error(TESSERA_E_UNSUPPORTED,
-                       "BIF: level %d (downsample %g) does not fall on whole pixels; "
-                       "tessera does not read such BIF files",
-                       i, d);
     int64_t grid_w = (int64_t)l0->across * (l0->tile_w / k);
     int64_t grid_h = (int64_t)l0->down * (l0->tile_h / k);
     out->level_origin[i] = (struct tsr_level_origin){
