@@ -8,6 +8,7 @@
  * pixels is painted as OpenSlide paints it (below). */
 #include <float.h>
 #include <png.h>
+#include <pthread.h>
 #include <string.h>
 #include <tiff.h>
 
@@ -231,25 +232,32 @@ struct window {
   int64_t x0, y0, x1, y1, w, h;
 };
 
+/* unorm8 of every byte: the same floats, looked up */
+static float unorm8_table[256];
+static pthread_once_t unorm8_once = PTHREAD_ONCE_INIT;
+
+static void unorm8_init(void) {
+  for (int v = 0; v < 256; v++)
+    unorm8_table[v] = unorm8((uint8_t)v);
+}
+
 static void sample(const struct window *win, int64_t i, int64_t j, float out[4]) {
   if (i < 0 || j < 0 || i >= win->h || j >= win->w) {
     out[0] = out[1] = out[2] = out[3] = 0.0f;
     return;
   }
   const uint8_t *q = win->px + (size_t)(i - win->y0) * win->stride + (size_t)(j - win->x0) * 4;
-  out[0] = unorm8(q[0]);
-  out[1] = unorm8(q[1]);
-  out[2] = unorm8(q[2]);
+  out[0] = unorm8_table[q[0]];
+  out[1] = unorm8_table[q[1]];
+  out[2] = unorm8_table[q[2]];
   out[3] = 1.0f;
 }
 
-/* SATURATE of the part's bilinear sample at tile pixel (X, Y) onto acc (premultiplied RGBA). */
-static void saturate_pixel(const struct window *win, int64_t pos_x, int64_t pos_y, int64_t X,
-                           int64_t Y, uint8_t acc[4]) {
-  int64_t sx = X * 65536 - pos_x, sy = Y * 65536 - pos_y;
-  int64_t x1 = floor_fixed(sx), y1 = floor_fixed(sy);
-  float distx = (float)(sx - x1 * 65536) / 65536.0f;
-  float disty = (float)(sy - y1 * 65536) / 65536.0f;
+/* SATURATE of the part's bilinear sample at the tap (x1, y1) with weights distx, disty onto
+ * acc (premultiplied RGBA). Where acc is opaque already the result is acc (SATURATE's factor
+ * is 0, and 8 bits go to float and back unchanged): the caller skips those pixels. */
+static void saturate_pixel(const struct window *win, int64_t x1, int64_t y1, float distx,
+                           float disty, uint8_t acc[4]) {
   float tl[4], tr[4], bl[4], br[4], s[4], d[4];
   sample(win, y1, x1, tl);
   sample(win, y1, x1 + 1, tr);
@@ -261,7 +269,7 @@ static void saturate_pixel(const struct window *win, int64_t pos_x, int64_t pos_
   float distixiy = (1.0f - distx) * (1.0f - disty);
   for (int c = 0; c < 4; c++) {
     s[c] = tl[c] * distixiy + tr[c] * distxiy + bl[c] * distixy + br[c] * distxy;
-    d[c] = unorm8(acc[c]);
+    d[c] = unorm8_table[acc[c]];
   }
   float sa = s[3], da = d[3], fa;
   if (-FLT_MIN < sa && sa < FLT_MIN) {
@@ -283,6 +291,7 @@ static tessera_status paint_between(const struct tsr_mosaic_stream *head, const 
                                     size_t parts_at, const size_t *at,
                                     const struct tsr_tile_out *out) {
   uint32_t cx0 = out->crop_x, cy0 = out->crop_y, cw = out->crop_w, chh = out->crop_h;
+  pthread_once(&unorm8_once, unorm8_init);
   uint8_t *acc = tsr_calloc((size_t)cw * chh, 4);
   if (!acc)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a %ux%u tile", cw, chh);
@@ -299,6 +308,14 @@ static tessera_status paint_between(const struct tsr_mosaic_stream *head, const 
     int64_t fy1 = (int64_t)p.dst_y + p.foot_h < (int64_t)cy0 + chh ? (int64_t)p.dst_y + p.foot_h
                                                                    : (int64_t)cy0 + chh;
     if (fx0 >= fx1 || fy0 >= fy1)
+      continue;
+    /* Nothing to do where every pixel it touches is opaque already (painted by the parts
+     * before it in OpenSlide's order): not even decoding it. */
+    bool open = false;
+    for (int64_t Y = fy0; Y < fy1 && !open; Y++)
+      for (int64_t X = fx0; X < fx1 && !open; X++)
+        open = acc[((size_t)(Y - cy0) * cw + (size_t)(X - cx0)) * 4 + 3] != 255;
+    if (!open)
       continue;
     /* the part's columns and rows those pixels sample, within the part */
     struct window win = {.w = p.w, .h = p.h};
@@ -328,10 +345,19 @@ static tessera_status paint_between(const struct tsr_mosaic_stream *head, const 
       if (st != TESSERA_OK)
         break;
     }
-    for (int64_t Y = fy0; Y < fy1; Y++)
-      for (int64_t X = fx0; X < fx1; X++)
-        saturate_pixel(&win, p.pos_x, p.pos_y, X, Y,
-                       acc + ((size_t)(Y - cy0) * cw + (size_t)(X - cx0)) * 4);
+    for (int64_t Y = fy0; Y < fy1; Y++) {
+      int64_t sy = Y * 65536 - p.pos_y, y1 = floor_fixed(sy);
+      float disty = (float)(sy - y1 * 65536) / 65536.0f;
+      uint8_t *row = acc + (size_t)(Y - cy0) * cw * 4;
+      for (int64_t X = fx0; X < fx1; X++) {
+        uint8_t *a = row + (size_t)(X - cx0) * 4;
+        if (a[3] == 255)
+          continue;
+        int64_t sx = X * 65536 - p.pos_x, x1 = floor_fixed(sx);
+        float distx = (float)(sx - x1 * 65536) / 65536.0f;
+        saturate_pixel(&win, x1, y1, distx, disty, a);
+      }
+    }
   }
   tsr_free(scratch);
   if (st == TESSERA_OK) {
