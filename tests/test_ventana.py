@@ -290,6 +290,10 @@ DAMAGED = {
                         "origins"),
     "no-joints": (dict(encode=V.bif_encode_info([(0, 0, 1, 1, 0, 0)], TILE, [0], [0])),
                   "TileJointInfo"),
+    # an area of 10^9 tiles over a level of 12: refused before anything is allocated for them
+    "too-many-tiles": (dict(encode=V.bif_encode_info(
+        [(0, 0, 2, 1, 0, 0), (2, 0, 1, 2, 512, 0)], TILE, [0], [0]).replace(
+            'NumRows="1" NumCols="2"', 'NumRows="1000" NumCols="1000000"', 1)), "areas hold"),
 }
 
 

@@ -413,8 +413,11 @@ static tessera_status placed_level(const struct bif *bif, struct tsr_level *dl, 
   uint64_t total = 0;
   for (size_t i = 0; i < bif->n; i++)
     total += (uint64_t)bif->areas[i].across * (uint64_t)bif->areas[i].down;
-  if (total > ((uint64_t)1 << 24))
-    return tsr_error(TESSERA_E_LIMIT, "BIF: its areas hold %llu tiles", (unsigned long long)total);
+  /* Areas place level 0's tiles, each in one area or a few where they overlap: far more is
+   * no BIF (and would only cost memory). */
+  if (total > 16 * (uint64_t)dl->ntiles * (uint64_t)k * (uint64_t)k + 65536)
+    return tsr_error(TESSERA_E_FORMAT, "BIF: its areas hold %llu tiles, level %u %llu",
+                     (unsigned long long)total, dir, (unsigned long long)dl->ntiles);
   struct bif_tile *t = tsr_malloc((total ? total : 1) * sizeof *t);
   struct tsr_mosaic_placed *placed = tsr_malloc((total ? total : 1) * sizeof *placed);
   struct tsr_mosaic *mo = tsr_calloc(1, sizeof *mo);
@@ -471,6 +474,11 @@ static tessera_status placed_level(const struct bif *bif, struct tsr_level *dl, 
     uint64_t index = (uint64_t)tr * dl->across + (uint64_t)tc;
     if (dl->bytecounts[index] == 0 || dl->offsets[index] == 0)
       continue;
+    if (dl->bytecounts[index] > UINT32_MAX) {
+      st = tsr_error(TESSERA_E_LIMIT, "BIF: level %u's tile %llu is %llu bytes", dir,
+                     (unsigned long long)index, (unsigned long long)dl->bytecounts[index]);
+      break;
+    }
     images[index] =
         (struct tsr_mosaic_image){dl->offsets[index], (uint32_t)dl->bytecounts[index], 0};
     /* the subtile, less what lies past the directory's image (transparent, as OpenSlide
