@@ -26,6 +26,8 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "slide_internal.h"
+#include "source/tile_source.h"
 
 void tsr_os_rgba_to_argb(uint32_t *px, size_t stride_px, int64_t w, int64_t h) {
   for (int64_t y = 0; y < h; y++) {
@@ -305,6 +307,23 @@ static tessera_status paint_piece(tessera_slide *s, int32_t level, const struct 
   w -= tx;
   h -= ty;
   double lx = (double)x / g->downsample, ly = (double)y / g->downsample;
+  if (s->levels[level].source == &tsr_mosaic_tiles) {
+    /* Placed images (MIRAX, a BIF placed tile by tile): OpenSlide paints each from its own
+     * position, past the level's edge too, and how pixman computes an image depends on the
+     * region (source/mosaic_tiles.c); from whole pixels and between them alike. */
+    uint8_t *px = tsr_malloc((size_t)w * (size_t)h * 4);
+    if (!px)
+      return TESSERA_E_NOMEM;
+    tessera_status st = tsr_mosaic_paint_region(s, level, lx, ly, w, h, px, (size_t)w * 4);
+    for (int64_t j = 0; st == TESSERA_OK && j < h; j++)
+      for (int64_t i = 0; i < w; i++) {
+        const uint8_t *q = px + ((size_t)j * (size_t)w + (size_t)i) * 4;
+        dest[(size_t)j * stride + (size_t)i] =
+            (uint32_t)q[3] << 24 | (uint32_t)q[0] << 16 | (uint32_t)q[1] << 8 | q[2];
+      }
+    tsr_free(px);
+    return st;
+  }
   if (lx != floor(lx) || ly != floor(ly)) /* between pixels: OpenSlide's cairo resamples */
     return tsr_os_paint_fractional(s, level, g, lx, ly, w, h, dest, stride);
   /* on whole pixels: the pixels as stored */

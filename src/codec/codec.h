@@ -95,6 +95,9 @@ struct tsr_mosaic_stream {
   uint8_t background;                      /* the colour of pixels no part covers */
   uint64_t png_limit;                      /* bytes a whole decoded PNG image may take */
   const struct tsr_pixel_format *tiff_fmt; /* TSR_MOSAIC_TIFF's parts: how to decode them */
+  /* The rectangle decoded is one of OpenSlide's regions (tsr_mosaic_paint_region), not a
+   * level's tile: how pixman paints an opaque part between pixels depends on it. */
+  bool region;
 };
 
 /* The part w x h at (src_x, src_y) of an image_w x image_h image of length bytes, its top-left
@@ -108,6 +111,10 @@ struct tsr_mosaic_part {
   uint64_t file_offset;
   int64_t pos_x, pos_y;
   uint32_t foot_w, foot_h;
+  /* An image OpenSlide hands cairo without alpha (RGB24): on whole pixels, and in one of
+   * OpenSlide's regions where all its samples lie inside it, pixman paints it in 8 bits
+   * (codec/mosaic.c). */
+  uint32_t opaque;
 };
 
 tessera_status tsr_decode_mosaic(const struct tsr_pixel_format *, const uint8_t *, size_t,

@@ -284,6 +284,52 @@ static void saturate_pixel(const struct window *win, int64_t x1, int64_t y1, flo
   }
 }
 
+/* pixman's 8-bit path, for an image without alpha whose samples over the whole region all
+ * lie inside it: pixman then knows the source opaque, makes SATURATE the OVER_REVERSE it
+ * equals there, and computes it in 8 bits: bilinear with 7-bit weights made 8, each sum
+ * floored; then d + s * (255 - da) / 255 rounded as its MUL_UN8, saturated. Channels are
+ * bytes of a little-endian word, alpha the top one. */
+static uint32_t bilinear8(uint32_t tl, uint32_t tr, uint32_t bl, uint32_t br, uint32_t dx,
+                          uint32_t dy) {
+  dx <<= 1;
+  dy <<= 1;
+  uint64_t wtl = (uint64_t)(256 - dx) * (256 - dy), wtr = (uint64_t)dx * (256 - dy);
+  uint64_t wbl = (uint64_t)(256 - dx) * dy, wbr = (uint64_t)dx * dy;
+  uint32_t out = 0;
+  for (int shift = 0; shift < 32; shift += 8) {
+    uint64_t f = ((tl >> shift) & 255) * wtl + ((tr >> shift) & 255) * wtr +
+                 ((bl >> shift) & 255) * wbl + ((br >> shift) & 255) * wbr;
+    out |= (uint32_t)(f >> 16) << shift;
+  }
+  return out;
+}
+
+static uint32_t over_reverse8(uint32_t s, uint32_t d) {
+  uint32_t ia = 255 - (d >> 24), out = 0;
+  for (int shift = 0; shift < 32; shift += 8) {
+    uint32_t t = ((s >> shift) & 255) * ia + 0x80;
+    uint32_t c = ((d >> shift) & 255) + (((t >> 8) + t) >> 8);
+    out |= (c > 255 ? 255 : c) << shift;
+  }
+  return out;
+}
+
+/* Whether every bilinear sample pixman takes for the pixels cairo hands it (from the one
+ * holding the part's start to the one holding its end, that one included, within [0, len))
+ * lies inside the part's n pixels, along one axis; pos: the part's start (16.16). */
+static bool covers(int64_t pos, uint32_t n, int64_t len) {
+  int64_t b0 = pos >> 16, b1 = ((pos + (int64_t)n * 65536) >> 16) + 1;
+  if (b0 < 0)
+    b0 = 0;
+  if (b1 > len)
+    b1 = len;
+  return b0 < b1 && ((b0 * 65536 - pos) >> 16) >= 0 && (((b1 - 1) * 65536 - pos) >> 16) + 1 < n;
+}
+
+static uint32_t word(const uint8_t *q) {
+  return (uint32_t)q[0] | (uint32_t)q[1] << 8 | (uint32_t)q[2] << 16 | 0xff000000u;
+}
+
 /* Paints the crop rectangle from all parts in OpenSlide's order (the last part first) into a
  * premultiplied accumulator, then writes it out as straight RGBA, the background where
  * nothing was painted. at[i]: where part i's image bytes start in src. */
@@ -344,6 +390,38 @@ static tessera_status paint_between(const struct tsr_mosaic_stream *head, const 
                        (uint32_t)ww, (uint32_t)wh, scratch, win.stride, head);
       if (st != TESSERA_OK)
         break;
+    }
+    /* An image without alpha on whole pixels: cairo asks for no filter, every sample lies
+     * inside, so pixman paints it in 8 bits (the bilinear weights below are then 0). Between
+     * pixels, the same where the region holds all its samples (only a region of OpenSlide's
+     * knows: a level's tile takes the floating-point path, README.md). */
+    bool whole = p.pos_x % 65536 == 0 && p.pos_y % 65536 == 0;
+    if (p.opaque && (whole || (head->region && covers(p.pos_x - (int64_t)cx0 * 65536, p.w, cw) &&
+                               covers(p.pos_y - (int64_t)cy0 * 65536, p.h, chh)))) {
+      for (int64_t Y = fy0; Y < fy1; Y++) {
+        int64_t sy = Y * 65536 - p.pos_y, y1 = sy >> 16;
+        const uint8_t *r0 = win.px + (size_t)(y1 - win.y0) * win.stride;
+        uint8_t *row = acc + (size_t)(Y - cy0) * cw * 4;
+        for (int64_t X = fx0; X < fx1; X++) {
+          uint8_t *a = row + (size_t)(X - cx0) * 4;
+          if (a[3] == 255)
+            continue;
+          int64_t sx = X * 65536 - p.pos_x, x1 = sx >> 16;
+          const uint8_t *q = r0 + (size_t)(x1 - win.x0) * 4;
+          uint32_t s = whole ? word(q)
+                             : bilinear8(word(q), word(q + 4), word(q + win.stride),
+                                         word(q + win.stride + 4), (uint32_t)(sx >> 9) & 0x7f,
+                                         (uint32_t)(sy >> 9) & 0x7f);
+          uint32_t d =
+              (uint32_t)a[0] | (uint32_t)a[1] << 8 | (uint32_t)a[2] << 16 | (uint32_t)a[3] << 24;
+          d = over_reverse8(s, d);
+          a[0] = (uint8_t)d;
+          a[1] = (uint8_t)(d >> 8);
+          a[2] = (uint8_t)(d >> 16);
+          a[3] = (uint8_t)(d >> 24);
+        }
+      }
+      continue;
     }
     for (int64_t Y = fy0; Y < fy1; Y++) {
       int64_t sy = Y * 65536 - p.pos_y, y1 = floor_fixed(sy);

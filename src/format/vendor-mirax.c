@@ -861,6 +861,8 @@ static tessera_status make_level(struct mirax *m, int32_t level, uint8_t backgro
   mo->image_w = (uint32_t)m->sec[level].image_w;
   mo->image_h = (uint32_t)m->sec[level].image_h;
   mo->format = m->sec[level].format;
+  /* OpenSlide copies a subtile out into ARGB32, and paints a whole image as RGB24 */
+  mo->whole_rgb24 = !(m->sec[level].image_w > p->tile_w || m->sec[level].image_h > p->tile_h);
   mo->background = background;
   lv->source_data = mo;
   tsr_mosaic_level_format(lv);

@@ -20,6 +20,7 @@ void tsr_mosaic_free(struct tsr_mosaic *m) {
     return;
   tsr_file_set_unref(m->files);
   tsr_free(m->tiff_fmt.jpeg_tables);
+  tsr_free(m->placed);
   tsr_free(m->images);
   tsr_free(m->pieces);
   tsr_free(m);
@@ -72,7 +73,8 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
                                    .pos_x = p->pos_x,
                                    .pos_y = p->pos_y,
                                    .foot_w = p->foot_w,
-                                   .foot_h = p->foot_h};
+                                   .foot_h = p->foot_h,
+                                   .opaque = m->whole_rgb24 && m->format != TSR_MOSAIC_TIFF};
     memcpy(buf->data + parts_at + k * sizeof part, &part, sizeof part);
     tessera_status st =
         m->files ? tsr_file_set_read(m->files, img->file, img->offset, img->length, buf->data + at)
@@ -106,6 +108,11 @@ tessera_status tsr_mosaic_lay(struct tsr_mosaic *mo, struct tsr_level *lv, uint3
                               uint64_t max_tiles) {
   lv->tile_w = tile_w;
   lv->tile_h = tile_h;
+  if (!(mo->placed = tsr_malloc((n ? n : 1) * sizeof *mo->placed)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for the level's images");
+  if (n)
+    memcpy(mo->placed, placed, n * sizeof *placed);
+  mo->nplaced = n;
   uint64_t across = ((uint64_t)lv->width + lv->tile_w - 1) / lv->tile_w;
   uint64_t down = ((uint64_t)lv->height + lv->tile_h - 1) / lv->tile_h;
   if (across * down > max_tiles)
@@ -192,3 +199,103 @@ const struct tsr_tile_source tsr_mosaic_tiles = {
     .stream = mosaic_stream,
     .free = mosaic_free,
 };
+
+/* The pixels a rectangle of n pixels at fixed-point position pos (16.16) touches, within
+ * [0, len): [*a, *b). */
+static bool touches(int64_t pos, uint32_t n, int64_t len, int64_t *a, int64_t *b) {
+  *a = pos >> 16;
+  *b = (pos + (int64_t)n * 65536 + 65535) >> 16;
+  if (*a < 0)
+    *a = 0;
+  if (*b > len)
+    *b = len;
+  return *a < *b;
+}
+
+tessera_status tsr_mosaic_paint_region(const tessera_slide *s, int32_t level, double x, double y,
+                                       int64_t w, int64_t h, uint8_t *rgba, size_t stride) {
+  const struct tsr_level *lv = &s->levels[level];
+  if (lv->source != &tsr_mosaic_tiles || w < 1 || h < 1 || w > 1 << 16 || h > 1 << 16)
+    return tsr_error(TESSERA_E_ARGUMENT, "not a mosaic level, or a region of %lldx%lld",
+                     (long long)w, (long long)h);
+  const struct tsr_mosaic *m = lv->source_data;
+  /* cairo's translation of each image, rounded to 1/65536 (x * 65536 is whole wherever the
+   * downsample is a power of 2 up to 65536) */
+  int64_t x0 = (int64_t)nearbyint(x * 65536.0), y0 = (int64_t)nearbyint(y * 65536.0);
+  uint32_t n = 0;
+  uint64_t total = sizeof(struct tsr_mosaic_stream);
+  for (size_t i = 0; i < m->nplaced; i++) {
+    const struct tsr_mosaic_placed *p = &m->placed[i];
+    int64_t a, b, c, d;
+    if (touches(p->fixed_x - x0, p->w, w, &a, &b) && touches(p->fixed_y - y0, p->h, h, &c, &d)) {
+      n++;
+      total += sizeof(struct tsr_mosaic_part) + m->images[p->image].length;
+    }
+  }
+  if (total > s->limits.max_read_bytes)
+    return tsr_error(TESSERA_E_LIMIT, "the region's images take %llu bytes, over the limit",
+                     (unsigned long long)total);
+  uint8_t *buf = tsr_malloc((size_t)total);
+  if (!buf)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a region's images");
+  struct tsr_mosaic_stream head = {.n = n,
+                                   .background = 0,
+                                   .png_limit = s->limits.max_decoded_tile_bytes,
+                                   .tiff_fmt = &m->tiff_fmt,
+                                   .region = true};
+  memcpy(buf, &head, sizeof head);
+  size_t parts_at = sizeof head, at = parts_at + (size_t)n * sizeof(struct tsr_mosaic_part);
+  uint32_t k = 0;
+  tessera_status st = TESSERA_OK;
+  for (size_t i = 0; i < m->nplaced && st == TESSERA_OK; i++) {
+    const struct tsr_mosaic_placed *p = &m->placed[i];
+    int64_t a, b, c, d;
+    if (!touches(p->fixed_x - x0, p->w, w, &a, &b) || !touches(p->fixed_y - y0, p->h, h, &c, &d))
+      continue;
+    const struct tsr_mosaic_image *img = &m->images[p->image];
+    struct tsr_mosaic_part part = {.src_x = p->src_x,
+                                   .src_y = p->src_y,
+                                   .dst_x = (uint32_t)a,
+                                   .dst_y = (uint32_t)c,
+                                   .w = p->w,
+                                   .h = p->h,
+                                   .image_w = m->image_w,
+                                   .image_h = m->image_h,
+                                   .length = img->length,
+                                   .format = m->format,
+                                   .image = p->image,
+                                   .file = img->file,
+                                   .file_offset = img->offset,
+                                   .pos_x = p->fixed_x - x0,
+                                   .pos_y = p->fixed_y - y0,
+                                   .foot_w = (uint32_t)(b - a),
+                                   .foot_h = (uint32_t)(d - c),
+                                   .opaque = m->whole_rgb24 && m->format != TSR_MOSAIC_TIFF};
+    if (part.pos_x % 65536 == 0 && part.pos_y % 65536 == 0) {
+      /* on whole pixels: the part is the pixels it touches (as in a level's tiles) */
+      part.src_x += (uint32_t)(a - (part.pos_x >> 16));
+      part.src_y += (uint32_t)(c - (part.pos_y >> 16));
+      part.w = part.foot_w;
+      part.h = part.foot_h;
+      part.pos_x = a * 65536;
+      part.pos_y = c * 65536;
+    }
+    memcpy(buf + parts_at + (size_t)k++ * sizeof part, &part, sizeof part);
+    st = m->files ? tsr_file_set_read(m->files, img->file, img->offset, img->length, buf + at)
+                  : tsr_tile_fetch(s, img->offset, img->length, buf + at);
+    at += img->length;
+  }
+  if (st == TESSERA_OK) {
+    struct tsr_tile_out out = {.pixels = rgba,
+                               .width = (uint32_t)w,
+                               .height = (uint32_t)h,
+                               .need_w = (uint32_t)w,
+                               .need_h = (uint32_t)h,
+                               .stride = stride,
+                               .crop_w = (uint32_t)w,
+                               .crop_h = (uint32_t)h};
+    st = tsr_decode_mosaic(&lv->fmt, buf, at, &out);
+  }
+  tsr_free(buf);
+  return st;
+}

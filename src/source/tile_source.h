@@ -162,6 +162,13 @@ struct tsr_mosaic {
   /* format TSR_MOSAIC_TIFF (Ventana BIF): the images are tiles of a TIFF directory, read
    * from the slide's byte source (files NULL) and decoded with tiff_fmt (its tables owned). */
   struct tsr_pixel_format tiff_fmt;
+  /* Every rectangle placed (tsr_mosaic_lay keeps a copy), for regions painted as OpenSlide
+   * paints one (tsr_mosaic_paint_region). */
+  struct tsr_mosaic_placed *placed;
+  size_t nplaced;
+  /* OpenSlide hands cairo the level's images whole and without alpha (RGB24: MIRAX levels
+   * whose images are not cut into subtiles). */
+  bool whole_rgb24;
 };
 
 void tsr_mosaic_free(struct tsr_mosaic *m);
@@ -185,5 +192,14 @@ struct tsr_mosaic_placed {
 tessera_status tsr_mosaic_lay(struct tsr_mosaic *mo, struct tsr_level *lv, uint32_t tile_w,
                               uint32_t tile_h, const struct tsr_mosaic_placed *placed, size_t n,
                               uint64_t max_tiles);
+
+/* The w x h region of a mosaic level whose top-left corner is (x, y) in level pixels (a
+ * fraction kept), painted as OpenSlide 3.4.1 paints that region (one of its read_region's
+ * pieces): every placed rectangle that reaches it (past the level's edge too), translated by
+ * its position less (x, y), and pixman's 8-bit path for a whole image without alpha whose
+ * samples all lie inside it. Into rgba (premultiplied RGBA, rows stride bytes apart), zero
+ * where nothing is painted. For the OpenSlide fronts (openslide/fractional.c). */
+tessera_status tsr_mosaic_paint_region(const tessera_slide *s, int32_t level, double x, double y,
+                                       int64_t w, int64_t h, uint8_t *rgba, size_t stride);
 
 #endif

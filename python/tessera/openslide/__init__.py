@@ -190,6 +190,10 @@ class OpenSlide(AbstractSlide):
         self._downsamples = tuple(lv["downsample"] for lv in info)
         self._alpha = tuple(lv["samples_per_pixel"] == 4 for lv in info)
         self._alpha_kind = tuple(lv["alpha"] for lv in info)
+        # placed images (MIRAX, some Ventana BIFs): OpenSlide paints each from its position,
+        # past the level's edge too, in ways that depend on the region: the extension paints
+        # every region of such a level as OpenSlide would (source/mosaic_tiles.c)
+        self._placed = tuple(lv["compression_name"] == "mosaic" for lv in info)
         self._props = None
         self._max_read = self._slide.limits()["max_read_bytes"]
         self._profile = self._slide.icc_profile
@@ -320,7 +324,7 @@ class OpenSlide(AbstractSlide):
             raise OpenSlideError("a %dx%d region is over the limit of %d bytes for one read "
                                  "(tessera's max_read_bytes)" % (width, height, self._max_read))
         ds = self._downsamples[level]
-        if level and _resampled(x, y, width, height, ds):
+        if self._placed[level] or (level and _resampled(x, y, width, height, ds)):
             # OpenSlide resamples: libtessera-openslide's code, in the extension, paints it
             try:
                 pixels = slide.read_region_openslide(
