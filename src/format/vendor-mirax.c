@@ -22,11 +22,14 @@
  * as cairo rounds them; a tile there touches the pixels from the one its corner lies in to the
  * one its far edge lies in, and is painted as OpenSlide paints it, bilinear and SATURATE in
  * pixman's arithmetic (codec/mosaic.c), partly covered pixels keeping their partial alpha (the
- * level's alpha is associated). Not equal: where a read's region lies inside an image that
- * OpenSlide hands cairo without alpha (whole images: levels not cut into subtiles, with 2 x 2
- * or more camera images a picture), pixman computes in 8 bits instead and its pixels differ
- * from tessera's by 1 at most (README.md). A subtile whose width or height is not whole
- * (images of a size not divisible by the subtiles across) starts at the pixel below.
+ * level's alpha is associated); a whole image without alpha on whole pixels in pixman's 8-bit
+ * arithmetic, as pixman paints it. Not equal in tessera's own reads (the OpenSlide fronts
+ * paint each region as OpenSlide does, source/mosaic_tiles.c): where a read's region lies
+ * inside an image between pixels that OpenSlide hands cairo without alpha (whole images:
+ * levels not cut into subtiles, with 2 x 2 or more camera images a picture), pixman computes
+ * in 8 bits instead and its pixels differ from tessera's by 1 at most (README.md). A subtile
+ * whose width or height is not whole (images of a size not divisible by the subtiles across)
+ * starts at the pixel below.
  *
  * Every count, offset and length read from the three files is bounded before it is used: the
  * INI to 1 MiB (as OpenSlide), camera images to TSR_MIRAX_MAX_IMAGES, levels to 31 (the image
