@@ -15,6 +15,10 @@
  * (test_openslide_c.py's test_fractional_regions_equal). It assumes C's float arithmetic is
  * IEEE single precision, as it is wherever SSE or any 64-bit FPU does it (not x87).
  *
+ * A level of placed images (MIRAX, a Ventana BIF placed tile by tile) is not resampled from
+ * tessera's tiles: each piece of a region is painted image by image as OpenSlide paints it,
+ * from whole pixels and between them (tsr_mosaic_paint_region, source/mosaic_tiles.c).
+ *
  * Also here, tsr_os_read_region: OpenSlide's whole read_region (its 4096-pixel pieces, whole
  * and fractional), which libtessera-openslide and the Python extension (tessera.openslide) both
  * call, so the two fronts share one implementation. It uses tessera's public API and
