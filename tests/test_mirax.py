@@ -3,7 +3,9 @@ Debian's OpenSlide 3.4.1 opens as "mirax": levels, pixels of every level (region
 edges, overlaps, missing images and the slide's border), properties, the INI's text as GLib
 reads it, associated images, against OpenSlide; camera positions from a position buffer, a
 zlib-compressed one and the nominal grid, with and without overlap, pictures of one camera
-image and of 2 x 2; JPEG, PNG and BMP images;
+image and of 2 x 2; JPEG, PNG and BMP images; camera positions that put a level's images
+between its pixels (odd positions, odd overlaps), painted as OpenSlide paints them, through
+tessera and both OpenSlide fronts (every region, origins between pixels included);
 the batch reader and `tessera bench` against single reads; damaged and hostile copies fail
 with a message that says what is wrong (under ASan+UBSan too when TESSERA_CLI_ASAN names a
 sanitized `tessera`)."""
