@@ -70,7 +70,7 @@ struct fifo {
  * full chunks are counted exactly; a chunk's free slots are not counted: those of the chunk
  * being filled for each tile size, and slots freed by evictions until the next tile of that
  * size takes them (a chunk whose last slot is freed is unmapped). */
-#define CHUNK_ALIGN ((size_t)2 << 20)
+#define CHUNK_ALIGN TSR_HUGE_PAGE
 #define CHUNK_MAX_SLOTS 64
 
 struct chunk {
@@ -266,7 +266,7 @@ static uint8_t *chunk_take(struct pool *pl, size_t bytes, struct chunk **out, bo
 }
 
 static void chunk_unmap(struct chunk *k) {
-  munmap(k->base, k->map_bytes);
+  tsr_unmap_huge(k->base, k->map_bytes);
   tsr_free(k);
 }
 
@@ -275,24 +275,11 @@ static void chunk_unmap(struct chunk *k) {
 static bool chunk_add(struct pool *pl, size_t bytes) {
   size_t map = chunk_map_bytes(bytes);
   struct chunk *k = tsr_malloc(sizeof *k);
-  if (!k)
-    return false;
-  /* Aligned to 2 MiB, so that the whole of it can be huge pages: map more, trim the ends. */
-  uint8_t *p = mmap(NULL, map + CHUNK_ALIGN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                    -1, 0);
-  if (p == MAP_FAILED) {
+  uint8_t *base = k ? tsr_map_huge(map) : NULL;
+  if (!base) {
     tsr_free(k);
     return false;
   }
-  uint8_t *base = (uint8_t *)(((uintptr_t)p + CHUNK_ALIGN - 1) & ~(uintptr_t)(CHUNK_ALIGN - 1));
-  uint8_t *end = p + map + CHUNK_ALIGN;
-  if (base > p)
-    munmap(p, (size_t)(base - p));
-  if (end > base + map)
-    munmap(base + map, (size_t)(end - (base + map)));
-#ifdef MADV_HUGEPAGE
-  (void)madvise(base, map, MADV_HUGEPAGE);
-#endif
   *k = (struct chunk){
       .next = pl->chunks, .base = base, .map_bytes = map, .slot = bytes, .nslots = chunk_slots(bytes)};
   pl->chunks = k;
