@@ -122,9 +122,33 @@ struct process_cache {
 /* Tiles from this size on have their pages mapped in by populate(). */
 #define POPULATE_MIN_BYTES ((size_t)64 << 10)
 
-/* What a chunk for tiles of `bytes` maps: 2 MiB, or the tile rounded up to 2 MiB. */
+/* Slots of a chunk of `map` bytes for tiles of `bytes`. */
+static size_t slots_in(size_t map, size_t bytes) {
+  size_t n = map / bytes;
+  return n > CHUNK_MAX_SLOTS ? CHUNK_MAX_SLOTS : n;
+}
+
+/* What a chunk for tiles of `bytes` maps: the smallest multiple of 2 MiB, up to 16 MiB, that
+ * the slots fill but for 1/64 of it (192 KB tiles: 4 MiB of 21; 768 KB: 6 MiB of 8, where 2
+ * MiB would hold 2 and waste a quarter), else the one they fill best; 0 when even that wastes
+ * more than an eighth (such tiles are malloc'd, as smaller caches' are). */
 static size_t chunk_map_bytes(size_t bytes) {
-  return bytes <= CHUNK_ALIGN ? CHUNK_ALIGN : (bytes + CHUNK_ALIGN - 1) & ~(CHUNK_ALIGN - 1);
+  size_t best = 0;
+  uint64_t best_waste = 0;
+  for (size_t map = CHUNK_ALIGN; map <= 8 * CHUNK_ALIGN; map += CHUNK_ALIGN) {
+    size_t n = slots_in(map, bytes);
+    if (n == 0)
+      continue;
+    uint64_t waste = map - n * bytes;
+    if (waste * 64 <= map)
+      return map;
+    /* waste / map below best_waste / best */
+    if (!best || waste * best < best_waste * map) {
+      best = map;
+      best_waste = waste;
+    }
+  }
+  return best && best_waste * 8 <= best ? best : 0;
 }
 
 /* What an allocation of n bytes takes from the system, as glibc's malloc gives it: an 8-byte
@@ -226,8 +250,7 @@ static uint64_t chunk_cost(size_t map) {
 }
 
 static unsigned chunk_slots(size_t bytes) {
-  size_t n = chunk_map_bytes(bytes) / bytes;
-  return n > CHUNK_MAX_SLOTS ? CHUNK_MAX_SLOTS : (unsigned)n;
+  return (unsigned)slots_in(chunk_map_bytes(bytes), bytes);
 }
 
 /* What an entry whose pixels are in a chunk is counted: its bookkeeping and its slot's share
@@ -239,10 +262,13 @@ static uint64_t chunked_entry_cost(size_t bytes) {
 }
 
 /* Whether tiles of `bytes` go into chunks: they are large enough for the page faults to
- * matter, and a chunk is a small part of the cache (an eighth at most). */
+ * matter (and at most 16 MiB), they fill a chunk but for an eighth at most, and a chunk is a
+ * small part of the cache (an eighth at most). */
 static bool chunked(const struct process_cache *c, size_t bytes) {
-  return bytes >= POPULATE_MIN_BYTES && bytes <= ((size_t)64 << 20) &&
-         (uint64_t)chunk_map_bytes(bytes) * 8 <= c->memory_capacity;
+  if (bytes < POPULATE_MIN_BYTES || bytes > 8 * CHUNK_ALIGN)
+    return false;
+  size_t map = chunk_map_bytes(bytes);
+  return map && (uint64_t)map * 8 <= c->memory_capacity;
 }
 
 /* A free slot of this size in one of the pool's chunks, marked used (pool lock held); NULL if
