@@ -109,6 +109,32 @@ static double hue(int r, int g, int b, int mx, int mn) {
   return h < 0.0 ? h + 360.0 : h;
 }
 
+/* Loops the compiler should do many pixels at a time: GCC's default at -O2 vectorises only
+ * loops that need no remainder handling, so these ask for its usual cost model. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define TSR_VECTORISE __attribute__((optimize("vect-cost-model=dynamic")))
+#else
+#define TSR_VECTORISE
+#endif
+
+/* NOT_TISSUE (0) with a value above t becomes TISSUE (1). */
+TSR_VECTORISE static void threshold(uint8_t *restrict cls, const uint8_t *restrict value,
+                                    size_t n, uint8_t t) {
+  for (size_t i = 0; i < n; i++)
+    cls[i] = (uint8_t)(cls[i] | ((cls[i] == NOT_TISSUE) & (value[i] > t)));
+}
+
+/* Tissue (TISSUE) to 255, anything else to 0; returns how many are tissue. */
+TSR_VECTORISE static size_t to_bytes(uint8_t *restrict cls, size_t n) {
+  size_t tissue = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t t = cls[i] == TISSUE;
+    tissue += t;
+    cls[i] = (uint8_t)-t;
+  }
+  return tissue;
+}
+
 /* Histograms of bytes, four interleaved: pixels of one colour (glass) would otherwise make
  * every increment wait for the one before. */
 struct hist4 {
@@ -120,10 +146,110 @@ static void hist4_sum(const struct hist4 *q, uint64_t out[256]) {
     out[v] = q->h[0][v] + q->h[1][v] + q->h[2][v] + q->h[3][v];
 }
 
-/* Sets cls (one byte per pixel) and *darkfield, and returns the threshold. `value` is scratch
- * of n bytes. */
-static int classify(const tessera_tissue_options *o, const uint8_t *restrict rgb, size_t n,
-                    uint8_t bg, uint8_t *restrict cls, uint8_t *restrict value, bool *darkfield) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
+#define SWAR 1 /* eight bytes a step, the first of them in the word's low byte */
+static const uint64_t ONES = 0x0101010101010101u, HIGHS = 0x8080808080808080u;
+#endif
+
+/* The first i from i (or n) with p[i] == v: eight bytes a step (no byte of the word equal to v
+ * leaves no zero byte in word ^ v, and the lowest flagged byte of the zero-byte test is
+ * exact). */
+static int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
+#ifdef SWAR
+  for (; i + 8 <= n; i += 8) {
+    uint64_t x;
+    memcpy(&x, p + i, 8);
+    x ^= ONES * v;
+    uint64_t zero = (x - ONES) & ~x & HIGHS;
+    if (zero)
+      return i + (__builtin_ctzll(zero) >> 3);
+  }
+#endif
+  while (i < n && p[i] != v)
+    i++;
+  return i;
+}
+
+/* Pixels classified at once: copied apart into one array per channel first, so the classes
+ * and saturations of a block are plain loops over bytes that the compiler does many at a time
+ * (the interleaved RGB would not let it). */
+#define BLOCK 256
+
+/* Saturation floor(255 * (max - min) / max) as a float quotient: both operands are exact in a
+ * float, the quotient is below 256 so its rounding error is under 2^-16, and a quotient that
+ * is not a whole number is at least 1 / max >= 1 / 255 from one; so the truncation is the
+ * exact floor, the same as the integer division's. */
+TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_t *restrict g,
+                                         const uint8_t *restrict b, int nb, int bg, int tol,
+                                         int black, int pen_sat, uint8_t *restrict cls,
+                                         uint8_t *restrict sat, uint8_t *any_pen) {
+  uint8_t pen_any = 0;
+  for (int i = 0; i < nb; i++) {
+    int rr = r[i], gg = g[i], bb = b[i];
+    int mx = rr > gg ? rr : gg;
+    mx = mx > bb ? mx : bb;
+    int mn = rr < gg ? rr : gg;
+    mn = mn < bb ? mn : bb;
+    int den = mx > 1 ? mx : 1; /* (a conditional inside the cast stops GCC 12 vectorising) */
+    int s = (int)((float)(255 * (mx - mn)) / (float)den);
+    int dr = rr - bg, dg = gg - bg, db = bb - bg;
+    dr = dr < 0 ? -dr : dr;
+    dg = dg < 0 ? -dg : dg;
+    db = db < 0 ? -db : db;
+    int d = dr > dg ? dr : dg;
+    d = d > db ? d : db;
+    int excluded = (d <= tol) | (mx <= black); /* background or black */
+    int pen = !excluded & (s >= pen_sat) & (s > 0);
+    pen_any |= (uint8_t)pen;
+    sat[i] = (uint8_t)s;
+    cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);
+  }
+  *any_pen = pen_any;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define TSR_CLASSIFY_AVX2 1
+/* classify_block over interleaved RGB, for processors with AVX2 (chosen at run time): its
+ * shuffles take the channels apart, which SSE2 cannot do well, so the baseline build copies
+ * them apart first. The same arithmetic. */
+TSR_VECTORISE __attribute__((target("avx2"))) static void classify_rgb_avx2(
+    const uint8_t *restrict rgb, int nb, int bg, int tol, int black, int pen_sat,
+    uint8_t *restrict cls, uint8_t *restrict sat, uint8_t *any_pen) {
+  int pen_any = 0;
+  for (int i = 0; i < nb; i++) {
+    int rr = rgb[3 * i], gg = rgb[3 * i + 1], bb = rgb[3 * i + 2];
+    int mx = rr > gg ? rr : gg;
+    mx = mx > bb ? mx : bb;
+    int mn = rr < gg ? rr : gg;
+    mn = mn < bb ? mn : bb;
+    int den = mx > 1 ? mx : 1;
+    int s = (int)((float)(255 * (mx - mn)) / (float)den);
+    int dr = rr - bg, dg = gg - bg, db = bb - bg;
+    dr = dr < 0 ? -dr : dr;
+    dg = dg < 0 ? -dg : dg;
+    db = db < 0 ? -db : db;
+    int d = dr > dg ? dr : dg;
+    d = d > db ? d : db;
+    int excluded = (d <= tol) | (mx <= black);
+    int pen = !excluded & (s >= pen_sat) & (s > 0);
+    pen_any |= pen;
+    sat[i] = (uint8_t)s;
+    cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);
+  }
+  *any_pen = (uint8_t)pen_any;
+}
+#endif
+
+struct hist8 {
+  uint32_t h[8][512]; /* n < 2^32 (the mask's limit) */
+};
+
+/* Sets cls (one byte per pixel) and *darkfield, and returns the threshold (-1: out of
+ * memory). Overwrites rgb's first n bytes with each pixel's value (saturation, or dark-field
+ * log brightness): block by block, after the block's pixels were copied apart, so the pixels
+ * still to come are intact. */
+static int classify(const tessera_tissue_options *o, uint8_t *rgb, size_t n, uint8_t bg,
+                    uint8_t *restrict cls, bool *darkfield) {
   static struct hist4 zero;
   struct hist4 *q = tsr_malloc(sizeof *q);
   if (!q)
@@ -158,69 +284,72 @@ static int classify(const tessera_tissue_options *o, const uint8_t *restrict rgb
   uint8_t log_scale[256];
   for (int v = 0; v < 256; v++)
     log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
-  /* floor(a / m) for a < 2^16 and m < 2^8 is (a * ceil(2^32 / m)) >> 32 exactly (the excess,
-   * under a / 2^32 < 2^-16, never reaches the next whole number, at least 1 / m away), so
-   * saturation takes a multiplication instead of a division. */
-  uint64_t reciprocal[256];
-  reciprocal[0] = 0;
-  for (int m = 1; m < 256; m++)
-    reciprocal[m] = (((uint64_t)1 << 32) + (uint64_t)m - 1) / (uint64_t)m;
-  /* Branch-free, so the compiler can do many pixels at once: saturation, background and
-   * black. Pen hues are
-   * looked at afterwards, only for the few pixels saturated enough to be ink. */
   int black = dark ? -1 : o->black_max;
   int pen_sat = dark ? 256 : o->pen_min_saturation;
-  bool any_pen = false;
-  for (size_t i = 0; i < n; i++) {
-    const uint8_t *p = rgb + 3 * i;
-    int r = p[0], g = p[1], b = p[2];
-    int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
-    int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
-    int sat = (int)(((uint64_t)(255 * (mx - mn)) * reciprocal[mx]) >> 32);
-    int dr = r - bg, dg = g - bg, db = b - bg;
-    bool background = (dr <= tol) & (dr >= -tol) & (dg <= tol) & (dg >= -tol) & (db <= tol) &
-                      (db >= -tol);
-    bool excluded = background | (mx <= black);
-    bool pen = !excluded & (sat >= pen_sat) & (sat > 0);
-    any_pen |= pen;
-    value[i] = (uint8_t)sat;
-    cls[i] = (uint8_t)(excluded ? EXCLUDED : pen ? PEN_CANDIDATE : NOT_TISSUE);
-  }
-  if (any_pen) {
-    for (size_t i = 0; i < n; i++) {
-      if (cls[i] != PEN_CANDIDATE)
-        continue;
-      const uint8_t *p = rgb + 3 * i;
-      int r = p[0], g = p[1], b = p[2];
-      int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
-      int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
-      double h = hue(r, g, b, mx, mn);
-      cls[i] = h >= o->pen_hue_min && h <= o->pen_hue_max ? EXCLUDED : NOT_TISSUE;
-    }
-  }
-  *q = zero;
-  if (dark) {
-    for (size_t i = 0; i < n; i++) {
-      const uint8_t *p = rgb + 3 * i;
-      int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
-      value[i] = log_scale[mx];
-      /* Bright-field leaves the background out of Otsu's histogram (glass would swamp it);
-       * dark-field keeps it in: it is the dark class Otsu is to split from the signal. */
-      q->h[i & 3][value[i]]++;
-    }
-  } else {
-    for (size_t i = 0; i < n; i++)
-      if (cls[i] != EXCLUDED) /* long runs of background either way: a branch predicts well */
-        q->h[i & 3][value[i]]++;
-  }
-  hist4_sum(q, hist);
   tsr_free(q);
+  struct hist8 *hq = tsr_calloc(1, sizeof *hq);
+  if (!hq)
+    return -1;
+  uint8_t r[BLOCK], g[BLOCK], b[BLOCK], sat[BLOCK];
+  /* Otsu's histogram, eight interleaved (a pixel's bin waits on the last increment of that
+   * bin); bins from 256 on take bright-field's excluded pixels, so that no pixel branches. */
+  int excluded_bin = dark ? 0 : 8;
+#ifdef TSR_CLASSIFY_AVX2
+  bool avx2 = __builtin_cpu_supports("avx2");
+#endif
+  for (size_t i0 = 0; i0 < n; i0 += BLOCK) {
+    int nb = n - i0 < BLOCK ? (int)(n - i0) : BLOCK;
+    const uint8_t *p = rgb + 3 * i0;
+    uint8_t *c = cls + i0, any_pen;
+#ifdef TSR_CLASSIFY_AVX2
+    if (avx2) {
+      classify_rgb_avx2(p, nb, bg, tol, black, pen_sat, c, sat, &any_pen);
+    } else
+#endif
+    {
+      for (int i = 0; i < nb; i++) {
+        r[i] = p[3 * i];
+        g[i] = p[3 * i + 1];
+        b[i] = p[3 * i + 2];
+      }
+      classify_block(r, g, b, nb, bg, tol, black, pen_sat, c, sat, &any_pen);
+    }
+    /* Pen hues, only for the few pixels saturated enough to be ink. */
+    for (int i = 0; any_pen && (i = next_byte(c, i, nb, PEN_CANDIDATE)) < nb; i++) {
+      int rr = p[3 * i], gg = p[3 * i + 1], bb = p[3 * i + 2];
+      int mx = rr > gg ? (rr > bb ? rr : bb) : (gg > bb ? gg : bb);
+      int mn = rr < gg ? (rr < bb ? rr : bb) : (gg < bb ? gg : bb);
+      double h = hue(rr, gg, bb, mx, mn);
+      c[i] = h >= o->pen_hue_min && h <= o->pen_hue_max ? EXCLUDED : NOT_TISSUE;
+    }
+    /* Dark-field brightness instead of saturation. Bright-field leaves the background out of
+     * Otsu's histogram (glass would swamp it); dark-field keeps it in: it is the dark class
+     * Otsu is to split from the signal. */
+    if (dark)
+      for (int i = 0; i < nb; i++) {
+        int mx = p[3 * i] > p[3 * i + 1] ? p[3 * i] : p[3 * i + 1];
+        sat[i] = log_scale[mx > p[3 * i + 2] ? mx : p[3 * i + 2]];
+      }
+    int i = 0;
+    for (; i + 8 <= nb; i += 8)
+      for (int j = 0; j < 8; j++)
+        hq->h[j][sat[i + j] | ((c[i + j] == EXCLUDED) << excluded_bin)]++;
+    for (; i < nb; i++)
+      hq->h[0][sat[i] | ((c[i] == EXCLUDED) << excluded_bin)]++;
+    /* The values, kept for the threshold, where this block's pixels were (i0 + nb <=
+     * 3 * i0 + 3 * nb: behind the pixels still to read). */
+    memcpy(rgb + i0, sat, (size_t)nb);
+  }
+  for (int v = 0; v < 256; v++) {
+    hist[v] = 0;
+    for (int j = 0; j < 8; j++)
+      hist[v] += hq->h[j][v];
+  }
+  tsr_free(hq);
   int t = otsu(hist);
   if (t < o->min_threshold)
     t = o->min_threshold;
-  uint8_t tt = (uint8_t)t;
-  for (size_t i = 0; i < n; i++) /* NOT_TISSUE (0) above the threshold becomes TISSUE (1) */
-    cls[i] = (uint8_t)(cls[i] | ((cls[i] == NOT_TISSUE) & (value[i] > tt)));
+  threshold(cls, rgb, n, (uint8_t)t);
   return t;
 }
 
@@ -246,6 +375,27 @@ static uint32_t find(struct run *r, uint32_t i) {
   return i;
 }
 
+/* The first x from x0 (or w) where (row[x] == TISSUE) != tissue: eight pixels a step where
+ * they are all alike (glass, or a tissue's inside), pixel by pixel near a change. */
+static int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
+#ifdef SWAR
+  const uint64_t ones = ONES, highs = HIGHS;
+  for (; x + 8 <= w; x += 8) {
+    uint64_t v;
+    memcpy(&v, row + x, 8);
+    v ^= ones * TISSUE; /* bytes of tissue are now 0 */
+    /* Bytes that end the run: non-zero ones for tissue, zero ones (their high bit set here,
+     * exact for the lowest such byte) otherwise. */
+    uint64_t stop = tissue ? v : (v - ones) & ~v & highs;
+    if (stop)
+      return x + (__builtin_ctzll(stop) >> 3);
+  }
+#endif
+  while (x < w && (row[x] == TISSUE) == tissue)
+    x++;
+  return x;
+}
+
 /* Connected components of pixels whose class is (or is not, when `of_tissue` is false)
  * TISSUE: a component smaller than min_pixels is flipped (tissue specks dropped; holes, not
  * touching the edge, filled where they are NOT_TISSUE). 8-connected for tissue, 4 for holes,
@@ -259,14 +409,9 @@ static bool sweep(uint8_t *cls, int64_t w, int64_t h, bool of_tissue, double min
   for (int64_t y = 0; y < h; y++) {
     const uint8_t *row = cls + (size_t)y * (size_t)w;
     uint32_t first = n, p = prev0;
-    for (int64_t x = 0; x < w;) {
-      if ((row[x] == TISSUE) != of_tissue) {
-        x++;
-        continue;
-      }
+    for (int64_t x = scan(row, 0, w, !of_tissue); x < w; x = scan(row, x, w, !of_tissue)) {
       int64_t x0 = x;
-      while (x < w && (row[x] == TISSUE) == of_tissue)
-        x++;
+      x = scan(row, x, w, of_tissue);
       if (n == rs->cap) {
         size_t cap = rs->cap ? 2 * rs->cap : 4096;
         struct run *grown = tsr_realloc(rs->r, cap * sizeof *grown);
@@ -370,10 +515,10 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
                      "within %g .. %g",
                      d, scale, level, TSR_SCALE_MIN, TSR_SCALE_MAX);
   size_t n = (size_t)w * (size_t)h;
-  uint8_t *rgb = tsr_malloc(n * 3), *cls = tsr_malloc(n), *value = tsr_malloc(n);
+  uint8_t *rgb = tsr_malloc(n * 3), *cls = tsr_malloc(n);
   struct runs runs = {0};
   tessera_mask *m = tsr_calloc(1, sizeof *m);
-  if (!rgb || !cls || !value || !m) {
+  if (!rgb || !cls || !m) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask", (long long)w,
                    (long long)h);
     goto done;
@@ -382,7 +527,7 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   if (st != TESSERA_OK)
     goto done;
   bool dark;
-  m->threshold = classify(&o, rgb, n, s->background, cls, value, &dark);
+  m->threshold = classify(&o, rgb, n, s->background, cls, &dark);
   if (m->threshold < 0) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a tissue mask's histograms");
     goto done;
@@ -395,11 +540,7 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
                    (long long)h);
     goto done;
   }
-  size_t tissue = 0;
-  for (size_t i = 0; i < n; i++) {
-    cls[i] = cls[i] == TISSUE ? 255 : 0;
-    tissue += cls[i] != 0;
-  }
+  size_t tissue = to_bytes(cls, n);
   m->data = cls;
   cls = NULL;
   m->width = w;
@@ -414,7 +555,6 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
 done:
   tsr_free(rgb);
   tsr_free(cls);
-  tsr_free(value);
   tsr_free(runs.r);
   tessera_mask_free(m);
   return st;
