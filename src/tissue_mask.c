@@ -175,35 +175,44 @@ static int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
  * (the interleaved RGB would not let it). */
 #define BLOCK 256
 
+/* One pixel's class and saturation, in bytes where the values allow (so that the compiler
+ * does as many pixels at once as a vector has bytes) and in floats for the quotient. The
+ * parameters are bytes with on/off flags: black_on (black_max >= 0), pen_on
+ * (pen_min_saturation <= 255). */
+#define CLASSIFY_PIXEL(rr, gg, bb)                                                            \
+  do {                                                                                      \
+    uint8_t r_ = (rr), g_ = (gg), b_ = (bb);                                                \
+    uint8_t mx = r_ > g_ ? r_ : g_;                                                         \
+    mx = mx > b_ ? mx : b_;                                                                 \
+    uint8_t mn = r_ < g_ ? r_ : g_;                                                         \
+    mn = mn < b_ ? mn : b_;                                                                 \
+    int den = mx > 1 ? mx : 1; /* (a conditional inside the cast stops GCC vectorising) */ \
+    uint8_t s_ = (uint8_t)(int)((float)(255 * (mx - mn)) / (float)den);                   \
+    uint8_t dr = r_ > bg ? r_ - bg : bg - r_;                                               \
+    uint8_t dg = g_ > bg ? g_ - bg : bg - g_;                                               \
+    uint8_t db = b_ > bg ? b_ - bg : bg - b_;                                               \
+    uint8_t d = dr > dg ? dr : dg;                                                          \
+    d = d > db ? d : db;                                                                    \
+    uint8_t excluded = (uint8_t)((d <= tol) | ((mx <= black) & black_on));                  \
+    uint8_t pen = (uint8_t)((excluded ^ 1) & (s_ >= pen_sat) & pen_on & (s_ > 0));          \
+    pen_any |= pen;                                                                         \
+    sat[i] = s_;                                                                            \
+    cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);                          \
+  } while (0)
+
 /* Saturation floor(255 * (max - min) / max) as a float quotient: both operands are exact in a
  * float, the quotient is below 256 so its rounding error is under 2^-16, and a quotient that
  * is not a whole number is at least 1 / max >= 1 / 255 from one; so the truncation is the
  * exact floor, the same as the integer division's. */
 TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_t *restrict g,
-                                         const uint8_t *restrict b, int nb, int bg, int tol,
-                                         int black, int pen_sat, uint8_t *restrict cls,
-                                         uint8_t *restrict sat, uint8_t *any_pen) {
+                                         const uint8_t *restrict b, int nb, uint8_t bg,
+                                         uint8_t tol, uint8_t black, uint8_t black_on,
+                                         uint8_t pen_sat, uint8_t pen_on,
+                                         uint8_t *restrict cls, uint8_t *restrict sat,
+                                         uint8_t *any_pen) {
   uint8_t pen_any = 0;
-  for (int i = 0; i < nb; i++) {
-    int rr = r[i], gg = g[i], bb = b[i];
-    int mx = rr > gg ? rr : gg;
-    mx = mx > bb ? mx : bb;
-    int mn = rr < gg ? rr : gg;
-    mn = mn < bb ? mn : bb;
-    int den = mx > 1 ? mx : 1; /* (a conditional inside the cast stops GCC 12 vectorising) */
-    int s = (int)((float)(255 * (mx - mn)) / (float)den);
-    int dr = rr - bg, dg = gg - bg, db = bb - bg;
-    dr = dr < 0 ? -dr : dr;
-    dg = dg < 0 ? -dg : dg;
-    db = db < 0 ? -db : db;
-    int d = dr > dg ? dr : dg;
-    d = d > db ? d : db;
-    int excluded = (d <= tol) | (mx <= black); /* background or black */
-    int pen = !excluded & (s >= pen_sat) & (s > 0);
-    pen_any |= (uint8_t)pen;
-    sat[i] = (uint8_t)s;
-    cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);
-  }
+  for (int i = 0; i < nb; i++)
+    CLASSIFY_PIXEL(r[i], g[i], b[i]);
   *any_pen = pen_any;
 }
 
@@ -213,30 +222,13 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
  * shuffles take the channels apart, which SSE2 cannot do well, so the baseline build copies
  * them apart first. The same arithmetic. */
 TSR_VECTORISE __attribute__((target("avx2"))) static void classify_rgb_avx2(
-    const uint8_t *restrict rgb, int nb, int bg, int tol, int black, int pen_sat,
-    uint8_t *restrict cls, uint8_t *restrict sat, uint8_t *any_pen) {
-  int pen_any = 0;
-  for (int i = 0; i < nb; i++) {
-    int rr = rgb[3 * i], gg = rgb[3 * i + 1], bb = rgb[3 * i + 2];
-    int mx = rr > gg ? rr : gg;
-    mx = mx > bb ? mx : bb;
-    int mn = rr < gg ? rr : gg;
-    mn = mn < bb ? mn : bb;
-    int den = mx > 1 ? mx : 1;
-    int s = (int)((float)(255 * (mx - mn)) / (float)den);
-    int dr = rr - bg, dg = gg - bg, db = bb - bg;
-    dr = dr < 0 ? -dr : dr;
-    dg = dg < 0 ? -dg : dg;
-    db = db < 0 ? -db : db;
-    int d = dr > dg ? dr : dg;
-    d = d > db ? d : db;
-    int excluded = (d <= tol) | (mx <= black);
-    int pen = !excluded & (s >= pen_sat) & (s > 0);
-    pen_any |= pen;
-    sat[i] = (uint8_t)s;
-    cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);
-  }
-  *any_pen = (uint8_t)pen_any;
+    const uint8_t *restrict rgb, int nb, uint8_t bg, uint8_t tol, uint8_t black,
+    uint8_t black_on, uint8_t pen_sat, uint8_t pen_on, uint8_t *restrict cls,
+    uint8_t *restrict sat, uint8_t *any_pen) {
+  uint8_t pen_any = 0;
+  for (int i = 0; i < nb; i++)
+    CLASSIFY_PIXEL(rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]);
+  *any_pen = pen_any;
 }
 #endif
 
@@ -244,66 +236,67 @@ struct hist8 {
   uint32_t h[8][512]; /* n < 2^32 (the mask's limit) */
 };
 
-/* Sets cls (one byte per pixel) and *darkfield, and returns the threshold (-1: out of
- * memory). Overwrites rgb's first n bytes with each pixel's value (saturation, or dark-field
- * log brightness): block by block, after the block's pixels were copied apart, so the pixels
- * still to come are intact. */
-static int classify(const tessera_tissue_options *o, uint8_t *rgb, size_t n, uint8_t bg,
-                    uint8_t *restrict cls, bool *darkfield) {
-  static struct hist4 zero;
-  struct hist4 *q = tsr_malloc(sizeof *q);
-  if (!q)
-    return -1;
-  int tol = o->background_tolerance;
-  /* The median brightness (the brightest channel) says whether the slide is dark-field; every
-   * 7th pixel is plenty to tell black from glass. */
-  *q = zero;
-  size_t sampled = 0;
-  for (size_t i = 0; i < n; i += 7, sampled++) {
-    const uint8_t *p = rgb + 3 * i;
-    int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
-    q->h[sampled & 3][mx]++;
-  }
-  uint64_t hist[256];
-  hist4_sum(q, hist);
-  uint64_t below = 0;
-  int median = 255;
-  for (int v = 0; v < 256; v++) {
-    below += hist[v];
-    if (2 * below >= sampled) {
-      median = v;
-      break;
-    }
-  }
-  bool dark = o->mode == TESSERA_TISSUE_DARKFIELD ||
-              (o->mode == TESSERA_TISSUE_AUTO && median < DARKFIELD_MEDIAN);
-  *darkfield = dark;
+/* Classifies pixels as they are read (a band at a time, or all at once), gathering Otsu's
+ * histogram and, for mode auto, the brightness of every 7th pixel that says whether the slide
+ * is dark-field. */
+struct classifier {
+  const tessera_tissue_options *o;
+  bool dark, avx2;
+  uint8_t bg, tol, black, black_on, pen_sat, pen_on;
+  int excluded_bin; /* bright-field's excluded pixels go to bins 256 on, out of Otsu's */
+  uint8_t log_scale[256];
+  struct hist8 h;        /* Otsu's histogram, eight interleaved */
+  struct hist4 sample;   /* brightness of pixels 0, 7, 14, ... */
+  size_t sampled;
+};
+
+static void classifier_init(struct classifier *k, const tessera_tissue_options *o, uint8_t bg,
+                            bool dark) {
+  memset(k, 0, sizeof *k);
+  k->o = o;
+  k->dark = dark;
+  k->bg = bg;
+  k->tol = (uint8_t)o->background_tolerance;
+  /* Dark-field has no black or pen rule. */
+  int black = dark ? -1 : o->black_max, pen_sat = dark ? 256 : o->pen_min_saturation;
+  k->black = (uint8_t)(black < 0 ? 0 : black);
+  k->black_on = black >= 0;
+  k->pen_sat = (uint8_t)(pen_sat > 255 ? 255 : pen_sat);
+  k->pen_on = pen_sat <= 255;
+  /* Bright-field leaves the background out of Otsu's histogram (glass would swamp it);
+   * dark-field keeps it in: it is the dark class Otsu is to split from the signal. */
+  k->excluded_bin = dark ? 0 : 8;
   /* Dark-field brightness on a log scale: a sparse stain (DAPI's nuclei) averaged over a mask
    * pixel is dim, and on a linear scale Otsu would split the bright nuclei from the dim tissue
    * rather than the tissue from the black. */
-  uint8_t log_scale[256];
   for (int v = 0; v < 256; v++)
-    log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
-  int black = dark ? -1 : o->black_max;
-  int pen_sat = dark ? 256 : o->pen_min_saturation;
-  tsr_free(q);
-  struct hist8 *hq = tsr_calloc(1, sizeof *hq);
-  if (!hq)
-    return -1;
-  uint8_t r[BLOCK], g[BLOCK], b[BLOCK], sat[BLOCK];
-  /* Otsu's histogram, eight interleaved (a pixel's bin waits on the last increment of that
-   * bin); bins from 256 on take bright-field's excluded pixels, so that no pixel branches. */
-  int excluded_bin = dark ? 0 : 8;
+    k->log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
 #ifdef TSR_CLASSIFY_AVX2
-  bool avx2 = __builtin_cpu_supports("avx2");
+  k->avx2 = __builtin_cpu_supports("avx2");
 #endif
-  for (size_t i0 = 0; i0 < n; i0 += BLOCK) {
-    int nb = n - i0 < BLOCK ? (int)(n - i0) : BLOCK;
-    const uint8_t *p = rgb + 3 * i0;
-    uint8_t *c = cls + i0, any_pen;
+}
+
+/* Pixels [i0, i0 + count) of the mask, RGB at rgb: their classes into cls[i0 ..] (pen
+ * resolved: EXCLUDED, or NOT_TISSUE until the threshold), values (saturation, or dark-field
+ * log brightness) into value[i0 ..]. */
+static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0, size_t count,
+                            uint8_t *restrict cls, uint8_t *restrict value) {
+  const tessera_tissue_options *o = k->o;
+  uint8_t r[BLOCK], g[BLOCK], b[BLOCK];
+  /* The brightness sample: the pixels whose index is a multiple of 7. */
+  for (size_t i = (7 - i0 % 7) % 7; i < count; i += 7, k->sampled++) {
+    const uint8_t *p = rgb + 3 * i;
+    int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
+    k->sample.h[k->sampled & 3][mx]++;
+  }
+  for (size_t at = 0; at < count; at += BLOCK) {
+    int nb = count - at < BLOCK ? (int)(count - at) : BLOCK;
+    const uint8_t *p = rgb + 3 * at;
+    uint8_t *c = cls + i0 + at, *sat = value + i0 + at, any_pen;
 #ifdef TSR_CLASSIFY_AVX2
-    if (avx2) {
-      classify_rgb_avx2(p, nb, bg, tol, black, pen_sat, c, sat, &any_pen);
+    if (k->avx2) {
+      classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on, c,
+                        sat, &any_pen);
     } else
 #endif
     {
@@ -312,7 +305,8 @@ static int classify(const tessera_tissue_options *o, uint8_t *rgb, size_t n, uin
         g[i] = p[3 * i + 1];
         b[i] = p[3 * i + 2];
       }
-      classify_block(r, g, b, nb, bg, tol, black, pen_sat, c, sat, &any_pen);
+      classify_block(r, g, b, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
+                     c, sat, &any_pen);
     }
     /* Pen hues, only for the few pixels saturated enough to be ink. */
     for (int i = 0; any_pen && (i = next_byte(c, i, nb, PEN_CANDIDATE)) < nb; i++) {
@@ -322,35 +316,94 @@ static int classify(const tessera_tissue_options *o, uint8_t *rgb, size_t n, uin
       double h = hue(rr, gg, bb, mx, mn);
       c[i] = h >= o->pen_hue_min && h <= o->pen_hue_max ? EXCLUDED : NOT_TISSUE;
     }
-    /* Dark-field brightness instead of saturation. Bright-field leaves the background out of
-     * Otsu's histogram (glass would swamp it); dark-field keeps it in: it is the dark class
-     * Otsu is to split from the signal. */
-    if (dark)
+    if (k->dark) /* brightness instead of saturation */
       for (int i = 0; i < nb; i++) {
         int mx = p[3 * i] > p[3 * i + 1] ? p[3 * i] : p[3 * i + 1];
-        sat[i] = log_scale[mx > p[3 * i + 2] ? mx : p[3 * i + 2]];
+        sat[i] = k->log_scale[mx > p[3 * i + 2] ? mx : p[3 * i + 2]];
       }
-    int i = 0;
-    for (; i + 8 <= nb; i += 8)
-      for (int j = 0; j < 8; j++)
-        hq->h[j][sat[i + j] | ((c[i + j] == EXCLUDED) << excluded_bin)]++;
+    int i = 0, shift = k->excluded_bin;
+#define BIN(j) k->h.h[j][sat[i + j] | ((c[i + j] == EXCLUDED) << shift)]++
+    for (; i + 8 <= nb; i += 8) {
+      BIN(0);
+      BIN(1);
+      BIN(2);
+      BIN(3);
+      BIN(4);
+      BIN(5);
+      BIN(6);
+      BIN(7);
+    }
     for (; i < nb; i++)
-      hq->h[0][sat[i] | ((c[i] == EXCLUDED) << excluded_bin)]++;
-    /* The values, kept for the threshold, where this block's pixels were (i0 + nb <=
-     * 3 * i0 + 3 * nb: behind the pixels still to read). */
-    memcpy(rgb + i0, sat, (size_t)nb);
+      BIN(0);
+#undef BIN
   }
+}
+
+/* Whether the sampled brightness says dark-field: its median below DARKFIELD_MEDIAN. */
+static bool sampled_dark(const struct classifier *k) {
+  uint64_t hist[256], below = 0;
+  hist4_sum(&k->sample, hist);
+  int median = 255;
+  for (int v = 0; v < 256; v++) {
+    below += hist[v];
+    if (2 * below >= k->sampled) {
+      median = v;
+      break;
+    }
+  }
+  return median < DARKFIELD_MEDIAN;
+}
+
+/* Otsu's threshold of the histogram, at least min_threshold. */
+static int classifier_threshold(const struct classifier *k) {
+  uint64_t hist[256];
   for (int v = 0; v < 256; v++) {
     hist[v] = 0;
     for (int j = 0; j < 8; j++)
-      hist[v] += hq->h[j][v];
+      hist[v] += k->h.h[j][v];
   }
-  tsr_free(hq);
   int t = otsu(hist);
-  if (t < o->min_threshold)
-    t = o->min_threshold;
-  threshold(cls, rgb, n, (uint8_t)t);
-  return t;
+  return t < k->o->min_threshold ? k->o->min_threshold : t;
+}
+
+/* Level rows classified at a time where the mask has the level's resolution (so the rows are
+ * classified while in the cache, and the level is never held whole): whole rows of tiles, up
+ * to about this many bytes. */
+#define BAND_BYTES ((size_t)4 << 20)
+
+/* Reads the mask's pixels (level `level` at `scale`) and classifies them. */
+static tessera_status read_and_classify(tessera_slide *s, int32_t level, double scale,
+                                        int64_t w, int64_t h, int workers, uint8_t **rgb,
+                                        struct classifier *k, uint8_t *cls, uint8_t *value) {
+  size_t row = (size_t)w * 3;
+  if (scale != 1.0) { /* the area average, held whole (it is the mask's size) */
+    tessera_status st = TESSERA_OK;
+    if (!*rgb) {
+      if (!(*rgb = tsr_malloc(row * (size_t)h)))
+        return tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask",
+                         (long long)w, (long long)h);
+      st = tsr_read_area(s, level, 0, 0, scale, scale, w, h, 3, -1, workers, *rgb, row);
+    }
+    if (st == TESSERA_OK)
+      classify_pixels(k, *rgb, 0, (size_t)w * (size_t)h, cls, value);
+    return st;
+  }
+  int64_t tile_h = s->levels[level].tile_h ? s->levels[level].tile_h : 64;
+  int64_t rows = tile_h * (int64_t)(BAND_BYTES / (row * (size_t)tile_h));
+  if (rows < 1)
+    rows = BAND_BYTES / row > 0 ? (int64_t)(BAND_BYTES / row) : 1;
+  if (rows > h)
+    rows = h;
+  if (!*rgb && !(*rgb = tsr_malloc(row * (size_t)rows)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a tissue mask's band of rows");
+  for (int64_t y = 0; y < h; y += rows) {
+    int64_t n = h - y < rows ? h - y : rows;
+    tessera_status st = tsr_read_area(s, level, 0, y, 1.0, 1.0, w, n, 3, -1, workers, *rgb, row);
+    if (st != TESSERA_OK)
+      return st;
+    classify_pixels(k, *rgb, (size_t)y * (size_t)w, (size_t)n * (size_t)w, cls, value);
+  }
+  return TESSERA_OK;
 }
 
 /* A run of pixels of one row on the same side (tissue or not): [x0, x1) of row y. */
@@ -515,23 +568,29 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
                      "within %g .. %g",
                      d, scale, level, TSR_SCALE_MIN, TSR_SCALE_MAX);
   size_t n = (size_t)w * (size_t)h;
-  uint8_t *rgb = tsr_malloc(n * 3), *cls = tsr_malloc(n);
+  uint8_t *rgb = NULL, *cls = tsr_malloc(n), *value = tsr_malloc(n);
   struct runs runs = {0};
   tessera_mask *m = tsr_calloc(1, sizeof *m);
-  if (!rgb || !cls || !m) {
+  struct classifier *k = tsr_malloc(sizeof *k);
+  if (!cls || !value || !m || !k) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask", (long long)w,
                    (long long)h);
     goto done;
   }
-  st = tsr_read_area(s, level, 0, 0, scale, scale, w, h, 3, -1, o.num_workers, rgb, (size_t)w * 3);
+  /* Mode auto classifies as bright-field while it reads, and again as dark-field (reading
+   * the level again where it was read in bands) when the sampled brightness says so. */
+  bool dark = o.mode == TESSERA_TISSUE_DARKFIELD;
+  classifier_init(k, &o, s->background, dark);
+  st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, cls, value);
+  if (st == TESSERA_OK && o.mode == TESSERA_TISSUE_AUTO && sampled_dark(k)) {
+    dark = true;
+    classifier_init(k, &o, s->background, dark);
+    st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, cls, value);
+  }
   if (st != TESSERA_OK)
     goto done;
-  bool dark;
-  m->threshold = classify(&o, rgb, n, s->background, cls, &dark);
-  if (m->threshold < 0) {
-    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a tissue mask's histograms");
-    goto done;
-  }
+  m->threshold = classifier_threshold(k);
+  threshold(cls, value, n, (uint8_t)m->threshold);
   /* Mask pixels per unit of area: square micrometres, or square level-0 pixels. */
   double unit = mpp0 > 0.0 ? (d * mpp0) * (d * mpp0) : d * d;
   if (!sweep(cls, w, h, true, o.min_tissue_area / unit, &runs) ||
@@ -554,6 +613,8 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   m = NULL;
 done:
   tsr_free(rgb);
+  tsr_free(value);
+  tsr_free(k);
   tsr_free(cls);
   tsr_free(runs.r);
   tessera_mask_free(m);
