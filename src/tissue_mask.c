@@ -109,6 +109,11 @@ static double hue(int r, int g, int b, int mx, int mn) {
   return h < 0.0 ? h + 360.0 : h;
 }
 
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
+#define SWAR 1 /* eight bytes a step, the first of them in the word's low byte */
+static const uint64_t ONES = 0x0101010101010101u, HIGHS = 0x8080808080808080u;
+#endif
+
 /* Loops the compiler should do many pixels at a time: GCC's default at -O2 vectorises only
  * loops that need no remainder handling, so these ask for its usual cost model. */
 #if defined(__GNUC__) && !defined(__clang__)
@@ -117,11 +122,29 @@ static double hue(int r, int g, int b, int mx, int mn) {
 #define TSR_VECTORISE
 #endif
 
-/* NOT_TISSUE (0) with a value above t becomes TISSUE (1). */
-TSR_VECTORISE static void threshold(uint8_t *restrict cls, const uint8_t *restrict value,
-                                    size_t n, uint8_t t) {
+/* The classes from the values and the excluded pixels' bits (bit i & 7 of bits[i >> 3]):
+ * EXCLUDED, else TISSUE where the value is above t, else NOT_TISSUE; in place. */
+TSR_VECTORISE static void above(uint8_t *restrict value, size_t n, uint8_t t) {
   for (size_t i = 0; i < n; i++)
-    cls[i] = (uint8_t)(cls[i] | ((cls[i] == NOT_TISSUE) & (value[i] > t)));
+    value[i] = value[i] > t;
+}
+
+static void threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t) {
+  above(value, n, t);
+  size_t i = 0;
+#ifdef SWAR
+  for (; i + 8 <= n; i += 8) {
+    /* Bit k of the byte to byte k (0 or 1). */
+    uint64_t x, spread = ((uint64_t)bits[i >> 3] * ONES) & 0x8040201008040201u;
+    uint64_t ex = ((spread + 0x7f7f7f7f7f7f7f7fu) & HIGHS) >> 7;
+    memcpy(&x, value + i, 8);
+    x = (x & ~(ex * 0xff)) | ex * EXCLUDED;
+    memcpy(value + i, &x, 8);
+  }
+#endif
+  for (; i < n; i++)
+    if (bits[i >> 3] >> (i & 7) & 1)
+      value[i] = EXCLUDED;
 }
 
 /* Tissue (TISSUE) to 255, anything else to 0; returns how many are tissue. */
@@ -145,11 +168,6 @@ static void hist4_sum(const struct hist4 *q, uint64_t out[256]) {
   for (int v = 0; v < 256; v++)
     out[v] = q->h[0][v] + q->h[1][v] + q->h[2][v] + q->h[3][v];
 }
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
-#define SWAR 1 /* eight bytes a step, the first of them in the word's low byte */
-static const uint64_t ONES = 0x0101010101010101u, HIGHS = 0x8080808080808080u;
-#endif
 
 /* The first i from i (or n) with p[i] == v: eight bytes a step (no byte of the word equal to v
  * leaves no zero byte in word ^ v, and the lowest flagged byte of the zero-byte test is
@@ -276,13 +294,14 @@ static void classifier_init(struct classifier *k, const tessera_tissue_options *
 #endif
 }
 
-/* Pixels [i0, i0 + count) of the mask, RGB at rgb: their classes into cls[i0 ..] (pen
- * resolved: EXCLUDED, or NOT_TISSUE until the threshold), values (saturation, or dark-field
- * log brightness) into value[i0 ..]. */
+/* Pixels [i0, i0 + count) of the mask, RGB at rgb: their values (saturation, or dark-field
+ * log brightness) into value[i0 ..], and whether each is excluded (background, black, pen)
+ * as bits (bit i & 7 of bits[i >> 3], which start cleared): no pixel is tissue before the
+ * threshold. */
 static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0, size_t count,
-                            uint8_t *restrict cls, uint8_t *restrict value) {
+                            uint8_t *restrict bits, uint8_t *restrict value) {
   const tessera_tissue_options *o = k->o;
-  uint8_t r[BLOCK], g[BLOCK], b[BLOCK];
+  uint8_t r[BLOCK], g[BLOCK], b[BLOCK], c[BLOCK];
   /* The brightness sample: the pixels whose index is a multiple of 7. */
   for (size_t i = (7 - i0 % 7) % 7; i < count; i += 7, k->sampled++) {
     const uint8_t *p = rgb + 3 * i;
@@ -292,7 +311,7 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
   for (size_t at = 0; at < count; at += BLOCK) {
     int nb = count - at < BLOCK ? (int)(count - at) : BLOCK;
     const uint8_t *p = rgb + 3 * at;
-    uint8_t *c = cls + i0 + at, *sat = value + i0 + at, any_pen;
+    uint8_t *sat = value + i0 + at, any_pen;
 #ifdef TSR_CLASSIFY_AVX2
     if (k->avx2) {
       classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on, c,
@@ -336,6 +355,21 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
     for (; i < nb; i++)
       BIN(0);
 #undef BIN
+    /* The block's classes (EXCLUDED or NOT_TISSUE) to bits: eight at a time where aligned. */
+    size_t g0 = i0 + at;
+    i = 0;
+    for (; i < nb && (g0 + (size_t)i) % 8; i++)
+      bits[(g0 + (size_t)i) >> 3] |= (uint8_t)((c[i] == EXCLUDED) << ((g0 + (size_t)i) & 7));
+#ifdef SWAR
+    for (; i + 8 <= nb; i += 8) {
+      uint64_t x;
+      memcpy(&x, c + i, 8);
+      x = (x >> 1) & ONES; /* EXCLUDED (2) to 1, NOT_TISSUE to 0 */
+      bits[(g0 + (size_t)i) >> 3] = (uint8_t)((x * 0x0102040810204080u) >> 56);
+    }
+#endif
+    for (; i < nb; i++)
+      bits[(g0 + (size_t)i) >> 3] |= (uint8_t)((c[i] == EXCLUDED) << ((g0 + (size_t)i) & 7));
   }
 }
 
@@ -367,14 +401,14 @@ static int classifier_threshold(const struct classifier *k) {
 }
 
 /* Level rows classified at a time where the mask has the level's resolution (so the rows are
- * classified while in the cache, and the level is never held whole): whole rows of tiles, up
- * to about this many bytes. */
-#define BAND_BYTES ((size_t)4 << 20)
+ * classified while in the cache, and the level is never held whole): a row of tiles (of
+ * strips), or as many rows as fit this many bytes where that is more. */
+#define BAND_BYTES ((size_t)1 << 20)
 
 /* Reads the mask's pixels (level `level` at `scale`) and classifies them. */
 static tessera_status read_and_classify(tessera_slide *s, int32_t level, double scale,
                                         int64_t w, int64_t h, int workers, uint8_t **rgb,
-                                        struct classifier *k, uint8_t *cls, uint8_t *value) {
+                                        struct classifier *k, uint8_t *bits, uint8_t *value) {
   size_t row = (size_t)w * 3;
   if (scale != 1.0) { /* the area average, held whole (it is the mask's size) */
     tessera_status st = TESSERA_OK;
@@ -385,13 +419,13 @@ static tessera_status read_and_classify(tessera_slide *s, int32_t level, double 
       st = tsr_read_area(s, level, 0, 0, scale, scale, w, h, 3, -1, workers, *rgb, row);
     }
     if (st == TESSERA_OK)
-      classify_pixels(k, *rgb, 0, (size_t)w * (size_t)h, cls, value);
+      classify_pixels(k, *rgb, 0, (size_t)w * (size_t)h, bits, value);
     return st;
   }
-  int64_t tile_h = s->levels[level].tile_h ? s->levels[level].tile_h : 64;
-  int64_t rows = tile_h * (int64_t)(BAND_BYTES / (row * (size_t)tile_h));
-  if (rows < 1)
-    rows = BAND_BYTES / row > 0 ? (int64_t)(BAND_BYTES / row) : 1;
+  int64_t tile_h = s->levels[level].tile_h ? s->levels[level].tile_h : 1;
+  int64_t rows = (int64_t)(BAND_BYTES / row) / tile_h * tile_h;
+  if (rows < tile_h)
+    rows = tile_h;
   if (rows > h)
     rows = h;
   if (!*rgb && !(*rgb = tsr_malloc(row * (size_t)rows)))
@@ -401,7 +435,7 @@ static tessera_status read_and_classify(tessera_slide *s, int32_t level, double 
     tessera_status st = tsr_read_area(s, level, 0, y, 1.0, 1.0, w, n, 3, -1, workers, *rgb, row);
     if (st != TESSERA_OK)
       return st;
-    classify_pixels(k, *rgb, (size_t)y * (size_t)w, (size_t)n * (size_t)w, cls, value);
+    classify_pixels(k, *rgb, (size_t)y * (size_t)w, (size_t)n * (size_t)w, bits, value);
   }
   return TESSERA_OK;
 }
@@ -568,11 +602,12 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
                      "within %g .. %g",
                      d, scale, level, TSR_SCALE_MIN, TSR_SCALE_MAX);
   size_t n = (size_t)w * (size_t)h;
-  uint8_t *rgb = NULL, *cls = tsr_malloc(n), *value = tsr_malloc(n);
+  /* The values become the classes, then the mask's bytes. */
+  uint8_t *rgb = NULL, *cls = tsr_malloc(n), *bits = tsr_calloc(n / 8 + 1, 1);
   struct runs runs = {0};
   tessera_mask *m = tsr_calloc(1, sizeof *m);
   struct classifier *k = tsr_malloc(sizeof *k);
-  if (!cls || !value || !m || !k) {
+  if (!cls || !bits || !m || !k) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask", (long long)w,
                    (long long)h);
     goto done;
@@ -581,16 +616,17 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
    * the level again where it was read in bands) when the sampled brightness says so. */
   bool dark = o.mode == TESSERA_TISSUE_DARKFIELD;
   classifier_init(k, &o, s->background, dark);
-  st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, cls, value);
+  st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, bits, cls);
   if (st == TESSERA_OK && o.mode == TESSERA_TISSUE_AUTO && sampled_dark(k)) {
     dark = true;
     classifier_init(k, &o, s->background, dark);
-    st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, cls, value);
+    memset(bits, 0, n / 8 + 1);
+    st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, bits, cls);
   }
   if (st != TESSERA_OK)
     goto done;
   m->threshold = classifier_threshold(k);
-  threshold(cls, value, n, (uint8_t)m->threshold);
+  threshold(cls, bits, n, (uint8_t)m->threshold);
   /* Mask pixels per unit of area: square micrometres, or square level-0 pixels. */
   double unit = mpp0 > 0.0 ? (d * mpp0) * (d * mpp0) : d * d;
   if (!sweep(cls, w, h, true, o.min_tissue_area / unit, &runs) ||
@@ -613,7 +649,7 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   m = NULL;
 done:
   tsr_free(rgb);
-  tsr_free(value);
+  tsr_free(bits);
   tsr_free(k);
   tsr_free(cls);
   tsr_free(runs.r);

@@ -771,13 +771,10 @@ static PyObject *slide_tissue_mask(pyt_slide *self, PyObject *args, PyObject *kw
   pyt_slide_release(self);
   if (st != TESSERA_OK)
     return pyt_raise(st);
-  size_t n = (size_t)m->width * (size_t)m->height;
-  uint8_t *copy = malloc(n);
-  if (!copy) {
-    tessera_mask_free(m);
-    return PyErr_NoMemory();
-  }
-  memcpy(copy, m->data, n);
+  /* The mask's bytes become the array's without a copy: the extension is built with the
+   * library's sources, whose allocations are malloc's (src/alloc.c), as the array's are. */
+  uint8_t *copy = m->data;
+  m->data = NULL;
   Py_ssize_t shape[2] = {(Py_ssize_t)m->height, (Py_ssize_t)m->width};
   PyObject *info = Py_BuildValue("{s:d,s:d,s:i,s:O,s:i,s:d}", "downsample", m->downsample, "mpp",
                                  m->mpp, "level", m->level, "darkfield",
