@@ -251,7 +251,7 @@ TSR_VECTORISE __attribute__((target("avx2"))) static void classify_rgb_avx2(
 #endif
 
 struct hist8 {
-  uint32_t h[8][512]; /* n < 2^32 (the mask's limit) */
+  uint32_t h[8][256]; /* n < 2^32 (the mask's limit) */
 };
 
 /* Classifies pixels as they are read (a band at a time, or all at once), gathering Otsu's
@@ -261,9 +261,11 @@ struct classifier {
   const tessera_tissue_options *o;
   bool dark, avx2;
   uint8_t bg, tol, black, black_on, pen_sat, pen_on;
-  int excluded_bin; /* bright-field's excluded pixels go to bins 256 on, out of Otsu's */
   uint8_t log_scale[256];
-  struct hist8 h;        /* Otsu's histogram, eight interleaved */
+  /* Otsu's histogram, eight interleaved. Bright-field leaves the excluded pixels out of it
+   * (glass would swamp it); dark-field keeps them in: the black is the dark class Otsu is to
+   * split from the signal. */
+  struct hist8 h;
   struct hist4 sample;   /* brightness of pixels 0, 7, 14, ... */
   size_t sampled;
 };
@@ -281,9 +283,6 @@ static void classifier_init(struct classifier *k, const tessera_tissue_options *
   k->black_on = black >= 0;
   k->pen_sat = (uint8_t)(pen_sat > 255 ? 255 : pen_sat);
   k->pen_on = pen_sat <= 255;
-  /* Bright-field leaves the background out of Otsu's histogram (glass would swamp it);
-   * dark-field keeps it in: it is the dark class Otsu is to split from the signal. */
-  k->excluded_bin = dark ? 0 : 8;
   /* Dark-field brightness on a log scale: a sparse stain (DAPI's nuclei) averaged over a mask
    * pixel is dim, and on a linear scale Otsu would split the bright nuclei from the dim tissue
    * rather than the tissue from the black. */
@@ -303,11 +302,15 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
   const tessera_tissue_options *o = k->o;
   uint8_t r[BLOCK], g[BLOCK], b[BLOCK], c[BLOCK];
   /* The brightness sample: the pixels whose index is a multiple of 7. */
-  for (size_t i = (7 - i0 % 7) % 7; i < count; i += 7, k->sampled++) {
+  size_t sampled = k->sampled;
+  uint64_t(*sample)[256] = k->sample.h;
+  for (size_t i = (7 - i0 % 7) % 7; i < count; i += 7, sampled++) {
     const uint8_t *p = rgb + 3 * i;
     int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
-    k->sample.h[k->sampled & 3][mx]++;
+    sample[sampled & 3][mx]++;
   }
+  k->sampled = sampled;
+  uint32_t(*hist)[256] = k->h.h;
   for (size_t at = 0; at < count; at += BLOCK) {
     int nb = count - at < BLOCK ? (int)(count - at) : BLOCK;
     const uint8_t *p = rgb + 3 * at;
@@ -340,8 +343,10 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
         int mx = p[3 * i] > p[3 * i + 1] ? p[3 * i] : p[3 * i + 1];
         sat[i] = k->log_scale[mx > p[3 * i + 2] ? mx : p[3 * i + 2]];
       }
-    int i = 0, shift = k->excluded_bin;
-#define BIN(j) k->h.h[j][sat[i + j] | ((c[i + j] == EXCLUDED) << shift)]++
+    /* Every value into the histogram, then bright-field's excluded ones out again (few on
+     * most slides; glass, where it is excluded, comes in long runs that next_byte skips). */
+    int i = 0;
+#define BIN(j) hist[j][sat[i + j]]++
     for (; i + 8 <= nb; i += 8) {
       BIN(0);
       BIN(1);
@@ -353,8 +358,11 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
       BIN(7);
     }
     for (; i < nb; i++)
-      BIN(0);
+      hist[i & 7][sat[i]]++; /* the slot the correction below takes it from */
 #undef BIN
+    if (!k->dark)
+      for (i = 0; (i = next_byte(c, i, nb, EXCLUDED)) < nb; i++)
+        hist[i & 7][sat[i]]--;
     /* The block's classes (EXCLUDED or NOT_TISSUE) to bits: eight at a time where aligned. */
     size_t g0 = i0 + at;
     i = 0;
