@@ -134,6 +134,8 @@ static void threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t) 
   size_t i = 0;
 #ifdef SWAR
   for (; i + 8 <= n; i += 8) {
+    if (!bits[i >> 3]) /* none excluded: most of them */
+      continue;
     /* Bit k of the byte to byte k (0 or 1). */
     uint64_t x, spread = ((uint64_t)bits[i >> 3] * ONES) & 0x8040201008040201u;
     uint64_t ex = ((spread + 0x7f7f7f7f7f7f7f7fu) & HIGHS) >> 7;
