@@ -109,6 +109,12 @@ static double hue(int r, int g, int b, int mx, int mn) {
   return h < 0.0 ? h + 360.0 : h;
 }
 
+#if defined(__GNUC__)
+#define TSR_INLINE static inline __attribute__((always_inline))
+#else
+#define TSR_INLINE static inline
+#endif
+
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
 #define SWAR 1 /* eight bytes a step, the first of them in the word's low byte */
 static const uint64_t ONES = 0x0101010101010101u, HIGHS = 0x8080808080808080u;
@@ -174,7 +180,7 @@ static void hist4_sum(const struct hist4 *q, uint64_t out[256]) {
 /* The first i from i (or n) with p[i] == v: eight bytes a step (no byte of the word equal to v
  * leaves no zero byte in word ^ v, and the lowest flagged byte of the zero-byte test is
  * exact). */
-static int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
+TSR_INLINE int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
 #ifdef SWAR
   for (; i + 8 <= n; i += 8) {
     uint64_t x;
@@ -216,6 +222,7 @@ static int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
     uint8_t excluded = (uint8_t)((d <= tol) | ((mx <= black) & black_on));                  \
     uint8_t pen = (uint8_t)((excluded ^ 1) & (s_ >= pen_sat) & pen_on & (s_ > 0));          \
     pen_any |= pen;                                                                         \
+    excluded_any |= excluded;                                                               \
     sat[i] = s_;                                                                            \
     cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);                          \
   } while (0)
@@ -229,11 +236,12 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
                                          uint8_t tol, uint8_t black, uint8_t black_on,
                                          uint8_t pen_sat, uint8_t pen_on,
                                          uint8_t *restrict cls, uint8_t *restrict sat,
-                                         uint8_t *any_pen) {
-  uint8_t pen_any = 0;
+                                         uint8_t *any_pen, uint8_t *any_excluded) {
+  uint8_t pen_any = 0, excluded_any = 0;
   for (int i = 0; i < nb; i++)
     CLASSIFY_PIXEL(r[i], g[i], b[i]);
   *any_pen = pen_any;
+  *any_excluded = excluded_any;
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
@@ -244,11 +252,12 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
 TSR_VECTORISE __attribute__((target("avx2"))) static void classify_rgb_avx2(
     const uint8_t *restrict rgb, int nb, uint8_t bg, uint8_t tol, uint8_t black,
     uint8_t black_on, uint8_t pen_sat, uint8_t pen_on, uint8_t *restrict cls,
-    uint8_t *restrict sat, uint8_t *any_pen) {
-  uint8_t pen_any = 0;
+    uint8_t *restrict sat, uint8_t *any_pen, uint8_t *any_excluded) {
+  uint8_t pen_any = 0, excluded_any = 0;
   for (int i = 0; i < nb; i++)
     CLASSIFY_PIXEL(rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]);
   *any_pen = pen_any;
+  *any_excluded = excluded_any;
 }
 #endif
 
@@ -316,11 +325,11 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
   for (size_t at = 0; at < count; at += BLOCK) {
     int nb = count - at < BLOCK ? (int)(count - at) : BLOCK;
     const uint8_t *p = rgb + 3 * at;
-    uint8_t *sat = value + i0 + at, any_pen;
+    uint8_t *sat = value + i0 + at, any_pen, any_excluded;
 #ifdef TSR_CLASSIFY_AVX2
     if (k->avx2) {
       classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on, c,
-                        sat, &any_pen);
+                        sat, &any_pen, &any_excluded);
     } else
 #endif
     {
@@ -330,7 +339,7 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
         b[i] = p[3 * i + 2];
       }
       classify_block(r, g, b, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
-                     c, sat, &any_pen);
+                     c, sat, &any_pen, &any_excluded);
     }
     /* Pen hues, only for the few pixels saturated enough to be ink. */
     for (int i = 0; any_pen && (i = next_byte(c, i, nb, PEN_CANDIDATE)) < nb; i++) {
@@ -338,7 +347,9 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
       int mx = rr > gg ? (rr > bb ? rr : bb) : (gg > bb ? gg : bb);
       int mn = rr < gg ? (rr < bb ? rr : bb) : (gg < bb ? gg : bb);
       double h = hue(rr, gg, bb, mx, mn);
-      c[i] = h >= o->pen_hue_min && h <= o->pen_hue_max ? EXCLUDED : NOT_TISSUE;
+      bool pen = h >= o->pen_hue_min && h <= o->pen_hue_max;
+      c[i] = pen ? EXCLUDED : NOT_TISSUE;
+      any_excluded |= pen;
     }
     if (k->dark) /* brightness instead of saturation */
       for (int i = 0; i < nb; i++) {
@@ -362,6 +373,8 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
     for (; i < nb; i++)
       hist[i & 7][sat[i]]++; /* the slot the correction below takes it from */
 #undef BIN
+    if (!any_excluded) /* the bits stay cleared */
+      continue;
     if (!k->dark)
       for (i = 0; (i = next_byte(c, i, nb, EXCLUDED)) < nb; i++)
         hist[i & 7][sat[i]]--;
@@ -474,7 +487,7 @@ static uint32_t find(struct run *r, uint32_t i) {
 
 /* The first x from x0 (or w) where (row[x] == TISSUE) != tissue: eight pixels a step where
  * they are all alike (glass, or a tissue's inside), pixel by pixel near a change. */
-static int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
+TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
 #ifdef SWAR
   const uint64_t ones = ONES, highs = HIGHS;
   for (; x + 8 <= w; x += 8) {
