@@ -301,6 +301,11 @@ static void classifier_init(struct classifier *k, const tessera_tissue_options *
     k->log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
 #ifdef TSR_CLASSIFY_AVX2
   k->avx2 = __builtin_cpu_supports("avx2");
+#if TSR_TEST_HOOKS
+  /* Test builds only: TESSERA_TEST_NO_AVX2 makes the tests take the baseline path too. */
+  if (getenv("TESSERA_TEST_NO_AVX2"))
+    k->avx2 = false;
+#endif
 #endif
 }
 
