@@ -271,6 +271,9 @@ def test_baseline_classification_gives_the_same_masks():
     rules, is the same byte for byte."""
     import sys
 
+    from tessera import _tessera
+    with open(_tessera.__file__, "rb") as f:  # else both runs would take the AVX2 path
+        assert b"TESSERA_TEST_NO_AVX2" in f.read(), "built without test hooks (dev.sh has them)"
     path, ndpi = CMU, NDPI
     script = (
         "import sys, hashlib, numpy as np, tessera\n"
