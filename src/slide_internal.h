@@ -38,6 +38,10 @@ struct tsr_pixel_format {
   /* Decoded pixels of alpha 0 are none of the image's (MIRAX: where no camera image lies):
    * they take the read's fill, as pixels outside the level do (decoded_channels 4). */
   bool transparent_is_fill;
+  /* JPEG of any colour space libjpeg converts to grayscale (1 or 3 components) decoded to one
+   * channel as its JCS_GRAYSCALE output makes it: Y of YCbCr, the luma of RGB (decoded_channels
+   * 1). Sakura's tile planes, which OpenSlide decodes so. */
+  bool jpeg_luma;
 };
 
 struct tsr_level {
