@@ -757,3 +757,57 @@ def test_dissimilar_main_images_fail_as_in_openslide(lib, tmp_path, pieces, main
     st, msg, s = T.open_status(path)
     assert s is None and st == status, (st, msg)
     assert "Leica" in msg and (words in msg or "macro" in msg), msg
+
+
+def test_composited_cuda_batches_equal_cpu_batches_on_the_simulator(multi):
+    """device='cuda' on the CUDA simulator (test_gpu_sim.py): a composite level's patches are
+    painted on the CPU and copied to the device; they equal the CPU's at every level, across
+    the images, their overlap and the gaps."""
+    from test_gpu_sim import run_checks
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        rng = np.random.default_rng(5)
+        for level in range(3):
+            xs = rng.integers(-100, 2400, 29)
+            ys = rng.integers(-100, 1600, 29)
+            locs = np.stack([xs, ys], 1).astype(np.int64)
+            for k, size in enumerate([(128, 96), (301, 77)]):
+                kw = dict(level=level, batch_size=4, num_workers=2 * k, channels=3 + k)
+                want = cpu_batches(img, locs, size, **kw)
+                got = gpu_batches(img, locs, size, **kw)
+                assert len(got) == len(want)
+                for g, c in zip(got, want):
+                    assert np.array_equal(g, c), (level, k)
+                assert np.concatenate(want).std() > 0
+        print(sim.sim_failures())
+    """.replace("SLIDE", repr(multi["three"])))
+    assert int(out.split()[-1]) == 0, out
+
+
+def test_composited_commands_under_the_sanitizers(lib, cli, multi, pieces, mains, tmp_path):
+    """`tessera read` of every level of the composite slides across their images (and `info`
+    of the dissimilar ones), under the plain build and the ASan+UBSan one when
+    TESSERA_CLI_ASAN names it: the reads equal the library's, nothing trips a sanitizer."""
+    clis = [cli] + ([os.environ["TESSERA_CLI_ASAN"]] if os.environ.get("TESSERA_CLI_ASAN")
+                    else [])
+    bad = str(tmp_path / "dissimilar.scn")
+    _write_multi(bad, pieces, mains, _multi_xml(mains, MULTI["three"],
+                                                edit=lambda n, k: _second(n, k, objective="5")))
+    for c in clis:
+        r = subprocess.run([c, "info", bad], capture_output=True, text=True, env=ASAN_ENV,
+                           timeout=300)
+        assert r.returncode == 1 and "dissimilar" in r.stderr and "Sanitizer" not in r.stderr \
+            and "runtime error" not in r.stderr, (c, r.stderr[-3000:])
+        for name, (x, y) in (("three", (1000, 300)), ("past-the-edge", (1900, 1100))):
+            with T.open_slide(multi[name]) as s:
+                for level in range(s.level_count):
+                    want = s.read_region(x, y, level, 900, 700, channels=4)
+                    out = str(tmp_path / "r.raw")
+                    r = subprocess.run([c, "read", multi[name], "--location", "%d,%d" % (x, y),
+                                        "--size", "900,700", "--level", str(level),
+                                        "--channels", "4", "--output", out],
+                                       capture_output=True, text=True, env=ASAN_ENV, timeout=300)
+                    assert r.returncode == 0 and "Sanitizer" not in r.stderr and \
+                        "runtime error" not in r.stderr, (c, r.stderr[-3000:])
+                    assert np.array_equal(np.fromfile(out, np.uint8).reshape(want.shape), want)
+                    assert (want[..., 3] == 255).any()
