@@ -9,21 +9,27 @@
  *     </image>...</collection></scn>
  *
  * The slide is the collection (the glass): an image whose view is the whole collection is the
- * macro (its largest dimension is the "macro" associated image); the first other image lit by
- * "brightfield" is the main image, and its dimensions of z-plane 0, largest first, are the
- * levels. A level's pixel is the main image's size in nm divided by that dimension's width;
- * the level is the collection at that scale (rounded up), with the dimension's directory
- * placed at the view's offset (truncated to whole pixels) and background (white glass)
- * around it. That is how OpenSlide 3.4.1 reads these slides; where it composites several main
- * images into one level, tessera fails the open saying it does not (its levels hold one
- * stored image each).
+ * macro (its largest dimension is the "macro" associated image); the other images lit by
+ * "brightfield" are the main images (others are passed over), and their dimensions of z-plane
+ * 0, largest first, are the levels: level i holds dimension i of every main image. Its pixel
+ * is the least of their sizes in nm divided by that dimension's width; the level is the
+ * collection at that scale (rounded up), with each image's directory placed at its view's
+ * offset (truncated to whole pixels; the first at level_origin, the others as areas) and
+ * background (white glass) around and between them; where they overlap the first image in
+ * the document shows. That is how OpenSlide 3.4.1 composites them (painting each in turn with
+ * cairo's SATURATE, which leaves what is painted already). Main images of another objective
+ * or number of dimensions than the first's, or whose dimension's resolution is more than 2 %
+ * from the first's, fail the open in OpenSlide's words. OpenSlide paints an image that
+ * reaches past the collection beyond the level's edge too; tessera cuts it at the edge.
  *
  * Properties are OpenSlide's: leica.barcode (base64-decoded in the 2010/10/01 namespace),
  * leica.aperture, leica.creation-date, leica.device-model, leica.device-version,
  * leica.illumination-source, leica.objective of the main image; tessera.objective-power (the
- * objective when it is an integer), tessera.mpp-x/y from the main image's level-0 directory's
- * resolution in centimetres, tessera.region[0].x/y/width/height and tessera.bounds-* (the
- * main image in level-0 pixels).
+ * objective when it is an integer), tessera.mpp-x/y from the first main image's level-0
+ * directory's resolution in centimetres, tessera.region[n].x/y/width/height (each main image
+ * in level-0 pixels) and tessera.bounds-* (their bounds). quickhash-1 (libtessera-openslide)
+ * hashes the smallest macro directory unless the slide is one brightfield main image, no
+ * other main image and at most one macro; a slide that needs the macro and has none fails.
  *
  * XML that cannot be parsed, or an SCN document without what the levels need, fails the open
  * with a message saying so; well-formed XML in another default namespace is read as generic
