@@ -324,7 +324,11 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
   }
   bool missing;
   st = tsr_tile_read(s, level, index, &rect, b, &missing);
-  if (st == TESSERA_OK && !(direct && !missing))
+  /* A tile one of a composite level's images leaves out shows what lies beneath it (the
+   * canvas was filled before its images were painted) */
+  bool beneath =
+      missing && (tsr_level_composite(lv) || level >= s->nlevels + (int32_t)s->nassociated);
+  if (st == TESSERA_OK && !(direct && !missing) && !beneath)
     put_tile(f, &tile, &u, rect.dst, rect.stride, NULL, missing, canvases, n);
   budget_done(b, reserved);
   return st;

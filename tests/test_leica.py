@@ -811,3 +811,33 @@ def test_composited_commands_under_the_sanitizers(lib, cli, multi, pieces, mains
                         "runtime error" not in r.stderr, (c, r.stderr[-3000:])
                     assert np.array_equal(np.fromfile(out, np.uint8).reshape(want.shape), want)
                     assert (want[..., 3] == 255).any()
+
+
+def test_a_missing_tile_shows_what_lies_beneath(lib, tmp_path, pieces, mains):
+    """A tile the first image leaves out (byte count 0) where it overlaps the second shows the
+    second image there, and background elsewhere, as if the first had no pixels there.
+    (OpenSlide 3.4.1 fails a read of a missing Leica tile: the second image alone, read by
+    tessera as OpenSlide reads it, is what is expected.)"""
+    images = MULTI["two-overlapping"]
+    res = 1e7 / NMPP
+    paths = {}
+    for name, imgs, skip in (("sparse", images, (4,)), ("b-only", images[1:], ())):
+        dirs = [(pieces["macro"], 128, (), None), (pieces["macro_small"], 64, (), None)]
+        for key in "abc":
+            lv = mains[key]
+            dirs += [(lv[0], TILE, skip if key == "a" else (), res), (lv[1], 128, (), None),
+                     (lv[2], 64, (), None)]
+        dirs.append((pieces["fluo"], 64, (), None))
+        paths[name] = str(tmp_path / (name + ".scn"))
+        V.write_leica(paths[name], dirs, _multi_xml(mains, imgs))
+    (ax, ay), (bx, by) = _placement(mains, images)[0][1]
+    x, y = ax + TILE, ay + TILE  # a's tile 4 (column 1, row 1 of 3 x 2)
+    w, h = TILE, mains["a"][0].shape[0] - TILE
+    with T.open_slide(paths["sparse"]) as s, T.open_slide(paths["b-only"]) as b:
+        got = s.read_region(x, y, 0, w, h, channels=4)
+        want = b.read_region(x, y, 0, w, h, channels=4)
+        assert (want[..., 3] == 255).any() and (want[..., 3] == 0).any()
+        assert np.array_equal(got, want)
+        # and next to it, a's pixels as in the whole slide
+        left = s.read_region(ax, y, 0, TILE, h, channels=4)
+        assert (left[..., 3] == 255).all() and left[..., :3].std() > 0

@@ -20,7 +20,9 @@
  * cairo's SATURATE, which leaves what is painted already). Main images of another objective
  * or number of dimensions than the first's, or whose dimension's resolution is more than 2 %
  * from the first's, fail the open in OpenSlide's words. OpenSlide paints an image that
- * reaches past the collection beyond the level's edge too; tessera cuts it at the edge.
+ * reaches past the collection beyond the level's edge too; tessera cuts it at the edge. A
+ * tile an image leaves out (byte count 0; OpenSlide fails to read it) shows what lies beneath
+ * it: another image, or background.
  *
  * Properties are OpenSlide's: leica.barcode (base64-decoded in the 2010/10/01 namespace),
  * leica.aperture, leica.creation-date, leica.device-model, leica.device-version,
