@@ -841,3 +841,23 @@ def test_a_missing_tile_shows_what_lies_beneath(lib, tmp_path, pieces, mains):
         # and next to it, a's pixels as in the whole slide
         left = s.read_region(ax, y, 0, TILE, h, channels=4)
         assert (left[..., 3] == 255).all() and left[..., :3].std() > 0
+
+
+@pytest.mark.parametrize("name", ["two-overlapping", "three"])
+def test_composited_through_the_python_openslide_front(lib, multi, mains, name):
+    """tessera.openslide (openslide-python's API over tessera) shows OpenSlide 3.4.1's whole
+    property table for a composite slide, and its pixels where the images overlap (level 0)
+    and on a whole smaller level."""
+    import tessera.openslide
+    path = multi[name]
+    o = openslide.OpenSlide(path)
+    t = tessera.openslide.OpenSlide(path)
+    want, got = dict(o.properties), dict(t.properties)
+    assert got == want, set(got.items()) ^ set(want.items())
+    assert t.level_dimensions == o.level_dimensions
+    x, y = _placement(mains, MULTI[name])[0][1][-1]
+    a = np.asarray(t.read_region((x - 40, y - 30), 0, (300, 200)))
+    assert np.array_equal(a, R.openslide_region(o, x - 40, y - 30, 0, 300, 200))
+    W, H = o.level_dimensions[2]
+    assert np.array_equal(np.asarray(t.read_region((0, 0), 2, (W, H))),
+                          R.openslide_region(o, 0, 0, 2, W, H))
