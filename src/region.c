@@ -433,7 +433,10 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct tsr_ca
   if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
     return TESSERA_OK;
   if (lv->fmt.unsupported[0])
-    return tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level);
+    return level < s->nlevels + (int32_t)s->nassociated
+               ? tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level)
+               : tsr_error(TESSERA_E_UNSUPPORTED, "%s in directory %u, an image placed in a level",
+                           lv->fmt.unsupported, lv->directory);
   struct region_job *j = tsr_calloc(1, sizeof *j);
   if (!j)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a region read");
