@@ -335,8 +335,8 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
 }
 
 /* Paints every tile of one image (level `level` itself, not its chain). */
-static tessera_status paint_image(const tessera_slide *s, int32_t level,
-                                  const struct tsr_canvas *c, struct tsr_tile_buffers *b) {
+static tessera_status paint_image(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
+                                  struct tsr_tile_buffers *b) {
   const struct tsr_level *lv = &s->levels[level];
   int64_t tx0, ty0, tx1, ty1;
   if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))

@@ -258,8 +258,8 @@ static tessera_status take_areas(tessera_slide *s, struct tsr_dirs *dirs,
           s->levels[j].fmt.jpeg_scale <= 1)
         from = &s->levels[j];
     if (a->level < 0 || a->level >= s->nlevels || !from || !from->offsets || from->source_data)
-      return tsr_error(TESSERA_E_FORMAT, "directory %zu is no image to place in level %d",
-                       a->dir, a->level);
+      return tsr_error(TESSERA_E_FORMAT, "directory %zu is no image to place in level %d", a->dir,
+                       a->level);
     int32_t at = (int32_t)taken;
     const struct tsr_level *owner = &s->levels[a->level];
     struct tsr_level *area = &s->levels[at];

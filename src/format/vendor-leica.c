@@ -362,8 +362,8 @@ static tessera_status place_levels(const struct tsr_dirs *dirs, const struct col
       /* the same resolution as the first image's, within 2 % */
       double f = first->dims[i].nm_per_pixel;
       if (1 - fabs(d->nm_per_pixel - f) / f < 0.98)
-        st = tsr_error(TESSERA_E_UNSUPPORTED, "Inconsistent main image resolutions "
-                                              "(directory %lld and %lld)",
+        st = tsr_error(TESSERA_E_UNSUPPORTED,
+                       "Inconsistent main image resolutions (directory %lld and %lld)",
                        (long long)first->dims[i].dir, (long long)d->dir);
       else
         st = check_dir(dirs, d, NULL);
