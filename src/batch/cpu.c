@@ -75,8 +75,7 @@ static tessera_status cpu_schedule(struct tessera_batch_iter *it, struct tsr_bat
       tsr_canvas_fill(c);
       continue;
     }
-    int64_t tx0, ty0, tx1, ty1;
-    if (!tsr_canvas_fill_outside(c, lv) || !tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
+    if (!tsr_canvas_prepare(it->L.s, it->L.level, c))
       continue;
     if (it->L.by_patch) {
       tessera_status st = tsr_tile_jobs_need_patch(w, base, (uint32_t)p);
@@ -84,6 +83,9 @@ static tessera_status cpu_schedule(struct tessera_batch_iter *it, struct tsr_bat
         return st;
       continue;
     }
+    int64_t tx0, ty0, tx1, ty1;
+    if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
+      continue;
     for (int64_t ty = ty0; ty <= ty1; ty++) {
       for (int64_t tx = tx0; tx <= tx1; tx++) {
         uint64_t tile = (uint64_t)ty * lv->across + (uint64_t)tx;

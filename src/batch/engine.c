@@ -284,6 +284,10 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   bool by_patch;
   size_t overhead = sizeof(struct tsr_canvas) + sizeof(uint64_t) +
                     tsr_batch_schedule_bytes(per_patch, patch_bytes, &by_patch);
+  /* A composite level's images are painted one after another into each patch (their tiles
+   * are no one grid to share) */
+  if (tsr_level_composite(&s->levels[level]))
+    by_patch = true;
   const struct tsr_batch_backend *ops =
       o.device == TESSERA_DEVICE_CUDA ? &tsr_gpu_batch_backend : &tsr_cpu_batch_backend;
   if ((st = check_read_bytes(s, &o, ops, n, patch_bytes, overhead)) != TESSERA_OK)
