@@ -251,9 +251,11 @@ tessera_status tsr_read_area(tessera_slide *s, int32_t level, int64_t lx0, int64
 /* ---- fast mode: JPEG tiles decoded at 1/k by libjpeg's reduced-size IDCT --------------- */
 
 /* Whether level's tiles can be decoded at 1/k: baseline JPEG to RGB, not already scaled, its
- * tiles a whole number of k-pixel blocks. */
+ * tiles a whole number of k-pixel blocks, the image the whole level. */
 static bool fast_ok(const struct tsr_level *lv, unsigned k) {
-  return lv->fmt.compression == 7 && lv->fmt.jpeg_scale <= 1 && lv->fmt.decoded_channels == 3 &&
+  /* (a level with an image placed in it is read as regions are: origins, composites) */
+  return lv->image_w == 0 && lv->fmt.compression == 7 && lv->fmt.jpeg_scale <= 1 &&
+         lv->fmt.decoded_channels == 3 &&
          !lv->fmt.unsupported[0] && lv->tile_w % k == 0 && lv->tile_h % k == 0;
 }
 
