@@ -91,16 +91,13 @@ static tessera_status cpu_schedule(struct tessera_batch_iter *it, struct tsr_bat
   base->pub.indices = sl->indices;
   base->pub.device = TESSERA_DEVICE_CPU;
   const struct tsr_level *lv = &it->L.s->levels[it->L.level];
-  bool hint = it->L.s->source->ops->hint &&
-              (lv->source == &tsr_tiff_tiles || lv->source == &tsr_tiff_strips);
   for (size_t p = 0; p < base->pub.count; p++) {
     struct tsr_canvas *c = &sl->canvases[p];
     if (!tsr_batch_patch(&it->L, number, p, sl->data + p * it->L.patch_bytes, c, &sl->indices[p])) {
       tsr_canvas_fill(c);
       continue;
     }
-    int64_t tx0, ty0, tx1, ty1;
-    if (!tsr_canvas_fill_outside(c, lv) || !tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
+    if (!tsr_canvas_prepare(it->L.s, it->L.level, c))
       continue;
     if (it->L.by_patch) {
       tessera_status st = tsr_tile_jobs_need_patch(w, base, (uint32_t)p);
@@ -108,16 +105,15 @@ static tessera_status cpu_schedule(struct tessera_batch_iter *it, struct tsr_bat
         return st;
       continue;
     }
+    int64_t tx0, ty0, tx1, ty1;
+    if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
+      continue;
     for (int64_t ty = ty0; ty <= ty1; ty++) {
       for (int64_t tx = tx0; tx <= tx1; tx++) {
         uint64_t tile = (uint64_t)ty * lv->across + (uint64_t)tx;
         tessera_status st = tsr_tile_jobs_need_tile(w, tile, base, (uint32_t)p);
         if (st != TESSERA_OK)
           return st;
-        /* A remote slide starts fetching the tile's bytes now, many requests in flight,
-         * while the workers decode the tiles already here. */
-        if (hint)
-          tsr_bytes_hint(it->L.s->source, lv->offsets[tile], lv->bytecounts[tile]);
       }
     }
   }
