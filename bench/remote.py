@@ -1,20 +1,26 @@
 #!/usr/bin/python3
-"""Remote slides over latency: `tessera bench` on a slide served over HTTP by the tests'
-loopback server (tests/remote_server.py) with a round-trip latency injected, beside the same
-workload on the local file and beside the naive way of reading remotely (one range request per
-tile read, no block cache, no read-ahead, no more requests in flight than workers: tessera with
-TESSERA_REMOTE_CACHE_MIB=0 and TESSERA_REMOTE_REQUESTS=workers), all in one run against one
-server. Prints a table (and --json the raw reports).
+"""Remote slides over latency: `tessera bench` on a slide served over HTTP by a loopback
+server with a round-trip latency injected, beside the same workload on the local file and
+beside the naive way of reading remotely (one range request per tile read, no block cache, no
+read-ahead, no more requests in flight than workers: tessera with TESSERA_REMOTE_CACHE_MIB=0
+and TESSERA_REMOTE_REQUESTS=workers), all in one run against one server. Prints a table (and
+--json the raw reports).
 
     /usr/bin/python3 bench/remote.py [--slide PATH] [--count 2000] [--naive-count 300]
-                                     [--latency 0.02] [--workers 2] [--requests 4,64]
-                                     [--repeat 3]
+                                     [--latency 0.02] [--workers 2] [--requests 16,64]
+                                     [--repeat 3] [--server latency|threads]
+                                     [--baseline-cli PATH]
     /usr/bin/python3 bench/remote.py --stream 100000
 
+The server is tests/remote_server.py's LatencyServer (asyncio in --server-processes forked
+processes: every request answered once its latency has passed, and little else on the CPU);
+--server threads takes the tests' SlideServer instead (a Python thread per connection under
+one GIL, whose own queueing adds to the latency past about 16 requests in flight).
 The naive reader reads every tile remotely whatever the count (it caches nothing), so its
 rate does not depend on the count: it reads --naive-count patches to keep the run short.
 --requests runs tessera again with that many requests in flight (TESSERA_REMOTE_REQUESTS;
-the default is 16), to show how throughput grows with them.
+the default is 32), to show how throughput grows with them. --baseline-cli runs another
+build's `tessera` (an earlier commit's) on the same URL, in the same turns.
 
 Without --slide it writes `tessera sample --width 40000 --height 32000 --quality 80` (135 MB,
 larger than the default 64 MiB block cache) into /tmp/tessera-remote-bench. Run from the
@@ -31,13 +37,13 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from remote_server import SlideServer  # noqa: E402
+from remote_server import LatencyServer, SlideServer  # noqa: E402
 
 CLI = os.environ.get("TESSERA_CLI", os.path.join(ROOT, "build", "cli", "tessera"))
 
 
-def bench(slide, count, workers, seed, env=None):
-    cmd = [CLI, "bench", slide, "--layout", "random", "--count", str(count), "--size",
+def bench(slide, count, workers, seed, env=None, cli=CLI):
+    cmd = [cli, "bench", slide, "--layout", "random", "--count", str(count), "--size",
            "224,224", "--workers", str(workers), "--seed", str(seed), "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
     if r.returncode != 0:
@@ -63,7 +69,10 @@ def main():
     p.add_argument("--latency", type=float, default=0.02, help="seconds per request (0.02)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--naive-count", type=int, default=300)
-    p.add_argument("--requests", default="4,64", help="requests in flight to try besides 16")
+    p.add_argument("--requests", default="16,64", help="requests in flight to try besides 32")
+    p.add_argument("--server", choices=("latency", "threads"), default="latency")
+    p.add_argument("--server-processes", type=int, default=2)
+    p.add_argument("--baseline-cli", help="another build's tessera, run on the URL too")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--json", action="store_true")
     p.add_argument("--stream", type=int, default=0,
@@ -91,34 +100,45 @@ def main():
                           r["requests"], r["bytes_fetched"] / 2 ** 20, r["checksum"]))
         return
     raw = {}
-    with SlideServer() as server:
-        url = server.add(os.path.basename(slide), data)
-        server.faults.latency = a.latency
+    name0 = os.path.basename(slide)
+    if a.server == "latency":
+        server = LatencyServer({name0: data}, latency=a.latency, processes=a.server_processes)
+    else:
+        server = SlideServer()
+    with server:
+        if a.server == "threads":
+            server.add(name0, data)
+            server.faults.latency = a.latency
+        url = server.url(name0)
         naive_env = {"TESSERA_REMOTE_CACHE_MIB": "0", "TESSERA_REMOTE_REQUESTS": str(a.workers)}
-        runs = [("local file", slide, a.workers, None),
-                ("remote, tessera (defaults: 16 requests in flight)", url, a.workers, None),
-                ("remote, naive", url, a.workers, naive_env)]
+        runs = [("local file", slide, a.workers, None, CLI),
+                ("remote, tessera (defaults: 32 requests in flight)", url, a.workers, None, CLI),
+                ("remote, naive", url, a.workers, naive_env, CLI)]
         runs += [("remote, tessera, %s requests in flight" % r, url, a.workers,
-                  {"TESSERA_REMOTE_REQUESTS": r}) for r in a.requests.split(",") if r]
+                  {"TESSERA_REMOTE_REQUESTS": r}, CLI) for r in a.requests.split(",") if r]
+        if a.baseline_cli:
+            runs.append(("remote, baseline build (its defaults)", url, a.workers, None,
+                         a.baseline_cli))
         results = {name: [] for name, *_ in runs}
         for rep in range(a.repeat):  # in turns, so drift hits every reader alike
-            for name, src, workers, env in runs:
+            for name, src, workers, env, cli in runs:
                 server.reset_counts()
                 count = a.naive_count if env is naive_env else a.count
-                r = bench(src, count, workers, seed=rep, env=env)
+                r = bench(src, count, workers, seed=rep, env=env, cli=cli)
                 r["count"] = count
-                r["server_requests"] = server.count(os.path.basename(slide))
+                r["server_requests"] = server.count(name0)
+                r["server_max_in_flight"] = server.max_in_flight
                 results[name].append(r)
         raw = results
     local = statistics.median(r["patches_per_s"] for r in results["local file"])
     naive = statistics.median(r["patches_per_s"] for r in results["remote, naive"])
     print("slide: %s (%d bytes), %d random 224x224 patches of level 0 (naive: %d), latency "
-          "%.0f ms per request, median of %d runs" % (slide, len(data), a.count, a.naive_count,
-                                                      a.latency * 1000, a.repeat))
-    print("| reader | workers | patches/s | vs local | vs naive | requests (open) | MiB fetched "
-          "| peak RSS MiB | checksums |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, src, workers, env in runs:
+          "%.0f ms per request (%s server), median of %d runs" % (
+              slide, len(data), a.count, a.naive_count, a.latency * 1000, a.server, a.repeat))
+    print("| reader | workers | patches/s | vs local | vs naive | requests (open) | most in flight "
+          "| MiB fetched | peak RSS MiB | checksums |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, src, workers, env, cli in runs:
         rs = results[name]
         pps = statistics.median(r["patches_per_s"] for r in rs)
         req = statistics.median(r["requests"] for r in rs)
@@ -129,8 +149,9 @@ def main():
         # naive runs read fewer patches: their sums are checked against a local run of theirs)
         ok = "agree" if all(r["checksum"] == local_sum(slide, r, rep)
                             for rep, r in enumerate(rs)) else "DIFFER"
-        print("| %s | %d | %.1f | %.1f %% | %.2fx | %d (%d) | %.1f | %.1f | %s |" % (
-            name, workers, pps, 100 * pps / local, pps / naive, req, opn, mib, rss, ok))
+        most = max(r["server_max_in_flight"] for r in rs) if src != slide else 0
+        print("| %s | %d | %.1f | %.1f %% | %.2fx | %d (%d) | %d | %.1f | %.1f | %s |" % (
+            name, workers, pps, 100 * pps / local, pps / naive, req, opn, most, mib, rss, ok))
     if a.json:
         print(json.dumps(raw, indent=1))
 

@@ -18,7 +18,7 @@
 
 void cmd_view_help(FILE *out) {
   fputs("Usage: tessera view SLIDE [--locations FILE [--size W,H [--level L]]] [--mask]\n"
-        "                    [--port P] [--host H]\n"
+        "                    [mask options] [--port P] [--host H]\n"
         "\n"
         "Serve a web page that shows the slide and print its address; open it in a\n"
         "browser. The page pans (drag, arrow keys) and zooms (wheel, pinch, double-click,\n"
@@ -45,6 +45,13 @@ void cmd_view_help(FILE *out) {
         "                        made before serving (a slide it cannot be made for\n"
         "                        fails); without --mask the page's checkbox makes it\n"
         "                        when first turned on\n"
+        "      --mask-mpp M, --mask-downsample D, --mode MODE,\n"
+        "      --background-tolerance T, --black-max V, --pen-min-saturation S,\n"
+        "      --pen-hue MIN,MAX, --min-threshold T, --min-tissue-area A,\n"
+        "      --max-hole-area A\n"
+        "                        the mask's parameters, as 'tessera tissue' takes\n"
+        "                        them (its --help, docs/TISSUE.md); its defaults\n"
+        "                        where not given\n"
         "\n"
         "Server:\n"
         "  -p, --port P          the port to listen on (default 0: a free one, printed)\n"

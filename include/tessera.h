@@ -111,7 +111,7 @@ typedef struct tessera_open_options {
                                  (5xx, 429, reset, timeout, truncated body);
                                  TESSERA_REMOTE_RETRIES, else 4 */
   int32_t remote_requests;    /* requests in flight at once for the slide;
-                                 TESSERA_REMOTE_REQUESTS, else 16 */
+                                 TESSERA_REMOTE_REQUESTS, else 32 */
   int32_t remote_block_kib;   /* the block cache's block: bytes are fetched in aligned blocks
                                  of this many KiB; TESSERA_REMOTE_BLOCK_KIB, else 64 */
   int64_t remote_cache_mib;   /* the slide's block cache of fetched bytes (LRU), MiB; 0: none

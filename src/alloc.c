@@ -3,6 +3,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* Allocations left before an injected failure; negative: no injection. Atomic because any
  * thread may allocate. */
@@ -64,4 +65,34 @@ bool tsr_scratch_reserve(struct tsr_scratch *scratch, size_t n) {
   scratch->data = d;
   scratch->cap = n;
   return true;
+}
+
+static size_t huge_round(size_t n) {
+  return n <= TSR_HUGE_PAGE ? TSR_HUGE_PAGE : (n + TSR_HUGE_PAGE - 1) & ~(TSR_HUGE_PAGE - 1);
+}
+
+void *tsr_map_huge(size_t n) {
+  if (n > SIZE_MAX / 2)
+    return NULL;
+  size_t map = huge_round(n);
+  /* Aligned, so that all of it can be huge pages: map a huge page more, trim the ends. */
+  uint8_t *p = mmap(NULL, map + TSR_HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                    -1, 0);
+  if (p == MAP_FAILED)
+    return NULL;
+  uint8_t *base = (uint8_t *)(((uintptr_t)p + TSR_HUGE_PAGE - 1) & ~(uintptr_t)(TSR_HUGE_PAGE - 1));
+  uint8_t *end = p + map + TSR_HUGE_PAGE;
+  if (base > p)
+    munmap(p, (size_t)(base - p));
+  if (end > base + map)
+    munmap(base + map, (size_t)(end - (base + map)));
+#ifdef MADV_HUGEPAGE
+  (void)madvise(base, map, MADV_HUGEPAGE);
+#endif
+  return base;
+}
+
+void tsr_unmap_huge(void *p, size_t n) {
+  if (p)
+    munmap(p, huge_round(n));
 }

@@ -14,6 +14,16 @@ void tsr_free(void *ptr);
 char *tsr_strdup(const char *s);
 char *tsr_strndup(const char *s, size_t n);
 
+/* Memory of its own mapping for large buffers written soon after they are made (tile cache
+ * chunks, batch buffers): n bytes rounded up to TSR_HUGE_PAGE, aligned to it, zeroed, with
+ * transparent huge pages asked for, so that the kernel maps it 2 MiB at a time rather than
+ * faulting on each 4 KiB page as it is first written (on a paravirtualised guest each such
+ * fault is also a trip to the hypervisor). NULL if the system gives none; freed with
+ * tsr_unmap_huge(p, n) with the same n. Not counted by tsr_alloc_fail_after. */
+#define TSR_HUGE_PAGE ((size_t)2 << 20)
+void *tsr_map_huge(size_t n);
+void tsr_unmap_huge(void *p, size_t n);
+
 /* Tests only: make the allocation after the next n succeed... fail (n >= 0), or never fail
  * (n < 0). Counts every thread's allocations through this file. */
 void tsr_alloc_fail_after(long n);

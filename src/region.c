@@ -79,6 +79,40 @@ bool tsr_canvas_fill_outside(const struct tsr_canvas *c, const struct tsr_level 
   return true;
 }
 
+/* The images of a composite level, in the order they are painted (its chain reversed: the
+ * image first in the chain is painted last, over the others); returns how many (at most
+ * max; a level that is not composite is its own one image). */
+static size_t area_order(const tessera_slide *s, int32_t level, int32_t *order, size_t max) {
+  size_t n = 0;
+  for (int32_t i = level; n < max; i = s->levels[i].next_area) {
+    order[n++] = i;
+    if (!s->levels[i].next_area)
+      break;
+  }
+  for (size_t a = 0, b = n - 1; a < b; a++, b--) {
+    int32_t t = order[a];
+    order[a] = order[b];
+    order[b] = t;
+  }
+  return n;
+}
+
+#define MAX_AREAS 256
+
+bool tsr_canvas_prepare(const tessera_slide *s, int32_t level, const struct tsr_canvas *c) {
+  const struct tsr_level *lv = &s->levels[level];
+  if (!tsr_level_composite(lv))
+    return tsr_canvas_fill_outside(c, lv);
+  tsr_canvas_fill(c);
+  int64_t x0, y0, x1, y1;
+  int32_t i = level;
+  do {
+    if (inside(c, &s->levels[i], &x0, &y0, &x1, &y1))
+      return true;
+  } while ((i = s->levels[i].next_area) != 0);
+  return false;
+}
+
 bool tsr_canvas_tiles(const struct tsr_canvas *c, const struct tsr_level *lv, int64_t *tx0,
                       int64_t *ty0, int64_t *tx1, int64_t *ty1) {
   int64_t x0, y0, x1, y1;
@@ -290,14 +324,19 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
   }
   bool missing;
   st = tsr_tile_read(s, level, index, &rect, b, &missing);
-  if (st == TESSERA_OK && !(direct && !missing))
+  /* A tile one of a composite level's images leaves out shows what lies beneath it (the
+   * canvas was filled before its images were painted) */
+  bool beneath =
+      missing && (tsr_level_composite(lv) || level >= s->nlevels + (int32_t)s->nassociated);
+  if (st == TESSERA_OK && !(direct && !missing) && !beneath)
     put_tile(f, &tile, &u, rect.dst, rect.stride, NULL, missing, canvases, n);
   budget_done(b, reserved);
   return st;
 }
 
-tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
-                                struct tsr_tile_buffers *b) {
+/* Paints every tile of one image (level `level` itself, not its chain). */
+static tessera_status paint_image(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
+                                  struct tsr_tile_buffers *b) {
   const struct tsr_level *lv = &s->levels[level];
   int64_t tx0, ty0, tx1, ty1;
   if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
@@ -309,6 +348,18 @@ tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const str
       if (st != TESSERA_OK)
         return st;
     }
+  }
+  return TESSERA_OK;
+}
+
+tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
+                                struct tsr_tile_buffers *b) {
+  int32_t order[MAX_AREAS];
+  size_t n = area_order(s, level, order, MAX_AREAS);
+  for (size_t i = 0; i < n; i++) {
+    tessera_status st = paint_image(s, order[i], c, b);
+    if (st != TESSERA_OK)
+      return st;
   }
   return TESSERA_OK;
 }
@@ -382,7 +433,10 @@ static tessera_status paint(tessera_slide *s, int32_t level, const struct tsr_ca
   if (!tsr_canvas_tiles(c, lv, &tx0, &ty0, &tx1, &ty1))
     return TESSERA_OK;
   if (lv->fmt.unsupported[0])
-    return tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level);
+    return level < s->nlevels + (int32_t)s->nassociated
+               ? tsr_error(TESSERA_E_UNSUPPORTED, "%s in level %d", lv->fmt.unsupported, level)
+               : tsr_error(TESSERA_E_UNSUPPORTED, "%s in directory %u, an image placed in a level",
+                           lv->fmt.unsupported, lv->directory);
   struct region_job *j = tsr_calloc(1, sizeof *j);
   if (!j)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a region read");
@@ -475,7 +529,6 @@ static tessera_status read_into(tessera_slide *s, int64_t lx, int64_t ly, int32_
   tessera_status st = tsr_read_args(s, width, height, options, dst, dst_size, &o, &stride);
   if (st != TESSERA_OK)
     return st;
-  const struct tsr_level *lv = &s->levels[level];
   struct tsr_canvas c = {
       .lx = lx,
       .ly = ly,
@@ -492,9 +545,14 @@ static tessera_status read_into(tessera_slide *s, int64_t lx, int64_t ly, int32_
     tsr_canvas_fill(&c);
     return TESSERA_OK;
   }
-  if (!tsr_canvas_fill_outside(&c, lv))
+  if (!tsr_canvas_prepare(s, level, &c))
     return TESSERA_OK;
-  st = paint(s, level, &c, o.num_workers);
+  /* A composite level's images one after another, each over the ones painted before it */
+  int32_t order[MAX_AREAS];
+  size_t n = area_order(s, level, order, MAX_AREAS);
+  st = TESSERA_OK;
+  for (size_t i = 0; i < n && st == TESSERA_OK; i++)
+    st = paint(s, order[i], &c, o.num_workers);
   if (st != TESSERA_OK)
     tsr_canvas_fill(&c);
   return st;

@@ -24,6 +24,11 @@ void tsr_canvas_fill(const struct tsr_canvas *c);
  * inside. */
 bool tsr_canvas_fill_outside(const struct tsr_canvas *c, const struct tsr_level *lv);
 
+/* What a read does before painting level `level` into the canvas: fills the parts no image of
+ * the level covers (a composite level's whole canvas, its images painted over it); returns
+ * whether any of the canvas lies on an image of the level (else there is nothing to paint). */
+bool tsr_canvas_prepare(const tessera_slide *s, int32_t level, const struct tsr_canvas *c);
+
 /* The tiles a canvas overlaps, as an inclusive range of columns and rows; false when it
  * overlaps none. */
 bool tsr_canvas_tiles(const struct tsr_canvas *c, const struct tsr_level *lv, int64_t *tx0,
@@ -38,7 +43,9 @@ tessera_status tsr_paint_tile(const tessera_slide *s, int32_t level, uint64_t in
                               struct tsr_tile_buffers *b);
 
 /* Paints every tile the canvas overlaps, one after another in the calling thread, with no
- * memory per tile; stops at the first tile that fails. */
+ * memory per tile; stops at the first tile that fails. A composite level's images are
+ * painted each in turn (the last in its chain first, so that the first shows where they
+ * overlap). */
 tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const struct tsr_canvas *c,
                                 struct tsr_tile_buffers *b);
 

@@ -59,7 +59,7 @@ TESSERA_API void tessera_close(tessera_slide *s) {
   if (!s)
     return;
   tsr_byte_source_close(s->source);
-  for (size_t i = 0; s->levels && i < (size_t)s->nlevels + s->nassociated; i++)
+  for (size_t i = 0; s->levels && i < (size_t)s->nlevels + s->nassociated + s->nareas; i++)
     tsr_level_free(&s->levels[i]);
   tsr_free(s->levels);
   tsr_free(s->regions);
@@ -172,8 +172,9 @@ static tessera_status take_scaled_level(tessera_slide *s, const struct tsr_findi
  * s->levels[s->nlevels + i], downsample 1), so that they read through the same code. */
 static tessera_status take_levels(tessera_slide *s, struct tsr_dirs *dirs,
                                   const struct tsr_findings *found) {
-  s->levels = tsr_calloc((size_t)found->nlevels + found->nassociated, sizeof *s->levels);
-  s->regions = tsr_calloc((size_t)found->nlevels + found->nassociated, sizeof *s->regions);
+  size_t n = (size_t)found->nlevels + found->nassociated + found->nareas;
+  s->levels = tsr_calloc(n, sizeof *s->levels);
+  s->regions = tsr_calloc(n, sizeof *s->regions);
   if (!s->levels || !s->regions)
     return tsr_error(TESSERA_E_NOMEM, "out of memory for levels");
   if (found->levels) { /* a format that is no TIFF made its levels whole */
@@ -241,6 +242,58 @@ static tessera_status take_associated(tessera_slide *s, struct tsr_dirs *dirs,
   return TESSERA_OK;
 }
 
+/* The images placed in composite levels beyond each level's first, after the associated
+ * images, each chained behind the images of its level before it. Each is a copy of its
+ * directory's tables (a directory may be placed twice, or be a level too: OpenSlide lets
+ * several main images name one). */
+static tessera_status take_areas(tessera_slide *s, struct tsr_dirs *dirs,
+                                 const struct tsr_findings *found) {
+  for (size_t i = 0; i < found->nareas; i++) {
+    const struct tsr_level_area *a = &found->areas[i];
+    const struct tsr_level *from = a->dir < dirs->n ? &dirs->dir[a->dir].level : NULL;
+    /* a directory some level took already: that level's tables */
+    size_t taken = (size_t)s->nlevels + s->nassociated + s->nareas;
+    for (size_t j = 0; from && !from->offsets && j < taken; j++)
+      if (s->levels[j].directory == a->dir && s->levels[j].offsets &&
+          s->levels[j].fmt.jpeg_scale <= 1)
+        from = &s->levels[j];
+    if (a->level < 0 || a->level >= s->nlevels || !from || !from->offsets || from->source_data)
+      return tsr_error(TESSERA_E_FORMAT, "directory %zu is no image to place in level %d", a->dir,
+                       a->level);
+    int32_t at = (int32_t)taken;
+    const struct tsr_level *owner = &s->levels[a->level];
+    struct tsr_level *area = &s->levels[at];
+    *area = *from;
+    size_t bytes = (size_t)from->ntiles * sizeof *from->offsets;
+    area->offsets = tsr_malloc(bytes ? bytes : 1);
+    area->bytecounts = tsr_malloc(bytes ? bytes : 1);
+    area->fmt.jpeg_tables =
+        from->fmt.jpeg_tables_len ? tsr_malloc(from->fmt.jpeg_tables_len) : NULL;
+    s->nareas++; /* freed with the slide from here on */
+    if (!area->offsets || !area->bytecounts ||
+        (from->fmt.jpeg_tables_len && !area->fmt.jpeg_tables))
+      return tsr_error(TESSERA_E_NOMEM, "out of memory for an image of level %d", a->level);
+    memcpy(area->offsets, from->offsets, bytes);
+    memcpy(area->bytecounts, from->bytecounts, bytes);
+    if (area->fmt.jpeg_tables)
+      memcpy(area->fmt.jpeg_tables, from->fmt.jpeg_tables, from->fmt.jpeg_tables_len);
+    /* its own size (a level copied from keeps it as image_w/h) */
+    area->image_w = from->image_w ? from->image_w : from->width;
+    area->image_h = from->image_h ? from->image_h : from->height;
+    area->width = owner->width;
+    area->height = owner->height;
+    area->downsample = owner->downsample;
+    area->origin_x = a->x;
+    area->origin_y = a->y;
+    area->next_area = 0;
+    struct tsr_level *last = &s->levels[a->level];
+    while (last->next_area)
+      last = &s->levels[last->next_area];
+    last->next_area = at;
+  }
+  return TESSERA_OK;
+}
+
 tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *name,
                                      const tessera_open_options *options, tessera_slide **out) {
   *out = NULL;
@@ -276,7 +329,8 @@ tessera_status tsr_slide_open_source(struct tsr_byte_source *src, const char *na
     s->icc_size = d0->icc_len;
     d0->icc = NULL;
     if ((st = take_levels(s, &dirs, &found)) == TESSERA_OK &&
-        (st = take_associated(s, &dirs, &found)) == TESSERA_OK)
+        (st = take_associated(s, &dirs, &found)) == TESSERA_OK &&
+        (st = take_areas(s, &dirs, &found)) == TESSERA_OK)
       st = collect_properties(s, &dirs.dir[found.props_dir], found.hide_description,
                               &found.props);
   }

@@ -38,6 +38,10 @@ struct tsr_pixel_format {
   /* Decoded pixels of alpha 0 are none of the image's (MIRAX: where no camera image lies):
    * they take the read's fill, as pixels outside the level do (decoded_channels 4). */
   bool transparent_is_fill;
+  /* JPEG of any colour space libjpeg converts to grayscale (1 or 3 components) decoded to one
+   * channel as its JCS_GRAYSCALE output makes it: Y of YCbCr, the luma of RGB (decoded_channels
+   * 1). Sakura's tile planes, which OpenSlide decodes so. */
+  bool jpeg_luma;
 };
 
 struct tsr_level {
@@ -62,7 +66,18 @@ struct tsr_level {
    * background around it). */
   int64_t origin_x, origin_y;
   int64_t image_w, image_h;
+  /* 0, or the index in the slide's levels of another image placed in this level (a Leica
+   * level composited from several main images): a level of the same size and downsample
+   * holding that image's tiles, origin and extent, whose own next_area names the next (0
+   * ends the chain). Such areas lie after the associated images (tessera_slide.nareas).
+   * A composite level is its background with each image painted where it lies; where they
+   * overlap, the image earlier in the chain shows (OpenSlide's order: it paints them one by
+   * one with cairo's SATURATE operator, which leaves a pixel already painted as it is). */
+  int32_t next_area;
 };
+
+/* Whether the level is composited from several placed images (next_area). */
+static inline bool tsr_level_composite(const struct tsr_level *lv) { return lv->next_area != 0; }
 
 /* The part of the level that the stored image covers, clipped to the level: [x0, x1) x
  * [y0, y1) in level pixels (empty when x0 >= x1 or y0 >= y1). */
@@ -140,6 +155,9 @@ struct tessera_slide {
   size_t nprops;
   char **associated;
   size_t nassociated;
+  /* Images placed in composite levels beyond each level's first (tsr_level.next_area), at
+   * levels[nlevels + nassociated ...] */
+  size_t nareas;
   const char *vendor;
   uint8_t background;
   uint8_t *icc; /* level 0's ICC profile (owned), or NULL */

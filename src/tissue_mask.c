@@ -109,6 +109,63 @@ static double hue(int r, int g, int b, int mx, int mn) {
   return h < 0.0 ? h + 360.0 : h;
 }
 
+#if defined(__GNUC__)
+#define TSR_INLINE static inline __attribute__((always_inline))
+#else
+#define TSR_INLINE static inline
+#endif
+
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__ && defined(__GNUC__)
+#define SWAR 1 /* eight bytes a step, the first of them in the word's low byte */
+static const uint64_t ONES = 0x0101010101010101u, HIGHS = 0x8080808080808080u;
+#endif
+
+/* Loops the compiler should do many pixels at a time: GCC's default at -O2 vectorises only
+ * loops that need no remainder handling, so these ask for its usual cost model. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define TSR_VECTORISE __attribute__((optimize("vect-cost-model=dynamic")))
+#else
+#define TSR_VECTORISE
+#endif
+
+/* The classes from the values and the excluded pixels' bits (bit i & 7 of bits[i >> 3]):
+ * EXCLUDED, else TISSUE where the value is above t, else NOT_TISSUE; in place. */
+TSR_VECTORISE static void above(uint8_t *restrict value, size_t n, uint8_t t) {
+  for (size_t i = 0; i < n; i++)
+    value[i] = value[i] > t;
+}
+
+static void threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t) {
+  above(value, n, t);
+  size_t i = 0;
+#ifdef SWAR
+  for (; i + 8 <= n; i += 8) {
+    if (!bits[i >> 3]) /* none excluded: most of them */
+      continue;
+    /* Bit k of the byte to byte k (0 or 1). */
+    uint64_t x, spread = ((uint64_t)bits[i >> 3] * ONES) & 0x8040201008040201u;
+    uint64_t ex = ((spread + 0x7f7f7f7f7f7f7f7fu) & HIGHS) >> 7;
+    memcpy(&x, value + i, 8);
+    x = (x & ~(ex * 0xff)) | ex * EXCLUDED;
+    memcpy(value + i, &x, 8);
+  }
+#endif
+  for (; i < n; i++)
+    if (bits[i >> 3] >> (i & 7) & 1)
+      value[i] = EXCLUDED;
+}
+
+/* Tissue (TISSUE) to 255, anything else to 0; returns how many are tissue. */
+TSR_VECTORISE static size_t to_bytes(uint8_t *restrict cls, size_t n) {
+  size_t tissue = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t t = cls[i] == TISSUE;
+    tissue += t;
+    cls[i] = (uint8_t)-t;
+  }
+  return tissue;
+}
+
 /* Histograms of bytes, four interleaved: pixels of one colour (glass) would otherwise make
  * every increment wait for the one before. */
 struct hist4 {
@@ -120,108 +177,295 @@ static void hist4_sum(const struct hist4 *q, uint64_t out[256]) {
     out[v] = q->h[0][v] + q->h[1][v] + q->h[2][v] + q->h[3][v];
 }
 
-/* Sets cls (one byte per pixel) and *darkfield, and returns the threshold. `value` is scratch
- * of n bytes. */
-static int classify(const tessera_tissue_options *o, const uint8_t *restrict rgb, size_t n,
-                    uint8_t bg, uint8_t *restrict cls, uint8_t *restrict value, bool *darkfield) {
-  static struct hist4 zero;
-  struct hist4 *q = tsr_malloc(sizeof *q);
-  if (!q)
-    return -1;
-  int tol = o->background_tolerance;
-  /* The median brightness (the brightest channel) says whether the slide is dark-field; every
-   * 7th pixel is plenty to tell black from glass. */
-  *q = zero;
-  size_t sampled = 0;
-  for (size_t i = 0; i < n; i += 7, sampled++) {
+/* The first i from i (or n) with p[i] == v: eight bytes a step (no byte of the word equal to v
+ * leaves no zero byte in word ^ v, and the lowest flagged byte of the zero-byte test is
+ * exact). */
+TSR_INLINE int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
+#ifdef SWAR
+  for (; i + 8 <= n; i += 8) {
+    uint64_t x;
+    memcpy(&x, p + i, 8);
+    x ^= ONES * v;
+    uint64_t zero = (x - ONES) & ~x & HIGHS;
+    if (zero)
+      return i + (__builtin_ctzll(zero) >> 3);
+  }
+#endif
+  while (i < n && p[i] != v)
+    i++;
+  return i;
+}
+
+/* Pixels classified at once: copied apart into one array per channel first, so the classes
+ * and saturations of a block are plain loops over bytes that the compiler does many at a time
+ * (the interleaved RGB would not let it). */
+#define BLOCK 256
+
+/* One pixel's class and saturation, in bytes where the values allow (so that the compiler
+ * does as many pixels at once as a vector has bytes) and in floats for the quotient. The
+ * parameters are bytes with on/off flags: black_on (black_max >= 0), pen_on
+ * (pen_min_saturation <= 255). */
+#define CLASSIFY_PIXEL(rr, gg, bb)                                                            \
+  do {                                                                                      \
+    uint8_t r_ = (rr), g_ = (gg), b_ = (bb);                                                \
+    uint8_t mx = r_ > g_ ? r_ : g_;                                                         \
+    mx = mx > b_ ? mx : b_;                                                                 \
+    uint8_t mn = r_ < g_ ? r_ : g_;                                                         \
+    mn = mn < b_ ? mn : b_;                                                                 \
+    int den = mx > 1 ? mx : 1; /* (a conditional inside the cast stops GCC vectorising) */ \
+    uint8_t s_ = (uint8_t)(int)((float)(255 * (mx - mn)) / (float)den);                   \
+    uint8_t dr = r_ > bg ? r_ - bg : bg - r_;                                               \
+    uint8_t dg = g_ > bg ? g_ - bg : bg - g_;                                               \
+    uint8_t db = b_ > bg ? b_ - bg : bg - b_;                                               \
+    uint8_t d = dr > dg ? dr : dg;                                                          \
+    d = d > db ? d : db;                                                                    \
+    uint8_t excluded = (uint8_t)((d <= tol) | ((mx <= black) & black_on));                  \
+    uint8_t pen = (uint8_t)((excluded ^ 1) & (s_ >= pen_sat) & pen_on & (s_ > 0));          \
+    pen_any |= pen;                                                                         \
+    excluded_any |= excluded;                                                               \
+    sat[i] = s_;                                                                            \
+    cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);                          \
+  } while (0)
+
+/* Saturation floor(255 * (max - min) / max) as a float quotient: both operands are exact in a
+ * float, the quotient is below 256 so its rounding error is under 2^-16, and a quotient that
+ * is not a whole number is at least 1 / max >= 1 / 255 from one; so the truncation is the
+ * exact floor, the same as the integer division's. */
+TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_t *restrict g,
+                                         const uint8_t *restrict b, int nb, uint8_t bg,
+                                         uint8_t tol, uint8_t black, uint8_t black_on,
+                                         uint8_t pen_sat, uint8_t pen_on,
+                                         uint8_t *restrict cls, uint8_t *restrict sat,
+                                         uint8_t *any_pen, uint8_t *any_excluded) {
+  uint8_t pen_any = 0, excluded_any = 0;
+  for (int i = 0; i < nb; i++)
+    CLASSIFY_PIXEL(r[i], g[i], b[i]);
+  *any_pen = pen_any;
+  *any_excluded = excluded_any;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define TSR_CLASSIFY_AVX2 1
+/* classify_block over interleaved RGB, for processors with AVX2 (chosen at run time): its
+ * shuffles take the channels apart, which SSE2 cannot do well, so the baseline build copies
+ * them apart first. The same arithmetic. */
+TSR_VECTORISE __attribute__((target("avx2"))) static void classify_rgb_avx2(
+    const uint8_t *restrict rgb, int nb, uint8_t bg, uint8_t tol, uint8_t black,
+    uint8_t black_on, uint8_t pen_sat, uint8_t pen_on, uint8_t *restrict cls,
+    uint8_t *restrict sat, uint8_t *any_pen, uint8_t *any_excluded) {
+  uint8_t pen_any = 0, excluded_any = 0;
+  for (int i = 0; i < nb; i++)
+    CLASSIFY_PIXEL(rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]);
+  *any_pen = pen_any;
+  *any_excluded = excluded_any;
+}
+#endif
+
+struct hist8 {
+  uint32_t h[8][256]; /* n < 2^32 (the mask's limit) */
+};
+
+/* Classifies pixels as they are read (a band at a time, or all at once), gathering Otsu's
+ * histogram and, for mode auto, the brightness of every 7th pixel that says whether the slide
+ * is dark-field. */
+struct classifier {
+  const tessera_tissue_options *o;
+  bool dark, avx2;
+  uint8_t bg, tol, black, black_on, pen_sat, pen_on;
+  uint8_t log_scale[256];
+  /* Otsu's histogram, eight interleaved. Bright-field leaves the excluded pixels out of it
+   * (glass would swamp it); dark-field keeps them in: the black is the dark class Otsu is to
+   * split from the signal. */
+  struct hist8 h;
+  struct hist4 sample;   /* brightness of pixels 0, 7, 14, ... */
+  size_t sampled;
+};
+
+static void classifier_init(struct classifier *k, const tessera_tissue_options *o, uint8_t bg,
+                            bool dark) {
+  memset(k, 0, sizeof *k);
+  k->o = o;
+  k->dark = dark;
+  k->bg = bg;
+  k->tol = (uint8_t)o->background_tolerance;
+  /* Dark-field has no black or pen rule. */
+  int black = dark ? -1 : o->black_max, pen_sat = dark ? 256 : o->pen_min_saturation;
+  k->black = (uint8_t)(black < 0 ? 0 : black);
+  k->black_on = black >= 0;
+  k->pen_sat = (uint8_t)(pen_sat > 255 ? 255 : pen_sat);
+  k->pen_on = pen_sat <= 255;
+  /* Dark-field brightness on a log scale: a sparse stain (DAPI's nuclei) averaged over a mask
+   * pixel is dim, and on a linear scale Otsu would split the bright nuclei from the dim tissue
+   * rather than the tissue from the black. */
+  for (int v = 0; v < 256; v++)
+    k->log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
+#ifdef TSR_CLASSIFY_AVX2
+  k->avx2 = __builtin_cpu_supports("avx2");
+#if TSR_TEST_HOOKS
+  /* Test builds only: TESSERA_TEST_NO_AVX2 makes the tests take the baseline path too. */
+  if (getenv("TESSERA_TEST_NO_AVX2"))
+    k->avx2 = false;
+#endif
+#endif
+}
+
+/* Pixels [i0, i0 + count) of the mask, RGB at rgb: their values (saturation, or dark-field
+ * log brightness) into value[i0 ..], and whether each is excluded (background, black, pen)
+ * as bits (bit i & 7 of bits[i >> 3], which start cleared): no pixel is tissue before the
+ * threshold. */
+static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0, size_t count,
+                            uint8_t *restrict bits, uint8_t *restrict value) {
+  const tessera_tissue_options *o = k->o;
+  uint8_t r[BLOCK], g[BLOCK], b[BLOCK], c[BLOCK];
+  /* The brightness sample: the pixels whose index is a multiple of 7. */
+  size_t sampled = k->sampled;
+  uint64_t(*sample)[256] = k->sample.h;
+  for (size_t i = (7 - i0 % 7) % 7; i < count; i += 7, sampled++) {
     const uint8_t *p = rgb + 3 * i;
     int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
-    q->h[sampled & 3][mx]++;
+    sample[sampled & 3][mx]++;
   }
-  uint64_t hist[256];
-  hist4_sum(q, hist);
-  uint64_t below = 0;
+  k->sampled = sampled;
+  uint32_t(*hist)[256] = k->h.h;
+  for (size_t at = 0; at < count; at += BLOCK) {
+    int nb = count - at < BLOCK ? (int)(count - at) : BLOCK;
+    const uint8_t *p = rgb + 3 * at;
+    uint8_t *sat = value + i0 + at, any_pen, any_excluded;
+#ifdef TSR_CLASSIFY_AVX2
+    if (k->avx2) {
+      classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on, c,
+                        sat, &any_pen, &any_excluded);
+    } else
+#endif
+    {
+      for (int i = 0; i < nb; i++) {
+        r[i] = p[3 * i];
+        g[i] = p[3 * i + 1];
+        b[i] = p[3 * i + 2];
+      }
+      classify_block(r, g, b, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
+                     c, sat, &any_pen, &any_excluded);
+    }
+    /* Pen hues, only for the few pixels saturated enough to be ink. */
+    for (int i = 0; any_pen && (i = next_byte(c, i, nb, PEN_CANDIDATE)) < nb; i++) {
+      int rr = p[3 * i], gg = p[3 * i + 1], bb = p[3 * i + 2];
+      int mx = rr > gg ? (rr > bb ? rr : bb) : (gg > bb ? gg : bb);
+      int mn = rr < gg ? (rr < bb ? rr : bb) : (gg < bb ? gg : bb);
+      double h = hue(rr, gg, bb, mx, mn);
+      bool pen = h >= o->pen_hue_min && h <= o->pen_hue_max;
+      c[i] = pen ? EXCLUDED : NOT_TISSUE;
+      any_excluded |= pen;
+    }
+    if (k->dark) /* brightness instead of saturation */
+      for (int i = 0; i < nb; i++) {
+        int mx = p[3 * i] > p[3 * i + 1] ? p[3 * i] : p[3 * i + 1];
+        sat[i] = k->log_scale[mx > p[3 * i + 2] ? mx : p[3 * i + 2]];
+      }
+    /* Every value into the histogram, then bright-field's excluded ones out again (few on
+     * most slides; glass, where it is excluded, comes in long runs that next_byte skips). */
+    int i = 0;
+#define BIN(j) hist[j][sat[i + j]]++
+    for (; i + 8 <= nb; i += 8) {
+      BIN(0);
+      BIN(1);
+      BIN(2);
+      BIN(3);
+      BIN(4);
+      BIN(5);
+      BIN(6);
+      BIN(7);
+    }
+    for (; i < nb; i++)
+      hist[i & 7][sat[i]]++; /* the slot the correction below takes it from */
+#undef BIN
+    if (!any_excluded) /* the bits stay cleared */
+      continue;
+    if (!k->dark)
+      for (i = 0; (i = next_byte(c, i, nb, EXCLUDED)) < nb; i++)
+        hist[i & 7][sat[i]]--;
+    /* The block's classes (EXCLUDED or NOT_TISSUE) to bits: eight at a time where aligned. */
+    size_t g0 = i0 + at;
+    i = 0;
+    for (; i < nb && (g0 + (size_t)i) % 8; i++)
+      bits[(g0 + (size_t)i) >> 3] |= (uint8_t)((c[i] == EXCLUDED) << ((g0 + (size_t)i) & 7));
+#ifdef SWAR
+    for (; i + 8 <= nb; i += 8) {
+      uint64_t x;
+      memcpy(&x, c + i, 8);
+      x = (x >> 1) & ONES; /* EXCLUDED (2) to 1, NOT_TISSUE to 0 */
+      bits[(g0 + (size_t)i) >> 3] = (uint8_t)((x * 0x0102040810204080u) >> 56);
+    }
+#endif
+    for (; i < nb; i++)
+      bits[(g0 + (size_t)i) >> 3] |= (uint8_t)((c[i] == EXCLUDED) << ((g0 + (size_t)i) & 7));
+  }
+}
+
+/* Whether the sampled brightness says dark-field: its median below DARKFIELD_MEDIAN. */
+static bool sampled_dark(const struct classifier *k) {
+  uint64_t hist[256], below = 0;
+  hist4_sum(&k->sample, hist);
   int median = 255;
   for (int v = 0; v < 256; v++) {
     below += hist[v];
-    if (2 * below >= sampled) {
+    if (2 * below >= k->sampled) {
       median = v;
       break;
     }
   }
-  bool dark = o->mode == TESSERA_TISSUE_DARKFIELD ||
-              (o->mode == TESSERA_TISSUE_AUTO && median < DARKFIELD_MEDIAN);
-  *darkfield = dark;
-  /* Dark-field brightness on a log scale: a sparse stain (DAPI's nuclei) averaged over a mask
-   * pixel is dim, and on a linear scale Otsu would split the bright nuclei from the dim tissue
-   * rather than the tissue from the black. */
-  uint8_t log_scale[256];
-  for (int v = 0; v < 256; v++)
-    log_scale[v] = (uint8_t)floor(255.0 * log1p((double)v) / log(256.0) + 0.5);
-  /* floor(a / m) for a < 2^16 and m < 2^8 is (a * ceil(2^32 / m)) >> 32 exactly (the excess,
-   * under a / 2^32 < 2^-16, never reaches the next whole number, at least 1 / m away), so
-   * saturation takes a multiplication instead of a division. */
-  uint64_t reciprocal[256];
-  reciprocal[0] = 0;
-  for (int m = 1; m < 256; m++)
-    reciprocal[m] = (((uint64_t)1 << 32) + (uint64_t)m - 1) / (uint64_t)m;
-  /* Branch-free, so the compiler can do many pixels at once: saturation, background and
-   * black. Pen hues are
-   * looked at afterwards, only for the few pixels saturated enough to be ink. */
-  int black = dark ? -1 : o->black_max;
-  int pen_sat = dark ? 256 : o->pen_min_saturation;
-  bool any_pen = false;
-  for (size_t i = 0; i < n; i++) {
-    const uint8_t *p = rgb + 3 * i;
-    int r = p[0], g = p[1], b = p[2];
-    int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
-    int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
-    int sat = (int)(((uint64_t)(255 * (mx - mn)) * reciprocal[mx]) >> 32);
-    int dr = r - bg, dg = g - bg, db = b - bg;
-    bool background = (dr <= tol) & (dr >= -tol) & (dg <= tol) & (dg >= -tol) & (db <= tol) &
-                      (db >= -tol);
-    bool excluded = background | (mx <= black);
-    bool pen = !excluded & (sat >= pen_sat) & (sat > 0);
-    any_pen |= pen;
-    value[i] = (uint8_t)sat;
-    cls[i] = (uint8_t)(excluded ? EXCLUDED : pen ? PEN_CANDIDATE : NOT_TISSUE);
+  return median < DARKFIELD_MEDIAN;
+}
+
+/* Otsu's threshold of the histogram, at least min_threshold. */
+static int classifier_threshold(const struct classifier *k) {
+  uint64_t hist[256];
+  for (int v = 0; v < 256; v++) {
+    hist[v] = 0;
+    for (int j = 0; j < 8; j++)
+      hist[v] += k->h.h[j][v];
   }
-  if (any_pen) {
-    for (size_t i = 0; i < n; i++) {
-      if (cls[i] != PEN_CANDIDATE)
-        continue;
-      const uint8_t *p = rgb + 3 * i;
-      int r = p[0], g = p[1], b = p[2];
-      int mx = r > g ? (r > b ? r : b) : (g > b ? g : b);
-      int mn = r < g ? (r < b ? r : b) : (g < b ? g : b);
-      double h = hue(r, g, b, mx, mn);
-      cls[i] = h >= o->pen_hue_min && h <= o->pen_hue_max ? EXCLUDED : NOT_TISSUE;
-    }
-  }
-  *q = zero;
-  if (dark) {
-    for (size_t i = 0; i < n; i++) {
-      const uint8_t *p = rgb + 3 * i;
-      int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
-      value[i] = log_scale[mx];
-      /* Bright-field leaves the background out of Otsu's histogram (glass would swamp it);
-       * dark-field keeps it in: it is the dark class Otsu is to split from the signal. */
-      q->h[i & 3][value[i]]++;
-    }
-  } else {
-    for (size_t i = 0; i < n; i++)
-      if (cls[i] != EXCLUDED) /* long runs of background either way: a branch predicts well */
-        q->h[i & 3][value[i]]++;
-  }
-  hist4_sum(q, hist);
-  tsr_free(q);
   int t = otsu(hist);
-  if (t < o->min_threshold)
-    t = o->min_threshold;
-  uint8_t tt = (uint8_t)t;
-  for (size_t i = 0; i < n; i++) /* NOT_TISSUE (0) above the threshold becomes TISSUE (1) */
-    cls[i] = (uint8_t)(cls[i] | ((cls[i] == NOT_TISSUE) & (value[i] > tt)));
-  return t;
+  return t < k->o->min_threshold ? k->o->min_threshold : t;
+}
+
+/* Level rows classified at a time where the mask has the level's resolution (so the rows are
+ * classified while in the cache, and the level is never held whole): a row of tiles (of
+ * strips), or as many rows as fit this many bytes where that is more. */
+#define BAND_BYTES ((size_t)1 << 20)
+
+/* Reads the mask's pixels (level `level` at `scale`) and classifies them. */
+static tessera_status read_and_classify(tessera_slide *s, int32_t level, double scale,
+                                        int64_t w, int64_t h, int workers, uint8_t **rgb,
+                                        struct classifier *k, uint8_t *bits, uint8_t *value) {
+  size_t row = (size_t)w * 3;
+  if (scale != 1.0) { /* the area average, held whole (it is the mask's size) */
+    tessera_status st = TESSERA_OK;
+    if (!*rgb) {
+      if (!(*rgb = tsr_malloc(row * (size_t)h)))
+        return tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask",
+                         (long long)w, (long long)h);
+      st = tsr_read_area(s, level, 0, 0, scale, scale, w, h, 3, -1, workers, *rgb, row);
+    }
+    if (st == TESSERA_OK)
+      classify_pixels(k, *rgb, 0, (size_t)w * (size_t)h, bits, value);
+    return st;
+  }
+  int64_t tile_h = s->levels[level].tile_h ? s->levels[level].tile_h : 1;
+  int64_t rows = (int64_t)(BAND_BYTES / row) / tile_h * tile_h;
+  if (rows < tile_h)
+    rows = tile_h;
+  if (rows > h)
+    rows = h;
+  if (!*rgb && !(*rgb = tsr_malloc(row * (size_t)rows)))
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a tissue mask's band of rows");
+  for (int64_t y = 0; y < h; y += rows) {
+    int64_t n = h - y < rows ? h - y : rows;
+    tessera_status st = tsr_read_area(s, level, 0, y, 1.0, 1.0, w, n, 3, -1, workers, *rgb, row);
+    if (st != TESSERA_OK)
+      return st;
+    classify_pixels(k, *rgb, (size_t)y * (size_t)w, (size_t)n * (size_t)w, bits, value);
+  }
+  return TESSERA_OK;
 }
 
 /* A run of pixels of one row on the same side (tissue or not): [x0, x1) of row y. */
@@ -246,6 +490,38 @@ static uint32_t find(struct run *r, uint32_t i) {
   return i;
 }
 
+/* The first x from x0 (or w) where (row[x] == TISSUE) != tissue: eight pixels a step where
+ * they are all alike (glass, or a tissue's inside), pixel by pixel near a change. */
+TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
+#ifdef SWAR
+  const uint64_t ones = ONES, highs = HIGHS;
+  /* 32 pixels a step while none ends the run (the test below, on four words at once). */
+  for (; x + 32 <= w; x += 32) {
+    uint64_t v[4], stop = 0;
+    memcpy(v, row + x, 32);
+    for (int j = 0; j < 4; j++) {
+      uint64_t t = v[j] ^ ones * TISSUE;
+      stop |= tissue ? t : (t - ones) & ~t & highs;
+    }
+    if (stop)
+      break;
+  }
+  for (; x + 8 <= w; x += 8) {
+    uint64_t v;
+    memcpy(&v, row + x, 8);
+    v ^= ones * TISSUE; /* bytes of tissue are now 0 */
+    /* Bytes that end the run: non-zero ones for tissue, zero ones (their high bit set here,
+     * exact for the lowest such byte) otherwise. */
+    uint64_t stop = tissue ? v : (v - ones) & ~v & highs;
+    if (stop)
+      return x + (__builtin_ctzll(stop) >> 3);
+  }
+#endif
+  while (x < w && (row[x] == TISSUE) == tissue)
+    x++;
+  return x;
+}
+
 /* Connected components of pixels whose class is (or is not, when `of_tissue` is false)
  * TISSUE: a component smaller than min_pixels is flipped (tissue specks dropped; holes, not
  * touching the edge, filled where they are NOT_TISSUE). 8-connected for tissue, 4 for holes,
@@ -259,14 +535,9 @@ static bool sweep(uint8_t *cls, int64_t w, int64_t h, bool of_tissue, double min
   for (int64_t y = 0; y < h; y++) {
     const uint8_t *row = cls + (size_t)y * (size_t)w;
     uint32_t first = n, p = prev0;
-    for (int64_t x = 0; x < w;) {
-      if ((row[x] == TISSUE) != of_tissue) {
-        x++;
-        continue;
-      }
+    for (int64_t x = scan(row, 0, w, !of_tissue); x < w; x = scan(row, x, w, !of_tissue)) {
       int64_t x0 = x;
-      while (x < w && (row[x] == TISSUE) == of_tissue)
-        x++;
+      x = scan(row, x, w, of_tissue);
       if (n == rs->cap) {
         size_t cap = rs->cap ? 2 * rs->cap : 4096;
         struct run *grown = tsr_realloc(rs->r, cap * sizeof *grown);
@@ -370,23 +641,31 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
                      "within %g .. %g",
                      d, scale, level, TSR_SCALE_MIN, TSR_SCALE_MAX);
   size_t n = (size_t)w * (size_t)h;
-  uint8_t *rgb = tsr_malloc(n * 3), *cls = tsr_malloc(n), *value = tsr_malloc(n);
+  /* The values become the classes, then the mask's bytes. */
+  uint8_t *rgb = NULL, *cls = tsr_malloc(n), *bits = tsr_calloc(n / 8 + 1, 1);
   struct runs runs = {0};
   tessera_mask *m = tsr_calloc(1, sizeof *m);
-  if (!rgb || !cls || !value || !m) {
+  struct classifier *k = tsr_malloc(sizeof *k);
+  if (!cls || !bits || !m || !k) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask", (long long)w,
                    (long long)h);
     goto done;
   }
-  st = tsr_read_area(s, level, 0, 0, scale, scale, w, h, 3, -1, o.num_workers, rgb, (size_t)w * 3);
+  /* Mode auto classifies as bright-field while it reads, and again as dark-field (reading
+   * the level again where it was read in bands) when the sampled brightness says so. */
+  bool dark = o.mode == TESSERA_TISSUE_DARKFIELD;
+  classifier_init(k, &o, s->background, dark);
+  st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, bits, cls);
+  if (st == TESSERA_OK && o.mode == TESSERA_TISSUE_AUTO && sampled_dark(k)) {
+    dark = true;
+    classifier_init(k, &o, s->background, dark);
+    memset(bits, 0, n / 8 + 1);
+    st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, bits, cls);
+  }
   if (st != TESSERA_OK)
     goto done;
-  bool dark;
-  m->threshold = classify(&o, rgb, n, s->background, cls, value, &dark);
-  if (m->threshold < 0) {
-    st = tsr_error(TESSERA_E_NOMEM, "out of memory for a tissue mask's histograms");
-    goto done;
-  }
+  m->threshold = classifier_threshold(k);
+  threshold(cls, bits, n, (uint8_t)m->threshold);
   /* Mask pixels per unit of area: square micrometres, or square level-0 pixels. */
   double unit = mpp0 > 0.0 ? (d * mpp0) * (d * mpp0) : d * d;
   if (!sweep(cls, w, h, true, o.min_tissue_area / unit, &runs) ||
@@ -395,11 +674,7 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
                    (long long)h);
     goto done;
   }
-  size_t tissue = 0;
-  for (size_t i = 0; i < n; i++) {
-    cls[i] = cls[i] == TISSUE ? 255 : 0;
-    tissue += cls[i] != 0;
-  }
+  size_t tissue = to_bytes(cls, n);
   m->data = cls;
   cls = NULL;
   m->width = w;
@@ -413,8 +688,9 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   m = NULL;
 done:
   tsr_free(rgb);
+  tsr_free(bits);
+  tsr_free(k);
   tsr_free(cls);
-  tsr_free(value);
   tsr_free(runs.r);
   tessera_mask_free(m);
   return st;

@@ -245,3 +245,167 @@ class SlideServer:
             self.requests.clear()
             self.ranges.clear()
             self.max_in_flight = 0
+
+
+class LatencyServer:
+    """A lean server for benchmarks over latency: the objects' bytes with Range, ETag,
+    Last-Modified and If-Match as SlideServer answers them, every request answered
+    `latency` seconds after it arrived, and nothing else (no faults). SlideServer is a Python
+    thread per connection under one GIL: at a few hundred requests a second its own queueing
+    adds to the latency it injects (a 20 ms request took 28 ms at 16 in flight, 53 ms at 32),
+    so a benchmark of requests in flight measured it rather than the client. Here `processes`
+    forked processes share one listening socket (backlog 1024), each an asyncio loop: waiting
+    out the latency is a timer, not a thread, and the work of a request (a minimal parser, the
+    body sent from a memoryview of the object) is a small part of what http.server spends.
+    The latency is real: no response leaves before it has passed. Counts of requests answered
+    and the most in flight at once are shared by the processes.
+
+        with LatencyServer({"a.tif": data}, latency=0.02) as server:
+            url = server.url("a.tif")
+    """
+
+    def __init__(self, objects, latency=0.0, processes=2):
+        import multiprocessing
+        import socket
+        ctx = multiprocessing.get_context("fork")
+        self.objects = {}
+        for name, data in objects.items():
+            etag = '"%s"' % hashlib.sha256(data).hexdigest()[:32]
+            modified = email.utils.formatdate(time.time(), usegmt=True)
+            self.objects[name] = (bytes(data), etag, modified)
+        self._latency = ctx.Value("d", latency, lock=False)
+        self._counts = ctx.Array("q", 3)  # requests answered, in flight now, most in flight
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.base = "http://127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.procs = [ctx.Process(target=self._serve, daemon=True) for _ in range(processes)]
+
+    @property
+    def latency(self):
+        return self._latency.value
+
+    @latency.setter
+    def latency(self, seconds):
+        self._latency.value = seconds
+
+    def url(self, name):
+        return "%s/%s" % (self.base, name)
+
+    def count(self, name=None):
+        """Requests answered (for every object: the name is taken for SlideServer's sake)."""
+        with self._counts.get_lock():
+            return self._counts[0]
+
+    @property
+    def max_in_flight(self):
+        with self._counts.get_lock():
+            return self._counts[2]
+
+    def reset_counts(self):
+        with self._counts.get_lock():
+            self._counts[0] = 0
+            self._counts[2] = self._counts[1]
+
+    def __enter__(self):
+        for p in self.procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.join()
+        self.sock.close()
+
+    def _serve(self):
+        import asyncio
+        asyncio.run(self._main())
+
+    async def _main(self):
+        import asyncio
+        server = await asyncio.start_server(self._connection, sock=self.sock, backlog=1024)
+        async with server:
+            await server.serve_forever()
+
+    def _begin(self, delta):
+        c = self._counts
+        with c.get_lock():
+            c[1] += delta
+            if delta > 0:
+                c[0] += 1
+                c[2] = max(c[2], c[1])
+
+    async def _connection(self, reader, writer):
+        import asyncio
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                arrived = loop.time()
+                self._begin(1)
+                try:
+                    reply, body, close = self._answer(head)
+                    wait = arrived + self._latency.value - loop.time()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                    writer.write(reply)
+                    if body is not None:
+                        writer.write(body)
+                    await writer.drain()
+                finally:
+                    self._begin(-1)
+                if close:
+                    return
+        except ConnectionError:
+            return
+        finally:
+            writer.close()
+
+    def _answer(self, head):
+        """The response's head, its body (a memoryview, or None) and whether to close."""
+        lines = head.decode("latin-1").split("\r\n")
+        method, target = lines[0].split(" ")[:2]
+        headers = {}
+        for line in lines[1:]:
+            k, sep, v = line.partition(":")
+            if sep:
+                headers[k.strip().lower()] = v.strip()
+        close = headers.get("connection", "").lower() == "close"
+        name = urllib.parse.unquote(target.lstrip("/").split("?")[0])
+        obj = self.objects.get(name)
+
+        def plain(status, text):
+            body = text.encode()
+            return (("HTTP/1.1 %d %s\r\nContent-Length: %d\r\n\r\n" % (
+                status, http.HTTPStatus(status).phrase, len(body))).encode(), body, close)
+
+        if obj is None:
+            return plain(404, "no\n")
+        data, etag, modified = obj
+        if headers.get("if-match") not in (None, "*", etag):
+            return plain(412, "precondition failed\n")
+        first, last, status = 0, len(data) - 1, 200
+        m = re.fullmatch(r"bytes=(\d+)-(\d*)", headers.get("range", ""))
+        if m:
+            first = int(m.group(1))
+            last = min(int(m.group(2)) if m.group(2) else len(data) - 1, len(data) - 1)
+            if first >= len(data):
+                return (("HTTP/1.1 416 Range Not Satisfiable\r\nContent-Range: bytes */%d\r\n"
+                         "Content-Length: 0\r\n\r\n" % len(data)).encode(), None, close)
+            status = 206
+        reply = ["HTTP/1.1 %d %s" % (status, http.HTTPStatus(status).phrase),
+                 "Content-Length: %d" % (last + 1 - first), "ETag: " + etag,
+                 "Last-Modified: " + modified, "Accept-Ranges: bytes"]
+        if status == 206:
+            reply.append("Content-Range: bytes %d-%d/%d" % (first, last, len(data)))
+        body = None if method == "HEAD" else memoryview(data)[first:last + 1]
+        return ("\r\n".join(reply) + "\r\n\r\n").encode(), body, close

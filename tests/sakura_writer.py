@@ -28,9 +28,10 @@ def gray_jpeg(plane, quality=90):
     return b.getvalue()
 
 
-def rgb_jpeg(arr, quality=90):
+def rgb_jpeg(arr, quality=90, subsampling=-1):
     b = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(b, "JPEG", quality=quality)
+    Image.fromarray(np.ascontiguousarray(arr), "RGB").save(b, "JPEG", quality=quality,
+                                                            subsampling=subsampling)
     return b.getvalue()
 
 
@@ -44,6 +45,11 @@ class Sakura:
         self.planes = planes
         self.skip = set()  # (ds, col, row): no plane of the tile
         self.skip_colour = set()  # (ds, col, row, colour): that colour's plane left out
+        # colours whose planes are colour JPEGs (of the plane's pixels inverted and the next
+        # two colours' as its red, green and blue: OpenSlide reads their luma), and their chroma
+        # subsampling (PIL's: 0 4:4:4, 2 4:2:0)
+        self.colour_planes = set()
+        self.colour_subsampling = 2
         self.label = self.macro = self.thumbnail = None
         self.slide_props = {"SlideId": "SL-0042", "Date": "2026-12-07 10:11:12",
                             "Description": "a slide written at test time", "Creator": "tessera",
@@ -94,7 +100,12 @@ class Sakura:
                                 continue
                             tid = "T;%d|%d;%d;%d;%d" % (col * t * ds, row * t * ds, ds, colour,
                                                          plane)
-                            yield tid, gray_jpeg(whole[..., colour])
+                            if colour in self.colour_planes:
+                                rgb = whole[..., [colour, (colour + 1) % 3, (colour + 2) % 3]]
+                                rgb[..., 0] = 255 - rgb[..., 0]
+                                yield tid, rgb_jpeg(rgb, subsampling=self.colour_subsampling)
+                            else:
+                                yield tid, gray_jpeg(whole[..., colour])
 
     def header(self):
         return struct.pack("<IIIII", self.tile, self.width, self.height, 0,

@@ -320,21 +320,6 @@ def test_openslide_refuses_them_too(damaged, name):
     assert vendor != "leica"
 
 
-def test_several_main_images_are_refused(lib, tmp_path, pieces):
-    """The case tessera refuses and OpenSlide reads: two brightfield main images of the same
-    objective and levels, which OpenSlide composites into each level."""
-    xml = _scn_xml(pieces["levels"])
-    main = xml[xml.index("<image", xml.index("<image") + 1):]
-    main = main[:main.index("</image>") + len("</image>")]
-    second = main.replace('offsetX="1234567"', 'offsetX="100000"')
-    path = str(tmp_path / "two.scn")
-    _write(path, pieces, xml.replace(main, main + second))
-    o = openslide.OpenSlide(path)
-    assert o.properties["openslide.vendor"] == "leica" and "openslide.region[1].x" in o.properties
-    st, msg, s = T.open_status(path)
-    assert s is None and st == T.E_UNSUPPORTED and "2 brightfield main images" in msg, msg
-
-
 HOSTILE = {
     "deep-nesting": _xml().replace("<collection", "<a>" * 100000 + "<collection", 1),
     "billion-laughs": ('<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>'
@@ -473,3 +458,406 @@ def test_cuda_batches_equal_cpu_batches_on_the_simulator(files):
         "BOUNDS", repr((1_234_567 // NMPP, 300_321 // NMPP))))
     decoded, failures = map(int, out.split())
     assert decoded > 0 and failures == 0, out
+
+
+# ---- several brightfield main images, composited into each level ------------------------
+#
+# OpenSlide 3.4.1 makes each level of all the main images together: the collection at the
+# finest scale of their dimensions (nm per pixel, the least), each image's dimension placed
+# at its view's offset (nm / nm per pixel, truncated), painted in the document's order with
+# cairo's SATURATE operator, so that where they overlap the first image shows.
+
+MCOLL = (600_000, 400_000)  # nm: 2400 x 1600 level-0 pixels
+
+
+def _pyramid(w, h, x, y):
+    base = V.source_rgb(w, h, x, y)
+    return [base, V.reduce(base, 2), V.reduce(base, 4)]
+
+
+@pytest.fixture(scope="module")
+def mains():
+    # odd sizes; each image's levels halve (rounded down) as a scanner's do
+    return {"a": _pyramid(517, 389, 900, 300), "b": _pyramid(611, 433, 2500, 1800),
+            "c": _pyramid(263, 301, 4000, 900)}
+
+
+def _main_dims(levels, first_ifd):
+    """A main image's dimensions, listed out of order, with another focal plane."""
+    (w0, h0), (w1, h1), (w2, h2) = [(a.shape[1], a.shape[0]) for a in levels]
+    return [(first_ifd + 1, w1, h1, None), (first_ifd, w0, h0, "0"),
+            (first_ifd + 2, w2, h2, None), (first_ifd, w0, h0, "1")]
+
+
+# name: the main images (key, nm offset), in document order
+MULTI = {
+    # b over a's lower right: a shows where they overlap
+    "two-overlapping": [("a", (50_123, 40_077)), ("b", (150_321, 110_999))],
+    # a, then c disjoint from it (a gap between), then b overlapping c
+    "three": [("a", (20_000, 260_321)), ("c", (260_777, 30_001)), ("b", (310_333, 80_555))],
+    # the same three the other way round: b first, so b shows over c
+    "three-reversed": [("b", (310_333, 80_555)), ("c", (260_777, 30_001)),
+                       ("a", (20_000, 260_321))],
+    # an image reaching past the collection's right and bottom edges
+    "past-the-edge": [("a", (10_000, 10_000)), ("b", (520_111, 330_999))],
+}
+
+
+def _multi_xml(mains, images, macro=True, fluo=True, edit=None):
+    """The document: a macro (directories 0, 1), the main images (three directories each,
+    from 2 on, in key order a, b, c), a fluorescence image between them (directory 11)."""
+    first = {"a": 2, "b": 5, "c": 8}
+    out = []
+    if macro:
+        out.append(V.leica_image([(0, 400, 200, None), (1, 100, 50, None)], MCOLL + (0, 0),
+                                 objective=None))
+    for n, (key, off) in enumerate(images):
+        lv = mains[key]
+        kw = edit(n, key) if edit else {}
+        dims = kw.pop("dims", _main_dims(lv, first[key]))
+        out.append(V.leica_image(dims, (lv[0].shape[1] * NMPP, lv[0].shape[0] * NMPP) + off,
+                                 **kw))
+        if n == 0 and fluo:
+            out.append(V.leica_image([(11, 120, 90, None)], (30_000, 22_500, 5_000, 5_000),
+                                     illumination="fluorescence", objective="40"))
+    return V.leica_xml(MCOLL, out)
+
+
+def _write_multi(path, pieces, mains, xml):
+    res = 1e7 / NMPP
+    dirs = [(pieces["macro"], 128, (), None), (pieces["macro_small"], 64, (), None)]
+    for key in "abc":
+        lv = mains[key]
+        dirs += [(lv[0], TILE, (), res), (lv[1], 128, (), None), (lv[2], 64, (), None)]
+    dirs.append((pieces["fluo"], 64, (), None))
+    V.write_leica(path, dirs, xml)
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory, pieces, mains):
+    d = tmp_path_factory.mktemp("leica-multi")
+    out = {}
+    for name, images in MULTI.items():
+        out[name] = str(d / (name + ".scn"))
+        _write_multi(out[name], pieces, mains, _multi_xml(mains, images))
+    return out
+
+
+def _placement(mains, images):
+    """Per level: (nm per pixel, [(x, y) of each image]) as OpenSlide computes them."""
+    out = []
+    for level in range(3):
+        nmpp = min(mains[k][0].shape[1] * NMPP / mains[k][level].shape[1] for k, _ in images)
+        out.append((nmpp, [(int(ox / nmpp), int(oy / nmpp)) for _, (ox, oy) in images]))
+    return out
+
+
+def _os_start_all(x, ds, offs):
+    """The level pixel OpenSlide 3.4.1 starts a region at for level-0 coordinate x, when every
+    image starts it at the same one (_os_start for each); None when they differ."""
+    starts = {_os_start(x, ds, off) for off in offs}
+    return starts.pop() if len(starts) == 1 else None
+
+
+def _coords_all(lx, ds, offs):
+    """Level-0 coordinates (tessera's, OpenSlide's) of a region at level pixel lx in each, or
+    None where OpenSlide starts no region there for all images alike."""
+    lo, hi = math.floor((lx - 1) * ds) - 1, math.ceil((lx + 1) * ds) + 1
+    mine = [x for x in range(lo, hi + 1) if math.floor(x / ds) == lx]
+    theirs = [x for x in range(lo, hi + 1) if _os_start_all(x, ds, offs) == lx]
+    if not theirs:
+        return None
+    both = [x for x in mine if x in theirs]
+    return (both[0], both[0]) if both else (mine[0], theirs[0])
+
+
+def _multi_regions(W, H, places, sizes):
+    out = [(0, 0, W, H, "whole-level"), (-3, -2, 50, 40, "before-slide"),
+           (W - 40, H - 30, 60, 50, "slide-corner")]
+    for n, ((ox, oy), (iw, ih)) in enumerate(zip(places, sizes)):
+        out += [(lx + ox, ly + oy, w, h, "image %d %s" % (n, label))
+                for lx, ly, w, h, label in R.regions_for_level(iw, ih, 64, 64, seed=n)
+                if label not in ("whole-level", "whole-level-margin")]
+        out.append((ox - 5, oy - 4, iw + 10, ih + 8, "image %d and margin" % n))
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MULTI))
+def test_composited_levels_equal_openslides(lib, multi, mains, name):
+    images = MULTI[name]
+    o = osl(multi[name])
+    assert o.properties["openslide.vendor"] == "leica"
+    places = _placement(mains, images)
+    with T.open_slide(multi[name]) as s:
+        assert s.vendor == "leica" and s.level_count == 3
+        assert s.level_dimensions() == list(o.level_dimensions)
+        assert [s.level_info(i).downsample for i in range(3)] == list(o.level_downsamples)
+        assert s.level_dimensions()[0] == (MCOLL[0] // NMPP, MCOLL[1] // NMPP)
+        for level in range(3):
+            W, H = s.level_dimensions()[level]
+            ds = s.level_info(level).downsample
+            offs = places[level][1]
+            sizes = [(mains[k][level].shape[1], mains[k][level].shape[0]) for k, _ in images]
+            compared = inside_px = whole = 0
+            for lx, ly, w, h, label in _multi_regions(W, H, offs, sizes):
+                cx = _coords_all(lx, ds, [x for x, _ in offs])
+                cy = _coords_all(ly, ds, [y for _, y in offs])
+                if cx is None or cy is None:
+                    continue  # OpenSlide starts this region differently for each image
+                (tx, osx), (ty, osy) = cx, cy
+                want = R.openslide_region(o, osx, osy, level, w, h)
+                rgba = s.read_region(tx, ty, level, w, h, channels=4)
+                # OpenSlide paints an image reaching past the level's edge there too; tessera
+                # keeps to the level, and is background (alpha 0) beyond it
+                cols = np.arange(lx, lx + w)[None, :]
+                rows = np.arange(ly, ly + h)[:, None]
+                level_px = (cols >= 0) & (cols < W) & (rows >= 0) & (rows < H)
+                inside = (want[..., 3] == 255) & level_px
+                where = "%s level %d %s" % (name, level, label)
+                msg = R.describe_mismatch(rgba[..., :3], want[..., :3], inside, where)
+                assert msg is None, msg
+                assert np.array_equal(rgba[..., 3][level_px], want[..., 3][level_px]), where
+                assert (rgba[..., 3][~level_px] == 0).all(), where
+                assert (rgba[..., :3][~inside] == 255).all(), where
+                compared += 1
+                whole += label == "whole-level"
+                inside_px += int(inside.sum())
+            # at levels 1 and 2 OpenSlide starts a region at another pixel of each image
+            # unless they agree (_coords_all): fewer of them can be compared
+            assert whole == 1 and compared >= (20 if level == 0 else 6) and inside_px > 0, (
+                level, compared)
+
+
+def test_the_first_image_shows_where_they_overlap(lib, multi, mains):
+    """Independently of OpenSlide: in "two-overlapping", level 0 where a and b overlap is a's
+    pixels (decoded by PIL from a's JPEG tiles), and right of a it is b's."""
+    import io
+    from PIL import Image
+    (ax, ay), (bx, by) = _placement(mains, MULTI["two-overlapping"])[0][1]
+    a, b = mains["a"][0], mains["b"][0]
+    assert ax < bx < ax + a.shape[1] and ay < by < ay + a.shape[0]
+    with T.open_slide(multi["two-overlapping"]) as s:
+        got = s.read_region(ax, ay, 0, TILE, TILE)
+        tile = np.asarray(Image.open(io.BytesIO(V.jpeg_tiles(a, TILE)[0])))
+        assert np.array_equal(got, tile)
+        # a's last tile column ends at ax + 517: there b starts showing
+        over = s.read_region(bx, by, 0, ax + a.shape[1] - bx + 20, 16)
+        right = over[:, ax + a.shape[1] - bx:]
+        btile = np.asarray(Image.open(io.BytesIO(V.jpeg_tiles(b, TILE)[0])))
+        assert np.array_equal(right, btile[:16, ax + a.shape[1] - bx:ax + a.shape[1] - bx + 20])
+        assert not np.array_equal(over[:, :20], btile[:16, :20])
+
+
+@pytest.mark.parametrize("name", sorted(MULTI))
+def test_composited_properties_equal_openslides(lib, multi, name):
+    o = osl(multi[name])
+    with T.open_slide(multi[name]) as s:
+        props = s.properties
+    want = {k: v for k, v in o.properties.items() if k.startswith("leica.")}
+    assert len(want) == 7 and {k: v for k, v in props.items() if k.startswith("leica.")} == want
+    n = len(MULTI[name])
+    keys = ["objective-power", "mpp-x", "mpp-y", "bounds-x", "bounds-y", "bounds-width",
+            "bounds-height"] + ["region[%d].%s" % (i, k) for i in range(n)
+                                for k in ("x", "y", "width", "height")]
+    for key in keys:
+        assert props.get("tessera." + key) == o.properties.get("openslide." + key), key
+    assert "openslide.region[%d].x" % n not in o.properties
+    assert "tessera.region[%d].x" % n not in props
+
+
+def test_composited_through_the_dropin(lib, multi, tmp_path):
+    """openslide-python over tessera's libopenslide.so.0: every property (quickhash-1 of the
+    macro, as OpenSlide hashes a slide of several main images), levels, the macro, and the
+    regions whose start is a whole pixel of their level."""
+    import openslide_dropin as D
+    # (not "past-the-edge": where an image reaches past the level, OpenSlide paints it beyond
+    # the level's edge, and tessera keeps to the level)
+    got = D.reads([multi[n] for n in sorted(MULTI) if n != "past-the-edge"], tmp_path)
+    D.check_reads_equal(got, lambda real, key: D.whole_pixel(real, key[1], key[2], key[3]), 6)
+
+
+def _multi_locations(s):
+    """Level-0 places across each image's corners and inside it, in the gaps and outside."""
+    p = s.properties
+    out = [(0, 0), (2300, 1500), (-30, -30)]
+    n = 0
+    while "tessera.region[%d].x" % n in p:
+        x, y, w, h = (int(p["tessera.region[%d].%s" % (n, k)]) for k in ("x", "y", "width",
+                                                                         "height"))
+        out += [(x - 50, y - 40), (x + w // 3, y + h // 2), (x + w - 60, y + h - 30),
+                (x + 200, y + 100)]
+        n += 1
+    return out
+
+
+@pytest.mark.parametrize("name,level", [("three", 0), ("three", 1), ("two-overlapping", 2)])
+def test_composited_batches_equal_single_reads(lib, multi, name, level):
+    with T.open_slide(multi[name]) as s:
+        locs = _multi_locations(s)
+    VC.check_batches_equal_single_reads(multi[name], locs, (96, 80), level, batch_size=4)
+
+
+def test_composited_bench_checksum_equals_single_reads(lib, cli, multi, tmp_path):
+    with T.open_slide(multi["three"]) as s:
+        locs = _multi_locations(s)
+    VC.check_bench_checksum(cli, multi["three"], locs, (77, 53), 0, tmp_path)
+
+
+def test_two_images_of_the_same_directories(lib, tmp_path, pieces):
+    """Two main images naming the same directories (at other offsets): OpenSlide composites
+    them as it would two images; so does tessera."""
+    xml = _scn_xml(pieces["levels"])
+    main = xml[xml.index("<image", xml.index("<image") + 1):]
+    main = main[:main.index("</image>") + len("</image>")]
+    second = main.replace('offsetX="1234567"', 'offsetX="100000"')
+    path = str(tmp_path / "two.scn")
+    _write(path, pieces, xml.replace(main, main + second))
+    o = openslide.OpenSlide(path)
+    with T.open_slide(path) as s:
+        assert s.level_dimensions() == list(o.level_dimensions)
+        for key in ("bounds-x", "bounds-width", "region[1].x", "region[1].y"):
+            assert s.properties["tessera." + key] == o.properties["openslide." + key]
+        for level in range(3):
+            W, H = s.level_dimensions()[level]
+            want = R.openslide_region(o, 0, 0, level, W, H)
+            got = s.read_region(0, 0, level, W, H, channels=4)
+            assert np.array_equal(got[..., 3], want[..., 3]), level
+            inside = want[..., 3] == 255
+            assert np.array_equal(got[..., :3][inside], want[..., :3][inside]), level
+
+
+def _second(n, key, **kw):
+    return kw if n == 1 else {}
+
+
+# name: (edit of the main images, OpenSlide's words, tessera's status, macro)
+MULTI_DAMAGED = {
+    "dissimilar-objective": (lambda n, k: _second(n, k, objective="40"),
+                             "dissimilar main images", T.E_UNSUPPORTED, True),
+    "dissimilar-levels": (lambda n, k: _second(n, k, dims=[(6, 305, 216, None),
+                                                           (5, 611, 433, "0")]),
+                          "dissimilar main images", T.E_UNSUPPORTED, True),
+    "inconsistent-resolution": (lambda n, k: _second(n, k, dims=[(6, 400, 216, None),
+                                                                 (5, 611, 433, "0"),
+                                                                 (7, 152, 108, None)]),
+                                "Inconsistent main image resolutions", T.E_UNSUPPORTED, True),
+    "no-macro": (None, "quickhash", T.E_FORMAT, False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MULTI_DAMAGED))
+def test_dissimilar_main_images_fail_as_in_openslide(lib, tmp_path, pieces, mains, name):
+    edit, words, status, macro = MULTI_DAMAGED[name]
+    path = str(tmp_path / (name + ".scn"))
+    _write_multi(path, pieces, mains, _multi_xml(mains, MULTI["two-overlapping"], macro=macro,
+                                                 edit=edit))
+    with pytest.raises(openslide.OpenSlideError) as e:
+        openslide.OpenSlide(path)
+    assert words in str(e.value), str(e.value)
+    st, msg, s = T.open_status(path)
+    assert s is None and st == status, (st, msg)
+    assert "Leica" in msg and (words in msg or "macro" in msg), msg
+
+
+def test_composited_cuda_batches_equal_cpu_batches_on_the_simulator(multi):
+    """device='cuda' on the CUDA simulator (test_gpu_sim.py): a composite level's patches are
+    painted on the CPU and copied to the device; they equal the CPU's at every level, across
+    the images, their overlap and the gaps."""
+    from test_gpu_sim import run_checks
+    out = run_checks("""
+        img = CuImage(SLIDE)
+        rng = np.random.default_rng(5)
+        for level in range(3):
+            xs = rng.integers(-100, 2400, 29)
+            ys = rng.integers(-100, 1600, 29)
+            locs = np.stack([xs, ys], 1).astype(np.int64)
+            for k, size in enumerate([(128, 96), (301, 77)]):
+                kw = dict(level=level, batch_size=4, num_workers=2 * k, channels=3 + k)
+                want = cpu_batches(img, locs, size, **kw)
+                got = gpu_batches(img, locs, size, **kw)
+                assert len(got) == len(want)
+                for g, c in zip(got, want):
+                    assert np.array_equal(g, c), (level, k)
+                assert np.concatenate(want).std() > 0
+        print(sim.sim_failures())
+    """.replace("SLIDE", repr(multi["three"])))
+    assert int(out.split()[-1]) == 0, out
+
+
+def test_composited_commands_under_the_sanitizers(lib, cli, multi, pieces, mains, tmp_path):
+    """`tessera read` of every level of the composite slides across their images (and `info`
+    of the dissimilar ones), under the plain build and the ASan+UBSan one when
+    TESSERA_CLI_ASAN names it: the reads equal the library's, nothing trips a sanitizer."""
+    clis = [cli] + ([os.environ["TESSERA_CLI_ASAN"]] if os.environ.get("TESSERA_CLI_ASAN")
+                    else [])
+    bad = str(tmp_path / "dissimilar.scn")
+    _write_multi(bad, pieces, mains, _multi_xml(mains, MULTI["three"],
+                                                edit=lambda n, k: _second(n, k, objective="5")))
+    for c in clis:
+        r = subprocess.run([c, "info", bad], capture_output=True, text=True, env=ASAN_ENV,
+                           timeout=300)
+        assert r.returncode == 1 and "dissimilar" in r.stderr and "Sanitizer" not in r.stderr \
+            and "runtime error" not in r.stderr, (c, r.stderr[-3000:])
+        for name, (x, y) in (("three", (1000, 300)), ("past-the-edge", (1900, 1100))):
+            with T.open_slide(multi[name]) as s:
+                for level in range(s.level_count):
+                    want = s.read_region(x, y, level, 900, 700, channels=4)
+                    out = str(tmp_path / "r.raw")
+                    r = subprocess.run([c, "read", multi[name], "--location", "%d,%d" % (x, y),
+                                        "--size", "900,700", "--level", str(level),
+                                        "--channels", "4", "--output", out],
+                                       capture_output=True, text=True, env=ASAN_ENV, timeout=300)
+                    assert r.returncode == 0 and "Sanitizer" not in r.stderr and \
+                        "runtime error" not in r.stderr, (c, r.stderr[-3000:])
+                    assert np.array_equal(np.fromfile(out, np.uint8).reshape(want.shape), want)
+                    assert (want[..., 3] == 255).any()
+
+
+def test_a_missing_tile_shows_what_lies_beneath(lib, tmp_path, pieces, mains):
+    """A tile the first image leaves out (byte count 0) where it overlaps the second shows the
+    second image there, and background elsewhere, as if the first had no pixels there.
+    (OpenSlide 3.4.1 fails a read of a missing Leica tile: the second image alone, read by
+    tessera as OpenSlide reads it, is what is expected.)"""
+    images = MULTI["two-overlapping"]
+    res = 1e7 / NMPP
+    paths = {}
+    for name, imgs, skip in (("sparse", images, (4,)), ("b-only", images[1:], ())):
+        dirs = [(pieces["macro"], 128, (), None), (pieces["macro_small"], 64, (), None)]
+        for key in "abc":
+            lv = mains[key]
+            dirs += [(lv[0], TILE, skip if key == "a" else (), res), (lv[1], 128, (), None),
+                     (lv[2], 64, (), None)]
+        dirs.append((pieces["fluo"], 64, (), None))
+        paths[name] = str(tmp_path / (name + ".scn"))
+        V.write_leica(paths[name], dirs, _multi_xml(mains, imgs))
+    (ax, ay), (bx, by) = _placement(mains, images)[0][1]
+    x, y = ax + TILE, ay + TILE  # a's tile 4 (column 1, row 1 of 3 x 2)
+    w, h = TILE, mains["a"][0].shape[0] - TILE
+    with T.open_slide(paths["sparse"]) as s, T.open_slide(paths["b-only"]) as b:
+        got = s.read_region(x, y, 0, w, h, channels=4)
+        want = b.read_region(x, y, 0, w, h, channels=4)
+        assert (want[..., 3] == 255).any() and (want[..., 3] == 0).any()
+        assert np.array_equal(got, want)
+        # and next to it, a's pixels as in the whole slide
+        left = s.read_region(ax, y, 0, TILE, h, channels=4)
+        assert (left[..., 3] == 255).all() and left[..., :3].std() > 0
+
+
+@pytest.mark.parametrize("name", ["two-overlapping", "three"])
+def test_composited_through_the_python_openslide_front(lib, multi, mains, name):
+    """tessera.openslide (openslide-python's API over tessera) shows OpenSlide 3.4.1's whole
+    property table for a composite slide, and its pixels where the images overlap (level 0)
+    and on a whole smaller level."""
+    import tessera.openslide
+    path = multi[name]
+    o = openslide.OpenSlide(path)
+    t = tessera.openslide.OpenSlide(path)
+    want, got = dict(o.properties), dict(t.properties)
+    assert got == want, set(got.items()) ^ set(want.items())
+    assert t.level_dimensions == o.level_dimensions
+    x, y = _placement(mains, MULTI[name])[0][1][-1]
+    a = np.asarray(t.read_region((x - 40, y - 30), 0, (300, 200)))
+    assert np.array_equal(a, R.openslide_region(o, x - 40, y - 30, 0, 300, 200))
+    W, H = o.level_dimensions[2]
+    assert np.array_equal(np.asarray(t.read_region((0, 0), 2, (W, H))),
+                          R.openslide_region(o, 0, 0, 2, W, H))

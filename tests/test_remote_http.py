@@ -16,7 +16,7 @@ import pytest
 import remote_compare
 import tessera_ctypes as T
 import wsi_fixtures
-from remote_server import SlideServer
+from remote_server import LatencyServer, SlideServer
 
 TESTDATA = wsi_fixtures.TESTDATA
 SLIDES = sorted(f for f in os.listdir(TESTDATA) if not f.endswith(".md"))
@@ -143,6 +143,44 @@ def test_batches_fetch_ahead_with_requests_in_flight(srv, requests):
         tiles = {(x // 256 + dx, y // 256 + dy) for x, y in locs for dx in (0, 1) for dy in (0, 1)
                  if (x % 256) + 224 > 256 * dx and (y % 256) + 224 > 256 * dy}
         assert srv.count(name) < len(tiles), (srv.count(name), len(tiles))
+
+
+def test_latency_server_reads_as_the_file(srv):
+    """bench/remote.py's server (LatencyServer: asyncio processes sharing a socket, each
+    request answered once its latency has passed): batches over it equal the local file's,
+    with the block cache's requests in flight at once; a HEAD learns the size, a missing object
+    is a 404 naming the URL, and a changed ETag (If-Match) is refused."""
+    import random
+    import urllib.request
+    name = "big.tif"
+    with open(srv.local[name], "rb") as f:
+        data = f.read()
+    with T.open_slide(srv.local[name]) as ref:
+        rng = random.Random(9)
+        locs = [(rng.randrange(0, 10000), rng.randrange(0, 10000)) for _ in range(96)]
+        want = [a for a, _ in ref.batches(locs, (224, 224), 0, batch_size=16, num_workers=2)]
+    with LatencyServer({name: data}, latency=0.02) as fast:
+        st, msg, slide = open_url(fast.url(name))
+        assert st == T.OK, msg
+        with slide:
+            fast.reset_counts()
+            got = [a for a, _ in slide.batches(locs, (224, 224), 0, batch_size=16,
+                                               num_workers=2)]
+        assert len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+        assert fast.count() > 0 and fast.max_in_flight > 2, (fast.count(), fast.max_in_flight)
+        head = urllib.request.urlopen(urllib.request.Request(fast.url(name), method="HEAD"))
+        assert int(head.headers["Content-Length"]) == len(data)
+        etag = head.headers["ETag"]
+        ask = urllib.request.Request(fast.url(name), headers={"Range": "bytes=5-9",
+                                                              "If-Match": etag})
+        assert urllib.request.urlopen(ask).read() == data[5:10]
+        for url, headers, code in ((fast.url("nothing.tif"), {}, 404),
+                                   (fast.url(name), {"If-Match": '"other"'}, 412)):
+            with pytest.raises(urllib.error.HTTPError) as e:
+                urllib.request.urlopen(urllib.request.Request(url, headers=headers))
+            assert e.value.code == code
+        st, msg, _ = open_url(fast.url("nothing.tif"))
+        assert st == T.E_IO and fast.url("nothing.tif") in msg and "404" in msg, msg
 
 
 NAME = "aperio-jpeg-CMU-1-Small-Region.svs"

@@ -186,6 +186,26 @@ def test_fast_mode_is_close_to_exact(jpeg_quarter_um):
     assert np.abs(f5 - e5).mean() < 2.0
 
 
+def test_fast_mode_odd_corner_is_the_mean_of_reduced_pixels(jpeg_quarter_um):
+    """Fast mode at 1/2 (docs/RESOLUTION.md): at an even level-0 corner its pixels are the
+    reduced decode's; at an odd corner each is the rounded-half-up mean of the two (or four)
+    reduced pixels it straddles, the same reduced pixels an even corner one pixel before gives."""
+    with tessera.Slide(jpeg_quarter_um) as s:
+        for x, y, w, h in ((301, 200, 224, 224), (300, 201, 100, 37), (257, 511, 224, 224),
+                           (2175, 1, 50, 60)):
+            x0, y0 = x - x % 2, y - y % 2
+            red = np.asarray(s.read_region((x0, y0), (w + 1, h + 1), mpp=0.5,
+                                           fast=True)).astype(np.int32)
+            ax, ay = x % 2, y % 2
+            p = red[:h, :w] + red[ay:ay + h, ax:ax + w]
+            q = red[:h, ax:ax + w] + red[ay:ay + h, :w]
+            want = ((p + q + 2) >> 2).astype(np.uint8)
+            got = np.asarray(s.read_region((x, y), (w, h), mpp=0.5, fast=True))
+            assert np.array_equal(got, want), (x, y)
+            got4 = np.asarray(s.read_region((x, y), (w, h), mpp=0.5, fast=True, channels=4))
+            assert np.array_equal(got4[..., :3], want) and (got4[..., 3] == 255).all()
+
+
 def test_fast_mode_falls_back_to_exact_off_jpeg(slides):
     with tessera.Slide(slides["no_half"]) as s:  # zlib tiles: read exactly
         exact = np.asarray(s.read_region((123, 45), (100, 80), mpp=0.6))

@@ -1,7 +1,8 @@
 """Sakura SVSlide (.svslide), on SQLite slides written at test time (sakura_writer.py) that
 Debian's OpenSlide 3.4.1 opens as "sakura": levels, pixels of every level (regions across tile
 edges, missing tiles and the slide's border), the middle focal plane, properties (sakura.*,
-mpp, objective power, quickhash-1), label/macro/thumbnail, against OpenSlide; the batch reader
+mpp, objective power, quickhash-1), label/macro/thumbnail, against OpenSlide, tile planes stored
+as grayscale or as colour JPEGs (read as their luma, as OpenSlide reads them); the batch reader
 and `tessera bench` against single reads; the file is never written; damaged and hostile
 copies fail with a message that says what is wrong (under ASan+UBSan too when
 TESSERA_CLI_ASAN names a sanitized `tessera`)."""
@@ -57,11 +58,22 @@ def _slides(source):
     m.skip = {(1, 4, r) for r in range(4)}
     m.macro = source[:120, :300]
     out["sparse-levels"] = m
+    # colour JPEG planes (red and blue planes; green stays grayscale), which OpenSlide decodes
+    # to their luma: 4:2:0 here, 4:4:4 in "colour-444" (odd sizes, a missing tile)
+    m = SW.Sakura(source[:211, :297], 64, (1, 2, 4))
+    m.colour_planes = {0, 2}
+    m.skip = {(1, 2, 1)}
+    out["colour"] = m
+    m = SW.Sakura(source[50:243, 20:351], 128, (1, 2), planes=2)
+    m.colour_planes = {0, 1, 2}
+    m.colour_subsampling = 0
+    out["colour-444"] = m
     return out
 
 
-NAMES = ["basic", "planes", "small-tiles", "sparse-levels"]
-LEVELS = {"basic": 3, "planes": 4, "small-tiles": 4, "sparse-levels": 2}
+NAMES = ["basic", "planes", "small-tiles", "sparse-levels", "colour", "colour-444"]
+LEVELS = {"basic": 3, "planes": 4, "small-tiles": 4, "sparse-levels": 2, "colour": 3,
+          "colour-444": 2}
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +210,16 @@ def test_whole_levels_are_the_written_pixels(lib, slides, name):
             got = s.read_region(0, 0, level, *s.level_dimensions()[level], channels=4)
             there = got[..., 3] == 255
             assert there.mean() > 0.5
-            diff = np.abs(got[..., :3].astype(int) - m.plane_pixels(ds, shown))[there]
+            want = m.plane_pixels(ds, shown).astype(float)
+            if m.colour_planes:  # a colour plane's luma (JPEG's Y) of the three it holds
+                luma = [(255 - want[..., c]) * 0.299 + want[..., (c + 1) % 3] * 0.587 +
+                        want[..., (c + 2) % 3] * 0.114 for c in range(3)]
+                for c in m.colour_planes:
+                    want[..., c] = luma[c]
+                    # not the plane's own pixels: what is shown is the luma
+                    assert np.abs(got[..., c].astype(int) - m.plane_pixels(ds, shown)[..., c])[
+                        there].mean() > 10
+            diff = np.abs(got[..., :3].astype(int) - want)[there]
             assert diff.mean() < 4, (level, diff.mean())
             if m.planes > 1:
                 other = np.abs(got[..., :3].astype(int) - m.plane_pixels(ds, 0))[there]
@@ -277,9 +298,10 @@ def test_any_path_reads_the_same(lib, slides, tmp_path):
 # ---- the batch reader and `tessera bench` ----------------------------------------------
 
 
-@pytest.mark.parametrize("level", [0, 1])
-def test_batches_equal_single_reads(lib, slides, level):
-    path = slides["paths"]["planes"]
+@pytest.mark.parametrize("name,level", [("planes", 0), ("planes", 1), ("colour", 0),
+                                        ("colour-444", 1)])
+def test_batches_equal_single_reads(lib, slides, name, level):
+    path = slides["paths"][name]
     with T.open_slide(path) as s:
         locs = VC.level_locations(s, level, inner=(60, 60))
     VC.check_batches_equal_single_reads(path, locs, (67, 45), level, num_workers=4)
@@ -316,8 +338,9 @@ def test_many_threads_share_the_connection_pool(lib, slides):
         assert np.array_equal(got[i], w), regions[i]
 
 
-def test_bench_checksum_equals_single_reads(lib, cli, slides, tmp_path):
-    path = slides["paths"]["planes"]
+@pytest.mark.parametrize("name", ["planes", "colour"])
+def test_bench_checksum_equals_single_reads(lib, cli, slides, tmp_path, name):
+    path = slides["paths"][name]
     with T.open_slide(path) as s:
         locs = VC.level_locations(s, 0, n=50, inner=(60, 60))
     VC.check_bench_checksum(cli, path, locs, (37, 23), 0, tmp_path, workers=3)
@@ -375,10 +398,14 @@ def _tile(tid, hexdata):
 T0 = "T;0|0;1;0;0"
 
 
-def _colour_plane(path):
-    """The red plane of tile (0, 0) is a colour JPEG: tessera refuses what it cannot read as
-    one plane."""
-    data = SW.rgb_jpeg(np.zeros((64, 64, 3), np.uint8))
+def _cmyk_plane(path):
+    """The red plane of tile (0, 0) is a CMYK JPEG, which libjpeg makes no grayscale of (nor
+    OpenSlide, through it); colour JPEG planes read (the "colour" slides)."""
+    from PIL import Image
+    import io
+    b = io.BytesIO()
+    Image.fromarray(np.zeros((64, 64, 4), np.uint8), "CMYK").save(b, "JPEG", quality=90)
+    data = b.getvalue()
     db = sqlite3.connect(path)
     db.execute("UPDATE \"%s\" SET data = ? WHERE id = ?" % SW.TABLE, (data, T0))
     db.commit()
@@ -441,7 +468,7 @@ DAMAGED = {
     "not-jpeg-plane": (_tile(T0, "00112233445566778899"), "red plane", True),
     "truncated-jpeg-plane": (_tile(T0, "ffd8ffe000104a464946"), "red plane", True),
     "empty-plane": (_tile(T0, ""), "empty", True),
-    "colour-plane": (_colour_plane, "3 components", True),
+    "cmyk-plane": (_cmyk_plane, "4 components", True),
     "wrong-size-plane": (_wrong_size_plane, "JPEG data is 64x32", True),
     "big-plane": (_big_plane, "over the 1048576 allowed", True),
 }
@@ -641,3 +668,11 @@ def test_damaged_copies_under_sanitizers(lib, slides, tmp_path):
     kinds = {k for k, _ in got.values()}
     assert {"open", "read"} <= kinds, kinds
     assert all(len(msg) > 10 for k, msg in got.values() if k != "read")
+
+
+def test_openslide_fails_the_cmyk_plane_too(damaged):
+    """The CMYK plane that tessera fails on is no plane for OpenSlide either: its read of that
+    tile fails (libjpeg makes no grayscale of CMYK)."""
+    o = openslide.OpenSlide(damaged["cmyk-plane"])
+    with pytest.raises(openslide.OpenSlideError):
+        o.read_region((0, 0), 0, (64, 64))

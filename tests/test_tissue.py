@@ -262,3 +262,36 @@ def test_bad_arguments(sample, cli, tmp_path):
     p = run([cli, "tissue", "--help"])
     for word in ("--mask-mpp", "--max-hole-area", "--pen-hue", "darkfield", "Otsu"):
         assert word in p.stdout
+
+
+def test_baseline_classification_gives_the_same_masks():
+    """The classification has an AVX2 kernel chosen at run time and a baseline one (channels
+    copied apart, then SSE2); a test build's TESSERA_TEST_NO_AVX2 forces the baseline: every
+    mask, at the level's resolution and averaged, bright- and dark-field, with pen and black
+    rules, is the same byte for byte."""
+    import sys
+
+    from tessera import _tessera
+    with open(_tessera.__file__, "rb") as f:  # else both runs would take the AVX2 path
+        assert b"TESSERA_TEST_NO_AVX2" in f.read(), "built without test hooks (dev.sh has them)"
+    path, ndpi = CMU, NDPI
+    script = (
+        "import sys, hashlib, numpy as np, tessera\n"
+        "cases = [(%r, {}), (%r, dict(downsample=1)), (%r, dict(downsample=3, mode='darkfield')),\n"
+        "         (%r, dict(downsample=2, pen_min_saturation=40, black_max=150)), (%r, {}),\n"
+        "         (%r, dict(downsample=32))]\n"
+        "for p, kw in cases:\n"
+        "    m = tessera.Slide(p).tissue_mask(**kw)\n"
+        "    print(m.threshold, hashlib.sha1(np.asarray(m.array).tobytes()).hexdigest())\n"
+    ) % (path, path, path, path, ndpi, ndpi)
+    package = os.path.dirname(os.path.dirname(tessera.__file__))  # the one under test
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [package] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    runs = []
+    for no_avx2 in (False, True):
+        if no_avx2:
+            env["TESSERA_TEST_NO_AVX2"] = "1"
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                           text=True, check=True)
+        runs.append(r.stdout)
+    assert runs[0] == runs[1] and len(runs[0].splitlines()) == 6

@@ -578,6 +578,33 @@ def test_mask_is_cuimages_tissue_mask(mask_server, rect_slide):
                                                                     "shown": True}
 
 
+def test_mask_options_reach_the_mask(cli, rect_slide):
+    """The mask options of the command line are CuImage.tissue_mask's keywords: a coarser
+    mask with a high threshold floor is that mask, not the default one."""
+    import tessera
+
+    kw = dict(downsample=64.0, min_threshold=200, mode="brightfield", pen_hue=(80.0, 200.0))
+    want = tessera.CuImage(rect_slide[0]).tissue_mask(**kw)
+    default = tessera.CuImage(rect_slide[0]).tissue_mask()
+    assert want.array.shape != default.array.shape and want.threshold != default.threshold
+    with Server(cli, rect_slide[0], "--mask", "--mask-downsample", "64", "--min-threshold",
+                "200", "--mode", "brightfield", "--pen-hue", "80,200") as s:
+        meta = json.loads(s.get("/mask.json")[2])
+        rgba = np.asarray(Image.open(io.BytesIO(s.get("/mask.png")[2])))
+        rc, err = s.stop()
+    assert rc == 0, err
+    assert (meta["width"], meta["height"]) == (want.array.shape[1], want.array.shape[0])
+    assert meta["downsample"] == want.downsample and meta["threshold"] == want.threshold
+    assert np.array_equal(rgba[..., 3] == 255, want.array)
+
+
+def test_bad_mask_options_fail(cli, rect_slide):
+    r = run_view(cli, rect_slide[0], "--mask", "--background-tolerance", "300")
+    assert r.returncode == 1 and "tissue mask" in r.stderr, r.stderr
+    r = run_view(cli, rect_slide[0], "--mask-mpp", "x")
+    assert r.returncode == 2 and "--mask-mpp" in r.stderr, r.stderr
+
+
 def test_page_shows_the_tissue_mask_where_it_is(mask_server, rect_slide, chromium):
     """Every mask pixel in view, at its centre on the screen: the slide's colour there (the
     rectangle's or white) with the mask's green over it at 40% where the mask says tissue,

@@ -745,7 +745,8 @@ PyDoc_STRVAR(tissue_mask_doc,
              "min_threshold=12, min_tissue_area=10000.0, max_hole_area=40000.0, "
              "num_workers=0) -> (Array, dict)\n\n"
              "The slide's tissue mask (tessera_tissue_mask): a (height, width) uint8 Array, "
-             "255 tissue and 0 not, and a dict: downsample, mpp, level, darkfield, threshold, "
+             "1 tissue and 0 not (the library's 255 and 0), and a dict: downsample, mpp, "
+             "level, darkfield, threshold, "
              "tissue_fraction. The GIL is released while computing.");
 
 static PyObject *slide_tissue_mask(pyt_slide *self, PyObject *args, PyObject *kwargs) {
@@ -771,13 +772,20 @@ static PyObject *slide_tissue_mask(pyt_slide *self, PyObject *args, PyObject *kw
   pyt_slide_release(self);
   if (st != TESSERA_OK)
     return pyt_raise(st);
-  size_t n = (size_t)m->width * (size_t)m->height;
-  uint8_t *copy = malloc(n);
-  if (!copy) {
-    tessera_mask_free(m);
-    return PyErr_NoMemory();
+  /* The mask's bytes become the array's without a copy: the extension is built with the
+   * library's sources, whose allocations are malloc's (src/alloc.c), as the array's are. */
+  uint8_t *copy = m->data;
+  m->data = NULL;
+  /* 255 to 1, so that Python views the bytes as bools without another array. */
+  size_t n = (size_t)m->width * (size_t)m->height, i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t x;
+    memcpy(&x, copy + i, 8);
+    x &= 0x0101010101010101u;
+    memcpy(copy + i, &x, 8);
   }
-  memcpy(copy, m->data, n);
+  for (; i < n; i++)
+    copy[i] &= 1;
   Py_ssize_t shape[2] = {(Py_ssize_t)m->height, (Py_ssize_t)m->width};
   PyObject *info = Py_BuildValue("{s:d,s:d,s:i,s:O,s:i,s:d}", "downsample", m->downsample, "mpp",
                                  m->mpp, "level", m->level, "darkfield",

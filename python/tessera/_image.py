@@ -487,7 +487,7 @@ class Slide(_tessera.Slide):
             pen_hue_min=float(lo), pen_hue_max=float(hi), min_threshold=min_threshold,
             min_tissue_area=float(min_tissue_area), max_hole_area=float(max_hole_area),
             num_workers=num_workers)
-        return TissueMask(np.asarray(array) != 0, info)
+        return TissueMask(np.asarray(array).view(np.bool_), info)  # bytes 0 and 1
 
     def level_for_mpp(self, mpp):
         """(level, scale): the coarsest level whose pixels are at most mpp micrometres (a

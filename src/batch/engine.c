@@ -78,6 +78,30 @@ bool tsr_batch_patch(const struct tsr_batch_plan *l, size_t number, size_t p, ui
            c->ly < INT64_MIN / 4);
 }
 
+bool tsr_batch_hints(const struct tsr_batch_plan *l) {
+  const struct tsr_level *lv = &l->s->levels[l->level];
+  return l->s->source->ops->hint &&
+         (lv->source == &tsr_tiff_tiles || lv->source == &tsr_tiff_strips);
+}
+
+void tsr_batch_hint(const struct tsr_batch_plan *l, size_t number) {
+  const struct tsr_level *lv = &l->s->levels[l->level];
+  size_t count = tsr_batch_count(l, number);
+  for (size_t p = 0; p < count; p++) {
+    struct tsr_canvas c;
+    uint64_t index;
+    int64_t tx0, ty0, tx1, ty1;
+    if (!tsr_batch_patch(l, number, p, NULL, &c, &index) ||
+        !tsr_canvas_tiles(&c, lv, &tx0, &ty0, &tx1, &ty1))
+      continue;
+    for (int64_t ty = ty0; ty <= ty1; ty++)
+      for (int64_t tx = tx0; tx <= tx1; tx++) {
+        uint64_t tile = (uint64_t)ty * lv->across + (uint64_t)tx;
+        tsr_bytes_hint(l->s->source, lv->offsets[tile], lv->bytecounts[tile]);
+      }
+  }
+}
+
 size_t tsr_batch_tiles_per_patch(const struct tsr_level *lv, int64_t width, int64_t height) {
   return (size_t)((width + lv->tile_w - 1) / lv->tile_w + 1) *
          (size_t)((height + lv->tile_h - 1) / lv->tile_h + 1);
@@ -148,6 +172,33 @@ static bool run_one(void *arg) {
   return item && more;
 }
 
+/* Most batches hinted beyond those scheduled. */
+#define HINT_AHEAD_MAX 16
+
+/* How many batches beyond the `scheduled` in flight a hinted source is told of: as many as
+ * its room holds three quarters of (the rest is what the scheduled batches are read from), at
+ * what a patch is likely to fetch: each row of tiles it overlaps (1 + (height - 1) / tile_h
+ * on average, where it falls at random) costs its tiles' bytes (at the level's mean) and one
+ * block more, the block a run of tiles starts and ends in. Random patches over a slide share
+ * blocks, so fewer are fetched (a third as many in bench/remote.py's run). */
+static size_t hint_depth(const struct tsr_batch_plan *L, size_t scheduled) {
+  const struct tsr_byte_source *src = L->s->source;
+  const struct tsr_level *lv = &L->s->levels[L->level];
+  uint64_t granule = 0, room = src->ops->hint_room ? src->ops->hint_room(src, &granule) : 0;
+  if (!room || !granule || !lv->ntiles)
+    return 0;
+  uint64_t bytes = 0;
+  for (uint64_t i = 0; i < lv->ntiles; i++)
+    bytes += lv->bytecounts[i];
+  double mean = (double)bytes / (double)lv->ntiles;
+  double rows = 1.0 + (double)(L->height - 1) / lv->tile_h;
+  double cols = 1.0 + (double)(L->width - 1) / lv->tile_w;
+  double per_batch =
+      (double)L->batch_cap * rows * ((double)granule + cols * mean); /* bytes at most, likely */
+  double batches = 0.75 * (double)room / per_batch - (double)scheduled;
+  return batches < 1 ? 0 : batches > HINT_AHEAD_MAX ? HINT_AHEAD_MAX : (size_t)batches;
+}
+
 /* Takes over the plan's memory, on failure too. */
 static tessera_status make_iter(struct tsr_batch_plan *L, const struct tsr_batch_backend *ops,
                                 tessera_batch_iter **out) {
@@ -162,6 +213,8 @@ static tessera_status make_iter(struct tsr_batch_plan *L, const struct tsr_batch
   if (it->ahead > L->nbatches)
     it->ahead = L->nbatches; /* never more slots than batches */
   it->ring_size = it->ahead + 1;
+  if ((it->hints = tsr_batch_hints(L)) && it->ahead)
+    it->hint_ahead = hint_depth(L, it->ahead + 1);
   pthread_mutex_init(&it->lock, NULL);
   pthread_cond_init(&it->changed, NULL);
   tessera_status st = ops->init(it);
@@ -231,6 +284,10 @@ TESSERA_API tessera_status tessera_batch_iter_create(tessera_slide *s, const int
   bool by_patch;
   size_t overhead = sizeof(struct tsr_canvas) + sizeof(uint64_t) +
                     tsr_batch_schedule_bytes(per_patch, patch_bytes, &by_patch);
+  /* A composite level's images are painted one after another into each patch (their tiles
+   * are no one grid to share) */
+  if (tsr_level_composite(&s->levels[level]))
+    by_patch = true;
   const struct tsr_batch_backend *ops =
       o.device == TESSERA_DEVICE_CUDA ? &tsr_gpu_batch_backend : &tsr_cpu_batch_backend;
   if ((st = check_read_bytes(s, &o, ops, n, patch_bytes, overhead)) != TESSERA_OK)
@@ -343,6 +400,15 @@ TESSERA_API tessera_status tessera_batch_iter_next(tessera_batch_iter *it, tesse
   if (limit > it->L.nbatches)
     limit = it->L.nbatches;
   tessera_status st = TESSERA_OK;
+  /* A slow source (a URL's block cache) is told of the tiles of the batches about to be
+   * scheduled and of hint_ahead more, before their work is queued: its requests are in flight
+   * well before the workers reach those tiles, while the workers decode what has arrived. */
+  if (it->hints) {
+    size_t upto = limit + it->hint_ahead < it->L.nbatches ? limit + it->hint_ahead
+                                                          : it->L.nbatches;
+    for (; it->hinted < upto; it->hinted++)
+      tsr_batch_hint(&it->L, it->hinted);
+  }
   while (it->scheduled < limit && (st = schedule(it, it->scheduled)) == TESSERA_OK)
     it->scheduled++;
   if (st != TESSERA_OK && it->scheduled == it->returned) {

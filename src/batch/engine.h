@@ -112,6 +112,8 @@ struct tessera_batch_iter {
   void *backend; /* the back end's state (its queues guarded by lock) */
   size_t ahead;  /* batches scheduled beyond the one being waited for */
   size_t ring_size;
+  bool hints;        /* the source takes hints (tsr_batch_hints) */
+  size_t hint_ahead; /* batches hinted beyond those scheduled */
   struct tsr_group *group; /* runs the back end's items; counts the references */
 
   pthread_mutex_t lock;
@@ -119,6 +121,7 @@ struct tessera_batch_iter {
   /* Guarded by lock. */
   size_t scheduled; /* batches scheduled so far */
   size_t returned;  /* batches handed out (or failed) so far */
+  size_t hinted;    /* batches whose tiles the source was told of (tsr_batch_hint) so far */
   struct tsr_batch_slot *
       *ring; /* slots of batches returned .. scheduled-1, by number % ring_size */
   struct tsr_batch_slot *free_slots;
@@ -127,6 +130,13 @@ struct tessera_batch_iter {
 
 /* Counts one of sl's items done, keeping st if it is the batch's first failure (lock held). */
 void tsr_batch_done(struct tessera_batch_iter *it, struct tsr_batch_slot *sl, tessera_status st);
+
+/* Whether the plan's slide is read from a source that takes hints (a URL's block cache) in a
+ * level whose tiles' bytes are known (TIFF tiles and strips). */
+bool tsr_batch_hints(const struct tsr_batch_plan *l);
+
+/* Hints the source at the bytes of every tile the patches of batch `number` overlap. */
+void tsr_batch_hint(const struct tsr_batch_plan *l, size_t number);
 
 /* The tiles of the level a width x height patch overlaps at most (each side's count is at most
  * 2^31 + 1: no overflow). */

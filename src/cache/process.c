@@ -22,6 +22,7 @@
  * kinds, in cache.c. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -33,9 +34,12 @@
 
 enum queue { Q_NONE, Q_SMALL, Q_MAIN };
 
+struct chunk;
+
 struct tsr_cache_entry {
   struct tsr_cache_key key;
   uint8_t *pixels;
+  struct chunk *chunk;                 /* the pixels' chunk, or NULL: malloc'd */
   size_t bytes;                        /* of the pixels */
   size_t cost;                         /* of the entry and its pixels, as counted */
   struct tsr_cache_entry *hnext;       /* hash chain */
@@ -51,8 +55,42 @@ struct fifo {
   uint64_t bytes;                      /* the entries' costs */
 };
 
+/* Tiles of 64 KiB and more live in chunks: 2 MiB-aligned mappings (a multiple of 2 MiB) cut
+ * into equal slots, with transparent huge pages asked for. Memory new to a process costs a
+ * fault on each 4 KiB page as it is first written, and on a paravirtualised guest (this
+ * project's machines: shadow page tables) a trip to the hypervisor too, even for pages the
+ * kernel mapped in beforehand: decoding shuffled sliding windows into fresh malloc'd tiles
+ * spent about half its samples there (the colour conversion's stores into the new pages 31 %,
+ * MADV_POPULATE_WRITE 18 %). A 2 MiB page is mapped at once, and a slot freed by an eviction
+ * is reused by the next tile of its size without touching the kernel.
+ *
+ * The chunks are the cache's, not a shard's (chunks per shard would leave up to a partly
+ * filled chunk in each of 16 shards: 27 MB held for 33 NDPI strips of 95 KB). Each entry in
+ * a chunk is counted as its slot's share of the chunk (the chunk's bytes over its slots), so
+ * full chunks are counted exactly; a chunk's free slots are not counted: those of the chunk
+ * being filled for each tile size, and slots freed by evictions until the next tile of that
+ * size takes them (a chunk whose last slot is freed is unmapped). */
+#define CHUNK_ALIGN TSR_HUGE_PAGE
+#define CHUNK_MAX_SLOTS 64
+
+struct chunk {
+  struct chunk *next; /* the shard's chunks */
+  uint8_t *base;
+  size_t map_bytes, slot;
+  unsigned nslots;
+  uint64_t used;    /* a bit per slot holding a tile (or one being loaded) */
+  uint64_t touched; /* a bit per slot written at least once (populate() needed no more) */
+};
+
+/* The cache's chunks; its lock is taken inside a shard's, never the other way. */
+struct pool {
+  pthread_mutex_t lock;
+  struct chunk *chunks;
+};
+
 /* Every field after lock is guarded by it. */
 struct shard {
+  struct pool *pool; /* the cache's; set at creation */
   pthread_mutex_t lock;
   pthread_cond_t loaded; /* an entry finished loading or was abandoned */
   struct tsr_cache_entry **table;
@@ -64,6 +102,7 @@ struct shard {
   uint64_t finds, steps; /* lookups in the table, and the entries they compared */
 };
 
+
 struct process_cache {
   struct tsr_cache base;
   /* The capacities and each shard's budget (items 0: none). Set at creation; reserve() raises
@@ -72,6 +111,7 @@ struct process_cache {
   uint64_t shard_bytes, shard_items;
   unsigned nshards;
   struct shard shards[TSR_CACHE_MAX_SHARDS];
+  struct pool pool;
   tessera_cache_options options; /* what made it, for a forked child's */
 };
 
@@ -81,6 +121,35 @@ struct process_cache {
 
 /* Tiles from this size on have their pages mapped in by populate(). */
 #define POPULATE_MIN_BYTES ((size_t)64 << 10)
+
+/* Slots of a chunk of `map` bytes for tiles of `bytes`. */
+static size_t slots_in(size_t map, size_t bytes) {
+  size_t n = map / bytes;
+  return n > CHUNK_MAX_SLOTS ? CHUNK_MAX_SLOTS : n;
+}
+
+/* What a chunk for tiles of `bytes` maps: the smallest multiple of 2 MiB, up to 16 MiB, that
+ * the slots fill but for 1/64 of it (192 KB tiles: 4 MiB of 21; 768 KB: 6 MiB of 8, where 2
+ * MiB would hold 2 and waste a quarter), else the one they fill best; 0 when even that wastes
+ * more than an eighth (such tiles are malloc'd, as smaller caches' are). */
+static size_t chunk_map_bytes(size_t bytes) {
+  size_t best = 0;
+  uint64_t best_waste = 0;
+  for (size_t map = CHUNK_ALIGN; map <= 8 * CHUNK_ALIGN; map += CHUNK_ALIGN) {
+    size_t n = slots_in(map, bytes);
+    if (n == 0)
+      continue;
+    uint64_t waste = map - n * bytes;
+    if (waste * 64 <= map)
+      return map;
+    /* waste / map below best_waste / best */
+    if (!best || waste * best < best_waste * map) {
+      best = map;
+      best_waste = waste;
+    }
+  }
+  return best && best_waste * 8 <= best ? best : 0;
+}
 
 /* What an allocation of n bytes takes from the system, as glibc's malloc gives it: an 8-byte
  * header, rounded up to 16; large blocks come from mmap, in whole pages with a 16-byte header.
@@ -176,6 +245,104 @@ static void grow_table(struct shard *sh) {
   sh->buckets = n;
 }
 
+static uint64_t chunk_cost(size_t map) {
+  return map + allocation_cost(sizeof(struct chunk));
+}
+
+static unsigned chunk_slots(size_t bytes) {
+  return (unsigned)slots_in(chunk_map_bytes(bytes), bytes);
+}
+
+/* What an entry whose pixels are in a chunk is counted: its bookkeeping and its slot's share
+ * of the chunk, rounded up. */
+static uint64_t chunked_entry_cost(size_t bytes) {
+  unsigned n = chunk_slots(bytes);
+  return allocation_cost(sizeof(struct tsr_cache_entry)) +
+         (chunk_cost(chunk_map_bytes(bytes)) + n - 1) / n;
+}
+
+/* Whether tiles of `bytes` go into chunks: they are large enough for the page faults to
+ * matter (and at most 16 MiB), they fill a chunk but for an eighth at most, and a chunk is a
+ * small part of the cache (an eighth at most). */
+static bool chunked(const struct process_cache *c, size_t bytes) {
+  if (bytes < POPULATE_MIN_BYTES || bytes > 8 * CHUNK_ALIGN)
+    return false;
+  size_t map = chunk_map_bytes(bytes);
+  return map && (uint64_t)map * 8 <= c->memory_capacity;
+}
+
+/* A free slot of this size in one of the pool's chunks, marked used (pool lock held); NULL if
+ * none. *fresh: never written before. */
+static uint8_t *chunk_take(struct pool *pl, size_t bytes, struct chunk **out, bool *fresh) {
+  for (struct chunk *k = pl->chunks; k; k = k->next) {
+    if (k->slot != bytes)
+      continue;
+    uint64_t all = k->nslots == 64 ? ~(uint64_t)0 : ((uint64_t)1 << k->nslots) - 1;
+    uint64_t free_slots = ~k->used & all;
+    if (!free_slots)
+      continue;
+    unsigned i = (unsigned)__builtin_ctzll(free_slots);
+    k->used |= (uint64_t)1 << i;
+    *fresh = !(k->touched & ((uint64_t)1 << i));
+    k->touched |= (uint64_t)1 << i;
+    *out = k;
+    return k->base + (size_t)i * bytes;
+  }
+  return NULL;
+}
+
+static void chunk_unmap(struct chunk *k) {
+  tsr_unmap_huge(k->base, k->map_bytes);
+  tsr_free(k);
+}
+
+/* Maps a new chunk for tiles of `bytes` into the pool (its lock held); false if the system
+ * gives no memory. */
+static bool chunk_add(struct pool *pl, size_t bytes) {
+  size_t map = chunk_map_bytes(bytes);
+  struct chunk *k = tsr_malloc(sizeof *k);
+  uint8_t *base = k ? tsr_map_huge(map) : NULL;
+  if (!base) {
+    tsr_free(k);
+    return false;
+  }
+  *k = (struct chunk){
+      .next = pl->chunks, .base = base, .map_bytes = map, .slot = bytes, .nslots = chunk_slots(bytes)};
+  pl->chunks = k;
+  return true;
+}
+
+/* Pixels for a new tile of `bytes` in a chunk (one mapped if none has a free slot); NULL if
+ * the system gives no memory. */
+static uint8_t *chunk_alloc(struct pool *pl, size_t bytes, struct chunk **k, bool *fresh) {
+  pthread_mutex_lock(&pl->lock);
+  uint8_t *p = chunk_take(pl, bytes, k, fresh);
+  if (!p && chunk_add(pl, bytes))
+    p = chunk_take(pl, bytes, k, fresh);
+  pthread_mutex_unlock(&pl->lock);
+  return p;
+}
+
+/* Gives an entry's pixels back: a chunk's slot (the chunk unmapped when it was its last), or
+ * malloc's block. */
+static void free_pixels(struct pool *pl, struct tsr_cache_entry *e) {
+  struct chunk *k = e->chunk;
+  if (!k) {
+    tsr_free(e->pixels);
+    return;
+  }
+  pthread_mutex_lock(&pl->lock);
+  k->used &= ~((uint64_t)1 << ((size_t)(e->pixels - k->base) / k->slot));
+  if (!k->used) {
+    struct chunk **p = &pl->chunks;
+    while (*p != k)
+      p = &(*p)->next;
+    *p = k->next;
+    chunk_unmap(k);
+  }
+  pthread_mutex_unlock(&pl->lock);
+}
+
 /* Takes e out of the table and its queue and frees it (it is not pinned). */
 static void drop(struct shard *sh, struct tsr_cache_entry *e) {
   struct tsr_cache_entry **p = bucket(sh, tsr_cache_key_hash(&e->key));
@@ -187,7 +354,7 @@ static void drop(struct shard *sh, struct tsr_cache_entry *e) {
     fifo_unlink(q, e);
   sh->bytes -= e->cost;
   sh->items--;
-  tsr_free(e->pixels);
+  free_pixels(sh->pool, e);
   tsr_free(e);
 }
 
@@ -261,6 +428,26 @@ static void populate(uint8_t *pixels, size_t bytes) {
 #endif
 }
 
+/* Whether the system gives transparent huge pages to a mapping that asks (its setting is
+ * "always" or "madvise"): then a chunk's pages are faulted in 2 MiB at a time, and populating
+ * them one slot at a time would split nothing but cost a call. Read once. */
+static bool hugepages(void) {
+  static _Atomic int known = -1;
+  int v = known;
+  if (v < 0) {
+    v = 0;
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "re");
+    if (f) {
+      char line[128] = "";
+      if (fgets(line, sizeof line, f))
+        v = strstr(line, "[never]") == NULL;
+      fclose(f);
+    }
+    known = v;
+  }
+  return v != 0;
+}
+
 /* ---- the interface of cache.h ---- */
 
 static struct shard *shard_of(struct process_cache *c, uint64_t hash) {
@@ -295,7 +482,8 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   }
   if (count)
     sh->misses++;
-  uint64_t cost = entry_cost(bytes);
+  bool in_chunk = chunked(c, bytes);
+  uint64_t cost = in_chunk ? chunked_entry_cost(bytes) : entry_cost(bytes);
   if (!a->admit || cost + table_cost(sh->buckets) > c->shard_bytes) {
     pthread_mutex_unlock(&sh->lock);
     return a->admit ? TSR_CACHE_BYPASS : TSR_CACHE_MISS;
@@ -307,8 +495,12 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
     }
     a->evicted = true;
   }
+  struct chunk *k = NULL;
+  bool fresh = true;
   e = tsr_malloc(sizeof *e);
-  uint8_t *pixels = e ? tsr_malloc(bytes) : NULL;
+  uint8_t *pixels = !e ? NULL : in_chunk ? chunk_alloc(&c->pool, bytes, &k, &fresh) : NULL;
+  if (e && !pixels && (!in_chunk || (cost = entry_cost(bytes), fits(c, sh, cost))))
+    pixels = tsr_malloc(bytes); /* no chunk to be had: malloc's block, counted as such */
   if (!pixels) {
     tsr_free(e);
     pthread_mutex_unlock(&sh->lock);
@@ -316,6 +508,7 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   }
   *e = (struct tsr_cache_entry){.key = a->key,
                                 .pixels = pixels,
+                                .chunk = k,
                                 .bytes = bytes,
                                 .cost = cost,
                                 .pins = 1,
@@ -328,7 +521,10 @@ static enum tsr_cache_result lookup(struct tsr_cache *base, struct tsr_cache_acc
   e->hnext = *b;
   *b = e;
   pthread_mutex_unlock(&sh->lock);
-  populate(pixels, bytes);
+  if (!k)
+    populate(pixels, bytes);
+  else if (fresh && !hugepages())
+    populate(pixels, bytes);
   a->entry = e;
   a->load = e->pixels;
   return TSR_CACHE_LOAD;
@@ -436,7 +632,8 @@ static void destroy(struct tsr_cache *base) {
     for (size_t b = 0; sh->table && b < sh->buckets; b++) {
       for (struct tsr_cache_entry *e = sh->table[b], *next; e; e = next) {
         next = e->hnext;
-        tsr_free(e->pixels);
+        if (!e->chunk)
+          tsr_free(e->pixels);
         tsr_free(e);
       }
     }
@@ -444,6 +641,11 @@ static void destroy(struct tsr_cache *base) {
     pthread_mutex_destroy(&sh->lock);
     pthread_cond_destroy(&sh->loaded);
   }
+  for (struct chunk *k = c->pool.chunks, *next; k; k = next) {
+    next = k->next;
+    chunk_unmap(k);
+  }
+  pthread_mutex_destroy(&c->pool.lock);
   tsr_free(c);
 }
 
@@ -485,8 +687,10 @@ struct tsr_cache *tsr_process_cache_create(const tessera_cache_options *o) {
   c->nshards = tsr_cache_shard_count(c->memory_capacity, c->item_capacity);
   c->shard_bytes = c->memory_capacity / c->nshards;
   c->shard_items = c->item_capacity / c->nshards;
+  pthread_mutex_init(&c->pool.lock, NULL);
   for (unsigned i = 0; i < c->nshards; i++) {
     struct shard *sh = &c->shards[i];
+    sh->pool = &c->pool;
     pthread_mutex_init(&sh->lock, NULL);
     pthread_cond_init(&sh->loaded, NULL);
     sh->buckets = FIRST_BUCKETS;

@@ -192,7 +192,14 @@ static tessera_status decode(struct jpeg_decompress_struct *cinfo,
   if (jpeg_read_header(cinfo, TRUE) != JPEG_HEADER_OK)
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data has no image");
   unsigned channels = fmt->decoded_channels;
-  if ((unsigned)cinfo->num_components != (fmt->jpeg_rgba ? 3u : channels))
+  if (fmt->jpeg_luma && channels == 1) {
+    /* libjpeg picks the stream's colour space from its markers, and fails a conversion to
+     * grayscale it does not make (CMYK, YCCK) */
+    if (cinfo->num_components != 1 && cinfo->num_components != 3)
+      return tsr_error(TESSERA_E_UNSUPPORTED,
+                       "JPEG data has %d components; one channel is made of 1 or 3",
+                       cinfo->num_components);
+  } else if ((unsigned)cinfo->num_components != (fmt->jpeg_rgba ? 3u : channels))
     return tsr_error(TESSERA_E_CORRUPT, "JPEG data has %d components, the TIFF says %u",
                      cinfo->num_components, fmt->jpeg_rgba ? 3u : channels);
   if (fmt->jpeg_rgba) {

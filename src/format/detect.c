@@ -53,6 +53,9 @@ void tsr_findings_free(struct tsr_findings *found) {
   found->level_scale = NULL;
   tsr_free(found->level_origin);
   found->level_origin = NULL;
+  tsr_free(found->areas);
+  found->areas = NULL;
+  found->nareas = 0;
   for (size_t i = 0; i < found->nassociated; i++) {
     if (found->associated[i].level) {
       tsr_level_free(found->associated[i].level);

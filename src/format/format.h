@@ -33,6 +33,16 @@ struct tsr_findings {
     int64_t x, y;
     int64_t image_w, image_h; /* of the image placed there; 0: its directory's size */
   } *level_origin;
+  /* NULL, or nareas more images placed in the levels of level_origin, in the order they are
+   * painted (after each level's own, the first shown where they overlap): directory dir's
+   * image at (x, y) of level `level` (Leica: the collection's further main images). A level
+   * with any is composite (slide_internal.h's tsr_level.next_area). Owned. */
+  struct tsr_level_area {
+    size_t dir;
+    int32_t level;
+    int64_t x, y;
+  } *areas;
+  size_t nareas;
   /* The directory whose tags are the tiff.* properties (OpenSlide takes level 0's), and
    * whether its ImageDescription is left out of them (Leica's: the XML). */
   size_t props_dir;

@@ -9,21 +9,29 @@
  *     </image>...</collection></scn>
  *
  * The slide is the collection (the glass): an image whose view is the whole collection is the
- * macro (its largest dimension is the "macro" associated image); the first other image lit by
- * "brightfield" is the main image, and its dimensions of z-plane 0, largest first, are the
- * levels. A level's pixel is the main image's size in nm divided by that dimension's width;
- * the level is the collection at that scale (rounded up), with the dimension's directory
- * placed at the view's offset (truncated to whole pixels) and background (white glass)
- * around it. That is how OpenSlide 3.4.1 reads these slides; where it composites several main
- * images into one level, tessera fails the open saying it does not (its levels hold one
- * stored image each).
+ * macro (its largest dimension is the "macro" associated image); the other images lit by
+ * "brightfield" are the main images (others are passed over), and their dimensions of z-plane
+ * 0, largest first, are the levels: level i holds dimension i of every main image. Its pixel
+ * is the least of their sizes in nm divided by that dimension's width; the level is the
+ * collection at that scale (rounded up), with each image's directory placed at its view's
+ * offset (truncated to whole pixels; the first at level_origin, the others as areas) and
+ * background (white glass) around and between them; where they overlap the first image in
+ * the document shows. That is how OpenSlide 3.4.1 composites them (painting each in turn with
+ * cairo's SATURATE, which leaves what is painted already). Main images of another objective
+ * or number of dimensions than the first's, or whose dimension's resolution is more than 2 %
+ * from the first's, fail the open in OpenSlide's words. OpenSlide paints an image that
+ * reaches past the collection beyond the level's edge too; tessera cuts it at the edge. A
+ * tile an image leaves out (byte count 0; OpenSlide fails to read it) shows what lies beneath
+ * it: another image, or background.
  *
  * Properties are OpenSlide's: leica.barcode (base64-decoded in the 2010/10/01 namespace),
  * leica.aperture, leica.creation-date, leica.device-model, leica.device-version,
  * leica.illumination-source, leica.objective of the main image; tessera.objective-power (the
- * objective when it is an integer), tessera.mpp-x/y from the main image's level-0 directory's
- * resolution in centimetres, tessera.region[0].x/y/width/height and tessera.bounds-* (the
- * main image in level-0 pixels).
+ * objective when it is an integer), tessera.mpp-x/y from the first main image's level-0
+ * directory's resolution in centimetres, tessera.region[n].x/y/width/height (each main image
+ * in level-0 pixels) and tessera.bounds-* (their bounds). quickhash-1 (libtessera-openslide)
+ * hashes the smallest macro directory unless the slide is one brightfield main image, no
+ * other main image and at most one macro; a slide that needs the macro and has none fails.
  *
  * XML that cannot be parsed, or an SCN document without what the levels need, fails the open
  * with a message saying so; well-formed XML in another default namespace is read as generic
@@ -289,45 +297,103 @@ static void add_image_props(const struct image *im, struct tsr_findings *out) {
 
 /* ---- levels ---- */
 
+/* Checks that dimension d of a main image names a tiled directory; used (NULL for the
+ * images after the first, which may name any: their levels are copies) holds the first
+ * image's directories, each a level of its own. */
+static tessera_status check_dir(const struct tsr_dirs *dirs, const struct dimension *d,
+                                bool *used) {
+  if (d->dir < 0 || (uint64_t)d->dir >= dirs->n || dirs->dir[d->dir].parent >= 0)
+    return tsr_error(TESSERA_E_FORMAT, "a dimension names directory %lld; the file has %zu",
+                     (long long)d->dir, dirs->n);
+  if (!dirs->dir[d->dir].level.tiled)
+    return tsr_error(TESSERA_E_FORMAT, "directory %lld, a level, is not tiled",
+                     (long long)d->dir);
+  if (!used)
+    return TESSERA_OK;
+  if (used[d->dir])
+    return tsr_error(TESSERA_E_FORMAT, "directory %lld is named by two dimensions",
+                     (long long)d->dir);
+  used[d->dir] = true;
+  return TESSERA_OK;
+}
+
+/* A number of pixels or a position at a level's scale, as OpenSlide converts it (ceil for a
+ * size, truncation toward zero for an offset), checked to be a slide's: past 2^40 pixels a
+ * side is no slide (and keeps the sums far from overflow). */
+static tessera_status scaled(double v, bool size, int64_t *out) {
+  if (!(fabs(v) <= 0x1p40) || (size && !(v >= 1)))
+    return tsr_error(TESSERA_E_FORMAT, "the collection at a level's scale: %s %g pixels",
+                     size ? "a size of" : "an image at", v);
+  *out = (int64_t)v;
+  return TESSERA_OK;
+}
+
+/* Each level of the main images together: level i is the collection at the finest scale of
+ * their dimensions i (nm_per_pixel, the least), with each image's dimension i placed at its
+ * view's offset, the first image's at level_origin[i], the others' in areas. As OpenSlide
+ * 3.4.1 composites them (create_levels_from_collection). */
 static tessera_status place_levels(const struct tsr_dirs *dirs, const struct collection *col,
-                                   const struct image *main, struct tsr_findings *out) {
-  size_t n = main->ndims;
+                                   const struct image *const *mains, size_t nmains,
+                                   struct tsr_findings *out) {
+  const struct image *first = mains[0];
+  size_t n = first->ndims;
   out->level_dirs = tsr_calloc(n, sizeof *out->level_dirs);
   out->level_sizes = tsr_calloc(n, sizeof *out->level_sizes);
   out->level_origin = tsr_calloc(n, sizeof *out->level_origin);
-  if (!out->level_dirs || !out->level_sizes || !out->level_origin)
-    return tsr_error(TESSERA_E_NOMEM, "out of memory");
-  for (size_t i = 0; i < n; i++) {
-    const struct dimension *d = &main->dims[i];
-    if (d->dir < 0 || (uint64_t)d->dir >= dirs->n || dirs->dir[d->dir].parent >= 0)
-      return tsr_error(TESSERA_E_FORMAT, "a dimension names directory %lld; the file has %zu",
-                       (long long)d->dir, dirs->n);
-    const struct tsr_level *lv = &dirs->dir[d->dir].level;
-    if (!lv->tiled)
-      return tsr_error(TESSERA_E_FORMAT, "directory %lld, a level, is not tiled",
-                       (long long)d->dir);
-    for (size_t j = 0; j < i; j++)
-      if (out->level_dirs[j] == (size_t)d->dir)
-        return tsr_error(TESSERA_E_FORMAT, "directory %lld is named by two dimensions",
-                         (long long)d->dir);
-    double w = ceil((double)col->nm_across / d->nm_per_pixel);
-    double h = ceil((double)col->nm_down / d->nm_per_pixel);
-    double x = trunc((double)main->nm_x / d->nm_per_pixel);
-    double y = trunc((double)main->nm_y / d->nm_per_pixel);
-    /* A level past 2^40 pixels a side is no slide (and keeps the sums far from overflow). */
-    const double limit = 0x1p40;
-    if (!(w >= 1 && h >= 1 && w <= limit && h <= limit && fabs(x) <= limit &&
-          fabs(y) <= limit))
-      return tsr_error(TESSERA_E_FORMAT,
-                       "directory %lld: the collection at its scale is %gx%g pixels, the image "
-                       "at %g,%g",
-                       (long long)d->dir, w, h, x, y);
-    out->level_dirs[i] = (size_t)d->dir;
-    out->level_sizes[i].width = (int64_t)w;
-    out->level_sizes[i].height = (int64_t)h;
-    out->level_origin[i].x = (int64_t)x;
-    out->level_origin[i].y = (int64_t)y;
+  double *nm_per_pixel = tsr_calloc(n, sizeof *nm_per_pixel);
+  bool *used = tsr_calloc(dirs->n, sizeof *used);
+  if (nmains > 1)
+    out->areas = tsr_calloc(n * (nmains - 1), sizeof *out->areas);
+  tessera_status st = TESSERA_OK;
+  if (!out->level_dirs || !out->level_sizes || !out->level_origin || !nm_per_pixel || !used ||
+      (nmains > 1 && !out->areas))
+    st = tsr_error(TESSERA_E_NOMEM, "out of memory");
+  for (size_t i = 0; st == TESSERA_OK && i < n; i++) {
+    nm_per_pixel[i] = first->dims[i].nm_per_pixel;
+    out->level_dirs[i] = (size_t)first->dims[i].dir;
+    st = check_dir(dirs, &first->dims[i], used);
   }
+  for (size_t m = 1; st == TESSERA_OK && m < nmains; m++) {
+    const struct image *im = mains[m];
+    for (size_t i = 0; st == TESSERA_OK && i < n; i++) {
+      const struct dimension *d = &im->dims[i];
+      if (d->nm_per_pixel < nm_per_pixel[i])
+        nm_per_pixel[i] = d->nm_per_pixel;
+      /* the same resolution as the first image's, within 2 % */
+      double f = first->dims[i].nm_per_pixel;
+      if (1 - fabs(d->nm_per_pixel - f) / f < 0.98)
+        st = tsr_error(TESSERA_E_UNSUPPORTED,
+                       "Inconsistent main image resolutions (directory %lld and %lld)",
+                       (long long)first->dims[i].dir, (long long)d->dir);
+      else
+        st = check_dir(dirs, d, NULL);
+    }
+  }
+  for (size_t i = 0; st == TESSERA_OK && i < n; i++) {
+    struct tsr_level_size *sz = &out->level_sizes[i];
+    if ((st = scaled(ceil((double)col->nm_across / nm_per_pixel[i]), true, &sz->width)) !=
+            TESSERA_OK ||
+        (st = scaled(ceil((double)col->nm_down / nm_per_pixel[i]), true, &sz->height)) !=
+            TESSERA_OK)
+      break;
+    for (size_t m = 0; st == TESSERA_OK && m < nmains; m++) {
+      int64_t x = 0, y = 0;
+      if ((st = scaled((double)mains[m]->nm_x / nm_per_pixel[i], false, &x)) != TESSERA_OK ||
+          (st = scaled((double)mains[m]->nm_y / nm_per_pixel[i], false, &y)) != TESSERA_OK)
+        break;
+      if (m == 0) {
+        out->level_origin[i].x = x;
+        out->level_origin[i].y = y;
+      } else {
+        out->areas[out->nareas++] = (struct tsr_level_area){
+            .dir = (size_t)mains[m]->dims[i].dir, .level = (int32_t)i, .x = x, .y = y};
+      }
+    }
+  }
+  tsr_free(nm_per_pixel);
+  tsr_free(used);
+  if (st != TESSERA_OK)
+    return st;
   out->nlevels = (int32_t)n;
   double w0 = (double)out->level_sizes[0].width, h0 = (double)out->level_sizes[0].height;
   for (size_t i = 0; i < n; i++)
@@ -338,18 +404,44 @@ static tessera_status place_levels(const struct tsr_dirs *dirs, const struct col
   return TESSERA_OK;
 }
 
+/* The images of level 0 (each main image's largest dimension, at its place) as
+ * tessera.region[n].*, and their bounds as tessera.bounds-*. */
 static void add_region_props(const struct tsr_dirs *dirs, struct tsr_findings *out) {
-  const struct tsr_level *lv = &dirs->dir[out->level_dirs[0]].level;
   struct tsr_props *p = &out->props;
-  int64_t x = out->level_origin[0].x, y = out->level_origin[0].y;
-  tsr_props_add(p, "tessera.region[0].x", "%lld", (long long)x);
-  tsr_props_add(p, "tessera.region[0].y", "%lld", (long long)y);
-  tsr_props_add(p, "tessera.region[0].width", "%lld", (long long)lv->width);
-  tsr_props_add(p, "tessera.region[0].height", "%lld", (long long)lv->height);
-  tsr_props_add(p, "tessera.bounds-x", "%lld", (long long)x);
-  tsr_props_add(p, "tessera.bounds-y", "%lld", (long long)y);
-  tsr_props_add(p, "tessera.bounds-width", "%lld", (long long)lv->width);
-  tsr_props_add(p, "tessera.bounds-height", "%lld", (long long)lv->height);
+  int64_t x0 = INT64_MAX, y0 = INT64_MAX, x1 = INT64_MIN, y1 = INT64_MIN;
+  size_t n = 0;
+  for (size_t k = 0; k <= out->nareas; k++) {
+    size_t dir;
+    int64_t x, y;
+    if (k == 0) {
+      dir = out->level_dirs[0];
+      x = out->level_origin[0].x;
+      y = out->level_origin[0].y;
+    } else if (out->areas[k - 1].level == 0) {
+      dir = out->areas[k - 1].dir;
+      x = out->areas[k - 1].x;
+      y = out->areas[k - 1].y;
+    } else {
+      continue;
+    }
+    const struct tsr_level *lv = &dirs->dir[dir].level;
+    const char *names[4] = {"x", "y", "width", "height"};
+    int64_t values[4] = {x, y, lv->width, lv->height};
+    for (int v = 0; v < 4; v++) {
+      char key[64];
+      snprintf(key, sizeof key, "tessera.region[%zu].%s", n, names[v]);
+      tsr_props_add(p, key, "%lld", (long long)values[v]);
+    }
+    n++;
+    x0 = x < x0 ? x : x0;
+    y0 = y < y0 ? y : y0;
+    x1 = x + lv->width > x1 ? x + lv->width : x1;
+    y1 = y + lv->height > y1 ? y + lv->height : y1;
+  }
+  tsr_props_add(p, "tessera.bounds-x", "%lld", (long long)x0);
+  tsr_props_add(p, "tessera.bounds-y", "%lld", (long long)y0);
+  tsr_props_add(p, "tessera.bounds-width", "%lld", (long long)(x1 - x0));
+  tsr_props_add(p, "tessera.bounds-height", "%lld", (long long)(y1 - y0));
 }
 
 /* Micrometres per pixel from the level-0 directory's resolution, in centimetres only. */
@@ -363,44 +455,66 @@ static void add_mpp(const struct tsr_dirs *dirs, struct tsr_findings *out) {
     tsr_props_add_double(&out->props, "tessera.mpp-y", 10000.0 / (double)d->yres);
 }
 
+/* Whether two main images may be composited, as OpenSlide asks: the same objective (both
+ * without one alike) and as many dimensions. */
+static bool similar(const struct image *a, const struct image *b) {
+  const char *oa = path_text(a->node, "scanSettings/objectiveSettings/objective");
+  const char *ob = path_text(b->node, "scanSettings/objectiveSettings/objective");
+  return (oa == ob || (oa && ob && strcmp(oa, ob) == 0)) && a->ndims == b->ndims;
+}
+
 static tessera_status open_collection(const struct tsr_dirs *dirs, const struct tsr_xml_node *c,
                                       struct collection *col, struct tsr_findings *out) {
   tessera_status st = read_collection(c, col);
   if (st != TESSERA_OK)
     return st;
-  const struct image *main = NULL, *macro = NULL;
-  size_t brightfield_main = 0, macros = 0;
+  const struct image *macro = NULL;
+  const struct image **mains = tsr_calloc(col->nimages, sizeof *mains);
+  if (!mains)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory");
+  size_t nmains = 0, macros = 0;
   bool other_main = false;
   for (size_t i = 0; i < col->nimages; i++) {
     const struct image *im = &col->images[i];
     if (im->is_macro) {
       macros++;
       if (im->brightfield) {
-        if (macro)
+        if (macro) {
+          tsr_free(mains);
           return tsr_error(TESSERA_E_FORMAT, "the collection has several brightfield macro "
                                              "images");
+        }
         macro = im;
       }
     } else if (im->brightfield) {
-      brightfield_main++;
-      if (!main)
-        main = im;
+      if (nmains > 0 && !similar(mains[0], im)) {
+        tsr_free(mains);
+        return tsr_error(TESSERA_E_UNSUPPORTED,
+                         "Slides with dissimilar main images are not supported (main image "
+                         "%zu: another objective or number of levels than the first's)",
+                         nmains + 1);
+      }
+      mains[nmains++] = im;
     } else {
       other_main = true;
     }
   }
-  if (!main)
+  if (nmains == 0) {
+    tsr_free(mains);
     return tsr_error(TESSERA_E_FORMAT, "the collection has no brightfield main image");
-  if (brightfield_main > 1)
-    return tsr_error(TESSERA_E_UNSUPPORTED,
-                     "the collection has %zu brightfield main images; tessera reads slides of "
-                     "one",
-                     brightfield_main);
+  }
   /* OpenSlide identifies a slide by its smallest macro directory unless the slide is one
-   * brightfield image with at most one macro; a slide it cannot identify it does not open. */
-  if ((other_main || macros > 1) && !macro)
+   * brightfield image with at most one macro (then by the smallest level, as for other
+   * formats); a slide it cannot identify it does not open. */
+  bool legacy_hash = !other_main && nmains == 1 && macros <= 1;
+  if (!legacy_hash && !macro) {
+    tsr_free(mains);
     return tsr_error(TESSERA_E_FORMAT, "the collection has no brightfield macro image");
-  if ((st = place_levels(dirs, col, main, out)) != TESSERA_OK)
+  }
+  st = place_levels(dirs, col, mains, nmains, out);
+  const struct image *main = mains[0];
+  tsr_free(mains);
+  if (st != TESSERA_OK)
     return st;
   if (macro) {
     int64_t dir = macro->dims[0].dir, smallest = macro->dims[macro->ndims - 1].dir;
@@ -410,9 +524,7 @@ static tessera_status open_collection(const struct tsr_dirs *dirs, const struct 
                        (long long)(dir < 0 || (uint64_t)dir >= dirs->n ? dir : smallest),
                        dirs->n);
     tsr_findings_add_associated(out, (size_t)dir, "macro");
-    /* OpenSlide hashes the smallest macro unless the slide is one brightfield image with at
-     * most one macro (then the smallest level, as for other formats) */
-    if (other_main || macros > 1)
+    if (!legacy_hash)
       out->quickhash_dir = (size_t)smallest + 1;
   }
   add_image_props(main, out);

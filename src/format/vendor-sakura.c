@@ -3,8 +3,9 @@
  * A table named by DataManagerSQLiteConfigXPO.TableName (the "unique table") holds rows of
  * (id, data): "++MagicBytes" says SVGigaPixelImage, "Header" is a little-endian blob (tile
  * side at 0, width at 4, height at 8, focal planes at 16), and each tile plane is a
- * grayscale JPEG of tile side x side whose id is "T;x|y;downsample;colour;plane" (x, y in
- * level-0 pixels; colour 0 red, 1 green, 2 blue). A level is each power-of-two downsample
+ * JPEG of tile side x side whose id is "T;x|y;downsample;colour;plane" (x, y in level-0
+ * pixels; colour 0 red, 1 green, 2 blue), decoded to one channel as OpenSlide decodes it
+ * (libjpeg's grayscale output: a grayscale JPEG as it is, a colour one's luma). A level is each power-of-two downsample
  * that some tile of plane 0 has, its size the image's divided by it (rounded down); the
  * planes shown are the middle focal plane's, and a tile any of whose three planes is absent
  * is missing. Other tables give the sakura.* properties and the label, macro and thumbnail.

@@ -401,6 +401,16 @@ static tessera_status gpu_schedule(struct tessera_batch_iter *engine, struct tsr
     struct tsr_canvas *c = &sl->canvases[p];
     uint8_t *host = sl->host + p * it->L->patch_bytes;
     bool near = tsr_batch_patch(it->L, base->pub.number, p, host, c, &sl->indices[p]);
+    if (tsr_level_composite(lv)) {
+      /* painted on the CPU, patch by patch (by_patch), and copied whole: its fill first, for
+       * a patch that lies on none of the level's images */
+      bool some = near && tsr_canvas_prepare(it->L->s, it->L->level, c);
+      if (!near)
+        tsr_canvas_fill(c);
+      if ((st = copy_fill(it, sl, p, false)) == TESSERA_OK && some)
+        st = tsr_tile_jobs_need_patch(&it->jobs, base, (uint32_t)p);
+      continue;
+    }
     int64_t ix0, iy0, ix1, iy1;
     tsr_level_image(lv, &ix0, &iy0, &ix1, &iy1);
     bool inside = near && c->lx >= ix0 && c->ly >= iy0 && c->lx + c->width <= ix1 &&

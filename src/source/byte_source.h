@@ -46,6 +46,10 @@ struct tsr_byte_source_ops {
   void (*hint)(const struct tsr_byte_source *src, uint64_t offset, uint64_t length);
   /* Optional: the slide is open (its directories walked); reads from now on are its tiles. */
   void (*opened)(struct tsr_byte_source *src);
+  /* Optional, with hint: how many bytes of what was hinted at the source can hold until it is
+   * read (its cache's capacity), and in *granule the unit it fetches (a block), so that a
+   * reader knows how far ahead hints may go before the first are evicted unread. */
+  uint64_t (*hint_room)(const struct tsr_byte_source *src, uint64_t *granule);
 };
 
 /* What reading through a source has cost; relaxed atomics, added to by any reading thread

@@ -50,7 +50,7 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
           block = o.remote_block_kib, cache = o.remote_cache_mib;
   if ((st = resolve(&timeout, "TESSERA_REMOTE_TIMEOUT_MS", 1, INT32_MAX, 30000)) != TESSERA_OK ||
       (st = resolve(&retries, "TESSERA_REMOTE_RETRIES", 0, 100, 4)) != TESSERA_OK ||
-      (st = resolve(&requests, "TESSERA_REMOTE_REQUESTS", 1, 4096, 16)) != TESSERA_OK ||
+      (st = resolve(&requests, "TESSERA_REMOTE_REQUESTS", 1, 4096, 32)) != TESSERA_OK ||
       (st = resolve(&block, "TESSERA_REMOTE_BLOCK_KIB", 4, 64 * 1024, 64)) != TESSERA_OK ||
       (st = resolve(&cache, "TESSERA_REMOTE_CACHE_MIB", 0, (int64_t)1 << 40, 64)) != TESSERA_OK)
     return st;

@@ -367,8 +367,8 @@ static bool sqlite_missing(const struct tsr_level *lv, uint64_t index) {
   return lv->bytecounts[index] == 0;
 }
 
-/* The three planes of tile index, each a grayscale JPEG of side x side, interleaved into RGB
- * in dst. */
+/* The three planes of tile index, each a JPEG of side x side decoded to one channel (a colour
+ * JPEG to its luma, as OpenSlide's grayscale decode makes it), interleaved into RGB in dst. */
 static tessera_status read_planes(const tessera_slide *s, const struct tsr_sqlite_tiles *t,
                                   sqlite3 *conn, uint64_t index, uint8_t *dst) {
   static const char *const names[3] = {"red", "green", "blue"};
@@ -379,7 +379,8 @@ static tessera_status read_planes(const tessera_slide *s, const struct tsr_sqlit
   struct tsr_pixel_format fmt = {.compression = COMPRESSION_JPEG,
                                  .photometric = PHOTOMETRIC_MINISBLACK,
                                  .spp = 1,
-                                 .decoded_channels = 1};
+                                 .decoded_channels = 1,
+                                 .jpeg_luma = true};
   struct tsr_tile_out out = {.pixels = b->gray.data,
                              .width = t->side,
                              .height = t->side,

@@ -163,6 +163,130 @@ static void random_reads(void) {
   tsr_byte_source_close(cache);
 }
 
+/* A block hinted at is about to be read: it counts as just used, so the blocks fetched before
+ * the reader reaches it do not evict it (they did when the batch reader hinted batches far
+ * ahead, and the workers fetched those blocks again themselves, one round trip each). */
+static void hinted_block_stays(void) {
+  enum { BLOCK = 4096, HELD = 8 };
+  uint64_t size = 64 * BLOCK;
+  uint8_t *bytes = malloc(size);
+  for (uint64_t i = 0; i < size; i++)
+    bytes[i] = (uint8_t)(i * 7 + i / BLOCK);
+  struct memory_source *m = memory_source(bytes, size);
+  struct tsr_byte_source *cache;
+  tessera_status st = tsr_block_cache_open(&m->pub, BLOCK, HELD * BLOCK, 2, NULL, 0, &cache);
+  CHECK(st == TESSERA_OK, "block cache: %s", tessera_error_message());
+  if (st != TESSERA_OK)
+    return;
+  cache->ops->opened(cache); /* no read-ahead: one block a miss */
+  uint64_t granule = 0;
+  CHECK(cache->ops->hint_room(cache, &granule) == HELD * BLOCK && granule == BLOCK,
+        "hint_room: %llu in %llu", (unsigned long long)cache->ops->hint_room(cache, &granule),
+        (unsigned long long)granule);
+  uint8_t buf[BLOCK];
+  size_t got;
+  for (uint64_t i = 0; i < HELD; i++) /* full: block 0 the least recently used */
+    tsr_bytes_read_at(cache, i * BLOCK, BLOCK, buf, &got);
+  tsr_bytes_hint(cache, 100, 10); /* block 0, held: nothing to fetch, but read soon */
+  tsr_bytes_read_at(cache, HELD * BLOCK, BLOCK, buf, &got); /* evicts one block */
+  uint64_t before = m->pub.counters.requests;
+  st = tsr_bytes_read_at(cache, 0, BLOCK, buf, &got);
+  CHECK(st == TESSERA_OK && got == BLOCK && memcmp(buf, bytes, BLOCK) == 0, "block 0 reads wrong");
+  CHECK(m->pub.counters.requests == before, "the hinted block was evicted: read again (%llu "
+        "requests)", (unsigned long long)(m->pub.counters.requests - before));
+  st = tsr_bytes_read_at(cache, BLOCK, BLOCK, buf, &got); /* block 1 was evicted instead */
+  CHECK(st == TESSERA_OK && m->pub.counters.requests == before + 1,
+        "block 1, the least recently used, was not the one evicted");
+  tsr_byte_source_close(cache);
+}
+
+/* A source over memory that records the ranges hinted at, and says it holds `room` bytes of
+ * them (the batch engine hints that many batches ahead). */
+static uint64_t hinted[4096];
+static atomic_int nhinted;
+static uint64_t hint_room_bytes;
+
+static void rec_hint(const struct tsr_byte_source *src, uint64_t offset, uint64_t length) {
+  (void)src;
+  (void)length;
+  int i = nhinted++;
+  if (i < 4096)
+    hinted[i] = offset;
+}
+
+static uint64_t rec_hint_room(const struct tsr_byte_source *src, uint64_t *granule) {
+  (void)src;
+  *granule = 4096;
+  return hint_room_bytes;
+}
+
+static const struct tsr_byte_source_ops rec_ops = {
+    mem_read_at, mem_size, mem_identity, mem_close, rec_hint, NULL, rec_hint_room};
+
+static bool was_hinted(uint64_t offset) {
+  int n = nhinted < 4096 ? nhinted : 4096;
+  for (int i = 0; i < n; i++)
+    if (hinted[i] == offset)
+      return true;
+  return false;
+}
+
+/* The batch reader hints the tiles of the batches it schedules, and, on a source with room for
+ * them, of up to 16 batches more: one patch a batch inside tile k of the Aperio slide's level 0,
+ * so batch k hints tile k alone. The first batch asked for schedules batches 0-2 (prefetch 2),
+ * so tiles 0-18 are hinted with room, 0-2 without, and no other tile either way. */
+static void hints_run_ahead(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/aperio-jpeg-CMU-1-Small-Region.svs", dir);
+  FILE *f = fopen(path, "rb");
+  CHECK(f != NULL, "%s: cannot open it", path);
+  if (!f)
+    return;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  for (int with_room = 0; with_room < 2; with_room++) {
+    uint8_t *bytes = malloc((size_t)n);
+    CHECK(fread(bytes, 1, (size_t)n, f) == (size_t)n, "%s: cannot read it", path);
+    fseek(f, 0, SEEK_SET);
+    struct memory_source *m = memory_source(bytes, (uint64_t)n);
+    m->pub.ops = &rec_ops;
+    hint_room_bytes = with_room ? (uint64_t)1 << 30 : 0;
+    tessera_slide *s;
+    tessera_status st = tsr_slide_open_source(&m->pub, "aperio", NULL, &s);
+    CHECK(st == TESSERA_OK, "aperio over a recording source: %s", tessera_error_message());
+    if (st != TESSERA_OK)
+      continue;
+    const struct tsr_level *lv = &s->levels[0];
+    enum { NB = 40 };
+    CHECK(lv->ntiles >= NB, "%llu tiles", (unsigned long long)lv->ntiles);
+    int64_t xy[2 * NB];
+    for (int k = 0; k < NB; k++) {
+      xy[2 * k] = (int64_t)(k % lv->across) * lv->tile_w + 8;
+      xy[2 * k + 1] = (int64_t)(k / lv->across) * lv->tile_h + 8;
+    }
+    tessera_batch_options o;
+    tessera_batch_options_init(&o);
+    o.batch_size = 1;
+    o.num_workers = 1;
+    o.prefetch_factor = 2;
+    nhinted = 0;
+    tessera_batch_iter *it;
+    CHECK(tessera_batch_iter_create(s, xy, NB, 64, 64, 0, &o, &it) == TESSERA_OK, "iterator");
+    tessera_batch *b = NULL;
+    CHECK(tessera_batch_iter_next(it, &b) == TESSERA_OK && b, "first batch");
+    tessera_batch_release(b);
+    int last = with_room ? 18 : 2, wrong = 0;
+    for (int k = 0; k < NB; k++)
+      wrong += was_hinted(lv->offsets[k]) != (k <= last);
+    CHECK(wrong == 0, "room %d: %d tiles hinted or not against batches 0-%d", with_room, wrong,
+          last);
+    tessera_batch_iter_destroy(it);
+    tessera_close(s);
+  }
+  fclose(f);
+}
+
 /* Every slide of the test data through a block cache over memory: the pixels of its file, in
  * whole levels (small ones) and in batches (whose scheduling hints the tiles' bytes). */
 static void check_slide(const char *dir, const char *file) {
@@ -230,7 +354,9 @@ static void check_slide(const char *dir, const char *file) {
 
 int main(int argc, char **argv) {
   random_reads();
+  hinted_block_stays();
   const char *dir = testdata_dir(argc, argv);
+  hints_run_ahead(dir);
   DIR *d = opendir(dir);
   CHECK(d != NULL, "cannot list %s", dir);
   int files = 0;

@@ -492,7 +492,8 @@ static void *monitor_thread(void *arg) {
 }
 
 /* Four threads read at random through a cache far smaller than the slide (bytes, then items
- * limited) while a fifth checks the budgets all along. */
+ * limited, then 16 MiB: tiles in chunks, their slots reused) while a fifth checks the budgets
+ * all along. */
 static void test_budgets_under_load(const char *dir) {
   tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
   if (!s)
@@ -503,8 +504,8 @@ static void test_budgets_under_load(const char *dir) {
   configure(TESSERA_CACHE_NONE, 0, 0, 0);
   CHECK(tessera_read_level(s, 0, NULL, ref, size) == TESSERA_OK, "reference read");
   reference = ref;
-  for (int round = 0; round < 2; round++) {
-    configure(TESSERA_CACHE_PER_PROCESS, 2, round ? 5 : 0, 1);
+  for (int round = 0; round < 3; round++) {
+    configure(TESSERA_CACHE_PER_PROCESS, round == 2 ? 16 : 2, round == 1 ? 5 : 0, 1);
     atomic_int stop = 0;
     struct hammer hs[5];
     pthread_t t[5];
@@ -881,6 +882,73 @@ static void test_small_tiles(void) {
   unlink(path);
 }
 
+/* Tiles of 64 KiB and more (the Aperio slide's 240 x 240, 173 KB) share 2 MiB chunks in a
+ * cache of 16 MiB or more, a slot freed by an eviction taken by the next tile: the whole level
+ * (130 tiles, 22 MB) read three times through a 16 MiB cache (about 95 fit), then regions at
+ * random, each equal to the reference read without a cache, with evictions; the bytes counted
+ * never exceed the capacity, each tile is counted at least its pixels and at most its share
+ * of a chunk and its bookkeeping, and the process grows by what is counted plus at most one
+ * chunk's free slots (the slots are reused, not mapped anew). */
+static void test_chunked_tiles(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
+  if (!s)
+    return;
+  tessera_level_info info = level_info(s, 0);
+  size_t size = (size_t)(info.width * info.height * 3);
+  uint64_t tile_bytes = (uint64_t)(info.tile_width * info.tile_height * 3);
+  CHECK(tile_bytes >= (64 << 10) && tile_bytes <= (1 << 20), "tiles of %llu bytes",
+        (unsigned long long)tile_bytes);
+  uint8_t *ref = malloc(size), *got = malloc(size);
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  CHECK(ref && got && tessera_read_level(s, 0, NULL, ref, size) == TESSERA_OK, "reference read");
+  memset(got, 0, size); /* its pages resident before the growth is measured */
+  uint64_t before = resident_bytes();
+  configure(TESSERA_CACHE_PER_PROCESS, 16, 0, 1);
+  for (int k = 0; k < 3; k++) {
+    memset(got, 0, size);
+    CHECK(tessera_read_level(s, 0, NULL, got, size) == TESSERA_OK, "read %d", k);
+    CHECK(memcmp(got, ref, size) == 0, "level read %d through the cache differs", k);
+    tessera_cache_stats t = stats();
+    CHECK(t.bytes <= t.memory_capacity && t.items > 0, "read %d: %llu bytes, %llu items", k,
+          (unsigned long long)t.bytes, (unsigned long long)t.items);
+  }
+  unsigned long long seed = 7;
+  for (int i = 0; i < 200; i++) {
+    int64_t w = 1 + (int64_t)(test_rand(&seed) % 600), h = 1 + (int64_t)(test_rand(&seed) % 600);
+    int64_t x = (int64_t)(test_rand(&seed) % (uint64_t)info.width) - 100;
+    int64_t y = (int64_t)(test_rand(&seed) % (uint64_t)info.height) - 100;
+    uint8_t *p = read_patch(s, x, y, 0, w, h, 3);
+    bool same = true;
+    for (int64_t r = 0; r < h && same; r++) {
+      for (int64_t c = 0; c < w && same; c++) {
+        int64_t rx = x + c, ry = y + r;
+        if (rx >= 0 && ry >= 0 && rx < info.width && ry < info.height)
+          same = memcmp(p + (size_t)(r * w + c) * 3, ref + (size_t)(ry * info.width + rx) * 3,
+                        3) == 0;
+      }
+    }
+    free(p);
+    CHECK(same, "region %d (%lld, %lld, %lld x %lld) through the cache differs", i, (long long)x,
+          (long long)y, (long long)w, (long long)h);
+  }
+  tessera_cache_stats t = stats();
+  CHECK(t.evictions > 0 && t.bytes <= t.memory_capacity, "%llu evictions, %llu bytes",
+        (unsigned long long)t.evictions, (unsigned long long)t.bytes);
+  uint64_t per_tile = t.items ? t.bytes / t.items : 0;
+  CHECK(per_tile >= tile_bytes && per_tile <= tile_bytes + tile_bytes / 8,
+        "a %llu-byte tile is counted as %llu bytes", (unsigned long long)tile_bytes,
+        (unsigned long long)per_tile);
+  if (MEASURES_RESIDENT) {
+    uint64_t grown = resident_bytes() - before, chunk = (uint64_t)2 << 20;
+    CHECK(grown <= t.bytes + chunk + (4 << 20), "%.1f MiB counted, the process grew by %.1f MiB",
+          t.bytes / 1048576.0, grown / 1048576.0);
+  }
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  free(ref);
+  free(got);
+  tessera_close(s);
+}
+
 /* tessera_cache_reserve grows a per-process cache in place: the tiles it held stay (hits after
  * the call, no decode), the statistics go on, and the larger budget takes a tile the smaller
  * one could not (a whole 1024 x 1024 tile of the zstd pyramid, 3 MB, in a 1 MiB cache); it
@@ -955,6 +1023,7 @@ int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   test_arguments();
   test_small_tiles();
+  test_chunked_tiles(dir);
   test_exact_stats(dir);
   test_admission(dir);
   test_admission_covers(dir);

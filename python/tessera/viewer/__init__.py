@@ -151,11 +151,35 @@ def _parse_level(text):
     return int(text)
 
 
+# The command line's mask options: CuImage.tissue_mask's keywords, as `tessera tissue` names them.
+MASK_OPTIONS = ("mpp", "downsample", "mode", "background_tolerance", "black_max",
+                "pen_min_saturation", "pen_hue", "min_threshold", "min_tissue_area",
+                "max_hole_area")
+
+
+def _parse_number(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (v >= 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError("expected a number >= 0, found '%s'" % text)
+    return v
+
+
+def _parse_pair(text):
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError("expected MIN,MAX, found '%s'" % text)
+    return tuple(_parse_number(v) for v in parts)
+
+
 class Viewer:
     """What the server serves for one slide; thread-safe (the slide reads are, and the lazily
     made overlays are made once under a lock)."""
 
-    def __init__(self, slide_path, locations=None, size=None, level=None, mask=False):
+    def __init__(self, slide_path, locations=None, size=None, level=None, mask=False,
+                 mask_options=None):
         # Imported here so that the command's own errors come before a missing Pillow's.
         from ..openslide import OpenSlide, OpenSlideError, OpenSlideUnsupportedFormatError
         from ..openslide.deepzoom import DeepZoomGenerator
@@ -175,6 +199,7 @@ class Viewer:
         self._dzi = self.dz.get_dzi("jpeg").encode("utf-8")
         self._lock = threading.Lock()
         self._mask_shown = mask
+        self._mask_options = dict(mask_options or {})  # CuImage.tissue_mask's keywords
         self._mask = None  # (json, png) once made, under _lock
         self._locations_json = None
         self.locations_summary = None
@@ -208,8 +233,8 @@ class Viewer:
                 raise ViewerError("%s: cannot make the tissue mask: %s" % (slide_path, e))
 
     def mask_overlay(self):
-        """(json, png) of the tissue mask, made once: CuImage.tissue_mask() with its defaults
-        (docs/TISSUE.md). Mask pixel (i, j) covers level-0 [i * d, (i + 1) * d) x
+        """(json, png) of the tissue mask, made once: CuImage.tissue_mask() with the mask
+        options of the command line, its defaults where none are given (docs/TISSUE.md). Mask pixel (i, j) covers level-0 [i * d, (i + 1) * d) x
         [j * d, (j + 1) * d), d its downsample, which the page draws it on."""
         with self._lock:
             if self._mask is None:
@@ -218,7 +243,7 @@ class Viewer:
 
                 from .. import CuImage
 
-                m = CuImage(self.path).tissue_mask()
+                m = CuImage(self.path).tissue_mask(**self._mask_options)
                 tissue = np.asarray(m.array, dtype=bool)
                 rgba = np.zeros(tissue.shape + (4,), np.uint8)
                 rgba[tissue] = MASK_RGBA
@@ -435,6 +460,19 @@ def _parser():
     p.add_argument("-L", "--level", type=_parse_level, metavar="L",
                    help="the level the patches are read from (default 0)")
     p.add_argument("-m", "--mask", action="store_true", help="show the tissue mask")
+    g = p.add_argument_group("mask options", "as 'tessera tissue' takes them (docs/TISSUE.md)")
+    g.add_argument("--mask-mpp", type=_parse_number, metavar="M", dest="mpp",
+                   help="micrometres per mask pixel")
+    g.add_argument("--mask-downsample", type=_parse_number, metavar="D", dest="downsample",
+                   help="level-0 pixels per mask pixel")
+    g.add_argument("--mode", choices=("auto", "brightfield", "darkfield"))
+    g.add_argument("--background-tolerance", type=int, metavar="T")
+    g.add_argument("--black-max", type=int, metavar="V")
+    g.add_argument("--pen-min-saturation", type=int, metavar="S")
+    g.add_argument("--pen-hue", type=_parse_pair, metavar="MIN,MAX")
+    g.add_argument("--min-threshold", type=int, metavar="T")
+    g.add_argument("--min-tissue-area", type=_parse_number, metavar="A")
+    g.add_argument("--max-hole-area", type=_parse_number, metavar="A")
     p.add_argument("-p", "--port", type=_parse_port, default=0, metavar="P",
                    help="the port (default 0: a free one)")
     p.add_argument("-H", "--host", default="127.0.0.1", metavar="H",
@@ -445,7 +483,10 @@ def _parser():
 def main(argv=None):
     args = _parser().parse_args(argv)
     try:
-        viewer = Viewer(args.slide, args.locations, args.size, args.level, args.mask)
+        mask_options = {k: getattr(args, k) for k in MASK_OPTIONS
+                        if getattr(args, k) is not None}
+        viewer = Viewer(args.slide, args.locations, args.size, args.level, args.mask,
+                        mask_options)
     except ViewerUsageError as e:
         _say("view: %s (see 'tessera view --help')" % e)
         return 2
