@@ -117,6 +117,18 @@ tessera_status tsr_shared_cache_create(const tessera_cache_options *o, struct ts
  * they compared on the way (the chains' length, in effect). */
 void tsr_process_cache_lookup_work(struct tsr_cache *c, uint64_t *finds, uint64_t *steps);
 
+/* Tests: a per-process cache's chunk pool and its prefault thread. mapped: bytes of the chunks
+ * holding (or free for) tiles; unused: their free slots' bytes (not counted in the stats);
+ * spare: chunks prefaulted and not yet taken, and one being prepared; prepared, taken: chunks
+ * prefaulted so far, and taken by readers; thread: the prefault thread runs. With wait_idle,
+ * first waits until the thread has nothing left to prepare. */
+struct tsr_process_cache_pool {
+  uint64_t mapped, unused, spare, prepared, taken;
+  bool thread;
+};
+void tsr_process_cache_pool_state(struct tsr_cache *c, struct tsr_process_cache_pool *out,
+                                  bool wait_idle);
+
 #if TSR_TEST_HOOKS /* shared_hooks.c, built with the test_hooks option */
 /* For tests: checks the lists of every shard of the current shared cache against its
  * entries (repairing first what a dead lock holder left); false with the reason in why. */

@@ -949,6 +949,99 @@ static void test_chunked_tiles(const char *dir) {
   tessera_close(s);
 }
 
+/* Threads of this process named `name` (/proc/self/task/<tid>/comm). */
+static int threads_named(const char *name) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/task");
+  struct dirent *de;
+  while (d && (de = readdir(d)) != NULL) {
+    if (de->d_name[0] == '.')
+      continue;
+    char path[300], comm[64] = "";
+    snprintf(path, sizeof path, "/proc/self/task/%s/comm", de->d_name);
+    FILE *f = fopen(path, "r");
+    if (f && fgets(comm, sizeof comm, f)) {
+      comm[strcspn(comm, "\n")] = '\0';
+      n += strcmp(comm, name) == 0;
+    }
+    if (f)
+      fclose(f);
+  }
+  if (d)
+    closedir(d);
+  return n;
+}
+
+/* The pool's state once its prefault thread has nothing left to do. */
+static struct tsr_process_cache_pool pool_state(void) {
+  struct tsr_process_cache_pool p = {0};
+  struct tsr_cache *c = tsr_cache_acquire();
+  CHECK(c != NULL, "no cache");
+  if (c) {
+    tsr_process_cache_pool_state(c, &p, true);
+    tsr_cache_release(c);
+  }
+  return p;
+}
+
+/* The chunk pool's prefault thread: it starts with the first chunk, prepares chunks that
+ * readers then take (the pixels the same), never takes the cache past its capacity (what the
+ * shards count, the chunks' free slots and its spares: a 16 MiB cache read through three times
+ * over by a 22 MB level; before the bound it kept 4 MiB of spares there), and stops when the
+ * cache is closed. */
+static void test_prefault(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
+  if (!s)
+    return;
+  tessera_level_info info = level_info(s, 0);
+  size_t size = (size_t)(info.width * info.height * 3);
+  uint8_t *ref = malloc(size), *got = malloc(size);
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  CHECK(ref && got && tessera_read_level(s, 0, NULL, ref, size) == TESSERA_OK, "reference read");
+  CHECK(threads_named("tsr-prefault") == 0, "a prefault thread without a cache");
+  configure(TESSERA_CACHE_PER_PROCESS, 64, 0, 1);
+  /* The top half of the level, then the rest once spares are ready. */
+  int64_t half = info.height / 2;
+  uint8_t *top = read_patch(s, 0, 0, 0, info.width, half, 3);
+  CHECK(memcmp(top, ref, (size_t)(info.width * half * 3)) == 0, "top half differs");
+  free(top);
+  struct tsr_process_cache_pool p = pool_state();
+  tessera_cache_stats t = stats();
+  CHECK(p.thread && threads_named("tsr-prefault") == 1, "thread %d, %d named", p.thread,
+        threads_named("tsr-prefault"));
+  CHECK(p.prepared >= 1 && p.spare > 0, "%llu chunks prepared, %llu bytes spare",
+        (unsigned long long)p.prepared, (unsigned long long)p.spare);
+  CHECK(t.bytes + p.unused + p.spare <= t.memory_capacity, "64 MiB: %llu + %llu + %llu bytes",
+        (unsigned long long)t.bytes, (unsigned long long)p.unused, (unsigned long long)p.spare);
+  memset(got, 0, size);
+  CHECK(tessera_read_level(s, 0, NULL, got, size) == TESSERA_OK, "level read");
+  CHECK(memcmp(got, ref, size) == 0, "level read through prefaulted chunks differs");
+  p = pool_state();
+  CHECK(p.taken >= 1, "no prefaulted chunk taken (%llu prepared)", (unsigned long long)p.prepared);
+  /* 16 MiB, the level read three times: full, evicting. */
+  configure(TESSERA_CACHE_PER_PROCESS, 16, 0, 1);
+  for (int k = 0; k < 3; k++) {
+    memset(got, 0, size);
+    CHECK(tessera_read_level(s, 0, NULL, got, size) == TESSERA_OK, "read %d", k);
+    CHECK(memcmp(got, ref, size) == 0, "16 MiB: read %d differs", k);
+    p = pool_state();
+    t = stats();
+    CHECK(p.spare == 0 || t.bytes + p.unused + p.spare <= t.memory_capacity,
+          "16 MiB, read %d: %llu counted + %llu free in chunks + %llu spare", k,
+          (unsigned long long)t.bytes, (unsigned long long)p.unused,
+          (unsigned long long)p.spare);
+    CHECK(p.mapped + p.spare <= t.memory_capacity + ((uint64_t)2 << 20),
+          "16 MiB, read %d: %llu bytes of chunks, %llu spare", k, (unsigned long long)p.mapped,
+          (unsigned long long)p.spare);
+  }
+  CHECK(t.evictions > 0, "the 16 MiB cache never filled");
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  CHECK(threads_named("tsr-prefault") == 0, "the prefault thread outlived its cache");
+  free(ref);
+  free(got);
+  tessera_close(s);
+}
+
 /* tessera_cache_reserve grows a per-process cache in place: the tiles it held stay (hits after
  * the call, no decode), the statistics go on, and the larger budget takes a tile the smaller
  * one could not (a whole 1024 x 1024 tile of the zstd pyramid, 3 MB, in a 1 MiB cache); it
@@ -1024,6 +1117,7 @@ int main(int argc, char **argv) {
   test_arguments();
   test_small_tiles();
   test_chunked_tiles(dir);
+  test_prefault(dir);
   test_exact_stats(dir);
   test_admission(dir);
   test_admission_covers(dir);
