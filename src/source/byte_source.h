@@ -118,12 +118,14 @@ tessera_status tsr_http_source_open(const char *url, const struct tsr_http_auth 
                                     struct tsr_byte_source **out, uint8_t **head,
                                     size_t *head_len);
 
-/* An s3://bucket/key URL as the https:// URL to fetch (AWS_ENDPOINT_URL_S3 or
- * AWS_ENDPOINT_URL, path-style, else https://bucket.s3.REGION.amazonaws.com/key; REGION from
- * AWS_REGION or AWS_DEFAULT_REGION, else us-east-1) and how to sign its requests (credentials
- * from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, else the profile AWS_PROFILE
- * or "default" of AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials; none: unsigned, for
- * public buckets). Everything made is in *s3 (free with tsr_s3_free). */
+/* An s3://bucket/key URL as the https:// URL to fetch (AWS_ENDPOINT_URL_S3,
+ * AWS_ENDPOINT_URL or the profile's endpoint_url, path-style, else
+ * https://bucket.s3.REGION.amazonaws.com/key; REGION from AWS_REGION, AWS_DEFAULT_REGION or
+ * the profile's region in AWS_CONFIG_FILE or ~/.aws/config, else us-east-1) and how to sign its
+ * requests (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, else
+ * the profile (AWS_PROFILE, AWS_DEFAULT_PROFILE or "default") of AWS_SHARED_CREDENTIALS_FILE
+ * or ~/.aws/credentials, else of the config file; none: unsigned, for public buckets), in the
+ * AWS CLI's order. Everything made is in *s3 (free with tsr_s3_free). */
 struct tsr_s3 {
   char *url, *shown, *sigv4, *userpwd, *token, *sha;
 };
