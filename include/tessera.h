@@ -202,6 +202,11 @@ typedef struct tessera_io_stats {
   uint64_t bytes;       /* bytes those reads brought */
   uint64_t retries;     /* requests made again after a failure that may pass */
   uint64_t cache_hits;  /* reads served wholly by the slide's block cache (remote slides) */
+  /* Process-wide, whatever the slide: the bytes the block caches of all open remote slides
+   * hold now, and the budget they share (the largest remote_cache_mib among them, split
+   * evenly between them). */
+  uint64_t remote_cache_held;
+  uint64_t remote_cache_budget;
 } tessera_io_stats;
 
 /* Fills *stats (its struct_size must be set; see Conventions). Thread-safe. */

@@ -144,6 +144,10 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
  * most capacity_bytes of them (least recently used evicted), with up to prefetch_threads
  * threads fetching the blocks hinted at (tsr_bytes_hint); head (taken over, may be NULL)
  * holds the first head_len bytes of inner, kept as its first blocks. */
+/* The bytes all the process's block caches hold now, and the budget they share (the largest
+ * capacity among those open; each holds at most budget / caches open). */
+void tsr_block_cache_usage(uint64_t *held, uint64_t *budget);
+
 tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_bytes,
                                     uint64_t capacity_bytes, int prefetch_threads, uint8_t *head,
                                     size_t head_len, struct tsr_byte_source **out);
