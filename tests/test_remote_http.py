@@ -93,6 +93,40 @@ def test_pixels_over_http_equal_the_local_file(srv, name):
         assert s.requests == srv.count(name) and s.retries == 0
 
 
+def test_block_caches_share_one_budget_per_process(srv):
+    """The compressed-byte block cache is bounded per process (issue 19): remote slides open
+    together share remote_cache_mib (the largest among them), so three slides hold at most one
+    budget, not three; each still reads its local file's pixels; closing them frees it all."""
+    import gc
+    gc.collect()  # no slide of an earlier test left open
+    names = ["big.tif", VIPS + ".tif", "aperio-jpeg-CMU-1-Small-Region.svs"]
+    budget = 2 << 20
+    slides = []
+    for name in names:
+        st, msg, slide = open_url(srv.url(name), remote_cache_mib=2)
+        assert st == T.OK, msg
+        slides.append(slide)
+    most = 0
+    try:
+        for name, slide in zip(names, slides):
+            with T.open_slide(srv.local[name]) as ref:
+                assert remote_compare.compare_ctypes(ref, slide, regions=6, patches=48) > 0
+            for other in slides:
+                s = io_stats(other)  # the process's figures, whichever slide is asked
+                assert s.remote_cache_budget == budget
+                assert 0 < s.remote_cache_held <= budget, (name, s.remote_cache_held)
+                most = max(most, s.remote_cache_held)
+        # each slide alone would have filled its 2 MiB: together they use the one budget
+        assert most > budget // 2, most
+    finally:
+        for slide in slides:
+            slide.close()
+    with T.open_slide(srv.local[names[0]]) as local:
+        s = io_stats(local)
+        assert s.remote_cache_held == 0 and s.remote_cache_budget == 0, (
+            s.remote_cache_held, s.remote_cache_budget)
+
+
 @pytest.mark.parametrize("name", ["aperio-jpeg-CMU-1-Small-Region.svs", VIPS + ".tif"])
 def test_pixels_without_the_block_cache(srv, name):
     """remote_cache_mib=0: one request per read, no read-ahead (the naive way), same pixels."""
