@@ -114,7 +114,9 @@ typedef struct tessera_open_options {
                                  TESSERA_REMOTE_REQUESTS, else 32 */
   int32_t remote_block_kib;   /* the block cache's block: bytes are fetched in aligned blocks
                                  of this many KiB; TESSERA_REMOTE_BLOCK_KIB, else 64 */
-  int64_t remote_cache_mib;   /* the slide's block cache of fetched bytes (LRU), MiB; 0: none
+  int64_t remote_cache_mib;   /* the block cache of fetched bytes (LRU), MiB, a budget per
+                                 process: the remote slides open share the largest of theirs,
+                                 each holding at most an even share; 0: none for this slide
                                  (one request per read, no read-ahead);
                                  TESSERA_REMOTE_CACHE_MIB, else 64 */
 } tessera_open_options;
