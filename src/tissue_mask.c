@@ -20,6 +20,8 @@
 
 /* PEN_CANDIDATE lasts only within classify. */
 enum pixel_class { NOT_TISSUE = 0, TISSUE = 1, EXCLUDED = 2, PEN_CANDIDATE = 3 };
+/* A tissue pixel's byte in the mask (from the threshold on; anything else is 0). */
+#define ON 255
 
 TESSERA_API void tessera_tissue_options_init_sized(tessera_tissue_options *o, size_t size) {
   static const tessera_tissue_options defaults = {
@@ -128,42 +130,40 @@ static const uint64_t ONES = 0x0101010101010101u, HIGHS = 0x8080808080808080u;
 #define TSR_VECTORISE
 #endif
 
-/* The classes from the values and the excluded pixels' bits (bit i & 7 of bits[i >> 3]):
- * EXCLUDED, else TISSUE where the value is above t, else NOT_TISSUE; in place. */
-TSR_VECTORISE static void above(uint8_t *restrict value, size_t n, uint8_t t) {
-  for (size_t i = 0; i < n; i++)
-    value[i] = value[i] > t;
+/* The mask's bytes from the values and the excluded pixels' bits (bit i & 7 of bits[i >> 3]):
+ * ON (255) where the value is above t and the pixel is not excluded, else 0; in place. Returns
+ * how many are ON. */
+TSR_VECTORISE static size_t above(uint8_t *restrict value, size_t n, uint8_t t) {
+  size_t on = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint8_t a = value[i] > t;
+    on += a;
+    value[i] = (uint8_t)-a;
+  }
+  return on;
 }
 
-static void threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t) {
-  above(value, n, t);
-  size_t i = 0;
+static size_t threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t) {
+  size_t on = above(value, n, t), i = 0;
 #ifdef SWAR
   for (; i + 8 <= n; i += 8) {
     if (!bits[i >> 3]) /* none excluded: most of them */
       continue;
-    /* Bit k of the byte to byte k (0 or 1). */
+    /* Bit k of the byte to byte k (0 or 0xff). */
     uint64_t x, spread = ((uint64_t)bits[i >> 3] * ONES) & 0x8040201008040201u;
-    uint64_t ex = ((spread + 0x7f7f7f7f7f7f7f7fu) & HIGHS) >> 7;
+    uint64_t ex = (((spread + 0x7f7f7f7f7f7f7f7fu) & HIGHS) >> 7) * 0xff;
     memcpy(&x, value + i, 8);
-    x = (x & ~(ex * 0xff)) | ex * EXCLUDED;
+    on -= (size_t)__builtin_popcountll(x & ex) >> 3;
+    x &= ~ex;
     memcpy(value + i, &x, 8);
   }
 #endif
   for (; i < n; i++)
-    if (bits[i >> 3] >> (i & 7) & 1)
-      value[i] = EXCLUDED;
-}
-
-/* Tissue (TISSUE) to 255, anything else to 0; returns how many are tissue. */
-TSR_VECTORISE static size_t to_bytes(uint8_t *restrict cls, size_t n) {
-  size_t tissue = 0;
-  for (size_t i = 0; i < n; i++) {
-    uint8_t t = cls[i] == TISSUE;
-    tissue += t;
-    cls[i] = (uint8_t)-t;
-  }
-  return tissue;
+    if (bits[i >> 3] >> (i & 7) & 1) {
+      on -= value[i] == ON;
+      value[i] = 0;
+    }
+  return on;
 }
 
 /* Histograms of bytes, four interleaved: pixels of one colour (glass) would otherwise make
@@ -223,7 +223,7 @@ TSR_INLINE int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
     uint8_t pen = (uint8_t)((excluded ^ 1) & (s_ >= pen_sat) & pen_on & (s_ > 0));          \
     pen_any |= pen;                                                                         \
     excluded_any |= excluded;                                                               \
-    sat[i] = s_;                                                                            \
+    sat[i] = (uint8_t)(s_ & (uint8_t)((excluded & zero_ex) - 1));                           \
     cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);                          \
   } while (0)
 
@@ -235,7 +235,7 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
                                          const uint8_t *restrict b, int nb, uint8_t bg,
                                          uint8_t tol, uint8_t black, uint8_t black_on,
                                          uint8_t pen_sat, uint8_t pen_on,
-                                         uint8_t *restrict cls, uint8_t *restrict sat,
+                                         uint8_t zero_ex, uint8_t *restrict cls, uint8_t *restrict sat,
                                          uint8_t *any_pen, uint8_t *any_excluded) {
   uint8_t pen_any = 0, excluded_any = 0;
   for (int i = 0; i < nb; i++)
@@ -251,7 +251,7 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
  * them apart first. The same arithmetic. */
 TSR_VECTORISE __attribute__((target("avx2"))) static void classify_rgb_avx2(
     const uint8_t *restrict rgb, int nb, uint8_t bg, uint8_t tol, uint8_t black,
-    uint8_t black_on, uint8_t pen_sat, uint8_t pen_on, uint8_t *restrict cls,
+    uint8_t black_on, uint8_t pen_sat, uint8_t pen_on, uint8_t zero_ex, uint8_t *restrict cls,
     uint8_t *restrict sat, uint8_t *any_pen, uint8_t *any_excluded) {
   uint8_t pen_any = 0, excluded_any = 0;
   for (int i = 0; i < nb; i++)
@@ -333,8 +333,8 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
     uint8_t *sat = value + i0 + at, any_pen, any_excluded;
 #ifdef TSR_CLASSIFY_AVX2
     if (k->avx2) {
-      classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on, c,
-                        sat, &any_pen, &any_excluded);
+      classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
+                        !k->dark, c, sat, &any_pen, &any_excluded);
     } else
 #endif
     {
@@ -344,7 +344,7 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
         b[i] = p[3 * i + 2];
       }
       classify_block(r, g, b, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
-                     c, sat, &any_pen, &any_excluded);
+                     !k->dark, c, sat, &any_pen, &any_excluded);
     }
     /* Pen hues, only for the few pixels saturated enough to be ink. */
     for (int i = 0; any_pen && (i = next_byte(c, i, nb, PEN_CANDIDATE)) < nb; i++) {
@@ -354,6 +354,8 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
       double h = hue(rr, gg, bb, mx, mn);
       bool pen = h >= o->pen_hue_min && h <= o->pen_hue_max;
       c[i] = pen ? EXCLUDED : NOT_TISSUE;
+      if (pen && !k->dark)
+        sat[i] = 0;
       any_excluded |= pen;
     }
     if (k->dark) /* brightness instead of saturation */
@@ -361,11 +363,16 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
         int mx = p[3 * i] > p[3 * i + 1] ? p[3 * i] : p[3 * i + 1];
         sat[i] = k->log_scale[mx > p[3 * i + 2] ? mx : p[3 * i + 2]];
       }
-    /* Every value into the histogram, then bright-field's excluded ones out again (few on
-     * most slides; glass, where it is excluded, comes in long runs that next_byte skips). */
+    /* The values into the histogram, but for the 0s (bin 0 is made up at the threshold from
+     * the pixels counted): bright-field's excluded pixels are 0 here (glass would swamp the
+     * histogram), and the glass's words of eight 0s are skipped. */
     int i = 0;
 #define BIN(j) hist[j][sat[i + j]]++
     for (; i + 8 <= nb; i += 8) {
+      uint64_t x;
+      memcpy(&x, sat + i, 8);
+      if (!x)
+        continue;
       BIN(0);
       BIN(1);
       BIN(2);
@@ -376,13 +383,10 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
       BIN(7);
     }
     for (; i < nb; i++)
-      hist[i & 7][sat[i]]++; /* the slot the correction below takes it from */
+      hist[i & 7][sat[i]]++;
 #undef BIN
     if (!any_excluded) /* the bits stay cleared */
       continue;
-    if (!k->dark)
-      for (i = 0; (i = next_byte(c, i, nb, EXCLUDED)) < nb; i++)
-        hist[i & 7][sat[i]]--;
     /* The block's classes (EXCLUDED or NOT_TISSUE) to bits: eight at a time where aligned. */
     size_t g0 = i0 + at;
     i = 0;
@@ -417,13 +421,25 @@ static bool sampled_dark(const struct classifier *k) {
 }
 
 /* Otsu's threshold of the histogram, at least min_threshold. */
-static int classifier_threshold(const struct classifier *k) {
-  uint64_t hist[256];
-  for (int v = 0; v < 256; v++) {
+static int classifier_threshold(const struct classifier *k, size_t n, const uint8_t *bits) {
+  uint64_t hist[256], counted = n, rest = 0;
+  if (!k->dark) { /* bright-field counts the pixels not excluded */
+    size_t i = 0, nbits = n / 8 + 1;
+    for (; i + 8 <= nbits; i += 8) {
+      uint64_t x;
+      memcpy(&x, bits + i, 8);
+      counted -= (uint64_t)__builtin_popcountll(x);
+    }
+    for (; i < nbits; i++)
+      counted -= (uint64_t)__builtin_popcount(bits[i]);
+  }
+  for (int v = 1; v < 256; v++) {
     hist[v] = 0;
     for (int j = 0; j < 8; j++)
       hist[v] += k->h.h[j][v];
+    rest += hist[v];
   }
+  hist[0] = counted - rest;
   int t = otsu(hist);
   return t < k->o->min_threshold ? k->o->min_threshold : t;
 }
@@ -490,7 +506,7 @@ static uint32_t find(struct run *r, uint32_t i) {
   return i;
 }
 
-/* The first x from x0 (or w) where (row[x] == TISSUE) != tissue: eight pixels a step where
+/* The first x from x0 (or w) where (row[x] == ON) != tissue: eight pixels a step where
  * they are all alike (glass, or a tissue's inside), pixel by pixel near a change. */
 TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
 #ifdef SWAR
@@ -500,7 +516,7 @@ TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
     uint64_t v[4], stop = 0;
     memcpy(v, row + x, 32);
     for (int j = 0; j < 4; j++) {
-      uint64_t t = v[j] ^ ones * TISSUE;
+      uint64_t t = ~v[j];
       stop |= tissue ? t : (t - ones) & ~t & highs;
     }
     if (stop)
@@ -509,7 +525,7 @@ TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
   for (; x + 8 <= w; x += 8) {
     uint64_t v;
     memcpy(&v, row + x, 8);
-    v ^= ones * TISSUE; /* bytes of tissue are now 0 */
+    v = ~v; /* bytes of tissue are now 0 */
     /* Bytes that end the run: non-zero ones for tissue, zero ones (their high bit set here,
      * exact for the lowest such byte) otherwise. */
     uint64_t stop = tissue ? v : (v - ones) & ~v & highs;
@@ -517,18 +533,19 @@ TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
       return x + (__builtin_ctzll(stop) >> 3);
   }
 #endif
-  while (x < w && (row[x] == TISSUE) == tissue)
+  while (x < w && (row[x] == ON) == tissue)
     x++;
   return x;
 }
 
-/* Connected components of pixels whose class is (or is not, when `of_tissue` is false)
- * TISSUE: a component smaller than min_pixels is flipped (tissue specks dropped; holes, not
- * touching the edge, filled where they are NOT_TISSUE). 8-connected for tissue, 4 for holes,
+/* Connected components of the mask's pixels that are (or are not, when `of_tissue` is false)
+ * ON: a component smaller than min_pixels is flipped (tissue specks dropped; holes, not
+ * touching the edge, filled where they are not excluded by `bits`), *on counting the ON
+ * pixels. 8-connected for tissue, 4 for holes,
  * so a diagonal line of tissue closes a hole. Works on runs of rows joined by union-find, so
  * the wide glass costs a few runs, not a visit per pixel. False when out of memory. */
-static bool sweep(uint8_t *cls, int64_t w, int64_t h, bool of_tissue, double min_pixels,
-                  struct runs *rs) {
+static bool sweep(uint8_t *cls, const uint8_t *bits, int64_t w, int64_t h, bool of_tissue,
+                  double min_pixels, struct runs *rs, size_t *on) {
   uint32_t n = 0, prev0 = 0, prev1 = 0; /* runs of the previous row: [prev0, prev1) */
   struct run *runs = rs->r;
   int64_t reach = of_tissue ? 1 : 0;     /* diagonal neighbours join tissue */
@@ -578,12 +595,16 @@ static bool sweep(uint8_t *cls, int64_t w, int64_t h, bool of_tissue, double min
     uint32_t root = find(runs, i);
     if ((double)runs[root].area >= min_pixels || (!of_tissue && runs[root].edge))
       continue;
-    uint8_t *px = cls + (size_t)runs[i].y * (size_t)w;
-    for (uint32_t x = runs[i].x0; x < runs[i].x1; x++) {
-      if (of_tissue)
-        px[x] = NOT_TISSUE;
-      else if (px[x] == NOT_TISSUE)
-        px[x] = TISSUE;
+    size_t at = (size_t)runs[i].y * (size_t)w;
+    if (of_tissue) {
+      memset(cls + at + runs[i].x0, 0, runs[i].x1 - runs[i].x0);
+      *on -= runs[i].x1 - runs[i].x0;
+    } else {
+      for (size_t x = at + runs[i].x0; x < at + runs[i].x1; x++)
+        if (!(bits[x >> 3] >> (x & 7) & 1)) {
+          cls[x] = ON;
+          ++*on;
+        }
     }
   }
   return true;
@@ -664,17 +685,16 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   }
   if (st != TESSERA_OK)
     goto done;
-  m->threshold = classifier_threshold(k);
-  threshold(cls, bits, n, (uint8_t)m->threshold);
+  m->threshold = classifier_threshold(k, n, bits);
+  size_t tissue = threshold(cls, bits, n, (uint8_t)m->threshold);
   /* Mask pixels per unit of area: square micrometres, or square level-0 pixels. */
   double unit = mpp0 > 0.0 ? (d * mpp0) * (d * mpp0) : d * d;
-  if (!sweep(cls, w, h, true, o.min_tissue_area / unit, &runs) ||
-      !sweep(cls, w, h, false, o.max_hole_area / unit, &runs)) {
+  if (!sweep(cls, bits, w, h, true, o.min_tissue_area / unit, &runs, &tissue) ||
+      !sweep(cls, bits, w, h, false, o.max_hole_area / unit, &runs, &tissue)) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask", (long long)w,
                    (long long)h);
     goto done;
   }
-  size_t tissue = to_bytes(cls, n);
   m->data = cls;
   cls = NULL;
   m->width = w;
