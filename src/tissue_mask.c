@@ -166,17 +166,6 @@ static size_t threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t
   return on;
 }
 
-/* Histograms of bytes, four interleaved: pixels of one colour (glass) would otherwise make
- * every increment wait for the one before. */
-struct hist4 {
-  uint64_t h[4][256];
-};
-
-static void hist4_sum(const struct hist4 *q, uint64_t out[256]) {
-  for (int v = 0; v < 256; v++)
-    out[v] = q->h[0][v] + q->h[1][v] + q->h[2][v] + q->h[3][v];
-}
-
 /* The first i from i (or n) with p[i] == v: eight bytes a step (no byte of the word equal to v
  * leaves no zero byte in word ^ v, and the lowest flagged byte of the zero-byte test is
  * exact). */
@@ -222,6 +211,7 @@ TSR_INLINE int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
     uint8_t excluded = (uint8_t)((d <= tol) | ((mx <= black) & black_on));                  \
     uint8_t pen = (uint8_t)((excluded ^ 1) & (s_ >= pen_sat) & pen_on & (s_ > 0));          \
     pen_any |= pen;                                                                         \
+    dim += (uint8_t)((mx < DARKFIELD_MEDIAN) & w7[i]);                                      \
     excluded_any |= excluded;                                                               \
     sat[i] = (uint8_t)(s_ & (uint8_t)((excluded & zero_ex) - 1));                           \
     cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);                          \
@@ -236,10 +226,12 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
                                          uint8_t tol, uint8_t black, uint8_t black_on,
                                          uint8_t pen_sat, uint8_t pen_on,
                                          uint8_t zero_ex, uint8_t *restrict cls, uint8_t *restrict sat,
-                                         uint8_t *any_pen, uint8_t *any_excluded) {
-  uint8_t pen_any = 0, excluded_any = 0;
+                                         const uint8_t *restrict w7, uint8_t *dims, uint8_t *any_pen,
+    uint8_t *any_excluded) {
+  uint8_t pen_any = 0, excluded_any = 0, dim = 0;
   for (int i = 0; i < nb; i++)
     CLASSIFY_PIXEL(r[i], g[i], b[i]);
+  *dims = dim;
   *any_pen = pen_any;
   *any_excluded = excluded_any;
 }
@@ -252,14 +244,75 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
 TSR_VECTORISE __attribute__((target("avx2"))) static void classify_rgb_avx2(
     const uint8_t *restrict rgb, int nb, uint8_t bg, uint8_t tol, uint8_t black,
     uint8_t black_on, uint8_t pen_sat, uint8_t pen_on, uint8_t zero_ex, uint8_t *restrict cls,
-    uint8_t *restrict sat, uint8_t *any_pen, uint8_t *any_excluded) {
-  uint8_t pen_any = 0, excluded_any = 0;
+    uint8_t *restrict sat, const uint8_t *restrict w7, uint8_t *dims, uint8_t *any_pen,
+    uint8_t *any_excluded) {
+  uint8_t pen_any = 0, excluded_any = 0, dim = 0;
   for (int i = 0; i < nb; i++)
     CLASSIFY_PIXEL(rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]);
+  *dims = dim;
   *any_pen = pen_any;
   *any_excluded = excluded_any;
 }
 #endif
+
+/* What a block of n RGB pixels (bytes p[0 .. 3n)) holds, in one vectorised look: the largest
+ * and smallest difference of a byte from bg, the smallest byte, and whether any pixel is not
+ * grey (R, G and B not all equal). Blocks of glass, all background or all one grey, then need
+ * no classifying. Reads the byte after the block too (RGB_SLACK). */
+struct block_look {
+  uint8_t far, near, low, colour;
+};
+
+static const uint8_t *within_pixel(void) {
+  static uint8_t mask[3 * BLOCK + BLOCK + 7]; /* and then the sevenths */
+  static int made;
+  if (!__atomic_load_n(&made, __ATOMIC_ACQUIRE)) {
+    for (int j = 0; j < 3 * BLOCK; j++)
+      mask[j] = j % 3 != 2 ? 0xff : 0; /* p[j] and p[j + 1] are of one pixel */
+    for (int j = 0; j < BLOCK + 7; j++)
+      mask[3 * BLOCK + j] = j % 7 == 0;
+    __atomic_store_n(&made, 1, __ATOMIC_RELEASE);
+  }
+  return mask;
+}
+
+#define LOOK_BODY                                                                           \
+  uint8_t far = 0, near = 255, low = 255, colour = 0;                                       \
+  for (int j = 0; j < n3; j++) {                                                            \
+    uint8_t v = p[j], d = v > bg ? v - bg : bg - v;                                         \
+    far = far > d ? far : d;                                                                \
+    near = near < d ? near : d;                                                             \
+    low = low < v ? low : v;                                                                \
+  }                                                                                         \
+  for (int j = 0; j < n3; j++) /* (p[n3] is read, but same[n3 - 1] is 0) */               \
+    colour |= (uint8_t)((p[j] ^ p[j + 1]) & same[j]);                                       \
+  out->far = far;                                                                           \
+  out->near = near;                                                                         \
+  out->low = low;                                                                           \
+  out->colour = colour;
+
+TSR_VECTORISE static void look(const uint8_t *restrict p, int n3, uint8_t bg,
+                               const uint8_t *restrict same, struct block_look *out) {
+  LOOK_BODY
+}
+
+#ifdef TSR_CLASSIFY_AVX2
+TSR_VECTORISE __attribute__((target("avx2"))) static void look_avx2(
+    const uint8_t *restrict p, int n3, uint8_t bg, const uint8_t *restrict same,
+    struct block_look *out) {
+  LOOK_BODY
+}
+#endif
+
+/* Bits [i, i + n) set. */
+static void set_bits(uint8_t *bits, size_t i, size_t n) {
+  for (; n && i % 8; i++, n--)
+    bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+  memset(bits + (i >> 3), 0xff, n >> 3);
+  i += n & ~(size_t)7;
+  for (n &= 7; n; i++, n--)
+    bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+}
 
 struct hist8 {
   uint32_t h[8][256]; /* n < 2^32 (the mask's limit) */
@@ -277,8 +330,9 @@ struct classifier {
    * (glass would swamp it); dark-field keeps them in: the black is the dark class Otsu is to
    * split from the signal. */
   struct hist8 h;
-  struct hist4 sample;   /* brightness of pixels 0, 7, 14, ... */
-  size_t sampled;
+  /* The brightness sample, pixels 0, 7, 14, ...: how many have a brightness (max of R, G,
+   * B) below DARKFIELD_MEDIAN. */
+  size_t dim;
 };
 
 static void classifier_init(struct classifier *k, const tessera_tissue_options *o, uint8_t bg,
@@ -317,24 +371,41 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
                             uint8_t *restrict bits, uint8_t *restrict value) {
   const tessera_tissue_options *o = k->o;
   uint8_t r[BLOCK], g[BLOCK], b[BLOCK], c[BLOCK];
-  /* The brightness sample: the pixels whose index is a multiple of 7. */
-  size_t sampled = k->sampled;
-  uint64_t(*sample)[256] = k->sample.h;
-  for (size_t i = (7 - i0 % 7) % 7; i < count; i += 7, sampled++) {
-    const uint8_t *p = rgb + 3 * i;
-    int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
-    sample[sampled & 3][mx]++;
-  }
-  k->sampled = sampled;
   uint32_t(*hist)[256] = k->h.h;
+  const uint8_t *same = within_pixel(), *sevenths = same + 3 * BLOCK;
   for (size_t at = 0; at < count; at += BLOCK) {
     int nb = count - at < BLOCK ? (int)(count - at) : BLOCK;
     const uint8_t *p = rgb + 3 * at;
-    uint8_t *sat = value + i0 + at, any_pen, any_excluded;
+    uint8_t *sat = value + i0 + at, any_pen, any_excluded, dims;
+    /* The brightness sample's pixels in this block: w7[i] is 1 where i0 + at + i is a
+     * multiple of 7. */
+    const uint8_t *w7 = sevenths + (i0 + at) % 7;
+    if (!k->dark) {
+      /* Bright-field's blocks of glass (every channel of every pixel within the tolerance of
+       * the background): all excluded, with the value 0 that the histogram skips. Blocks of
+       * one grey, none of it near the background or black: saturation 0, none excluded. */
+      struct block_look l;
+#ifdef TSR_CLASSIFY_AVX2
+      if (k->avx2)
+        look_avx2(p, 3 * nb, k->bg, same, &l);
+      else
+#endif
+        look(p, 3 * nb, k->bg, same, &l);
+      bool glass = l.far <= k->tol;
+      if (glass || (!l.colour && l.near > k->tol && !(k->black_on && l.low <= k->black))) {
+        memset(sat, 0, (size_t)nb);
+        if (glass)
+          set_bits(bits, i0 + at, (size_t)nb);
+        if (l.low < DARKFIELD_MEDIAN) /* (else none is dim) */
+          for (int i = (int)((7 - (i0 + at) % 7) % 7); i < nb; i += 7)
+            k->dim += (p[3 * i] | p[3 * i + 1] | p[3 * i + 2]) < DARKFIELD_MEDIAN;
+        continue;
+      }
+    }
 #ifdef TSR_CLASSIFY_AVX2
     if (k->avx2) {
       classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
-                        !k->dark, c, sat, &any_pen, &any_excluded);
+                        !k->dark, c, sat, w7, &dims, &any_pen, &any_excluded);
     } else
 #endif
     {
@@ -344,8 +415,9 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
         b[i] = p[3 * i + 2];
       }
       classify_block(r, g, b, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
-                     !k->dark, c, sat, &any_pen, &any_excluded);
+                     !k->dark, c, sat, w7, &dims, &any_pen, &any_excluded);
     }
+    k->dim += dims;
     /* Pen hues, only for the few pixels saturated enough to be ink. */
     for (int i = 0; any_pen && (i = next_byte(c, i, nb, PEN_CANDIDATE)) < nb; i++) {
       int rr = p[3 * i], gg = p[3 * i + 1], bb = p[3 * i + 2];
@@ -406,18 +478,9 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
 }
 
 /* Whether the sampled brightness says dark-field: its median below DARKFIELD_MEDIAN. */
-static bool sampled_dark(const struct classifier *k) {
-  uint64_t hist[256], below = 0;
-  hist4_sum(&k->sample, hist);
-  int median = 255;
-  for (int v = 0; v < 256; v++) {
-    below += hist[v];
-    if (2 * below >= k->sampled) {
-      median = v;
-      break;
-    }
-  }
-  return median < DARKFIELD_MEDIAN;
+static bool sampled_dark(const struct classifier *k, size_t n) {
+  /* The median is below it when at least half the sample is. */
+  return 2 * k->dim >= (n + 6) / 7;
 }
 
 /* Otsu's threshold of the histogram, at least min_threshold. */
@@ -448,6 +511,7 @@ static int classifier_threshold(const struct classifier *k, size_t n, const uint
  * classified while in the cache, and the level is never held whole): a row of tiles (of
  * strips), or as many rows as fit this many bytes where that is more. */
 #define BAND_BYTES ((size_t)1 << 20)
+#define RGB_SLACK 64 /* bytes after the pixels, which look() may read */
 
 /* Reads the mask's pixels (level `level` at `scale`) and classifies them. */
 static tessera_status read_and_classify(tessera_slide *s, int32_t level, double scale,
@@ -457,13 +521,15 @@ static tessera_status read_and_classify(tessera_slide *s, int32_t level, double 
   if (scale != 1.0) { /* the area average, held whole (it is the mask's size) */
     tessera_status st = TESSERA_OK;
     if (!*rgb) {
-      if (!(*rgb = tsr_malloc(row * (size_t)h)))
+      if (!(*rgb = tsr_malloc(row * (size_t)h + RGB_SLACK)))
         return tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask",
                          (long long)w, (long long)h);
       st = tsr_read_area(s, level, 0, 0, scale, scale, w, h, 3, -1, workers, *rgb, row);
     }
-    if (st == TESSERA_OK)
+    if (st == TESSERA_OK) {
+      memset(*rgb + row * (size_t)h, 0, RGB_SLACK);
       classify_pixels(k, *rgb, 0, (size_t)w * (size_t)h, bits, value);
+    }
     return st;
   }
   int64_t tile_h = s->levels[level].tile_h ? s->levels[level].tile_h : 1;
@@ -472,8 +538,9 @@ static tessera_status read_and_classify(tessera_slide *s, int32_t level, double 
     rows = tile_h;
   if (rows > h)
     rows = h;
-  if (!*rgb && !(*rgb = tsr_malloc(row * (size_t)rows)))
+  if (!*rgb && !(*rgb = tsr_malloc(row * (size_t)rows + RGB_SLACK)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a tissue mask's band of rows");
+  memset(*rgb + row * (size_t)rows, 0, RGB_SLACK);
   for (int64_t y = 0; y < h; y += rows) {
     int64_t n = h - y < rows ? h - y : rows;
     tessera_status st = tsr_read_area(s, level, 0, y, 1.0, 1.0, w, n, 3, -1, workers, *rgb, row);
@@ -544,8 +611,8 @@ TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
  * pixels. 8-connected for tissue, 4 for holes,
  * so a diagonal line of tissue closes a hole. Works on runs of rows joined by union-find, so
  * the wide glass costs a few runs, not a visit per pixel. False when out of memory. */
-static bool sweep(uint8_t *cls, const uint8_t *bits, int64_t w, int64_t h, bool of_tissue,
-                  double min_pixels, struct runs *rs, size_t *on) {
+TSR_INLINE bool sweep_of(uint8_t *cls, const uint8_t *bits, int64_t w, int64_t h, bool of_tissue,
+                         double min_pixels, struct runs *rs, size_t *on) {
   uint32_t n = 0, prev0 = 0, prev1 = 0; /* runs of the previous row: [prev0, prev1) */
   struct run *runs = rs->r;
   int64_t reach = of_tissue ? 1 : 0;     /* diagonal neighbours join tissue */
@@ -608,6 +675,13 @@ static bool sweep(uint8_t *cls, const uint8_t *bits, int64_t w, int64_t h, bool 
     }
   }
   return true;
+}
+
+/* sweep_of for each value of of_tissue, so that its scans test no flag. */
+static bool sweep(uint8_t *cls, const uint8_t *bits, int64_t w, int64_t h, bool of_tissue,
+                  double min_pixels, struct runs *rs, size_t *on) {
+  return of_tissue ? sweep_of(cls, bits, w, h, true, min_pixels, rs, on)
+                   : sweep_of(cls, bits, w, h, false, min_pixels, rs, on);
 }
 
 TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
@@ -677,7 +751,7 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   bool dark = o.mode == TESSERA_TISSUE_DARKFIELD;
   classifier_init(k, &o, s->background, dark);
   st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, bits, cls);
-  if (st == TESSERA_OK && o.mode == TESSERA_TISSUE_AUTO && sampled_dark(k)) {
+  if (st == TESSERA_OK && o.mode == TESSERA_TISSUE_AUTO && sampled_dark(k, n)) {
     dark = true;
     classifier_init(k, &o, s->background, dark);
     memset(bits, 0, n / 8 + 1);
