@@ -131,20 +131,16 @@ static const uint64_t ONES = 0x0101010101010101u, HIGHS = 0x8080808080808080u;
 #endif
 
 /* The mask's bytes from the values and the excluded pixels' bits (bit i & 7 of bits[i >> 3]):
- * ON (255) where the value is above t and the pixel is not excluded, else 0; in place. Returns
- * how many are ON. */
-TSR_VECTORISE static size_t above(uint8_t *restrict value, size_t n, uint8_t t) {
-  size_t on = 0;
-  for (size_t i = 0; i < n; i++) {
-    uint8_t a = value[i] > t;
-    on += a;
-    value[i] = (uint8_t)-a;
-  }
-  return on;
+ * ON (255) where the value is above t and the pixel is not excluded, else 0; in place. `on`
+ * says how many values are above t (the histogram knows); returns how many are ON. */
+TSR_VECTORISE static void above(uint8_t *restrict value, size_t n, uint8_t t) {
+  for (size_t i = 0; i < n; i++)
+    value[i] = (uint8_t) - (value[i] > t);
 }
 
-static size_t threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t) {
-  size_t on = above(value, n, t), i = 0;
+static size_t threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t, size_t on) {
+  size_t i = 0;
+  above(value, n, t);
 #ifdef SWAR
   for (; i + 8 <= n; i += 8) {
     if (!bits[i >> 3]) /* none excluded: most of them */
@@ -483,6 +479,16 @@ static bool sampled_dark(const struct classifier *k, size_t n) {
   return 2 * k->dim >= (n + 6) / 7;
 }
 
+/* How many values are above t: every pixel's value is in the histogram, but for
+ * bright-field's excluded pixels, whose value is 0. */
+static size_t count_above(const struct classifier *k, int t) {
+  size_t above = 0;
+  for (int v = t + 1; v < 256; v++)
+    for (int j = 0; j < 8; j++)
+      above += k->h.h[j][v];
+  return above;
+}
+
 /* Otsu's threshold of the histogram, at least min_threshold. */
 static int classifier_threshold(const struct classifier *k, size_t n, const uint8_t *bits) {
   uint64_t hist[256], counted = n, rest = 0;
@@ -760,7 +766,8 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   if (st != TESSERA_OK)
     goto done;
   m->threshold = classifier_threshold(k, n, bits);
-  size_t tissue = threshold(cls, bits, n, (uint8_t)m->threshold);
+  size_t tissue =
+      threshold(cls, bits, n, (uint8_t)m->threshold, count_above(k, m->threshold));
   /* Mask pixels per unit of area: square micrometres, or square level-0 pixels. */
   double unit = mpp0 > 0.0 ? (d * mpp0) * (d * mpp0) : d * d;
   if (!sweep(cls, bits, w, h, true, o.min_tissue_area / unit, &runs, &tissue) ||
