@@ -259,18 +259,20 @@ struct block_look {
   uint8_t far, near, low, colour;
 };
 
-static const uint8_t *within_pixel(void) {
-  static uint8_t mask[3 * BLOCK + BLOCK + 7]; /* and then the sevenths */
-  static int made;
-  if (!__atomic_load_n(&made, __ATOMIC_ACQUIRE)) {
-    for (int j = 0; j < 3 * BLOCK; j++)
-      mask[j] = j % 3 != 2 ? 0xff : 0; /* p[j] and p[j + 1] are of one pixel */
-    for (int j = 0; j < BLOCK + 7; j++)
-      mask[3 * BLOCK + j] = j % 7 == 0;
-    __atomic_store_n(&made, 1, __ATOMIC_RELEASE);
-  }
-  return mask;
-}
+/* Constant tables (no set-up to race over between threads). SAME_PIXEL[j]: 0xff where bytes
+ * j and j + 1 of interleaved RGB are of one pixel, else 0; SEVENTHS[j]: 1 where j is a multiple
+ * of 7. */
+#define X4(a) a, a, a, a
+#define X10(a) a, a, a, a, a, a, a, a, a, a
+_Static_assert(BLOCK == 256, "SAME_PIXEL holds 256 pixels");
+#define PIXEL 0xff, 0xff, 0
+#define WEEK 1, 0, 0, 0, 0, 0, 0
+static const uint8_t SAME_PIXEL[3 * BLOCK] = {X4(X4(X4(X4(PIXEL))))};
+static const uint8_t SEVENTHS[280] = {X4(X10(WEEK))}; /* >= BLOCK + 7 */
+#undef X4
+#undef X10
+#undef PIXEL
+#undef WEEK
 
 #define LOOK_BODY                                                                           \
   uint8_t far = 0, near = 255, low = 255, colour = 0;                                       \
@@ -368,7 +370,7 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
   const tessera_tissue_options *o = k->o;
   uint8_t r[BLOCK], g[BLOCK], b[BLOCK], c[BLOCK];
   uint32_t(*hist)[256] = k->h.h;
-  const uint8_t *same = within_pixel(), *sevenths = same + 3 * BLOCK;
+  const uint8_t *same = SAME_PIXEL, *sevenths = SEVENTHS;
   for (size_t at = 0; at < count; at += BLOCK) {
     int nb = count - at < BLOCK ? (int)(count - at) : BLOCK;
     const uint8_t *p = rgb + 3 * at;
