@@ -192,8 +192,11 @@ class OpenSlide(AbstractSlide):
         self._alpha_kind = tuple(lv["alpha"] for lv in info)
         # placed images (MIRAX, some Ventana BIFs): OpenSlide paints each from its position,
         # past the level's edge too, in ways that depend on the region: the extension paints
-        # every region of such a level as OpenSlide would (source/mosaic_tiles.c)
-        self._placed = tuple(lv["compression_name"] == "mosaic" for lv in info)
+        # every region of such a level as OpenSlide would (source/mosaic_tiles.c). Leica's
+        # images likewise: OpenSlide starts each at its own whole pixel (the origin truncated
+        # image by image) and paints it past the level's edge (region.c)
+        leica = self._slide.vendor == "leica"
+        self._placed = tuple(leica or lv["compression_name"] == "mosaic" for lv in info)
         self._props = None
         self._max_read = self._slide.limits()["max_read_bytes"]
         self._profile = self._slide.icc_profile
