@@ -12,7 +12,9 @@ all four bytes 0, outside the image), thumbnails and Deep Zoom tiles. Where tess
 OpenSlide differ: see docs/OPENSLIDE.md. ``color_profile`` is the slide's ICC profile, as
 openslide-python 1.3 gives it over OpenSlide 4 (Debian's 1.2 has none). A region whose level
 origin is not a whole pixel (level-0 x or y not a multiple of the level's downsample) is
-resampled as OpenSlide resamples it, by libtessera-openslide's code in the extension.
+resampled as OpenSlide resamples it, by libtessera-openslide's code in the extension; a
+level of placed images (MIRAX, Leica, some Ventana BIFs) is painted by that code on every
+region, past the level's edge too, as OpenSlide paints it.
 
 Reads run in tessera with the GIL released, so threads sharing one OpenSlide read in
 parallel. Errors latch as OpenSlide's do: once a read fails, every later call on that object
