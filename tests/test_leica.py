@@ -721,6 +721,39 @@ def test_composited_through_the_dropin(lib, multi, mains, tmp_path):
     assert beyond >= 3 and between >= 10, (beyond, between)
 
 
+def test_past_the_edge_front_and_own_reads_in_turns(lib, multi, mains):
+    """In one process (one tile cache), tessera's own reads (cut at the level's edge) and
+    tessera.openslide's (painted past it, as OpenSlide) of the tiles an image has across the
+    level's edge, in turns: each gives its own pixels, whichever read cached the tile first."""
+    import tessera
+    import tessera.openslide
+    path = multi["past-the-edge"]
+    o = osl(path)
+    places = _placement(mains, MULTI["past-the-edge"])
+    for level in range(3):
+        bx, by = places[level][1][1]
+        W, H = o.level_dimensions[level]
+        ds = o.level_downsamples[level]
+        x, y = max(W - 150, bx + 5), max(H - 120, by + 5)  # across the corner, inside b
+        cw, ch = W - x, H - y  # the part inside the level
+        assert 0 < cw < 300 and 0 < ch < 240
+        # level-0 coordinates on level pixel (x, y) for tessera (floor) and OpenSlide alike
+        X, Y = math.ceil(x * ds), math.ceil(y * ds)
+        want = np.asarray(o.read_region((X, Y), level, (300, 240)))
+        assert (want[ch:, cw:, 3] == 255).any()  # b past the level's corner
+        front = tessera.openslide.OpenSlide(path)
+        with tessera.CuImage(path) as img:
+            for turn in range(4):
+                own = np.asarray(img.read_region((X, Y), (300, 240), level,
+                                                 channels=4))
+                got = np.asarray(front.read_region((X, Y), level,
+                                                   (300, 240)))
+                assert np.array_equal(got, want), (level, turn)
+                assert (own[ch:, :, 3] == 0).all() and (own[:, cw:, 3] == 0).all()
+                assert np.array_equal(own[:ch, :cw], want[:ch, :cw]), (level, turn)
+        front.close()
+
+
 def _multi_locations(s):
     """Level-0 places across each image's corners and inside it, in the gaps and outside."""
     p = s.properties
