@@ -23,8 +23,9 @@
  *
  * Also here, tsr_os_read_region: OpenSlide's whole read_region (its 4096-pixel pieces, whole
  * and fractional), which libtessera-openslide and the Python extension (tessera.openslide) both
- * call, so the two fronts share one implementation. It uses tessera's public API and
- * tsr_malloc only, so it builds wherever the static libtessera is linked. */
+ * call, so the two fronts share one implementation. It uses tessera's public API, tsr_malloc
+ * and the two painters of placed images above (internal to libtessera), so it builds wherever
+ * the static libtessera is linked. */
 #include "fractional.h"
 
 #include <float.h>
