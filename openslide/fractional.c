@@ -17,12 +17,15 @@
  *
  * A level of placed images (MIRAX, a Ventana BIF placed tile by tile) is not resampled from
  * tessera's tiles: each piece of a region is painted image by image as OpenSlide paints it,
- * from whole pixels and between them (tsr_mosaic_paint_region, source/mosaic_tiles.c).
+ * from whole pixels and between them (tsr_mosaic_paint_region, source/mosaic_tiles.c). Nor is
+ * a Leica level: OpenSlide paints each of its images from the region's origin truncated to a
+ * whole pixel of that image, past the level's edge too (tsr_paint_placed_openslide, region.c).
  *
  * Also here, tsr_os_read_region: OpenSlide's whole read_region (its 4096-pixel pieces, whole
  * and fractional), which libtessera-openslide and the Python extension (tessera.openslide) both
- * call, so the two fronts share one implementation. It uses tessera's public API and
- * tsr_malloc only, so it builds wherever the static libtessera is linked. */
+ * call, so the two fronts share one implementation. It uses tessera's public API, tsr_malloc
+ * and the two painters of placed images above (internal to libtessera), so it builds wherever
+ * the static libtessera is linked. */
 #include "fractional.h"
 
 #include <float.h>
@@ -31,6 +34,7 @@
 
 #include "alloc.h"
 #include "slide_internal.h"
+#include "region.h"
 #include "source/tile_source.h"
 
 void tsr_os_rgba_to_argb(uint32_t *px, size_t stride_px, int64_t w, int64_t h) {
@@ -311,14 +315,19 @@ static tessera_status paint_piece(tessera_slide *s, int32_t level, const struct 
   w -= tx;
   h -= ty;
   double lx = (double)x / g->downsample, ly = (double)y / g->downsample;
-  if (s->levels[level].source == &tsr_mosaic_tiles) {
+  bool mosaic = s->levels[level].source == &tsr_mosaic_tiles;
+  if (mosaic || strcmp(tessera_vendor(s), "leica") == 0) {
     /* Placed images (MIRAX, a BIF placed tile by tile): OpenSlide paints each from its own
      * position, past the level's edge too, and how pixman computes an image depends on the
-     * region (source/mosaic_tiles.c); from whole pixels and between them alike. */
+     * region (source/mosaic_tiles.c); from whole pixels and between them alike. Leica's
+     * images (one or several a level): each from its own whole pixel, the region's origin
+     * truncated image by image, past the level's edge too (region.c). */
     uint8_t *px = tsr_malloc((size_t)w * (size_t)h * 4);
     if (!px)
       return TESSERA_E_NOMEM;
-    tessera_status st = tsr_mosaic_paint_region(s, level, lx, ly, w, h, px, (size_t)w * 4);
+    tessera_status st =
+        mosaic ? tsr_mosaic_paint_region(s, level, lx, ly, w, h, px, (size_t)w * 4)
+               : tsr_paint_placed_openslide(s, level, lx, ly, w, h, px, (size_t)w * 4);
     for (int64_t j = 0; st == TESSERA_OK && j < h; j++)
       for (int64_t i = 0; i < w; i++) {
         const uint8_t *q = px + ((size_t)j * (size_t)w + (size_t)i) * 4;
