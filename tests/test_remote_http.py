@@ -481,6 +481,40 @@ def test_https_with_a_certificate_from_tessera_ca_bundle(tmp_path, monkeypatch):
             assert remote_compare.compare_ctypes(ref, slide, regions=2, patches=8) > 0
 
 
+def test_http2_where_the_server_offers_it(tmp_path, monkeypatch):
+    """HTTP/2 where the server offers it: a node http2 server over TLS (tests/http2_server.js,
+    which also takes HTTP/1.1) sees every request for the slide come in as HTTP/2, and the
+    pixels equal the local file's."""
+    import json as _json
+    import shutil
+    import ssl
+    import urllib.request
+    node = shutil.which("node") or shutil.which("nodejs")
+    assert node, "node is needed for the HTTP/2 server (./dev.sh test installs nodejs)"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    wsi_fixtures.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                      "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                      "-keyout", key, "-out", cert])
+    path = os.path.join(TESTDATA, NAME)
+    server = subprocess.Popen([node, os.path.join(os.path.dirname(__file__), "http2_server.js"),
+                               str(cert), str(key), path], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        base = "https://127.0.0.1:%d" % port
+        monkeypatch.setenv("TESSERA_CA_BUNDLE", str(cert))
+        st, msg, slide = open_url(base + "/slide")
+        assert st == T.OK, msg
+        with T.open_slide(path) as ref, slide:
+            assert remote_compare.compare_ctypes(ref, slide, regions=2, patches=8) > 0
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(base + "/counts", context=ctx, timeout=10) as r:
+            counts = _json.loads(r.read())
+        assert counts.get("2.0", 0) > 0 and set(counts) == {"2.0"}, counts
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_dask_over_a_url(srv):
     """tessera.dask takes URLs: its tasks carry the URL and each worker opens it itself."""
     import dask
