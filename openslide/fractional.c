@@ -33,6 +33,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "compat/pixman_float.h"
 #include "slide_internal.h"
 #include "region.h"
 #include "source/tile_source.h"
@@ -63,20 +64,12 @@ static int64_t level0_of(int64_t l, double ds) {
   return v;
 }
 
-/* pixman's 8-bit channel to float (pixman_expand_to_float): times the float nearest 1/255. For
- * 255 that is exactly 1.0f, so an opaque pixel is the same whether cairo hands pixman its tile
- * as a8r8g8b8 (most formats) or x8r8g8b8 (NDPI). */
-static float unorm8_to_float(uint32_t v) { return (float)v * (1.0f / 255); }
+/* pixman's 8-bit channel to float and back (compat/pixman_float.h, shared with the mosaic
+ * codec). For 255 the float is exactly 1.0f, so an opaque pixel is the same whether cairo hands
+ * pixman its tile as a8r8g8b8 (most formats) or x8r8g8b8 (NDPI). */
+static float unorm8_to_float(uint32_t v) { return tsr_pixman_unorm8_to_float(v); }
 
-/* pixman's float_to_unorm for 8 bits: clamped, scaled by 256, truncated, 256 folded to 255. */
-static uint32_t float_to_unorm8(float f) {
-  if (f > 1.0f)
-    f = 1.0f;
-  if (f < 0.0f)
-    f = 0.0f;
-  uint32_t u = (uint32_t)(f * 256.0f);
-  return u - (u >> 8);
-}
+static uint32_t float_to_unorm8(float f) { return tsr_pixman_float_to_unorm8(f); }
 
 /* The floats of one premultiplied ARGB pixel, alpha first as pixman's argb_t. */
 static void expand(uint32_t px, float out[4]) {
