@@ -616,6 +616,21 @@ static tessera_io_stats io_now(const tessera_slide *slide) {
   return io;
 }
 
+static void read_cache_stats(bench_result *res);
+static double peak_rss_mib(void);
+
+/* What a run's end adds to its result: the requests, bytes and retries of the slide's source
+ * since `start`, the peak memory and the cache's counters. */
+static void end_result(bench_result *res, const tessera_slide *slide,
+                       const tessera_io_stats *start) {
+  tessera_io_stats end = io_now(slide);
+  res->requests = end.requests - start->requests;
+  res->bytes_fetched = end.bytes - start->bytes;
+  res->retries = end.retries - start->retries;
+  res->peak_rss_mib = peak_rss_mib();
+  read_cache_stats(res);
+}
+
 /* --compare: adds the differences of one batch's samples from the CPU's. */
 static void add_differences(const uint8_t *gpu, const uint8_t *cpu, size_t n, bench_result *res,
                             double *sum) {
@@ -709,12 +724,7 @@ static bool run_fast(tessera_slide *slide, const bench_args *a, const int64_t *x
   res->seconds = now_seconds() - start;
   progress_end(&pr);
   free(out);
-  tessera_io_stats io_end = io_now(slide);
-  res->requests = io_end.requests - io_start.requests;
-  res->bytes_fetched = io_end.bytes - io_start.bytes;
-  res->retries = io_end.retries - io_start.retries;
-  res->peak_rss_mib = peak_rss_mib();
-  read_cache_stats(res);
+  end_result(res, slide, &io_start);
   return true;
 }
 
@@ -824,12 +834,7 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   }
   res->seconds = now_seconds() - start;
   progress_end(&pr);
-  tessera_io_stats io_end = io_now(slide);
-  res->requests = io_end.requests - io_start.requests;
-  res->bytes_fetched = io_end.bytes - io_start.bytes;
-  res->retries = io_end.retries - io_start.retries;
-  res->peak_rss_mib = peak_rss_mib();
-  read_cache_stats(res);
+  end_result(res, slide, &io_start);
   return true;
 }
 
