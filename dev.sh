@@ -12,7 +12,7 @@ BUILD_PKGS="gcc meson ninja-build pkg-config libtiff-dev libjpeg62-turbo-dev lib
 TEST_PKGS="libopenslide-dev openslide-tools python3-openslide libvips-tools python3-numpy
   python3-pytest python3-tifffile python3-pil python3-pydicom libtiff-tools zstd libopenjp2-tools
   python3-torch python3-dask python3-distributed python3-mesonpy python3-venv python3-pip
-  chromium python3-websocket
+  chromium python3-websocket nodejs
   libnghttp2-dev librtmp-dev libssh2-1-dev libpsl-dev libkrb5-dev libldap-dev"
 PY=/usr/bin/python3
 

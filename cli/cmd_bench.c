@@ -51,6 +51,8 @@ enum {
   OPT_DEVICE,
   OPT_NO_CHECKSUM,
   OPT_COMPARE,
+  OPT_MPP,
+  OPT_FAST,
   OPT_HELP
 };
 
@@ -73,6 +75,8 @@ static const cli_option options[] = {
     {"device", 'd', true, OPT_DEVICE},
     {"no-checksum", 0, false, OPT_NO_CHECKSUM},
     {"compare", 0, false, OPT_COMPARE},
+    {"mpp", 'm', true, OPT_MPP},
+    {"fast", 0, false, OPT_FAST},
     {"help", 'h', false, OPT_HELP},
 };
 
@@ -84,6 +88,7 @@ void cmd_bench_help(FILE *out) {
           "                     [--shuffle] [--seed S] [--channels 3|4]\n"
           "                     [--cache TYPE[:MIB]] [--processes P] [--json]\n"
           "                     [--device cpu|cuda[:N]] [--no-checksum] [--compare]\n"
+          "                     [--mpp M [--fast]]\n"
           "\n"
           "Read W x H patches of level L through the batch iterator, as a training or\n"
           "inference loop would, discard them and report the rate: patches, seconds,\n"
@@ -120,6 +125,19 @@ void cmd_bench_help(FILE *out) {
           "Options:\n"
           "  -s, --size W,H        patch size in pixels of level L (required)\n"
           "  -L, --level L         pyramid level (default 0)\n"
+          "  -m, --mpp M           instead of --level: W x H patches at M micrometres per\n"
+          "                        pixel, as read_region(..., mpp=M) reads them: the\n"
+          "                        level and scale of tessera_level_for_mpp, each patch\n"
+          "                        read at that level as ceil(W * scale) + 1 pixels a side\n"
+          "                        through the batch iterator and area-averaged to W x H\n"
+          "                        (tessera_resample_area; the checksum is of the W x H\n"
+          "                        patches, the same as tessera read --mpp gives one by\n"
+          "                        one). Layouts place those read patches in the level.\n"
+          "      --fast            with --mpp: each patch read on its own by\n"
+          "                        tessera_read_region_scaled with the reduced-size JPEG\n"
+          "                        decode (tessera read --mpp --fast), one after another\n"
+          "                        on the calling thread (--workers threads within a\n"
+          "                        patch); not the exact pixels\n"
           "  -b, --batch-size B    patches per batch, 1..%" PRId64 " (default %d)\n"
           "  -w, --workers W       worker threads decoding ahead, 0..%d (default: one\n"
           "                        per processor; 0 decodes in the calling thread)\n"
@@ -201,6 +219,10 @@ typedef struct bench_args {
   int64_t cache_mib, processes;
   bool cuda, no_checksum, compare;
   int64_t device_id;
+  bool have_level, fast;
+  double mpp;                    /* 0: patches of the level as they are */
+  double scale;                  /* with mpp: level pixels per output pixel */
+  int64_t out_width, out_height; /* the patches made: --size (width x height is what is read) */
 } bench_args;
 
 /* "cpu", "cuda" or "cuda:N". */
@@ -275,7 +297,11 @@ static bool parse_option(int id, const char *v, bench_args *a) {
   case OPT_SIZE:
     a->have_size = true;
     return cli_parse_pair("bench", "--size", v, 1, MAX_SIDE, &a->width, &a->height);
-  case OPT_LEVEL: return cli_parse_int64("bench", "--level", v, 0, INT32_MAX, &a->level);
+  case OPT_LEVEL:
+    a->have_level = true;
+    return cli_parse_int64("bench", "--level", v, 0, INT32_MAX, &a->level);
+  case OPT_MPP: return cli_parse_double("bench", "--mpp", v, 1e-6, 1e6, &a->mpp);
+  case OPT_FAST: a->fast = true; return true;
   case OPT_BATCH: return cli_parse_int64("bench", "--batch-size", v, 1, MAX_BATCH, &a->batch_size);
   case OPT_WORKERS: return cli_parse_int64("bench", "--workers", v, 0, MAX_WORKERS, &a->workers);
   case OPT_PREFETCH: return cli_parse_int64("bench", "--prefetch", v, 1, 1024, &a->prefetch);
@@ -311,6 +337,11 @@ static int check_args(const bench_args *a) {
     return cli_usage("bench", "--size W,H is required");
   if (a->compare && !a->cuda)
     return cli_usage("bench", "--compare goes with --device cuda");
+  if (a->mpp > 0 && (a->have_level || a->cuda))
+    return cli_usage("bench", "--mpp picks the level itself and reads on the CPU: no --level or "
+                              "--device cuda with it");
+  if (a->fast && a->mpp <= 0)
+    return cli_usage("bench", "--fast goes with --mpp");
   if (a->cuda && a->processes > 1)
     return cli_usage("bench", "--device cuda reads in one process; leave out --processes");
   uint64_t bytes;
@@ -585,6 +616,21 @@ static tessera_io_stats io_now(const tessera_slide *slide) {
   return io;
 }
 
+static void read_cache_stats(bench_result *res);
+static double peak_rss_mib(void);
+
+/* What a run's end adds to its result: the requests, bytes and retries of the slide's source
+ * since `start`, the peak memory and the cache's counters. */
+static void end_result(bench_result *res, const tessera_slide *slide,
+                       const tessera_io_stats *start) {
+  tessera_io_stats end = io_now(slide);
+  res->requests = end.requests - start->requests;
+  res->bytes_fetched = end.bytes - start->bytes;
+  res->retries = end.retries - start->retries;
+  res->peak_rss_mib = peak_rss_mib();
+  read_cache_stats(res);
+}
+
 /* --compare: adds the differences of one batch's samples from the CPU's. */
 static void add_differences(const uint8_t *gpu, const uint8_t *cpu, size_t n, bench_result *res,
                             double *sum) {
@@ -640,10 +686,54 @@ static double peak_rss_mib(void) {
   return (double)ru.ru_maxrss / 1024.0; /* Linux gives KiB */
 }
 
+/* --mpp --fast: each patch read on its own, one after another, by
+ * tessera_read_region_scaled with the reduced-size JPEG decode. */
+static bool run_fast(tessera_slide *slide, const bench_args *a, const int64_t *xy, size_t n,
+                     bool show_progress, bench_result *res) {
+  tessera_read_options ro;
+  tessera_read_options_init(&ro);
+  ro.channels = (int32_t)a->channels;
+  ro.num_workers = (int32_t)a->workers;
+  ro.fast_jpeg = 1;
+  size_t out_bytes = (size_t)(a->out_width * a->out_height * a->channels);
+  uint8_t *out = malloc(out_bytes);
+  if (!out) {
+    cli_error(a->slide, "out of memory for a patch");
+    return false;
+  }
+  memset(res, 0, sizeof *res);
+  snprintf(res->decoder, sizeof res->decoder, "cpu");
+  tessera_io_stats io_start = io_now(slide);
+  progress pr = {.enabled = show_progress && !a->json && isatty(STDERR_FILENO), .total = n};
+  double start = pr.start = now_seconds();
+  for (size_t i = 0; i < n; i++) {
+    if (tessera_read_region_scaled(slide, xy[2 * i], xy[2 * i + 1], (int32_t)a->level, a->scale,
+                                   a->scale, a->out_width, a->out_height, &ro, out,
+                                   out_bytes) != TESSERA_OK) {
+      progress_end(&pr);
+      cli_error(a->slide, "patch %zu of %zu: %s", i + 1, n, tessera_error_message());
+      free(out);
+      return false;
+    }
+    if (!a->no_checksum)
+      res->checksum += checksum_pixels(out, out_bytes, (int)a->channels);
+    res->patches++;
+    progress_update(&pr, res->patches);
+  }
+  res->batches = (n + (size_t)a->batch_size - 1) / (size_t)a->batch_size;
+  res->seconds = now_seconds() - start;
+  progress_end(&pr);
+  free(out);
+  end_result(res, slide, &io_start);
+  return true;
+}
+
 /* Reads every batch of the n locations at xy. Prints the error and returns false when one
  * fails. */
 static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, size_t n,
                 bool show_progress, bench_result *res) {
+  if (a->fast)
+    return run_fast(slide, a, xy, n, show_progress, res);
   tessera_batch_options bo;
   tessera_batch_options_init(&bo);
   bo.batch_size = (int32_t)a->batch_size;
@@ -679,6 +769,14 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   ok = ok && (!host_copy || host);
   size_t total_batches = tessera_batch_iter_length(it);
   double sum = 0.0;
+  /* --mpp at a scale other than 1: each patch area-averaged to the output size. */
+  bool resample = a->mpp > 0 && a->scale != 1.0;
+  size_t out_bytes = (size_t)(a->out_width * a->out_height * a->channels);
+  uint8_t *out = resample ? malloc(out_bytes) : NULL;
+  if (resample && !out) {
+    cli_error(a->slide, "out of memory for a patch");
+    ok = false;
+  }
   while (ok) {
     tessera_batch *b = NULL, *c = NULL;
     if (tessera_batch_iter_next(it, &b) != TESSERA_OK ||
@@ -695,7 +793,25 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
     if (!b)
       break;
     const uint8_t *pixels = host ? host : b->data;
-    if (!a->no_checksum)
+    size_t patch_bytes = (size_t)(b->width * b->height * b->channels);
+    for (size_t j = 0; resample && j < b->count; j++) {
+      if (tessera_resample_area(pixels + j * patch_bytes, b->width, b->height,
+                                (size_t)(b->width * b->channels), b->channels, a->scale, a->scale,
+                                a->out_width, a->out_height, out,
+                                (size_t)(a->out_width * b->channels)) != TESSERA_OK) {
+        cli_error(a->slide, "resampling a patch: %s", tessera_error_message());
+        ok = false;
+        break;
+      }
+      if (!a->no_checksum)
+        res->checksum += checksum_pixels(out, out_bytes, b->channels);
+    }
+    if (!ok) {
+      progress_end(&pr);
+      tessera_batch_release(b);
+      break;
+    }
+    if (!a->no_checksum && !resample)
       res->checksum += checksum_pixels(pixels, b->size, b->channels);
     if (c)
       add_differences(pixels, c->data, b->size, res, &sum);
@@ -708,6 +824,7 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   tessera_batch_iter_destroy(it);
   tessera_batch_iter_destroy(cpu);
   free(host);
+  free(out);
   if (!ok)
     return false;
   if (a->compare) {
@@ -717,12 +834,7 @@ static bool run(tessera_slide *slide, const bench_args *a, const int64_t *xy, si
   }
   res->seconds = now_seconds() - start;
   progress_end(&pr);
-  tessera_io_stats io_end = io_now(slide);
-  res->requests = io_end.requests - io_start.requests;
-  res->bytes_fetched = io_end.bytes - io_start.bytes;
-  res->retries = io_end.retries - io_start.retries;
-  res->peak_rss_mib = peak_rss_mib();
-  read_cache_stats(res);
+  end_result(res, slide, &io_start);
   return true;
 }
 
@@ -888,7 +1000,7 @@ static double per_second(double amount, double seconds) {
 }
 
 static double megapixels(const bench_args *a, size_t patches) {
-  return (double)patches * (double)a->width * (double)a->height / 1e6;
+  return (double)patches * (double)a->out_width * (double)a->out_height / 1e6;
 }
 
 static const char *layout_text(const bench_args *a) {
@@ -925,7 +1037,15 @@ static void print_json(const bench_args *a, const tessera_level_info *info, cons
   json_write_string(out, a->slide);
   fprintf(out, ",\n  \"level\": %" PRId64 ",\n", a->level);
   print_json_pair(out, "level_size", info->width, info->height);
-  print_json_pair(out, "size", a->width, a->height);
+  print_json_pair(out, "size", a->out_width, a->out_height);
+  if (a->mpp > 0) {
+    fputs("  \"mpp\": ", out);
+    json_write_number(out, a->mpp);
+    fputs(",\n  \"scale\": ", out);
+    json_write_number(out, a->scale);
+    fprintf(out, ",\n  \"fast\": %s,\n", a->fast ? "true" : "false");
+    print_json_pair(out, "read_size", a->width, a->height);
+  }
   fprintf(out,
           "  \"channels\": %" PRId64 ",\n  \"batch_size\": %" PRId64 ",\n  \"workers\": %" PRId64
           ",\n  \"prefetch\": %" PRId64 ",\n  \"shuffle\": %s,\n  \"seed\": %" PRId64 ",\n",
@@ -986,6 +1106,12 @@ static void print_table(const bench_args *a, const tessera_level_info *info,
   text_write_escaped(out, a->slide);
   fprintf(out, "\nlevel:          %" PRId64 " (%" PRId64 " x %" PRId64 ")\n", a->level, info->width,
           info->height);
+  if (a->mpp > 0)
+    fprintf(out,
+            "mpp:            %g (%" PRId64 " x %" PRId64 " patches, %" PRId64 " x %" PRId64
+            " of the level read for each, scale %g%s)\n",
+            a->mpp, a->out_width, a->out_height, a->width, a->height, a->scale,
+            a->fast ? ", fast" : "");
   fputs("layout:         ", out);
   if (a->locations)
     text_write_escaped(out, a->locations);
@@ -1068,6 +1194,22 @@ int cmd_bench(int argc, char **argv) {
   xy_list loc = {0};
   bench_result res;
   bool ok = open_level(&a, &slide, &info);
+  a.out_width = a.width;
+  a.out_height = a.height;
+  a.scale = 1.0;
+  if (ok && a.mpp > 0) {
+    int32_t level = 0;
+    if (tessera_level_for_mpp(slide, a.mpp, &level, &a.scale) != TESSERA_OK ||
+        tessera_level_info_get(slide, level, &info) != TESSERA_OK) {
+      cli_error(a.slide, "--mpp %g: %s", a.mpp, tessera_error_message());
+      ok = false;
+    }
+    a.level = level;
+    if (a.scale != 1.0) { /* what is read of the level for each patch */
+      a.width = (int64_t)ceil((double)a.out_width * a.scale) + 1;
+      a.height = (int64_t)ceil((double)a.out_height * a.scale) + 1;
+    }
+  }
   tessera_io_stats opened = ok ? io_now(slide) : (tessera_io_stats){0};
   ok = ok &&
             (a.locations ? read_locations(a.locations, &loc) : make_layout(&a, &info, &loc)) &&

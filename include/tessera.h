@@ -114,7 +114,9 @@ typedef struct tessera_open_options {
                                  TESSERA_REMOTE_REQUESTS, else 32 */
   int32_t remote_block_kib;   /* the block cache's block: bytes are fetched in aligned blocks
                                  of this many KiB; TESSERA_REMOTE_BLOCK_KIB, else 64 */
-  int64_t remote_cache_mib;   /* the slide's block cache of fetched bytes (LRU), MiB; 0: none
+  int64_t remote_cache_mib;   /* the block cache of fetched bytes (LRU), MiB, a budget per
+                                 process: the remote slides open share the largest of theirs,
+                                 each holding at most an even share; 0: none for this slide
                                  (one request per read, no read-ahead);
                                  TESSERA_REMOTE_CACHE_MIB, else 64 */
 } tessera_open_options;
@@ -202,6 +204,11 @@ typedef struct tessera_io_stats {
   uint64_t bytes;       /* bytes those reads brought */
   uint64_t retries;     /* requests made again after a failure that may pass */
   uint64_t cache_hits;  /* reads served wholly by the slide's block cache (remote slides) */
+  /* Process-wide, whatever the slide: the bytes the block caches of all open remote slides
+   * hold now, and the budget they share (the largest remote_cache_mib among them, split
+   * evenly between them). */
+  uint64_t remote_cache_held;
+  uint64_t remote_cache_budget;
 } tessera_io_stats;
 
 /* Fills *stats (its struct_size must be set; see Conventions). Thread-safe. */

@@ -17,12 +17,15 @@
  *
  * A level of placed images (MIRAX, a Ventana BIF placed tile by tile) is not resampled from
  * tessera's tiles: each piece of a region is painted image by image as OpenSlide paints it,
- * from whole pixels and between them (tsr_mosaic_paint_region, source/mosaic_tiles.c).
+ * from whole pixels and between them (tsr_mosaic_paint_region, source/mosaic_tiles.c). Nor is
+ * a Leica level: OpenSlide paints each of its images from the region's origin truncated to a
+ * whole pixel of that image, past the level's edge too (tsr_paint_placed_openslide, region.c).
  *
  * Also here, tsr_os_read_region: OpenSlide's whole read_region (its 4096-pixel pieces, whole
  * and fractional), which libtessera-openslide and the Python extension (tessera.openslide) both
- * call, so the two fronts share one implementation. It uses tessera's public API and
- * tsr_malloc only, so it builds wherever the static libtessera is linked. */
+ * call, so the two fronts share one implementation. It uses tessera's public API, tsr_malloc
+ * and the two painters of placed images above (internal to libtessera), so it builds wherever
+ * the static libtessera is linked. */
 #include "fractional.h"
 
 #include <float.h>
@@ -30,7 +33,9 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "compat/pixman_float.h"
 #include "slide_internal.h"
+#include "region.h"
 #include "source/tile_source.h"
 
 void tsr_os_rgba_to_argb(uint32_t *px, size_t stride_px, int64_t w, int64_t h) {
@@ -59,20 +64,12 @@ static int64_t level0_of(int64_t l, double ds) {
   return v;
 }
 
-/* pixman's 8-bit channel to float (pixman_expand_to_float): times the float nearest 1/255. For
- * 255 that is exactly 1.0f, so an opaque pixel is the same whether cairo hands pixman its tile
- * as a8r8g8b8 (most formats) or x8r8g8b8 (NDPI). */
-static float unorm8_to_float(uint32_t v) { return (float)v * (1.0f / 255); }
+/* pixman's 8-bit channel to float and back (compat/pixman_float.h, shared with the mosaic
+ * codec). For 255 the float is exactly 1.0f, so an opaque pixel is the same whether cairo hands
+ * pixman its tile as a8r8g8b8 (most formats) or x8r8g8b8 (NDPI). */
+static float unorm8_to_float(uint32_t v) { return tsr_pixman_unorm8_to_float(v); }
 
-/* pixman's float_to_unorm for 8 bits: clamped, scaled by 256, truncated, 256 folded to 255. */
-static uint32_t float_to_unorm8(float f) {
-  if (f > 1.0f)
-    f = 1.0f;
-  if (f < 0.0f)
-    f = 0.0f;
-  uint32_t u = (uint32_t)(f * 256.0f);
-  return u - (u >> 8);
-}
+static uint32_t float_to_unorm8(float f) { return tsr_pixman_float_to_unorm8(f); }
 
 /* The floats of one premultiplied ARGB pixel, alpha first as pixman's argb_t. */
 static void expand(uint32_t px, float out[4]) {
@@ -311,14 +308,19 @@ static tessera_status paint_piece(tessera_slide *s, int32_t level, const struct 
   w -= tx;
   h -= ty;
   double lx = (double)x / g->downsample, ly = (double)y / g->downsample;
-  if (s->levels[level].source == &tsr_mosaic_tiles) {
+  bool mosaic = s->levels[level].source == &tsr_mosaic_tiles;
+  if (mosaic || strcmp(tessera_vendor(s), "leica") == 0) {
     /* Placed images (MIRAX, a BIF placed tile by tile): OpenSlide paints each from its own
      * position, past the level's edge too, and how pixman computes an image depends on the
-     * region (source/mosaic_tiles.c); from whole pixels and between them alike. */
+     * region (source/mosaic_tiles.c); from whole pixels and between them alike. Leica's
+     * images (one or several a level): each from its own whole pixel, the region's origin
+     * truncated image by image, past the level's edge too (region.c). */
     uint8_t *px = tsr_malloc((size_t)w * (size_t)h * 4);
     if (!px)
       return TESSERA_E_NOMEM;
-    tessera_status st = tsr_mosaic_paint_region(s, level, lx, ly, w, h, px, (size_t)w * 4);
+    tessera_status st =
+        mosaic ? tsr_mosaic_paint_region(s, level, lx, ly, w, h, px, (size_t)w * 4)
+               : tsr_paint_placed_openslide(s, level, lx, ly, w, h, px, (size_t)w * 4);
     for (int64_t j = 0; st == TESSERA_OK && j < h; j++)
       for (int64_t i = 0; i < w; i++) {
         const uint8_t *q = px + ((size_t)j * (size_t)w + (size_t)i) * 4;

@@ -364,6 +364,63 @@ tessera_status tsr_paint_canvas(const tessera_slide *s, int32_t level, const str
   return TESSERA_OK;
 }
 
+/* Where OpenSlide 3.4.1 starts an image placed at `origin` for a region from level coordinate
+ * l (its Leica paint_region: (l - origin) truncated toward zero, past the origin); false for
+ * a start so far off that the image cannot be in the region. */
+static bool placed_start(double l, int64_t origin, int64_t *start) {
+  double d = l - (double)origin;
+  if (!(d > -0x1p61 && d < 0x1p61))
+    return false;
+  *start = origin + (int64_t)d;
+  return true;
+}
+
+tessera_status tsr_paint_placed_openslide(const tessera_slide *s, int32_t level, double lx,
+                                          double ly, int64_t w, int64_t h, uint8_t *rgba,
+                                          size_t stride) {
+  if (!s || level < 0 || level >= s->nlevels || w < 1 || h < 1 || w > TSR_MAX_REGION_SIDE ||
+      h > TSR_MAX_REGION_SIDE || stride < (size_t)w * 4)
+    return tsr_error(TESSERA_E_ARGUMENT, "level %d, a %lldx%lld region", level, (long long)w,
+                     (long long)h);
+  struct tsr_canvas c = {.width = w, .height = h, .channels = 4, .fill = 0, .stride = stride,
+                         .dst = rgba};
+  tsr_canvas_fill(&c);
+  /* The images as levels whose extent is the image's whole (a copy of the slide's levels, for
+   * this read): OpenSlide paints an image past the level's edge. A widened image's edge tiles
+   * then decode further than tessera's own reads of them: the cache keeps them apart. */
+  size_t count = (size_t)s->nlevels + s->nassociated + s->nareas;
+  struct tsr_level *levels = tsr_malloc(count * sizeof *levels);
+  if (!levels)
+    return tsr_error(TESSERA_E_NOMEM, "out of memory for a region's levels");
+  memcpy(levels, s->levels, count * sizeof *levels);
+  tessera_slide wide = *s;
+  wide.levels = levels;
+  int32_t order[MAX_AREAS];
+  size_t n = area_order(s, level, order, MAX_AREAS);
+  struct tsr_tile_buffers *b = tsr_tile_buffers_get();
+  tessera_status st =
+      b ? TESSERA_OK : tsr_error(TESSERA_E_NOMEM, "out of memory for tile buffers");
+  for (size_t i = 0; i < n && st == TESSERA_OK; i++) {
+    struct tsr_level *lv = &levels[order[i]];
+    if (lv->image_w > 0) {
+      int64_t ex = lv->origin_x + lv->image_w, ey = lv->origin_y + lv->image_h;
+      bool widened = ex > lv->width || ey > lv->height;
+      lv->width = ex > lv->width ? ex : lv->width;
+      lv->height = ey > lv->height ? ey : lv->height;
+      if (widened)
+        lv->directory ^= 0x80000000u;
+    }
+    /* each image from its own start, painted over the images after it in the chain */
+    if (!placed_start(lx, lv->origin_x, &c.lx) || !placed_start(ly, lv->origin_y, &c.ly))
+      continue;
+    st = paint_image(&wide, order[i], &c, b);
+  }
+  if (b)
+    tsr_tile_buffers_trim(b);
+  tsr_free(levels);
+  return st;
+}
+
 /* The tiles of one region, shared by the caller and the pool tasks of its group. Tiles are
  * claimed through `next` without a lock; each lands in its own part of the canvas. The job
  * lives on the heap and is freed by the last of the caller and the group's tasks to let go:

@@ -63,4 +63,14 @@ tessera_status tsr_read_level_rect(tessera_slide *s, int32_t level, int64_t lx, 
                                    const tessera_read_options *options, uint8_t *dst,
                                    size_t dst_size);
 
+/* For the OpenSlide fronts (openslide/fractional.c): w x h pixels of a level of placed images
+ * (Leica's, composite or not) as OpenSlide 3.4.1 paints them from level coordinate (lx, ly),
+ * into RGBA rows stride bytes apart. OpenSlide starts each image at its own whole pixel,
+ * origin + (lx - origin) truncated toward zero, and paints it whole, past the level's edge
+ * too; the first image of the chain shows where they overlap; transparent (0, 0, 0, 0) where
+ * none lies. tessera's own reads keep to the level (outside it is background). */
+tessera_status tsr_paint_placed_openslide(const tessera_slide *s, int32_t level, double lx,
+                                          double ly, int64_t w, int64_t h, uint8_t *rgba,
+                                          size_t stride);
+
 #endif

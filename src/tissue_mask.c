@@ -20,6 +20,8 @@
 
 /* PEN_CANDIDATE lasts only within classify. */
 enum pixel_class { NOT_TISSUE = 0, TISSUE = 1, EXCLUDED = 2, PEN_CANDIDATE = 3 };
+/* A tissue pixel's byte in the mask (from the threshold on; anything else is 0). */
+#define ON 255
 
 TESSERA_API void tessera_tissue_options_init_sized(tessera_tissue_options *o, size_t size) {
   static const tessera_tissue_options defaults = {
@@ -128,53 +130,36 @@ static const uint64_t ONES = 0x0101010101010101u, HIGHS = 0x8080808080808080u;
 #define TSR_VECTORISE
 #endif
 
-/* The classes from the values and the excluded pixels' bits (bit i & 7 of bits[i >> 3]):
- * EXCLUDED, else TISSUE where the value is above t, else NOT_TISSUE; in place. */
+/* The mask's bytes from the values and the excluded pixels' bits (bit i & 7 of bits[i >> 3]):
+ * ON (255) where the value is above t and the pixel is not excluded, else 0; in place. `on`
+ * says how many values are above t (the histogram knows); returns how many are ON. */
 TSR_VECTORISE static void above(uint8_t *restrict value, size_t n, uint8_t t) {
   for (size_t i = 0; i < n; i++)
-    value[i] = value[i] > t;
+    value[i] = (uint8_t) - (value[i] > t);
 }
 
-static void threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t) {
-  above(value, n, t);
+static size_t threshold(uint8_t *value, const uint8_t *bits, size_t n, uint8_t t, size_t on) {
   size_t i = 0;
+  above(value, n, t);
 #ifdef SWAR
   for (; i + 8 <= n; i += 8) {
     if (!bits[i >> 3]) /* none excluded: most of them */
       continue;
-    /* Bit k of the byte to byte k (0 or 1). */
+    /* Bit k of the byte to byte k (0 or 0xff). */
     uint64_t x, spread = ((uint64_t)bits[i >> 3] * ONES) & 0x8040201008040201u;
-    uint64_t ex = ((spread + 0x7f7f7f7f7f7f7f7fu) & HIGHS) >> 7;
+    uint64_t ex = (((spread + 0x7f7f7f7f7f7f7f7fu) & HIGHS) >> 7) * 0xff;
     memcpy(&x, value + i, 8);
-    x = (x & ~(ex * 0xff)) | ex * EXCLUDED;
+    on -= (size_t)__builtin_popcountll(x & ex) >> 3;
+    x &= ~ex;
     memcpy(value + i, &x, 8);
   }
 #endif
   for (; i < n; i++)
-    if (bits[i >> 3] >> (i & 7) & 1)
-      value[i] = EXCLUDED;
-}
-
-/* Tissue (TISSUE) to 255, anything else to 0; returns how many are tissue. */
-TSR_VECTORISE static size_t to_bytes(uint8_t *restrict cls, size_t n) {
-  size_t tissue = 0;
-  for (size_t i = 0; i < n; i++) {
-    uint8_t t = cls[i] == TISSUE;
-    tissue += t;
-    cls[i] = (uint8_t)-t;
-  }
-  return tissue;
-}
-
-/* Histograms of bytes, four interleaved: pixels of one colour (glass) would otherwise make
- * every increment wait for the one before. */
-struct hist4 {
-  uint64_t h[4][256];
-};
-
-static void hist4_sum(const struct hist4 *q, uint64_t out[256]) {
-  for (int v = 0; v < 256; v++)
-    out[v] = q->h[0][v] + q->h[1][v] + q->h[2][v] + q->h[3][v];
+    if (bits[i >> 3] >> (i & 7) & 1) {
+      on -= value[i] == ON;
+      value[i] = 0;
+    }
+  return on;
 }
 
 /* The first i from i (or n) with p[i] == v: eight bytes a step (no byte of the word equal to v
@@ -222,8 +207,9 @@ TSR_INLINE int next_byte(const uint8_t *p, int i, int n, uint8_t v) {
     uint8_t excluded = (uint8_t)((d <= tol) | ((mx <= black) & black_on));                  \
     uint8_t pen = (uint8_t)((excluded ^ 1) & (s_ >= pen_sat) & pen_on & (s_ > 0));          \
     pen_any |= pen;                                                                         \
+    dim += (uint8_t)((mx < DARKFIELD_MEDIAN) & w7[i]);                                      \
     excluded_any |= excluded;                                                               \
-    sat[i] = s_;                                                                            \
+    sat[i] = (uint8_t)(s_ & (uint8_t)((excluded & zero_ex) - 1));                           \
     cls[i] = (uint8_t)(excluded * EXCLUDED + pen * PEN_CANDIDATE);                          \
   } while (0)
 
@@ -235,11 +221,13 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
                                          const uint8_t *restrict b, int nb, uint8_t bg,
                                          uint8_t tol, uint8_t black, uint8_t black_on,
                                          uint8_t pen_sat, uint8_t pen_on,
-                                         uint8_t *restrict cls, uint8_t *restrict sat,
-                                         uint8_t *any_pen, uint8_t *any_excluded) {
-  uint8_t pen_any = 0, excluded_any = 0;
+                                         uint8_t zero_ex, uint8_t *restrict cls, uint8_t *restrict sat,
+                                         const uint8_t *restrict w7, uint8_t *dims, uint8_t *any_pen,
+    uint8_t *any_excluded) {
+  uint8_t pen_any = 0, excluded_any = 0, dim = 0;
   for (int i = 0; i < nb; i++)
     CLASSIFY_PIXEL(r[i], g[i], b[i]);
+  *dims = dim;
   *any_pen = pen_any;
   *any_excluded = excluded_any;
 }
@@ -251,15 +239,78 @@ TSR_VECTORISE static void classify_block(const uint8_t *restrict r, const uint8_
  * them apart first. The same arithmetic. */
 TSR_VECTORISE __attribute__((target("avx2"))) static void classify_rgb_avx2(
     const uint8_t *restrict rgb, int nb, uint8_t bg, uint8_t tol, uint8_t black,
-    uint8_t black_on, uint8_t pen_sat, uint8_t pen_on, uint8_t *restrict cls,
-    uint8_t *restrict sat, uint8_t *any_pen, uint8_t *any_excluded) {
-  uint8_t pen_any = 0, excluded_any = 0;
+    uint8_t black_on, uint8_t pen_sat, uint8_t pen_on, uint8_t zero_ex, uint8_t *restrict cls,
+    uint8_t *restrict sat, const uint8_t *restrict w7, uint8_t *dims, uint8_t *any_pen,
+    uint8_t *any_excluded) {
+  uint8_t pen_any = 0, excluded_any = 0, dim = 0;
   for (int i = 0; i < nb; i++)
     CLASSIFY_PIXEL(rgb[3 * i], rgb[3 * i + 1], rgb[3 * i + 2]);
+  *dims = dim;
   *any_pen = pen_any;
   *any_excluded = excluded_any;
 }
 #endif
+
+/* What a block of n RGB pixels (bytes p[0 .. 3n)) holds, in one vectorised look: the largest
+ * and smallest difference of a byte from bg, the smallest byte, and whether any pixel is not
+ * grey (R, G and B not all equal). Blocks of glass, all background or all one grey, then need
+ * no classifying. Reads the byte after the block too (RGB_SLACK). */
+struct block_look {
+  uint8_t far, near, low, colour;
+};
+
+/* Constant tables (no set-up to race over between threads). SAME_PIXEL[j]: 0xff where bytes
+ * j and j + 1 of interleaved RGB are of one pixel, else 0; SEVENTHS[j]: 1 where j is a multiple
+ * of 7. */
+#define X4(a) a, a, a, a
+#define X10(a) a, a, a, a, a, a, a, a, a, a
+_Static_assert(BLOCK == 256, "SAME_PIXEL holds 256 pixels");
+#define PIXEL 0xff, 0xff, 0
+#define WEEK 1, 0, 0, 0, 0, 0, 0
+static const uint8_t SAME_PIXEL[3 * BLOCK] = {X4(X4(X4(X4(PIXEL))))};
+static const uint8_t SEVENTHS[280] = {X4(X10(WEEK))}; /* >= BLOCK + 7 */
+#undef X4
+#undef X10
+#undef PIXEL
+#undef WEEK
+
+#define LOOK_BODY                                                                           \
+  uint8_t far = 0, near = 255, low = 255, colour = 0;                                       \
+  for (int j = 0; j < n3; j++) {                                                            \
+    uint8_t v = p[j], d = v > bg ? v - bg : bg - v;                                         \
+    far = far > d ? far : d;                                                                \
+    near = near < d ? near : d;                                                             \
+    low = low < v ? low : v;                                                                \
+  }                                                                                         \
+  for (int j = 0; j < n3; j++) /* (p[n3] is read, but same[n3 - 1] is 0) */               \
+    colour |= (uint8_t)((p[j] ^ p[j + 1]) & same[j]);                                       \
+  out->far = far;                                                                           \
+  out->near = near;                                                                         \
+  out->low = low;                                                                           \
+  out->colour = colour;
+
+TSR_VECTORISE static void look(const uint8_t *restrict p, int n3, uint8_t bg,
+                               const uint8_t *restrict same, struct block_look *out) {
+  LOOK_BODY
+}
+
+#ifdef TSR_CLASSIFY_AVX2
+TSR_VECTORISE __attribute__((target("avx2"))) static void look_avx2(
+    const uint8_t *restrict p, int n3, uint8_t bg, const uint8_t *restrict same,
+    struct block_look *out) {
+  LOOK_BODY
+}
+#endif
+
+/* Bits [i, i + n) set. */
+static void set_bits(uint8_t *bits, size_t i, size_t n) {
+  for (; n && i % 8; i++, n--)
+    bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+  memset(bits + (i >> 3), 0xff, n >> 3);
+  i += n & ~(size_t)7;
+  for (n &= 7; n; i++, n--)
+    bits[i >> 3] |= (uint8_t)(1u << (i & 7));
+}
 
 struct hist8 {
   uint32_t h[8][256]; /* n < 2^32 (the mask's limit) */
@@ -277,8 +328,9 @@ struct classifier {
    * (glass would swamp it); dark-field keeps them in: the black is the dark class Otsu is to
    * split from the signal. */
   struct hist8 h;
-  struct hist4 sample;   /* brightness of pixels 0, 7, 14, ... */
-  size_t sampled;
+  /* The brightness sample, pixels 0, 7, 14, ...: how many have a brightness (max of R, G,
+   * B) below DARKFIELD_MEDIAN. */
+  size_t dim;
 };
 
 static void classifier_init(struct classifier *k, const tessera_tissue_options *o, uint8_t bg,
@@ -317,24 +369,41 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
                             uint8_t *restrict bits, uint8_t *restrict value) {
   const tessera_tissue_options *o = k->o;
   uint8_t r[BLOCK], g[BLOCK], b[BLOCK], c[BLOCK];
-  /* The brightness sample: the pixels whose index is a multiple of 7. */
-  size_t sampled = k->sampled;
-  uint64_t(*sample)[256] = k->sample.h;
-  for (size_t i = (7 - i0 % 7) % 7; i < count; i += 7, sampled++) {
-    const uint8_t *p = rgb + 3 * i;
-    int mx = p[0] > p[1] ? (p[0] > p[2] ? p[0] : p[2]) : (p[1] > p[2] ? p[1] : p[2]);
-    sample[sampled & 3][mx]++;
-  }
-  k->sampled = sampled;
   uint32_t(*hist)[256] = k->h.h;
+  const uint8_t *same = SAME_PIXEL, *sevenths = SEVENTHS;
   for (size_t at = 0; at < count; at += BLOCK) {
     int nb = count - at < BLOCK ? (int)(count - at) : BLOCK;
     const uint8_t *p = rgb + 3 * at;
-    uint8_t *sat = value + i0 + at, any_pen, any_excluded;
+    uint8_t *sat = value + i0 + at, any_pen, any_excluded, dims;
+    /* The brightness sample's pixels in this block: w7[i] is 1 where i0 + at + i is a
+     * multiple of 7. */
+    const uint8_t *w7 = sevenths + (i0 + at) % 7;
+    if (!k->dark) {
+      /* Bright-field's blocks of glass (every channel of every pixel within the tolerance of
+       * the background): all excluded, with the value 0 that the histogram skips. Blocks of
+       * one grey, none of it near the background or black: saturation 0, none excluded. */
+      struct block_look l;
+#ifdef TSR_CLASSIFY_AVX2
+      if (k->avx2)
+        look_avx2(p, 3 * nb, k->bg, same, &l);
+      else
+#endif
+        look(p, 3 * nb, k->bg, same, &l);
+      bool glass = l.far <= k->tol;
+      if (glass || (!l.colour && l.near > k->tol && !(k->black_on && l.low <= k->black))) {
+        memset(sat, 0, (size_t)nb);
+        if (glass)
+          set_bits(bits, i0 + at, (size_t)nb);
+        if (l.low < DARKFIELD_MEDIAN) /* (else none is dim) */
+          for (int i = (int)((7 - (i0 + at) % 7) % 7); i < nb; i += 7)
+            k->dim += (p[3 * i] | p[3 * i + 1] | p[3 * i + 2]) < DARKFIELD_MEDIAN;
+        continue;
+      }
+    }
 #ifdef TSR_CLASSIFY_AVX2
     if (k->avx2) {
-      classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on, c,
-                        sat, &any_pen, &any_excluded);
+      classify_rgb_avx2(p, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
+                        !k->dark, c, sat, w7, &dims, &any_pen, &any_excluded);
     } else
 #endif
     {
@@ -344,8 +413,9 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
         b[i] = p[3 * i + 2];
       }
       classify_block(r, g, b, nb, k->bg, k->tol, k->black, k->black_on, k->pen_sat, k->pen_on,
-                     c, sat, &any_pen, &any_excluded);
+                     !k->dark, c, sat, w7, &dims, &any_pen, &any_excluded);
     }
+    k->dim += dims;
     /* Pen hues, only for the few pixels saturated enough to be ink. */
     for (int i = 0; any_pen && (i = next_byte(c, i, nb, PEN_CANDIDATE)) < nb; i++) {
       int rr = p[3 * i], gg = p[3 * i + 1], bb = p[3 * i + 2];
@@ -354,6 +424,8 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
       double h = hue(rr, gg, bb, mx, mn);
       bool pen = h >= o->pen_hue_min && h <= o->pen_hue_max;
       c[i] = pen ? EXCLUDED : NOT_TISSUE;
+      if (pen && !k->dark)
+        sat[i] = 0;
       any_excluded |= pen;
     }
     if (k->dark) /* brightness instead of saturation */
@@ -361,11 +433,16 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
         int mx = p[3 * i] > p[3 * i + 1] ? p[3 * i] : p[3 * i + 1];
         sat[i] = k->log_scale[mx > p[3 * i + 2] ? mx : p[3 * i + 2]];
       }
-    /* Every value into the histogram, then bright-field's excluded ones out again (few on
-     * most slides; glass, where it is excluded, comes in long runs that next_byte skips). */
+    /* The values into the histogram, but for the 0s (bin 0 is made up at the threshold from
+     * the pixels counted): bright-field's excluded pixels are 0 here (glass would swamp the
+     * histogram), and the glass's words of eight 0s are skipped. */
     int i = 0;
 #define BIN(j) hist[j][sat[i + j]]++
     for (; i + 8 <= nb; i += 8) {
+      uint64_t x;
+      memcpy(&x, sat + i, 8);
+      if (!x)
+        continue;
       BIN(0);
       BIN(1);
       BIN(2);
@@ -376,13 +453,10 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
       BIN(7);
     }
     for (; i < nb; i++)
-      hist[i & 7][sat[i]]++; /* the slot the correction below takes it from */
+      hist[i & 7][sat[i]]++;
 #undef BIN
     if (!any_excluded) /* the bits stay cleared */
       continue;
-    if (!k->dark)
-      for (i = 0; (i = next_byte(c, i, nb, EXCLUDED)) < nb; i++)
-        hist[i & 7][sat[i]]--;
     /* The block's classes (EXCLUDED or NOT_TISSUE) to bits: eight at a time where aligned. */
     size_t g0 = i0 + at;
     i = 0;
@@ -402,28 +476,41 @@ static void classify_pixels(struct classifier *k, const uint8_t *rgb, size_t i0,
 }
 
 /* Whether the sampled brightness says dark-field: its median below DARKFIELD_MEDIAN. */
-static bool sampled_dark(const struct classifier *k) {
-  uint64_t hist[256], below = 0;
-  hist4_sum(&k->sample, hist);
-  int median = 255;
-  for (int v = 0; v < 256; v++) {
-    below += hist[v];
-    if (2 * below >= k->sampled) {
-      median = v;
-      break;
-    }
-  }
-  return median < DARKFIELD_MEDIAN;
+static bool sampled_dark(const struct classifier *k, size_t n) {
+  /* The median is below it when at least half the sample is. */
+  return 2 * k->dim >= (n + 6) / 7;
+}
+
+/* How many values are above t: every pixel's value is in the histogram, but for
+ * bright-field's excluded pixels, whose value is 0. */
+static size_t count_above(const struct classifier *k, int t) {
+  size_t above = 0;
+  for (int v = t + 1; v < 256; v++)
+    for (int j = 0; j < 8; j++)
+      above += k->h.h[j][v];
+  return above;
 }
 
 /* Otsu's threshold of the histogram, at least min_threshold. */
-static int classifier_threshold(const struct classifier *k) {
-  uint64_t hist[256];
-  for (int v = 0; v < 256; v++) {
+static int classifier_threshold(const struct classifier *k, size_t n, const uint8_t *bits) {
+  uint64_t hist[256], counted = n, rest = 0;
+  if (!k->dark) { /* bright-field counts the pixels not excluded */
+    size_t i = 0, nbits = n / 8 + 1;
+    for (; i + 8 <= nbits; i += 8) {
+      uint64_t x;
+      memcpy(&x, bits + i, 8);
+      counted -= (uint64_t)__builtin_popcountll(x);
+    }
+    for (; i < nbits; i++)
+      counted -= (uint64_t)__builtin_popcount(bits[i]);
+  }
+  for (int v = 1; v < 256; v++) {
     hist[v] = 0;
     for (int j = 0; j < 8; j++)
       hist[v] += k->h.h[j][v];
+    rest += hist[v];
   }
+  hist[0] = counted - rest;
   int t = otsu(hist);
   return t < k->o->min_threshold ? k->o->min_threshold : t;
 }
@@ -432,6 +519,7 @@ static int classifier_threshold(const struct classifier *k) {
  * classified while in the cache, and the level is never held whole): a row of tiles (of
  * strips), or as many rows as fit this many bytes where that is more. */
 #define BAND_BYTES ((size_t)1 << 20)
+#define RGB_SLACK 64 /* bytes after the pixels, which look() may read */
 
 /* Reads the mask's pixels (level `level` at `scale`) and classifies them. */
 static tessera_status read_and_classify(tessera_slide *s, int32_t level, double scale,
@@ -441,13 +529,15 @@ static tessera_status read_and_classify(tessera_slide *s, int32_t level, double 
   if (scale != 1.0) { /* the area average, held whole (it is the mask's size) */
     tessera_status st = TESSERA_OK;
     if (!*rgb) {
-      if (!(*rgb = tsr_malloc(row * (size_t)h)))
+      if (!(*rgb = tsr_malloc(row * (size_t)h + RGB_SLACK)))
         return tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask",
                          (long long)w, (long long)h);
       st = tsr_read_area(s, level, 0, 0, scale, scale, w, h, 3, -1, workers, *rgb, row);
     }
-    if (st == TESSERA_OK)
+    if (st == TESSERA_OK) {
+      memset(*rgb + row * (size_t)h, 0, RGB_SLACK);
       classify_pixels(k, *rgb, 0, (size_t)w * (size_t)h, bits, value);
+    }
     return st;
   }
   int64_t tile_h = s->levels[level].tile_h ? s->levels[level].tile_h : 1;
@@ -456,8 +546,9 @@ static tessera_status read_and_classify(tessera_slide *s, int32_t level, double 
     rows = tile_h;
   if (rows > h)
     rows = h;
-  if (!*rgb && !(*rgb = tsr_malloc(row * (size_t)rows)))
+  if (!*rgb && !(*rgb = tsr_malloc(row * (size_t)rows + RGB_SLACK)))
     return tsr_error(TESSERA_E_NOMEM, "out of memory for a tissue mask's band of rows");
+  memset(*rgb + row * (size_t)rows, 0, RGB_SLACK);
   for (int64_t y = 0; y < h; y += rows) {
     int64_t n = h - y < rows ? h - y : rows;
     tessera_status st = tsr_read_area(s, level, 0, y, 1.0, 1.0, w, n, 3, -1, workers, *rgb, row);
@@ -490,7 +581,7 @@ static uint32_t find(struct run *r, uint32_t i) {
   return i;
 }
 
-/* The first x from x0 (or w) where (row[x] == TISSUE) != tissue: eight pixels a step where
+/* The first x from x0 (or w) where (row[x] == ON) != tissue: eight pixels a step where
  * they are all alike (glass, or a tissue's inside), pixel by pixel near a change. */
 TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
 #ifdef SWAR
@@ -500,7 +591,7 @@ TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
     uint64_t v[4], stop = 0;
     memcpy(v, row + x, 32);
     for (int j = 0; j < 4; j++) {
-      uint64_t t = v[j] ^ ones * TISSUE;
+      uint64_t t = ~v[j];
       stop |= tissue ? t : (t - ones) & ~t & highs;
     }
     if (stop)
@@ -509,7 +600,7 @@ TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
   for (; x + 8 <= w; x += 8) {
     uint64_t v;
     memcpy(&v, row + x, 8);
-    v ^= ones * TISSUE; /* bytes of tissue are now 0 */
+    v = ~v; /* bytes of tissue are now 0 */
     /* Bytes that end the run: non-zero ones for tissue, zero ones (their high bit set here,
      * exact for the lowest such byte) otherwise. */
     uint64_t stop = tissue ? v : (v - ones) & ~v & highs;
@@ -517,18 +608,19 @@ TSR_INLINE int64_t scan(const uint8_t *row, int64_t x, int64_t w, bool tissue) {
       return x + (__builtin_ctzll(stop) >> 3);
   }
 #endif
-  while (x < w && (row[x] == TISSUE) == tissue)
+  while (x < w && (row[x] == ON) == tissue)
     x++;
   return x;
 }
 
-/* Connected components of pixels whose class is (or is not, when `of_tissue` is false)
- * TISSUE: a component smaller than min_pixels is flipped (tissue specks dropped; holes, not
- * touching the edge, filled where they are NOT_TISSUE). 8-connected for tissue, 4 for holes,
+/* Connected components of the mask's pixels that are (or are not, when `of_tissue` is false)
+ * ON: a component smaller than min_pixels is flipped (tissue specks dropped; holes, not
+ * touching the edge, filled where they are not excluded by `bits`), *on counting the ON
+ * pixels. 8-connected for tissue, 4 for holes,
  * so a diagonal line of tissue closes a hole. Works on runs of rows joined by union-find, so
  * the wide glass costs a few runs, not a visit per pixel. False when out of memory. */
-static bool sweep(uint8_t *cls, int64_t w, int64_t h, bool of_tissue, double min_pixels,
-                  struct runs *rs) {
+TSR_INLINE bool sweep_of(uint8_t *cls, const uint8_t *bits, int64_t w, int64_t h, bool of_tissue,
+                         double min_pixels, struct runs *rs, size_t *on) {
   uint32_t n = 0, prev0 = 0, prev1 = 0; /* runs of the previous row: [prev0, prev1) */
   struct run *runs = rs->r;
   int64_t reach = of_tissue ? 1 : 0;     /* diagonal neighbours join tissue */
@@ -578,15 +670,26 @@ static bool sweep(uint8_t *cls, int64_t w, int64_t h, bool of_tissue, double min
     uint32_t root = find(runs, i);
     if ((double)runs[root].area >= min_pixels || (!of_tissue && runs[root].edge))
       continue;
-    uint8_t *px = cls + (size_t)runs[i].y * (size_t)w;
-    for (uint32_t x = runs[i].x0; x < runs[i].x1; x++) {
-      if (of_tissue)
-        px[x] = NOT_TISSUE;
-      else if (px[x] == NOT_TISSUE)
-        px[x] = TISSUE;
+    size_t at = (size_t)runs[i].y * (size_t)w;
+    if (of_tissue) {
+      memset(cls + at + runs[i].x0, 0, runs[i].x1 - runs[i].x0);
+      *on -= runs[i].x1 - runs[i].x0;
+    } else {
+      for (size_t x = at + runs[i].x0; x < at + runs[i].x1; x++)
+        if (!(bits[x >> 3] >> (x & 7) & 1)) {
+          cls[x] = ON;
+          ++*on;
+        }
     }
   }
   return true;
+}
+
+/* sweep_of for each value of of_tissue, so that its scans test no flag. */
+static bool sweep(uint8_t *cls, const uint8_t *bits, int64_t w, int64_t h, bool of_tissue,
+                  double min_pixels, struct runs *rs, size_t *on) {
+  return of_tissue ? sweep_of(cls, bits, w, h, true, min_pixels, rs, on)
+                   : sweep_of(cls, bits, w, h, false, min_pixels, rs, on);
 }
 
 TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
@@ -656,7 +759,7 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   bool dark = o.mode == TESSERA_TISSUE_DARKFIELD;
   classifier_init(k, &o, s->background, dark);
   st = read_and_classify(s, level, scale, w, h, o.num_workers, &rgb, k, bits, cls);
-  if (st == TESSERA_OK && o.mode == TESSERA_TISSUE_AUTO && sampled_dark(k)) {
+  if (st == TESSERA_OK && o.mode == TESSERA_TISSUE_AUTO && sampled_dark(k, n)) {
     dark = true;
     classifier_init(k, &o, s->background, dark);
     memset(bits, 0, n / 8 + 1);
@@ -664,17 +767,17 @@ TESSERA_API tessera_status tessera_tissue_mask(tessera_slide *s,
   }
   if (st != TESSERA_OK)
     goto done;
-  m->threshold = classifier_threshold(k);
-  threshold(cls, bits, n, (uint8_t)m->threshold);
+  m->threshold = classifier_threshold(k, n, bits);
+  size_t tissue =
+      threshold(cls, bits, n, (uint8_t)m->threshold, count_above(k, m->threshold));
   /* Mask pixels per unit of area: square micrometres, or square level-0 pixels. */
   double unit = mpp0 > 0.0 ? (d * mpp0) * (d * mpp0) : d * d;
-  if (!sweep(cls, w, h, true, o.min_tissue_area / unit, &runs) ||
-      !sweep(cls, w, h, false, o.max_hole_area / unit, &runs)) {
+  if (!sweep(cls, bits, w, h, true, o.min_tissue_area / unit, &runs, &tissue) ||
+      !sweep(cls, bits, w, h, false, o.max_hole_area / unit, &runs, &tissue)) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a %lld x %lld tissue mask", (long long)w,
                    (long long)h);
     goto done;
   }
-  size_t tissue = to_bytes(cls, n);
   m->data = cls;
   cls = NULL;
   m->width = w;

@@ -383,13 +383,25 @@ def test_not_an_scn_document_is_generic_tiff_as_for_openslide(lib, tmp_path, pie
 
 
 def test_openslide_dropin_reads_as_openslide(lib, files, tmp_path):
-    """openslide-python over tessera's libopenslide.so.0 against Debian's OpenSlide: levels,
-    every property, the macro, and the regions of level 0 (OpenSlide's smaller Leica levels
-    have fractional downsamples; where a region starts between their pixels the drop-in
-    resamples, as OpenSlide does for other formats and not for Leica)."""
+    """Both OpenSlide fronts (openslide-python over tessera's libopenslide.so.0, and
+    tessera.openslide) against Debian's OpenSlide: levels, every property, the macro, and
+    every region of every level byte for byte. OpenSlide's smaller Leica levels have
+    fractional downsamples; where a region starts between their pixels OpenSlide does not
+    resample (as it does for other formats) but starts the image at a whole pixel, the origin
+    less the image's offset truncated toward zero, and so do the fronts."""
     import openslide_dropin as D
+    import tessera.openslide
     got = D.reads([files["scn"], files["old"]], tmp_path)
-    D.check_reads_equal(got, lambda real, key: key[1] == 0, 6)
+    D.check_reads_equal(got, lambda real, key: True, 20)
+    between = 0
+    for path, (real, _) in got.items():
+        front = tessera.openslide.OpenSlide(path)
+        for (dims, level, x, y, w, h), want in real["regions"].items():
+            px = np.asarray(front.read_region((x, y), level, (w, h)))
+            assert px.tobytes() == want, (path, level, x, y, w, h)
+            a = np.frombuffer(want, np.uint8).reshape(h, w, 4)[..., 3]
+            between += int(not D.whole_pixel(real, level, x, y) and (a == 255).any())
+    assert between >= 4, between
 
 
 @pytest.mark.parametrize("fraction", [0.02, 0.1, 0.3, 0.6, 0.9, 0.999])
@@ -665,15 +677,81 @@ def test_composited_properties_equal_openslides(lib, multi, name):
     assert "tessera.region[%d].x" % n not in props
 
 
-def test_composited_through_the_dropin(lib, multi, tmp_path):
-    """openslide-python over tessera's libopenslide.so.0: every property (quickhash-1 of the
-    macro, as OpenSlide hashes a slide of several main images), levels, the macro, and the
-    regions whose start is a whole pixel of their level."""
+def test_composited_through_the_dropin(lib, multi, mains, tmp_path):
+    """Both OpenSlide fronts over tessera (openslide-python over libtessera-openslide, and
+    tessera.openslide) give OpenSlide 3.4.1's every property (quickhash-1 of the macro, as
+    OpenSlide hashes a slide of several main images), levels, the macro, and every region
+    byte for byte: regions past the level's edge (where OpenSlide paints an image reaching
+    past the collection's edge beyond the level, "past-the-edge"), and regions at levels 1
+    and 2 from an origin between the level's pixels (OpenSlide starts each image at its own
+    whole pixel, the origin truncated image by image)."""
     import openslide_dropin as D
-    # (not "past-the-edge": where an image reaches past the level, OpenSlide paints it beyond
-    # the level's edge, and tessera keeps to the level)
-    got = D.reads([multi[n] for n in sorted(MULTI) if n != "past-the-edge"], tmp_path)
-    D.check_reads_equal(got, lambda real, key: D.whole_pixel(real, key[1], key[2], key[3]), 6)
+    import tessera.openslide
+    got = D.reads([multi[n] for n in sorted(MULTI)], tmp_path)
+    D.check_reads_equal(got, lambda real, key: True, 20)
+    beyond = between = 0
+    for name in sorted(MULTI):
+        path = multi[name]
+        real = got[path][0]
+        front = tessera.openslide.OpenSlide(path)
+        regions = dict(real["regions"])
+        # and across each image's corners, at each level, from origins between pixels
+        o = osl(path)
+        for level, (nmpp, offs) in enumerate(_placement(mains, MULTI[name])):
+            ds = o.level_downsamples[level]
+            (W, H) = o.level_dimensions[level]
+            for n, ((ox, oy), (key, _)) in enumerate(zip(offs, MULTI[name])):
+                ih, iw = mains[key][level].shape[:2]
+                for lx, ly in ((ox - 7, oy - 5), (ox + iw - 40, oy + ih - 30)):
+                    for fx, fy in ((0, 0), (0.5, 0.25), (0.75, 0)) if level else ((0, 0),):
+                        x, y = int((lx + fx) * ds), int((ly + fy) * ds)
+                        k = ((W, H), level, x, y, 90, 70)
+                        regions[k] = o.read_region((x, y), level, (90, 70)).tobytes()
+        for (dims, level, x, y, w, h), want in regions.items():
+            got_px = np.asarray(front.read_region((x, y), level, (w, h)))
+            assert got_px.tobytes() == want, (name, level, x, y, w, h)
+            a = np.frombuffer(want, np.uint8).reshape(h, w, 4)[..., 3]
+            ds = real["levels"][level][1]
+            lx, ly = int(x / ds), int(y / ds)
+            W, H = dims
+            if x >= 0 and y >= 0:
+                beyond += int(a[:, max(W - lx, 0):].any() or a[max(H - ly, 0):].any())
+            between += int(level > 0 and (x % ds != 0 or y % ds != 0) and (a == 255).any())
+    # some regions show pixels past the level's edge, some are painted between pixels
+    assert beyond >= 3 and between >= 10, (beyond, between)
+
+
+def test_past_the_edge_front_and_own_reads_in_turns(lib, multi, mains):
+    """In one process (one tile cache), tessera's own reads (cut at the level's edge) and
+    tessera.openslide's (painted past it, as OpenSlide) of the tiles an image has across the
+    level's edge, in turns: each gives its own pixels, whichever read cached the tile first."""
+    import tessera
+    import tessera.openslide
+    path = multi["past-the-edge"]
+    o = osl(path)
+    places = _placement(mains, MULTI["past-the-edge"])
+    for level in range(3):
+        bx, by = places[level][1][1]
+        W, H = o.level_dimensions[level]
+        ds = o.level_downsamples[level]
+        x, y = max(W - 150, bx + 5), max(H - 120, by + 5)  # across the corner, inside b
+        cw, ch = W - x, H - y  # the part inside the level
+        assert 0 < cw < 300 and 0 < ch < 240
+        # level-0 coordinates on level pixel (x, y) for tessera (floor) and OpenSlide alike
+        X, Y = math.ceil(x * ds), math.ceil(y * ds)
+        want = np.asarray(o.read_region((X, Y), level, (300, 240)))
+        assert (want[ch:, cw:, 3] == 255).any()  # b past the level's corner
+        front = tessera.openslide.OpenSlide(path)
+        with tessera.CuImage(path) as img:
+            for turn in range(4):
+                own = np.asarray(img.read_region((X, Y), (300, 240), level,
+                                                 channels=4))
+                got = np.asarray(front.read_region((X, Y), level,
+                                                   (300, 240)))
+                assert np.array_equal(got, want), (level, turn)
+                assert (own[ch:, :, 3] == 0).all() and (own[:, cw:, 3] == 0).all()
+                assert np.array_equal(own[:ch, :cw], want[:ch, :cw]), (level, turn)
+        front.close()
 
 
 def _multi_locations(s):

@@ -93,6 +93,40 @@ def test_pixels_over_http_equal_the_local_file(srv, name):
         assert s.requests == srv.count(name) and s.retries == 0
 
 
+def test_block_caches_share_one_budget_per_process(srv):
+    """The compressed-byte block cache is bounded per process (issue 19): remote slides open
+    together share remote_cache_mib (the largest among them), so three slides hold at most one
+    budget, not three; each still reads its local file's pixels; closing them frees it all."""
+    import gc
+    gc.collect()  # no slide of an earlier test left open
+    names = ["big.tif", VIPS + ".tif", "aperio-jpeg-CMU-1-Small-Region.svs"]
+    budget = 2 << 20
+    slides = []
+    for name in names:
+        st, msg, slide = open_url(srv.url(name), remote_cache_mib=2)
+        assert st == T.OK, msg
+        slides.append(slide)
+    most = 0
+    try:
+        for name, slide in zip(names, slides):
+            with T.open_slide(srv.local[name]) as ref:
+                assert remote_compare.compare_ctypes(ref, slide, regions=6, patches=48) > 0
+            for other in slides:
+                s = io_stats(other)  # the process's figures, whichever slide is asked
+                assert s.remote_cache_budget == budget
+                assert 0 < s.remote_cache_held <= budget, (name, s.remote_cache_held)
+                most = max(most, s.remote_cache_held)
+        # each slide alone would have filled its 2 MiB: together they use the one budget
+        assert most > budget // 2, most
+    finally:
+        for slide in slides:
+            slide.close()
+    with T.open_slide(srv.local[names[0]]) as local:
+        s = io_stats(local)
+        assert s.remote_cache_held == 0 and s.remote_cache_budget == 0, (
+            s.remote_cache_held, s.remote_cache_budget)
+
+
 @pytest.mark.parametrize("name", ["aperio-jpeg-CMU-1-Small-Region.svs", VIPS + ".tif"])
 def test_pixels_without_the_block_cache(srv, name):
     """remote_cache_mib=0: one request per read, no read-ahead (the naive way), same pixels."""
@@ -445,6 +479,40 @@ def test_https_with_a_certificate_from_tessera_ca_bundle(tmp_path, monkeypatch):
         assert st == T.OK, msg
         with T.open_slide(path) as ref, slide:
             assert remote_compare.compare_ctypes(ref, slide, regions=2, patches=8) > 0
+
+
+def test_http2_where_the_server_offers_it(tmp_path, monkeypatch):
+    """HTTP/2 where the server offers it: a node http2 server over TLS (tests/http2_server.js,
+    which also takes HTTP/1.1) sees every request for the slide come in as HTTP/2, and the
+    pixels equal the local file's."""
+    import json as _json
+    import shutil
+    import ssl
+    import urllib.request
+    node = shutil.which("node") or shutil.which("nodejs")
+    assert node, "node is needed for the HTTP/2 server (./dev.sh test installs nodejs)"
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    wsi_fixtures.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                      "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                      "-keyout", key, "-out", cert])
+    path = os.path.join(TESTDATA, NAME)
+    server = subprocess.Popen([node, os.path.join(os.path.dirname(__file__), "http2_server.js"),
+                               str(cert), str(key), path], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        base = "https://127.0.0.1:%d" % port
+        monkeypatch.setenv("TESSERA_CA_BUNDLE", str(cert))
+        st, msg, slide = open_url(base + "/slide")
+        assert st == T.OK, msg
+        with T.open_slide(path) as ref, slide:
+            assert remote_compare.compare_ctypes(ref, slide, regions=2, patches=8) > 0
+        ctx = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(base + "/counts", context=ctx, timeout=10) as r:
+            counts = _json.loads(r.read())
+        assert counts.get("2.0", 0) > 0 and set(counts) == {"2.0"}, counts
+    finally:
+        server.kill()
+        server.wait()
 
 
 def test_dask_over_a_url(srv):

@@ -6,6 +6,7 @@ the one the rule picks (0.5 um/px on a 0.25 um/px slide: level 0 at 2x; with a 0
 level: that level as it is). Fixtures with set resolutions are written here (tifffile, vips).
 """
 
+import json
 import os
 import subprocess
 
@@ -258,3 +259,45 @@ def test_resample_area_arguments():
         tessera._tessera.resample(src, 1, 10, 10, 3, 5, 5, 2.5, 2.5)
     out = np.asarray(tessera._tessera.resample(src + 7, 1, 10, 10, 3, 5, 5, 2.0, 2.0))
     assert out.shape == (1, 5, 5, 3) and (out == 7).all()
+
+
+def test_cli_bench_at_mpp(cli, slides, jpeg_quarter_um, tmp_path):
+    """`tessera bench --mpp` reads what `tessera read --mpp` reads one patch at a time: the
+    same checksum (the sum of the R, G, B bytes of every patch), exact and --fast; a scale of
+    1 (0.5 um/px is the vips slide's level 1) reads the level as it is."""
+    from PIL import Image
+    locs = [(0, 0), (301, 203), (1001, 777), (77, 1001), (1399, 31)]
+    loc_file = tmp_path / "locations.txt"
+    loc_file.write_text("".join("%d %d\n" % xy for xy in locs))
+    out = str(tmp_path / "p.png")
+    cases = ((slides["no_half"], "0.6", False), (slides["vips"], "0.5", False),
+             (jpeg_quarter_um, "0.6", False), (jpeg_quarter_um, "0.6", True))
+    seen = set()
+    for path, mpp, fast in cases:
+        extra = ["--fast"] if fast else []
+        want = 0
+        for x, y in locs:
+            subprocess.run([cli, "read", path, "--location", "%d,%d" % (x, y), "--size",
+                            "150,100", "--mpp", mpp, "--output", out] + extra,
+                           check=True, capture_output=True)
+            want += int(np.asarray(Image.open(out))[..., :3].astype(np.uint64).sum())
+        p = subprocess.run([cli, "bench", path, "--locations", str(loc_file), "--size",
+                            "150,100", "--mpp", mpp, "--batch-size", "2", "--workers", "2",
+                            "--json"] + extra, capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        doc = json.loads(p.stdout)
+        assert doc["patches"] == len(locs) and doc["size"] == [150, 100]
+        assert doc["mpp"] == float(mpp) and doc["fast"] is fast
+        assert doc["checksum"] == want, (path, mpp, fast)
+        seen.add(want)
+    assert len(seen) == len(cases)  # the cases read different pixels
+    bad = [(["--mpp", "0.5", "--level", "1"], 2), (["--fast"], 2)]
+    for extra, rc in bad:
+        p = subprocess.run([cli, "bench", slides["vips"], "--locations", str(loc_file),
+                            "--size", "8,8"] + extra, capture_output=True, text=True)
+        assert p.returncode == rc, (extra, p.stderr)
+    p = subprocess.run([cli, "bench", slides["nompp"], "--locations", str(loc_file), "--size",
+                        "8,8", "--mpp", "0.5"], capture_output=True, text=True)
+    assert p.returncode == 1 and "microns per pixel" in p.stderr
+    p = subprocess.run([cli, "bench", "--help"], capture_output=True, text=True)
+    assert "--mpp M" in p.stdout and "--fast" in p.stdout

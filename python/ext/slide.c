@@ -939,17 +939,21 @@ static PyObject *slide_io_stats(pyt_slide *self, PyObject *unused) {
   pyt_slide_release(self);
   if (st != TESSERA_OK)
     return pyt_raise(st);
-  return Py_BuildValue("{s:K,s:K,s:K,s:K}", "requests", (unsigned long long)io.requests,
+  return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "requests", (unsigned long long)io.requests,
                        "bytes", (unsigned long long)io.bytes, "retries",
                        (unsigned long long)io.retries, "cache_hits",
-                       (unsigned long long)io.cache_hits);
+                       (unsigned long long)io.cache_hits, "remote_cache_held",
+                       (unsigned long long)io.remote_cache_held, "remote_cache_budget",
+                       (unsigned long long)io.remote_cache_budget);
 }
 
 static PyMethodDef slide_methods[] = {
     {"io_stats", (PyCFunction)slide_io_stats, METH_NOARGS,
      "io_stats() -> dict: what reading the slide's bytes has cost so far: requests (HTTP "
      "requests with retries, file-object reads, preads), bytes, retries, cache_hits (reads "
-     "served by a remote slide's block cache)."},
+     "served by a remote slide's block cache), and, for the whole process, remote_cache_held "
+     "and remote_cache_budget (bytes all open remote slides' block caches hold, and the "
+     "budget they share)."},
     {"close", (PyCFunction)slide_close, METH_NOARGS,
      "close(): closes the slide once reads and iterators in flight are done with it. Arrays "
      "already read stay valid."},

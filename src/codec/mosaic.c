@@ -14,6 +14,7 @@
 
 #include "alloc.h"
 #include "codec/codec.h"
+#include "compat/pixman_float.h"
 #include "error.h"
 
 /* JPEG: rows and columns of the image decoded straight into RGBA rows stride bytes apart. */
@@ -210,16 +211,9 @@ static tessera_status decode_rect(const struct tsr_mosaic_part *p, const uint8_t
  * codec gives it (the level's alpha is associated); tsr_codec_postprocess divides colour by
  * alpha rounding down, as openslide-python does. */
 
-static float unorm8(uint8_t v) { return (float)v * (1.0f / 255.0f); }
+static float unorm8(uint8_t v) { return tsr_pixman_unorm8_to_float(v); }
 
-static uint8_t to_unorm8(float f) {
-  if (f > 1.0)
-    f = 1.0f;
-  if (f < 0.0)
-    f = 0.0f;
-  uint32_t u = (uint32_t)(f * 256.0f);
-  return (uint8_t)(u - (u >> 8));
-}
+static uint8_t to_unorm8(float f) { return tsr_pixman_float_to_unorm8(f); }
 
 static int64_t floor_fixed(int64_t v) { return v >= 0 ? v / 65536 : -((-v + 65535) / 65536); }
 

@@ -11,6 +11,14 @@
  * threads decode what has arrived. A reader needing a queued block takes it off the queue and
  * fetches it itself; one needing a block being fetched waits for it.
  *
+ * One budget per process: the caches of all open remote slides hold together at most the
+ * largest capacity among them (remote_cache_mib), each at most an even share of it (the budget
+ * over the number of caches open). Opening a cache lowers the others' shares and trims them
+ * to it before the new cache holds anything; a block that cannot be kept within its cache's
+ * share is not kept (the read that fetched it still has its bytes). So N open remote slides
+ * cost one budget, not N. The registry of caches has its own lock, always taken before a
+ * cache's lock.
+ *
  * Locking: `lock` guards the index, the states, the queue, the LRU list and the bytes held;
  * block data is copied out under it (blocks are a few hundred KiB). Inner reads happen without
  * it, on blocks marked LOADING by the thread fetching them, which no one else fetches or
@@ -52,7 +60,7 @@ struct block_source {
   struct tsr_byte_source *inner;
   uint64_t size;
   size_t block_bytes;
-  uint64_t capacity; /* bytes of READY blocks held at most */
+  uint64_t capacity; /* bytes of blocks held at most (remote_cache_mib); see share() */
   int nthreads;      /* prefetch threads to start; 0: no prefetch */
   /* Blocks fetched past a miss, while the slide is being opened (the TIFF walk reads forward
    * through directories and their arrays); 0 once open (block_opened), when reads are tiles
@@ -81,7 +89,32 @@ struct block_source {
   pid_t threads_pid;
   bool stop; /* under lock */
   struct tsr_fork_guard guard;
+  struct block_source *reg_next; /* the registry's list, under registry_lock */
 };
+
+/* The process's caches, their budget and each one's share of it. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct block_source *registry; /* under registry_lock */
+static size_t registered;             /* under registry_lock */
+static atomic_uint_fast64_t budget;   /* the largest capacity among the caches open */
+static atomic_uint_fast64_t share_of; /* budget / registered */
+static atomic_uint_fast64_t held_all; /* bytes all caches hold together */
+
+/* The bytes b may hold now: its share of the process's budget, at most its own capacity. */
+static uint64_t share(const struct block_source *b) {
+  uint64_t s = atomic_load_explicit(&share_of, memory_order_relaxed);
+  return s < b->capacity ? s : b->capacity;
+}
+
+static void count_held(struct block_source *b, int64_t delta) {
+  b->held += (uint64_t)delta;
+  atomic_fetch_add_explicit(&held_all, (uint64_t)delta, memory_order_relaxed);
+}
+
+void tsr_block_cache_usage(uint64_t *held, uint64_t *budget_bytes) {
+  *held = atomic_load_explicit(&held_all, memory_order_relaxed);
+  *budget_bytes = atomic_load_explicit(&budget, memory_order_relaxed);
+}
 
 static struct block **bucket(struct block_source *b, uint64_t index) {
   return &b->buckets[(index * 0x9e3779b97f4a7c15ull >> 20) & (b->nbuckets - 1)];
@@ -156,7 +189,7 @@ static void drop(struct block_source *b, struct block *k) {
     b->queued--;
   }
   if (k->data) /* READY, or LOADING and reserved */
-    b->held -= block_len(b, k->index);
+    count_held(b, -(int64_t)block_len(b, k->index));
   for (struct block **p = bucket(b, k->index); *p; p = &(*p)->chain)
     if (*p == k) {
       *p = k->chain;
@@ -180,20 +213,66 @@ static struct block *add(struct block_source *b, uint64_t index, enum state stat
 }
 
 /* Gives k (LOADING, no data yet) its memory, evicting the least recently used past the
- * capacity, and counts it held; out of memory drops it and returns false. Under lock. */
+ * cache's share, and counts it held; a block that does not fit the share (the others are being
+ * fetched) or out of memory drops it and returns false. Under lock. */
 static bool reserve(struct block_source *b, struct block *k) {
   if (k->data) /* reserved by a process that forked this one mid-copy: held already */
     return true;
   size_t len = block_len(b, k->index);
-  while (b->held + len > b->capacity && b->tail) /* evicted first: its memory may serve k */
+  uint64_t most = share(b);
+  while (b->held + len > most && b->tail) /* evicted first: its memory may serve k */
     drop(b, b->tail);
-  k->data = alloc_data(b, len);
+  k->data = b->held + len <= most ? alloc_data(b, len) : NULL;
   if (!k->data) {
     drop(b, k); /* LOADING: on no list, only in the index */
     return false;
   }
-  b->held += len;
+  count_held(b, (int64_t)len);
   return true;
+}
+
+/* Evicts b's least recently used blocks past its share, and gives their pages back (a cache
+ * whose share fell must not keep the memory of its larger one). Under b's lock. */
+static void trim(struct block_source *b) {
+  uint64_t most = share(b);
+  while (b->held > most && b->tail) {
+    struct block *k = b->tail;
+    uint8_t *data = k->data;
+    size_t len = block_len(b, k->index);
+    drop(b, k);
+    if (b->arena && data) {
+      long page = sysconf(_SC_PAGESIZE);
+      uintptr_t lo = ((uintptr_t)data + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+      uintptr_t hi = ((uintptr_t)data + len) & ~((uintptr_t)page - 1);
+      if (hi > lo)
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+    }
+  }
+}
+
+/* Sets the budget and the share after the registry changed, and trims every cache to its
+ * share. Under registry_lock. */
+static void rebalance(void) {
+  uint64_t most = 0;
+  for (struct block_source *c = registry; c; c = c->reg_next)
+    if (c->capacity > most)
+      most = c->capacity;
+  atomic_store(&budget, most);
+  atomic_store(&share_of, registered ? most / registered : 0);
+  for (struct block_source *c = registry; c; c = c->reg_next) {
+    pthread_mutex_lock(&c->lock);
+    trim(c);
+    pthread_mutex_unlock(&c->lock);
+  }
+}
+
+/* The registry's lock across fork: taken before any cache's (pthread_atfork runs the prepare
+ * handlers registered last first, and this is registered after the fork guards'). */
+static void registry_prepare(void) { pthread_mutex_lock(&registry_lock); }
+static void registry_parent(void) { pthread_mutex_unlock(&registry_lock); }
+static void registry_child(void) { pthread_mutex_init(&registry_lock, NULL); }
+static void registry_init(void) {
+  pthread_atfork(registry_prepare, registry_parent, registry_child);
 }
 
 /* Makes k (reserved, its data copied in) READY. Under lock. */
@@ -325,7 +404,7 @@ static void block_hint(const struct tsr_byte_source *src, uint64_t offset, uint6
     length = b->size - offset;
   uint64_t first = offset / b->block_bytes, last = (offset + length - 1) / b->block_bytes;
   /* Queued blocks are bounded by what the cache could hold once fetched. */
-  uint64_t most = b->capacity / b->block_bytes;
+  uint64_t most = share(b) / b->block_bytes;
   pthread_mutex_lock(&b->lock);
   bool queued = false;
   for (uint64_t i = first; i <= last && b->queued < most; i++) {
@@ -360,7 +439,7 @@ static tessera_status block_read_at(const struct tsr_byte_source *src, uint64_t 
     length = (size_t)(b->size - offset);
   uint64_t first = offset / b->block_bytes, last = (offset + length - 1) / b->block_bytes;
   /* A read larger than half the cache would evict what it is about to use: read it directly. */
-  if ((last - first + 1) * b->block_bytes > b->capacity / 2)
+  if ((last - first + 1) * b->block_bytes > share(b) / 2)
     return tsr_bytes_read_at(b->inner, offset, length, buffer, got);
   uint8_t *out = buffer;
   bool any_claimed = false, waited = false;
@@ -489,6 +568,14 @@ static void block_forked(void *arg) {
 static void block_close(struct tsr_byte_source *src) {
   struct block_source *b = (struct block_source *)src;
   tsr_fork_guard_remove(&b->guard);
+  pthread_mutex_lock(&registry_lock);
+  for (struct block_source **p = &registry; *p; p = &(*p)->reg_next)
+    if (*p == b) {
+      *p = b->reg_next;
+      registered--;
+      break;
+    }
+  pthread_mutex_unlock(&registry_lock);
   pthread_mutex_lock(&b->lock);
   b->stop = true;
   pthread_cond_broadcast(&b->work);
@@ -499,6 +586,11 @@ static void block_close(struct tsr_byte_source *src) {
   for (size_t i = 0; i < b->nbuckets; i++)
     while (b->buckets[i])
       drop(b, b->buckets[i]);
+  /* Its blocks gone, the others' shares grow (or shrink, with the budget, if it had the
+   * largest capacity). */
+  pthread_mutex_lock(&registry_lock);
+  rebalance();
+  pthread_mutex_unlock(&registry_lock);
   if (b->arena_map)
     munmap(b->arena_map, b->arena_map_len);
   tsr_free(b->free_slots);
@@ -517,7 +609,7 @@ static void block_opened(struct tsr_byte_source *src) {
 static uint64_t block_hint_room(const struct tsr_byte_source *src, uint64_t *granule) {
   const struct block_source *b = (const struct block_source *)src;
   *granule = b->block_bytes;
-  return b->nthreads ? b->capacity : 0;
+  return b->nthreads ? share(b) : 0;
 }
 
 static const struct tsr_byte_source_ops block_ops = {
@@ -587,6 +679,14 @@ tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_
   pthread_cond_init(&b->work, NULL);
   b->guard = (struct tsr_fork_guard){.lock = &b->lock, .child = block_forked, .arg = b};
   tsr_fork_guard_add(&b->guard);
+  static pthread_once_t registry_once = PTHREAD_ONCE_INIT;
+  pthread_once(&registry_once, registry_init); /* after the fork guards' own */
+  pthread_mutex_lock(&registry_lock);
+  b->reg_next = registry;
+  registry = b;
+  registered++;
+  rebalance(); /* the others trimmed to their new shares before this one holds anything */
+  pthread_mutex_unlock(&registry_lock);
   for (uint64_t i = 0; head && i * block_bytes < head_len; i++) {
     /* Whole blocks of the head only (the last one whole where the head is the object). */
     if ((i + 1) * block_bytes > head_len && head_len != b->size)

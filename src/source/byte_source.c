@@ -130,6 +130,7 @@ void tsr_byte_source_stats(const struct tsr_byte_source *src, tessera_io_stats *
     out->retries += atomic_load_explicit(&src->counters.retries, memory_order_relaxed);
     out->cache_hits += atomic_load_explicit(&src->counters.cache_hits, memory_order_relaxed);
   }
+  tsr_block_cache_usage(&out->remote_cache_held, &out->remote_cache_budget);
 }
 
 /* FNV-1a over text from a seed, finished by splitmix64's mixer so that the three seeds give

@@ -118,12 +118,14 @@ tessera_status tsr_http_source_open(const char *url, const struct tsr_http_auth 
                                     struct tsr_byte_source **out, uint8_t **head,
                                     size_t *head_len);
 
-/* An s3://bucket/key URL as the https:// URL to fetch (AWS_ENDPOINT_URL_S3 or
- * AWS_ENDPOINT_URL, path-style, else https://bucket.s3.REGION.amazonaws.com/key; REGION from
- * AWS_REGION or AWS_DEFAULT_REGION, else us-east-1) and how to sign its requests (credentials
- * from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, else the profile AWS_PROFILE
- * or "default" of AWS_SHARED_CREDENTIALS_FILE or ~/.aws/credentials; none: unsigned, for
- * public buckets). Everything made is in *s3 (free with tsr_s3_free). */
+/* An s3://bucket/key URL as the https:// URL to fetch (AWS_ENDPOINT_URL_S3,
+ * AWS_ENDPOINT_URL or the profile's endpoint_url, path-style, else
+ * https://bucket.s3.REGION.amazonaws.com/key; REGION from AWS_REGION, AWS_DEFAULT_REGION or
+ * the profile's region in AWS_CONFIG_FILE or ~/.aws/config, else us-east-1) and how to sign its
+ * requests (credentials from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, else
+ * the profile (AWS_PROFILE, AWS_DEFAULT_PROFILE or "default") of AWS_SHARED_CREDENTIALS_FILE
+ * or ~/.aws/credentials, else of the config file; none: unsigned, for public buckets), in the
+ * AWS CLI's order. Everything made is in *s3 (free with tsr_s3_free). */
 struct tsr_s3 {
   char *url, *shown, *sigv4, *userpwd, *token, *sha;
 };
@@ -142,6 +144,10 @@ tessera_status tsr_remote_source_open(const char *url, const tessera_open_option
  * most capacity_bytes of them (least recently used evicted), with up to prefetch_threads
  * threads fetching the blocks hinted at (tsr_bytes_hint); head (taken over, may be NULL)
  * holds the first head_len bytes of inner, kept as its first blocks. */
+/* The bytes all the process's block caches hold now, and the budget they share (the largest
+ * capacity among those open; each holds at most budget / caches open). */
+void tsr_block_cache_usage(uint64_t *held, uint64_t *budget);
+
 tessera_status tsr_block_cache_open(struct tsr_byte_source *inner, size_t block_bytes,
                                     uint64_t capacity_bytes, int prefetch_threads, uint8_t *head,
                                     size_t head_len, struct tsr_byte_source **out);

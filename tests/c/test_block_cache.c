@@ -163,6 +163,107 @@ static void random_reads(void) {
   tsr_byte_source_close(cache);
 }
 
+struct sampler {
+  atomic_bool stop;
+  uint64_t most; /* the most bytes all caches held together at any sample */
+};
+
+static void *sample_usage(void *arg) {
+  struct sampler *w = arg;
+  while (!atomic_load(&w->stop)) {
+    uint64_t held, budget;
+    tsr_block_cache_usage(&held, &budget);
+    if (held > w->most)
+      w->most = held;
+  }
+  return NULL;
+}
+
+/* One budget per process (issue 19: the compressed-byte cache "bounded, per process"): caches
+ * open together share the largest capacity among them, evenly, so N remote slides cost one
+ * budget and not N. A cache that filled its capacity alone is trimmed when others open;
+ * reading all of them at once from many threads never holds more than the budget, and reads
+ * the right bytes; closing the others gives the first its whole capacity back. */
+static void shared_budget(void) {
+  enum { N = 4, BLOCK = 4096 };
+  const uint64_t cap = 256 << 10, size = 1000 * 1000 + 3;
+  uint64_t held, budget;
+  tsr_block_cache_usage(&held, &budget);
+  CHECK(held == 0 && budget == 0, "no cache open, yet %llu held of %llu",
+        (unsigned long long)held, (unsigned long long)budget);
+  struct memory_source *m[N];
+  struct tsr_byte_source *c[N];
+  unsigned long long s = 9;
+  for (int i = 0; i < N; i++) {
+    uint8_t *bytes = malloc(size);
+    for (uint64_t k = 0; k < size; k++)
+      bytes[k] = (uint8_t)(test_rand(&s) >> 24);
+    m[i] = memory_source(bytes, size);
+  }
+  uint8_t *buf = malloc(20000);
+  /* The first, alone, fills its capacity. */
+  CHECK(tsr_block_cache_open(&m[0]->pub, BLOCK, cap, 2, NULL, 0, &c[0]) == TESSERA_OK, "open");
+  for (uint64_t off = 0; off < size; off += 20000) {
+    size_t got;
+    CHECK(tsr_bytes_read_at(c[0], off, 20000, buf, &got) == TESSERA_OK, "read");
+  }
+  tsr_block_cache_usage(&held, &budget);
+  CHECK(budget == cap && held > cap - 2 * BLOCK && held <= cap,
+        "one cache: %llu held of %llu", (unsigned long long)held, (unsigned long long)budget);
+  /* The others open (one with a smaller capacity: the budget stays the largest): the first is
+   * trimmed to its share before they hold anything. */
+  for (int i = 1; i < N; i++) {
+    CHECK(tsr_block_cache_open(&m[i]->pub, BLOCK, i == 2 ? cap / 2 : cap, 2, NULL, 0, &c[i]) ==
+              TESSERA_OK,
+          "open");
+    tsr_block_cache_usage(&held, &budget);
+    CHECK(budget == cap && held <= cap / (uint64_t)(i + 1),
+          "%d caches: %llu held of %llu", i + 1, (unsigned long long)held,
+          (unsigned long long)budget);
+  }
+  /* All read at once, two threads each, hinting too: never more than the budget held. */
+  struct sampler w = {.most = 0};
+  atomic_init(&w.stop, false);
+  pthread_t ws;
+  pthread_create(&ws, NULL, sample_usage, &w);
+  struct reader r[2 * N];
+  pthread_t t[2 * N];
+  for (int i = 0; i < 2 * N; i++) {
+    r[i] = (struct reader){.cache = c[i % N], .mem = m[i % N], .seed = 77 + (unsigned long long)i};
+    pthread_create(&t[i], NULL, read_randomly, &r[i]);
+  }
+  for (int i = 0; i < 2 * N; i++) {
+    pthread_join(t[i], NULL);
+    CHECK(r[i].wrong == 0 && r[i].failures_seen == 0, "reader %d: %d wrong, %d failed", i,
+          r[i].wrong, r[i].failures_seen);
+  }
+  atomic_store(&w.stop, true);
+  pthread_join(ws, NULL);
+  tsr_block_cache_usage(&held, &budget);
+  CHECK(w.most <= cap && held <= cap, "%d caches held %llu at most (now %llu) of a budget of %llu",
+        N, (unsigned long long)w.most, (unsigned long long)held, (unsigned long long)cap);
+  CHECK(held > cap / 2, "the caches hold only %llu of %llu: they do not use their shares",
+        (unsigned long long)held, (unsigned long long)cap);
+  /* The others closed, the first has the whole budget again. */
+  for (int i = 1; i < N; i++)
+    tsr_byte_source_close(c[i]);
+  for (uint64_t off = 0; off < size; off += 20000) {
+    size_t got;
+    CHECK(tsr_bytes_read_at(c[0], off, 20000, buf, &got) == TESSERA_OK &&
+              memcmp(buf, m[0]->bytes + off, got) == 0,
+          "read");
+  }
+  tsr_block_cache_usage(&held, &budget);
+  CHECK(budget == cap && held > cap - 2 * BLOCK && held <= cap,
+        "one cache again: %llu held of %llu", (unsigned long long)held,
+        (unsigned long long)budget);
+  tsr_byte_source_close(c[0]);
+  tsr_block_cache_usage(&held, &budget);
+  CHECK(held == 0 && budget == 0, "all closed, yet %llu held of %llu", (unsigned long long)held,
+        (unsigned long long)budget);
+  free(buf);
+}
+
 /* A block hinted at is about to be read: it counts as just used, so the blocks fetched before
  * the reader reaches it do not evict it (they did when the batch reader hinted batches far
  * ahead, and the workers fetched those blocks again themselves, one round trip each). */
@@ -355,6 +456,7 @@ static void check_slide(const char *dir, const char *file) {
 int main(int argc, char **argv) {
   random_reads();
   hinted_block_stays();
+  shared_budget();
   const char *dir = testdata_dir(argc, argv);
   hints_run_ahead(dir);
   DIR *d = opendir(dir);

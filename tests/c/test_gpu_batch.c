@@ -22,6 +22,8 @@
 #include "check.h"
 #include "damage.h"
 #include "gpu/jpeg_input.h"
+#include "slide_internal.h"
+#include "source/byte_source.h"
 #include "source/tile_source.h"
 #include "tessera.h"
 
@@ -835,6 +837,171 @@ static void test_eligibility(void) {
   }
 }
 
+/* A remote slide's source as the batch engine sees it: bytes in memory behind the hint
+ * interface of a block cache (room for 1 GiB of hints, 4 KiB blocks), recording in one
+ * sequence when each offset was first hinted at and first read. */
+enum { REC_MAX = 1 << 14 };
+struct recording_source {
+  struct tsr_byte_source pub;
+  uint8_t *bytes;
+  uint64_t size;
+  pthread_mutex_t lock;
+  uint64_t offsets[REC_MAX]; /* under lock */
+  long hinted_at[REC_MAX], read_at[REC_MAX], n, seq;
+};
+
+static long *rec_slot(struct recording_source *r, uint64_t offset, long **read) {
+  for (long i = 0; i < r->n; i++)
+    if (r->offsets[i] == offset) {
+      *read = &r->read_at[i];
+      return &r->hinted_at[i];
+    }
+  if (r->n == REC_MAX)
+    return *read = NULL;
+  r->offsets[r->n] = offset;
+  r->hinted_at[r->n] = r->read_at[r->n] = -1;
+  *read = &r->read_at[r->n];
+  return &r->hinted_at[r->n++];
+}
+
+static tessera_status rec_read_at(const struct tsr_byte_source *src, uint64_t offset, size_t length,
+                                  void *buffer, size_t *got) {
+  struct recording_source *r = (struct recording_source *)src;
+  pthread_mutex_lock(&r->lock);
+  long *read;
+  if (rec_slot(r, offset, &read) && *read < 0)
+    *read = r->seq++;
+  pthread_mutex_unlock(&r->lock);
+  *got = offset >= r->size ? 0 : length < r->size - offset ? length : (size_t)(r->size - offset);
+  memcpy(buffer, r->bytes + offset, *got);
+  return TESSERA_OK;
+}
+
+static void rec_hint(const struct tsr_byte_source *src, uint64_t offset, uint64_t length) {
+  (void)length;
+  struct recording_source *r = (struct recording_source *)src;
+  pthread_mutex_lock(&r->lock);
+  long *read, *hinted = rec_slot(r, offset, &read);
+  if (hinted && *hinted < 0)
+    *hinted = r->seq++;
+  pthread_mutex_unlock(&r->lock);
+}
+
+static uint64_t rec_size(const struct tsr_byte_source *src) {
+  return ((const struct recording_source *)src)->size;
+}
+
+static void rec_identity(const struct tsr_byte_source *src, struct tsr_file_id *id) {
+  const struct recording_source *r = (const struct recording_source *)src;
+  *id = (struct tsr_file_id){.device = UINT64_MAX - 11, .inode = (uint64_t)(uintptr_t)r,
+                             .size = r->size};
+}
+
+static void rec_close(struct tsr_byte_source *src) {
+  struct recording_source *r = (struct recording_source *)src;
+  pthread_mutex_destroy(&r->lock);
+  free(r->bytes);
+  free(r);
+}
+
+static uint64_t rec_hint_room(const struct tsr_byte_source *src, uint64_t *granule) {
+  (void)src;
+  *granule = 4096;
+  return (uint64_t)1 << 30;
+}
+
+static const struct tsr_byte_source_ops rec_ops = {rec_read_at, rec_size,     rec_identity,
+                                                   rec_close,   rec_hint,     NULL,
+                                                   rec_hint_room};
+
+/* The CUDA back end hints a remote slide's tiles ahead through the batch engine as the CPU
+ * back end does (issue 19: the compressed tiles of batches in flight fetched as concurrent
+ * requests while earlier ones decode): one patch a batch inside tile k of the Aperio slide's
+ * level 0, batch size 1, prefetch 2 and room for 16 batches more, so the first batch asked for
+ * has tiles 0-18 hinted and no other; every tile is hinted before it is read; and the batches
+ * over that source equal the CPU iterator's. */
+static void test_remote_hints(const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/aperio-jpeg-CMU-1-Small-Region.svs", dir);
+  FILE *f = fopen(path, "rb");
+  CHECK(f != NULL, "%s: cannot open it", path);
+  if (!f)
+    return;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  struct recording_source *r = calloc(1, sizeof *r);
+  r->pub.ops = &rec_ops;
+  r->bytes = malloc((size_t)n);
+  r->size = (uint64_t)n;
+  pthread_mutex_init(&r->lock, NULL);
+  CHECK(fread(r->bytes, 1, (size_t)n, f) == (size_t)n, "%s: cannot read it", path);
+  fclose(f);
+  tessera_slide *s;
+  tessera_status st = tsr_slide_open_source(&r->pub, "aperio", NULL, &s);
+  CHECK(st == TESSERA_OK, "aperio over a recording source: %s", tessera_error_message());
+  if (st != TESSERA_OK)
+    return;
+  const struct tsr_level *lv = &s->levels[0];
+  enum { NB = 40 };
+  CHECK(lv->ntiles >= NB, "%llu tiles", (unsigned long long)lv->ntiles);
+  int64_t xy[2 * NB];
+  for (int k = 0; k < NB; k++) {
+    xy[2 * k] = (int64_t)(k % lv->across) * lv->tile_w + 8;
+    xy[2 * k + 1] = (int64_t)(k / lv->across) * lv->tile_h + 8;
+  }
+  tessera_batch_options o;
+  tessera_batch_options_init(&o);
+  o.batch_size = 1;
+  o.num_workers = 1;
+  o.prefetch_factor = 2;
+  o.device = TESSERA_DEVICE_CUDA;
+  pthread_mutex_lock(&r->lock);
+  r->n = 0; /* what the open read is not counted */
+  pthread_mutex_unlock(&r->lock);
+  tessera_batch_iter *it;
+  CHECK(tessera_batch_iter_create(s, xy, NB, 64, 64, 0, &o, &it) == TESSERA_OK, "iterator: %s",
+        tessera_error_message());
+  tessera_batch *b = NULL;
+  CHECK(tessera_batch_iter_next(it, &b) == TESSERA_OK && b && b->device == TESSERA_DEVICE_CUDA,
+        "first batch: %s", tessera_error_message());
+  tessera_batch_release(b);
+  int wrong = 0;
+  pthread_mutex_lock(&r->lock);
+  for (int k = 0; k < NB; k++) {
+    long *read, *hinted = rec_slot(r, lv->offsets[k], &read);
+    wrong += (hinted && *hinted >= 0) != (k <= 18);
+  }
+  pthread_mutex_unlock(&r->lock);
+  CHECK(wrong == 0, "CUDA: %d tiles hinted or not against batches 0-18", wrong);
+  for (;;) {
+    st = tessera_batch_iter_next(it, &b);
+    CHECK(st == TESSERA_OK, "next: %s", tessera_error_message());
+    if (st != TESSERA_OK || !b)
+      break;
+    tessera_batch_release(b);
+  }
+  tessera_batch_iter_destroy(it);
+  int unhinted = 0, tiles_read = 0;
+  pthread_mutex_lock(&r->lock);
+  for (int k = 0; k < NB; k++) {
+    long *read, *hinted = rec_slot(r, lv->offsets[k], &read);
+    if (read && *read >= 0) {
+      tiles_read++;
+      unhinted += *hinted < 0 || *hinted > *read;
+    }
+  }
+  pthread_mutex_unlock(&r->lock);
+  CHECK(tiles_read == NB && unhinted == 0, "CUDA: %d tiles read, %d of them before a hint",
+        tiles_read, unhinted);
+  tessera_batch_options_init(&o);
+  o.batch_size = 4;
+  o.num_workers = 2;
+  o.channels = 3;
+  compare_locations(s, "aperio over a hinted source", 0, xy, NB, 300, 200, &o, NULL);
+  tessera_close(s);
+}
+
 int main(int argc, char **argv) {
   const char *dir = testdata_dir(argc, argv);
   if (argc < 3) {
@@ -855,6 +1022,7 @@ int main(int argc, char **argv) {
   test_equal_to_cpu(dir);
   test_chunks(dir);
   test_shared_tiles(dir);
+  test_remote_hints(dir);
   test_mixed_tiles();
   test_cached_cpu_tiles(dir, TESSERA_CACHE_PER_PROCESS);
   test_cached_cpu_tiles(dir, TESSERA_CACHE_SHARED_MEMORY);

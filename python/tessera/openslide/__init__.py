@@ -12,7 +12,9 @@ all four bytes 0, outside the image), thumbnails and Deep Zoom tiles. Where tess
 OpenSlide differ: see docs/OPENSLIDE.md. ``color_profile`` is the slide's ICC profile, as
 openslide-python 1.3 gives it over OpenSlide 4 (Debian's 1.2 has none). A region whose level
 origin is not a whole pixel (level-0 x or y not a multiple of the level's downsample) is
-resampled as OpenSlide resamples it, by libtessera-openslide's code in the extension.
+resampled as OpenSlide resamples it, by libtessera-openslide's code in the extension; a
+level of placed images (MIRAX, Leica, some Ventana BIFs) is painted by that code on every
+region, past the level's edge too, as OpenSlide paints it.
 
 Reads run in tessera with the GIL released, so threads sharing one OpenSlide read in
 parallel. Errors latch as OpenSlide's do: once a read fails, every later call on that object
@@ -192,8 +194,11 @@ class OpenSlide(AbstractSlide):
         self._alpha_kind = tuple(lv["alpha"] for lv in info)
         # placed images (MIRAX, some Ventana BIFs): OpenSlide paints each from its position,
         # past the level's edge too, in ways that depend on the region: the extension paints
-        # every region of such a level as OpenSlide would (source/mosaic_tiles.c)
-        self._placed = tuple(lv["compression_name"] == "mosaic" for lv in info)
+        # every region of such a level as OpenSlide would (source/mosaic_tiles.c). Leica's
+        # images likewise: OpenSlide starts each at its own whole pixel (the origin truncated
+        # image by image) and paints it past the level's edge (region.c)
+        leica = self._slide.vendor == "leica"
+        self._placed = tuple(leica or lv["compression_name"] == "mosaic" for lv in info)
         self._props = None
         self._max_read = self._slide.limits()["max_read_bytes"]
         self._profile = self._slide.icc_profile
