@@ -33,7 +33,7 @@
 #include <string.h>
 
 #include "alloc.h"
-#include "compat/pixman_float.h"
+#include "compat/pixman.h"
 #include "slide_internal.h"
 #include "region.h"
 #include "source/tile_source.h"
@@ -64,7 +64,7 @@ static int64_t level0_of(int64_t l, double ds) {
   return v;
 }
 
-/* pixman's 8-bit channel to float and back (compat/pixman_float.h, shared with the mosaic
+/* pixman's 8-bit channel to float and back (compat/pixman.h, shared with the mosaic
  * codec). For 255 the float is exactly 1.0f, so an opaque pixel is the same whether cairo hands
  * pixman its tile as a8r8g8b8 (most formats) or x8r8g8b8 (NDPI). */
 static float unorm8_to_float(uint32_t v) { return tsr_pixman_unorm8_to_float(v); }
@@ -129,29 +129,10 @@ static uint32_t saturate(const float s[4], uint32_t dst) {
 /* pixman's 8-bit bilinear_interpolation: weights of 7 bits made 8, each channel's sum floored. */
 static uint32_t bilinear8(uint32_t tl, uint32_t tr, uint32_t bl, uint32_t br, uint32_t dx,
                           uint32_t dy) {
-  dx <<= 1;
-  dy <<= 1;
-  uint64_t wtl = (uint64_t)(256 - dx) * (256 - dy), wtr = (uint64_t)dx * (256 - dy);
-  uint64_t wbl = (uint64_t)(256 - dx) * dy, wbr = (uint64_t)dx * dy;
-  uint32_t out = 0;
-  for (int shift = 0; shift < 32; shift += 8) {
-    uint64_t f = ((tl >> shift) & 255) * wtl + ((tr >> shift) & 255) * wtr +
-                 ((bl >> shift) & 255) * wbl + ((br >> shift) & 255) * wbr;
-    out |= (uint32_t)(f >> 16) << shift;
-  }
-  return out;
+  return tsr_pixman_bilinear8(tl, tr, bl, br, dx, dy);
 }
 
-/* pixman's 8-bit OVER_REVERSE: d + s * (255 - da) / 255, rounded as its MUL_UN8, saturated. */
-static uint32_t over_reverse8(uint32_t s, uint32_t d) {
-  uint32_t ia = 255 - (d >> 24), out = 0;
-  for (int shift = 0; shift < 32; shift += 8) {
-    uint32_t t = ((s >> shift) & 255) * ia + 0x80;
-    uint32_t c = ((d >> shift) & 255) + (((t >> 8) + t) >> 8);
-    out |= (c > 255 ? 255 : c) << shift;
-  }
-  return out;
-}
+static uint32_t over_reverse8(uint32_t s, uint32_t d) { return tsr_pixman_over_reverse8(s, d); }
 
 /* The span [*b0, *b1) of destination pixels cairo hands pixman for a tile that starts at
  * fixed-point device position -f (16.16) and is n pixels long, within [0, len): from the pixel

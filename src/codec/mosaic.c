@@ -14,7 +14,7 @@
 
 #include "alloc.h"
 #include "codec/codec.h"
-#include "compat/pixman_float.h"
+#include "compat/pixman.h"
 #include "error.h"
 
 /* JPEG: rows and columns of the image decoded straight into RGBA rows stride bytes apart. */
@@ -285,28 +285,10 @@ static void saturate_pixel(const struct window *win, int64_t x1, int64_t y1, flo
  * bytes of a little-endian word, alpha the top one. */
 static uint32_t bilinear8(uint32_t tl, uint32_t tr, uint32_t bl, uint32_t br, uint32_t dx,
                           uint32_t dy) {
-  dx <<= 1;
-  dy <<= 1;
-  uint64_t wtl = (uint64_t)(256 - dx) * (256 - dy), wtr = (uint64_t)dx * (256 - dy);
-  uint64_t wbl = (uint64_t)(256 - dx) * dy, wbr = (uint64_t)dx * dy;
-  uint32_t out = 0;
-  for (int shift = 0; shift < 32; shift += 8) {
-    uint64_t f = ((tl >> shift) & 255) * wtl + ((tr >> shift) & 255) * wtr +
-                 ((bl >> shift) & 255) * wbl + ((br >> shift) & 255) * wbr;
-    out |= (uint32_t)(f >> 16) << shift;
-  }
-  return out;
+  return tsr_pixman_bilinear8(tl, tr, bl, br, dx, dy);
 }
 
-static uint32_t over_reverse8(uint32_t s, uint32_t d) {
-  uint32_t ia = 255 - (d >> 24), out = 0;
-  for (int shift = 0; shift < 32; shift += 8) {
-    uint32_t t = ((s >> shift) & 255) * ia + 0x80;
-    uint32_t c = ((d >> shift) & 255) + (((t >> 8) + t) >> 8);
-    out |= (c > 255 ? 255 : c) << shift;
-  }
-  return out;
-}
+static uint32_t over_reverse8(uint32_t s, uint32_t d) { return tsr_pixman_over_reverse8(s, d); }
 
 /* Whether every bilinear sample pixman takes for the pixels cairo hands it (from the one
  * holding the part's start to the one holding its end, that one included, within [0, len))
