@@ -30,14 +30,14 @@ class Chromium:
         assert exe, "chromium not found (Debian package chromium, or set TESSERA_CHROMIUM)"
         self.width, self.height = width, height
         self.deadline_s = deadline_s
-        self._profile = tempfile.TemporaryDirectory(prefix="tessera-chromium-")
+        self._profile = tempfile.mkdtemp(prefix="tessera-chromium-")
         self._proc = subprocess.Popen(
             [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-dev-shm-usage",
              "--no-default-browser-check", "--disable-extensions", "--hide-scrollbars",
              "--disable-background-networking", "--force-device-scale-factor=1",
              "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
-             "--user-data-dir=" + self._profile.name,
+             "--user-data-dir=" + self._profile,
              "--window-size=%d,%d" % (width, height), "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._id = 0
@@ -54,7 +54,7 @@ class Chromium:
             raise
 
     def _page_socket(self):
-        port_file = os.path.join(self._profile.name, "DevToolsActivePort")
+        port_file = os.path.join(self._profile, "DevToolsActivePort")
         end = time.monotonic() + self.deadline_s
         while time.monotonic() < end:
             if self._proc.poll() is not None:
@@ -127,7 +127,18 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
-        self._profile.cleanup()
+        # Chromium's helper processes can still write into the profile for a moment after the
+        # browser has exited ("Directory not empty" seen once in CI): removal is retried.
+        for _ in range(50):
+            try:
+                shutil.rmtree(self._profile)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            shutil.rmtree(self._profile, ignore_errors=True)
 
     def __enter__(self):
         return self
