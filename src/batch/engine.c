@@ -9,6 +9,7 @@
 #include "abi.h"
 #include "alloc.h"
 #include "error.h"
+#include "mix.h"
 
 #define TSR_MAX_PATCH_SIDE ((int64_t)1 << 31)
 
@@ -31,12 +32,7 @@ TESSERA_API void tessera_batch_options_init_sized(tessera_batch_options *o, size
 
 /* splitmix64: a small generator whose output is the same on every platform, so a seed gives
  * the same order everywhere. */
-static uint64_t next_random(uint64_t *state) {
-  uint64_t z = (*state += 0x9E3779B97F4A7C15u);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9u;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBu;
-  return z ^ (z >> 31);
-}
+static uint64_t next_random(uint64_t *state) { return tsr_mix64(*state += TSR_MIX_GOLDEN); }
 
 /* Fisher-Yates from the last element down, each index drawn without modulo bias. */
 static void shuffle(uint64_t *order, size_t n, uint64_t seed) {

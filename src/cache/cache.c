@@ -8,6 +8,7 @@
 #include "alloc.h"
 #include "cache/cache.h"
 #include "error.h"
+#include "mix.h"
 
 uint64_t tsr_cache_key_hash(const struct tsr_cache_key *k) {
   uint64_t h = 0x9E3779B97F4A7C15u;
@@ -93,13 +94,31 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * caches only: a shared cache's capacity is shared with processes this one cannot see, which
  * may each take such a part of it, so there the ghost alone decides. (Tiles beside a
  * tile admitted lately were tried as a sign of such streams too: they would have admitted 48
- * of the sliding windows' 515, and any tile missed beside it 206.) */
+ * of the sliding windows' 515, and any tile missed beside it 206.)
+ *
+ * Tiles admitted by their return within the window or by their first use's cover must then
+ * be read again: the cache counts its hits and such admissions (loads), and when the loads
+ * reach YIELD_EPOCH before the hits do (an admitted tile is read again less than once: the
+ * break-even above) it is thin, admitting one such tile in THIN_SAMPLE, until the hits reach
+ * YIELD_EPOCH first (both counts halved at each decision). Random patches over the large
+ * sample (1 GiB) admitted about 250 tiles so, and got 145 hits from them: about 0.6 a tile,
+ * each admission a whole decode and new memory (on a VM whose first write to a page is
+ * slow, 5 to 10 % of the run); thinned, about 90 and 58. A thin cache's admissions keep
+ * sampling the stream, and a stream that turns local ends the thinning within YIELD_EPOCH
+ * hits. Tiles admitted as small beside the cache are never thinned: a stream filling an
+ * empty cache with them (NDPI patches, sliding windows over a band) has few hits while its
+ * first loads go in and tens a load after, which a count of the first epoch would take for a
+ * poor yield (thinning those too cost NDPI patches 1939 misses where 608 do). Per-process
+ * caches only: a shared tile's hits are mostly other processes', which this one cannot
+ * count. */
 #define GHOST_STAMP_SHIFT 12 /* stamps count 4 KiB */
 #define GHOST_WAYS 8         /* cells of a set (64 bytes) */
 #define GHOST_MIN_CELLS ((size_t)1 << 12)
 #define GHOST_MAX_CELLS ((size_t)1 << 22)
 #define GHOST_EPOCH 256 /* misses between two settings of the window */
 #define REGION_EPOCH 32 /* a level's misses between two settings of its region */
+#define YIELD_EPOCH 64  /* hits or loads that decide whether the cache is thin */
+#define THIN_SAMPLE 8   /* a thin cache admits one tile in this many */
 
 struct tsr_ghost {
   /* The cache's capacities (bytes; tiles, 0: none, which may narrow the window): atomic
@@ -113,6 +132,10 @@ struct tsr_ghost {
   atomic_bool wide;        /* the window is the capacity's span, not a tenth of it */
   /* The clock + 1 at the latest miss whose load evicted a tile; 0: none yet. */
   atomic_uint_fast64_t evicted_at;
+  /* The yield: hits and loads (yield_note), halved at each decision; thin: the loads reached
+   * YIELD_EPOCH first at the last one; passed: admissions a thin cache has weighed. */
+  atomic_uint_fast64_t hits, loads, passed;
+  atomic_bool thin;
   _Atomic uint64_t cell[]; /* fingerprint << 32 | the clock's stamp */
 };
 
@@ -260,6 +283,35 @@ static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool re
                         memory_order_relaxed);
 }
 
+/* A lookup's result, for the yield: every hit counts, and the loads of tiles admitted by
+ * their return or cover alone (sampled), the admissions thinning can hold back. Whichever
+ * count reaches YIELD_EPOCH first decides: the loads, thin; the hits, not; and both are
+ * halved (a race may lose a count or two: they steer, nothing depends on them exactly). */
+static void yield_note(struct tsr_ghost *g, enum tsr_cache_result r, bool sampled) {
+  bool hit = r == TSR_CACHE_HIT;
+  if (!hit && (r != TSR_CACHE_LOAD || !sampled))
+    return;
+  if (atomic_fetch_add_explicit(hit ? &g->hits : &g->loads, 1, memory_order_relaxed) + 1 <
+      YIELD_EPOCH)
+    return;
+  atomic_store_explicit(&g->thin, !hit, memory_order_relaxed);
+  uint64_t hits = atomic_load_explicit(&g->hits, memory_order_relaxed);
+  uint64_t loads = atomic_load_explicit(&g->loads, memory_order_relaxed);
+  atomic_store_explicit(&g->hits, hits / 2, memory_order_relaxed);
+  atomic_store_explicit(&g->loads, loads / 2, memory_order_relaxed);
+}
+
+/* Whether an admission stands: always, unless the cache is thin; then one in THIN_SAMPLE,
+ * drawn from a mix of the tile and a count of the draws. (The count alone aliased with
+ * cycles: asked before the lookup, the draw is made for hits too, and 4 tiles read in turn,
+ * one held, gave every eighth draw to that one.) */
+static bool yield_admits(struct tsr_ghost *g, uint64_t hash) {
+  if (!atomic_load_explicit(&g->thin, memory_order_relaxed))
+    return true;
+  uint64_t draw = atomic_fetch_add_explicit(&g->passed, 1, memory_order_relaxed);
+  return tsr_mix64(hash + draw * TSR_MIX_GOLDEN) % THIN_SAMPLE == 0;
+}
+
 /* A use that paints most of a tile (a->covers) is admitted at its first miss: partial
  * decoding would save little there (a JPEG part decode skips the rows below the part and the
  * IDCT of the columns beside it), so the whole decode costs about what the miss would, and a
@@ -271,10 +323,15 @@ static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool re
 enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_access *a) {
   uint64_t hash = tsr_cache_key_hash(&a->key);
   bool returns;
-  a->admit = ghost_admits(c->ghost, hash, a->bytes, &returns) || a->covers ||
-             (c->type == TESSERA_CACHE_PER_PROCESS && ghost_small_beside(c->ghost, a));
+  bool back = ghost_admits(c->ghost, hash, a->bytes, &returns);
+  bool own = c->type == TESSERA_CACHE_PER_PROCESS, by_use = back || a->covers;
+  bool small = own && ghost_small_beside(c->ghost, a);
+  /* admitted to a per-process cache by its return or its cover alone: these may be thinned */
+  bool sampled = own && !small && by_use;
+  a->admit = small || (by_use && (!sampled || yield_admits(c->ghost, hash)));
   a->evicted = false;
   enum tsr_cache_result r = c->ops->lookup(c, a);
+  yield_note(c->ghost, r, sampled);
   if (r == TSR_CACHE_MISS || r == TSR_CACHE_LOAD) {
     ghost_note(c->ghost, hash, a->bytes, r == TSR_CACHE_MISS, returns, a->evicted);
     region_note(a->region, a->x, a->y);

@@ -12,6 +12,7 @@
 
 #include "alloc.h"
 #include "error.h"
+#include "mix.h"
 
 struct file_source {
   struct tsr_byte_source pub; /* first: the interface leads back here */
@@ -140,11 +141,7 @@ static uint64_t hash_text(const char *text, uint64_t seed) {
   uint64_t h = 0xcbf29ce484222325ull ^ seed;
   for (const unsigned char *p = (const unsigned char *)text; *p; p++)
     h = (h ^ *p) * 0x100000001b3ull;
-  h ^= h >> 30;
-  h *= 0xbf58476d1ce4e5b9ull;
-  h ^= h >> 27;
-  h *= 0x94d049bb133111ebull;
-  return h ^ (h >> 31);
+  return tsr_mix64(h);
 }
 
 void tsr_identity_from_text(uint64_t kind, const char *text, uint64_t size,
