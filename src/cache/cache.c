@@ -96,8 +96,8 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * tile admitted lately were tried as a sign of such streams too: they would have admitted 48
  * of the sliding windows' 515, and any tile missed beside it 206.)
  *
- * Tiles admitted by their return within the window or by their first use's cover must then
- * be read again: the cache counts its hits and such admissions (loads), and when the loads
+ * Tiles admitted by their return within a narrow window or by their first use's cover must
+ * then be read again: the cache counts its hits and such admissions (loads), and when the loads
  * reach YIELD_EPOCH before the hits do (an admitted tile is read again less than once: the
  * break-even above) it is thin, admitting one such tile in THIN_SAMPLE, until the hits reach
  * YIELD_EPOCH first (both counts halved at each decision). Random patches over the large
@@ -108,9 +108,12 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * hits. Tiles admitted as small beside the cache are never thinned: a stream filling an
  * empty cache with them (NDPI patches, sliding windows over a band) has few hits while its
  * first loads go in and tens a load after, which a count of the first epoch would take for a
- * poor yield (thinning those too cost NDPI patches 1939 misses where 608 do). Per-process
- * caches only: a shared tile's hits are mostly other processes', which this one cannot
- * count. */
+ * poor yield (thinning those too cost NDPI patches 1939 misses where 608 do). Nor is a cache
+ * thin while its window is wide: most misses then come back within the capacity's span, so
+ * admitting pays (above), and a stream read in rounds (a training set's tiles read once an
+ * epoch, the cache holding them all) has its hits a round after its loads, which the count
+ * would take for a poor yield. Per-process caches only: a shared tile's hits are mostly
+ * other processes', which this one cannot count. */
 #define GHOST_STAMP_SHIFT 12 /* stamps count 4 KiB */
 #define GHOST_WAYS 8         /* cells of a set (64 bytes) */
 #define GHOST_MIN_CELLS ((size_t)1 << 12)
@@ -326,8 +329,10 @@ enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_acc
   bool back = ghost_admits(c->ghost, hash, a->bytes, &returns);
   bool own = c->type == TESSERA_CACHE_PER_PROCESS, by_use = back || a->covers;
   bool small = own && ghost_small_beside(c->ghost, a);
-  /* admitted to a per-process cache by its return or its cover alone: these may be thinned */
-  bool sampled = own && !small && by_use;
+  /* admitted to a per-process cache by its return or its cover alone, while the window is
+   * narrow: these may be thinned */
+  bool sampled =
+      own && !small && by_use && !atomic_load_explicit(&c->ghost->wide, memory_order_relaxed);
   a->admit = small || (by_use && (!sampled || yield_admits(c->ghost, hash)));
   a->evicted = false;
   enum tsr_cache_result r = c->ops->lookup(c, a);

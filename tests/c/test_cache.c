@@ -372,6 +372,39 @@ static void test_admission_yield(const char *dir) {
   tessera_close(s);
 }
 
+/* A stream read in rounds is not thinned: its hits come a round after its loads. The 108
+ * whole tiles of CMU-1-Small-Region's level 0 (18.7 MB), a corner of each read once a round in
+ * a fixed order spread over the level (so neither the level nor an epoch's rectangle of misses
+ * is small beside 32 MiB), fit the cache: the second round's misses all come back within the
+ * capacity's span, the window widens within the third (after 256 misses), the rest of that
+ * round and the fourth admit every miss (68 loads before any hit would have made the cache
+ * thin), and the fifth round hits every tile. */
+static void test_admission_rounds(const char *dir) {
+  tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
+  if (!s)
+    return;
+  tessera_level_info info = level_info(s, 0);
+  int64_t tw = info.tile_width, th = info.tile_height, across = info.width / tw;
+  CHECK(tw == 240 && across * (info.height / th) == 108, "the test expects 108 whole tiles");
+  configure(TESSERA_CACHE_PER_PROCESS, 32, 0, 1);
+  tessera_cache_stats st = stats();
+  for (int round = 1; round <= 5; round++) {
+    tessera_cache_stats was = st;
+    for (int64_t i = 0; i < 108; i++) {
+      int64_t t = i * 37 % 108; /* 37 and 108 are coprime: each tile once */
+      free(read_patch(s, t % across * tw + 5, t / across * th + 5, 0, 1, 1, 3));
+    }
+    st = stats();
+    if (round == 5)
+      CHECK(st.misses == was.misses && st.hits - was.hits == 108 && st.evictions == 0,
+            "round 5: %llu misses, %llu hits, %llu evictions",
+            (unsigned long long)(st.misses - was.misses),
+            (unsigned long long)(st.hits - was.hits), (unsigned long long)st.evictions);
+  }
+  configure(TESSERA_CACHE_NONE, 0, 0, 0);
+  tessera_close(s);
+}
+
 /* Reads a corner of each listed tile of level 0 in turn, `times` tiles in all. */
 static void read_corners(tessera_slide *s, const int64_t *tiles, size_t n, size_t times) {
   enum { T = 1024, ACROSS = 10 };
@@ -1172,6 +1205,7 @@ int main(int argc, char **argv) {
   test_admission(dir);
   test_admission_covers(dir);
   test_admission_yield(dir);
+  test_admission_rounds(dir);
   test_admission_window(dir);
   test_admission_level(dir);
   test_admission_region(dir);
