@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -135,9 +137,9 @@ void cmd_bench_help(FILE *out) {
           "                        one). Layouts place those read patches in the level.\n"
           "      --fast            with --mpp: each patch read on its own by\n"
           "                        tessera_read_region_scaled with the reduced-size JPEG\n"
-          "                        decode (tessera read --mpp --fast), one after another\n"
-          "                        on the calling thread (--workers threads within a\n"
-          "                        patch); not the exact pixels\n"
+          "                        decode (tessera read --mpp --fast), on --workers\n"
+          "                        threads taking patches in turn (0: the calling\n"
+          "                        thread); not the exact pixels\n"
           "  -b, --batch-size B    patches per batch, 1..%" PRId64 " (default %d)\n"
           "  -w, --workers W       worker threads decoding ahead, 0..%d (default: one\n"
           "                        per processor; 0 decodes in the calling thread)\n"
@@ -686,44 +688,104 @@ static double peak_rss_mib(void) {
   return (double)ru.ru_maxrss / 1024.0; /* Linux gives KiB */
 }
 
-/* --mpp --fast: each patch read on its own, one after another, by
- * tessera_read_region_scaled with the reduced-size JPEG decode. */
-static bool run_fast(tessera_slide *slide, const bench_args *a, const int64_t *xy, size_t n,
-                     bool show_progress, bench_result *res) {
+/* --mpp --fast: each patch read on its own by tessera_read_region_scaled with the
+ * reduced-size JPEG decode, on --workers threads taking patches in turn (the calling thread
+ * with --workers 0), as the batch iterator reads the exact mode's patches side by side. */
+struct fast_run {
+  tessera_slide *slide;
+  const bench_args *a;
+  const int64_t *xy;
+  size_t n;
+  _Atomic size_t next, done;
+  _Atomic uint64_t checksum;
+  pthread_mutex_t lock;
+  size_t failed;      /* the first failing patch's index (guarded by lock); n: none */
+  char message[512];  /* its error */
+  _Atomic bool stop;
+};
+
+static void *fast_worker(void *arg) {
+  struct fast_run *r = arg;
+  const bench_args *a = r->a;
   tessera_read_options ro;
   tessera_read_options_init(&ro);
   ro.channels = (int32_t)a->channels;
-  ro.num_workers = (int32_t)a->workers;
   ro.fast_jpeg = 1;
   size_t out_bytes = (size_t)(a->out_width * a->out_height * a->channels);
   uint8_t *out = malloc(out_bytes);
-  if (!out) {
-    cli_error(a->slide, "out of memory for a patch");
-    return false;
+  uint64_t sum = 0;
+  for (size_t i; out && !atomic_load(&r->stop) && (i = atomic_fetch_add(&r->next, 1)) < r->n;) {
+    if (tessera_read_region_scaled(r->slide, r->xy[2 * i], r->xy[2 * i + 1], (int32_t)a->level,
+                                   a->scale, a->scale, a->out_width, a->out_height, &ro, out,
+                                   out_bytes) != TESSERA_OK) {
+      pthread_mutex_lock(&r->lock);
+      if (i < r->failed) {
+        r->failed = i;
+        snprintf(r->message, sizeof r->message, "%s", tessera_error_message());
+      }
+      pthread_mutex_unlock(&r->lock);
+      atomic_store(&r->stop, true);
+      break;
+    }
+    if (!a->no_checksum)
+      sum += checksum_pixels(out, out_bytes, (int)a->channels);
+    atomic_fetch_add(&r->done, 1);
   }
+  if (!out) {
+    pthread_mutex_lock(&r->lock);
+    if (r->failed == r->n) {
+      r->failed = atomic_load(&r->next);
+      snprintf(r->message, sizeof r->message, "out of memory for a patch");
+    }
+    pthread_mutex_unlock(&r->lock);
+    atomic_store(&r->stop, true);
+  }
+  atomic_fetch_add(&r->checksum, sum);
+  free(out);
+  return NULL;
+}
+
+static bool run_fast(tessera_slide *slide, const bench_args *a, const int64_t *xy, size_t n,
+                     bool show_progress, bench_result *res) {
   memset(res, 0, sizeof *res);
   snprintf(res->decoder, sizeof res->decoder, "cpu");
+  struct fast_run r = {.slide = slide, .a = a, .xy = xy, .n = n, .failed = n};
+  pthread_mutex_init(&r.lock, NULL);
+  size_t threads = a->workers > 0 ? (size_t)a->workers : 0;
+  pthread_t *tid = threads ? calloc(threads, sizeof *tid) : NULL;
   tessera_io_stats io_start = io_now(slide);
   progress pr = {.enabled = show_progress && !a->json && isatty(STDERR_FILENO), .total = n};
   double start = pr.start = now_seconds();
-  for (size_t i = 0; i < n; i++) {
-    if (tessera_read_region_scaled(slide, xy[2 * i], xy[2 * i + 1], (int32_t)a->level, a->scale,
-                                   a->scale, a->out_width, a->out_height, &ro, out,
-                                   out_bytes) != TESSERA_OK) {
-      progress_end(&pr);
-      cli_error(a->slide, "patch %zu of %zu: %s", i + 1, n, tessera_error_message());
-      free(out);
-      return false;
-    }
-    if (!a->no_checksum)
-      res->checksum += checksum_pixels(out, out_bytes, (int)a->channels);
-    res->patches++;
-    progress_update(&pr, res->patches);
+  size_t started = 0;
+  if (threads && !tid) {
+    r.failed = 0;
+    snprintf(r.message, sizeof r.message, "out of memory for %zu threads", threads);
+    atomic_store(&r.stop, true);
   }
-  res->batches = (n + (size_t)a->batch_size - 1) / (size_t)a->batch_size;
+  while (tid && started < threads && pthread_create(&tid[started], NULL, fast_worker, &r) == 0)
+    started++;
+  if (started == 0 && r.failed == n) {
+    fast_worker(&r); /* --workers 0, or no thread could start: the calling thread reads */
+  } else {
+    struct timespec tick = {0, 50 * 1000 * 1000};
+    while (atomic_load(&r.done) < n && !atomic_load(&r.stop)) {
+      progress_update(&pr, atomic_load(&r.done));
+      nanosleep(&tick, NULL);
+    }
+  }
+  for (size_t t = 0; t < started; t++)
+    pthread_join(tid[t], NULL);
+  free(tid);
+  pthread_mutex_destroy(&r.lock);
   res->seconds = now_seconds() - start;
   progress_end(&pr);
-  free(out);
+  if (r.failed < n) {
+    cli_error(a->slide, "patch %zu of %zu: %s", r.failed + 1, n, r.message);
+    return false;
+  }
+  res->patches = n;
+  res->checksum = a->no_checksum ? 0 : atomic_load(&r.checksum);
+  res->batches = (n + (size_t)a->batch_size - 1) / (size_t)a->batch_size;
   end_result(res, slide, &io_start);
   return true;
 }

@@ -261,6 +261,38 @@ def test_resample_area_arguments():
     assert out.shape == (1, 5, 5, 3) and (out == 7).all()
 
 
+def test_cli_bench_fast_on_workers_says_which_patch_failed(cli, jpeg_quarter_um, tmp_path):
+    """`tessera bench --mpp --fast` reads patches on --workers threads: with one tile's JPEG
+    data overwritten, every thread count fails with the first patch over it named, and the
+    patches before it read (no hang, no partial result passed off as good)."""
+    bad = str(tmp_path / "bad.tiff")
+    with open(jpeg_quarter_um, "rb") as f:
+        data = bytearray(f.read())
+    with tifffile.TiffFile(jpeg_quarter_um) as t:
+        page = t.pages[0]
+        across = -(-page.imagewidth // page.tilewidth)
+        index = 2 * across + 3  # the tile at column 3, row 2: level pixels 768.., 512..
+        at, n = page.dataoffsets[index], page.databytecounts[index]
+    data[at + n // 3:at + n] = b"\x00" * (n - n // 3)
+    with open(bad, "wb") as f:
+        f.write(data)
+    # patches of 448 x 448 level pixels; the fourth and the sixth lie over the damaged tile
+    locs = [(0, 0), (1500, 1500), (0, 1800), (800, 550), (2000, 100), (700, 500), (10, 10)]
+    loc_file = tmp_path / "locations.txt"
+    loc_file.write_text("".join("%d %d\n" % xy for xy in locs))
+    for workers in ("0", "1", "2", "3"):
+        p = subprocess.run([cli, "bench", bad, "--locations", str(loc_file), "--size",
+                            "224,224", "--mpp", "0.5", "--fast", "--workers", workers],
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1, (workers, p.stdout, p.stderr)
+        assert "patch 4 of 7:" in p.stderr and "JPEG" in p.stderr, (workers, p.stderr)
+        assert "checksum" not in p.stdout, (workers, p.stdout)
+    p = subprocess.run([cli, "bench", jpeg_quarter_um, "--locations", str(loc_file), "--size",
+                        "224,224", "--mpp", "0.5", "--fast", "--workers", "3", "--json"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and json.loads(p.stdout)["patches"] == len(locs), p.stderr
+
+
 def test_cli_bench_at_mpp(cli, slides, jpeg_quarter_um, tmp_path):
     """`tessera bench --mpp` reads what `tessera read --mpp` reads one patch at a time: the
     same checksum (the sum of the R, G, B bytes of every patch), exact and --fast; a scale of
