@@ -97,23 +97,28 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * of the sliding windows' 515, and any tile missed beside it 206.)
  *
  * Tiles admitted by their return within a narrow window or by their first use's cover must
- * then be read again: the cache counts its hits and such admissions (loads), and when the loads
- * reach YIELD_EPOCH before the hits do (an admitted tile is read again less than once: the
- * break-even above) it is thin, admitting one such tile in THIN_SAMPLE, until the hits reach
- * YIELD_EPOCH first (both counts halved at each decision). Random patches over the large
- * sample (1 GiB) admitted about 250 tiles so, and got 145 hits from them: about 0.6 a tile,
- * each admission a whole decode and new memory (on a VM whose first write to a page is
- * slow, 5 to 10 % of the run); thinned, about 90 and 58. A thin cache's admissions keep
- * sampling the stream, and a stream that turns local ends the thinning within YIELD_EPOCH
- * hits. Tiles admitted as small beside the cache are never thinned: a stream filling an
- * empty cache with them (NDPI patches, sliding windows over a band) has few hits while its
- * first loads go in and tens a load after, which a count of the first epoch would take for a
- * poor yield (thinning those too cost NDPI patches 1939 misses where 608 do). Nor is a cache
- * thin while its window is wide: most misses then come back within the capacity's span, so
- * admitting pays (above), and a stream read in rounds (a training set's tiles read once an
- * epoch, the cache holding them all) has its hits a round after its loads, which the count
- * would take for a poor yield. Per-process caches only: a shared tile's hits are mostly
- * other processes', which this one cannot count. */
+ * then be read again: a per-process cache counts its hits (all of them) and such admissions
+ * (loads), and when the loads reach YIELD_EPOCH before the hits do (an admitted tile is read
+ * again less than once: the break-even above) it is thin, admitting one such tile in
+ * THIN_SAMPLE, until the hits reach YIELD_EPOCH first (both counts halved at each decision).
+ * Random patches over the large sample (1 GiB) admitted about 250 tiles so, and got 145 hits
+ * from them: about 0.6 a tile, each admission a whole decode and new memory (on the 2-vCPU VM
+ * of bench/RESULTS.md, whose first write to a page is slow, 5 to 10 % of the run); thinned,
+ * about 90 and 58 there. A thin cache's admissions keep sampling the stream, and a stream
+ * that turns local ends the thinning within YIELD_EPOCH hits. Hits come after loads, so
+ * counts taken too early read as a poor yield; thinning therefore waits for evidence:
+ * - not for tiles admitted as small beside the cache: a stream filling an empty cache with
+ *   them (NDPI patches, sliding windows over a band) has few hits while its first loads go
+ *   in and tens a load after (thinning those too cost NDPI patches 1939 misses where 608 do);
+ * - not before the first GHOST_EPOCH misses have set the window, nor while it is wide: most
+ *   misses then come back within the capacity's span, so admitting pays (above), and a
+ *   stream read in rounds (a training set's tiles read once an epoch, the cache holding
+ *   them all) has its hits a round after its loads. What this still costs such a stream: a
+ *   round of more than GHOST_EPOCH misses, read in uses that cover whole tiles, has the
+ *   covered tiles past the first YIELD_EPOCH loads after that epoch thinned in its first
+ *   round, so seven in eight of them are cached a round later (at their return).
+ * Per-process caches only: a shared tile's hits are mostly other processes', which this one
+ * cannot count. */
 #define GHOST_STAMP_SHIFT 12 /* stamps count 4 KiB */
 #define GHOST_WAYS 8         /* cells of a set (64 bytes) */
 #define GHOST_MIN_CELLS ((size_t)1 << 12)
@@ -133,12 +138,20 @@ struct tsr_ghost {
    * span before. Reset by the thread whose miss ends the epoch. */
   atomic_uint_fast64_t misses, returns;
   atomic_bool wide;        /* the window is the capacity's span, not a tenth of it */
+  atomic_bool measured;    /* an epoch has set the window */
   /* The clock + 1 at the latest miss whose load evicted a tile; 0: none yet. */
   atomic_uint_fast64_t evicted_at;
-  /* The yield: hits and loads (yield_note), halved at each decision; thin: the loads reached
-   * YIELD_EPOCH first at the last one; passed: admissions a thin cache has weighed. */
-  atomic_uint_fast64_t hits, loads, passed;
-  atomic_bool thin;
+  /* The yield (yield_note), 64 bytes apart from the fields around it (a calloc'd ghost
+   * cannot be over-aligned), so that every hit of a per-process cache, which
+   * counts there, shares no cache line with what misses write. hits and loads, halved at each
+   * decision; thin: the loads reached YIELD_EPOCH first at the last one; passed: admissions
+   * a thin cache has weighed. */
+  char apart[64];
+  struct {
+    atomic_uint_fast64_t hits, loads, passed;
+    atomic_bool thin;
+  } yield;
+  char apart_too[64];
   _Atomic uint64_t cell[]; /* fingerprint << 32 | the clock's stamp */
 };
 
@@ -264,6 +277,7 @@ static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool re
     atomic_store_explicit(&g->misses, 0, memory_order_relaxed);
     uint64_t back = atomic_exchange_explicit(&g->returns, 0, memory_order_relaxed);
     atomic_store_explicit(&g->wide, back * 2 >= GHOST_EPOCH, memory_order_relaxed);
+    atomic_store_explicit(&g->measured, true, memory_order_relaxed);
   }
   if (!remember)
     return;
@@ -294,14 +308,14 @@ static void yield_note(struct tsr_ghost *g, enum tsr_cache_result r, bool sample
   bool hit = r == TSR_CACHE_HIT;
   if (!hit && (r != TSR_CACHE_LOAD || !sampled))
     return;
-  if (atomic_fetch_add_explicit(hit ? &g->hits : &g->loads, 1, memory_order_relaxed) + 1 <
+  if (atomic_fetch_add_explicit(hit ? &g->yield.hits : &g->yield.loads, 1, memory_order_relaxed) + 1 <
       YIELD_EPOCH)
     return;
-  atomic_store_explicit(&g->thin, !hit, memory_order_relaxed);
-  uint64_t hits = atomic_load_explicit(&g->hits, memory_order_relaxed);
-  uint64_t loads = atomic_load_explicit(&g->loads, memory_order_relaxed);
-  atomic_store_explicit(&g->hits, hits / 2, memory_order_relaxed);
-  atomic_store_explicit(&g->loads, loads / 2, memory_order_relaxed);
+  atomic_store_explicit(&g->yield.thin, !hit, memory_order_relaxed);
+  uint64_t hits = atomic_load_explicit(&g->yield.hits, memory_order_relaxed);
+  uint64_t loads = atomic_load_explicit(&g->yield.loads, memory_order_relaxed);
+  atomic_store_explicit(&g->yield.hits, hits / 2, memory_order_relaxed);
+  atomic_store_explicit(&g->yield.loads, loads / 2, memory_order_relaxed);
 }
 
 /* Whether an admission stands: always, unless the cache is thin; then one in THIN_SAMPLE,
@@ -309,9 +323,9 @@ static void yield_note(struct tsr_ghost *g, enum tsr_cache_result r, bool sample
  * cycles: asked before the lookup, the draw is made for hits too, and 4 tiles read in turn,
  * one held, gave every eighth draw to that one.) */
 static bool yield_admits(struct tsr_ghost *g, uint64_t hash) {
-  if (!atomic_load_explicit(&g->thin, memory_order_relaxed))
+  if (!atomic_load_explicit(&g->yield.thin, memory_order_relaxed))
     return true;
-  uint64_t draw = atomic_fetch_add_explicit(&g->passed, 1, memory_order_relaxed);
+  uint64_t draw = atomic_fetch_add_explicit(&g->yield.passed, 1, memory_order_relaxed);
   return tsr_mix64(hash + draw * TSR_MIX_GOLDEN) % THIN_SAMPLE == 0;
 }
 
@@ -330,13 +344,15 @@ enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_acc
   bool own = c->type == TESSERA_CACHE_PER_PROCESS, by_use = back || a->covers;
   bool small = own && ghost_small_beside(c->ghost, a);
   /* admitted to a per-process cache by its return or its cover alone, while the window is
-   * narrow: these may be thinned */
-  bool sampled =
-      own && !small && by_use && !atomic_load_explicit(&c->ghost->wide, memory_order_relaxed);
+   * measured narrow: these may be thinned */
+  bool sampled = own && !small && by_use &&
+                 atomic_load_explicit(&c->ghost->measured, memory_order_relaxed) &&
+                 !atomic_load_explicit(&c->ghost->wide, memory_order_relaxed);
   a->admit = small || (by_use && (!sampled || yield_admits(c->ghost, hash)));
   a->evicted = false;
   enum tsr_cache_result r = c->ops->lookup(c, a);
-  yield_note(c->ghost, r, sampled);
+  if (own)
+    yield_note(c->ghost, r, sampled);
   if (r == TSR_CACHE_MISS || r == TSR_CACHE_LOAD) {
     ghost_note(c->ghost, hash, a->bytes, r == TSR_CACHE_MISS, returns, a->evicted);
     region_note(a->region, a->x, a->y);
@@ -394,8 +410,16 @@ static void after_fork_child(void) {
   pthread_mutex_unlock(&current_lock); /* taken by this thread in before_fork */
   if (current) {
     struct tsr_cache *child = current->ops->fork_child(current);
-    if (child)
+    if (child) {
       child->ghost = current->ghost;
+      if (child->type == TESSERA_CACHE_PER_PROCESS) {
+        /* the child's cache starts empty: so does its yield (the ghost is the child's copy) */
+        struct tsr_ghost *g = child->ghost;
+        atomic_store(&g->yield.hits, 0);
+        atomic_store(&g->yield.loads, 0);
+        atomic_store(&g->yield.thin, false);
+      }
+    }
     current = child;
     atomic_store(&have_cache, current != NULL);
   }
