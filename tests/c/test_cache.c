@@ -345,7 +345,8 @@ static void read_whole(tessera_slide *s, int64_t tw, int64_t th, int64_t across,
  * draw each miss: 32 misses in all on average, and the bound, 160, far in the tail) and hit,
  * which ends the thinning:
  * the next 8 tiles missed are each loaded at that miss. The draws mix the tile's key, which
- * holds the file's identity: bounds, not counts. */
+ * holds the file's identity: bounds, not counts. A child forked while the cache is thin
+ * starts with an empty cache and yield. */
 static void test_admission_yield(const char *dir) {
   tessera_slide *s = open_testdata(dir, "aperio-jpeg-CMU-1-Small-Region.svs");
   if (!s)
@@ -365,6 +366,19 @@ static void test_admission_yield(const char *dir) {
   CHECK(scan >= 64 && scan <= 64 + 20,
         "a scan of 108 whole tiles read once loaded %llu (64, then one in 8 of 44)",
         (unsigned long long)scan);
+  /* A forked child's cache starts empty, and so does its yield: its first whole tiles are
+   * all loaded (thinned, about 1 in 8 would be). */
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20);
+    for (int64_t t = 0; t < 20; t++)
+      read_whole(s, tw, th, across, t);
+    _exit(loads() == 20 ? 0 : 1);
+  }
+  int status = 0;
+  CHECK(pid > 0 && waitpid(pid, &status, 0) == pid, "fork/wait failed");
+  CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+        "a forked child's first 20 whole tiles were not all loaded (status %d)", status);
   uint64_t hits = stats().hits;
   for (int i = 0; i < 400; i++)
     read_whole(s, tw, th, across, i % 4);
