@@ -232,6 +232,18 @@ static bool paint_cached(struct tsr_cache *cache, const tessera_slide *s, int32_
   if (lv->fmt.unsupported[0] || lv->offsets[index] == 0 || lv->bytecounts[index] == 0 ||
       bytes == 0 || bytes > s->limits.max_decoded_tile_bytes)
     return false; /* errors and missing tiles are the plain path's business */
+  /* The cache keeps a tile as its directory holds it (whole within its image), the same
+   * wherever the directory is placed: a tile the level cuts short, of an image placed
+   * reaching past the level's edge, is the plain path's too. A directory may be placed twice
+   * (Leica main images naming the same one), cut at one place and whole at the other, under
+   * one key. */
+  if (lv->image_w > 0) {
+    int64_t ex = lv->origin_x + lv->image_w, ey = lv->origin_y + lv->image_h;
+    int64_t full_x1 = tile->x0 + lv->tile_w < ex ? tile->x0 + lv->tile_w : ex;
+    int64_t full_y1 = tile->y0 + lv->tile_h < ey ? tile->y0 + lv->tile_h : ey;
+    if (tile->x1 < full_x1 || tile->y1 < full_y1)
+      return false;
+  }
   size_t stride = (size_t)lv->tile_w * lv->fmt.decoded_channels;
   struct tsr_cache_access a = {.key = {s->id, lv->directory, tsr_level_cache_index(lv, index)},
                                .bytes = bytes,
