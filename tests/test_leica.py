@@ -804,6 +804,100 @@ def test_two_images_of_the_same_directories(lib, tmp_path, pieces):
             assert np.array_equal(got[..., :3][inside], want[..., :3][inside]), level
 
 
+# the first image inside the collection; the second, of the same directories, reaching past
+# its right and bottom edges (level 0: at 7500, 3500 of 8000 x 4000, 1003 x 757 pixels)
+SHARED_DIRS = ((1_550_000, 700_000), (1_875_000, 875_000))
+
+
+def _shared_dirs_file(path, pieces):
+    (fx, fy), (sx, sy) = SHARED_DIRS
+    xml = _scn_xml(pieces["levels"], offset=(fx, fy))
+    main = xml[xml.index("<image", xml.index("<image") + 1):]
+    main = main[:main.index("</image>") + len("</image>")]
+    second = main.replace('offsetX="%d"' % fx, 'offsetX="%d"' % sx).replace(
+        'offsetY="%d"' % fy, 'offsetY="%d"' % sy)
+    assert second != main
+    _write(path, pieces, xml.replace(main, main + second))
+
+
+@pytest.mark.parametrize("kind", [T.CACHE_PER_PROCESS, T.CACHE_SHARED_MEMORY],
+                         ids=["per_process", "shared_memory"])
+def test_an_image_cut_at_the_edge_shares_no_cut_tiles_through_the_cache(lib, tmp_path, pieces,
+                                                                        kind):
+    """Two main images naming the same directories (OpenSlide composites them), the second
+    reaching past the collection's right and bottom edges: tessera cuts its edge tiles at the
+    level's edge, where the first image's same tiles (same directory, same tile index) are
+    whole. The tile cache, keyed by file, directory and tile index, must not serve one image's
+    cut tile to the other: reads through a cache (per-process or shared) equal reads without one,
+    whichever image is read first (or both in one read, where the cut one is painted first),
+    at every level; and those equal OpenSlide 3.4.1's pixels inside the level."""
+    path = str(tmp_path / "shared-dirs.scn")
+    _shared_dirs_file(path, pieces)
+    o = openslide.OpenSlide(path)
+    assert o.properties["openslide.vendor"] == "leica"
+    sizes = [(a.shape[1], a.shape[0]) for a in pieces["levels"]]
+    name = ("tessera-pytest-%d-leica-shared-dirs" % os.getpid()
+            if kind == T.CACHE_SHARED_MEMORY else None)
+    try:
+        with T.open_slide(path) as s:
+            assert s.level_dimensions() == list(o.level_dimensions)
+            regions = {}  # (level, which): (level-0 x, y, w, h)
+            compared = 0
+            for level in range(3):
+                W, H = s.level_dimensions()[level]
+                ds = s.level_info(level).downsample
+                nmpp = NMPP * sizes[0][0] / sizes[level][0]
+                (ax, ay), (bx, by) = [(int(x / nmpp), int(y / nmpp)) for x, y in SHARED_DIRS]
+                iw, ih = sizes[level]
+                assert ax + iw < W and ay + ih < H and bx < W < bx + iw and by < H < by + ih
+                for which, (lx, ly, w, h) in (("first", (ax - 5, ay - 4, iw + 10, ih + 8)),
+                                              ("second", (bx - 5, by - 4, iw + 10, ih + 8)),
+                                              ("both", (ax - 5, ay - 4, W - ax + 20,
+                                                        H - ay + 20))):
+                    regions[level, which] = (math.ceil(lx * ds), math.ceil(ly * ds), w, h)
+                    # against OpenSlide, where it starts the region at the same pixels
+                    cx, cy = _coords_all(lx, ds, [ax, bx]), _coords_all(ly, ds, [ay, by])
+                    if cx is None or cy is None:
+                        continue
+                    (tx, osx), (ty, osy) = cx, cy
+                    want = R.openslide_region(o, osx, osy, level, w, h)
+                    got = s.read_region(tx, ty, level, w, h, channels=4)
+                    cols = np.arange(lx, lx + w)[None, :]
+                    rows = np.arange(ly, ly + h)[:, None]
+                    level_px = (cols < W) & (rows < H)
+                    inside = (want[..., 3] == 255) & level_px
+                    where = "level %d %s" % (level, which)
+                    assert inside.any(), where
+                    msg = R.describe_mismatch(got[..., :3], want[..., :3], inside, where)
+                    assert msg is None, msg
+                    assert np.array_equal(got[..., 3][level_px], want[..., 3][level_px]), where
+                    assert (got[..., 3][~level_px] == 0).all(), where
+                    compared += 1
+            assert compared >= 6, compared
+            T.configure_cache(T.CACHE_NONE)
+            plain = {k: s.read_region(r[0], r[1], k[0], r[2], r[3], channels=4)
+                     for k, r in regions.items()}
+            for order in (("second", "first", "both"), ("first", "second", "both"),
+                          ("both", "first", "second")):
+                T.configure_cache(kind, memory_capacity_mib=64, name=name)
+                for level in range(3):
+                    for which in order:
+                        x, y, w, h = regions[level, which]
+                        got = s.read_region(x, y, level, w, h, channels=4)
+                        msg = R.describe_mismatch(got, plain[level, which], None,
+                                                  "%s: level %d %s" % (order, level, which))
+                        assert msg is None, msg
+                st = T.cache_stats()
+                assert st["hits"] > 0, (order, st)
+                T.configure_cache(T.CACHE_NONE)
+                if name and os.path.exists("/dev/shm/" + name):
+                    T.shared_cache_remove(name, force=True)  # a fresh one for each order
+    finally:
+        T.configure_cache(T.CACHE_NONE)
+        if name and os.path.exists("/dev/shm/" + name):
+            T.shared_cache_remove(name, force=True)
+
+
 def _second(n, key, **kw):
     return kw if n == 1 else {}
 
