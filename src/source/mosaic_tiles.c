@@ -30,6 +30,33 @@ static bool mosaic_missing(const struct tsr_level *lv, uint64_t index) {
   return lv->bytecounts[index] == 0;
 }
 
+/* A part of image `image` of m, its placement left for the caller to set. */
+static struct tsr_mosaic_part image_part(const struct tsr_mosaic *m, uint32_t image) {
+  const struct tsr_mosaic_image *img = &m->images[image];
+  return (struct tsr_mosaic_part){.image_w = m->image_w,
+                                  .image_h = m->image_h,
+                                  .length = img->length,
+                                  .format = m->format,
+                                  .image = image,
+                                  .file = img->file,
+                                  .file_offset = img->offset,
+                                  .opaque = m->whole_rgb24 && m->format != TSR_MOSAIC_TIFF};
+}
+
+/* Puts part at byte `slot` of a mosaic stream being built in buf, and its image's bytes at
+ * *at, which then moves past them. */
+static tessera_status add_part(const tessera_slide *s, const struct tsr_mosaic *m, uint8_t *buf,
+                               size_t slot, const struct tsr_mosaic_part *part, size_t *at) {
+  memcpy(buf + slot, part, sizeof *part);
+  tessera_status st =
+      m->files ? tsr_file_set_read(m->files, part->file, part->file_offset, part->length, buf + *at)
+               : tsr_tile_fetch(s, part->file_offset, part->length, buf + *at);
+  if (st != TESSERA_OK)
+    return tsr_error_prefix(st, "image %u: ", part->image);
+  *at += part->length;
+  return TESSERA_OK;
+}
+
 static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_level *lv,
                                     uint64_t index, struct tsr_scratch *buf,
                                     struct tsr_stream *out) {
@@ -56,32 +83,20 @@ static tessera_status mosaic_stream(const tessera_slide *s, const struct tsr_lev
   size_t parts_at = sizeof head, at = parts_at + (size_t)n * sizeof(struct tsr_mosaic_part);
   for (uint64_t k = 0; k < n; k++) {
     const struct tsr_mosaic_piece *p = &m->pieces[first + k];
-    const struct tsr_mosaic_image *img = &m->images[p->image];
-    struct tsr_mosaic_part part = {.src_x = p->src_x,
-                                   .src_y = p->src_y,
-                                   .dst_x = p->dst_x,
-                                   .dst_y = p->dst_y,
-                                   .w = p->w,
-                                   .h = p->h,
-                                   .image_w = m->image_w,
-                                   .image_h = m->image_h,
-                                   .length = img->length,
-                                   .format = m->format,
-                                   .image = p->image,
-                                   .file = img->file,
-                                   .file_offset = img->offset,
-                                   .pos_x = p->pos_x,
-                                   .pos_y = p->pos_y,
-                                   .foot_w = p->foot_w,
-                                   .foot_h = p->foot_h,
-                                   .opaque = m->whole_rgb24 && m->format != TSR_MOSAIC_TIFF};
-    memcpy(buf->data + parts_at + k * sizeof part, &part, sizeof part);
-    tessera_status st =
-        m->files ? tsr_file_set_read(m->files, img->file, img->offset, img->length, buf->data + at)
-                 : tsr_tile_fetch(s, img->offset, img->length, buf->data + at);
+    struct tsr_mosaic_part part = image_part(m, p->image);
+    part.src_x = p->src_x;
+    part.src_y = p->src_y;
+    part.dst_x = p->dst_x;
+    part.dst_y = p->dst_y;
+    part.w = p->w;
+    part.h = p->h;
+    part.pos_x = p->pos_x;
+    part.pos_y = p->pos_y;
+    part.foot_w = p->foot_w;
+    part.foot_h = p->foot_h;
+    tessera_status st = add_part(s, m, buf->data, parts_at + k * sizeof part, &part, &at);
     if (st != TESSERA_OK)
-      return tsr_error_prefix(st, "image %u: ", p->image);
-    at += img->length;
+      return st;
   }
   out->data = buf->data;
   out->len = at;
@@ -252,25 +267,17 @@ tessera_status tsr_mosaic_paint_region(const tessera_slide *s, int32_t level, do
     int64_t a, b, c, d;
     if (!touches(p->fixed_x - x0, p->w, w, &a, &b) || !touches(p->fixed_y - y0, p->h, h, &c, &d))
       continue;
-    const struct tsr_mosaic_image *img = &m->images[p->image];
-    struct tsr_mosaic_part part = {.src_x = p->src_x,
-                                   .src_y = p->src_y,
-                                   .dst_x = (uint32_t)a,
-                                   .dst_y = (uint32_t)c,
-                                   .w = p->w,
-                                   .h = p->h,
-                                   .image_w = m->image_w,
-                                   .image_h = m->image_h,
-                                   .length = img->length,
-                                   .format = m->format,
-                                   .image = p->image,
-                                   .file = img->file,
-                                   .file_offset = img->offset,
-                                   .pos_x = p->fixed_x - x0,
-                                   .pos_y = p->fixed_y - y0,
-                                   .foot_w = (uint32_t)(b - a),
-                                   .foot_h = (uint32_t)(d - c),
-                                   .opaque = m->whole_rgb24 && m->format != TSR_MOSAIC_TIFF};
+    struct tsr_mosaic_part part = image_part(m, p->image);
+    part.src_x = p->src_x;
+    part.src_y = p->src_y;
+    part.dst_x = (uint32_t)a;
+    part.dst_y = (uint32_t)c;
+    part.w = p->w;
+    part.h = p->h;
+    part.pos_x = p->fixed_x - x0;
+    part.pos_y = p->fixed_y - y0;
+    part.foot_w = (uint32_t)(b - a);
+    part.foot_h = (uint32_t)(d - c);
     if (part.pos_x % 65536 == 0 && part.pos_y % 65536 == 0) {
       /* on whole pixels: the part is the pixels it touches (as in a level's tiles) */
       part.src_x += (uint32_t)(a - (part.pos_x >> 16));
@@ -280,10 +287,7 @@ tessera_status tsr_mosaic_paint_region(const tessera_slide *s, int32_t level, do
       part.pos_x = a * 65536;
       part.pos_y = c * 65536;
     }
-    memcpy(buf + parts_at + (size_t)k++ * sizeof part, &part, sizeof part);
-    st = m->files ? tsr_file_set_read(m->files, img->file, img->offset, img->length, buf + at)
-                  : tsr_tile_fetch(s, img->offset, img->length, buf + at);
-    at += img->length;
+    st = add_part(s, m, buf, parts_at + (size_t)k++ * sizeof part, &part, &at);
   }
   if (st == TESSERA_OK) {
     struct tsr_tile_out out = {.pixels = rgba,
