@@ -424,8 +424,8 @@ static void compare_block(void *ctx, int comp, int bx, int by, const int16_t *bl
   jpeg_component_info *info = &c->ci->comp_info[comp];
   if ((JDIMENSION)bx >= info->width_in_blocks || (JDIMENSION)by >= info->height_in_blocks)
     return; /* padding blocks of the last MCUs: libjpeg keeps none */
-  JBLOCKARRAY row = c->ci->mem->access_virt_barray((j_common_ptr)c->ci, c->coef[comp],
-                                                   (JDIMENSION)by, 1, FALSE);
+  JBLOCKARRAY row =
+      c->ci->mem->access_virt_barray((j_common_ptr)c->ci, c->coef[comp], (JDIMENSION)by, 1, FALSE);
   if (memcmp(row[0][bx], block, 64 * sizeof(JCOEF)) != 0)
     c->differ++;
 }
@@ -545,9 +545,11 @@ int main(int argc, char **argv) {
   for (int i = 0; i < t.count; i++) {
     if (counts[i] == 0 || counts[i] > ((uint64_t)64 << 20))
       return fprintf(stderr, "entropy_probe: tile %d has %llu bytes\n", i,
-                     (unsigned long long)counts[i]), 1;
+                     (unsigned long long)counts[i]),
+             1;
     t.data[i] = malloc(counts[i]);
-    tmsize_t got = t.data[i] ? TIFFReadRawTile(tif, (uint32_t)i, t.data[i], (tmsize_t)counts[i]) : -1;
+    tmsize_t got =
+        t.data[i] ? TIFFReadRawTile(tif, (uint32_t)i, t.data[i], (tmsize_t)counts[i]) : -1;
     if (got <= 0)
       return fprintf(stderr, "entropy_probe: cannot read tile %d\n", i), 1;
     t.len[i] = (size_t)got;
@@ -556,8 +558,11 @@ int main(int argc, char **argv) {
         !plain_parse(j, t.data[i], t.len[i], false))
       return fprintf(stderr, "entropy_probe: tile %d is not sequential Huffman JPEG\n", i), 1;
     if (!same_coefficients(&t, i, j))
-      return fprintf(stderr, "entropy_probe: tile %d: the plain decoder's coefficients differ "
-                             "from libjpeg's (or a decoder failed)\n", i), 1;
+      return fprintf(stderr,
+                     "entropy_probe: tile %d: the plain decoder's coefficients differ "
+                     "from libjpeg's (or a decoder failed)\n",
+                     i),
+             1;
     checked++;
   }
   TIFFClose(tif);
