@@ -40,6 +40,21 @@ PRELUDE = textwrap.dedent("""
 
     def gpu_batches(img, locs, size, **kw):
         return [np.asarray(b.cpu()) for b in img.read_region(locs, size, device="cuda", **kw)]
+
+    # The vendor tests' two reads of locs at level (128 x 96 RGB on the calling thread,
+    # 301 x 77 RGBA on two workers, batches of 4): the device's batches equal the CPU's.
+    # Returns the CPU's batches of each read.
+    def same_batches(img, locs, level):
+        wants = []
+        for k, size in enumerate([(128, 96), (301, 77)]):
+            kw = dict(level=level, batch_size=4, num_workers=2 * k, channels=3 + k)
+            want = cpu_batches(img, locs, size, **kw)
+            got = gpu_batches(img, locs, size, **kw)
+            assert len(got) == len(want)
+            for g, c in zip(got, want):
+                assert np.array_equal(g, c), (level, k)
+            wants.append(want)
+        return wants
 """)
 
 

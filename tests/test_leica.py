@@ -458,13 +458,7 @@ def test_cuda_batches_equal_cpu_batches_on_the_simulator(files):
             xs = rng.integers(x0 - 300, x0 + 1300, 23)
             ys = rng.integers(y0 - 300, y0 + 1000, 23)
             locs = np.stack([xs, ys], 1).astype(np.int64)
-            for k, size in enumerate([(128, 96), (301, 77)]):
-                kw = dict(level=level, batch_size=4, num_workers=2 * k, channels=3 + k)
-                want = cpu_batches(img, locs, size, **kw)
-                got = gpu_batches(img, locs, size, **kw)
-                assert len(got) == len(want)
-                for g, c in zip(got, want):
-                    assert np.array_equal(g, c), (level, k)
+            same_batches(img, locs, level)
         print(sim.sim_decoded_images(), sim.sim_failures())
     """.replace("SLIDE", repr(files["scn"])).replace(
         "BOUNDS", repr((1_234_567 // NMPP, 300_321 // NMPP))))
@@ -943,13 +937,7 @@ def test_composited_cuda_batches_equal_cpu_batches_on_the_simulator(multi):
             xs = rng.integers(-100, 2400, 29)
             ys = rng.integers(-100, 1600, 29)
             locs = np.stack([xs, ys], 1).astype(np.int64)
-            for k, size in enumerate([(128, 96), (301, 77)]):
-                kw = dict(level=level, batch_size=4, num_workers=2 * k, channels=3 + k)
-                want = cpu_batches(img, locs, size, **kw)
-                got = gpu_batches(img, locs, size, **kw)
-                assert len(got) == len(want)
-                for g, c in zip(got, want):
-                    assert np.array_equal(g, c), (level, k)
+            for want in same_batches(img, locs, level):
                 assert np.concatenate(want).std() > 0
         print(sim.sim_failures())
     """.replace("SLIDE", repr(multi["three"])))
