@@ -95,21 +95,35 @@ nomem:
                    (long long)n);
 }
 
-/* Sums one level row across: out[i * ch + c] = sum of w * row pixel, per output column. */
-static void sum_across(const struct axis *x, const uint8_t *row, int ch, uint32_t *out) {
-  for (int64_t i = 0; i < x->n; i++) {
+/* Sums one level row across: out[i * ch + c] = sum of w * row pixel, per output column. Inlined
+ * into one copy per channel count, so the sums stay in registers. */
+static inline __attribute__((always_inline)) void sum_across_ch(const struct axis *x,
+                                                                const uint8_t *row, int ch,
+                                                                uint32_t *out) {
+  for (int64_t i = 0; i < x->n; i++, out += ch) {
     const uint8_t *p = row + (size_t)(x->src0[i] - x->lo) * (size_t)ch;
-    uint32_t s[4] = {0, 0, 0, 0};
+    uint32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (size_t j = x->first[i]; j < x->first[i + 1]; j++, p += ch) {
       uint32_t w = x->w[j];
-      s[0] += w * p[0];
-      s[1] += w * p[1];
-      s[2] += w * p[2];
+      s0 += w * p[0];
+      s1 += w * p[1];
+      s2 += w * p[2];
       if (ch == 4)
-        s[3] += w * p[3];
+        s3 += w * p[3];
     }
-    memcpy(out + (size_t)i * (size_t)ch, s, (size_t)ch * sizeof s[0]);
+    out[0] = s0;
+    out[1] = s1;
+    out[2] = s2;
+    if (ch == 4)
+      out[3] = s3;
   }
+}
+
+static void sum_across(const struct axis *x, const uint8_t *row, int ch, uint32_t *out) {
+  if (ch == 4)
+    sum_across_ch(x, row, 4, out);
+  else
+    sum_across_ch(x, row, 3, out);
 }
 
 /* Where the level's pixels come from: a rectangle of them (fill outside) into dst. */
@@ -129,6 +143,66 @@ static tessera_status fetch_level(const struct source *src, int64_t lx, int64_t 
                                   int64_t h, uint8_t *dst) {
   return tsr_read_level_rect(src->s, src->level, lx, ly, w, h, &src->ro, dst,
                              (size_t)w * (size_t)h * (size_t)src->ro.channels);
+}
+
+/* The whole-number scale k whose output pixels are k x k blocks of level pixels (the origin on
+ * a level pixel, both axes scaled by k), or 0. Every weight is then one whole pixel, and the
+ * average is the block's rounded-half-up mean: box_rows gives average()'s bytes without its
+ * weights. */
+static int box_scale(int64_t ox, int64_t oy, double sx, double sy) {
+  if (sx != sy || sx < 2.0 || sx > 64.0 || sx != floor(sx) || ox % TSR_AREA_UNIT != 0 ||
+      oy % TSR_AREA_UNIT != 0)
+    return 0;
+  return (int)sx;
+}
+
+/* Scale 2's horizontal step: out[i] = (the sums of two neighbouring pixels' sample + 2) / 4,
+ * for the m samples of a row (inlined once per channel count). */
+static inline __attribute__((always_inline)) void pair_means(const uint32_t *restrict col,
+                                                             size_t m, size_t ch,
+                                                             uint8_t *restrict out) {
+  for (size_t i = 0; i < m; i += ch, col += 2 * ch)
+    for (size_t c = 0; c < ch; c++)
+      out[i + c] = (uint8_t)((col[c] + col[c + ch] + 2) >> 2);
+}
+
+/* Output rows [j0, j1) at whole-number scale k from band (its rows src_row bytes apart, the
+ * first the level row of output row j0's first): each sample (2 * sum + k * k) / (2 * k * k),
+ * which is floor((sum + k * k / 2) / (k * k)) for the block's sum. col holds a row's column
+ * sums (out_w * k * channels). */
+TSR_VECTORISE static void box_rows(const uint8_t *band, size_t src_row, int k, int64_t j0,
+                                   int64_t j1, int64_t out_w, int channels, uint32_t *restrict col,
+                                   uint8_t *dst, size_t stride) {
+  size_t n = (size_t)out_w * (size_t)k * (size_t)channels, ch = (size_t)channels;
+  uint32_t kk = (uint32_t)(k * k);
+  for (int64_t j = j0; j < j1; j++) {
+    const uint8_t *rows = band + (size_t)((j - j0) * k) * src_row;
+    for (size_t b = 0; b < n; b++)
+      col[b] = rows[b];
+    for (int r = 1; r < k; r++) {
+      const uint8_t *restrict p = rows + (size_t)r * src_row;
+      for (size_t b = 0; b < n; b++)
+        col[b] += p[b];
+    }
+    uint8_t *out = dst + (size_t)j * stride;
+    size_t m = (size_t)out_w * ch;
+    if (k == 2) {
+      if (ch == 3)
+        pair_means(col, m, 3, out);
+      else
+        pair_means(col, m, 4, out);
+      continue;
+    }
+    for (size_t i = 0; i < m; i += ch) {
+      const uint32_t *p = col + i * (size_t)k;
+      for (size_t c = 0; c < ch; c++) {
+        uint32_t sum = 0;
+        for (int t = 0; t < k; t++)
+          sum += p[(size_t)t * ch + c];
+        out[i + c] = (uint8_t)((2 * sum + kk) / (2 * kk));
+      }
+    }
+  }
 }
 
 /* The area average of an origin in lattice units (see resample.h), from src. */
@@ -157,10 +231,13 @@ static tessera_status average(const struct source *src, int64_t ox, int64_t oy, 
   uint8_t *band = NULL;
   uint32_t *across = NULL;
   uint64_t *acc = tsr_malloc(acc_row * sizeof *acc);
+  int box = box_scale(ox, oy, sx, sy);
+  /* the box's column sums of one row, or the rows' weighted sums across */
+  size_t across_rows = box ? (size_t)box : (size_t)max_src_rows;
   size_t band_bytes;
   if (!tsr_mul2(src_row, (size_t)max_src_rows, &band_bytes) || !acc ||
       !(band = tsr_malloc(band_bytes)) ||
-      !(across = tsr_malloc(acc_row * (size_t)max_src_rows * sizeof *across))) {
+      !(across = tsr_malloc(acc_row * across_rows * sizeof *across))) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a resampled read");
     goto done;
   }
@@ -171,6 +248,10 @@ static tessera_status average(const struct source *src, int64_t ox, int64_t oy, 
     st = src->fetch(src, x.lo, r0, src_w, r1 - r0, band);
     if (st != TESSERA_OK)
       goto done;
+    if (box) {
+      box_rows(band, src_row, box, j0, j1, out_w, channels, across, dst, stride);
+      continue;
+    }
     for (int64_t r = r0; r < r1; r++)
       sum_across(&x, band + (size_t)(r - r0) * src_row, channels,
                  across + (size_t)(r - r0) * acc_row);
@@ -482,18 +563,22 @@ static tessera_status fetch_memory(const struct source *src, int64_t lx, int64_t
                                    int64_t h, uint8_t *dst) {
   const struct memory_source *m = (const struct memory_source *)src;
   size_t ch = (size_t)src->ro.channels;
+  /* the columns inside the image (past it: the edge pixels' fill, alpha too) */
+  int64_t x0 = lx > 0 ? lx : 0, x1 = lx + w < m->w ? lx + w : m->w;
+  if (x1 < x0)
+    x1 = x0;
+  size_t before = (size_t)(x0 - lx) * ch, inside = (size_t)(x1 - x0) * ch;
+  size_t row_bytes = (size_t)w * ch;
   for (int64_t r = 0; r < h; r++) {
-    uint8_t *row = dst + (size_t)r * (size_t)w * ch;
+    uint8_t *row = dst + (size_t)r * row_bytes;
     int64_t y = ly + r;
-    for (int64_t c = 0; c < w; c++) {
-      int64_t x = lx + c;
-      uint8_t *p = row + (size_t)c * ch;
-      if (y < 0 || y >= m->h || x < 0 || x >= m->w) {
-        memset(p, src->fill, ch); /* past the image: the edge pixels' fill (alpha too) */
-        continue;
-      }
-      memcpy(p, m->pixels + (size_t)y * m->stride + (size_t)x * ch, ch);
+    if (y < 0 || y >= m->h || inside == 0) {
+      memset(row, src->fill, row_bytes);
+      continue;
     }
+    memset(row, src->fill, before);
+    memcpy(row + before, m->pixels + (size_t)y * m->stride + (size_t)x0 * ch, inside);
+    memset(row + before + inside, src->fill, row_bytes - before - inside);
   }
   return TESSERA_OK;
 }

@@ -97,6 +97,58 @@ def test_exact_mode_equals_numpy(slides, name, mpp, xy, size, level, scale):
     assert np.array_equal(got, want), np.abs(got.astype(int) - want).max()
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("downsample,xy", [(2, (100, 37)), (2, (-61, 1001)), (3, (777, 555)),
+                                           (3, (1500, -7)), (8, (90, 91)), (2.5, (333, 201))])
+def test_downsample_reads_equal_numpy(slides, channels, downsample, xy):
+    """read_region(downsample=): whole-number scales (2 and 3 at level 0, 8 as 2 at level 1:
+    every output pixel a k x k block, averaged without weights) and a fractional one, RGB and
+    RGBA, inside the level and past its edges, equal the NumPy area average of OpenSlide's
+    pixels (alpha 255 inside the level, 0 outside)."""
+    path = slides["no_half"]
+    with tessera.Slide(path) as s:
+        level, scale = s.level_for_downsample(downsample)
+        got = np.asarray(s.read_region(xy, (75, 61), downsample=downsample, channels=channels))
+        fill = s.background
+    osr = openslide.OpenSlide(path)
+    ds = osr.level_downsamples[level]
+    lw, lh = osr.level_dimensions[level]
+
+    def read(lx, ly, w, h):
+        out = np.full((h, w, channels), fill, np.uint8)
+        if channels == 4:
+            out[..., 3] = 0
+        x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, lw), min(ly + h, lh)
+        if x1 > x0 and y1 > y0:
+            rgba = np.asarray(osr.read_region((int(round(x0 * ds)), int(round(y0 * ds))), level,
+                                              (x1 - x0, y1 - y0)))
+            out[y0 - ly:y1 - ly, x0 - lx:x1 - lx] = rgba[..., :channels]
+        return out
+
+    lx0, ly0 = int(np.floor(xy[0] / ds)), int(np.floor(xy[1] / ds))
+    want = area_ref.area_average(read, lx0, ly0, scale, scale, 75, 61)
+    assert got.shape == (61, 75, channels)
+    assert np.array_equal(got, want), np.abs(got.astype(int) - want).max()
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("scale", [2.0, 3.0, 4.0, 2.5, 1.98, 0.75])
+def test_resample_equals_numpy(channels, scale):
+    """tessera_resample_area (the batch reader's averaging) on random pixels: whole-number
+    scales (blocks without weights) and others equal the NumPy area average."""
+    rng = np.random.default_rng(int(scale * 100) + channels)
+    h, w = 61, 83
+    out_w, out_h = int(w // scale) - 1, int(h // scale) - 1
+    src = rng.integers(0, 256, (2, h, w, channels), dtype=np.uint8)
+    got = np.asarray(tessera._tessera.resample(src, 2, h, w, channels, out_w, out_h, scale,
+                                               scale))
+    assert got.shape == (2, out_h, out_w, channels)
+    for b in range(2):
+        want = area_ref.area_average(lambda lx, ly, ww, hh: src[b, ly:ly + hh, lx:lx + ww], 0,
+                                     0, scale, scale, out_w, out_h)
+        assert np.array_equal(got[b], want), (b, np.abs(got[b].astype(int) - want).max())
+
+
 def test_half_um_from_quarter_um_is_the_2x2_mean(slides):
     with tessera.Slide(slides["no_half"]) as s:
         got = np.asarray(s.read_region((200, 300), (224, 224), mpp=0.5)).astype(np.int64)
