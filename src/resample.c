@@ -97,9 +97,8 @@ nomem:
 
 /* Sums one level row across: out[i * ch + c] = sum of w * row pixel, per output column. Inlined
  * into one copy per channel count, so the sums stay in registers. */
-static inline __attribute__((always_inline)) void sum_across_ch(const struct axis *x,
-                                                                const uint8_t *row, int ch,
-                                                                uint32_t *out) {
+static inline __attribute__((always_inline)) void
+sum_across_ch(const struct axis *x, const uint8_t *row, int ch, uint32_t *out) {
   for (int64_t i = 0; i < x->n; i++, out += ch) {
     const uint8_t *p = row + (size_t)(x->src0[i] - x->lo) * (size_t)ch;
     uint32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
@@ -158,9 +157,8 @@ static int box_scale(int64_t ox, int64_t oy, double sx, double sy) {
 
 /* Scale 2's horizontal step: out[i] = (the sums of two neighbouring pixels' sample + 2) / 4,
  * for the m samples of a row (inlined once per channel count). */
-static inline __attribute__((always_inline)) void pair_means(const uint32_t *restrict col,
-                                                             size_t m, size_t ch,
-                                                             uint8_t *restrict out) {
+static inline __attribute__((always_inline)) void pair_means(const uint32_t *restrict col, size_t m,
+                                                             size_t ch, uint8_t *restrict out) {
   for (size_t i = 0; i < m; i += ch, col += 2 * ch)
     for (size_t c = 0; c < ch; c++)
       out[i + c] = (uint8_t)((col[c] + col[c + ch] + 2) >> 2);
