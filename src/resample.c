@@ -95,34 +95,59 @@ nomem:
                    (long long)n);
 }
 
-/* Sums one level row across: out[i * ch + c] = sum of w * row pixel, per output column. Inlined
- * into one copy per channel count, so the sums stay in registers. */
+/* One output row's level rows summed down with their weights: out[b] = sum over the taps of
+ * w[t] * rows[t * row_bytes + b], for the n samples of a row. Every term and sum is an integer
+ * below 255 times the output row's span (at most 2^22 lattice units at the largest scale), so
+ * the doubles hold them exactly. */
+TSR_VECTORISE static void weighted_down(const uint8_t *rows, size_t row_bytes, const uint32_t *w,
+                                        size_t taps, size_t n, double *restrict out) {
+  double w0 = w[0];
+  for (size_t b = 0; b < n; b++)
+    out[b] = w0 * rows[b];
+  for (size_t t = 1; t < taps; t++) {
+    const uint8_t *restrict p = rows + t * row_bytes;
+    double wt = w[t];
+    for (size_t b = 0; b < n; b++)
+      out[b] += wt * p[b];
+  }
+}
+
+/* (sum + den / 2) / den for a sum and den (an integer) held exactly in doubles: the quotient
+ * through the reciprocal, then corrected by one step either way, all in doubles (every
+ * product is an integer below 2^53), so no 64-bit division or conversion per sample. */
+static inline double rounded_quotient(double sum, double den, double half, double inv) {
+  double num = sum + half;
+  double q = (double)(int32_t)(num * inv);
+  double t = q * den;
+  q -= t > num;
+  q += t + den <= num;
+  return q;
+}
+
+/* The output row from its level rows' sums down: each pixel's weighted sum across them (exact
+ * in doubles: below 255 * span_x * span_y <= 2^52), then its rounded quotient by the pixel's
+ * area in lattice units squared. Inlined once per channel count. */
 static inline __attribute__((always_inline)) void
-sum_across_ch(const struct axis *x, const uint8_t *row, int ch, uint32_t *out) {
+weighted_across(const struct axis *x, const double *down, int ch, uint64_t span_y, uint8_t *out) {
   for (int64_t i = 0; i < x->n; i++, out += ch) {
-    const uint8_t *p = row + (size_t)(x->src0[i] - x->lo) * (size_t)ch;
-    uint32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    const double *p = down + (size_t)(x->src0[i] - x->lo) * (size_t)ch;
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     for (size_t j = x->first[i]; j < x->first[i + 1]; j++, p += ch) {
-      uint32_t w = x->w[j];
+      double w = x->w[j];
       s0 += w * p[0];
       s1 += w * p[1];
       s2 += w * p[2];
       if (ch == 4)
         s3 += w * p[3];
     }
-    out[0] = s0;
-    out[1] = s1;
-    out[2] = s2;
+    uint64_t den = (uint64_t)x->span[i] * span_y;
+    double d = (double)den, half = (double)(den / 2), inv = 1.0 / d;
+    out[0] = (uint8_t)rounded_quotient(s0, d, half, inv);
+    out[1] = (uint8_t)rounded_quotient(s1, d, half, inv);
+    out[2] = (uint8_t)rounded_quotient(s2, d, half, inv);
     if (ch == 4)
-      out[3] = s3;
+      out[3] = (uint8_t)rounded_quotient(s3, d, half, inv);
   }
-}
-
-static void sum_across(const struct axis *x, const uint8_t *row, int ch, uint32_t *out) {
-  if (ch == 4)
-    sum_across_ch(x, row, 4, out);
-  else
-    sum_across_ch(x, row, 3, out);
 }
 
 /* Where the level's pixels come from: a rectangle of them (fill outside) into dst. */
@@ -227,15 +252,13 @@ static tessera_status average(const struct source *src, int64_t ox, int64_t oy, 
     outs_per_band = out_h;
   int64_t max_src_rows = outs_per_band * per_out + 1;
   uint8_t *band = NULL;
-  uint32_t *across = NULL;
-  uint64_t *acc = tsr_malloc(acc_row * sizeof *acc);
   int box = box_scale(ox, oy, sx, sy);
-  /* the box's column sums of one row, or the rows' weighted sums across */
-  size_t across_rows = box ? (size_t)box : (size_t)max_src_rows;
+  /* the box's column sums of a row, or a row's weighted sums down */
+  void *row = box ? tsr_malloc(acc_row * (size_t)box * sizeof(uint32_t))
+                  : tsr_malloc(src_row * sizeof(double));
   size_t band_bytes;
-  if (!tsr_mul2(src_row, (size_t)max_src_rows, &band_bytes) || !acc ||
-      !(band = tsr_malloc(band_bytes)) ||
-      !(across = tsr_malloc(acc_row * across_rows * sizeof *across))) {
+  if (!tsr_mul2(src_row, (size_t)max_src_rows, &band_bytes) || !row ||
+      !(band = tsr_malloc(band_bytes))) {
     st = tsr_error(TESSERA_E_NOMEM, "out of memory for a resampled read");
     goto done;
   }
@@ -247,44 +270,21 @@ static tessera_status average(const struct source *src, int64_t ox, int64_t oy, 
     if (st != TESSERA_OK)
       goto done;
     if (box) {
-      box_rows(band, src_row, box, j0, j1, out_w, channels, across, dst, stride);
+      box_rows(band, src_row, box, j0, j1, out_w, channels, row, dst, stride);
       continue;
     }
-    for (int64_t r = r0; r < r1; r++)
-      sum_across(&x, band + (size_t)(r - r0) * src_row, channels,
-                 across + (size_t)(r - r0) * acc_row);
     for (int64_t j = j0; j < j1; j++) {
-      memset(acc, 0, acc_row * sizeof *acc);
-      for (size_t k = y.first[j]; k < y.first[j + 1]; k++) {
-        uint64_t w = y.w[k];
-        const uint32_t *a = across + (size_t)(y.src0[j] + (int64_t)(k - y.first[j]) - r0) * acc_row;
-        for (size_t c = 0; c < acc_row; c++)
-          acc[c] += w * a[c];
-      }
-      uint8_t *out = dst + (size_t)j * stride;
-      for (int64_t i = 0; i < out_w; i++) {
-        uint64_t den = (uint64_t)x.span[i] * y.span[j];
-        /* (acc + den / 2) / den without a 64-bit division per sample (which would cost more
-         * than the sums): the quotient through a double reciprocal, then corrected by one
-         * step either way; sums stay below 2^53, so the estimate is never off by more. */
-        double inv = 1.0 / (double)den;
-        for (int c = 0; c < channels; c++) {
-          size_t at = (size_t)i * (size_t)channels + (size_t)c;
-          uint64_t num = acc[at] + den / 2;
-          uint64_t q = (uint64_t)((double)num * inv);
-          if (q * den > num)
-            q--;
-          else if ((q + 1) * den <= num)
-            q++;
-          out[at] = (uint8_t)q;
-        }
-      }
+      weighted_down(band + (size_t)(y.src0[j] - r0) * src_row, src_row, y.w + y.first[j],
+                    y.first[j + 1] - y.first[j], src_row, row);
+      if (channels == 4)
+        weighted_across(&x, row, 4, y.span[j], dst + (size_t)j * stride);
+      else
+        weighted_across(&x, row, 3, y.span[j], dst + (size_t)j * stride);
     }
   }
 done:
-  tsr_free(acc);
+  tsr_free(row);
   tsr_free(band);
-  tsr_free(across);
   axis_free(&x);
   axis_free(&y);
   return st;
@@ -338,25 +338,41 @@ static bool fast_ok(const struct tsr_level *lv, unsigned k) {
          !lv->fmt.unsupported[0] && lv->tile_w % k == 0 && lv->tile_h % k == 0;
 }
 
+/* Fills n pixels of `channels` with fill (alpha 0). */
+static void fill_pixels(uint8_t *p, int64_t n, unsigned ch, uint8_t fill) {
+  memset(p, fill, (size_t)n * ch);
+  if (ch == 4)
+    for (int64_t i = 0; i < n; i++)
+      p[4 * i + 3] = 0;
+}
+
 static tessera_status fetch_image(const struct source *src, int64_t lx, int64_t ly, int64_t w,
                                   int64_t h, uint8_t *dst) {
   unsigned ch = (unsigned)src->ro.channels;
+  /* the columns inside the image: [x0, x1) of the level */
+  int64_t x0 = lx > src->ix ? lx : src->ix;
+  int64_t x1 = lx + w < src->ix + src->iw ? lx + w : src->ix + src->iw;
+  if (x1 < x0)
+    x1 = x0;
   for (int64_t r = 0; r < h; r++) {
     uint8_t *row = dst + (size_t)r * (size_t)w * ch;
     int64_t y = ly + r - src->iy;
-    for (int64_t c = 0; c < w; c++) {
-      int64_t x = lx + c - src->ix;
-      uint8_t *p = row + (size_t)c * ch;
-      if (y < 0 || y >= src->ih || x < 0 || x >= src->iw) {
-        memset(p, src->fill, 3);
-        if (ch == 4)
-          p[3] = 0;
-        continue;
-      }
-      memcpy(p, src->image + ((size_t)y * (size_t)src->iw + (size_t)x) * 3, 3);
-      if (ch == 4)
-        p[3] = 255;
+    if (y < 0 || y >= src->ih || x1 == x0) {
+      fill_pixels(row, w, ch, src->fill);
+      continue;
     }
+    fill_pixels(row, x0 - lx, ch, src->fill);
+    const uint8_t *in = src->image + ((size_t)y * (size_t)src->iw + (size_t)(x0 - src->ix)) * 3;
+    uint8_t *out = row + (size_t)(x0 - lx) * ch;
+    if (ch == 3) {
+      memcpy(out, in, (size_t)(x1 - x0) * 3);
+    } else {
+      for (int64_t i = 0; i < x1 - x0; i++) {
+        memcpy(out + 4 * i, in + 3 * i, 3);
+        out[4 * i + 3] = 255;
+      }
+    }
+    fill_pixels(row + (size_t)(x1 - lx) * ch, lx + w - x1, ch, src->fill);
   }
   return TESSERA_OK;
 }

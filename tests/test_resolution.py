@@ -259,6 +259,24 @@ def test_fast_mode_odd_corner_is_the_mean_of_reduced_pixels(jpeg_quarter_um):
             assert np.array_equal(got4[..., :3], want) and (got4[..., 3] == 255).all()
 
 
+@pytest.mark.parametrize("channels", [3, 4])
+@pytest.mark.parametrize("xy", [(400, 300), (2800, 2200)])
+def test_fast_mode_at_another_scale_averages_the_reduced_pixels(jpeg_quarter_um, channels, xy):
+    """Fast mode at scale 5 decodes at 1/4 and area-averages by 1.25 (docs/RESOLUTION.md): the
+    same bytes as the NumPy area average of the 1/4 decode, which a fast read at scale 4 on
+    a corner divisible by 4 gives as it is (inside the level and past its edge)."""
+    with tessera.Slide(jpeg_quarter_um) as s:
+        got = np.asarray(s.read_region(xy, (120, 90), mpp=1.25, fast=True, channels=channels))
+
+        def reduced(lx, ly, w, h):
+            return np.asarray(s.read_region((lx * 4, ly * 4), (w, h), mpp=1.0, fast=True,
+                                            channels=channels))
+
+        want = area_ref.area_average(reduced, xy[0] // 4, xy[1] // 4, 1.25, 1.25, 120, 90)
+    assert got.shape == (90, 120, channels)
+    assert np.array_equal(got, want), np.abs(got.astype(int) - want).max()
+
+
 def test_fast_mode_falls_back_to_exact_off_jpeg(slides):
     with tessera.Slide(slides["no_half"]) as s:  # zlib tiles: read exactly
         exact = np.asarray(s.read_region((123, 45), (100, 80), mpp=0.6))
