@@ -292,6 +292,10 @@ DAMAGED = {
                         "origins"),
     "no-joints": (dict(encode=V.bif_encode_info([(0, 0, 1, 1, 0, 0)], TILE, [0], [0])),
                   "TileJointInfo"),
+    # (fuzz_vendor found an infinite overlap making every position NaN, converted to int64)
+    "infinite-overlap": (dict(encode=V.bif_encode_info(AREAS, TILE, [2, -2], [1.5, "-inf"])),
+                         "overlap"),
+    "huge-overlap": (dict(encode=V.bif_encode_info(AREAS, TILE, ["1e300"], [1.5])), "overlap"),
     # an area of 10^9 tiles over a level of 12: refused before anything is allocated for them
     "too-many-tiles": (dict(encode=V.bif_encode_info(
         [(0, 0, 2, 1, 0, 0), (2, 0, 1, 2, 512, 0)], TILE, [0], [0]).replace(

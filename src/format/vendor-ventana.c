@@ -208,6 +208,9 @@ static tessera_status read_joints(const struct tsr_xml_node *info, const struct 
       return st;
     if (confidence < 0 || confidence > (1 << 20))
       return tsr_error(TESSERA_E_FORMAT, "a joint's confidence is %lld", (long long)confidence);
+    /* (an overlap is a few pixels; an infinite one would make every position NaN) */
+    if (!(fabs(ox) <= 0x1p20 && fabs(oy) <= 0x1p20))
+      return tsr_error(TESSERA_E_FORMAT, "a joint's overlap is %g,%g", ox, oy);
     if (up) {
       sum->y += (double)confidence * -oy;
       sum->wy += confidence;
@@ -458,14 +461,18 @@ static tessera_status placed_level(const struct bif *bif, struct tsr_level *dl, 
   n = kept;
   /* The level: OpenSlide's ceil(x + w) of its grid's bounds. */
   double w = right - left, h = bottom - top;
-  lv->width = (int64_t)ceil(left + w);
-  lv->height = (int64_t)ceil(top + h);
+  double width = ceil(left + w), height = ceil(top + h);
   lv->downsample = d;
   lv->directory = dir;
   tessera_status st = TESSERA_OK;
-  if (!(lv->width >= 1 && lv->height >= 1 && lv->width <= ((int64_t)1 << 31) &&
-        lv->height <= ((int64_t)1 << 31)))
+  /* (and every position finite: left and top are the least of them) */
+  if (!(width >= 1 && height >= 1 && width <= 0x1p31 && height <= 0x1p31 && left >= -0x1p40 &&
+        top >= -0x1p40)) {
     st = tsr_error(TESSERA_E_FORMAT, "BIF: level %u would be %gx%g pixels", dir, left + w, top + h);
+  } else {
+    lv->width = (int64_t)width;
+    lv->height = (int64_t)height;
+  }
   size_t np = 0;
   for (size_t i = 0; i < n && st == TESSERA_OK; i++) {
     int64_t tc = t[i].col / k, tr = t[i].row / k;
