@@ -1,8 +1,9 @@
 /* Exact area averages of a level (resample.h). Everything is integer once the output pixels'
  * edges are placed on the 1/TSR_AREA_UNIT sub-pixel lattice, so a NumPy transcription of the
- * rule gives the same bytes. Separable: each band of level rows is first summed across (per
- * output column, weighted by the covered width), then down (per output row, weighted by the
- * covered height). */
+ * rule gives the same bytes. Separable: for each output row, its level rows are summed down
+ * (weighted by the covered height), then each output pixel's columns across (weighted by the
+ * covered width); the sums are integers below 2^53, held exactly in doubles. A whole-number
+ * scale on the pixel lattice (every weight one whole pixel) sums k x k blocks instead. */
 #include "resample.h"
 
 #include <math.h>
