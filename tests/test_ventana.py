@@ -296,6 +296,12 @@ DAMAGED = {
     "infinite-overlap": (dict(encode=V.bif_encode_info(AREAS, TILE, [2, -2], [1.5, "-inf"])),
                          "overlap"),
     "huge-overlap": (dict(encode=V.bif_encode_info(AREAS, TILE, ["1e300"], [1.5])), "overlap"),
+    # an origin 2^55 tiles away: its position (a double) would not fit an integer
+    "far-origin-overlapping": (dict(encode=_encode().replace(
+        'OriginX="512"', 'OriginX="%d"' % ((2 ** 55 - 1) * TILE))), "past 2^20 tiles"),
+    "far-origin-on-grid": (dict(encode=V.bif_encode_info(
+        [(0, 0, 2, 1, 0, 0), (2, 0, 1, 2, 512, 0)], TILE, [0], [0]).replace(
+            'OriginX="512"', 'OriginX="%d"' % ((2 ** 55 - 1) * TILE))), "past 2^20 tiles"),
     # an area of 10^9 tiles over a level of 12: refused before anything is allocated for them
     "too-many-tiles": (dict(encode=V.bif_encode_info(
         [(0, 0, 2, 1, 0, 0), (2, 0, 1, 2, 512, 0)], TILE, [0], [0]).replace(

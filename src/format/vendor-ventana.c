@@ -278,6 +278,10 @@ static tessera_status read_bif(const char *xml, int64_t tile_w, int64_t tile_h, 
         else if (ox < 0 || oy < 0 || ox % tile_w || oy % tile_h)
           st = tsr_error(TESSERA_E_FORMAT, "an area's origin %lld,%lld is not on a tile",
                          (long long)ox, (long long)oy);
+        else if (ox / tile_w > (1 << 20) || oy / tile_h > (1 << 20))
+          /* (a level's tiles number below 2^20 a side; further, positions would overflow) */
+          st = tsr_error(TESSERA_E_FORMAT, "an area's origin %lld,%lld is past 2^20 tiles",
+                         (long long)ox, (long long)oy);
         else if (a->across < 1 || a->down < 1 || a->across > (1 << 20) || a->down > (1 << 20) ||
                  fabs(a->x) > 0x1p40 || fabs(a->y) > 0x1p40)
           st = tsr_error(TESSERA_E_FORMAT, "an area of %lldx%lld tiles at %g,%g",
