@@ -149,6 +149,28 @@ def test_resample_equals_numpy(channels, scale):
         assert np.array_equal(got[b], want), (b, np.abs(got[b].astype(int) - want).max())
 
 
+@pytest.mark.parametrize("scale", [1 / 1024, 0.001, 1 / 3, 0.999, 1.0000001, 1.9999999,
+                                   2.0000001, 7.0, 63.0, 64.0, 65.0, 500.0, 1024.0])
+def test_resample_at_extreme_scales_equals_numpy(scale):
+    """tessera_resample_area at the ends of its range and beside whole numbers (where the
+    sums are largest, the weights most uneven, or the block path stops), on random pixels and
+    on all 255 (the largest sums), RGB and RGBA, equals the NumPy area average."""
+    rng = np.random.default_rng(int(scale * 1000) % 997)
+    out_w = max(1, min(23, int(1100 / scale)))
+    out_h = max(1, min(17, int(900 / scale)))
+    need_w = -(-int(np.floor(out_w * (scale * 4096) + 0.5)) // 4096)
+    need_h = -(-int(np.floor(out_h * (scale * 4096) + 0.5)) // 4096)
+    for channels in (3, 4):
+        for src in (rng.integers(0, 256, (1, need_h + 1, need_w + 2, channels), dtype=np.uint8),
+                    np.full((1, need_h, need_w, channels), 255, np.uint8)):
+            h, w = src.shape[1:3]
+            got = np.asarray(tessera._tessera.resample(src, 1, h, w, channels, out_w, out_h,
+                                                       scale, scale))[0]
+            want = area_ref.area_average(lambda lx, ly, ww, hh: src[0, ly:ly + hh, lx:lx + ww],
+                                         0, 0, scale, scale, out_w, out_h)
+            assert np.array_equal(got, want), (channels, int(src[0, 0, 0, 0]))
+
+
 def test_half_um_from_quarter_um_is_the_2x2_mean(slides):
     with tessera.Slide(slides["no_half"]) as s:
         got = np.asarray(s.read_region((200, 300), (224, 224), mpp=0.5)).astype(np.int64)
