@@ -70,8 +70,10 @@ unsigned tsr_cache_shard_count(uint64_t memory_capacity, uint64_t item_capacity)
  * is bounded, 8 bytes per 4 KiB of capacity (outside the capacity), and forgets a tile early
  * only when 8 tiles of one set were missed since: that tile then costs one more partial
  * decode (with one cell a set, two tiles read in turn would push each other out forever).
- * Cells, clock and counts are atomics used relaxed: a race changes one admission, or one
- * setting of the window, at most. The ghost is the process's own, even for a shared cache: a
+ * A cell is taken by compare-and-swap, so two threads noting two tiles of one set at once both
+ * keep theirs (the neighbouring tiles of a patch are missed together, on different threads);
+ * the clock and counts are atomics used relaxed: a race changes one setting of the window at
+ * most. The ghost is the process's own, even for a shared cache: a
  * shared tile is admitted when one process misses it twice, and then every process hits it.
  *
  * A tile is admitted at its first miss too when what it is read from is small beside the
@@ -282,22 +284,32 @@ static void ghost_note(struct tsr_ghost *g, uint64_t hash, size_t bytes, bool re
   if (!remember)
     return;
   _Atomic uint64_t *set = ghost_set(g, hash);
-  unsigned victim = 0;
-  uint32_t oldest = 0;
-  for (unsigned i = 0; i < GHOST_WAYS; i++) {
-    /* Cells fill in order and are never emptied: past an empty one, all are empty. */
-    uint64_t s = atomic_load_explicit(&set[i], memory_order_relaxed);
-    if (s == 0 || (uint32_t)(s >> 32) == fingerprint(hash)) {
-      victim = i;
-      break;
+  uint64_t cell = (uint64_t)fingerprint(hash) << 32 | now;
+  /* The cell is taken by compare-and-swap: two threads noting two tiles of one set at once
+   * (neighbouring tiles of one patch are) would otherwise both take its first empty cell,
+   * and one tile would be forgotten. A few tries; past them another thread's note stands. */
+  for (int attempt = 0; attempt < 4; attempt++) {
+    unsigned victim = 0;
+    uint32_t oldest = 0;
+    uint64_t seen = 0;
+    for (unsigned i = 0; i < GHOST_WAYS; i++) {
+      /* Cells fill in order and are never emptied: past an empty one, all are empty. */
+      uint64_t s = atomic_load_explicit(&set[i], memory_order_relaxed);
+      if (s == 0 || (uint32_t)(s >> 32) == fingerprint(hash)) {
+        victim = i;
+        seen = s;
+        break;
+      }
+      if (i == 0 || now - (uint32_t)s > oldest) {
+        oldest = now - (uint32_t)s;
+        victim = i;
+        seen = s;
+      }
     }
-    if (i == 0 || now - (uint32_t)s > oldest) {
-      oldest = now - (uint32_t)s;
-      victim = i;
-    }
+    if (atomic_compare_exchange_strong_explicit(&set[victim], &seen, cell, memory_order_relaxed,
+                                                memory_order_relaxed))
+      return;
   }
-  atomic_store_explicit(&set[victim], (uint64_t)fingerprint(hash) << 32 | now,
-                        memory_order_relaxed);
 }
 
 /* A lookup's result, for the yield: every hit counts, and the loads of tiles admitted by
@@ -339,8 +351,11 @@ static bool yield_admits(struct tsr_ghost *g, uint64_t hash) {
  * sample 129 tiles in 9986 were admitted so, 41 of them read again. */
 enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_access *a) {
   uint64_t hash = tsr_cache_key_hash(&a->key);
+  /* The ghost's sets and fingerprints come from a mix of the key's hash, whose low bits follow
+   * the tile's index: neighbouring tiles, missed together, fell in one set or near ones. */
+  uint64_t ghost_key = tsr_mix64(hash);
   bool returns;
-  bool back = ghost_admits(c->ghost, hash, a->bytes, &returns);
+  bool back = ghost_admits(c->ghost, ghost_key, a->bytes, &returns);
   bool own = c->type == TESSERA_CACHE_PER_PROCESS, by_use = back || a->covers;
   bool small = own && ghost_small_beside(c->ghost, a);
   /* admitted to a per-process cache by its return or its cover alone, while the window is
@@ -354,7 +369,7 @@ enum tsr_cache_result tsr_cache_lookup(struct tsr_cache *c, struct tsr_cache_acc
   if (own)
     yield_note(c->ghost, r, sampled);
   if (r == TSR_CACHE_MISS || r == TSR_CACHE_LOAD) {
-    ghost_note(c->ghost, hash, a->bytes, r == TSR_CACHE_MISS, returns, a->evicted);
+    ghost_note(c->ghost, ghost_key, a->bytes, r == TSR_CACHE_MISS, returns, a->evicted);
     region_note(a->region, a->x, a->y);
   }
   return r;
